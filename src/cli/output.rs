@@ -1,0 +1,157 @@
+//! Everything the CLI prints: text for people, one JSON document for scripts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crmvault::commands::{backup, init, restore, snapshots, verify};
+use crmvault::source::Database;
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));
+}
+
+/// Bytes in binary units.
+pub fn size(bytes: u64) -> String {
+    indicatif::BinaryBytes(bytes).to_string()
+}
+
+pub fn keygen(json: bool, recipient: &str, path: &Path) {
+    if json {
+        print_json(&serde_json::json!({ "recipient": recipient, "identity_file": path }));
+    } else {
+        println!("{recipient}");
+        eprintln!("identity written to {} (0600); keep it offline, give the recipient above to `crmvault init`", path.display());
+    }
+}
+
+pub fn init(json: bool, report: &init::InitReport) {
+    if json {
+        print_json(report);
+    } else {
+        println!("initialised repository {} at {}", report.repository_id, report.location);
+        println!("writer key: {} (stays on this backup host; it can write backups, never read them)", report.writer_key.display());
+    }
+}
+
+pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
+    if json {
+        let mut value = serde_json::to_value(report).expect("reports serialise");
+        value["seconds"] = serde_json::json!(elapsed.as_secs_f64());
+        print_json(&value);
+        return;
+    }
+    println!("{}", report.snapshot_id);
+    eprintln!(
+        "snapshot {} saved: {} tables, {} rows, read {}, added {} ({} of {} chunks new), {:.1}s",
+        &report.snapshot_id[..12],
+        report.tables,
+        report.rows,
+        size(report.bytes_read),
+        size(report.bytes_added),
+        report.new_chunks,
+        report.chunks,
+        elapsed.as_secs_f64()
+    );
+}
+
+pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary]) {
+    if json {
+        print_json(&serde_json::json!({ "snapshots": list }));
+        return;
+    }
+    if list.is_empty() {
+        println!("no snapshots");
+        return;
+    }
+    println!("{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  DATABASE", "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS");
+    for snapshot in list {
+        let time = snapshot.time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+        let (tables, rows, database) = match &snapshot.contents {
+            Some(c) => (c.tables.len().to_string(), c.rows.to_string(), c.database.clone()),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {}",
+            &snapshot.id[..12.min(snapshot.id.len())],
+            time,
+            snapshot.bytes_total.map(size).unwrap_or_default(),
+            snapshot.bytes_added.map(size).unwrap_or_default(),
+            tables,
+            rows,
+            database
+        );
+        if let Some(error) = &snapshot.error {
+            println!("  unreadable: {error}");
+        }
+    }
+}
+
+pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database, elapsed: Duration) {
+    if json {
+        let mut value = serde_json::to_value(report).expect("reports serialise");
+        value["seconds"] = serde_json::json!(elapsed.as_secs_f64());
+        print_json(&value);
+        return;
+    }
+    println!(
+        "restored snapshot {} into {database}: {} tables, {} rows, {} of data, every chunk and table digest checked, {:.1}s",
+        &report.snapshot_id[..12],
+        report.tables,
+        report.rows,
+        size(report.bytes),
+        elapsed.as_secs_f64()
+    );
+}
+
+pub fn verify(json: bool, report: &verify::VerifyReport) {
+    if json {
+        print_json(report);
+        return;
+    }
+    for problem in &report.problems {
+        let snapshots: Vec<&str> = problem.snapshots.iter().map(|s| &s[..12.min(s.len())]).collect();
+        let affected = if snapshots.is_empty() { String::new() } else { format!(" (snapshots {})", snapshots.join(", ")) };
+        println!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
+    }
+    let chunks = if report.chunks > 0 { format!(", {} chunks decrypted and re-hashed", report.chunks) } else { String::new() };
+    let verdict = if report.problems.is_empty() { "no problems".to_string() } else { format!("{} problems", report.problems.len()) };
+    println!("checked {} snapshots, {} objects ({}){chunks}: {verdict}", report.snapshots, report.objects, size(report.bytes));
+}
+
+/// A byte counter on stderr while a backup reads, shown only on a terminal.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    pub fn start(json: bool, label: &'static str) -> Progress {
+        use std::io::IsTerminal;
+        if json || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}")
+                .expect("the template is valid"),
+        );
+        bar.set_message(label);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress { bar: Some(bar) }
+    }
+
+    pub fn callback(&self) -> backup::Progress {
+        let bar = self.bar.clone();
+        Arc::new(move |bytes| {
+            if let Some(bar) = &bar {
+                bar.inc(bytes);
+            }
+        })
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! `backup`: read every table inside one snapshot, store only new chunks, commit a snapshot.
+//!
+//! Stages, joined by bounded channels so memory stays flat:
+//! table readers (async, one connection each, sharing the exported snapshot)
+//! → encoders (blocking threads: chunk, keyed hash, dedup, zstd)
+//! → one pack writer (seal with age, upload, at most two uploads in flight).
+//! Then the index of the new packs, then the snapshot object: the commit.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::chunk::{ChunkParams, Chunker};
+use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
+use crate::error::{Error, Result};
+use crate::repo::{
+    self, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, PackWriter, Repository, SealedSnapshot, SnapshotHeader,
+    StreamManifest, TableManifest,
+};
+use crate::source::{self, Database, Section, SnapshotSession, SourceTable};
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The source database.
+    pub database: Database,
+    /// Parallel table readers.
+    pub jobs: usize,
+    /// `schema.table` globs to include (all when empty).
+    pub include: Vec<String>,
+    /// `schema.table` globs to leave out.
+    pub exclude: Vec<String>,
+    /// pg_dump to use (found automatically when `None`).
+    pub pg_dump: Option<PathBuf>,
+    /// Name of this host, recorded in the manifest.
+    pub hostname: String,
+}
+
+/// Called with the number of bytes just read from the database.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// What a backup did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupReport {
+    /// The new snapshot.
+    pub snapshot_id: String,
+    /// Database time of the snapshot.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Tables backed up.
+    pub tables: usize,
+    /// Rows backed up.
+    pub rows: u64,
+    /// Bytes of COPY data and schema read.
+    pub bytes_read: u64,
+    /// Chunks referenced.
+    pub chunks: usize,
+    /// Chunks that were new to the repository.
+    pub new_chunks: usize,
+    /// Bytes written to storage (packs, index, snapshot).
+    pub bytes_added: u64,
+    /// Bytes of all objects the snapshot references.
+    pub bytes_total: u64,
+}
+
+/// A compressed chunk on its way to a pack.
+struct NewChunk {
+    id: ChunkId,
+    compressed: Vec<u8>,
+    raw_length: usize,
+}
+
+/// Shared by all encoders of one backup.
+#[derive(Clone)]
+struct EncoderContext {
+    seed: [u8; 32],
+    params: ChunkParams,
+    chunk_id_key: ChunkIdKey,
+    mac_key: MacKey,
+    level: i32,
+    known: Arc<Mutex<HashSet<ChunkId>>>,
+    packs: mpsc::Sender<NewChunk>,
+}
+
+/// Turns one byte stream into chunks, storing the new ones. Runs on a blocking thread.
+struct StreamEncoder {
+    context: EncoderContext,
+    chunker: Chunker,
+    digest: blake3::Hasher,
+    manifest: StreamManifest,
+    rows: u64,
+    failed: bool,
+}
+
+impl StreamEncoder {
+    fn new(context: EncoderContext) -> Self {
+        StreamEncoder {
+            chunker: Chunker::new(&context.seed, context.params),
+            digest: context.mac_key.hasher(),
+            manifest: StreamManifest::default(),
+            rows: 0,
+            failed: false,
+            context,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.digest.update(data);
+        self.manifest.bytes += data.len() as u64;
+        self.rows += data.iter().filter(|&&b| b == b'\n').count() as u64;
+        let mut chunker = std::mem::replace(&mut self.chunker, Chunker::new(&[0; 32], ChunkParams::default()));
+        chunker.push(data, &mut |chunk| self.store(chunk));
+        self.chunker = chunker;
+        self.check()
+    }
+
+    fn finish(mut self) -> Result<(StreamManifest, u64)> {
+        let chunker = std::mem::replace(&mut self.chunker, Chunker::new(&[0; 32], ChunkParams::default()));
+        chunker.finish(&mut |chunk| self.store(chunk));
+        self.check()?;
+        self.manifest.digest = self.digest.finalize().to_hex().to_string();
+        Ok((self.manifest, self.rows))
+    }
+
+    fn store(&mut self, chunk: Vec<u8>) {
+        let id = self.context.chunk_id_key.id_of(&chunk);
+        self.manifest.chunks.push(id);
+        let is_new = self.context.known.lock().expect("known-chunk lock is never poisoned").insert(id);
+        if !is_new || self.failed {
+            return;
+        }
+        let compressed = zstd::bulk::compress(&chunk, self.context.level).expect("zstd compresses in memory");
+        let new_chunk = NewChunk { id, compressed, raw_length: chunk.len() };
+        if self.context.packs.blocking_send(new_chunk).is_err() {
+            self.failed = true;
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Invalid("the pack writer stopped".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a backup of `options.database` into `repository`.
+pub async fn run(repository: &Repository, keyring: &Keyring, options: &BackupOptions, progress: Progress) -> Result<BackupReport> {
+    let filter = TableFilter::new(&options.include, &options.exclude)?;
+
+    // What the repository already holds: chunks whose pack is present with the right size.
+    let index = repository.load_index(keyring, None).await?;
+    let present_packs: HashMap<String, u64> = repository
+        .target
+        .list("data")
+        .await?
+        .into_iter()
+        .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
+        .collect();
+    let index_sizes: HashMap<String, u64> = repository
+        .target
+        .list("index")
+        .await?
+        .into_iter()
+        .filter_map(|(key, size)| key.strip_prefix("index/").map(|id| (id.to_string(), size)))
+        .collect();
+    let reusable: HashMap<ChunkId, (ObjectRef, String)> = index
+        .chunks
+        .iter()
+        .filter(|(_, (pack, _, _))| present_packs.get(&pack.id) == Some(&pack.size))
+        .map(|(id, (pack, _, index_id))| (*id, (pack.clone(), index_id.clone())))
+        .collect();
+    drop(index);
+
+    let session = SnapshotSession::begin(&options.database).await?;
+    let pg_dump = source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
+    let tables: Vec<SourceTable> = session.tables().await?.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
+    let sequences = session.sequences().await?;
+    let materialized_views = session.populated_materialized_views().await?;
+    tracing::info!(tables = tables.len(), snapshot = %session.snapshot, "reading database {}", options.database);
+
+    let (pack_sender, pack_receiver) = mpsc::channel::<NewChunk>(32);
+    let writer = tokio::spawn(write_packs(
+        repository.target.clone(),
+        repository.data_recipients(),
+        repository.config.pack_size,
+        pack_receiver,
+    ));
+    let context = EncoderContext {
+        seed: keyring.chunker_seed(),
+        params: repository.config.chunking,
+        chunk_id_key: keyring.chunk_id_key(),
+        mac_key: keyring.mac_key(),
+        level: repository.config.compression_level,
+        known: Arc::new(Mutex::new(reusable.keys().copied().collect())),
+        packs: pack_sender,
+    };
+
+    let read = read_everything(&session, &pg_dump, options, &filter, tables, &context, &progress).await;
+    drop(context);
+    // Closing the snapshot transaction: every reader has finished.
+    let _ = session.client.batch_execute("COMMIT").await;
+    let written = writer.await.expect("the pack writer does not panic");
+    let ((pre_data, post_data, tables, bytes_read), written) = match (read, written) {
+        (_, Err(error)) | (Err(error), Ok(_)) => return Err(error),
+        (Ok(read), Ok(written)) => (read, written),
+    };
+    let (new_packs, pack_bytes) = written;
+
+    // The index of the new packs goes in before the snapshot that needs it.
+    let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
+    let new_locations: HashMap<ChunkId, ObjectRef> = new_packs
+        .iter()
+        .flat_map(|record| record.chunks.iter().map(|location| (location.chunk(), record.pack.clone())))
+        .collect();
+    let mut bytes_added = pack_bytes;
+    let mut new_index = None;
+    if !new_packs.is_empty() {
+        let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
+        let (key, reference, bytes) = repo::seal_index(&file, &repository.metadata_recipients());
+        repository.target.put_new(&key, bytes).await?;
+        bytes_added += reference.size;
+        new_index = Some(reference);
+    }
+
+    let manifest = Manifest {
+        version: repo::FORMAT_VERSION,
+        database: options.database.name(),
+        server_version: session.server_version.0.clone(),
+        hostname: options.hostname.clone(),
+        pre_data,
+        post_data,
+        tables,
+        sequences,
+        materialized_views,
+    };
+    let mut packs = BTreeSet::new();
+    let mut indexes = BTreeSet::new();
+    for id in manifest.all_chunks() {
+        if let (Some(pack), Some(index)) = (new_locations.get(id), &new_index) {
+            packs.insert(pack.clone());
+            indexes.insert(index.clone());
+        } else if let Some((pack, index_id)) = reusable.get(id) {
+            let size = *index_sizes.get(index_id).ok_or_else(|| Error::Missing { object: repo::index_key(index_id), location: repository.target.location().into() })?;
+            packs.insert(pack.clone());
+            indexes.insert(ObjectRef { id: index_id.clone(), size });
+        } else {
+            return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));
+        }
+    }
+    let header = SnapshotHeader {
+        version: repo::FORMAT_VERSION,
+        time: session.time,
+        config_hash: repository.config_hash.clone(),
+        total_bytes: packs.iter().chain(indexes.iter()).map(|o| o.size).sum(),
+        added_bytes: bytes_added,
+        packs: packs.into_iter().collect(),
+        indexes: indexes.into_iter().collect(),
+    };
+    let (snapshot_id, object) = SealedSnapshot::seal(&header, &manifest, keyring, &repository.metadata_recipients());
+    bytes_added += object.len() as u64;
+    repository.target.put_new(&repo::snapshot_key(&snapshot_id), object).await?;
+    Ok(BackupReport {
+        snapshot_id,
+        time: session.time,
+        tables: manifest.tables.len(),
+        rows: manifest.tables.iter().map(|t| t.rows).sum(),
+        bytes_read,
+        chunks: manifest.all_chunks().count(),
+        new_chunks,
+        bytes_added,
+        bytes_total: header.total_bytes,
+    })
+}
+
+type ReadResult = (StreamManifest, StreamManifest, Vec<TableManifest>, u64);
+
+/// Reads the schema and every table, feeding the encoders.
+async fn read_everything(
+    session: &SnapshotSession,
+    pg_dump: &std::path::Path,
+    options: &BackupOptions,
+    filter: &TableFilter,
+    tables: Vec<SourceTable>,
+    context: &EncoderContext,
+    progress: &Progress,
+) -> Result<ReadResult> {
+    let pre = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PreData, &filter.pg_dump_include, &filter.pg_dump_exclude);
+    let post = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PostData, &filter.pg_dump_include, &filter.pg_dump_exclude);
+    let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
+    let mut workers = JoinSet::new();
+    for _ in 0..options.jobs.max(1) {
+        let queue = queue.clone();
+        let database = options.database.clone();
+        let snapshot = session.snapshot.clone();
+        let context = context.clone();
+        let progress = progress.clone();
+        workers.spawn(async move {
+            let mut done = Vec::new();
+            let next = || queue.lock().expect("queue lock is never poisoned").pop_front();
+            let Some(mut table) = next() else { return Ok(done) };
+            let client = source::attach_to_snapshot(&database, &snapshot).await?;
+            loop {
+                done.push(read_table(&client, &table, &context, &progress).await?);
+                match next() {
+                    Some(following) => table = following,
+                    None => break,
+                }
+            }
+            Ok::<_, Error>(done)
+        });
+    }
+    let (pre, post) = tokio::try_join!(pre, post)?;
+    // Stored as the server will run it: pg_dump's random `\restrict` key would defeat dedup.
+    let (pre, post) = (source::executable_sql(&pre)?.into_bytes(), source::executable_sql(&post)?.into_bytes());
+    let pre_data = encode_bytes(context, pre).await?;
+    let post_data = encode_bytes(context, post).await?;
+    let mut manifests = Vec::new();
+    while let Some(result) = workers.join_next().await {
+        manifests.extend(result.expect("table readers do not panic")?);
+    }
+    manifests.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    let bytes_read = pre_data.bytes + post_data.bytes + manifests.iter().map(|t| t.data.bytes).sum::<u64>();
+    Ok((pre_data, post_data, manifests, bytes_read))
+}
+
+/// Streams one table through an encoder.
+async fn read_table(client: &tokio_postgres::Client, table: &SourceTable, context: &EncoderContext, progress: &Progress) -> Result<TableManifest> {
+    let (sender, mut receiver) = mpsc::channel::<Bytes>(16);
+    let encoder_context = context.clone();
+    let encoder = tokio::task::spawn_blocking(move || {
+        let mut encoder = StreamEncoder::new(encoder_context);
+        while let Some(data) = receiver.blocking_recv() {
+            encoder.push(&data)?;
+        }
+        encoder.finish()
+    });
+    let copy = async {
+        let stream = client.copy_out(&table.copy_out_sql()).await?;
+        futures::pin_mut!(stream);
+        while let Some(data) = stream.next().await {
+            let data = data?;
+            progress(data.len() as u64);
+            if sender.send(data).await.is_err() {
+                break;
+            }
+        }
+        drop(sender);
+        Ok::<_, Error>(())
+    };
+    let copied = copy.await;
+    let encoded = encoder.await.expect("the encoder does not panic");
+    copied?;
+    let (data, rows) = encoded?;
+    tracing::debug!(table = %table.qualified(), rows, bytes = data.bytes, "table read");
+    Ok(TableManifest { schema: table.schema.clone(), name: table.name.clone(), columns: table.columns.clone(), rows, data })
+}
+
+/// Encodes a small in-memory stream (schema text).
+async fn encode_bytes(context: &EncoderContext, bytes: Vec<u8>) -> Result<StreamManifest> {
+    let context = context.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut encoder = StreamEncoder::new(context);
+        encoder.push(&bytes)?;
+        encoder.finish().map(|(manifest, _)| manifest)
+    })
+    .await
+    .expect("the encoder does not panic")
+}
+
+/// Collects new chunks into packs and uploads them; returns the packs written and their bytes.
+async fn write_packs(
+    target: crate::target::Target,
+    recipients: Vec<age::x25519::Recipient>,
+    pack_size: usize,
+    mut chunks: mpsc::Receiver<NewChunk>,
+) -> Result<(Vec<PackRecord>, u64)> {
+    let recipients = Arc::new(recipients);
+    let mut uploads: JoinSet<Result<PackRecord>> = JoinSet::new();
+    let mut records = Vec::new();
+    let mut pack = PackWriter::new(pack_size + (1 << 20));
+    let upload = |pack: PackWriter, uploads: &mut JoinSet<Result<PackRecord>>| {
+        let target = target.clone();
+        let recipients = recipients.clone();
+        uploads.spawn(async move {
+            let sealed = tokio::task::spawn_blocking(move || pack.seal(&recipients)).await.expect("sealing does not panic");
+            target.put_new(&sealed.key, sealed.bytes).await?;
+            Ok(PackRecord { pack: sealed.reference, chunks: sealed.chunks })
+        });
+    };
+    while let Some(chunk) = chunks.recv().await {
+        pack.add(chunk.id, &chunk.compressed, chunk.raw_length);
+        if pack.len() >= pack_size {
+            upload(std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20))), &mut uploads);
+            while uploads.len() >= 2 {
+                match uploads.join_next().await {
+                    Some(result) => records.push(result.expect("uploads do not panic")?),
+                    None => break,
+                }
+            }
+        }
+    }
+    if !pack.is_empty() {
+        upload(pack, &mut uploads);
+    }
+    while let Some(result) = uploads.join_next().await {
+        records.push(result.expect("uploads do not panic")?);
+    }
+    let bytes = records.iter().map(|r| r.pack.size).sum();
+    Ok((records, bytes))
+}
+
+/// `--table` / `--exclude-table` patterns, matched against `schema.table`.
+#[derive(Debug)]
+struct TableFilter {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+    pg_dump_include: Vec<String>,
+    pg_dump_exclude: Vec<String>,
+}
+
+impl TableFilter {
+    fn new(include: &[String], exclude: &[String]) -> Result<Self> {
+        // A pattern without a schema part matches that table in every schema.
+        let qualify = |pattern: &String| if pattern.contains('.') { pattern.clone() } else { format!("*.{pattern}") };
+        let build = |patterns: &[String]| -> Result<GlobSet> {
+            let mut builder = GlobSetBuilder::new();
+            for pattern in patterns {
+                let glob = Glob::new(&qualify(pattern)).map_err(|e| Error::Invalid(format!("bad table pattern {pattern:?}: {e}")))?;
+                builder.add(glob);
+            }
+            builder.build().map_err(|e| Error::Invalid(format!("bad table patterns: {e}")))
+        };
+        Ok(TableFilter {
+            include: if include.is_empty() { None } else { Some(build(include)?) },
+            exclude: build(exclude)?,
+            pg_dump_include: include.iter().map(qualify).collect(),
+            pg_dump_exclude: exclude.iter().map(qualify).collect(),
+        })
+    }
+
+    fn matches(&self, schema: &str, table: &str) -> bool {
+        let name = format!("{schema}.{table}");
+        self.include.as_ref().is_none_or(|set| set.is_match(&name)) && !self.exclude.is_match(&name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_patterns_match_schema_qualified_names() {
+        let filter = TableFilter::new(&["crm.*".into(), "audit_log".into()], &["crm.tmp_*".into()]).unwrap();
+        assert!(filter.matches("crm", "contacts"));
+        assert!(filter.matches("billing", "audit_log"));
+        assert!(!filter.matches("crm", "tmp_import"));
+        assert!(!filter.matches("billing", "invoices"));
+        assert_eq!(filter.pg_dump_include, vec!["crm.*", "*.audit_log"]);
+    }
+}

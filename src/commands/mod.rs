@@ -1,0 +1,8 @@
+//! The operations behind the CLI commands, one file each. They take every input as a
+//! parameter and return a report; printing is the CLI's job.
+
+pub mod backup;
+pub mod init;
+pub mod restore;
+pub mod snapshots;
+pub mod verify;

@@ -1,0 +1,78 @@
+//! `snapshots`: list what a repository holds. Without a key: ids, times, sizes. With the
+//! writer key or an admin identity: database, tables and row counts too.
+
+use crate::error::Result;
+use crate::repo::{Keyring, Repository};
+
+/// One line of the listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotSummary {
+    /// Snapshot id.
+    pub id: String,
+    /// Database time of the snapshot.
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Bytes of all objects it references.
+    pub bytes_total: Option<u64>,
+    /// Bytes its backup added.
+    pub bytes_added: Option<u64>,
+    /// Details readable with a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contents: Option<SnapshotContents>,
+    /// Why the snapshot could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a key reveals about a snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotContents {
+    /// Database name.
+    pub database: String,
+    /// Host that made it.
+    pub hostname: String,
+    /// (schema.table, rows).
+    pub tables: Vec<(String, u64)>,
+    /// Total rows.
+    pub rows: u64,
+}
+
+/// Lists the snapshots, oldest first.
+pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<Vec<SnapshotSummary>> {
+    let mut summaries = Vec::new();
+    for entry in repository.snapshots().await? {
+        match entry {
+            Ok(sealed) => {
+                let (contents, error) = match keyring.map(|k| sealed.open(k)) {
+                    None => (None, None),
+                    Some(Ok(manifest)) => (
+                        Some(SnapshotContents {
+                            database: manifest.database.clone(),
+                            hostname: manifest.hostname.clone(),
+                            rows: manifest.tables.iter().map(|t| t.rows).sum(),
+                            tables: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
+                        }),
+                        None,
+                    ),
+                    Some(Err(e)) => (None, Some(e.to_string())),
+                };
+                summaries.push(SnapshotSummary {
+                    id: sealed.id.clone(),
+                    time: Some(sealed.header.time),
+                    bytes_total: Some(sealed.header.total_bytes),
+                    bytes_added: Some(sealed.header.added_bytes),
+                    contents,
+                    error,
+                });
+            }
+            Err((id, error)) => summaries.push(SnapshotSummary {
+                id,
+                time: None,
+                bytes_total: None,
+                bytes_added: None,
+                contents: None,
+                error: Some(error.to_string()),
+            }),
+        }
+    }
+    Ok(summaries)
+}

@@ -1,0 +1,192 @@
+//! `verify`: prove the repository is whole.
+//!
+//! Without a key: every snapshot parses and hashes to its name, and every object it references
+//! exists with the recorded size and BLAKE3. With the writer key or an admin identity: each
+//! manifest's MAC holds and every chunk it names is in its indexes. With an admin identity and
+//! `--read-data`: every referenced pack decrypts and every chunk in it re-hashes to its id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::fetch::ChunkReader;
+use crate::repo::{self, ChunkIndex, Keyring, ObjectRef, Repository};
+
+/// How deep to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Objects exist with the right size and hash.
+    Structure,
+    /// Also decrypt and re-hash every chunk (admin identity needed).
+    ReadData,
+}
+
+/// One thing wrong.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    /// The target it was found on.
+    pub target: String,
+    /// The object (or chunk) concerned.
+    pub object: String,
+    /// Snapshots affected.
+    pub snapshots: Vec<String>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What verify looked at and found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Objects read and hashed.
+    pub objects: usize,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Chunks decrypted and re-hashed.
+    pub chunks: usize,
+    /// Problems, empty when all is well.
+    pub problems: Vec<Problem>,
+}
+
+/// Verifies one repository.
+pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Depth) -> Result<VerifyReport> {
+    if depth == Depth::ReadData && !keyring.is_some_and(|k| k.is_admin) {
+        return Err(Error::Invalid("--read-data needs an admin identity (--identity FILE)".into()));
+    }
+    let location = repository.target.location().to_string();
+    let mut report = VerifyReport::default();
+    let problem = |object: &str, snapshots: Vec<String>, what: String| Problem {
+        target: location.clone(),
+        object: object.to_string(),
+        snapshots,
+        problem: what,
+    };
+
+    match repository.target.get(&repository.config.keys).await {
+        Ok(bytes) => {
+            if let Err(e) = repo::check_object_name(&repository.config.keys, &bytes) {
+                report.problems.push(problem(&repository.config.keys, vec![], e.to_string()));
+            }
+        }
+        Err(e) => report.problems.push(problem(&repository.config.keys, vec![], e.to_string())),
+    }
+
+    // Which objects each snapshot needs.
+    let mut referenced: BTreeMap<(String, ObjectRef), Vec<String>> = BTreeMap::new();
+    let mut sealed_snapshots = Vec::new();
+    for entry in repository.snapshots().await? {
+        report.snapshots += 1;
+        let sealed = match entry {
+            Ok(sealed) => sealed,
+            Err((id, error)) => {
+                report.problems.push(problem(&repo::snapshot_key(&id), vec![id.clone()], error.to_string()));
+                continue;
+            }
+        };
+        if sealed.header.config_hash != repository.config_hash {
+            report.problems.push(problem(
+                repo::CONFIG_KEY,
+                vec![sealed.id.clone()],
+                "the config differs from the one this snapshot was written under (damaged or replaced)".into(),
+            ));
+        }
+        for pack in &sealed.header.packs {
+            referenced.entry((repo::pack_key(&pack.id), pack.clone())).or_default().push(sealed.id.clone());
+        }
+        for index in &sealed.header.indexes {
+            referenced.entry((repo::index_key(&index.id), index.clone())).or_default().push(sealed.id.clone());
+        }
+        sealed_snapshots.push(sealed);
+    }
+
+    let mut damaged: BTreeSet<String> = BTreeSet::new();
+    for ((key, reference), snapshots) in &referenced {
+        match repository.target.get(key).await {
+            Ok(bytes) => {
+                report.objects += 1;
+                report.bytes += bytes.len() as u64;
+                let what = if bytes.len() as u64 != reference.size {
+                    Some(format!("size is {} bytes, the snapshot recorded {}", bytes.len(), reference.size))
+                } else {
+                    repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
+                };
+                if let Some(what) = what {
+                    damaged.insert(reference.id.clone());
+                    report.problems.push(problem(key, snapshots.clone(), what));
+                }
+            }
+            Err(Error::Missing { .. }) => {
+                damaged.insert(reference.id.clone());
+                report.problems.push(problem(key, snapshots.clone(), "missing".into()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let Some(keyring) = keyring else { return Ok(report) };
+    // With a key: manifests and indexes agree.
+    let mut needed_chunks: BTreeMap<String, BTreeSet<crate::crypto::ChunkId>> = BTreeMap::new();
+    let mut index = ChunkIndex::default();
+    for sealed in &sealed_snapshots {
+        let manifest = match sealed.open(keyring) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                report.problems.push(problem(&repo::snapshot_key(&sealed.id), vec![sealed.id.clone()], e.to_string()));
+                continue;
+            }
+        };
+        let readable: Vec<ObjectRef> = sealed.header.indexes.iter().filter(|i| !damaged.contains(&i.id)).cloned().collect();
+        let snapshot_index = match repository.load_index(keyring, Some(&readable)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                report.problems.push(problem("index", vec![sealed.id.clone()], e.to_string()));
+                continue;
+            }
+        };
+        let packs: BTreeSet<&String> = sealed.header.packs.iter().map(|p| &p.id).collect();
+        for id in manifest.all_chunks() {
+            match snapshot_index.chunks.get(id) {
+                Some((pack, _, _)) if packs.contains(&pack.id) => {
+                    needed_chunks.entry(pack.id.clone()).or_default().insert(*id);
+                }
+                Some((pack, _, _)) => report.problems.push(problem(
+                    &repo::pack_key(&pack.id),
+                    vec![sealed.id.clone()],
+                    format!("holds chunk {id} but the snapshot does not list it"),
+                )),
+                None => report.problems.push(problem(&format!("chunk {id}"), vec![sealed.id.clone()], "in no index the snapshot lists".into())),
+            }
+        }
+        for (id, entry) in snapshot_index.chunks {
+            index.chunks.entry(id).or_insert(entry);
+        }
+        index.packs.extend(snapshot_index.packs);
+    }
+
+    if depth == Depth::ReadData {
+        let index = Arc::new(index);
+        let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), index.clone(), 2);
+        for (pack_id, chunks) in &needed_chunks {
+            if damaged.contains(pack_id) {
+                continue;
+            }
+            let key = repo::pack_key(pack_id);
+            let users: Vec<String> = referenced
+                .iter()
+                .filter(|((k, _), _)| *k == key)
+                .flat_map(|(_, s)| s.clone())
+                .collect();
+            for id in chunks {
+                match reader.read(id).await {
+                    Ok(_) => report.chunks += 1,
+                    Err(e) => {
+                        report.problems.push(problem(&key, users.clone(), e.to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,269 @@
+//! Keys and the two primitives built on them: age encryption and keyed BLAKE3.
+//!
+//! A repository has one random 32-byte [`RepoSecret`], stored encrypted to the admins and the
+//! writer. Everything keyed is derived from it with BLAKE3's key derivation, one context string
+//! per purpose, so no key is used for two jobs.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use age::secrecy::ExposeSecret;
+use rand::RngCore;
+
+use crate::error::{Error, Result};
+
+/// The repository's root secret: chunk-id key, chunker seed and MAC key all derive from it.
+#[derive(Clone)]
+pub struct RepoSecret([u8; 32]);
+
+impl fmt::Debug for RepoSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RepoSecret(..)")
+    }
+}
+
+impl RepoSecret {
+    /// A fresh random secret.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        RepoSecret(bytes)
+    }
+
+    /// From the hex form stored in the keys object.
+    pub fn from_hex(text: &str) -> Result<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes)
+            .map_err(|_| Error::corrupt("keys", "repository secret is not 32 bytes of hex"))?;
+        Ok(RepoSecret(bytes))
+    }
+
+    /// The hex form, only ever written inside an age-encrypted object.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
+
+    /// The key that names chunks.
+    pub fn chunk_id_key(&self) -> ChunkIdKey {
+        ChunkIdKey(self.derive("crmvault 2026 chunk id v1"))
+    }
+
+    /// The secret seed of the content-defined chunker.
+    pub fn chunker_seed(&self) -> [u8; 32] {
+        self.derive("crmvault 2026 chunker gear v1")
+    }
+
+    /// The key for table digests and snapshot MACs.
+    pub fn mac_key(&self) -> MacKey {
+        MacKey(self.derive("crmvault 2026 mac v1"))
+    }
+}
+
+/// Keyed BLAKE3 key that turns a chunk's plaintext into its [`ChunkId`].
+#[derive(Clone)]
+pub struct ChunkIdKey([u8; 32]);
+
+impl fmt::Debug for ChunkIdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkIdKey(..)")
+    }
+}
+
+impl ChunkIdKey {
+    /// The id of a plaintext chunk.
+    pub fn id_of(&self, plaintext: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&self.0, plaintext).as_bytes())
+    }
+}
+
+/// Key for MACs over manifests and digests of table streams.
+#[derive(Clone)]
+pub struct MacKey([u8; 32]);
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
+impl MacKey {
+    /// A streaming keyed hasher (table digests).
+    pub fn hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.0)
+    }
+
+    /// MAC of several byte strings, each length-prefixed so boundaries cannot shift.
+    pub fn mac(&self, parts: &[&[u8]]) -> String {
+        let mut hasher = self.hasher();
+        for part in parts {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+}
+
+/// Keyed BLAKE3 of a chunk's plaintext: its name in the repository.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &hex::encode(self.0)[..16])
+    }
+}
+
+impl serde::Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.as_bytes(), &mut bytes).map_err(serde::de::Error::custom)?;
+        Ok(ChunkId(bytes))
+    }
+}
+
+/// Unkeyed BLAKE3 of stored (encrypted) bytes, hex: the name of a content-addressed object.
+pub fn object_hash(ciphertext: &[u8]) -> String {
+    blake3::hash(ciphertext).to_hex().to_string()
+}
+
+/// Parses one `age1…` recipient.
+pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient> {
+    text.trim()
+        .parse::<age::x25519::Recipient>()
+        .map_err(|_| Error::BadKey(format!("{:?} is not an age X25519 recipient (age1…)", text.trim())))
+}
+
+/// A freshly generated identity: the secret (to store 0600) and its public recipient.
+pub fn generate_identity() -> age::x25519::Identity {
+    age::x25519::Identity::generate()
+}
+
+/// Writes an identity file readable only by its owner, refusing to replace an existing file.
+pub fn write_identity_file(path: &Path, identity: &age::x25519::Identity, comment: &str) -> Result<()> {
+    let mut text = String::new();
+    text.push_str(&format!("# {comment}\n# created: {}\n", chrono::Utc::now().to_rfc3339()));
+    text.push_str(&format!("# public key: {}\n", identity.to_public()));
+    text.push_str(identity.to_string().expose_secret());
+    text.push('\n');
+    write_secret_file(path, text.as_bytes())
+}
+
+/// Creates `path` with mode 0600 (never following or replacing an existing file) and syncs it.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.write_all(contents).map_err(|e| Error::io(path, e))?;
+    file.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Reads age X25519 identities from a file (comments and blank lines allowed).
+pub fn read_identity_file(path: &Path) -> Result<Vec<age::x25519::Identity>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut identities = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // Never echo the line: it may be a damaged secret key.
+        let identity = line.parse::<age::x25519::Identity>().map_err(|_| {
+            Error::BadKey(format!("{} is not an age identity file (expected AGE-SECRET-KEY-1… lines)", path.display()))
+        })?;
+        identities.push(identity);
+    }
+    if identities.is_empty() {
+        return Err(Error::BadKey(format!("{} holds no age identity", path.display())));
+    }
+    Ok(identities)
+}
+
+/// Encrypts `plaintext` to every recipient.
+pub fn encrypt(recipients: &[age::x25519::Recipient], plaintext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(plaintext.len() + 256 + recipients.len() * 128);
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .expect("at least one X25519 recipient is always given");
+    let mut writer = encryptor.wrap_output(&mut out).expect("writing to a Vec cannot fail");
+    writer.write_all(plaintext).expect("writing to a Vec cannot fail");
+    writer.finish().expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Why a decryption failed: the key, or the bytes.
+#[derive(Debug)]
+pub enum DecryptFailure {
+    /// None of the identities is a recipient.
+    NoMatchingKey,
+    /// The ciphertext is damaged.
+    Damaged(String),
+}
+
+/// Decrypts an age ciphertext with any of `identities`.
+pub fn decrypt(identities: &[age::x25519::Identity], ciphertext: &[u8]) -> Result<Vec<u8>, DecryptFailure> {
+    let decryptor = age::Decryptor::new_buffered(ciphertext).map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
+    let mut reader = decryptor
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => DecryptFailure::NoMatchingKey,
+            other => DecryptFailure::Damaged(other.to_string()),
+        })?;
+    let mut plaintext = Vec::with_capacity(ciphertext.len());
+    reader.read_to_end(&mut plaintext).map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
+    Ok(plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_ids_depend_on_the_key() {
+        let a = RepoSecret::generate().chunk_id_key();
+        let b = RepoSecret::generate().chunk_id_key();
+        assert_eq!(a.id_of(b"row"), a.id_of(b"row"));
+        assert_ne!(a.id_of(b"row"), b.id_of(b"row"));
+        assert_ne!(a.id_of(b"row").0, *blake3::hash(b"row").as_bytes());
+    }
+
+    #[test]
+    fn decrypt_refuses_a_stranger_and_a_flipped_byte() {
+        let owner = generate_identity();
+        let stranger = generate_identity();
+        let mut ciphertext = encrypt(&[owner.to_public()], b"customer list");
+        assert_eq!(decrypt(std::slice::from_ref(&owner), &ciphertext).unwrap(), b"customer list");
+        assert!(matches!(decrypt(&[stranger], &ciphertext), Err(DecryptFailure::NoMatchingKey)));
+        let last = ciphertext.len() - 3;
+        ciphertext[last] ^= 1;
+        assert!(matches!(decrypt(&[owner], &ciphertext), Err(DecryptFailure::Damaged(_))));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let secret = RepoSecret::generate();
+        assert!(!format!("{secret:?}").contains(&secret.to_hex()[..8]));
+    }
+}

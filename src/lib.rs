@@ -1,0 +1,17 @@
+//! crmvault: encrypted, deduplicated, verifiable backups of PostgreSQL CRM databases.
+//!
+//! The library is the engine; the `crmvault` binary (src/main.rs, src/cli/) only parses
+//! arguments, prints and exits. Modules follow the data's way through the program:
+//! [`source`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
+//! (storage), and back through [`fetch`]. [`commands`] holds one operation per CLI command.
+
+pub mod chunk;
+pub mod commands;
+pub mod crypto;
+pub mod error;
+pub mod fetch;
+pub mod repo;
+pub mod source;
+pub mod target;
+
+pub use error::{Error, Result};

@@ -1,0 +1,678 @@
+//! The repository format (v1): config, keys, packs, indexes and snapshots. See docs/FORMAT.md.
+//!
+//! Objects and their order of writing:
+//! - `config`: plaintext JSON, written once by `init`.
+//! - `keys/<hash>`: the repository secret, age-encrypted to the admins and the writer.
+//! - `data/<hh>/<hash>`: a pack: zstd-compressed chunks, concatenated, age-encrypted to the admins.
+//! - `index/<hash>`: where each chunk of some packs lies, encrypted to the admins and the writer.
+//! - `snapshots/<hash>`: a plaintext header (time, sizes, referenced objects), a MAC, and the
+//!   encrypted manifest. Written last: it is the commit.
+//!
+//! `<hash>` is the unkeyed BLAKE3 of the stored bytes, so anyone can check an object's integrity
+//! without a key, and nobody learns anything about the plaintext from its name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::ChunkParams;
+use crate::crypto::{self, ChunkId, ChunkIdKey, DecryptFailure, MacKey, RepoSecret};
+use crate::error::{Error, Result};
+use crate::target::{PutOutcome, Target};
+
+/// The repository format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The config object's key.
+pub const CONFIG_KEY: &str = "config";
+const SNAPSHOT_MAGIC: &str = "crmvault-snapshot";
+/// Upper bound on one chunk's plaintext, enforced when reading (guards decompression).
+pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
+
+/// Object key of a pack.
+pub fn pack_key(id: &str) -> String {
+    format!("data/{}/{id}", &id[..2])
+}
+/// Object key of an index.
+pub fn index_key(id: &str) -> String {
+    format!("index/{id}")
+}
+/// Object key of a snapshot.
+pub fn snapshot_key(id: &str) -> String {
+    format!("snapshots/{id}")
+}
+/// Object key of a keys object.
+pub fn keys_key(id: &str) -> String {
+    format!("keys/{id}")
+}
+
+/// The plaintext `config` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Always "crmvault".
+    pub format: String,
+    /// Repository format version.
+    pub version: u32,
+    /// Random id; names the writer key on the backup host.
+    pub id: String,
+    /// When `init` ran.
+    pub created: DateTime<Utc>,
+    /// The admins' age recipients: data is readable only by them.
+    pub recipients: Vec<String>,
+    /// The backup host's recipient: it can read metadata, never data.
+    pub writer_recipient: String,
+    /// Object key of the keys object.
+    pub keys: String,
+    /// Chunk size bounds.
+    pub chunking: ChunkParams,
+    /// zstd level for chunks.
+    pub compression_level: i32,
+    /// Target size of a pack, bytes.
+    pub pack_size: usize,
+}
+
+/// Plaintext of a keys object.
+#[derive(Serialize, Deserialize)]
+struct KeysFile {
+    repository_id: String,
+    repo_secret: String,
+}
+
+/// Who is opening the repository, and so what they may read.
+#[derive(Clone)]
+pub struct Keyring {
+    identities: Vec<age::x25519::Identity>,
+    identity_path: PathBuf,
+    secret: RepoSecret,
+    /// True when the identity is an admin's (can read data).
+    pub is_admin: bool,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").field("identity_path", &self.identity_path).field("is_admin", &self.is_admin).finish()
+    }
+}
+
+impl Keyring {
+    /// The chunk-id key.
+    pub fn chunk_id_key(&self) -> ChunkIdKey {
+        self.secret.chunk_id_key()
+    }
+    /// The MAC / digest key.
+    pub fn mac_key(&self) -> MacKey {
+        self.secret.mac_key()
+    }
+    /// The chunker seed.
+    pub fn chunker_seed(&self) -> [u8; 32] {
+        self.secret.chunker_seed()
+    }
+
+    /// Decrypts an object with this keyring's identities.
+    pub fn decrypt(&self, object: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        crypto::decrypt(&self.identities, ciphertext).map_err(|failure| match failure {
+            DecryptFailure::NoMatchingKey if self.is_admin => Error::WrongIdentity { path: self.identity_path.clone() },
+            DecryptFailure::NoMatchingKey => Error::Invalid(format!("{object} is data; only an admin identity (--identity) can read it")),
+            DecryptFailure::Damaged(detail) => Error::corrupt(object, detail),
+        })
+    }
+}
+
+/// Where the writer key of a repository lives on the backup host.
+pub fn writer_key_path(config_dir: &Path, repository_id: &str) -> PathBuf {
+    config_dir.join("repos").join(repository_id).join("writer.key")
+}
+
+/// An opened repository on one target.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// Where it is.
+    pub target: Target,
+    /// Its config.
+    pub config: RepoConfig,
+    /// BLAKE3 of the config object's bytes; recorded in every snapshot.
+    pub config_hash: String,
+}
+
+impl Repository {
+    /// Creates a new repository: writer key (local, 0600) first, then keys, then config.
+    pub async fn init(
+        target: Target,
+        recipients: &[age::x25519::Recipient],
+        config_dir: &Path,
+        secret: RepoSecret,
+    ) -> Result<(Repository, PathBuf)> {
+        if target.size_of(CONFIG_KEY).await?.is_some() {
+            return Err(Error::AlreadyExists { location: target.location().into(), what: "a crmvault repository".into() });
+        }
+        if !target.is_empty().await? {
+            return Err(Error::AlreadyExists { location: target.location().into(), what: "other files".into() });
+        }
+        if recipients.is_empty() {
+            return Err(Error::Invalid("init needs at least one --recipient (an admin's age1… public key)".into()));
+        }
+        let mut id_bytes = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id_bytes);
+        let repository_id = hex::encode(id_bytes);
+
+        let writer = crypto::generate_identity();
+        let writer_path = writer_key_path(config_dir, &repository_id);
+        crypto::write_identity_file(&writer_path, &writer, &format!("crmvault writer key of repository {repository_id}"))?;
+
+        let keys = KeysFile { repository_id: repository_id.clone(), repo_secret: secret.to_hex() };
+        let mut metadata_recipients = recipients.to_vec();
+        metadata_recipients.push(writer.to_public());
+        let keys_ciphertext = crypto::encrypt(&metadata_recipients, &serde_json::to_vec(&keys).expect("serialisable"));
+        let keys_object = keys_key(&crypto::object_hash(&keys_ciphertext));
+        target.put_new(&keys_object, Bytes::from(keys_ciphertext)).await?;
+
+        let config = RepoConfig {
+            format: "crmvault".into(),
+            version: FORMAT_VERSION,
+            id: repository_id,
+            created: Utc::now(),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
+            writer_recipient: writer.to_public().to_string(),
+            keys: keys_object,
+            chunking: ChunkParams::default(),
+            compression_level: 3,
+            pack_size: 8 << 20,
+        };
+        let mut config_bytes = serde_json::to_vec_pretty(&config).expect("serialisable");
+        config_bytes.push(b'\n');
+        let config_hash = crypto::object_hash(&config_bytes);
+        if target.put_new(CONFIG_KEY, Bytes::from(config_bytes)).await? == PutOutcome::AlreadyThere {
+            return Err(Error::AlreadyExists { location: target.location().into(), what: "a crmvault repository".into() });
+        }
+        Ok((Repository { target, config, config_hash }, writer_path))
+    }
+
+    /// Opens an existing repository and checks its format version.
+    pub async fn open(target: Target) -> Result<Repository> {
+        let bytes = match target.get(CONFIG_KEY).await {
+            Ok(bytes) => bytes,
+            Err(Error::Missing { .. }) => return Err(Error::NotARepository { location: target.location().into() }),
+            Err(e) => return Err(e),
+        };
+        let config_hash = crypto::object_hash(&bytes);
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("{}/config", target.location()), format!("not JSON: {e}")))?;
+        let version = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        if value.get("format").and_then(serde_json::Value::as_str) != Some("crmvault") {
+            return Err(Error::NotARepository { location: target.location().into() });
+        }
+        if version != u64::from(FORMAT_VERSION) {
+            return Err(Error::UnsupportedFormat {
+                what: format!("repository {}", target.location()),
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+                supported: FORMAT_VERSION,
+            });
+        }
+        let config: RepoConfig = serde_json::from_value(value)
+            .map_err(|e| Error::corrupt(format!("{}/config", target.location()), e.to_string()))?;
+        for recipient in config.recipients.iter().chain(std::iter::once(&config.writer_recipient)) {
+            crypto::parse_recipient(recipient)
+                .map_err(|_| Error::corrupt(format!("{}/config", target.location()), "holds a damaged recipient"))?;
+        }
+        Ok(Repository { target, config, config_hash })
+    }
+
+    /// The admins' recipients (data).
+    pub fn data_recipients(&self) -> Vec<age::x25519::Recipient> {
+        self.config.recipients.iter().filter_map(|r| crypto::parse_recipient(r).ok()).collect()
+    }
+
+    /// Admins plus writer (metadata).
+    pub fn metadata_recipients(&self) -> Vec<age::x25519::Recipient> {
+        let mut all = self.data_recipients();
+        all.extend(crypto::parse_recipient(&self.config.writer_recipient).ok());
+        all
+    }
+
+    /// Unlocks with the writer key kept under `config_dir` (the backup host).
+    pub async fn unlock_as_writer(&self, config_dir: &Path) -> Result<Keyring> {
+        let path = writer_key_path(config_dir, &self.config.id);
+        if !path.exists() {
+            return Err(Error::NoWriterKey { repository_id: self.config.id.clone(), path });
+        }
+        let identities = crypto::read_identity_file(&path)?;
+        if !identities.iter().any(|i| i.to_public().to_string() == self.config.writer_recipient) {
+            return Err(Error::BadKey(format!("{} is not the writer key of repository {}", path.display(), self.config.id)));
+        }
+        self.unlock(identities, path, false).await
+    }
+
+    /// Unlocks with an admin identity file.
+    pub async fn unlock_as_admin(&self, identity_path: &Path) -> Result<Keyring> {
+        let identities = crypto::read_identity_file(identity_path)?;
+        let admin = identities.iter().any(|i| self.config.recipients.contains(&i.to_public().to_string()));
+        if !admin {
+            return Err(Error::WrongIdentity { path: identity_path.to_path_buf() });
+        }
+        self.unlock(identities, identity_path.to_path_buf(), true).await
+    }
+
+    async fn unlock(&self, identities: Vec<age::x25519::Identity>, identity_path: PathBuf, is_admin: bool) -> Result<Keyring> {
+        let ciphertext = self.target.get(&self.config.keys).await?;
+        check_object_name(&self.config.keys, &ciphertext)?;
+        let plaintext = crypto::decrypt(&identities, &ciphertext).map_err(|failure| match failure {
+            DecryptFailure::NoMatchingKey => Error::WrongIdentity { path: identity_path.clone() },
+            DecryptFailure::Damaged(detail) => Error::corrupt(&self.config.keys, detail),
+        })?;
+        let keys: KeysFile = serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(&self.config.keys, e.to_string()))?;
+        if keys.repository_id != self.config.id {
+            return Err(Error::corrupt(&self.config.keys, "belongs to another repository"));
+        }
+        let secret = RepoSecret::from_hex(&keys.repo_secret)?;
+        Ok(Keyring { identities, identity_path, secret, is_admin })
+    }
+
+    /// Lists snapshot ids.
+    pub async fn snapshot_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .target
+            .list("snapshots")
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix("snapshots/").map(str::to_string))
+            .collect())
+    }
+
+    /// Reads and checks (name = hash) a snapshot object, returning it parsed but still sealed.
+    pub async fn read_snapshot(&self, id: &str) -> Result<SealedSnapshot> {
+        let key = snapshot_key(id);
+        let bytes = self.target.get(&key).await?;
+        check_object_name(&key, &bytes)?;
+        SealedSnapshot::parse(id, bytes)
+    }
+
+    /// Reads every snapshot header, newest last. Damaged snapshots are returned as errors.
+    pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
+        let mut all = Vec::new();
+        for id in self.snapshot_ids().await? {
+            all.push(self.read_snapshot(&id).await.map_err(|e| (id, e)));
+        }
+        all.sort_by_key(|s| s.as_ref().map(|s| s.header.time).ok());
+        Ok(all)
+    }
+
+    /// Resolves `latest` or an id prefix to one snapshot id.
+    pub async fn resolve_snapshot(&self, selector: &str) -> Result<String> {
+        let ids = self.snapshot_ids().await?;
+        if selector == "latest" {
+            let mut newest: Option<(DateTime<Utc>, String)> = None;
+            for id in ids {
+                let snapshot = self.read_snapshot(&id).await?;
+                if newest.as_ref().is_none_or(|(time, _)| snapshot.header.time > *time) {
+                    newest = Some((snapshot.header.time, id));
+                }
+            }
+            return newest.map(|(_, id)| id).ok_or_else(|| {
+                Error::SnapshotNotFound(format!("repository {} has no snapshots yet", self.target.location()))
+            });
+        }
+        if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound(format!(
+                "{selector:?} is not a snapshot id (give `latest` or at least 4 hex digits of an id)"
+            )));
+        }
+        let matches: Vec<String> = ids.into_iter().filter(|id| id.starts_with(&selector.to_ascii_lowercase())).collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::SnapshotNotFound(format!("no snapshot {selector} in {}", self.target.location()))),
+            _ => Err(Error::SnapshotNotFound(format!("{selector} matches {} snapshots; give more digits", matches.len()))),
+        }
+    }
+
+    /// Loads all index objects (or the listed ones), returning chunk locations.
+    pub async fn load_index(&self, keyring: &Keyring, only: Option<&[ObjectRef]>) -> Result<ChunkIndex> {
+        let keys: Vec<String> = match only {
+            Some(list) => list.iter().map(|o| index_key(&o.id)).collect(),
+            None => self.target.list("index").await?.into_iter().map(|(key, _)| key).collect(),
+        };
+        let mut index = ChunkIndex::default();
+        for key in keys {
+            let ciphertext = self.target.get(&key).await?;
+            check_object_name(&key, &ciphertext)?;
+            let plaintext = keyring.decrypt(&key, &ciphertext)?;
+            let file: IndexFile = decode_json(&key, &plaintext)?;
+            let index_id = key.trim_start_matches("index/").to_string();
+            index.add(&index_id, file);
+        }
+        Ok(index)
+    }
+}
+
+/// Checks that a content-addressed object's bytes hash to its name.
+pub fn check_object_name(key: &str, bytes: &[u8]) -> Result<()> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let actual = crypto::object_hash(bytes);
+    if actual != name {
+        return Err(Error::corrupt(key, "its contents do not match its name (BLAKE3 mismatch)"));
+    }
+    Ok(())
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8]) -> Result<T> {
+    let plaintext = zstd::stream::decode_all(compressed).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
+    serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(object, format!("bad JSON: {e}")))
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(value).expect("serialisable");
+    zstd::bulk::compress(&json, 3).expect("zstd compresses in memory")
+}
+
+/// A stored object referenced by a snapshot: its id (hash) and size.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// BLAKE3 hex of the stored bytes.
+    pub id: String,
+    /// Stored size in bytes.
+    pub size: u64,
+}
+
+/// Where one chunk lies inside a pack's plaintext.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ChunkLocation(pub ChunkId, pub u64, pub u32, pub u32);
+
+impl ChunkLocation {
+    /// The chunk.
+    pub fn chunk(&self) -> ChunkId {
+        self.0
+    }
+    /// Offset of its compressed bytes in the decrypted pack.
+    pub fn offset(&self) -> u64 {
+        self.1
+    }
+    /// Compressed length.
+    pub fn length(&self) -> u32 {
+        self.2
+    }
+    /// Plaintext length.
+    pub fn raw_length(&self) -> u32 {
+        self.3
+    }
+}
+
+/// One pack as an index describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackRecord {
+    /// The pack.
+    pub pack: ObjectRef,
+    /// Its chunks.
+    pub chunks: Vec<ChunkLocation>,
+}
+
+/// Plaintext of an index object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexFile {
+    /// Format version.
+    pub version: u32,
+    /// Packs described.
+    pub packs: Vec<PackRecord>,
+}
+
+/// Where every known chunk is.
+#[derive(Debug, Default)]
+pub struct ChunkIndex {
+    /// chunk → (pack, location in pack, index object that said so).
+    pub chunks: HashMap<ChunkId, (ObjectRef, ChunkLocation, String)>,
+    /// pack id → its chunks (for verifying a pack whole).
+    pub packs: BTreeMap<String, PackRecord>,
+}
+
+impl ChunkIndex {
+    fn add(&mut self, index_id: &str, file: IndexFile) {
+        for record in file.packs {
+            for location in &record.chunks {
+                self.chunks.entry(location.chunk()).or_insert_with(|| (record.pack.clone(), *location, index_id.to_string()));
+            }
+            self.packs.insert(record.pack.id.clone(), record);
+        }
+    }
+}
+
+/// Builds one pack: compressed chunks appended, then sealed (encrypted) as one object.
+pub struct PackWriter {
+    plaintext: Vec<u8>,
+    chunks: Vec<ChunkLocation>,
+}
+
+/// A pack ready to upload.
+pub struct SealedPack {
+    /// Its object key.
+    pub key: String,
+    /// Reference (id, size).
+    pub reference: ObjectRef,
+    /// Ciphertext.
+    pub bytes: Bytes,
+    /// Its chunks.
+    pub chunks: Vec<ChunkLocation>,
+}
+
+impl PackWriter {
+    /// An empty pack with room for `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        PackWriter { plaintext: Vec::with_capacity(capacity), chunks: Vec::new() }
+    }
+
+    /// Appends an already compressed chunk.
+    pub fn add(&mut self, id: ChunkId, compressed: &[u8], raw_length: usize) {
+        let offset = self.plaintext.len() as u64;
+        self.plaintext.extend_from_slice(compressed);
+        self.chunks.push(ChunkLocation(
+            id,
+            offset,
+            u32::try_from(compressed.len()).expect("a compressed chunk is < 4 GiB"),
+            u32::try_from(raw_length).expect("a chunk is < 4 GiB"),
+        ));
+    }
+
+    /// Bytes buffered so far.
+    pub fn len(&self) -> usize {
+        self.plaintext.len()
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Encrypts the pack to the data recipients.
+    pub fn seal(self, recipients: &[age::x25519::Recipient]) -> SealedPack {
+        let ciphertext = crypto::encrypt(recipients, &self.plaintext);
+        let id = crypto::object_hash(&ciphertext);
+        SealedPack {
+            key: pack_key(&id),
+            reference: ObjectRef { id, size: ciphertext.len() as u64 },
+            bytes: Bytes::from(ciphertext),
+            chunks: self.chunks,
+        }
+    }
+}
+
+/// Encrypts an index file for the metadata recipients: (key, reference, bytes).
+pub fn seal_index(file: &IndexFile, recipients: &[age::x25519::Recipient]) -> (String, ObjectRef, Bytes) {
+    let ciphertext = crypto::encrypt(recipients, &encode_json(file));
+    let id = crypto::object_hash(&ciphertext);
+    (index_key(&id), ObjectRef { id, size: ciphertext.len() as u64 }, Bytes::from(ciphertext))
+}
+
+/// Decompresses one chunk out of a decrypted pack and proves its id.
+pub fn open_chunk(key: &ChunkIdKey, pack_plaintext: &[u8], location: &ChunkLocation, pack_key: &str) -> Result<Vec<u8>> {
+    let start = usize::try_from(location.offset()).unwrap_or(usize::MAX);
+    let end = start.saturating_add(location.length() as usize);
+    let compressed = pack_plaintext
+        .get(start..end)
+        .ok_or_else(|| Error::corrupt(pack_key, format!("chunk {} lies outside the pack", location.chunk())))?;
+    if location.raw_length() > MAX_CHUNK_BYTES {
+        return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
+    }
+    let plaintext = zstd::bulk::decompress(compressed, location.raw_length() as usize)
+        .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
+    if plaintext.len() != location.raw_length() as usize || key.id_of(&plaintext) != location.chunk() {
+        return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
+    }
+    Ok(plaintext)
+}
+
+/// The plaintext header of a snapshot: what anyone may see.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// Format version.
+    pub version: u32,
+    /// When the database snapshot was taken.
+    pub time: DateTime<Utc>,
+    /// BLAKE3 of the repository config it was written under.
+    pub config_hash: String,
+    /// Stored bytes of every object it references.
+    pub total_bytes: u64,
+    /// Bytes this backup added.
+    pub added_bytes: u64,
+    /// Packs it needs.
+    pub packs: Vec<ObjectRef>,
+    /// Indexes it needs.
+    pub indexes: Vec<ObjectRef>,
+}
+
+/// One stream of bytes (a table's COPY data, or a schema section), as chunks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamManifest {
+    /// Plaintext length.
+    pub bytes: u64,
+    /// Keyed BLAKE3 of the whole plaintext (hex).
+    pub digest: String,
+    /// Its chunks, in order.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// One table's data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableManifest {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Columns in the COPY stream (generated columns are left out).
+    pub columns: Vec<String>,
+    /// Rows.
+    pub rows: u64,
+    /// Its COPY text stream.
+    pub data: StreamManifest,
+}
+
+/// A sequence's state at snapshot time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequenceState {
+    /// Schema name.
+    pub schema: String,
+    /// Sequence name.
+    pub name: String,
+    /// last_value.
+    pub last_value: i64,
+    /// is_called.
+    pub is_called: bool,
+}
+
+/// Everything a snapshot holds, encrypted to admins and writer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// Database name.
+    pub database: String,
+    /// Server version string.
+    pub server_version: String,
+    /// Host that ran the backup.
+    pub hostname: String,
+    /// pg_dump pre-data section (DDL before data).
+    pub pre_data: StreamManifest,
+    /// pg_dump post-data section (indexes, constraints, triggers).
+    pub post_data: StreamManifest,
+    /// Table data.
+    pub tables: Vec<TableManifest>,
+    /// Sequence values.
+    pub sequences: Vec<SequenceState>,
+    /// Materialized views that were populated, to refresh after restore.
+    pub materialized_views: Vec<(String, String)>,
+}
+
+impl Manifest {
+    /// Every chunk it references.
+    pub fn all_chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.tables
+            .iter()
+            .flat_map(|t| t.data.chunks.iter())
+            .chain(self.pre_data.chunks.iter())
+            .chain(self.post_data.chunks.iter())
+    }
+}
+
+/// A snapshot object as read: header visible, manifest still encrypted.
+#[derive(Debug, Clone)]
+pub struct SealedSnapshot {
+    /// Snapshot id (BLAKE3 of the object).
+    pub id: String,
+    /// The plaintext header.
+    pub header: SnapshotHeader,
+    header_line: Bytes,
+    mac: String,
+    manifest_ciphertext: Bytes,
+}
+
+impl SealedSnapshot {
+    /// Builds a snapshot object: returns (id, bytes).
+    pub fn seal(header: &SnapshotHeader, manifest: &Manifest, keyring: &Keyring, recipients: &[age::x25519::Recipient]) -> (String, Bytes) {
+        let header_line = serde_json::to_vec(header).expect("serialisable");
+        let manifest_plain = encode_json(manifest);
+        let mac = keyring.mac_key().mac(&[&header_line, &manifest_plain]);
+        let mut object = format!("{SNAPSHOT_MAGIC} {FORMAT_VERSION}\n").into_bytes();
+        object.extend_from_slice(&header_line);
+        object.push(b'\n');
+        object.extend_from_slice(mac.as_bytes());
+        object.push(b'\n');
+        object.extend_from_slice(&crypto::encrypt(recipients, &manifest_plain));
+        (crypto::object_hash(&object), Bytes::from(object))
+    }
+
+    fn parse(id: &str, bytes: Bytes) -> Result<SealedSnapshot> {
+        let key = snapshot_key(id);
+        let mut lines = Vec::with_capacity(3);
+        let mut start = 0;
+        while lines.len() < 3 {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|p| start + p)
+                .ok_or_else(|| Error::corrupt(&key, "truncated snapshot object"))?;
+            lines.push(bytes.slice(start..end));
+            start = end + 1;
+        }
+        let magic = std::str::from_utf8(&lines[0]).unwrap_or("");
+        let Some(version) = magic.strip_prefix(SNAPSHOT_MAGIC).map(str::trim) else {
+            return Err(Error::corrupt(&key, "not a crmvault snapshot"));
+        };
+        let version: u32 = version.parse().map_err(|_| Error::corrupt(&key, "bad version line"))?;
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat { what: format!("snapshot {id}"), found: version, supported: FORMAT_VERSION });
+        }
+        let header: SnapshotHeader =
+            serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
+        let mac = String::from_utf8(lines[2].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
+        Ok(SealedSnapshot { id: id.to_string(), header, header_line: lines[1].clone(), mac, manifest_ciphertext: bytes.slice(start..) })
+    }
+
+    /// Decrypts the manifest and proves it belongs with this header.
+    pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
+        let key = snapshot_key(&self.id);
+        let compressed = keyring.decrypt(&key, &self.manifest_ciphertext)?;
+        let mac = keyring.mac_key().mac(&[&self.header_line, &compressed]);
+        if mac != self.mac {
+            return Err(Error::corrupt(&key, "its MAC does not match (not written with this repository's key)"));
+        }
+        decode_json(&key, &compressed)
+    }
+}

@@ -1,0 +1,477 @@
+//! PostgreSQL: the consistent snapshot, the schema (through pg_dump) and COPY out and in.
+//!
+//! Backup opens one `REPEATABLE READ READ ONLY` transaction, exports its snapshot, and every
+//! other connection (table readers, pg_dump) imports it, so all tables come from one instant.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::error::{Error, Result};
+
+/// A parsed database connection string. `Display` never shows the password.
+#[derive(Clone)]
+pub struct Database {
+    config: Config,
+    redacted: String,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl Database {
+    /// Parses a `postgres://` URL or a `key=value` connection string.
+    pub fn parse(text: &str) -> Result<Database> {
+        let redacted = redact(text);
+        let mut config: Config = text
+            .parse()
+            .map_err(|e| Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(15));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("crmvault");
+        }
+        if config.get_hosts().is_empty() {
+            config.host("127.0.0.1");
+        }
+        Ok(Database { config, redacted })
+    }
+
+    /// Uses `password` unless the connection string already carries one (PGPASSWORD).
+    pub fn set_password_if_missing(&mut self, password: &str) {
+        if self.config.get_password().is_none() {
+            self.config.password(password);
+        }
+    }
+
+    /// The database name (or the user name, PostgreSQL's default).
+    pub fn name(&self) -> String {
+        self.config.get_dbname().or(self.config.get_user()).unwrap_or("postgres").to_string()
+    }
+
+    /// Connects. The connection's background task is spawned on the current runtime.
+    pub async fn connect(&self) -> Result<Client> {
+        if self.config.get_ssl_mode() == SslMode::Require {
+            return Err(Error::Invalid(format!(
+                "{}: sslmode=require is not supported by this build yet; use a local socket, a TLS tunnel, or sslmode=prefer",
+                self.redacted
+            )));
+        }
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot connect to {}: {}", self.redacted, describe(&e))))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("database connection ended: {error}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Environment for libpq tools (pg_dump): the password goes in PGPASSWORD, never argv.
+    fn libpq_environment(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|host| match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        env.push(("PGHOST".into(), hosts.join(",")));
+        let ports: Vec<String> = self.config.get_ports().iter().map(ToString::to_string).collect();
+        if !ports.is_empty() {
+            env.push(("PGPORT".into(), ports.join(",")));
+        }
+        if let Some(user) = self.config.get_user() {
+            env.push(("PGUSER".into(), user.into()));
+        }
+        env.push(("PGDATABASE".into(), self.name()));
+        if let Some(password) = self.config.get_password() {
+            env.push(("PGPASSWORD".into(), String::from_utf8_lossy(password).into_owned()));
+        }
+        let sslmode = match self.config.get_ssl_mode() {
+            SslMode::Disable => "disable",
+            _ => "prefer",
+        };
+        env.push(("PGSSLMODE".into(), sslmode.into()));
+        env.push(("PGAPPNAME".into(), "crmvault-pg_dump".into()));
+        env.push(("PGCONNECT_TIMEOUT".into(), "15".into()));
+        env
+    }
+}
+
+fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return db.message().to_string();
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
+}
+
+/// Removes the password from a connection string for display.
+pub fn redact(text: &str) -> String {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        if let Ok(mut url) = url::Url::parse(text) {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| if k == "password" { (k.into_owned(), "***".into()) } else { (k.into_owned(), v.into_owned()) })
+                .collect();
+            if !pairs.is_empty() {
+                url.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            return url.to_string();
+        }
+        return "postgres://(unparseable URL)".into();
+    }
+    text.split_whitespace()
+        .map(|part| if part.starts_with("password=") { "password=***".to_string() } else { part.to_string() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A table whose data is backed up.
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// Columns to copy (not generated), in order.
+    pub columns: Vec<String>,
+    /// Primary key columns, if any (stable row order).
+    pub primary_key: Vec<String>,
+    /// On-disk size, to schedule big tables first.
+    pub size: i64,
+}
+
+impl SourceTable {
+    /// `schema.table`, quoted.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// The `COPY … TO STDOUT` that reads it in primary-key order.
+    pub fn copy_out_sql(&self) -> String {
+        if self.columns.is_empty() {
+            return format!("COPY {} TO STDOUT", self.qualified());
+        }
+        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let order = if self.primary_key.is_empty() {
+            String::new()
+        } else {
+            let keys: Vec<String> = self.primary_key.iter().map(|c| quote_ident(c)).collect();
+            format!(" ORDER BY {}", keys.join(", "))
+        };
+        format!("COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT", columns.join(", "), self.qualified())
+    }
+}
+
+/// The `COPY … FROM STDIN` that loads a table's stream.
+pub fn copy_in_sql(schema: &str, name: &str, columns: &[String], freeze: bool) -> String {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let freeze = if freeze { " WITH (FREEZE)" } else { "" };
+    if columns.is_empty() {
+        return format!("COPY {table} FROM STDIN{freeze}");
+    }
+    let columns: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    format!("COPY {table} ({}) FROM STDIN{freeze}", columns.join(", "))
+}
+
+const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
+
+const NOT_FROM_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
+
+/// The snapshot-holding connection of a backup.
+pub struct SnapshotSession {
+    /// The connection; its transaction must stay open until every reader has attached.
+    pub client: Client,
+    /// The exported snapshot name.
+    pub snapshot: String,
+    /// When the transaction started (database clock).
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The server's version string and number.
+    pub server_version: (String, i32),
+}
+
+impl SnapshotSession {
+    /// Opens the transaction and exports its snapshot.
+    pub async fn begin(database: &Database) -> Result<SnapshotSession> {
+        let client = database.connect().await?;
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        let row = client
+            .query_one("SELECT pg_export_snapshot(), now(), current_setting('server_version'), current_setting('server_version_num')::int", &[])
+            .await?;
+        Ok(SnapshotSession { snapshot: row.get(0), time: row.get(1), server_version: (row.get(2), row.get(3)), client })
+    }
+
+    /// Every user table with data (leaf tables, not from extensions), biggest first.
+    pub async fn tables(&self) -> Result<Vec<SourceTable>> {
+        let sql = format!(
+            "SELECT n.nspname, c.relname, \
+               coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'), \
+               coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}'), \
+               pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} \
+             ORDER BY 5 DESC, 1, 2"
+        );
+        let rows = self.client.query(&sql, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| SourceTable {
+                schema: row.get(0),
+                name: row.get(1),
+                columns: row.get(2),
+                primary_key: row.get(3),
+                size: row.get(4),
+            })
+            .collect())
+    }
+
+    /// Current values of every user sequence.
+    pub async fn sequences(&self) -> Result<Vec<crate::repo::SequenceState>> {
+        let sql = format!(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'S' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY 1, 2"
+        );
+        let mut states = Vec::new();
+        for row in self.client.query(&sql, &[]).await? {
+            let (schema, name): (String, String) = (row.get(0), row.get(1));
+            let value = self
+                .client
+                .query_one(&format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)), &[])
+                .await?;
+            states.push(crate::repo::SequenceState { schema, name, last_value: value.get(0), is_called: value.get(1) });
+        }
+        Ok(states)
+    }
+
+    /// Materialized views that hold data (to refresh after a restore).
+    pub async fn populated_materialized_views(&self) -> Result<Vec<(String, String)>> {
+        let sql = format!(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'm' AND c.relispopulated AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY c.oid"
+        );
+        Ok(self.client.query(&sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Opens a reader connection on the exported snapshot.
+pub async fn attach_to_snapshot(database: &Database, snapshot: &str) -> Result<Client> {
+    let client = database.connect().await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            snapshot.replace('\'', "''")
+        ))
+        .await?;
+    Ok(client)
+}
+
+/// Which part of the schema pg_dump writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Types, tables, functions: everything data needs to load.
+    PreData,
+    /// Indexes, constraints, triggers: built after the data.
+    PostData,
+}
+
+/// Finds a pg_dump at least as new as the server.
+pub fn find_pg_dump(explicit: Option<&Path>, server_major: i32) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        let major = pg_dump_major(path)?;
+        if major < server_major {
+            return Err(Error::PgDump(format!(
+                "{} is pg_dump {major}, older than the server ({server_major}); install postgresql-client-{server_major}",
+                path.display()
+            )));
+        }
+        return Ok(path.to_path_buf());
+    }
+    let mut candidates: Vec<PathBuf> = vec![PathBuf::from("pg_dump")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for entry in entries.flatten() {
+            candidates.push(entry.path().join("bin/pg_dump"));
+        }
+    }
+    let mut best: Option<(i32, PathBuf)> = None;
+    for candidate in candidates {
+        if let Ok(major) = pg_dump_major(&candidate) {
+            if major >= server_major && best.as_ref().is_none_or(|(m, _)| major < *m) {
+                best = Some((major, candidate));
+            }
+        }
+    }
+    best.map(|(_, path)| path).ok_or_else(|| {
+        Error::PgDump(format!(
+            "no pg_dump of version {server_major} or newer found (crmvault uses it to read the schema); install postgresql-client-{server_major} or pass --pg-dump PATH"
+        ))
+    })
+}
+
+fn pg_dump_major(path: &Path) -> Result<i32> {
+    let output = std::process::Command::new(path)
+        .arg("--version")
+        .output()
+        .map_err(|e| Error::PgDump(format!("cannot run {}: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .find_map(|word| word.split('.').next().and_then(|major| major.parse::<i32>().ok()))
+        .ok_or_else(|| Error::PgDump(format!("{} did not report a version", path.display())))
+}
+
+/// Runs pg_dump for one schema section inside the exported snapshot.
+pub async fn dump_schema(
+    pg_dump: &Path,
+    database: &Database,
+    snapshot: &str,
+    section: Section,
+    include: &[String],
+    exclude: &[String],
+) -> Result<Vec<u8>> {
+    let mut command = tokio::process::Command::new(pg_dump);
+    command
+        .arg("--schema-only")
+        .arg(match section {
+            Section::PreData => "--section=pre-data",
+            Section::PostData => "--section=post-data",
+        })
+        .arg(format!("--snapshot={snapshot}"))
+        .arg("--no-password")
+        .arg("--quote-all-identifiers")
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "LANG" || k == "LC_ALL" || k == "HOME"))
+        .envs(database.libpq_environment())
+        .kill_on_drop(true);
+    for pattern in include {
+        command.arg("--table").arg(pattern);
+    }
+    for pattern in exclude {
+        command.arg("--exclude-table").arg(pattern);
+    }
+    let output = command.output().await.map_err(|e| Error::PgDump(format!("cannot run {}: {e}", pg_dump.display())))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        return Err(Error::PgDump(format!("pg_dump failed ({}): {first}", output.status)));
+    }
+    Ok(output.stdout)
+}
+
+/// Turns pg_dump's plain output into SQL the server runs: psql's `\restrict` lines are dropped.
+pub fn executable_sql(dump: &[u8]) -> Result<String> {
+    let text = std::str::from_utf8(dump).map_err(|_| Error::Invalid("schema dump is not UTF-8".into()))?;
+    let mut sql = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        let meta = trimmed
+            .strip_prefix("\\restrict ")
+            .or_else(|| trimmed.strip_prefix("\\unrestrict "))
+            .is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !meta {
+            sql.push_str(line);
+        }
+    }
+    Ok(sql)
+}
+
+/// Describes what a database already holds, or `None` when it is empty.
+pub async fn describe_contents(client: &Client) -> Result<Option<String>> {
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS}), \
+                (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}), \
+                (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS} \
+                   AND (t.typtype IN ('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c')))), \
+                (SELECT count(*) FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public')"
+    );
+    let row = client.query_one(&sql, &[]).await?;
+    let (relations, functions, types, schemas): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    if relations + functions + types + schemas == 0 {
+        return Ok(None);
+    }
+    Ok(Some(format!("{relations} relations, {functions} functions, {types} types, {schemas} schemas")))
+}
+
+/// Drops every user schema and recreates an empty `public` (restore --clean), inside the caller's transaction.
+pub async fn clean_database(client: &Client) -> Result<()> {
+    let sql = format!("SELECT n.nspname FROM pg_namespace n WHERE {USER_SCHEMAS} ORDER BY 1");
+    for row in client.query(&sql, &[]).await? {
+        let schema: String = row.get(0);
+        client.batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema))).await?;
+    }
+    client
+        .batch_execute(
+            "CREATE SCHEMA public AUTHORIZATION pg_database_owner; \
+             GRANT USAGE ON SCHEMA public TO PUBLIC; \
+             COMMENT ON SCHEMA public IS 'standard public schema'",
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("postgres://backup:s3cret@db:5432/crm"), "postgres://backup:***@db:5432/crm");
+        assert!(!redact("host=db password=s3cret user=x").contains("s3cret"));
+        assert!(!redact("postgres://db/crm?password=s3cret").contains("s3cret"));
+        let database = Database::parse("postgres://u:s3cret@db/crm").unwrap();
+        assert!(!format!("{database} {database:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn restrict_lines_are_dropped_and_nothing_else() {
+        let dump = b"\\restrict AbC123\nCREATE TABLE t (x text DEFAULT '\\restrict x');\n\\unrestrict AbC123\n";
+        assert_eq!(executable_sql(dump).unwrap(), "CREATE TABLE t (x text DEFAULT '\\restrict x');\n");
+    }
+
+    #[test]
+    fn copy_statements_quote_everything() {
+        let table = SourceTable {
+            schema: "crm".into(),
+            name: "Odd\"Name".into(),
+            columns: vec!["id".into(), "e mail".into()],
+            primary_key: vec!["id".into()],
+            size: 0,
+        };
+        assert_eq!(table.copy_out_sql(), "COPY (SELECT \"id\", \"e mail\" FROM ONLY \"crm\".\"Odd\"\"Name\" ORDER BY \"id\") TO STDOUT");
+    }
+}
