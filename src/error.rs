@@ -21,7 +21,9 @@ pub enum Error {
         what: String,
     },
     /// The repository was written by a format this build does not understand.
-    #[error("{what} uses repository format {found}, this crmvault reads format {supported}; upgrade crmvault")]
+    #[error(
+        "{what} uses repository format {found}, this crmvault reads format {supported}; upgrade crmvault"
+    )]
     UnsupportedFormat {
         /// Which object.
         what: String,
@@ -53,7 +55,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// The backup host does not hold the writer key of this repository.
-    #[error("no writer key for repository {repository_id} at {path}: run backups on the host that ran `init`, or set CRMVAULT_CONFIG_DIR")]
+    #[error(
+        "no writer key for repository {repository_id} at {path}: run backups on the host that ran `init`, or set CRMVAULT_CONFIG_DIR"
+    )]
     NoWriterKey {
         /// Repository id.
         repository_id: String,
@@ -67,7 +71,9 @@ pub enum Error {
     #[error("{0}")]
     SnapshotNotFound(String),
     /// The target database already holds objects.
-    #[error("database {database} is not empty ({detail}); restore into an empty database or pass --clean to replace its contents")]
+    #[error(
+        "database {database} is not empty ({detail}); restore into an empty database or pass --clean to replace its contents"
+    )]
     TargetNotEmpty {
         /// Redacted database URL.
         database: String,
@@ -90,7 +96,7 @@ pub enum Error {
     Invalid(String),
     /// A PostgreSQL error.
     #[error("PostgreSQL: {}", postgres_message(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// A storage error.
     #[error("storage: {0}")]
     Storage(#[from] object_store::Error),
@@ -110,12 +116,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// Shorthand for a corrupt object.
     pub fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Corrupt { object: object.into(), detail: detail.into() }
+        Error::Corrupt {
+            object: object.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+// Not `#[from]`: the message above already carries the server's words, and a source would
+// make the CLI repeat them.
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Error::Postgres(error)
     }
 }
 

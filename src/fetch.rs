@@ -26,8 +26,19 @@ pub struct ChunkReader {
 
 impl ChunkReader {
     /// A reader keeping up to `cached_packs` decrypted packs in memory.
-    pub fn new(target: Target, keyring: Keyring, index: Arc<ChunkIndex>, cached_packs: usize) -> Self {
-        ChunkReader { target, keyring, index, cache: Mutex::new((HashMap::new(), VecDeque::new())), capacity: cached_packs.max(2) }
+    pub fn new(
+        target: Target,
+        keyring: Keyring,
+        index: Arc<ChunkIndex>,
+        cached_packs: usize,
+    ) -> Self {
+        ChunkReader {
+            target,
+            keyring,
+            index,
+            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            capacity: cached_packs.max(2),
+        }
     }
 
     /// Where a chunk is, or a `Missing` error naming it.
@@ -36,7 +47,10 @@ impl ChunkReader {
             .chunks
             .get(id)
             .map(|(pack, location, _)| (pack.clone(), *location))
-            .ok_or_else(|| Error::Missing { object: format!("chunk {id} (in no index)"), location: self.target.location().into() })
+            .ok_or_else(|| Error::Missing {
+                object: format!("chunk {id} (in no index)"),
+                location: self.target.location().into(),
+            })
     }
 
     /// The proven plaintext of one chunk.
@@ -45,9 +59,11 @@ impl ChunkReader {
         let plaintext = self.pack(&pack).await?;
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
-        tokio::task::spawn_blocking(move || repo::open_chunk(&key, &plaintext, &location, &pack_key))
-            .await
-            .expect("chunk decoding does not panic")
+        tokio::task::spawn_blocking(move || {
+            repo::open_chunk(&key, &plaintext, &location, &pack_key)
+        })
+        .await
+        .expect("chunk decoding does not panic")
     }
 
     /// The decrypted plaintext of a pack (cached).
@@ -77,7 +93,10 @@ impl ChunkReader {
         let key = repo::pack_key(&pack.id);
         let ciphertext = self.target.get(&key).await?;
         if ciphertext.len() as u64 != pack.size {
-            return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), pack.size)));
+            return Err(Error::corrupt(
+                &key,
+                format!("size is {} bytes, expected {}", ciphertext.len(), pack.size),
+            ));
         }
         let keyring = self.keyring.clone();
         tokio::task::spawn_blocking(move || {

@@ -15,7 +15,7 @@ use futures::{SinkExt, Stream, StreamExt};
 use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
-use crate::repo::{Keyring, Repository, StreamManifest};
+use crate::repo::{self, Keyring, Repository, StreamManifest, TableManifest};
 use crate::source::{self, Database};
 
 /// What an existing target database may contain.
@@ -56,56 +56,91 @@ pub struct RestoreReport {
 }
 
 /// Restores a snapshot into `options.database`.
-pub async fn run(repository: &Repository, keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
+pub async fn run(
+    repository: &Repository,
+    keyring: &Keyring,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
     let snapshot_id = repository.resolve_snapshot(&options.snapshot).await?;
     let sealed = repository.read_snapshot(&snapshot_id).await?;
+    if sealed.header.config_hash != repository.config_hash {
+        return Err(Error::corrupt(
+            repo::CONFIG_KEY,
+            format!("differs from the one snapshot {snapshot_id} was written under"),
+        ));
+    }
     let manifest = sealed.open(keyring)?;
-    let index = Arc::new(repository.load_index(keyring, Some(&sealed.header.indexes)).await?);
-    let reader = Arc::new(ChunkReader::new(repository.target.clone(), keyring.clone(), index, options.jobs * 2 + 2));
+    let index = Arc::new(
+        repository
+            .load_index(keyring, Some(&sealed.header.indexes))
+            .await?,
+    );
+    let reader = Arc::new(ChunkReader::new(
+        repository.target.clone(),
+        keyring.clone(),
+        index,
+        options.jobs * 2 + 2,
+    ));
     // Every chunk must be findable before the database is touched.
     for id in manifest.all_chunks() {
         reader.locate(id)?;
     }
     let mac_key = keyring.mac_key();
     let jobs = options.jobs.max(1);
-    let pre_data = read_stream(&reader, &mac_key, "schema (pre-data)", &manifest.pre_data, jobs).await?;
-    let post_data = read_stream(&reader, &mac_key, "schema (post-data)", &manifest.post_data, jobs).await?;
+    let pre_data = read_stream(
+        &reader,
+        &mac_key,
+        "schema (pre-data)",
+        &manifest.pre_data,
+        jobs,
+    )
+    .await?;
+    let post_data = read_stream(
+        &reader,
+        &mac_key,
+        "schema (post-data)",
+        &manifest.post_data,
+        jobs,
+    )
+    .await?;
 
     let client = options.database.connect().await?;
     if let Some(contents) = source::describe_contents(&client).await? {
         if options.existing == ExistingContents::Refuse {
-            return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
+            return Err(Error::TargetNotEmpty {
+                database: options.database.to_string(),
+                detail: contents,
+            });
         }
     }
     client.batch_execute("BEGIN").await?;
     if options.existing == ExistingContents::Replace {
         source::clean_database(&client).await?;
     }
-    client.batch_execute(&source::executable_sql(&pre_data)?).await?;
+    client
+        .batch_execute(&source::executable_sql(&pre_data)?)
+        .await?;
     // pg_dump's preamble empties search_path for this session; names below are qualified.
 
+    if let Some(large_objects) = &manifest.large_objects {
+        client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
+        load_stream(
+            &client,
+            &reader,
+            &mac_key,
+            source::LARGE_OBJECTS_COPY_IN,
+            large_objects,
+            jobs,
+        )
+        .await?;
+        client.batch_execute(source::LARGE_OBJECTS_WRITE).await?;
+    }
     let mut rows = 0;
     let mut bytes = 0;
     for table in &manifest.tables {
-        let label = format!("{}.{}", table.schema, table.name);
-        let sink = client.copy_in::<_, Bytes>(&source::copy_in_sql(&table.schema, &table.name, &table.columns, true)).await?;
-        futures::pin_mut!(sink);
-        let mut digest = mac_key.hasher();
-        let chunks = chunk_stream(&reader, &table.data.chunks, jobs);
-        futures::pin_mut!(chunks);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            digest.update(&chunk);
-            sink.send(Bytes::from(chunk)).await?;
-        }
-        check_digest(&label, &table.data, &digest)?;
-        let loaded = sink.as_mut().finish().await?;
-        if loaded != table.rows {
-            return Err(Error::RestoreMismatch { table: label, detail: format!("loaded {loaded} rows, the snapshot has {}", table.rows) });
-        }
-        rows += loaded;
+        let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
+        rows += load_stream(&client, &reader, &mac_key, &sql, table, jobs).await?;
         bytes += table.data.bytes;
-        tracing::debug!(table = %label, rows = loaded, "table restored");
     }
     for sequence in &manifest.sequences {
         client
@@ -115,23 +150,79 @@ pub async fn run(repository: &Repository, keyring: &Keyring, options: &RestoreOp
             )
             .await?;
     }
-    client.batch_execute(&source::executable_sql(&post_data)?).await?;
+    client
+        .batch_execute(&source::executable_sql(&post_data)?)
+        .await?;
     for (schema, name) in &manifest.materialized_views {
         client
-            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {}.{}", source::quote_ident(schema), source::quote_ident(name)))
+            .batch_execute(&format!(
+                "REFRESH MATERIALIZED VIEW {}.{}",
+                source::quote_ident(schema),
+                source::quote_ident(name)
+            ))
             .await?;
     }
     client.batch_execute("COMMIT").await?;
-    Ok(RestoreReport { snapshot_id, tables: manifest.tables.len(), rows, bytes, chunks: manifest.all_chunks().count() })
+    Ok(RestoreReport {
+        snapshot_id,
+        tables: manifest.tables.len(),
+        rows,
+        bytes,
+        chunks: manifest.all_chunks().count(),
+    })
+}
+
+/// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
+async fn load_stream(
+    client: &tokio_postgres::Client,
+    reader: &Arc<ChunkReader>,
+    mac_key: &MacKey,
+    sql: &str,
+    table: &TableManifest,
+    jobs: usize,
+) -> Result<u64> {
+    let label = format!("{}.{}", table.schema, table.name);
+    let sink = client.copy_in::<_, Bytes>(sql).await?;
+    futures::pin_mut!(sink);
+    let mut digest = mac_key.hasher();
+    let chunks = chunk_stream(reader, &table.data.chunks, jobs);
+    futures::pin_mut!(chunks);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        digest.update(&chunk);
+        sink.send(Bytes::from(chunk)).await?;
+    }
+    check_digest(&label, &table.data, &digest)?;
+    let loaded = sink.as_mut().finish().await?;
+    if loaded != table.rows {
+        return Err(Error::RestoreMismatch {
+            table: label,
+            detail: format!("loaded {loaded} rows, the snapshot has {}", table.rows),
+        });
+    }
+    tracing::debug!(table = %label, rows = loaded, "table restored");
+    Ok(loaded)
 }
 
 /// Proven chunks of a stream, in order, `jobs` decoded ahead.
-pub fn chunk_stream<'a>(reader: &'a Arc<ChunkReader>, chunks: &'a [ChunkId], jobs: usize) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
-    futures::stream::iter(chunks.iter()).map(move |id| reader.read(id)).buffered(jobs * 2)
+pub fn chunk_stream<'a>(
+    reader: &'a Arc<ChunkReader>,
+    chunks: &'a [ChunkId],
+    jobs: usize,
+) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
+    futures::stream::iter(chunks.iter())
+        .map(move |id| reader.read(id))
+        .buffered(jobs * 2)
 }
 
 /// Reads a whole (small) stream and checks its digest.
-pub async fn read_stream(reader: &Arc<ChunkReader>, mac_key: &MacKey, label: &str, stream: &StreamManifest, jobs: usize) -> Result<Vec<u8>> {
+pub async fn read_stream(
+    reader: &Arc<ChunkReader>,
+    mac_key: &MacKey,
+    label: &str,
+    stream: &StreamManifest,
+    jobs: usize,
+) -> Result<Vec<u8>> {
     let mut digest = mac_key.hasher();
     let mut bytes = Vec::with_capacity(usize::try_from(stream.bytes).unwrap_or(0));
     let chunks = chunk_stream(reader, &stream.chunks, jobs);
@@ -147,7 +238,10 @@ pub async fn read_stream(reader: &Arc<ChunkReader>, mac_key: &MacKey, label: &st
 
 fn check_digest(label: &str, stream: &StreamManifest, digest: &blake3::Hasher) -> Result<()> {
     if digest.finalize().to_hex().as_str() != stream.digest {
-        return Err(Error::RestoreMismatch { table: label.to_string(), detail: "its data does not match the snapshot's digest".into() });
+        return Err(Error::RestoreMismatch {
+            table: label.to_string(),
+            detail: "its data does not match the snapshot's digest".into(),
+        });
     }
     Ok(())
 }

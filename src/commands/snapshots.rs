@@ -37,7 +37,10 @@ pub struct SnapshotContents {
 }
 
 /// Lists the snapshots, oldest first.
-pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<Vec<SnapshotSummary>> {
+pub async fn list(
+    repository: &Repository,
+    keyring: Option<&Keyring>,
+) -> Result<Vec<SnapshotSummary>> {
     let mut summaries = Vec::new();
     for entry in repository.snapshots().await? {
         match entry {
@@ -49,7 +52,11 @@ pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<
                             database: manifest.database.clone(),
                             hostname: manifest.hostname.clone(),
                             rows: manifest.tables.iter().map(|t| t.rows).sum(),
-                            tables: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
+                            tables: manifest
+                                .tables
+                                .iter()
+                                .map(|t| (format!("{}.{}", t.schema, t.name), t.rows))
+                                .collect(),
                         }),
                         None,
                     ),

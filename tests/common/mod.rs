@@ -1,0 +1,324 @@
+//! Shared test harness: real PostgreSQL databases, the real `crmvault` binary, comparisons.
+#![allow(dead_code, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Server the tests use: `CRMVAULT_TEST_PG` or the local one.
+pub fn server_url() -> String {
+    std::env::var("CRMVAULT_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A database created for one test and dropped at the end of it.
+pub struct TestDb {
+    pub name: String,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TestDb {
+    pub fn create(label: &str) -> TestDb {
+        let name = format!(
+            "cvt_{label}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+        psql(
+            "postgres",
+            &format!("CREATE DATABASE {name} TEMPLATE template0"),
+        );
+        TestDb { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", server_url(), self.name)
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        psql(&self.name, sql)
+    }
+
+    pub fn load_file(&self, path: &Path) {
+        let output = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url(), "-f"])
+            .arg(path)
+            .output()
+            .expect("psql runs");
+        assert!(
+            output.status.success(),
+            "loading {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Every table's rows as sorted text, keyed by `schema.table`.
+    pub fn data(&self) -> Vec<(String, Vec<String>)> {
+        let tables = self.sql(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        );
+        tables
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|table| {
+                let rows = self.sql(&format!(
+                    "SELECT md5(t::text) || ' ' || length(t::text) FROM {table} t ORDER BY 1"
+                ));
+                (table.to_string(), rows.lines().map(String::from).collect())
+            })
+            .collect()
+    }
+
+    /// `pg_dump --schema-only`, without the random `\restrict` lines, lines sorted.
+    pub fn schema(&self) -> Vec<String> {
+        let output = Command::new("pg_dump")
+            .args(["--schema-only", "-d", &self.url()])
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            output.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| {
+                !l.starts_with("\\restrict")
+                    && !l.starts_with("\\unrestrict")
+                    && !l.starts_with("--")
+                    && !l.is_empty()
+            })
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sql(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+        )
+        .trim()
+            == "0"
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-d",
+                &format!("{}/postgres", server_url()),
+                "-c",
+            ])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+/// Runs SQL through psql, returning unaligned tuples.
+pub fn psql(database: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &format!("{}/{database}", server_url()),
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("psql prints UTF-8")
+}
+
+/// A place for one test: a temp dir holding the config dir (writer keys), repos and keys.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a command did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// A clean failure: the exit code, one error line, no panic.
+    pub fn fails_with(self, code: i32, needle: &str) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert!(!self.stderr.contains("panicked"), "panic: {}", self.stderr);
+        assert!(
+            self.stderr.contains(needle) || self.stdout.contains(needle),
+            "expected {needle:?} in output:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", self.stdout))
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.path("config")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_crmvault"));
+        command
+            .env("CRMVAULT_CONFIG_DIR", self.config_dir())
+            .env_remove("CRMVAULT_LOG")
+            .env_remove("PGPASSWORD");
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command().args(args).output().expect("crmvault runs"))
+    }
+
+    /// keygen into `name`, returning the recipient.
+    pub fn keygen(&self, name: &str) -> String {
+        let run = self
+            .run(&["keygen", "-o", self.path(name).to_str().unwrap()])
+            .ok();
+        run.stdout.trim().to_string()
+    }
+
+    /// A repository at `name` for a fresh admin key `admin.key`; returns the repo path.
+    pub fn init_repo(&self, name: &str) -> String {
+        let recipient = if self.path("admin.key").exists() {
+            std::fs::read_to_string(self.path("admin.key"))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
+                .unwrap()
+        } else {
+            self.keygen("admin.key")
+        };
+        let repo = self.path(name).to_str().unwrap().to_string();
+        self.run(&["init", "--repo", &repo, "--recipient", &recipient])
+            .ok();
+        repo
+    }
+
+    pub fn admin_key(&self) -> String {
+        self.path("admin.key").to_str().unwrap().to_string()
+    }
+
+    pub fn backup(&self, db: &TestDb, repo: &str) -> serde_json::Value {
+        self.run(&["backup", "--json", "--db", &db.url(), "--repo", repo])
+            .ok()
+            .json()
+    }
+
+    pub fn restore(&self, repo: &str, db: &TestDb) -> Run {
+        self.run(&[
+            "restore",
+            "--repo",
+            repo,
+            "--identity",
+            &self.admin_key(),
+            "--db",
+            &db.url(),
+            "latest",
+        ])
+    }
+}
+
+/// Every regular file under `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).expect("readable dir") {
+            let entry = entry.expect("dir entry");
+            if entry.file_type().expect("file type").is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// Asserts two databases hold the same schema and data.
+pub fn assert_same_database(source: &TestDb, restored: &TestDb) {
+    let (a, b) = (source.schema(), restored.schema());
+    if a != b {
+        let only_a: Vec<&String> = a.iter().filter(|l| !b.contains(l)).take(20).collect();
+        let only_b: Vec<&String> = b.iter().filter(|l| !a.contains(l)).take(20).collect();
+        panic!("schemas differ\nonly in source: {only_a:#?}\nonly in restored: {only_b:#?}");
+    }
+    let (a, b) = (source.data(), restored.data());
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        "table lists differ"
+    );
+    for ((table, rows_a), (_, rows_b)) in a.iter().zip(b.iter()) {
+        assert_eq!(rows_a.len(), rows_b.len(), "row count of {table}");
+        assert!(rows_a == rows_b, "data of {table} differs");
+    }
+}
