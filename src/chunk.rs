@@ -22,11 +22,7 @@ pub struct ChunkParams {
 
 impl Default for ChunkParams {
     fn default() -> Self {
-        ChunkParams {
-            min: 8 * 1024,
-            avg: 32 * 1024,
-            max: 128 * 1024,
-        }
+        ChunkParams { min: 8 * 1024, avg: 32 * 1024, max: 128 * 1024 }
     }
 }
 
@@ -45,9 +41,7 @@ impl Chunker {
     /// A chunker whose boundaries are keyed by `seed`.
     pub fn new(seed: &[u8; 32], params: ChunkParams) -> Self {
         let mut gear = Box::new([0u64; 256]);
-        let mut reader = blake3::Hasher::new_keyed(seed)
-            .update(b"gear")
-            .finalize_xof();
+        let mut reader = blake3::Hasher::new_keyed(seed).update(b"gear").finalize_xof();
         for entry in gear.iter_mut() {
             let mut bytes = [0u8; 8];
             reader.fill(&mut bytes);
@@ -86,8 +80,7 @@ impl Chunker {
                 if self.hash & self.arm_mask == 0 {
                     self.armed = true;
                 }
-                (length >= self.params.max * 2 && self.hash & self.long_row_mask == 0)
-                    || length >= hard_max
+                (length >= self.params.max * 2 && self.hash & self.long_row_mask == 0) || length >= hard_max
             };
             if cut {
                 self.current.extend_from_slice(&data[start..=index]);
@@ -130,11 +123,7 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..count {
             out.extend_from_slice(
-                format!(
-                    "{i}\tcontact {i} {salt}\tperson{i}@example.test\t{}\n",
-                    i * 7919 % 10007
-                )
-                .as_bytes(),
+                format!("{i}\tcontact {i} {salt}\tperson{i}@example.test\t{}\n", i * 7919 % 10007).as_bytes(),
             );
         }
         out
@@ -145,11 +134,7 @@ mod tests {
         let data = rows(20_000, "x");
         let seed = [7u8; 32];
         let whole = chunk_all(&seed, ChunkParams::default(), &data);
-        assert!(
-            whole.len() > 10,
-            "expected many chunks, got {}",
-            whole.len()
-        );
+        assert!(whole.len() > 10, "expected many chunks, got {}", whole.len());
         assert_eq!(whole.concat(), data);
         for feed in [1usize, 13, 4096, 100_000] {
             let mut pieces = Vec::new();
@@ -169,11 +154,7 @@ mod tests {
         let chunks = chunk_all(&[1u8; 32], params, &data);
         for chunk in &chunks[..chunks.len() - 1] {
             assert_eq!(chunk.last(), Some(&b'\n'));
-            assert!(
-                chunk.len() >= params.min && chunk.len() <= params.max + 200,
-                "size {}",
-                chunk.len()
-            );
+            assert!(chunk.len() >= params.min && chunk.len() <= params.max + 200, "size {}", chunk.len());
         }
     }
 
@@ -188,12 +169,7 @@ mod tests {
         let a = chunk_all(&seed, ChunkParams::default(), &before);
         let b = chunk_all(&seed, ChunkParams::default(), &after);
         let shared = b.iter().filter(|c| a.contains(c)).count();
-        assert!(
-            b.len() - shared <= 2,
-            "{} of {} chunks changed",
-            b.len() - shared,
-            b.len()
-        );
+        assert!(b.len() - shared <= 2, "{} of {} chunks changed", b.len() - shared, b.len());
     }
 
     #[test]
@@ -201,10 +177,7 @@ mod tests {
         let data = rows(20_000, "k");
         let a = chunk_all(&[1u8; 32], ChunkParams::default(), &data);
         let b = chunk_all(&[2u8; 32], ChunkParams::default(), &data);
-        assert_ne!(
-            a.iter().map(Vec::len).collect::<Vec<_>>(),
-            b.iter().map(Vec::len).collect::<Vec<_>>()
-        );
+        assert_ne!(a.iter().map(Vec::len).collect::<Vec<_>>(), b.iter().map(Vec::len).collect::<Vec<_>>());
     }
 
     #[test]
@@ -218,11 +191,7 @@ mod tests {
         data.push(b'\n');
         let chunks = chunk_all(&[3u8; 32], ChunkParams::default(), &data);
         assert!(chunks.len() > 3);
-        assert!(
-            chunks
-                .iter()
-                .all(|c| c.len() <= ChunkParams::default().max * 8)
-        );
+        assert!(chunks.iter().all(|c| c.len() <= ChunkParams::default().max * 8));
         assert_eq!(chunks.concat(), data);
     }
 }

@@ -125,18 +125,13 @@ impl fmt::Debug for ChunkId {
 }
 
 impl serde::Serialize for ChunkId {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
         serializer.serialize_str(&hex::encode(self.0))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for ChunkId {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(text.as_bytes(), &mut bytes).map_err(serde::de::Error::custom)?;
@@ -151,12 +146,9 @@ pub fn object_hash(ciphertext: &[u8]) -> String {
 
 /// Parses one `age1…` recipient.
 pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient> {
-    text.trim().parse::<age::x25519::Recipient>().map_err(|_| {
-        Error::BadKey(format!(
-            "{:?} is not an age X25519 recipient (age1…)",
-            text.trim()
-        ))
-    })
+    text.trim()
+        .parse::<age::x25519::Recipient>()
+        .map_err(|_| Error::BadKey(format!("{:?} is not an age X25519 recipient (age1…)", text.trim())))
 }
 
 /// A freshly generated identity: the secret (to store 0600) and its public recipient.
@@ -165,16 +157,9 @@ pub fn generate_identity() -> age::x25519::Identity {
 }
 
 /// Writes an identity file readable only by its owner, refusing to replace an existing file.
-pub fn write_identity_file(
-    path: &Path,
-    identity: &age::x25519::Identity,
-    comment: &str,
-) -> Result<()> {
+pub fn write_identity_file(path: &Path, identity: &age::x25519::Identity, comment: &str) -> Result<()> {
     let mut text = String::new();
-    text.push_str(&format!(
-        "# {comment}\n# created: {}\n",
-        chrono::Utc::now().to_rfc3339()
-    ));
+    text.push_str(&format!("# {comment}\n# created: {}\n", chrono::Utc::now().to_rfc3339()));
     text.push_str(&format!("# public key: {}\n", identity.to_public()));
     text.push_str(identity.to_string().expose_secret());
     text.push('\n');
@@ -199,7 +184,8 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
 
 /// Reads age X25519 identities from a file (comments and blank lines allowed).
 pub fn read_identity_file(path: &Path) -> Result<Vec<age::x25519::Identity>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::BadKey(format!("cannot read identity file {}: {e}", path.display())))?;
     let mut identities = Vec::new();
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
@@ -207,18 +193,12 @@ pub fn read_identity_file(path: &Path) -> Result<Vec<age::x25519::Identity>> {
         }
         // Never echo the line: it may be a damaged secret key.
         let identity = line.parse::<age::x25519::Identity>().map_err(|_| {
-            Error::BadKey(format!(
-                "{} is not an age identity file (expected AGE-SECRET-KEY-1… lines)",
-                path.display()
-            ))
+            Error::BadKey(format!("{} is not an age identity file (expected AGE-SECRET-KEY-1… lines)", path.display()))
         })?;
         identities.push(identity);
     }
     if identities.is_empty() {
-        return Err(Error::BadKey(format!(
-            "{} holds no age identity",
-            path.display()
-        )));
+        return Err(Error::BadKey(format!("{} holds no age identity", path.display())));
     }
     Ok(identities)
 }
@@ -226,15 +206,10 @@ pub fn read_identity_file(path: &Path) -> Result<Vec<age::x25519::Identity>> {
 /// Encrypts `plaintext` to every recipient.
 pub fn encrypt(recipients: &[age::x25519::Recipient], plaintext: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(plaintext.len() + 256 + recipients.len() * 128);
-    let encryptor =
-        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-            .expect("at least one X25519 recipient is always given");
-    let mut writer = encryptor
-        .wrap_output(&mut out)
-        .expect("writing to a Vec cannot fail");
-    writer
-        .write_all(plaintext)
-        .expect("writing to a Vec cannot fail");
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .expect("at least one X25519 recipient is always given");
+    let mut writer = encryptor.wrap_output(&mut out).expect("writing to a Vec cannot fail");
+    writer.write_all(plaintext).expect("writing to a Vec cannot fail");
     writer.finish().expect("writing to a Vec cannot fail");
     out
 }
@@ -249,22 +224,14 @@ pub enum DecryptFailure {
 }
 
 /// Decrypts an age ciphertext with any of `identities`.
-pub fn decrypt(
-    identities: &[age::x25519::Identity],
-    ciphertext: &[u8],
-) -> Result<Vec<u8>, DecryptFailure> {
-    let decryptor = age::Decryptor::new_buffered(ciphertext)
-        .map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
-    let mut reader = decryptor
-        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => DecryptFailure::NoMatchingKey,
-            other => DecryptFailure::Damaged(other.to_string()),
-        })?;
+pub fn decrypt(identities: &[age::x25519::Identity], ciphertext: &[u8]) -> Result<Vec<u8>, DecryptFailure> {
+    let decryptor = age::Decryptor::new_buffered(ciphertext).map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
+    let mut reader = decryptor.decrypt(identities.iter().map(|i| i as &dyn age::Identity)).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => DecryptFailure::NoMatchingKey,
+        other => DecryptFailure::Damaged(other.to_string()),
+    })?;
     let mut plaintext = Vec::with_capacity(ciphertext.len());
-    reader
-        .read_to_end(&mut plaintext)
-        .map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
+    reader.read_to_end(&mut plaintext).map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
     Ok(plaintext)
 }
 
@@ -286,20 +253,11 @@ mod tests {
         let owner = generate_identity();
         let stranger = generate_identity();
         let mut ciphertext = encrypt(&[owner.to_public()], b"customer list");
-        assert_eq!(
-            decrypt(std::slice::from_ref(&owner), &ciphertext).unwrap(),
-            b"customer list"
-        );
-        assert!(matches!(
-            decrypt(&[stranger], &ciphertext),
-            Err(DecryptFailure::NoMatchingKey)
-        ));
+        assert_eq!(decrypt(std::slice::from_ref(&owner), &ciphertext).unwrap(), b"customer list");
+        assert!(matches!(decrypt(&[stranger], &ciphertext), Err(DecryptFailure::NoMatchingKey)));
         let last = ciphertext.len() - 3;
         ciphertext[last] ^= 1;
-        assert!(matches!(
-            decrypt(&[owner], &ciphertext),
-            Err(DecryptFailure::Damaged(_))
-        ));
+        assert!(matches!(decrypt(&[owner], &ciphertext), Err(DecryptFailure::Damaged(_))));
     }
 
     #[test]

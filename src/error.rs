@@ -21,9 +21,7 @@ pub enum Error {
         what: String,
     },
     /// The repository was written by a format this build does not understand.
-    #[error(
-        "{what} uses repository format {found}, this crmvault reads format {supported}; upgrade crmvault"
-    )]
+    #[error("{what} uses repository format {found}, this crmvault reads format {supported}; upgrade crmvault")]
     UnsupportedFormat {
         /// Which object.
         what: String,
@@ -116,18 +114,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// Shorthand for a corrupt object.
     pub fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Corrupt {
-            object: object.into(),
-            detail: detail.into(),
-        }
+        Error::Corrupt { object: object.into(), detail: detail.into() }
     }
 }
 

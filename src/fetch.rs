@@ -26,12 +26,7 @@ pub struct ChunkReader {
 
 impl ChunkReader {
     /// A reader keeping up to `cached_packs` decrypted packs in memory.
-    pub fn new(
-        target: Target,
-        keyring: Keyring,
-        index: Arc<ChunkIndex>,
-        cached_packs: usize,
-    ) -> Self {
+    pub fn new(target: Target, keyring: Keyring, index: Arc<ChunkIndex>, cached_packs: usize) -> Self {
         ChunkReader {
             target,
             keyring,
@@ -43,14 +38,10 @@ impl ChunkReader {
 
     /// Where a chunk is, or a `Missing` error naming it.
     pub fn locate(&self, id: &ChunkId) -> Result<(ObjectRef, ChunkLocation)> {
-        self.index
-            .chunks
-            .get(id)
-            .map(|(pack, location, _)| (pack.clone(), *location))
-            .ok_or_else(|| Error::Missing {
-                object: format!("chunk {id} (in no index)"),
-                location: self.target.location().into(),
-            })
+        self.index.chunks.get(id).map(|(pack, location, _)| (pack.clone(), *location)).ok_or_else(|| Error::Missing {
+            object: format!("chunk {id} (in no index)"),
+            location: self.target.location().into(),
+        })
     }
 
     /// The proven plaintext of one chunk.
@@ -59,11 +50,9 @@ impl ChunkReader {
         let plaintext = self.pack(&pack).await?;
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
-        tokio::task::spawn_blocking(move || {
-            repo::open_chunk(&key, &plaintext, &location, &pack_key)
-        })
-        .await
-        .expect("chunk decoding does not panic")
+        tokio::task::spawn_blocking(move || repo::open_chunk(&key, &plaintext, &location, &pack_key))
+            .await
+            .expect("chunk decoding does not panic")
     }
 
     /// The decrypted plaintext of a pack (cached).
@@ -93,10 +82,7 @@ impl ChunkReader {
         let key = repo::pack_key(&pack.id);
         let ciphertext = self.target.get(&key).await?;
         if ciphertext.len() as u64 != pack.size {
-            return Err(Error::corrupt(
-                &key,
-                format!("size is {} bytes, expected {}", ciphertext.len(), pack.size),
-            ));
+            return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), pack.size)));
         }
         let keyring = self.keyring.clone();
         tokio::task::spawn_blocking(move || {

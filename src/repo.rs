@@ -92,10 +92,7 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring")
-            .field("identity_path", &self.identity_path)
-            .field("is_admin", &self.is_admin)
-            .finish()
+        f.debug_struct("Keyring").field("identity_path", &self.identity_path).field("is_admin", &self.is_admin).finish()
     }
 }
 
@@ -116,12 +113,10 @@ impl Keyring {
     /// Decrypts an object with this keyring's identities.
     pub fn decrypt(&self, object: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
         crypto::decrypt(&self.identities, ciphertext).map_err(|failure| match failure {
-            DecryptFailure::NoMatchingKey if self.is_admin => Error::WrongIdentity {
-                path: self.identity_path.clone(),
-            },
-            DecryptFailure::NoMatchingKey => Error::Invalid(format!(
-                "{object} is data; only an admin identity (--identity) can read it"
-            )),
+            DecryptFailure::NoMatchingKey if self.is_admin => Error::WrongIdentity { path: self.identity_path.clone() },
+            DecryptFailure::NoMatchingKey => {
+                Error::Invalid(format!("{object} is data; only an admin identity (--identity) can read it"))
+            }
             DecryptFailure::Damaged(detail) => Error::corrupt(object, detail),
         })
     }
@@ -129,10 +124,7 @@ impl Keyring {
 
 /// Where the writer key of a repository lives on the backup host.
 pub fn writer_key_path(config_dir: &Path, repository_id: &str) -> PathBuf {
-    config_dir
-        .join("repos")
-        .join(repository_id)
-        .join("writer.key")
+    config_dir.join("repos").join(repository_id).join("writer.key")
 }
 
 /// An opened repository on one target.
@@ -161,15 +153,10 @@ impl Repository {
             });
         }
         if !target.is_empty().await? {
-            return Err(Error::AlreadyExists {
-                location: target.location().into(),
-                what: "other files".into(),
-            });
+            return Err(Error::AlreadyExists { location: target.location().into(), what: "other files".into() });
         }
         if recipients.is_empty() {
-            return Err(Error::Invalid(
-                "init needs at least one --recipient (an admin's age1… public key)".into(),
-            ));
+            return Err(Error::Invalid("init needs at least one --recipient (an admin's age1… public key)".into()));
         }
         let mut id_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id_bytes);
@@ -183,20 +170,12 @@ impl Repository {
             &format!("crmvault writer key of repository {repository_id}"),
         )?;
 
-        let keys = KeysFile {
-            repository_id: repository_id.clone(),
-            repo_secret: secret.to_hex(),
-        };
+        let keys = KeysFile { repository_id: repository_id.clone(), repo_secret: secret.to_hex() };
         let mut metadata_recipients = recipients.to_vec();
         metadata_recipients.push(writer.to_public());
-        let keys_ciphertext = crypto::encrypt(
-            &metadata_recipients,
-            &serde_json::to_vec(&keys).expect("serialisable"),
-        );
+        let keys_ciphertext = crypto::encrypt(&metadata_recipients, &serde_json::to_vec(&keys).expect("serialisable"));
         let keys_object = keys_key(&crypto::object_hash(&keys_ciphertext));
-        target
-            .put_new(&keys_object, Bytes::from(keys_ciphertext))
-            .await?;
+        target.put_new(&keys_object, Bytes::from(keys_ciphertext)).await?;
 
         let config = RepoConfig {
             format: "crmvault".into(),
@@ -213,24 +192,13 @@ impl Repository {
         let mut config_bytes = serde_json::to_vec_pretty(&config).expect("serialisable");
         config_bytes.push(b'\n');
         let config_hash = crypto::object_hash(&config_bytes);
-        if target
-            .put_new(CONFIG_KEY, Bytes::from(config_bytes))
-            .await?
-            == PutOutcome::AlreadyThere
-        {
+        if target.put_new(CONFIG_KEY, Bytes::from(config_bytes)).await? == PutOutcome::AlreadyThere {
             return Err(Error::AlreadyExists {
                 location: target.location().into(),
                 what: "a crmvault repository".into(),
             });
         }
-        Ok((
-            Repository {
-                target,
-                config,
-                config_hash,
-            },
-            writer_path,
-        ))
+        Ok((Repository { target, config, config_hash }, writer_path))
     }
 
     /// Opens an existing repository and checks its format version.
@@ -238,27 +206,16 @@ impl Repository {
         let bytes = match target.get(CONFIG_KEY).await {
             Ok(bytes) => bytes,
             Err(Error::Missing { .. }) => {
-                return Err(Error::NotARepository {
-                    location: target.location().into(),
-                });
+                return Err(Error::NotARepository { location: target.location().into() });
             }
             Err(e) => return Err(e),
         };
         let config_hash = crypto::object_hash(&bytes);
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::corrupt(
-                format!("{}/config", target.location()),
-                format!("not JSON: {e}"),
-            )
-        })?;
-        let version = value
-            .get("version")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("{}/config", target.location()), format!("not JSON: {e}")))?;
+        let version = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
         if value.get("format").and_then(serde_json::Value::as_str) != Some("crmvault") {
-            return Err(Error::NotARepository {
-                location: target.location().into(),
-            });
+            return Err(Error::NotARepository { location: target.location().into() });
         }
         if version != u64::from(FORMAT_VERSION) {
             return Err(Error::UnsupportedFormat {
@@ -269,32 +226,16 @@ impl Repository {
         }
         let config: RepoConfig = serde_json::from_value(value)
             .map_err(|e| Error::corrupt(format!("{}/config", target.location()), e.to_string()))?;
-        for recipient in config
-            .recipients
-            .iter()
-            .chain(std::iter::once(&config.writer_recipient))
-        {
-            crypto::parse_recipient(recipient).map_err(|_| {
-                Error::corrupt(
-                    format!("{}/config", target.location()),
-                    "holds a damaged recipient",
-                )
-            })?;
+        for recipient in config.recipients.iter().chain(std::iter::once(&config.writer_recipient)) {
+            crypto::parse_recipient(recipient)
+                .map_err(|_| Error::corrupt(format!("{}/config", target.location()), "holds a damaged recipient"))?;
         }
-        Ok(Repository {
-            target,
-            config,
-            config_hash,
-        })
+        Ok(Repository { target, config, config_hash })
     }
 
     /// The admins' recipients (data).
     pub fn data_recipients(&self) -> Vec<age::x25519::Recipient> {
-        self.config
-            .recipients
-            .iter()
-            .filter_map(|r| crypto::parse_recipient(r).ok())
-            .collect()
+        self.config.recipients.iter().filter_map(|r| crypto::parse_recipient(r).ok()).collect()
     }
 
     /// Admins plus writer (metadata).
@@ -308,16 +249,10 @@ impl Repository {
     pub async fn unlock_as_writer(&self, config_dir: &Path) -> Result<Keyring> {
         let path = writer_key_path(config_dir, &self.config.id);
         if !path.exists() {
-            return Err(Error::NoWriterKey {
-                repository_id: self.config.id.clone(),
-                path,
-            });
+            return Err(Error::NoWriterKey { repository_id: self.config.id.clone(), path });
         }
         let identities = crypto::read_identity_file(&path)?;
-        if !identities
-            .iter()
-            .any(|i| i.to_public().to_string() == self.config.writer_recipient)
-        {
+        if !identities.iter().any(|i| i.to_public().to_string() == self.config.writer_recipient) {
             return Err(Error::BadKey(format!(
                 "{} is not the writer key of repository {}",
                 path.display(),
@@ -330,16 +265,11 @@ impl Repository {
     /// Unlocks with an admin identity file.
     pub async fn unlock_as_admin(&self, identity_path: &Path) -> Result<Keyring> {
         let identities = crypto::read_identity_file(identity_path)?;
-        let admin = identities
-            .iter()
-            .any(|i| self.config.recipients.contains(&i.to_public().to_string()));
+        let admin = identities.iter().any(|i| self.config.recipients.contains(&i.to_public().to_string()));
         if !admin {
-            return Err(Error::WrongIdentity {
-                path: identity_path.to_path_buf(),
-            });
+            return Err(Error::WrongIdentity { path: identity_path.to_path_buf() });
         }
-        self.unlock(identities, identity_path.to_path_buf(), true)
-            .await
+        self.unlock(identities, identity_path.to_path_buf(), true).await
     }
 
     async fn unlock(
@@ -350,28 +280,17 @@ impl Repository {
     ) -> Result<Keyring> {
         let ciphertext = self.target.get(&self.config.keys).await?;
         check_object_name(&self.config.keys, &ciphertext)?;
-        let plaintext =
-            crypto::decrypt(&identities, &ciphertext).map_err(|failure| match failure {
-                DecryptFailure::NoMatchingKey => Error::WrongIdentity {
-                    path: identity_path.clone(),
-                },
-                DecryptFailure::Damaged(detail) => Error::corrupt(&self.config.keys, detail),
-            })?;
-        let keys: KeysFile = serde_json::from_slice(&plaintext)
-            .map_err(|e| Error::corrupt(&self.config.keys, e.to_string()))?;
+        let plaintext = crypto::decrypt(&identities, &ciphertext).map_err(|failure| match failure {
+            DecryptFailure::NoMatchingKey => Error::WrongIdentity { path: identity_path.clone() },
+            DecryptFailure::Damaged(detail) => Error::corrupt(&self.config.keys, detail),
+        })?;
+        let keys: KeysFile =
+            serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(&self.config.keys, e.to_string()))?;
         if keys.repository_id != self.config.id {
-            return Err(Error::corrupt(
-                &self.config.keys,
-                "belongs to another repository",
-            ));
+            return Err(Error::corrupt(&self.config.keys, "belongs to another repository"));
         }
         let secret = RepoSecret::from_hex(&keys.repo_secret)?;
-        Ok(Keyring {
-            identities,
-            identity_path,
-            secret,
-            is_admin,
-        })
+        Ok(Keyring { identities, identity_path, secret, is_admin })
     }
 
     /// Lists snapshot ids.
@@ -394,9 +313,7 @@ impl Repository {
     }
 
     /// Reads every snapshot header, newest last. Damaged snapshots are returned as errors.
-    pub async fn snapshots(
-        &self,
-    ) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
+    pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
         let mut all = Vec::new();
         for id in self.snapshot_ids().await? {
             all.push(self.read_snapshot(&id).await.map_err(|e| (id, e)));
@@ -412,18 +329,12 @@ impl Repository {
             let mut newest: Option<(DateTime<Utc>, String)> = None;
             for id in ids {
                 let snapshot = self.read_snapshot(&id).await?;
-                if newest
-                    .as_ref()
-                    .is_none_or(|(time, _)| snapshot.header.time > *time)
-                {
+                if newest.as_ref().is_none_or(|(time, _)| snapshot.header.time > *time) {
                     newest = Some((snapshot.header.time, id));
                 }
             }
             return newest.map(|(_, id)| id).ok_or_else(|| {
-                Error::SnapshotNotFound(format!(
-                    "repository {} has no snapshots yet",
-                    self.target.location()
-                ))
+                Error::SnapshotNotFound(format!("repository {} has no snapshots yet", self.target.location()))
             });
         }
         if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -431,16 +342,11 @@ impl Repository {
                 "{selector:?} is not a snapshot id (give `latest` or at least 4 hex digits of an id)"
             )));
         }
-        let matches: Vec<String> = ids
-            .into_iter()
-            .filter(|id| id.starts_with(&selector.to_ascii_lowercase()))
-            .collect();
+        let matches: Vec<String> =
+            ids.into_iter().filter(|id| id.starts_with(&selector.to_ascii_lowercase())).collect();
         match matches.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(Error::SnapshotNotFound(format!(
-                "no snapshot {selector} in {}",
-                self.target.location()
-            ))),
+            [] => Err(Error::SnapshotNotFound(format!("no snapshot {selector} in {}", self.target.location()))),
             _ => Err(Error::SnapshotNotFound(format!(
                 "{selector} matches {} snapshots; give more digits",
                 matches.len()
@@ -449,20 +355,10 @@ impl Repository {
     }
 
     /// Loads all index objects (or the listed ones), returning chunk locations.
-    pub async fn load_index(
-        &self,
-        keyring: &Keyring,
-        only: Option<&[ObjectRef]>,
-    ) -> Result<ChunkIndex> {
+    pub async fn load_index(&self, keyring: &Keyring, only: Option<&[ObjectRef]>) -> Result<ChunkIndex> {
         let keys: Vec<String> = match only {
             Some(list) => list.iter().map(|o| index_key(&o.id)).collect(),
-            None => self
-                .target
-                .list("index")
-                .await?
-                .into_iter()
-                .map(|(key, _)| key)
-                .collect(),
+            None => self.target.list("index").await?.into_iter().map(|(key, _)| key).collect(),
         };
         let mut index = ChunkIndex::default();
         for key in keys {
@@ -482,17 +378,13 @@ pub fn check_object_name(key: &str, bytes: &[u8]) -> Result<()> {
     let name = key.rsplit('/').next().unwrap_or(key);
     let actual = crypto::object_hash(bytes);
     if actual != name {
-        return Err(Error::corrupt(
-            key,
-            "its contents do not match its name (BLAKE3 mismatch)",
-        ));
+        return Err(Error::corrupt(key, "its contents do not match its name (BLAKE3 mismatch)"));
     }
     Ok(())
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8]) -> Result<T> {
-    let plaintext = zstd::stream::decode_all(compressed)
-        .map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
+    let plaintext = zstd::stream::decode_all(compressed).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
     serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(object, format!("bad JSON: {e}")))
 }
 
@@ -594,10 +486,7 @@ pub struct SealedPack {
 impl PackWriter {
     /// An empty pack with room for `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
-        PackWriter {
-            plaintext: Vec::with_capacity(capacity),
-            chunks: Vec::new(),
-        }
+        PackWriter { plaintext: Vec::with_capacity(capacity), chunks: Vec::new() }
     }
 
     /// Appends an already compressed chunk.
@@ -628,10 +517,7 @@ impl PackWriter {
         let id = crypto::object_hash(&ciphertext);
         SealedPack {
             key: pack_key(&id),
-            reference: ObjectRef {
-                id,
-                size: ciphertext.len() as u64,
-            },
+            reference: ObjectRef { id, size: ciphertext.len() as u64 },
             bytes: Bytes::from(ciphertext),
             chunks: self.chunks,
         }
@@ -639,20 +525,10 @@ impl PackWriter {
 }
 
 /// Encrypts an index file for the metadata recipients: (key, reference, bytes).
-pub fn seal_index(
-    file: &IndexFile,
-    recipients: &[age::x25519::Recipient],
-) -> (String, ObjectRef, Bytes) {
+pub fn seal_index(file: &IndexFile, recipients: &[age::x25519::Recipient]) -> (String, ObjectRef, Bytes) {
     let ciphertext = crypto::encrypt(recipients, &encode_json(file));
     let id = crypto::object_hash(&ciphertext);
-    (
-        index_key(&id),
-        ObjectRef {
-            id,
-            size: ciphertext.len() as u64,
-        },
-        Bytes::from(ciphertext),
-    )
+    (index_key(&id), ObjectRef { id, size: ciphertext.len() as u64 }, Bytes::from(ciphertext))
 }
 
 /// Decompresses one chunk out of a decrypted pack and proves its id.
@@ -664,32 +540,16 @@ pub fn open_chunk(
 ) -> Result<Vec<u8>> {
     let start = usize::try_from(location.offset()).unwrap_or(usize::MAX);
     let end = start.saturating_add(location.length() as usize);
-    let compressed = pack_plaintext.get(start..end).ok_or_else(|| {
-        Error::corrupt(
-            pack_key,
-            format!("chunk {} lies outside the pack", location.chunk()),
-        )
-    })?;
+    let compressed = pack_plaintext
+        .get(start..end)
+        .ok_or_else(|| Error::corrupt(pack_key, format!("chunk {} lies outside the pack", location.chunk())))?;
     if location.raw_length() > MAX_CHUNK_BYTES {
-        return Err(Error::corrupt(
-            pack_key,
-            format!("chunk {} claims an impossible size", location.chunk()),
-        ));
+        return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
     }
-    let plaintext =
-        zstd::bulk::decompress(compressed, location.raw_length() as usize).map_err(|e| {
-            Error::corrupt(
-                pack_key,
-                format!("chunk {} does not decompress: {e}", location.chunk()),
-            )
-        })?;
-    if plaintext.len() != location.raw_length() as usize
-        || key.id_of(&plaintext) != location.chunk()
-    {
-        return Err(Error::corrupt(
-            pack_key,
-            format!("chunk {} fails its keyed hash", location.chunk()),
-        ));
+    let plaintext = zstd::bulk::decompress(compressed, location.raw_length() as usize)
+        .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
+    if plaintext.len() != location.raw_length() as usize || key.id_of(&plaintext) != location.chunk() {
+        return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
     }
     Ok(plaintext)
 }
@@ -838,9 +698,7 @@ impl SealedSnapshot {
         let Some(version) = magic.strip_prefix(SNAPSHOT_MAGIC).map(str::trim) else {
             return Err(Error::corrupt(&key, "not a crmvault snapshot"));
         };
-        let version: u32 = version
-            .parse()
-            .map_err(|_| Error::corrupt(&key, "bad version line"))?;
+        let version: u32 = version.parse().map_err(|_| Error::corrupt(&key, "bad version line"))?;
         if version != FORMAT_VERSION {
             return Err(Error::UnsupportedFormat {
                 what: format!("snapshot {id}"),
@@ -848,10 +706,9 @@ impl SealedSnapshot {
                 supported: FORMAT_VERSION,
             });
         }
-        let header: SnapshotHeader = serde_json::from_slice(&lines[1])
-            .map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
-        let mac = String::from_utf8(lines[2].to_vec())
-            .map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
+        let header: SnapshotHeader =
+            serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
+        let mac = String::from_utf8(lines[2].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
         Ok(SealedSnapshot {
             id: id.to_string(),
             header,
@@ -867,10 +724,7 @@ impl SealedSnapshot {
         let compressed = keyring.decrypt(&key, &self.manifest_ciphertext)?;
         let mac = keyring.mac_key().mac(&[&self.header_line, &compressed]);
         if mac != self.mac {
-            return Err(Error::corrupt(
-                &key,
-                "its MAC does not match (not written with this repository's key)",
-            ));
+            return Err(Error::corrupt(&key, "its MAC does not match (not written with this repository's key)"));
         }
         decode_json(&key, &compressed)
     }

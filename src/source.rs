@@ -34,11 +34,9 @@ impl Database {
     /// Parses a `postgres://` URL or a `key=value` connection string.
     pub fn parse(text: &str) -> Result<Database> {
         let redacted = redact(text);
-        let mut config: Config = text.parse().map_err(|e| {
-            Error::Invalid(format!(
-                "{redacted} is not a valid PostgreSQL connection string: {e}"
-            ))
-        })?;
+        let mut config: Config = text
+            .parse()
+            .map_err(|e| Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(15));
         }
@@ -60,11 +58,7 @@ impl Database {
 
     /// The database name (or the user name, PostgreSQL's default).
     pub fn name(&self) -> String {
-        self.config
-            .get_dbname()
-            .or(self.config.get_user())
-            .unwrap_or("postgres")
-            .to_string()
+        self.config.get_dbname().or(self.config.get_user()).unwrap_or("postgres").to_string()
     }
 
     /// Connects. The connection's background task is spawned on the current runtime.
@@ -75,13 +69,11 @@ impl Database {
                 self.redacted
             )));
         }
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
-            Error::Invalid(format!(
-                "cannot connect to {}: {}",
-                self.redacted,
-                describe(&e)
-            ))
-        })?;
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot connect to {}: {}", self.redacted, describe(&e))))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!("database connection ended: {error}");
@@ -103,12 +95,7 @@ impl Database {
             })
             .collect();
         env.push(("PGHOST".into(), hosts.join(",")));
-        let ports: Vec<String> = self
-            .config
-            .get_ports()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let ports: Vec<String> = self.config.get_ports().iter().map(ToString::to_string).collect();
         if !ports.is_empty() {
             env.push(("PGPORT".into(), ports.join(",")));
         }
@@ -117,10 +104,7 @@ impl Database {
         }
         env.push(("PGDATABASE".into(), self.name()));
         if let Some(password) = self.config.get_password() {
-            env.push((
-                "PGPASSWORD".into(),
-                String::from_utf8_lossy(password).into_owned(),
-            ));
+            env.push(("PGPASSWORD".into(), String::from_utf8_lossy(password).into_owned()));
         }
         let sslmode = match self.config.get_ssl_mode() {
             SslMode::Disable => "disable",
@@ -153,16 +137,12 @@ pub fn redact(text: &str) -> String {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
             }
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    if k == "password" {
-                        (k.into_owned(), "***".into())
-                    } else {
-                        (k.into_owned(), v.into_owned())
-                    }
-                })
-                .collect();
+            let pairs: Vec<(String, String)> =
+                url.query_pairs()
+                    .map(|(k, v)| {
+                        if k == "password" { (k.into_owned(), "***".into()) } else { (k.into_owned(), v.into_owned()) }
+                    })
+                    .collect();
             if !pairs.is_empty() {
                 url.query_pairs_mut().clear().extend_pairs(pairs);
             }
@@ -171,13 +151,7 @@ pub fn redact(text: &str) -> String {
         return "postgres://(unparseable URL)".into();
     }
     text.split_whitespace()
-        .map(|part| {
-            if part.starts_with("password=") {
-                "password=***".to_string()
-            } else {
-                part.to_string()
-            }
-        })
+        .map(|part| if part.starts_with("password=") { "password=***".to_string() } else { part.to_string() })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -220,23 +194,19 @@ impl SourceTable {
             let keys: Vec<String> = self.primary_key.iter().map(|c| quote_ident(c)).collect();
             format!(" ORDER BY {}", keys.join(", "))
         };
-        format!(
-            "COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT",
-            columns.join(", "),
-            self.qualified()
-        )
+        format!("COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT", columns.join(", "), self.qualified())
     }
 }
 
 /// Reads every large object's contents as a COPY stream of (oid, bytea).
-pub const LARGE_OBJECTS_COPY_OUT: &str = "COPY (SELECT oid, pg_catalog.lo_get(oid) FROM pg_catalog.pg_largeobject_metadata ORDER BY oid) TO STDOUT";
+pub const LARGE_OBJECTS_COPY_OUT: &str =
+    "COPY (SELECT oid, pg_catalog.lo_get(oid) FROM pg_catalog.pg_largeobject_metadata ORDER BY oid) TO STDOUT";
 
 /// Loads large objects' contents (their metadata was created by pre-data) from that stream.
 pub const LARGE_OBJECTS_STAGE: &str =
     "CREATE TEMPORARY TABLE crmvault_large_objects (loid oid, data bytea) ON COMMIT DROP";
 /// The COPY into the staging table.
-pub const LARGE_OBJECTS_COPY_IN: &str =
-    "COPY pg_temp.crmvault_large_objects (loid, data) FROM STDIN";
+pub const LARGE_OBJECTS_COPY_IN: &str = "COPY pg_temp.crmvault_large_objects (loid, data) FROM STDIN";
 /// Writes the staged contents into the large objects.
 pub const LARGE_OBJECTS_WRITE: &str = "SELECT count(pg_catalog.lo_put(loid, 0, data)) FROM pg_temp.crmvault_large_objects; DROP TABLE pg_temp.crmvault_large_objects";
 
@@ -271,18 +241,11 @@ impl SnapshotSession {
     /// Opens the transaction and exports its snapshot.
     pub async fn begin(database: &Database) -> Result<SnapshotSession> {
         let client = database.connect().await?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await?;
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
         let row = client
             .query_one("SELECT pg_export_snapshot(), now(), current_setting('server_version'), current_setting('server_version_num')::int", &[])
             .await?;
-        Ok(SnapshotSession {
-            snapshot: row.get(0),
-            time: row.get(1),
-            server_version: (row.get(2), row.get(3)),
-            client,
-        })
+        Ok(SnapshotSession { snapshot: row.get(0), time: row.get(1), server_version: (row.get(2), row.get(3)), client })
     }
 
     /// Every user table with data (leaf tables, not from extensions), biggest first.
@@ -325,20 +288,11 @@ impl SnapshotSession {
             let value = self
                 .client
                 .query_one(
-                    &format!(
-                        "SELECT last_value, is_called FROM {}.{}",
-                        quote_ident(&schema),
-                        quote_ident(&name)
-                    ),
+                    &format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)),
                     &[],
                 )
                 .await?;
-            states.push(crate::repo::SequenceState {
-                schema,
-                name,
-                last_value: value.get(0),
-                is_called: value.get(1),
-            });
+            states.push(crate::repo::SequenceState { schema, name, last_value: value.get(0), is_called: value.get(1) });
         }
         Ok(states)
     }
@@ -349,13 +303,7 @@ impl SnapshotSession {
                    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
                    JOIN pg_class f ON f.oid = k.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace \
                    WHERE k.contype = 'f' AND k.conrelid <> k.confrelid ORDER BY 1, 2";
-        Ok(self
-            .client
-            .query(sql, &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        Ok(self.client.query(sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Materialized views that hold data (to refresh after a restore).
@@ -364,13 +312,7 @@ impl SnapshotSession {
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind = 'm' AND c.relispopulated AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY c.oid"
         );
-        Ok(self
-            .client
-            .query(&sql, &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect())
+        Ok(self.client.query(&sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 
@@ -435,11 +377,7 @@ fn pg_dump_major(path: &Path) -> Result<i32> {
         .map_err(|e| Error::PgDump(format!("cannot run {}: {e}", path.display())))?;
     let text = String::from_utf8_lossy(&output.stdout);
     text.split_whitespace()
-        .find_map(|word| {
-            word.split('.')
-                .next()
-                .and_then(|major| major.parse::<i32>().ok())
-        })
+        .find_map(|word| word.split('.').next().and_then(|major| major.parse::<i32>().ok()))
         .ok_or_else(|| Error::PgDump(format!("{} did not report a version", path.display())))
 }
 
@@ -449,12 +387,7 @@ fn pg_dump_major(path: &Path) -> Result<i32> {
 /// tables' *data* is stored, as pg_dump's `--exclude-table-data` does, so a restore never
 /// misses a type, schema or function a kept table needs. Pre-data includes large objects'
 /// metadata (owner, comment, grants); their contents are stored like a table.
-pub async fn dump_schema(
-    pg_dump: &Path,
-    database: &Database,
-    snapshot: &str,
-    section: Section,
-) -> Result<Vec<u8>> {
+pub async fn dump_schema(pg_dump: &Path, database: &Database, snapshot: &str, section: Section) -> Result<Vec<u8>> {
     let mut command = tokio::process::Command::new(pg_dump);
     match section {
         Section::PreData => command.arg("--section=pre-data").arg("--blobs"),
@@ -464,34 +397,21 @@ pub async fn dump_schema(
         .arg(format!("--snapshot={snapshot}"))
         .arg("--no-password")
         .env_clear()
-        .envs(
-            std::env::vars()
-                .filter(|(k, _)| k == "PATH" || k == "LANG" || k == "LC_ALL" || k == "HOME"),
-        )
+        .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "LANG" || k == "LC_ALL" || k == "HOME"))
         .envs(database.libpq_environment())
         .kill_on_drop(true);
-    let output = command
-        .output()
-        .await
-        .map_err(|e| Error::PgDump(format!("cannot run {}: {e}", pg_dump.display())))?;
+    let output = command.output().await.map_err(|e| Error::PgDump(format!("cannot run {}: {e}", pg_dump.display())))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let first = stderr
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no message");
-        return Err(Error::PgDump(format!(
-            "pg_dump failed ({}): {first}",
-            output.status
-        )));
+        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        return Err(Error::PgDump(format!("pg_dump failed ({}): {first}", output.status)));
     }
     Ok(output.stdout)
 }
 
 /// Turns pg_dump's plain output into SQL the server runs: psql's `\restrict` lines are dropped.
 pub fn executable_sql(dump: &[u8]) -> Result<String> {
-    let text =
-        std::str::from_utf8(dump).map_err(|_| Error::Invalid("schema dump is not UTF-8".into()))?;
+    let text = std::str::from_utf8(dump).map_err(|_| Error::Invalid("schema dump is not UTF-8".into()))?;
     let mut sql = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_end();
@@ -516,14 +436,11 @@ pub async fn describe_contents(client: &Client) -> Result<Option<String>> {
                 (SELECT count(*) FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public')"
     );
     let row = client.query_one(&sql, &[]).await?;
-    let (relations, functions, types, schemas): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (relations, functions, types, schemas): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
     if relations + functions + types + schemas == 0 {
         return Ok(None);
     }
-    Ok(Some(format!(
-        "{relations} relations, {functions} functions, {types} types, {schemas} schemas"
-    )))
+    Ok(Some(format!("{relations} relations, {functions} functions, {types} types, {schemas} schemas")))
 }
 
 /// Drops every user schema and recreates an empty `public` (restore --clean), inside the caller's transaction.
@@ -531,9 +448,7 @@ pub async fn clean_database(client: &Client) -> Result<()> {
     let sql = format!("SELECT n.nspname FROM pg_namespace n WHERE {USER_SCHEMAS} ORDER BY 1");
     for row in client.query(&sql, &[]).await? {
         let schema: String = row.get(0);
-        client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))
-            .await?;
+        client.batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema))).await?;
     }
     client
         .batch_execute(
@@ -551,10 +466,7 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(
-            redact("postgres://backup:s3cret@db:5432/crm"),
-            "postgres://backup:***@db:5432/crm"
-        );
+        assert_eq!(redact("postgres://backup:s3cret@db:5432/crm"), "postgres://backup:***@db:5432/crm");
         assert!(!redact("host=db password=s3cret user=x").contains("s3cret"));
         assert!(!redact("postgres://db/crm?password=s3cret").contains("s3cret"));
         let database = Database::parse("postgres://u:s3cret@db/crm").unwrap();
@@ -564,10 +476,7 @@ mod tests {
     #[test]
     fn restrict_lines_are_dropped_and_nothing_else() {
         let dump = b"\\restrict AbC123\nCREATE TABLE t (x text DEFAULT '\\restrict x');\n\\unrestrict AbC123\n";
-        assert_eq!(
-            executable_sql(dump).unwrap(),
-            "CREATE TABLE t (x text DEFAULT '\\restrict x');\n"
-        );
+        assert_eq!(executable_sql(dump).unwrap(), "CREATE TABLE t (x text DEFAULT '\\restrict x');\n");
     }
 
     #[test]

@@ -25,9 +25,7 @@ pub struct Target {
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target")
-            .field("location", &self.location)
-            .finish_non_exhaustive()
+        f.debug_struct("Target").field("location", &self.location).finish_non_exhaustive()
     }
 }
 
@@ -57,17 +55,11 @@ impl Target {
             std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
         if !path.is_dir() {
-            return Err(Error::NotARepository {
-                location: location.to_string(),
-            });
+            return Err(Error::NotARepository { location: location.to_string() });
         }
         let root = path.canonicalize().map_err(|e| Error::io(&path, e))?;
         let store = LocalFileSystem::new_with_prefix(&root)?;
-        Ok(Target {
-            store: Arc::new(store),
-            location: location.to_string(),
-            local_root: Some(root),
-        })
+        Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root) })
     }
 
     /// The location as the user gave it (never holds credentials).
@@ -86,10 +78,7 @@ impl Target {
 
     /// Reads a byte range of an object.
     pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
-        self.store
-            .get_range(&ObjectPath::from(key), range)
-            .await
-            .map_err(|e| self.map_error(key, e))
+        self.store.get_range(&ObjectPath::from(key), range).await.map_err(|e| self.map_error(key, e))
     }
 
     /// The size of an object, or `None` when it does not exist.
@@ -103,19 +92,8 @@ impl Target {
 
     /// Writes a new object, durably. An existing object is left untouched.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(
-                &ObjectPath::from(key),
-                PutPayload::from_bytes(bytes),
-                options,
-            )
-            .await
-        {
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes), options).await {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => return Ok(PutOutcome::AlreadyThere),
             Err(e) => return Err(e.into()),
@@ -133,12 +111,8 @@ impl Target {
     /// Lists objects under a prefix: (key, size), sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let prefix = ObjectPath::from(prefix);
-        let mut objects: Vec<(String, u64)> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| (meta.location.to_string(), meta.size))
-            .try_collect()
-            .await?;
+        let mut objects: Vec<(String, u64)> =
+            self.store.list(Some(&prefix)).map_ok(|meta| (meta.location.to_string(), meta.size)).try_collect().await?;
         objects.sort();
         Ok(objects)
     }
@@ -159,10 +133,9 @@ impl Target {
 
     fn map_error(&self, key: &str, error: object_store::Error) -> Error {
         match error {
-            object_store::Error::NotFound { .. } => Error::Missing {
-                object: key.to_string(),
-                location: self.location.clone(),
-            },
+            object_store::Error::NotFound { .. } => {
+                Error::Missing { object: key.to_string(), location: self.location.clone() }
+            }
             other => other.into(),
         }
     }
@@ -173,9 +146,11 @@ fn local_path(location: &str) -> Result<PathBuf> {
     if let Some(rest) = location.strip_prefix("file://") {
         let url = url::Url::parse(location)
             .map_err(|e| Error::Invalid(format!("{location:?} is not a valid file URL: {e}")))?;
-        return url
-            .to_file_path()
-            .map_err(|()| Error::Invalid(format!("{location:?} is not a local file URL (expected file:///absolute/path, got {rest:?})")));
+        return url.to_file_path().map_err(|()| {
+            Error::Invalid(format!(
+                "{location:?} is not a local file URL (expected file:///absolute/path, got {rest:?})"
+            ))
+        });
     }
     if location.contains("://") {
         return Err(Error::Invalid(format!(
@@ -191,14 +166,10 @@ fn local_path(location: &str) -> Result<PathBuf> {
 /// Syncs a file just written and the directories up to the root, so its name is durable too.
 fn sync_local(root: &Path, key: &str) -> Result<()> {
     let path = root.join(key);
-    std::fs::File::open(&path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(&path, e))?;
+    std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))?;
     let mut directory = path.parent();
     while let Some(dir) = directory {
-        std::fs::File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
+        std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))?;
         if dir == root {
             break;
         }

@@ -10,19 +10,7 @@ fn everything_round_trips_schema_and_data() {
     source.load_file(&fixture("tests/fixtures/everything.sql"));
     let work = Workspace::new();
     let repo = work.init_repo("repo");
-    let report = work
-        .run(&[
-            "backup",
-            "--json",
-            "--jobs",
-            "3",
-            "--db",
-            &source.url(),
-            "--repo",
-            &repo,
-        ])
-        .ok()
-        .json();
+    let report = work.run(&["backup", "--json", "--jobs", "3", "--db", &source.url(), "--repo", &repo]).ok().json();
     assert!(report["tables"].as_u64().unwrap() >= 10, "{report}");
 
     let restored = TestDb::create("everything_restored");
@@ -65,17 +53,7 @@ fn restore_refuses_a_non_empty_database_unless_clean() {
     target.sql("CREATE TABLE public.precious (id int); INSERT INTO precious VALUES (1)");
     work.restore(&repo, &target).fails_with(1, "is not empty");
     assert_eq!(target.sql("SELECT count(*) FROM precious").trim(), "1");
-    work.run(&[
-        "restore",
-        "--clean",
-        "--repo",
-        &repo,
-        "--identity",
-        &work.admin_key(),
-        "--db",
-        &target.url(),
-    ])
-    .ok();
+    work.run(&["restore", "--clean", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()]).ok();
     assert_same_database(&source, &target);
 }
 
@@ -87,19 +65,10 @@ fn a_second_backup_of_an_unchanged_database_stores_almost_nothing() {
     let repo = work.init_repo("repo");
     let first = work.backup(&source, &repo);
     let second = work.backup(&source, &repo);
-    let (full, again) = (
-        first["bytes_added"].as_u64().unwrap(),
-        second["bytes_added"].as_u64().unwrap(),
-    );
-    eprintln!(
-        "first backup added {full} bytes, second {again} bytes ({:.3}%)",
-        again as f64 * 100.0 / full as f64
-    );
+    let (full, again) = (first["bytes_added"].as_u64().unwrap(), second["bytes_added"].as_u64().unwrap());
+    eprintln!("first backup added {full} bytes, second {again} bytes ({:.3}%)", again as f64 * 100.0 / full as f64);
     assert_eq!(second["new_chunks"], 0, "{second}");
-    assert!(
-        again * 100 < full,
-        "second backup added {again} of {full} bytes"
-    );
+    assert!(again * 100 < full, "second backup added {again} of {full} bytes");
     // Small changes cost little: one updated row and a few new ones.
     source.sql("UPDATE crm.contacts SET phone = '+1 555 0100' WHERE id = (SELECT min(id) FROM crm.contacts)");
     let third = work.backup(&source, &repo);
@@ -128,10 +97,7 @@ fn table_patterns_select_what_is_backed_up() {
         ])
         .ok()
         .json();
-    let listing = work
-        .run(&["snapshots", "--json", "--repo", &repo])
-        .ok()
-        .json();
+    let listing = work.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
     let tables: Vec<String> = listing["snapshots"][0]["contents"]["tables"]
         .as_array()
         .unwrap()
@@ -144,12 +110,6 @@ fn table_patterns_select_what_is_backed_up() {
     let restored = TestDb::create("patterns_restored");
     work.restore(&repo, &restored).ok();
     // The schema is whole; the left-out table is there, empty.
-    assert_eq!(
-        restored.sql("SELECT count(*) FROM crm.audit_log").trim(),
-        "0"
-    );
-    assert_eq!(
-        restored.sql("SELECT count(*) FROM crm.contacts"),
-        source.sql("SELECT count(*) FROM crm.contacts")
-    );
+    assert_eq!(restored.sql("SELECT count(*) FROM crm.audit_log").trim(), "0");
+    assert_eq!(restored.sql("SELECT count(*) FROM crm.contacts"), source.sql("SELECT count(*) FROM crm.contacts"));
 }

@@ -121,10 +121,7 @@ struct RepoArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("crmvault: error: cannot start the async runtime: {error}");
@@ -164,11 +161,7 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CRMVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("crmvault={default},warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 /// `CRMVAULT_CONFIG_DIR`, default `~/.config/crmvault`.
@@ -217,46 +210,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen { output } => {
             let identity = crmvault::crypto::generate_identity();
-            crmvault::crypto::write_identity_file(
-                &output,
-                &identity,
-                "crmvault admin identity: keep it offline",
-            )
-            .context("writing the identity file")?;
+            crmvault::crypto::write_identity_file(&output, &identity, "crmvault admin identity: keep it offline")
+                .context("writing the identity file")?;
             output::keygen(json, &identity.to_public().to_string(), &output);
         }
-        Command::Init {
-            repo,
-            recipients,
-            recipients_file,
-        } => {
+        Command::Init { repo, recipients, recipients_file } => {
             let mut texts = recipients;
             if let Some(file) = recipients_file {
-                let content = std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
+                let content = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
                 texts.extend(
-                    content
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(String::from),
+                    content.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
                 );
             }
-            let parsed = texts
-                .iter()
-                .map(|t| crmvault::crypto::parse_recipient(t))
-                .collect::<Result<Vec<_>, _>>()?;
+            let parsed = texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
             let report = init::run(&repo.repo, &parsed, &config_dir()?).await?;
             output::init(json, &report);
         }
-        Command::Backup {
-            db,
-            repo,
-            jobs,
-            tables,
-            exclude_tables,
-            pg_dump,
-        } => {
+        Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump } => {
             let started = Instant::now();
             let repository = open_repository(&repo.repo).await?;
             let keyring = repository.unlock_as_writer(&config_dir()?).await?;
@@ -281,14 +251,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let list = snapshots::list(&repository, keyring.as_ref()).await?;
             output::snapshots(json, &list);
         }
-        Command::Restore {
-            repo,
-            identity,
-            db,
-            jobs,
-            clean,
-            snapshot,
-        } => {
+        Command::Restore { repo, identity, db, jobs, clean, snapshot } => {
             let started = Instant::now();
             let repository = open_repository(&repo.repo).await?;
             let keyring = repository.unlock_as_admin(&identity).await?;
@@ -296,30 +259,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 database: database(&db)?,
                 snapshot,
                 jobs: jobs.max(1),
-                existing: if clean {
-                    restore::ExistingContents::Replace
-                } else {
-                    restore::ExistingContents::Refuse
-                },
+                existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
             };
             let report = restore::run(&repository, &keyring, &options)
                 .await
                 .with_context(|| format!("restoring into {} (left unchanged)", options.database))?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
-        Command::Verify {
-            repo,
-            identity,
-            read_data,
-        } => {
+        Command::Verify { repo, identity, read_data } => {
             let repository = open_repository(&repo.repo).await?;
-            let keyring = keyring(&repository, identity.as_deref()).await?;
-            let depth = if read_data {
-                verify::Depth::ReadData
-            } else {
-                verify::Depth::Structure
+            let depth = if read_data { verify::Depth::ReadData } else { verify::Depth::Structure };
+            let report = match keyring(&repository, identity.as_deref()).await {
+                Ok(keyring) => verify::run(&repository, keyring.as_ref(), depth).await?,
+                // A damaged keys object is a finding, not a reason to stop looking.
+                Err(error) if matches!(error.downcast_ref(), Some(crmvault::Error::Corrupt { .. })) => {
+                    let mut report = verify::run(&repository, None, verify::Depth::Structure).await?;
+                    report.problems.push(verify::Problem {
+                        target: repository.target.location().to_string(),
+                        object: repository.config.keys.clone(),
+                        snapshots: vec![],
+                        problem: format!("cannot unlock the repository: {error}"),
+                    });
+                    report
+                }
+                Err(error) => return Err(error),
             };
-            let report = verify::run(&repository, keyring.as_ref(), depth).await?;
             output::verify(json, &report);
             if !report.problems.is_empty() {
                 return Ok(ExitCode::from(3));

@@ -8,10 +8,7 @@ use crmvault::commands::{backup, init, restore, snapshots, verify};
 use crmvault::source::Database;
 
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("reports serialise")
-    );
+    println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));
 }
 
 /// Bytes in binary units.
@@ -35,10 +32,7 @@ pub fn init(json: bool, report: &init::InitReport) {
     if json {
         print_json(report);
     } else {
-        println!(
-            "initialised repository {} at {}",
-            report.repository_id, report.location
-        );
+        println!("initialised repository {} at {}", report.repository_id, report.location);
         println!(
             "writer key: {} (stays on this backup host; it can write backups, never read them)",
             report.writer_key.display()
@@ -81,16 +75,9 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary]) {
         "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS"
     );
     for snapshot in list {
-        let time = snapshot
-            .time
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_default();
+        let time = snapshot.time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         let (tables, rows, database) = match &snapshot.contents {
-            Some(c) => (
-                c.tables.len().to_string(),
-                c.rows.to_string(),
-                c.database.clone(),
-            ),
+            Some(c) => (c.tables.len().to_string(), c.rows.to_string(), c.database.clone()),
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
@@ -109,12 +96,7 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary]) {
     }
 }
 
-pub fn restore(
-    json: bool,
-    report: &restore::RestoreReport,
-    database: &Database,
-    elapsed: Duration,
-) {
+pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database, elapsed: Duration) {
     if json {
         let mut value = serde_json::to_value(report).expect("reports serialise");
         value["seconds"] = serde_json::json!(elapsed.as_secs_f64());
@@ -137,26 +119,13 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
         return;
     }
     for problem in &report.problems {
-        let snapshots: Vec<&str> = problem
-            .snapshots
-            .iter()
-            .map(|s| &s[..12.min(s.len())])
-            .collect();
-        let affected = if snapshots.is_empty() {
-            String::new()
-        } else {
-            format!(" (snapshots {})", snapshots.join(", "))
-        };
-        println!(
-            "problem: {}: {}: {}{affected}",
-            problem.target, problem.object, problem.problem
-        );
+        let snapshots: Vec<&str> = problem.snapshots.iter().map(|s| &s[..12.min(s.len())]).collect();
+        let affected =
+            if snapshots.is_empty() { String::new() } else { format!(" (snapshots {})", snapshots.join(", ")) };
+        println!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
     }
-    let chunks = if report.chunks > 0 {
-        format!(", {} chunks decrypted and re-hashed", report.chunks)
-    } else {
-        String::new()
-    };
+    let chunks =
+        if report.chunks > 0 { format!(", {} chunks decrypted and re-hashed", report.chunks) } else { String::new() };
     let verdict = if report.problems.is_empty() {
         "no problems".to_string()
     } else {
@@ -183,10 +152,8 @@ impl Progress {
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}",
-            )
-            .expect("the template is valid"),
+            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}")
+                .expect("the template is valid"),
         );
         bar.set_message(label);
         bar.enable_steady_tick(Duration::from_millis(200));

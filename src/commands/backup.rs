@@ -20,8 +20,8 @@ use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
-    self, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, PackWriter, Repository,
-    SealedSnapshot, SnapshotHeader, StreamManifest, TableManifest,
+    self, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, PackWriter, Repository, SealedSnapshot, SnapshotHeader,
+    StreamManifest, TableManifest,
 };
 use crate::source::{self, Database, Section, SnapshotSession, SourceTable};
 
@@ -113,20 +113,14 @@ impl StreamEncoder {
         self.digest.update(data);
         self.manifest.bytes += data.len() as u64;
         self.rows += data.iter().filter(|&&b| b == b'\n').count() as u64;
-        let mut chunker = std::mem::replace(
-            &mut self.chunker,
-            Chunker::new(&[0; 32], ChunkParams::default()),
-        );
+        let mut chunker = std::mem::replace(&mut self.chunker, Chunker::new(&[0; 32], ChunkParams::default()));
         chunker.push(data, &mut |chunk| self.store(chunk));
         self.chunker = chunker;
         self.check()
     }
 
     fn finish(mut self) -> Result<(StreamManifest, u64)> {
-        let chunker = std::mem::replace(
-            &mut self.chunker,
-            Chunker::new(&[0; 32], ChunkParams::default()),
-        );
+        let chunker = std::mem::replace(&mut self.chunker, Chunker::new(&[0; 32], ChunkParams::default()));
         chunker.finish(&mut |chunk| self.store(chunk));
         self.check()?;
         self.manifest.digest = self.digest.finalize().to_hex().to_string();
@@ -136,22 +130,12 @@ impl StreamEncoder {
     fn store(&mut self, chunk: Vec<u8>) {
         let id = self.context.chunk_id_key.id_of(&chunk);
         self.manifest.chunks.push(id);
-        let is_new = self
-            .context
-            .known
-            .lock()
-            .expect("known-chunk lock is never poisoned")
-            .insert(id);
+        let is_new = self.context.known.lock().expect("known-chunk lock is never poisoned").insert(id);
         if !is_new || self.failed {
             return;
         }
-        let compressed =
-            zstd::bulk::compress(&chunk, self.context.level).expect("zstd compresses in memory");
-        let new_chunk = NewChunk {
-            id,
-            compressed,
-            raw_length: chunk.len(),
-        };
+        let compressed = zstd::bulk::compress(&chunk, self.context.level).expect("zstd compresses in memory");
+        let new_chunk = NewChunk { id, compressed, raw_length: chunk.len() };
         if self.context.packs.blocking_send(new_chunk).is_err() {
             self.failed = true;
         }
@@ -199,14 +183,9 @@ pub async fn run(
     drop(index);
 
     let session = SnapshotSession::begin(&options.database).await?;
-    let pg_dump =
-        source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
-    let tables: Vec<SourceTable> = session
-        .tables()
-        .await?
-        .into_iter()
-        .filter(|t| filter.matches(&t.schema, &t.name))
-        .collect();
+    let pg_dump = source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
+    let tables: Vec<SourceTable> =
+        session.tables().await?.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
     filter.check_foreign_keys(&session.foreign_keys().await?)?;
     let sequences = session.sequences().await?;
     let materialized_views = session.populated_materialized_views().await?;
@@ -244,20 +223,12 @@ pub async fn run(
     let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
     let new_locations: HashMap<ChunkId, ObjectRef> = new_packs
         .iter()
-        .flat_map(|record| {
-            record
-                .chunks
-                .iter()
-                .map(|location| (location.chunk(), record.pack.clone()))
-        })
+        .flat_map(|record| record.chunks.iter().map(|location| (location.chunk(), record.pack.clone())))
         .collect();
     let mut bytes_added = pack_bytes;
     let mut new_index = None;
     if !new_packs.is_empty() {
-        let file = IndexFile {
-            version: repo::FORMAT_VERSION,
-            packs: new_packs,
-        };
+        let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
         let (key, reference, bytes) = repo::seal_index(&file, &repository.metadata_recipients());
         repository.target.put_new(&key, bytes).await?;
         bytes_added += reference.size;
@@ -288,14 +259,9 @@ pub async fn run(
                 location: repository.target.location().into(),
             })?;
             packs.insert(pack.clone());
-            indexes.insert(ObjectRef {
-                id: index_id.clone(),
-                size,
-            });
+            indexes.insert(ObjectRef { id: index_id.clone(), size });
         } else {
-            return Err(Error::Invalid(format!(
-                "internal error: chunk {id} was neither stored nor found"
-            )));
+            return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));
         }
     }
     let header = SnapshotHeader {
@@ -307,17 +273,9 @@ pub async fn run(
         packs: packs.into_iter().collect(),
         indexes: indexes.into_iter().collect(),
     };
-    let (snapshot_id, object) = SealedSnapshot::seal(
-        &header,
-        &manifest,
-        keyring,
-        &repository.metadata_recipients(),
-    );
+    let (snapshot_id, object) = SealedSnapshot::seal(&header, &manifest, keyring, &repository.metadata_recipients());
     bytes_added += object.len() as u64;
-    repository
-        .target
-        .put_new(&repo::snapshot_key(&snapshot_id), object)
-        .await?;
+    repository.target.put_new(&repo::snapshot_key(&snapshot_id), object).await?;
     Ok(BackupReport {
         snapshot_id,
         time: session.time,
@@ -349,18 +307,8 @@ async fn read_everything(
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<ReadResult> {
-    let pre = source::dump_schema(
-        pg_dump,
-        &options.database,
-        &session.snapshot,
-        Section::PreData,
-    );
-    let post = source::dump_schema(
-        pg_dump,
-        &options.database,
-        &session.snapshot,
-        Section::PostData,
-    );
+    let pre = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PreData);
+    let post = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PostData);
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
     let mut workers = JoinSet::new();
     for _ in 0..options.jobs.max(1) {
@@ -371,12 +319,7 @@ async fn read_everything(
         let progress = progress.clone();
         workers.spawn(async move {
             let mut done = Vec::new();
-            let next = || {
-                queue
-                    .lock()
-                    .expect("queue lock is never poisoned")
-                    .pop_front()
-            };
+            let next = || queue.lock().expect("queue lock is never poisoned").pop_front();
             let Some(mut table) = next() else {
                 return Ok(done);
             };
@@ -394,10 +337,7 @@ async fn read_everything(
     let large_objects = read_large_objects(&session.client, context, progress);
     let (pre, post, large_objects) = tokio::try_join!(pre, post, large_objects)?;
     // Stored as the server will run it: pg_dump's random `\restrict` key would defeat dedup.
-    let (pre, post) = (
-        source::executable_sql(&pre)?.into_bytes(),
-        source::executable_sql(&post)?.into_bytes(),
-    );
+    let (pre, post) = (source::executable_sql(&pre)?.into_bytes(), source::executable_sql(&post)?.into_bytes());
     let pre_data = encode_bytes(context, pre).await?;
     let post_data = encode_bytes(context, post).await?;
     let mut manifests = Vec::new();
@@ -407,18 +347,8 @@ async fn read_everything(
     manifests.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
     let bytes_read = pre_data.bytes
         + post_data.bytes
-        + manifests
-            .iter()
-            .chain(large_objects.iter())
-            .map(|t| t.data.bytes)
-            .sum::<u64>();
-    Ok(ReadResult {
-        pre_data,
-        post_data,
-        tables: manifests,
-        large_objects,
-        bytes_read,
-    })
+        + manifests.iter().chain(large_objects.iter()).map(|t| t.data.bytes).sum::<u64>();
+    Ok(ReadResult { pre_data, post_data, tables: manifests, large_objects, bytes_read })
 }
 
 /// Streams one table through an encoder.
@@ -445,25 +375,13 @@ async fn read_large_objects(
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<Option<TableManifest>> {
-    let count: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
-            &[],
-        )
-        .await?
-        .get(0);
+    let count: i64 = client.query_one("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", &[]).await?.get(0);
     if count == 0 {
         return Ok(None);
     }
     let (data, rows) = read_copy(client, source::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
     let columns = vec!["loid".to_string(), "data".to_string()];
-    Ok(Some(TableManifest {
-        schema: "pg_catalog".into(),
-        name: "pg_largeobject".into(),
-        columns,
-        rows,
-        data,
-    }))
+    Ok(Some(TableManifest { schema: "pg_catalog".into(), name: "pg_largeobject".into(), columns, rows, data }))
 }
 
 /// Runs one `COPY … TO STDOUT` through an encoder: the stream's manifest and its row count.
@@ -528,23 +446,16 @@ async fn write_packs(
         let target = target.clone();
         let recipients = recipients.clone();
         uploads.spawn(async move {
-            let sealed = tokio::task::spawn_blocking(move || pack.seal(&recipients))
-                .await
-                .expect("sealing does not panic");
+            let sealed =
+                tokio::task::spawn_blocking(move || pack.seal(&recipients)).await.expect("sealing does not panic");
             target.put_new(&sealed.key, sealed.bytes).await?;
-            Ok(PackRecord {
-                pack: sealed.reference,
-                chunks: sealed.chunks,
-            })
+            Ok(PackRecord { pack: sealed.reference, chunks: sealed.chunks })
         });
     };
     while let Some(chunk) = chunks.recv().await {
         pack.add(chunk.id, &chunk.compressed, chunk.raw_length);
         if pack.len() >= pack_size {
-            upload(
-                std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20))),
-                &mut uploads,
-            );
+            upload(std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20))), &mut uploads);
             while uploads.len() >= 2 {
                 match uploads.join_next().await {
                     Some(result) => records.push(result.expect("uploads do not panic")?),
@@ -574,11 +485,7 @@ impl TableFilter {
     fn new(include: &[String], exclude: &[String]) -> Result<Self> {
         // A pattern without a schema part matches that table in every schema.
         let qualify = |pattern: &String| {
-            if pattern.contains('.') {
-                pattern.clone()
-            } else {
-                format!("*.{pattern}")
-            }
+            if pattern.contains('.') { pattern.clone() } else { format!("*.{pattern}") }
         };
         let build = |patterns: &[String]| -> Result<GlobSet> {
             let mut builder = GlobSetBuilder::new();
@@ -587,16 +494,10 @@ impl TableFilter {
                     .map_err(|e| Error::Invalid(format!("bad table pattern {pattern:?}: {e}")))?;
                 builder.add(glob);
             }
-            builder
-                .build()
-                .map_err(|e| Error::Invalid(format!("bad table patterns: {e}")))
+            builder.build().map_err(|e| Error::Invalid(format!("bad table patterns: {e}")))
         };
         Ok(TableFilter {
-            include: if include.is_empty() {
-                None
-            } else {
-                Some(build(include)?)
-            },
+            include: if include.is_empty() { None } else { Some(build(include)?) },
             exclude: build(exclude)?,
         })
     }
@@ -629,8 +530,7 @@ mod tests {
 
     #[test]
     fn table_patterns_match_schema_qualified_names() {
-        let filter =
-            TableFilter::new(&["crm.*".into(), "audit_log".into()], &["crm.tmp_*".into()]).unwrap();
+        let filter = TableFilter::new(&["crm.*".into(), "audit_log".into()], &["crm.tmp_*".into()]).unwrap();
         assert!(filter.matches("crm", "contacts"));
         assert!(filter.matches("billing", "audit_log"));
         assert!(!filter.matches("crm", "tmp_import"));

@@ -19,17 +19,8 @@ pub struct InitReport {
 }
 
 /// Creates a repository at `location` readable by `recipients`.
-pub async fn run(
-    location: &str,
-    recipients: &[age::x25519::Recipient],
-    config_dir: &Path,
-) -> Result<InitReport> {
+pub async fn run(location: &str, recipients: &[age::x25519::Recipient], config_dir: &Path) -> Result<InitReport> {
     let target = Target::open(location, OpenMode::Create)?;
-    let (repository, writer_key) =
-        Repository::init(target, recipients, config_dir, RepoSecret::generate()).await?;
-    Ok(InitReport {
-        repository_id: repository.config.id,
-        location: location.to_string(),
-        writer_key,
-    })
+    let (repository, writer_key) = Repository::init(target, recipients, config_dir, RepoSecret::generate()).await?;
+    Ok(InitReport { repository_id: repository.config.id, location: location.to_string(), writer_key })
 }

@@ -56,11 +56,7 @@ pub struct RestoreReport {
 }
 
 /// Restores a snapshot into `options.database`.
-pub async fn run(
-    repository: &Repository,
-    keyring: &Keyring,
-    options: &RestoreOptions,
-) -> Result<RestoreReport> {
+pub async fn run(repository: &Repository, keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
     let snapshot_id = repository.resolve_snapshot(&options.snapshot).await?;
     let sealed = repository.read_snapshot(&snapshot_id).await?;
     if sealed.header.config_hash != repository.config_hash {
@@ -70,69 +66,33 @@ pub async fn run(
         ));
     }
     let manifest = sealed.open(keyring)?;
-    let index = Arc::new(
-        repository
-            .load_index(keyring, Some(&sealed.header.indexes))
-            .await?,
-    );
-    let reader = Arc::new(ChunkReader::new(
-        repository.target.clone(),
-        keyring.clone(),
-        index,
-        options.jobs * 2 + 2,
-    ));
+    let index = Arc::new(repository.load_index(keyring, Some(&sealed.header.indexes)).await?);
+    let reader = Arc::new(ChunkReader::new(repository.target.clone(), keyring.clone(), index, options.jobs * 2 + 2));
     // Every chunk must be findable before the database is touched.
     for id in manifest.all_chunks() {
         reader.locate(id)?;
     }
     let mac_key = keyring.mac_key();
     let jobs = options.jobs.max(1);
-    let pre_data = read_stream(
-        &reader,
-        &mac_key,
-        "schema (pre-data)",
-        &manifest.pre_data,
-        jobs,
-    )
-    .await?;
-    let post_data = read_stream(
-        &reader,
-        &mac_key,
-        "schema (post-data)",
-        &manifest.post_data,
-        jobs,
-    )
-    .await?;
+    let pre_data = read_stream(&reader, &mac_key, "schema (pre-data)", &manifest.pre_data, jobs).await?;
+    let post_data = read_stream(&reader, &mac_key, "schema (post-data)", &manifest.post_data, jobs).await?;
 
     let client = options.database.connect().await?;
     if let Some(contents) = source::describe_contents(&client).await? {
         if options.existing == ExistingContents::Refuse {
-            return Err(Error::TargetNotEmpty {
-                database: options.database.to_string(),
-                detail: contents,
-            });
+            return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
         }
     }
     client.batch_execute("BEGIN").await?;
     if options.existing == ExistingContents::Replace {
         source::clean_database(&client).await?;
     }
-    client
-        .batch_execute(&source::executable_sql(&pre_data)?)
-        .await?;
+    client.batch_execute(&source::executable_sql(&pre_data)?).await?;
     // pg_dump's preamble empties search_path for this session; names below are qualified.
 
     if let Some(large_objects) = &manifest.large_objects {
         client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
-        load_stream(
-            &client,
-            &reader,
-            &mac_key,
-            source::LARGE_OBJECTS_COPY_IN,
-            large_objects,
-            jobs,
-        )
-        .await?;
+        load_stream(&client, &reader, &mac_key, source::LARGE_OBJECTS_COPY_IN, large_objects, jobs).await?;
         client.batch_execute(source::LARGE_OBJECTS_WRITE).await?;
     }
     let mut rows = 0;
@@ -150,9 +110,7 @@ pub async fn run(
             )
             .await?;
     }
-    client
-        .batch_execute(&source::executable_sql(&post_data)?)
-        .await?;
+    client.batch_execute(&source::executable_sql(&post_data)?).await?;
     for (schema, name) in &manifest.materialized_views {
         client
             .batch_execute(&format!(
@@ -163,13 +121,7 @@ pub async fn run(
             .await?;
     }
     client.batch_execute("COMMIT").await?;
-    Ok(RestoreReport {
-        snapshot_id,
-        tables: manifest.tables.len(),
-        rows,
-        bytes,
-        chunks: manifest.all_chunks().count(),
-    })
+    Ok(RestoreReport { snapshot_id, tables: manifest.tables.len(), rows, bytes, chunks: manifest.all_chunks().count() })
 }
 
 /// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
@@ -210,9 +162,7 @@ pub fn chunk_stream<'a>(
     chunks: &'a [ChunkId],
     jobs: usize,
 ) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
-    futures::stream::iter(chunks.iter())
-        .map(move |id| reader.read(id))
-        .buffered(jobs * 2)
+    futures::stream::iter(chunks.iter()).map(move |id| reader.read(id)).buffered(jobs * 2)
 }
 
 /// Reads a whole (small) stream and checks its digest.

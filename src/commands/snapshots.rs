@@ -37,10 +37,7 @@ pub struct SnapshotContents {
 }
 
 /// Lists the snapshots, oldest first.
-pub async fn list(
-    repository: &Repository,
-    keyring: Option<&Keyring>,
-) -> Result<Vec<SnapshotSummary>> {
+pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<Vec<SnapshotSummary>> {
     let mut summaries = Vec::new();
     for entry in repository.snapshots().await? {
         match entry {

@@ -50,15 +50,9 @@ pub struct VerifyReport {
 }
 
 /// Verifies one repository.
-pub async fn run(
-    repository: &Repository,
-    keyring: Option<&Keyring>,
-    depth: Depth,
-) -> Result<VerifyReport> {
+pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Depth) -> Result<VerifyReport> {
     if depth == Depth::ReadData && !keyring.is_some_and(|k| k.is_admin) {
-        return Err(Error::Invalid(
-            "--read-data needs an admin identity (--identity FILE)".into(),
-        ));
+        return Err(Error::Invalid("--read-data needs an admin identity (--identity FILE)".into()));
     }
     let location = repository.target.location().to_string();
     let mut report = VerifyReport::default();
@@ -72,14 +66,10 @@ pub async fn run(
     match repository.target.get(&repository.config.keys).await {
         Ok(bytes) => {
             if let Err(e) = repo::check_object_name(&repository.config.keys, &bytes) {
-                report
-                    .problems
-                    .push(problem(&repository.config.keys, vec![], e.to_string()));
+                report.problems.push(problem(&repository.config.keys, vec![], e.to_string()));
             }
         }
-        Err(e) => report
-            .problems
-            .push(problem(&repository.config.keys, vec![], e.to_string())),
+        Err(e) => report.problems.push(problem(&repository.config.keys, vec![], e.to_string())),
     }
 
     // Which objects each snapshot needs.
@@ -90,11 +80,7 @@ pub async fn run(
         let sealed = match entry {
             Ok(sealed) => sealed,
             Err((id, error)) => {
-                report.problems.push(problem(
-                    &repo::snapshot_key(&id),
-                    vec![id.clone()],
-                    error.to_string(),
-                ));
+                report.problems.push(problem(&repo::snapshot_key(&id), vec![id.clone()], error.to_string()));
                 continue;
             }
         };
@@ -106,16 +92,10 @@ pub async fn run(
             ));
         }
         for pack in &sealed.header.packs {
-            referenced
-                .entry((repo::pack_key(&pack.id), pack.clone()))
-                .or_default()
-                .push(sealed.id.clone());
+            referenced.entry((repo::pack_key(&pack.id), pack.clone())).or_default().push(sealed.id.clone());
         }
         for index in &sealed.header.indexes {
-            referenced
-                .entry((repo::index_key(&index.id), index.clone()))
-                .or_default()
-                .push(sealed.id.clone());
+            referenced.entry((repo::index_key(&index.id), index.clone())).or_default().push(sealed.id.clone());
         }
         sealed_snapshots.push(sealed);
     }
@@ -127,15 +107,9 @@ pub async fn run(
                 report.objects += 1;
                 report.bytes += bytes.len() as u64;
                 let what = if bytes.len() as u64 != reference.size {
-                    Some(format!(
-                        "size is {} bytes, the snapshot recorded {}",
-                        bytes.len(),
-                        reference.size
-                    ))
+                    Some(format!("size is {} bytes, the snapshot recorded {}", bytes.len(), reference.size))
                 } else {
-                    repo::check_object_name(key, &bytes)
-                        .err()
-                        .map(|_| "its BLAKE3 does not match its name".to_string())
+                    repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
                 };
                 if let Some(what) = what {
                     damaged.insert(reference.id.clone());
@@ -144,9 +118,7 @@ pub async fn run(
             }
             Err(Error::Missing { .. }) => {
                 damaged.insert(reference.id.clone());
-                report
-                    .problems
-                    .push(problem(key, snapshots.clone(), "missing".into()));
+                report.problems.push(problem(key, snapshots.clone(), "missing".into()));
             }
             Err(e) => return Err(e),
         }
@@ -162,27 +134,16 @@ pub async fn run(
         let manifest = match sealed.open(keyring) {
             Ok(manifest) => manifest,
             Err(e) => {
-                report.problems.push(problem(
-                    &repo::snapshot_key(&sealed.id),
-                    vec![sealed.id.clone()],
-                    e.to_string(),
-                ));
+                report.problems.push(problem(&repo::snapshot_key(&sealed.id), vec![sealed.id.clone()], e.to_string()));
                 continue;
             }
         };
-        let readable: Vec<ObjectRef> = sealed
-            .header
-            .indexes
-            .iter()
-            .filter(|i| !damaged.contains(&i.id))
-            .cloned()
-            .collect();
+        let readable: Vec<ObjectRef> =
+            sealed.header.indexes.iter().filter(|i| !damaged.contains(&i.id)).cloned().collect();
         let snapshot_index = match repository.load_index(keyring, Some(&readable)).await {
             Ok(loaded) => loaded,
             Err(e) => {
-                report
-                    .problems
-                    .push(problem("index", vec![sealed.id.clone()], e.to_string()));
+                report.problems.push(problem("index", vec![sealed.id.clone()], e.to_string()));
                 continue;
             }
         };
@@ -190,10 +151,7 @@ pub async fn run(
         for id in manifest.all_chunks() {
             match snapshot_index.chunks.get(id) {
                 Some((pack, _, _)) if packs.contains(&pack.id) => {
-                    needed_chunks
-                        .entry(pack.id.clone())
-                        .or_default()
-                        .insert(*id);
+                    needed_chunks.entry(pack.id.clone()).or_default().insert(*id);
                 }
                 Some((pack, _, _)) => report.problems.push(problem(
                     &repo::pack_key(&pack.id),
@@ -221,18 +179,13 @@ pub async fn run(
                 continue;
             }
             let key = repo::pack_key(pack_id);
-            let users: Vec<String> = referenced
-                .iter()
-                .filter(|((k, _), _)| *k == key)
-                .flat_map(|(_, s)| s.clone())
-                .collect();
+            let users: Vec<String> =
+                referenced.iter().filter(|((k, _), _)| *k == key).flat_map(|(_, s)| s.clone()).collect();
             for id in chunks {
                 match reader.read(id).await {
                     Ok(_) => report.chunks += 1,
                     Err(e) => {
-                        report
-                            .problems
-                            .push(problem(&key, users.clone(), e.to_string()));
+                        report.problems.push(problem(&key, users.clone(), e.to_string()));
                         break;
                     }
                 }

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Server the tests use: `CRMVAULT_TEST_PG` or the local one.
 pub fn server_url() -> String {
-    std::env::var("CRMVAULT_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("CRMVAULT_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// A database created for one test and dropped at the end of it.
@@ -20,16 +19,9 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl TestDb {
     pub fn create(label: &str) -> TestDb {
-        let name = format!(
-            "cvt_{label}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("cvt_{label}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
-        psql(
-            "postgres",
-            &format!("CREATE DATABASE {name} TEMPLATE template0"),
-        );
+        psql("postgres", &format!("CREATE DATABASE {name} TEMPLATE template0"));
         TestDb { name }
     }
 
@@ -47,12 +39,7 @@ impl TestDb {
             .arg(path)
             .output()
             .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "loading {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "loading {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
     }
 
     /// Every table's rows as sorted text, keyed by `schema.table`.
@@ -65,9 +52,8 @@ impl TestDb {
             .lines()
             .filter(|l| !l.is_empty())
             .map(|table| {
-                let rows = self.sql(&format!(
-                    "SELECT md5(t::text) || ' ' || length(t::text) FROM {table} t ORDER BY 1"
-                ));
+                let rows =
+                    self.sql(&format!("SELECT md5(t::text) || ' ' || length(t::text) FROM {table} t ORDER BY 1"));
                 (table.to_string(), rows.lines().map(String::from).collect())
             })
             .collect()
@@ -75,22 +61,12 @@ impl TestDb {
 
     /// `pg_dump --schema-only`, without the random `\restrict` lines, lines sorted.
     pub fn schema(&self) -> Vec<String> {
-        let output = Command::new("pg_dump")
-            .args(["--schema-only", "-d", &self.url()])
-            .output()
-            .expect("pg_dump runs");
-        assert!(
-            output.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = Command::new("pg_dump").args(["--schema-only", "-d", &self.url()]).output().expect("pg_dump runs");
+        assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
         let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter(|l| {
-                !l.starts_with("\\restrict")
-                    && !l.starts_with("\\unrestrict")
-                    && !l.starts_with("--")
-                    && !l.is_empty()
+                !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict") && !l.starts_with("--") && !l.is_empty()
             })
             .map(String::from)
             .collect();
@@ -111,17 +87,8 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-d",
-                &format!("{}/postgres", server_url()),
-                "-c",
-            ])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
+            .args(["-X", "-q", "-d", &format!("{}/postgres", server_url()), "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
             .output();
     }
 }
@@ -143,11 +110,7 @@ pub fn psql(database: &str, sql: &str) -> String {
         ])
         .output()
         .expect("psql runs");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("psql prints UTF-8")
 }
 
@@ -173,21 +136,13 @@ impl Run {
     }
 
     pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "command failed:\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
         self
     }
 
     /// A clean failure: the exit code, one error line, no panic.
     pub fn fails_with(self, code: i32, needle: &str) -> Run {
-        assert_eq!(
-            self.code, code,
-            "expected exit {code}:\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, code, "expected exit {code}:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
         assert!(!self.stderr.contains("panicked"), "panic: {}", self.stderr);
         assert!(
             self.stderr.contains(needle) || self.stdout.contains(needle),
@@ -206,9 +161,7 @@ impl Run {
 
 impl Workspace {
     pub fn new() -> Workspace {
-        Workspace {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        Workspace { dir: tempfile::tempdir().expect("temp dir") }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -221,10 +174,7 @@ impl Workspace {
 
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_crmvault"));
-        command
-            .env("CRMVAULT_CONFIG_DIR", self.config_dir())
-            .env_remove("CRMVAULT_LOG")
-            .env_remove("PGPASSWORD");
+        command.env("CRMVAULT_CONFIG_DIR", self.config_dir()).env_remove("CRMVAULT_LOG").env_remove("PGPASSWORD");
         command
     }
 
@@ -234,9 +184,7 @@ impl Workspace {
 
     /// keygen into `name`, returning the recipient.
     pub fn keygen(&self, name: &str) -> String {
-        let run = self
-            .run(&["keygen", "-o", self.path(name).to_str().unwrap()])
-            .ok();
+        let run = self.run(&["keygen", "-o", self.path(name).to_str().unwrap()]).ok();
         run.stdout.trim().to_string()
     }
 
@@ -252,8 +200,7 @@ impl Workspace {
             self.keygen("admin.key")
         };
         let repo = self.path(name).to_str().unwrap().to_string();
-        self.run(&["init", "--repo", &repo, "--recipient", &recipient])
-            .ok();
+        self.run(&["init", "--repo", &repo, "--recipient", &recipient]).ok();
         repo
     }
 
@@ -262,22 +209,11 @@ impl Workspace {
     }
 
     pub fn backup(&self, db: &TestDb, repo: &str) -> serde_json::Value {
-        self.run(&["backup", "--json", "--db", &db.url(), "--repo", repo])
-            .ok()
-            .json()
+        self.run(&["backup", "--json", "--db", &db.url(), "--repo", repo]).ok().json()
     }
 
     pub fn restore(&self, repo: &str, db: &TestDb) -> Run {
-        self.run(&[
-            "restore",
-            "--repo",
-            repo,
-            "--identity",
-            &self.admin_key(),
-            "--db",
-            &db.url(),
-            "latest",
-        ])
+        self.run(&["restore", "--repo", repo, "--identity", &self.admin_key(), "--db", &db.url(), "latest"])
     }
 }
 

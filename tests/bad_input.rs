@@ -1,0 +1,146 @@
+//! Bad input gets one clear line on stderr and a non-zero exit, never a panic.
+
+mod common;
+
+use common::*;
+
+/// The error is exactly one line and says `needle`.
+fn one_clear_line(run: Run, code: i32, needle: &str) {
+    let run = run.fails_with(code, needle);
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "more than one line on stderr: {}", run.stderr);
+}
+
+#[test]
+fn bad_database_urls_are_refused_in_one_line_without_the_password() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let run = work.run(&["backup", "--db", "postgres://backup:Sup3rSecret@127.0.0.1:1/crm", "--repo", &repo]);
+    assert!(!run.stderr.contains("Sup3rSecret"), "{}", run.stderr);
+    one_clear_line(run, 1, "cannot connect to postgres://backup:***@127.0.0.1:1/crm");
+    let run = work.run(&["backup", "--db", &format!("{}/no_such_database_here", server_url()), "--repo", &repo]);
+    one_clear_line(run, 1, "does not exist");
+    one_clear_line(
+        work.run(&["backup", "--db", "postgres://[::1", "--repo", &repo]),
+        1,
+        "not a valid PostgreSQL connection string",
+    );
+}
+
+#[test]
+fn repository_mistakes_are_explained() {
+    let work = Workspace::new();
+    let missing = work.path("nowhere").to_str().unwrap().to_string();
+    one_clear_line(work.run(&["snapshots", "--repo", &missing]), 1, "no crmvault repository at");
+    let repo = work.init_repo("repo");
+    let recipient = work.keygen("second.key");
+    one_clear_line(
+        work.run(&["init", "--repo", &repo, "--recipient", &recipient]),
+        1,
+        "already holds a crmvault repository",
+    );
+    one_clear_line(
+        work.run(&["init", "--repo", work.path("r2").to_str().unwrap(), "--recipient", "age1nonsense"]),
+        1,
+        "is not an age X25519 recipient",
+    );
+    one_clear_line(
+        work.run(&["init", "--repo", work.path("r3").to_str().unwrap()]),
+        1,
+        "needs at least one --recipient",
+    );
+    one_clear_line(work.run(&["backup", "--db", "x", "--repo", "s3://bucket/crm"]), 1, "only local folders");
+    // A backup host without the writer key.
+    let other_host = Workspace::new();
+    let db = TestDb::create("nowriter");
+    one_clear_line(other_host.run(&["backup", "--db", &db.url(), "--repo", &repo]), 1, "no writer key for repository");
+    // A repository from the future.
+    let future = work.path("future");
+    std::fs::create_dir_all(&future).unwrap();
+    let config =
+        std::fs::read_to_string(work.path("repo/config")).unwrap().replace("\"version\": 1", "\"version\": 99");
+    std::fs::write(future.join("config"), config).unwrap();
+    one_clear_line(
+        work.run(&["snapshots", "--repo", future.to_str().unwrap()]),
+        1,
+        "uses repository format 99, this crmvault reads format 1",
+    );
+}
+
+#[test]
+fn garbage_keys_and_damaged_snapshots_are_named() {
+    let source = TestDb::create("garbage");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let snapshot = work.backup(&source, &repo)["snapshot_id"].as_str().unwrap().to_string();
+    let target = TestDb::create("garbage_target");
+    std::fs::write(work.path("garbage.key"), "AGE-SECRET-KEY-1THISISNOTAKEY\n").unwrap();
+    let run = work.run(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--identity",
+        work.path("garbage.key").to_str().unwrap(),
+        "--db",
+        &target.url(),
+    ]);
+    assert!(!run.stderr.contains("THISISNOTAKEY"), "a secret-looking line was echoed");
+    one_clear_line(run, 1, "is not an age identity file");
+    let run = work.run(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--identity",
+        work.path("absent.key").to_str().unwrap(),
+        "--db",
+        &target.url(),
+    ]);
+    one_clear_line(run, 1, "absent.key");
+    one_clear_line(
+        work.run(&["restore", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url(), "ffff0000"]),
+        1,
+        "no snapshot ffff0000",
+    );
+    one_clear_line(
+        work.run(&["restore", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url(), "zz"]),
+        1,
+        "is not a snapshot id",
+    );
+
+    // Truncate the snapshot object.
+    let path = work.path("repo/snapshots").join(&snapshot);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..40]).unwrap();
+    one_clear_line(
+        work.run(&["restore", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()]),
+        1,
+        "is corrupt",
+    );
+    assert!(target.is_empty());
+    let run = work.run(&["verify", "--repo", &repo]);
+    assert_eq!(run.code, 3, "{}", run.stdout);
+    assert!(run.stdout.contains(&snapshot[..12]) || run.stdout.contains(&snapshot), "{}", run.stdout);
+}
+
+#[test]
+fn pg_dump_problems_are_explained() {
+    let source = TestDb::create("pgdump");
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let run = work.run(&["backup", "--db", &source.url(), "--repo", &repo, "--pg-dump", "/nonexistent/pg_dump"]);
+    one_clear_line(run, 1, "cannot run /nonexistent/pg_dump");
+    let old = work.path("old_pg_dump");
+    std::fs::write(&old, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n").unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = work.run(&["backup", "--db", &source.url(), "--repo", &repo, "--pg-dump", old.to_str().unwrap()]);
+    one_clear_line(run, 1, "is pg_dump 9, older than the server");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let work = Workspace::new();
+    assert_eq!(work.run(&["backup"]).code, 2);
+    assert_eq!(work.run(&["restore", "--repo", "x"]).code, 2);
+    assert_eq!(work.run(&["frobnicate"]).code, 2);
+    assert_eq!(work.run(&["verify", "--repo", "x", "--read-data"]).code, 2);
+}

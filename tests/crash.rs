@@ -1,0 +1,128 @@
+//! A backup killed at any point leaves no visible snapshot and a repository that verifies.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Starts a backup and SIGKILLs it once `ready` says so (or after a timeout); true if killed.
+fn kill_backup_when(work: &Workspace, db: &TestDb, repo: &str, ready: impl Fn() -> bool) -> bool {
+    let mut child = work
+        .command()
+        .args(["backup", "--db", &db.url(), "--repo", repo])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("crmvault starts");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "backup failed on its own");
+            return false;
+        }
+        if ready() || started.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    if dir.exists() { files_under(dir).len() } else { 0 }
+}
+
+#[test]
+fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
+    let source = TestDb::create("crash");
+    source.load_file(&fixture("examples/crm.sql"));
+    // Enough poorly compressible data for several packs.
+    source.sql(
+        "CREATE TABLE public.filler (id bigint PRIMARY KEY, body text); \
+         INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text) FROM generate_series(1, 300000) i",
+    );
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let repo_path = Path::new(&repo).to_path_buf();
+    let stranger = Workspace::new(); // verifies without any key
+
+    // Kill points: as soon as the first pack lands, then after growing delays.
+    let mut kills = 0;
+    let first_pack = || count_files(&repo_path.join("data")) >= 1;
+    if kill_backup_when(&work, &source, &repo, first_pack) {
+        kills += 1;
+    }
+    for delay_ms in [30u64, 150, 400, 900] {
+        let start = Instant::now();
+        if kill_backup_when(&work, &source, &repo, || start.elapsed() > Duration::from_millis(delay_ms)) {
+            kills += 1;
+            assert_eq!(
+                count_files(&repo_path.join("snapshots")),
+                0,
+                "a killed backup left a snapshot (after {delay_ms} ms)"
+            );
+        }
+        stranger.run(&["verify", "--repo", &repo]).ok();
+    }
+    assert!(kills >= 2, "the backup was too quick to interrupt");
+    assert_eq!(count_files(&repo_path.join("snapshots")), 0);
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+
+    // The next backup completes and restores exactly.
+    work.backup(&source, &repo);
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("crash_restored");
+    work.restore(&repo, &restored).ok();
+    assert_same_database(&source, &restored);
+}
+
+#[test]
+fn a_killed_restore_leaves_the_target_empty() {
+    let source = TestDb::create("crash_restore");
+    source.sql(
+        "CREATE TABLE public.filler (id bigint PRIMARY KEY, body text); \
+         INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) FROM generate_series(1, 300000) i",
+    );
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    let target = TestDb::create("crash_restore_target");
+    let mut child = work
+        .command()
+        .args(["restore", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the restore has created its tables (visible in pg_stat_activity as COPY), then kill it.
+    let started = Instant::now();
+    let mut killed = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let busy = psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE 'COPY%'", target.name),
+        );
+        if busy.trim() != "0" {
+            child.kill().unwrap();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.wait();
+    assert!(killed, "the restore finished before it could be interrupted");
+    // The server notices the closed connection and rolls back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !target.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(target.is_empty(), "a killed restore left tables behind");
+    work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+}

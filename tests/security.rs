@@ -1,0 +1,183 @@
+//! End-to-end: what storage reveals, wrong keys, damaged and missing objects.
+
+mod common;
+
+use common::*;
+
+const EMAIL: &[u8] = b"zebulon.quartermaine@example-crm.test";
+const COMPANY: &[u8] = b"Quixotic Widgets Ltd";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every zstd frame found anywhere in `bytes`, decompressed as far as it goes.
+fn zstd_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let mut frames = Vec::new();
+    for start in 0..bytes.len().saturating_sub(4) {
+        if bytes[start..start + 4] == MAGIC {
+            let mut out = Vec::new();
+            let mut decoder = match zstd::stream::read::Decoder::new(&bytes[start..]) {
+                Ok(decoder) => decoder,
+                Err(_) => continue,
+            };
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut decoder, 64 << 20), &mut out);
+            frames.push(out);
+        }
+    }
+    frames
+}
+
+#[test]
+fn storage_holds_nothing_readable_and_the_backup_host_needs_no_admin_key() {
+    let source = TestDb::create("leak");
+    source.load_file(&fixture("tests/fixtures/everything.sql"));
+    assert!(
+        source.sql("SELECT count(*) FROM crm.contacts WHERE email = 'zebulon.quartermaine@example-crm.test'").trim()
+            == "1"
+    );
+    // The admin's key lives elsewhere: the backup host only ever sees the recipient.
+    let admin = Workspace::new();
+    let recipient = admin.keygen("admin.key");
+    let host = Workspace::new();
+    let repo = host.path("repo").to_str().unwrap().to_string();
+    host.run(&["init", "--repo", &repo, "--recipient", &recipient]).ok();
+    host.backup(&source, &repo);
+    host.backup(&source, &repo);
+
+    let files = files_under(std::path::Path::new(&repo));
+    assert!(files.len() >= 5, "{files:?}");
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        for needle in [EMAIL, COMPANY] {
+            assert!(!contains(&bytes, needle), "{} holds plaintext", file.display());
+            for frame in zstd_frames(&bytes) {
+                assert!(!contains(&frame, needle), "{} holds plaintext inside a zstd frame", file.display());
+            }
+        }
+    }
+    // The writer key is private to the host, and it cannot read data.
+    let writer_keys = files_under(&host.config_dir());
+    assert_eq!(writer_keys.len(), 1);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&writer_keys[0]).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let target = TestDb::create("leak_target");
+    host.run(&["restore", "--repo", &repo, "--identity", writer_keys[0].to_str().unwrap(), "--db", &target.url()])
+        .fails_with(1, "not a recipient");
+    assert!(target.is_empty());
+    // ... but it can list what it backed up.
+    let listing = host.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
+    assert_eq!(listing["snapshots"].as_array().unwrap().len(), 2);
+    assert!(listing["snapshots"][0]["contents"]["rows"].as_u64().unwrap() > 1000);
+    // Without any key, the listing still shows ids, times and sizes.
+    let stranger = Workspace::new();
+    let listing = stranger.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
+    assert!(listing["snapshots"][0]["bytes_total"].as_u64().unwrap() > 0);
+    assert!(listing["snapshots"][0].get("contents").is_none());
+    // The admin restores.
+    admin.run(&["restore", "--repo", &repo, "--identity", &admin.admin_key(), "--db", &target.url()]).ok();
+    assert_same_database(&source, &target);
+}
+
+#[test]
+fn a_wrong_identity_is_refused_and_the_target_is_untouched() {
+    let source = TestDb::create("wrongkey");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    work.keygen("other.key");
+    let target = TestDb::create("wrongkey_target");
+    let run = work.run(&[
+        "restore",
+        "--repo",
+        &repo,
+        "--identity",
+        work.path("other.key").to_str().unwrap(),
+        "--db",
+        &target.url(),
+    ]);
+    run.fails_with(1, "is not a recipient of this repository");
+    assert!(target.is_empty());
+}
+
+/// A copy of the repository at `from` with one byte of `file` (relative) flipped.
+fn damaged_copy(work: &Workspace, from: &str, file: &std::path::Path, name: &str) -> String {
+    let to = work.path(name);
+    copy_dir(std::path::Path::new(from), &to);
+    let victim = to.join(file);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&victim, bytes).unwrap();
+    to.to_str().unwrap().to_string()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for file in files_under(from) {
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
+    let source = TestDb::create("flip");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let target = TestDb::create("flip_target");
+    for (number, file) in files_under(std::path::Path::new(&repo)).iter().enumerate() {
+        let relative = file.strip_prefix(&repo).unwrap();
+        let name = relative.to_str().unwrap().to_string();
+        let copy = damaged_copy(&work, &repo, relative, &format!("damaged{number}"));
+        let verify = work.run(&["verify", "--repo", &copy, "--identity", &work.admin_key(), "--read-data"]);
+        assert!(
+            verify.code == 3 || (name == "config" && verify.code == 1),
+            "verify missed a flip in {name}: {} {}",
+            verify.stdout,
+            verify.stderr
+        );
+        let shown = name.rsplit('/').next().unwrap();
+        assert!(
+            verify.stdout.contains(shown) || verify.stderr.contains(shown),
+            "verify did not name {name}: {}{}",
+            verify.stdout,
+            verify.stderr
+        );
+        let restore = work.run(&["restore", "--repo", &copy, "--identity", &work.admin_key(), "--db", &target.url()]);
+        assert_eq!(restore.code, 1, "restore went ahead despite a flip in {name}: {}", restore.stdout);
+        assert!(!restore.stderr.contains("panicked"));
+        assert!(target.is_empty(), "restore left objects behind after a flip in {name}");
+    }
+}
+
+#[test]
+fn a_deleted_object_is_found_by_plain_verify() {
+    let source = TestDb::create("deleted");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    let stranger = Workspace::new(); // no writer key, no identity: structure only
+    stranger.run(&["verify", "--repo", &repo]).ok();
+    for prefix in ["data", "index", "keys"] {
+        let copy = work.path(&format!("without-{prefix}"));
+        copy_dir(std::path::Path::new(&repo), &copy);
+        let victim = files_under(&copy.join(prefix)).into_iter().next().unwrap();
+        std::fs::remove_file(&victim).unwrap();
+        let run = stranger.run(&["verify", "--json", "--repo", copy.to_str().unwrap()]);
+        assert_eq!(run.code, 3, "deleting {} went unnoticed: {}", victim.display(), run.stdout);
+        let report = run.json();
+        let problem = &report["problems"][0];
+        assert!(
+            problem["object"].as_str().unwrap().ends_with(victim.file_name().unwrap().to_str().unwrap()),
+            "{report}"
+        );
+        assert!(problem["problem"].as_str().unwrap().contains("missing"), "{report}");
+    }
+}
