@@ -185,7 +185,7 @@ mod tests {
         let mut data = vec![b'a'; 10];
         data.extend(
             (0..3_000_000u32)
-                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 1)
+                .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[1] | 1)
                 .map(|b| if b == b'\n' { b'm' } else { b }),
         );
         data.push(b'\n');

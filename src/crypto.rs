@@ -158,9 +158,7 @@ pub fn generate_identity() -> age::x25519::Identity {
 
 /// Writes an identity file readable only by its owner, refusing to replace an existing file.
 pub fn write_identity_file(path: &Path, identity: &age::x25519::Identity, comment: &str) -> Result<()> {
-    let mut text = String::new();
-    text.push_str(&format!("# {comment}\n# created: {}\n", chrono::Utc::now().to_rfc3339()));
-    text.push_str(&format!("# public key: {}\n", identity.to_public()));
+    let mut text = format!("# {comment}\n# public key: {}\n", identity.to_public());
     text.push_str(identity.to_string().expose_secret());
     text.push('\n');
     write_secret_file(path, text.as_bytes())

@@ -92,7 +92,10 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring").field("identity_path", &self.identity_path).field("is_admin", &self.is_admin).finish()
+        f.debug_struct("Keyring")
+            .field("identity_path", &self.identity_path)
+            .field("is_admin", &self.is_admin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -309,7 +312,7 @@ impl Repository {
         let key = snapshot_key(id);
         let bytes = self.target.get(&key).await?;
         check_object_name(&key, &bytes)?;
-        SealedSnapshot::parse(id, bytes)
+        SealedSnapshot::parse(id, &bytes)
     }
 
     /// Reads every snapshot header, newest last. Damaged snapshots are returned as errors.
@@ -681,7 +684,7 @@ impl SealedSnapshot {
         (crypto::object_hash(&object), Bytes::from(object))
     }
 
-    fn parse(id: &str, bytes: Bytes) -> Result<SealedSnapshot> {
+    fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
         let mut lines = Vec::with_capacity(3);
         let mut start = 0;

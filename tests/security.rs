@@ -18,10 +18,7 @@ fn zstd_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
     for start in 0..bytes.len().saturating_sub(4) {
         if bytes[start..start + 4] == MAGIC {
             let mut out = Vec::new();
-            let mut decoder = match zstd::stream::read::Decoder::new(&bytes[start..]) {
-                Ok(decoder) => decoder,
-                Err(_) => continue,
-            };
+            let Ok(mut decoder) = zstd::stream::read::Decoder::new(&bytes[start..]) else { continue };
             let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut decoder, 64 << 20), &mut out);
             frames.push(out);
         }

@@ -200,9 +200,7 @@ async fn keyring(repository: &Repository, identity: Option<&Path>) -> Result<Opt
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".into(), |h| h.trim().to_string())
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

@@ -89,8 +89,13 @@ struct EncoderContext {
 
 /// Turns one byte stream into chunks, storing the new ones. Runs on a blocking thread.
 struct StreamEncoder {
-    context: EncoderContext,
     chunker: Chunker,
+    sink: ChunkSink,
+}
+
+/// Where an encoder's chunks go: named, deduplicated, compressed, sent to the pack writer.
+struct ChunkSink {
+    context: EncoderContext,
     digest: blake3::Hasher,
     manifest: StreamManifest,
     rows: u64,
@@ -101,40 +106,43 @@ impl StreamEncoder {
     fn new(context: EncoderContext) -> Self {
         StreamEncoder {
             chunker: Chunker::new(&context.seed, context.params),
-            digest: context.mac_key.hasher(),
-            manifest: StreamManifest::default(),
-            rows: 0,
-            failed: false,
-            context,
+            sink: ChunkSink {
+                digest: context.mac_key.hasher(),
+                manifest: StreamManifest::default(),
+                rows: 0,
+                failed: false,
+                context,
+            },
         }
     }
 
     fn push(&mut self, data: &[u8]) -> Result<()> {
-        self.digest.update(data);
-        self.manifest.bytes += data.len() as u64;
-        self.rows += data.iter().filter(|&&b| b == b'\n').count() as u64;
-        let mut chunker = std::mem::replace(&mut self.chunker, Chunker::new(&[0; 32], ChunkParams::default()));
-        chunker.push(data, &mut |chunk| self.store(chunk));
-        self.chunker = chunker;
-        self.check()
+        self.sink.digest.update(data);
+        self.sink.manifest.bytes += data.len() as u64;
+        // In COPY text format every literal newline ends a row.
+        self.sink.rows += memchr::memchr_iter(b'\n', data).count() as u64;
+        self.chunker.push(data, &mut |chunk| self.sink.store(&chunk));
+        self.sink.check()
     }
 
-    fn finish(mut self) -> Result<(StreamManifest, u64)> {
-        let chunker = std::mem::replace(&mut self.chunker, Chunker::new(&[0; 32], ChunkParams::default()));
-        chunker.finish(&mut |chunk| self.store(chunk));
-        self.check()?;
-        self.manifest.digest = self.digest.finalize().to_hex().to_string();
-        Ok((self.manifest, self.rows))
+    fn finish(self) -> Result<(StreamManifest, u64)> {
+        let StreamEncoder { chunker, mut sink } = self;
+        chunker.finish(&mut |chunk| sink.store(&chunk));
+        sink.check()?;
+        sink.manifest.digest = sink.digest.finalize().to_hex().to_string();
+        Ok((sink.manifest, sink.rows))
     }
+}
 
-    fn store(&mut self, chunk: Vec<u8>) {
-        let id = self.context.chunk_id_key.id_of(&chunk);
+impl ChunkSink {
+    fn store(&mut self, chunk: &[u8]) {
+        let id = self.context.chunk_id_key.id_of(chunk);
         self.manifest.chunks.push(id);
         let is_new = self.context.known.lock().expect("known-chunk lock is never poisoned").insert(id);
         if !is_new || self.failed {
             return;
         }
-        let compressed = zstd::bulk::compress(&chunk, self.context.level).expect("zstd compresses in memory");
+        let compressed = zstd::bulk::compress(chunk, self.context.level).expect("zstd compresses in memory");
         let new_chunk = NewChunk { id, compressed, raw_length: chunk.len() };
         if self.context.packs.blocking_send(new_chunk).is_err() {
             self.failed = true;

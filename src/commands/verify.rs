@@ -106,10 +106,10 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
             Ok(bytes) => {
                 report.objects += 1;
                 report.bytes += bytes.len() as u64;
-                let what = if bytes.len() as u64 != reference.size {
-                    Some(format!("size is {} bytes, the snapshot recorded {}", bytes.len(), reference.size))
-                } else {
+                let what = if bytes.len() as u64 == reference.size {
                     repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
+                } else {
+                    Some(format!("size is {} bytes, the snapshot recorded {}", bytes.len(), reference.size))
                 };
                 if let Some(what) = what {
                     damaged.insert(reference.id.clone());

@@ -127,7 +127,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(output: Output) -> Run {
+    fn from(output: &Output) -> Run {
         Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -179,7 +179,7 @@ impl Workspace {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        Run::from(self.command().args(args).output().expect("crmvault runs"))
+        Run::from(&self.command().args(args).output().expect("crmvault runs"))
     }
 
     /// keygen into `name`, returning the recipient.
