@@ -96,8 +96,13 @@ pub enum Error {
     #[error("PostgreSQL: {}", postgres_message(.0))]
     Postgres(tokio_postgres::Error),
     /// A storage error.
-    #[error("storage: {0}")]
-    Storage(#[from] object_store::Error),
+    #[error("{location}: {source}")]
+    Storage {
+        /// The target.
+        location: String,
+        /// What object_store said.
+        source: object_store::Error,
+    },
     /// A local I/O error with the path it concerns.
     #[error("{path}: {source}")]
     Io {

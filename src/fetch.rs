@@ -1,9 +1,12 @@
 //! Reading chunks back: fetch a pack once, check its name, decrypt it, hand out proven chunks.
 //!
-//! A small cache keeps the last few decrypted packs, because a table's chunks usually sit
-//! side by side in the same packs. Concurrent requests for one pack share a single download.
+//! A reader has one or more sources (targets with their indexes), tried in order: a chunk
+//! whose pack is missing or damaged on one target is read from the next, and the reader counts
+//! which target served what. A small cache keeps the last few decrypted packs, because a
+//! table's chunks usually sit side by side; concurrent requests for one pack share a download.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
@@ -14,40 +17,113 @@ use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, ObjectRef};
 use crate::target::Target;
 
 type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;
+/// (source number, pack id): a decrypted pack of one target.
+type PackKey = (usize, String);
+/// Cached packs and their insertion order, for eviction.
+type PackCache = (HashMap<PackKey, PackCell>, VecDeque<PackKey>);
 
-/// Hands out verified chunk plaintexts from one target.
+/// One place chunks can come from.
+pub struct Source {
+    /// The target.
+    pub target: Target,
+    /// What it holds.
+    pub index: Arc<ChunkIndex>,
+    served: AtomicUsize,
+}
+
+impl Source {
+    /// A target and its (loaded) index.
+    pub fn new(target: Target, index: Arc<ChunkIndex>) -> Source {
+        Source { target, index, served: AtomicUsize::new(0) }
+    }
+}
+
+/// How many chunks each source served, and what made the reader fall back.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReadStats {
+    /// (target, chunks served), in source order.
+    pub served: Vec<(String, usize)>,
+    /// One line per fallback: which target failed for which chunk, and why.
+    pub fallbacks: Vec<String>,
+}
+
+/// Hands out verified chunk plaintexts.
 pub struct ChunkReader {
-    target: Target,
+    sources: Vec<Source>,
     keyring: Keyring,
-    index: Arc<ChunkIndex>,
-    cache: Mutex<(HashMap<String, PackCell>, VecDeque<String>)>,
+    cache: Mutex<PackCache>,
     capacity: usize,
+    fallbacks: Mutex<Vec<String>>,
 }
 
 impl ChunkReader {
-    /// A reader keeping up to `cached_packs` decrypted packs in memory.
+    /// A reader over one target.
     pub fn new(target: Target, keyring: Keyring, index: Arc<ChunkIndex>, cached_packs: usize) -> Self {
+        ChunkReader::with_sources(vec![Source::new(target, index)], keyring, cached_packs)
+    }
+
+    /// A reader trying `sources` in order, keeping up to `cached_packs` decrypted packs in memory.
+    pub fn with_sources(sources: Vec<Source>, keyring: Keyring, cached_packs: usize) -> Self {
         ChunkReader {
-            target,
+            sources,
             keyring,
-            index,
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             capacity: cached_packs.max(2),
+            fallbacks: Mutex::default(),
         }
     }
 
-    /// Where a chunk is, or a `Missing` error naming it.
-    pub fn locate(&self, id: &ChunkId) -> Result<(ObjectRef, ChunkLocation)> {
-        self.index.chunks.get(id).map(|(pack, location, _)| (pack.clone(), *location)).ok_or_else(|| Error::Missing {
-            object: format!("chunk {id} (in no index)"),
-            location: self.target.location().into(),
-        })
+    /// Fails with `Missing` when no source knows the chunk.
+    pub fn locate(&self, id: &ChunkId) -> Result<()> {
+        if self.sources.iter().any(|s| s.index.chunks.contains_key(id)) {
+            return Ok(());
+        }
+        let locations: Vec<&str> = self.sources.iter().map(|s| s.target.location()).collect();
+        Err(Error::Missing { object: format!("chunk {id} (in no index)"), location: locations.join(", ") })
     }
 
-    /// The proven plaintext of one chunk.
+    /// The proven plaintext of one chunk, from the first source that has it intact.
     pub async fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let (pack, location) = self.locate(id)?;
-        let plaintext = self.pack(&pack).await?;
+        let mut first_error = None;
+        for (number, source) in self.sources.iter().enumerate() {
+            let Some((pack, location, _)) = source.index.chunks.get(id) else { continue };
+            match self.read_from(number, pack, *location).await {
+                Ok(plaintext) => {
+                    source.served.fetch_add(1, Ordering::Relaxed);
+                    return Ok(plaintext);
+                }
+                Err(error) => {
+                    if self.sources.len() > 1 {
+                        tracing::warn!("{}: chunk {id}: {error}; trying the next target", source.target.location());
+                        self.fallbacks
+                            .lock()
+                            .expect("fallback lock is never poisoned")
+                            .push(format!("{}: chunk {id}: {error}", source.target.location()));
+                    }
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| Error::Missing {
+            object: format!("chunk {id} (in no index)"),
+            location: self.sources.iter().map(|s| s.target.location()).collect::<Vec<_>>().join(", "),
+        }))
+    }
+
+    /// Which source served how many chunks, and the fallbacks taken.
+    pub fn stats(&self) -> ReadStats {
+        ReadStats {
+            served: self
+                .sources
+                .iter()
+                .map(|s| (s.target.location().to_string(), s.served.load(Ordering::Relaxed)))
+                .collect(),
+            fallbacks: self.fallbacks.lock().expect("fallback lock is never poisoned").clone(),
+        }
+    }
+
+    async fn read_from(&self, source: usize, pack: &ObjectRef, location: ChunkLocation) -> Result<Vec<u8>> {
+        let plaintext = self.pack(source, pack).await?;
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
         tokio::task::spawn_blocking(move || repo::open_chunk(&key, &plaintext, &location, &pack_key))
@@ -55,17 +131,18 @@ impl ChunkReader {
             .expect("chunk decoding does not panic")
     }
 
-    /// The decrypted plaintext of a pack (cached).
-    pub async fn pack(&self, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
+    /// The decrypted plaintext of a pack on one source (cached).
+    async fn pack(&self, source: usize, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
         let cell = {
             let mut guard = self.cache.lock().expect("cache lock is never poisoned");
             let (map, order) = &mut *guard;
-            if let Some(cell) = map.get(&pack.id) {
+            let key = (source, pack.id.clone());
+            if let Some(cell) = map.get(&key) {
                 cell.clone()
             } else {
                 let cell: PackCell = Arc::default();
-                map.insert(pack.id.clone(), cell.clone());
-                order.push_back(pack.id.clone());
+                map.insert(key.clone(), cell.clone());
+                order.push_back(key);
                 while order.len() > self.capacity {
                     if let Some(old) = order.pop_front() {
                         map.remove(&old);
@@ -74,13 +151,13 @@ impl ChunkReader {
                 cell
             }
         };
-        let plaintext = cell.get_or_try_init(|| self.load_pack(pack)).await?;
+        let plaintext = cell.get_or_try_init(|| self.load_pack(&self.sources[source].target, pack)).await?;
         Ok(plaintext.clone())
     }
 
-    async fn load_pack(&self, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
+    async fn load_pack(&self, target: &Target, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
         let key = repo::pack_key(&pack.id);
-        let ciphertext = self.target.get(&key).await?;
+        let ciphertext = target.get(&key).await?;
         if ciphertext.len() as u64 != pack.size {
             return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), pack.size)));
         }

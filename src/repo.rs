@@ -149,15 +149,7 @@ impl Repository {
         config_dir: &Path,
         secret: RepoSecret,
     ) -> Result<(Repository, PathBuf)> {
-        if target.size_of(CONFIG_KEY).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                location: target.location().into(),
-                what: "a crmvault repository".into(),
-            });
-        }
-        if !target.is_empty().await? {
-            return Err(Error::AlreadyExists { location: target.location().into(), what: "other files".into() });
-        }
+        ensure_empty(&target).await?;
         if recipients.is_empty() {
             return Err(Error::Invalid("init needs at least one --recipient (an admin's age1… public key)".into()));
         }
@@ -202,6 +194,21 @@ impl Repository {
             });
         }
         Ok((Repository { target, config, config_hash }, writer_path))
+    }
+
+    /// Makes `target` a copy of this repository's identity (config and keys, byte for byte), so
+    /// both share one chunk-id key and `copy` between them is a set difference of objects.
+    pub async fn init_copy(&self, target: Target) -> Result<Repository> {
+        ensure_empty(&target).await?;
+        let keys = self.target.get(&self.config.keys).await?;
+        check_object_name(&self.config.keys, &keys)?;
+        target.put_new(&self.config.keys, keys).await?;
+        let config = self.target.get(CONFIG_KEY).await?;
+        if crypto::object_hash(&config) != self.config_hash {
+            return Err(Error::corrupt(format!("{}/config", self.target.location()), "changed while being read"));
+        }
+        target.put_new(CONFIG_KEY, config).await?;
+        Repository::open(target).await
     }
 
     /// Opens an existing repository and checks its format version.
@@ -311,7 +318,6 @@ impl Repository {
     pub async fn read_snapshot(&self, id: &str) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
         let bytes = self.target.get(&key).await?;
-        check_object_name(&key, &bytes)?;
         SealedSnapshot::parse(id, &bytes)
     }
 
@@ -359,21 +365,51 @@ impl Repository {
 
     /// Loads all index objects (or the listed ones), returning chunk locations.
     pub async fn load_index(&self, keyring: &Keyring, only: Option<&[ObjectRef]>) -> Result<ChunkIndex> {
+        let (index, mut failures) = self.load_index_lenient(keyring, only).await?;
+        match failures.pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(index),
+        }
+    }
+
+    /// Loads what it can of the index objects, returning the ones that failed beside it.
+    pub async fn load_index_lenient(
+        &self,
+        keyring: &Keyring,
+        only: Option<&[ObjectRef]>,
+    ) -> Result<(ChunkIndex, Vec<(String, Error)>)> {
         let keys: Vec<String> = match only {
             Some(list) => list.iter().map(|o| index_key(&o.id)).collect(),
             None => self.target.list("index").await?.into_iter().map(|(key, _)| key).collect(),
         };
         let mut index = ChunkIndex::default();
+        let mut failures = Vec::new();
         for key in keys {
-            let ciphertext = self.target.get(&key).await?;
-            check_object_name(&key, &ciphertext)?;
-            let plaintext = keyring.decrypt(&key, &ciphertext)?;
-            let file: IndexFile = decode_json(&key, &plaintext)?;
-            let index_id = key.trim_start_matches("index/").to_string();
-            index.add(&index_id, file);
+            match self.read_index(keyring, &key).await {
+                Ok(file) => index.add(key.trim_start_matches("index/"), file),
+                Err(error) => failures.push((key, error)),
+            }
         }
-        Ok(index)
+        Ok((index, failures))
     }
+
+    async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<IndexFile> {
+        let ciphertext = self.target.get(key).await?;
+        check_object_name(key, &ciphertext)?;
+        let plaintext = keyring.decrypt(key, &ciphertext)?;
+        decode_json(key, &plaintext)
+    }
+}
+
+/// Refuses to initialise over a repository or other files.
+pub async fn ensure_empty(target: &Target) -> Result<()> {
+    if target.size_of(CONFIG_KEY).await?.is_some() {
+        return Err(Error::AlreadyExists { location: target.location().into(), what: "a crmvault repository".into() });
+    }
+    if !target.is_empty().await? {
+        return Err(Error::AlreadyExists { location: target.location().into(), what: "other files".into() });
+    }
+    Ok(())
 }
 
 /// Checks that a content-addressed object's bytes hash to its name.
@@ -664,31 +700,44 @@ pub struct SealedSnapshot {
     manifest_ciphertext: Bytes,
 }
 
-impl SealedSnapshot {
-    /// Builds a snapshot object: returns (id, bytes).
-    pub fn seal(
-        header: &SnapshotHeader,
-        manifest: &Manifest,
-        keyring: &Keyring,
-        recipients: &[age::x25519::Recipient],
-    ) -> (String, Bytes) {
+/// A manifest encrypted once for every target: its ciphertext names the snapshot everywhere.
+pub struct SealedManifest {
+    /// The snapshot id: BLAKE3 of `ciphertext`.
+    pub id: String,
+    compressed: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+impl SealedManifest {
+    /// Compresses and encrypts a manifest for the metadata recipients.
+    pub fn seal(manifest: &Manifest, recipients: &[age::x25519::Recipient]) -> SealedManifest {
+        let compressed = encode_json(manifest);
+        let ciphertext = crypto::encrypt(recipients, &compressed);
+        SealedManifest { id: crypto::object_hash(&ciphertext), compressed, ciphertext }
+    }
+
+    /// The snapshot object for one target, whose header lists that target's packs and indexes.
+    pub fn snapshot_object(&self, header: &SnapshotHeader, keyring: &Keyring) -> Bytes {
         let header_line = serde_json::to_vec(header).expect("serialisable");
-        let manifest_plain = encode_json(manifest);
-        let mac = keyring.mac_key().mac(&[&header_line, &manifest_plain]);
+        let mac = keyring.mac_key().mac(&[&header_line, &self.compressed]);
         let mut object = format!("{SNAPSHOT_MAGIC} {FORMAT_VERSION}\n").into_bytes();
         object.extend_from_slice(&header_line);
         object.push(b'\n');
+        object.extend_from_slice(crypto::object_hash(&header_line).as_bytes());
+        object.push(b'\n');
         object.extend_from_slice(mac.as_bytes());
         object.push(b'\n');
-        object.extend_from_slice(&crypto::encrypt(recipients, &manifest_plain));
-        (crypto::object_hash(&object), Bytes::from(object))
+        object.extend_from_slice(&self.ciphertext);
+        Bytes::from(object)
     }
+}
 
+impl SealedSnapshot {
     fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
-        let mut lines = Vec::with_capacity(3);
+        let mut lines = Vec::with_capacity(4);
         let mut start = 0;
-        while lines.len() < 3 {
+        while lines.len() < 4 {
             let end = bytes[start..]
                 .iter()
                 .position(|&b| b == b'\n')
@@ -709,16 +758,17 @@ impl SealedSnapshot {
                 supported: FORMAT_VERSION,
             });
         }
+        if crypto::object_hash(&lines[1]).as_bytes() != &lines[2][..] {
+            return Err(Error::corrupt(&key, "its header does not match the header's BLAKE3"));
+        }
+        let manifest_ciphertext = bytes.slice(start..);
+        if crypto::object_hash(&manifest_ciphertext) != id {
+            return Err(Error::corrupt(&key, "its manifest does not match its name (BLAKE3 mismatch)"));
+        }
         let header: SnapshotHeader =
             serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
-        let mac = String::from_utf8(lines[2].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
-        Ok(SealedSnapshot {
-            id: id.to_string(),
-            header,
-            header_line: lines[1].clone(),
-            mac,
-            manifest_ciphertext: bytes.slice(start..),
-        })
+        let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
+        Ok(SealedSnapshot { id: id.to_string(), header, header_line: lines[1].clone(), mac, manifest_ciphertext })
     }
 
     /// Decrypts the manifest and proves it belongs with this header.

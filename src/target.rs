@@ -1,16 +1,24 @@
-//! Where a repository lives: an `object_store` backend plus the location the user typed.
+//! Where a repository lives: a local folder or an S3-compatible bucket, through `object_store`.
 //!
 //! Every write goes through [`Target::put_new`], which never overwrites an object (objects are
 //! immutable) and, on a local folder, syncs the file and its directories before returning, so a
-//! snapshot written after its packs can never survive a crash that lost them.
+//! snapshot written after its packs can never survive a crash that lost them. On S3 a PUT is
+//! durable when it returns; transient faults (5xx, timeouts, resets) are retried with backoff.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use age::secrecy::{ExposeSecret, SecretString};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
@@ -47,19 +55,207 @@ pub enum PutOutcome {
     AlreadyThere,
 }
 
+/// A repository location as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local folder.
+    Local(PathBuf),
+    /// `s3://bucket/prefix?option=value…`
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket (may be empty).
+        prefix: String,
+        /// Options given in the URL's query.
+        options: BTreeMap<String, String>,
+    },
+}
+
+impl Location {
+    /// Parses a plain path, a `file:///` URL or an `s3://bucket/prefix` URL.
+    pub fn parse(text: &str) -> Result<Location> {
+        if text.is_empty() {
+            return Err(Error::Invalid("the repository location is empty".into()));
+        }
+        if text.starts_with("file://") {
+            let url =
+                url::Url::parse(text).map_err(|e| Error::Invalid(format!("{text:?} is not a valid file URL: {e}")))?;
+            let path = url.to_file_path().map_err(|()| {
+                Error::Invalid(format!("{text:?} is not a local file URL (expected file:///absolute/path)"))
+            })?;
+            return Ok(Location::Local(path));
+        }
+        if text.starts_with("s3://") {
+            let url =
+                url::Url::parse(text).map_err(|e| Error::Invalid(format!("{text:?} is not a valid S3 URL: {e}")))?;
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| Error::Invalid(format!("{text:?} names no bucket (expected s3://bucket/prefix)")))?;
+            let options = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            let prefix = url.path().trim_matches('/').to_string();
+            return Ok(Location::S3 { bucket: bucket.to_string(), prefix, options });
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(Error::Invalid(format!(
+                "{text:?}: unsupported scheme {scheme}:// (use a folder, file:///path or s3://bucket/prefix)"
+            )));
+        }
+        Ok(Location::Local(PathBuf::from(text)))
+    }
+}
+
+/// How to reach an S3-compatible service. The CLI fills it from URL options, the config file
+/// and the `AWS_*` environment; the library never reads the environment itself.
+#[derive(Clone)]
+pub struct S3Settings {
+    /// Endpoint URL for non-AWS services (MinIO, Ceph, Garage, R2, B2, Wasabi…).
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`).
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<SecretString>,
+    /// Session token (temporary credentials).
+    pub session_token: Option<SecretString>,
+    /// Allow `http://` to a non-loopback endpoint.
+    pub allow_http: bool,
+    /// Use `bucket.host` addressing instead of `host/bucket`.
+    pub virtual_hosted_style: bool,
+    /// Retries of a failed request.
+    pub max_retries: usize,
+    /// Give up retrying a request after this long.
+    pub retry_timeout: Duration,
+    /// Without keys, ask the cloud's instance or container metadata service for credentials.
+    /// Off unless asked for: it sends requests to a link-local address.
+    pub instance_credentials: bool,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+            max_retries: 10,
+            retry_timeout: Duration::from_secs(180),
+            instance_credentials: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a URL's host is this machine (plain HTTP is fine there).
+fn is_loopback(endpoint: &url::Url) -> bool {
+    match endpoint.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 impl Target {
-    /// Opens a location: a plain path or a `file:///` URL.
+    /// Opens a local location: a plain path or a `file:///` URL.
     pub fn open(location: &str, mode: OpenMode) -> Result<Target> {
-        let path = local_path(location)?;
+        Target::open_with(location, mode, &S3Settings::default())
+    }
+
+    /// Opens any location; `s3` is used for `s3://` ones.
+    pub fn open_with(location: &str, mode: OpenMode, s3: &S3Settings) -> Result<Target> {
+        match Location::parse(location)? {
+            Location::Local(path) => Target::open_local(location, &path, mode),
+            Location::S3 { bucket, prefix, .. } => Target::open_s3(location, &bucket, &prefix, s3),
+        }
+    }
+
+    fn open_local(location: &str, path: &Path, mode: OpenMode) -> Result<Target> {
         if mode == OpenMode::Create {
-            std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         }
         if !path.is_dir() {
             return Err(Error::NotARepository { location: location.to_string() });
         }
-        let root = path.canonicalize().map_err(|e| Error::io(&path, e))?;
-        let store = LocalFileSystem::new_with_prefix(&root)?;
+        let root = path.canonicalize().map_err(|e| Error::io(path, e))?;
+        let store = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|source| Error::Storage { location: location.to_string(), source })?;
         Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root) })
+    }
+
+    fn open_s3(location: &str, bucket: &str, prefix: &str, settings: &S3Settings) -> Result<Target> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(settings.region.clone().unwrap_or_else(|| "us-east-1".into()))
+            .with_virtual_hosted_style_request(settings.virtual_hosted_style)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(20),
+                    base: 2.0,
+                },
+                max_retries: settings.max_retries,
+                retry_timeout: settings.retry_timeout,
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(Duration::from_secs(300)),
+            );
+        if let Some(endpoint) = &settings.endpoint {
+            let url = url::Url::parse(endpoint)
+                .map_err(|e| Error::Invalid(format!("S3 endpoint {endpoint:?} is not a URL: {e}")))?;
+            let plain = url.scheme() == "http";
+            if plain && !settings.allow_http && !is_loopback(&url) {
+                return Err(Error::Invalid(format!(
+                    "refusing plain HTTP to {endpoint} for {location}: credentials and backups would cross the network \
+                     unencrypted; use https://, or pass --allow-http if this network is trusted"
+                )));
+            }
+            builder = builder.with_endpoint(endpoint.trim_end_matches('/')).with_allow_http(plain);
+        }
+        match (&settings.access_key_id, &settings.secret_access_key) {
+            (Some(key), Some(_)) => builder = builder.with_access_key_id(key),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "{location}: give both an access key id and a secret access key (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                )));
+            }
+            (None, None) if settings.instance_credentials => {}
+            (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "{location}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a [repository] \
+                     section in the config file (instance_credentials = true to use the cloud's metadata service)"
+                )));
+            }
+        }
+        if let Some(secret) = &settings.secret_access_key {
+            builder = builder.with_secret_access_key(secret.expose_secret());
+        }
+        if let Some(token) = &settings.session_token {
+            builder = builder.with_token(token.expose_secret());
+        }
+        let store = builder.build().map_err(|e| Error::Invalid(format!("{location}: {e}")))?;
+        let store: Arc<dyn ObjectStore> =
+            if prefix.is_empty() { Arc::new(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
+        Ok(Target { store, location: location.to_string(), local_root: None })
     }
 
     /// The location as the user gave it (never holds credentials).
@@ -86,17 +282,28 @@ impl Target {
         match self.store.head(&ObjectPath::from(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.map_error(key, e)),
         }
     }
 
     /// Writes a new object, durably. An existing object is left untouched.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
         let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes), options).await {
+        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes.clone()), options).await {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => return Ok(PutOutcome::AlreadyThere),
-            Err(e) => return Err(e.into()),
+            // Services without conditional PUT: look first. Content-addressed objects make a
+            // lost race harmless (same name, same bytes); `init` is the only other writer.
+            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                if self.size_of(key).await?.is_some() {
+                    return Ok(PutOutcome::AlreadyThere);
+                }
+                self.store
+                    .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
+                    .await
+                    .map_err(|e| self.map_error(key, e))?;
+            }
+            Err(e) => return Err(self.map_error(key, e)),
         }
         if let Some(root) = &self.local_root {
             let root = root.clone();
@@ -111,8 +318,13 @@ impl Target {
     /// Lists objects under a prefix: (key, size), sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let prefix = ObjectPath::from(prefix);
-        let mut objects: Vec<(String, u64)> =
-            self.store.list(Some(&prefix)).map_ok(|meta| (meta.location.to_string(), meta.size)).try_collect().await?;
+        let mut objects: Vec<(String, u64)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| (meta.location.to_string(), meta.size))
+            .try_collect()
+            .await
+            .map_err(|e| self.map_error(prefix.as_ref(), e))?;
         objects.sort();
         Ok(objects)
     }
@@ -120,14 +332,14 @@ impl Target {
     /// Whether the location holds any object at all.
     pub async fn is_empty(&self) -> Result<bool> {
         let mut listing = self.store.list(None);
-        Ok(listing.try_next().await?.is_none())
+        Ok(listing.try_next().await.map_err(|e| self.map_error("", e))?.is_none())
     }
 
     /// Removes an object (tests and, later, prune).
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.map_error(key, e)),
         }
     }
 
@@ -136,31 +348,9 @@ impl Target {
             object_store::Error::NotFound { .. } => {
                 Error::Missing { object: key.to_string(), location: self.location.clone() }
             }
-            other => other.into(),
+            other => Error::Storage { location: self.location.clone(), source: other },
         }
     }
-}
-
-/// Turns a user's location into a local folder, or says which kinds are supported.
-fn local_path(location: &str) -> Result<PathBuf> {
-    if let Some(rest) = location.strip_prefix("file://") {
-        let url = url::Url::parse(location)
-            .map_err(|e| Error::Invalid(format!("{location:?} is not a valid file URL: {e}")))?;
-        return url.to_file_path().map_err(|()| {
-            Error::Invalid(format!(
-                "{location:?} is not a local file URL (expected file:///absolute/path, got {rest:?})"
-            ))
-        });
-    }
-    if location.contains("://") {
-        return Err(Error::Invalid(format!(
-            "{location:?}: only local folders and file:/// URLs are supported by this build"
-        )));
-    }
-    if location.is_empty() {
-        return Err(Error::Invalid("the repository location is empty".into()));
-    }
-    Ok(PathBuf::from(location))
 }
 
 /// Syncs a file just written and the directories up to the root, so its name is durable too.

@@ -48,7 +48,32 @@ fn repository_mistakes_are_explained() {
         1,
         "needs at least one --recipient",
     );
-    one_clear_line(work.run(&["backup", "--db", "x", "--repo", "s3://bucket/crm"]), 1, "only local folders");
+    one_clear_line(work.run(&["backup", "--db", "x", "--repo", "gs://bucket/crm"]), 1, "unsupported scheme gs://");
+    let run = work
+        .command()
+        .args(["snapshots", "--repo", "s3://bucket/crm"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("no S3 credentials"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let run = work
+        .command()
+        .args(["snapshots", "--repo", "s3://bucket/crm?endpoint=http://backup.example.com:9000"])
+        .env("AWS_ACCESS_KEY_ID", "AKIA")
+        .env("AWS_SECRET_ACCESS_KEY", "SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("refusing plain HTTP"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     // A backup host without the writer key.
     let other_host = Workspace::new();
     let db = TestDb::create("nowriter");

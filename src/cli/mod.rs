@@ -1,8 +1,9 @@
 //! Command-line interface: argument parsing, environment, output and exit codes.
 //!
-//! Exit codes: 0 ok, 1 error, 2 usage, 3 problems found (verify).
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some targets failed) or problems found (verify).
 
 mod output;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,10 +12,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crmvault::commands::{backup, init, restore, snapshots, verify};
+use crmvault::commands::{backup, copy, init, restore, snapshots, verify};
 use crmvault::repo::{Keyring, Repository};
 use crmvault::source::Database;
-use crmvault::target::{OpenMode, Target};
+use crmvault::target::OpenMode;
+
+use storage::Storage;
 
 /// Encrypted, deduplicated, verifiable backups of PostgreSQL CRM databases.
 #[derive(Debug, Parser)]
@@ -26,6 +29,9 @@ struct Cli {
     /// More log output on stderr (-v info, -vv debug). CRMVAULT_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Allow plain http:// to S3 endpoints that are not on this machine.
+    #[arg(long, global = true)]
+    allow_http: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +44,7 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Create a repository readable only by the given recipients.
+    /// Create a repository on every --repo, readable only by the given recipients.
     Init {
         #[command(flatten)]
         repo: RepoArgs,
@@ -48,8 +54,11 @@ enum Command {
         /// A file of recipients, one per line.
         #[arg(long, value_name = "FILE")]
         recipients_file: Option<PathBuf>,
+        /// Make the new repositories copies of this one (same keys), for `copy`.
+        #[arg(long, value_name = "REPO", conflicts_with_all = ["recipients", "recipients_file"])]
+        copy_from: Option<String>,
     },
-    /// Back up a database (needs only the writer key made by init).
+    /// Back up a database to every --repo (needs only the writer key made by init).
     Backup {
         /// Source database URL; a password is better given in PGPASSWORD.
         #[arg(long, env = "CRMVAULT_DB", hide_env_values = true)]
@@ -77,7 +86,8 @@ enum Command {
         #[arg(long, short)]
         identity: Option<PathBuf>,
     },
-    /// Restore a snapshot into an empty database, all or nothing.
+    /// Restore a snapshot into an empty database, all or nothing, from the first --repo that
+    /// has each chunk intact.
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
@@ -97,7 +107,7 @@ enum Command {
         #[arg(default_value = "latest")]
         snapshot: String,
     },
-    /// Check that every snapshot is complete (exit 3 when problems are found).
+    /// Check that every snapshot on every --repo is complete (exit 3 when problems are found).
     Verify {
         #[command(flatten)]
         repo: RepoArgs,
@@ -108,13 +118,24 @@ enum Command {
         #[arg(long, requires = "identity")]
         read_data: bool,
     },
+    /// Copy the snapshots one repository has and another lacks (no key needed).
+    Copy {
+        /// Source repository.
+        #[arg(long)]
+        from: String,
+        /// Destination repository (made with `init --copy-from`, or by the same `init`).
+        #[arg(long)]
+        to: String,
+        /// Only these snapshots (ids or `latest`); all by default.
+        snapshots: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
 struct RepoArgs {
-    /// Repository: a folder or file:/// URL.
-    #[arg(long, env = "CRMVAULT_REPO")]
-    repo: String,
+    /// Repository: a folder, file:///path or s3://bucket/prefix. Repeat for several targets.
+    #[arg(long = "repo", env = "CRMVAULT_REPO", required = true)]
+    repos: Vec<String>,
 }
 
 /// Runs the CLI and maps the outcome to an exit code.
@@ -182,9 +203,35 @@ fn database(url: &str) -> Result<Database> {
     Ok(database)
 }
 
-async fn open_repository(location: &str) -> Result<Repository> {
-    let target = Target::open(location, OpenMode::Existing)?;
-    Ok(Repository::open(target).await?)
+async fn open_repositories(storage: &Storage, locations: &[String]) -> Result<Vec<Repository>> {
+    let mut repositories = Vec::new();
+    for location in locations {
+        let target = storage.open(location, OpenMode::Existing)?;
+        repositories.push(Repository::open(target).await?);
+    }
+    Ok(repositories)
+}
+
+/// Opens what can be opened; a target that cannot is reported and left out.
+async fn open_available(storage: &Storage, locations: &[String]) -> Result<(Vec<Repository>, Vec<(String, String)>)> {
+    let mut repositories = Vec::new();
+    let mut unavailable = Vec::new();
+    for location in locations {
+        let opened = match storage.open(location, OpenMode::Existing) {
+            Ok(target) => Repository::open(target).await.map_err(anyhow::Error::from),
+            Err(error) => Err(error),
+        };
+        match opened {
+            Ok(repository) => repositories.push(repository),
+            Err(error) if locations.len() > 1 => unavailable.push((location.clone(), one_line(&error))),
+            Err(error) => return Err(error),
+        }
+    }
+    if repositories.is_empty() {
+        let reasons: Vec<String> = unavailable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
+        anyhow::bail!("no target could be opened: {}", reasons.join("; "));
+    }
+    Ok((repositories, unavailable))
 }
 
 /// The best keyring at hand: an admin identity if given, else this host's writer key, else none.
@@ -199,12 +246,33 @@ async fn keyring(repository: &Repository, identity: Option<&Path>) -> Result<Opt
     }
 }
 
+/// Unlocks with the first repository whose keys object is readable.
+async fn unlock_any<F, Fut>(repositories: &[Repository], unlock: F) -> Result<Keyring>
+where
+    F: Fn(Repository) -> Fut,
+    Fut: std::future::Future<Output = crmvault::Result<Keyring>>,
+{
+    let mut first_error = None;
+    for repository in repositories {
+        match unlock(repository.clone()).await {
+            Ok(keyring) => return Ok(keyring),
+            // A wrong or missing key is the same everywhere; a damaged keys object is not.
+            Err(error @ crmvault::Error::Corrupt { .. } | error @ crmvault::Error::Missing { .. }) => {
+                first_error.get_or_insert(error);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(first_error.map_or_else(|| anyhow::anyhow!("no repository given"), Into::into))
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".into(), |h| h.trim().to_string())
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
+    let storage = Storage::load(&config_dir()?, cli.allow_http)?;
     match cli.command {
         Command::Keygen { output } => {
             let identity = crmvault::crypto::generate_identity();
@@ -212,22 +280,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .context("writing the identity file")?;
             output::keygen(json, &identity.to_public().to_string(), &output);
         }
-        Command::Init { repo, recipients, recipients_file } => {
-            let mut texts = recipients;
-            if let Some(file) = recipients_file {
-                let content = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-                texts.extend(
-                    content.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
-                );
-            }
-            let parsed = texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
-            let report = init::run(&repo.repo, &parsed, &config_dir()?).await?;
+        Command::Init { repo, recipients, recipients_file, copy_from } => {
+            let targets = repo.repos.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<Result<Vec<_>>>()?;
+            let report = if let Some(source) = copy_from {
+                let source = open_repositories(&storage, &[source]).await?.remove(0);
+                init::run_copy_from(&source, targets).await?
+            } else {
+                let mut texts = recipients;
+                if let Some(file) = recipients_file {
+                    let content =
+                        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                    texts.extend(
+                        content
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(String::from),
+                    );
+                }
+                let parsed =
+                    texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
+                init::run(targets, &parsed, &config_dir()?).await?
+            };
             output::init(json, &report);
         }
         Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump } => {
             let started = Instant::now();
-            let repository = open_repository(&repo.repo).await?;
-            let keyring = repository.unlock_as_writer(&config_dir()?).await?;
+            let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
+            let config_dir = config_dir()?;
+            let keyring = unlock_any(&repositories, |r| {
+                let dir = config_dir.clone();
+                async move { r.unlock_as_writer(&dir).await }
+            })
+            .await?;
             let options = backup::BackupOptions {
                 database: database(&db)?,
                 jobs: jobs.max(1),
@@ -237,56 +322,115 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 hostname: hostname(),
             };
             let progress = output::Progress::start(json, "reading");
-            let report = backup::run(&repository, &keyring, &options, progress.callback())
-                .await
-                .with_context(|| format!("backing up {} to {}", options.database, repo.repo))?;
+            let result = backup::run(&repositories, &keyring, &options, progress.callback()).await;
             progress.finish();
+            let mut report = result.with_context(|| format!("backing up {}", options.database))?;
+            for (location, error) in unavailable {
+                report.targets.push(backup::TargetReport {
+                    location,
+                    ok: false,
+                    error: Some(error),
+                    new_chunks: 0,
+                    bytes_added: 0,
+                    bytes_total: 0,
+                });
+            }
             output::backup(json, &report, started.elapsed());
+            if report.failed_targets() > 0 {
+                return Ok(ExitCode::from(3));
+            }
         }
         Command::Snapshots { repo, identity } => {
-            let repository = open_repository(&repo.repo).await?;
-            let keyring = keyring(&repository, identity.as_deref()).await?;
-            let list = snapshots::list(&repository, keyring.as_ref()).await?;
-            output::snapshots(json, &list);
+            let repositories = open_repositories(&storage, &repo.repos).await?;
+            let mut lists = Vec::new();
+            for repository in &repositories {
+                let keyring = keyring(repository, identity.as_deref()).await?;
+                lists.push((
+                    repository.target.location().to_string(),
+                    snapshots::list(repository, keyring.as_ref()).await?,
+                ));
+            }
+            output::snapshots(json, &snapshots::merge(lists));
         }
         Command::Restore { repo, identity, db, jobs, clean, snapshot } => {
             let started = Instant::now();
-            let repository = open_repository(&repo.repo).await?;
-            let keyring = repository.unlock_as_admin(&identity).await?;
+            let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
+            for (location, error) in &unavailable {
+                eprintln!("crmvault: warning: {location} left out: {error}");
+            }
+            let keyring = unlock_any(&repositories, |r| {
+                let identity = identity.clone();
+                async move { r.unlock_as_admin(&identity).await }
+            })
+            .await?;
             let options = restore::RestoreOptions {
                 database: database(&db)?,
                 snapshot,
                 jobs: jobs.max(1),
                 existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
             };
-            let report = restore::run(&repository, &keyring, &options)
+            let report = restore::run(&repositories, &keyring, &options)
                 .await
                 .with_context(|| format!("restoring into {} (left unchanged)", options.database))?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
         Command::Verify { repo, identity, read_data } => {
-            let repository = open_repository(&repo.repo).await?;
             let depth = if read_data { verify::Depth::ReadData } else { verify::Depth::Structure };
-            let report = match keyring(&repository, identity.as_deref()).await {
-                Ok(keyring) => verify::run(&repository, keyring.as_ref(), depth).await?,
-                // A damaged keys object is a finding, not a reason to stop looking.
-                Err(error) if matches!(error.downcast_ref(), Some(crmvault::Error::Corrupt { .. })) => {
-                    let mut report = verify::run(&repository, None, verify::Depth::Structure).await?;
-                    report.problems.push(verify::Problem {
-                        target: repository.target.location().to_string(),
-                        object: repository.config.keys.clone(),
-                        snapshots: vec![],
-                        problem: format!("cannot unlock the repository: {error}"),
-                    });
-                    report
-                }
-                Err(error) => return Err(error),
-            };
-            output::verify(json, &report);
-            if !report.problems.is_empty() {
+            let mut total = verify::VerifyReport::default();
+            for location in &repo.repos {
+                let report = match open_repositories(&storage, std::slice::from_ref(location)).await {
+                    Ok(mut repositories) => verify_one(&repositories.remove(0), identity.as_deref(), depth).await?,
+                    Err(error) if repo.repos.len() > 1 => verify::VerifyReport {
+                        problems: vec![verify::Problem {
+                            target: location.clone(),
+                            object: "config".into(),
+                            snapshots: vec![],
+                            problem: one_line(&error),
+                        }],
+                        ..verify::VerifyReport::default()
+                    },
+                    Err(error) => return Err(error),
+                };
+                total.merge(report);
+            }
+            output::verify(json, &total);
+            if !total.problems.is_empty() {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Copy { from, to, snapshots } => {
+            let from = open_repositories(&storage, &[from]).await?.remove(0);
+            let to = open_repositories(&storage, &[to]).await?.remove(0);
+            let report = copy::run(&from, &to, &snapshots).await?;
+            output::copy(json, &report, from.target.location(), to.target.location());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn verify_one(
+    repository: &Repository,
+    identity: Option<&Path>,
+    depth: verify::Depth,
+) -> Result<verify::VerifyReport> {
+    match keyring(repository, identity).await {
+        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth).await?),
+        // A damaged keys object is a finding, not a reason to stop looking.
+        Err(error)
+            if matches!(
+                error.downcast_ref(),
+                Some(crmvault::Error::Corrupt { .. } | crmvault::Error::Missing { .. })
+            ) =>
+        {
+            let mut report = verify::run(repository, None, verify::Depth::Structure).await?;
+            report.problems.push(verify::Problem {
+                target: repository.target.location().to_string(),
+                object: repository.config.keys.clone(),
+                snapshots: vec![],
+                problem: format!("cannot unlock the repository: {}", one_line(&error)),
+            });
+            Ok(report)
+        }
+        Err(error) => Err(error),
+    }
 }

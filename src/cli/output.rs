@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crmvault::commands::{backup, init, restore, snapshots, verify};
+use crmvault::commands::{backup, copy, init, restore, snapshots, verify};
 use crmvault::source::Database;
 
 fn print_json<T: serde::Serialize>(value: &T) {
@@ -31,11 +31,15 @@ pub fn keygen(json: bool, recipient: &str, path: &Path) {
 pub fn init(json: bool, report: &init::InitReport) {
     if json {
         print_json(report);
-    } else {
-        println!("initialised repository {} at {}", report.repository_id, report.location);
+        return;
+    }
+    for location in &report.locations {
+        println!("initialised repository {} at {location}", report.repository_id);
+    }
+    if let Some(writer_key) = &report.writer_key {
         println!(
             "writer key: {} (stays on this backup host; it can write backups, never read them)",
-            report.writer_key.display()
+            writer_key.display()
         );
     }
 }
@@ -49,16 +53,21 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     }
     println!("{}", report.snapshot_id);
     eprintln!(
-        "snapshot {} saved: {} tables, {} rows, read {}, added {} ({} of {} chunks new), {:.1}s",
+        "snapshot {} saved: {} tables, {} rows, read {}, {} of {} chunks new, {:.1}s",
         &report.snapshot_id[..12],
         report.tables,
         report.rows,
         size(report.bytes_read),
-        size(report.bytes_added),
         report.new_chunks,
         report.chunks,
         elapsed.as_secs_f64()
     );
+    for target in &report.targets {
+        match &target.error {
+            None => eprintln!("  ok      {}: added {}", target.location, size(target.bytes_added)),
+            Some(error) => eprintln!("  FAILED  {}: {error} (no snapshot written there)", target.location),
+        }
+    }
 }
 
 pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary]) {
@@ -102,6 +111,14 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
         value["seconds"] = serde_json::json!(elapsed.as_secs_f64());
         print_json(&value);
         return;
+    }
+    if report.sources.served.len() > 1 || !report.sources.fallbacks.is_empty() {
+        for (location, chunks) in &report.sources.served {
+            eprintln!("  {chunks} chunks from {location}");
+        }
+        for fallback in &report.sources.fallbacks {
+            eprintln!("  fell back: {fallback}");
+        }
     }
     println!(
         "restored snapshot {} into {database}: {} tables, {} rows, {} of data, every chunk and table digest checked, {:.1}s",
@@ -174,4 +191,18 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
+    if json {
+        print_json(report);
+        return;
+    }
+    println!(
+        "copied {} snapshots from {from} to {to} ({} objects, {}); {} were already there",
+        report.snapshots_copied.len(),
+        report.objects_copied,
+        size(report.bytes_copied),
+        report.snapshots_present
+    );
 }

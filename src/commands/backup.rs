@@ -1,13 +1,19 @@
-//! `backup`: read every table inside one snapshot, store only new chunks, commit a snapshot.
+//! `backup`: read every table inside one snapshot, store only new chunks, commit a snapshot
+//! on every target.
 //!
 //! Stages, joined by bounded channels so memory stays flat:
 //! table readers (async, one connection each, sharing the exported snapshot)
-//! → encoders (blocking threads: chunk, keyed hash, dedup, zstd)
-//! → one pack writer (seal with age, upload, at most two uploads in flight).
-//! Then the index of the new packs, then the snapshot object: the commit.
+//! → encoders (blocking threads: chunk, keyed hash, dedup per target, zstd once)
+//! → one pack writer per target (seal with age, upload, at most two uploads in flight).
+//! Then, per target, the index of its new packs, then its snapshot object: the commit.
+//!
+//! The database is read once whatever the number of targets. A target that fails (unreachable,
+//! credentials refused, disk full) is dropped from the run without stopping the others, and
+//! is left without a snapshot; the report says which targets hold the new snapshot.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -20,7 +26,7 @@ use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
-    self, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, PackWriter, Repository, SealedSnapshot, SnapshotHeader,
+    self, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, PackWriter, Repository, SealedManifest, SnapshotHeader,
     StreamManifest, TableManifest,
 };
 use crate::source::{self, Database, Section, SnapshotSession, SourceTable};
@@ -48,7 +54,7 @@ pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 /// What a backup did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackupReport {
-    /// The new snapshot.
+    /// The new snapshot (the same id on every target).
     pub snapshot_id: String,
     /// Database time of the snapshot.
     pub time: chrono::DateTime<chrono::Utc>,
@@ -60,19 +66,53 @@ pub struct BackupReport {
     pub bytes_read: u64,
     /// Chunks referenced.
     pub chunks: usize,
-    /// Chunks that were new to the repository.
+    /// Chunks that were new to at least one target (compressed once).
     pub new_chunks: usize,
-    /// Bytes written to storage (packs, index, snapshot).
+    /// Bytes written to all targets (packs, indexes, snapshots).
     pub bytes_added: u64,
-    /// Bytes of all objects the snapshot references.
+    /// Bytes of all objects the snapshot references, on the first target that holds it.
+    pub bytes_total: u64,
+    /// One entry per target, in the order given.
+    pub targets: Vec<TargetReport>,
+}
+
+impl BackupReport {
+    /// Targets that did not receive the snapshot.
+    pub fn failed_targets(&self) -> usize {
+        self.targets.iter().filter(|t| t.error.is_some()).count()
+    }
+}
+
+/// What happened on one target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetReport {
+    /// The target.
+    pub location: String,
+    /// True when the snapshot is committed there.
+    pub ok: bool,
+    /// Why not, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Chunks this target lacked.
+    pub new_chunks: usize,
+    /// Bytes written to it.
+    pub bytes_added: u64,
+    /// Bytes of all objects the snapshot references there.
     pub bytes_total: u64,
 }
 
-/// A compressed chunk on its way to a pack.
+/// A compressed chunk on its way to the packs of the targets that lack it.
 struct NewChunk {
     id: ChunkId,
     compressed: Vec<u8>,
     raw_length: usize,
+}
+
+/// One target as the encoders see it.
+struct TargetSink {
+    known: Mutex<HashSet<ChunkId>>,
+    packs: mpsc::Sender<Arc<NewChunk>>,
+    alive: AtomicBool,
 }
 
 /// Shared by all encoders of one backup.
@@ -83,8 +123,8 @@ struct EncoderContext {
     chunk_id_key: ChunkIdKey,
     mac_key: MacKey,
     level: i32,
-    known: Arc<Mutex<HashSet<ChunkId>>>,
-    packs: mpsc::Sender<NewChunk>,
+    targets: Arc<Vec<TargetSink>>,
+    compressed_chunks: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Turns one byte stream into chunks, storing the new ones. Runs on a blocking thread.
@@ -99,20 +139,13 @@ struct ChunkSink {
     digest: blake3::Hasher,
     manifest: StreamManifest,
     rows: u64,
-    failed: bool,
 }
 
 impl StreamEncoder {
     fn new(context: EncoderContext) -> Self {
         StreamEncoder {
             chunker: Chunker::new(&context.seed, context.params),
-            sink: ChunkSink {
-                digest: context.mac_key.hasher(),
-                manifest: StreamManifest::default(),
-                rows: 0,
-                failed: false,
-                context,
-            },
+            sink: ChunkSink { digest: context.mac_key.hasher(), manifest: StreamManifest::default(), rows: 0, context },
         }
     }
 
@@ -138,57 +171,111 @@ impl ChunkSink {
     fn store(&mut self, chunk: &[u8]) {
         let id = self.context.chunk_id_key.id_of(chunk);
         self.manifest.chunks.push(id);
-        let is_new = self.context.known.lock().expect("known-chunk lock is never poisoned").insert(id);
-        if !is_new || self.failed {
+        let targets = &self.context.targets;
+        let lacking: Vec<&TargetSink> = targets
+            .iter()
+            .filter(|t| t.alive.load(Ordering::Relaxed))
+            .filter(|t| t.known.lock().expect("known-chunk lock is never poisoned").insert(id))
+            .collect();
+        if lacking.is_empty() {
             return;
         }
         let compressed = zstd::bulk::compress(chunk, self.context.level).expect("zstd compresses in memory");
-        let new_chunk = NewChunk { id, compressed, raw_length: chunk.len() };
-        if self.context.packs.blocking_send(new_chunk).is_err() {
-            self.failed = true;
+        self.context.compressed_chunks.fetch_add(1, Ordering::Relaxed);
+        let new_chunk = Arc::new(NewChunk { id, compressed, raw_length: chunk.len() });
+        for target in lacking {
+            // A closed channel means that target's writer failed; the others go on.
+            if target.packs.blocking_send(new_chunk.clone()).is_err() {
+                target.alive.store(false, Ordering::Relaxed);
+            }
         }
     }
 
     fn check(&self) -> Result<()> {
-        if self.failed {
-            return Err(Error::Invalid("the pack writer stopped".into()));
+        if !self.context.targets.iter().any(|t| t.alive.load(Ordering::Relaxed)) {
+            return Err(Error::Invalid("every target failed".into()));
         }
         Ok(())
     }
 }
 
-/// Runs a backup of `options.database` into `repository`.
+/// What one target already holds, and what it is doing in this backup.
+struct TargetState<'a> {
+    repository: &'a Repository,
+    reusable: HashMap<ChunkId, (ObjectRef, String)>,
+    index_sizes: HashMap<String, u64>,
+    error: Option<String>,
+}
+
+impl<'a> TargetState<'a> {
+    /// Learns which chunks a target holds: those whose pack is present with the right size.
+    async fn survey(repository: &'a Repository, keyring: &Keyring) -> Result<TargetState<'a>> {
+        let index = repository.load_index(keyring, None).await?;
+        let present_packs: HashMap<String, u64> = repository
+            .target
+            .list("data")
+            .await?
+            .into_iter()
+            .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
+            .collect();
+        let index_sizes: HashMap<String, u64> = repository
+            .target
+            .list("index")
+            .await?
+            .into_iter()
+            .filter_map(|(key, size)| key.strip_prefix("index/").map(|id| (id.to_string(), size)))
+            .collect();
+        let reusable = index
+            .chunks
+            .iter()
+            .filter(|(_, (pack, _, _))| present_packs.get(&pack.id) == Some(&pack.size))
+            .map(|(id, (pack, _, index_id))| (*id, (pack.clone(), index_id.clone())))
+            .collect();
+        Ok(TargetState { repository, reusable, index_sizes, error: None })
+    }
+
+    fn failed(repository: &'a Repository, error: &Error) -> TargetState<'a> {
+        TargetState {
+            repository,
+            reusable: HashMap::new(),
+            index_sizes: HashMap::new(),
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// Runs a backup of `options.database` into every repository (copies of one repository).
 pub async fn run(
-    repository: &Repository,
+    repositories: &[Repository],
     keyring: &Keyring,
     options: &BackupOptions,
     progress: Progress,
 ) -> Result<BackupReport> {
+    let Some(first) = repositories.first() else {
+        return Err(Error::Invalid("backup needs at least one --repo".into()));
+    };
+    if let Some(other) = repositories.iter().find(|r| r.config_hash != first.config_hash) {
+        return Err(Error::Invalid(format!(
+            "{} and {} are not copies of one repository; create targets with one `init` or `init --copy-from`",
+            first.target.location(),
+            other.target.location()
+        )));
+    }
     let filter = TableFilter::new(&options.include, &options.exclude)?;
 
-    // What the repository already holds: chunks whose pack is present with the right size.
-    let index = repository.load_index(keyring, None).await?;
-    let present_packs: HashMap<String, u64> = repository
-        .target
-        .list("data")
-        .await?
-        .into_iter()
-        .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
-        .collect();
-    let index_sizes: HashMap<String, u64> = repository
-        .target
-        .list("index")
-        .await?
-        .into_iter()
-        .filter_map(|(key, size)| key.strip_prefix("index/").map(|id| (id.to_string(), size)))
-        .collect();
-    let reusable: HashMap<ChunkId, (ObjectRef, String)> = index
-        .chunks
-        .iter()
-        .filter(|(_, (pack, _, _))| present_packs.get(&pack.id) == Some(&pack.size))
-        .map(|(id, (pack, _, index_id))| (*id, (pack.clone(), index_id.clone())))
-        .collect();
-    drop(index);
+    let mut states = Vec::new();
+    for repository in repositories {
+        match TargetState::survey(repository, keyring).await {
+            Ok(state) => states.push(state),
+            Err(error) => {
+                tracing::warn!("{}: {error}", repository.target.location());
+                states.push(TargetState::failed(repository, &error));
+            }
+        }
+    }
+    if states.iter().all(|s| s.error.is_some()) {
+        return Err(all_failed(&states));
+    }
 
     let session = SnapshotSession::begin(&options.database).await?;
     let pg_dump = source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
@@ -199,34 +286,125 @@ pub async fn run(
     let materialized_views = session.populated_materialized_views().await?;
     tracing::info!(tables = tables.len(), snapshot = %session.snapshot, "reading database {}", options.database);
 
-    let (pack_sender, pack_receiver) = mpsc::channel::<NewChunk>(32);
-    let writer = tokio::spawn(write_packs(
-        repository.target.clone(),
-        repository.data_recipients(),
-        repository.config.pack_size,
-        pack_receiver,
-    ));
+    let mut sinks = Vec::new();
+    let mut writers = Vec::new();
+    for state in &states {
+        let (sender, receiver) = mpsc::channel::<Arc<NewChunk>>(32);
+        let alive = state.error.is_none();
+        writers.push(alive.then(|| {
+            tokio::spawn(write_packs(
+                state.repository.target.clone(),
+                state.repository.data_recipients(),
+                state.repository.config.pack_size,
+                receiver,
+            ))
+        }));
+        sinks.push(TargetSink {
+            known: Mutex::new(state.reusable.keys().copied().collect()),
+            packs: sender,
+            alive: AtomicBool::new(alive),
+        });
+    }
     let context = EncoderContext {
         seed: keyring.chunker_seed(),
-        params: repository.config.chunking,
+        params: first.config.chunking,
         chunk_id_key: keyring.chunk_id_key(),
         mac_key: keyring.mac_key(),
-        level: repository.config.compression_level,
-        known: Arc::new(Mutex::new(reusable.keys().copied().collect())),
-        packs: pack_sender,
+        level: first.config.compression_level,
+        targets: Arc::new(sinks),
+        compressed_chunks: Arc::default(),
     };
+    let compressed_chunks = context.compressed_chunks.clone();
 
     let read = read_everything(&session, &pg_dump, options, tables, &context, &progress).await;
     drop(context);
     // Closing the snapshot transaction: every reader has finished.
     let _ = session.client.batch_execute("COMMIT").await;
-    let written = writer.await.expect("the pack writer does not panic");
-    let (read, written) = match (read, written) {
-        (_, Err(error)) | (Err(error), Ok(_)) => return Err(error),
-        (Ok(read), Ok(written)) => (read, written),
-    };
-    let (new_packs, pack_bytes) = written;
+    let mut written = Vec::new();
+    for writer in writers {
+        written.push(match writer {
+            Some(handle) => Some(handle.await.expect("pack writers do not panic")),
+            None => None,
+        });
+    }
+    let read = read?;
 
+    let manifest = Manifest {
+        version: repo::FORMAT_VERSION,
+        database: options.database.name(),
+        server_version: session.server_version.0.clone(),
+        hostname: options.hostname.clone(),
+        pre_data: read.pre_data,
+        post_data: read.post_data,
+        tables: read.tables,
+        sequences,
+        materialized_views,
+        large_objects: read.large_objects,
+    };
+    let sealed = SealedManifest::seal(&manifest, &first.metadata_recipients());
+
+    let mut targets = Vec::new();
+    for (state, written) in states.iter_mut().zip(written) {
+        let outcome = match (written, &state.error) {
+            (Some(Ok(packs)), None) => commit(state, packs, &manifest, &sealed, keyring, session.time).await,
+            (Some(Err(error)), _) => Err(error),
+            (_, Some(message)) => Err(Error::Invalid(message.clone())),
+            (None, None) => unreachable!("a target without a writer has an error"),
+        };
+        targets.push(match outcome {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!("{}: {error}", state.repository.target.location());
+                state.error = Some(error.to_string());
+                TargetReport {
+                    location: state.repository.target.location().to_string(),
+                    ok: false,
+                    error: Some(error.to_string()),
+                    new_chunks: 0,
+                    bytes_added: 0,
+                    bytes_total: 0,
+                }
+            }
+        });
+    }
+    if states.iter().all(|s| s.error.is_some()) {
+        return Err(all_failed(&states));
+    }
+    Ok(BackupReport {
+        snapshot_id: sealed.id.clone(),
+        time: session.time,
+        tables: manifest.tables.len(),
+        rows: manifest.tables.iter().map(|t| t.rows).sum(),
+        bytes_read: read.bytes_read,
+        chunks: manifest.all_chunks().count(),
+        new_chunks: compressed_chunks.load(Ordering::Relaxed),
+        bytes_added: targets.iter().map(|t| t.bytes_added).sum(),
+        bytes_total: targets.iter().find(|t| t.ok).map_or(0, |t| t.bytes_total),
+        targets,
+    })
+}
+
+fn all_failed(states: &[TargetState<'_>]) -> Error {
+    let reasons: Vec<String> = states
+        .iter()
+        .map(|s| format!("{}: {}", s.repository.target.location(), s.error.as_deref().unwrap_or("failed")))
+        .collect();
+    if let [only] = reasons.as_slice() {
+        return Error::Invalid(only.clone());
+    }
+    Error::Invalid(format!("every target failed: {}", reasons.join("; ")))
+}
+
+/// Writes one target's index and snapshot object: the commit on that target.
+async fn commit(
+    state: &TargetState<'_>,
+    (new_packs, pack_bytes): (Vec<PackRecord>, u64),
+    manifest: &Manifest,
+    sealed: &SealedManifest,
+    keyring: &Keyring,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Result<TargetReport> {
+    let repository = state.repository;
     // The index of the new packs goes in before the snapshot that needs it.
     let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
     let new_locations: HashMap<ChunkId, ObjectRef> = new_packs
@@ -242,27 +420,14 @@ pub async fn run(
         bytes_added += reference.size;
         new_index = Some(reference);
     }
-
-    let manifest = Manifest {
-        version: repo::FORMAT_VERSION,
-        database: options.database.name(),
-        server_version: session.server_version.0.clone(),
-        hostname: options.hostname.clone(),
-        pre_data: read.pre_data,
-        post_data: read.post_data,
-        tables: read.tables,
-        sequences,
-        materialized_views,
-        large_objects: read.large_objects,
-    };
     let mut packs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
     for id in manifest.all_chunks() {
         if let (Some(pack), Some(index)) = (new_locations.get(id), &new_index) {
             packs.insert(pack.clone());
             indexes.insert(index.clone());
-        } else if let Some((pack, index_id)) = reusable.get(id) {
-            let size = *index_sizes.get(index_id).ok_or_else(|| Error::Missing {
+        } else if let Some((pack, index_id)) = state.reusable.get(id) {
+            let size = *state.index_sizes.get(index_id).ok_or_else(|| Error::Missing {
                 object: repo::index_key(index_id),
                 location: repository.target.location().into(),
             })?;
@@ -274,23 +439,20 @@ pub async fn run(
     }
     let header = SnapshotHeader {
         version: repo::FORMAT_VERSION,
-        time: session.time,
+        time,
         config_hash: repository.config_hash.clone(),
         total_bytes: packs.iter().chain(indexes.iter()).map(|o| o.size).sum(),
         added_bytes: bytes_added,
         packs: packs.into_iter().collect(),
         indexes: indexes.into_iter().collect(),
     };
-    let (snapshot_id, object) = SealedSnapshot::seal(&header, &manifest, keyring, &repository.metadata_recipients());
+    let object = sealed.snapshot_object(&header, keyring);
     bytes_added += object.len() as u64;
-    repository.target.put_new(&repo::snapshot_key(&snapshot_id), object).await?;
-    Ok(BackupReport {
-        snapshot_id,
-        time: session.time,
-        tables: manifest.tables.len(),
-        rows: manifest.tables.iter().map(|t| t.rows).sum(),
-        bytes_read: read.bytes_read,
-        chunks: manifest.all_chunks().count(),
+    repository.target.put_new(&repo::snapshot_key(&sealed.id), object).await?;
+    Ok(TargetReport {
+        location: repository.target.location().to_string(),
+        ok: true,
+        error: None,
         new_chunks,
         bytes_added,
         bytes_total: header.total_bytes,
@@ -444,7 +606,7 @@ async fn write_packs(
     target: crate::target::Target,
     recipients: Vec<age::x25519::Recipient>,
     pack_size: usize,
-    mut chunks: mpsc::Receiver<NewChunk>,
+    mut chunks: mpsc::Receiver<Arc<NewChunk>>,
 ) -> Result<(Vec<PackRecord>, u64)> {
     let recipients = Arc::new(recipients);
     let mut uploads: JoinSet<Result<PackRecord>> = JoinSet::new();

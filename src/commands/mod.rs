@@ -2,6 +2,7 @@
 //! parameter and return a report; printing is the CLI's job.
 
 pub mod backup;
+pub mod copy;
 pub mod init;
 pub mod restore;
 pub mod snapshots;

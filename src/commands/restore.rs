@@ -14,8 +14,8 @@ use futures::{SinkExt, Stream, StreamExt};
 
 use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
-use crate::fetch::ChunkReader;
-use crate::repo::{self, Keyring, Repository, StreamManifest, TableManifest};
+use crate::fetch::{ChunkReader, ReadStats, Source};
+use crate::repo::{self, Keyring, Manifest, Repository, StreamManifest, TableManifest};
 use crate::source::{self, Database};
 
 /// What an existing target database may contain.
@@ -53,21 +53,96 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Chunks read and proven.
     pub chunks: usize,
+    /// Which target served how many chunks, and every fallback to the next target.
+    pub sources: ReadStats,
 }
 
-/// Restores a snapshot into `options.database`.
-pub async fn run(repository: &Repository, keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
-    let snapshot_id = repository.resolve_snapshot(&options.snapshot).await?;
-    let sealed = repository.read_snapshot(&snapshot_id).await?;
-    if sealed.header.config_hash != repository.config_hash {
-        return Err(Error::corrupt(
-            repo::CONFIG_KEY,
-            format!("differs from the one snapshot {snapshot_id} was written under"),
-        ));
+/// Resolves `latest` or an id prefix over several copies of a repository.
+pub async fn resolve_snapshot(repositories: &[Repository], selector: &str) -> Result<String> {
+    let mut found: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
+    let mut first_error = None;
+    for repository in repositories {
+        let resolved = match repository.resolve_snapshot(selector).await {
+            Ok(id) => repository.read_snapshot(&id).await.map(|s| (s.header.time, id)),
+            Err(error) => Err(error),
+        };
+        match resolved {
+            Ok(entry) => found.push(entry),
+            Err(error) => {
+                if repositories.len() > 1 {
+                    tracing::warn!("{}: {error}", repository.target.location());
+                }
+                first_error.get_or_insert(error);
+            }
+        }
     }
-    let manifest = sealed.open(keyring)?;
-    let index = Arc::new(repository.load_index(keyring, Some(&sealed.header.indexes)).await?);
-    let reader = Arc::new(ChunkReader::new(repository.target.clone(), keyring.clone(), index, options.jobs * 2 + 2));
+    found.sort();
+    found.dedup_by(|a, b| a.1 == b.1);
+    if selector != "latest" && found.len() > 1 {
+        return Err(Error::SnapshotNotFound(format!("{selector} matches {} snapshots; give more digits", found.len())));
+    }
+    match (found.pop(), first_error) {
+        (Some((_, id)), _) => Ok(id),
+        (None, Some(error)) => Err(error),
+        (None, None) => Err(Error::Invalid("restore needs at least one --repo".into())),
+    }
+}
+
+/// Opens a snapshot on every target that holds it and gathers the chunk sources.
+pub async fn open_snapshot(
+    repositories: &[Repository],
+    keyring: &Keyring,
+    snapshot_id: &str,
+) -> Result<(Manifest, Vec<Source>)> {
+    let mut manifest = None;
+    let mut sources = Vec::new();
+    let mut first_error = None;
+    for repository in repositories {
+        let sealed = match repository.read_snapshot(snapshot_id).await {
+            Ok(sealed) if sealed.header.config_hash != repository.config_hash => Err(Error::corrupt(
+                format!("{}/{}", repository.target.location(), repo::CONFIG_KEY),
+                format!("differs from the one snapshot {snapshot_id} was written under"),
+            )),
+            other => other,
+        };
+        let opened = match sealed {
+            Ok(sealed) => sealed.open(keyring).map(|m| (Some(m), Some(sealed.header.indexes))),
+            Err(Error::Missing { .. }) => Ok((None, None)),
+            Err(error) => Err(error),
+        };
+        let indexes = match opened {
+            Ok((opened, indexes)) => {
+                if manifest.is_none() {
+                    manifest = opened;
+                }
+                indexes
+            }
+            Err(error) => {
+                tracing::warn!("{}: {error}", repository.target.location());
+                first_error.get_or_insert(error);
+                None
+            }
+        };
+        // A target whose copy of the snapshot is lost or damaged may still hold the chunks.
+        let (index, failures) = repository.load_index_lenient(keyring, indexes.as_deref()).await?;
+        for (key, error) in failures {
+            tracing::warn!("{}: {key}: {error}", repository.target.location());
+            first_error.get_or_insert(error);
+        }
+        sources.push(Source::new(repository.target.clone(), Arc::new(index)));
+    }
+    match (manifest, first_error) {
+        (Some(manifest), _) => Ok((manifest, sources)),
+        (None, Some(error)) => Err(error),
+        (None, None) => Err(Error::SnapshotNotFound(format!("no target holds snapshot {snapshot_id}"))),
+    }
+}
+
+/// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
+pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
+    let snapshot_id = resolve_snapshot(repositories, &options.snapshot).await?;
+    let (manifest, sources) = open_snapshot(repositories, keyring, &snapshot_id).await?;
+    let reader = Arc::new(ChunkReader::with_sources(sources, keyring.clone(), options.jobs * 2 + 2));
     // Every chunk must be findable before the database is touched.
     for id in manifest.all_chunks() {
         reader.locate(id)?;
@@ -121,7 +196,14 @@ pub async fn run(repository: &Repository, keyring: &Keyring, options: &RestoreOp
             .await?;
     }
     client.batch_execute("COMMIT").await?;
-    Ok(RestoreReport { snapshot_id, tables: manifest.tables.len(), rows, bytes, chunks: manifest.all_chunks().count() })
+    Ok(RestoreReport {
+        snapshot_id,
+        tables: manifest.tables.len(),
+        rows,
+        bytes,
+        chunks: manifest.all_chunks().count(),
+        sources: reader.stats(),
+    })
 }
 
 /// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.

@@ -21,6 +21,8 @@ pub struct SnapshotSummary {
     /// Why the snapshot could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The targets that hold it.
+    pub targets: Vec<String>,
 }
 
 /// What a key reveals about a snapshot.
@@ -66,6 +68,7 @@ pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<
                     bytes_added: Some(sealed.header.added_bytes),
                     contents,
                     error,
+                    targets: vec![repository.target.location().to_string()],
                 });
             }
             Err((id, error)) => summaries.push(SnapshotSummary {
@@ -75,8 +78,31 @@ pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<
                 bytes_added: None,
                 contents: None,
                 error: Some(error.to_string()),
+                targets: vec![repository.target.location().to_string()],
             }),
         }
     }
     Ok(summaries)
+}
+
+/// Merges the listings of several targets: one line per snapshot, naming every target that holds
+/// it (readable copies win over damaged ones), oldest first.
+pub fn merge(lists: Vec<(String, Vec<SnapshotSummary>)>) -> Vec<SnapshotSummary> {
+    let mut merged: Vec<SnapshotSummary> = Vec::new();
+    for (_, list) in lists {
+        for summary in list {
+            match merged.iter_mut().find(|m| m.id == summary.id) {
+                Some(existing) => {
+                    existing.targets.extend(summary.targets.iter().cloned());
+                    if existing.error.is_some() && summary.error.is_none() {
+                        let targets = std::mem::take(&mut existing.targets);
+                        *existing = SnapshotSummary { targets, ..summary };
+                    }
+                }
+                None => merged.push(summary),
+            }
+        }
+    }
+    merged.sort_by_key(|s| s.time);
+    merged
 }

@@ -49,6 +49,17 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
+impl VerifyReport {
+    /// Adds another target's findings.
+    pub fn merge(&mut self, other: VerifyReport) {
+        self.snapshots += other.snapshots;
+        self.objects += other.objects;
+        self.bytes += other.bytes;
+        self.chunks += other.chunks;
+        self.problems.extend(other.problems);
+    }
+}
+
 /// Verifies one repository.
 pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Depth) -> Result<VerifyReport> {
     if depth == Depth::ReadData && !keyring.is_some_and(|k| k.is_admin) {
