@@ -257,7 +257,7 @@ where
         match unlock(repository.clone()).await {
             Ok(keyring) => return Ok(keyring),
             // A wrong or missing key is the same everywhere; a damaged keys object is not.
-            Err(error @ crmvault::Error::Corrupt { .. } | error @ crmvault::Error::Missing { .. }) => {
+            Err(error @ (crmvault::Error::Corrupt { .. } | crmvault::Error::Missing { .. })) => {
                 first_error.get_or_insert(error);
             }
             Err(error) => return Err(error.into()),
