@@ -22,9 +22,10 @@ if ! psql -X -q -At -d "$DATABASE_URL" -c 'SELECT 1' >/dev/null 2>&1; then
     exit 1
 fi
 
-echo "== building crmvault (release)"
-cargo build --release --quiet
-crmvault=$PWD/target/release/crmvault
+profile=${CRMVAULT_BUILD_PROFILE:-release}
+echo "== building crmvault ($profile)"
+cargo build --profile "$profile" --quiet
+crmvault=$PWD/target/$([ "$profile" = dev ] && echo debug || echo "$profile")/crmvault
 
 work=${DEMO_DIR:-$(mktemp -d -t crmvault-demo.XXXXXX)}
 mkdir -p "$work"

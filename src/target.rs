@@ -291,7 +291,7 @@ impl Target {
         let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes.clone()), options).await {
             Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => return Ok(PutOutcome::AlreadyThere),
+            Err(object_store::Error::AlreadyExists { .. }) => return self.heal(key, bytes).await,
             // Services without conditional PUT: look first. Content-addressed objects make a
             // lost race harmless (same name, same bytes); `init` is the only other writer.
             Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
@@ -308,6 +308,26 @@ impl Target {
         if let Some(root) = &self.local_root {
             let root = root.clone();
             let key = key.to_string();
+            tokio::task::spawn_blocking(move || sync_local(&root, &key))
+                .await
+                .expect("the fsync task does not panic")?;
+        }
+        Ok(PutOutcome::Written)
+    }
+
+    /// An object already has this name. Names are content hashes, so a copy of another size is
+    /// a leftover of an interrupted upload on a server without atomic writes: replace it.
+    async fn heal(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        if key == crate::repo::CONFIG_KEY || self.size_of(key).await? == Some(bytes.len() as u64) {
+            return Ok(PutOutcome::AlreadyThere);
+        }
+        tracing::warn!("{}: replacing {key}, which has the wrong size (an interrupted upload?)", self.location);
+        self.store
+            .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.map_error(key, e))?;
+        if let Some(root) = &self.local_root {
+            let (root, key) = (root.clone(), key.to_string());
             tokio::task::spawn_blocking(move || sync_local(&root, &key))
                 .await
                 .expect("the fsync task does not panic")?;

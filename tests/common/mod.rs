@@ -1,6 +1,8 @@
 //! Shared test harness: real PostgreSQL databases, the real `crmvault` binary, comparisons.
 #![allow(dead_code, missing_docs)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,7 +129,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(output: &Output) -> Run {
+    pub fn from(output: &Output) -> Run {
         Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

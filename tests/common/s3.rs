@@ -1,0 +1,133 @@
+//! An S3 server for the tests: s3s-fs in this process on a free loopback port, or, when
+//! `CRMVAULT_TEST_S3_ENDPOINT` names one (CI starts moto_server), that external server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const ACCESS_KEY: &str = "AKIACRMVAULTTEST";
+pub const SECRET_KEY: &str = "crmvault-test-secret";
+
+static BUCKETS: AtomicUsize = AtomicUsize::new(0);
+
+/// A running S3 server with one fresh bucket.
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    /// Where s3s-fs keeps the bucket's objects (in-process server only).
+    pub root: Option<tempfile::TempDir>,
+    addr: Option<SocketAddr>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl S3Server {
+    /// Starts a server (or uses the external one) with a new bucket.
+    pub fn start() -> S3Server {
+        let bucket = format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
+        if let Ok(endpoint) = std::env::var("CRMVAULT_TEST_S3_ENDPOINT") {
+            create_bucket(&endpoint, &bucket);
+            return S3Server { endpoint, bucket, root: None, addr: None, runtime: None };
+        }
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
+        let (runtime, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap());
+        S3Server {
+            endpoint: format!("http://{addr}"),
+            bucket,
+            root: Some(root),
+            addr: Some(addr),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// True when the server runs in this process (so it can be stopped and restarted).
+    pub fn in_process(&self) -> bool {
+        self.runtime.is_some() || self.root.is_some()
+    }
+
+    /// The repository URL for `prefix` in this bucket.
+    pub fn repo(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}?endpoint={}&retries=2&retry_timeout=5", self.bucket, self.endpoint)
+    }
+
+    /// Stops serving: connections drop, new ones are refused.
+    pub fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Serves again on the same port and files.
+    pub fn restart(&mut self) {
+        let root = self.root.as_ref().expect("in-process server").path().to_path_buf();
+        let (runtime, _) = serve(&root, self.addr.expect("in-process server"));
+        self.runtime = Some(runtime);
+    }
+
+    /// The folder holding the bucket's objects (in-process server only).
+    pub fn bucket_dir(&self) -> Option<PathBuf> {
+        self.root.as_ref().map(|r| r.path().join(&self.bucket))
+    }
+
+    /// Environment for the crmvault process.
+    #[allow(clippy::unused_self, reason = "reads as server.env() at the call sites")]
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = runtime.block_on(async {
+        let mut attempts = 0;
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if attempts < 50 => {
+                    attempts += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        }
+    });
+    let local = listener.local_addr().unwrap();
+    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    let service = builder.build();
+    runtime.spawn(async move {
+        let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { continue };
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+    });
+    (runtime, local)
+}
+
+/// Creates a bucket on an external server with an unsigned PUT (moto accepts it).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).expect("the external S3 server answers");
+    write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {response}");
+}

@@ -1,0 +1,225 @@
+//! End-to-end over the S3 protocol (s3s-fs in this process, or moto_server in CI), with a
+//! local folder as the second target.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::s3::S3Server;
+use common::*;
+
+/// Runs crmvault with the S3 server's credentials.
+fn run_s3(work: &Workspace, server: &S3Server, args: &[&str]) -> Run {
+    let mut command = work.command();
+    command.args(args);
+    for (name, value) in server.env() {
+        command.env(name, value);
+    }
+    Run::from(&command.output().expect("crmvault runs"))
+}
+
+fn admin_recipient(work: &Workspace) -> String {
+    work.keygen("admin.key")
+}
+
+#[test]
+fn backup_to_a_folder_and_a_bucket_then_restore_from_the_bucket_alone() {
+    let server = S3Server::start();
+    let source = TestDb::create("s3_both");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let local = work.path("local").to_str().unwrap().to_string();
+    let bucket = server.repo("crm");
+    run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+    let report =
+        run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &local, "--repo", &bucket])
+            .ok()
+            .json();
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    assert!(targets.iter().all(|t| t["ok"] == true), "{report}");
+    assert!(targets[1]["bytes_added"].as_u64().unwrap() > 1000, "{report}");
+    // A second night: both targets dedup.
+    let again =
+        run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &local, "--repo", &bucket])
+            .ok()
+            .json();
+    assert_eq!(again["new_chunks"], 0, "{again}");
+
+    run_s3(&work, &server, &["verify", "--repo", &bucket, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let listing = run_s3(&work, &server, &["snapshots", "--json", "--repo", &local, "--repo", &bucket]).ok().json();
+    let snapshots = listing["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2, "{listing}");
+    assert_eq!(snapshots[0]["targets"].as_array().unwrap().len(), 2, "the same id on both targets: {listing}");
+
+    let restored = TestDb::create("s3_both_restored");
+    run_s3(&work, &server, &["restore", "--repo", &bucket, "--identity", &work.admin_key(), "--db", &restored.url()])
+        .ok();
+    assert_same_database(&source, &restored);
+}
+
+#[test]
+fn a_damaged_object_on_one_target_is_named_and_restore_reads_it_from_the_other() {
+    let server = S3Server::start();
+    let source = TestDb::create("s3_fallback");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let local = work.path("local").to_str().unwrap().to_string();
+    let bucket = server.repo("crm");
+    run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+    run_s3(&work, &server, &["backup", "--db", &source.url(), "--repo", &local, "--repo", &bucket]).ok();
+
+    // Flip a byte in the local copy of a pack.
+    let pack = files_under(&work.path("local/data")).into_iter().next().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&pack, bytes).unwrap();
+    let pack_name = pack.file_name().unwrap().to_str().unwrap().to_string();
+
+    let verify = run_s3(&work, &server, &["verify", "--json", "--repo", &local, "--repo", &bucket]);
+    assert_eq!(verify.code, 3, "{}", verify.stdout);
+    let problems = verify.json()["problems"].as_array().unwrap().clone();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["target"], local.as_str());
+    assert!(problems[0]["object"].as_str().unwrap().ends_with(&pack_name));
+
+    let restored = TestDb::create("s3_fallback_restored");
+    let run = run_s3(
+        &work,
+        &server,
+        &[
+            "restore",
+            "--json",
+            "--repo",
+            &local,
+            "--repo",
+            &bucket,
+            "--identity",
+            &work.admin_key(),
+            "--db",
+            &restored.url(),
+        ],
+    )
+    .ok();
+    let report = run.json();
+    let fallbacks = report["sources"]["fallbacks"].as_array().unwrap();
+    assert!(!fallbacks.is_empty(), "{report}");
+    assert!(fallbacks[0].as_str().unwrap().contains(&local), "{report}");
+    let served = report["sources"]["served"].as_array().unwrap();
+    assert!(served[1][1].as_u64().unwrap() > 0, "the bucket served nothing: {report}");
+    assert_same_database(&source, &restored);
+
+    // A pack deleted from the bucket is named with the bucket as its target.
+    if let Some(dir) = server.bucket_dir() {
+        let victim = files_under(&dir.join("crm/data")).into_iter().next().unwrap();
+        std::fs::remove_file(&victim).unwrap();
+        let verify = run_s3(&work, &server, &["verify", "--json", "--repo", &bucket]);
+        assert_eq!(verify.code, 3, "{}", verify.stdout);
+        let report = verify.json();
+        assert_eq!(report["problems"][0]["target"], bucket.as_str(), "{report}");
+        assert!(report["problems"][0]["problem"].as_str().unwrap().contains("missing"), "{report}");
+    }
+}
+
+#[test]
+fn a_target_that_fails_midway_gets_no_snapshot_and_the_next_backup_completes_it() {
+    let mut server = S3Server::start();
+    if !server.in_process() {
+        eprintln!("skipped: needs the in-process S3 server to stop it mid-backup");
+        return;
+    }
+    let source = TestDb::create("s3_midway");
+    source.load_file(&fixture("examples/crm.sql"));
+    source.sql(
+        "CREATE TABLE public.filler (id bigint PRIMARY KEY, body text); \
+         INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text) FROM generate_series(1, 300000) i",
+    );
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let local = work.path("local").to_str().unwrap().to_string();
+    let bucket = server.repo("crm");
+    run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+
+    let mut command = work.command();
+    command.args(["backup", "--json", "--db", &source.url(), "--repo", &local, "--repo", &bucket]);
+    for (name, value) in server.env() {
+        command.env(name, value);
+    }
+    let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Stop the server once the first pack has reached it.
+    let data = server.bucket_dir().unwrap().join("crm/data");
+    let started = Instant::now();
+    while (!data.exists() || files_under(&data).is_empty()) && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    server.stop();
+    let output = child.wait_with_output().unwrap();
+    let run = Run {
+        code: output.status.code().unwrap(),
+        stdout: String::from_utf8_lossy(&output.stdout).into(),
+        stderr: String::from_utf8_lossy(&output.stderr).into(),
+    };
+    assert_eq!(run.code, 3, "expected a partial backup:\n{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(report["targets"][0]["ok"], true, "{report}");
+    assert_eq!(report["targets"][1]["ok"], false, "{report}");
+    assert!(report["targets"][1]["error"].as_str().unwrap().contains(&bucket), "{report}");
+    let snapshots = server.bucket_dir().unwrap().join("crm/snapshots");
+    assert!(!snapshots.exists() || files_under(&snapshots).is_empty(), "the failed target got a snapshot");
+
+    // The local target alone restores the whole database.
+    let restored = TestDb::create("s3_midway_restored");
+    work.run(&["restore", "--repo", &local, "--identity", &work.admin_key(), "--db", &restored.url()]).ok();
+    assert_same_database(&source, &restored);
+
+    // Repaired: the next backup completes the bucket, which then restores on its own.
+    server.restart();
+    let report =
+        run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &local, "--repo", &bucket])
+            .ok()
+            .json();
+    assert_eq!(report["targets"][0]["new_chunks"], 0, "{report}");
+    assert!(report["targets"][1]["new_chunks"].as_u64().unwrap() > 0, "{report}");
+    run_s3(&work, &server, &["verify", "--repo", &bucket, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let again = TestDb::create("s3_midway_again");
+    run_s3(&work, &server, &["restore", "--repo", &bucket, "--identity", &work.admin_key(), "--db", &again.url()]).ok();
+    assert_same_database(&source, &again);
+}
+
+#[test]
+fn copy_brings_only_missing_snapshots_and_the_copy_restores() {
+    let server = S3Server::start();
+    let source = TestDb::create("s3_copy");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let local = work.init_repo("local");
+    work.backup(&source, &local);
+    source.sql("UPDATE crm.contacts SET phone = '+1 555 0199' WHERE id % 7 = 0");
+    work.backup(&source, &local);
+    let bucket = server.repo("copy");
+    // The writer's host is not needed: copy works without any key.
+    let stranger = Workspace::new();
+    run_s3(&stranger, &server, &["copy", "--from", &local, "--to", &bucket]).fails_with(1, "no crmvault repository");
+    run_s3(&stranger, &server, &["init", "--copy-from", &local, "--repo", &bucket]).ok();
+    let report = run_s3(&stranger, &server, &["copy", "--json", "--from", &local, "--to", &bucket]).ok().json();
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), 2, "{report}");
+    let report = run_s3(&stranger, &server, &["copy", "--json", "--from", &local, "--to", &bucket]).ok().json();
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["snapshots_present"], 2, "{report}");
+
+    run_s3(&work, &server, &["verify", "--repo", &bucket, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("s3_copy_restored");
+    run_s3(&work, &server, &["restore", "--repo", &bucket, "--identity", &work.admin_key(), "--db", &restored.url()])
+        .ok();
+    assert_same_database(&source, &restored);
+
+    // A repository made by another init is refused.
+    let other = work.path("other");
+    let recipient = work.keygen("other.key");
+    work.run(&["init", "--repo", other.to_str().unwrap(), "--recipient", &recipient]).ok();
+    run_s3(&work, &server, &["copy", "--from", &local, "--to", other.to_str().unwrap()])
+        .fails_with(1, "are different repositories");
+}
