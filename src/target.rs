@@ -14,11 +14,16 @@ use age::secrecy::{ExposeSecret, SecretString};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
+use object_store::aws::{AmazonS3Builder, Checksum, S3ConditionalPut, S3CopyIfNotExists};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig, WriteMultipart};
+
+/// Objects larger than this go to S3 in parts, each retried on its own.
+const MULTIPART_THRESHOLD: usize = 8 << 20;
+/// Size of one part (S3's minimum is 5 MiB).
+const MULTIPART_PART: usize = 5 << 20;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
@@ -161,6 +166,14 @@ impl std::fmt::Debug for S3Settings {
     }
 }
 
+/// Announces the SHA-256 checksums object_store sends, which buckets with S3 Object Lock
+/// require on every upload (a retention period cannot be set on an unchecked body).
+fn checksum_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static("SHA256"));
+    headers
+}
+
 /// Whether a URL's host is this machine (plain HTTP is fine there).
 fn is_loopback(endpoint: &url::Url) -> bool {
     match endpoint.host() {
@@ -204,6 +217,8 @@ impl Target {
             .with_region(settings.region.clone().unwrap_or_else(|| "us-east-1".into()))
             .with_virtual_hosted_style_request(settings.virtual_hosted_style)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
+            // The server checks every upload against its SHA-256: a body cut short is refused.
+            .with_checksum_algorithm(Checksum::SHA256)
             .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
@@ -217,7 +232,8 @@ impl Target {
             .with_client_options(
                 ClientOptions::new()
                     .with_connect_timeout(Duration::from_secs(10))
-                    .with_timeout(Duration::from_secs(300)),
+                    .with_timeout(Duration::from_secs(300))
+                    .with_default_headers(checksum_headers()),
             );
         if let Some(endpoint) = &settings.endpoint {
             let url = url::Url::parse(endpoint)
@@ -288,6 +304,9 @@ impl Target {
 
     /// Writes a new object, durably. An existing object is left untouched.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        if self.local_root.is_none() && bytes.len() > MULTIPART_THRESHOLD {
+            return self.put_new_in_parts(key, bytes).await;
+        }
         let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes.clone()), options).await {
             Ok(_) => {}
@@ -313,6 +332,22 @@ impl Target {
                 .expect("the fsync task does not panic")?;
         }
         Ok(PutOutcome::Written)
+    }
+
+    /// A large content-addressed object, in parts. S3 makes it visible only when the upload
+    /// completes, so a dropped connection leaves no partial object behind.
+    async fn put_new_in_parts(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        if self.size_of(key).await? == Some(bytes.len() as u64) {
+            return Ok(PutOutcome::AlreadyThere);
+        }
+        let path = ObjectPath::from(key);
+        let upload = self.store.put_multipart(&path).await.map_err(|e| self.map_error(key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        writer.put(bytes);
+        match writer.finish().await {
+            Ok(_) => Ok(PutOutcome::Written),
+            Err(error) => Err(self.map_error(key, error)),
+        }
     }
 
     /// An object already has this name. Names are content hashes, so a copy of another size is

@@ -223,3 +223,58 @@ fn copy_brings_only_missing_snapshots_and_the_copy_restores() {
     run_s3(&work, &server, &["copy", "--from", &local, "--to", other.to_str().unwrap()])
         .fails_with(1, "are different repositories");
 }
+
+#[test]
+fn settings_come_from_the_config_file_which_must_be_private() {
+    let server = S3Server::start();
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let repo = format!("s3://{}/configured", server.bucket);
+    std::fs::create_dir_all(work.config_dir()).unwrap();
+    let config = work.config_dir().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository.\"{repo}\"]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            server.endpoint,
+            common::s3::ACCESS_KEY,
+            common::s3::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    work.run(&["init", "--repo", &repo, "--recipient", &recipient])
+        .fails_with(1, "holds secrets but others can read it");
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // No AWS_* variables: everything comes from the file.
+    work.run(&["init", "--repo", &repo, "--recipient", &recipient]).ok();
+    let source = TestDb::create("s3_config");
+    source.load_file(&fixture("examples/crm.sql"));
+    work.backup(&source, &repo);
+    work.run(&["verify", "--repo", &repo]).ok();
+    // Credentials in a URL are refused: URLs end up in logs.
+    work.run(&["snapshots", "--repo", &format!("{repo}?secret_access_key=x")]).fails_with(1, "never in the URL");
+}
+
+#[test]
+fn backups_work_on_a_bucket_with_object_lock_whose_objects_cannot_be_deleted() {
+    let server = S3Server::start();
+    let Some(repo) = server.locked_bucket_repo("crm") else {
+        eprintln!("skipped: the in-process S3 server has no object lock (CI runs this against moto)");
+        return;
+    };
+    let source = TestDb::create("s3_locked");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    run_s3(&work, &server, &["init", "--repo", &repo, "--recipient", &recipient]).ok();
+    let snapshot = run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &repo]).ok().json();
+    // A compromised backup host with the same credentials cannot remove what it wrote.
+    let id = snapshot["snapshot_id"].as_str().unwrap();
+    let status = server.delete_version(&repo, &format!("snapshots/{id}"));
+    assert!(status.contains("403"), "a locked snapshot was not refused deletion: {status}");
+    let restored = TestDb::create("s3_locked_restored");
+    run_s3(&work, &server, &["restore", "--repo", &repo, "--identity", &work.admin_key(), "--db", &restored.url()])
+        .ok();
+    assert_same_database(&source, &restored);
+}

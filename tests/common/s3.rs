@@ -120,14 +120,65 @@ fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr)
     (runtime, local)
 }
 
+impl S3Server {
+    /// On an external server: a new bucket with versioning and S3 Object Lock, every object
+    /// kept for a day in compliance mode. Returns its repository URL for `prefix`.
+    pub fn locked_bucket_repo(&self, prefix: &str) -> Option<String> {
+        if self.in_process() {
+            return None; // s3s-fs has no object lock
+        }
+        let bucket = format!("{}-locked", self.bucket);
+        let path = format!("/{bucket}");
+        let created = unsigned_request(&self.endpoint, "PUT", &path, "x-amz-bucket-object-lock-enabled: true\r\n", "");
+        assert!(created.starts_with("HTTP/1.1 200"), "creating {bucket}: {created}");
+        let rule = "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                    <ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>COMPLIANCE</Mode>\
+                    <Days>1</Days></DefaultRetention></Rule></ObjectLockConfiguration>";
+        let locked = unsigned_request(&self.endpoint, "PUT", &format!("/{bucket}?object-lock"), "", rule);
+        assert!(locked.starts_with("HTTP/1.1 200"), "locking {bucket}: {locked}");
+        Some(format!("s3://{bucket}/{prefix}?endpoint={}&retries=2&retry_timeout=5", self.endpoint))
+    }
+
+    /// Tries to delete the current version of `key` in repository `repo` (external server only);
+    /// returns the HTTP status line.
+    pub fn delete_version(&self, repo: &str, key: &str) -> String {
+        let path = repo.trim_start_matches("s3://").split('?').next().unwrap().to_string();
+        let (bucket, prefix) = path.split_once('/').unwrap();
+        let listing =
+            unsigned_request(&self.endpoint, "GET", &format!("/{bucket}?versions&prefix={prefix}/{key}"), "", "");
+        let version = listing
+            .split("<VersionId>")
+            .nth(1)
+            .and_then(|rest| rest.split("</VersionId>").next())
+            .unwrap_or_else(|| panic!("no version of {key}: {listing}"));
+        let response = unsigned_request(
+            &self.endpoint,
+            "DELETE",
+            &format!("/{bucket}/{prefix}/{key}?versionId={version}"),
+            "",
+            "",
+        );
+        response.lines().next().unwrap_or_default().to_string()
+    }
+}
+
 /// Creates a bucket on an external server with an unsigned PUT (moto accepts it).
 fn create_bucket(endpoint: &str, bucket: &str) {
+    let response = unsigned_request(endpoint, "PUT", &format!("/{bucket}"), "", "");
+    assert!(response.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {response}");
+}
+
+fn unsigned_request(endpoint: &str, method: &str, path: &str, headers: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = std::net::TcpStream::connect(address).expect("the external S3 server answers");
-    write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {response}");
+    response
 }
