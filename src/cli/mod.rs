@@ -350,7 +350,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     snapshots::list(repository, keyring.as_ref()).await?,
                 ));
             }
-            output::snapshots(json, &snapshots::merge(lists));
+            output::snapshots(json, &snapshots::merge(lists), &repo.repos);
         }
         Command::Restore { repo, identity, db, jobs, clean, snapshot } => {
             let started = Instant::now();

@@ -70,7 +70,7 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     }
 }
 
-pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary]) {
+pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[String]) {
     if json {
         print_json(&serde_json::json!({ "snapshots": list }));
         return;
@@ -101,6 +101,11 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary]) {
         );
         if let Some(error) = &snapshot.error {
             println!("  unreadable: {error}");
+        }
+        let missing: Vec<&str> =
+            locations.iter().filter(|l| !snapshot.targets.contains(l)).map(String::as_str).collect();
+        if !missing.is_empty() {
+            println!("  not on: {}", missing.join(", "));
         }
     }
 }
