@@ -11,11 +11,17 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::error::{Error, Result};
 
+pub mod tls;
+
+use tls::TlsMode;
+
 /// A parsed database connection string. `Display` never shows the password.
 #[derive(Clone)]
 pub struct Database {
     config: Config,
     redacted: String,
+    tls: TlsMode,
+    root_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Database {
@@ -31,12 +37,21 @@ impl std::fmt::Display for Database {
 }
 
 impl Database {
-    /// Parses a `postgres://` URL or a `key=value` connection string.
+    /// Parses a `postgres://` URL or a `key=value` connection string. `sslmode` takes libpq's
+    /// values (default `prefer`); `sslrootcert` names the CA file for `verify-ca`/`verify-full`.
     pub fn parse(text: &str) -> Result<Database> {
         let redacted = redact(text);
-        let mut config: Config = text
+        let (rest, sslmode, root_cert) = split_tls_options(text)
+            .map_err(|e| Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {e}")))?;
+        let tls = TlsMode::parse(sslmode.as_deref().unwrap_or("prefer"))?;
+        let mut config: Config = rest
             .parse()
             .map_err(|e| Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {e}")))?;
+        config.ssl_mode(match tls {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+        });
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(15));
         }
@@ -46,7 +61,7 @@ impl Database {
         if config.get_hosts().is_empty() {
             config.host("127.0.0.1");
         }
-        Ok(Database { config, redacted })
+        Ok(Database { config, redacted, tls, root_cert: root_cert.map(PathBuf::from) })
     }
 
     /// Uses `password` unless the connection string already carries one (PGPASSWORD).
@@ -61,24 +76,28 @@ impl Database {
         self.config.get_dbname().or(self.config.get_user()).unwrap_or("postgres").to_string()
     }
 
-    /// Connects. The connection's background task is spawned on the current runtime.
+    /// Connects (over TLS unless `sslmode=disable`). The connection's task runs on the runtime.
     pub async fn connect(&self) -> Result<Client> {
-        if self.config.get_ssl_mode() == SslMode::Require {
-            return Err(Error::Invalid(format!(
-                "{}: sslmode=require is not supported by this build yet; use a local socket, a TLS tunnel, or sslmode=prefer",
-                self.redacted
-            )));
-        }
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| Error::Invalid(format!("cannot connect to {}: {}", self.redacted, describe(&e))))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!("database connection ended: {error}");
-            }
-        });
+        let fail =
+            |e: tokio_postgres::Error| Error::Invalid(format!("cannot connect to {}: {}", self.redacted, describe(&e)));
+        let client = if self.tls == TlsMode::Disable {
+            let (client, connection) = self.config.connect(NoTls).await.map_err(fail)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!("database connection ended: {error}");
+                }
+            });
+            client
+        } else {
+            let connector = tls::connector(self.tls, self.root_cert.as_deref())?;
+            let (client, connection) = self.config.connect(connector).await.map_err(fail)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!("database connection ended: {error}");
+                }
+            });
+            client
+        };
         Ok(client)
     }
 
@@ -106,11 +125,10 @@ impl Database {
         if let Some(password) = self.config.get_password() {
             env.push(("PGPASSWORD".into(), String::from_utf8_lossy(password).into_owned()));
         }
-        let sslmode = match self.config.get_ssl_mode() {
-            SslMode::Disable => "disable",
-            _ => "prefer",
-        };
-        env.push(("PGSSLMODE".into(), sslmode.into()));
+        env.push(("PGSSLMODE".into(), self.tls.as_libpq().into()));
+        if let Some(root_cert) = &self.root_cert {
+            env.push(("PGSSLROOTCERT".into(), root_cert.display().to_string()));
+        }
         env.push(("PGAPPNAME".into(), "crmvault-pg_dump".into()));
         env.push(("PGCONNECT_TIMEOUT".into(), "15".into()));
         env
@@ -128,6 +146,40 @@ fn describe(error: &tokio_postgres::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a connection string (tokio-postgres knows neither
+/// `verify-ca`/`verify-full` nor `sslrootcert`): (the rest, sslmode, sslrootcert).
+fn split_tls_options(text: &str) -> std::result::Result<(String, Option<String>, Option<String>), String> {
+    let (mut sslmode, mut root_cert) = (None, None);
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        let mut url = url::Url::parse(text).map_err(|e| e.to_string())?;
+        let mut kept = Vec::new();
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "sslmode" => sslmode = Some(value.into_owned()),
+                "sslrootcert" => root_cert = Some(value.into_owned()),
+                _ => kept.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        return Ok((url.to_string(), sslmode, root_cert));
+    }
+    let mut kept = Vec::new();
+    for part in text.split_whitespace() {
+        if let Some(value) = part.strip_prefix("sslmode=") {
+            sslmode = Some(value.trim_matches('\'').to_string());
+        } else if let Some(value) = part.strip_prefix("sslrootcert=") {
+            root_cert = Some(value.trim_matches('\'').to_string());
+        } else {
+            kept.push(part);
+        }
+    }
+    Ok((kept.join(" "), sslmode, root_cert))
 }
 
 /// Removes the password from a connection string for display.
