@@ -32,10 +32,20 @@ pub struct Chunker {
     params: ChunkParams,
     arm_mask: u64,
     long_row_mask: u64,
+    /// Bytes of the current chunk (from `begin`) and perhaps of following ones.
+    buffer: Vec<u8>,
+    /// Where the current chunk starts in `buffer`.
+    begin: usize,
+    /// Position (in `buffer`) of the next byte to look at.
+    next: usize,
     hash: u64,
     armed: bool,
-    current: Vec<u8>,
 }
+
+/// The gear hash at a position depends only on the 64 bytes ending there (each step shifts
+/// the older contributions one bit further out), so hashing may start this far before the
+/// first position whose value matters.
+const WINDOW: usize = 64;
 
 impl Chunker {
     /// A chunker whose boundaries are keyed by `seed`.
@@ -52,57 +62,118 @@ impl Chunker {
         // Use the hash's high bits: with a left-shifting gear hash they mix the last 64 bytes.
         let arm_mask = !0u64 << (64 - bits);
         let long_row_mask = !0u64 << (64 - bits.saturating_sub(2).max(6));
+        let params = ChunkParams { min: params.min.max(WINDOW + 1), ..params };
         Chunker {
             gear,
             params,
             arm_mask,
             long_row_mask,
+            buffer: Vec::with_capacity(params.max * 2),
+            begin: 0,
+            next: 0,
             hash: 0,
             armed: false,
-            current: Vec::with_capacity(params.max),
         }
     }
 
     /// Consumes `data`, calling `emit` with every completed chunk.
     pub fn push(&mut self, data: &[u8], emit: &mut dyn FnMut(Vec<u8>)) {
-        let mut start = 0;
-        let hard_max = self.params.max * 8;
-        for (index, &byte) in data.iter().enumerate() {
-            self.hash = (self.hash << 1).wrapping_add(self.gear[byte as usize]);
-            let length = self.current.len() + (index - start) + 1;
-            if length < self.params.min {
-                continue;
-            }
-            let row_end = byte == b'\n';
-            let cut = if row_end {
-                self.armed || length >= self.params.max || self.hash & self.arm_mask == 0
-            } else {
-                if self.hash & self.arm_mask == 0 {
-                    self.armed = true;
-                }
-                (length >= self.params.max * 2 && self.hash & self.long_row_mask == 0) || length >= hard_max
-            };
-            if cut {
-                self.current.extend_from_slice(&data[start..=index]);
-                start = index + 1;
-                self.cut(emit);
-            }
+        self.buffer.extend_from_slice(data);
+        while let Some(end) = self.scan() {
+            emit(self.buffer[self.begin..end].to_vec());
+            self.begin = end;
+            self.next = end;
+            self.hash = 0;
+            self.armed = false;
         }
-        self.current.extend_from_slice(&data[start..]);
+        // Keep only the unfinished chunk.
+        self.buffer.drain(..self.begin);
+        self.next -= self.begin;
+        self.begin = 0;
     }
 
     /// Emits the last, possibly short, chunk.
     pub fn finish(mut self, emit: &mut dyn FnMut(Vec<u8>)) {
-        if !self.current.is_empty() {
-            self.cut(emit);
+        if self.begin < self.buffer.len() {
+            emit(self.buffer.split_off(self.begin));
         }
     }
 
-    fn cut(&mut self, emit: &mut dyn FnMut(Vec<u8>)) {
-        let chunk = std::mem::replace(&mut self.current, Vec::with_capacity(self.params.max));
-        self.hash = 0;
-        self.armed = false;
-        emit(chunk);
+    /// Looks at the bytes not yet seen; returns the end (exclusive) of the current chunk when
+    /// a cut falls among them. The rules are those of docs/FORMAT.md; the code only skips work
+    /// that cannot change their outcome.
+    fn scan(&mut self) -> Option<usize> {
+        let ChunkParams { min, max, .. } = self.params;
+        let (begin, end) = (self.begin, self.buffer.len());
+        // Before `min` nothing can cut; the hash needs only the last WINDOW bytes.
+        let warm_up = begin + min - WINDOW;
+        if self.next < warm_up {
+            self.next = warm_up.min(end);
+            self.hash = 0;
+        }
+        while self.next < end {
+            let length = self.next - begin + 1;
+            if self.armed || length >= max {
+                // The first row end cuts; until 2 × max nothing else matters.
+                let limit = (begin + 2 * max - WINDOW).min(end);
+                if self.next < limit {
+                    if let Some(offset) = memchr::memchr(b'\n', &self.buffer[self.next..limit]) {
+                        return Some(self.next + offset + 1);
+                    }
+                    self.next = limit;
+                    self.hash = 0;
+                    continue;
+                }
+                // An overlong row: byte by byte, as the rules are written.
+                if let Some(cut) = self.long_row_step() {
+                    return Some(cut);
+                }
+            } else if length < min {
+                // Warm-up: the hash only.
+                let stop = (begin + min - 1).min(end);
+                for &byte in &self.buffer[self.next..stop] {
+                    self.hash = (self.hash << 1).wrapping_add(self.gear[byte as usize]);
+                }
+                self.next = stop;
+            } else {
+                // Between min and max, unarmed: look for the first position the mask hits.
+                let stop = (begin + max - 1).min(end);
+                let (gear, mask) = (&self.gear, self.arm_mask);
+                let mut hash = self.hash;
+                let mut hit = None;
+                for (offset, &byte) in self.buffer[self.next..stop].iter().enumerate() {
+                    hash = (hash << 1).wrapping_add(gear[byte as usize]);
+                    if hash & mask == 0 {
+                        hit = Some(self.next + offset);
+                        break;
+                    }
+                }
+                self.hash = hash;
+                match hit {
+                    Some(position) => {
+                        self.next = position + 1;
+                        if self.buffer[position] == b'\n' {
+                            return Some(self.next);
+                        }
+                        self.armed = true;
+                    }
+                    None => self.next = stop,
+                }
+            }
+        }
+        None
+    }
+
+    /// One byte past 2 × max − WINDOW: cut at a row end, at a long-row mask hit past 2 × max,
+    /// or at 8 × max.
+    fn long_row_step(&mut self) -> Option<usize> {
+        let max = self.params.max;
+        let byte = self.buffer[self.next];
+        self.hash = (self.hash << 1).wrapping_add(self.gear[byte as usize]);
+        self.next += 1;
+        let length = self.next - self.begin;
+        let cut = byte == b'\n' || (length >= 2 * max && self.hash & self.long_row_mask == 0) || length >= 8 * max;
+        cut.then_some(self.next)
     }
 }
 
@@ -118,6 +189,62 @@ pub fn chunk_all(seed: &[u8; 32], params: ChunkParams, data: &[u8]) -> Vec<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rules of docs/FORMAT.md, byte by byte, without shortcuts: the fast chunker must agree.
+    fn reference_chunks(seed: &[u8; 32], params: ChunkParams, data: &[u8]) -> Vec<Vec<u8>> {
+        let model = Chunker::new(seed, params);
+        let (gear, arm, long) = (&model.gear, model.arm_mask, model.long_row_mask);
+        let mut chunks = Vec::new();
+        let (mut current, mut hash, mut armed) = (Vec::new(), 0u64, false);
+        for &byte in data {
+            hash = (hash << 1).wrapping_add(gear[byte as usize]);
+            current.push(byte);
+            let length = current.len();
+            if length < params.min {
+                continue;
+            }
+            let cut = if byte == b'\n' {
+                armed || length >= params.max || hash & arm == 0
+            } else {
+                armed |= hash & arm == 0;
+                (length >= params.max * 2 && hash & long == 0) || length >= params.max * 8
+            };
+            if cut {
+                chunks.push(std::mem::take(&mut current));
+                hash = 0;
+                armed = false;
+            }
+        }
+        if !current.is_empty() {
+            chunks.push(current);
+        }
+        chunks
+    }
+
+    #[test]
+    fn the_fast_chunker_cuts_where_the_rules_say() {
+        let mut data = rows(30_000, "fast");
+        // Long rows, short rows and a very long one, with and without newlines nearby.
+        for (i, size) in [200_000usize, 300_000, 1_500_000, 90, 40_000, 270_000].iter().enumerate() {
+            data.extend((0..*size).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789"[(j * 7 + i * 13 + j / 97) % 36]));
+            data.push(b'\n');
+            data.extend(rows(500, &format!("tail{i}")));
+        }
+        for params in [ChunkParams::default(), ChunkParams { min: 2048, avg: 8192, max: 32768 }] {
+            let seed = [5u8; 32];
+            let expected = reference_chunks(&seed, params, &data);
+            for feed in [data.len(), 65_536, 1000, 7] {
+                let mut got = Vec::new();
+                let mut chunker = Chunker::new(&seed, params);
+                for part in data.chunks(feed) {
+                    chunker.push(part, &mut |c| got.push(c));
+                }
+                chunker.finish(&mut |c| got.push(c));
+                assert_eq!(got.len(), expected.len(), "feed {feed}, {params:?}");
+                assert!(got == expected, "feed {feed}, {params:?}: boundaries differ");
+            }
+        }
+    }
 
     fn rows(count: usize, salt: &str) -> Vec<u8> {
         let mut out = Vec::new();

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+/// Bytes of COPY data handed to an encoder at once.
+const COPY_BATCH: usize = 256 * 1024;
 use futures::StreamExt;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use tokio::sync::mpsc;
@@ -122,9 +125,66 @@ struct EncoderContext {
     params: ChunkParams,
     chunk_id_key: ChunkIdKey,
     mac_key: MacKey,
-    level: i32,
     targets: Arc<Vec<TargetSink>>,
+    compressor: crossbeam_channel::Sender<RawChunk>,
+}
+
+/// A chunk some target lacks, on its way to a compressor.
+struct RawChunk {
+    id: ChunkId,
+    plaintext: Vec<u8>,
+    /// Indexes (into `EncoderContext::targets`) of the targets that lack it.
+    lacking: Vec<usize>,
+}
+
+/// Compression runs on its own threads, one per core, fed by every table's encoder: a big
+/// table's chunker is then never waiting on zstd, and zstd uses every core while it can.
+struct Compressors {
+    threads: Vec<std::thread::JoinHandle<()>>,
     compressed_chunks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Compressors {
+    fn start(level: i32, targets: &Arc<Vec<TargetSink>>) -> (Compressors, crossbeam_channel::Sender<RawChunk>) {
+        let (sender, receiver) = crossbeam_channel::bounded::<RawChunk>(64);
+        let compressed_chunks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let threads = (0..count)
+            .map(|_| {
+                let (receiver, targets, compressed_chunks) =
+                    (receiver.clone(), targets.clone(), compressed_chunks.clone());
+                std::thread::spawn(move || {
+                    for raw in receiver {
+                        let compressed =
+                            zstd::bulk::compress(&raw.plaintext, level).expect("zstd compresses in memory");
+                        compressed_chunks.fetch_add(1, Ordering::Relaxed);
+                        let chunk = Arc::new(NewChunk { id: raw.id, compressed, raw_length: raw.plaintext.len() });
+                        for index in raw.lacking {
+                            let target = &targets[index];
+                            // A closed channel means that target's writer failed; the others go on.
+                            if target.packs.blocking_send(chunk.clone()).is_err() {
+                                target.alive.store(false, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        (Compressors { threads, compressed_chunks }, sender)
+    }
+
+    /// Waits for the queue to drain (every sender dropped); returns the chunks compressed.
+    async fn finish(self) -> usize {
+        let Compressors { threads, compressed_chunks } = self;
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                thread.join().expect("compressors do not panic");
+            }
+        })
+        .await
+        .expect("joining compressors does not panic");
+        compressed_chunks.load(Ordering::Relaxed)
+    }
 }
 
 /// Turns one byte stream into chunks, storing the new ones. Runs on a blocking thread.
@@ -154,13 +214,13 @@ impl StreamEncoder {
         self.sink.manifest.bytes += data.len() as u64;
         // In COPY text format every literal newline ends a row.
         self.sink.rows += memchr::memchr_iter(b'\n', data).count() as u64;
-        self.chunker.push(data, &mut |chunk| self.sink.store(&chunk));
+        self.chunker.push(data, &mut |chunk| self.sink.store(chunk));
         self.sink.check()
     }
 
     fn finish(self) -> Result<(StreamManifest, u64)> {
         let StreamEncoder { chunker, mut sink } = self;
-        chunker.finish(&mut |chunk| sink.store(&chunk));
+        chunker.finish(&mut |chunk| sink.store(chunk));
         sink.check()?;
         sink.manifest.digest = sink.digest.finalize().to_hex().to_string();
         Ok((sink.manifest, sink.rows))
@@ -168,27 +228,21 @@ impl StreamEncoder {
 }
 
 impl ChunkSink {
-    fn store(&mut self, chunk: &[u8]) {
-        let id = self.context.chunk_id_key.id_of(chunk);
+    fn store(&mut self, chunk: Vec<u8>) {
+        let id = self.context.chunk_id_key.id_of(&chunk);
         self.manifest.chunks.push(id);
-        let targets = &self.context.targets;
-        let lacking: Vec<&TargetSink> = targets
-            .iter()
-            .filter(|t| t.alive.load(Ordering::Relaxed))
-            .filter(|t| t.known.lock().expect("known-chunk lock is never poisoned").insert(id))
+        let lacking: Vec<usize> = (0..self.context.targets.len())
+            .filter(|&i| {
+                let target = &self.context.targets[i];
+                target.alive.load(Ordering::Relaxed)
+                    && target.known.lock().expect("known-chunk lock is never poisoned").insert(id)
+            })
             .collect();
         if lacking.is_empty() {
             return;
         }
-        let compressed = zstd::bulk::compress(chunk, self.context.level).expect("zstd compresses in memory");
-        self.context.compressed_chunks.fetch_add(1, Ordering::Relaxed);
-        let new_chunk = Arc::new(NewChunk { id, compressed, raw_length: chunk.len() });
-        for target in lacking {
-            // A closed channel means that target's writer failed; the others go on.
-            if target.packs.blocking_send(new_chunk.clone()).is_err() {
-                target.alive.store(false, Ordering::Relaxed);
-            }
-        }
+        // Only fails when every compressor is gone, which `check` reports.
+        let _ = self.context.compressor.send(RawChunk { id, plaintext: chunk, lacking });
     }
 
     fn check(&self) -> Result<()> {
@@ -305,19 +359,21 @@ pub async fn run(
             alive: AtomicBool::new(alive),
         });
     }
+    let targets = Arc::new(sinks);
+    let (compressors, compressor) = Compressors::start(first.config.compression_level, &targets);
     let context = EncoderContext {
         seed: keyring.chunker_seed(),
         params: first.config.chunking,
         chunk_id_key: keyring.chunk_id_key(),
         mac_key: keyring.mac_key(),
-        level: first.config.compression_level,
-        targets: Arc::new(sinks),
-        compressed_chunks: Arc::default(),
+        targets,
+        compressor,
     };
-    let compressed_chunks = context.compressed_chunks.clone();
 
     let read = read_everything(&session, &pg_dump, options, tables, &context, &progress).await;
     drop(context);
+    // The compressors finish the queue, then drop their pack senders, closing the writers' input.
+    let compressed_chunks = compressors.finish().await;
     // Closing the snapshot transaction: every reader has finished.
     let _ = session.client.batch_execute("COMMIT").await;
     let mut written = Vec::new();
@@ -377,7 +433,7 @@ pub async fn run(
         rows: manifest.tables.iter().map(|t| t.rows).sum(),
         bytes_read: read.bytes_read,
         chunks: manifest.all_chunks().count(),
-        new_chunks: compressed_chunks.load(Ordering::Relaxed),
+        new_chunks: compressed_chunks,
         bytes_added: targets.iter().map(|t| t.bytes_added).sum(),
         bytes_total: targets.iter().find(|t| t.ok).map_or(0, |t| t.bytes_total),
         targets,
@@ -573,12 +629,22 @@ async fn read_copy(
     let copy = async {
         let stream = client.copy_out(sql).await?;
         futures::pin_mut!(stream);
+        // PostgreSQL sends one message per row: hand them over in batches, or the per-message
+        // cost of the channel and thread wake-ups dominates.
+        let mut batch = BytesMut::with_capacity(COPY_BATCH);
         while let Some(data) = stream.next().await {
-            let data = data?;
-            progress(data.len() as u64);
-            if sender.send(data).await.is_err() {
-                break;
+            batch.extend_from_slice(&data?);
+            if batch.len() >= COPY_BATCH {
+                progress(batch.len() as u64);
+                if sender.send(batch.split().freeze()).await.is_err() {
+                    break;
+                }
+                batch.reserve(COPY_BATCH);
             }
+        }
+        if !batch.is_empty() {
+            progress(batch.len() as u64);
+            let _ = sender.send(batch.freeze()).await;
         }
         drop(sender);
         Ok::<_, Error>(())
