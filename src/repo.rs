@@ -585,7 +585,19 @@ pub fn open_chunk(
     if location.raw_length() > MAX_CHUNK_BYTES {
         return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
     }
-    let plaintext = zstd::bulk::decompress(compressed, location.raw_length() as usize)
+    thread_local! {
+        // Creating a zstd context costs more than decompressing a small chunk: keep one per thread.
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let plaintext = DECOMPRESSOR
+        .with_borrow_mut(|slot| {
+            let decompressor = match slot {
+                Some(decompressor) => decompressor,
+                None => slot.insert(zstd::bulk::Decompressor::new()?),
+            };
+            decompressor.decompress(compressed, location.raw_length() as usize)
+        })
         .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
     if plaintext.len() != location.raw_length() as usize || key.id_of(&plaintext) != location.chunk() {
         return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));

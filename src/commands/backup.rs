@@ -154,9 +154,10 @@ impl Compressors {
                 let (receiver, targets, compressed_chunks) =
                     (receiver.clone(), targets.clone(), compressed_chunks.clone());
                 std::thread::spawn(move || {
+                    // One context per thread: creating a zstd context costs more than a small chunk.
+                    let mut zstd = zstd::bulk::Compressor::new(level).expect("a valid zstd level");
                     for raw in receiver {
-                        let compressed =
-                            zstd::bulk::compress(&raw.plaintext, level).expect("zstd compresses in memory");
+                        let compressed = zstd.compress(&raw.plaintext).expect("zstd compresses in memory");
                         compressed_chunks.fetch_add(1, Ordering::Relaxed);
                         let chunk = Arc::new(NewChunk { id: raw.id, compressed, raw_length: raw.plaintext.len() });
                         for index in raw.lacking {
