@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
+use crate::compress::DecompressionDictionary;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, ObjectRef};
@@ -54,7 +55,10 @@ pub struct ChunkReader {
     cache: Mutex<PackCache>,
     capacity: usize,
     fallbacks: Mutex<Vec<String>>,
+    dictionaries: Mutex<HashMap<PackKey, DictionaryCell>>,
 }
+
+type DictionaryCell = Arc<OnceCell<Arc<DecompressionDictionary>>>;
 
 impl ChunkReader {
     /// A reader over one target.
@@ -70,6 +74,7 @@ impl ChunkReader {
             cache: Mutex::new((HashMap::new(), VecDeque::new())),
             capacity: cached_packs.max(2),
             fallbacks: Mutex::default(),
+            dictionaries: Mutex::default(),
         }
     }
 
@@ -123,12 +128,41 @@ impl ChunkReader {
     }
 
     async fn read_from(&self, source: usize, pack: &ObjectRef, location: ChunkLocation) -> Result<Vec<u8>> {
+        let dictionary = match self.sources[source].index.packs.get(&pack.id).and_then(|r| r.dictionary.as_ref()) {
+            Some(reference) => Some(self.dictionary(source, reference).await?),
+            None => None,
+        };
         let plaintext = self.pack(source, pack).await?;
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
-        tokio::task::spawn_blocking(move || repo::open_chunk(&key, &plaintext, &location, &pack_key))
-            .await
-            .expect("chunk decoding does not panic")
+        tokio::task::spawn_blocking(move || {
+            repo::open_chunk(&key, &plaintext, &location, &pack_key, dictionary.as_deref())
+        })
+        .await
+        .expect("chunk decoding does not panic")
+    }
+
+    /// A compression dictionary of one source (cached; there is one per backup at most).
+    async fn dictionary(&self, source: usize, reference: &ObjectRef) -> Result<Arc<DecompressionDictionary>> {
+        let cell = self
+            .dictionaries
+            .lock()
+            .expect("dictionary lock is never poisoned")
+            .entry((source, reference.id.clone()))
+            .or_default()
+            .clone();
+        let dictionary = cell
+            .get_or_try_init(|| async {
+                let key = repo::dictionary_key(&reference.id);
+                let ciphertext = self.sources[source].target.get(&key).await?;
+                repo::check_object_name(&key, &ciphertext)?;
+                let bytes = self.keyring.decrypt(&key, &ciphertext)?;
+                DecompressionDictionary::new(&bytes)
+                    .map(Arc::new)
+                    .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))
+            })
+            .await?;
+        Ok(dictionary.clone())
     }
 
     /// The decrypted plaintext of a pack on one source (cached).

@@ -7,6 +7,7 @@
 
 pub mod chunk;
 pub mod commands;
+pub mod compress;
 pub mod crypto;
 pub mod error;
 pub mod fetch;

@@ -43,9 +43,41 @@ pub fn index_key(id: &str) -> String {
 pub fn snapshot_key(id: &str) -> String {
     format!("snapshots/{id}")
 }
+/// Object key of a compression dictionary.
+pub fn dictionary_key(id: &str) -> String {
+    format!("dicts/{id}")
+}
 /// Object key of a keys object.
 pub fn keys_key(id: &str) -> String {
     format!("keys/{id}")
+}
+
+/// Choices fixed at `init` for the repository's life.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Chunk size bounds.
+    pub chunking: ChunkParams,
+    /// zstd level.
+    pub compression_level: i32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { chunking: ChunkParams::default(), compression_level: 3 }
+    }
+}
+
+impl Tuning {
+    /// Chunks averaging `average` bytes (min a quarter, max four times), checked for sanity.
+    pub fn with_average_chunk(average: usize, compression_level: i32) -> Result<Tuning> {
+        if !(1024..=4 << 20).contains(&average) {
+            return Err(Error::Invalid(format!("a chunk size of {average} bytes is outside 1 KiB ..= 4 MiB")));
+        }
+        if !(1..=19).contains(&compression_level) {
+            return Err(Error::Invalid(format!("zstd level {compression_level} is outside 1 ..= 19")));
+        }
+        Ok(Tuning { chunking: ChunkParams { min: average / 4, avg: average, max: average * 4 }, compression_level })
+    }
 }
 
 /// The plaintext `config` object.
@@ -148,6 +180,7 @@ impl Repository {
         recipients: &[age::x25519::Recipient],
         config_dir: &Path,
         secret: RepoSecret,
+        tuning: Tuning,
     ) -> Result<(Repository, PathBuf)> {
         ensure_empty(&target).await?;
         if recipients.is_empty() {
@@ -180,8 +213,8 @@ impl Repository {
             recipients: recipients.iter().map(ToString::to_string).collect(),
             writer_recipient: writer.to_public().to_string(),
             keys: keys_object,
-            chunking: ChunkParams::default(),
-            compression_level: 3,
+            chunking: tuning.chunking,
+            compression_level: tuning.compression_level,
             pack_size: 8 << 20,
         };
         let mut config_bytes = serde_json::to_vec_pretty(&config).expect("serialisable");
@@ -469,6 +502,9 @@ impl ChunkLocation {
 pub struct PackRecord {
     /// The pack.
     pub pack: ObjectRef,
+    /// The zstd dictionary its chunks were compressed with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dictionary: Option<ObjectRef>,
     /// Its chunks.
     pub chunks: Vec<ChunkLocation>,
 }
@@ -508,6 +544,7 @@ impl ChunkIndex {
 pub struct PackWriter {
     plaintext: Vec<u8>,
     chunks: Vec<ChunkLocation>,
+    dictionary: Option<ObjectRef>,
 }
 
 /// A pack ready to upload.
@@ -520,12 +557,19 @@ pub struct SealedPack {
     pub bytes: Bytes,
     /// Its chunks.
     pub chunks: Vec<ChunkLocation>,
+    /// The dictionary its chunks need.
+    pub dictionary: Option<ObjectRef>,
 }
 
 impl PackWriter {
-    /// An empty pack with room for `capacity` bytes.
-    pub fn new(capacity: usize) -> Self {
-        PackWriter { plaintext: Vec::with_capacity(capacity), chunks: Vec::new() }
+    /// An empty pack with room for `capacity` bytes, for chunks compressed with `dictionary`.
+    pub fn new(capacity: usize, dictionary: Option<ObjectRef>) -> Self {
+        PackWriter { plaintext: Vec::with_capacity(capacity), chunks: Vec::new(), dictionary }
+    }
+
+    /// The dictionary of the chunks in this pack.
+    pub fn dictionary(&self) -> Option<&ObjectRef> {
+        self.dictionary.as_ref()
     }
 
     /// Appends an already compressed chunk.
@@ -559,6 +603,7 @@ impl PackWriter {
             reference: ObjectRef { id, size: ciphertext.len() as u64 },
             bytes: Bytes::from(ciphertext),
             chunks: self.chunks,
+            dictionary: self.dictionary,
         }
     }
 }
@@ -576,6 +621,7 @@ pub fn open_chunk(
     pack_plaintext: &[u8],
     location: &ChunkLocation,
     pack_key: &str,
+    dictionary: Option<&crate::compress::DecompressionDictionary>,
 ) -> Result<Vec<u8>> {
     let start = usize::try_from(location.offset()).unwrap_or(usize::MAX);
     let end = start.saturating_add(location.length() as usize);
@@ -585,19 +631,7 @@ pub fn open_chunk(
     if location.raw_length() > MAX_CHUNK_BYTES {
         return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
     }
-    thread_local! {
-        // Creating a zstd context costs more than decompressing a small chunk: keep one per thread.
-        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let plaintext = DECOMPRESSOR
-        .with_borrow_mut(|slot| {
-            let decompressor = match slot {
-                Some(decompressor) => decompressor,
-                None => slot.insert(zstd::bulk::Decompressor::new()?),
-            };
-            decompressor.decompress(compressed, location.raw_length() as usize)
-        })
+    let plaintext = crate::compress::decompress(compressed, location.raw_length() as usize, dictionary)
         .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
     if plaintext.len() != location.raw_length() as usize || key.id_of(&plaintext) != location.chunk() {
         return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
@@ -622,6 +656,9 @@ pub struct SnapshotHeader {
     pub packs: Vec<ObjectRef>,
     /// Indexes it needs.
     pub indexes: Vec<ObjectRef>,
+    /// Compression dictionaries its packs need.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dictionaries: Vec<ObjectRef>,
 }
 
 /// One stream of bytes (a table's COPY data, or a schema section), as chunks.

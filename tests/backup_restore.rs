@@ -31,6 +31,8 @@ fn everything_round_trips_schema_and_data() {
         .ok();
     assert_eq!(run.json()["rows"], report["rows"]);
     assert_same_database(&source, &restored);
+    // The backup trained a compression dictionary, and the restore used it.
+    assert_eq!(files_under(&work.path("repo/dicts")).len(), 1);
     // Sequences continue where the source stood, so new rows do not collide.
     for sequence in ["billing.invoice_number_seq", "crm.ticket_number_seq"] {
         let sql = format!("SELECT last_value, is_called FROM {sequence}");

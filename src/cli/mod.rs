@@ -57,6 +57,12 @@ enum Command {
         /// Make the new repositories copies of this one (same keys), for `copy`.
         #[arg(long, value_name = "REPO", conflicts_with_all = ["recipients", "recipients_file"])]
         copy_from: Option<String>,
+        /// Average chunk size in bytes (advanced; smaller dedups scattered updates better).
+        #[arg(long, default_value_t = 16 * 1024, hide_short_help = true)]
+        chunk_size: usize,
+        /// zstd level for chunks (advanced).
+        #[arg(long, default_value_t = 3, hide_short_help = true)]
+        compression_level: i32,
     },
     /// Back up a database to every --repo (needs only the writer key made by init).
     Backup {
@@ -280,7 +286,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .context("writing the identity file")?;
             output::keygen(json, &identity.to_public().to_string(), &output);
         }
-        Command::Init { repo, recipients, recipients_file, copy_from } => {
+        Command::Init { repo, recipients, recipients_file, copy_from, chunk_size, compression_level } => {
+            let tuning = crmvault::repo::Tuning::with_average_chunk(chunk_size, compression_level)?;
             let targets = repo.repos.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<Result<Vec<_>>>()?;
             let report = if let Some(source) = copy_from {
                 let source = open_repositories(&storage, &[source]).await?.remove(0);
@@ -300,7 +307,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 let parsed =
                     texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
-                init::run(targets, &parsed, &config_dir()?).await?
+                init::run(targets, &parsed, &config_dir()?, tuning).await?
             };
             output::init(json, &report);
         }

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::chunk::{ChunkParams, Chunker};
+use crate::compress::{ChunkCompressor, CompressionDictionary};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
@@ -109,6 +110,7 @@ struct NewChunk {
     id: ChunkId,
     compressed: Vec<u8>,
     raw_length: usize,
+    dictionary: Option<ObjectRef>,
 }
 
 /// One target as the encoders see it.
@@ -137,46 +139,96 @@ struct RawChunk {
     lacking: Vec<usize>,
 }
 
+/// A dictionary this backup trained, encrypted once for every target.
+struct TrainedDictionary {
+    reference: ObjectRef,
+    ciphertext: Bytes,
+    compression: Arc<CompressionDictionary>,
+}
+
+/// Bytes of the first new chunks a dictionary is trained on before anything is compressed.
+const TRAINING_BYTES: usize = 2 << 20;
+
 /// Compression runs on its own threads, one per core, fed by every table's encoder: a big
 /// table's chunker is then never waiting on zstd, and zstd uses every core while it can.
+/// A dispatcher holds back the first new chunks, trains a dictionary on them, then lets all
+/// chunks through.
 struct Compressors {
     threads: Vec<std::thread::JoinHandle<()>>,
     compressed_chunks: Arc<std::sync::atomic::AtomicUsize>,
+    dictionary: Arc<std::sync::OnceLock<Option<Arc<TrainedDictionary>>>>,
 }
 
 impl Compressors {
-    fn start(level: i32, targets: &Arc<Vec<TargetSink>>) -> (Compressors, crossbeam_channel::Sender<RawChunk>) {
+    fn start(
+        level: i32,
+        targets: &Arc<Vec<TargetSink>>,
+        recipients: Vec<age::x25519::Recipient>,
+    ) -> (Compressors, crossbeam_channel::Sender<RawChunk>) {
         let (sender, receiver) = crossbeam_channel::bounded::<RawChunk>(64);
+        let (work_sender, work) = crossbeam_channel::bounded::<RawChunk>(64);
         let compressed_chunks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dictionary = Arc::new(std::sync::OnceLock::new());
+        let mut threads = Vec::new();
+        let decided = dictionary.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let mut held_bytes = 0;
+            for raw in receiver {
+                if decided.get().is_some() {
+                    let _ = work_sender.send(raw);
+                    continue;
+                }
+                held_bytes += raw.plaintext.len();
+                held.push(raw);
+                if held_bytes >= TRAINING_BYTES {
+                    let _ = decided.set(train_dictionary(&held, level, &recipients));
+                    held.drain(..).for_each(|raw| drop(work_sender.send(raw)));
+                }
+            }
+            if decided.get().is_none() {
+                let _ = decided.set(train_dictionary(&held, level, &recipients));
+                held.drain(..).for_each(|raw| drop(work_sender.send(raw)));
+            }
+        }));
         let count = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        let threads = (0..count)
-            .map(|_| {
-                let (receiver, targets, compressed_chunks) =
-                    (receiver.clone(), targets.clone(), compressed_chunks.clone());
-                std::thread::spawn(move || {
-                    // One context per thread: creating a zstd context costs more than a small chunk.
-                    let mut zstd = zstd::bulk::Compressor::new(level).expect("a valid zstd level");
-                    for raw in receiver {
-                        let compressed = zstd.compress(&raw.plaintext).expect("zstd compresses in memory");
-                        compressed_chunks.fetch_add(1, Ordering::Relaxed);
-                        let chunk = Arc::new(NewChunk { id: raw.id, compressed, raw_length: raw.plaintext.len() });
-                        for index in raw.lacking {
-                            let target = &targets[index];
-                            // A closed channel means that target's writer failed; the others go on.
-                            if target.packs.blocking_send(chunk.clone()).is_err() {
-                                target.alive.store(false, Ordering::Relaxed);
-                            }
+        for _ in 0..count {
+            let (work, targets, compressed_chunks, dictionary) =
+                (work.clone(), targets.clone(), compressed_chunks.clone(), dictionary.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut compressor: Option<(ChunkCompressor, Option<ObjectRef>)> = None;
+                for raw in work {
+                    // Work flows only once the dictionary is decided.
+                    let (zstd, reference) = compressor.get_or_insert_with(|| {
+                        let trained = dictionary.get().cloned().flatten();
+                        let reference = trained.as_ref().map(|t| t.reference.clone());
+                        (ChunkCompressor::new(level, trained.map(|t| t.compression.clone())), reference)
+                    });
+                    let compressed = zstd.compress(&raw.plaintext);
+                    compressed_chunks.fetch_add(1, Ordering::Relaxed);
+                    let chunk = Arc::new(NewChunk {
+                        id: raw.id,
+                        compressed,
+                        raw_length: raw.plaintext.len(),
+                        dictionary: reference.clone(),
+                    });
+                    for index in raw.lacking {
+                        let target = &targets[index];
+                        // A closed channel means that target's writer failed; the others go on.
+                        if target.packs.blocking_send(chunk.clone()).is_err() {
+                            target.alive.store(false, Ordering::Relaxed);
                         }
                     }
-                })
-            })
-            .collect();
-        (Compressors { threads, compressed_chunks }, sender)
+                }
+            }));
+        }
+        (Compressors { threads, compressed_chunks, dictionary }, sender)
     }
 
-    /// Waits for the queue to drain (every sender dropped); returns the chunks compressed.
-    async fn finish(self) -> usize {
-        let Compressors { threads, compressed_chunks } = self;
+    /// Waits for the queue to drain (every sender dropped): the chunks compressed, and the
+    /// dictionary they used.
+    async fn finish(self) -> (usize, Option<Arc<TrainedDictionary>>) {
+        let Compressors { threads, compressed_chunks, dictionary } = self;
         tokio::task::spawn_blocking(move || {
             for thread in threads {
                 thread.join().expect("compressors do not panic");
@@ -184,8 +236,22 @@ impl Compressors {
         })
         .await
         .expect("joining compressors does not panic");
-        compressed_chunks.load(Ordering::Relaxed)
+        (compressed_chunks.load(Ordering::Relaxed), dictionary.get().cloned().flatten())
     }
+}
+
+/// Trains this backup's dictionary on the chunks held back, and encrypts it for the admins.
+fn train_dictionary(
+    samples: &[RawChunk],
+    level: i32,
+    recipients: &[age::x25519::Recipient],
+) -> Option<Arc<TrainedDictionary>> {
+    let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
+    let bytes = crate::compress::train(&samples)?;
+    let compression = Arc::new(CompressionDictionary::new(&bytes, level)?);
+    let ciphertext = crate::crypto::encrypt(recipients, &bytes);
+    let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
+    Some(Arc::new(TrainedDictionary { reference, ciphertext: Bytes::from(ciphertext), compression }))
 }
 
 /// Turns one byte stream into chunks, storing the new ones. Runs on a blocking thread.
@@ -254,10 +320,17 @@ impl ChunkSink {
     }
 }
 
+/// Where a chunk a target already holds lies: pack, index that says so, dictionary it needs.
+struct Reusable {
+    pack: ObjectRef,
+    index_id: String,
+    dictionary: Option<ObjectRef>,
+}
+
 /// What one target already holds, and what it is doing in this backup.
 struct TargetState<'a> {
     repository: &'a Repository,
-    reusable: HashMap<ChunkId, (ObjectRef, String)>,
+    reusable: HashMap<ChunkId, Reusable>,
     index_sizes: HashMap<String, u64>,
     error: Option<String>,
 }
@@ -284,7 +357,10 @@ impl<'a> TargetState<'a> {
             .chunks
             .iter()
             .filter(|(_, (pack, _, _))| present_packs.get(&pack.id) == Some(&pack.size))
-            .map(|(id, (pack, _, index_id))| (*id, (pack.clone(), index_id.clone())))
+            .map(|(id, (pack, _, index_id))| {
+                let dictionary = index.packs.get(&pack.id).and_then(|record| record.dictionary.clone());
+                (*id, Reusable { pack: pack.clone(), index_id: index_id.clone(), dictionary })
+            })
             .collect();
         Ok(TargetState { repository, reusable, index_sizes, error: None })
     }
@@ -361,7 +437,8 @@ pub async fn run(
         });
     }
     let targets = Arc::new(sinks);
-    let (compressors, compressor) = Compressors::start(first.config.compression_level, &targets);
+    let (compressors, compressor) =
+        Compressors::start(first.config.compression_level, &targets, first.data_recipients());
     let context = EncoderContext {
         seed: keyring.chunker_seed(),
         params: first.config.chunking,
@@ -374,7 +451,7 @@ pub async fn run(
     let read = read_everything(&session, &pg_dump, options, tables, &context, &progress).await;
     drop(context);
     // The compressors finish the queue, then drop their pack senders, closing the writers' input.
-    let compressed_chunks = compressors.finish().await;
+    let (compressed_chunks, dictionary) = compressors.finish().await;
     // Closing the snapshot transaction: every reader has finished.
     let _ = session.client.batch_execute("COMMIT").await;
     let mut written = Vec::new();
@@ -403,7 +480,9 @@ pub async fn run(
     let mut targets = Vec::new();
     for (state, written) in states.iter_mut().zip(written) {
         let outcome = match (written, &state.error) {
-            (Some(Ok(packs)), None) => commit(state, packs, &manifest, &sealed, keyring, session.time).await,
+            (Some(Ok(packs)), None) => {
+                commit(state, packs, &manifest, &sealed, dictionary.as_deref(), keyring, session.time).await
+            }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
             (None, None) => unreachable!("a target without a writer has an error"),
@@ -458,17 +537,28 @@ async fn commit(
     (new_packs, pack_bytes): (Vec<PackRecord>, u64),
     manifest: &Manifest,
     sealed: &SealedManifest,
+    dictionary: Option<&TrainedDictionary>,
     keyring: &Keyring,
     time: chrono::DateTime<chrono::Utc>,
 ) -> Result<TargetReport> {
     let repository = state.repository;
+    let mut bytes_added = pack_bytes;
+    // The dictionary its new packs need goes in before the index that names it.
+    if let Some(trained) = dictionary.filter(|d| new_packs.iter().any(|p| p.dictionary.as_ref() == Some(&d.reference)))
+    {
+        let key = repo::dictionary_key(&trained.reference.id);
+        if repository.target.put_new(&key, trained.ciphertext.clone()).await? == crate::target::PutOutcome::Written {
+            bytes_added += trained.reference.size;
+        }
+    }
     // The index of the new packs goes in before the snapshot that needs it.
     let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
-    let new_locations: HashMap<ChunkId, ObjectRef> = new_packs
+    let new_locations: HashMap<ChunkId, (ObjectRef, Option<ObjectRef>)> = new_packs
         .iter()
-        .flat_map(|record| record.chunks.iter().map(|location| (location.chunk(), record.pack.clone())))
+        .flat_map(|record| {
+            record.chunks.iter().map(|location| (location.chunk(), (record.pack.clone(), record.dictionary.clone())))
+        })
         .collect();
-    let mut bytes_added = pack_bytes;
     let mut new_index = None;
     if !new_packs.is_empty() {
         let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
@@ -479,17 +569,20 @@ async fn commit(
     }
     let mut packs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
+    let mut dictionaries = BTreeSet::new();
     for id in manifest.all_chunks() {
-        if let (Some(pack), Some(index)) = (new_locations.get(id), &new_index) {
+        if let (Some((pack, dictionary)), Some(index)) = (new_locations.get(id), &new_index) {
             packs.insert(pack.clone());
             indexes.insert(index.clone());
-        } else if let Some((pack, index_id)) = state.reusable.get(id) {
-            let size = *state.index_sizes.get(index_id).ok_or_else(|| Error::Missing {
-                object: repo::index_key(index_id),
+            dictionaries.extend(dictionary.clone());
+        } else if let Some(reusable) = state.reusable.get(id) {
+            let size = *state.index_sizes.get(&reusable.index_id).ok_or_else(|| Error::Missing {
+                object: repo::index_key(&reusable.index_id),
                 location: repository.target.location().into(),
             })?;
-            packs.insert(pack.clone());
-            indexes.insert(ObjectRef { id: index_id.clone(), size });
+            packs.insert(reusable.pack.clone());
+            indexes.insert(ObjectRef { id: reusable.index_id.clone(), size });
+            dictionaries.extend(reusable.dictionary.clone());
         } else {
             return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));
         }
@@ -498,10 +591,11 @@ async fn commit(
         version: repo::FORMAT_VERSION,
         time,
         config_hash: repository.config_hash.clone(),
-        total_bytes: packs.iter().chain(indexes.iter()).map(|o| o.size).sum(),
+        total_bytes: packs.iter().chain(indexes.iter()).chain(dictionaries.iter()).map(|o| o.size).sum(),
         added_bytes: bytes_added,
         packs: packs.into_iter().collect(),
         indexes: indexes.into_iter().collect(),
+        dictionaries: dictionaries.into_iter().collect(),
     };
     let object = sealed.snapshot_object(&header, keyring);
     bytes_added += object.len() as u64;
@@ -678,7 +772,7 @@ async fn write_packs(
     let recipients = Arc::new(recipients);
     let mut uploads: JoinSet<Result<PackRecord>> = JoinSet::new();
     let mut records = Vec::new();
-    let mut pack = PackWriter::new(pack_size + (1 << 20));
+    let mut pack = PackWriter::new(pack_size + (1 << 20), None);
     let upload = |pack: PackWriter, uploads: &mut JoinSet<Result<PackRecord>>| {
         let target = target.clone();
         let recipients = recipients.clone();
@@ -686,18 +780,28 @@ async fn write_packs(
             let sealed =
                 tokio::task::spawn_blocking(move || pack.seal(&recipients)).await.expect("sealing does not panic");
             target.put_new(&sealed.key, sealed.bytes).await?;
-            Ok(PackRecord { pack: sealed.reference, chunks: sealed.chunks })
+            Ok(PackRecord { pack: sealed.reference, dictionary: sealed.dictionary, chunks: sealed.chunks })
         });
     };
     while let Some(chunk) = chunks.recv().await {
+        // A pack holds chunks of one dictionary only.
+        if pack.is_empty() || pack.dictionary() != chunk.dictionary.as_ref() {
+            let full = std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20), chunk.dictionary.clone()));
+            if !full.is_empty() {
+                upload(full, &mut uploads);
+            }
+        }
         pack.add(chunk.id, &chunk.compressed, chunk.raw_length);
         if pack.len() >= pack_size {
-            upload(std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20))), &mut uploads);
-            while uploads.len() >= 2 {
-                match uploads.join_next().await {
-                    Some(result) => records.push(result.expect("uploads do not panic")?),
-                    None => break,
-                }
+            upload(
+                std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20), chunk.dictionary.clone())),
+                &mut uploads,
+            );
+        }
+        while uploads.len() >= 2 {
+            match uploads.join_next().await {
+                Some(result) => records.push(result.expect("uploads do not panic")?),
+                None => break,
             }
         }
     }

@@ -51,6 +51,9 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
         for index in &sealed.header.indexes {
             copy_object(from, to, &repo::index_key(&index.id), Some(index.size), &mut report).await?;
         }
+        for dictionary in &sealed.header.dictionaries {
+            copy_object(from, to, &repo::dictionary_key(&dictionary.id), Some(dictionary.size), &mut report).await?;
+        }
         // Last, as in a backup: the snapshot is the commit.
         let key = repo::snapshot_key(&sealed.id);
         let bytes = from.target.get(&key).await?;

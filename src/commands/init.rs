@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::RepoSecret;
 use crate::error::Result;
-use crate::repo::{self, Repository};
+use crate::repo::{self, Repository, Tuning};
 use crate::target::Target;
 
 /// What `init` created.
@@ -21,7 +21,12 @@ pub struct InitReport {
 }
 
 /// Creates a repository on every target, readable by `recipients`.
-pub async fn run(targets: Vec<Target>, recipients: &[age::x25519::Recipient], config_dir: &Path) -> Result<InitReport> {
+pub async fn run(
+    targets: Vec<Target>,
+    recipients: &[age::x25519::Recipient],
+    config_dir: &Path,
+    tuning: Tuning,
+) -> Result<InitReport> {
     // Look at every target before writing to any.
     for target in &targets {
         repo::ensure_empty(target).await?;
@@ -30,7 +35,8 @@ pub async fn run(targets: Vec<Target>, recipients: &[age::x25519::Recipient], co
     let Some(first) = targets.next() else {
         return Err(crate::Error::Invalid("init needs at least one --repo".into()));
     };
-    let (repository, writer_key) = Repository::init(first, recipients, config_dir, RepoSecret::generate()).await?;
+    let (repository, writer_key) =
+        Repository::init(first, recipients, config_dir, RepoSecret::generate(), tuning).await?;
     let mut locations = vec![repository.target.location().to_string()];
     for target in targets {
         let copy = repository.init_copy(target).await?;

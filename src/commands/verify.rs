@@ -108,6 +108,12 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
         for index in &sealed.header.indexes {
             referenced.entry((repo::index_key(&index.id), index.clone())).or_default().push(sealed.id.clone());
         }
+        for dictionary in &sealed.header.dictionaries {
+            referenced
+                .entry((repo::dictionary_key(&dictionary.id), dictionary.clone()))
+                .or_default()
+                .push(sealed.id.clone());
+        }
         sealed_snapshots.push(sealed);
     }
 
