@@ -136,10 +136,11 @@ impl From<tokio_postgres::Error> for Error {
     }
 }
 
-/// tokio-postgres' `Display` for server errors is just "db error"; show the server's words.
-fn postgres_message(error: &tokio_postgres::Error) -> String {
+/// tokio-postgres' `Display` for server errors is just "db error": the server's own words
+/// instead, or the whole chain of causes for client-side errors (TLS, network).
+pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
-        return format!("{}: {}", db.severity(), db.message());
+        return db.message().to_string();
     }
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error);

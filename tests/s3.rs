@@ -22,16 +22,22 @@ fn admin_recipient(work: &Workspace) -> String {
     work.keygen("admin.key")
 }
 
+/// An admin key, and one repository on a local folder and in the bucket: (folder, bucket URL).
+fn init_folder_and_bucket(work: &Workspace, server: &S3Server) -> (String, String) {
+    let recipient = admin_recipient(work);
+    let local = work.path("local").to_str().unwrap().to_string();
+    let bucket = server.repo("crm");
+    run_s3(work, server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+    (local, bucket)
+}
+
 #[test]
 fn backup_to_a_folder_and_a_bucket_then_restore_from_the_bucket_alone() {
     let server = S3Server::start();
     let source = TestDb::create("s3_both");
     source.load_file(&fixture("examples/crm.sql"));
     let work = Workspace::new();
-    let recipient = admin_recipient(&work);
-    let local = work.path("local").to_str().unwrap().to_string();
-    let bucket = server.repo("crm");
-    run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+    let (local, bucket) = init_folder_and_bucket(&work, &server);
     let report =
         run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &local, "--repo", &bucket])
             .ok()
@@ -65,10 +71,7 @@ fn a_damaged_object_on_one_target_is_named_and_restore_reads_it_from_the_other()
     let source = TestDb::create("s3_fallback");
     source.load_file(&fixture("examples/crm.sql"));
     let work = Workspace::new();
-    let recipient = admin_recipient(&work);
-    let local = work.path("local").to_str().unwrap().to_string();
-    let bucket = server.repo("crm");
-    run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+    let (local, bucket) = init_folder_and_bucket(&work, &server);
     run_s3(&work, &server, &["backup", "--db", &source.url(), "--repo", &local, "--repo", &bucket]).ok();
 
     // Flip a byte in the local copy of a pack.
@@ -138,10 +141,7 @@ fn a_target_that_fails_midway_gets_no_snapshot_and_the_next_backup_completes_it(
          INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text) FROM generate_series(1, 300000) i",
     );
     let work = Workspace::new();
-    let recipient = admin_recipient(&work);
-    let local = work.path("local").to_str().unwrap().to_string();
-    let bucket = server.repo("crm");
-    run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+    let (local, bucket) = init_folder_and_bucket(&work, &server);
 
     let mut command = work.command();
     command.args(["backup", "--json", "--db", &source.url(), "--repo", &local, "--repo", &bucket]);

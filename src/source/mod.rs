@@ -78,8 +78,9 @@ impl Database {
 
     /// Connects (over TLS unless `sslmode=disable`). The connection's task runs on the runtime.
     pub async fn connect(&self) -> Result<Client> {
-        let fail =
-            |e: tokio_postgres::Error| Error::Invalid(format!("cannot connect to {}: {}", self.redacted, describe(&e)));
+        let fail = |e: tokio_postgres::Error| {
+            Error::Invalid(format!("cannot connect to {}: {}", self.redacted, crate::error::postgres_message(&e)))
+        };
         let client = if self.tls == TlsMode::Disable {
             let (client, connection) = self.config.connect(NoTls).await.map_err(fail)?;
             tokio::spawn(async move {
@@ -133,19 +134,6 @@ impl Database {
         env.push(("PGCONNECT_TIMEOUT".into(), "15".into()));
         env
     }
-}
-
-fn describe(error: &tokio_postgres::Error) -> String {
-    if let Some(db) = error.as_db_error() {
-        return db.message().to_string();
-    }
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        text = format!("{text}: {inner}");
-        source = inner.source();
-    }
-    text
 }
 
 /// Takes `sslmode` and `sslrootcert` out of a connection string (tokio-postgres knows neither
