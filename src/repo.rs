@@ -354,6 +354,25 @@ impl Repository {
         SealedSnapshot::parse(id, &bytes)
     }
 
+    /// Reads only a snapshot's header (a range read of its start): what listing and `latest`
+    /// need, without downloading the manifest.
+    pub async fn read_snapshot_header(&self, id: &str) -> Result<SnapshotHeader> {
+        const PROBE: u64 = 64 * 1024;
+        let key = snapshot_key(id);
+        let size = self
+            .target
+            .size_of(&key)
+            .await?
+            .ok_or_else(|| Error::Missing { object: key.clone(), location: self.target.location().into() })?;
+        let bytes = self.target.get_range(&key, 0..size.min(PROBE)).await?;
+        match parse_header(id, &bytes) {
+            Ok((header, ..)) => Ok(header),
+            // A header longer than the probe (a repository with very many packs).
+            Err(Error::Corrupt { .. }) if size > PROBE => Ok(parse_header(id, &self.target.get(&key).await?)?.0),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Reads every snapshot header, newest last. Damaged snapshots are returned as errors.
     pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
         let mut all = Vec::new();
@@ -370,9 +389,9 @@ impl Repository {
         if selector == "latest" {
             let mut newest: Option<(DateTime<Utc>, String)> = None;
             for id in ids {
-                let snapshot = self.read_snapshot(&id).await?;
-                if newest.as_ref().is_none_or(|(time, _)| snapshot.header.time > *time) {
-                    newest = Some((snapshot.header.time, id));
+                let header = self.read_snapshot_header(&id).await?;
+                if newest.as_ref().is_none_or(|(time, _)| header.time > *time) {
+                    newest = Some((header.time, id));
                 }
             }
             return newest.map(|(_, id)| id).ok_or_else(|| {
@@ -737,6 +756,42 @@ impl Manifest {
     }
 }
 
+/// Parses a snapshot object's first four lines: (header, header line, MAC, where the manifest starts).
+/// `bytes` may stop after the MAC line; the header is checked against its own BLAKE3.
+fn parse_header(id: &str, bytes: &Bytes) -> Result<(SnapshotHeader, Bytes, String, usize)> {
+    let key = snapshot_key(id);
+    let mut lines = Vec::with_capacity(4);
+    let mut start = 0;
+    while lines.len() < 4 {
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| start + p)
+            .ok_or_else(|| Error::corrupt(&key, "truncated snapshot object"))?;
+        lines.push(bytes.slice(start..end));
+        start = end + 1;
+    }
+    let magic = std::str::from_utf8(&lines[0]).unwrap_or("");
+    let Some(version) = magic.strip_prefix(SNAPSHOT_MAGIC).map(str::trim) else {
+        return Err(Error::corrupt(&key, "not a crmvault snapshot"));
+    };
+    let version: u32 = version.parse().map_err(|_| Error::corrupt(&key, "bad version line"))?;
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            what: format!("snapshot {id}"),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if crypto::object_hash(&lines[1]).as_bytes() != &lines[2][..] {
+        return Err(Error::corrupt(&key, "its header does not match the header's BLAKE3"));
+    }
+    let header: SnapshotHeader =
+        serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
+    let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
+    Ok((header, lines[1].clone(), mac, start))
+}
+
 /// A snapshot object as read: header visible, manifest still encrypted.
 #[derive(Debug, Clone)]
 pub struct SealedSnapshot {
@@ -784,40 +839,12 @@ impl SealedManifest {
 impl SealedSnapshot {
     fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
-        let mut lines = Vec::with_capacity(4);
-        let mut start = 0;
-        while lines.len() < 4 {
-            let end = bytes[start..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|p| start + p)
-                .ok_or_else(|| Error::corrupt(&key, "truncated snapshot object"))?;
-            lines.push(bytes.slice(start..end));
-            start = end + 1;
-        }
-        let magic = std::str::from_utf8(&lines[0]).unwrap_or("");
-        let Some(version) = magic.strip_prefix(SNAPSHOT_MAGIC).map(str::trim) else {
-            return Err(Error::corrupt(&key, "not a crmvault snapshot"));
-        };
-        let version: u32 = version.parse().map_err(|_| Error::corrupt(&key, "bad version line"))?;
-        if version != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                what: format!("snapshot {id}"),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if crypto::object_hash(&lines[1]).as_bytes() != &lines[2][..] {
-            return Err(Error::corrupt(&key, "its header does not match the header's BLAKE3"));
-        }
+        let (header, header_line, mac, start) = parse_header(id, bytes)?;
         let manifest_ciphertext = bytes.slice(start..);
         if crypto::object_hash(&manifest_ciphertext) != id {
             return Err(Error::corrupt(&key, "its manifest does not match its name (BLAKE3 mismatch)"));
         }
-        let header: SnapshotHeader =
-            serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
-        let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
-        Ok(SealedSnapshot { id: id.to_string(), header, header_line: lines[1].clone(), mac, manifest_ciphertext })
+        Ok(SealedSnapshot { id: id.to_string(), header, header_line, mac, manifest_ciphertext })
     }
 
     /// Decrypts the manifest and proves it belongs with this header.
@@ -829,5 +856,65 @@ impl SealedSnapshot {
             return Err(Error::corrupt(&key, "its MAC does not match (not written with this repository's key)"));
         }
         decode_json(&key, &compressed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::OpenMode;
+
+    fn empty_manifest() -> Manifest {
+        Manifest {
+            version: FORMAT_VERSION,
+            database: "crm".into(),
+            server_version: "15".into(),
+            hostname: "test".into(),
+            pre_data: StreamManifest::default(),
+            post_data: StreamManifest::default(),
+            tables: vec![],
+            sequences: vec![],
+            materialized_views: vec![],
+            large_objects: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_longer_than_the_probe_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path().join("repo").to_str().unwrap(), OpenMode::Create).unwrap();
+        let admin = crypto::generate_identity();
+        let (repository, _) = Repository::init(
+            target,
+            &[admin.to_public()],
+            &dir.path().join("config"),
+            RepoSecret::generate(),
+            Tuning::default(),
+        )
+        .await
+        .unwrap();
+        let keyring = repository.unlock_as_writer(&dir.path().join("config")).await.unwrap();
+        // 2 000 packs make a header of ~160 KiB, past the 64 KiB first read.
+        let packs = (0..2000u64).map(|i| ObjectRef { id: format!("{i:064x}"), size: i }).collect();
+        let header = SnapshotHeader {
+            version: FORMAT_VERSION,
+            time: Utc::now(),
+            config_hash: repository.config_hash.clone(),
+            total_bytes: 1,
+            added_bytes: 1,
+            packs,
+            indexes: vec![],
+            dictionaries: vec![],
+        };
+        let sealed = SealedManifest::seal(&empty_manifest(), &repository.metadata_recipients());
+        let object = sealed.snapshot_object(&header, &keyring);
+        assert!(object.len() > 128 * 1024);
+        repository.target.put_new(&snapshot_key(&sealed.id), object).await.unwrap();
+
+        let read = repository.read_snapshot_header(&sealed.id).await.unwrap();
+        assert_eq!(read.packs.len(), 2000);
+        assert_eq!(repository.resolve_snapshot("latest").await.unwrap(), sealed.id);
+        let full = repository.read_snapshot(&sealed.id).await.unwrap();
+        assert_eq!(full.open(&keyring).unwrap().database, "crm");
     }
 }

@@ -63,7 +63,7 @@ pub async fn resolve_snapshot(repositories: &[Repository], selector: &str) -> Re
     let mut first_error = None;
     for repository in repositories {
         let resolved = match repository.resolve_snapshot(selector).await {
-            Ok(id) => repository.read_snapshot(&id).await.map(|s| (s.header.time, id)),
+            Ok(id) => repository.read_snapshot_header(&id).await.map(|header| (header.time, id)),
             Err(error) => Err(error),
         };
         match resolved {

@@ -38,50 +38,53 @@ pub struct SnapshotContents {
     pub rows: u64,
 }
 
-/// Lists the snapshots, oldest first.
+/// Lists the snapshots, oldest first. Without a key only headers are read (a range read each).
 pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<Vec<SnapshotSummary>> {
+    let location = repository.target.location().to_string();
     let mut summaries = Vec::new();
-    for entry in repository.snapshots().await? {
-        match entry {
-            Ok(sealed) => {
-                let (contents, error) = match keyring.map(|k| sealed.open(k)) {
+    for id in repository.snapshot_ids().await? {
+        let read = match keyring {
+            None => repository.read_snapshot_header(&id).await.map(|header| (header, None)),
+            Some(keyring) => repository.read_snapshot(&id).await.map(|sealed| {
+                let contents = sealed.open(keyring).map(|manifest| SnapshotContents {
+                    database: manifest.database.clone(),
+                    hostname: manifest.hostname.clone(),
+                    rows: manifest.tables.iter().map(|t| t.rows).sum(),
+                    tables: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
+                });
+                (sealed.header, Some(contents))
+            }),
+        };
+        let summary = match read {
+            Ok((header, contents)) => {
+                let (contents, error) = match contents {
                     None => (None, None),
-                    Some(Ok(manifest)) => (
-                        Some(SnapshotContents {
-                            database: manifest.database.clone(),
-                            hostname: manifest.hostname.clone(),
-                            rows: manifest.tables.iter().map(|t| t.rows).sum(),
-                            tables: manifest
-                                .tables
-                                .iter()
-                                .map(|t| (format!("{}.{}", t.schema, t.name), t.rows))
-                                .collect(),
-                        }),
-                        None,
-                    ),
-                    Some(Err(e)) => (None, Some(e.to_string())),
+                    Some(Ok(contents)) => (Some(contents), None),
+                    Some(Err(error)) => (None, Some(error.to_string())),
                 };
-                summaries.push(SnapshotSummary {
-                    id: sealed.id.clone(),
-                    time: Some(sealed.header.time),
-                    bytes_total: Some(sealed.header.total_bytes),
-                    bytes_added: Some(sealed.header.added_bytes),
+                SnapshotSummary {
+                    id,
+                    time: Some(header.time),
+                    bytes_total: Some(header.total_bytes),
+                    bytes_added: Some(header.added_bytes),
                     contents,
                     error,
-                    targets: vec![repository.target.location().to_string()],
-                });
+                    targets: vec![location.clone()],
+                }
             }
-            Err((id, error)) => summaries.push(SnapshotSummary {
+            Err(error) => SnapshotSummary {
                 id,
                 time: None,
                 bytes_total: None,
                 bytes_added: None,
                 contents: None,
                 error: Some(error.to_string()),
-                targets: vec![repository.target.location().to_string()],
-            }),
-        }
+                targets: vec![location.clone()],
+            },
+        };
+        summaries.push(summary);
     }
+    summaries.sort_by_key(|s| s.time);
     Ok(summaries)
 }
 
