@@ -80,7 +80,7 @@ impl ChunkReader {
 
     /// Fails with `Missing` when no source knows the chunk.
     pub fn locate(&self, id: &ChunkId) -> Result<()> {
-        if self.sources.iter().any(|s| s.index.chunks.contains_key(id)) {
+        if self.sources.iter().any(|s| s.index.contains(id)) {
             return Ok(());
         }
         let locations: Vec<&str> = self.sources.iter().map(|s| s.target.location()).collect();
@@ -91,8 +91,8 @@ impl ChunkReader {
     pub async fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let mut first_error = None;
         for (number, source) in self.sources.iter().enumerate() {
-            let Some((pack, location, _)) = source.index.chunks.get(id) else { continue };
-            match self.read_from(number, pack, *location).await {
+            let Some((entry, location)) = source.index.get(id) else { continue };
+            match self.read_from(number, &entry.pack, entry.dictionary.as_ref(), location).await {
                 Ok(plaintext) => {
                     source.served.fetch_add(1, Ordering::Relaxed);
                     return Ok(plaintext);
@@ -127,8 +127,14 @@ impl ChunkReader {
         }
     }
 
-    async fn read_from(&self, source: usize, pack: &ObjectRef, location: ChunkLocation) -> Result<Vec<u8>> {
-        let dictionary = match self.sources[source].index.packs.get(&pack.id).and_then(|r| r.dictionary.as_ref()) {
+    async fn read_from(
+        &self,
+        source: usize,
+        pack: &ObjectRef,
+        dictionary: Option<&ObjectRef>,
+        location: ChunkLocation,
+    ) -> Result<Vec<u8>> {
+        let dictionary = match dictionary {
             Some(reference) => Some(self.dictionary(source, reference).await?),
             None => None,
         };

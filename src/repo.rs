@@ -11,8 +11,9 @@
 //! `<hash>` is the unkeyed BLAKE3 of the stored bytes, so anyone can check an object's integrity
 //! without a key, and nobody learns anything about the plaintext from its name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -537,24 +538,87 @@ pub struct IndexFile {
     pub packs: Vec<PackRecord>,
 }
 
-/// Where every known chunk is.
+/// One pack a chunk index knows of.
+#[derive(Debug, Clone)]
+pub struct PackEntry {
+    /// The pack.
+    pub pack: ObjectRef,
+    /// The dictionary its chunks need.
+    pub dictionary: Option<ObjectRef>,
+    /// The index object that describes it.
+    pub index_id: Arc<str>,
+}
+
+/// Where a chunk lies, compactly: the pack's number in the index, offset, lengths.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pack: u32,
+    offset: u64,
+    length: u32,
+    raw_length: u32,
+}
+
+/// Where every known chunk is. Kept compact (about 60 bytes a chunk): a backup holds the
+/// index of each target in memory, and a repository holds millions of chunks.
 #[derive(Debug, Default)]
 pub struct ChunkIndex {
-    /// chunk → (pack, location in pack, index object that said so).
-    pub chunks: HashMap<ChunkId, (ObjectRef, ChunkLocation, String)>,
-    /// pack id → its chunks (for verifying a pack whole).
-    pub packs: BTreeMap<String, PackRecord>,
+    chunks: HashMap<ChunkId, Slot>,
+    packs: Vec<PackEntry>,
+    numbers: HashMap<String, u32>,
 }
 
 impl ChunkIndex {
     fn add(&mut self, index_id: &str, file: IndexFile) {
+        let index_id: Arc<str> = Arc::from(index_id);
         for record in file.packs {
+            let number = *self.numbers.entry(record.pack.id.clone()).or_insert_with(|| {
+                self.packs.push(PackEntry {
+                    pack: record.pack.clone(),
+                    dictionary: record.dictionary.clone(),
+                    index_id: index_id.clone(),
+                });
+                u32::try_from(self.packs.len() - 1).expect("fewer than 4 billion packs")
+            });
             for location in &record.chunks {
-                self.chunks
-                    .entry(location.chunk())
-                    .or_insert_with(|| (record.pack.clone(), *location, index_id.to_string()));
+                self.chunks.entry(location.chunk()).or_insert(Slot {
+                    pack: number,
+                    offset: location.offset(),
+                    length: location.length(),
+                    raw_length: location.raw_length(),
+                });
             }
-            self.packs.insert(record.pack.id.clone(), record);
+        }
+    }
+
+    /// Where a chunk is.
+    pub fn get(&self, id: &ChunkId) -> Option<(&PackEntry, ChunkLocation)> {
+        self.chunks.get(id).map(|slot| {
+            (&self.packs[slot.pack as usize], ChunkLocation(*id, slot.offset, slot.length, slot.raw_length))
+        })
+    }
+
+    /// Whether the chunk is known.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.chunks.contains_key(id)
+    }
+
+    /// Every chunk with its pack.
+    pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, &PackEntry)> {
+        self.chunks.iter().map(|(id, slot)| (id, &self.packs[slot.pack as usize]))
+    }
+
+    /// Adds what `other` knows and this does not.
+    pub fn merge(&mut self, other: ChunkIndex) {
+        let mut renumbered = Vec::with_capacity(other.packs.len());
+        for entry in other.packs {
+            let number = *self.numbers.entry(entry.pack.id.clone()).or_insert_with(|| {
+                self.packs.push(entry);
+                u32::try_from(self.packs.len() - 1).expect("fewer than 4 billion packs")
+            });
+            renumbered.push(number);
+        }
+        for (id, slot) in other.chunks {
+            self.chunks.entry(id).or_insert(Slot { pack: renumbered[slot.pack as usize], ..slot });
         }
     }
 }

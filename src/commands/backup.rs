@@ -30,8 +30,8 @@ use crate::compress::{ChunkCompressor, CompressionDictionary};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
-    self, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, PackWriter, Repository, SealedManifest, SnapshotHeader,
-    StreamManifest, TableManifest,
+    self, ChunkIndex, IndexFile, Keyring, Manifest, ObjectRef, PackEntry, PackRecord, PackWriter, Repository,
+    SealedManifest, SnapshotHeader, StreamManifest, TableManifest,
 };
 use crate::source::{self, Database, Section, SnapshotSession, SourceTable};
 
@@ -320,22 +320,32 @@ impl ChunkSink {
     }
 }
 
-/// Where a chunk a target already holds lies: pack, index that says so, dictionary it needs.
-struct Reusable {
-    pack: ObjectRef,
-    index_id: String,
-    dictionary: Option<ObjectRef>,
-}
-
 /// What one target already holds, and what it is doing in this backup.
 struct TargetState<'a> {
     repository: &'a Repository,
-    reusable: HashMap<ChunkId, Reusable>,
+    /// Every chunk the target's indexes know of.
+    index: ChunkIndex,
+    /// Packs present in storage, with their sizes.
+    present_packs: HashMap<String, u64>,
     index_sizes: HashMap<String, u64>,
     error: Option<String>,
 }
 
 impl<'a> TargetState<'a> {
+    /// Where a chunk the target holds lies, when its pack is present with the right size.
+    fn reusable(&self, id: &ChunkId) -> Option<&PackEntry> {
+        self.index.get(id).map(|(entry, _)| entry).filter(|entry| self.is_present(entry))
+    }
+
+    fn is_present(&self, entry: &PackEntry) -> bool {
+        self.present_packs.get(&entry.pack.id) == Some(&entry.pack.size)
+    }
+
+    /// The chunks the target holds (in present packs).
+    fn known_chunks(&self) -> HashSet<ChunkId> {
+        self.index.iter().filter(|(_, entry)| self.is_present(entry)).map(|(id, _)| *id).collect()
+    }
+
     /// Learns which chunks a target holds: those whose pack is present with the right size.
     async fn survey(repository: &'a Repository, keyring: &Keyring) -> Result<TargetState<'a>> {
         let index = repository.load_index(keyring, None).await?;
@@ -353,22 +363,14 @@ impl<'a> TargetState<'a> {
             .into_iter()
             .filter_map(|(key, size)| key.strip_prefix("index/").map(|id| (id.to_string(), size)))
             .collect();
-        let reusable = index
-            .chunks
-            .iter()
-            .filter(|(_, (pack, _, _))| present_packs.get(&pack.id) == Some(&pack.size))
-            .map(|(id, (pack, _, index_id))| {
-                let dictionary = index.packs.get(&pack.id).and_then(|record| record.dictionary.clone());
-                (*id, Reusable { pack: pack.clone(), index_id: index_id.clone(), dictionary })
-            })
-            .collect();
-        Ok(TargetState { repository, reusable, index_sizes, error: None })
+        Ok(TargetState { repository, index, present_packs, index_sizes, error: None })
     }
 
     fn failed(repository: &'a Repository, error: &Error) -> TargetState<'a> {
         TargetState {
             repository,
-            reusable: HashMap::new(),
+            index: ChunkIndex::default(),
+            present_packs: HashMap::new(),
             index_sizes: HashMap::new(),
             error: Some(error.to_string()),
         }
@@ -431,7 +433,7 @@ pub async fn run(
             ))
         }));
         sinks.push(TargetSink {
-            known: Mutex::new(state.reusable.keys().copied().collect()),
+            known: Mutex::new(state.known_chunks()),
             packs: sender,
             alive: AtomicBool::new(alive),
         });
@@ -575,13 +577,13 @@ async fn commit(
             packs.insert(pack.clone());
             indexes.insert(index.clone());
             dictionaries.extend(dictionary.clone());
-        } else if let Some(reusable) = state.reusable.get(id) {
-            let size = *state.index_sizes.get(&reusable.index_id).ok_or_else(|| Error::Missing {
+        } else if let Some(reusable) = state.reusable(id) {
+            let size = *state.index_sizes.get(&*reusable.index_id).ok_or_else(|| Error::Missing {
                 object: repo::index_key(&reusable.index_id),
                 location: repository.target.location().into(),
             })?;
             packs.insert(reusable.pack.clone());
-            indexes.insert(ObjectRef { id: reusable.index_id.clone(), size });
+            indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
             dictionaries.extend(reusable.dictionary.clone());
         } else {
             return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));

@@ -166,11 +166,11 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
         };
         let packs: BTreeSet<&String> = sealed.header.packs.iter().map(|p| &p.id).collect();
         for id in manifest.all_chunks() {
-            match snapshot_index.chunks.get(id) {
-                Some((pack, _, _)) if packs.contains(&pack.id) => {
+            match snapshot_index.get(id).map(|(entry, _)| &entry.pack) {
+                Some(pack) if packs.contains(&pack.id) => {
                     needed_chunks.entry(pack.id.clone()).or_default().insert(*id);
                 }
-                Some((pack, _, _)) => report.problems.push(problem(
+                Some(pack) => report.problems.push(problem(
                     &repo::pack_key(&pack.id),
                     vec![sealed.id.clone()],
                     format!("holds chunk {id} but the snapshot does not list it"),
@@ -182,10 +182,7 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
                 )),
             }
         }
-        for (id, entry) in snapshot_index.chunks {
-            index.chunks.entry(id).or_insert(entry);
-        }
-        index.packs.extend(snapshot_index.packs);
+        index.merge(snapshot_index);
     }
 
     if depth == Depth::ReadData {
