@@ -480,9 +480,12 @@ fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8]) ->
     serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(object, format!("bad JSON: {e}")))
 }
 
+/// JSON straight into zstd: the uncompressed JSON of a large index or manifest (hex chunk ids,
+/// tens of MiB at a few GiB of data) is never held whole.
 fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
-    let json = serde_json::to_vec(value).expect("serialisable");
-    zstd::bulk::compress(&json, 3).expect("zstd compresses in memory")
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).expect("zstd level 3 is valid");
+    serde_json::to_writer(&mut encoder, value).expect("serialising to memory cannot fail");
+    encoder.finish().expect("writing to memory cannot fail")
 }
 
 /// A stored object referenced by a snapshot: its id (hash) and size.
