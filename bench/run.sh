@@ -102,27 +102,23 @@ full_id=$(sed -n 's/.*"snapshot_id": "\([0-9a-f]*\)".*/\1/p' "$work/full.json")
 measure crmvault_restore "$crmvault" restore --repo "$work/repo" --identity "$work/admin.key" --db "$server/$restored" "$full_id"
 sql postgres "DROP DATABASE $restored WITH (FORCE)"
 
-echo "== a CRM day" >&2
-psql -X -q -v ON_ERROR_STOP=1 -d "$server/$db" -f bench/crm_day.sql >/dev/null
-if [ "$have_restic" = yes ]; then
-    before=$(size_of "$work/restic")
-    measure restic_day bash -c "pg_dump -Fp -d '$server/$db' | restic backup -q --stdin --stdin-filename crm.sql"
-    restic_day=$(( $(size_of "$work/restic") - before ))
-fi
-before=$(repo_size)
-measure crmvault_day "$crmvault" backup --json --db "$server/$db" --repo "$work/repo" >"$work/day.json"
-crmvault_day=$(( $(repo_size) - before ))
-
-echo "== uniform churn" >&2
-psql -X -q -v ON_ERROR_STOP=1 -d "$server/$db" -f bench/uniform_churn.sql >/dev/null
-if [ "$have_restic" = yes ]; then
-    before=$(size_of "$work/restic")
-    measure restic_churn bash -c "pg_dump -Fp -d '$server/$db' | restic backup -q --stdin --stdin-filename crm.sql"
-    restic_churn=$(( $(size_of "$work/restic") - before ))
-fi
-before=$(repo_size)
-measure crmvault_churn "$crmvault" backup --json --db "$server/$db" --repo "$work/repo" >"$work/churn.json"
-crmvault_churn=$(( $(repo_size) - before ))
+# after NAME SCRIPT: apply a change script, then back up with restic and crmvault; sets
+# restic_NAME and crmvault_NAME to the bytes each added.
+after() {
+    local name=$1 script=$2 before
+    echo "== $name ($script)" >&2
+    psql -X -q -v ON_ERROR_STOP=1 -d "$server/$db" -f "$script" >/dev/null
+    if [ "$have_restic" = yes ]; then
+        before=$(size_of "$work/restic")
+        measure "restic_$name" bash -c "pg_dump -Fp -d '$server/$db' | restic backup -q --stdin --stdin-filename crm.sql"
+        printf -v "restic_$name" '%s' $(( $(size_of "$work/restic") - before ))
+    fi
+    before=$(repo_size)
+    measure "crmvault_$name" "$crmvault" backup --json --db "$server/$db" --repo "$work/repo" >"$work/$name.json"
+    printf -v "crmvault_$name" '%s' $(( $(repo_size) - before ))
+}
+after day bench/crm_day.sql
+after churn bench/uniform_churn.sql
 
 # Report.
 floor=$(seconds_of copy_floor)
