@@ -39,11 +39,7 @@ fn count_files(dir: &Path) -> usize {
 fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
     let source = TestDb::create("crash");
     source.load_file(&fixture("examples/crm.sql"));
-    // Enough poorly compressible data for several packs.
-    source.sql(
-        "CREATE TABLE public.filler (id bigint PRIMARY KEY, body text); \
-         INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text) FROM generate_series(1, 300000) i",
-    );
+    source.add_filler();
     let work = Workspace::new();
     let repo = work.init_repo("repo");
     let repo_path = Path::new(&repo).to_path_buf();
@@ -86,10 +82,7 @@ fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
 #[test]
 fn a_killed_restore_leaves_the_target_empty() {
     let source = TestDb::create("crash_restore");
-    source.sql(
-        "CREATE TABLE public.filler (id bigint PRIMARY KEY, body text); \
-         INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) FROM generate_series(1, 300000) i",
-    );
+    source.add_filler();
     let work = Workspace::new();
     let repo = work.init_repo("repo");
     work.backup(&source, &repo);

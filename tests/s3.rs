@@ -136,10 +136,7 @@ fn a_target_that_fails_midway_gets_no_snapshot_and_the_next_backup_completes_it(
     }
     let source = TestDb::create("s3_midway");
     source.load_file(&fixture("examples/crm.sql"));
-    source.sql(
-        "CREATE TABLE public.filler (id bigint PRIMARY KEY, body text); \
-         INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text) FROM generate_series(1, 300000) i",
-    );
+    source.add_filler();
     let work = Workspace::new();
     let (local, bucket) = init_folder_and_bucket(&work, &server);
 

@@ -188,13 +188,13 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
     if depth == Depth::ReadData {
         let index = Arc::new(index);
         let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), index.clone(), 2);
+        let users: BTreeMap<&str, &Vec<String>> = referenced.iter().map(|((key, _), s)| (key.as_str(), s)).collect();
         for (pack_id, chunks) in &needed_chunks {
             if damaged.contains(pack_id) {
                 continue;
             }
             let key = repo::pack_key(pack_id);
-            let users: Vec<String> =
-                referenced.iter().filter(|((k, _), _)| *k == key).flat_map(|(_, s)| s.clone()).collect();
+            let users: Vec<String> = users.get(key.as_str()).map(|s| (*s).clone()).unwrap_or_default();
             for id in chunks {
                 match reader.read(id).await {
                     Ok(_) => report.chunks += 1,

@@ -31,6 +31,16 @@ impl TestDb {
         format!("{}/{}", server_url(), self.name)
     }
 
+    /// Adds `public.filler`: about 30 MiB of poorly compressible rows, several packs' worth,
+    /// so that a backup or restore lasts long enough to be interrupted.
+    pub fn add_filler(&self) {
+        self.sql(
+            "CREATE TABLE public.filler (id bigint PRIMARY KEY, body text); \
+             INSERT INTO public.filler SELECT i, md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text) \
+             FROM generate_series(1, 300000) i",
+        );
+    }
+
     pub fn sql(&self, sql: &str) -> String {
         psql(&self.name, sql)
     }
