@@ -21,7 +21,7 @@ pub enum Error {
         what: String,
     },
     /// The repository was written by a format this build does not understand.
-    #[error("{what} uses repository format {found}, this crmvault reads format {supported}; upgrade crmvault")]
+    #[error("{what} uses repository format {found}, this crmvault reads format {supported}; {advice}")]
     UnsupportedFormat {
         /// Which object.
         what: String,
@@ -29,6 +29,8 @@ pub enum Error {
         found: u32,
         /// The version this build reads.
         supported: u32,
+        /// What to do about it.
+        advice: &'static str,
     },
     /// An object's bytes do not match what refers to them.
     #[error("{object} is corrupt or was tampered with: {detail}")]
@@ -149,4 +151,14 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
         source = inner.source();
     }
     message
+}
+
+/// What to tell someone whose repository has another format version than `supported`.
+pub(crate) fn format_advice(found: u32, supported: u32) -> &'static str {
+    if found > supported {
+        "upgrade crmvault"
+    } else {
+        "format 1 was a development format before the first release, which no crmvault release reads: \
+         back the database up into a new repository"
+    }
 }

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
 /// The repository format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The config object's key.
 pub const CONFIG_KEY: &str = "config";
 const SNAPSHOT_MAGIC: &str = "crmvault-snapshot";
@@ -266,6 +266,7 @@ impl Repository {
                 what: format!("repository {}", target.location()),
                 found: u32::try_from(version).unwrap_or(u32::MAX),
                 supported: FORMAT_VERSION,
+                advice: crate::error::format_advice(u32::try_from(version).unwrap_or(u32::MAX), FORMAT_VERSION),
             });
         }
         let config: RepoConfig = serde_json::from_value(value)
@@ -748,14 +749,53 @@ pub struct SnapshotHeader {
 }
 
 /// One stream of bytes (a table's COPY data, or a schema section), as chunks.
+///
+/// The list of its chunk ids is itself stored as chunks ("list chunks", data like any other),
+/// cut where an id's last byte is a multiple of [`LIST_CUT`]: unchanged runs of chunks give
+/// unchanged list chunks, so a snapshot stores only the parts of its lists that changed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StreamManifest {
     /// Plaintext length.
     pub bytes: u64,
     /// Keyed BLAKE3 of the whole plaintext (hex).
     pub digest: String,
-    /// Its chunks, in order.
+    /// The list chunks holding `chunks`, in order.
+    pub lists: Vec<ChunkId>,
+    /// Its chunks, in order: filled by the backup, or by [`crate::fetch::expand_lists`].
+    #[serde(skip)]
     pub chunks: Vec<ChunkId>,
+}
+
+/// A list chunk ends after an id whose last byte is a multiple of this (16 ids on average).
+pub const LIST_CUT: u8 = 16;
+/// A list chunk holds at least this many ids (unless it is a stream's last) ...
+const LIST_MIN: usize = 4;
+/// ... and at most this many.
+const LIST_MAX: usize = 64;
+
+/// Cuts a stream's chunk ids into list chunks (each the concatenation of its 32-byte ids).
+pub fn split_list(ids: &[ChunkId]) -> Vec<Vec<u8>> {
+    let mut lists = Vec::new();
+    let mut current = Vec::new();
+    for id in ids {
+        current.extend_from_slice(&id.0);
+        let held = current.len() / 32;
+        if (held >= LIST_MIN && id.0[31] % LIST_CUT == 0) || held >= LIST_MAX {
+            lists.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        lists.push(current);
+    }
+    lists
+}
+
+/// The ids a list chunk holds.
+pub fn parse_list(object: &str, bytes: &[u8]) -> Result<Vec<ChunkId>> {
+    if bytes.len() % 32 != 0 || bytes.is_empty() {
+        return Err(Error::corrupt(object, "is not a list of chunk ids"));
+    }
+    Ok(bytes.chunks_exact(32).map(|id| ChunkId(id.try_into().expect("chunks_exact gives 32 bytes"))).collect())
 }
 
 /// One table's data.
@@ -812,14 +852,28 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Every chunk it references.
+    /// Every stream: schema sections, tables, large objects.
+    pub fn streams(&self) -> impl Iterator<Item = &StreamManifest> {
+        [&self.pre_data, &self.post_data]
+            .into_iter()
+            .chain(self.tables.iter().chain(self.large_objects.iter()).map(|t| &t.data))
+    }
+
+    /// The same, to fill in.
+    pub fn streams_mut(&mut self) -> impl Iterator<Item = &mut StreamManifest> {
+        [&mut self.pre_data, &mut self.post_data]
+            .into_iter()
+            .chain(self.tables.iter_mut().chain(self.large_objects.iter_mut()).map(|t| &mut t.data))
+    }
+
+    /// Every list chunk it references.
+    pub fn list_chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.streams().flat_map(|s| s.lists.iter())
+    }
+
+    /// Every chunk it references: list chunks, and data chunks once the lists are expanded.
     pub fn all_chunks(&self) -> impl Iterator<Item = &ChunkId> {
-        self.tables
-            .iter()
-            .chain(self.large_objects.iter())
-            .flat_map(|t| t.data.chunks.iter())
-            .chain(self.pre_data.chunks.iter())
-            .chain(self.post_data.chunks.iter())
+        self.list_chunks().chain(self.streams().flat_map(|s| s.chunks.iter()))
     }
 }
 
@@ -848,6 +902,7 @@ fn parse_header(id: &str, bytes: &Bytes) -> Result<(SnapshotHeader, Bytes, Strin
             what: format!("snapshot {id}"),
             found: version,
             supported: FORMAT_VERSION,
+            advice: crate::error::format_advice(version, FORMAT_VERSION),
         });
     }
     if crypto::object_hash(&lines[1]).as_bytes() != &lines[2][..] {
@@ -930,6 +985,31 @@ impl SealedSnapshot {
 mod tests {
     use super::*;
     use crate::target::OpenMode;
+
+    fn ids(range: std::ops::Range<u32>) -> Vec<ChunkId> {
+        range.map(|n| ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())).collect()
+    }
+
+    #[test]
+    fn list_chunks_round_trip_and_change_only_where_the_list_changes() {
+        let before = ids(0..5000);
+        let lists = split_list(&before);
+        let parsed: Vec<ChunkId> = lists.iter().flat_map(|list| parse_list("list", list).unwrap()).collect();
+        assert_eq!(parsed, before);
+        let counts: Vec<usize> = lists.iter().map(|list| list.len() / 32).collect();
+        assert!(counts[..counts.len() - 1].iter().all(|&n| (LIST_MIN..=LIST_MAX).contains(&n)), "{counts:?}");
+        let average = before.len() / lists.len();
+        assert!((10..=24).contains(&average), "{average} ids per list chunk");
+        // One id replaced in the middle: one or two list chunks differ, the rest are shared.
+        let mut after = before.clone();
+        after[2500] = ids(9000..9001)[0];
+        let new: std::collections::HashSet<Vec<u8>> = split_list(&after).into_iter().collect();
+        let changed = new.iter().filter(|list| !lists.contains(list)).count();
+        assert!((1..=2).contains(&changed), "{changed} list chunks changed");
+        // Not a list: refused.
+        assert!(parse_list("list", &[0u8; 33]).is_err());
+        assert!(parse_list("list", &[]).is_err());
+    }
 
     fn empty_manifest() -> Manifest {
         Manifest {

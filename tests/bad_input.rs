@@ -78,17 +78,20 @@ fn repository_mistakes_are_explained() {
     let other_host = Workspace::new();
     let db = TestDb::create("nowriter");
     one_clear_line(other_host.run(&["backup", "--db", &db.url(), "--repo", &repo]), 1, "no writer key for repository");
-    // A repository from the future.
-    let future = work.path("future");
-    std::fs::create_dir_all(&future).unwrap();
-    let config =
-        std::fs::read_to_string(work.path("repo/config")).unwrap().replace("\"version\": 1", "\"version\": 99");
-    std::fs::write(future.join("config"), config).unwrap();
-    one_clear_line(
-        work.run(&["snapshots", "--repo", future.to_str().unwrap()]),
-        1,
-        "uses repository format 99, this crmvault reads format 1",
-    );
+    // A repository from the future, and one of format 1 (before list chunks): refused, with
+    // what to do.
+    for (version, expected) in [
+        (99, "uses repository format 99, this crmvault reads format 2; upgrade crmvault"),
+        (1, "uses repository format 1, this crmvault reads format 2; format 1 was a development format"),
+    ] {
+        let other = work.path(&format!("format-{version}"));
+        std::fs::create_dir_all(&other).unwrap();
+        let config = std::fs::read_to_string(work.path("repo/config")).unwrap();
+        assert!(config.contains("\"version\": 2"), "{config}");
+        std::fs::write(other.join("config"), config.replace("\"version\": 2", &format!("\"version\": {version}")))
+            .unwrap();
+        one_clear_line(work.run(&["snapshots", "--repo", other.to_str().unwrap()]), 1, expected);
+    }
 }
 
 #[test]

@@ -58,7 +58,7 @@ enum Command {
         #[arg(long, value_name = "REPO", conflicts_with_all = ["recipients", "recipients_file"])]
         copy_from: Option<String>,
         /// Average chunk size in bytes (advanced; smaller dedups scattered updates better).
-        #[arg(long, default_value_t = 16 * 1024, hide_short_help = true)]
+        #[arg(long, default_value_t = 8 * 1024, hide_short_help = true)]
         chunk_size: usize,
         /// zstd level for chunks (advanced).
         #[arg(long, default_value_t = 3, hide_short_help = true)]

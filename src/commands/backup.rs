@@ -129,6 +129,12 @@ struct EncoderContext {
     mac_key: MacKey,
     targets: Arc<Vec<TargetSink>>,
     compressor: crossbeam_channel::Sender<RawChunk>,
+    /// zstd level of the repository.
+    level: i32,
+    /// Who may read data (dictionaries are data).
+    recipients: Arc<Vec<age::x25519::Recipient>>,
+    /// Every dictionary this backup trained.
+    dictionaries: Arc<Mutex<Vec<Arc<TrainedDictionary>>>>,
 }
 
 /// A chunk some target lacks, on its way to a compressor.
@@ -137,6 +143,8 @@ struct RawChunk {
     plaintext: Vec<u8>,
     /// Indexes (into `EncoderContext::targets`) of the targets that lack it.
     lacking: Vec<usize>,
+    /// Its table's dictionary, when the table trained one.
+    dictionary: Option<Arc<TrainedDictionary>>,
 }
 
 /// A dictionary this backup trained, encrypted once for every target.
@@ -146,89 +154,53 @@ struct TrainedDictionary {
     compression: Arc<CompressionDictionary>,
 }
 
-/// Bytes of the first new chunks a dictionary is trained on before anything is compressed.
-const TRAINING_BYTES: usize = 2 << 20;
+/// Bytes of a table's first new chunks its dictionary is trained on before any is compressed.
+const TRAINING_BYTES: usize = 4 << 20;
 
 /// Compression runs on its own threads, one per core, fed by every table's encoder: a big
 /// table's chunker is then never waiting on zstd, and zstd uses every core while it can.
-/// A dispatcher holds back the first new chunks, trains a dictionary on them, then lets all
-/// chunks through.
 struct Compressors {
     threads: Vec<std::thread::JoinHandle<()>>,
     compressed_chunks: Arc<std::sync::atomic::AtomicUsize>,
-    dictionary: Arc<std::sync::OnceLock<Option<Arc<TrainedDictionary>>>>,
 }
 
 impl Compressors {
-    fn start(
-        level: i32,
-        targets: &Arc<Vec<TargetSink>>,
-        recipients: Vec<age::x25519::Recipient>,
-    ) -> (Compressors, crossbeam_channel::Sender<RawChunk>) {
-        let (sender, receiver) = crossbeam_channel::bounded::<RawChunk>(64);
-        let (work_sender, work) = crossbeam_channel::bounded::<RawChunk>(64);
+    fn start(level: i32, targets: &Arc<Vec<TargetSink>>) -> (Compressors, crossbeam_channel::Sender<RawChunk>) {
+        let (sender, work) = crossbeam_channel::bounded::<RawChunk>(64);
         let compressed_chunks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let dictionary = Arc::new(std::sync::OnceLock::new());
-        let mut threads = Vec::new();
-        let decided = dictionary.clone();
-        threads.push(std::thread::spawn(move || {
-            let mut held = Vec::new();
-            let mut held_bytes = 0;
-            for raw in receiver {
-                if decided.get().is_some() {
-                    let _ = work_sender.send(raw);
-                    continue;
-                }
-                held_bytes += raw.plaintext.len();
-                held.push(raw);
-                if held_bytes >= TRAINING_BYTES {
-                    let _ = decided.set(train_dictionary(&held, level, &recipients));
-                    held.drain(..).for_each(|raw| drop(work_sender.send(raw)));
-                }
-            }
-            if decided.get().is_none() {
-                let _ = decided.set(train_dictionary(&held, level, &recipients));
-                held.drain(..).for_each(|raw| drop(work_sender.send(raw)));
-            }
-        }));
         let count = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        for _ in 0..count {
-            let (work, targets, compressed_chunks, dictionary) =
-                (work.clone(), targets.clone(), compressed_chunks.clone(), dictionary.clone());
-            threads.push(std::thread::spawn(move || {
-                let mut compressor: Option<(ChunkCompressor, Option<ObjectRef>)> = None;
-                for raw in work {
-                    // Work flows only once the dictionary is decided.
-                    let (zstd, reference) = compressor.get_or_insert_with(|| {
-                        let trained = dictionary.get().cloned().flatten();
-                        let reference = trained.as_ref().map(|t| t.reference.clone());
-                        (ChunkCompressor::new(level, trained.map(|t| t.compression.clone())), reference)
-                    });
-                    let compressed = zstd.compress(&raw.plaintext);
-                    compressed_chunks.fetch_add(1, Ordering::Relaxed);
-                    let chunk = Arc::new(NewChunk {
-                        id: raw.id,
-                        compressed,
-                        raw_length: raw.plaintext.len(),
-                        dictionary: reference.clone(),
-                    });
-                    for index in raw.lacking {
-                        let target = &targets[index];
-                        // A closed channel means that target's writer failed; the others go on.
-                        if target.packs.blocking_send(chunk.clone()).is_err() {
-                            target.alive.store(false, Ordering::Relaxed);
+        let threads = (0..count)
+            .map(|_| {
+                let (work, targets, compressed_chunks) = (work.clone(), targets.clone(), compressed_chunks.clone());
+                std::thread::spawn(move || {
+                    let mut zstd = ChunkCompressor::new(level);
+                    for raw in work {
+                        let dictionary = raw.dictionary.as_deref();
+                        let compressed = zstd.compress(&raw.plaintext, dictionary.map(|d| &*d.compression));
+                        compressed_chunks.fetch_add(1, Ordering::Relaxed);
+                        let chunk = Arc::new(NewChunk {
+                            id: raw.id,
+                            compressed,
+                            raw_length: raw.plaintext.len(),
+                            dictionary: dictionary.map(|d| d.reference.clone()),
+                        });
+                        for index in raw.lacking {
+                            let target = &targets[index];
+                            // A closed channel means that target's writer failed; the others go on.
+                            if target.packs.blocking_send(chunk.clone()).is_err() {
+                                target.alive.store(false, Ordering::Relaxed);
+                            }
                         }
                     }
-                }
-            }));
-        }
-        (Compressors { threads, compressed_chunks, dictionary }, sender)
+                })
+            })
+            .collect();
+        (Compressors { threads, compressed_chunks }, sender)
     }
 
-    /// Waits for the queue to drain (every sender dropped): the chunks compressed, and the
-    /// dictionary they used.
-    async fn finish(self) -> (usize, Option<Arc<TrainedDictionary>>) {
-        let Compressors { threads, compressed_chunks, dictionary } = self;
+    /// Waits for the queue to drain (every sender dropped): the number of chunks compressed.
+    async fn finish(self) -> usize {
+        let Compressors { threads, compressed_chunks } = self;
         tokio::task::spawn_blocking(move || {
             for thread in threads {
                 thread.join().expect("compressors do not panic");
@@ -236,22 +208,28 @@ impl Compressors {
         })
         .await
         .expect("joining compressors does not panic");
-        (compressed_chunks.load(Ordering::Relaxed), dictionary.get().cloned().flatten())
+        compressed_chunks.load(Ordering::Relaxed)
     }
 }
 
-/// Trains this backup's dictionary on the chunks held back, and encrypts it for the admins.
+/// Trains a table's dictionary on the chunks held back, and encrypts it for the admins.
 fn train_dictionary(
     samples: &[RawChunk],
     level: i32,
     recipients: &[age::x25519::Recipient],
 ) -> Option<Arc<TrainedDictionary>> {
     let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
-    let bytes = crate::compress::train(&samples)?;
+    let bytes = crate::compress::train(&samples, level)?;
     let compression = Arc::new(CompressionDictionary::new(&bytes, level)?);
     let ciphertext = crate::crypto::encrypt(recipients, &bytes);
     let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
     Some(Arc::new(TrainedDictionary { reference, ciphertext: Bytes::from(ciphertext), compression }))
+}
+
+/// A stream's dictionary: not decided yet (new chunks are held back), or decided.
+enum Dictionary {
+    Undecided,
+    Decided(Option<Arc<TrainedDictionary>>),
 }
 
 /// Turns one byte stream into chunks, storing the new ones. Runs on a blocking thread.
@@ -261,19 +239,23 @@ struct StreamEncoder {
 }
 
 /// Where an encoder's chunks go: named, deduplicated, compressed, sent to the pack writer.
+///
+/// A stream's first new chunks are held back until there are enough to train the stream's
+/// own dictionary (tables differ too much for one to serve all), then all go out with it.
 struct ChunkSink {
     context: EncoderContext,
     digest: blake3::Hasher,
     manifest: StreamManifest,
     rows: u64,
+    /// Whether the stream's dictionary is decided, and which.
+    dictionary: Dictionary,
+    held: Vec<RawChunk>,
+    held_bytes: usize,
 }
 
 impl StreamEncoder {
     fn new(context: EncoderContext) -> Self {
-        StreamEncoder {
-            chunker: Chunker::new(&context.seed, context.params),
-            sink: ChunkSink { digest: context.mac_key.hasher(), manifest: StreamManifest::default(), rows: 0, context },
-        }
+        StreamEncoder { chunker: Chunker::new(&context.seed, context.params), sink: ChunkSink::new(context) }
     }
 
     fn push(&mut self, data: &[u8]) -> Result<()> {
@@ -288,6 +270,7 @@ impl StreamEncoder {
     fn finish(self) -> Result<(StreamManifest, u64)> {
         let StreamEncoder { chunker, mut sink } = self;
         chunker.finish(&mut |chunk| sink.store(chunk));
+        sink.decide_dictionary();
         sink.check()?;
         sink.manifest.digest = sink.digest.finalize().to_hex().to_string();
         Ok((sink.manifest, sink.rows))
@@ -295,6 +278,18 @@ impl StreamEncoder {
 }
 
 impl ChunkSink {
+    fn new(context: EncoderContext) -> Self {
+        ChunkSink {
+            digest: context.mac_key.hasher(),
+            manifest: StreamManifest::default(),
+            rows: 0,
+            dictionary: Dictionary::Undecided,
+            held: Vec::new(),
+            held_bytes: 0,
+            context,
+        }
+    }
+
     fn store(&mut self, chunk: Vec<u8>) {
         let id = self.context.chunk_id_key.id_of(&chunk);
         self.manifest.chunks.push(id);
@@ -308,8 +303,44 @@ impl ChunkSink {
         if lacking.is_empty() {
             return;
         }
+        let raw = RawChunk { id, plaintext: chunk, lacking, dictionary: None };
+        if let Dictionary::Decided(dictionary) = &self.dictionary {
+            self.send(RawChunk { dictionary: dictionary.clone(), ..raw });
+        } else {
+            self.held_bytes += raw.plaintext.len();
+            self.held.push(raw);
+            if self.held_bytes >= TRAINING_BYTES {
+                self.decide_dictionary();
+            }
+        }
+    }
+
+    /// Trains the stream's dictionary on the chunks held so far (none when they are too few),
+    /// and lets them go.
+    fn decide_dictionary(&mut self) {
+        if let Dictionary::Decided(_) = self.dictionary {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let trained = train_dictionary(&self.held, self.context.level, &self.context.recipients);
+        if let Some(trained) = &trained {
+            tracing::debug!(
+                bytes = trained.reference.size,
+                samples = self.held_bytes,
+                seconds = started.elapsed().as_secs_f32(),
+                "dictionary trained"
+            );
+            self.context.dictionaries.lock().expect("dictionary list lock is never poisoned").push(trained.clone());
+        }
+        for raw in std::mem::take(&mut self.held) {
+            self.send(RawChunk { dictionary: trained.clone(), ..raw });
+        }
+        self.dictionary = Dictionary::Decided(trained);
+    }
+
+    fn send(&self, raw: RawChunk) {
         // Only fails when every compressor is gone, which `check` reports.
-        let _ = self.context.compressor.send(RawChunk { id, plaintext: chunk, lacking });
+        let _ = self.context.compressor.send(raw);
     }
 
     fn check(&self) -> Result<()> {
@@ -439,8 +470,8 @@ pub async fn run(
         });
     }
     let targets = Arc::new(sinks);
-    let (compressors, compressor) =
-        Compressors::start(first.config.compression_level, &targets, first.data_recipients());
+    let (compressors, compressor) = Compressors::start(first.config.compression_level, &targets);
+    let dictionaries = Arc::new(Mutex::new(Vec::new()));
     let context = EncoderContext {
         seed: keyring.chunker_seed(),
         params: first.config.chunking,
@@ -448,12 +479,19 @@ pub async fn run(
         mac_key: keyring.mac_key(),
         targets,
         compressor,
+        level: first.config.compression_level,
+        recipients: Arc::new(first.data_recipients()),
+        dictionaries: dictionaries.clone(),
     };
 
-    let read = read_everything(&session, &pg_dump, options, tables, &context, &progress).await;
+    let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
+        Ok(read) => store_lists(&context, read).await,
+        Err(error) => Err(error),
+    };
     drop(context);
     // The compressors finish the queue, then drop their pack senders, closing the writers' input.
-    let (compressed_chunks, dictionary) = compressors.finish().await;
+    let compressed_chunks = compressors.finish().await;
+    let dictionaries = std::mem::take(&mut *dictionaries.lock().expect("dictionary list lock is never poisoned"));
     // Closing the snapshot transaction: every reader has finished.
     let _ = session.client.batch_execute("COMMIT").await;
     let mut written = Vec::new();
@@ -483,7 +521,7 @@ pub async fn run(
     for (state, written) in states.iter_mut().zip(written) {
         let outcome = match (written, &state.error) {
             (Some(Ok(packs)), None) => {
-                commit(state, packs, &manifest, &sealed, dictionary.as_deref(), keyring, session.time).await
+                commit(state, packs, &manifest, &sealed, &dictionaries, keyring, session.time).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -539,14 +577,14 @@ async fn commit(
     (new_packs, pack_bytes): (Vec<PackRecord>, u64),
     manifest: &Manifest,
     sealed: &SealedManifest,
-    dictionary: Option<&TrainedDictionary>,
+    dictionaries: &[Arc<TrainedDictionary>],
     keyring: &Keyring,
     time: chrono::DateTime<chrono::Utc>,
 ) -> Result<TargetReport> {
     let repository = state.repository;
     let mut bytes_added = pack_bytes;
-    // The dictionary its new packs need goes in before the index that names it.
-    if let Some(trained) = dictionary.filter(|d| new_packs.iter().any(|p| p.dictionary.as_ref() == Some(&d.reference)))
+    // The dictionaries its new packs need go in before the index that names them.
+    for trained in dictionaries.iter().filter(|d| new_packs.iter().any(|p| p.dictionary.as_ref() == Some(&d.reference)))
     {
         let key = repo::dictionary_key(&trained.reference.id);
         if repository.target.put_new(&key, trained.ciphertext.clone()).await? == crate::target::PutOutcome::Written {
@@ -555,15 +593,16 @@ async fn commit(
     }
     // The index of the new packs goes in before the snapshot that needs it.
     let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
-    let new_locations: HashMap<ChunkId, (ObjectRef, Option<ObjectRef>)> = new_packs
+    // Which new pack holds each new chunk (a number, not a copy of the pack's name: a full
+    // backup has hundreds of thousands of chunks).
+    let new_locations: HashMap<ChunkId, usize> = new_packs
         .iter()
-        .flat_map(|record| {
-            record.chunks.iter().map(|location| (location.chunk(), (record.pack.clone(), record.dictionary.clone())))
-        })
+        .enumerate()
+        .flat_map(|(number, record)| record.chunks.iter().map(move |location| (location.chunk(), number)))
         .collect();
     let mut new_index = None;
-    if !new_packs.is_empty() {
-        let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
+    let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
+    if !file.packs.is_empty() {
         let (key, reference, bytes) = repo::seal_index(&file, &repository.metadata_recipients());
         repository.target.put_new(&key, bytes).await?;
         bytes_added += reference.size;
@@ -572,19 +611,23 @@ async fn commit(
     let mut packs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
     let mut dictionaries = BTreeSet::new();
-    for id in manifest.all_chunks() {
-        if let (Some((pack, dictionary)), Some(index)) = (new_locations.get(id), &new_index) {
+    let mut insert = |pack: &ObjectRef, index: ObjectRef, dictionary: Option<&ObjectRef>| {
+        if !packs.contains(pack) {
             packs.insert(pack.clone());
-            indexes.insert(index.clone());
-            dictionaries.extend(dictionary.clone());
+            indexes.insert(index);
+            dictionaries.extend(dictionary.cloned());
+        }
+    };
+    for id in manifest.all_chunks() {
+        if let (Some(&number), Some(index)) = (new_locations.get(id), &new_index) {
+            let record = &file.packs[number];
+            insert(&record.pack, index.clone(), record.dictionary.as_ref());
         } else if let Some(reusable) = state.reusable(id) {
             let size = *state.index_sizes.get(&*reusable.index_id).ok_or_else(|| Error::Missing {
                 object: repo::index_key(&reusable.index_id),
                 location: repository.target.location().into(),
             })?;
-            packs.insert(reusable.pack.clone());
-            indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
-            dictionaries.extend(reusable.dictionary.clone());
+            insert(&reusable.pack, ObjectRef { id: reusable.index_id.to_string(), size }, reusable.dictionary.as_ref());
         } else {
             return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));
         }
@@ -672,6 +715,29 @@ async fn read_everything(
         + post_data.bytes
         + manifests.iter().chain(large_objects.iter()).map(|t| t.data.bytes).sum::<u64>();
     Ok(ReadResult { pre_data, post_data, tables: manifests, large_objects, bytes_read })
+}
+
+/// Stores every stream's list of chunk ids as list chunks (docs/FORMAT.md), like data.
+async fn store_lists(context: &EncoderContext, mut read: ReadResult) -> Result<ReadResult> {
+    let context = context.clone();
+    tokio::task::spawn_blocking(move || {
+        let streams = [&mut read.pre_data, &mut read.post_data]
+            .into_iter()
+            .chain(read.tables.iter_mut().chain(read.large_objects.iter_mut()).map(|t| &mut t.data));
+        for stream in streams {
+            let mut sink = ChunkSink::new(context.clone());
+            // Ids are random bytes: no dictionary to train.
+            sink.dictionary = Dictionary::Decided(None);
+            for list in repo::split_list(&stream.chunks) {
+                sink.store(list);
+            }
+            sink.check()?;
+            stream.lists = sink.manifest.chunks;
+        }
+        Ok(read)
+    })
+    .await
+    .expect("storing lists does not panic")
 }
 
 /// Streams one table through an encoder.
@@ -764,6 +830,10 @@ async fn encode_bytes(context: &EncoderContext, bytes: Vec<u8>) -> Result<Stream
     .expect("the encoder does not panic")
 }
 
+/// Packs a target writer fills at once (each up to `pack_size`): one per table being read,
+/// plus the schema's and one more.
+const MAX_OPEN_PACKS: usize = 4;
+
 /// Collects new chunks into packs and uploads them; returns the packs written and their bytes.
 async fn write_packs(
     target: crate::target::Target,
@@ -774,7 +844,8 @@ async fn write_packs(
     let recipients = Arc::new(recipients);
     let mut uploads: JoinSet<Result<PackRecord>> = JoinSet::new();
     let mut records = Vec::new();
-    let mut pack = PackWriter::new(pack_size + (1 << 20), None);
+    // A pack holds chunks of one dictionary only: one open pack per dictionary (per table).
+    let mut open: HashMap<Option<ObjectRef>, (PackWriter, u64)> = HashMap::new();
     let upload = |pack: PackWriter, uploads: &mut JoinSet<Result<PackRecord>>| {
         let target = target.clone();
         let recipients = recipients.clone();
@@ -785,20 +856,25 @@ async fn write_packs(
             Ok(PackRecord { pack: sealed.reference, dictionary: sealed.dictionary, chunks: sealed.chunks })
         });
     };
+    let mut clock = 0u64;
     while let Some(chunk) = chunks.recv().await {
-        // A pack holds chunks of one dictionary only.
-        if pack.is_empty() || pack.dictionary() != chunk.dictionary.as_ref() {
-            let full = std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20), chunk.dictionary.clone()));
-            if !full.is_empty() {
-                upload(full, &mut uploads);
-            }
-        }
+        clock += 1;
+        let (pack, last_used) = open
+            .entry(chunk.dictionary.clone())
+            .or_insert_with(|| (PackWriter::new(pack_size + (1 << 20), chunk.dictionary.clone()), 0));
+        *last_used = clock;
         pack.add(chunk.id, &chunk.compressed, chunk.raw_length);
-        if pack.len() >= pack_size {
-            upload(
-                std::mem::replace(&mut pack, PackWriter::new(pack_size + (1 << 20), chunk.dictionary.clone())),
-                &mut uploads,
-            );
+        if pack.len() >= pack_size
+            && let Some((full, _)) = open.remove(&chunk.dictionary)
+        {
+            upload(full, &mut uploads);
+        }
+        // A table that has ended sends nothing more: its pack goes when others need the room.
+        if open.len() > MAX_OPEN_PACKS
+            && let Some(idle) = open.iter().min_by_key(|(_, (_, used))| *used).map(|(key, _)| key.clone())
+            && let Some((pack, _)) = open.remove(&idle)
+        {
+            upload(pack, &mut uploads);
         }
         while uploads.len() >= 2 {
             match uploads.join_next().await {
@@ -807,7 +883,7 @@ async fn write_packs(
             }
         }
     }
-    if !pack.is_empty() {
+    for (pack, _) in open.into_values().filter(|(pack, _)| !pack.is_empty()) {
         upload(pack, &mut uploads);
     }
     while let Some(result) = uploads.join_next().await {

@@ -148,7 +148,7 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
     let mut needed_chunks: BTreeMap<String, BTreeSet<crate::crypto::ChunkId>> = BTreeMap::new();
     let mut index = ChunkIndex::default();
     for sealed in &sealed_snapshots {
-        let manifest = match sealed.open(keyring) {
+        let mut manifest = match sealed.open(keyring) {
             Ok(manifest) => manifest,
             Err(e) => {
                 report.problems.push(problem(&repo::snapshot_key(&sealed.id), vec![sealed.id.clone()], e.to_string()));
@@ -164,6 +164,16 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
                 continue;
             }
         };
+        // The lists of data chunks are data: only an admin reads them; the writer key checks
+        // the list chunks themselves.
+        let snapshot_index = Arc::new(snapshot_index);
+        if keyring.is_admin {
+            let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), snapshot_index.clone(), 4);
+            if let Err(e) = crate::fetch::expand_lists(&mut manifest, &reader).await {
+                report.problems.push(problem(&repo::snapshot_key(&sealed.id), vec![sealed.id.clone()], e.to_string()));
+            }
+        }
+        let snapshot_index = Arc::try_unwrap(snapshot_index).expect("the list reader has been dropped");
         let packs: BTreeSet<&String> = sealed.header.packs.iter().map(|p| &p.id).collect();
         for id in manifest.all_chunks() {
             match snapshot_index.get(id).map(|(entry, _)| &entry.pack) {

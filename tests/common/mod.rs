@@ -46,11 +46,17 @@ impl TestDb {
     }
 
     pub fn load_file(&self, path: &Path) {
-        let output = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url(), "-f"])
-            .arg(path)
-            .output()
-            .expect("psql runs");
+        self.load_file_with(path, &[]);
+    }
+
+    /// Runs a SQL file with psql variables (`-v name=value`).
+    pub fn load_file_with(&self, path: &Path, variables: &[&str]) {
+        let mut command = Command::new("psql");
+        command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url()]);
+        for variable in variables {
+            command.args(["-v", variable]);
+        }
+        let output = command.arg("-f").arg(path).output().expect("psql runs");
         assert!(output.status.success(), "loading {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
     }
 
