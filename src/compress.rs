@@ -101,21 +101,22 @@ impl DecompressionDictionary {
 /// Compresses chunks, reusing one zstd context (creating one costs more than a small chunk).
 pub struct ChunkCompressor {
     context: CCtx<'static>,
-    level: i32,
+}
+
+impl Default for ChunkCompressor {
+    fn default() -> Self {
+        ChunkCompressor { context: CCtx::create() }
+    }
 }
 
 impl ChunkCompressor {
-    /// A compressor at `level` (a dictionary carries its own level).
-    pub fn new(level: i32) -> Self {
-        ChunkCompressor { context: CCtx::create(), level }
-    }
-
-    /// One zstd frame holding `data`, using `dictionary` when given.
-    pub fn compress(&mut self, data: &[u8], dictionary: Option<&CompressionDictionary>) -> Vec<u8> {
+    /// One zstd frame holding `data`: with `dictionary` (which carries its own level) when
+    /// given, else at `level`.
+    pub fn compress(&mut self, data: &[u8], level: i32, dictionary: Option<&CompressionDictionary>) -> Vec<u8> {
         let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
         let written = match dictionary {
             Some(dictionary) => self.context.compress_using_cdict(&mut out, data, &dictionary.0),
-            None => self.context.compress(&mut out, data, self.level),
+            None => self.context.compress(&mut out, data, level),
         };
         written.expect("zstd compresses into a buffer of compress_bound bytes");
         out
@@ -195,10 +196,10 @@ mod tests {
         let samples: Vec<Vec<u8>> = (0..64).map(|i| rows(i * 100, 100)).collect();
         let dictionary = train(&samples, 3).expect("enough samples");
         let chunk = rows(50_000, 60);
-        let mut compressor = ChunkCompressor::new(3);
-        let plain = compressor.compress(&chunk, None);
+        let mut compressor = ChunkCompressor::default();
+        let plain = compressor.compress(&chunk, 3, None);
         let with_dictionary = CompressionDictionary::new(&dictionary, 3).unwrap();
-        let smaller = compressor.compress(&chunk, Some(&with_dictionary));
+        let smaller = compressor.compress(&chunk, 3, Some(&with_dictionary));
         assert!(smaller.len() < plain.len(), "{} vs {}", smaller.len(), plain.len());
         let decoder = DecompressionDictionary::new(&dictionary).unwrap();
         assert_eq!(decompress(&smaller, chunk.len(), Some(&decoder)).unwrap(), chunk);

@@ -115,7 +115,8 @@ struct NewChunk {
 
 /// One target as the encoders see it.
 struct TargetSink {
-    known: Mutex<HashSet<ChunkId>>,
+    /// Chunks the target holds or is being sent in this backup.
+    known: Arc<Mutex<HashSet<ChunkId>>>,
     packs: mpsc::Sender<Arc<NewChunk>>,
     alive: AtomicBool,
 }
@@ -135,6 +136,8 @@ struct EncoderContext {
     recipients: Arc<Vec<age::x25519::Recipient>>,
     /// Every dictionary this backup trained.
     dictionaries: Arc<Mutex<Vec<Arc<TrainedDictionary>>>>,
+    /// Bytes compressed at [`STRONG_LEVEL`] so far.
+    strong_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A chunk some target lacks, on its way to a compressor.
@@ -145,14 +148,30 @@ struct RawChunk {
     lacking: Vec<usize>,
     /// Its table's dictionary, when the table trained one.
     dictionary: Option<Arc<TrainedDictionary>>,
+    /// Compress at [`STRONG_LEVEL`].
+    strong: bool,
 }
 
 /// A dictionary this backup trained, encrypted once for every target.
 struct TrainedDictionary {
     reference: ObjectRef,
     ciphertext: Bytes,
-    compression: Arc<CompressionDictionary>,
+    /// For the repository's level.
+    fast: CompressionDictionary,
+    /// For [`STRONG_LEVEL`].
+    strong: CompressionDictionary,
 }
+
+/// The zstd level for the new chunks of a stream that is mostly unchanged (an increment):
+/// 10-15% smaller than level 3 on 8 KiB CRM chunks, at a fifth of the speed, which only a
+/// small amount of new data can afford.
+const STRONG_LEVEL: i32 = 9;
+/// A stream compresses its new chunks at [`STRONG_LEVEL`] while they are at most this
+/// fraction (1 / n) of what it has read so far ...
+const STRONG_WHEN_NEW_IS_AT_MOST_ONE_IN: u64 = 4;
+/// ... and while the whole backup has compressed less than this at that level (so that a big
+/// change in an otherwise quiet database still runs at the usual speed).
+const STRONG_BUDGET: u64 = 256 << 20;
 
 /// Bytes of a table's first new chunks its dictionary is trained on before any is compressed.
 const TRAINING_BYTES: usize = 4 << 20;
@@ -173,10 +192,14 @@ impl Compressors {
             .map(|_| {
                 let (work, targets, compressed_chunks) = (work.clone(), targets.clone(), compressed_chunks.clone());
                 std::thread::spawn(move || {
-                    let mut zstd = ChunkCompressor::new(level);
+                    let mut zstd = ChunkCompressor::default();
                     for raw in work {
                         let dictionary = raw.dictionary.as_deref();
-                        let compressed = zstd.compress(&raw.plaintext, dictionary.map(|d| &*d.compression));
+                        let compressed = if raw.strong {
+                            zstd.compress(&raw.plaintext, STRONG_LEVEL.max(level), dictionary.map(|d| &d.strong))
+                        } else {
+                            zstd.compress(&raw.plaintext, level, dictionary.map(|d| &d.fast))
+                        };
                         compressed_chunks.fetch_add(1, Ordering::Relaxed);
                         let chunk = Arc::new(NewChunk {
                             id: raw.id,
@@ -220,10 +243,11 @@ fn train_dictionary(
 ) -> Option<Arc<TrainedDictionary>> {
     let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
     let bytes = crate::compress::train(&samples, level)?;
-    let compression = Arc::new(CompressionDictionary::new(&bytes, level)?);
+    let fast = CompressionDictionary::new(&bytes, level)?;
+    let strong = CompressionDictionary::new(&bytes, STRONG_LEVEL.max(level))?;
     let ciphertext = crate::crypto::encrypt(recipients, &bytes);
     let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
-    Some(Arc::new(TrainedDictionary { reference, ciphertext: Bytes::from(ciphertext), compression }))
+    Some(Arc::new(TrainedDictionary { reference, ciphertext: Bytes::from(ciphertext), fast, strong }))
 }
 
 /// A stream's dictionary: not decided yet (new chunks are held back), or decided.
@@ -251,6 +275,9 @@ struct ChunkSink {
     dictionary: Dictionary,
     held: Vec<RawChunk>,
     held_bytes: usize,
+    /// Bytes of all its chunks so far, and of those some target lacked.
+    seen_bytes: u64,
+    new_bytes: u64,
 }
 
 impl StreamEncoder {
@@ -286,6 +313,8 @@ impl ChunkSink {
             dictionary: Dictionary::Undecided,
             held: Vec::new(),
             held_bytes: 0,
+            seen_bytes: 0,
+            new_bytes: 0,
             context,
         }
     }
@@ -300,10 +329,15 @@ impl ChunkSink {
                     && target.known.lock().expect("known-chunk lock is never poisoned").insert(id)
             })
             .collect();
+        let length = chunk.len() as u64;
+        self.seen_bytes += length;
         if lacking.is_empty() {
             return;
         }
-        let raw = RawChunk { id, plaintext: chunk, lacking, dictionary: None };
+        self.new_bytes += length;
+        let strong = self.new_bytes * STRONG_WHEN_NEW_IS_AT_MOST_ONE_IN <= self.seen_bytes
+            && self.context.strong_bytes.fetch_add(length, Ordering::Relaxed) + length <= STRONG_BUDGET;
+        let raw = RawChunk { id, plaintext: chunk, lacking, dictionary: None, strong };
         if let Dictionary::Decided(dictionary) = &self.dictionary {
             self.send(RawChunk { dictionary: dictionary.clone(), ..raw });
         } else {
@@ -452,7 +486,9 @@ pub async fn run(
 
     let mut sinks = Vec::new();
     let mut writers = Vec::new();
+    let mut known_sets = Vec::new();
     for state in &states {
+        known_sets.push(Arc::new(Mutex::new(state.known_chunks())));
         let (sender, receiver) = mpsc::channel::<Arc<NewChunk>>(32);
         let alive = state.error.is_none();
         writers.push(alive.then(|| {
@@ -464,7 +500,7 @@ pub async fn run(
             ))
         }));
         sinks.push(TargetSink {
-            known: Mutex::new(state.known_chunks()),
+            known: known_sets.last().expect("pushed above").clone(),
             packs: sender,
             alive: AtomicBool::new(alive),
         });
@@ -482,6 +518,7 @@ pub async fn run(
         level: first.config.compression_level,
         recipients: Arc::new(first.data_recipients()),
         dictionaries: dictionaries.clone(),
+        strong_bytes: Arc::default(),
     };
 
     let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
@@ -518,10 +555,12 @@ pub async fn run(
     let sealed = SealedManifest::seal(&manifest, &first.metadata_recipients());
 
     let mut targets = Vec::new();
-    for (state, written) in states.iter_mut().zip(written) {
+    for ((state, written), known) in states.iter_mut().zip(written).zip(known_sets) {
         let outcome = match (written, &state.error) {
-            (Some(Ok(packs)), None) => {
-                commit(state, packs, &manifest, &sealed, &dictionaries, keyring, session.time).await
+            (Some(Ok((packs, bytes))), None) => {
+                let known = std::mem::take(&mut *known.lock().expect("known-chunk lock is never poisoned"));
+                let sent = Sent { packs, bytes, known: &known };
+                commit(state, sent, &manifest, &sealed, &dictionaries, keyring, session.time).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -571,10 +610,20 @@ fn all_failed(states: &[TargetState<'_>]) -> Error {
     Error::Invalid(format!("every target failed: {}", reasons.join("; ")))
 }
 
+/// What a target received in this backup.
+struct Sent<'a> {
+    /// Its new packs.
+    packs: Vec<PackRecord>,
+    /// Their bytes.
+    bytes: u64,
+    /// Chunks it held before or was sent now.
+    known: &'a HashSet<ChunkId>,
+}
+
 /// Writes one target's index and snapshot object: the commit on that target.
 async fn commit(
     state: &TargetState<'_>,
-    (new_packs, pack_bytes): (Vec<PackRecord>, u64),
+    sent: Sent<'_>,
     manifest: &Manifest,
     sealed: &SealedManifest,
     dictionaries: &[Arc<TrainedDictionary>],
@@ -582,6 +631,7 @@ async fn commit(
     time: chrono::DateTime<chrono::Utc>,
 ) -> Result<TargetReport> {
     let repository = state.repository;
+    let Sent { packs: new_packs, bytes: pack_bytes, known } = sent;
     let mut bytes_added = pack_bytes;
     // The dictionaries its new packs need go in before the index that names them.
     for trained in dictionaries.iter().filter(|d| new_packs.iter().any(|p| p.dictionary.as_ref() == Some(&d.reference)))
@@ -593,13 +643,6 @@ async fn commit(
     }
     // The index of the new packs goes in before the snapshot that needs it.
     let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
-    // Which new pack holds each new chunk (a number, not a copy of the pack's name: a full
-    // backup has hundreds of thousands of chunks).
-    let new_locations: HashMap<ChunkId, usize> = new_packs
-        .iter()
-        .enumerate()
-        .flat_map(|(number, record)| record.chunks.iter().map(move |location| (location.chunk(), number)))
-        .collect();
     let mut new_index = None;
     let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
     if !file.packs.is_empty() {
@@ -608,27 +651,29 @@ async fn commit(
         bytes_added += reference.size;
         new_index = Some(reference);
     }
+    // Every new pack holds only chunks of this snapshot; the other chunks are in packs the
+    // target already had. `known` is both kinds: what the target had, and what it was sent.
     let mut packs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
     let mut dictionaries = BTreeSet::new();
-    let mut insert = |pack: &ObjectRef, index: ObjectRef, dictionary: Option<&ObjectRef>| {
-        if !packs.contains(pack) {
-            packs.insert(pack.clone());
-            indexes.insert(index);
-            dictionaries.extend(dictionary.cloned());
-        }
-    };
+    for record in &file.packs {
+        packs.insert(record.pack.clone());
+        dictionaries.extend(record.dictionary.clone());
+    }
+    indexes.extend(new_index);
     for id in manifest.all_chunks() {
-        if let (Some(&number), Some(index)) = (new_locations.get(id), &new_index) {
-            let record = &file.packs[number];
-            insert(&record.pack, index.clone(), record.dictionary.as_ref());
-        } else if let Some(reusable) = state.reusable(id) {
+        if let Some(reusable) = state.reusable(id) {
+            if packs.contains(&reusable.pack) {
+                continue;
+            }
             let size = *state.index_sizes.get(&*reusable.index_id).ok_or_else(|| Error::Missing {
                 object: repo::index_key(&reusable.index_id),
                 location: repository.target.location().into(),
             })?;
-            insert(&reusable.pack, ObjectRef { id: reusable.index_id.to_string(), size }, reusable.dictionary.as_ref());
-        } else {
+            packs.insert(reusable.pack.clone());
+            indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
+            dictionaries.extend(reusable.dictionary.clone());
+        } else if !known.contains(id) {
             return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));
         }
     }
