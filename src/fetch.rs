@@ -114,8 +114,9 @@ impl ChunkReader {
             work.push((number, plaintext, location, repo::pack_key(&entry.pack.id), dictionary));
         }
         let key = self.keyring.chunk_id_key();
+        let total: usize = work.iter().map(|(_, _, location, ..)| location.raw_length() as usize).sum();
         let decoded = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(total);
             for (_, plaintext, location, pack_key, dictionary) in &work {
                 out.extend_from_slice(
                     &repo::open_chunk(&key, plaintext, location, pack_key, dictionary.as_deref()).ok()?,
