@@ -154,6 +154,11 @@ fn split_tls_options(text: &str) -> std::result::Result<(String, Option<String>,
             url.set_query(None);
         } else {
             url.query_pairs_mut().clear().extend_pairs(kept);
+            // Form encoding writes a space as `+` (and a `+` as `%2B`); tokio-postgres decodes
+            // only `%20`, so `options=-c%20work_mem%3D1GB` would reach the server as
+            // `-c+work_mem=1GB`.
+            let query = url.query().unwrap_or_default().replace('+', "%20");
+            url.set_query(Some(&query));
         }
         return Ok((url.to_string(), sslmode, root_cert));
     }
@@ -503,6 +508,17 @@ pub async fn clean_database(client: &Client) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_options_keep_their_spaces_and_pluses() {
+        let database = Database::parse(
+            "postgres://u@db.example/crm?sslmode=require&options=-c%20work_mem%3D1GB&application_name=a%2Bb",
+        )
+        .unwrap();
+        assert_eq!(database.config.get_options(), Some("-c work_mem=1GB"));
+        assert_eq!(database.config.get_application_name(), Some("a+b"));
+        assert_eq!(database.tls, TlsMode::Require);
+    }
 
     #[test]
     fn passwords_never_show() {
