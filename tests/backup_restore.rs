@@ -79,14 +79,15 @@ fn a_second_backup_of_an_unchanged_database_stores_almost_nothing() {
     assert_ne!(first["snapshot_id"], third["snapshot_id"]);
 }
 
-/// The benchmark's workload at a small scale: every snapshot of a nightly series (full, a CRM
+/// The benchmark's workload at scale 0.1 (big enough for per-table dictionaries and zstd -9
+/// increments to be used): every snapshot of a nightly series (full, a CRM
 /// day, uniform churn) restores to exactly the database it was taken of, and the increments
 /// store a small part of the full backup.
 #[test]
 fn every_snapshot_of_a_nightly_series_restores_exactly() {
     let source = TestDb::create("nightly");
     source.load_file(&fixture("bench/crm_schema.sql"));
-    source.load_file_with(&fixture("bench/crm_generate.sql"), &["scale=0.02"]);
+    source.load_file_with(&fixture("bench/crm_generate.sql"), &["scale=0.1"]);
     let work = Workspace::new();
     let repo = work.init_repo("repo");
     let mut nights = Vec::new();
@@ -100,7 +101,7 @@ fn every_snapshot_of_a_nightly_series_restores_exactly() {
     let full = nights[0].0["bytes_added"].as_u64().unwrap();
     for (report, _) in &nights[1..] {
         let added = report["bytes_added"].as_u64().unwrap();
-        assert!(added * 4 < full, "an increment added {added} bytes of a full {full}");
+        assert!(added * 10 < full, "an increment added {added} bytes of a full {full}");
     }
     // Oldest first, each into a fresh database: every snapshot is whole on its own.
     for (report, data) in &nights {

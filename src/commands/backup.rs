@@ -134,8 +134,8 @@ struct EncoderContext {
     level: i32,
     /// Who may read data (dictionaries are data).
     recipients: Arc<Vec<age::x25519::Recipient>>,
-    /// Every dictionary this backup trained.
-    dictionaries: Arc<Mutex<Vec<Arc<TrainedDictionary>>>>,
+    /// Every dictionary this backup trained, as stored (its zstd tables go with its stream).
+    dictionaries: Arc<Mutex<Vec<StoredDictionary>>>,
     /// Bytes compressed at [`STRONG_LEVEL`] so far.
     strong_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -154,12 +154,21 @@ struct RawChunk {
 
 /// A dictionary this backup trained, encrypted once for every target.
 struct TrainedDictionary {
-    reference: ObjectRef,
-    ciphertext: Bytes,
+    stored: StoredDictionary,
+    /// Its bytes, for the strong level's tables.
+    bytes: Vec<u8>,
     /// For the repository's level.
     fast: CompressionDictionary,
-    /// For [`STRONG_LEVEL`].
-    strong: CompressionDictionary,
+    /// For [`STRONG_LEVEL`], made when first needed: its tables take about 12 MiB, and a
+    /// full backup rarely needs them.
+    strong: std::sync::OnceLock<Option<CompressionDictionary>>,
+}
+
+/// A trained dictionary as it goes to storage.
+#[derive(Clone)]
+struct StoredDictionary {
+    reference: ObjectRef,
+    ciphertext: Bytes,
 }
 
 /// The zstd level for the new chunks of a stream that is mostly unchanged (an increment):
@@ -195,17 +204,22 @@ impl Compressors {
                     let mut zstd = ChunkCompressor::default();
                     for raw in work {
                         let dictionary = raw.dictionary.as_deref();
-                        let compressed = if raw.strong {
-                            zstd.compress(&raw.plaintext, STRONG_LEVEL.max(level), dictionary.map(|d| &d.strong))
-                        } else {
-                            zstd.compress(&raw.plaintext, level, dictionary.map(|d| &d.fast))
+                        let strong_level = STRONG_LEVEL.max(level);
+                        let compressed = match dictionary {
+                            Some(d) if raw.strong => {
+                                let strong =
+                                    d.strong.get_or_init(|| CompressionDictionary::new(&d.bytes, strong_level));
+                                zstd.compress(&raw.plaintext, strong_level, Some(strong.as_ref().unwrap_or(&d.fast)))
+                            }
+                            Some(d) => zstd.compress(&raw.plaintext, level, Some(&d.fast)),
+                            None => zstd.compress(&raw.plaintext, if raw.strong { strong_level } else { level }, None),
                         };
                         compressed_chunks.fetch_add(1, Ordering::Relaxed);
                         let chunk = Arc::new(NewChunk {
                             id: raw.id,
                             compressed,
                             raw_length: raw.plaintext.len(),
-                            dictionary: dictionary.map(|d| d.reference.clone()),
+                            dictionary: dictionary.map(|d| d.stored.reference.clone()),
                         });
                         for index in raw.lacking {
                             let target = &targets[index];
@@ -244,10 +258,10 @@ fn train_dictionary(
     let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
     let bytes = crate::compress::train(&samples, level)?;
     let fast = CompressionDictionary::new(&bytes, level)?;
-    let strong = CompressionDictionary::new(&bytes, STRONG_LEVEL.max(level))?;
     let ciphertext = crate::crypto::encrypt(recipients, &bytes);
     let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
-    Some(Arc::new(TrainedDictionary { reference, ciphertext: Bytes::from(ciphertext), fast, strong }))
+    let stored = StoredDictionary { reference, ciphertext: Bytes::from(ciphertext) };
+    Some(Arc::new(TrainedDictionary { stored, bytes, fast, strong: std::sync::OnceLock::new() }))
 }
 
 /// A stream's dictionary: not decided yet (new chunks are held back), or decided.
@@ -359,12 +373,16 @@ impl ChunkSink {
         let trained = train_dictionary(&self.held, self.context.level, &self.context.recipients);
         if let Some(trained) = &trained {
             tracing::debug!(
-                bytes = trained.reference.size,
+                bytes = trained.stored.reference.size,
                 samples = self.held_bytes,
                 seconds = started.elapsed().as_secs_f32(),
                 "dictionary trained"
             );
-            self.context.dictionaries.lock().expect("dictionary list lock is never poisoned").push(trained.clone());
+            self.context
+                .dictionaries
+                .lock()
+                .expect("dictionary list lock is never poisoned")
+                .push(trained.stored.clone());
         }
         for raw in std::mem::take(&mut self.held) {
             self.send(RawChunk { dictionary: trained.clone(), ..raw });
@@ -626,7 +644,7 @@ async fn commit(
     sent: Sent<'_>,
     manifest: &Manifest,
     sealed: &SealedManifest,
-    dictionaries: &[Arc<TrainedDictionary>],
+    dictionaries: &[StoredDictionary],
     keyring: &Keyring,
     time: chrono::DateTime<chrono::Utc>,
 ) -> Result<TargetReport> {
