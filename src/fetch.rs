@@ -104,8 +104,8 @@ impl ChunkReader {
     async fn try_read_run(&self, ids: &[ChunkId]) -> Option<Vec<u8>> {
         let mut work = Vec::with_capacity(ids.len());
         for id in ids {
-            let (number, source) = self.sources.iter().enumerate().find(|(_, s)| s.index.contains(id))?;
-            let (entry, location) = source.index.get(id)?;
+            let (number, (entry, location)) =
+                self.sources.iter().enumerate().find_map(|(number, s)| s.index.get(id).map(|found| (number, found)))?;
             let dictionary = match entry.dictionary.as_ref() {
                 Some(reference) => Some(self.dictionary(number, reference).await.ok()?),
                 None => None,

@@ -506,7 +506,8 @@ pub async fn run(
     let mut writers = Vec::new();
     let mut known_sets = Vec::new();
     for state in &states {
-        known_sets.push(Arc::new(Mutex::new(state.known_chunks())));
+        let known = Arc::new(Mutex::new(state.known_chunks()));
+        known_sets.push(known.clone());
         let (sender, receiver) = mpsc::channel::<Arc<NewChunk>>(32);
         let alive = state.error.is_none();
         writers.push(alive.then(|| {
@@ -517,11 +518,7 @@ pub async fn run(
                 receiver,
             ))
         }));
-        sinks.push(TargetSink {
-            known: known_sets.last().expect("pushed above").clone(),
-            packs: sender,
-            alive: AtomicBool::new(alive),
-        });
+        sinks.push(TargetSink { known, packs: sender, alive: AtomicBool::new(alive) });
     }
     let targets = Arc::new(sinks);
     let (compressors, compressor) = Compressors::start(first.config.compression_level, &targets);
@@ -540,7 +537,21 @@ pub async fn run(
     };
 
     let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
-        Ok(read) => store_lists(&context, read).await,
+        Ok(read) => {
+            let manifest = Manifest {
+                version: repo::FORMAT_VERSION,
+                database: options.database.name(),
+                server_version: session.server_version.0.clone(),
+                hostname: options.hostname.clone(),
+                pre_data: read.pre_data,
+                post_data: read.post_data,
+                tables: read.tables,
+                sequences,
+                materialized_views,
+                large_objects: read.large_objects,
+            };
+            store_lists(&context, manifest).await.map(|manifest| (manifest, read.bytes_read))
+        }
         Err(error) => Err(error),
     };
     drop(context);
@@ -556,20 +567,7 @@ pub async fn run(
             None => None,
         });
     }
-    let read = read?;
-
-    let manifest = Manifest {
-        version: repo::FORMAT_VERSION,
-        database: options.database.name(),
-        server_version: session.server_version.0.clone(),
-        hostname: options.hostname.clone(),
-        pre_data: read.pre_data,
-        post_data: read.post_data,
-        tables: read.tables,
-        sequences,
-        materialized_views,
-        large_objects: read.large_objects,
-    };
+    let (manifest, bytes_read) = read?;
     let sealed = SealedManifest::seal(&manifest, &first.metadata_recipients());
 
     let mut targets = Vec::new();
@@ -608,7 +606,7 @@ pub async fn run(
         time: session.time,
         tables: manifest.tables.len(),
         rows: manifest.tables.iter().map(|t| t.rows).sum(),
-        bytes_read: read.bytes_read,
+        bytes_read,
         chunks: manifest.all_chunks().count(),
         new_chunks: compressed_chunks,
         bytes_added: targets.iter().map(|t| t.bytes_added).sum(),
@@ -781,13 +779,10 @@ async fn read_everything(
 }
 
 /// Stores every stream's list of chunk ids as list chunks (docs/FORMAT.md), like data.
-async fn store_lists(context: &EncoderContext, mut read: ReadResult) -> Result<ReadResult> {
+async fn store_lists(context: &EncoderContext, mut manifest: Manifest) -> Result<Manifest> {
     let context = context.clone();
     tokio::task::spawn_blocking(move || {
-        let streams = [&mut read.pre_data, &mut read.post_data]
-            .into_iter()
-            .chain(read.tables.iter_mut().chain(read.large_objects.iter_mut()).map(|t| &mut t.data));
-        for stream in streams {
+        for stream in manifest.streams_mut() {
             let mut sink = ChunkSink::new(context.clone());
             // Ids are random bytes: no dictionary to train.
             sink.dictionary = Dictionary::Decided(None);
@@ -797,7 +792,7 @@ async fn store_lists(context: &EncoderContext, mut read: ReadResult) -> Result<R
             sink.check()?;
             stream.lists = sink.manifest.chunks;
         }
-        Ok(read)
+        Ok(manifest)
     })
     .await
     .expect("storing lists does not panic")
