@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # crmvault benchmark, side by side with what an admin would use instead, in one run:
 #   the COPY floor, pg_dump -Fc, pg_dump -Fp | zstd -3 | age, restic fed by pg_dump -Fp, and
-#   crmvault (full, unchanged, after a CRM day, after uniform churn), then restore against
-#   pg_restore -j2. Prints wall time, bytes, peak memory and ratios as a Markdown table.
+#   crmvault (full, unchanged, after a CRM day, after uniform churn), then restore (in one
+#   transaction, and --parallel) against pg_restore -j2. Prints wall time, bytes, peak memory
+#   and ratios as a Markdown table.
 #
 # usage: bench/run.sh [SCALE]            SCALE 1 is about 1 GiB of table data (default 0.1)
 #   DATABASE_URL  server to use (default postgres://postgres@127.0.0.1:5432); databases
@@ -101,6 +102,9 @@ sql postgres "CREATE DATABASE $restored"
 full_id=$(sed -n 's/.*"snapshot_id": "\([0-9a-f]*\)".*/\1/p' "$work/full.json")
 measure crmvault_restore "$crmvault" restore --repo "$work/repo" --identity "$work/admin.key" --db "$server/$restored" "$full_id"
 sql postgres "DROP DATABASE $restored WITH (FORCE)"
+sql postgres "CREATE DATABASE $restored"
+measure crmvault_restore_parallel "$crmvault" restore --parallel --repo "$work/repo" --identity "$work/admin.key" --db "$server/$restored" "$full_id"
+sql postgres "DROP DATABASE $restored WITH (FORCE)"
 
 # after NAME SCRIPT: apply a change script, then back up with restic and crmvault; sets
 # restic_NAME and crmvault_NAME to the bytes each added.
@@ -149,5 +153,6 @@ zstd_size=$(size_of "$work/dump.sql.zst")
     fi
     row "**crmvault after 1% uniform churn**" crmvault_churn "$(ratio "$(seconds_of crmvault_churn)" "$floor")" "$(mib "$crmvault_churn")" "**$(percent "$crmvault_churn" "$crmvault_full") of full**"
     row "pg_restore -j2 (from -Fc)" pg_restore_j2 "$(ratio "$(seconds_of pg_restore_j2)" "$floor")" - ""
-    row "**crmvault restore**" crmvault_restore "$(ratio "$(seconds_of crmvault_restore)" "$floor")" - "**$(ratio "$(seconds_of crmvault_restore)" "$(seconds_of pg_restore_j2)")× pg_restore -j2**"
+    row "crmvault restore (one transaction)" crmvault_restore "$(ratio "$(seconds_of crmvault_restore)" "$floor")" - "$(ratio "$(seconds_of crmvault_restore)" "$(seconds_of pg_restore_j2)")× pg_restore -j2"
+    row "**crmvault restore --parallel**" crmvault_restore_parallel "$(ratio "$(seconds_of crmvault_restore_parallel)" "$floor")" - "**$(ratio "$(seconds_of crmvault_restore_parallel)" "$(seconds_of pg_restore_j2)")× pg_restore -j2**"
 } | tee "$work/results.md"

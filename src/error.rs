@@ -88,6 +88,16 @@ pub enum Error {
         /// What differed.
         detail: String,
     },
+    /// A parallel restore failed and could not remove what it had committed.
+    #[error(
+        "{cause}; removing the partial restore failed too ({undo}): the database stays marked incomplete (schema crmvault_incomplete_restore) until `restore --clean` replaces it"
+    )]
+    RestoreLeftIncomplete {
+        /// Why the restore stopped.
+        cause: Box<Error>,
+        /// Why the cleanup failed.
+        undo: Box<Error>,
+    },
     /// pg_dump is missing, too old or failed.
     #[error("{0}")]
     PgDump(String),

@@ -31,6 +31,26 @@ fn everything_round_trips_schema_and_data() {
         .ok();
     assert_eq!(run.json()["rows"], report["rows"]);
     assert_same_database(&source, &restored);
+    // Loading tables on several connections gives the same database.
+    let parallel = TestDb::create("everything_parallel");
+    let run = work
+        .run(&[
+            "restore",
+            "--json",
+            "--parallel",
+            "--jobs",
+            "3",
+            "--repo",
+            &repo,
+            "--identity",
+            &work.admin_key(),
+            "--db",
+            &parallel.url(),
+        ])
+        .ok();
+    assert_eq!(run.json()["rows"], report["rows"]);
+    assert_eq!(run.json()["parallel"], true);
+    assert_same_database(&source, &parallel);
     // The backup trained compression dictionaries (one per table with enough data), and the
     // restore used them.
     assert!(!files_under(&work.path("repo/dicts")).is_empty());
@@ -42,6 +62,7 @@ fn everything_round_trips_schema_and_data() {
     // Large objects: contents, owner and comment.
     let sql = "SELECT oid, md5(lo_get(oid)), lomowner::regrole, obj_description(oid, 'pg_largeobject') FROM pg_largeobject_metadata ORDER BY 1";
     assert_eq!(source.sql(sql), restored.sql(sql));
+    assert_eq!(source.sql(sql), parallel.sql(sql));
     assert!(source.sql(sql).contains("424242"));
 }
 
@@ -55,6 +76,20 @@ fn restore_refuses_a_non_empty_database_unless_clean() {
     let target = TestDb::create("clean_dst");
     target.sql("CREATE TABLE public.precious (id int); INSERT INTO precious VALUES (1)");
     work.restore(&repo, &target).fails_with(1, "is not empty");
+    assert_eq!(target.sql("SELECT count(*) FROM precious").trim(), "1");
+    // A parallel restore cannot put old contents back if it is killed, so it will not replace them.
+    work.run(&[
+        "restore",
+        "--parallel",
+        "--clean",
+        "--repo",
+        &repo,
+        "--identity",
+        &work.admin_key(),
+        "--db",
+        &target.url(),
+    ])
+    .fails_with(1, "--parallel restores only into an empty database");
     assert_eq!(target.sql("SELECT count(*) FROM precious").trim(), "1");
     work.run(&["restore", "--clean", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()]).ok();
     assert_same_database(&source, &target);

@@ -79,22 +79,17 @@ fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
     assert_same_database(&source, &restored);
 }
 
-#[test]
-fn a_killed_restore_leaves_the_target_empty() {
-    let source = TestDb::create("crash_restore");
-    source.add_filler();
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
-    let target = TestDb::create("crash_restore_target");
+/// Starts `restore` with `extra` arguments and kills it once it is loading data (a COPY shows
+/// in pg_stat_activity); true when it was killed before finishing.
+fn kill_restore_while_loading(work: &Workspace, repo: &str, target: &TestDb, extra: &[&str]) -> bool {
     let mut child = work
         .command()
-        .args(["restore", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()])
+        .args(["restore", "--repo", repo, "--identity", &work.admin_key(), "--db", &target.url()])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the restore has created its tables (visible in pg_stat_activity as COPY), then kill it.
     let started = Instant::now();
     let mut killed = false;
     while started.elapsed() < Duration::from_secs(60) {
@@ -113,6 +108,18 @@ fn a_killed_restore_leaves_the_target_empty() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let _ = child.wait();
+    killed
+}
+
+#[test]
+fn a_killed_restore_leaves_the_target_empty() {
+    let source = TestDb::create("crash_restore");
+    source.add_filler();
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    let target = TestDb::create("crash_restore_target");
+    let killed = kill_restore_while_loading(&work, &repo, &target, &[]);
     assert!(killed, "the restore finished before it could be interrupted");
     // The server notices the closed connection and rolls back.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -121,5 +128,37 @@ fn a_killed_restore_leaves_the_target_empty() {
     }
     assert!(target.is_empty(), "a killed restore left tables behind");
     work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+}
+
+#[test]
+fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
+    let source = TestDb::create("crash_parallel");
+    source.add_filler();
+    source.sql("CREATE TABLE public.second AS SELECT * FROM public.filler WHERE id % 2 = 0");
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    let target = TestDb::create("crash_parallel_target");
+    let killed = kill_restore_while_loading(&work, &repo, &target, &["--parallel"]);
+    assert!(killed, "the restore finished before it could be interrupted");
+    // The tables were committed empty before loading began; the marker says so.
+    assert_eq!(
+        target.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'crmvault_incomplete_restore'").trim(),
+        "1"
+    );
+    work.restore(&repo, &target).fails_with(1, "interrupted --parallel restore");
+    work.run(&[
+        "restore",
+        "--parallel",
+        "--clean",
+        "--repo",
+        &repo,
+        "--identity",
+        &work.admin_key(),
+        "--db",
+        &target.url(),
+    ])
+    .ok();
     assert_same_database(&source, &target);
 }

@@ -146,10 +146,13 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
             verify.stdout,
             verify.stderr
         );
-        let restore = work.run(&["restore", "--repo", &copy, "--identity", &work.admin_key(), "--db", &target.url()]);
-        assert_eq!(restore.code, 1, "restore went ahead despite a flip in {name}: {}", restore.stdout);
-        assert!(!restore.stderr.contains("panicked"));
-        assert!(target.is_empty(), "restore left objects behind after a flip in {name}");
+        for mode in ["--jobs=2", "--parallel"] {
+            let restore =
+                work.run(&["restore", mode, "--repo", &copy, "--identity", &work.admin_key(), "--db", &target.url()]);
+            assert_eq!(restore.code, 1, "restore {mode} went ahead despite a flip in {name}: {}", restore.stdout);
+            assert!(!restore.stderr.contains("panicked"));
+            assert!(target.is_empty(), "restore {mode} left objects behind after a flip in {name}");
+        }
     }
 }
 
@@ -177,4 +180,35 @@ fn a_deleted_object_is_found_by_plain_verify() {
         );
         assert!(problem["problem"].as_str().unwrap().contains("missing"), "{report}");
     }
+}
+
+#[test]
+fn a_parallel_restore_that_fails_midway_removes_what_it_created() {
+    let source = TestDb::create("parallel_undo");
+    source.load_file(&fixture("tests/fixtures/everything.sql"));
+    source.add_filler();
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    // The largest pack holds table data, which is read only after the schema is committed.
+    let packs = files_under(&work.path("repo/data"));
+    let largest = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let copy = damaged_copy(&work, &repo, largest.strip_prefix(&repo).unwrap(), "damaged");
+    let target = TestDb::create("parallel_undo_target");
+    let run =
+        work.run(&["restore", "--parallel", "--repo", &copy, "--identity", &work.admin_key(), "--db", &target.url()]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("corrupt") && run.stderr.contains("what the restore created was removed"),
+        "{}",
+        run.stderr
+    );
+    // No table, schema or large object is left behind.
+    assert!(
+        target.is_empty(),
+        "{}",
+        target.sql("SELECT relname FROM pg_class WHERE relnamespace <> 'pg_catalog'::regnamespace")
+    );
+    work.run(&["restore", "--parallel", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()]).ok();
+    assert_same_database(&source, &target);
 }

@@ -109,6 +109,12 @@ enum Command {
         /// Replace whatever the target database holds (dropped inside the restore transaction).
         #[arg(long)]
         clean: bool,
+        /// Load tables on --jobs connections at once (about --jobs times faster on a large
+        /// database) instead of in one transaction. Needs an empty database. Any error removes
+        /// everything the restore created; a restore that is killed leaves the database marked
+        /// incomplete (schema crmvault_incomplete_restore) until `restore --clean` replaces it.
+        #[arg(long)]
+        parallel: bool,
         /// `latest` or a snapshot id (a unique prefix of at least 4 digits).
         #[arg(default_value = "latest")]
         snapshot: String,
@@ -359,7 +365,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             output::snapshots(json, &snapshots::merge(lists), &repo.repos);
         }
-        Command::Restore { repo, identity, db, jobs, clean, snapshot } => {
+        Command::Restore { repo, identity, db, jobs, clean, parallel, snapshot } => {
             let started = Instant::now();
             let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             for (location, error) in &unavailable {
@@ -375,10 +381,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 snapshot,
                 jobs: jobs.max(1),
                 existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
+                parallel,
             };
-            let report = restore::run(&repositories, &keyring, &options)
-                .await
-                .with_context(|| format!("restoring into {} (left unchanged)", options.database))?;
+            let report = restore::run(&repositories, &keyring, &options).await.map_err(|error| {
+                let outcome = match error {
+                    crmvault::Error::RestoreLeftIncomplete { .. } => "",
+                    _ if parallel => " (left as it was: what the restore created was removed)",
+                    _ => " (left unchanged)",
+                };
+                anyhow::Error::new(error).context(format!("restoring into {}{outcome}", options.database))
+            })?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
         Command::Verify { repo, identity, read_data } => {

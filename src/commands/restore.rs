@@ -1,11 +1,18 @@
 //! `restore`: rebuild a database from a snapshot, all or nothing.
 //!
-//! Everything happens in one transaction on one connection: pre-data DDL, every table's data
-//! (`COPY … FREEZE`, since each table was created in this transaction), sequence values,
-//! post-data DDL, then COMMIT. Any failure (a damaged chunk, a digest or row-count mismatch,
-//! a server error, the process being killed) ends the connection without COMMIT, so the
-//! target database is left exactly as it was. `--jobs` sets how many chunks are fetched,
-//! decrypted, decompressed and proven in parallel ahead of the loader.
+//! By default everything happens in one transaction on one connection: pre-data DDL, every
+//! table's data (`COPY … FREEZE`, since each table was created in this transaction), large
+//! objects, sequence values, post-data DDL, then COMMIT. Any failure (a damaged chunk, a digest
+//! or row-count mismatch, a server error, the process being killed) ends the connection without
+//! COMMIT, so the target database is left exactly as it was.
+//!
+//! `--parallel` trades the last of that for speed: PostgreSQL loads a COPY on one core, so
+//! tables go to `--jobs` connections at once (see [`Load::in_parallel`]). Errors still leave the
+//! database as it was (what was committed is dropped again); only a killed restore leaves a
+//! partial database behind, marked by the schema [`source::INCOMPLETE_RESTORE_SCHEMA`].
+//!
+//! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
+//! proven in parallel ahead of each loading connection.
 
 use std::sync::Arc;
 
@@ -38,6 +45,8 @@ pub struct RestoreOptions {
     pub jobs: usize,
     /// What to do with a non-empty target.
     pub existing: ExistingContents,
+    /// Load tables on `jobs` connections at once instead of in one transaction.
+    pub parallel: bool,
 }
 
 /// What a restore did.
@@ -55,6 +64,8 @@ pub struct RestoreReport {
     pub chunks: usize,
     /// Which target served how many chunks, and every fallback to the next target.
     pub sources: ReadStats,
+    /// Whether tables were loaded on several connections (`--parallel`).
+    pub parallel: bool,
 }
 
 /// Resolves `latest` or an id prefix over several copies of a repository.
@@ -154,57 +165,215 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
     let post_data = read_stream(&reader, &mac_key, "schema (post-data)", &manifest.post_data, jobs).await?;
 
     let client = options.database.connect().await?;
+    let mut clean = false;
     if let Some(contents) = source::describe_contents(&client).await? {
         if options.existing == ExistingContents::Refuse {
             return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
         }
+        if options.parallel && !source::holds_incomplete_restore(&client).await? {
+            return Err(Error::Invalid(format!(
+                "--parallel restores only into an empty database ({} holds {contents}): without --parallel, \
+                 --clean replaces its contents in one transaction",
+                options.database
+            )));
+        }
+        clean = true;
     }
-    client.batch_execute("BEGIN").await?;
-    if options.existing == ExistingContents::Replace {
-        source::clean_database(&client).await?;
-    }
-    client.batch_execute(&source::executable_sql(&pre_data)?).await?;
-    // pg_dump's preamble empties search_path for this session; names below are qualified.
-
-    if let Some(large_objects) = &manifest.large_objects {
-        client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
-        load_stream(&client, &reader, &mac_key, source::LARGE_OBJECTS_COPY_IN, large_objects, jobs).await?;
-        client.batch_execute(source::LARGE_OBJECTS_WRITE).await?;
-    }
-    let mut rows = 0;
-    let mut bytes = 0;
-    for table in &manifest.tables {
-        let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
-        rows += load_stream(&client, &reader, &mac_key, &sql, table, jobs).await?;
-        bytes += table.data.bytes;
-    }
-    for sequence in &manifest.sequences {
-        client
-            .execute(
-                "SELECT pg_catalog.setval(pg_catalog.format('%I.%I', $1::text, $2::text)::regclass, $3, $4)",
-                &[&sequence.schema, &sequence.name, &sequence.last_value, &sequence.is_called],
-            )
-            .await?;
-    }
-    client.batch_execute(&source::executable_sql(&post_data)?).await?;
-    for (schema, name) in &manifest.materialized_views {
-        client
-            .batch_execute(&format!(
-                "REFRESH MATERIALIZED VIEW {}.{}",
-                source::quote_ident(schema),
-                source::quote_ident(name)
-            ))
-            .await?;
-    }
-    client.batch_execute("COMMIT").await?;
+    let load = Load { client: &client, reader: &reader, mac_key: &mac_key, manifest: &manifest, jobs };
+    let rows = if options.parallel {
+        load.in_parallel(&options.database, clean, &pre_data, &post_data, &snapshot_id).await?
+    } else {
+        load.in_one_transaction(clean, &pre_data, &post_data).await?
+    };
     Ok(RestoreReport {
         snapshot_id,
         tables: manifest.tables.len(),
         rows,
-        bytes,
+        bytes: manifest.tables.iter().map(|t| t.data.bytes).sum(),
         chunks: manifest.all_chunks().count(),
         sources: reader.stats(),
+        parallel: options.parallel,
     })
+}
+
+/// What loading a snapshot into the target needs.
+struct Load<'a> {
+    client: &'a tokio_postgres::Client,
+    reader: &'a Arc<ChunkReader>,
+    mac_key: &'a MacKey,
+    manifest: &'a Manifest,
+    jobs: usize,
+}
+
+impl Load<'_> {
+    /// Everything in one transaction on one connection: any failure, or the process being
+    /// killed, ends the connection without COMMIT and leaves the database as it was.
+    async fn in_one_transaction(&self, clean: bool, pre_data: &[u8], post_data: &[u8]) -> Result<u64> {
+        let client = self.client;
+        client.batch_execute("BEGIN").await?;
+        if clean {
+            source::clean_database(client).await?;
+        }
+        client.batch_execute(&source::executable_sql(pre_data)?).await?;
+        // pg_dump's preamble empties search_path for this session; names below are qualified.
+        let mut rows = 0;
+        for table in &self.manifest.tables {
+            let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
+            rows += load_stream(client, self.reader, self.mac_key, &sql, table, self.jobs).await?;
+        }
+        self.finish(post_data).await?;
+        client.batch_execute("COMMIT").await?;
+        Ok(rows)
+    }
+
+    /// Tables loaded on `jobs` connections at once, largest first. Three steps: the pre-data
+    /// DDL and a marker schema are committed; every connection truncates and `COPY … FREEZE`s
+    /// its tables, and all of them commit only once every table is loaded and proven; the last
+    /// transaction writes large objects, sequences and the post-data DDL and drops the marker.
+    /// On any error everything the restore created is dropped again; if the process is killed
+    /// in between, the marker schema says the database is incomplete and later restores refuse
+    /// it unless `--clean`.
+    async fn in_parallel(
+        &self,
+        database: &Database,
+        clean: bool,
+        pre_data: &[u8],
+        post_data: &[u8],
+        snapshot_id: &str,
+    ) -> Result<u64> {
+        let client = self.client;
+        let large_objects_before: Vec<u32> = client
+            .query_one("SELECT coalesce(array_agg(oid), '{}') FROM pg_catalog.pg_largeobject_metadata", &[])
+            .await?
+            .get(0);
+        let marker = source::quote_ident(source::INCOMPLETE_RESTORE_SCHEMA);
+        client.batch_execute("BEGIN").await?;
+        if clean {
+            source::clean_database(client).await?;
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {marker}; COMMENT ON SCHEMA {marker} IS {}",
+                source::quote_literal(&format!(
+                    "crmvault restore --parallel of snapshot {snapshot_id} has not finished: this database is \
+                     incomplete (restore --clean replaces it)"
+                ))
+            ))
+            .await?;
+        client.batch_execute(&source::executable_sql(pre_data)?).await?;
+        client.batch_execute("COMMIT").await?;
+        tracing::debug!("pre-data committed");
+
+        let loaded = async {
+            let rows = self.tables_in_parallel(database).await?;
+            tracing::debug!("every table loaded and committed");
+            client.batch_execute("BEGIN").await?;
+            self.finish(post_data).await?;
+            client.batch_execute(&format!("DROP SCHEMA {marker}; COMMIT")).await?;
+            Ok(rows)
+        }
+        .await;
+        if let Err(error) = loaded {
+            return Err(match self.undo(&large_objects_before).await {
+                Ok(()) => error,
+                Err(undo) => Error::RestoreLeftIncomplete { cause: Box::new(error), undo: Box::new(undo) },
+            });
+        }
+        loaded
+    }
+
+    /// Loads every table, `jobs` connections each taking the largest table left; every
+    /// connection's transaction commits only when all tables are in.
+    async fn tables_in_parallel(&self, database: &Database) -> Result<u64> {
+        let mut order: Vec<&TableManifest> = self.manifest.tables.iter().collect();
+        order.sort_by_key(|table| std::cmp::Reverse(table.data.bytes));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let connections = self.jobs.min(order.len()).max(1);
+        let worker = || async {
+            let client = database.connect().await?;
+            // A lock held by another of these connections is only released when all of them
+            // commit, a wait PostgreSQL cannot see as a deadlock: give up instead of hanging.
+            client.batch_execute(&format!("SET lock_timeout = '{}s'; BEGIN", LOCK_TIMEOUT.as_secs())).await?;
+            let mut rows = 0;
+            while let Some(table) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                let name = format!("{}.{}", source::quote_ident(&table.schema), source::quote_ident(&table.name));
+                // Truncating the table this transaction is about to fill lets COPY freeze the
+                // rows. ONLY: inheritance children are other connections' to load.
+                let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
+                let loaded = async {
+                    client.batch_execute(&format!("TRUNCATE ONLY {name}")).await?;
+                    load_stream(&client, self.reader, self.mac_key, &sql, table, self.jobs).await
+                };
+                rows += loaded.await.map_err(|error| match &error {
+                    Error::Postgres(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                        Error::Invalid(format!(
+                            "--parallel waited {} s for a lock on {name}: another session is using the database, or \
+                             loading its tables at once needs locks in an order it cannot take; restore without --parallel",
+                            LOCK_TIMEOUT.as_secs()
+                        ))
+                    }
+                    _ => error,
+                })?;
+            }
+            Ok::<_, Error>((client, rows))
+        };
+        // The first error drops the other connections, which rolls their transactions back.
+        let loaded = futures::future::try_join_all((0..connections).map(|_| worker())).await?;
+        let mut rows = 0;
+        for (client, loaded_rows) in &loaded {
+            client.batch_execute("COMMIT").await?;
+            rows += loaded_rows;
+        }
+        Ok(rows)
+    }
+
+    /// Removes what a failed parallel restore committed, leaving the database empty as it was.
+    async fn undo(&self, large_objects_before: &[u32]) -> Result<()> {
+        let client = self.client;
+        client.batch_execute("ROLLBACK").await.ok();
+        client.batch_execute("BEGIN").await?;
+        source::clean_database(client).await?;
+        client
+            .execute(
+                "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE NOT (oid = ANY($1))",
+                &[&large_objects_before],
+            )
+            .await?;
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+
+    /// Large objects, sequence values, post-data DDL and materialized views, in the caller's transaction.
+    async fn finish(&self, post_data: &[u8]) -> Result<()> {
+        let client = self.client;
+        if let Some(large_objects) = &self.manifest.large_objects {
+            client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
+            load_stream(client, self.reader, self.mac_key, source::LARGE_OBJECTS_COPY_IN, large_objects, self.jobs)
+                .await?;
+            client.batch_execute(source::LARGE_OBJECTS_WRITE).await?;
+        }
+        for sequence in &self.manifest.sequences {
+            client
+                .execute(
+                    "SELECT pg_catalog.setval(pg_catalog.format('%I.%I', $1::text, $2::text)::regclass, $3, $4)",
+                    &[&sequence.schema, &sequence.name, &sequence.last_value, &sequence.is_called],
+                )
+                .await?;
+        }
+        tracing::debug!("sequences and large objects written");
+        client.batch_execute(&source::executable_sql(post_data)?).await?;
+        tracing::debug!("post-data done");
+        for (schema, name) in &self.manifest.materialized_views {
+            client
+                .batch_execute(&format!(
+                    "REFRESH MATERIALIZED VIEW {}.{}",
+                    source::quote_ident(schema),
+                    source::quote_ident(name)
+                ))
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
@@ -238,6 +407,9 @@ async fn load_stream(
     tracing::debug!(table = %label, rows = loaded, "table restored");
     Ok(loaded)
 }
+
+/// How long a `--parallel` loading connection waits for a lock before giving up.
+const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Chunks decoded together (about 128 KiB at the default chunk size).
 const RUN: usize = 32;

@@ -206,6 +206,11 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes an SQL string literal (`standard_conforming_strings`, on since PostgreSQL 9.1).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// A table whose data is backed up.
 #[derive(Debug, Clone)]
 pub struct SourceTable {
@@ -485,7 +490,24 @@ pub async fn describe_contents(client: &Client) -> Result<Option<String>> {
     if relations + functions + types + schemas == 0 {
         return Ok(None);
     }
+    if holds_incomplete_restore(client).await? {
+        return Ok(Some(format!(
+            "an interrupted --parallel restore left it incomplete: schema {INCOMPLETE_RESTORE_SCHEMA}"
+        )));
+    }
     Ok(Some(format!("{relations} relations, {functions} functions, {types} types, {schemas} schemas")))
+}
+
+/// The schema a parallel restore creates in its first transaction and drops in its last: while it
+/// exists, the database holds a restore that has not finished.
+pub const INCOMPLETE_RESTORE_SCHEMA: &str = "crmvault_incomplete_restore";
+
+/// Whether an unfinished parallel restore's marker schema is present.
+pub async fn holds_incomplete_restore(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&INCOMPLETE_RESTORE_SCHEMA])
+        .await?;
+    Ok(row.get(0))
 }
 
 /// Drops every user schema and recreates an empty `public` (restore --clean), inside the caller's transaction.

@@ -92,10 +92,14 @@ impl TestDb {
         lines
     }
 
+    /// No relation, large object or schema besides `public` (a fresh database).
     pub fn is_empty(&self) -> bool {
         self.sql(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+            "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%') \
+                  + (SELECT count(*) FROM pg_largeobject_metadata) \
+                  + (SELECT count(*) FROM pg_namespace n \
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'public') AND n.nspname NOT LIKE 'pg\\_%')",
         )
         .trim()
             == "0"
