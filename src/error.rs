@@ -21,7 +21,10 @@ pub enum Error {
         what: String,
     },
     /// The repository was written by a format this build does not understand.
-    #[error("{what} uses repository format {found}, this crmvault reads format {supported}; {advice}")]
+    #[error(
+        "{what} uses repository format {found}, this crmvault reads formats {oldest} to {supported}; {advice}",
+        oldest = crate::repo::OLDEST_FORMAT_VERSION
+    )]
     UnsupportedFormat {
         /// Which object.
         what: String,

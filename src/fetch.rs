@@ -209,7 +209,7 @@ impl ChunkReader {
                 let ciphertext = self.sources[source].target.get(&key).await?;
                 repo::check_object_name(&key, &ciphertext)?;
                 let bytes = self.keyring.decrypt(&key, &ciphertext)?;
-                DecompressionDictionary::new(&bytes)
+                crate::compress::load_dictionary(&bytes)
                     .map(Arc::new)
                     .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))
             })

@@ -24,8 +24,11 @@ use crate::crypto::{self, ChunkId, ChunkIdKey, DecryptFailure, MacKey, RepoSecre
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
-/// The repository format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The repository format version this build writes.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this build reads (format 3 only changed how dictionaries are
+/// stored, and readers tell the two apart by their bytes; docs/FORMAT.md).
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// The config object's key.
 pub const CONFIG_KEY: &str = "config";
 const SNAPSHOT_MAGIC: &str = "crmvault-snapshot";
@@ -261,12 +264,13 @@ impl Repository {
         if value.get("format").and_then(serde_json::Value::as_str) != Some("crmvault") {
             return Err(Error::NotARepository { location: target.location().into() });
         }
-        if version != u64::from(FORMAT_VERSION) {
+        let version = u32::try_from(version).unwrap_or(u32::MAX);
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedFormat {
                 what: format!("repository {}", target.location()),
-                found: u32::try_from(version).unwrap_or(u32::MAX),
+                found: version,
                 supported: FORMAT_VERSION,
-                advice: crate::error::format_advice(u32::try_from(version).unwrap_or(u32::MAX), FORMAT_VERSION),
+                advice: crate::error::format_advice(version, FORMAT_VERSION),
             });
         }
         let config: RepoConfig = serde_json::from_value(value)
@@ -897,7 +901,7 @@ fn parse_header(id: &str, bytes: &Bytes) -> Result<(SnapshotHeader, Bytes, Strin
         return Err(Error::corrupt(&key, "not a crmvault snapshot"));
     };
     let version: u32 = version.parse().map_err(|_| Error::corrupt(&key, "bad version line"))?;
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(Error::UnsupportedFormat {
             what: format!("snapshot {id}"),
             found: version,

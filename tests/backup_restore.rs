@@ -185,3 +185,37 @@ fn table_patterns_select_what_is_backed_up() {
     assert_eq!(restored.sql("SELECT count(*) FROM crm.audit_log").trim(), "0");
     assert_eq!(restored.sql("SELECT count(*) FROM crm.contacts"), source.sql("SELECT count(*) FROM crm.contacts"));
 }
+
+#[test]
+fn a_format_2_repository_still_restores_and_takes_new_snapshots() {
+    // tests/fixtures/format2: a repository written by the format-2 build (raw dictionaries) of
+    // source.sql, with its test-only admin identity and writer key.
+    let fixture_dir = fixture("tests/fixtures/format2");
+    let source = TestDb::create("format2_src");
+    source.load_file(&fixture_dir.join("source.sql"));
+    let work = Workspace::new();
+    let repo = work.path("repo");
+    copy_dir(&fixture_dir.join("repo"), &repo);
+    copy_dir(&fixture_dir.join("config"), &work.config_dir());
+    let key = work.path("format2.key");
+    std::fs::copy(fixture_dir.join("admin.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (repo, key) = (repo.to_str().unwrap(), key.to_str().unwrap());
+    let config = std::fs::read_to_string(work.path("repo/config")).unwrap();
+    assert!(config.contains("\"version\": 2"), "{config}");
+    assert!(!files_under(&work.path("repo/dicts")).is_empty(), "the fixture must hold a (raw) dictionary");
+
+    work.run(&["verify", "--repo", repo, "--identity", key, "--read-data"]).ok();
+    let restored = TestDb::create("format2_restored");
+    work.run(&["restore", "--repo", repo, "--identity", key, "--db", &restored.url()]).ok();
+    assert_same_database(&source, &restored);
+
+    // This build adds format-3 snapshots (compressed dictionaries) beside the old one.
+    source.sql("INSERT INTO crm.notes (company_id, written_on, body) SELECT 1 + i % 40, date '2025-01-01', repeat('new note ' || i, 20) FROM generate_series(1, 3000) i");
+    work.backup(&source, repo);
+    assert_eq!(files_under(&work.path("repo/dicts")).len(), 2, "the new rows trained a (compressed) dictionary");
+    work.run(&["verify", "--repo", repo, "--identity", key, "--read-data"]).ok();
+    let latest = TestDb::create("format2_latest");
+    work.run(&["restore", "--repo", repo, "--identity", key, "--db", &latest.url()]).ok();
+    assert_same_database(&source, &latest);
+}

@@ -111,14 +111,6 @@ fn damaged_copy(work: &Workspace, from: &str, file: &std::path::Path, name: &str
     to.to_str().unwrap().to_string()
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    for file in files_under(from) {
-        let target = to.join(file.strip_prefix(from).unwrap());
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&file, &target).unwrap();
-    }
-}
-
 #[test]
 fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
     let source = TestDb::create("flip");

@@ -258,7 +258,7 @@ fn train_dictionary(
     let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
     let bytes = crate::compress::train(&samples, level)?;
     let fast = CompressionDictionary::new(&bytes, level)?;
-    let ciphertext = crate::crypto::encrypt(recipients, &bytes);
+    let ciphertext = crate::crypto::encrypt(recipients, &crate::compress::store_dictionary(&bytes));
     let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
     let stored = StoredDictionary { reference, ciphertext: Bytes::from(ciphertext) };
     Some(Arc::new(TrainedDictionary { stored, bytes, fast, strong: std::sync::OnceLock::new() }))

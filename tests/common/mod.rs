@@ -244,6 +244,15 @@ impl Workspace {
     }
 }
 
+/// Copies every file under `from` to the same place under `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    for file in files_under(from) {
+        let target = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
 /// Every regular file under `dir`.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
