@@ -262,14 +262,24 @@ impl ChunkReader {
 pub async fn expand_lists(manifest: &mut Manifest, reader: &ChunkReader) -> Result<()> {
     use futures::StreamExt;
     for stream in manifest.streams_mut() {
-        let mut lists = futures::stream::iter(stream.lists.iter().map(|id| async move { (id, reader.read(id).await) }))
-            .buffered(16);
-        let mut chunks = Vec::new();
-        while let Some((id, bytes)) = lists.next().await {
-            chunks.extend(repo::parse_list(&format!("list chunk {id}"), &bytes?)?);
+        if !(1..=repo::LIST_LEVELS_MAX).contains(&stream.list_levels) {
+            return Err(Error::corrupt("snapshot manifest", format!("{} levels of list chunks", stream.list_levels)));
         }
-        drop(lists);
-        stream.chunks = chunks;
+        let mut ids = stream.lists.clone();
+        for level in (1..=stream.list_levels).rev() {
+            let mut lists =
+                futures::stream::iter(ids.iter().map(|id| async move { (id, reader.read(id).await) })).buffered(16);
+            let mut next = Vec::new();
+            while let Some((id, bytes)) = lists.next().await {
+                next.extend(repo::parse_list(&format!("list chunk {id}"), &bytes?)?);
+            }
+            drop(lists);
+            if level > 1 {
+                stream.inner_lists.extend_from_slice(&next);
+            }
+            ids = next;
+        }
+        stream.chunks = ids;
     }
     Ok(())
 }

@@ -26,8 +26,9 @@ use crate::target::{PutOutcome, Target};
 
 /// The repository format version this build writes.
 pub const FORMAT_VERSION: u32 = 3;
-/// The oldest format version this build reads (format 3 only changed how dictionaries are
-/// stored, and readers tell the two apart by their bytes; docs/FORMAT.md).
+/// The oldest format version this build reads (format 3 stores dictionaries compressed, which
+/// readers tell apart by their bytes, and adds levels of list chunks, which default to format
+/// 2's one; docs/FORMAT.md).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// The config object's key.
 pub const CONFIG_KEY: &str = "config";
@@ -756,19 +757,53 @@ pub struct SnapshotHeader {
 ///
 /// The list of its chunk ids is itself stored as chunks ("list chunks", data like any other),
 /// cut where an id's last byte is a multiple of [`LIST_CUT`]: unchanged runs of chunks give
-/// unchanged list chunks, so a snapshot stores only the parts of its lists that changed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// unchanged list chunks, so a snapshot stores only the parts of its lists that changed. A
+/// long list of list chunks is cut the same way again, level upon level, until at most
+/// [`LIST_TOP_MAX`] ids are left for the manifest (format 3; format 2 had one level).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamManifest {
     /// Plaintext length.
     pub bytes: u64,
     /// Keyed BLAKE3 of the whole plaintext (hex).
     pub digest: String,
-    /// The list chunks holding `chunks`, in order.
+    /// The top list chunks, in order: they hold `chunks` when `list_levels` is 1, else the ids
+    /// of the list chunks one level down.
     pub lists: Vec<ChunkId>,
+    /// Levels of list chunks from `lists` down to the data chunks.
+    #[serde(default = "StreamManifest::one_level")]
+    pub list_levels: u32,
+    /// The list chunks below the top level: filled by the backup, or by [`crate::fetch::expand_lists`].
+    #[serde(skip)]
+    pub inner_lists: Vec<ChunkId>,
     /// Its chunks, in order: filled by the backup, or by [`crate::fetch::expand_lists`].
     #[serde(skip)]
     pub chunks: Vec<ChunkId>,
 }
+
+impl Default for StreamManifest {
+    fn default() -> Self {
+        StreamManifest {
+            bytes: 0,
+            digest: String::new(),
+            lists: Vec::new(),
+            list_levels: 1,
+            inner_lists: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+}
+
+impl StreamManifest {
+    fn one_level() -> u32 {
+        1
+    }
+}
+
+/// Most list-chunk ids a manifest holds per stream before another level of list chunks is cut
+/// (a CRM table at scale 1 has ~10 000 list chunks: 0.3 MiB in every snapshot with one level).
+pub const LIST_TOP_MAX: usize = 64;
+/// More levels than this cannot come from a real stream (64^8 chunks): the manifest is damaged.
+pub const LIST_LEVELS_MAX: u32 = 8;
 
 /// A list chunk ends after an id whose last byte is a multiple of this (16 ids on average).
 pub const LIST_CUT: u8 = 16;
@@ -792,6 +827,26 @@ pub fn split_list(ids: &[ChunkId]) -> Vec<Vec<u8>> {
         lists.push(current);
     }
     lists
+}
+
+/// Builds a stream's levels of list chunks: `store` stores the pieces of one level (from
+/// [`split_list`]) and returns their ids, in order. Sets `lists`, `inner_lists` and
+/// `list_levels` from `stream.chunks`.
+pub fn build_lists(
+    stream: &mut StreamManifest,
+    mut store: impl FnMut(Vec<Vec<u8>>) -> Result<Vec<ChunkId>>,
+) -> Result<()> {
+    let mut lists = store(split_list(&stream.chunks))?;
+    stream.list_levels = 1;
+    stream.inner_lists.clear();
+    while lists.len() > LIST_TOP_MAX {
+        let upper = store(split_list(&lists))?;
+        stream.inner_lists.append(&mut lists);
+        lists = upper;
+        stream.list_levels += 1;
+    }
+    stream.lists = lists;
+    Ok(())
 }
 
 /// The ids a list chunk holds.
@@ -872,7 +927,7 @@ impl Manifest {
 
     /// Every list chunk it references.
     pub fn list_chunks(&self) -> impl Iterator<Item = &ChunkId> {
-        self.streams().flat_map(|s| s.lists.iter())
+        self.streams().flat_map(|s| s.lists.iter().chain(s.inner_lists.iter()))
     }
 
     /// Every chunk it references: list chunks, and data chunks once the lists are expanded.
@@ -992,6 +1047,50 @@ mod tests {
 
     fn ids(range: std::ops::Range<u32>) -> Vec<ChunkId> {
         range.map(|n| ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())).collect()
+    }
+
+    #[test]
+    fn long_lists_get_levels_that_expand_back_and_change_one_chunk_per_level() {
+        use std::collections::HashMap;
+        let ids: Vec<ChunkId> = (0..100_000u32).map(|i| ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes())).collect();
+        let build = |ids: &[ChunkId]| {
+            let mut stored: HashMap<ChunkId, Vec<u8>> = HashMap::new();
+            let mut stream = StreamManifest { chunks: ids.to_vec(), ..StreamManifest::default() };
+            build_lists(&mut stream, |pieces| {
+                Ok(pieces
+                    .into_iter()
+                    .map(|piece| {
+                        let id = ChunkId(*blake3::hash(&piece).as_bytes());
+                        stored.insert(id, piece);
+                        id
+                    })
+                    .collect())
+            })
+            .unwrap();
+            (stream, stored)
+        };
+        let (stream, stored) = build(&ids);
+        assert!(stream.lists.len() <= LIST_TOP_MAX, "{}", stream.lists.len());
+        assert_eq!(stream.list_levels, 3, "100 000 ids: ~6 000 list chunks, ~400, then ~25");
+        // Expanding level by level gives the ids back.
+        let mut level = stream.lists.clone();
+        for _ in 0..stream.list_levels {
+            level = level.iter().flat_map(|id| parse_list("list", &stored[id]).unwrap()).collect();
+        }
+        assert_eq!(level, ids);
+        assert_eq!(stream.inner_lists.len() + stream.lists.len(), stored.len());
+        // One changed id changes one list chunk per level (and the top).
+        let mut changed = ids.clone();
+        // (with the same last byte, so the cuts stay where they were)
+        let mut other = [7; 32];
+        other[31] = ids[50_000].0[31];
+        changed[50_000] = ChunkId(other);
+        let (_, stored_after) = build(&changed);
+        let new = stored_after.keys().filter(|id| !stored.contains_key(*id)).count();
+        assert_eq!(new, 3, "{new} new list chunks");
+        // Format 2 manifests have no list_levels: one level.
+        let old: StreamManifest = serde_json::from_str(r#"{"bytes": 0, "digest": "", "lists": []}"#).unwrap();
+        assert_eq!(old.list_levels, 1);
     }
 
     #[test]

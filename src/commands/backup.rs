@@ -783,14 +783,17 @@ async fn store_lists(context: &EncoderContext, mut manifest: Manifest) -> Result
     let context = context.clone();
     tokio::task::spawn_blocking(move || {
         for stream in manifest.streams_mut() {
-            let mut sink = ChunkSink::new(context.clone());
-            // Ids are random bytes: no dictionary to train.
-            sink.dictionary = Dictionary::Decided(None);
-            for list in repo::split_list(&stream.chunks) {
-                sink.store(list);
-            }
-            sink.check()?;
-            stream.lists = sink.manifest.chunks;
+            // Each level of list chunks is stored like data.
+            repo::build_lists(stream, |pieces| {
+                let mut sink = ChunkSink::new(context.clone());
+                // Ids are random bytes: no dictionary to train.
+                sink.dictionary = Dictionary::Decided(None);
+                for piece in pieces {
+                    sink.store(piece);
+                }
+                sink.check()?;
+                Ok(sink.manifest.chunks)
+            })?;
         }
         Ok(manifest)
     })
