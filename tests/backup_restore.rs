@@ -63,6 +63,11 @@ fn everything_round_trips_schema_and_data() {
     let sql = "SELECT oid, md5(lo_get(oid)), lomowner::regrole, obj_description(oid, 'pg_largeobject') FROM pg_largeobject_metadata ORDER BY 1";
     assert_eq!(source.sql(sql), restored.sql(sql));
     assert_eq!(source.sql(sql), parallel.sql(sql));
+    // Restoring over a full restore with --clean (the 3 a.m. case) replaces everything, large
+    // objects included.
+    work.run(&["restore", "--clean", "--repo", &repo, "--identity", &work.admin_key(), "--db", &restored.url()]).ok();
+    assert_same_database(&source, &restored);
+    assert_eq!(source.sql(sql), restored.sql(sql));
     assert!(source.sql(sql).contains("424242"));
 }
 

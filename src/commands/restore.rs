@@ -242,10 +242,6 @@ impl Load<'_> {
         snapshot_id: &str,
     ) -> Result<u64> {
         let client = self.client;
-        let large_objects_before: Vec<u32> = client
-            .query_one("SELECT coalesce(array_agg(oid), '{}') FROM pg_catalog.pg_largeobject_metadata", &[])
-            .await?
-            .get(0);
         let marker = source::quote_ident(source::INCOMPLETE_RESTORE_SCHEMA);
         client.batch_execute("BEGIN").await?;
         if clean {
@@ -274,7 +270,7 @@ impl Load<'_> {
         }
         .await;
         if let Err(error) = loaded {
-            return Err(match self.undo(&large_objects_before).await {
+            return Err(match self.undo().await {
                 Ok(()) => error,
                 Err(undo) => Error::RestoreLeftIncomplete { cause: Box::new(error), undo: Box::new(undo) },
             });
@@ -327,18 +323,13 @@ impl Load<'_> {
         Ok(rows)
     }
 
-    /// Removes what a failed parallel restore committed, leaving the database empty as it was.
-    async fn undo(&self, large_objects_before: &[u32]) -> Result<()> {
+    /// Removes what a failed parallel restore committed (schemas and large objects), leaving
+    /// the database empty as it was.
+    async fn undo(&self) -> Result<()> {
         let client = self.client;
         client.batch_execute("ROLLBACK").await.ok();
         client.batch_execute("BEGIN").await?;
         source::clean_database(client).await?;
-        client
-            .execute(
-                "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE NOT (oid = ANY($1))",
-                &[&large_objects_before],
-            )
-            .await?;
         client.batch_execute("COMMIT").await?;
         Ok(())
     }

@@ -483,11 +483,13 @@ pub async fn describe_contents(client: &Client) -> Result<Option<String>> {
                 (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}), \
                 (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS} \
                    AND (t.typtype IN ('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c')))), \
-                (SELECT count(*) FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public')"
+                (SELECT count(*) FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public'), \
+                (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)"
     );
     let row = client.query_one(&sql, &[]).await?;
-    let (relations, functions, types, schemas): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    if relations + functions + types + schemas == 0 {
+    let (relations, functions, types, schemas, large_objects): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    if relations + functions + types + schemas + large_objects == 0 {
         return Ok(None);
     }
     if holds_incomplete_restore(client).await? {
@@ -495,7 +497,9 @@ pub async fn describe_contents(client: &Client) -> Result<Option<String>> {
             "an interrupted --parallel restore left it incomplete: schema {INCOMPLETE_RESTORE_SCHEMA}"
         )));
     }
-    Ok(Some(format!("{relations} relations, {functions} functions, {types} types, {schemas} schemas")))
+    Ok(Some(format!(
+        "{relations} relations, {functions} functions, {types} types, {schemas} schemas, {large_objects} large objects"
+    )))
 }
 
 /// The schema a parallel restore creates in its first transaction and drops in its last: while it
@@ -510,8 +514,20 @@ pub async fn holds_incomplete_restore(client: &Client) -> Result<bool> {
     Ok(row.get(0))
 }
 
-/// Drops every user schema and recreates an empty `public` (restore --clean), inside the caller's transaction.
+/// Drops every user schema, large object, publication and event trigger (what pg_dump dumps of a
+/// database besides its schemas; subscriptions and foreign-data wrappers of one's own are left)
+/// and recreates an empty `public` (restore --clean), inside the caller's transaction.
 pub async fn clean_database(client: &Client) -> Result<()> {
+    client.batch_execute("SELECT count(pg_catalog.lo_unlink(oid)) FROM pg_catalog.pg_largeobject_metadata").await?;
+    reset_global_default_privileges(client).await?;
+    for (catalog, column, kind) in
+        [("pg_publication", "pubname", "PUBLICATION"), ("pg_event_trigger", "evtname", "EVENT TRIGGER")]
+    {
+        for row in client.query(&format!("SELECT {column}::text FROM pg_catalog.{catalog} ORDER BY 1"), &[]).await? {
+            let name: String = row.get(0);
+            client.batch_execute(&format!("DROP {kind} {}", quote_ident(&name))).await?;
+        }
+    }
     let sql = format!("SELECT n.nspname FROM pg_namespace n WHERE {USER_SCHEMAS} ORDER BY 1");
     for row in client.query(&sql, &[]).await? {
         let schema: String = row.get(0);
@@ -524,6 +540,59 @@ pub async fn clean_database(client: &Client) -> Result<()> {
              COMMENT ON SCHEMA public IS 'standard public schema'",
         )
         .await?;
+    Ok(())
+}
+
+/// Puts database-wide `ALTER DEFAULT PRIVILEGES` back to PostgreSQL's built-in defaults
+/// (per-schema ones go with their schema): otherwise a restore's new objects would get the
+/// privileges the replaced database had set up, not the snapshot's. PostgreSQL removes an entry
+/// once it equals the default: revoke everything it grants, grant the defaults again.
+async fn reset_global_default_privileges(client: &Client) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT pg_catalog.pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, \
+                    coalesce(array_agg(DISTINCT a.grantee) FILTER (WHERE a.grantee IS NOT NULL), '{}') \
+             FROM pg_catalog.pg_default_acl d LEFT JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) a ON true \
+             WHERE d.defaclnamespace = 0 GROUP BY 1, 2",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (role, kind, grantees): (String, String, Vec<u32>) = (row.get(0), row.get(1), row.get(2));
+        let (objects, public_default) = match kind.as_str() {
+            "r" => ("TABLES", None),
+            "S" => ("SEQUENCES", None),
+            "f" => ("FUNCTIONS", Some("EXECUTE")),
+            "T" => ("TYPES", Some("USAGE")),
+            "n" => ("SCHEMAS", None),
+            _ => continue,
+        };
+        let role = quote_ident(&role);
+        for grantee in grantees {
+            let grantee = if grantee == 0 {
+                "PUBLIC".to_string()
+            } else {
+                let name: String =
+                    client.query_one("SELECT pg_catalog.pg_get_userbyid($1)::text", &[&grantee]).await?.get(0);
+                quote_ident(&name)
+            };
+            client
+                .batch_execute(&format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {role} REVOKE ALL ON {objects} FROM {grantee}"
+                ))
+                .await?;
+        }
+        client
+            .batch_execute(&format!("ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT ALL ON {objects} TO {role}"))
+            .await?;
+        if let Some(privilege) = public_default {
+            client
+                .batch_execute(&format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT {privilege} ON {objects} TO PUBLIC"
+                ))
+                .await?;
+        }
+    }
     Ok(())
 }
 
