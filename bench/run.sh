@@ -96,13 +96,18 @@ crmvault_unchanged=$(( $(repo_size) - before ))
 echo "== restore" >&2
 sql postgres "DROP DATABASE IF EXISTS $restored WITH (FORCE)"
 sql postgres "CREATE DATABASE $restored"
+# Each restore writes about as much WAL as it loads: start each from a fresh checkpoint so that
+# none pays for the one before it.
+sql postgres "CHECKPOINT"
 measure pg_restore_j2 pg_restore -j2 -d "$server/$restored" "$work/dump.fc"
 sql postgres "DROP DATABASE $restored WITH (FORCE)"
 sql postgres "CREATE DATABASE $restored"
 full_id=$(sed -n 's/.*"snapshot_id": "\([0-9a-f]*\)".*/\1/p' "$work/full.json")
+sql postgres "CHECKPOINT"
 measure crmvault_restore "$crmvault" restore --repo "$work/repo" --identity "$work/admin.key" --db "$server/$restored" "$full_id"
 sql postgres "DROP DATABASE $restored WITH (FORCE)"
 sql postgres "CREATE DATABASE $restored"
+sql postgres "CHECKPOINT"
 measure crmvault_restore_parallel "$crmvault" restore --parallel --repo "$work/repo" --identity "$work/admin.key" --db "$server/$restored" "$full_id"
 sql postgres "DROP DATABASE $restored WITH (FORCE)"
 
