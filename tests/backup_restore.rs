@@ -14,40 +14,12 @@ fn everything_round_trips_schema_and_data() {
     assert!(report["tables"].as_u64().unwrap() >= 10, "{report}");
 
     let restored = TestDb::create("everything_restored");
-    let run = work
-        .run(&[
-            "restore",
-            "--json",
-            "--jobs",
-            "3",
-            "--repo",
-            &repo,
-            "--identity",
-            &work.admin_key(),
-            "--db",
-            &restored.url(),
-            "latest",
-        ])
-        .ok();
+    let run = work.restore_with(&repo, &restored, &["--json", "--jobs", "3", "latest"]).ok();
     assert_eq!(run.json()["rows"], report["rows"]);
     assert_same_database(&source, &restored);
     // Loading tables on several connections gives the same database.
     let parallel = TestDb::create("everything_parallel");
-    let run = work
-        .run(&[
-            "restore",
-            "--json",
-            "--parallel",
-            "--jobs",
-            "3",
-            "--repo",
-            &repo,
-            "--identity",
-            &work.admin_key(),
-            "--db",
-            &parallel.url(),
-        ])
-        .ok();
+    let run = work.restore_with(&repo, &parallel, &["--json", "--parallel", "--jobs", "3"]).ok();
     assert_eq!(run.json()["rows"], report["rows"]);
     assert_eq!(run.json()["parallel"], true);
     assert_same_database(&source, &parallel);
@@ -65,7 +37,7 @@ fn everything_round_trips_schema_and_data() {
     assert_eq!(source.sql(sql), parallel.sql(sql));
     // Restoring over a full restore with --clean (the 3 a.m. case) replaces everything, large
     // objects included.
-    work.run(&["restore", "--clean", "--repo", &repo, "--identity", &work.admin_key(), "--db", &restored.url()]).ok();
+    work.restore_with(&repo, &restored, &["--clean"]).ok();
     assert_same_database(&source, &restored);
     assert_eq!(source.sql(sql), restored.sql(sql));
     assert!(source.sql(sql).contains("424242"));
@@ -83,20 +55,10 @@ fn restore_refuses_a_non_empty_database_unless_clean() {
     work.restore(&repo, &target).fails_with(1, "is not empty");
     assert_eq!(target.sql("SELECT count(*) FROM precious").trim(), "1");
     // A parallel restore cannot put old contents back if it is killed, so it will not replace them.
-    work.run(&[
-        "restore",
-        "--parallel",
-        "--clean",
-        "--repo",
-        &repo,
-        "--identity",
-        &work.admin_key(),
-        "--db",
-        &target.url(),
-    ])
-    .fails_with(1, "--parallel restores only into an empty database");
+    work.restore_with(&repo, &target, &["--parallel", "--clean"])
+        .fails_with(1, "--parallel restores only into an empty database");
     assert_eq!(target.sql("SELECT count(*) FROM precious").trim(), "1");
-    work.run(&["restore", "--clean", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()]).ok();
+    work.restore_with(&repo, &target, &["--clean"]).ok();
     assert_same_database(&source, &target);
 }
 

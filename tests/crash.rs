@@ -148,17 +148,6 @@ fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
         "1"
     );
     work.restore(&repo, &target).fails_with(1, "interrupted --parallel restore");
-    work.run(&[
-        "restore",
-        "--parallel",
-        "--clean",
-        "--repo",
-        &repo,
-        "--identity",
-        &work.admin_key(),
-        "--db",
-        &target.url(),
-    ])
-    .ok();
+    work.restore_with(&repo, &target, &["--parallel", "--clean"]).ok();
     assert_same_database(&source, &target);
 }

@@ -139,8 +139,7 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
             verify.stderr
         );
         for mode in ["--jobs=2", "--parallel"] {
-            let restore =
-                work.run(&["restore", mode, "--repo", &copy, "--identity", &work.admin_key(), "--db", &target.url()]);
+            let restore = work.restore_with(&copy, &target, &[mode]);
             assert_eq!(restore.code, 1, "restore {mode} went ahead despite a flip in {name}: {}", restore.stdout);
             assert!(!restore.stderr.contains("panicked"));
             assert!(target.is_empty(), "restore {mode} left objects behind after a flip in {name}");
@@ -187,8 +186,7 @@ fn a_parallel_restore_that_fails_midway_removes_what_it_created() {
     let largest = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     let copy = damaged_copy(&work, &repo, largest.strip_prefix(&repo).unwrap(), "damaged");
     let target = TestDb::create("parallel_undo_target");
-    let run =
-        work.run(&["restore", "--parallel", "--repo", &copy, "--identity", &work.admin_key(), "--db", &target.url()]);
+    let run = work.restore_with(&copy, &target, &["--parallel"]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stderr.contains("corrupt") && run.stderr.contains("what the restore created was removed"),
@@ -201,6 +199,6 @@ fn a_parallel_restore_that_fails_midway_removes_what_it_created() {
         "{}",
         target.sql("SELECT relname FROM pg_class WHERE relnamespace <> 'pg_catalog'::regnamespace")
     );
-    work.run(&["restore", "--parallel", "--repo", &repo, "--identity", &work.admin_key(), "--db", &target.url()]).ok();
+    work.restore_with(&repo, &target, &["--parallel"]).ok();
     assert_same_database(&source, &target);
 }

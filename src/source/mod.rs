@@ -371,8 +371,8 @@ pub async fn attach_to_snapshot(database: &Database, snapshot: &str) -> Result<C
     let client = database.connect().await?;
     client
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-            snapshot.replace('\'', "''")
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
         ))
         .await?;
     Ok(client)

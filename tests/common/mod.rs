@@ -240,7 +240,16 @@ impl Workspace {
     }
 
     pub fn restore(&self, repo: &str, db: &TestDb) -> Run {
-        self.run(&["restore", "--repo", repo, "--identity", &self.admin_key(), "--db", &db.url(), "latest"])
+        self.restore_with(repo, db, &["latest"])
+    }
+
+    /// `restore` with the admin key into `db`, with `options` (flags, a snapshot) added.
+    pub fn restore_with(&self, repo: &str, db: &TestDb, options: &[&str]) -> Run {
+        let mut args = vec!["restore", "--repo", repo];
+        let (key, url) = (self.admin_key(), db.url());
+        args.extend(["--identity", &key, "--db", &url]);
+        args.extend_from_slice(options);
+        self.run(&args)
     }
 }
 
