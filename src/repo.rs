@@ -578,25 +578,51 @@ struct Slot {
     raw_length: u32,
 }
 
-/// Where every known chunk is. Kept compact (56 bytes a chunk, in one sorted array searched
-/// by bisection): a backup holds the index of each target in memory, and a repository holds
-/// millions of chunks. A hash map took twice that, and three times while it grew.
+/// Where every known chunk is. Kept compact (56 bytes a chunk, in one sorted array): a backup
+/// holds the index of each target in memory, and a repository holds millions of chunks. A
+/// hash map took twice that, and three times while it grew. Chunk ids are keyed hashes, so
+/// evenly spread: a table of where each run of ids with the same leading bits starts (4 bytes
+/// for every 2 chunks) takes a lookup straight to the two or three entries to compare. Plain
+/// bisection through the array was a cache miss per step, 10% of a restore's CPU.
 #[derive(Debug, Default)]
 pub struct ChunkIndex {
     /// Sorted by id, one entry per id (the first one added). Only [`ChunkIndex::add`] breaks
     /// the order, and [`ChunkIndex::seal`] restores it before anyone looks.
     chunks: Vec<(ChunkId, Slot)>,
+    /// `starts[b]` is where the ids whose leading `bits` bits are `b` start in `chunks`, and
+    /// `starts[b + 1]` where they end. Empty until sealed.
+    starts: Vec<u32>,
+    bits: u32,
     packs: Vec<PackEntry>,
     numbers: HashMap<String, u32>,
 }
 
 impl ChunkIndex {
     /// Sorts what [`ChunkIndex::add`] appended; of several entries for one id, keeps the one
-    /// added first (the sort is stable).
+    /// added first (the sort is stable). Then builds the table of runs.
     fn seal(&mut self) {
         self.chunks.sort_by_key(|entry| entry.0);
         self.chunks.dedup_by(|later, earlier| later.0 == earlier.0);
         self.chunks.shrink_to_fit();
+        self.bits = self.chunks.len().max(1).ilog2().saturating_sub(1).min(26);
+        let buckets = 1usize << self.bits;
+        let mut starts = Vec::with_capacity(buckets + 1);
+        let mut at = 0;
+        for bucket in 0..buckets {
+            while at < self.chunks.len() && Self::bucket(&self.chunks[at].0, self.bits) < bucket {
+                at += 1;
+            }
+            starts.push(u32::try_from(at).expect("fewer than 4 billion chunks"));
+        }
+        starts.push(u32::try_from(self.chunks.len()).expect("fewer than 4 billion chunks"));
+        self.starts = starts;
+    }
+
+    /// The leading `bits` bits of an id.
+    fn bucket(id: &ChunkId, bits: u32) -> usize {
+        let lead = u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"));
+        // `bits` is at most 26, so the shift leaves a value that fits.
+        usize::try_from(lead.checked_shr(64 - bits).unwrap_or(0)).expect("26 bits fit a usize")
     }
 
     /// Appends an index file's chunks; [`ChunkIndex::seal`] must follow.
@@ -624,7 +650,11 @@ impl ChunkIndex {
     }
 
     fn slot(&self, id: &ChunkId) -> Option<&Slot> {
-        self.chunks.binary_search_by(|(known, _)| known.cmp(id)).ok().map(|found| &self.chunks[found].1)
+        let run = match self.starts.get(Self::bucket(id, self.bits)..) {
+            Some([start, end, ..]) => &self.chunks[*start as usize..*end as usize],
+            _ => &self.chunks[..],
+        };
+        run.binary_search_by(|(known, _)| known.cmp(id)).ok().map(|found| &run[found].1)
     }
 
     /// Where a chunk is.
@@ -1107,6 +1137,33 @@ mod tests {
         assert_eq!(index.iter().count(), 2000);
         assert_eq!(index.get(&id(1450)).unwrap().0.pack.id, "b");
         assert_eq!(index.get(&id(1999)).unwrap().0.pack.id, "c");
+    }
+
+    #[test]
+    fn the_index_finds_ids_at_both_ends_of_the_range_at_any_size() {
+        let record = |ids: &[ChunkId]| IndexFile {
+            version: FORMAT_VERSION,
+            packs: vec![PackRecord {
+                pack: ObjectRef { id: "p".into(), size: 1 },
+                dictionary: None,
+                chunks: ids.iter().map(|id| ChunkLocation(*id, 7, 1, 1)).collect(),
+            }],
+        };
+        let edges = [ChunkId([0; 32]), ChunkId([0xff; 32]), ChunkId([0x80; 32])];
+        for size in [0u32, 1, 2, 3, 5, 100, 5000] {
+            let mut known = ids(0..size);
+            known.extend_from_slice(&edges);
+            let mut index = ChunkIndex::default();
+            index.add("i", record(&known));
+            index.seal();
+            for id in &known {
+                assert_eq!(index.get(id).map(|(_, location)| location.offset()), Some(7), "{size}: {id}");
+            }
+            for id in ids(size..size + 50).iter().chain([&ChunkId([0xfe; 32]), &ChunkId([1; 32])]) {
+                assert!(!index.contains(id), "{size}: {id}");
+            }
+        }
+        assert!(!ChunkIndex::default().contains(&ChunkId([0; 32])));
     }
 
     #[test]
