@@ -14,6 +14,7 @@
 //! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
 //! proven in parallel ahead of each loading connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats, Source};
 use crate::repo::{self, Keyring, Manifest, Repository, StreamManifest, TableManifest};
+use crate::source::script::{Entry, Step, TableName};
 use crate::source::{self, Database};
 
 /// What an existing target database may contain.
@@ -226,10 +228,11 @@ impl Load<'_> {
         Ok(rows)
     }
 
-    /// Tables loaded on `jobs` connections at once, largest first. Three steps: the pre-data
+    /// Tables loaded on `jobs` connections at once, largest first. Four steps: the pre-data
     /// DDL and a marker schema are committed; every connection truncates and `COPY … FREEZE`s
-    /// its tables, and all of them commit only once every table is loaded and proven; the last
-    /// transaction writes large objects, sequences and the post-data DDL and drops the marker.
+    /// its tables, and all of them commit only once every table is loaded and proven; the
+    /// post-data DDL runs with indexes and constraints built on those connections at once;
+    /// the last transaction writes large objects and sequences and drops the marker.
     /// On any error everything the restore created is dropped again; if the process is killed
     /// in between, the marker schema says the database is incomplete and later restores refuse
     /// it unless `--clean`.
@@ -261,10 +264,13 @@ impl Load<'_> {
         tracing::debug!("pre-data committed");
 
         let loaded = async {
-            let rows = self.tables_in_parallel(database).await?;
+            let (loaders, rows) = self.tables_in_parallel(database).await?;
             tracing::debug!("every table loaded and committed");
+            self.post_data_in_parallel(&loaders, post_data).await?;
+            tracing::debug!("post-data done");
             client.batch_execute("BEGIN").await?;
-            self.finish(post_data).await?;
+            self.write_large_objects_and_sequences().await?;
+            self.refresh_materialized_views().await?;
             client.batch_execute(&format!("DROP SCHEMA {marker}; COMMIT")).await?;
             Ok(rows)
         }
@@ -279,8 +285,9 @@ impl Load<'_> {
     }
 
     /// Loads every table, `jobs` connections each taking the largest table left; every
-    /// connection's transaction commits only when all tables are in.
-    async fn tables_in_parallel(&self, database: &Database) -> Result<u64> {
+    /// connection's transaction commits only when all tables are in. Returns the connections,
+    /// for the post-data step.
+    async fn tables_in_parallel(&self, database: &Database) -> Result<(Vec<tokio_postgres::Client>, u64)> {
         let mut order: Vec<&TableManifest> = self.manifest.tables.iter().collect();
         order.sort_by_key(|table| std::cmp::Reverse(table.data.bytes));
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -316,11 +323,104 @@ impl Load<'_> {
         // The first error drops the other connections, which rolls their transactions back.
         let loaded = futures::future::try_join_all((0..connections).map(|_| worker())).await?;
         let mut rows = 0;
-        for (client, loaded_rows) in &loaded {
+        let mut clients = Vec::with_capacity(loaded.len());
+        for (client, loaded_rows) in loaded {
             client.batch_execute("COMMIT").await?;
             rows += loaded_rows;
+            clients.push(client);
         }
-        Ok(rows)
+        Ok((clients, rows))
+    }
+
+    /// Runs the post-data DDL in its order, except that runs of index and unique-constraint
+    /// builds, and runs of foreign keys, are spread over `loaders` (as `pg_restore -j` does),
+    /// never two at once that would wait for each other's lock. Every entry commits on its
+    /// own: on an error the caller removes everything, as for the tables.
+    async fn post_data_in_parallel(&self, loaders: &[tokio_postgres::Client], post_data: &[u8]) -> Result<()> {
+        let sql = source::executable_sql(post_data)?;
+        let script = source::script::parse(&sql);
+        for client in loaders.iter().chain([self.client]) {
+            client.batch_execute(script.preamble).await?;
+        }
+        let sizes: HashMap<TableName, u64> = self
+            .manifest
+            .tables
+            .iter()
+            .map(|t| (TableName { schema: t.schema.clone(), name: t.name.clone() }, t.data.bytes))
+            .collect();
+        let mut group: Vec<&Entry<'_>> = Vec::new();
+        let mut comments: Vec<&Entry<'_>> = Vec::new();
+        for entry in &script.entries {
+            let joins = entry.step.group().is_some_and(|g| group.first().is_none_or(|e| e.step.group() == Some(g)));
+            if joins {
+                group.push(entry);
+                continue;
+            }
+            if entry.step == Step::Comment && !group.is_empty() {
+                // A comment on an index or constraint of the group: after the group.
+                comments.push(entry);
+                continue;
+            }
+            self.run_group(loaders, std::mem::take(&mut group), &sizes).await?;
+            for comment in comments.drain(..) {
+                self.client.batch_execute(comment.sql).await?;
+            }
+            if entry.step.group().is_some() {
+                group.push(entry);
+            } else {
+                self.client.batch_execute(entry.sql).await?;
+            }
+        }
+        self.run_group(loaders, group, &sizes).await?;
+        for comment in comments {
+            self.client.batch_execute(comment.sql).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs independent entries on all `clients`, those of the largest tables first; an entry
+    /// waits while another holds a lock it would conflict with.
+    async fn run_group(
+        &self,
+        clients: &[tokio_postgres::Client],
+        mut entries: Vec<&Entry<'_>>,
+        sizes: &HashMap<TableName, u64>,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let size = |entry: &Entry<'_>| entry.step.locks().first().and_then(|(table, _)| sizes.get(*table)).copied();
+        entries.sort_by_key(|entry| std::cmp::Reverse(size(entry)));
+        tracing::debug!(entries = entries.len(), connections = clients.len(), "post-data group");
+        let board = std::sync::Mutex::new(LockBoard { pending: entries, held: HashMap::new() });
+        let changed = tokio::sync::Notify::new();
+        let workers = clients.iter().map(|client| {
+            let (board, changed) = (&board, &changed);
+            async move {
+                loop {
+                    let notified = changed.notified();
+                    futures::pin_mut!(notified);
+                    notified.as_mut().enable();
+                    let picked = {
+                        let mut board = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if board.pending.is_empty() {
+                            return Ok::<_, Error>(());
+                        }
+                        board.take_runnable()
+                    };
+                    let Some(entry) = picked else {
+                        notified.await;
+                        continue;
+                    };
+                    let result = run_entry(client, entry).await;
+                    board.lock().unwrap_or_else(std::sync::PoisonError::into_inner).release(entry);
+                    changed.notify_waiters();
+                    result?;
+                }
+            }
+        });
+        futures::future::try_join_all(workers).await?;
+        Ok(())
     }
 
     /// Removes what a failed parallel restore committed (schemas and large objects), leaving
@@ -336,6 +436,14 @@ impl Load<'_> {
 
     /// Large objects, sequence values, post-data DDL and materialized views, in the caller's transaction.
     async fn finish(&self, post_data: &[u8]) -> Result<()> {
+        self.write_large_objects_and_sequences().await?;
+        self.client.batch_execute(&source::executable_sql(post_data)?).await?;
+        tracing::debug!("post-data done");
+        self.refresh_materialized_views().await
+    }
+
+    /// Large objects and sequence values, in the caller's transaction.
+    async fn write_large_objects_and_sequences(&self) -> Result<()> {
         let client = self.client;
         if let Some(large_objects) = &self.manifest.large_objects {
             client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
@@ -352,10 +460,13 @@ impl Load<'_> {
                 .await?;
         }
         tracing::debug!("sequences and large objects written");
-        client.batch_execute(&source::executable_sql(post_data)?).await?;
-        tracing::debug!("post-data done");
+        Ok(())
+    }
+
+    /// Fills materialized views, once their indexes exist, in the caller's transaction.
+    async fn refresh_materialized_views(&self) -> Result<()> {
         for (schema, name) in &self.manifest.materialized_views {
-            client
+            self.client
                 .batch_execute(&format!(
                     "REFRESH MATERIALIZED VIEW {}.{}",
                     source::quote_ident(schema),
@@ -364,6 +475,63 @@ impl Load<'_> {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Who holds which table while post-data entries run at once.
+struct LockBoard<'e, 'a> {
+    /// Entries not started, in the order to start them.
+    pending: Vec<&'e Entry<'a>>,
+    /// Per table: entries holding a shared lock, and whether one holds it exclusively.
+    held: HashMap<TableName, (usize, bool)>,
+}
+
+impl<'e, 'a> LockBoard<'e, 'a> {
+    /// Takes the first pending entry whose locks conflict with none held, and holds them.
+    fn take_runnable(&mut self) -> Option<&'e Entry<'a>> {
+        let free = |entry: &Entry<'_>| {
+            entry.step.locks().iter().all(|(table, exclusive)| match self.held.get(*table) {
+                None | Some((0, false)) => true,
+                Some((_, true)) => false,
+                Some((_, false)) => !exclusive,
+            })
+        };
+        let at = self.pending.iter().position(|entry| free(entry))?;
+        let entry = self.pending.remove(at);
+        for (table, exclusive) in entry.step.locks() {
+            let held = self.held.entry(table.clone()).or_default();
+            held.0 += 1;
+            held.1 |= exclusive;
+        }
+        Some(entry)
+    }
+
+    fn release(&mut self, entry: &Entry<'_>) {
+        for (table, _) in entry.step.locks() {
+            if let Some(held) = self.held.get_mut(table) {
+                held.0 -= 1;
+                if held.0 == 0 {
+                    self.held.remove(table);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one post-data entry; a deadlock (two builds on tables of one partition tree, say)
+/// costs a retry, not the restore.
+async fn run_entry(client: &tokio_postgres::Client, entry: &Entry<'_>) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match client.batch_execute(entry.sql).await {
+            Err(error)
+                if attempt < 3 && error.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                tracing::debug!(kind = entry.kind, "deadlock, trying again");
+                attempt += 1;
+            }
+            result => return result.map_err(Error::from),
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::error::{Error, Result};
 
+pub mod script;
 pub mod tls;
 
 use tls::TlsMode;

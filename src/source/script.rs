@@ -1,0 +1,424 @@
+//! pg_dump's plain-text script cut into its entries, so that `restore --parallel` can build
+//! indexes and constraints on several connections, as `pg_restore -j` does from an archive's
+//! table of contents.
+//!
+//! Each entry of a plain dump starts with a header comment (`-- Name: …; Type: …; Schema: …`).
+//! The script is lexed the way the server reads it (quoted strings, `E''` escapes, dollar
+//! quotes, quoted identifiers, nested block comments), so a header-like line inside a literal
+//! never cuts an entry. What may run in parallel is decided from the statement itself, not
+//! only from the header: an index is one `CREATE [UNIQUE] INDEX … ON [ONLY] schema.table`, a
+//! constraint one `ALTER TABLE [ONLY] schema.table ADD CONSTRAINT … PRIMARY KEY | UNIQUE |
+//! EXCLUDE`, a foreign key one `… FOREIGN KEY (…) REFERENCES schema.table`. Anything else runs
+//! one after the other, in the script's order.
+
+/// A table named in the script, as the server resolves it (unquoted names folded to lower case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub name: String,
+}
+
+/// How an entry may be scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `CREATE INDEX`: may run beside other entries of the same group, and beside other index
+    /// builds on the same table (both take a SHARE lock).
+    Index(TableName),
+    /// `ADD CONSTRAINT … PRIMARY KEY | UNIQUE | EXCLUDE`: may run beside other entries of the
+    /// same group, but alone on its table (ACCESS EXCLUSIVE).
+    Constraint(TableName),
+    /// `ADD CONSTRAINT … FOREIGN KEY … REFERENCES`: may run beside other foreign keys that
+    /// touch neither table (both take SHARE ROW EXCLUSIVE, which conflicts with itself).
+    ForeignKey {
+        /// The referencing table.
+        table: TableName,
+        /// The referenced table.
+        references: TableName,
+    },
+    /// A comment: has to follow its object, and nothing depends on it.
+    Comment,
+    /// Anything else: runs alone, in order.
+    Serial,
+}
+
+impl Step {
+    /// Entries of the same group may run at once (indexes with constraints, foreign keys
+    /// with foreign keys); `None` for entries that run alone.
+    pub fn group(&self) -> Option<u8> {
+        match self {
+            Step::Index(_) | Step::Constraint(_) => Some(1),
+            Step::ForeignKey { .. } => Some(2),
+            Step::Comment | Step::Serial => None,
+        }
+    }
+
+    /// The tables this entry locks, each with whether the lock excludes every other entry
+    /// on that table (`true`) or only entries that want it exclusively (`false`).
+    pub fn locks(&self) -> Vec<(&TableName, bool)> {
+        match self {
+            Step::Index(table) => vec![(table, false)],
+            Step::Constraint(table) => vec![(table, true)],
+            Step::ForeignKey { table, references } => vec![(table, true), (references, true)],
+            Step::Comment | Step::Serial => Vec::new(),
+        }
+    }
+}
+
+/// One entry of a dump: its header comment and its statements.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    /// The `Type:` of its header.
+    pub kind: &'a str,
+    /// Header and statements, as pg_dump wrote them.
+    pub sql: &'a str,
+    /// How it may be scheduled.
+    pub step: Step,
+}
+
+/// A plain dump: the settings before the first entry, then the entries in order.
+#[derive(Debug, Clone)]
+pub struct Script<'a> {
+    /// `SET …` lines every connection that runs entries needs first.
+    pub preamble: &'a str,
+    /// The entries, in the dump's order.
+    pub entries: Vec<Entry<'a>>,
+}
+
+/// Cuts a dump (already through [`super::executable_sql`]) into its entries.
+pub fn parse(text: &str) -> Script<'_> {
+    let mut starts = Vec::new();
+    for token in Lexer::new(text) {
+        if token.kind == Kind::LineComment
+            && (token.start == 0 || text.as_bytes()[token.start - 1] == b'\n')
+            && text[token.start..].starts_with("--\n-- Name: ")
+        {
+            starts.push(token.start);
+        }
+    }
+    let preamble = &text[..starts.first().copied().unwrap_or(text.len())];
+    let entries = starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            let end = starts.get(i + 1).copied().unwrap_or(text.len());
+            let sql = &text[start..end];
+            let kind = header_type(sql);
+            Entry { kind, sql, step: classify(kind, sql) }
+        })
+        .collect();
+    Script { preamble, entries }
+}
+
+/// The `Type:` of an entry's header line (`-- Name: x; Type: INDEX; Schema: s; Owner: o`).
+fn header_type(sql: &str) -> &str {
+    let line = sql.lines().nth(1).unwrap_or("");
+    let Some(at) = line.rfind("; Type: ") else { return "" };
+    let rest = &line[at + "; Type: ".len()..];
+    rest.split("; ").next().unwrap_or("")
+}
+
+fn classify(kind: &str, sql: &str) -> Step {
+    let tokens: Vec<Token<'_>> =
+        Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment)).collect();
+    // Exactly one statement, ended by its only semicolon.
+    let semicolons = tokens.iter().filter(|t| t.is_punct(';')).count();
+    if semicolons != 1 || !tokens.last().is_some_and(|t| t.is_punct(';')) {
+        return if kind == "COMMENT" && semicolons >= 1 { Step::Comment } else { Step::Serial };
+    }
+    let mut words = Words { tokens: &tokens, at: 0 };
+    match kind {
+        "COMMENT" if words.keyword("comment") => Step::Comment,
+        "INDEX" => {
+            let create = words.keyword("create");
+            words.keyword("unique");
+            let index = create && words.keyword("index") && words.name().is_some() && words.keyword("on");
+            words.keyword("only");
+            match (index, words.qualified()) {
+                (true, Some(table)) if words.keyword("using") => Step::Index(table),
+                _ => Step::Serial,
+            }
+        }
+        "CONSTRAINT" | "FK CONSTRAINT" => {
+            if !(words.keyword("alter") && words.keyword("table")) {
+                return Step::Serial;
+            }
+            words.keyword("only");
+            let Some(table) = words.qualified() else { return Step::Serial };
+            if !(words.keyword("add") && words.keyword("constraint") && words.name().is_some()) {
+                return Step::Serial;
+            }
+            if kind == "CONSTRAINT" {
+                let unique = (words.keyword("primary") && words.keyword("key"))
+                    || words.keyword("unique")
+                    || words.keyword("exclude");
+                return if unique { Step::Constraint(table) } else { Step::Serial };
+            }
+            if !(words.keyword("foreign") && words.keyword("key")) {
+                return Step::Serial;
+            }
+            // Past the column list to REFERENCES.
+            while let Some(token) = words.next() {
+                if token.kind == Kind::Word && token.text.eq_ignore_ascii_case("references") {
+                    return match words.qualified() {
+                        Some(references) => Step::ForeignKey { table, references },
+                        None => Step::Serial,
+                    };
+                }
+            }
+            Step::Serial
+        }
+        _ => Step::Serial,
+    }
+}
+
+/// A cursor over an entry's tokens (spaces and comments left out).
+struct Words<'t, 'a> {
+    tokens: &'t [Token<'a>],
+    at: usize,
+}
+
+impl<'a> Words<'_, 'a> {
+    fn next(&mut self) -> Option<Token<'a>> {
+        let token = self.tokens.get(self.at).cloned();
+        self.at += 1;
+        token
+    }
+
+    /// Consumes the keyword if it comes next.
+    fn keyword(&mut self, keyword: &str) -> bool {
+        let found =
+            self.tokens.get(self.at).is_some_and(|t| t.kind == Kind::Word && t.text.eq_ignore_ascii_case(keyword));
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    /// One identifier, bare (folded to lower case) or quoted.
+    fn name(&mut self) -> Option<String> {
+        let token = self.tokens.get(self.at)?;
+        let name = match token.kind {
+            Kind::Word if token.text.starts_with(|c: char| c.is_alphabetic() || c == '_') => token.text.to_lowercase(),
+            Kind::QuotedIdent => token.text[1..token.text.len() - 1].replace("\"\"", "\""),
+            _ => return None,
+        };
+        self.at += 1;
+        Some(name)
+    }
+
+    /// `schema.table`; pg_dump qualifies every name (its scripts empty `search_path`).
+    fn qualified(&mut self) -> Option<TableName> {
+        let schema = self.name()?;
+        if !self.tokens.get(self.at).is_some_and(|t| t.is_punct('.')) {
+            return None;
+        }
+        self.at += 1;
+        let name = self.name()?;
+        Some(TableName { schema, name })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Space,
+    LineComment,
+    BlockComment,
+    /// Keyword, bare identifier, number or `$1`.
+    Word,
+    QuotedIdent,
+    /// Any string constant, dollar-quoted ones included.
+    Literal,
+    Punct,
+}
+
+#[derive(Debug, Clone)]
+struct Token<'a> {
+    kind: Kind,
+    start: usize,
+    text: &'a str,
+}
+
+impl Token<'_> {
+    fn is_punct(&self, c: char) -> bool {
+        self.kind == Kind::Punct && self.text.starts_with(c)
+    }
+}
+
+/// The server's lexical rules, as far as finding where literals, identifiers and comments end
+/// needs them (`standard_conforming_strings = on`, as pg_dump sets it).
+struct Lexer<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(text: &'a str) -> Self {
+        Lexer { text, at: 0 }
+    }
+
+    /// The end of a quoted run opened at `from` by `quote`; `backslash` for `E''` strings.
+    /// An unterminated one runs to the end of the text.
+    fn quoted(&self, from: usize, quote: u8, backslash: bool) -> usize {
+        let bytes = self.text.as_bytes();
+        let mut i = from + 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if backslash => i += 2,
+                b if b == quote => {
+                    if bytes.get(i + 1) == Some(&quote) {
+                        i += 2;
+                    } else {
+                        return i + 1;
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        bytes.len()
+    }
+
+    /// `$tag$` at `from`, if there is one.
+    fn dollar_tag(&self, from: usize) -> Option<&'a str> {
+        let rest = &self.text[from + 1..];
+        let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))?;
+        let tag = &rest[..end];
+        (rest[end..].starts_with('$') && !tag.starts_with(|c: char| c.is_ascii_digit()))
+            .then(|| &self.text[from..from + end + 2])
+    }
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = Token<'a>;
+
+    fn next(&mut self) -> Option<Token<'a>> {
+        let text = self.text;
+        let start = self.at;
+        let rest = &text[start..];
+        let first = rest.chars().next()?;
+        let (kind, end) = if first.is_whitespace() {
+            (Kind::Space, start + rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len()))
+        } else if rest.starts_with("--") {
+            (Kind::LineComment, start + rest.find('\n').unwrap_or(rest.len()))
+        } else if rest.starts_with("/*") {
+            // Block comments nest.
+            let bytes = text.as_bytes();
+            let (mut depth, mut i) = (0usize, start);
+            while i < bytes.len() {
+                if bytes[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if bytes[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            (Kind::BlockComment, i.min(bytes.len()))
+        } else if first == '\'' {
+            (Kind::Literal, self.quoted(start, b'\'', false))
+        } else if (first == 'e' || first == 'E') && rest[1..].starts_with('\'') {
+            (Kind::Literal, self.quoted(start + 1, b'\'', true))
+        } else if first == '"' {
+            (Kind::QuotedIdent, self.quoted(start, b'"', false))
+        } else if first == '$'
+            && let Some(tag) = self.dollar_tag(start)
+        {
+            let body = start + tag.len();
+            (Kind::Literal, text[body..].find(tag).map_or(text.len(), |at| body + at + tag.len()))
+        } else if is_word_char(first) {
+            (Kind::Word, start + rest.find(|c: char| !is_word_char(c)).unwrap_or(rest.len()))
+        } else {
+            (Kind::Punct, start + first.len_utf8())
+        };
+        self.at = end;
+        Some(Token { kind, start, text: &text[start..end] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(schema: &str, name: &str) -> TableName {
+        TableName { schema: schema.into(), name: name.into() }
+    }
+
+    const DUMP: &str = "SET statement_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\n\n\
+--\n-- Name: t t_pkey; Type: CONSTRAINT; Schema: crm; Owner: postgres\n--\n\n\
+ALTER TABLE ONLY crm.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\n\n\
+--\n-- Name: \"Odd\" odd_key; Type: CONSTRAINT; Schema: My Schema; Owner: postgres\n--\n\n\
+ALTER TABLE ONLY \"My Schema\".\"Odd\"\n    ADD CONSTRAINT odd_key UNIQUE (a);\n\n\n\
+--\n-- Name: t_idx; Type: INDEX; Schema: crm; Owner: postgres\n--\n\n\
+CREATE INDEX t_idx ON crm.t USING btree (lower(email)) WHERE (note <> '\n--\n-- Name: fake; Type: INDEX; Schema: x; Owner: y\n--\n');\n\n\n\
+--\n-- Name: p_idx; Type: INDEX; Schema: crm; Owner: postgres\n--\n\n\
+CREATE UNIQUE INDEX p_idx ON ONLY crm.p USING btree (id);\n\n\n\
+--\n-- Name: INDEX t_idx; Type: COMMENT; Schema: crm; Owner: postgres\n--\n\n\
+COMMENT ON INDEX crm.t_idx IS 'it''s; $$ fine';\n\n\n\
+--\n-- Name: t trg; Type: TRIGGER; Schema: crm; Owner: postgres\n--\n\n\
+CREATE TRIGGER trg AFTER INSERT ON crm.t FOR EACH ROW EXECUTE FUNCTION crm.f(E'\\'; -- Name: x');\n\n\n\
+--\n-- Name: t t_u_fkey; Type: FK CONSTRAINT; Schema: crm; Owner: postgres\n--\n\n\
+ALTER TABLE ONLY crm.t\n    ADD CONSTRAINT t_u_fkey FOREIGN KEY (user_id, \"references\") REFERENCES crm.users(id, x);\n\n\n\
+--\n-- Name: r; Type: RULE; Schema: crm; Owner: postgres\n--\n\n\
+CREATE RULE r AS ON INSERT TO crm.v DO INSTEAD (INSERT INTO crm.t VALUES (1); INSERT INTO crm.t VALUES ($x$;\n--\n-- Name: no$x$));\n";
+
+    #[test]
+    fn a_dump_is_cut_at_its_headers_only() {
+        let script = parse(DUMP);
+        assert!(script.preamble.starts_with("SET statement_timeout") && script.preamble.ends_with("false);\n\n"));
+        let kinds: Vec<&str> = script.entries.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            ["CONSTRAINT", "CONSTRAINT", "INDEX", "INDEX", "COMMENT", "TRIGGER", "FK CONSTRAINT", "RULE"]
+        );
+        let joined: String = std::iter::once(script.preamble).chain(script.entries.iter().map(|e| e.sql)).collect();
+        assert_eq!(joined, DUMP);
+        assert!(script.entries[2].sql.contains("Name: fake"), "a header inside a literal is not a header");
+        assert!(script.entries[7].sql.ends_with("no$x$));\n"));
+    }
+
+    #[test]
+    fn steps_come_from_the_statements() {
+        let steps: Vec<Step> = parse(DUMP).entries.into_iter().map(|e| e.step).collect();
+        assert_eq!(
+            steps,
+            [
+                Step::Constraint(table("crm", "t")),
+                Step::Constraint(table("My Schema", "Odd")),
+                Step::Index(table("crm", "t")),
+                Step::Index(table("crm", "p")),
+                Step::Comment,
+                Step::Serial,
+                Step::ForeignKey { table: table("crm", "t"), references: table("crm", "users") },
+                Step::Serial,
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_that_do_not_look_as_expected_run_alone() {
+        for sql in [
+            // Two statements.
+            "--\n-- Name: i; Type: INDEX; Schema: s; Owner: o\n--\n\nCREATE INDEX i ON s.t USING btree (a); SELECT 1;\n",
+            // No schema.
+            "--\n-- Name: i; Type: INDEX; Schema: s; Owner: o\n--\n\nCREATE INDEX i ON t USING btree (a);\n",
+            // A check constraint.
+            "--\n-- Name: t c; Type: CONSTRAINT; Schema: s; Owner: o\n--\n\nALTER TABLE s.t ADD CONSTRAINT c CHECK (a > 0);\n",
+            // Unterminated.
+            "--\n-- Name: i; Type: INDEX; Schema: s; Owner: o\n--\n\nCREATE INDEX i ON s.t USING btree (a) WHERE b = 'x;\n",
+        ] {
+            let script = parse(sql);
+            assert_eq!(script.entries.len(), 1, "{sql}");
+            assert_eq!(script.entries[0].step, Step::Serial, "{sql}");
+        }
+    }
+}
