@@ -116,7 +116,7 @@ struct NewChunk {
 /// One target as the encoders see it.
 struct TargetSink {
     /// Chunks the target holds or is being sent in this backup.
-    known: Arc<Mutex<HashSet<ChunkId>>>,
+    known: Arc<KnownChunks>,
     packs: mpsc::Sender<Arc<NewChunk>>,
     alive: AtomicBool,
 }
@@ -340,8 +340,7 @@ impl ChunkSink {
         let lacking: Vec<usize> = (0..self.context.targets.len())
             .filter(|&i| {
                 let target = &self.context.targets[i];
-                target.alive.load(Ordering::Relaxed)
-                    && target.known.lock().expect("known-chunk lock is never poisoned").insert(id)
+                target.alive.load(Ordering::Relaxed) && target.known.claim(id)
             })
             .collect();
         let length = chunk.len() as u64;
@@ -404,13 +403,45 @@ impl ChunkSink {
     }
 }
 
-/// What one target already holds, and what it is doing in this backup.
-struct TargetState<'a> {
-    repository: &'a Repository,
+/// The chunks a target holds: those its indexes know of whose pack is present with the
+/// right size. Looked up in the index itself; a copy of its ids as a hash set took more memory
+/// than the index.
+#[derive(Default)]
+struct HeldChunks {
     /// Every chunk the target's indexes know of.
     index: ChunkIndex,
     /// Packs present in storage, with their sizes.
     present_packs: HashMap<String, u64>,
+}
+
+impl HeldChunks {
+    /// Where a chunk the target holds lies, when its pack is present with the right size.
+    fn reusable(&self, id: &ChunkId) -> Option<&PackEntry> {
+        self.index
+            .get(id)
+            .map(|(entry, _)| entry)
+            .filter(|entry| self.present_packs.get(&entry.pack.id) == Some(&entry.pack.size))
+    }
+}
+
+/// Chunks a target holds or is being sent in this backup.
+struct KnownChunks {
+    held: Arc<HeldChunks>,
+    /// Sent in this backup.
+    sent: Mutex<HashSet<ChunkId>>,
+}
+
+impl KnownChunks {
+    /// Whether the chunk must be sent to the target; if so, it counts as sent from now on.
+    fn claim(&self, id: ChunkId) -> bool {
+        self.held.reusable(&id).is_none() && self.sent.lock().expect("known-chunk lock is never poisoned").insert(id)
+    }
+}
+
+/// What one target already holds, and what it is doing in this backup.
+struct TargetState<'a> {
+    repository: &'a Repository,
+    held: Arc<HeldChunks>,
     index_sizes: HashMap<String, u64>,
     error: Option<String>,
 }
@@ -418,16 +449,7 @@ struct TargetState<'a> {
 impl<'a> TargetState<'a> {
     /// Where a chunk the target holds lies, when its pack is present with the right size.
     fn reusable(&self, id: &ChunkId) -> Option<&PackEntry> {
-        self.index.get(id).map(|(entry, _)| entry).filter(|entry| self.is_present(entry))
-    }
-
-    fn is_present(&self, entry: &PackEntry) -> bool {
-        self.present_packs.get(&entry.pack.id) == Some(&entry.pack.size)
-    }
-
-    /// The chunks the target holds (in present packs).
-    fn known_chunks(&self) -> HashSet<ChunkId> {
-        self.index.iter().filter(|(_, entry)| self.is_present(entry)).map(|(id, _)| *id).collect()
+        self.held.reusable(id)
     }
 
     /// Learns which chunks a target holds: those whose pack is present with the right size.
@@ -447,17 +469,11 @@ impl<'a> TargetState<'a> {
             .into_iter()
             .filter_map(|(key, size)| key.strip_prefix("index/").map(|id| (id.to_string(), size)))
             .collect();
-        Ok(TargetState { repository, index, present_packs, index_sizes, error: None })
+        Ok(TargetState { repository, held: Arc::new(HeldChunks { index, present_packs }), index_sizes, error: None })
     }
 
     fn failed(repository: &'a Repository, error: &Error) -> TargetState<'a> {
-        TargetState {
-            repository,
-            index: ChunkIndex::default(),
-            present_packs: HashMap::new(),
-            index_sizes: HashMap::new(),
-            error: Some(error.to_string()),
-        }
+        TargetState { repository, held: Arc::default(), index_sizes: HashMap::new(), error: Some(error.to_string()) }
     }
 }
 
@@ -507,7 +523,7 @@ pub async fn run(
     let mut writers = Vec::new();
     let mut known_sets = Vec::new();
     for state in &states {
-        let known = Arc::new(Mutex::new(state.known_chunks()));
+        let known = Arc::new(KnownChunks { held: state.held.clone(), sent: Mutex::default() });
         known_sets.push(known.clone());
         let (sender, receiver) = mpsc::channel::<Arc<NewChunk>>(32);
         let alive = state.error.is_none();
@@ -575,8 +591,8 @@ pub async fn run(
     for ((state, written), known) in states.iter_mut().zip(written).zip(known_sets) {
         let outcome = match (written, &state.error) {
             (Some(Ok((packs, bytes))), None) => {
-                let known = std::mem::take(&mut *known.lock().expect("known-chunk lock is never poisoned"));
-                let sent = Sent { packs, bytes, known: &known };
+                let sent = std::mem::take(&mut *known.sent.lock().expect("known-chunk lock is never poisoned"));
+                let sent = Sent { packs, bytes, chunks: &sent };
                 commit(state, sent, &manifest, &sealed, &dictionaries, keyring, session.time).await
             }
             (Some(Err(error)), _) => Err(error),
@@ -633,8 +649,8 @@ struct Sent<'a> {
     packs: Vec<PackRecord>,
     /// Their bytes.
     bytes: u64,
-    /// Chunks it held before or was sent now.
-    known: &'a HashSet<ChunkId>,
+    /// Chunks it was sent.
+    chunks: &'a HashSet<ChunkId>,
 }
 
 /// Writes one target's index and snapshot object: the commit on that target.
@@ -648,7 +664,7 @@ async fn commit(
     time: chrono::DateTime<chrono::Utc>,
 ) -> Result<TargetReport> {
     let repository = state.repository;
-    let Sent { packs: new_packs, bytes: pack_bytes, known } = sent;
+    let Sent { packs: new_packs, bytes: pack_bytes, chunks: sent } = sent;
     let mut bytes_added = pack_bytes;
     // The dictionaries its new packs need go in before the index that names them.
     for trained in dictionaries.iter().filter(|d| new_packs.iter().any(|p| p.dictionary.as_ref() == Some(&d.reference)))
@@ -669,7 +685,7 @@ async fn commit(
         new_index = Some(reference);
     }
     // Every new pack holds only chunks of this snapshot; the other chunks are in packs the
-    // target already had. `known` is both kinds: what the target had, and what it was sent.
+    // target already had.
     let mut packs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
     let mut dictionaries = BTreeSet::new();
@@ -690,7 +706,7 @@ async fn commit(
             packs.insert(reusable.pack.clone());
             indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
             dictionaries.extend(reusable.dictionary.clone());
-        } else if !known.contains(id) {
+        } else if !sent.contains(id) {
             return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));
         }
     }
