@@ -167,14 +167,33 @@ pub fn decompress(
     capacity: usize,
     dictionary: Option<&DecompressionDictionary>,
 ) -> std::result::Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(capacity);
-    DECOMPRESSION
-        .with_borrow_mut(|context| match dictionary {
-            Some(dictionary) => context.decompress_using_ddict(&mut out, data, &dictionary.0),
-            None => context.decompress(&mut out, data),
-        })
-        .map_err(|code| zstd::zstd_safe::get_error_name(code).to_string())?;
+    let mut out = Vec::new();
+    decompress_onto(data, capacity, dictionary, &mut out)?;
     Ok(out)
+}
+
+/// Decompresses a frame of at most `capacity` bytes onto the end of `out`, with no copy in
+/// between (a restore decodes runs of chunks into one buffer). On an error `out` keeps what
+/// it held.
+pub fn decompress_onto(
+    data: &[u8],
+    capacity: usize,
+    dictionary: Option<&DecompressionDictionary>,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    let start = out.len();
+    out.reserve(capacity);
+    let mut cursor = std::io::Cursor::new(&mut *out);
+    cursor.set_position(start as u64);
+    let result = DECOMPRESSION.with_borrow_mut(|context| match dictionary {
+        Some(dictionary) => context.decompress_using_ddict(&mut cursor, data, &dictionary.0),
+        None => context.decompress(&mut cursor, data),
+    });
+    if let Err(code) = result {
+        out.truncate(start);
+        return Err(zstd::zstd_safe::get_error_name(code).to_string());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -118,9 +118,7 @@ impl ChunkReader {
         let decoded = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(total);
             for (_, plaintext, location, pack_key, dictionary) in &work {
-                out.extend_from_slice(
-                    &repo::open_chunk(&key, plaintext, location, pack_key, dictionary.as_deref()).ok()?,
-                );
+                repo::open_chunk_onto(&key, plaintext, location, pack_key, dictionary.as_deref(), &mut out).ok()?;
             }
             Some((out, work.into_iter().map(|(number, ..)| number).collect::<Vec<_>>()))
         })

@@ -774,6 +774,20 @@ pub fn open_chunk(
     pack_key: &str,
     dictionary: Option<&crate::compress::DecompressionDictionary>,
 ) -> Result<Vec<u8>> {
+    let mut plaintext = Vec::new();
+    open_chunk_onto(key, pack_plaintext, location, pack_key, dictionary, &mut plaintext)?;
+    Ok(plaintext)
+}
+
+/// [`open_chunk`] onto the end of `out`, which keeps what it held if the chunk fails.
+pub fn open_chunk_onto(
+    key: &ChunkIdKey,
+    pack_plaintext: &[u8],
+    location: &ChunkLocation,
+    pack_key: &str,
+    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let start = usize::try_from(location.offset()).unwrap_or(usize::MAX);
     let end = start.saturating_add(location.length() as usize);
     let compressed = pack_plaintext
@@ -782,12 +796,15 @@ pub fn open_chunk(
     if location.raw_length() > MAX_CHUNK_BYTES {
         return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
     }
-    let plaintext = crate::compress::decompress(compressed, location.raw_length() as usize, dictionary)
+    let before = out.len();
+    crate::compress::decompress_onto(compressed, location.raw_length() as usize, dictionary, out)
         .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
-    if plaintext.len() != location.raw_length() as usize || key.id_of(&plaintext) != location.chunk() {
+    let plaintext = &out[before..];
+    if plaintext.len() != location.raw_length() as usize || key.id_of(plaintext) != location.chunk() {
+        out.truncate(before);
         return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
     }
-    Ok(plaintext)
+    Ok(())
 }
 
 /// The plaintext header of a snapshot: what anyone may see.
