@@ -186,3 +186,47 @@ fn a_format_2_repository_still_restores_and_takes_new_snapshots() {
     work.run(&["restore", "--repo", repo, "--identity", key, "--db", &latest.url()]).ok();
     assert_same_database(&source, &latest);
 }
+
+#[test]
+fn a_restore_whose_index_build_fails_leaves_the_database_as_it_was() {
+    // A function declared IMMUTABLE that is not: the index was built before the flag row
+    // existed, and building it again on restore (data first, indexes after) fails. A real
+    // cause of failed restores; here it makes an entry of the parallel post-data step fail.
+    let source = TestDb::create("failing_index");
+    source.sql(
+        "CREATE TABLE public.flag (raised boolean); \
+         CREATE FUNCTION public.picky(x integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS \
+           $$ BEGIN IF EXISTS (SELECT 1 FROM public.flag) THEN RAISE EXCEPTION 'picky refuses %', x; END IF; \
+              RETURN x; END $$; \
+         CREATE TABLE public.accounts (id integer PRIMARY KEY, score integer); \
+         INSERT INTO public.accounts SELECT g, g % 97 FROM generate_series(1, 5000) g; \
+         CREATE TABLE public.notes (id integer PRIMARY KEY, account_id integer REFERENCES public.accounts (id)); \
+         INSERT INTO public.notes SELECT g, g FROM generate_series(1, 5000) g; \
+         CREATE INDEX accounts_picky ON public.accounts (public.picky(score)); \
+         INSERT INTO public.flag VALUES (true);",
+    );
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    let target = TestDb::create("failing_index_target");
+    for options in [&["--parallel"][..], &[]] {
+        let run = work.restore_with(&repo, &target, options);
+        assert_eq!(run.code, 1, "{options:?}: {}", run.stdout);
+        assert!(run.stderr.contains("picky refuses"), "{options:?}: {}", run.stderr);
+        assert!(
+            target.is_empty(),
+            "{options:?}: {}",
+            target.sql("SELECT relname FROM pg_class WHERE relnamespace <> 'pg_catalog'::regnamespace")
+        );
+    }
+    // Once the function tells the truth, both restore exactly.
+    for options in [&["--parallel"][..], &[]] {
+        let fixed = TestDb::create("failing_index_fixed");
+        source.sql(
+            "CREATE OR REPLACE FUNCTION public.picky(x integer) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT x'",
+        );
+        work.backup(&source, &repo);
+        work.restore_with(&repo, &fixed, options).ok();
+        assert_same_database(&source, &fixed);
+    }
+}

@@ -612,3 +612,48 @@ fn check_digest(label: &str, stream: &StreamManifest, digest: &blake3::Hasher) -
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> TableName {
+        TableName { schema: "crm".into(), name: name.into() }
+    }
+
+    fn entry(step: Step) -> Entry<'static> {
+        Entry { kind: "", sql: "", step }
+    }
+
+    #[test]
+    fn the_lock_board_never_starts_entries_that_would_wait_for_each_other() {
+        let entries = [
+            entry(Step::Constraint(table("a"))),
+            entry(Step::Index(table("a"))),
+            entry(Step::Index(table("a"))),
+            entry(Step::Index(table("b"))),
+            entry(Step::ForeignKey { table: table("c"), references: table("b") }),
+            entry(Step::ForeignKey { table: table("d"), references: table("b") }),
+        ];
+        let mut board = LockBoard { pending: entries.iter().collect(), held: HashMap::new() };
+        let pk = board.take_runnable().unwrap();
+        assert_eq!(pk.step, Step::Constraint(table("a")));
+        // Nothing else on a while its primary key is built; b is free.
+        let index_b = board.take_runnable().unwrap();
+        assert_eq!(index_b.step, Step::Index(table("b")));
+        // Both foreign keys lock b exclusively: neither may start beside the index on b.
+        assert!(board.take_runnable().is_none());
+        board.release(pk);
+        // Index builds on one table share it.
+        assert_eq!(board.take_runnable().unwrap().step, Step::Index(table("a")));
+        assert_eq!(board.take_runnable().unwrap().step, Step::Index(table("a")));
+        assert!(board.take_runnable().is_none());
+        board.release(index_b);
+        let first_fk = board.take_runnable().unwrap();
+        assert!(matches!(first_fk.step, Step::ForeignKey { .. }));
+        assert!(board.take_runnable().is_none(), "two foreign keys to one table wait for each other");
+        board.release(first_fk);
+        assert!(board.take_runnable().is_some());
+        assert!(board.pending.is_empty());
+    }
+}
