@@ -386,7 +386,10 @@ impl Load<'_> {
         mut entries: Vec<&Entry<'_>>,
         sizes: &HashMap<TableName, u64>,
     ) -> Result<()> {
-        if entries.is_empty() {
+        if clients.is_empty() {
+            for entry in entries {
+                run_entry(self.client, entry).await?;
+            }
             return Ok(());
         }
         let size = |entry: &Entry<'_>| entry.step.locks().first().and_then(|(table, _)| sizes.get(*table)).copied();
