@@ -9,7 +9,8 @@
 //! only from the header: an index is one `CREATE [UNIQUE] INDEX … ON [ONLY] schema.table`, a
 //! constraint one `ALTER TABLE [ONLY] schema.table ADD CONSTRAINT … PRIMARY KEY | UNIQUE |
 //! EXCLUDE`, a foreign key one `… FOREIGN KEY (…) REFERENCES schema.table`. Anything else runs
-//! one after the other, in the script's order.
+//! one after the other, in the script's order, and so does everything after an entry that
+//! changes a session setting (a `SET default_tablespace`), which other connections would miss.
 
 /// A table named in the script, as the server resolves it (unquoted names folded to lower case).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,6 +99,11 @@ pub fn parse(text: &str) -> Script<'_> {
         }
     }
     let preamble = &text[..starts.first().copied().unwrap_or(text.len())];
+    // pg_dump changes session settings between entries only when the next entry needs it
+    // (`SET default_tablespace = …` before an index in another tablespace): from the first
+    // such entry on, the other connections would not have the setting, so everything runs
+    // alone, in order.
+    let mut settings_changed = false;
     let entries = starts
         .iter()
         .enumerate()
@@ -105,10 +111,27 @@ pub fn parse(text: &str) -> Script<'_> {
             let end = starts.get(i + 1).copied().unwrap_or(text.len());
             let sql = &text[start..end];
             let kind = header_type(sql);
-            Entry { kind, sql, step: classify(kind, sql) }
+            settings_changed |= changes_settings(sql);
+            let step = if settings_changed { Step::Serial } else { classify(kind, sql) };
+            Entry { kind, sql, step }
         })
         .collect();
     Script { preamble, entries }
+}
+
+/// Whether an entry has a statement that changes the session (`SET …`, `set_config(…)`).
+fn changes_settings(sql: &str) -> bool {
+    let mut statement_start = true;
+    for token in Lexer::new(sql) {
+        match token.kind {
+            Kind::Space | Kind::LineComment | Kind::BlockComment => continue,
+            Kind::Word if statement_start && token.text.eq_ignore_ascii_case("set") => return true,
+            Kind::Word if token.text.eq_ignore_ascii_case("set_config") => return true,
+            _ => {}
+        }
+        statement_start = token.is_punct(';');
+    }
+    false
 }
 
 /// The `Type:` of an entry's header line (`-- Name: x; Type: INDEX; Schema: s; Owner: o`).
@@ -402,6 +425,24 @@ CREATE RULE r AS ON INSERT TO crm.v DO INSTEAD (INSERT INTO crm.t VALUES (1); IN
                 Step::Serial,
             ]
         );
+    }
+
+    #[test]
+    fn after_a_change_of_settings_everything_runs_alone() {
+        let index = |name: &str| {
+            format!(
+                "--\n-- Name: {name}; Type: INDEX; Schema: s; Owner: o\n--\n\nCREATE INDEX {name} ON s.t USING btree (a);\n\n"
+            )
+        };
+        let moved = "--\n-- Name: far; Type: INDEX; Schema: s; Owner: o\n--\n\nSET default_tablespace = far;\n\n\
+                     CREATE INDEX far ON s.t USING btree (b);\n\n";
+        let sql = format!("{}{moved}{}", index("near"), index("also_far"));
+        let steps: Vec<Step> = parse(&sql).entries.into_iter().map(|e| e.step).collect();
+        assert_eq!(steps, [Step::Index(table("s", "t")), Step::Serial, Step::Serial]);
+        // A SET inside a literal or as a column name is no change of settings.
+        let quiet = "--\n-- Name: i; Type: INDEX; Schema: s; Owner: o\n--\n\n\
+                     CREATE INDEX i ON s.t USING btree (set) WHERE (note <> 'x; SET a = b');\n";
+        assert_eq!(parse(quiet).entries[0].step, Step::Index(table("s", "t")));
     }
 
     #[test]
