@@ -351,28 +351,35 @@ impl Load<'_> {
         let mut group: Vec<&Entry<'_>> = Vec::new();
         let mut comments: Vec<&Entry<'_>> = Vec::new();
         for entry in &script.entries {
-            let joins = entry.step.group().is_some_and(|g| group.first().is_none_or(|e| e.step.group() == Some(g)));
-            if joins {
-                group.push(entry);
-                continue;
-            }
+            let joins = entry.step.group();
             if entry.step == Step::Comment && !group.is_empty() {
                 // A comment on an index or constraint of the group: after the group.
                 comments.push(entry);
                 continue;
             }
-            self.run_group(loaders, std::mem::take(&mut group), &sizes).await?;
-            for comment in comments.drain(..) {
-                self.client.batch_execute(comment.sql).await?;
+            if joins.is_none() || group.first().is_some_and(|e| e.step.group() != joins) {
+                self.flush_group(loaders, &mut group, &mut comments, &sizes).await?;
             }
-            if entry.step.group().is_some() {
-                group.push(entry);
-            } else {
-                self.client.batch_execute(entry.sql).await?;
+            match joins {
+                Some(_) => group.push(entry),
+                None => self.client.batch_execute(entry.sql).await?,
             }
         }
-        self.run_group(loaders, group, &sizes).await?;
-        for comment in comments {
+        self.flush_group(loaders, &mut group, &mut comments, &sizes).await
+    }
+
+    /// Runs a group (see [`Load::run_group`]), then the comments held back for it.
+    async fn flush_group(
+        &self,
+        loaders: &[tokio_postgres::Client],
+        group: &mut Vec<&Entry<'_>>,
+        comments: &mut Vec<&Entry<'_>>,
+        sizes: &HashMap<TableName, u64>,
+    ) -> Result<()> {
+        if !group.is_empty() {
+            self.run_group(loaders, std::mem::take(group), sizes).await?;
+        }
+        for comment in comments.drain(..) {
             self.client.batch_execute(comment.sql).await?;
         }
         Ok(())
