@@ -157,6 +157,12 @@ impl ChunkCompressor {
     }
 }
 
+/// The plaintext size a zstd frame's header declares, when it declares one (this crate's
+/// frames always do).
+pub fn frame_content_size(frame: &[u8]) -> Option<u64> {
+    zstd::zstd_safe::get_frame_content_size(frame).ok().flatten()
+}
+
 thread_local! {
     static DECOMPRESSION: RefCell<DCtx<'static>> = RefCell::new(DCtx::create());
 }

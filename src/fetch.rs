@@ -87,6 +87,32 @@ impl ChunkReader {
         Err(Error::Missing { object: format!("chunk {id} (in no index)"), location: locations.join(", ") })
     }
 
+    /// Cuts a stream's chunks into runs of at least `min` chunks, each ending where a zstd
+    /// frame ends (in the first source that has the chunk), so that no frame of several chunks
+    /// is decompressed for two runs.
+    pub fn runs<'a>(&self, ids: &'a [ChunkId], min: usize) -> Vec<&'a [ChunkId]> {
+        let frame_of = |id: &ChunkId| {
+            self.sources
+                .iter()
+                .find_map(|s| s.index.get(id))
+                .map(|(entry, location)| (&entry.pack.id, location.offset()))
+        };
+        let mut runs = Vec::with_capacity(ids.len() / min.max(1) + 1);
+        let (mut start, mut previous) = (0, None);
+        for (at, id) in ids.iter().enumerate() {
+            let frame = frame_of(id);
+            if at - start >= min && (frame.is_none() || frame != previous) {
+                runs.push(&ids[start..at]);
+                start = at;
+            }
+            previous = frame;
+        }
+        if start < ids.len() {
+            runs.push(&ids[start..]);
+        }
+        runs
+    }
+
     /// The proven plaintexts of a run of chunks, concatenated. Decodes them together (one hop
     /// to a blocking thread, not one per chunk); when anything is wrong, reads chunk by chunk,
     /// so every chunk still falls back to the next source on its own.

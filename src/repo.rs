@@ -25,10 +25,11 @@ use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
 /// The repository format version this build writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build reads (format 3 stores dictionaries compressed, which
 /// readers tell apart by their bytes, and adds levels of list chunks, which default to format
-/// 2's one; docs/FORMAT.md).
+/// 2's one; format 4 puts consecutive chunks in one zstd frame, and a chunk's index entry says
+/// where in the frame it starts, 0 when absent as in formats 2 and 3; docs/FORMAT.md).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// The config object's key.
 pub const CONFIG_KEY: &str = "config";
@@ -459,7 +460,18 @@ impl Repository {
             check_object_name(key, &ciphertext)?;
             keyring.decrypt(key, &ciphertext)?
         };
-        decode_json(key, &plaintext)
+        let file: IndexFile = decode_json(key, &plaintext)?;
+        // Written with the format version of the build; a later format may mean entries this
+        // build would misread.
+        if file.version > FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                what: key.to_string(),
+                found: file.version,
+                supported: FORMAT_VERSION,
+                advice: crate::error::format_advice(file.version, FORMAT_VERSION),
+            });
+        }
+        Ok(file)
     }
 }
 
@@ -514,26 +526,92 @@ pub struct ObjectRef {
     pub size: u64,
 }
 
-/// Where one chunk lies inside a pack's plaintext.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct ChunkLocation(pub ChunkId, pub u64, pub u32, pub u32);
+/// Where one chunk lies inside a pack's plaintext: in the zstd frame at `offset` (`length`
+/// bytes), which may hold several consecutive chunks (format 4), at `start` of its plaintext.
+///
+/// Stored in an index as `[id, offset, length, raw_length]`, with a fifth element `start` when
+/// it is not 0 (format 3 wrote only the four: one frame per chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    chunk: ChunkId,
+    offset: u64,
+    length: u32,
+    raw_length: u32,
+    start: u32,
+}
 
 impl ChunkLocation {
+    /// A chunk alone in its frame.
+    pub fn new(chunk: ChunkId, offset: u64, length: u32, raw_length: u32) -> Self {
+        ChunkLocation { chunk, offset, length, raw_length, start: 0 }
+    }
+    /// A chunk `start` bytes into the plaintext of the frame at `offset`.
+    pub fn in_frame(chunk: ChunkId, offset: u64, length: u32, raw_length: u32, start: u32) -> Self {
+        ChunkLocation { chunk, offset, length, raw_length, start }
+    }
     /// The chunk.
     pub fn chunk(&self) -> ChunkId {
-        self.0
+        self.chunk
     }
-    /// Offset of its compressed bytes in the decrypted pack.
+    /// Offset of its frame in the decrypted pack.
     pub fn offset(&self) -> u64 {
-        self.1
+        self.offset
     }
-    /// Compressed length.
+    /// Compressed length of its frame.
     pub fn length(&self) -> u32 {
-        self.2
+        self.length
     }
-    /// Plaintext length.
+    /// Plaintext length of the chunk.
     pub fn raw_length(&self) -> u32 {
-        self.3
+        self.raw_length
+    }
+    /// Where the chunk starts in its frame's plaintext.
+    pub fn start(&self) -> u32 {
+        self.start
+    }
+}
+
+impl Serialize for ChunkLocation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(if self.start == 0 { 4 } else { 5 })?;
+        tuple.serialize_element(&self.chunk)?;
+        tuple.serialize_element(&self.offset)?;
+        tuple.serialize_element(&self.length)?;
+        tuple.serialize_element(&self.raw_length)?;
+        if self.start != 0 {
+            tuple.serialize_element(&self.start)?;
+        }
+        tuple.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkLocation {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ChunkLocation;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[chunk id, offset, length, raw length] with an optional start")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<ChunkLocation, A::Error> {
+                use serde::de::Error as _;
+                let missing = |n| A::Error::invalid_length(n, &self);
+                let chunk = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let offset = seq.next_element()?.ok_or_else(|| missing(1))?;
+                let length = seq.next_element()?.ok_or_else(|| missing(2))?;
+                let raw_length = seq.next_element()?.ok_or_else(|| missing(3))?;
+                let start = seq.next_element()?.unwrap_or(0);
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(6, &self));
+                }
+                Ok(ChunkLocation { chunk, offset, length, raw_length, start })
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
     }
 }
 
@@ -576,6 +654,7 @@ struct Slot {
     offset: u64,
     length: u32,
     raw_length: u32,
+    start: u32,
 }
 
 /// Where every known chunk is. Kept compact (56 bytes a chunk, in one sorted array): a backup
@@ -643,6 +722,7 @@ impl ChunkIndex {
                     offset: location.offset(),
                     length: location.length(),
                     raw_length: location.raw_length(),
+                    start: location.start(),
                 };
                 (location.chunk(), slot)
             }));
@@ -660,7 +740,8 @@ impl ChunkIndex {
     /// Where a chunk is.
     pub fn get(&self, id: &ChunkId) -> Option<(&PackEntry, ChunkLocation)> {
         self.slot(id).map(|slot| {
-            (&self.packs[slot.pack as usize], ChunkLocation(*id, slot.offset, slot.length, slot.raw_length))
+            let location = ChunkLocation::in_frame(*id, slot.offset, slot.length, slot.raw_length, slot.start);
+            (&self.packs[slot.pack as usize], location)
         })
     }
 
@@ -723,16 +804,16 @@ impl PackWriter {
         self.dictionary.as_ref()
     }
 
-    /// Appends an already compressed chunk.
-    pub fn add(&mut self, id: ChunkId, compressed: &[u8], raw_length: usize) {
+    /// Appends one zstd frame holding the plaintexts of `chunks` (id, length), in order.
+    pub fn add(&mut self, compressed: &[u8], chunks: &[(ChunkId, u32)]) {
         let offset = self.plaintext.len() as u64;
         self.plaintext.extend_from_slice(compressed);
-        self.chunks.push(ChunkLocation(
-            id,
-            offset,
-            u32::try_from(compressed.len()).expect("a compressed chunk is < 4 GiB"),
-            u32::try_from(raw_length).expect("a chunk is < 4 GiB"),
-        ));
+        let length = u32::try_from(compressed.len()).expect("a frame is < 4 GiB");
+        let mut start = 0u32;
+        for &(id, raw_length) in chunks {
+            self.chunks.push(ChunkLocation::in_frame(id, offset, length, raw_length, start));
+            start = start.checked_add(raw_length).expect("a frame is < 4 GiB");
+        }
     }
 
     /// Bytes buffered so far.
@@ -780,6 +861,10 @@ pub fn open_chunk(
 }
 
 /// [`open_chunk`] onto the end of `out`, which keeps what it held if the chunk fails.
+///
+/// A chunk alone in its frame decompresses straight onto `out`. A frame of several chunks is
+/// decompressed once into a buffer of the calling thread, which the frame's next chunks are
+/// then copied from (a restore asks for them in order, on one thread per run).
 pub fn open_chunk_onto(
     key: &ChunkIdKey,
     pack_plaintext: &[u8],
@@ -796,15 +881,60 @@ pub fn open_chunk_onto(
     if location.raw_length() > MAX_CHUNK_BYTES {
         return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
     }
+    let content = crate::compress::frame_content_size(compressed);
     let before = out.len();
-    crate::compress::decompress_onto(compressed, location.raw_length() as usize, dictionary, out)
-        .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
+    if location.start() == 0 && content.is_none_or(|size| size == u64::from(location.raw_length())) {
+        crate::compress::decompress_onto(compressed, location.raw_length() as usize, dictionary, out)
+            .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
+    } else {
+        let frame_size = content
+            .filter(|&size| size <= u64::from(MAX_CHUNK_BYTES))
+            .and_then(|size| usize::try_from(size).ok())
+            .ok_or_else(|| {
+                Error::corrupt(pack_key, format!("the frame of chunk {} has no valid size", location.chunk()))
+            })?;
+        FRAME.with_borrow_mut(|frame| {
+            let place = (pack_key, location.offset());
+            if frame.at.as_ref().is_none_or(|(key, offset)| (key.as_str(), *offset) != place) {
+                frame.at = None;
+                frame.plaintext.clear();
+                crate::compress::decompress_onto(compressed, frame_size, dictionary, &mut frame.plaintext).map_err(
+                    |e| {
+                        Error::corrupt(
+                            pack_key,
+                            format!("the frame of chunk {} does not decompress: {e}", location.chunk()),
+                        )
+                    },
+                )?;
+                frame.at = Some((pack_key.to_string(), location.offset()));
+            }
+            let piece = (location.start() as usize)
+                .checked_add(location.raw_length() as usize)
+                .and_then(|piece_end| frame.plaintext.get(location.start() as usize..piece_end))
+                .ok_or_else(|| {
+                    Error::corrupt(pack_key, format!("chunk {} lies outside its frame", location.chunk()))
+                })?;
+            out.extend_from_slice(piece);
+            Ok::<_, Error>(())
+        })?;
+    }
     let plaintext = &out[before..];
     if plaintext.len() != location.raw_length() as usize || key.id_of(plaintext) != location.chunk() {
         out.truncate(before);
         return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
     }
     Ok(())
+}
+
+/// The last frame of several chunks a thread decompressed: (pack key, offset) and plaintext.
+#[derive(Default)]
+struct FrameCache {
+    at: Option<(String, u64)>,
+    plaintext: Vec<u8>,
+}
+
+thread_local! {
+    static FRAME: std::cell::RefCell<FrameCache> = std::cell::RefCell::default();
 }
 
 /// The plaintext header of a snapshot: what anyone may see.
@@ -1126,6 +1256,59 @@ mod tests {
     }
 
     #[test]
+    fn an_index_entry_has_four_elements_or_five_with_a_start() {
+        let id = ChunkId([7; 32]);
+        let alone = ChunkLocation::new(id, 10, 20, 30);
+        let framed = ChunkLocation::in_frame(id, 10, 20, 30, 40);
+        let hex = id.to_string();
+        assert_eq!(serde_json::to_string(&alone).unwrap(), format!("[\"{hex}\",10,20,30]"));
+        assert_eq!(serde_json::to_string(&framed).unwrap(), format!("[\"{hex}\",10,20,30,40]"));
+        for location in [alone, framed] {
+            let json = serde_json::to_string(&location).unwrap();
+            assert_eq!(serde_json::from_str::<ChunkLocation>(&json).unwrap(), location);
+        }
+        for bad in [format!("[\"{hex}\",10,20]"), format!("[\"{hex}\",10,20,30,40,50]")] {
+            assert!(serde_json::from_str::<ChunkLocation>(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunks_sharing_a_frame_open_in_any_order_and_a_bad_start_is_refused() {
+        let key = RepoSecret::generate().chunk_id_key();
+        let rows: Vec<Vec<u8>> = (0..5).map(|n| format!("{n}\trow number {n}\n").repeat(50 + n).into_bytes()).collect();
+        let chunks: Vec<(ChunkId, u32)> =
+            rows.iter().map(|row| (key.id_of(row), u32::try_from(row.len()).unwrap())).collect();
+        let mut zstd = crate::compress::ChunkCompressor::default();
+        let mut pack = PackWriter::new(1 << 16, None);
+        pack.add(&zstd.compress(b"a chunk alone\n", 3, None), &[(key.id_of(b"a chunk alone\n"), 14)]);
+        pack.add(&zstd.compress(&rows[..3].concat(), 3, None), &chunks[..3]);
+        pack.add(&zstd.compress(&rows[3..].concat(), 3, None), &chunks[3..]);
+        let locations = pack.chunks.clone();
+        assert_eq!(locations.len(), 6);
+        assert_eq!(locations[0].start(), 0);
+        assert_eq!(locations[2].offset(), locations[1].offset(), "two chunks of one frame");
+        assert_eq!(locations[2].start(), chunks[0].1);
+        assert_eq!(open_chunk(&key, &pack.plaintext, &locations[0], "p", None).unwrap(), b"a chunk alone\n");
+        // Backwards, across frames, and the same frame again: each chunk is proven on its own.
+        for at in [5, 2, 4, 1, 3, 2] {
+            let opened = open_chunk(&key, &pack.plaintext, &locations[at], "p", None).unwrap();
+            assert_eq!(opened, rows[at - 1], "chunk {at}");
+        }
+        let shifted =
+            ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1);
+        let error = open_chunk(&key, &pack.plaintext, &shifted, "p", None).unwrap_err().to_string();
+        assert!(error.contains("fails its keyed hash"), "{error}");
+        let beyond =
+            ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1 << 20);
+        let error = open_chunk(&key, &pack.plaintext, &beyond, "p", None).unwrap_err().to_string();
+        assert!(error.contains("lies outside its frame"), "{error}");
+        // A format-3 style entry (no start) for the first chunk of a frame of three: the
+        // frame's header, not the entry, says how much to decompress.
+        let first = ChunkLocation::new(chunks[0].0, locations[1].offset(), locations[1].length(), chunks[0].1);
+        assert_eq!(open_chunk(&key, &pack.plaintext, &first, "p", None).unwrap(), rows[0]);
+    }
+
+    #[test]
     fn the_index_finds_every_chunk_and_keeps_the_first_location_of_a_duplicate() {
         let id = |i: u32| ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes());
         let file = |pack: &str, ids: std::ops::Range<u32>| IndexFile {
@@ -1133,7 +1316,7 @@ mod tests {
             packs: vec![PackRecord {
                 pack: ObjectRef { id: pack.into(), size: 1 },
                 dictionary: None,
-                chunks: ids.map(|i| ChunkLocation(id(i), u64::from(i), 1, 1)).collect(),
+                chunks: ids.map(|i| ChunkLocation::new(id(i), u64::from(i), 1, 1)).collect(),
             }],
         };
         let mut index = ChunkIndex::default();
@@ -1163,7 +1346,7 @@ mod tests {
             packs: vec![PackRecord {
                 pack: ObjectRef { id: "p".into(), size: 1 },
                 dictionary: None,
-                chunks: ids.iter().map(|id| ChunkLocation(*id, 7, 1, 1)).collect(),
+                chunks: ids.iter().map(|id| ChunkLocation::new(*id, 7, 1, 1)).collect(),
             }],
         };
         let edges = [ChunkId([0; 32]), ChunkId([0xff; 32]), ChunkId([0x80; 32])];

@@ -155,35 +155,47 @@ fn table_patterns_select_what_is_backed_up() {
 
 #[test]
 fn a_format_2_repository_still_restores_and_takes_new_snapshots() {
-    // tests/fixtures/format2: a repository written by the format-2 build (raw dictionaries) of
-    // source.sql, with its test-only admin identity and writer key.
-    let fixture_dir = fixture("tests/fixtures/format2");
-    let source = TestDb::create("format2_src");
+    // tests/fixtures/format2: written by the format-2 build (raw dictionaries).
+    an_old_repository_still_restores_and_takes_new_snapshots(2);
+}
+
+#[test]
+fn a_format_3_repository_still_restores_and_takes_new_snapshots() {
+    // tests/fixtures/format3: written by the format-3 build (one zstd frame per chunk).
+    an_old_repository_still_restores_and_takes_new_snapshots(3);
+}
+
+/// tests/fixtures/formatN: a repository written by the format-N build of source.sql, with its
+/// test-only admin identity and writer key.
+fn an_old_repository_still_restores_and_takes_new_snapshots(format: u32) {
+    let fixture_dir = fixture(&format!("tests/fixtures/format{format}"));
+    let source = TestDb::create(&format!("format{format}_src"));
     source.load_file(&fixture_dir.join("source.sql"));
     let work = Workspace::new();
     let repo = work.path("repo");
     copy_dir(&fixture_dir.join("repo"), &repo);
     copy_dir(&fixture_dir.join("config"), &work.config_dir());
-    let key = work.path("format2.key");
+    let key = work.path("old.key");
     std::fs::copy(fixture_dir.join("admin.key"), &key).unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (repo, key) = (repo.to_str().unwrap(), key.to_str().unwrap());
     let config = std::fs::read_to_string(work.path("repo/config")).unwrap();
-    assert!(config.contains("\"version\": 2"), "{config}");
-    assert!(!files_under(&work.path("repo/dicts")).is_empty(), "the fixture must hold a (raw) dictionary");
+    assert!(config.contains(&format!("\"version\": {format}")), "{config}");
+    assert!(!files_under(&work.path("repo/dicts")).is_empty(), "the fixture must hold a dictionary");
 
     work.run(&["verify", "--repo", repo, "--identity", key, "--read-data"]).ok();
-    let restored = TestDb::create("format2_restored");
+    let restored = TestDb::create(&format!("format{format}_restored"));
     work.run(&["restore", "--repo", repo, "--identity", key, "--db", &restored.url()]).ok();
     assert_same_database(&source, &restored);
 
-    // This build adds format-3 snapshots (compressed dictionaries) beside the old one.
+    // This build adds format-4 snapshots (compressed dictionaries, frames of several chunks)
+    // beside the old one, reusing the old chunks.
     source.sql("INSERT INTO crm.notes (company_id, written_on, body) SELECT 1 + i % 40, date '2025-01-01', repeat('new note ' || i, 20) FROM generate_series(1, 3000) i");
     work.backup(&source, repo);
     assert_eq!(files_under(&work.path("repo/dicts")).len(), 2, "the new rows trained a (compressed) dictionary");
     work.run(&["verify", "--repo", repo, "--identity", key, "--read-data"]).ok();
-    let latest = TestDb::create("format2_latest");
-    work.run(&["restore", "--repo", repo, "--identity", key, "--db", &latest.url()]).ok();
+    let latest = TestDb::create(&format!("format{format}_latest"));
+    work.run(&["restore", "--repo", repo, "--identity", key, "--db", &latest.url(), "--parallel"]).ok();
     assert_same_database(&source, &latest);
 }
 

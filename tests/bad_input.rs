@@ -81,15 +81,15 @@ fn repository_mistakes_are_explained() {
     // A repository from the future, and one of format 1 (before list chunks): refused, with
     // what to do.
     for (version, expected) in [
-        (99, "uses repository format 99, this crmvault reads formats 2 to 3; upgrade crmvault"),
-        (1, "uses repository format 1, this crmvault reads formats 2 to 3; format 1 was a development format"),
+        (99, "uses repository format 99, this crmvault reads formats 2 to 4; upgrade crmvault"),
+        (1, "uses repository format 1, this crmvault reads formats 2 to 4; format 1 was a development format"),
     ] {
         let other = work.path(&format!("format-{version}"));
         std::fs::create_dir_all(&other).unwrap();
         let config = std::fs::read_to_string(work.path("repo/config")).unwrap();
-        assert!(config.contains("\"version\": 3"), "{config}");
-        std::fs::write(other.join("config"), config.replace("\"version\": 3", &format!("\"version\": {version}")))
-            .unwrap();
+        let current = format!("\"version\": {}", crmvault::repo::FORMAT_VERSION);
+        assert!(config.contains(&current), "{config}");
+        std::fs::write(other.join("config"), config.replace(&current, &format!("\"version\": {version}"))).unwrap();
         one_clear_line(work.run(&["snapshots", "--repo", other.to_str().unwrap()]), 1, expected);
     }
 }

@@ -1,0 +1,79 @@
+//! Measures what the zstd frame size does to a full backup's size and compression speed:
+//! every table's COPY text cut by crmvault's chunker, a dictionary trained per table as a
+//! backup does, then compressed one frame per chunk or in frames of consecutive chunks.
+//! Single-threaded, no database, no encryption: only the compression choice varies.
+//!
+//! ```sh
+//! for t in $(psql -At -d crmvault_bench -c "SELECT relname FROM pg_class WHERE relnamespace = 'crm'::regnamespace AND relkind = 'r'"); do
+//!     psql -d crmvault_bench -c "\copy (SELECT * FROM crm.$t ORDER BY 1) TO '/tmp/copy/$t.copy'"
+//! done
+//! cargo run --release --example frame_sizes -- /tmp/copy/*.copy   # FRAMES=0,65536 LEVEL=3 NODICT=1
+//! cat /tmp/copy/*.copy | zstd -3 | wc -c                          # the stream compressed whole
+//! ```
+
+#![allow(clippy::cast_precision_loss)] // sizes shown in MiB and MB/s
+
+use std::time::Instant;
+
+use crmvault::chunk::{ChunkParams, chunk_all};
+use crmvault::compress::{ChunkCompressor, CompressionDictionary, DecompressionDictionary, decompress, train};
+
+fn main() {
+    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
+    let frame_sizes: Vec<usize> =
+        setting("FRAMES", "0,65536,131072,262144").split(',').map(|s| s.parse().expect("FRAMES: sizes")).collect();
+    let level: i32 = setting("LEVEL", "3").parse().expect("LEVEL: a zstd level");
+    let with_dictionary = std::env::var_os("NODICT").is_none();
+    let streams: Vec<Vec<Vec<u8>>> = std::env::args()
+        .skip(1)
+        .map(|path| chunk_all(&[7; 32], ChunkParams::default(), &std::fs::read(&path).expect("a readable file")))
+        .collect();
+    for frame_size in frame_sizes {
+        let (mut stored, mut raw, mut frames) = (0, 0, 0);
+        let (mut compressing, mut decompressing) = (0.0, 0.0);
+        let mut zstd = ChunkCompressor::default();
+        for chunks in &streams {
+            // As a backup does: a dictionary trained on the table's first 4 MiB of chunks.
+            let mut samples: Vec<&[u8]> = Vec::new();
+            for chunk in chunks {
+                if samples.iter().map(|s| s.len()).sum::<usize>() >= 4 << 20 {
+                    break;
+                }
+                samples.push(chunk);
+            }
+            let dictionary = if with_dictionary { train(&samples, level) } else { None };
+            if let Some(bytes) = &dictionary {
+                stored += crmvault::compress::store_dictionary(bytes).len();
+            }
+            let for_compression = dictionary.as_ref().and_then(|d| CompressionDictionary::new(d, level));
+            let for_decompression = dictionary.as_ref().and_then(|d| DecompressionDictionary::new(d));
+            // Frames of consecutive chunks up to frame_size (0: one per chunk), as a backup cuts them.
+            let mut groups: Vec<Vec<u8>> = Vec::new();
+            for chunk in chunks {
+                raw += chunk.len();
+                match groups.last_mut() {
+                    Some(last) if last.len() + chunk.len() <= frame_size => last.extend_from_slice(chunk),
+                    _ => groups.push(chunk.clone()),
+                }
+            }
+            let started = Instant::now();
+            let compressed: Vec<Vec<u8>> =
+                groups.iter().map(|g| zstd.compress(g, level, for_compression.as_ref())).collect();
+            compressing += started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            for (frame, group) in compressed.iter().zip(&groups) {
+                let plaintext = decompress(frame, group.len(), for_decompression.as_ref()).expect("a frame just made");
+                assert_eq!(plaintext.len(), group.len());
+            }
+            decompressing += started.elapsed().as_secs_f64();
+            stored += compressed.iter().map(Vec::len).sum::<usize>();
+            frames += groups.len();
+        }
+        println!(
+            "frames of {frame_size:>7} B, dictionary {with_dictionary}, level {level}: {stored} bytes ({:.1} MiB) in {frames} frames; \
+             compress {compressing:.2} s ({:.0} MB/s), decompress {decompressing:.2} s",
+            stored as f64 / 1_048_576.0,
+            raw as f64 / compressing / 1e6
+        );
+    }
+}
