@@ -582,7 +582,7 @@ const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Chunks decoded together (about 256 KiB at the default chunk size), at least; a run goes on
 /// to the end of its last chunk's frame.
-const RUN: usize = 32;
+pub const RUN: usize = 32;
 
 /// Proven plaintext of a stream, in order, in runs of [`RUN`] chunks or more, `jobs` × 2 runs
 /// decoded ahead.

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
 use crate::repo::{self, ChunkIndex, Keyring, ObjectRef, Repository};
@@ -145,7 +146,7 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
         return Ok(report);
     };
     // With a key: manifests and indexes agree.
-    let mut needed_chunks: BTreeMap<String, BTreeSet<crate::crypto::ChunkId>> = BTreeMap::new();
+    let mut needed_chunks: BTreeMap<String, BTreeSet<ChunkId>> = BTreeMap::new();
     let mut index = ChunkIndex::default();
     for sealed in &sealed_snapshots {
         let mut manifest = match sealed.open(keyring) {
@@ -205,9 +206,13 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
             }
             let key = repo::pack_key(pack_id);
             let users: Vec<String> = users.get(key.as_str()).map(|s| (*s).clone()).unwrap_or_default();
-            for id in chunks {
-                match reader.read(id).await {
-                    Ok(_) => report.chunks += 1,
+            // In the order they lie in the pack and in runs, as a restore reads them, so a frame
+            // of several chunks is decompressed once for all of them.
+            let mut chunks: Vec<ChunkId> = chunks.iter().copied().collect();
+            chunks.sort_by_key(|id| index.get(id).map(|(_, location)| (location.offset(), location.start())));
+            for run in reader.runs(&chunks, crate::commands::restore::RUN) {
+                match reader.read_run(run).await {
+                    Ok(_) => report.chunks += run.len(),
                     Err(e) => {
                         report.problems.push(problem(&key, users.clone(), e.to_string()));
                         break;
