@@ -867,6 +867,7 @@ async fn read_everything(
 async fn store_lists(context: &EncoderContext, mut manifest: Manifest) -> Result<Manifest> {
     let context = context.clone();
     tokio::task::spawn_blocking(move || {
+        let (mut bytes, mut new_bytes) = (0, 0);
         for stream in manifest.streams_mut() {
             // Each level of list chunks is stored like data.
             repo::build_lists(stream, |pieces| {
@@ -880,9 +881,12 @@ async fn store_lists(context: &EncoderContext, mut manifest: Manifest) -> Result
                 }
                 sink.flush();
                 sink.check()?;
+                bytes += sink.seen_bytes;
+                new_bytes += sink.new_bytes;
                 Ok(sink.manifest.chunks)
             })?;
         }
+        tracing::debug!(bytes, new_bytes, "chunk-id lists stored");
         Ok(manifest)
     })
     .await
