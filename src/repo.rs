@@ -24,6 +24,8 @@ use crate::crypto::{self, ChunkId, ChunkIdKey, DecryptFailure, MacKey, RepoSecre
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
+mod index_codec;
+
 /// The repository format version this build writes.
 pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build reads (format 3 stores dictionaries compressed, which
@@ -460,7 +462,12 @@ impl Repository {
             check_object_name(key, &ciphertext)?;
             keyring.decrypt(key, &ciphertext)?
         };
-        let file: IndexFile = decode_json(key, &plaintext)?;
+        let file: IndexFile = if plaintext.starts_with(index_codec::MAGIC) {
+            index_codec::decode(&plaintext).map_err(|reason| Error::corrupt(key, format!("bad index: {reason}")))?
+        } else {
+            // Formats 2 and 3: zstd-compressed JSON.
+            decode_json(key, &plaintext)?
+        };
         // Written with the format version of the build; a later format may mean entries this
         // build would misread.
         if file.version > FORMAT_VERSION {
@@ -529,8 +536,8 @@ pub struct ObjectRef {
 /// Where one chunk lies inside a pack's plaintext: in the zstd frame at `offset` (`length`
 /// bytes), which may hold several consecutive chunks (format 4), at `start` of its plaintext.
 ///
-/// Stored in an index as `[id, offset, length, raw_length]`, with a fifth element `start` when
-/// it is not 0 (format 3 wrote only the four: one frame per chunk).
+/// Format 4 indexes store it in binary (`index_codec`); formats 2 and 3 stored
+/// `[id, offset, length, raw_length]` in JSON, one frame per chunk, hence `start` 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLocation {
     chunk: ChunkId,
@@ -571,28 +578,13 @@ impl ChunkLocation {
     }
 }
 
-impl Serialize for ChunkLocation {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let mut tuple = serializer.serialize_tuple(if self.start == 0 { 4 } else { 5 })?;
-        tuple.serialize_element(&self.chunk)?;
-        tuple.serialize_element(&self.offset)?;
-        tuple.serialize_element(&self.length)?;
-        tuple.serialize_element(&self.raw_length)?;
-        if self.start != 0 {
-            tuple.serialize_element(&self.start)?;
-        }
-        tuple.end()
-    }
-}
-
 impl<'de> Deserialize<'de> for ChunkLocation {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = ChunkLocation;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("[chunk id, offset, length, raw length] with an optional start")
+                f.write_str("[chunk id, offset, length, raw length]")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
@@ -604,11 +596,10 @@ impl<'de> Deserialize<'de> for ChunkLocation {
                 let offset = seq.next_element()?.ok_or_else(|| missing(1))?;
                 let length = seq.next_element()?.ok_or_else(|| missing(2))?;
                 let raw_length = seq.next_element()?.ok_or_else(|| missing(3))?;
-                let start = seq.next_element()?.unwrap_or(0);
                 if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-                    return Err(A::Error::invalid_length(6, &self));
+                    return Err(A::Error::invalid_length(5, &self));
                 }
-                Ok(ChunkLocation { chunk, offset, length, raw_length, start })
+                Ok(ChunkLocation { chunk, offset, length, raw_length, start: 0 })
             }
         }
         deserializer.deserialize_seq(Visitor)
@@ -616,19 +607,19 @@ impl<'de> Deserialize<'de> for ChunkLocation {
 }
 
 /// One pack as an index describes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct PackRecord {
     /// The pack.
     pub pack: ObjectRef,
     /// The zstd dictionary its chunks were compressed with, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub dictionary: Option<ObjectRef>,
     /// Its chunks.
     pub chunks: Vec<ChunkLocation>,
 }
 
-/// Plaintext of an index object.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Plaintext of an index object (read from JSON for formats 2 and 3, see `index_codec` for 4).
+#[derive(Debug, Clone, Deserialize)]
 pub struct IndexFile {
     /// Format version.
     pub version: u32,
@@ -834,15 +825,24 @@ impl PackWriter {
             key: pack_key(&id),
             reference: ObjectRef { id, size: ciphertext.len() as u64 },
             bytes: Bytes::from(ciphertext),
-            chunks: self.chunks,
+            // Kept until the backup ends: no room to spare for growth.
+            chunks: {
+                let mut chunks = self.chunks;
+                chunks.shrink_to_fit();
+                chunks
+            },
             dictionary: self.dictionary,
         }
     }
 }
 
-/// Encrypts an index file for the metadata recipients: (key, reference, bytes).
-pub fn seal_index(file: &IndexFile, recipients: &[age::x25519::Recipient]) -> (String, ObjectRef, Bytes) {
-    let ciphertext = crypto::encrypt(recipients, &encode_json(file));
+/// Encrypts an index file for the metadata recipients: (key, reference, bytes). Takes the file
+/// so that its chunk records, the largest thing a full backup holds at the end, are freed
+/// before the ciphertext is made.
+pub fn seal_index(file: IndexFile, recipients: &[age::x25519::Recipient]) -> (String, ObjectRef, Bytes) {
+    let plaintext = index_codec::encode(&file);
+    drop(file);
+    let ciphertext = crypto::encrypt(recipients, &plaintext);
     let id = crypto::object_hash(&ciphertext);
     (index_key(&id), ObjectRef { id, size: ciphertext.len() as u64 }, Bytes::from(ciphertext))
 }
@@ -1256,18 +1256,13 @@ mod tests {
     }
 
     #[test]
-    fn an_index_entry_has_four_elements_or_five_with_a_start() {
+    fn a_format_3_index_entry_has_four_elements() {
         let id = ChunkId([7; 32]);
-        let alone = ChunkLocation::new(id, 10, 20, 30);
-        let framed = ChunkLocation::in_frame(id, 10, 20, 30, 40);
         let hex = id.to_string();
-        assert_eq!(serde_json::to_string(&alone).unwrap(), format!("[\"{hex}\",10,20,30]"));
-        assert_eq!(serde_json::to_string(&framed).unwrap(), format!("[\"{hex}\",10,20,30,40]"));
-        for location in [alone, framed] {
-            let json = serde_json::to_string(&location).unwrap();
-            assert_eq!(serde_json::from_str::<ChunkLocation>(&json).unwrap(), location);
-        }
-        for bad in [format!("[\"{hex}\",10,20]"), format!("[\"{hex}\",10,20,30,40,50]")] {
+        let entry: ChunkLocation = serde_json::from_str(&format!("[\"{hex}\",10,20,30]")).unwrap();
+        assert_eq!(entry, ChunkLocation::new(id, 10, 20, 30));
+        assert_eq!(entry.start(), 0);
+        for bad in [format!("[\"{hex}\",10,20]"), format!("[\"{hex}\",10,20,30,40]")] {
             assert!(serde_json::from_str::<ChunkLocation>(&bad).is_err(), "{bad}");
         }
     }

@@ -744,24 +744,22 @@ async fn commit(
     }
     // The index of the new packs goes in before the snapshot that needs it.
     let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
-    let mut new_index = None;
-    let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
-    if !file.packs.is_empty() {
-        let (key, reference, bytes) = repo::seal_index(&file, &repository.metadata_recipients());
-        repository.target.put_new(&key, bytes).await?;
-        bytes_added += reference.size;
-        new_index = Some(reference);
-    }
     // Every new pack holds only chunks of this snapshot; the other chunks are in packs the
     // target already had.
     let mut packs = BTreeSet::new();
     let mut indexes = BTreeSet::new();
     let mut dictionaries = BTreeSet::new();
-    for record in &file.packs {
+    for record in &new_packs {
         packs.insert(record.pack.clone());
         dictionaries.extend(record.dictionary.clone());
     }
-    indexes.extend(new_index);
+    if !new_packs.is_empty() {
+        let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
+        let (key, reference, bytes) = repo::seal_index(file, &repository.metadata_recipients());
+        repository.target.put_new(&key, bytes).await?;
+        bytes_added += reference.size;
+        indexes.insert(reference);
+    }
     for id in manifest.all_chunks() {
         if let Some(reusable) = state.reusable(id) {
             if packs.contains(&reusable.pack) {
