@@ -116,6 +116,35 @@ fn every_snapshot_of_a_nightly_series_restores_exactly() {
 }
 
 #[test]
+fn targets_that_hold_different_chunks_each_get_what_they_lack_and_restore_alone() {
+    // "old" has last night's chunks, "new" (the same repository, made with init --copy-from)
+    // none: tonight a table's new chunks alternate between going to both targets and going to
+    // "new" only, and the frames of consecutive chunks each target gets must hold exactly the
+    // chunks it lacks.
+    let source = TestDb::create("two_holdings");
+    source.add_filler();
+    let work = Workspace::new();
+    let old = work.init_repo("old");
+    work.backup(&source, &old);
+    let new = work.path("new").to_str().unwrap().to_string();
+    work.run(&["init", "--copy-from", &old, "--repo", &new]).ok();
+    source.sql(
+        "UPDATE public.filler SET body = upper(body) WHERE id % 4000 = 0; \
+         INSERT INTO public.filler SELECT i, md5(i::text) FROM generate_series(300001, 330000) i",
+    );
+    let report = work.run(&["backup", "--json", "--db", &source.url(), "--repo", &old, "--repo", &new]).ok().json();
+    let (to_old, to_new) =
+        (report["targets"][0]["new_chunks"].as_u64().unwrap(), report["targets"][1]["new_chunks"].as_u64().unwrap());
+    assert!(0 < to_old && to_old * 10 < to_new, "{report}");
+    for (repo, options) in [(&old, &["--parallel"][..]), (&new, &[])] {
+        work.run(&["verify", "--repo", repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+        let restored = TestDb::create("two_holdings_restored");
+        work.restore_with(repo, &restored, options).ok();
+        assert_same_database(&source, &restored);
+    }
+}
+
+#[test]
 fn table_patterns_select_what_is_backed_up() {
     let source = TestDb::create("patterns");
     source.load_file(&fixture("examples/crm.sql"));
