@@ -11,7 +11,7 @@
 //! credentials refused, disk full) is dropped from the run without stopping the others, and
 //! is left without a snapshot; the report says which targets hold the new snapshot.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ use crate::compress::{ChunkCompressor, CompressionDictionary};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
-    self, ChunkIndex, IndexFile, Keyring, Manifest, ObjectRef, PackEntry, PackRecord, PackWriter, Repository,
+    self, ChunkIndex, ChunkSet, IndexFile, Keyring, Manifest, ObjectRef, PackEntry, PackRecord, PackWriter, Repository,
     SealedManifest, SnapshotHeader, StreamManifest, TableManifest,
 };
 use crate::source::{self, Database, Section, SnapshotSession, SourceTable};
@@ -496,7 +496,7 @@ impl HeldChunks {
 struct KnownChunks {
     held: Arc<HeldChunks>,
     /// Sent in this backup.
-    sent: Mutex<HashSet<ChunkId>>,
+    sent: Mutex<ChunkSet>,
 }
 
 impl KnownChunks {
@@ -718,7 +718,7 @@ struct Sent<'a> {
     /// Their bytes.
     bytes: u64,
     /// Chunks it was sent.
-    chunks: &'a HashSet<ChunkId>,
+    chunks: &'a ChunkSet,
 }
 
 /// Writes one target's index and snapshot object: the commit on that target.
