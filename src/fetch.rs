@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef};
 use crate::target::Target;
 
+/// Chunks decoded together (about 256 KiB at the default chunk size), at least: one hop to a
+/// blocking thread per run. A run goes on to the end of its last chunk's frame.
+pub const RUN: usize = 32;
+
 type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;
 /// (source number, pack id): a decrypted pack of one target.
 type PackKey = (usize, String);
@@ -87,21 +91,21 @@ impl ChunkReader {
         Err(Error::Missing { object: format!("chunk {id} (in no index)"), location: locations.join(", ") })
     }
 
-    /// Cuts a stream's chunks into runs of at least `min` chunks, each ending where a zstd
+    /// Cuts a stream's chunks into runs of at least [`RUN`] chunks, each ending where a zstd
     /// frame ends (in the first source that has the chunk), so that no frame of several chunks
     /// is decompressed for two runs.
-    pub fn runs<'a>(&self, ids: &'a [ChunkId], min: usize) -> Vec<&'a [ChunkId]> {
+    pub fn runs<'a>(&self, ids: &'a [ChunkId]) -> Vec<&'a [ChunkId]> {
         let frame_of = |id: &ChunkId| {
             self.sources
                 .iter()
                 .find_map(|s| s.index.get(id))
                 .map(|(entry, location)| (&entry.pack.id, location.offset()))
         };
-        let mut runs = Vec::with_capacity(ids.len() / min.max(1) + 1);
+        let mut runs = Vec::with_capacity(ids.len() / RUN + 1);
         let (mut start, mut previous) = (0, None);
         for (at, id) in ids.iter().enumerate() {
             let frame = frame_of(id);
-            if at - start >= min && (frame.is_none() || frame != previous) {
+            if at - start >= RUN && (frame.is_none() || frame != previous) {
                 runs.push(&ids[start..at]);
                 start = at;
             }

@@ -580,18 +580,14 @@ async fn load_stream(
 /// How long a `--parallel` loading connection waits for a lock before giving up.
 const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Chunks decoded together (about 256 KiB at the default chunk size), at least; a run goes on
-/// to the end of its last chunk's frame.
-pub const RUN: usize = 32;
-
-/// Proven plaintext of a stream, in order, in runs of [`RUN`] chunks or more, `jobs` × 2 runs
+/// Proven plaintext of a stream, in order, in runs ([`ChunkReader::runs`]), `jobs` × 2 runs
 /// decoded ahead.
 pub fn chunk_stream<'a>(
     reader: &'a Arc<ChunkReader>,
     chunks: &'a [ChunkId],
     jobs: usize,
 ) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
-    futures::stream::iter(reader.runs(chunks, RUN)).map(move |run| reader.read_run(run)).buffered(jobs * 2)
+    futures::stream::iter(reader.runs(chunks)).map(move |run| reader.read_run(run)).buffered(jobs * 2)
 }
 
 /// Reads a whole (small) stream and checks its digest.

@@ -210,7 +210,7 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
             // of several chunks is decompressed once for all of them.
             let mut chunks: Vec<ChunkId> = chunks.iter().copied().collect();
             chunks.sort_by_key(|id| index.get(id).map(|(_, location)| (location.offset(), location.start())));
-            for run in reader.runs(&chunks, crate::commands::restore::RUN) {
+            for run in reader.runs(&chunks) {
                 match reader.read_run(run).await {
                     Ok(_) => report.chunks += run.len(),
                     Err(e) => {
