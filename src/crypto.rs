@@ -203,13 +203,37 @@ pub fn read_identity_file(path: &Path) -> Result<Vec<age::x25519::Identity>> {
 
 /// Encrypts `plaintext` to every recipient.
 pub fn encrypt(recipients: &[age::x25519::Recipient], plaintext: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(plaintext.len() + 256 + recipients.len() * 128);
-    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-        .expect("at least one X25519 recipient is always given");
-    let mut writer = encryptor.wrap_output(&mut out).expect("writing to a Vec cannot fail");
-    writer.write_all(plaintext).expect("writing to a Vec cannot fail");
-    writer.finish().expect("writing to a Vec cannot fail");
-    out
+    let mut encrypting = Encrypting::new(recipients, plaintext.len());
+    encrypting.write(plaintext);
+    encrypting.finish()
+}
+
+/// An age ciphertext made piece by piece, in memory: each piece is encrypted as it comes, so
+/// a pack is never held as plaintext and ciphertext at once.
+pub struct Encrypting {
+    writer: age::stream::StreamWriter<Vec<u8>>,
+}
+
+impl Encrypting {
+    /// Starts a ciphertext to every recipient, with room for `plaintext_capacity` bytes.
+    pub fn new(recipients: &[age::x25519::Recipient], plaintext_capacity: usize) -> Self {
+        // age adds 16 bytes to every 64 KiB, and a header of about 200 bytes a recipient.
+        let room = plaintext_capacity + plaintext_capacity / 4096 + 256 + recipients.len() * 256;
+        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .expect("at least one X25519 recipient is always given");
+        let writer = encryptor.wrap_output(Vec::with_capacity(room)).expect("writing to a Vec cannot fail");
+        Encrypting { writer }
+    }
+
+    /// Appends plaintext.
+    pub fn write(&mut self, plaintext: &[u8]) {
+        self.writer.write_all(plaintext).expect("writing to a Vec cannot fail");
+    }
+
+    /// The whole ciphertext.
+    pub fn finish(self) -> Vec<u8> {
+        self.writer.finish().expect("writing to a Vec cannot fail")
+    }
 }
 
 /// Why a decryption failed: the key, or the bytes.

@@ -736,6 +736,21 @@ impl ChunkIndex {
         })
     }
 
+    /// The number of the pack a chunk is in, for [`ChunkIndex::pack`].
+    pub fn pack_number(&self, id: &ChunkId) -> Option<u32> {
+        self.slot(id).map(|slot| slot.pack)
+    }
+
+    /// A pack by its number.
+    pub fn pack(&self, number: u32) -> &PackEntry {
+        &self.packs[number as usize]
+    }
+
+    /// How many packs it knows of (numbered from 0).
+    pub fn pack_count(&self) -> usize {
+        self.packs.len()
+    }
+
     /// Whether the chunk is known.
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.slot(id).is_some()
@@ -854,9 +869,12 @@ impl ChunkSet {
     }
 }
 
-/// Builds one pack: compressed chunks appended, then sealed (encrypted) as one object.
+/// Builds one pack: compressed chunks appended, encrypted as they come, then sealed as one
+/// object.
 pub struct PackWriter {
-    plaintext: Vec<u8>,
+    ciphertext: crypto::Encrypting,
+    /// Plaintext bytes appended.
+    len: usize,
     chunks: Vec<ChunkLocation>,
     dictionary: Option<ObjectRef>,
 }
@@ -876,9 +894,10 @@ pub struct SealedPack {
 }
 
 impl PackWriter {
-    /// An empty pack with room for `capacity` bytes, for chunks compressed with `dictionary`.
-    pub fn new(capacity: usize, dictionary: Option<ObjectRef>) -> Self {
-        PackWriter { plaintext: Vec::with_capacity(capacity), chunks: Vec::new(), dictionary }
+    /// An empty pack for the data recipients, with room for `capacity` bytes, for chunks
+    /// compressed with `dictionary`.
+    pub fn new(recipients: &[age::x25519::Recipient], capacity: usize, dictionary: Option<ObjectRef>) -> Self {
+        PackWriter { ciphertext: crypto::Encrypting::new(recipients, capacity), len: 0, chunks: Vec::new(), dictionary }
     }
 
     /// The dictionary of the chunks in this pack.
@@ -888,8 +907,9 @@ impl PackWriter {
 
     /// Appends one zstd frame holding the plaintexts of `chunks` (id, length), in order.
     pub fn add(&mut self, compressed: &[u8], chunks: &[(ChunkId, u32)]) {
-        let offset = self.plaintext.len() as u64;
-        self.plaintext.extend_from_slice(compressed);
+        let offset = self.len as u64;
+        self.ciphertext.write(compressed);
+        self.len += compressed.len();
         let length = u32::try_from(compressed.len()).expect("a frame is < 4 GiB");
         let mut start = 0u32;
         for &(id, raw_length) in chunks {
@@ -898,9 +918,9 @@ impl PackWriter {
         }
     }
 
-    /// Bytes buffered so far.
+    /// Plaintext bytes appended so far.
     pub fn len(&self) -> usize {
-        self.plaintext.len()
+        self.len
     }
 
     /// True when nothing was added.
@@ -908,9 +928,9 @@ impl PackWriter {
         self.chunks.is_empty()
     }
 
-    /// Encrypts the pack to the data recipients.
-    pub fn seal(self, recipients: &[age::x25519::Recipient]) -> SealedPack {
-        let ciphertext = crypto::encrypt(recipients, &self.plaintext);
+    /// Ends the pack's ciphertext and names it.
+    pub fn seal(self) -> SealedPack {
+        let ciphertext = self.ciphertext.finish();
         let id = crypto::object_hash(&ciphertext);
         SealedPack {
             key: pack_key(&id),
@@ -1109,20 +1129,37 @@ const LIST_MIN: usize = 4;
 /// ... and at most this many.
 const LIST_MAX: usize = 64;
 
+/// Cuts a run of chunk ids into list chunks as the ids come, by a rule that looks only at the
+/// ids of the piece being cut: a backup cuts a stream's first level while it reads the stream,
+/// instead of keeping every id of it until the end.
+#[derive(Debug, Default)]
+pub struct ListCutter {
+    piece: Vec<u8>,
+}
+
+impl ListCutter {
+    /// Takes the next id; returns a finished list chunk (the concatenation of its 32-byte ids)
+    /// when this id ends one.
+    pub fn push(&mut self, id: &ChunkId) -> Option<Vec<u8>> {
+        if self.piece.is_empty() {
+            self.piece.reserve_exact(LIST_MAX * 32);
+        }
+        self.piece.extend_from_slice(&id.0);
+        let held = self.piece.len() / 32;
+        ((held >= LIST_MIN && id.0[31] % LIST_CUT == 0) || held >= LIST_MAX).then(|| std::mem::take(&mut self.piece))
+    }
+
+    /// The last list chunk, when ids are left after the last cut.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        (!self.piece.is_empty()).then_some(self.piece)
+    }
+}
+
 /// Cuts a stream's chunk ids into list chunks (each the concatenation of its 32-byte ids).
 pub fn split_list(ids: &[ChunkId]) -> Vec<Vec<u8>> {
-    let mut lists = Vec::new();
-    let mut current = Vec::new();
-    for id in ids {
-        current.extend_from_slice(&id.0);
-        let held = current.len() / 32;
-        if (held >= LIST_MIN && id.0[31] % LIST_CUT == 0) || held >= LIST_MAX {
-            lists.push(std::mem::take(&mut current));
-        }
-    }
-    if !current.is_empty() {
-        lists.push(current);
-    }
+    let mut cutter = ListCutter::default();
+    let mut lists: Vec<Vec<u8>> = ids.iter().filter_map(|id| cutter.push(id)).collect();
+    lists.extend(cutter.finish());
     lists
 }
 
@@ -1133,7 +1170,18 @@ pub fn build_lists(
     stream: &mut StreamManifest,
     mut store: impl FnMut(Vec<Vec<u8>>) -> Result<Vec<ChunkId>>,
 ) -> Result<()> {
-    let mut lists = store(split_list(&stream.chunks))?;
+    let first = store(split_list(&stream.chunks))?;
+    build_upper_lists(stream, first, store)
+}
+
+/// [`build_lists`] from the ids of the stream's first level of list chunks, already stored
+/// (cut by a [`ListCutter`]).
+pub fn build_upper_lists(
+    stream: &mut StreamManifest,
+    first_level: Vec<ChunkId>,
+    mut store: impl FnMut(Vec<Vec<u8>>) -> Result<Vec<ChunkId>>,
+) -> Result<()> {
+    let mut lists = first_level;
     stream.list_levels = 1;
     stream.inner_lists.clear();
     while lists.len() > LIST_TOP_MAX {
@@ -1390,33 +1438,38 @@ mod tests {
         let chunks: Vec<(ChunkId, u32)> =
             rows.iter().map(|row| (key.id_of(row), u32::try_from(row.len()).unwrap())).collect();
         let mut zstd = crate::compress::ChunkCompressor::default();
-        let mut pack = PackWriter::new(1 << 16, None);
+        let admin = crypto::generate_identity();
+        let mut pack = PackWriter::new(&[admin.to_public()], 1 << 16, None);
         pack.add(&zstd.compress(b"a chunk alone\n", 3, None), &[(key.id_of(b"a chunk alone\n"), 14)]);
         pack.add(&zstd.compress(&rows[..3].concat(), 3, None), &chunks[..3]);
         pack.add(&zstd.compress(&rows[3..].concat(), 3, None), &chunks[3..]);
-        let locations = pack.chunks.clone();
+        let length = pack.len();
+        let sealed = pack.seal();
+        let locations = sealed.chunks.clone();
+        let plaintext = crypto::decrypt(&[admin], &sealed.bytes).unwrap();
+        assert_eq!(plaintext.len(), length);
         assert_eq!(locations.len(), 6);
         assert_eq!(locations[0].start(), 0);
         assert_eq!(locations[2].offset(), locations[1].offset(), "two chunks of one frame");
         assert_eq!(locations[2].start(), chunks[0].1);
-        assert_eq!(open_chunk(&key, &pack.plaintext, &locations[0], "p", None).unwrap(), b"a chunk alone\n");
+        assert_eq!(open_chunk(&key, &plaintext, &locations[0], "p", None).unwrap(), b"a chunk alone\n");
         // Backwards, across frames, and the same frame again: each chunk is proven on its own.
         for at in [5, 2, 4, 1, 3, 2] {
-            let opened = open_chunk(&key, &pack.plaintext, &locations[at], "p", None).unwrap();
+            let opened = open_chunk(&key, &plaintext, &locations[at], "p", None).unwrap();
             assert_eq!(opened, rows[at - 1], "chunk {at}");
         }
         let shifted =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1);
-        let error = open_chunk(&key, &pack.plaintext, &shifted, "p", None).unwrap_err().to_string();
+        let error = open_chunk(&key, &plaintext, &shifted, "p", None).unwrap_err().to_string();
         assert!(error.contains("fails its keyed hash"), "{error}");
         let beyond =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1 << 20);
-        let error = open_chunk(&key, &pack.plaintext, &beyond, "p", None).unwrap_err().to_string();
+        let error = open_chunk(&key, &plaintext, &beyond, "p", None).unwrap_err().to_string();
         assert!(error.contains("lies outside its frame"), "{error}");
         // A format-3 style entry (no start) for the first chunk of a frame of three: the
         // frame's header, not the entry, says how much to decompress.
         let first = ChunkLocation::new(chunks[0].0, locations[1].offset(), locations[1].length(), chunks[0].1);
-        assert_eq!(open_chunk(&key, &pack.plaintext, &first, "p", None).unwrap(), rows[0]);
+        assert_eq!(open_chunk(&key, &plaintext, &first, "p", None).unwrap(), rows[0]);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -30,8 +30,8 @@ use crate::compress::{ChunkCompressor, CompressionDictionary};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
-    self, ChunkIndex, ChunkSet, IndexFile, Keyring, Manifest, ObjectRef, PackEntry, PackRecord, PackWriter, Repository,
-    SealedManifest, SnapshotHeader, StreamManifest, TableManifest,
+    self, ChunkIndex, ChunkSet, IndexFile, Keyring, ListCutter, Manifest, ObjectRef, PackRecord, PackWriter,
+    Repository, SealedManifest, SnapshotHeader, StreamManifest, TableManifest,
 };
 use crate::source::{self, Database, Section, SnapshotSession, SourceTable};
 
@@ -138,6 +138,18 @@ struct EncoderContext {
     dictionaries: Arc<Mutex<Vec<StoredDictionary>>>,
     /// Bytes compressed at [`STRONG_LEVEL`] so far.
     strong_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Counts for the report and the log.
+    tally: Arc<Tally>,
+}
+
+/// What the encoders of one backup counted.
+#[derive(Default)]
+struct Tally {
+    /// Chunks the snapshot references, data and lists, each time it references them.
+    chunks: AtomicUsize,
+    /// Bytes of list chunks, and of those some target lacked.
+    list_bytes: AtomicU64,
+    new_list_bytes: AtomicU64,
 }
 
 /// A chunk some target lacks.
@@ -299,12 +311,24 @@ struct StreamEncoder {
     sink: ChunkSink,
 }
 
+/// A stream's first level of list chunks, cut while the stream is read.
+struct ListSink {
+    cutter: ListCutter,
+    sink: ChunkSink,
+}
+
 /// Where an encoder's chunks go: named, deduplicated, compressed, sent to the pack writer.
 ///
 /// A stream's first new chunks are held back until there are enough to train the stream's
 /// own dictionary (tables differ too much for one to serve all), then all go out with it.
+///
+/// A data stream's ids go straight into its first level of list chunks, which are stored as
+/// they are cut: the backup holds a sixteenth of a stream's ids, not all of them.
 struct ChunkSink {
     context: EncoderContext,
+    /// The first level of list chunks of a data stream; `None` in a sink of list chunks,
+    /// which keeps its ids in `manifest.chunks` for the level above.
+    lists: Option<Box<ListSink>>,
     digest: blake3::Hasher,
     manifest: StreamManifest,
     rows: u64,
@@ -325,7 +349,10 @@ struct ChunkSink {
 
 impl StreamEncoder {
     fn new(context: EncoderContext) -> Self {
-        StreamEncoder { chunker: Chunker::new(&context.seed, context.params), sink: ChunkSink::new(context) }
+        let chunker = Chunker::new(&context.seed, context.params);
+        let mut sink = ChunkSink::new(context.clone());
+        sink.lists = Some(Box::new(ListSink { cutter: ListCutter::default(), sink: ChunkSink::for_lists(context) }));
+        StreamEncoder { chunker, sink }
     }
 
     fn push(&mut self, data: &[u8]) -> Result<()> {
@@ -344,6 +371,21 @@ impl StreamEncoder {
         sink.flush();
         sink.check()?;
         sink.manifest.digest = sink.digest.finalize().to_hex().to_string();
+        let ListSink { cutter, sink: mut lists } = *sink.lists.take().expect("a data stream cuts lists");
+        if let Some(last) = cutter.finish() {
+            lists.store(last);
+        }
+        lists.finish_lists()?;
+        // Each level above is stored like data, too.
+        let context = sink.context.clone();
+        repo::build_upper_lists(&mut sink.manifest, lists.manifest.chunks, |pieces| {
+            let mut upper = ChunkSink::for_lists(context.clone());
+            for piece in pieces {
+                upper.store(piece);
+            }
+            upper.finish_lists()?;
+            Ok(upper.manifest.chunks)
+        })?;
         Ok((sink.manifest, sink.rows))
     }
 }
@@ -362,13 +404,40 @@ impl ChunkSink {
             previous_new: false,
             seen_bytes: 0,
             new_bytes: 0,
+            lists: None,
             context,
         }
     }
 
+    /// A sink of list chunks: ids are random bytes, so there is no dictionary to train and
+    /// nothing for a frame to share; and a list chunk is read on its own.
+    fn for_lists(context: EncoderContext) -> Self {
+        let mut sink = ChunkSink::new(context);
+        sink.dictionary = Dictionary::Decided(None);
+        sink.frame_bytes = 0;
+        sink
+    }
+
+    /// Ends a sink of list chunks, counting its bytes.
+    fn finish_lists(&mut self) -> Result<()> {
+        self.flush();
+        self.check()?;
+        self.context.tally.list_bytes.fetch_add(self.seen_bytes, Ordering::Relaxed);
+        self.context.tally.new_list_bytes.fetch_add(self.new_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn store(&mut self, chunk: Vec<u8>) {
         let id = self.context.chunk_id_key.id_of(&chunk);
-        self.manifest.chunks.push(id);
+        self.context.tally.chunks.fetch_add(1, Ordering::Relaxed);
+        match &mut self.lists {
+            Some(lists) => {
+                if let Some(list) = lists.cutter.push(&id) {
+                    lists.sink.store(list);
+                }
+            }
+            None => self.manifest.chunks.push(id),
+        }
         let lacking: Vec<usize> = (0..self.context.targets.len())
             .filter(|&i| {
                 let target = &self.context.targets[i];
@@ -483,12 +552,13 @@ struct HeldChunks {
 }
 
 impl HeldChunks {
-    /// Where a chunk the target holds lies, when its pack is present with the right size.
-    fn reusable(&self, id: &ChunkId) -> Option<&PackEntry> {
-        self.index
-            .get(id)
-            .map(|(entry, _)| entry)
-            .filter(|entry| self.present_packs.get(&entry.pack.id) == Some(&entry.pack.size))
+    /// The number of the pack ([`ChunkIndex::pack`]) of a chunk the target holds, when that
+    /// pack is present with the right size.
+    fn reusable(&self, id: &ChunkId) -> Option<u32> {
+        self.index.pack_number(id).filter(|&number| {
+            let entry = self.index.pack(number);
+            self.present_packs.get(&entry.pack.id) == Some(&entry.pack.size)
+        })
     }
 }
 
@@ -497,12 +567,30 @@ struct KnownChunks {
     held: Arc<HeldChunks>,
     /// Sent in this backup.
     sent: Mutex<ChunkSet>,
+    /// For each pack of `held` (by number), whether this snapshot uses a chunk of it: the
+    /// snapshot object names those packs, and the backup keeps no list of every chunk id.
+    reused: Vec<AtomicBool>,
 }
 
 impl KnownChunks {
+    fn new(held: Arc<HeldChunks>) -> Self {
+        let reused = (0..held.index.pack_count()).map(|_| AtomicBool::new(false)).collect();
+        KnownChunks { held, sent: Mutex::default(), reused }
+    }
+
     /// Whether the chunk must be sent to the target; if so, it counts as sent from now on.
+    /// Otherwise the target holds it, and its pack counts as used by the snapshot.
     fn claim(&self, id: ChunkId) -> bool {
-        self.held.reusable(&id).is_none() && self.sent.lock().expect("known-chunk lock is never poisoned").insert(id)
+        if let Some(pack) = self.held.reusable(&id) {
+            self.reused[pack as usize].store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.sent.lock().expect("known-chunk lock is never poisoned").insert(id)
+    }
+
+    /// The packs of `held` the snapshot uses, by number.
+    fn reused_packs(&self) -> impl Iterator<Item = u32> + '_ {
+        (0u32..).zip(&self.reused).filter(|(_, used)| used.load(Ordering::Relaxed)).map(|(number, _)| number)
     }
 }
 
@@ -515,11 +603,6 @@ struct TargetState<'a> {
 }
 
 impl<'a> TargetState<'a> {
-    /// Where a chunk the target holds lies, when its pack is present with the right size.
-    fn reusable(&self, id: &ChunkId) -> Option<&PackEntry> {
-        self.held.reusable(id)
-    }
-
     /// Learns which chunks a target holds: those whose pack is present with the right size.
     async fn survey(repository: &'a Repository, keyring: &Keyring) -> Result<TargetState<'a>> {
         let index = repository.load_index(keyring, None).await?;
@@ -591,7 +674,7 @@ pub async fn run(
     let mut writers = Vec::new();
     let mut known_sets = Vec::new();
     for state in &states {
-        let known = Arc::new(KnownChunks { held: state.held.clone(), sent: Mutex::default() });
+        let known = Arc::new(KnownChunks::new(state.held.clone()));
         known_sets.push(known.clone());
         let (sender, receiver) = mpsc::channel::<Arc<NewFrame>>(16);
         let alive = state.error.is_none();
@@ -619,7 +702,9 @@ pub async fn run(
         recipients: Arc::new(first.data_recipients()),
         dictionaries: dictionaries.clone(),
         strong_bytes: Arc::default(),
+        tally: Arc::default(),
     };
+    let tally = context.tally.clone();
 
     let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
         Ok(read) => {
@@ -635,13 +720,18 @@ pub async fn run(
                 materialized_views,
                 large_objects: read.large_objects,
             };
-            store_lists(&context, manifest).await.map(|manifest| (manifest, read.bytes_read))
+            Ok((manifest, read.bytes_read))
         }
         Err(error) => Err(error),
     };
     drop(context);
     // The compressors finish the queue, then drop their pack senders, closing the writers' input.
     let compressed_chunks = compressors.finish().await;
+    tracing::debug!(
+        bytes = tally.list_bytes.load(Ordering::Relaxed),
+        new_bytes = tally.new_list_bytes.load(Ordering::Relaxed),
+        "chunk-id lists stored"
+    );
     let dictionaries = std::mem::take(&mut *dictionaries.lock().expect("dictionary list lock is never poisoned"));
     // Closing the snapshot transaction: every reader has finished.
     let _ = session.client.batch_execute("COMMIT").await;
@@ -655,13 +745,14 @@ pub async fn run(
     let (manifest, bytes_read) = read?;
     let sealed = SealedManifest::seal(&manifest, &first.metadata_recipients());
 
+    // The sets of chunks sent go before the commits, which build each target's index.
+    let reused: Vec<Vec<u32>> = known_sets.into_iter().map(|known| known.reused_packs().collect()).collect();
     let mut targets = Vec::new();
-    for ((state, written), known) in states.iter_mut().zip(written).zip(known_sets) {
+    for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
             (Some(Ok((packs, bytes))), None) => {
-                let sent = std::mem::take(&mut *known.sent.lock().expect("known-chunk lock is never poisoned"));
-                let sent = Sent { packs, bytes, chunks: &sent };
-                commit(state, sent, &manifest, &sealed, &dictionaries, keyring, session.time).await
+                let sent = Sent { packs, bytes, reused };
+                commit(state, sent, &sealed, &dictionaries, keyring, session.time).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -692,7 +783,7 @@ pub async fn run(
         tables: manifest.tables.len(),
         rows: manifest.tables.iter().map(|t| t.rows).sum(),
         bytes_read,
-        chunks: manifest.all_chunks().count(),
+        chunks: tally.chunks.load(Ordering::Relaxed),
         new_chunks: compressed_chunks,
         bytes_added: targets.iter().map(|t| t.bytes_added).sum(),
         bytes_total: targets.iter().find(|t| t.ok).map_or(0, |t| t.bytes_total),
@@ -712,27 +803,26 @@ fn all_failed(states: &[TargetState<'_>]) -> Error {
 }
 
 /// What a target received in this backup.
-struct Sent<'a> {
+struct Sent {
     /// Its new packs.
     packs: Vec<PackRecord>,
     /// Their bytes.
     bytes: u64,
-    /// Chunks it was sent.
-    chunks: &'a ChunkSet,
+    /// The packs it held that the snapshot uses ([`KnownChunks::reused_packs`]).
+    reused: Vec<u32>,
 }
 
 /// Writes one target's index and snapshot object: the commit on that target.
 async fn commit(
     state: &TargetState<'_>,
-    sent: Sent<'_>,
-    manifest: &Manifest,
+    sent: Sent,
     sealed: &SealedManifest,
     dictionaries: &[StoredDictionary],
     keyring: &Keyring,
     time: chrono::DateTime<chrono::Utc>,
 ) -> Result<TargetReport> {
     let repository = state.repository;
-    let Sent { packs: new_packs, bytes: pack_bytes, chunks: sent } = sent;
+    let Sent { packs: new_packs, bytes: pack_bytes, reused } = sent;
     let mut bytes_added = pack_bytes;
     // The dictionaries its new packs need go in before the index that names them.
     for trained in dictionaries.iter().filter(|d| new_packs.iter().any(|p| p.dictionary.as_ref() == Some(&d.reference)))
@@ -760,21 +850,15 @@ async fn commit(
         bytes_added += reference.size;
         indexes.insert(reference);
     }
-    for id in manifest.all_chunks() {
-        if let Some(reusable) = state.reusable(id) {
-            if packs.contains(&reusable.pack) {
-                continue;
-            }
-            let size = *state.index_sizes.get(&*reusable.index_id).ok_or_else(|| Error::Missing {
-                object: repo::index_key(&reusable.index_id),
-                location: repository.target.location().into(),
-            })?;
-            packs.insert(reusable.pack.clone());
-            indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
-            dictionaries.extend(reusable.dictionary.clone());
-        } else if !sent.contains(id) {
-            return Err(Error::Invalid(format!("internal error: chunk {id} was neither stored nor found")));
-        }
+    for number in reused {
+        let reusable = state.held.index.pack(number);
+        let size = *state.index_sizes.get(&*reusable.index_id).ok_or_else(|| Error::Missing {
+            object: repo::index_key(&reusable.index_id),
+            location: repository.target.location().into(),
+        })?;
+        packs.insert(reusable.pack.clone());
+        indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
+        dictionaries.extend(reusable.dictionary.clone());
     }
     let header = SnapshotHeader {
         version: repo::FORMAT_VERSION,
@@ -859,36 +943,6 @@ async fn read_everything(
         + post_data.bytes
         + manifests.iter().chain(large_objects.iter()).map(|t| t.data.bytes).sum::<u64>();
     Ok(ReadResult { pre_data, post_data, tables: manifests, large_objects, bytes_read })
-}
-
-/// Stores every stream's list of chunk ids as list chunks (docs/FORMAT.md), like data.
-async fn store_lists(context: &EncoderContext, mut manifest: Manifest) -> Result<Manifest> {
-    let context = context.clone();
-    tokio::task::spawn_blocking(move || {
-        let (mut bytes, mut new_bytes) = (0, 0);
-        for stream in manifest.streams_mut() {
-            // Each level of list chunks is stored like data.
-            repo::build_lists(stream, |pieces| {
-                let mut sink = ChunkSink::new(context.clone());
-                // Ids are random bytes: no dictionary to train, nothing for a frame to share;
-                // and a list chunk is read on its own.
-                sink.dictionary = Dictionary::Decided(None);
-                sink.frame_bytes = 0;
-                for piece in pieces {
-                    sink.store(piece);
-                }
-                sink.flush();
-                sink.check()?;
-                bytes += sink.seen_bytes;
-                new_bytes += sink.new_bytes;
-                Ok(sink.manifest.chunks)
-            })?;
-        }
-        tracing::debug!(bytes, new_bytes, "chunk-id lists stored");
-        Ok(manifest)
-    })
-    .await
-    .expect("storing lists does not panic")
 }
 
 /// Streams one table through an encoder.
@@ -992,17 +1046,14 @@ async fn write_packs(
     pack_size: usize,
     mut chunks: mpsc::Receiver<Arc<NewFrame>>,
 ) -> Result<(Vec<PackRecord>, u64)> {
-    let recipients = Arc::new(recipients);
     let mut uploads: JoinSet<Result<PackRecord>> = JoinSet::new();
     let mut records = Vec::new();
     // A pack holds chunks of one dictionary only: one open pack per dictionary (per table).
     let mut open: HashMap<Option<ObjectRef>, (PackWriter, u64)> = HashMap::new();
     let upload = |pack: PackWriter, uploads: &mut JoinSet<Result<PackRecord>>| {
         let target = target.clone();
-        let recipients = recipients.clone();
         uploads.spawn(async move {
-            let sealed =
-                tokio::task::spawn_blocking(move || pack.seal(&recipients)).await.expect("sealing does not panic");
+            let sealed = tokio::task::spawn_blocking(move || pack.seal()).await.expect("sealing does not panic");
             target.put_new(&sealed.key, sealed.bytes).await?;
             Ok(PackRecord { pack: sealed.reference, dictionary: sealed.dictionary, chunks: sealed.chunks })
         });
@@ -1012,7 +1063,7 @@ async fn write_packs(
         clock += 1;
         let (pack, last_used) = open
             .entry(chunk.dictionary.clone())
-            .or_insert_with(|| (PackWriter::new(pack_size + (1 << 20), chunk.dictionary.clone()), 0));
+            .or_insert_with(|| (PackWriter::new(&recipients, pack_size + (1 << 20), chunk.dictionary.clone()), 0));
         *last_used = clock;
         pack.add(&chunk.compressed, &chunk.chunks);
         if pack.len() >= pack_size
