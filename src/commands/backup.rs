@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::chunk::{ChunkParams, Chunker};
-use crate::compress::{ChunkCompressor, CompressionDictionary};
+use crate::compress::{ChunkCompressor, CompressionDictionary, FrameDictionary};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
@@ -190,10 +190,8 @@ const FRAME_BYTES: usize = 256 * 1024;
 /// A dictionary this backup trained, encrypted once for every target.
 struct TrainedDictionary {
     stored: StoredDictionary,
-    /// Its bytes, for the strong level's tables.
+    /// Its bytes, from which each compressor makes its tables.
     bytes: Vec<u8>,
-    /// For the repository's level.
-    fast: CompressionDictionary,
     /// For [`STRONG_LEVEL`], made when first needed: its tables take about 12 MiB, and a
     /// full backup rarely needs them.
     strong: std::sync::OnceLock<Option<CompressionDictionary>>,
@@ -238,23 +236,24 @@ impl Compressors {
                 let (work, targets, compressed_chunks) = (work.clone(), targets.clone(), compressed_chunks.clone());
                 std::thread::spawn(move || {
                     let mut zstd = ChunkCompressor::default();
+                    let mut laid_out = FrameDictionaries::default();
                     for raw in work {
-                        let dictionary = raw.dictionary.as_deref();
                         let strong_level = STRONG_LEVEL.max(level);
-                        let compressed = match dictionary {
+                        let compressed = match &raw.dictionary {
                             Some(d) if raw.strong => {
-                                let strong =
-                                    d.strong.get_or_init(|| CompressionDictionary::new(&d.bytes, strong_level));
-                                zstd.compress(&raw.plaintext, strong_level, Some(strong.as_ref().unwrap_or(&d.fast)))
+                                match d.strong.get_or_init(|| CompressionDictionary::new(&d.bytes, strong_level)) {
+                                    Some(strong) => zstd.compress(&raw.plaintext, strong_level, Some(strong)),
+                                    None => laid_out.get(d, level).compress(&mut zstd, &raw.plaintext),
+                                }
                             }
-                            Some(d) => zstd.compress(&raw.plaintext, level, Some(&d.fast)),
+                            Some(d) => laid_out.get(d, level).compress(&mut zstd, &raw.plaintext),
                             None => zstd.compress(&raw.plaintext, if raw.strong { strong_level } else { level }, None),
                         };
                         compressed_chunks.fetch_add(raw.chunks.len(), Ordering::Relaxed);
                         let frame = Arc::new(NewFrame {
                             chunks: raw.chunks,
                             compressed,
-                            dictionary: dictionary.map(|d| d.stored.reference.clone()),
+                            dictionary: raw.dictionary.as_ref().map(|d| d.stored.reference.clone()),
                         });
                         for index in raw.lacking {
                             let target = &targets[index];
@@ -284,6 +283,31 @@ impl Compressors {
     }
 }
 
+/// A compressor thread's dictionaries laid out for frames ([`FrameDictionary`]), for the few
+/// tables being read at a time, most recently used first.
+#[derive(Default)]
+struct FrameDictionaries {
+    recent: Vec<(Arc<TrainedDictionary>, FrameDictionary)>,
+}
+
+impl FrameDictionaries {
+    /// How many are kept: one per table being read (`--jobs`, usually 2), and some to spare.
+    const KEPT: usize = 4;
+
+    fn get(&mut self, dictionary: &Arc<TrainedDictionary>, level: i32) -> &mut FrameDictionary {
+        if let Some(at) = self.recent.iter().position(|(known, _)| Arc::ptr_eq(known, dictionary)) {
+            let entry = self.recent.remove(at);
+            self.recent.insert(0, entry);
+        } else {
+            let laid_out = FrameDictionary::new(&dictionary.bytes, level, FRAME_BYTES)
+                .expect("a dictionary and a frame fit memory");
+            self.recent.insert(0, (dictionary.clone(), laid_out));
+            self.recent.truncate(Self::KEPT);
+        }
+        &mut self.recent[0].1
+    }
+}
+
 /// Trains a table's dictionary on the chunks held back, and encrypts it for the admins.
 fn train_dictionary(
     samples: &[RawChunk],
@@ -292,11 +316,10 @@ fn train_dictionary(
 ) -> Option<Arc<TrainedDictionary>> {
     let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
     let bytes = crate::compress::train(&samples, level)?;
-    let fast = CompressionDictionary::new(&bytes, level)?;
     let ciphertext = crate::crypto::encrypt(recipients, &crate::compress::store_dictionary(&bytes));
     let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
     let stored = StoredDictionary { reference, ciphertext: Bytes::from(ciphertext) };
-    Some(Arc::new(TrainedDictionary { stored, bytes, fast, strong: std::sync::OnceLock::new() }))
+    Some(Arc::new(TrainedDictionary { stored, bytes, strong: std::sync::OnceLock::new() }))
 }
 
 /// A stream's dictionary: not decided yet (new chunks are held back), or decided.
