@@ -271,3 +271,32 @@ fn a_restore_whose_index_build_fails_leaves_the_database_as_it_was() {
         assert_same_database(&source, &fixed);
     }
 }
+
+#[test]
+fn a_large_backup_writes_its_index_in_parts_and_the_next_backup_reuses_them_all() {
+    let source = TestDb::create("index_parts");
+    source.load_file(&fixture("examples/crm.sql"));
+    // Several packs' worth: an index file can only follow a pack that is stored.
+    source.add_filler();
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let url = source.url();
+    let first = work.run(&["backup", "--json", "--index-chunks", "100", "--db", &url, "--repo", &repo]).ok().json();
+    let new_chunks = first["new_chunks"].as_u64().unwrap();
+    let indexes = files_under(&work.path("repo/index")).len() as u64;
+    // An index file as soon as a stored pack brings 100 new chunks, and one for the rest.
+    assert!(new_chunks > 1000, "{first}");
+    assert!(indexes >= 2, "{indexes} index for {new_chunks} chunks");
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("index_parts_restored");
+    work.restore(&repo, &restored).ok();
+    assert_same_database(&source, &restored);
+
+    // The next backup finds every chunk through those index files: it stores only the change.
+    source.sql("UPDATE public.filler SET body = 'changed' WHERE id = 150000");
+    let second = work.backup(&source, &repo);
+    assert!(second["new_chunks"].as_u64().unwrap() < 20, "{second}");
+    let again = TestDb::create("index_parts_again");
+    work.restore(&repo, &again).ok();
+    assert_same_database(&source, &again);
+}

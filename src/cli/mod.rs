@@ -83,6 +83,9 @@ enum Command {
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
         #[arg(long, env = "CRMVAULT_PG_DUMP")]
         pg_dump: Option<PathBuf>,
+        /// New chunks per index file (for tuning and tests).
+        #[arg(long, hide = true, default_value_t = backup::INDEX_CHUNKS)]
+        index_chunks: usize,
     },
     /// List snapshots (tables and row counts where the writer key or --identity is at hand).
     Snapshots {
@@ -317,7 +320,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             output::init(json, &report);
         }
-        Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump } => {
+        Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks } => {
             let started = Instant::now();
             let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             let config_dir = config_dir()?;
@@ -333,6 +336,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 exclude: exclude_tables,
                 pg_dump,
                 hostname: hostname(),
+                index_chunks,
             };
             let progress = output::Progress::start(json, "reading");
             let result = backup::run(&repositories, &keyring, &options, progress.callback()).await;

@@ -50,6 +50,8 @@ pub struct BackupOptions {
     pub pg_dump: Option<PathBuf>,
     /// Name of this host, recorded in the manifest.
     pub hostname: String,
+    /// New chunks per index file ([`INDEX_CHUNKS`] unless tuning or testing).
+    pub index_chunks: usize,
 }
 
 /// Called with the number of bytes just read from the database.
@@ -693,6 +695,7 @@ pub async fn run(
     let materialized_views = session.populated_materialized_views().await?;
     tracing::info!(tables = tables.len(), snapshot = %session.snapshot, "reading database {}", options.database);
 
+    let dictionaries: Arc<Mutex<Vec<StoredDictionary>>> = Arc::default();
     let mut sinks = Vec::new();
     let mut writers = Vec::new();
     let mut known_sets = Vec::new();
@@ -702,18 +705,20 @@ pub async fn run(
         let (sender, receiver) = mpsc::channel::<Arc<NewFrame>>(16);
         let alive = state.error.is_none();
         writers.push(alive.then(|| {
-            tokio::spawn(write_packs(
-                state.repository.target.clone(),
-                state.repository.data_recipients(),
-                state.repository.config.pack_size,
-                receiver,
-            ))
+            let writer = PackUploads {
+                target: state.repository.target.clone(),
+                data_recipients: state.repository.data_recipients(),
+                metadata_recipients: state.repository.metadata_recipients(),
+                pack_size: state.repository.config.pack_size,
+                index_chunks: options.index_chunks.max(1),
+                dictionaries: dictionaries.clone(),
+            };
+            tokio::spawn(writer.run(receiver))
         }));
         sinks.push(TargetSink { known, packs: sender, alive: AtomicBool::new(alive) });
     }
     let targets = Arc::new(sinks);
     let (compressors, compressor) = Compressors::start(first.config.compression_level, &targets);
-    let dictionaries = Arc::new(Mutex::new(Vec::new()));
     let context = EncoderContext {
         seed: keyring.chunker_seed(),
         params: first.config.chunking,
@@ -755,7 +760,6 @@ pub async fn run(
         new_bytes = tally.new_list_bytes.load(Ordering::Relaxed),
         "chunk-id lists stored"
     );
-    let dictionaries = std::mem::take(&mut *dictionaries.lock().expect("dictionary list lock is never poisoned"));
     // Closing the snapshot transaction: every reader has finished.
     let _ = session.client.batch_execute("COMMIT").await;
     let mut written = Vec::new();
@@ -765,6 +769,7 @@ pub async fn run(
             None => None,
         });
     }
+    let dictionaries = std::mem::take(&mut *dictionaries.lock().expect("dictionary list lock is never poisoned"));
     let (manifest, bytes_read) = read?;
     let sealed = SealedManifest::seal(&manifest, &first.metadata_recipients());
 
@@ -773,9 +778,8 @@ pub async fn run(
     let mut targets = Vec::new();
     for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
-            (Some(Ok((packs, bytes))), None) => {
-                let sent = Sent { packs, bytes, reused };
-                commit(state, sent, &sealed, &dictionaries, keyring, session.time).await
+            (Some(Ok(stored)), None) => {
+                commit(state, stored, reused, &sealed, &dictionaries, keyring, session.time).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -825,53 +829,29 @@ fn all_failed(states: &[TargetState<'_>]) -> Error {
     Error::Invalid(format!("every target failed: {}", reasons.join("; ")))
 }
 
-/// What a target received in this backup.
-struct Sent {
-    /// Its new packs.
-    packs: Vec<PackRecord>,
-    /// Their bytes.
-    bytes: u64,
-    /// The packs it held that the snapshot uses ([`KnownChunks::reused_packs`]).
-    reused: Vec<u32>,
-}
-
 /// Writes one target's index and snapshot object: the commit on that target.
 async fn commit(
     state: &TargetState<'_>,
-    sent: Sent,
+    mut stored: Stored,
+    reused: Vec<u32>,
     sealed: &SealedManifest,
     dictionaries: &[StoredDictionary],
     keyring: &Keyring,
     time: chrono::DateTime<chrono::Utc>,
 ) -> Result<TargetReport> {
     let repository = state.repository;
-    let Sent { packs: new_packs, bytes: pack_bytes, reused } = sent;
-    let mut bytes_added = pack_bytes;
-    // The dictionaries its new packs need go in before the index that names them.
-    for trained in dictionaries.iter().filter(|d| new_packs.iter().any(|p| p.dictionary.as_ref() == Some(&d.reference)))
-    {
-        let key = repo::dictionary_key(&trained.reference.id);
-        if repository.target.put_new(&key, trained.ciphertext.clone()).await? == crate::target::PutOutcome::Written {
-            bytes_added += trained.reference.size;
-        }
-    }
-    // The index of the new packs goes in before the snapshot that needs it.
-    let new_chunks: usize = new_packs.iter().map(|record| record.chunks.len()).sum();
+    // The index of the last new packs (and the dictionaries it names) goes in before the
+    // snapshot that needs it.
+    stored.write_index(&repository.target, &repository.metadata_recipients(), dictionaries).await?;
+    let Stored { packs: new_packs, indexes: new_indexes, new_chunks, mut bytes_added, .. } = stored;
     // Every new pack holds only chunks of this snapshot; the other chunks are in packs the
     // target already had.
     let mut packs = BTreeSet::new();
-    let mut indexes = BTreeSet::new();
+    let mut indexes: BTreeSet<ObjectRef> = new_indexes.into_iter().collect();
     let mut dictionaries = BTreeSet::new();
-    for record in &new_packs {
-        packs.insert(record.pack.clone());
-        dictionaries.extend(record.dictionary.clone());
-    }
-    if !new_packs.is_empty() {
-        let file = IndexFile { version: repo::FORMAT_VERSION, packs: new_packs };
-        let (key, reference, bytes) = repo::seal_index(file, &repository.metadata_recipients());
-        repository.target.put_new(&key, bytes).await?;
-        bytes_added += reference.size;
-        indexes.insert(reference);
+    for (pack, dictionary) in new_packs {
+        packs.insert(pack);
+        dictionaries.extend(dictionary);
     }
     for number in reused {
         let reusable = state.held.index.pack(number);
@@ -1062,60 +1042,146 @@ async fn encode_bytes(context: &EncoderContext, bytes: Vec<u8>) -> Result<Stream
 /// plus the schema's and one more.
 const MAX_OPEN_PACKS: usize = 4;
 
-/// Collects new chunks into packs and uploads them; returns the packs written and their bytes.
-async fn write_packs(
+/// An index file is written once the packs stored since the last one hold this many chunks,
+/// so that a large backup does not hold every new chunk's record (56 bytes) to the end; one
+/// index file of 65 536 chunks is about 2.2 MB. Each is written after its packs and the
+/// dictionaries it names, so it is true whenever it exists, and a backup that dies midway
+/// leaves indexes the next one reuses.
+pub const INDEX_CHUNKS: usize = 1 << 16;
+
+/// A target's pack writer: where and how it stores.
+struct PackUploads {
     target: crate::target::Target,
-    recipients: Vec<age::x25519::Recipient>,
+    data_recipients: Vec<age::x25519::Recipient>,
+    metadata_recipients: Vec<age::x25519::Recipient>,
     pack_size: usize,
-    mut chunks: mpsc::Receiver<Arc<NewFrame>>,
-) -> Result<(Vec<PackRecord>, u64)> {
-    let mut uploads: JoinSet<Result<PackRecord>> = JoinSet::new();
-    let mut records = Vec::new();
-    // A pack holds chunks of one dictionary only: one open pack per dictionary (per table).
-    let mut open: HashMap<Option<ObjectRef>, (PackWriter, u64)> = HashMap::new();
-    let upload = |pack: PackWriter, uploads: &mut JoinSet<Result<PackRecord>>| {
-        let target = target.clone();
-        uploads.spawn(async move {
-            let sealed = tokio::task::spawn_blocking(move || pack.seal()).await.expect("sealing does not panic");
-            target.put_new(&sealed.key, sealed.bytes).await?;
-            Ok(PackRecord { pack: sealed.reference, dictionary: sealed.dictionary, chunks: sealed.chunks })
-        });
-    };
-    let mut clock = 0u64;
-    while let Some(chunk) = chunks.recv().await {
-        clock += 1;
-        let (pack, last_used) = open
-            .entry(chunk.dictionary.clone())
-            .or_insert_with(|| (PackWriter::new(&recipients, pack_size + (1 << 20), chunk.dictionary.clone()), 0));
-        *last_used = clock;
-        pack.add(&chunk.compressed, &chunk.chunks);
-        if pack.len() >= pack_size
-            && let Some((full, _)) = open.remove(&chunk.dictionary)
-        {
-            upload(full, &mut uploads);
+    /// [`BackupOptions::index_chunks`].
+    index_chunks: usize,
+    /// Every dictionary trained so far (each is listed before a frame that needs it exists).
+    dictionaries: Arc<Mutex<Vec<StoredDictionary>>>,
+}
+
+/// What a target's pack writer has stored.
+#[derive(Default)]
+struct Stored {
+    /// Every new pack, with the dictionary its chunks need.
+    packs: Vec<(ObjectRef, Option<ObjectRef>)>,
+    /// The index files written so far.
+    indexes: Vec<ObjectRef>,
+    /// Records of the packs no index file holds yet.
+    pending: Vec<PackRecord>,
+    pending_chunks: usize,
+    /// Dictionaries stored on the target by this backup (ids).
+    dictionaries: std::collections::HashSet<String>,
+    new_chunks: usize,
+    bytes_added: u64,
+}
+
+impl Stored {
+    fn add(&mut self, record: PackRecord) {
+        self.packs.push((record.pack.clone(), record.dictionary.clone()));
+        self.new_chunks += record.chunks.len();
+        self.pending_chunks += record.chunks.len();
+        self.bytes_added += record.pack.size;
+        self.pending.push(record);
+    }
+
+    /// Writes an index file of the pending packs (if any), after the dictionaries it names.
+    async fn write_index(
+        &mut self,
+        target: &crate::target::Target,
+        recipients: &[age::x25519::Recipient],
+        dictionaries: &[StoredDictionary],
+    ) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        // A table that has ended sends nothing more: its pack goes when others need the room.
-        if open.len() > MAX_OPEN_PACKS
-            && let Some(idle) = open.iter().min_by_key(|(_, (_, used))| *used).map(|(key, _)| key.clone())
-            && let Some((pack, _)) = open.remove(&idle)
-        {
-            upload(pack, &mut uploads);
+        for reference in self.pending.iter().filter_map(|record| record.dictionary.as_ref()) {
+            if self.dictionaries.contains(&reference.id) {
+                continue;
+            }
+            let trained = dictionaries.iter().find(|d| d.reference == *reference).ok_or_else(|| {
+                Error::Invalid(format!("internal error: dictionary {} of a new pack is unknown", reference.id))
+            })?;
+            let key = repo::dictionary_key(&reference.id);
+            if target.put_new(&key, trained.ciphertext.clone()).await? == crate::target::PutOutcome::Written {
+                self.bytes_added += reference.size;
+            }
+            self.dictionaries.insert(reference.id.clone());
         }
-        while uploads.len() >= 2 {
-            match uploads.join_next().await {
-                Some(result) => records.push(result.expect("uploads do not panic")?),
-                None => break,
+        let file = IndexFile { version: repo::FORMAT_VERSION, packs: std::mem::take(&mut self.pending) };
+        self.pending_chunks = 0;
+        let (key, reference, bytes) = tokio::task::spawn_blocking({
+            let recipients = recipients.to_vec();
+            move || repo::seal_index(file, &recipients)
+        })
+        .await
+        .expect("sealing an index does not panic");
+        target.put_new(&key, bytes).await?;
+        self.bytes_added += reference.size;
+        self.indexes.push(reference);
+        Ok(())
+    }
+}
+
+impl PackUploads {
+    /// Collects new chunks into packs and uploads them, writing an index file every
+    /// `index_chunks` chunks; returns what it stored, the last packs not yet indexed.
+    async fn run(self, mut chunks: mpsc::Receiver<Arc<NewFrame>>) -> Result<Stored> {
+        let mut stored = Stored::default();
+        let mut uploads: JoinSet<Result<PackRecord>> = JoinSet::new();
+        // A pack holds chunks of one dictionary only: one open pack per dictionary (per table).
+        let mut open: HashMap<Option<ObjectRef>, (PackWriter, u64)> = HashMap::new();
+        let upload = |pack: PackWriter, uploads: &mut JoinSet<Result<PackRecord>>| {
+            let target = self.target.clone();
+            uploads.spawn(async move {
+                let sealed = tokio::task::spawn_blocking(move || pack.seal()).await.expect("sealing does not panic");
+                target.put_new(&sealed.key, sealed.bytes).await?;
+                Ok(PackRecord { pack: sealed.reference, dictionary: sealed.dictionary, chunks: sealed.chunks })
+            });
+        };
+        let mut clock = 0u64;
+        while let Some(chunk) = chunks.recv().await {
+            clock += 1;
+            let (pack, last_used) = open.entry(chunk.dictionary.clone()).or_insert_with(|| {
+                (PackWriter::new(&self.data_recipients, self.pack_size + (1 << 20), chunk.dictionary.clone()), 0)
+            });
+            *last_used = clock;
+            pack.add(&chunk.compressed, &chunk.chunks);
+            if pack.len() >= self.pack_size
+                && let Some((full, _)) = open.remove(&chunk.dictionary)
+            {
+                upload(full, &mut uploads);
+            }
+            // A table that has ended sends nothing more: its pack goes when others need the room.
+            if open.len() > MAX_OPEN_PACKS
+                && let Some(idle) = open.iter().min_by_key(|(_, (_, used))| *used).map(|(key, _)| key.clone())
+                && let Some((pack, _)) = open.remove(&idle)
+            {
+                upload(pack, &mut uploads);
+            }
+            while uploads.len() >= 2 {
+                match uploads.join_next().await {
+                    Some(result) => stored.add(result.expect("uploads do not panic")?),
+                    None => break,
+                }
+            }
+            while let Some(result) = uploads.try_join_next() {
+                stored.add(result.expect("uploads do not panic")?);
+            }
+            if stored.pending_chunks >= self.index_chunks {
+                let dictionaries = self.dictionaries.lock().expect("dictionary list lock is never poisoned").clone();
+                stored.write_index(&self.target, &self.metadata_recipients, &dictionaries).await?;
             }
         }
+        for (pack, _) in open.into_values().filter(|(pack, _)| !pack.is_empty()) {
+            upload(pack, &mut uploads);
+        }
+        while let Some(result) = uploads.join_next().await {
+            stored.add(result.expect("uploads do not panic")?);
+        }
+        Ok(stored)
     }
-    for (pack, _) in open.into_values().filter(|(pack, _)| !pack.is_empty()) {
-        upload(pack, &mut uploads);
-    }
-    while let Some(result) = uploads.join_next().await {
-        records.push(result.expect("uploads do not panic")?);
-    }
-    let bytes = records.iter().map(|r| r.pack.size).sum();
-    Ok((records, bytes))
 }
 
 /// `--table` / `--exclude-table` patterns, matched against `schema.table`.
