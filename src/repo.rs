@@ -11,7 +11,7 @@
 //! `<hash>` is the unkeyed BLAKE3 of the stored bytes, so anyone can check an object's integrity
 //! without a key, and nobody learns anything about the plaintext from its name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -427,19 +427,24 @@ impl Repository {
 
     /// Loads all index objects (or the listed ones), returning chunk locations.
     pub async fn load_index(&self, keyring: &Keyring, only: Option<&[ObjectRef]>) -> Result<ChunkIndex> {
-        let (index, mut failures) = self.load_index_lenient(keyring, only).await?;
+        let (index, mut failures) = self.load_index_lenient(keyring, only, None).await?;
         match failures.pop() {
             Some((_, error)) => Err(error),
             None => Ok(index),
         }
     }
 
-    /// Loads what it can of the index objects, returning the ones that failed beside it.
+    /// Loads what it can of the index objects (all, or the listed ones), returning the ones
+    /// that failed beside it. With `packs`, only the chunks of those packs are kept: an index
+    /// file also describes packs a snapshot does not use, and a restore needs only its own
+    /// (a repository's index grows with every night, a snapshot does not).
     pub async fn load_index_lenient(
         &self,
         keyring: &Keyring,
         only: Option<&[ObjectRef]>,
+        packs: Option<&[ObjectRef]>,
     ) -> Result<(ChunkIndex, Vec<(String, Error)>)> {
+        let packs: Option<HashSet<&str>> = packs.map(|list| list.iter().map(|p| p.id.as_str()).collect());
         let keys: Vec<String> = match only {
             Some(list) => list.iter().map(|o| index_key(&o.id)).collect(),
             None => self.target.list("index").await?.into_iter().map(|(key, _)| key).collect(),
@@ -448,7 +453,7 @@ impl Repository {
         let mut failures = Vec::new();
         for key in keys {
             match self.read_index(keyring, &key).await {
-                Ok(file) => index.add(key.trim_start_matches("index/"), file),
+                Ok(file) => index.add(key.trim_start_matches("index/"), file, packs.as_ref()),
                 Err(error) => failures.push((key, error)),
             }
         }
@@ -695,10 +700,14 @@ impl ChunkIndex {
         usize::try_from(lead.checked_shr(64 - bits).unwrap_or(0)).expect("26 bits fit a usize")
     }
 
-    /// Appends an index file's chunks; [`ChunkIndex::seal`] must follow.
-    fn add(&mut self, index_id: &str, file: IndexFile) {
+    /// Appends an index file's chunks (of the packs in `only`, when given); [`ChunkIndex::seal`]
+    /// must follow.
+    fn add(&mut self, index_id: &str, file: IndexFile, only: Option<&HashSet<&str>>) {
         let index_id: Arc<str> = Arc::from(index_id);
         for record in file.packs {
+            if only.is_some_and(|packs| !packs.contains(record.pack.id.as_str())) {
+                continue;
+            }
             let number = *self.numbers.entry(record.pack.id.clone()).or_insert_with(|| {
                 self.packs.push(PackEntry {
                     pack: record.pack.clone(),
@@ -1484,8 +1493,8 @@ mod tests {
             }],
         };
         let mut index = ChunkIndex::default();
-        index.add("first", file("a", 0..1000));
-        index.add("second", file("b", 500..1500));
+        index.add("first", file("a", 0..1000), None);
+        index.add("second", file("b", 500..1500), None);
         index.seal();
         assert_eq!(index.iter().count(), 1500);
         for i in 0..1500 {
@@ -1495,10 +1504,19 @@ mod tests {
         }
         assert!(!index.contains(&id(1500)));
         let mut other = ChunkIndex::default();
-        other.add("third", file("c", 1400..2000));
+        other.add("third", file("c", 1400..2000), None);
         other.seal();
         index.merge(other);
         assert_eq!(index.iter().count(), 2000);
+        // Only the chunks of the packs asked for (a restore asks for its snapshot's packs).
+        let mut only_b = ChunkIndex::default();
+        let wanted: HashSet<&str> = ["b"].into();
+        only_b.add("first", file("a", 0..1000), Some(&wanted));
+        only_b.add("second", file("b", 500..1500), Some(&wanted));
+        only_b.seal();
+        assert_eq!(only_b.iter().count(), 1000);
+        assert_eq!(only_b.get(&id(600)).unwrap().0.pack.id, "b");
+        assert!(!only_b.contains(&id(100)));
         assert_eq!(index.get(&id(1450)).unwrap().0.pack.id, "b");
         assert_eq!(index.get(&id(1999)).unwrap().0.pack.id, "c");
     }
@@ -1518,7 +1536,7 @@ mod tests {
             let mut known = ids(0..size);
             known.extend_from_slice(&edges);
             let mut index = ChunkIndex::default();
-            index.add("i", record(&known));
+            index.add("i", record(&known), None);
             index.seal();
             for id in &known {
                 assert_eq!(index.get(id).map(|(_, location)| location.offset()), Some(7), "{size}: {id}");

@@ -119,16 +119,16 @@ pub async fn open_snapshot(
             other => other,
         };
         let opened = match sealed {
-            Ok(sealed) => sealed.open(keyring).map(|m| (Some(m), Some(sealed.header.indexes))),
+            Ok(sealed) => sealed.open(keyring).map(|m| (Some(m), Some((sealed.header.indexes, sealed.header.packs)))),
             Err(Error::Missing { .. }) => Ok((None, None)),
             Err(error) => Err(error),
         };
-        let indexes = match opened {
-            Ok((opened, indexes)) => {
+        let listed = match opened {
+            Ok((opened, listed)) => {
                 if manifest.is_none() {
                     manifest = opened;
                 }
-                indexes
+                listed
             }
             Err(error) => {
                 tracing::warn!("{}: {error}", repository.target.location());
@@ -136,8 +136,13 @@ pub async fn open_snapshot(
                 None
             }
         };
-        // A target whose copy of the snapshot is lost or damaged may still hold the chunks.
-        let (index, failures) = repository.load_index_lenient(keyring, indexes.as_deref()).await?;
+        // Only the listed indexes, and in them only the packs the snapshot uses. A target whose
+        // copy of the snapshot is lost or damaged may still hold the chunks: all of its indexes.
+        let (indexes, packs) = match &listed {
+            Some((indexes, packs)) => (Some(indexes.as_slice()), Some(packs.as_slice())),
+            None => (None, None),
+        };
+        let (index, failures) = repository.load_index_lenient(keyring, indexes, packs).await?;
         for (key, error) in failures {
             tracing::warn!("{}: {key}: {error}", repository.target.location());
             first_error.get_or_insert(error);
