@@ -11,6 +11,8 @@
 #   BENCH_DIR     where repositories and dumps go (default bench-work/scale-SCALE)
 #   BENCH_RESTORE_ROUNDS  how many times the three restores take turns (default 1); the table
 #                 shows the median round of each, and the ratio of every round
+#   BENCH_BACKUP_ROUNDS   how many times the COPY floor and crmvault's full backup (into a new
+#                 repository) take turns (default 1); medians and every round's ratio, likewise
 # needs: psql, pg_dump, pg_restore, zstd, age, GNU time; restic is used when installed
 #   (Debian: apt-get install zstd age restic time)
 set -euo pipefail
@@ -21,6 +23,7 @@ server=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
 server=${server%/}
 work=${BENCH_DIR:-$PWD/bench-work/scale-$scale}
 restore_rounds=${BENCH_RESTORE_ROUNDS:-1}
+backup_rounds=${BENCH_BACKUP_ROUNDS:-1}
 db=crmvault_bench
 restored=crmvault_bench_restored
 export PGOPTIONS="-c client_min_messages=warning"
@@ -50,6 +53,11 @@ measure() {
     printf '  %-28s %8.2f s  %8d KiB peak\n' "$name" "$seconds" "$rss" >&2
 }
 seconds_of() { awk -F'\t' -v n="$1" '$1 == n { print $2 }' "$results"; }
+# median NAME ROUNDS: the median round of NAME.1, NAME.2, … recorded as NAME.
+median() {
+    grep -E "^$1\.[0-9]+	" "$results" | sort -t "$(printf '\t')" -k2,2g |
+        awk -v n="$2" 'NR == int((n + 1) / 2)' | sed -E "s/^$1\.[0-9]+/$1/" >>"$results"
+}
 rss_of() { awk -F'\t' -v n="$1" '$1 == n { print $3 }' "$results"; }
 size_of() { du -sb "$1" | cut -f1; }
 
@@ -68,7 +76,7 @@ echo "  table data: $table_bytes bytes" >&2
     echo "COMMIT;"
 } >"$work/floor.sql"
 psql -X -q -d "$server/$db" -f "$work/floor.sql" >/dev/null # warm the cache
-measure copy_floor psql -X -q -d "$server/$db" -f "$work/floor.sql" -o /dev/null
+measure copy_floor.1 psql -X -q -d "$server/$db" -f "$work/floor.sql" -o /dev/null
 
 echo "== peers" >&2
 measure pg_dump_fc pg_dump -Fc -f "$work/dump.fc" -d "$server/$db"
@@ -90,8 +98,21 @@ crmvault_recipient=$("$crmvault" keygen -o "$work/admin.key" 2>/dev/null)
 "$crmvault" init --repo "$work/repo" --recipient "$crmvault_recipient" ${CRMVAULT_INIT_ARGS:-} >/dev/null
 repo_size() { size_of "$work/repo"; }
 before=$(repo_size)
-measure crmvault_full "$crmvault" backup --json --db "$server/$db" --repo "$work/repo" >"$work/full.json"
+# With BENCH_BACKUP_ROUNDS=N the floor and the full backup take turns N times (the floor's
+# first round ran above), each full backup into a new repository; the last one is kept.
+for round in $(seq 1 "$backup_rounds"); do
+    if [ "$round" -gt 1 ]; then
+        measure "copy_floor.$round" psql -X -q -d "$server/$db" -f "$work/floor.sql" -o /dev/null
+        rm -rf "$work/repo"
+        # shellcheck disable=SC2086
+        "$crmvault" init --repo "$work/repo" --recipient "$crmvault_recipient" ${CRMVAULT_INIT_ARGS:-} >/dev/null
+        before=$(repo_size)
+    fi
+    measure "crmvault_full.$round" "$crmvault" backup --json --db "$server/$db" --repo "$work/repo" >"$work/full.json"
+done
 crmvault_full=$(( $(repo_size) - before ))
+median copy_floor "$backup_rounds"
+median crmvault_full "$backup_rounds"
 before=$(repo_size)
 measure crmvault_unchanged "$crmvault" backup --json --db "$server/$db" --repo "$work/repo" >"$work/unchanged.json"
 crmvault_unchanged=$(( $(repo_size) - before ))
@@ -117,14 +138,9 @@ for round in $(seq 1 "$restore_rounds"); do
     restore_once "crmvault_restore_parallel.$round" "$crmvault" restore --parallel --repo "$work/repo" --identity "$work/admin.key" --db "$server/$restored" "$full_id"
 done
 sql postgres "DROP DATABASE $restored WITH (FORCE)"
-# median NAME: the median round of NAME.1, NAME.2, … recorded as NAME.
-median() {
-    grep -E "^$1\.[0-9]+	" "$results" | sort -t "$(printf '\t')" -k2,2g |
-        awk -v n="$restore_rounds" 'NR == int((n + 1) / 2)' | sed -E "s/^$1\.[0-9]+/$1/" >>"$results"
-}
-median pg_restore_j2
-median crmvault_restore
-median crmvault_restore_parallel
+median pg_restore_j2 "$restore_rounds"
+median crmvault_restore "$restore_rounds"
+median crmvault_restore_parallel "$restore_rounds"
 
 # after NAME SCRIPT: apply a change script, then back up with restic and crmvault; sets
 # restic_NAME and crmvault_NAME to the bytes each added.
@@ -149,14 +165,15 @@ floor=$(seconds_of copy_floor)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 percent() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "-" }'; }
 mib() { awk -v a="$1" 'BEGIN { printf "%.1f MiB", a / 1048576 }'; }
-# rounds_note NAME: with several restore rounds, NAME's ratio to pg_restore -j2 in each.
+# rounds_note NAME [BASE ROUNDS]: with several rounds, NAME's ratio to BASE in each
+# (default: the restores against pg_restore -j2).
 rounds_note() {
-    [ "$restore_rounds" -gt 1 ] || return 0
-    local list="" round
-    for round in $(seq 1 "$restore_rounds"); do
-        list="$list $(ratio "$(seconds_of "$1.$round")" "$(seconds_of "pg_restore_j2.$round")")"
+    local base=${2:-pg_restore_j2} rounds=${3:-$restore_rounds} list="" round
+    [ "$rounds" -gt 1 ] || return 0
+    for round in $(seq 1 "$rounds"); do
+        list="$list $(ratio "$(seconds_of "$1.$round")" "$(seconds_of "$base.$round")")"
     done
-    printf ' (median of %s rounds; each round:%s)' "$restore_rounds" "$list"
+    printf ' (median of %s rounds; each round:%s)' "$rounds" "$list"
 }
 row() { printf '| %s | %s s | %s | %s | %s MiB | %s |\n' "$1" "$(seconds_of "$2")" "$3" "$4" "$(( $(rss_of "$2") / 1024 ))" "$5"; }
 zstd_size=$(size_of "$work/dump.sql.zst")
@@ -171,7 +188,7 @@ zstd_size=$(size_of "$work/dump.sql.zst")
     if [ "$have_restic" = yes ]; then
         row "restic (pg_dump -Fp), full" restic_full "$(ratio "$(seconds_of restic_full)" "$floor")" "$(mib "$restic_full")" ""
     fi
-    row "**crmvault backup, full**" crmvault_full "**$(ratio "$(seconds_of crmvault_full)" "$floor")**" "$(mib "$crmvault_full")" "size $(ratio "$crmvault_full" "$zstd_size")× pg_dump\|zstd -3"
+    row "**crmvault backup, full**" crmvault_full "**$(ratio "$(seconds_of crmvault_full)" "$floor")**" "$(mib "$crmvault_full")" "size $(ratio "$crmvault_full" "$zstd_size")× pg_dump\|zstd -3$(rounds_note crmvault_full copy_floor "$backup_rounds")"
     row "crmvault backup, unchanged" crmvault_unchanged "$(ratio "$(seconds_of crmvault_unchanged)" "$floor")" "$(mib "$crmvault_unchanged")" "$(percent "$crmvault_unchanged" "$crmvault_full") of full"
     if [ "$have_restic" = yes ]; then
         row "restic after a CRM day" restic_day "$(ratio "$(seconds_of restic_day)" "$floor")" "$(mib "$restic_day")" "$(percent "$restic_day" "$restic_full") of its full"
