@@ -39,7 +39,8 @@ pub fn train<S: AsRef<[u8]>>(samples: &[S], level: i32) -> Option<Vec<u8>> {
 /// `ZDICT_trainFromBuffer`, the one zstd-safe wraps, searches many k and took 0.35 s per
 /// 2 MiB of COPY text here, once per table per backup; one fixed k takes about 0.03 s for a
 /// dictionary within 0.5% as good on the CRM workload (bench/, BENCHMARKS.md). Hence this one
-/// FFI call, the only `unsafe` in the crate. Counting every second position (accel 2) in a
+/// FFI call, one of the two `unsafe` places in the crate (the other: [`FrameDictionary`]'s
+/// buffer). Counting every second position (accel 2) in a
 /// table of 2^19 frequencies instead of every position in 2^20 trains the scale-1 tables in
 /// 0.23 s instead of 0.41 s, for the same full backup size (292.47 vs 292.48 MB).
 #[allow(unsafe_code)]
