@@ -1070,7 +1070,6 @@ struct Stored {
     indexes: Vec<ObjectRef>,
     /// Records of the packs no index file holds yet.
     pending: Vec<PackRecord>,
-    pending_chunks: usize,
     /// Dictionaries stored on the target by this backup (ids).
     dictionaries: std::collections::HashSet<String>,
     new_chunks: usize,
@@ -1081,9 +1080,13 @@ impl Stored {
     fn add(&mut self, record: PackRecord) {
         self.packs.push((record.pack.clone(), record.dictionary.clone()));
         self.new_chunks += record.chunks.len();
-        self.pending_chunks += record.chunks.len();
         self.bytes_added += record.pack.size;
         self.pending.push(record);
+    }
+
+    /// Chunks of the packs no index file holds yet.
+    fn pending_chunks(&self) -> usize {
+        self.pending.iter().map(|record| record.chunks.len()).sum()
     }
 
     /// Writes an index file of the pending packs (if any), after the dictionaries it names.
@@ -1110,7 +1113,6 @@ impl Stored {
             self.dictionaries.insert(reference.id.clone());
         }
         let file = IndexFile { version: repo::FORMAT_VERSION, packs: std::mem::take(&mut self.pending) };
-        self.pending_chunks = 0;
         let (key, reference, bytes) = tokio::task::spawn_blocking({
             let recipients = recipients.to_vec();
             move || repo::seal_index(file, &recipients)
@@ -1169,7 +1171,7 @@ impl PackUploads {
             while let Some(result) = uploads.try_join_next() {
                 stored.add(result.expect("uploads do not panic")?);
             }
-            if stored.pending_chunks >= self.index_chunks {
+            if stored.pending_chunks() >= self.index_chunks {
                 let dictionaries = self.dictionaries.lock().expect("dictionary list lock is never poisoned").clone();
                 stored.write_index(&self.target, &self.metadata_recipients, &dictionaries).await?;
             }
