@@ -7,7 +7,7 @@
 //! for t in $(psql -At -d crmvault_bench -c "SELECT relname FROM pg_class WHERE relnamespace = 'crm'::regnamespace AND relkind = 'r'"); do
 //!     psql -d crmvault_bench -c "\copy (SELECT * FROM crm.$t ORDER BY 1) TO '/tmp/copy/$t.copy'"
 //! done
-//! cargo run --release --example frame_sizes -- /tmp/copy/*.copy   # FRAMES=0,65536 LEVEL=3 NODICT=1
+//! cargo run --release --example frame_sizes -- /tmp/copy/*.copy   # FRAMES=0,65536 LEVEL=3 NODICT=1 EXTDICT=1
 //! cat /tmp/copy/*.copy | zstd -3 | wc -c                          # the stream compressed whole
 //! ```
 
@@ -16,7 +16,9 @@
 use std::time::Instant;
 
 use crmvault::chunk::{ChunkParams, chunk_all};
-use crmvault::compress::{ChunkCompressor, CompressionDictionary, DecompressionDictionary, decompress, train};
+use crmvault::compress::{
+    ChunkCompressor, CompressionDictionary, DecompressionDictionary, FrameDictionary, decompress, train,
+};
 
 fn main() {
     let setting = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_string());
@@ -24,6 +26,9 @@ fn main() {
         setting("FRAMES", "0,65536,131072,262144").split(',').map(|s| s.parse().expect("FRAMES: sizes")).collect();
     let level: i32 = setting("LEVEL", "3").parse().expect("LEVEL: a zstd level");
     let with_dictionary = std::env::var_os("NODICT").is_none();
+    // As a backup does: each frame laid out right behind the dictionary (EXTDICT=1: zstd's
+    // external-dictionary mode instead, as format 4's first builds did).
+    let laid_out = std::env::var_os("EXTDICT").is_none();
     let streams: Vec<Vec<Vec<u8>>> = std::env::args()
         .skip(1)
         .map(|path| chunk_all(&[7; 32], ChunkParams::default(), &std::fs::read(&path).expect("a readable file")))
@@ -46,6 +51,11 @@ fn main() {
                 stored += crmvault::compress::store_dictionary(bytes).len();
             }
             let for_compression = dictionary.as_ref().and_then(|d| CompressionDictionary::new(d, level));
+            let largest = chunks.iter().map(Vec::len).max().unwrap_or(0);
+            let mut laid_out = dictionary
+                .as_ref()
+                .filter(|_| laid_out)
+                .and_then(|d| FrameDictionary::new(d, level, frame_size.max(largest)));
             let for_decompression = dictionary.as_ref().and_then(|d| DecompressionDictionary::new(d));
             // Frames of consecutive chunks up to frame_size (0: one per chunk), as a backup cuts them.
             let mut groups: Vec<Vec<u8>> = Vec::new();
@@ -57,8 +67,13 @@ fn main() {
                 }
             }
             let started = Instant::now();
-            let compressed: Vec<Vec<u8>> =
-                groups.iter().map(|g| zstd.compress(g, level, for_compression.as_ref())).collect();
+            let compressed: Vec<Vec<u8>> = groups
+                .iter()
+                .map(|g| match laid_out.as_mut() {
+                    Some(laid_out) => laid_out.compress(&mut zstd, g),
+                    None => zstd.compress(g, level, for_compression.as_ref()),
+                })
+                .collect();
             compressing += started.elapsed().as_secs_f64();
             let started = Instant::now();
             for (frame, group) in compressed.iter().zip(&groups) {

@@ -18,7 +18,8 @@ use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef}
 use crate::target::Target;
 
 /// Chunks decoded together (about 256 KiB at the default chunk size), at least: one hop to a
-/// blocking thread per run. A run goes on to the end of its last chunk's frame.
+/// blocking thread per run. A run goes on to the end of its last chunk's frame (frames hold
+/// up to 512 KiB), so a run of a full backup is usually one whole frame.
 pub const RUN: usize = 32;
 
 type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;

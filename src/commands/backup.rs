@@ -184,10 +184,14 @@ struct RawFrame {
 /// The plaintext a frame of consecutive new chunks grows to (the last chunk may take it
 /// past). One frame per 8 KiB chunk came out 5% larger than the stream compressed whole and
 /// 30% slower to compress; frames of 256 KiB, with the table's dictionary, are 3.5% smaller
-/// and compress 30% faster (scale 1, BENCHMARKS.md). A restore that needs one chunk of an
-/// old frame decompresses all of it, which is why only chunks that were neighbours in the
-/// stream share a frame: a scattered update stays a frame of its own.
-const FRAME_BYTES: usize = 256 * 1024;
+/// and compress 30% faster, and 512 KiB another 1.5% smaller at the same speed (scale 1,
+/// BENCHMARKS.md). Up to six times the dictionary's size zstd keeps the dictionary's own small
+/// tables and widens only the window; 1 MiB frames (0.5% smaller still) cross that line, get
+/// level 3's full tables and a dictionary loaded anew for every frame, and cost a full backup
+/// 10% more CPU. A restore that needs one chunk of an old frame decompresses all of it, which
+/// is why only chunks that were neighbours in the stream share a frame: a scattered update
+/// stays a frame of its own.
+const FRAME_BYTES: usize = 512 * 1024;
 
 /// A dictionary this backup trained, encrypted once for every target.
 struct TrainedDictionary {
