@@ -75,9 +75,10 @@ impl fmt::Debug for ChunkIdKey {
 }
 
 impl ChunkIdKey {
-    /// The id of a plaintext chunk.
+    /// The id of a plaintext chunk: the first [`CHUNK_ID_BYTES`] of its keyed BLAKE3.
     pub fn id_of(&self, plaintext: &[u8]) -> ChunkId {
-        ChunkId(*blake3::keyed_hash(&self.0, plaintext).as_bytes())
+        let hash = blake3::keyed_hash(&self.0, plaintext);
+        ChunkId(hash.as_bytes()[..CHUNK_ID_BYTES].try_into().expect("a BLAKE3 hash has 32 bytes"))
     }
 }
 
@@ -108,9 +109,29 @@ impl MacKey {
     }
 }
 
-/// Keyed BLAKE3 of a chunk's plaintext: its name in the repository.
+/// How many bytes of a chunk's keyed BLAKE3 name it (format 5; formats 2-4 stored all 32, of
+/// which readers keep these first bytes: the same id the chunk has now).
+///
+/// 128 bits: two different chunks share an id by chance with probability 2^-128 per pair
+/// (2^-65 among 2^32 chunks), and nobody without the chunk-id key can compute an id at all.
+/// Whoever holds the key (the backup host) could search for two rows with one id, about 2^64
+/// keyed hashes; a restore would still refuse the result, because every table's digest is
+/// computed over the source bytes, not over chunk ids.
+pub const CHUNK_ID_BYTES: usize = 16;
+
+/// A chunk's name in the repository: its keyed BLAKE3, cut to [`CHUNK_ID_BYTES`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkId(pub [u8; 32]);
+pub struct ChunkId(pub [u8; CHUNK_ID_BYTES]);
+
+impl ChunkId {
+    /// An id as formats 2-4 stored it (all 32 bytes of the keyed hash) or as format 5 does.
+    pub fn from_stored(bytes: &[u8]) -> Option<ChunkId> {
+        match bytes.len() {
+            32 | CHUNK_ID_BYTES => Some(ChunkId(bytes[..CHUNK_ID_BYTES].try_into().ok()?)),
+            _ => None,
+        }
+    }
+}
 
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,9 +154,8 @@ impl serde::Serialize for ChunkId {
 impl<'de> serde::Deserialize<'de> for ChunkId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text.as_bytes(), &mut bytes).map_err(serde::de::Error::custom)?;
-        Ok(ChunkId(bytes))
+        let bytes = hex::decode(text.as_bytes()).map_err(serde::de::Error::custom)?;
+        ChunkId::from_stored(&bytes).ok_or_else(|| serde::de::Error::custom("a chunk id has 16 or 32 bytes"))
     }
 }
 
@@ -267,7 +287,14 @@ mod tests {
         let b = RepoSecret::generate().chunk_id_key();
         assert_eq!(a.id_of(b"row"), a.id_of(b"row"));
         assert_ne!(a.id_of(b"row"), b.id_of(b"row"));
-        assert_ne!(a.id_of(b"row").0, *blake3::hash(b"row").as_bytes());
+        assert_ne!(a.id_of(b"row").0, blake3::hash(b"row").as_bytes()[..CHUNK_ID_BYTES]);
+        // The id is the start of the keyed hash, which formats 2-4 stored whole.
+        let full = blake3::keyed_hash(&a.0, b"row");
+        assert_eq!(ChunkId::from_stored(full.as_bytes()), Some(a.id_of(b"row")));
+        assert_eq!(a.id_of(b"row").to_string(), full.to_hex()[..2 * CHUNK_ID_BYTES]);
+        let old_json = format!("\"{}\"", full.to_hex());
+        assert_eq!(serde_json::from_str::<ChunkId>(&old_json).unwrap(), a.id_of(b"row"));
+        assert!(serde_json::from_str::<ChunkId>("\"abcd\"").is_err());
     }
 
     #[test]

@@ -20,19 +20,26 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkParams;
-use crate::crypto::{self, ChunkId, ChunkIdKey, DecryptFailure, MacKey, RepoSecret};
+use crate::crypto::{self, CHUNK_ID_BYTES, ChunkId, ChunkIdKey, DecryptFailure, MacKey, RepoSecret};
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
 mod index_codec;
 
 /// The repository format version this build writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format version this build reads (format 3 stores dictionaries compressed, which
 /// readers tell apart by their bytes, and adds levels of list chunks, which default to format
 /// 2's one; format 4 puts consecutive chunks in one zstd frame, and a chunk's index entry says
-/// where in the frame it starts, 0 when absent as in formats 2 and 3; docs/FORMAT.md).
+/// where in the frame it starts, 0 when absent as in formats 2 and 3; format 5 stores chunk ids
+/// of 16 bytes instead of 32, and readers keep the first 16 of older ones; docs/FORMAT.md).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
+
+/// How many bytes a chunk id takes in the list chunks and index of a snapshot or index object
+/// of format `version` (readers keep the first [`CHUNK_ID_BYTES`] of them).
+pub fn stored_id_bytes(version: u32) -> usize {
+    if version <= 4 { 32 } else { CHUNK_ID_BYTES }
+}
 /// The config object's key.
 pub const CONFIG_KEY: &str = "config";
 const SNAPSHOT_MAGIC: &str = "crmvault-snapshot";
@@ -1131,7 +1138,9 @@ pub const LIST_TOP_MAX: usize = 64;
 /// More levels than this cannot come from a real stream (64^8 chunks): the manifest is damaged.
 pub const LIST_LEVELS_MAX: u32 = 8;
 
-/// A list chunk ends after an id whose last byte is a multiple of this (16 ids on average).
+/// A list chunk ends after an id whose last byte is a multiple of this (16 ids on average;
+/// format 5's ids end where formats 2-4 had their 16th byte, so a repository's first format-5
+/// snapshot writes all its list chunks anew, once).
 pub const LIST_CUT: u8 = 16;
 /// A list chunk holds at least this many ids (unless it is a stream's last) ...
 const LIST_MIN: usize = 4;
@@ -1147,15 +1156,16 @@ pub struct ListCutter {
 }
 
 impl ListCutter {
-    /// Takes the next id; returns a finished list chunk (the concatenation of its 32-byte ids)
-    /// when this id ends one.
+    /// Takes the next id; returns a finished list chunk (the concatenation of its ids) when
+    /// this id ends one.
     pub fn push(&mut self, id: &ChunkId) -> Option<Vec<u8>> {
         if self.piece.is_empty() {
-            self.piece.reserve_exact(LIST_MAX * 32);
+            self.piece.reserve_exact(LIST_MAX * CHUNK_ID_BYTES);
         }
         self.piece.extend_from_slice(&id.0);
-        let held = self.piece.len() / 32;
-        ((held >= LIST_MIN && id.0[31] % LIST_CUT == 0) || held >= LIST_MAX).then(|| std::mem::take(&mut self.piece))
+        let held = self.piece.len() / CHUNK_ID_BYTES;
+        ((held >= LIST_MIN && id.0[CHUNK_ID_BYTES - 1] % LIST_CUT == 0) || held >= LIST_MAX)
+            .then(|| std::mem::take(&mut self.piece))
     }
 
     /// The last list chunk, when ids are left after the last cut.
@@ -1164,7 +1174,7 @@ impl ListCutter {
     }
 }
 
-/// Cuts a stream's chunk ids into list chunks (each the concatenation of its 32-byte ids).
+/// Cuts a stream's chunk ids into list chunks (each the concatenation of its ids).
 pub fn split_list(ids: &[ChunkId]) -> Vec<Vec<u8>> {
     let mut cutter = ListCutter::default();
     let mut lists: Vec<Vec<u8>> = ids.iter().filter_map(|id| cutter.push(id)).collect();
@@ -1203,12 +1213,13 @@ pub fn build_upper_lists(
     Ok(())
 }
 
-/// The ids a list chunk holds.
-pub fn parse_list(object: &str, bytes: &[u8]) -> Result<Vec<ChunkId>> {
-    if bytes.len() % 32 != 0 || bytes.is_empty() {
+/// The ids a list chunk of a format-`version` snapshot holds.
+pub fn parse_list(object: &str, bytes: &[u8], version: u32) -> Result<Vec<ChunkId>> {
+    let width = stored_id_bytes(version);
+    if bytes.len() % width != 0 || bytes.is_empty() {
         return Err(Error::corrupt(object, "is not a list of chunk ids"));
     }
-    Ok(bytes.chunks_exact(32).map(|id| ChunkId(id.try_into().expect("chunks_exact gives 32 bytes"))).collect())
+    Ok(bytes.chunks_exact(width).filter_map(ChunkId::from_stored).collect())
 }
 
 /// One table's data.
@@ -1400,7 +1411,7 @@ mod tests {
     use crate::target::OpenMode;
 
     fn ids(range: std::ops::Range<u32>) -> Vec<ChunkId> {
-        range.map(|n| ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())).collect()
+        range.map(|n| ChunkId::from_stored(blake3::hash(&n.to_le_bytes()).as_bytes()).unwrap()).collect()
     }
 
     #[test]
@@ -1420,8 +1431,8 @@ mod tests {
         // Ids sharing their leading bytes (the probe's start) are still told apart.
         let mut twins = ChunkSet::default();
         let twin = |last: u8| {
-            let mut bytes = [9u8; 32];
-            bytes[31] = last;
+            let mut bytes = [9u8; CHUNK_ID_BYTES];
+            bytes[CHUNK_ID_BYTES - 1] = last;
             ChunkId(bytes)
         };
         assert!(twins.insert(twin(1)) && twins.insert(twin(2)) && !twins.insert(twin(1)));
@@ -1430,8 +1441,9 @@ mod tests {
 
     #[test]
     fn a_format_3_index_entry_has_four_elements() {
-        let id = ChunkId([7; 32]);
-        let hex = id.to_string();
+        // Formats 2-4 wrote all 32 bytes of an id; this build keeps the first 16.
+        let id = ChunkId([7; CHUNK_ID_BYTES]);
+        let hex = format!("{id}{}", "ab".repeat(16));
         let entry: ChunkLocation = serde_json::from_str(&format!("[\"{hex}\",10,20,30]")).unwrap();
         assert_eq!(entry, ChunkLocation::new(id, 10, 20, 30));
         assert_eq!(entry.start(), 0);
@@ -1483,7 +1495,7 @@ mod tests {
 
     #[test]
     fn the_index_finds_every_chunk_and_keeps_the_first_location_of_a_duplicate() {
-        let id = |i: u32| ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        let id = |i: u32| ChunkId::from_stored(blake3::hash(&i.to_le_bytes()).as_bytes()).unwrap();
         let file = |pack: &str, ids: std::ops::Range<u32>| IndexFile {
             version: FORMAT_VERSION,
             packs: vec![PackRecord {
@@ -1531,7 +1543,7 @@ mod tests {
                 chunks: ids.iter().map(|id| ChunkLocation::new(*id, 7, 1, 1)).collect(),
             }],
         };
-        let edges = [ChunkId([0; 32]), ChunkId([0xff; 32]), ChunkId([0x80; 32])];
+        let edges = [ChunkId([0; CHUNK_ID_BYTES]), ChunkId([0xff; CHUNK_ID_BYTES]), ChunkId([0x80; CHUNK_ID_BYTES])];
         for size in [0u32, 1, 2, 3, 5, 100, 5000] {
             let mut known = ids(0..size);
             known.extend_from_slice(&edges);
@@ -1541,17 +1553,20 @@ mod tests {
             for id in &known {
                 assert_eq!(index.get(id).map(|(_, location)| location.offset()), Some(7), "{size}: {id}");
             }
-            for id in ids(size..size + 50).iter().chain([&ChunkId([0xfe; 32]), &ChunkId([1; 32])]) {
+            for id in
+                ids(size..size + 50).iter().chain([&ChunkId([0xfe; CHUNK_ID_BYTES]), &ChunkId([1; CHUNK_ID_BYTES])])
+            {
                 assert!(!index.contains(id), "{size}: {id}");
             }
         }
-        assert!(!ChunkIndex::default().contains(&ChunkId([0; 32])));
+        assert!(!ChunkIndex::default().contains(&ChunkId([0; CHUNK_ID_BYTES])));
     }
 
     #[test]
     fn long_lists_get_levels_that_expand_back_and_change_one_chunk_per_level() {
         use std::collections::HashMap;
-        let ids: Vec<ChunkId> = (0..100_000u32).map(|i| ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes())).collect();
+        let ids: Vec<ChunkId> =
+            (0..100_000u32).map(|i| ChunkId::from_stored(blake3::hash(&i.to_le_bytes()).as_bytes()).unwrap()).collect();
         let build = |ids: &[ChunkId]| {
             let mut stored: HashMap<ChunkId, Vec<u8>> = HashMap::new();
             let mut stream = StreamManifest { chunks: ids.to_vec(), ..StreamManifest::default() };
@@ -1559,7 +1574,7 @@ mod tests {
                 Ok(pieces
                     .into_iter()
                     .map(|piece| {
-                        let id = ChunkId(*blake3::hash(&piece).as_bytes());
+                        let id = ChunkId::from_stored(blake3::hash(&piece).as_bytes()).unwrap();
                         stored.insert(id, piece);
                         id
                     })
@@ -1574,15 +1589,15 @@ mod tests {
         // Expanding level by level gives the ids back.
         let mut level = stream.lists.clone();
         for _ in 0..stream.list_levels {
-            level = level.iter().flat_map(|id| parse_list("list", &stored[id]).unwrap()).collect();
+            level = level.iter().flat_map(|id| parse_list("list", &stored[id], FORMAT_VERSION).unwrap()).collect();
         }
         assert_eq!(level, ids);
         assert_eq!(stream.inner_lists.len() + stream.lists.len(), stored.len());
         // One changed id changes one list chunk per level (and the top).
         let mut changed = ids.clone();
         // (with the same last byte, so the cuts stay where they were)
-        let mut other = [7; 32];
-        other[31] = ids[50_000].0[31];
+        let mut other = [7; CHUNK_ID_BYTES];
+        other[CHUNK_ID_BYTES - 1] = ids[50_000].0[CHUNK_ID_BYTES - 1];
         changed[50_000] = ChunkId(other);
         let (_, stored_after) = build(&changed);
         let new = stored_after.keys().filter(|id| !stored.contains_key(*id)).count();
@@ -1596,9 +1611,10 @@ mod tests {
     fn list_chunks_round_trip_and_change_only_where_the_list_changes() {
         let before = ids(0..5000);
         let lists = split_list(&before);
-        let parsed: Vec<ChunkId> = lists.iter().flat_map(|list| parse_list("list", list).unwrap()).collect();
+        let parsed: Vec<ChunkId> =
+            lists.iter().flat_map(|list| parse_list("list", list, FORMAT_VERSION).unwrap()).collect();
         assert_eq!(parsed, before);
-        let counts: Vec<usize> = lists.iter().map(|list| list.len() / 32).collect();
+        let counts: Vec<usize> = lists.iter().map(|list| list.len() / CHUNK_ID_BYTES).collect();
         assert!(counts[..counts.len() - 1].iter().all(|&n| (LIST_MIN..=LIST_MAX).contains(&n)), "{counts:?}");
         let average = before.len() / lists.len();
         assert!((10..=24).contains(&average), "{average} ids per list chunk");
@@ -1609,8 +1625,12 @@ mod tests {
         let changed = new.iter().filter(|list| !lists.contains(list)).count();
         assert!((1..=2).contains(&changed), "{changed} list chunks changed");
         // Not a list: refused.
-        assert!(parse_list("list", &[0u8; 33]).is_err());
-        assert!(parse_list("list", &[]).is_err());
+        assert!(parse_list("list", &[0u8; 17], FORMAT_VERSION).is_err());
+        assert!(parse_list("list", &[], FORMAT_VERSION).is_err());
+        // A format-4 list chunk: 32 bytes an id, of which the first 16 are kept.
+        let old: Vec<u8> = before[..3].iter().flat_map(|id| [&id.0[..], &[0xcd; 16]].concat()).collect();
+        assert_eq!(parse_list("list", &old, 4).unwrap(), before[..3]);
+        assert!(parse_list("list", &old[..48], 4).is_err());
     }
 
     fn empty_manifest() -> Manifest {

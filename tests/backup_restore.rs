@@ -194,6 +194,13 @@ fn a_format_3_repository_still_restores_and_takes_new_snapshots() {
     an_old_repository_still_restores_and_takes_new_snapshots(3);
 }
 
+#[test]
+fn a_format_4_repository_still_restores_and_takes_new_snapshots() {
+    // tests/fixtures/format4: written by the format-4 build (32-byte chunk ids in its index
+    // and list chunks; this build reads their first 16 bytes and writes 16-byte ids).
+    an_old_repository_still_restores_and_takes_new_snapshots(4);
+}
+
 /// tests/fixtures/formatN: a repository written by the format-N build of source.sql, with its
 /// test-only admin identity and writer key.
 fn an_old_repository_still_restores_and_takes_new_snapshots(format: u32) {
@@ -217,10 +224,12 @@ fn an_old_repository_still_restores_and_takes_new_snapshots(format: u32) {
     work.run(&["restore", "--repo", repo, "--identity", key, "--db", &restored.url()]).ok();
     assert_same_database(&source, &restored);
 
-    // This build adds format-4 snapshots (compressed dictionaries, frames of several chunks)
-    // beside the old one, reusing the old chunks.
+    // This build adds snapshots of its own format (compressed dictionaries, frames of several
+    // chunks, 16-byte ids) beside the old one, reusing the old chunks.
     source.sql("INSERT INTO crm.notes (company_id, written_on, body) SELECT 1 + i % 40, date '2025-01-01', repeat('new note ' || i, 20) FROM generate_series(1, 3000) i");
-    work.backup(&source, repo);
+    let report = work.backup(&source, repo);
+    let (chunks, new) = (report["chunks"].as_u64().unwrap(), report["new_chunks"].as_u64().unwrap());
+    assert!(new < chunks, "the unchanged table's chunks are found under their old ids: {report}");
     assert_eq!(files_under(&work.path("repo/dicts")).len(), 2, "the new rows trained a (compressed) dictionary");
     work.run(&["verify", "--repo", repo, "--identity", key, "--read-data"]).ok();
     let latest = TestDb::create(&format!("format{format}_latest"));

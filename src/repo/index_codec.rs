@@ -2,8 +2,9 @@
 //!
 //! Formats 2 and 3 stored the index as zstd-compressed JSON: chunk ids in hex, which zstd gets
 //! back to about their 32 bytes, plus every frame's offset and length repeated for each of its
-//! chunks, about 44 bytes a chunk in all. Here a chunk costs its 32-byte id and its length as a
-//! varint, and a frame's place is written once: about 34 bytes a chunk.
+//! chunks, about 44 bytes a chunk in all. Here a chunk costs its id and its length as a varint,
+//! and a frame's place is written once: about 18 bytes a chunk (34 in format 4, whose ids had
+//! 32 bytes; the version at the start says which).
 
 use super::{ChunkLocation, IndexFile, ObjectRef, PackRecord};
 use crate::crypto::ChunkId;
@@ -18,6 +19,7 @@ pub(super) fn encode(file: &IndexFile) -> Vec<u8> {
     let chunks: usize = file.packs.iter().map(|p| p.chunks.len()).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + 64 * file.packs.len() + 35 * chunks);
     out.extend_from_slice(MAGIC);
+    debug_assert!(file.version >= 5, "only format 5 indexes are written: their ids have 16 bytes");
     put(&mut out, u64::from(file.version));
     put(&mut out, file.packs.len() as u64);
     for record in &file.packs {
@@ -71,6 +73,8 @@ fn frames_of(chunks: &[ChunkLocation]) -> Vec<&[ChunkLocation]> {
 pub(super) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
     let mut input = Reader { bytes: bytes.strip_prefix(MAGIC).ok_or("not a binary index")? };
     let version = u32::try_from(input.number()?).map_err(|_| "impossible version")?;
+    // Format 4 wrote all 32 bytes of every id; this build keeps the first 16 of them.
+    let id_bytes = super::stored_id_bytes(version);
     let pack_count = input.count(4)?;
     let mut packs = Vec::with_capacity(pack_count);
     for _ in 0..pack_count {
@@ -88,10 +92,10 @@ pub(super) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
                 u64::try_from(i128::from(end) + unzigzag(input.number()?)).map_err(|_| "frame before the pack")?;
             let length = u32::try_from(input.number()?).map_err(|_| "frame too long")?;
             let mut start = u32::try_from(input.number()?).map_err(|_| "chunk starts too far")?;
-            let chunk_count = input.count(33)?;
+            let chunk_count = input.count(id_bytes + 1)?;
             chunks.reserve(chunk_count);
             for _ in 0..chunk_count {
-                let id = ChunkId(input.take(32)?.try_into().expect("32 bytes"));
+                let id = ChunkId::from_stored(input.take(id_bytes)?).expect("16 or 32 bytes");
                 let raw_length = u32::try_from(input.number()?).map_err(|_| "chunk too long")?;
                 chunks.push(ChunkLocation::in_frame(id, offset, length, raw_length, start));
                 start = start.checked_add(raw_length).ok_or("frame too long")?;
@@ -184,13 +188,13 @@ mod tests {
     use super::*;
 
     fn id(n: u32) -> ChunkId {
-        ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes())
+        ChunkId::from_stored(blake3::hash(&n.to_le_bytes()).as_bytes()).unwrap()
     }
 
     #[test]
     fn an_index_survives_encoding_whatever_its_frames() {
         let file = IndexFile {
-            version: 4,
+            version: super::super::FORMAT_VERSION,
             packs: vec![
                 PackRecord {
                     pack: ObjectRef { id: "ab".repeat(32), size: 8 << 20 },
@@ -210,7 +214,7 @@ mod tests {
         };
         let bytes = encode(&file);
         let decoded = decode(&bytes).unwrap();
-        assert_eq!(decoded.version, 4);
+        assert_eq!(decoded.version, super::super::FORMAT_VERSION);
         assert_eq!(decoded.packs.len(), 2);
         assert_eq!(decoded.packs[0].pack, file.packs[0].pack);
         assert_eq!(decoded.packs[0].dictionary, file.packs[0].dictionary);
@@ -218,11 +222,11 @@ mod tests {
         assert!(decoded.packs[1].chunks.is_empty() && decoded.packs[1].dictionary.is_none());
         // Three chunks in one frame cost their ids and lengths and one frame record.
         let one_frame = IndexFile {
-            version: 4,
+            version: super::super::FORMAT_VERSION,
             packs: vec![PackRecord { chunks: file.packs[0].chunks[..3].to_vec(), ..file.packs[0].clone() }],
         };
         assert!(
-            encode(&one_frame).len() < MAGIC.len() + 2 + 2 * 70 + 3 * (32 + 3) + 12,
+            encode(&one_frame).len() < MAGIC.len() + 2 + 2 * 70 + 3 * (16 + 3) + 12,
             "{}",
             encode(&one_frame).len()
         );
@@ -231,7 +235,7 @@ mod tests {
     #[test]
     fn a_damaged_index_is_refused_not_misread() {
         let file = IndexFile {
-            version: 4,
+            version: super::super::FORMAT_VERSION,
             packs: vec![PackRecord {
                 pack: ObjectRef { id: "ab".repeat(32), size: 100 },
                 dictionary: None,
@@ -247,7 +251,7 @@ mod tests {
         assert_eq!(decode(&longer).unwrap_err(), "trailing bytes");
         // A count that claims more chunks than the object could hold.
         let mut huge = MAGIC.to_vec();
-        huge.extend_from_slice(&[4, 1, 1, b'p', 1, 0, 1, 0, 10, 0]);
+        huge.extend_from_slice(&[5, 1, 1, b'p', 1, 0, 1, 0, 10, 0]);
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert_eq!(decode(&huge).unwrap_err(), "count larger than the object");
         assert!(decode(b"\x28\xb5\x2f\xfd").is_err());
