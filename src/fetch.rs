@@ -295,14 +295,13 @@ pub async fn expand_lists(manifest: &mut Manifest, reader: &ChunkReader) -> Resu
         if !(1..=repo::LIST_LEVELS_MAX).contains(&stream.list_levels) {
             return Err(Error::corrupt("snapshot manifest", format!("{} levels of list chunks", stream.list_levels)));
         }
-        let version = manifest_version;
         let mut ids = stream.lists.clone();
         for level in (1..=stream.list_levels).rev() {
             let mut lists =
                 futures::stream::iter(ids.iter().map(|id| async move { (id, reader.read(id).await) })).buffered(16);
             let mut next = Vec::new();
             while let Some((id, bytes)) = lists.next().await {
-                next.extend(repo::parse_list(&format!("list chunk {id}"), &bytes?, version)?);
+                next.extend(repo::parse_list(&format!("list chunk {id}"), &bytes?, manifest_version)?);
             }
             drop(lists);
             if level > 1 {
