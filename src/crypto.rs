@@ -118,6 +118,8 @@ impl MacKey {
 /// keyed hashes; a restore would still refuse the result, because every table's digest is
 /// computed over the source bytes, not over chunk ids.
 pub const CHUNK_ID_BYTES: usize = 16;
+/// How many bytes formats 2-4 stored of each id (the whole keyed BLAKE3).
+pub const OLD_CHUNK_ID_BYTES: usize = 32;
 
 /// A chunk's name in the repository: its keyed BLAKE3, cut to [`CHUNK_ID_BYTES`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,7 +129,7 @@ impl ChunkId {
     /// An id as formats 2-4 stored it (all 32 bytes of the keyed hash) or as format 5 does.
     pub fn from_stored(bytes: &[u8]) -> Option<ChunkId> {
         match bytes.len() {
-            32 | CHUNK_ID_BYTES => Some(ChunkId(bytes[..CHUNK_ID_BYTES].try_into().ok()?)),
+            OLD_CHUNK_ID_BYTES | CHUNK_ID_BYTES => Some(ChunkId(bytes[..CHUNK_ID_BYTES].try_into().ok()?)),
             _ => None,
         }
     }

@@ -38,7 +38,7 @@ pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// How many bytes a chunk id takes in the list chunks and index of a snapshot or index object
 /// of format `version` (readers keep the first [`CHUNK_ID_BYTES`] of them).
 pub fn stored_id_bytes(version: u32) -> usize {
-    if version <= 4 { 32 } else { CHUNK_ID_BYTES }
+    if version <= 4 { crypto::OLD_CHUNK_ID_BYTES } else { CHUNK_ID_BYTES }
 }
 /// The config object's key.
 pub const CONFIG_KEY: &str = "config";
