@@ -22,6 +22,9 @@ use crate::target::Target;
 /// up to 512 KiB), so a run of a full backup is usually one whole frame.
 pub const RUN: usize = 32;
 
+/// Chunks whose frame is at most this many bytes compressed are decoded on the async task.
+const INLINE_DECODE_BYTES: u32 = 4096;
+
 type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;
 /// (source number, pack id): a decrypted pack of one target.
 type PackKey = (usize, String);
@@ -216,6 +219,13 @@ impl ChunkReader {
         let plaintext = self.pack(source, pack).await?;
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
+        if location.length() <= INLINE_DECODE_BYTES && location.start() == 0 {
+            // A list chunk (~300 bytes compressed) decodes in microseconds: a hop to a blocking
+            // thread would cost more, and thousands of them in a burst made tokio start ~100
+            // blocking threads (each keeping its own zstd context), a large part of a
+            // restore's peak memory.
+            return repo::open_chunk(&key, &plaintext, &location, &pack_key, dictionary.as_deref());
+        }
         tokio::task::spawn_blocking(move || {
             repo::open_chunk(&key, &plaintext, &location, &pack_key, dictionary.as_deref())
         })
