@@ -38,10 +38,10 @@ fn main() {
         let (mut compressing, mut decompressing) = (0.0, 0.0);
         let mut zstd = ChunkCompressor::default();
         for chunks in &streams {
-            // As a backup does: a dictionary trained on the table's first 4 MiB of chunks.
+            // As a backup does: a dictionary trained on the table's first 8 MiB of chunks.
             let mut samples: Vec<&[u8]> = Vec::new();
             for chunk in chunks {
-                if samples.iter().map(|s| s.len()).sum::<usize>() >= 4 << 20 {
+                if samples.iter().map(|s| s.len()).sum::<usize>() >= 8 << 20 {
                     break;
                 }
                 samples.push(chunk);

@@ -8,13 +8,14 @@
 //! forgets it when the backup ends, so it never holds data of an earlier night.
 
 use std::cell::RefCell;
-use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 
 use zstd::zstd_safe::{CCtx, CDict, DCtx, DDict};
 
-/// Largest dictionary trained.
-const DICTIONARY_BYTES: usize = 112 * 1024;
+/// Largest dictionary trained. 256 KiB (from 8 MiB of samples) made the scale-1 tables'
+/// frames 0.4% smaller than 112 KiB (from 4 MiB), stored dictionaries included; 384 KiB was
+/// no better.
+const DICTIONARY_BYTES: usize = 256 * 1024;
 /// Below this much sample data a dictionary does not pay for itself.
 const MIN_TRAINING_BYTES: usize = 256 * 1024;
 
@@ -142,13 +143,40 @@ impl DecompressionDictionary {
 /// Compresses chunks, reusing one zstd context (creating one costs more than a small chunk).
 pub struct ChunkCompressor {
     context: CCtx<'static>,
+    /// The context [`FrameDictionary`] compresses in, made when first needed: its tables have
+    /// explicit parameters, which only zstd's own API takes (not zstd-safe's `CDict`).
+    frames: Option<RawContext>,
 }
 
 impl Default for ChunkCompressor {
     fn default() -> Self {
-        ChunkCompressor { context: CCtx::create() }
+        ChunkCompressor { context: CCtx::create(), frames: None }
     }
 }
+
+/// A zstd compression context owned through the C API.
+struct RawContext(NonNull<zstd_sys::ZSTD_CCtx>);
+
+impl RawContext {
+    #[allow(unsafe_code)]
+    fn new() -> Self {
+        // SAFETY: no arguments; zstd returns no context only when out of memory, which the
+        // allocator treats as fatal too.
+        RawContext(NonNull::new(unsafe { zstd_sys::ZSTD_createCCtx() }).expect("zstd makes a compression context"))
+    }
+}
+
+impl Drop for RawContext {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: made by `ZSTD_createCCtx`, used only through `&mut`, not used again.
+        unsafe { zstd_sys::ZSTD_freeCCtx(self.0.as_ptr()) };
+    }
+}
+
+// SAFETY: a context is used by one thread at a time (`&mut self`), as zstd requires.
+#[allow(unsafe_code)]
+unsafe impl Send for RawContext {}
 
 impl ChunkCompressor {
     /// One zstd frame holding `data`: with `dictionary` (which carries its own level) when
@@ -172,13 +200,49 @@ impl ChunkCompressor {
 /// right behind the dictionary's bytes, the two are one window to zstd and it runs its
 /// specialised loop: the scale-1 tables compress 21% faster (3.66 s instead of 4.62 s) into
 /// 0.9% more bytes, and the frames are the same format, decoded with the same dictionary.
+///
+/// The tables are made with explicit parameters ([`frame_parameters`]) rather than from the
+/// level alone: zstd then uses them for frames of any size (with a level it re-derives
+/// parameters for frames over 6 × the dictionary's size and reloads the dictionary into fresh
+/// tables for every frame, +10% CPU at 1 MiB frames), and the minimum match can be set.
 pub struct FrameDictionary {
-    /// Made over `buffer[..dictionary_len]`; dropped before `buffer` is freed.
-    tables: ManuallyDrop<CDict<'static>>,
+    /// Made over `buffer[..dictionary_len]`; freed before `buffer`.
+    tables: NonNull<zstd_sys::ZSTD_CDict>,
     buffer: NonNull<u8>,
     dictionary_len: usize,
     capacity: usize,
 }
+
+// SAFETY: the tables and the buffer are owned; the buffer is written only through `&mut self`
+// and the tables only read the dictionary's part of it.
+#[allow(unsafe_code)]
+unsafe impl Send for FrameDictionary {}
+
+/// zstd's parameters at `level` for frames of `frame_size` bytes behind a dictionary of
+/// `dictionary_size`; for the fast strategies (levels 1-4), matches of at least 6 bytes and a
+/// hash table of at least 2^18 entries.
+///
+/// At level 3 zstd matches 5 bytes and more. On the CRM workload at scale 1, 6 made the
+/// tables' frames 1.95% smaller and compress 20% faster (`examples/frame_sizes.rs`,
+/// BENCHMARKS.md), nearly all of it from the hex text of `bytea` columns (attachments: -5.3%),
+/// where 5-character matches are mostly chance and cost more than the literals they replace;
+/// text tables moved by -0.5% to +0.3%. The larger hash table (1 MiB instead of 512 KiB per
+/// table and compressor thread) took another 0.2% at no measurable cost in speed.
+#[allow(unsafe_code)]
+fn frame_parameters(level: i32, frame_size: usize, dictionary_size: usize) -> zstd_sys::ZSTD_compressionParameters {
+    // SAFETY: a pure function of its arguments.
+    let mut parameters = unsafe { zstd_sys::ZSTD_getCParams(level, frame_size as u64, dictionary_size) };
+    if (parameters.strategy as u32) <= (zstd_sys::ZSTD_strategy::ZSTD_dfast as u32) {
+        parameters.minMatch = parameters.minMatch.max(FRAME_MIN_MATCH);
+        parameters.hashLog = parameters.hashLog.max(FRAME_HASH_LOG);
+    }
+    parameters
+}
+
+/// See [`frame_parameters`].
+const FRAME_MIN_MATCH: u32 = 6;
+/// See [`frame_parameters`].
+const FRAME_HASH_LOG: u32 = 18;
 
 impl FrameDictionary {
     /// The dictionary `bytes` at `level`, with room for frames of up to `frame_capacity` bytes.
@@ -188,33 +252,64 @@ impl FrameDictionary {
         let mut owned = vec![0u8; capacity].into_boxed_slice();
         owned[..bytes.len()].copy_from_slice(bytes);
         let buffer = NonNull::new(Box::into_raw(owned).cast::<u8>())?;
-        // SAFETY: `buffer` holds `capacity` initialised bytes that live until `drop`, which
-        // drops `tables` first; nothing writes to the first `bytes.len()` of them again (only
-        // `compress` writes, behind them), so the tables' shared view stays valid and unaliased.
-        let dictionary: &'static [u8] = unsafe { std::slice::from_raw_parts(buffer.as_ptr(), bytes.len()) };
-        // zstd returns no tables only when out of memory, which the allocator treats as fatal too.
-        let tables = CDict::create_by_reference(dictionary, level);
-        Some(FrameDictionary { tables: ManuallyDrop::new(tables), buffer, dictionary_len: bytes.len(), capacity })
+        let parameters = frame_parameters(level, frame_capacity, bytes.len());
+        // SAFETY: the dictionary's bytes are the first `bytes.len()` of `buffer`, which lives
+        // until `drop` frees the tables first; nothing writes to those bytes again (`compress`
+        // writes behind them). The tables keep a pointer to them and to nothing else.
+        let tables = NonNull::new(unsafe {
+            zstd_sys::ZSTD_createCDict_advanced(
+                buffer.as_ptr().cast(),
+                bytes.len(),
+                zstd_sys::ZSTD_dictLoadMethod_e::ZSTD_dlm_byRef,
+                zstd_sys::ZSTD_dictContentType_e::ZSTD_dct_auto,
+                parameters,
+                zstd_sys::ZSTD_customMem { customAlloc: None, customFree: None, opaque: std::ptr::null_mut() },
+            )
+        });
+        let Some(tables) = tables else {
+            // SAFETY: made by `Box::into_raw` above with `capacity` bytes, not used again.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buffer.as_ptr(), capacity)) });
+            return None;
+        };
+        Some(FrameDictionary { tables, buffer, dictionary_len: bytes.len(), capacity })
     }
 
     /// One zstd frame of `plaintext` (at most the frame capacity; larger ones are compressed
     /// from where they are) with this dictionary.
     #[allow(unsafe_code)]
     pub fn compress(&mut self, compressor: &mut ChunkCompressor, plaintext: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plaintext.len()));
+        let context = compressor.frames.get_or_insert_with(RawContext::new);
+        let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+        let mut out: Vec<u8> = Vec::with_capacity(bound);
         let room = self.capacity - self.dictionary_len;
-        let written = if plaintext.len() <= room {
+        let source = if plaintext.len() <= room {
             // SAFETY: the bytes behind the dictionary are part of `buffer`, and no other view
             // of them exists (`&mut self`); the tables only read the dictionary's bytes.
             let frame = unsafe {
                 std::slice::from_raw_parts_mut(self.buffer.as_ptr().add(self.dictionary_len), plaintext.len())
             };
             frame.copy_from_slice(plaintext);
-            compressor.context.compress_using_cdict(&mut out, frame, &self.tables)
+            frame.as_ptr()
         } else {
-            compressor.context.compress_using_cdict(&mut out, plaintext, &self.tables)
+            plaintext.as_ptr()
         };
-        written.expect("zstd compresses into a buffer of compress_bound bytes");
+        // SAFETY: `out` has room for `bound` bytes and zstd writes at most that many; `source`
+        // is readable for `plaintext.len()` bytes; context and tables are live and not shared.
+        let written = unsafe {
+            zstd_sys::ZSTD_compress_usingCDict(
+                context.0.as_ptr(),
+                out.as_mut_ptr().cast(),
+                bound,
+                source.cast(),
+                plaintext.len(),
+                self.tables.as_ptr(),
+            )
+        };
+        // SAFETY: a pure function of its argument.
+        let failed = unsafe { zstd_sys::ZSTD_isError(written) } != 0;
+        assert!(!failed && written <= bound, "zstd compresses into a buffer of compress_bound bytes");
+        // SAFETY: zstd initialised the first `written` bytes, at most the capacity.
+        unsafe { out.set_len(written) };
         out
     }
 }
@@ -225,7 +320,7 @@ impl Drop for FrameDictionary {
         // SAFETY: the tables go first, then the buffer they viewed, made by `Box::into_raw`
         // in `new` with `capacity` bytes; neither is used again.
         unsafe {
-            ManuallyDrop::drop(&mut self.tables);
+            zstd_sys::ZSTD_freeCDict(self.tables.as_ptr());
             drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.buffer.as_ptr(), self.capacity)));
         }
     }
@@ -379,6 +474,18 @@ mod tests {
                 assert!(compressed.len() < plain, "{} vs {plain}", compressed.len());
             }
         }
+    }
+
+    #[test]
+    fn fast_levels_match_six_bytes_and_stronger_levels_keep_their_parameters() {
+        let fast = frame_parameters(3, 512 * 1024, DICTIONARY_BYTES);
+        assert_eq!((fast.minMatch, fast.hashLog), (FRAME_MIN_MATCH, FRAME_HASH_LOG));
+        assert!(1 << fast.windowLog >= 512 * 1024, "the window spans a whole frame");
+        let strong = frame_parameters(12, 512 * 1024, DICTIONARY_BYTES);
+        // SAFETY: a pure function of its arguments.
+        #[allow(unsafe_code)]
+        let zstd = unsafe { zstd_sys::ZSTD_getCParams(12, 512 * 1024, DICTIONARY_BYTES) };
+        assert_eq!((strong.minMatch, strong.hashLog, strong.strategy), (zstd.minMatch, zstd.hashLog, zstd.strategy));
     }
 
     #[test]

@@ -223,7 +223,7 @@ const STRONG_WHEN_NEW_IS_AT_MOST_ONE_IN: u64 = 4;
 const STRONG_BUDGET: u64 = 256 << 20;
 
 /// Bytes of a table's first new chunks its dictionary is trained on before any is compressed.
-const TRAINING_BYTES: usize = 4 << 20;
+const TRAINING_BYTES: usize = 8 << 20;
 
 /// Compression runs on its own threads, one per core, fed by every table's encoder: a big
 /// table's chunker is then never waiting on zstd, and zstd uses every core while it can.
