@@ -1053,6 +1053,82 @@ pub fn open_chunk_onto(
     Ok(())
 }
 
+/// [`open_chunk_onto`] for chunks that follow each other in one pack: where consecutive chunks
+/// make up a whole frame, in order (a run of a full backup's stream is mostly such frames), the
+/// frame decompresses straight onto `out` and each chunk is proven where it lies, with no copy
+/// out of a frame buffer. On an error `out` keeps what it held.
+pub fn open_chunks_onto(
+    key: &ChunkIdKey,
+    pack_plaintext: &[u8],
+    locations: &[ChunkLocation],
+    pack_key: &str,
+    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let before = out.len();
+    let mut rest = locations;
+    while let Some(first) = rest.first() {
+        let same_frame =
+            rest.iter().take_while(|l| l.offset() == first.offset() && l.length() == first.length()).count();
+        let (frame, after) = rest.split_at(same_frame);
+        rest = after;
+        let opened = match whole_frame(frame, pack_plaintext) {
+            Some((compressed, size)) => open_whole_frame(key, compressed, size, frame, pack_key, dictionary, out),
+            None => frame.iter().try_for_each(|l| open_chunk_onto(key, pack_plaintext, l, pack_key, dictionary, out)),
+        };
+        if let Err(error) = opened {
+            out.truncate(before);
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// The compressed bytes and size of the frame that `frame` (several chunks of one frame) fills
+/// exactly, from its start to its end; `None` if they do not.
+fn whole_frame<'p>(frame: &[ChunkLocation], pack_plaintext: &'p [u8]) -> Option<(&'p [u8], usize)> {
+    let first = frame.first()?;
+    let mut size: u64 = 0;
+    for location in frame {
+        if u64::from(location.start()) != size {
+            return None;
+        }
+        size += u64::from(location.raw_length());
+    }
+    let start = usize::try_from(first.offset()).ok()?;
+    let compressed = pack_plaintext.get(start..start.checked_add(first.length() as usize)?)?;
+    let whole = frame.len() > 1
+        && size <= u64::from(MAX_CHUNK_BYTES)
+        && crate::compress::frame_content_size(compressed) == Some(size);
+    whole.then_some((compressed, usize::try_from(size).ok()?))
+}
+
+fn open_whole_frame(
+    key: &ChunkIdKey,
+    compressed: &[u8],
+    size: usize,
+    frame: &[ChunkLocation],
+    pack_key: &str,
+    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let first = frame[0].chunk();
+    let mut at = out.len();
+    crate::compress::decompress_onto(compressed, size, dictionary, out)
+        .map_err(|e| Error::corrupt(pack_key, format!("the frame of chunk {first} does not decompress: {e}")))?;
+    if out.len() - at != size {
+        return Err(Error::corrupt(pack_key, format!("the frame of chunk {first} has the wrong size")));
+    }
+    for location in frame {
+        let end = at + location.raw_length() as usize;
+        if key.id_of(&out[at..end]) != location.chunk() {
+            return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 /// The last frame of several chunks a thread decompressed: (pack key, offset) and plaintext.
 #[derive(Default)]
 struct FrameCache {
@@ -1491,6 +1567,48 @@ mod tests {
         // frame's header, not the entry, says how much to decompress.
         let first = ChunkLocation::new(chunks[0].0, locations[1].offset(), locations[1].length(), chunks[0].1);
         assert_eq!(open_chunk(&key, &plaintext, &first, "p", None).unwrap(), rows[0]);
+    }
+
+    #[test]
+    fn chunks_opened_together_decompress_whole_frames_and_still_prove_each_chunk() {
+        let key = RepoSecret::generate().chunk_id_key();
+        let rows: Vec<Vec<u8>> = (0..6).map(|n| format!("{n}\trow {n}\n").repeat(40 + n).into_bytes()).collect();
+        let chunks: Vec<(ChunkId, u32)> =
+            rows.iter().map(|row| (key.id_of(row), u32::try_from(row.len()).unwrap())).collect();
+        let mut zstd = crate::compress::ChunkCompressor::default();
+        let admin = crypto::generate_identity();
+        let mut pack = PackWriter::new(&[admin.to_public()], 1 << 16, None);
+        pack.add(&zstd.compress(&rows[..3].concat(), 3, None), &chunks[..3]);
+        pack.add(&zstd.compress(&rows[3].clone(), 3, None), &chunks[3..4]);
+        pack.add(&zstd.compress(&rows[4..].concat(), 3, None), &chunks[4..]);
+        let sealed = pack.seal();
+        let locations = sealed.chunks.clone();
+        let plaintext = crypto::decrypt(&[admin], &sealed.bytes).unwrap();
+        let open = |locations: &[ChunkLocation]| {
+            let mut out = b"kept".to_vec();
+            let result = open_chunks_onto(&key, &plaintext, locations, "p", None, &mut out);
+            (result, out)
+        };
+        // Whole frames, a chunk alone, and frames entered in the middle or left early.
+        for picked in [vec![0, 1, 2, 3, 4, 5], vec![1, 2, 3, 4], vec![0, 1, 5], vec![2, 1, 0], vec![4, 5, 4, 5]] {
+            let (result, out) = open(&picked.iter().map(|&at| locations[at]).collect::<Vec<_>>());
+            result.unwrap();
+            let expected: Vec<u8> = b"kept".iter().chain(picked.iter().flat_map(|&at| &rows[at])).copied().collect();
+            assert_eq!(out, expected, "{picked:?}");
+        }
+        // A whole frame whose second chunk's id is wrong: refused, and `out` keeps what it held.
+        let mut forged = locations[..3].to_vec();
+        forged[1] = ChunkLocation::in_frame(
+            chunks[0].0,
+            forged[1].offset(),
+            forged[1].length(),
+            forged[1].raw_length(),
+            forged[1].start(),
+        );
+        let (result, out) = open(&forged);
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("fails its keyed hash"), "{error}");
+        assert_eq!(out, b"kept");
     }
 
     #[test]
