@@ -44,6 +44,36 @@ fn everything_round_trips_schema_and_data() {
 }
 
 #[test]
+fn a_parallel_restore_builds_small_tables_indexes_while_a_large_table_loads() {
+    // One table much larger than the rest: the other connection loads everything else, then
+    // builds those tables' indexes and constraints (and a comment on one of them, which has to
+    // wait for its index) while the large table still loads. Partitioned and inherited tables
+    // (whose parents are not loaded on their own) and foreign keys come along.
+    let source = TestDb::create("early_indexes");
+    source.load_file(&fixture("tests/fixtures/everything.sql"));
+    source.add_filler();
+    source.sql(
+        "CREATE INDEX filler_body ON public.filler (body); \
+         COMMENT ON INDEX public.filler_body IS 'built after the large load'; \
+         CREATE TABLE public.tags (id integer PRIMARY KEY, filler_id bigint REFERENCES public.filler (id), name text UNIQUE); \
+         INSERT INTO public.tags SELECT g, g * 3, 'tag ' || g FROM generate_series(1, 2000) g; \
+         CREATE INDEX tags_lower ON public.tags (lower(name)); \
+         COMMENT ON INDEX public.tags_lower IS 'built while filler loads';",
+    );
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let report = work.backup(&source, &repo);
+    let restored = TestDb::create("early_indexes_restored");
+    let run = work.restore_with(&repo, &restored, &["--json", "--parallel", "--jobs", "2"]).ok();
+    assert_eq!(run.json()["rows"], report["rows"]);
+    assert_same_database(&source, &restored);
+    let sql = "SELECT indexrelid::regclass, obj_description(indexrelid, 'pg_class') FROM pg_index \
+               WHERE indrelid IN ('public.tags'::regclass, 'public.filler'::regclass) ORDER BY indexrelid::regclass::text";
+    assert_eq!(source.sql(sql), restored.sql(sql));
+    assert!(restored.sql(sql).contains("built while filler loads"));
+}
+
+#[test]
 fn restore_refuses_a_non_empty_database_unless_clean() {
     let source = TestDb::create("clean_src");
     source.load_file(&fixture("examples/crm.sql"));

@@ -14,7 +14,7 @@
 //! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
 //! proven in parallel ahead of each loading connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats, Source};
 use crate::repo::{self, Keyring, Manifest, Repository, StreamManifest, TableManifest};
-use crate::source::script::{Entry, Step, TableName};
+use crate::source::script::{Entry, Script, Step, TableName};
 use crate::source::{self, Database};
 
 /// What an existing target database may contain.
@@ -234,10 +234,11 @@ impl Load<'_> {
     }
 
     /// Tables loaded on `jobs` connections at once, largest first. Four steps: the pre-data
-    /// DDL and a marker schema are committed; every connection truncates and `COPY … FREEZE`s
-    /// its tables, and all of them commit only once every table is loaded and proven; the
-    /// post-data DDL runs with indexes and constraints built on those connections at once;
-    /// the last transaction writes large objects and sequences and drops the marker.
+    /// DDL and a marker schema are committed; every connection truncates, `COPY … FREEZE`s and
+    /// commits one table after another, then builds indexes of tables already loaded while the
+    /// last tables load; the rest of the post-data DDL runs with indexes and constraints built
+    /// on those connections at once; the last transaction writes large objects and sequences
+    /// and drops the marker.
     /// On any error everything the restore created is dropped again; if the process is killed
     /// in between, the marker schema says the database is incomplete and later restores refuse
     /// it unless `--clean`.
@@ -268,10 +269,12 @@ impl Load<'_> {
         client.batch_execute("COMMIT").await?;
         tracing::debug!("pre-data committed");
 
+        let post_sql = source::executable_sql(post_data)?;
+        let script = source::script::parse(&post_sql);
         let loaded = async {
-            let (loaders, rows) = self.tables_in_parallel(database).await?;
-            tracing::debug!("every table loaded and committed");
-            self.post_data_in_parallel(&loaders, post_data).await?;
+            let (loaders, rows, built) = self.tables_in_parallel(database, &script).await?;
+            tracing::debug!(early = built.len(), "every table loaded and committed");
+            self.post_data_in_parallel(&loaders, &script, &built).await?;
             tracing::debug!("post-data done");
             client.batch_execute("BEGIN").await?;
             self.write_large_objects_and_sequences().await?;
@@ -289,73 +292,141 @@ impl Load<'_> {
         loaded
     }
 
-    /// Loads every table, `jobs` connections each taking the largest table left; every
-    /// connection's transaction commits only when all tables are in. Returns the connections,
-    /// for the post-data step.
-    async fn tables_in_parallel(&self, database: &Database) -> Result<(Vec<tokio_postgres::Client>, u64)> {
+    /// Loads every table, `jobs` connections each taking the largest table left, each table in
+    /// its own transaction (`TRUNCATE`, `COPY … FREEZE`, `COMMIT`). A connection that finds no
+    /// table left builds indexes and unique constraints of the post-data script's first run
+    /// ([`early_entries`]) on tables already loaded, as `pg_restore -j` does, so that those
+    /// builds overlap the last loads instead of waiting for them. Returns the connections (for
+    /// the rest of the post-data), the rows loaded, and the entries built.
+    async fn tables_in_parallel<'e, 'a>(
+        &self,
+        database: &Database,
+        script: &'e Script<'a>,
+    ) -> Result<(Vec<tokio_postgres::Client>, u64, Vec<&'e Entry<'a>>)> {
         let mut order: Vec<&TableManifest> = self.manifest.tables.iter().collect();
         order.sort_by_key(|table| std::cmp::Reverse(table.data.bytes));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let connections = self.jobs.min(order.len()).max(1);
+        let mut early = early_entries(script);
+        let sizes = self.table_sizes();
+        early.sort_by_key(|entry| std::cmp::Reverse(entry_size(entry, &sizes)));
+        let board = std::sync::Mutex::new(LockBoard {
+            pending: early,
+            held: HashMap::new(),
+            loaded: (!order.is_empty()).then(HashSet::new),
+        });
+        let built = std::sync::Mutex::new(Vec::new());
+        let changed = tokio::sync::Notify::new();
         let worker = || async {
             let client = database.connect().await?;
-            // A lock held by another of these connections is only released when all of them
-            // commit, a wait PostgreSQL cannot see as a deadlock: give up instead of hanging.
-            client.batch_execute(&format!("SET lock_timeout = '{}s'; BEGIN", LOCK_TIMEOUT.as_secs())).await?;
+            // An entry built here waits for no other connection's lock (its tables are loaded
+            // and committed, see LockBoard); a lock held by another session is: give up
+            // instead of hanging.
+            client.batch_execute(&format!("SET lock_timeout = '{}s'", LOCK_TIMEOUT.as_secs())).await?;
             let mut rows = 0;
-            while let Some(table) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                let name = format!("{}.{}", source::quote_ident(&table.schema), source::quote_ident(&table.name));
-                // Truncating the table this transaction is about to fill lets COPY freeze the
-                // rows. ONLY: inheritance children are other connections' to load.
-                let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
-                let loaded = async {
-                    client.batch_execute(&format!("TRUNCATE ONLY {name}")).await?;
-                    load_stream(&client, self.reader, self.mac_key, &sql, table, self.jobs).await
-                };
-                rows += loaded.await.map_err(|error| match &error {
-                    Error::Postgres(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                        Error::Invalid(format!(
-                            "--parallel waited {} s for a lock on {name}: another session is using the database, or \
-                             loading its tables at once needs locks in an order it cannot take; restore without --parallel",
-                            LOCK_TIMEOUT.as_secs()
-                        ))
+            let mut preamble = false;
+            loop {
+                let notified = changed.notified();
+                futures::pin_mut!(notified);
+                notified.as_mut().enable();
+                if let Some(table) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                    rows += self.load_table(&client, table).await?;
+                    let mut board = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(loaded) = &mut board.loaded {
+                        loaded.insert(TableName { schema: table.schema.clone(), name: table.name.clone() });
+                        if loaded.len() == order.len() {
+                            board.loaded = None;
+                        }
                     }
-                    _ => error,
-                })?;
+                    drop(board);
+                    changed.notify_waiters();
+                    continue;
+                }
+                let (picked, loading) = {
+                    let mut board = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if board.pending.is_empty() {
+                        break;
+                    }
+                    (board.take_runnable(), board.loaded.is_some())
+                };
+                let Some(entry) = picked else {
+                    notified.await;
+                    continue;
+                };
+                tracing::debug!(kind = entry.kind, loading, "post-data entry beside the loads");
+                if !preamble {
+                    client.batch_execute(script.preamble).await?;
+                    preamble = true;
+                }
+                let result = run_entry(&client, entry).await;
+                board.lock().unwrap_or_else(std::sync::PoisonError::into_inner).release(entry);
+                changed.notify_waiters();
+                result?;
+                built.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(entry);
             }
             Ok::<_, Error>((client, rows))
         };
-        // The first error drops the other connections, which rolls their transactions back.
+        // The first error drops the other connections, which rolls back what they had not
+        // committed; the caller removes the rest.
         let loaded = futures::future::try_join_all((0..connections).map(|_| worker())).await?;
-        let mut rows = 0;
-        let mut clients = Vec::with_capacity(loaded.len());
-        for (client, loaded_rows) in loaded {
+        let rows = loaded.iter().map(|(_, rows)| rows).sum();
+        let clients = loaded.into_iter().map(|(client, _)| client).collect();
+        Ok((clients, rows, built.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)))
+    }
+
+    /// Loads one table in its own transaction on a `--parallel` connection.
+    async fn load_table(&self, client: &tokio_postgres::Client, table: &TableManifest) -> Result<u64> {
+        let name = format!("{}.{}", source::quote_ident(&table.schema), source::quote_ident(&table.name));
+        // Truncating the table this transaction is about to fill lets COPY freeze the rows.
+        // ONLY: inheritance children are other connections' to load.
+        let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
+        let loaded = async {
+            client.batch_execute(&format!("BEGIN; TRUNCATE ONLY {name}")).await?;
+            let rows = load_stream(client, self.reader, self.mac_key, &sql, table, self.jobs).await?;
             client.batch_execute("COMMIT").await?;
-            rows += loaded_rows;
-            clients.push(client);
-        }
-        Ok((clients, rows))
+            Ok(rows)
+        };
+        loaded.await.map_err(|error| match &error {
+            Error::Postgres(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                Error::Invalid(format!(
+                    "--parallel waited {} s for a lock on {name}: another session is using the database; \
+                     restore without --parallel",
+                    LOCK_TIMEOUT.as_secs()
+                ))
+            }
+            _ => error,
+        })
+    }
+
+    /// Each table's size in the snapshot, to start the largest tables' entries first.
+    fn table_sizes(&self) -> HashMap<TableName, u64> {
+        self.manifest
+            .tables
+            .iter()
+            .map(|t| (TableName { schema: t.schema.clone(), name: t.name.clone() }, t.data.bytes))
+            .collect()
     }
 
     /// Runs the post-data DDL in its order, except that runs of index and unique-constraint
     /// builds, and runs of foreign keys, are spread over `loaders` (as `pg_restore -j` does),
     /// never two at once that would wait for each other's lock. Every entry commits on its
     /// own: on an error the caller removes everything, as for the tables.
-    async fn post_data_in_parallel(&self, loaders: &[tokio_postgres::Client], post_data: &[u8]) -> Result<()> {
-        let sql = source::executable_sql(post_data)?;
-        let script = source::script::parse(&sql);
+    async fn post_data_in_parallel(
+        &self,
+        loaders: &[tokio_postgres::Client],
+        script: &Script<'_>,
+        built: &[&Entry<'_>],
+    ) -> Result<()> {
         for client in loaders.iter().chain([self.client]) {
             client.batch_execute(script.preamble).await?;
         }
-        let sizes: HashMap<TableName, u64> = self
-            .manifest
-            .tables
-            .iter()
-            .map(|t| (TableName { schema: t.schema.clone(), name: t.name.clone() }, t.data.bytes))
-            .collect();
+        let sizes = self.table_sizes();
         let mut group: Vec<&Entry<'_>> = Vec::new();
         let mut comments: Vec<&Entry<'_>> = Vec::new();
         for entry in &script.entries {
+            if built.iter().any(|done| std::ptr::eq(*done, entry)) {
+                continue;
+            }
             let joins = entry.step.group();
             if entry.step == Step::Comment && !group.is_empty() {
                 // A comment on an index or constraint of the group: after the group.
@@ -404,10 +475,9 @@ impl Load<'_> {
             }
             return Ok(());
         }
-        let size = |entry: &Entry<'_>| entry.step.locks().first().and_then(|(table, _)| sizes.get(*table)).copied();
-        entries.sort_by_key(|entry| std::cmp::Reverse(size(entry)));
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry_size(entry, sizes)));
         tracing::debug!(entries = entries.len(), connections = clients.len(), "post-data group");
-        let board = std::sync::Mutex::new(LockBoard { pending: entries, held: HashMap::new() });
+        let board = std::sync::Mutex::new(LockBoard { pending: entries, held: HashMap::new(), loaded: None });
         let changed = tokio::sync::Notify::new();
         let workers = clients.iter().map(|client| {
             let (board, changed) = (&board, &changed);
@@ -493,22 +563,48 @@ impl Load<'_> {
     }
 }
 
+/// The size of the (first) table an entry works on, if it is one of the snapshot's.
+fn entry_size(entry: &Entry<'_>, sizes: &HashMap<TableName, u64>) -> Option<u64> {
+    entry.step.locks().first().and_then(|(table, _)| sizes.get(*table)).copied()
+}
+
+/// The entries `--parallel` may build while tables are still loading: the indexes and unique
+/// constraints of the script's first run of them, before anything that has to run alone (a
+/// comment in between waits for the rest of the post-data, its object being built by then).
+fn early_entries<'e, 'a>(script: &'e Script<'a>) -> Vec<&'e Entry<'a>> {
+    script
+        .entries
+        .iter()
+        .take_while(|entry| entry.step.group() == Some(1) || entry.step == Step::Comment)
+        .filter(|entry| entry.step.group() == Some(1))
+        .collect()
+}
+
 /// Who holds which table while post-data entries run at once.
 struct LockBoard<'e, 'a> {
     /// Entries not started, in the order to start them.
     pending: Vec<&'e Entry<'a>>,
     /// Per table: entries holding a shared lock, and whether one holds it exclusively.
     held: HashMap<TableName, (usize, bool)>,
+    /// While tables are loading, those loaded and committed: an entry starts only when every
+    /// table it locks is one of them, so it never waits for a load's locks (a table that is
+    /// not loaded at all, a partitioned parent, say, waits for every load). `None`: all loaded.
+    loaded: Option<HashSet<TableName>>,
 }
 
 impl<'e, 'a> LockBoard<'e, 'a> {
-    /// Takes the first pending entry whose locks conflict with none held, and holds them.
+    /// Takes the first pending entry whose tables are loaded and whose locks conflict with none
+    /// held, and holds them.
     fn take_runnable(&mut self) -> Option<&'e Entry<'a>> {
         let free = |entry: &Entry<'_>| {
-            entry.step.locks().iter().all(|(table, exclusive)| match self.held.get(*table) {
-                None | Some((0, false)) => true,
-                Some((_, true)) => false,
-                Some((_, false)) => !exclusive,
+            entry.step.locks().iter().all(|(table, exclusive)| {
+                let loaded = self.loaded.as_ref().is_none_or(|loaded| loaded.contains(*table));
+                loaded
+                    && match self.held.get(*table) {
+                        None | Some((0, false)) => true,
+                        Some((_, true)) => false,
+                        Some((_, false)) => !exclusive,
+                    }
             })
         };
         let at = self.pending.iter().position(|entry| free(entry))?;
@@ -648,7 +744,7 @@ mod tests {
             entry(Step::ForeignKey { table: table("c"), references: table("b") }),
             entry(Step::ForeignKey { table: table("d"), references: table("b") }),
         ];
-        let mut board = LockBoard { pending: entries.iter().collect(), held: HashMap::new() };
+        let mut board = LockBoard { pending: entries.iter().collect(), held: HashMap::new(), loaded: None };
         let pk = board.take_runnable().unwrap();
         assert_eq!(pk.step, Step::Constraint(table("a")));
         // Nothing else on a while its primary key is built; b is free.
