@@ -1528,22 +1528,30 @@ mod tests {
         }
     }
 
+    /// Chunks of `key` in a sealed pack, each slice of `frames` compressed as one frame; the
+    /// locations, the pack's decrypted plaintext, and the length the writer counted.
+    fn pack_of_frames(key: &ChunkIdKey, frames: &[&[Vec<u8>]]) -> (Vec<ChunkLocation>, Vec<u8>, usize) {
+        let mut zstd = crate::compress::ChunkCompressor::default();
+        let admin = crypto::generate_identity();
+        let mut pack = PackWriter::new(&[admin.to_public()], 1 << 16, None);
+        for rows in frames {
+            let chunks: Vec<(ChunkId, u32)> =
+                rows.iter().map(|row| (key.id_of(row), u32::try_from(row.len()).unwrap())).collect();
+            pack.add(&zstd.compress(&rows.concat(), 3, None), &chunks);
+        }
+        let length = pack.len();
+        let sealed = pack.seal();
+        (sealed.chunks.clone(), crypto::decrypt(&[admin], &sealed.bytes).unwrap(), length)
+    }
+
     #[test]
     fn chunks_sharing_a_frame_open_in_any_order_and_a_bad_start_is_refused() {
         let key = RepoSecret::generate().chunk_id_key();
         let rows: Vec<Vec<u8>> = (0..5).map(|n| format!("{n}\trow number {n}\n").repeat(50 + n).into_bytes()).collect();
         let chunks: Vec<(ChunkId, u32)> =
             rows.iter().map(|row| (key.id_of(row), u32::try_from(row.len()).unwrap())).collect();
-        let mut zstd = crate::compress::ChunkCompressor::default();
-        let admin = crypto::generate_identity();
-        let mut pack = PackWriter::new(&[admin.to_public()], 1 << 16, None);
-        pack.add(&zstd.compress(b"a chunk alone\n", 3, None), &[(key.id_of(b"a chunk alone\n"), 14)]);
-        pack.add(&zstd.compress(&rows[..3].concat(), 3, None), &chunks[..3]);
-        pack.add(&zstd.compress(&rows[3..].concat(), 3, None), &chunks[3..]);
-        let length = pack.len();
-        let sealed = pack.seal();
-        let locations = sealed.chunks.clone();
-        let plaintext = crypto::decrypt(&[admin], &sealed.bytes).unwrap();
+        let alone = [b"a chunk alone\n".to_vec()];
+        let (locations, plaintext, length) = pack_of_frames(&key, &[&alone, &rows[..3], &rows[3..]]);
         assert_eq!(plaintext.len(), length);
         assert_eq!(locations.len(), 6);
         assert_eq!(locations[0].start(), 0);
@@ -1573,17 +1581,8 @@ mod tests {
     fn chunks_opened_together_decompress_whole_frames_and_still_prove_each_chunk() {
         let key = RepoSecret::generate().chunk_id_key();
         let rows: Vec<Vec<u8>> = (0..6).map(|n| format!("{n}\trow {n}\n").repeat(40 + n).into_bytes()).collect();
-        let chunks: Vec<(ChunkId, u32)> =
-            rows.iter().map(|row| (key.id_of(row), u32::try_from(row.len()).unwrap())).collect();
-        let mut zstd = crate::compress::ChunkCompressor::default();
-        let admin = crypto::generate_identity();
-        let mut pack = PackWriter::new(&[admin.to_public()], 1 << 16, None);
-        pack.add(&zstd.compress(&rows[..3].concat(), 3, None), &chunks[..3]);
-        pack.add(&zstd.compress(&rows[3].clone(), 3, None), &chunks[3..4]);
-        pack.add(&zstd.compress(&rows[4..].concat(), 3, None), &chunks[4..]);
-        let sealed = pack.seal();
-        let locations = sealed.chunks.clone();
-        let plaintext = crypto::decrypt(&[admin], &sealed.bytes).unwrap();
+        let chunks: Vec<ChunkId> = rows.iter().map(|row| key.id_of(row)).collect();
+        let (locations, plaintext, _) = pack_of_frames(&key, &[&rows[..3], &rows[3..4], &rows[4..]]);
         let open = |locations: &[ChunkLocation]| {
             let mut out = b"kept".to_vec();
             let result = open_chunks_onto(&key, &plaintext, locations, "p", None, &mut out);
@@ -1599,7 +1598,7 @@ mod tests {
         // A whole frame whose second chunk's id is wrong: refused, and `out` keeps what it held.
         let mut forged = locations[..3].to_vec();
         forged[1] = ChunkLocation::in_frame(
-            chunks[0].0,
+            chunks[0],
             forged[1].offset(),
             forged[1].length(),
             forged[1].raw_length(),
