@@ -660,7 +660,7 @@ struct Slot {
     start: u32,
 }
 
-/// Where every known chunk is. Kept compact (56 bytes a chunk, in one sorted array): a backup
+/// Where every known chunk is. Kept compact (40 bytes a chunk, in one sorted array): a backup
 /// holds the index of each target in memory, and a repository holds millions of chunks. A
 /// hash map took twice that, and three times while it grew. Chunk ids are keyed hashes, so
 /// evenly spread: a table of where each run of ids with the same leading bits starts (4 bytes

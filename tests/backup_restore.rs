@@ -312,6 +312,37 @@ fn a_restore_whose_index_build_fails_leaves_the_database_as_it_was() {
 }
 
 #[test]
+fn chunks_that_recur_after_the_sent_set_forgot_them_are_stored_again_and_restore() {
+    let source = TestDb::create("forgotten_twins");
+    // The same 3000 rows at the start and at the end, with many chunks of other rows between:
+    // identical chunks far apart in one stream.
+    source.sql(
+        "CREATE TABLE public.twins (body text); \
+         INSERT INTO public.twins SELECT 'twin ' || i || repeat(' same', 80) FROM generate_series(1, 3000) i; \
+         INSERT INTO public.twins SELECT md5(i::text) || repeat(' other', 60) FROM generate_series(1, 30000) i; \
+         INSERT INTO public.twins SELECT 'twin ' || i || repeat(' same', 80) FROM generate_series(1, 3000) i;",
+    );
+    let work = Workspace::new();
+    let (remembering, forgetting) = (work.init_repo("remembering"), work.init_repo("forgetting"));
+    let url = source.url();
+    let reused =
+        |report: &serde_json::Value| report["chunks"].as_u64().unwrap() - report["new_chunks"].as_u64().unwrap();
+    // Remembering every chunk it sent, a backup stores the last rows' chunks once...
+    let all = work.run(&["backup", "--json", "--db", &url, "--repo", &remembering]).ok().json();
+    assert!(reused(&all) >= 30, "{all}");
+    // ... and remembering only the last 20-40, a second time.
+    let some = work.run(&["backup", "--json", "--index-chunks", "20", "--db", &url, "--repo", &forgetting]).ok().json();
+    assert!(reused(&some) < 10, "{some}");
+    work.run(&["verify", "--repo", &forgetting, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("forgotten_twins_restored");
+    work.restore(&forgetting, &restored).ok();
+    assert_same_database(&source, &restored);
+    // A backup into that repository finds every chunk, whichever copy its index kept.
+    let again = work.run(&["backup", "--json", "--db", &url, "--repo", &forgetting]).ok().json();
+    assert_eq!(again["new_chunks"], 0, "{again}");
+}
+
+#[test]
 fn a_large_backup_writes_its_index_in_parts_and_the_next_backup_reuses_them_all() {
     let source = TestDb::create("index_parts");
     source.load_file(&fixture("examples/crm.sql"));

@@ -83,7 +83,7 @@ enum Command {
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
         #[arg(long, env = "CRMVAULT_PG_DUMP")]
         pg_dump: Option<PathBuf>,
-        /// New chunks per index file (for tuning and tests).
+        /// New chunks per index file and per generation of the sent set (for tuning and tests).
         #[arg(long, hide = true, default_value_t = backup::INDEX_CHUNKS)]
         index_chunks: usize,
     },
