@@ -307,6 +307,7 @@ impl Target {
         if self.local_root.is_none() && bytes.len() > MULTIPART_THRESHOLD {
             return self.put_new_in_parts(key, bytes).await;
         }
+        #[cfg(target_os = "linux")]
         if let Some(root) = &self.local_root
             && bytes.len() >= direct::THRESHOLD
         {
@@ -448,7 +449,9 @@ fn sync_directories(root: &Path, path: &Path) -> Result<()> {
 /// the other core, and it fills the backup host's cache (often the database server's) with
 /// data nobody reads back soon. The object is staged as `<key>#<n>` (the name object_store's
 /// listing skips), synced, then hard-linked to its name, which fails if the name exists: the
-/// same create-only, crash-safe publication as every other write.
+/// same create-only, crash-safe publication as every other write. Linux only (`O_DIRECT`);
+/// elsewhere every write is buffered.
+#[cfg(target_os = "linux")]
 mod direct {
     use std::io::Write;
     use std::path::Path;
@@ -475,7 +478,6 @@ mod direct {
     }
 
     /// Writes `bytes` as the object `key` under `root`, durably, unless the name is taken.
-    #[cfg(target_os = "linux")]
     pub fn put_new(root: &Path, key: &str, bytes: &[u8]) -> Result<Outcome> {
         let path = root.join(key);
         let parent = path.parent().expect("an object's path is inside the root");
@@ -501,15 +503,8 @@ mod direct {
         Ok(Outcome::Written)
     }
 
-    /// Elsewhere the buffered write is the only one.
-    #[cfg(not(target_os = "linux"))]
-    pub fn put_new(_root: &Path, _key: &str, _bytes: &[u8]) -> Result<Outcome> {
-        Ok(Outcome::Unsupported)
-    }
-
     /// A new staging file `<path>#<n>` opened for direct writes; `None` when the file system
     /// refuses `O_DIRECT`.
-    #[cfg(target_os = "linux")]
     fn open_staging(path: &Path) -> Result<Option<(std::fs::File, std::path::PathBuf)>> {
         use std::os::unix::fs::OpenOptionsExt;
 
@@ -534,8 +529,9 @@ mod direct {
     fn write_aligned(mut file: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
         let whole = bytes.len() / ALIGN * ALIGN;
         let (body, tail) = bytes.split_at(whole);
-        let mut bounce = AlignedBuffer::new(BOUNCE);
-        if body.as_ptr().align_offset(ALIGN) == 0 {
+        let aligned = body.as_ptr().align_offset(ALIGN) == 0;
+        let mut bounce = AlignedBuffer::new(if aligned { ALIGN } else { BOUNCE });
+        if aligned {
             file.write_all(body)?;
         } else {
             for piece in body.chunks(BOUNCE) {
