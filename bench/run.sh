@@ -59,7 +59,10 @@ median() {
         awk -v n="$2" 'NR == int((n + 1) / 2)' | sed -E "s/^$1\.[0-9]+/$1/" >>"$results"
 }
 rss_of() { awk -F'\t' -v n="$1" '$1 == n { print $3 }' "$results"; }
-size_of() { du -sb "$1" | cut -f1; }
+# Bytes of the files under $1 (or of the file $1): what a tool stored. `du -sb` also counted
+# the 4 KiB of every directory, which object storage does not have and a single dump file
+# does not need (a scale-1 repository's 53 folders: 0.08% of its full backup).
+size_of() { find "$1" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
 
 echo "== generating scale $scale into $db" >&2
 sql postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)"
