@@ -12,16 +12,24 @@ use std::ptr::NonNull;
 
 use zstd::zstd_safe::{CCtx, CDict, DCtx, DDict};
 
-/// Largest dictionary trained. 256 KiB (from 8 MiB of samples) made the scale-1 tables'
-/// frames 0.4% smaller than 112 KiB (from 4 MiB), stored dictionaries included; 384 KiB was
-/// no better.
-const DICTIONARY_BYTES: usize = 256 * 1024;
+/// Largest dictionary trained: a 16th of the 8 MiB of samples a table holds back. On the
+/// scale-3 tables in 512 KiB frames (`examples/frame_sizes.rs`), stored dictionaries
+/// included: 256 KiB (a 32nd) 861.97 MB, 512 KiB 853.16 MB (-1.0%, same speed alone), 1 MiB
+/// (an 8th) 853.42 MB and 15% slower. In real full backups at scale 1 (three alternating
+/// rounds): 384 KiB no smaller than 256, 512 KiB 0.65% smaller for ~3% more wall time (both
+/// cores busy, a larger working set per frame) and ~10 MiB more memory. 256 KiB had been
+/// 0.4% smaller than 112 KiB (from 4 MiB).
+const DICTIONARY_BYTES: usize = 512 * 1024;
 /// Below this much sample data a dictionary does not pay for itself.
 const MIN_TRAINING_BYTES: usize = 256 * 1024;
+/// From this much sample data on, the dictionary may be a 16th of it; below, a 32nd. The
+/// larger share was measured to pay on a table's full 8 MiB of samples only; on small sample
+/// sets (increments, small tables) fastCover's extra segments were no better or worse.
+const LARGE_SAMPLES: usize = 4 << 20;
 
 /// Trains a dictionary from sample chunks, or `None` when there is too little to learn from.
-/// The dictionary is at most a 32nd of the samples, so a small increment does not pay
-/// for a large dictionary.
+/// The dictionary is at most a 32nd of the samples (a 16th from [`LARGE_SAMPLES`] on), so a
+/// small increment does not pay for a large dictionary.
 pub fn train<S: AsRef<[u8]>>(samples: &[S], level: i32) -> Option<Vec<u8>> {
     let total: usize = samples.iter().map(|s| s.as_ref().len()).sum();
     if total < MIN_TRAINING_BYTES || samples.len() < 16 {
@@ -32,7 +40,8 @@ pub fn train<S: AsRef<[u8]>>(samples: &[S], level: i32) -> Option<Vec<u8>> {
     for sample in samples {
         flat.extend_from_slice(sample.as_ref());
     }
-    train_fast_cover(&flat, &sizes, (total / 32).min(DICTIONARY_BYTES), level)
+    let share = if total >= LARGE_SAMPLES { 16 } else { 32 };
+    train_fast_cover(&flat, &sizes, (total / share).min(DICTIONARY_BYTES), level)
 }
 
 /// zstd's fastCover trainer with fixed parameters (segment k = 200, d = 8).
