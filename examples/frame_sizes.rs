@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use crmvault::chunk::{ChunkParams, chunk_all};
 use crmvault::compress::{
-    ChunkCompressor, CompressionDictionary, DecompressionDictionary, FrameDictionary, decompress, train,
+    ChunkCompressor, CompressionDictionary, DecompressionDictionary, DictionarySize, FrameDictionary, decompress, train,
 };
 
 fn main() {
@@ -46,7 +46,7 @@ fn main() {
                 }
                 samples.push(chunk);
             }
-            let dictionary = if with_dictionary { train(&samples, level) } else { None };
+            let dictionary = if with_dictionary { train(&samples, level, DictionarySize::Full) } else { None };
             if let Some(bytes) = &dictionary {
                 stored += crmvault::compress::store_dictionary(bytes).len();
             }

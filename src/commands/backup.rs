@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::chunk::{ChunkParams, Chunker};
-use crate::compress::{ChunkCompressor, CompressionDictionary, FrameDictionary};
+use crate::compress::{ChunkCompressor, CompressionDictionary, DictionarySize, FrameDictionary};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
@@ -321,8 +321,11 @@ fn train_dictionary(
     level: i32,
     recipients: &[age::x25519::Recipient],
 ) -> Option<Arc<TrainedDictionary>> {
+    // Chunks held back to be compressed at the strong level are an increment's.
+    let size =
+        if samples.last().is_some_and(|raw| raw.strong) { DictionarySize::Increment } else { DictionarySize::Full };
     let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
-    let bytes = crate::compress::train(&samples, level)?;
+    let bytes = crate::compress::train(&samples, level, size)?;
     let ciphertext = crate::crypto::encrypt(recipients, &crate::compress::store_dictionary(&bytes));
     let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
     let stored = StoredDictionary { reference, ciphertext: Bytes::from(ciphertext) };
