@@ -151,3 +151,25 @@ fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
     work.restore_with(&repo, &target, &["--parallel", "--clean"]).ok();
     assert_same_database(&source, &target);
 }
+
+#[test]
+fn a_half_written_staging_file_beside_a_pack_is_ignored() {
+    let source = TestDb::create("staging_leftover");
+    source.add_filler();
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    // What a write killed before its hard link leaves: `<pack>#<n>`, cut short.
+    let pack = files_under(&work.path("repo/data")).into_iter().next().expect("a pack");
+    let bytes = std::fs::read(&pack).unwrap();
+    let mut leftover = pack.clone().into_os_string();
+    leftover.push("#1");
+    std::fs::write(&leftover, &bytes[..bytes.len() / 2]).unwrap();
+    let stranger = Workspace::new(); // verifies without any key
+    stranger.run(&["verify", "--repo", &repo]).ok();
+    source.sql("UPDATE public.filler SET body = 'changed' WHERE id = 7");
+    work.backup(&source, &repo);
+    let restored = TestDb::create("staging_leftover_restored");
+    work.restore(&repo, &restored).ok();
+    assert_same_database(&source, &restored);
+}
