@@ -6,15 +6,18 @@
 //! table's chunks usually sit side by side; concurrent requests for one pack share a download.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use crate::compress::DecompressionDictionary;
-use crate::crypto::ChunkId;
+use crate::crypto::{CHUNK_ID_BYTES, ChunkId};
 use crate::error::{Error, Result};
-use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef};
+use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef, StreamManifest};
 use crate::target::Target;
 
 /// Chunks decoded together (about 256 KiB at the default chunk size), at least: one hop to a
@@ -30,6 +33,36 @@ type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;
 type PackKey = (usize, String);
 /// Cached packs and their insertion order, for eviction.
 type PackCache = (HashMap<PackKey, PackCell>, VecDeque<PackKey>);
+
+/// A zstd frame of a pack of a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Frame {
+    source: usize,
+    pack: u32,
+    offset: u64,
+}
+
+/// Where a source keeps a chunk.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    source: usize,
+    pack: u32,
+    location: ChunkLocation,
+}
+
+impl Found {
+    fn frame(self) -> Frame {
+        Frame { source: self.source, pack: self.pack, offset: self.location.offset() }
+    }
+}
+
+/// Consecutive chunks of a stream read together, with where each is
+/// ([`ChunkReader::stream_runs`]).
+#[derive(Debug, Default)]
+pub struct Run {
+    ids: Vec<ChunkId>,
+    found: Vec<Option<Found>>,
+}
 
 /// One place chunks can come from.
 pub struct Source {
@@ -86,30 +119,21 @@ impl ChunkReader {
         }
     }
 
-    /// Fails with `Missing` when no source knows the chunk.
-    pub fn locate(&self, id: &ChunkId) -> Result<()> {
-        if self.sources.iter().any(|s| s.index.contains(id)) {
-            return Ok(());
-        }
+    /// The error for a chunk no source knows.
+    fn missing(&self, id: &ChunkId) -> Error {
         let locations: Vec<&str> = self.sources.iter().map(|s| s.target.location()).collect();
-        Err(Error::Missing { object: format!("chunk {id} (in no index)"), location: locations.join(", ") })
+        Error::Missing { object: format!("chunk {id} (in no index)"), location: locations.join(", ") }
     }
 
     /// Cuts a stream's chunks into runs of at least [`RUN`] chunks, each ending where a zstd
     /// frame ends (in the first source that has the chunk), so that no frame of several chunks
     /// is decompressed for two runs.
     pub fn runs<'a>(&self, ids: &'a [ChunkId]) -> Vec<&'a [ChunkId]> {
-        let frame_of = |id: &ChunkId| {
-            self.sources
-                .iter()
-                .find_map(|s| s.index.get(id))
-                .map(|(entry, location)| (&entry.pack.id, location.offset()))
-        };
         let mut runs = Vec::with_capacity(ids.len() / RUN + 1);
         let (mut start, mut previous) = (0, None);
         for (at, id) in ids.iter().enumerate() {
-            let frame = frame_of(id);
-            if at - start >= RUN && (frame.is_none() || frame != previous) {
+            let frame = self.frame_of(id);
+            if Self::ends_run(at - start, frame, previous) {
                 runs.push(&ids[start..at]);
                 start = at;
             }
@@ -121,11 +145,67 @@ impl ChunkReader {
         runs
     }
 
+    /// [`ChunkReader::runs`] of a stream of chunks found already, as they come (for
+    /// [`ChunkReader::read_located`]).
+    fn stream_runs<'a>(
+        chunks: impl Stream<Item = Result<(ChunkId, Found)>> + Unpin + 'a,
+    ) -> impl Stream<Item = Result<Run>> + 'a {
+        let state = (chunks, Run::default(), None, false);
+        futures::stream::unfold(state, move |(mut chunks, mut run, mut previous, done)| async move {
+            if done {
+                return None;
+            }
+            while let Some(chunk) = chunks.next().await {
+                let (id, found) = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(error) => return Some((Err(error), (chunks, Run::default(), None, true))),
+                };
+                let frame = Some(found.frame());
+                let ended = Self::ends_run(run.ids.len(), frame, previous).then(|| std::mem::take(&mut run));
+                run.ids.push(id);
+                run.found.push(Some(found));
+                previous = frame;
+                if let Some(ended) = ended {
+                    return Some((Ok(ended), (chunks, run, previous, false)));
+                }
+            }
+            (!run.ids.is_empty()).then(|| (Ok(run), (chunks, Run::default(), None, true)))
+        })
+    }
+
+    /// Where the first source that has a chunk keeps it.
+    fn find(&self, id: &ChunkId) -> Option<Found> {
+        self.sources
+            .iter()
+            .enumerate()
+            .find_map(|(source, s)| s.index.find(id).map(|(pack, location)| Found { source, pack, location }))
+    }
+
+    /// The pack and offset of a chunk's frame, in the first source that has it.
+    fn frame_of(&self, id: &ChunkId) -> Option<Frame> {
+        self.find(id).map(Found::frame)
+    }
+
+    /// Whether a chunk in `frame` after `count` chunks in `previous` starts a new run.
+    fn ends_run(count: usize, frame: Option<Frame>, previous: Option<Frame>) -> bool {
+        count >= RUN && (frame.is_none() || frame != previous)
+    }
+
     /// The proven plaintexts of a run of chunks, concatenated. Decodes them together (one hop
     /// to a blocking thread, not one per chunk); when anything is wrong, reads chunk by chunk,
     /// so every chunk still falls back to the next source on its own.
     pub async fn read_run(&self, ids: &[ChunkId]) -> Result<Vec<u8>> {
-        if let Some(plaintext) = self.try_read_run(ids).await {
+        let found: Vec<Option<Found>> = ids.iter().map(|id| self.find(id)).collect();
+        self.read_found(ids, &found).await
+    }
+
+    /// [`ChunkReader::read_run`] of a run from [`ChunkReader::stream_runs`].
+    pub async fn read_located(&self, run: &Run) -> Result<Vec<u8>> {
+        self.read_found(&run.ids, &run.found).await
+    }
+
+    async fn read_found(&self, ids: &[ChunkId], found: &[Option<Found>]) -> Result<Vec<u8>> {
+        if let Some(plaintext) = self.try_read_run(found).await {
             return Ok(plaintext);
         }
         let mut plaintext = Vec::new();
@@ -135,11 +215,11 @@ impl ChunkReader {
         Ok(plaintext)
     }
 
-    async fn try_read_run(&self, ids: &[ChunkId]) -> Option<Vec<u8>> {
-        let mut work = Vec::with_capacity(ids.len());
-        for id in ids {
-            let (number, (entry, location)) =
-                self.sources.iter().enumerate().find_map(|(number, s)| s.index.get(id).map(|found| (number, found)))?;
+    async fn try_read_run(&self, found: &[Option<Found>]) -> Option<Vec<u8>> {
+        let mut work = Vec::with_capacity(found.len());
+        for &found in found {
+            let Found { source: number, pack, location } = found?;
+            let entry = self.sources[number].index.pack(pack);
             let dictionary = match entry.dictionary.as_ref() {
                 Some(reference) => Some(self.dictionary(number, reference).await.ok()?),
                 None => None,
@@ -309,22 +389,34 @@ impl ChunkReader {
     }
 }
 
+/// List chunks read ahead while a stream's ids are expanded.
+const LISTS_AHEAD: usize = 16;
+
+/// The ids a list chunk holds.
+async fn read_list(reader: &ChunkReader, id: &ChunkId, manifest_version: u32) -> Result<Vec<ChunkId>> {
+    repo::parse_list(&format!("list chunk {id}"), &reader.read(id).await?, manifest_version)
+}
+
+fn check_levels(stream: &StreamManifest) -> Result<()> {
+    if !(1..=repo::LIST_LEVELS_MAX).contains(&stream.list_levels) {
+        return Err(Error::corrupt("snapshot manifest", format!("{} levels of list chunks", stream.list_levels)));
+    }
+    Ok(())
+}
+
 /// Reads a manifest's list chunks (data: an admin identity is needed) and fills in every
 /// stream's chunk ids.
 pub async fn expand_lists(manifest: &mut Manifest, reader: &ChunkReader) -> Result<()> {
-    use futures::StreamExt;
     let manifest_version = manifest.version;
     for stream in manifest.streams_mut() {
-        if !(1..=repo::LIST_LEVELS_MAX).contains(&stream.list_levels) {
-            return Err(Error::corrupt("snapshot manifest", format!("{} levels of list chunks", stream.list_levels)));
-        }
+        check_levels(stream)?;
         let mut ids = stream.lists.clone();
         for level in (1..=stream.list_levels).rev() {
-            let mut lists =
-                futures::stream::iter(ids.iter().map(|id| async move { (id, reader.read(id).await) })).buffered(16);
+            let mut lists = futures::stream::iter(ids.iter().map(|id| read_list(reader, id, manifest_version)))
+                .buffered(LISTS_AHEAD);
             let mut next = Vec::new();
-            while let Some((id, bytes)) = lists.next().await {
-                next.extend(repo::parse_list(&format!("list chunk {id}"), &bytes?, manifest_version)?);
+            while let Some(list) = lists.next().await {
+                next.extend(list?);
             }
             drop(lists);
             if level > 1 {
@@ -335,4 +427,124 @@ pub async fn expand_lists(manifest: &mut Manifest, reader: &ChunkReader) -> Resu
         stream.chunks = ids;
     }
     Ok(())
+}
+
+/// A stream's chunk ids, in order, read from its list chunks as they are needed (at most
+/// [`LISTS_AHEAD`] list chunks a level at once), so that a stream of any length takes the same
+/// memory.
+pub fn stream_chunk_ids<'a>(
+    reader: &'a ChunkReader,
+    stream: &'a StreamManifest,
+    manifest_version: u32,
+) -> BoxStream<'a, Result<ChunkId>> {
+    if let Err(error) = check_levels(stream) {
+        return futures::stream::once(async { Err(error) }).boxed();
+    }
+    let mut ids = futures::stream::iter(stream.lists.iter().copied().map(Ok)).boxed();
+    for _ in 0..stream.list_levels {
+        ids = ids
+            .map(move |id| async move { read_list(reader, &id?, manifest_version).await })
+            .buffered(LISTS_AHEAD)
+            .map_ok(|list| futures::stream::iter(list.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed();
+    }
+    ids
+}
+
+/// A stream's chunks, each with where it is, written to an unlinked temporary file and read
+/// back in order. A restore expands every stream's lists once, finding every chunk before it
+/// touches the database, and keeps what it found here instead of in memory; loading then looks
+/// nothing up again.
+pub struct ChunkSpool {
+    file: std::fs::File,
+    /// Chunks written.
+    len: u64,
+}
+
+/// Bytes of a chunk in a [`ChunkSpool`]: id, source, pack, offset, length, raw length, start.
+const SPOOLED_BYTES: usize = CHUNK_ID_BYTES + 4 + 4 + 8 + 4 + 4 + 4;
+
+/// Chunks read back from a [`ChunkSpool`] at a time (176 KiB).
+const SPOOL_BLOCK: usize = 4096;
+
+fn spool_error(error: std::io::Error) -> Error {
+    repo::temporary_file_error("chunk lists", error)
+}
+
+fn encode_spooled(id: &ChunkId, found: &Found) -> [u8; SPOOLED_BYTES] {
+    let location = &found.location;
+    let source = u32::try_from(found.source).expect("fewer than 4 billion targets");
+    let mut bytes = [0; SPOOLED_BYTES];
+    bytes[..CHUNK_ID_BYTES].copy_from_slice(&id.0);
+    let rest = &mut bytes[CHUNK_ID_BYTES..];
+    rest[..4].copy_from_slice(&source.to_le_bytes());
+    rest[4..8].copy_from_slice(&found.pack.to_le_bytes());
+    rest[8..16].copy_from_slice(&location.offset().to_le_bytes());
+    rest[16..20].copy_from_slice(&location.length().to_le_bytes());
+    rest[20..24].copy_from_slice(&location.raw_length().to_le_bytes());
+    rest[24..28].copy_from_slice(&location.start().to_le_bytes());
+    bytes
+}
+
+fn decode_spooled(bytes: &[u8]) -> (ChunkId, Found) {
+    let id = ChunkId(bytes[..CHUNK_ID_BYTES].try_into().expect("an id's bytes"));
+    let field = |at: usize| {
+        u32::from_le_bytes(bytes[CHUNK_ID_BYTES + at..CHUNK_ID_BYTES + at + 4].try_into().expect("4 bytes"))
+    };
+    let offset = u64::from_le_bytes(bytes[CHUNK_ID_BYTES + 8..CHUNK_ID_BYTES + 16].try_into().expect("8 bytes"));
+    let location = ChunkLocation::in_frame(id, offset, field(16), field(20), field(24));
+    (id, Found { source: field(0) as usize, pack: field(4), location })
+}
+
+impl ChunkSpool {
+    /// An empty spool, in `TMPDIR`.
+    pub fn new() -> Result<ChunkSpool> {
+        Ok(ChunkSpool { file: tempfile::tempfile().map_err(spool_error)?, len: 0 })
+    }
+
+    /// Chunks written.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the chunks of `ids` at the end, each with where the first of `reader`'s sources
+    /// that has it keeps it; fails (`Missing`) on a chunk none has. Returns where they are, for
+    /// [`ChunkSpool::runs`].
+    pub async fn write(
+        &mut self,
+        reader: &ChunkReader,
+        ids: impl Stream<Item = Result<ChunkId>>,
+    ) -> Result<Range<u64>> {
+        use std::io::Write;
+        let start = self.len;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, &self.file);
+        futures::pin_mut!(ids);
+        while let Some(id) = ids.next().await {
+            let id = id?;
+            let found = reader.find(&id).ok_or_else(|| reader.missing(&id))?;
+            out.write_all(&encode_spooled(&id, &found)).map_err(spool_error)?;
+            self.len += 1;
+        }
+        out.flush().map_err(spool_error)?;
+        Ok(start..self.len)
+    }
+
+    /// The chunks written at `range`, in order, in runs ([`ChunkReader::runs`]) for
+    /// [`ChunkReader::read_located`].
+    pub fn runs(&self, range: Range<u64>) -> impl Stream<Item = Result<Run>> + '_ {
+        use std::os::unix::fs::FileExt;
+        let blocks = (range.start..range.end).step_by(SPOOL_BLOCK).map(move |at| {
+            let count = usize::try_from((range.end - at).min(SPOOL_BLOCK as u64)).expect("a block fits");
+            let mut bytes = vec![0; count * SPOOLED_BYTES];
+            self.file.read_exact_at(&mut bytes, at * SPOOLED_BYTES as u64).map_err(spool_error)?;
+            Ok::<_, Error>(bytes.chunks_exact(SPOOLED_BYTES).map(|chunk| Ok(decode_spooled(chunk))).collect::<Vec<_>>())
+        });
+        ChunkReader::stream_runs(futures::stream::iter(blocks).map_ok(futures::stream::iter).try_flatten())
+    }
 }

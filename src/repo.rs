@@ -11,9 +11,8 @@
 //! `<hash>` is the unkeyed BLAKE3 of the stored bytes, so anyone can check an object's integrity
 //! without a key, and nobody learns anything about the plaintext from its name.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -24,7 +23,19 @@ use crate::crypto::{self, CHUNK_ID_BYTES, ChunkId, ChunkIdKey, DecryptFailure, M
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
+mod chunk_index;
 mod index_codec;
+
+pub use chunk_index::{ChunkIndex, PackEntry};
+
+/// An I/O error of a temporary file (a large index's, a restore's chunk lists), naming where.
+pub fn temporary_file_error(what: &str, error: std::io::Error) -> Error {
+    Error::io(std::env::temp_dir().join(format!("(temporary {what})")), error)
+}
+
+fn temporary_index(error: std::io::Error) -> Error {
+    temporary_file_error("chunk index", error)
+}
 
 /// The repository format version this build writes.
 pub const FORMAT_VERSION: u32 = 5;
@@ -434,7 +445,7 @@ impl Repository {
 
     /// Loads all index objects (or the listed ones), returning chunk locations.
     pub async fn load_index(&self, keyring: &Keyring, only: Option<&[ObjectRef]>) -> Result<ChunkIndex> {
-        let (index, mut failures) = self.load_index_lenient(keyring, only, None).await?;
+        let (index, mut failures) = self.load_index_lenient(keyring, only, None, usize::MAX).await?;
         match failures.pop() {
             Some((_, error)) => Err(error),
             None => Ok(index),
@@ -444,27 +455,34 @@ impl Repository {
     /// Loads what it can of the index objects (all, or the listed ones), returning the ones
     /// that failed beside it. With `packs`, only the chunks of those packs are kept: an index
     /// file also describes packs a snapshot does not use, and a restore needs only its own
-    /// (a repository's index grows with every night, a snapshot does not).
+    /// (a repository's index grows with every night, a snapshot does not). Past
+    /// `memory_entries` chunks the index goes to temporary files ([`ChunkIndex::with_budget`]).
     pub async fn load_index_lenient(
         &self,
         keyring: &Keyring,
         only: Option<&[ObjectRef]>,
         packs: Option<&[ObjectRef]>,
+        memory_entries: usize,
     ) -> Result<(ChunkIndex, Vec<(String, Error)>)> {
         let packs: Option<HashSet<&str>> = packs.map(|list| list.iter().map(|p| p.id.as_str()).collect());
         let keys: Vec<String> = match only {
             Some(list) => list.iter().map(|o| index_key(&o.id)).collect(),
             None => self.target.list("index").await?.into_iter().map(|(key, _)| key).collect(),
         };
-        let mut index = ChunkIndex::default();
+        let mut index = ChunkIndex::with_budget(memory_entries);
         let mut failures = Vec::new();
         for key in keys {
             match self.read_index(keyring, &key).await {
-                Ok(file) => index.add(key.trim_start_matches("index/"), file, packs.as_ref()),
+                Ok(file) => {
+                    index.add(key.trim_start_matches("index/"), file, packs.as_ref()).map_err(temporary_index)?;
+                }
                 Err(error) => failures.push((key, error)),
             }
         }
-        index.seal();
+        index.seal().map_err(temporary_index)?;
+        if index.is_on_disk() {
+            tracing::debug!(chunks = index.len(), "{}: index kept in a temporary file", self.target.location());
+        }
         Ok((index, failures))
     }
 
@@ -637,161 +655,6 @@ pub struct IndexFile {
     pub version: u32,
     /// Packs described.
     pub packs: Vec<PackRecord>,
-}
-
-/// One pack a chunk index knows of.
-#[derive(Debug, Clone)]
-pub struct PackEntry {
-    /// The pack.
-    pub pack: ObjectRef,
-    /// The dictionary its chunks need.
-    pub dictionary: Option<ObjectRef>,
-    /// The index object that describes it.
-    pub index_id: Arc<str>,
-}
-
-/// Where a chunk lies, compactly: the pack's number in the index, offset, lengths.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    pack: u32,
-    offset: u64,
-    length: u32,
-    raw_length: u32,
-    start: u32,
-}
-
-/// Where every known chunk is. Kept compact (40 bytes a chunk, in one sorted array): a backup
-/// holds the index of each target in memory, and a repository holds millions of chunks. A
-/// hash map took twice that, and three times while it grew. Chunk ids are keyed hashes, so
-/// evenly spread: a table of where each run of ids with the same leading bits starts (4 bytes
-/// for every 2 chunks) takes a lookup straight to the two or three entries to compare. Plain
-/// bisection through the array was a cache miss per step, 10% of a restore's CPU.
-#[derive(Debug, Default)]
-pub struct ChunkIndex {
-    /// Sorted by id, one entry per id (the first one added). Only [`ChunkIndex::add`] breaks
-    /// the order, and [`ChunkIndex::seal`] restores it before anyone looks.
-    chunks: Vec<(ChunkId, Slot)>,
-    /// `starts[b]` is where the ids whose leading `bits` bits are `b` start in `chunks`, and
-    /// `starts[b + 1]` where they end. Empty until sealed.
-    starts: Vec<u32>,
-    bits: u32,
-    packs: Vec<PackEntry>,
-    numbers: HashMap<String, u32>,
-}
-
-impl ChunkIndex {
-    /// Sorts what [`ChunkIndex::add`] appended; of several entries for one id, keeps the one
-    /// added first (the sort is stable). Then builds the table of runs.
-    fn seal(&mut self) {
-        self.chunks.sort_by_key(|entry| entry.0);
-        self.chunks.dedup_by(|later, earlier| later.0 == earlier.0);
-        self.chunks.shrink_to_fit();
-        self.bits = self.chunks.len().max(1).ilog2().saturating_sub(1).min(26);
-        let buckets = 1usize << self.bits;
-        let mut starts = Vec::with_capacity(buckets + 1);
-        let mut at = 0;
-        for bucket in 0..buckets {
-            while at < self.chunks.len() && Self::bucket(&self.chunks[at].0, self.bits) < bucket {
-                at += 1;
-            }
-            starts.push(u32::try_from(at).expect("fewer than 4 billion chunks"));
-        }
-        starts.push(u32::try_from(self.chunks.len()).expect("fewer than 4 billion chunks"));
-        self.starts = starts;
-    }
-
-    /// The leading `bits` bits of an id.
-    fn bucket(id: &ChunkId, bits: u32) -> usize {
-        let lead = u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"));
-        // `bits` is at most 26, so the shift leaves a value that fits.
-        usize::try_from(lead.checked_shr(64 - bits).unwrap_or(0)).expect("26 bits fit a usize")
-    }
-
-    /// Appends an index file's chunks (of the packs in `only`, when given); [`ChunkIndex::seal`]
-    /// must follow.
-    fn add(&mut self, index_id: &str, file: IndexFile, only: Option<&HashSet<&str>>) {
-        let index_id: Arc<str> = Arc::from(index_id);
-        for record in file.packs {
-            if only.is_some_and(|packs| !packs.contains(record.pack.id.as_str())) {
-                continue;
-            }
-            let number = *self.numbers.entry(record.pack.id.clone()).or_insert_with(|| {
-                self.packs.push(PackEntry {
-                    pack: record.pack.clone(),
-                    dictionary: record.dictionary.clone(),
-                    index_id: index_id.clone(),
-                });
-                u32::try_from(self.packs.len() - 1).expect("fewer than 4 billion packs")
-            });
-            self.chunks.extend(record.chunks.iter().map(|location| {
-                let slot = Slot {
-                    pack: number,
-                    offset: location.offset(),
-                    length: location.length(),
-                    raw_length: location.raw_length(),
-                    start: location.start(),
-                };
-                (location.chunk(), slot)
-            }));
-        }
-    }
-
-    fn slot(&self, id: &ChunkId) -> Option<&Slot> {
-        let run = match self.starts.get(Self::bucket(id, self.bits)..) {
-            Some([start, end, ..]) => &self.chunks[*start as usize..*end as usize],
-            _ => &self.chunks[..],
-        };
-        run.binary_search_by(|(known, _)| known.cmp(id)).ok().map(|found| &run[found].1)
-    }
-
-    /// Where a chunk is.
-    pub fn get(&self, id: &ChunkId) -> Option<(&PackEntry, ChunkLocation)> {
-        self.slot(id).map(|slot| {
-            let location = ChunkLocation::in_frame(*id, slot.offset, slot.length, slot.raw_length, slot.start);
-            (&self.packs[slot.pack as usize], location)
-        })
-    }
-
-    /// The number of the pack a chunk is in, for [`ChunkIndex::pack`].
-    pub fn pack_number(&self, id: &ChunkId) -> Option<u32> {
-        self.slot(id).map(|slot| slot.pack)
-    }
-
-    /// A pack by its number.
-    pub fn pack(&self, number: u32) -> &PackEntry {
-        &self.packs[number as usize]
-    }
-
-    /// How many packs it knows of (numbered from 0).
-    pub fn pack_count(&self) -> usize {
-        self.packs.len()
-    }
-
-    /// Whether the chunk is known.
-    pub fn contains(&self, id: &ChunkId) -> bool {
-        self.slot(id).is_some()
-    }
-
-    /// Every chunk with its pack.
-    pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, &PackEntry)> {
-        self.chunks.iter().map(|(id, slot)| (id, &self.packs[slot.pack as usize]))
-    }
-
-    /// Adds what `other` knows and this does not.
-    pub fn merge(&mut self, other: ChunkIndex) {
-        let mut renumbered = Vec::with_capacity(other.packs.len());
-        for entry in other.packs {
-            let number = *self.numbers.entry(entry.pack.id.clone()).or_insert_with(|| {
-                self.packs.push(entry);
-                u32::try_from(self.packs.len() - 1).expect("fewer than 4 billion packs")
-            });
-            renumbered.push(number);
-        }
-        self.chunks.extend(
-            other.chunks.into_iter().map(|(id, slot)| (id, Slot { pack: renumbered[slot.pack as usize], ..slot })),
-        );
-        self.seal();
-    }
 }
 
 /// A growing set of chunk ids (those a backup has sent to a target), exact and compact: the
@@ -1187,6 +1050,9 @@ pub struct StreamManifest {
     /// Its chunks, in order: filled by the backup, or by [`crate::fetch::expand_lists`].
     #[serde(skip)]
     pub chunks: Vec<ChunkId>,
+    /// Where a restore keeps its chunks instead, in a [`crate::fetch::ChunkSpool`].
+    #[serde(skip)]
+    pub spooled: std::ops::Range<u64>,
 }
 
 impl Default for StreamManifest {
@@ -1198,6 +1064,7 @@ impl Default for StreamManifest {
             list_levels: 1,
             inner_lists: Vec::new(),
             chunks: Vec::new(),
+            spooled: 0..0,
         }
     }
 }
@@ -1608,75 +1475,6 @@ mod tests {
         let error = result.unwrap_err().to_string();
         assert!(error.contains("fails its keyed hash"), "{error}");
         assert_eq!(out, b"kept");
-    }
-
-    #[test]
-    fn the_index_finds_every_chunk_and_keeps_the_first_location_of_a_duplicate() {
-        let id = |i: u32| ChunkId::from_stored(blake3::hash(&i.to_le_bytes()).as_bytes()).unwrap();
-        let file = |pack: &str, ids: std::ops::Range<u32>| IndexFile {
-            version: FORMAT_VERSION,
-            packs: vec![PackRecord {
-                pack: ObjectRef { id: pack.into(), size: 1 },
-                dictionary: None,
-                chunks: ids.map(|i| ChunkLocation::new(id(i), u64::from(i), 1, 1)).collect(),
-            }],
-        };
-        let mut index = ChunkIndex::default();
-        index.add("first", file("a", 0..1000), None);
-        index.add("second", file("b", 500..1500), None);
-        index.seal();
-        assert_eq!(index.iter().count(), 1500);
-        for i in 0..1500 {
-            let (entry, location) = index.get(&id(i)).unwrap();
-            assert_eq!(entry.pack.id, if i < 1000 { "a" } else { "b" }, "chunk {i}");
-            assert_eq!(location.offset(), u64::from(i));
-        }
-        assert!(!index.contains(&id(1500)));
-        let mut other = ChunkIndex::default();
-        other.add("third", file("c", 1400..2000), None);
-        other.seal();
-        index.merge(other);
-        assert_eq!(index.iter().count(), 2000);
-        // Only the chunks of the packs asked for (a restore asks for its snapshot's packs).
-        let mut only_b = ChunkIndex::default();
-        let wanted: HashSet<&str> = ["b"].into();
-        only_b.add("first", file("a", 0..1000), Some(&wanted));
-        only_b.add("second", file("b", 500..1500), Some(&wanted));
-        only_b.seal();
-        assert_eq!(only_b.iter().count(), 1000);
-        assert_eq!(only_b.get(&id(600)).unwrap().0.pack.id, "b");
-        assert!(!only_b.contains(&id(100)));
-        assert_eq!(index.get(&id(1450)).unwrap().0.pack.id, "b");
-        assert_eq!(index.get(&id(1999)).unwrap().0.pack.id, "c");
-    }
-
-    #[test]
-    fn the_index_finds_ids_at_both_ends_of_the_range_at_any_size() {
-        let record = |ids: &[ChunkId]| IndexFile {
-            version: FORMAT_VERSION,
-            packs: vec![PackRecord {
-                pack: ObjectRef { id: "p".into(), size: 1 },
-                dictionary: None,
-                chunks: ids.iter().map(|id| ChunkLocation::new(*id, 7, 1, 1)).collect(),
-            }],
-        };
-        let edges = [ChunkId([0; CHUNK_ID_BYTES]), ChunkId([0xff; CHUNK_ID_BYTES]), ChunkId([0x80; CHUNK_ID_BYTES])];
-        for size in [0u32, 1, 2, 3, 5, 100, 5000] {
-            let mut known = ids(0..size);
-            known.extend_from_slice(&edges);
-            let mut index = ChunkIndex::default();
-            index.add("i", record(&known), None);
-            index.seal();
-            for id in &known {
-                assert_eq!(index.get(id).map(|(_, location)| location.offset()), Some(7), "{size}: {id}");
-            }
-            for id in
-                ids(size..size + 50).iter().chain([&ChunkId([0xfe; CHUNK_ID_BYTES]), &ChunkId([1; CHUNK_ID_BYTES])])
-            {
-                assert!(!index.contains(id), "{size}: {id}");
-            }
-        }
-        assert!(!ChunkIndex::default().contains(&ChunkId([0; CHUNK_ID_BYTES])));
     }
 
     #[test]

@@ -370,3 +370,52 @@ fn a_large_backup_writes_its_index_in_parts_and_the_next_backup_reuses_them_all(
     work.restore(&repo, &again).ok();
     assert_same_database(&source, &again);
 }
+
+#[test]
+fn a_restore_with_its_index_on_disk_reads_a_missing_pack_from_the_other_target() {
+    // With --index-in-memory 50 every target's index is sorted on disk in runs of 50 entries,
+    // then merged, as a large snapshot's is; the chunk lists go to disk as always.
+    let source = TestDb::create("disk_index");
+    source.load_file(&fixture("examples/crm.sql"));
+    source.add_filler();
+    let work = Workspace::new();
+    let first = work.init_repo("first");
+    let second = work.path("second").to_str().unwrap().to_string();
+    work.run(&["init", "--copy-from", &first, "--repo", &second]).ok();
+    let both = ["--repo", first.as_str(), "--repo", second.as_str()];
+    let url = source.url();
+    let backup = |work: &Workspace| {
+        let mut args = vec!["backup", "--db", url.as_str()];
+        args.extend(both);
+        work.run(&args).ok();
+    };
+    backup(&work);
+    // A second night: the snapshot's chunks lie in both nights' packs and index files.
+    source.sql(
+        "UPDATE public.filler SET body = upper(body) WHERE id % 500 = 0; DELETE FROM crm.activities WHERE id % 7 = 0",
+    );
+    backup(&work);
+    let largest = |dir: &str| {
+        files_under(&work.path(dir)).into_iter().max_by_key(|f| std::fs::metadata(f).unwrap().len()).unwrap()
+    };
+    std::fs::remove_file(largest("first/data")).unwrap();
+
+    // The first target alone cannot restore; the database stays as it was.
+    let alone = TestDb::create("disk_index_alone");
+    let failed = work.restore_with(&first, &alone, &["--parallel", "--index-in-memory", "50"]);
+    assert_ne!(failed.code, 0, "{}", failed.stdout);
+    assert!(failed.stderr.contains("is missing from"), "{}", failed.stderr);
+    assert_eq!(failed.stderr.trim().lines().count(), 1, "{}", failed.stderr);
+    assert!(alone.is_empty());
+
+    // Both targets: the missing pack's chunks come from the second one, and the data is equal.
+    let restored = TestDb::create("disk_index_restored");
+    let mut args = vec!["restore", "--json", "--parallel", "--index-in-memory", "50"];
+    args.extend(both);
+    let (key, url) = (work.admin_key(), restored.url());
+    args.extend(["--identity", key.as_str(), "--db", url.as_str()]);
+    let report = work.run(&args).ok().json();
+    assert!(!report["sources"]["fallbacks"].as_array().unwrap().is_empty(), "{report}");
+    assert!(report["sources"]["served"][1][1].as_u64().unwrap() > 0, "{report}");
+    assert_same_database(&source, &restored);
+}

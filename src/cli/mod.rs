@@ -118,6 +118,10 @@ enum Command {
         /// incomplete (schema crmvault_incomplete_restore) until `restore --clean` replaces it.
         #[arg(long)]
         parallel: bool,
+        /// Index entries kept in memory per target before the index goes to a temporary file
+        /// (for tests).
+        #[arg(long, hide = true, default_value_t = restore::INDEX_IN_MEMORY)]
+        index_in_memory: usize,
         /// `latest` or a snapshot id (a unique prefix of at least 4 digits).
         #[arg(default_value = "latest")]
         snapshot: String,
@@ -369,7 +373,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             output::snapshots(json, &snapshots::merge(lists), &repo.repos);
         }
-        Command::Restore { repo, identity, db, jobs, clean, parallel, snapshot } => {
+        Command::Restore { repo, identity, db, jobs, clean, parallel, index_in_memory, snapshot } => {
             let started = Instant::now();
             let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             for (location, error) in &unavailable {
@@ -386,6 +390,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 jobs: jobs.max(1),
                 existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
                 parallel,
+                index_in_memory,
             };
             let report = restore::run(&repositories, &keyring, &options).await.map_err(|error| {
                 let outcome = match error {

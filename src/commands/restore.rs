@@ -18,11 +18,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
 
-use crate::crypto::{ChunkId, MacKey};
+use crate::crypto::MacKey;
 use crate::error::{Error, Result};
-use crate::fetch::{ChunkReader, ReadStats, Source};
+use crate::fetch::{ChunkReader, ChunkSpool, ReadStats, Source};
 use crate::repo::{self, Keyring, Manifest, Repository, StreamManifest, TableManifest};
 use crate::source::script::{Entry, Script, Step, TableName};
 use crate::source::{self, Database};
@@ -49,7 +49,15 @@ pub struct RestoreOptions {
     pub existing: ExistingContents,
     /// Load tables on `jobs` connections at once instead of in one transaction.
     pub parallel: bool,
+    /// Index entries kept in memory per target; past that the index is a temporary file
+    /// ([`INDEX_IN_MEMORY`] by default).
+    pub index_in_memory: usize,
 }
+
+/// Index entries a restore keeps in memory per target (2.5 MiB); a larger snapshot's index
+/// goes to a temporary file, as its chunk lists do ([`ChunkSpool`]), so that what a restore
+/// holds does not grow with the snapshot (docs/OPERATIONS.md, "Memory and temporary files").
+pub const INDEX_IN_MEMORY: usize = 1 << 16;
 
 /// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -106,6 +114,7 @@ pub async fn open_snapshot(
     repositories: &[Repository],
     keyring: &Keyring,
     snapshot_id: &str,
+    index_in_memory: usize,
 ) -> Result<(Manifest, Vec<Source>)> {
     let mut manifest = None;
     let mut sources = Vec::new();
@@ -142,7 +151,7 @@ pub async fn open_snapshot(
             Some((indexes, packs)) => (Some(indexes.as_slice()), Some(packs.as_slice())),
             None => (None, None),
         };
-        let (index, failures) = repository.load_index_lenient(keyring, indexes, packs).await?;
+        let (index, failures) = repository.load_index_lenient(keyring, indexes, packs, index_in_memory).await?;
         for (key, error) in failures {
             tracing::warn!("{}: {key}: {error}", repository.target.location());
             first_error.get_or_insert(error);
@@ -159,17 +168,14 @@ pub async fn open_snapshot(
 /// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
 pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
     let snapshot_id = resolve_snapshot(repositories, &options.snapshot).await?;
-    let (mut manifest, sources) = open_snapshot(repositories, keyring, &snapshot_id).await?;
+    let (mut manifest, sources) = open_snapshot(repositories, keyring, &snapshot_id, options.index_in_memory).await?;
     let reader = Arc::new(ChunkReader::with_sources(sources, keyring.clone(), options.jobs * 2 + 2));
-    crate::fetch::expand_lists(&mut manifest, &reader).await?;
-    // Every chunk must be findable before the database is touched.
-    for id in manifest.all_chunks() {
-        reader.locate(id)?;
-    }
+    let spool = spool_chunks(&reader, &mut manifest).await?;
     let mac_key = keyring.mac_key();
     let jobs = options.jobs.max(1);
-    let pre_data = read_stream(&reader, &mac_key, "schema (pre-data)", &manifest.pre_data, jobs).await?;
-    let post_data = read_stream(&reader, &mac_key, "schema (post-data)", &manifest.post_data, jobs).await?;
+    let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs };
+    let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
+    let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
 
     let client = options.database.connect().await?;
     let mut clean = false;
@@ -186,28 +192,101 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
         }
         clean = true;
     }
-    let load = Load { client: &client, reader: &reader, mac_key: &mac_key, manifest: &manifest, jobs };
+    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs };
     let rows = if options.parallel {
         load.in_parallel(&options.database, clean, &pre_data, &post_data, &snapshot_id).await?
     } else {
         load.in_one_transaction(clean, &pre_data, &post_data).await?
     };
+    let sources = reader.stats();
     Ok(RestoreReport {
         snapshot_id,
         tables: manifest.tables.len(),
         rows,
         bytes: manifest.tables.iter().map(|t| t.data.bytes).sum(),
-        chunks: manifest.all_chunks().count(),
-        sources: reader.stats(),
+        chunks: sources.served.iter().map(|(_, served)| served).sum(),
+        sources,
         parallel: options.parallel,
     })
+}
+
+/// Expands every stream's lists, checks that every chunk is in some source's index (all before
+/// the database is touched), and spools the ids, setting each stream's `spooled`.
+async fn spool_chunks(reader: &ChunkReader, manifest: &mut Manifest) -> Result<ChunkSpool> {
+    let mut spool = ChunkSpool::new()?;
+    let version = manifest.version;
+    for stream in manifest.streams_mut() {
+        let ids = crate::fetch::stream_chunk_ids(reader, stream, version);
+        let spooled = spool.write(reader, ids).await?;
+        stream.spooled = spooled;
+    }
+    Ok(spool)
+}
+
+/// What reading a snapshot's streams needs.
+struct Streams<'a> {
+    reader: &'a Arc<ChunkReader>,
+    spool: &'a ChunkSpool,
+    mac_key: &'a MacKey,
+    jobs: usize,
+}
+
+impl Streams<'_> {
+    /// Proven plaintext of a stream, in order, in runs ([`ChunkSpool::runs`]), `jobs` × 2 runs
+    /// decoded ahead.
+    fn chunks<'s>(&'s self, stream: &StreamManifest) -> impl Stream<Item = Result<Vec<u8>>> + 's {
+        let reader = self.reader;
+        self.spool
+            .runs(stream.spooled.clone())
+            .map_ok(move |run| async move { reader.read_located(&run).await })
+            .try_buffered(self.jobs * 2)
+    }
+
+    /// Reads a whole (small) stream and checks its digest.
+    async fn read(&self, label: &str, stream: &StreamManifest) -> Result<Vec<u8>> {
+        let mut digest = self.mac_key.hasher();
+        let mut bytes = Vec::with_capacity(usize::try_from(stream.bytes).unwrap_or(0));
+        let chunks = self.chunks(stream);
+        futures::pin_mut!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            digest.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        check_digest(label, stream, &digest)?;
+        Ok(bytes)
+    }
+
+    /// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
+    async fn load(&self, client: &tokio_postgres::Client, sql: &str, table: &TableManifest) -> Result<u64> {
+        let label = format!("{}.{}", table.schema, table.name);
+        let sink = client.copy_in::<_, Bytes>(sql).await?;
+        futures::pin_mut!(sink);
+        let mut digest = self.mac_key.hasher();
+        let chunks = self.chunks(&table.data);
+        futures::pin_mut!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            digest.update(&chunk);
+            sink.send(Bytes::from(chunk)).await?;
+        }
+        check_digest(&label, &table.data, &digest)?;
+        let loaded = sink.as_mut().finish().await?;
+        if loaded != table.rows {
+            return Err(Error::RestoreMismatch {
+                table: label,
+                detail: format!("loaded {loaded} rows, the snapshot has {}", table.rows),
+            });
+        }
+        tracing::debug!(table = %label, rows = loaded, "table restored");
+        Ok(loaded)
+    }
 }
 
 /// What loading a snapshot into the target needs.
 struct Load<'a> {
     client: &'a tokio_postgres::Client,
-    reader: &'a Arc<ChunkReader>,
-    mac_key: &'a MacKey,
+    streams: &'a Streams<'a>,
     manifest: &'a Manifest,
     jobs: usize,
 }
@@ -226,7 +305,7 @@ impl Load<'_> {
         let mut rows = 0;
         for table in &self.manifest.tables {
             let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
-            rows += load_stream(client, self.reader, self.mac_key, &sql, table, self.jobs).await?;
+            rows += self.streams.load(client, &sql, table).await?;
         }
         self.finish(post_data).await?;
         client.batch_execute("COMMIT").await?;
@@ -382,7 +461,7 @@ impl Load<'_> {
         let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
         let loaded = async {
             client.batch_execute(&format!("BEGIN; TRUNCATE ONLY {name}")).await?;
-            let rows = load_stream(client, self.reader, self.mac_key, &sql, table, self.jobs).await?;
+            let rows = self.streams.load(client, &sql, table).await?;
             client.batch_execute("COMMIT").await?;
             Ok(rows)
         };
@@ -532,8 +611,7 @@ impl Load<'_> {
         let client = self.client;
         if let Some(large_objects) = &self.manifest.large_objects {
             client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
-            load_stream(client, self.reader, self.mac_key, source::LARGE_OBJECTS_COPY_IN, large_objects, self.jobs)
-                .await?;
+            self.streams.load(client, source::LARGE_OBJECTS_COPY_IN, large_objects).await?;
             client.batch_execute(source::LARGE_OBJECTS_WRITE).await?;
         }
         for sequence in &self.manifest.sequences {
@@ -646,71 +724,8 @@ async fn run_entry(client: &tokio_postgres::Client, entry: &Entry<'_>) -> Result
     }
 }
 
-/// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
-async fn load_stream(
-    client: &tokio_postgres::Client,
-    reader: &Arc<ChunkReader>,
-    mac_key: &MacKey,
-    sql: &str,
-    table: &TableManifest,
-    jobs: usize,
-) -> Result<u64> {
-    let label = format!("{}.{}", table.schema, table.name);
-    let sink = client.copy_in::<_, Bytes>(sql).await?;
-    futures::pin_mut!(sink);
-    let mut digest = mac_key.hasher();
-    let chunks = chunk_stream(reader, &table.data.chunks, jobs);
-    futures::pin_mut!(chunks);
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        digest.update(&chunk);
-        sink.send(Bytes::from(chunk)).await?;
-    }
-    check_digest(&label, &table.data, &digest)?;
-    let loaded = sink.as_mut().finish().await?;
-    if loaded != table.rows {
-        return Err(Error::RestoreMismatch {
-            table: label,
-            detail: format!("loaded {loaded} rows, the snapshot has {}", table.rows),
-        });
-    }
-    tracing::debug!(table = %label, rows = loaded, "table restored");
-    Ok(loaded)
-}
-
 /// How long a `--parallel` loading connection waits for a lock before giving up.
 const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Proven plaintext of a stream, in order, in runs ([`ChunkReader::runs`]), `jobs` × 2 runs
-/// decoded ahead.
-pub fn chunk_stream<'a>(
-    reader: &'a Arc<ChunkReader>,
-    chunks: &'a [ChunkId],
-    jobs: usize,
-) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
-    futures::stream::iter(reader.runs(chunks)).map(move |run| reader.read_run(run)).buffered(jobs * 2)
-}
-
-/// Reads a whole (small) stream and checks its digest.
-pub async fn read_stream(
-    reader: &Arc<ChunkReader>,
-    mac_key: &MacKey,
-    label: &str,
-    stream: &StreamManifest,
-    jobs: usize,
-) -> Result<Vec<u8>> {
-    let mut digest = mac_key.hasher();
-    let mut bytes = Vec::with_capacity(usize::try_from(stream.bytes).unwrap_or(0));
-    let chunks = chunk_stream(reader, &stream.chunks, jobs);
-    futures::pin_mut!(chunks);
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        digest.update(&chunk);
-        bytes.extend_from_slice(&chunk);
-    }
-    check_digest(label, stream, &digest)?;
-    Ok(bytes)
-}
 
 fn check_digest(label: &str, stream: &StreamManifest, digest: &blake3::Hasher) -> Result<()> {
     if digest.finalize().to_hex().as_str() != stream.digest {

@@ -193,7 +193,7 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
                 )),
             }
         }
-        index.merge(snapshot_index);
+        index.merge(&snapshot_index).map_err(|e| repo::temporary_file_error("chunk index", e))?;
     }
 
     if depth == Depth::ReadData {
