@@ -28,6 +28,12 @@ mod index_codec;
 
 pub use chunk_index::{ChunkIndex, PackEntry};
 
+/// Index entries a backup or restore keeps in memory per target (2.5 MiB); past that a
+/// target's index is a temporary file ([`ChunkIndex::with_budget`]), so that their memory does
+/// not grow with the repository or the snapshot (docs/OPERATIONS.md, "Memory and temporary
+/// files").
+pub const INDEX_IN_MEMORY: usize = 1 << 16;
+
 /// An I/O error of a temporary file (a large index's, a restore's chunk lists), naming where.
 pub fn temporary_file_error(what: &str, error: std::io::Error) -> Error {
     Error::io(std::env::temp_dir().join(format!("(temporary {what})")), error)

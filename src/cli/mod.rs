@@ -86,6 +86,10 @@ enum Command {
         /// New chunks per index file and per generation of the sent set (for tuning and tests).
         #[arg(long, hide = true, default_value_t = backup::INDEX_CHUNKS)]
         index_chunks: usize,
+        /// Index entries kept in memory per target before the index goes to a temporary file
+        /// (for tests).
+        #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
+        index_in_memory: usize,
     },
     /// List snapshots (tables and row counts where the writer key or --identity is at hand).
     Snapshots {
@@ -120,7 +124,7 @@ enum Command {
         parallel: bool,
         /// Index entries kept in memory per target before the index goes to a temporary file
         /// (for tests).
-        #[arg(long, hide = true, default_value_t = restore::INDEX_IN_MEMORY)]
+        #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
         index_in_memory: usize,
         /// `latest` or a snapshot id (a unique prefix of at least 4 digits).
         #[arg(default_value = "latest")]
@@ -324,7 +328,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             output::init(json, &report);
         }
-        Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks } => {
+        Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks, index_in_memory } => {
             let started = Instant::now();
             let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             let config_dir = config_dir()?;
@@ -341,6 +345,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 pg_dump,
                 hostname: hostname(),
                 index_chunks,
+                index_in_memory,
             };
             let progress = output::Progress::start(json, "reading");
             let result = backup::run(&repositories, &keyring, &options, progress.callback()).await;

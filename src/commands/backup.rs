@@ -53,6 +53,9 @@ pub struct BackupOptions {
     /// New chunks per index file ([`INDEX_CHUNKS`] unless tuning or testing), and per
     /// generation of the chunks a backup remembers sending ([`SentChunks`]).
     pub index_chunks: usize,
+    /// Entries of a target's index kept in memory; past that the index is a temporary file
+    /// ([`repo::INDEX_IN_MEMORY`] unless testing).
+    pub index_in_memory: usize,
 }
 
 /// Called with the number of bytes just read from the database.
@@ -670,8 +673,11 @@ struct TargetState<'a> {
 
 impl<'a> TargetState<'a> {
     /// Learns which chunks a target holds: those whose pack is present with the right size.
-    async fn survey(repository: &'a Repository, keyring: &Keyring) -> Result<TargetState<'a>> {
-        let index = repository.load_index(keyring, None).await?;
+    async fn survey(repository: &'a Repository, keyring: &Keyring, in_memory: usize) -> Result<TargetState<'a>> {
+        let (index, mut failures) = repository.load_index_lenient(keyring, None, None, in_memory).await?;
+        if let Some((_, error)) = failures.pop() {
+            return Err(error);
+        }
         let present_packs: HashMap<String, u64> = repository
             .target
             .list("data")
@@ -715,7 +721,7 @@ pub async fn run(
 
     let mut states = Vec::new();
     for repository in repositories {
-        match TargetState::survey(repository, keyring).await {
+        match TargetState::survey(repository, keyring, options.index_in_memory).await {
             Ok(state) => states.push(state),
             Err(error) => {
                 tracing::warn!("{}: {error}", repository.target.location());

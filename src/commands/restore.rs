@@ -49,15 +49,10 @@ pub struct RestoreOptions {
     pub existing: ExistingContents,
     /// Load tables on `jobs` connections at once instead of in one transaction.
     pub parallel: bool,
-    /// Index entries kept in memory per target; past that the index is a temporary file
-    /// ([`INDEX_IN_MEMORY`] by default).
+    /// Index entries kept in memory per target; past that the index is a temporary file, as
+    /// the chunk lists always are ([`ChunkSpool`]). [`repo::INDEX_IN_MEMORY`] unless testing.
     pub index_in_memory: usize,
 }
-
-/// Index entries a restore keeps in memory per target (2.5 MiB); a larger snapshot's index
-/// goes to a temporary file, as its chunk lists do ([`ChunkSpool`]), so that what a restore
-/// holds does not grow with the snapshot (docs/OPERATIONS.md, "Memory and temporary files").
-pub const INDEX_IN_MEMORY: usize = 1 << 16;
 
 /// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
