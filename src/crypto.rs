@@ -220,7 +220,25 @@ pub fn read_identity_file(path: &Path) -> Result<Vec<age::x25519::Identity>> {
     if identities.is_empty() {
         return Err(Error::BadKey(format!("{} holds no age identity", path.display())));
     }
+    warn_if_others_can_read(path);
     Ok(identities)
+}
+
+/// A secret key file that others may read is used (a key on a FAT stick has no modes to fix),
+/// but said so, once per read, with the fix.
+fn warn_if_others_can_read(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path) {
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{} holds a secret key but its mode {:o} lets others read it; run chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
 }
 
 /// Encrypts `plaintext` to every recipient.

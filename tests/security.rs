@@ -59,6 +59,15 @@ fn storage_holds_nothing_readable_and_the_backup_host_needs_no_admin_key() {
     assert_eq!(writer_keys.len(), 1);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&writer_keys[0]).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
+    // A writer key others could read still works, with a warning that says how to fix it.
+    let quiet = host.run(&["snapshots", "--repo", &repo]).ok();
+    assert!(!quiet.stderr.contains("chmod"), "{}", quiet.stderr);
+    std::fs::set_permissions(&writer_keys[0], std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let warned = host.run(&["snapshots", "--repo", &repo]).ok();
+    let expected = format!("mode 644 lets others read it; run chmod 600 {}", writer_keys[0].display());
+    assert!(warned.stderr.contains(&expected), "{}", warned.stderr);
+    assert!(!warned.stderr.contains("AGE-SECRET-KEY"), "{}", warned.stderr);
+    std::fs::set_permissions(&writer_keys[0], std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let target = TestDb::create("leak_target");
     host.run(&["restore", "--repo", &repo, "--identity", writer_keys[0].to_str().unwrap(), "--db", &target.url()])
         .fails_with(1, "not a recipient");
