@@ -43,10 +43,16 @@ results=$work/results.tsv
 
 sql() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$server/$1" -c "$2"; }
 
-# measure NAME BYTES_FILE_OR_- COMMAND...: wall seconds and peak RSS (largest process) of COMMAND.
+# measure NAME COMMAND...: wall seconds and peak RSS (largest process) of COMMAND. Each starts
+# with nothing left to write back: dirty pages of what ran before (a dump, a repository just
+# removed, the generated tables) otherwise reach the disk during the next command, and slow
+# whichever one waits for the disk (a backup syncs every pack it writes; the floor waits for
+# nothing).
 measure() {
     local name=$1
     shift
+    sync
+    sql postgres "CHECKPOINT"
     /usr/bin/time -f "%e %M" -o "$work/time.$name" "$@"
     read -r seconds rss <"$work/time.$name"
     printf '%s\t%s\t%s\n' "$name" "$seconds" "$rss" >>"$results"
