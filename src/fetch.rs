@@ -15,9 +15,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use crate::compress::DecompressionDictionary;
-use crate::crypto::{CHUNK_ID_BYTES, ChunkId};
+use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef, StreamManifest};
+use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef, StreamManifest, chunk_index};
 use crate::target::Target;
 
 /// Chunks decoded together (about 256 KiB at the default chunk size), at least: one hop to a
@@ -462,8 +462,9 @@ pub struct ChunkSpool {
     len: u64,
 }
 
-/// Bytes of a chunk in a [`ChunkSpool`]: id, source, pack, offset, length, raw length, start.
-const SPOOLED_BYTES: usize = CHUNK_ID_BYTES + 4 + 4 + 8 + 4 + 4 + 4;
+/// Bytes of a chunk in a [`ChunkSpool`]: the source's number, then the chunk's entry as an
+/// index on disk holds it.
+const SPOOLED_BYTES: usize = 4 + chunk_index::ENTRY_BYTES;
 
 /// Chunks read back from a [`ChunkSpool`] at a time (176 KiB).
 const SPOOL_BLOCK: usize = 4096;
@@ -472,45 +473,24 @@ fn spool_error(error: std::io::Error) -> Error {
     repo::temporary_file_error("chunk lists", error)
 }
 
-fn encode_spooled(id: &ChunkId, found: &Found) -> [u8; SPOOLED_BYTES] {
-    let location = &found.location;
-    let source = u32::try_from(found.source).expect("fewer than 4 billion targets");
+fn encode_spooled(found: &Found) -> [u8; SPOOLED_BYTES] {
     let mut bytes = [0; SPOOLED_BYTES];
-    bytes[..CHUNK_ID_BYTES].copy_from_slice(&id.0);
-    let rest = &mut bytes[CHUNK_ID_BYTES..];
-    rest[..4].copy_from_slice(&source.to_le_bytes());
-    rest[4..8].copy_from_slice(&found.pack.to_le_bytes());
-    rest[8..16].copy_from_slice(&location.offset().to_le_bytes());
-    rest[16..20].copy_from_slice(&location.length().to_le_bytes());
-    rest[20..24].copy_from_slice(&location.raw_length().to_le_bytes());
-    rest[24..28].copy_from_slice(&location.start().to_le_bytes());
+    let source = u32::try_from(found.source).expect("fewer than 4 billion targets");
+    bytes[..4].copy_from_slice(&source.to_le_bytes());
+    chunk_index::encode_location(found.pack, &found.location, &mut bytes[4..]);
     bytes
 }
 
 fn decode_spooled(bytes: &[u8]) -> (ChunkId, Found) {
-    let id = ChunkId(bytes[..CHUNK_ID_BYTES].try_into().expect("an id's bytes"));
-    let field = |at: usize| {
-        u32::from_le_bytes(bytes[CHUNK_ID_BYTES + at..CHUNK_ID_BYTES + at + 4].try_into().expect("4 bytes"))
-    };
-    let offset = u64::from_le_bytes(bytes[CHUNK_ID_BYTES + 8..CHUNK_ID_BYTES + 16].try_into().expect("8 bytes"));
-    let location = ChunkLocation::in_frame(id, offset, field(16), field(20), field(24));
-    (id, Found { source: field(0) as usize, pack: field(4), location })
+    let source = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    let (pack, location) = chunk_index::decode_location(&bytes[4..]);
+    (location.chunk(), Found { source, pack, location })
 }
 
 impl ChunkSpool {
     /// An empty spool, in `TMPDIR`.
     pub fn new() -> Result<ChunkSpool> {
         Ok(ChunkSpool { file: tempfile::tempfile().map_err(spool_error)?, len: 0 })
-    }
-
-    /// Chunks written.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True when it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Writes the chunks of `ids` at the end, each with where the first of `reader`'s sources
@@ -528,7 +508,7 @@ impl ChunkSpool {
         while let Some(id) = ids.next().await {
             let id = id?;
             let found = reader.find(&id).ok_or_else(|| reader.missing(&id))?;
-            out.write_all(&encode_spooled(&id, &found)).map_err(spool_error)?;
+            out.write_all(&encode_spooled(&found)).map_err(spool_error)?;
             self.len += 1;
         }
         out.flush().map_err(spool_error)?;

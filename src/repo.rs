@@ -23,7 +23,7 @@ use crate::crypto::{self, CHUNK_ID_BYTES, ChunkId, ChunkIdKey, DecryptFailure, M
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
-mod chunk_index;
+pub mod chunk_index;
 mod index_codec;
 
 pub use chunk_index::{ChunkIndex, PackEntry};

@@ -383,19 +383,14 @@ fn a_restore_with_its_index_on_disk_reads_a_missing_pack_from_the_other_target()
     let first = work.init_repo("first");
     let second = work.path("second").to_str().unwrap().to_string();
     work.run(&["init", "--copy-from", &first, "--repo", &second]).ok();
-    let both = ["--repo", first.as_str(), "--repo", second.as_str()];
     let url = source.url();
-    let backup = |work: &Workspace| {
-        let mut args = vec!["backup", "--db", url.as_str()];
-        args.extend(both);
-        work.run(&args).ok();
-    };
-    backup(&work);
+    let backup = || work.run(&["backup", "--db", &url, "--repo", &first, "--repo", &second]).ok();
+    backup();
     // A second night: the snapshot's chunks lie in both nights' packs and index files.
     source.sql(
         "UPDATE public.filler SET body = upper(body) WHERE id % 500 = 0; DELETE FROM crm.activities WHERE id % 7 = 0",
     );
-    backup(&work);
+    backup();
     let largest = |dir: &str| {
         files_under(&work.path(dir)).into_iter().max_by_key(|f| std::fs::metadata(f).unwrap().len()).unwrap()
     };
@@ -411,11 +406,8 @@ fn a_restore_with_its_index_on_disk_reads_a_missing_pack_from_the_other_target()
 
     // Both targets: the missing pack's chunks come from the second one, and the data is equal.
     let restored = TestDb::create("disk_index_restored");
-    let mut args = vec!["restore", "--json", "--parallel", "--index-in-memory", "50"];
-    args.extend(both);
-    let (key, url) = (work.admin_key(), restored.url());
-    args.extend(["--identity", key.as_str(), "--db", url.as_str()]);
-    let report = work.run(&args).ok().json();
+    let options = ["--json", "--parallel", "--index-in-memory", "50", "--repo", &second];
+    let report = work.restore_with(&first, &restored, &options).ok().json();
     assert!(!report["sources"]["fallbacks"].as_array().unwrap().is_empty(), "{report}");
     assert!(report["sources"]["served"][1][1].as_u64().unwrap() > 0, "{report}");
     assert_same_database(&source, &restored);

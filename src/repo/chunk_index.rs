@@ -38,9 +38,21 @@ struct Slot {
     start: u32,
 }
 
-/// An entry as a temporary file holds it: id, pack number, offset, length, raw length, start
-/// (little-endian).
-const ENTRY_BYTES: usize = CHUNK_ID_BYTES + 4 + 8 + 4 + 4 + 4;
+impl Slot {
+    fn new(pack: u32, location: &ChunkLocation) -> Slot {
+        let (offset, length, raw_length, start) =
+            (location.offset(), location.length(), location.raw_length(), location.start());
+        Slot { pack, offset, length, raw_length, start }
+    }
+
+    fn location(self, id: ChunkId) -> ChunkLocation {
+        ChunkLocation::in_frame(id, self.offset, self.length, self.raw_length, self.start)
+    }
+}
+
+/// Bytes of an entry as a temporary file holds it ([`encode_location`]): id, pack number,
+/// offset, length, raw length, start (little-endian).
+pub const ENTRY_BYTES: usize = CHUNK_ID_BYTES + 4 + 8 + 4 + 4 + 4;
 
 type Entry = (ChunkId, Slot);
 
@@ -61,6 +73,24 @@ fn decode(bytes: &[u8]) -> Entry {
     let at = CHUNK_ID_BYTES;
     let offset = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8 bytes"));
     (id, Slot { pack: field(at), offset, length: field(at + 12), raw_length: field(at + 16), start: field(at + 20) })
+}
+
+/// Writes a chunk's location in pack number `pack` into `out` ([`ENTRY_BYTES`]), as an index on
+/// disk holds it (a restore's chunk spool too).
+pub fn encode_location(pack: u32, location: &ChunkLocation, out: &mut [u8]) {
+    encode(&(location.chunk(), Slot::new(pack, location)), out);
+}
+
+/// Reads what [`encode_location`] wrote.
+pub fn decode_location(bytes: &[u8]) -> (u32, ChunkLocation) {
+    let (id, slot) = decode(bytes);
+    (slot.pack, slot.location(id))
+}
+
+/// Sorts entries by id and keeps the first of several for one id (the sort is stable).
+fn sort_keeping_first(entries: &mut Vec<Entry>) {
+    entries.sort_by_key(|entry| entry.0);
+    entries.dedup_by(|later, earlier| later.0 == earlier.0);
 }
 
 /// The sorted entries, one per id (the first one added).
@@ -229,8 +259,7 @@ impl ChunkIndex {
             Some(spill) => spill,
             None => self.spill.insert(Spill { file: tempfile::tempfile()?, runs: Vec::new(), end: 0 }),
         };
-        self.added.sort_by_key(|entry| entry.0);
-        self.added.dedup_by(|later, earlier| later.0 == earlier.0);
+        sort_keeping_first(&mut self.added);
         let mut out = BufWriter::with_capacity(1 << 16, &spill.file);
         let mut bytes = [0; ENTRY_BYTES];
         for entry in &self.added {
@@ -254,8 +283,7 @@ impl ChunkIndex {
                 Entries::File { .. } => unreachable!("an index on disk was built with a spill file"),
             };
             entries.append(&mut self.added);
-            entries.sort_by_key(|entry| entry.0);
-            entries.dedup_by(|later, earlier| later.0 == earlier.0);
+            sort_keeping_first(&mut entries);
             entries.shrink_to_fit();
             self.added = Vec::new();
             let mut starts = Starts::new(entries.len(), 1);
@@ -322,14 +350,7 @@ impl ChunkIndex {
                 u32::try_from(self.packs.len() - 1).expect("fewer than 4 billion packs")
             });
             for location in &record.chunks {
-                let slot = Slot {
-                    pack: number,
-                    offset: location.offset(),
-                    length: location.length(),
-                    raw_length: location.raw_length(),
-                    start: location.start(),
-                };
-                self.push((location.chunk(), slot))?;
+                self.push((location.chunk(), Slot::new(number, location)))?;
             }
         }
         Ok(())
@@ -387,9 +408,7 @@ impl ChunkIndex {
 
     /// Where a chunk is, with the number of its pack ([`ChunkIndex::pack`]).
     pub fn find(&self, id: &ChunkId) -> Option<(u32, ChunkLocation)> {
-        self.slot(id).map(|slot| {
-            (slot.pack, ChunkLocation::in_frame(*id, slot.offset, slot.length, slot.raw_length, slot.start))
-        })
+        self.slot(id).map(|slot| (slot.pack, slot.location(*id)))
     }
 
     /// The number of the pack a chunk is in, for [`ChunkIndex::pack`].
@@ -414,12 +433,16 @@ impl ChunkIndex {
 
     /// Calls `each` with every chunk and its pack, in the order of their ids.
     pub fn for_each(&self, mut each: impl FnMut(&ChunkId, &PackEntry)) -> io::Result<()> {
-        self.for_each_entry(|(id, slot)| each(&id, &self.packs[slot.pack as usize]))
+        self.try_for_each_entry(|(id, slot)| {
+            each(&id, &self.packs[slot.pack as usize]);
+            Ok(())
+        })
     }
 
-    fn for_each_entry(&self, mut each: impl FnMut(Entry)) -> io::Result<()> {
+    /// Calls `each` with every entry in order, until it fails.
+    fn try_for_each_entry(&self, mut each: impl FnMut(Entry) -> io::Result<()>) -> io::Result<()> {
         match &self.entries {
-            Entries::Memory(entries) => entries.iter().for_each(|entry| each(*entry)),
+            Entries::Memory(entries) => entries.iter().try_for_each(|entry| each(*entry)),
             Entries::File { file, len } => {
                 let mut block = Vec::new();
                 let mut at = 0;
@@ -427,12 +450,12 @@ impl ChunkIndex {
                     let entries = (*len - at).min(4096);
                     block.resize(entries * ENTRY_BYTES, 0);
                     file.read_exact_at(&mut block, (at * ENTRY_BYTES) as u64)?;
-                    block.chunks_exact(ENTRY_BYTES).for_each(|bytes| each(decode(bytes)));
+                    block.chunks_exact(ENTRY_BYTES).try_for_each(|bytes| each(decode(bytes)))?;
                     at += entries;
                 }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Adds what `other` knows and this does not.
@@ -449,20 +472,9 @@ impl ChunkIndex {
         // other's entries.
         let mine = std::mem::replace(&mut self.entries, Entries::Memory(Vec::new()));
         let holder = ChunkIndex { entries: mine, ..ChunkIndex::with_budget(1) };
-        let mut result = Ok(());
-        holder.for_each_entry(|entry| {
-            if result.is_ok() {
-                result = self.push(entry);
-            }
-        })?;
-        result?;
-        let mut result = Ok(());
-        other.for_each_entry(|(id, slot)| {
-            if result.is_ok() {
-                result = self.push((id, Slot { pack: renumbered[slot.pack as usize], ..slot }));
-            }
-        })?;
-        result?;
+        holder.try_for_each_entry(|entry| self.push(entry))?;
+        other
+            .try_for_each_entry(|(id, slot)| self.push((id, Slot { pack: renumbered[slot.pack as usize], ..slot })))?;
         self.seal()
     }
 }
