@@ -7,6 +7,8 @@
 //! (1.06×; one dictionary shared by all tables: 1.16×). It is stored encrypted to the admins like data (`dicts/<hash>`), and the backup host
 //! forgets it when the backup ends, so it never holds data of an earlier night.
 
+pub mod bytea;
+
 use std::cell::RefCell;
 use std::ptr::NonNull;
 
@@ -40,18 +42,22 @@ pub enum DictionarySize {
 }
 
 /// Trains a dictionary from sample chunks, or `None` when there is too little to learn from.
-/// The dictionary is at most a 32nd of the samples (a 16th from [`LARGE_SAMPLES`] on, for a
+/// It learns from them as frames hold them, packed ([`bytea::pack`]). The dictionary is at
+/// most a 32nd of the packed samples (a 16th from [`LARGE_SAMPLES`] on, for a
 /// [`DictionarySize::Full`] one), so a small increment does not pay for a large dictionary.
 pub fn train<S: AsRef<[u8]>>(samples: &[S], level: i32, size: DictionarySize) -> Option<Vec<u8>> {
-    let total: usize = samples.iter().map(|s| s.as_ref().len()).sum();
-    if total < MIN_TRAINING_BYTES || samples.len() < 16 {
+    let text: usize = samples.iter().map(|s| s.as_ref().len()).sum();
+    if text < MIN_TRAINING_BYTES || samples.len() < 16 {
         return None;
     }
-    let sizes: Vec<usize> = samples.iter().map(|s| s.as_ref().len()).collect();
-    let mut flat = Vec::with_capacity(total);
+    let mut flat = Vec::with_capacity(text);
+    let mut sizes = Vec::with_capacity(samples.len());
     for sample in samples {
-        flat.extend_from_slice(sample.as_ref());
+        let before = flat.len();
+        bytea::pack(sample.as_ref(), &mut flat);
+        sizes.push(flat.len() - before);
     }
+    let total = flat.len();
     let (share, largest) = match size {
         DictionarySize::Full if total >= LARGE_SAMPLES => (16, DICTIONARY_BYTES),
         DictionarySize::Full => (32, DICTIONARY_BYTES),
@@ -394,6 +400,41 @@ pub fn decompress_onto(
         return Err(zstd::zstd_safe::get_error_name(code).to_string());
     }
     Ok(())
+}
+
+/// How a pack's frames are decoded: with its dictionary, if any, and, in packs of format 6 on,
+/// with bytea's hex text unpacked after zstd ([`bytea`]).
+#[derive(Clone, Copy, Default)]
+pub struct FrameCoding<'a> {
+    /// The dictionary the pack's frames need.
+    pub dictionary: Option<&'a DecompressionDictionary>,
+    /// Whether the frames hold packed text ([`bytea::pack`]).
+    pub packed: bool,
+}
+
+impl FrameCoding<'_> {
+    /// Decodes the frame `compressed` onto the end of `out`: at most `limit` bytes of text. On
+    /// an error `out` keeps what it held.
+    pub fn decode_onto(&self, compressed: &[u8], limit: usize, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+        if !self.packed {
+            return decompress_onto(compressed, limit, self.dictionary, out);
+        }
+        // Packed text is at most twice its text's size (a text of FF bytes only).
+        let size = frame_content_size(compressed)
+            .and_then(|size| usize::try_from(size).ok())
+            .filter(|&size| size <= limit.saturating_mul(2))
+            .ok_or("the frame does not declare a valid size")?;
+        UNPACKING.with_borrow_mut(|packed| {
+            packed.clear();
+            decompress_onto(compressed, size, self.dictionary, packed)?;
+            bytea::unpack_onto(packed, limit, out).map_err(str::to_string)
+        })
+    }
+}
+
+thread_local! {
+    /// A thread's buffer for a packed frame between zstd and [`bytea::unpack_onto`].
+    static UNPACKING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -14,10 +14,12 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
-use crate::compress::DecompressionDictionary;
+use crate::compress::{DecompressionDictionary, FrameCoding};
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::repo::{self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef, StreamManifest, chunk_index};
+use crate::repo::{
+    self, ChunkIndex, ChunkLocation, Keyring, Manifest, ObjectRef, PackEntry, StreamManifest, chunk_index,
+};
 use crate::target::Target;
 
 /// Chunks decoded together (about 256 KiB at the default chunk size), at least: one hop to a
@@ -225,7 +227,7 @@ impl ChunkReader {
                 None => None,
             };
             let plaintext = self.pack(number, &entry.pack).await.ok()?;
-            work.push((number, plaintext, location, repo::pack_key(&entry.pack.id), dictionary));
+            work.push((number, plaintext, location, repo::pack_key(&entry.pack.id), (dictionary, entry.packed)));
         }
         let key = self.keyring.chunk_id_key();
         let total: usize = work.iter().map(|(_, _, location, ..)| location.raw_length() as usize).sum();
@@ -234,10 +236,11 @@ impl ChunkReader {
             // Consecutive chunks of one pack of one source go together, so that whole frames
             // decompress straight into `out` (repo::open_chunks_onto).
             let mut rest = &work[..];
-            while let Some((number, plaintext, _, pack_key, dictionary)) = rest.first() {
+            while let Some((number, plaintext, _, pack_key, (dictionary, packed))) = rest.first() {
                 let together = rest.iter().take_while(|(n, _, _, k, _)| n == number && k == pack_key).count();
                 let locations: Vec<_> = rest[..together].iter().map(|(_, _, location, ..)| *location).collect();
-                repo::open_chunks_onto(&key, plaintext, &locations, pack_key, dictionary.as_deref(), &mut out).ok()?;
+                let coding = FrameCoding { dictionary: dictionary.as_deref(), packed: *packed };
+                repo::open_chunks_onto(&key, plaintext, &locations, pack_key, coding, &mut out).ok()?;
                 rest = &rest[together..];
             }
             Some((out, work.into_iter().map(|(number, ..)| number).collect::<Vec<_>>()))
@@ -256,7 +259,7 @@ impl ChunkReader {
         let mut first_error = None;
         for (number, source) in self.sources.iter().enumerate() {
             let Some((entry, location)) = source.index.get(id) else { continue };
-            match self.read_from(number, &entry.pack, entry.dictionary.as_ref(), location).await {
+            match self.read_from(number, entry, location).await {
                 Ok(plaintext) => {
                     source.served.fetch_add(1, Ordering::Relaxed);
                     return Ok(plaintext);
@@ -291,14 +294,9 @@ impl ChunkReader {
         }
     }
 
-    async fn read_from(
-        &self,
-        source: usize,
-        pack: &ObjectRef,
-        dictionary: Option<&ObjectRef>,
-        location: ChunkLocation,
-    ) -> Result<Vec<u8>> {
-        let dictionary = match dictionary {
+    async fn read_from(&self, source: usize, entry: &PackEntry, location: ChunkLocation) -> Result<Vec<u8>> {
+        let (pack, packed) = (&entry.pack, entry.packed);
+        let dictionary = match entry.dictionary.as_ref() {
             Some(reference) => Some(self.dictionary(source, reference).await?),
             None => None,
         };
@@ -310,10 +308,12 @@ impl ChunkReader {
             // thread would cost more, and thousands of them in a burst made tokio start ~100
             // blocking threads (each keeping its own zstd context), a large part of a
             // restore's peak memory.
-            return repo::open_chunk(&key, &plaintext, &location, &pack_key, dictionary.as_deref());
+            let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
+            return repo::open_chunk(&key, &plaintext, &location, &pack_key, coding);
         }
         tokio::task::spawn_blocking(move || {
-            repo::open_chunk(&key, &plaintext, &location, &pack_key, dictionary.as_deref())
+            let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
+            repo::open_chunk(&key, &plaintext, &location, &pack_key, coding)
         })
         .await
         .expect("chunk decoding does not panic")

@@ -14,5 +14,6 @@ pub mod fetch;
 pub mod repo;
 pub mod source;
 pub mod target;
+pub mod varint;
 
 pub use error::{Error, Result};

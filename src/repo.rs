@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkParams;
+use crate::compress::FrameCoding;
 use crate::crypto::{self, CHUNK_ID_BYTES, ChunkId, ChunkIdKey, DecryptFailure, MacKey, RepoSecret};
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
@@ -44,12 +45,17 @@ fn temporary_index(error: std::io::Error) -> Error {
 }
 
 /// The repository format version this build writes.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
+/// The first format whose packs hold bytea's hex text packed into bytes (`compress::bytea`):
+/// the packs an index file of this version or later describes.
+pub const PACKED_BYTEA_VERSION: u32 = 6;
 /// The oldest format version this build reads (format 3 stores dictionaries compressed, which
 /// readers tell apart by their bytes, and adds levels of list chunks, which default to format
 /// 2's one; format 4 puts consecutive chunks in one zstd frame, and a chunk's index entry says
 /// where in the frame it starts, 0 when absent as in formats 2 and 3; format 5 stores chunk ids
-/// of 16 bytes instead of 32, and readers keep the first 16 of older ones; docs/FORMAT.md).
+/// of 16 bytes instead of 32, and readers keep the first 16 of older ones; format 6 packs
+/// bytea's hex text into bytes in the frames of the packs its indexes describe;
+/// docs/FORMAT.md).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 
 /// How many bytes a chunk id takes in the list chunks and index of a snapshot or index object
@@ -849,10 +855,10 @@ pub fn open_chunk(
     pack_plaintext: &[u8],
     location: &ChunkLocation,
     pack_key: &str,
-    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    coding: FrameCoding<'_>,
 ) -> Result<Vec<u8>> {
     let mut plaintext = Vec::new();
-    open_chunk_onto(key, pack_plaintext, location, pack_key, dictionary, &mut plaintext)?;
+    open_chunk_onto(key, pack_plaintext, location, pack_key, coding, &mut plaintext)?;
     Ok(plaintext)
 }
 
@@ -866,7 +872,7 @@ pub fn open_chunk_onto(
     pack_plaintext: &[u8],
     location: &ChunkLocation,
     pack_key: &str,
-    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    coding: FrameCoding<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let start = usize::try_from(location.offset()).unwrap_or(usize::MAX);
@@ -879,29 +885,31 @@ pub fn open_chunk_onto(
     }
     let content = crate::compress::frame_content_size(compressed);
     let before = out.len();
-    if location.start() == 0 && content.is_none_or(|size| size == u64::from(location.raw_length())) {
-        crate::compress::decompress_onto(compressed, location.raw_length() as usize, dictionary, out)
+    if !coding.packed && location.start() == 0 && content.is_none_or(|size| size == u64::from(location.raw_length())) {
+        coding
+            .decode_onto(compressed, location.raw_length() as usize, out)
             .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
     } else {
-        let frame_size = content
-            .filter(|&size| size <= u64::from(MAX_CHUNK_BYTES))
-            .and_then(|size| usize::try_from(size).ok())
-            .ok_or_else(|| {
-                Error::corrupt(pack_key, format!("the frame of chunk {} has no valid size", location.chunk()))
-            })?;
+        // A packed frame's text is as long as its chunks (unknown here) and never > 16 MiB.
+        let frame_size = if coding.packed {
+            Some(MAX_CHUNK_BYTES as usize)
+        } else {
+            content.filter(|&size| size <= u64::from(MAX_CHUNK_BYTES)).and_then(|size| usize::try_from(size).ok())
+        }
+        .ok_or_else(|| {
+            Error::corrupt(pack_key, format!("the frame of chunk {} has no valid size", location.chunk()))
+        })?;
         FRAME.with_borrow_mut(|frame| {
             let place = (pack_key, location.offset());
             if frame.at.as_ref().is_none_or(|(key, offset)| (key.as_str(), *offset) != place) {
                 frame.at = None;
                 frame.plaintext.clear();
-                crate::compress::decompress_onto(compressed, frame_size, dictionary, &mut frame.plaintext).map_err(
-                    |e| {
-                        Error::corrupt(
-                            pack_key,
-                            format!("the frame of chunk {} does not decompress: {e}", location.chunk()),
-                        )
-                    },
-                )?;
+                coding.decode_onto(compressed, frame_size, &mut frame.plaintext).map_err(|e| {
+                    Error::corrupt(
+                        pack_key,
+                        format!("the frame of chunk {} does not decompress: {e}", location.chunk()),
+                    )
+                })?;
                 frame.at = Some((pack_key.to_string(), location.offset()));
             }
             let piece = (location.start() as usize)
@@ -931,7 +939,7 @@ pub fn open_chunks_onto(
     pack_plaintext: &[u8],
     locations: &[ChunkLocation],
     pack_key: &str,
-    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    coding: FrameCoding<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let before = out.len();
@@ -942,8 +950,8 @@ pub fn open_chunks_onto(
         let (frame, after) = rest.split_at(same_frame);
         rest = after;
         let opened = match whole_frame(frame, pack_plaintext) {
-            Some((compressed, size)) => open_whole_frame(key, compressed, size, frame, pack_key, dictionary, out),
-            None => frame.iter().try_for_each(|l| open_chunk_onto(key, pack_plaintext, l, pack_key, dictionary, out)),
+            Some((compressed, size)) => open_whole_frame(key, compressed, size, frame, pack_key, coding, out),
+            None => frame.iter().try_for_each(|l| open_chunk_onto(key, pack_plaintext, l, pack_key, coding, out)),
         };
         if let Err(error) = opened {
             out.truncate(before);
@@ -978,12 +986,13 @@ fn open_whole_frame(
     size: usize,
     frame: &[ChunkLocation],
     pack_key: &str,
-    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    coding: FrameCoding<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let first = frame[0].chunk();
     let mut at = out.len();
-    crate::compress::decompress_onto(compressed, size, dictionary, out)
+    coding
+        .decode_onto(compressed, size, out)
         .map_err(|e| Error::corrupt(pack_key, format!("the frame of chunk {first} does not decompress: {e}")))?;
     if out.len() - at != size {
         return Err(Error::corrupt(pack_key, format!("the frame of chunk {first} has the wrong size")));
@@ -1430,24 +1439,27 @@ mod tests {
         assert_eq!(locations[0].start(), 0);
         assert_eq!(locations[2].offset(), locations[1].offset(), "two chunks of one frame");
         assert_eq!(locations[2].start(), chunks[0].1);
-        assert_eq!(open_chunk(&key, &plaintext, &locations[0], "p", None).unwrap(), b"a chunk alone\n");
+        assert_eq!(
+            open_chunk(&key, &plaintext, &locations[0], "p", FrameCoding::default()).unwrap(),
+            b"a chunk alone\n"
+        );
         // Backwards, across frames, and the same frame again: each chunk is proven on its own.
         for at in [5, 2, 4, 1, 3, 2] {
-            let opened = open_chunk(&key, &plaintext, &locations[at], "p", None).unwrap();
+            let opened = open_chunk(&key, &plaintext, &locations[at], "p", FrameCoding::default()).unwrap();
             assert_eq!(opened, rows[at - 1], "chunk {at}");
         }
         let shifted =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1);
-        let error = open_chunk(&key, &plaintext, &shifted, "p", None).unwrap_err().to_string();
+        let error = open_chunk(&key, &plaintext, &shifted, "p", FrameCoding::default()).unwrap_err().to_string();
         assert!(error.contains("fails its keyed hash"), "{error}");
         let beyond =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1 << 20);
-        let error = open_chunk(&key, &plaintext, &beyond, "p", None).unwrap_err().to_string();
+        let error = open_chunk(&key, &plaintext, &beyond, "p", FrameCoding::default()).unwrap_err().to_string();
         assert!(error.contains("lies outside its frame"), "{error}");
         // A format-3 style entry (no start) for the first chunk of a frame of three: the
         // frame's header, not the entry, says how much to decompress.
         let first = ChunkLocation::new(chunks[0].0, locations[1].offset(), locations[1].length(), chunks[0].1);
-        assert_eq!(open_chunk(&key, &plaintext, &first, "p", None).unwrap(), rows[0]);
+        assert_eq!(open_chunk(&key, &plaintext, &first, "p", FrameCoding::default()).unwrap(), rows[0]);
     }
 
     #[test]
@@ -1458,7 +1470,7 @@ mod tests {
         let (locations, plaintext, _) = pack_of_frames(&key, &[&rows[..3], &rows[3..4], &rows[4..]]);
         let open = |locations: &[ChunkLocation]| {
             let mut out = b"kept".to_vec();
-            let result = open_chunks_onto(&key, &plaintext, locations, "p", None, &mut out);
+            let result = open_chunks_onto(&key, &plaintext, locations, "p", FrameCoding::default(), &mut out);
             (result, out)
         };
         // Whole frames, a chunk alone, and frames entered in the middle or left early.

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::chunk::{ChunkParams, Chunker};
-use crate::compress::{ChunkCompressor, CompressionDictionary, DictionarySize, FrameDictionary};
+use crate::compress::{ChunkCompressor, CompressionDictionary, DictionarySize, FrameDictionary, bytea};
 use crate::crypto::{ChunkId, ChunkIdKey, MacKey};
 use crate::error::{Error, Result};
 use crate::repo::{
@@ -247,17 +247,20 @@ impl Compressors {
                 std::thread::spawn(move || {
                     let mut zstd = ChunkCompressor::default();
                     let mut laid_out = FrameDictionaries::default();
+                    let mut text = Vec::new();
                     for raw in work {
+                        text.clear();
+                        bytea::pack(&raw.plaintext, &mut text);
                         let strong_level = STRONG_LEVEL.max(level);
                         let compressed = match &raw.dictionary {
                             Some(d) if raw.strong => {
                                 match d.strong.get_or_init(|| CompressionDictionary::new(&d.bytes, strong_level)) {
-                                    Some(strong) => zstd.compress(&raw.plaintext, strong_level, Some(strong)),
-                                    None => laid_out.get(d, level).compress(&mut zstd, &raw.plaintext),
+                                    Some(strong) => zstd.compress(&text, strong_level, Some(strong)),
+                                    None => laid_out.get(d, level).compress(&mut zstd, &text),
                                 }
                             }
-                            Some(d) => laid_out.get(d, level).compress(&mut zstd, &raw.plaintext),
-                            None => zstd.compress(&raw.plaintext, if raw.strong { strong_level } else { level }, None),
+                            Some(d) => laid_out.get(d, level).compress(&mut zstd, &text),
+                            None => zstd.compress(&text, if raw.strong { strong_level } else { level }, None),
                         };
                         compressed_chunks.fetch_add(raw.chunks.len(), Ordering::Relaxed);
                         let frame = Arc::new(NewFrame {

@@ -26,6 +26,8 @@ pub struct PackEntry {
     pub dictionary: Option<ObjectRef>,
     /// The index object that describes it.
     pub index_id: Arc<str>,
+    /// Whether its frames hold packed text (written by format 6 on: its index's version).
+    pub packed: bool,
 }
 
 /// Where a chunk lies, compactly: the pack's number in the index, offset, lengths.
@@ -337,6 +339,7 @@ impl ChunkIndex {
     /// must follow.
     pub(super) fn add(&mut self, index_id: &str, file: IndexFile, only: Option<&HashSet<&str>>) -> io::Result<()> {
         let index_id: Arc<str> = Arc::from(index_id);
+        let packed = file.version >= super::PACKED_BYTEA_VERSION;
         for record in file.packs {
             if only.is_some_and(|packs| !packs.contains(record.pack.id.as_str())) {
                 continue;
@@ -346,6 +349,7 @@ impl ChunkIndex {
                     pack: record.pack.clone(),
                     dictionary: record.dictionary.clone(),
                     index_id: index_id.clone(),
+                    packed,
                 });
                 u32::try_from(self.packs.len() - 1).expect("fewer than 4 billion packs")
             });
@@ -503,6 +507,16 @@ mod tests {
     fn numbered(pack: &str, ids: std::ops::Range<u32>) -> IndexFile {
         let offset = u64::from(ids.start);
         file(pack, ids.map(id), offset)
+    }
+
+    #[test]
+    fn packs_of_format_6_indexes_hold_packed_text_and_older_ones_do_not() {
+        let mut index = ChunkIndex::default();
+        index.add("new", numbered("a", 0..10), None).unwrap();
+        index.add("old", IndexFile { version: 5, ..numbered("b", 10..20) }, None).unwrap();
+        index.seal().unwrap();
+        assert!(index.get(&id(3)).unwrap().0.packed);
+        assert!(!index.get(&id(13)).unwrap().0.packed);
     }
 
     #[test]

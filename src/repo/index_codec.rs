@@ -110,12 +110,8 @@ pub(super) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
     Ok(IndexFile { version, packs })
 }
 
-fn put(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push(u8::try_from(value & 0x7f).expect("7 bits") | 0x80);
-        value >>= 7;
-    }
-    out.push(u8::try_from(value).expect("under 0x80"));
+fn put(out: &mut Vec<u8>, value: u64) {
+    crate::varint::put(out, value);
 }
 
 fn put_object(out: &mut Vec<u8>, object: &ObjectRef) {
@@ -150,19 +146,14 @@ impl<'a> Reader<'a> {
 
     /// A LEB128 number of at most 64 bits.
     fn number(&mut self) -> std::result::Result<u64, String> {
-        let mut value = 0u64;
-        for index in 0..10 {
-            let byte = self.take(1)?[0];
-            let bits = u64::from(byte & 0x7f);
-            if index == 9 && bits > 1 {
-                break;
+        match crate::varint::get(self.bytes) {
+            Some((value, width)) => {
+                self.bytes = &self.bytes[width..];
+                Ok(value)
             }
-            value |= bits << (7 * index);
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
+            None if self.bytes.len() < 10 && self.bytes.iter().all(|b| b & 0x80 != 0) => Err("truncated".into()),
+            None => Err("number too large".into()),
         }
-        Err("number too large".into())
     }
 
     /// A count of items each at least `item_bytes` long: refused when the rest of the input
