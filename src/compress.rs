@@ -126,11 +126,12 @@ impl CompressionDictionary {
 }
 
 /// The zstd level of stored dictionaries, written once per table and backup: CRM dictionaries
-/// shrink 3.5× (a sixth of a CRM day's bytes were raw dictionaries). On the scale-1 tables'
-/// 112 KiB dictionaries, level 15 comes within 0.5% of level 19's size (and is smaller for
-/// some) in 12-14 ms instead of 30-39 ms: level 19 was 2.5% of a full backup's CPU, on the
-/// path of each table's encoder. Level 12 is 3-8% larger.
-const STORED_DICTIONARY_LEVEL: i32 = 15;
+/// shrink 3.5× (a sixth of a CRM day's bytes were raw dictionaries). Level 19 took 30-39 ms
+/// on a 112 KiB one; level 15, on the 512 KiB dictionaries of the scale-1 tables, 1.02 MB for
+/// 7 in 0.57 s, on the path of each table's encoder; level 9 1.04 MB (+21 KB a full backup,
+/// 0.008%) in 0.17 s, and the backup's training and storing 0.65-0.78 → 0.50-0.63 s
+/// (`examples/frame_sizes.rs`). Level 12 is 1.03 MB in 0.24 s.
+const STORED_DICTIONARY_LEVEL: i32 = 9;
 /// A zstd frame starts with these bytes ...
 const FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// ... and a trained zstd dictionary with these.
@@ -424,16 +425,29 @@ impl FrameCoding<'_> {
             .and_then(|size| usize::try_from(size).ok())
             .filter(|&size| size <= limit.saturating_mul(2))
             .ok_or("the frame does not declare a valid size")?;
-        UNPACKING.with_borrow_mut(|packed| {
-            packed.clear();
-            decompress_onto(compressed, size, self.dictionary, packed)?;
-            bytea::unpack_onto(packed, limit, out).map_err(str::to_string)
+        // Into `out` as it is: text without runs or FF bytes (most tables) is then already in
+        // place, and only what follows the first marker is unpacked through a buffer.
+        let start = out.len();
+        decompress_onto(compressed, size, self.dictionary, out)?;
+        let unpacked = match bytea::first_marker(&out[start..]) {
+            None if out.len() - start <= limit => Ok(()),
+            Some(at) if at < limit => UNPACKING.with_borrow_mut(|packed| {
+                packed.clear();
+                packed.extend_from_slice(&out[start + at..]);
+                out.truncate(start + at);
+                bytea::unpack_onto(packed, limit - at, out)
+            }),
+            _ => Err("unpacks to more than its frame holds"),
+        };
+        unpacked.map_err(|e| {
+            out.truncate(start);
+            e.to_string()
         })
     }
 }
 
 thread_local! {
-    /// A thread's buffer for a packed frame between zstd and [`bytea::unpack_onto`].
+    /// A thread's buffer for the packed part of a frame, between zstd and [`bytea::unpack_onto`].
     static UNPACKING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -557,5 +571,34 @@ mod tests {
     #[test]
     fn too_little_data_trains_no_dictionary() {
         assert!(train(&[rows(0, 10)], 3, DictionarySize::Full).is_none());
+    }
+
+    #[test]
+    fn packed_frames_decode_to_their_text_and_damage_is_refused() {
+        let mut text = rows(0, 200);
+        text.extend_from_slice(format!("7\t\\\\x{}\n", "c0ffee".repeat(100)).as_bytes());
+        text.extend_from_slice(&rows(200, 50));
+        let plain = rows(300, 100);
+        let coding = FrameCoding { dictionary: None, packed: true };
+        for frame_text in [&text, &plain] {
+            let mut packed = Vec::new();
+            bytea::pack(frame_text, &mut packed);
+            let frame = ChunkCompressor::default().compress(&packed, 3, None);
+            let mut out = b"before".to_vec();
+            coding.decode_onto(&frame, frame_text.len(), &mut out).unwrap();
+            assert_eq!(&out[6..], &frame_text[..]);
+            // Text longer than the frame may hold is refused, and `out` keeps what it held.
+            out.truncate(6);
+            assert!(coding.decode_onto(&frame, frame_text.len() - 1, &mut out).is_err());
+            assert_eq!(out, b"before");
+        }
+        // A run cut short: the packed text ends inside it.
+        let mut packed = Vec::new();
+        bytea::pack(&text, &mut packed);
+        let cut = packed[..packed.len() - rows(200, 50).len() - 10].to_vec();
+        let frame = ChunkCompressor::default().compress(&cut, 3, None);
+        let mut out = Vec::new();
+        assert!(coding.decode_onto(&frame, text.len(), &mut out).is_err());
+        assert!(out.is_empty());
     }
 }

@@ -82,6 +82,11 @@ fn literal(text: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&text[from..]);
 }
 
+/// Where the first packed run or `FF` is: all of `packed` before it is text as it is.
+pub fn first_marker(packed: &[u8]) -> Option<usize> {
+    memchr::memchr(MARKER, packed)
+}
+
 /// Appends the text `packed` stands for to `out`, refusing to make more than `limit` bytes.
 /// On an error `out` keeps what it held.
 pub fn unpack_onto(packed: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), &'static str> {
