@@ -175,6 +175,32 @@ fn targets_that_hold_different_chunks_each_get_what_they_lack_and_restore_alone(
 }
 
 #[test]
+fn restored_values_are_compressed_with_lz4_unless_the_server_default_is_asked_for() {
+    // Values over ~2 KiB are compressed where PostgreSQL stores them (TOAST); a column whose
+    // schema names a method keeps it either way.
+    let source = TestDb::create("toast");
+    source.sql(
+        "CREATE TABLE public.notes (id integer PRIMARY KEY, body text, fixed text COMPRESSION pglz); \
+         INSERT INTO public.notes SELECT i, repeat('call notes ' || i, 1000), repeat('kept ' || i, 1000) \
+         FROM generate_series(1, 20) i",
+    );
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    let methods = "SELECT string_agg(DISTINCT pg_column_compression(body), ',') || '/' || \
+                   string_agg(DISTINCT pg_column_compression(fixed), ',') FROM public.notes";
+    assert_eq!(source.sql(methods).trim(), "pglz/pglz");
+    for (options, expected) in
+        [(&["--parallel"][..], "lz4/pglz"), (&["--toast-compression", "server-default"], "pglz/pglz")]
+    {
+        let restored = TestDb::create("toast_restored");
+        work.restore_with(&repo, &restored, options).ok();
+        assert_same_database(&source, &restored);
+        assert_eq!(restored.sql(methods).trim(), expected, "{options:?}");
+    }
+}
+
+#[test]
 fn table_patterns_select_what_is_backed_up() {
     let source = TestDb::create("patterns");
     source.load_file(&fixture("examples/crm.sql"));

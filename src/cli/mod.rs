@@ -36,6 +36,13 @@ struct Cli {
     command: Command,
 }
 
+/// `restore --toast-compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ToastCompression {
+    Lz4,
+    ServerDefault,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create an admin identity file (0600) and print its public recipient.
@@ -122,6 +129,12 @@ enum Command {
         /// incomplete (schema crmvault_incomplete_restore) until `restore --clean` replaces it.
         #[arg(long)]
         parallel: bool,
+        /// How values over ~2 KiB that PostgreSQL compresses (TOAST) are stored, in columns
+        /// whose schema names no method: lz4 (where the server has it; faster to load and
+        /// read) or the server's default_toast_compression (pglz unless configured), as
+        /// pg_restore leaves it. The data is the same either way.
+        #[arg(long, value_enum, default_value_t = ToastCompression::Lz4)]
+        toast_compression: ToastCompression,
         /// Index entries kept in memory per target before the index goes to a temporary file
         /// (for tests).
         #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
@@ -378,7 +391,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             output::snapshots(json, &snapshots::merge(lists), &repo.repos);
         }
-        Command::Restore { repo, identity, db, jobs, clean, parallel, index_in_memory, snapshot } => {
+        Command::Restore {
+            repo,
+            identity,
+            db,
+            jobs,
+            clean,
+            parallel,
+            toast_compression,
+            index_in_memory,
+            snapshot,
+        } => {
             let started = Instant::now();
             let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             for (location, error) in &unavailable {
@@ -396,6 +419,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
                 parallel,
                 index_in_memory,
+                toast_compression: match toast_compression {
+                    ToastCompression::Lz4 => crmvault::source::ToastCompression::Lz4,
+                    ToastCompression::ServerDefault => crmvault::source::ToastCompression::ServerDefault,
+                },
             };
             let report = restore::run(&repositories, &keyring, &options).await.map_err(|error| {
                 let outcome = match error {

@@ -52,6 +52,8 @@ pub struct RestoreOptions {
     /// Index entries kept in memory per target; past that the index is a temporary file, as
     /// the chunk lists always are ([`ChunkSpool`]). [`repo::INDEX_IN_MEMORY`] unless testing.
     pub index_in_memory: usize,
+    /// How values PostgreSQL TOASTs are compressed in the restored tables.
+    pub toast_compression: source::ToastCompression,
 }
 
 /// What a restore did.
@@ -173,6 +175,7 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
     let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
 
     let client = options.database.connect().await?;
+    source::set_toast_compression(&client, options.toast_compression).await?;
     let mut clean = false;
     if let Some(contents) = source::describe_contents(&client).await? {
         if options.existing == ExistingContents::Refuse {
@@ -187,7 +190,7 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
         }
         clean = true;
     }
-    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs };
+    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, toast: options.toast_compression };
     let rows = if options.parallel {
         load.in_parallel(&options.database, clean, &pre_data, &post_data, &snapshot_id).await?
     } else {
@@ -284,6 +287,7 @@ struct Load<'a> {
     streams: &'a Streams<'a>,
     manifest: &'a Manifest,
     jobs: usize,
+    toast: source::ToastCompression,
 }
 
 impl Load<'_> {
@@ -393,6 +397,7 @@ impl Load<'_> {
         let changed = tokio::sync::Notify::new();
         let worker = || async {
             let client = database.connect().await?;
+            source::set_toast_compression(&client, self.toast).await?;
             // An entry built here waits for no other connection's lock (its tables are loaded
             // and committed, see LockBoard); a lock held by another session is: give up
             // instead of hanging.
