@@ -201,6 +201,41 @@ fn restored_values_are_compressed_with_lz4_unless_the_server_default_is_asked_fo
 }
 
 #[test]
+fn restore_sessions_build_indexes_with_maintenance_work_mem_raised() {
+    // An index function that reports, when it runs during the restore's index build, the
+    // maintenance_work_mem of the session building it (by failing with it).
+    let source = TestDb::create("work_mem");
+    source.sql(
+        "CREATE TABLE public.flag (raised boolean); \
+         CREATE FUNCTION public.tell(x integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS \
+           $$ BEGIN IF EXISTS (SELECT 1 FROM public.flag) THEN \
+                RAISE EXCEPTION 'built with maintenance_work_mem %', current_setting('maintenance_work_mem'); \
+              END IF; RETURN x; END $$; \
+         CREATE TABLE public.accounts (id integer PRIMARY KEY, score integer); \
+         INSERT INTO public.accounts SELECT g, g % 97 FROM generate_series(1, 500) g; \
+         CREATE INDEX accounts_tell ON public.accounts (public.tell(score)); \
+         INSERT INTO public.flag VALUES (true);",
+    );
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    let target = TestDb::create("work_mem_target");
+    for (options, expected) in [
+        (&["--parallel"][..], "built with maintenance_work_mem 256MB"),
+        (&[], "built with maintenance_work_mem 256MB"),
+        (&["--maintenance-work-mem", "300MB"], "built with maintenance_work_mem 300MB"),
+        (&["--parallel", "--maintenance-work-mem", "1kB"], "built with maintenance_work_mem 64MB"),
+    ] {
+        let run = work.restore_with(&repo, &target, options);
+        assert_eq!(run.code, 1, "{options:?}: {}", run.stdout);
+        assert!(run.stderr.contains(expected), "{options:?}: {}", run.stderr);
+        assert!(target.is_empty(), "{options:?}");
+    }
+    let run = work.restore_with(&repo, &target, &["--maintenance-work-mem", "lots"]);
+    run.fails_with(1, "--maintenance-work-mem lots: invalid size");
+}
+
+#[test]
 fn table_patterns_select_what_is_backed_up() {
     let source = TestDb::create("patterns");
     source.load_file(&fixture("examples/crm.sql"));

@@ -135,6 +135,10 @@ enum Command {
         /// pg_restore leaves it. The data is the same either way.
         #[arg(long, value_enum, default_value_t = ToastCompression::Lz4)]
         toast_compression: ToastCompression,
+        /// maintenance_work_mem of the restore's sessions, at least (index and constraint
+        /// builds sort in it; the server's setting is kept when larger). PostgreSQL's units.
+        #[arg(long, default_value = crmvault::source::RESTORE_MAINTENANCE_WORK_MEM)]
+        maintenance_work_mem: String,
         /// Index entries kept in memory per target before the index goes to a temporary file
         /// (for tests).
         #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
@@ -399,6 +403,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             clean,
             parallel,
             toast_compression,
+            maintenance_work_mem,
             index_in_memory,
             snapshot,
         } => {
@@ -423,6 +428,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ToastCompression::Lz4 => crmvault::source::ToastCompression::Lz4,
                     ToastCompression::ServerDefault => crmvault::source::ToastCompression::ServerDefault,
                 },
+                maintenance_work_mem,
             };
             let report = restore::run(&repositories, &keyring, &options).await.map_err(|error| {
                 let outcome = match error {

@@ -54,6 +54,8 @@ pub struct RestoreOptions {
     pub index_in_memory: usize,
     /// How values PostgreSQL TOASTs are compressed in the restored tables.
     pub toast_compression: source::ToastCompression,
+    /// `maintenance_work_mem` of the restore's sessions at least (index builds sort in it).
+    pub maintenance_work_mem: String,
 }
 
 /// What a restore did.
@@ -176,6 +178,7 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
 
     let client = options.database.connect().await?;
     source::set_toast_compression(&client, options.toast_compression).await?;
+    source::raise_maintenance_work_mem(&client, &options.maintenance_work_mem).await?;
     let mut clean = false;
     if let Some(contents) = source::describe_contents(&client).await? {
         if options.existing == ExistingContents::Refuse {
@@ -190,7 +193,7 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
         }
         clean = true;
     }
-    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, toast: options.toast_compression };
+    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
     let rows = if options.parallel {
         load.in_parallel(&options.database, clean, &pre_data, &post_data, &snapshot_id).await?
     } else {
@@ -287,7 +290,7 @@ struct Load<'a> {
     streams: &'a Streams<'a>,
     manifest: &'a Manifest,
     jobs: usize,
-    toast: source::ToastCompression,
+    options: &'a RestoreOptions,
 }
 
 impl Load<'_> {
@@ -397,7 +400,8 @@ impl Load<'_> {
         let changed = tokio::sync::Notify::new();
         let worker = || async {
             let client = database.connect().await?;
-            source::set_toast_compression(&client, self.toast).await?;
+            source::set_toast_compression(&client, self.options.toast_compression).await?;
+            source::raise_maintenance_work_mem(&client, &self.options.maintenance_work_mem).await?;
             // An entry built here waits for no other connection's lock (its tables are loaded
             // and committed, see LockBoard); a lock held by another session is: give up
             // instead of hanging.
