@@ -176,9 +176,7 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
     let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
     let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
 
-    let client = options.database.connect().await?;
-    source::set_toast_compression(&client, options.toast_compression).await?;
-    source::raise_maintenance_work_mem(&client, &options.maintenance_work_mem).await?;
+    let client = session(options).await?;
     let mut clean = false;
     if let Some(contents) = source::describe_contents(&client).await? {
         if options.existing == ExistingContents::Refuse {
@@ -195,7 +193,7 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
     }
     let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
     let rows = if options.parallel {
-        load.in_parallel(&options.database, clean, &pre_data, &post_data, &snapshot_id).await?
+        load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
     } else {
         load.in_one_transaction(clean, &pre_data, &post_data).await?
     };
@@ -209,6 +207,15 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
         sources,
         parallel: options.parallel,
     })
+}
+
+/// A connection to `options.database` set up for loading: TOAST compression and
+/// `maintenance_work_mem` as the options ask (every session of a restore is one of these).
+async fn session(options: &RestoreOptions) -> Result<tokio_postgres::Client> {
+    let client = options.database.connect().await?;
+    source::set_toast_compression(&client, options.toast_compression).await?;
+    source::raise_maintenance_work_mem(&client, &options.maintenance_work_mem).await?;
+    Ok(client)
 }
 
 /// Expands every stream's lists, checks that every chunk is in some source's index (all before
@@ -323,14 +330,7 @@ impl Load<'_> {
     /// On any error everything the restore created is dropped again; if the process is killed
     /// in between, the marker schema says the database is incomplete and later restores refuse
     /// it unless `--clean`.
-    async fn in_parallel(
-        &self,
-        database: &Database,
-        clean: bool,
-        pre_data: &[u8],
-        post_data: &[u8],
-        snapshot_id: &str,
-    ) -> Result<u64> {
+    async fn in_parallel(&self, clean: bool, pre_data: &[u8], post_data: &[u8], snapshot_id: &str) -> Result<u64> {
         let client = self.client;
         let marker = source::quote_ident(source::INCOMPLETE_RESTORE_SCHEMA);
         client.batch_execute("BEGIN").await?;
@@ -353,7 +353,7 @@ impl Load<'_> {
         let post_sql = source::executable_sql(post_data)?;
         let script = source::script::parse(&post_sql);
         let loaded = async {
-            let (loaders, rows, built) = self.tables_in_parallel(database, &script).await?;
+            let (loaders, rows, built) = self.tables_in_parallel(&script).await?;
             tracing::debug!(early = built.len(), "every table loaded and committed");
             self.post_data_in_parallel(&loaders, &script, &built).await?;
             tracing::debug!("post-data done");
@@ -381,7 +381,6 @@ impl Load<'_> {
     /// the rest of the post-data), the rows loaded, and the entries built.
     async fn tables_in_parallel<'e, 'a>(
         &self,
-        database: &Database,
         script: &'e Script<'a>,
     ) -> Result<(Vec<tokio_postgres::Client>, u64, Vec<&'e Entry<'a>>)> {
         let mut order: Vec<&TableManifest> = self.manifest.tables.iter().collect();
@@ -399,9 +398,7 @@ impl Load<'_> {
         let built = std::sync::Mutex::new(Vec::new());
         let changed = tokio::sync::Notify::new();
         let worker = || async {
-            let client = database.connect().await?;
-            source::set_toast_compression(&client, self.options.toast_compression).await?;
-            source::raise_maintenance_work_mem(&client, &self.options.maintenance_work_mem).await?;
+            let client = session(self.options).await?;
             // An entry built here waits for no other connection's lock (its tables are loaded
             // and committed, see LockBoard); a lock held by another session is: give up
             // instead of hanging.
