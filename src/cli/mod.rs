@@ -4,6 +4,7 @@
 
 mod output;
 mod storage;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,6 +33,10 @@ struct Cli {
     /// Allow plain http:// to S3 endpoints that are not on this machine.
     #[arg(long, global = true)]
     allow_http: bool,
+    /// The repository fingerprint the admins keep (`init` prints it): admin commands refuse a
+    /// repository that does not match it, and remember it on this machine.
+    #[arg(long, global = true, env = "CRMVAULT_FINGERPRINT", value_name = "FP", value_parser = parse_fingerprint)]
+    fingerprint: Option<crmvault::trust::Fingerprint>,
     #[command(subcommand)]
     command: Command,
 }
@@ -158,6 +163,12 @@ enum Command {
         #[arg(long, requires = "identity")]
         read_data: bool,
     },
+    /// Print the repository's fingerprint, as the storage claims it (no key needed): compare it
+    /// with the one the admins keep.
+    Fingerprint {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
     /// Copy the snapshots one repository has and another lacks (no key needed).
     Copy {
         /// Source repository.
@@ -176,6 +187,10 @@ struct RepoArgs {
     /// Repository: a folder, file:///path or s3://bucket/prefix. Repeat for several targets.
     #[arg(long = "repo", env = "CRMVAULT_REPO", required = true)]
     repos: Vec<String>,
+}
+
+fn parse_fingerprint(text: &str) -> std::result::Result<crmvault::trust::Fingerprint, String> {
+    crmvault::trust::Fingerprint::parse(text).map_err(|e| e.to_string())
 }
 
 /// Runs the CLI and maps the outcome to an exit code.
@@ -312,6 +327,7 @@ fn hostname() -> String {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
+    let fingerprint = cli.fingerprint;
     let storage = Storage::load(&config_dir()?, cli.allow_http)?;
     match cli.command {
         Command::Keygen { output } => {
@@ -324,8 +340,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let tuning = crmvault::repo::Tuning::with_average_chunk(chunk_size, compression_level)?;
             let targets = repo.repos.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<Result<Vec<_>>>()?;
             let report = if let Some(source) = copy_from {
-                let source = open_repositories(&storage, &[source]).await?.remove(0);
-                init::run_copy_from(&source, targets).await?
+                let source = open_repositories(&storage, &[source]).await?;
+                let role = trust::reading_role(&source[0], None, &config_dir()?);
+                trust::check(&source, role, fingerprint.as_ref(), &config_dir()?)?;
+                init::run_copy_from(&source[0], targets).await?
             } else {
                 let mut texts = recipients;
                 if let Some(file) = recipients_file {
@@ -343,12 +361,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
                 init::run(targets, &parsed, &config_dir()?, tuning).await?
             };
+            trust::pin_new(&config_dir()?, &report)?;
             output::init(json, &report);
         }
         Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks, index_in_memory } => {
             let started = Instant::now();
             let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             let config_dir = config_dir()?;
+            let mut trusted = trust::check(&repositories, trust::Role::Writer, fingerprint.as_ref(), &config_dir)?;
             let keyring = unlock_any(&repositories, |r| {
                 let dir = config_dir.clone();
                 async move { r.unlock_as_writer(&dir).await }
@@ -363,11 +383,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 hostname: hostname(),
                 index_chunks,
                 index_in_memory,
+                newest_known: trusted.newest(),
             };
             let progress = output::Progress::start(json, "reading");
             let result = backup::run(&repositories, &keyring, &options, progress.callback()).await;
             progress.finish();
             let mut report = result.with_context(|| format!("backing up {}", options.database))?;
+            trusted.advance(Some(&report.mark()))?;
             for (location, error) in unavailable {
                 report.targets.push(backup::TargetReport {
                     location,
@@ -387,6 +409,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let repositories = open_repositories(&storage, &repo.repos).await?;
             let mut lists = Vec::new();
             for repository in &repositories {
+                let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
+                trust::check(std::slice::from_ref(repository), role, fingerprint.as_ref(), &config_dir()?)?;
                 let keyring = keyring(repository, identity.as_deref()).await?;
                 lists.push((
                     repository.target.location().to_string(),
@@ -412,6 +436,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for (location, error) in &unavailable {
                 eprintln!("crmvault: warning: {location} left out: {error}");
             }
+            let mut trusted = trust::check(&repositories, trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)?;
             let keyring = unlock_any(&repositories, |r| {
                 let identity = identity.clone();
                 async move { r.unlock_as_admin(&identity).await }
@@ -429,6 +454,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ToastCompression::ServerDefault => crmvault::source::ToastCompression::ServerDefault,
                 },
                 maintenance_work_mem,
+                newest_known: trusted.newest(),
             };
             let report = restore::run(&repositories, &keyring, &options).await.map_err(|error| {
                 let outcome = match error {
@@ -438,6 +464,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 };
                 anyhow::Error::new(error).context(format!("restoring into {}{outcome}", options.database))
             })?;
+            trusted.advance(Some(&crmvault::trust::SnapshotMark {
+                id: report.snapshot_id.clone(),
+                sequence: report.sequence,
+                time: report.time,
+            }))?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
         Command::Verify { repo, identity, read_data } => {
@@ -445,7 +476,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut total = verify::VerifyReport::default();
             for location in &repo.repos {
                 let report = match open_repositories(&storage, std::slice::from_ref(location)).await {
-                    Ok(mut repositories) => verify_one(&repositories.remove(0), identity.as_deref(), depth).await?,
+                    Ok(repositories) => {
+                        let role = trust::reading_role(&repositories[0], identity.as_deref(), &config_dir()?);
+                        let mut trusted = trust::check(&repositories, role, fingerprint.as_ref(), &config_dir()?)?;
+                        let report = verify_one(&repositories[0], identity.as_deref(), depth, trusted.newest()).await?;
+                        trusted.advance(report.newest.as_ref())?;
+                        report
+                    }
                     Err(error) if repo.repos.len() > 1 => verify::VerifyReport {
                         problems: vec![verify::Problem {
                             target: location.clone(),
@@ -464,10 +501,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Fingerprint { repo } => {
+            let repositories = open_repositories(&storage, &repo.repos).await?;
+            let first = &repositories[0];
+            if let Some(other) = repositories.iter().find(|r| r.config_hash != first.config_hash) {
+                anyhow::bail!(
+                    "{} and {} are not copies of one repository (their fingerprints are {} and {})",
+                    first.target.location(),
+                    other.target.location(),
+                    first.fingerprint(),
+                    other.fingerprint()
+                );
+            }
+            output::fingerprint(json, &first.fingerprint(), &first.config.id, &repo.repos);
+        }
         Command::Copy { from, to, snapshots } => {
-            let from = open_repositories(&storage, &[from]).await?.remove(0);
-            let to = open_repositories(&storage, &[to]).await?.remove(0);
-            let report = copy::run(&from, &to, &snapshots).await?;
+            let from = open_repositories(&storage, &[from]).await?;
+            let to = open_repositories(&storage, &[to]).await?;
+            for repositories in [&from, &to] {
+                trust::check(repositories, trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?)?;
+            }
+            let (from, to) = (&from[0], &to[0]);
+            let report = copy::run(from, to, &snapshots).await?;
             output::copy(json, &report, from.target.location(), to.target.location());
         }
     }
@@ -478,9 +533,10 @@ async fn verify_one(
     repository: &Repository,
     identity: Option<&Path>,
     depth: verify::Depth,
+    newest_known: Option<crmvault::trust::SnapshotMark>,
 ) -> Result<verify::VerifyReport> {
     match keyring(repository, identity).await {
-        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth).await?),
+        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth, newest_known.as_ref()).await?),
         // A damaged keys object is a finding, not a reason to stop looking.
         Err(error)
             if matches!(
@@ -488,10 +544,10 @@ async fn verify_one(
                 Some(crmvault::Error::Corrupt { .. } | crmvault::Error::Missing { .. })
             ) =>
         {
-            let mut report = verify::run(repository, None, verify::Depth::Structure).await?;
+            let mut report = verify::run(repository, None, verify::Depth::Structure, newest_known.as_ref()).await?;
             report.problems.push(verify::Problem {
                 target: repository.target.location().to_string(),
-                object: repository.config.keys.clone(),
+                object: repository.config.keys.join(", "),
                 snapshots: vec![],
                 problem: format!("cannot unlock the repository: {}", one_line(&error)),
             });

@@ -36,6 +36,10 @@ pub fn init(json: bool, report: &init::InitReport) {
     for location in &report.locations {
         println!("initialised repository {} at {location}", report.repository_id);
     }
+    println!(
+        "fingerprint: {} (keep it beside each admin identity: restoring on another machine needs it)",
+        report.fingerprint
+    );
     if let Some(writer_key) = &report.writer_key {
         println!(
             "writer key: {} (stays on this backup host; it can write backups, never read them)",
@@ -210,4 +214,14 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
         size(report.bytes_copied),
         report.snapshots_present
     );
+}
+
+pub fn fingerprint(json: bool, fingerprint: &crmvault::trust::Fingerprint, repository_id: &str, locations: &[String]) {
+    if json {
+        print_json(&serde_json::json!({
+            "fingerprint": fingerprint, "repository_id": repository_id, "locations": locations,
+        }));
+    } else {
+        println!("{fingerprint}");
+    }
 }

@@ -11,7 +11,7 @@
 //! credentials refused, disk full) is dropped from the run without stopping the others, and
 //! is left without a snapshot; the report says which targets hold the new snapshot.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,7 @@ use crate::repo::{
     Repository, SealedManifest, SnapshotHeader, StreamManifest, TableManifest,
 };
 use crate::source::{self, Database, Section, SnapshotSession, SourceTable};
+use crate::trust::SnapshotMark;
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -56,6 +57,9 @@ pub struct BackupOptions {
     /// Entries of a target's index kept in memory; past that the index is a temporary file
     /// ([`repo::INDEX_IN_MEMORY`] unless testing).
     pub index_in_memory: usize,
+    /// The newest snapshot this host wrote or authenticated (its pin's high-water mark): the
+    /// new snapshot follows it even if storage lost it, and its absence is reported.
+    pub newest_known: Option<SnapshotMark>,
 }
 
 /// Called with the number of bytes just read from the database.
@@ -82,11 +86,23 @@ pub struct BackupReport {
     pub bytes_added: u64,
     /// Bytes of all objects the snapshot references, on the first target that holds it.
     pub bytes_total: u64,
+    /// Its place in the repository's chain: the predecessor it names and its sequence number.
+    pub parent: Option<String>,
+    /// Sequence number (one more than the parent's).
+    pub sequence: u64,
+    /// What the backup noticed about the repository and stored anyway (each also logged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// One entry per target, in the order given.
     pub targets: Vec<TargetReport>,
 }
 
 impl BackupReport {
+    /// The new snapshot's place in the chain, for the high-water mark.
+    pub fn mark(&self) -> SnapshotMark {
+        SnapshotMark { id: self.snapshot_id.clone(), sequence: self.sequence, time: self.time }
+    }
+
     /// Targets that did not receive the snapshot.
     pub fn failed_targets(&self) -> usize {
         self.targets.iter().filter(|t| t.error.is_some()).count()
@@ -677,16 +693,27 @@ struct TargetState<'a> {
 impl<'a> TargetState<'a> {
     /// Learns which chunks a target holds: those whose pack is present with the right size.
     async fn survey(repository: &'a Repository, keyring: &Keyring, in_memory: usize) -> Result<TargetState<'a>> {
-        let (index, mut failures) = repository.load_index_lenient(keyring, None, None, in_memory).await?;
-        if let Some((_, error)) = failures.pop() {
-            return Err(error);
+        let (index, failures) = repository.load_index_lenient(keyring, None, None, in_memory).await?;
+        // An index that cannot be read or authenticated (junk, damage, a storage writer's) is
+        // passed over: the chunks it describes count as absent and are stored again.
+        for (key, error) in failures {
+            tracing::warn!("{}: {key} skipped: {error}", repository.target.location());
         }
+        // Packs `verify` found damaged are not reused: their chunks are stored again.
+        let damaged: HashSet<String> = repository
+            .target
+            .list("damaged")
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix("damaged/").map(str::to_string))
+            .collect();
         let present_packs: HashMap<String, u64> = repository
             .target
             .list("data")
             .await?
             .into_iter()
             .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
+            .filter(|(id, _)| !damaged.contains(id))
             .collect();
         let index_sizes: HashMap<String, u64> = repository
             .target
@@ -735,6 +762,8 @@ pub async fn run(
     if states.iter().all(|s| s.error.is_some()) {
         return Err(all_failed(&states));
     }
+    let mut warnings = Vec::new();
+    let chain = Chain::find(&states, keyring, options.newest_known.as_ref(), &mut warnings).await;
 
     let session = SnapshotSession::begin(&options.database).await?;
     let pg_dump = source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
@@ -758,7 +787,7 @@ pub async fn run(
             let writer = PackUploads {
                 target: state.repository.target.clone(),
                 data_recipients: state.repository.data_recipients(),
-                metadata_recipients: state.repository.metadata_recipients(),
+                index_sealing: (state.repository.metadata_recipients(), keyring.index_mac_key()),
                 pack_size: state.repository.config.pack_size,
                 index_chunks: options.index_chunks.max(1),
                 dictionaries: dictionaries.clone(),
@@ -797,6 +826,7 @@ pub async fn run(
                 sequences,
                 materialized_views,
                 large_objects: read.large_objects,
+                admin_only: None,
             };
             Ok((manifest, read.bytes_read))
         }
@@ -820,8 +850,8 @@ pub async fn run(
         });
     }
     let dictionaries = std::mem::take(&mut *dictionaries.lock().expect("dictionary list lock is never poisoned"));
-    let (manifest, bytes_read) = read?;
-    let sealed = SealedManifest::seal(&manifest, &first.metadata_recipients());
+    let (mut manifest, bytes_read) = read?;
+    let sealed = SealedManifest::seal(&mut manifest, first);
 
     // The sets of chunks sent go before the commits, which build each target's index.
     let reused: Vec<Vec<u32>> = known_sets.into_iter().map(|known| known.reused_packs().collect()).collect();
@@ -829,7 +859,7 @@ pub async fn run(
     for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
-                commit(state, stored, reused, &sealed, &dictionaries, keyring, session.time).await
+                commit(state, stored, reused, &sealed, &dictionaries, keyring, (session.time, &chain)).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -864,8 +894,69 @@ pub async fn run(
         new_chunks: compressed_chunks,
         bytes_added: targets.iter().map(|t| t.bytes_added).sum(),
         bytes_total: targets.iter().find(|t| t.ok).map_or(0, |t| t.bytes_total),
+        parent: chain.parent,
+        sequence: chain.sequence,
+        warnings,
         targets,
     })
+}
+
+/// Where the new snapshot goes in the repository's chain.
+struct Chain {
+    parent: Option<String>,
+    sequence: u64,
+}
+
+impl Chain {
+    /// After the newest snapshot that proves itself on any target, or the newest this host
+    /// knows of when storage lost that one. Noting, in `warnings`, newer snapshots that failed
+    /// to prove themselves and a known snapshot no target holds (rollback).
+    async fn find(
+        states: &[TargetState<'_>],
+        keyring: &Keyring,
+        newest_known: Option<&SnapshotMark>,
+        warnings: &mut Vec<String>,
+    ) -> Chain {
+        let mut newest = newest_known.cloned();
+        let mut known_held = newest_known.is_none();
+        let mut note = |warning: String| {
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+        };
+        for state in states.iter().filter(|s| s.error.is_none()) {
+            let repository = state.repository;
+            let location = repository.target.location();
+            let (found, rejected) = match repository.newest_authentic(keyring).await {
+                Ok(found) => found,
+                Err(error) => {
+                    note(format!("{location}: cannot list its snapshots: {error}"));
+                    continue;
+                }
+            };
+            for (id, error) in rejected {
+                note(format!("{location}: snapshot {id} passed over: {error}"));
+            }
+            if let Some(known) = newest_known
+                && !known_held
+            {
+                known_held = matches!(repository.target.size_of(&repo::snapshot_key(&known.id)).await, Ok(Some(_)));
+            }
+            if let Some(mark) = found.map(|sealed| sealed.mark())
+                && newest.as_ref().is_none_or(|n| mark.sequence > n.sequence)
+            {
+                newest = Some(mark);
+            }
+        }
+        if let Some(known) = newest_known.filter(|_| !known_held) {
+            note(format!(
+                "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, is on no \
+                 target: deleted without being forgotten? The new snapshot names it as its predecessor, so \
+                 `verify` keeps reporting the gap",
+                known.id, known.sequence, known.time
+            ));
+        }
+        Chain { parent: newest.as_ref().map(|m| m.id.clone()), sequence: newest.map_or(1, |m| m.sequence + 1) }
+    }
 }
 
 fn all_failed(states: &[TargetState<'_>]) -> Error {
@@ -887,12 +978,13 @@ async fn commit(
     sealed: &SealedManifest,
     dictionaries: &[StoredDictionary],
     keyring: &Keyring,
-    time: chrono::DateTime<chrono::Utc>,
+    (time, chain): (chrono::DateTime<chrono::Utc>, &Chain),
 ) -> Result<TargetReport> {
     let repository = state.repository;
     // The index of the last new packs (and the dictionaries it names) goes in before the
     // snapshot that needs it.
-    stored.write_index(&repository.target, &repository.metadata_recipients(), dictionaries).await?;
+    let sealing = (repository.metadata_recipients(), keyring.index_mac_key());
+    stored.write_index(&repository.target, &sealing, dictionaries).await?;
     let Stored { packs: new_packs, indexes: new_indexes, new_chunks, mut bytes_added, .. } = stored;
     // Every new pack holds only chunks of this snapshot; the other chunks are in packs the
     // target already had.
@@ -922,6 +1014,8 @@ async fn commit(
         packs: packs.into_iter().collect(),
         indexes: indexes.into_iter().collect(),
         dictionaries: dictionaries.into_iter().collect(),
+        parent: chain.parent.clone(),
+        sequence: chain.sequence,
     };
     let object = sealed.snapshot_object(&header, keyring);
     bytes_added += object.len() as u64;
@@ -1103,7 +1197,8 @@ pub const INDEX_CHUNKS: usize = 1 << 16;
 struct PackUploads {
     target: crate::target::Target,
     data_recipients: Vec<age::x25519::Recipient>,
-    metadata_recipients: Vec<age::x25519::Recipient>,
+    /// Who reads the index, and the key of its MAC.
+    index_sealing: (Vec<age::x25519::Recipient>, MacKey),
     pack_size: usize,
     /// [`BackupOptions::index_chunks`].
     index_chunks: usize,
@@ -1143,7 +1238,7 @@ impl Stored {
     async fn write_index(
         &mut self,
         target: &crate::target::Target,
-        recipients: &[age::x25519::Recipient],
+        (recipients, mac_key): &(Vec<age::x25519::Recipient>, MacKey),
         dictionaries: &[StoredDictionary],
     ) -> Result<()> {
         if self.pending.is_empty() {
@@ -1164,8 +1259,8 @@ impl Stored {
         }
         let file = IndexFile { version: repo::FORMAT_VERSION, packs: std::mem::take(&mut self.pending) };
         let (key, reference, bytes) = tokio::task::spawn_blocking({
-            let recipients = recipients.to_vec();
-            move || repo::seal_index(file, &recipients)
+            let (recipients, mac_key) = (recipients.clone(), mac_key.clone());
+            move || repo::seal_index(file, &recipients, &mac_key)
         })
         .await
         .expect("sealing an index does not panic");
@@ -1223,7 +1318,7 @@ impl PackUploads {
             }
             if stored.pending_chunks() >= self.index_chunks {
                 let dictionaries = self.dictionaries.lock().expect("dictionary list lock is never poisoned").clone();
-                stored.write_index(&self.target, &self.metadata_recipients, &dictionaries).await?;
+                stored.write_index(&self.target, &self.index_sealing, &dictionaries).await?;
             }
         }
         for (pack, _) in open.into_values().filter(|(pack, _)| !pack.is_empty()) {

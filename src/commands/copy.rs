@@ -30,7 +30,12 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
         )));
     }
     let mut report = CopyReport::default();
-    copy_object(from, to, &from.config.keys, None, &mut report).await?;
+    for key in &from.config.keys {
+        copy_object(from, to, key, None, &mut report).await?;
+    }
+    if from.config.version >= repo::AUTHENTICATED_VERSION {
+        copy_object(from, to, &repo::config_copy_key(&from.config_hash), None, &mut report).await?;
+    }
     let present: std::collections::HashSet<String> = to.snapshot_ids().await?.into_iter().collect();
     let mut wanted = Vec::new();
     for selector in only {

@@ -8,12 +8,18 @@ use crate::crypto::RepoSecret;
 use crate::error::Result;
 use crate::repo::{self, Repository, Tuning};
 use crate::target::Target;
+use crate::trust::Fingerprint;
 
 /// What `init` created.
 #[derive(Debug, serde::Serialize)]
 pub struct InitReport {
     /// Repository id.
     pub repository_id: String,
+    /// Its fingerprint: admins keep it beside their identity (restore checks it).
+    pub fingerprint: Fingerprint,
+    /// BLAKE3 of its config (what this host pinned).
+    #[serde(skip)]
+    pub config_hash: String,
     /// Where.
     pub locations: Vec<String>,
     /// The writer key file (keep it on the backup host only), when one was made.
@@ -42,7 +48,13 @@ pub async fn run(
         let copy = repository.init_copy(target).await?;
         locations.push(copy.target.location().to_string());
     }
-    Ok(InitReport { repository_id: repository.config.id, locations, writer_key: Some(writer_key) })
+    Ok(InitReport {
+        fingerprint: repository.fingerprint(),
+        config_hash: repository.config_hash.clone(),
+        repository_id: repository.config.id,
+        locations,
+        writer_key: Some(writer_key),
+    })
 }
 
 /// Creates repositories that share `source`'s identity (`init --copy-from`).
@@ -54,5 +66,11 @@ pub async fn run_copy_from(source: &Repository, targets: Vec<Target>) -> Result<
     for target in targets {
         locations.push(source.init_copy(target).await?.target.location().to_string());
     }
-    Ok(InitReport { repository_id: source.config.id.clone(), locations, writer_key: None })
+    Ok(InitReport {
+        repository_id: source.config.id.clone(),
+        fingerprint: source.fingerprint(),
+        config_hash: source.config_hash.clone(),
+        locations,
+        writer_key: None,
+    })
 }

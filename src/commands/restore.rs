@@ -26,6 +26,7 @@ use crate::fetch::{ChunkReader, ChunkSpool, ReadStats, Source};
 use crate::repo::{self, Keyring, Manifest, Repository, StreamManifest, TableManifest};
 use crate::source::script::{Entry, Script, Step, TableName};
 use crate::source::{self, Database};
+use crate::trust::SnapshotMark;
 
 /// What an existing target database may contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub struct RestoreOptions {
     pub toast_compression: source::ToastCompression,
     /// `maintenance_work_mem` of the restore's sessions at least (index builds sort in it).
     pub maintenance_work_mem: String,
+    /// The newest snapshot the caller knows of (its pin's high-water mark): `latest` says so
+    /// when it finds only older ones.
+    pub newest_known: Option<SnapshotMark>,
 }
 
 /// What a restore did.
@@ -63,6 +67,14 @@ pub struct RestoreOptions {
 pub struct RestoreReport {
     /// The snapshot restored.
     pub snapshot_id: String,
+    /// Its place in the repository's chain (0 before format 7).
+    pub sequence: u64,
+    /// Its time.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// What the restore noticed and went on past: newer snapshots that failed to prove
+    /// themselves, a newer snapshot known but not found.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Tables loaded.
     pub tables: usize,
     /// Rows loaded (each table's count checked against the manifest).
@@ -77,8 +89,28 @@ pub struct RestoreReport {
     pub parallel: bool,
 }
 
-/// Resolves `latest` or an id prefix over several copies of a repository.
-pub async fn resolve_snapshot(repositories: &[Repository], selector: &str) -> Result<String> {
+/// Resolves `latest` or an id prefix over several copies of a repository: the snapshots to try,
+/// in order. An id gives one; `latest` gives every snapshot, newest first, so that a restore can
+/// pass over one that fails to prove itself (a forgery dated in the future, a damaged object).
+pub async fn resolve_snapshot(repositories: &[Repository], selector: &str) -> Result<Vec<String>> {
+    if selector == "latest" {
+        let mut found = Vec::new();
+        for repository in repositories {
+            match repository.snapshots_newest_first().await {
+                Ok(list) => found.extend(list),
+                Err(error) if repositories.len() > 1 => tracing::warn!("{}: {error}", repository.target.location()),
+                Err(error) => return Err(error),
+            }
+        }
+        found.sort_by(|a, b| b.cmp(a));
+        let mut seen = HashSet::new();
+        found.retain(|(_, id)| seen.insert(id.clone()));
+        if found.is_empty() {
+            let locations: Vec<&str> = repositories.iter().map(|r| r.target.location()).collect();
+            return Err(Error::SnapshotNotFound(format!("{} holds no snapshot yet", locations.join(", "))));
+        }
+        return Ok(found.into_iter().map(|(_, id)| id).collect());
+    }
     let mut found: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
     let mut first_error = None;
     for repository in repositories {
@@ -102,7 +134,7 @@ pub async fn resolve_snapshot(repositories: &[Repository], selector: &str) -> Re
         return Err(Error::SnapshotNotFound(format!("{selector} matches {} snapshots; give more digits", found.len())));
     }
     match (found.pop(), first_error) {
-        (Some((_, id)), _) => Ok(id),
+        (Some((_, id)), _) => Ok(vec![id]),
         (None, Some(error)) => Err(error),
         (None, None) => Err(Error::Invalid("restore needs at least one --repo".into())),
     }
@@ -114,8 +146,9 @@ pub async fn open_snapshot(
     keyring: &Keyring,
     snapshot_id: &str,
     index_in_memory: usize,
-) -> Result<(Manifest, Vec<Source>)> {
+) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
     let mut manifest = None;
+    let mut mark = None;
     let mut sources = Vec::new();
     let mut first_error = None;
     for repository in repositories {
@@ -127,7 +160,10 @@ pub async fn open_snapshot(
             other => other,
         };
         let opened = match sealed {
-            Ok(sealed) => sealed.open(keyring).map(|m| (Some(m), Some((sealed.header.indexes, sealed.header.packs)))),
+            Ok(sealed) => sealed.open(keyring).map(|m| {
+                mark.get_or_insert_with(|| sealed.mark());
+                (Some(m), Some((sealed.header.indexes, sealed.header.packs)))
+            }),
             Err(Error::Missing { .. }) => Ok((None, None)),
             Err(error) => Err(error),
         };
@@ -139,7 +175,9 @@ pub async fn open_snapshot(
                 listed
             }
             Err(error) => {
-                tracing::warn!("{}: {error}", repository.target.location());
+                if repositories.len() > 1 {
+                    tracing::warn!("{}: {error}", repository.target.location());
+                }
                 first_error.get_or_insert(error);
                 None
             }
@@ -158,16 +196,59 @@ pub async fn open_snapshot(
         sources.push(Source::new(repository.target.clone(), Arc::new(index)));
     }
     match (manifest, first_error) {
-        (Some(manifest), _) => Ok((manifest, sources)),
+        (Some(manifest), _) => Ok((manifest, sources, mark.expect("set with the manifest"))),
         (None, Some(error)) => Err(error),
         (None, None) => Err(Error::SnapshotNotFound(format!("no target holds snapshot {snapshot_id}"))),
     }
 }
 
+/// Opens the snapshot `options.snapshot` names. For `latest`, the newest that proves itself:
+/// each newer one that does not is passed over and named in `warnings`, and so is a newer
+/// snapshot the caller knows of that no target holds (a rollback by deletion).
+async fn choose_snapshot(
+    repositories: &[Repository],
+    keyring: &Keyring,
+    options: &RestoreOptions,
+    warnings: &mut Vec<String>,
+) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
+    let latest = options.snapshot == "latest";
+    // Said only if a snapshot is restored after all; otherwise the first error says it.
+    let mut passed_over = Vec::new();
+    let mut first_error = None;
+    for snapshot_id in resolve_snapshot(repositories, &options.snapshot).await? {
+        match open_snapshot(repositories, keyring, &snapshot_id, options.index_in_memory).await {
+            Ok((manifest, sources, mark)) => {
+                let mut note = |warning: String| {
+                    tracing::warn!("{warning}");
+                    warnings.push(warning);
+                };
+                passed_over.drain(..).for_each(&mut note);
+                if let Some(known) =
+                    options.newest_known.as_ref().filter(|known| latest && known.sequence > mark.sequence)
+                {
+                    note(format!(
+                        "the newest snapshot found, {} (number {}, {}), is older than the newest this machine knows of, {} \
+                         (number {}, {}): it was deleted from storage; restoring the one found",
+                        mark.id, mark.sequence, mark.time, known.id, known.sequence, known.time
+                    ));
+                }
+                return Ok((manifest, sources, mark));
+            }
+            Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
+                passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
+                first_error.get_or_insert(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Error::SnapshotNotFound("no snapshot to restore".into())))
+}
+
 /// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
 pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
-    let snapshot_id = resolve_snapshot(repositories, &options.snapshot).await?;
-    let (mut manifest, sources) = open_snapshot(repositories, keyring, &snapshot_id, options.index_in_memory).await?;
+    let mut warnings = Vec::new();
+    let (mut manifest, sources, mark) = choose_snapshot(repositories, keyring, options, &mut warnings).await?;
+    let snapshot_id = mark.id.clone();
     let reader = Arc::new(ChunkReader::with_sources(sources, keyring.clone(), options.jobs * 2 + 2));
     let spool = spool_chunks(&reader, &mut manifest).await?;
     let mac_key = keyring.mac_key();
@@ -201,6 +282,9 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
     Ok(RestoreReport {
         snapshot_id,
         tables: manifest.tables.len(),
+        sequence: mark.sequence,
+        time: mark.time,
+        warnings,
         rows,
         bytes: manifest.tables.iter().map(|t| t.data.bytes).sum(),
         chunks: sources.served.iter().map(|(_, served)| served).sum(),

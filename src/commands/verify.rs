@@ -3,15 +3,23 @@
 //! Without a key: every snapshot parses and hashes to its name, and every object it references
 //! exists with the recorded size and BLAKE3. With the writer key or an admin identity: each
 //! manifest's MAC holds and every chunk it names is in its indexes. With an admin identity and
-//! `--read-data`: every referenced pack decrypts and every chunk in it re-hashes to its id.
+//! `--read-data`: every referenced pack decrypts and every chunk in it re-hashes to its id, and
+//! every snapshot's streams give the digest and row count its manifest records: what a restore
+//! would prove.
+//!
+//! Always: every snapshot's predecessor (format 7) is present, and so is the newest snapshot
+//! this machine knows of, so a snapshot deleted from storage is reported, not silently missed.
+//! A referenced pack that fails its hash is marked (`damaged/<id>`), so that later backups store
+//! its chunks again instead of reusing it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::crypto::ChunkId;
+use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
-use crate::repo::{self, ChunkIndex, Keyring, ObjectRef, Repository};
+use crate::repo::{self, ChunkIndex, Keyring, Manifest, ObjectRef, Repository, StreamManifest};
+use crate::trust::SnapshotMark;
 
 /// How deep to look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +56,9 @@ pub struct VerifyReport {
     pub chunks: usize,
     /// Problems, empty when all is well.
     pub problems: Vec<Problem>,
+    /// The newest snapshot that proved itself (for the caller's high-water mark).
+    #[serde(skip)]
+    pub newest: Option<SnapshotMark>,
 }
 
 impl VerifyReport {
@@ -58,11 +69,20 @@ impl VerifyReport {
         self.bytes += other.bytes;
         self.chunks += other.chunks;
         self.problems.extend(other.problems);
+        if other.newest.as_ref().is_some_and(|n| self.newest.as_ref().is_none_or(|m| n.sequence > m.sequence)) {
+            self.newest = other.newest;
+        }
     }
 }
 
-/// Verifies one repository.
-pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Depth) -> Result<VerifyReport> {
+/// Verifies one repository. `newest_known` is the newest snapshot the caller wrote or
+/// authenticated before (its pin's high-water mark).
+pub async fn run(
+    repository: &Repository,
+    keyring: Option<&Keyring>,
+    depth: Depth,
+    newest_known: Option<&SnapshotMark>,
+) -> Result<VerifyReport> {
     if depth == Depth::ReadData && !keyring.is_some_and(|k| k.is_admin) {
         return Err(Error::Invalid("--read-data needs an admin identity (--identity FILE)".into()));
     }
@@ -75,13 +95,37 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
         problem: what,
     };
 
-    match repository.target.get(&repository.config.keys).await {
-        Ok(bytes) => {
-            if let Err(e) = repo::check_object_name(&repository.config.keys, &bytes) {
-                report.problems.push(problem(&repository.config.keys, vec![], e.to_string()));
-            }
+    // `config` itself: a repository opened from its copy (format 7) still needs it mended.
+    match repository.target.get(repo::CONFIG_KEY).await {
+        Ok(bytes) if crate::crypto::object_hash(&bytes) == repository.config_hash => {}
+        Ok(_) | Err(Error::Missing { .. }) => report.problems.push(problem(
+            repo::CONFIG_KEY,
+            vec![],
+            format!(
+                "missing, damaged or replaced; its copy {} is whole: copy it back to `config`",
+                repo::config_copy_key(&repository.config_hash)
+            ),
+        )),
+        Err(e) => return Err(e),
+    }
+    if repository.config.version >= repo::AUTHENTICATED_VERSION {
+        let copy = repo::config_copy_key(&repository.config_hash);
+        match repository.target.get(&copy).await {
+            Ok(bytes) if crate::crypto::object_hash(&bytes) == repository.config_hash => {}
+            Ok(_) => report.problems.push(problem(&copy, vec![], "its BLAKE3 does not match its name".into())),
+            Err(Error::Missing { .. }) => report.problems.push(problem(&copy, vec![], "missing".into())),
+            Err(e) => return Err(e),
         }
-        Err(e) => report.problems.push(problem(&repository.config.keys, vec![], e.to_string())),
+    }
+    for key in &repository.config.keys {
+        match repository.target.get(key).await {
+            Ok(bytes) => {
+                if let Err(e) = repo::check_object_name(key, &bytes) {
+                    report.problems.push(problem(key, vec![], e.to_string()));
+                }
+            }
+            Err(e) => report.problems.push(problem(key, vec![], e.to_string())),
+        }
     }
 
     // Which objects each snapshot needs.
@@ -118,6 +162,36 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
         sealed_snapshots.push(sealed);
     }
 
+    // The chain: every predecessor a snapshot names, and the newest one known, must be here.
+    let present: BTreeSet<&str> = sealed_snapshots.iter().map(|s| s.id.as_str()).collect();
+    let ids: BTreeSet<String> = repository.snapshot_ids().await?.into_iter().collect();
+    // A target's history may start later than the repository's (a target added with `init
+    // --copy-from`): its oldest snapshot may name a predecessor it never held.
+    let oldest = sealed_snapshots.iter().map(|s| s.header.sequence).min();
+    for sealed in sealed_snapshots.iter().filter(|s| Some(s.header.sequence) != oldest) {
+        if let Some(parent) = sealed.header.parent.as_deref().filter(|p| !ids.contains(*p)) {
+            report.problems.push(problem(
+                &repo::snapshot_key(parent),
+                vec![sealed.id.clone()],
+                format!(
+                    "missing: snapshot {} names it as its predecessor; it was deleted without being forgotten",
+                    sealed.id
+                ),
+            ));
+        }
+    }
+    if let Some(known) = newest_known.filter(|known| !present.contains(known.id.as_str()) && !ids.contains(&known.id)) {
+        report.problems.push(problem(
+            &repo::snapshot_key(&known.id),
+            vec![known.id.clone()],
+            format!(
+                "missing: it is the newest snapshot this machine wrote or checked (number {}, {}); it was deleted \
+                 without being forgotten, and `restore latest` would restore an older one",
+                known.sequence, known.time
+            ),
+        ));
+    }
+
     let mut damaged: BTreeSet<String> = BTreeSet::new();
     for ((key, reference), snapshots) in &referenced {
         match repository.target.get(key).await {
@@ -132,6 +206,9 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
                 if let Some(what) = what {
                     damaged.insert(reference.id.clone());
                     report.problems.push(problem(key, snapshots.clone(), what));
+                    if key.starts_with("data/") {
+                        mark_damaged(repository, &reference.id).await;
+                    }
                 }
             }
             Err(Error::Missing { .. }) => {
@@ -145,12 +222,32 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
     let Some(keyring) = keyring else {
         return Ok(report);
     };
+    // Indexes no snapshot lists (left by interrupted backups, or put there by someone else):
+    // backups read them, so one that fails to prove itself is reported (backups skip it).
+    let listed: BTreeSet<String> = referenced.keys().map(|(key, _)| key.clone()).collect();
+    for (key, _) in repository.target.list("index").await? {
+        if listed.contains(&key) {
+            continue;
+        }
+        if let Err(error) = repository.check_index(keyring, &key).await {
+            report.problems.push(problem(
+                &key,
+                vec![],
+                format!("no snapshot lists it and backups skip it: {error}; it can be deleted"),
+            ));
+        }
+    }
     // With a key: manifests and indexes agree.
     let mut needed_chunks: BTreeMap<String, BTreeSet<ChunkId>> = BTreeMap::new();
     let mut index = ChunkIndex::default();
     for sealed in &sealed_snapshots {
         let mut manifest = match sealed.open(keyring) {
-            Ok(manifest) => manifest,
+            Ok(manifest) => {
+                if report.newest.as_ref().is_none_or(|n| sealed.header.sequence > n.sequence) {
+                    report.newest = Some(sealed.mark());
+                }
+                manifest
+            }
             Err(e) => {
                 report.problems.push(problem(&repo::snapshot_key(&sealed.id), vec![sealed.id.clone()], e.to_string()));
                 continue;
@@ -170,8 +267,20 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
         let snapshot_index = Arc::new(snapshot_index);
         if keyring.is_admin {
             let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), snapshot_index.clone(), 4);
-            if let Err(e) = crate::fetch::expand_lists(&mut manifest, &reader).await {
-                report.problems.push(problem(&repo::snapshot_key(&sealed.id), vec![sealed.id.clone()], e.to_string()));
+            match crate::fetch::expand_lists(&mut manifest, &reader).await {
+                Err(e) => {
+                    report.problems.push(problem(
+                        &repo::snapshot_key(&sealed.id),
+                        vec![sealed.id.clone()],
+                        e.to_string(),
+                    ));
+                }
+                Ok(()) if depth == Depth::ReadData => {
+                    for (label, what) in check_streams(&manifest, &reader, &keyring.mac_key()).await {
+                        report.problems.push(problem(&label, vec![sealed.id.clone()], what));
+                    }
+                }
+                Ok(()) => {}
             }
         }
         let snapshot_index = Arc::try_unwrap(snapshot_index).expect("the list reader has been dropped");
@@ -222,4 +331,63 @@ pub async fn run(repository: &Repository, keyring: Option<&Keyring>, depth: Dept
         }
     }
     Ok(report)
+}
+
+/// Leaves the marker that keeps later backups from reusing a damaged pack. Best effort: verify
+/// may run with read-only credentials, and the finding is reported either way. A marker that a
+/// storage writer adds only makes the next backup store some chunks again.
+async fn mark_damaged(repository: &Repository, pack_id: &str) {
+    let key = repo::damaged_key(pack_id);
+    if let Err(error) = repository.target.put_new(&key, bytes::Bytes::new()).await {
+        tracing::warn!("{}: cannot mark {pack_id} damaged: {error}", repository.target.location());
+    }
+}
+
+/// Reads every stream of a snapshot whose lists are expanded, as a restore would, and compares
+/// each stream's digest (admins only) and each table's row count with the manifest: (what,
+/// problem) for each that differs or cannot be read.
+async fn check_streams(manifest: &Manifest, reader: &ChunkReader, mac_key: &MacKey) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let schema = [
+        ("schema (pre-data)".to_string(), &manifest.pre_data, None),
+        ("schema (post-data)".to_string(), &manifest.post_data, None),
+    ];
+    let tables = manifest
+        .tables
+        .iter()
+        .chain(manifest.large_objects.iter())
+        .map(|t| (format!("table {}.{}", t.schema, t.name), &t.data, Some(t.rows)));
+    for (label, stream, rows) in schema.into_iter().chain(tables) {
+        if let Err(what) = check_stream(stream, rows, reader, mac_key).await {
+            problems.push((label, what));
+        }
+    }
+    problems
+}
+
+async fn check_stream(
+    stream: &StreamManifest,
+    rows: Option<u64>,
+    reader: &ChunkReader,
+    mac_key: &MacKey,
+) -> std::result::Result<(), String> {
+    let mut digest = mac_key.hasher();
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    for run in reader.runs(&stream.chunks) {
+        let data = reader.read_run(run).await.map_err(|e| e.to_string())?;
+        digest.update(&data);
+        bytes += data.len() as u64;
+        lines += memchr::memchr_iter(b'\n', &data).count() as u64;
+    }
+    if bytes != stream.bytes {
+        return Err(format!("holds {bytes} bytes, its manifest records {}", stream.bytes));
+    }
+    if digest.finalize().to_hex().as_str() != stream.digest {
+        return Err("its data does not match the snapshot's digest".into());
+    }
+    // COPY's text format ends every row with a newline and escapes those inside values.
+    match rows {
+        Some(rows) if rows != lines => Err(format!("holds {lines} rows, its manifest records {rows}")),
+        _ => Ok(()),
+    }
 }

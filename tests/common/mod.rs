@@ -231,6 +231,11 @@ impl Workspace {
         repo
     }
 
+    /// The repository's fingerprint, as `crmvault fingerprint` prints it.
+    pub fn fingerprint(&self, repo: &str) -> String {
+        self.run(&["fingerprint", "--repo", repo]).ok().stdout.trim().to_string()
+    }
+
     pub fn admin_key(&self) -> String {
         self.path("admin.key").to_str().unwrap().to_string()
     }

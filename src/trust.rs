@@ -1,0 +1,229 @@
+//! Trust rooted outside the storage: the repository fingerprint and the pins that hold it.
+//!
+//! Whoever can write to the storage knows everything public in it (recipients, config, object
+//! names) and can make age ciphertexts for the public recipients, so nothing read from storage
+//! is believed because it decrypts. It is believed because it chains to something the storage
+//! does not hold (docs/FORMAT.md, *Trust*):
+//! - the **fingerprint**: the BLAKE3 of the repository's first `config`, which names its keys
+//!   objects by their hashes. `init` prints it; admins keep it beside their identity; every
+//!   admin command checks the repository against it (given with `--fingerprint`, or remembered
+//!   here from an earlier use).
+//! - the **pin** on the backup host: `init` remembers the exact config (hence recipients and
+//!   keys) it wrote; `backup` refuses a repository whose config changed.
+//! - the **high-water mark**: the newest snapshot (by sequence) this machine wrote or
+//!   authenticated, so that a snapshot deleted from storage is noticed even when it was the
+//!   newest one.
+//!
+//! This module is pure: the CLI decides where the pin file lives and when to save it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How many bytes of the first config's BLAKE3 a fingerprint shows (128 bits: finding another
+/// config with the same fingerprint is a second preimage, about 2^128 hashes).
+pub const FINGERPRINT_BYTES: usize = 16;
+
+/// A repository's fingerprint: the start of the BLAKE3 of its first config object.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; FINGERPRINT_BYTES]);
+
+impl Fingerprint {
+    /// The fingerprint of a repository whose first config hashes (BLAKE3, hex) to `config_hash`.
+    pub fn of_config_hash(config_hash: &str) -> Result<Fingerprint> {
+        let mut bytes = [0u8; FINGERPRINT_BYTES];
+        hex::decode_to_slice(config_hash.get(..2 * FINGERPRINT_BYTES).unwrap_or(""), &mut bytes)
+            .map_err(|_| Error::Invalid(format!("{config_hash:?} is not a BLAKE3 hash")))?;
+        Ok(Fingerprint(bytes))
+    }
+
+    /// Parses what a person typed: 32 hex digits, dashes and spaces anywhere, any case.
+    pub fn parse(text: &str) -> Result<Fingerprint> {
+        let digits: String = text.chars().filter(|c| !matches!(c, '-' | ' ' | ':')).collect();
+        let mut bytes = [0u8; FINGERPRINT_BYTES];
+        if digits.len() != 2 * FINGERPRINT_BYTES || hex::decode_to_slice(&digits, &mut bytes).is_err() {
+            return Err(Error::Invalid(format!(
+                "{text:?} is not a repository fingerprint (32 hex digits, as `crmvault init` and \
+                 `crmvault fingerprint` print them: xxxx-xxxx-xxxx-xxxx-xxxx-xxxx-xxxx-xxxx)"
+            )));
+        }
+        Ok(Fingerprint(bytes))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let digits = hex::encode(self.0);
+        let groups: Vec<&str> = (0..digits.len()).step_by(4).map(|at| &digits[at..at + 4]).collect();
+        f.write_str(&groups.join("-"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Fingerprint::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A snapshot's place in its repository's chain: what the high-water mark remembers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMark {
+    /// Snapshot id.
+    pub id: String,
+    /// Its sequence number (one more than its predecessor's).
+    pub sequence: u64,
+    /// Its time.
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// What one machine remembers of one repository (`repos/<id>/trust.json` in the config folder).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pin {
+    /// The repository id (also the folder's name).
+    pub repository_id: String,
+    /// The fingerprint the repository must have.
+    pub fingerprint: Fingerprint,
+    /// BLAKE3 of the exact config this machine last accepted (the backup host's pin of
+    /// recipients and keys).
+    pub config_hash: String,
+    /// The newest snapshot this machine wrote or authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<SnapshotMark>,
+    /// Where this machine has opened the repository: a location that later claims to be
+    /// another repository was replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<String>,
+}
+
+impl Pin {
+    /// Raises the high-water mark to `mark` if it is newer; true when it changed.
+    pub fn advance(&mut self, mark: &SnapshotMark) -> bool {
+        if self.newest.as_ref().is_some_and(|newest| newest.sequence >= mark.sequence) {
+            return false;
+        }
+        self.newest = Some(mark.clone());
+        true
+    }
+}
+
+/// The pin of the repository this machine opened at `location` before, if any.
+pub fn pin_of_location(config_dir: &Path, location: &str) -> Result<Option<Pin>> {
+    let folder = config_dir.join("repos");
+    let Ok(entries) = std::fs::read_dir(&folder) else {
+        return Ok(None);
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(Some(pin)) = load_pin(config_dir, &id)
+            && pin.locations.iter().any(|known| known == location)
+        {
+            return Ok(Some(pin));
+        }
+    }
+    Ok(None)
+}
+
+/// Where a repository's pin lives under a config folder.
+pub fn pin_path(config_dir: &Path, repository_id: &str) -> PathBuf {
+    config_dir.join("repos").join(repository_id).join("trust.json")
+}
+
+/// Reads the pin of `repository_id`, if this machine has one.
+pub fn load_pin(config_dir: &Path, repository_id: &str) -> Result<Option<Pin>> {
+    let path = pin_path(config_dir, repository_id);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::io(&path, error)),
+    };
+    let pin: Pin = serde_json::from_slice(&text).map_err(|e| {
+        Error::Invalid(format!("{} is damaged ({e}); remove it and give --fingerprint to pin again", path.display()))
+    })?;
+    if pin.repository_id != repository_id {
+        return Err(Error::Invalid(format!("{} names another repository; remove it", path.display())));
+    }
+    Ok(Some(pin))
+}
+
+/// Writes a pin (mode 0600, replacing the previous one atomically: a crash leaves the old or
+/// the new file, never half of one).
+pub fn save_pin(config_dir: &Path, pin: &Pin) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = pin_path(config_dir, &pin.repository_id);
+    let folder = path.parent().expect("a pin path has a folder");
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let staging = folder.join(format!(".trust.json.{}", std::process::id()));
+    let mut text = serde_json::to_vec_pretty(pin).expect("serialisable");
+    text.push(b'\n');
+    let written = (|| {
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&staging)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&staging, &path)?;
+        std::fs::File::open(folder)?.sync_all()
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&staging);
+        Error::io(&path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_reads_back_from_how_it_is_shown_and_refuses_anything_else() {
+        let hash = blake3::hash(b"config").to_hex().to_string();
+        let fingerprint = Fingerprint::of_config_hash(&hash).unwrap();
+        let shown = fingerprint.to_string();
+        assert_eq!(shown.len(), 39, "{shown}");
+        assert_eq!(shown.replace('-', ""), hash[..32]);
+        assert_eq!(Fingerprint::parse(&shown).unwrap(), fingerprint);
+        assert_eq!(Fingerprint::parse(&shown.to_uppercase().replace('-', " ")).unwrap(), fingerprint);
+        for bad in ["", "abcd", &shown[1..], &format!("{shown}0"), &shown.replace('a', "g")] {
+            if bad.chars().any(|c| c == 'g') || bad.len() != shown.len() {
+                assert!(Fingerprint::parse(bad).is_err(), "{bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pin_is_saved_private_and_its_mark_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap();
+        let mut pin =
+            Pin { repository_id: "r1".into(), fingerprint, config_hash: "h".into(), newest: None, locations: vec![] };
+        let mark = |sequence| SnapshotMark { id: format!("s{sequence}"), sequence, time: chrono::Utc::now() };
+        assert!(pin.advance(&mark(3)));
+        assert!(!pin.advance(&mark(2)));
+        assert!(!pin.advance(&mark(3)));
+        save_pin(dir.path(), &pin).unwrap();
+        let path = pin_path(dir.path(), "r1");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        let read = load_pin(dir.path(), "r1").unwrap().unwrap();
+        assert_eq!(read.newest.unwrap().sequence, 3);
+        assert!(load_pin(dir.path(), "r2").unwrap().is_none());
+        std::fs::write(&path, b"{").unwrap();
+        assert!(load_pin(dir.path(), "r1").unwrap_err().to_string().contains("damaged"));
+    }
+}

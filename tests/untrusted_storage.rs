@@ -1,0 +1,342 @@
+//! End-to-end: an attacker who can write to the storage, and no key at all (issue 18). Every
+//! attack here worked before format 7: each test is one of them, and what stops it.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// The victim: a database with a secret table, a repository, and the admin's workspace (which
+/// ran `init`, so it holds the pin, the writer key and the admin key).
+struct Victim {
+    source: TestDb,
+    work: Workspace,
+    repo: String,
+}
+
+impl Victim {
+    fn new(label: &str) -> Victim {
+        let source = TestDb::create(label);
+        source.load_file(&fixture("examples/crm.sql"));
+        let work = Workspace::new();
+        let repo = work.init_repo("repo");
+        work.backup(&source, &repo);
+        Victim { source, work, repo }
+    }
+
+    fn recipient(&self) -> String {
+        std::fs::read_to_string(self.work.path("admin.key"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
+            .unwrap()
+    }
+
+    fn file(&self, relative: &str) -> std::path::PathBuf {
+        Path::new(&self.repo).join(relative)
+    }
+
+    fn only(&self, folder: &str) -> Vec<std::path::PathBuf> {
+        files_under(&self.file(folder))
+    }
+}
+
+/// The attacker's own repository, made with the victim's public recipient, holding a backup of
+/// the attacker's database (whose materialized view would read a server file when refreshed).
+fn forged_repository(victim: &Victim) -> (Workspace, String) {
+    let evil = TestDb::create("evil");
+    evil.sql(
+        "CREATE SCHEMA crm; CREATE TABLE crm.contacts (id int PRIMARY KEY, email text); \
+         INSERT INTO crm.contacts VALUES (1, 'attacker@example.test'); \
+         CREATE MATERIALIZED VIEW crm.leak AS SELECT 'pwned'::text AS what",
+    );
+    let attacker = Workspace::new();
+    let repo = attacker.path("repo").to_str().unwrap().to_string();
+    attacker.run(&["init", "--repo", &repo, "--recipient", &victim.recipient()]).ok();
+    attacker.backup(&evil, &repo);
+    (attacker, repo)
+}
+
+#[test]
+fn a_forged_repository_made_with_the_public_recipients_is_refused_everywhere() {
+    let victim = Victim::new("forge");
+    let fingerprint = victim.work.fingerprint(&victim.repo);
+    let (_attacker, forged) = forged_repository(&victim);
+    // The attacker replaces every object of the victim's repository with its own.
+    std::fs::remove_dir_all(&victim.repo).unwrap();
+    copy_dir(Path::new(&forged), Path::new(&victim.repo));
+
+    // The admin who pinned the repository: refused, nothing restored.
+    let target = TestDb::create("forge_target");
+    victim.work.restore(&victim.repo, &target).fails_with(1, "it was forged or replaced in storage");
+    assert!(target.is_empty());
+    // A fresh machine with the fingerprint kept beside the identity: refused.
+    let fresh = Workspace::new();
+    std::fs::copy(victim.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let run = fresh.restore_with(&victim.repo, &target, &["--fingerprint", &fingerprint, "latest"]);
+    run.fails_with(1, "is not the repository you trust");
+    assert!(target.is_empty());
+    // A fresh machine without it: refused, never trusted on first use.
+    fresh.restore(&victim.repo, &target).fails_with(1, "not pinned on this machine");
+    assert!(target.is_empty());
+    // The backup host: refuses to write under the attacker's keys.
+    victim
+        .work
+        .run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo])
+        .fails_with(1, "forged or replaced in storage");
+}
+
+#[test]
+fn a_replaced_keys_object_or_an_added_recipient_is_refused_by_backup_and_restore() {
+    let victim = Victim::new("rekeyed");
+    let target = TestDb::create("rekeyed_target");
+    let config_path = victim.file("config");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+
+    // 1. One more recipient in the config: the next backup would encrypt to the attacker.
+    let attacker_key = age::x25519::Identity::generate();
+    let recipient = victim.recipient();
+    let widened = original.replacen(
+        &format!("\"{recipient}\""),
+        &format!("\"{recipient}\", \"{}\"", attacker_key.to_public()),
+        1,
+    );
+    assert_ne!(widened, original);
+    std::fs::write(&config_path, &widened).unwrap();
+    let packs_before = victim.only("data").len();
+    victim
+        .work
+        .run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo])
+        .fails_with(1, "recipients, keys or settings were changed in storage");
+    assert_eq!(victim.only("data").len(), packs_before, "nothing was written");
+    victim.work.restore(&victim.repo, &target).fails_with(1, "forged or replaced");
+
+    // 2. A new keys object holding the attacker's secret, encrypted (as `age -r` would) to the
+    //    public recipients, named by its hash, with the config pointing at it.
+    let config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let secret = |n: u8| hex::encode([n; 32]);
+    let plaintext = serde_json::json!({
+        "repository_id": config["id"], "repo_secret": secret(7), "auth_secret": secret(9),
+    })
+    .to_string();
+    let recipients: Vec<age::x25519::Recipient> =
+        [recipient.as_str(), config["writer_recipient"].as_str().unwrap()].iter().map(|r| r.parse().unwrap()).collect();
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient)).unwrap();
+    let mut ciphertext = vec![];
+    let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
+    std::io::Write::write_all(&mut writer, plaintext.as_bytes()).unwrap();
+    writer.finish().unwrap();
+    let name = blake3::hash(&ciphertext).to_hex().to_string();
+    std::fs::write(victim.file(&format!("keys/{name}")), &ciphertext).unwrap();
+    let mut replaced = config.clone();
+    replaced["keys"] = serde_json::json!([format!("keys/{name}")]);
+    std::fs::write(&config_path, serde_json::to_string_pretty(&replaced).unwrap() + "\n").unwrap();
+    victim
+        .work
+        .run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo])
+        .fails_with(1, "changed in storage");
+    victim.work.restore(&victim.repo, &target).fails_with(1, "forged or replaced");
+
+    // 3. The same secret written over the existing keys objects, config untouched: the config
+    //    names them by their hashes, so they are refused as damaged, not believed.
+    std::fs::write(&config_path, &original).unwrap();
+    for keys in victim.only("keys").iter().filter(|k| !k.ends_with(&name)) {
+        std::fs::write(keys, &ciphertext).unwrap();
+    }
+    victim.work.restore(&victim.repo, &target).fails_with(1, "do not match its name");
+    assert!(target.is_empty());
+    victim
+        .work
+        .run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo])
+        .fails_with(1, "do not match its name");
+}
+
+#[test]
+fn a_deleted_newest_snapshot_is_reported_by_verify_and_restore() {
+    let victim = Victim::new("rollback");
+    victim
+        .source
+        .sql("UPDATE crm.contacts SET email = 'changed@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+    let newest = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
+    std::fs::remove_file(victim.file(&format!("snapshots/{newest}"))).unwrap();
+
+    // The machine that wrote it knows it is gone.
+    let verify = victim.work.run(&["verify", "--repo", &victim.repo]);
+    assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+    assert!(
+        verify.stdout.contains(&newest) && verify.stdout.contains("deleted without being forgotten"),
+        "{}",
+        verify.stdout
+    );
+    let target = TestDb::create("rollback_target");
+    let restore = victim.work.run(&[
+        "restore",
+        "--json",
+        "--repo",
+        &victim.repo,
+        "--identity",
+        &victim.work.admin_key(),
+        "--db",
+        &target.url(),
+    ]);
+    let report = restore.ok().json();
+    let warning = report["warnings"][0].as_str().unwrap();
+    assert!(warning.contains(&newest) && warning.contains("older than the newest"), "{report}");
+
+    // The next backup names the lost snapshot as its predecessor, so even a machine that never
+    // saw it (no pin, no key) finds the gap.
+    let next = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
+    assert_eq!(next.json()["parent"].as_str(), Some(newest.as_str()), "{}", next.stdout);
+    assert!(next.stderr.contains("deleted without being forgotten"), "{}", next.stderr);
+    let stranger = Workspace::new();
+    let verify = stranger.run(&["verify", "--repo", &victim.repo]);
+    assert_eq!(verify.code, 3, "{}", verify.stdout);
+    assert!(verify.stdout.contains(&newest), "{}", verify.stdout);
+}
+
+#[test]
+fn junk_and_a_foreign_future_snapshot_neither_stop_backups_nor_win_latest() {
+    let victim = Victim::new("junk");
+    let real = victim.work.run(&["snapshots", "--json", "--repo", &victim.repo]).ok().json()["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Junk named by its own hash under index/ and snapshots/.
+    for folder in ["index", "snapshots"] {
+        let junk = format!("junk in {folder}").into_bytes();
+        std::fs::write(victim.file(&format!("{folder}/{}", blake3::hash(&junk).to_hex())), &junk).unwrap();
+    }
+    // A snapshot of the attacker's repository, made later, so newer by its header.
+    let (_attacker, forged) = forged_repository(&victim);
+    for file in files_under(&Path::new(&forged).join("snapshots")) {
+        std::fs::copy(&file, victim.file(&format!("snapshots/{}", file.file_name().unwrap().to_str().unwrap())))
+            .unwrap();
+    }
+    let backup = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
+    assert!(backup.stderr.contains("skipped"), "{}", backup.stderr);
+    assert_eq!(backup.json()["parent"].as_str(), Some(real.as_str()), "the forgery is no predecessor");
+    let newest = backup.json()["snapshot_id"].as_str().unwrap().to_string();
+
+    // Restore takes the newest snapshot that proves itself, and names what it passed over.
+    let target = TestDb::create("junk_target");
+    let restore = victim.work.run(&[
+        "restore",
+        "--json",
+        "--repo",
+        &victim.repo,
+        "--identity",
+        &victim.work.admin_key(),
+        "--db",
+        &target.url(),
+    ]);
+    let report = restore.ok().json();
+    assert_eq!(report["snapshot_id"].as_str(), Some(newest.as_str()));
+    assert_same_database(&victim.source, &target);
+    // verify names the forgery and the junk index.
+    let verify = victim.work.run(&["verify", "--repo", &victim.repo, "--identity", &victim.work.admin_key()]);
+    assert_eq!(verify.code, 3);
+    assert!(verify.stdout.contains("MAC does not match"), "{}", verify.stdout);
+    assert!(verify.stdout.contains("no snapshot lists it"), "{}", verify.stdout);
+}
+
+#[test]
+fn one_damaged_keys_object_leaves_the_repository_readable() {
+    let victim = Victim::new("keys_copy");
+    let keys = victim.only("keys");
+    assert_eq!(keys.len(), 2, "two copies of the keys object");
+    let mut bytes = std::fs::read(&keys[0]).unwrap();
+    let last = bytes.len() - 5;
+    bytes[last] ^= 1;
+    std::fs::write(&keys[0], bytes).unwrap();
+    let target = TestDb::create("keys_copy_target");
+    victim.work.restore(&victim.repo, &target).ok();
+    assert_same_database(&victim.source, &target);
+    victim.work.backup(&victim.source, &victim.repo);
+    let verify = victim.work.run(&["verify", "--repo", &victim.repo]);
+    assert_eq!(verify.code, 3);
+    assert!(verify.stdout.contains(keys[0].file_name().unwrap().to_str().unwrap()), "{}", verify.stdout);
+}
+
+#[test]
+fn a_pack_that_failed_verify_is_not_reused_by_the_next_backup() {
+    let victim = Victim::new("packflip");
+    let pack = victim.only("data").into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&pack, bytes).unwrap();
+    assert_eq!(victim.work.run(&["verify", "--repo", &victim.repo]).code, 3);
+    // The next backup stores the damaged pack's chunks again, so its snapshot restores.
+    let report = victim.work.backup(&victim.source, &victim.repo);
+    assert!(report["new_chunks"].as_u64().unwrap() > 0, "{report}");
+    let target = TestDb::create("packflip_target");
+    victim.work.restore(&victim.repo, &target).ok();
+    assert_same_database(&victim.source, &target);
+}
+
+#[test]
+fn a_fresh_machine_needs_the_fingerprint_once_then_remembers_it() {
+    let victim = Victim::new("fresh");
+    let fingerprint = victim.work.fingerprint(&victim.repo);
+    let init_output = std::fs::read_to_string(victim.work.path("config").join("repos")).is_err();
+    assert!(init_output, "the pins live in a folder per repository");
+    let fresh = Workspace::new();
+    std::fs::copy(victim.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let target = TestDb::create("fresh_target");
+    fresh.restore(&victim.repo, &target).fails_with(1, "give --fingerprint");
+    let wrong = "0000-0000-0000-0000-0000-0000-0000-0000";
+    fresh.restore_with(&victim.repo, &target, &["--fingerprint", wrong, "latest"]).fails_with(1, "not the repository");
+    assert!(target.is_empty());
+    // Given as an admin types it (no dashes, upper case) through the environment.
+    let typed = fingerprint.replace('-', "").to_uppercase();
+    let run = Run::from(
+        &fresh
+            .command()
+            .env("CRMVAULT_FINGERPRINT", &typed)
+            .args(["restore", "--repo", &victim.repo, "--identity", &fresh.admin_key(), "--db", &target.url()])
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(run.stderr.contains("pinned repository"), "{}", run.stderr);
+    assert_same_database(&victim.source, &target);
+    // Remembered: the next admin command needs no flag.
+    fresh.run(&["verify", "--repo", &victim.repo, "--identity", &fresh.admin_key(), "--read-data"]).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writer_key_reads_no_digest_and_a_re_maced_row_count_fails_verify() {
+    use crmvault::repo::{Repository, SealedManifest};
+    use crmvault::target::{OpenMode, Target};
+    let victim = Victim::new("digest");
+    let repository = Repository::open(Target::open(&victim.repo, OpenMode::Existing).unwrap()).await.unwrap();
+    let writer = repository.unlock_as_writer(&victim.work.config_dir()).await.unwrap();
+    let admin = repository.unlock_as_admin(Path::new(&victim.work.admin_key())).await.unwrap();
+    let id = repository.resolve_snapshot("latest").await.unwrap();
+    let sealed = repository.read_snapshot(&id).await.unwrap();
+
+    // The backup host's files open the manifest (table names, row counts) but no digest: the
+    // guess oracle of a small table is gone.
+    let as_writer = sealed.open(&writer).unwrap();
+    assert!(as_writer.tables.iter().any(|t| t.rows > 0));
+    assert!(as_writer.streams().all(|s| s.digest.is_empty()), "the writer reads a digest");
+    let mut as_admin = sealed.open(&admin).unwrap();
+    assert!(as_admin.streams().all(|s| s.digest.len() == 64), "an admin reads every digest");
+
+    // Whoever holds the keys re-MACs a manifest with a wrong row count: verify --read-data
+    // proves what restore would, so it finds it.
+    let table = as_admin.tables.iter().position(|t| t.rows > 0).unwrap();
+    as_admin.tables[table].rows += 1;
+    let (name, rows) =
+        (format!("{}.{}", as_admin.tables[table].schema, as_admin.tables[table].name), as_admin.tables[table].rows);
+    let forged = SealedManifest::seal(&mut as_admin, &repository);
+    let object = forged.snapshot_object(&sealed.header, &admin);
+    repository.target.put_new(&format!("snapshots/{}", forged.id), object).await.unwrap();
+    let work = &victim.work;
+    work.run(&["verify", "--repo", &victim.repo, "--identity", &work.admin_key()]).ok();
+    let verify = work.run(&["verify", "--repo", &victim.repo, "--identity", &work.admin_key(), "--read-data"]);
+    assert_eq!(verify.code, 3, "{}", verify.stdout);
+    assert!(verify.stdout.contains(&format!("table {name}")), "{}", verify.stdout);
+    assert!(verify.stdout.contains(&format!("its manifest records {rows}")), "{}", verify.stdout);
+}
