@@ -455,6 +455,10 @@ impl Repository {
             crypto::parse_recipient(recipient)
                 .map_err(|_| Error::corrupt(format!("{}/config", target.location()), "holds a damaged recipient"))?;
         }
+        // The id names folders on this machine (writer key, pin): nothing but 32 hex digits.
+        if config.id.len() != 32 || !config.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Err(Error::corrupt(format!("{}/config", target.location()), "holds an invalid repository id"));
+        }
         if config.generation != 0 {
             return Err(Error::UnsupportedFormat {
                 what: format!(
@@ -772,6 +776,11 @@ pub async fn ensure_empty(target: &Target) -> Result<()> {
         return Err(Error::AlreadyExists { location: target.location().into(), what: "other files".into() });
     }
     Ok(())
+}
+
+/// Whether `id` has the form of an object name: 64 lowercase hex digits.
+pub fn is_object_hash(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Checks that a content-addressed object's bytes hash to its name.
@@ -1577,6 +1586,11 @@ fn parse_header(id: &str, bytes: &Bytes) -> Result<HeaderLines> {
     }
     let header: SnapshotHeader =
         serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
+    // Ids become object keys: anything but a BLAKE3 hex hash is refused before it is used.
+    let referenced = header.packs.iter().chain(&header.indexes).chain(&header.dictionaries).map(|o| o.id.as_str());
+    if !referenced.chain(header.parent.as_deref()).all(is_object_hash) {
+        return Err(Error::corrupt(&key, "its header names an object that is not a BLAKE3 hash"));
+    }
     let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
     Ok(HeaderLines { header, version, version_line: lines[0].clone(), header_line: lines[1].clone(), mac, end: start })
 }

@@ -170,17 +170,7 @@ fn a_deleted_newest_snapshot_is_reported_by_verify_and_restore() {
         verify.stdout
     );
     let target = TestDb::create("rollback_target");
-    let restore = victim.work.run(&[
-        "restore",
-        "--json",
-        "--repo",
-        &victim.repo,
-        "--identity",
-        &victim.work.admin_key(),
-        "--db",
-        &target.url(),
-    ]);
-    let report = restore.ok().json();
+    let report = victim.work.restore_with(&victim.repo, &target, &["--json"]).ok().json();
     let warning = report["warnings"][0].as_str().unwrap();
     assert!(warning.contains(&newest) && warning.contains("older than the newest"), "{report}");
 
@@ -202,6 +192,20 @@ fn junk_and_a_foreign_future_snapshot_neither_stop_backups_nor_win_latest() {
         .as_str()
         .unwrap()
         .to_string();
+    // A copy of the real snapshot whose (unauthenticated) header names a pack "x".
+    let real_object = std::fs::read(victim.file(&format!("snapshots/{real}"))).unwrap();
+    let mut lines: Vec<Vec<u8>> = real_object.splitn(5, |&b| b == b'\n').map(<[u8]>::to_vec).collect();
+    let header = String::from_utf8(lines[1].clone()).unwrap().replacen(
+        "\"packs\":[",
+        "\"packs\":[{\"id\":\"x\",\"size\":1},",
+        1,
+    );
+    lines[2] = blake3::hash(header.as_bytes()).to_hex().as_bytes().to_vec();
+    lines[1] = header.into_bytes();
+    lines[4].push(b'!');
+    let name = blake3::hash(&lines[4]).to_hex().to_string();
+    std::fs::write(victim.file(&format!("snapshots/{name}")), lines.join(&b'\n')).unwrap();
+    assert_eq!(victim.work.run(&["verify", "--repo", &victim.repo]).fails_with(3, "not a BLAKE3 hash").code, 3);
     // Junk named by its own hash under index/ and snapshots/.
     for folder in ["index", "snapshots"] {
         let junk = format!("junk in {folder}").into_bytes();
@@ -220,17 +224,7 @@ fn junk_and_a_foreign_future_snapshot_neither_stop_backups_nor_win_latest() {
 
     // Restore takes the newest snapshot that proves itself, and names what it passed over.
     let target = TestDb::create("junk_target");
-    let restore = victim.work.run(&[
-        "restore",
-        "--json",
-        "--repo",
-        &victim.repo,
-        "--identity",
-        &victim.work.admin_key(),
-        "--db",
-        &target.url(),
-    ]);
-    let report = restore.ok().json();
+    let report = victim.work.restore_with(&victim.repo, &target, &["--json"]).ok().json();
     assert_eq!(report["snapshot_id"].as_str(), Some(newest.as_str()));
     assert_same_database(&victim.source, &target);
     // verify names the forgery and the junk index.
@@ -339,4 +333,19 @@ async fn the_writer_key_reads_no_digest_and_a_re_maced_row_count_fails_verify() 
     assert_eq!(verify.code, 3, "{}", verify.stdout);
     assert!(verify.stdout.contains(&format!("table {name}")), "{}", verify.stdout);
     assert!(verify.stdout.contains(&format!("its manifest records {rows}")), "{}", verify.stdout);
+}
+
+#[test]
+fn a_repository_id_that_is_not_hex_is_refused_before_it_names_a_folder_here() {
+    // The id names the writer key's and the pin's folders on this machine: a storage writer
+    // must not steer them elsewhere.
+    let victim = Victim::new("badid");
+    let config_path = victim.file("config");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&config).unwrap()["id"].as_str().unwrap().to_string();
+    std::fs::write(&config_path, config.replace(&id, "../../../../tmp/escape00000000000")).unwrap();
+    for folder in ["configs", "keys"] {
+        std::fs::remove_dir_all(victim.file(folder)).unwrap();
+    }
+    victim.work.run(&["snapshots", "--repo", &victim.repo]).fails_with(1, "holds an invalid repository id");
 }
