@@ -11,9 +11,11 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::error::{Error, Result};
 
+pub mod conninfo;
 pub mod script;
 pub mod tls;
 
+pub use conninfo::redact;
 use tls::TlsMode;
 
 /// A parsed database connection string. `Display` never shows the password.
@@ -42,12 +44,12 @@ impl Database {
     /// values (default `prefer`); `sslrootcert` names the CA file for `verify-ca`/`verify-full`.
     pub fn parse(text: &str) -> Result<Database> {
         let redacted = redact(text);
-        let (rest, sslmode, root_cert) = split_tls_options(text)
-            .map_err(|e| Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {e}")))?;
-        let tls = TlsMode::parse(sslmode.as_deref().unwrap_or("prefer"))?;
-        let mut config: Config = rest
-            .parse()
-            .map_err(|e| Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {e}")))?;
+        let invalid = |detail: &dyn std::fmt::Display| {
+            Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {detail}"))
+        };
+        let options = conninfo::take_tls_options(text).map_err(|e| invalid(&e))?;
+        let tls = TlsMode::parse(options.sslmode.as_deref().unwrap_or("prefer"))?;
+        let mut config: Config = options.rest.parse().map_err(|e| invalid(&e))?;
         config.ssl_mode(match tls {
             TlsMode::Disable => SslMode::Disable,
             TlsMode::Prefer => SslMode::Prefer,
@@ -62,7 +64,7 @@ impl Database {
         if config.get_hosts().is_empty() {
             config.host("127.0.0.1");
         }
-        Ok(Database { config, redacted, tls, root_cert: root_cert.map(PathBuf::from) })
+        Ok(Database { config, redacted, tls, root_cert: options.sslrootcert.map(PathBuf::from) })
     }
 
     /// Uses `password` unless the connection string already carries one (PGPASSWORD).
@@ -135,71 +137,6 @@ impl Database {
         env.push(("PGCONNECT_TIMEOUT".into(), "15".into()));
         env
     }
-}
-
-/// Takes `sslmode` and `sslrootcert` out of a connection string (tokio-postgres knows neither
-/// `verify-ca`/`verify-full` nor `sslrootcert`): (the rest, sslmode, sslrootcert).
-fn split_tls_options(text: &str) -> std::result::Result<(String, Option<String>, Option<String>), String> {
-    let (mut sslmode, mut root_cert) = (None, None);
-    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        let mut url = url::Url::parse(text).map_err(|e| e.to_string())?;
-        let mut kept = Vec::new();
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "sslmode" => sslmode = Some(value.into_owned()),
-                "sslrootcert" => root_cert = Some(value.into_owned()),
-                _ => kept.push((key.into_owned(), value.into_owned())),
-            }
-        }
-        if kept.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(kept);
-            // Form encoding writes a space as `+` (and a `+` as `%2B`); tokio-postgres decodes
-            // only `%20`, so `options=-c%20work_mem%3D1GB` would reach the server as
-            // `-c+work_mem=1GB`.
-            let query = url.query().unwrap_or_default().replace('+', "%20");
-            url.set_query(Some(&query));
-        }
-        return Ok((url.to_string(), sslmode, root_cert));
-    }
-    let mut kept = Vec::new();
-    for part in text.split_whitespace() {
-        if let Some(value) = part.strip_prefix("sslmode=") {
-            sslmode = Some(value.trim_matches('\'').to_string());
-        } else if let Some(value) = part.strip_prefix("sslrootcert=") {
-            root_cert = Some(value.trim_matches('\'').to_string());
-        } else {
-            kept.push(part);
-        }
-    }
-    Ok((kept.join(" "), sslmode, root_cert))
-}
-
-/// Removes the password from a connection string for display.
-pub fn redact(text: &str) -> String {
-    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        if let Ok(mut url) = url::Url::parse(text) {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            let pairs: Vec<(String, String)> =
-                url.query_pairs()
-                    .map(|(k, v)| {
-                        if k == "password" { (k.into_owned(), "***".into()) } else { (k.into_owned(), v.into_owned()) }
-                    })
-                    .collect();
-            if !pairs.is_empty() {
-                url.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            return url.to_string();
-        }
-        return "postgres://(unparseable URL)".into();
-    }
-    text.split_whitespace()
-        .map(|part| if part.starts_with("password=") { "password=***".to_string() } else { part.to_string() })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Quotes an SQL identifier.
@@ -666,11 +603,18 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(redact("postgres://backup:s3cret@db:5432/crm"), "postgres://backup:***@db:5432/crm");
-        assert!(!redact("host=db password=s3cret user=x").contains("s3cret"));
-        assert!(!redact("postgres://db/crm?password=s3cret").contains("s3cret"));
-        let database = Database::parse("postgres://u:s3cret@db/crm").unwrap();
-        assert!(!format!("{database} {database:?}").contains("s3cret"));
+        for text in [
+            "postgres://u:s3cret@db/crm",
+            "host=db password = 's3cret x' user=u",
+            "host=db password='s3cret' sslmode=nonsense",
+            "host=db password='s3cret",
+        ] {
+            let shown = match Database::parse(text) {
+                Ok(database) => format!("{database} {database:?}"),
+                Err(error) => format!("{error} {error:?}"),
+            };
+            assert!(!shown.contains("s3cret"), "{text} → {shown}");
+        }
     }
 
     #[test]
