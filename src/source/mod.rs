@@ -81,7 +81,8 @@ impl Database {
             Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {detail}"))
         };
         let options = conninfo::take_tls_options(text).map_err(|e| invalid(&e))?;
-        let mut config: Config = options.rest.parse().map_err(|e| invalid(&e))?;
+        // tokio-postgres' causes name the option, never its value.
+        let mut config: Config = options.rest.parse().map_err(|e| invalid(&crate::error::postgres_message(&e)))?;
         if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
             config.host("127.0.0.1");
         }
