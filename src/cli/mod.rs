@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some targets failed) or problems found (verify).
 
+mod connection;
 mod output;
 mod storage;
 mod trust;
@@ -249,9 +250,10 @@ fn config_dir() -> Result<PathBuf> {
     Ok(Path::new(&home).join(".config/crmvault"))
 }
 
-/// Parses a database URL, taking the password from PGPASSWORD when the URL has none.
+/// Parses a database URL, taking the password from PGPASSWORD when the URL has none, and
+/// TLS defaults from the environment (cli/connection.rs).
 fn database(url: &str) -> Result<Database> {
-    let mut database = Database::parse(url)?;
+    let mut database = Database::parse_with(url, &connection::defaults()?)?;
     if let Ok(password) = std::env::var("PGPASSWORD") {
         database.set_password_if_missing(&password);
     }

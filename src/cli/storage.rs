@@ -122,9 +122,6 @@ impl Storage {
                     settings.retry_timeout =
                         Duration::from_secs(value.parse().context("retry_timeout= takes seconds")?);
                 }
-                "access_key_id" | "secret_access_key" | "session_token" | "password" => bail!(
-                    "{location}: put credentials in AWS_* variables or the config file, never in the URL (URLs end up in logs)"
-                ),
                 other => bail!(
                     "{location}: unknown option {other:?} (known: endpoint, region, virtual_hosted_style, retries, retry_timeout)"
                 ),

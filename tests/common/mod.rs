@@ -197,6 +197,10 @@ impl Workspace {
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_crmvault"));
         command.env("CRMVAULT_CONFIG_DIR", self.config_dir()).env_remove("CRMVAULT_LOG").env_remove("PGPASSWORD");
+        // The TLS defaults a test expects are crmvault's, not the developer's.
+        for name in ["PGSSLMODE", "PGSSLROOTCERT", "CRMVAULT_DB_REMOTE_HOSTS"] {
+            command.env_remove(name);
+        }
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("AWS_") {
                 command.env_remove(name);
