@@ -70,11 +70,8 @@ impl fmt::Display for SyntaxError {
 
 impl std::error::Error for SyntaxError {}
 
-/// Whether `text` is a URL rather than a keyword/value string (libpq's test).
-pub fn is_url(text: &str) -> bool {
-    url_prefix(text).is_some()
-}
-
+/// `postgres://` or `postgresql://` when `text` is a URL rather than a keyword/value string
+/// (libpq's test).
 fn url_prefix(text: &str) -> Option<&'static str> {
     ["postgres://", "postgresql://"].into_iter().find(|prefix| text.starts_with(prefix))
 }
