@@ -74,6 +74,69 @@ impl RepoSecret {
     }
 }
 
+/// The secret half of a config generation's signing key (Ed25519): only the admins of that
+/// generation hold it (inside its admin keys objects); it signs the next generation's config,
+/// and whoever holds the config can check that signature with the public half it lists.
+#[derive(Clone)]
+pub struct SigningSecret([u8; 32]);
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret(..)")
+    }
+}
+
+/// What every config signature signs before the config's bytes: no other message of this
+/// project can be taken for a config.
+const CONFIG_SIGNATURE_CONTEXT: &[u8] = b"crmvault 2026 config generation v7\n";
+
+impl SigningSecret {
+    /// A fresh random signing key.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        SigningSecret(bytes)
+    }
+
+    /// From the hex form stored in an admin keys object.
+    pub fn from_hex(text: &str) -> Result<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes)
+            .map_err(|_| Error::corrupt("keys", "signing key is not 32 bytes of hex"))?;
+        Ok(SigningSecret(bytes))
+    }
+
+    /// The hex form, only ever written inside an age-encrypted object.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The public half, as the config lists it (hex).
+    pub fn public_hex(&self) -> String {
+        hex::encode(ed25519_dalek::SigningKey::from_bytes(&self.0).verifying_key().to_bytes())
+    }
+
+    /// Signs a config's bytes (hex signature).
+    pub fn sign_config(&self, config: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::from_bytes(&self.0);
+        hex::encode(key.sign(&[CONFIG_SIGNATURE_CONTEXT, config].concat()).to_bytes())
+    }
+}
+
+/// Whether `signature` (hex) is the signature of `public` (hex, a config's `signing_key`) over a
+/// config's bytes. Anything malformed is simply not a signature.
+pub fn config_signature_holds(public: &str, config: &[u8], signature: &str) -> bool {
+    let (mut key, mut sig) = ([0u8; 32], [0u8; 64]);
+    if hex::decode_to_slice(public, &mut key).is_err() || hex::decode_to_slice(signature, &mut sig).is_err() {
+        return false;
+    }
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&key) else {
+        return false;
+    };
+    key.verify_strict(&[CONFIG_SIGNATURE_CONTEXT, config].concat(), &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
+}
+
 /// Keyed BLAKE3 key that turns a chunk's plaintext into its [`ChunkId`].
 #[derive(Clone)]
 pub struct ChunkIdKey([u8; 32]);

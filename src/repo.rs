@@ -13,7 +13,7 @@
 //! `<hash>` is the unkeyed BLAKE3 of the stored bytes, so anyone can check an object's integrity
 //! without a key, and nobody learns anything about the plaintext from its name.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -145,10 +145,16 @@ pub struct RepoConfig {
     pub id: String,
     /// When `init` ran.
     pub created: DateTime<Utc>,
-    /// 0 for the config `init` wrote (format 7; absent before, also 0). Later generations
-    /// (key rotation) are refused by this build.
+    /// 0 for the config `init` wrote (format 7; absent before, also 0); one more at every
+    /// `rekey`. Generation 0 is `config`; every generation is also `configs/<its hash>`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u32,
+    /// The BLAKE3 of the previous generation's config (generations after the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// When `rekey` made this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekeyed: Option<DateTime<Utc>>,
     /// The admins' age recipients: data is readable only by them.
     pub recipients: Vec<String>,
     /// The backup host's recipient: it can read metadata, never data.
@@ -157,12 +163,57 @@ pub struct RepoConfig {
     /// loss of one leaves the repository readable (one before format 7, as a plain string).
     #[serde(deserialize_with = "one_or_many")]
     pub keys: Vec<String>,
+    /// Object keys of the admin keys objects: this generation's signing secret, encrypted to
+    /// the admins only (two copies). Absent in repositories made before key rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_keys: Vec<String>,
+    /// The public half (hex Ed25519) of the key that signs the next generation's config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
+    /// Snapshots written under earlier generations that stay valid: whatever else claims an
+    /// earlier generation was written with a key since retired, and is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<String>,
     /// Chunk size bounds.
     pub chunking: ChunkParams,
     /// zstd level for chunks.
     pub compression_level: i32,
     /// Target size of a pack, bytes.
     pub pack_size: usize,
+    /// The previous generation's signing key's signature over this config without this field
+    /// (hex Ed25519; generations after the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl RepoConfig {
+    /// The bytes stored for this config: pretty JSON with a final newline (what is hashed).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("serialisable");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// The bytes a generation's signature covers: the config as stored, without its signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        RepoConfig { signature: None, ..self.clone() }.to_bytes()
+    }
+
+    /// Whether `next` is this generation's successor: same repository and settings, one
+    /// generation on, naming this config's hash, signed with this generation's signing key.
+    fn is_signed_successor(&self, hash: &str, next: &RepoConfig) -> bool {
+        let (Some(public), Some(signature)) = (self.signing_key.as_deref(), next.signature.as_deref()) else {
+            return false;
+        };
+        next.previous.as_deref() == Some(hash)
+            && next.generation == self.generation + 1
+            && next.id == self.id
+            && next.format == self.format
+            && next.version == self.version
+            && next.created == self.created
+            && next.chunking == self.chunking
+            && crypto::config_signature_holds(public, &next.signed_bytes(), signature)
+    }
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
@@ -197,6 +248,25 @@ struct KeysFile {
     /// the repository secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auth_secret: Option<String>,
+    /// The authentication secrets of earlier generations, by their config's hash: snapshots
+    /// carried from them are checked with these (after a `rekey`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    history: Vec<PastSecret>,
+}
+
+/// One earlier generation's authentication secret.
+#[derive(Serialize, Deserialize)]
+struct PastSecret {
+    config: String,
+    auth_secret: String,
+}
+
+/// Plaintext of an admin keys object (encrypted to a generation's admins only).
+#[derive(Serialize, Deserialize)]
+struct AdminKeysFile {
+    repository_id: String,
+    generation: u32,
+    signing_secret: String,
 }
 
 /// Who is opening the repository, and so what they may read.
@@ -207,6 +277,12 @@ pub struct Keyring {
     secret: RepoSecret,
     /// The authentication secret (format 7), else none: the repository secret serves.
     auth: Option<RepoSecret>,
+    /// The hash of the config (generation) this keyring was unlocked under.
+    head: String,
+    /// Earlier generations' authentication secrets, by config hash (after a `rekey`).
+    past: HashMap<String, RepoSecret>,
+    /// Snapshots carried from earlier generations (the head config's list).
+    carried: HashSet<String>,
     /// True when the identity is an admin's (can read data).
     pub is_admin: bool,
 }
@@ -237,6 +313,25 @@ impl Keyring {
     pub fn index_mac_key(&self) -> MacKey {
         self.auth.as_ref().unwrap_or(&self.secret).index_mac_key()
     }
+    /// The snapshot MAC key of the generation whose config hashes to `config_hash`, for the
+    /// snapshot `id`: the head's, or an earlier generation's for a snapshot the head carries.
+    fn snapshot_mac_key_for(&self, config_hash: &str, id: &str) -> Option<MacKey> {
+        if config_hash == self.head {
+            Some(self.snapshot_mac_key())
+        } else if self.carried.contains(id) {
+            self.past.get(config_hash).map(RepoSecret::snapshot_mac_key)
+        } else {
+            None
+        }
+    }
+    /// The earlier generation (its config hash) whose index MAC key gives `mac` over `parts`
+    /// (an index written before a `rekey`).
+    fn past_index_config(&self, parts: &[&[u8]], mac: blake3::Hash) -> Option<String> {
+        self.past
+            .iter()
+            .find(|(_, secret)| secret.index_mac_key().mac_bytes(parts) == mac)
+            .map(|(hash, _)| hash.clone())
+    }
     /// The identities, to open what is encrypted to admins only where the holder is one.
     pub fn identities(&self) -> &[age::x25519::Identity] {
         &self.identities
@@ -258,17 +353,20 @@ impl Keyring {
     }
 }
 
-/// Why one keys object did not unlock.
-enum UnlockFailure {
-    /// The identities are not among its recipients (the same for every copy).
-    NotARecipient,
-    /// Missing, damaged, or not this repository's.
-    Other(Error),
+/// What a keys object names itself as belonging to.
+trait HasRepositoryId {
+    fn repository_id(&self) -> &str;
 }
 
-impl From<Error> for UnlockFailure {
-    fn from(error: Error) -> Self {
-        UnlockFailure::Other(error)
+impl HasRepositoryId for KeysFile {
+    fn repository_id(&self) -> &str {
+        &self.repository_id
+    }
+}
+
+impl HasRepositoryId for AdminKeysFile {
+    fn repository_id(&self) -> &str {
+        &self.repository_id
     }
 }
 
@@ -286,6 +384,9 @@ pub struct Repository {
     pub config: RepoConfig,
     /// BLAKE3 of the config object's bytes; recorded in every snapshot.
     pub config_hash: String,
+    /// The generations this repository was followed through, oldest first, ending with this
+    /// config: each signed by the one before ([`Repository::open`]).
+    pub chain: Vec<(String, RepoConfig)>,
 }
 
 impl Repository {
@@ -317,18 +418,15 @@ impl Repository {
             repository_id: repository_id.clone(),
             repo_secret: secret.to_hex(),
             auth_secret: Some(RepoSecret::generate().to_hex()),
+            history: Vec::new(),
         };
         let mut metadata_recipients = recipients.to_vec();
         metadata_recipients.push(writer.to_public());
-        let keys_plaintext = serde_json::to_vec(&keys).expect("serialisable");
-        // Two copies, encrypted apart (so named apart): the secret outlives the loss of either.
-        let mut keys_objects = Vec::new();
-        for _ in 0..2 {
-            let ciphertext = crypto::encrypt(&metadata_recipients, &keys_plaintext);
-            let key = keys_key(&crypto::object_hash(&ciphertext));
-            target.put_new(&key, Bytes::from(ciphertext)).await?;
-            keys_objects.push(key);
-        }
+        let keys_objects = put_keys_objects(&[&target], &metadata_recipients, &keys).await?;
+        let signing = crypto::SigningSecret::generate();
+        let admin_keys =
+            AdminKeysFile { repository_id: repository_id.clone(), generation: 0, signing_secret: signing.to_hex() };
+        let admin_keys_objects = put_keys_objects(&[&target], recipients, &admin_keys).await?;
 
         let config = RepoConfig {
             format: "crmvault".into(),
@@ -336,15 +434,20 @@ impl Repository {
             id: repository_id,
             created: Utc::now(),
             generation: 0,
+            previous: None,
+            rekeyed: None,
             recipients: recipients.iter().map(ToString::to_string).collect(),
             writer_recipient: writer.to_public().to_string(),
             keys: keys_objects,
+            admin_keys: admin_keys_objects,
+            signing_key: Some(signing.public_hex()),
+            carried: Vec::new(),
             chunking: tuning.chunking,
             compression_level: tuning.compression_level,
             pack_size: 8 << 20,
+            signature: None,
         };
-        let mut config_bytes = serde_json::to_vec_pretty(&config).expect("serialisable");
-        config_bytes.push(b'\n');
+        let config_bytes = config.to_bytes();
         let config_hash = crypto::object_hash(&config_bytes);
         let config_bytes = Bytes::from(config_bytes);
         // The copy first: `config` is what makes the folder a repository.
@@ -355,60 +458,98 @@ impl Repository {
                 what: "a crmvault repository".into(),
             });
         }
-        Ok((Repository { target, config, config_hash }, writer_path))
+        let chain = vec![(config_hash.clone(), config.clone())];
+        Ok((Repository { target, config, config_hash, chain }, writer_path))
     }
 
-    /// Makes `target` a copy of this repository's identity (config and keys, byte for byte), so
-    /// both share one chunk-id key and `copy` between them is a set difference of objects.
+    /// Makes `target` a copy of this repository's identity (every generation's config and keys,
+    /// byte for byte), so both share one chunk-id key and `copy` between them is a set
+    /// difference of objects.
     pub async fn init_copy(&self, target: Target) -> Result<Repository> {
         ensure_empty(&target).await?;
-        for key in &self.config.keys {
-            match self.target.get(key).await.and_then(|bytes| check_object_name(key, &bytes).map(|()| bytes)) {
-                Ok(keys) => {
-                    target.put_new(key, keys).await?;
+        for (hash, config) in &self.chain {
+            for key in config.keys.iter().chain(&config.admin_keys) {
+                match self.target.get(key).await.and_then(|bytes| check_object_name(key, &bytes).map(|()| bytes)) {
+                    Ok(keys) => {
+                        target.put_new(key, keys).await?;
+                    }
+                    // One copy is enough to open the repository; verify reports the other.
+                    Err(error) if config.keys.len() > 1 => tracing::warn!("{}: {error}", self.target.location()),
+                    Err(error) => return Err(error),
                 }
-                // One copy is enough to open the repository; verify reports the other.
-                Err(error) if self.config.keys.len() > 1 => tracing::warn!("{}: {error}", self.target.location()),
-                Err(error) => return Err(error),
+            }
+            if config.version >= AUTHENTICATED_VERSION {
+                target.put_new(&config_copy_key(hash), self.config_bytes_of(hash).await?).await?;
             }
         }
-        let config = self.config_bytes().await?;
-        if self.config.version >= AUTHENTICATED_VERSION {
-            target.put_new(&config_copy_key(&self.config_hash), config.clone()).await?;
-        }
-        target.put_new(CONFIG_KEY, config).await?;
-        Repository::open(target).await
+        let (first, _) = &self.chain[0];
+        target.put_new(CONFIG_KEY, self.config_bytes_of(first).await?).await?;
+        Repository::open_at(target, &self.config_hash).await
     }
 
-    /// The config's bytes as stored (from `config`, or its copy), checked against the hash this
-    /// repository was opened with.
+    /// The head config's bytes as stored, checked against the hash this repository was opened
+    /// with.
     pub async fn config_bytes(&self) -> Result<Bytes> {
-        for key in [CONFIG_KEY.to_string(), config_copy_key(&self.config_hash)] {
+        self.config_bytes_of(&self.config_hash).await
+    }
+
+    /// The bytes of the config (generation) that hashes to `hash`, from `configs/<hash>` or
+    /// `config`.
+    pub async fn config_bytes_of(&self, hash: &str) -> Result<Bytes> {
+        for key in [config_copy_key(hash), CONFIG_KEY.to_string()] {
             if let Ok(bytes) = self.target.get(&key).await
-                && crypto::object_hash(&bytes) == self.config_hash
+                && crypto::object_hash(&bytes) == hash
             {
                 return Ok(bytes);
             }
         }
-        Err(Error::corrupt(format!("{}/config", self.target.location()), "changed while being read"))
+        Err(Error::corrupt(format!("{}/{}", self.target.location(), config_copy_key(hash)), "missing or damaged"))
     }
 
-    /// The repository's fingerprint: what admins keep to recognise it ([`Fingerprint`]).
+    /// The repository's fingerprint: what admins keep to recognise it ([`Fingerprint`]): that
+    /// of the oldest generation this repository was opened at (its first config, normally).
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of_config_hash(&self.config_hash).expect("a config hash is a BLAKE3 hash")
+        Fingerprint::of_config_hash(&self.chain[0].0).expect("a config hash is a BLAKE3 hash")
     }
 
-    /// Opens an existing repository and checks its format version. A `config` that is missing
-    /// or damaged is replaced by its copy under `configs/` (format 7), when exactly one copy is
-    /// whole: nothing here is trusted yet, the caller checks the result against its pin.
+    /// Whether `fingerprint` is that of one of the generations this repository was followed
+    /// through (admins may keep the first one, or a later one `rekey` printed).
+    pub fn has_fingerprint(&self, fingerprint: &Fingerprint) -> bool {
+        self.chain.iter().any(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *fingerprint))
+    }
+
+    /// The hash of the generation `fingerprint` names, among the configs stored on this target
+    /// (for opening a repository there: [`Repository::open_at`]).
+    pub async fn find_generation(target: &Target, fingerprint: &Fingerprint) -> Result<Option<String>> {
+        let prefix = fingerprint.hex();
+        Ok(target
+            .list("configs")
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix("configs/").map(str::to_string))
+            .find(|hash| is_object_hash(hash) && hash.starts_with(&prefix)))
+    }
+
+    /// Opens an existing repository and checks its format version, then follows its key
+    /// rotations: from `config` (generation 0) to each next generation signed by the one
+    /// before, up to the newest. A `config` that is missing or damaged is replaced by its copy
+    /// under `configs/` (format 7), when exactly one first-generation copy is whole. Nothing here
+    /// is trusted yet: the caller checks the chain against its pin or fingerprint.
     pub async fn open(target: Target) -> Result<Repository> {
-        match Self::open_config(target.clone(), CONFIG_KEY).await {
-            Ok(repository) => Ok(repository),
+        let first = match Self::open_config(target.clone(), CONFIG_KEY).await {
+            Ok(repository) if repository.config.generation == 0 => repository,
+            Ok(_) => {
+                return Err(Error::corrupt(
+                    format!("{}/config", target.location()),
+                    "claims a later generation (only configs/ hold those)",
+                ));
+            }
             Err(error @ (Error::NotARepository { .. } | Error::Corrupt { .. })) => {
                 let mut whole = Vec::new();
                 for (key, _) in target.list("configs").await.unwrap_or_default() {
                     if let Ok(repository) = Self::open_config(target.clone(), &key).await
                         && key.ends_with(&repository.config_hash)
+                        && repository.config.generation == 0
                     {
                         whole.push(repository);
                     }
@@ -416,12 +557,93 @@ impl Repository {
                 match whole.len() {
                     1 => {
                         tracing::warn!("{}: {error}; using its copy", target.location());
-                        Ok(whole.remove(0))
+                        whole.remove(0)
                     }
-                    _ => Err(error),
+                    _ => return Err(error),
                 }
             }
-            Err(error) => Err(error),
+            Err(error) => return Err(error),
+        };
+        first.follow().await
+    }
+
+    /// Opens the repository at the generation whose config hashes to `hash` (a pin's), from
+    /// `configs/<hash>` (or `config`), and follows it to the newest generation: a `config`
+    /// replaced in storage does not hide the generations a pin knows.
+    pub async fn open_at(target: Target, hash: &str) -> Result<Repository> {
+        let mut last_error = None;
+        for key in [config_copy_key(hash), CONFIG_KEY.to_string()] {
+            match Self::open_config(target.clone(), &key).await {
+                Ok(repository) if repository.config_hash == hash => return repository.follow().await,
+                Ok(_) => {}
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.filter(|e| !matches!(e, Error::NotARepository { .. } | Error::Missing { .. })).unwrap_or_else(
+            || Error::corrupt(format!("{}/{}", target.location(), config_copy_key(hash)), "missing or damaged"),
+        ))
+    }
+
+    /// Refuses when a newer generation was published since this repository was opened (a
+    /// `rekey` while a backup ran): a snapshot written under the retired keys would be refused
+    /// by every reader, so the backup stops before writing it and says to run again.
+    pub async fn check_still_newest(&self) -> Result<()> {
+        if self.config.version < AUTHENTICATED_VERSION {
+            return Ok(());
+        }
+        let now = Self::open_at(self.target.clone(), &self.config_hash).await?;
+        if now.config_hash != self.config_hash {
+            return Err(Error::Invalid(format!(
+                "{}: the repository was rekeyed (generation {}) while this backup ran; nothing it wrote is a \
+                 snapshot yet: run the backup again",
+                self.target.location(),
+                now.config.generation
+            )));
+        }
+        Ok(())
+    }
+
+    /// Follows the chain of generations from this one: each step to the one config that names
+    /// this one as `previous` and carries its signing key's signature. Configs that fail that
+    /// are passed over (anyone can write junk to storage; `verify` reports it); two that pass
+    /// are a fork only a holder of a generation's signing key could make, and are refused.
+    async fn follow(mut self) -> Result<Repository> {
+        if self.config.version < AUTHENTICATED_VERSION {
+            return Ok(self);
+        }
+        let mut later = Vec::new();
+        for (key, _) in self.target.list("configs").await? {
+            let Some(hash) = key.strip_prefix("configs/").filter(|hash| is_object_hash(hash)) else { continue };
+            if hash == self.config_hash {
+                continue;
+            }
+            if let Ok(candidate) = Self::open_config(self.target.clone(), &key).await
+                && candidate.config_hash == hash
+                && candidate.config.generation > self.config.generation
+            {
+                later.push(candidate);
+            }
+        }
+        loop {
+            let mut next: Vec<&Repository> = later
+                .iter()
+                .filter(|candidate| self.config.is_signed_successor(&self.config_hash, &candidate.config))
+                .collect();
+            let Some(successor) = next.pop() else { return Ok(self) };
+            if !next.is_empty() {
+                return Err(Error::corrupt(
+                    format!("{}/configs", self.target.location()),
+                    format!(
+                        "holds two signed successors of generation {} (a fork: a signing key of that generation \
+                         signed a config its admins did not publish; the key of a removed admin?); refusing to choose",
+                        self.config.generation
+                    ),
+                ));
+            }
+            let successor = successor.clone();
+            self.chain.push((successor.config_hash.clone(), successor.config.clone()));
+            self.config = successor.config;
+            self.config_hash = successor.config_hash;
         }
     }
 
@@ -459,19 +681,17 @@ impl Repository {
         if config.id.len() != 32 || !config.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             return Err(Error::corrupt(format!("{}/config", target.location()), "holds an invalid repository id"));
         }
-        if config.generation != 0 {
-            return Err(Error::UnsupportedFormat {
-                what: format!(
-                    "repository {} (config generation {}, after a key rotation)",
-                    target.location(),
-                    config.generation
-                ),
-                found: config.version,
-                supported: FORMAT_VERSION,
-                advice: "it was rekeyed by a later crmvault; use that build",
-            });
+        let objects_named_right = config
+            .keys
+            .iter()
+            .chain(&config.admin_keys)
+            .all(|key| key.strip_prefix("keys/").is_some_and(is_object_hash))
+            && config.carried.iter().all(|id| is_object_hash(id));
+        if !objects_named_right {
+            return Err(Error::corrupt(format!("{}/config", target.location()), "names an object that is not a hash"));
         }
-        Ok(Repository { target, config, config_hash })
+        let chain = vec![(config_hash.clone(), config.clone())];
+        Ok(Repository { target, config, config_hash, chain })
     }
 
     /// The admins' recipients (data).
@@ -519,46 +739,81 @@ impl Repository {
         identity_path: PathBuf,
         is_admin: bool,
     ) -> Result<Keyring> {
-        // Any whole copy will do; a damaged one is skipped (verify reports it).
+        let keys: KeysFile = self.open_keys_object(&self.config.keys, &identities, &identity_path).await?;
+        let auth = keys.auth_secret.as_deref().map(RepoSecret::from_hex).transpose()?;
+        if self.config.version >= AUTHENTICATED_VERSION && auth.is_none() {
+            return Err(Error::corrupt(&self.config.keys[0], "holds no authentication secret"));
+        }
+        let mut past = HashMap::new();
+        for entry in &keys.history {
+            past.insert(entry.config.clone(), RepoSecret::from_hex(&entry.auth_secret)?);
+        }
+        Ok(Keyring {
+            identities,
+            identity_path,
+            secret: RepoSecret::from_hex(&keys.repo_secret)?,
+            auth,
+            head: self.config_hash.clone(),
+            past,
+            carried: self.config.carried.iter().cloned().collect(),
+            is_admin,
+        })
+    }
+
+    /// The head generation's signing secret, from its admin keys objects (an admin's keyring):
+    /// what signs the next generation. None in a repository made before key rotation.
+    pub async fn unlock_signing(&self, keyring: &Keyring) -> Result<Option<crypto::SigningSecret>> {
+        if self.config.admin_keys.is_empty() {
+            return Ok(None);
+        }
+        let file: AdminKeysFile =
+            self.open_keys_object(&self.config.admin_keys, &keyring.identities, &keyring.identity_path).await?;
+        let signing = crypto::SigningSecret::from_hex(&file.signing_secret)?;
+        if file.generation != self.config.generation || Some(signing.public_hex()) != self.config.signing_key {
+            return Err(Error::corrupt(&self.config.admin_keys[0], "does not hold this generation's signing key"));
+        }
+        Ok(Some(signing))
+    }
+
+    /// Opens the first whole copy among `keys` (keys or admin keys objects): each named by its
+    /// hash in the config, decrypted, checked to belong to this repository. A damaged copy is
+    /// skipped with a warning (verify reports it).
+    async fn open_keys_object<T: for<'de> Deserialize<'de> + HasRepositoryId>(
+        &self,
+        keys: &[String],
+        identities: &[age::x25519::Identity],
+        identity_path: &Path,
+    ) -> Result<T> {
         let mut first_error = None;
-        for key in &self.config.keys {
-            match self.unlock_with(key, &identities).await {
-                Ok((secret, auth)) => return Ok(Keyring { identities, identity_path, secret, auth, is_admin }),
-                Err(UnlockFailure::NotARecipient) => {
-                    return Err(Error::WrongIdentity { path: identity_path });
+        for key in keys {
+            let opened = async {
+                let ciphertext = self.target.get(key).await?;
+                // The config names the object by its hash: a replaced keys object is refused here.
+                check_object_name(key, &ciphertext)?;
+                let plaintext = crypto::decrypt(identities, &ciphertext).map_err(|failure| match failure {
+                    DecryptFailure::NoMatchingKey => Error::WrongIdentity { path: identity_path.to_path_buf() },
+                    DecryptFailure::Damaged(detail) => Error::corrupt(key, detail),
+                })?;
+                let file: T = serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(key, e.to_string()))?;
+                if file.repository_id() != self.config.id {
+                    return Err(Error::corrupt(key, "belongs to another repository"));
                 }
-                Err(UnlockFailure::Other(error)) => {
-                    if self.config.keys.len() > 1 {
+                Ok(file)
+            };
+            match opened.await {
+                Ok(file) => return Ok(file),
+                // Not a recipient: the same for every copy.
+                Err(error @ Error::WrongIdentity { .. }) => return Err(error),
+                Err(error) => {
+                    if keys.len() > 1 {
                         tracing::warn!("{}: {error}", self.target.location());
                     }
                     first_error.get_or_insert(error);
                 }
             }
         }
-        Err(first_error.expect("a config names at least one keys object"))
-    }
-
-    async fn unlock_with(
-        &self,
-        key: &str,
-        identities: &[age::x25519::Identity],
-    ) -> std::result::Result<(RepoSecret, Option<RepoSecret>), UnlockFailure> {
-        let ciphertext = self.target.get(key).await?;
-        // The config names the object by its hash: a replaced keys object is refused here.
-        check_object_name(key, &ciphertext)?;
-        let plaintext = crypto::decrypt(identities, &ciphertext).map_err(|failure| match failure {
-            DecryptFailure::NoMatchingKey => UnlockFailure::NotARecipient,
-            DecryptFailure::Damaged(detail) => Error::corrupt(key, detail).into(),
-        })?;
-        let keys: KeysFile = serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(key, e.to_string()))?;
-        if keys.repository_id != self.config.id {
-            return Err(Error::corrupt(key, "belongs to another repository").into());
-        }
-        let auth = keys.auth_secret.as_deref().map(RepoSecret::from_hex).transpose()?;
-        if self.config.version >= AUTHENTICATED_VERSION && auth.is_none() {
-            return Err(Error::corrupt(key, "holds no authentication secret").into());
-        }
-        Ok((RepoSecret::from_hex(&keys.repo_secret)?, auth))
+        Err(first_error
+            .unwrap_or_else(|| Error::corrupt(format!("{}/config", self.target.location()), "names no keys")))
     }
 
     /// Lists snapshot ids.
@@ -696,10 +951,13 @@ impl Repository {
         let must_authenticate = only.is_none() && self.config.version >= AUTHENTICATED_VERSION;
         for key in keys {
             match self.read_index(keyring, &key).await {
-                Ok((_, false)) if must_authenticate => failures.push((
+                Ok((_, IndexProof::None)) if must_authenticate => failures.push((
                     key.clone(),
                     Error::corrupt(&key, "carries no MAC (not written with this repository's key)"),
                 )),
+                // Written before a `rekey`, which wrote it again under the new key: the copy
+                // serves, this one is left for the snapshots that list it.
+                Ok((_, IndexProof::Earlier(_))) if must_authenticate => {}
                 Ok((file, _)) => {
                     index.add(key.trim_start_matches("index/"), file, packs.as_ref()).map_err(temporary_index)?;
                 }
@@ -717,37 +975,24 @@ impl Repository {
     /// fails when it cannot be read, decrypted, authenticated (format 7 repositories) or parsed.
     pub async fn check_index(&self, keyring: &Keyring, key: &str) -> Result<()> {
         match self.read_index(keyring, key).await? {
-            (_, false) if self.config.version >= AUTHENTICATED_VERSION => {
+            (_, IndexProof::None) if self.config.version >= AUTHENTICATED_VERSION => {
                 Err(Error::corrupt(key, "carries no MAC (not written with this repository's key)"))
             }
             _ => Ok(()),
         }
     }
 
+    /// Reads and authenticates an index a snapshot lists (written under this generation or an
+    /// earlier one).
+    pub async fn read_listed_index(&self, keyring: &Keyring, key: &str) -> Result<IndexFile> {
+        Ok(self.read_index(keyring, key).await?.0)
+    }
+
     /// Reads an index object: the file, and whether its MAC proved it was written with this
     /// repository's keys (format 7 and later; older indexes carry none).
-    async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<(IndexFile, bool)> {
-        let mut plaintext = {
-            let ciphertext = self.target.get(key).await?;
-            check_object_name(key, &ciphertext)?;
-            keyring.decrypt(key, &ciphertext)?
-        };
-        let mut authenticated = false;
+    async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<(IndexFile, IndexProof)> {
+        let (plaintext, proof) = self.open_index(keyring, key).await?;
         let file: IndexFile = if plaintext.starts_with(index_codec::MAGIC) {
-            let version = crate::varint::get(&plaintext[index_codec::MAGIC.len()..]).map_or(0, |(version, _)| version);
-            if version >= u64::from(AUTHENTICATED_VERSION) {
-                // Authenticate before parsing: only the magic and version were looked at.
-                let body = plaintext
-                    .len()
-                    .checked_sub(blake3::OUT_LEN)
-                    .ok_or_else(|| Error::corrupt(key, "truncated index"))?;
-                let mac: [u8; blake3::OUT_LEN] = plaintext[body..].try_into().expect("the last 32 bytes");
-                if keyring.index_mac_key().mac_bytes(&[&plaintext[..body]]) != blake3::Hash::from_bytes(mac) {
-                    return Err(Error::corrupt(key, "its MAC does not match (not written with this repository's key)"));
-                }
-                plaintext.truncate(body);
-                authenticated = true;
-            }
             index_codec::decode(&plaintext).map_err(|reason| Error::corrupt(key, format!("bad index: {reason}")))?
         } else {
             // Formats 2 and 3: zstd-compressed JSON.
@@ -763,8 +1008,205 @@ impl Repository {
                 advice: crate::error::format_advice(file.version, FORMAT_VERSION),
             });
         }
-        Ok((file, authenticated))
+        Ok((file, proof))
     }
+
+    /// After a `rekey`: writes the indexes of earlier generations again under this generation's
+    /// keys (the keyring's), so that the next backup still finds every chunk it may reuse.
+    /// Idempotent: an index whose packs an index of this generation already describes is left
+    /// alone, so an interrupted rekey is finished by running it again. Indexes written before an
+    /// admin was added are left too: that admin cannot read their packs, so the next backup
+    /// must store those chunks again. Returns how many indexes were written.
+    pub async fn carry_indexes_over(&self, keyring: &Keyring) -> Result<usize> {
+        let mut covered = HashSet::new();
+        let mut earlier = Vec::new();
+        for (key, _) in self.target.list("index").await? {
+            match self.open_index(keyring, &key).await {
+                Ok((body, proof)) if body.starts_with(index_codec::MAGIC) => {
+                    let Ok(file) = index_codec::decode(&body) else { continue };
+                    let packs = file.packs.iter().map(|record| record.pack.id.clone());
+                    match proof {
+                        IndexProof::Head => covered.extend(packs),
+                        IndexProof::Earlier(config) => earlier.push((body, config, packs.collect::<Vec<_>>())),
+                        IndexProof::None => {}
+                    }
+                }
+                // Junk, another repository's, or unreadable here: nothing to carry.
+                Ok(_) | Err(_) => {}
+            }
+        }
+        let readers_kept = |config: &str| {
+            self.chain.iter().any(|(hash, written_under)| {
+                hash == config && self.config.recipients.iter().all(|r| written_under.recipients.contains(r))
+            })
+        };
+        let recipients = self.metadata_recipients();
+        let mut written = 0;
+        for (mut body, config, packs) in earlier {
+            if packs.iter().all(|pack| covered.contains(pack)) || !readers_kept(&config) {
+                continue;
+            }
+            let mac = keyring.index_mac_key().mac_bytes(&[&body]);
+            body.extend_from_slice(mac.as_bytes());
+            let ciphertext = Bytes::from(crypto::encrypt(&recipients, &body));
+            self.target.put_new(&index_key(&crypto::object_hash(&ciphertext)), ciphertext).await?;
+            covered.extend(packs);
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// An index object's plaintext, its MAC checked and cut off (format 7) before anything but
+    /// its magic and version is looked at, and what the MAC proved.
+    async fn open_index(&self, keyring: &Keyring, key: &str) -> Result<(Vec<u8>, IndexProof)> {
+        let mut plaintext = {
+            let ciphertext = self.target.get(key).await?;
+            check_object_name(key, &ciphertext)?;
+            keyring.decrypt(key, &ciphertext)?
+        };
+        let mut proof = IndexProof::None;
+        if plaintext.starts_with(index_codec::MAGIC) {
+            let version = crate::varint::get(&plaintext[index_codec::MAGIC.len()..]).map_or(0, |(version, _)| version);
+            if version >= u64::from(AUTHENTICATED_VERSION) {
+                // Authenticate before parsing: only the magic and version were looked at.
+                let body = plaintext
+                    .len()
+                    .checked_sub(blake3::OUT_LEN)
+                    .ok_or_else(|| Error::corrupt(key, "truncated index"))?;
+                let mac = blake3::Hash::from_bytes(plaintext[body..].try_into().expect("the last 32 bytes"));
+                if keyring.index_mac_key().mac_bytes(&[&plaintext[..body]]) == mac {
+                    proof = IndexProof::Head;
+                } else if let Some(config) = keyring.past_index_config(&[&plaintext[..body]], mac) {
+                    proof = IndexProof::Earlier(config);
+                } else {
+                    return Err(Error::corrupt(key, "its MAC does not match (not written with this repository's key)"));
+                }
+                // Written under an earlier generation: good for the snapshots that list it
+                // (their headers prove it), passed over where an index must prove itself.
+                plaintext.truncate(body);
+            }
+        }
+        Ok((plaintext, proof))
+    }
+}
+
+/// Encrypts `plaintext` (a keys or admin keys object) twice, apart, to `recipients` and stores
+/// both copies on every target: the secret outlives the loss or damage of either. Returns their
+/// object keys (the same on every target).
+pub async fn put_keys_objects<T: Serialize>(
+    targets: &[&Target],
+    recipients: &[age::x25519::Recipient],
+    plaintext: &T,
+) -> Result<Vec<String>> {
+    let plaintext = serde_json::to_vec(plaintext).expect("serialisable");
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let ciphertext = Bytes::from(crypto::encrypt(recipients, &plaintext));
+        let key = keys_key(&crypto::object_hash(&ciphertext));
+        for target in targets {
+            target.put_new(&key, ciphertext.clone()).await?;
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// A repository's next generation of keys, made by `rekey`: its keys objects are stored on
+/// every target, its config not yet (storing it is the commit: [`NextGeneration::publish`]).
+pub struct NextGeneration {
+    /// The new config.
+    pub config: RepoConfig,
+    /// Its bytes, as they will be stored.
+    pub bytes: Bytes,
+    /// Their BLAKE3.
+    pub hash: String,
+}
+
+impl NextGeneration {
+    /// Makes the next generation of `repository`'s keys, readable by `recipients` and written by
+    /// `writer`, carrying `carried` (the snapshots of earlier generations that stay valid):
+    /// a new authentication secret (so keys that can no longer read the keys objects cannot
+    /// forge snapshots or indexes either), the same repository secret (chunk ids stay, and so
+    /// does dedup), a new signing key, the earlier authentication secrets for carried
+    /// snapshots, and a config signed with the current generation's signing key. The keys and
+    /// admin keys objects are stored on every target; nothing refers to them yet.
+    pub async fn make(
+        repository: &Repository,
+        targets: &[&Target],
+        keyring: &Keyring,
+        signing: &crypto::SigningSecret,
+        recipients: &[age::x25519::Recipient],
+        writer: &age::x25519::Recipient,
+        carried: Vec<String>,
+    ) -> Result<NextGeneration> {
+        let head = &repository.config;
+        let auth = RepoSecret::generate();
+        let mut history: Vec<PastSecret> = keyring
+            .past
+            .iter()
+            .map(|(config, secret)| PastSecret { config: config.clone(), auth_secret: secret.to_hex() })
+            .collect();
+        if let Some(current) = &keyring.auth {
+            history.push(PastSecret { config: keyring.head.clone(), auth_secret: current.to_hex() });
+        }
+        history.sort_by(|a, b| a.config.cmp(&b.config));
+        let keys = KeysFile {
+            repository_id: head.id.clone(),
+            repo_secret: keyring.secret.to_hex(),
+            auth_secret: Some(auth.to_hex()),
+            history,
+        };
+        let mut metadata_recipients = recipients.to_vec();
+        metadata_recipients.push(writer.clone());
+        let keys_objects = put_keys_objects(targets, &metadata_recipients, &keys).await?;
+        let next_signing = crypto::SigningSecret::generate();
+        let admin_keys = AdminKeysFile {
+            repository_id: head.id.clone(),
+            generation: head.generation + 1,
+            signing_secret: next_signing.to_hex(),
+        };
+        let admin_keys_objects = put_keys_objects(targets, recipients, &admin_keys).await?;
+        let mut config = RepoConfig {
+            generation: head.generation + 1,
+            previous: Some(repository.config_hash.clone()),
+            rekeyed: Some(Utc::now()),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
+            writer_recipient: writer.to_string(),
+            keys: keys_objects,
+            admin_keys: admin_keys_objects,
+            signing_key: Some(next_signing.public_hex()),
+            carried,
+            signature: None,
+            ..head.clone()
+        };
+        config.signature = Some(signing.sign_config(&config.signed_bytes()));
+        let bytes = Bytes::from(config.to_bytes());
+        let hash = crypto::object_hash(&bytes);
+        Ok(NextGeneration { config, bytes, hash })
+    }
+
+    /// Stores the new config on `repository`'s target: from now on the repository there is
+    /// this generation. Returns it, at this generation.
+    pub async fn publish(&self, repository: &Repository) -> Result<Repository> {
+        repository.target.put_new(&config_copy_key(&self.hash), self.bytes.clone()).await?;
+        let mut next = repository.clone();
+        next.chain.push((self.hash.clone(), self.config.clone()));
+        next.config = self.config.clone();
+        next.config_hash.clone_from(&self.hash);
+        Ok(next)
+    }
+}
+
+/// What an index's MAC proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IndexProof {
+    /// Written with the keys of the generation the keyring was unlocked under.
+    Head,
+    /// Written with an earlier generation's keys (before a `rekey`): that generation's config
+    /// hash.
+    Earlier(String),
+    /// Carries no MAC (formats 2-6).
+    None,
 }
 
 /// Refuses to initialise over a repository or other files.
@@ -1305,6 +1747,10 @@ pub struct SnapshotHeader {
     /// One more than the parent's (0 before format 7).
     #[serde(default)]
     pub sequence: u64,
+    /// The snapshot this one is a re-encrypted copy of (`rekey --reencrypt`): same data, same
+    /// place in the chain, new id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// One stream of bytes (a table's COPY data, or a schema section), as chunks.
@@ -1672,6 +2118,13 @@ impl SealedSnapshot {
         })
     }
 
+    /// Its manifest as sealed, to store the same snapshot (same id, same manifest) again with
+    /// another header (`rekey --reencrypt` on a second target). Call after [`Self::open`].
+    pub fn sealed_manifest(&self, keyring: &Keyring) -> Result<SealedManifest> {
+        let compressed = keyring.decrypt(&snapshot_key(&self.id), &self.manifest_ciphertext)?;
+        Ok(SealedManifest { id: self.id.clone(), compressed, ciphertext: self.manifest_ciphertext.to_vec() })
+    }
+
     /// The snapshot's place in the chain (its header, once authenticated).
     pub fn mark(&self) -> SnapshotMark {
         SnapshotMark { id: self.id.clone(), sequence: self.header.sequence, time: self.header.time }
@@ -1682,9 +2135,26 @@ impl SealedSnapshot {
     /// keyring also opens the admin-only part and fills in the stream digests.
     pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
         let key = snapshot_key(&self.id);
-        let compressed = keyring.decrypt(&key, &self.manifest_ciphertext)?;
+        // Written under the config this keyring was unlocked with, or carried from an earlier
+        // generation by a `rekey`: anything else was written with a key since retired, or is
+        // another repository's.
+        let Some(mac_key) = keyring.snapshot_mac_key_for(&self.header.config_hash, &self.id) else {
+            return Err(Error::corrupt(
+                &key,
+                "was written under another config (a key retired by `rekey`, or another repository's)",
+            ));
+        };
+        let compressed = keyring.decrypt(&key, &self.manifest_ciphertext).map_err(|error| match error {
+            Error::WrongIdentity { path } if self.header.config_hash != keyring.head => Error::BadKey(format!(
+                "the identity in {} is not a recipient of snapshot {}: it was written before a `rekey` added that \
+                 identity (an admin of that time can read it)",
+                path.display(),
+                &self.id[..12]
+            )),
+            other => other,
+        })?;
         let mac = if self.version >= AUTHENTICATED_VERSION {
-            keyring.snapshot_mac_key().mac_bytes(&[&self.version_line, &self.header_line, &compressed])
+            mac_key.mac_bytes(&[&self.version_line, &self.header_line, &compressed])
         } else {
             keyring.mac_key().mac_bytes(&[&self.header_line, &compressed])
         };
@@ -1962,6 +2432,7 @@ mod tests {
             dictionaries: vec![],
             parent: None,
             sequence: 1,
+            replaces: None,
         };
         let sealed = SealedManifest::seal(&mut empty_manifest(), &repository);
         let object = sealed.snapshot_object(&header, &keyring);

@@ -40,6 +40,11 @@ impl Fingerprint {
         Ok(Fingerprint(bytes))
     }
 
+    /// The 32 lowercase hex digits: the start of the config hash it names.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// Parses what a person typed: 32 hex digits, dashes and spaces anywhere, any case.
     pub fn parse(text: &str) -> Result<Fingerprint> {
         let digits: String = text.chars().filter(|c| !matches!(c, '-' | ' ' | ':')).collect();

@@ -104,6 +104,25 @@ fn a_replaced_keys_object_or_an_added_recipient_is_refused_by_backup_and_restore
     );
     assert_ne!(widened, original);
     std::fs::write(&config_path, &widened).unwrap();
+    // While the pinned config's copy under configs/ is whole, the backup host uses it (and says
+    // so): nothing it writes is readable with the attacker's key; verify names the edit.
+    victim.source.sql("UPDATE crm.contacts SET email = email || '.new'");
+    let before: std::collections::BTreeSet<_> = files_under(Path::new(&victim.repo)).into_iter().collect();
+    let run = victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
+    assert!(run.stderr.contains("opened it at configs/"), "{}", run.stderr);
+    let mut checked = 0;
+    for file in files_under(Path::new(&victim.repo)).iter().filter(|f| !before.contains(*f)) {
+        let bytes = std::fs::read(file).unwrap();
+        let magic = b"age-encryption.org/v1";
+        let at = bytes.windows(magic.len()).position(|w| w == magic).expect("an age ciphertext");
+        let opened = crmvault::crypto::decrypt(std::slice::from_ref(&attacker_key), &bytes[at..]);
+        assert!(opened.is_err(), "{} opens with the attacker's key", file.display());
+        checked += 1;
+    }
+    assert!(checked >= 3);
+    victim.work.run(&["verify", "--repo", &victim.repo]).fails_with(3, "missing, damaged or replaced");
+    // With the copy gone too, nothing the host pinned is left: refused.
+    std::fs::remove_dir_all(victim.file("configs")).unwrap();
     let packs_before = victim.only("data").len();
     victim
         .work
@@ -230,14 +249,16 @@ fn junk_and_a_foreign_future_snapshot_neither_stop_backups_nor_win_latest() {
     // verify names the forgery and the junk index.
     let verify = victim.work.run(&["verify", "--repo", &victim.repo, "--identity", &victim.work.admin_key()]);
     assert_eq!(verify.code, 3);
-    assert!(verify.stdout.contains("MAC does not match"), "{}", verify.stdout);
+    assert!(verify.stdout.contains("written under another config"), "{}", verify.stdout);
     assert!(verify.stdout.contains("no snapshot lists it"), "{}", verify.stdout);
 }
 
 #[test]
 fn one_damaged_keys_object_leaves_the_repository_readable() {
     let victim = Victim::new("keys_copy");
-    let keys = victim.only("keys");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(victim.file("config")).unwrap()).unwrap();
+    let keys: Vec<std::path::PathBuf> =
+        config["keys"].as_array().unwrap().iter().map(|k| victim.file(k.as_str().unwrap())).collect();
     assert_eq!(keys.len(), 2, "two copies of the keys object");
     let mut bytes = std::fs::read(&keys[0]).unwrap();
     let last = bytes.len() - 5;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crmvault::commands::{backup, copy, init, restore, snapshots, verify};
+use crmvault::commands::{backup, copy, init, rekey, restore, snapshots, verify};
 use crmvault::repo::{Keyring, Repository};
 use crmvault::source::Database;
 use crmvault::target::OpenMode;
@@ -169,6 +169,37 @@ enum Command {
     Fingerprint {
         #[command(flatten)]
         repo: RepoArgs,
+    },
+    /// Change who holds the keys: add or remove admin recipients, rotate the writer key. Writes
+    /// the repository's next generation of keys on every --repo (all copies must be given), so
+    /// a removed admin cannot read anything written afterwards, and a retired writer key cannot
+    /// write. Interrupted, it is run again with the same arguments.
+    Rekey {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Admin identity file (of an admin who stays).
+        #[arg(long, short)]
+        identity: PathBuf,
+        /// An admin's public key (age1…) to add; repeatable.
+        #[arg(long = "add-recipient", value_name = "AGE1…")]
+        add_recipients: Vec<String>,
+        /// An admin's public key (age1…) to remove; repeatable.
+        #[arg(long = "remove-recipient", value_name = "AGE1…")]
+        remove_recipients: Vec<String>,
+        /// Make a new writer key (a new backup host, or one that may have leaked); the old one
+        /// can no longer write. Needs --writer-key-out.
+        #[arg(long, requires = "writer_key_out")]
+        rotate_writer_key: bool,
+        /// Where to write the new writer key (created 0600, never overwritten); move it to the
+        /// backup host's config folder as `repos/<repository id>/writer.key`.
+        #[arg(long, value_name = "FILE", requires = "rotate_writer_key")]
+        writer_key_out: Option<PathBuf>,
+        /// Also write every snapshot again so that only the admins there are now can read
+        /// anything stored (packs, indexes, snapshots; what it replaced is deleted): a removed
+        /// admin then reads nothing at all, an added one reads everything. Takes as long as
+        /// reading and writing the whole repository; interrupted, run it again.
+        #[arg(long)]
+        reencrypt: bool,
     },
     /// Copy the snapshots one repository has and another lacks (no key needed).
     Copy {
@@ -342,9 +373,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let tuning = crmvault::repo::Tuning::with_average_chunk(chunk_size, compression_level)?;
             let targets = repo.repos.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<Result<Vec<_>>>()?;
             let report = if let Some(source) = copy_from {
-                let source = open_repositories(&storage, &[source]).await?;
+                let mut source = open_repositories(&storage, &[source]).await?;
                 let role = trust::reading_role(&source[0], None, &config_dir()?);
-                trust::check(&source, role, fingerprint.as_ref(), &config_dir()?)?;
+                trust::check(&mut source, role, fingerprint.as_ref(), &config_dir()?).await?;
                 init::run_copy_from(&source[0], targets).await?
             } else {
                 let mut texts = recipients;
@@ -368,9 +399,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks, index_in_memory } => {
             let started = Instant::now();
-            let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
+            let (mut repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             let config_dir = config_dir()?;
-            let mut trusted = trust::check(&repositories, trust::Role::Writer, fingerprint.as_ref(), &config_dir)?;
+            let mut trusted =
+                trust::check(&mut repositories, trust::Role::Writer, fingerprint.as_ref(), &config_dir).await?;
             let keyring = unlock_any(&repositories, |r| {
                 let dir = config_dir.clone();
                 async move { r.unlock_as_writer(&dir).await }
@@ -408,11 +440,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Snapshots { repo, identity } => {
-            let repositories = open_repositories(&storage, &repo.repos).await?;
+            let mut repositories = open_repositories(&storage, &repo.repos).await?;
             let mut lists = Vec::new();
-            for repository in &repositories {
+            for repository in &mut repositories {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
-                trust::check(std::slice::from_ref(repository), role, fingerprint.as_ref(), &config_dir()?)?;
+                trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let keyring = keyring(repository, identity.as_deref()).await?;
                 lists.push((
                     repository.target.location().to_string(),
@@ -434,11 +466,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             snapshot,
         } => {
             let started = Instant::now();
-            let (repositories, unavailable) = open_available(&storage, &repo.repos).await?;
+            let (mut repositories, unavailable) = open_available(&storage, &repo.repos).await?;
             for (location, error) in &unavailable {
                 eprintln!("crmvault: warning: {location} left out: {error}");
             }
-            let mut trusted = trust::check(&repositories, trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)?;
+            let mut trusted =
+                trust::check(&mut repositories, trust::Role::Admin, fingerprint.as_ref(), &config_dir()?).await?;
             let keyring = unlock_any(&repositories, |r| {
                 let identity = identity.clone();
                 async move { r.unlock_as_admin(&identity).await }
@@ -478,9 +511,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut total = verify::VerifyReport::default();
             for location in &repo.repos {
                 let report = match open_repositories(&storage, std::slice::from_ref(location)).await {
-                    Ok(repositories) => {
+                    Ok(mut repositories) => {
                         let role = trust::reading_role(&repositories[0], identity.as_deref(), &config_dir()?);
-                        let mut trusted = trust::check(&repositories, role, fingerprint.as_ref(), &config_dir()?)?;
+                        let mut trusted =
+                            trust::check(&mut repositories, role, fingerprint.as_ref(), &config_dir()?).await?;
                         let report = verify_one(&repositories[0], identity.as_deref(), depth, trusted.newest()).await?;
                         trusted.advance(report.newest.as_ref())?;
                         report
@@ -506,7 +540,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fingerprint { repo } => {
             let repositories = open_repositories(&storage, &repo.repos).await?;
             let first = &repositories[0];
-            if let Some(other) = repositories.iter().find(|r| r.config_hash != first.config_hash) {
+            if let Some(other) = repositories.iter().find(|r| r.fingerprint() != first.fingerprint()) {
                 anyhow::bail!(
                     "{} and {} are not copies of one repository (their fingerprints are {} and {})",
                     first.target.location(),
@@ -515,13 +549,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     other.fingerprint()
                 );
             }
-            output::fingerprint(json, &first.fingerprint(), &first.config.id, &repo.repos);
+            output::fingerprint(json, first, &repo.repos);
+        }
+        Command::Rekey {
+            repo,
+            identity,
+            add_recipients,
+            remove_recipients,
+            rotate_writer_key: _,
+            writer_key_out,
+            reencrypt,
+        } => {
+            let parse = |texts: &[String]| -> Result<Vec<age::x25519::Recipient>> {
+                texts.iter().map(|t| crmvault::crypto::parse_recipient(t).map_err(anyhow::Error::from)).collect()
+            };
+            let options = rekey::RekeyOptions {
+                add: parse(&add_recipients)?,
+                remove: parse(&remove_recipients)?,
+                writer_key_out,
+                reencrypt,
+            };
+            let mut repositories = open_repositories(&storage, &repo.repos).await?;
+            let config_dir = config_dir()?;
+            let mut trusted =
+                trust::check(&mut repositories, trust::Role::Admin, fingerprint.as_ref(), &config_dir).await?;
+            let report = rekey::run(&mut repositories, &identity, &options).await?;
+            trusted.follow(&report.config_hash)?;
+            output::rekey(json, &report);
         }
         Command::Copy { from, to, snapshots } => {
-            let from = open_repositories(&storage, &[from]).await?;
-            let to = open_repositories(&storage, &[to]).await?;
-            for repositories in [&from, &to] {
-                trust::check(repositories, trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?)?;
+            let mut from = open_repositories(&storage, &[from]).await?;
+            let mut to = open_repositories(&storage, &[to]).await?;
+            for repositories in [&mut from, &mut to] {
+                trust::check(repositories, trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?).await?;
             }
             let (from, to) = (&from[0], &to[0]);
             let report = copy::run(from, to, &snapshots).await?;

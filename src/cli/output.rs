@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crmvault::commands::{backup, copy, init, restore, snapshots, verify};
+use crmvault::commands::{backup, copy, init, rekey, restore, snapshots, verify};
 use crmvault::source::Database;
 
 fn print_json<T: serde::Serialize>(value: &T) {
@@ -216,12 +216,100 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
     );
 }
 
-pub fn fingerprint(json: bool, fingerprint: &crmvault::trust::Fingerprint, repository_id: &str, locations: &[String]) {
+pub fn fingerprint(json: bool, repository: &crmvault::repo::Repository, locations: &[String]) {
+    let generation = crmvault::trust::Fingerprint::of_config_hash(&repository.config_hash).expect("a BLAKE3 hash");
     if json {
         print_json(&serde_json::json!({
-            "fingerprint": fingerprint, "repository_id": repository_id, "locations": locations,
+            "fingerprint": repository.fingerprint(), "repository_id": repository.config.id, "locations": locations,
+            "generation": repository.config.generation, "generation_fingerprint": generation,
         }));
     } else {
-        println!("{fingerprint}");
+        println!("{}", repository.fingerprint());
+        if repository.config.generation > 0 {
+            eprintln!(
+                "(rekeyed: generation {}, whose fingerprint {generation} is also accepted)",
+                repository.config.generation
+            );
+        }
     }
+}
+
+pub fn rekey(json: bool, report: &rekey::RekeyReport) {
+    if json {
+        print_json(report);
+        return;
+    }
+    for location in &report.caught_up {
+        println!("brought {location} to the newest generation (an earlier rekey was interrupted)");
+    }
+    if !report.changed {
+        println!(
+            "nothing to change: repository {} is at generation {} on every target",
+            report.repository_id, report.generation
+        );
+        return;
+    }
+    for recipient in &report.added {
+        println!(
+            "added admin {recipient}: it reads what is written from now on (the next backup stores every chunk \
+             again, so that it can read that snapshot whole)"
+        );
+    }
+    for recipient in &report.removed {
+        println!("removed admin {recipient}: it reads nothing written from now on");
+    }
+    println!(
+        "repository {} is at generation {} on {} target{}: {} snapshot{} carried, {} index{} rewritten",
+        report.repository_id,
+        report.generation,
+        report.locations.len(),
+        plural(report.locations.len()),
+        report.snapshots_carried,
+        plural(report.snapshots_carried),
+        report.indexes_rewritten,
+        if report.indexes_rewritten == 1 { "" } else { "es" }
+    );
+    for done in &report.reencrypted {
+        println!(
+            "re-encrypted {}: {} snapshot{}, {} pack{}, {} dictionar{}, {} index{} written again; {} object{} deleted",
+            done.location,
+            done.snapshots,
+            plural(done.snapshots),
+            done.packs,
+            plural(done.packs),
+            done.dictionaries,
+            if done.dictionaries == 1 { "y" } else { "ies" },
+            done.indexes,
+            if done.indexes == 1 { "" } else { "es" },
+            done.deleted,
+            plural(done.deleted)
+        );
+        for (key, why) in &done.not_deleted {
+            println!("  not deleted (still readable by whoever could read it): {key}: {why}");
+        }
+        for (id, why) in &done.left {
+            println!("  left as it was: snapshot {id}: {why}");
+        }
+    }
+    for (id, why) in &report.snapshots_dropped {
+        println!("not carried (it did not prove itself): {id}: {why}");
+    }
+    if let Some(path) = &report.writer_key {
+        println!(
+            "new writer key: {} (move it to the backup host as $CRMVAULT_CONFIG_DIR/repos/{}/writer.key and run its \
+             first backup with --fingerprint {}; the old writer key can no longer write)",
+            path.display(),
+            report.repository_id,
+            report.generation_fingerprint
+        );
+    }
+    println!(
+        "fingerprint: {} (unchanged); this generation's: {} (give this one to fresh machines: it trusts no key \
+         retired before it)",
+        report.fingerprint, report.generation_fingerprint
+    );
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
 }

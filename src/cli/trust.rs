@@ -53,6 +53,17 @@ impl Trusted {
         self.pin.as_ref().and_then(|pin| pin.newest.clone())
     }
 
+    /// Moves the pin to the generation `config_hash` (after `rekey` on this machine).
+    pub fn follow(&mut self, config_hash: &str) -> Result<()> {
+        if let Some(pin) = self.pin.as_mut()
+            && pin.config_hash != config_hash
+        {
+            config_hash.clone_into(&mut pin.config_hash);
+            trust::save_pin(&self.config_dir, pin)?;
+        }
+        Ok(())
+    }
+
     /// Remembers `mark` if it is newer than what the pin holds.
     pub fn advance(&mut self, mark: Option<&SnapshotMark>) -> Result<()> {
         if let (Some(pin), Some(mark)) = (self.pin.as_mut(), mark)
@@ -65,26 +76,37 @@ impl Trusted {
 }
 
 /// Checks every repository (copies of one) against the pin `role` needs; refuses with one line
-/// naming what did not match and what to do.
-pub fn check(
-    repositories: &[Repository],
+/// naming what did not match and what to do. A repository whose chain of generations (from its
+/// `config`) does not hold the generation the pin or fingerprint names is opened again at that
+/// generation (a `config` replaced in storage hides nothing a pin knows). Pins follow `rekey`:
+/// a pinned generation that the repository's newest one descends from moves the pin there.
+pub async fn check(
+    repositories: &mut [Repository],
     role: Role,
     given: Option<&Fingerprint>,
     config_dir: &Path,
 ) -> Result<Trusted> {
     let mut trusted = Trusted { pin: None, config_dir: config_dir.to_path_buf() };
-    for repository in repositories {
-        let location = repository.target.location();
+    // The generations accepted on the targets checked so far: a copy that an interrupted rekey
+    // left at an earlier one is not a forgery (commands that need the copies equal say so).
+    let mut accepted: Vec<String> = Vec::new();
+    let mut order: Vec<usize> = (0..repositories.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
+    for i in order {
+        let repository = &mut repositories[i];
+        let pinned = trust::load_pin(config_dir, &repository.config.id)?;
+        anchor(repository, pinned.as_ref(), given).await;
+        let location = repository.target.location().to_string();
+        let location = location.as_str();
         let actual = repository.fingerprint();
         if let Some(given) = given
-            && *given != actual
+            && !repository.has_fingerprint(given)
         {
             bail!(
                 "the repository at {location} has fingerprint {actual}, not {given}: it is not the repository \
                  you trust (forged, replaced or another one); nothing was read from it"
             );
         }
-        let pinned = trust::load_pin(config_dir, &repository.config.id)?;
         if pinned.is_none()
             && let Some(other) = trust::pin_of_location(config_dir, location)?
         {
@@ -96,21 +118,41 @@ pub fn check(
                 repository.config.id
             );
         }
+        let behind = accepted.contains(&repository.config_hash);
+        let in_chain = |hash: &str| behind || repository.chain.iter().any(|(h, _)| h == hash);
         let pin = match (role, pinned) {
-            (Role::Writer, Some(pin)) if pin.config_hash != repository.config_hash => bail!(
-                "the config of the repository at {location} is not the one this host pinned: its recipients, keys or \
-                 settings were changed in storage; refusing to use it (recipients change with `crmvault rekey`, \
-                 never by editing storage)"
+            (Role::Writer, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
+                "the config of the repository at {location} is not the one this host pinned, nor a generation \
+                 signed after it: its recipients, keys or settings were changed in storage; refusing to use it \
+                 (recipients change with `crmvault rekey`, never by editing storage)"
             ),
-            (_, Some(pin)) if given.is_none() && pin.fingerprint != actual => bail!(
+            (_, Some(pin)) if given.is_none() && !repository.has_fingerprint(&pin.fingerprint) => bail!(
                 "the repository at {location} has fingerprint {actual}, but this machine pinned {} for repository {}: \
                  it was forged or replaced in storage; nothing was read from it",
                 pin.fingerprint,
                 repository.config.id
             ),
+            (_, Some(pin)) if !in_chain(&pin.config_hash) && given.is_none() => bail!(
+                "the repository at {location} does not descend from the generation of its keys this machine \
+                 pinned (a rekey this machine did not see, forked from an older generation): refusing it; if the \
+                 admins rekeyed it, give --fingerprint with the fingerprint `crmvault rekey` printed"
+            ),
             (_, Some(mut pin)) => {
+                let mut changed = false;
                 if !pin.locations.iter().any(|known| known == location) {
                     pin.locations.push(location.to_string());
+                    changed = true;
+                }
+                if pin.config_hash != repository.config_hash && !behind {
+                    tracing::info!(
+                        "repository {} was rekeyed since this machine last used it: following it to generation {}",
+                        repository.config.id,
+                        repository.config.generation
+                    );
+                    pin.config_hash.clone_from(&repository.config_hash);
+                    changed = true;
+                }
+                if changed {
                     trust::save_pin(config_dir, &pin)?;
                 }
                 Some(pin)
@@ -142,7 +184,7 @@ pub fn check(
                 }
                 let pin = Pin {
                     repository_id: repository.config.id.clone(),
-                    fingerprint: actual,
+                    fingerprint: given.copied().unwrap_or(actual),
                     config_hash: repository.config_hash.clone(),
                     newest: None,
                     locations: vec![location.to_string()],
@@ -150,8 +192,9 @@ pub fn check(
                 trust::save_pin(config_dir, &pin)?;
                 if role == Role::Admin {
                     eprintln!(
-                        "crmvault: pinned repository {} (fingerprint {actual}) in {}",
+                        "crmvault: pinned repository {} (fingerprint {}) in {}",
                         repository.config.id,
+                        pin.fingerprint,
                         trust::pin_path(config_dir, &repository.config.id).display()
                     );
                 }
@@ -161,8 +204,38 @@ pub fn check(
         if trusted.pin.is_none() {
             trusted.pin = pin;
         }
+        accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
     }
     Ok(trusted)
+}
+
+/// Opens `repository` again at the generation its pin (or the fingerprint given) names, when the
+/// chain followed from its `config` does not hold it: that `config` may have been replaced in
+/// storage while the generation the pin knows is still whole under `configs/`. Whether the
+/// result is trusted is decided after, by the caller.
+async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) {
+    let holds = |r: &Repository| {
+        pin.is_none_or(|pin| r.chain.iter().any(|(hash, _)| *hash == pin.config_hash))
+            && given.is_none_or(|given| r.has_fingerprint(given))
+    };
+    if holds(repository) {
+        return;
+    }
+    let hash = match (given, pin) {
+        (Some(given), _) => Repository::find_generation(&repository.target, given).await.ok().flatten(),
+        (None, Some(pin)) => Some(pin.config_hash.clone()),
+        (None, None) => None,
+    };
+    if let Some(hash) = hash
+        && let Ok(reopened) = Repository::open_at(repository.target.clone(), &hash).await
+        && holds(&reopened)
+    {
+        tracing::warn!(
+            "{}: its config does not lead to the generation this machine trusts; opened it at configs/{hash}",
+            repository.target.location()
+        );
+        *repository = reopened;
+    }
 }
 
 /// Pins what `init` made on this host (the backup host, or an admin's machine that ran it).

@@ -741,6 +741,16 @@ pub async fn run(
         return Err(Error::Invalid("backup needs at least one --repo".into()));
     };
     if let Some(other) = repositories.iter().find(|r| r.config_hash != first.config_hash) {
+        if other.config.id == first.config.id {
+            return Err(Error::Invalid(format!(
+                "{} is at generation {} of its keys and {} at generation {} (a rekey that did not reach every \
+                 target): an admin finishes it with `crmvault rekey` and every --repo",
+                first.target.location(),
+                first.config.generation,
+                other.target.location(),
+                other.config.generation
+            )));
+        }
         return Err(Error::Invalid(format!(
             "{} and {} are not copies of one repository; create targets with one `init` or `init --copy-from`",
             first.target.location(),
@@ -1016,9 +1026,11 @@ async fn commit(
         dictionaries: dictionaries.into_iter().collect(),
         parent: chain.parent.clone(),
         sequence: chain.sequence,
+        replaces: None,
     };
     let object = sealed.snapshot_object(&header, keyring);
     bytes_added += object.len() as u64;
+    repository.check_still_newest().await?;
     repository.target.put_new(&repo::snapshot_key(&sealed.id), object).await?;
     Ok(TargetReport {
         location: repository.target.location().to_string(),

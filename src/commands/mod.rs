@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod copy;
 pub mod init;
+pub mod rekey;
 pub mod restore;
 pub mod snapshots;
 pub mod verify;

@@ -23,7 +23,7 @@ use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
 use crate::crypto::MacKey;
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ChunkSpool, ReadStats, Source};
-use crate::repo::{self, Keyring, Manifest, Repository, StreamManifest, TableManifest};
+use crate::repo::{Keyring, Manifest, Repository, StreamManifest, TableManifest};
 use crate::source::script::{Entry, Script, Step, TableName};
 use crate::source::{self, Database};
 use crate::trust::SnapshotMark;
@@ -152,13 +152,8 @@ pub async fn open_snapshot(
     let mut sources = Vec::new();
     let mut first_error = None;
     for repository in repositories {
-        let sealed = match repository.read_snapshot(snapshot_id).await {
-            Ok(sealed) if sealed.header.config_hash != repository.config_hash => Err(Error::corrupt(
-                format!("{}/{}", repository.target.location(), repo::CONFIG_KEY),
-                format!("differs from the one snapshot {snapshot_id} was written under"),
-            )),
-            other => other,
-        };
+        // Opening checks the config it was written under (SealedSnapshot::open).
+        let sealed = repository.read_snapshot(snapshot_id).await;
         let opened = match sealed {
             Ok(sealed) => sealed.open(keyring).map(|m| {
                 mark.get_or_insert_with(|| sealed.mark());

@@ -95,36 +95,58 @@ pub async fn run(
         problem: what,
     };
 
-    // `config` itself: a repository opened from its copy (format 7) still needs it mended.
-    match repository.target.get(repo::CONFIG_KEY).await {
-        Ok(bytes) if crate::crypto::object_hash(&bytes) == repository.config_hash => {}
-        Ok(_) | Err(Error::Missing { .. }) => report.problems.push(problem(
-            repo::CONFIG_KEY,
-            vec![],
-            format!(
-                "missing, damaged or replaced; its copy {} is whole: copy it back to `config`",
-                repo::config_copy_key(&repository.config_hash)
-            ),
-        )),
-        Err(e) => return Err(e),
-    }
-    if repository.config.version >= repo::AUTHENTICATED_VERSION {
-        let copy = repo::config_copy_key(&repository.config_hash);
-        match repository.target.get(&copy).await {
-            Ok(bytes) if crate::crypto::object_hash(&bytes) == repository.config_hash => {}
-            Ok(_) => report.problems.push(problem(&copy, vec![], "its BLAKE3 does not match its name".into())),
-            Err(Error::Missing { .. }) => report.problems.push(problem(&copy, vec![], "missing".into())),
+    // `config` itself (the first generation): a repository opened from its copy (format 7)
+    // still needs it mended.
+    let (first_hash, first) = &repository.chain[0];
+    if first.generation == 0 {
+        match repository.target.get(repo::CONFIG_KEY).await {
+            Ok(bytes) if crate::crypto::object_hash(&bytes) == *first_hash => {}
+            Ok(_) | Err(Error::Missing { .. }) => report.problems.push(problem(
+                repo::CONFIG_KEY,
+                vec![],
+                format!(
+                    "missing, damaged or replaced; its copy {} is whole: copy it back to `config`",
+                    repo::config_copy_key(first_hash)
+                ),
+            )),
             Err(e) => return Err(e),
         }
     }
-    for key in &repository.config.keys {
-        match repository.target.get(key).await {
-            Ok(bytes) => {
-                if let Err(e) = repo::check_object_name(key, &bytes) {
-                    report.problems.push(problem(key, vec![], e.to_string()));
-                }
+    // Every generation's config copy and keys objects (a rekeyed repository has several).
+    for (hash, config) in &repository.chain {
+        if config.version >= repo::AUTHENTICATED_VERSION {
+            let copy = repo::config_copy_key(hash);
+            match repository.target.get(&copy).await {
+                Ok(bytes) if crate::crypto::object_hash(&bytes) == *hash => {}
+                Ok(_) => report.problems.push(problem(&copy, vec![], "its BLAKE3 does not match its name".into())),
+                Err(Error::Missing { .. }) => report.problems.push(problem(&copy, vec![], "missing".into())),
+                Err(e) => return Err(e),
             }
-            Err(e) => report.problems.push(problem(key, vec![], e.to_string())),
+        }
+        for key in config.keys.iter().chain(&config.admin_keys) {
+            match repository.target.get(key).await {
+                Ok(bytes) => {
+                    if let Err(e) = repo::check_object_name(key, &bytes) {
+                        report.problems.push(problem(key, vec![], e.to_string()));
+                    }
+                }
+                Err(e) => report.problems.push(problem(key, vec![], e.to_string())),
+            }
+        }
+    }
+
+    // A config no generation leads to: junk, or a forgery no reader follows.
+    if first.generation == 0 && repository.config.version >= repo::AUTHENTICATED_VERSION {
+        for (key, _) in repository.target.list("configs").await? {
+            if !repository.chain.iter().any(|(hash, _)| key.strip_prefix("configs/") == Some(hash.as_str())) {
+                report.problems.push(problem(
+                    &key,
+                    vec![],
+                    "is not a generation of this repository (damaged, or not signed by its admins: planted in \
+                     storage?); no command follows it: remove it"
+                        .into(),
+                ));
+            }
         }
     }
 
@@ -140,11 +162,13 @@ pub async fn run(
                 continue;
             }
         };
-        if sealed.header.config_hash != repository.config_hash {
+        if sealed.header.config_hash != repository.config_hash && !repository.config.carried.contains(&sealed.id) {
             report.problems.push(problem(
-                repo::CONFIG_KEY,
+                &repo::snapshot_key(&sealed.id),
                 vec![sealed.id.clone()],
-                "the config differs from the one this snapshot was written under (damaged or replaced)".into(),
+                "was written under another config than this repository's (damaged or replaced config, a key \
+                 retired by `rekey`, or another repository's snapshot)"
+                    .into(),
             ));
         }
         for pack in &sealed.header.packs {
@@ -180,7 +204,11 @@ pub async fn run(
             ));
         }
     }
-    if let Some(known) = newest_known.filter(|known| !present.contains(known.id.as_str()) && !ids.contains(&known.id)) {
+    // A snapshot `rekey --reencrypt` replaced lives on as its copy.
+    let replaced = |id: &str| sealed_snapshots.iter().any(|s| s.header.replaces.as_deref() == Some(id));
+    if let Some(known) = newest_known
+        .filter(|known| !present.contains(known.id.as_str()) && !ids.contains(&known.id) && !replaced(&known.id))
+    {
         report.problems.push(problem(
             &repo::snapshot_key(&known.id),
             vec![known.id.clone()],

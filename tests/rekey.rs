@@ -1,0 +1,564 @@
+//! Key rotation (`crmvault rekey`, issue 18): who can read and write after an admin is added
+//! or removed and after the writer key is rotated; what a storage writer and a retired key
+//! cannot do; and a rekey interrupted at every point it writes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn public_key(work: &Workspace, name: &str) -> String {
+    std::fs::read_to_string(work.path(name))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
+        .unwrap()
+}
+
+/// A database, and a workspace that ran `init` (pin, writer key, `admin.key`) with a second
+/// admin `other.key`, with one backup taken.
+struct Setup {
+    source: TestDb,
+    work: Workspace,
+    repos: Vec<String>,
+}
+
+impl Setup {
+    fn new(label: &str, targets: usize) -> Setup {
+        let source = TestDb::create(label);
+        source.load_file(&fixture("examples/crm.sql"));
+        let work = Workspace::new();
+        let admin = work.keygen("admin.key");
+        let other = work.keygen("other.key");
+        let repos: Vec<String> =
+            (0..targets).map(|i| work.path(&format!("repo{i}")).to_str().unwrap().to_string()).collect();
+        let mut args = vec!["init", "--recipient", &admin, "--recipient", &other];
+        for repo in &repos {
+            args.extend(["--repo", repo]);
+        }
+        work.run(&args).ok();
+        let setup = Setup { source, work, repos };
+        setup.backup();
+        setup
+    }
+
+    fn repo_args(&self) -> Vec<&str> {
+        self.repos.iter().flat_map(|r| ["--repo", r.as_str()]).collect()
+    }
+
+    fn backup(&self) -> serde_json::Value {
+        let mut args = vec!["backup", "--json", "--db", self.source.url_str()];
+        args.extend(self.repo_args());
+        self.work.run(&args).ok().json()
+    }
+
+    fn rekey(&self, identity: &str, options: &[&str]) -> Run {
+        let key = self.work.path(identity);
+        let mut args = vec!["rekey", "--identity", key.to_str().unwrap()];
+        args.extend(self.repo_args());
+        args.extend_from_slice(options);
+        self.work.run(&args)
+    }
+
+    /// Restores `snapshot` from the first target with `identity` into a new database.
+    fn restore_as(&self, identity: &str, snapshot: &str, label: &str) -> (Run, TestDb) {
+        let target = TestDb::create(label);
+        let key = self.work.path(identity);
+        let run = self.work.run(&[
+            "restore",
+            "--repo",
+            &self.repos[0],
+            "--identity",
+            key.to_str().unwrap(),
+            "--db",
+            &target.url(),
+            snapshot,
+        ]);
+        (run, target)
+    }
+}
+
+trait UrlStr {
+    fn url_str(&self) -> &'static str;
+}
+
+impl UrlStr for TestDb {
+    /// The URL, leaked for an argument list (tests are short-lived).
+    fn url_str(&self) -> &'static str {
+        Box::leak(self.url().into_boxed_str())
+    }
+}
+
+/// Every file under `dir`, relative.
+fn relative_files(dir: &Path) -> BTreeSet<PathBuf> {
+    files_under(dir).into_iter().map(|f| f.strip_prefix(dir).unwrap().to_path_buf()).collect()
+}
+
+/// The age ciphertext inside a stored object (a snapshot object's manifest follows its
+/// plaintext header lines).
+fn ciphertext_of(bytes: &[u8]) -> &[u8] {
+    let magic = b"age-encryption.org/v1";
+    let at = bytes.windows(magic.len()).position(|w| w == magic).expect("an age ciphertext");
+    &bytes[at..]
+}
+
+fn identity(work: &Workspace, name: &str) -> Vec<age::x25519::Identity> {
+    crmvault::crypto::read_identity_file(&work.path(name)).unwrap()
+}
+
+#[test]
+fn a_removed_admin_reads_nothing_written_after_and_every_snapshot_still_restores() {
+    let setup = Setup::new("rekey_remove", 1);
+    let repo = Path::new(&setup.repos[0]).to_path_buf();
+    let before_rekey = relative_files(&repo);
+    let first = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json()["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_data = setup.source.data();
+
+    let other = public_key(&setup.work, "other.key");
+    let rekey = setup.rekey("admin.key", &["--json", "--remove-recipient", &other]).ok().json();
+    assert_eq!(rekey["generation"], 1);
+    assert_eq!(rekey["removed"][0], other.as_str());
+    assert_eq!(rekey["snapshots_carried"], 1);
+
+    // The backup host follows the new generation and keeps deduplicating.
+    setup.source.sql("UPDATE crm.contacts SET phone = '+1 555 0100' WHERE id % 7 = 0");
+    let second = setup.backup();
+    let added = second["targets"][0]["bytes_added"].as_u64().unwrap();
+    assert!(added < 200_000, "the backup after a rekey stored {added} bytes: dedup was lost");
+
+    // Nothing written since the rekey opens with the removed admin's key.
+    let removed = identity(&setup.work, "other.key");
+    let mut opened = 0;
+    for file in relative_files(&repo).difference(&before_rekey) {
+        if file.starts_with("configs") {
+            continue; // plaintext by design, and holds no secret
+        }
+        let bytes = std::fs::read(repo.join(file)).unwrap();
+        let result = crmvault::crypto::decrypt(&removed, ciphertext_of(&bytes));
+        assert!(
+            matches!(result, Err(crmvault::crypto::DecryptFailure::NoMatchingKey)),
+            "{} opens with the removed admin's key",
+            file.display()
+        );
+        opened += 1;
+    }
+    assert!(opened >= 6, "only {opened} new objects checked");
+    // It cannot restore, even what it could before: the CLI refuses its identity.
+    let (run, target) = setup.restore_as("other.key", "latest", "rekey_remove_t1");
+    run.fails_with(1, "not a recipient");
+    assert!(target.is_empty());
+
+    // The admin who stays restores both snapshots, each as it was.
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_remove_t2");
+    run.ok();
+    assert_same_database(&setup.source, &target);
+    let (run, target) = setup.restore_as("admin.key", &first, "rekey_remove_t3");
+    run.ok();
+    assert_eq!(target.data(), old_data);
+    setup.work.run(&["verify", "--repo", &setup.repos[0], "--identity", &setup.work.admin_key(), "--read-data"]).ok();
+    // A fresh machine given the generation's fingerprint (or the first one) restores too.
+    let generation = rekey["generation_fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(generation, setup.work.fingerprint(&setup.repos[0]));
+    for fingerprint in [generation, setup.work.fingerprint(&setup.repos[0])] {
+        let target = TestDb::create("rekey_remove_t4");
+        let fresh = Workspace::new();
+        std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+        fresh.restore_with(&setup.repos[0], &target, &["--fingerprint", &fingerprint, "latest"]).ok();
+        assert_same_database(&setup.source, &target);
+    }
+}
+
+/// The generation fingerprint from a `rekey --json` run.
+fn run_fingerprint(run: &Run) -> String {
+    run.json()["generation_fingerprint"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_added_admin_restores_what_is_written_from_then_on() {
+    let setup = Setup::new("rekey_add", 1);
+    let newcomer = setup.work.keygen("new.key");
+    let run = setup.rekey("admin.key", &["--json", "--add-recipient", &newcomer]).ok();
+    let generation_fingerprint = run_fingerprint(&run);
+    assert!(!generation_fingerprint.is_empty());
+    // Adding again changes nothing.
+    let again = setup.rekey("admin.key", &["--json", "--add-recipient", &newcomer]).ok().json();
+    assert_eq!(again["changed"], false);
+    assert_eq!(again["generation"], 1);
+
+    setup.source.sql("DELETE FROM crm.activities WHERE id % 3 = 0");
+    setup.backup();
+    // On its own machine, with the fingerprint of the generation that added it.
+    let fresh = Workspace::new();
+    std::fs::copy(setup.work.path("new.key"), fresh.path("admin.key")).unwrap();
+    let target = TestDb::create("rekey_add_t1");
+    fresh.restore_with(&setup.repos[0], &target, &["--fingerprint", &generation_fingerprint, "latest"]).ok();
+    assert_same_database(&setup.source, &target);
+    // What was written before it was added stays closed to it, with a clear refusal.
+    let listed = fresh.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
+    let oldest =
+        listed["snapshots"].as_array().unwrap().iter().min_by_key(|s| s["time"].as_str().unwrap().to_string()).unwrap()
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let target = TestDb::create("rekey_add_t2");
+    let run = fresh.restore_with(&setup.repos[0], &target, &[&oldest]);
+    run.fails_with(1, "not a recipient");
+    assert!(target.is_empty());
+}
+
+#[test]
+fn a_rotated_writer_key_cannot_write_and_the_new_backup_host_can() {
+    let setup = Setup::new("rekey_writer", 1);
+    let repo = &setup.repos[0];
+    // Before the rotation, the old host's storage as it was: to plant what it writes later.
+    let stale = setup.work.path("stale");
+    copy_dir(Path::new(repo), &stale);
+    let new_key = setup.work.path("new-writer.key");
+    let run = setup
+        .rekey("admin.key", &["--json", "--rotate-writer-key", "--writer-key-out", new_key.to_str().unwrap()])
+        .ok()
+        .json();
+    let generation_fingerprint = run["generation_fingerprint"].as_str().unwrap().to_string();
+    let id = run["repository_id"].as_str().unwrap().to_string();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&new_key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The old backup host: its key is no longer the writer's.
+    setup.source.sql("UPDATE crm.companies SET website = 'retired.example' WHERE id = 1");
+    setup
+        .work
+        .run(&["backup", "--db", &setup.source.url(), "--repo", repo])
+        .fails_with(1, "is not the writer key of repository");
+
+    // The new backup host: the new key in its config folder, pinned with the fingerprint.
+    let host = Workspace::new();
+    let key_path = host.config_dir().join("repos").join(&id).join("writer.key");
+    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+    std::fs::copy(&new_key, &key_path).unwrap();
+    host.run(&["backup", "--db", &setup.source.url(), "--repo", repo, "--fingerprint", &generation_fingerprint]).ok();
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_writer_t1");
+    run.ok();
+    assert_same_database(&setup.source, &target);
+
+    // What the retired key still can do: write a snapshot under the old generation (here into
+    // the copy it had), which an attacker then plants in the live repository, dated later.
+    setup.source.sql("UPDATE crm.companies SET website = 'forged.example' WHERE id = 2");
+    let old_host = Workspace::new();
+    copy_dir(&setup.work.config_dir(), &old_host.config_dir());
+    std::fs::remove_file(old_host.config_dir().join("repos").join(&id).join("trust.json")).unwrap();
+    let stale = stale.to_str().unwrap();
+    let fingerprint = setup.work.fingerprint(repo);
+    old_host.run(&["backup", "--db", &setup.source.url(), "--repo", stale, "--fingerprint", &fingerprint]).ok();
+    let live = relative_files(Path::new(repo));
+    for file in relative_files(Path::new(stale)).difference(&live) {
+        let to = Path::new(repo).join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(Path::new(stale).join(file), to).unwrap();
+    }
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_writer_t2");
+    let run = run.ok();
+    assert!(run.stderr.contains("written under another config"), "{}", run.stderr);
+    assert_eq!(target.sql("SELECT count(*) FROM crm.companies WHERE website = 'forged.example'").trim(), "0");
+    assert_eq!(target.sql("SELECT count(*) FROM crm.companies WHERE website = 'retired.example'").trim(), "1");
+    setup
+        .work
+        .run(&["verify", "--repo", repo, "--identity", &setup.work.admin_key()])
+        .fails_with(3, "written under another config");
+}
+
+#[test]
+fn a_generation_forged_in_storage_is_not_followed_and_a_fork_is_refused() {
+    let setup = Setup::new("rekey_forge", 1);
+    let repo = Path::new(&setup.repos[0]).to_path_buf();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(repo.join("config")).unwrap()).unwrap();
+    let config_hash = blake3::hash(&std::fs::read(repo.join("config")).unwrap()).to_hex().to_string();
+    // The attacker's next generation: its own recipient added, a signature by its own key.
+    let attacker = Workspace::new();
+    let evil = attacker.keygen("evil.key");
+    let mut forged = config.clone();
+    forged["generation"] = 1.into();
+    forged["previous"] = config_hash.into();
+    forged["recipients"].as_array_mut().unwrap().push(evil.into());
+    forged["signature"] = "00".repeat(64).into();
+    let bytes = format!("{}\n", serde_json::to_string_pretty(&forged).unwrap());
+    let name = blake3::hash(bytes.as_bytes()).to_hex().to_string();
+    std::fs::write(repo.join("configs").join(&name), &bytes).unwrap();
+
+    // The backup host keeps writing to the admins only; verify names the planted config.
+    let before = relative_files(&repo);
+    setup.source.sql("UPDATE crm.companies SET website = 'after.example' WHERE id = 1");
+    setup.backup();
+    let evil_key = identity(&attacker, "evil.key");
+    for file in relative_files(&repo).difference(&before) {
+        let bytes = std::fs::read(repo.join(file)).unwrap();
+        assert!(crmvault::crypto::decrypt(&evil_key, ciphertext_of(&bytes)).is_err(), "{}", file.display());
+    }
+    setup
+        .work
+        .run(&["verify", "--repo", &setup.repos[0], "--identity", &setup.work.admin_key()])
+        .fails_with(3, "is not a generation of this repository");
+    std::fs::remove_file(repo.join("configs").join(&name)).unwrap();
+
+    // Two validly signed successors (what a leaked signing key could make): refused. The fork
+    // is made by rekeying a copy of generation 0 on a second machine.
+    let copy = setup.work.path("fork");
+    copy_dir(&repo, &copy);
+    let second = Workspace::new();
+    copy_dir(&setup.work.config_dir(), &second.config_dir());
+    std::fs::copy(setup.work.path("admin.key"), second.path("admin.key")).unwrap();
+    let other = public_key(&setup.work, "other.key");
+    setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
+    let fork_writer = second.path("fork-writer.key");
+    let copy_path = copy.to_str().unwrap();
+    let fork_writer = fork_writer.to_str().unwrap();
+    let admin = second.admin_key();
+    second
+        .run(&[
+            "rekey",
+            "--repo",
+            copy_path,
+            "--identity",
+            &admin,
+            "--rotate-writer-key",
+            "--writer-key-out",
+            fork_writer,
+        ])
+        .ok();
+    for file in files_under(&copy.join("configs")) {
+        let name = file.file_name().unwrap();
+        if !repo.join("configs").join(name).exists() {
+            std::fs::copy(&file, repo.join("configs").join(name)).unwrap();
+        }
+    }
+    for file in files_under(&copy.join("keys")) {
+        let to = repo.join("keys").join(file.file_name().unwrap());
+        if !to.exists() {
+            std::fs::copy(&file, to).unwrap();
+        }
+    }
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_forge_t1");
+    run.fails_with(1, "fork");
+    assert!(target.is_empty());
+}
+
+/// The objects in `after` that `before` lacks, in the order they were written (rekey only
+/// creates objects, and their modification times give the order).
+fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
+    let old = relative_files(before);
+    let mut new: Vec<(std::time::SystemTime, PathBuf)> = relative_files(after)
+        .difference(&old)
+        .map(|f| (std::fs::metadata(after.join(f)).unwrap().modified().unwrap(), f.clone()))
+        .collect();
+    new.sort();
+    new.into_iter().map(|(_, f)| f).collect()
+}
+
+/// The state a rekey killed after its first `written` new objects would leave: `before` plus
+/// those objects, taken from `after`.
+fn cut(before: &Path, after: &Path, new: &[PathBuf], written: usize, into: &Path) {
+    let _ = std::fs::remove_dir_all(into);
+    copy_dir(before, into);
+    for file in new.iter().take(written) {
+        let to = into.join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(after.join(file), to).unwrap();
+    }
+}
+
+#[test]
+fn a_rekey_interrupted_anywhere_leaves_every_snapshot_restorable_and_finishes_when_run_again() {
+    let setup = Setup::new("rekey_cut", 2);
+    setup.source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 5 = 0");
+    setup.backup();
+    let (a, b) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
+    let (before_a, before_b) = (setup.work.path("before0"), setup.work.path("before1"));
+    copy_dir(&a, &before_a);
+    copy_dir(&b, &before_b);
+    let pins_before = setup.work.path("pins-before");
+    copy_dir(&setup.work.config_dir(), &pins_before);
+    let other = public_key(&setup.work, "other.key");
+    setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
+    let (written_a, written_b) = (written_since(&before_a, &a), written_since(&before_b, &b));
+    let (after_a, after_b) = (setup.work.path("after0"), setup.work.path("after1"));
+    copy_dir(&a, &after_a);
+    copy_dir(&b, &after_b);
+    let (new_a, new_b) = (written_a.len(), written_b.len());
+    // 4 keys objects on each target, then configs on each, then indexes on each.
+    assert!(new_a >= 6 && new_b >= 6, "{new_a} {new_b}");
+
+    // Cut points on the first target, with the second untouched or whole.
+    let mut cuts: Vec<(usize, usize)> = (0..=new_a).map(|k| (k, 0)).collect();
+    cuts.extend([(new_a, 4), (new_a, 5), (new_a, new_b)]);
+    cuts.extend([(5, 5), (4, 5)]);
+    for (k, l) in cuts {
+        cut(&before_a, &after_a, &written_a, k, &a);
+        cut(&before_b, &after_b, &written_b, l, &b);
+        let label = format!("cut {k}/{l}");
+        // Every snapshot restores with the admin who stays, from either target (on a machine
+        // that has not seen the new generation: one that has refuses a target still behind it,
+        // as it would a rollback of the keys).
+        for repo in [&setup.repos[0], &setup.repos[1]] {
+            let _ = std::fs::remove_dir_all(setup.work.config_dir());
+            copy_dir(&pins_before, &setup.work.config_dir());
+            let target = TestDb::create("rekey_cut_t");
+            setup.work.restore_with(repo, &target, &["latest"]).ok();
+            assert_same_database(&setup.source, &target);
+            let verify = setup.work.run(&["verify", "--repo", repo, "--identity", &setup.work.admin_key()]);
+            assert_eq!(verify.code, 0, "{label}: {}\n{}", verify.stdout, verify.stderr);
+        }
+        // Run again, the rekey finishes: both targets at one generation, the admin removed.
+        setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
+        let fingerprints: BTreeSet<String> = setup
+            .repos
+            .iter()
+            .map(|r| {
+                setup.work.run(&["fingerprint", "--json", "--repo", r]).ok().json()["generation_fingerprint"]
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(fingerprints.len(), 1, "{label}: the targets differ");
+        let (run, target) = setup.restore_as("other.key", "latest", "rekey_cut_t2");
+        run.fails_with(1, "not a recipient");
+        assert!(target.is_empty(), "{label}");
+        // And backups deduplicate against everything stored before.
+        let backup = setup.backup();
+        for t in backup["targets"].as_array().unwrap() {
+            assert!(t["bytes_added"].as_u64().unwrap() < 200_000, "{label}: {t}");
+        }
+    }
+}
+
+/// Every stored object that opens with `key`, except configs (plaintext) and the keys objects
+/// of generations before the newest (they hold only secrets their recipients had).
+fn readable_with(repo: &Path, key: &[age::x25519::Identity]) -> Vec<PathBuf> {
+    let newest: serde_json::Value = {
+        let mut newest = serde_json::Value::Null;
+        for file in files_under(&repo.join("configs")) {
+            let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            if config["generation"].as_u64().unwrap_or(0) >= newest["generation"].as_u64().unwrap_or(0) {
+                newest = config;
+            }
+        }
+        newest
+    };
+    let current: Vec<String> = ["keys", "admin_keys"]
+        .iter()
+        .flat_map(|field| newest[field].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()))
+        .collect();
+    let mut readable = Vec::new();
+    for file in relative_files(repo) {
+        let name = file.to_str().unwrap();
+        if name.starts_with("configs/")
+            || name == "config"
+            || (name.starts_with("keys/") && !current.iter().any(|k| k == name))
+        {
+            continue;
+        }
+        let bytes = std::fs::read(repo.join(&file)).unwrap();
+        if crmvault::crypto::decrypt(key, ciphertext_of(&bytes)).is_ok() {
+            readable.push(file);
+        }
+    }
+    readable
+}
+
+#[test]
+fn reencrypt_leaves_a_removed_admin_nothing_and_gives_an_added_one_everything() {
+    let setup = Setup::new("rekey_reencrypt", 2);
+    let first_data = setup.source.data();
+    setup.source.sql("UPDATE crm.contacts SET phone = '+1 555 0199' WHERE id % 4 = 0");
+    setup.backup();
+    let other = public_key(&setup.work, "other.key");
+    let removed = identity(&setup.work, "other.key");
+    assert!(!readable_with(Path::new(&setup.repos[0]), &removed).is_empty(), "the test reads nothing to begin with");
+
+    let run = setup.rekey("admin.key", &["--json", "--remove-recipient", &other, "--reencrypt"]).ok().json();
+    for done in run["reencrypted"].as_array().unwrap() {
+        assert_eq!(done["snapshots"], 2, "{done}");
+        assert!(done["packs"].as_u64().unwrap() >= 1 && done["deleted"].as_u64().unwrap() >= 4, "{done}");
+        assert!(done["not_deleted"].as_array().unwrap().is_empty(), "{done}");
+    }
+    for repo in &setup.repos {
+        assert_eq!(readable_with(Path::new(repo), &removed), Vec::<PathBuf>::new(), "{repo}");
+        setup.work.run(&["verify", "--repo", repo, "--identity", &setup.work.admin_key(), "--read-data"]).ok();
+    }
+    // Both snapshots restore as they were, from their new ids.
+    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[1]]).ok().json();
+    let mut snapshots: Vec<(String, String)> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["time"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string()))
+        .collect();
+    snapshots.sort();
+    assert_eq!(snapshots.len(), 2);
+    let (run, target) = setup.restore_as("admin.key", &snapshots[0].1, "rekey_reencrypt_t1");
+    run.ok();
+    assert_eq!(target.data(), first_data);
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_reencrypt_t2");
+    run.ok();
+    assert_same_database(&setup.source, &target);
+    // Backups go on deduplicating against the re-encrypted packs.
+    let backup = setup.backup();
+    assert!(backup["targets"][0]["bytes_added"].as_u64().unwrap() < 200_000, "{backup}");
+
+    // An admin added with --reencrypt reads the oldest snapshot too.
+    let newcomer = setup.work.keygen("new.key");
+    let run = setup.rekey("admin.key", &["--json", "--add-recipient", &newcomer, "--reencrypt"]).ok();
+    let fresh = Workspace::new();
+    std::fs::copy(setup.work.path("new.key"), fresh.path("admin.key")).unwrap();
+    let fingerprint = run_fingerprint(&run);
+    let listed =
+        fresh.run(&["snapshots", "--json", "--repo", &setup.repos[0], "--fingerprint", &fingerprint]).ok().json();
+    let oldest =
+        listed["snapshots"].as_array().unwrap().iter().min_by_key(|s| s["time"].as_str().unwrap().to_string()).unwrap()
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let target = TestDb::create("rekey_reencrypt_t3");
+    fresh.restore_with(&setup.repos[0], &target, &["--fingerprint", &fingerprint, &oldest]).ok();
+    assert_eq!(target.data(), first_data);
+}
+
+#[test]
+fn an_interrupted_reencrypt_leaves_every_snapshot_restorable_and_finishes_when_run_again() {
+    let setup = Setup::new("rekey_recut", 1);
+    setup.source.sql("UPDATE crm.deals SET amount = amount * 2 WHERE id % 3 = 0");
+    setup.backup();
+    let repo = PathBuf::from(&setup.repos[0]);
+    let before = setup.work.path("before");
+    copy_dir(&repo, &before);
+    let pins_before = setup.work.path("pins-before");
+    copy_dir(&setup.work.config_dir(), &pins_before);
+    let other = public_key(&setup.work, "other.key");
+    setup.rekey("admin.key", &["--remove-recipient", &other, "--reencrypt"]).ok();
+    // Everything the run wrote (its deletions come after the last write).
+    let written = written_since(&before, &repo);
+    let after = setup.work.path("after");
+    copy_dir(&repo, &after);
+    let removed = identity(&setup.work, "other.key");
+    for k in [written.len() / 3, 2 * written.len() / 3, written.len()] {
+        cut(&before, &after, &written, k, &repo);
+        let _ = std::fs::remove_dir_all(setup.work.config_dir());
+        copy_dir(&pins_before, &setup.work.config_dir());
+        let (run, target) = setup.restore_as("admin.key", "latest", "rekey_recut_t1");
+        run.ok();
+        assert_same_database(&setup.source, &target);
+        let verify = setup.work.run(&["verify", "--repo", &setup.repos[0], "--identity", &setup.work.admin_key()]);
+        assert_eq!(verify.code, 0, "cut {k}: {}\n{}", verify.stdout, verify.stderr);
+        setup.rekey("admin.key", &["--remove-recipient", &other, "--reencrypt"]).ok();
+        assert_eq!(readable_with(&repo, &removed), Vec::<PathBuf>::new(), "cut {k}");
+        let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
+        assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2, "cut {k}: {listed}");
+        let (run, target) = setup.restore_as("admin.key", "latest", "rekey_recut_t2");
+        run.ok();
+        assert_same_database(&setup.source, &target);
+    }
+}
