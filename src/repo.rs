@@ -544,7 +544,9 @@ impl Repository {
                     "claims a later generation (only configs/ hold those)",
                 ));
             }
-            Err(error @ (Error::NotARepository { .. } | Error::Corrupt { .. })) => {
+            // A `config` claiming a format this build does not know may be an edit in storage
+            // too (advising an upgrade would be wrong then): its whole copy decides.
+            Err(error @ (Error::NotARepository { .. } | Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
                 let mut whole = Vec::new();
                 for (key, _) in target.list("configs").await.unwrap_or_default() {
                     if let Ok(repository) = Self::open_config(target.clone(), &key).await

@@ -375,6 +375,9 @@ impl Target {
 
     /// Writes a new object, durably. An existing object is left untouched.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        if let Some(root) = &self.local_root {
+            refuse_linked_folders(root, key)?;
+        }
         if self.local_root.is_none() && bytes.len() > MULTIPART_THRESHOLD {
             return self.put_new_in_parts(key, bytes).await;
         }
@@ -491,6 +494,26 @@ impl Target {
             other => Error::Storage { location: self.location.clone(), source: other },
         }
     }
+}
+
+/// Refuses to write `key` when one of its folders under the repository's root is a symbolic
+/// link: whoever can write to the storage could otherwise send this host's writes anywhere it
+/// may write (the root itself may be a link: the admin chose it).
+fn refuse_linked_folders(root: &Path, key: &str) -> Result<()> {
+    let mut path = root.to_path_buf();
+    let mut folders: Vec<&str> = key.split('/').collect();
+    folders.pop();
+    for folder in folders {
+        path.push(folder);
+        if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            return Err(Error::Invalid(format!(
+                "{} is a symbolic link inside the repository; refusing to write through it (it was not made \
+                 by crmvault: planted in storage?)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Syncs a file just written and the directories up to the root, so its name is durable too.

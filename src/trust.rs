@@ -136,12 +136,18 @@ pub fn pin_of_location(config_dir: &Path, location: &str) -> Result<Option<Pin>>
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
         if let Ok(Some(pin)) = load_pin(config_dir, &id)
-            && pin.locations.iter().any(|known| known == location)
+            && pin.locations.iter().any(|known| same_location(known, location))
         {
             return Ok(Some(pin));
         }
     }
     Ok(None)
+}
+
+/// Whether two spellings of a location name the same place (`/srv/crm` and `/srv/crm/`).
+pub fn same_location(a: &str, b: &str) -> bool {
+    let trim = |text: &str| if text.len() > 1 { text.trim_end_matches('/').to_string() } else { text.to_string() };
+    trim(a) == trim(b)
 }
 
 /// Where a repository's pin lives under a config folder.

@@ -370,3 +370,31 @@ fn a_repository_id_that_is_not_hex_is_refused_before_it_names_a_folder_here() {
     }
     victim.work.run(&["snapshots", "--repo", &victim.repo]).fails_with(1, "holds an invalid repository id");
 }
+
+#[test]
+fn a_linked_folder_or_a_forged_format_version_in_storage_changes_nothing() {
+    let victim = Victim::new("links");
+    // A folder of the repository replaced by a link to a place the backup host may write.
+    let outside = victim.work.path("outside");
+    std::fs::rename(victim.file("index"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, victim.file("index")).unwrap();
+    let before = files_under(&outside).len();
+    victim.source.sql("UPDATE crm.contacts SET email = email || '.linked'");
+    let run = victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("symbolic link inside the repository"), "{}", run.stderr);
+    assert_eq!(files_under(&outside).len(), before, "a write went through the link");
+    std::fs::remove_file(victim.file("index")).unwrap();
+    std::fs::rename(&outside, victim.file("index")).unwrap();
+
+    // `config` claiming a future format: not an upgrade to make, an edit; its copy decides.
+    let config = std::fs::read_to_string(victim.file("config")).unwrap();
+    let current = format!("\"version\": {}", crmvault::repo::FORMAT_VERSION);
+    std::fs::write(victim.file("config"), config.replace(&current, "\"version\": 99")).unwrap();
+    let run = victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &format!("{}/", victim.repo)]).ok();
+    assert!(run.stderr.contains("using its copy"), "{}", run.stderr);
+    let target = TestDb::create("links_target");
+    victim.work.restore(&victim.repo, &target).ok();
+    assert_same_database(&victim.source, &target);
+    victim.work.run(&["verify", "--repo", &victim.repo]).fails_with(3, "missing, damaged or replaced");
+}

@@ -214,6 +214,9 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
         size(report.bytes_copied),
         report.snapshots_present
     );
+    for (id, why) in &report.snapshots_skipped {
+        println!("left out snapshot {id}: {why}");
+    }
 }
 
 pub fn fingerprint(json: bool, repository: &crmvault::repo::Repository, locations: &[String]) {

@@ -139,7 +139,7 @@ pub async fn check(
             ),
             (_, Some(mut pin)) => {
                 let mut changed = false;
-                if !pin.locations.iter().any(|known| known == location) {
+                if !pin.locations.iter().any(|known| trust::same_location(known, location)) {
                     pin.locations.push(location.to_string());
                     changed = true;
                 }

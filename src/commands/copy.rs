@@ -15,10 +15,26 @@ pub struct CopyReport {
     pub objects_copied: usize,
     /// Bytes written to the destination.
     pub bytes_copied: u64,
+    /// Snapshots of the source left out, with why: unreadable headers, or written under a
+    /// config that is not the repository's (junk, forged, or a key retired by `rekey`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots_skipped: Vec<(String, String)>,
 }
 
 /// Copies every snapshot of `from` that `to` lacks (or only `only`, when given).
 pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<CopyReport> {
+    if from.config_hash != to.config_hash && from.config.id == to.config.id {
+        return Err(Error::Invalid(format!(
+            "{} is at generation {} of its keys and {} at generation {}: an admin brings them to one with \
+             `crmvault rekey --repo {} --repo {} --identity KEY` (no change)",
+            from.target.location(),
+            from.config.generation,
+            to.target.location(),
+            to.config.generation,
+            from.target.location(),
+            to.target.location()
+        )));
+    }
     if from.config_hash != to.config_hash {
         return Err(Error::Invalid(format!(
             "{} and {} are different repositories (they do not share keys); create the destination with \
@@ -30,11 +46,13 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
         )));
     }
     let mut report = CopyReport::default();
-    for key in &from.config.keys {
-        copy_object(from, to, key, None, &mut report).await?;
-    }
-    if from.config.version >= repo::AUTHENTICATED_VERSION {
-        copy_object(from, to, &repo::config_copy_key(&from.config_hash), None, &mut report).await?;
+    for (hash, config) in &from.chain {
+        for key in config.keys.iter().chain(&config.admin_keys) {
+            copy_object(from, to, key, None, &mut report).await?;
+        }
+        if config.version >= repo::AUTHENTICATED_VERSION {
+            copy_object(from, to, &repo::config_copy_key(hash), None, &mut report).await?;
+        }
     }
     let present: std::collections::HashSet<String> = to.snapshot_ids().await?.into_iter().collect();
     let mut wanted = Vec::new();
@@ -42,7 +60,27 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
         wanted.push(from.resolve_snapshot(selector).await?);
     }
     for entry in from.snapshots().await? {
-        let sealed = entry.map_err(|(_, error)| error)?;
+        // Junk does not stop the copy of the rest; a snapshot asked for by name does.
+        let sealed = match entry {
+            Ok(sealed) if sealed.header.config_hash == from.config_hash || from.config.carried.contains(&sealed.id) => {
+                sealed
+            }
+            Ok(sealed) => {
+                let why = "written under another config than the repository's (forged, or a retired key)";
+                if wanted.contains(&sealed.id) {
+                    return Err(Error::corrupt(repo::snapshot_key(&sealed.id), why));
+                }
+                tracing::warn!("{}: snapshot {} left out: {why}", from.target.location(), sealed.id);
+                report.snapshots_skipped.push((sealed.id, why.into()));
+                continue;
+            }
+            Err((id, error)) if wanted.contains(&id) => return Err(error),
+            Err((id, error)) => {
+                tracing::warn!("{}: snapshot {id} left out: {error}", from.target.location());
+                report.snapshots_skipped.push((id, error.to_string()));
+                continue;
+            }
+        };
         if !wanted.is_empty() && !wanted.contains(&sealed.id) {
             continue;
         }
