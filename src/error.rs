@@ -21,15 +21,14 @@ pub enum Error {
         what: String,
     },
     /// The repository was written by a format this build does not understand.
-    #[error(
-        "{what} uses repository format {found}, this crmvault reads formats {oldest} to {supported}; {advice}",
-        oldest = crate::repo::OLDEST_FORMAT_VERSION
-    )]
+    #[error("{what} uses repository format {found}, this crmvault reads formats {oldest} to {supported}; {advice}")]
     UnsupportedFormat {
         /// Which object.
         what: String,
         /// The version found.
         found: u32,
+        /// The oldest version this build reads.
+        oldest: u32,
         /// The version this build reads.
         supported: u32,
         /// What to do about it.

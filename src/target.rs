@@ -441,7 +441,10 @@ impl Target {
     /// An object already has this name. Names are content hashes, so a copy of another size is
     /// a leftover of an interrupted upload on a server without atomic writes: replace it.
     async fn heal(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
-        if key == crate::repo::CONFIG_KEY || self.size_of(key).await? == Some(bytes.len() as u64) {
+        // Only an object named by its hash can be told to be a leftover by its size.
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let content_addressed = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !content_addressed || self.size_of(key).await? == Some(bytes.len() as u64) {
             return Ok(PutOutcome::AlreadyThere);
         }
         tracing::warn!("{}: replacing {key}, which has the wrong size (an interrupted upload?)", self.location);

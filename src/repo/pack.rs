@@ -1,0 +1,257 @@
+//! Packs: writing them (frames encrypted as they are added) and reading chunks back out of
+//! them (docs/FORMAT.md, *Packs*).
+
+use bytes::Bytes;
+
+use crate::compress::FrameCoding;
+use crate::crypto::{self, ChunkId, ChunkIdKey};
+use crate::error::{Error, Result};
+
+use super::{ChunkLocation, MAX_CHUNK_BYTES, ObjectRef, pack_key};
+
+/// Builds one pack: compressed chunks appended, encrypted as they come, then sealed as one
+/// object.
+pub struct PackWriter {
+    ciphertext: crypto::Encrypting,
+    /// Plaintext bytes appended.
+    len: usize,
+    chunks: Vec<ChunkLocation>,
+    dictionary: Option<ObjectRef>,
+}
+
+/// A pack ready to upload.
+pub struct SealedPack {
+    /// Its object key.
+    pub key: String,
+    /// Reference (id, size).
+    pub reference: ObjectRef,
+    /// Ciphertext.
+    pub bytes: Bytes,
+    /// Its chunks.
+    pub chunks: Vec<ChunkLocation>,
+    /// The dictionary its chunks need.
+    pub dictionary: Option<ObjectRef>,
+}
+
+impl PackWriter {
+    /// An empty pack for the data recipients, with room for `capacity` bytes, for chunks
+    /// compressed with `dictionary`.
+    pub fn new(recipients: &[age::x25519::Recipient], capacity: usize, dictionary: Option<ObjectRef>) -> Self {
+        PackWriter { ciphertext: crypto::Encrypting::new(recipients, capacity), len: 0, chunks: Vec::new(), dictionary }
+    }
+
+    /// The dictionary of the chunks in this pack.
+    pub fn dictionary(&self) -> Option<&ObjectRef> {
+        self.dictionary.as_ref()
+    }
+
+    /// Appends one zstd frame holding the plaintexts of `chunks` (id, length), in order.
+    pub fn add(&mut self, compressed: &[u8], chunks: &[(ChunkId, u32)]) {
+        let offset = self.len as u64;
+        self.ciphertext.write(compressed);
+        self.len += compressed.len();
+        let length = u32::try_from(compressed.len()).expect("a frame is < 4 GiB");
+        let mut start = 0u32;
+        for &(id, raw_length) in chunks {
+            self.chunks.push(ChunkLocation::in_frame(id, offset, length, raw_length, start));
+            start = start.checked_add(raw_length).expect("a frame is < 4 GiB");
+        }
+    }
+
+    /// Plaintext bytes appended so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Ends the pack's ciphertext and names it.
+    pub fn seal(self) -> SealedPack {
+        let ciphertext = self.ciphertext.finish();
+        let id = crypto::object_hash(&ciphertext);
+        SealedPack {
+            key: pack_key(&id),
+            reference: ObjectRef { id, size: ciphertext.len() as u64 },
+            bytes: Bytes::from(ciphertext),
+            // Kept until the backup ends: no room to spare for growth.
+            chunks: {
+                let mut chunks = self.chunks;
+                chunks.shrink_to_fit();
+                chunks
+            },
+            dictionary: self.dictionary,
+        }
+    }
+}
+
+/// Decompresses one chunk out of a decrypted pack and proves its id.
+pub fn open_chunk(
+    key: &ChunkIdKey,
+    pack_plaintext: &[u8],
+    location: &ChunkLocation,
+    pack_key: &str,
+    coding: FrameCoding<'_>,
+) -> Result<Vec<u8>> {
+    let mut plaintext = Vec::new();
+    open_chunk_onto(key, pack_plaintext, location, pack_key, coding, &mut plaintext)?;
+    Ok(plaintext)
+}
+
+/// [`open_chunk`] onto the end of `out`, which keeps what it held if the chunk fails.
+///
+/// A chunk alone in its frame decompresses straight onto `out`. A frame of several chunks is
+/// decompressed once into a buffer of the calling thread, which the frame's next chunks are
+/// then copied from (a restore asks for them in order, on one thread per run).
+pub fn open_chunk_onto(
+    key: &ChunkIdKey,
+    pack_plaintext: &[u8],
+    location: &ChunkLocation,
+    pack_key: &str,
+    coding: FrameCoding<'_>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let start = usize::try_from(location.offset()).unwrap_or(usize::MAX);
+    let end = start.saturating_add(location.length() as usize);
+    let compressed = pack_plaintext
+        .get(start..end)
+        .ok_or_else(|| Error::corrupt(pack_key, format!("chunk {} lies outside the pack", location.chunk())))?;
+    if location.raw_length() > MAX_CHUNK_BYTES {
+        return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
+    }
+    let content = crate::compress::frame_content_size(compressed);
+    let before = out.len();
+    if !coding.packed && location.start() == 0 && content.is_none_or(|size| size == u64::from(location.raw_length())) {
+        coding
+            .decode_onto(compressed, location.raw_length() as usize, out)
+            .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
+    } else {
+        // A packed frame's text is as long as its chunks (unknown here) and never > 16 MiB.
+        let frame_size = if coding.packed {
+            Some(MAX_CHUNK_BYTES as usize)
+        } else {
+            content.filter(|&size| size <= u64::from(MAX_CHUNK_BYTES)).and_then(|size| usize::try_from(size).ok())
+        }
+        .ok_or_else(|| {
+            Error::corrupt(pack_key, format!("the frame of chunk {} has no valid size", location.chunk()))
+        })?;
+        FRAME.with_borrow_mut(|frame| {
+            let place = (pack_key, location.offset());
+            if frame.at.as_ref().is_none_or(|(key, offset)| (key.as_str(), *offset) != place) {
+                frame.at = None;
+                frame.plaintext.clear();
+                coding.decode_onto(compressed, frame_size, &mut frame.plaintext).map_err(|e| {
+                    Error::corrupt(
+                        pack_key,
+                        format!("the frame of chunk {} does not decompress: {e}", location.chunk()),
+                    )
+                })?;
+                frame.at = Some((pack_key.to_string(), location.offset()));
+            }
+            let piece = (location.start() as usize)
+                .checked_add(location.raw_length() as usize)
+                .and_then(|piece_end| frame.plaintext.get(location.start() as usize..piece_end))
+                .ok_or_else(|| {
+                    Error::corrupt(pack_key, format!("chunk {} lies outside its frame", location.chunk()))
+                })?;
+            out.extend_from_slice(piece);
+            Ok::<_, Error>(())
+        })?;
+    }
+    let plaintext = &out[before..];
+    if plaintext.len() != location.raw_length() as usize || key.id_of(plaintext) != location.chunk() {
+        out.truncate(before);
+        return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
+    }
+    Ok(())
+}
+
+/// [`open_chunk_onto`] for chunks that follow each other in one pack: where consecutive chunks
+/// make up a whole frame, in order (a run of a full backup's stream is mostly such frames), the
+/// frame decompresses straight onto `out` and each chunk is proven where it lies, with no copy
+/// out of a frame buffer. On an error `out` keeps what it held.
+pub fn open_chunks_onto(
+    key: &ChunkIdKey,
+    pack_plaintext: &[u8],
+    locations: &[ChunkLocation],
+    pack_key: &str,
+    coding: FrameCoding<'_>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let before = out.len();
+    let mut rest = locations;
+    while let Some(first) = rest.first() {
+        let same_frame =
+            rest.iter().take_while(|l| l.offset() == first.offset() && l.length() == first.length()).count();
+        let (frame, after) = rest.split_at(same_frame);
+        rest = after;
+        let opened = match whole_frame(frame, pack_plaintext) {
+            Some((compressed, size)) => open_whole_frame(key, compressed, size, frame, pack_key, coding, out),
+            None => frame.iter().try_for_each(|l| open_chunk_onto(key, pack_plaintext, l, pack_key, coding, out)),
+        };
+        if let Err(error) = opened {
+            out.truncate(before);
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// The compressed bytes and size of the frame that `frame` (several chunks of one frame) fills
+/// exactly, from its start to its end; `None` if they do not.
+fn whole_frame<'p>(frame: &[ChunkLocation], pack_plaintext: &'p [u8]) -> Option<(&'p [u8], usize)> {
+    let first = frame.first()?;
+    let mut size: u64 = 0;
+    for location in frame {
+        if u64::from(location.start()) != size {
+            return None;
+        }
+        size += u64::from(location.raw_length());
+    }
+    let start = usize::try_from(first.offset()).ok()?;
+    let compressed = pack_plaintext.get(start..start.checked_add(first.length() as usize)?)?;
+    let whole = frame.len() > 1
+        && size <= u64::from(MAX_CHUNK_BYTES)
+        && crate::compress::frame_content_size(compressed) == Some(size);
+    whole.then_some((compressed, usize::try_from(size).ok()?))
+}
+
+fn open_whole_frame(
+    key: &ChunkIdKey,
+    compressed: &[u8],
+    size: usize,
+    frame: &[ChunkLocation],
+    pack_key: &str,
+    coding: FrameCoding<'_>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let first = frame[0].chunk();
+    let mut at = out.len();
+    coding
+        .decode_onto(compressed, size, out)
+        .map_err(|e| Error::corrupt(pack_key, format!("the frame of chunk {first} does not decompress: {e}")))?;
+    if out.len() - at != size {
+        return Err(Error::corrupt(pack_key, format!("the frame of chunk {first} has the wrong size")));
+    }
+    for location in frame {
+        let end = at + location.raw_length() as usize;
+        if key.id_of(&out[at..end]) != location.chunk() {
+            return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
+        }
+        at = end;
+    }
+    Ok(())
+}
+
+/// The last frame of several chunks a thread decompressed: (pack key, offset) and plaintext.
+#[derive(Default)]
+struct FrameCache {
+    at: Option<(String, u64)>,
+    plaintext: Vec<u8>,
+}
+
+thread_local! {
+    static FRAME: std::cell::RefCell<FrameCache> = std::cell::RefCell::default();
+}

@@ -1,0 +1,498 @@
+//! Snapshot objects: the plaintext header, the MAC and the encrypted manifest; reading,
+//! authenticating and sealing them (docs/FORMAT.md, *Snapshot*).
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, ChunkId};
+use crate::error::{Error, Result};
+use crate::trust::SnapshotMark;
+
+use super::{
+    AUTHENTICATED_VERSION, FORMAT_VERSION, Keyring, OLDEST_FORMAT_VERSION, ObjectRef, Repository, decode_json,
+    encode_json, is_object_hash, snapshot_key,
+};
+
+/// The first word of a snapshot object.
+const SNAPSHOT_MAGIC: &str = "crmvault-snapshot";
+
+/// The plaintext header of a snapshot: what anyone may see.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// Format version.
+    pub version: u32,
+    /// When the database snapshot was taken.
+    pub time: DateTime<Utc>,
+    /// BLAKE3 of the repository config it was written under.
+    pub config_hash: String,
+    /// Stored bytes of every object it references.
+    pub total_bytes: u64,
+    /// Bytes this backup added.
+    pub added_bytes: u64,
+    /// Packs it needs.
+    pub packs: Vec<ObjectRef>,
+    /// Indexes it needs.
+    pub indexes: Vec<ObjectRef>,
+    /// Compression dictionaries its packs need.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dictionaries: Vec<ObjectRef>,
+    /// The newest snapshot of the repository when this one was written (format 7): a snapshot
+    /// deleted from storage leaves its successor naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// One more than the parent's (0 before format 7).
+    #[serde(default)]
+    pub sequence: u64,
+    /// The snapshot this one is a re-encrypted copy of (`rekey --reencrypt`): same data, same
+    /// place in the chain, new id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+}
+
+/// One stream of bytes (a table's COPY data, or a schema section), as chunks.
+///
+/// The list of its chunk ids is itself stored as chunks ("list chunks", data like any other),
+/// cut where an id's last byte is a multiple of [`LIST_CUT`]: unchanged runs of chunks give
+/// unchanged list chunks, so a snapshot stores only the parts of its lists that changed. A
+/// long list of list chunks is cut the same way again, level upon level, until at most
+/// [`LIST_TOP_MAX`] ids are left for the manifest (format 3; format 2 had one level).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamManifest {
+    /// Plaintext length.
+    pub bytes: u64,
+    /// Keyed BLAKE3 of the whole plaintext (hex). Since format 7 it is stored in the manifest's
+    /// admin-only part, not beside the rest: empty when the manifest was opened with the
+    /// writer key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// The top list chunks, in order: they hold `chunks` when `list_levels` is 1, else the ids
+    /// of the list chunks one level down.
+    pub lists: Vec<ChunkId>,
+    /// Levels of list chunks from `lists` down to the data chunks.
+    #[serde(default = "StreamManifest::one_level")]
+    pub list_levels: u32,
+    /// The list chunks below the top level: filled by the backup, or by [`crate::fetch::expand_lists`].
+    #[serde(skip)]
+    pub inner_lists: Vec<ChunkId>,
+    /// Its chunks, in order: filled by the backup, or by [`crate::fetch::expand_lists`].
+    #[serde(skip)]
+    pub chunks: Vec<ChunkId>,
+    /// Where a restore keeps its chunks instead, in a [`crate::fetch::ChunkSpool`].
+    #[serde(skip)]
+    pub spooled: std::ops::Range<u64>,
+}
+
+impl Default for StreamManifest {
+    fn default() -> Self {
+        StreamManifest {
+            bytes: 0,
+            digest: String::new(),
+            lists: Vec::new(),
+            list_levels: 1,
+            inner_lists: Vec::new(),
+            chunks: Vec::new(),
+            spooled: 0..0,
+        }
+    }
+}
+
+impl StreamManifest {
+    fn one_level() -> u32 {
+        1
+    }
+}
+
+/// One table's data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableManifest {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Columns in the COPY stream (generated columns are left out).
+    pub columns: Vec<String>,
+    /// Rows.
+    pub rows: u64,
+    /// Its COPY text stream.
+    pub data: StreamManifest,
+}
+
+/// A sequence's state at snapshot time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequenceState {
+    /// Schema name.
+    pub schema: String,
+    /// Sequence name.
+    pub name: String,
+    /// last_value.
+    pub last_value: i64,
+    /// is_called.
+    pub is_called: bool,
+}
+
+/// Everything a snapshot holds, encrypted to admins and writer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// Database name.
+    pub database: String,
+    /// Server version string.
+    pub server_version: String,
+    /// Host that ran the backup.
+    pub hostname: String,
+    /// pg_dump pre-data section (DDL before data).
+    pub pre_data: StreamManifest,
+    /// pg_dump post-data section (indexes, constraints, triggers).
+    pub post_data: StreamManifest,
+    /// Table data.
+    pub tables: Vec<TableManifest>,
+    /// Sequence values.
+    pub sequences: Vec<SequenceState>,
+    /// Materialized views that were populated, to refresh after restore.
+    pub materialized_views: Vec<(String, String)>,
+    /// Large objects' contents as a COPY stream of (oid, bytea), when the database has any.
+    pub large_objects: Option<TableManifest>,
+    /// What only restore needs and the backup host must not read later (format 7): the hex of
+    /// an age ciphertext, to the admins only, of [`AdminOnly`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_only: Option<String>,
+}
+
+/// The part of a manifest encrypted to the admins only: every stream's digest, in the order of
+/// [`Manifest::streams`]. A keyed digest the writer could read would confirm guesses about a
+/// small table's rows (docs/FORMAT.md, *Threat model*).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdminOnly {
+    /// Stream digests (hex).
+    pub digests: Vec<String>,
+}
+
+impl Manifest {
+    /// Every stream: schema sections, tables, large objects.
+    pub fn streams(&self) -> impl Iterator<Item = &StreamManifest> {
+        [&self.pre_data, &self.post_data]
+            .into_iter()
+            .chain(self.tables.iter().chain(self.large_objects.iter()).map(|t| &t.data))
+    }
+
+    /// The same, to fill in.
+    pub fn streams_mut(&mut self) -> impl Iterator<Item = &mut StreamManifest> {
+        [&mut self.pre_data, &mut self.post_data]
+            .into_iter()
+            .chain(self.tables.iter_mut().chain(self.large_objects.iter_mut()).map(|t| &mut t.data))
+    }
+
+    /// Every list chunk it references.
+    pub fn list_chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.streams().flat_map(|s| s.lists.iter().chain(s.inner_lists.iter()))
+    }
+
+    /// Every chunk it references: list chunks, and data chunks once the lists are expanded.
+    pub fn all_chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.list_chunks().chain(self.streams().flat_map(|s| s.chunks.iter()))
+    }
+}
+
+/// A snapshot object's first four lines, parsed.
+struct HeaderLines {
+    header: SnapshotHeader,
+    version: u32,
+    version_line: Bytes,
+    header_line: Bytes,
+    mac: String,
+    /// Where the manifest ciphertext starts.
+    end: usize,
+}
+
+/// Parses a snapshot object's first four lines. `bytes` may stop after the MAC line; the
+/// header is checked against its own BLAKE3 (a keyless check; the MAC is checked on opening).
+fn parse_header(id: &str, bytes: &Bytes) -> Result<HeaderLines> {
+    let key = snapshot_key(id);
+    let mut lines = Vec::with_capacity(4);
+    let mut start = 0;
+    while lines.len() < 4 {
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| start + p)
+            .ok_or_else(|| Error::corrupt(&key, "truncated snapshot object"))?;
+        lines.push(bytes.slice(start..end));
+        start = end + 1;
+    }
+    let magic = std::str::from_utf8(&lines[0]).unwrap_or("");
+    let Some(version) = magic.strip_prefix(SNAPSHOT_MAGIC).map(str::trim) else {
+        return Err(Error::corrupt(&key, "not a crmvault snapshot"));
+    };
+    let version: u32 = version.parse().map_err(|_| Error::corrupt(&key, "bad version line"))?;
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Err(Error::UnsupportedFormat {
+            what: format!("snapshot {id}"),
+            found: version,
+            oldest: super::OLDEST_FORMAT_VERSION,
+            supported: FORMAT_VERSION,
+            advice: crate::error::format_advice(version, FORMAT_VERSION),
+        });
+    }
+    if crypto::object_hash(&lines[1]).as_bytes() != &lines[2][..] {
+        return Err(Error::corrupt(&key, "its header does not match the header's BLAKE3"));
+    }
+    let header: SnapshotHeader =
+        serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
+    // Ids become object keys: anything but a BLAKE3 hex hash is refused before it is used.
+    let referenced = header.packs.iter().chain(&header.indexes).chain(&header.dictionaries).map(|o| o.id.as_str());
+    if !referenced.chain(header.parent.as_deref()).all(is_object_hash) {
+        return Err(Error::corrupt(&key, "its header names an object that is not a BLAKE3 hash"));
+    }
+    let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
+    Ok(HeaderLines { header, version, version_line: lines[0].clone(), header_line: lines[1].clone(), mac, end: start })
+}
+
+/// A snapshot object as read: header visible, manifest still encrypted.
+#[derive(Debug, Clone)]
+pub struct SealedSnapshot {
+    /// Snapshot id (BLAKE3 of the object).
+    pub id: String,
+    /// The plaintext header (believe it only once [`SealedSnapshot::open`] succeeded).
+    pub header: SnapshotHeader,
+    version: u32,
+    version_line: Bytes,
+    header_line: Bytes,
+    mac: String,
+    manifest_ciphertext: Bytes,
+}
+
+/// A manifest encrypted once for every target: its ciphertext names the snapshot everywhere.
+pub struct SealedManifest {
+    /// The snapshot id: BLAKE3 of `ciphertext`.
+    pub id: String,
+    compressed: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+impl SealedManifest {
+    /// Compresses and encrypts a manifest for the repository's metadata recipients, its stream
+    /// digests apart, for the admins only ([`AdminOnly`]).
+    pub fn seal(manifest: &mut Manifest, repository: &Repository) -> SealedManifest {
+        let admin_only =
+            AdminOnly { digests: manifest.streams_mut().map(|stream| std::mem::take(&mut stream.digest)).collect() };
+        let plaintext = serde_json::to_vec(&admin_only).expect("serialisable");
+        manifest.admin_only = Some(hex::encode(crypto::encrypt(&repository.data_recipients(), &plaintext)));
+        let compressed = encode_json(manifest);
+        let ciphertext = crypto::encrypt(&repository.metadata_recipients(), &compressed);
+        // The caller keeps the digests it computed, as before sealing.
+        for (stream, digest) in manifest.streams_mut().zip(admin_only.digests) {
+            stream.digest = digest;
+        }
+        manifest.admin_only = None;
+        SealedManifest { id: crypto::object_hash(&ciphertext), compressed, ciphertext }
+    }
+
+    /// The snapshot object for one target, whose header lists that target's packs and indexes.
+    /// Its MAC covers the version line, the header and the manifest.
+    pub fn snapshot_object(&self, header: &SnapshotHeader, keyring: &Keyring) -> Bytes {
+        let header_line = serde_json::to_vec(header).expect("serialisable");
+        let version_line = format!("{SNAPSHOT_MAGIC} {FORMAT_VERSION}");
+        let mac = keyring.snapshot_mac_key().mac(&[version_line.as_bytes(), &header_line, &self.compressed]);
+        let mut object = format!("{version_line}\n").into_bytes();
+        object.extend_from_slice(&header_line);
+        object.push(b'\n');
+        object.extend_from_slice(crypto::object_hash(&header_line).as_bytes());
+        object.push(b'\n');
+        object.extend_from_slice(mac.as_bytes());
+        object.push(b'\n');
+        object.extend_from_slice(&self.ciphertext);
+        Bytes::from(object)
+    }
+}
+
+impl SealedSnapshot {
+    fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
+        let key = snapshot_key(id);
+        let lines = parse_header(id, bytes)?;
+        let manifest_ciphertext = bytes.slice(lines.end..);
+        if crypto::object_hash(&manifest_ciphertext) != id {
+            return Err(Error::corrupt(&key, "its manifest does not match its name (BLAKE3 mismatch)"));
+        }
+        Ok(SealedSnapshot {
+            id: id.to_string(),
+            header: lines.header,
+            version: lines.version,
+            version_line: lines.version_line,
+            header_line: lines.header_line,
+            mac: lines.mac,
+            manifest_ciphertext,
+        })
+    }
+
+    /// Its manifest as sealed, to store the same snapshot (same id, same manifest) again with
+    /// another header (`rekey --reencrypt` on a second target). Call after [`Self::open`].
+    pub fn sealed_manifest(&self, keyring: &Keyring) -> Result<SealedManifest> {
+        let compressed = keyring.decrypt(&snapshot_key(&self.id), &self.manifest_ciphertext)?;
+        Ok(SealedManifest { id: self.id.clone(), compressed, ciphertext: self.manifest_ciphertext.to_vec() })
+    }
+
+    /// The snapshot's place in the chain (its header, once authenticated).
+    pub fn mark(&self) -> SnapshotMark {
+        SnapshotMark { id: self.id.clone(), sequence: self.header.sequence, time: self.header.time }
+    }
+
+    /// Decrypts the manifest and proves that it and the header were written with this
+    /// repository's keys (the MAC is checked before the manifest is parsed). An admin's
+    /// keyring also opens the admin-only part and fills in the stream digests.
+    pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
+        let key = snapshot_key(&self.id);
+        // Written under the config this keyring was unlocked with, or carried from an earlier
+        // generation by a `rekey`: anything else was written with a key since retired, or is
+        // another repository's.
+        let Some(mac_key) = keyring.snapshot_mac_key_for(&self.header.config_hash, &self.id) else {
+            return Err(Error::corrupt(
+                &key,
+                "was written under another config (a key retired by `rekey`, or another repository's)",
+            ));
+        };
+        let compressed = keyring.decrypt(&key, &self.manifest_ciphertext).map_err(|error| match error {
+            Error::WrongIdentity { path } if self.header.config_hash != keyring.head => Error::BadKey(format!(
+                "the identity in {} is not a recipient of snapshot {}: it was written before a `rekey` added that \
+                 identity (an admin of that time can read it)",
+                path.display(),
+                &self.id[..12]
+            )),
+            other => other,
+        })?;
+        let mac = if self.version >= AUTHENTICATED_VERSION {
+            mac_key.mac_bytes(&[&self.version_line, &self.header_line, &compressed])
+        } else {
+            keyring.mac_key().mac_bytes(&[&self.header_line, &compressed])
+        };
+        if blake3::Hash::from_hex(&self.mac).ok() != Some(mac) {
+            return Err(Error::corrupt(&key, "its MAC does not match (not written with this repository's key)"));
+        }
+        let mut manifest: Manifest = decode_json(&key, &compressed)?;
+        match manifest.admin_only.take() {
+            Some(sealed) if keyring.is_admin => {
+                let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;
+                let plaintext = keyring.decrypt(&key, &ciphertext)?;
+                let AdminOnly { digests } = serde_json::from_slice(&plaintext)
+                    .map_err(|e| Error::corrupt(&key, format!("bad admin-only part: {e}")))?;
+                if digests.len() != manifest.streams().count() {
+                    return Err(Error::corrupt(&key, "its admin-only part does not match its streams"));
+                }
+                for (stream, digest) in manifest.streams_mut().zip(digests) {
+                    stream.digest = digest;
+                }
+            }
+            None if self.version >= AUTHENTICATED_VERSION => {
+                return Err(Error::corrupt(&key, "has no admin-only part"));
+            }
+            // The writer's keyring, or a manifest from before format 7.
+            Some(_) | None => {}
+        }
+        Ok(manifest)
+    }
+}
+
+impl Repository {
+    /// Lists snapshot ids.
+    pub async fn snapshot_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .target
+            .list("snapshots")
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.strip_prefix("snapshots/").map(str::to_string))
+            .collect())
+    }
+
+    /// Reads and checks (name = hash) a snapshot object, returning it parsed but still sealed.
+    pub async fn read_snapshot(&self, id: &str) -> Result<SealedSnapshot> {
+        let key = snapshot_key(id);
+        let bytes = self.target.get(&key).await?;
+        SealedSnapshot::parse(id, &bytes)
+    }
+
+    /// Reads only a snapshot's header (a range read of its start): what listing and `latest`
+    /// need, without downloading the manifest.
+    pub async fn read_snapshot_header(&self, id: &str) -> Result<SnapshotHeader> {
+        const PROBE: u64 = 64 * 1024;
+        let key = snapshot_key(id);
+        let size = self
+            .target
+            .size_of(&key)
+            .await?
+            .ok_or_else(|| Error::Missing { object: key.clone(), location: self.target.location().into() })?;
+        let bytes = self.target.get_range(&key, 0..size.min(PROBE)).await?;
+        match parse_header(id, &bytes) {
+            Ok(lines) => Ok(lines.header),
+            // A header longer than the probe (a repository with very many packs).
+            Err(Error::Corrupt { .. }) if size > PROBE => Ok(parse_header(id, &self.target.get(&key).await?)?.header),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Reads every snapshot header, newest last. Damaged snapshots are returned as errors.
+    pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
+        let mut all = Vec::new();
+        for id in self.snapshot_ids().await? {
+            all.push(self.read_snapshot(&id).await.map_err(|e| (id, e)));
+        }
+        all.sort_by_key(|s| s.as_ref().map(|s| s.header.time).ok());
+        Ok(all)
+    }
+
+    /// Snapshot ids with their (unauthenticated) headers' times, newest first: the order in
+    /// which `latest` tries them. Those whose header cannot be read come last, without a time:
+    /// junk in `snapshots/` must not stop a restore or a backup, and is named when tried.
+    pub async fn snapshots_newest_first(&self) -> Result<Vec<(Option<DateTime<Utc>>, String)>> {
+        let mut found = Vec::new();
+        for id in self.snapshot_ids().await? {
+            let time = self.read_snapshot_header(&id).await.ok().map(|header| header.time);
+            found.push((time, id));
+        }
+        found.sort_by(|a, b| b.cmp(a));
+        Ok(found)
+    }
+
+    /// The newest snapshot that proves it was written with this repository's keys, opened;
+    /// the newer ones that did not, with why. A forged or damaged snapshot dated in the future
+    /// is passed over, never taken for the newest.
+    pub async fn newest_authentic(&self, keyring: &Keyring) -> Result<(Option<SealedSnapshot>, Vec<(String, Error)>)> {
+        let mut rejected = Vec::new();
+        for (_, id) in self.snapshots_newest_first().await? {
+            match self.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring).map(|_| sealed)) {
+                Ok(sealed) => return Ok((Some(sealed), rejected)),
+                Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::Missing { .. })) => {
+                    rejected.push((id, error));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok((None, rejected))
+    }
+
+    /// Resolves `latest` or an id prefix to one snapshot id.
+    pub async fn resolve_snapshot(&self, selector: &str) -> Result<String> {
+        if selector == "latest" {
+            return self.snapshots_newest_first().await?.into_iter().next().map(|(_, id)| id).ok_or_else(|| {
+                Error::SnapshotNotFound(format!("repository {} has no snapshots yet", self.target.location()))
+            });
+        }
+        let ids = self.snapshot_ids().await?;
+        if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound(format!(
+                "{selector:?} is not a snapshot id (give `latest` or at least 4 hex digits of an id)"
+            )));
+        }
+        let matches: Vec<String> =
+            ids.into_iter().filter(|id| id.starts_with(&selector.to_ascii_lowercase())).collect();
+        match matches.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Error::SnapshotNotFound(format!("no snapshot {selector} in {}", self.target.location()))),
+            _ => Err(Error::SnapshotNotFound(format!(
+                "{selector} matches {} snapshots; give more digits",
+                matches.len()
+            ))),
+        }
+    }
+}
