@@ -342,9 +342,167 @@ fn a_generation_forged_in_storage_is_not_followed_and_a_fork_is_refused() {
             std::fs::copy(&file, to).unwrap();
         }
     }
+    // This machine pinned the real generation 1, past the fork: it goes on (from there).
     let (run, target) = setup.restore_as("admin.key", "latest", "rekey_forge_t1");
-    run.fails_with(1, "fork");
+    run.ok();
+    assert_same_database(&setup.source, &target);
+    setup.backup();
+    // A fresh machine given the first fingerprint cannot tell which branch is real: refused.
+    let fresh = Workspace::new();
+    std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let target = TestDb::create("rekey_forge_t2");
+    let first = fresh.run(&["fingerprint", "--repo", &setup.repos[0]]).ok().stdout.trim().to_string();
+    fresh.restore_with(&setup.repos[0], &target, &["--fingerprint", &first, "latest"]).fails_with(1, "fork");
     assert!(target.is_empty());
+}
+
+/// The secrets inside a keys object, as whoever it is encrypted to reads them.
+fn keys_object(repo: &Path, key: &str, identity: &[age::x25519::Identity]) -> serde_json::Value {
+    let bytes = std::fs::read(repo.join(key)).unwrap();
+    serde_json::from_slice(&crmvault::crypto::decrypt(identity, &bytes).unwrap()).unwrap()
+}
+
+/// Generation 0's config, as stored.
+fn first_config(repo: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(repo.join("config")).unwrap()).unwrap()
+}
+
+#[test]
+fn keys_a_rekey_retired_cannot_rewrite_a_carried_snapshot_nor_plant_an_index() {
+    let setup = Setup::new("rekey_retired", 1);
+    let repo = PathBuf::from(&setup.repos[0]);
+    // A backup that dies before its snapshot: its index is listed by no snapshot.
+    setup.source.sql("UPDATE crm.contacts SET phone = '+1 555 0111' WHERE id % 5 = 0");
+    let before = relative_files(&repo);
+    let orphan = setup.backup()["snapshot_id"].as_str().unwrap().to_string();
+    std::fs::remove_file(repo.join("snapshots").join(&orphan)).unwrap();
+    let orphan_indexes: Vec<PathBuf> =
+        relative_files(&repo).difference(&before).filter(|f| f.starts_with("index")).cloned().collect();
+    assert_eq!(orphan_indexes.len(), 1);
+    setup.source.sql("UPDATE crm.contacts SET phone = '+1 555 0112' WHERE id % 5 = 0");
+    setup.backup();
+    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2);
+
+    let other = public_key(&setup.work, "other.key");
+    let rekey = setup.rekey("admin.key", &["--json", "--remove-recipient", &other]).ok().json();
+    // Only the indexes carried snapshots list are carried over, never the orphan.
+    assert_eq!(rekey["indexes_rewritten"], 2, "{rekey}");
+    setup
+        .work
+        .run(&["verify", "--repo", &setup.repos[0], "--identity", &setup.work.admin_key()])
+        .fails_with(3, "MACed with a key a rekey retired");
+    std::fs::remove_file(repo.join(&orphan_indexes[0])).unwrap();
+    setup.source.sql("UPDATE crm.companies SET website = 'after.example' WHERE id = 1");
+    setup.backup();
+
+    // The removed admin re-MACs the oldest snapshot's header with generation 0's key: dated
+    // last, numbered last, so that `latest` would bring back old data.
+    let removed = identity(&setup.work, "other.key");
+    let config = first_config(&repo);
+    let keys = keys_object(&repo, config["keys"][0].as_str().unwrap(), &removed);
+    let auth = crmvault::crypto::RepoSecret::from_hex(keys["auth_secret"].as_str().unwrap()).unwrap();
+    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
+    let mut all: Vec<(String, String)> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["time"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string()))
+        .collect();
+    all.sort();
+    let (oldest, newest) = (all[0].1.clone(), all[all.len() - 1].1.clone());
+    let object = std::fs::read(repo.join("snapshots").join(&oldest)).unwrap();
+    let parts: Vec<&[u8]> = object.splitn(5, |&b| b == b'\n').collect();
+    let mut header: serde_json::Value = serde_json::from_slice(parts[1]).unwrap();
+    header["time"] = "2099-01-01T00:00:00Z".into();
+    header["sequence"] = 99.into();
+    header["parent"] = newest.clone().into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let compressed = crmvault::crypto::decrypt(&removed, parts[4]).unwrap();
+    let mac = auth.snapshot_mac_key().mac(&[parts[0], &header, &compressed]);
+    let mut forged = parts[0].to_vec();
+    for line in [&header[..], blake3::hash(&header).to_hex().as_bytes(), mac.as_bytes(), parts[4]] {
+        forged.push(b'\n');
+        forged.extend_from_slice(line);
+    }
+    std::fs::write(repo.join("snapshots").join(&oldest), &forged).unwrap();
+
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_retired_t1");
+    let run = run.ok();
+    assert!(run.stderr.contains("written under another config"), "{}", run.stderr);
+    assert_same_database(&setup.source, &target);
+    setup
+        .work
+        .run(&["verify", "--repo", &setup.repos[0], "--identity", &setup.work.admin_key()])
+        .fails_with(3, "written under another config");
+}
+
+#[test]
+fn a_pinned_generation_is_never_given_up_and_a_fork_behind_the_pin_does_not_stop_backups() {
+    let setup = Setup::new("rekey_pinned", 1);
+    let repo = PathBuf::from(&setup.repos[0]);
+    let first = setup.work.fingerprint(&setup.repos[0]);
+    let other = public_key(&setup.work, "other.key");
+    let rekey = setup.rekey("admin.key", &["--json", "--remove-recipient", &other]).ok().json();
+    setup.backup();
+    let gen1 = files_under(&repo.join("configs"))
+        .into_iter()
+        .find(|f| {
+            let config: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            config["generation"] == 1
+        })
+        .unwrap();
+    assert!(rekey["generation_fingerprint"].as_str().unwrap().replace('-', "").len() == 32);
+
+    // The newest config deleted: the pinned machine does not go back, even when told the first
+    // fingerprint (that generation still lists the removed admin).
+    let saved = std::fs::read(&gen1).unwrap();
+    std::fs::remove_file(&gen1).unwrap();
+    let admin = setup.work.admin_key();
+    let run = setup.work.run(&["snapshots", "--repo", &setup.repos[0], "--identity", &admin, "--fingerprint", &first]);
+    run.fails_with(1, "refusing to go back to keys a rekey retired");
+    setup.work.run(&["backup", "--db", &setup.source.url(), "--repo", &setup.repos[0]]).fails_with(1, "pinned");
+    std::fs::write(&gen1, &saved).unwrap();
+
+    // A later generation copied over `config`: read as a damaged `config`, its copy decides.
+    std::fs::write(repo.join("config"), &saved).unwrap();
+    let run = setup.work.run(&["backup", "--db", &setup.source.url(), "--repo", &setup.repos[0]]).ok();
+    assert!(run.stderr.contains("claims a later generation"), "{}", run.stderr);
+    std::fs::copy(
+        files_under(&repo.join("configs"))
+            .into_iter()
+            .find(|f| {
+                let config: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+                config["generation"].is_null()
+            })
+            .unwrap(),
+        repo.join("config"),
+    )
+    .unwrap();
+
+    // The removed admin signs a second successor of generation 0 with the signing key it held.
+    let removed = identity(&setup.work, "other.key");
+    let config = first_config(&repo);
+    let admin_keys = keys_object(&repo, config["admin_keys"][0].as_str().unwrap(), &removed);
+    let signing = crmvault::crypto::SigningSecret::from_hex(admin_keys["signing_secret"].as_str().unwrap()).unwrap();
+    let mut fork: crmvault::repo::RepoConfig = serde_json::from_slice(&saved).unwrap();
+    fork.recipients.push(public_key(&setup.work, "other.key"));
+    fork.rekeyed = Some(chrono::Utc::now());
+    fork.signature = Some(signing.sign_config(&fork.signed_bytes()));
+    let bytes = fork.to_bytes();
+    std::fs::write(repo.join("configs").join(blake3::hash(&bytes).to_hex().as_str()), &bytes).unwrap();
+
+    // Machines pinned past the fork go on; nothing new is readable with the removed key.
+    let before = relative_files(&repo);
+    setup.source.sql("UPDATE crm.companies SET website = 'fork.example' WHERE id = 2");
+    setup.backup();
+    for file in relative_files(&repo).difference(&before) {
+        let bytes = std::fs::read(repo.join(file)).unwrap();
+        assert!(crmvault::crypto::decrypt(&removed, ciphertext_of(&bytes)).is_err(), "{}", file.display());
+    }
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_pinned_t1");
+    run.ok();
+    assert_same_database(&setup.source, &target);
 }
 
 /// The objects in `after` that `before` lacks, in the order they were written (rekey only
@@ -478,7 +636,13 @@ fn reencrypt_leaves_a_removed_admin_nothing_and_gives_an_added_one_everything() 
     let removed = identity(&setup.work, "other.key");
     assert!(!readable_with(Path::new(&setup.repos[0]), &removed).is_empty(), "the test reads nothing to begin with");
 
+    // Junk planted under snapshots/ keeps nothing readable: it proves nothing.
+    let junk = b"junk that claims to be a snapshot";
+    let junk_path = Path::new(&setup.repos[0]).join("snapshots").join(blake3::hash(junk).to_hex().as_str());
+    std::fs::write(&junk_path, junk).unwrap();
     let run = setup.rekey("admin.key", &["--json", "--remove-recipient", &other, "--reencrypt"]).ok().json();
+    assert_eq!(run["reencrypted"][0]["ignored"].as_array().unwrap().len(), 1, "{run}");
+    std::fs::remove_file(&junk_path).unwrap();
     for done in run["reencrypted"].as_array().unwrap() {
         assert_eq!(done["snapshots"], 2, "{done}");
         assert!(done["packs"].as_u64().unwrap() >= 1 && done["deleted"].as_u64().unwrap() >= 4, "{done}");

@@ -576,6 +576,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let report = rekey::run(&mut repositories, &identity, &options).await?;
             trusted.follow(&report.config_hash)?;
             output::rekey(json, &report);
+            if report.reencrypted.iter().any(rekey::Reencrypted::incomplete) {
+                eprintln!(
+                    "crmvault: re-encryption incomplete: some objects are still readable by keys that are no longer \
+                     recipients (listed above)"
+                );
+                return Ok(ExitCode::from(3));
+            }
         }
         Command::Copy { from, to, snapshots } => {
             let mut from = open_repositories(&storage, &[from]).await?;

@@ -291,7 +291,10 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
             println!("  not deleted (still readable by whoever could read it): {key}: {why}");
         }
         for (id, why) in &done.left {
-            println!("  left as it was: snapshot {id}: {why}");
+            println!("  left as it was (still readable by whoever could read it): snapshot {id}: {why}");
+        }
+        for (id, why) in &done.ignored {
+            println!("  ignored, proves nothing (junk or forged; remove it): snapshot {id}: {why}");
         }
     }
     for (id, why) in &report.snapshots_dropped {

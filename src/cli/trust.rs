@@ -96,11 +96,24 @@ pub async fn check(
         let repository = &mut repositories[i];
         let pinned = trust::load_pin(config_dir, &repository.config.id)?;
         anchor(repository, pinned.as_ref(), given).await;
+        if let Some(error) = repository.fork_error() {
+            return Err(error.into());
+        }
         let location = repository.target.location().to_string();
         let location = location.as_str();
         let actual = repository.fingerprint();
+        // A fingerprint is met by a generation of the chain, or by the pin: the pinned generation
+        // (opened directly when `config` no longer leads to it) was reached from the fingerprint
+        // the pin holds, through signatures this machine checked then.
+        let pinned_here = pinned
+            .as_ref()
+            .filter(|pin| repository.chain.iter().any(|(h, _)| *h == pin.config_hash))
+            .map(|pin| pin.fingerprint);
+        let vouched = |fingerprint: &Fingerprint| {
+            repository.has_fingerprint(fingerprint) || pinned_here.is_some_and(|pinned| pinned == *fingerprint)
+        };
         if let Some(given) = given
-            && !repository.has_fingerprint(given)
+            && !vouched(given)
         {
             bail!(
                 "the repository at {location} has fingerprint {actual}, not {given}: it is not the repository \
@@ -126,16 +139,21 @@ pub async fn check(
                  signed after it: its recipients, keys or settings were changed in storage; refusing to use it \
                  (recipients change with `crmvault rekey`, never by editing storage)"
             ),
-            (_, Some(pin)) if given.is_none() && !repository.has_fingerprint(&pin.fingerprint) => bail!(
+            (_, Some(pin)) if given.is_none() && !vouched(&pin.fingerprint) => bail!(
                 "the repository at {location} has fingerprint {actual}, but this machine pinned {} for repository {}: \
                  it was forged or replaced in storage; nothing was read from it",
                 pin.fingerprint,
                 repository.config.id
             ),
-            (_, Some(pin)) if !in_chain(&pin.config_hash) && given.is_none() => bail!(
-                "the repository at {location} does not descend from the generation of its keys this machine \
-                 pinned (a rekey this machine did not see, forked from an older generation): refusing it; if the \
-                 admins rekeyed it, give --fingerprint with the fingerprint `crmvault rekey` printed"
+            // Never back: an older generation may hold a removed admin's key.
+            (_, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
+                "the repository at {location} does not lead to the generation of its keys this machine pinned \
+                 (config {}): the newer config was deleted or replaced in storage; refusing to go back to keys a \
+                 rekey retired. Put configs/{} back (another target or copy holds it); to trust an older \
+                 generation on purpose, remove {}",
+                &pin.config_hash[..12],
+                pin.config_hash,
+                trust::pin_path(config_dir, &repository.config.id).display()
             ),
             (_, Some(mut pin)) => {
                 let mut changed = false;
@@ -209,21 +227,23 @@ pub async fn check(
     Ok(trusted)
 }
 
-/// Opens `repository` again at the generation its pin (or the fingerprint given) names, when the
-/// chain followed from its `config` does not hold it: that `config` may have been replaced in
-/// storage while the generation the pin knows is still whole under `configs/`. Whether the
-/// result is trusted is decided after, by the caller.
+/// Opens `repository` again at the generation its pin (or else the fingerprint given) names,
+/// when the chain followed from its `config` does not hold it: that `config` may have been
+/// replaced in storage, or the chain forked before the pinned generation, while the
+/// generation the pin knows is still whole under `configs/`. Whether the result is trusted is
+/// decided after, by the caller.
 async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) {
     let holds = |r: &Repository| {
-        pin.is_none_or(|pin| r.chain.iter().any(|(hash, _)| *hash == pin.config_hash))
-            && given.is_none_or(|given| r.has_fingerprint(given))
+        r.fork.is_none()
+            && pin.is_none_or(|pin| r.chain.iter().any(|(hash, _)| *hash == pin.config_hash))
+            && given.is_none_or(|given| r.has_fingerprint(given) || pin.is_some_and(|pin| pin.fingerprint == *given))
     };
     if holds(repository) {
         return;
     }
     let hash = match (given, pin) {
-        (Some(given), _) => Repository::find_generation(&repository.target, given).await.ok().flatten(),
-        (None, Some(pin)) => Some(pin.config_hash.clone()),
+        (_, Some(pin)) => Some(pin.config_hash.clone()),
+        (Some(given), None) => Repository::find_generation(&repository.target, given).await.ok().flatten(),
         (None, None) => None,
     };
     if let Some(hash) = hash

@@ -165,8 +165,8 @@ pub async fn run(repositories: &mut [Repository], identity: &Path, options: &Rek
         };
         let recipients: Vec<age::x25519::Recipient> =
             recipients.iter().map(|r| crypto::parse_recipient(r)).collect::<Result<_>>()?;
-        let (ids, dropped) = carried_snapshots(repositories, &keyring).await?;
-        carried = (ids.len(), dropped);
+        let (ids, count, dropped) = carried_snapshots(repositories, &keyring).await?;
+        carried = (count, dropped);
         let targets: Vec<&crate::target::Target> = repositories.iter().map(|r| &r.target).collect();
         let next = NextGeneration::make(head, &targets, &keyring, &signing, &recipients, &writer, ids).await?;
         for repository in repositories.iter_mut() {
@@ -236,34 +236,44 @@ fn report(
     }
 }
 
-/// The snapshots the next generation carries: those that prove themselves under the current
-/// keys on any target, and those the current generation carries already (written before an
-/// earlier rekey; this identity may not be able to read them if it was added since), as long as
-/// some target still holds them. The ones that fail, with why.
+/// The snapshot objects the next generation carries, by their hash: those that prove
+/// themselves under the current keys on any target, and those the current generation carries
+/// already (written before an earlier rekey; this identity may not be able to read them if it
+/// was added since), as long as some target still holds them. Also how many snapshots that is,
+/// and the ones that failed, with why.
 async fn carried_snapshots(
     repositories: &[Repository],
     keyring: &Keyring,
-) -> Result<(Vec<String>, Vec<(String, String)>)> {
+) -> Result<(Vec<String>, usize, Vec<(String, String)>)> {
     let mut carried = BTreeSet::new();
+    let mut snapshots = BTreeSet::new();
     let mut failed = std::collections::BTreeMap::new();
     for repository in repositories {
         for id in repository.snapshot_ids().await? {
-            if repository.config.carried.contains(&id) {
-                carried.insert(id);
-                continue;
-            }
-            match repository.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring)) {
-                Ok(_) => {
-                    carried.insert(id);
-                }
+            let sealed = match repository.read_snapshot(&id).await {
+                Ok(sealed) => sealed,
                 Err(error) => {
                     failed.insert(id, error.to_string());
+                    continue;
                 }
+            };
+            let proven = repository.config.carried.contains(&sealed.object_hash) || {
+                match sealed.open(keyring) {
+                    Ok(_) => true,
+                    Err(error) => {
+                        failed.insert(id.clone(), error.to_string());
+                        false
+                    }
+                }
+            };
+            if proven {
+                carried.insert(sealed.object_hash);
+                snapshots.insert(id);
             }
         }
     }
-    let dropped = failed.into_iter().filter(|(id, _)| !carried.contains(id)).collect();
-    Ok((carried.into_iter().collect(), dropped))
+    let dropped = failed.into_iter().filter(|(id, _)| !snapshots.contains(id)).collect();
+    Ok((carried.into_iter().collect(), snapshots.len(), dropped))
 }
 
 /// Brings `behind` (a copy an interrupted rekey left at an earlier generation) to `head`'s:
@@ -317,6 +327,16 @@ pub struct Reencrypted {
     pub not_deleted: Vec<(String, String)>,
     /// Snapshots left as they were because this identity cannot open them, with why.
     pub left: Vec<(String, String)>,
+    /// Snapshot objects that prove nothing (junk, forged, damaged), with why: they keep nothing
+    /// from being deleted.
+    pub ignored: Vec<(String, String)>,
+}
+
+impl Reencrypted {
+    /// Whether something stored may still be readable by a key that is no longer a recipient.
+    pub fn incomplete(&self) -> bool {
+        !self.not_deleted.is_empty() || !self.left.is_empty()
+    }
 }
 
 /// What identifies a pack's contents across a re-encryption: its chunk records.
@@ -386,7 +406,7 @@ pub async fn reencrypt(repositories: &[Repository], keyring: &Keyring) -> Result
             let sealed = match repository.read_snapshot(&id).await {
                 Ok(sealed) => sealed,
                 Err(error) => {
-                    rewriting.out.left.push((id, error.to_string()));
+                    rewriting.out.ignored.push((id, error.to_string()));
                     continue;
                 }
             };
@@ -405,7 +425,11 @@ pub async fn reencrypt(repositories: &[Repository], keyring: &Keyring) -> Result
                 Ok(manifest) => {
                     rewriting.todo.insert(id, (sealed, manifest));
                 }
-                Err(error) => rewriting.out.left.push((id, error.to_string())),
+                // Written before this identity was added: it stays as it was (and says so).
+                Err(error @ (Error::BadKey(_) | Error::WrongIdentity { .. })) => {
+                    rewriting.out.left.push((id, error.to_string()));
+                }
+                Err(error) => rewriting.out.ignored.push((id, error.to_string())),
             }
         }
         targets.push(rewriting);
@@ -435,7 +459,7 @@ pub async fn reencrypt(repositories: &[Repository], keyring: &Keyring) -> Result
         }
     }
     for rewriting in &mut targets {
-        rewriting.delete_replaced().await?;
+        rewriting.delete_replaced(keyring).await?;
     }
     Ok(targets.into_iter().map(|t| t.out).collect())
 }
@@ -528,8 +552,9 @@ impl Rewriting<'_> {
     }
 
     /// Deletes the replaced snapshots, then every pack, dictionary and index that no remaining
-    /// snapshot needs.
-    async fn delete_replaced(&mut self) -> Result<()> {
+    /// snapshot needs. Only snapshots that prove themselves count (junk or a forgery in
+    /// `snapshots/` must not keep the old packs readable).
+    async fn delete_replaced(&mut self, keyring: &Keyring) -> Result<()> {
         let target = &self.repository.target;
         self.replaced.sort();
         self.replaced.dedup();
@@ -538,17 +563,22 @@ impl Rewriting<'_> {
         }
         let mut keep: HashSet<String> = HashSet::new();
         for id in self.repository.snapshot_ids().await? {
-            match self.repository.read_snapshot(&id).await {
+            let proven = match self.repository.read_snapshot(&id).await {
+                Ok(sealed) if self.repository.config.carried.contains(&sealed.object_hash) => Ok(sealed),
+                Ok(sealed) => sealed.open(keyring).map(|_| sealed),
+                Err(error) => Err(error),
+            };
+            match proven {
                 Ok(sealed) => {
                     let header = sealed.header;
                     keep.extend(
                         header.packs.into_iter().chain(header.indexes).chain(header.dictionaries).map(|o| o.id),
                     );
                 }
-                // A snapshot that cannot be read here may still need anything: delete nothing.
                 Err(error) => {
-                    self.out.left.push((id, error.to_string()));
-                    return Ok(());
+                    if !self.out.ignored.iter().any(|(known, _)| *known == id) {
+                        self.out.ignored.push((id, error.to_string()));
+                    }
                 }
             }
         }

@@ -162,7 +162,9 @@ pub async fn run(
                 continue;
             }
         };
-        if sealed.header.config_hash != repository.config_hash && !repository.config.carried.contains(&sealed.id) {
+        if sealed.header.config_hash != repository.config_hash
+            && !repository.config.carried.contains(&sealed.object_hash)
+        {
             report.problems.push(problem(
                 &repo::snapshot_key(&sealed.id),
                 vec![sealed.id.clone()],

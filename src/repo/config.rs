@@ -80,8 +80,10 @@ pub struct RepoConfig {
     /// The public half (hex Ed25519) of the key that signs the next generation's config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<String>,
-    /// Snapshots written under earlier generations that stay valid: whatever else claims an
-    /// earlier generation was written with a key since retired, and is refused.
+    /// Snapshot objects written under earlier generations that stay valid, by the BLAKE3 of
+    /// their whole bytes (version line, header, MAC, manifest; one per target where headers
+    /// differ): whatever else claims an earlier generation was written or rewritten with a key
+    /// since retired, and is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carried: Vec<String>,
     /// Chunk size bounds.
@@ -199,14 +201,15 @@ impl Repository {
     /// under `configs/` (format 7), when exactly one first-generation copy is whole. Nothing here
     /// is trusted yet: the caller checks the chain against its pin or fingerprint.
     pub async fn open(target: Target) -> Result<Repository> {
-        let first = match Self::open_config(target.clone(), CONFIG_KEY).await {
-            Ok(repository) if repository.config.generation == 0 => repository,
-            Ok(_) => {
-                return Err(Error::corrupt(
-                    format!("{}/config", target.location()),
-                    "claims a later generation (only configs/ hold those)",
-                ));
-            }
+        let opened = match Self::open_config(target.clone(), CONFIG_KEY).await {
+            Ok(repository) if repository.config.generation > 0 => Err(Error::corrupt(
+                format!("{}/config", target.location()),
+                "claims a later generation (only configs/ hold those)",
+            )),
+            other => other,
+        };
+        let first = match opened {
+            Ok(repository) => repository,
             // A `config` claiming a format this build does not know may be an edit in storage
             // too (advising an upgrade would be wrong then): its whole copy decides.
             Err(error @ (Error::NotARepository { .. } | Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
@@ -257,6 +260,9 @@ impl Repository {
             return Ok(());
         }
         let now = Self::open_at(self.target.clone(), &self.config_hash).await?;
+        if let Some(error) = now.fork_error() {
+            return Err(error);
+        }
         if now.config_hash != self.config_hash {
             return Err(Error::Invalid(format!(
                 "{}: the repository was rekeyed (generation {}) while this backup ran; nothing it wrote is a \
@@ -268,10 +274,26 @@ impl Repository {
         Ok(())
     }
 
+    /// The refusal a fork in the chain calls for, if there is one.
+    pub fn fork_error(&self) -> Option<Error> {
+        self.fork.map(|generation| {
+            Error::corrupt(
+                format!("{}/configs", self.target.location()),
+                format!(
+                    "holds two signed successors of generation {generation} (a fork: a signing key of that \
+                     generation signed a config its admins did not publish; the key of a removed admin?); refusing \
+                     to choose (a machine pinned at a later generation is not affected)"
+                ),
+            )
+        })
+    }
+
     /// Follows the chain of generations from this one: each step to the one config that names
     /// this one as `previous` and carries its signing key's signature. Configs that fail that
     /// are passed over (anyone can write junk to storage; `verify` reports it); two that pass
-    /// are a fork only a holder of a generation's signing key could make, and are refused.
+    /// are a fork only a holder of a generation's signing key could make: the chain stops there
+    /// and [`Repository::fork`] says so (a pin past the fork opens the repository there instead;
+    /// without one, the CLI refuses).
     async fn follow(mut self) -> Result<Repository> {
         if self.config.version < AUTHENTICATED_VERSION {
             return Ok(self);
@@ -296,14 +318,8 @@ impl Repository {
                 .collect();
             let Some(successor) = next.pop() else { return Ok(self) };
             if !next.is_empty() {
-                return Err(Error::corrupt(
-                    format!("{}/configs", self.target.location()),
-                    format!(
-                        "holds two signed successors of generation {} (a fork: a signing key of that generation \
-                         signed a config its admins did not publish; the key of a removed admin?); refusing to choose",
-                        self.config.generation
-                    ),
-                ));
+                self.fork = Some(self.config.generation);
+                return Ok(self);
             }
             let successor = successor.clone();
             self.chain.push((successor.config_hash.clone(), successor.config.clone()));
@@ -357,6 +373,6 @@ impl Repository {
             return Err(Error::corrupt(format!("{}/config", target.location()), "names an object that is not a hash"));
         }
         let chain = vec![(config_hash.clone(), config.clone())];
-        Ok(Repository { target, config, config_hash, chain })
+        Ok(Repository { target, config, config_hash, chain, fork: None })
     }
 }

@@ -214,6 +214,11 @@ impl Repository {
             (_, IndexProof::None) if self.config.version >= AUTHENTICATED_VERSION => {
                 Err(Error::corrupt(key, "carries no MAC (not written with this repository's key)"))
             }
+            (_, IndexProof::Earlier(_)) => Err(Error::corrupt(
+                key,
+                "is MACed with a key a rekey retired (left by a backup that did not finish before it, or written \
+                 since by whoever still holds that key)",
+            )),
             _ => Ok(()),
         }
     }
@@ -249,12 +254,23 @@ impl Repository {
     }
 
     /// After a `rekey`: writes the indexes of earlier generations again under this generation's
-    /// keys (the keyring's), so that the next backup still finds every chunk it may reuse.
+    /// keys (the keyring's), so that the next backup still finds every chunk it may reuse. Only
+    /// indexes that a carried snapshot lists are taken: the carried list names those snapshot
+    /// objects byte for byte, so their headers vouch for the indexes, while an index's own MAC
+    /// under a retired key vouches for nothing (whoever held that key could have written it).
     /// Idempotent: an index whose packs an index of this generation already describes is left
     /// alone, so an interrupted rekey is finished by running it again. Indexes written before an
     /// admin was added are left too: that admin cannot read their packs, so the next backup
     /// must store those chunks again. Returns how many indexes were written.
     pub async fn carry_indexes_over(&self, keyring: &Keyring) -> Result<usize> {
+        let mut listed = HashSet::new();
+        for id in self.snapshot_ids().await? {
+            if let Ok(sealed) = self.read_snapshot(&id).await
+                && self.config.carried.contains(&sealed.object_hash)
+            {
+                listed.extend(sealed.header.indexes.into_iter().map(|index| index_key(&index.id)));
+            }
+        }
         let mut covered = HashSet::new();
         let mut earlier = Vec::new();
         for (key, _) in self.target.list("index").await? {
@@ -264,8 +280,11 @@ impl Repository {
                     let packs = file.packs.iter().map(|record| record.pack.id.clone());
                     match proof {
                         IndexProof::Head => covered.extend(packs),
-                        IndexProof::Earlier(config) => earlier.push((body, config, packs.collect::<Vec<_>>())),
-                        IndexProof::None => {}
+                        IndexProof::Earlier(config) if listed.contains(&key) => {
+                            earlier.push((body, config, packs.collect::<Vec<_>>()));
+                        }
+                        // Vouched for by nothing, or written before format 7.
+                        IndexProof::Earlier(_) | IndexProof::None => {}
                     }
                 }
                 // Junk, another repository's, or unreadable here: nothing to carry.

@@ -56,7 +56,8 @@ pub struct Keyring {
     pub(super) head: String,
     /// Earlier generations' authentication secrets, by config hash (after a `rekey`).
     past: HashMap<String, RepoSecret>,
-    /// Snapshots carried from earlier generations (the head config's list).
+    /// Snapshot objects carried from earlier generations, by the BLAKE3 of their bytes (the head
+    /// config's list).
     carried: HashSet<String>,
     /// True when the identity is an admin's (can read data).
     pub is_admin: bool,
@@ -89,11 +90,12 @@ impl Keyring {
         self.auth.as_ref().unwrap_or(&self.secret).index_mac_key()
     }
     /// The snapshot MAC key of the generation whose config hashes to `config_hash`, for the
-    /// snapshot `id`: the head's, or an earlier generation's for a snapshot the head carries.
-    pub(super) fn snapshot_mac_key_for(&self, config_hash: &str, id: &str) -> Option<MacKey> {
+    /// snapshot object hashing to `object_hash`: the head's, or an earlier generation's for an
+    /// object the head carries, byte for byte (a retired key could MAC any other header).
+    pub(super) fn snapshot_mac_key_for(&self, config_hash: &str, object_hash: &str) -> Option<MacKey> {
         if config_hash == self.head {
             Some(self.snapshot_mac_key())
-        } else if self.carried.contains(id) {
+        } else if self.carried.contains(object_hash) {
             self.past.get(config_hash).map(RepoSecret::snapshot_mac_key)
         } else {
             None

@@ -88,6 +88,9 @@ pub struct Repository {
     /// The generations this repository was followed through, oldest first, ending with this
     /// config: each signed by the one before ([`Repository::open`]).
     pub chain: Vec<(String, RepoConfig)>,
+    /// The generation after which two signed successors were found, if any: the chain stops
+    /// there ([`Repository::fork_error`]).
+    pub fork: Option<u32>,
 }
 
 impl Repository {
@@ -148,7 +151,7 @@ impl Repository {
             });
         }
         let chain = vec![(config_hash.clone(), config.clone())];
-        Ok((Repository { target, config, config_hash, chain }, writer_path))
+        Ok((Repository { target, config, config_hash, chain, fork: None }, writer_path))
     }
 
     /// Makes `target` a copy of this repository's identity (every generation's config and keys,

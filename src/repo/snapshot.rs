@@ -261,6 +261,8 @@ pub struct SealedSnapshot {
     header_line: Bytes,
     mac: String,
     manifest_ciphertext: Bytes,
+    /// BLAKE3 of the whole stored object (what a generation's `carried` list names).
+    pub object_hash: String,
 }
 
 /// A manifest encrypted once for every target: its ciphertext names the snapshot everywhere.
@@ -323,6 +325,7 @@ impl SealedSnapshot {
             header_line: lines.header_line,
             mac: lines.mac,
             manifest_ciphertext,
+            object_hash: crypto::object_hash(bytes),
         })
     }
 
@@ -346,7 +349,7 @@ impl SealedSnapshot {
         // Written under the config this keyring was unlocked with, or carried from an earlier
         // generation by a `rekey`: anything else was written with a key since retired, or is
         // another repository's.
-        let Some(mac_key) = keyring.snapshot_mac_key_for(&self.header.config_hash, &self.id) else {
+        let Some(mac_key) = keyring.snapshot_mac_key_for(&self.header.config_hash, &self.object_hash) else {
             return Err(Error::corrupt(
                 &key,
                 "was written under another config (a key retired by `rekey`, or another repository's)",
