@@ -5,6 +5,7 @@
 //! [`source`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
 //! (storage), and back through [`fetch`]. [`commands`] holds one operation per CLI command.
 
+pub mod backup;
 pub mod chunk;
 pub mod commands;
 pub mod compress;

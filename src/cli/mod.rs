@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crmvault::commands::{backup, copy, init, rekey, restore, snapshots, verify};
+use crmvault::backup;
+use crmvault::commands::{copy, init, rekey, restore, snapshots, verify};
 use crmvault::repo::{Keyring, Repository};
 use crmvault::source::Database;
 use crmvault::target::OpenMode;

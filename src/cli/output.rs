@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crmvault::commands::{backup, copy, init, rekey, restore, snapshots, verify};
+use crmvault::backup;
+use crmvault::commands::{copy, init, rekey, restore, snapshots, verify};
 use crmvault::source::Database;
 
 fn print_json<T: serde::Serialize>(value: &T) {

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::crypto::{self, ChunkId, MacKey};
+use crate::error::{Error, Result};
 
 use super::{
     AUTHENTICATED_VERSION, ChunkIndex, FORMAT_VERSION, Keyring, ObjectRef, Repository, check_object_name, decode_json,
     index_codec, index_key, temporary_file_error,
 };
-use crate::error::{Error, Result};
 
 /// Index entries a backup or restore keeps in memory per target (2.5 MiB); past that a
 /// target's index is a temporary file ([`ChunkIndex::with_budget`]), so that their memory does

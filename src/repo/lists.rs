@@ -2,9 +2,9 @@
 //! (docs/FORMAT.md, *List chunks*).
 
 use crate::crypto::{CHUNK_ID_BYTES, ChunkId};
+use crate::error::{Error, Result};
 
 use super::{StreamManifest, stored_id_bytes};
-use crate::error::{Error, Result};
 
 /// Most list-chunk ids a manifest holds per stream before another level of list chunks is cut
 /// (a CRM table at scale 1 has ~10 000 list chunks: 0.3 MiB in every snapshot with one level).

@@ -1,0 +1,141 @@
+//! The commit: the snapshot's place in the chain, then per target its last index and the
+//! snapshot object.
+
+use std::collections::BTreeSet;
+
+use crate::error::{Error, Result};
+use crate::repo::{self, Keyring, ObjectRef, SealedManifest, SnapshotHeader};
+use crate::trust::SnapshotMark;
+
+use super::{Stored, StoredDictionary, TargetReport, TargetState};
+
+/// Where the new snapshot goes in the repository's chain.
+pub(super) struct Chain {
+    pub(super) parent: Option<String>,
+    pub(super) sequence: u64,
+}
+
+impl Chain {
+    /// After the newest snapshot that proves itself on any target, or the newest this host
+    /// knows of when storage lost that one. Noting, in `warnings`, newer snapshots that failed
+    /// to prove themselves and a known snapshot no target holds (rollback).
+    pub(super) async fn find(
+        states: &[TargetState<'_>],
+        keyring: &Keyring,
+        newest_known: Option<&SnapshotMark>,
+        warnings: &mut Vec<String>,
+    ) -> Chain {
+        let mut newest = newest_known.cloned();
+        let mut known_held = newest_known.is_none();
+        let mut note = |warning: String| {
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+        };
+        for state in states.iter().filter(|s| s.error.is_none()) {
+            let repository = state.repository;
+            let location = repository.target.location();
+            let (found, rejected) = match repository.newest_authentic(keyring).await {
+                Ok(found) => found,
+                Err(error) => {
+                    note(format!("{location}: cannot list its snapshots: {error}"));
+                    continue;
+                }
+            };
+            for (id, error) in rejected {
+                note(format!("{location}: snapshot {id} passed over: {error}"));
+            }
+            if let Some(known) = newest_known
+                && !known_held
+            {
+                known_held = matches!(repository.target.size_of(&repo::snapshot_key(&known.id)).await, Ok(Some(_)));
+            }
+            if let Some(mark) = found.map(|sealed| sealed.mark())
+                && newest.as_ref().is_none_or(|n| mark.sequence > n.sequence)
+            {
+                newest = Some(mark);
+            }
+        }
+        if let Some(known) = newest_known.filter(|_| !known_held) {
+            note(format!(
+                "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, is on no \
+                 target: deleted without being forgotten? The new snapshot names it as its predecessor, so \
+                 `verify` keeps reporting the gap",
+                known.id, known.sequence, known.time
+            ));
+        }
+        Chain { parent: newest.as_ref().map(|m| m.id.clone()), sequence: newest.map_or(1, |m| m.sequence + 1) }
+    }
+}
+
+pub(super) fn all_failed(states: &[TargetState<'_>]) -> Error {
+    let reasons: Vec<String> = states
+        .iter()
+        .map(|s| format!("{}: {}", s.repository.target.location(), s.error.as_deref().unwrap_or("failed")))
+        .collect();
+    if let [only] = reasons.as_slice() {
+        return Error::Invalid(only.clone());
+    }
+    Error::Invalid(format!("every target failed: {}", reasons.join("; ")))
+}
+
+/// Writes one target's index and snapshot object: the commit on that target.
+pub(super) async fn commit(
+    state: &TargetState<'_>,
+    mut stored: Stored,
+    reused: Vec<u32>,
+    sealed: &SealedManifest,
+    dictionaries: &[StoredDictionary],
+    keyring: &Keyring,
+    (time, chain): (chrono::DateTime<chrono::Utc>, &Chain),
+) -> Result<TargetReport> {
+    let repository = state.repository;
+    // The index of the last new packs (and the dictionaries it names) goes in before the
+    // snapshot that needs it.
+    let sealing = (repository.metadata_recipients(), keyring.index_mac_key());
+    stored.write_index(&repository.target, &sealing, dictionaries).await?;
+    let Stored { packs: new_packs, indexes: new_indexes, new_chunks, mut bytes_added, .. } = stored;
+    // Every new pack holds only chunks of this snapshot; the other chunks are in packs the
+    // target already had.
+    let mut packs = BTreeSet::new();
+    let mut indexes: BTreeSet<ObjectRef> = new_indexes.into_iter().collect();
+    let mut dictionaries = BTreeSet::new();
+    for (pack, dictionary) in new_packs {
+        packs.insert(pack);
+        dictionaries.extend(dictionary);
+    }
+    for number in reused {
+        let reusable = state.held.index.pack(number);
+        let size = *state.index_sizes.get(&*reusable.index_id).ok_or_else(|| Error::Missing {
+            object: repo::index_key(&reusable.index_id),
+            location: repository.target.location().into(),
+        })?;
+        packs.insert(reusable.pack.clone());
+        indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
+        dictionaries.extend(reusable.dictionary.clone());
+    }
+    let header = SnapshotHeader {
+        version: repo::FORMAT_VERSION,
+        time,
+        config_hash: repository.config_hash.clone(),
+        total_bytes: packs.iter().chain(indexes.iter()).chain(dictionaries.iter()).map(|o| o.size).sum(),
+        added_bytes: bytes_added,
+        packs: packs.into_iter().collect(),
+        indexes: indexes.into_iter().collect(),
+        dictionaries: dictionaries.into_iter().collect(),
+        parent: chain.parent.clone(),
+        sequence: chain.sequence,
+        replaces: None,
+    };
+    let object = sealed.snapshot_object(&header, keyring);
+    bytes_added += object.len() as u64;
+    repository.check_still_newest().await?;
+    repository.target.put_new(&repo::snapshot_key(&sealed.id), object).await?;
+    Ok(TargetReport {
+        location: repository.target.location().to_string(),
+        ok: true,
+        error: None,
+        new_chunks,
+        bytes_added,
+        bytes_total: header.total_bytes,
+    })
+}

@@ -1,0 +1,319 @@
+//! `backup`: read every table inside one snapshot, store only new chunks, commit a snapshot
+//! on every target.
+//!
+//! Stages, joined by bounded channels so memory stays flat:
+//! table readers (async, one connection each, sharing the exported snapshot)
+//! → encoders (blocking threads: chunk, keyed hash, dedup per target, zstd once)
+//! → one pack writer per target (seal with age, upload, at most two uploads in flight).
+//! Then, per target, the index of its new packs, then its snapshot object: the commit.
+//!
+//! The database is read once whatever the number of targets. A target that fails (unreachable,
+//! credentials refused, disk full) is dropped from the run without stopping the others, and
+//! is left without a snapshot; the report says which targets hold the new snapshot.
+
+mod commit;
+mod compress;
+mod dedup;
+mod encode;
+mod read;
+mod upload;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::repo::{self, Keyring, Manifest, Repository, SealedManifest};
+use crate::source::{self, Database, SnapshotSession, SourceTable};
+use crate::trust::SnapshotMark;
+
+use commit::{Chain, all_failed, commit};
+use compress::{
+    Compressors, STRONG_BUDGET, STRONG_WHEN_NEW_IS_AT_MOST_ONE_IN, StoredDictionary, TRAINING_BYTES, TrainedDictionary,
+    train_dictionary,
+};
+use dedup::{KnownChunks, TargetState};
+use encode::{EncoderContext, FRAME_BYTES, HeldChunks, RawChunk, RawFrame, StreamEncoder, encode_bytes};
+use read::{TableFilter, read_everything};
+use upload::{NewFrame, PackUploads, Stored, TargetSink};
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The source database.
+    pub database: Database,
+    /// Parallel table readers.
+    pub jobs: usize,
+    /// `schema.table` globs to include (all when empty).
+    pub include: Vec<String>,
+    /// `schema.table` globs to leave out.
+    pub exclude: Vec<String>,
+    /// pg_dump to use (found automatically when `None`).
+    pub pg_dump: Option<PathBuf>,
+    /// Name of this host, recorded in the manifest.
+    pub hostname: String,
+    /// New chunks per index file ([`INDEX_CHUNKS`] unless tuning or testing), and per
+    /// generation of the chunks a backup remembers sending ([`SentChunks`]).
+    pub index_chunks: usize,
+    /// Entries of a target's index kept in memory; past that the index is a temporary file
+    /// ([`repo::INDEX_IN_MEMORY`] unless testing).
+    pub index_in_memory: usize,
+    /// The newest snapshot this host wrote or authenticated (its pin's high-water mark): the
+    /// new snapshot follows it even if storage lost it, and its absence is reported.
+    pub newest_known: Option<SnapshotMark>,
+}
+
+/// Called with the number of bytes just read from the database.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// What a backup did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupReport {
+    /// The new snapshot (the same id on every target).
+    pub snapshot_id: String,
+    /// Database time of the snapshot.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Tables backed up.
+    pub tables: usize,
+    /// Rows backed up.
+    pub rows: u64,
+    /// Bytes of COPY data and schema read.
+    pub bytes_read: u64,
+    /// Chunks referenced.
+    pub chunks: usize,
+    /// Chunks that were new to at least one target (compressed once).
+    pub new_chunks: usize,
+    /// Bytes written to all targets (packs, indexes, snapshots).
+    pub bytes_added: u64,
+    /// Bytes of all objects the snapshot references, on the first target that holds it.
+    pub bytes_total: u64,
+    /// Its place in the repository's chain: the predecessor it names and its sequence number.
+    pub parent: Option<String>,
+    /// Sequence number (one more than the parent's).
+    pub sequence: u64,
+    /// What the backup noticed about the repository and stored anyway (each also logged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// One entry per target, in the order given.
+    pub targets: Vec<TargetReport>,
+}
+
+impl BackupReport {
+    /// The new snapshot's place in the chain, for the high-water mark.
+    pub fn mark(&self) -> SnapshotMark {
+        SnapshotMark { id: self.snapshot_id.clone(), sequence: self.sequence, time: self.time }
+    }
+
+    /// Targets that did not receive the snapshot.
+    pub fn failed_targets(&self) -> usize {
+        self.targets.iter().filter(|t| t.error.is_some()).count()
+    }
+}
+
+/// What happened on one target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetReport {
+    /// The target.
+    pub location: String,
+    /// True when the snapshot is committed there.
+    pub ok: bool,
+    /// Why not, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Chunks this target lacked.
+    pub new_chunks: usize,
+    /// Bytes written to it.
+    pub bytes_added: u64,
+    /// Bytes of all objects the snapshot references there.
+    pub bytes_total: u64,
+}
+
+/// Runs a backup of `options.database` into every repository (copies of one repository).
+pub async fn run(
+    repositories: &[Repository],
+    keyring: &Keyring,
+    options: &BackupOptions,
+    progress: Progress,
+) -> Result<BackupReport> {
+    let Some(first) = repositories.first() else {
+        return Err(Error::Invalid("backup needs at least one --repo".into()));
+    };
+    if let Some(other) = repositories.iter().find(|r| r.config_hash != first.config_hash) {
+        if other.config.id == first.config.id {
+            return Err(Error::Invalid(format!(
+                "{} is at generation {} of its keys and {} at generation {} (a rekey that did not reach every \
+                 target): an admin finishes it with `crmvault rekey` and every --repo",
+                first.target.location(),
+                first.config.generation,
+                other.target.location(),
+                other.config.generation
+            )));
+        }
+        return Err(Error::Invalid(format!(
+            "{} and {} are not copies of one repository; create targets with one `init` or `init --copy-from`",
+            first.target.location(),
+            other.target.location()
+        )));
+    }
+    let filter = TableFilter::new(&options.include, &options.exclude)?;
+
+    let mut states = Vec::new();
+    for repository in repositories {
+        match TargetState::survey(repository, keyring, options.index_in_memory).await {
+            Ok(state) => states.push(state),
+            Err(error) => {
+                tracing::warn!("{}: {error}", repository.target.location());
+                states.push(TargetState::failed(repository, &error));
+            }
+        }
+    }
+    if states.iter().all(|s| s.error.is_some()) {
+        return Err(all_failed(&states));
+    }
+    let mut warnings = Vec::new();
+    let chain = Chain::find(&states, keyring, options.newest_known.as_ref(), &mut warnings).await;
+
+    let session = SnapshotSession::begin(&options.database).await?;
+    let pg_dump = source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
+    let tables: Vec<SourceTable> =
+        session.tables().await?.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
+    filter.check_foreign_keys(&session.foreign_keys().await?)?;
+    let sequences = session.sequences().await?;
+    let materialized_views = session.populated_materialized_views().await?;
+    tracing::info!(tables = tables.len(), snapshot = %session.snapshot, "reading database {}", options.database);
+
+    let dictionaries: Arc<Mutex<Vec<StoredDictionary>>> = Arc::default();
+    let mut sinks = Vec::new();
+    let mut writers = Vec::new();
+    let mut known_sets = Vec::new();
+    for state in &states {
+        let known = Arc::new(KnownChunks::new(state.held.clone(), options.index_chunks));
+        known_sets.push(known.clone());
+        let (sender, receiver) = mpsc::channel::<Arc<NewFrame>>(16);
+        let alive = state.error.is_none();
+        writers.push(alive.then(|| {
+            let writer = PackUploads {
+                target: state.repository.target.clone(),
+                data_recipients: state.repository.data_recipients(),
+                index_sealing: (state.repository.metadata_recipients(), keyring.index_mac_key()),
+                pack_size: state.repository.config.pack_size,
+                index_chunks: options.index_chunks.max(1),
+                dictionaries: dictionaries.clone(),
+            };
+            tokio::spawn(writer.run(receiver))
+        }));
+        sinks.push(TargetSink { known, packs: sender, alive: AtomicBool::new(alive) });
+    }
+    let targets = Arc::new(sinks);
+    let (compressors, compressor) = Compressors::start(first.config.compression_level, &targets);
+    let context = EncoderContext {
+        seed: keyring.chunker_seed(),
+        params: first.config.chunking,
+        chunk_id_key: keyring.chunk_id_key(),
+        mac_key: keyring.mac_key(),
+        targets,
+        compressor,
+        level: first.config.compression_level,
+        recipients: Arc::new(first.data_recipients()),
+        dictionaries: dictionaries.clone(),
+        strong_bytes: Arc::default(),
+        tally: Arc::default(),
+    };
+    let tally = context.tally.clone();
+
+    let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
+        Ok(read) => {
+            let manifest = Manifest {
+                version: repo::FORMAT_VERSION,
+                database: options.database.name(),
+                server_version: session.server_version.0.clone(),
+                hostname: options.hostname.clone(),
+                pre_data: read.pre_data,
+                post_data: read.post_data,
+                tables: read.tables,
+                sequences,
+                materialized_views,
+                large_objects: read.large_objects,
+                admin_only: None,
+            };
+            Ok((manifest, read.bytes_read))
+        }
+        Err(error) => Err(error),
+    };
+    drop(context);
+    // The compressors finish the queue, then drop their pack senders, closing the writers' input.
+    let compressed_chunks = compressors.finish().await;
+    tracing::debug!(
+        bytes = tally.list_bytes.load(Ordering::Relaxed),
+        new_bytes = tally.new_list_bytes.load(Ordering::Relaxed),
+        "chunk-id lists stored"
+    );
+    // Closing the snapshot transaction: every reader has finished.
+    let _ = session.client.batch_execute("COMMIT").await;
+    let mut written = Vec::new();
+    for writer in writers {
+        written.push(match writer {
+            Some(handle) => Some(handle.await.expect("pack writers do not panic")),
+            None => None,
+        });
+    }
+    let dictionaries = std::mem::take(&mut *dictionaries.lock().expect("dictionary list lock is never poisoned"));
+    let (mut manifest, bytes_read) = read?;
+    let sealed = SealedManifest::seal(&mut manifest, first);
+
+    // The sets of chunks sent go before the commits, which build each target's index.
+    let reused: Vec<Vec<u32>> = known_sets.into_iter().map(|known| known.reused_packs().collect()).collect();
+    let mut targets = Vec::new();
+    for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
+        let outcome = match (written, &state.error) {
+            (Some(Ok(stored)), None) => {
+                commit(state, stored, reused, &sealed, &dictionaries, keyring, (session.time, &chain)).await
+            }
+            (Some(Err(error)), _) => Err(error),
+            (_, Some(message)) => Err(Error::Invalid(message.clone())),
+            (None, None) => unreachable!("a target without a writer has an error"),
+        };
+        targets.push(match outcome {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!("{}: {error}", state.repository.target.location());
+                state.error = Some(error.to_string());
+                TargetReport {
+                    location: state.repository.target.location().to_string(),
+                    ok: false,
+                    error: Some(error.to_string()),
+                    new_chunks: 0,
+                    bytes_added: 0,
+                    bytes_total: 0,
+                }
+            }
+        });
+    }
+    if states.iter().all(|s| s.error.is_some()) {
+        return Err(all_failed(&states));
+    }
+    Ok(BackupReport {
+        snapshot_id: sealed.id.clone(),
+        time: session.time,
+        tables: manifest.tables.len(),
+        rows: manifest.tables.iter().map(|t| t.rows).sum(),
+        bytes_read,
+        chunks: tally.chunks.load(Ordering::Relaxed),
+        new_chunks: compressed_chunks,
+        bytes_added: targets.iter().map(|t| t.bytes_added).sum(),
+        bytes_total: targets.iter().find(|t| t.ok).map_or(0, |t| t.bytes_total),
+        parent: chain.parent,
+        sequence: chain.sequence,
+        warnings,
+        targets,
+    })
+}
+
+/// An index file is written once the packs stored since the last one hold this many chunks,
+/// so that a large backup does not hold every new chunk's record (56 bytes) to the end; one
+/// index file of 65 536 chunks is about 2.2 MB. Each is written after its packs and the
+/// dictionaries it names, so it is true whenever it exists, and a backup that dies midway
+/// leaves indexes the next one reuses.
+pub const INDEX_CHUNKS: usize = 1 << 16;
