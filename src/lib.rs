@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod fetch;
 pub mod repo;
+pub mod restore;
 pub mod source;
 pub mod target;
 pub mod trust;

@@ -15,8 +15,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crmvault::backup;
-use crmvault::commands::{copy, init, rekey, restore, snapshots, verify};
+use crmvault::commands::{copy, init, rekey, snapshots, verify};
 use crmvault::repo::{Keyring, Repository};
+use crmvault::restore;
 use crmvault::source::Database;
 use crmvault::target::OpenMode;
 

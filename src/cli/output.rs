@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crmvault::backup;
-use crmvault::commands::{copy, init, rekey, restore, snapshots, verify};
+use crmvault::commands::{copy, init, rekey, snapshots, verify};
+use crmvault::restore;
 use crmvault::source::Database;
 
 fn print_json<T: serde::Serialize>(value: &T) {

@@ -4,6 +4,5 @@
 pub mod copy;
 pub mod init;
 pub mod rekey;
-pub mod restore;
 pub mod snapshots;
 pub mod verify;

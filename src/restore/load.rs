@@ -1,388 +1,37 @@
-//! `restore`: rebuild a database from a snapshot, all or nothing.
-//!
-//! By default everything happens in one transaction on one connection: pre-data DDL, every
-//! table's data (`COPY … FREEZE`, since each table was created in this transaction), large
-//! objects, sequence values, post-data DDL, then COMMIT. Any failure (a damaged chunk, a digest
-//! or row-count mismatch, a server error, the process being killed) ends the connection without
-//! COMMIT, so the target database is left exactly as it was.
-//!
-//! `--parallel` trades the last of that for speed: PostgreSQL loads a COPY on one core, so
-//! tables go to `--jobs` connections at once (see [`Load::in_parallel`]). Errors still leave the
-//! database as it was (what was committed is dropped again); only a killed restore leaves a
-//! partial database behind, marked by the schema [`source::INCOMPLETE_RESTORE_SCHEMA`].
-//!
-//! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
-//! proven in parallel ahead of each loading connection.
+//! Loading into PostgreSQL: the schema script's steps, every table's COPY with its digest and
+//! row count checked, in one transaction or on several connections (`--parallel`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
-
-use crate::crypto::MacKey;
 use crate::error::{Error, Result};
-use crate::fetch::{ChunkReader, ChunkSpool, ReadStats, Source};
-use crate::repo::{Keyring, Manifest, Repository, StreamManifest, TableManifest};
+use crate::repo::{Manifest, StreamManifest, TableManifest};
 use crate::source::script::{Entry, Script, Step, TableName};
-use crate::source::{self, Database};
-use crate::trust::SnapshotMark;
+use crate::source::{self};
 
-/// What an existing target database may contain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExistingContents {
-    /// Refuse a database that holds any user object.
-    Refuse,
-    /// Drop every user schema first (inside the restore transaction).
-    Replace,
-}
-
-/// Restore parameters.
-#[derive(Debug, Clone)]
-pub struct RestoreOptions {
-    /// Target database.
-    pub database: Database,
-    /// `latest` or an id prefix.
-    pub snapshot: String,
-    /// Chunks decoded in parallel.
-    pub jobs: usize,
-    /// What to do with a non-empty target.
-    pub existing: ExistingContents,
-    /// Load tables on `jobs` connections at once instead of in one transaction.
-    pub parallel: bool,
-    /// Index entries kept in memory per target; past that the index is a temporary file, as
-    /// the chunk lists always are ([`ChunkSpool`]). [`repo::INDEX_IN_MEMORY`] unless testing.
-    pub index_in_memory: usize,
-    /// How values PostgreSQL TOASTs are compressed in the restored tables.
-    pub toast_compression: source::ToastCompression,
-    /// `maintenance_work_mem` of the restore's sessions at least (index builds sort in it).
-    pub maintenance_work_mem: String,
-    /// The newest snapshot the caller knows of (its pin's high-water mark): `latest` says so
-    /// when it finds only older ones.
-    pub newest_known: Option<SnapshotMark>,
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RestoreReport {
-    /// The snapshot restored.
-    pub snapshot_id: String,
-    /// Its place in the repository's chain (0 before format 7).
-    pub sequence: u64,
-    /// Its time.
-    pub time: chrono::DateTime<chrono::Utc>,
-    /// What the restore noticed and went on past: newer snapshots that failed to prove
-    /// themselves, a newer snapshot known but not found.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// Tables loaded.
-    pub tables: usize,
-    /// Rows loaded (each table's count checked against the manifest).
-    pub rows: u64,
-    /// Bytes of COPY data loaded.
-    pub bytes: u64,
-    /// Chunks read and proven.
-    pub chunks: usize,
-    /// Which target served how many chunks, and every fallback to the next target.
-    pub sources: ReadStats,
-    /// Whether tables were loaded on several connections (`--parallel`).
-    pub parallel: bool,
-}
-
-/// Resolves `latest` or an id prefix over several copies of a repository: the snapshots to try,
-/// in order. An id gives one; `latest` gives every snapshot, newest first, so that a restore can
-/// pass over one that fails to prove itself (a forgery dated in the future, a damaged object).
-pub async fn resolve_snapshot(repositories: &[Repository], selector: &str) -> Result<Vec<String>> {
-    if selector == "latest" {
-        let mut found = Vec::new();
-        for repository in repositories {
-            match repository.snapshots_newest_first().await {
-                Ok(list) => found.extend(list),
-                Err(error) if repositories.len() > 1 => tracing::warn!("{}: {error}", repository.target.location()),
-                Err(error) => return Err(error),
-            }
-        }
-        found.sort_by(|a, b| b.cmp(a));
-        let mut seen = HashSet::new();
-        found.retain(|(_, id)| seen.insert(id.clone()));
-        if found.is_empty() {
-            let locations: Vec<&str> = repositories.iter().map(|r| r.target.location()).collect();
-            return Err(Error::SnapshotNotFound(format!("{} holds no snapshot yet", locations.join(", "))));
-        }
-        return Ok(found.into_iter().map(|(_, id)| id).collect());
-    }
-    let mut found: Vec<(chrono::DateTime<chrono::Utc>, String)> = Vec::new();
-    let mut first_error = None;
-    for repository in repositories {
-        let resolved = match repository.resolve_snapshot(selector).await {
-            Ok(id) => repository.read_snapshot_header(&id).await.map(|header| (header.time, id)),
-            Err(error) => Err(error),
-        };
-        match resolved {
-            Ok(entry) => found.push(entry),
-            Err(error) => {
-                if repositories.len() > 1 {
-                    tracing::warn!("{}: {error}", repository.target.location());
-                }
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    found.sort();
-    found.dedup_by(|a, b| a.1 == b.1);
-    if selector != "latest" && found.len() > 1 {
-        return Err(Error::SnapshotNotFound(format!("{selector} matches {} snapshots; give more digits", found.len())));
-    }
-    match (found.pop(), first_error) {
-        (Some((_, id)), _) => Ok(vec![id]),
-        (None, Some(error)) => Err(error),
-        (None, None) => Err(Error::Invalid("restore needs at least one --repo".into())),
-    }
-}
-
-/// Opens a snapshot on every target that holds it and gathers the chunk sources.
-pub async fn open_snapshot(
-    repositories: &[Repository],
-    keyring: &Keyring,
-    snapshot_id: &str,
-    index_in_memory: usize,
-) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
-    let mut manifest = None;
-    let mut mark = None;
-    let mut sources = Vec::new();
-    let mut first_error = None;
-    for repository in repositories {
-        // Opening checks the config it was written under (SealedSnapshot::open).
-        let sealed = repository.read_snapshot(snapshot_id).await;
-        let opened = match sealed {
-            Ok(sealed) => sealed.open(keyring).map(|m| {
-                mark.get_or_insert_with(|| sealed.mark());
-                (Some(m), Some((sealed.header.indexes, sealed.header.packs)))
-            }),
-            Err(Error::Missing { .. }) => Ok((None, None)),
-            Err(error) => Err(error),
-        };
-        let listed = match opened {
-            Ok((opened, listed)) => {
-                if manifest.is_none() {
-                    manifest = opened;
-                }
-                listed
-            }
-            Err(error) => {
-                if repositories.len() > 1 {
-                    tracing::warn!("{}: {error}", repository.target.location());
-                }
-                first_error.get_or_insert(error);
-                None
-            }
-        };
-        // Only the listed indexes, and in them only the packs the snapshot uses. A target whose
-        // copy of the snapshot is lost or damaged may still hold the chunks: all of its indexes.
-        let (indexes, packs) = match &listed {
-            Some((indexes, packs)) => (Some(indexes.as_slice()), Some(packs.as_slice())),
-            None => (None, None),
-        };
-        let (index, failures) = repository.load_index_lenient(keyring, indexes, packs, index_in_memory).await?;
-        for (key, error) in failures {
-            tracing::warn!("{}: {key}: {error}", repository.target.location());
-            first_error.get_or_insert(error);
-        }
-        sources.push(Source::new(repository.target.clone(), Arc::new(index)));
-    }
-    match (manifest, first_error) {
-        (Some(manifest), _) => Ok((manifest, sources, mark.expect("set with the manifest"))),
-        (None, Some(error)) => Err(error),
-        (None, None) => Err(Error::SnapshotNotFound(format!("no target holds snapshot {snapshot_id}"))),
-    }
-}
-
-/// Opens the snapshot `options.snapshot` names. For `latest`, the newest that proves itself:
-/// each newer one that does not is passed over and named in `warnings`, and so is a newer
-/// snapshot the caller knows of that no target holds (a rollback by deletion).
-async fn choose_snapshot(
-    repositories: &[Repository],
-    keyring: &Keyring,
-    options: &RestoreOptions,
-    warnings: &mut Vec<String>,
-) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
-    let latest = options.snapshot == "latest";
-    // Said only if a snapshot is restored after all; otherwise the first error says it.
-    let mut passed_over = Vec::new();
-    let mut first_error = None;
-    for snapshot_id in resolve_snapshot(repositories, &options.snapshot).await? {
-        match open_snapshot(repositories, keyring, &snapshot_id, options.index_in_memory).await {
-            Ok((manifest, sources, mark)) => {
-                let mut note = |warning: String| {
-                    tracing::warn!("{warning}");
-                    warnings.push(warning);
-                };
-                passed_over.drain(..).for_each(&mut note);
-                if let Some(known) =
-                    options.newest_known.as_ref().filter(|known| latest && known.sequence > mark.sequence)
-                {
-                    note(format!(
-                        "the newest snapshot found, {} (number {}, {}), is older than the newest this machine knows of, {} \
-                         (number {}, {}): it was deleted from storage; restoring the one found",
-                        mark.id, mark.sequence, mark.time, known.id, known.sequence, known.time
-                    ));
-                }
-                return Ok((manifest, sources, mark));
-            }
-            Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
-                passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
-                first_error.get_or_insert(error);
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    Err(first_error.unwrap_or_else(|| Error::SnapshotNotFound("no snapshot to restore".into())))
-}
-
-/// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
-pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
-    let mut warnings = Vec::new();
-    let (mut manifest, sources, mark) = choose_snapshot(repositories, keyring, options, &mut warnings).await?;
-    let snapshot_id = mark.id.clone();
-    let reader = Arc::new(ChunkReader::with_sources(sources, keyring.clone(), options.jobs * 2 + 2));
-    let spool = spool_chunks(&reader, &mut manifest).await?;
-    let mac_key = keyring.mac_key();
-    let jobs = options.jobs.max(1);
-    let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs };
-    let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
-    let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
-
-    let client = session(options).await?;
-    let mut clean = false;
-    if let Some(contents) = source::describe_contents(&client).await? {
-        if options.existing == ExistingContents::Refuse {
-            return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
-        }
-        if options.parallel && !source::holds_incomplete_restore(&client).await? {
-            return Err(Error::Invalid(format!(
-                "--parallel restores only into an empty database ({} holds {contents}): without --parallel, \
-                 --clean replaces its contents in one transaction",
-                options.database
-            )));
-        }
-        clean = true;
-    }
-    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
-    let rows = if options.parallel {
-        load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
-    } else {
-        load.in_one_transaction(clean, &pre_data, &post_data).await?
-    };
-    let sources = reader.stats();
-    Ok(RestoreReport {
-        snapshot_id,
-        tables: manifest.tables.len(),
-        sequence: mark.sequence,
-        time: mark.time,
-        warnings,
-        rows,
-        bytes: manifest.tables.iter().map(|t| t.data.bytes).sum(),
-        chunks: sources.served.iter().map(|(_, served)| served).sum(),
-        sources,
-        parallel: options.parallel,
-    })
-}
+use super::{RestoreOptions, Streams};
 
 /// A connection to `options.database` set up for loading: TOAST compression and
 /// `maintenance_work_mem` as the options ask (every session of a restore is one of these).
-async fn session(options: &RestoreOptions) -> Result<tokio_postgres::Client> {
+pub(super) async fn session(options: &RestoreOptions) -> Result<tokio_postgres::Client> {
     let client = options.database.connect().await?;
     source::set_toast_compression(&client, options.toast_compression).await?;
     source::raise_maintenance_work_mem(&client, &options.maintenance_work_mem).await?;
     Ok(client)
 }
 
-/// Expands every stream's lists, checks that every chunk is in some source's index (all before
-/// the database is touched), and spools the ids, setting each stream's `spooled`.
-async fn spool_chunks(reader: &ChunkReader, manifest: &mut Manifest) -> Result<ChunkSpool> {
-    let mut spool = ChunkSpool::new()?;
-    let version = manifest.version;
-    for stream in manifest.streams_mut() {
-        let ids = crate::fetch::stream_chunk_ids(reader, stream, version);
-        let spooled = spool.write(reader, ids).await?;
-        stream.spooled = spooled;
-    }
-    Ok(spool)
-}
-
-/// What reading a snapshot's streams needs.
-struct Streams<'a> {
-    reader: &'a Arc<ChunkReader>,
-    spool: &'a ChunkSpool,
-    mac_key: &'a MacKey,
-    jobs: usize,
-}
-
-impl Streams<'_> {
-    /// Proven plaintext of a stream, in order, in runs ([`ChunkSpool::runs`]), `jobs` × 2 runs
-    /// decoded ahead.
-    fn chunks<'s>(&'s self, stream: &StreamManifest) -> impl Stream<Item = Result<Vec<u8>>> + 's {
-        let reader = self.reader;
-        self.spool
-            .runs(stream.spooled.clone())
-            .map_ok(move |run| async move { reader.read_located(&run).await })
-            .try_buffered(self.jobs * 2)
-    }
-
-    /// Reads a whole (small) stream and checks its digest.
-    async fn read(&self, label: &str, stream: &StreamManifest) -> Result<Vec<u8>> {
-        let mut digest = self.mac_key.hasher();
-        let mut bytes = Vec::with_capacity(usize::try_from(stream.bytes).unwrap_or(0));
-        let chunks = self.chunks(stream);
-        futures::pin_mut!(chunks);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            digest.update(&chunk);
-            bytes.extend_from_slice(&chunk);
-        }
-        check_digest(label, stream, &digest)?;
-        Ok(bytes)
-    }
-
-    /// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
-    async fn load(&self, client: &tokio_postgres::Client, sql: &str, table: &TableManifest) -> Result<u64> {
-        let label = format!("{}.{}", table.schema, table.name);
-        let sink = client.copy_in::<_, Bytes>(sql).await?;
-        futures::pin_mut!(sink);
-        let mut digest = self.mac_key.hasher();
-        let chunks = self.chunks(&table.data);
-        futures::pin_mut!(chunks);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk?;
-            digest.update(&chunk);
-            sink.send(Bytes::from(chunk)).await?;
-        }
-        check_digest(&label, &table.data, &digest)?;
-        let loaded = sink.as_mut().finish().await?;
-        if loaded != table.rows {
-            return Err(Error::RestoreMismatch {
-                table: label,
-                detail: format!("loaded {loaded} rows, the snapshot has {}", table.rows),
-            });
-        }
-        tracing::debug!(table = %label, rows = loaded, "table restored");
-        Ok(loaded)
-    }
-}
-
 /// What loading a snapshot into the target needs.
-struct Load<'a> {
-    client: &'a tokio_postgres::Client,
-    streams: &'a Streams<'a>,
-    manifest: &'a Manifest,
-    jobs: usize,
-    options: &'a RestoreOptions,
+pub(super) struct Load<'a> {
+    pub(super) client: &'a tokio_postgres::Client,
+    pub(super) streams: &'a Streams<'a>,
+    pub(super) manifest: &'a Manifest,
+    pub(super) jobs: usize,
+    pub(super) options: &'a RestoreOptions,
 }
 
 impl Load<'_> {
     /// Everything in one transaction on one connection: any failure, or the process being
     /// killed, ends the connection without COMMIT and leaves the database as it was.
-    async fn in_one_transaction(&self, clean: bool, pre_data: &[u8], post_data: &[u8]) -> Result<u64> {
+    pub(super) async fn in_one_transaction(&self, clean: bool, pre_data: &[u8], post_data: &[u8]) -> Result<u64> {
         let client = self.client;
         client.batch_execute("BEGIN").await?;
         if clean {
@@ -409,7 +58,13 @@ impl Load<'_> {
     /// On any error everything the restore created is dropped again; if the process is killed
     /// in between, the marker schema says the database is incomplete and later restores refuse
     /// it unless `--clean`.
-    async fn in_parallel(&self, clean: bool, pre_data: &[u8], post_data: &[u8], snapshot_id: &str) -> Result<u64> {
+    pub(super) async fn in_parallel(
+        &self,
+        clean: bool,
+        pre_data: &[u8],
+        post_data: &[u8],
+        snapshot_id: &str,
+    ) -> Result<u64> {
         let client = self.client;
         let marker = source::quote_ident(source::INCOMPLETE_RESTORE_SCHEMA);
         client.batch_execute("BEGIN").await?;
@@ -458,7 +113,7 @@ impl Load<'_> {
     /// ([`early_entries`]) on tables already loaded, as `pg_restore -j` does, so that those
     /// builds overlap the last loads instead of waiting for them. Returns the connections (for
     /// the rest of the post-data), the rows loaded, and the entries built.
-    async fn tables_in_parallel<'e, 'a>(
+    pub(super) async fn tables_in_parallel<'e, 'a>(
         &self,
         script: &'e Script<'a>,
     ) -> Result<(Vec<tokio_postgres::Client>, u64, Vec<&'e Entry<'a>>)> {
@@ -534,7 +189,7 @@ impl Load<'_> {
     }
 
     /// Loads one table in its own transaction on a `--parallel` connection.
-    async fn load_table(&self, client: &tokio_postgres::Client, table: &TableManifest) -> Result<u64> {
+    pub(super) async fn load_table(&self, client: &tokio_postgres::Client, table: &TableManifest) -> Result<u64> {
         let name = format!("{}.{}", source::quote_ident(&table.schema), source::quote_ident(&table.name));
         // Truncating the table this transaction is about to fill lets COPY freeze the rows.
         // ONLY: inheritance children are other connections' to load.
@@ -558,7 +213,7 @@ impl Load<'_> {
     }
 
     /// Each table's size in the snapshot, to start the largest tables' entries first.
-    fn table_sizes(&self) -> HashMap<TableName, u64> {
+    pub(super) fn table_sizes(&self) -> HashMap<TableName, u64> {
         self.manifest
             .tables
             .iter()
@@ -570,7 +225,7 @@ impl Load<'_> {
     /// builds, and runs of foreign keys, are spread over `loaders` (as `pg_restore -j` does),
     /// never two at once that would wait for each other's lock. Every entry commits on its
     /// own: on an error the caller removes everything, as for the tables.
-    async fn post_data_in_parallel(
+    pub(super) async fn post_data_in_parallel(
         &self,
         loaders: &[tokio_postgres::Client],
         script: &Script<'_>,
@@ -604,7 +259,7 @@ impl Load<'_> {
     }
 
     /// Runs a group (see [`Load::run_group`]), then the comments held back for it.
-    async fn flush_group(
+    pub(super) async fn flush_group(
         &self,
         loaders: &[tokio_postgres::Client],
         group: &mut Vec<&Entry<'_>>,
@@ -622,7 +277,7 @@ impl Load<'_> {
 
     /// Runs independent entries on all `clients`, those of the largest tables first; an entry
     /// waits while another holds a lock it would conflict with.
-    async fn run_group(
+    pub(super) async fn run_group(
         &self,
         clients: &[tokio_postgres::Client],
         mut entries: Vec<&Entry<'_>>,
@@ -669,7 +324,7 @@ impl Load<'_> {
 
     /// Removes what a failed parallel restore committed (schemas and large objects), leaving
     /// the database empty as it was.
-    async fn undo(&self) -> Result<()> {
+    pub(super) async fn undo(&self) -> Result<()> {
         let client = self.client;
         client.batch_execute("ROLLBACK").await.ok();
         client.batch_execute("BEGIN").await?;
@@ -679,7 +334,7 @@ impl Load<'_> {
     }
 
     /// Large objects, sequence values, post-data DDL and materialized views, in the caller's transaction.
-    async fn finish(&self, post_data: &[u8]) -> Result<()> {
+    pub(super) async fn finish(&self, post_data: &[u8]) -> Result<()> {
         self.write_large_objects_and_sequences().await?;
         self.client.batch_execute(&source::executable_sql(post_data)?).await?;
         tracing::debug!("post-data done");
@@ -687,7 +342,7 @@ impl Load<'_> {
     }
 
     /// Large objects and sequence values, in the caller's transaction.
-    async fn write_large_objects_and_sequences(&self) -> Result<()> {
+    pub(super) async fn write_large_objects_and_sequences(&self) -> Result<()> {
         let client = self.client;
         if let Some(large_objects) = &self.manifest.large_objects {
             client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
@@ -707,7 +362,7 @@ impl Load<'_> {
     }
 
     /// Fills materialized views, once their indexes exist, in the caller's transaction.
-    async fn refresh_materialized_views(&self) -> Result<()> {
+    pub(super) async fn refresh_materialized_views(&self) -> Result<()> {
         for (schema, name) in &self.manifest.materialized_views {
             self.client
                 .batch_execute(&format!(
@@ -722,14 +377,14 @@ impl Load<'_> {
 }
 
 /// The size of the (first) table an entry works on, if it is one of the snapshot's.
-fn entry_size(entry: &Entry<'_>, sizes: &HashMap<TableName, u64>) -> Option<u64> {
+pub(super) fn entry_size(entry: &Entry<'_>, sizes: &HashMap<TableName, u64>) -> Option<u64> {
     entry.step.locks().first().and_then(|(table, _)| sizes.get(*table)).copied()
 }
 
 /// The entries `--parallel` may build while tables are still loading: the indexes and unique
 /// constraints of the script's first run of them, before anything that has to run alone (a
 /// comment in between waits for the rest of the post-data, its object being built by then).
-fn early_entries<'e, 'a>(script: &'e Script<'a>) -> Vec<&'e Entry<'a>> {
+pub(super) fn early_entries<'e, 'a>(script: &'e Script<'a>) -> Vec<&'e Entry<'a>> {
     script
         .entries
         .iter()
@@ -739,21 +394,21 @@ fn early_entries<'e, 'a>(script: &'e Script<'a>) -> Vec<&'e Entry<'a>> {
 }
 
 /// Who holds which table while post-data entries run at once.
-struct LockBoard<'e, 'a> {
+pub(super) struct LockBoard<'e, 'a> {
     /// Entries not started, in the order to start them.
-    pending: Vec<&'e Entry<'a>>,
+    pub(super) pending: Vec<&'e Entry<'a>>,
     /// Per table: entries holding a shared lock, and whether one holds it exclusively.
-    held: HashMap<TableName, (usize, bool)>,
+    pub(super) held: HashMap<TableName, (usize, bool)>,
     /// While tables are loading, those loaded and committed: an entry starts only when every
     /// table it locks is one of them, so it never waits for a load's locks (a table that is
     /// not loaded at all, a partitioned parent, say, waits for every load). `None`: all loaded.
-    loaded: Option<HashSet<TableName>>,
+    pub(super) loaded: Option<HashSet<TableName>>,
 }
 
 impl<'e, 'a> LockBoard<'e, 'a> {
     /// Takes the first pending entry whose tables are loaded and whose locks conflict with none
     /// held, and holds them.
-    fn take_runnable(&mut self) -> Option<&'e Entry<'a>> {
+    pub(super) fn take_runnable(&mut self) -> Option<&'e Entry<'a>> {
         let free = |entry: &Entry<'_>| {
             entry.step.locks().iter().all(|(table, exclusive)| {
                 let loaded = self.loaded.as_ref().is_none_or(|loaded| loaded.contains(*table));
@@ -775,7 +430,7 @@ impl<'e, 'a> LockBoard<'e, 'a> {
         Some(entry)
     }
 
-    fn release(&mut self, entry: &Entry<'_>) {
+    pub(super) fn release(&mut self, entry: &Entry<'_>) {
         for (table, _) in entry.step.locks() {
             if let Some(held) = self.held.get_mut(table) {
                 held.0 -= 1;
@@ -789,7 +444,7 @@ impl<'e, 'a> LockBoard<'e, 'a> {
 
 /// Runs one post-data entry; a deadlock (two builds on tables of one partition tree, say)
 /// costs a retry, not the restore.
-async fn run_entry(client: &tokio_postgres::Client, entry: &Entry<'_>) -> Result<()> {
+pub(super) async fn run_entry(client: &tokio_postgres::Client, entry: &Entry<'_>) -> Result<()> {
     let mut attempt = 1;
     loop {
         match client.batch_execute(entry.sql).await {
@@ -805,9 +460,9 @@ async fn run_entry(client: &tokio_postgres::Client, entry: &Entry<'_>) -> Result
 }
 
 /// How long a `--parallel` loading connection waits for a lock before giving up.
-const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(super) const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn check_digest(label: &str, stream: &StreamManifest, digest: &blake3::Hasher) -> Result<()> {
+pub(super) fn check_digest(label: &str, stream: &StreamManifest, digest: &blake3::Hasher) -> Result<()> {
     if digest.finalize().to_hex().as_str() != stream.digest {
         return Err(Error::RestoreMismatch {
             table: label.to_string(),

@@ -1,0 +1,141 @@
+//! `restore`: rebuild a database from a snapshot, all or nothing.
+//!
+//! By default everything happens in one transaction on one connection: pre-data DDL, every
+//! table's data (`COPY … FREEZE`, since each table was created in this transaction), large
+//! objects, sequence values, post-data DDL, then COMMIT. Any failure (a damaged chunk, a digest
+//! or row-count mismatch, a server error, the process being killed) ends the connection without
+//! COMMIT, so the target database is left exactly as it was.
+//!
+//! `--parallel` trades the last of that for speed: PostgreSQL loads a COPY on one core, so
+//! tables go to `--jobs` connections at once (see [`Load::in_parallel`]). Errors still leave the
+//! database as it was (what was committed is dropped again); only a killed restore leaves a
+//! partial database behind, marked by the schema [`source::INCOMPLETE_RESTORE_SCHEMA`].
+//!
+//! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
+//! proven in parallel ahead of each loading connection.
+
+mod load;
+mod select;
+mod streams;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::fetch::{ChunkReader, ReadStats};
+use crate::repo::{Keyring, Repository};
+use crate::source::{self, Database};
+use crate::trust::SnapshotMark;
+
+use load::{Load, check_digest, session};
+use select::choose_snapshot;
+use streams::{Streams, spool_chunks};
+
+/// What an existing target database may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingContents {
+    /// Refuse a database that holds any user object.
+    Refuse,
+    /// Drop every user schema first (inside the restore transaction).
+    Replace,
+}
+
+/// Restore parameters.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Target database.
+    pub database: Database,
+    /// `latest` or an id prefix.
+    pub snapshot: String,
+    /// Chunks decoded in parallel.
+    pub jobs: usize,
+    /// What to do with a non-empty target.
+    pub existing: ExistingContents,
+    /// Load tables on `jobs` connections at once instead of in one transaction.
+    pub parallel: bool,
+    /// Index entries kept in memory per target; past that the index is a temporary file, as
+    /// the chunk lists always are ([`ChunkSpool`]). [`repo::INDEX_IN_MEMORY`] unless testing.
+    pub index_in_memory: usize,
+    /// How values PostgreSQL TOASTs are compressed in the restored tables.
+    pub toast_compression: source::ToastCompression,
+    /// `maintenance_work_mem` of the restore's sessions at least (index builds sort in it).
+    pub maintenance_work_mem: String,
+    /// The newest snapshot the caller knows of (its pin's high-water mark): `latest` says so
+    /// when it finds only older ones.
+    pub newest_known: Option<SnapshotMark>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    /// The snapshot restored.
+    pub snapshot_id: String,
+    /// Its place in the repository's chain (0 before format 7).
+    pub sequence: u64,
+    /// Its time.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// What the restore noticed and went on past: newer snapshots that failed to prove
+    /// themselves, a newer snapshot known but not found.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Tables loaded.
+    pub tables: usize,
+    /// Rows loaded (each table's count checked against the manifest).
+    pub rows: u64,
+    /// Bytes of COPY data loaded.
+    pub bytes: u64,
+    /// Chunks read and proven.
+    pub chunks: usize,
+    /// Which target served how many chunks, and every fallback to the next target.
+    pub sources: ReadStats,
+    /// Whether tables were loaded on several connections (`--parallel`).
+    pub parallel: bool,
+}
+
+/// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
+pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
+    let mut warnings = Vec::new();
+    let (mut manifest, sources, mark) = choose_snapshot(repositories, keyring, options, &mut warnings).await?;
+    let snapshot_id = mark.id.clone();
+    let reader = Arc::new(ChunkReader::with_sources(sources, keyring.clone(), options.jobs * 2 + 2));
+    let spool = spool_chunks(&reader, &mut manifest).await?;
+    let mac_key = keyring.mac_key();
+    let jobs = options.jobs.max(1);
+    let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs };
+    let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
+    let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
+
+    let client = session(options).await?;
+    let mut clean = false;
+    if let Some(contents) = source::describe_contents(&client).await? {
+        if options.existing == ExistingContents::Refuse {
+            return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
+        }
+        if options.parallel && !source::holds_incomplete_restore(&client).await? {
+            return Err(Error::Invalid(format!(
+                "--parallel restores only into an empty database ({} holds {contents}): without --parallel, \
+                 --clean replaces its contents in one transaction",
+                options.database
+            )));
+        }
+        clean = true;
+    }
+    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
+    let rows = if options.parallel {
+        load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
+    } else {
+        load.in_one_transaction(clean, &pre_data, &post_data).await?
+    };
+    let sources = reader.stats();
+    Ok(RestoreReport {
+        snapshot_id,
+        tables: manifest.tables.len(),
+        sequence: mark.sequence,
+        time: mark.time,
+        warnings,
+        rows,
+        bytes: manifest.tables.iter().map(|t| t.data.bytes).sum(),
+        chunks: sources.served.iter().map(|(_, served)| served).sum(),
+        sources,
+        parallel: options.parallel,
+    })
+}

@@ -1,0 +1,87 @@
+//! A snapshot's streams as the loader reads them: chunk lists spooled, chunks fetched, proven
+//! and decoded ahead of each loading connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
+
+use crate::crypto::MacKey;
+use crate::error::{Error, Result};
+use crate::fetch::{ChunkReader, ChunkSpool};
+use crate::repo::{Manifest, StreamManifest, TableManifest};
+
+use super::check_digest;
+
+/// Expands every stream's lists, checks that every chunk is in some source's index (all before
+/// the database is touched), and spools the ids, setting each stream's `spooled`.
+pub(super) async fn spool_chunks(reader: &ChunkReader, manifest: &mut Manifest) -> Result<ChunkSpool> {
+    let mut spool = ChunkSpool::new()?;
+    let version = manifest.version;
+    for stream in manifest.streams_mut() {
+        let ids = crate::fetch::stream_chunk_ids(reader, stream, version);
+        let spooled = spool.write(reader, ids).await?;
+        stream.spooled = spooled;
+    }
+    Ok(spool)
+}
+
+/// What reading a snapshot's streams needs.
+pub(super) struct Streams<'a> {
+    pub(super) reader: &'a Arc<ChunkReader>,
+    pub(super) spool: &'a ChunkSpool,
+    pub(super) mac_key: &'a MacKey,
+    pub(super) jobs: usize,
+}
+
+impl Streams<'_> {
+    /// Proven plaintext of a stream, in order, in runs ([`ChunkSpool::runs`]), `jobs` × 2 runs
+    /// decoded ahead.
+    pub(super) fn chunks<'s>(&'s self, stream: &StreamManifest) -> impl Stream<Item = Result<Vec<u8>>> + 's {
+        let reader = self.reader;
+        self.spool
+            .runs(stream.spooled.clone())
+            .map_ok(move |run| async move { reader.read_located(&run).await })
+            .try_buffered(self.jobs * 2)
+    }
+
+    /// Reads a whole (small) stream and checks its digest.
+    pub(super) async fn read(&self, label: &str, stream: &StreamManifest) -> Result<Vec<u8>> {
+        let mut digest = self.mac_key.hasher();
+        let mut bytes = Vec::with_capacity(usize::try_from(stream.bytes).unwrap_or(0));
+        let chunks = self.chunks(stream);
+        futures::pin_mut!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            digest.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        check_digest(label, stream, &digest)?;
+        Ok(bytes)
+    }
+
+    /// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
+    pub(super) async fn load(&self, client: &tokio_postgres::Client, sql: &str, table: &TableManifest) -> Result<u64> {
+        let label = format!("{}.{}", table.schema, table.name);
+        let sink = client.copy_in::<_, Bytes>(sql).await?;
+        futures::pin_mut!(sink);
+        let mut digest = self.mac_key.hasher();
+        let chunks = self.chunks(&table.data);
+        futures::pin_mut!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            digest.update(&chunk);
+            sink.send(Bytes::from(chunk)).await?;
+        }
+        check_digest(&label, &table.data, &digest)?;
+        let loaded = sink.as_mut().finish().await?;
+        if loaded != table.rows {
+            return Err(Error::RestoreMismatch {
+                table: label,
+                detail: format!("loaded {loaded} rows, the snapshot has {}", table.rows),
+            });
+        }
+        tracing::debug!(table = %label, rows = loaded, "table restored");
+        Ok(loaded)
+    }
+}
