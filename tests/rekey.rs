@@ -726,3 +726,74 @@ fn an_interrupted_reencrypt_leaves_every_snapshot_restorable_and_finishes_when_r
         assert_same_database(&setup.source, &target);
     }
 }
+
+#[test]
+fn a_snapshot_of_an_older_format_forged_with_the_repository_secret_is_refused() {
+    let setup = Setup::new("rekey_downgrade", 1);
+    let repo = PathBuf::from(&setup.repos[0]);
+    let other = public_key(&setup.work, "other.key");
+    setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
+    setup.source.sql("UPDATE crm.companies SET website = 'newest.example' WHERE id = 1");
+    setup.backup();
+    let head: serde_json::Value = files_under(&repo.join("configs"))
+        .iter()
+        .map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap()).unwrap())
+        .find(|c| c["generation"] == 1)
+        .unwrap();
+    let head_hash = files_under(&repo.join("configs"))
+        .into_iter()
+        .find(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap()).unwrap()["generation"] == 1)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    // The removed admin still knows the repository secret (it does not change at a rekey) and
+    // can read the first snapshot's manifest: it writes it as a format-6 snapshot, MACed the
+    // way format 6 was, under today's config, newest of all, encrypted to today's recipients.
+    let removed = identity(&setup.work, "other.key");
+    let keys = keys_object(&repo, first_config(&repo)["keys"][0].as_str().unwrap(), &removed);
+    let secret = crmvault::crypto::RepoSecret::from_hex(keys["repo_secret"].as_str().unwrap()).unwrap();
+    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
+    let oldest =
+        listed["snapshots"].as_array().unwrap().iter().min_by_key(|s| s["time"].as_str().unwrap().to_string()).unwrap()
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let object = std::fs::read(repo.join("snapshots").join(&oldest)).unwrap();
+    let parts: Vec<&[u8]> = object.splitn(5, |&b| b == b'\n').collect();
+    let compressed = crmvault::crypto::decrypt(&removed, parts[4]).unwrap();
+    let mut header: serde_json::Value = serde_json::from_slice(parts[1]).unwrap();
+    header["version"] = 6.into();
+    header["config_hash"] = head_hash.into();
+    header["time"] = "2099-01-01T00:00:00Z".into();
+    header["sequence"] = 999.into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let recipients: Vec<age::x25519::Recipient> = head["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&head["writer_recipient"]))
+        .map(|r| r.as_str().unwrap().parse().unwrap())
+        .collect();
+    let ciphertext = crmvault::crypto::encrypt(&recipients, &compressed);
+    let mac = secret.mac_key().mac(&[&header, &compressed]);
+    let mut forged = b"crmvault-snapshot 6".to_vec();
+    for line in [&header[..], blake3::hash(&header).to_hex().as_bytes(), mac.as_bytes(), &ciphertext] {
+        forged.push(b'\n');
+        forged.extend_from_slice(line);
+    }
+    std::fs::write(repo.join("snapshots").join(blake3::hash(&ciphertext).to_hex().as_str()), &forged).unwrap();
+
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_downgrade_t1");
+    let run = run.ok();
+    assert!(run.stderr.contains("claims an older format"), "{}", run.stderr);
+    assert_same_database(&setup.source, &target);
+    setup
+        .work
+        .run(&["verify", "--repo", &setup.repos[0], "--identity", &setup.work.admin_key()])
+        .fails_with(3, "claims an older format");
+}

@@ -109,6 +109,11 @@ impl Keyring {
             .find(|(_, secret)| secret.index_mac_key().mac_bytes(parts) == mac)
             .map(|(hash, _)| hash.clone())
     }
+    /// Whether the repository authenticates with its own secret (format 7): then nothing MACed
+    /// with the repository secret alone is believed.
+    pub fn authenticated(&self) -> bool {
+        self.auth.is_some()
+    }
     /// The identities, to open what is encrypted to admins only where the holder is one.
     pub fn identities(&self) -> &[age::x25519::Identity] {
         &self.identities

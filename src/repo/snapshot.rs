@@ -349,6 +349,19 @@ impl SealedSnapshot {
         // Written under the config this keyring was unlocked with, or carried from an earlier
         // generation by a `rekey`: anything else was written with a key since retired, or is
         // another repository's.
+        // In a repository whose keys hold an authentication secret (format 7) every snapshot is
+        // of format 7 or later: an older version line there is a downgrade, MACed with the
+        // repository secret, which a removed admin or a retired writer key still knows.
+        if self.version < AUTHENTICATED_VERSION && keyring.authenticated() {
+            return Err(Error::corrupt(
+                &key,
+                "claims an older format than its repository's (a downgrade forged with a key that a rekey left \
+                 behind?)",
+            ));
+        }
+        if self.version >= AUTHENTICATED_VERSION && self.header.version != self.version {
+            return Err(Error::corrupt(&key, "its header's version differs from its first line"));
+        }
         let Some(mac_key) = keyring.snapshot_mac_key_for(&self.header.config_hash, &self.object_hash) else {
             return Err(Error::corrupt(
                 &key,
