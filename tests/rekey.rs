@@ -797,3 +797,20 @@ fn a_snapshot_of_an_older_format_forged_with_the_repository_secret_is_refused() 
         .run(&["verify", "--repo", &setup.repos[0], "--identity", &setup.work.admin_key()])
         .fails_with(3, "claims an older format");
 }
+
+#[test]
+fn reencrypt_goes_on_past_a_snapshot_whose_pack_is_gone_and_says_what_it_left() {
+    let setup = Setup::new("rekey_gone", 1);
+    let repo = PathBuf::from(&setup.repos[0]);
+    // A pack the snapshot needs is deleted from storage.
+    let pack = files_under(&repo.join("data")).into_iter().next().unwrap();
+    std::fs::remove_file(&pack).unwrap();
+    let other = public_key(&setup.work, "other.key");
+    let run = setup.rekey("admin.key", &["--remove-recipient", &other, "--reencrypt"]);
+    let run = run.fails_with(3, "re-encryption incomplete");
+    assert!(run.stdout.contains("left as it was"), "{}", run.stdout);
+    // The recipient is removed all the same, and what was left is still named by verify.
+    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1);
+    setup.work.run(&["verify", "--repo", &setup.repos[0]]).fails_with(3, "missing");
+}

@@ -366,6 +366,8 @@ struct Rewriting<'a> {
     index_of: HashMap<String, ObjectRef>,
     /// Old dictionary id → new.
     dictionaries: HashMap<String, ObjectRef>,
+    /// Snapshots left as they were here (their successors' copies name them as they are).
+    kept: HashSet<String>,
 }
 
 /// Writes every snapshot of `repositories` (copies of one, at its newest generation) again so
@@ -393,6 +395,7 @@ pub async fn reencrypt(repositories: &[Repository], keyring: &Keyring) -> Result
             packs_done: HashMap::new(),
             index_of: HashMap::new(),
             dictionaries: HashMap::new(),
+            kept: HashSet::new(),
         };
         // Copies an earlier, interrupted run made for the admins there are now.
         let readers: BTreeSet<&String> = repository.config.recipients.iter().collect();
@@ -453,7 +456,17 @@ pub async fn reencrypt(repositories: &[Repository], keyring: &Keyring) -> Result
                 copies.insert(old.clone(), copy);
             }
             if rewriting.repository.target.size_of(&repo::snapshot_key(&copies[&old].id)).await?.is_none() {
-                rewriting.copy_snapshot(keyring, &sealed, &copies[&old], &new_ids).await?;
+                match rewriting.copy_snapshot(keyring, &sealed, &copies[&old], &new_ids).await {
+                    Ok(()) => {}
+                    // What it needs is missing or damaged here: it stays as it was (another
+                    // target may hold it whole, `verify` names what is wrong), the others go on.
+                    Err(error @ (Error::Missing { .. } | Error::Corrupt { .. })) => {
+                        rewriting.out.left.push((old.clone(), error.to_string()));
+                        rewriting.kept.insert(old.clone());
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             rewriting.replaced.push(old.clone());
         }
@@ -542,7 +555,10 @@ impl Rewriting<'_> {
             packs: packs.into_iter().collect(),
             indexes: indexes.into_iter().collect(),
             dictionaries: dictionaries.into_iter().collect(),
-            parent: sealed.header.parent.as_ref().map(|p| new_ids.get(p).cloned().unwrap_or_else(|| p.clone())),
+            parent: sealed.header.parent.as_ref().map(|p| match new_ids.get(p) {
+                Some(copy) if !self.kept.contains(p) => copy.clone(),
+                _ => p.clone(),
+            }),
             sequence: sealed.header.sequence,
             replaces: Some(sealed.id.clone()),
         };
