@@ -22,7 +22,7 @@ fn with(db: &TestDb, host: &str, options: &str) -> String {
 #[test]
 fn verify_full_checks_the_certificate_and_the_host_name() {
     let Some(certificate) = server_certificate() else {
-        eprintln!("skipped: the local PostgreSQL does not serve TLS with Debian's snakeoil certificate");
+        skip("the local PostgreSQL does not serve TLS with Debian's snakeoil certificate");
         return;
     };
     let source = TestDb::create("tls");
@@ -158,7 +158,7 @@ fn a_remote_server_without_tls_is_refused_by_default_and_reached_when_sslmode_sa
 #[test]
 fn an_unchecked_certificate_is_warned_about_once_and_only_for_a_remote_host() {
     let Some(certificate) = server_certificate() else {
-        eprintln!("skipped: the local PostgreSQL does not serve TLS with Debian's snakeoil certificate");
+        skip("the local PostgreSQL does not serve TLS with Debian's snakeoil certificate");
         return;
     };
     let source = TestDb::create("tls_warn");
