@@ -199,13 +199,7 @@ fn an_added_admin_restores_what_is_written_from_then_on() {
     fresh.restore_with(&setup.repos[0], &target, &["--fingerprint", &generation_fingerprint, "latest"]).ok();
     assert_same_database(&setup.source, &target);
     // What was written before it was added stays closed to it, with a clear refusal.
-    let listed = fresh.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
-    let oldest =
-        listed["snapshots"].as_array().unwrap().iter().min_by_key(|s| s["time"].as_str().unwrap().to_string()).unwrap()
-            ["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let oldest = snapshots_oldest_first(&fresh, &setup.repos[0], &[]).remove(0);
     let target = TestDb::create("rekey_add_t2");
     let run = fresh.restore_with(&setup.repos[0], &target, &[&oldest]);
     run.fails_with(1, "not a recipient");
@@ -367,6 +361,43 @@ fn first_config(repo: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(repo.join("config")).unwrap()).unwrap()
 }
 
+/// The config of `generation` under configs/: its hash (the file's name) and its JSON.
+fn generation_config(repo: &Path, generation: u64) -> (String, serde_json::Value) {
+    files_under(&repo.join("configs"))
+        .into_iter()
+        .map(|f| {
+            let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+            (f.file_name().unwrap().to_str().unwrap().to_string(), config)
+        })
+        .find(|(_, config)| config["generation"].as_u64().unwrap_or(0) == generation)
+        .unwrap()
+}
+
+/// Snapshot ids as `snapshots --json` lists them with `extra` arguments, oldest first.
+fn snapshots_oldest_first(work: &Workspace, repo: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["snapshots", "--json", "--repo", repo];
+    args.extend_from_slice(extra);
+    let listed = work.run(&args).ok().json();
+    let mut snapshots: Vec<(String, String)> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["time"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string()))
+        .collect();
+    snapshots.sort();
+    snapshots.into_iter().map(|(_, id)| id).collect()
+}
+
+/// A snapshot object's bytes: version line, header line, the header's BLAKE3, MAC, manifest.
+fn snapshot_object(version_line: &[u8], header: &[u8], mac: &str, ciphertext: &[u8]) -> Vec<u8> {
+    let mut object = version_line.to_vec();
+    for line in [header, blake3::hash(header).to_hex().as_bytes(), mac.as_bytes(), ciphertext] {
+        object.push(b'\n');
+        object.extend_from_slice(line);
+    }
+    object
+}
+
 #[test]
 fn keys_a_rekey_retired_cannot_rewrite_a_carried_snapshot_nor_plant_an_index() {
     let setup = Setup::new("rekey_retired", 1);
@@ -402,15 +433,8 @@ fn keys_a_rekey_retired_cannot_rewrite_a_carried_snapshot_nor_plant_an_index() {
     let config = first_config(&repo);
     let keys = keys_object(&repo, config["keys"][0].as_str().unwrap(), &removed);
     let auth = crmvault::crypto::RepoSecret::from_hex(keys["auth_secret"].as_str().unwrap()).unwrap();
-    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
-    let mut all: Vec<(String, String)> = listed["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["time"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string()))
-        .collect();
-    all.sort();
-    let (oldest, newest) = (all[0].1.clone(), all[all.len() - 1].1.clone());
+    let all = snapshots_oldest_first(&setup.work, &setup.repos[0], &[]);
+    let (oldest, newest) = (all[0].clone(), all[all.len() - 1].clone());
     let object = std::fs::read(repo.join("snapshots").join(&oldest)).unwrap();
     let parts: Vec<&[u8]> = object.splitn(5, |&b| b == b'\n').collect();
     let mut header: serde_json::Value = serde_json::from_slice(parts[1]).unwrap();
@@ -420,12 +444,7 @@ fn keys_a_rekey_retired_cannot_rewrite_a_carried_snapshot_nor_plant_an_index() {
     let header = serde_json::to_vec(&header).unwrap();
     let compressed = crmvault::crypto::decrypt(&removed, parts[4]).unwrap();
     let mac = auth.snapshot_mac_key().mac(&[parts[0], &header, &compressed]);
-    let mut forged = parts[0].to_vec();
-    for line in [&header[..], blake3::hash(&header).to_hex().as_bytes(), mac.as_bytes(), parts[4]] {
-        forged.push(b'\n');
-        forged.extend_from_slice(line);
-    }
-    std::fs::write(repo.join("snapshots").join(&oldest), &forged).unwrap();
+    std::fs::write(repo.join("snapshots").join(&oldest), snapshot_object(parts[0], &header, &mac, parts[4])).unwrap();
 
     let (run, target) = setup.restore_as("admin.key", "latest", "rekey_retired_t1");
     let run = run.ok();
@@ -445,13 +464,7 @@ fn a_pinned_generation_is_never_given_up_and_a_fork_behind_the_pin_does_not_stop
     let other = public_key(&setup.work, "other.key");
     let rekey = setup.rekey("admin.key", &["--json", "--remove-recipient", &other]).ok().json();
     setup.backup();
-    let gen1 = files_under(&repo.join("configs"))
-        .into_iter()
-        .find(|f| {
-            let config: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
-            config["generation"] == 1
-        })
-        .unwrap();
+    let gen1 = repo.join("configs").join(generation_config(&repo, 1).0);
     assert!(rekey["generation_fingerprint"].as_str().unwrap().replace('-', "").len() == 32);
 
     // The newest config deleted: the pinned machine does not go back, even when told the first
@@ -468,17 +481,7 @@ fn a_pinned_generation_is_never_given_up_and_a_fork_behind_the_pin_does_not_stop
     std::fs::write(repo.join("config"), &saved).unwrap();
     let run = setup.work.run(&["backup", "--db", &setup.source.url(), "--repo", &setup.repos[0]]).ok();
     assert!(run.stderr.contains("claims a later generation"), "{}", run.stderr);
-    std::fs::copy(
-        files_under(&repo.join("configs"))
-            .into_iter()
-            .find(|f| {
-                let config: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
-                config["generation"].is_null()
-            })
-            .unwrap(),
-        repo.join("config"),
-    )
-    .unwrap();
+    std::fs::copy(repo.join("configs").join(generation_config(&repo, 0).0), repo.join("config")).unwrap();
 
     // The removed admin signs a second successor of generation 0 with the signing key it held.
     let removed = identity(&setup.work, "other.key");
@@ -653,16 +656,9 @@ fn reencrypt_leaves_a_removed_admin_nothing_and_gives_an_added_one_everything() 
         setup.work.run(&["verify", "--repo", repo, "--identity", &setup.work.admin_key(), "--read-data"]).ok();
     }
     // Both snapshots restore as they were, from their new ids.
-    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[1]]).ok().json();
-    let mut snapshots: Vec<(String, String)> = listed["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["time"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string()))
-        .collect();
-    snapshots.sort();
+    let snapshots = snapshots_oldest_first(&setup.work, &setup.repos[1], &[]);
     assert_eq!(snapshots.len(), 2);
-    let (run, target) = setup.restore_as("admin.key", &snapshots[0].1, "rekey_reencrypt_t1");
+    let (run, target) = setup.restore_as("admin.key", &snapshots[0], "rekey_reencrypt_t1");
     run.ok();
     assert_eq!(target.data(), first_data);
     let (run, target) = setup.restore_as("admin.key", "latest", "rekey_reencrypt_t2");
@@ -678,14 +674,7 @@ fn reencrypt_leaves_a_removed_admin_nothing_and_gives_an_added_one_everything() 
     let fresh = Workspace::new();
     std::fs::copy(setup.work.path("new.key"), fresh.path("admin.key")).unwrap();
     let fingerprint = run_fingerprint(&run);
-    let listed =
-        fresh.run(&["snapshots", "--json", "--repo", &setup.repos[0], "--fingerprint", &fingerprint]).ok().json();
-    let oldest =
-        listed["snapshots"].as_array().unwrap().iter().min_by_key(|s| s["time"].as_str().unwrap().to_string()).unwrap()
-            ["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let oldest = snapshots_oldest_first(&fresh, &setup.repos[0], &["--fingerprint", &fingerprint]).remove(0);
     let target = TestDb::create("rekey_reencrypt_t3");
     fresh.restore_with(&setup.repos[0], &target, &["--fingerprint", &fingerprint, &oldest]).ok();
     assert_eq!(target.data(), first_data);
@@ -735,20 +724,7 @@ fn a_snapshot_of_an_older_format_forged_with_the_repository_secret_is_refused() 
     setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
     setup.source.sql("UPDATE crm.companies SET website = 'newest.example' WHERE id = 1");
     setup.backup();
-    let head: serde_json::Value = files_under(&repo.join("configs"))
-        .iter()
-        .map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap()).unwrap())
-        .find(|c| c["generation"] == 1)
-        .unwrap();
-    let head_hash = files_under(&repo.join("configs"))
-        .into_iter()
-        .find(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).unwrap()).unwrap()["generation"] == 1)
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (head_hash, head) = generation_config(&repo, 1);
 
     // The removed admin still knows the repository secret (it does not change at a rekey) and
     // can read the first snapshot's manifest: it writes it as a format-6 snapshot, MACed the
@@ -756,13 +732,7 @@ fn a_snapshot_of_an_older_format_forged_with_the_repository_secret_is_refused() 
     let removed = identity(&setup.work, "other.key");
     let keys = keys_object(&repo, first_config(&repo)["keys"][0].as_str().unwrap(), &removed);
     let secret = crmvault::crypto::RepoSecret::from_hex(keys["repo_secret"].as_str().unwrap()).unwrap();
-    let listed = setup.work.run(&["snapshots", "--json", "--repo", &setup.repos[0]]).ok().json();
-    let oldest =
-        listed["snapshots"].as_array().unwrap().iter().min_by_key(|s| s["time"].as_str().unwrap().to_string()).unwrap()
-            ["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let oldest = snapshots_oldest_first(&setup.work, &setup.repos[0], &[]).remove(0);
     let object = std::fs::read(repo.join("snapshots").join(&oldest)).unwrap();
     let parts: Vec<&[u8]> = object.splitn(5, |&b| b == b'\n').collect();
     let compressed = crmvault::crypto::decrypt(&removed, parts[4]).unwrap();
@@ -781,12 +751,8 @@ fn a_snapshot_of_an_older_format_forged_with_the_repository_secret_is_refused() 
         .collect();
     let ciphertext = crmvault::crypto::encrypt(&recipients, &compressed);
     let mac = secret.mac_key().mac(&[&header, &compressed]);
-    let mut forged = b"crmvault-snapshot 6".to_vec();
-    for line in [&header[..], blake3::hash(&header).to_hex().as_bytes(), mac.as_bytes(), &ciphertext] {
-        forged.push(b'\n');
-        forged.extend_from_slice(line);
-    }
-    std::fs::write(repo.join("snapshots").join(blake3::hash(&ciphertext).to_hex().as_str()), &forged).unwrap();
+    let forged = snapshot_object(b"crmvault-snapshot 6", &header, &mac, &ciphertext);
+    std::fs::write(repo.join("snapshots").join(blake3::hash(&ciphertext).to_hex().as_str()), forged).unwrap();
 
     let (run, target) = setup.restore_as("admin.key", "latest", "rekey_downgrade_t1");
     let run = run.ok();

@@ -105,10 +105,8 @@ pub async fn check(
         // A fingerprint is met by a generation of the chain, or by the pin: the pinned generation
         // (opened directly when `config` no longer leads to it) was reached from the fingerprint
         // the pin holds, through signatures this machine checked then.
-        let pinned_here = pinned
-            .as_ref()
-            .filter(|pin| repository.chain.iter().any(|(h, _)| *h == pin.config_hash))
-            .map(|pin| pin.fingerprint);
+        let pinned_here =
+            pinned.as_ref().filter(|pin| repository.has_generation(&pin.config_hash)).map(|pin| pin.fingerprint);
         let vouched = |fingerprint: &Fingerprint| {
             repository.has_fingerprint(fingerprint) || pinned_here.is_some_and(|pinned| pinned == *fingerprint)
         };
@@ -132,7 +130,7 @@ pub async fn check(
             );
         }
         let behind = accepted.contains(&repository.config_hash);
-        let in_chain = |hash: &str| behind || repository.chain.iter().any(|(h, _)| h == hash);
+        let in_chain = |hash: &str| behind || repository.has_generation(hash);
         let pin = match (role, pinned) {
             (Role::Writer, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
                 "the config of the repository at {location} is not the one this host pinned, nor a generation \
@@ -235,7 +233,7 @@ pub async fn check(
 async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) {
     let holds = |r: &Repository| {
         r.fork.is_none()
-            && pin.is_none_or(|pin| r.chain.iter().any(|(hash, _)| *hash == pin.config_hash))
+            && pin.is_none_or(|pin| r.has_generation(&pin.config_hash))
             && given.is_none_or(|given| r.has_fingerprint(given) || pin.is_some_and(|pin| pin.fingerprint == *given))
     };
     if holds(repository) {

@@ -62,12 +62,7 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
     for entry in from.snapshots().await? {
         // Junk does not stop the copy of the rest; a snapshot asked for by name does.
         let sealed = match entry {
-            Ok(sealed)
-                if sealed.header.config_hash == from.config_hash
-                    || from.config.carried.contains(&sealed.object_hash) =>
-            {
-                sealed
-            }
+            Ok(sealed) if from.claims_this_config(&sealed) => sealed,
             Ok(sealed) => {
                 let why = "written under another config than the repository's (forged, or a retired key)";
                 if wanted.contains(&sealed.id) {

@@ -257,18 +257,14 @@ async fn carried_snapshots(
                     continue;
                 }
             };
-            let proven = repository.config.carried.contains(&sealed.object_hash) || {
-                match sealed.open(keyring) {
-                    Ok(_) => true,
-                    Err(error) => {
-                        failed.insert(id.clone(), error.to_string());
-                        false
-                    }
+            match repository.prove_snapshot(&sealed, keyring) {
+                Ok(()) => {
+                    carried.insert(sealed.object_hash);
+                    snapshots.insert(id);
                 }
-            };
-            if proven {
-                carried.insert(sealed.object_hash);
-                snapshots.insert(id);
+                Err(error) => {
+                    failed.insert(id, error.to_string());
+                }
             }
         }
     }
@@ -580,8 +576,7 @@ impl Rewriting<'_> {
         let mut keep: HashSet<String> = HashSet::new();
         for id in self.repository.snapshot_ids().await? {
             let proven = match self.repository.read_snapshot(&id).await {
-                Ok(sealed) if self.repository.config.carried.contains(&sealed.object_hash) => Ok(sealed),
-                Ok(sealed) => sealed.open(keyring).map(|_| sealed),
+                Ok(sealed) => self.repository.prove_snapshot(&sealed, keyring).map(|()| sealed),
                 Err(error) => Err(error),
             };
             match proven {

@@ -138,7 +138,7 @@ pub async fn run(
     // A config no generation leads to: junk, or a forgery no reader follows.
     if first.generation == 0 && repository.config.version >= repo::AUTHENTICATED_VERSION {
         for (key, _) in repository.target.list("configs").await? {
-            if !repository.chain.iter().any(|(hash, _)| key.strip_prefix("configs/") == Some(hash.as_str())) {
+            if !key.strip_prefix("configs/").is_some_and(|hash| repository.has_generation(hash)) {
                 report.problems.push(problem(
                     &key,
                     vec![],
@@ -162,9 +162,7 @@ pub async fn run(
                 continue;
             }
         };
-        if sealed.header.config_hash != repository.config_hash
-            && !repository.config.carried.contains(&sealed.object_hash)
-        {
+        if !repository.claims_this_config(&sealed) {
             report.problems.push(problem(
                 &repo::snapshot_key(&sealed.id),
                 vec![sealed.id.clone()],

@@ -183,6 +183,12 @@ impl Repository {
         self.chain.iter().any(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *fingerprint))
     }
 
+    /// Whether the config that hashes to `hash` is one of the generations this repository was
+    /// followed through.
+    pub fn has_generation(&self, hash: &str) -> bool {
+        self.chain.iter().any(|(known, _)| known == hash)
+    }
+
     /// The hash of the generation `fingerprint` names, among the configs stored on this target
     /// (for opening a repository there: [`Repository::open_at`]).
     pub async fn find_generation(target: &Target, fingerprint: &Fingerprint) -> Result<Option<String>> {

@@ -421,6 +421,22 @@ impl Repository {
             .collect())
     }
 
+    /// Whether `sealed` claims this repository's newest config or is carried, byte for byte,
+    /// from an earlier generation: what a keyless reader can tell (a key still has to check
+    /// the MAC of the first kind).
+    pub fn claims_this_config(&self, sealed: &SealedSnapshot) -> bool {
+        sealed.header.config_hash == self.config_hash || self.config.carried.contains(&sealed.object_hash)
+    }
+
+    /// Proves `sealed` belongs to this repository: carried byte for byte from an earlier
+    /// generation (which this keyring may not be able to open), or opened with `keyring`.
+    pub fn prove_snapshot(&self, sealed: &SealedSnapshot, keyring: &Keyring) -> Result<()> {
+        if self.config.carried.contains(&sealed.object_hash) {
+            return Ok(());
+        }
+        sealed.open(keyring).map(drop)
+    }
+
     /// Reads and checks (name = hash) a snapshot object, returning it parsed but still sealed.
     pub async fn read_snapshot(&self, id: &str) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
