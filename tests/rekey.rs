@@ -780,3 +780,29 @@ fn reencrypt_goes_on_past_a_snapshot_whose_pack_is_gone_and_says_what_it_left() 
     assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1);
     setup.work.run(&["verify", "--repo", &setup.repos[0]]).fails_with(3, "missing");
 }
+
+#[test]
+fn a_copy_rolled_back_to_retired_keys_is_not_read_beside_one_that_is_not() {
+    let setup = Setup::new("rekey_rollback2", 2);
+    let other = public_key(&setup.work, "other.key");
+    setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
+    setup.backup();
+    // On the second target only, the new generation's config is deleted: that copy now opens at
+    // generation 0, whose keys the removed admin and the retired writer still hold.
+    let second = PathBuf::from(&setup.repos[1]);
+    std::fs::remove_file(second.join("configs").join(generation_config(&second, 1).0)).unwrap();
+    for order in [[1, 0], [0, 1]] {
+        let target = TestDb::create("rekey_rollback2_t");
+        let admin = setup.work.admin_key();
+        let url = target.url();
+        let (a, b) = (&setup.repos[order[0]], &setup.repos[order[1]]);
+        let run = setup.work.run(&["restore", "--repo", a, "--repo", b, "--identity", &admin, "--db", &url]);
+        run.fails_with(1, "older generation of its keys");
+        assert!(target.is_empty());
+    }
+    // rekey, given both, brings the copy back up; then both restore.
+    setup.rekey("admin.key", &[]).ok();
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_rollback2_t2");
+    run.ok();
+    assert_same_database(&setup.source, &target);
+}

@@ -573,8 +573,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let mut repositories = open_repositories(&storage, &repo.repos).await?;
             let config_dir = config_dir()?;
-            let mut trusted =
-                trust::check(&mut repositories, trust::Role::Admin, fingerprint.as_ref(), &config_dir).await?;
+            let mut trusted = trust::check_for_rekey(&mut repositories, fingerprint.as_ref(), &config_dir).await?;
             let report = rekey::run(&mut repositories, &identity, &options).await?;
             trusted.follow(&report.config_hash)?;
             output::rekey(json, &report);

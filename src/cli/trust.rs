@@ -86,10 +86,33 @@ pub async fn check(
     given: Option<&Fingerprint>,
     config_dir: &Path,
 ) -> Result<Trusted> {
+    check_with(repositories, role, given, config_dir, false).await
+}
+
+/// [`check`] for `rekey`, the one command that may meet a copy left at an older generation (by
+/// an interrupted rekey, or because its newer config was deleted) and brings it up with the
+/// newest generation's keys. Every other command refuses such a copy: it would be read, and
+/// its keys unlocked, under a generation that the newest one retired.
+pub async fn check_for_rekey(
+    repositories: &mut [Repository],
+    given: Option<&Fingerprint>,
+    config_dir: &Path,
+) -> Result<Trusted> {
+    check_with(repositories, Role::Admin, given, config_dir, true).await
+}
+
+async fn check_with(
+    repositories: &mut [Repository],
+    role: Role,
+    given: Option<&Fingerprint>,
+    config_dir: &Path,
+    allow_behind: bool,
+) -> Result<Trusted> {
     let mut trusted = Trusted { pin: None, config_dir: config_dir.to_path_buf() };
     // The generations accepted on the targets checked so far: a copy that an interrupted rekey
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
     let mut accepted: Vec<String> = Vec::new();
+    let mut head: Option<String> = None;
     let mut order: Vec<usize> = (0..repositories.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
     for i in order {
@@ -129,7 +152,15 @@ pub async fn check(
                 repository.config.id
             );
         }
-        let behind = accepted.contains(&repository.config_hash);
+        // Targets are checked newest generation first: the first one accepted sets the head.
+        let behind = accepted.contains(&repository.config_hash) && head.as_ref() != Some(&repository.config_hash);
+        if behind && !allow_behind {
+            bail!(
+                "the repository at {location} is at an older generation of its keys than another --repo given \
+                 (an interrupted rekey, or its newer config was deleted from storage): refusing to read it under \
+                 retired keys; an admin brings it up with `crmvault rekey` and every --repo, or leave it out"
+            );
+        }
         let in_chain = |hash: &str| behind || repository.has_generation(hash);
         let pin = match (role, pinned) {
             (Role::Writer, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
@@ -221,6 +252,7 @@ pub async fn check(
             trusted.pin = pin;
         }
         accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
+        head.get_or_insert_with(|| repository.config_hash.clone());
     }
     Ok(trusted)
 }
