@@ -73,10 +73,20 @@ pub enum Error {
     #[error("{0}")]
     SnapshotNotFound(String),
     /// The target database already holds objects.
-    #[error(
-        "database {database} is not empty ({detail}); restore into an empty database or pass --clean to replace its contents"
-    )]
+    #[error("database {database} is not empty ({detail}); restore into an empty database, or replace its contents")]
     TargetNotEmpty {
+        /// Redacted database URL.
+        database: String,
+        /// What was found.
+        detail: String,
+    },
+    /// A restore on several connections was pointed at a database that holds objects: it
+    /// cannot replace them all or nothing (a restore in one transaction can).
+    #[error(
+        "database {database} is not empty ({detail}); a parallel restore loads only into an empty database \
+         (one in a single transaction replaces contents, all or nothing)"
+    )]
+    NotEmptyForParallel {
         /// Redacted database URL.
         database: String,
         /// What was found.
@@ -92,7 +102,7 @@ pub enum Error {
     },
     /// A parallel restore failed and could not remove what it had committed.
     #[error(
-        "{cause}; removing the partial restore failed too ({undo}): the database stays marked incomplete (schema crmvault_incomplete_restore) until `restore --clean` replaces it"
+        "{cause}; removing the partial restore failed too ({undo}): the database stays marked incomplete (schema crmvault_incomplete_restore) until a restore replaces its contents"
     )]
     RestoreLeftIncomplete {
         /// Why the restore stopped.
@@ -100,6 +110,64 @@ pub enum Error {
         /// Why the cleanup failed.
         undo: Box<Error>,
     },
+    /// A command was given no repository location.
+    #[error("no repository location given")]
+    NoTarget,
+    /// Every target failed (could not be opened, or failed during the command); with one
+    /// target, its failure alone.
+    #[error("{}", every_target_failed(.0))]
+    EveryTargetFailed(
+        /// (location, why), per target.
+        Vec<(String, String)>,
+    ),
+    /// Two targets given as copies of one repository are at different generations of its keys.
+    #[error(
+        "{first} is at generation {first_generation} of its keys and {other} at generation {other_generation} (a \
+         rekey that did not reach every target): an admin finishes it by running rekey with every target"
+    )]
+    GenerationsDiffer {
+        /// One target.
+        first: String,
+        /// Its generation.
+        first_generation: u32,
+        /// Another.
+        other: String,
+        /// Its generation.
+        other_generation: u32,
+    },
+    /// Two targets given as copies of one repository are not.
+    #[error("{first} and {other} are not copies of one repository; {detail}")]
+    NotCopies {
+        /// One target.
+        first: String,
+        /// Another.
+        other: String,
+        /// What differs, or what to do.
+        detail: String,
+    },
+    /// What was asked needs an admin identity: the writer key cannot read it.
+    #[error("{what} needs an admin identity; the writer key cannot read it")]
+    AdminOnly {
+        /// What was asked.
+        what: String,
+    },
+    /// A repository is being made without an admin recipient.
+    #[error("a repository needs at least one admin recipient (an admin's age1… public key)")]
+    NoRecipient,
+    /// A repository location that cannot be used (syntax, or settings to reach it).
+    #[error("{0}")]
+    BadLocation(String),
+    /// A pin kept in the config folder is damaged or names another repository.
+    #[error("{}: {detail}", .path.display())]
+    BadPin {
+        /// The pin's file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        detail: String,
+    },
+    /// A bug: something the code relies on did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// pg_dump is missing, too old or failed.
     #[error("{0}")]
     PgDump(String),
@@ -163,6 +231,14 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
         source = inner.source();
     }
     message
+}
+
+fn every_target_failed(failures: &[(String, String)]) -> String {
+    let reasons: Vec<String> = failures.iter().map(|(location, why)| format!("{location}: {why}")).collect();
+    match reasons.as_slice() {
+        [only] => only.clone(),
+        _ => format!("every target failed: {}", reasons.join("; ")),
+    }
 }
 
 /// What to tell someone whose repository has another format version than `supported`.

@@ -163,11 +163,12 @@ pub fn load_pin(config_dir: &Path, repository_id: &str) -> Result<Option<Pin>> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(Error::io(&path, error)),
     };
-    let pin: Pin = serde_json::from_slice(&text).map_err(|e| {
-        Error::Invalid(format!("{} is damaged ({e}); remove it and give --fingerprint to pin again", path.display()))
+    let pin: Pin = serde_json::from_slice(&text).map_err(|e| Error::BadPin {
+        path: path.clone(),
+        detail: format!("damaged ({e}); remove it and pin the repository again"),
     })?;
     if pin.repository_id != repository_id {
-        return Err(Error::Invalid(format!("{} names another repository; remove it", path.display())));
+        return Err(Error::BadPin { path, detail: "names another repository; remove it".into() });
     }
     Ok(Some(pin))
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
 use crate::repo::{self, Keyring, ObjectRef, SealedManifest, SnapshotHeader};
+use crate::repo_set::LeftOut;
 use crate::trust::SnapshotMark;
 
 use super::{Stored, StoredDictionary, TargetReport, TargetState};
@@ -67,15 +68,12 @@ impl Chain {
     }
 }
 
-pub(super) fn all_failed(states: &[TargetState<'_>]) -> Error {
-    let reasons: Vec<String> = states
+pub(super) fn all_failed(states: &[TargetState<'_>], left_out: &[LeftOut]) -> Error {
+    let opened = states
         .iter()
-        .map(|s| format!("{}: {}", s.repository.target.location(), s.error.as_deref().unwrap_or("failed")))
-        .collect();
-    if let [only] = reasons.as_slice() {
-        return Error::Invalid(only.clone());
-    }
-    Error::Invalid(format!("every target failed: {}", reasons.join("; ")))
+        .map(|s| (s.repository.target.location().to_string(), s.error.clone().unwrap_or_else(|| "failed".into())));
+    let left_out = left_out.iter().map(|l| (l.location.clone(), l.reason.clone()));
+    Error::EveryTargetFailed(opened.chain(left_out).collect())
 }
 
 /// Writes one target's index and snapshot object: the commit on that target.

@@ -320,7 +320,8 @@ impl ChunkSink {
 
     pub(super) fn check(&self) -> Result<()> {
         if !self.context.targets.iter().any(|t| t.alive.load(Ordering::Relaxed)) {
-            return Err(Error::Invalid("every target failed".into()));
+            // Which target failed with what is known where the writers are awaited.
+            return Err(Error::EveryTargetFailed(Vec::new()));
         }
         Ok(())
     }

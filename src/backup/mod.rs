@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::repo::{self, Keyring, Manifest, Repository, SealedManifest};
+use crate::progress::{Shared, Unit};
+use crate::repo::{self, Keyring, Manifest, SealedManifest};
+use crate::repo_set::RepoSet;
 use crate::source::{self, Database, SnapshotSession, SourceTable};
 use crate::trust::SnapshotMark;
 
@@ -64,9 +66,6 @@ pub struct BackupOptions {
     /// new snapshot follows it even if storage lost it, and its absence is reported.
     pub newest_known: Option<SnapshotMark>,
 }
-
-/// Called with the number of bytes just read from the database.
-pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// What a backup did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -130,47 +129,29 @@ pub struct TargetReport {
     pub bytes_total: u64,
 }
 
-/// Runs a backup of `options.database` into every repository (copies of one repository).
+/// Runs a backup of `options.database` into every copy of the repository in `targets`.
 pub async fn run(
-    repositories: &[Repository],
+    targets: &RepoSet,
     keyring: &Keyring,
     options: &BackupOptions,
-    progress: Progress,
+    progress: Shared,
 ) -> Result<BackupReport> {
-    let Some(first) = repositories.first() else {
-        return Err(Error::Invalid("backup needs at least one --repo".into()));
-    };
-    if let Some(other) = repositories.iter().find(|r| r.config_hash != first.config_hash) {
-        if other.config.id == first.config.id {
-            return Err(Error::Invalid(format!(
-                "{} is at generation {} of its keys and {} at generation {} (a rekey that did not reach every \
-                 target): an admin finishes it with `crmvault rekey` and every --repo",
-                first.target.location(),
-                first.config.generation,
-                other.target.location(),
-                other.config.generation
-            )));
-        }
-        return Err(Error::Invalid(format!(
-            "{} and {} are not copies of one repository; create targets with one `init` or `init --copy-from`",
-            first.target.location(),
-            other.target.location()
-        )));
-    }
+    targets.require_one_generation()?;
+    let first = targets.first();
     let filter = TableFilter::new(&options.include, &options.exclude)?;
 
     let mut states = Vec::new();
-    for repository in repositories {
+    for repository in targets.repositories() {
         match TargetState::survey(repository, keyring, options.index_in_memory).await {
             Ok(state) => states.push(state),
             Err(error) => {
-                tracing::warn!("{}: {error}", repository.target.location());
+                targets.warn(repository.target.location(), &error);
                 states.push(TargetState::failed(repository, &error));
             }
         }
     }
     if states.iter().all(|s| s.error.is_some()) {
-        return Err(all_failed(&states));
+        return Err(all_failed(&states, targets.left_out()));
     }
     let mut warnings = Vec::new();
     let chain = Chain::find(&states, keyring, options.newest_known.as_ref(), &mut warnings).await;
@@ -206,14 +187,14 @@ pub async fn run(
         }));
         sinks.push(TargetSink { known, packs: sender, alive: AtomicBool::new(alive) });
     }
-    let targets = Arc::new(sinks);
-    let (compressors, compressor) = Compressors::start(first.config.compression_level, &targets);
+    let sinks = Arc::new(sinks);
+    let (compressors, compressor) = Compressors::start(first.config.compression_level, &sinks);
     let context = EncoderContext {
         seed: keyring.chunker_seed(),
         params: first.config.chunking,
         chunk_id_key: keyring.chunk_id_key(),
         mac_key: keyring.mac_key(),
-        targets,
+        targets: sinks,
         compressor,
         level: first.config.compression_level,
         recipients: Arc::new(first.data_recipients()),
@@ -223,6 +204,7 @@ pub async fn run(
     };
     let tally = context.tally.clone();
 
+    progress.phase("reading", Unit::Bytes, None);
     let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
         Ok(read) => {
             let manifest = Manifest {
@@ -260,12 +242,23 @@ pub async fn run(
         });
     }
     let dictionaries = std::mem::take(&mut *dictionaries.lock().expect("dictionary list lock is never poisoned"));
-    let (mut manifest, bytes_read) = read?;
+    let (mut manifest, bytes_read) = match read {
+        // The encoders saw every target's writer gone: what each writer failed with is the error.
+        Err(Error::EveryTargetFailed(reasons)) if reasons.is_empty() => {
+            for (state, written) in states.iter_mut().zip(&written) {
+                if let (None, Some(Err(error))) = (&state.error, written) {
+                    state.error = Some(error.to_string());
+                }
+            }
+            return Err(all_failed(&states, targets.left_out()));
+        }
+        read => read?,
+    };
     let sealed = SealedManifest::seal(&mut manifest, first);
 
     // The sets of chunks sent go before the commits, which build each target's index.
     let reused: Vec<Vec<u32>> = known_sets.into_iter().map(|known| known.reused_packs().collect()).collect();
-    let mut targets = Vec::new();
+    let mut reports = Vec::new();
     for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
@@ -275,10 +268,10 @@ pub async fn run(
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
             (None, None) => unreachable!("a target without a writer has an error"),
         };
-        targets.push(match outcome {
+        reports.push(match outcome {
             Ok(report) => report,
             Err(error) => {
-                tracing::warn!("{}: {error}", state.repository.target.location());
+                targets.warn(state.repository.target.location(), &error);
                 state.error = Some(error.to_string());
                 TargetReport {
                     location: state.repository.target.location().to_string(),
@@ -292,8 +285,16 @@ pub async fn run(
         });
     }
     if states.iter().all(|s| s.error.is_some()) {
-        return Err(all_failed(&states));
+        return Err(all_failed(&states, targets.left_out()));
     }
+    reports.extend(targets.left_out().iter().map(|left_out| TargetReport {
+        location: left_out.location.clone(),
+        ok: false,
+        error: Some(left_out.reason.clone()),
+        new_chunks: 0,
+        bytes_added: 0,
+        bytes_total: 0,
+    }));
     Ok(BackupReport {
         snapshot_id: sealed.id.clone(),
         time: session.time,
@@ -302,12 +303,12 @@ pub async fn run(
         bytes_read,
         chunks: tally.chunks.load(Ordering::Relaxed),
         new_chunks: compressed_chunks,
-        bytes_added: targets.iter().map(|t| t.bytes_added).sum(),
-        bytes_total: targets.iter().find(|t| t.ok).map_or(0, |t| t.bytes_total),
+        bytes_added: reports.iter().map(|t| t.bytes_added).sum(),
+        bytes_total: reports.iter().find(|t| t.ok).map_or(0, |t| t.bytes_total),
         parent: chain.parent,
         sequence: chain.sequence,
         warnings,
-        targets,
+        targets: reports,
     })
 }
 

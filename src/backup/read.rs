@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
+use crate::progress::Shared as Progress;
 use crate::repo::{StreamManifest, TableManifest};
 use crate::source::{self, Section, SnapshotSession, SourceTable};
 
-use super::{BackupOptions, EncoderContext, Progress, StreamEncoder, encode_bytes};
+use super::{BackupOptions, EncoderContext, StreamEncoder, encode_bytes};
 
 /// Bytes of COPY data handed to an encoder at once.
 pub(super) const COPY_BATCH: usize = 256 * 1024;
@@ -139,7 +140,7 @@ pub(super) async fn read_copy(
         while let Some(data) = stream.next().await {
             batch.extend_from_slice(&data?);
             if batch.len() >= COPY_BATCH {
-                progress(batch.len() as u64);
+                progress.advance(batch.len() as u64);
                 if sender.send(batch.split().freeze()).await.is_err() {
                     break;
                 }
@@ -147,7 +148,7 @@ pub(super) async fn read_copy(
             }
         }
         if !batch.is_empty() {
-            progress(batch.len() as u64);
+            progress.advance(batch.len() as u64);
             let _ = sender.send(batch.freeze()).await;
         }
         drop(sender);

@@ -89,9 +89,10 @@ impl Stored {
             if self.dictionaries.contains(&reference.id) {
                 continue;
             }
-            let trained = dictionaries.iter().find(|d| d.reference == *reference).ok_or_else(|| {
-                Error::Invalid(format!("internal error: dictionary {} of a new pack is unknown", reference.id))
-            })?;
+            let trained = dictionaries
+                .iter()
+                .find(|d| d.reference == *reference)
+                .ok_or_else(|| Error::Internal(format!("dictionary {} of a new pack is unknown", reference.id)))?;
             let key = repo::dictionary_key(&reference.id);
             if target.put_new(&key, trained.ciphertext.clone()).await? == crate::target::PutOutcome::Written {
                 self.bytes_added += reference.size;

@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crmvault::backup;
-use crmvault::commands::{copy, init, rekey, snapshots, verify};
+use crmvault::commands::{copy, init, snapshots, verify};
+use crmvault::rekey;
 use crmvault::repo::{Keyring, Repository};
 use crmvault::restore;
 use crmvault::source::Database;
@@ -241,10 +242,33 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("crmvault: error: {}", one_line(&error));
+            match hint(&error) {
+                Some(hint) => eprintln!("crmvault: error: {}; {hint}", one_line(&error)),
+                None => eprintln!("crmvault: error: {}", one_line(&error)),
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// What the library's error means in this CLI's words: the flag that does what the message
+/// says (the library names no flags).
+fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    use crmvault::Error;
+    Some(match error.chain().find_map(|cause| cause.downcast_ref::<Error>())? {
+        Error::TargetNotEmpty { .. } => "--clean replaces its contents in one transaction",
+        Error::NotEmptyForParallel { .. } => {
+            "--parallel restores only into an empty database; without --parallel, --clean replaces its contents in \
+             one transaction"
+        }
+        Error::RestoreLeftIncomplete { .. } => "restore --clean replaces it",
+        Error::AdminOnly { .. } => "give an admin's --identity FILE",
+        Error::NoRecipient => "init needs at least one --recipient (or --recipients-file)",
+        Error::NoTarget => "give --repo",
+        Error::BadPin { .. } => "--fingerprint pins it again",
+        Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo",
+        _ => return None,
+    })
 }
 
 /// The error chain on one line, without repeating what a wrapper already said.
@@ -293,67 +317,16 @@ fn database(url: &str) -> Result<Database> {
     Ok(database)
 }
 
-async fn open_repositories(storage: &Storage, locations: &[String]) -> Result<Vec<Repository>> {
-    let mut repositories = Vec::new();
-    for location in locations {
-        let target = storage.open(location, OpenMode::Existing)?;
-        repositories.push(Repository::open(target).await?);
-    }
-    Ok(repositories)
-}
-
-/// Opens what can be opened; a target that cannot is reported and left out.
-async fn open_available(storage: &Storage, locations: &[String]) -> Result<(Vec<Repository>, Vec<(String, String)>)> {
-    let mut repositories = Vec::new();
-    let mut unavailable = Vec::new();
-    for location in locations {
-        let opened = match storage.open(location, OpenMode::Existing) {
-            Ok(target) => Repository::open(target).await.map_err(anyhow::Error::from),
-            Err(error) => Err(error),
-        };
-        match opened {
-            Ok(repository) => repositories.push(repository),
-            Err(error) if locations.len() > 1 => unavailable.push((location.clone(), one_line(&error))),
-            Err(error) => return Err(error),
-        }
-    }
-    if repositories.is_empty() {
-        let reasons: Vec<String> = unavailable.iter().map(|(l, e)| format!("{l}: {e}")).collect();
-        anyhow::bail!("no target could be opened: {}", reasons.join("; "));
-    }
-    Ok((repositories, unavailable))
-}
-
 /// The best keyring at hand: an admin identity if given, else this host's writer key, else none.
 async fn keyring(repository: &Repository, identity: Option<&Path>) -> Result<Option<Keyring>> {
     if let Some(path) = identity {
-        return Ok(Some(repository.unlock_as_admin(path).await?));
+        return Ok(Some(repository.unlock_as_admin(path).await?.into()));
     }
     match repository.unlock_as_writer(&config_dir()?).await {
         Ok(keyring) => Ok(Some(keyring)),
         Err(crmvault::Error::NoWriterKey { .. }) => Ok(None),
         Err(error) => Err(error.into()),
     }
-}
-
-/// Unlocks with the first repository whose keys object is readable.
-async fn unlock_any<F, Fut>(repositories: &[Repository], unlock: F) -> Result<Keyring>
-where
-    F: Fn(Repository) -> Fut,
-    Fut: std::future::Future<Output = crmvault::Result<Keyring>>,
-{
-    let mut first_error = None;
-    for repository in repositories {
-        match unlock(repository.clone()).await {
-            Ok(keyring) => return Ok(keyring),
-            // A wrong or missing key is the same everywhere; a damaged keys object is not.
-            Err(error @ (crmvault::Error::Corrupt { .. } | crmvault::Error::Missing { .. })) => {
-                first_error.get_or_insert(error);
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
-    Err(first_error.map_or_else(|| anyhow::anyhow!("no repository given"), Into::into))
 }
 
 fn hostname() -> String {
@@ -373,12 +346,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Init { repo, recipients, recipients_file, copy_from, chunk_size, compression_level } => {
             let tuning = crmvault::repo::Tuning::with_average_chunk(chunk_size, compression_level)?;
-            let targets = repo.repos.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<Result<Vec<_>>>()?;
+            let targets =
+                repo.repos.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<crmvault::Result<Vec<_>>>()?;
             let report = if let Some(source) = copy_from {
-                let mut source = open_repositories(&storage, &[source]).await?;
-                let role = trust::reading_role(&source[0], None, &config_dir()?);
-                trust::check(&mut source, role, fingerprint.as_ref(), &config_dir()?).await?;
-                init::run_copy_from(&source[0], targets).await?
+                let mut source = storage.open_set(&[source], false).await?;
+                let role = trust::reading_role(source.first(), None, &config_dir()?);
+                trust::check(source.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
+                init::run_copy_from(source.first(), targets).await?
             } else {
                 let mut texts = recipients;
                 if let Some(file) = recipients_file {
@@ -401,15 +375,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks, index_in_memory } => {
             let started = Instant::now();
-            let (mut repositories, unavailable) = open_available(&storage, &repo.repos).await?;
+            let mut targets = storage.open_set(&repo.repos, true).await?;
             let config_dir = config_dir()?;
             let mut trusted =
-                trust::check(&mut repositories, trust::Role::Writer, fingerprint.as_ref(), &config_dir).await?;
-            let keyring = unlock_any(&repositories, |r| {
-                let dir = config_dir.clone();
-                async move { r.unlock_as_writer(&dir).await }
-            })
-            .await?;
+                trust::check(targets.repositories_mut(), trust::Role::Writer, fingerprint.as_ref(), &config_dir)
+                    .await?;
+            let keyring = targets.unlock_as_writer(&config_dir).await?;
             let options = backup::BackupOptions {
                 database: database(&db)?,
                 jobs: jobs.max(1),
@@ -421,30 +392,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 index_in_memory,
                 newest_known: trusted.newest(),
             };
-            let progress = output::Progress::start(json, "reading");
-            let result = backup::run(&repositories, &keyring, &options, progress.callback()).await;
+            let progress = output::Bar::start(json);
+            let result = backup::run(&targets, &keyring, &options, progress.clone()).await;
             progress.finish();
-            let mut report = result.with_context(|| format!("backing up {}", options.database))?;
+            let report = result.with_context(|| format!("backing up {}", options.database))?;
             trusted.advance(Some(&report.mark()))?;
-            for (location, error) in unavailable {
-                report.targets.push(backup::TargetReport {
-                    location,
-                    ok: false,
-                    error: Some(error),
-                    new_chunks: 0,
-                    bytes_added: 0,
-                    bytes_total: 0,
-                });
-            }
             output::backup(json, &report, started.elapsed());
             if report.failed_targets() > 0 {
                 return Ok(ExitCode::from(3));
             }
         }
         Command::Snapshots { repo, identity } => {
-            let mut repositories = open_repositories(&storage, &repo.repos).await?;
+            let mut targets = storage.open_set(&repo.repos, false).await?;
             let mut lists = Vec::new();
-            for repository in &mut repositories {
+            for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
                 trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let keyring = keyring(repository, identity.as_deref()).await?;
@@ -468,17 +429,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             snapshot,
         } => {
             let started = Instant::now();
-            let (mut repositories, unavailable) = open_available(&storage, &repo.repos).await?;
-            for (location, error) in &unavailable {
-                eprintln!("crmvault: warning: {location} left out: {error}");
+            let mut targets = storage.open_set(&repo.repos, true).await?;
+            for left_out in targets.left_out() {
+                eprintln!("crmvault: warning: {} left out: {}", left_out.location, left_out.reason);
             }
             let mut trusted =
-                trust::check(&mut repositories, trust::Role::Admin, fingerprint.as_ref(), &config_dir()?).await?;
-            let keyring = unlock_any(&repositories, |r| {
-                let identity = identity.clone();
-                async move { r.unlock_as_admin(&identity).await }
-            })
-            .await?;
+                trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
+                    .await?;
+            let keyring = targets.unlock_as_admin(&identity).await?;
             let options = restore::RestoreOptions {
                 database: database(&db)?,
                 snapshot,
@@ -493,7 +451,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 maintenance_work_mem,
                 newest_known: trusted.newest(),
             };
-            let report = restore::run(&repositories, &keyring, &options).await.map_err(|error| {
+            let progress = output::Bar::start(json);
+            let result = restore::run(&targets, &keyring, &options, progress.clone()).await;
+            progress.finish();
+            let report = result.map_err(|error| {
                 let outcome = match error {
                     crmvault::Error::RestoreLeftIncomplete { .. } => "",
                     _ if parallel => " (left as it was: what the restore created was removed)",
@@ -511,27 +472,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { repo, identity, read_data } => {
             let depth = if read_data { verify::Depth::ReadData } else { verify::Depth::Structure };
             let mut total = verify::VerifyReport::default();
-            for location in &repo.repos {
-                let report = match open_repositories(&storage, std::slice::from_ref(location)).await {
-                    Ok(mut repositories) => {
-                        let role = trust::reading_role(&repositories[0], identity.as_deref(), &config_dir()?);
-                        let mut trusted =
-                            trust::check(&mut repositories, role, fingerprint.as_ref(), &config_dir()?).await?;
-                        let report = verify_one(&repositories[0], identity.as_deref(), depth, trusted.newest()).await?;
-                        trusted.advance(report.newest.as_ref())?;
-                        report
-                    }
-                    Err(error) if repo.repos.len() > 1 => verify::VerifyReport {
-                        problems: vec![verify::Problem {
-                            target: location.clone(),
-                            object: "config".into(),
-                            snapshots: vec![],
-                            problem: one_line(&error),
-                        }],
-                        ..verify::VerifyReport::default()
-                    },
-                    Err(error) => return Err(error),
-                };
+            let mut targets = storage.open_set(&repo.repos, true).await?;
+            for left_out in targets.left_out() {
+                total.merge(verify::VerifyReport {
+                    problems: vec![verify::Problem {
+                        target: left_out.location.clone(),
+                        object: "config".into(),
+                        snapshots: vec![],
+                        problem: left_out.reason.clone(),
+                    }],
+                    ..verify::VerifyReport::default()
+                });
+            }
+            // Each copy on its own: a problem on one is a finding, not a reason to stop.
+            for repository in targets.repositories_mut() {
+                let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
+                let mut trusted =
+                    trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
+                let progress = output::Bar::start(json);
+                let result =
+                    verify_one(repository, identity.as_deref(), depth, trusted.newest(), progress.as_ref()).await;
+                progress.finish();
+                let report = result?;
+                trusted.advance(report.newest.as_ref())?;
                 total.merge(report);
             }
             output::verify(json, &total);
@@ -540,18 +503,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Fingerprint { repo } => {
-            let repositories = open_repositories(&storage, &repo.repos).await?;
-            let first = &repositories[0];
-            if let Some(other) = repositories.iter().find(|r| r.fingerprint() != first.fingerprint()) {
-                anyhow::bail!(
-                    "{} and {} are not copies of one repository (their fingerprints are {} and {})",
-                    first.target.location(),
-                    other.target.location(),
-                    first.fingerprint(),
-                    other.fingerprint()
-                );
-            }
-            output::fingerprint(json, first, &repo.repos);
+            let targets = storage.open_set(&repo.repos, false).await?;
+            targets.require_one_fingerprint()?;
+            output::fingerprint(json, targets.first(), &repo.repos);
         }
         Command::Rekey {
             repo,
@@ -571,10 +525,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 writer_key_out,
                 reencrypt,
             };
-            let mut repositories = open_repositories(&storage, &repo.repos).await?;
+            let mut targets = storage.open_set(&repo.repos, false).await?;
             let config_dir = config_dir()?;
-            let mut trusted = trust::check_for_rekey(&mut repositories, fingerprint.as_ref(), &config_dir).await?;
-            let report = rekey::run(&mut repositories, &identity, &options).await?;
+            let mut trusted =
+                trust::check_for_rekey(targets.repositories_mut(), fingerprint.as_ref(), &config_dir).await?;
+            let progress = output::Bar::start(json);
+            let result = rekey::run(&mut targets, &identity, &options, progress.as_ref()).await;
+            progress.finish();
+            let report = result?;
             trusted.follow(&report.config_hash)?;
             output::rekey(json, &report);
             if report.reencrypted.iter().any(rekey::Reencrypted::incomplete) {
@@ -586,12 +544,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Copy { from, to, snapshots } => {
-            let mut from = open_repositories(&storage, &[from]).await?;
-            let mut to = open_repositories(&storage, &[to]).await?;
-            for repositories in [&mut from, &mut to] {
-                trust::check(repositories, trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?).await?;
+            let mut from = storage.open_set(&[from], false).await?;
+            let mut to = storage.open_set(&[to], false).await?;
+            for targets in [&mut from, &mut to] {
+                trust::check(targets.repositories_mut(), trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?)
+                    .await?;
             }
-            let (from, to) = (&from[0], &to[0]);
+            let (from, to) = (from.first(), to.first());
             let report = copy::run(from, to, &snapshots).await?;
             output::copy(json, &report, from.target.location(), to.target.location());
         }
@@ -604,9 +563,10 @@ async fn verify_one(
     identity: Option<&Path>,
     depth: verify::Depth,
     newest_known: Option<crmvault::trust::SnapshotMark>,
+    progress: &dyn crmvault::progress::Progress,
 ) -> Result<verify::VerifyReport> {
     match keyring(repository, identity).await {
-        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth, newest_known.as_ref()).await?),
+        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth, newest_known.as_ref(), progress).await?),
         // A damaged keys object is a finding, not a reason to stop looking.
         Err(error)
             if matches!(
@@ -614,7 +574,8 @@ async fn verify_one(
                 Some(crmvault::Error::Corrupt { .. } | crmvault::Error::Missing { .. })
             ) =>
         {
-            let mut report = verify::run(repository, None, verify::Depth::Structure, newest_known.as_ref()).await?;
+            let mut report =
+                verify::run(repository, None, verify::Depth::Structure, newest_known.as_ref(), progress).await?;
             report.problems.push(verify::Problem {
                 target: repository.target.location().to_string(),
                 object: repository.config.keys.join(", "),

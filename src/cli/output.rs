@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crmvault::backup;
-use crmvault::commands::{copy, init, rekey, snapshots, verify};
+use crmvault::commands::{copy, init, snapshots, verify};
+use crmvault::progress::Unit;
+use crmvault::rekey;
 use crmvault::restore;
 use crmvault::source::Database;
 
@@ -167,39 +169,53 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
     );
 }
 
-/// A byte counter on stderr while a backup reads, shown only on a terminal.
-pub struct Progress {
+/// How far a long command is, on stderr, drawn only on a terminal (never under `--json` or
+/// in cron's log): a bar where the amount of work is known, a counter where it is not.
+pub struct Bar {
     bar: Option<indicatif::ProgressBar>,
 }
 
-impl Progress {
-    pub fn start(json: bool, label: &'static str) -> Progress {
+impl Bar {
+    pub fn start(json: bool) -> Arc<Bar> {
         use std::io::IsTerminal;
         if json || !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
+            return Arc::new(Bar { bar: None });
         }
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}")
-                .expect("the template is valid"),
-        );
-        bar.set_message(label);
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress { bar: Some(bar) }
+        Arc::new(Bar { bar: Some(bar) })
     }
 
-    pub fn callback(&self) -> backup::Progress {
-        let bar = self.bar.clone();
-        Arc::new(move |bytes| {
-            if let Some(bar) = &bar {
-                bar.inc(bytes);
-            }
-        })
-    }
-
-    pub fn finish(self) {
-        if let Some(bar) = self.bar {
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+impl crmvault::progress::Progress for Bar {
+    fn phase(&self, name: &str, unit: Unit, total: Option<u64>) {
+        let Some(bar) = &self.bar else { return };
+        let template = match (total, unit) {
+            (Some(_), Unit::Bytes) => "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+            (Some(_), _) => "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}",
+            (None, Unit::Bytes) => "{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}",
+            (None, _) => "{spinner} {msg} {pos} {elapsed}",
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template).expect("the templates are valid").progress_chars("=> "),
+        );
+        bar.set_position(0);
+        match total {
+            Some(total) => bar.set_length(total),
+            None => bar.unset_length(),
+        }
+        bar.set_message(name.to_string());
+    }
+
+    fn advance(&self, amount: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(amount);
         }
     }
 }

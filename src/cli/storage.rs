@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use crmvault::repo_set::RepoSet;
 use crmvault::target::{Location, OpenMode, S3Settings, Target};
 
 /// One `[repository."…"]` section.
@@ -68,12 +69,25 @@ impl Storage {
     }
 
     /// Opens one target.
-    pub fn open(&self, location: &str, mode: OpenMode) -> Result<Target> {
+    pub fn open(&self, location: &str, mode: OpenMode) -> crmvault::Result<Target> {
         let settings = match Location::parse(location)? {
             Location::Local(_) => S3Settings::default(),
-            Location::S3 { bucket, prefix, options } => self.s3_settings(location, &bucket, &prefix, &options)?,
+            Location::S3 { bucket, prefix, options } => self
+                .s3_settings(location, &bucket, &prefix, &options)
+                .map_err(|error| crmvault::Error::Invalid(format!("{error:#}")))?,
         };
-        Ok(Target::open_with(location, mode, &settings)?)
+        Target::open_with(location, mode, &settings)
+    }
+
+    /// Opens the repositories at `locations`: all of them, or (`available`) those that can be
+    /// opened, leaving the others out ([`RepoSet::open_available`]).
+    pub async fn open_set(&self, locations: &[String], available: bool) -> crmvault::Result<RepoSet> {
+        let open = |location: &str| self.open(location, OpenMode::Existing);
+        if available {
+            RepoSet::open_available(locations, open).await
+        } else {
+            RepoSet::open_all(locations, open).await
+        }
     }
 
     fn s3_settings(

@@ -39,7 +39,7 @@ pub async fn run(
     }
     let mut targets = targets.into_iter();
     let Some(first) = targets.next() else {
-        return Err(crate::Error::Invalid("init needs at least one --repo".into()));
+        return Err(crate::Error::NoTarget);
     };
     let (repository, writer_key) =
         Repository::init(first, recipients, config_dir, RepoSecret::generate(), tuning).await?;

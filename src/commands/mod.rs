@@ -3,6 +3,5 @@
 
 pub mod copy;
 pub mod init;
-pub mod rekey;
 pub mod snapshots;
 pub mod verify;

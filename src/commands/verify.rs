@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
+use crate::progress::{Progress, Unit};
 use crate::repo::{self, ChunkIndex, Keyring, Manifest, ObjectRef, Repository, StreamManifest};
 use crate::trust::SnapshotMark;
 
@@ -82,9 +83,10 @@ pub async fn run(
     keyring: Option<&Keyring>,
     depth: Depth,
     newest_known: Option<&SnapshotMark>,
+    progress: &dyn Progress,
 ) -> Result<VerifyReport> {
-    if depth == Depth::ReadData && !keyring.is_some_and(|k| k.is_admin) {
-        return Err(Error::Invalid("--read-data needs an admin identity (--identity FILE)".into()));
+    if depth == Depth::ReadData && !keyring.is_some_and(Keyring::is_admin) {
+        return Err(Error::AdminOnly { what: "reading every table's data".into() });
     }
     let location = repository.target.location().to_string();
     let mut report = VerifyReport::default();
@@ -221,7 +223,9 @@ pub async fn run(
     }
 
     let mut damaged: BTreeSet<String> = BTreeSet::new();
+    progress.phase("checking objects", Unit::Objects, Some(referenced.len() as u64));
     for ((key, reference), snapshots) in &referenced {
+        progress.advance(1);
         match repository.target.get(key).await {
             Ok(bytes) => {
                 report.objects += 1;
@@ -268,7 +272,9 @@ pub async fn run(
     // With a key: manifests and indexes agree.
     let mut needed_chunks: BTreeMap<String, BTreeSet<ChunkId>> = BTreeMap::new();
     let mut index = ChunkIndex::default();
+    progress.phase("checking snapshots", Unit::Snapshots, Some(sealed_snapshots.len() as u64));
     for sealed in &sealed_snapshots {
+        progress.advance(1);
         let mut manifest = match sealed.open(keyring) {
             Ok(manifest) => {
                 if report.newest.as_ref().is_none_or(|n| sealed.header.sequence > n.sequence) {
@@ -293,7 +299,7 @@ pub async fn run(
         // The lists of data chunks are data: only an admin reads them; the writer key checks
         // the list chunks themselves.
         let snapshot_index = Arc::new(snapshot_index);
-        if keyring.is_admin {
+        if keyring.is_admin() {
             let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), snapshot_index.clone(), 4);
             match crate::fetch::expand_lists(&mut manifest, &reader).await {
                 Err(e) => {

@@ -44,7 +44,9 @@ struct AdminKeysFile {
     signing_secret: String,
 }
 
-/// Who is opening the repository, and so what they may read.
+/// Who is opening the repository, and so what they may read: the writer key (the backup
+/// host: dedup, chunk lists, row counts; never data) or an admin's identity (everything, as an
+/// [`AdminKeyring`]).
 #[derive(Clone)]
 pub struct Keyring {
     identities: Vec<age::x25519::Identity>,
@@ -60,19 +62,44 @@ pub struct Keyring {
     /// config's list).
     carried: HashSet<String>,
     /// True when the identity is an admin's (can read data).
-    pub is_admin: bool,
+    admin: bool,
+}
+
+/// An admin's keyring: reads data and signs the next generation of keys. Only
+/// [`Repository::unlock_as_admin`] makes one, so what needs an admin (a restore, a rekey) says
+/// so in its signature instead of checking at run time; everything a writer may do takes the
+/// [`Keyring`] it derefs to.
+#[derive(Clone, Debug)]
+pub struct AdminKeyring(Keyring);
+
+impl std::ops::Deref for AdminKeyring {
+    type Target = Keyring;
+
+    fn deref(&self) -> &Keyring {
+        &self.0
+    }
+}
+
+impl From<AdminKeyring> for Keyring {
+    fn from(admin: AdminKeyring) -> Keyring {
+        admin.0
+    }
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
             .field("identity_path", &self.identity_path)
-            .field("is_admin", &self.is_admin)
+            .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
 }
 
 impl Keyring {
+    /// Whether this is an admin's keyring (reads data), not the writer key.
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
     /// The chunk-id key.
     pub fn chunk_id_key(&self) -> ChunkIdKey {
         self.secret.chunk_id_key()
@@ -126,10 +153,8 @@ impl Keyring {
     /// Decrypts an object with this keyring's identities.
     pub fn decrypt(&self, object: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
         crypto::decrypt(&self.identities, ciphertext).map_err(|failure| match failure {
-            DecryptFailure::NoMatchingKey if self.is_admin => Error::WrongIdentity { path: self.identity_path.clone() },
-            DecryptFailure::NoMatchingKey => {
-                Error::Invalid(format!("{object} is data; only an admin identity (--identity) can read it"))
-            }
+            DecryptFailure::NoMatchingKey if self.admin => Error::WrongIdentity { path: self.identity_path.clone() },
+            DecryptFailure::NoMatchingKey => Error::AdminOnly { what: format!("reading {object} (data)") },
             DecryptFailure::Damaged(detail) => Error::corrupt(object, detail),
         })
     }
@@ -319,13 +344,13 @@ impl Repository {
     }
 
     /// Unlocks with an admin identity file.
-    pub async fn unlock_as_admin(&self, identity_path: &Path) -> Result<Keyring> {
+    pub async fn unlock_as_admin(&self, identity_path: &Path) -> Result<AdminKeyring> {
         let identities = crypto::read_identity_file(identity_path)?;
         let admin = identities.iter().any(|i| self.config.recipients.contains(&i.to_public().to_string()));
         if !admin {
             return Err(Error::WrongIdentity { path: identity_path.to_path_buf() });
         }
-        self.unlock(identities, identity_path.to_path_buf(), true).await
+        self.unlock(identities, identity_path.to_path_buf(), true).await.map(AdminKeyring)
     }
 
     async fn unlock(
@@ -351,13 +376,13 @@ impl Repository {
             head: self.config_hash.clone(),
             past,
             carried: self.config.carried.iter().cloned().collect(),
-            is_admin,
+            admin: is_admin,
         })
     }
 
     /// The head generation's signing secret, from its admin keys objects (an admin's keyring):
     /// what signs the next generation. None in a repository made before key rotation.
-    pub async fn unlock_signing(&self, keyring: &Keyring) -> Result<Option<crypto::SigningSecret>> {
+    pub async fn unlock_signing(&self, keyring: &AdminKeyring) -> Result<Option<crypto::SigningSecret>> {
         if self.config.admin_keys.is_empty() {
             return Ok(None);
         }

@@ -104,7 +104,7 @@ impl Repository {
     ) -> Result<(Repository, PathBuf)> {
         ensure_empty(&target).await?;
         if recipients.is_empty() {
-            return Err(Error::Invalid("init needs at least one --recipient (an admin's age1… public key)".into()));
+            return Err(Error::NoRecipient);
         }
         let mut id_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id_bytes);

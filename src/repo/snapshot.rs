@@ -387,7 +387,7 @@ impl SealedSnapshot {
         }
         let mut manifest: Manifest = decode_json(&key, &compressed)?;
         match manifest.admin_only.take() {
-            Some(sealed) if keyring.is_admin => {
+            Some(sealed) if keyring.is_admin() => {
                 let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;
                 let plaintext = keyring.decrypt(&key, &ciphertext)?;
                 let AdminOnly { digests } = serde_json::from_slice(&plaintext)

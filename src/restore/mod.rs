@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats};
-use crate::repo::{Keyring, Repository};
+use crate::progress::{Shared, Unit};
+use crate::repo::{AdminKeyring, Keyring};
+use crate::repo_set::RepoSet;
 use crate::source::{self, Database};
 use crate::trust::SnapshotMark;
 
@@ -92,15 +94,20 @@ pub struct RestoreReport {
 }
 
 /// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
-pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &RestoreOptions) -> Result<RestoreReport> {
+pub async fn run(
+    targets: &RepoSet,
+    keyring: &AdminKeyring,
+    options: &RestoreOptions,
+    progress: Shared,
+) -> Result<RestoreReport> {
     let mut warnings = Vec::new();
-    let (mut manifest, sources, mark) = choose_snapshot(repositories, keyring, options, &mut warnings).await?;
+    let (mut manifest, sources, mark) = choose_snapshot(targets, keyring, options, &mut warnings).await?;
     let snapshot_id = mark.id.clone();
-    let reader = Arc::new(ChunkReader::with_sources(sources, keyring.clone(), options.jobs * 2 + 2));
+    let reader = Arc::new(ChunkReader::with_sources(sources, Keyring::clone(keyring), options.jobs * 2 + 2));
     let spool = spool_chunks(&reader, &mut manifest).await?;
     let mac_key = keyring.mac_key();
     let jobs = options.jobs.max(1);
-    let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs };
+    let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs, progress: progress.as_ref() };
     let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
     let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
 
@@ -111,14 +118,11 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
             return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
         }
         if options.parallel && !source::holds_incomplete_restore(&client).await? {
-            return Err(Error::Invalid(format!(
-                "--parallel restores only into an empty database ({} holds {contents}): without --parallel, \
-                 --clean replaces its contents in one transaction",
-                options.database
-            )));
+            return Err(Error::NotEmptyForParallel { database: options.database.to_string(), detail: contents });
         }
         clean = true;
     }
+    progress.phase("loading", Unit::Bytes, Some(manifest.tables.iter().map(|t| t.data.bytes).sum()));
     let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?

@@ -9,6 +9,7 @@ use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
 use crate::crypto::MacKey;
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ChunkSpool};
+use crate::progress::Progress;
 use crate::repo::{Manifest, StreamManifest, TableManifest};
 
 use super::check_digest;
@@ -32,6 +33,8 @@ pub(super) struct Streams<'a> {
     pub(super) spool: &'a ChunkSpool,
     pub(super) mac_key: &'a MacKey,
     pub(super) jobs: usize,
+    /// Told the bytes of every table chunk loaded.
+    pub(super) progress: &'a dyn Progress,
 }
 
 impl Streams<'_> {
@@ -71,7 +74,9 @@ impl Streams<'_> {
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             digest.update(&chunk);
+            let length = chunk.len() as u64;
             sink.send(Bytes::from(chunk)).await?;
+            self.progress.advance(length);
         }
         check_digest(&label, &table.data, &digest)?;
         let loaded = sink.as_mut().finish().await?;

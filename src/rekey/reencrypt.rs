@@ -1,306 +1,15 @@
-//! `rekey`: add and remove admin recipients, rotate the writer key. Each rekey publishes the
-//! repository's next generation of keys (docs/FORMAT.md, *Generations*) on every target:
-//!
-//! 1. a new writer key, when rotated, is written to its file (0600) first;
-//! 2. the new keys objects and admin keys objects are stored on every target (nothing refers
-//!    to them yet);
-//! 3. on each target, the new config `configs/<hash>`, signed by the current generation's
-//!    signing key, is stored: the commit. It lists the snapshots that stay valid;
-//! 4. on each target, the indexes are written again under the new keys, so the next backup
-//!    still finds every chunk it may reuse (not after adding an admin, who could not read
-//!    those packs: the next backup stores every chunk again).
-//!
-//! Killed anywhere, every snapshot stays restorable with the keys that could restore it before
-//! and `verify` finds nothing wrong: until step 3 nothing any reader follows has changed; after
-//! it the new generation is whole, and an index not yet carried over only costs the next backup
-//! some chunks stored again. Run again (with the same arguments, or none to change), a rekey
-//! brings a target left behind to the newest generation, byte for byte, carries the indexes
-//! over, and does not repeat a change already made (except `--rotate-writer-key`, which always
-//! makes a new key).
+//! `rekey --reencrypt`: every pack, dictionary and index written again to the admins there
+//! are now, each snapshot sealed again, and what the old keys could read deleted.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 
 use crate::crypto;
 use crate::error::{Error, Result};
+use crate::progress::{Progress, Unit};
 use crate::repo::{
-    self, IndexFile, Keyring, Manifest, NextGeneration, ObjectRef, PackRecord, Repository, SealedManifest,
+    self, AdminKeyring, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, Repository, SealedManifest,
     SealedSnapshot, SnapshotHeader,
 };
-use crate::trust::Fingerprint;
-
-/// What to change.
-#[derive(Debug, Default)]
-pub struct RekeyOptions {
-    /// Admin recipients to add.
-    pub add: Vec<age::x25519::Recipient>,
-    /// Admin recipients to remove.
-    pub remove: Vec<age::x25519::Recipient>,
-    /// Rotate the writer key, writing the new one to this file.
-    pub writer_key_out: Option<PathBuf>,
-    /// Also write every snapshot again for the current admins only ([`reencrypt`]).
-    pub reencrypt: bool,
-}
-
-/// What `rekey` did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RekeyReport {
-    /// Repository id.
-    pub repository_id: String,
-    /// The generation the repository is at now.
-    pub generation: u32,
-    /// The fingerprint admins keep (unchanged by rekey).
-    pub fingerprint: Fingerprint,
-    /// The fingerprint of the generation now in force: also accepted, and it trusts no key
-    /// retired before it (give it to fresh machines after removing an admin).
-    pub generation_fingerprint: Fingerprint,
-    /// The admin recipients now.
-    pub recipients: Vec<String>,
-    /// Recipients added by this run.
-    pub added: Vec<String>,
-    /// Recipients removed by this run.
-    pub removed: Vec<String>,
-    /// The new writer key's file, when the writer key was rotated.
-    pub writer_key: Option<PathBuf>,
-    /// Snapshots that stay valid under the new generation.
-    pub snapshots_carried: usize,
-    /// Snapshots that did not prove themselves and so were not carried (id, why).
-    pub snapshots_dropped: Vec<(String, String)>,
-    /// Indexes written again under the new keys, over all targets.
-    pub indexes_rewritten: usize,
-    /// What `--reencrypt` did, per target.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reencrypted: Vec<Reencrypted>,
-    /// Targets brought to the newest generation (left behind by an interrupted rekey).
-    pub caught_up: Vec<String>,
-    /// Where.
-    pub locations: Vec<String>,
-    /// BLAKE3 of the config now in force (what pins move to).
-    #[serde(skip)]
-    pub config_hash: String,
-    /// Whether anything changed.
-    pub changed: bool,
-}
-
-/// Rekeys `repositories` (copies of one; every one of them must be given and reachable, since
-/// copies stay byte-identical in their keys) with the admin identity at `identity`.
-pub async fn run(repositories: &mut [Repository], identity: &Path, options: &RekeyOptions) -> Result<RekeyReport> {
-    if repositories.is_empty() {
-        return Err(Error::Invalid("rekey needs at least one --repo".into()));
-    }
-    let newest = (0..repositories.len()).max_by_key(|&i| repositories[i].config.generation).expect("one at least");
-    let fingerprint = repositories[newest].fingerprint();
-    let mut caught_up = Vec::new();
-    for i in 0..repositories.len() {
-        if repositories[i].config_hash != repositories[newest].config_hash {
-            repositories[i] = catch_up(&repositories[i], &repositories[newest]).await?;
-            caught_up.push(repositories[i].target.location().to_string());
-        }
-    }
-
-    let head = &repositories[newest];
-    if head.config.version < crate::repo::AUTHENTICATED_VERSION || head.config.signing_key.is_none() {
-        return Err(Error::Invalid(format!(
-            "repository {} was made before crmvault could rotate keys (format {}, no signing key in its config): \
-             to change who can read it, make a new repository with `crmvault init` and back up there; this one \
-             stays restorable",
-            head.target.location(),
-            head.config.version
-        )));
-    }
-    let keyring = head.unlock_as_admin(identity).await?;
-    let Some(signing) = head.unlock_signing(&keyring).await? else {
-        return Err(Error::Invalid("the repository's config names no admin keys".into()));
-    };
-
-    // The new recipients, refusing what cannot be meant.
-    let mine: BTreeSet<String> = keyring.identities().iter().map(|i| i.to_public().to_string()).collect();
-    let mut recipients: Vec<String> = head.config.recipients.clone();
-    let mut added = Vec::new();
-    for recipient in options.add.iter().map(ToString::to_string) {
-        if recipient == head.config.writer_recipient {
-            return Err(Error::Invalid(format!("{recipient} is the writer's key; an admin recipient must be another")));
-        }
-        if !recipients.contains(&recipient) {
-            recipients.push(recipient.clone());
-            added.push(recipient);
-        }
-    }
-    let mut removed = Vec::new();
-    for recipient in options.remove.iter().map(ToString::to_string) {
-        if let Some(at) = recipients.iter().position(|r| *r == recipient) {
-            if mine.contains(&recipient) {
-                return Err(Error::Invalid(format!(
-                    "{recipient} is the identity this rekey runs with; remove it with another admin's identity"
-                )));
-            }
-            recipients.remove(at);
-            removed.push(recipient);
-        } else if !head.chain.iter().any(|(_, config)| config.recipients.contains(&recipient)) {
-            return Err(Error::Invalid(format!("{recipient} is not an admin recipient of this repository")));
-        }
-    }
-    if recipients.is_empty() {
-        return Err(Error::Invalid("that would leave no admin recipient; add one first".into()));
-    }
-
-    // `--reencrypt` always makes a new generation: a backup still running under the old one
-    // stops before its snapshot rather than naming objects the rewrite deletes.
-    let changed = !added.is_empty() || !removed.is_empty() || options.writer_key_out.is_some() || options.reencrypt;
-    let mut carried = (0, Vec::new());
-    if changed {
-        // The new writer key goes to its file before anything names it.
-        let writer = match &options.writer_key_out {
-            Some(path) => {
-                let identity = crypto::generate_identity();
-                let comment = format!(
-                    "crmvault writer key of repository {} (generation {})",
-                    head.config.id,
-                    head.config.generation + 1
-                );
-                crypto::write_identity_file(path, &identity, &comment)?;
-                identity.to_public()
-            }
-            None => crypto::parse_recipient(&head.config.writer_recipient)?,
-        };
-        let recipients: Vec<age::x25519::Recipient> =
-            recipients.iter().map(|r| crypto::parse_recipient(r)).collect::<Result<_>>()?;
-        let (ids, count, dropped) = carried_snapshots(repositories, &keyring).await?;
-        carried = (count, dropped);
-        let targets: Vec<&crate::target::Target> = repositories.iter().map(|r| &r.target).collect();
-        let next = NextGeneration::make(head, &targets, &keyring, &signing, &recipients, &writer, ids).await?;
-        for repository in repositories.iter_mut() {
-            *repository = next.publish(repository).await?;
-        }
-    }
-
-    // Every target at the newest generation: carry the indexes over (again, if an earlier run
-    // was interrupted here), so backups keep deduplicating.
-    let keyring = repositories[newest].unlock_as_admin(identity).await?;
-    let mut indexes_rewritten = 0;
-    let mut reencrypted = Vec::new();
-    if options.reencrypt {
-        reencrypted = reencrypt(repositories, &keyring).await?;
-    } else {
-        for repository in repositories.iter() {
-            indexes_rewritten += repository.carry_indexes_over(&keyring).await?;
-        }
-    }
-    let locations: Vec<String> = repositories.iter().map(|r| r.target.location().to_string()).collect();
-    let mut report = report(
-        &repositories[newest],
-        fingerprint,
-        added,
-        removed,
-        options.writer_key_out.clone(),
-        carried,
-        indexes_rewritten,
-        caught_up,
-        locations,
-        changed,
-    );
-    report.reencrypted = reencrypted;
-    Ok(report)
-}
-
-#[allow(clippy::too_many_arguments, reason = "one report, filled from one run")]
-fn report(
-    repository: &Repository,
-    fingerprint: Fingerprint,
-    added: Vec<String>,
-    removed: Vec<String>,
-    writer_key: Option<PathBuf>,
-    (snapshots_carried, snapshots_dropped): (usize, Vec<(String, String)>),
-    indexes_rewritten: usize,
-    caught_up: Vec<String>,
-    locations: Vec<String>,
-    changed: bool,
-) -> RekeyReport {
-    RekeyReport {
-        repository_id: repository.config.id.clone(),
-        generation: repository.config.generation,
-        fingerprint,
-        generation_fingerprint: Fingerprint::of_config_hash(&repository.config_hash).expect("a BLAKE3 hash"),
-        recipients: repository.config.recipients.clone(),
-        added,
-        removed,
-        writer_key,
-        snapshots_carried,
-        snapshots_dropped,
-        indexes_rewritten,
-        reencrypted: Vec::new(),
-        changed: changed || !caught_up.is_empty(),
-        caught_up,
-        locations,
-        config_hash: repository.config_hash.clone(),
-    }
-}
-
-/// The snapshot objects the next generation carries, by their hash: those that prove
-/// themselves under the current keys on any target, and those the current generation carries
-/// already (written before an earlier rekey; this identity may not be able to read them if it
-/// was added since), as long as some target still holds them. Also how many snapshots that is,
-/// and the ones that failed, with why.
-async fn carried_snapshots(
-    repositories: &[Repository],
-    keyring: &Keyring,
-) -> Result<(Vec<String>, usize, Vec<(String, String)>)> {
-    let mut carried = BTreeSet::new();
-    let mut snapshots = BTreeSet::new();
-    let mut failed = std::collections::BTreeMap::new();
-    for repository in repositories {
-        for id in repository.snapshot_ids().await? {
-            let sealed = match repository.read_snapshot(&id).await {
-                Ok(sealed) => sealed,
-                Err(error) => {
-                    failed.insert(id, error.to_string());
-                    continue;
-                }
-            };
-            match repository.prove_snapshot(&sealed, keyring) {
-                Ok(()) => {
-                    carried.insert(sealed.object_hash);
-                    snapshots.insert(id);
-                }
-                Err(error) => {
-                    failed.insert(id, error.to_string());
-                }
-            }
-        }
-    }
-    let dropped = failed.into_iter().filter(|(id, _)| !snapshots.contains(id)).collect();
-    Ok((carried.into_iter().collect(), snapshots.len(), dropped))
-}
-
-/// Brings `behind` (a copy an interrupted rekey left at an earlier generation) to `head`'s:
-/// the newer generations' keys objects and configs, byte for byte (the configs last). Its
-/// indexes are carried over after, as on every target.
-async fn catch_up(behind: &Repository, head: &Repository) -> Result<Repository> {
-    let Some(at) = head
-        .chain
-        .iter()
-        .position(|(hash, _)| *hash == behind.config_hash)
-        .filter(|_| behind.config.id == head.config.id)
-    else {
-        return Err(Error::Invalid(format!(
-            "{} and {} are not copies of one repository at generations of one chain; rekey each on its own",
-            head.target.location(),
-            behind.target.location()
-        )));
-    };
-    for (_, config) in &head.chain[at + 1..] {
-        for key in config.keys.iter().chain(&config.admin_keys) {
-            let bytes = head.target.get(key).await?;
-            crate::repo::check_object_name(key, &bytes)?;
-            behind.target.put_new(key, bytes).await?;
-        }
-    }
-    for (hash, _) in &head.chain[at + 1..] {
-        let bytes = head.config_bytes_of(hash).await?;
-        behind.target.put_new(&crate::repo::config_copy_key(hash), bytes).await?;
-    }
-    Ok(Repository { target: behind.target.clone(), ..head.clone() })
-}
 
 /// What `--reencrypt` did on one target.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -377,7 +86,11 @@ struct Rewriting<'a> {
 /// are found again by a later run (by `replaces`, their packs by their chunk records, their
 /// manifest reused so the id stays one), and deletion starts only with the replaced snapshot
 /// objects, so no remaining snapshot ever names a deleted object.
-pub async fn reencrypt(repositories: &[Repository], keyring: &Keyring) -> Result<Vec<Reencrypted>> {
+pub async fn reencrypt(
+    repositories: &[Repository],
+    keyring: &AdminKeyring,
+    progress: &dyn Progress,
+) -> Result<Vec<Reencrypted>> {
     let mut targets = Vec::new();
     // Old id → the copy's sealed manifest, from whichever target holds a copy already.
     let mut copies: HashMap<String, SealedManifest> = HashMap::new();
@@ -401,7 +114,11 @@ pub async fn reencrypt(repositories: &[Repository], keyring: &Keyring) -> Result
                 .iter()
                 .any(|(h, config)| h == hash && config.recipients.iter().collect::<BTreeSet<_>>() == readers)
         };
-        for id in repository.snapshot_ids().await? {
+        let ids = repository.snapshot_ids().await?;
+        let phase = format!("re-encrypting {}", repository.target.location());
+        progress.phase(&phase, Unit::Snapshots, Some(ids.len() as u64));
+        for id in ids {
+            progress.advance(1);
             let sealed = match repository.read_snapshot(&id).await {
                 Ok(sealed) => sealed,
                 Err(error) => {

@@ -1,0 +1,318 @@
+//! The copies of one repository a command was given (several targets, each complete on its
+//! own): which of them opened, the keys any of them unlocks, a snapshot looked for across all
+//! of them. Every rule about several targets is written here once:
+//!
+//! - A command that can work with some of the copies (backup, restore, verify) opens what it
+//!   can: a target that cannot be opened is left out and named, and the command goes on with
+//!   the others. With one target, its error is the error; when none opens, every reason is.
+//!   A command that changes or compares every copy (rekey, snapshots, copy, fingerprint)
+//!   opens them all or fails.
+//! - Copies are copies: one repository, at one generation of its keys. A rekey that did not
+//!   reach every target is for an admin to finish, not for a backup to write past.
+//! - Keys unlock from the first copy whose keys object reads: a wrong key is wrong on every
+//!   copy, a damaged keys object is damaged on one.
+//! - A snapshot is looked for on every copy; `latest` is the newest any of them holds, and a
+//!   restore reads each chunk from the first copy that has it ([`crate::fetch::Source`]).
+//! - What fails on one copy of several is a warning naming the copy; the command's report
+//!   says per target what happened.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::fetch::Source;
+use crate::repo::{AdminKeyring, Keyring, Manifest, Repository};
+use crate::target::Target;
+use crate::trust::SnapshotMark;
+
+/// A target that could not be opened, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LeftOut {
+    /// Where it is.
+    pub location: String,
+    /// Why it was left out (one line).
+    pub reason: String,
+}
+
+/// The copies of one repository a command works with.
+#[derive(Debug)]
+pub struct RepoSet {
+    repositories: Vec<Repository>,
+    left_out: Vec<LeftOut>,
+}
+
+impl RepoSet {
+    /// Opens every location with `open` (which turns a location into a target); any failure
+    /// is the error.
+    pub async fn open_all<F>(locations: &[String], open: F) -> Result<RepoSet>
+    where
+        F: Fn(&str) -> Result<Target>,
+    {
+        if locations.is_empty() {
+            return Err(Error::NoTarget);
+        }
+        let mut repositories = Vec::with_capacity(locations.len());
+        for location in locations {
+            repositories.push(Repository::open(open(location)?).await?);
+        }
+        Ok(RepoSet { repositories, left_out: Vec::new() })
+    }
+
+    /// Opens what can be opened: of several locations, one that fails is left out (see
+    /// [`RepoSet::left_out`]); with one location, its error is the error.
+    pub async fn open_available<F>(locations: &[String], open: F) -> Result<RepoSet>
+    where
+        F: Fn(&str) -> Result<Target>,
+    {
+        if locations.is_empty() {
+            return Err(Error::NoTarget);
+        }
+        let mut repositories = Vec::new();
+        let mut left_out = Vec::new();
+        for location in locations {
+            let opened = match open(location) {
+                Ok(target) => Repository::open(target).await,
+                Err(error) => Err(error),
+            };
+            match opened {
+                Ok(repository) => repositories.push(repository),
+                Err(error) if locations.len() > 1 => {
+                    left_out.push(LeftOut { location: location.clone(), reason: error.to_string() });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if repositories.is_empty() {
+            return Err(Error::EveryTargetFailed(left_out.into_iter().map(|l| (l.location, l.reason)).collect()));
+        }
+        Ok(RepoSet { repositories, left_out })
+    }
+
+    /// A set of repositories already open (a library caller's, or a test's).
+    pub fn of(repositories: Vec<Repository>) -> Result<RepoSet> {
+        if repositories.is_empty() {
+            return Err(Error::NoTarget);
+        }
+        Ok(RepoSet { repositories, left_out: Vec::new() })
+    }
+
+    /// The copies that opened, in the order given.
+    pub fn repositories(&self) -> &[Repository] {
+        &self.repositories
+    }
+
+    /// The copies that opened, to be checked against their pins (which may reopen one at the
+    /// generation this machine trusts) or caught up by a rekey.
+    pub fn repositories_mut(&mut self) -> &mut [Repository] {
+        &mut self.repositories
+    }
+
+    /// The first copy given that opened.
+    pub fn first(&self) -> &Repository {
+        &self.repositories[0]
+    }
+
+    /// The targets that could not be opened.
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
+    }
+
+    /// Whether the command was given more than one target (then what fails on one is a
+    /// warning, not the error).
+    pub fn several(&self) -> bool {
+        self.repositories.len() + self.left_out.len() > 1
+    }
+
+    /// Says that `location` failed at something the command goes on without, when it has
+    /// other copies to go on with.
+    pub fn warn(&self, location: &str, error: &dyn std::fmt::Display) {
+        if self.several() {
+            tracing::warn!("{location}: {error}");
+        }
+    }
+
+    /// Refuses copies that are not one repository at one generation of its keys: a backup
+    /// writes the same objects to every copy, under the same keys.
+    pub fn require_one_generation(&self) -> Result<()> {
+        let first = self.first();
+        let Some(other) = self.repositories.iter().find(|r| r.config_hash != first.config_hash) else {
+            return Ok(());
+        };
+        if other.config.id == first.config.id {
+            return Err(Error::GenerationsDiffer {
+                first: first.target.location().to_string(),
+                first_generation: first.config.generation,
+                other: other.target.location().to_string(),
+                other_generation: other.config.generation,
+            });
+        }
+        Err(Error::NotCopies {
+            first: first.target.location().to_string(),
+            other: other.target.location().to_string(),
+            detail: "create targets with one `init` or `init --copy-from`".into(),
+        })
+    }
+
+    /// Refuses copies whose fingerprints differ (what `fingerprint` shows must be one value).
+    pub fn require_one_fingerprint(&self) -> Result<()> {
+        let first = self.first();
+        match self.repositories.iter().find(|r| r.fingerprint() != first.fingerprint()) {
+            None => Ok(()),
+            Some(other) => Err(Error::NotCopies {
+                first: first.target.location().to_string(),
+                other: other.target.location().to_string(),
+                detail: format!("their fingerprints are {} and {}", first.fingerprint(), other.fingerprint()),
+            }),
+        }
+    }
+
+    /// Unlocks with the first copy whose keys object reads. A wrong or missing key is the same
+    /// on every copy and is the error at once; a damaged or missing keys object sends it on to
+    /// the next copy.
+    pub async fn unlock_any<K, F, Fut>(&self, unlock: F) -> Result<K>
+    where
+        F: Fn(Repository) -> Fut,
+        Fut: Future<Output = Result<K>>,
+    {
+        let mut first_error = None;
+        for repository in &self.repositories {
+            match unlock(repository.clone()).await {
+                Ok(keyring) => return Ok(keyring),
+                Err(error @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+                    self.warn(repository.target.location(), &error);
+                    first_error.get_or_insert(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(first_error.unwrap_or(Error::NoTarget))
+    }
+
+    /// Unlocks with this host's writer key (kept under `config_dir`).
+    pub async fn unlock_as_writer(&self, config_dir: &Path) -> Result<Keyring> {
+        self.unlock_any(|repository| {
+            let config_dir = config_dir.to_path_buf();
+            async move { repository.unlock_as_writer(&config_dir).await }
+        })
+        .await
+    }
+
+    /// Unlocks with the admin identity in the file at `identity`.
+    pub async fn unlock_as_admin(&self, identity: &Path) -> Result<AdminKeyring> {
+        self.unlock_any(|repository| {
+            let identity = identity.to_path_buf();
+            async move { repository.unlock_as_admin(&identity).await }
+        })
+        .await
+    }
+
+    /// Resolves `latest` or an id prefix over every copy: the snapshots to try, in order. An
+    /// id gives one; `latest` gives every snapshot, newest first, so that a restore can pass
+    /// over one that fails to prove itself (a forgery dated in the future, a damaged object).
+    pub async fn resolve_snapshot(&self, selector: &str) -> Result<Vec<String>> {
+        if selector == "latest" {
+            let mut found = Vec::new();
+            for repository in &self.repositories {
+                match repository.snapshots_newest_first().await {
+                    Ok(list) => found.extend(list),
+                    Err(error) if self.several() => self.warn(repository.target.location(), &error),
+                    Err(error) => return Err(error),
+                }
+            }
+            found.sort_by(|a, b| b.cmp(a));
+            let mut seen = HashSet::new();
+            found.retain(|(_, id)| seen.insert(id.clone()));
+            if found.is_empty() {
+                let locations: Vec<&str> = self.repositories.iter().map(|r| r.target.location()).collect();
+                return Err(Error::SnapshotNotFound(format!("{} holds no snapshot yet", locations.join(", "))));
+            }
+            return Ok(found.into_iter().map(|(_, id)| id).collect());
+        }
+        let mut found: Vec<(DateTime<Utc>, String)> = Vec::new();
+        let mut first_error = None;
+        for repository in &self.repositories {
+            let resolved = match repository.resolve_snapshot(selector).await {
+                Ok(id) => repository.read_snapshot_header(&id).await.map(|header| (header.time, id)),
+                Err(error) => Err(error),
+            };
+            match resolved {
+                Ok(entry) => found.push(entry),
+                Err(error) => {
+                    self.warn(repository.target.location(), &error);
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        found.sort();
+        found.dedup_by(|a, b| a.1 == b.1);
+        if found.len() > 1 {
+            return Err(Error::SnapshotNotFound(format!(
+                "{selector} matches {} snapshots; give more digits",
+                found.len()
+            )));
+        }
+        match (found.pop(), first_error) {
+            (Some((_, id)), _) => Ok(vec![id]),
+            (None, Some(error)) => Err(error),
+            (None, None) => Err(Error::NoTarget),
+        }
+    }
+
+    /// Opens a snapshot on every copy that holds it, and gathers where its chunks can be read:
+    /// each copy's index (only what the snapshot lists, where its copy of the snapshot reads;
+    /// all of it where that copy is lost or damaged, since the chunks may still be there).
+    pub async fn open_snapshot(
+        &self,
+        keyring: &Keyring,
+        snapshot_id: &str,
+        index_in_memory: usize,
+    ) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
+        let mut manifest = None;
+        let mut mark = None;
+        let mut sources = Vec::new();
+        let mut first_error = None;
+        for repository in &self.repositories {
+            // Opening checks the config it was written under (SealedSnapshot::open).
+            let opened = match repository.read_snapshot(snapshot_id).await {
+                Ok(sealed) => sealed.open(keyring).map(|m| {
+                    mark.get_or_insert_with(|| sealed.mark());
+                    (Some(m), Some((sealed.header.indexes, sealed.header.packs)))
+                }),
+                Err(Error::Missing { .. }) => Ok((None, None)),
+                Err(error) => Err(error),
+            };
+            let listed = match opened {
+                Ok((opened, listed)) => {
+                    if manifest.is_none() {
+                        manifest = opened;
+                    }
+                    listed
+                }
+                Err(error) => {
+                    self.warn(repository.target.location(), &error);
+                    first_error.get_or_insert(error);
+                    None
+                }
+            };
+            let (indexes, packs) = match &listed {
+                Some((indexes, packs)) => (Some(indexes.as_slice()), Some(packs.as_slice())),
+                None => (None, None),
+            };
+            let (index, failures) = repository.load_index_lenient(keyring, indexes, packs, index_in_memory).await?;
+            for (key, error) in failures {
+                tracing::warn!("{}: {key}: {error}", repository.target.location());
+                first_error.get_or_insert(error);
+            }
+            sources.push(Source::new(repository.target.clone(), Arc::new(index)));
+        }
+        match (manifest, first_error) {
+            (Some(manifest), _) => Ok((manifest, sources, mark.expect("set with the manifest"))),
+            (None, Some(error)) => Err(error),
+            (None, None) => Err(Error::SnapshotNotFound(format!("no target holds snapshot {snapshot_id}"))),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Where a repository lives: a local folder or an S3-compatible bucket, through `object_store`.
+//!
+//! Every write goes through [`Target::put_new`], which never overwrites an object (objects are
+//! immutable) and, on a local folder, syncs the file and its directories before returning, so a
+//! snapshot written after its packs can never survive a crash that lost them. On S3 a PUT is
+//! durable when it returns; transient faults (5xx, timeouts, resets) are retried with backoff.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use crate::error::{Error, Result};
+
+mod local;
+mod location;
+mod s3;
+
+use local::{direct, refuse_linked_folders, sync_local};
+pub use location::{Location, displayable};
+pub use s3::S3Settings;
+
+/// Objects larger than this go to S3 in parts, each retried on its own.
+const MULTIPART_THRESHOLD: usize = 8 << 20;
+/// Size of one part (S3's minimum is 5 MiB).
+const MULTIPART_PART: usize = 5 << 20;
+
+/// One storage location of a repository.
+#[derive(Clone)]
+pub struct Target {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+    local_root: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+/// Whether opening a target may create its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The location must already exist.
+    Existing,
+    /// Create the folder if missing (`init`).
+    Create,
+}
+
+/// What `put_new` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written.
+    Written,
+    /// An object with that key was already there; nothing was changed.
+    AlreadyThere,
+}
+
+impl Target {
+    /// Opens a local location: a plain path or a `file:///` URL.
+    pub fn open(location: &str, mode: OpenMode) -> Result<Target> {
+        Target::open_with(location, mode, &S3Settings::default())
+    }
+
+    /// Opens any location; `s3` is used for `s3://` ones.
+    pub fn open_with(location: &str, mode: OpenMode, s3: &S3Settings) -> Result<Target> {
+        match Location::parse(location)? {
+            Location::Local(path) => Target::open_local(location, &path, mode),
+            Location::S3 { bucket, prefix, .. } => Target::open_s3(location, &bucket, &prefix, s3),
+        }
+    }
+
+    fn open_local(location: &str, path: &Path, mode: OpenMode) -> Result<Target> {
+        if mode == OpenMode::Create {
+            std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        }
+        if !path.is_dir() {
+            return Err(Error::NotARepository { location: location.to_string() });
+        }
+        let root = path.canonicalize().map_err(|e| Error::io(path, e))?;
+        let store = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|source| Error::Storage { location: location.to_string(), source })?;
+        Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root) })
+    }
+
+    /// The location as the user gave it (never holds credentials).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let result = self.store.get(&ObjectPath::from(key)).await;
+        match result {
+            Ok(object) => Ok(object.bytes().await.map_err(|e| self.map_error(key, e))?),
+            Err(e) => Err(self.map_error(key, e)),
+        }
+    }
+
+    /// Reads a byte range of an object.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.store.get_range(&ObjectPath::from(key), range).await.map_err(|e| self.map_error(key, e))
+    }
+
+    /// The size of an object, or `None` when it does not exist.
+    pub async fn size_of(&self, key: &str) -> Result<Option<u64>> {
+        match self.store.head(&ObjectPath::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.map_error(key, e)),
+        }
+    }
+
+    /// Writes a new object, durably. An existing object is left untouched.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        if let Some(root) = &self.local_root {
+            refuse_linked_folders(root, key)?;
+        }
+        if self.local_root.is_none() && bytes.len() > MULTIPART_THRESHOLD {
+            return self.put_new_in_parts(key, bytes).await;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(root) = &self.local_root
+            && bytes.len() >= direct::THRESHOLD
+        {
+            let (root, key_owned, payload) = (root.clone(), key.to_string(), bytes.clone());
+            let written = tokio::task::spawn_blocking(move || direct::put_new(&root, &key_owned, &payload))
+                .await
+                .expect("the direct write task does not panic")?;
+            match written {
+                direct::Outcome::Written => return Ok(PutOutcome::Written),
+                direct::Outcome::Exists => return self.heal(key, bytes).await,
+                direct::Outcome::Unsupported => {}
+            }
+        }
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes.clone()), options).await {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => return self.heal(key, bytes).await,
+            // Services without conditional PUT: look first. Content-addressed objects make a
+            // lost race harmless (same name, same bytes); `init` is the only other writer.
+            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                if self.size_of(key).await?.is_some() {
+                    return Ok(PutOutcome::AlreadyThere);
+                }
+                self.store
+                    .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
+                    .await
+                    .map_err(|e| self.map_error(key, e))?;
+            }
+            Err(e) => return Err(self.map_error(key, e)),
+        }
+        if let Some(root) = &self.local_root {
+            let root = root.clone();
+            let key = key.to_string();
+            tokio::task::spawn_blocking(move || sync_local(&root, &key))
+                .await
+                .expect("the fsync task does not panic")?;
+        }
+        Ok(PutOutcome::Written)
+    }
+
+    /// A large content-addressed object, in parts. S3 makes it visible only when the upload
+    /// completes, so a dropped connection leaves no partial object behind.
+    async fn put_new_in_parts(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        if self.size_of(key).await? == Some(bytes.len() as u64) {
+            return Ok(PutOutcome::AlreadyThere);
+        }
+        let path = ObjectPath::from(key);
+        let upload = self.store.put_multipart(&path).await.map_err(|e| self.map_error(key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        writer.put(bytes);
+        match writer.finish().await {
+            Ok(_) => Ok(PutOutcome::Written),
+            Err(error) => Err(self.map_error(key, error)),
+        }
+    }
+
+    /// An object already has this name. Names are content hashes, so a copy of another size is
+    /// a leftover of an interrupted upload on a server without atomic writes: replace it.
+    async fn heal(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        // Only an object named by its hash can be told to be a leftover by its size.
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let content_addressed = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !content_addressed || self.size_of(key).await? == Some(bytes.len() as u64) {
+            return Ok(PutOutcome::AlreadyThere);
+        }
+        tracing::warn!("{}: replacing {key}, which has the wrong size (an interrupted upload?)", self.location);
+        self.store
+            .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.map_error(key, e))?;
+        if let Some(root) = &self.local_root {
+            let (root, key) = (root.clone(), key.to_string());
+            tokio::task::spawn_blocking(move || sync_local(&root, &key))
+                .await
+                .expect("the fsync task does not panic")?;
+        }
+        Ok(PutOutcome::Written)
+    }
+
+    /// Lists objects under a prefix: (key, size), sorted by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = ObjectPath::from(prefix);
+        let mut objects: Vec<(String, u64)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| (meta.location.to_string(), meta.size))
+            .try_collect()
+            .await
+            .map_err(|e| self.map_error(prefix.as_ref(), e))?;
+        objects.sort();
+        Ok(objects)
+    }
+
+    /// Whether the location holds any object at all.
+    pub async fn is_empty(&self) -> Result<bool> {
+        let mut listing = self.store.list(None);
+        Ok(listing.try_next().await.map_err(|e| self.map_error("", e))?.is_none())
+    }
+
+    /// Removes an object (tests and, later, prune).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&ObjectPath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_error(key, e)),
+        }
+    }
+
+    fn map_error(&self, key: &str, error: object_store::Error) -> Error {
+        match error {
+            object_store::Error::NotFound { .. } => {
+                Error::Missing { object: key.to_string(), location: self.location.clone() }
+            }
+            other => Error::Storage { location: self.location.clone(), source: other },
+        }
+    }
+}
