@@ -2,7 +2,7 @@
 //!
 //! The library is the engine; the `crmvault` binary (src/main.rs, src/cli/) only parses
 //! arguments, prints and exits. Modules follow the data's way through the program:
-//! [`source`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
+//! [`postgres`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
 //! (storage), and back through [`fetch`]. [`commands`] holds one operation per CLI command.
 
 pub mod backup;
@@ -12,9 +12,9 @@ pub mod compress;
 pub mod crypto;
 pub mod error;
 pub mod fetch;
+pub mod postgres;
 pub mod repo;
 pub mod restore;
-pub mod source;
 pub mod target;
 pub mod trust;
 pub mod varint;

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::postgres::{self, Database, SnapshotSession, SourceTable};
 use crate::repo::{self, Keyring, Manifest, Repository, SealedManifest};
-use crate::source::{self, Database, SnapshotSession, SourceTable};
 use crate::trust::SnapshotMark;
 
 use commit::{Chain, all_failed, commit};
@@ -176,7 +176,7 @@ pub async fn run(
     let chain = Chain::find(&states, keyring, options.newest_known.as_ref(), &mut warnings).await;
 
     let session = SnapshotSession::begin(&options.database).await?;
-    let pg_dump = source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
+    let pg_dump = postgres::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
     let tables: Vec<SourceTable> =
         session.tables().await?.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
     filter.check_foreign_keys(&session.foreign_keys().await?)?;

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
+use crate::postgres::{self, Section, SnapshotSession, SourceTable};
 use crate::repo::{StreamManifest, TableManifest};
-use crate::source::{self, Section, SnapshotSession, SourceTable};
 
 use super::{BackupOptions, EncoderContext, Progress, StreamEncoder, encode_bytes};
 
@@ -37,8 +37,8 @@ pub(super) async fn read_everything(
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<ReadResult> {
-    let pre = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PreData);
-    let post = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PostData);
+    let pre = postgres::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PreData);
+    let post = postgres::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PostData);
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
     let mut workers = JoinSet::new();
     for _ in 0..options.jobs.max(1) {
@@ -53,7 +53,7 @@ pub(super) async fn read_everything(
             let Some(mut table) = next() else {
                 return Ok(done);
             };
-            let client = source::attach_to_snapshot(&database, &snapshot).await?;
+            let client = postgres::attach_to_snapshot(&database, &snapshot).await?;
             loop {
                 done.push(read_table(&client, &table, &context, &progress).await?);
                 match next() {
@@ -67,7 +67,7 @@ pub(super) async fn read_everything(
     let large_objects = read_large_objects(&session.client, context, progress);
     let (pre, post, large_objects) = tokio::try_join!(pre, post, large_objects)?;
     // Stored as the server will run it: pg_dump's random `\restrict` key would defeat dedup.
-    let (pre, post) = (source::executable_sql(&pre)?.into_bytes(), source::executable_sql(&post)?.into_bytes());
+    let (pre, post) = (postgres::executable_sql(&pre)?.into_bytes(), postgres::executable_sql(&post)?.into_bytes());
     let pre_data = encode_bytes(context, pre).await?;
     let post_data = encode_bytes(context, post).await?;
     let mut manifests = Vec::new();
@@ -109,7 +109,7 @@ pub(super) async fn read_large_objects(
     if count == 0 {
         return Ok(None);
     }
-    let (data, rows) = read_copy(client, source::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
+    let (data, rows) = read_copy(client, postgres::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
     let columns = vec!["loid".to_string(), "data".to_string()];
     Ok(Some(TableManifest { schema: "pg_catalog".into(), name: "pg_largeobject".into(), columns, rows, data }))
 }

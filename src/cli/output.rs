@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crmvault::backup;
 use crmvault::commands::{copy, init, rekey, snapshots, verify};
+use crmvault::postgres::Database;
 use crmvault::restore;
-use crmvault::source::Database;
 
 fn print_json<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));

@@ -4,9 +4,9 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
+use crate::postgres::script::{Entry, Script, Step, TableName};
+use crate::postgres::{self};
 use crate::repo::{Manifest, StreamManifest, TableManifest};
-use crate::source::script::{Entry, Script, Step, TableName};
-use crate::source::{self};
 
 use super::{RestoreOptions, Streams};
 
@@ -14,8 +14,8 @@ use super::{RestoreOptions, Streams};
 /// `maintenance_work_mem` as the options ask (every session of a restore is one of these).
 pub(super) async fn session(options: &RestoreOptions) -> Result<tokio_postgres::Client> {
     let client = options.database.connect().await?;
-    source::set_toast_compression(&client, options.toast_compression).await?;
-    source::raise_maintenance_work_mem(&client, &options.maintenance_work_mem).await?;
+    postgres::set_toast_compression(&client, options.toast_compression).await?;
+    postgres::raise_maintenance_work_mem(&client, &options.maintenance_work_mem).await?;
     Ok(client)
 }
 
@@ -35,13 +35,13 @@ impl Load<'_> {
         let client = self.client;
         client.batch_execute("BEGIN").await?;
         if clean {
-            source::clean_database(client).await?;
+            postgres::clean_database(client).await?;
         }
-        client.batch_execute(&source::executable_sql(pre_data)?).await?;
+        client.batch_execute(&postgres::executable_sql(pre_data)?).await?;
         // pg_dump's preamble empties search_path for this session; names below are qualified.
         let mut rows = 0;
         for table in &self.manifest.tables {
-            let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
+            let sql = postgres::copy_in_sql(&table.schema, &table.name, &table.columns, true);
             rows += self.streams.load(client, &sql, table).await?;
         }
         self.finish(post_data).await?;
@@ -66,26 +66,26 @@ impl Load<'_> {
         snapshot_id: &str,
     ) -> Result<u64> {
         let client = self.client;
-        let marker = source::quote_ident(source::INCOMPLETE_RESTORE_SCHEMA);
+        let marker = postgres::quote_ident(postgres::INCOMPLETE_RESTORE_SCHEMA);
         client.batch_execute("BEGIN").await?;
         if clean {
-            source::clean_database(client).await?;
+            postgres::clean_database(client).await?;
         }
         client
             .batch_execute(&format!(
                 "CREATE SCHEMA {marker}; COMMENT ON SCHEMA {marker} IS {}",
-                source::quote_literal(&format!(
+                postgres::quote_literal(&format!(
                     "crmvault restore --parallel of snapshot {snapshot_id} has not finished: this database is \
                      incomplete (restore --clean replaces it)"
                 ))
             ))
             .await?;
-        client.batch_execute(&source::executable_sql(pre_data)?).await?;
+        client.batch_execute(&postgres::executable_sql(pre_data)?).await?;
         client.batch_execute("COMMIT").await?;
         tracing::debug!("pre-data committed");
 
-        let post_sql = source::executable_sql(post_data)?;
-        let script = source::script::parse(&post_sql);
+        let post_sql = postgres::executable_sql(post_data)?;
+        let script = postgres::script::parse(&post_sql);
         let loaded = async {
             let (loaders, rows, built) = self.tables_in_parallel(&script).await?;
             tracing::debug!(early = built.len(), "every table loaded and committed");
@@ -190,10 +190,10 @@ impl Load<'_> {
 
     /// Loads one table in its own transaction on a `--parallel` connection.
     pub(super) async fn load_table(&self, client: &tokio_postgres::Client, table: &TableManifest) -> Result<u64> {
-        let name = format!("{}.{}", source::quote_ident(&table.schema), source::quote_ident(&table.name));
+        let name = format!("{}.{}", postgres::quote_ident(&table.schema), postgres::quote_ident(&table.name));
         // Truncating the table this transaction is about to fill lets COPY freeze the rows.
         // ONLY: inheritance children are other connections' to load.
-        let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
+        let sql = postgres::copy_in_sql(&table.schema, &table.name, &table.columns, true);
         let loaded = async {
             client.batch_execute(&format!("BEGIN; TRUNCATE ONLY {name}")).await?;
             let rows = self.streams.load(client, &sql, table).await?;
@@ -328,7 +328,7 @@ impl Load<'_> {
         let client = self.client;
         client.batch_execute("ROLLBACK").await.ok();
         client.batch_execute("BEGIN").await?;
-        source::clean_database(client).await?;
+        postgres::clean_database(client).await?;
         client.batch_execute("COMMIT").await?;
         Ok(())
     }
@@ -336,7 +336,7 @@ impl Load<'_> {
     /// Large objects, sequence values, post-data DDL and materialized views, in the caller's transaction.
     pub(super) async fn finish(&self, post_data: &[u8]) -> Result<()> {
         self.write_large_objects_and_sequences().await?;
-        self.client.batch_execute(&source::executable_sql(post_data)?).await?;
+        self.client.batch_execute(&postgres::executable_sql(post_data)?).await?;
         tracing::debug!("post-data done");
         self.refresh_materialized_views().await
     }
@@ -345,9 +345,9 @@ impl Load<'_> {
     pub(super) async fn write_large_objects_and_sequences(&self) -> Result<()> {
         let client = self.client;
         if let Some(large_objects) = &self.manifest.large_objects {
-            client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
-            self.streams.load(client, source::LARGE_OBJECTS_COPY_IN, large_objects).await?;
-            client.batch_execute(source::LARGE_OBJECTS_WRITE).await?;
+            client.batch_execute(postgres::LARGE_OBJECTS_STAGE).await?;
+            self.streams.load(client, postgres::LARGE_OBJECTS_COPY_IN, large_objects).await?;
+            client.batch_execute(postgres::LARGE_OBJECTS_WRITE).await?;
         }
         for sequence in &self.manifest.sequences {
             client
@@ -367,8 +367,8 @@ impl Load<'_> {
             self.client
                 .batch_execute(&format!(
                     "REFRESH MATERIALIZED VIEW {}.{}",
-                    source::quote_ident(schema),
-                    source::quote_ident(name)
+                    postgres::quote_ident(schema),
+                    postgres::quote_ident(name)
                 ))
                 .await?;
         }

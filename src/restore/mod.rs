@@ -9,7 +9,7 @@
 //! `--parallel` trades the last of that for speed: PostgreSQL loads a COPY on one core, so
 //! tables go to `--jobs` connections at once (see [`Load::in_parallel`]). Errors still leave the
 //! database as it was (what was committed is dropped again); only a killed restore leaves a
-//! partial database behind, marked by the schema [`source::INCOMPLETE_RESTORE_SCHEMA`].
+//! partial database behind, marked by the schema [`postgres::INCOMPLETE_RESTORE_SCHEMA`].
 //!
 //! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
 //! proven in parallel ahead of each loading connection.
@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats};
+use crate::postgres::{self, Database};
 use crate::repo::{Keyring, Repository};
-use crate::source::{self, Database};
 use crate::trust::SnapshotMark;
 
 use load::{Load, check_digest, session};
@@ -56,7 +56,7 @@ pub struct RestoreOptions {
     /// the chunk lists always are ([`ChunkSpool`]). [`repo::INDEX_IN_MEMORY`] unless testing.
     pub index_in_memory: usize,
     /// How values PostgreSQL TOASTs are compressed in the restored tables.
-    pub toast_compression: source::ToastCompression,
+    pub toast_compression: postgres::ToastCompression,
     /// `maintenance_work_mem` of the restore's sessions at least (index builds sort in it).
     pub maintenance_work_mem: String,
     /// The newest snapshot the caller knows of (its pin's high-water mark): `latest` says so
@@ -106,11 +106,11 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
 
     let client = session(options).await?;
     let mut clean = false;
-    if let Some(contents) = source::describe_contents(&client).await? {
+    if let Some(contents) = postgres::describe_contents(&client).await? {
         if options.existing == ExistingContents::Refuse {
             return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
         }
-        if options.parallel && !source::holds_incomplete_restore(&client).await? {
+        if options.parallel && !postgres::holds_incomplete_restore(&client).await? {
             return Err(Error::Invalid(format!(
                 "--parallel restores only into an empty database ({} holds {contents}): without --parallel, \
                  --clean replaces its contents in one transaction",
