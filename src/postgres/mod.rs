@@ -1,9 +1,11 @@
-//! PostgreSQL: the consistent snapshot, the schema (through pg_dump) and COPY out and in.
+//! PostgreSQL, both sides: connecting (connection strings read as libpq does, TLS), the
+//! backup's exported snapshot and catalog queries ([`session`]), pg_dump ([`dump`]), COPY out,
+//! and the restore's loading API ([`load`]). No other module writes SQL.
 //!
 //! Backup opens one `REPEATABLE READ READ ONLY` transaction, exports its snapshot, and every
 //! other connection (table readers, pg_dump) imports it, so all tables come from one instant.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_postgres::config::{Host, SslMode};
@@ -12,10 +14,20 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::error::{Error, Result};
 
 pub mod conninfo;
+pub mod dump;
+pub mod load;
 pub mod script;
+pub mod session;
 pub mod tls;
 
 pub use conninfo::redact;
+pub use dump::{Section, dump_schema, executable_sql, find_pg_dump};
+pub use load::{
+    INCOMPLETE_RESTORE_SCHEMA, LARGE_OBJECTS_COPY_IN, LARGE_OBJECTS_STAGE, LARGE_OBJECTS_WRITE,
+    RESTORE_MAINTENANCE_WORK_MEM, ToastCompression, clean_database, copy_in_sql, describe_contents,
+    holds_incomplete_restore, raise_maintenance_work_mem, set_toast_compression,
+};
+pub use session::{LARGE_OBJECTS_COPY_OUT, SnapshotSession, SourceTable, attach_to_snapshot};
 use tls::{Reach, RemoteHosts, TlsMode, TlsUse};
 
 /// What a connection string leaves unsaid, as the caller resolved it (the CLI reads
@@ -247,442 +259,11 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// A table whose data is backed up.
-#[derive(Debug, Clone)]
-pub struct SourceTable {
-    /// Schema.
-    pub schema: String,
-    /// Name.
-    pub name: String,
-    /// Columns to copy (not generated), in order.
-    pub columns: Vec<String>,
-    /// Primary key columns, if any (stable row order).
-    pub primary_key: Vec<String>,
-    /// On-disk size, to schedule big tables first.
-    pub size: i64,
-}
-
-impl SourceTable {
-    /// `schema.table`, quoted.
-    pub fn qualified(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-
-    /// The `COPY … TO STDOUT` that reads it in primary-key order.
-    pub fn copy_out_sql(&self) -> String {
-        if self.columns.is_empty() {
-            return format!("COPY {} TO STDOUT", self.qualified());
-        }
-        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
-        let order = if self.primary_key.is_empty() {
-            String::new()
-        } else {
-            let keys: Vec<String> = self.primary_key.iter().map(|c| quote_ident(c)).collect();
-            format!(" ORDER BY {}", keys.join(", "))
-        };
-        format!("COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT", columns.join(", "), self.qualified())
-    }
-}
-
-/// How the values a restore loads are compressed where PostgreSQL TOASTs them (values over
-/// ~2 KiB), in columns whose schema names no method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ToastCompression {
-    /// lz4 where the server has it (PostgreSQL 14+ built with lz4, as Debian's and the PGDG
-    /// packages are), the server's default elsewhere. pglz, PostgreSQL's default, spends its
-    /// time even on values it cannot shrink: loading the scale-1 attachments (1-8 KiB bytea)
-    /// took 3.0-3.4 s with pglz and 2.3 s with lz4, the rest of the tables the same.
-    #[default]
-    Lz4,
-    /// The server's `default_toast_compression`, as `pg_restore` leaves it.
-    ServerDefault,
-}
-
-/// Sets the session's `default_toast_compression` for `choice`; whether lz4 is now in use.
-pub async fn set_toast_compression(client: &Client, choice: ToastCompression) -> Result<bool> {
-    if choice == ToastCompression::ServerDefault {
-        return Ok(false);
-    }
-    let rows = client
-        .query(
-            "SELECT pg_catalog.set_config('default_toast_compression', 'lz4', false) FROM pg_catalog.pg_settings \
-             WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)",
-            &[],
-        )
-        .await?;
-    Ok(!rows.is_empty())
-}
-
-/// What a restore session sets `maintenance_work_mem` to at least, unless told otherwise.
-///
-/// Index and constraint builds sort in it; PostgreSQL's default, 64 MB, made the scale-1
-/// audit_log's two indexes (1.2 M entries) sort on disk. `restore --parallel` at scale 1,
-/// four alternating pairs: 11.5-13.4 s with 256 MB against 11.5-15.4 s.
-pub const RESTORE_MAINTENANCE_WORK_MEM: &str = "256MB";
-
-/// Raises the session's `maintenance_work_mem` to `size` (PostgreSQL's units: `256MB`, `1GB`)
-/// when it is lower; never lowers it. A size PostgreSQL does not read is an error.
-pub async fn raise_maintenance_work_mem(client: &Client, size: &str) -> Result<()> {
-    client
-        .query(
-            "SELECT pg_catalog.set_config('maintenance_work_mem', $1, false) FROM pg_catalog.pg_settings \
-             WHERE name = 'maintenance_work_mem' AND setting::bigint * 1024 < pg_catalog.pg_size_bytes($1)",
-            &[&size],
-        )
-        .await
-        .map_err(|e| {
-            Error::Invalid(format!("--maintenance-work-mem {size}: {}", crate::error::postgres_message(&e)))
-        })?;
-    Ok(())
-}
-
-/// Reads every large object's contents as a COPY stream of (oid, bytea).
-pub const LARGE_OBJECTS_COPY_OUT: &str =
-    "COPY (SELECT oid, pg_catalog.lo_get(oid) FROM pg_catalog.pg_largeobject_metadata ORDER BY oid) TO STDOUT";
-
-/// Loads large objects' contents (their metadata was created by pre-data) from that stream.
-pub const LARGE_OBJECTS_STAGE: &str =
-    "CREATE TEMPORARY TABLE crmvault_large_objects (loid oid, data bytea) ON COMMIT DROP";
-/// The COPY into the staging table.
-pub const LARGE_OBJECTS_COPY_IN: &str = "COPY pg_temp.crmvault_large_objects (loid, data) FROM STDIN";
-/// Writes the staged contents into the large objects.
-pub const LARGE_OBJECTS_WRITE: &str = "SELECT count(pg_catalog.lo_put(loid, 0, data)) FROM pg_temp.crmvault_large_objects; DROP TABLE pg_temp.crmvault_large_objects";
-
-/// The `COPY … FROM STDIN` that loads a table's stream.
-pub fn copy_in_sql(schema: &str, name: &str, columns: &[String], freeze: bool) -> String {
-    let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
-    let freeze = if freeze { " WITH (FREEZE)" } else { "" };
-    if columns.is_empty() {
-        return format!("COPY {table} FROM STDIN{freeze}");
-    }
-    let columns: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-    format!("COPY {table} ({}) FROM STDIN{freeze}", columns.join(", "))
-}
-
+/// The condition on `n.nspname` that keeps only user schemas.
 const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
 
+/// The condition on a relation `c` that leaves out extensions' members.
 const NOT_FROM_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
-
-/// The snapshot-holding connection of a backup.
-pub struct SnapshotSession {
-    /// The connection; its transaction must stay open until every reader has attached.
-    pub client: Client,
-    /// The exported snapshot name.
-    pub snapshot: String,
-    /// When the transaction started (database clock).
-    pub time: chrono::DateTime<chrono::Utc>,
-    /// The server's version string and number.
-    pub server_version: (String, i32),
-}
-
-impl SnapshotSession {
-    /// Opens the transaction and exports its snapshot.
-    pub async fn begin(database: &Database) -> Result<SnapshotSession> {
-        let client = database.connect().await?;
-        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
-        let row = client
-            .query_one("SELECT pg_export_snapshot(), now(), current_setting('server_version'), current_setting('server_version_num')::int", &[])
-            .await?;
-        Ok(SnapshotSession { snapshot: row.get(0), time: row.get(1), server_version: (row.get(2), row.get(3)), client })
-    }
-
-    /// Every user table with data (leaf tables, not from extensions), biggest first.
-    pub async fn tables(&self) -> Result<Vec<SourceTable>> {
-        let sql = format!(
-            "SELECT n.nspname, c.relname, \
-               coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
-                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'), \
-               coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
-                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}'), \
-               pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} \
-             ORDER BY 5 DESC, 1, 2"
-        );
-        let rows = self.client.query(&sql, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| SourceTable {
-                schema: row.get(0),
-                name: row.get(1),
-                columns: row.get(2),
-                primary_key: row.get(3),
-                size: row.get(4),
-            })
-            .collect())
-    }
-
-    /// Current values of every user sequence.
-    pub async fn sequences(&self) -> Result<Vec<crate::repo::SequenceState>> {
-        let sql = format!(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'S' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY 1, 2"
-        );
-        let mut states = Vec::new();
-        for row in self.client.query(&sql, &[]).await? {
-            let (schema, name): (String, String) = (row.get(0), row.get(1));
-            let value = self
-                .client
-                .query_one(
-                    &format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)),
-                    &[],
-                )
-                .await?;
-            states.push(crate::repo::SequenceState { schema, name, last_value: value.get(0), is_called: value.get(1) });
-        }
-        Ok(states)
-    }
-
-    /// Foreign keys between user tables: (referencing `schema.table`, referenced `schema.table`).
-    pub async fn foreign_keys(&self) -> Result<Vec<(String, String)>> {
-        let sql = "SELECT DISTINCT cn.nspname || '.' || c.relname, fn.nspname || '.' || f.relname \
-                   FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
-                   JOIN pg_class f ON f.oid = k.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace \
-                   WHERE k.contype = 'f' AND k.conrelid <> k.confrelid ORDER BY 1, 2";
-        Ok(self.client.query(sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
-    /// Materialized views that hold data (to refresh after a restore).
-    pub async fn populated_materialized_views(&self) -> Result<Vec<(String, String)>> {
-        let sql = format!(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'm' AND c.relispopulated AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY c.oid"
-        );
-        Ok(self.client.query(&sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-}
-
-/// Opens a reader connection on the exported snapshot.
-pub async fn attach_to_snapshot(database: &Database, snapshot: &str) -> Result<Client> {
-    let client = database.connect().await?;
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(snapshot)
-        ))
-        .await?;
-    Ok(client)
-}
-
-/// Which part of the schema pg_dump writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
-    /// Types, tables, functions: everything data needs to load.
-    PreData,
-    /// Indexes, constraints, triggers: built after the data.
-    PostData,
-}
-
-/// Finds a pg_dump at least as new as the server.
-pub fn find_pg_dump(explicit: Option<&Path>, server_major: i32) -> Result<PathBuf> {
-    if let Some(path) = explicit {
-        let major = pg_dump_major(path)?;
-        if major < server_major {
-            return Err(Error::PgDump(format!(
-                "{} is pg_dump {major}, older than the server ({server_major}); install postgresql-client-{server_major}",
-                path.display()
-            )));
-        }
-        return Ok(path.to_path_buf());
-    }
-    let mut candidates: Vec<PathBuf> = vec![PathBuf::from("pg_dump")];
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        for entry in entries.flatten() {
-            candidates.push(entry.path().join("bin/pg_dump"));
-        }
-    }
-    let mut best: Option<(i32, PathBuf)> = None;
-    for candidate in candidates {
-        if let Ok(major) = pg_dump_major(&candidate) {
-            if major >= server_major && best.as_ref().is_none_or(|(m, _)| major < *m) {
-                best = Some((major, candidate));
-            }
-        }
-    }
-    best.map(|(_, path)| path).ok_or_else(|| {
-        Error::PgDump(format!(
-            "no pg_dump of version {server_major} or newer found (crmvault uses it to read the schema); install postgresql-client-{server_major} or pass --pg-dump PATH"
-        ))
-    })
-}
-
-fn pg_dump_major(path: &Path) -> Result<i32> {
-    let output = std::process::Command::new(path)
-        .arg("--version")
-        .output()
-        .map_err(|e| Error::PgDump(format!("cannot run {}: {e}", path.display())))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.split_whitespace()
-        .find_map(|word| word.split('.').next().and_then(|major| major.parse::<i32>().ok()))
-        .ok_or_else(|| Error::PgDump(format!("{} did not report a version", path.display())))
-}
-
-/// Runs pg_dump for one schema section inside the exported snapshot.
-///
-/// The schema is always the whole database's: `--table` and `--exclude-table` choose which
-/// tables' *data* is stored, as pg_dump's `--exclude-table-data` does, so a restore never
-/// misses a type, schema or function a kept table needs. Pre-data includes large objects'
-/// metadata (owner, comment, grants); their contents are stored like a table.
-pub async fn dump_schema(pg_dump: &Path, database: &Database, snapshot: &str, section: Section) -> Result<Vec<u8>> {
-    let mut command = tokio::process::Command::new(pg_dump);
-    match section {
-        Section::PreData => command.arg("--section=pre-data").arg("--blobs"),
-        Section::PostData => command.arg("--section=post-data"),
-    };
-    command
-        .arg(format!("--snapshot={snapshot}"))
-        .arg("--no-password")
-        .env_clear()
-        .envs(std::env::vars().filter(|(k, _)| k == "PATH" || k == "LANG" || k == "LC_ALL" || k == "HOME"))
-        .envs(database.libpq_environment())
-        .kill_on_drop(true);
-    let output = command.output().await.map_err(|e| Error::PgDump(format!("cannot run {}: {e}", pg_dump.display())))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-        return Err(Error::PgDump(format!("pg_dump failed ({}): {first}", output.status)));
-    }
-    Ok(output.stdout)
-}
-
-/// Turns pg_dump's plain output into SQL the server runs: psql's `\restrict` lines are dropped.
-pub fn executable_sql(dump: &[u8]) -> Result<String> {
-    let text = std::str::from_utf8(dump).map_err(|_| Error::Invalid("schema dump is not UTF-8".into()))?;
-    let mut sql = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_end();
-        let meta = trimmed
-            .strip_prefix("\\restrict ")
-            .or_else(|| trimmed.strip_prefix("\\unrestrict "))
-            .is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric()));
-        if !meta {
-            sql.push_str(line);
-        }
-    }
-    Ok(sql)
-}
-
-/// Describes what a database already holds, or `None` when it is empty.
-pub async fn describe_contents(client: &Client) -> Result<Option<String>> {
-    let sql = format!(
-        "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS}), \
-                (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}), \
-                (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS} \
-                   AND (t.typtype IN ('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c')))), \
-                (SELECT count(*) FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public'), \
-                (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)"
-    );
-    let row = client.query_one(&sql, &[]).await?;
-    let (relations, functions, types, schemas, large_objects): (i64, i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-    if relations + functions + types + schemas + large_objects == 0 {
-        return Ok(None);
-    }
-    if holds_incomplete_restore(client).await? {
-        return Ok(Some(format!(
-            "an interrupted --parallel restore left it incomplete: schema {INCOMPLETE_RESTORE_SCHEMA}"
-        )));
-    }
-    Ok(Some(format!(
-        "{relations} relations, {functions} functions, {types} types, {schemas} schemas, {large_objects} large objects"
-    )))
-}
-
-/// The schema a parallel restore creates in its first transaction and drops in its last: while it
-/// exists, the database holds a restore that has not finished.
-pub const INCOMPLETE_RESTORE_SCHEMA: &str = "crmvault_incomplete_restore";
-
-/// Whether an unfinished parallel restore's marker schema is present.
-pub async fn holds_incomplete_restore(client: &Client) -> Result<bool> {
-    let row = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&INCOMPLETE_RESTORE_SCHEMA])
-        .await?;
-    Ok(row.get(0))
-}
-
-/// Drops every user schema, large object, publication and event trigger (what pg_dump dumps of a
-/// database besides its schemas; subscriptions and foreign-data wrappers of one's own are left)
-/// and recreates an empty `public` (restore --clean), inside the caller's transaction.
-pub async fn clean_database(client: &Client) -> Result<()> {
-    client.batch_execute("SELECT count(pg_catalog.lo_unlink(oid)) FROM pg_catalog.pg_largeobject_metadata").await?;
-    reset_global_default_privileges(client).await?;
-    for (catalog, column, kind) in
-        [("pg_publication", "pubname", "PUBLICATION"), ("pg_event_trigger", "evtname", "EVENT TRIGGER")]
-    {
-        for row in client.query(&format!("SELECT {column}::text FROM pg_catalog.{catalog} ORDER BY 1"), &[]).await? {
-            let name: String = row.get(0);
-            client.batch_execute(&format!("DROP {kind} {}", quote_ident(&name))).await?;
-        }
-    }
-    let sql = format!("SELECT n.nspname FROM pg_namespace n WHERE {USER_SCHEMAS} ORDER BY 1");
-    for row in client.query(&sql, &[]).await? {
-        let schema: String = row.get(0);
-        client.batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema))).await?;
-    }
-    client
-        .batch_execute(
-            "CREATE SCHEMA public AUTHORIZATION pg_database_owner; \
-             GRANT USAGE ON SCHEMA public TO PUBLIC; \
-             COMMENT ON SCHEMA public IS 'standard public schema'",
-        )
-        .await?;
-    Ok(())
-}
-
-/// Puts database-wide `ALTER DEFAULT PRIVILEGES` back to PostgreSQL's built-in defaults
-/// (per-schema ones go with their schema): otherwise a restore's new objects would get the
-/// privileges the replaced database had set up, not the snapshot's. PostgreSQL removes an entry
-/// once it equals the default: revoke everything it grants, grant the defaults again.
-async fn reset_global_default_privileges(client: &Client) -> Result<()> {
-    let rows = client
-        .query(
-            "SELECT pg_catalog.pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, \
-                    coalesce(array_agg(DISTINCT a.grantee) FILTER (WHERE a.grantee IS NOT NULL), '{}') \
-             FROM pg_catalog.pg_default_acl d LEFT JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) a ON true \
-             WHERE d.defaclnamespace = 0 GROUP BY 1, 2",
-            &[],
-        )
-        .await?;
-    for row in rows {
-        let (role, kind, grantees): (String, String, Vec<u32>) = (row.get(0), row.get(1), row.get(2));
-        let (objects, public_default) = match kind.as_str() {
-            "r" => ("TABLES", None),
-            "S" => ("SEQUENCES", None),
-            "f" => ("FUNCTIONS", Some("EXECUTE")),
-            "T" => ("TYPES", Some("USAGE")),
-            "n" => ("SCHEMAS", None),
-            _ => continue,
-        };
-        let role = quote_ident(&role);
-        for grantee in grantees {
-            let grantee = if grantee == 0 {
-                "PUBLIC".to_string()
-            } else {
-                let name: String =
-                    client.query_one("SELECT pg_catalog.pg_get_userbyid($1)::text", &[&grantee]).await?.get(0);
-                quote_ident(&name)
-            };
-            client
-                .batch_execute(&format!(
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {role} REVOKE ALL ON {objects} FROM {grantee}"
-                ))
-                .await?;
-        }
-        client
-            .batch_execute(&format!("ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT ALL ON {objects} TO {role}"))
-            .await?;
-        if let Some(privilege) = public_default {
-            client
-                .batch_execute(&format!(
-                    "ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT {privilege} ON {objects} TO PUBLIC"
-                ))
-                .await?;
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
@@ -782,26 +363,5 @@ mod tests {
         for expected in [("PGHOSTADDR", "10.0.0.5"), ("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", "/ca.pem")] {
             assert!(pinned.contains(&(expected.0.into(), expected.1.into())), "{pinned:?}");
         }
-    }
-
-    #[test]
-    fn restrict_lines_are_dropped_and_nothing_else() {
-        let dump = b"\\restrict AbC123\nCREATE TABLE t (x text DEFAULT '\\restrict x');\n\\unrestrict AbC123\n";
-        assert_eq!(executable_sql(dump).unwrap(), "CREATE TABLE t (x text DEFAULT '\\restrict x');\n");
-    }
-
-    #[test]
-    fn copy_statements_quote_everything() {
-        let table = SourceTable {
-            schema: "crm".into(),
-            name: "Odd\"Name".into(),
-            columns: vec!["id".into(), "e mail".into()],
-            primary_key: vec!["id".into()],
-            size: 0,
-        };
-        assert_eq!(
-            table.copy_out_sql(),
-            "COPY (SELECT \"id\", \"e mail\" FROM ONLY \"crm\".\"Odd\"\"Name\" ORDER BY \"id\") TO STDOUT"
-        );
     }
 }
