@@ -251,7 +251,7 @@ pub async fn run(
         "chunk-id lists stored"
     );
     // Closing the snapshot transaction: every reader has finished.
-    let _ = session.client.batch_execute("COMMIT").await;
+    let _ = session.end().await;
     let mut written = Vec::new();
     for writer in writers {
         written.push(match writer {

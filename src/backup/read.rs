@@ -64,7 +64,7 @@ pub(super) async fn read_everything(
             Ok::<_, Error>(done)
         });
     }
-    let large_objects = read_large_objects(&session.client, context, progress);
+    let large_objects = read_large_objects(session, context, progress);
     let (pre, post, large_objects) = tokio::try_join!(pre, post, large_objects)?;
     // Stored as the server will run it: pg_dump's random `\restrict` key would defeat dedup.
     let (pre, post) = (postgres::executable_sql(&pre)?.into_bytes(), postgres::executable_sql(&post)?.into_bytes());
@@ -101,15 +101,14 @@ pub(super) async fn read_table(
 
 /// Large objects' contents, when there are any.
 pub(super) async fn read_large_objects(
-    client: &tokio_postgres::Client,
+    session: &SnapshotSession,
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<Option<TableManifest>> {
-    let count: i64 = client.query_one("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", &[]).await?.get(0);
-    if count == 0 {
+    if !session.has_large_objects().await? {
         return Ok(None);
     }
-    let (data, rows) = read_copy(client, postgres::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
+    let (data, rows) = read_copy(&session.client, postgres::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
     let columns = vec!["loid".to_string(), "data".to_string()];
     Ok(Some(TableManifest { schema: "pg_catalog".into(), name: "pg_largeobject".into(), columns, rows, data }))
 }

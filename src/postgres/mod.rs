@@ -22,11 +22,7 @@ pub mod tls;
 
 pub use conninfo::redact;
 pub use dump::{Section, dump_schema, executable_sql, find_pg_dump};
-pub use load::{
-    INCOMPLETE_RESTORE_SCHEMA, LARGE_OBJECTS_COPY_IN, LARGE_OBJECTS_STAGE, LARGE_OBJECTS_WRITE,
-    RESTORE_MAINTENANCE_WORK_MEM, ToastCompression, clean_database, copy_in_sql, describe_contents,
-    holds_incomplete_restore, raise_maintenance_work_mem, set_toast_compression,
-};
+pub use load::{INCOMPLETE_RESTORE_SCHEMA, LoadSession, RESTORE_MAINTENANCE_WORK_MEM, ToastCompression};
 pub use session::{LARGE_OBJECTS_COPY_OUT, SnapshotSession, SourceTable, attach_to_snapshot};
 use tls::{Reach, RemoteHosts, TlsMode, TlsUse};
 
@@ -252,6 +248,11 @@ fn reach(config: &Config, remote_hosts: &RemoteHosts) -> Reach {
 /// Quotes an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `schema.name`, both quoted.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
 /// Quotes an SQL string literal (`standard_conforming_strings`, on since PostgreSQL 9.1).

@@ -120,6 +120,19 @@ impl SnapshotSession {
         Ok(states)
     }
 
+    /// Whether the database holds any large object.
+    pub async fn has_large_objects(&self) -> Result<bool> {
+        let count: i64 =
+            self.client.query_one("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", &[]).await?.get(0);
+        Ok(count != 0)
+    }
+
+    /// Ends the snapshot's transaction (once every reader has attached and finished).
+    pub async fn end(&self) -> Result<()> {
+        self.client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+
     /// Foreign keys between user tables: (referencing `schema.table`, referenced `schema.table`).
     pub async fn foreign_keys(&self) -> Result<Vec<(String, String)>> {
         let sql = "SELECT DISTINCT cn.nspname || '.' || c.relname, fn.nspname || '.' || f.relname \

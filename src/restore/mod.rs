@@ -106,11 +106,11 @@ pub async fn run(repositories: &[Repository], keyring: &Keyring, options: &Resto
 
     let client = session(options).await?;
     let mut clean = false;
-    if let Some(contents) = postgres::describe_contents(&client).await? {
+    if let Some(contents) = client.describe_contents().await? {
         if options.existing == ExistingContents::Refuse {
             return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
         }
-        if options.parallel && !postgres::holds_incomplete_restore(&client).await? {
+        if options.parallel && !client.holds_incomplete_restore().await? {
             return Err(Error::Invalid(format!(
                 "--parallel restores only into an empty database ({} holds {contents}): without --parallel, \
                  --clean replaces its contents in one transaction",
