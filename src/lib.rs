@@ -3,7 +3,8 @@
 //! The library is the engine; the `crmvault` binary (src/main.rs, src/cli/) only parses
 //! arguments, prints and exits. Modules follow the data's way through the program:
 //! [`postgres`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
-//! (storage), and back through [`fetch`]. [`commands`] holds one operation per CLI command.
+//! (storage), and back through [`fetch`] into [`postgres`] again. [`backup`] and [`restore`]
+//! drive those two ways; [`commands`] holds the other operations, one per CLI command.
 
 pub mod backup;
 pub mod chunk;
