@@ -2,8 +2,9 @@
 //!
 //! The library is the engine; the `crmvault` binary (src/main.rs, src/cli/) only parses
 //! arguments, prints and exits. Modules follow the data's way through the program:
-//! [`source`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
-//! (storage), and back through [`fetch`]. [`commands`] holds one operation per CLI command.
+//! [`postgres`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
+//! (storage), and back through [`fetch`] into [`postgres`] again. [`backup`] and [`restore`]
+//! drive those two ways; [`commands`] holds the other operations, one per CLI command.
 
 pub mod backup;
 pub mod chunk;
@@ -12,12 +13,12 @@ pub mod compress;
 pub mod crypto;
 pub mod error;
 pub mod fetch;
+pub mod postgres;
 pub mod progress;
 pub mod rekey;
 pub mod repo;
 pub mod repo_set;
 pub mod restore;
-pub mod source;
 pub mod target;
 pub mod trust;
 pub mod varint;

@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::postgres::{self, Database, SnapshotSession, SourceTable};
 use crate::progress::{Shared, Unit};
 use crate::repo::{self, Keyring, Manifest, SealedManifest};
 use crate::repo_set::RepoSet;
-use crate::source::{self, Database, SnapshotSession, SourceTable};
 use crate::trust::SnapshotMark;
 
 use commit::{Chain, all_failed, commit};
@@ -157,7 +157,7 @@ pub async fn run(
     let chain = Chain::find(&states, keyring, options.newest_known.as_ref(), &mut warnings).await;
 
     let session = SnapshotSession::begin(&options.database).await?;
-    let pg_dump = source::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
+    let pg_dump = postgres::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
     let tables: Vec<SourceTable> =
         session.tables().await?.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
     filter.check_foreign_keys(&session.foreign_keys().await?)?;
@@ -233,7 +233,7 @@ pub async fn run(
         "chunk-id lists stored"
     );
     // Closing the snapshot transaction: every reader has finished.
-    let _ = session.client.batch_execute("COMMIT").await;
+    let _ = session.end().await;
     let mut written = Vec::new();
     for writer in writers {
         written.push(match writer {

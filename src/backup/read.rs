@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
+use crate::postgres::{self, Section, SnapshotSession, SourceTable};
 use crate::progress::Shared as Progress;
 use crate::repo::{StreamManifest, TableManifest};
-use crate::source::{self, Section, SnapshotSession, SourceTable};
 
 use super::{BackupOptions, EncoderContext, StreamEncoder, encode_bytes};
 
@@ -38,8 +38,8 @@ pub(super) async fn read_everything(
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<ReadResult> {
-    let pre = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PreData);
-    let post = source::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PostData);
+    let pre = postgres::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PreData);
+    let post = postgres::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PostData);
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
     let mut workers = JoinSet::new();
     for _ in 0..options.jobs.max(1) {
@@ -54,7 +54,7 @@ pub(super) async fn read_everything(
             let Some(mut table) = next() else {
                 return Ok(done);
             };
-            let client = source::attach_to_snapshot(&database, &snapshot).await?;
+            let client = postgres::attach_to_snapshot(&database, &snapshot).await?;
             loop {
                 done.push(read_table(&client, &table, &context, &progress).await?);
                 match next() {
@@ -65,10 +65,10 @@ pub(super) async fn read_everything(
             Ok::<_, Error>(done)
         });
     }
-    let large_objects = read_large_objects(&session.client, context, progress);
+    let large_objects = read_large_objects(session, context, progress);
     let (pre, post, large_objects) = tokio::try_join!(pre, post, large_objects)?;
     // Stored as the server will run it: pg_dump's random `\restrict` key would defeat dedup.
-    let (pre, post) = (source::executable_sql(&pre)?.into_bytes(), source::executable_sql(&post)?.into_bytes());
+    let (pre, post) = (postgres::executable_sql(&pre)?.into_bytes(), postgres::executable_sql(&post)?.into_bytes());
     let pre_data = encode_bytes(context, pre).await?;
     let post_data = encode_bytes(context, post).await?;
     let mut manifests = Vec::new();
@@ -102,15 +102,14 @@ pub(super) async fn read_table(
 
 /// Large objects' contents, when there are any.
 pub(super) async fn read_large_objects(
-    client: &tokio_postgres::Client,
+    session: &SnapshotSession,
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<Option<TableManifest>> {
-    let count: i64 = client.query_one("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", &[]).await?.get(0);
-    if count == 0 {
+    if !session.has_large_objects().await? {
         return Ok(None);
     }
-    let (data, rows) = read_copy(client, source::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
+    let (data, rows) = read_copy(&session.client, postgres::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
     let columns = vec!["loid".to_string(), "data".to_string()];
     Ok(Some(TableManifest { schema: "pg_catalog".into(), name: "pg_largeobject".into(), columns, rows, data }))
 }

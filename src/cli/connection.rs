@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use crmvault::source::ConnectionDefaults;
-use crmvault::source::tls::{RemoteHosts, TlsMode};
+use crmvault::postgres::ConnectionDefaults;
+use crmvault::postgres::tls::{RemoteHosts, TlsMode};
 
 /// The environment variable naming hosts on this machine that lead elsewhere.
 const REMOTE_HOSTS_VARIABLE: &str = "CRMVAULT_DB_REMOTE_HOSTS";

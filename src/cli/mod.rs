@@ -16,10 +16,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crmvault::backup;
 use crmvault::commands::{copy, init, snapshots, verify};
+use crmvault::postgres::Database;
 use crmvault::rekey;
 use crmvault::repo::{Keyring, Repository};
 use crmvault::restore;
-use crmvault::source::Database;
 use crmvault::target::OpenMode;
 
 use storage::Storage;
@@ -146,7 +146,7 @@ enum Command {
         toast_compression: ToastCompression,
         /// maintenance_work_mem of the restore's sessions, at least (index and constraint
         /// builds sort in it; the server's setting is kept when larger). PostgreSQL's units.
-        #[arg(long, default_value = crmvault::source::RESTORE_MAINTENANCE_WORK_MEM)]
+        #[arg(long, default_value = crmvault::postgres::RESTORE_MAINTENANCE_WORK_MEM)]
         maintenance_work_mem: String,
         /// Index entries kept in memory per target before the index goes to a temporary file
         /// (for tests).
@@ -445,8 +445,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 parallel,
                 index_in_memory,
                 toast_compression: match toast_compression {
-                    ToastCompression::Lz4 => crmvault::source::ToastCompression::Lz4,
-                    ToastCompression::ServerDefault => crmvault::source::ToastCompression::ServerDefault,
+                    ToastCompression::Lz4 => crmvault::postgres::ToastCompression::Lz4,
+                    ToastCompression::ServerDefault => crmvault::postgres::ToastCompression::ServerDefault,
                 },
                 maintenance_work_mem,
                 newest_known: trusted.newest(),

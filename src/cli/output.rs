@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crmvault::backup;
 use crmvault::commands::{copy, init, snapshots, verify};
+use crmvault::postgres::Database;
 use crmvault::progress::Unit;
 use crmvault::rekey;
 use crmvault::restore;
-use crmvault::source::Database;
 
 fn print_json<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));

@@ -4,24 +4,21 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
+use crate::postgres::script::{Entry, Script, Step, TableName};
+use crate::postgres::{self, LoadSession};
 use crate::repo::{Manifest, StreamManifest, TableManifest};
-use crate::source::script::{Entry, Script, Step, TableName};
-use crate::source::{self};
 
 use super::{RestoreOptions, Streams};
 
 /// A connection to `options.database` set up for loading: TOAST compression and
 /// `maintenance_work_mem` as the options ask (every session of a restore is one of these).
-pub(super) async fn session(options: &RestoreOptions) -> Result<tokio_postgres::Client> {
-    let client = options.database.connect().await?;
-    source::set_toast_compression(&client, options.toast_compression).await?;
-    source::raise_maintenance_work_mem(&client, &options.maintenance_work_mem).await?;
-    Ok(client)
+pub(super) async fn session(options: &RestoreOptions) -> Result<LoadSession> {
+    LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem).await
 }
 
 /// What loading a snapshot into the target needs.
 pub(super) struct Load<'a> {
-    pub(super) client: &'a tokio_postgres::Client,
+    pub(super) client: &'a LoadSession,
     pub(super) streams: &'a Streams<'a>,
     pub(super) manifest: &'a Manifest,
     pub(super) jobs: usize,
@@ -33,19 +30,18 @@ impl Load<'_> {
     /// killed, ends the connection without COMMIT and leaves the database as it was.
     pub(super) async fn in_one_transaction(&self, clean: bool, pre_data: &[u8], post_data: &[u8]) -> Result<u64> {
         let client = self.client;
-        client.batch_execute("BEGIN").await?;
+        client.begin().await?;
         if clean {
-            source::clean_database(client).await?;
+            client.clean().await?;
         }
-        client.batch_execute(&source::executable_sql(pre_data)?).await?;
-        // pg_dump's preamble empties search_path for this session; names below are qualified.
+        client.run_script(&postgres::executable_sql(pre_data)?).await?;
+        // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
         for table in &self.manifest.tables {
-            let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
-            rows += self.streams.load(client, &sql, table).await?;
+            rows += self.streams.load(client.copy_in(table).await?, table).await?;
         }
         self.finish(post_data).await?;
-        client.batch_execute("COMMIT").await?;
+        client.commit().await?;
         Ok(rows)
     }
 
@@ -66,35 +62,26 @@ impl Load<'_> {
         snapshot_id: &str,
     ) -> Result<u64> {
         let client = self.client;
-        let marker = source::quote_ident(source::INCOMPLETE_RESTORE_SCHEMA);
-        client.batch_execute("BEGIN").await?;
+        client.begin().await?;
         if clean {
-            source::clean_database(client).await?;
+            client.clean().await?;
         }
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA {marker}; COMMENT ON SCHEMA {marker} IS {}",
-                source::quote_literal(&format!(
-                    "crmvault restore --parallel of snapshot {snapshot_id} has not finished: this database is \
-                     incomplete (restore --clean replaces it)"
-                ))
-            ))
-            .await?;
-        client.batch_execute(&source::executable_sql(pre_data)?).await?;
-        client.batch_execute("COMMIT").await?;
+        client.mark_incomplete(snapshot_id).await?;
+        client.run_script(&postgres::executable_sql(pre_data)?).await?;
+        client.commit().await?;
         tracing::debug!("pre-data committed");
 
-        let post_sql = source::executable_sql(post_data)?;
-        let script = source::script::parse(&post_sql);
+        let post_sql = postgres::executable_sql(post_data)?;
+        let script = postgres::script::parse(&post_sql);
         let loaded = async {
             let (loaders, rows, built) = self.tables_in_parallel(&script).await?;
             tracing::debug!(early = built.len(), "every table loaded and committed");
             self.post_data_in_parallel(&loaders, &script, &built).await?;
             tracing::debug!("post-data done");
-            client.batch_execute("BEGIN").await?;
+            client.begin().await?;
             self.write_large_objects_and_sequences().await?;
-            self.refresh_materialized_views().await?;
-            client.batch_execute(&format!("DROP SCHEMA {marker}; COMMIT")).await?;
+            client.refresh_materialized_views(&self.manifest.materialized_views).await?;
+            client.unmark_and_commit().await?;
             Ok(rows)
         }
         .await;
@@ -116,7 +103,7 @@ impl Load<'_> {
     pub(super) async fn tables_in_parallel<'e, 'a>(
         &self,
         script: &'e Script<'a>,
-    ) -> Result<(Vec<tokio_postgres::Client>, u64, Vec<&'e Entry<'a>>)> {
+    ) -> Result<(Vec<LoadSession>, u64, Vec<&'e Entry<'a>>)> {
         let mut order: Vec<&TableManifest> = self.manifest.tables.iter().collect();
         order.sort_by_key(|table| std::cmp::Reverse(table.data.bytes));
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -136,7 +123,7 @@ impl Load<'_> {
             // An entry built here waits for no other connection's lock (its tables are loaded
             // and committed, see LockBoard); a lock held by another session is: give up
             // instead of hanging.
-            client.batch_execute(&format!("SET lock_timeout = '{}s'", LOCK_TIMEOUT.as_secs())).await?;
+            client.set_lock_timeout(LOCK_TIMEOUT).await?;
             let mut rows = 0;
             let mut preamble = false;
             loop {
@@ -169,7 +156,7 @@ impl Load<'_> {
                 };
                 tracing::debug!(kind = entry.kind, loading, "post-data entry beside the loads");
                 if !preamble {
-                    client.batch_execute(script.preamble).await?;
+                    client.run_script(script.preamble).await?;
                     preamble = true;
                 }
                 let result = run_entry(&client, entry).await;
@@ -189,15 +176,14 @@ impl Load<'_> {
     }
 
     /// Loads one table in its own transaction on a `--parallel` connection.
-    pub(super) async fn load_table(&self, client: &tokio_postgres::Client, table: &TableManifest) -> Result<u64> {
-        let name = format!("{}.{}", source::quote_ident(&table.schema), source::quote_ident(&table.name));
+    pub(super) async fn load_table(&self, client: &LoadSession, table: &TableManifest) -> Result<u64> {
+        let name = postgres::qualified(&table.schema, &table.name);
         // Truncating the table this transaction is about to fill lets COPY freeze the rows.
         // ONLY: inheritance children are other connections' to load.
-        let sql = source::copy_in_sql(&table.schema, &table.name, &table.columns, true);
         let loaded = async {
-            client.batch_execute(&format!("BEGIN; TRUNCATE ONLY {name}")).await?;
-            let rows = self.streams.load(client, &sql, table).await?;
-            client.batch_execute("COMMIT").await?;
+            client.begin_truncated(&table.schema, &table.name).await?;
+            let rows = self.streams.load(client.copy_in(table).await?, table).await?;
+            client.commit().await?;
             Ok(rows)
         };
         loaded.await.map_err(|error| match &error {
@@ -227,12 +213,12 @@ impl Load<'_> {
     /// own: on an error the caller removes everything, as for the tables.
     pub(super) async fn post_data_in_parallel(
         &self,
-        loaders: &[tokio_postgres::Client],
+        loaders: &[LoadSession],
         script: &Script<'_>,
         built: &[&Entry<'_>],
     ) -> Result<()> {
         for client in loaders.iter().chain([self.client]) {
-            client.batch_execute(script.preamble).await?;
+            client.run_script(script.preamble).await?;
         }
         let sizes = self.table_sizes();
         let mut group: Vec<&Entry<'_>> = Vec::new();
@@ -252,7 +238,7 @@ impl Load<'_> {
             }
             match joins {
                 Some(_) => group.push(entry),
-                None => self.client.batch_execute(entry.sql).await?,
+                None => self.client.run_script(entry.sql).await?,
             }
         }
         self.flush_group(loaders, &mut group, &mut comments, &sizes).await
@@ -261,7 +247,7 @@ impl Load<'_> {
     /// Runs a group (see [`Load::run_group`]), then the comments held back for it.
     pub(super) async fn flush_group(
         &self,
-        loaders: &[tokio_postgres::Client],
+        loaders: &[LoadSession],
         group: &mut Vec<&Entry<'_>>,
         comments: &mut Vec<&Entry<'_>>,
         sizes: &HashMap<TableName, u64>,
@@ -270,7 +256,7 @@ impl Load<'_> {
             self.run_group(loaders, std::mem::take(group), sizes).await?;
         }
         for comment in comments.drain(..) {
-            self.client.batch_execute(comment.sql).await?;
+            self.client.run_script(comment.sql).await?;
         }
         Ok(())
     }
@@ -279,7 +265,7 @@ impl Load<'_> {
     /// waits while another holds a lock it would conflict with.
     pub(super) async fn run_group(
         &self,
-        clients: &[tokio_postgres::Client],
+        clients: &[LoadSession],
         mut entries: Vec<&Entry<'_>>,
         sizes: &HashMap<TableName, u64>,
     ) -> Result<()> {
@@ -326,52 +312,31 @@ impl Load<'_> {
     /// the database empty as it was.
     pub(super) async fn undo(&self) -> Result<()> {
         let client = self.client;
-        client.batch_execute("ROLLBACK").await.ok();
-        client.batch_execute("BEGIN").await?;
-        source::clean_database(client).await?;
-        client.batch_execute("COMMIT").await?;
-        Ok(())
+        client.rollback().await;
+        client.begin().await?;
+        client.clean().await?;
+        client.commit().await
     }
 
     /// Large objects, sequence values, post-data DDL and materialized views, in the caller's transaction.
     pub(super) async fn finish(&self, post_data: &[u8]) -> Result<()> {
         self.write_large_objects_and_sequences().await?;
-        self.client.batch_execute(&source::executable_sql(post_data)?).await?;
+        self.client.run_script(&postgres::executable_sql(post_data)?).await?;
         tracing::debug!("post-data done");
-        self.refresh_materialized_views().await
+        // Once their indexes exist.
+        self.client.refresh_materialized_views(&self.manifest.materialized_views).await
     }
 
     /// Large objects and sequence values, in the caller's transaction.
     pub(super) async fn write_large_objects_and_sequences(&self) -> Result<()> {
         let client = self.client;
         if let Some(large_objects) = &self.manifest.large_objects {
-            client.batch_execute(source::LARGE_OBJECTS_STAGE).await?;
-            self.streams.load(client, source::LARGE_OBJECTS_COPY_IN, large_objects).await?;
-            client.batch_execute(source::LARGE_OBJECTS_WRITE).await?;
+            client.stage_large_objects().await?;
+            self.streams.load(client.copy_in_large_objects().await?, large_objects).await?;
+            client.write_large_objects().await?;
         }
-        for sequence in &self.manifest.sequences {
-            client
-                .execute(
-                    "SELECT pg_catalog.setval(pg_catalog.format('%I.%I', $1::text, $2::text)::regclass, $3, $4)",
-                    &[&sequence.schema, &sequence.name, &sequence.last_value, &sequence.is_called],
-                )
-                .await?;
-        }
+        client.set_sequences(&self.manifest.sequences).await?;
         tracing::debug!("sequences and large objects written");
-        Ok(())
-    }
-
-    /// Fills materialized views, once their indexes exist, in the caller's transaction.
-    pub(super) async fn refresh_materialized_views(&self) -> Result<()> {
-        for (schema, name) in &self.manifest.materialized_views {
-            self.client
-                .batch_execute(&format!(
-                    "REFRESH MATERIALIZED VIEW {}.{}",
-                    source::quote_ident(schema),
-                    source::quote_ident(name)
-                ))
-                .await?;
-        }
         Ok(())
     }
 }
@@ -444,17 +409,17 @@ impl<'e, 'a> LockBoard<'e, 'a> {
 
 /// Runs one post-data entry; a deadlock (two builds on tables of one partition tree, say)
 /// costs a retry, not the restore.
-pub(super) async fn run_entry(client: &tokio_postgres::Client, entry: &Entry<'_>) -> Result<()> {
+pub(super) async fn run_entry(client: &LoadSession, entry: &Entry<'_>) -> Result<()> {
     let mut attempt = 1;
     loop {
-        match client.batch_execute(entry.sql).await {
-            Err(error)
+        match client.run_script(entry.sql).await {
+            Err(Error::Postgres(error))
                 if attempt < 3 && error.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
             {
                 tracing::debug!(kind = entry.kind, "deadlock, trying again");
                 attempt += 1;
             }
-            result => return result.map_err(Error::from),
+            result => return result,
         }
     }
 }

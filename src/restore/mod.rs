@@ -9,7 +9,7 @@
 //! `--parallel` trades the last of that for speed: PostgreSQL loads a COPY on one core, so
 //! tables go to `--jobs` connections at once (see [`Load::in_parallel`]). Errors still leave the
 //! database as it was (what was committed is dropped again); only a killed restore leaves a
-//! partial database behind, marked by the schema [`source::INCOMPLETE_RESTORE_SCHEMA`].
+//! partial database behind, marked by the schema [`postgres::INCOMPLETE_RESTORE_SCHEMA`].
 //!
 //! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
 //! proven in parallel ahead of each loading connection.
@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats};
+use crate::postgres::{self, Database};
 use crate::progress::{Shared, Unit};
 use crate::repo::{AdminKeyring, Keyring};
 use crate::repo_set::RepoSet;
-use crate::source::{self, Database};
 use crate::trust::SnapshotMark;
 
 use load::{Load, check_digest, session};
@@ -58,7 +58,7 @@ pub struct RestoreOptions {
     /// the chunk lists always are ([`ChunkSpool`]). [`repo::INDEX_IN_MEMORY`] unless testing.
     pub index_in_memory: usize,
     /// How values PostgreSQL TOASTs are compressed in the restored tables.
-    pub toast_compression: source::ToastCompression,
+    pub toast_compression: postgres::ToastCompression,
     /// `maintenance_work_mem` of the restore's sessions at least (index builds sort in it).
     pub maintenance_work_mem: String,
     /// The newest snapshot the caller knows of (its pin's high-water mark): `latest` says so
@@ -113,11 +113,11 @@ pub async fn run(
 
     let client = session(options).await?;
     let mut clean = false;
-    if let Some(contents) = source::describe_contents(&client).await? {
+    if let Some(contents) = client.describe_contents().await? {
         if options.existing == ExistingContents::Refuse {
             return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
         }
-        if options.parallel && !source::holds_incomplete_restore(&client).await? {
+        if options.parallel && !client.holds_incomplete_restore().await? {
             return Err(Error::NotEmptyForParallel { database: options.database.to_string(), detail: contents });
         }
         clean = true;

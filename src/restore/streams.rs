@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
+use tokio_postgres::CopyInSink;
 
 use crate::crypto::MacKey;
 use crate::error::{Error, Result};
@@ -63,10 +64,9 @@ impl Streams<'_> {
         Ok(bytes)
     }
 
-    /// Loads one table's stream with `sql` (a COPY FROM STDIN), checking digest and row count.
-    pub(super) async fn load(&self, client: &tokio_postgres::Client, sql: &str, table: &TableManifest) -> Result<u64> {
+    /// Loads one table's stream into `sink` (a COPY FROM STDIN), checking digest and row count.
+    pub(super) async fn load(&self, sink: CopyInSink<Bytes>, table: &TableManifest) -> Result<u64> {
         let label = format!("{}.{}", table.schema, table.name);
-        let sink = client.copy_in::<_, Bytes>(sql).await?;
         futures::pin_mut!(sink);
         let mut digest = self.mac_key.hasher();
         let chunks = self.chunks(&table.data);

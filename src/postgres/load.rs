@@ -1,0 +1,346 @@
+//! The restore's side: [`LoadSession`], a connection set up for loading, with one method per
+//! step a restore takes (transactions, schema script, `COPY … FROM STDIN`, large objects,
+//! sequences, materialized views, the marker of an unfinished parallel restore, `--clean`).
+//! Which steps run in what order, and what happens on an error, is the restore's to decide.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_postgres::{Client, CopyInSink};
+
+use super::{Database, USER_SCHEMAS, qualified, quote_ident, quote_literal};
+use crate::error::{Error, Result};
+use crate::repo::{SequenceState, TableManifest};
+
+/// How the values a restore loads are compressed where PostgreSQL TOASTs them (values over
+/// ~2 KiB), in columns whose schema names no method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToastCompression {
+    /// lz4 where the server has it (PostgreSQL 14+ built with lz4, as Debian's and the PGDG
+    /// packages are), the server's default elsewhere. pglz, PostgreSQL's default, spends its
+    /// time even on values it cannot shrink: loading the scale-1 attachments (1-8 KiB bytea)
+    /// took 3.0-3.4 s with pglz and 2.3 s with lz4, the rest of the tables the same.
+    #[default]
+    Lz4,
+    /// The server's `default_toast_compression`, as `pg_restore` leaves it.
+    ServerDefault,
+}
+
+/// A connection to the database a restore loads into, its session set up for loading.
+pub struct LoadSession {
+    client: Client,
+}
+
+impl LoadSession {
+    /// Connects, then sets `default_toast_compression` for `toast_compression` and raises
+    /// `maintenance_work_mem` to `maintenance_work_mem` (PostgreSQL's units) when it is lower.
+    pub async fn open(
+        database: &Database,
+        toast_compression: ToastCompression,
+        maintenance_work_mem: &str,
+    ) -> Result<LoadSession> {
+        let client = database.connect().await?;
+        set_toast_compression(&client, toast_compression).await?;
+        raise_maintenance_work_mem(&client, maintenance_work_mem).await?;
+        Ok(LoadSession { client })
+    }
+
+    /// Makes the session give up waiting for a lock after `timeout` (whole seconds).
+    pub async fn set_lock_timeout(&self, timeout: Duration) -> Result<()> {
+        self.client.batch_execute(&format!("SET lock_timeout = '{}s'", timeout.as_secs())).await?;
+        Ok(())
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<()> {
+        self.client.batch_execute("BEGIN").await?;
+        Ok(())
+    }
+
+    /// Commits the transaction.
+    pub async fn commit(&self) -> Result<()> {
+        self.client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+
+    /// Rolls back whatever transaction is open. Its error is ignored: there may be none open,
+    /// and a lost connection shows in the next statement.
+    pub async fn rollback(&self) {
+        self.client.batch_execute("ROLLBACK").await.ok();
+    }
+
+    /// Starts a transaction that empties `schema.name` first: a table created or truncated in
+    /// the loading transaction lets `COPY … FREEZE` freeze its rows. `ONLY`: inheritance
+    /// children are loaded on their own.
+    pub async fn begin_truncated(&self, schema: &str, name: &str) -> Result<()> {
+        self.client.batch_execute(&format!("BEGIN; TRUNCATE ONLY {}", qualified(schema, name))).await?;
+        Ok(())
+    }
+
+    /// Runs SQL of the snapshot's schema script: a whole section (through
+    /// [`super::executable_sql`]), one of its entries, or its preamble.
+    pub async fn run_script(&self, sql: &str) -> Result<()> {
+        self.client.batch_execute(sql).await?;
+        Ok(())
+    }
+
+    /// Starts `COPY … FROM STDIN WITH (FREEZE)` into a table of the snapshot (the table must
+    /// have been created or truncated in this transaction); the sink takes the stream.
+    pub async fn copy_in(&self, table: &TableManifest) -> Result<CopyInSink<Bytes>> {
+        let sql = copy_in_sql(&table.schema, &table.name, &table.columns, true);
+        Ok(self.client.copy_in(&sql).await?)
+    }
+
+    /// Creates the temporary table large objects' contents are staged in (dropped at commit).
+    pub async fn stage_large_objects(&self) -> Result<()> {
+        self.client.batch_execute(LARGE_OBJECTS_STAGE).await?;
+        Ok(())
+    }
+
+    /// Starts the COPY of large objects' contents, a stream of (oid, bytea), into the stage.
+    pub async fn copy_in_large_objects(&self) -> Result<CopyInSink<Bytes>> {
+        Ok(self.client.copy_in(LARGE_OBJECTS_COPY_IN).await?)
+    }
+
+    /// Writes the staged contents into the large objects (their metadata was created by
+    /// pre-data) and drops the stage.
+    pub async fn write_large_objects(&self) -> Result<()> {
+        self.client.batch_execute(LARGE_OBJECTS_WRITE).await?;
+        Ok(())
+    }
+
+    /// Sets every sequence to its value in the snapshot.
+    pub async fn set_sequences(&self, sequences: &[SequenceState]) -> Result<()> {
+        for sequence in sequences {
+            self.client
+                .execute(
+                    "SELECT pg_catalog.setval(pg_catalog.format('%I.%I', $1::text, $2::text)::regclass, $3, $4)",
+                    &[&sequence.schema, &sequence.name, &sequence.last_value, &sequence.is_called],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Fills materialized views, given as (schema, name).
+    pub async fn refresh_materialized_views(&self, views: &[(String, String)]) -> Result<()> {
+        for (schema, name) in views {
+            self.client.batch_execute(&format!("REFRESH MATERIALIZED VIEW {}", qualified(schema, name))).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the marker schema [`INCOMPLETE_RESTORE_SCHEMA`], its comment naming the snapshot.
+    pub async fn mark_incomplete(&self, snapshot_id: &str) -> Result<()> {
+        let marker = quote_ident(INCOMPLETE_RESTORE_SCHEMA);
+        self.client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {marker}; COMMENT ON SCHEMA {marker} IS {}",
+                quote_literal(&format!(
+                    "crmvault restore --parallel of snapshot {snapshot_id} has not finished: this database is \
+                     incomplete (restore --clean replaces it)"
+                ))
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the marker schema and commits, in one round trip.
+    pub async fn unmark_and_commit(&self) -> Result<()> {
+        let marker = quote_ident(INCOMPLETE_RESTORE_SCHEMA);
+        self.client.batch_execute(&format!("DROP SCHEMA {marker}; COMMIT")).await?;
+        Ok(())
+    }
+
+    /// Describes what the database already holds, or `None` when it is empty.
+    pub async fn describe_contents(&self) -> Result<Option<String>> {
+        describe_contents(&self.client).await
+    }
+
+    /// Whether an unfinished parallel restore's marker schema is present.
+    pub async fn holds_incomplete_restore(&self) -> Result<bool> {
+        holds_incomplete_restore(&self.client).await
+    }
+
+    /// Drops every user schema, large object, publication and event trigger and recreates an
+    /// empty `public` (restore --clean), inside the caller's transaction.
+    pub async fn clean(&self) -> Result<()> {
+        clean_database(&self.client).await
+    }
+}
+
+/// Sets the session's `default_toast_compression` for `choice`; whether lz4 is now in use.
+async fn set_toast_compression(client: &Client, choice: ToastCompression) -> Result<bool> {
+    if choice == ToastCompression::ServerDefault {
+        return Ok(false);
+    }
+    let rows = client
+        .query(
+            "SELECT pg_catalog.set_config('default_toast_compression', 'lz4', false) FROM pg_catalog.pg_settings \
+             WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)",
+            &[],
+        )
+        .await?;
+    Ok(!rows.is_empty())
+}
+
+/// What a restore session sets `maintenance_work_mem` to at least, unless told otherwise.
+///
+/// Index and constraint builds sort in it; PostgreSQL's default, 64 MB, made the scale-1
+/// audit_log's two indexes (1.2 M entries) sort on disk. `restore --parallel` at scale 1,
+/// four alternating pairs: 11.5-13.4 s with 256 MB against 11.5-15.4 s.
+pub const RESTORE_MAINTENANCE_WORK_MEM: &str = "256MB";
+
+/// Raises the session's `maintenance_work_mem` to `size` (PostgreSQL's units: `256MB`, `1GB`)
+/// when it is lower; never lowers it. A size PostgreSQL does not read is an error.
+async fn raise_maintenance_work_mem(client: &Client, size: &str) -> Result<()> {
+    client
+        .query(
+            "SELECT pg_catalog.set_config('maintenance_work_mem', $1, false) FROM pg_catalog.pg_settings \
+             WHERE name = 'maintenance_work_mem' AND setting::bigint * 1024 < pg_catalog.pg_size_bytes($1)",
+            &[&size],
+        )
+        .await
+        .map_err(|e| {
+            Error::Invalid(format!("--maintenance-work-mem {size}: {}", crate::error::postgres_message(&e)))
+        })?;
+    Ok(())
+}
+
+/// The temporary table large objects' contents are loaded into before they are written.
+const LARGE_OBJECTS_STAGE: &str = "CREATE TEMPORARY TABLE crmvault_large_objects (loid oid, data bytea) ON COMMIT DROP";
+/// The COPY into the staging table.
+const LARGE_OBJECTS_COPY_IN: &str = "COPY pg_temp.crmvault_large_objects (loid, data) FROM STDIN";
+/// Writes the staged contents into the large objects.
+const LARGE_OBJECTS_WRITE: &str = "SELECT count(pg_catalog.lo_put(loid, 0, data)) FROM pg_temp.crmvault_large_objects; DROP TABLE pg_temp.crmvault_large_objects";
+
+/// The `COPY … FROM STDIN` that loads a table's stream.
+fn copy_in_sql(schema: &str, name: &str, columns: &[String], freeze: bool) -> String {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let freeze = if freeze { " WITH (FREEZE)" } else { "" };
+    if columns.is_empty() {
+        return format!("COPY {table} FROM STDIN{freeze}");
+    }
+    let columns: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    format!("COPY {table} ({}) FROM STDIN{freeze}", columns.join(", "))
+}
+
+/// Describes what a database already holds, or `None` when it is empty.
+async fn describe_contents(client: &Client) -> Result<Option<String>> {
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS}), \
+                (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}), \
+                (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMAS} \
+                   AND (t.typtype IN ('e', 'd', 'r', 'm') OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind = 'c')))), \
+                (SELECT count(*) FROM pg_namespace n WHERE {USER_SCHEMAS} AND n.nspname <> 'public'), \
+                (SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)"
+    );
+    let row = client.query_one(&sql, &[]).await?;
+    let (relations, functions, types, schemas, large_objects): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    if relations + functions + types + schemas + large_objects == 0 {
+        return Ok(None);
+    }
+    if holds_incomplete_restore(client).await? {
+        return Ok(Some(format!(
+            "an interrupted --parallel restore left it incomplete: schema {INCOMPLETE_RESTORE_SCHEMA}"
+        )));
+    }
+    Ok(Some(format!(
+        "{relations} relations, {functions} functions, {types} types, {schemas} schemas, {large_objects} large objects"
+    )))
+}
+
+/// The schema a parallel restore creates in its first transaction and drops in its last: while it
+/// exists, the database holds a restore that has not finished.
+pub const INCOMPLETE_RESTORE_SCHEMA: &str = "crmvault_incomplete_restore";
+
+/// Whether an unfinished parallel restore's marker schema is present.
+async fn holds_incomplete_restore(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&INCOMPLETE_RESTORE_SCHEMA])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Drops every user schema, large object, publication and event trigger (what pg_dump dumps of a
+/// database besides its schemas; subscriptions and foreign-data wrappers of one's own are left)
+/// and recreates an empty `public` (restore --clean), inside the caller's transaction.
+async fn clean_database(client: &Client) -> Result<()> {
+    client.batch_execute("SELECT count(pg_catalog.lo_unlink(oid)) FROM pg_catalog.pg_largeobject_metadata").await?;
+    reset_global_default_privileges(client).await?;
+    for (catalog, column, kind) in
+        [("pg_publication", "pubname", "PUBLICATION"), ("pg_event_trigger", "evtname", "EVENT TRIGGER")]
+    {
+        for row in client.query(&format!("SELECT {column}::text FROM pg_catalog.{catalog} ORDER BY 1"), &[]).await? {
+            let name: String = row.get(0);
+            client.batch_execute(&format!("DROP {kind} {}", quote_ident(&name))).await?;
+        }
+    }
+    let sql = format!("SELECT n.nspname FROM pg_namespace n WHERE {USER_SCHEMAS} ORDER BY 1");
+    for row in client.query(&sql, &[]).await? {
+        let schema: String = row.get(0);
+        client.batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema))).await?;
+    }
+    client
+        .batch_execute(
+            "CREATE SCHEMA public AUTHORIZATION pg_database_owner; \
+             GRANT USAGE ON SCHEMA public TO PUBLIC; \
+             COMMENT ON SCHEMA public IS 'standard public schema'",
+        )
+        .await?;
+    Ok(())
+}
+
+/// Puts database-wide `ALTER DEFAULT PRIVILEGES` back to PostgreSQL's built-in defaults
+/// (per-schema ones go with their schema): otherwise a restore's new objects would get the
+/// privileges the replaced database had set up, not the snapshot's. PostgreSQL removes an entry
+/// once it equals the default: revoke everything it grants, grant the defaults again.
+async fn reset_global_default_privileges(client: &Client) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT pg_catalog.pg_get_userbyid(d.defaclrole)::text, d.defaclobjtype::text, \
+                    coalesce(array_agg(DISTINCT a.grantee) FILTER (WHERE a.grantee IS NOT NULL), '{}') \
+             FROM pg_catalog.pg_default_acl d LEFT JOIN LATERAL pg_catalog.aclexplode(d.defaclacl) a ON true \
+             WHERE d.defaclnamespace = 0 GROUP BY 1, 2",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (role, kind, grantees): (String, String, Vec<u32>) = (row.get(0), row.get(1), row.get(2));
+        let (objects, public_default) = match kind.as_str() {
+            "r" => ("TABLES", None),
+            "S" => ("SEQUENCES", None),
+            "f" => ("FUNCTIONS", Some("EXECUTE")),
+            "T" => ("TYPES", Some("USAGE")),
+            "n" => ("SCHEMAS", None),
+            _ => continue,
+        };
+        let role = quote_ident(&role);
+        for grantee in grantees {
+            let grantee = if grantee == 0 {
+                "PUBLIC".to_string()
+            } else {
+                let name: String =
+                    client.query_one("SELECT pg_catalog.pg_get_userbyid($1)::text", &[&grantee]).await?.get(0);
+                quote_ident(&name)
+            };
+            client
+                .batch_execute(&format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {role} REVOKE ALL ON {objects} FROM {grantee}"
+                ))
+                .await?;
+        }
+        client
+            .batch_execute(&format!("ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT ALL ON {objects} TO {role}"))
+            .await?;
+        if let Some(privilege) = public_default {
+            client
+                .batch_execute(&format!(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {role} GRANT {privilege} ON {objects} TO PUBLIC"
+                ))
+                .await?;
+        }
+    }
+    Ok(())
+}

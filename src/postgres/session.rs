@@ -1,0 +1,185 @@
+//! The backup's side: the connection that holds the exported snapshot, the catalog queries a
+//! backup reads inside it (tables, sequences, foreign keys, materialized views), the readers
+//! that attach to it, and the `COPY … TO STDOUT` each table is read with.
+
+use tokio_postgres::Client;
+
+use super::{Database, NOT_FROM_EXTENSION, USER_SCHEMAS, quote_ident, quote_literal};
+use crate::error::Result;
+
+/// A table whose data is backed up.
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// Columns to copy (not generated), in order.
+    pub columns: Vec<String>,
+    /// Primary key columns, if any (stable row order).
+    pub primary_key: Vec<String>,
+    /// On-disk size, to schedule big tables first.
+    pub size: i64,
+}
+
+impl SourceTable {
+    /// `schema.table`, quoted.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// The `COPY … TO STDOUT` that reads it in primary-key order.
+    pub fn copy_out_sql(&self) -> String {
+        if self.columns.is_empty() {
+            return format!("COPY {} TO STDOUT", self.qualified());
+        }
+        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        let order = if self.primary_key.is_empty() {
+            String::new()
+        } else {
+            let keys: Vec<String> = self.primary_key.iter().map(|c| quote_ident(c)).collect();
+            format!(" ORDER BY {}", keys.join(", "))
+        };
+        format!("COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT", columns.join(", "), self.qualified())
+    }
+}
+
+/// Reads every large object's contents as a COPY stream of (oid, bytea).
+pub const LARGE_OBJECTS_COPY_OUT: &str =
+    "COPY (SELECT oid, pg_catalog.lo_get(oid) FROM pg_catalog.pg_largeobject_metadata ORDER BY oid) TO STDOUT";
+
+/// The snapshot-holding connection of a backup.
+pub struct SnapshotSession {
+    /// The connection; its transaction must stay open until every reader has attached.
+    pub client: Client,
+    /// The exported snapshot name.
+    pub snapshot: String,
+    /// When the transaction started (database clock).
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The server's version string and number.
+    pub server_version: (String, i32),
+}
+
+impl SnapshotSession {
+    /// Opens the transaction and exports its snapshot.
+    pub async fn begin(database: &Database) -> Result<SnapshotSession> {
+        let client = database.connect().await?;
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+        let row = client
+            .query_one("SELECT pg_export_snapshot(), now(), current_setting('server_version'), current_setting('server_version_num')::int", &[])
+            .await?;
+        Ok(SnapshotSession { snapshot: row.get(0), time: row.get(1), server_version: (row.get(2), row.get(3)), client })
+    }
+
+    /// Every user table with data (leaf tables, not from extensions), biggest first.
+    pub async fn tables(&self) -> Result<Vec<SourceTable>> {
+        let sql = format!(
+            "SELECT n.nspname, c.relname, \
+               coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'), \
+               coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}'), \
+               pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} \
+             ORDER BY 5 DESC, 1, 2"
+        );
+        let rows = self.client.query(&sql, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| SourceTable {
+                schema: row.get(0),
+                name: row.get(1),
+                columns: row.get(2),
+                primary_key: row.get(3),
+                size: row.get(4),
+            })
+            .collect())
+    }
+
+    /// Current values of every user sequence.
+    pub async fn sequences(&self) -> Result<Vec<crate::repo::SequenceState>> {
+        let sql = format!(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'S' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY 1, 2"
+        );
+        let mut states = Vec::new();
+        for row in self.client.query(&sql, &[]).await? {
+            let (schema, name): (String, String) = (row.get(0), row.get(1));
+            let value = self
+                .client
+                .query_one(
+                    &format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)),
+                    &[],
+                )
+                .await?;
+            states.push(crate::repo::SequenceState { schema, name, last_value: value.get(0), is_called: value.get(1) });
+        }
+        Ok(states)
+    }
+
+    /// Whether the database holds any large object.
+    pub async fn has_large_objects(&self) -> Result<bool> {
+        let count: i64 =
+            self.client.query_one("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", &[]).await?.get(0);
+        Ok(count != 0)
+    }
+
+    /// Ends the snapshot's transaction (once every reader has attached and finished).
+    pub async fn end(&self) -> Result<()> {
+        self.client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+
+    /// Foreign keys between user tables: (referencing `schema.table`, referenced `schema.table`).
+    pub async fn foreign_keys(&self) -> Result<Vec<(String, String)>> {
+        let sql = "SELECT DISTINCT cn.nspname || '.' || c.relname, fn.nspname || '.' || f.relname \
+                   FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                   JOIN pg_class f ON f.oid = k.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace \
+                   WHERE k.contype = 'f' AND k.conrelid <> k.confrelid ORDER BY 1, 2";
+        Ok(self.client.query(sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Materialized views that hold data (to refresh after a restore).
+    pub async fn populated_materialized_views(&self) -> Result<Vec<(String, String)>> {
+        let sql = format!(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'm' AND c.relispopulated AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY c.oid"
+        );
+        Ok(self.client.query(&sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Opens a reader connection on the exported snapshot.
+pub async fn attach_to_snapshot(database: &Database, snapshot: &str) -> Result<Client> {
+    let client = database.connect().await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await?;
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_statements_quote_everything() {
+        let table = SourceTable {
+            schema: "crm".into(),
+            name: "Odd\"Name".into(),
+            columns: vec!["id".into(), "e mail".into()],
+            primary_key: vec!["id".into()],
+            size: 0,
+        };
+        assert_eq!(
+            table.copy_out_sql(),
+            "COPY (SELECT \"id\", \"e mail\" FROM ONLY \"crm\".\"Odd\"\"Name\" ORDER BY \"id\") TO STDOUT"
+        );
+    }
+}
