@@ -165,6 +165,37 @@ pub enum Error {
         /// What is wrong, and what to do.
         detail: String,
     },
+    /// The database server could not be reached or refused the connection.
+    #[error("cannot connect to {database}: {detail}")]
+    Connection {
+        /// Redacted connection string.
+        database: String,
+        /// Why (the server's or the network's words).
+        detail: String,
+    },
+    /// TLS to the database could not be set up (certificates, roots).
+    #[error("{0}")]
+    Tls(String),
+    /// A lock the operation needs is held by another session.
+    #[error("waited {seconds} s for a lock on {what}: another session is using the database")]
+    LockTimeout {
+        /// What was to be locked.
+        what: String,
+        /// How long it waited.
+        seconds: u64,
+    },
+    /// The repository changed under a running operation (a rekey finished meanwhile).
+    #[error("{location}: the repository was rekeyed (generation {generation}) while this {operation} ran; {outcome}")]
+    ChangedMeanwhile {
+        /// The target.
+        location: String,
+        /// Its generation now.
+        generation: u32,
+        /// The operation.
+        operation: &'static str,
+        /// What that means for it and what to do.
+        outcome: &'static str,
+    },
     /// A bug: something the code relies on did not hold.
     #[error("internal error: {0}")]
     Internal(String),

@@ -232,7 +232,7 @@ fn restore_sessions_build_indexes_with_maintenance_work_mem_raised() {
         assert!(target.is_empty(), "{options:?}");
     }
     let run = work.restore_with(&repo, &target, &["--maintenance-work-mem", "lots"]);
-    run.fails_with(1, "--maintenance-work-mem lots: invalid size");
+    run.fails_with(1, "maintenance_work_mem lots: invalid size");
 }
 
 #[test]

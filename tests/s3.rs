@@ -218,7 +218,7 @@ fn copy_brings_only_missing_snapshots_and_the_copy_restores() {
     let recipient = work.keygen("other.key");
     work.run(&["init", "--repo", other.to_str().unwrap(), "--recipient", &recipient]).ok();
     run_s3(&work, &server, &["copy", "--from", &local, "--to", other.to_str().unwrap()])
-        .fails_with(1, "are different repositories");
+        .fails_with(1, "are not copies of one repository");
 }
 
 #[test]

@@ -266,7 +266,8 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         Error::NoRecipient => "init needs at least one --recipient (or --recipients-file)",
         Error::NoTarget => "give --repo",
         Error::BadPin { .. } => "--fingerprint pins it again",
-        Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo",
+        Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo brings them to one",
+        Error::LockTimeout { .. } => "restore without --parallel",
         _ => return None,
     })
 }

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::repo::{self, Repository};
+use crate::repo_set::RepoSet;
 
 /// What `copy` did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -23,28 +24,8 @@ pub struct CopyReport {
 
 /// Copies every snapshot of `from` that `to` lacks (or only `only`, when given).
 pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<CopyReport> {
-    if from.config_hash != to.config_hash && from.config.id == to.config.id {
-        return Err(Error::Invalid(format!(
-            "{} is at generation {} of its keys and {} at generation {}: an admin brings them to one with \
-             `crmvault rekey --repo {} --repo {} --identity KEY` (no change)",
-            from.target.location(),
-            from.config.generation,
-            to.target.location(),
-            to.config.generation,
-            from.target.location(),
-            to.target.location()
-        )));
-    }
-    if from.config_hash != to.config_hash {
-        return Err(Error::Invalid(format!(
-            "{} and {} are different repositories (they do not share keys); create the destination with \
-             `crmvault init --copy-from {} --repo {}`",
-            from.target.location(),
-            to.target.location(),
-            from.target.location(),
-            to.target.location()
-        )));
-    }
+    // Two copies of one repository at one generation of its keys, as every target of a backup.
+    RepoSet::of(vec![from.clone(), to.clone()])?.require_one_generation()?;
     let mut report = CopyReport::default();
     for (hash, config) in &from.chain {
         for key in config.keys.iter().chain(&config.admin_keys) {

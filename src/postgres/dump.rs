@@ -89,7 +89,8 @@ pub async fn dump_schema(pg_dump: &Path, database: &Database, snapshot: &str, se
 
 /// Turns pg_dump's plain output into SQL the server runs: psql's `\restrict` lines are dropped.
 pub fn executable_sql(dump: &[u8]) -> Result<String> {
-    let text = std::str::from_utf8(dump).map_err(|_| Error::Invalid("schema dump is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(dump).map_err(|_| Error::PgDump("pg_dump wrote a schema that is not UTF-8".into()))?;
     let mut sql = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_end();

@@ -201,9 +201,7 @@ async fn raise_maintenance_work_mem(client: &Client, size: &str) -> Result<()> {
             &[&size],
         )
         .await
-        .map_err(|e| {
-            Error::Invalid(format!("--maintenance-work-mem {size}: {}", crate::error::postgres_message(&e)))
-        })?;
+        .map_err(|e| Error::Invalid(format!("maintenance_work_mem {size}: {}", crate::error::postgres_message(&e))))?;
     Ok(())
 }
 

@@ -140,8 +140,9 @@ impl Database {
     /// Connects (over TLS unless `sslmode=disable`). The connection's task runs on the runtime.
     pub async fn connect(&self) -> Result<Client> {
         tracing::debug!("connecting to {} with sslmode={} ({:?})", self.redacted, self.tls.as_libpq(), self.tls_origin);
-        let fail = |e: tokio_postgres::Error| {
-            Error::Invalid(format!("cannot connect to {}: {}", self.redacted, self.connect_failure(&e)))
+        let fail = |e: tokio_postgres::Error| Error::Connection {
+            database: self.redacted.clone(),
+            detail: self.connect_failure(&e),
         };
         let client = if self.tls == TlsMode::Disable {
             let (client, connection) = self.config.connect(NoTls).await.map_err(fail)?;

@@ -205,7 +205,7 @@ pub fn connector(mode: TlsMode, root_cert: Option<&Path>, reach: Reach) -> Resul
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Invalid(format!("TLS setup: {e}")))?;
+        .map_err(|e| Error::Tls(format!("TLS setup: {e}")))?;
     let check = mode.server_check();
     let config = if check == ServerCheck::Nothing {
         let verifier = EncryptOnly { provider, reach };
@@ -214,7 +214,7 @@ pub fn connector(mode: TlsMode, root_cert: Option<&Path>, reach: Reach) -> Resul
         let roots = Arc::new(root_store(root_cert)?);
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
             .build()
-            .map_err(|e| Error::Invalid(format!("TLS setup: {e}")))?;
+            .map_err(|e| Error::Tls(format!("TLS setup: {e}")))?;
         if check == ServerCheck::ChainAndName {
             builder.with_webpki_verifier(webpki).with_no_client_auth()
         } else {
@@ -229,10 +229,10 @@ fn root_store(root_cert: Option<&Path>) -> Result<RootCertStore> {
     match root_cert {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| Error::Invalid(format!("sslrootcert {}: {e}", path.display())))?;
+                .map_err(|e| Error::Tls(format!("sslrootcert {}: {e}", path.display())))?;
             for cert in certs {
-                let cert = cert.map_err(|e| Error::Invalid(format!("sslrootcert {}: {e}", path.display())))?;
-                store.add(cert).map_err(|e| Error::Invalid(format!("sslrootcert {}: {e}", path.display())))?;
+                let cert = cert.map_err(|e| Error::Tls(format!("sslrootcert {}: {e}", path.display())))?;
+                store.add(cert).map_err(|e| Error::Tls(format!("sslrootcert {}: {e}", path.display())))?;
             }
         }
         None => {
@@ -242,7 +242,7 @@ fn root_store(root_cert: Option<&Path>) -> Result<RootCertStore> {
         }
     }
     if store.is_empty() {
-        return Err(Error::Invalid("no trusted root certificate for sslmode=verify-*; give sslrootcert=FILE".into()));
+        return Err(Error::Tls("no trusted root certificate for sslmode=verify-*; give sslrootcert=FILE".into()));
     }
     Ok(store)
 }

@@ -270,12 +270,12 @@ impl Repository {
             return Err(error);
         }
         if now.config_hash != self.config_hash {
-            return Err(Error::Invalid(format!(
-                "{}: the repository was rekeyed (generation {}) while this backup ran; nothing it wrote is a \
-                 snapshot yet: run the backup again",
-                self.target.location(),
-                now.config.generation
-            )));
+            return Err(Error::ChangedMeanwhile {
+                location: self.target.location().to_string(),
+                generation: now.config.generation,
+                operation: "backup",
+                outcome: "nothing it wrote is a snapshot yet: run the backup again",
+            });
         }
         Ok(())
     }

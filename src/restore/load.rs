@@ -188,11 +188,7 @@ impl Load<'_> {
         };
         loaded.await.map_err(|error| match &error {
             Error::Postgres(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                Error::Invalid(format!(
-                    "--parallel waited {} s for a lock on {name}: another session is using the database; \
-                     restore without --parallel",
-                    LOCK_TIMEOUT.as_secs()
-                ))
+                Error::LockTimeout { what: name.clone(), seconds: LOCK_TIMEOUT.as_secs() }
             }
             _ => error,
         })
