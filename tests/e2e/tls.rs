@@ -1,8 +1,6 @@
 //! TLS to PostgreSQL: libpq's sslmode meanings, for crmvault's connections and pg_dump's.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
@@ -41,7 +39,7 @@ fn verify_full_checks_the_certificate_and_the_host_name() {
     work.run(&["backup", "--db", &with(&source, "127.0.0.1", "sslmode=require"), "--repo", &repo]).ok();
     // A root that did not sign the server's certificate is refused.
     let stranger = work.path("other-ca.pem");
-    std::fs::write(&stranger, include_str!("fixtures/unrelated-ca.pem")).unwrap();
+    std::fs::write(&stranger, include_str!("../fixtures/unrelated-ca.pem")).unwrap();
     let wrong_root = with(&source, "localhost", &format!("sslmode=verify-full&sslrootcert={}", stranger.display()));
     work.run(&["backup", "--db", &wrong_root, "--repo", &repo]).fails_with(1, "invalid peer certificate");
     work.run(&["backup", "--db", &with(&source, "127.0.0.1", "sslmode=sometimes"), "--repo", &repo])

@@ -1,8 +1,6 @@
 //! End-to-end: what storage reveals, wrong keys, damaged and missing objects.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const EMAIL: &[u8] = b"zebulon.quartermaine@example-crm.test";
 const COMPANY: &[u8] = b"Quixotic Widgets Ltd";

@@ -1,12 +1,10 @@
 //! End-to-end over the S3 protocol (s3s-fs in this process, or moto_server in CI), with a
 //! local folder as the second target.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::s3::S3Server;
-use common::*;
+use crate::common::s3::S3Server;
+use crate::common::*;
 
 /// Runs crmvault with the S3 server's credentials.
 fn run_s3(work: &Workspace, server: &S3Server, args: &[&str]) -> Run {
@@ -234,8 +232,8 @@ fn settings_come_from_the_config_file_which_must_be_private() {
         format!(
             "[repository.\"{repo}\"]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
             server.endpoint,
-            common::s3::ACCESS_KEY,
-            common::s3::SECRET_KEY
+            crate::common::s3::ACCESS_KEY,
+            crate::common::s3::SECRET_KEY
         ),
     )
     .unwrap();

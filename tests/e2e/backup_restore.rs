@@ -1,8 +1,6 @@
 //! End-to-end: backup and restore against a real PostgreSQL, through the real binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn everything_round_trips_schema_and_data() {

@@ -1,11 +1,9 @@
 //! A backup killed at any point leaves no visible snapshot and a repository that verifies.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Starts a backup and SIGKILLs it once `ready` says so (or after a timeout); true if killed.
 fn kill_backup_when(work: &Workspace, db: &TestDb, repo: &str, ready: impl Fn() -> bool) -> bool {

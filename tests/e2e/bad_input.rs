@@ -1,8 +1,6 @@
 //! Bad input gets one clear line on stderr and a non-zero exit, never a panic.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The error is exactly one line and says `needle`.
 fn one_clear_line(run: Run, code: i32, needle: &str) {

@@ -1,11 +1,9 @@
 //! End-to-end: an attacker who can write to the storage, and no key at all (issue 18). Every
 //! attack here worked before format 7: each test is one of them, and what stops it.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// The victim: a database with a secret table, a repository, and the admin's workspace (which
 /// ran `init`, so it holds the pin, the writer key and the admin key).

@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `crmvault` binary against a real PostgreSQL, S3 servers and
+//! damaged storage. One test binary (it links once); each module is one area, and
+//! `cargo test --test e2e MODULE::` runs it. `cargo test --test e2e s3::` runs the S3 tests,
+//! which CI repeats against moto_server.
+
+mod common;
+
+mod backup_restore;
+mod bad_input;
+mod crash;
+mod rekey;
+mod s3;
+mod secrets;
+mod security;
+mod tls;
+mod untrusted_storage;
