@@ -187,11 +187,7 @@ fn a_target_that_fails_midway_gets_no_snapshot_and_the_next_backup_completes_it(
 #[test]
 fn copy_brings_only_missing_snapshots_and_the_copy_restores() {
     let server = S3Server::start();
-    let source = TestDb::create("s3_copy");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let local = work.init_repo("local");
-    work.backup(&source, &local);
+    let Ready { source, work, repo: local, .. } = Scenario::new("s3_copy").crm().init("local").backup();
     source.sql("UPDATE crm.contacts SET phone = '+1 555 0199' WHERE id % 7 = 0");
     work.backup(&source, &local);
     let bucket = server.repo("copy");

@@ -15,11 +15,7 @@ struct Victim {
 
 impl Victim {
     fn new(label: &str) -> Victim {
-        let source = TestDb::create(label);
-        source.load_file(&fixture("examples/crm.sql"));
-        let work = Workspace::new();
-        let repo = work.init_repo("repo");
-        work.backup(&source, &repo);
+        let Ready { source, work, repo, .. } = Scenario::new(label).crm().init("repo").backup();
         Victim { source, work, repo }
     }
 
