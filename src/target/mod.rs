@@ -168,7 +168,10 @@ impl Target {
     /// A large content-addressed object, in parts. S3 makes it visible only when the upload
     /// completes, so a dropped connection leaves no partial object behind.
     async fn put_new_in_parts(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
-        if self.size_of(key).await? == Some(bytes.len() as u64) {
+        // As `heal` decides: only a content-addressed object of another size is replaced.
+        if let Some(size) = self.size_of(key).await?
+            && (size == bytes.len() as u64 || !is_content_addressed(key))
+        {
             return Ok(PutOutcome::AlreadyThere);
         }
         let path = ObjectPath::from(key);
@@ -185,9 +188,7 @@ impl Target {
     /// a leftover of an interrupted upload on a server without atomic writes: replace it.
     async fn heal(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
         // Only an object named by its hash can be told to be a leftover by its size.
-        let name = key.rsplit('/').next().unwrap_or(key);
-        let content_addressed = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-        if !content_addressed || self.size_of(key).await? == Some(bytes.len() as u64) {
+        if !is_content_addressed(key) || self.size_of(key).await? == Some(bytes.len() as u64) {
             return Ok(PutOutcome::AlreadyThere);
         }
         tracing::warn!("{}: replacing {key}, which has the wrong size (an interrupted upload?)", self.location);
@@ -240,4 +241,10 @@ impl Target {
             other => Error::Storage { location: self.location.clone(), source: other },
         }
     }
+}
+
+/// Whether `key` names its object by the hash of its content (64 hex digits, as packs are).
+fn is_content_addressed(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }

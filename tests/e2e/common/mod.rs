@@ -2,6 +2,9 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod s3;
+mod scenario;
+
+pub use scenario::{Ready, Scenario};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

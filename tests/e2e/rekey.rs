@@ -2,12 +2,10 @@
 //! or removed and after the writer key is rotated; what a storage writer and a retired key
 //! cannot do; and a rekey interrupted at every point it writes.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 
 fn public_key(work: &Workspace, name: &str) -> String {
     std::fs::read_to_string(work.path(name))

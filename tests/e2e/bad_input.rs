@@ -1,8 +1,6 @@
 //! Bad input gets one clear line on stderr and a non-zero exit, never a panic.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// The error is exactly one line and says `needle`.
 fn one_clear_line(run: Run, code: i32, needle: &str) {
@@ -96,11 +94,8 @@ fn repository_mistakes_are_explained() {
 
 #[test]
 fn garbage_keys_and_damaged_snapshots_are_named() {
-    let source = TestDb::create("garbage");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    let snapshot = work.backup(&source, &repo)["snapshot_id"].as_str().unwrap().to_string();
+    let Ready { work, repo, report, .. } = Scenario::new("garbage").crm().init("repo").backup();
+    let snapshot = report["snapshot_id"].as_str().unwrap().to_string();
     let target = TestDb::create("garbage_target");
     std::fs::write(work.path("garbage.key"), "AGE-SECRET-KEY-1THISISNOTAKEY\n").unwrap();
     let run = work.run(&[

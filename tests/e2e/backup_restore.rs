@@ -1,15 +1,11 @@
 //! End-to-end: backup and restore against a real PostgreSQL, through the real binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn everything_round_trips_schema_and_data() {
-    let source = TestDb::create("everything");
-    source.load_file(&fixture("tests/fixtures/everything.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } =
+        Scenario::new("everything").fixture("tests/fixtures/everything.sql").init("repo");
     let report = work.run(&["backup", "--json", "--jobs", "3", "--db", &source.url(), "--repo", &repo]).ok().json();
     assert!(report["tables"].as_u64().unwrap() >= 10, "{report}");
 
@@ -49,20 +45,19 @@ fn a_parallel_restore_builds_small_tables_indexes_while_a_large_table_loads() {
     // builds those tables' indexes and constraints (and a comment on one of them, which has to
     // wait for its index) while the large table still loads. Partitioned and inherited tables
     // (whose parents are not loaded on their own) and foreign keys come along.
-    let source = TestDb::create("early_indexes");
-    source.load_file(&fixture("tests/fixtures/everything.sql"));
-    source.add_filler();
-    source.sql(
+    let Ready { source, work, repo, report } = Scenario::new("early_indexes")
+        .fixture("tests/fixtures/everything.sql")
+        .filler()
+        .sql(
         "CREATE INDEX filler_body ON public.filler (body); \
          COMMENT ON INDEX public.filler_body IS 'built after the large load'; \
          CREATE TABLE public.tags (id integer PRIMARY KEY, filler_id bigint REFERENCES public.filler (id), name text UNIQUE); \
          INSERT INTO public.tags SELECT g, g * 3, 'tag ' || g FROM generate_series(1, 2000) g; \
          CREATE INDEX tags_lower ON public.tags (lower(name)); \
          COMMENT ON INDEX public.tags_lower IS 'built while filler loads';",
-    );
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    let report = work.backup(&source, &repo);
+        )
+        .init("repo")
+        .backup();
     let restored = TestDb::create("early_indexes_restored");
     let run = work.restore_with(&repo, &restored, &["--json", "--parallel", "--jobs", "2"]).ok();
     assert_eq!(run.json()["rows"], report["rows"]);
@@ -75,11 +70,7 @@ fn a_parallel_restore_builds_small_tables_indexes_while_a_large_table_loads() {
 
 #[test]
 fn restore_refuses_a_non_empty_database_unless_clean() {
-    let source = TestDb::create("clean_src");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { source, work, repo, .. } = Scenario::new("clean_src").crm().init("repo").backup();
     let target = TestDb::create("clean_dst");
     target.sql("CREATE TABLE public.precious (id int); INSERT INTO precious VALUES (1)");
     work.restore(&repo, &target).fails_with(1, "is not empty");
@@ -94,11 +85,8 @@ fn restore_refuses_a_non_empty_database_unless_clean() {
 
 #[test]
 fn a_second_backup_of_an_unchanged_database_stores_almost_nothing() {
-    let source = TestDb::create("unchanged");
-    source.load_file(&fixture("tests/fixtures/everything.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    let first = work.backup(&source, &repo);
+    let Ready { source, work, repo, report: first } =
+        Scenario::new("unchanged").fixture("tests/fixtures/everything.sql").init("repo").backup();
     let second = work.backup(&source, &repo);
     let (full, again) = (first["bytes_added"].as_u64().unwrap(), second["bytes_added"].as_u64().unwrap());
     eprintln!("first backup added {full} bytes, second {again} bytes ({} per mille)", again * 1000 / full);
@@ -117,11 +105,10 @@ fn a_second_backup_of_an_unchanged_database_stores_almost_nothing() {
 /// store a small part of the full backup.
 #[test]
 fn every_snapshot_of_a_nightly_series_restores_exactly() {
-    let source = TestDb::create("nightly");
-    source.load_file(&fixture("bench/crm_schema.sql"));
-    source.load_file_with(&fixture("bench/crm_generate.sql"), &["scale=0.1"]);
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("nightly")
+        .fixture("bench/crm_schema.sql")
+        .fixture_with("bench/crm_generate.sql", &["scale=0.1"])
+        .init("repo");
     let mut nights = Vec::new();
     for change in [None, Some(("bench/crm_day.sql", "day=1")), Some(("bench/uniform_churn.sql", "seed=1"))] {
         if let Some((script, variable)) = change {
@@ -151,11 +138,7 @@ fn targets_that_hold_different_chunks_each_get_what_they_lack_and_restore_alone(
     // none: tonight a table's new chunks alternate between going to both targets and going to
     // "new" only, and the frames of consecutive chunks each target gets must hold exactly the
     // chunks it lacks.
-    let source = TestDb::create("two_holdings");
-    source.add_filler();
-    let work = Workspace::new();
-    let old = work.init_repo("old");
-    work.backup(&source, &old);
+    let Ready { source, work, repo: old, .. } = Scenario::new("two_holdings").filler().init("old").backup();
     let new = work.path("new").to_str().unwrap().to_string();
     work.run(&["init", "--copy-from", &old, "--repo", &new]).ok();
     source.sql(
@@ -178,15 +161,14 @@ fn targets_that_hold_different_chunks_each_get_what_they_lack_and_restore_alone(
 fn restored_values_are_compressed_with_lz4_unless_the_server_default_is_asked_for() {
     // Values over ~2 KiB are compressed where PostgreSQL stores them (TOAST); a column whose
     // schema names a method keeps it either way.
-    let source = TestDb::create("toast");
-    source.sql(
-        "CREATE TABLE public.notes (id integer PRIMARY KEY, body text, fixed text COMPRESSION pglz); \
-         INSERT INTO public.notes SELECT i, repeat('call notes ' || i, 1000), repeat('kept ' || i, 1000) \
-         FROM generate_series(1, 20) i",
-    );
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { source, work, repo, .. } = Scenario::new("toast")
+        .sql(
+            "CREATE TABLE public.notes (id integer PRIMARY KEY, body text, fixed text COMPRESSION pglz); \
+             INSERT INTO public.notes SELECT i, repeat('call notes ' || i, 1000), repeat('kept ' || i, 1000) \
+             FROM generate_series(1, 20) i",
+        )
+        .init("repo")
+        .backup();
     let methods = "SELECT string_agg(DISTINCT pg_column_compression(body), ',') || '/' || \
                    string_agg(DISTINCT pg_column_compression(fixed), ',') FROM public.notes";
     assert_eq!(source.sql(methods).trim(), "pglz/pglz");
@@ -204,21 +186,20 @@ fn restored_values_are_compressed_with_lz4_unless_the_server_default_is_asked_fo
 fn restore_sessions_build_indexes_with_maintenance_work_mem_raised() {
     // An index function that reports, when it runs during the restore's index build, the
     // maintenance_work_mem of the session building it (by failing with it).
-    let source = TestDb::create("work_mem");
-    source.sql(
-        "CREATE TABLE public.flag (raised boolean); \
-         CREATE FUNCTION public.tell(x integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS \
-           $$ BEGIN IF EXISTS (SELECT 1 FROM public.flag) THEN \
-                RAISE EXCEPTION 'built with maintenance_work_mem %', current_setting('maintenance_work_mem'); \
-              END IF; RETURN x; END $$; \
-         CREATE TABLE public.accounts (id integer PRIMARY KEY, score integer); \
-         INSERT INTO public.accounts SELECT g, g % 97 FROM generate_series(1, 500) g; \
-         CREATE INDEX accounts_tell ON public.accounts (public.tell(score)); \
-         INSERT INTO public.flag VALUES (true);",
-    );
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { work, repo, .. } = Scenario::new("work_mem")
+        .sql(
+            "CREATE TABLE public.flag (raised boolean); \
+             CREATE FUNCTION public.tell(x integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS \
+               $$ BEGIN IF EXISTS (SELECT 1 FROM public.flag) THEN \
+                    RAISE EXCEPTION 'built with maintenance_work_mem %', current_setting('maintenance_work_mem'); \
+                  END IF; RETURN x; END $$; \
+             CREATE TABLE public.accounts (id integer PRIMARY KEY, score integer); \
+             INSERT INTO public.accounts SELECT g, g % 97 FROM generate_series(1, 500) g; \
+             CREATE INDEX accounts_tell ON public.accounts (public.tell(score)); \
+             INSERT INTO public.flag VALUES (true);",
+        )
+        .init("repo")
+        .backup();
     let target = TestDb::create("work_mem_target");
     for (options, expected) in [
         (&["--parallel"][..], "built with maintenance_work_mem 256MB"),
@@ -237,10 +218,7 @@ fn restore_sessions_build_indexes_with_maintenance_work_mem_raised() {
 
 #[test]
 fn table_patterns_select_what_is_backed_up() {
-    let source = TestDb::create("patterns");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("patterns").crm().init("repo");
     let report = work
         .run(&[
             "backup",
@@ -345,22 +323,21 @@ fn a_restore_whose_index_build_fails_leaves_the_database_as_it_was() {
     // A function declared IMMUTABLE that is not: the index was built before the flag row
     // existed, and building it again on restore (data first, indexes after) fails. A real
     // cause of failed restores; here it makes an entry of the parallel post-data step fail.
-    let source = TestDb::create("failing_index");
-    source.sql(
-        "CREATE TABLE public.flag (raised boolean); \
-         CREATE FUNCTION public.picky(x integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS \
-           $$ BEGIN IF EXISTS (SELECT 1 FROM public.flag) THEN RAISE EXCEPTION 'picky refuses %', x; END IF; \
-              RETURN x; END $$; \
-         CREATE TABLE public.accounts (id integer PRIMARY KEY, score integer); \
-         INSERT INTO public.accounts SELECT g, g % 97 FROM generate_series(1, 5000) g; \
-         CREATE TABLE public.notes (id integer PRIMARY KEY, account_id integer REFERENCES public.accounts (id)); \
-         INSERT INTO public.notes SELECT g, g FROM generate_series(1, 5000) g; \
-         CREATE INDEX accounts_picky ON public.accounts (public.picky(score)); \
-         INSERT INTO public.flag VALUES (true);",
-    );
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { source, work, repo, .. } = Scenario::new("failing_index")
+        .sql(
+            "CREATE TABLE public.flag (raised boolean); \
+             CREATE FUNCTION public.picky(x integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS \
+               $$ BEGIN IF EXISTS (SELECT 1 FROM public.flag) THEN RAISE EXCEPTION 'picky refuses %', x; END IF; \
+                  RETURN x; END $$; \
+             CREATE TABLE public.accounts (id integer PRIMARY KEY, score integer); \
+             INSERT INTO public.accounts SELECT g, g % 97 FROM generate_series(1, 5000) g; \
+             CREATE TABLE public.notes (id integer PRIMARY KEY, account_id integer REFERENCES public.accounts (id)); \
+             INSERT INTO public.notes SELECT g, g FROM generate_series(1, 5000) g; \
+             CREATE INDEX accounts_picky ON public.accounts (public.picky(score)); \
+             INSERT INTO public.flag VALUES (true);",
+        )
+        .init("repo")
+        .backup();
     let target = TestDb::create("failing_index_target");
     for options in [&["--parallel"][..], &[]] {
         let run = work.restore_with(&repo, &target, options);
@@ -417,12 +394,8 @@ fn chunks_that_recur_after_the_sent_set_forgot_them_are_stored_again_and_restore
 
 #[test]
 fn a_large_backup_writes_its_index_in_parts_and_the_next_backup_reuses_them_all() {
-    let source = TestDb::create("index_parts");
-    source.load_file(&fixture("examples/crm.sql"));
     // Several packs' worth: an index file can only follow a pack that is stored.
-    source.add_filler();
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("index_parts").crm().filler().init("repo");
     let url = source.url();
     let first = work.run(&["backup", "--json", "--index-chunks", "100", "--db", &url, "--repo", &repo]).ok().json();
     let new_chunks = first["new_chunks"].as_u64().unwrap();

@@ -1,8 +1,6 @@
 //! End-to-end: what storage reveals, wrong keys, damaged and missing objects.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const EMAIL: &[u8] = b"zebulon.quartermaine@example-crm.test";
 const COMPANY: &[u8] = b"Quixotic Widgets Ltd";
@@ -91,11 +89,7 @@ fn storage_holds_nothing_readable_and_the_backup_host_needs_no_admin_key() {
 
 #[test]
 fn a_wrong_identity_is_refused_and_the_target_is_untouched() {
-    let source = TestDb::create("wrongkey");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { work, repo, .. } = Scenario::new("wrongkey").crm().init("repo").backup();
     work.keygen("other.key");
     let target = TestDb::create("wrongkey_target");
     let run = work.run(&[
@@ -125,11 +119,7 @@ fn damaged_copy(work: &Workspace, from: &str, file: &std::path::Path, name: &str
 
 #[test]
 fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
-    let source = TestDb::create("flip");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { work, repo, .. } = Scenario::new("flip").crm().init("repo").backup();
     work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
     let target = TestDb::create("flip_target");
     for (number, file) in files_under(std::path::Path::new(&repo)).iter().enumerate() {
@@ -169,11 +159,7 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
 
 #[test]
 fn a_deleted_object_is_found_by_plain_verify() {
-    let source = TestDb::create("deleted");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { work, repo, .. } = Scenario::new("deleted").crm().init("repo").backup();
     let stranger = Workspace::new(); // no writer key, no identity: structure only
     stranger.run(&["verify", "--repo", &repo]).ok();
     for prefix in ["data", "index", "keys"] {
@@ -195,12 +181,8 @@ fn a_deleted_object_is_found_by_plain_verify() {
 
 #[test]
 fn a_parallel_restore_that_fails_midway_removes_what_it_created() {
-    let source = TestDb::create("parallel_undo");
-    source.load_file(&fixture("tests/fixtures/everything.sql"));
-    source.add_filler();
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { source, work, repo, .. } =
+        Scenario::new("parallel_undo").fixture("tests/fixtures/everything.sql").filler().init("repo").backup();
     // The largest pack holds table data, which is read only after the schema is committed.
     let packs = files_under(&work.path("repo/data"));
     let largest = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();

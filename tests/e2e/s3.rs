@@ -1,12 +1,10 @@
 //! End-to-end over the S3 protocol (s3s-fs in this process, or moto_server in CI), with a
 //! local folder as the second target.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::s3::S3Server;
-use common::*;
+use crate::common::s3::S3Server;
+use crate::common::*;
 
 /// Runs crmvault with the S3 server's credentials.
 fn run_s3(work: &Workspace, server: &S3Server, args: &[&str]) -> Run {
@@ -189,11 +187,7 @@ fn a_target_that_fails_midway_gets_no_snapshot_and_the_next_backup_completes_it(
 #[test]
 fn copy_brings_only_missing_snapshots_and_the_copy_restores() {
     let server = S3Server::start();
-    let source = TestDb::create("s3_copy");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let local = work.init_repo("local");
-    work.backup(&source, &local);
+    let Ready { source, work, repo: local, .. } = Scenario::new("s3_copy").crm().init("local").backup();
     source.sql("UPDATE crm.contacts SET phone = '+1 555 0199' WHERE id % 7 = 0");
     work.backup(&source, &local);
     let bucket = server.repo("copy");
@@ -234,8 +228,8 @@ fn settings_come_from_the_config_file_which_must_be_private() {
         format!(
             "[repository.\"{repo}\"]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
             server.endpoint,
-            common::s3::ACCESS_KEY,
-            common::s3::SECRET_KEY
+            crate::common::s3::ACCESS_KEY,
+            crate::common::s3::SECRET_KEY
         ),
     )
     .unwrap();

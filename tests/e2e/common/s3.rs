@@ -69,6 +69,18 @@ impl S3Server {
         self.root.as_ref().map(|r| r.path().join(&self.bucket))
     }
 
+    /// How the library reaches this server (what the CLI builds from `env()` and the URL).
+    pub fn settings(&self) -> crmvault::target::S3Settings {
+        crmvault::target::S3Settings {
+            endpoint: Some(self.endpoint.clone()),
+            access_key_id: Some(ACCESS_KEY.to_string()),
+            secret_access_key: Some(SECRET_KEY.to_string().into()),
+            max_retries: 2,
+            retry_timeout: std::time::Duration::from_secs(5),
+            ..crmvault::target::S3Settings::default()
+        }
+    }
+
     /// Environment for the crmvault process.
     #[allow(clippy::unused_self, reason = "reads as server.env() at the call sites")]
     pub fn env(&self) -> Vec<(&'static str, String)> {

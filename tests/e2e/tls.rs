@@ -1,8 +1,6 @@
 //! TLS to PostgreSQL: libpq's sslmode meanings, for crmvault's connections and pg_dump's.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
@@ -25,10 +23,7 @@ fn verify_full_checks_the_certificate_and_the_host_name() {
         skip("the local PostgreSQL does not serve TLS with Debian's snakeoil certificate");
         return;
     };
-    let source = TestDb::create("tls");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("tls").crm().init("repo");
     // The certificate names localhost: verify-full passes for localhost (crmvault and pg_dump)...
     let good = with(&source, "localhost", &format!("sslmode=verify-full&sslrootcert={certificate}"));
     work.run(&["backup", "--db", &good, "--repo", &repo]).ok();
@@ -41,7 +36,7 @@ fn verify_full_checks_the_certificate_and_the_host_name() {
     work.run(&["backup", "--db", &with(&source, "127.0.0.1", "sslmode=require"), "--repo", &repo]).ok();
     // A root that did not sign the server's certificate is refused.
     let stranger = work.path("other-ca.pem");
-    std::fs::write(&stranger, include_str!("fixtures/unrelated-ca.pem")).unwrap();
+    std::fs::write(&stranger, include_str!("../fixtures/unrelated-ca.pem")).unwrap();
     let wrong_root = with(&source, "localhost", &format!("sslmode=verify-full&sslrootcert={}", stranger.display()));
     work.run(&["backup", "--db", &wrong_root, "--repo", &repo]).fails_with(1, "invalid peer certificate");
     work.run(&["backup", "--db", &with(&source, "127.0.0.1", "sslmode=sometimes"), "--repo", &repo])
@@ -106,10 +101,7 @@ fn run_as_remote(work: &Workspace, hosts: &str, args: &[&str]) -> Run {
 #[test]
 fn a_remote_server_without_tls_is_refused_by_default_and_reached_when_sslmode_says_so() {
     let port = plaintext_only_server();
-    let source = TestDb::create("tls_plain");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("tls_plain").crm().init("repo");
     let url = format!("postgres://postgres@127.0.0.2:{port}/{}", source.name);
     let keyword_value = format!("host = 127.0.0.2 port={port} user=postgres dbname='{}'", source.name);
 
@@ -161,10 +153,7 @@ fn an_unchecked_certificate_is_warned_about_once_and_only_for_a_remote_host() {
         skip("the local PostgreSQL does not serve TLS with Debian's snakeoil certificate");
         return;
     };
-    let source = TestDb::create("tls_warn");
-    source.load_file(&fixture("examples/crm.sql"));
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("tls_warn").crm().init("repo");
     let warning = "is encrypted, but nothing checks that the server is who it claims to be";
     let recommendation = "use sslmode=verify-full&sslrootcert=ca.pem";
 

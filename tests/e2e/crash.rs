@@ -1,11 +1,9 @@
 //! A backup killed at any point leaves no visible snapshot and a repository that verifies.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Starts a backup and SIGKILLs it once `ready` says so (or after a timeout); true if killed.
 fn kill_backup_when(work: &Workspace, db: &TestDb, repo: &str, ready: impl Fn() -> bool) -> bool {
@@ -37,11 +35,7 @@ fn count_files(dir: &Path) -> usize {
 
 #[test]
 fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
-    let source = TestDb::create("crash");
-    source.load_file(&fixture("examples/crm.sql"));
-    source.add_filler();
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("crash").crm().filler().init("repo");
     let repo_path = Path::new(&repo).to_path_buf();
     let stranger = Workspace::new(); // verifies without any key
 
@@ -113,11 +107,7 @@ fn kill_restore_while_loading(work: &Workspace, repo: &str, target: &TestDb, ext
 
 #[test]
 fn a_killed_restore_leaves_the_target_empty() {
-    let source = TestDb::create("crash_restore");
-    source.add_filler();
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { source, work, repo, .. } = Scenario::new("crash_restore").filler().init("repo").backup();
     let target = TestDb::create("crash_restore_target");
     let killed = kill_restore_while_loading(&work, &repo, &target, &[]);
     assert!(killed, "the restore finished before it could be interrupted");
@@ -133,12 +123,11 @@ fn a_killed_restore_leaves_the_target_empty() {
 
 #[test]
 fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
-    let source = TestDb::create("crash_parallel");
-    source.add_filler();
-    source.sql("CREATE TABLE public.second AS SELECT * FROM public.filler WHERE id % 2 = 0");
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { source, work, repo, .. } = Scenario::new("crash_parallel")
+        .filler()
+        .sql("CREATE TABLE public.second AS SELECT * FROM public.filler WHERE id % 2 = 0")
+        .init("repo")
+        .backup();
     let target = TestDb::create("crash_parallel_target");
     let killed = kill_restore_while_loading(&work, &repo, &target, &["--parallel"]);
     assert!(killed, "the restore finished before it could be interrupted");
@@ -154,11 +143,7 @@ fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
 
 #[test]
 fn a_half_written_staging_file_beside_a_pack_is_ignored() {
-    let source = TestDb::create("staging_leftover");
-    source.add_filler();
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    work.backup(&source, &repo);
+    let Ready { source, work, repo, .. } = Scenario::new("staging_leftover").filler().init("repo").backup();
     // What a write killed before its hard link leaves: `<pack>#<n>`, cut short.
     let pack = files_under(&work.path("repo/data")).into_iter().next().expect("a pack");
     let bytes = std::fs::read(&pack).unwrap();

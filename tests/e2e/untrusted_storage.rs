@@ -1,11 +1,9 @@
 //! End-to-end: an attacker who can write to the storage, and no key at all (issue 18). Every
 //! attack here worked before format 7: each test is one of them, and what stops it.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// The victim: a database with a secret table, a repository, and the admin's workspace (which
 /// ran `init`, so it holds the pin, the writer key and the admin key).
@@ -17,11 +15,7 @@ struct Victim {
 
 impl Victim {
     fn new(label: &str) -> Victim {
-        let source = TestDb::create(label);
-        source.load_file(&fixture("examples/crm.sql"));
-        let work = Workspace::new();
-        let repo = work.init_repo("repo");
-        work.backup(&source, &repo);
+        let Ready { source, work, repo, .. } = Scenario::new(label).crm().init("repo").backup();
         Victim { source, work, repo }
     }
 

@@ -4,13 +4,11 @@
 //! succeeding and failing, with `--json`, `-vv` and `CRMVAULT_LOG=debug`. Nothing it prints
 //! and no file in the repositories or the config folder may contain any of them.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::s3::S3Server;
-use common::*;
+use crate::common::s3::S3Server;
+use crate::common::*;
 
 /// A login role with a password, dropped at the end (after the databases, which are declared
 /// after it). The server trusts loopback, so a wrong password connects too: what is tested is
@@ -341,7 +339,7 @@ fn s3_credentials_never_show_in_output_logs_or_the_repository() {
     let server = S3Server::start();
     let work = Workspace::new();
     let mut watch = Watch::new(&[
-        common::s3::SECRET_KEY,
+        crate::common::s3::SECRET_KEY,
         URL_ACCESS_KEY,
         URL_SECRET_KEY,
         USERINFO_ACCESS_KEY,

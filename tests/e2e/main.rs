@@ -1,0 +1,18 @@
+//! End-to-end tests: the real `crmvault` binary against a real PostgreSQL, S3 servers and
+//! damaged storage, plus the storage conformance suite every target runs. One test binary
+//! (it links once); each module is one area, and `cargo test --test e2e MODULE::` runs it.
+//! `cargo test --test e2e s3::` runs the S3 tests (the `s3` module and the conformance suite's
+//! S3 half, `storage::s3`), which CI repeats against moto_server.
+
+mod common;
+
+mod backup_restore;
+mod bad_input;
+mod crash;
+mod rekey;
+mod s3;
+mod secrets;
+mod security;
+mod storage;
+mod tls;
+mod untrusted_storage;
