@@ -2,9 +2,11 @@
 //!
 //! The library is the engine; the `crmvault` binary (src/main.rs, src/cli/) only parses
 //! arguments, prints and exits. Modules follow the data's way through the program:
-//! [`postgres`] (PostgreSQL) → [`chunk`] → [`crypto`] → [`repo`] (the format) → [`target`]
-//! (storage), and back through [`fetch`] into [`postgres`] again. [`backup`] and [`restore`]
-//! drive those two ways; [`commands`] holds the other operations, one per CLI command.
+//! [`postgres`] (PostgreSQL) → [`chunk`] → [`compress`] → [`crypto`] → [`repo`] (the format)
+//! → [`target`] (storage), and back through [`fetch`] into [`postgres`] again. [`backup`] and
+//! [`restore`] drive those two ways over a [`repo_set::RepoSet`] (the copies of one
+//! repository); [`rekey`] rotates keys; [`commands`] holds the other operations, one per CLI
+//! command. Long operations report through [`progress::Progress`].
 
 pub mod backup;
 pub mod chunk;
