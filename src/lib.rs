@@ -12,6 +12,8 @@ pub mod compress;
 pub mod crypto;
 pub mod error;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod repo;
 pub mod restore;
 pub mod source;

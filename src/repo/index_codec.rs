@@ -11,11 +11,11 @@ use crate::crypto::ChunkId;
 
 /// What the plaintext of a binary index starts with. A zstd frame (formats 2 and 3) starts
 /// with `28 B5 2F FD`, so the two cannot be confused.
-pub(super) const MAGIC: &[u8] = b"crmvault index\n";
+pub(crate) const MAGIC: &[u8] = b"crmvault index\n";
 
 /// Encodes an index. Chunks that continue their frame (same offset and length, starting where
 /// the previous one ended) share the frame's record.
-pub(super) fn encode(file: &IndexFile) -> Vec<u8> {
+pub(crate) fn encode(file: &IndexFile) -> Vec<u8> {
     let chunks: usize = file.packs.iter().map(|p| p.chunks.len()).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + 64 * file.packs.len() + 35 * chunks);
     out.extend_from_slice(MAGIC);
@@ -70,7 +70,7 @@ fn frames_of(chunks: &[ChunkLocation]) -> Vec<&[ChunkLocation]> {
 }
 
 /// Decodes an index, refusing anything malformed with a reason.
-pub(super) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
     let mut input = Reader { bytes: bytes.strip_prefix(MAGIC).ok_or("not a binary index")? };
     let version = u32::try_from(input.number()?).map_err(|_| "impossible version")?;
     // Format 4 wrote all 32 bytes of every id; this build keeps the first 16 of them.
