@@ -15,6 +15,8 @@ pub mod compress;
 pub mod crypto;
 pub mod error;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod postgres;
 pub mod progress;
 pub mod rekey;

@@ -343,42 +343,47 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let config_hash = crypto::object_hash(&bytes);
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("{}/config", target.location()), format!("not JSON: {e}")))?;
-        let version = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        if value.get("format").and_then(serde_json::Value::as_str) != Some("crmvault") {
-            return Err(Error::NotARepository { location: target.location().into() });
-        }
-        let version = u32::try_from(version).unwrap_or(u32::MAX);
-        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
-            return Err(Error::UnsupportedFormat {
-                what: format!("repository {}", target.location()),
-                found: version,
-                oldest: super::OLDEST_FORMAT_VERSION,
-                supported: FORMAT_VERSION,
-                advice: crate::error::format_advice(version, FORMAT_VERSION),
-            });
-        }
-        let config: RepoConfig = serde_json::from_value(value)
-            .map_err(|e| Error::corrupt(format!("{}/config", target.location()), e.to_string()))?;
-        for recipient in config.recipients.iter().chain(std::iter::once(&config.writer_recipient)) {
-            crypto::parse_recipient(recipient)
-                .map_err(|_| Error::corrupt(format!("{}/config", target.location()), "holds a damaged recipient"))?;
-        }
-        // The id names folders on this machine (writer key, pin): nothing but 32 hex digits.
-        if config.id.len() != 32 || !config.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            return Err(Error::corrupt(format!("{}/config", target.location()), "holds an invalid repository id"));
-        }
-        let objects_named_right = config
-            .keys
-            .iter()
-            .chain(&config.admin_keys)
-            .all(|key| key.strip_prefix("keys/").is_some_and(is_object_hash))
-            && config.carried.iter().all(|id| is_object_hash(id));
-        if !objects_named_right {
-            return Err(Error::corrupt(format!("{}/config", target.location()), "names an object that is not a hash"));
-        }
+        let config = parse_config(target.location(), &bytes)?;
         let chain = vec![(config_hash.clone(), config.clone())];
         Ok(Repository { target, config, config_hash, chain, fork: None })
     }
+}
+
+/// Parses and checks the bytes of a `config` object (or a copy) read from `location`: JSON
+/// naming format "crmvault", a version this build reads, recipients that parse, a well-formed
+/// id, objects named by their hashes. Nothing here is trusted yet (see [`Repository::open`]).
+pub(crate) fn parse_config(location: &str, bytes: &[u8]) -> Result<RepoConfig> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(format!("{location}/config"), format!("not JSON: {e}")))?;
+    let version = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    if value.get("format").and_then(serde_json::Value::as_str) != Some("crmvault") {
+        return Err(Error::NotARepository { location: location.into() });
+    }
+    let version = u32::try_from(version).unwrap_or(u32::MAX);
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
+        return Err(Error::UnsupportedFormat {
+            what: format!("repository {location}"),
+            found: version,
+            oldest: super::OLDEST_FORMAT_VERSION,
+            supported: FORMAT_VERSION,
+            advice: crate::error::format_advice(version, FORMAT_VERSION),
+        });
+    }
+    let config: RepoConfig =
+        serde_json::from_value(value).map_err(|e| Error::corrupt(format!("{location}/config"), e.to_string()))?;
+    for recipient in config.recipients.iter().chain(std::iter::once(&config.writer_recipient)) {
+        crypto::parse_recipient(recipient)
+            .map_err(|_| Error::corrupt(format!("{location}/config"), "holds a damaged recipient"))?;
+    }
+    // The id names folders on this machine (writer key, pin): nothing but 32 hex digits.
+    if config.id.len() != 32 || !config.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(Error::corrupt(format!("{location}/config"), "holds an invalid repository id"));
+    }
+    let objects_named_right =
+        config.keys.iter().chain(&config.admin_keys).all(|key| key.strip_prefix("keys/").is_some_and(is_object_hash))
+            && config.carried.iter().all(|id| is_object_hash(id));
+    if !objects_named_right {
+        return Err(Error::corrupt(format!("{location}/config"), "names an object that is not a hash"));
+    }
+    Ok(config)
 }

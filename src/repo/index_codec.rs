@@ -11,11 +11,11 @@ use crate::crypto::ChunkId;
 
 /// What the plaintext of a binary index starts with. A zstd frame (formats 2 and 3) starts
 /// with `28 B5 2F FD`, so the two cannot be confused.
-pub(super) const MAGIC: &[u8] = b"crmvault index\n";
+pub(crate) const MAGIC: &[u8] = b"crmvault index\n";
 
 /// Encodes an index. Chunks that continue their frame (same offset and length, starting where
 /// the previous one ended) share the frame's record.
-pub(super) fn encode(file: &IndexFile) -> Vec<u8> {
+pub(crate) fn encode(file: &IndexFile) -> Vec<u8> {
     let chunks: usize = file.packs.iter().map(|p| p.chunks.len()).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + 64 * file.packs.len() + 35 * chunks);
     out.extend_from_slice(MAGIC);
@@ -70,7 +70,7 @@ fn frames_of(chunks: &[ChunkLocation]) -> Vec<&[ChunkLocation]> {
 }
 
 /// Decodes an index, refusing anything malformed with a reason.
-pub(super) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
     let mut input = Reader { bytes: bytes.strip_prefix(MAGIC).ok_or("not a binary index")? };
     let version = u32::try_from(input.number()?).map_err(|_| "impossible version")?;
     // Format 4 wrote all 32 bytes of every id; this build keeps the first 16 of them.
@@ -93,6 +93,11 @@ pub(super) fn decode(bytes: &[u8]) -> std::result::Result<IndexFile, String> {
             let length = u32::try_from(input.number()?).map_err(|_| "frame too long")?;
             let mut start = u32::try_from(input.number()?).map_err(|_| "chunk starts too far")?;
             let chunk_count = input.count(id_bytes + 1)?;
+            // Never written (a frame is a run of chunks), and not kept by encoding: the frames
+            // after it would be read again at other offsets.
+            if chunk_count == 0 {
+                return Err("a frame without chunks".into());
+            }
             chunks.reserve(chunk_count);
             for _ in 0..chunk_count {
                 let id = ChunkId::from_stored(input.take(id_bytes)?).expect("16 or 32 bytes");
@@ -246,5 +251,25 @@ mod tests {
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert_eq!(decode(&huge).unwrap_err(), "count larger than the object");
         assert!(decode(b"\x28\xb5\x2f\xfd").is_err());
+    }
+
+    #[test]
+    fn a_frame_without_chunks_is_refused_as_it_would_not_survive_encoding() {
+        // Fuzzing input: a frame of no chunks at offset 2^63 - 1, then a frame of one chunk as
+        // far again. Encoding leaves out the empty frame, and the second frame's distance from
+        // the pack's start (2^64 - 2) does not fit a zigzag varint: re-encoded by `rekey
+        // --reencrypt`, the chunk moved to offset 2^63 - 2.
+        let mut bytes = MAGIC.to_vec();
+        for number in [7, 1, 1] {
+            crate::varint::put(&mut bytes, number);
+        }
+        bytes.push(b'p');
+        for number in [1, 0, 2, u64::MAX - 1, 0, 0, 0, u64::MAX - 1, 0, 0, 1] {
+            crate::varint::put(&mut bytes, number);
+        }
+        bytes.extend_from_slice(&[7; crate::crypto::CHUNK_ID_BYTES]);
+        crate::varint::put(&mut bytes, 1);
+        assert_eq!(decode(&bytes).unwrap_err(), "a frame without chunks");
+        crate::fuzzing::index(&bytes[MAGIC.len()..]);
     }
 }

@@ -27,7 +27,7 @@ pub mod chunk_index;
 mod chunk_set;
 mod config;
 mod index;
-mod index_codec;
+pub(crate) mod index_codec;
 mod keys;
 mod layout;
 mod lists;
@@ -205,7 +205,7 @@ pub async fn ensure_empty(target: &Target) -> Result<()> {
 
 /// zstd-compressed JSON, parsed as it is decompressed: the JSON of a large index (about 100
 /// bytes a chunk: 50 MiB at 3 GiB of data) is never held whole.
-fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8]) -> Result<T> {
+pub(crate) fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8]) -> Result<T> {
     let decoder = zstd::stream::Decoder::new(compressed).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
     serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, decoder)).map_err(|e| {
         if e.is_io() {

@@ -310,7 +310,9 @@ impl SealedManifest {
 }
 
 impl SealedSnapshot {
-    fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
+    /// Parses a snapshot object as read from storage, checking that `id` is the BLAKE3 of its
+    /// manifest ciphertext (the header against its own hash; the MAC waits for [`Self::open`]).
+    pub(crate) fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
         let lines = parse_header(id, bytes)?;
         let manifest_ciphertext = bytes.slice(lines.end..);
