@@ -121,10 +121,10 @@ impl RepoSet {
         &self.left_out
     }
 
-    /// Whether the command was given more than one target (then what fails on one is a
-    /// warning, not the error).
+    /// Whether more than one copy is open (then what fails on one is a warning, and the
+    /// others go on; with one, its failure is the error and is said once).
     pub fn several(&self) -> bool {
-        self.repositories.len() + self.left_out.len() > 1
+        self.repositories.len() > 1
     }
 
     /// Says that `location` failed at something the command goes on without, when it has
@@ -313,6 +313,81 @@ impl RepoSet {
             (Some(manifest), _) => Ok((manifest, sources, mark.expect("set with the manifest"))),
             (None, Some(error)) => Err(error),
             (None, None) => Err(Error::SnapshotNotFound(format!("no target holds snapshot {snapshot_id}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{self, RepoSecret};
+    use crate::repo::Tuning;
+    use crate::target::OpenMode;
+
+    /// A repository in `dir/name`, and where it is.
+    async fn repository(dir: &Path, name: &str) -> String {
+        let location = dir.join(name).to_str().unwrap().to_string();
+        let target = Target::open(&location, OpenMode::Create).unwrap();
+        let admin = crypto::generate_identity();
+        Repository::init(target, &[admin.to_public()], &dir.join("config"), RepoSecret::generate(), Tuning::default())
+            .await
+            .unwrap();
+        location
+    }
+
+    fn open(location: &str) -> Result<Target> {
+        Target::open(location, OpenMode::Existing)
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_opened_is_left_out_named_or_is_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = repository(dir.path(), "good").await;
+        let gone = dir.path().join("gone").to_str().unwrap().to_string();
+        let gone_too = dir.path().join("gone-too").to_str().unwrap().to_string();
+
+        // Of several, one that cannot be opened is left out, with why.
+        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open).await.unwrap();
+        assert_eq!(set.repositories().len(), 1);
+        assert_eq!(set.first().target.location(), good);
+        assert_eq!(set.left_out().len(), 1);
+        assert_eq!(set.left_out()[0].location, gone);
+        assert!(set.left_out()[0].reason.contains("no crmvault repository"), "{:?}", set.left_out());
+        assert!(!set.several());
+
+        // None: every reason, each naming its target.
+        let error = RepoSet::open_available(&[gone.clone(), gone_too.clone()], open).await.unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, Error::EveryTargetFailed(ref reasons) if reasons.len() == 2), "{text}");
+        assert!(
+            text.starts_with("every target failed: ") && text.contains(&gone) && text.contains(&gone_too),
+            "{text}"
+        );
+
+        // One: its own error, as it is.
+        let error = RepoSet::open_available(std::slice::from_ref(&gone), open).await.unwrap_err();
+        assert!(matches!(error, Error::NotARepository { .. }), "{error}");
+
+        // A command that needs every copy fails on the first it cannot open.
+        let error = RepoSet::open_all(&[good.clone(), gone.clone()], open).await.unwrap_err();
+        assert!(matches!(error, Error::NotARepository { ref location } if *location == gone), "{error}");
+        assert!(matches!(RepoSet::open_all(&[], open).await, Err(Error::NoTarget)));
+    }
+
+    #[tokio::test]
+    async fn two_repositories_are_not_copies_of_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = repository(dir.path(), "first").await;
+        let other = repository(dir.path(), "other").await;
+        let set = RepoSet::open_all(&[first.clone(), first.clone()], open).await.unwrap();
+        set.require_one_generation().unwrap();
+        set.require_one_fingerprint().unwrap();
+        assert!(set.several());
+
+        let set = RepoSet::open_all(&[first, other], open).await.unwrap();
+        for error in [set.require_one_generation().unwrap_err(), set.require_one_fingerprint().unwrap_err()] {
+            assert!(matches!(error, Error::NotCopies { .. }), "{error}");
+            assert!(error.to_string().contains("are not copies of one repository"), "{error}");
         }
     }
 }
