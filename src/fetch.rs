@@ -32,7 +32,7 @@ const INLINE_DECODE_BYTES: u32 = 4096;
 
 type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;
 /// (source number, pack id): a decrypted pack of one target.
-type PackKey = (usize, String);
+type PackKey = (usize, repo::ObjectId);
 /// Cached packs and their insertion order, for eviction.
 type PackCache = (HashMap<PackKey, PackCell>, VecDeque<PackKey>);
 

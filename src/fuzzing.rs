@@ -55,9 +55,9 @@ pub fn snapshot(bytes: &[u8]) {
 }
 
 /// The id a snapshot object would have: the BLAKE3 of what follows its fourth line.
-fn manifest_id(object: &[u8]) -> String {
+fn manifest_id(object: &[u8]) -> crate::repo::SnapshotId {
     let start = memchr::memchr_iter(b'\n', object).nth(3).map_or(object.len(), |end| end + 1);
-    crypto::object_hash(&object[start..])
+    crate::repo::SnapshotId::of(&object[start..])
 }
 
 /// A manifest's plaintext as decrypted (zstd-compressed JSON); also `bytes` as the JSON itself,
@@ -108,7 +108,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use crate::repo::{ChunkLocation, IndexFile, ObjectRef, PackRecord, RepoConfig, SnapshotHeader, StreamManifest};
 
     let id = |n: u8| crypto::ChunkId([n; crypto::CHUNK_ID_BYTES]);
-    let object = |n: u8| ObjectRef { id: crypto::object_hash(&[n]), size: 1000 + u64::from(n) };
+    let object = |n: u8| ObjectRef { id: crate::repo::ObjectId::of(&[n]), size: 1000 + u64::from(n) };
     let index = IndexFile {
         version: crate::repo::FORMAT_VERSION,
         packs: vec![
@@ -136,7 +136,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         packs: vec![object(1), object(3)],
         indexes: vec![object(4)],
         dictionaries: vec![object(2)],
-        parent: Some(crypto::object_hash(b"parent")),
+        parent: Some(crate::repo::SnapshotId::of(b"parent")),
         sequence: 3,
         replaces: None,
     };

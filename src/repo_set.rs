@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::fetch::Source;
-use crate::repo::{AdminKeyring, Keyring, Manifest, Repository};
+use crate::repo::{AdminKeyring, Keyring, Manifest, Repository, SnapshotId};
 use crate::target::Target;
 use crate::trust::SnapshotMark;
 
@@ -213,7 +213,7 @@ impl RepoSet {
     /// Resolves `latest` or an id prefix over every copy: the snapshots to try, in order. An
     /// id gives one; `latest` gives every snapshot, newest first, so that a restore can pass
     /// over one that fails to prove itself (a forgery dated in the future, a damaged object).
-    pub async fn resolve_snapshot(&self, selector: &str) -> Result<Vec<String>> {
+    pub async fn resolve_snapshot(&self, selector: &str) -> Result<Vec<SnapshotId>> {
         if selector == "latest" {
             let mut found = Vec::new();
             for repository in &self.repositories {
@@ -232,7 +232,7 @@ impl RepoSet {
             }
             return Ok(found.into_iter().map(|(_, id)| id).collect());
         }
-        let mut found: Vec<(DateTime<Utc>, String)> = Vec::new();
+        let mut found: Vec<(DateTime<Utc>, SnapshotId)> = Vec::new();
         let mut first_error = None;
         for repository in &self.repositories {
             let resolved = match repository.resolve_snapshot(selector).await {
@@ -268,7 +268,7 @@ impl RepoSet {
     pub async fn open_snapshot(
         &self,
         keyring: &Keyring,
-        snapshot_id: &str,
+        snapshot_id: &SnapshotId,
         index_in_memory: usize,
     ) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
         let mut manifest = None;

@@ -90,7 +90,7 @@ impl<'de> Deserialize<'de> for Fingerprint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMark {
     /// Snapshot id.
-    pub id: String,
+    pub id: crate::repo::SnapshotId,
     /// Its sequence number (one more than its predecessor's).
     pub sequence: u64,
     /// Its time.
@@ -224,7 +224,11 @@ mod tests {
         let fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap();
         let mut pin =
             Pin { repository_id: "r1".into(), fingerprint, config_hash: "h".into(), newest: None, locations: vec![] };
-        let mark = |sequence| SnapshotMark { id: format!("s{sequence}"), sequence, time: chrono::Utc::now() };
+        let mark = |sequence| SnapshotMark {
+            id: format!("{sequence:064x}").parse().unwrap(),
+            sequence,
+            time: chrono::Utc::now(),
+        };
         assert!(pin.advance(&mark(3)));
         assert!(!pin.advance(&mark(2)));
         assert!(!pin.advance(&mark(3)));

@@ -12,7 +12,7 @@ use super::{Stored, StoredDictionary, TargetReport, TargetState};
 
 /// Where the new snapshot goes in the repository's chain.
 pub(super) struct Chain {
-    pub(super) parent: Option<String>,
+    pub(super) parent: Option<repo::SnapshotId>,
     pub(super) sequence: u64,
 }
 
@@ -103,12 +103,13 @@ pub(super) async fn commit(
     }
     for number in reused {
         let reusable = state.held.index.pack(number);
+        let index_id: repo::ObjectId = reusable.index_id.parse()?;
         let size = *state.index_sizes.get(&*reusable.index_id).ok_or_else(|| Error::Missing {
-            object: repo::index_key(&reusable.index_id),
+            object: repo::index_key(&index_id),
             location: repository.target.location().into(),
         })?;
         packs.insert(reusable.pack.clone());
-        indexes.insert(ObjectRef { id: reusable.index_id.to_string(), size });
+        indexes.insert(ObjectRef { id: index_id, size });
         dictionaries.extend(reusable.dictionary.clone());
     }
     let header = SnapshotHeader {

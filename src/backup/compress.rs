@@ -150,7 +150,7 @@ pub(super) fn train_dictionary(
     let samples: Vec<&[u8]> = samples.iter().map(|raw| raw.plaintext.as_slice()).collect();
     let bytes = crate::compress::train(&samples, level, size)?;
     let ciphertext = crate::crypto::encrypt(recipients, &crate::compress::store_dictionary(&bytes));
-    let reference = ObjectRef { id: crate::crypto::object_hash(&ciphertext), size: ciphertext.len() as u64 };
+    let reference = ObjectRef { id: crate::repo::ObjectId::of(&ciphertext), size: ciphertext.len() as u64 };
     let stored = StoredDictionary { reference, ciphertext: Bytes::from(ciphertext) };
     Some(Arc::new(TrainedDictionary { stored, bytes, strong: std::sync::OnceLock::new() }))
 }

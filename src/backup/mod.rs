@@ -71,7 +71,7 @@ pub struct BackupOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackupReport {
     /// The new snapshot (the same id on every target).
-    pub snapshot_id: String,
+    pub snapshot_id: crate::repo::SnapshotId,
     /// Database time of the snapshot.
     pub time: chrono::DateTime<chrono::Utc>,
     /// Tables backed up.
@@ -89,7 +89,7 @@ pub struct BackupReport {
     /// Bytes of all objects the snapshot references, on the first target that holds it.
     pub bytes_total: u64,
     /// Its place in the repository's chain: the predecessor it names and its sequence number.
-    pub parent: Option<String>,
+    pub parent: Option<crate::repo::SnapshotId>,
     /// Sequence number (one more than the parent's).
     pub sequence: u64,
     /// What the backup noticed about the repository and stored anyway (each also logged).

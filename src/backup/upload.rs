@@ -57,7 +57,7 @@ pub(super) struct Stored {
     /// Records of the packs no index file holds yet.
     pub(super) pending: Vec<PackRecord>,
     /// Dictionaries stored on the target by this backup (ids).
-    pub(super) dictionaries: std::collections::HashSet<String>,
+    pub(super) dictionaries: std::collections::HashSet<repo::ObjectId>,
     pub(super) new_chunks: usize,
     pub(super) bytes_added: u64,
 }

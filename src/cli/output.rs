@@ -62,7 +62,7 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     println!("{}", report.snapshot_id);
     eprintln!(
         "snapshot {} saved: {} tables, {} rows, read {}, {} of {} chunks new, {:.1}s",
-        &report.snapshot_id[..12],
+        report.snapshot_id.short(),
         report.tables,
         report.rows,
         size(report.bytes_read),
@@ -99,7 +99,7 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
         };
         println!(
             "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {}",
-            &snapshot.id[..12.min(snapshot.id.len())],
+            snapshot.id.short(),
             time,
             snapshot.bytes_total.map(size).unwrap_or_default(),
             snapshot.bytes_added.map(size).unwrap_or_default(),
@@ -135,7 +135,7 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
     }
     println!(
         "restored snapshot {} into {database}: {} tables, {} rows, {} of data, every chunk and table digest checked, {:.1}s",
-        &report.snapshot_id[..12],
+        report.snapshot_id.short(),
         report.tables,
         report.rows,
         size(report.bytes),

@@ -9,7 +9,7 @@ use crate::repo_set::RepoSet;
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CopyReport {
     /// Snapshots copied.
-    pub snapshots_copied: Vec<String>,
+    pub snapshots_copied: Vec<repo::SnapshotId>,
     /// Snapshots the destination already had.
     pub snapshots_present: usize,
     /// Objects written to the destination.
@@ -35,7 +35,7 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
             copy_object(from, to, &repo::config_copy_key(hash), None, &mut report).await?;
         }
     }
-    let present: std::collections::HashSet<String> = to.snapshot_ids().await?.into_iter().collect();
+    let present: std::collections::HashSet<repo::SnapshotId> = to.snapshot_ids().await?.into_iter().collect();
     let mut wanted = Vec::new();
     for selector in only {
         wanted.push(from.resolve_snapshot(selector).await?);
@@ -50,13 +50,13 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
                     return Err(Error::corrupt(repo::snapshot_key(&sealed.id), why));
                 }
                 tracing::warn!("{}: snapshot {} left out: {why}", from.target.location(), sealed.id);
-                report.snapshots_skipped.push((sealed.id, why.into()));
+                report.snapshots_skipped.push((sealed.id.to_string(), why.into()));
                 continue;
             }
-            Err((id, error)) if wanted.contains(&id) => return Err(error),
-            Err((id, error)) => {
-                tracing::warn!("{}: snapshot {id} left out: {error}", from.target.location());
-                report.snapshots_skipped.push((id, error.to_string()));
+            Err((name, error)) if wanted.iter().any(|id| id.as_str() == name) => return Err(error),
+            Err((name, error)) => {
+                tracing::warn!("{}: snapshot {name} left out: {error}", from.target.location());
+                report.snapshots_skipped.push((name, error.to_string()));
                 continue;
             }
         };

@@ -8,7 +8,7 @@ use crate::repo::{Keyring, Repository};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotSummary {
     /// Snapshot id.
-    pub id: String,
+    pub id: crate::repo::SnapshotId,
     /// Database time of the snapshot.
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Bytes of all objects it references.

@@ -160,45 +160,45 @@ pub async fn run(
         let sealed = match entry {
             Ok(sealed) => sealed,
             Err((id, error)) => {
-                report.problems.push(problem(&repo::snapshot_key(&id), vec![id.clone()], error.to_string()));
+                report.problems.push(problem(&format!("snapshots/{id}"), vec![id.clone()], error.to_string()));
                 continue;
             }
         };
         if !repository.claims_this_config(&sealed) {
             report.problems.push(problem(
                 &repo::snapshot_key(&sealed.id),
-                vec![sealed.id.clone()],
+                vec![sealed.id.to_string()],
                 "was written under another config than this repository's (damaged or replaced config, a key \
                  retired by `rekey`, or another repository's snapshot)"
                     .into(),
             ));
         }
         for pack in &sealed.header.packs {
-            referenced.entry((repo::pack_key(&pack.id), pack.clone())).or_default().push(sealed.id.clone());
+            referenced.entry((repo::pack_key(&pack.id), pack.clone())).or_default().push(sealed.id.to_string());
         }
         for index in &sealed.header.indexes {
-            referenced.entry((repo::index_key(&index.id), index.clone())).or_default().push(sealed.id.clone());
+            referenced.entry((repo::index_key(&index.id), index.clone())).or_default().push(sealed.id.to_string());
         }
         for dictionary in &sealed.header.dictionaries {
             referenced
                 .entry((repo::dictionary_key(&dictionary.id), dictionary.clone()))
                 .or_default()
-                .push(sealed.id.clone());
+                .push(sealed.id.to_string());
         }
         sealed_snapshots.push(sealed);
     }
 
     // The chain: every predecessor a snapshot names, and the newest one known, must be here.
-    let present: BTreeSet<&str> = sealed_snapshots.iter().map(|s| s.id.as_str()).collect();
-    let ids: BTreeSet<String> = repository.snapshot_ids().await?.into_iter().collect();
+    let present: BTreeSet<&repo::SnapshotId> = sealed_snapshots.iter().map(|s| &s.id).collect();
+    let ids: BTreeSet<repo::SnapshotId> = repository.snapshot_ids().await?.into_iter().collect();
     // A target's history may start later than the repository's (a target added with `init
     // --copy-from`): its oldest snapshot may name a predecessor it never held.
     let oldest = sealed_snapshots.iter().map(|s| s.header.sequence).min();
     for sealed in sealed_snapshots.iter().filter(|s| Some(s.header.sequence) != oldest) {
-        if let Some(parent) = sealed.header.parent.as_deref().filter(|p| !ids.contains(*p)) {
+        if let Some(parent) = sealed.header.parent.as_ref().filter(|p| !ids.contains(*p)) {
             report.problems.push(problem(
                 &repo::snapshot_key(parent),
-                vec![sealed.id.clone()],
+                vec![sealed.id.to_string()],
                 format!(
                     "missing: snapshot {} names it as its predecessor; it was deleted without being forgotten",
                     sealed.id
@@ -207,13 +207,13 @@ pub async fn run(
         }
     }
     // A snapshot `rekey --reencrypt` replaced lives on as its copy.
-    let replaced = |id: &str| sealed_snapshots.iter().any(|s| s.header.replaces.as_deref() == Some(id));
-    if let Some(known) = newest_known
-        .filter(|known| !present.contains(known.id.as_str()) && !ids.contains(&known.id) && !replaced(&known.id))
+    let replaced = |id: &repo::SnapshotId| sealed_snapshots.iter().any(|s| s.header.replaces.as_ref() == Some(id));
+    if let Some(known) =
+        newest_known.filter(|known| !present.contains(&known.id) && !ids.contains(&known.id) && !replaced(&known.id))
     {
         report.problems.push(problem(
             &repo::snapshot_key(&known.id),
-            vec![known.id.clone()],
+            vec![known.id.to_string()],
             format!(
                 "missing: it is the newest snapshot this machine wrote or checked (number {}, {}); it was deleted \
                  without being forgotten, and `restore latest` would restore an older one",
@@ -222,7 +222,7 @@ pub async fn run(
         ));
     }
 
-    let mut damaged: BTreeSet<String> = BTreeSet::new();
+    let mut damaged: BTreeSet<repo::ObjectId> = BTreeSet::new();
     progress.phase("checking objects", Unit::Objects, Some(referenced.len() as u64));
     for ((key, reference), snapshots) in &referenced {
         progress.advance(1);
@@ -270,7 +270,7 @@ pub async fn run(
         }
     }
     // With a key: manifests and indexes agree.
-    let mut needed_chunks: BTreeMap<String, BTreeSet<ChunkId>> = BTreeMap::new();
+    let mut needed_chunks: BTreeMap<repo::ObjectId, BTreeSet<ChunkId>> = BTreeMap::new();
     let mut index = ChunkIndex::default();
     progress.phase("checking snapshots", Unit::Snapshots, Some(sealed_snapshots.len() as u64));
     for sealed in &sealed_snapshots {
@@ -283,7 +283,11 @@ pub async fn run(
                 manifest
             }
             Err(e) => {
-                report.problems.push(problem(&repo::snapshot_key(&sealed.id), vec![sealed.id.clone()], e.to_string()));
+                report.problems.push(problem(
+                    &repo::snapshot_key(&sealed.id),
+                    vec![sealed.id.to_string()],
+                    e.to_string(),
+                ));
                 continue;
             }
         };
@@ -292,7 +296,7 @@ pub async fn run(
         let snapshot_index = match repository.load_index(keyring, Some(&readable)).await {
             Ok(loaded) => loaded,
             Err(e) => {
-                report.problems.push(problem("index", vec![sealed.id.clone()], e.to_string()));
+                report.problems.push(problem("index", vec![sealed.id.to_string()], e.to_string()));
                 continue;
             }
         };
@@ -305,20 +309,20 @@ pub async fn run(
                 Err(e) => {
                     report.problems.push(problem(
                         &repo::snapshot_key(&sealed.id),
-                        vec![sealed.id.clone()],
+                        vec![sealed.id.to_string()],
                         e.to_string(),
                     ));
                 }
                 Ok(()) if depth == Depth::ReadData => {
                     for (label, what) in check_streams(&manifest, &reader, &keyring.mac_key()).await {
-                        report.problems.push(problem(&label, vec![sealed.id.clone()], what));
+                        report.problems.push(problem(&label, vec![sealed.id.to_string()], what));
                     }
                 }
                 Ok(()) => {}
             }
         }
         let snapshot_index = Arc::try_unwrap(snapshot_index).expect("the list reader has been dropped");
-        let packs: BTreeSet<&String> = sealed.header.packs.iter().map(|p| &p.id).collect();
+        let packs: BTreeSet<&repo::ObjectId> = sealed.header.packs.iter().map(|p| &p.id).collect();
         for id in manifest.all_chunks() {
             match snapshot_index.get(id).map(|(entry, _)| &entry.pack) {
                 Some(pack) if packs.contains(&pack.id) => {
@@ -326,12 +330,12 @@ pub async fn run(
                 }
                 Some(pack) => report.problems.push(problem(
                     &repo::pack_key(&pack.id),
-                    vec![sealed.id.clone()],
+                    vec![sealed.id.to_string()],
                     format!("holds chunk {id} but the snapshot does not list it"),
                 )),
                 None => report.problems.push(problem(
                     &format!("chunk {id}"),
-                    vec![sealed.id.clone()],
+                    vec![sealed.id.to_string()],
                     "in no index the snapshot lists".into(),
                 )),
             }
@@ -370,7 +374,7 @@ pub async fn run(
 /// Leaves the marker that keeps later backups from reusing a damaged pack. Best effort: verify
 /// may run with read-only credentials, and the finding is reported either way. A marker that a
 /// storage writer adds only makes the next backup store some chunks again.
-async fn mark_damaged(repository: &Repository, pack_id: &str) {
+async fn mark_damaged(repository: &Repository, pack_id: &repo::ObjectId) {
     let key = repo::damaged_key(pack_id);
     if let Err(error) = repository.target.put_new(&key, bytes::Bytes::new()).await {
         tracing::warn!("{}: cannot mark {pack_id} damaged: {error}", repository.target.location());

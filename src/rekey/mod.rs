@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{Keyring, NextGeneration, Repository};
+use crate::repo::{Keyring, NextGeneration, Repository, SnapshotId};
 use crate::repo_set::RepoSet;
 use crate::trust::Fingerprint;
 
@@ -68,7 +68,7 @@ pub struct RekeyReport {
     /// Snapshots that stay valid under the new generation.
     pub snapshots_carried: usize,
     /// Snapshots that did not prove themselves and so were not carried (id, why).
-    pub snapshots_dropped: Vec<(String, String)>,
+    pub snapshots_dropped: Vec<(SnapshotId, String)>,
     /// Indexes written again under the new keys, over all targets.
     pub indexes_rewritten: usize,
     /// What `--reencrypt` did, per target.
@@ -216,7 +216,7 @@ fn report(
     added: Vec<String>,
     removed: Vec<String>,
     writer_key: Option<PathBuf>,
-    (snapshots_carried, snapshots_dropped): (usize, Vec<(String, String)>),
+    (snapshots_carried, snapshots_dropped): (usize, Vec<(SnapshotId, String)>),
     indexes_rewritten: usize,
     caught_up: Vec<String>,
     locations: Vec<String>,
@@ -250,7 +250,7 @@ fn report(
 async fn carried_snapshots(
     repositories: &[Repository],
     keyring: &Keyring,
-) -> Result<(Vec<String>, usize, Vec<(String, String)>)> {
+) -> Result<(Vec<String>, usize, Vec<(SnapshotId, String)>)> {
     let mut carried = BTreeSet::new();
     let mut snapshots = BTreeSet::new();
     let mut failed = std::collections::BTreeMap::new();

@@ -7,8 +7,8 @@ use crate::crypto;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
 use crate::repo::{
-    self, AdminKeyring, IndexFile, Keyring, Manifest, ObjectRef, PackRecord, Repository, SealedManifest,
-    SealedSnapshot, SnapshotHeader,
+    self, AdminKeyring, IndexFile, Keyring, Manifest, ObjectId, ObjectRef, PackRecord, Repository, SealedManifest,
+    SealedSnapshot, SnapshotHeader, SnapshotId,
 };
 
 /// What `--reencrypt` did on one target.
@@ -31,10 +31,10 @@ pub struct Reencrypted {
     /// still readable by whoever could read them before.
     pub not_deleted: Vec<(String, String)>,
     /// Snapshots left as they were because this identity cannot open them, with why.
-    pub left: Vec<(String, String)>,
+    pub left: Vec<(SnapshotId, String)>,
     /// Snapshot objects that prove nothing (junk, forged, damaged), with why: they keep nothing
     /// from being deleted.
-    pub ignored: Vec<(String, String)>,
+    pub ignored: Vec<(SnapshotId, String)>,
 }
 
 impl Reencrypted {
@@ -62,17 +62,17 @@ struct Rewriting<'a> {
     repository: &'a Repository,
     out: Reencrypted,
     /// Snapshots still to copy, opened.
-    todo: HashMap<String, (SealedSnapshot, Manifest)>,
+    todo: HashMap<SnapshotId, (SealedSnapshot, Manifest)>,
     /// Snapshots replaced (copied) here, to delete.
-    replaced: Vec<String>,
+    replaced: Vec<SnapshotId>,
     /// Packs already written again, by what they hold.
     packs_done: HashMap<blake3::Hash, PackRecord>,
     /// The index that lists each new pack.
-    index_of: HashMap<String, ObjectRef>,
+    index_of: HashMap<ObjectId, ObjectRef>,
     /// Old dictionary id → new.
-    dictionaries: HashMap<String, ObjectRef>,
+    dictionaries: HashMap<ObjectId, ObjectRef>,
     /// Snapshots left as they were here (their successors' copies name them as they are).
-    kept: HashSet<String>,
+    kept: HashSet<SnapshotId>,
 }
 
 /// Writes every snapshot of `repositories` (copies of one, at its newest generation) again so
@@ -93,7 +93,7 @@ pub async fn reencrypt(
 ) -> Result<Vec<Reencrypted>> {
     let mut targets = Vec::new();
     // Old id → the copy's sealed manifest, from whichever target holds a copy already.
-    let mut copies: HashMap<String, SealedManifest> = HashMap::new();
+    let mut copies: HashMap<SnapshotId, SealedManifest> = HashMap::new();
     for repository in repositories {
         let location = repository.target.location().to_string();
         let mut rewriting = Rewriting {
@@ -152,13 +152,13 @@ pub async fn reencrypt(
     }
 
     // Oldest first, so that each copy can name its predecessor's copy.
-    let mut order: Vec<(u64, chrono::DateTime<chrono::Utc>, String)> = targets
+    let mut order: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)> = targets
         .iter()
         .flat_map(|t| t.todo.values().map(|(s, _)| (s.header.sequence, s.header.time, s.id.clone())))
         .collect();
     order.sort();
     order.dedup();
-    let mut new_ids: HashMap<String, String> =
+    let mut new_ids: HashMap<SnapshotId, SnapshotId> =
         copies.iter().map(|(old, copy)| (old.clone(), copy.id.clone())).collect();
     for (_, _, old) in order {
         for rewriting in &mut targets {
@@ -198,17 +198,17 @@ impl Rewriting<'_> {
         keyring: &Keyring,
         sealed: &SealedSnapshot,
         copy: &SealedManifest,
-        new_ids: &HashMap<String, String>,
+        new_ids: &HashMap<SnapshotId, SnapshotId>,
     ) -> Result<()> {
         let repository = self.repository;
         let (data_recipients, metadata_recipients) = (repository.data_recipients(), repository.metadata_recipients());
-        let wanted: HashSet<&str> = sealed.header.packs.iter().map(|p| p.id.as_str()).collect();
+        let wanted: HashSet<&ObjectId> = sealed.header.packs.iter().map(|p| &p.id).collect();
         let mut records = Vec::new();
         let mut seen = HashSet::new();
         for index in &sealed.header.indexes {
             let file = repository.read_listed_index(keyring, &repo::index_key(&index.id)).await?;
             for record in file.packs {
-                if wanted.contains(record.pack.id.as_str()) && seen.insert(record.pack.id.clone()) {
+                if wanted.contains(&record.pack.id) && seen.insert(record.pack.id.clone()) {
                     records.push(record);
                 }
             }
@@ -247,7 +247,7 @@ impl Rewriting<'_> {
             new_records.push(new);
         }
         if !fresh.is_empty() {
-            let packs: Vec<String> = fresh.iter().map(|r| r.pack.id.clone()).collect();
+            let packs: Vec<ObjectId> = fresh.iter().map(|r| r.pack.id.clone()).collect();
             let file = IndexFile { version: repo::FORMAT_VERSION, packs: fresh };
             let (key, index, bytes) = repo::seal_index(file, &metadata_recipients, &keyring.index_mac_key());
             repository.target.put_new(&key, bytes).await?;
@@ -290,7 +290,7 @@ impl Rewriting<'_> {
         for id in std::mem::take(&mut self.replaced) {
             delete(target, &repo::snapshot_key(&id), &mut self.out).await;
         }
-        let mut keep: HashSet<String> = HashSet::new();
+        let mut keep: HashSet<ObjectId> = HashSet::new();
         for id in self.repository.snapshot_ids().await? {
             let proven = match self.repository.read_snapshot(&id).await {
                 Ok(sealed) => self.repository.prove_snapshot(&sealed, keyring).map(|()| sealed),
@@ -312,8 +312,8 @@ impl Rewriting<'_> {
         }
         for folder in ["index", "dicts", "data"] {
             for (key, _) in target.list(folder).await? {
-                let id = key.rsplit('/').next().unwrap_or(&key);
-                if !keep.contains(id) {
+                let name = key.rsplit('/').next().unwrap_or(&key);
+                if !name.parse::<ObjectId>().is_ok_and(|id| keep.contains(&id)) {
                     delete(target, &key, &mut self.out).await;
                 }
             }
@@ -328,13 +328,13 @@ async fn rewrite(
     keyring: &Keyring,
     key: &str,
     recipients: &[age::x25519::Recipient],
-    name: impl Fn(&str) -> String,
+    name: impl Fn(&ObjectId) -> String,
 ) -> Result<ObjectRef> {
     let ciphertext = repository.target.get(key).await?;
     repo::check_object_name(key, &ciphertext)?;
     let plaintext = keyring.decrypt(key, &ciphertext)?;
     let ciphertext = bytes::Bytes::from(crypto::encrypt(recipients, &plaintext));
-    let id = crypto::object_hash(&ciphertext);
+    let id = ObjectId::of(&ciphertext);
     let size = ciphertext.len() as u64;
     repository.target.put_new(&name(&id), ciphertext).await?;
     Ok(ObjectRef { id, size })

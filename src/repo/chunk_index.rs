@@ -14,7 +14,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::{ChunkLocation, IndexFile, ObjectRef};
+use super::{ChunkLocation, IndexFile, ObjectId, ObjectRef};
 use crate::crypto::{CHUNK_ID_BYTES, ChunkId};
 
 /// One pack a chunk index knows of.
@@ -135,7 +135,7 @@ pub struct ChunkIndex {
     starts: Vec<u32>,
     bits: u32,
     packs: Vec<PackEntry>,
-    numbers: HashMap<String, u32>,
+    numbers: HashMap<ObjectId, u32>,
 }
 
 impl Default for ChunkIndex {
@@ -493,11 +493,16 @@ mod tests {
         ChunkId::from_stored(blake3::hash(&i.to_le_bytes()).as_bytes()).unwrap()
     }
 
+    /// A pack, index or dictionary id named after `name`.
+    fn object(name: &str) -> ObjectId {
+        ObjectId::of(name.as_bytes())
+    }
+
     fn file(pack: &str, ids: impl Iterator<Item = ChunkId>, offset: u64) -> IndexFile {
         IndexFile {
             version: FORMAT_VERSION,
             packs: vec![PackRecord {
-                pack: ObjectRef { id: pack.into(), size: 1 },
+                pack: ObjectRef { id: object(pack), size: 1 },
                 dictionary: None,
                 chunks: ids.enumerate().map(|(n, id)| ChunkLocation::new(id, offset + n as u64, 1, 1)).collect(),
             }],
@@ -531,7 +536,7 @@ mod tests {
             assert_eq!(index.len(), 1500, "budget {budget}");
             for i in 0..1500 {
                 let (entry, location) = index.get(&id(i)).unwrap();
-                assert_eq!(entry.pack.id, if i < 1000 { "a" } else { "b" }, "chunk {i}, budget {budget}");
+                assert_eq!(entry.pack.id, object(if i < 1000 { "a" } else { "b" }), "chunk {i}, budget {budget}");
                 assert_eq!(location.offset(), u64::from(i));
             }
             assert!(!index.contains(&id(1500)));
@@ -540,20 +545,21 @@ mod tests {
             other.seal().unwrap();
             index.merge(&other).unwrap();
             assert_eq!(index.len(), 2000);
-            assert_eq!(index.get(&id(1450)).unwrap().0.pack.id, "b");
-            assert_eq!(index.get(&id(1999)).unwrap().0.pack.id, "c");
+            assert_eq!(index.get(&id(1450)).unwrap().0.pack.id, object("b"));
+            assert_eq!(index.get(&id(1999)).unwrap().0.pack.id, object("c"));
             let mut seen = Vec::new();
             index.for_each(|id, entry| seen.push((*id, entry.pack.id.clone()))).unwrap();
             assert_eq!(seen.len(), 2000);
             assert!(seen.windows(2).all(|pair| pair[0].0 < pair[1].0), "in the order of ids");
             // Only the chunks of the packs asked for (a restore asks for its snapshot's packs).
             let mut only_b = ChunkIndex::with_budget(budget);
-            let wanted: HashSet<&str> = ["b"].into();
+            let b = object("b");
+            let wanted: HashSet<&str> = [b.as_str()].into();
             only_b.add("first", numbered("a", 0..1000), Some(&wanted)).unwrap();
             only_b.add("second", numbered("b", 500..1500), Some(&wanted)).unwrap();
             only_b.seal().unwrap();
             assert_eq!(only_b.len(), 1000);
-            assert_eq!(only_b.get(&id(600)).unwrap().0.pack.id, "b");
+            assert_eq!(only_b.get(&id(600)).unwrap().0.pack.id, b);
             assert!(!only_b.contains(&id(100)));
         }
     }
@@ -587,8 +593,8 @@ mod tests {
         let record = IndexFile {
             version: FORMAT_VERSION,
             packs: vec![PackRecord {
-                pack: ObjectRef { id: "p".into(), size: 9 },
-                dictionary: Some(ObjectRef { id: "d".into(), size: 2 }),
+                pack: ObjectRef { id: object("p"), size: 9 },
+                dictionary: Some(ObjectRef { id: object("d"), size: 2 }),
                 chunks: vec![location, ChunkLocation::new(id(2), 0, 0, 0)],
             }],
         };
@@ -600,7 +606,7 @@ mod tests {
             (found.offset(), found.length(), found.raw_length(), found.start()),
             (u64::MAX - 3, u32::MAX, 123_456, 654_321)
         );
-        assert_eq!(entry.dictionary.as_ref().unwrap().id, "d");
+        assert_eq!(entry.dictionary.as_ref().unwrap().id, object("d"));
         assert_eq!(&*entry.index_id, "i");
     }
 }

@@ -10,8 +10,8 @@ use crate::crypto::{self, ChunkId, MacKey};
 use crate::error::{Error, Result};
 
 use super::{
-    AUTHENTICATED_VERSION, ChunkIndex, FORMAT_VERSION, Keyring, ObjectRef, Repository, check_object_name, decode_json,
-    index_codec, index_key, temporary_file_error,
+    AUTHENTICATED_VERSION, ChunkIndex, FORMAT_VERSION, Keyring, ObjectId, ObjectRef, Repository, check_object_name,
+    decode_json, index_codec, index_key, temporary_file_error,
 };
 
 /// Index entries a backup or restore keeps in memory per target (2.5 MiB); past that a
@@ -149,7 +149,7 @@ pub fn seal_index(
     }
     drop(file);
     let ciphertext = crypto::encrypt(recipients, &plaintext);
-    let id = crypto::object_hash(&ciphertext);
+    let id = ObjectId::of(&ciphertext);
     (index_key(&id), ObjectRef { id, size: ciphertext.len() as u64 }, Bytes::from(ciphertext))
 }
 
@@ -305,7 +305,7 @@ impl Repository {
             let mac = keyring.index_mac_key().mac_bytes(&[&body]);
             body.extend_from_slice(mac.as_bytes());
             let ciphertext = Bytes::from(crypto::encrypt(&recipients, &body));
-            self.target.put_new(&index_key(&crypto::object_hash(&ciphertext)), ciphertext).await?;
+            self.target.put_new(&index_key(&ObjectId::of(&ciphertext)), ciphertext).await?;
             covered.extend(packs);
             written += 1;
         }

@@ -120,8 +120,8 @@ fn put(out: &mut Vec<u8>, value: u64) {
 }
 
 fn put_object(out: &mut Vec<u8>, object: &ObjectRef) {
-    put(out, object.id.len() as u64);
-    out.extend_from_slice(object.id.as_bytes());
+    put(out, object.id.as_str().len() as u64);
+    out.extend_from_slice(object.id.as_str().as_bytes());
     put(out, object.size);
 }
 
@@ -173,7 +173,8 @@ impl<'a> Reader<'a> {
 
     fn object(&mut self) -> std::result::Result<ObjectRef, String> {
         let length = self.count(1)?;
-        let id = std::str::from_utf8(self.take(length)?).map_err(|_| "object id is not text")?.to_string();
+        let id = std::str::from_utf8(self.take(length)?).map_err(|_| "object id is not text")?;
+        let id = id.parse().map_err(|_| "object id is not a BLAKE3 hash")?;
         let size = self.number()?;
         Ok(ObjectRef { id, size })
     }
@@ -193,8 +194,8 @@ mod tests {
             version: super::super::FORMAT_VERSION,
             packs: vec![
                 PackRecord {
-                    pack: ObjectRef { id: "ab".repeat(32), size: 8 << 20 },
-                    dictionary: Some(ObjectRef { id: "cd".repeat(32), size: 30_000 }),
+                    pack: ObjectRef { id: "ab".repeat(32).parse().unwrap(), size: 8 << 20 },
+                    dictionary: Some(ObjectRef { id: "cd".repeat(32).parse().unwrap(), size: 30_000 }),
                     chunks: vec![
                         // A frame of three, a frame of one, then an odd entry that starts inside an
                         // earlier frame (not written by crmvault, but encoded exactly all the same).
@@ -205,7 +206,11 @@ mod tests {
                         ChunkLocation::in_frame(id(5), 0, 70_000, 10, 5),
                     ],
                 },
-                PackRecord { pack: ObjectRef { id: "p".into(), size: 1 }, dictionary: None, chunks: vec![] },
+                PackRecord {
+                    pack: ObjectRef { id: super::super::ObjectId::of(b"p"), size: 1 },
+                    dictionary: None,
+                    chunks: vec![],
+                },
             ],
         };
         let bytes = encode(&file);
@@ -233,7 +238,7 @@ mod tests {
         let file = IndexFile {
             version: super::super::FORMAT_VERSION,
             packs: vec![PackRecord {
-                pack: ObjectRef { id: "ab".repeat(32), size: 100 },
+                pack: ObjectRef { id: "ab".repeat(32).parse().unwrap(), size: 100 },
                 dictionary: None,
                 chunks: (0..20).map(|n| ChunkLocation::in_frame(id(n), 0, 50, 10, 10 * n)).collect(),
             }],
@@ -247,10 +252,16 @@ mod tests {
         assert_eq!(decode(&longer).unwrap_err(), "trailing bytes");
         // A count that claims more chunks than the object could hold.
         let mut huge = MAGIC.to_vec();
-        huge.extend_from_slice(&[5, 1, 1, b'p', 1, 0, 1, 0, 10, 0]);
+        huge.extend_from_slice(&[5, 1, 64]);
+        huge.extend_from_slice("ab".repeat(32).as_bytes());
+        huge.extend_from_slice(&[1, 0, 1, 0, 10, 0]);
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert_eq!(decode(&huge).unwrap_err(), "count larger than the object");
         assert!(decode(b"\x28\xb5\x2f\xfd").is_err());
+        // A pack named "p": ids become object keys, so only a BLAKE3 hash is one.
+        let mut short_name = MAGIC.to_vec();
+        short_name.extend_from_slice(&[5, 1, 1, b'p', 1, 0, 0]);
+        assert_eq!(decode(&short_name).unwrap_err(), "object id is not a BLAKE3 hash");
     }
 
     #[test]
@@ -260,10 +271,10 @@ mod tests {
         // the pack's start (2^64 - 2) does not fit a zigzag varint: re-encoded by `rekey
         // --reencrypt`, the chunk moved to offset 2^63 - 2.
         let mut bytes = MAGIC.to_vec();
-        for number in [7, 1, 1] {
+        for number in [7, 1, 64] {
             crate::varint::put(&mut bytes, number);
         }
-        bytes.push(b'p');
+        bytes.extend_from_slice("ab".repeat(32).as_bytes());
         for number in [1, 0, 2, u64::MAX - 1, 0, 0, 0, u64::MAX - 1, 0, 0, 1] {
             crate::varint::put(&mut bytes, number);
         }

@@ -1,5 +1,10 @@
 //! Where objects live: their names under the repository root, and the check that a
-//! content-addressed object's bytes hash to its name (docs/FORMAT.md, *Objects*).
+//! content-addressed object's bytes hash to its name (docs/FORMAT.md, *Objects*), and the
+//! types of those names: [`ObjectId`] for packs, indexes and dictionaries, [`SnapshotId`] for
+//! snapshots.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,20 +14,110 @@ use crate::error::{Error, Result};
 /// The config object's key (the first generation).
 pub const CONFIG_KEY: &str = "config";
 
+/// Defines a name of a content-addressed object: the BLAKE3 hex of its stored bytes, checked
+/// on the way in (parsed, deserialised) so that it is always 64 lowercase hex digits and safe
+/// to put in an object key. It serialises as that plain string.
+macro_rules! object_name {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The name of an object with these stored bytes.
+            pub fn of(bytes: &[u8]) -> $name {
+                $name(crypto::object_hash(bytes))
+            }
+
+            /// The 64 hex digits.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The first 12 hex digits: what a person reads and types.
+            pub fn short(&self) -> &str {
+                &self.0[..12]
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            fn from_str(text: &str) -> Result<$name> {
+                if !is_object_hash(text) {
+                    return Err(Error::Invalid(format!(
+                        "{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"
+                    )));
+                }
+                Ok($name(text.to_string()))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<$name, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+object_name! {
+    /// Name of a pack, an index or a compression dictionary: the BLAKE3 hex of its stored
+    /// bytes. One type for the three, as [`ObjectRef`] serves them all.
+    ObjectId
+}
+
+object_name! {
+    /// Id of a snapshot: the BLAKE3 hex of its encrypted manifest. A prefix a user types is
+    /// not one until it is resolved.
+    SnapshotId
+}
+
 /// Object key of a pack.
-pub fn pack_key(id: &str) -> String {
-    format!("data/{}/{id}", &id[..2])
+pub fn pack_key(id: &ObjectId) -> String {
+    format!("data/{}/{id}", &id.as_str()[..2])
 }
 /// Object key of an index.
-pub fn index_key(id: &str) -> String {
+pub fn index_key(id: &ObjectId) -> String {
     format!("index/{id}")
 }
 /// Object key of a snapshot.
-pub fn snapshot_key(id: &str) -> String {
+pub fn snapshot_key(id: &SnapshotId) -> String {
     format!("snapshots/{id}")
 }
 /// Object key of a compression dictionary.
-pub fn dictionary_key(id: &str) -> String {
+pub fn dictionary_key(id: &ObjectId) -> String {
     format!("dicts/{id}")
 }
 /// Object key of a keys object.
@@ -35,7 +130,7 @@ pub fn config_copy_key(id: &str) -> String {
 }
 /// Object key of the marker `verify` leaves for a pack that failed its hash: later backups
 /// store that pack's chunks again instead of reusing it.
-pub fn damaged_key(pack_id: &str) -> String {
+pub fn damaged_key(pack_id: &ObjectId) -> String {
     format!("damaged/{pack_id}")
 }
 
@@ -58,7 +153,42 @@ pub fn check_object_name(key: &str, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectRef {
     /// BLAKE3 hex of the stored bytes.
-    pub id: String,
+    pub id: ObjectId,
     /// Stored size in bytes.
     pub size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_id_serialises_as_its_plain_hex_string() {
+        let id = ObjectId::of(b"pack");
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", crypto::object_hash(b"pack")));
+        assert_eq!(serde_json::from_str::<ObjectId>(&json).unwrap(), id);
+        assert_eq!(id.as_str().parse::<ObjectId>().unwrap(), id);
+        let snapshot = SnapshotId::of(b"manifest");
+        assert_eq!(serde_json::to_string(&snapshot).unwrap(), format!("\"{snapshot}\""));
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_blake3_hash_is_refused_with_a_clear_error() {
+        let upper = crypto::object_hash(b"x").to_uppercase();
+        for bad in ["x", "", "../../config", &"a".repeat(63), &"a".repeat(65), &upper, &"g".repeat(64)] {
+            let error = bad.parse::<ObjectId>().unwrap_err().to_string();
+            assert!(error.contains("is not a BLAKE3 hash"), "{bad:?}: {error}");
+            assert!(bad.parse::<SnapshotId>().is_err(), "{bad:?}");
+            assert!(serde_json::from_str::<ObjectId>(&format!("{bad:?}")).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_built_from_typed_ids() {
+        let pack = ObjectId::of(b"pack");
+        assert_eq!(pack_key(&pack), format!("data/{}/{pack}", &pack.as_str()[..2]));
+        let snapshot = SnapshotId::of(b"manifest");
+        assert_eq!(snapshot_key(&snapshot), format!("snapshots/{snapshot}"));
+    }
 }

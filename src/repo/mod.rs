@@ -461,7 +461,7 @@ mod tests {
         .unwrap();
         let keyring = repository.unlock_as_writer(&dir.path().join("config")).await.unwrap();
         // 2 000 packs make a header of ~160 KiB, past the 64 KiB first read.
-        let packs = (0..2000u64).map(|i| ObjectRef { id: format!("{i:064x}"), size: i }).collect();
+        let packs = (0..2000u64).map(|i| ObjectRef { id: format!("{i:064x}").parse().unwrap(), size: i }).collect();
         let header = SnapshotHeader {
             version: FORMAT_VERSION,
             time: Utc::now(),

@@ -7,7 +7,7 @@ use crate::compress::FrameCoding;
 use crate::crypto::{self, ChunkId, ChunkIdKey};
 use crate::error::{Error, Result};
 
-use super::{ChunkLocation, MAX_CHUNK_BYTES, ObjectRef, pack_key};
+use super::{ChunkLocation, MAX_CHUNK_BYTES, ObjectId, ObjectRef, pack_key};
 
 /// Builds one pack: compressed chunks appended, encrypted as they come, then sealed as one
 /// object.
@@ -71,7 +71,7 @@ impl PackWriter {
     /// Ends the pack's ciphertext and names it.
     pub fn seal(self) -> SealedPack {
         let ciphertext = self.ciphertext.finish();
-        let id = crypto::object_hash(&ciphertext);
+        let id = ObjectId::of(&ciphertext);
         SealedPack {
             key: pack_key(&id),
             reference: ObjectRef { id, size: ciphertext.len() as u64 },

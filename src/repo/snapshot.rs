@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::trust::SnapshotMark;
 
 use super::{
-    AUTHENTICATED_VERSION, FORMAT_VERSION, Keyring, OLDEST_FORMAT_VERSION, ObjectRef, Repository, decode_json,
-    encode_json, is_object_hash, snapshot_key,
+    AUTHENTICATED_VERSION, FORMAT_VERSION, Keyring, OLDEST_FORMAT_VERSION, ObjectRef, Repository, SnapshotId,
+    decode_json, encode_json, snapshot_key,
 };
 
 /// The first word of a snapshot object.
@@ -40,14 +40,14 @@ pub struct SnapshotHeader {
     /// The newest snapshot of the repository when this one was written (format 7): a snapshot
     /// deleted from storage leaves its successor naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
+    pub parent: Option<SnapshotId>,
     /// One more than the parent's (0 before format 7).
     #[serde(default)]
     pub sequence: u64,
     /// The snapshot this one is a re-encrypted copy of (`rekey --reencrypt`): same data, same
     /// place in the chain, new id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaces: Option<String>,
+    pub replaces: Option<SnapshotId>,
 }
 
 /// One stream of bytes (a table's COPY data, or a schema section), as chunks.
@@ -208,7 +208,7 @@ struct HeaderLines {
 
 /// Parses a snapshot object's first four lines. `bytes` may stop after the MAC line; the
 /// header is checked against its own BLAKE3 (a keyless check; the MAC is checked on opening).
-fn parse_header(id: &str, bytes: &Bytes) -> Result<HeaderLines> {
+fn parse_header(id: &SnapshotId, bytes: &Bytes) -> Result<HeaderLines> {
     let key = snapshot_key(id);
     let mut lines = Vec::with_capacity(4);
     let mut start = 0;
@@ -240,11 +240,7 @@ fn parse_header(id: &str, bytes: &Bytes) -> Result<HeaderLines> {
     }
     let header: SnapshotHeader =
         serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
-    // Ids become object keys: anything but a BLAKE3 hex hash is refused before it is used.
-    let referenced = header.packs.iter().chain(&header.indexes).chain(&header.dictionaries).map(|o| o.id.as_str());
-    if !referenced.chain(header.parent.as_deref()).all(is_object_hash) {
-        return Err(Error::corrupt(&key, "its header names an object that is not a BLAKE3 hash"));
-    }
+    // Ids become object keys: their types refused anything but a BLAKE3 hex hash above.
     let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
     Ok(HeaderLines { header, version, version_line: lines[0].clone(), header_line: lines[1].clone(), mac, end: start })
 }
@@ -253,7 +249,7 @@ fn parse_header(id: &str, bytes: &Bytes) -> Result<HeaderLines> {
 #[derive(Debug, Clone)]
 pub struct SealedSnapshot {
     /// Snapshot id (BLAKE3 of the object).
-    pub id: String,
+    pub id: SnapshotId,
     /// The plaintext header (believe it only once [`SealedSnapshot::open`] succeeded).
     pub header: SnapshotHeader,
     version: u32,
@@ -268,7 +264,7 @@ pub struct SealedSnapshot {
 /// A manifest encrypted once for every target: its ciphertext names the snapshot everywhere.
 pub struct SealedManifest {
     /// The snapshot id: BLAKE3 of `ciphertext`.
-    pub id: String,
+    pub id: SnapshotId,
     compressed: Vec<u8>,
     ciphertext: Vec<u8>,
 }
@@ -288,7 +284,7 @@ impl SealedManifest {
             stream.digest = digest;
         }
         manifest.admin_only = None;
-        SealedManifest { id: crypto::object_hash(&ciphertext), compressed, ciphertext }
+        SealedManifest { id: SnapshotId::of(&ciphertext), compressed, ciphertext }
     }
 
     /// The snapshot object for one target, whose header lists that target's packs and indexes.
@@ -312,15 +308,15 @@ impl SealedManifest {
 impl SealedSnapshot {
     /// Parses a snapshot object as read from storage, checking that `id` is the BLAKE3 of its
     /// manifest ciphertext (the header against its own hash; the MAC waits for [`Self::open`]).
-    pub(crate) fn parse(id: &str, bytes: &Bytes) -> Result<SealedSnapshot> {
+    pub(crate) fn parse(id: &SnapshotId, bytes: &Bytes) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
         let lines = parse_header(id, bytes)?;
         let manifest_ciphertext = bytes.slice(lines.end..);
-        if crypto::object_hash(&manifest_ciphertext) != id {
+        if SnapshotId::of(&manifest_ciphertext) != *id {
             return Err(Error::corrupt(&key, "its manifest does not match its name (BLAKE3 mismatch)"));
         }
         Ok(SealedSnapshot {
-            id: id.to_string(),
+            id: id.clone(),
             header: lines.header,
             version: lines.version,
             version_line: lines.version_line,
@@ -375,7 +371,7 @@ impl SealedSnapshot {
                 "the identity in {} is not a recipient of snapshot {}: it was written before a `rekey` added that \
                  identity (an admin of that time can read it)",
                 path.display(),
-                &self.id[..12]
+                self.id.short()
             )),
             other => other,
         })?;
@@ -412,8 +408,14 @@ impl SealedSnapshot {
 }
 
 impl Repository {
-    /// Lists snapshot ids.
-    pub async fn snapshot_ids(&self) -> Result<Vec<String>> {
+    /// Lists snapshot ids. An object under `snapshots/` whose name is not a BLAKE3 hash
+    /// cannot be a snapshot and is left out ([`Repository::snapshots`] names it).
+    pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
+        Ok(self.snapshot_names().await?.into_iter().filter_map(|name| name.parse().ok()).collect())
+    }
+
+    /// The names of the objects under `snapshots/`, snapshot ids or not.
+    async fn snapshot_names(&self) -> Result<Vec<String>> {
         Ok(self
             .target
             .list("snapshots")
@@ -440,7 +442,7 @@ impl Repository {
     }
 
     /// Reads and checks (name = hash) a snapshot object, returning it parsed but still sealed.
-    pub async fn read_snapshot(&self, id: &str) -> Result<SealedSnapshot> {
+    pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
         let bytes = self.target.get(&key).await?;
         SealedSnapshot::parse(id, &bytes)
@@ -448,7 +450,7 @@ impl Repository {
 
     /// Reads only a snapshot's header (a range read of its start): what listing and `latest`
     /// need, without downloading the manifest.
-    pub async fn read_snapshot_header(&self, id: &str) -> Result<SnapshotHeader> {
+    pub async fn read_snapshot_header(&self, id: &SnapshotId) -> Result<SnapshotHeader> {
         const PROBE: u64 = 64 * 1024;
         let key = snapshot_key(id);
         let size = self
@@ -465,11 +467,17 @@ impl Repository {
         }
     }
 
-    /// Reads every snapshot header, newest last. Damaged snapshots are returned as errors.
+    /// Reads every snapshot header, newest last. Damaged snapshots, and objects under
+    /// `snapshots/` not named by a hash, are returned as errors with their names.
     pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
         let mut all = Vec::new();
-        for id in self.snapshot_ids().await? {
-            all.push(self.read_snapshot(&id).await.map_err(|e| (id, e)));
+        for name in self.snapshot_names().await? {
+            let Ok(id) = name.parse::<SnapshotId>() else {
+                let error = Error::corrupt(format!("snapshots/{name}"), "its name is not a BLAKE3 hash");
+                all.push(Err((name, error)));
+                continue;
+            };
+            all.push(self.read_snapshot(&id).await.map_err(|e| (name, e)));
         }
         all.sort_by_key(|s| s.as_ref().map(|s| s.header.time).ok());
         Ok(all)
@@ -478,7 +486,7 @@ impl Repository {
     /// Snapshot ids with their (unauthenticated) headers' times, newest first: the order in
     /// which `latest` tries them. Those whose header cannot be read come last, without a time:
     /// junk in `snapshots/` must not stop a restore or a backup, and is named when tried.
-    pub async fn snapshots_newest_first(&self) -> Result<Vec<(Option<DateTime<Utc>>, String)>> {
+    pub async fn snapshots_newest_first(&self) -> Result<Vec<(Option<DateTime<Utc>>, SnapshotId)>> {
         let mut found = Vec::new();
         for id in self.snapshot_ids().await? {
             let time = self.read_snapshot_header(&id).await.ok().map(|header| header.time);
@@ -491,7 +499,10 @@ impl Repository {
     /// The newest snapshot that proves it was written with this repository's keys, opened;
     /// the newer ones that did not, with why. A forged or damaged snapshot dated in the future
     /// is passed over, never taken for the newest.
-    pub async fn newest_authentic(&self, keyring: &Keyring) -> Result<(Option<SealedSnapshot>, Vec<(String, Error)>)> {
+    pub async fn newest_authentic(
+        &self,
+        keyring: &Keyring,
+    ) -> Result<(Option<SealedSnapshot>, Vec<(SnapshotId, Error)>)> {
         let mut rejected = Vec::new();
         for (_, id) in self.snapshots_newest_first().await? {
             match self.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring).map(|_| sealed)) {
@@ -506,7 +517,7 @@ impl Repository {
     }
 
     /// Resolves `latest` or an id prefix to one snapshot id.
-    pub async fn resolve_snapshot(&self, selector: &str) -> Result<String> {
+    pub async fn resolve_snapshot(&self, selector: &str) -> Result<SnapshotId> {
         if selector == "latest" {
             return self.snapshots_newest_first().await?.into_iter().next().map(|(_, id)| id).ok_or_else(|| {
                 Error::SnapshotNotFound(format!("repository {} has no snapshots yet", self.target.location()))
@@ -518,8 +529,8 @@ impl Repository {
                 "{selector:?} is not a snapshot id (give `latest` or at least 4 hex digits of an id)"
             )));
         }
-        let matches: Vec<String> =
-            ids.into_iter().filter(|id| id.starts_with(&selector.to_ascii_lowercase())).collect();
+        let matches: Vec<SnapshotId> =
+            ids.into_iter().filter(|id| id.as_str().starts_with(&selector.to_ascii_lowercase())).collect();
         match matches.as_slice() {
             [one] => Ok(one.clone()),
             [] => Err(Error::SnapshotNotFound(format!("no snapshot {selector} in {}", self.target.location()))),

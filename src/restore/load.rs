@@ -59,14 +59,14 @@ impl Load<'_> {
         clean: bool,
         pre_data: &[u8],
         post_data: &[u8],
-        snapshot_id: &str,
+        snapshot_id: &crate::repo::SnapshotId,
     ) -> Result<u64> {
         let client = self.client;
         client.begin().await?;
         if clean {
             client.clean().await?;
         }
-        client.mark_incomplete(snapshot_id).await?;
+        client.mark_incomplete(snapshot_id.as_str()).await?;
         client.run_script(&postgres::executable_sql(pre_data)?).await?;
         client.commit().await?;
         tracing::debug!("pre-data committed");

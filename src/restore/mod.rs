@@ -70,7 +70,7 @@ pub struct RestoreOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreReport {
     /// The snapshot restored.
-    pub snapshot_id: String,
+    pub snapshot_id: crate::repo::SnapshotId,
     /// Its place in the repository's chain (0 before format 7).
     pub sequence: u64,
     /// Its time.
