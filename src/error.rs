@@ -199,6 +199,15 @@ pub enum Error {
     /// A bug: something the code relies on did not hold.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No pg_dump as new as the server was found.
+    #[error(
+        "no pg_dump of version {version} or newer found (crmvault uses it to read the schema); install \
+         postgresql-client-{version}"
+    )]
+    NoPgDump {
+        /// The server's major version.
+        version: i32,
+    },
     /// pg_dump is missing, too old or failed.
     #[error("{0}")]
     PgDump(String),

@@ -153,7 +153,7 @@ impl RepoSet {
         Err(Error::NotCopies {
             first: first.target.location().to_string(),
             other: other.target.location().to_string(),
-            detail: "create targets with one `init` or `init --copy-from`".into(),
+            detail: "each was made by an init of its own".into(),
         })
     }
 

@@ -268,6 +268,10 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         Error::BadPin { .. } => "--fingerprint pins it again",
         Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo brings them to one",
         Error::LockTimeout { .. } => "restore without --parallel",
+        Error::NoPgDump { .. } => "or name one with --pg-dump PATH",
+        Error::NotCopies { .. } => {
+            "the targets of one repository are made by one `crmvault init`, or added with `crmvault init --copy-from`"
+        }
         _ => return None,
     })
 }

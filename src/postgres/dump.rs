@@ -41,11 +41,7 @@ pub fn find_pg_dump(explicit: Option<&Path>, server_major: i32) -> Result<PathBu
             }
         }
     }
-    best.map(|(_, path)| path).ok_or_else(|| {
-        Error::PgDump(format!(
-            "no pg_dump of version {server_major} or newer found (crmvault uses it to read the schema); install postgresql-client-{server_major} or pass --pg-dump PATH"
-        ))
-    })
+    best.map(|(_, path)| path).ok_or_else(|| Error::NoPgDump { version: server_major })
 }
 
 fn pg_dump_major(path: &Path) -> Result<i32> {

@@ -241,7 +241,7 @@ async fn describe_contents(client: &Client) -> Result<Option<String>> {
     }
     if holds_incomplete_restore(client).await? {
         return Ok(Some(format!(
-            "an interrupted --parallel restore left it incomplete: schema {INCOMPLETE_RESTORE_SCHEMA}"
+            "an interrupted parallel restore left it incomplete: schema {INCOMPLETE_RESTORE_SCHEMA}"
         )));
     }
     Ok(Some(format!(

@@ -136,7 +136,7 @@ fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
         target.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'crmvault_incomplete_restore'").trim(),
         "1"
     );
-    work.restore(&repo, &target).fails_with(1, "interrupted --parallel restore");
+    work.restore(&repo, &target).fails_with(1, "interrupted parallel restore");
     work.restore_with(&repo, &target, &["--parallel", "--clean"]).ok();
     assert_same_database(&source, &target);
 }
