@@ -23,9 +23,20 @@ if ! psql -X -q -At -d "$DATABASE_URL" -c 'SELECT 1' >/dev/null 2>&1; then
 fi
 
 profile=${CRMVAULT_BUILD_PROFILE:-release}
-echo "== building crmvault ($profile)"
-cargo build --profile "$profile" --quiet
-crmvault=$PWD/target/$([ "$profile" = dev ] && echo debug || echo "$profile")/crmvault
+if [ -t 2 ]; then
+    echo "== building crmvault ($profile; the first build takes several minutes)"
+    cargo build --profile "$profile"
+else
+    echo "== building crmvault ($profile; the first build takes several minutes, quietly)"
+    cargo build --profile "$profile" --quiet
+fi
+# Where cargo put it: CARGO_TARGET_DIR, a build.target-dir setting, or ./target.
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+crmvault=$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")/crmvault
+if [ ! -x "$crmvault" ]; then
+    echo "demo: cargo built crmvault but it is not at $crmvault" >&2
+    exit 1
+fi
 
 work=${DEMO_DIR:-$(mktemp -d -t crmvault-demo.XXXXXX)}
 mkdir -p "$work"
@@ -46,6 +57,7 @@ psql -X -q -v ON_ERROR_STOP=1 -d "$server/$source_db" -f examples/crm.sql >/dev/
 echo "== crmvault keygen: the admin's key (keep it offline; the backup host never needs it)"
 rm -f "$work/admin.key"
 recipient=$("$crmvault" keygen -o "$work/admin.key")
+echo "admin recipient (public key): $recipient"
 
 echo "== crmvault init"
 "$crmvault" init --repo "$repo" --recipient "$recipient"
@@ -82,6 +94,8 @@ fingerprint() {
 }
 if diff <(fingerprint $source_db) <(fingerprint $restored_db); then
     echo "demo OK: $(fingerprint $restored_db | wc -l) tables restored identical to the source; repository and keys in $work"
+    echo "the databases $source_db and $restored_db stay on $shown for you to look at; remove them with:"
+    echo "  psql -d \"\${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}\" -c 'DROP DATABASE $source_db' -c 'DROP DATABASE $restored_db'"
 else
     echo "demo FAILED: the restored database differs from the source" >&2
     exit 1

@@ -196,6 +196,23 @@ pub enum Error {
         /// What that means for it and what to do.
         outcome: &'static str,
     },
+    /// Table patterns that match no table of the database (a typo would otherwise give empty
+    /// backups every night).
+    #[error("{} no table of {database}", match_phrase(.patterns))]
+    NoTableMatches {
+        /// The patterns that matched nothing.
+        patterns: Vec<String>,
+        /// Redacted connection string.
+        database: String,
+    },
+    /// A backup would store no table's data.
+    #[error("no table of {database} is selected ({of} in the database); a snapshot would hold no data")]
+    NoTables {
+        /// Redacted connection string.
+        database: String,
+        /// Tables the database has.
+        of: usize,
+    },
     /// A bug: something the code relies on did not hold.
     #[error("internal error: {0}")]
     Internal(String),
@@ -218,7 +235,7 @@ pub enum Error {
     #[error("PostgreSQL: {}", postgres_message(.0))]
     Postgres(tokio_postgres::Error),
     /// A storage error.
-    #[error("{location}: {source}")]
+    #[error("{location}: {}", storage_message(.source))]
     Storage {
         /// The target.
         location: String,
@@ -271,6 +288,43 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
         source = inner.source();
     }
     message
+}
+
+/// What object_store says, in fewer words: its local file system's errors start with
+/// "Generic LocalFileSystem error: Unable to …: IO error for operation on …", and a refused
+/// permission gets the advice it needs.
+fn storage_message(error: &object_store::Error) -> String {
+    let mut text = error.to_string();
+    for (prefix, instead) in [
+        ("Generic LocalFileSystem error: Unable to walk dir: IO error for operation on ", "cannot list "),
+        ("Generic LocalFileSystem error: Unable to open file ", "cannot open "),
+        ("Generic LocalFileSystem error: Unable to access metadata for ", "cannot read "),
+        ("Generic LocalFileSystem error: ", ""),
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            text = format!("{instead}{rest}");
+            break;
+        }
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            text.push_str("; the user running crmvault needs read and write access to the repository's folder");
+            break;
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn match_phrase(patterns: &[String]) -> String {
+    let quoted: Vec<String> = patterns.iter().map(|p| format!("{p:?}")).collect();
+    match quoted.as_slice() {
+        [one] => format!("table pattern {one} matches"),
+        _ => format!("table patterns {} match", quoted.join(", ")),
+    }
 }
 
 fn every_target_failed(failures: &[(String, String)]) -> String {

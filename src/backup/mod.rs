@@ -52,6 +52,9 @@ pub struct BackupOptions {
     pub include: Vec<String>,
     /// `schema.table` globs to leave out.
     pub exclude: Vec<String>,
+    /// Store a snapshot even when no table is selected (the schema alone); refused otherwise,
+    /// since a nightly backup of nothing is almost always a mistake in the patterns.
+    pub allow_empty: bool,
     /// pg_dump to use (found automatically when `None`).
     pub pg_dump: Option<PathBuf>,
     /// Name of this host, recorded in the manifest.
@@ -158,8 +161,24 @@ pub async fn run(
 
     let session = SnapshotSession::begin(&options.database).await?;
     let pg_dump = postgres::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
-    let tables: Vec<SourceTable> =
-        session.tables().await?.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
+    let all_tables = session.tables().await?;
+    let names: Vec<String> = all_tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+    let unmatched = filter.unmatched_includes(&names);
+    if !unmatched.is_empty() {
+        return Err(Error::NoTableMatches {
+            patterns: unmatched.iter().map(ToString::to_string).collect(),
+            database: options.database.to_string(),
+        });
+    }
+    for pattern in filter.unmatched_excludes(&names) {
+        let warning = format!("exclude pattern {pattern:?} matches no table of {}", options.database);
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
+    let tables: Vec<SourceTable> = all_tables.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
+    if tables.is_empty() && !options.allow_empty {
+        return Err(Error::NoTables { database: options.database.to_string(), of: names.len() });
+    }
     filter.check_foreign_keys(&session.foreign_keys().await?)?;
     let sequences = session.sequences().await?;
     let materialized_views = session.populated_materialized_views().await?;

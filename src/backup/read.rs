@@ -164,6 +164,9 @@ pub(super) async fn read_copy(
 pub(super) struct TableFilter {
     pub(super) include: Option<GlobSet>,
     pub(super) exclude: GlobSet,
+    /// The patterns as given, in the order of the sets' globs.
+    include_patterns: Vec<String>,
+    exclude_patterns: Vec<String>,
 }
 
 impl TableFilter {
@@ -184,7 +187,31 @@ impl TableFilter {
         Ok(TableFilter {
             include: if include.is_empty() { None } else { Some(build(include)?) },
             exclude: build(exclude)?,
+            include_patterns: include.to_vec(),
+            exclude_patterns: exclude.to_vec(),
         })
+    }
+
+    /// The include patterns that match none of `names` (`schema.table`): each is a mistake
+    /// that would otherwise leave its tables out of every backup without a word.
+    pub(super) fn unmatched_includes<'a>(&'a self, names: &[String]) -> Vec<&'a str> {
+        let Some(set) = &self.include else { return Vec::new() };
+        Self::unmatched(set, &self.include_patterns, names)
+    }
+
+    /// The exclude patterns that match none of `names`.
+    pub(super) fn unmatched_excludes<'a>(&'a self, names: &[String]) -> Vec<&'a str> {
+        Self::unmatched(&self.exclude, &self.exclude_patterns, names)
+    }
+
+    fn unmatched<'a>(set: &GlobSet, patterns: &'a [String], names: &[String]) -> Vec<&'a str> {
+        let mut matched = vec![false; patterns.len()];
+        for name in names {
+            for index in set.matches(name) {
+                matched[index] = true;
+            }
+        }
+        patterns.iter().zip(matched).filter(|(_, m)| !m).map(|(p, _)| p.as_str()).collect()
     }
 
     pub(super) fn matches(&self, schema: &str, table: &str) -> bool {
@@ -220,5 +247,16 @@ mod tests {
         assert!(filter.matches("billing", "audit_log"));
         assert!(!filter.matches("crm", "tmp_import"));
         assert!(!filter.matches("billing", "invoices"));
+    }
+
+    #[test]
+    fn patterns_that_match_no_table_are_named() {
+        let filter =
+            TableFilter::new(&["crm.*".into(), "nosuch.*".into()], &["crm.tmp_*".into(), "gone".into()]).unwrap();
+        let names = vec!["crm.contacts".to_string(), "crm.tmp_import".to_string()];
+        assert_eq!(filter.unmatched_includes(&names), vec!["nosuch.*"]);
+        assert_eq!(filter.unmatched_excludes(&names), vec!["gone"]);
+        let everything = TableFilter::new(&[], &[]).unwrap();
+        assert!(everything.unmatched_includes(&names).is_empty());
     }
 }

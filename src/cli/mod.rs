@@ -39,7 +39,7 @@ struct Cli {
     allow_http: bool,
     /// The repository fingerprint the admins keep (`init` prints it): admin commands refuse a
     /// repository that does not match it, and remember it on this machine.
-    #[arg(long, global = true, env = "CRMVAULT_FINGERPRINT", value_name = "FP", value_parser = parse_fingerprint)]
+    #[arg(long, global = true, env = "CRMVAULT_FINGERPRINT", hide_env_values = true, value_name = "FP", value_parser = parse_fingerprint)]
     fingerprint: Option<crmvault::trust::Fingerprint>,
     #[command(subcommand)]
     command: Command,
@@ -96,8 +96,13 @@ enum Command {
         /// Leave out tables matching this `schema.table` glob (repeatable).
         #[arg(long = "exclude-table", value_name = "PATTERN")]
         exclude_tables: Vec<String>,
+        /// Store a snapshot even when no table is selected (the schema alone). Without it, a
+        /// backup that would hold no table is refused: a --table typo must not give empty
+        /// backups every night.
+        #[arg(long)]
+        allow_empty: bool,
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
-        #[arg(long, env = "CRMVAULT_PG_DUMP")]
+        #[arg(long, env = "CRMVAULT_PG_DUMP", hide_env_values = true)]
         pg_dump: Option<PathBuf>,
         /// New chunks per index file and per generation of the sent set (for tuning and tests).
         #[arg(long, hide = true, default_value_t = backup::INDEX_CHUNKS)]
@@ -132,8 +137,9 @@ enum Command {
         /// Replace whatever the target database holds (dropped inside the restore transaction).
         #[arg(long)]
         clean: bool,
-        /// Load tables on --jobs connections at once (about --jobs times faster on a large
-        /// database) instead of in one transaction. Needs an empty database. Any error removes
+        /// Load tables and build indexes on --jobs connections at once instead of in one
+        /// transaction: a quarter to a third less time at scale 1 with 2 jobs on 2 cores
+        /// (BENCHMARKS.md), more with more cores. Needs an empty database. Any error removes
         /// everything the restore created; a restore that is killed leaves the database marked
         /// incomplete (schema crmvault_incomplete_restore) until `restore --clean` replaces it.
         #[arg(long)]
@@ -220,7 +226,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct RepoArgs {
     /// Repository: a folder, file:///path or s3://bucket/prefix. Repeat for several targets.
-    #[arg(long = "repo", env = "CRMVAULT_REPO", required = true)]
+    #[arg(long = "repo", env = "CRMVAULT_REPO", hide_env_values = true, required = true)]
     repos: Vec<String>,
 }
 
@@ -230,7 +236,24 @@ fn parse_fingerprint(text: &str) -> std::result::Result<crmvault::trust::Fingerp
 
 /// Runs the CLI and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let started = Instant::now();
+    // Before clap has parsed anything: a usage error under --json is a JSON document too.
+    let json = std::env::args_os().any(|arg| arg == "--json");
+    let parsed = Cli::command().try_get_matches().and_then(|matches| {
+        let name = matches.subcommand_name().map(String::from);
+        Ok((Cli::from_arg_matches(&matches)?, name))
+    });
+    let (cli, command) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            if json && error.use_stderr() {
+                let message = error.kind().as_str().unwrap_or("usage error").to_string();
+                output::failure(None, &message, Some("see --help"), 2, started.elapsed());
+            }
+            error.exit();
+        }
+    };
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -242,9 +265,14 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            match hint(&error) {
-                Some(hint) => eprintln!("crmvault: error: {}; {hint}", one_line(&error)),
-                None => eprintln!("crmvault: error: {}", one_line(&error)),
+            let message = one_line(&error);
+            let hint = hint(&error);
+            match hint {
+                Some(hint) => eprintln!("crmvault: error: {message}; {hint}"),
+                None => eprintln!("crmvault: error: {message}"),
+            }
+            if json {
+                output::failure(command.as_deref(), &message, hint, 1, started.elapsed());
             }
             ExitCode::from(1)
         }
@@ -269,11 +297,26 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo brings them to one",
         Error::LockTimeout { .. } => "restore without --parallel",
         Error::NoPgDump { .. } => "or name one with --pg-dump PATH",
+        Error::NoTableMatches { .. } => {
+            "check the --table patterns (`schema.table` globs; `psql -c '\\dt *.*'` lists the tables)"
+        }
+        Error::NoTables { .. } => "check --table/--exclude-table, or give --allow-empty to store the schema alone",
         Error::NotCopies { .. } => {
             "the targets of one repository are made by one `crmvault init`, or added with `crmvault init --copy-from`"
         }
         _ => return None,
     })
+}
+
+/// `error` after "`doing` `database``outcome`", naming the database once: an error that
+/// already names it (cannot connect to …, is not empty) is left as it is.
+fn in_context(error: crmvault::Error, database: &Database, doing: &str, outcome: &str) -> anyhow::Error {
+    let database = database.to_string();
+    if error.to_string().contains(&database) {
+        anyhow::Error::new(error)
+    } else {
+        anyhow::Error::new(error).context(format!("{doing} {database}{outcome}"))
+    }
 }
 
 /// The error chain on one line, without repeating what a wrapper already said.
@@ -288,10 +331,16 @@ fn one_line(error: &anyhow::Error) -> String {
             message.push_str(": ");
         }
         message.push_str(&text);
+        // The library's messages already say their causes (in fewer words than the causes).
+        if cause.downcast_ref::<crmvault::Error>().is_some() {
+            break;
+        }
     }
     message.replace('\n', " ")
 }
 
+/// Log lines on stderr: coloured on a terminal, plain text where stderr goes to a file,
+/// journald or cron's mail, and under `NO_COLOR` (<https://no-color.org>).
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -300,7 +349,14 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CRMVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("crmvault={default},warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(colour)
+        .init();
 }
 
 /// `CRMVAULT_CONFIG_DIR`, default `~/.config/crmvault`.
@@ -378,7 +434,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             trust::pin_new(&config_dir()?, &report)?;
             output::init(json, &report);
         }
-        Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks, index_in_memory } => {
+        Command::Backup {
+            db,
+            repo,
+            jobs,
+            tables,
+            exclude_tables,
+            allow_empty,
+            pg_dump,
+            index_chunks,
+            index_in_memory,
+        } => {
             let started = Instant::now();
             let mut targets = storage.open_set(&repo.repos, true).await?;
             let config_dir = config_dir()?;
@@ -391,6 +457,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 jobs: jobs.max(1),
                 include: tables,
                 exclude: exclude_tables,
+                allow_empty,
                 pg_dump,
                 hostname: hostname(),
                 index_chunks,
@@ -400,7 +467,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let progress = output::Bar::start(json);
             let result = backup::run(&targets, &keyring, &options, progress.clone()).await;
             progress.finish();
-            let report = result.with_context(|| format!("backing up {}", options.database))?;
+            let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
             trusted.advance(Some(&report.mark()))?;
             output::backup(json, &report, started.elapsed());
             if report.failed_targets() > 0 {
@@ -465,7 +532,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     _ if parallel => " (left as it was: what the restore created was removed)",
                     _ => " (left unchanged)",
                 };
-                anyhow::Error::new(error).context(format!("restoring into {}{outcome}", options.database))
+                in_context(error, &options.database, "restoring into", outcome)
             })?;
             trusted.advance(Some(&crmvault::trust::SnapshotMark {
                 id: report.snapshot_id.clone(),

@@ -11,8 +11,34 @@ use crmvault::progress::Unit;
 use crmvault::rekey;
 use crmvault::restore;
 
+/// Prints a successful command's report as one JSON document, with `"ok": true`.
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));
+    print_json_ok(value, true);
+}
+
+/// Prints a report as one JSON document whose `ok` says whether the command did all it should
+/// (false for a backup that missed a target or a verify that found problems: exit code 3).
+fn print_json_ok<T: serde::Serialize>(value: &T, ok: bool) {
+    let mut value = serde_json::to_value(value).expect("reports serialise");
+    if let Some(object) = value.as_object_mut() {
+        object.insert("ok".into(), ok.into());
+    }
+    println!("{}", serde_json::to_string_pretty(&value).expect("reports serialise"));
+}
+
+/// The one JSON document of a command that failed (exit code 1 or 2): a cron job that appends
+/// `--json` output to a log records the failed night too.
+pub fn failure(command: Option<&str>, error: &str, hint: Option<&str>, exit_code: u8, elapsed: Duration) {
+    print_json_ok(
+        &serde_json::json!({
+            "command": command,
+            "error": error,
+            "hint": hint,
+            "exit_code": exit_code,
+            "seconds": elapsed.as_secs_f64(),
+        }),
+        false,
+    );
 }
 
 /// Bytes in binary units.
@@ -26,7 +52,8 @@ pub fn keygen(json: bool, recipient: &str, path: &Path) {
     } else {
         println!("{recipient}");
         eprintln!(
-            "identity written to {} (0600); keep it offline, give the recipient above to `crmvault init`",
+            "identity written to {} (0600); keep it offline. Its public recipient, {recipient}, is what \
+             `crmvault init --recipient` takes",
             path.display()
         );
     }
@@ -56,7 +83,7 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     if json {
         let mut value = serde_json::to_value(report).expect("reports serialise");
         value["seconds"] = serde_json::json!(elapsed.as_secs_f64());
-        print_json(&value);
+        print_json_ok(&value, report.failed_targets() == 0);
         return;
     }
     println!("{}", report.snapshot_id);
@@ -145,7 +172,7 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
 
 pub fn verify(json: bool, report: &verify::VerifyReport) {
     if json {
-        print_json(report);
+        print_json_ok(report, report.problems.is_empty());
         return;
     }
     for problem in &report.problems {
@@ -257,7 +284,7 @@ pub fn fingerprint(json: bool, repository: &crmvault::repo::Repository, location
 
 pub fn rekey(json: bool, report: &rekey::RekeyReport) {
     if json {
-        print_json(report);
+        print_json_ok(report, !report.reencrypted.iter().any(rekey::Reencrypted::incomplete));
         return;
     }
     for location in &report.caught_up {

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod admin;
 mod backup_restore;
 mod bad_input;
 mod crash;

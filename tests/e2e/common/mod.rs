@@ -198,7 +198,13 @@ impl Workspace {
     }
 
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_crmvault"));
+        self.command_for(env!("CARGO_BIN_EXE_crmvault"))
+    }
+
+    /// `program` (crmvault, or what runs it: script(1), a shell) with the environment
+    /// `command` gives crmvault.
+    pub fn command_for(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
         command.env("CRMVAULT_CONFIG_DIR", self.config_dir()).env_remove("CRMVAULT_LOG").env_remove("PGPASSWORD");
         // The TLS defaults a test expects are crmvault's, not the developer's.
         for name in ["PGSSLMODE", "PGSSLROOTCERT", "CRMVAULT_DB_REMOTE_HOSTS"] {
