@@ -120,8 +120,9 @@ enum Command {
         #[arg(long, short)]
         identity: Option<PathBuf>,
     },
-    /// Restore a snapshot into an empty database, all or nothing, from the first --repo that
-    /// has each chunk intact.
+    /// Restore a snapshot into an empty database, all or nothing.
+    ///
+    /// Each chunk is read from the first --repo that has it intact.
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
@@ -163,6 +164,7 @@ enum Command {
         snapshot: String,
     },
     /// Check that every snapshot on every --repo is complete (exit 3 when problems are found).
+    #[command(visible_alias = "check")]
     Verify {
         #[command(flatten)]
         repo: RepoArgs,
@@ -173,14 +175,16 @@ enum Command {
         #[arg(long, requires = "identity")]
         read_data: bool,
     },
-    /// Print the repository's fingerprint, as the storage claims it (no key needed): compare it
-    /// with the one the admins keep.
+    /// Print the repository's fingerprint, as the storage claims it (no key needed).
+    ///
+    /// Compare it with the one the admins keep.
     Fingerprint {
         #[command(flatten)]
         repo: RepoArgs,
     },
-    /// Change who holds the keys: add or remove admin recipients, rotate the writer key. Writes
-    /// the repository's next generation of keys on every --repo (all copies must be given), so
+    /// Change who holds the keys: add or remove admin recipients, rotate the writer key.
+    ///
+    /// Writes the repository's next generation of keys on every --repo (all copies must be given), so
     /// a removed admin cannot read anything written afterwards, and a retired writer key cannot
     /// write. Interrupted, it is run again with the same arguments.
     Rekey {
@@ -226,7 +230,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct RepoArgs {
     /// Repository: a folder, file:///path or s3://bucket/prefix. Repeat for several targets.
-    #[arg(long = "repo", env = "CRMVAULT_REPO", hide_env_values = true, required = true)]
+    #[arg(short = 'r', long = "repo", env = "CRMVAULT_REPO", hide_env_values = true, required = true)]
     repos: Vec<String>,
 }
 

@@ -172,3 +172,13 @@ fn an_unreadable_repository_folder_is_said_in_plain_words() {
     assert!(!run.stderr.contains("Generic LocalFileSystem"), "{}", run.stderr);
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
 }
+
+#[test]
+fn restic_users_find_their_flags() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    // -r for --repo, `check` for verify, --json anywhere.
+    let report = work.run(&["check", "-r", &repo, "--json"]).ok().json();
+    assert_eq!(report["ok"], true, "{report}");
+    work.run(&["snapshots", "-r", &repo]).ok();
+}
