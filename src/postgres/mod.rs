@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 pub mod conninfo;
 pub mod dump;
 pub mod load;
+pub mod pgpass;
 pub mod script;
 pub mod session;
 pub mod tls;
@@ -120,6 +121,27 @@ impl Database {
         if self.config.get_password().is_none() {
             self.config.password(password);
         }
+    }
+
+    /// Whether the connection string (or [`Database::set_password_if_missing`]) gave a password.
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
+    /// The password libpq's password file (`contents`, see [`pgpass`]) gives for this
+    /// connection's first host; `None` without a user name or a matching line.
+    pub fn password_from_pgpass(&self, contents: &str) -> Option<String> {
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(name)) => name.as_str(),
+            Some(Host::Unix(_)) | None => "localhost",
+        };
+        let key = pgpass::PasswordFileKey {
+            host,
+            port: self.config.get_ports().first().copied().unwrap_or(5432),
+            database: &self.name(),
+            user: self.config.get_user()?,
+        };
+        pgpass::lookup(contents, &key)
     }
 
     /// The database name (or the user name, PostgreSQL's default).
