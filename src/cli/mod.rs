@@ -4,6 +4,7 @@
 
 mod connection;
 mod output;
+mod profile;
 mod storage;
 mod trust;
 
@@ -22,8 +23,6 @@ use crmvault::repo::{Keyring, Repository};
 use crmvault::restore;
 use crmvault::target::OpenMode;
 
-use storage::Storage;
-
 /// Encrypted, deduplicated, verifiable backups of PostgreSQL CRM databases.
 #[derive(Debug, Parser)]
 #[command(name = "crmvault", version, about, propagate_version = true)]
@@ -41,6 +40,14 @@ struct Cli {
     /// repository that does not match it, and remember it on this machine.
     #[arg(long, global = true, env = "CRMVAULT_FINGERPRINT", hide_env_values = true, value_name = "FP", value_parser = parse_fingerprint)]
     fingerprint: Option<crmvault::trust::Fingerprint>,
+    /// Config file [default: $CRMVAULT_CONFIG_DIR/crmvault.toml if it exists, else
+    /// /etc/crmvault/crmvault.toml].
+    #[arg(long, global = true, env = "CRMVAULT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Take the settings no flag or environment variable gives from [profile.NAME] of the
+    /// config file.
+    #[arg(long, global = true, env = "CRMVAULT_PROFILE", value_name = "NAME")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,14 +89,14 @@ enum Command {
     },
     /// Back up a database to every --repo (needs only the writer key made by init).
     Backup {
-        /// Source database URL; a password is better given in PGPASSWORD.
+        /// Source database URL; a password is better given in PGPASSWORD. Or `db` in --profile.
         #[arg(long, env = "CRMVAULT_DB", hide_env_values = true)]
-        db: String,
+        db: Option<String>,
         #[command(flatten)]
         repo: RepoArgs,
-        /// Tables read in parallel (each on its own connection, same snapshot).
-        #[arg(long, short, default_value_t = 2)]
-        jobs: usize,
+        /// Tables read in parallel (each on its own connection, same snapshot) [default: 2].
+        #[arg(long, short)]
+        jobs: Option<usize>,
         /// Only tables matching this `schema.table` glob (repeatable).
         #[arg(long = "table", value_name = "PATTERN")]
         tables: Vec<String>,
@@ -126,15 +133,15 @@ enum Command {
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
-        /// Admin identity file.
+        /// Admin identity file (or `identity` in --profile).
         #[arg(long, short)]
-        identity: PathBuf,
-        /// Target database URL.
+        identity: Option<PathBuf>,
+        /// Target database URL (or `restore_db` in --profile).
         #[arg(long, env = "CRMVAULT_RESTORE_DB", hide_env_values = true)]
-        db: String,
-        /// Chunks fetched and decoded in parallel.
-        #[arg(long, short, default_value_t = 2)]
-        jobs: usize,
+        db: Option<String>,
+        /// Chunks fetched and decoded in parallel [default: 2].
+        #[arg(long, short)]
+        jobs: Option<usize>,
         /// Replace whatever the target database holds (dropped inside the restore transaction).
         #[arg(long)]
         clean: bool,
@@ -171,8 +178,8 @@ enum Command {
         /// Admin identity file (needed for --read-data).
         #[arg(long, short)]
         identity: Option<PathBuf>,
-        /// Decrypt, decompress and re-hash every chunk.
-        #[arg(long, requires = "identity")]
+        /// Decrypt, decompress and re-hash every chunk (needs --identity).
+        #[arg(long)]
         read_data: bool,
     },
     /// Print the repository's fingerprint, as the storage claims it (no key needed).
@@ -190,9 +197,9 @@ enum Command {
     Rekey {
         #[command(flatten)]
         repo: RepoArgs,
-        /// Admin identity file (of an admin who stays).
+        /// Admin identity file (of an admin who stays; or `identity` in --profile).
         #[arg(long, short)]
-        identity: PathBuf,
+        identity: Option<PathBuf>,
         /// An admin's public key (age1…) to add; repeatable.
         #[arg(long = "add-recipient", value_name = "AGE1…")]
         add_recipients: Vec<String>,
@@ -225,12 +232,18 @@ enum Command {
         /// Only these snapshots (ids or `latest`); all by default.
         snapshots: Vec<String>,
     },
+    /// Check the config file (crmvault.toml) or show a profile's settings.
+    Config {
+        #[command(subcommand)]
+        action: profile::ConfigAction,
+    },
 }
 
 #[derive(Debug, Args)]
 struct RepoArgs {
     /// Repository: a folder, file:///path or s3://bucket/prefix. Repeat for several targets.
-    #[arg(short = 'r', long = "repo", env = "CRMVAULT_REPO", hide_env_values = true, required = true)]
+    /// Or `repo` in --profile.
+    #[arg(short = 'r', long = "repo", env = "CRMVAULT_REPO", hide_env_values = true)]
     repos: Vec<String>,
 }
 
@@ -269,16 +282,15 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            let message = one_line(&error);
-            let hint = hint(&error);
+            let (message, hint, code) = (one_line(&error), hint(&error), profile::exit_code(&error));
             match hint {
                 Some(hint) => eprintln!("crmvault: error: {message}; {hint}"),
                 None => eprintln!("crmvault: error: {message}"),
             }
             if json {
-                output::failure(command.as_deref(), &message, hint, 1, started.elapsed());
+                output::failure(command.as_deref(), &message, hint, code, started.elapsed());
             }
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }
@@ -372,16 +384,6 @@ fn config_dir() -> Result<PathBuf> {
     Ok(Path::new(&home).join(".config/crmvault"))
 }
 
-/// Parses a database URL, taking the password from PGPASSWORD when the URL has none, and
-/// TLS defaults from the environment (cli/connection.rs).
-fn database(url: &str) -> Result<Database> {
-    let mut database = Database::parse_with(url, &connection::defaults()?)?;
-    if let Ok(password) = std::env::var("PGPASSWORD") {
-        database.set_password_if_missing(&password);
-    }
-    Ok(database)
-}
-
 /// The best keyring at hand: an admin identity if given, else this host's writer key, else none.
 async fn keyring(repository: &Repository, identity: Option<&Path>) -> Result<Option<Keyring>> {
     if let Some(path) = identity {
@@ -400,8 +402,9 @@ fn hostname() -> String {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
-    let fingerprint = cli.fingerprint;
-    let storage = Storage::load(&config_dir()?, cli.allow_http)?;
+    let settings = profile::Settings::load(cli.config.as_deref(), cli.profile.as_deref(), &config_dir()?);
+    let fingerprint = settings.fingerprint(cli.fingerprint);
+    let storage = settings.storage(cli.allow_http);
     match cli.command {
         Command::Keygen { output } => {
             let identity = crmvault::crypto::generate_identity();
@@ -411,8 +414,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Init { repo, recipients, recipients_file, copy_from, chunk_size, compression_level } => {
             let tuning = crmvault::repo::Tuning::with_average_chunk(chunk_size, compression_level)?;
-            let targets =
-                repo.repos.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<crmvault::Result<Vec<_>>>()?;
+            let targets = settings
+                .repos(repo.repos)?
+                .iter()
+                .map(|l| storage.open(l, OpenMode::Create))
+                .collect::<crmvault::Result<Vec<_>>>()?;
             let report = if let Some(source) = copy_from {
                 let mut source = storage.open_set(&[source], false).await?;
                 let role = trust::reading_role(source.first(), None, &config_dir()?);
@@ -450,19 +456,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             index_in_memory,
         } => {
             let started = Instant::now();
-            let mut targets = storage.open_set(&repo.repos, true).await?;
+            let db = settings.db(db)?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let config_dir = config_dir()?;
             let mut trusted =
                 trust::check(targets.repositories_mut(), trust::Role::Writer, fingerprint.as_ref(), &config_dir)
                     .await?;
             let keyring = targets.unlock_as_writer(&config_dir).await?;
             let options = backup::BackupOptions {
-                database: database(&db)?,
-                jobs: jobs.max(1),
-                include: tables,
-                exclude: exclude_tables,
+                database: settings.database(&db)?,
+                jobs: settings.jobs(jobs)?.max(1),
+                include: settings.tables(tables)?,
+                exclude: settings.exclude_tables(exclude_tables)?,
                 allow_empty,
-                pg_dump,
+                pg_dump: settings.pg_dump(pg_dump)?,
                 hostname: hostname(),
                 index_chunks,
                 index_in_memory,
@@ -479,7 +486,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Snapshots { repo, identity } => {
-            let mut targets = storage.open_set(&repo.repos, false).await?;
+            let repos = settings.repos(repo.repos)?;
+            let identity = settings.identity(identity)?;
+            let mut targets = storage.open_set(&repos, false).await?;
             let mut lists = Vec::new();
             for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
@@ -490,7 +499,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     snapshots::list(repository, keyring.as_ref()).await?,
                 ));
             }
-            output::snapshots(json, &snapshots::merge(lists), &repo.repos);
+            output::snapshots(json, &snapshots::merge(lists), &repos);
         }
         Command::Restore {
             repo,
@@ -505,7 +514,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             snapshot,
         } => {
             let started = Instant::now();
-            let mut targets = storage.open_set(&repo.repos, true).await?;
+            let (identity, db) = (settings.require_identity(identity)?, settings.restore_db(db)?);
+            let parallel = settings.parallel(parallel)?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             for left_out in targets.left_out() {
                 eprintln!("crmvault: warning: {} left out: {}", left_out.location, left_out.reason);
             }
@@ -514,9 +525,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .await?;
             let keyring = targets.unlock_as_admin(&identity).await?;
             let options = restore::RestoreOptions {
-                database: database(&db)?,
+                database: settings.database(&db)?,
                 snapshot,
-                jobs: jobs.max(1),
+                jobs: settings.jobs(jobs)?.max(1),
                 existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
                 parallel,
                 index_in_memory,
@@ -546,9 +557,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             output::restore(json, &report, &options.database, started.elapsed());
         }
         Command::Verify { repo, identity, read_data } => {
+            let (identity, read_data) = settings.verify_keys(identity, read_data)?;
             let depth = if read_data { verify::Depth::ReadData } else { verify::Depth::Structure };
             let mut total = verify::VerifyReport::default();
-            let mut targets = storage.open_set(&repo.repos, true).await?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             for left_out in targets.left_out() {
                 total.merge(verify::VerifyReport {
                     problems: vec![verify::Problem {
@@ -579,9 +591,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Fingerprint { repo } => {
-            let targets = storage.open_set(&repo.repos, false).await?;
+            let repos = settings.repos(repo.repos)?;
+            let targets = storage.open_set(&repos, false).await?;
             targets.require_one_fingerprint()?;
-            output::fingerprint(json, targets.first(), &repo.repos);
+            output::fingerprint(json, targets.first(), &repos);
         }
         Command::Rekey {
             repo,
@@ -601,12 +614,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 writer_key_out,
                 reencrypt,
             };
-            let mut targets = storage.open_set(&repo.repos, false).await?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;
             let config_dir = config_dir()?;
             let mut trusted =
                 trust::check_for_rekey(targets.repositories_mut(), fingerprint.as_ref(), &config_dir).await?;
             let progress = output::Bar::start(json);
-            let result = rekey::run(&mut targets, &identity, &options, progress.as_ref()).await;
+            let result =
+                rekey::run(&mut targets, &settings.require_identity(identity)?, &options, progress.as_ref()).await;
             progress.finish();
             let report = result?;
             trusted.follow(&report.config_hash)?;
@@ -630,6 +644,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let report = copy::run(from, to, &snapshots).await?;
             output::copy(json, &report, from.target.location(), to.target.location());
         }
+        Command::Config { action } => return profile::run(&action, &settings, json),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,16 +2,18 @@
 //! section for that repository, then the `AWS_*` environment, in that order of precedence.
 //!
 //! ```toml
-//! # $CRMVAULT_CONFIG_DIR/config.toml (must be 0600 when it holds a secret)
+//! # crmvault.toml, or the old $CRMVAULT_CONFIG_DIR/config.toml (0600 when it holds a secret)
 //! [repository."s3://offsite-bucket/crm"]
 //! endpoint = "https://s3.eu-central-003.backblazeb2.com"
 //! region = "eu-central-003"
 //! access_key_id = "…"
-//! secret_access_key = "…"
+//! secret_access_key_file = "/run/credentials/crmvault-backup.service/s3-secret"
 //! ```
+//!
+//! Reading the files is cli/profile.rs's job; this module takes their sections.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -19,61 +21,69 @@ use crmvault::repo_set::RepoSet;
 use crmvault::target::{Location, OpenMode, S3Settings, Target};
 
 /// One `[repository."…"]` section.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RepositorySection {
+pub struct RepositorySection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     access_key_id: Option<String>,
-    secret_access_key: Option<String>,
-    session_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) secret_access_key: Option<String>,
+    /// A file holding the secret access key (not readable by others), e.g. a systemd credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) secret_access_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) session_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     allow_http: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     virtual_hosted_style: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retries: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retry_timeout_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     instance_credentials: Option<bool>,
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    repository: BTreeMap<String, RepositorySection>,
+impl RepositorySection {
+    /// The section with its secrets replaced by `***`, for `config show`.
+    pub fn masked(&self) -> RepositorySection {
+        let hide = |secret: &Option<String>| secret.as_ref().map(|_| crmvault::postgres::conninfo::HIDDEN.to_string());
+        RepositorySection {
+            secret_access_key: hide(&self.secret_access_key),
+            session_token: hide(&self.session_token),
+            ..self.clone()
+        }
+    }
 }
+
+/// The `[repository."…"]` sections of the config files, by location; or why they could not be
+/// read (said when a repository is opened, so that commands that open none still run).
+pub type Sections = std::result::Result<BTreeMap<String, RepositorySection>, String>;
 
 /// Opens targets with settings from the environment and the config file.
 pub struct Storage {
-    file: ConfigFile,
+    sections: Sections,
     allow_http: bool,
 }
 
 impl Storage {
-    /// Reads `config.toml` in the config dir, if there is one.
-    pub fn load(config_dir: &Path, allow_http: bool) -> Result<Storage> {
-        let path = config_dir.join("config.toml");
-        let file = match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let file: ConfigFile = toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-                let has_secret =
-                    file.repository.values().any(|s| s.secret_access_key.is_some() || s.session_token.is_some());
-                let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path)?.permissions());
-                if has_secret && mode & 0o077 != 0 {
-                    bail!("{} holds secrets but others can read it; run chmod 600 {}", path.display(), path.display());
-                }
-                file
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => ConfigFile::default(),
-            Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
-        };
-        Ok(Storage { file, allow_http })
+    /// Storage with these config file sections.
+    pub fn new(sections: Sections, allow_http: bool) -> Storage {
+        Storage { sections, allow_http }
     }
 
     /// Opens one target.
     pub fn open(&self, location: &str, mode: OpenMode) -> crmvault::Result<Target> {
+        let sections = self.sections.as_ref().map_err(|error| crmvault::Error::Invalid(error.clone()))?;
         let settings = match Location::parse(location)? {
             Location::Local(_) => S3Settings::default(),
             Location::S3 { bucket, prefix, options } => self
-                .s3_settings(location, &bucket, &prefix, &options)
+                .s3_settings(sections, location, &bucket, &prefix, &options)
                 .map_err(|error| crmvault::Error::Invalid(format!("{error:#}")))?,
         };
         Target::open_with(location, mode, &settings)
@@ -92,6 +102,7 @@ impl Storage {
 
     fn s3_settings(
         &self,
+        sections: &BTreeMap<String, RepositorySection>,
         location: &str,
         bucket: &str,
         prefix: &str,
@@ -108,7 +119,7 @@ impl Storage {
             ..S3Settings::default()
         };
         let name = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
-        if let Some(section) = self.file.repository.get(&name).or_else(|| self.file.repository.get(location)) {
+        if let Some(section) = sections.get(&name).or_else(|| sections.get(location)) {
             if section.endpoint.is_some() {
                 settings.endpoint.clone_from(&section.endpoint);
             }
@@ -117,7 +128,10 @@ impl Storage {
             }
             if section.access_key_id.is_some() {
                 settings.access_key_id.clone_from(&section.access_key_id);
-                settings.secret_access_key = section.secret_access_key.clone().map(Into::into);
+                settings.secret_access_key = match &section.secret_access_key_file {
+                    Some(path) => Some(super::profile::read_secret_file(path)?.into()),
+                    None => section.secret_access_key.clone().map(Into::into),
+                };
                 settings.session_token = section.session_token.clone().map(Into::into);
             }
             settings.allow_http |= section.allow_http.unwrap_or(false);

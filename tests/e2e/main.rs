@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod backup_restore;
 mod bad_input;
+mod config;
 mod crash;
 mod rekey;
 mod s3;

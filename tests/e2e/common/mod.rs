@@ -210,6 +210,10 @@ impl Workspace {
         for name in ["PGSSLMODE", "PGSSLROOTCERT", "CRMVAULT_DB_REMOTE_HOSTS"] {
             command.env_remove(name);
         }
+        // Nor do the developer's config file, profile and password sources count.
+        for name in ["CRMVAULT_CONFIG", "CRMVAULT_PROFILE", "CRMVAULT_REPO", "PGPASSFILE", "CREDENTIALS_DIRECTORY"] {
+            command.env_remove(name);
+        }
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("AWS_") {
                 command.env_remove(name);

@@ -1,0 +1,662 @@
+//! The config file (`crmvault.toml`) and its named profiles: where it is, reading it with every
+//! mistake named by line, and the settings a command gets from `--profile NAME` where its flags
+//! and environment variables are silent.
+//!
+//! Which file: `--config FILE` (or `CRMVAULT_CONFIG`) alone when given; else
+//! `$CRMVAULT_CONFIG_DIR/crmvault.toml` (default `~/.config/crmvault`) when it exists; else
+//! `/etc/crmvault/crmvault.toml` when it exists. One file, never merged with another: what a
+//! command does is what that one file says. The old `$CRMVAULT_CONFIG_DIR/config.toml`
+//! (`[repository."…"]` sections only) is still read beside it; a section of the same name in
+//! `crmvault.toml` wins.
+//!
+//! A file that cannot be read stops only the commands that read settings (not `keygen`,
+//! `--help`, `--version`): each of those fails with the file, line and column of the first
+//! mistake, and `crmvault config check` lists them all.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use crmvault::postgres::Database;
+use crmvault::target::Location;
+use crmvault::trust::Fingerprint;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
+
+use super::storage::{RepositorySection, Sections, Storage};
+
+/// The config file when neither `--config` nor the user's config folder gives one.
+pub const SYSTEM_CONFIG: &str = "/etc/crmvault/crmvault.toml";
+/// The config file's name in the user's config folder.
+const USER_CONFIG: &str = "crmvault.toml";
+/// The old config file's name in the config folder: `[repository."…"]` sections only.
+const OLD_CONFIG: &str = "config.toml";
+
+/// One `[profile.NAME]` section: what a command takes when neither its flag nor its
+/// environment variable is given. A new command's setting is one more field here (and one line
+/// in the command: `settings.profile().KEY.clone()` where its flag is `None`).
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// `backup --db`: the database backed up, without a password.
+    pub db: Option<String>,
+    /// A file holding the database password (not readable by others).
+    pub password_file: Option<PathBuf>,
+    /// `--repo`, every copy of the repository.
+    pub repo: Option<Vec<String>>,
+    /// `backup --table`.
+    pub table: Option<Vec<String>>,
+    /// `backup --exclude-table`.
+    pub exclude_table: Option<Vec<String>>,
+    /// `backup --jobs`, `restore --jobs`.
+    pub jobs: Option<usize>,
+    /// `--fingerprint`.
+    pub fingerprint: Option<String>,
+    /// `backup --pg-dump`.
+    pub pg_dump: Option<PathBuf>,
+    /// `--allow-http`.
+    pub allow_http: Option<bool>,
+    /// `--identity` of `restore`, `verify`, `snapshots` (on an admin's machine).
+    pub identity: Option<PathBuf>,
+    /// `restore --db`: the database restored into (never `db`).
+    pub restore_db: Option<String>,
+    /// `restore --parallel`.
+    pub parallel: Option<bool>,
+    /// `verify --read-data`.
+    pub read_data: Option<bool>,
+}
+
+/// A whole `crmvault.toml`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    profile: BTreeMap<String, Profile>,
+    #[serde(default)]
+    repository: BTreeMap<String, RepositorySection>,
+}
+
+/// Which sections a file may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// `crmvault.toml`: profiles and repositories.
+    Profiles,
+    /// The old `config.toml`: repositories only.
+    RepositoriesOnly,
+}
+
+/// `crmvault config ACTION`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigAction {
+    /// Validate the config file (syntax, unknown keys, types, profiles, secrets' file
+    /// permissions): print each mistake with its line; exit 0 when valid, 1 when not.
+    Check,
+    /// Print the settings of --profile as the file gives them, secrets masked.
+    Show,
+}
+
+/// A required setting nobody gave: a usage error (exit 2).
+#[derive(Debug)]
+pub struct Missing(String);
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Missing {}
+
+/// The exit code of a failed command: 2 when a required setting is missing, else 1.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.chain().any(<dyn std::error::Error>::is::<Missing>) { 2 } else { 1 }
+}
+
+/// What the config files say, or what is wrong with them (told only to a command that asks).
+pub struct Settings {
+    state: std::result::Result<Loaded, Vec<String>>,
+    /// The main file, when there is one.
+    file: Option<PathBuf>,
+    /// Where it was looked for.
+    looked_at: Vec<PathBuf>,
+}
+
+struct Loaded {
+    profile_name: Option<String>,
+    profile: Profile,
+    profile_names: Vec<String>,
+    sections: BTreeMap<String, RepositorySection>,
+    /// Which files were read.
+    files: Vec<PathBuf>,
+}
+
+impl Settings {
+    /// Finds and reads the config files; never fails (see [`Settings`]).
+    pub fn load(given: Option<&Path>, profile_name: Option<&str>, config_dir: &Path) -> Settings {
+        let user = config_dir.join(USER_CONFIG);
+        let system = PathBuf::from(SYSTEM_CONFIG);
+        let (file, looked_at) = if let Some(path) = given {
+            (Some(path.to_path_buf()), vec![path.to_path_buf()])
+        } else {
+            let found = [&user, &system].into_iter().find(|path| path.exists()).cloned();
+            (found, vec![user, system])
+        };
+        let mut mistakes = Vec::new();
+        let mut files = Vec::new();
+        let main = match &file {
+            Some(path) => {
+                files.push(path.clone());
+                read_file(path, FileKind::Profiles).unwrap_or_else(|found| {
+                    mistakes.extend(found);
+                    ConfigFile::default()
+                })
+            }
+            None => ConfigFile::default(),
+        };
+        let old_path = config_dir.join(OLD_CONFIG);
+        let old = if old_path.exists() {
+            files.push(old_path.clone());
+            read_file(&old_path, FileKind::RepositoriesOnly).unwrap_or_else(|found| {
+                mistakes.extend(found);
+                ConfigFile::default()
+            })
+        } else {
+            ConfigFile::default()
+        };
+        let profile_names: Vec<String> = main.profile.keys().cloned().collect();
+        let profile = match (profile_name, &file) {
+            (None, _) => Profile::default(),
+            (Some(_), _) if !mistakes.is_empty() => Profile::default(),
+            (Some(name), None) => {
+                mistakes.push(format!(
+                    "no profile {name}: no config file ({} and {} do not exist; give --config FILE)",
+                    looked_at[0].display(),
+                    looked_at[1].display()
+                ));
+                Profile::default()
+            }
+            (Some(name), Some(path)) => main.profile.get(name).cloned().unwrap_or_else(|| {
+                let known = if profile_names.is_empty() { "none".to_string() } else { profile_names.join(", ") };
+                mistakes.push(format!("{}: no profile {name} (profiles there: {known})", path.display()));
+                Profile::default()
+            }),
+        };
+        if !mistakes.is_empty() {
+            return Settings { state: Err(mistakes), file, looked_at };
+        }
+        let mut sections = old.repository;
+        sections.extend(main.repository);
+        let loaded = Loaded { profile_name: profile_name.map(String::from), profile, profile_names, sections, files };
+        Settings { state: Ok(loaded), file, looked_at }
+    }
+
+    fn loaded(&self) -> Result<&Loaded> {
+        self.state.as_ref().map_err(|mistakes| anyhow!(summary(mistakes)))
+    }
+
+    /// The selected profile's settings (empty without --profile).
+    pub fn profile(&self) -> Result<&Profile> {
+        Ok(&self.loaded()?.profile)
+    }
+
+    /// Storage with the files' `[repository."…"]` sections.
+    pub fn storage(&self, allow_http: bool) -> Storage {
+        let sections: Sections = match &self.state {
+            Ok(loaded) => Ok(loaded.sections.clone()),
+            Err(mistakes) => Err(summary(mistakes)),
+        };
+        let from_profile = self.state.as_ref().is_ok_and(|l| l.profile.allow_http == Some(true));
+        Storage::new(sections, allow_http || from_profile)
+    }
+
+    /// The error for a setting nobody gave.
+    fn missing(&self, what: &str, flag: &str, variable: Option<&str>, key: &str) -> anyhow::Error {
+        let variable = variable.map(|name| format!(", set {name}")).unwrap_or_default();
+        let profile = match (self.state.as_ref().ok().and_then(|l| l.profile_name.as_deref()), &self.file) {
+            (Some(name), Some(file)) => format!("profile {name} of {}", file.display()),
+            _ => "a profile of the config file (--profile NAME)".to_string(),
+        };
+        Missing(format!("no {what}: give {flag}{variable}, or `{key}` in {profile}")).into()
+    }
+
+    /// `--repo` (flag or `CRMVAULT_REPO`), else the profile's `repo`.
+    pub fn repos(&self, given: Vec<String>) -> Result<Vec<String>> {
+        let profile = self.profile()?;
+        if !given.is_empty() {
+            return Ok(given);
+        }
+        match &profile.repo {
+            Some(repos) if !repos.is_empty() => Ok(repos.clone()),
+            _ => Err(self.missing("repository", "--repo", Some("CRMVAULT_REPO"), "repo")),
+        }
+    }
+
+    /// `backup --db` (flag or `CRMVAULT_DB`), else the profile's `db`.
+    pub fn db(&self, given: Option<String>) -> Result<String> {
+        let profile = self.profile()?;
+        given.or_else(|| profile.db.clone()).ok_or_else(|| self.missing("database", "--db", Some("CRMVAULT_DB"), "db"))
+    }
+
+    /// `restore --db` (flag or `CRMVAULT_RESTORE_DB`), else the profile's `restore_db`.
+    pub fn restore_db(&self, given: Option<String>) -> Result<String> {
+        let profile = self.profile()?;
+        given
+            .or_else(|| profile.restore_db.clone())
+            .ok_or_else(|| self.missing("database to restore into", "--db", Some("CRMVAULT_RESTORE_DB"), "restore_db"))
+    }
+
+    /// `--identity`, else the profile's `identity`, if either.
+    pub fn identity(&self, given: Option<PathBuf>) -> Result<Option<PathBuf>> {
+        let profile = self.profile()?;
+        Ok(given.or_else(|| profile.identity.clone()))
+    }
+
+    /// `--identity`, else the profile's `identity`; one is needed.
+    pub fn require_identity(&self, given: Option<PathBuf>) -> Result<PathBuf> {
+        self.identity(given)?.ok_or_else(|| self.missing("admin identity", "--identity FILE", None, "identity"))
+    }
+
+    /// `--jobs`, else the profile's `jobs`, else 2.
+    pub fn jobs(&self, given: Option<usize>) -> Result<usize> {
+        Ok(given.or(self.profile()?.jobs).unwrap_or(2))
+    }
+
+    /// `--table` (all of them), else the profile's `table`.
+    pub fn tables(&self, given: Vec<String>) -> Result<Vec<String>> {
+        let profile = self.profile()?;
+        Ok(if given.is_empty() { profile.table.clone().unwrap_or_default() } else { given })
+    }
+
+    /// `--exclude-table` (all of them), else the profile's `exclude_table`.
+    pub fn exclude_tables(&self, given: Vec<String>) -> Result<Vec<String>> {
+        let profile = self.profile()?;
+        Ok(if given.is_empty() { profile.exclude_table.clone().unwrap_or_default() } else { given })
+    }
+
+    /// `--pg-dump` (or `CRMVAULT_PG_DUMP`), else the profile's `pg_dump`.
+    pub fn pg_dump(&self, given: Option<PathBuf>) -> Result<Option<PathBuf>> {
+        let profile = self.profile()?;
+        Ok(given.or_else(|| profile.pg_dump.clone()))
+    }
+
+    /// `--parallel`, else the profile's `parallel`.
+    pub fn parallel(&self, given: bool) -> Result<bool> {
+        Ok(given || self.profile()?.parallel == Some(true))
+    }
+
+    /// `--read-data`, else the profile's `read_data`.
+    pub fn read_data(&self, given: bool) -> Result<bool> {
+        Ok(given || self.profile()?.read_data == Some(true))
+    }
+
+    /// `verify`'s `--identity` and `--read-data`, else the profile's; reading the data needs
+    /// an identity.
+    pub fn verify_keys(&self, identity: Option<PathBuf>, read_data: bool) -> Result<(Option<PathBuf>, bool)> {
+        let (identity, read_data) = (self.identity(identity)?, self.read_data(read_data)?);
+        if read_data && identity.is_none() {
+            return Err(self.missing("admin identity for --read-data", "--identity FILE", None, "identity"));
+        }
+        Ok((identity, read_data))
+    }
+
+    /// `--fingerprint` (or `CRMVAULT_FINGERPRINT`), else the profile's `fingerprint` (checked
+    /// when the file was read). A broken file gives none here: the command stops at its next
+    /// setting with the file's mistake.
+    pub fn fingerprint(&self, given: Option<Fingerprint>) -> Option<Fingerprint> {
+        given.or_else(|| {
+            let text = self.state.as_ref().ok()?.profile.fingerprint.as_deref()?;
+            Fingerprint::parse(text).ok()
+        })
+    }
+
+    /// Parses a database URL and finds its password where the URL has none: `PGPASSWORD`, the
+    /// profile's `password_file`, the systemd credential `db-password`, then `.pgpass`.
+    pub fn database(&self, url: &str) -> Result<Database> {
+        let mut database = Database::parse_with(url, &super::connection::defaults()?)?;
+        if let Ok(password) = std::env::var("PGPASSWORD") {
+            database.set_password_if_missing(&password);
+        }
+        if !database.has_password() {
+            if let Some(path) = &self.profile()?.password_file {
+                database.set_password_if_missing(&read_secret_file(path)?);
+            }
+        }
+        if !database.has_password() {
+            if let Some(password) = super::connection::password_from_credentials()? {
+                database.set_password_if_missing(&password);
+            }
+        }
+        if !database.has_password() {
+            if let Some(password) = super::connection::password_from_pgpass(&database) {
+                database.set_password_if_missing(&password);
+            }
+        }
+        Ok(database)
+    }
+}
+
+/// The first mistake, for a command that cannot go on: the others are for `config check`.
+fn summary(mistakes: &[String]) -> String {
+    let first = mistakes.first().map_or("the config file cannot be read", String::as_str);
+    match mistakes.len() {
+        0 | 1 => first.to_string(),
+        more => format!("{first} (and {} more: `crmvault config check` lists them)", more - 1),
+    }
+}
+
+/// Reads a secret from a file only its owner can read, without the line end.
+pub fn read_secret_file(path: &Path) -> Result<String> {
+    check_private(path).map_err(|message| anyhow!(message))?;
+    let text = std::fs::read_to_string(path).map_err(|error| anyhow!("reading {}: {error}", path.display()))?;
+    let secret = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if secret.is_empty() {
+        return Err(anyhow!("{} is empty", path.display()));
+    }
+    Ok(secret.to_string())
+}
+
+/// Whether a file holding a secret exists and nobody but its owner can read it.
+fn check_private(path: &Path) -> std::result::Result<(), String> {
+    let metadata = std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} holds a secret but others can read it (mode {:o}); run chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Line and column (from 1) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Collects a file's mistakes as `FILE:LINE:COLUMN: what`.
+struct Mistakes<'a> {
+    path: &'a Path,
+    text: &'a str,
+    found: Vec<((usize, usize), String)>,
+}
+
+impl Mistakes<'_> {
+    fn add(&mut self, span: Range<usize>, message: &str) {
+        let (line, column) = position(self.text, span.start);
+        self.found.push(((line, column), format!("{}:{line}:{column}: {message}", self.path.display())));
+    }
+
+    /// The mistakes in the order of the file's lines.
+    fn in_order(mut self) -> Vec<String> {
+        self.found.sort_by_key(|(position, _)| *position);
+        self.found.into_iter().map(|(_, message)| message).collect()
+    }
+}
+
+/// Reads one config file: what it says, or every mistake in it (each on its line).
+fn read_file(path: &Path, kind: FileKind) -> std::result::Result<ConfigFile, Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|error| vec![format!("reading {}: {error}", path.display())])?;
+    let mut mistakes = Mistakes { path, text: &text, found: Vec::new() };
+    let (root, errors) = DeTable::parse_recoverable(&text);
+    if !errors.is_empty() {
+        for error in &errors {
+            mistakes.add(error.span().unwrap_or(0..0), error.message().trim());
+        }
+        return Err(mistakes.in_order());
+    }
+    let root = root.into_inner();
+    for (key, value) in &root {
+        match (key.get_ref().as_ref(), kind) {
+            ("profile", FileKind::Profiles) => check_sections::<Profile>(&mut mistakes, "profile", value),
+            ("repository", _) => check_sections::<RepositorySection>(&mut mistakes, "repository", value),
+            (other, FileKind::Profiles) => {
+                mistakes.add(key.span(), &format!("unknown key `{other}` (known: profile, repository)"));
+            }
+            (other, FileKind::RepositoriesOnly) => mistakes.add(
+                key.span(),
+                &format!(
+                    "unknown key `{other}` (this old file holds only [repository.\"…\"]; profiles go in {USER_CONFIG})"
+                ),
+            ),
+        }
+    }
+    if !mistakes.found.is_empty() {
+        return Err(mistakes.in_order());
+    }
+    let file: ConfigFile = match toml::from_str(&text) {
+        Ok(file) => file,
+        Err(error) => {
+            mistakes.add(error.span().unwrap_or(0..0), error.message().trim());
+            return Err(mistakes.in_order());
+        }
+    };
+    check_meaning(&mut mistakes, &root, &file);
+    if mistakes.found.is_empty() { Ok(file) } else { Err(mistakes.in_order()) }
+}
+
+/// Checks each key of each `[WHAT.NAME]` section on its own, so that every wrong key and
+/// wrong type is found, not only the first.
+fn check_sections<T: DeserializeOwned>(mistakes: &mut Mistakes<'_>, what: &str, value: &Spanned<DeValue<'_>>) {
+    let Some(sections) = value.get_ref().as_table() else {
+        mistakes.add(value.span(), &format!("`{what}` must hold [{what}.NAME] sections"));
+        return;
+    };
+    for (name, section) in sections {
+        let Some(keys) = section.get_ref().as_table() else {
+            mistakes.add(section.span(), &format!("{what} {}: must be a table", name.get_ref()));
+            continue;
+        };
+        for (key, value) in keys {
+            let mut one = DeTable::new();
+            one.insert(key.clone(), value.clone());
+            let single = Spanned::new(section.span(), DeValue::Table(one));
+            if let Err(error) = T::deserialize(ValueDeserializer::from(single)) {
+                let message = error.message().trim();
+                let span = if message.starts_with("unknown field") {
+                    key.span()
+                } else {
+                    error.span().filter(|s| s.start >= value.span().start).unwrap_or_else(|| value.span())
+                };
+                mistakes.add(span, &format!("[{what}.{}] {message}", name.get_ref()));
+            }
+        }
+    }
+}
+
+/// Where `[SECTION.NAME] KEY` is in the file.
+fn span_of(root: &DeTable<'_>, section: &str, name: &str, key: &str) -> Range<usize> {
+    fn find<'t, 'i>(
+        table: &'t DeTable<'i>,
+        wanted: &str,
+    ) -> Option<(&'t Spanned<DeString<'i>>, &'t Spanned<DeValue<'i>>)> {
+        table.iter().find(|(k, _)| k.get_ref() == wanted)
+    }
+    let Some((_, sections)) = find(root, section) else { return 0..0 };
+    let Some((_, named)) = sections.get_ref().as_table().and_then(|t| find(t, name)) else { return 0..0 };
+    named.get_ref().as_table().and_then(|t| find(t, key)).map_or(named.span(), |(k, _)| k.span())
+}
+
+/// What types alone cannot check: values that must parse, files that must be private.
+fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigFile) {
+    let mut secrets_in_clear: Vec<(Range<usize>, String)> = Vec::new();
+    for (name, profile) in &file.profile {
+        let at = |key: &str| span_of(root, "profile", name, key);
+        for (key, url) in [("db", &profile.db), ("restore_db", &profile.restore_db)] {
+            let Some(url) = url else { continue };
+            match Database::parse(url) {
+                Ok(database) if database.has_password() => {
+                    secrets_in_clear.push((at(key), format!("profile {name}'s {key} password")));
+                }
+                Ok(_) => {}
+                Err(error) => mistakes.add(at(key), &format!("[profile.{name}] {key}: {error}")),
+            }
+        }
+        for location in profile.repo.iter().flatten() {
+            if let Err(error) = Location::parse(location) {
+                mistakes.add(at("repo"), &format!("[profile.{name}] repo: {error}"));
+            }
+        }
+        if profile.repo.as_ref().is_some_and(Vec::is_empty) {
+            mistakes.add(at("repo"), &format!("[profile.{name}] repo: names no repository"));
+        }
+        if profile.jobs == Some(0) {
+            mistakes.add(at("jobs"), &format!("[profile.{name}] jobs: must be at least 1"));
+        }
+        if let Some(Err(error)) = profile.fingerprint.as_deref().map(Fingerprint::parse) {
+            mistakes.add(at("fingerprint"), &format!("[profile.{name}] fingerprint: {error}"));
+        }
+        if let Some(Err(message)) = profile.password_file.as_deref().map(check_private) {
+            mistakes.add(at("password_file"), &format!("[profile.{name}] password_file: {message}"));
+        }
+    }
+    for (name, section) in &file.repository {
+        let at = |key: &str| span_of(root, "repository", name, key);
+        if let Some(Err(message)) = section.secret_access_key_file.as_deref().map(check_private) {
+            mistakes.add(
+                at("secret_access_key_file"),
+                &format!("[repository.\"{name}\"] secret_access_key_file: {message}"),
+            );
+        }
+        for (key, value) in
+            [("secret_access_key", &section.secret_access_key), ("session_token", &section.session_token)]
+        {
+            if value.is_some() {
+                secrets_in_clear.push((at(key), format!("repository {name}'s {key}")));
+            }
+        }
+    }
+    let Some((span, what)) = secrets_in_clear.first() else { return };
+    let path = mistakes.path;
+    let mode = std::fs::metadata(path).map_or(0, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    if mode & 0o077 != 0 {
+        let message = format!(
+            "holds a secret ({what}) but others can read it; run chmod 600 {}, or move the secret to a file \
+             (password_file, secret_access_key_file)",
+            path.display()
+        );
+        mistakes.add(span.clone(), &message);
+    }
+}
+
+/// `crmvault config check` and `config show`.
+pub fn run(action: &ConfigAction, settings: &Settings, json: bool) -> Result<ExitCode> {
+    match action {
+        ConfigAction::Check => Ok(check(settings, json)),
+        ConfigAction::Show => show(settings, json),
+    }
+}
+
+fn check(settings: &Settings, json: bool) -> ExitCode {
+    let mistakes: &[String] = settings.state.as_ref().err().map_or(&[], Vec::as_slice);
+    let files: Vec<String> = match &settings.state {
+        Ok(loaded) => loaded.files.iter().map(|f| f.display().to_string()).collect(),
+        Err(_) => settings.file.iter().map(|f| f.display().to_string()).collect(),
+    };
+    if json {
+        let document = serde_json::json!({ "ok": mistakes.is_empty(), "files": files, "mistakes": mistakes });
+        println!("{document}");
+    } else if mistakes.is_empty() {
+        match &settings.state {
+            Ok(loaded) if settings.file.is_some() => {
+                let profiles =
+                    if loaded.profile_names.is_empty() { "none".into() } else { loaded.profile_names.join(", ") };
+                println!("{}: valid (profiles: {profiles})", files.join(", "));
+            }
+            _ => {
+                let looked: Vec<String> = settings.looked_at.iter().map(|p| p.display().to_string()).collect();
+                println!("no config file ({} not found); nothing to check", looked.join(", "));
+            }
+        }
+    } else {
+        for mistake in mistakes {
+            println!("{mistake}");
+        }
+        let plural = if mistakes.len() == 1 { "" } else { "s" };
+        println!("{} mistake{plural}", mistakes.len());
+    }
+    if mistakes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
+    let loaded = settings.loaded()?;
+    let mut profile = loaded.profile.clone();
+    for url in [&mut profile.db, &mut profile.restore_db].into_iter().flatten() {
+        *url = crmvault::postgres::redact(url);
+    }
+    let sections: BTreeMap<&String, RepositorySection> =
+        loaded.sections.iter().map(|(name, section)| (name, section.masked())).collect();
+    let files: Vec<String> = loaded.files.iter().map(|f| f.display().to_string()).collect();
+    if json {
+        let document = serde_json::json!({
+            "files": files,
+            "profile": loaded.profile_name,
+            "settings": profile,
+            "repository": sections,
+        });
+        println!("{document}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = String::new();
+    let _ = writeln!(text, "# files: {}", if files.is_empty() { "none".into() } else { files.join(", ") });
+    if let Some(name) = &loaded.profile_name {
+        let _ = writeln!(text, "[profile.{name}]");
+        text.push_str(&toml::to_string(&profile)?);
+    }
+    for (name, section) in sections {
+        let _ = writeln!(text, "\n[repository.{}]", toml::Value::String(name.clone()));
+        text.push_str(&toml::to_string(&section)?);
+    }
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mistakes_in(text: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("crmvault.toml");
+        std::fs::write(&path, text).expect("write");
+        match read_file(&path, FileKind::Profiles) {
+            Ok(_) => Vec::new(),
+            Err(found) => found.into_iter().map(|m| m.replace(&path.display().to_string(), "FILE")).collect(),
+        }
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_type_is_named_with_its_line() {
+        let found = mistakes_in("[profile.nightly]\nrepo = [\"/srv/a\"]\ntabels = [\"crm.*\"]\njobs = \"four\"\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("FILE:3:1: [profile.nightly] unknown field `tabels`"), "{found:?}");
+        assert!(found[1].starts_with("FILE:4:8: [profile.nightly] invalid type"), "{found:?}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line_and_column() {
+        let found = mistakes_in("[profile.nightly]\njobs = = 2\n");
+        assert!(found.first().is_some_and(|m| m.starts_with("FILE:2:")), "{found:?}");
+    }
+
+    #[test]
+    fn a_valid_file_has_no_mistakes() {
+        let found =
+            mistakes_in("[profile.nightly]\ndb = \"postgres://backup@db/crm\"\nrepo = [\"/srv/a\"]\njobs = 4\n");
+        assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn position_counts_lines_and_columns_from_one() {
+        assert_eq!(position("ab\ncd", 4), (2, 2));
+        assert_eq!(position("ab", 0), (1, 1));
+    }
+}

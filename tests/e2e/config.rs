@@ -1,0 +1,253 @@
+//! The config file and its profiles (`--profile`, `crmvault.toml`): commands driven by a
+//! profile alone, flags and variables over the profile, `config check` naming lines, a broken
+//! file that stops only the commands that need it, and where the database password comes from
+//! (a private `password_file`, systemd credentials, `.pgpass`), seen by a fake server that
+//! asks for it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Writes `text` to `path` with `mode`, making its folder.
+fn write(path: &Path, text: &str, mode: u32) -> PathBuf {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_path_buf()
+}
+
+/// The user's config file of a workspace.
+fn user_config(work: &Workspace) -> PathBuf {
+    work.config_dir().join("crmvault.toml")
+}
+
+#[test]
+fn a_backup_and_a_restore_are_driven_by_a_profile_alone() {
+    let ready = Scenario::new("profile").crm().init("repo");
+    let target = TestDb::create("profile_target");
+    let config = format!(
+        "[profile.nightly]\ndb = \"{}\"\nrepo = [\"{}\"]\nidentity = \"{}\"\nrestore_db = \"{}\"\njobs = 3\n",
+        ready.source.url(),
+        ready.repo,
+        ready.work.admin_key(),
+        target.url()
+    );
+    write(&user_config(&ready.work), &config, 0o644);
+
+    ready.work.run(&["backup", "--profile", "nightly"]).ok();
+    let restore = ready.work.command().env("CRMVAULT_PROFILE", "nightly").arg("restore").output().unwrap();
+    Run::from(&restore).ok();
+    assert_same_database(&ready.source, &target);
+}
+
+#[test]
+fn a_flag_or_a_variable_overrides_the_profile() {
+    let ready = Scenario::new("override").sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)").init("repo");
+    let elsewhere = ready.work.path("not-a-repository");
+    let config = format!("[profile.nightly]\ndb = \"{}\"\nrepo = [\"{}\"]\n", ready.source.url(), elsewhere.display());
+    write(&user_config(&ready.work), &config, 0o644);
+
+    // The profile's repository does not exist: only an override can make this backup work.
+    ready.work.run(&["backup", "--profile", "nightly"]).fails_with(1, "not-a-repository");
+    ready.work.run(&["backup", "--profile", "nightly", "--repo", &ready.repo]).ok();
+    let by_variable =
+        ready.work.command().env("CRMVAULT_REPO", &ready.repo).args(["backup", "--profile", "nightly"]).output();
+    Run::from(&by_variable.unwrap()).ok();
+    let listed = ready.work.run(&["snapshots", "--json", "--repo", &ready.repo]).ok().json();
+    assert_eq!(listed["snapshots"].as_array().map(Vec::len), Some(2), "{listed}");
+}
+
+#[test]
+fn a_command_without_its_repository_says_where_to_give_one() {
+    let work = Workspace::new();
+    write(&user_config(&work), "[profile.nightly]\njobs = 2\n", 0o644);
+    let run = work.run(&["snapshots", "--profile", "nightly"]).fails_with(2, "no repository: give --repo");
+    assert!(run.stderr.contains("CRMVAULT_REPO") && run.stderr.contains("profile nightly of"), "{}", run.stderr);
+    work.run(&["snapshots", "--profile", "weekly"]).fails_with(1, "no profile weekly (profiles there: nightly)");
+}
+
+#[test]
+fn config_check_names_the_line_of_each_mistake() {
+    let work = Workspace::new();
+    let file = write(
+        &work.path("crmvault.toml"),
+        "# nightly backups\n[profile.nightly]\ntabels = [\"crm.*\"]\njobs = \"four\"\nrepo = [\"/srv/backups/crm\"]\n",
+        0o644,
+    );
+    let file_name = file.to_str().unwrap();
+    let run = work.run(&["config", "check", "--config", file_name]).fails_with(1, "2 mistakes");
+    assert!(
+        run.stdout.contains(&format!("{file_name}:3:1: [profile.nightly] unknown field `tabels`")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(&format!("{file_name}:4:8: [profile.nightly] invalid type")), "{}", run.stdout);
+
+    // A command that needs the file names its first mistake in one line.
+    let run = work.run(&["snapshots", "--config", file_name, "--repo", "/nowhere"]).fails_with(1, ":3:1:");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+
+    write(&file, "[profile.nightly]\ntable = [\"crm.*\"]\njobs = 4\nrepo = [\"/srv/backups/crm\"]\n", 0o644);
+    let run = work.run(&["config", "check", "--config", file_name]).ok();
+    assert!(run.stdout.contains("valid (profiles: nightly)"), "{}", run.stdout);
+}
+
+#[test]
+fn keygen_help_and_version_work_with_a_broken_config() {
+    let work = Workspace::new();
+    write(&user_config(&work), "[profile.nightly\n", 0o644);
+    write(&work.config_dir().join("config.toml"), "[repository.\"s3://b\"]\nendpont = \"x\"\n", 0o644);
+    work.run(&["keygen", "-o", work.path("admin.key").to_str().unwrap()]).ok();
+    work.run(&["--version"]).ok();
+    work.run(&["--help"]).ok();
+    let run = work.run(&["snapshots", "--repo", "/nowhere"]).fails_with(1, "crmvault.toml:1:");
+    assert!(run.stderr.contains("1 more"), "the old file's mistake is counted: {}", run.stderr);
+    let run = work.run(&["config", "check"]).fails_with(1, "config.toml:2:1: [repository.s3://b] unknown field");
+    assert!(run.stdout.contains("2 mistakes"), "{}", run.stdout);
+}
+
+#[test]
+fn a_file_others_can_read_is_refused_when_it_holds_a_password() {
+    let work = Workspace::new();
+    let config = "[profile.nightly]\ndb = \"postgres://backup:hunter2-secret@db.example/crm\"\nrepo = [\"/nowhere\"]\n";
+    let file = write(&user_config(&work), config, 0o644);
+    let run = work.run(&["backup", "--profile", "nightly"]).fails_with(1, "chmod 600");
+    assert!(run.stderr.contains("crmvault.toml:2:1: holds a secret"), "{}", run.stderr);
+    assert!(!run.stderr.contains("hunter2"), "the password shows: {}", run.stderr);
+    let run = work.run(&["config", "show", "--profile", "nightly"]).fails_with(1, "chmod 600");
+    assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    work.run(&["config", "check"]).ok();
+    let shown = work.run(&["config", "show", "--profile", "nightly"]).ok();
+    assert!(shown.stdout.contains("postgres://backup:***@db.example/crm"), "{}", shown.stdout);
+    assert!(!shown.stdout.contains("hunter2"), "{}", shown.stdout);
+}
+
+/// A PostgreSQL server that asks every client for its password in clear, writes down what it
+/// was sent, and refuses it.
+struct PasswordCatcher {
+    port: u16,
+    passwords: Arc<Mutex<Vec<String>>>,
+}
+
+impl PasswordCatcher {
+    fn start() -> PasswordCatcher {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let passwords = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&passwords);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Some(password) = Self::ask(stream) {
+                    seen.lock().unwrap().push(password);
+                }
+            }
+        });
+        PasswordCatcher { port, passwords }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://backup@127.0.0.1:{}/crm", self.port)
+    }
+
+    fn passwords(&self) -> Vec<String> {
+        self.passwords.lock().unwrap().clone()
+    }
+
+    /// Reads the startup (after refusing TLS), asks for a cleartext password, reads it.
+    fn ask(mut stream: TcpStream) -> Option<String> {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let read_message = |stream: &mut TcpStream| -> Option<Vec<u8>> {
+            let mut length = [0; 4];
+            stream.read_exact(&mut length).ok()?;
+            let mut body = vec![0; (u32::from_be_bytes(length) as usize).checked_sub(4)?];
+            stream.read_exact(&mut body).ok()?;
+            Some(body)
+        };
+        let mut startup = read_message(&mut stream)?;
+        if startup.get(..4) == Some(&80_877_103_u32.to_be_bytes()) {
+            stream.write_all(b"N").ok()?;
+            startup = read_message(&mut stream)?;
+        }
+        let _ = startup;
+        stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).ok()?;
+        let mut tag = [0; 1];
+        stream.read_exact(&mut tag).ok()?;
+        let body = read_message(&mut stream)?;
+        let fields = b"SFATAL\0C28P01\0Mpassword authentication failed (test server)\0\0";
+        let mut error = vec![b'E'];
+        error.extend_from_slice(&(u32::try_from(fields.len()).unwrap() + 4).to_be_bytes());
+        error.extend_from_slice(fields);
+        let _ = stream.write_all(&error);
+        (tag[0] == b'p').then(|| String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(&body)).into_owned())
+    }
+}
+
+#[test]
+fn password_file_gives_the_database_password() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let server = PasswordCatcher::start();
+    let secret = write(&work.path("db-password"), "from-password-file\n", 0o644);
+    let config = format!(
+        "[profile.nightly]\ndb = \"{}\"\nrepo = [\"{repo}\"]\npassword_file = \"{}\"\n",
+        server.url(),
+        secret.display()
+    );
+    write(&user_config(&work), &config, 0o644);
+    work.run(&["backup", "--profile", "nightly"]).fails_with(1, &format!("run chmod 600 {}", secret.display()));
+    assert!(server.passwords().is_empty(), "a password from a file others can read was sent");
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    work.run(&["backup", "--profile", "nightly"]).fails_with(1, "password authentication failed");
+    assert_eq!(server.passwords(), ["from-password-file"]);
+}
+
+#[test]
+fn systemd_credentials_give_the_database_password() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let server = PasswordCatcher::start();
+    let credentials = work.path("credentials");
+    write(&credentials.join("db-password"), "from-credentials", 0o400);
+    let run = work
+        .command()
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .args(["backup", "--db", &server.url(), "--repo", &repo])
+        .output()
+        .unwrap();
+    Run::from(&run).fails_with(1, "password authentication failed");
+    assert_eq!(server.passwords(), ["from-credentials"]);
+}
+
+#[test]
+fn pgpass_gives_the_database_password_when_only_its_owner_can_read_it() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let server = PasswordCatcher::start();
+    let lines =
+        format!("127.0.0.1:{}:other:backup:wrong\n127.0.0.1:{}:crm:backup:from-pgpass\n", server.port, server.port);
+    let pgpass = write(&work.path("pgpass"), &lines, 0o644);
+    let backup = || {
+        let output = work
+            .command()
+            .env("PGPASSFILE", &pgpass)
+            .args(["backup", "--db", &server.url(), "--repo", &repo])
+            .output()
+            .unwrap();
+        Run::from(&output)
+    };
+    let run = backup().fails_with(1, "crmvault: error:");
+    assert!(run.stderr.contains("is ignored: others can read it"), "{}", run.stderr);
+    assert!(server.passwords().is_empty(), "a password from a file others can read was sent");
+
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    backup().fails_with(1, "password authentication failed");
+    assert_eq!(server.passwords(), ["from-pgpass"]);
+}
