@@ -9,7 +9,8 @@
 //! (`[repository."…"]` sections only) is still read beside it; a section of the same name in
 //! `crmvault.toml` wins.
 //!
-//! A file that cannot be read stops only the commands that read settings (not `keygen`,
+//! A file found by default that this user may not read is passed over unless a profile is
+//! asked for. A file that cannot be read stops only the commands that read settings (not `keygen`,
 //! `--help`, `--version`): each of those fails with the file, line and column of the first
 //! mistake, and `crmvault config check` lists them all.
 
@@ -145,6 +146,13 @@ impl Settings {
             let found = [&user, &system].into_iter().find(|path| path.exists()).cloned();
             (found, vec![user, system])
         };
+        // A service's file this user may not read (/etc/crmvault/crmvault.toml, 0600 for the
+        // crmvault user) stops nobody who did not ask for a profile from it.
+        let file = file.filter(|path| {
+            let unreadable =
+                std::fs::File::open(path).is_err_and(|error| error.kind() == std::io::ErrorKind::PermissionDenied);
+            !(unreadable && given.is_none() && profile_name.is_none())
+        });
         let mut mistakes = Vec::new();
         let mut files = Vec::new();
         let main = match &file {
@@ -539,7 +547,7 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
     let mode = std::fs::metadata(path).map_or(0, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     if mode & 0o077 != 0 {
         let message = format!(
-            "holds a secret ({what}) but others can read it; run chmod 600 {}, or move the secret to a file \
+            "holds secrets but others can read it ({what}); run chmod 600 {}, or move the secret to a file \
              (password_file, secret_access_key_file)",
             path.display()
         );

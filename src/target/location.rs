@@ -75,7 +75,7 @@ impl Location {
                 "refusing the repository location {name} because it holds credentials ({}), and locations \
                  are shown in logs and messages; give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
                  (AWS_SESSION_TOKEN) or in the [repository.\"{name}\"] section of the config file \
-                 ($CRMVAULT_CONFIG_DIR/config.toml, mode 0600)",
+                 ($CRMVAULT_CONFIG_DIR/crmvault.toml, mode 0600; or secret_access_key_file)",
                 found.join(", ")
             )));
         }

@@ -117,7 +117,11 @@ fn a_file_others_can_read_is_refused_when_it_holds_a_password() {
     let config = "[profile.nightly]\ndb = \"postgres://backup:hunter2-secret@db.example/crm\"\nrepo = [\"/nowhere\"]\n";
     let file = write(&user_config(&work), config, 0o644);
     let run = work.run(&["backup", "--profile", "nightly"]).fails_with(1, "chmod 600");
-    assert!(run.stderr.contains("crmvault.toml:2:1: holds a secret"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("crmvault.toml:2:1: holds secrets but others can read it (profile nightly's db password)"),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("hunter2"), "the password shows: {}", run.stderr);
     let run = work.run(&["config", "show", "--profile", "nightly"]).fails_with(1, "chmod 600");
     assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));

@@ -251,6 +251,40 @@ fn settings_come_from_the_config_file_which_must_be_private() {
 }
 
 #[test]
+fn a_profile_and_a_secret_key_file_reach_the_bucket() {
+    let server = S3Server::start();
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let repo = format!("s3://{}/profiled", server.bucket);
+    let secret = work.path("s3-secret");
+    std::fs::write(&secret, format!("{}\n", crate::common::s3::SECRET_KEY)).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::create_dir_all(work.config_dir()).unwrap();
+    // No secret in the file itself, so others may read it.
+    std::fs::write(
+        work.config_dir().join("crmvault.toml"),
+        format!(
+            "[profile.offsite]\nrepo = [\"{repo}\"]\n\n[repository.\"{repo}\"]\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\n",
+            server.endpoint,
+            crate::common::s3::ACCESS_KEY,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    work.run(&["init", "--profile", "offsite", "--recipient", &recipient])
+        .fails_with(1, &format!("run chmod 600 {}", secret.display()));
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // No AWS_* variables and no --repo: the profile and the key file give everything.
+    work.run(&["init", "--profile", "offsite", "--recipient", &recipient]).ok();
+    let source = TestDb::create("s3_profile");
+    source.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    work.run(&["backup", "--profile", "offsite", "--db", &source.url()]).ok();
+    let listed = work.run(&["snapshots", "--json", "--profile", "offsite"]).ok().json();
+    assert_eq!(listed["snapshots"].as_array().map(Vec::len), Some(1), "{listed}");
+}
+
+#[test]
 fn backups_work_on_a_bucket_with_object_lock_whose_objects_cannot_be_deleted() {
     let server = S3Server::start();
     let Some(repo) = server.locked_bucket_repo("crm") else {
