@@ -440,15 +440,33 @@ fn read_file(path: &Path, kind: FileKind) -> std::result::Result<ConfigFile, Vec
     if !mistakes.found.is_empty() {
         return Err(mistakes.in_order());
     }
-    let file: ConfigFile = match toml::from_str(&text) {
+    let mut file: ConfigFile = match toml::from_str(&text) {
         Ok(file) => file,
         Err(error) => {
             mistakes.add(error.span().unwrap_or(0..0), error.message().trim());
             return Err(mistakes.in_order());
         }
     };
+    resolve_paths(&mut file, path.parent().unwrap_or(Path::new(".")));
     check_meaning(&mut mistakes, &root, &file);
     if mistakes.found.is_empty() { Ok(file) } else { Err(mistakes.in_order()) }
+}
+
+/// Makes the file names in a config file relative to its folder, not to wherever the command
+/// runs (cron, systemd).
+fn resolve_paths(file: &mut ConfigFile, folder: &Path) {
+    let resolve = |path: &mut Option<PathBuf>| {
+        if let Some(relative) = path.as_ref().filter(|p| p.is_relative()) {
+            *path = Some(folder.join(relative));
+        }
+    };
+    for profile in file.profile.values_mut() {
+        resolve(&mut profile.password_file);
+        resolve(&mut profile.identity);
+    }
+    for section in file.repository.values_mut() {
+        resolve(&mut section.secret_access_key_file);
+    }
 }
 
 /// Checks each key of each `[WHAT.NAME]` section on its own, so that every wrong key and
@@ -515,6 +533,13 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
         }
         if profile.repo.as_ref().is_some_and(Vec::is_empty) {
             mistakes.add(at("repo"), &format!("[profile.{name}] repo: names no repository"));
+        }
+        for (key, patterns) in [("table", &profile.table), ("exclude_table", &profile.exclude_table)] {
+            for pattern in patterns.iter().flatten() {
+                if let Err(error) = globset::Glob::new(pattern) {
+                    mistakes.add(at(key), &format!("[profile.{name}] {key}: bad pattern {pattern:?}: {error}"));
+                }
+            }
         }
         if profile.jobs == Some(0) {
             mistakes.add(at("jobs"), &format!("[profile.{name}] jobs: must be at least 1"));
@@ -594,9 +619,54 @@ fn check(settings: &Settings, json: bool) -> ExitCode {
     if mistakes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
+/// The environment variables that stand for a profile key, as clap reads them.
+const VARIABLES: [(&str, &str); 5] = [
+    ("CRMVAULT_DB", "db"),
+    ("CRMVAULT_RESTORE_DB", "restore_db"),
+    ("CRMVAULT_REPO", "repo"),
+    ("CRMVAULT_FINGERPRINT", "fingerprint"),
+    ("CRMVAULT_PG_DUMP", "pg_dump"),
+];
+
+/// The profile with what the environment sets over it, and which keys that was.
+fn with_environment(mut profile: Profile) -> (Profile, Vec<String>) {
+    let mut overridden = Vec::new();
+    for (variable, key) in VARIABLES {
+        let Some(value) = std::env::var(variable).ok().filter(|v| !v.is_empty()) else { continue };
+        match key {
+            "db" => profile.db = Some(value),
+            "restore_db" => profile.restore_db = Some(value),
+            "repo" => profile.repo = Some(vec![value]),
+            "fingerprint" => profile.fingerprint = Some(value),
+            _ => profile.pg_dump = Some(value.into()),
+        }
+        overridden.push(format!("{key} ({variable})"));
+    }
+    (profile, overridden)
+}
+
+/// Where a command would find the database password, first found first (see
+/// [`Settings::database`]), without reading it.
+fn password_source(profile: &Profile) -> String {
+    if std::env::var_os("PGPASSWORD").is_some() {
+        return "PGPASSWORD".into();
+    }
+    if let Some(path) = &profile.password_file {
+        return format!("password_file {}", path.display());
+    }
+    if let Some(directory) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let credential = Path::new(&directory).join("db-password");
+        if credential.exists() {
+            return format!("systemd credential {}", credential.display());
+        }
+    }
+    "the URL, else libpq's password file (PGPASSFILE or ~/.pgpass), if any".into()
+}
+
 fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
     let loaded = settings.loaded()?;
-    let mut profile = loaded.profile.clone();
+    let (mut profile, overridden) = with_environment(loaded.profile.clone());
+    let password = password_source(&profile);
     for url in [&mut profile.db, &mut profile.restore_db].into_iter().flatten() {
         *url = crmvault::postgres::redact(url);
     }
@@ -608,6 +678,8 @@ fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
             "files": files,
             "profile": loaded.profile_name,
             "settings": profile,
+            "from_environment": overridden,
+            "database_password_from": password,
             "repository": sections,
         });
         println!("{document}");
@@ -615,10 +687,12 @@ fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
     }
     let mut text = String::new();
     let _ = writeln!(text, "# files: {}", if files.is_empty() { "none".into() } else { files.join(", ") });
-    if let Some(name) = &loaded.profile_name {
-        let _ = writeln!(text, "[profile.{name}]");
-        text.push_str(&toml::to_string(&profile)?);
+    if !overridden.is_empty() {
+        let _ = writeln!(text, "# from the environment: {}", overridden.join(", "));
     }
+    let _ = writeln!(text, "# database password from: {password}");
+    let _ = writeln!(text, "[profile.{}]", loaded.profile_name.as_deref().unwrap_or("(none)"));
+    text.push_str(&toml::to_string(&profile)?);
     for (name, section) in sections {
         let _ = writeln!(text, "\n[repository.{}]", toml::Value::String(name.clone()));
         text.push_str(&toml::to_string(&section)?);
@@ -660,6 +734,25 @@ mod tests {
         let found =
             mistakes_in("[profile.nightly]\ndb = \"postgres://backup@db/crm\"\nrepo = [\"/srv/a\"]\njobs = 4\n");
         assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_bad_table_pattern_and_zero_jobs_are_named() {
+        let found = mistakes_in("[profile.nightly]\ntable = [\"crm.[\"]\njobs = 0\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("FILE:2:1: [profile.nightly] table: bad pattern"), "{found:?}");
+        assert!(found[1].starts_with("FILE:3:1: [profile.nightly] jobs: must be at least 1"), "{found:?}");
+    }
+
+    #[test]
+    fn file_names_are_relative_to_the_config_file() {
+        let mut file: ConfigFile =
+            toml::from_str("[profile.p]\nidentity = \"keys/admin.key\"\npassword_file = \"/abs/pw\"\n")
+                .expect("parses");
+        resolve_paths(&mut file, Path::new("/etc/crmvault"));
+        let profile = &file.profile["p"];
+        assert_eq!(profile.identity.as_deref(), Some(Path::new("/etc/crmvault/keys/admin.key")));
+        assert_eq!(profile.password_file.as_deref(), Some(Path::new("/abs/pw")));
     }
 
     #[test]
