@@ -42,11 +42,11 @@ struct Cli {
     fingerprint: Option<crmvault::trust::Fingerprint>,
     /// Config file [default: $CRMVAULT_CONFIG_DIR/crmvault.toml if it exists, else
     /// /etc/crmvault/crmvault.toml].
-    #[arg(long, global = true, env = "CRMVAULT_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "CRMVAULT_CONFIG", hide_env_values = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Take the settings no flag or environment variable gives from [profile.NAME] of the
     /// config file.
-    #[arg(long, global = true, env = "CRMVAULT_PROFILE", value_name = "NAME")]
+    #[arg(long, global = true, env = "CRMVAULT_PROFILE", hide_env_values = true, value_name = "NAME")]
     profile: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -468,7 +468,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 jobs: settings.jobs(jobs)?.max(1),
                 include: settings.tables(tables)?,
                 exclude: settings.exclude_tables(exclude_tables)?,
-                allow_empty,
+                allow_empty: settings.switch(allow_empty, |p| p.allow_empty)?,
                 pg_dump: settings.pg_dump(pg_dump)?,
                 hostname: hostname(),
                 index_chunks,

@@ -39,7 +39,8 @@ const OLD_CONFIG: &str = "config.toml";
 
 /// One `[profile.NAME]` section: what a command takes when neither its flag nor its
 /// environment variable is given. A new command's setting is one more field here (and one line
-/// in the command: `settings.profile().KEY.clone()` where its flag is `None`).
+/// in the command: `settings.switch(flag, |p| p.KEY)?` for a flag, `given.or(settings.profile()?.KEY)`
+/// for a value).
 #[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -59,6 +60,8 @@ pub struct Profile {
     pub fingerprint: Option<String>,
     /// `backup --pg-dump`.
     pub pg_dump: Option<PathBuf>,
+    /// `backup --allow-empty`.
+    pub allow_empty: Option<bool>,
     /// `--allow-http`.
     pub allow_http: Option<bool>,
     /// `--identity` of `restore`, `verify`, `snapshots` (on an admin's machine).
@@ -291,14 +294,19 @@ impl Settings {
         Ok(given.or_else(|| profile.pg_dump.clone()))
     }
 
+    /// A flag (`--allow-empty`), else its key in the profile (`|p| p.allow_empty`).
+    pub fn switch(&self, given: bool, key: fn(&Profile) -> Option<bool>) -> Result<bool> {
+        Ok(given || key(self.profile()?) == Some(true))
+    }
+
     /// `--parallel`, else the profile's `parallel`.
     pub fn parallel(&self, given: bool) -> Result<bool> {
-        Ok(given || self.profile()?.parallel == Some(true))
+        self.switch(given, |p| p.parallel)
     }
 
     /// `--read-data`, else the profile's `read_data`.
     pub fn read_data(&self, given: bool) -> Result<bool> {
-        Ok(given || self.profile()?.read_data == Some(true))
+        self.switch(given, |p| p.read_data)
     }
 
     /// `verify`'s `--identity` and `--read-data`, else the profile's; reading the data needs
