@@ -204,7 +204,14 @@ pub async fn run(
     };
     let tally = context.tally.clone();
 
-    progress.phase("reading", Unit::Bytes, None);
+    // What the tables held at the last backup, or their size on disk for a table new since.
+    let expected_bytes: u64 = tables
+        .iter()
+        .map(|t| chain.previous_size(&t.schema, &t.name).unwrap_or_else(|| u64::try_from(t.size).unwrap_or(0)))
+        .chain(chain.previous_size("pg_catalog", "pg_largeobject"))
+        .sum();
+    progress.phase("reading", Unit::Bytes, Some(expected_bytes));
+    progress.items(tables.len() as u64);
     let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
         Ok(read) => {
             let manifest = Manifest {

@@ -1,7 +1,7 @@
 //! Everything the CLI prints: text for people, one JSON document for scripts.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crmvault::backup;
@@ -170,20 +170,40 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
 }
 
 /// How far a long command is, on stderr, drawn only on a terminal (never under `--json` or
-/// in cron's log): a bar where the amount of work is known, a counter where it is not.
+/// in cron's log): a bar with rate and time left where the amount of work is known, a counter
+/// where it is not, and tables done out of how many where the phase has them.
 pub struct Bar {
     bar: Option<indicatif::ProgressBar>,
+    items: Mutex<Items>,
+}
+
+/// The current phase's name and its items (tables) done out of how many.
+#[derive(Default)]
+struct Items {
+    phase: String,
+    done: u64,
+    total: Option<u64>,
+}
+
+impl Items {
+    fn message(&self) -> String {
+        match self.total {
+            Some(total) => format!("{} {}/{total} {}", self.phase, self.done, noun(total, "table")),
+            None => self.phase.clone(),
+        }
+    }
 }
 
 impl Bar {
     pub fn start(json: bool) -> Arc<Bar> {
         use std::io::IsTerminal;
+        let items = Mutex::new(Items::default());
         if json || !std::io::stderr().is_terminal() {
-            return Arc::new(Bar { bar: None });
+            return Arc::new(Bar { bar: None, items });
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(200));
-        Arc::new(Bar { bar: Some(bar) })
+        Arc::new(Bar { bar: Some(bar), items })
     }
 
     pub fn finish(&self) {
@@ -191,32 +211,51 @@ impl Bar {
             bar.finish_and_clear();
         }
     }
+
+    fn update_items(&self, change: impl FnOnce(&mut Items)) {
+        let Some(bar) = &self.bar else { return };
+        let mut items = self.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut items);
+        bar.set_message(items.message());
+    }
 }
 
 impl crmvault::progress::Progress for Bar {
     fn phase(&self, name: &str, unit: Unit, total: Option<u64>) {
         let Some(bar) = &self.bar else { return };
         let template = match (total, unit) {
-            (Some(_), Unit::Bytes) => "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-            (Some(_), _) => "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}",
-            (None, Unit::Bytes) => "{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}",
-            (None, _) => "{spinner} {msg} {pos} {elapsed}",
+            (Some(_), Unit::Bytes) => {
+                "{spinner} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)"
+            }
+            (Some(_), Unit::Objects) => "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} objects ({eta} left)",
+            (Some(_), Unit::Snapshots) => "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} snapshots ({eta} left)",
+            (None, Unit::Bytes) => "{spinner} {msg} {binary_bytes} ({binary_bytes_per_sec}) {elapsed}",
+            (None, Unit::Objects) => "{spinner} {msg} {human_pos} objects {elapsed}",
+            (None, Unit::Snapshots) => "{spinner} {msg} {human_pos} snapshots {elapsed}",
         };
         bar.set_style(
             indicatif::ProgressStyle::with_template(template).expect("the templates are valid").progress_chars("=> "),
         );
-        bar.set_position(0);
+        bar.reset();
         match total {
             Some(total) => bar.set_length(total),
             None => bar.unset_length(),
         }
-        bar.set_message(name.to_string());
+        self.update_items(|items| *items = Items { phase: name.to_string(), done: 0, total: None });
     }
 
     fn advance(&self, amount: u64) {
         if let Some(bar) = &self.bar {
             bar.inc(amount);
         }
+    }
+
+    fn items(&self, total: u64) {
+        self.update_items(|items| items.total = Some(total));
+    }
+
+    fn item_done(&self, _name: &str) {
+        self.update_items(|items| items.done += 1);
     }
 }
 
@@ -336,4 +375,9 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
 
 fn plural(count: usize) -> &'static str {
     if count == 1 { "" } else { "s" }
+}
+
+/// A noun after `count` (which is not printed): "table" or "tables".
+fn noun(count: u64, singular: &str) -> String {
+    if count == 1 { singular.to_string() } else { format!("{singular}s") }
 }

@@ -122,7 +122,10 @@ pub async fn run(
         }
         clean = true;
     }
-    progress.phase("loading", Unit::Bytes, Some(manifest.tables.iter().map(|t| t.data.bytes).sum()));
+    // Large objects load as a table of their own, through the same streams.
+    let loaded = manifest.tables.iter().chain(manifest.large_objects.iter());
+    progress.phase("loading", Unit::Bytes, Some(loaded.clone().map(|t| t.data.bytes).sum()));
+    progress.items(loaded.count() as u64);
     let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
