@@ -485,6 +485,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         object: "config".into(),
                         snapshots: vec![],
                         problem: left_out.reason.clone(),
+                        chunks: 0,
                     }],
                     ..verify::VerifyReport::default()
                 });
@@ -586,6 +587,7 @@ async fn verify_one(
                 object: repository.config.keys.join(", "),
                 snapshots: vec![],
                 problem: format!("cannot unlock the repository: {}", one_line(&error)),
+                chunks: 0,
             });
             Ok(report)
         }

@@ -61,13 +61,13 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     }
     println!("{}", report.snapshot_id);
     eprintln!(
-        "snapshot {} saved: {} tables, {} rows, read {}, {} of {} chunks new, {:.1}s",
+        "snapshot {} saved: {}, {}, read {}, {} of {} new, {:.1}s",
         report.snapshot_id.short(),
-        report.tables,
-        report.rows,
+        count(report.tables as u64, "table"),
+        count(report.rows, "row"),
         size(report.bytes_read),
         report.new_chunks,
-        report.chunks,
+        count(report.chunks as u64, "chunk"),
         elapsed.as_secs_f64()
     );
     for target in &report.targets {
@@ -87,25 +87,27 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
         println!("no snapshots");
         return;
     }
+    // SIZE: what the snapshot restores (needs a key); ADDED: what its backup stored.
     println!(
-        "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  DATABASE",
-        "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS"
+        "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  HOST",
+        "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS", "DATABASE"
     );
     for snapshot in list {
         let time = snapshot.time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-        let (tables, rows, database) = match &snapshot.contents {
-            Some(c) => (c.tables.len().to_string(), c.rows.to_string(), c.database.clone()),
-            None => ("-".into(), "-".into(), "-".into()),
+        let (tables, rows, database, host) = match &snapshot.contents {
+            Some(c) => (c.tables.len().to_string(), c.rows.to_string(), c.database.clone(), c.hostname.clone()),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {}",
+            "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {}",
             snapshot.id.short(),
             time,
-            snapshot.bytes_total.map(size).unwrap_or_default(),
+            snapshot.size.map_or_else(|| "-".to_string(), size),
             snapshot.bytes_added.map(size).unwrap_or_default(),
             tables,
             rows,
-            database
+            database,
+            host
         );
         if let Some(error) = &snapshot.error {
             println!("  unreadable: {error}");
@@ -127,17 +129,17 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
     }
     if report.sources.served.len() > 1 || !report.sources.fallbacks.is_empty() {
         for (location, chunks) in &report.sources.served {
-            eprintln!("  {chunks} chunks from {location}");
+            eprintln!("  {} from {location}", count(*chunks as u64, "chunk"));
         }
         for fallback in &report.sources.fallbacks {
             eprintln!("  fell back: {fallback}");
         }
     }
     println!(
-        "restored snapshot {} into {database}: {} tables, {} rows, {} of data, every chunk and table digest checked, {:.1}s",
+        "restored snapshot {} into {database}: {}, {}, {} of data, every chunk and table digest checked, {:.1}s",
         report.snapshot_id.short(),
-        report.tables,
-        report.rows,
+        count(report.tables as u64, "table"),
+        count(report.rows, "row"),
         size(report.bytes),
         elapsed.as_secs_f64()
     );
@@ -148,23 +150,33 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
         print_json(report);
         return;
     }
+    // One line per object and what is wrong with it (the library grouped them), then the sum.
     for problem in &report.problems {
-        let snapshots: Vec<&str> = problem.snapshots.iter().map(|s| &s[..12.min(s.len())]).collect();
-        let affected =
-            if snapshots.is_empty() { String::new() } else { format!(" (snapshots {})", snapshots.join(", ")) };
+        let mut affected = Vec::new();
+        if problem.chunks > 0 {
+            affected.push(format!("{} unreadable", count(problem.chunks, "chunk")));
+        }
+        if !problem.snapshots.is_empty() {
+            let ids: Vec<&str> = problem.snapshots.iter().map(|s| &s[..12.min(s.len())]).collect();
+            affected.push(format!("{} {}", noun(ids.len() as u64, "snapshot"), ids.join(", ")));
+        }
+        let affected = if affected.is_empty() { String::new() } else { format!(" ({})", affected.join("; ")) };
         println!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
     }
-    let chunks =
-        if report.chunks > 0 { format!(", {} chunks decrypted and re-hashed", report.chunks) } else { String::new() };
+    let chunks = if report.chunks > 0 {
+        format!(", {} decrypted and re-hashed", count(report.chunks as u64, "chunk"))
+    } else {
+        String::new()
+    };
     let verdict = if report.problems.is_empty() {
         "no problems".to_string()
     } else {
-        format!("{} problems", report.problems.len())
+        count(report.problems.len() as u64, "problem")
     };
     println!(
-        "checked {} snapshots, {} objects ({}){chunks}: {verdict}",
-        report.snapshots,
-        report.objects,
+        "checked {}, {} ({}){chunks}: {verdict}",
+        count(report.snapshots as u64, "snapshot"),
+        count(report.objects as u64, "object"),
         size(report.bytes)
     );
 }
@@ -265,11 +277,11 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
         return;
     }
     println!(
-        "copied {} snapshots from {from} to {to} ({} objects, {}); {} were already there",
-        report.snapshots_copied.len(),
-        report.objects_copied,
+        "copied {} from {from} to {to} ({}, {}); {} already there",
+        count(report.snapshots_copied.len() as u64, "snapshot"),
+        count(report.objects_copied as u64, "object"),
         size(report.bytes_copied),
-        report.snapshots_present
+        if report.snapshots_present == 1 { "1 was".to_string() } else { format!("{} were", report.snapshots_present) }
     );
     for (id, why) in &report.snapshots_skipped {
         println!("left out snapshot {id}: {why}");
@@ -375,6 +387,11 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
 
 fn plural(count: usize) -> &'static str {
     if count == 1 { "" } else { "s" }
+}
+
+/// `count` with its noun, singular or plural ("1 table", "2 tables").
+fn count(count: u64, singular: &str) -> String {
+    format!("{count} {}", noun(count, singular))
 }
 
 /// A noun after `count` (which is not printed): "table" or "tables".

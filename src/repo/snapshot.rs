@@ -259,6 +259,8 @@ pub struct SealedSnapshot {
     manifest_ciphertext: Bytes,
     /// BLAKE3 of the whole stored object (what a generation's `carried` list names).
     pub object_hash: String,
+    /// Bytes of the whole stored object.
+    pub object_size: u64,
 }
 
 /// A manifest encrypted once for every target: its ciphertext names the snapshot everywhere.
@@ -324,6 +326,7 @@ impl SealedSnapshot {
             mac: lines.mac,
             manifest_ciphertext,
             object_hash: crypto::object_hash(bytes),
+            object_size: bytes.len() as u64,
         })
     }
 

@@ -9,6 +9,7 @@ mod common;
 mod backup_restore;
 mod bad_input;
 mod crash;
+mod listings;
 mod progress;
 mod rekey;
 mod s3;
