@@ -56,6 +56,8 @@ pub struct BackupOptions {
     pub pg_dump: Option<PathBuf>,
     /// Name of this host, recorded in the manifest.
     pub hostname: String,
+    /// Labels recorded in the manifest, to choose snapshots by (`SnapshotFilter`).
+    pub tags: Vec<String>,
     /// New chunks per index file ([`INDEX_CHUNKS`] unless tuning or testing), and per
     /// generation of the chunks a backup remembers sending ([`SentChunks`]).
     pub index_chunks: usize,
@@ -219,6 +221,7 @@ pub async fn run(
                 database: options.database.name(),
                 server_version: session.server_version.0.clone(),
                 hostname: options.hostname.clone(),
+                tags: options.tags.clone(),
                 pre_data: read.pre_data,
                 post_data: read.post_data,
                 tables: read.tables,

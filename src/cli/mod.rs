@@ -96,6 +96,10 @@ enum Command {
         /// Leave out tables matching this `schema.table` glob (repeatable).
         #[arg(long = "exclude-table", value_name = "PATTERN")]
         exclude_tables: Vec<String>,
+        /// A label stored in the snapshot, to choose it by later (`--tag` of snapshots,
+        /// restore, verify); repeatable.
+        #[arg(long = "tag", value_name = "TAG", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        tags: Vec<String>,
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
         #[arg(long, env = "CRMVAULT_PG_DUMP")]
         pg_dump: Option<PathBuf>,
@@ -114,6 +118,8 @@ enum Command {
         /// Admin identity file.
         #[arg(long, short)]
         identity: Option<PathBuf>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Restore a snapshot into an empty database, all or nothing, from the first --repo that
     /// has each chunk intact.
@@ -152,7 +158,10 @@ enum Command {
         /// (for tests).
         #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
         index_in_memory: usize,
-        /// `latest` or a snapshot id (a unique prefix of at least 4 digits).
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// `latest` (the newest snapshot of the database given with --database, or of the only
+        /// database the repository holds) or a snapshot id (a unique prefix of at least 4 digits).
         #[arg(default_value = "latest")]
         snapshot: String,
     },
@@ -166,6 +175,8 @@ enum Command {
         /// Decrypt, decompress and re-hash every chunk.
         #[arg(long, requires = "identity")]
         read_data: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Print the repository's fingerprint, as the storage claims it (no key needed): compare it
     /// with the one the admins keep.
@@ -224,6 +235,27 @@ struct RepoArgs {
     repos: Vec<String>,
 }
 
+/// Which snapshots a command looks at, by what their encrypted manifests record (so a key is
+/// needed: the writer key on the backup host, or --identity).
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Only snapshots of this database (its name, as in the URL backed up).
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+    /// Only snapshots made on this host.
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+    /// Only snapshots with this tag (backup --tag); repeat to require several.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> crmvault::repo::SnapshotFilter {
+        crmvault::repo::SnapshotFilter { database: self.database, hostname: self.host, tags: self.tags }
+    }
+}
+
 fn parse_fingerprint(text: &str) -> std::result::Result<crmvault::trust::Fingerprint, String> {
     crmvault::trust::Fingerprint::parse(text).map_err(|e| e.to_string())
 }
@@ -269,6 +301,8 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo brings them to one",
         Error::LockTimeout { .. } => "restore without --parallel",
         Error::NoPgDump { .. } => "or name one with --pg-dump PATH",
+        Error::AmbiguousLatest { .. } => "give --database NAME (or a snapshot id)",
+        Error::FilterNeedsKey => "give an admin's --identity FILE, or run it on the backup host (writer key)",
         Error::NotCopies { .. } => {
             "the targets of one repository are made by one `crmvault init`, or added with `crmvault init --copy-from`"
         }
@@ -378,7 +412,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             trust::pin_new(&config_dir()?, &report)?;
             output::init(json, &report);
         }
-        Command::Backup { db, repo, jobs, tables, exclude_tables, pg_dump, index_chunks, index_in_memory } => {
+        Command::Backup { db, repo, jobs, tables, exclude_tables, tags, pg_dump, index_chunks, index_in_memory } => {
             let started = Instant::now();
             let mut targets = storage.open_set(&repo.repos, true).await?;
             let config_dir = config_dir()?;
@@ -393,6 +427,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 exclude: exclude_tables,
                 pg_dump,
                 hostname: hostname(),
+                tags,
                 index_chunks,
                 index_in_memory,
                 newest_known: trusted.newest(),
@@ -407,7 +442,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Snapshots { repo, identity } => {
+        Command::Snapshots { repo, identity, filter } => {
+            let filter = filter.filter();
             let mut targets = storage.open_set(&repo.repos, false).await?;
             let mut lists = Vec::new();
             for repository in targets.repositories_mut() {
@@ -416,7 +452,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let keyring = keyring(repository, identity.as_deref()).await?;
                 lists.push((
                     repository.target.location().to_string(),
-                    snapshots::list(repository, keyring.as_ref()).await?,
+                    snapshots::list(repository, keyring.as_ref(), &filter).await?,
                 ));
             }
             output::snapshots(json, &snapshots::merge(lists), &repo.repos);
@@ -431,6 +467,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             toast_compression,
             maintenance_work_mem,
             index_in_memory,
+            filter,
             snapshot,
         } => {
             let started = Instant::now();
@@ -445,6 +482,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let options = restore::RestoreOptions {
                 database: database(&db)?,
                 snapshot,
+                filter: filter.filter(),
                 jobs: jobs.max(1),
                 existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
                 parallel,
@@ -474,7 +512,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }))?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
-        Command::Verify { repo, identity, read_data } => {
+        Command::Verify { repo, identity, read_data, filter } => {
+            let filter = filter.filter();
             let depth = if read_data { verify::Depth::ReadData } else { verify::Depth::Structure };
             let mut total = verify::VerifyReport::default();
             let mut targets = storage.open_set(&repo.repos, true).await?;
@@ -497,7 +536,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let progress = output::Bar::start(json);
                 let result =
-                    verify_one(repository, identity.as_deref(), depth, trusted.newest(), progress.as_ref()).await;
+                    verify_one(repository, identity.as_deref(), depth, &filter, trusted.newest(), progress.as_ref())
+                        .await;
                 progress.finish();
                 let report = result?;
                 trusted.advance(report.newest.as_ref())?;
@@ -568,11 +608,14 @@ async fn verify_one(
     repository: &Repository,
     identity: Option<&Path>,
     depth: verify::Depth,
+    filter: &crmvault::repo::SnapshotFilter,
     newest_known: Option<crmvault::trust::SnapshotMark>,
     progress: &dyn crmvault::progress::Progress,
 ) -> Result<verify::VerifyReport> {
     match keyring(repository, identity).await {
-        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth, newest_known.as_ref(), progress).await?),
+        Ok(keyring) => {
+            Ok(verify::run(repository, keyring.as_ref(), depth, filter, newest_known.as_ref(), progress).await?)
+        }
         // A damaged keys object is a finding, not a reason to stop looking.
         Err(error)
             if matches!(
@@ -580,8 +623,11 @@ async fn verify_one(
                 Some(crmvault::Error::Corrupt { .. } | crmvault::Error::Missing { .. })
             ) =>
         {
+            // Every snapshot, structurally: a filter needs the manifests this key cannot open.
+            let everything = crmvault::repo::SnapshotFilter::default();
             let mut report =
-                verify::run(repository, None, verify::Depth::Structure, newest_known.as_ref(), progress).await?;
+                verify::run(repository, None, verify::Depth::Structure, &everything, newest_known.as_ref(), progress)
+                    .await?;
             report.problems.push(verify::Problem {
                 target: repository.target.location().to_string(),
                 object: repository.config.keys.join(", "),

@@ -89,17 +89,23 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
     }
     // SIZE: what the snapshot restores (needs a key); ADDED: what its backup stored.
     println!(
-        "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  HOST",
-        "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS", "DATABASE"
+        "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {:<16}  TAGS",
+        "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS", "DATABASE", "HOST"
     );
     for snapshot in list {
         let time = snapshot.time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-        let (tables, rows, database, host) = match &snapshot.contents {
-            Some(c) => (c.tables.len().to_string(), c.rows.to_string(), c.database.clone(), c.hostname.clone()),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        let (tables, rows, database, host, tags) = match &snapshot.contents {
+            Some(c) => (
+                c.tables.len().to_string(),
+                c.rows.to_string(),
+                c.database.clone(),
+                c.hostname.clone(),
+                c.tags.join(","),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {}",
+            "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {:<16}  {}",
             snapshot.id.short(),
             time,
             snapshot.size.map_or_else(|| "-".to_string(), size),
@@ -107,7 +113,8 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
             tables,
             rows,
             database,
-            host
+            host,
+            tags
         );
         if let Some(error) = &snapshot.error {
             println!("  unreadable: {error}");

@@ -1,11 +1,11 @@
 //! `snapshots`: list what a repository holds. Without a key: ids, times, what each backup
-//! added to storage. With the writer key or an admin identity: database, host, size, tables
-//! and row counts too.
+//! added to storage. With the writer key or an admin identity: database, host, tags, size,
+//! tables and row counts too, and the listing can be filtered by them.
 
 use std::collections::HashMap;
 
-use crate::error::Result;
-use crate::repo::{self, Keyring, Manifest, Repository};
+use crate::error::{Error, Result};
+use crate::repo::{self, Keyring, Manifest, Repository, SnapshotFilter};
 
 /// One line of the listing.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,6 +40,8 @@ pub struct SnapshotContents {
     pub database: String,
     /// Host that made it.
     pub hostname: String,
+    /// Tags given to its backup.
+    pub tags: Vec<String>,
     /// (schema.table, rows).
     pub tables: Vec<(String, u64)>,
     /// Total rows.
@@ -51,14 +53,24 @@ impl SnapshotContents {
         SnapshotContents {
             database: manifest.database.clone(),
             hostname: manifest.hostname.clone(),
+            tags: manifest.tags.clone(),
             rows: manifest.tables.iter().map(|t| t.rows).sum(),
             tables: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
         }
     }
 }
 
-/// Lists the snapshots, oldest first. Without a key only headers are read (a range read each).
-pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<Vec<SnapshotSummary>> {
+/// Lists the snapshots that `filter` lets through, oldest first. Without a key only headers
+/// are read (a range read each), and a filter is refused: what it looks at is encrypted.
+/// A snapshot whose manifest does not open is listed, with why, whatever the filter.
+pub async fn list(
+    repository: &Repository,
+    keyring: Option<&Keyring>,
+    filter: &SnapshotFilter,
+) -> Result<Vec<SnapshotSummary>> {
+    if keyring.is_none() && !filter.is_empty() {
+        return Err(Error::FilterNeedsKey);
+    }
     let location = repository.target.location().to_string();
     let object_sizes: HashMap<String, u64> = repository.target.list("snapshots").await?.into_iter().collect();
     let mut summaries = Vec::new();
@@ -78,6 +90,9 @@ pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<
                     Some(Ok(manifest)) => (Some(manifest), None),
                     Some(Err(error)) => (None, Some(error.to_string())),
                 };
+                if manifest.as_ref().is_some_and(|manifest| !filter.matches(manifest)) {
+                    continue;
+                }
                 SnapshotSummary {
                     id,
                     time: Some(header.time),

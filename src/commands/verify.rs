@@ -19,7 +19,7 @@ use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
 use crate::progress::{Progress, Unit};
-use crate::repo::{self, ChunkIndex, Keyring, Manifest, ObjectRef, Repository, StreamManifest};
+use crate::repo::{self, ChunkIndex, Keyring, Manifest, ObjectRef, Repository, SnapshotFilter, StreamManifest};
 use crate::trust::SnapshotMark;
 
 /// How deep to look.
@@ -78,7 +78,7 @@ pub fn group(problems: Vec<Problem>) -> Vec<Problem> {
 /// What verify looked at and found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifyReport {
-    /// Snapshots checked.
+    /// Snapshots checked (those the filter let through).
     pub snapshots: usize,
     /// Objects read and checked against their names or recorded sizes: configs, keys,
     /// snapshots, and the packs, indexes and dictionaries the snapshots reference.
@@ -115,17 +115,22 @@ impl VerifyReport {
     }
 }
 
-/// Verifies one repository. `newest_known` is the newest snapshot the caller wrote or
-/// authenticated before (its pin's high-water mark).
+/// Verifies one repository: the snapshots `filter` lets through (a snapshot whose manifest
+/// does not open is checked whatever the filter) and what they need. `newest_known` is the
+/// newest snapshot the caller wrote or authenticated before (its pin's high-water mark).
 pub async fn run(
     repository: &Repository,
     keyring: Option<&Keyring>,
     depth: Depth,
+    filter: &SnapshotFilter,
     newest_known: Option<&SnapshotMark>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     if depth == Depth::ReadData && !keyring.is_some_and(Keyring::is_admin) {
         return Err(Error::AdminOnly { what: "reading every table's data".into() });
+    }
+    if keyring.is_none() && !filter.is_empty() {
+        return Err(Error::FilterNeedsKey);
     }
     let location = repository.target.location().to_string();
     let mut report = VerifyReport::default();
@@ -205,6 +210,11 @@ pub async fn run(
                 continue;
             }
         };
+        if let Some(keyring) = keyring.filter(|_| !filter.is_empty())
+            && sealed.open(keyring).is_ok_and(|manifest| !filter.matches(&manifest))
+        {
+            continue;
+        }
         report.snapshots += 1;
         report.objects += 1;
         report.bytes += sealed.object_size;

@@ -48,6 +48,9 @@ pub struct RestoreOptions {
     pub database: Database,
     /// `latest` or an id prefix.
     pub snapshot: String,
+    /// Which snapshots `snapshot` chooses among (`latest` is of one database: see
+    /// [`RepoSet::resolve_snapshot`]).
+    pub filter: crate::repo::SnapshotFilter,
     /// Chunks decoded in parallel.
     pub jobs: usize,
     /// What to do with a non-empty target.

@@ -78,7 +78,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
     use std::sync::Arc;
 
     use crmvault::postgres::Database;
-    use crmvault::repo::Repository;
+    use crmvault::repo::{Repository, SnapshotFilter};
     use crmvault::repo_set::RepoSet;
     use crmvault::target::{OpenMode, Target};
 
@@ -94,6 +94,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         exclude: vec![],
         pg_dump: None,
         hostname: "recorder".into(),
+        tags: vec![],
         index_chunks: crmvault::backup::INDEX_CHUNKS,
         index_in_memory: crmvault::repo::INDEX_IN_MEMORY,
         newest_known: None,
@@ -131,6 +132,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
     let options = crmvault::restore::RestoreOptions {
         database: Database::parse(&restored.url()).unwrap(),
         snapshot: "latest".into(),
+        filter: SnapshotFilter::default(),
         jobs: 2,
         existing: crmvault::restore::ExistingContents::Refuse,
         parallel: false,
