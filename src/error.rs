@@ -73,7 +73,7 @@ pub enum Error {
     #[error("{0}")]
     SnapshotNotFound(String),
     /// `latest` without a database named, in a repository holding several databases' snapshots.
-    #[error("`latest` is ambiguous: the snapshots are of {} databases ({}); name the one to restore", databases.len(), databases.join(", "))]
+    #[error("`latest` is ambiguous: the snapshots are of {} databases ({})", databases.len(), databases.join(", "))]
     AmbiguousLatest {
         /// The databases whose snapshots match, sorted.
         databases: Vec<String>,

@@ -301,7 +301,7 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo brings them to one",
         Error::LockTimeout { .. } => "restore without --parallel",
         Error::NoPgDump { .. } => "or name one with --pg-dump PATH",
-        Error::AmbiguousLatest { .. } => "give --database NAME (or a snapshot id)",
+        Error::AmbiguousLatest { .. } => "--database NAME chooses one (or give a snapshot id)",
         Error::FilterNeedsKey => "give an admin's --identity FILE, or run it on the backup host (writer key)",
         Error::NotCopies { .. } => {
             "the targets of one repository are made by one `crmvault init`, or added with `crmvault init --copy-from`"
@@ -500,6 +500,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let report = result.map_err(|error| {
                 let outcome = match error {
                     crmvault::Error::RestoreLeftIncomplete { .. } => "",
+                    // Refused before the database was touched.
+                    crmvault::Error::AmbiguousLatest { .. } | crmvault::Error::SnapshotNotFound(_) => {
+                        " (left unchanged)"
+                    }
                     _ if parallel => " (left as it was: what the restore created was removed)",
                     _ => " (left unchanged)",
                 };
