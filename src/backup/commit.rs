@@ -1,7 +1,7 @@
 //! The commit: the snapshot's place in the chain, then per target its last index and the
 //! snapshot object.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
 use crate::repo::{self, Keyring, ObjectRef, SealedManifest, SnapshotHeader};
@@ -10,23 +10,10 @@ use crate::trust::SnapshotMark;
 
 use super::{Stored, StoredDictionary, TargetReport, TargetState};
 
-/// Bytes of each table's stream, by `(schema, name)`.
-pub(super) type StreamSizes = HashMap<(String, String), u64>;
-
 /// Where the new snapshot goes in the repository's chain.
 pub(super) struct Chain {
     pub(super) parent: Option<repo::SnapshotId>,
     pub(super) sequence: u64,
-    /// The bytes of each stream of the newest snapshot found (tables by `(schema, name)`, and
-    /// large objects under `("pg_catalog", "pg_largeobject")`): what this backup will likely read.
-    pub(super) previous_sizes: StreamSizes,
-}
-
-impl Chain {
-    /// The bytes a table held in the newest snapshot found, if it was there.
-    pub(super) fn previous_size(&self, schema: &str, name: &str) -> Option<u64> {
-        self.previous_sizes.get(&(schema.to_string(), name.to_string())).copied()
-    }
 }
 
 impl Chain {
@@ -41,7 +28,6 @@ impl Chain {
     ) -> Chain {
         let mut newest = newest_known.cloned();
         let mut known_held = newest_known.is_none();
-        let mut newest_found: Option<(u64, StreamSizes)> = None;
         let mut note = |warning: String| {
             tracing::warn!("{warning}");
             warnings.push(warning);
@@ -64,14 +50,9 @@ impl Chain {
             {
                 known_held = matches!(repository.target.size_of(&repo::snapshot_key(&known.id)).await, Ok(Some(_)));
             }
-            let Some(sealed) = found else { continue };
-            let mark = sealed.mark();
-            if newest_found.as_ref().is_none_or(|(sequence, _)| mark.sequence > *sequence) {
-                // Opened a second time: a manifest is small beside the backup it sizes.
-                let sizes = sealed.open(keyring).map(|manifest| stream_sizes(&manifest)).unwrap_or_default();
-                newest_found = Some((mark.sequence, sizes));
-            }
-            if newest.as_ref().is_none_or(|n| mark.sequence > n.sequence) {
+            if let Some(mark) = found.map(|sealed| sealed.mark())
+                && newest.as_ref().is_none_or(|n| mark.sequence > n.sequence)
+            {
                 newest = Some(mark);
             }
         }
@@ -83,22 +64,8 @@ impl Chain {
                 known.id, known.sequence, known.time
             ));
         }
-        Chain {
-            parent: newest.as_ref().map(|m| m.id.clone()),
-            sequence: newest.map_or(1, |m| m.sequence + 1),
-            previous_sizes: newest_found.map(|(_, sizes)| sizes).unwrap_or_default(),
-        }
+        Chain { parent: newest.as_ref().map(|m| m.id.clone()), sequence: newest.map_or(1, |m| m.sequence + 1) }
     }
-}
-
-/// The bytes of each table (and of the large objects) in a manifest.
-fn stream_sizes(manifest: &repo::Manifest) -> StreamSizes {
-    manifest
-        .tables
-        .iter()
-        .chain(manifest.large_objects.iter())
-        .map(|table| ((table.schema.clone(), table.name.clone()), table.data.bytes))
-        .collect()
 }
 
 pub(super) fn all_failed(states: &[TargetState<'_>], left_out: &[LeftOut]) -> Error {
