@@ -72,6 +72,18 @@ pub enum Error {
     /// A snapshot selector matched nothing (or too much).
     #[error("{0}")]
     SnapshotNotFound(String),
+    /// `latest` without a database named, in a repository holding several databases' snapshots.
+    #[error("`latest` is ambiguous: the snapshots are of {} databases ({})", databases.len(), databases.join(", "))]
+    AmbiguousLatest {
+        /// The databases whose snapshots match, sorted.
+        databases: Vec<String>,
+    },
+    /// Snapshots were to be chosen by what their encrypted manifests say, without a key to read them.
+    #[error(
+        "choosing snapshots by database, host or tag reads their encrypted manifests: it needs the writer key or an \
+         admin identity"
+    )]
+    FilterNeedsKey,
     /// The target database already holds objects.
     #[error("database {database} is not empty ({detail}); restore into an empty database, or replace its contents")]
     TargetNotEmpty {

@@ -162,6 +162,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         database: "crm".into(),
         server_version: "15.4".into(),
         hostname: "backup-host".into(),
+        tags: vec!["nightly".into()],
         pre_data: stream(1),
         post_data: stream(3),
         tables: vec![table.clone()],

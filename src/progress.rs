@@ -14,6 +14,16 @@ pub trait Progress: Send + Sync {
 
     /// `amount` more units of the current phase are done.
     fn advance(&self, amount: u64);
+
+    /// The current phase works through `total` named items (tables) besides its units.
+    fn items(&self, total: u64) {
+        let _ = total;
+    }
+
+    /// One item of the current phase (a table, by its `schema.name`) is done.
+    fn item_done(&self, name: &str) {
+        let _ = name;
+    }
 }
 
 /// What a phase counts.

@@ -11,12 +11,13 @@
 //!   reach every target is for an admin to finish, not for a backup to write past.
 //! - Keys unlock from the first copy whose keys object reads: a wrong key is wrong on every
 //!   copy, a damaged keys object is damaged on one.
-//! - A snapshot is looked for on every copy; `latest` is the newest any of them holds, and a
+//! - A snapshot is looked for on every copy; `latest` is the newest any of them holds of one
+//!   database (the one named, or the only one present), and a
 //!   restore reads each chunk from the first copy that has it ([`crate::fetch::Source`]).
 //! - What fails on one copy of several is a warning naming the copy; the command's report
 //!   says per target what happened.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::fetch::Source;
-use crate::repo::{AdminKeyring, Keyring, Manifest, Repository, SnapshotId};
+use crate::repo::{AdminKeyring, Keyring, Manifest, Repository, SnapshotFilter, SnapshotId};
 use crate::target::Target;
 use crate::trust::SnapshotMark;
 
@@ -210,10 +211,83 @@ impl RepoSet {
         .await
     }
 
-    /// Resolves `latest` or an id prefix over every copy: the snapshots to try, in order. An
-    /// id gives one; `latest` gives every snapshot, newest first, so that a restore can pass
-    /// over one that fails to prove itself (a forgery dated in the future, a damaged object).
-    pub async fn resolve_snapshot(&self, selector: &str) -> Result<Vec<SnapshotId>> {
+    /// Resolves `latest` or an id prefix over every copy, among the snapshots `filter` lets
+    /// through: the snapshots to try, in order. An id gives one (refused if it does not pass
+    /// the filter); `latest` gives every snapshot that passes, newest first, so that a restore
+    /// can pass over one that fails to prove itself (a forgery dated in the future, a damaged
+    /// object), and those whose manifests do not open, to be passed over with why.
+    ///
+    /// `latest` is of one database: the one `filter` names, or the only one whose snapshots
+    /// pass; of several, it is refused as ambiguous ([`Error::AmbiguousLatest`]). Each
+    /// snapshot's manifest is read for it (the database is encrypted).
+    pub async fn resolve_snapshot(
+        &self,
+        selector: &str,
+        filter: &SnapshotFilter,
+        keyring: &Keyring,
+    ) -> Result<Vec<SnapshotId>> {
+        let candidates = self.resolve_selector(selector).await?;
+        if selector != "latest" {
+            if !filter.is_empty()
+                && let Some(manifest) = self.open_manifest(&candidates[0], keyring).await
+                && !filter.matches(&manifest)
+            {
+                return Err(Error::SnapshotNotFound(format!(
+                    "snapshot {} is not {filter} (it is of database {}, from host {})",
+                    candidates[0].short(),
+                    manifest.database,
+                    manifest.hostname
+                )));
+            }
+            return Ok(candidates);
+        }
+        let mut chosen = Vec::new();
+        let mut matched = false;
+        // The databases whose snapshots pass every other part of the filter.
+        let mut databases = BTreeSet::new();
+        let mut present = BTreeSet::new();
+        let others = SnapshotFilter { database: None, ..filter.clone() };
+        for id in candidates {
+            let Some(manifest) = self.open_manifest(&id, keyring).await else {
+                // Passed over, with why, when it is tried.
+                chosen.push(id);
+                continue;
+            };
+            present.insert(manifest.database.clone());
+            if others.matches(&manifest) {
+                databases.insert(manifest.database.clone());
+            }
+            if filter.matches(&manifest) {
+                matched = true;
+                chosen.push(id);
+            }
+        }
+        if filter.database.is_none() && databases.len() > 1 {
+            return Err(Error::AmbiguousLatest { databases: databases.into_iter().collect() });
+        }
+        if !matched && !present.is_empty() {
+            let present: Vec<String> = present.into_iter().collect();
+            return Err(Error::SnapshotNotFound(format!(
+                "no snapshot is {filter} (the snapshots are of database{} {})",
+                if present.len() == 1 { "" } else { "s" },
+                present.join(", ")
+            )));
+        }
+        Ok(chosen)
+    }
+
+    /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.
+    async fn open_manifest(&self, snapshot_id: &SnapshotId, keyring: &Keyring) -> Option<Manifest> {
+        for repository in &self.repositories {
+            if let Ok(manifest) = repository.read_snapshot(snapshot_id).await.and_then(|sealed| sealed.open(keyring)) {
+                return Some(manifest);
+            }
+        }
+        None
+    }
+
+    /// `latest` (every snapshot, newest first) or the one snapshot an id prefix names.
+    async fn resolve_selector(&self, selector: &str) -> Result<Vec<SnapshotId>> {
         if selector == "latest" {
             let mut found = Vec::new();
             for repository in &self.repositories {

@@ -18,6 +18,7 @@ mod encode;
 mod read;
 mod upload;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,8 @@ pub struct BackupOptions {
     pub pg_dump: Option<PathBuf>,
     /// Name of this host, recorded in the manifest.
     pub hostname: String,
+    /// Labels recorded in the manifest, to choose snapshots by (`SnapshotFilter`).
+    pub tags: Vec<String>,
     /// New chunks per index file ([`INDEX_CHUNKS`] unless tuning or testing), and per
     /// generation of the chunks a backup remembers sending ([`SentChunks`]).
     pub index_chunks: usize,
@@ -81,13 +84,14 @@ pub struct BackupReport {
     pub tables: usize,
     /// Rows backed up.
     pub rows: u64,
-    /// Bytes of COPY data and schema read.
+    /// Bytes of COPY data, large objects and schema read: the snapshot's size, as `snapshots`
+    /// shows it.
     pub bytes_read: u64,
     /// Chunks referenced.
     pub chunks: usize,
     /// Chunks that were new to at least one target (compressed once).
     pub new_chunks: usize,
-    /// Bytes written to all targets (packs, indexes, snapshots).
+    /// Bytes added to all targets together (each target's `bytes_added`, summed).
     pub bytes_added: u64,
     /// Bytes of all objects the snapshot references, on the first target that holds it.
     pub bytes_total: u64,
@@ -126,7 +130,8 @@ pub struct TargetReport {
     pub error: Option<String>,
     /// Chunks this target lacked.
     pub new_chunks: usize,
-    /// Bytes written to it.
+    /// Bytes this backup added to it: new packs, dictionaries and indexes, and the snapshot
+    /// object (what `snapshots` shows as the snapshot's ADDED there).
     pub bytes_added: u64,
     /// Bytes of all objects the snapshot references there.
     pub bytes_total: u64,
@@ -223,7 +228,16 @@ pub async fn run(
     };
     let tally = context.tally.clone();
 
-    progress.phase("reading", Unit::Bytes, None);
+    // What the tables held at the last backup, or their size on disk for a table new since.
+    let previous = previous_sizes(&states, keyring, &options.database.name()).await;
+    let previous_size = |schema: &str, name: &str| previous.get(&(schema.to_string(), name.to_string())).copied();
+    let expected_bytes: u64 = tables
+        .iter()
+        .map(|t| previous_size(&t.schema, &t.name).unwrap_or_else(|| u64::try_from(t.size).unwrap_or(0)))
+        .chain(previous_size("pg_catalog", "pg_largeobject"))
+        .sum();
+    progress.phase("reading", Unit::Bytes, Some(expected_bytes));
+    progress.items(tables.len() as u64);
     let read = match read_everything(&session, &pg_dump, options, tables, &context, &progress).await {
         Ok(read) => {
             let manifest = Manifest {
@@ -231,6 +245,7 @@ pub async fn run(
                 database: options.database.name(),
                 server_version: session.server_version.0.clone(),
                 hostname: options.hostname.clone(),
+                tags: options.tags.clone(),
                 pre_data: read.pre_data,
                 post_data: read.post_data,
                 tables: read.tables,
@@ -329,6 +344,37 @@ pub async fn run(
         warnings,
         targets: reports,
     })
+}
+
+/// Snapshots tried, newest first, for the last backup of the same database: sizing a progress
+/// bar is not worth reading every manifest of a repository shared by many databases.
+const SIZING_SNAPSHOTS: usize = 32;
+
+/// What each table held in the newest snapshot of `database` on the first healthy target, by
+/// `(schema, name)` (large objects as `pg_catalog.pg_largeobject`): about what this backup
+/// will read. Empty when there is none (a first backup: the catalog's sizes stand in).
+async fn previous_sizes(
+    states: &[TargetState<'_>],
+    keyring: &Keyring,
+    database: &str,
+) -> HashMap<(String, String), u64> {
+    let Some(state) = states.iter().find(|s| s.error.is_none()) else { return HashMap::new() };
+    let repository = state.repository;
+    let Ok(newest_first) = repository.snapshots_newest_first().await else { return HashMap::new() };
+    for (_, id) in newest_first.into_iter().take(SIZING_SNAPSHOTS) {
+        let Ok(manifest) = repository.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring)) else {
+            continue;
+        };
+        if manifest.database == database {
+            return manifest
+                .tables
+                .iter()
+                .chain(manifest.large_objects.iter())
+                .map(|table| ((table.schema.clone(), table.name.clone()), table.data.bytes))
+                .collect();
+        }
+    }
+    HashMap::new()
 }
 
 /// An index file is written once the packs stored since the last one hold this many chunks,

@@ -91,6 +91,7 @@ pub(super) async fn read_table(
 ) -> Result<TableManifest> {
     let (data, rows) = read_copy(client, &table.copy_out_sql(), context, progress).await?;
     tracing::debug!(table = %table.qualified(), rows, bytes = data.bytes, "table read");
+    progress.item_done(&format!("{}.{}", table.schema, table.name));
     Ok(TableManifest {
         schema: table.schema.clone(),
         name: table.name.clone(),

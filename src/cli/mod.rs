@@ -108,6 +108,10 @@ enum Command {
         /// backups every night.
         #[arg(long)]
         allow_empty: bool,
+        /// A label stored in the snapshot, to choose it by later (`--tag` of snapshots,
+        /// restore, verify); repeatable.
+        #[arg(long = "tag", value_name = "TAG", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        tags: Vec<String>,
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
         #[arg(long, env = "CRMVAULT_PG_DUMP", hide_env_values = true)]
         pg_dump: Option<PathBuf>,
@@ -126,6 +130,8 @@ enum Command {
         /// Admin identity file.
         #[arg(long, short)]
         identity: Option<PathBuf>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Restore a snapshot into an empty database, all or nothing.
     ///
@@ -166,7 +172,10 @@ enum Command {
         /// (for tests).
         #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
         index_in_memory: usize,
-        /// `latest` or a snapshot id (a unique prefix of at least 4 digits).
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// `latest` (the newest snapshot of the database given with --database, or of the only
+        /// database the repository holds) or a snapshot id (a unique prefix of at least 4 digits).
         #[arg(default_value = "latest")]
         snapshot: String,
     },
@@ -181,6 +190,8 @@ enum Command {
         /// Decrypt, decompress and re-hash every chunk (needs --identity).
         #[arg(long)]
         read_data: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Print the repository's fingerprint, as the storage claims it (no key needed).
     ///
@@ -245,6 +256,27 @@ struct RepoArgs {
     /// Or `repo` in --profile.
     #[arg(short = 'r', long = "repo", env = "CRMVAULT_REPO", hide_env_values = true)]
     repos: Vec<String>,
+}
+
+/// Which snapshots a command looks at, by what their encrypted manifests record (so a key is
+/// needed: the writer key on the backup host, or --identity).
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// Only snapshots of this database (its name, as in the URL backed up).
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+    /// Only snapshots made on this host.
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+    /// Only snapshots with this tag (backup --tag); repeat to require several.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> crmvault::repo::SnapshotFilter {
+        crmvault::repo::SnapshotFilter { database: self.database, hostname: self.host, tags: self.tags }
+    }
 }
 
 fn parse_fingerprint(text: &str) -> std::result::Result<crmvault::trust::Fingerprint, String> {
@@ -317,6 +349,8 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
             "check the --table patterns (`schema.table` globs; `psql -c '\\dt *.*'` lists the tables)"
         }
         Error::NoTables { .. } => "check --table/--exclude-table, or give --allow-empty to store the schema alone",
+        Error::AmbiguousLatest { .. } => "--database NAME chooses one (or give a snapshot id)",
+        Error::FilterNeedsKey => "give an admin's --identity FILE, or run it on the backup host (writer key)",
         Error::NotCopies { .. } => {
             "the targets of one repository are made by one `crmvault init`, or added with `crmvault init --copy-from`"
         }
@@ -451,6 +485,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             tables,
             exclude_tables,
             allow_empty,
+            tags,
             pg_dump,
             index_chunks,
             index_in_memory,
@@ -471,6 +506,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 allow_empty: settings.switch(allow_empty, |p| p.allow_empty)?,
                 pg_dump: settings.pg_dump(pg_dump)?,
                 hostname: hostname(),
+                tags,
                 index_chunks,
                 index_in_memory,
                 newest_known: trusted.newest(),
@@ -485,7 +521,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Snapshots { repo, identity } => {
+        Command::Snapshots { repo, identity, filter } => {
+            let filter = filter.filter();
             let repos = settings.repos(repo.repos)?;
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&repos, false).await?;
@@ -496,7 +533,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let keyring = keyring(repository, identity.as_deref()).await?;
                 lists.push((
                     repository.target.location().to_string(),
-                    snapshots::list(repository, keyring.as_ref()).await?,
+                    snapshots::list(repository, keyring.as_ref(), &filter).await?,
                 ));
             }
             output::snapshots(json, &snapshots::merge(lists), &repos);
@@ -511,6 +548,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             toast_compression,
             maintenance_work_mem,
             index_in_memory,
+            filter,
             snapshot,
         } => {
             let started = Instant::now();
@@ -527,6 +565,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let options = restore::RestoreOptions {
                 database: settings.database(&db)?,
                 snapshot,
+                filter: filter.filter(),
                 jobs: settings.jobs(jobs)?.max(1),
                 existing: if clean { restore::ExistingContents::Replace } else { restore::ExistingContents::Refuse },
                 parallel,
@@ -544,6 +583,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let report = result.map_err(|error| {
                 let outcome = match error {
                     crmvault::Error::RestoreLeftIncomplete { .. } => "",
+                    // Refused before the database was touched.
+                    crmvault::Error::AmbiguousLatest { .. } | crmvault::Error::SnapshotNotFound(_) => {
+                        " (left unchanged)"
+                    }
                     _ if parallel => " (left as it was: what the restore created was removed)",
                     _ => " (left unchanged)",
                 };
@@ -556,8 +599,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }))?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
-        Command::Verify { repo, identity, read_data } => {
+        Command::Verify { repo, identity, read_data, filter } => {
             let (identity, read_data) = settings.verify_keys(identity, read_data)?;
+            let filter = filter.filter();
             let depth = if read_data { verify::Depth::ReadData } else { verify::Depth::Structure };
             let mut total = verify::VerifyReport::default();
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
@@ -568,6 +612,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                         object: "config".into(),
                         snapshots: vec![],
                         problem: left_out.reason.clone(),
+                        chunks: 0,
                     }],
                     ..verify::VerifyReport::default()
                 });
@@ -579,7 +624,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let progress = output::Bar::start(json);
                 let result =
-                    verify_one(repository, identity.as_deref(), depth, trusted.newest(), progress.as_ref()).await;
+                    verify_one(repository, identity.as_deref(), depth, &filter, trusted.newest(), progress.as_ref())
+                        .await;
                 progress.finish();
                 let report = result?;
                 trusted.advance(report.newest.as_ref())?;
@@ -653,11 +699,14 @@ async fn verify_one(
     repository: &Repository,
     identity: Option<&Path>,
     depth: verify::Depth,
+    filter: &crmvault::repo::SnapshotFilter,
     newest_known: Option<crmvault::trust::SnapshotMark>,
     progress: &dyn crmvault::progress::Progress,
 ) -> Result<verify::VerifyReport> {
     match keyring(repository, identity).await {
-        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth, newest_known.as_ref(), progress).await?),
+        Ok(keyring) => {
+            Ok(verify::run(repository, keyring.as_ref(), depth, filter, newest_known.as_ref(), progress).await?)
+        }
         // A damaged keys object is a finding, not a reason to stop looking.
         Err(error)
             if matches!(
@@ -665,13 +714,17 @@ async fn verify_one(
                 Some(crmvault::Error::Corrupt { .. } | crmvault::Error::Missing { .. })
             ) =>
         {
+            // Every snapshot, structurally: a filter needs the manifests this key cannot open.
+            let everything = crmvault::repo::SnapshotFilter::default();
             let mut report =
-                verify::run(repository, None, verify::Depth::Structure, newest_known.as_ref(), progress).await?;
+                verify::run(repository, None, verify::Depth::Structure, &everything, newest_known.as_ref(), progress)
+                    .await?;
             report.problems.push(verify::Problem {
                 target: repository.target.location().to_string(),
                 object: repository.config.keys.join(", "),
                 snapshots: vec![],
                 problem: format!("cannot unlock the repository: {}", one_line(&error)),
+                chunks: 0,
             });
             Ok(report)
         }

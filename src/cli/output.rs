@@ -1,7 +1,7 @@
 //! Everything the CLI prints: text for people, one JSON document for scripts.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crmvault::backup;
@@ -88,13 +88,13 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     }
     println!("{}", report.snapshot_id);
     eprintln!(
-        "snapshot {} saved: {} tables, {} rows, read {}, {} of {} chunks new, {:.1}s",
+        "snapshot {} saved: {}, {}, read {}, {} of {} new, {:.1}s",
         report.snapshot_id.short(),
-        report.tables,
-        report.rows,
+        count(report.tables as u64, "table"),
+        count(report.rows, "row"),
         size(report.bytes_read),
         report.new_chunks,
-        report.chunks,
+        count(report.chunks as u64, "chunk"),
         elapsed.as_secs_f64()
     );
     for target in &report.targets {
@@ -114,25 +114,34 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
         println!("no snapshots");
         return;
     }
+    // SIZE: what the snapshot restores (needs a key); ADDED: what its backup stored.
     println!(
-        "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  DATABASE",
-        "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS"
+        "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {:<16}  TAGS",
+        "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS", "DATABASE", "HOST"
     );
     for snapshot in list {
         let time = snapshot.time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-        let (tables, rows, database) = match &snapshot.contents {
-            Some(c) => (c.tables.len().to_string(), c.rows.to_string(), c.database.clone()),
-            None => ("-".into(), "-".into(), "-".into()),
+        let (tables, rows, database, host, tags) = match &snapshot.contents {
+            Some(c) => (
+                c.tables.len().to_string(),
+                c.rows.to_string(),
+                c.database.clone(),
+                c.hostname.clone(),
+                c.tags.join(","),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {}",
+            "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {:<16}  {}",
             snapshot.id.short(),
             time,
-            snapshot.bytes_total.map(size).unwrap_or_default(),
+            snapshot.size.map_or_else(|| "-".to_string(), size),
             snapshot.bytes_added.map(size).unwrap_or_default(),
             tables,
             rows,
-            database
+            database,
+            host,
+            tags
         );
         if let Some(error) = &snapshot.error {
             println!("  unreadable: {error}");
@@ -154,17 +163,17 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
     }
     if report.sources.served.len() > 1 || !report.sources.fallbacks.is_empty() {
         for (location, chunks) in &report.sources.served {
-            eprintln!("  {chunks} chunks from {location}");
+            eprintln!("  {} from {location}", count(*chunks as u64, "chunk"));
         }
         for fallback in &report.sources.fallbacks {
             eprintln!("  fell back: {fallback}");
         }
     }
     println!(
-        "restored snapshot {} into {database}: {} tables, {} rows, {} of data, every chunk and table digest checked, {:.1}s",
+        "restored snapshot {} into {database}: {}, {}, {} of data, every chunk and table digest checked, {:.1}s",
         report.snapshot_id.short(),
-        report.tables,
-        report.rows,
+        count(report.tables as u64, "table"),
+        count(report.rows, "row"),
         size(report.bytes),
         elapsed.as_secs_f64()
     );
@@ -175,42 +184,72 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
         print_json_ok(report, report.problems.is_empty());
         return;
     }
+    // One line per object and what is wrong with it (the library grouped them), then the sum.
     for problem in &report.problems {
-        let snapshots: Vec<&str> = problem.snapshots.iter().map(|s| &s[..12.min(s.len())]).collect();
-        let affected =
-            if snapshots.is_empty() { String::new() } else { format!(" (snapshots {})", snapshots.join(", ")) };
+        let mut affected = Vec::new();
+        if problem.chunks > 0 {
+            affected.push(format!("{} unreadable", count(problem.chunks, "chunk")));
+        }
+        if !problem.snapshots.is_empty() {
+            let ids: Vec<&str> = problem.snapshots.iter().map(|s| &s[..12.min(s.len())]).collect();
+            affected.push(format!("{} {}", noun(ids.len() as u64, "snapshot"), ids.join(", ")));
+        }
+        let affected = if affected.is_empty() { String::new() } else { format!(" ({})", affected.join("; ")) };
         println!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
     }
-    let chunks =
-        if report.chunks > 0 { format!(", {} chunks decrypted and re-hashed", report.chunks) } else { String::new() };
+    let chunks = if report.chunks > 0 {
+        format!(", {} decrypted and re-hashed", count(report.chunks as u64, "chunk"))
+    } else {
+        String::new()
+    };
     let verdict = if report.problems.is_empty() {
         "no problems".to_string()
     } else {
-        format!("{} problems", report.problems.len())
+        count(report.problems.len() as u64, "problem")
     };
     println!(
-        "checked {} snapshots, {} objects ({}){chunks}: {verdict}",
-        report.snapshots,
-        report.objects,
+        "checked {}, {} ({}){chunks}: {verdict}",
+        count(report.snapshots as u64, "snapshot"),
+        count(report.objects as u64, "object"),
         size(report.bytes)
     );
 }
 
 /// How far a long command is, on stderr, drawn only on a terminal (never under `--json` or
-/// in cron's log): a bar where the amount of work is known, a counter where it is not.
+/// in cron's log): a bar with rate and time left where the amount of work is known, a counter
+/// where it is not, and tables done out of how many where the phase has them.
 pub struct Bar {
     bar: Option<indicatif::ProgressBar>,
+    items: Mutex<Items>,
+}
+
+/// The current phase's name and its items (tables) done out of how many.
+#[derive(Default)]
+struct Items {
+    phase: String,
+    done: u64,
+    total: Option<u64>,
+}
+
+impl Items {
+    fn message(&self) -> String {
+        match self.total {
+            Some(total) => format!("{} {}/{total} {}", self.phase, self.done, noun(total, "table")),
+            None => self.phase.clone(),
+        }
+    }
 }
 
 impl Bar {
     pub fn start(json: bool) -> Arc<Bar> {
         use std::io::IsTerminal;
+        let items = Mutex::new(Items::default());
         if json || !std::io::stderr().is_terminal() {
-            return Arc::new(Bar { bar: None });
+            return Arc::new(Bar { bar: None, items });
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(200));
-        Arc::new(Bar { bar: Some(bar) })
+        Arc::new(Bar { bar: Some(bar), items })
     }
 
     pub fn finish(&self) {
@@ -218,32 +257,51 @@ impl Bar {
             bar.finish_and_clear();
         }
     }
+
+    fn update_items(&self, change: impl FnOnce(&mut Items)) {
+        let Some(bar) = &self.bar else { return };
+        let mut items = self.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut items);
+        bar.set_message(items.message());
+    }
 }
 
 impl crmvault::progress::Progress for Bar {
     fn phase(&self, name: &str, unit: Unit, total: Option<u64>) {
         let Some(bar) = &self.bar else { return };
         let template = match (total, unit) {
-            (Some(_), Unit::Bytes) => "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-            (Some(_), _) => "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}",
-            (None, Unit::Bytes) => "{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}",
-            (None, _) => "{spinner} {msg} {pos} {elapsed}",
+            (Some(_), Unit::Bytes) => {
+                "{spinner} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)"
+            }
+            (Some(_), Unit::Objects) => "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} objects ({eta} left)",
+            (Some(_), Unit::Snapshots) => "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} snapshots ({eta} left)",
+            (None, Unit::Bytes) => "{spinner} {msg} {binary_bytes} ({binary_bytes_per_sec}) {elapsed}",
+            (None, Unit::Objects) => "{spinner} {msg} {human_pos} objects {elapsed}",
+            (None, Unit::Snapshots) => "{spinner} {msg} {human_pos} snapshots {elapsed}",
         };
         bar.set_style(
             indicatif::ProgressStyle::with_template(template).expect("the templates are valid").progress_chars("=> "),
         );
-        bar.set_position(0);
+        bar.reset();
         match total {
             Some(total) => bar.set_length(total),
             None => bar.unset_length(),
         }
-        bar.set_message(name.to_string());
+        self.update_items(|items| *items = Items { phase: name.to_string(), done: 0, total: None });
     }
 
     fn advance(&self, amount: u64) {
         if let Some(bar) = &self.bar {
             bar.inc(amount);
         }
+    }
+
+    fn items(&self, total: u64) {
+        self.update_items(|items| items.total = Some(total));
+    }
+
+    fn item_done(&self, _name: &str) {
+        self.update_items(|items| items.done += 1);
     }
 }
 
@@ -253,11 +311,11 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
         return;
     }
     println!(
-        "copied {} snapshots from {from} to {to} ({} objects, {}); {} were already there",
-        report.snapshots_copied.len(),
-        report.objects_copied,
+        "copied {} from {from} to {to} ({}, {}); {} already there",
+        count(report.snapshots_copied.len() as u64, "snapshot"),
+        count(report.objects_copied as u64, "object"),
         size(report.bytes_copied),
-        report.snapshots_present
+        if report.snapshots_present == 1 { "1 was".to_string() } else { format!("{} were", report.snapshots_present) }
     );
     for (id, why) in &report.snapshots_skipped {
         println!("left out snapshot {id}: {why}");
@@ -363,4 +421,14 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
 
 fn plural(count: usize) -> &'static str {
     if count == 1 { "" } else { "s" }
+}
+
+/// `count` with its noun, singular or plural ("1 table", "2 tables").
+fn count(count: u64, singular: &str) -> String {
+    format!("{count} {}", noun(count, singular))
+}
+
+/// A noun after `count` (which is not printed): "table" or "tables".
+fn noun(count: u64, singular: &str) -> String {
+    if count == 1 { singular.to_string() } else { format!("{singular}s") }
 }

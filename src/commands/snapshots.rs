@@ -1,8 +1,11 @@
-//! `snapshots`: list what a repository holds. Without a key: ids, times, sizes. With the
-//! writer key or an admin identity: database, tables and row counts too.
+//! `snapshots`: list what a repository holds. Without a key: ids, times, what each backup
+//! added to storage. With the writer key or an admin identity: database, host, tags, size,
+//! tables and row counts too, and the listing can be filtered by them.
 
-use crate::error::Result;
-use crate::repo::{Keyring, Repository};
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::repo::{self, Keyring, Manifest, Repository, SnapshotFilter};
 
 /// One line of the listing.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -11,10 +14,15 @@ pub struct SnapshotSummary {
     pub id: crate::repo::SnapshotId,
     /// Database time of the snapshot.
     pub time: Option<chrono::DateTime<chrono::Utc>>,
-    /// Bytes of all objects it references.
-    pub bytes_total: Option<u64>,
-    /// Bytes its backup added.
+    /// Bytes of table data and schema the snapshot restores (its streams' plaintext, large
+    /// objects included; the backup's `bytes_read`): readable only with a key, `null` without.
+    pub size: Option<u64>,
+    /// Bytes its backup added to storage on the target listed first: new packs, dictionaries
+    /// and indexes, and the snapshot object itself (what the backup reported for that target).
     pub bytes_added: Option<u64>,
+    /// Stored bytes of every object it references on that target, those shared with other
+    /// snapshots counted in full: what it depends on, not what deleting it would free.
+    pub bytes_total: Option<u64>,
     /// Details readable with a key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contents: Option<SnapshotContents>,
@@ -32,42 +40,66 @@ pub struct SnapshotContents {
     pub database: String,
     /// Host that made it.
     pub hostname: String,
+    /// Tags given to its backup.
+    pub tags: Vec<String>,
     /// (schema.table, rows).
     pub tables: Vec<(String, u64)>,
     /// Total rows.
     pub rows: u64,
 }
 
-/// Lists the snapshots, oldest first. Without a key only headers are read (a range read each).
-pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<Vec<SnapshotSummary>> {
+impl SnapshotContents {
+    fn of(manifest: &Manifest) -> SnapshotContents {
+        SnapshotContents {
+            database: manifest.database.clone(),
+            hostname: manifest.hostname.clone(),
+            tags: manifest.tags.clone(),
+            rows: manifest.tables.iter().map(|t| t.rows).sum(),
+            tables: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
+        }
+    }
+}
+
+/// Lists the snapshots that `filter` lets through, oldest first. Without a key only headers
+/// are read (a range read each), and a filter is refused: what it looks at is encrypted.
+/// A snapshot whose manifest does not open is listed, with why, whatever the filter.
+pub async fn list(
+    repository: &Repository,
+    keyring: Option<&Keyring>,
+    filter: &SnapshotFilter,
+) -> Result<Vec<SnapshotSummary>> {
+    if keyring.is_none() && !filter.is_empty() {
+        return Err(Error::FilterNeedsKey);
+    }
     let location = repository.target.location().to_string();
+    let object_sizes: HashMap<String, u64> = repository.target.list("snapshots").await?.into_iter().collect();
     let mut summaries = Vec::new();
     for id in repository.snapshot_ids().await? {
+        let object_size = object_sizes.get(&repo::snapshot_key(&id)).copied().unwrap_or(0);
         let read = match keyring {
             None => repository.read_snapshot_header(&id).await.map(|header| (header, None)),
             Some(keyring) => repository.read_snapshot(&id).await.map(|sealed| {
-                let contents = sealed.open(keyring).map(|manifest| SnapshotContents {
-                    database: manifest.database.clone(),
-                    hostname: manifest.hostname.clone(),
-                    rows: manifest.tables.iter().map(|t| t.rows).sum(),
-                    tables: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
-                });
-                (sealed.header, Some(contents))
+                let opened = sealed.open(keyring);
+                (sealed.header, Some(opened))
             }),
         };
         let summary = match read {
-            Ok((header, contents)) => {
-                let (contents, error) = match contents {
+            Ok((header, opened)) => {
+                let (manifest, error) = match opened {
                     None => (None, None),
-                    Some(Ok(contents)) => (Some(contents), None),
+                    Some(Ok(manifest)) => (Some(manifest), None),
                     Some(Err(error)) => (None, Some(error.to_string())),
                 };
+                if manifest.as_ref().is_some_and(|manifest| !filter.matches(manifest)) {
+                    continue;
+                }
                 SnapshotSummary {
                     id,
                     time: Some(header.time),
+                    size: manifest.as_ref().map(|m| m.streams().map(|stream| stream.bytes).sum()),
+                    bytes_added: Some(header.added_bytes + object_size),
                     bytes_total: Some(header.total_bytes),
-                    bytes_added: Some(header.added_bytes),
-                    contents,
+                    contents: manifest.as_ref().map(SnapshotContents::of),
                     error,
                     targets: vec![location.clone()],
                 }
@@ -75,8 +107,9 @@ pub async fn list(repository: &Repository, keyring: Option<&Keyring>) -> Result<
             Err(error) => SnapshotSummary {
                 id,
                 time: None,
-                bytes_total: None,
+                size: None,
                 bytes_added: None,
+                bytes_total: None,
                 contents: None,
                 error: Some(error.to_string()),
                 targets: vec![location.clone()],

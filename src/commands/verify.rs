@@ -19,7 +19,7 @@ use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
 use crate::progress::{Progress, Unit};
-use crate::repo::{self, ChunkIndex, Keyring, Manifest, ObjectRef, Repository, StreamManifest};
+use crate::repo::{self, ChunkIndex, Keyring, Manifest, ObjectRef, Repository, SnapshotFilter, StreamManifest};
 use crate::trust::SnapshotMark;
 
 /// How deep to look.
@@ -42,20 +42,53 @@ pub struct Problem {
     pub snapshots: Vec<String>,
     /// What is wrong.
     pub problem: String,
+    /// Chunks the affected snapshots need that this leaves unreadable (absent when not counted).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub chunks: u64,
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
+/// Problems that say the same about the same object, as one: the snapshots of each together,
+/// chunk counts added up, in the order first found.
+pub fn group(problems: Vec<Problem>) -> Vec<Problem> {
+    let mut grouped: Vec<Problem> = Vec::new();
+    for problem in problems {
+        let same = grouped
+            .iter_mut()
+            .find(|p| p.target == problem.target && p.object == problem.object && p.problem == problem.problem);
+        match same {
+            Some(existing) => {
+                for snapshot in problem.snapshots {
+                    if !existing.snapshots.contains(&snapshot) {
+                        existing.snapshots.push(snapshot);
+                    }
+                }
+                existing.chunks += problem.chunks;
+            }
+            None => grouped.push(problem),
+        }
+    }
+    grouped
 }
 
 /// What verify looked at and found.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifyReport {
-    /// Snapshots checked.
+    /// Snapshots checked (those the filter let through).
     pub snapshots: usize,
-    /// Objects read and hashed.
+    /// Objects read and checked against their names or recorded sizes: configs, keys,
+    /// snapshots, and the packs, indexes and dictionaries the snapshots reference.
     pub objects: usize,
-    /// Bytes read.
+    /// Bytes of those objects.
     pub bytes: u64,
     /// Chunks decrypted and re-hashed.
     pub chunks: usize,
-    /// Problems, empty when all is well.
+    /// Problems, empty when all is well: one per object and what is wrong with it, naming
+    /// every snapshot it affects.
     pub problems: Vec<Problem>,
     /// The newest snapshot that proved itself (for the caller's high-water mark).
     #[serde(skip)]
@@ -63,6 +96,11 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    fn count_object(&mut self, bytes: &[u8]) {
+        self.objects += 1;
+        self.bytes += bytes.len() as u64;
+    }
+
     /// Adds another target's findings.
     pub fn merge(&mut self, other: VerifyReport) {
         self.snapshots += other.snapshots;
@@ -70,23 +108,29 @@ impl VerifyReport {
         self.bytes += other.bytes;
         self.chunks += other.chunks;
         self.problems.extend(other.problems);
+        self.problems = group(std::mem::take(&mut self.problems));
         if other.newest.as_ref().is_some_and(|n| self.newest.as_ref().is_none_or(|m| n.sequence > m.sequence)) {
             self.newest = other.newest;
         }
     }
 }
 
-/// Verifies one repository. `newest_known` is the newest snapshot the caller wrote or
-/// authenticated before (its pin's high-water mark).
+/// Verifies one repository: the snapshots `filter` lets through (a snapshot whose manifest
+/// does not open is checked whatever the filter) and what they need. `newest_known` is the
+/// newest snapshot the caller wrote or authenticated before (its pin's high-water mark).
 pub async fn run(
     repository: &Repository,
     keyring: Option<&Keyring>,
     depth: Depth,
+    filter: &SnapshotFilter,
     newest_known: Option<&SnapshotMark>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     if depth == Depth::ReadData && !keyring.is_some_and(Keyring::is_admin) {
         return Err(Error::AdminOnly { what: "reading every table's data".into() });
+    }
+    if keyring.is_none() && !filter.is_empty() {
+        return Err(Error::FilterNeedsKey);
     }
     let location = repository.target.location().to_string();
     let mut report = VerifyReport::default();
@@ -95,6 +139,7 @@ pub async fn run(
         object: object.to_string(),
         snapshots,
         problem: what,
+        chunks: 0,
     };
 
     // `config` itself (the first generation): a repository opened from its copy (format 7)
@@ -102,7 +147,7 @@ pub async fn run(
     let (first_hash, first) = &repository.chain[0];
     if first.generation == 0 {
         match repository.target.get(repo::CONFIG_KEY).await {
-            Ok(bytes) if crate::crypto::object_hash(&bytes) == *first_hash => {}
+            Ok(bytes) if crate::crypto::object_hash(&bytes) == *first_hash => report.count_object(&bytes),
             Ok(_) | Err(Error::Missing { .. }) => report.problems.push(problem(
                 repo::CONFIG_KEY,
                 vec![],
@@ -119,7 +164,7 @@ pub async fn run(
         if config.version >= repo::AUTHENTICATED_VERSION {
             let copy = repo::config_copy_key(hash);
             match repository.target.get(&copy).await {
-                Ok(bytes) if crate::crypto::object_hash(&bytes) == *hash => {}
+                Ok(bytes) if crate::crypto::object_hash(&bytes) == *hash => report.count_object(&bytes),
                 Ok(_) => report.problems.push(problem(&copy, vec![], "its BLAKE3 does not match its name".into())),
                 Err(Error::Missing { .. }) => report.problems.push(problem(&copy, vec![], "missing".into())),
                 Err(e) => return Err(e),
@@ -128,6 +173,7 @@ pub async fn run(
         for key in config.keys.iter().chain(&config.admin_keys) {
             match repository.target.get(key).await {
                 Ok(bytes) => {
+                    report.count_object(&bytes);
                     if let Err(e) = repo::check_object_name(key, &bytes) {
                         report.problems.push(problem(key, vec![], e.to_string()));
                     }
@@ -156,14 +202,22 @@ pub async fn run(
     let mut referenced: BTreeMap<(String, ObjectRef), Vec<String>> = BTreeMap::new();
     let mut sealed_snapshots = Vec::new();
     for entry in repository.snapshots().await? {
-        report.snapshots += 1;
         let sealed = match entry {
             Ok(sealed) => sealed,
             Err((id, error)) => {
+                report.snapshots += 1;
                 report.problems.push(problem(&format!("snapshots/{id}"), vec![id.clone()], error.to_string()));
                 continue;
             }
         };
+        if let Some(keyring) = keyring.filter(|_| !filter.is_empty())
+            && sealed.open(keyring).is_ok_and(|manifest| !filter.matches(&manifest))
+        {
+            continue;
+        }
+        report.snapshots += 1;
+        report.objects += 1;
+        report.bytes += sealed.object_size;
         if !repository.claims_this_config(&sealed) {
             report.problems.push(problem(
                 &repo::snapshot_key(&sealed.id),
@@ -228,8 +282,7 @@ pub async fn run(
         progress.advance(1);
         match repository.target.get(key).await {
             Ok(bytes) => {
-                report.objects += 1;
-                report.bytes += bytes.len() as u64;
+                report.count_object(&bytes);
                 let what = if bytes.len() as u64 == reference.size {
                     repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
                 } else {
@@ -271,6 +324,10 @@ pub async fn run(
     }
     // With a key: manifests and indexes agree.
     let mut needed_chunks: BTreeMap<repo::ObjectId, BTreeSet<ChunkId>> = BTreeMap::new();
+    // Counted, not one problem per chunk: (pack, snapshot) → chunks it holds unlisted, and
+    // snapshot → chunks in no index it lists.
+    let mut unlisted: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut unindexed: BTreeMap<String, u64> = BTreeMap::new();
     let mut index = ChunkIndex::default();
     progress.phase("checking snapshots", Unit::Snapshots, Some(sealed_snapshots.len() as u64));
     for sealed in &sealed_snapshots {
@@ -305,7 +362,10 @@ pub async fn run(
         let snapshot_index = Arc::new(snapshot_index);
         if keyring.is_admin() {
             let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), snapshot_index.clone(), 4);
+            let lists_an_unreadable_index = sealed.header.indexes.iter().any(|i| damaged.contains(&i.id));
             match crate::fetch::expand_lists(&mut manifest, &reader).await {
+                // Said once, on the index's own line, with the chunks counted below.
+                Err(Error::Missing { .. }) if lists_an_unreadable_index => {}
                 Err(e) => {
                     report.problems.push(problem(
                         &repo::snapshot_key(&sealed.id),
@@ -328,19 +388,32 @@ pub async fn run(
                 Some(pack) if packs.contains(&pack.id) => {
                     needed_chunks.entry(pack.id.clone()).or_default().insert(*id);
                 }
-                Some(pack) => report.problems.push(problem(
-                    &repo::pack_key(&pack.id),
-                    vec![sealed.id.to_string()],
-                    format!("holds chunk {id} but the snapshot does not list it"),
-                )),
-                None => report.problems.push(problem(
-                    &format!("chunk {id}"),
-                    vec![sealed.id.to_string()],
-                    "in no index the snapshot lists".into(),
-                )),
+                Some(pack) => {
+                    *unlisted.entry((repo::pack_key(&pack.id), sealed.id.to_string())).or_default() += 1;
+                }
+                None => *unindexed.entry(sealed.id.to_string()).or_default() += 1,
             }
         }
         index.merge(&snapshot_index).map_err(|e| repo::temporary_file_error("chunk index", e))?;
+    }
+
+    for ((key, snapshot), chunks) in unlisted {
+        report.problems.push(Problem {
+            chunks,
+            ..problem(&key, vec![snapshot], "holds chunks the snapshot needs but does not list that pack".into())
+        });
+    }
+    for sealed in &sealed_snapshots {
+        let Some(&chunks) = unindexed.get(sealed.id.as_str()) else { continue };
+        // Chunks that were in an index found missing or damaged are counted on its problem.
+        let lost = sealed.header.indexes.iter().find(|i| damaged.contains(&i.id)).map(|i| repo::index_key(&i.id));
+        match lost.and_then(|key| report.problems.iter_mut().find(|p| p.object == key)) {
+            Some(index_problem) => index_problem.chunks += chunks,
+            None => report.problems.push(Problem {
+                chunks,
+                ..problem("chunks", vec![sealed.id.to_string()], "in no index the snapshot lists".into())
+            }),
+        }
     }
 
     if depth == Depth::ReadData {
@@ -368,6 +441,7 @@ pub async fn run(
             }
         }
     }
+    report.problems = group(report.problems);
     Ok(report)
 }
 

@@ -429,12 +429,36 @@ mod tests {
         assert!(parse_list("list", &old[..48], 4).is_err());
     }
 
+    #[test]
+    fn a_manifest_without_tags_still_reads_and_filters_look_at_every_field() {
+        let mut manifest = empty_manifest();
+        let json = serde_json::to_value(&manifest).unwrap();
+        assert!(json.get("tags").is_none(), "no tags, no field: {json}");
+        let old: Manifest = serde_json::from_value(json).unwrap();
+        assert!(old.tags.is_empty());
+
+        manifest.tags = vec!["nightly".into(), "before-upgrade".into()];
+        let tagged = |tags: &[&str]| SnapshotFilter {
+            tags: tags.iter().map(|t| (*t).to_string()).collect(),
+            ..SnapshotFilter::default()
+        };
+        assert!(SnapshotFilter::default().matches(&manifest) && SnapshotFilter::default().is_empty());
+        assert!(tagged(&["nightly", "before-upgrade"]).matches(&manifest));
+        assert!(!tagged(&["nightly", "weekly"]).matches(&manifest));
+        let database = |name: &str| SnapshotFilter { database: Some(name.into()), ..SnapshotFilter::default() };
+        assert!(database("crm").matches(&manifest) && !database("crm2").matches(&manifest));
+        let host = SnapshotFilter { hostname: Some("elsewhere".into()), ..database("crm") };
+        assert!(!host.matches(&manifest));
+        assert_eq!(host.to_string(), "of database crm, from host elsewhere");
+    }
+
     fn empty_manifest() -> Manifest {
         Manifest {
             version: FORMAT_VERSION,
             database: "crm".into(),
             server_version: "15".into(),
             hostname: "test".into(),
+            tags: vec![],
             pre_data: StreamManifest::default(),
             post_data: StreamManifest::default(),
             tables: vec![],

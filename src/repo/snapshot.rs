@@ -142,6 +142,9 @@ pub struct Manifest {
     pub server_version: String,
     /// Host that ran the backup.
     pub hostname: String,
+    /// Labels given to the backup (`tags`, absent when none; older snapshots have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// pg_dump pre-data section (DDL before data).
     pub pre_data: StreamManifest,
     /// pg_dump post-data section (indexes, constraints, triggers).
@@ -192,6 +195,51 @@ impl Manifest {
     /// Every chunk it references: list chunks, and data chunks once the lists are expanded.
     pub fn all_chunks(&self) -> impl Iterator<Item = &ChunkId> {
         self.list_chunks().chain(self.streams().flat_map(|s| s.chunks.iter()))
+    }
+}
+
+/// Which snapshots a command looks at, by what their manifests record: all when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    /// Only snapshots of this database.
+    pub database: Option<String>,
+    /// Only snapshots made on this host.
+    pub hostname: Option<String>,
+    /// Only snapshots carrying every one of these tags.
+    pub tags: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether it lets every snapshot through (then no manifest needs to be read).
+    pub fn is_empty(&self) -> bool {
+        self.database.is_none() && self.hostname.is_none() && self.tags.is_empty()
+    }
+
+    /// Whether a snapshot with this manifest passes.
+    pub fn matches(&self, manifest: &Manifest) -> bool {
+        self.database.as_ref().is_none_or(|database| *database == manifest.database)
+            && self.hostname.as_ref().is_none_or(|hostname| *hostname == manifest.hostname)
+            && self.tags.iter().all(|tag| manifest.tags.contains(tag))
+    }
+}
+
+impl std::fmt::Display for SnapshotFilter {
+    /// What it lets through, as it follows "snapshot … is": "of database crm, tagged nightly".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(database) = &self.database {
+            parts.push(format!("of database {database}"));
+        }
+        if let Some(hostname) = &self.hostname {
+            parts.push(format!("from host {hostname}"));
+        }
+        if !self.tags.is_empty() {
+            parts.push(format!("tagged {}", self.tags.join(" and ")));
+        }
+        if parts.is_empty() {
+            parts.push("any".into());
+        }
+        f.write_str(&parts.join(", "))
     }
 }
 
@@ -259,6 +307,8 @@ pub struct SealedSnapshot {
     manifest_ciphertext: Bytes,
     /// BLAKE3 of the whole stored object (what a generation's `carried` list names).
     pub object_hash: String,
+    /// Bytes of the whole stored object.
+    pub object_size: u64,
 }
 
 /// A manifest encrypted once for every target: its ciphertext names the snapshot everywhere.
@@ -324,6 +374,7 @@ impl SealedSnapshot {
             mac: lines.mac,
             manifest_ciphertext,
             object_hash: crypto::object_hash(bytes),
+            object_size: bytes.len() as u64,
         })
     }
 

@@ -48,6 +48,9 @@ pub struct RestoreOptions {
     pub database: Database,
     /// `latest` or an id prefix.
     pub snapshot: String,
+    /// Which snapshots `snapshot` chooses among (`latest` is of one database: see
+    /// [`RepoSet::resolve_snapshot`]).
+    pub filter: crate::repo::SnapshotFilter,
     /// Chunks decoded in parallel.
     pub jobs: usize,
     /// What to do with a non-empty target.
@@ -122,7 +125,10 @@ pub async fn run(
         }
         clean = true;
     }
-    progress.phase("loading", Unit::Bytes, Some(manifest.tables.iter().map(|t| t.data.bytes).sum()));
+    // Large objects load as a table of their own, through the same streams.
+    let loaded = manifest.tables.iter().chain(manifest.large_objects.iter());
+    progress.phase("loading", Unit::Bytes, Some(loaded.clone().map(|t| t.data.bytes).sum()));
+    progress.items(loaded.count() as u64);
     let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?

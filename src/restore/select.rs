@@ -22,7 +22,7 @@ pub(super) async fn choose_snapshot(
     // Said only if a snapshot is restored after all; otherwise the first error says it.
     let mut passed_over = Vec::new();
     let mut first_error = None;
-    for snapshot_id in targets.resolve_snapshot(&options.snapshot).await? {
+    for snapshot_id in targets.resolve_snapshot(&options.snapshot, &options.filter, keyring).await? {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
                 let mut note = |warning: String| {

@@ -34,7 +34,7 @@ pub(super) struct Streams<'a> {
     pub(super) spool: &'a ChunkSpool,
     pub(super) mac_key: &'a MacKey,
     pub(super) jobs: usize,
-    /// Told the bytes of every table chunk loaded.
+    /// Told the bytes of every table chunk loaded, and each table when it is loaded.
     pub(super) progress: &'a dyn Progress,
 }
 
@@ -87,6 +87,7 @@ impl Streams<'_> {
             });
         }
         tracing::debug!(table = %label, rows = loaded, "table restored");
+        self.progress.item_done(&label);
         Ok(loaded)
     }
 }

@@ -314,7 +314,11 @@ fn an_old_repository_still_restores_and_takes_new_snapshots(format: u32) {
     assert_eq!(files_under(&work.path("repo/dicts")).len(), 2, "the new rows trained a (compressed) dictionary");
     work.run(&["verify", "--repo", repo, "--identity", key, "--read-data"]).ok();
     let latest = TestDb::create(&format!("format{format}_latest"));
-    work.run(&["restore", "--repo", repo, "--identity", key, "--db", &latest.url(), "--parallel"]).ok();
+    // The fixture's snapshot is of another database's name: `latest` names the one meant.
+    let latest_url = latest.url();
+    let args = ["restore", "--repo", repo, "--identity", key, "--db", &latest_url, "--parallel"];
+    work.run(&args).fails_with(1, "`latest` is ambiguous");
+    work.run(&[&args[..], &["--database", &source.name]].concat()).ok();
     assert_same_database(&source, &latest);
 }
 

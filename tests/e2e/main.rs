@@ -11,6 +11,8 @@ mod backup_restore;
 mod bad_input;
 mod config;
 mod crash;
+mod listings;
+mod progress;
 mod rekey;
 mod s3;
 mod secrets;

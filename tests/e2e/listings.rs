@@ -1,0 +1,153 @@
+//! What the listings and reports say: `latest` is of one database, `--database`/`--host`/`--tag`
+//! choose snapshots, every figure means what its column says, `verify` groups what it finds.
+
+use std::path::Path;
+
+use crate::common::{Scenario, TestDb, Workspace, assert_same_database, files_under};
+
+fn backup_tagged(work: &Workspace, db: &TestDb, repo: &str, tags: &[&str]) -> serde_json::Value {
+    let url = db.url();
+    let mut args = vec!["backup", "--json", "--db", &url, "--repo", repo];
+    for tag in tags {
+        args.extend(["--tag", tag]);
+    }
+    work.run(&args).ok().json()
+}
+
+fn listed(work: &Workspace, repo: &str, filter: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["snapshots", "--json", "--repo", repo];
+    args.extend_from_slice(filter);
+    work.run(&args).ok().json()["snapshots"].as_array().unwrap().clone()
+}
+
+#[test]
+fn latest_is_of_one_database_and_filters_choose_the_snapshots() {
+    let ready = Scenario::new("two_crm").crm().init("repo");
+    let (work, repo, crm) = (&ready.work, &ready.repo, &ready.source);
+    let other = TestDb::create("two_other");
+    other.sql("CREATE TABLE public.notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'hello')");
+    let crm_id = backup_tagged(work, crm, repo, &["nightly"])["snapshot_id"].as_str().unwrap().to_string();
+    // The other database is backed up last: it is the newest snapshot of the repository.
+    let other_id = backup_tagged(work, &other, repo, &[])["snapshot_id"].as_str().unwrap().to_string();
+
+    // `latest` of two databases is refused, naming both and the flag that chooses.
+    let target = TestDb::create("two_target");
+    let refused = work.restore(repo, &target).fails_with(1, "`latest` is ambiguous");
+    for needle in [crm.name.as_str(), other.name.as_str(), "--database"] {
+        assert!(refused.stderr.contains(needle), "{needle}: {}", refused.stderr);
+    }
+    assert!(target.is_empty());
+
+    // With --database, the latest of that one.
+    let restored = work.restore_with(repo, &target, &["--json", "--database", &crm.name, "latest"]).ok().json();
+    assert_eq!(restored["snapshot_id"], crm_id.as_str());
+    assert_same_database(crm, &target);
+
+    // The listing, by database, by tag, by host.
+    let only_other = listed(work, repo, &["--database", &other.name]);
+    assert_eq!(only_other.len(), 1, "{only_other:?}");
+    assert_eq!(only_other[0]["id"], other_id.as_str());
+    assert_eq!(only_other[0]["contents"]["database"], other.name.as_str());
+    let nightly = listed(work, repo, &["--tag", "nightly"]);
+    assert_eq!(nightly.len(), 1, "{nightly:?}");
+    assert_eq!(nightly[0]["id"], crm_id.as_str());
+    assert_eq!(nightly[0]["contents"]["tags"], serde_json::json!(["nightly"]));
+    let host = nightly[0]["contents"]["hostname"].as_str().unwrap().to_string();
+    assert_eq!(listed(work, repo, &["--host", &host]).len(), 2);
+    assert!(listed(work, repo, &["--host", "elsewhere"]).is_empty());
+    assert!(listed(work, repo, &["--tag", "nightly", "--database", &other.name]).is_empty());
+
+    // A snapshot id that is not of the database named is refused, not restored.
+    let elsewhere = TestDb::create("two_elsewhere");
+    work.restore_with(repo, &elsewhere, &["--database", &crm.name, &other_id[..12]])
+        .fails_with(1, &format!("is not of database {}", crm.name));
+    assert!(elsewhere.is_empty());
+
+    // verify checks what the filter lets through.
+    let verify = work.run(&["verify", "--json", "--repo", repo, "--database", &other.name]).ok().json();
+    assert_eq!(verify["snapshots"], 1, "{verify}");
+
+    // Without a key the manifests cannot be read: a filter is refused, a plain listing is not.
+    let stranger = Workspace::new();
+    stranger.run(&["snapshots", "--repo", repo, "--database", &crm.name]).fails_with(1, "needs the writer key");
+    stranger.run(&["verify", "--repo", repo, "--tag", "nightly"]).fails_with(1, "needs the writer key");
+    let keyless = stranger.run(&["snapshots", "--json", "--repo", repo]).ok().json();
+    assert_eq!(keyless["snapshots"].as_array().unwrap().len(), 2, "{keyless}");
+    assert!(keyless["snapshots"][0]["size"].is_null(), "{keyless}");
+}
+
+#[test]
+fn backup_and_snapshots_agree_on_every_figure() {
+    let ready = Scenario::new("figures").crm().init("repo").backup();
+    let (work, repo) = (&ready.work, ready.repo.clone());
+    let first = ready.report.clone();
+    // Nothing changed: the second backup adds nothing but its snapshot object.
+    let second = work.backup(&ready.source, &repo);
+    let empty = TestDb::create("figures_empty");
+    let third = work.run(&["backup", "--json", "--db", &empty.url(), "--repo", &repo, "--allow-empty"]).ok().json();
+
+    let list = listed(work, &repo, &[]);
+    assert_eq!(list.len(), 3, "{list:?}");
+    for (report, snapshot) in [&first, &second, &third].into_iter().zip(&list) {
+        assert_eq!(snapshot["id"], report["snapshot_id"]);
+        assert_eq!(snapshot["bytes_added"], report["bytes_added"], "{report}\n{snapshot}");
+        assert_eq!(snapshot["bytes_added"], report["targets"][0]["bytes_added"], "{report}");
+        assert_eq!(snapshot["size"], report["bytes_read"], "{report}\n{snapshot}");
+    }
+    let added = |value: &serde_json::Value| value["bytes_added"].as_u64().unwrap();
+    let object_size = |id: &serde_json::Value| {
+        std::fs::metadata(Path::new(&repo).join("snapshots").join(id.as_str().unwrap())).unwrap().len()
+    };
+    assert_eq!(added(&second), object_size(&second["snapshot_id"]), "{second}");
+    assert!(added(&first) > added(&second), "{first}");
+    // A database without tables restores only its (small) schema.
+    let empty_size = list[2]["size"].as_u64().unwrap();
+    assert!(empty_size > 0 && empty_size < 4096, "{}", list[2]);
+    assert_eq!(list[2]["contents"]["tables"], serde_json::json!([]));
+
+    // verify counts every object it checked, snapshots included: every file of the repository.
+    let verify = work.run(&["verify", "--json", "--repo", &repo]).ok().json();
+    assert_eq!(verify["snapshots"], 3);
+    let files = files_under(Path::new(&repo));
+    assert_eq!(verify["objects"].as_u64().unwrap(), files.len() as u64, "{verify}\n{files:?}");
+    let bytes: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(verify["bytes"].as_u64().unwrap(), bytes, "{verify}");
+
+    // The text says it the same way, singular where it is one.
+    let text = work.run(&["snapshots", "--repo", &repo]).ok().stdout;
+    assert!(text.lines().next().unwrap().contains("SIZE") && text.contains("TAGS"), "{text}");
+    let verify = work.run(&["verify", "--repo", &repo, "--database", &empty.name]).ok().stdout;
+    assert!(verify.contains("checked 1 snapshot,") && verify.ends_with(": no problems\n"), "{verify}");
+}
+
+#[test]
+fn verify_reports_a_deleted_index_once_with_its_chunks_and_a_summary() {
+    let ready = Scenario::new("lost_index").crm().init("repo").backup();
+    let chunks = ready.report["chunks"].as_u64().unwrap();
+    assert!(chunks > 20, "{}", ready.report);
+    let indexes = files_under(&Path::new(&ready.repo).join("index"));
+    let victim = &indexes[0];
+    std::fs::remove_file(victim).unwrap();
+    let index_name = victim.file_name().unwrap().to_str().unwrap();
+
+    let verify = ready.work.run(&["verify", "--repo", &ready.repo]);
+    assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+    let problems: Vec<&str> = verify.stdout.lines().filter(|l| l.starts_with("problem:")).collect();
+    assert_eq!(problems.len(), indexes.len().min(1), "{}", verify.stdout);
+    let line = problems[0];
+    assert!(line.contains(index_name) && line.contains("missing"), "{line}");
+    assert!(line.contains("chunks unreadable") && line.contains("snapshot "), "{line}");
+    let summary = verify.stdout.lines().last().unwrap();
+    assert!(summary.starts_with("checked 1 snapshot,") && summary.ends_with(": 1 problem"), "{summary}");
+
+    // The same with an admin identity, which also reads the lists the index located.
+    let key = ready.work.admin_key();
+    for extra in [&[][..], &["--identity", key.as_str()][..]] {
+        let mut args = vec!["verify", "--json", "--repo", &ready.repo];
+        args.extend_from_slice(extra);
+        let report = ready.work.run(&args).json();
+        let problems = report["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "{report}");
+        assert!(problems[0]["chunks"].as_u64().unwrap() > 1, "{report}");
+    }
+}
