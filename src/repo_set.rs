@@ -136,6 +136,13 @@ impl RepoSet {
         }
     }
 
+    /// Says the failures of the copies that did not serve, once another copy did.
+    fn warn_all(&self, failures: Failures) {
+        for (location, error) in failures.0 {
+            self.warn(&location, &error);
+        }
+    }
+
     /// Refuses copies that are not one repository at one generation of its keys: a backup
     /// writes the same objects to every copy, under the same keys.
     pub fn require_one_generation(&self) -> Result<()> {
@@ -179,18 +186,20 @@ impl RepoSet {
         F: Fn(Repository) -> Fut,
         Fut: Future<Output = Result<K>>,
     {
-        let mut first_error = None;
+        let mut failures = Failures::default();
         for repository in &self.repositories {
             match unlock(repository.clone()).await {
-                Ok(keyring) => return Ok(keyring),
+                Ok(keyring) => {
+                    self.warn_all(failures);
+                    return Ok(keyring);
+                }
                 Err(error @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
-                    self.warn(repository.target.location(), &error);
-                    first_error.get_or_insert(error);
+                    failures.push(repository, error);
                 }
                 Err(error) => return Err(error),
             }
         }
-        Err(first_error.unwrap_or(Error::NoTarget))
+        Err(failures.into_error())
     }
 
     /// Unlocks with this host's writer key (kept under `config_dir`).
@@ -307,7 +316,7 @@ impl RepoSet {
             return Ok(found.into_iter().map(|(_, id)| id).collect());
         }
         let mut found: Vec<(DateTime<Utc>, SnapshotId)> = Vec::new();
-        let mut first_error = None;
+        let mut failures = Failures::default();
         for repository in &self.repositories {
             let resolved = match repository.resolve_snapshot(selector).await {
                 Ok(id) => repository.read_snapshot_header(&id).await.map(|header| (header.time, id)),
@@ -315,10 +324,7 @@ impl RepoSet {
             };
             match resolved {
                 Ok(entry) => found.push(entry),
-                Err(error) => {
-                    self.warn(repository.target.location(), &error);
-                    first_error.get_or_insert(error);
-                }
+                Err(error) => failures.push(repository, error),
             }
         }
         found.sort();
@@ -329,10 +335,12 @@ impl RepoSet {
                 found.len()
             )));
         }
-        match (found.pop(), first_error) {
-            (Some((_, id)), _) => Ok(vec![id]),
-            (None, Some(error)) => Err(error),
-            (None, None) => Err(Error::NoTarget),
+        match found.pop() {
+            Some((_, id)) => {
+                self.warn_all(failures);
+                Ok(vec![id])
+            }
+            None => Err(failures.into_error()),
         }
     }
 
@@ -348,7 +356,7 @@ impl RepoSet {
         let mut manifest = None;
         let mut mark = None;
         let mut sources = Vec::new();
-        let mut first_error = None;
+        let mut failures = Failures::default();
         for repository in &self.repositories {
             // Opening checks the config it was written under (SealedSnapshot::open).
             let opened = match repository.read_snapshot(snapshot_id).await {
@@ -367,8 +375,7 @@ impl RepoSet {
                     listed
                 }
                 Err(error) => {
-                    self.warn(repository.target.location(), &error);
-                    first_error.get_or_insert(error);
+                    failures.push(repository, error);
                     None
                 }
             };
@@ -376,17 +383,44 @@ impl RepoSet {
                 Some((indexes, packs)) => (Some(indexes.as_slice()), Some(packs.as_slice())),
                 None => (None, None),
             };
-            let (index, failures) = repository.load_index_lenient(keyring, indexes, packs, index_in_memory).await?;
-            for (key, error) in failures {
+            let (index, index_failures) =
+                repository.load_index_lenient(keyring, indexes, packs, index_in_memory).await?;
+            for (key, error) in index_failures {
+                // Chunks may still be found through another index or copy: the restore says
+                // what it could not find, if anything.
                 tracing::warn!("{}: {key}: {error}", repository.target.location());
-                first_error.get_or_insert(error);
             }
             sources.push(Source::new(repository.target.clone(), Arc::new(index)));
         }
-        match (manifest, first_error) {
-            (Some(manifest), _) => Ok((manifest, sources, mark.expect("set with the manifest"))),
-            (None, Some(error)) => Err(error),
-            (None, None) => Err(Error::SnapshotNotFound(format!("no target holds snapshot {snapshot_id}"))),
+        match manifest {
+            Some(manifest) => {
+                self.warn_all(failures);
+                Ok((manifest, sources, mark.expect("set with the manifest")))
+            }
+            None if failures.0.is_empty() => {
+                Err(Error::SnapshotNotFound(format!("no target holds snapshot {snapshot_id}")))
+            }
+            None => Err(failures.into_error()),
+        }
+    }
+}
+
+/// What failed on which copy, while other copies may still serve: warnings if one does, the
+/// error if none does, each said once.
+#[derive(Default)]
+struct Failures(Vec<(String, Error)>);
+
+impl Failures {
+    fn push(&mut self, repository: &Repository, error: Error) {
+        self.0.push((repository.target.location().to_string(), error));
+    }
+
+    /// Every copy failed: with one, its error as it is; with several, each copy's reason.
+    fn into_error(mut self) -> Error {
+        match self.0.len() {
+            0 => Error::NoTarget,
+            1 => self.0.pop().expect("one failure").1,
+            _ => Error::EveryTargetFailed(self.0.into_iter().map(|(l, e)| (l, e.to_string())).collect()),
         }
     }
 }

@@ -403,7 +403,7 @@ fn init_logging(verbose: u8) {
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogWriter)
         .with_target(false)
         .with_ansi(colour)
         .init();

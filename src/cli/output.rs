@@ -240,6 +240,37 @@ impl Items {
     }
 }
 
+/// The bar on the terminal now, if any: log lines are written above it, not through it.
+static DRAWN: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+/// Where log lines go: stderr, with the progress bar (if one is drawn) lifted out of the way
+/// while a line is written, so that a warning is never torn by the bar's redraws.
+#[derive(Clone, Copy)]
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let drawn = DRAWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match drawn {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
+}
+
 impl Bar {
     pub fn start(json: bool) -> Arc<Bar> {
         use std::io::IsTerminal;
@@ -249,12 +280,14 @@ impl Bar {
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(200));
+        *DRAWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bar.clone());
         Arc::new(Bar { bar: Some(bar), items })
     }
 
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+            DRAWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         }
     }
 
@@ -271,10 +304,10 @@ impl crmvault::progress::Progress for Bar {
         let Some(bar) = &self.bar else { return };
         let template = match (total, unit) {
             (Some(_), Unit::Bytes) => {
-                "{spinner} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)"
+                "{spinner} {msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)"
             }
-            (Some(_), Unit::Objects) => "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} objects ({eta} left)",
-            (Some(_), Unit::Snapshots) => "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} snapshots ({eta} left)",
+            (Some(_), Unit::Objects) => "{spinner} {msg} [{wide_bar}] {human_pos}/{human_len} objects ({eta} left)",
+            (Some(_), Unit::Snapshots) => "{spinner} {msg} [{wide_bar}] {human_pos}/{human_len} snapshots ({eta} left)",
             (None, Unit::Bytes) => "{spinner} {msg} {binary_bytes} ({binary_bytes_per_sec}) {elapsed}",
             (None, Unit::Objects) => "{spinner} {msg} {human_pos} objects {elapsed}",
             (None, Unit::Snapshots) => "{spinner} {msg} {human_pos} snapshots {elapsed}",

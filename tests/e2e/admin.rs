@@ -182,3 +182,52 @@ fn restic_users_find_their_flags() {
     assert_eq!(report["ok"], true, "{report}");
     work.run(&["snapshots", "-r", &repo]).ok();
 }
+
+#[test]
+fn a_failure_on_every_copy_is_said_once_and_one_copy_serving_is_a_warning() {
+    let work = Workspace::new();
+    let recipient = work.keygen("admin.key");
+    let (repo, copy) = (work.path("repo"), work.path("copy"));
+    let (repo, copy) = (repo.to_str().unwrap(), copy.to_str().unwrap());
+    work.run(&["init", "--repo", repo, "--repo", copy, "--recipient", &recipient]).ok();
+    let source = TestDb::create("once_source");
+    source.load_file(&fixture("examples/crm.sql"));
+    work.run(&["backup", "--db", &source.url(), "--repo", repo, "--repo", copy]).ok();
+    let damage = |folder: &str| {
+        for path in files_under(&std::path::Path::new(folder).join("snapshots")) {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[200] ^= 0x55;
+            std::fs::write(&path, bytes).unwrap();
+        }
+    };
+    let target = TestDb::create("once_target");
+    let key = work.path("admin.key");
+    let restore = |repos: &[&str]| {
+        let mut args = vec!["restore", "--identity", key.to_str().unwrap(), "--db"];
+        let url = target.url();
+        args.push(&url);
+        for repo in repos {
+            args.extend(["--repo", repo]);
+        }
+        work.run(&args)
+    };
+
+    // One copy damaged: the other serves, and the damage is a warning.
+    damage(repo);
+    let run = restore(&[repo, copy]).ok();
+    assert_eq!(run.stderr.matches("is corrupt or was tampered with").count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("WARN"), "{}", run.stderr);
+    assert_same_database(&source, &target);
+
+    // Both damaged: one error line that names each copy once, no warning repeating it.
+    damage(copy);
+    let emptied = TestDb::create("once_empty");
+    let mut args = vec!["restore", "--identity", key.to_str().unwrap(), "--db"];
+    let url = emptied.url();
+    args.extend([url.as_str(), "--repo", repo, "--repo", copy]);
+    let run = work.run(&args).fails_with(1, "every target failed");
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    assert_eq!(run.stderr.matches(repo).count(), 1, "{}", run.stderr);
+    assert_eq!(run.stderr.matches(copy).count(), 1, "{}", run.stderr);
+    assert!(emptied.is_empty());
+}
