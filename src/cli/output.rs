@@ -195,7 +195,12 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
             affected.push(format!("{} {}", noun(ids.len() as u64, "snapshot"), ids.join(", ")));
         }
         let affected = if affected.is_empty() { String::new() } else { format!(" ({})", affected.join("; ")) };
-        println!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
+        // Most errors name their object already ("snapshots/… is corrupt …"): say it once.
+        if problem.problem.starts_with(&problem.object) {
+            println!("problem: {}: {}{affected}", problem.target, problem.problem);
+        } else {
+            println!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
+        }
     }
     let chunks = if report.chunks > 0 {
         format!(", {} decrypted and re-hashed", count(report.chunks as u64, "chunk"))
