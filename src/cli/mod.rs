@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some targets failed) or problems found (verify).
 
 mod connection;
+mod generate;
 mod output;
 mod storage;
 mod trust;
@@ -26,7 +27,7 @@ use storage::Storage;
 
 /// Encrypted, deduplicated, verifiable backups of PostgreSQL CRM databases.
 #[derive(Debug, Parser)]
-#[command(name = "crmvault", version, about, propagate_version = true)]
+#[command(name = "crmvault", version, long_version = generate::long_version(), about, propagate_version = true)]
 struct Cli {
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
@@ -215,6 +216,18 @@ enum Command {
         /// Only these snapshots (ids or `latest`); all by default.
         snapshots: Vec<String>,
     },
+    /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write one man page per command into DIR (packaging/build-deb.sh runs it).
+    #[command(hide = true)]
+    GenerateMan {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -312,11 +325,16 @@ fn config_dir() -> Result<PathBuf> {
     Ok(Path::new(&home).join(".config/crmvault"))
 }
 
-/// Parses a database URL, taking the password from PGPASSWORD when the URL has none, and
-/// TLS defaults from the environment (cli/connection.rs).
+/// Parses a database URL, taking the password from PGPASSWORD (else the systemd credential
+/// `db-password`) when the URL has none, and TLS defaults from the environment
+/// (cli/connection.rs).
 fn database(url: &str) -> Result<Database> {
     let mut database = Database::parse_with(url, &connection::defaults()?)?;
-    if let Ok(password) = std::env::var("PGPASSWORD") {
+    let password = match std::env::var("PGPASSWORD") {
+        Ok(password) => Some(password),
+        Err(_) => connection::password_from_credentials()?,
+    };
+    if let Some(password) = password {
         database.set_password_if_missing(&password);
     }
     Ok(database)
@@ -558,6 +576,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (from, to) = (from.first(), to.first());
             let report = copy::run(from, to, &snapshots).await?;
             output::copy(json, &report, from.target.location(), to.target.location());
+        }
+        Command::Completions { shell } => generate::completions(shell)?,
+        Command::GenerateMan { dir } => {
+            for page in generate::man_pages(&dir)? {
+                println!("{}", page.display());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
