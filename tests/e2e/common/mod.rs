@@ -199,7 +199,11 @@ impl Workspace {
 
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_crmvault"));
-        command.env("CRMVAULT_CONFIG_DIR", self.config_dir()).env_remove("CRMVAULT_LOG").env_remove("PGPASSWORD");
+        command
+            .env("CRMVAULT_CONFIG_DIR", self.config_dir())
+            .env_remove("CRMVAULT_LOG")
+            .env_remove("PGPASSWORD")
+            .env_remove("CREDENTIALS_DIRECTORY");
         // The TLS defaults a test expects are crmvault's, not the developer's.
         for name in ["PGSSLMODE", "PGSSLROOTCERT", "CRMVAULT_DB_REMOTE_HOSTS"] {
             command.env_remove(name);
