@@ -9,6 +9,7 @@ mod common;
 mod backup_restore;
 mod bad_input;
 mod crash;
+mod packaging;
 mod rekey;
 mod s3;
 mod secrets;
