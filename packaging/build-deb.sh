@@ -36,4 +36,6 @@ gzip -9n "$generated"/man/*.1
 "$binary" completions zsh >"$generated/completions/_crmvault"
 "$binary" completions fish >"$generated/completions/crmvault.fish"
 
+# cargo-deb 3 warns that --profile dev may become an error in a later version: it is meant for
+# releases. CI uses it to test the package from the test build; a release is PROFILE=release.
 cargo deb --no-build --locked --profile "$profile" "$@" | tail -n 1
