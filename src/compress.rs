@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use zstd::zstd_safe::{CCtx, CDict, DCtx, DDict};
 
 /// Largest dictionary trained: a 16th of the 8 MiB of samples a table holds back. On the
-/// scale-3 tables in 512 KiB frames (`examples/frame_sizes.rs`), stored dictionaries
+/// scale-3 tables in 512 KiB frames (`bench/frame_sizes.rs`), stored dictionaries
 /// included: 256 KiB (a 32nd) 861.97 MB, 512 KiB 853.16 MB (-1.0%, same speed alone), 1 MiB
 /// (an 8th) 853.42 MB and 15% slower. In real full backups at scale 1 (three alternating
 /// rounds): 384 KiB no smaller than 256, 512 KiB 0.65% smaller for ~3% more wall time (both
@@ -130,7 +130,7 @@ impl CompressionDictionary {
 /// on a 112 KiB one; level 15, on the 512 KiB dictionaries of the scale-1 tables, 1.02 MB for
 /// 7 in 0.57 s, on the path of each table's encoder; level 9 1.04 MB (+21 KB a full backup,
 /// 0.008%) in 0.17 s, and the backup's training and storing 0.65-0.78 → 0.50-0.63 s
-/// (`examples/frame_sizes.rs`). Level 12 is 1.03 MB in 0.24 s.
+/// (`bench/frame_sizes.rs`). Level 12 is 1.03 MB in 0.24 s.
 const STORED_DICTIONARY_LEVEL: i32 = 9;
 /// A zstd frame starts with these bytes ...
 const FRAME_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
@@ -254,7 +254,7 @@ unsafe impl Send for FrameDictionary {}
 /// `dictionary_size`; for the fast strategies (levels 1-4), a long-match table of at least
 /// 2^18 entries and a short-match table of at most 2^15.
 ///
-/// Measured on the scale-1 CRM tables in 512 KiB frames (`examples/frame_sizes.rs`, packed
+/// Measured on the scale-1 CRM tables in 512 KiB frames (`bench/frame_sizes.rs`, packed
 /// text, alternating runs), against zstd's own level 3 (2^17 long and 2^16 short entries,
 /// 5-byte matches): 2^18 long entries are 0.5% smaller (278.80 against 280.15 MB). Halving the short table to 2^15 (128 KiB a table and
 /// compressor thread, also what each frame copies out of the tables when it starts) made

@@ -3,10 +3,11 @@
 //! `sslrootcert`, as libpq does), and `CRMVAULT_DB_REMOTE_HOSTS`, a comma-separated list of
 //! hosts on this machine to treat as remote (a loopback port or socket that forwards to
 //! another machine), so that they too get `sslmode=require` by default. Also where a database
-//! password is found besides the URL and `PGPASSWORD`: systemd credentials and libpq's
-//! password file.
+//! password is found besides the URL and `PGPASSWORD`: secrets systemd hands a service
+//! (`LoadCredential=`) in `$CREDENTIALS_DIRECTORY` (files, never the environment, which other
+//! processes of the same user can read in /proc) and libpq's password file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use crmvault::postgres::tls::{RemoteHosts, TlsMode};
@@ -14,6 +15,40 @@ use crmvault::postgres::{ConnectionDefaults, Database};
 
 /// The environment variable naming hosts on this machine that lead elsewhere.
 const REMOTE_HOSTS_VARIABLE: &str = "CRMVAULT_DB_REMOTE_HOSTS";
+
+/// Where systemd puts the credentials of a service (`LoadCredential=`, `SetCredential=`).
+const CREDENTIALS_VARIABLE: &str = "CREDENTIALS_DIRECTORY";
+
+/// The database password from the systemd credential `db-password`, for when PGPASSWORD is
+/// unset; `None` outside systemd, without that credential, or when it is empty (the units'
+/// `SetCredential=` default, for a role that logs in without a password).
+pub fn password_from_credentials() -> Result<Option<String>> {
+    credential("db-password")
+}
+
+/// The systemd credential `name`, if this process was given it (see
+/// [`password_from_credentials`]).
+pub fn credential(name: &str) -> Result<Option<String>> {
+    match std::env::var_os(CREDENTIALS_VARIABLE).filter(|dir| !dir.is_empty()) {
+        Some(dir) => read_credential(Path::new(&dir), name),
+        None => Ok(None),
+    }
+}
+
+/// Reads credential `name` from `dir`: its text without the final line break; `None` when the
+/// file is missing or empty. The error names the file, never its content.
+fn read_credential(dir: &Path, name: &str) -> Result<Option<String>> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let value = text.strip_suffix('\n').unwrap_or(&text);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            Ok((!value.is_empty()).then(|| value.to_string()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("reading the credential {}", path.display())),
+    }
+}
 
 /// Reads the defaults from the environment; an empty variable counts as unset.
 pub fn defaults() -> Result<ConnectionDefaults> {
@@ -24,17 +59,6 @@ pub fn defaults() -> Result<ConnectionDefaults> {
         root_cert: variable("PGSSLROOTCERT").map(PathBuf::from),
         remote_hosts: variable(REMOTE_HOSTS_VARIABLE).map(|list| RemoteHosts::from_list(&list)).unwrap_or_default(),
     })
-}
-
-/// The database password systemd hands the service (`LoadCredential=db-password:…`), when it
-/// runs under systemd with such a credential.
-pub fn password_from_credentials() -> Result<Option<String>> {
-    let Some(directory) = std::env::var_os("CREDENTIALS_DIRECTORY") else { return Ok(None) };
-    let path = std::path::Path::new(&directory).join("db-password");
-    if !path.exists() {
-        return Ok(None);
-    }
-    super::profile::read_secret_file(&path).map(Some)
 }
 
 /// The password libpq's password file gives for `database`: `PGPASSFILE`, else `~/.pgpass`.
@@ -56,4 +80,33 @@ pub fn password_from_pgpass(database: &Database) -> Option<String> {
     }
     let contents = std::fs::read_to_string(&path).ok()?;
     database.password_from_pgpass(&contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_is_the_file_without_its_final_line_break() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("db-password"), "s3cret with spaces \n").expect("write");
+        assert_eq!(read_credential(dir.path(), "db-password").unwrap().as_deref(), Some("s3cret with spaces "));
+    }
+
+    #[test]
+    fn a_missing_or_empty_credential_is_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(read_credential(dir.path(), "db-password").unwrap(), None);
+        std::fs::write(dir.path().join("db-password"), "").expect("write");
+        assert_eq!(read_credential(dir.path(), "db-password").unwrap(), None);
+    }
+
+    #[test]
+    fn an_unreadable_credential_is_an_error_naming_the_file_not_the_content() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("db-password"), b"\xff s3cret").expect("write");
+        let error = format!("{:#}", read_credential(dir.path(), "db-password").unwrap_err());
+        assert!(error.contains("db-password"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
 }

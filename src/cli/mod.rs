@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some targets failed) or problems found (verify).
 
 mod connection;
+mod generate;
 mod output;
 mod profile;
 mod storage;
@@ -25,7 +26,7 @@ use crmvault::target::OpenMode;
 
 /// Encrypted, deduplicated, verifiable backups of PostgreSQL CRM databases.
 #[derive(Debug, Parser)]
-#[command(name = "crmvault", version, about, propagate_version = true)]
+#[command(name = "crmvault", version, long_version = generate::long_version(), about, propagate_version = true)]
 struct Cli {
     /// Print one JSON document on stdout instead of text.
     #[arg(long, global = true)]
@@ -247,6 +248,18 @@ enum Command {
     Config {
         #[command(subcommand)]
         action: profile::ConfigAction,
+    },
+    /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write one man page per command into DIR (packaging/build-deb.sh runs it).
+    #[command(hide = true)]
+    GenerateMan {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
     },
 }
 
@@ -691,6 +704,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             output::copy(json, &report, from.target.location(), to.target.location());
         }
         Command::Config { action } => return profile::run(&action, &settings, json),
+        Command::Completions { shell } => generate::completions(shell)?,
+        Command::GenerateMan { dir } => {
+            for page in generate::man_pages(&dir)? {
+                println!("{}", page.display());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

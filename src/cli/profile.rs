@@ -336,20 +336,20 @@ impl Settings {
         if let Ok(password) = std::env::var("PGPASSWORD") {
             database.set_password_if_missing(&password);
         }
-        if !database.has_password() {
-            if let Some(path) = &self.profile()?.password_file {
-                database.set_password_if_missing(&read_secret_file(path)?);
-            }
+        if !database.has_password()
+            && let Some(path) = &self.profile()?.password_file
+        {
+            database.set_password_if_missing(&read_secret_file(path)?);
         }
-        if !database.has_password() {
-            if let Some(password) = super::connection::password_from_credentials()? {
-                database.set_password_if_missing(&password);
-            }
+        if !database.has_password()
+            && let Some(password) = super::connection::password_from_credentials()?
+        {
+            database.set_password_if_missing(&password);
         }
-        if !database.has_password() {
-            if let Some(password) = super::connection::password_from_pgpass(&database) {
-                database.set_password_if_missing(&password);
-            }
+        if !database.has_password()
+            && let Some(password) = super::connection::password_from_pgpass(&database)
+        {
+            database.set_password_if_missing(&password);
         }
         Ok(database)
     }

@@ -1,5 +1,7 @@
 //! Resolving where a repository is and how to reach it: URL options, then the config file's
-//! section for that repository, then the `AWS_*` environment, in that order of precedence.
+//! section for that repository, then the `AWS_*` environment (or, without `AWS_ACCESS_KEY_ID`,
+//! the systemd credentials `s3-access-key-id` and `s3-secret-access-key`), in that order of
+//! precedence.
 //!
 //! ```toml
 //! # crmvault.toml, or the old $CRMVAULT_CONFIG_DIR/config.toml (0600 when it holds a secret)
@@ -19,6 +21,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use crmvault::repo_set::RepoSet;
 use crmvault::target::{Location, OpenMode, S3Settings, Target};
+
+use super::connection::credential;
 
 /// One `[repository."…"]` section.
 #[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
@@ -109,11 +113,16 @@ impl Storage {
         options: &BTreeMap<String, String>,
     ) -> Result<S3Settings> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // The key pair from the environment, else from systemd credentials (never mixed).
+        let (access_key_id, secret_access_key) = match env("AWS_ACCESS_KEY_ID") {
+            Some(id) => (Some(id), env("AWS_SECRET_ACCESS_KEY")),
+            None => (credential("s3-access-key-id")?, credential("s3-secret-access-key")?),
+        };
         let mut settings = S3Settings {
             endpoint: env("AWS_ENDPOINT_URL").or_else(|| env("AWS_ENDPOINT")),
             region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
-            access_key_id: env("AWS_ACCESS_KEY_ID"),
-            secret_access_key: env("AWS_SECRET_ACCESS_KEY").map(Into::into),
+            access_key_id,
+            secret_access_key: secret_access_key.map(Into::into),
             session_token: env("AWS_SESSION_TOKEN").map(Into::into),
             allow_http: self.allow_http,
             ..S3Settings::default()

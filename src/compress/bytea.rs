@@ -4,7 +4,7 @@
 //! that text to about the bytes' own size at best (4 bits a digit) and spends its time on
 //! twice their length: on the scale-1 CRM workload, whose attachments are a quarter of the
 //! COPY text, packing the runs back into bytes made a full backup's frames 1.6% smaller and
-//! their compression 10-20% faster (`examples/frame_sizes.rs`, BENCHMARKS.md).
+//! their compression 10-20% faster (`bench/frame_sizes.rs`, BENCHMARKS.md).
 //!
 //! The packed form is the text with two changes, and nothing else:
 //! - `FF 00` stands for a literal `FF` byte (which UTF-8 text never holds);

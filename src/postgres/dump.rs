@@ -35,10 +35,11 @@ pub fn find_pg_dump(explicit: Option<&Path>, server_major: i32) -> Result<PathBu
     }
     let mut best: Option<(i32, PathBuf)> = None;
     for candidate in candidates {
-        if let Ok(major) = pg_dump_major(&candidate) {
-            if major >= server_major && best.as_ref().is_none_or(|(m, _)| major < *m) {
-                best = Some((major, candidate));
-            }
+        if let Ok(major) = pg_dump_major(&candidate)
+            && major >= server_major
+            && best.as_ref().is_none_or(|(m, _)| major < *m)
+        {
+            best = Some((major, candidate));
         }
     }
     best.map(|(_, path)| path).ok_or_else(|| Error::NoPgDump { version: server_major })

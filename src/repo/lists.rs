@@ -38,7 +38,7 @@ impl ListCutter {
         }
         self.piece.extend_from_slice(&id.0);
         let held = self.piece.len() / CHUNK_ID_BYTES;
-        ((held >= LIST_MIN && id.0[CHUNK_ID_BYTES - 1] % LIST_CUT == 0) || held >= LIST_MAX)
+        ((held >= LIST_MIN && id.0[CHUNK_ID_BYTES - 1].is_multiple_of(LIST_CUT)) || held >= LIST_MAX)
             .then(|| std::mem::take(&mut self.piece))
     }
 
@@ -90,7 +90,7 @@ pub fn build_upper_lists(
 /// The ids a list chunk of a format-`version` snapshot holds.
 pub fn parse_list(object: &str, bytes: &[u8], version: u32) -> Result<Vec<ChunkId>> {
     let width = stored_id_bytes(version);
-    if bytes.len() % width != 0 || bytes.is_empty() {
+    if !bytes.len().is_multiple_of(width) || bytes.is_empty() {
         return Err(Error::corrupt(object, "is not a list of chunk ids"));
     }
     Ok(bytes.chunks_exact(width).filter_map(ChunkId::from_stored).collect())

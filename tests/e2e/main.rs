@@ -12,6 +12,7 @@ mod bad_input;
 mod config;
 mod crash;
 mod listings;
+mod packaging;
 mod progress;
 mod rekey;
 mod s3;

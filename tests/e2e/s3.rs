@@ -306,3 +306,26 @@ fn backups_work_on_a_bucket_with_object_lock_whose_objects_cannot_be_deleted() {
         .ok();
     assert_same_database(&source, &restored);
 }
+
+#[test]
+fn s3_keys_come_from_systemd_credentials_when_the_environment_has_none() {
+    let server = S3Server::start();
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let repo = server.repo("credentials");
+    let credentials = work.path("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("s3-access-key-id"), format!("{}\n", crate::common::s3::ACCESS_KEY)).unwrap();
+    std::fs::write(credentials.join("s3-secret-access-key"), format!("{}\n", crate::common::s3::SECRET_KEY)).unwrap();
+    let run = |args: &[&str], with_credentials: bool| {
+        let mut command = work.command();
+        command.args(args).env("AWS_REGION", "us-east-1");
+        if with_credentials {
+            command.env("CREDENTIALS_DIRECTORY", &credentials);
+        }
+        Run::from(&command.output().expect("crmvault runs"))
+    };
+    assert_ne!(run(&["init", "--repo", &repo, "--recipient", &recipient], false).code, 0, "init without keys");
+    run(&["init", "--repo", &repo, "--recipient", &recipient], true).ok();
+    run(&["verify", "--repo", &repo], true).ok();
+}

@@ -206,6 +206,7 @@ impl Workspace {
     pub fn command_for(&self, program: &str) -> Command {
         let mut command = Command::new(program);
         command.env("CRMVAULT_CONFIG_DIR", self.config_dir()).env_remove("CRMVAULT_LOG").env_remove("PGPASSWORD");
+        command.env_remove("CREDENTIALS_DIRECTORY");
         // The TLS defaults a test expects are crmvault's, not the developer's.
         for name in ["PGSSLMODE", "PGSSLROOTCERT", "CRMVAULT_DB_REMOTE_HOSTS"] {
             command.env_remove(name);

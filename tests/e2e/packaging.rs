@@ -1,0 +1,209 @@
+//! What packages and units rely on: `--version` naming the repository formats, completions and
+//! man pages generated from the command line's definitions, the secrets systemd hands a unit as
+//! credentials, and packaging/backup-role.sql.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+use crmvault::repo::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
+
+#[test]
+fn version_names_the_repository_formats_it_writes_and_reads() {
+    let work = Workspace::new();
+    let formats =
+        format!("repository format: writes {FORMAT_VERSION}, reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}");
+    for args in [&["--version"][..], &["backup", "--version"][..]] {
+        let run = work.run(args).ok();
+        // `crmvault 0.1.0`; clap names a subcommand's as `crmvault-backup 0.1.0`.
+        let first_line = run.stdout.lines().next().unwrap_or_default();
+        assert!(first_line.starts_with("crmvault"), "{}", run.stdout);
+        assert!(first_line.ends_with(&format!(" {}", env!("CARGO_PKG_VERSION"))), "{}", run.stdout);
+        assert!(run.stdout.contains(&formats), "{args:?}: {}", run.stdout);
+    }
+}
+
+#[test]
+fn completions_are_printed_for_every_shell_from_the_command_line_definitions() {
+    let work = Workspace::new();
+    let bash = work.run(&["completions", "bash"]).ok();
+    for word in ["backup", "restore", "--repo", "--exclude-table"] {
+        assert!(bash.stdout.contains(word), "{word} missing from the bash completions");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let run = work.run(&["completions", shell]).ok();
+        assert!(run.stdout.contains("--repo"), "{shell}: {}", run.stdout);
+    }
+    work.run(&["completions", "tcsh"]).fails_with(2, "invalid value 'tcsh'");
+}
+
+#[test]
+fn man_pages_are_written_one_per_command() {
+    let work = Workspace::new();
+    let dir = work.path("man");
+    work.run(&["generate-man", dir.to_str().unwrap()]).ok();
+    let main = std::fs::read_to_string(dir.join("crmvault.1")).expect("crmvault.1 written");
+    assert!(main.contains(".TH crmvault 1"), "{main}");
+    let backup = std::fs::read_to_string(dir.join("crmvault-backup.1")).expect("crmvault-backup.1 written");
+    assert!(backup.contains("\\-\\-repo") && backup.contains("\\-\\-exclude\\-table"), "{backup}");
+    assert!(!dir.join("crmvault-generate-man.1").exists(), "a hidden command got a man page");
+}
+
+/// A PostgreSQL server that asks for a password in clear text, keeps what it is sent and then
+/// refuses the login: what a client sends as its password, whatever the real server trusts.
+struct PasswordCatcher {
+    port: u16,
+    caught: std::thread::JoinHandle<Option<String>>,
+}
+
+impl PasswordCatcher {
+    fn start() -> PasswordCatcher {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let caught = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+            let startup = read_message(&mut stream, false)?;
+            if startup.get(..4) == Some(&[0x04, 0xd2, 0x16, 0x2f]) {
+                stream.write_all(b"N").ok()?; // an SSLRequest: no TLS here
+                read_message(&mut stream, false)?;
+            }
+            stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).ok()?; // AuthenticationCleartextPassword
+            let password = read_message(&mut stream, true)?;
+            let mut error = b"SFATAL\0C28P01\0Mpassword authentication failed (test)\0\0".to_vec();
+            let length = u32::try_from(error.len() + 4).unwrap().to_be_bytes();
+            error.splice(0..0, [b'E', length[0], length[1], length[2], length[3]]);
+            let _ = stream.write_all(&error);
+            Some(String::from_utf8_lossy(password.strip_suffix(b"\0")?).into_owned())
+        });
+        PasswordCatcher { port, caught }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://crmvault_backup@127.0.0.1:{}/crm?sslmode=disable", self.port)
+    }
+
+    /// The password sent, if a client connected.
+    fn caught(self) -> Option<String> {
+        // Wakes the server up if nobody connected; refused if it is done.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.caught.join().expect("the catcher does not panic")
+    }
+}
+
+/// One message: a type byte (when `typed`), a length, the body.
+fn read_message(stream: &mut TcpStream, typed: bool) -> Option<Vec<u8>> {
+    if typed {
+        let mut tag = [0u8; 1];
+        stream.read_exact(&mut tag).ok()?;
+    }
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).ok()?;
+    let mut body = vec![0u8; usize::try_from(u32::from_be_bytes(length)).ok()?.checked_sub(4)?];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_unset() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let credentials = work.path("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(credentials.join("db-password"), "s3cret from a credential\n").unwrap();
+
+    let catcher = PasswordCatcher::start();
+    let run = Run::from(
+        &work
+            .command()
+            .args(["backup", "--db", &catcher.url(), "--repo", &repo])
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .output()
+            .expect("crmvault runs"),
+    );
+    assert_eq!(catcher.caught().as_deref(), Some("s3cret from a credential"));
+    let run = run.fails_with(1, "password authentication failed");
+    assert!(!run.stderr.contains("s3cret"), "{}", run.stderr);
+
+    // PGPASSWORD, when set, comes first.
+    let catcher = PasswordCatcher::start();
+    work.command()
+        .args(["backup", "--db", &catcher.url(), "--repo", &repo])
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env("PGPASSWORD", "from the environment")
+        .output()
+        .expect("crmvault runs");
+    assert_eq!(catcher.caught().as_deref(), Some("from the environment"));
+
+    // The units' default for a missing credential file: an empty line, meaning no password.
+    std::fs::write(credentials.join("db-password"), "\n").unwrap();
+    let catcher = PasswordCatcher::start();
+    let run = Run::from(
+        &work
+            .command()
+            .args(["backup", "--db", &catcher.url(), "--repo", &repo])
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .output()
+            .expect("crmvault runs"),
+    );
+    assert_eq!(catcher.caught(), None, "a password was sent");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+}
+
+/// Runs packaging/backup-role.sql as the test server's superuser with psql variables.
+fn create_backup_role(variables: &[&str]) {
+    let mut command = Command::new("psql");
+    command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &format!("{}/postgres", server_url())]);
+    for variable in variables {
+        command.args(["-v", variable]);
+    }
+    let output = command.arg("-f").arg(fixture("packaging/backup-role.sql")).output().expect("psql runs");
+    assert!(output.status.success(), "backup-role.sql: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Drops the role at the end of the test, whatever happened.
+struct DropRole(String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-X", "-q", "-d", &format!("{}/postgres", server_url()), "-c"])
+            .arg(format!("DROP ROLE IF EXISTS {}", self.0))
+            .output();
+    }
+}
+
+#[test]
+fn backup_role_sql_makes_a_role_that_reads_everything_and_has_no_password_unless_given_one() {
+    for (label, with_password) in [("nopw", false), ("pw", true)] {
+        let role = format!("cvt_role_{label}_{}", std::process::id());
+        let _drop = DropRole(role.clone());
+        psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+        let role_variable = format!("role={role}");
+        let mut variables = vec![role_variable.as_str()];
+        if with_password {
+            variables.push("password=it's long enough");
+        }
+        create_backup_role(&variables);
+        let facts = psql(
+            "postgres",
+            &format!(
+                "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolpassword IS NOT NULL, \
+                 pg_has_role('{role}', 'pg_read_all_data', 'member'), pg_has_role('{role}', 'pg_write_all_data', 'member') \
+                 FROM pg_authid WHERE rolname = '{role}'"
+            ),
+        );
+        let expected = if with_password { "t|f|f|f|t|t|f" } else { "t|f|f|f|f|t|f" };
+        assert_eq!(facts.trim(), expected, "{label}");
+    }
+}
+
+#[test]
+fn the_example_config_the_package_ships_is_valid() {
+    let work = Workspace::new();
+    let example = fixture("packaging/crmvault.toml.example");
+    let run = work.run(&["config", "check", "--config", example.to_str().unwrap()]).ok();
+    assert!(run.stdout.contains("valid (profiles: nightly)"), "{}", run.stdout);
+}
