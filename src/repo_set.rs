@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::fetch::Source;
-use crate::repo::{AdminKeyring, Keyring, Manifest, Repository, SnapshotFilter, SnapshotId};
+use crate::repo::{AdminKeyring, FilterTally, Keyring, Manifest, Repository, SnapshotFilter, SnapshotId};
 use crate::target::Target;
 use crate::trust::SnapshotMark;
 
@@ -251,36 +251,42 @@ impl RepoSet {
             return Ok(candidates);
         }
         let mut chosen = Vec::new();
-        let mut matched = false;
+        let mut tally = FilterTally::default();
         // The databases whose snapshots pass every other part of the filter.
         let mut databases = BTreeSet::new();
-        let mut present = BTreeSet::new();
         let others = SnapshotFilter { database: None, ..filter.clone() };
+        // The hosts that made snapshots passing every other part of it, newest first.
+        let mut hosts: Vec<String> = Vec::new();
+        let any_host = SnapshotFilter { hostname: None, ..filter.clone() };
         for id in candidates {
             let Some(manifest) = self.open_manifest(&id, keyring).await else {
                 // Passed over, with why, when it is tried.
                 chosen.push(id);
                 continue;
             };
-            present.insert(manifest.database.clone());
             if others.matches(&manifest) {
                 databases.insert(manifest.database.clone());
             }
-            if filter.matches(&manifest) {
-                matched = true;
+            if any_host.matches(&manifest) && !hosts.contains(&manifest.hostname) {
+                hosts.push(manifest.hostname.clone());
+            }
+            if tally.see(filter, &manifest) {
                 chosen.push(id);
             }
         }
         if filter.database.is_none() && databases.len() > 1 {
             return Err(Error::AmbiguousLatest { databases: databases.into_iter().collect() });
         }
-        if !matched && !present.is_empty() {
-            let present: Vec<String> = present.into_iter().collect();
-            return Err(Error::SnapshotNotFound(format!(
-                "no snapshot is {filter} (the snapshots are of database{} {})",
-                if present.len() == 1 { "" } else { "s" },
-                present.join(", ")
-            )));
+        tally.check(filter)?;
+        // Several backup hosts for one database is a move to a new host more often than two
+        // servers' databases of one name: the newest is taken, and the others are named.
+        if filter.hostname.is_none() && hosts.len() > 1 {
+            tracing::warn!(
+                "`latest` is the newest snapshot, made on host {}; this database also has snapshots made on {} (name \
+                 the host to choose)",
+                hosts[0],
+                hosts[1..].join(", ")
+            );
         }
         Ok(chosen)
     }

@@ -113,6 +113,10 @@ enum Command {
         /// restore, verify); repeatable.
         #[arg(long = "tag", value_name = "TAG", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         tags: Vec<String>,
+        /// The host name recorded in the snapshot (default: this machine's), as restic's
+        /// `backup --host`: keeps one name when the backup moves to another machine.
+        #[arg(long = "host", value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        host: Option<String>,
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
         #[arg(long, env = "CRMVAULT_PG_DUMP", hide_env_values = true)]
         pg_dump: Option<PathBuf>,
@@ -499,6 +503,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             exclude_tables,
             allow_empty,
             tags,
+            host,
             pg_dump,
             index_chunks,
             index_in_memory,
@@ -518,7 +523,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 exclude: settings.exclude_tables(exclude_tables)?,
                 allow_empty: settings.switch(allow_empty, |p| p.allow_empty)?,
                 pg_dump: settings.pg_dump(pg_dump)?,
-                hostname: hostname(),
+                hostname: host.unwrap_or_else(hostname),
                 tags,
                 index_chunks,
                 index_in_memory,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::repo::{self, Keyring, Manifest, Repository, SnapshotFilter};
+use crate::repo::{self, FilterTally, Keyring, Manifest, Repository, SnapshotFilter};
 
 /// One line of the listing.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,6 +74,7 @@ pub async fn list(
     let location = repository.target.location().to_string();
     let object_sizes: HashMap<String, u64> = repository.target.list("snapshots").await?.into_iter().collect();
     let mut summaries = Vec::new();
+    let mut tally = FilterTally::default();
     for id in repository.snapshot_ids().await? {
         let object_size = object_sizes.get(&repo::snapshot_key(&id)).copied().unwrap_or(0);
         let read = match keyring {
@@ -90,7 +91,7 @@ pub async fn list(
                     Some(Ok(manifest)) => (Some(manifest), None),
                     Some(Err(error)) => (None, Some(error.to_string())),
                 };
-                if manifest.as_ref().is_some_and(|manifest| !filter.matches(manifest)) {
+                if manifest.as_ref().is_some_and(|manifest| !tally.see(filter, manifest)) {
                     continue;
                 }
                 SnapshotSummary {
@@ -117,6 +118,7 @@ pub async fn list(
         };
         summaries.push(summary);
     }
+    tally.check(filter)?;
     summaries.sort_by_key(|s| s.time);
     Ok(summaries)
 }

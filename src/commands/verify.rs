@@ -19,7 +19,9 @@ use crate::crypto::{ChunkId, MacKey};
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
 use crate::progress::{Progress, Unit};
-use crate::repo::{self, ChunkIndex, Keyring, Manifest, ObjectRef, Repository, SnapshotFilter, StreamManifest};
+use crate::repo::{
+    self, ChunkIndex, FilterTally, Keyring, Manifest, ObjectRef, Repository, SnapshotFilter, StreamManifest,
+};
 use crate::trust::SnapshotMark;
 
 /// How deep to look.
@@ -201,6 +203,7 @@ pub async fn run(
     // Which objects each snapshot needs.
     let mut referenced: BTreeMap<(String, ObjectRef), Vec<String>> = BTreeMap::new();
     let mut sealed_snapshots = Vec::new();
+    let mut tally = FilterTally::default();
     for entry in repository.snapshots().await? {
         let sealed = match entry {
             Ok(sealed) => sealed,
@@ -211,7 +214,7 @@ pub async fn run(
             }
         };
         if let Some(keyring) = keyring.filter(|_| !filter.is_empty())
-            && sealed.open(keyring).is_ok_and(|manifest| !filter.matches(&manifest))
+            && sealed.open(keyring).is_ok_and(|manifest| !tally.see(filter, &manifest))
         {
             continue;
         }
@@ -241,6 +244,7 @@ pub async fn run(
         }
         sealed_snapshots.push(sealed);
     }
+    tally.check(filter)?;
 
     // The chain: every predecessor a snapshot names, and the newest one known, must be here.
     let present: BTreeSet<&repo::SnapshotId> = sealed_snapshots.iter().map(|s| &s.id).collect();

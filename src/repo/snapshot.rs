@@ -223,6 +223,38 @@ impl SnapshotFilter {
     }
 }
 
+/// What a filter met, to tell "nothing matched" from "nothing there": a filter that lets no
+/// snapshot through is an error naming what is there (a typo in `--database` must not verify
+/// nothing every night and report success).
+#[derive(Debug, Default)]
+pub struct FilterTally {
+    matched: bool,
+    databases: std::collections::BTreeSet<String>,
+}
+
+impl FilterTally {
+    /// Counts one snapshot whose manifest opened; returns whether `filter` lets it through.
+    pub fn see(&mut self, filter: &SnapshotFilter, manifest: &Manifest) -> bool {
+        self.databases.insert(manifest.database.clone());
+        let passes = filter.matches(manifest);
+        self.matched |= passes;
+        passes
+    }
+
+    /// Refuses a filter that let nothing through while there were snapshots to look at.
+    pub fn check(&self, filter: &SnapshotFilter) -> crate::error::Result<()> {
+        if filter.is_empty() || self.matched || self.databases.is_empty() {
+            return Ok(());
+        }
+        let present: Vec<&str> = self.databases.iter().map(String::as_str).collect();
+        Err(crate::error::Error::SnapshotNotFound(format!(
+            "no snapshot is {filter} (the snapshots are of database{} {})",
+            if present.len() == 1 { "" } else { "s" },
+            present.join(", ")
+        )))
+    }
+}
+
 impl std::fmt::Display for SnapshotFilter {
     /// What it lets through, as it follows "snapshot … is": "of database crm, tagged nightly".
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

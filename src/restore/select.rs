@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::fetch::Source;
-use crate::repo::{Keyring, Manifest};
+use crate::repo::{Keyring, Manifest, SnapshotFilter};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
@@ -30,9 +30,17 @@ pub(super) async fn choose_snapshot(
                     warnings.push(warning);
                 };
                 passed_over.drain(..).for_each(&mut note);
-                if let Some(known) =
-                    options.newest_known.as_ref().filter(|known| latest && known.sequence > mark.sequence)
-                {
+                // With a filter, an older snapshot is what was asked for: only a newest known
+                // snapshot that no target holds any more is a rollback.
+                let known = options.newest_known.as_ref().filter(|known| latest && known.sequence > mark.sequence);
+                let known = match known {
+                    Some(known) if !options.filter.is_empty() => {
+                        let any = SnapshotFilter::default();
+                        targets.resolve_snapshot(&known.id.to_string(), &any, keyring).await.is_err().then_some(known)
+                    }
+                    known => known,
+                };
+                if let Some(known) = known {
                     note(format!(
                         "the newest snapshot found, {} (number {}, {}), is older than the newest this machine knows of, {} \
                          (number {}, {}): it was deleted from storage; restoring the one found",

@@ -38,8 +38,11 @@ fn latest_is_of_one_database_and_filters_choose_the_snapshots() {
     }
     assert!(target.is_empty());
 
-    // With --database, the latest of that one.
-    let restored = work.restore_with(repo, &target, &["--json", "--database", &crm.name, "latest"]).ok().json();
+    // With --database, the latest of that one; that it is older than the other database's
+    // newest snapshot is no rollback (nothing was deleted).
+    let run = work.restore_with(repo, &target, &["--json", "--database", &crm.name, "latest"]).ok();
+    assert!(!run.stderr.contains("deleted from storage"), "a false alarm: {}", run.stderr);
+    let restored = run.json();
     assert_eq!(restored["snapshot_id"], crm_id.as_str());
     assert_same_database(crm, &target);
 
@@ -54,8 +57,19 @@ fn latest_is_of_one_database_and_filters_choose_the_snapshots() {
     assert_eq!(nightly[0]["contents"]["tags"], serde_json::json!(["nightly"]));
     let host = nightly[0]["contents"]["hostname"].as_str().unwrap().to_string();
     assert_eq!(listed(work, repo, &["--host", &host]).len(), 2);
-    assert!(listed(work, repo, &["--host", "elsewhere"]).is_empty());
-    assert!(listed(work, repo, &["--tag", "nightly", "--database", &other.name]).is_empty());
+    // A filter that matches nothing is a mistake (a typo), said with what there is.
+    let present =
+        format!("(the snapshots are of databases {}, {})", (&crm.name).min(&other.name), (&crm.name).max(&other.name));
+    for filter in
+        [&["--host", "elsewhere"][..], &["--tag", "nightly", "--database", &other.name], &["--database", "nosuch"]]
+    {
+        let mut args = vec!["snapshots", "--repo", repo];
+        args.extend_from_slice(filter);
+        work.run(&args).fails_with(1, "no snapshot is").fails_with(1, &present);
+        let mut args = vec!["verify", "--repo", repo];
+        args.extend_from_slice(filter);
+        work.run(&args).fails_with(1, "no snapshot is").fails_with(1, &present);
+    }
 
     // A snapshot id that is not of the database named is refused, not restored.
     let elsewhere = TestDb::create("two_elsewhere");
@@ -74,6 +88,34 @@ fn latest_is_of_one_database_and_filters_choose_the_snapshots() {
     let keyless = stranger.run(&["snapshots", "--json", "--repo", repo]).ok().json();
     assert_eq!(keyless["snapshots"].as_array().unwrap().len(), 2, "{keyless}");
     assert!(keyless["snapshots"][0]["size"].is_null(), "{keyless}");
+}
+
+#[test]
+fn latest_names_the_other_hosts_of_a_database_and_host_chooses() {
+    let ready = Scenario::new("hosts").crm().init("repo");
+    let (work, repo, crm) = (&ready.work, &ready.repo, &ready.source);
+    let url = crm.url();
+    let backup_as = |host: &str| {
+        work.run(&["backup", "--json", "--db", &url, "--repo", repo, "--host", host]).ok().json()["snapshot_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let old_host = backup_as("old-backup-host");
+    let new_host = backup_as("new-backup-host");
+    let target = TestDb::create("hosts_target");
+    // The newest, with the other host named (a backup moved to a new machine, most often).
+    let run = work.restore_with(repo, &target, &["--json", "latest"]).ok();
+    assert_eq!(run.json()["snapshot_id"], new_host.as_str());
+    assert!(
+        run.stderr.contains("made on host new-backup-host") && run.stderr.contains("old-backup-host"),
+        "{}",
+        run.stderr
+    );
+    let target = TestDb::create("hosts_chosen");
+    let run = work.restore_with(repo, &target, &["--json", "--host", "old-backup-host", "latest"]).ok();
+    assert_eq!(run.json()["snapshot_id"], old_host.as_str());
+    assert!(!run.stderr.contains("deleted from storage"), "{}", run.stderr);
 }
 
 #[test]
