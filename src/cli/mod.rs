@@ -2,6 +2,14 @@
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some targets failed) or problems found (verify).
 
+/// `println!` that a closed stdout (`crmvault snapshots | head`) does not turn into a panic:
+/// what is left to print is dropped and the command ends as it would have.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::output::say(format_args!($($arg)*))
+    };
+}
+
 mod connection;
 mod generate;
 mod output;
@@ -712,7 +720,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Completions { shell } => generate::completions(shell)?,
         Command::GenerateMan { dir } => {
             for page in generate::man_pages(&dir)? {
-                println!("{}", page.display());
+                say!("{}", page.display());
             }
         }
     }

@@ -11,6 +11,41 @@ use crmvault::progress::Unit;
 use crmvault::rekey;
 use crmvault::restore;
 
+/// Set once stdout is closed by its reader: nothing more is written there.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes one line on stdout (the `say!` macro). A reader that went away (`| head`) ends the
+/// output, not the command: a backup still finishes and releases what it holds.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(line).and_then(|()| stdout.write_all(b"\n")).and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => STDOUT_CLOSED.store(true, Ordering::Relaxed),
+        Err(error) => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            eprintln!("crmvault: warning: cannot write to stdout: {error}");
+        }
+    }
+}
+
+/// A JSON document as it is printed: indented for a person at a terminal, on one line
+/// otherwise, so that a log that `--json >> crmvault.json` appends to every night holds one
+/// document per line (JSON Lines).
+pub fn json_text(value: &serde_json::Value) -> String {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        serde_json::to_string_pretty(value).expect("reports serialise")
+    } else {
+        serde_json::to_string(value).expect("reports serialise")
+    }
+}
+
 /// Prints a successful command's report as one JSON document, with `"ok": true`.
 fn print_json<T: serde::Serialize>(value: &T) {
     print_json_ok(value, true);
@@ -23,7 +58,7 @@ fn print_json_ok<T: serde::Serialize>(value: &T, ok: bool) {
     if let Some(object) = value.as_object_mut() {
         object.insert("ok".into(), ok.into());
     }
-    println!("{}", serde_json::to_string_pretty(&value).expect("reports serialise"));
+    say!("{}", json_text(&value));
 }
 
 /// The one JSON document of a command that failed (exit code 1 or 2): a cron job that appends
@@ -50,7 +85,7 @@ pub fn keygen(json: bool, recipient: &str, path: &Path) {
     if json {
         print_json(&serde_json::json!({ "recipient": recipient, "identity_file": path }));
     } else {
-        println!("{recipient}");
+        say!("{recipient}");
         eprintln!(
             "identity written to {} (0600); keep it offline. Its public recipient, {recipient}, is what \
              `crmvault init --recipient` takes",
@@ -65,17 +100,14 @@ pub fn init(json: bool, report: &init::InitReport) {
         return;
     }
     for location in &report.locations {
-        println!("initialised repository {} at {location}", report.repository_id);
+        say!("initialised repository {} at {location}", report.repository_id);
     }
-    println!(
+    say!(
         "fingerprint: {} (keep it beside each admin identity: restoring on another machine needs it)",
         report.fingerprint
     );
     if let Some(writer_key) = &report.writer_key {
-        println!(
-            "writer key: {} (stays on this backup host; it can write backups, never read them)",
-            writer_key.display()
-        );
+        say!("writer key: {} (stays on this backup host; it can write backups, never read them)", writer_key.display());
     }
 }
 
@@ -86,7 +118,7 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
         print_json_ok(&value, report.failed_targets() == 0);
         return;
     }
-    println!("{}", report.snapshot_id);
+    say!("{}", report.snapshot_id);
     eprintln!(
         "snapshot {} saved: {}, {}, read {}, {} of {} new, {:.1}s",
         report.snapshot_id.short(),
@@ -111,13 +143,20 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
         return;
     }
     if list.is_empty() {
-        println!("no snapshots");
+        say!("no snapshots");
         return;
     }
     // SIZE: what the snapshot restores (needs a key); ADDED: what its backup stored.
-    println!(
+    say!(
         "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {:<16}  TAGS",
-        "ID", "TIME (UTC)", "SIZE", "ADDED", "TABLES", "ROWS", "DATABASE", "HOST"
+        "ID",
+        "TIME (UTC)",
+        "SIZE",
+        "ADDED",
+        "TABLES",
+        "ROWS",
+        "DATABASE",
+        "HOST"
     );
     for snapshot in list {
         let time = snapshot.time.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
@@ -131,7 +170,7 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
-        println!(
+        say!(
             "{:<12}  {:<20}  {:>10}  {:>10}  {:>6}  {:>10}  {:<16}  {:<16}  {}",
             snapshot.id.short(),
             time,
@@ -144,12 +183,12 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
             tags
         );
         if let Some(error) = &snapshot.error {
-            println!("  unreadable: {error}");
+            say!("  unreadable: {error}");
         }
         let missing: Vec<&str> =
             locations.iter().filter(|l| !snapshot.targets.contains(l)).map(String::as_str).collect();
         if !missing.is_empty() {
-            println!("  not on: {}", missing.join(", "));
+            say!("  not on: {}", missing.join(", "));
         }
     }
 }
@@ -169,7 +208,7 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
             eprintln!("  fell back: {fallback}");
         }
     }
-    println!(
+    say!(
         "restored snapshot {} into {database}: {}, {}, {} of data, every chunk and table digest checked, {:.1}s",
         report.snapshot_id.short(),
         count(report.tables as u64, "table"),
@@ -197,9 +236,9 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
         let affected = if affected.is_empty() { String::new() } else { format!(" ({})", affected.join("; ")) };
         // Most errors name their object already ("snapshots/… is corrupt …"): say it once.
         if problem.problem.starts_with(&problem.object) {
-            println!("problem: {}: {}{affected}", problem.target, problem.problem);
+            say!("problem: {}: {}{affected}", problem.target, problem.problem);
         } else {
-            println!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
+            say!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
         }
     }
     let chunks = if report.chunks > 0 {
@@ -212,7 +251,7 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
     } else {
         count(report.problems.len() as u64, "problem")
     };
-    println!(
+    say!(
         "checked {}, {} ({}){chunks}: {verdict}",
         count(report.snapshots as u64, "snapshot"),
         count(report.objects as u64, "object"),
@@ -348,7 +387,7 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
         print_json(report);
         return;
     }
-    println!(
+    say!(
         "copied {} from {from} to {to} ({}, {}); {} already there",
         count(report.snapshots_copied.len() as u64, "snapshot"),
         count(report.objects_copied as u64, "object"),
@@ -356,7 +395,7 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
         if report.snapshots_present == 1 { "1 was".to_string() } else { format!("{} were", report.snapshots_present) }
     );
     for (id, why) in &report.snapshots_skipped {
-        println!("left out snapshot {id}: {why}");
+        say!("left out snapshot {id}: {why}");
     }
 }
 
@@ -368,7 +407,7 @@ pub fn fingerprint(json: bool, repository: &crmvault::repo::Repository, location
             "generation": repository.config.generation, "generation_fingerprint": generation,
         }));
     } else {
-        println!("{}", repository.fingerprint());
+        say!("{}", repository.fingerprint());
         if repository.config.generation > 0 {
             eprintln!(
                 "(rekeyed: generation {}, whose fingerprint {generation} is also accepted)",
@@ -384,25 +423,26 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
         return;
     }
     for location in &report.caught_up {
-        println!("brought {location} to the newest generation (an earlier rekey was interrupted)");
+        say!("brought {location} to the newest generation (an earlier rekey was interrupted)");
     }
     if !report.changed {
-        println!(
+        say!(
             "nothing to change: repository {} is at generation {} on every target",
-            report.repository_id, report.generation
+            report.repository_id,
+            report.generation
         );
         return;
     }
     for recipient in &report.added {
-        println!(
+        say!(
             "added admin {recipient}: it reads what is written from now on (the next backup stores every chunk \
              again, so that it can read that snapshot whole)"
         );
     }
     for recipient in &report.removed {
-        println!("removed admin {recipient}: it reads nothing written from now on");
+        say!("removed admin {recipient}: it reads nothing written from now on");
     }
-    println!(
+    say!(
         "repository {} is at generation {} on {} target{}: {} snapshot{} carried, {} index{} rewritten",
         report.repository_id,
         report.generation,
@@ -414,7 +454,7 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
         if report.indexes_rewritten == 1 { "" } else { "es" }
     );
     for done in &report.reencrypted {
-        println!(
+        say!(
             "re-encrypted {}: {} snapshot{}, {} pack{}, {} dictionar{}, {} index{} written again; {} object{} deleted",
             done.location,
             done.snapshots,
@@ -429,20 +469,20 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
             plural(done.deleted)
         );
         for (key, why) in &done.not_deleted {
-            println!("  not deleted (still readable by whoever could read it): {key}: {why}");
+            say!("  not deleted (still readable by whoever could read it): {key}: {why}");
         }
         for (id, why) in &done.left {
-            println!("  left as it was (still readable by whoever could read it): snapshot {id}: {why}");
+            say!("  left as it was (still readable by whoever could read it): snapshot {id}: {why}");
         }
         for (id, why) in &done.ignored {
-            println!("  ignored, proves nothing (junk or forged; remove it): snapshot {id}: {why}");
+            say!("  ignored, proves nothing (junk or forged; remove it): snapshot {id}: {why}");
         }
     }
     for (id, why) in &report.snapshots_dropped {
-        println!("not carried (it did not prove itself): {id}: {why}");
+        say!("not carried (it did not prove itself): {id}: {why}");
     }
     if let Some(path) = &report.writer_key {
-        println!(
+        say!(
             "new writer key: {} (move it to the backup host as $CRMVAULT_CONFIG_DIR/repos/{}/writer.key and run its \
              first backup with --fingerprint {}; the old writer key can no longer write)",
             path.display(),
@@ -450,10 +490,11 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
             report.generation_fingerprint
         );
     }
-    println!(
+    say!(
         "fingerprint: {} (unchanged); this generation's: {} (give this one to fresh machines: it trusts no key \
          retired before it)",
-        report.fingerprint, report.generation_fingerprint
+        report.fingerprint,
+        report.generation_fingerprint
     );
 }
 

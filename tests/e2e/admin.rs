@@ -231,3 +231,22 @@ fn a_failure_on_every_copy_is_said_once_and_one_copy_serving_is_a_warning() {
     assert_eq!(run.stderr.matches(copy).count(), 1, "{}", run.stderr);
     assert!(emptied.is_empty());
 }
+
+#[test]
+fn a_closed_stdout_ends_the_output_not_the_command() {
+    let Ready { work, repo, .. } = Scenario::new("pipe").crm().init("repo").backup();
+    for args in
+        [&["snapshots", "--repo", &repo][..], &["snapshots", "--json", "--repo", &repo], &["verify", "--repo", &repo]]
+    {
+        // A pipe whose reader is gone before the first write (`crmvault snapshots | head -0`).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = work.command().args(args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // Off a terminal, a JSON document is one line: `--json >> log` keeps one per line.
+    let run = work.run(&["snapshots", "--json", "--repo", &repo]).ok();
+    assert_eq!(run.stdout.trim_end().lines().count(), 1, "{}", run.stdout);
+}
