@@ -358,10 +358,7 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
     use crmvault::Error;
     Some(match error.chain().find_map(|cause| cause.downcast_ref::<Error>())? {
         Error::TargetNotEmpty { .. } => "--clean replaces its contents in one transaction",
-        Error::NotEmptyForParallel { .. } => {
-            "--parallel restores only into an empty database; without --parallel, --clean replaces its contents in \
-             one transaction"
-        }
+        Error::NotEmptyForParallel { .. } => "restore without --parallel, with --clean, to replace its contents",
         Error::RestoreLeftIncomplete { .. } => "restore --clean replaces it",
         Error::AdminOnly { .. } => "give an admin's --identity FILE",
         Error::NoRecipient => "init needs at least one --recipient (or --recipients-file)",

@@ -244,9 +244,19 @@ async fn describe_contents(client: &Client) -> Result<Option<String>> {
             "an interrupted parallel restore left it incomplete: schema {INCOMPLETE_RESTORE_SCHEMA}"
         )));
     }
-    Ok(Some(format!(
-        "{relations} relations, {functions} functions, {types} types, {schemas} schemas, {large_objects} large objects"
-    )))
+    // What is there, and only that: "3 relations, 1 schema".
+    let counted: Vec<String> = [
+        (relations, "relation", "relations"),
+        (functions, "function", "functions"),
+        (types, "type", "types"),
+        (schemas, "schema", "schemas"),
+        (large_objects, "large object", "large objects"),
+    ]
+    .into_iter()
+    .filter(|(count, _, _)| *count > 0)
+    .map(|(count, one, many)| format!("{count} {}", if count == 1 { one } else { many }))
+    .collect();
+    Ok(Some(counted.join(", ")))
 }
 
 /// The schema a parallel restore creates in its first transaction and drops in its last: while it

@@ -86,8 +86,13 @@ impl Database {
     /// machine and `require` otherwise. `sslrootcert` names the CA file for `verify-ca`/`verify-full`.
     pub fn parse_with(text: &str, defaults: &ConnectionDefaults) -> Result<Database> {
         let redacted = redact(text);
+        // Nothing of it shown (it failed at its first word): the detail says where.
+        let named = if redacted.starts_with("(rest not shown") { "the database".to_string() } else { redacted.clone() };
         let invalid = |detail: &dyn std::fmt::Display| {
-            Error::Invalid(format!("{redacted} is not a valid PostgreSQL connection string: {detail}"))
+            Error::Invalid(format!(
+                "{named} is not a valid PostgreSQL connection string: {detail} (give postgres://user@host:port/database, \
+                 or key=value pairs such as host=db dbname=crm)"
+            ))
         };
         let options = conninfo::take_tls_options(text).map_err(|e| invalid(&e))?;
         // tokio-postgres' causes name the option, never its value.

@@ -250,3 +250,14 @@ fn a_closed_stdout_ends_the_output_not_the_command() {
     let run = work.run(&["snapshots", "--json", "--repo", &repo]).ok();
     assert_eq!(run.stdout.trim_end().lines().count(), 1, "{}", run.stdout);
 }
+
+#[test]
+fn a_connection_string_that_is_not_one_is_said_plainly() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let run = work.run(&["backup", "--db", "notaurl", "--repo", &repo]);
+    let run = run.fails_with(1, "crmvault: error: the database is not a valid PostgreSQL connection string");
+    assert!(run.stderr.contains("give postgres://user@host:port/database"), "{}", run.stderr);
+    assert!(!run.stderr.contains("rest not shown"), "{}", run.stderr);
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+}

@@ -73,11 +73,18 @@ fn restore_refuses_a_non_empty_database_unless_clean() {
     let Ready { source, work, repo, .. } = Scenario::new("clean_src").crm().init("repo").backup();
     let target = TestDb::create("clean_dst");
     target.sql("CREATE TABLE public.precious (id int); INSERT INTO precious VALUES (1)");
-    work.restore(&repo, &target).fails_with(1, "is not empty");
+    let run = work.restore(&repo, &target).fails_with(1, "is not empty (1 relation)");
+    assert!(
+        !run.stderr.contains(" 0 ") && !run.stderr.contains("1 relations"),
+        "what is there, counted right: {}",
+        run.stderr
+    );
     assert_eq!(target.sql("SELECT count(*) FROM precious").trim(), "1");
     // A parallel restore cannot put old contents back if it is killed, so it will not replace them.
-    work.restore_with(&repo, &target, &["--parallel", "--clean"])
-        .fails_with(1, "--parallel restores only into an empty database");
+    let run = work
+        .restore_with(&repo, &target, &["--parallel", "--clean"])
+        .fails_with(1, "restore without --parallel, with --clean, to replace its contents");
+    assert_eq!(run.stderr.matches("empty database").count(), 1, "said once: {}", run.stderr);
     assert_eq!(target.sql("SELECT count(*) FROM precious").trim(), "1");
     work.restore_with(&repo, &target, &["--clean"]).ok();
     assert_same_database(&source, &target);
