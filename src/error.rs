@@ -312,18 +312,22 @@ fn storage_message(error: &object_store::Error) -> String {
         ("Generic LocalFileSystem error: Unable to open file ", "cannot open "),
         ("Generic LocalFileSystem error: Unable to access metadata for ", "cannot read "),
         ("Generic LocalFileSystem error: ", ""),
+        ("Generic S3 error: ", ""),
     ] {
         if let Some(rest) = text.strip_prefix(prefix) {
             text = format!("{instead}{rest}");
             break;
         }
     }
+    if text.contains("error sending request") {
+        text.push_str(": the storage service did not answer (its address, or the network)");
+    }
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::PermissionDenied
         {
-            text.push_str("; the user running crmvault needs read and write access to the repository's folder");
+            text.push_str("; the user running crmvault needs access to the repository's folder (read, and write to back up)");
             break;
         }
         source = cause.source();

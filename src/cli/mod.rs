@@ -322,8 +322,17 @@ pub fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(error) => {
             if json && error.use_stderr() {
-                let message = error.kind().as_str().unwrap_or("usage error").to_string();
-                output::failure(None, &message, Some("see --help"), 2, started.elapsed());
+                // clap's first line ("error: unexpected argument '--bogus' found"), and the
+                // command it was meant for, as far as the arguments name one.
+                let rendered = error.render().to_string();
+                let message = rendered.lines().next().unwrap_or("usage error").trim_start_matches("error: ");
+                let command = Cli::command();
+                let names: Vec<&str> = command
+                    .get_subcommands()
+                    .flat_map(|sub| std::iter::once(sub.get_name()).chain(sub.get_all_aliases()))
+                    .collect();
+                let named = std::env::args().skip(1).find(|arg| names.contains(&arg.as_str()));
+                output::failure(named.as_deref(), message, Some("see --help"), 2, started.elapsed());
             }
             error.exit();
         }
@@ -358,6 +367,9 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
     use crmvault::Error;
     Some(match error.chain().find_map(|cause| cause.downcast_ref::<Error>())? {
         Error::TargetNotEmpty { .. } => "--clean replaces its contents in one transaction",
+        Error::Storage { source, .. } if source.to_string().contains("error sending request") => {
+            "check the S3 endpoint (the repository's `endpoint`, AWS_ENDPOINT_URL) and that it answers from here"
+        }
         Error::NotEmptyForParallel { .. } => "restore without --parallel, with --clean, to replace its contents",
         Error::RestoreLeftIncomplete { .. } => "restore --clean replaces it",
         Error::AdminOnly { .. } => "give an admin's --identity FILE",

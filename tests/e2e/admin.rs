@@ -75,6 +75,8 @@ fn json_records_a_failed_night_too() {
     let report = run.json();
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(report["exit_code"], 2, "{report}");
+    assert_eq!(report["command"], "backup", "{report}");
+    assert!(report["error"].as_str().unwrap().contains("--no-such-flag"), "{report}");
 
     // Success says so.
     let source = TestDb::create("json_ok");
@@ -168,7 +170,7 @@ fn an_unreadable_repository_folder_is_said_in_plain_words() {
         .unwrap();
     let run = Run::from(&output);
     let run = run.fails_with(1, "Permission denied");
-    assert!(run.stderr.contains("needs read and write access to the repository's folder"), "{}", run.stderr);
+    assert!(run.stderr.contains("needs access to the repository's folder"), "{}", run.stderr);
     assert!(!run.stderr.contains("Generic LocalFileSystem"), "{}", run.stderr);
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
 }
@@ -260,4 +262,21 @@ fn a_connection_string_that_is_not_one_is_said_plainly() {
     assert!(run.stderr.contains("give postgres://user@host:port/database"), "{}", run.stderr);
     assert!(!run.stderr.contains("rest not shown"), "{}", run.stderr);
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+}
+
+#[test]
+fn an_s3_endpoint_that_does_not_answer_is_said_with_what_to_check() {
+    let work = Workspace::new();
+    // Port 9 (discard) answers nothing here; no retries, so the test does not wait.
+    let repo = "s3://bucket/x?endpoint=http://127.0.0.1:9&retries=0&region=us-east-1";
+    let run = work
+        .command()
+        .args(["snapshots", "--repo", repo])
+        .env("AWS_ACCESS_KEY_ID", "key")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .output()
+        .unwrap();
+    let run = Run::from(&run).fails_with(1, "the storage service did not answer");
+    assert!(run.stderr.contains("check the S3 endpoint"), "{}", run.stderr);
+    assert!(!run.stderr.contains("Generic S3 error") && !run.stderr.contains("secret"), "{}", run.stderr);
 }
