@@ -327,7 +327,9 @@ fn storage_message(error: &object_store::Error) -> String {
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::PermissionDenied
         {
-            text.push_str("; the user running crmvault needs access to the repository's folder (read, and write to back up)");
+            text.push_str(
+                "; the user running crmvault needs access to the repository's folder (read, and write to back up)",
+            );
             break;
         }
         source = cause.source();

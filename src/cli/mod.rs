@@ -37,25 +37,42 @@ use crmvault::target::OpenMode;
 #[command(name = "crmvault", version, long_version = generate::long_version(), about, propagate_version = true)]
 struct Cli {
     /// Print one JSON document on stdout instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// More log output on stderr (-v info, -vv debug). CRMVAULT_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     verbose: u8,
+    /// No progress bars (as restic's --quiet); results, warnings and errors are still said.
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    quiet: bool,
     /// Allow plain http:// to S3 endpoints that are not on this machine.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     allow_http: bool,
     /// The repository fingerprint the admins keep (`init` prints it): admin commands refuse a
     /// repository that does not match it, and remember it on this machine.
-    #[arg(long, global = true, env = "CRMVAULT_FINGERPRINT", hide_env_values = true, value_name = "FP", value_parser = parse_fingerprint)]
+    #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_FINGERPRINT", hide_env_values = true, value_name = "FP", value_parser = parse_fingerprint)]
     fingerprint: Option<crmvault::trust::Fingerprint>,
     /// Config file [default: $CRMVAULT_CONFIG_DIR/crmvault.toml if it exists, else
     /// /etc/crmvault/crmvault.toml].
-    #[arg(long, global = true, env = "CRMVAULT_CONFIG", hide_env_values = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CRMVAULT_CONFIG",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
     /// Take the settings no flag or environment variable gives from [profile.NAME] of the
     /// config file.
-    #[arg(long, global = true, env = "CRMVAULT_PROFILE", hide_env_values = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CRMVAULT_PROFILE",
+        hide_env_values = true,
+        value_name = "NAME"
+    )]
     profile: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -141,7 +158,7 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
         /// Admin identity file.
-        #[arg(long, short)]
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
         identity: Option<PathBuf>,
         #[command(flatten)]
         filter: FilterArgs,
@@ -153,7 +170,7 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
         /// Admin identity file (or `identity` in --profile).
-        #[arg(long, short)]
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
         identity: Option<PathBuf>,
         /// Target database URL (or `restore_db` in --profile).
         #[arg(long, env = "CRMVAULT_RESTORE_DB", hide_env_values = true)]
@@ -198,7 +215,7 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
         /// Admin identity file (needed for --read-data).
-        #[arg(long, short)]
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
         identity: Option<PathBuf>,
         /// Decrypt, decompress and re-hash every chunk (needs --identity).
         #[arg(long)]
@@ -222,7 +239,7 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
         /// Admin identity file (of an admin who stays; or `identity` in --profile).
-        #[arg(long, short)]
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
         identity: Option<PathBuf>,
         /// An admin's public key (age1…) to add; repeatable.
         #[arg(long = "add-recipient", value_name = "AGE1…")]
@@ -470,6 +487,7 @@ fn hostname() -> String {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
+    let quiet = cli.quiet;
     let settings = profile::Settings::load(cli.config.as_deref(), cli.profile.as_deref(), &config_dir()?);
     let fingerprint = settings.fingerprint(cli.fingerprint);
     let storage = settings.storage(cli.allow_http);
@@ -546,7 +564,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 index_in_memory,
                 newest_known: trusted.newest(),
             };
-            let progress = output::Bar::start(json);
+            let progress = output::Bar::start(json || quiet);
             let result = backup::run(&targets, &keyring, &options, progress.clone()).await;
             progress.finish();
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
@@ -612,7 +630,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 maintenance_work_mem,
                 newest_known: trusted.newest(),
             };
-            let progress = output::Bar::start(json);
+            let progress = output::Bar::start(json || quiet);
             let result = restore::run(&targets, &keyring, &options, progress.clone()).await;
             progress.finish();
             let report = result.map_err(|error| {
@@ -657,7 +675,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
                 let mut trusted =
                     trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
-                let progress = output::Bar::start(json);
+                let progress = output::Bar::start(json || quiet);
                 let result =
                     verify_one(repository, identity.as_deref(), depth, &filter, trusted.newest(), progress.as_ref())
                         .await;
@@ -699,7 +717,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config_dir = config_dir()?;
             let mut trusted =
                 trust::check_for_rekey(targets.repositories_mut(), fingerprint.as_ref(), &config_dir).await?;
-            let progress = output::Bar::start(json);
+            let progress = output::Bar::start(json || quiet);
             let result =
                 rekey::run(&mut targets, &settings.require_identity(identity)?, &options, progress.as_ref()).await;
             progress.finish();

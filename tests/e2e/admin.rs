@@ -280,3 +280,17 @@ fn an_s3_endpoint_that_does_not_answer_is_said_with_what_to_check() {
     assert!(run.stderr.contains("check the S3 endpoint"), "{}", run.stderr);
     assert!(!run.stderr.contains("Generic S3 error") && !run.stderr.contains("secret"), "{}", run.stderr);
 }
+
+#[test]
+fn quiet_and_the_identity_from_the_environment() {
+    let Ready { work, repo, .. } = Scenario::new("quiet").crm().init("repo").backup();
+    // CRMVAULT_IDENTITY stands for --identity: read-data needs it.
+    let run = work
+        .command()
+        .args(["verify", "-q", "--repo", &repo, "--read-data", "--json"])
+        .env("CRMVAULT_IDENTITY", work.path("admin.key"))
+        .output()
+        .unwrap();
+    let report = Run::from(&run).ok().json();
+    assert!(report["chunks"].as_u64().unwrap() > 0, "decrypted with the identity from the environment: {report}");
+}
