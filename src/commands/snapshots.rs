@@ -20,8 +20,9 @@ pub struct SnapshotSummary {
     /// Bytes its backup added to storage on the target listed first: new packs, dictionaries
     /// and indexes, and the snapshot object itself (what the backup reported for that target).
     pub bytes_added: Option<u64>,
-    /// Stored bytes of every object it references on that target, those shared with other
-    /// snapshots counted in full: what it depends on, not what deleting it would free.
+    /// Stored bytes of every pack, index and dictionary it references on that target (not the
+    /// snapshot object itself), those shared with other snapshots counted in full: what it
+    /// depends on, not what deleting it would free.
     pub bytes_total: Option<u64>,
     /// Details readable with a key.
     #[serde(skip_serializing_if = "Option::is_none")]
