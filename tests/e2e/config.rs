@@ -4,12 +4,8 @@
 //! (a private `password_file`, systemd credentials, `.pgpass`), seen by a fake server that
 //! asks for it.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::common::*;
 
@@ -131,66 +127,6 @@ fn a_file_others_can_read_is_refused_when_it_holds_a_password() {
     let shown = work.run(&["config", "show", "--profile", "nightly"]).ok();
     assert!(shown.stdout.contains("postgres://backup:***@db.example/crm"), "{}", shown.stdout);
     assert!(!shown.stdout.contains("hunter2"), "{}", shown.stdout);
-}
-
-/// A PostgreSQL server that asks every client for its password in clear, writes down what it
-/// was sent, and refuses it.
-struct PasswordCatcher {
-    port: u16,
-    passwords: Arc<Mutex<Vec<String>>>,
-}
-
-impl PasswordCatcher {
-    fn start() -> PasswordCatcher {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let passwords = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&passwords);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Some(password) = Self::ask(stream) {
-                    seen.lock().unwrap().push(password);
-                }
-            }
-        });
-        PasswordCatcher { port, passwords }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://backup@127.0.0.1:{}/crm", self.port)
-    }
-
-    fn passwords(&self) -> Vec<String> {
-        self.passwords.lock().unwrap().clone()
-    }
-
-    /// Reads the startup (after refusing TLS), asks for a cleartext password, reads it.
-    fn ask(mut stream: TcpStream) -> Option<String> {
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let read_message = |stream: &mut TcpStream| -> Option<Vec<u8>> {
-            let mut length = [0; 4];
-            stream.read_exact(&mut length).ok()?;
-            let mut body = vec![0; (u32::from_be_bytes(length) as usize).checked_sub(4)?];
-            stream.read_exact(&mut body).ok()?;
-            Some(body)
-        };
-        let mut startup = read_message(&mut stream)?;
-        if startup.get(..4) == Some(&80_877_103_u32.to_be_bytes()) {
-            stream.write_all(b"N").ok()?;
-            startup = read_message(&mut stream)?;
-        }
-        let _ = startup;
-        stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).ok()?;
-        let mut tag = [0; 1];
-        stream.read_exact(&mut tag).ok()?;
-        let body = read_message(&mut stream)?;
-        let fields = b"SFATAL\0C28P01\0Mpassword authentication failed (test server)\0\0";
-        let mut error = vec![b'E'];
-        error.extend_from_slice(&(u32::try_from(fields.len()).unwrap() + 4).to_be_bytes());
-        error.extend_from_slice(fields);
-        let _ = stream.write_all(&error);
-        (tag[0] == b'p').then(|| String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(&body)).into_owned())
-    }
 }
 
 #[test]

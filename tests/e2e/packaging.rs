@@ -2,10 +2,7 @@
 //! man pages generated from the command line's definitions, the secrets systemd hands a unit as
 //! credentials, and packaging/backup-role.sql.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::common::*;
 use crmvault::repo::{FORMAT_VERSION, OLDEST_FORMAT_VERSION};
@@ -51,61 +48,6 @@ fn man_pages_are_written_one_per_command() {
     assert!(!dir.join("crmvault-generate-man.1").exists(), "a hidden command got a man page");
 }
 
-/// A PostgreSQL server that asks for a password in clear text, keeps what it is sent and then
-/// refuses the login: what a client sends as its password, whatever the real server trusts.
-struct PasswordCatcher {
-    port: u16,
-    caught: std::thread::JoinHandle<Option<String>>,
-}
-
-impl PasswordCatcher {
-    fn start() -> PasswordCatcher {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let caught = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-            let startup = read_message(&mut stream, false)?;
-            if startup.get(..4) == Some(&[0x04, 0xd2, 0x16, 0x2f]) {
-                stream.write_all(b"N").ok()?; // an SSLRequest: no TLS here
-                read_message(&mut stream, false)?;
-            }
-            stream.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).ok()?; // AuthenticationCleartextPassword
-            let password = read_message(&mut stream, true)?;
-            let mut error = b"SFATAL\0C28P01\0Mpassword authentication failed (test)\0\0".to_vec();
-            let length = u32::try_from(error.len() + 4).unwrap().to_be_bytes();
-            error.splice(0..0, [b'E', length[0], length[1], length[2], length[3]]);
-            let _ = stream.write_all(&error);
-            Some(String::from_utf8_lossy(password.strip_suffix(b"\0")?).into_owned())
-        });
-        PasswordCatcher { port, caught }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://crmvault_backup@127.0.0.1:{}/crm?sslmode=disable", self.port)
-    }
-
-    /// The password sent, if a client connected.
-    fn caught(self) -> Option<String> {
-        // Wakes the server up if nobody connected; refused if it is done.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        self.caught.join().expect("the catcher does not panic")
-    }
-}
-
-/// One message: a type byte (when `typed`), a length, the body.
-fn read_message(stream: &mut TcpStream, typed: bool) -> Option<Vec<u8>> {
-    if typed {
-        let mut tag = [0u8; 1];
-        stream.read_exact(&mut tag).ok()?;
-    }
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).ok()?;
-    let mut body = vec![0u8; usize::try_from(u32::from_be_bytes(length)).ok()?.checked_sub(4)?];
-    stream.read_exact(&mut body).ok()?;
-    Some(body)
-}
-
 #[test]
 fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_unset() {
     let work = Workspace::new();
@@ -123,7 +65,7 @@ fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_un
             .output()
             .expect("crmvault runs"),
     );
-    assert_eq!(catcher.caught().as_deref(), Some("s3cret from a credential"));
+    assert_eq!(catcher.passwords(), ["s3cret from a credential"]);
     let run = run.fails_with(1, "password authentication failed");
     assert!(!run.stderr.contains("s3cret"), "{}", run.stderr);
 
@@ -135,7 +77,7 @@ fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_un
         .env("PGPASSWORD", "from the environment")
         .output()
         .expect("crmvault runs");
-    assert_eq!(catcher.caught().as_deref(), Some("from the environment"));
+    assert_eq!(catcher.passwords(), ["from the environment"]);
 
     // The units' default for a missing credential file: an empty line, meaning no password.
     std::fs::write(credentials.join("db-password"), "\n").unwrap();
@@ -148,7 +90,7 @@ fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_un
             .output()
             .expect("crmvault runs"),
     );
-    assert_eq!(catcher.caught(), None, "a password was sent");
+    assert!(catcher.passwords().is_empty(), "a password was sent");
     assert_eq!(run.code, 1, "{}", run.stderr);
 }
 

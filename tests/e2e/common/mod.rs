@@ -1,9 +1,11 @@
 //! Shared test harness: real PostgreSQL databases, the real `crmvault` binary, comparisons.
 #![allow(dead_code, missing_docs)]
 
+mod password_catcher;
 pub mod s3;
 mod scenario;
 
+pub use password_catcher::PasswordCatcher;
 pub use scenario::{Ready, Scenario};
 
 use std::path::{Path, PathBuf};
