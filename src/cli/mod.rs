@@ -121,7 +121,7 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
         /// Tables read in parallel (each on its own connection, same snapshot) [default: 2].
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = profile::parse_jobs)]
         jobs: Option<usize>,
         /// Only tables matching this `schema.table` glob (repeatable).
         #[arg(long = "table", value_name = "PATTERN")]
@@ -176,7 +176,7 @@ enum Command {
         #[arg(long, env = "CRMVAULT_RESTORE_DB", hide_env_values = true)]
         db: Option<String>,
         /// Chunks fetched and decoded in parallel [default: 2].
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = profile::parse_jobs)]
         jobs: Option<usize>,
         /// Replace whatever the target database holds (dropped inside the restore transaction).
         #[arg(long)]

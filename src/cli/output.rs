@@ -47,13 +47,13 @@ pub fn json_text(value: &serde_json::Value) -> String {
 }
 
 /// Prints a successful command's report as one JSON document, with `"ok": true`.
-fn print_json<T: serde::Serialize>(value: &T) {
+pub(super) fn print_json<T: serde::Serialize>(value: &T) {
     print_json_ok(value, true);
 }
 
 /// Prints a report as one JSON document whose `ok` says whether the command did all it should
 /// (false for a backup that missed a target or a verify that found problems: exit code 3).
-fn print_json_ok<T: serde::Serialize>(value: &T, ok: bool) {
+pub(super) fn print_json_ok<T: serde::Serialize>(value: &T, ok: bool) {
     let mut value = serde_json::to_value(value).expect("reports serialise");
     if let Some(object) = value.as_object_mut() {
         object.insert("ok".into(), ok.into());

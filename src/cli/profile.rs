@@ -355,6 +355,15 @@ impl Settings {
     }
 }
 
+/// Parses `--jobs`: a count of connections, at least 1 (as `jobs` in a profile).
+pub fn parse_jobs(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(jobs) => Ok(jobs),
+        Err(_) => Err("not a whole number".into()),
+    }
+}
+
 /// The first mistake, for a command that cannot go on: the others are for `config check`.
 fn summary(mistakes: &[String]) -> String {
     let first = mistakes.first().map_or("the config file cannot be read", String::as_str);
@@ -377,7 +386,10 @@ pub fn read_secret_file(path: &Path) -> Result<String> {
 
 /// Whether a file holding a secret exists and nobody but its owner can read it.
 fn check_private(path: &Path) -> std::result::Result<(), String> {
-    let metadata = std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
+        _ => format!("{}: {error}", path.display()),
+    })?;
     let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -418,22 +430,24 @@ impl Mistakes<'_> {
     }
 }
 
-/// Reads one config file: what it says, or every mistake in it (each on its line).
+/// Reads one config file: what it says, or every mistake in it (each on its line), found in
+/// one pass: a key with a wrong type is left out and the rest is still checked for meaning.
 fn read_file(path: &Path, kind: FileKind) -> std::result::Result<ConfigFile, Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|error| vec![format!("reading {}: {error}", path.display())])?;
     let mut mistakes = Mistakes { path, text: &text, found: Vec::new() };
     let (root, errors) = DeTable::parse_recoverable(&text);
-    if !errors.is_empty() {
-        for error in &errors {
-            mistakes.add(error.span().unwrap_or(0..0), error.message().trim());
-        }
+    // The parser recovers from a syntax error by guessing, and each later line it misreads is
+    // one more error: the first is the mistake, the rest follow from it.
+    if let Some(error) = errors.iter().min_by_key(|error| error.span().map_or(0, |span| span.start)) {
+        mistakes.add(error.span().unwrap_or(0..0), &format!("syntax error: {}", error.message().trim()));
         return Err(mistakes.in_order());
     }
     let root = root.into_inner();
+    let mut file = ConfigFile::default();
     for (key, value) in &root {
         match (key.get_ref().as_ref(), kind) {
-            ("profile", FileKind::Profiles) => check_sections::<Profile>(&mut mistakes, "profile", value),
-            ("repository", _) => check_sections::<RepositorySection>(&mut mistakes, "repository", value),
+            ("profile", FileKind::Profiles) => file.profile = check_sections(&mut mistakes, "profile", value),
+            ("repository", _) => file.repository = check_sections(&mut mistakes, "repository", value),
             (other, FileKind::Profiles) => {
                 mistakes.add(key.span(), &format!("unknown key `{other}` (known: profile, repository)"));
             }
@@ -445,16 +459,6 @@ fn read_file(path: &Path, kind: FileKind) -> std::result::Result<ConfigFile, Vec
             ),
         }
     }
-    if !mistakes.found.is_empty() {
-        return Err(mistakes.in_order());
-    }
-    let mut file: ConfigFile = match toml::from_str(&text) {
-        Ok(file) => file,
-        Err(error) => {
-            mistakes.add(error.span().unwrap_or(0..0), error.message().trim());
-            return Err(mistakes.in_order());
-        }
-    };
     resolve_paths(&mut file, path.parent().unwrap_or(Path::new(".")));
     check_meaning(&mut mistakes, &root, &file);
     if mistakes.found.is_empty() { Ok(file) } else { Err(mistakes.in_order()) }
@@ -478,32 +482,52 @@ fn resolve_paths(file: &mut ConfigFile, folder: &Path) {
 }
 
 /// Checks each key of each `[WHAT.NAME]` section on its own, so that every wrong key and
-/// wrong type is found, not only the first.
-fn check_sections<T: DeserializeOwned>(mistakes: &mut Mistakes<'_>, what: &str, value: &Spanned<DeValue<'_>>) {
+/// wrong type is found, not only the first; returns the sections made of their right keys.
+fn check_sections<T: DeserializeOwned>(
+    mistakes: &mut Mistakes<'_>,
+    what: &str,
+    value: &Spanned<DeValue<'_>>,
+) -> BTreeMap<String, T> {
+    let mut found = BTreeMap::new();
     let Some(sections) = value.get_ref().as_table() else {
         mistakes.add(value.span(), &format!("`{what}` must hold [{what}.NAME] sections"));
-        return;
+        return found;
     };
     for (name, section) in sections {
         let Some(keys) = section.get_ref().as_table() else {
             mistakes.add(section.span(), &format!("{what} {}: must be a table", name.get_ref()));
             continue;
         };
+        let mut right = DeTable::new();
         for (key, value) in keys {
             let mut one = DeTable::new();
             one.insert(key.clone(), value.clone());
             let single = Spanned::new(section.span(), DeValue::Table(one));
-            if let Err(error) = T::deserialize(ValueDeserializer::from(single)) {
-                let message = error.message().trim();
-                let span = if message.starts_with("unknown field") {
-                    key.span()
-                } else {
-                    error.span().filter(|s| s.start >= value.span().start).unwrap_or_else(|| value.span())
-                };
-                mistakes.add(span, &format!("[{what}.{}] {message}", name.get_ref()));
+            match T::deserialize(ValueDeserializer::from(single)) {
+                Ok(_) => {
+                    right.insert(key.clone(), value.clone());
+                }
+                Err(error) => {
+                    let message = error.message().trim();
+                    let span = if message.starts_with("unknown field") {
+                        key.span()
+                    } else {
+                        error.span().filter(|s| s.start >= value.span().start).unwrap_or_else(|| value.span())
+                    };
+                    mistakes.add(span, &format!("[{what}.{}] {message}", name.get_ref()));
+                }
+            }
+        }
+        match T::deserialize(ValueDeserializer::from(Spanned::new(section.span(), DeValue::Table(right)))) {
+            Ok(parsed) => {
+                found.insert(name.get_ref().to_string(), parsed);
+            }
+            Err(error) => {
+                mistakes.add(section.span(), &format!("[{what}.{}] {}", name.get_ref(), error.message().trim()));
             }
         }
     }
+    found
 }
 
 /// Where `[SECTION.NAME] KEY` is in the file.
@@ -603,8 +627,7 @@ fn check(settings: &Settings, json: bool) -> ExitCode {
         Err(_) => settings.file.iter().map(|f| f.display().to_string()).collect(),
     };
     if json {
-        let document = serde_json::json!({ "ok": mistakes.is_empty(), "files": files, "mistakes": mistakes });
-        println!("{document}");
+        super::output::print_json_ok(&serde_json::json!({ "files": files, "mistakes": mistakes }), mistakes.is_empty());
     } else if mistakes.is_empty() {
         match &settings.state {
             Ok(loaded) if settings.file.is_some() => {
@@ -673,24 +696,27 @@ fn password_source(profile: &Profile) -> String {
 
 fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
     let loaded = settings.loaded()?;
+    let sections: BTreeMap<&String, RepositorySection> =
+        loaded.sections.iter().map(|(name, section)| (name, section.masked())).collect();
+    let files: Vec<String> = loaded.files.iter().map(|f| f.display().to_string()).collect();
+    let Some(profile_name) = &loaded.profile_name else {
+        return show_without_profile(loaded, &files, &sections, json);
+    };
     let (mut profile, overridden) = with_environment(loaded.profile.clone());
     let password = password_source(&profile);
     for url in [&mut profile.db, &mut profile.restore_db].into_iter().flatten() {
         *url = crmvault::postgres::redact(url);
     }
-    let sections: BTreeMap<&String, RepositorySection> =
-        loaded.sections.iter().map(|(name, section)| (name, section.masked())).collect();
-    let files: Vec<String> = loaded.files.iter().map(|f| f.display().to_string()).collect();
     if json {
-        let document = serde_json::json!({
+        super::output::print_json(&serde_json::json!({
             "files": files,
-            "profile": loaded.profile_name,
+            "profile": profile_name,
+            "profiles": loaded.profile_names,
             "settings": profile,
             "from_environment": overridden,
             "database_password_from": password,
             "repository": sections,
-        });
-        println!("{document}");
+        }));
         return Ok(ExitCode::SUCCESS);
     }
     let mut text = String::new();
@@ -699,14 +725,56 @@ fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
         let _ = writeln!(text, "# from the environment: {}", overridden.join(", "));
     }
     let _ = writeln!(text, "# database password from: {password}");
-    let _ = writeln!(text, "[profile.{}]", loaded.profile_name.as_deref().unwrap_or("(none)"));
+    let _ = writeln!(text, "[profile.{}]", toml_key(profile_name));
     text.push_str(&toml::to_string(&profile)?);
-    for (name, section) in sections {
-        let _ = writeln!(text, "\n[repository.{}]", toml::Value::String(name.clone()));
-        text.push_str(&toml::to_string(&section)?);
-    }
+    text.push_str(&repository_sections(&sections)?);
     print!("{text}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `config show` without `--profile`: which profiles there are to name, and the repository
+/// sections, which every command reads.
+fn show_without_profile(
+    loaded: &Loaded,
+    files: &[String],
+    sections: &BTreeMap<&String, RepositorySection>,
+    json: bool,
+) -> Result<ExitCode> {
+    if json {
+        super::output::print_json(&serde_json::json!({
+            "files": files,
+            "profile": null,
+            "profiles": loaded.profile_names,
+            "repository": sections,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let profiles = if loaded.profile_names.is_empty() { "none".into() } else { loaded.profile_names.join(", ") };
+    let mut text = String::new();
+    let _ = writeln!(text, "# files: {}", if files.is_empty() { "none".into() } else { files.join(", ") });
+    let _ = writeln!(text, "# profiles: {profiles}; name one with --profile NAME to see its settings");
+    if sections.is_empty() {
+        let _ = writeln!(text, "# no [repository.\"…\"] sections");
+    }
+    text.push_str(&repository_sections(sections)?);
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A table name as TOML writes it: bare when it can be, else quoted.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare { name.to_string() } else { toml::Value::String(name.to_string()).to_string() }
+}
+
+/// The `[repository."…"]` sections as TOML, secrets already masked.
+fn repository_sections(sections: &BTreeMap<&String, RepositorySection>) -> Result<String> {
+    let mut text = String::new();
+    for (name, section) in sections {
+        let _ = writeln!(text, "\n[repository.{}]", toml::Value::String((*name).clone()));
+        text.push_str(&toml::to_string(section)?);
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -729,6 +797,40 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].starts_with("FILE:3:1: [profile.nightly] unknown field `tabels`"), "{found:?}");
         assert!(found[1].starts_with("FILE:4:8: [profile.nightly] invalid type"), "{found:?}");
+    }
+
+    #[test]
+    fn every_mistake_is_found_in_one_pass_even_beside_a_wrong_type() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("crmvault.toml");
+        let text = "[profile.a]\njobs = \"four\"\n[profile.b]\njobs = 0\ndb = \"postgres://u:hunter2@h/d\"\n\
+                    password_file = \"missing\"\n";
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        let found = read_file(&path, FileKind::Profiles).expect_err("mistakes");
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found[0].contains(":2:8: [profile.a] invalid type"), "{found:?}");
+        assert!(found[1].contains(":4:1: [profile.b] jobs: must be at least 1"), "{found:?}");
+        assert!(found[2].contains(":5:1: holds secrets but others can read it"), "{found:?}");
+        assert!(
+            found[3].contains(":6:1: [profile.b] password_file:") && found[3].ends_with("does not exist"),
+            "{found:?}"
+        );
+        assert!(!found.iter().any(|m| m.contains("hunter2")), "{found:?}");
+    }
+
+    #[test]
+    fn a_missing_bracket_is_one_mistake_on_its_line() {
+        let found = mistakes_in("# nightly\n[profile.nightly\njobs = 2\nrepo = [\"/a\"]\n[profile.weekly]\njobs = 1\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("FILE:2:") && found[0].contains("syntax error"), "{found:?}");
+    }
+
+    #[test]
+    fn jobs_on_the_command_line_must_be_at_least_one() {
+        assert_eq!(parse_jobs("3"), Ok(3));
+        assert_eq!(parse_jobs("0"), Err("must be at least 1".to_string()));
+        assert!(parse_jobs("-1").is_err());
     }
 
     #[test]

@@ -94,6 +94,66 @@ fn config_check_names_the_line_of_each_mistake() {
 }
 
 #[test]
+fn config_check_reports_every_mistake_in_one_pass() {
+    let work = Workspace::new();
+    let config = "[profile.a]\njobs = \"four\"\n[profile.b]\njobs = 0\ndb = \"postgres://backup:hunter2@db/crm\"\n\
+                  password_file = \"no-such-file\"\n";
+    let file = write(&user_config(&work), config, 0o644);
+    let run = work.run(&["config", "check"]).fails_with(1, "4 mistakes");
+    for expected in [
+        ":2:8: [profile.a] invalid type",
+        ":4:1: [profile.b] jobs",
+        ":5:1: holds secrets",
+        ":6:1: [profile.b] password_file",
+    ] {
+        assert!(run.stdout.contains(expected), "{expected} missing: {}", run.stdout);
+    }
+    assert!(!run.stdout.contains("hunter2"), "{}", run.stdout);
+
+    // Printed like every other command's --json: pretty, with "ok".
+    let run = work.run(&["config", "check", "--json"]).fails_with(1, "");
+    assert!(run.stdout.lines().count() > 4, "not pretty-printed: {}", run.stdout);
+    let document = run.json();
+    assert_eq!(document["ok"], false, "{document}");
+    assert_eq!(document["mistakes"].as_array().map(Vec::len), Some(4), "{document}");
+
+    // A missing `]` is one mistake, on its line.
+    write(&file, "# nightly\n[profile.nightly\njobs = 2\nrepo = [\"/a\"]\n[profile.weekly]\njobs = 1\n", 0o600);
+    let run = work.run(&["config", "check"]).fails_with(1, "1 mistake");
+    assert!(run.stdout.contains("crmvault.toml:2:") && run.stdout.contains("syntax error"), "{}", run.stdout);
+}
+
+#[test]
+fn config_show_without_a_profile_names_the_profiles_to_choose_from() {
+    let work = Workspace::new();
+    let config = "[profile.nightly]\njobs = 2\n[profile.weekly]\njobs = 1\n[repository.\"s3://crm-backups\"]\nregion = \"eu-west-1\"\n";
+    write(&user_config(&work), config, 0o600);
+    let run = work.run(&["config", "show"]).ok();
+    assert!(!run.stdout.contains("(none)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("profiles: nightly, weekly") && run.stdout.contains("--profile NAME"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("[repository.\"s3://crm-backups\"]"), "{}", run.stdout);
+    let document = work.run(&["config", "show", "--json"]).ok().json();
+    assert_eq!(document["profiles"], serde_json::json!(["nightly", "weekly"]), "{document}");
+    assert_eq!(document["ok"], true, "{document}");
+    let shown = work.run(&["config", "show", "--profile", "weekly"]).ok();
+    assert!(shown.stdout.contains("[profile.weekly]\njobs = 1"), "{}", shown.stdout);
+}
+
+#[test]
+fn jobs_zero_is_refused_on_the_command_line_as_in_a_profile() {
+    let work = Workspace::new();
+    for command in ["backup", "restore"] {
+        let run = work.run(&[command, "--jobs", "0", "--repo", "/nowhere", "--db", "postgres://u@h/d"]);
+        let run = run.fails_with(2, "must be at least 1");
+        assert!(run.stderr.contains("--jobs"), "{}", run.stderr);
+    }
+}
+
+#[test]
 fn keygen_help_and_version_work_with_a_broken_config() {
     let work = Workspace::new();
     write(&user_config(&work), "[profile.nightly\n", 0o644);
