@@ -36,9 +36,13 @@ pub fn credential(name: &str) -> Result<Option<String>> {
 }
 
 /// Reads credential `name` from `dir`: its text without the final line break; `None` when the
-/// file is missing or empty. The error names the file, never its content.
+/// file is missing or empty. A file others can read is refused, as a `password_file` is
+/// (systemd writes credentials 0400). The error names the file, never its content.
 fn read_credential(dir: &Path, name: &str) -> Result<Option<String>> {
     let path = dir.join(name);
+    if path.exists() {
+        super::profile::check_private(&path).map_err(|message| anyhow::anyhow!("credential {name}: {message}"))?;
+    }
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let value = text.strip_suffix('\n').unwrap_or(&text);
@@ -86,25 +90,45 @@ pub fn password_from_pgpass(database: &Database) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Writes a credential as systemd does: only its owner may read it.
+    fn write_credential(dir: &Path, contents: &[u8]) {
+        let path = dir.join("db-password");
+        std::fs::write(&path, contents).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o400)).expect("chmod");
+    }
+
     #[test]
     fn a_credential_is_the_file_without_its_final_line_break() {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("db-password"), "s3cret with spaces \n").expect("write");
+        write_credential(dir.path(), b"s3cret with spaces \n");
         assert_eq!(read_credential(dir.path(), "db-password").unwrap().as_deref(), Some("s3cret with spaces "));
+    }
+
+    #[test]
+    fn a_credential_others_can_read_is_refused_naming_the_file_and_the_chmod() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db-password");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        let error = format!("{:#}", read_credential(dir.path(), "db-password").unwrap_err());
+        assert!(error.contains(&format!("run chmod 600 {}", path.display())), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o400)).expect("chmod");
+        assert_eq!(read_credential(dir.path(), "db-password").unwrap().as_deref(), Some("s3cret"));
     }
 
     #[test]
     fn a_missing_or_empty_credential_is_none() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert_eq!(read_credential(dir.path(), "db-password").unwrap(), None);
-        std::fs::write(dir.path().join("db-password"), "").expect("write");
+        write_credential(dir.path(), b"");
         assert_eq!(read_credential(dir.path(), "db-password").unwrap(), None);
     }
 
     #[test]
     fn an_unreadable_credential_is_an_error_naming_the_file_not_the_content() {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("db-password"), b"\xff s3cret").expect("write");
+        write_credential(dir.path(), b"\xff s3cret");
         let error = format!("{:#}", read_credential(dir.path(), "db-password").unwrap_err());
         assert!(error.contains("db-password"), "{error}");
         assert!(!error.contains("s3cret"), "{error}");

@@ -385,7 +385,7 @@ pub fn read_secret_file(path: &Path) -> Result<String> {
 }
 
 /// Whether a file holding a secret exists and nobody but its owner can read it.
-fn check_private(path: &Path) -> std::result::Result<(), String> {
+pub(super) fn check_private(path: &Path) -> std::result::Result<(), String> {
     let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
         std::io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
         _ => format!("{}: {error}", path.display()),

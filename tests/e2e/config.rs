@@ -227,6 +227,24 @@ fn systemd_credentials_give_the_database_password() {
 }
 
 #[test]
+fn a_systemd_credential_others_can_read_is_refused_like_a_password_file() {
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let server = PasswordCatcher::start();
+    let credentials = work.path("credentials");
+    let secret = write(&credentials.join("db-password"), "from-credentials", 0o644);
+    let run = work
+        .command()
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .args(["backup", "--db", &server.url(), "--repo", &repo])
+        .output()
+        .unwrap();
+    let run = Run::from(&run).fails_with(1, &format!("run chmod 600 {}", secret.display()));
+    assert!(run.stderr.contains("others can read it") && !run.stderr.contains("from-credentials"), "{}", run.stderr);
+    assert!(server.passwords().is_empty(), "a password from a credential others can read was sent");
+}
+
+#[test]
 fn pgpass_gives_the_database_password_when_only_its_owner_can_read_it() {
     let work = Workspace::new();
     let repo = work.init_repo("repo");

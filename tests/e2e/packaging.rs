@@ -53,8 +53,7 @@ fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_un
     let work = Workspace::new();
     let repo = work.init_repo("repo");
     let credentials = work.path("credentials");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::write(credentials.join("db-password"), "s3cret from a credential\n").unwrap();
+    write_credential(&credentials, "db-password", "s3cret from a credential\n");
 
     let catcher = PasswordCatcher::start();
     let run = Run::from(
@@ -80,7 +79,8 @@ fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_un
     assert_eq!(catcher.passwords(), ["from the environment"]);
 
     // The units' default for a missing credential file: an empty line, meaning no password.
-    std::fs::write(credentials.join("db-password"), "\n").unwrap();
+    std::fs::remove_file(credentials.join("db-password")).unwrap();
+    write_credential(&credentials, "db-password", "\n");
     let catcher = PasswordCatcher::start();
     let run = Run::from(
         &work

@@ -314,9 +314,8 @@ fn s3_keys_come_from_systemd_credentials_when_the_environment_has_none() {
     let recipient = admin_recipient(&work);
     let repo = server.repo("credentials");
     let credentials = work.path("credentials");
-    std::fs::create_dir_all(&credentials).unwrap();
-    std::fs::write(credentials.join("s3-access-key-id"), format!("{}\n", crate::common::s3::ACCESS_KEY)).unwrap();
-    std::fs::write(credentials.join("s3-secret-access-key"), format!("{}\n", crate::common::s3::SECRET_KEY)).unwrap();
+    write_credential(&credentials, "s3-access-key-id", &format!("{}\n", crate::common::s3::ACCESS_KEY));
+    write_credential(&credentials, "s3-secret-access-key", &format!("{}\n", crate::common::s3::SECRET_KEY));
     let run = |args: &[&str], with_credentials: bool| {
         let mut command = work.command();
         command.args(args).env("AWS_REGION", "us-east-1");

@@ -278,6 +278,15 @@ impl Workspace {
     }
 }
 
+/// Writes a credential as systemd does (`$CREDENTIALS_DIRECTORY/NAME`): only its owner reads it.
+pub fn write_credential(dir: &Path, name: &str, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+}
+
 /// Copies every file under `from` to the same place under `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     for file in files_under(from) {
