@@ -495,7 +495,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keygen { output } => {
             let identity = crmvault::crypto::generate_identity();
             crmvault::crypto::write_identity_file(&output, &identity, "crmvault admin identity: keep it offline")
-                .context("writing the identity file")?;
+                .map_err(|error| output::keygen_failed(&output, error))?;
             output::keygen(json, &identity.to_public().to_string(), &output);
         }
         Command::Init { repo, recipients, recipients_file, copy_from, chunk_size, compression_level } => {

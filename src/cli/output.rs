@@ -94,6 +94,17 @@ pub fn keygen(json: bool, recipient: &str, path: &Path) {
     }
 }
 
+/// Why `keygen` wrote nothing, in one line: an existing file is never replaced, since it may be
+/// the only copy of an identity that repositories are encrypted to.
+pub fn keygen_failed(path: &Path, error: crmvault::Error) -> anyhow::Error {
+    match &error {
+        crmvault::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            anyhow::anyhow!("{} exists; keygen never overwrites an identity: choose another path", path.display())
+        }
+        _ => anyhow::Error::new(error).context("writing the identity file"),
+    }
+}
+
 pub fn init(json: bool, report: &init::InitReport) {
     if json {
         print_json(report);

@@ -294,3 +294,17 @@ fn quiet_and_the_identity_from_the_environment() {
     let report = Run::from(&run).ok().json();
     assert!(report["chunks"].as_u64().unwrap() > 0, "decrypted with the identity from the environment: {report}");
 }
+
+#[test]
+fn keygen_onto_an_existing_file_says_it_never_overwrites_an_identity() {
+    let work = Workspace::new();
+    work.keygen("admin.key");
+    let path = work.path("admin.key");
+    let before = std::fs::read(&path).unwrap();
+    let run = work.run(&["keygen", "-o", path.to_str().unwrap()]);
+    let run = run
+        .fails_with(1, &format!("{} exists; keygen never overwrites an identity: choose another path", path.display()));
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("os error"), "{}", run.stderr);
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the identity was changed");
+}
