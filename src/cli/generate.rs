@@ -32,12 +32,67 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     stdout.write_all(&script).and_then(|()| stdout.flush()).context("writing the completion script to stdout")
 }
 
+/// The environment variables crmvault reads, for the ENVIRONMENT section of `crmvault.1`
+/// (docs/OPERATIONS.md, *Environment variables*, is the fuller table).
+const ENVIRONMENT: [(&str, &str); 19] = [
+    ("CRMVAULT_CONFIG_DIR", "The config folder: writer keys, pins, crmvault.toml (default ~/.config/crmvault)."),
+    ("CRMVAULT_CONFIG", "The config file, as --config."),
+    ("CRMVAULT_PROFILE", "The profile, as --profile."),
+    ("CRMVAULT_DB", "backup --db (keeps the URL out of ps)."),
+    ("CRMVAULT_RESTORE_DB", "restore --db."),
+    ("CRMVAULT_REPO", "One --repo."),
+    ("CRMVAULT_FINGERPRINT", "--fingerprint."),
+    ("CRMVAULT_PG_DUMP", "backup --pg-dump."),
+    (
+        "CRMVAULT_DB_REMOTE_HOSTS",
+        "Comma-separated hosts on this machine that lead elsewhere (tunnels), so that they get sslmode=require.",
+    ),
+    ("CRMVAULT_LOG", "Log filter, as RUST_LOG (crmvault=debug); overrides -v."),
+    ("PGPASSWORD", "The database password when the URL has none; comes before password_file and credentials."),
+    ("PGPASSFILE", "libpq's password file (default ~/.pgpass); ignored when others can read it."),
+    ("PGSSLMODE", "sslmode when the URL has none, as libpq."),
+    ("PGSSLROOTCERT", "sslrootcert when the URL has none, as libpq."),
+    (
+        "CREDENTIALS_DIRECTORY",
+        "Set by systemd (LoadCredential=): the credentials db-password, s3-access-key-id and s3-secret-access-key \
+         are read there when the variables above and below are unset; refused when others can read them.",
+    ),
+    ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY", "S3 keys, unless the repository's section gives them."),
+    ("AWS_SESSION_TOKEN", "S3 session token."),
+    ("AWS_ENDPOINT_URL, AWS_ENDPOINT", "S3 endpoint (for an S3-protocol server other than AWS)."),
+    ("AWS_REGION, AWS_DEFAULT_REGION", "S3 region."),
+];
+
+/// The files crmvault reads and writes, for the FILES section of `crmvault.1`.
+const FILES: [(&str, &str); 6] = [
+    (
+        "~/.config/crmvault/crmvault.toml",
+        "The config file: profiles and S3 settings per repository ($CRMVAULT_CONFIG_DIR/crmvault.toml).",
+    ),
+    ("/etc/crmvault/crmvault.toml", "The config file when the user's config folder has none."),
+    ("$CRMVAULT_CONFIG_DIR/repos/<id>/writer.key", "The writer key init leaves on the backup host (0600)."),
+    (
+        "$CRMVAULT_CONFIG_DIR/repos/<id>/trust.json",
+        "The pin: the repository's fingerprint, config and newest snapshot seen on this host.",
+    ),
+    ("$CRMVAULT_CONFIG_DIR/config.toml", "The config file's old name: [repository.\"…\"] sections only, still read."),
+    (
+        "/var/lib/crmvault",
+        "CRMVAULT_CONFIG_DIR under the systemd units (writer keys and pins of the crmvault user); \
+         /etc/crmvault/crmvault.env holds their settings and /etc/crmvault/db-password, s3-access-key-id, \
+         s3-secret-access-key their credentials.",
+    ),
+];
+
 /// Writes one man page per visible command into `dir` (`crmvault.1`, `crmvault-backup.1`, …),
-/// creating it, and returns the files written, sorted.
+/// creating it, and returns the files written, sorted. `crmvault.1` also gets ENVIRONMENT and
+/// FILES sections, which clap does not know about.
 pub fn man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     clap_mangen::generate_to(super::Cli::command(), dir)
         .with_context(|| format!("writing man pages into {}", dir.display()))?;
+    let main_page = dir.join("crmvault.1");
+    std::fs::write(&main_page, main_page_text()?).with_context(|| format!("writing {}", main_page.display()))?;
     let mut pages = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -45,6 +100,45 @@ pub fn man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect::<Vec<_>>();
     pages.sort();
     Ok(pages)
+}
+
+/// `crmvault.1`: clap_mangen's sections in its order, with ENVIRONMENT and FILES before VERSION.
+fn main_page_text() -> Result<Vec<u8>> {
+    let mut command = super::Cli::command().disable_help_subcommand(true);
+    command.build();
+    let has_author = command.get_author().is_some();
+    let has_extra = command.get_after_long_help().is_some() || command.get_after_help().is_some();
+    let man = clap_mangen::Man::new(command);
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    if has_extra {
+        man.render_extra_section(&mut page)?;
+    }
+    definitions("ENVIRONMENT", &ENVIRONMENT).to_writer(&mut page)?;
+    definitions("FILES", &FILES).to_writer(&mut page)?;
+    man.render_version_section(&mut page)?;
+    if has_author {
+        man.render_authors_section(&mut page)?;
+    }
+    Ok(page)
+}
+
+/// A man page section of terms in bold, each followed by its description.
+fn definitions(title: &str, entries: &[(&str, &str)]) -> clap_mangen::roff::Roff {
+    use clap_mangen::roff::{Roff, bold, roman};
+    let mut roff = Roff::new();
+    roff.control("SH", [title]);
+    for (term, description) in entries {
+        roff.control("TP", []);
+        roff.text([bold(*term)]);
+        roff.text([roman(*description)]);
+    }
+    roff
 }
 
 #[cfg(test)]
@@ -68,5 +162,20 @@ mod tests {
             assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
         }
         assert!(!names.iter().any(|n| n.contains("generate-man")), "{names:?}");
+    }
+
+    #[test]
+    fn the_main_page_says_which_variables_and_files_crmvault_reads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        man_pages(dir.path()).expect("man pages");
+        let page = std::fs::read_to_string(dir.path().join("crmvault.1")).expect("crmvault.1");
+        for expected in
+            [".SH ENVIRONMENT", "CRMVAULT_CONFIG_DIR", "PGPASSWORD", ".SH FILES", "/etc/crmvault/crmvault.toml"]
+        {
+            assert!(page.contains(expected), "{expected} missing from crmvault.1");
+        }
+        assert!(page.contains(".SH SUBCOMMANDS") && page.contains(".SH OPTIONS"), "the standard sections are lost");
+        let backup = std::fs::read_to_string(dir.path().join("crmvault-backup.1")).expect("crmvault-backup.1");
+        assert!(backup.contains("CRMVAULT_DB"), "backup's page does not name its variable");
     }
 }

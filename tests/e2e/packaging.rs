@@ -49,6 +49,22 @@ fn man_pages_are_written_one_per_command() {
 }
 
 #[test]
+fn the_man_page_names_the_environment_and_the_files() {
+    let work = Workspace::new();
+    let dir = work.path("man");
+    work.run(&["generate-man", dir.to_str().unwrap()]).ok();
+    let main = std::fs::read_to_string(dir.join("crmvault.1")).expect("crmvault.1 written");
+    for expected in
+        [".SH ENVIRONMENT", "CRMVAULT_CONFIG_DIR", "CREDENTIALS_DIRECTORY", ".SH FILES", "/var/lib/crmvault"]
+    {
+        assert!(main.contains(expected), "{expected} missing from crmvault.1");
+    }
+    assert!(main.contains(".SH SUBCOMMANDS"), "the standard sections are lost");
+    let restore = std::fs::read_to_string(dir.join("crmvault-restore.1")).expect("crmvault-restore.1 written");
+    assert!(restore.contains("CRMVAULT_RESTORE_DB"), "restore's page does not name its variable");
+}
+
+#[test]
 fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_unset() {
     let work = Workspace::new();
     let repo = work.init_repo("repo");
