@@ -34,7 +34,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
 
 /// The environment variables crmvault reads, for the ENVIRONMENT section of `crmvault.1`
 /// (docs/OPERATIONS.md, *Environment variables*, is the fuller table).
-const ENVIRONMENT: [(&str, &str); 19] = [
+const ENVIRONMENT: [(&str, &str); 20] = [
     ("CRMVAULT_CONFIG_DIR", "The config folder: writer keys, pins, crmvault.toml (default ~/.config/crmvault)."),
     ("CRMVAULT_CONFIG", "The config file, as --config."),
     ("CRMVAULT_PROFILE", "The profile, as --profile."),
@@ -42,6 +42,10 @@ const ENVIRONMENT: [(&str, &str); 19] = [
     ("CRMVAULT_RESTORE_DB", "restore --db."),
     ("CRMVAULT_REPO", "One --repo."),
     ("CRMVAULT_FINGERPRINT", "--fingerprint."),
+    (
+        "CRMVAULT_IDENTITY",
+        "--identity of restore, rekey, verify, snapshots (an admin's machine; never set it on the backup host).",
+    ),
     ("CRMVAULT_PG_DUMP", "backup --pg-dump."),
     (
         "CRMVAULT_DB_REMOTE_HOSTS",
@@ -162,6 +166,22 @@ mod tests {
             assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
         }
         assert!(!names.iter().any(|n| n.contains("generate-man")), "{names:?}");
+    }
+
+    #[test]
+    fn every_variable_an_option_reads_is_in_the_environment_section() {
+        fn variables(command: &clap::Command, found: &mut Vec<String>) {
+            found.extend(command.get_arguments().filter_map(|a| a.get_env()?.to_str().map(String::from)));
+            for subcommand in command.get_subcommands() {
+                variables(subcommand, found);
+            }
+        }
+        let mut found = Vec::new();
+        variables(&super::super::Cli::command(), &mut found);
+        assert!(found.iter().any(|v| v == "CRMVAULT_DB"), "{found:?}");
+        for variable in found {
+            assert!(ENVIRONMENT.iter().any(|(name, _)| *name == variable), "{variable} missing from ENVIRONMENT");
+        }
     }
 
     #[test]
