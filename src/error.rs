@@ -196,6 +196,15 @@ pub enum Error {
         /// How long it waited.
         seconds: u64,
     },
+    /// Another process holds a lock this command needs on a repository (docs/ARCHITECTURE.md,
+    /// *Locks*).
+    #[error("{location} is locked by {holder}")]
+    Locked {
+        /// The target.
+        location: String,
+        /// Who holds it: command, host, pid, mode and since (or "someone" without a key).
+        holder: String,
+    },
     /// The repository changed under a running operation (a rekey finished meanwhile).
     #[error("{location}: the repository was rekeyed (generation {generation}) while this {operation} ran; {outcome}")]
     ChangedMeanwhile {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lock;
 pub mod postgres;
 pub mod progress;
 pub mod rekey;

@@ -143,6 +143,16 @@ impl RepoSet {
         }
     }
 
+    /// Locks every copy in `mode` for this command (crate::lock: the rules of one target, the
+    /// order several are taken in).
+    pub async fn lock_all(
+        &self,
+        mode: crate::lock::LockMode,
+        options: &crate::lock::LockOptions,
+    ) -> Result<crate::lock::Locks> {
+        crate::lock::lock_all(&self.repositories, mode, options).await
+    }
+
     /// Refuses copies that are not one repository at one generation of its keys: a backup
     /// writes the same objects to every copy, under the same keys.
     pub fn require_one_generation(&self) -> Result<()> {

@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod connection;
 mod generate;
+mod lock;
 mod output;
 mod profile;
 mod storage;
@@ -26,6 +27,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crmvault::backup;
 use crmvault::commands::{copy, init, snapshots, verify};
+use crmvault::lock::{LockMode, Removal};
 use crmvault::postgres::Database;
 use crmvault::rekey;
 use crmvault::repo::{Keyring, Repository};
@@ -74,6 +76,17 @@ struct Cli {
         value_name = "NAME"
     )]
     profile: Option<String>,
+    /// How long to wait for another crmvault that holds a repository's lock (e.g. 90s, 30m,
+    /// 2h); 0 fails at once, naming the holder.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        default_value = "0",
+        value_name = "DURATION",
+        value_parser = lock::parse_duration
+    )]
+    lock_wait: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -273,6 +286,20 @@ enum Command {
         /// Only these snapshots (ids or `latest`); all by default.
         snapshots: Vec<String>,
     },
+    /// Remove locks left by crmvault processes that are gone (stale ones; all with --remove-all).
+    ///
+    /// A lock is stale when its process is gone on this host or it was not refreshed within its
+    /// lease (10 minutes); commands take stale locks over by themselves.
+    Unlock {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Admin identity file, to show who holds a lock (the writer key shows it too).
+        #[arg(long, short)]
+        identity: Option<PathBuf>,
+        /// Remove live locks too: only when their holder (on another host) is known to be gone.
+        #[arg(long)]
+        remove_all: bool,
+    },
     /// Check the config file (crmvault.toml) or show a profile's settings.
     Config {
         #[command(subcommand)]
@@ -362,7 +389,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(until_interrupted(run(cli))) {
         Ok(code) => code,
         Err(error) => {
             let (message, hint, code) = (one_line(&error), hint(&error), profile::exit_code(&error));
@@ -375,6 +402,24 @@ pub fn main() -> ExitCode {
             }
             ExitCode::from(code)
         }
+    }
+}
+
+/// Runs the command until it ends or the process is told to stop (Ctrl-C, SIGTERM): then the
+/// command is dropped, which removes the locks it holds (crmvault::lock::RepositoryLock).
+async fn until_interrupted(command: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        outcome = command => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = terminate => Err(anyhow::anyhow!("terminated")),
     }
 }
 
@@ -395,6 +440,7 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         Error::BadPin { .. } => "--fingerprint pins it again",
         Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo brings them to one",
         Error::LockTimeout { .. } => "restore without --parallel",
+        Error::Locked { .. } => "wait, give --lock-wait, or `crmvault unlock` if that process is gone",
         Error::NoPgDump { .. } => "or name one with --pg-dump PATH",
         Error::NoTableMatches { .. } => {
             "check the --table patterns (`schema.table` globs; `psql -c '\\dt *.*'` lists the tables)"
@@ -488,6 +534,7 @@ fn hostname() -> String {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     let quiet = cli.quiet;
+    let lock_wait = cli.lock_wait;
     let settings = profile::Settings::load(cli.config.as_deref(), cli.profile.as_deref(), &config_dir()?);
     let fingerprint = settings.fingerprint(cli.fingerprint);
     let storage = settings.storage(cli.allow_http);
@@ -551,6 +598,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 trust::check(targets.repositories_mut(), trust::Role::Writer, fingerprint.as_ref(), &config_dir)
                     .await?;
             let keyring = targets.unlock_as_writer(&config_dir).await?;
+            let locks = targets
+                .lock_all(LockMode::Append, &lock::options(lock_wait, "backup", keyring.identities().to_vec()))
+                .await?;
             let options = backup::BackupOptions {
                 database: settings.database(&db)?,
                 jobs: settings.jobs(jobs)?.max(1),
@@ -567,6 +617,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let progress = output::Bar::start(json || quiet);
             let result = backup::run(&targets, &keyring, &options, progress.clone()).await;
             progress.finish();
+            lock::release(locks).await;
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
             trusted.advance(Some(&report.mark()))?;
             output::backup(json, &report, started.elapsed());
@@ -615,6 +666,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
                     .await?;
             let keyring = targets.unlock_as_admin(&identity).await?;
+            let locks = targets
+                .lock_all(LockMode::Shared, &lock::options(lock_wait, "restore", keyring.identities().to_vec()))
+                .await?;
             let options = restore::RestoreOptions {
                 database: settings.database(&db)?,
                 snapshot,
@@ -633,6 +687,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let progress = output::Bar::start(json || quiet);
             let result = restore::run(&targets, &keyring, &options, progress.clone()).await;
             progress.finish();
+            lock::release(locks).await;
             let report = result.map_err(|error| {
                 let outcome = match error {
                     crmvault::Error::RestoreLeftIncomplete { .. } => "",
@@ -670,6 +725,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ..verify::VerifyReport::default()
                 });
             }
+            let readers = lock::readers(targets.repositories(), identity.as_deref(), &config_dir()?);
+            let locks = targets.lock_all(LockMode::Shared, &lock::options(lock_wait, "verify", readers)).await?;
             // Each copy on its own: a problem on one is a finding, not a reason to stop.
             for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
@@ -684,6 +741,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 trusted.advance(report.newest.as_ref())?;
                 total.merge(report);
             }
+            lock::release(locks).await;
             output::verify(json, &total);
             if !total.problems.is_empty() {
                 return Ok(ExitCode::from(3));
@@ -717,10 +775,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let config_dir = config_dir()?;
             let mut trusted =
                 trust::check_for_rekey(targets.repositories_mut(), fingerprint.as_ref(), &config_dir).await?;
+            let identity = settings.require_identity(identity)?;
+            let readers = lock::readers(targets.repositories(), Some(&identity), &config_dir);
+            let locks = targets.lock_all(LockMode::Exclusive, &lock::options(lock_wait, "rekey", readers)).await?;
             let progress = output::Bar::start(json || quiet);
-            let result =
-                rekey::run(&mut targets, &settings.require_identity(identity)?, &options, progress.as_ref()).await;
+            let result = rekey::run(&mut targets, &identity, &options, progress.as_ref()).await;
             progress.finish();
+            lock::release(locks).await;
             let report = result?;
             trusted.follow(&report.config_hash)?;
             output::rekey(json, &report);
@@ -739,9 +800,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 trust::check(targets.repositories_mut(), trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?)
                     .await?;
             }
+            let readers = lock::readers(&[from.first().clone(), to.first().clone()], None, &config_dir()?);
+            let options = lock::options(lock_wait, "copy", readers);
+            let mut locks = from.lock_all(LockMode::Shared, &options).await?;
+            locks.join(to.lock_all(LockMode::Append, &options).await?);
             let (from, to) = (from.first(), to.first());
             let report = copy::run(from, to, &snapshots).await?;
+            lock::release(locks).await;
             output::copy(json, &report, from.target.location(), to.target.location());
+        }
+        Command::Unlock { repo, identity, remove_all } => {
+            let targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;
+            let identity = settings.identity(identity)?;
+            let readers = lock::readers(targets.repositories(), identity.as_deref(), &config_dir()?);
+            let removal = if remove_all { Removal::All } else { Removal::Stale };
+            let found =
+                lock::unlock(targets.repositories(), removal, &lock::options(lock_wait, "unlock", readers)).await?;
+            lock::print_unlock(json, &found);
         }
         Command::Config { action } => return profile::run(&action, &settings, json),
         Command::Completions { shell } => generate::completions(shell)?,

@@ -12,7 +12,9 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
+};
 
 use crate::error::{Error, Result};
 
@@ -59,6 +61,22 @@ pub enum PutOutcome {
     Written,
     /// An object with that key was already there; nothing was changed.
     AlreadyThere,
+}
+
+/// The version of an object a read saw (its ETag and, where kept, version id), for
+/// [`Target::replace`].
+#[derive(Debug, Clone)]
+pub struct ObjectVersion(UpdateVersion);
+
+/// What a conditional replace did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// The object was the version expected and now holds the new bytes.
+    Replaced,
+    /// The object changed (or went) since that version was read; nothing was written.
+    Changed,
+    /// The storage has no conditional replace (a local folder); nothing was written.
+    Unsupported,
 }
 
 impl Target {
@@ -203,6 +221,56 @@ impl Target {
                 .expect("the fsync task does not panic")?;
         }
         Ok(PutOutcome::Written)
+    }
+
+    /// Reads a whole object with its version, or `None` when it does not exist. Only for the
+    /// few mutable objects (locks).
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+        let result = match self.store.get_opts(&ObjectPath::from(key), GetOptions::default()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.map_error(key, e)),
+        };
+        let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
+        match result.bytes().await {
+            Ok(bytes) => Ok(Some((bytes, ObjectVersion(version)))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.map_error(key, e)),
+        }
+    }
+
+    /// Replaces an object only if it is still at `expected` (S3's `If-Match`; exclusive on AWS
+    /// S3, MinIO and moto, a check-then-write on s3s-fs). A local folder has no such write:
+    /// [`Replaced::Unsupported`], and the caller decides.
+    pub async fn replace(&self, key: &str, bytes: Bytes, expected: &ObjectVersion) -> Result<Replaced> {
+        if self.local_root.is_some() {
+            return Ok(Replaced::Unsupported);
+        }
+        let options = PutOptions { mode: PutMode::Update(expected.0.clone()), ..PutOptions::default() };
+        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes), options).await {
+            Ok(_) => Ok(Replaced::Replaced),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
+                Ok(Replaced::Changed)
+            }
+            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                Ok(Replaced::Unsupported)
+            }
+            Err(e) => Err(self.map_error(key, e)),
+        }
+    }
+
+    /// Writes an object whether or not it exists (atomically: a reader sees the old bytes or the
+    /// new). Only for the few mutable objects (locks); not synced, since they need not outlive
+    /// a crash.
+    pub async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            refuse_linked_folders(root, key)?;
+        }
+        self.store
+            .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|e| self.map_error(key, e))?;
+        Ok(())
     }
 
     /// Lists objects under a prefix: (key, size), sorted by key.

@@ -12,6 +12,7 @@ mod bad_input;
 mod config;
 mod crash;
 mod listings;
+mod locks;
 mod packaging;
 mod progress;
 mod rekey;

@@ -1,0 +1,619 @@
+//! Repository locks (docs/ARCHITECTURE.md, *Locks*; docs/FORMAT.md, `locks/`): who may use a
+//! target beside whom. Restore, verify and copy's source share it; backup and copy's
+//! destination append (two of them would fork the snapshot chain); rekey (later prune and
+//! forget) excludes everyone.
+//!
+//! One object, `locks/writer`, is taken with a create-only put by appenders and exclusive
+//! holders; each shared holder writes its own `locks/shared-<id>`. An exclusive holder, once it
+//! holds `locks/writer`, waits until no live shared lock remains; a shared taker writes its
+//! object, then reads `locks/writer` and steps back when an exclusive holder has it. Holders
+//! refresh their lock every third of its lease and delete it when done. A lock whose process
+//! is gone (on this host) or that was not refreshed within its lease is stale and taken over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::target::{PutOutcome, Replaced, Target};
+
+/// The folder every lock object lives in.
+pub const LOCKS_FOLDER: &str = "locks";
+/// The one lock appenders and exclusive holders take.
+pub const WRITER_KEY: &str = "locks/writer";
+/// How long a lock stays live without a refresh, unless the holder says otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(600);
+/// Lock objects are a few hundred bytes; anything larger is not read.
+const MAX_LOCK_BYTES: usize = 64 << 10;
+/// The longest pause between two attempts while waiting.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What a command does to a target, hence whom it may run beside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Reads (restore, verify, copy's source): beside readers and one appender.
+    Shared,
+    /// Adds snapshots (backup, copy's destination): beside readers, never another appender.
+    Append,
+    /// Changes or removes what others read (rekey; prune and forget later): alone.
+    Exclusive,
+}
+
+impl LockMode {
+    fn name(self) -> &'static str {
+        match self {
+            LockMode::Shared => "shared",
+            LockMode::Append => "append",
+            LockMode::Exclusive => "exclusive",
+        }
+    }
+}
+
+/// Who takes a lock: what the lock object says about its holder (sealed, docs/FORMAT.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// This host's name.
+    pub hostname: String,
+    /// This process's id.
+    pub pid: u32,
+    /// The command (`backup`, `restore`, …).
+    pub command: String,
+}
+
+/// How to take locks; the CLI fills in what the library may not read itself (the clock, the
+/// host, which processes run).
+#[derive(Clone)]
+pub struct LockOptions {
+    /// Who takes the locks.
+    pub holder: Holder,
+    /// How long a lock stays live without a refresh; holders refresh every third of it.
+    pub lease: Duration,
+    /// How long to wait for a holder to finish (zero: fail at once).
+    pub wait: Duration,
+    /// Keys that may read who holds a lock (the writer key, an admin identity); without one a
+    /// holder is "someone".
+    pub readers: Arc<Vec<age::x25519::Identity>>,
+    /// The wall clock.
+    pub now: fn() -> DateTime<Utc>,
+    /// Whether a process of this host runs.
+    pub process_running: fn(u32) -> bool,
+}
+
+impl std::fmt::Debug for LockOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockOptions")
+            .field("holder", &self.holder)
+            .field("lease", &self.lease)
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lock object as stored: the mode and times in the clear (a keyless reader must tell a stale
+/// lock and an exclusive one), the holder sealed to the repository's metadata recipients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredLock {
+    format: String,
+    id: String,
+    mode: LockMode,
+    since: DateTime<Utc>,
+    refreshed: DateTime<Utc>,
+    lease_seconds: u64,
+    /// Hex of an age ciphertext of [`Holder`]'s JSON; absent when written without recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<String>,
+}
+
+const LOCK_FORMAT: &str = "crmvault-lock-1";
+
+impl StoredLock {
+    fn parse(bytes: &[u8]) -> Option<StoredLock> {
+        if bytes.len() > MAX_LOCK_BYTES {
+            return None;
+        }
+        serde_json::from_slice(bytes).ok()
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("a lock serialises"))
+    }
+}
+
+/// A lock someone else holds, as this process can see it.
+#[derive(Debug, Clone)]
+struct Seen {
+    lock: Option<StoredLock>,
+    holder: Option<Holder>,
+}
+
+impl Seen {
+    fn read(bytes: &[u8], readers: &[age::x25519::Identity]) -> Seen {
+        let lock = StoredLock::parse(bytes);
+        let holder = lock
+            .as_ref()
+            .and_then(|lock| lock.holder.as_deref())
+            .and_then(|sealed| hex::decode(sealed).ok())
+            .and_then(|ciphertext| crypto::decrypt(readers, &ciphertext).ok())
+            .and_then(|plaintext| serde_json::from_slice::<Holder>(&plaintext).ok());
+        Seen { lock, holder }
+    }
+
+    /// Why this lock is stale, or `None` while it is live.
+    fn stale(&self, options: &LockOptions) -> Option<String> {
+        let Some(lock) = &self.lock else {
+            return Some("it is not a lock this crmvault can read".into());
+        };
+        if let Some(holder) = &self.holder
+            && holder.hostname == options.holder.hostname
+            && holder.pid != options.holder.pid
+            && !(options.process_running)(holder.pid)
+        {
+            return Some(format!("process {} is gone", holder.pid));
+        }
+        let lease = chrono::Duration::seconds(i64::try_from(lock.lease_seconds).unwrap_or(i64::MAX / 1000));
+        let age = (options.now)() - lock.refreshed;
+        (age > lease).then(|| format!("not refreshed for {} s (lease {} s)", age.num_seconds(), lock.lease_seconds))
+    }
+
+    /// The holder in one phrase: host, pid, command, since.
+    fn describe(&self) -> String {
+        let Some(lock) = &self.lock else {
+            return "an unreadable lock object".into();
+        };
+        let since = lock.since.format("%Y-%m-%d %H:%M:%S UTC");
+        match &self.holder {
+            Some(holder) => format!(
+                "{} (host {}, pid {}, {} lock since {since})",
+                holder.command,
+                holder.hostname,
+                holder.pid,
+                lock.mode.name()
+            ),
+            None => format!("someone (key needed to see who; {} lock since {since})", lock.mode.name()),
+        }
+    }
+}
+
+/// A lock this process holds on one target; refreshed until released.
+#[derive(Debug)]
+pub struct RepositoryLock {
+    target: Target,
+    key: String,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl RepositoryLock {
+    /// The object this lock is.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether someone took this lock over (it was not refreshed in time, or removed by
+    /// `unlock --remove-all`).
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Stops refreshing and deletes the lock object.
+    pub async fn release(mut self) -> Result<()> {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+        }
+        if self.lost() {
+            return Ok(());
+        }
+        let result = self.target.delete(&self.key).await;
+        // Done: the drop below has nothing left to do.
+        self.lost.store(true, Ordering::Relaxed);
+        result
+    }
+}
+
+impl Drop for RepositoryLock {
+    /// A lock not released (an error, Ctrl-C dropping the command) is deleted here, so that it
+    /// never outlives its process when the process can still act.
+    fn drop(&mut self) {
+        if let Some(refresher) = self.refresher.take() {
+            refresher.abort();
+        }
+        if self.lost() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (target, key) = (self.target.clone(), std::mem::take(&mut self.key));
+        let delete = async move {
+            if let Err(error) = tokio::time::timeout(Duration::from_secs(10), target.delete(&key))
+                .await
+                .unwrap_or_else(|_| Err(Error::Invalid(format!("{}: deleting {key} timed out", target.location()))))
+            {
+                tracing::warn!("{}: could not remove lock {key}: {error}", target.location());
+            }
+        };
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| runtime.block_on(delete));
+        } else {
+            runtime.spawn(delete);
+        }
+    }
+}
+
+/// The locks of every target a command uses.
+#[derive(Debug, Default)]
+pub struct Locks(Vec<RepositoryLock>);
+
+impl Locks {
+    /// The locks held.
+    pub fn held(&self) -> &[RepositoryLock] {
+        &self.0
+    }
+
+    /// Adds the locks of another set (copy: its source's and its destination's).
+    pub fn join(&mut self, other: Locks) {
+        self.0.extend(other.0);
+    }
+
+    /// Releases every lock; the first failure is the error, after trying all.
+    pub async fn release(self) -> Result<()> {
+        let mut first_error = None;
+        for lock in self.0 {
+            if let Err(error) = lock.release().await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Locks every repository in `mode`, in the order of their locations (so that two commands
+/// given the same targets in another order cannot each hold one and wait for the other); a
+/// location given twice is locked once. On any failure the locks already taken are released.
+pub async fn lock_all(repositories: &[Repository], mode: LockMode, options: &LockOptions) -> Result<Locks> {
+    let mut ordered: Vec<&Repository> = repositories.iter().collect();
+    ordered.sort_by(|a, b| a.target.location().cmp(b.target.location()));
+    ordered.dedup_by(|a, b| a.target.location() == b.target.location());
+    let deadline = tokio::time::Instant::now() + options.wait;
+    let mut locks = Locks::default();
+    for repository in ordered {
+        let recipients = repository.metadata_recipients();
+        match acquire_until(&repository.target, &recipients, mode, options, deadline).await {
+            Ok(lock) => locks.0.push(lock),
+            Err(error) => {
+                if let Err(release_error) = locks.release().await {
+                    tracing::warn!("{release_error}");
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(locks)
+}
+
+/// Takes a lock on one target, waiting up to `options.wait`. The holder is sealed to
+/// `recipients` (none: written without a holder).
+pub async fn acquire(
+    target: &Target,
+    recipients: &[age::x25519::Recipient],
+    mode: LockMode,
+    options: &LockOptions,
+) -> Result<RepositoryLock> {
+    acquire_until(target, recipients, mode, options, tokio::time::Instant::now() + options.wait).await
+}
+
+async fn acquire_until(
+    target: &Target,
+    recipients: &[age::x25519::Recipient],
+    mode: LockMode,
+    options: &LockOptions,
+    deadline: tokio::time::Instant,
+) -> Result<RepositoryLock> {
+    let mine = new_lock(recipients, mode, options);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let blocked = match mode {
+            LockMode::Shared => try_shared(target, &mine, options).await?,
+            LockMode::Append | LockMode::Exclusive => try_writer(target, &mine, options).await?,
+        };
+        let holder = match blocked {
+            Ok(key) if mode == LockMode::Exclusive => {
+                let lock = held(target, key, mine.clone(), options);
+                wait_for_readers(target, options, deadline).await?;
+                return Ok(lock);
+            }
+            Ok(key) => return Ok(held(target, key, mine, options)),
+            Err(holder) => holder,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Error::Locked { location: target.location().to_string(), holder });
+        }
+        tracing::info!("{}: locked by {holder}; waiting", target.location());
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn new_lock(recipients: &[age::x25519::Recipient], mode: LockMode, options: &LockOptions) -> StoredLock {
+    let mut id = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+    let holder = (!recipients.is_empty()).then(|| {
+        let plaintext = serde_json::to_vec(&options.holder).expect("a holder serialises");
+        hex::encode(crypto::encrypt(recipients, &plaintext))
+    });
+    let now = (options.now)();
+    StoredLock {
+        format: LOCK_FORMAT.into(),
+        id: hex::encode(id),
+        mode,
+        since: now,
+        refreshed: now,
+        lease_seconds: options.lease.as_secs().max(1),
+        holder,
+    }
+}
+
+/// One attempt at `locks/writer`: `Ok(key)` when taken, `Err(holder)` when someone live has it.
+async fn try_writer(
+    target: &Target,
+    mine: &StoredLock,
+    options: &LockOptions,
+) -> Result<std::result::Result<String, String>> {
+    // A few rounds: the holder may release, or another taker take over, between two steps.
+    for _ in 0..4 {
+        if target.put_new(WRITER_KEY, mine.to_bytes()).await? == PutOutcome::Written {
+            return Ok(Ok(WRITER_KEY.into()));
+        }
+        let Some((bytes, version)) = target.get_versioned(WRITER_KEY).await? else {
+            continue;
+        };
+        let seen = Seen::read(&bytes, &options.readers);
+        let Some(reason) = seen.stale(options) else {
+            return Ok(Err(seen.describe()));
+        };
+        // Taking over: only one of several takers may win. Where storage replaces
+        // conditionally (S3's If-Match) it decides; a local folder has no such write, so the
+        // stale lock is read again just before it is deleted (docs/ARCHITECTURE.md, *Locks*:
+        // the window that is left).
+        match target.replace(WRITER_KEY, mine.to_bytes(), &version).await? {
+            Replaced::Replaced => {
+                warn_takeover(target, WRITER_KEY, &seen, &reason);
+                return Ok(Ok(WRITER_KEY.into()));
+            }
+            Replaced::Changed => {}
+            Replaced::Unsupported => {
+                if target.get_versioned(WRITER_KEY).await?.is_some_and(|(again, _)| again == bytes) {
+                    target.delete(WRITER_KEY).await?;
+                    if target.put_new(WRITER_KEY, mine.to_bytes()).await? == PutOutcome::Written {
+                        warn_takeover(target, WRITER_KEY, &seen, &reason);
+                        return Ok(Ok(WRITER_KEY.into()));
+                    }
+                }
+            }
+        }
+    }
+    let seen = match target.get_versioned(WRITER_KEY).await? {
+        Some((bytes, _)) => Seen::read(&bytes, &options.readers).describe(),
+        None => "another taker".into(),
+    };
+    Ok(Err(seen))
+}
+
+/// One attempt at a shared lock: write ours, then step back if an exclusive holder has
+/// `locks/writer` (it may have written it before our object existed, so it may not see us).
+async fn try_shared(
+    target: &Target,
+    mine: &StoredLock,
+    options: &LockOptions,
+) -> Result<std::result::Result<String, String>> {
+    let key = format!("{LOCKS_FOLDER}/shared-{}", mine.id);
+    target.put_new(&key, mine.to_bytes()).await?;
+    let Some((bytes, _)) = target.get_versioned(WRITER_KEY).await? else {
+        return Ok(Ok(key));
+    };
+    let seen = Seen::read(&bytes, &options.readers);
+    let exclusive = seen.lock.as_ref().is_some_and(|lock| lock.mode == LockMode::Exclusive);
+    // A stale exclusive lock is passed over (the next exclusive taker takes it over).
+    if !exclusive || seen.stale(options).is_some() {
+        return Ok(Ok(key));
+    }
+    target.delete(&key).await?;
+    Ok(Err(seen.describe()))
+}
+
+/// Waits (holding `locks/writer`) until no live shared lock remains; stale ones are removed.
+async fn wait_for_readers(target: &Target, options: &LockOptions, deadline: tokio::time::Instant) -> Result<()> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut live = None;
+        for (key, _) in target.list(LOCKS_FOLDER).await? {
+            if !key.rsplit('/').next().is_some_and(|name| name.starts_with("shared-")) {
+                continue;
+            }
+            let Some((bytes, _)) = target.get_versioned(&key).await? else {
+                continue;
+            };
+            let seen = Seen::read(&bytes, &options.readers);
+            match seen.stale(options) {
+                Some(reason) => {
+                    warn_takeover(target, &key, &seen, &reason);
+                    target.delete(&key).await?;
+                }
+                None => live = Some(seen.describe()),
+            }
+        }
+        let Some(holder) = live else {
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Error::Locked { location: target.location().to_string(), holder });
+        }
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn warn_takeover(target: &Target, key: &str, seen: &Seen, reason: &str) {
+    tracing::warn!("{}: taking over stale lock {key} held by {} ({reason})", target.location(), seen.describe());
+}
+
+/// The lock now held, with its refresher running.
+fn held(target: &Target, key: String, mut mine: StoredLock, options: &LockOptions) -> RepositoryLock {
+    let lost = Arc::new(AtomicBool::new(false));
+    let (refresh_target, refresh_key, refresh_lost) = (target.clone(), key.clone(), lost.clone());
+    let (every, now) = (options.lease / 3, options.now);
+    let readers = options.readers.clone();
+    let refresher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            // Ours still? One taken over (we were not refreshed in time) is not taken back.
+            let current = refresh_target.get_versioned(&refresh_key).await;
+            let version = match current {
+                Ok(Some((bytes, version))) if StoredLock::parse(&bytes).is_some_and(|l| l.id == mine.id) => version,
+                Ok(found) => {
+                    let by = found.map_or_else(
+                        || "someone (removed)".into(),
+                        |(bytes, _)| Seen::read(&bytes, &readers).describe(),
+                    );
+                    tracing::error!("{}: lock {refresh_key} was taken over by {by}", refresh_target.location());
+                    refresh_lost.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!("{}: refreshing lock {refresh_key}: {error}", refresh_target.location());
+                    continue;
+                }
+            };
+            mine.refreshed = now();
+            let written = match refresh_target.replace(&refresh_key, mine.to_bytes(), &version).await {
+                Ok(Replaced::Unsupported) => refresh_target.overwrite(&refresh_key, mine.to_bytes()).await,
+                Ok(_) => Ok(()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
+                tracing::warn!("{}: refreshing lock {refresh_key}: {error}", refresh_target.location());
+            }
+        }
+    });
+    RepositoryLock { target: target.clone(), key, refresher: Some(refresher), lost }
+}
+
+/// Which locks `unlock` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Only stale ones (their process gone on this host, or not refreshed within their lease).
+    Stale,
+    /// Every lock, live or not (a holder on another host known to be dead).
+    All,
+}
+
+/// A lock `unlock` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoundLock {
+    /// The target.
+    pub location: String,
+    /// The lock object.
+    pub key: String,
+    /// Who holds it.
+    pub holder: String,
+    /// Why it is stale, if it is.
+    pub stale: Option<String>,
+    /// Whether it was removed.
+    pub removed: bool,
+}
+
+/// Removes a target's stale locks (or all of them), saying what it found.
+pub async fn remove_locks(target: &Target, removal: Removal, options: &LockOptions) -> Result<Vec<FoundLock>> {
+    let mut found = Vec::new();
+    for (key, _) in target.list(LOCKS_FOLDER).await? {
+        let Some((bytes, _)) = target.get_versioned(&key).await? else {
+            continue;
+        };
+        let seen = Seen::read(&bytes, &options.readers);
+        let stale = seen.stale(options);
+        let removed = removal == Removal::All || stale.is_some();
+        if removed {
+            target.delete(&key).await?;
+        }
+        found.push(FoundLock { location: target.location().to_string(), key, holder: seen.describe(), stale, removed });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::OpenMode;
+
+    fn options(command: &str, pid: u32) -> LockOptions {
+        LockOptions {
+            holder: Holder { hostname: "here".into(), pid, command: command.into() },
+            lease: DEFAULT_LEASE,
+            wait: Duration::ZERO,
+            readers: Arc::new(Vec::new()),
+            now: Utc::now,
+            process_running: |pid| pid != 4_000_000,
+        }
+    }
+
+    fn folder() -> (tempfile::TempDir, Target) {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        (dir, target)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn modes_conflict_as_documented() {
+        let (_dir, target) = folder();
+        let identity = crypto::generate_identity();
+        let recipients = [identity.to_public()];
+        let mut reading = options("verify", 1);
+        reading.readers = Arc::new(vec![identity]);
+        let shared = acquire(&target, &recipients, LockMode::Shared, &reading).await.unwrap();
+        let shared_too = acquire(&target, &recipients, LockMode::Shared, &reading).await.unwrap();
+        let append = acquire(&target, &recipients, LockMode::Append, &options("backup", 2)).await.unwrap();
+        let error = acquire(&target, &recipients, LockMode::Append, &reading).await.unwrap_err();
+        assert!(matches!(error, Error::Locked { .. }), "{error}");
+        assert!(error.to_string().contains("backup (host here, pid 2, append lock since"), "{error}");
+        append.release().await.unwrap();
+        // Readers still there: an exclusive taker waits for them, then gives up and lets go.
+        let error = acquire(&target, &recipients, LockMode::Exclusive, &options("rekey", 3)).await.unwrap_err();
+        assert!(error.to_string().contains("someone (key needed to see who; shared lock"), "{error}");
+        assert!(target.size_of(WRITER_KEY).await.unwrap().is_none());
+        shared.release().await.unwrap();
+        shared_too.release().await.unwrap();
+        let exclusive = acquire(&target, &recipients, LockMode::Exclusive, &options("rekey", 3)).await.unwrap();
+        for mode in [LockMode::Shared, LockMode::Append, LockMode::Exclusive] {
+            let error = acquire(&target, &recipients, mode, &reading).await.unwrap_err();
+            assert!(error.to_string().contains("rekey (host here, pid 3, exclusive lock"), "{mode:?}: {error}");
+        }
+        exclusive.release().await.unwrap();
+        assert!(target.list(LOCKS_FOLDER).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_lock_is_removed_and_a_dead_holder_is_taken_over() {
+        let (_dir, target) = folder();
+        let lock = acquire(&target, &[], LockMode::Append, &options("backup", 1)).await.unwrap();
+        drop(lock);
+        assert!(target.list(LOCKS_FOLDER).await.unwrap().is_empty());
+
+        let identity = crypto::generate_identity();
+        let recipients = [identity.to_public()];
+        let dead = acquire(&target, &recipients, LockMode::Append, &options("backup", 4_000_000)).await.unwrap();
+        std::mem::forget(dead);
+        let mut reading = options("backup", 5);
+        reading.readers = Arc::new(vec![identity]);
+        let taken = acquire(&target, &recipients, LockMode::Append, &reading).await.unwrap();
+        taken.release().await.unwrap();
+    }
+}

@@ -1,0 +1,181 @@
+//! Repository locks end to end (docs/ARCHITECTURE.md, *Locks*): a second backup is told who
+//! holds the repository, or waits with --lock-wait; stale locks are taken over; `unlock`
+//! removes what is left; readers share; no lock outlives its process.
+//!
+//! A command is made to hold its lock for a while by giving it a "database" that accepts the
+//! connection and says nothing: the lock is taken before the database is reached.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A PostgreSQL URL whose server accepts connections, holds each for `hold`, then hangs up.
+fn silent_database(hold: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for connection in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(hold);
+                drop(connection);
+            });
+        }
+    });
+    format!("postgres://postgres@127.0.0.1:{port}/silent?sslmode=disable")
+}
+
+/// Starts `args` in the background and returns once `lock` exists.
+fn holding(work: &Workspace, args: &[&str], lock: &Path) -> Child {
+    let child = work.command().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("crmvault starts");
+    let started = Instant::now();
+    while !lock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{} never appeared", lock.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// The lock objects of a local repository.
+fn locks_in(repo: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(repo.join("locks")) {
+        Ok(entries) => entries.flatten().map(|entry| entry.path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until a shared lock exists in `repo`.
+fn wait_for_shared(repo: &Path) {
+    let started = Instant::now();
+    while !locks_in(repo).iter().any(|p| p.file_name().unwrap().to_string_lossy().starts_with("shared-")) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no shared lock appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A lock object as another crmvault would have left it, without a readable holder.
+fn planted_lock(mode: &str, refreshed: &str) -> String {
+    format!(
+        r#"{{"format":"crmvault-lock-1","id":"00112233445566aa","mode":"{mode}","since":"{refreshed}","refreshed":"{refreshed}","lease_seconds":600}}"#
+    )
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[test]
+fn a_second_backup_is_told_who_holds_the_lock_or_waits_for_it_and_no_lock_outlives_a_failed_backup() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_second").crm().init("repo").backup();
+    let lock = Path::new(&repo).join("locks/writer");
+    let silent = silent_database(Duration::from_secs(6));
+    let mut first = holding(&work, &["backup", "--db", &silent, "--repo", &repo], &lock);
+
+    let started = Instant::now();
+    let refused =
+        work.run(&["backup", "--db", &source.url(), "--repo", &repo]).fails_with(1, "is locked by backup (host ");
+    assert!(started.elapsed() < Duration::from_secs(3), "it did not fail at once");
+    let line = refused.stderr.lines().find(|l| l.contains("is locked by")).unwrap().to_string();
+    assert!(line.contains(&format!("pid {}", first.id())), "{line}");
+    assert!(line.contains("append lock since "), "{line}");
+    assert!(line.contains("--lock-wait") && line.contains("crmvault unlock"), "{line}");
+    assert_eq!(refused.stderr.trim().lines().count(), 1, "one line: {}", refused.stderr);
+
+    // Readers share the repository with the backup.
+    work.run(&["verify", "--repo", &repo]).ok();
+
+    let waited = work.run(&["backup", "--json", "--lock-wait", "60s", "--db", &source.url(), "--repo", &repo]).ok();
+    assert!(waited.json()["snapshot_id"].is_string(), "{}", waited.stdout);
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the first backup's database never answered");
+    assert!(locks_in(Path::new(&repo)).is_empty(), "{:?}", locks_in(Path::new(&repo)));
+
+    // A backup that fails for any reason leaves no lock either.
+    work.run(&["backup", "--db", &silent_database(Duration::ZERO), "--repo", &repo]).fails_with(1, "");
+    assert!(locks_in(Path::new(&repo)).is_empty(), "{:?}", locks_in(Path::new(&repo)));
+}
+
+#[test]
+fn a_lock_left_by_a_dead_process_on_this_host_is_taken_over_with_a_warning() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_dead").crm().init("repo");
+    let lock = Path::new(&repo).join("locks/writer");
+    let silent = silent_database(Duration::from_secs(60));
+    let mut gone = holding(&work, &["backup", "--db", &silent, "--repo", &repo], &lock);
+    let pid = gone.id();
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    assert!(lock.exists(), "SIGKILL leaves the lock behind");
+
+    let run = work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    let warning = run.stderr.lines().find(|l| l.contains("taking over stale lock")).unwrap_or_else(|| {
+        panic!("no warning: {}", run.stderr);
+    });
+    assert!(warning.contains("backup (host ") && warning.contains(&format!("pid {pid}")), "{warning}");
+    assert!(warning.contains(&format!("process {pid} is gone")), "{warning}");
+    assert!(locks_in(Path::new(&repo)).is_empty());
+}
+
+#[test]
+fn a_lock_not_refreshed_within_its_lease_is_taken_over_and_unlock_removes_what_is_stale() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_lease").crm().init("repo");
+    let locks = Path::new(&repo).join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let writer = locks.join("writer");
+
+    // A live lock of someone this host cannot read: refused, saying so.
+    std::fs::write(&writer, planted_lock("exclusive", &now())).unwrap();
+    work.run(&["backup", "--db", &source.url(), "--repo", &repo])
+        .fails_with(1, "is locked by someone (key needed to see who; exclusive lock since ");
+    work.run(&["verify", "--repo", &repo]).fails_with(1, "is locked by someone");
+
+    // Not refreshed for years: taken over.
+    std::fs::write(&writer, planted_lock("append", "2020-01-01T00:00:00Z")).unwrap();
+    let run = work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    assert!(run.stderr.contains("taking over stale lock locks/writer held by someone"), "{}", run.stderr);
+    assert!(run.stderr.contains("not refreshed for"), "{}", run.stderr);
+    assert!(locks_in(Path::new(&repo)).is_empty());
+
+    // unlock: the stale one goes, the live one stays until --remove-all.
+    std::fs::write(&writer, planted_lock("append", "2020-01-01T00:00:00Z")).unwrap();
+    std::fs::write(locks.join("shared-00112233445566bb"), planted_lock("shared", &now())).unwrap();
+    let run = work.run(&["unlock", "--repo", &repo]).ok();
+    assert!(run.stdout.contains("removed") && run.stdout.contains("locks/writer held by someone"), "{}", run.stdout);
+    assert!(run.stdout.contains("kept") && run.stdout.contains("locks/shared-00112233445566bb"), "{}", run.stdout);
+    assert_eq!(locks_in(Path::new(&repo)).len(), 1);
+    let run = work.run(&["unlock", "--json", "--repo", &repo, "--remove-all"]).ok();
+    assert_eq!(run.json()["locks"][0]["removed"], true, "{}", run.stdout);
+    assert!(locks_in(Path::new(&repo)).is_empty());
+    work.run(&["unlock", "--repo", &repo]).ok();
+}
+
+#[test]
+fn readers_share_a_repository_and_a_rekey_waits_for_them() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_shared").crm().init("repo").backup();
+    let silent = silent_database(Duration::from_secs(10));
+    let key = work.admin_key();
+    let mut restore = work
+        .command()
+        .args(["restore", "--repo", &repo, "--identity", &key, "--db", &silent])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_shared(Path::new(&repo));
+
+    // Another reader and a backup go on beside it.
+    work.run(&["verify", "--repo", &repo, "--identity", &key]).ok();
+    work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    // A rekey excludes readers: it names the restore (its admin key reads who holds the lock).
+    let other = work.keygen("other.key");
+    let run = work
+        .run(&["rekey", "--repo", &repo, "--identity", &key, "--add-recipient", &other])
+        .fails_with(1, "is locked by restore (host ");
+    assert!(run.stderr.contains(&format!("pid {}", restore.id())), "{}", run.stderr);
+    assert!(!Path::new(&repo).join("locks/writer").exists(), "a rekey that gave up let go of locks/writer");
+    // With --lock-wait it runs once the restore is done.
+    work.run(&["rekey", "--lock-wait", "60s", "--repo", &repo, "--identity", &key, "--add-recipient", &other]).ok();
+    assert_eq!(restore.wait().unwrap().code(), Some(1));
+    assert!(locks_in(Path::new(&repo)).is_empty());
+}
