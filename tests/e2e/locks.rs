@@ -179,3 +179,18 @@ fn readers_share_a_repository_and_a_rekey_waits_for_them() {
     assert_eq!(restore.wait().unwrap().code(), Some(1));
     assert!(locks_in(Path::new(&repo)).is_empty());
 }
+
+#[test]
+fn ctrl_c_and_sigterm_remove_the_lock_of_the_command_they_stop() {
+    let Ready { work, repo, .. } = Scenario::new("lock_signal").crm().init("repo");
+    let lock = Path::new(&repo).join("locks/writer");
+    let silent = silent_database(Duration::from_secs(60));
+    for signal in ["-INT", "-TERM"] {
+        let mut backup = holding(&work, &["backup", "--db", &silent, "--repo", &repo], &lock);
+        let killed = std::process::Command::new("kill").args([signal, &backup.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let status = backup.wait().unwrap();
+        assert_eq!(status.code(), Some(1), "{signal}: {status:?}");
+        assert!(locks_in(Path::new(&repo)).is_empty(), "{signal}: {:?}", locks_in(Path::new(&repo)));
+    }
+}

@@ -328,3 +328,40 @@ fn s3_keys_come_from_systemd_credentials_when_the_environment_has_none() {
     run(&["init", "--repo", &repo, "--recipient", &recipient], true).ok();
     run(&["verify", "--repo", &repo], true).ok();
 }
+
+#[test]
+fn a_lock_in_a_bucket_names_its_holder_a_stale_one_is_taken_over_and_none_is_left_behind() {
+    let server = S3Server::start();
+    let source = TestDb::create("s3_lock");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let bucket = server.repo("locked");
+    run_s3(&work, &server, &["init", "--repo", &bucket, "--recipient", &recipient]).ok();
+    let target = crmvault::target::Target::open_with(&bucket, crmvault::target::OpenMode::Existing, &server.settings())
+        .expect("the bucket opens");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let plant = |refreshed: &str| {
+        let lock = format!(
+            r#"{{"format":"crmvault-lock-1","id":"00aa","mode":"append","since":"{refreshed}","refreshed":"{refreshed}","lease_seconds":600}}"#
+        );
+        runtime.block_on(target.overwrite(crmvault::lock::WRITER_KEY, lock.into())).unwrap();
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+
+    plant(&now);
+    run_s3(&work, &server, &["backup", "--db", &source.url(), "--repo", &bucket])
+        .fails_with(1, "is locked by someone (key needed to see who; append lock since");
+
+    // Not refreshed within its lease: replaced (If-Match on the version read) and backed up.
+    plant("2020-01-01T00:00:00Z");
+    let run = run_s3(&work, &server, &["backup", "--db", &source.url(), "--repo", &bucket]).ok();
+    assert!(run.stderr.contains("taking over stale lock locks/writer held by someone"), "{}", run.stderr);
+    run_s3(&work, &server, &["verify", "--repo", &bucket]).ok();
+    assert_eq!(runtime.block_on(target.list(crmvault::lock::LOCKS_FOLDER)).unwrap(), vec![]);
+
+    plant("2020-01-01T00:00:00Z");
+    let run = run_s3(&work, &server, &["unlock", "--repo", &bucket]).ok();
+    assert!(run.stdout.contains("removed"), "{}", run.stdout);
+    assert_eq!(runtime.block_on(target.list(crmvault::lock::LOCKS_FOLDER)).unwrap(), vec![]);
+}
