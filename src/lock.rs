@@ -157,7 +157,11 @@ impl Seen {
         {
             return Some(format!("process {} is gone", holder.pid));
         }
-        let lease = chrono::Duration::seconds(i64::try_from(lock.lease_seconds).unwrap_or(i64::MAX / 1000));
+        // A forged lease of any size must not panic: past chrono's range it never runs out.
+        let lease = i64::try_from(lock.lease_seconds)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .unwrap_or(chrono::Duration::MAX);
         let age = (options.now)() - lock.refreshed;
         (age > lease).then(|| format!("not refreshed for {} s (lease {} s)", age.num_seconds(), lock.lease_seconds))
     }
@@ -598,6 +602,38 @@ mod tests {
         }
         exclusive.release().await.unwrap();
         assert!(target.list(LOCKS_FOLDER).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lock_object_from_storage_is_never_believed_into_a_panic() {
+        let reading = options("backup", 1);
+        let forged = |lease: &str, refreshed: &str| {
+            let text = format!(
+                r#"{{"format":"crmvault-lock-1","id":"1","mode":"append","since":"{refreshed}","refreshed":"{refreshed}","lease_seconds":{lease}}}"#
+            );
+            Seen::read(text.as_bytes(), &[])
+        };
+        assert!(forged("18446744073709551615", "2020-01-01T00:00:00Z").stale(&reading).is_none());
+        assert!(forged("9223372036854775807", "0001-01-01T00:00:00Z").stale(&reading).is_none());
+        assert!(forged("0", "9999-01-01T00:00:00Z").stale(&reading).is_none());
+        assert!(forged("1", "2020-01-01T00:00:00Z").stale(&reading).is_some());
+        let oversized = vec![b'{'; 70_000];
+        for junk in [&b"{}"[..], b"not json", &oversized] {
+            let seen = Seen::read(junk, &[]);
+            assert!(seen.stale(&reading).is_some());
+            assert_eq!(seen.describe(), "an unreadable lock object");
+        }
+        // A holder sealed to someone else reads as someone.
+        let stranger = crypto::generate_identity();
+        let mine = new_lock(&[stranger.to_public()], LockMode::Shared, &reading);
+        let seen = Seen::read(&mine.to_bytes(), &[crypto::generate_identity()]);
+        assert!(
+            seen.describe().starts_with("someone (key needed to see who; shared lock since "),
+            "{}",
+            seen.describe()
+        );
+        let seen = Seen::read(&mine.to_bytes(), &[stranger]);
+        assert!(seen.describe().starts_with("backup (host here, pid 1, shared lock since "), "{}", seen.describe());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
