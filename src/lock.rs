@@ -190,6 +190,8 @@ impl Seen {
 pub struct RepositoryLock {
     target: Target,
     key: String,
+    /// The id in the lock object, to tell ours from a taker's.
+    id: String,
     refresher: Option<tokio::task::JoinHandle<()>>,
     lost: Arc<AtomicBool>,
 }
@@ -214,7 +216,7 @@ impl RepositoryLock {
         if self.lost() {
             return Ok(());
         }
-        let result = self.target.delete(&self.key).await;
+        let result = delete_if_ours(&self.target, &self.key, &self.id).await;
         // Done: the drop below has nothing left to do.
         self.lost.store(true, Ordering::Relaxed);
         result
@@ -234,9 +236,9 @@ impl Drop for RepositoryLock {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (target, key) = (self.target.clone(), std::mem::take(&mut self.key));
+        let (target, key, id) = (self.target.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.id));
         let delete = async move {
-            if let Err(error) = tokio::time::timeout(Duration::from_secs(10), target.delete(&key))
+            if let Err(error) = tokio::time::timeout(Duration::from_secs(10), delete_if_ours(&target, &key, &id))
                 .await
                 .unwrap_or_else(|_| Err(Error::Invalid(format!("{}: deleting {key} timed out", target.location()))))
             {
@@ -249,6 +251,20 @@ impl Drop for RepositoryLock {
             runtime.spawn(delete);
         }
     }
+}
+
+/// Deletes a lock this process took, unless someone took it over meanwhile (this process
+/// stalled past its lease): their lock is not ours to delete. A shared lock's name is ours alone.
+async fn delete_if_ours(target: &Target, key: &str, id: &str) -> Result<()> {
+    if key == WRITER_KEY {
+        let current = target.get_versioned(key).await?;
+        let ours = current.is_some_and(|(bytes, _)| StoredLock::parse(&bytes).is_some_and(|lock| lock.id == id));
+        if !ours {
+            tracing::warn!("{}: lock {key} was taken over meanwhile; left to its new holder", target.location());
+            return Ok(());
+        }
+    }
+    target.delete(key).await
 }
 
 /// The locks of every target a command uses.
@@ -473,6 +489,7 @@ fn warn_takeover(target: &Target, key: &str, seen: &Seen, reason: &str) {
 /// The lock now held, with its refresher running.
 fn held(target: &Target, key: String, mut mine: StoredLock, options: &LockOptions) -> RepositoryLock {
     let lost = Arc::new(AtomicBool::new(false));
+    let id = mine.id.clone();
     let (refresh_target, refresh_key, refresh_lost) = (target.clone(), key.clone(), lost.clone());
     let (every, now) = (options.lease / 3, options.now);
     let readers = options.readers.clone();
@@ -508,7 +525,7 @@ fn held(target: &Target, key: String, mut mine: StoredLock, options: &LockOption
             }
         }
     });
-    RepositoryLock { target: target.clone(), key, refresher: Some(refresher), lost }
+    RepositoryLock { target: target.clone(), key, id, refresher: Some(refresher), lost }
 }
 
 /// Which locks `unlock` removes.
@@ -634,6 +651,28 @@ mod tests {
         );
         let seen = Seen::read(&mine.to_bytes(), &[stranger]);
         assert!(seen.describe().starts_with("backup (host here, pid 1, shared lock since "), "{}", seen.describe());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_lock_is_refreshed_and_outlives_its_lease_while_one_left_alone_goes_stale() {
+        let (_dir, target) = folder();
+        let mut short = options("backup", 1);
+        short.lease = Duration::from_secs(1);
+        let held = acquire(&target, &[], LockMode::Append, &short).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let error = acquire(&target, &[], LockMode::Append, &options("backup", 2)).await.unwrap_err();
+        assert!(matches!(error, Error::Locked { .. }), "{error}");
+        // Without its refresher (a stopped process) the same lock is stale after its lease.
+        let mut held = held;
+        held.refresher.take().unwrap().abort();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let taken = acquire(&target, &[], LockMode::Append, &options("backup", 2)).await.unwrap();
+        assert!(!taken.lost());
+        // The first holder, back, must not delete the new holder's lock.
+        held.release().await.unwrap();
+        assert!(target.size_of(WRITER_KEY).await.unwrap().is_some());
+        taken.release().await.unwrap();
+        assert!(target.size_of(WRITER_KEY).await.unwrap().is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
