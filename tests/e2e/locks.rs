@@ -194,3 +194,28 @@ fn ctrl_c_and_sigterm_remove_the_lock_of_the_command_they_stop() {
         assert!(locks_in(Path::new(&repo)).is_empty(), "{signal}: {:?}", locks_in(Path::new(&repo)));
     }
 }
+
+#[test]
+fn copy_appends_to_its_destination_so_it_waits_for_a_backup_there_and_reads_beside_one_at_its_source() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_copy").crm().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--copy-from", &repo, "--repo", &copy]).ok();
+    let silent = silent_database(Duration::from_secs(8));
+    let mut backup =
+        holding(&work, &["backup", "--db", &silent, "--repo", &copy], &Path::new(&copy).join("locks/writer"));
+    let pid = backup.id();
+    work.run(&["copy", "--from", &repo, "--to", &copy])
+        .fails_with(1, &format!("{copy} is locked by backup (host "))
+        .fails_with(1, &format!("pid {pid}"));
+    assert!(locks_in(Path::new(&repo)).is_empty(), "the source's shared lock was let go");
+    work.run(&["copy", "--lock-wait", "60s", "--from", &repo, "--to", &copy]).ok();
+    backup.wait().unwrap();
+
+    // A copy reads its source beside a backup that appends to it.
+    let mut reading =
+        holding(&work, &["backup", "--db", &silent, "--repo", &repo], &Path::new(&repo).join("locks/writer"));
+    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    reading.wait().unwrap();
+    work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    assert!(locks_in(Path::new(&repo)).is_empty() && locks_in(Path::new(&copy)).is_empty());
+}
