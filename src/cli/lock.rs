@@ -81,11 +81,11 @@ pub async fn unlock(repositories: &[Repository], removal: Removal, options: &Loc
 pub fn print_unlock(json: bool, found: &[FoundLock]) {
     if json {
         let document = serde_json::json!({ "command": "unlock", "locks": found, "ok": true });
-        println!("{}", serde_json::to_string_pretty(&document).expect("reports serialise"));
+        say!("{}", super::output::json_text(&document));
         return;
     }
     if found.is_empty() {
-        println!("no locks");
+        say!("no locks");
     }
     for lock in found {
         let state = match (&lock.stale, lock.removed) {
@@ -94,7 +94,7 @@ pub fn print_unlock(json: bool, found: &[FoundLock]) {
             (None, false) => "live".into(),
         };
         let verb = if lock.removed { "removed" } else { "kept" };
-        println!("{verb} {}/{} held by {} ({state})", lock.location, lock.key, lock.holder);
+        say!("{verb} {}/{} held by {} ({state})", lock.location, lock.key, lock.holder);
     }
 }
 
