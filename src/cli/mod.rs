@@ -15,6 +15,7 @@ mod generate;
 mod lock;
 mod output;
 mod profile;
+mod secrets;
 mod storage;
 mod trust;
 

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
 
+use super::secrets::{check_private, read_secret_file};
 use super::storage::{RepositorySection, Sections, Storage};
 
 /// The config file when neither `--config` nor the user's config folder gives one.
@@ -342,12 +343,12 @@ impl Settings {
             database.set_password_if_missing(&read_secret_file(path)?);
         }
         if !database.has_password()
-            && let Some(password) = super::connection::password_from_credentials()?
+            && let Some(password) = super::secrets::password_from_credentials()?
         {
             database.set_password_if_missing(&password);
         }
         if !database.has_password()
-            && let Some(password) = super::connection::password_from_pgpass(&database)
+            && let Some(password) = super::secrets::password_from_pgpass(&database)
         {
             database.set_password_if_missing(&password);
         }
@@ -371,35 +372,6 @@ fn summary(mistakes: &[String]) -> String {
         0 | 1 => first.to_string(),
         more => format!("{first} (and {} more: `crmvault config check` lists them)", more - 1),
     }
-}
-
-/// Reads a secret from a file only its owner can read, without the line end.
-pub fn read_secret_file(path: &Path) -> Result<String> {
-    check_private(path).map_err(|message| anyhow!(message))?;
-    let text = std::fs::read_to_string(path).map_err(|error| anyhow!("reading {}: {error}", path.display()))?;
-    let secret = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
-    if secret.is_empty() {
-        return Err(anyhow!("{} is empty", path.display()));
-    }
-    Ok(secret.to_string())
-}
-
-/// Whether a file holding a secret exists and nobody but its owner can read it.
-pub(super) fn check_private(path: &Path) -> std::result::Result<(), String> {
-    let metadata = std::fs::metadata(path).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
-        _ => format!("{}: {error}", path.display()),
-    })?;
-    let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} holds a secret but others can read it (mode {:o}); run chmod 600 {}",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        ));
-    }
-    Ok(())
 }
 
 /// Line and column (from 1) of a byte offset.

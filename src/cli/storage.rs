@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use crmvault::repo_set::RepoSet;
 use crmvault::target::{Location, OpenMode, S3Settings, Target};
 
-use super::connection::credential;
+use super::secrets::credential;
 
 /// One `[repository."…"]` section.
 #[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
@@ -138,7 +138,7 @@ impl Storage {
             if section.access_key_id.is_some() {
                 settings.access_key_id.clone_from(&section.access_key_id);
                 settings.secret_access_key = match &section.secret_access_key_file {
-                    Some(path) => Some(super::profile::read_secret_file(path)?.into()),
+                    Some(path) => Some(super::secrets::read_secret_file(path)?.into()),
                     None => section.secret_access_key.clone().map(Into::into),
                 };
                 settings.session_token = section.session_token.clone().map(Into::into);
