@@ -143,6 +143,10 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     for target in &report.targets {
         match &target.error {
             None => eprintln!("  ok      {}: added {}", target.location, size(target.bytes_added)),
+            // Most errors name their target already ("no crmvault repository at …"): say it once.
+            Some(error) if error.contains(&target.location) => {
+                eprintln!("  FAILED  {error} (no snapshot written there)");
+            }
             Some(error) => eprintln!("  FAILED  {}: {error} (no snapshot written there)", target.location),
         }
     }
