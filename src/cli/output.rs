@@ -458,30 +458,22 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
         say!("removed admin {recipient}: it reads nothing written from now on");
     }
     say!(
-        "repository {} is at generation {} on {} target{}: {} snapshot{} carried, {} index{} rewritten",
+        "repository {} is at generation {} on {}: {} carried, {} rewritten",
         report.repository_id,
         report.generation,
-        report.locations.len(),
-        plural(report.locations.len()),
-        report.snapshots_carried,
-        plural(report.snapshots_carried),
-        report.indexes_rewritten,
-        if report.indexes_rewritten == 1 { "" } else { "es" }
+        count(report.locations.len() as u64, "target"),
+        count(report.snapshots_carried as u64, "snapshot"),
+        count_of(report.indexes_rewritten as u64, "index", "indexes")
     );
     for done in &report.reencrypted {
         say!(
-            "re-encrypted {}: {} snapshot{}, {} pack{}, {} dictionar{}, {} index{} written again; {} object{} deleted",
+            "re-encrypted {}: {}, {}, {}, {} written again; {} deleted",
             done.location,
-            done.snapshots,
-            plural(done.snapshots),
-            done.packs,
-            plural(done.packs),
-            done.dictionaries,
-            if done.dictionaries == 1 { "y" } else { "ies" },
-            done.indexes,
-            if done.indexes == 1 { "" } else { "es" },
-            done.deleted,
-            plural(done.deleted)
+            count(done.snapshots as u64, "snapshot"),
+            count(done.packs as u64, "pack"),
+            count_of(done.dictionaries as u64, "dictionary", "dictionaries"),
+            count_of(done.indexes as u64, "index", "indexes"),
+            count(done.deleted as u64, "object")
         );
         for (key, why) in &done.not_deleted {
             say!("  not deleted (still readable by whoever could read it): {key}: {why}");
@@ -513,13 +505,14 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
     );
 }
 
-fn plural(count: usize) -> &'static str {
-    if count == 1 { "" } else { "s" }
-}
-
 /// `count` with its noun, singular or plural ("1 table", "2 tables").
 fn count(count: u64, singular: &str) -> String {
     format!("{count} {}", noun(count, singular))
+}
+
+/// `count` with a noun whose plural is not singular + s ("1 index", "2 indexes").
+fn count_of(count: u64, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
 }
 
 /// A noun after `count` (which is not printed): "table" or "tables".
