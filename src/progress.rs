@@ -15,6 +15,12 @@ pub trait Progress: Send + Sync {
     /// `amount` more units of the current phase are done.
     fn advance(&self, amount: u64);
 
+    /// Whether anyone sees this report: an engine skips the work it would do only to size
+    /// it (a backup reading the previous snapshot to know how many bytes to expect).
+    fn is_shown(&self) -> bool {
+        true
+    }
+
     /// The current phase works through `total` named items (tables) besides its units.
     fn items(&self, total: u64) {
         let _ = total;
@@ -43,6 +49,10 @@ pub struct Silent;
 
 impl Progress for Silent {
     fn advance(&self, _amount: u64) {}
+
+    fn is_shown(&self) -> bool {
+        false
+    }
 }
 
 /// A progress report shared by the tasks and threads of one operation.

@@ -228,8 +228,13 @@ pub async fn run(
     };
     let tally = context.tally.clone();
 
-    // What the tables held at the last backup, or their size on disk for a table new since.
-    let previous = previous_sizes(&states, keyring, &options.database.name()).await;
+    // What the tables held at the last backup, or their size on disk for a table new since;
+    // the catalog's sizes alone when nobody watches (cron): no manifest is read for a bar.
+    let previous = if progress.is_shown() {
+        previous_sizes(&states, keyring, &options.database.name()).await
+    } else {
+        HashMap::new()
+    };
     let previous_size = |schema: &str, name: &str| previous.get(&(schema.to_string(), name.to_string())).copied();
     let expected_bytes: u64 = tables
         .iter()

@@ -359,6 +359,10 @@ impl Bar {
 }
 
 impl crmvault::progress::Progress for Bar {
+    fn is_shown(&self) -> bool {
+        self.bar.is_some()
+    }
+
     fn phase(&self, name: &str, unit: Unit, total: Option<u64>) {
         let Some(bar) = &self.bar else { return };
         let template = match (total, unit) {
