@@ -653,6 +653,24 @@ mod tests {
         assert!(seen.describe().starts_with("backup (host here, pid 1, shared lock since "), "{}", seen.describe());
     }
 
+    #[test]
+    fn a_lock_object_shows_storage_neither_the_host_nor_the_command() {
+        let mut holder = options("backup-of-crm", 4242);
+        holder.holder.hostname = "db-backup-host.internal".into();
+        let admin = crypto::generate_identity();
+        let bytes = new_lock(&[admin.to_public()], LockMode::Append, &holder).to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["db-backup-host.internal", "backup-of-crm"] {
+            assert!(!text.contains(secret), "{secret} in a lock object: {text}");
+        }
+        let seen = Seen::read(&bytes, &[admin]);
+        assert!(
+            seen.describe().starts_with("backup-of-crm (host db-backup-host.internal, pid 4242"),
+            "{}",
+            seen.describe()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_lock_is_refreshed_and_outlives_its_lease_while_one_left_alone_goes_stale() {
         let (_dir, target) = folder();
