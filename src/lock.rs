@@ -653,6 +653,17 @@ mod tests {
         assert!(seen.describe().starts_with("backup (host here, pid 1, shared lock since "), "{}", seen.describe());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unlock_deletes_nothing_through_a_locks_folder_planted_as_a_link() {
+        let (dir, target) = folder();
+        let victim = tempfile::tempdir().unwrap();
+        std::fs::write(victim.path().join("writer"), "precious").unwrap();
+        std::fs::write(victim.path().join("a.txt"), "precious").unwrap();
+        std::os::unix::fs::symlink(victim.path(), dir.path().join(LOCKS_FOLDER)).unwrap();
+        let _ = remove_locks(&target, Removal::All, &options("unlock", 1)).await;
+        assert!(victim.path().join("writer").exists() && victim.path().join("a.txt").exists());
+    }
+
     #[test]
     fn a_lock_object_shows_storage_neither_the_host_nor_the_command() {
         let mut holder = options("backup-of-crm", 4242);

@@ -295,6 +295,10 @@ impl Target {
 
     /// Removes an object (tests and, later, prune).
     pub async fn delete(&self, key: &str) -> Result<()> {
+        // A folder planted as a link would send the delete outside the repository.
+        if let Some(root) = &self.local_root {
+            refuse_linked_folders(root, key)?;
+        }
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.map_error(key, e)),
