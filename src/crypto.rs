@@ -72,6 +72,11 @@ impl RepoSecret {
     pub fn index_mac_key(&self) -> MacKey {
         MacKey(self.derive("crmvault 2026 index mac v7"))
     }
+
+    /// The key of forget records' MACs (derived from the authentication secret).
+    pub fn forget_mac_key(&self) -> MacKey {
+        MacKey(self.derive("crmvault 2026 forget mac v7"))
+    }
 }
 
 /// The secret half of a config generation's signing key (Ed25519): only the admins of that

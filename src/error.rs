@@ -234,6 +234,21 @@ pub enum Error {
         /// Tables the database has.
         of: usize,
     },
+    /// The lock this command held was taken over while it ran (it stalled past its lease, or
+    /// the lock was removed by hand): it stopped before writing what it was about to.
+    #[error(
+        "{location}: this command's lock ({key}) was taken over while it ran (it stalled past its lease, or the \
+         lock was removed); it stopped before committing anything: run it again"
+    )]
+    LockLost {
+        /// The target.
+        location: String,
+        /// The lock object.
+        key: String,
+    },
+    /// A retention policy that cannot be applied as given.
+    #[error("retention policy refused: {0}")]
+    Retention(String),
     /// A bug: something the code relies on did not hold.
     #[error("internal error: {0}")]
     Internal(String),
@@ -314,6 +329,35 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
 /// What object_store says, in fewer words: its local file system's errors start with
 /// "Generic LocalFileSystem error: Unable to …: IO error for operation on …", and a refused
 /// permission gets the advice it needs.
+impl Error {
+    /// Whether storage refused to delete an object for want of the right to: S3's AccessDenied
+    /// (a bucket without delete rights, an object under Object Lock retention) or a local folder
+    /// the user may not change. `forget` and `prune` skip such objects and say so.
+    pub fn is_delete_refused(&self) -> bool {
+        let Error::Storage { source, .. } = self else {
+            return false;
+        };
+        if matches!(source, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
+        {
+            return true;
+        }
+        let mut cause = std::error::Error::source(source);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && matches!(io.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
+            {
+                return true;
+            }
+            let text = error.to_string();
+            if text.contains("AccessDenied") {
+                return true;
+            }
+            cause = error.source();
+        }
+        source.to_string().contains("AccessDenied")
+    }
+}
+
 fn storage_message(error: &object_store::Error) -> String {
     let mut text = error.to_string();
     for (prefix, instead) in [

@@ -15,6 +15,7 @@ pub mod compress;
 pub mod crypto;
 pub mod error;
 pub mod fetch;
+pub mod forget;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod lock;
@@ -24,6 +25,7 @@ pub mod rekey;
 pub mod repo;
 pub mod repo_set;
 pub mod restore;
+pub mod retention;
 pub mod target;
 pub mod trust;
 pub mod varint;

@@ -194,6 +194,10 @@ pub struct RepositoryLock {
     id: String,
     refresher: Option<tokio::task::JoinHandle<()>>,
     lost: Arc<AtomicBool>,
+    /// The wall clock (the options').
+    now: fn() -> DateTime<Utc>,
+    /// The lease it was taken with.
+    lease: Duration,
 }
 
 impl RepositoryLock {
@@ -206,6 +210,28 @@ impl RepositoryLock {
     /// `unlock --remove-all`).
     pub fn lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Proves, by reading the lock object, that this process still holds the lock and that its
+    /// lease has not run out: what a command checks right before a write that must not happen
+    /// under someone else's lock (a backup's snapshot object: a `prune` that took over the lock
+    /// of a backup stalled past its lease may have deleted the packs it wrote).
+    pub async fn confirm(&self) -> Result<()> {
+        let lost = || Error::LockLost { location: self.target.location().to_string(), key: self.key.clone() };
+        if self.lost() {
+            return Err(lost());
+        }
+        let current = self.target.get_versioned(&self.key).await?;
+        let Some(lock) = current.and_then(|(bytes, _)| StoredLock::parse(&bytes)).filter(|lock| lock.id == self.id)
+        else {
+            self.lost.store(true, Ordering::Relaxed);
+            return Err(lost());
+        };
+        let lease = chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
+        if lock.refreshed.checked_add_signed(lease).is_some_and(|end| end <= (self.now)()) {
+            return Err(lost());
+        }
+        Ok(())
     }
 
     /// Stops refreshing and deletes the lock object.
@@ -280,6 +306,15 @@ impl Locks {
     /// Adds the locks of another set (copy: its source's and its destination's).
     pub fn join(&mut self, other: Locks) {
         self.0.extend(other.0);
+    }
+
+    /// [`RepositoryLock::confirm`] for the lock on `location`; Ok when this set holds none there
+    /// (a command run without locks, as in the library's own tests).
+    pub async fn confirm(&self, location: &str) -> Result<()> {
+        for lock in self.0.iter().filter(|lock| lock.target.location() == location) {
+            lock.confirm().await?;
+        }
+        Ok(())
     }
 
     /// Releases every lock; the first failure is the error, after trying all.
@@ -525,7 +560,15 @@ fn held(target: &Target, key: String, mut mine: StoredLock, options: &LockOption
             }
         }
     });
-    RepositoryLock { target: target.clone(), key, id, refresher: Some(refresher), lost }
+    RepositoryLock {
+        target: target.clone(),
+        key,
+        id,
+        refresher: Some(refresher),
+        lost,
+        now: options.now,
+        lease: options.lease,
+    }
 }
 
 /// Which locks `unlock` removes.

@@ -360,6 +360,19 @@ impl RepoSet {
         }
     }
 
+    /// Whether a forget record on any copy, proven with `keyring`, names `id`: it was removed
+    /// on purpose.
+    pub async fn is_forgotten(&self, id: &SnapshotId, keyring: &Keyring) -> bool {
+        for repository in &self.repositories {
+            if let Ok(forgotten) = repository.forgotten(Some(keyring)).await
+                && forgotten.contains(id)
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Opens a snapshot on every copy that holds it, and gathers where its chunks can be read:
     /// each copy's index (only what the snapshot lists, where its copy of the snapshot reads;
     /// all of it where that copy is lost or damaged, since the chunks may still be there).

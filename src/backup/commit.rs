@@ -56,6 +56,17 @@ impl Chain {
                 newest = Some(mark);
             }
         }
+        // Gone on purpose: a forget record on some target names it.
+        if let Some(known) = newest_known.filter(|_| !known_held) {
+            for state in states.iter().filter(|s| s.error.is_none()) {
+                if let Ok(forgotten) = state.repository.forgotten(Some(keyring)).await
+                    && forgotten.contains(&known.id)
+                {
+                    known_held = true;
+                    break;
+                }
+            }
+        }
         if let Some(known) = newest_known.filter(|_| !known_held) {
             note(format!(
                 "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, is on no \
@@ -83,7 +94,7 @@ pub(super) async fn commit(
     reused: Vec<u32>,
     sealed: &SealedManifest,
     dictionaries: &[StoredDictionary],
-    keyring: &Keyring,
+    (keyring, locks): (&Keyring, &crate::lock::Locks),
     (time, chain): (chrono::DateTime<chrono::Utc>, &Chain),
 ) -> Result<TargetReport> {
     let repository = state.repository;
@@ -128,6 +139,9 @@ pub(super) async fn commit(
     let object = sealed.snapshot_object(&header, keyring);
     bytes_added += object.len() as u64;
     repository.check_still_newest().await?;
+    // Still ours: a prune that took over the lock of a backup stalled past its lease may have
+    // deleted the packs this snapshot names.
+    locks.confirm(repository.target.location()).await?;
     repository.target.put_new(&repo::snapshot_key(&sealed.id), object).await?;
     Ok(TargetReport {
         location: repository.target.location().to_string(),

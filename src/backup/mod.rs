@@ -142,6 +142,7 @@ pub async fn run(
     targets: &RepoSet,
     keyring: &Keyring,
     options: &BackupOptions,
+    locks: &crate::lock::Locks,
     progress: Shared,
 ) -> Result<BackupReport> {
     targets.require_one_generation()?;
@@ -301,7 +302,7 @@ pub async fn run(
     for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
-                commit(state, stored, reused, &sealed, &dictionaries, keyring, (session.time, &chain)).await
+                commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (session.time, &chain)).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),

@@ -237,6 +237,28 @@ enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Remove the snapshots a retention policy does not keep.
+    ///
+    /// A snapshot is kept when any --keep-* rule keeps it (restic's rules and meanings). Days,
+    /// ISO weeks, months and years are reckoned in this machine's time zone (TZ). Each
+    /// database's snapshots are judged apart; a policy that would remove all of a database's
+    /// is refused. Runs with the writer key (the backup host) or --identity, and leaves an
+    /// authenticated record, so that `verify` tells a forgotten snapshot from a deleted one.
+    /// What the removed snapshots alone used stays stored until `prune`.
+    Forget {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Admin identity file (the writer key on this machine serves otherwise).
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
+        identity: Option<PathBuf>,
+        /// List what would be kept (and by which rule) and removed; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        keep: KeepArgs,
+    },
     /// Print the repository's fingerprint, as the storage claims it (no key needed).
     ///
     /// Compare it with the one the admins keep.
@@ -341,6 +363,52 @@ struct FilterArgs {
     /// Only snapshots with this tag (backup --tag); repeat to require several.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
+}
+
+/// A retention policy, as restic's flags give it (or the profile's keep_* keys).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Retention policy")]
+#[expect(clippy::struct_field_names, reason = "the fields are the --keep-* flags, named as restic names them")]
+struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_last: u32,
+    /// Keep the newest snapshot of each of the N newest hours that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_hourly: u32,
+    /// Keep the newest snapshot of each of the N newest days that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_daily: u32,
+    /// Keep the newest snapshot of each of the N newest ISO weeks (Monday to Sunday) that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_weekly: u32,
+    /// Keep the newest snapshot of each of the N newest months that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_monthly: u32,
+    /// Keep the newest snapshot of each of the N newest years that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    keep_yearly: u32,
+    /// Keep every snapshot taken within this span before the newest one (1y6m, 30d, 2w, 12h).
+    #[arg(long, value_name = "SPAN")]
+    keep_within: Option<crmvault::retention::Span>,
+    /// Keep every snapshot with this tag (backup --tag); repeatable.
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+}
+
+impl KeepArgs {
+    fn policy(self) -> crmvault::retention::Policy {
+        crmvault::retention::Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            tags: self.keep_tags,
+        }
+    }
 }
 
 impl FilterArgs {
@@ -616,7 +684,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 newest_known: trusted.newest(),
             };
             let progress = output::Bar::start(json || quiet);
-            let result = backup::run(&targets, &keyring, &options, progress.clone()).await;
+            let result = backup::run(&targets, &keyring, &options, &locks, progress.clone()).await;
             progress.finish();
             lock::release(locks).await;
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
@@ -745,6 +813,68 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             lock::release(locks).await;
             output::verify(json, &total);
             if !total.problems.is_empty() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Forget { repo, identity, keep, dry_run, filter } => {
+            let policy = settings.policy(keep.policy())?;
+            let identity = settings.identity(identity)?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
+            let config_dir = config_dir()?;
+            let role = if identity.is_some() { trust::Role::Admin } else { trust::Role::Writer };
+            trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir).await?;
+            let keyring: Keyring = match &identity {
+                Some(path) => targets.unlock_as_admin(path).await?.into(),
+                None => targets.unlock_as_writer(&config_dir).await?,
+            };
+            let mode = if dry_run { LockMode::Shared } else { LockMode::Exclusive };
+            let locks =
+                targets.lock_all(mode, &lock::options(lock_wait, "forget", keyring.identities().to_vec())).await?;
+            let options = crmvault::forget::ForgetOptions {
+                policy: policy.clone(),
+                filter: filter.filter(),
+                dry_run,
+                zone: chrono::Local,
+                now: chrono::Utc::now(),
+            };
+            // Every target's plan first: a policy refused on one changes nothing anywhere.
+            let mut failed: Vec<(String, String)> =
+                targets.left_out().iter().map(|l| (l.location.clone(), l.reason.clone())).collect();
+            let mut plans = Vec::new();
+            for repository in targets.repositories() {
+                match crmvault::forget::plan(repository, &keyring, &options).await {
+                    Ok(plan) => plans.push((repository, plan)),
+                    Err(error @ (crmvault::Error::Retention(_) | crmvault::Error::SnapshotNotFound(_))) => {
+                        lock::release(locks).await;
+                        return Err(error.into());
+                    }
+                    Err(error) if !targets.several() => {
+                        lock::release(locks).await;
+                        return Err(error.into());
+                    }
+                    Err(error) => failed.push((repository.target.location().to_string(), error.to_string())),
+                }
+            }
+            let mut done = Vec::new();
+            for (repository, mut plan) in plans {
+                if !dry_run
+                    && let Err(error) =
+                        crmvault::forget::apply(repository, &keyring, &mut plan, options.now, &policy).await
+                {
+                    if !targets.several() {
+                        lock::release(locks).await;
+                        return Err(error.into());
+                    }
+                    failed.push((repository.target.location().to_string(), error.to_string()));
+                    continue;
+                }
+                done.push(plan);
+            }
+            lock::release(locks).await;
+            output::forget(json, &done, &failed, &policy.to_string(), dry_run);
+            // A delete refused by the storage (Object Lock) is said, not fatal: the snapshot goes
+            // on a later night.
+            if !failed.is_empty() {
                 return Ok(ExitCode::from(3));
             }
         }

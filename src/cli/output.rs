@@ -509,6 +509,64 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
     );
 }
 
+/// `forget`: per target, what is kept (and by which rule) and what is removed; `failed` names
+/// targets left out or that failed.
+pub fn forget(
+    json: bool,
+    plans: &[crmvault::forget::TargetPlan],
+    failed: &[(String, String)],
+    policy: &str,
+    dry_run: bool,
+) {
+    if json {
+        let targets: Vec<serde_json::Value> = plans
+            .iter()
+            .map(|plan| {
+                let mut value = serde_json::to_value(plan).expect("reports serialise");
+                if let Some(object) = value.as_object_mut() {
+                    object.insert("kept".into(), plan.kept().count().into());
+                    object.insert("removed".into(), plan.removed().count().into());
+                }
+                value
+            })
+            .collect();
+        let failed: Vec<serde_json::Value> =
+            failed.iter().map(|(location, error)| serde_json::json!({"location": location, "error": error})).collect();
+        let ok = failed.is_empty();
+        print_json_ok(
+            &serde_json::json!({"policy": policy, "dry_run": dry_run, "targets": targets, "failed": failed}),
+            ok,
+        );
+        return;
+    }
+    for plan in plans {
+        let (kept, removed) = (plan.kept().count() as u64, plan.removed().count() as u64);
+        let verb = if dry_run { "would remove" } else { "removed" };
+        say!("{}: {policy}: keep {}, {verb} {}", plan.location, count(kept, "snapshot"), count(removed, "snapshot"));
+        for decision in &plan.snapshots {
+            let time = decision.time.format("%Y-%m-%d %H:%M:%S");
+            let action = if decision.keep() { "keep  " } else { "remove" };
+            let why = if decision.keep() { decision.reasons.join(", ") } else { String::new() };
+            say!("  {action}  {}  {time}  {:<16}  {why}", decision.id.short(), decision.database);
+        }
+        for (id, error) in &plan.unreadable {
+            say!("  left alone (does not open): {id}: {error}");
+        }
+        for (id, error) in &plan.refused {
+            eprintln!(
+                "crmvault: warning: {}: {id} not removed: the storage refused the delete ({error})",
+                plan.location
+            );
+        }
+        if removed > 0 && !dry_run {
+            say!("  what only these snapshots used stays stored until `crmvault prune`");
+        }
+    }
+    for (location, error) in failed {
+        eprintln!("  FAILED  {location}: {error} (nothing forgotten there)");
+    }
+}
+
 /// `count` with its noun, singular or plural ("1 table", "2 tables").
 fn count(count: u64, singular: &str) -> String {
     format!("{count} {}", noun(count, singular))

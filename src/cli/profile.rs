@@ -73,6 +73,23 @@ pub struct Profile {
     pub parallel: Option<bool>,
     /// `verify --read-data`.
     pub read_data: Option<bool>,
+    /// `forget --keep-last` (the profile's keep_* keys are its retention policy, taken when
+    /// no --keep-* flag is given).
+    pub keep_last: Option<u32>,
+    /// `forget --keep-hourly`.
+    pub keep_hourly: Option<u32>,
+    /// `forget --keep-daily`.
+    pub keep_daily: Option<u32>,
+    /// `forget --keep-weekly`.
+    pub keep_weekly: Option<u32>,
+    /// `forget --keep-monthly`.
+    pub keep_monthly: Option<u32>,
+    /// `forget --keep-yearly`.
+    pub keep_yearly: Option<u32>,
+    /// `forget --keep-within`.
+    pub keep_within: Option<String>,
+    /// `forget --keep-tag`.
+    pub keep_tag: Option<Vec<String>>,
 }
 
 /// A whole `crmvault.toml`.
@@ -303,6 +320,39 @@ impl Settings {
     /// `--parallel`, else the profile's `parallel`.
     pub fn parallel(&self, given: bool) -> Result<bool> {
         self.switch(given, |p| p.parallel)
+    }
+
+    /// The retention policy of `forget`: the --keep-* flags when any is given, else the
+    /// profile's keep_* keys.
+    pub fn policy(&self, given: crmvault::retention::Policy) -> Result<crmvault::retention::Policy> {
+        if !given.is_empty() {
+            return Ok(given);
+        }
+        let profile = self.profile()?;
+        let within = match profile.keep_within.as_deref().map(str::parse::<crmvault::retention::Span>) {
+            Some(Ok(span)) => Some(span),
+            Some(Err(message)) => anyhow::bail!("keep_within in the profile: {message}"),
+            None => None,
+        };
+        let policy = crmvault::retention::Policy {
+            last: profile.keep_last.unwrap_or(0),
+            hourly: profile.keep_hourly.unwrap_or(0),
+            daily: profile.keep_daily.unwrap_or(0),
+            weekly: profile.keep_weekly.unwrap_or(0),
+            monthly: profile.keep_monthly.unwrap_or(0),
+            yearly: profile.keep_yearly.unwrap_or(0),
+            within,
+            tags: profile.keep_tag.clone().unwrap_or_default(),
+        };
+        if policy.is_empty() {
+            return Err(self.missing(
+                "retention policy",
+                "--keep-daily N (or another --keep-* flag)",
+                None,
+                "keep_daily",
+            ));
+        }
+        Ok(policy)
     }
 
     /// `--read-data`, else the profile's `read_data`.
@@ -544,6 +594,9 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
                     mistakes.add(at(key), &format!("[profile.{name}] {key}: bad pattern {pattern:?}: {error}"));
                 }
             }
+        }
+        if let Some(Err(message)) = profile.keep_within.as_deref().map(str::parse::<crmvault::retention::Span>) {
+            mistakes.add(at("keep_within"), &format!("[profile.{name}] keep_within: {message}"));
         }
         if profile.jobs == Some(0) {
             mistakes.add(at("jobs"), &format!("[profile.{name}] jobs: must be at least 1"));

@@ -252,8 +252,17 @@ pub async fn run(
     // A target's history may start later than the repository's (a target added with `init
     // --copy-from`): its oldest snapshot may name a predecessor it never held.
     let oldest = sealed_snapshots.iter().map(|s| s.header.sequence).min();
+    // A gap `forget` left is explained by its record (authenticated when there is a key).
+    let forgotten = repository.forgotten(keyring).await?;
+    for (_, size) in &forgotten.objects {
+        report.objects += 1;
+        report.bytes += size;
+    }
+    for (key, error) in &forgotten.rejected {
+        report.problems.push(problem(key, vec![], format!("a forget record that explains nothing: {error}")));
+    }
     for sealed in sealed_snapshots.iter().filter(|s| Some(s.header.sequence) != oldest) {
-        if let Some(parent) = sealed.header.parent.as_ref().filter(|p| !ids.contains(*p)) {
+        if let Some(parent) = sealed.header.parent.as_ref().filter(|p| !ids.contains(*p) && !forgotten.contains(p)) {
             report.problems.push(problem(
                 &repo::snapshot_key(parent),
                 vec![sealed.id.to_string()],
@@ -266,9 +275,12 @@ pub async fn run(
     }
     // A snapshot `rekey --reencrypt` replaced lives on as its copy.
     let replaced = |id: &repo::SnapshotId| sealed_snapshots.iter().any(|s| s.header.replaces.as_ref() == Some(id));
-    if let Some(known) =
-        newest_known.filter(|known| !present.contains(&known.id) && !ids.contains(&known.id) && !replaced(&known.id))
-    {
+    if let Some(known) = newest_known.filter(|known| {
+        !present.contains(&known.id)
+            && !ids.contains(&known.id)
+            && !replaced(&known.id)
+            && !forgotten.contains(&known.id)
+    }) {
         report.problems.push(problem(
             &repo::snapshot_key(&known.id),
             vec![known.id.to_string()],

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{Keyring, NextGeneration, Repository, SnapshotId};
+use crate::repo::{ForgetRecord, Keyring, NextGeneration, Repository, SnapshotId};
 use crate::repo_set::RepoSet;
 use crate::trust::Fingerprint;
 
@@ -271,6 +271,15 @@ async fn carried_snapshots(
                 Err(error) => {
                     failed.insert(id, error.to_string());
                 }
+            }
+        }
+    }
+    // Forget records too: the gaps they explain outlive the keys that wrote them.
+    for repository in repositories {
+        for (key, _) in repository.target.list("forgotten").await? {
+            let Ok(bytes) = repository.target.get(&key).await else { continue };
+            if ForgetRecord::open(&key, &bytes, Some(keyring)).is_ok() {
+                carried.insert(crate::crypto::object_hash(&bytes));
             }
         }
     }

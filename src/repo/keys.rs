@@ -96,6 +96,21 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
+    /// A keyring of fresh random secrets, for unit tests of what it MACs.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Keyring {
+        Keyring {
+            identities: vec![crypto::generate_identity()],
+            identity_path: PathBuf::from("test.key"),
+            secret: RepoSecret::generate(),
+            auth: Some(RepoSecret::generate()),
+            head: crypto::object_hash(b"config"),
+            past: HashMap::new(),
+            carried: HashSet::new(),
+            admin: false,
+        }
+    }
+
     /// Whether this is an admin's keyring (reads data), not the writer key.
     pub fn is_admin(&self) -> bool {
         self.admin
@@ -115,6 +130,21 @@ impl Keyring {
     /// The key of format-7 index MACs.
     pub fn index_mac_key(&self) -> MacKey {
         self.auth.as_ref().unwrap_or(&self.secret).index_mac_key()
+    }
+    /// The key of forget records' MACs.
+    pub fn forget_mac_key(&self) -> MacKey {
+        self.auth.as_ref().unwrap_or(&self.secret).forget_mac_key()
+    }
+    /// The forget-record MAC key of the generation whose config hashes to `config_hash`, for
+    /// the record hashing to `object_hash`: as [`Keyring::snapshot_mac_key_for`].
+    pub(super) fn forget_mac_key_for(&self, config_hash: &str, object_hash: &str) -> Option<MacKey> {
+        if config_hash == self.head {
+            Some(self.forget_mac_key())
+        } else if self.carried.contains(object_hash) {
+            self.past.get(config_hash).map(RepoSecret::forget_mac_key)
+        } else {
+            None
+        }
     }
     /// The snapshot MAC key of the generation whose config hashes to `config_hash`, for the
     /// snapshot object hashing to `object_hash`: the head's, or an earlier generation's for an

@@ -40,6 +40,11 @@ pub(super) async fn choose_snapshot(
                     }
                     known => known,
                 };
+                // Removed by `forget`, on the record: no rollback.
+                let known = match known {
+                    Some(known) if targets.is_forgotten(&known.id, keyring).await => None,
+                    known => known,
+                };
                 if let Some(known) = known {
                     note(format!(
                         "the newest snapshot found, {} (number {}, {}), is older than the newest this machine knows of, {} \

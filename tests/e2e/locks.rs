@@ -219,3 +219,33 @@ fn copy_appends_to_its_destination_so_it_waits_for_a_backup_there_and_reads_besi
     work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
     assert!(locks_in(Path::new(&repo)).is_empty() && locks_in(Path::new(&copy)).is_empty());
 }
+
+#[test]
+fn a_backup_whose_lock_was_taken_over_while_it_ran_commits_no_snapshot() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_lost").crm().filler().init("repo").backup();
+    let snapshots = || std::fs::read_dir(Path::new(&repo).join("snapshots")).unwrap().count();
+    let before = snapshots();
+    let lock = Path::new(&repo).join("locks/writer");
+    let backup = work
+        .command()
+        .args(["backup", "--db", &source.url(), "--repo", &repo])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crmvault starts");
+    let started = Instant::now();
+    while !lock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the backup never locked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Another command takes the lock over (as a prune would take over a lock whose holder
+    // stalled past its lease), long before this backup's first refresh.
+    std::fs::write(&lock, planted_lock("exclusive", &now())).unwrap();
+    let output = backup.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was taken over while it ran"), "{stderr}");
+    assert_eq!(snapshots(), before, "a snapshot was committed under another's lock");
+    // The new holder's lock is left to it.
+    assert!(std::fs::read_to_string(&lock).unwrap().contains("00112233445566aa"));
+}

@@ -112,7 +112,10 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
     let mut table_bytes = 0;
     for round in 0..2 {
         let recorder = Arc::new(Recorder::default());
-        let report = crmvault::backup::run(&targets, &writer, &options, recorder.clone()).await.unwrap();
+        let report =
+            crmvault::backup::run(&targets, &writer, &options, &crmvault::lock::Locks::default(), recorder.clone())
+                .await
+                .unwrap();
         let (total, items, mut done, advanced) = recorder.phase("reading");
         assert_eq!(items, Some(report.tables as u64));
         done.sort();

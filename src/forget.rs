@@ -1,0 +1,187 @@
+//! `forget`: remove the snapshots a retention policy does not keep ([`crate::retention`]),
+//! deliberately and on the record.
+//!
+//! Per target: every snapshot is read and opened with the keyring (the writer key is enough:
+//! manifests name their database and tags); the policy is applied to each database's snapshots
+//! apart; then a forget record (`forgotten/<hash>`, authenticated with the repository's keys)
+//! lists what goes, and only then are those snapshot objects deleted. Killed in between, the
+//! record names snapshots still present, which the next `forget` removes: the record explains
+//! a gap, it never hides a snapshot. What the removed snapshots alone used stays until `prune`.
+//!
+//! A snapshot that does not open (damaged, forged, written with a key this keyring lacks) is
+//! never removed by a policy, only named: what cannot be read cannot be judged.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::error::{Error, Result};
+use crate::repo::{ForgetRecord, Keyring, Repository, SnapshotFilter, SnapshotId};
+use crate::retention::{self, Candidate, Policy};
+use crate::trust::SnapshotMark;
+
+/// What to forget.
+#[derive(Debug, Clone)]
+pub struct ForgetOptions<Tz: TimeZone> {
+    /// The rules: what to keep.
+    pub policy: Policy,
+    /// Only snapshots this filter lets through are considered (the rest are left alone).
+    pub filter: SnapshotFilter,
+    /// Say what would go, change nothing.
+    pub dry_run: bool,
+    /// The time zone days, weeks, months and years are reckoned in.
+    pub zone: Tz,
+    /// When this runs (the record's time).
+    pub now: DateTime<Utc>,
+}
+
+/// One snapshot and what the policy decided.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Decision {
+    /// Snapshot id.
+    pub id: SnapshotId,
+    /// When it was taken.
+    pub time: DateTime<Utc>,
+    /// Its database.
+    pub database: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// The rules that keep it; empty when it is removed.
+    pub reasons: Vec<String>,
+    #[serde(skip)]
+    sequence: u64,
+}
+
+impl Decision {
+    /// Whether it is kept.
+    pub fn keep(&self) -> bool {
+        !self.reasons.is_empty()
+    }
+}
+
+/// What `forget` did (or would do) on one target.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetPlan {
+    /// The target.
+    pub location: String,
+    /// Every snapshot the filter let through, newest first per database.
+    pub snapshots: Vec<Decision>,
+    /// Snapshots that did not open, left alone: id and why.
+    pub unreadable: Vec<(String, String)>,
+    /// The record written (absent in a dry run or when nothing is removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// Snapshots whose delete the storage refused (Object Lock, no delete right): id and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<(String, String)>,
+}
+
+impl TargetPlan {
+    /// The snapshots removed (or to remove).
+    pub fn removed(&self) -> impl Iterator<Item = &Decision> {
+        self.snapshots.iter().filter(|d| !d.keep())
+    }
+
+    /// The snapshots kept.
+    pub fn kept(&self) -> impl Iterator<Item = &Decision> {
+        self.snapshots.iter().filter(|d| d.keep())
+    }
+}
+
+/// Decides, on one target, what `options.policy` keeps; refuses a policy that would remove
+/// every snapshot of a database.
+pub async fn plan<Tz: TimeZone>(
+    repository: &Repository,
+    keyring: &Keyring,
+    options: &ForgetOptions<Tz>,
+) -> Result<TargetPlan> {
+    retention::check(&options.policy)?;
+    let mut groups: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    let mut tally = crate::repo::FilterTally::default();
+    for snapshot in repository.snapshots().await? {
+        let sealed = match snapshot {
+            Ok(sealed) => sealed,
+            Err((name, error)) => {
+                unreadable.push((name, error.to_string()));
+                continue;
+            }
+        };
+        let manifest = match sealed.open(keyring) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                unreadable.push((sealed.id.to_string(), error.to_string()));
+                continue;
+            }
+        };
+        if !tally.see(&options.filter, &manifest) {
+            continue;
+        }
+        groups.entry(manifest.database.clone()).or_default().push(Decision {
+            id: sealed.id.clone(),
+            time: sealed.header.time,
+            database: manifest.database,
+            tags: manifest.tags,
+            reasons: Vec::new(),
+            sequence: sealed.header.sequence,
+        });
+    }
+    tally.check(&options.filter)?;
+    let mut snapshots = Vec::new();
+    for (database, mut group) in groups {
+        let candidates: Vec<Candidate> =
+            group.iter().map(|d| Candidate { time: d.time, tags: d.tags.clone() }).collect();
+        let verdicts = retention::plan(&candidates, &options.policy, &options.zone);
+        for (decision, verdict) in group.iter_mut().zip(verdicts) {
+            decision.reasons = verdict.reasons;
+        }
+        if !group.iter().any(Decision::keep) {
+            return Err(Error::Retention(format!(
+                "{} would remove all {} snapshots of database {database} on {}",
+                options.policy,
+                group.len(),
+                repository.target.location()
+            )));
+        }
+        group.sort_by_key(|d| std::cmp::Reverse(d.time));
+        snapshots.extend(group);
+    }
+    Ok(TargetPlan {
+        location: repository.target.location().to_string(),
+        snapshots,
+        unreadable,
+        record: None,
+        refused: vec![],
+    })
+}
+
+/// Carries out a plan on its target: the record first, then the deletes. A delete the storage
+/// refuses (Object Lock, a bucket without delete rights) is noted in the plan and skipped.
+pub async fn apply(
+    repository: &Repository,
+    keyring: &Keyring,
+    plan: &mut TargetPlan,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Result<()> {
+    let removed: Vec<SnapshotMark> =
+        plan.removed().map(|d| SnapshotMark { id: d.id.clone(), sequence: d.sequence, time: d.time }).collect();
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let record = ForgetRecord {
+        time: now,
+        config_hash: repository.config_hash.clone(),
+        policy: policy.to_string(),
+        snapshots: removed.clone(),
+    };
+    plan.record = Some(repository.put_forget_record(&record, keyring).await?);
+    for mark in removed {
+        match repository.target.delete(&crate::repo::snapshot_key(&mark.id)).await {
+            Ok(()) => {}
+            Err(error) if error.is_delete_refused() => plan.refused.push((mark.id.to_string(), error.to_string())),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}

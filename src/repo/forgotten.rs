@@ -1,0 +1,188 @@
+//! Forget records (`forgotten/<hash>`): the authenticated note `forget` leaves of the
+//! snapshots it removed, so that a gap in the chain, or a high-water mark no target holds, is
+//! told apart from a snapshot deleted behind the repository's back (docs/FORMAT.md,
+//! *Forget records*).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::trust::SnapshotMark;
+
+use super::{AUTHENTICATED_VERSION, FORMAT_VERSION, Keyring, ObjectId, Repository, SnapshotId, is_object_hash};
+
+/// The first word of a forget record.
+const RECORD_MAGIC: &str = "crmvault-forgotten";
+/// Records larger than this are not read (a record of 10 000 snapshots is about 1.3 MB).
+const MAX_RECORD_BYTES: u64 = 16 << 20;
+
+/// What one `forget` removed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetRecord {
+    /// When the snapshots were forgotten.
+    pub time: DateTime<Utc>,
+    /// The config (generation) whose keys wrote it.
+    pub config_hash: String,
+    /// The policy that removed them, as its flags read ("keep-daily 7, keep-weekly 5").
+    pub policy: String,
+    /// The snapshots removed: id, place in the chain, time.
+    pub snapshots: Vec<SnapshotMark>,
+}
+
+/// Object key of a forget record.
+pub fn forgotten_key(id: &ObjectId) -> String {
+    format!("forgotten/{id}")
+}
+
+impl ForgetRecord {
+    /// The stored object: a version line, the record as one line of JSON, and its MAC over
+    /// both under the repository's forget MAC key.
+    pub fn seal(&self, keyring: &Keyring) -> Bytes {
+        let version_line = format!("{RECORD_MAGIC} {FORMAT_VERSION}");
+        let line = serde_json::to_vec(self).expect("serialisable");
+        let mac = keyring.forget_mac_key().mac(&[version_line.as_bytes(), &line]);
+        let mut object = format!("{version_line}\n").into_bytes();
+        object.extend_from_slice(&line);
+        object.push(b'\n');
+        object.extend_from_slice(mac.as_bytes());
+        object.push(b'\n');
+        Bytes::from(object)
+    }
+
+    /// Parses a stored record. With a keyring, also proves it was written with this
+    /// repository's keys: under the newest generation's, or carried by a `rekey` byte for byte.
+    pub fn open(key: &str, bytes: &[u8], keyring: Option<&Keyring>) -> Result<ForgetRecord> {
+        super::check_object_name(key, bytes)?;
+        let mut lines = bytes.split(|&b| b == b'\n');
+        let (Some(version_line), Some(line), Some(mac), Some(b""), None) =
+            (lines.next(), lines.next(), lines.next(), lines.next(), lines.next())
+        else {
+            return Err(Error::corrupt(key, "not a forget record (three lines expected)"));
+        };
+        let version = std::str::from_utf8(version_line)
+            .ok()
+            .and_then(|text| text.strip_prefix(RECORD_MAGIC))
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .ok_or_else(|| Error::corrupt(key, "not a forget record"))?;
+        if !(AUTHENTICATED_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(Error::corrupt(
+                key,
+                format!("a forget record of format {version}, which this build does not read"),
+            ));
+        }
+        let record: ForgetRecord =
+            serde_json::from_slice(line).map_err(|e| Error::corrupt(key, format!("bad forget record: {e}")))?;
+        if let Some(keyring) = keyring {
+            let object_hash = crypto::object_hash(bytes);
+            let mac_key = keyring.forget_mac_key_for(&record.config_hash, &object_hash).ok_or_else(|| {
+                Error::corrupt(
+                    key,
+                    "was written under another config (a key retired by `rekey`, or another repository's)",
+                )
+            })?;
+            let expected = mac_key.mac_bytes(&[version_line, line]);
+            if blake3::Hash::from_hex(mac).ok() != Some(expected) {
+                return Err(Error::corrupt(key, "its MAC does not match (not written with this repository's key)"));
+            }
+        }
+        Ok(record)
+    }
+}
+
+/// The snapshots a repository's records say were forgotten, and the records that did not read
+/// or prove themselves.
+#[derive(Debug, Default)]
+pub struct Forgotten {
+    /// Each forgotten snapshot, with the time it was forgotten.
+    pub snapshots: BTreeMap<SnapshotId, (SnapshotMark, DateTime<Utc>)>,
+    /// Records passed over: key and why.
+    pub rejected: Vec<(String, Error)>,
+    /// The records' keys and sizes (for `verify`'s object count, and `copy`).
+    pub objects: Vec<(String, u64)>,
+}
+
+impl Forgotten {
+    /// Whether a record explains `id`'s absence.
+    pub fn contains(&self, id: &SnapshotId) -> bool {
+        self.snapshots.contains_key(id)
+    }
+}
+
+impl Repository {
+    /// Stores a forget record; returns its key.
+    pub async fn put_forget_record(&self, record: &ForgetRecord, keyring: &Keyring) -> Result<String> {
+        let object = record.seal(keyring);
+        let key = forgotten_key(&ObjectId::of(&object));
+        self.target.put_new(&key, object).await?;
+        Ok(key)
+    }
+
+    /// Reads every forget record. With a keyring, a record that does not prove itself explains
+    /// nothing and is returned in `rejected`; without one (a keyless `verify`), records are
+    /// taken as they read, as keyless readers take snapshot headers.
+    pub async fn forgotten(&self, keyring: Option<&Keyring>) -> Result<Forgotten> {
+        let mut forgotten = Forgotten::default();
+        for (key, size) in self.target.list("forgotten").await? {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            if !is_object_hash(name) {
+                forgotten.rejected.push((key.clone(), Error::corrupt(&key, "its name is not a BLAKE3 hash")));
+                continue;
+            }
+            if size > MAX_RECORD_BYTES {
+                forgotten.rejected.push((key.clone(), Error::corrupt(&key, "too large for a forget record")));
+                continue;
+            }
+            forgotten.objects.push((key.clone(), size));
+            let opened = match self.target.get(&key).await {
+                Ok(bytes) => ForgetRecord::open(&key, &bytes, keyring),
+                Err(error) => Err(error),
+            };
+            match opened {
+                Ok(record) => {
+                    for mark in record.snapshots {
+                        forgotten.snapshots.insert(mark.id.clone(), (mark, record.time));
+                    }
+                }
+                Err(error) => forgotten.rejected.push((key, error)),
+            }
+        }
+        Ok(forgotten)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_and_any_changed_byte_is_refused() {
+        let keyring = Keyring::for_tests();
+        let record = ForgetRecord {
+            time: "2026-12-03T01:00:00Z".parse().expect("time"),
+            config_hash: keyring.head.clone(),
+            policy: "keep-daily 7".into(),
+            snapshots: vec![SnapshotMark {
+                id: SnapshotId::of(b"manifest"),
+                sequence: 4,
+                time: "2026-11-01T01:00:00Z".parse().expect("time"),
+            }],
+        };
+        let object = record.seal(&keyring);
+        let key = forgotten_key(&ObjectId::of(&object));
+        assert_eq!(ForgetRecord::open(&key, &object, Some(&keyring)).expect("opens"), record);
+        for at in [0, 25, object.len() - 10] {
+            let mut bad = object.to_vec();
+            bad[at] ^= 1;
+            // Renamed to its new hash, so that only the MAC or the parse can catch it.
+            let key = forgotten_key(&ObjectId::of(&bad));
+            assert!(ForgetRecord::open(&key, &bad, Some(&keyring)).is_err(), "byte {at}");
+        }
+        // Another repository's keys do not prove it.
+        let other = Keyring::for_tests();
+        assert!(ForgetRecord::open(&key, &object, Some(&other)).is_err());
+    }
+}
