@@ -11,6 +11,7 @@ mod backup_restore;
 mod bad_input;
 mod config;
 mod crash;
+mod faults;
 mod forget;
 mod listings;
 mod locks;

@@ -365,3 +365,56 @@ fn a_lock_in_a_bucket_names_its_holder_a_stale_one_is_taken_over_and_none_is_lef
     assert!(run.stdout.contains("removed"), "{}", run.stdout);
     assert_eq!(runtime.block_on(target.list(crmvault::lock::LOCKS_FOLDER)).unwrap(), vec![]);
 }
+
+#[test]
+fn a_flaky_bucket_gets_whole_snapshots_through_retries_or_none_and_never_one_naming_a_missing_object() {
+    use crate::common::s3::{FaultCount, Faults};
+    let count = std::sync::Arc::new(FaultCount::default());
+    // Of every 100 requests: 8 answered 503 SlowDown, 4 cut off without an answer, 4 answered
+    // after 1.5 s.
+    let faults = Faults { errors: 8, drops: 4, slow: 4, delay: Duration::from_millis(1500) };
+    let Some(mut server) = S3Server::start_faulty(faults, count.clone()) else {
+        eprintln!("skipped: faults are injected by the in-process S3 server only");
+        return;
+    };
+    let source = TestDb::create("s3_flaky");
+    source.load_file(&fixture("examples/crm.sql"));
+    source.add_filler();
+    let work = Workspace::new();
+    let recipient = admin_recipient(&work);
+    let local = work.path("local").to_str().unwrap().to_string();
+    // More retries than the other tests' URLs: a tenth of requests fail here.
+    let bucket = format!("s3://{}/crm?endpoint={}&retries=10&retry_timeout=120", server.bucket, server.endpoint);
+    run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
+
+    let mut complete = 0;
+    for night in 1..=3 {
+        source.sql(&format!("UPDATE public.filler SET body = body || '{night}' WHERE id % 97 = {night}"));
+        let run =
+            run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &local, "--repo", &bucket]);
+        assert!(matches!(run.code, 0 | 3), "night {night}: exit {}:\n{}\n{}", run.code, run.stdout, run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        complete += usize::from(run.code == 0);
+    }
+    let injected = count.injected.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        injected > 0,
+        "no fault was injected in {} requests",
+        count.requests.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(complete > 0, "retries never got a backup through");
+    eprintln!("{complete} of 3 backups complete on the bucket; {injected} faults injected");
+
+    // Whatever got through, the bucket is whole: served without faults now, it verifies (no
+    // snapshot names an object it lacks) and its newest snapshot restores the database.
+    server.stop();
+    server.restart();
+    let plain = server.repo("crm");
+    run_s3(&work, &server, &["verify", "--repo", &plain, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("s3_flaky_restored");
+    run_s3(&work, &server, &["restore", "--repo", &plain, "--identity", &work.admin_key(), "--db", &restored.url()])
+        .ok();
+    if complete == 3 {
+        assert_same_database(&source, &restored);
+    }
+}

@@ -20,6 +20,24 @@ pub struct S3Server {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+/// Faults the in-process server injects: of every 100 requests (by a seeded draw), `errors`
+/// get a 503 SlowDown, `drops` have their connection closed without an answer, `slow` are
+/// answered after `delay`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub errors: u32,
+    pub drops: u32,
+    pub slow: u32,
+    pub delay: std::time::Duration,
+}
+
+/// What a faulty server did: requests seen and faults injected.
+#[derive(Debug, Default)]
+pub struct FaultCount {
+    pub requests: AtomicUsize,
+    pub injected: AtomicUsize,
+}
+
 impl S3Server {
     /// Starts a server (or uses the external one) with a new bucket.
     pub fn start() -> S3Server {
@@ -38,6 +56,25 @@ impl S3Server {
             addr: Some(addr),
             runtime: Some(runtime),
         }
+    }
+
+    /// Starts an in-process server that injects `faults`; None when the tests use an external
+    /// server (faults are injected only in this process).
+    pub fn start_faulty(faults: Faults, count: std::sync::Arc<FaultCount>) -> Option<S3Server> {
+        if std::env::var("CRMVAULT_TEST_S3_ENDPOINT").is_ok() {
+            return None;
+        }
+        let bucket = format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
+        let (runtime, addr) = serve_with(root.path(), "127.0.0.1:0".parse().unwrap(), Some((faults, count)));
+        Some(S3Server {
+            endpoint: format!("http://{addr}"),
+            bucket,
+            root: Some(root),
+            addr: Some(addr),
+            runtime: Some(runtime),
+        })
     }
 
     /// True when the server runs in this process (so it can be stopped and restarted).
@@ -99,6 +136,60 @@ impl Drop for S3Server {
 }
 
 fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+    serve_with(root, addr, None)
+}
+
+/// s3s's service behind one that injects faults.
+#[derive(Clone)]
+struct Faulty {
+    inner: s3s::service::S3Service,
+    faults: Faults,
+    count: std::sync::Arc<FaultCount>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        use rand::Rng;
+        let number = self.count.requests.fetch_add(1, Ordering::SeqCst);
+        let draw = rand::thread_rng().gen_range(0..100u32);
+        let Faults { errors, drops, slow, delay } = self.faults;
+        let (inner, count) = (self.inner.clone(), self.count.clone());
+        Box::pin(async move {
+            let _ = number;
+            if draw < errors {
+                count.injected.fetch_add(1, Ordering::SeqCst);
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>\
+                            <Message>injected</Message></Error>";
+                let response = http::Response::builder()
+                    .status(503)
+                    .header("content-type", "application/xml")
+                    .body(s3s::Body::from(body.to_string()))
+                    .expect("a response");
+                return Ok(response);
+            }
+            if draw < errors + drops {
+                count.injected.fetch_add(1, Ordering::SeqCst);
+                // An error from the service: hyper closes the connection without an answer.
+                return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected connection drop"))));
+            }
+            if draw < errors + drops + slow {
+                count.injected.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+            }
+            hyper::service::Service::call(&inner, request).await
+        })
+    }
+}
+
+fn serve_with(
+    root: &Path,
+    addr: SocketAddr,
+    faults: Option<(Faults, std::sync::Arc<FaultCount>)>,
+) -> (tokio::runtime::Runtime, SocketAddr) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = runtime.block_on(async {
         let mut attempts = 0;
@@ -123,10 +214,22 @@ fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr)
         let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         loop {
             let Ok((socket, _)) = listener.accept().await else { continue };
-            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let io = hyper_util::rt::TokioIo::new(socket);
+            match &faults {
+                None => {
+                    let connection = http.serve_connection(io, service.clone()).into_owned();
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                Some((faults, count)) => {
+                    let faulty = Faulty { inner: service.clone(), faults: *faults, count: count.clone() };
+                    let connection = http.serve_connection(io, faulty).into_owned();
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+            }
         }
     });
     (runtime, local)

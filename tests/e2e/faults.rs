@@ -1,0 +1,130 @@
+//! A year of nights brings full disks and busy databases: what a backup does then
+//! (docs/OPERATIONS.md, *When things go wrong at night*). A flaky S3 target: s3.rs.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A tmpfs of `size` mounted at `path` until dropped (needs root: else None).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| SmallDisk(path.to_path_buf()))
+    }
+
+    fn grow(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "remount failed");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_folder_that_fills_up_ends_the_backup_cleanly_and_the_next_one_succeeds_once_there_is_room() {
+    let source = TestDb::create("full_disk");
+    source.load_file(&fixture("examples/crm.sql"));
+    source.add_filler();
+    let work = Workspace::new();
+    let Some(disk) = SmallDisk::mount(&work.path("small"), "3m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let repo = work.init_repo("small/repo");
+    let full = work.run(&["backup", "--db", &source.url(), "--repo", &repo]);
+    assert_eq!(full.code, 1, "{}\n{}", full.stdout, full.stderr);
+    let errors: Vec<&str> = full.stderr.lines().filter(|l| l.starts_with("crmvault: error")).collect();
+    assert_eq!(errors.len(), 1, "{}", full.stderr);
+    assert!(errors[0].contains("No space left on device"), "{}", full.stderr);
+    assert!(!full.stderr.contains("panicked"), "{}", full.stderr);
+    // Nothing half-written is a snapshot: the repository verifies as it was (empty).
+    let snapshots = std::path::Path::new(&repo).join("snapshots");
+    assert!(!snapshots.exists() || files_under(&snapshots).is_empty());
+    work.run(&["verify", "--repo", &repo]).ok();
+
+    disk.grow("200m");
+    work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("full_disk_restored");
+    work.restore(&repo, &restored).ok();
+    assert_same_database(&source, &restored);
+}
+
+#[test]
+fn a_backup_taken_while_the_crm_is_busy_restores_a_state_where_every_total_and_reference_holds() {
+    let source = TestDb::create("busy");
+    source.add_filler();
+    source.sql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); \
+         INSERT INTO accounts SELECT i, 1000 FROM generate_series(1, 1000) i; \
+         CREATE TABLE parents (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, born timestamptz DEFAULT now()); \
+         CREATE TABLE children (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                                parent_id bigint NOT NULL REFERENCES parents); \
+         INSERT INTO parents DEFAULT VALUES; INSERT INTO children (parent_id) VALUES (1);",
+    );
+    // Transfers between accounts (the total stays 1 000 000) and new parents with children,
+    // each in its own transaction, as fast as the server takes them, for up to a minute.
+    let workload = "DO $$ DECLARE a int; b int; p bigint; \
+        BEGIN FOR i IN 1..1000000 LOOP \
+          a := 1 + (i * 7919) % 1000; b := 1 + (i * 104729) % 1000; \
+          UPDATE accounts SET balance = balance - 13 WHERE id = a; \
+          UPDATE accounts SET balance = balance + 13 WHERE id = b; \
+          INSERT INTO parents DEFAULT VALUES RETURNING id INTO p; \
+          INSERT INTO children (parent_id) VALUES (p), (p); \
+          COMMIT; \
+          EXIT WHEN clock_timestamp() - now() > interval '60 seconds'; \
+        END LOOP; END $$;";
+    let mut writer = Command::new("psql")
+        .args(["-X", "-q", "-d", &source.url(), "-c", workload])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql starts");
+    let count = || source.sql("SELECT count(*) FROM parents").trim().parse::<u64>().unwrap();
+    let started = Instant::now();
+    while count() < 100 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the workload does not run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let before = count();
+    work.backup(&source, &repo);
+    let after = count();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert!(after > before, "nothing was written while the backup ran");
+
+    let restored = TestDb::create("busy_restored");
+    work.restore(&repo, &restored).ok();
+    let total = restored.sql("SELECT sum(balance) FROM accounts").trim().to_string();
+    assert_eq!(total, "1000000", "the snapshot holds half a transfer");
+    let orphans = restored
+        .sql("SELECT count(*) FROM children c WHERE NOT EXISTS (SELECT 1 FROM parents p WHERE p.id = c.parent_id)");
+    assert_eq!(orphans.trim(), "0");
+    let (parents, children) = (
+        restored.sql("SELECT count(*) FROM parents").trim().parse::<u64>().unwrap(),
+        restored.sql("SELECT count(*) FROM children").trim().parse::<u64>().unwrap(),
+    );
+    // One state of the database: every parent with both its children, and the count the
+    // backup recorded.
+    assert_eq!(children, 2 * parents - 1);
+    assert!((before..=after).contains(&parents), "{before} <= {parents} <= {after}");
+}
