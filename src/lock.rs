@@ -112,6 +112,8 @@ struct StoredLock {
 }
 
 const LOCK_FORMAT: &str = "crmvault-lock-1";
+/// The longest lease a lock object is believed to have (holders write 600 s).
+const MAX_LEASE_SECONDS: u64 = 24 * 3600;
 
 impl StoredLock {
     fn parse(bytes: &[u8]) -> Option<StoredLock> {
@@ -157,12 +159,18 @@ impl Seen {
         {
             return Some(format!("process {} is gone", holder.pid));
         }
-        // A forged lease of any size must not panic: past chrono's range it never runs out.
-        let lease = i64::try_from(lock.lease_seconds)
-            .ok()
-            .and_then(chrono::Duration::try_seconds)
-            .unwrap_or(chrono::Duration::MAX);
+        // A lease is honoured up to a day: a forged lease of any size neither panics nor keeps
+        // a lock live for ever.
+        let lease = chrono::Duration::seconds(i64::try_from(lock.lease_seconds.min(MAX_LEASE_SECONDS)).unwrap_or(0));
         let age = (options.now)() - lock.refreshed;
+        // A refresh from the future (beyond a lease of clock skew) was never a real one: a
+        // lock forged that way would otherwise stay live for ever.
+        if -age > lease {
+            return Some(format!(
+                "its refresh time {} is in the future",
+                lock.refreshed.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+        }
         (age > lease).then(|| format!("not refreshed for {} s (lease {} s)", age.num_seconds(), lock.lease_seconds))
     }
 
@@ -673,10 +681,16 @@ mod tests {
             );
             Seen::read(text.as_bytes(), &[])
         };
-        assert!(forged("18446744073709551615", "2020-01-01T00:00:00Z").stale(&reading).is_none());
-        assert!(forged("9223372036854775807", "0001-01-01T00:00:00Z").stale(&reading).is_none());
-        assert!(forged("0", "9999-01-01T00:00:00Z").stale(&reading).is_none());
+        // A lease is believed up to a day, and a refresh from the future not at all: a forged
+        // lock stops backups for a day at most (FORMAT.md, *Locks*).
+        assert!(forged("18446744073709551615", "2020-01-01T00:00:00Z").stale(&reading).is_some());
+        assert!(forged("9223372036854775807", "0001-01-01T00:00:00Z").stale(&reading).is_some());
+        let future = forged("18446744073709551615", "9999-01-01T00:00:00Z").stale(&reading);
+        assert!(future.is_some_and(|why| why.contains("in the future")));
         assert!(forged("1", "2020-01-01T00:00:00Z").stale(&reading).is_some());
+        let now = chrono::Utc::now().to_rfc3339();
+        assert!(forged("600", &now).stale(&reading).is_none());
+        assert!(forged("18446744073709551615", &now).stale(&reading).is_none());
         let oversized = vec![b'{'; 70_000];
         for junk in [&b"{}"[..], b"not json", &oversized] {
             let seen = Seen::read(junk, &[]);

@@ -25,6 +25,21 @@ pub(super) fn refuse_linked_folders(root: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to read `key` when it is there but is not a regular file (a FIFO, a device, a
+/// socket planted in storage): opening a FIFO blocks until someone writes to it, so a planted
+/// `locks/writer` would hang a backup past any `--lock-wait`. A link to a file is read as the
+/// file (the root may be one; objects are written as plain files).
+pub(super) fn refuse_special_file(root: &Path, key: &str) -> Result<()> {
+    let path = root.join(key);
+    match std::fs::metadata(&path) {
+        Ok(meta) if !meta.is_file() && !meta.is_dir() => Err(Error::corrupt(
+            key,
+            "is not a regular file (a FIFO, device or socket; crmvault writes none: planted in storage?)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Syncs a file just written and the directories up to the root, so its name is durable too.
 pub(super) fn sync_local(root: &Path, key: &str) -> Result<()> {
     let path = root.join(key);

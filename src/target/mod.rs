@@ -22,7 +22,7 @@ mod local;
 mod location;
 mod s3;
 
-use local::{direct, refuse_linked_folders, sync_local};
+use local::{direct, refuse_linked_folders, refuse_special_file, sync_local};
 pub use location::{Location, displayable};
 pub use s3::S3Settings;
 
@@ -111,8 +111,18 @@ impl Target {
         &self.location
     }
 
+    /// On a local folder, refuses an object that is not a regular file (see
+    /// `local::refuse_special_file`).
+    fn refuse_special(&self, key: &str) -> Result<()> {
+        match &self.local_root {
+            Some(root) => refuse_special_file(root, key),
+            None => Ok(()),
+        }
+    }
+
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        self.refuse_special(key)?;
         let result = self.store.get(&ObjectPath::from(key)).await;
         match result {
             Ok(object) => Ok(object.bytes().await.map_err(|e| self.map_error(key, e))?),
@@ -122,6 +132,7 @@ impl Target {
 
     /// Reads a byte range of an object.
     pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.refuse_special(key)?;
         self.store.get_range(&ObjectPath::from(key), range).await.map_err(|e| self.map_error(key, e))
     }
 
@@ -226,6 +237,7 @@ impl Target {
     /// Reads a whole object with its version, or `None` when it does not exist. Only for the
     /// few mutable objects (locks).
     pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+        self.refuse_special(key)?;
         let result = match self.store.get_opts(&ObjectPath::from(key), GetOptions::default()).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),

@@ -249,3 +249,23 @@ fn a_backup_whose_lock_was_taken_over_while_it_ran_commits_no_snapshot() {
     // The new holder's lock is left to it.
     assert!(std::fs::read_to_string(&lock).unwrap().contains("00112233445566aa"));
 }
+
+#[test]
+fn a_fifo_planted_as_the_lock_is_refused_at_once_and_a_lock_refreshed_in_the_future_is_stale() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_fifo").crm().init("repo").backup();
+    let lock = Path::new(&repo).join("locks/writer");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("mkfifo").arg(&lock).status().expect("mkfifo runs");
+    assert!(status.success());
+    // Opening a FIFO blocks until someone writes to it: the backup must not.
+    let started = Instant::now();
+    work.run(&["backup", "--db", &source.url(), "--repo", &repo, "--lock-wait", "5s"])
+        .fails_with(1, "is not a regular file");
+    assert!(started.elapsed() < Duration::from_secs(30), "the backup hung on the FIFO");
+    std::fs::remove_file(&lock).unwrap();
+
+    // A forged lock "refreshed" next year would otherwise never go stale.
+    std::fs::write(&lock, planted_lock("append", "2099-01-01T00:00:00Z")).unwrap();
+    let taken = work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    assert!(taken.stderr.contains("in the future"), "{}", taken.stderr);
+}
