@@ -22,3 +22,4 @@ mod security;
 mod storage;
 mod tls;
 mod untrusted_storage;
+mod verify_subset;
