@@ -435,6 +435,8 @@ pub async fn run(
         _ => (None, BTreeMap::new()),
     };
     let unread = |key: &str, id: &repo::ObjectId| is_pack(key) && selected.as_ref().is_some_and(|s| !s.contains(id));
+    // The packs whose data is read are checked when they are read: downloaded once.
+    let read_later = |key: &str, id: &repo::ObjectId| reads_data && is_pack(key) && !unread(key, id);
 
     let mut damaged: BTreeSet<repo::ObjectId> = BTreeSet::new();
     progress.phase("checking objects", Unit::Objects, Some(referenced.len() as u64));
@@ -454,27 +456,12 @@ pub async fn run(
             }
             continue;
         }
-        match repository.target.get(key).await {
-            Ok(bytes) => {
-                report.count_object(&bytes);
-                let what = if bytes.len() as u64 == reference.size {
-                    repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
-                } else {
-                    Some(wrong_size(bytes.len() as u64, reference.size))
-                };
-                if let Some(what) = what {
-                    damaged.insert(reference.id.clone());
-                    report.problems.push(problem(key, snapshots.clone(), what));
-                    if key.starts_with("data/") {
-                        mark_damaged(repository, &reference.id).await;
-                    }
-                }
-            }
-            Err(Error::Missing { .. }) => {
-                damaged.insert(reference.id.clone());
-                report.problems.push(problem(key, snapshots.clone(), "missing".into()));
-            }
-            Err(e) => return Err(e),
+        if read_later(key, &reference.id) {
+            continue;
+        }
+        if let Err(what) = fetch_checked(repository, key, reference, &mut report).await? {
+            damaged.insert(reference.id.clone());
+            report.problems.push(problem(key, snapshots.clone(), what));
         }
     }
 
@@ -593,17 +580,25 @@ pub async fn run(
     if reads_data {
         let index = Arc::new(index);
         let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), index.clone(), 2);
-        let users: BTreeMap<&str, &Vec<String>> = referenced.iter().map(|((key, _), s)| (key.as_str(), s)).collect();
-        // The packs to prove chunk by chunk: every pack, or those of the subset.
-        let to_read: Vec<(&repo::ObjectId, &BTreeSet<ChunkId>)> = needed_chunks
-            .iter()
-            .filter(|(id, _)| !damaged.contains(*id) && selected.as_ref().is_none_or(|s| s.contains(*id)))
-            .collect();
+        // Every pack, or those of the subset: checked against its name, then every chunk the
+        // snapshots need from it proven from the same download.
+        let to_read: Vec<_> =
+            referenced.iter().filter(|((key, reference), _)| read_later(key, &reference.id)).collect();
         progress.phase("reading packs", Unit::Objects, Some(to_read.len() as u64));
-        for (pack_id, chunks) in to_read {
+        for ((key, reference), users) in to_read {
             progress.advance(1);
-            let key = repo::pack_key(pack_id);
-            let users: Vec<String> = users.get(key.as_str()).map(|s| (*s).clone()).unwrap_or_default();
+            let ciphertext = match fetch_checked(repository, key, reference, &mut report).await? {
+                Ok(ciphertext) => ciphertext,
+                Err(what) => {
+                    report.problems.push(problem(key, users.clone(), what));
+                    continue;
+                }
+            };
+            let Some(chunks) = needed_chunks.get(&reference.id) else { continue };
+            if let Err(e) = reader.hold_pack(reference, ciphertext).await {
+                report.problems.push(problem(key, users.clone(), e.to_string()));
+                continue;
+            }
             // In the order they lie in the pack and in runs, as a restore reads them, so a frame
             // of several chunks is decompressed once for all of them.
             let mut chunks: Vec<ChunkId> = chunks.iter().copied().collect();
@@ -612,7 +607,7 @@ pub async fn run(
                 match reader.read_run(run).await {
                     Ok(_) => report.chunks += run.len(),
                     Err(e) => {
-                        report.problems.push(problem(&key, users.clone(), e.to_string()));
+                        report.problems.push(problem(key, users.clone(), e.to_string()));
                         break;
                     }
                 }
@@ -621,6 +616,36 @@ pub async fn run(
     }
     report.problems = group(report.problems);
     Ok(report)
+}
+
+/// Downloads an object a snapshot references and checks it against its recorded size and its
+/// name: its bytes, or what is wrong with it. A pack found damaged is marked.
+async fn fetch_checked(
+    repository: &Repository,
+    key: &str,
+    reference: &ObjectRef,
+    report: &mut VerifyReport,
+) -> Result<std::result::Result<bytes::Bytes, String>> {
+    let bytes = match repository.target.get(key).await {
+        Ok(bytes) => bytes,
+        Err(Error::Missing { .. }) => return Ok(Err("missing".into())),
+        Err(e) => return Err(e),
+    };
+    report.count_object(&bytes);
+    let what = if bytes.len() as u64 == reference.size {
+        repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
+    } else {
+        Some(wrong_size(bytes.len() as u64, reference.size))
+    };
+    match what {
+        None => Ok(Ok(bytes)),
+        Some(what) => {
+            if key.starts_with("data/") {
+                mark_damaged(repository, &reference.id).await;
+            }
+            Ok(Err(what))
+        }
+    }
 }
 
 /// A size that differs from the one the snapshot recorded, as a problem.
