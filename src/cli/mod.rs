@@ -235,12 +235,13 @@ enum Command {
         /// count (needs --identity).
         #[arg(long)]
         read_data: bool,
-        /// Read a share of the packs: N/M (slice N of M: runs 1/M to M/M read every pack once),
-        /// P% (a random sample, e.g. 2.5%) or auto (today's slice out of 30, UTC: a month of
-        /// nights reads every pack). Each pack read must hash to its name, decrypt, and give
-        /// chunks that re-hash to their ids; the others are checked in the storage's listing.
-        /// Tables' digests and row counts need every chunk: only --read-data checks them.
-        /// Needs --identity.
+        /// Prove a share of the packs chunk by chunk: N/M, P% or auto (needs --identity).
+        ///
+        /// N/M is slice N of M (runs 1/M to M/M read every pack once), P% a random sample (e.g.
+        /// 2.5%), auto today's slice out of 30 (UTC: a month of nights reads every pack). Each
+        /// pack read must hash to its name, decrypt, and give chunks that re-hash to their ids;
+        /// the others are checked in the storage's listing, not downloaded. Tables' digests and
+        /// row counts need every chunk: only --read-data checks them.
         #[arg(long, value_name = "SPEC", conflicts_with = "read_data")]
         read_data_subset: Option<String>,
         #[command(flatten)]
