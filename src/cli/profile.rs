@@ -598,6 +598,11 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
         if profile.jobs == Some(0) {
             mistakes.add(at("jobs"), &format!("[profile.{name}] jobs: must be at least 1"));
         }
+        // `auto` reads the date only to pick its slice: any date tells a good spec from a bad one.
+        let subset = |spec| verify::PackSubset::parse(spec, chrono::DateTime::UNIX_EPOCH);
+        if let Some(Err(error)) = profile.read_data_subset.as_deref().map(subset) {
+            mistakes.add(at("read_data_subset"), &format!("[profile.{name}] read_data_subset: {error}"));
+        }
         if let Some(Err(error)) = profile.fingerprint.as_deref().map(Fingerprint::parse) {
             mistakes.add(at("fingerprint"), &format!("[profile.{name}] fingerprint: {error}"));
         }
@@ -810,6 +815,20 @@ mod tests {
         match read_file(&path, FileKind::Profiles) {
             Ok(_) => Vec::new(),
             Err(found) => found.into_iter().map(|m| m.replace(&path.display().to_string(), "FILE")).collect(),
+        }
+    }
+
+    #[test]
+    fn a_subset_of_packs_the_profile_names_is_checked_with_the_file() {
+        let found = mistakes_in("[profile.check]\nrepo = [\"/srv/a\"]\nread_data_subset = \"7/5\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("FILE:3:1: [profile.check] read_data_subset: \"7/5\" is not a subset of the packs"),
+            "{found:?}"
+        );
+        for good in ["auto", "3/7", "2.5%"] {
+            let text = format!("[profile.check]\nrepo = [\"/srv/a\"]\nread_data_subset = \"{good}\"\n");
+            assert!(mistakes_in(&text).is_empty(), "{good}");
         }
     }
 

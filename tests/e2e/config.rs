@@ -291,8 +291,10 @@ fn a_profile_names_the_share_of_packs_its_verify_reads() {
     let report = ready.work.run(&["verify", "--profile", "check", "--read-data", "--json"]).ok().json();
     assert!(report.get("subset").is_none(), "{report}");
 
+    // A bad one is a mistake of the file, named with its line, as `config check` names it.
     write(&user_config(&ready.work), &profile("7/5"), 0o644);
     let run = ready.work.run(&["verify", "--profile", "check"]);
-    let run = run.fails_with(2, "`read_data_subset` of the profile: \"7/5\" is not a subset of the packs");
+    let run = run.fails_with(1, ":4:1: [profile.check] read_data_subset: \"7/5\" is not a subset of the packs");
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    ready.work.run(&["config", "check"]).fails_with(1, "read_data_subset: \"7/5\" is not a subset of the packs");
 }
