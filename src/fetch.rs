@@ -344,26 +344,42 @@ impl ChunkReader {
 
     /// The decrypted plaintext of a pack on one source (cached).
     async fn pack(&self, source: usize, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
-        let cell = {
-            let mut guard = self.cache.lock().expect("cache lock is never poisoned");
-            let (map, order) = &mut *guard;
-            let key = (source, pack.id.clone());
-            if let Some(cell) = map.get(&key) {
-                cell.clone()
-            } else {
-                let cell: PackCell = Arc::default();
-                map.insert(key.clone(), cell.clone());
-                order.push_back(key);
-                while order.len() > self.capacity {
-                    if let Some(old) = order.pop_front() {
-                        map.remove(&old);
-                    }
-                }
-                cell
-            }
-        };
+        let cell = self.pack_cell(source, &pack.id);
         let plaintext = cell.get_or_try_init(|| self.load_pack(&self.sources[source].target, pack)).await?;
         Ok(plaintext.clone())
+    }
+
+    /// The cache's place for a pack of a source, the newest in the cache.
+    fn pack_cell(&self, source: usize, pack_id: &repo::ObjectId) -> PackCell {
+        let mut guard = self.cache.lock().expect("cache lock is never poisoned");
+        let (map, order) = &mut *guard;
+        let key = (source, pack_id.clone());
+        if let Some(cell) = map.get(&key) {
+            return cell.clone();
+        }
+        let cell: PackCell = Arc::default();
+        map.insert(key.clone(), cell.clone());
+        order.push_back(key);
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+        cell
+    }
+
+    /// Decrypts a pack of the first source that the caller has downloaded already into the
+    /// cache, so that reading its chunks next does not download it again (`verify` checks
+    /// each pack's hash and then its chunks).
+    pub async fn hold_pack(&self, pack: &ObjectRef, ciphertext: bytes::Bytes) -> Result<()> {
+        let key = repo::pack_key(&pack.id);
+        let keyring = self.keyring.clone();
+        let plaintext = tokio::task::spawn_blocking(move || keyring.decrypt(&key, &ciphertext))
+            .await
+            .expect("pack decryption does not panic")?;
+        // Already there (read by someone else meanwhile): the same plaintext.
+        let _ = self.pack_cell(0, &pack.id).set(Arc::new(plaintext));
+        Ok(())
     }
 
     async fn load_pack(&self, target: &Target, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {

@@ -228,12 +228,22 @@ enum Command {
     Verify {
         #[command(flatten)]
         repo: RepoArgs,
-        /// Admin identity file (needed for --read-data).
+        /// Admin identity file (needed for --read-data and --read-data-subset).
         #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
         identity: Option<PathBuf>,
-        /// Decrypt, decompress and re-hash every chunk (needs --identity).
+        /// Decrypt, decompress and re-hash every chunk, and check every table's digest and row
+        /// count (needs --identity).
         #[arg(long)]
         read_data: bool,
+        /// Prove a share of the packs chunk by chunk: N/M, P% or auto (needs --identity).
+        ///
+        /// N/M is slice N of M (runs 1/M to M/M read every pack once), P% a random sample (e.g.
+        /// 2.5%), auto today's slice out of 30 (UTC: a month of nights reads every pack). Each
+        /// pack read must hash to its name, decrypt, and give chunks that re-hash to their ids;
+        /// the others are checked in the storage's listing, not downloaded. Tables' digests and
+        /// row counts need every chunk: only --read-data checks them.
+        #[arg(long, value_name = "SPEC", conflicts_with = "read_data")]
+        read_data_subset: Option<String>,
         #[command(flatten)]
         filter: FilterArgs,
     },
@@ -776,10 +786,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }))?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
-        Command::Verify { repo, identity, read_data, filter } => {
-            let (identity, read_data) = settings.verify_keys(identity, read_data)?;
+        Command::Verify { repo, identity, read_data, read_data_subset, filter } => {
+            let (identity, depth) = settings.verify_depth(identity, read_data, read_data_subset, chrono::Utc::now())?;
             let filter = filter.filter();
-            let depth = if read_data { verify::Depth::ReadData } else { verify::Depth::Structure };
             let mut total = verify::VerifyReport::default();
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             for left_out in targets.left_out() {

@@ -266,8 +266,12 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
     } else {
         count(report.problems.len() as u64, "problem")
     };
+    let subset = report.subset.as_ref().map_or(String::new(), |subset| {
+        let kind = if subset.slice.ends_with('%') { "sample" } else { "slice" };
+        format!(", packs {kind} {} ({} of {} read)", subset.slice, subset.packs_read, subset.packs)
+    });
     say!(
-        "checked {}, {} ({}){chunks}: {verdict}",
+        "checked {}, {} ({}){subset}{chunks}: {verdict}",
         count(report.snapshots as u64, "snapshot"),
         count(report.objects as u64, "object"),
         size(report.bytes)

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
+use crmvault::commands::verify;
 use crmvault::postgres::Database;
 use crmvault::target::Location;
 use crmvault::trust::Fingerprint;
@@ -73,6 +74,8 @@ pub struct Profile {
     pub parallel: Option<bool>,
     /// `verify --read-data`.
     pub read_data: Option<bool>,
+    /// `verify --read-data-subset` (`N/M`, `P%` or `auto`).
+    pub read_data_subset: Option<String>,
     /// `forget --keep-last` (the profile's keep_* keys are its retention policy, taken when
     /// no --keep-* flag is given).
     pub keep_last: Option<u32>,
@@ -133,9 +136,23 @@ impl std::fmt::Display for Missing {
 
 impl std::error::Error for Missing {}
 
-/// The exit code of a failed command: 2 when a required setting is missing, else 1.
+/// A setting given in a form the command cannot use, or two that contradict each other: a
+/// usage error (exit 2).
+#[derive(Debug)]
+pub struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit code of a failed command: 2 when a required setting is missing or unusable, else 1.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.chain().any(<dyn std::error::Error>::is::<Missing>) { 2 } else { 1 }
+    let usage = |cause: &(dyn std::error::Error + 'static)| cause.is::<Missing>() || cause.is::<Usage>();
+    if error.chain().any(usage) { 2 } else { 1 }
 }
 
 /// What the config files say, or what is wrong with them (told only to a command that asks).
@@ -360,14 +377,47 @@ impl Settings {
         self.switch(given, |p| p.read_data)
     }
 
-    /// `verify`'s `--identity` and `--read-data`, else the profile's; reading the data needs
-    /// an identity.
-    pub fn verify_keys(&self, identity: Option<PathBuf>, read_data: bool) -> Result<(Option<PathBuf>, bool)> {
-        let (identity, read_data) = (self.identity(identity)?, self.read_data(read_data)?);
-        if read_data && identity.is_none() {
-            return Err(self.missing("admin identity for --read-data", "--identity FILE", None, "identity"));
+    /// `verify`'s `--identity` and how deep to look: `--read-data` or `--read-data-subset SPEC`
+    /// (`auto` is the slice of `now`'s day), else the profile's; reading data needs an identity.
+    /// Reading every pack covers any subset the profile names; a subset flag against a profile
+    /// that reads everything is a contradiction.
+    pub fn verify_depth(
+        &self,
+        identity: Option<PathBuf>,
+        read_data: bool,
+        subset: Option<String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(Option<PathBuf>, verify::Depth)> {
+        let identity = self.identity(identity)?;
+        let full = self.read_data(read_data)?;
+        if full && subset.is_some() {
+            return Err(Usage(
+                "--read-data-subset reads a share of the packs, and the profile's `read_data = true` reads every \
+                 one: give --read-data-subset with a profile that does not set read_data"
+                    .into(),
+            )
+            .into());
         }
-        Ok((identity, read_data))
+        let (subset, source) = match subset {
+            Some(spec) => (Some(spec), "--read-data-subset".to_string()),
+            None => (self.profile()?.read_data_subset.clone(), "`read_data_subset` of the profile".to_string()),
+        };
+        let depth = match subset {
+            _ if full => verify::Depth::ReadData,
+            Some(spec) => verify::Depth::ReadSubset(
+                verify::PackSubset::parse(&spec, now).map_err(|error| Usage(format!("{source}: {error}")))?,
+            ),
+            None => verify::Depth::Structure,
+        };
+        let flag = match depth {
+            verify::Depth::Structure => return Ok((identity, depth)),
+            verify::Depth::ReadData => "--read-data",
+            verify::Depth::ReadSubset(_) => "--read-data-subset",
+        };
+        if identity.is_none() {
+            return Err(self.missing(&format!("admin identity for {flag}"), "--identity FILE", None, "identity"));
+        }
+        Ok((identity, depth))
     }
 
     /// `--fingerprint` (or `CRMVAULT_FINGERPRINT`), else the profile's `fingerprint` (checked
@@ -601,6 +651,11 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
         if profile.jobs == Some(0) {
             mistakes.add(at("jobs"), &format!("[profile.{name}] jobs: must be at least 1"));
         }
+        // `auto` reads the date only to pick its slice: any date tells a good spec from a bad one.
+        let subset = |spec| verify::PackSubset::parse(spec, chrono::DateTime::UNIX_EPOCH);
+        if let Some(Err(error)) = profile.read_data_subset.as_deref().map(subset) {
+            mistakes.add(at("read_data_subset"), &format!("[profile.{name}] read_data_subset: {error}"));
+        }
         if let Some(Err(error)) = profile.fingerprint.as_deref().map(Fingerprint::parse) {
             mistakes.add(at("fingerprint"), &format!("[profile.{name}] fingerprint: {error}"));
         }
@@ -813,6 +868,20 @@ mod tests {
         match read_file(&path, FileKind::Profiles) {
             Ok(_) => Vec::new(),
             Err(found) => found.into_iter().map(|m| m.replace(&path.display().to_string(), "FILE")).collect(),
+        }
+    }
+
+    #[test]
+    fn a_subset_of_packs_the_profile_names_is_checked_with_the_file() {
+        let found = mistakes_in("[profile.check]\nrepo = [\"/srv/a\"]\nread_data_subset = \"7/5\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("FILE:3:1: [profile.check] read_data_subset: \"7/5\" is not a subset of the packs"),
+            "{found:?}"
+        );
+        for good in ["auto", "3/7", "2.5%"] {
+            let text = format!("[profile.check]\nrepo = [\"/srv/a\"]\nread_data_subset = \"{good}\"\n");
+            assert!(mistakes_in(&text).is_empty(), "{good}");
         }
     }
 

@@ -5,7 +5,9 @@
 //! manifest's MAC holds and every chunk it names is in its indexes. With an admin identity and
 //! `--read-data`: every referenced pack decrypts and every chunk in it re-hashes to its id, and
 //! every snapshot's streams give the digest and row count its manifest records: what a restore
-//! would prove.
+//! would prove. With `--read-data-subset`, the same chunk-level proof for a share of the packs
+//! only ([`PackSubset`]); the other packs are checked against the storage's listing (present,
+//! with the recorded size), so a nightly run downloads the share, not the repository.
 //!
 //! Always: every snapshot's predecessor (format 7) is present, and so is the newest snapshot
 //! this machine knows of, so a snapshot deleted from storage is reported, not silently missed.
@@ -25,12 +27,125 @@ use crate::repo::{
 use crate::trust::SnapshotMark;
 
 /// How deep to look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Depth {
     /// Objects exist with the right size and hash.
     Structure,
-    /// Also decrypt and re-hash every chunk (admin identity needed).
+    /// Structure and MACs, and for the packs `PackSubset` selects, what `ReadData` proves of a
+    /// pack: it hashes to its name, decrypts, and every chunk in it re-hashes to its id (admin
+    /// identity needed). The other packs are checked against the listing (present, right
+    /// size). Streams' digests and row counts need every chunk of a stream: only `ReadData`
+    /// checks them.
+    ReadSubset(PackSubset),
+    /// Also decrypt and re-hash every chunk, and check every stream (admin identity needed).
     ReadData,
+}
+
+/// How many days `auto` spreads the packs over: a month of nights reads every pack once, and
+/// each night downloads about a thirtieth of the repository (egress is what a remote bucket
+/// bills for reading).
+pub const AUTO_SLICES: u64 = 30;
+
+/// Which packs a subset run reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PackSubset {
+    /// Slice `number` of `of` (1 ≤ number ≤ of): the packs whose id, its first 8 bytes read
+    /// as a big-endian number, is `number - 1` modulo `of`. Slices 1..=of cover every pack
+    /// once, on every target alike.
+    Slice {
+        /// Which slice, from 1.
+        number: u64,
+        /// How many slices.
+        of: u64,
+    },
+    /// About `percent` % of the packs (rounded up, at least one), drawn at random each run.
+    Sample {
+        /// 0 < percent ≤ 100.
+        percent: f64,
+    },
+}
+
+impl PackSubset {
+    /// Parses `N/M`, `P%` (decimals allowed) or `auto`: the slice of `now`'s day (UTC) out of
+    /// [`AUTO_SLICES`], so that consecutive days read consecutive slices.
+    pub fn parse(spec: &str, now: chrono::DateTime<chrono::Utc>) -> Result<PackSubset> {
+        let bad = |why: &str| {
+            Error::Invalid(format!(
+                "{spec:?} is not a subset of the packs: {why} (N/M with 1 ≤ N ≤ M, e.g. 3/7; P% with 0 < P ≤ 100, \
+                 e.g. 2.5%; or auto)"
+            ))
+        };
+        let spec_trimmed = spec.trim();
+        if spec_trimmed == "auto" {
+            return Ok(PackSubset::auto(now));
+        }
+        if let Some(percent) = spec_trimmed.strip_suffix('%') {
+            let percent: f64 = percent.trim().parse().map_err(|_| bad("the percentage is not a number"))?;
+            if !(percent > 0.0 && percent <= 100.0) {
+                return Err(bad("the percentage must be above 0 and at most 100"));
+            }
+            return Ok(PackSubset::Sample { percent });
+        }
+        let Some((number, of)) = spec_trimmed.split_once('/') else {
+            return Err(bad("neither a slice nor a percentage"));
+        };
+        let (Ok(number), Ok(of)) = (number.trim().parse::<u64>(), of.trim().parse::<u64>()) else {
+            return Err(bad("N and M must be whole numbers"));
+        };
+        if number == 0 || number > of {
+            return Err(bad("the slice number must be from 1 to M"));
+        }
+        Ok(PackSubset::Slice { number, of })
+    }
+
+    /// The slice of `now`'s day: days since 1970-01-01 (UTC) modulo [`AUTO_SLICES`], plus one.
+    pub fn auto(now: chrono::DateTime<chrono::Utc>) -> PackSubset {
+        let day = now.timestamp().div_euclid(86_400);
+        let slice = day.rem_euclid(i64::try_from(AUTO_SLICES).expect("30 is an i64"));
+        PackSubset::Slice { number: u64::try_from(slice).expect("a remainder is not negative") + 1, of: AUTO_SLICES }
+    }
+
+    /// The packs of `packs` (each named once) this subset reads; `random` draws a sample.
+    pub fn select<'a>(
+        &self,
+        packs: impl IntoIterator<Item = &'a repo::ObjectId>,
+        random: &mut impl rand::Rng,
+    ) -> BTreeSet<repo::ObjectId> {
+        match *self {
+            PackSubset::Slice { number, of } => {
+                packs.into_iter().filter(|id| slice_of(id, of) == number - 1).cloned().collect()
+            }
+            PackSubset::Sample { percent } => {
+                let mut packs: Vec<&repo::ObjectId> = packs.into_iter().collect();
+                // Rounded up, less a rounding error of the multiplication (30% of 10 is 3).
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss,
+                    reason = "a count of packs, positive, far below 2^52"
+                )]
+                let wanted = (packs.len() as f64 * percent / 100.0 - 1e-9).ceil().max(1.0) as usize;
+                let (chosen, _) = rand::seq::SliceRandom::partial_shuffle(&mut packs[..], random, wanted);
+                chosen.iter().map(|id| (*id).clone()).collect()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PackSubset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PackSubset::Slice { number, of } => write!(f, "{number}/{of}"),
+            PackSubset::Sample { percent } => write!(f, "{percent}%"),
+        }
+    }
+}
+
+/// Which of `of` slices a pack falls in, from 0: its id's first 8 bytes (16 hex digits) as a
+/// big-endian number, modulo `of`.
+fn slice_of(id: &repo::ObjectId, of: u64) -> u64 {
+    let leading = u64::from_str_radix(&id.as_str()[..16], 16).expect("an object id is 64 hex digits");
+    leading % of
 }
 
 /// One thing wrong.
@@ -85,16 +200,31 @@ pub struct VerifyReport {
     /// Objects read and checked against their names or recorded sizes: configs, keys,
     /// snapshots, and the packs, indexes and dictionaries the snapshots reference.
     pub objects: usize,
-    /// Bytes of those objects.
+    /// Bytes of those objects that were read (a subset run checks the packs it does not read
+    /// against the listing, without reading them).
     pub bytes: u64,
     /// Chunks decrypted and re-hashed.
     pub chunks: usize,
     /// Problems, empty when all is well: one per object and what is wrong with it, naming
     /// every snapshot it affects.
     pub problems: Vec<Problem>,
+    /// What a subset run read (absent for other runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<SubsetRead>,
     /// The newest snapshot that proved itself (for the caller's high-water mark).
     #[serde(skip)]
     pub newest: Option<SnapshotMark>,
+}
+
+/// The packs a subset run read, out of how many.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubsetRead {
+    /// The subset: a slice (`7/30`) or a sample (`2.5%`).
+    pub slice: String,
+    /// Packs read, hashed and proven chunk by chunk.
+    pub packs_read: usize,
+    /// Packs the checked snapshots reference.
+    pub packs: usize,
 }
 
 impl VerifyReport {
@@ -109,6 +239,14 @@ impl VerifyReport {
         self.objects += other.objects;
         self.bytes += other.bytes;
         self.chunks += other.chunks;
+        match (&mut self.subset, other.subset) {
+            (Some(mine), Some(theirs)) => {
+                mine.packs_read += theirs.packs_read;
+                mine.packs += theirs.packs;
+            }
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
         self.problems.extend(other.problems);
         self.problems = group(std::mem::take(&mut self.problems));
         if other.newest.as_ref().is_some_and(|n| self.newest.as_ref().is_none_or(|m| n.sequence > m.sequence)) {
@@ -128,8 +266,10 @@ pub async fn run(
     newest_known: Option<&SnapshotMark>,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
-    if depth == Depth::ReadData && !keyring.is_some_and(Keyring::is_admin) {
-        return Err(Error::AdminOnly { what: "reading every table's data".into() });
+    let reads_data = matches!(depth, Depth::ReadData | Depth::ReadSubset(_));
+    if reads_data && !keyring.is_some_and(Keyring::is_admin) {
+        let what = if depth == Depth::ReadData { "reading every table's data" } else { "reading packs' data" };
+        return Err(Error::AdminOnly { what: what.into() });
     }
     if keyring.is_none() && !filter.is_empty() {
         return Err(Error::FilterNeedsKey);
@@ -292,31 +432,48 @@ pub async fn run(
         ));
     }
 
+    // A subset run reads the packs it selected, and finds the others in the listing: present,
+    // with the size the snapshots recorded.
+    let is_pack = |key: &str| key.starts_with("data/");
+    let packs = referenced.keys().filter(|(key, _)| is_pack(key)).map(|(_, reference)| &reference.id);
+    let (selected, listed) = match depth {
+        Depth::ReadSubset(subset) => {
+            let selected = subset.select(packs.clone(), &mut rand::thread_rng());
+            report.subset =
+                Some(SubsetRead { slice: subset.to_string(), packs_read: selected.len(), packs: packs.count() });
+            let listed: BTreeMap<String, u64> = repository.target.list("data").await?.into_iter().collect();
+            (Some(selected), listed)
+        }
+        _ => (None, BTreeMap::new()),
+    };
+    let unread = |key: &str, id: &repo::ObjectId| is_pack(key) && selected.as_ref().is_some_and(|s| !s.contains(id));
+    // The packs whose data is read are checked when they are read: downloaded once.
+    let read_later = |key: &str, id: &repo::ObjectId| reads_data && is_pack(key) && !unread(key, id);
+
     let mut damaged: BTreeSet<repo::ObjectId> = BTreeSet::new();
     progress.phase("checking objects", Unit::Objects, Some(referenced.len() as u64));
     for ((key, reference), snapshots) in &referenced {
         progress.advance(1);
-        match repository.target.get(key).await {
-            Ok(bytes) => {
-                report.count_object(&bytes);
-                let what = if bytes.len() as u64 == reference.size {
-                    repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
-                } else {
-                    Some(format!("size is {} bytes, the snapshot recorded {}", bytes.len(), reference.size))
-                };
-                if let Some(what) = what {
-                    damaged.insert(reference.id.clone());
-                    report.problems.push(problem(key, snapshots.clone(), what));
-                    if key.starts_with("data/") {
-                        mark_damaged(repository, &reference.id).await;
-                    }
-                }
+        if unread(key, &reference.id) {
+            report.objects += 1;
+            let what = match listed.get(key) {
+                Some(&size) if size == reference.size => continue,
+                Some(&size) => wrong_size(size, reference.size),
+                None => "missing".into(),
+            };
+            damaged.insert(reference.id.clone());
+            report.problems.push(problem(key, snapshots.clone(), what));
+            if listed.contains_key(key) {
+                mark_damaged(repository, &reference.id).await;
             }
-            Err(Error::Missing { .. }) => {
-                damaged.insert(reference.id.clone());
-                report.problems.push(problem(key, snapshots.clone(), "missing".into()));
-            }
-            Err(e) => return Err(e),
+            continue;
+        }
+        if read_later(key, &reference.id) {
+            continue;
+        }
+        if let Err(what) = fetch_checked(repository, key, reference, &mut report).await? {
+            damaged.insert(reference.id.clone());
+            report.problems.push(problem(key, snapshots.clone(), what));
         }
     }
 
@@ -432,16 +589,28 @@ pub async fn run(
         }
     }
 
-    if depth == Depth::ReadData {
+    if reads_data {
         let index = Arc::new(index);
         let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), index.clone(), 2);
-        let users: BTreeMap<&str, &Vec<String>> = referenced.iter().map(|((key, _), s)| (key.as_str(), s)).collect();
-        for (pack_id, chunks) in &needed_chunks {
-            if damaged.contains(pack_id) {
+        // Every pack, or those of the subset: checked against its name, then every chunk the
+        // snapshots need from it proven from the same download.
+        let to_read: Vec<_> =
+            referenced.iter().filter(|((key, reference), _)| read_later(key, &reference.id)).collect();
+        progress.phase("reading packs", Unit::Objects, Some(to_read.len() as u64));
+        for ((key, reference), users) in to_read {
+            progress.advance(1);
+            let ciphertext = match fetch_checked(repository, key, reference, &mut report).await? {
+                Ok(ciphertext) => ciphertext,
+                Err(what) => {
+                    report.problems.push(problem(key, users.clone(), what));
+                    continue;
+                }
+            };
+            let Some(chunks) = needed_chunks.get(&reference.id) else { continue };
+            if let Err(e) = reader.hold_pack(reference, ciphertext).await {
+                report.problems.push(problem(key, users.clone(), e.to_string()));
                 continue;
             }
-            let key = repo::pack_key(pack_id);
-            let users: Vec<String> = users.get(key.as_str()).map(|s| (*s).clone()).unwrap_or_default();
             // In the order they lie in the pack and in runs, as a restore reads them, so a frame
             // of several chunks is decompressed once for all of them.
             let mut chunks: Vec<ChunkId> = chunks.iter().copied().collect();
@@ -450,7 +619,7 @@ pub async fn run(
                 match reader.read_run(run).await {
                     Ok(_) => report.chunks += run.len(),
                     Err(e) => {
-                        report.problems.push(problem(&key, users.clone(), e.to_string()));
+                        report.problems.push(problem(key, users.clone(), e.to_string()));
                         break;
                     }
                 }
@@ -459,6 +628,41 @@ pub async fn run(
     }
     report.problems = group(report.problems);
     Ok(report)
+}
+
+/// Downloads an object a snapshot references and checks it against its recorded size and its
+/// name: its bytes, or what is wrong with it. A pack found damaged is marked.
+async fn fetch_checked(
+    repository: &Repository,
+    key: &str,
+    reference: &ObjectRef,
+    report: &mut VerifyReport,
+) -> Result<std::result::Result<bytes::Bytes, String>> {
+    let bytes = match repository.target.get(key).await {
+        Ok(bytes) => bytes,
+        Err(Error::Missing { .. }) => return Ok(Err("missing".into())),
+        Err(e) => return Err(e),
+    };
+    report.count_object(&bytes);
+    let what = if bytes.len() as u64 == reference.size {
+        repo::check_object_name(key, &bytes).err().map(|_| "its BLAKE3 does not match its name".to_string())
+    } else {
+        Some(wrong_size(bytes.len() as u64, reference.size))
+    };
+    match what {
+        None => Ok(Ok(bytes)),
+        Some(what) => {
+            if key.starts_with("data/") {
+                mark_damaged(repository, &reference.id).await;
+            }
+            Ok(Err(what))
+        }
+    }
+}
+
+/// A size that differs from the one the snapshot recorded, as a problem.
+fn wrong_size(size: u64, recorded: u64) -> String {
+    format!("size is {size} bytes, the snapshot recorded {recorded}")
 }
 
 /// Leaves the marker that keeps later backups from reusing a damaged pack. Best effort: verify
@@ -517,5 +721,116 @@ async fn check_stream(
     match rows {
         Some(rows) if rows != lines => Err(format!("holds {lines} rows, its manifest records {rows}")),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use rand::SeedableRng;
+
+    fn packs(count: u32) -> Vec<repo::ObjectId> {
+        (0..count).map(|n| repo::ObjectId::of(&n.to_le_bytes())).collect()
+    }
+
+    fn parse(spec: &str) -> Result<PackSubset> {
+        PackSubset::parse(spec, Utc.with_ymd_and_hms(2026, 12, 3, 8, 0, 0).unwrap())
+    }
+
+    #[test]
+    fn the_slices_of_m_partition_the_packs() {
+        let packs = packs(500);
+        let mut random = rand::rngs::StdRng::seed_from_u64(1);
+        for of in [1, 2, 3, 7, 30, 600] {
+            let mut seen = BTreeSet::new();
+            let mut total = 0;
+            for number in 1..=of {
+                let slice = PackSubset::Slice { number, of }.select(&packs, &mut random);
+                total += slice.len();
+                seen.extend(slice);
+            }
+            assert_eq!((total, seen.len()), (packs.len(), packs.len()), "slices of {of}");
+        }
+        // Roughly even: no slice of 7 holds more than twice its share.
+        let sizes: Vec<usize> =
+            (1..=7).map(|number| PackSubset::Slice { number, of: 7 }.select(&packs, &mut random).len()).collect();
+        assert!(sizes.iter().all(|&size| size > 0 && size < 2 * 500 / 7), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_slice_is_the_packs_whose_leading_8_bytes_fall_in_it() {
+        let low: repo::ObjectId = format!("{:016x}{}", 10u64, "0".repeat(48)).parse().unwrap();
+        let high: repo::ObjectId = format!("{:016x}{}", u64::MAX, "f".repeat(48)).parse().unwrap();
+        let mut random = rand::rngs::StdRng::seed_from_u64(1);
+        let slice = |number, of| PackSubset::Slice { number, of }.select([&low, &high], &mut random.clone());
+        assert_eq!(slice(11, 100), BTreeSet::from([low.clone()]));
+        assert_eq!(slice(u64::MAX % 7 + 1, 7), BTreeSet::from([high.clone()]));
+        assert_eq!(slice(1, 1).len(), 2);
+        assert!(PackSubset::Slice { number: 1, of: 10 }.select([&low, &high], &mut random).contains(&low));
+    }
+
+    #[test]
+    fn auto_reads_every_pack_once_in_30_consecutive_days() {
+        let packs = packs(300);
+        let mut random = rand::rngs::StdRng::seed_from_u64(1);
+        // From a late hour, across a month and a year end: the day is UTC's.
+        let start = Utc.with_ymd_and_hms(2026, 12, 20, 23, 30, 0).unwrap();
+        let mut read = BTreeMap::<repo::ObjectId, usize>::new();
+        let mut names = BTreeSet::new();
+        for day in 0..30 {
+            let subset = PackSubset::auto(start + chrono::Duration::days(day));
+            names.insert(subset.to_string());
+            for pack in subset.select(&packs, &mut random) {
+                *read.entry(pack).or_default() += 1;
+            }
+        }
+        assert_eq!(names.len(), 30);
+        assert_eq!(read.len(), packs.len());
+        assert!(read.values().all(|&times| times == 1));
+        // The 31st day starts over.
+        assert_eq!(PackSubset::auto(start + chrono::Duration::days(30)), PackSubset::auto(start));
+    }
+
+    #[test]
+    fn auto_names_the_slice_of_the_utc_day() {
+        let slice = |y, m, d, h| PackSubset::auto(Utc.with_ymd_and_hms(y, m, d, h, 0, 0).unwrap()).to_string();
+        assert_eq!(slice(1970, 1, 1, 0), "1/30");
+        assert_eq!(slice(1970, 1, 30, 23), "30/30");
+        assert_eq!(slice(1970, 1, 31, 12), "1/30");
+        // 2026-12-03 is day 20_790 since 1970-01-01: 20_790 mod 30 = 0.
+        assert_eq!(slice(2026, 12, 3, 8), "1/30");
+        assert_eq!(slice(2026, 12, 4, 0), "2/30");
+        assert_eq!(parse("auto").unwrap(), PackSubset::Slice { number: 1, of: 30 });
+    }
+
+    #[test]
+    fn a_sample_reads_its_share_rounded_up_and_differs_between_runs() {
+        let packs = packs(200);
+        let mut random = rand::rngs::StdRng::seed_from_u64(7);
+        for (percent, expected) in [(0.1, 1), (2.5, 5), (30.0, 60), (33.3, 67), (99.9, 200), (100.0, 200)] {
+            let sample = PackSubset::Sample { percent }.select(&packs, &mut random);
+            assert_eq!(sample.len(), expected, "{percent}%");
+            assert!(sample.iter().all(|pack| packs.contains(pack)));
+        }
+        assert_eq!(PackSubset::Sample { percent: 30.0 }.select(&packs[..10], &mut random).len(), 3);
+        assert_eq!(PackSubset::Sample { percent: 50.0 }.select(&[], &mut random).len(), 0);
+        let first = PackSubset::Sample { percent: 10.0 }.select(&packs, &mut random);
+        let second = PackSubset::Sample { percent: 10.0 }.select(&packs, &mut random);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn specs_parse_and_bad_ones_say_what_is_allowed() {
+        assert_eq!(parse("3/7").unwrap(), PackSubset::Slice { number: 3, of: 7 });
+        assert_eq!(parse("1/1").unwrap(), PackSubset::Slice { number: 1, of: 1 });
+        assert_eq!(parse("2.5%").unwrap(), PackSubset::Sample { percent: 2.5 });
+        assert_eq!(parse("100%").unwrap().to_string(), "100%");
+        assert_eq!(parse("2.5%").unwrap().to_string(), "2.5%");
+        for bad in ["0/3", "4/3", "3/0", "0%", "101%", "-5%", "NaN%", "x", "", "1/x", "1/2/3", "auto2", "%"] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("is not a subset of the packs") && error.contains("N/M"), "{bad:?}: {error}");
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
     }
 }

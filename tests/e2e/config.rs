@@ -269,3 +269,32 @@ fn pgpass_gives_the_database_password_when_only_its_owner_can_read_it() {
     backup().fails_with(1, "password authentication failed");
     assert_eq!(server.passwords(), ["from-pgpass"]);
 }
+
+#[test]
+fn a_profile_names_the_share_of_packs_its_verify_reads() {
+    let ready = Scenario::new("profile_subset").sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)").init("repo");
+    ready.work.backup(&ready.source, &ready.repo);
+    let profile = |subset: &str| {
+        format!(
+            "[profile.check]\nrepo = [\"{}\"]\nidentity = \"{}\"\nread_data_subset = \"{subset}\"\n",
+            ready.repo,
+            ready.work.admin_key()
+        )
+    };
+    write(&user_config(&ready.work), &profile("100%"), 0o644);
+    let report = ready.work.run(&["verify", "--profile", "check", "--json"]).ok().json();
+    assert_eq!(report["subset"]["slice"], "100%", "{report}");
+    assert!(report["chunks"].as_u64().unwrap() > 0, "{report}");
+    // The flag wins; --read-data reads everything, which covers the profile's share.
+    let report = ready.work.run(&["verify", "--profile", "check", "--read-data-subset", "1/1", "--json"]).ok().json();
+    assert_eq!(report["subset"]["slice"], "1/1", "{report}");
+    let report = ready.work.run(&["verify", "--profile", "check", "--read-data", "--json"]).ok().json();
+    assert!(report.get("subset").is_none(), "{report}");
+
+    // A bad one is a mistake of the file, named with its line, as `config check` names it.
+    write(&user_config(&ready.work), &profile("7/5"), 0o644);
+    let run = ready.work.run(&["verify", "--profile", "check"]);
+    let run = run.fails_with(1, ":4:1: [profile.check] read_data_subset: \"7/5\" is not a subset of the packs");
+    assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+    ready.work.run(&["config", "check"]).fails_with(1, "read_data_subset: \"7/5\" is not a subset of the packs");
+}

@@ -24,3 +24,4 @@ mod security;
 mod storage;
 mod tls;
 mod untrusted_storage;
+mod verify_subset;
