@@ -293,7 +293,9 @@ impl Target {
         Ok(listing.try_next().await.map_err(|e| self.map_error("", e))?.is_none())
     }
 
-    /// Removes an object (tests and, later, prune).
+    /// Removes an object (prune, `rekey --reencrypt`, tests); one already gone is no error.
+    /// A delete the storage refuses, rather than fails at, is [`Error::DeleteRefused`]
+    /// ([`is_refusal`]): prune leaves such objects and goes on.
     pub async fn delete(&self, key: &str) -> Result<()> {
         // A folder planted as a link would send the delete outside the repository.
         if let Some(root) = &self.local_root {
@@ -301,6 +303,9 @@ impl Target {
         }
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) if is_refusal(&source) => {
+                Err(Error::DeleteRefused { location: self.location.clone(), object: key.to_string(), source })
+            }
             Err(e) => Err(self.map_error(key, e)),
         }
     }
@@ -315,8 +320,62 @@ impl Target {
     }
 }
 
+/// Whether the storage refused an operation rather than failed at it: S3's 403 (AccessDenied:
+/// no permission, or an Object Lock retention on the version) and 401, which object_store
+/// reports as `PermissionDenied` and `Unauthenticated`; on a local folder, `EACCES` and `EPERM`
+/// (permissions, an immutable file: `chattr +i`) and `EROFS` (a read-only mount), which its
+/// `LocalFileSystem` wraps in a generic error with the `io::Error` as its source. Asking again
+/// gets the same answer; a network fault or a 5xx is not a refusal.
+pub fn is_refusal(error: &object_store::Error) -> bool {
+    if matches!(error, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Whether `key` names its object by the hash of its content (64 hex digits, as packs are).
 fn is_content_addressed(key: &str) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(os_error: i32) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from_raw_os_error(os_error)),
+        }
+    }
+
+    #[test]
+    fn a_refused_delete_is_told_from_a_failed_one() {
+        const EPERM: i32 = 1;
+        const EACCES: i32 = 13;
+        const EROFS: i32 = 30;
+        const ENOSPC: i32 = 28;
+        const ECONNRESET: i32 = 104;
+        for refused in [EPERM, EACCES, EROFS] {
+            assert!(is_refusal(&local(refused)), "errno {refused}");
+        }
+        for failed in [ENOSPC, ECONNRESET] {
+            assert!(!is_refusal(&local(failed)), "errno {failed}");
+        }
+        let denied = object_store::Error::PermissionDenied { path: "data/ab/x".into(), source: "AccessDenied".into() };
+        assert!(is_refusal(&denied));
+        let unauthenticated = object_store::Error::Unauthenticated { path: "x".into(), source: "401".into() };
+        assert!(is_refusal(&unauthenticated));
+        let server = object_store::Error::Generic { store: "S3", source: "500 Internal Server Error".into() };
+        assert!(!is_refusal(&server));
+        assert!(!is_refusal(&object_store::Error::NotFound { path: "x".into(), source: "gone".into() }));
+    }
 }
