@@ -237,7 +237,11 @@ pub async fn run(repository: &Repository, options: &PruneOptions, progress: &dyn
                 Err(error @ Error::DeleteRefused { .. }) => {
                     report.refused.objects += 1;
                     report.refused.bytes += object.size;
-                    report.refused.reason.get_or_insert_with(|| error.to_string());
+                    // The report names the target already.
+                    report.refused.reason.get_or_insert_with(|| {
+                        let text = error.to_string();
+                        text.strip_prefix(&format!("{}: ", report.location)).map_or(text.clone(), str::to_string)
+                    });
                 }
                 Err(error) => return Err(error),
             }

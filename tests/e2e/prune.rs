@@ -312,3 +312,114 @@ fn prune_waits_for_a_running_backup_and_a_dry_run_runs_beside_it() {
     assert!(!lock.exists(), "prune left its lock");
     work.backup(&source, &repo);
 }
+
+/// Prune on a bucket (`cargo test --test e2e s3::` selects it; CI runs it against moto too).
+mod s3 {
+    use std::collections::BTreeSet;
+
+    use crmvault::target::{OpenMode, Target};
+
+    use super::{SCRATCH, count_noun, target_report};
+    use crate::common::s3::S3Server;
+    use crate::common::*;
+
+    fn run_s3(work: &Workspace, server: &S3Server, args: &[&str]) -> Run {
+        let mut command = work.command();
+        command.args(args).envs(server.env());
+        Run::from(&command.output().expect("crmvault runs"))
+    }
+
+    /// The repository's objects in the bucket, and what its snapshot headers list, read through
+    /// the storage layer alone.
+    struct Bucket {
+        target: Target,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl Bucket {
+        fn open(server: &S3Server, repo: &str) -> Bucket {
+            let target = Target::open_with(repo, OpenMode::Existing, &server.settings()).unwrap();
+            Bucket { target, runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap() }
+        }
+
+        fn keys(&self, folder: &str) -> BTreeSet<String> {
+            self.runtime.block_on(self.target.list(folder)).unwrap().into_iter().map(|(key, _)| key).collect()
+        }
+
+        fn stored(&self) -> BTreeSet<String> {
+            ["data", "index", "dicts"].iter().flat_map(|folder| self.keys(folder)).collect()
+        }
+
+        fn listed(&self) -> BTreeSet<String> {
+            let mut live = BTreeSet::new();
+            for key in self.keys("snapshots") {
+                let bytes = self.runtime.block_on(self.target.get(&key)).unwrap();
+                let header: serde_json::Value =
+                    serde_json::from_slice(bytes.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
+                for (field, folder) in [("packs", "data"), ("indexes", "index"), ("dictionaries", "dicts")] {
+                    for object in header[field].as_array().into_iter().flatten() {
+                        let id = object["id"].as_str().unwrap();
+                        live.insert(if folder == "data" {
+                            format!("data/{}/{id}", &id[..2])
+                        } else {
+                            format!("{folder}/{id}")
+                        });
+                    }
+                }
+            }
+            live
+        }
+
+        fn delete(&self, key: &str) {
+            self.runtime.block_on(self.target.delete(key)).unwrap();
+        }
+    }
+
+    #[test]
+    fn s3_prune_skips_deletes_refused_with_access_denied_and_finishes_once_allowed() {
+        let server = S3Server::start();
+        let source = TestDb::create("prune_s3");
+        source.load_file(&fixture("examples/crm.sql"));
+        let work = Workspace::new();
+        let recipient = work.keygen("admin.key");
+        let repo = server.repo("crm");
+        run_s3(&work, &server, &["init", "--repo", &repo, "--recipient", &recipient]).ok();
+        let mut ids = Vec::new();
+        for change in [SCRATCH, "DROP TABLE public.scratch; UPDATE crm.contacts SET phone = '+1 555 0101'"] {
+            source.sql(change);
+            let report = run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &repo]).ok();
+            ids.push(report.json()["snapshot_id"].as_str().unwrap().to_string());
+        }
+        let bucket = Bucket::open(&server, &repo);
+        bucket.delete(&format!("snapshots/{}", ids[0]));
+        let before = bucket.stored();
+        let garbage: BTreeSet<String> = before.difference(&bucket.listed()).cloned().collect();
+        assert!(garbage.iter().any(|key| key.starts_with("data/")), "{garbage:?}");
+
+        if server.refuse_deletes(true) {
+            let run = run_s3(&work, &server, &["prune", "--json", "--repo", &repo]).ok();
+            let report = target_report(&run);
+            assert_eq!(report["refused"]["objects"], garbage.len() as u64, "{}", run.stdout);
+            assert!(report["refused"]["reason"].as_str().unwrap().contains("refused to delete"), "{report}");
+            // One line for the target's refused deletes (besides the lock prune could not
+            // remove either: it goes stale and the next command takes it over).
+            let warnings: Vec<&str> =
+                run.stderr.lines().filter(|l| l.starts_with("crmvault: warning:") && l.contains("refused")).collect();
+            assert_eq!(warnings.len(), 1, "{}", run.stderr);
+            let refused = format!("refused to delete {}", count_noun(garbage.len(), "object"));
+            assert!(warnings[0].contains(&refused), "{}", warnings[0]);
+            assert_eq!(bucket.stored(), before);
+            server.refuse_deletes(false);
+        }
+        let run = run_s3(&work, &server, &["prune", "--json", "--repo", &repo]).ok();
+        let report = target_report(&run);
+        assert_eq!(report["refused"]["objects"], 0, "{}", run.stdout);
+        assert_eq!(bucket.stored(), before.difference(&garbage).cloned().collect::<BTreeSet<_>>());
+
+        run_s3(&work, &server, &["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+        let restored = TestDb::create("prune_s3_restored");
+        let key = work.admin_key();
+        run_s3(&work, &server, &["restore", "--repo", &repo, "--identity", &key, "--db", &restored.url()]).ok();
+        assert_same_database(&source, &restored);
+    }
+}
