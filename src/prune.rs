@@ -281,11 +281,15 @@ fn unreadable(repository: &Repository, id: &SnapshotId, error: Error) -> Error {
     }
 }
 
-/// The objects prune may delete: everything under `data/`, `index/`, `dicts/` and `damaged/`.
+/// The objects prune may delete: everything under `data/`, `index/`, `dicts/` and `damaged/`,
+/// and there the staging files of writes that never finished (a local folder's `<key>#<n>`,
+/// counted with their folder's kind: no snapshot lists one).
 async fn list_stored(repository: &Repository) -> Result<Vec<StoredObject>> {
     let mut stored = Vec::new();
     for (folder, kind) in FOLDERS {
-        for (key, size) in repository.target.list(folder).await? {
+        let objects = repository.target.list(folder).await?;
+        let unfinished = repository.target.staging_files(folder).await?;
+        for (key, size) in objects.into_iter().chain(unfinished) {
             stored.push(StoredObject { key, kind, size });
         }
     }

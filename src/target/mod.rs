@@ -22,7 +22,7 @@ mod local;
 mod location;
 mod s3;
 
-use local::{direct, refuse_linked_folders, sync_local};
+use local::{direct, is_staging_file, refuse_linked_folders, staging_files, sync_local};
 pub use location::{Location, displayable};
 pub use s3::S3Settings;
 
@@ -301,12 +301,48 @@ impl Target {
         if let Some(root) = &self.local_root {
             refuse_linked_folders(root, key)?;
         }
+        if let Some(root) = &self.local_root
+            && is_staging_file(key)
+        {
+            return self.delete_staging_file(root, key).await;
+        }
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) if is_refusal(&source) => {
                 Err(Error::DeleteRefused { location: self.location.clone(), object: key.to_string(), source })
             }
             Err(e) => Err(self.map_error(key, e)),
+        }
+    }
+
+    /// The staging files (`<key>#<n>`) that writes which never finished left under `folder`,
+    /// with their sizes: on a local folder, what a backup killed while it wrote an object
+    /// leaves; object_store's listing skips them. None on S3, where an unfinished upload never
+    /// becomes an object. Only prune deletes them ([`Target::delete`]), under the exclusive
+    /// lock, when no write can be running.
+    pub async fn staging_files(&self, folder: &str) -> Result<Vec<(String, u64)>> {
+        let Some(root) = self.local_root.clone() else { return Ok(Vec::new()) };
+        let folder = folder.to_string();
+        tokio::task::spawn_blocking(move || staging_files(&root, &folder))
+            .await
+            .expect("the listing task does not panic")
+    }
+
+    /// Removes a staging file directly: object_store refuses such names. Its errors go the
+    /// way object_store's do, so that a refusal is [`Error::DeleteRefused`] here too.
+    async fn delete_staging_file(&self, root: &Path, key: &str) -> Result<()> {
+        let path = root.join(key);
+        match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await.expect("unlink does not panic") {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => {
+                let source = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(error) };
+                if is_refusal(&source) {
+                    Err(Error::DeleteRefused { location: self.location.clone(), object: key.to_string(), source })
+                } else {
+                    Err(Error::Storage { location: self.location.clone(), source })
+                }
+            }
         }
     }
 
@@ -355,6 +391,23 @@ mod tests {
             store: "LocalFileSystem",
             source: Box::new(std::io::Error::from_raw_os_error(os_error)),
         }
+    }
+
+    #[tokio::test]
+    async fn staging_files_left_by_unfinished_writes_are_listed_apart_and_deleted() {
+        let root = tempfile::tempdir().unwrap();
+        let target = Target::open(root.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let pack = format!("data/ab/{}", "ab".repeat(32));
+        target.put_new(&pack, Bytes::from_static(b"pack")).await.unwrap();
+        std::fs::write(root.path().join(format!("{pack}#0")), b"half a pack").unwrap();
+        std::fs::write(root.path().join("data/ab/notes#draft"), b"not a staging name").unwrap();
+        let listed: Vec<String> = target.list("data").await.unwrap().into_iter().map(|(key, _)| key).collect();
+        assert!(listed.contains(&pack) && !listed.iter().any(|key| key.ends_with("#0")), "{listed:?}");
+        assert_eq!(target.staging_files("data").await.unwrap(), [(format!("{pack}#0"), 11)]);
+        assert!(target.staging_files("index").await.unwrap().is_empty(), "a missing folder holds none");
+        target.delete(&format!("{pack}#0")).await.unwrap();
+        assert!(target.staging_files("data").await.unwrap().is_empty());
+        assert!(root.path().join(&pack).exists() && root.path().join("data/ab/notes#draft").exists());
     }
 
     #[test]
