@@ -205,6 +205,31 @@ pub enum Error {
         /// Who holds it: command, host, pid, mode and since (or "someone" without a key).
         holder: String,
     },
+    /// Prune met a snapshot whose header does not read: what that snapshot needs is unknown,
+    /// so nothing on its target may be deleted.
+    #[error(
+        "{location}: {reason}; prune cannot tell what that snapshot needs, so it deleted nothing there: check the \
+         repository with `crmvault verify`, and if {key} is junk, remove it by hand"
+    )]
+    UnreadableSnapshot {
+        /// The target.
+        location: String,
+        /// The snapshot object's key.
+        key: String,
+        /// Why its header did not read.
+        reason: String,
+    },
+    /// The storage refused to delete an object (no delete permission, Object Lock retention,
+    /// an immutable file or a read-only mount), as opposed to failing to answer.
+    #[error("{location}: the storage refused to delete {object}: {}", storage_message(.source))]
+    DeleteRefused {
+        /// The target.
+        location: String,
+        /// The object key.
+        object: String,
+        /// What object_store said.
+        source: object_store::Error,
+    },
     /// The repository changed under a running operation (a rekey finished meanwhile).
     #[error("{location}: the repository was rekeyed (generation {generation}) while this {operation} ran; {outcome}")]
     ChangedMeanwhile {
@@ -329,35 +354,6 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
 /// What object_store says, in fewer words: its local file system's errors start with
 /// "Generic LocalFileSystem error: Unable to …: IO error for operation on …", and a refused
 /// permission gets the advice it needs.
-impl Error {
-    /// Whether storage refused to delete an object for want of the right to: S3's AccessDenied
-    /// (a bucket without delete rights, an object under Object Lock retention) or a local folder
-    /// the user may not change. `forget` and `prune` skip such objects and say so.
-    pub fn is_delete_refused(&self) -> bool {
-        let Error::Storage { source, .. } = self else {
-            return false;
-        };
-        if matches!(source, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
-        {
-            return true;
-        }
-        let mut cause = std::error::Error::source(source);
-        while let Some(error) = cause {
-            if let Some(io) = error.downcast_ref::<std::io::Error>()
-                && matches!(io.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
-            {
-                return true;
-            }
-            let text = error.to_string();
-            if text.contains("AccessDenied") {
-                return true;
-            }
-            cause = error.source();
-        }
-        source.to_string().contains("AccessDenied")
-    }
-}
-
 fn storage_message(error: &object_store::Error) -> String {
     let mut text = error.to_string();
     for (prefix, instead) in [

@@ -179,7 +179,7 @@ pub async fn apply(
     for mark in removed {
         match repository.target.delete(&crate::repo::snapshot_key(&mark.id)).await {
             Ok(()) => {}
-            Err(error) if error.is_delete_refused() => plan.refused.push((mark.id.to_string(), error.to_string())),
+            Err(error @ Error::DeleteRefused { .. }) => plan.refused.push((mark.id.to_string(), error.to_string())),
             Err(error) => return Err(error),
         }
     }

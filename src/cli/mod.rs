@@ -30,6 +30,7 @@ use crmvault::backup;
 use crmvault::commands::{copy, init, snapshots, verify};
 use crmvault::lock::{LockMode, Removal};
 use crmvault::postgres::Database;
+use crmvault::prune;
 use crmvault::rekey;
 use crmvault::repo::{Keyring, Repository};
 use crmvault::restore;
@@ -264,6 +265,10 @@ enum Command {
         /// List what would be kept (and by which rule) and removed; change nothing.
         #[arg(long, short = 'n')]
         dry_run: bool,
+        /// Then delete what no remaining snapshot needs, as `prune` does (with --dry-run: say
+        /// what that would free).
+        #[arg(long)]
+        prune: bool,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]
@@ -307,6 +312,20 @@ enum Command {
         /// reading and writing the whole repository; interrupted, run it again.
         #[arg(long)]
         reencrypt: bool,
+    },
+    /// Delete the packs, indexes and dictionaries no snapshot needs any more (no key needed).
+    ///
+    /// What is needed is read from the snapshots' plaintext headers; what forget left, and what
+    /// backups that died before their snapshot left, goes. Takes the repository's exclusive
+    /// lock: no backup runs meanwhile. Deletes the storage refuses (Object Lock, no delete
+    /// permission) are counted and left for a later prune. Each --repo is pruned on its own.
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Say what would be deleted (counts and bytes) and delete nothing; takes a shared
+        /// lock, so backups may run meanwhile.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Copy the snapshots one repository has and another lacks (no key needed).
     Copy {
@@ -825,7 +844,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Forget { repo, identity, keep, dry_run, filter } => {
+        Command::Forget { repo, identity, keep, dry_run, prune: and_prune, filter } => {
             let policy = settings.policy(keep.policy())?;
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
@@ -864,12 +883,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Err(error) => failed.push((repository.target.location().to_string(), error.to_string())),
                 }
             }
-            let mut done = Vec::new();
+            let (mut done, mut pruned) = (Vec::new(), Vec::new());
             for (repository, mut plan) in plans {
-                if !dry_run
-                    && let Err(error) =
-                        crmvault::forget::apply(repository, &keyring, &mut plan, options.now, &policy).await
-                {
+                let result = async {
+                    if !dry_run {
+                        crmvault::forget::apply(repository, &keyring, &mut plan, options.now, &policy).await?;
+                    }
+                    if and_prune {
+                        // Under the lock forget holds: exclusive, or shared for a dry run,
+                        // which counts the snapshots it would remove as gone.
+                        let prune_options = if dry_run {
+                            prune::PruneOptions {
+                                mode: prune::PruneMode::DryRun,
+                                as_if_gone: plan.removed().map(|d| d.id.clone()).collect(),
+                            }
+                        } else {
+                            prune::PruneOptions::new(prune::PruneMode::Delete)
+                        };
+                        let progress = output::Bar::start(json || quiet);
+                        let report = prune::run(repository, &prune_options, progress.as_ref()).await;
+                        progress.finish();
+                        pruned.push(report?);
+                    }
+                    crmvault::Result::Ok(())
+                }
+                .await;
+                let result: crmvault::Result<()> = result;
+                if let Err(error) = result {
                     if !targets.several() {
                         lock::release(locks).await;
                         return Err(error.into());
@@ -880,7 +920,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 done.push(plan);
             }
             lock::release(locks).await;
-            output::forget(json, &done, &failed, &policy.to_string(), dry_run);
+            output::forget(json, (&done, &pruned), &failed, &policy.to_string(), dry_run);
             // A delete refused by the storage (Object Lock) is said, not fatal: the snapshot goes
             // on a later night.
             if !failed.is_empty() {
@@ -933,6 +973,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Prune { repo, dry_run } => {
+            let locations = settings.repos(repo.repos)?;
+            let targets = storage.open_set(&locations, true).await?;
+            let mode = if dry_run { prune::PruneMode::DryRun } else { prune::PruneMode::Delete };
+            let readers = lock::readers(targets.repositories(), None, &config_dir()?);
+            let lock_options = lock::options(lock_wait, "prune", readers);
+            let outcome = prune_each(
+                targets,
+                &prune::PruneOptions::new(mode),
+                &lock_options,
+                fingerprint.as_ref(),
+                json || quiet,
+            )
+            .await?;
+            output::prune(json, &outcome.reports, &outcome.failed);
+            if !outcome.failed.is_empty() {
+                return Ok(ExitCode::from(3));
+            }
+        }
         Command::Copy { from, to, snapshots } => {
             let mut from = storage.open_set(&[from], false).await?;
             let mut to = storage.open_set(&[to], false).await?;
@@ -967,6 +1026,56 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `prune` did on the targets that were pruned, and the ones that failed (location, why).
+struct PruneOutcome {
+    reports: Vec<prune::PruneReport>,
+    failed: Vec<(String, String)>,
+}
+
+/// Prunes each target on its own: checked against its pin, locked (exclusive, or shared for a
+/// dry run), pruned, released. With several targets, one that could not be opened, checked,
+/// locked or pruned is a failure the others go on without (exit code 3); with one, its error
+/// is the error; when none is pruned, every reason is.
+async fn prune_each(
+    mut targets: crmvault::repo_set::RepoSet,
+    options: &prune::PruneOptions,
+    lock_options: &crmvault::lock::LockOptions,
+    fingerprint: Option<&crmvault::trust::Fingerprint>,
+    silent: bool,
+) -> Result<PruneOutcome> {
+    let several = targets.several() || !targets.left_out().is_empty();
+    let mut failed: Vec<(String, String)> =
+        targets.left_out().iter().map(|left_out| (left_out.location.clone(), left_out.reason.clone())).collect();
+    let mut reports = Vec::new();
+    let lock_mode = match options.mode {
+        prune::PruneMode::Delete => LockMode::Exclusive,
+        prune::PruneMode::DryRun => LockMode::Shared,
+    };
+    for repository in targets.repositories_mut() {
+        let location = repository.target.location().to_string();
+        let result = async {
+            let role = trust::reading_role(repository, None, &config_dir()?);
+            trust::check(std::slice::from_mut(repository), role, fingerprint, &config_dir()?).await?;
+            let locks = crmvault::lock::lock_all(std::slice::from_ref(repository), lock_mode, lock_options).await?;
+            let progress = output::Bar::start(silent);
+            let result = prune::run(repository, options, progress.as_ref()).await;
+            progress.finish();
+            lock::release(locks).await;
+            anyhow::Ok(result?)
+        }
+        .await;
+        match result {
+            Ok(report) => reports.push(report),
+            Err(error) if several => failed.push((location, one_line(&error))),
+            Err(error) => return Err(error),
+        }
+    }
+    if reports.is_empty() {
+        return Err(crmvault::Error::EveryTargetFailed(failed).into());
+    }
+    Ok(PruneOutcome { reports, failed })
 }
 
 async fn verify_one(

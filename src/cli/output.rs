@@ -8,6 +8,7 @@ use crmvault::backup;
 use crmvault::commands::{copy, init, snapshots, verify};
 use crmvault::postgres::Database;
 use crmvault::progress::Unit;
+use crmvault::prune;
 use crmvault::rekey;
 use crmvault::restore;
 
@@ -517,11 +518,20 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
 /// targets left out or that failed.
 pub fn forget(
     json: bool,
-    plans: &[crmvault::forget::TargetPlan],
+    (plans, pruned): (&[crmvault::forget::TargetPlan], &[prune::PruneReport]),
     failed: &[(String, String)],
     policy: &str,
     dry_run: bool,
 ) {
+    for report in pruned.iter().filter(|report| report.refused.objects > 0) {
+        eprintln!(
+            "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
+            report.location,
+            count(report.refused.objects, "object"),
+            size(report.refused.bytes),
+            report.refused.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
     if json {
         let targets: Vec<serde_json::Value> = plans
             .iter()
@@ -537,10 +547,12 @@ pub fn forget(
         let failed: Vec<serde_json::Value> =
             failed.iter().map(|(location, error)| serde_json::json!({"location": location, "error": error})).collect();
         let ok = failed.is_empty();
-        print_json_ok(
-            &serde_json::json!({"policy": policy, "dry_run": dry_run, "targets": targets, "failed": failed}),
-            ok,
-        );
+        let mut document =
+            serde_json::json!({"policy": policy, "dry_run": dry_run, "targets": targets, "failed": failed});
+        if !pruned.is_empty() {
+            document["prune"] = serde_json::to_value(pruned).expect("reports serialise");
+        }
+        print_json_ok(&document, ok);
         return;
     }
     for plan in plans {
@@ -562,12 +574,77 @@ pub fn forget(
                 plan.location
             );
         }
-        if removed > 0 && !dry_run {
+        if removed > 0 && !dry_run && pruned.is_empty() {
             say!("  what only these snapshots used stays stored until `crmvault prune`");
         }
     }
+    prune_text(pruned);
     for (location, error) in failed {
         eprintln!("  FAILED  {location}: {error} (nothing forgotten there)");
+    }
+}
+
+/// Per target: what was deleted (or would be, in a dry run) and what stays; one warning per
+/// target whose storage refused deletes, and one per target that failed.
+pub fn prune(json: bool, reports: &[prune::PruneReport], failed: &[(String, String)]) {
+    for report in reports.iter().filter(|report| report.refused.objects > 0) {
+        eprintln!(
+            "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
+            report.location,
+            count(report.refused.objects, "object"),
+            size(report.refused.bytes),
+            report.refused.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    for (location, error) in failed {
+        // Most errors name their target already: say it once.
+        if error.contains(location.as_str()) {
+            eprintln!("crmvault: warning: not pruned: {error}");
+        } else {
+            eprintln!("crmvault: warning: not pruned: {location}: {error}");
+        }
+    }
+    if json {
+        let failed: Vec<serde_json::Value> = failed
+            .iter()
+            .map(|(location, error)| serde_json::json!({ "location": location, "error": error }))
+            .collect();
+        print_json_ok(&serde_json::json!({ "targets": reports, "failed": failed }), failed.is_empty());
+        return;
+    }
+    prune_text(reports);
+}
+
+/// What prune did (or would do) on each target, one line each.
+fn prune_text(reports: &[prune::PruneReport]) {
+    for report in reports {
+        let kept = format!(
+            "kept {} ({}) for {}",
+            count(report.kept.packs.objects, "pack"),
+            size(report.kept.packs.bytes),
+            count(report.snapshots as u64, "snapshot")
+        );
+        let (done, verb, freed) = if report.dry_run {
+            (&report.garbage, "would delete", "to free")
+        } else {
+            (&report.deleted, "deleted", "freed")
+        };
+        if done.total().objects == 0 {
+            say!("{}: nothing to delete; {kept}", report.location);
+            continue;
+        }
+        // The kinds there are some of: "2 packs, 1 dictionary".
+        let parts: Vec<String> = [
+            (done.packs.objects, count(done.packs.objects, "pack")),
+            (done.indexes.objects, count_of(done.indexes.objects, "index", "indexes")),
+            (done.dictionaries.objects, count_of(done.dictionaries.objects, "dictionary", "dictionaries")),
+            (done.damaged_markers.objects, count(done.damaged_markers.objects, "damaged marker")),
+        ]
+        .into_iter()
+        .filter(|(objects, _)| *objects > 0)
+        .map(|(_, text)| text)
+        .collect();
+        say!("{}: {verb} {}: {} {freed}; {kept}", report.location, parts.join(", "), size(done.total().bytes));
     }
 }
 

@@ -202,3 +202,32 @@ fn a_forget_record_outlives_a_rekey() {
         assert!(!verified.stdout.contains(needle), "{}", verified.stdout);
     }
 }
+
+#[test]
+fn forget_with_prune_frees_what_its_dry_run_said_and_what_is_left_restores() {
+    let ready = Scenario::new("forget_prune").sql(TABLE).init("repo");
+    let repo = ready.repo.clone();
+    for n in 2..=5 {
+        // Each night replaces the table's rows, so the oldest snapshots' packs hold rows no
+        // later snapshot has.
+        ready.source.sql(&format!("UPDATE notes SET body = repeat('night {n} ', 2000)"));
+        change(&ready, n);
+        backup(&ready, &[&repo], &[]);
+    }
+    let args = ["forget", "--json", "--repo", &repo, "--keep-last", "2", "--prune"];
+    let dry = ready.work.run(&[&args[..], &["--dry-run"]].concat()).ok().json();
+    let would_free = dry["prune"][0]["garbage"]["packs"]["bytes"].as_u64().expect("a pack count");
+    assert!(would_free > 0, "{dry}");
+    assert_eq!(snapshot_ids(&repo).len(), 4);
+
+    let done = ready.work.run(&args).ok().json();
+    assert_eq!(done["targets"][0]["removed"], 2, "{done}");
+    assert_eq!(done["prune"][0]["deleted"]["packs"]["bytes"].as_u64(), Some(would_free), "{done}");
+    // Nothing is left to prune, and what is left is whole.
+    let again = ready.work.run(&["prune", "--json", "--repo", &repo]).ok().json();
+    assert_eq!(again["targets"][0]["deleted"]["packs"]["objects"], 0, "{again}");
+    ready.work.run(&["verify", "--repo", &repo, "--identity", &ready.work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("forget_prune_restored");
+    ready.work.restore(&repo, &restored).ok();
+    assert_same_database(&ready.source, &restored);
+}

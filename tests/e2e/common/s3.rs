@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub const ACCESS_KEY: &str = "AKIACRMVAULTTEST";
 pub const SECRET_KEY: &str = "crmvault-test-secret";
@@ -18,6 +19,8 @@ pub struct S3Server {
     pub root: Option<tempfile::TempDir>,
     addr: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// While set, the in-process server answers DeleteObject with 403 AccessDenied.
+    deletes_refused: Arc<AtomicBool>,
 }
 
 /// Faults the in-process server injects: of every 100 requests (by a seeded draw), `errors`
@@ -44,36 +47,48 @@ impl S3Server {
         let bucket = format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
         if let Ok(endpoint) = std::env::var("CRMVAULT_TEST_S3_ENDPOINT") {
             create_bucket(&endpoint, &bucket);
-            return S3Server { endpoint, bucket, root: None, addr: None, runtime: None };
+            return S3Server {
+                endpoint,
+                bucket,
+                root: None,
+                addr: None,
+                runtime: None,
+                deletes_refused: Arc::default(),
+            };
         }
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
-        let (runtime, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap());
+        let deletes_refused = Arc::new(AtomicBool::new(false));
+        let (runtime, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap(), &deletes_refused);
         S3Server {
             endpoint: format!("http://{addr}"),
             bucket,
             root: Some(root),
             addr: Some(addr),
             runtime: Some(runtime),
+            deletes_refused,
         }
     }
 
     /// Starts an in-process server that injects `faults`; None when the tests use an external
     /// server (faults are injected only in this process).
-    pub fn start_faulty(faults: Faults, count: std::sync::Arc<FaultCount>) -> Option<S3Server> {
+    pub fn start_faulty(faults: Faults, count: Arc<FaultCount>) -> Option<S3Server> {
         if std::env::var("CRMVAULT_TEST_S3_ENDPOINT").is_ok() {
             return None;
         }
         let bucket = format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
-        let (runtime, addr) = serve_with(root.path(), "127.0.0.1:0".parse().unwrap(), Some((faults, count)));
+        let deletes_refused = Arc::new(AtomicBool::new(false));
+        let (runtime, addr) =
+            serve_with(root.path(), "127.0.0.1:0".parse().unwrap(), &deletes_refused, Some((faults, count)));
         Some(S3Server {
             endpoint: format!("http://{addr}"),
             bucket,
             root: Some(root),
             addr: Some(addr),
             runtime: Some(runtime),
+            deletes_refused,
         })
     }
 
@@ -97,8 +112,16 @@ impl S3Server {
     /// Serves again on the same port and files.
     pub fn restart(&mut self) {
         let root = self.root.as_ref().expect("in-process server").path().to_path_buf();
-        let (runtime, _) = serve(&root, self.addr.expect("in-process server"));
+        let (runtime, _) = serve(&root, self.addr.expect("in-process server"), &self.deletes_refused);
         self.runtime = Some(runtime);
+    }
+
+    /// Makes the in-process server refuse (or allow again) every DeleteObject with 403
+    /// AccessDenied, as a bucket policy without `s3:DeleteObject` does; false on an external
+    /// server, which cannot be told to.
+    pub fn refuse_deletes(&self, refuse: bool) -> bool {
+        self.deletes_refused.store(refuse, Ordering::SeqCst);
+        self.in_process()
     }
 
     /// The folder holding the bucket's objects (in-process server only).
@@ -135,8 +158,21 @@ impl Drop for S3Server {
     }
 }
 
-fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
-    serve_with(root, addr, None)
+/// What the in-process server allows: everything signed, and deletes unless refused.
+struct DeletePolicy(Arc<AtomicBool>);
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for DeletePolicy {
+    async fn delete_object(&self, _request: &mut s3s::S3Request<s3s::dto::DeleteObjectInput>) -> s3s::S3Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(s3s::s3_error!(AccessDenied, "this key may not delete objects"));
+        }
+        Ok(())
+    }
+}
+
+fn serve(root: &Path, addr: SocketAddr, deletes_refused: &Arc<AtomicBool>) -> (tokio::runtime::Runtime, SocketAddr) {
+    serve_with(root, addr, deletes_refused, None)
 }
 
 /// s3s's service behind one that injects faults.
@@ -144,7 +180,7 @@ fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr)
 struct Faulty {
     inner: s3s::service::S3Service,
     faults: Faults,
-    count: std::sync::Arc<FaultCount>,
+    count: Arc<FaultCount>,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
@@ -188,7 +224,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
 fn serve_with(
     root: &Path,
     addr: SocketAddr,
-    faults: Option<(Faults, std::sync::Arc<FaultCount>)>,
+    deletes_refused: &Arc<AtomicBool>,
+    faults: Option<(Faults, Arc<FaultCount>)>,
 ) -> (tokio::runtime::Runtime, SocketAddr) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = runtime.block_on(async {
@@ -209,6 +246,7 @@ fn serve_with(
     let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    builder.set_access(DeletePolicy(Arc::clone(deletes_refused)));
     let service = builder.build();
     runtime.spawn(async move {
         let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
