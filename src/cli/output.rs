@@ -523,6 +523,14 @@ pub fn forget(
     policy: &str,
     dry_run: bool,
 ) {
+    for plan in plans {
+        for (id, error) in &plan.refused {
+            eprintln!(
+                "crmvault: warning: {}: snapshot {id} not removed: the storage refused the delete ({error})",
+                plan.location
+            );
+        }
+    }
     for report in pruned.iter().filter(|report| report.refused.objects > 0) {
         eprintln!(
             "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
@@ -567,12 +575,6 @@ pub fn forget(
         }
         for (id, error) in &plan.unreadable {
             say!("  left alone (does not open): {id}: {error}");
-        }
-        for (id, error) in &plan.refused {
-            eprintln!(
-                "crmvault: warning: {}: {id} not removed: the storage refused the delete ({error})",
-                plan.location
-            );
         }
         if removed > 0 && !dry_run && pruned.is_empty() {
             say!("  what only these snapshots used stays stored until `crmvault prune`");

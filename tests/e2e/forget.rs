@@ -207,12 +207,13 @@ fn a_forget_record_outlives_a_rekey() {
 fn forget_with_prune_frees_what_its_dry_run_said_and_what_is_left_restores() {
     let ready = Scenario::new("forget_prune").sql(TABLE).init("repo");
     let repo = ready.repo.clone();
+    let mut nights = Vec::new();
     for n in 2..=5 {
         // Each night replaces the table's rows, so the oldest snapshots' packs hold rows no
         // later snapshot has.
         ready.source.sql(&format!("UPDATE notes SET body = repeat('night {n} ', 2000)"));
         change(&ready, n);
-        backup(&ready, &[&repo], &[]);
+        nights.push((backup(&ready, &[&repo], &[]), ready.source.data()));
     }
     let args = ["forget", "--json", "--repo", &repo, "--keep-last", "2", "--prune"];
     let dry = ready.work.run(&[&args[..], &["--dry-run"]].concat()).ok().json();
@@ -227,7 +228,54 @@ fn forget_with_prune_frees_what_its_dry_run_said_and_what_is_left_restores() {
     let again = ready.work.run(&["prune", "--json", "--repo", &repo]).ok().json();
     assert_eq!(again["targets"][0]["deleted"]["packs"]["objects"], 0, "{again}");
     ready.work.run(&["verify", "--repo", &repo, "--identity", &ready.work.admin_key(), "--read-data"]).ok();
-    let restored = TestDb::create("forget_prune_restored");
-    ready.work.restore(&repo, &restored).ok();
-    assert_same_database(&ready.source, &restored);
+    // Every kept snapshot restores the database it was taken of.
+    for (id, data) in &nights[2..] {
+        let restored = TestDb::create("forget_prune_restored");
+        ready.work.restore_with(&repo, &restored, &[id]).ok();
+        assert!(restored.data() == *data, "snapshot {id} does not restore what it was taken of");
+    }
+}
+
+#[test]
+fn forget_on_a_bucket_skips_deletes_the_storage_refuses_and_finishes_once_they_are_allowed() {
+    let server = crate::common::s3::S3Server::start();
+    let source = TestDb::create("forget_s3");
+    source.sql(TABLE);
+    let work = Workspace::new();
+    let recipient = work.keygen("admin.key");
+    let bucket = server.repo("crm");
+    server.run(&work, &["init", "--repo", &bucket, "--recipient", &recipient]).ok();
+    let backup = || server.run(&work, &["backup", "--db", &source.url(), "--repo", &bucket]).ok();
+    for n in 2..=4 {
+        source.sql(&format!("insert into notes values ({n}, 'note {n}')"));
+        backup();
+    }
+    let count = || {
+        server.run(&work, &["snapshots", "--json", "--repo", &bucket]).ok().json()["snapshots"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(), 3);
+    // A bucket that refuses deletes (Object Lock, a policy without s3:DeleteObject): the
+    // refusal is a warning, not a failure, and the record names what is to go.
+    if server.refuse_deletes(true) {
+        let run = server.run(&work, &["forget", "--json", "--repo", &bucket, "--keep-last", "1"]).ok();
+        assert!(run.stderr.contains("the storage refused the delete"), "{}", run.stderr);
+        assert_eq!(run.json()["targets"][0]["refused"].as_array().map(Vec::len), Some(2), "{}", run.stdout);
+        assert_eq!(count(), 3);
+        server.refuse_deletes(false);
+    }
+    let run = server.run(&work, &["forget", "--json", "--prune", "--repo", &bucket, "--keep-last", "1"]).ok().json();
+    assert_eq!(run["targets"][0]["removed"], 2, "{run}");
+    assert!(
+        run["prune"][0]["deleted"]["packs"]["objects"].as_u64().unwrap_or(0) > 0
+            || run["prune"][0]["deleted"]["indexes"]["objects"].as_u64().unwrap_or(0) > 0,
+        "{run}"
+    );
+    assert_eq!(count(), 1);
+    server.run(&work, &["verify", "--repo", &bucket, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("forget_s3_restored");
+    server.run(&work, &["restore", "--repo", &bucket, "--identity", &work.admin_key(), "--db", &restored.url()]).ok();
+    assert_same_database(&source, &restored);
 }

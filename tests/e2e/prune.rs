@@ -344,9 +344,7 @@ mod s3 {
     use crate::common::*;
 
     fn run_s3(work: &Workspace, server: &S3Server, args: &[&str]) -> Run {
-        let mut command = work.command();
-        command.args(args).envs(server.env());
-        Run::from(&command.output().expect("crmvault runs"))
+        server.run(work, args)
     }
 
     /// The repository's objects in the bucket, and what its snapshot headers list, read through
@@ -442,4 +440,104 @@ mod s3 {
         run_s3(&work, &server, &["restore", "--repo", &repo, "--identity", &key, "--db", &restored.url()]).ok();
         assert_same_database(&source, &restored);
     }
+}
+
+/// Starts `crmvault ARGS` and SIGKILLs it once `ready` says so; true if it was killed, false if
+/// it finished first (successfully).
+fn kill_when(work: &Workspace, args: &[&str], ready: impl Fn() -> bool) -> bool {
+    let mut child = work
+        .command()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("crmvault starts");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(status.success(), "{args:?} failed on its own: {stderr}");
+            return false;
+        }
+        if ready() || started.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn prune_killed_at_any_point_leaves_every_snapshot_restorable_and_the_next_prune_finishes() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_killed").crm().init("repo");
+    let mut nights = three_nights(&source, &work, &repo);
+    // More garbage: two more nights, each with a table of its own; all but the last go (the
+    // fourth night stored nothing but its table: its index goes too).
+    for n in 0..2 {
+        // Rows of their own (not the first night's again, which would keep its packs alive).
+        source.sql(
+            &SCRATCH
+                .replace("public.scratch", &format!("public.scratch_{n}"))
+                .replace("(i * 3)", &format!("(i * {})", 5 + n)),
+        );
+        let report = work.backup(&source, &repo);
+        nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+        source.sql(&format!("DROP TABLE public.scratch_{n}"));
+    }
+    work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    let before = garbage(&repo);
+    assert!(count_in(&before, "index") > 0 && count_in(&before, "data") > 0, "{before:?}");
+    let folder = |name: &str| count_in(&stored(&repo), name);
+    let (indexes, packs) = (folder("index"), folder("data"));
+
+    // Killed once an index is gone (before any pack), then once a pack is gone.
+    // (On the backup host: the writer key shows the killed prune's pid, so the next one takes
+    // its lock over at once instead of waiting out the lease.)
+    let killed_early = kill_when(&work, &["prune", "--repo", &repo], || folder("index") < indexes);
+    assert_every_snapshot_restores(&work, &repo, &nights);
+    let killed_later = kill_when(&work, &["prune", "--repo", &repo], || folder("data") < packs);
+    assert_every_snapshot_restores(&work, &repo, &nights);
+    eprintln!("killed after an index: {killed_early}; after a pack: {killed_later}");
+
+    // The next prune finishes the job: nothing any snapshot lists is gone, no garbage is left.
+    work.run(&["prune", "--repo", &repo]).ok();
+    assert!(garbage(&repo).is_empty(), "{:?}", garbage(&repo));
+    assert!(listed(&repo).is_subset(&stored(&repo)));
+    assert_every_snapshot_restores(&work, &repo, &nights);
+}
+
+#[test]
+fn a_backup_and_a_prune_started_together_leave_every_snapshot_restorable() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_together").crm().filler().init("repo");
+    let mut nights = three_nights(&source, &work, &repo);
+    forget_oldest(&repo, &nights);
+    for (first, second) in [("backup", "prune"), ("prune", "backup")] {
+        source.sql("UPDATE public.filler SET body = upper(body) WHERE id % 50 = 0");
+        let start = |command: &str| {
+            let url = source.url();
+            let mut args = vec![command, "--repo", &repo, "--lock-wait", "120s", "--json"];
+            if command == "backup" {
+                args.extend(["--db", &url]);
+            }
+            work.command()
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (start(first), start(second));
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        for (name, output) in [(first, &a), (second, &b)] {
+            assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let backup = if first == "backup" { &a } else { &b };
+        let report: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
+        nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+        // No snapshot names an object that is gone.
+        assert!(listed(&repo).is_subset(&stored(&repo)), "a snapshot names a deleted object");
+    }
+    assert_every_snapshot_restores(&work, &repo, &nights);
 }

@@ -8,12 +8,7 @@ use crate::common::*;
 
 /// Runs crmvault with the S3 server's credentials.
 fn run_s3(work: &Workspace, server: &S3Server, args: &[&str]) -> Run {
-    let mut command = work.command();
-    command.args(args);
-    for (name, value) in server.env() {
-        command.env(name, value);
-    }
-    Run::from(&command.output().expect("crmvault runs"))
+    server.run(work, args)
 }
 
 fn admin_recipient(work: &Workspace) -> String {

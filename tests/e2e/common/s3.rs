@@ -141,6 +141,13 @@ impl S3Server {
         }
     }
 
+    /// Runs crmvault in `work` with this server's credentials.
+    pub fn run(&self, work: &super::Workspace, args: &[&str]) -> super::Run {
+        let mut command = work.command();
+        command.args(args).envs(self.env());
+        super::Run::from(&command.output().expect("crmvault runs"))
+    }
+
     /// Environment for the crmvault process.
     #[allow(clippy::unused_self, reason = "reads as server.env() at the call sites")]
     pub fn env(&self) -> Vec<(&'static str, String)> {
