@@ -382,6 +382,7 @@ fn a_flaky_bucket_gets_whole_snapshots_through_retries_or_none_and_never_one_nam
     let bucket = format!("s3://{}/crm?endpoint={}&retries=10&retry_timeout=120", server.bucket, server.endpoint);
     run_s3(&work, &server, &["init", "--repo", &local, "--repo", &bucket, "--recipient", &recipient]).ok();
 
+    count.enabled.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut complete = 0;
     for night in 1..=3 {
         source.sql(&format!("UPDATE public.filler SET body = body || '{night}' WHERE id % 97 = {night}"));

@@ -34,11 +34,13 @@ pub struct Faults {
     pub delay: std::time::Duration,
 }
 
-/// What a faulty server did: requests seen and faults injected.
+/// What a faulty server did: requests seen and faults injected; and whether it injects them
+/// now (it starts without, so that the repository can be set up first).
 #[derive(Debug, Default)]
 pub struct FaultCount {
     pub requests: AtomicUsize,
     pub injected: AtomicUsize,
+    pub enabled: AtomicBool,
 }
 
 impl S3Server {
@@ -198,7 +200,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         use rand::Rng;
         let number = self.count.requests.fetch_add(1, Ordering::SeqCst);
-        let draw = rand::thread_rng().gen_range(0..100u32);
+        let draw =
+            if self.count.enabled.load(Ordering::SeqCst) { rand::thread_rng().gen_range(0..100u32) } else { 100 };
         let Faults { errors, drops, slow, delay } = self.faults;
         let (inner, count) = (self.inner.clone(), self.count.clone());
         Box::pin(async move {
