@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::repo::{ForgetRecord, Keyring, Repository, SnapshotFilter, SnapshotId};
+use crate::repo_set::RepoSet;
 use crate::retention::{self, Candidate, Policy};
 use crate::trust::SnapshotMark;
 
@@ -33,6 +35,65 @@ pub struct ForgetOptions<Tz: TimeZone> {
     pub zone: Tz,
     /// When this runs (the record's time).
     pub now: DateTime<Utc>,
+    /// Then prune each target, under the same lock (in a dry run: say what that would free).
+    pub prune: bool,
+}
+
+/// What `forget` did on every target.
+#[derive(Debug)]
+pub struct ForgetReport {
+    /// Per target that was forgotten on: its plan, carried out (unless a dry run).
+    pub plans: Vec<TargetPlan>,
+    /// Per such target, what prune did after (with `prune`).
+    pub pruned: Vec<crate::prune::PruneReport>,
+    /// The targets that failed (location, why): left out, or failed along the way.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Forgets on every copy in `targets`, which the caller has locked (exclusive, or shared for a
+/// dry run). Every copy's plan is made first: a policy refused on one changes nothing on any.
+/// Then, copy after copy, the plan is carried out and, with `options.prune`, the copy pruned.
+/// What fails on one copy of several is that copy's failure ([`crate::repo_set::EachCopy`]).
+pub async fn run<Tz: TimeZone>(
+    targets: &RepoSet,
+    keyring: &Keyring,
+    options: &ForgetOptions<Tz>,
+    progress: &dyn Progress,
+) -> Result<ForgetReport> {
+    let mut each = targets.each_copy();
+    let mut planned = Vec::new();
+    for repository in targets.repositories() {
+        match plan(repository, keyring, options).await {
+            Ok(plan) => planned.push((repository, plan)),
+            Err(error @ (Error::Retention(_) | Error::SnapshotNotFound(_))) => return Err(error),
+            Err(error) => each.take(repository.target.location(), Err(error))?,
+        }
+    }
+    let mut pruned = Vec::new();
+    for (repository, mut plan) in planned {
+        let outcome = async {
+            if !options.dry_run {
+                apply(repository, keyring, &mut plan, options.now, &options.policy).await?;
+            }
+            if options.prune {
+                let prune_options = if options.dry_run {
+                    // What the plan removes counts as gone already.
+                    crate::prune::PruneOptions {
+                        mode: crate::prune::PruneMode::DryRun,
+                        as_if_gone: plan.removed().map(|d| d.id.clone()).collect(),
+                    }
+                } else {
+                    crate::prune::PruneOptions::new(crate::prune::PruneMode::Delete)
+                };
+                pruned.push(crate::prune::run(repository, &prune_options, progress).await?);
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        each.take(repository.target.location(), outcome.map(|()| plan))?;
+    }
+    let (plans, failed) = each.finish()?;
+    Ok(ForgetReport { plans, pruned, failed })
 }
 
 /// One snapshot and what the policy decided.

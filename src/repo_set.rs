@@ -15,7 +15,7 @@
 //!   database (the one named, or the only one present), and a
 //!   restore reads each chunk from the first copy that has it ([`crate::fetch::Source`]).
 //! - What fails on one copy of several is a warning naming the copy; the command's report
-//!   says per target what happened.
+//!   says per target what happened ([`EachCopy`] for work done on each copy on its own).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -434,6 +434,59 @@ impl RepoSet {
     }
 }
 
+/// A copy that failed, and why (one line).
+pub type FailedCopy = (String, String);
+
+/// Work a command does on each copy on its own (forget, prune): what each copy that served
+/// gave, and the copies that failed with why. The rule, as for opening: with several copies
+/// given, one that fails is a failure the others go on without (the command's exit code says
+/// it); with one, its error is the error; when none served, every reason is.
+#[derive(Debug)]
+pub struct EachCopy<T> {
+    several: bool,
+    done: Vec<T>,
+    failed: Vec<FailedCopy>,
+}
+
+impl<T> EachCopy<T> {
+    /// Takes one copy's outcome: its error comes back only when it is the command's error
+    /// (the only copy given); otherwise it is kept as that copy's failure.
+    pub fn take<E: std::fmt::Display>(
+        &mut self,
+        location: &str,
+        outcome: std::result::Result<T, E>,
+    ) -> std::result::Result<(), E> {
+        match outcome {
+            Ok(done) => self.done.push(done),
+            // `{:#}`: the causes too, for an error that has them (anyhow's).
+            Err(error) if self.several => self.failed.push((location.to_string(), format!("{error:#}"))),
+            Err(error) => return Err(error),
+        }
+        Ok(())
+    }
+
+    /// What each copy gave, and the failures (location, why); every reason as the error when
+    /// no copy served.
+    pub fn finish(self) -> Result<(Vec<T>, Vec<FailedCopy>)> {
+        if self.done.is_empty() && !self.failed.is_empty() {
+            return Err(Error::EveryTargetFailed(self.failed));
+        }
+        Ok((self.done, self.failed))
+    }
+}
+
+impl RepoSet {
+    /// Starts the tally of work done on each copy on its own ([`EachCopy`]); the copies that
+    /// could not be opened are failures already.
+    pub fn each_copy<T>(&self) -> EachCopy<T> {
+        EachCopy {
+            several: self.repositories.len() + self.left_out.len() > 1,
+            done: Vec::new(),
+            failed: self.left_out.iter().map(|l| (l.location.clone(), l.reason.clone())).collect(),
+        }
+    }
+}
+
 /// What failed on which copy, while other copies may still serve: warnings if one does, the
 /// error if none does, each said once.
 #[derive(Default)]
@@ -474,6 +527,38 @@ mod tests {
 
     fn open(location: &str) -> Result<Target> {
         Target::open(location, OpenMode::Existing)
+    }
+
+    #[tokio::test]
+    async fn work_on_each_copy_fails_that_copy_of_several_and_is_the_error_of_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (repository(dir.path(), "a").await, repository(dir.path(), "b").await);
+        let gone = dir.path().join("gone").to_str().unwrap().to_string();
+        let failing =
+            |location: &str| if location == b { Err(Error::Invalid("b broke".into())) } else { Ok(location.len()) };
+
+        // Several: a copy left out and a copy that fails are failures; the rest is done.
+        let set = RepoSet::open_available(&[a.clone(), b.clone(), gone.clone()], open).await.unwrap();
+        let mut each = set.each_copy();
+        for repository in set.repositories() {
+            let location = repository.target.location();
+            each.take(location, failing(location)).unwrap();
+        }
+        let (done, failed) = each.finish().unwrap();
+        assert_eq!(done, [a.len()]);
+        let failed: Vec<&str> = failed.iter().map(|(location, _)| location.as_str()).collect();
+        assert_eq!(failed, [gone.as_str(), b.as_str()]);
+
+        // One copy: its error is the error, as it is.
+        let set = RepoSet::open_available(std::slice::from_ref(&b), open).await.unwrap();
+        let mut each = set.each_copy::<usize>();
+        assert!(matches!(each.take(&b, failing(&b)), Err(Error::Invalid(_))));
+
+        // Several, none served: every reason.
+        let set = RepoSet::open_available(&[b.clone(), gone.clone()], open).await.unwrap();
+        let mut each = set.each_copy();
+        each.take(&b, failing(&b)).unwrap();
+        assert!(matches!(each.finish(), Err(Error::EveryTargetFailed(ref reasons)) if reasons.len() == 2));
     }
 
     #[tokio::test]

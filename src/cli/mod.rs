@@ -859,71 +859,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let locks =
                 targets.lock_all(mode, &lock::options(lock_wait, "forget", keyring.identities().to_vec())).await?;
             let options = crmvault::forget::ForgetOptions {
-                policy: policy.clone(),
+                policy,
                 filter: filter.filter(),
                 dry_run,
                 zone: chrono::Local,
                 now: chrono::Utc::now(),
+                prune: and_prune,
             };
-            // Every target's plan first: a policy refused on one changes nothing anywhere.
-            let mut failed: Vec<(String, String)> =
-                targets.left_out().iter().map(|l| (l.location.clone(), l.reason.clone())).collect();
-            let mut plans = Vec::new();
-            for repository in targets.repositories() {
-                match crmvault::forget::plan(repository, &keyring, &options).await {
-                    Ok(plan) => plans.push((repository, plan)),
-                    Err(error @ (crmvault::Error::Retention(_) | crmvault::Error::SnapshotNotFound(_))) => {
-                        lock::release(locks).await;
-                        return Err(error.into());
-                    }
-                    Err(error) if !targets.several() => {
-                        lock::release(locks).await;
-                        return Err(error.into());
-                    }
-                    Err(error) => failed.push((repository.target.location().to_string(), error.to_string())),
-                }
-            }
-            let (mut done, mut pruned) = (Vec::new(), Vec::new());
-            for (repository, mut plan) in plans {
-                let result = async {
-                    if !dry_run {
-                        crmvault::forget::apply(repository, &keyring, &mut plan, options.now, &policy).await?;
-                    }
-                    if and_prune {
-                        // Under the lock forget holds: exclusive, or shared for a dry run,
-                        // which counts the snapshots it would remove as gone.
-                        let prune_options = if dry_run {
-                            prune::PruneOptions {
-                                mode: prune::PruneMode::DryRun,
-                                as_if_gone: plan.removed().map(|d| d.id.clone()).collect(),
-                            }
-                        } else {
-                            prune::PruneOptions::new(prune::PruneMode::Delete)
-                        };
-                        let progress = output::Bar::start(json || quiet);
-                        let report = prune::run(repository, &prune_options, progress.as_ref()).await;
-                        progress.finish();
-                        pruned.push(report?);
-                    }
-                    crmvault::Result::Ok(())
-                }
-                .await;
-                let result: crmvault::Result<()> = result;
-                if let Err(error) = result {
-                    if !targets.several() {
-                        lock::release(locks).await;
-                        return Err(error.into());
-                    }
-                    failed.push((repository.target.location().to_string(), error.to_string()));
-                    continue;
-                }
-                done.push(plan);
-            }
+            let progress = output::Bar::start(json || quiet);
+            let result = crmvault::forget::run(&targets, &keyring, &options, progress.as_ref()).await;
+            progress.finish();
             lock::release(locks).await;
-            output::forget(json, (&done, &pruned), &failed, &policy.to_string(), dry_run);
+            let report = result?;
+            output::forget(json, &report, &options.policy.to_string(), dry_run);
             // A delete refused by the storage (Object Lock) is said, not fatal: the snapshot goes
             // on a later night.
-            if !failed.is_empty() {
+            if !report.failed.is_empty() {
                 return Ok(ExitCode::from(3));
             }
         }
@@ -1045,10 +996,7 @@ async fn prune_each(
     fingerprint: Option<&crmvault::trust::Fingerprint>,
     silent: bool,
 ) -> Result<PruneOutcome> {
-    let several = targets.several() || !targets.left_out().is_empty();
-    let mut failed: Vec<(String, String)> =
-        targets.left_out().iter().map(|left_out| (left_out.location.clone(), left_out.reason.clone())).collect();
-    let mut reports = Vec::new();
+    let mut each = targets.each_copy();
     let lock_mode = match options.mode {
         prune::PruneMode::Delete => LockMode::Exclusive,
         prune::PruneMode::DryRun => LockMode::Shared,
@@ -1066,15 +1014,9 @@ async fn prune_each(
             anyhow::Ok(result?)
         }
         .await;
-        match result {
-            Ok(report) => reports.push(report),
-            Err(error) if several => failed.push((location, one_line(&error))),
-            Err(error) => return Err(error),
-        }
+        each.take(&location, result)?;
     }
-    if reports.is_empty() {
-        return Err(crmvault::Error::EveryTargetFailed(failed).into());
-    }
+    let (reports, failed) = each.finish()?;
     Ok(PruneOutcome { reports, failed })
 }
 

@@ -516,13 +516,8 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
 
 /// `forget`: per target, what is kept (and by which rule) and what is removed; `failed` names
 /// targets left out or that failed.
-pub fn forget(
-    json: bool,
-    (plans, pruned): (&[crmvault::forget::TargetPlan], &[prune::PruneReport]),
-    failed: &[(String, String)],
-    policy: &str,
-    dry_run: bool,
-) {
+pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str, dry_run: bool) {
+    let (plans, pruned, failed) = (&report.plans, &report.pruned, &report.failed);
     for plan in plans {
         for (id, error) in &plan.refused {
             eprintln!(
