@@ -955,7 +955,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut locks = from.lock_all(LockMode::Shared, &options).await?;
             locks.join(to.lock_all(LockMode::Append, &options).await?);
             let (from, to) = (from.first(), to.first());
-            let report = copy::run(from, to, &snapshots).await?;
+            let report = copy::run(from, to, &snapshots, &locks).await?;
             lock::release(locks).await;
             output::copy(json, &report, from.target.location(), to.target.location());
         }

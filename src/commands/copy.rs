@@ -23,7 +23,12 @@ pub struct CopyReport {
 }
 
 /// Copies every snapshot of `from` that `to` lacks (or only `only`, when given).
-pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<CopyReport> {
+pub async fn run(
+    from: &Repository,
+    to: &Repository,
+    only: &[String],
+    locks: &crate::lock::Locks,
+) -> Result<CopyReport> {
     // Two copies of one repository at one generation of its keys, as every target of a backup.
     RepoSet::of(vec![from.clone(), to.clone()])?.require_one_generation()?;
     let mut report = CopyReport::default();
@@ -80,6 +85,8 @@ pub async fn run(from: &Repository, to: &Repository, only: &[String]) -> Result<
         let key = repo::snapshot_key(&sealed.id);
         let bytes = from.target.get(&key).await?;
         report.bytes_copied += bytes.len() as u64;
+        // Still the destination's appender (as a backup checks before its commit).
+        locks.confirm(to.target.location()).await?;
         to.target.put_new(&key, bytes).await?;
         report.objects_copied += 1;
         report.snapshots_copied.push(sealed.id.clone());
