@@ -269,3 +269,30 @@ fn a_fifo_planted_as_the_lock_is_refused_at_once_and_a_lock_refreshed_in_the_fut
     let taken = work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
     assert!(taken.stderr.contains("in the future"), "{}", taken.stderr);
 }
+
+#[test]
+fn a_copy_whose_destination_lock_was_taken_over_commits_no_snapshot_there() {
+    let Ready { work, repo, .. } = Scenario::new("lock_lost_copy").crm().filler().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    let lock = Path::new(&copy).join("locks/writer");
+    let child = work
+        .command()
+        .args(["copy", "--from", &repo, "--to", &copy])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("crmvault starts");
+    let started = Instant::now();
+    while !lock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the copy never locked its destination");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::fs::write(&lock, planted_lock("exclusive", &now())).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was taken over while it ran"), "{stderr}");
+    let snapshots = Path::new(&copy).join("snapshots");
+    assert!(!snapshots.exists() || std::fs::read_dir(&snapshots).unwrap().count() == 0);
+}
