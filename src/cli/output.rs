@@ -566,7 +566,8 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
             let time = decision.time.format("%Y-%m-%d %H:%M:%S");
             let action = if decision.keep() { "keep  " } else { "remove" };
             let why = if decision.keep() { decision.reasons.join(", ") } else { String::new() };
-            say!("  {action}  {}  {time}  {:<16}  {why}", decision.id.short(), decision.database);
+            let line = format!("  {action}  {}  {time}  {:<16}  {why}", decision.id.short(), decision.database);
+            say!("{}", line.trim_end());
         }
         for (id, error) in &plan.unreadable {
             say!("  left alone (does not open): {id}: {error}");
