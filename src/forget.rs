@@ -17,10 +17,9 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::{ForgetRecord, Keyring, Repository, SnapshotFilter, SnapshotId};
+use crate::repo::{ForgetRecord, ForgottenSnapshot, Keyring, Repository, SnapshotFilter, SnapshotId};
 use crate::repo_set::RepoSet;
 use crate::retention::{self, Candidate, Policy};
-use crate::trust::SnapshotMark;
 
 /// What to forget.
 #[derive(Debug, Clone)]
@@ -58,6 +57,7 @@ pub async fn run<Tz: TimeZone>(
     targets: &RepoSet,
     keyring: &Keyring,
     options: &ForgetOptions<Tz>,
+    locks: &crate::lock::Locks,
     progress: &dyn Progress,
 ) -> Result<ForgetReport> {
     let mut each = targets.each_copy();
@@ -73,6 +73,8 @@ pub async fn run<Tz: TimeZone>(
     for (repository, mut plan) in planned {
         let outcome = async {
             if !options.dry_run {
+                // Still ours: what the plan read may have changed under a lock taken over.
+                locks.confirm(repository.target.location()).await?;
                 apply(repository, keyring, &mut plan, options.now, &options.policy).await?;
             }
             if options.prune {
@@ -85,7 +87,7 @@ pub async fn run<Tz: TimeZone>(
                 } else {
                     crate::prune::PruneOptions::new(crate::prune::PruneMode::Delete)
                 };
-                pruned.push(crate::prune::run(repository, &prune_options, progress).await?);
+                pruned.push(crate::prune::run(repository, &prune_options, locks, progress).await?);
             }
             Ok::<(), Error>(())
         }
@@ -111,6 +113,8 @@ pub struct Decision {
     pub reasons: Vec<String>,
     #[serde(skip)]
     sequence: u64,
+    #[serde(skip)]
+    parent: Option<SnapshotId>,
 }
 
 impl Decision {
@@ -185,6 +189,7 @@ pub async fn plan<Tz: TimeZone>(
             tags: manifest.tags,
             reasons: Vec::new(),
             sequence: sealed.header.sequence,
+            parent: sealed.header.parent.clone(),
         });
     }
     tally.check(&options.filter)?;
@@ -225,15 +230,17 @@ pub async fn apply(
     now: DateTime<Utc>,
     policy: &Policy,
 ) -> Result<()> {
-    let removed: Vec<SnapshotMark> =
-        plan.removed().map(|d| SnapshotMark { id: d.id.clone(), sequence: d.sequence, time: d.time }).collect();
+    let removed: Vec<ForgottenSnapshot> = plan
+        .removed()
+        .map(|d| ForgottenSnapshot { id: d.id.clone(), sequence: d.sequence, time: d.time, parent: d.parent.clone() })
+        .collect();
     if removed.is_empty() {
         return Ok(());
     }
     let record = ForgetRecord {
         time: now,
         config_hash: repository.config_hash.clone(),
-        policy: policy.to_string(),
+        policy: policy.without_tag_names(),
         snapshots: removed.clone(),
     };
     plan.record = Some(repository.put_forget_record(&record, keyring).await?);

@@ -206,12 +206,21 @@ pub struct RepositoryLock {
     now: fn() -> DateTime<Utc>,
     /// The lease it was taken with.
     lease: Duration,
+    /// Whether it was taken over from an exclusive holder that went stale (or from an object
+    /// that did not read): that holder, a prune perhaps, may only be stalled and go on
+    /// deleting what it planned to.
+    took_over_exclusive: bool,
 }
 
 impl RepositoryLock {
     /// The object this lock is.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Whether it was taken over from a stale exclusive holder (see the field).
+    pub fn took_over_exclusive(&self) -> bool {
+        self.took_over_exclusive
     }
 
     /// Whether someone took this lock over (it was not refreshed in time, or removed by
@@ -325,6 +334,12 @@ impl Locks {
         Ok(())
     }
 
+    /// Whether the lock on `location` was taken over from a stale exclusive holder: a backup
+    /// then reuses only packs a snapshot lists, none a stalled prune may be deleting.
+    pub fn took_over_exclusive(&self, location: &str) -> bool {
+        self.0.iter().any(|lock| lock.target.location() == location && lock.took_over_exclusive)
+    }
+
     /// Releases every lock; the first failure is the error, after trying all.
     pub async fn release(self) -> Result<()> {
         let mut first_error = None;
@@ -383,16 +398,16 @@ async fn acquire_until(
     let mut backoff = Duration::from_millis(250);
     loop {
         let blocked = match mode {
-            LockMode::Shared => try_shared(target, &mine, options).await?,
+            LockMode::Shared => try_shared(target, &mine, options).await?.map(|key| (key, false)),
             LockMode::Append | LockMode::Exclusive => try_writer(target, &mine, options).await?,
         };
         let holder = match blocked {
-            Ok(key) if mode == LockMode::Exclusive => {
-                let lock = held(target, key, mine.clone(), options);
+            Ok((key, took_over_exclusive)) if mode == LockMode::Exclusive => {
+                let lock = held(target, key, mine.clone(), options, took_over_exclusive);
                 wait_for_readers(target, options, deadline).await?;
                 return Ok(lock);
             }
-            Ok(key) => return Ok(held(target, key, mine, options)),
+            Ok((key, took_over_exclusive)) => return Ok(held(target, key, mine, options, took_over_exclusive)),
             Err(holder) => holder,
         };
         let now = tokio::time::Instant::now();
@@ -429,16 +444,17 @@ async fn try_writer(
     target: &Target,
     mine: &StoredLock,
     options: &LockOptions,
-) -> Result<std::result::Result<String, String>> {
+) -> Result<std::result::Result<(String, bool), String>> {
     // A few rounds: the holder may release, or another taker take over, between two steps.
     for _ in 0..4 {
         if target.put_new(WRITER_KEY, mine.to_bytes()).await? == PutOutcome::Written {
-            return Ok(Ok(WRITER_KEY.into()));
+            return Ok(Ok((WRITER_KEY.into(), false)));
         }
         let Some((bytes, version)) = target.get_versioned(WRITER_KEY).await? else {
             continue;
         };
         let seen = Seen::read(&bytes, &options.readers);
+        let exclusive = seen.lock.as_ref().is_none_or(|lock| lock.mode == LockMode::Exclusive);
         let Some(reason) = seen.stale(options) else {
             return Ok(Err(seen.describe()));
         };
@@ -449,7 +465,7 @@ async fn try_writer(
         match target.replace(WRITER_KEY, mine.to_bytes(), &version).await? {
             Replaced::Replaced => {
                 warn_takeover(target, WRITER_KEY, &seen, &reason);
-                return Ok(Ok(WRITER_KEY.into()));
+                return Ok(Ok((WRITER_KEY.into(), exclusive)));
             }
             Replaced::Changed => {}
             Replaced::Unsupported => {
@@ -457,7 +473,7 @@ async fn try_writer(
                     target.delete(WRITER_KEY).await?;
                     if target.put_new(WRITER_KEY, mine.to_bytes()).await? == PutOutcome::Written {
                         warn_takeover(target, WRITER_KEY, &seen, &reason);
-                        return Ok(Ok(WRITER_KEY.into()));
+                        return Ok(Ok((WRITER_KEY.into(), exclusive)));
                     }
                 }
             }
@@ -530,7 +546,13 @@ fn warn_takeover(target: &Target, key: &str, seen: &Seen, reason: &str) {
 }
 
 /// The lock now held, with its refresher running.
-fn held(target: &Target, key: String, mut mine: StoredLock, options: &LockOptions) -> RepositoryLock {
+fn held(
+    target: &Target,
+    key: String,
+    mut mine: StoredLock,
+    options: &LockOptions,
+    took_over_exclusive: bool,
+) -> RepositoryLock {
     let lost = Arc::new(AtomicBool::new(false));
     let id = mine.id.clone();
     let (refresh_target, refresh_key, refresh_lost) = (target.clone(), key.clone(), lost.clone());
@@ -576,6 +598,7 @@ fn held(target: &Target, key: String, mut mine: StoredLock, options: &LockOption
         lost,
         now: options.now,
         lease: options.lease,
+        took_over_exclusive,
     }
 }
 

@@ -218,10 +218,16 @@ pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
 }
 
 /// Prunes one target (which the caller has locked: exclusive to delete, shared for a dry run).
-pub async fn run(repository: &Repository, options: &PruneOptions, progress: &dyn Progress) -> Result<PruneReport> {
+pub async fn run(
+    repository: &Repository,
+    options: &PruneOptions,
+    locks: &crate::lock::Locks,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
     if options.mode == PruneMode::Delete && !options.as_if_gone.is_empty() {
         return Err(Error::Internal("prune may count snapshots as gone only in a dry run".into()));
     }
+    let planned_with = repository.snapshot_ids().await?;
     let headers = read_headers(repository, &options.as_if_gone, progress).await?;
     let stored = list_stored(repository).await?;
     let plan = plan(&headers, &stored);
@@ -238,30 +244,75 @@ pub async fn run(repository: &Repository, options: &PruneOptions, progress: &dyn
         return Ok(report);
     }
     progress.phase("deleting", Unit::Objects, Some(plan.garbage.len() as u64));
+    let mut garbage = plan.garbage;
     // One kind after the other, each finished before the next starts (the order is the safety).
     for (_, kind) in FOLDERS {
-        let batch = plan.garbage.iter().filter(|object| object.kind == kind);
-        let mut deletes = futures::stream::iter(batch)
-            .map(|object| async move { (object, repository.target.delete(&object.key).await) })
-            .buffer_unordered(IN_FLIGHT);
-        while let Some((object, outcome)) = deletes.next().await {
-            match outcome {
-                Ok(()) => report.deleted.add(object),
-                Err(error @ Error::DeleteRefused { .. }) => {
-                    report.refused.objects += 1;
-                    report.refused.bytes += object.size;
-                    // The report names the target already.
-                    report.refused.reason.get_or_insert_with(|| {
-                        let text = error.to_string();
-                        text.strip_prefix(&format!("{}: ", report.location)).map_or(text.clone(), str::to_string)
-                    });
-                }
-                Err(error) => return Err(error),
-            }
-            progress.advance(1);
+        // Still this prune's lock (not taken over while it stalled, by a backup that may have
+        // reused what the plan calls garbage), and nothing a snapshot written since lists.
+        locks.confirm(repository.target.location()).await?;
+        spare_what_new_snapshots_list(repository, &planned_with, &mut garbage).await?;
+        let batch: Vec<StoredObject> = garbage.iter().filter(|object| object.kind == kind).cloned().collect();
+        for chunk in batch.chunks(CONFIRM_EVERY) {
+            locks.confirm(repository.target.location()).await?;
+            delete_all(repository, chunk, &mut report, progress).await?;
         }
     }
     Ok(report)
+}
+
+/// Deletes `objects`, a few at a time; refused deletes are counted in the report.
+async fn delete_all(
+    repository: &Repository,
+    objects: &[StoredObject],
+    report: &mut PruneReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut deletes = futures::stream::iter(objects)
+        .map(|object| async move { (object, repository.target.delete(&object.key).await) })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some((object, outcome)) = deletes.next().await {
+        match outcome {
+            Ok(()) => report.deleted.add(object),
+            Err(error @ Error::DeleteRefused { .. }) => {
+                report.refused.objects += 1;
+                report.refused.bytes += object.size;
+                // The report names the target already.
+                report.refused.reason.get_or_insert_with(|| {
+                    let text = error.to_string();
+                    text.strip_prefix(&format!("{}: ", report.location)).map_or(text.clone(), str::to_string)
+                });
+            }
+            Err(error) => return Err(error),
+        }
+        progress.advance(1);
+    }
+    Ok(())
+}
+
+/// Deletes with each this many objects between two confirmations of the lock.
+const CONFIRM_EVERY: usize = 256;
+
+/// Takes out of `garbage` whatever a snapshot that appeared since the plan lists (none should
+/// while the lock holds; this closes the window of a prune that stalled past its lease).
+async fn spare_what_new_snapshots_list(
+    repository: &Repository,
+    planned_with: &[SnapshotId],
+    garbage: &mut Vec<StoredObject>,
+) -> Result<()> {
+    let known: HashSet<&SnapshotId> = planned_with.iter().collect();
+    let mut listed = HashSet::new();
+    for id in repository.snapshot_ids().await?.iter().filter(|id| !known.contains(id)) {
+        let header = repository.read_snapshot_header(id).await.map_err(|error| unreadable(repository, id, error))?;
+        listed.extend(header.packs.iter().map(|pack| repo::pack_key(&pack.id)));
+        listed.extend(header.indexes.iter().map(|index| repo::index_key(&index.id)));
+        listed.extend(header.dictionaries.iter().map(|dictionary| repo::dictionary_key(&dictionary.id)));
+        listed.extend(header.packs.iter().map(|pack| repo::damaged_key(&pack.id)));
+    }
+    if !listed.is_empty() {
+        tracing::warn!("{}: snapshots appeared while prune ran; what they list is kept", repository.target.location());
+        garbage.retain(|object| !listed.contains(&object.key));
+    }
+    Ok(())
 }
 
 /// Every snapshot header on the target. A header that does not read stops the prune: the

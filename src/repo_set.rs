@@ -360,13 +360,11 @@ impl RepoSet {
         }
     }
 
-    /// Whether a forget record on any copy, proven with `keyring`, names `id`: it was removed
-    /// on purpose.
+    /// Whether forget records on any copy, proven with `keyring`, explain `id`'s absence all
+    /// the way back to a snapshot that is there ([`Repository::absence_explained`]).
     pub async fn is_forgotten(&self, id: &SnapshotId, keyring: &Keyring) -> bool {
         for repository in &self.repositories {
-            if let Ok(forgotten) = repository.forgotten(Some(keyring)).await
-                && forgotten.contains(id)
-            {
+            if repository.absence_explained(id, keyring).await {
                 return true;
             }
         }

@@ -123,6 +123,20 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The rules as [`Policy`]'s `Display` gives them, but tags counted, not named: what a
+    /// forget record, which storage can read, says of the policy (tags are in the encrypted
+    /// manifests only).
+    pub fn without_tag_names(&self) -> String {
+        let untagged = Policy { tags: Vec::new(), ..self.clone() }.to_string();
+        match (self.tags.len(), untagged.is_empty()) {
+            (0, _) => untagged,
+            (n, true) => format!("keep-tag ({n} tag{})", if n == 1 { "" } else { "s" }),
+            (n, false) => format!("{untagged}, keep-tag ({n} tag{})", if n == 1 { "" } else { "s" }),
+        }
+    }
+}
+
 impl std::fmt::Display for Policy {
     /// The rules as flags would give them: "keep-daily 7, keep-weekly 5".
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -374,5 +388,6 @@ mod tests {
         assert!(check(&Policy::default()).is_err());
         assert!(check(&policy).is_ok());
         assert_eq!(policy.to_string(), "keep-last 1, keep-tag before-upgrade");
+        assert_eq!(policy.without_tag_names(), "keep-last 1, keep-tag (1 tag)");
     }
 }

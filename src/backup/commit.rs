@@ -59,9 +59,7 @@ impl Chain {
         // Gone on purpose: a forget record on some target names it.
         if let Some(known) = newest_known.filter(|_| !known_held) {
             for state in states.iter().filter(|s| s.error.is_none()) {
-                if let Ok(forgotten) = state.repository.forgotten(Some(keyring)).await
-                    && forgotten.contains(&known.id)
-                {
+                if state.repository.absence_explained(&known.id, keyring).await {
                     known_held = true;
                     break;
                 }

@@ -76,6 +76,30 @@ impl KnownChunks {
     }
 }
 
+/// Which packs a backup may reuse chunks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reuse {
+    /// Any pack present with its recorded size (a killed backup's too, once its index says
+    /// what it holds).
+    PresentPacks,
+    /// Only packs a snapshot's header lists: after taking the lock over from a stale
+    /// exclusive holder, which may be a prune that only stalled and goes on deleting the
+    /// packs no snapshot listed when it planned.
+    ListedPacks,
+}
+
+/// The packs the snapshots on `repository` list in their headers, by id. A header that does
+/// not read lists nothing (a junk or damaged snapshot is no reason to reuse less).
+async fn listed_packs(repository: &Repository) -> Result<HashSet<String>> {
+    let mut listed = HashSet::new();
+    for id in repository.snapshot_ids().await? {
+        if let Ok(header) = repository.read_snapshot_header(&id).await {
+            listed.extend(header.packs.into_iter().map(|pack| pack.id.as_str().to_string()));
+        }
+    }
+    Ok(listed)
+}
+
 /// What one target already holds, and what it is doing in this backup.
 pub(super) struct TargetState<'a> {
     pub(super) repository: &'a Repository,
@@ -90,6 +114,7 @@ impl<'a> TargetState<'a> {
         repository: &'a Repository,
         keyring: &Keyring,
         in_memory: usize,
+        reuse: Reuse,
     ) -> Result<TargetState<'a>> {
         let (index, failures) = repository.load_index_lenient(keyring, None, None, in_memory).await?;
         // An index that cannot be read or authenticated (junk, damage, a storage writer's) is
@@ -105,6 +130,10 @@ impl<'a> TargetState<'a> {
             .into_iter()
             .filter_map(|(key, _)| key.strip_prefix("damaged/").map(str::to_string))
             .collect();
+        let listed = match reuse {
+            Reuse::PresentPacks => None,
+            Reuse::ListedPacks => Some(listed_packs(repository).await?),
+        };
         let present_packs: HashMap<String, u64> = repository
             .target
             .list("data")
@@ -112,6 +141,7 @@ impl<'a> TargetState<'a> {
             .into_iter()
             .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
             .filter(|(id, _)| !damaged.contains(id))
+            .filter(|(id, _)| listed.as_ref().is_none_or(|listed| listed.contains(id)))
             .collect();
         let index_sizes: HashMap<String, u64> = repository
             .target

@@ -151,7 +151,17 @@ pub async fn run(
 
     let mut states = Vec::new();
     for repository in targets.repositories() {
-        match TargetState::survey(repository, keyring, options.index_in_memory).await {
+        let reuse = if locks.took_over_exclusive(repository.target.location()) {
+            tracing::warn!(
+                "{}: the lock was taken over from a stale exclusive holder (a prune that may only have \
+                 stalled): this backup reuses only packs a snapshot lists",
+                repository.target.location()
+            );
+            dedup::Reuse::ListedPacks
+        } else {
+            dedup::Reuse::PresentPacks
+        };
+        match TargetState::survey(repository, keyring, options.index_in_memory, reuse).await {
             Ok(state) => states.push(state),
             Err(error) => {
                 targets.warn(repository.target.location(), &error);

@@ -867,7 +867,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 prune: and_prune,
             };
             let progress = output::Bar::start(json || quiet);
-            let result = crmvault::forget::run(&targets, &keyring, &options, progress.as_ref()).await;
+            let result = crmvault::forget::run(&targets, &keyring, &options, &locks, progress.as_ref()).await;
             progress.finish();
             lock::release(locks).await;
             let report = result?;
@@ -1008,7 +1008,7 @@ async fn prune_each(
             trust::check(std::slice::from_mut(repository), role, fingerprint, &config_dir()?).await?;
             let locks = crmvault::lock::lock_all(std::slice::from_ref(repository), lock_mode, lock_options).await?;
             let progress = output::Bar::start(silent);
-            let result = prune::run(repository, options, progress.as_ref()).await;
+            let result = prune::run(repository, options, &locks, progress.as_ref()).await;
             progress.finish();
             lock::release(locks).await;
             anyhow::Ok(result?)

@@ -402,14 +402,19 @@ pub async fn run(
         report.problems.push(problem(key, vec![], format!("a forget record that explains nothing: {error}")));
     }
     for sealed in sealed_snapshots.iter().filter(|s| Some(s.header.sequence) != oldest) {
-        if let Some(parent) = sealed.header.parent.as_ref().filter(|p| !ids.contains(*p) && !forgotten.contains(p)) {
+        // A forgotten predecessor explains the gap only down to a snapshot that is here.
+        if let Some(gap) =
+            sealed.header.parent.as_ref().and_then(|parent| forgotten.gap_below(parent, |id| ids.contains(id)))
+        {
+            let relation = if sealed.header.parent.as_ref() == Some(&gap) {
+                "names it as its predecessor"
+            } else {
+                "comes after it"
+            };
             report.problems.push(problem(
-                &repo::snapshot_key(parent),
+                &repo::snapshot_key(&gap),
                 vec![sealed.id.to_string()],
-                format!(
-                    "missing: snapshot {} names it as its predecessor; it was deleted without being forgotten",
-                    sealed.id
-                ),
+                format!("missing: snapshot {} {relation}; it was deleted without being forgotten", sealed.id),
             ));
         }
     }
@@ -419,7 +424,7 @@ pub async fn run(
         !present.contains(&known.id)
             && !ids.contains(&known.id)
             && !replaced(&known.id)
-            && !forgotten.contains(&known.id)
+            && forgotten.gap_below(&known.id, |id| ids.contains(id)).is_some()
     }) {
         report.problems.push(problem(
             &repo::snapshot_key(&known.id),
@@ -523,7 +528,15 @@ pub async fn run(
         };
         let readable: Vec<ObjectRef> =
             sealed.header.indexes.iter().filter(|i| !damaged.contains(&i.id)).cloned().collect();
-        let snapshot_index = match repository.load_index(keyring, Some(&readable)).await {
+        // Only the snapshot's own packs: an index it lists may also describe a pack prune
+        // deleted since, holding a chunk this snapshot reads from another pack.
+        let loaded =
+            repository.load_index_lenient(keyring, Some(&readable), Some(&sealed.header.packs), usize::MAX).await;
+        let loaded = loaded.and_then(|(index, mut failures)| match failures.pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(index),
+        });
+        let snapshot_index = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 report.problems.push(problem("index", vec![sealed.id.to_string()], e.to_string()));

@@ -274,12 +274,26 @@ async fn carried_snapshots(
             }
         }
     }
-    // Forget records too: the gaps they explain outlive the keys that wrote them.
+    // Forget records too: the gaps they explain outlive the keys that wrote them. Not a record
+    // naming a snapshot still present (a forget that did not finish, or a record planted ahead
+    // of a deletion by a key this rekey may be retiring): under the next generation it would
+    // explain a deletion made after the rekey.
+    let mut present = BTreeSet::new();
+    for repository in repositories {
+        present.extend(repository.snapshot_ids().await?);
+    }
     for repository in repositories {
         for (key, _) in repository.target.list("forgotten").await? {
             let Ok(bytes) = repository.target.get(&key).await else { continue };
-            if ForgetRecord::open(&key, &bytes, Some(keyring)).is_ok() {
-                carried.insert(crate::crypto::object_hash(&bytes));
+            match ForgetRecord::open(&key, &bytes, Some(keyring)) {
+                Ok(record) if record.snapshots.iter().all(|s| !present.contains(&s.id)) => {
+                    carried.insert(crate::crypto::object_hash(&bytes));
+                }
+                Ok(_) => tracing::warn!(
+                    "{}: {key} names a snapshot still present: not carried to the next generation (run forget again)",
+                    repository.target.location()
+                ),
+                Err(_) => {}
             }
         }
     }

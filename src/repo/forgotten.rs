@@ -29,8 +29,30 @@ pub struct ForgetRecord {
     pub config_hash: String,
     /// The policy that removed them, as its flags read ("keep-daily 7, keep-weekly 5").
     pub policy: String,
-    /// The snapshots removed: id, place in the chain, time.
-    pub snapshots: Vec<SnapshotMark>,
+    /// The snapshots removed: id, place in the chain, time, predecessor.
+    pub snapshots: Vec<ForgottenSnapshot>,
+}
+
+/// One snapshot a record says was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenSnapshot {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// Its time.
+    pub time: DateTime<Utc>,
+    /// Its predecessor (absent for a repository's first): a forgotten snapshot explains the
+    /// gap it leaves, not one before it, so readers go on checking from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SnapshotId>,
+}
+
+impl ForgottenSnapshot {
+    /// Its place in the chain.
+    pub fn mark(&self) -> SnapshotMark {
+        SnapshotMark { id: self.id.clone(), sequence: self.sequence, time: self.time }
+    }
 }
 
 /// Object key of a forget record.
@@ -98,7 +120,7 @@ impl ForgetRecord {
 #[derive(Debug, Default)]
 pub struct Forgotten {
     /// Each forgotten snapshot, with the time it was forgotten.
-    pub snapshots: BTreeMap<SnapshotId, (SnapshotMark, DateTime<Utc>)>,
+    pub snapshots: BTreeMap<SnapshotId, (ForgottenSnapshot, DateTime<Utc>)>,
     /// Records passed over: key and why.
     pub rejected: Vec<(String, Error)>,
     /// The records' keys and sizes (for `verify`'s object count, and `copy`).
@@ -110,6 +132,27 @@ impl Forgotten {
     pub fn contains(&self, id: &SnapshotId) -> bool {
         self.snapshots.contains_key(id)
     }
+
+    /// Whether `id`'s absence is explained all the way back: it is forgotten, and so is each
+    /// predecessor down to one `present` says is there (or the first). Otherwise the first
+    /// snapshot on that way back that is neither: deleted without being forgotten. A record
+    /// explains the snapshots it names, never the one before them: when `forget` removed the
+    /// newest snapshot, deleting the newest remaining one is still noticed.
+    pub fn gap_below(&self, id: &SnapshotId, present: impl Fn(&SnapshotId) -> bool) -> Option<SnapshotId> {
+        let mut at = id.clone();
+        // Each step goes to a lower sequence number: at most one step per record entry.
+        for _ in 0..=self.snapshots.len() {
+            if present(&at) {
+                return None;
+            }
+            let Some((forgotten, _)) = self.snapshots.get(&at) else { return Some(at) };
+            match &forgotten.parent {
+                Some(parent) => at = parent.clone(),
+                None => return None,
+            }
+        }
+        Some(at)
+    }
 }
 
 impl Repository {
@@ -119,6 +162,17 @@ impl Repository {
         let key = forgotten_key(&ObjectId::of(&object));
         self.target.put_new(&key, object).await?;
         Ok(key)
+    }
+
+    /// Whether this target's forget records, proven with `keyring`, explain that `id` is not
+    /// here: it was forgotten, and so was every predecessor down to one that is here
+    /// ([`Forgotten::gap_below`]). Storage that cannot be read explains nothing.
+    pub async fn absence_explained(&self, id: &SnapshotId, keyring: &Keyring) -> bool {
+        let (Ok(forgotten), Ok(ids)) = (self.forgotten(Some(keyring)).await, self.snapshot_ids().await) else {
+            return false;
+        };
+        let present: std::collections::BTreeSet<SnapshotId> = ids.into_iter().collect();
+        forgotten.contains(id) && forgotten.gap_below(id, |at| present.contains(at)).is_none()
     }
 
     /// Reads every forget record. With a keyring, a record that does not prove itself explains
@@ -143,8 +197,8 @@ impl Repository {
             };
             match opened {
                 Ok(record) => {
-                    for mark in record.snapshots {
-                        forgotten.snapshots.insert(mark.id.clone(), (mark, record.time));
+                    for snapshot in record.snapshots {
+                        forgotten.snapshots.insert(snapshot.id.clone(), (snapshot, record.time));
                     }
                 }
                 Err(error) => forgotten.rejected.push((key, error)),
@@ -159,16 +213,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_gap_is_explained_only_down_to_a_snapshot_that_is_there() {
+        let id = |n: u8| SnapshotId::of(&[n]);
+        let forgotten_snapshot = |n: u8, parent: Option<u8>| ForgottenSnapshot {
+            id: id(n),
+            sequence: u64::from(n),
+            time: "2026-11-01T01:00:00Z".parse().expect("time"),
+            parent: parent.map(id),
+        };
+        let time: DateTime<Utc> = "2026-12-01T01:00:00Z".parse().expect("time");
+        let mut forgotten = Forgotten::default();
+        for snapshot in [forgotten_snapshot(4, Some(3)), forgotten_snapshot(3, Some(2)), forgotten_snapshot(1, None)] {
+            forgotten.snapshots.insert(snapshot.id.clone(), (snapshot, time));
+        }
+        // 4 and 3 forgotten, 2 there: explained.
+        assert_eq!(forgotten.gap_below(&id(4), |s| *s == id(2)), None);
+        // 2 gone too, never forgotten: that is the gap.
+        assert_eq!(forgotten.gap_below(&id(4), |_| false), Some(id(2)));
+        // Not forgotten at all.
+        assert_eq!(forgotten.gap_below(&id(9), |_| false), Some(id(9)));
+        // The first snapshot forgotten: nothing before it.
+        assert_eq!(forgotten.gap_below(&id(1), |_| false), None);
+    }
+
+    #[test]
     fn a_record_round_trips_and_any_changed_byte_is_refused() {
         let keyring = Keyring::for_tests();
         let record = ForgetRecord {
             time: "2026-12-03T01:00:00Z".parse().expect("time"),
             config_hash: keyring.head.clone(),
             policy: "keep-daily 7".into(),
-            snapshots: vec![SnapshotMark {
+            snapshots: vec![ForgottenSnapshot {
                 id: SnapshotId::of(b"manifest"),
                 sequence: 4,
                 time: "2026-11-01T01:00:00Z".parse().expect("time"),
+                parent: Some(SnapshotId::of(b"parent")),
             }],
         };
         let object = record.seal(&keyring);

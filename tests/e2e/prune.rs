@@ -541,3 +541,71 @@ fn a_backup_and_a_prune_started_together_leave_every_snapshot_restorable() {
     }
     assert_every_snapshot_restores(&work, &repo, &nights);
 }
+
+/// Whether a snapshot's header lists the pack `pack_key` (`data/xx/<id>`).
+fn header_lists(repo: &str, snapshot: &str, pack_key: &str) -> bool {
+    let text = std::fs::read(Path::new(repo).join("snapshots").join(snapshot)).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(text.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
+    header["packs"].as_array().unwrap().iter().any(|p| pack_key.ends_with(p["id"].as_str().unwrap()))
+}
+
+/// A prune that stalls in the middle of deleting (here its delete of one garbage pack is held
+/// 20 s by strace, and its lock is made to look as it does after a stall past its lease) while
+/// a backup takes the lock over and commits: the backup reuses no pack the prune may be
+/// deleting (only packs a snapshot lists, since it took over an exclusive lock), and the
+/// prune, back, finds its lock gone and stops. Every snapshot still restores.
+#[test]
+fn a_prune_that_stalls_past_its_lease_never_deletes_what_the_backup_after_it_needs() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: needs strace to hold a delete");
+        return;
+    }
+    let Ready { source, work, repo, .. } = Scenario::new("prune_stall").crm().init("repo");
+    source.sql(SCRATCH);
+    work.backup(&source, &repo);
+    source.sql("DROP TABLE public.scratch");
+    work.backup(&source, &repo);
+    work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    let victim = garbage(&repo).into_iter().find(|key| key.starts_with("data/")).expect("a garbage pack");
+    let victim_path = Path::new(&repo).canonicalize().unwrap().join(&victim);
+
+    let prune = work
+        .command_for("strace")
+        .args(["-f", "-qq", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:delay_enter=20s", "-P"])
+        .arg(&victim_path)
+        .args([env!("CARGO_BIN_EXE_crmvault"), "prune", "--repo", &repo])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = Path::new(&repo).join("locks/writer");
+    let started = Instant::now();
+    while !lock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "prune never locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(victim_path.exists(), "prune is held at its delete of {victim}");
+    // What an 11-minute stall leaves: its lock, not refreshed for longer than its lease.
+    let mut stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+    let old = (chrono::Utc::now() - chrono::Duration::minutes(11)).to_rfc3339();
+    stored["refreshed"] = serde_json::Value::String(old.clone());
+    stored["since"] = serde_json::Value::String(old);
+    std::fs::write(&lock, serde_json::to_vec(&stored).unwrap()).unwrap();
+
+    // The scratch table is back: its chunks are in a garbage pack an index still describes.
+    source.sql(SCRATCH);
+    let backup = work.run(&["backup", "--json", "--db", &source.url(), "--repo", &repo]).ok();
+    assert!(backup.stderr.contains("reuses only packs a snapshot lists"), "{}", backup.stderr);
+    let snapshot = backup.json()["snapshot_id"].as_str().unwrap().to_string();
+    assert!(!header_lists(&repo, &snapshot, &victim), "the new snapshot reuses {victim}");
+
+    let out = prune.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "the stalled prune went on: {stderr}");
+    assert!(stderr.contains("was taken over while it ran"), "{stderr}");
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("prune_stall_restored");
+    work.restore(&repo, &restored).ok();
+    assert_same_database(&source, &restored);
+}
