@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::target::{PutOutcome, Replaced, Target};
+use crate::target::{ObjectVersion, PutOutcome, Replaced, Target};
 
 /// The folder every lock object lives in.
 pub const LOCKS_FOLDER: &str = "locks";
@@ -114,6 +114,8 @@ struct StoredLock {
 const LOCK_FORMAT: &str = "crmvault-lock-1";
 /// The longest lease a lock object is believed to have (holders write 600 s).
 const MAX_LEASE_SECONDS: u64 = 24 * 3600;
+/// How far ahead of this host's clock another host's may be.
+const MAX_CLOCK_SKEW_SECONDS: i64 = 600;
 
 impl StoredLock {
     fn parse(bytes: &[u8]) -> Option<StoredLock> {
@@ -163,9 +165,10 @@ impl Seen {
         // a lock live for ever.
         let lease = chrono::Duration::seconds(i64::try_from(lock.lease_seconds.min(MAX_LEASE_SECONDS)).unwrap_or(0));
         let age = (options.now)() - lock.refreshed;
-        // A refresh from the future (beyond a lease of clock skew) was never a real one: a
-        // lock forged that way would otherwise stay live for ever.
-        if -age > lease {
+        // A refresh from the future (beyond the clock skew allowed: the lease, at most ten
+        // minutes) was never a real one: a lock forged that way would otherwise stay live for
+        // ever, or a lease longer.
+        if -age > lease.min(chrono::Duration::seconds(MAX_CLOCK_SKEW_SECONDS)) {
             return Some(format!(
                 "its refresh time {} is in the future",
                 lock.refreshed.format("%Y-%m-%d %H:%M:%S UTC")
@@ -450,7 +453,7 @@ async fn try_writer(
         if target.put_new(WRITER_KEY, mine.to_bytes()).await? == PutOutcome::Written {
             return Ok(Ok((WRITER_KEY.into(), false)));
         }
-        let Some((bytes, version)) = target.get_versioned(WRITER_KEY).await? else {
+        let Some((bytes, version)) = read_lock_object(target, WRITER_KEY).await? else {
             continue;
         };
         let seen = Seen::read(&bytes, &options.readers);
@@ -469,7 +472,7 @@ async fn try_writer(
             }
             Replaced::Changed => {}
             Replaced::Unsupported => {
-                if target.get_versioned(WRITER_KEY).await?.is_some_and(|(again, _)| again == bytes) {
+                if read_lock_object(target, WRITER_KEY).await?.is_some_and(|(again, _)| again == bytes) {
                     target.delete(WRITER_KEY).await?;
                     if target.put_new(WRITER_KEY, mine.to_bytes()).await? == PutOutcome::Written {
                         warn_takeover(target, WRITER_KEY, &seen, &reason);
@@ -479,7 +482,7 @@ async fn try_writer(
             }
         }
     }
-    let seen = match target.get_versioned(WRITER_KEY).await? {
+    let seen = match read_lock_object(target, WRITER_KEY).await? {
         Some((bytes, _)) => Seen::read(&bytes, &options.readers).describe(),
         None => "another taker".into(),
     };
@@ -495,7 +498,7 @@ async fn try_shared(
 ) -> Result<std::result::Result<String, String>> {
     let key = format!("{LOCKS_FOLDER}/shared-{}", mine.id);
     target.put_new(&key, mine.to_bytes()).await?;
-    let Some((bytes, _)) = target.get_versioned(WRITER_KEY).await? else {
+    let Some((bytes, _)) = read_lock_object(target, WRITER_KEY).await? else {
         return Ok(Ok(key));
     };
     let seen = Seen::read(&bytes, &options.readers);
@@ -517,7 +520,7 @@ async fn wait_for_readers(target: &Target, options: &LockOptions, deadline: toki
             if !key.rsplit('/').next().is_some_and(|name| name.starts_with("shared-")) {
                 continue;
             }
-            let Some((bytes, _)) = target.get_versioned(&key).await? else {
+            let Some((bytes, _)) = read_lock_object(target, &key).await? else {
                 continue;
             };
             let seen = Seen::read(&bytes, &options.readers);
@@ -538,6 +541,19 @@ async fn wait_for_readers(target: &Target, options: &LockOptions, deadline: toki
         }
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Reads a lock object. One that storage holds but that is no lock object a reader should
+/// open (a FIFO planted on a local folder, an object past [`crate::target::MAX_MUTABLE_OBJECT`])
+/// reads as empty, which is no lock: stale, so taken over or removed like any other.
+async fn read_lock_object(target: &Target, key: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+    match target.get_versioned(key).await {
+        Err(Error::Corrupt { detail, .. }) => {
+            tracing::warn!("{}: {key} is not a lock ({detail})", target.location());
+            Ok(Some((Bytes::new(), ObjectVersion::unknown())))
+        }
+        other => other,
     }
 }
 
@@ -630,7 +646,7 @@ pub struct FoundLock {
 pub async fn remove_locks(target: &Target, removal: Removal, options: &LockOptions) -> Result<Vec<FoundLock>> {
     let mut found = Vec::new();
     for (key, _) in target.list(LOCKS_FOLDER).await? {
-        let Some((bytes, _)) = target.get_versioned(&key).await? else {
+        let Some((bytes, _)) = read_lock_object(target, &key).await? else {
             continue;
         };
         let seen = Seen::read(&bytes, &options.readers);
@@ -713,6 +729,12 @@ mod tests {
         assert!(forged("1", "2020-01-01T00:00:00Z").stale(&reading).is_some());
         let now = chrono::Utc::now().to_rfc3339();
         assert!(forged("600", &now).stale(&reading).is_none());
+        // Nearly a day ahead with a day's lease would live two days: more than ten minutes
+        // ahead is no refresh at all.
+        let ahead = (chrono::Utc::now() + chrono::Duration::minutes(23 * 60 + 59)).to_rfc3339();
+        assert!(forged("86400", &ahead).stale(&reading).is_some());
+        let skewed = (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+        assert!(forged("600", &skewed).stale(&reading).is_none());
         assert!(forged("18446744073709551615", &now).stale(&reading).is_none());
         let oversized = vec![b'{'; 70_000];
         for junk in [&b"{}"[..], b"not json", &oversized] {

@@ -191,7 +191,7 @@ impl Repository {
                 continue;
             }
             forgotten.objects.push((key.clone(), size));
-            let opened = match self.target.get(&key).await {
+            let opened = match self.target.get_at_most(&key, MAX_RECORD_BYTES).await {
                 Ok(bytes) => ForgetRecord::open(&key, &bytes, keyring),
                 Err(error) => Err(error),
             };

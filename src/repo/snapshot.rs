@@ -14,6 +14,10 @@ use super::{
     decode_json, encode_json, snapshot_key,
 };
 
+/// The largest snapshot object a reader takes (at scale 1 one is about 0.2 MiB: its manifest
+/// holds the top list chunks of each stream, and its header a line per pack it uses).
+pub const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
 /// The first word of a snapshot object.
 const SNAPSHOT_MAGIC: &str = "crmvault-snapshot";
 
@@ -527,7 +531,7 @@ impl Repository {
     /// Reads and checks (name = hash) a snapshot object, returning it parsed but still sealed.
     pub async fn read_snapshot(&self, id: &SnapshotId) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
-        let bytes = self.target.get(&key).await?;
+        let bytes = self.target.get_at_most(&key, MAX_SNAPSHOT_BYTES).await?;
         SealedSnapshot::parse(id, &bytes)
     }
 
@@ -545,7 +549,9 @@ impl Repository {
         match parse_header(id, &bytes) {
             Ok(lines) => Ok(lines.header),
             // A header longer than the probe (a repository with very many packs).
-            Err(Error::Corrupt { .. }) if size > PROBE => Ok(parse_header(id, &self.target.get(&key).await?)?.header),
+            Err(Error::Corrupt { .. }) if size > PROBE => {
+                Ok(parse_header(id, &self.target.get_at_most(&key, MAX_SNAPSHOT_BYTES).await?)?.header)
+            }
             Err(error) => Err(error),
         }
     }

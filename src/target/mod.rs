@@ -26,6 +26,9 @@ use local::{direct, is_staging_file, refuse_linked_folders, refuse_special_file,
 pub use location::{Location, displayable};
 pub use s3::S3Settings;
 
+/// The largest mutable object (a lock) a reader takes.
+pub const MAX_MUTABLE_OBJECT: u64 = 64 * 1024;
+
 /// Objects larger than this go to S3 in parts, each retried on its own.
 const MULTIPART_THRESHOLD: usize = 8 << 20;
 /// Size of one part (S3's minimum is 5 MiB).
@@ -67,6 +70,13 @@ pub enum PutOutcome {
 /// [`Target::replace`].
 #[derive(Debug, Clone)]
 pub struct ObjectVersion(UpdateVersion);
+
+impl ObjectVersion {
+    /// The version of an object that did not read as one (a conditional replace of it fails).
+    pub fn unknown() -> ObjectVersion {
+        ObjectVersion(UpdateVersion { e_tag: None, version: None })
+    }
+}
 
 /// What a conditional replace did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +138,18 @@ impl Target {
             Ok(object) => Ok(object.bytes().await.map_err(|e| self.map_error(key, e))?),
             Err(e) => Err(self.map_error(key, e)),
         }
+    }
+
+    /// Reads a whole object of at most `limit` bytes; a larger one is refused as corrupt before
+    /// its body is read (what storage holds is not believed about its own size).
+    pub async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes> {
+        self.refuse_special(key)?;
+        let result = self.store.get_opts(&ObjectPath::from(key), GetOptions::default()).await;
+        let result = result.map_err(|e| self.map_error(key, e))?;
+        if result.meta.size > limit {
+            return Err(Error::corrupt(key, format!("{} bytes: too large for what it is", result.meta.size)));
+        }
+        result.bytes().await.map_err(|e| self.map_error(key, e))
     }
 
     /// Reads a byte range of an object.
@@ -235,7 +257,8 @@ impl Target {
     }
 
     /// Reads a whole object with its version, or `None` when it does not exist. Only for the
-    /// few mutable objects (locks).
+    /// few mutable objects (locks), which are small: one over [`MAX_MUTABLE_OBJECT`] bytes is
+    /// refused as corrupt before its body is read.
     pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
         self.refuse_special(key)?;
         let result = match self.store.get_opts(&ObjectPath::from(key), GetOptions::default()).await {
@@ -243,6 +266,9 @@ impl Target {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.map_error(key, e)),
         };
+        if result.meta.size > MAX_MUTABLE_OBJECT {
+            return Err(Error::corrupt(key, format!("{} bytes: too large for what it is", result.meta.size)));
+        }
         let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
         match result.bytes().await {
             Ok(bytes) => Ok(Some((bytes, ObjectVersion(version)))),

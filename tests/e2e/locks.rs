@@ -251,18 +251,19 @@ fn a_backup_whose_lock_was_taken_over_while_it_ran_commits_no_snapshot() {
 }
 
 #[test]
-fn a_fifo_planted_as_the_lock_is_refused_at_once_and_a_lock_refreshed_in_the_future_is_stale() {
+fn a_fifo_planted_as_the_lock_is_never_opened_but_taken_over_and_a_lock_refreshed_in_the_future_is_stale() {
     let Ready { source, work, repo, .. } = Scenario::new("lock_fifo").crm().init("repo").backup();
     let lock = Path::new(&repo).join("locks/writer");
     std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
     let status = std::process::Command::new("mkfifo").arg(&lock).status().expect("mkfifo runs");
     assert!(status.success());
-    // Opening a FIFO blocks until someone writes to it: the backup must not.
+    // Opening a FIFO blocks until someone writes to it: the backup must not. It is no lock, so
+    // it is taken over (removed) like a stale one, and the backup runs.
     let started = Instant::now();
-    work.run(&["backup", "--db", &source.url(), "--repo", &repo, "--lock-wait", "5s"])
-        .fails_with(1, "is not a regular file");
+    let taken = work.run(&["backup", "--db", &source.url(), "--repo", &repo, "--lock-wait", "5s"]).ok();
     assert!(started.elapsed() < Duration::from_secs(30), "the backup hung on the FIFO");
-    std::fs::remove_file(&lock).unwrap();
+    assert!(taken.stderr.contains("is not a regular file"), "{}", taken.stderr);
+    assert!(!lock.exists(), "the FIFO is still there");
 
     // A forged lock "refreshed" next year would otherwise never go stale.
     std::fs::write(&lock, planted_lock("append", "2099-01-01T00:00:00Z")).unwrap();
@@ -295,4 +296,21 @@ fn a_copy_whose_destination_lock_was_taken_over_commits_no_snapshot_there() {
     assert!(stderr.contains("was taken over while it ran"), "{stderr}");
     let snapshots = Path::new(&copy).join("snapshots");
     assert!(!snapshots.exists() || std::fs::read_dir(&snapshots).unwrap().count() == 0);
+}
+
+#[test]
+fn huge_objects_planted_as_a_lock_or_a_snapshot_are_not_read() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_huge").crm().init("repo").backup();
+    // Sparse: a gibibyte each on paper, nothing on disk.
+    let lock = Path::new(&repo).join("locks/writer");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::File::create(&lock).unwrap().set_len(1 << 30).unwrap();
+    let junk = Path::new(&repo).join("snapshots").join("ab".repeat(32));
+    std::fs::File::create(&junk).unwrap().set_len(1 << 30).unwrap();
+
+    // Read whole, they took a backup past 2 GB of memory; refused by size, they cost nothing.
+    let taken = work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    assert!(taken.stderr.contains("too large"), "{}", taken.stderr);
+    let listed = work.run(&["snapshots", "--repo", &repo]).ok();
+    assert!(listed.stdout.contains("too large"), "{}", listed.stdout);
 }
