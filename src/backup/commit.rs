@@ -35,6 +35,13 @@ impl Chain {
         for state in states.iter().filter(|s| s.error.is_none()) {
             let repository = state.repository;
             let location = repository.target.location();
+            // Held or not, whether or not this key can open the snapshots there (a new writer
+            // key after a rotation cannot open those the old one wrote).
+            if let Some(known) = newest_known
+                && !known_held
+            {
+                known_held = matches!(repository.target.size_of(&repo::snapshot_key(&known.id)).await, Ok(Some(_)));
+            }
             let (found, rejected) = match repository.newest_authentic(keyring).await {
                 Ok(found) => found,
                 Err(error) => {
@@ -44,11 +51,6 @@ impl Chain {
             };
             for (id, error) in rejected {
                 note(format!("{location}: snapshot {id} passed over: {error}"));
-            }
-            if let Some(known) = newest_known
-                && !known_held
-            {
-                known_held = matches!(repository.target.size_of(&repo::snapshot_key(&known.id)).await, Ok(Some(_)));
             }
             if let Some(mark) = found.map(|sealed| sealed.mark())
                 && newest.as_ref().is_none_or(|n| mark.sequence > n.sequence)

@@ -420,19 +420,28 @@ pub async fn run(
     }
     // A snapshot `rekey --reencrypt` replaced lives on as its copy.
     let replaced = |id: &repo::SnapshotId| sealed_snapshots.iter().any(|s| s.header.replaces.as_ref() == Some(id));
-    if let Some(known) = newest_known.filter(|known| {
-        !present.contains(&known.id)
-            && !ids.contains(&known.id)
-            && !replaced(&known.id)
-            && forgotten.gap_below(&known.id, |id| ids.contains(id)).is_some()
-    }) {
-        report.problems.push(problem(
-            &repo::snapshot_key(&known.id),
-            vec![known.id.to_string()],
+    let known_gap = newest_known
+        .filter(|known| !present.contains(&known.id) && !ids.contains(&known.id) && !replaced(&known.id))
+        .and_then(|known| forgotten.gap_below(&known.id, |id| ids.contains(id)).map(|gap| (known, gap)));
+    if let Some((known, gap)) = known_gap {
+        let what = if gap == known.id {
             format!(
-                "missing: it is the newest snapshot this machine wrote or checked (number {}, {}); it was deleted \
-                 without being forgotten, and `restore latest` would restore an older one",
+                "it is the newest snapshot this machine wrote or checked (number {}, {})",
                 known.sequence, known.time
+            )
+        } else {
+            format!(
+                "the newest snapshot this machine wrote or checked, {} (number {}), was forgotten, and this one \
+                 before it was not",
+                known.id, known.sequence
+            )
+        };
+        report.problems.push(problem(
+            &repo::snapshot_key(&gap),
+            vec![gap.to_string()],
+            format!(
+                "missing: {what}; it was deleted without being forgotten, and `restore latest` would restore an \
+                 older one"
             ),
         ));
     }

@@ -279,3 +279,75 @@ fn forget_on_a_bucket_skips_deletes_the_storage_refuses_and_finishes_once_they_a
     server.run(&work, &["restore", "--repo", &bucket, "--identity", &work.admin_key(), "--db", &restored.url()]).ok();
     assert_same_database(&source, &restored);
 }
+
+#[test]
+fn after_the_newest_snapshot_is_forgotten_deleting_the_newest_remaining_one_is_still_noticed() {
+    let ready = Scenario::new("forget_head").sql(TABLE).init("repo");
+    let repo = ready.repo.clone();
+    let mut tagged = Vec::new();
+    for n in 2..=4 {
+        change(&ready, n);
+        tagged.push(backup(&ready, &[&repo], &["--tag", "monthly"]));
+    }
+    change(&ready, 5);
+    backup(&ready, &[&repo], &[]);
+    // The newest (this machine's high-water mark) goes, on the record.
+    ready.work.run(&["forget", "--repo", &repo, "--keep-tag", "monthly"]).ok();
+    ready.work.run(&["verify", "--repo", &repo]).ok();
+    // A storage writer deletes the newest remaining one: the record names its successor, not it.
+    std::fs::remove_file(Path::new(&repo).join("snapshots").join(&tagged[2])).unwrap();
+    let found = ready.work.run(&["verify", "--repo", &repo]).fails_with(3, "deleted without being forgotten");
+    assert!(found.stdout.contains(&tagged[2]), "{}", found.stdout);
+    let restored = TestDb::create("forget_head_restored");
+    let restore = ready.work.restore(&repo, &restored).ok();
+    assert!(restore.stderr.contains("deleted from storage"), "{}", restore.stderr);
+}
+
+#[test]
+fn a_record_naming_snapshots_still_there_is_not_carried_by_a_rekey() {
+    let ready = Scenario::new("forget_planted").sql(TABLE).init("repo");
+    let (work, repo) = (&ready.work, ready.repo.clone());
+    let mut ids = Vec::new();
+    for n in 2..=5 {
+        change(&ready, n);
+        ids.push(backup(&ready, &[&repo], &[]));
+    }
+    // A backup host about to be retired forgets on a private copy and plants the record.
+    let stash = work.path("stash");
+    copy_dir(Path::new(&repo), &stash);
+    work.run(&["forget", "--repo", stash.to_str().unwrap(), "--keep-last", "1"]).ok();
+    let live = Path::new(&repo).join("forgotten");
+    std::fs::create_dir_all(&live).unwrap();
+    for record in files_under(&stash.join("forgotten")) {
+        std::fs::copy(&record, live.join(record.file_name().unwrap())).unwrap();
+    }
+    // The admins retire that writer key; the record names snapshots still there, so it is not
+    // carried, and a deletion after the rotation is a deletion.
+    let new_key = work.path("new-writer.key");
+    let fingerprint = work.fingerprint(&repo);
+    let rekey = work
+        .run(&[
+            "rekey",
+            "--json",
+            "--repo",
+            &repo,
+            "--identity",
+            &work.admin_key(),
+            "--fingerprint",
+            &fingerprint,
+            "--rotate-writer-key",
+            "--writer-key-out",
+            new_key.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    let id = rekey["repository_id"].as_str().unwrap().to_string();
+    std::fs::copy(&new_key, work.config_dir().join("repos").join(&id).join("writer.key")).unwrap();
+    change(&ready, 6);
+    backup(&ready, &[&repo], &[]);
+    for id in &ids[1..3] {
+        std::fs::remove_file(Path::new(&repo).join("snapshots").join(id)).unwrap();
+    }
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()])
+        .fails_with(3, "deleted without being forgotten");
+}
