@@ -205,6 +205,31 @@ pub enum Error {
         /// Who holds it: command, host, pid, mode and since (or "someone" without a key).
         holder: String,
     },
+    /// Prune met a snapshot whose header does not read: what that snapshot needs is unknown,
+    /// so nothing on its target may be deleted.
+    #[error(
+        "{location}: {reason}; prune cannot tell what that snapshot needs, so it deleted nothing there: check the \
+         repository with `crmvault verify`, and if {key} is junk, remove it by hand"
+    )]
+    UnreadableSnapshot {
+        /// The target.
+        location: String,
+        /// The snapshot object's key.
+        key: String,
+        /// Why its header did not read.
+        reason: String,
+    },
+    /// The storage refused to delete an object (no delete permission, Object Lock retention,
+    /// an immutable file or a read-only mount), as opposed to failing to answer.
+    #[error("{location}: the storage refused to delete {object}: {}", storage_message(.source))]
+    DeleteRefused {
+        /// The target.
+        location: String,
+        /// The object key.
+        object: String,
+        /// What object_store said.
+        source: object_store::Error,
+    },
     /// The repository changed under a running operation (a rekey finished meanwhile).
     #[error("{location}: the repository was rekeyed (generation {generation}) while this {operation} ran; {outcome}")]
     ChangedMeanwhile {

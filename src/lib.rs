@@ -5,7 +5,7 @@
 //! [`postgres`] (PostgreSQL) → [`chunk`] → [`compress`] → [`crypto`] → [`repo`] (the format)
 //! → [`target`] (storage), and back through [`fetch`] into [`postgres`] again. [`backup`] and
 //! [`restore`] drive those two ways over a [`repo_set::RepoSet`] (the copies of one
-//! repository); [`rekey`] rotates keys; [`commands`] holds the other operations, one per CLI
+//! repository); [`rekey`] rotates keys; [`prune`] deletes what no snapshot needs; [`commands`] holds the other operations, one per CLI
 //! command. Long operations report through [`progress::Progress`].
 
 pub mod backup;
@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod lock;
 pub mod postgres;
 pub mod progress;
+pub mod prune;
 pub mod rekey;
 pub mod repo;
 pub mod repo_set;

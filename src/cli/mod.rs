@@ -30,6 +30,7 @@ use crmvault::backup;
 use crmvault::commands::{copy, init, snapshots, verify};
 use crmvault::lock::{LockMode, Removal};
 use crmvault::postgres::Database;
+use crmvault::prune;
 use crmvault::rekey;
 use crmvault::repo::{Keyring, Repository};
 use crmvault::restore;
@@ -301,6 +302,20 @@ enum Command {
         /// reading and writing the whole repository; interrupted, run it again.
         #[arg(long)]
         reencrypt: bool,
+    },
+    /// Delete the packs, indexes and dictionaries no snapshot needs any more (no key needed).
+    ///
+    /// What is needed is read from the snapshots' plaintext headers; what forget left, and what
+    /// backups that died before their snapshot left, goes. Takes the repository's exclusive
+    /// lock: no backup runs meanwhile. Deletes the storage refuses (Object Lock, no delete
+    /// permission) are counted and left for a later prune. Each --repo is pruned on its own.
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Say what would be deleted (counts and bytes) and delete nothing; takes a shared
+        /// lock, so backups may run meanwhile.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Copy the snapshots one repository has and another lacks (no key needed).
     Copy {
@@ -937,6 +952,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Prune { repo, dry_run } => {
+            let locations = settings.repos(repo.repos)?;
+            let targets = storage.open_set(&locations, true).await?;
+            let mode = if dry_run { prune::PruneMode::DryRun } else { prune::PruneMode::Delete };
+            let readers = lock::readers(targets.repositories(), None, &config_dir()?);
+            let lock_options = lock::options(lock_wait, "prune", readers);
+            let outcome =
+                prune_each(targets, &prune::PruneOptions { mode }, &lock_options, fingerprint.as_ref(), json || quiet)
+                    .await?;
+            output::prune(json, &outcome.reports, &outcome.failed);
+            if !outcome.failed.is_empty() {
+                return Ok(ExitCode::from(3));
+            }
+        }
         Command::Copy { from, to, snapshots } => {
             let mut from = storage.open_set(&[from], false).await?;
             let mut to = storage.open_set(&[to], false).await?;
@@ -971,6 +1000,56 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `prune` did on the targets that were pruned, and the ones that failed (location, why).
+struct PruneOutcome {
+    reports: Vec<prune::PruneReport>,
+    failed: Vec<(String, String)>,
+}
+
+/// Prunes each target on its own: checked against its pin, locked (exclusive, or shared for a
+/// dry run), pruned, released. With several targets, one that could not be opened, checked,
+/// locked or pruned is a failure the others go on without (exit code 3); with one, its error
+/// is the error; when none is pruned, every reason is.
+async fn prune_each(
+    mut targets: crmvault::repo_set::RepoSet,
+    options: &prune::PruneOptions,
+    lock_options: &crmvault::lock::LockOptions,
+    fingerprint: Option<&crmvault::trust::Fingerprint>,
+    silent: bool,
+) -> Result<PruneOutcome> {
+    let several = targets.several() || !targets.left_out().is_empty();
+    let mut failed: Vec<(String, String)> =
+        targets.left_out().iter().map(|left_out| (left_out.location.clone(), left_out.reason.clone())).collect();
+    let mut reports = Vec::new();
+    let lock_mode = match options.mode {
+        prune::PruneMode::Delete => LockMode::Exclusive,
+        prune::PruneMode::DryRun => LockMode::Shared,
+    };
+    for repository in targets.repositories_mut() {
+        let location = repository.target.location().to_string();
+        let result = async {
+            let role = trust::reading_role(repository, None, &config_dir()?);
+            trust::check(std::slice::from_mut(repository), role, fingerprint, &config_dir()?).await?;
+            let locks = crmvault::lock::lock_all(std::slice::from_ref(repository), lock_mode, lock_options).await?;
+            let progress = output::Bar::start(silent);
+            let result = prune::run(repository, options, progress.as_ref()).await;
+            progress.finish();
+            lock::release(locks).await;
+            anyhow::Ok(result?)
+        }
+        .await;
+        match result {
+            Ok(report) => reports.push(report),
+            Err(error) if several => failed.push((location, one_line(&error))),
+            Err(error) => return Err(error),
+        }
+    }
+    if reports.is_empty() {
+        return Err(crmvault::Error::EveryTargetFailed(failed).into());
+    }
+    Ok(PruneOutcome { reports, failed })
 }
 
 async fn verify_one(

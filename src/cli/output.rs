@@ -8,6 +8,7 @@ use crmvault::backup;
 use crmvault::commands::{copy, init, snapshots, verify};
 use crmvault::postgres::Database;
 use crmvault::progress::Unit;
+use crmvault::prune;
 use crmvault::rekey;
 use crmvault::restore;
 
@@ -564,6 +565,65 @@ pub fn forget(
     }
     for (location, error) in failed {
         eprintln!("  FAILED  {location}: {error} (nothing forgotten there)");
+    }
+}
+
+/// Per target: what was deleted (or would be, in a dry run) and what stays; one warning per
+/// target whose storage refused deletes, and one per target that failed.
+pub fn prune(json: bool, reports: &[prune::PruneReport], failed: &[(String, String)]) {
+    for report in reports.iter().filter(|report| report.refused.objects > 0) {
+        eprintln!(
+            "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
+            report.location,
+            count(report.refused.objects, "object"),
+            size(report.refused.bytes),
+            report.refused.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    for (location, error) in failed {
+        // Most errors name their target already: say it once.
+        if error.contains(location.as_str()) {
+            eprintln!("crmvault: warning: not pruned: {error}");
+        } else {
+            eprintln!("crmvault: warning: not pruned: {location}: {error}");
+        }
+    }
+    if json {
+        let failed: Vec<serde_json::Value> = failed
+            .iter()
+            .map(|(location, error)| serde_json::json!({ "location": location, "error": error }))
+            .collect();
+        print_json_ok(&serde_json::json!({ "targets": reports, "failed": failed }), failed.is_empty());
+        return;
+    }
+    for report in reports {
+        let kept = format!(
+            "kept {} ({}) for {}",
+            count(report.kept.packs.objects, "pack"),
+            size(report.kept.packs.bytes),
+            count(report.snapshots as u64, "snapshot")
+        );
+        let (done, verb, freed) = if report.dry_run {
+            (&report.garbage, "would delete", "to free")
+        } else {
+            (&report.deleted, "deleted", "freed")
+        };
+        if done.total().objects == 0 {
+            say!("{}: nothing to delete; {kept}", report.location);
+            continue;
+        }
+        // The kinds there are some of: "2 packs, 1 dictionary".
+        let parts: Vec<String> = [
+            (done.packs.objects, count(done.packs.objects, "pack")),
+            (done.indexes.objects, count_of(done.indexes.objects, "index", "indexes")),
+            (done.dictionaries.objects, count_of(done.dictionaries.objects, "dictionary", "dictionaries")),
+            (done.damaged_markers.objects, count(done.damaged_markers.objects, "damaged marker")),
+        ]
+        .into_iter()
+        .filter(|(objects, _)| *objects > 0)
+        .map(|(_, text)| text)
+        .collect();
+        say!("{}: {verb} {}: {} {freed}; {kept}", report.location, parts.join(", "), size(done.total().bytes));
     }
 }
 

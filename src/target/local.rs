@@ -25,6 +25,44 @@ pub(super) fn refuse_linked_folders(root: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `key` names a staging file, `<name>#<digits>`: where object_store's writes and the
+/// direct writes below stage an object before giving it its name. object_store's listing
+/// skips such files and refuses to delete them.
+pub(super) fn is_staging_file(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.split_once('#').is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The staging files under `folder` (keys relative to `root`, with sizes): what writes that
+/// never finished (a killed backup) left. No symbolic link is followed.
+pub(super) fn staging_files(root: &Path, folder: &str) -> Result<Vec<(String, u64)>> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.join(folder)];
+    while let Some(directory) = pending.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(Error::io(&directory, error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&directory, e))?;
+            let meta = entry.metadata().map_err(|e| Error::io(entry.path(), e))?;
+            let path = entry.path();
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file()
+                && let Ok(relative) = path.strip_prefix(root)
+                && let Some(key) = relative.to_str()
+                && is_staging_file(key)
+            {
+                found.push((key.to_string(), meta.len()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// Syncs a file just written and the directories up to the root, so its name is durable too.
 pub(super) fn sync_local(root: &Path, key: &str) -> Result<()> {
     let path = root.join(key);

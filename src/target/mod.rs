@@ -22,7 +22,7 @@ mod local;
 mod location;
 mod s3;
 
-use local::{direct, refuse_linked_folders, sync_local};
+use local::{direct, is_staging_file, refuse_linked_folders, staging_files, sync_local};
 pub use location::{Location, displayable};
 pub use s3::S3Settings;
 
@@ -293,15 +293,56 @@ impl Target {
         Ok(listing.try_next().await.map_err(|e| self.map_error("", e))?.is_none())
     }
 
-    /// Removes an object (tests and, later, prune).
+    /// Removes an object (prune, `rekey --reencrypt`, tests); one already gone is no error.
+    /// A delete the storage refuses, rather than fails at, is [`Error::DeleteRefused`]
+    /// ([`is_refusal`]): prune leaves such objects and goes on.
     pub async fn delete(&self, key: &str) -> Result<()> {
         // A folder planted as a link would send the delete outside the repository.
         if let Some(root) = &self.local_root {
             refuse_linked_folders(root, key)?;
         }
+        if let Some(root) = &self.local_root
+            && is_staging_file(key)
+        {
+            return self.delete_staging_file(root, key).await;
+        }
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) if is_refusal(&source) => {
+                Err(Error::DeleteRefused { location: self.location.clone(), object: key.to_string(), source })
+            }
             Err(e) => Err(self.map_error(key, e)),
+        }
+    }
+
+    /// The staging files (`<key>#<n>`) that writes which never finished left under `folder`,
+    /// with their sizes: on a local folder, what a backup killed while it wrote an object
+    /// leaves; object_store's listing skips them. None on S3, where an unfinished upload never
+    /// becomes an object. Only prune deletes them ([`Target::delete`]), under the exclusive
+    /// lock, when no write can be running.
+    pub async fn staging_files(&self, folder: &str) -> Result<Vec<(String, u64)>> {
+        let Some(root) = self.local_root.clone() else { return Ok(Vec::new()) };
+        let folder = folder.to_string();
+        tokio::task::spawn_blocking(move || staging_files(&root, &folder))
+            .await
+            .expect("the listing task does not panic")
+    }
+
+    /// Removes a staging file directly: object_store refuses such names. Its errors go the
+    /// way object_store's do, so that a refusal is [`Error::DeleteRefused`] here too.
+    async fn delete_staging_file(&self, root: &Path, key: &str) -> Result<()> {
+        let path = root.join(key);
+        match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await.expect("unlink does not panic") {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => {
+                let source = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(error) };
+                if is_refusal(&source) {
+                    Err(Error::DeleteRefused { location: self.location.clone(), object: key.to_string(), source })
+                } else {
+                    Err(Error::Storage { location: self.location.clone(), source })
+                }
+            }
         }
     }
 
@@ -315,8 +356,79 @@ impl Target {
     }
 }
 
+/// Whether the storage refused an operation rather than failed at it: S3's 403 (AccessDenied:
+/// no permission, or an Object Lock retention on the version) and 401, which object_store
+/// reports as `PermissionDenied` and `Unauthenticated`; on a local folder, `EACCES` and `EPERM`
+/// (permissions, an immutable file: `chattr +i`) and `EROFS` (a read-only mount), which its
+/// `LocalFileSystem` wraps in a generic error with the `io::Error` as its source. Asking again
+/// gets the same answer; a network fault or a 5xx is not a refusal.
+pub fn is_refusal(error: &object_store::Error) -> bool {
+    if matches!(error, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem);
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Whether `key` names its object by the hash of its content (64 hex digits, as packs are).
 fn is_content_addressed(key: &str) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(os_error: i32) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from_raw_os_error(os_error)),
+        }
+    }
+
+    #[tokio::test]
+    async fn staging_files_left_by_unfinished_writes_are_listed_apart_and_deleted() {
+        let root = tempfile::tempdir().unwrap();
+        let target = Target::open(root.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let pack = format!("data/ab/{}", "ab".repeat(32));
+        target.put_new(&pack, Bytes::from_static(b"pack")).await.unwrap();
+        std::fs::write(root.path().join(format!("{pack}#0")), b"half a pack").unwrap();
+        std::fs::write(root.path().join("data/ab/notes#draft"), b"not a staging name").unwrap();
+        let listed: Vec<String> = target.list("data").await.unwrap().into_iter().map(|(key, _)| key).collect();
+        assert!(listed.contains(&pack) && !listed.iter().any(|key| key.ends_with("#0")), "{listed:?}");
+        assert_eq!(target.staging_files("data").await.unwrap(), [(format!("{pack}#0"), 11)]);
+        assert!(target.staging_files("index").await.unwrap().is_empty(), "a missing folder holds none");
+        target.delete(&format!("{pack}#0")).await.unwrap();
+        assert!(target.staging_files("data").await.unwrap().is_empty());
+        assert!(root.path().join(&pack).exists() && root.path().join("data/ab/notes#draft").exists());
+    }
+
+    #[test]
+    fn a_refused_delete_is_told_from_a_failed_one() {
+        const EPERM: i32 = 1;
+        const EACCES: i32 = 13;
+        const EROFS: i32 = 30;
+        const ENOSPC: i32 = 28;
+        const ECONNRESET: i32 = 104;
+        for refused in [EPERM, EACCES, EROFS] {
+            assert!(is_refusal(&local(refused)), "errno {refused}");
+        }
+        for failed in [ENOSPC, ECONNRESET] {
+            assert!(!is_refusal(&local(failed)), "errno {failed}");
+        }
+        let denied = object_store::Error::PermissionDenied { path: "data/ab/x".into(), source: "AccessDenied".into() };
+        assert!(is_refusal(&denied));
+        let unauthenticated = object_store::Error::Unauthenticated { path: "x".into(), source: "401".into() };
+        assert!(is_refusal(&unauthenticated));
+        let server = object_store::Error::Generic { store: "S3", source: "500 Internal Server Error".into() };
+        assert!(!is_refusal(&server));
+        assert!(!is_refusal(&object_store::Error::NotFound { path: "x".into(), source: "gone".into() }));
+    }
 }

@@ -96,6 +96,12 @@ impl Target {
             // The server checks every upload against its SHA-256: a body cut short is refused.
             .with_checksum_algorithm(Checksum::SHA256)
             .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+            // Deletes one object a request (`DELETE /key`), not in batches (`POST /?delete`):
+            // a refused delete is then the request's 403, which object_store reports as
+            // `PermissionDenied` (`target::is_refusal`), where a batch answers 200 with an
+            // AccessDenied per key that it reports as a generic error. Every S3-compatible
+            // service has the single delete; some lack the batch.
+            .with_disable_bulk_delete(true)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(200),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// Starts a backup and SIGKILLs it once `ready` says so (or after a timeout); true if killed.
-fn kill_backup_when(work: &Workspace, db: &TestDb, repo: &str, ready: impl Fn() -> bool) -> bool {
+pub(crate) fn kill_backup_when(work: &Workspace, db: &TestDb, repo: &str, ready: impl Fn() -> bool) -> bool {
     let mut child = work
         .command()
         .args(["backup", "--db", &db.url(), "--repo", repo])

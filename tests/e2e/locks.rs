@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// A PostgreSQL URL whose server accepts connections, holds each for `hold`, then hangs up.
-fn silent_database(hold: Duration) -> String {
+pub(crate) fn silent_database(hold: Duration) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
     let port = listener.local_addr().expect("its address").port();
     std::thread::spawn(move || {
@@ -28,7 +28,7 @@ fn silent_database(hold: Duration) -> String {
 }
 
 /// Starts `args` in the background and returns once `lock` exists.
-fn holding(work: &Workspace, args: &[&str], lock: &Path) -> Child {
+pub(crate) fn holding(work: &Workspace, args: &[&str], lock: &Path) -> Child {
     let child = work.command().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("crmvault starts");
     let started = Instant::now();
     while !lock.exists() {

@@ -16,6 +16,7 @@ mod listings;
 mod locks;
 mod packaging;
 mod progress;
+mod prune;
 mod rekey;
 mod s3;
 mod secrets;

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub const ACCESS_KEY: &str = "AKIACRMVAULTTEST";
 pub const SECRET_KEY: &str = "crmvault-test-secret";
@@ -18,6 +19,8 @@ pub struct S3Server {
     pub root: Option<tempfile::TempDir>,
     addr: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// While set, the in-process server answers DeleteObject with 403 AccessDenied.
+    deletes_refused: Arc<AtomicBool>,
 }
 
 impl S3Server {
@@ -26,17 +29,26 @@ impl S3Server {
         let bucket = format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
         if let Ok(endpoint) = std::env::var("CRMVAULT_TEST_S3_ENDPOINT") {
             create_bucket(&endpoint, &bucket);
-            return S3Server { endpoint, bucket, root: None, addr: None, runtime: None };
+            return S3Server {
+                endpoint,
+                bucket,
+                root: None,
+                addr: None,
+                runtime: None,
+                deletes_refused: Arc::default(),
+            };
         }
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
-        let (runtime, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap());
+        let deletes_refused = Arc::new(AtomicBool::new(false));
+        let (runtime, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap(), &deletes_refused);
         S3Server {
             endpoint: format!("http://{addr}"),
             bucket,
             root: Some(root),
             addr: Some(addr),
             runtime: Some(runtime),
+            deletes_refused,
         }
     }
 
@@ -60,8 +72,16 @@ impl S3Server {
     /// Serves again on the same port and files.
     pub fn restart(&mut self) {
         let root = self.root.as_ref().expect("in-process server").path().to_path_buf();
-        let (runtime, _) = serve(&root, self.addr.expect("in-process server"));
+        let (runtime, _) = serve(&root, self.addr.expect("in-process server"), &self.deletes_refused);
         self.runtime = Some(runtime);
+    }
+
+    /// Makes the in-process server refuse (or allow again) every DeleteObject with 403
+    /// AccessDenied, as a bucket policy without `s3:DeleteObject` does; false on an external
+    /// server, which cannot be told to.
+    pub fn refuse_deletes(&self, refuse: bool) -> bool {
+        self.deletes_refused.store(refuse, Ordering::SeqCst);
+        self.in_process()
     }
 
     /// The folder holding the bucket's objects (in-process server only).
@@ -98,7 +118,20 @@ impl Drop for S3Server {
     }
 }
 
-fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+/// What the in-process server allows: everything signed, and deletes unless refused.
+struct DeletePolicy(Arc<AtomicBool>);
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for DeletePolicy {
+    async fn delete_object(&self, _request: &mut s3s::S3Request<s3s::dto::DeleteObjectInput>) -> s3s::S3Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(s3s::s3_error!(AccessDenied, "this key may not delete objects"));
+        }
+        Ok(())
+    }
+}
+
+fn serve(root: &Path, addr: SocketAddr, deletes_refused: &Arc<AtomicBool>) -> (tokio::runtime::Runtime, SocketAddr) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let listener = runtime.block_on(async {
         let mut attempts = 0;
@@ -118,6 +151,7 @@ fn serve(root: &Path, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr)
     let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    builder.set_access(DeletePolicy(Arc::clone(deletes_refused)));
     let service = builder.build();
     runtime.spawn(async move {
         let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

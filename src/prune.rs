@@ -1,0 +1,410 @@
+//! Prune: deletes the packs, indexes and dictionaries that no snapshot on a target needs any
+//! more (left by snapshots deleted by `forget` or by hand, or by backups that died before
+//! their snapshot object), and the `damaged/` markers of packs that go with them.
+//!
+//! What is live comes from the snapshots' plaintext headers, which list every pack, index and
+//! dictionary the snapshot needs on that target (docs/FORMAT.md, *Snapshot*): prune reads no
+//! index and no pack, and needs no key. Everything under `data/`, `index/` and `dicts/` that
+//! no header lists is garbage. A snapshot whose header does not read makes prune refuse the
+//! target: what that snapshot needs is unknown, so nothing may go.
+//!
+//! Deletes go in an order that keeps every step safe (docs/FORMAT.md, *Prune*): indexes
+//! first (so that no later backup reuses a chunk of a pack about to go), then packs, then
+//! dictionaries, then damaged markers. Nothing a remaining snapshot lists is ever deleted, so
+//! a prune killed anywhere leaves garbage that the next one removes. The caller holds the
+//! repository's exclusive lock (docs/ARCHITECTURE.md, *Locks*): no backup runs meanwhile.
+
+use std::collections::HashSet;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::progress::{Progress, Unit};
+use crate::repo::{self, ObjectId, Repository, SnapshotHeader, SnapshotId};
+
+/// Deletes (and header reads) in flight at once on one target.
+const IN_FLIGHT: usize = 8;
+
+/// The folders prune looks into, in the order their garbage is deleted.
+const FOLDERS: [(&str, ObjectKind); 4] = [
+    ("index", ObjectKind::Index),
+    ("data", ObjectKind::Pack),
+    ("dicts", ObjectKind::Dictionary),
+    ("damaged", ObjectKind::DamagedMarker),
+];
+
+/// Whether prune deletes what it finds or only says what it would delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneMode {
+    /// Delete the garbage.
+    Delete,
+    /// Find the garbage and delete nothing (`--dry-run`).
+    DryRun,
+}
+
+/// What prune is asked to do on one target.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Delete, or only look.
+    pub mode: PruneMode,
+}
+
+/// The kinds of object prune deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// `data/<hh>/<hash>`.
+    Pack,
+    /// `index/<hash>`.
+    Index,
+    /// `dicts/<hash>`.
+    Dictionary,
+    /// `damaged/<pack hash>`, verify's marker of a damaged pack.
+    DamagedMarker,
+}
+
+/// An object found in storage: its key, kind and stored size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The object key.
+    pub key: String,
+    /// What it is, by its folder.
+    pub kind: ObjectKind,
+    /// Stored bytes.
+    pub size: u64,
+}
+
+/// A number of objects and their stored bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Amount {
+    /// Objects.
+    pub objects: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+impl Amount {
+    fn add(&mut self, size: u64) {
+        self.objects += 1;
+        self.bytes += size;
+    }
+}
+
+/// Amounts by kind of object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Packs.
+    pub packs: Amount,
+    /// Indexes.
+    pub indexes: Amount,
+    /// Dictionaries.
+    pub dictionaries: Amount,
+    /// Damaged markers (empty objects).
+    pub damaged_markers: Amount,
+}
+
+impl Tally {
+    fn of(objects: &[StoredObject]) -> Tally {
+        let mut tally = Tally::default();
+        for object in objects {
+            tally.add(object);
+        }
+        tally
+    }
+
+    fn add(&mut self, object: &StoredObject) {
+        self.amount_mut(object.kind).add(object.size);
+    }
+
+    fn amount_mut(&mut self, kind: ObjectKind) -> &mut Amount {
+        match kind {
+            ObjectKind::Pack => &mut self.packs,
+            ObjectKind::Index => &mut self.indexes,
+            ObjectKind::Dictionary => &mut self.dictionaries,
+            ObjectKind::DamagedMarker => &mut self.damaged_markers,
+        }
+    }
+
+    /// Every kind together.
+    pub fn total(&self) -> Amount {
+        let all = [self.packs, self.indexes, self.dictionaries, self.damaged_markers];
+        Amount { objects: all.iter().map(|a| a.objects).sum(), bytes: all.iter().map(|a| a.bytes).sum() }
+    }
+}
+
+/// What prune would delete on a target and what it keeps: computed from the listings alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// Objects no snapshot needs, in the order they are deleted.
+    pub garbage: Vec<StoredObject>,
+    /// What stays, by kind.
+    pub kept: Tally,
+}
+
+/// Deletes the storage refused (Object Lock, no delete permission, an immutable file):
+/// left in place for a later prune.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    /// Objects the storage would not delete.
+    pub objects: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// What the storage said for the first of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What prune did on one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// The target.
+    pub location: String,
+    /// Whether it only looked (`--dry-run`).
+    pub dry_run: bool,
+    /// Snapshots whose headers said what is live.
+    pub snapshots: usize,
+    /// What no snapshot needs: what a run deletes, or a dry run would.
+    pub garbage: Tally,
+    /// What was deleted (nothing in a dry run).
+    pub deleted: Tally,
+    /// What the storage refused to delete.
+    pub refused: Refused,
+    /// What stays: objects the snapshots list.
+    pub kept: Tally,
+}
+
+/// Computes what is garbage on a target: every stored pack, index and dictionary that no
+/// header lists, and every damaged marker whose pack no header lists. Pure over the listings.
+pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
+    let mut live: HashSet<String> = HashSet::new();
+    let mut live_packs: HashSet<&ObjectId> = HashSet::new();
+    for header in headers {
+        live.extend(header.packs.iter().map(|pack| repo::pack_key(&pack.id)));
+        live.extend(header.indexes.iter().map(|index| repo::index_key(&index.id)));
+        live.extend(header.dictionaries.iter().map(|dictionary| repo::dictionary_key(&dictionary.id)));
+        live_packs.extend(header.packs.iter().map(|pack| &pack.id));
+    }
+    let mut garbage = Vec::new();
+    let mut kept = Tally::default();
+    for object in stored {
+        let needed = match object.kind {
+            // A marker stays while its pack is needed: backups must keep passing it over.
+            ObjectKind::DamagedMarker => object
+                .key
+                .strip_prefix("damaged/")
+                .and_then(|name| name.parse::<ObjectId>().ok())
+                .is_some_and(|pack| live_packs.contains(&pack)),
+            _ => live.contains(&object.key),
+        };
+        if needed {
+            kept.add(object);
+        } else {
+            garbage.push(object.clone());
+        }
+    }
+    let order = |kind: ObjectKind| FOLDERS.iter().position(|(_, k)| *k == kind);
+    garbage.sort_by(|a, b| order(a.kind).cmp(&order(b.kind)).then_with(|| a.key.cmp(&b.key)));
+    PrunePlan { garbage, kept }
+}
+
+/// Prunes one target (which the caller has locked: exclusive to delete, shared for a dry run).
+pub async fn run(repository: &Repository, options: &PruneOptions, progress: &dyn Progress) -> Result<PruneReport> {
+    let headers = read_headers(repository, progress).await?;
+    let stored = list_stored(repository).await?;
+    let plan = plan(&headers, &stored);
+    let mut report = PruneReport {
+        location: repository.target.location().to_string(),
+        dry_run: options.mode == PruneMode::DryRun,
+        snapshots: headers.len(),
+        garbage: Tally::of(&plan.garbage),
+        deleted: Tally::default(),
+        refused: Refused::default(),
+        kept: plan.kept,
+    };
+    if options.mode == PruneMode::DryRun || plan.garbage.is_empty() {
+        return Ok(report);
+    }
+    progress.phase("deleting", Unit::Objects, Some(plan.garbage.len() as u64));
+    // One kind after the other, each finished before the next starts (the order is the safety).
+    for (_, kind) in FOLDERS {
+        let batch = plan.garbage.iter().filter(|object| object.kind == kind);
+        let mut deletes = futures::stream::iter(batch)
+            .map(|object| async move { (object, repository.target.delete(&object.key).await) })
+            .buffer_unordered(IN_FLIGHT);
+        while let Some((object, outcome)) = deletes.next().await {
+            match outcome {
+                Ok(()) => report.deleted.add(object),
+                Err(error @ Error::DeleteRefused { .. }) => {
+                    report.refused.objects += 1;
+                    report.refused.bytes += object.size;
+                    // The report names the target already.
+                    report.refused.reason.get_or_insert_with(|| {
+                        let text = error.to_string();
+                        text.strip_prefix(&format!("{}: ", report.location)).map_or(text.clone(), str::to_string)
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+            progress.advance(1);
+        }
+    }
+    Ok(report)
+}
+
+/// Every snapshot header on the target. A header that does not read stops the prune: the
+/// snapshot may need anything. Objects under `snapshots/` not named by a hash cannot be
+/// snapshots and are passed over.
+async fn read_headers(repository: &Repository, progress: &dyn Progress) -> Result<Vec<SnapshotHeader>> {
+    let ids = repository.snapshot_ids().await?;
+    progress.phase("reading snapshot headers", Unit::Snapshots, Some(ids.len() as u64));
+    futures::stream::iter(ids)
+        .map(|id| async move {
+            let header = repository.read_snapshot_header(&id).await.map_err(|error| unreadable(repository, &id, error));
+            progress.advance(1);
+            header
+        })
+        .buffered(IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
+/// Why a snapshot's header did not read, as prune's refusal. Storage that fails to answer is
+/// its own error (nothing about the snapshot is known).
+fn unreadable(repository: &Repository, id: &SnapshotId, error: Error) -> Error {
+    match error {
+        Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::Missing { .. } => Error::UnreadableSnapshot {
+            location: repository.target.location().to_string(),
+            key: repo::snapshot_key(id),
+            reason: error.to_string(),
+        },
+        other => other,
+    }
+}
+
+/// The objects prune may delete: everything under `data/`, `index/`, `dicts/` and `damaged/`,
+/// and there the staging files of writes that never finished (a local folder's `<key>#<n>`,
+/// counted with their folder's kind: no snapshot lists one).
+async fn list_stored(repository: &Repository) -> Result<Vec<StoredObject>> {
+    let mut stored = Vec::new();
+    for (folder, kind) in FOLDERS {
+        let objects = repository.target.list(folder).await?;
+        let unfinished = repository.target.staging_files(folder).await?;
+        for (key, size) in objects.into_iter().chain(unfinished) {
+            stored.push(StoredObject { key, kind, size });
+        }
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::ObjectRef;
+
+    fn object(name: &str) -> ObjectRef {
+        ObjectRef { id: ObjectId::of(name.as_bytes()), size: name.len() as u64 * 100 }
+    }
+
+    fn header(packs: &[&str], indexes: &[&str], dictionaries: &[&str]) -> SnapshotHeader {
+        SnapshotHeader {
+            version: repo::FORMAT_VERSION,
+            time: chrono::DateTime::UNIX_EPOCH,
+            config_hash: String::new(),
+            total_bytes: 0,
+            added_bytes: 0,
+            packs: packs.iter().map(|p| object(p)).collect(),
+            indexes: indexes.iter().map(|i| object(i)).collect(),
+            dictionaries: dictionaries.iter().map(|d| object(d)).collect(),
+            parent: None,
+            sequence: 0,
+            replaces: None,
+        }
+    }
+
+    fn stored(kind: ObjectKind, name: &str) -> StoredObject {
+        let reference = object(name);
+        let key = match kind {
+            ObjectKind::Pack => repo::pack_key(&reference.id),
+            ObjectKind::Index => repo::index_key(&reference.id),
+            ObjectKind::Dictionary => repo::dictionary_key(&reference.id),
+            ObjectKind::DamagedMarker => repo::damaged_key(&reference.id),
+        };
+        let size = if kind == ObjectKind::DamagedMarker { 0 } else { reference.size };
+        StoredObject { key, kind, size }
+    }
+
+    fn keys(objects: &[StoredObject]) -> Vec<&str> {
+        objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    #[test]
+    fn what_no_header_lists_is_garbage_and_what_any_header_lists_is_kept() {
+        use ObjectKind::*;
+        let headers = [header(&["p1", "p2"], &["i1"], &["d1"]), header(&["p2", "p3"], &["i1", "i2"], &[])];
+        let listing = vec![
+            stored(Index, "i1"),
+            stored(Index, "i2"),
+            stored(Index, "i-dead"),
+            stored(Pack, "p1"),
+            stored(Pack, "p2"),
+            stored(Pack, "p3"),
+            stored(Pack, "p-dead"),
+            stored(Dictionary, "d1"),
+            stored(Dictionary, "d-dead"),
+        ];
+        let plan = plan(&headers, &listing);
+        let expected = [stored(Index, "i-dead"), stored(Pack, "p-dead"), stored(Dictionary, "d-dead")];
+        assert_eq!(keys(&plan.garbage), keys(&expected));
+        assert_eq!(plan.kept.packs, Amount { objects: 3, bytes: 600 });
+        assert_eq!(plan.kept.indexes, Amount { objects: 2, bytes: 400 });
+        assert_eq!(plan.kept.dictionaries, Amount { objects: 1, bytes: 200 });
+        assert_eq!(Tally::of(&plan.garbage).total(), Amount { objects: 3, bytes: 600 + 600 + 600 });
+    }
+
+    #[test]
+    fn garbage_goes_indexes_first_then_packs_then_dictionaries_then_markers() {
+        use ObjectKind::*;
+        // Listed in another order than the one they must be deleted in.
+        let listing = vec![
+            stored(DamagedMarker, "p-dead"),
+            stored(Dictionary, "d-dead"),
+            stored(Pack, "p-dead"),
+            stored(Index, "i-dead"),
+        ];
+        let plan = plan(&[], &listing);
+        let kinds: Vec<ObjectKind> = plan.garbage.iter().map(|o| o.kind).collect();
+        assert_eq!(kinds, [Index, Pack, Dictionary, DamagedMarker]);
+    }
+
+    #[test]
+    fn a_damaged_marker_stays_while_its_pack_is_needed() {
+        use ObjectKind::*;
+        let headers = [header(&["p1"], &[], &[])];
+        let listing = vec![stored(Pack, "p1"), stored(DamagedMarker, "p1"), stored(DamagedMarker, "p-gone")];
+        let plan = plan(&headers, &listing);
+        assert_eq!(keys(&plan.garbage), [repo::damaged_key(&object("p-gone").id)]);
+        assert_eq!(plan.kept.damaged_markers.objects, 1);
+    }
+
+    #[test]
+    fn a_pack_stored_outside_its_folder_or_under_a_name_that_is_no_hash_is_garbage() {
+        let live = object("p1");
+        let misplaced = format!("data/zz/{}", live.id);
+        let listing = vec![
+            StoredObject { key: misplaced.clone(), kind: ObjectKind::Pack, size: 1 },
+            StoredObject { key: "data/ab/not-a-pack".into(), kind: ObjectKind::Pack, size: 1 },
+            StoredObject { key: "damaged/not-a-hash".into(), kind: ObjectKind::DamagedMarker, size: 0 },
+        ];
+        let plan = plan(&[header(&["p1"], &[], &[])], &listing);
+        // Sorted within a kind: "data/ab/…" before "data/zz/…".
+        assert_eq!(keys(&plan.garbage), ["data/ab/not-a-pack", misplaced.as_str(), "damaged/not-a-hash"]);
+    }
+
+    #[test]
+    fn without_snapshots_everything_is_garbage_and_nothing_is_kept() {
+        let listing = vec![stored(ObjectKind::Pack, "p1"), stored(ObjectKind::Index, "i1")];
+        let plan = plan(&[], &listing);
+        assert_eq!(plan.garbage.len(), 2);
+        assert_eq!(plan.kept, Tally::default());
+    }
+}

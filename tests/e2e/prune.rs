@@ -1,0 +1,445 @@
+//! `prune` end to end: it deletes exactly what no remaining snapshot lists (checked here from
+//! the snapshot headers, independently of crmvault), every remaining snapshot still verifies
+//! and restores, a dry run deletes nothing and says what the run then deletes, deletes the
+//! storage refuses are skipped and finished by the next prune, a damaged snapshot stops it,
+//! a backup's lock holds it off, and it needs no key.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::crash::kill_backup_when;
+use crate::locks::{holding, silent_database};
+
+/// About 1.4 MB of text in a table of its own: enough for its own dictionary and packs, so
+/// that dropping the table leaves them to the snapshots taken before.
+const SCRATCH: &str = "CREATE TABLE public.scratch AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS body \
+                       FROM generate_series(1, 20000) i";
+
+/// The keys (relative to the repository) of every file under `data/`, `index/`, `dicts/`:
+/// objects, and the staging files (`<key>#<n>`) of writes a killed backup did not finish.
+fn stored(repo: &str) -> BTreeSet<String> {
+    let root = Path::new(repo);
+    ["data", "index", "dicts"]
+        .iter()
+        .filter(|folder| root.join(folder).exists())
+        .flat_map(|folder| files_under(&root.join(folder)))
+        .map(|file| file.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// What the snapshots' headers list, read from the objects' second lines as FORMAT.md says.
+fn listed(repo: &str) -> BTreeSet<String> {
+    let mut live = BTreeSet::new();
+    for file in snapshot_files(repo) {
+        let text = std::fs::read(&file).unwrap();
+        let header_line = text.split(|&b| b == b'\n').nth(1).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(header_line).unwrap();
+        let ids = |field: &str| -> Vec<String> {
+            header[field].as_array().map_or(vec![], |a| a.iter().map(|o| o["id"].as_str().unwrap().into()).collect())
+        };
+        live.extend(ids("packs").into_iter().map(|id| format!("data/{}/{id}", &id[..2])));
+        live.extend(ids("indexes").into_iter().map(|id| format!("index/{id}")));
+        live.extend(ids("dictionaries").into_iter().map(|id| format!("dicts/{id}")));
+    }
+    live
+}
+
+/// What no snapshot lists: what prune must delete.
+fn garbage(repo: &str) -> BTreeSet<String> {
+    stored(repo).difference(&listed(repo)).cloned().collect()
+}
+
+fn size_of(repo: &str, keys: &BTreeSet<String>) -> u64 {
+    keys.iter().map(|key| std::fs::metadata(Path::new(repo).join(key)).unwrap().len()).sum()
+}
+
+fn count_in(keys: &BTreeSet<String>, folder: &str) -> u64 {
+    keys.iter().filter(|key| key.starts_with(&format!("{folder}/"))).count() as u64
+}
+
+/// The one target's report of `prune --json`.
+fn target_report(run: &Run) -> serde_json::Value {
+    let json = run.json();
+    assert_eq!(json["ok"], true, "{}", run.stdout);
+    assert_eq!(json["targets"].as_array().unwrap().len(), 1, "{}", run.stdout);
+    json["targets"][0].clone()
+}
+
+/// The amounts by kind a report (`garbage`, `deleted`) must give for `keys`, as measured in the
+/// folder (before they are deleted).
+fn amounts(repo: &str, keys: &BTreeSet<String>) -> serde_json::Value {
+    let mut expected = serde_json::json!({});
+    for (field, folder) in [("packs", "data"), ("indexes", "index"), ("dictionaries", "dicts")] {
+        let subset: BTreeSet<String> = keys.iter().filter(|k| k.starts_with(&format!("{folder}/"))).cloned().collect();
+        expected[field] = serde_json::json!({ "objects": subset.len(), "bytes": size_of(repo, &subset) });
+    }
+    expected
+}
+
+/// Asserts that a report's amounts are `expected` ([`amounts`]).
+fn assert_amounts(report: &serde_json::Value, expected: &serde_json::Value) {
+    for field in ["packs", "indexes", "dictionaries"] {
+        assert_eq!(report[field], expected[field], "{field}: {report}");
+    }
+}
+
+fn snapshot_files(repo: &str) -> Vec<PathBuf> {
+    let folder = Path::new(repo).join("snapshots");
+    if folder.exists() { files_under(&folder) } else { Vec::new() }
+}
+
+/// A night's snapshot id and the data it was taken of (`TestDb::data`).
+type Night = (String, Vec<(String, Vec<String>)>);
+
+/// Every remaining snapshot verifies (with the admin key, reading every chunk) and restores to
+/// the data it was taken of.
+fn assert_every_snapshot_restores(work: &Workspace, repo: &str, nights: &[Night]) {
+    work.run(&["verify", "--repo", repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let remaining: BTreeSet<String> =
+        snapshot_files(repo).iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let mut restored_any = false;
+    for (id, data) in nights.iter().filter(|(id, _)| remaining.contains(id)) {
+        let restored = TestDb::create("prune_restored");
+        work.restore_with(repo, &restored, &[id]).ok();
+        assert!(restored.data() == *data, "snapshot {id} does not restore the database it was taken of");
+        restored_any = true;
+    }
+    assert!(restored_any, "no snapshot left to restore");
+}
+
+/// Three nights; the first has a table the next ones dropped. Returns (snapshot id, data) per night.
+fn three_nights(source: &TestDb, work: &Workspace, repo: &str) -> Vec<Night> {
+    let mut nights = Vec::new();
+    for change in [
+        SCRATCH,
+        "DROP TABLE public.scratch; UPDATE crm.contacts SET phone = '+1 555 0100' WHERE id % 3 = 0",
+        "DELETE FROM crm.activities WHERE id % 2 = 0; UPDATE crm.deals SET amount = amount + 1",
+    ] {
+        source.sql(change);
+        let report = work.backup(source, repo);
+        nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+    }
+    nights
+}
+
+/// Deletes the oldest snapshot object by hand, as `forget` would.
+fn forget_oldest(repo: &str, nights: &[Night]) {
+    std::fs::remove_file(Path::new(repo).join("snapshots").join(&nights[0].0)).unwrap();
+}
+
+#[test]
+fn prune_deletes_what_only_forgotten_snapshots_used_and_a_dry_run_said_so_first() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_forgotten").crm().init("repo");
+    let nights = three_nights(&source, &work, &repo);
+    assert!(garbage(&repo).is_empty(), "nothing is garbage before a snapshot goes: {:?}", garbage(&repo));
+    let nothing = target_report(&work.run(&["prune", "--json", "--repo", &repo]).ok());
+    assert_eq!(nothing["deleted"]["packs"]["objects"], 0, "{nothing}");
+
+    forget_oldest(&repo, &nights);
+    let expected = garbage(&repo);
+    assert!(count_in(&expected, "data") >= 1, "the dropped table's packs: {expected:?}");
+    assert!(count_in(&expected, "dicts") >= 1, "the dropped table's dictionary: {expected:?}");
+    let before = stored(&repo);
+
+    // A dry run deletes nothing and says what the run will delete.
+    let dry = work.run(&["prune", "--dry-run", "--repo", &repo]).ok();
+    assert!(dry.stdout.contains("would delete") && dry.stdout.contains("to free"), "{}", dry.stdout);
+    let dry = target_report(&work.run(&["prune", "--dry-run", "--json", "--repo", &repo]).ok());
+    assert_eq!(stored(&repo), before, "a dry run deleted something");
+    assert_eq!(dry["dry_run"], true);
+    assert_amounts(&dry["garbage"], &amounts(&repo, &expected));
+    assert_eq!(dry["deleted"]["packs"]["objects"], 0);
+
+    let pruned = work.run(&["prune", "--json", "--repo", &repo]).ok();
+    let report = target_report(&pruned);
+    assert_eq!(report["garbage"], dry["garbage"], "the run deleted other than the dry run said");
+    assert_eq!(report["deleted"], dry["garbage"]);
+    assert_eq!(report["refused"]["objects"], 0);
+    assert_eq!(report["snapshots"], 2);
+    assert_eq!(stored(&repo), before.difference(&expected).cloned().collect(), "deleted other than the garbage");
+    assert!(stored(&repo).is_superset(&listed(&repo)), "a listed object went");
+    for kept in ["config", "configs", "keys"] {
+        assert!(Path::new(&repo).join(kept).exists(), "{kept} went");
+    }
+
+    // The text report says it per target.
+    let again = work.run(&["prune", "--repo", &repo]).ok();
+    assert!(again.stdout.starts_with(&format!("{repo}: nothing to delete; kept ")), "{}", again.stdout);
+    assert_every_snapshot_restores(&work, &repo, &nights);
+}
+
+#[test]
+fn deletes_the_storage_refuses_are_skipped_and_the_next_prune_finishes_the_job() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_refused").crm().init("repo");
+    let nights = three_nights(&source, &work, &repo);
+    forget_oldest(&repo, &nights);
+    let expected = garbage(&repo);
+    let packs: Vec<PathBuf> =
+        expected.iter().filter(|k| k.starts_with("data/")).map(|k| Path::new(&repo).join(k)).collect();
+    assert!(!packs.is_empty(), "{expected:?}");
+
+    // The tests run as root, whom file modes do not stop: an immutable file refuses even root.
+    let Some(frozen) = Immutable::set(&packs) else {
+        return skip("chattr +i is not available on this file system");
+    };
+    let run = work.run(&["prune", "--json", "--repo", &repo]).ok();
+    let report = target_report(&run);
+    assert_eq!(report["refused"]["objects"], packs.len() as u64, "{}", run.stdout);
+    assert_eq!(report["deleted"]["packs"]["objects"], 0, "{}", run.stdout);
+    assert_eq!(report["deleted"]["dictionaries"]["objects"], count_in(&expected, "dicts"), "{}", run.stdout);
+    let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("refused to delete")).collect();
+    assert_eq!(warnings.len(), 1, "one line per target: {}", run.stderr);
+    assert!(warnings[0].contains(&format!("{} (", count_noun(packs.len(), "object"))), "{}", warnings[0]);
+    assert!(warnings[0].contains("left for a later prune"), "{}", warnings[0]);
+    // Stopped after its index deletes, as a killed prune would be: every snapshot still whole.
+    assert_every_snapshot_restores(&work, &repo, &nights);
+    // A backup meanwhile stores what it needs again, and is whole too.
+    work.backup(&source, &repo);
+
+    drop(frozen);
+    let report = target_report(&work.run(&["prune", "--json", "--repo", &repo]).ok());
+    assert_eq!(report["deleted"]["packs"]["objects"], packs.len() as u64, "{report}");
+    assert!(packs.iter().all(|pack| !pack.exists()));
+    assert!(garbage(&repo).is_empty(), "{:?}", garbage(&repo));
+    assert_every_snapshot_restores(&work, &repo, &nights);
+}
+
+fn count_noun(count: usize, noun: &str) -> String {
+    if count == 1 { format!("1 {noun}") } else { format!("{count} {noun}s") }
+}
+
+/// Files made immutable (`chattr +i`) until dropped.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(paths: &[PathBuf]) -> Option<Immutable> {
+        let frozen = Immutable(paths.to_vec());
+        let done = Command::new("chattr").arg("+i").args(paths).status().is_ok_and(|status| status.success());
+        // Immutable for real: even root may not write to it.
+        let refused = paths.first().is_some_and(|path| std::fs::OpenOptions::new().append(true).open(path).is_err());
+        (done && refused).then_some(frozen)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
+    }
+}
+
+#[test]
+fn what_a_killed_backup_left_is_deleted_without_any_key_and_a_missing_target_is_a_warning() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_leftovers").crm().filler().init("repo");
+    let a_pack_landed = || stored(&repo).iter().any(|key| key.starts_with("data/") && !key.contains('#'));
+    assert!(kill_backup_when(&work, &source, &repo, a_pack_landed), "the backup was too quick to interrupt");
+    assert!(snapshot_files(&repo).is_empty());
+    // A pack write killed before it was published leaves its staging file: plant one for sure.
+    let pack = stored(&repo).into_iter().find(|key| key.starts_with("data/") && !key.contains('#')).unwrap();
+    std::fs::copy(Path::new(&repo).join(&pack), Path::new(&repo).join(format!("{pack}#7"))).unwrap();
+    let leftovers = stored(&repo);
+    assert!(!leftovers.is_empty());
+    let report = work.backup(&source, &repo);
+    let id = report["snapshot_id"].as_str().unwrap().to_string();
+    let expected = garbage(&repo);
+    assert!(!expected.is_empty() && expected.is_subset(&leftovers), "{expected:?} of {leftovers:?}");
+
+    // Someone with no key at all: no writer key, no identity.
+    let expected_amounts = amounts(&repo, &expected);
+    let stranger = Workspace::new();
+    assert!(!stranger.config_dir().join("repos").exists());
+    let run = stranger.run(&["prune", "--json", "--repo", &repo]).ok();
+    assert_amounts(&target_report(&run)["deleted"], &expected_amounts);
+    assert!(garbage(&repo).is_empty(), "{:?}", garbage(&repo));
+    assert!(!Path::new(&repo).join(format!("{pack}#7")).exists());
+
+    // Of several targets, one that does not open is a warning and exit code 3.
+    let missing = work.path("missing").to_string_lossy().into_owned();
+    let run = stranger.run(&["prune", "--json", "--repo", &repo, "--repo", &missing]).fails_with(3, "not pruned");
+    let json = run.json();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["targets"][0]["location"], repo.as_str());
+    assert_eq!(json["failed"][0]["location"], missing.as_str());
+    // With that one alone, its error is the error.
+    stranger.run(&["prune", "--repo", &missing]).fails_with(1, &missing);
+
+    let restored = TestDb::create("prune_leftovers_restored");
+    work.restore_with(&repo, &restored, &[&id]).ok();
+    assert_same_database(&source, &restored);
+}
+
+#[test]
+fn a_snapshot_whose_header_does_not_read_stops_prune_before_it_deletes_anything() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_damaged").crm().init("repo");
+    let nights = three_nights(&source, &work, &repo);
+    forget_oldest(&repo, &nights);
+    // Junk under snapshots/ that is not named by a hash cannot be a snapshot: passed over.
+    std::fs::write(Path::new(&repo).join("snapshots/notes.txt"), "not a snapshot").unwrap();
+    let damaged = Path::new(&repo).join("snapshots").join(&nights[1].0);
+    std::fs::write(&damaged, "crmvault-snapshot 7\n{\"vers").unwrap();
+    let before = stored(&repo);
+
+    let run = work.run(&["prune", "--repo", &repo]).fails_with(1, "prune cannot tell what that snapshot needs");
+    let line = run.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains(&format!("snapshots/{}", nights[1].0)), "{line}");
+    assert!(line.contains("crmvault verify") && line.contains("by hand"), "{line}");
+    assert_eq!(stored(&repo), before, "deleted with a snapshot it could not read");
+
+    std::fs::remove_file(&damaged).unwrap();
+    work.run(&["prune", "--repo", &repo]).ok();
+    assert!(Path::new(&repo).join("snapshots/notes.txt").exists(), "prune deletes no snapshot object");
+}
+
+#[test]
+fn prune_waits_for_a_running_backup_and_a_dry_run_runs_beside_it() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_locked").crm().init("repo").backup();
+    let lock = Path::new(&repo).join("locks/writer");
+    let silent = silent_database(Duration::from_secs(6));
+    let mut backup = holding(&work, &["backup", "--db", &silent, "--repo", &repo], &lock);
+
+    let started = Instant::now();
+    let refused = work.run(&["prune", "--repo", &repo]).fails_with(1, "is locked by backup (host ");
+    assert!(started.elapsed() < Duration::from_secs(3), "it did not fail at once");
+    assert!(refused.stderr.contains(&format!("pid {}", backup.id())), "{}", refused.stderr);
+    assert!(refused.stderr.contains("append lock since"), "{}", refused.stderr);
+
+    // A dry run changes nothing: it shares the repository with the backup.
+    work.run(&["prune", "--dry-run", "--repo", &repo]).ok();
+
+    let waited = work.run(&["prune", "--lock-wait", "60s", "--repo", &repo]).ok();
+    assert!(waited.stdout.contains("nothing to delete"), "{}", waited.stdout);
+    assert!(backup.wait().unwrap().code() == Some(1), "the held backup's database never answered");
+    assert!(!lock.exists(), "prune left its lock");
+    work.backup(&source, &repo);
+}
+
+#[test]
+fn prune_deletes_nothing_a_snapshot_of_an_older_format_needs() {
+    // Their headers list packs, indexes and dictionaries as format 7's do (format 2 had
+    // dictionaries already): a prune must find nothing to delete in them.
+    let work = Workspace::new();
+    for format in 2..=5 {
+        let repo = work.path(&format!("format{format}"));
+        copy_dir(&fixture(&format!("tests/fixtures/format{format}/repo")), &repo);
+        let before = files_under(&repo);
+        let repo = repo.to_str().unwrap();
+        let report = target_report(&work.run(&["prune", "--json", "--repo", repo]).ok());
+        assert_eq!(report["garbage"]["packs"]["objects"], 0, "format {format}: {report}");
+        assert_eq!(report["kept"]["dictionaries"]["objects"], 1, "format {format}: {report}");
+        assert_eq!(files_under(Path::new(repo)), before, "format {format}");
+    }
+}
+
+/// Prune on a bucket (`cargo test --test e2e s3::` selects it; CI runs it against moto too).
+mod s3 {
+    use std::collections::BTreeSet;
+
+    use crmvault::target::{OpenMode, Target};
+
+    use super::{SCRATCH, count_noun, target_report};
+    use crate::common::s3::S3Server;
+    use crate::common::*;
+
+    fn run_s3(work: &Workspace, server: &S3Server, args: &[&str]) -> Run {
+        let mut command = work.command();
+        command.args(args).envs(server.env());
+        Run::from(&command.output().expect("crmvault runs"))
+    }
+
+    /// The repository's objects in the bucket, and what its snapshot headers list, read through
+    /// the storage layer alone.
+    struct Bucket {
+        target: Target,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl Bucket {
+        fn open(server: &S3Server, repo: &str) -> Bucket {
+            let target = Target::open_with(repo, OpenMode::Existing, &server.settings()).unwrap();
+            Bucket { target, runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap() }
+        }
+
+        fn keys(&self, folder: &str) -> BTreeSet<String> {
+            self.runtime.block_on(self.target.list(folder)).unwrap().into_iter().map(|(key, _)| key).collect()
+        }
+
+        fn stored(&self) -> BTreeSet<String> {
+            ["data", "index", "dicts"].iter().flat_map(|folder| self.keys(folder)).collect()
+        }
+
+        fn listed(&self) -> BTreeSet<String> {
+            let mut live = BTreeSet::new();
+            for key in self.keys("snapshots") {
+                let bytes = self.runtime.block_on(self.target.get(&key)).unwrap();
+                let header: serde_json::Value =
+                    serde_json::from_slice(bytes.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
+                for (field, folder) in [("packs", "data"), ("indexes", "index"), ("dictionaries", "dicts")] {
+                    for object in header[field].as_array().into_iter().flatten() {
+                        let id = object["id"].as_str().unwrap();
+                        live.insert(if folder == "data" {
+                            format!("data/{}/{id}", &id[..2])
+                        } else {
+                            format!("{folder}/{id}")
+                        });
+                    }
+                }
+            }
+            live
+        }
+
+        fn delete(&self, key: &str) {
+            self.runtime.block_on(self.target.delete(key)).unwrap();
+        }
+    }
+
+    #[test]
+    fn s3_prune_skips_deletes_refused_with_access_denied_and_finishes_once_allowed() {
+        let server = S3Server::start();
+        let source = TestDb::create("prune_s3");
+        source.load_file(&fixture("examples/crm.sql"));
+        let work = Workspace::new();
+        let recipient = work.keygen("admin.key");
+        let repo = server.repo("crm");
+        run_s3(&work, &server, &["init", "--repo", &repo, "--recipient", &recipient]).ok();
+        let mut ids = Vec::new();
+        for change in [SCRATCH, "DROP TABLE public.scratch; UPDATE crm.contacts SET phone = '+1 555 0101'"] {
+            source.sql(change);
+            let report = run_s3(&work, &server, &["backup", "--json", "--db", &source.url(), "--repo", &repo]).ok();
+            ids.push(report.json()["snapshot_id"].as_str().unwrap().to_string());
+        }
+        let bucket = Bucket::open(&server, &repo);
+        bucket.delete(&format!("snapshots/{}", ids[0]));
+        let before = bucket.stored();
+        let garbage: BTreeSet<String> = before.difference(&bucket.listed()).cloned().collect();
+        assert!(garbage.iter().any(|key| key.starts_with("data/")), "{garbage:?}");
+
+        if server.refuse_deletes(true) {
+            let run = run_s3(&work, &server, &["prune", "--json", "--repo", &repo]).ok();
+            let report = target_report(&run);
+            assert_eq!(report["refused"]["objects"], garbage.len() as u64, "{}", run.stdout);
+            assert!(report["refused"]["reason"].as_str().unwrap().contains("refused to delete"), "{report}");
+            // One line for the target's refused deletes (besides the lock prune could not
+            // remove either: it goes stale and the next command takes it over).
+            let warnings: Vec<&str> =
+                run.stderr.lines().filter(|l| l.starts_with("crmvault: warning:") && l.contains("refused")).collect();
+            assert_eq!(warnings.len(), 1, "{}", run.stderr);
+            let refused = format!("refused to delete {}", count_noun(garbage.len(), "object"));
+            assert!(warnings[0].contains(&refused), "{}", warnings[0]);
+            assert_eq!(bucket.stored(), before);
+            server.refuse_deletes(false);
+        }
+        let run = run_s3(&work, &server, &["prune", "--json", "--repo", &repo]).ok();
+        let report = target_report(&run);
+        assert_eq!(report["refused"]["objects"], 0, "{}", run.stdout);
+        assert_eq!(bucket.stored(), before.difference(&garbage).cloned().collect::<BTreeSet<_>>());
+
+        run_s3(&work, &server, &["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+        let restored = TestDb::create("prune_s3_restored");
+        let key = work.admin_key();
+        run_s3(&work, &server, &["restore", "--repo", &repo, "--identity", &key, "--db", &restored.url()]).ok();
+        assert_same_database(&source, &restored);
+    }
+}
