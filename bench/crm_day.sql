@@ -19,12 +19,25 @@
 --     foreign key to activities)
 --   * +2% rows in audit_log: one per update, delete and insert above, the rest
 --     background changes in the style of the generator
+--
+-- Every percentage is of the current row counts, so days compound (+0.5% a day
+-- is 6.2x in a year, +2% is 1377x). For a long history, -v base_scale=S (the
+-- scale the database was generated with) takes them of the generator's counts
+-- at scale S instead, the database of day 1: every day inserts, updates and
+-- deletes as many rows as the first (linear growth), and audit_log keeps the
+-- newest 90 days' worth of rows (90 x a day's audit rows), deleting the oldest
+-- beyond them, as a CRM trims its audit log. Without it nothing changes.
 -- =============================================================================
 
 \set ON_ERROR_STOP on
 \if :{?day}
 \else
 \set day 1
+\endif
+\if :{?base_scale}
+\set history true
+\else
+\set history false
 \endif
 
 -- The generator's functions (pg_temp), without generating anything.
@@ -62,18 +75,36 @@ SELECT (SELECT count(*) FROM crm.users)       AS c_users,       (SELECT max(id) 
        :day * 1000 AS salt
 \gset
 
-SELECT ceil(:c_users * 0.005)::bigint       AS n_users,
-       ceil(:c_companies * 0.005)::bigint   AS n_companies,
-       ceil(:c_contacts * 0.005)::bigint    AS n_contacts,
-       ceil(:c_deals * 0.005)::bigint       AS n_deals,
-       ceil(:c_activities * 0.005)::bigint  AS n_activities,
-       ceil(:c_tickets * 0.005)::bigint     AS n_tickets,
-       ceil(:c_attachments * 0.005)::bigint AS n_attachments,
-       ceil(:c_audit * 0.02)::bigint        AS n_audit,
-       ceil(:c_contacts * 0.01)::bigint     AS u_contacts,
-       ceil(:c_deals * 0.01)::bigint        AS u_deals,
-       ceil(:c_tickets * 0.01)::bigint      AS u_tickets,
-       ceil(:c_activities * 0.001)::bigint  AS d_activities,
+-- What the percentages are of: the current counts, or (history) the generator's counts at
+-- base_scale (crm_generate.sql's formulas).
+\if :history
+SELECT greatest(10, round(500 * :base_scale))::bigint       AS b_users,
+       greatest(20, round(24000 * :base_scale))::bigint     AS b_companies,
+       greatest(50, round(240000 * :base_scale))::bigint    AS b_contacts,
+       greatest(20, round(96000 * :base_scale))::bigint     AS b_deals,
+       greatest(50, round(360000 * :base_scale))::bigint    AS b_activities,
+       greatest(20, round(72000 * :base_scale))::bigint     AS b_tickets,
+       greatest(10, round(29000 * :base_scale))::bigint     AS b_attachments,
+       greatest(200, round(1200000 * :base_scale))::bigint  AS b_audit
+\gset
+\else
+SELECT :c_users AS b_users, :c_companies AS b_companies, :c_contacts AS b_contacts, :c_deals AS b_deals,
+       :c_activities AS b_activities, :c_tickets AS b_tickets, :c_attachments AS b_attachments, :c_audit AS b_audit
+\gset
+\endif
+
+SELECT ceil(:b_users * 0.005)::bigint       AS n_users,
+       ceil(:b_companies * 0.005)::bigint   AS n_companies,
+       ceil(:b_contacts * 0.005)::bigint    AS n_contacts,
+       ceil(:b_deals * 0.005)::bigint       AS n_deals,
+       ceil(:b_activities * 0.005)::bigint  AS n_activities,
+       ceil(:b_tickets * 0.005)::bigint     AS n_tickets,
+       ceil(:b_attachments * 0.005)::bigint AS n_attachments,
+       ceil(:b_audit * 0.02)::bigint        AS n_audit,
+       ceil(:b_contacts * 0.01)::bigint     AS u_contacts,
+       ceil(:b_deals * 0.01)::bigint        AS u_deals,
+       ceil(:b_tickets * 0.01)::bigint      AS u_tickets,
+       ceil(:b_activities * 0.001)::bigint  AS d_activities,
        -- first id of the newest 10% of each table
        (SELECT id FROM crm.contacts ORDER BY id DESC OFFSET ceil(:c_contacts * 0.1)::bigint - 1 LIMIT 1) AS cut_contacts,
        (SELECT id FROM crm.deals    ORDER BY id DESC OFFSET ceil(:c_deals * 0.1)::bigint - 1 LIMIT 1)    AS cut_deals,
@@ -326,6 +357,17 @@ SELECT :m_audit + row_number() OVER (ORDER BY occurred_at, ord, table_name, row_
 FROM crm_day_audit
 ORDER BY occurred_at, ord, table_name, row_id, action, old_values::text, new_values::text;
 
+-- History: audit_log keeps the newest 90 days' worth of rows (its ids are consecutive, in
+-- time order), and the oldest beyond them go.
+\if :history
+WITH trimmed AS (
+    DELETE FROM crm.audit_log WHERE id <= (SELECT max(id) FROM crm.audit_log) - 90 * :n_audit RETURNING 1
+)
+SELECT count(*) AS t_audit FROM trimmed \gset
+\else
+\set t_audit 0
+\endif
+
 -- -----------------------------------------------------------------------------
 -- Identity sequences continue after the new ids
 -- -----------------------------------------------------------------------------
@@ -341,4 +383,7 @@ FROM (VALUES ('users', :m_users + :n_users), ('companies', :m_companies + :n_com
 \echo crm_day :day: updated contacts :u_contacts, deals :u_deals, tickets :u_tickets; deleted activities :d_activities
 SELECT count(*) AS d_attachments FROM crm_day_audit WHERE table_name = 'attachments' AND action = 'DELETE' \gset
 \echo crm_day :day: deleted attachments :d_attachments (of the deleted activities); audit_log rows for background changes :n_fill
+\if :history
+\echo crm_day :day: audit_log rows trimmed (beyond 90 days of them) :t_audit
+\endif
 DROP TABLE crm_day_pick, crm_day_audit;

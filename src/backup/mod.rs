@@ -71,6 +71,9 @@ pub struct BackupOptions {
     /// The newest snapshot this host wrote or authenticated (its pin's high-water mark): the
     /// new snapshot follows it even if storage lost it, and its absence is reported.
     pub newest_known: Option<SnapshotMark>,
+    /// The time to record instead of the database's clock at the snapshot (old dumps
+    /// imported, a history simulated); snapshots sort by it and retention buckets by it.
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a backup did.
@@ -176,6 +179,7 @@ pub async fn run(
     let chain = Chain::find(&states, keyring, options.newest_known.as_ref(), &mut warnings).await;
 
     let session = SnapshotSession::begin(&options.database).await?;
+    let time = options.time.unwrap_or(session.time);
     let pg_dump = postgres::find_pg_dump(options.pg_dump.as_deref(), session.server_version.1 / 10000)?;
     let all_tables = session.tables().await?;
     let names: Vec<String> = all_tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
@@ -312,7 +316,7 @@ pub async fn run(
     for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
-                commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (session.time, &chain)).await
+                commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (time, &chain)).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -347,7 +351,7 @@ pub async fn run(
     }));
     Ok(BackupReport {
         snapshot_id: sealed.id.clone(),
-        time: session.time,
+        time,
         tables: manifest.tables.len(),
         rows: manifest.tables.iter().map(|t| t.rows).sum(),
         bytes_read,

@@ -157,6 +157,10 @@ enum Command {
         /// `backup --host`: keeps one name when the backup moves to another machine.
         #[arg(long = "host", value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         host: Option<String>,
+        /// Record this time instead of now, e.g. when importing old dumps; snapshots sort by
+        /// it (and forget's --keep-* rules bucket by it). RFC 3339, like 2026-01-31T01:00:00Z.
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        time: Option<chrono::DateTime<chrono::Utc>>,
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
         #[arg(long, env = "CRMVAULT_PG_DUMP", hide_env_values = true)]
         pg_dump: Option<PathBuf>,
@@ -446,6 +450,13 @@ impl FilterArgs {
     }
 }
 
+/// Parses `backup --time`: an RFC 3339 time with its offset, kept in UTC.
+fn parse_time(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time (like 2026-01-31T01:00:00Z)"))
+}
+
 fn parse_fingerprint(text: &str) -> std::result::Result<crmvault::trust::Fingerprint, String> {
     crmvault::trust::Fingerprint::parse(text).map_err(|e| e.to_string())
 }
@@ -684,6 +695,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             allow_empty,
             tags,
             host,
+            time,
             pg_dump,
             index_chunks,
             index_in_memory,
@@ -711,6 +723,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 index_chunks,
                 index_in_memory,
                 newest_known: trusted.newest(),
+                time,
             };
             let progress = output::Bar::start(json || quiet);
             let result = backup::run(&targets, &keyring, &options, &locks, progress.clone()).await;

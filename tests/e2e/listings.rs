@@ -193,3 +193,39 @@ fn verify_reports_a_deleted_index_once_with_its_chunks_and_a_summary() {
         assert!(problems[0]["chunks"].as_u64().unwrap() > 1, "{report}");
     }
 }
+
+#[test]
+fn backup_time_is_the_snapshots_time_and_forget_buckets_by_it() {
+    let ready = Scenario::new("timed")
+        .sql("create table notes (id int primary key); insert into notes values (1)")
+        .init("repo");
+    let (work, repo, url) = (&ready.work, ready.repo.clone(), ready.source.url());
+    // Three nights, told as a history importer would: each on its own day, none today.
+    let mut ids = Vec::new();
+    for day in 1..=3 {
+        ready.source.sql(&format!("insert into notes values ({})", day + 1));
+        let time = format!("2026-03-0{day}T01:00:00Z");
+        let report = work.run(&["backup", "--json", "--db", &url, "--repo", &repo, "--time", &time]).ok().json();
+        assert_eq!(report["time"], time.as_str(), "{report}");
+        ids.push(report["snapshot_id"].as_str().unwrap().to_string());
+    }
+    let list = listed(work, &repo, &[]);
+    let times: Vec<&str> = list.iter().map(|s| s["time"].as_str().unwrap()).collect();
+    assert_eq!(times, ["2026-03-01T01:00:00Z", "2026-03-02T01:00:00Z", "2026-03-03T01:00:00Z"], "{list:?}");
+
+    // The calendar rules act on those times: two days kept, the oldest day's snapshot removed.
+    let forget = work.run(&["forget", "--json", "--repo", &repo, "--keep-daily", "2"]).ok().json();
+    assert_eq!(forget["targets"][0]["removed"], 1, "{forget}");
+    let mut left: Vec<String> =
+        listed(work, &repo, &[]).iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    left.sort();
+    let mut newest = ids[1..].to_vec();
+    newest.sort();
+    assert_eq!(left, newest);
+
+    // A time that is not RFC 3339 is a usage error, said in one line.
+    let bad =
+        work.run(&["backup", "--db", &url, "--repo", &repo, "--time", "2026-03-04 01:00"]).fails_with(2, "RFC 3339");
+    assert_eq!(bad.stderr.lines().filter(|l| l.contains("RFC 3339")).count(), 1, "{}", bad.stderr);
+    assert_eq!(listed(work, &repo, &[]).len(), 2);
+}
