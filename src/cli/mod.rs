@@ -158,7 +158,8 @@ enum Command {
         #[arg(long = "host", value_name = "NAME", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         host: Option<String>,
         /// Record this time instead of now, e.g. when importing old dumps; snapshots sort by
-        /// it (and forget's --keep-* rules bucket by it). RFC 3339, like 2026-01-31T01:00:00Z.
+        /// it (and forget's --keep-* rules bucket by it), so one in the future is `latest` until
+        /// then (said in a warning). RFC 3339, like 2026-01-31T01:00:00Z.
         #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
         time: Option<chrono::DateTime<chrono::Utc>>,
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
@@ -725,6 +726,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 newest_known: trusted.newest(),
                 time,
             };
+            if let Some(time) = time.filter(|time| *time > chrono::Utc::now() + chrono::Duration::minutes(5)) {
+                eprintln!(
+                    "crmvault: warning: --time {time} is in the future: snapshots sort by time, so this one is \
+                     `latest` until then"
+                );
+            }
             let progress = output::Bar::start(json || quiet);
             let result = backup::run(&targets, &keyring, &options, &locks, progress.clone()).await;
             progress.finish();
