@@ -354,6 +354,25 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
 /// What object_store says, in fewer words: its local file system's errors start with
 /// "Generic LocalFileSystem error: Unable to …: IO error for operation on …", and a refused
 /// permission gets the advice it needs.
+impl Error {
+    /// The same error for another reader of a shared outcome (a pack several readers waited
+    /// for): what readers tell apart (missing, corrupt, wrong key) keeps its kind, the rest its
+    /// sentence.
+    #[must_use]
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Missing { object, location } => {
+                Error::Missing { object: object.clone(), location: location.clone() }
+            }
+            Error::Corrupt { object, detail } => Error::Corrupt { object: object.clone(), detail: detail.clone() },
+            Error::WrongIdentity { path } => Error::WrongIdentity { path: path.clone() },
+            Error::BadKey(text) => Error::BadKey(text.clone()),
+            Error::AdminOnly { what } => Error::AdminOnly { what: what.clone() },
+            other => Error::Invalid(other.to_string()),
+        }
+    }
+}
+
 fn storage_message(error: &object_store::Error) -> String {
     let mut text = error.to_string();
     for (prefix, instead) in [

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt, TryStreamExt};
-use tokio::sync::OnceCell;
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 
 use crate::compress::{DecompressionDictionary, FrameCoding};
 use crate::crypto::ChunkId;
@@ -30,7 +29,13 @@ pub const RUN: usize = 32;
 /// Chunks whose frame is at most this many bytes compressed are decoded on the async task.
 const INLINE_DECODE_BYTES: u32 = 4096;
 
-type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;
+/// A pack's decryption, started once and awaited by every reader of the pack. It runs as a
+/// task of its own: a reader's future that started it may be parked (a stream read ahead that
+/// nobody polls) while another reader waits for the pack, which with a cell the first reader
+/// had to fill deadlocked a restore of a repository a year old (chunk lists spread over
+/// thousands of packs, read through nested read-ahead streams).
+type PackCell =
+    futures::future::Shared<futures::future::BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, Arc<Error>>>>;
 /// (source number, pack id): a decrypted pack of one target.
 type PackKey = (usize, repo::ObjectId);
 /// Cached packs and their insertion order, for eviction.
@@ -101,7 +106,9 @@ pub struct ChunkReader {
     dictionaries: Mutex<HashMap<PackKey, DictionaryCell>>,
 }
 
-type DictionaryCell = Arc<OnceCell<Arc<DecompressionDictionary>>>;
+type DictionaryCell = futures::future::Shared<
+    futures::future::BoxFuture<'static, std::result::Result<Arc<DecompressionDictionary>, Arc<Error>>>,
+>;
 
 impl ChunkReader {
     /// A reader over one target.
@@ -321,43 +328,86 @@ impl ChunkReader {
 
     /// A compression dictionary of one source (cached; there is one per backup at most).
     async fn dictionary(&self, source: usize, reference: &ObjectRef) -> Result<Arc<DecompressionDictionary>> {
-        let cell = self
-            .dictionaries
-            .lock()
-            .expect("dictionary lock is never poisoned")
-            .entry((source, reference.id.clone()))
-            .or_default()
-            .clone();
-        let dictionary = cell
-            .get_or_try_init(|| async {
-                let key = repo::dictionary_key(&reference.id);
-                let ciphertext = self.sources[source].target.get(&key).await?;
-                repo::check_object_name(&key, &ciphertext)?;
-                let bytes = self.keyring.decrypt(&key, &ciphertext)?;
-                crate::compress::load_dictionary(&bytes)
-                    .map(Arc::new)
-                    .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))
-            })
-            .await?;
-        Ok(dictionary.clone())
+        // A task of its own, shared by every reader, for the reason `PackCell` says.
+        let cell = {
+            let mut guard = self.dictionaries.lock().expect("dictionary lock is never poisoned");
+            let key = (source, reference.id.clone());
+            if let Some(cell) = guard.get(&key) {
+                cell.clone()
+            } else {
+                let (target, keyring, id) =
+                    (self.sources[source].target.clone(), self.keyring.clone(), reference.id.clone());
+                let task = tokio::spawn(async move {
+                    let key = repo::dictionary_key(&id);
+                    let load = async {
+                        let ciphertext = target.get(&key).await?;
+                        repo::check_object_name(&key, &ciphertext)?;
+                        let bytes = keyring.decrypt(&key, &ciphertext)?;
+                        crate::compress::load_dictionary(&bytes)
+                            .map(Arc::new)
+                            .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))
+                    };
+                    load.await.map_err(Arc::new)
+                });
+                let cell: DictionaryCell = async move {
+                    task.await.unwrap_or_else(|error| {
+                        Err(Arc::new(Error::Internal(format!("dictionary load task: {error}"))))
+                    })
+                }
+                .boxed()
+                .shared();
+                guard.insert(key, cell.clone());
+                cell
+            }
+        };
+        match cell.clone().await {
+            Ok(dictionary) => Ok(dictionary),
+            Err(error) => {
+                let mut guard = self.dictionaries.lock().expect("dictionary lock is never poisoned");
+                let key = (source, reference.id.clone());
+                if guard.get(&key).is_some_and(|cached| cached.ptr_eq(&cell)) {
+                    guard.remove(&key);
+                }
+                Err(error.duplicate())
+            }
+        }
     }
 
     /// The decrypted plaintext of a pack on one source (cached).
     async fn pack(&self, source: usize, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
-        let cell = self.pack_cell(source, &pack.id);
-        let plaintext = cell.get_or_try_init(|| self.load_pack(&self.sources[source].target, pack)).await?;
-        Ok(plaintext.clone())
+        let cell = self.pack_cell(source, pack, None);
+        match cell.clone().await {
+            Ok(plaintext) => Ok(plaintext),
+            Err(error) => {
+                // Not kept: the next reader tries again.
+                let mut guard = self.cache.lock().expect("cache lock is never poisoned");
+                let key = (source, pack.id.clone());
+                if guard.0.get(&key).is_some_and(|cached| cached.ptr_eq(&cell)) {
+                    guard.0.remove(&key);
+                    guard.1.retain(|k| *k != key);
+                }
+                Err(error.duplicate())
+            }
+        }
     }
 
-    /// The cache's place for a pack of a source, the newest in the cache.
-    fn pack_cell(&self, source: usize, pack_id: &repo::ObjectId) -> PackCell {
+    /// The cache's place for a pack of a source, the newest in the cache: its decryption,
+    /// started here if it was not (from `ciphertext` when the caller has it already).
+    fn pack_cell(&self, source: usize, pack: &ObjectRef, ciphertext: Option<bytes::Bytes>) -> PackCell {
         let mut guard = self.cache.lock().expect("cache lock is never poisoned");
         let (map, order) = &mut *guard;
-        let key = (source, pack_id.clone());
+        let key = (source, pack.id.clone());
         if let Some(cell) = map.get(&key) {
             return cell.clone();
         }
-        let cell: PackCell = Arc::default();
+        let (target, keyring, reference) = (self.sources[source].target.clone(), self.keyring.clone(), pack.clone());
+        let task =
+            tokio::spawn(async move { load_pack(&target, &keyring, &reference, ciphertext).await.map_err(Arc::new) });
+        let cell: PackCell = async move {
+            task.await.unwrap_or_else(|error| Err(Arc::new(Error::Internal(format!("pack load task: {error}")))))
+        }
+        .boxed()
+        .shared();
         map.insert(key.clone(), cell.clone());
         order.push_back(key);
         while order.len() > self.capacity {
@@ -372,37 +422,40 @@ impl ChunkReader {
     /// cache, so that reading its chunks next does not download it again (`verify` checks
     /// each pack's hash and then its chunks).
     pub async fn hold_pack(&self, pack: &ObjectRef, ciphertext: bytes::Bytes) -> Result<()> {
-        let key = repo::pack_key(&pack.id);
-        let keyring = self.keyring.clone();
-        let plaintext = tokio::task::spawn_blocking(move || keyring.decrypt(&key, &ciphertext))
-            .await
-            .expect("pack decryption does not panic")?;
         // Already there (read by someone else meanwhile): the same plaintext.
-        let _ = self.pack_cell(0, &pack.id).set(Arc::new(plaintext));
-        Ok(())
+        self.pack_cell(0, pack, Some(ciphertext)).await.map(drop).map_err(|error| error.duplicate())
     }
+}
 
-    async fn load_pack(&self, target: &Target, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
-        let key = repo::pack_key(&pack.id);
-        let ciphertext = target.get(&key).await?;
-        if ciphertext.len() as u64 != pack.size {
-            return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), pack.size)));
-        }
-        let keyring = self.keyring.clone();
-        tokio::task::spawn_blocking(move || match keyring.decrypt(&key, &ciphertext) {
-            // age authenticates the header and every 64 KiB of the payload, and the size is
-            // checked above: a pack that decrypts is intact, and each chunk is proven by its id
-            // anyway. Hashing all of it again (~290 MB at scale 1) would only tell a
-            // damaged pack from a wrong key when decryption fails.
-            Ok(plaintext) => Ok(Arc::new(plaintext)),
-            Err(error) => {
-                repo::check_object_name(&key, &ciphertext)?;
-                Err(error)
-            }
-        })
-        .await
-        .expect("pack decryption does not panic")
+/// Downloads (unless given) and decrypts a pack.
+async fn load_pack(
+    target: &Target,
+    keyring: &Keyring,
+    pack: &ObjectRef,
+    ciphertext: Option<bytes::Bytes>,
+) -> Result<Arc<Vec<u8>>> {
+    let key = repo::pack_key(&pack.id);
+    let ciphertext = match ciphertext {
+        Some(ciphertext) => ciphertext,
+        None => target.get(&key).await?,
+    };
+    if ciphertext.len() as u64 != pack.size {
+        return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), pack.size)));
     }
+    let keyring = keyring.clone();
+    tokio::task::spawn_blocking(move || match keyring.decrypt(&key, &ciphertext) {
+        // age authenticates the header and every 64 KiB of the payload, and the size is checked
+        // above: a pack that decrypts is intact, and each chunk is proven by its id anyway.
+        // Hashing all of it again (~290 MB at scale 1) would only tell a damaged pack from a
+        // wrong key when decryption fails.
+        Ok(plaintext) => Ok(Arc::new(plaintext)),
+        Err(error) => {
+            repo::check_object_name(&key, &ciphertext)?;
+            Err(error)
+        }
+    })
+    .await
+    .expect("pack decryption does not panic")
 }
 
 /// List chunks read ahead while a stream's ids are expanded.
