@@ -228,7 +228,7 @@ pub async fn run(
         return Err(Error::Internal("prune may count snapshots as gone only in a dry run".into()));
     }
     let planned_with = repository.snapshot_ids().await?;
-    let headers = read_headers(repository, &options.as_if_gone, progress).await?;
+    let headers = read_headers(repository, &planned_with, &options.as_if_gone, progress).await?;
     let stored = list_stored(repository).await?;
     let plan = plan(&headers, &stored);
     let mut report = PruneReport {
@@ -320,15 +320,15 @@ async fn spare_what_new_snapshots_list(
 /// snapshots and are passed over.
 async fn read_headers(
     repository: &Repository,
+    ids: &[SnapshotId],
     as_if_gone: &std::collections::BTreeSet<SnapshotId>,
     progress: &dyn Progress,
 ) -> Result<Vec<SnapshotHeader>> {
-    let mut ids = repository.snapshot_ids().await?;
-    ids.retain(|id| !as_if_gone.contains(id));
+    let ids: Vec<&SnapshotId> = ids.iter().filter(|id| !as_if_gone.contains(*id)).collect();
     progress.phase("reading snapshot headers", Unit::Snapshots, Some(ids.len() as u64));
     futures::stream::iter(ids)
         .map(|id| async move {
-            let header = repository.read_snapshot_header(&id).await.map_err(|error| unreadable(repository, &id, error));
+            let header = repository.read_snapshot_header(id).await.map_err(|error| unreadable(repository, id, error));
             progress.advance(1);
             header
         })

@@ -362,7 +362,7 @@ impl RepoSet {
 
     /// Whether forget records on any copy, proven with `keyring`, explain `id`'s absence all
     /// the way back to a snapshot that is there ([`Repository::absence_explained`]).
-    pub async fn is_forgotten(&self, id: &SnapshotId, keyring: &Keyring) -> bool {
+    pub async fn absence_explained(&self, id: &SnapshotId, keyring: &Keyring) -> bool {
         for repository in &self.repositories {
             if repository.absence_explained(id, keyring).await {
                 return true;

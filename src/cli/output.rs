@@ -526,15 +526,7 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
             );
         }
     }
-    for report in pruned.iter().filter(|report| report.refused.objects > 0) {
-        eprintln!(
-            "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
-            report.location,
-            count(report.refused.objects, "object"),
-            size(report.refused.bytes),
-            report.refused.reason.as_deref().unwrap_or("no reason given")
-        );
-    }
+    prune_refusals(pruned);
     if json {
         let targets: Vec<serde_json::Value> = plans
             .iter()
@@ -585,15 +577,7 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
 /// Per target: what was deleted (or would be, in a dry run) and what stays; one warning per
 /// target whose storage refused deletes, and one per target that failed.
 pub fn prune(json: bool, reports: &[prune::PruneReport], failed: &[(String, String)]) {
-    for report in reports.iter().filter(|report| report.refused.objects > 0) {
-        eprintln!(
-            "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
-            report.location,
-            count(report.refused.objects, "object"),
-            size(report.refused.bytes),
-            report.refused.reason.as_deref().unwrap_or("no reason given")
-        );
-    }
+    prune_refusals(reports);
     for (location, error) in failed {
         // Most errors name their target already: say it once.
         if error.contains(location.as_str()) {
@@ -611,6 +595,19 @@ pub fn prune(json: bool, reports: &[prune::PruneReport], failed: &[(String, Stri
         return;
     }
     prune_text(reports);
+}
+
+/// One warning per target whose storage refused some of prune's deletes.
+fn prune_refusals(reports: &[prune::PruneReport]) {
+    for report in reports.iter().filter(|report| report.refused.objects > 0) {
+        eprintln!(
+            "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
+            report.location,
+            count(report.refused.objects, "object"),
+            size(report.refused.bytes),
+            report.refused.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
 }
 
 /// What prune did (or would do) on each target, one line each.

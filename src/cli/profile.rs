@@ -124,20 +124,8 @@ pub enum ConfigAction {
     Show,
 }
 
-/// A required setting nobody gave: a usage error (exit 2).
-#[derive(Debug)]
-pub struct Missing(String);
-
-impl std::fmt::Display for Missing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Missing {}
-
-/// A setting given in a form the command cannot use, or two that contradict each other: a
-/// usage error (exit 2).
+/// A required setting nobody gave, one given in a form the command cannot use, or two that
+/// contradict each other: a usage error (exit 2).
 #[derive(Debug)]
 pub struct Usage(String);
 
@@ -151,8 +139,7 @@ impl std::error::Error for Usage {}
 
 /// The exit code of a failed command: 2 when a required setting is missing or unusable, else 1.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    let usage = |cause: &(dyn std::error::Error + 'static)| cause.is::<Missing>() || cause.is::<Usage>();
-    if error.chain().any(usage) { 2 } else { 1 }
+    if error.chain().any(<dyn std::error::Error>::is::<Usage>) { 2 } else { 1 }
 }
 
 /// What the config files say, or what is wrong with them (told only to a command that asks).
@@ -266,7 +253,7 @@ impl Settings {
             (Some(name), Some(file)) => format!("profile {name} of {}", file.display()),
             _ => "a profile of the config file (--profile NAME)".to_string(),
         };
-        Missing(format!("no {what}: give {flag}{variable}, or `{key}` in {profile}")).into()
+        Usage(format!("no {what}: give {flag}{variable}, or `{key}` in {profile}")).into()
     }
 
     /// `--repo` (flag or `CRMVAULT_REPO`), else the profile's `repo`.

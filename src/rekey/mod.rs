@@ -254,8 +254,11 @@ async fn carried_snapshots(
     let mut carried = BTreeSet::new();
     let mut snapshots = BTreeSet::new();
     let mut failed = std::collections::BTreeMap::new();
+    // Every snapshot present on any target, proven or not (for the forget records below).
+    let mut present = BTreeSet::new();
     for repository in repositories {
         for id in repository.snapshot_ids().await? {
+            present.insert(id.clone());
             let sealed = match repository.read_snapshot(&id).await {
                 Ok(sealed) => sealed,
                 Err(error) => {
@@ -278,10 +281,6 @@ async fn carried_snapshots(
     // naming a snapshot still present (a forget that did not finish, or a record planted ahead
     // of a deletion by a key this rekey may be retiring): under the next generation it would
     // explain a deletion made after the rekey.
-    let mut present = BTreeSet::new();
-    for repository in repositories {
-        present.extend(repository.snapshot_ids().await?);
-    }
     for repository in repositories {
         for (key, _) in repository.target.list("forgotten").await? {
             let Ok(bytes) = repository.target.get(&key).await else { continue };

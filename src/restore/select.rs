@@ -42,7 +42,7 @@ pub(super) async fn choose_snapshot(
                 };
                 // Removed by `forget`, on the record: no rollback.
                 let known = match known {
-                    Some(known) if targets.is_forgotten(&known.id, keyring).await => None,
+                    Some(known) if targets.absence_explained(&known.id, keyring).await => None,
                     known => known,
                 };
                 if let Some(known) = known {

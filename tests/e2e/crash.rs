@@ -7,17 +7,25 @@ use crate::common::*;
 
 /// Starts a backup and SIGKILLs it once `ready` says so (or after a timeout); true if killed.
 pub(crate) fn kill_backup_when(work: &Workspace, db: &TestDb, repo: &str, ready: impl Fn() -> bool) -> bool {
+    kill_when(work, &["backup", "--db", &db.url(), "--repo", repo], ready)
+}
+
+/// Starts `crmvault ARGS` and SIGKILLs it once `ready` says so (or after a timeout); true if
+/// killed, false if it finished first (successfully: a failure of its own fails the test).
+pub(crate) fn kill_when(work: &Workspace, args: &[&str], ready: impl Fn() -> bool) -> bool {
     let mut child = work
         .command()
-        .args(["backup", "--db", &db.url(), "--repo", repo])
+        .args(args)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("crmvault starts");
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "backup failed on its own");
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(status.success(), "{args:?} failed on its own: {stderr}");
             return false;
         }
         if ready() || started.elapsed() > Duration::from_secs(120) {
@@ -25,7 +33,7 @@ pub(crate) fn kill_backup_when(work: &Workspace, db: &TestDb, repo: &str, ready:
             child.wait().unwrap();
             return true;
         }
-        std::thread::sleep(Duration::from_micros(500));
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

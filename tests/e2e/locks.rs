@@ -220,31 +220,31 @@ fn copy_appends_to_its_destination_so_it_waits_for_a_backup_there_and_reads_besi
     assert!(locks_in(Path::new(&repo)).is_empty() && locks_in(Path::new(&copy)).is_empty());
 }
 
+/// Starts `crmvault ARGS`; once its lock `lock` exists, another command takes it over (as a
+/// prune would take over a lock whose holder stalled past its lease), long before the first
+/// refresh. The command must then stop, exit 1, and say so.
+fn taken_over_while_it_runs(work: &Workspace, args: &[&str], lock: &Path) {
+    let child =
+        work.command().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("crmvault starts");
+    let started = Instant::now();
+    while !lock.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{args:?} never locked");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::fs::write(lock, planted_lock("exclusive", &now())).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was taken over while it ran"), "{stderr}");
+}
+
 #[test]
 fn a_backup_whose_lock_was_taken_over_while_it_ran_commits_no_snapshot() {
     let Ready { source, work, repo, .. } = Scenario::new("lock_lost").crm().filler().init("repo").backup();
     let snapshots = || std::fs::read_dir(Path::new(&repo).join("snapshots")).unwrap().count();
     let before = snapshots();
     let lock = Path::new(&repo).join("locks/writer");
-    let backup = work
-        .command()
-        .args(["backup", "--db", &source.url(), "--repo", &repo])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("crmvault starts");
-    let started = Instant::now();
-    while !lock.exists() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the backup never locked");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // Another command takes the lock over (as a prune would take over a lock whose holder
-    // stalled past its lease), long before this backup's first refresh.
-    std::fs::write(&lock, planted_lock("exclusive", &now())).unwrap();
-    let output = backup.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("was taken over while it ran"), "{stderr}");
+    taken_over_while_it_runs(&work, &["backup", "--db", &source.url(), "--repo", &repo], &lock);
     assert_eq!(snapshots(), before, "a snapshot was committed under another's lock");
     // The new holder's lock is left to it.
     assert!(std::fs::read_to_string(&lock).unwrap().contains("00112233445566aa"));
@@ -277,23 +277,7 @@ fn a_copy_whose_destination_lock_was_taken_over_commits_no_snapshot_there() {
     let copy = work.path("copy").to_str().unwrap().to_string();
     work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
     let lock = Path::new(&copy).join("locks/writer");
-    let child = work
-        .command()
-        .args(["copy", "--from", &repo, "--to", &copy])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("crmvault starts");
-    let started = Instant::now();
-    while !lock.exists() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the copy never locked its destination");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::fs::write(&lock, planted_lock("exclusive", &now())).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("was taken over while it ran"), "{stderr}");
+    taken_over_while_it_runs(&work, &["copy", "--from", &repo, "--to", &copy], &lock);
     let snapshots = Path::new(&copy).join("snapshots");
     assert!(!snapshots.exists() || std::fs::read_dir(&snapshots).unwrap().count() == 0);
 }

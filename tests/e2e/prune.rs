@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::crash::kill_backup_when;
+use crate::crash::{kill_backup_when, kill_when};
 use crate::locks::{holding, silent_database};
 
 /// About 1.4 MB of text in a table of its own: enough for its own dictionary and packs, so
@@ -439,33 +439,6 @@ mod s3 {
         let key = work.admin_key();
         run_s3(&work, &server, &["restore", "--repo", &repo, "--identity", &key, "--db", &restored.url()]).ok();
         assert_same_database(&source, &restored);
-    }
-}
-
-/// Starts `crmvault ARGS` and SIGKILLs it once `ready` says so; true if it was killed, false if
-/// it finished first (successfully).
-fn kill_when(work: &Workspace, args: &[&str], ready: impl Fn() -> bool) -> bool {
-    let mut child = work
-        .command()
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("crmvault starts");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-            assert!(status.success(), "{args:?} failed on its own: {stderr}");
-            return false;
-        }
-        if ready() || started.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            return true;
-        }
-        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

@@ -43,10 +43,15 @@ pub struct FaultCount {
     pub enabled: AtomicBool,
 }
 
+/// A bucket name no other test of this process uses.
+fn new_bucket() -> String {
+    format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst))
+}
+
 impl S3Server {
     /// Starts a server (or uses the external one) with a new bucket.
     pub fn start() -> S3Server {
-        let bucket = format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
+        let bucket = new_bucket();
         if let Ok(endpoint) = std::env::var("CRMVAULT_TEST_S3_ENDPOINT") {
             create_bucket(&endpoint, &bucket);
             return S3Server {
@@ -58,10 +63,15 @@ impl S3Server {
                 deletes_refused: Arc::default(),
             };
         }
+        S3Server::serve_bucket(bucket, None)
+    }
+
+    /// A server in this process, with `bucket`, injecting `faults` if any.
+    fn serve_bucket(bucket: String, faults: Option<(Faults, Arc<FaultCount>)>) -> S3Server {
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
         let deletes_refused = Arc::new(AtomicBool::new(false));
-        let (runtime, addr) = serve(root.path(), "127.0.0.1:0".parse().unwrap(), &deletes_refused);
+        let (runtime, addr) = serve_with(root.path(), "127.0.0.1:0".parse().unwrap(), &deletes_refused, faults);
         S3Server {
             endpoint: format!("http://{addr}"),
             bucket,
@@ -78,20 +88,7 @@ impl S3Server {
         if std::env::var("CRMVAULT_TEST_S3_ENDPOINT").is_ok() {
             return None;
         }
-        let bucket = format!("crmvault-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
-        let root = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir_all(root.path().join(&bucket)).expect("bucket dir");
-        let deletes_refused = Arc::new(AtomicBool::new(false));
-        let (runtime, addr) =
-            serve_with(root.path(), "127.0.0.1:0".parse().unwrap(), &deletes_refused, Some((faults, count)));
-        Some(S3Server {
-            endpoint: format!("http://{addr}"),
-            bucket,
-            root: Some(root),
-            addr: Some(addr),
-            runtime: Some(runtime),
-            deletes_refused,
-        })
+        Some(S3Server::serve_bucket(new_bucket(), Some((faults, count))))
     }
 
     /// True when the server runs in this process (so it can be stopped and restarted).
