@@ -87,7 +87,7 @@ pub async fn run<Tz: TimeZone>(
                 } else {
                     crate::prune::PruneOptions::new(crate::prune::PruneMode::Delete)
                 };
-                pruned.push(crate::prune::run(repository, &prune_options, locks, progress).await?);
+                pruned.push(crate::prune::run(repository, &prune_options, (Some(keyring), locks), progress).await?);
             }
             Ok::<(), Error>(())
         }

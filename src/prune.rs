@@ -221,14 +221,14 @@ pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
 pub async fn run(
     repository: &Repository,
     options: &PruneOptions,
-    locks: &crate::lock::Locks,
+    (keyring, locks): (Option<&crate::repo::Keyring>, &crate::lock::Locks),
     progress: &dyn Progress,
 ) -> Result<PruneReport> {
     if options.mode == PruneMode::Delete && !options.as_if_gone.is_empty() {
         return Err(Error::Internal("prune may count snapshots as gone only in a dry run".into()));
     }
     let planned_with = repository.snapshot_ids().await?;
-    let headers = read_headers(repository, &planned_with, &options.as_if_gone, progress).await?;
+    let headers = read_headers(repository, &planned_with, &options.as_if_gone, keyring, progress).await?;
     let stored = list_stored(repository).await?;
     let plan = plan(&headers, &stored);
     let mut report = PruneReport {
@@ -322,13 +322,23 @@ async fn read_headers(
     repository: &Repository,
     ids: &[SnapshotId],
     as_if_gone: &std::collections::BTreeSet<SnapshotId>,
+    keyring: Option<&crate::repo::Keyring>,
     progress: &dyn Progress,
 ) -> Result<Vec<SnapshotHeader>> {
     let ids: Vec<&SnapshotId> = ids.iter().filter(|id| !as_if_gone.contains(*id)).collect();
     progress.phase("reading snapshot headers", Unit::Snapshots, Some(ids.len() as u64));
     futures::stream::iter(ids)
         .map(|id| async move {
-            let header = repository.read_snapshot_header(id).await.map_err(|error| unreadable(repository, id, error));
+            let header = match keyring {
+                // With a key, a header is believed only once its snapshot proves itself: one
+                // rewritten in storage to list nothing would have prune delete what it needs.
+                Some(keyring) => repository
+                    .read_snapshot(id)
+                    .await
+                    .and_then(|sealed| repository.prove_snapshot(&sealed, keyring).map(|()| sealed.header)),
+                None => repository.read_snapshot_header(id).await,
+            };
+            let header = header.map_err(|error| unreadable(repository, id, error));
             progress.advance(1);
             header
         })

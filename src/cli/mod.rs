@@ -1028,7 +1028,10 @@ async fn prune_each(
             trust::check(std::slice::from_mut(repository), role, fingerprint, &config_dir()?).await?;
             let locks = crmvault::lock::lock_all(std::slice::from_ref(repository), lock_mode, lock_options).await?;
             let progress = output::Bar::start(silent);
-            let result = prune::run(repository, options, &locks, progress.as_ref()).await;
+            // The writer key, where this machine has it, proves each snapshot before its header
+            // is believed.
+            let keyring = keyring(repository, None).await?;
+            let result = prune::run(repository, options, (keyring.as_ref(), &locks), progress.as_ref()).await;
             progress.finish();
             lock::release(locks).await;
             anyhow::Ok(result?)

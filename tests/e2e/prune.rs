@@ -582,3 +582,35 @@ fn a_prune_that_stalls_past_its_lease_never_deletes_what_the_backup_after_it_nee
     work.restore(&repo, &restored).ok();
     assert_same_database(&source, &restored);
 }
+
+/// Rewrites a snapshot object's header as a storage writer can: `change` edits the header's
+/// JSON, and the line after it (the header's BLAKE3, which needs no key) is made to match.
+fn rewrite_header(path: &Path, change: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut lines: Vec<&[u8]> = bytes.splitn(5, |&b| b == b'\n').collect();
+    let mut header: serde_json::Value = serde_json::from_slice(lines[1]).unwrap();
+    change(&mut header);
+    let header_line = serde_json::to_vec(&header).unwrap();
+    let hash_line = blake3::hash(&header_line).to_hex().to_string();
+    lines[1] = &header_line;
+    lines[2] = hash_line.as_bytes();
+    std::fs::write(path, lines.join(&b'\n')).unwrap();
+}
+
+#[test]
+fn headers_rewritten_in_storage_to_list_nothing_do_not_make_the_backup_host_prune_everything() {
+    let Ready { work, repo, .. } = Scenario::new("prune_forged_headers").crm().init("repo").backup();
+    let before = stored(&repo);
+    assert!(count_in(&before, "data") > 0);
+    for file in snapshot_files(&repo) {
+        rewrite_header(&file, |header| {
+            header["packs"] = serde_json::json!([]);
+            header["indexes"] = serde_json::json!([]);
+            header["dictionaries"] = serde_json::json!([]);
+        });
+    }
+    // The backup host holds the writer key: the snapshot's MAC no longer matches its header, so
+    // prune refuses that target and deletes nothing.
+    work.run(&["prune", "--repo", &repo]).fails_with(1, "MAC does not match");
+    assert_eq!(stored(&repo), before, "prune deleted what a forged header left out");
+}
