@@ -380,6 +380,166 @@ pub fn decrypt(identities: &[age::x25519::Identity], ciphertext: &[u8]) -> Resul
     Ok(plaintext)
 }
 
+/// Plaintext bytes in each authenticated piece of an age payload (its STREAM chunks).
+const PAYLOAD_CHUNK: u64 = 64 * 1024;
+/// Ciphertext bytes of a whole piece: the plaintext and its 16-byte tag.
+const PAYLOAD_PIECE: u64 = PAYLOAD_CHUNK + 16;
+
+/// Where the payload of an age ciphertext starts (after its header and nonce), told from its
+/// first bytes; `None` when `prefix` is too short to tell.
+pub fn payload_start(prefix: &[u8]) -> Result<Option<usize>, String> {
+    let mut cursor = std::io::Cursor::new(prefix);
+    // `Decryptor::new` reads exactly the header and the nonce, no further.
+    match age::Decryptor::new(&mut cursor) {
+        Ok(_) => Ok(usize::try_from(cursor.position()).ok()),
+        Err(age::DecryptError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The bytes of an age ciphertext of `len` bytes, whose payload starts at `payload_start`,
+/// that hold plaintext bytes `range`: the whole authenticated pieces around them.
+pub fn ciphertext_range(payload_start: u64, range: &std::ops::Range<u64>, len: u64) -> std::ops::Range<u64> {
+    let first = range.start / PAYLOAD_CHUNK;
+    let last = range.end.max(range.start + 1).div_ceil(PAYLOAD_CHUNK);
+    let at = |piece: u64| payload_start.saturating_add(piece.saturating_mul(PAYLOAD_PIECE)).min(len);
+    at(first)..at(last)
+}
+
+/// Part of an age ciphertext of `len` bytes: its first bytes (`head`, through the nonce at
+/// least) and the bytes at `body_offset`. Reading anywhere else fails.
+struct Window<'a> {
+    head: &'a [u8],
+    body_offset: u64,
+    body: &'a [u8],
+    len: u64,
+    position: u64,
+}
+
+impl<'a> Read for Window<'a> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let at = self.position;
+        let within = |bytes: &'a [u8], from: u64| usize::try_from(from).ok().and_then(|from| bytes.get(from..));
+        let from = if let Some(rest) = within(self.head, at).filter(|rest| !rest.is_empty()) {
+            rest
+        } else if let Some(rest) =
+            at.checked_sub(self.body_offset).and_then(|from| within(self.body, from)).filter(|rest| !rest.is_empty())
+        {
+            rest
+        } else if at >= self.len {
+            &[]
+        } else {
+            return Err(std::io::Error::other("a part of the ciphertext that was not fetched"));
+        };
+        let n = from.len().min(buf.len());
+        buf[..n].copy_from_slice(&from[..n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Window<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let position = match to {
+            std::io::SeekFrom::Start(at) => Some(at),
+            std::io::SeekFrom::End(delta) => self.len.checked_add_signed(delta),
+            std::io::SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+        };
+        self.position = position.ok_or_else(|| std::io::Error::other("seek before the start"))?;
+        Ok(self.position)
+    }
+}
+
+/// File keys unwrapped before, by the BLAKE3 of the stanza that held them: decrypting many parts
+/// of one pack exchanges keys (an X25519 for every stanza tried) once, not for every part. A
+/// stanza is the same bytes only in the same header, so a key found here is the key that stanza
+/// holds; age still checks the header's MAC with it.
+#[derive(Default)]
+pub struct FileKeys(std::sync::Mutex<std::collections::HashMap<[u8; 32], [u8; 16]>>);
+
+/// File keys remembered at most (16 bytes each, and the stanza's hash).
+const FILE_KEYS_KEPT: usize = 1 << 16;
+
+impl fmt::Debug for FileKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FileKeys(..)")
+    }
+}
+
+/// One of a keyring's identities, remembering the file keys it unwraps in a [`FileKeys`].
+struct Remembering<'a> {
+    identity: &'a age::x25519::Identity,
+    keys: &'a FileKeys,
+}
+
+impl age::Identity for Remembering<'_> {
+    fn unwrap_stanza(
+        &self,
+        stanza: &age_core::format::Stanza,
+    ) -> Option<std::result::Result<age_core::format::FileKey, age::DecryptError>> {
+        let mut hasher = blake3::Hasher::new();
+        for part in std::iter::once(stanza.tag.as_bytes())
+            .chain(stanza.args.iter().map(String::as_bytes))
+            .chain(std::iter::once(stanza.body.as_slice()))
+        {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        let name = *hasher.finalize().as_bytes();
+        let keys = self.keys.0.lock().expect("file key lock is never poisoned");
+        if let Some(key) = keys.get(&name) {
+            return Some(Ok(age_core::format::FileKey::new(Box::new(*key))));
+        }
+        drop(keys);
+        let unwrapped = age::Identity::unwrap_stanza(self.identity, stanza)?;
+        if let Ok(key) = &unwrapped {
+            let mut keys = self.keys.0.lock().expect("file key lock is never poisoned");
+            if keys.len() >= FILE_KEYS_KEPT {
+                keys.clear();
+            }
+            keys.insert(name, *key.expose_secret());
+        }
+        Some(unwrapped)
+    }
+}
+
+/// Decrypts plaintext bytes `range` of an age ciphertext of `len` bytes, from its first bytes
+/// (`head`, through the payload's nonce) and `body`, the ciphertext at
+/// [`ciphertext_range`]`(payload start, range, len)`. Each 64 KiB piece read is authenticated
+/// on its own (its place in the payload, and whether it is the last, included), so bytes that
+/// decrypt are the ones the writer put there.
+pub fn decrypt_range(
+    (identities, keys): (&[age::x25519::Identity], &FileKeys),
+    head: &[u8],
+    body_offset: u64,
+    body: &[u8],
+    len: u64,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<u8>, DecryptFailure> {
+    use std::io::Seek;
+    let damaged = |e: std::io::Error| DecryptFailure::Damaged(e.to_string());
+    let window = Window { head, body_offset, body, len, position: 0 };
+    let decryptor = age::Decryptor::new(window).map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
+    let remembering: Vec<Remembering> = identities.iter().map(|identity| Remembering { identity, keys }).collect();
+    let mut reader = decryptor.decrypt(remembering.iter().map(|i| i as &dyn age::Identity)).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => DecryptFailure::NoMatchingKey,
+        other => DecryptFailure::Damaged(other.to_string()),
+    })?;
+    if range.start > 0 && range.start.is_multiple_of(PAYLOAD_CHUNK) {
+        // age authenticates the payload's length when a seek lands on a piece's first byte,
+        // reading the last piece, which is not at hand: land one byte in and step back.
+        reader.seek(std::io::SeekFrom::Start(range.start + 1)).map_err(damaged)?;
+        reader.seek(std::io::SeekFrom::Current(-1)).map_err(damaged)?;
+    } else {
+        reader.seek(std::io::SeekFrom::Start(range.start)).map_err(damaged)?;
+    }
+    let length = usize::try_from(range.end.saturating_sub(range.start))
+        .map_err(|_| DecryptFailure::Damaged("a range larger than memory".into()))?;
+    let mut plaintext = vec![0; length];
+    reader.read_exact(&mut plaintext).map_err(damaged)?;
+    Ok(plaintext)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +570,54 @@ mod tests {
         let last = ciphertext.len() - 3;
         ciphertext[last] ^= 1;
         assert!(matches!(decrypt(&[owner], &ciphertext), Err(DecryptFailure::Damaged(_))));
+    }
+
+    #[test]
+    #[allow(clippy::cast_possible_truncation)] // offsets of a 300 KB test ciphertext
+    fn a_range_decrypts_alone_and_a_flipped_byte_in_it_is_refused() {
+        let owner = generate_identity();
+        let plaintext: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let ciphertext = encrypt(&[owner.to_public()], &plaintext);
+        let len = ciphertext.len() as u64;
+        let start = payload_start(&ciphertext[..4096]).unwrap().unwrap();
+        assert_eq!(payload_start(&ciphertext[..20]).unwrap(), None);
+        let head = &ciphertext[..start];
+        let start = start as u64;
+        let keys = FileKeys::default();
+        let identities = (std::slice::from_ref(&owner), &keys);
+        for range in [0..10, 65_530..65_540, 131_072..200_000, 299_990..300_000, 0..300_000, 65_536..65_537] {
+            let fetched = ciphertext_range(start, &range, len);
+            let body = &ciphertext[fetched.start as usize..fetched.end as usize];
+            let got = decrypt_range(identities, head, fetched.start, body, len, range.clone()).unwrap();
+            assert_eq!(got, plaintext[range.start as usize..range.end as usize], "{range:?}");
+            // Fewer bytes than the range needs: refused, never made up.
+            let short = &body[..body.len() - 1];
+            assert!(decrypt_range(identities, head, fetched.start, short, len, range.clone()).is_err());
+        }
+        // Past the end of the plaintext: refused.
+        let fetched = ciphertext_range(start, &(299_990..300_010), len);
+        let body = &ciphertext[fetched.start as usize..];
+        assert!(decrypt_range(identities, head, fetched.start, body, len, 299_990..300_010).is_err());
+        // A flipped byte in the piece read, and a stranger's key.
+        let range = 131_072..140_000;
+        let fetched = ciphertext_range(start, &range, len);
+        let mut body = ciphertext[fetched.start as usize..fetched.end as usize].to_vec();
+        body[100] ^= 1;
+        let failure = decrypt_range(identities, head, fetched.start, &body, len, range.clone());
+        assert!(matches!(failure, Err(DecryptFailure::Damaged(_))));
+        let body = &ciphertext[fetched.start as usize..fetched.end as usize];
+        let stranger = generate_identity();
+        let failure = decrypt_range((&[stranger], &FileKeys::default()), head, fetched.start, body, len, range.clone());
+        assert!(matches!(failure, Err(DecryptFailure::NoMatchingKey)));
+        // The file key was unwrapped once and is remembered for the pack's next parts (a
+        // stranger's keyring never holds it: each keyring has its own).
+        assert_eq!(keys.0.lock().unwrap().len(), 1);
+        let remembered = decrypt_range((&[generate_identity()], &keys), head, fetched.start, body, len, range.clone());
+        assert_eq!(remembered.unwrap(), plaintext[range.start as usize..range.end as usize]);
+        // A piece moved to another place in the payload does not decrypt there.
+        let other = ciphertext_range(start, &(0..10), len);
+        let moved = &ciphertext[other.start as usize..other.end as usize];
+        assert!(decrypt_range(identities, head, fetched.start, moved, len, range).is_err());
     }
 
     #[test]

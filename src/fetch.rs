@@ -1,9 +1,13 @@
-//! Reading chunks back: fetch a pack once, decrypt it (proving it intact), hand out proven chunks.
+//! Reading chunks back: fetch the frames a read needs, decrypt them (proving them intact), hand
+//! out proven chunks.
 //!
 //! A reader has one or more sources (targets with their indexes), tried in order: a chunk
 //! whose pack is missing or damaged on one target is read from the next, and the reader counts
-//! which target served what. A small cache keeps the last few decrypted packs, because a
-//! table's chunks usually sit side by side; concurrent requests for one pack share a download.
+//! which target served what. It reads a pack's frames, not the whole pack: age authenticates
+//! every 64 KiB of a payload on its own, so the pieces around a run's frames can be fetched and
+//! decrypted alone (a year-old repository's newest snapshot has its chunks spread over thousands
+//! of packs it shares with older snapshots). A small cache keeps the last few pieces, and
+//! concurrent requests for one piece share a download; each pack's header is kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -29,17 +33,44 @@ pub const RUN: usize = 32;
 /// Chunks whose frame is at most this many bytes compressed are decoded on the async task.
 const INLINE_DECODE_BYTES: u32 = 4096;
 
-/// A pack's decryption, started once and awaited by every reader of the pack. It runs as a
-/// task of its own: a reader's future that started it may be parked (a stream read ahead that
-/// nobody polls) while another reader waits for the pack, which with a cell the first reader
-/// had to fill deadlocked a restore of a repository a year old (chunk lists spread over
-/// thousands of packs, read through nested read-ahead streams).
-type PackCell =
-    futures::future::Shared<futures::future::BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, Arc<Error>>>>;
-/// (source number, pack id): a decrypted pack of one target.
+/// Decrypted bytes of a pack: the frames a read needed (or all of it), from `start` on.
+pub struct Piece {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Piece {
+    fn bytes(&self) -> repo::PackBytes<'_> {
+        repo::PackBytes::part(self.start, &self.bytes)
+    }
+}
+
+/// A piece's decryption, started once and awaited by every reader of it. It runs as a task of
+/// its own: a reader's future that started it may be parked (a stream read ahead that nobody
+/// polls) while another reader waits for the piece, which with a cell the first reader had to
+/// fill deadlocked a restore of a repository a year old (chunk lists spread over thousands of
+/// packs, read through nested read-ahead streams).
+type PieceCell =
+    futures::future::Shared<futures::future::BoxFuture<'static, std::result::Result<Arc<Piece>, Arc<Error>>>>;
+/// (source number, pack id): a pack of one target.
 type PackKey = (usize, repo::ObjectId);
-/// Cached packs and their insertion order, for eviction.
-type PackCache = (HashMap<PackKey, PackCell>, VecDeque<PackKey>);
+/// A pack's plaintext range a cached piece holds (`WHOLE` for all of it), with its pack.
+type PieceKey = (PackKey, Range<u64>);
+/// The range of a piece that is a whole pack.
+const WHOLE: Range<u64> = 0..u64::MAX;
+/// Packs' first bytes, through the payload nonce: what decrypting a part needs besides the part.
+type Heads = Arc<Mutex<HashMap<PackKey, Arc<Vec<u8>>>>>;
+
+/// A pack at most this large is fetched whole the first time a reader needs any of it (one
+/// request where fetching its header apart would take two); later reads of it fetch the frames.
+const SMALL_PACK: u64 = 512 * 1024;
+/// Bytes fetched to find where a larger pack's payload starts (its age header takes about 200
+/// bytes a recipient); more if that is not enough.
+const HEAD_PROBE: u64 = 4096;
+/// The longest header believed (age caps nothing; a pack's header names the admins).
+const HEAD_MAX: u64 = 1 << 20;
+/// Pack headers kept at most (a few hundred bytes each).
+const HEADS_KEPT: usize = 1 << 14;
 
 /// A zstd frame of a pack of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +131,10 @@ pub struct ReadStats {
 pub struct ChunkReader {
     sources: Vec<Source>,
     keyring: Keyring,
-    cache: Mutex<PackCache>,
+    /// Pieces, oldest first.
+    cache: Mutex<VecDeque<(PieceKey, PieceCell)>>,
     capacity: usize,
+    heads: Heads,
     fallbacks: Mutex<Vec<String>>,
     dictionaries: Mutex<HashMap<PackKey, DictionaryCell>>,
 }
@@ -112,17 +145,19 @@ type DictionaryCell = futures::future::Shared<
 
 impl ChunkReader {
     /// A reader over one target.
-    pub fn new(target: Target, keyring: Keyring, index: Arc<ChunkIndex>, cached_packs: usize) -> Self {
-        ChunkReader::with_sources(vec![Source::new(target, index)], keyring, cached_packs)
+    pub fn new(target: Target, keyring: Keyring, index: Arc<ChunkIndex>, cached_pieces: usize) -> Self {
+        ChunkReader::with_sources(vec![Source::new(target, index)], keyring, cached_pieces)
     }
 
-    /// A reader trying `sources` in order, keeping up to `cached_packs` decrypted packs in memory.
-    pub fn with_sources(sources: Vec<Source>, keyring: Keyring, cached_packs: usize) -> Self {
+    /// A reader trying `sources` in order, keeping up to `cached_pieces` decrypted pieces of
+    /// packs in memory (each a few frames, or a whole pack that [`ChunkReader::hold_pack`] got).
+    pub fn with_sources(sources: Vec<Source>, keyring: Keyring, cached_pieces: usize) -> Self {
         ChunkReader {
             sources,
             keyring,
-            cache: Mutex::new((HashMap::new(), VecDeque::new())),
-            capacity: cached_packs.max(2),
+            cache: Mutex::default(),
+            capacity: cached_pieces.max(2),
+            heads: Heads::default(),
             fallbacks: Mutex::default(),
             dictionaries: Mutex::default(),
         }
@@ -225,16 +260,27 @@ impl ChunkReader {
     }
 
     async fn try_read_run(&self, found: &[Option<Found>]) -> Option<Vec<u8>> {
+        let found: Vec<Found> = found.iter().copied().collect::<Option<_>>()?;
         let mut work = Vec::with_capacity(found.len());
-        for &found in found {
-            let Found { source: number, pack, location } = found?;
-            let entry = self.sources[number].index.pack(pack);
+        let mut rest = &found[..];
+        while let Some(first) = rest.first() {
+            // The run's chunks in this pack of this source, read as one piece.
+            let together = rest.iter().take_while(|f| (f.source, f.pack) == (first.source, first.pack)).count();
+            let (same, after) = rest.split_at(together);
+            rest = after;
+            let span = same.iter().map(|f| f.location.offset()).min().unwrap_or(0)
+                ..same.iter().map(|f| f.location.offset() + u64::from(f.location.length())).max().unwrap_or(0);
+            let number = first.source;
+            let entry = self.sources[number].index.pack(first.pack);
             let dictionary = match entry.dictionary.as_ref() {
                 Some(reference) => Some(self.dictionary(number, reference).await.ok()?),
                 None => None,
             };
-            let plaintext = self.pack(number, &entry.pack).await.ok()?;
-            work.push((number, plaintext, location, repo::pack_key(&entry.pack.id), (dictionary, entry.packed)));
+            let piece = self.piece(number, &entry.pack, span).await.ok()?;
+            for f in same {
+                let coding = (dictionary.clone(), entry.packed);
+                work.push((number, piece.clone(), f.location, repo::pack_key(&entry.pack.id), coding));
+            }
         }
         let key = self.keyring.chunk_id_key();
         let total: usize = work.iter().map(|(_, _, location, ..)| location.raw_length() as usize).sum();
@@ -243,11 +289,11 @@ impl ChunkReader {
             // Consecutive chunks of one pack of one source go together, so that whole frames
             // decompress straight into `out` (repo::open_chunks_onto).
             let mut rest = &work[..];
-            while let Some((number, plaintext, _, pack_key, (dictionary, packed))) = rest.first() {
+            while let Some((number, piece, _, pack_key, (dictionary, packed))) = rest.first() {
                 let together = rest.iter().take_while(|(n, _, _, k, _)| n == number && k == pack_key).count();
                 let locations: Vec<_> = rest[..together].iter().map(|(_, _, location, ..)| *location).collect();
                 let coding = FrameCoding { dictionary: dictionary.as_deref(), packed: *packed };
-                repo::open_chunks_onto(&key, plaintext, &locations, pack_key, coding, &mut out).ok()?;
+                repo::open_chunks_onto(&key, piece.bytes(), &locations, pack_key, coding, &mut out).ok()?;
                 rest = &rest[together..];
             }
             Some((out, work.into_iter().map(|(number, ..)| number).collect::<Vec<_>>()))
@@ -307,7 +353,8 @@ impl ChunkReader {
             Some(reference) => Some(self.dictionary(source, reference).await?),
             None => None,
         };
-        let plaintext = self.pack(source, pack).await?;
+        let frame = location.offset()..location.offset() + u64::from(location.length());
+        let piece = self.piece(source, pack, frame).await?;
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
         if location.length() <= INLINE_DECODE_BYTES && location.start() == 0 {
@@ -316,11 +363,11 @@ impl ChunkReader {
             // blocking threads (each keeping its own zstd context), a large part of a
             // restore's peak memory.
             let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
-            return repo::open_chunk(&key, &plaintext, &location, &pack_key, coding);
+            return repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding);
         }
         tokio::task::spawn_blocking(move || {
             let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
-            repo::open_chunk(&key, &plaintext, &location, &pack_key, coding)
+            repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding)
         })
         .await
         .expect("chunk decoding does not panic")
@@ -373,47 +420,58 @@ impl ChunkReader {
         }
     }
 
-    /// The decrypted plaintext of a pack on one source (cached).
-    async fn pack(&self, source: usize, pack: &ObjectRef) -> Result<Arc<Vec<u8>>> {
-        let cell = self.pack_cell(source, pack, None);
+    /// The decrypted bytes `span` of a pack on one source, in a piece that may hold more
+    /// (cached).
+    async fn piece(&self, source: usize, pack: &ObjectRef, span: Range<u64>) -> Result<Arc<Piece>> {
+        let cell = self.piece_cell(source, pack, span, None);
         match cell.clone().await {
-            Ok(plaintext) => Ok(plaintext),
+            Ok(piece) => Ok(piece),
             Err(error) => {
                 // Not kept: the next reader tries again.
-                let mut guard = self.cache.lock().expect("cache lock is never poisoned");
-                let key = (source, pack.id.clone());
-                if guard.0.get(&key).is_some_and(|cached| cached.ptr_eq(&cell)) {
-                    guard.0.remove(&key);
-                    guard.1.retain(|k| *k != key);
-                }
+                let mut cache = self.cache.lock().expect("cache lock is never poisoned");
+                cache.retain(|(_, cached)| !cached.ptr_eq(&cell));
                 Err(error.duplicate())
             }
         }
     }
 
-    /// The cache's place for a pack of a source, the newest in the cache: its decryption,
-    /// started here if it was not (from `ciphertext` when the caller has it already).
-    fn pack_cell(&self, source: usize, pack: &ObjectRef, ciphertext: Option<bytes::Bytes>) -> PackCell {
-        let mut guard = self.cache.lock().expect("cache lock is never poisoned");
-        let (map, order) = &mut *guard;
-        let key = (source, pack.id.clone());
-        if let Some(cell) = map.get(&key) {
+    /// The cache's place for the piece of a pack of a source that holds `span`: one that does
+    /// already, or a new one, started here, of those bytes (of all of `ciphertext` when the
+    /// caller has it already).
+    fn piece_cell(
+        &self,
+        source: usize,
+        pack: &ObjectRef,
+        span: Range<u64>,
+        ciphertext: Option<bytes::Bytes>,
+    ) -> PieceCell {
+        let mut cache = self.cache.lock().expect("cache lock is never poisoned");
+        let pack_key = (source, pack.id.clone());
+        let holds = |((key, range), _): &&(PieceKey, PieceCell)| {
+            *key == pack_key && range.start <= span.start && span.end <= range.end
+        };
+        if let Some((_, cell)) = cache.iter().rev().find(holds) {
             return cell.clone();
         }
         let (target, keyring, reference) = (self.sources[source].target.clone(), self.keyring.clone(), pack.clone());
-        let task =
-            tokio::spawn(async move { load_pack(&target, &keyring, &reference, ciphertext).await.map_err(Arc::new) });
-        let cell: PackCell = async move {
+        let (heads, range) = (self.heads.clone(), if ciphertext.is_some() { WHOLE } else { span.clone() });
+        let task = tokio::spawn(async move {
+            let load = async {
+                match ciphertext {
+                    Some(ciphertext) => load_pack(&keyring, &reference, ciphertext).await,
+                    None => load_piece(&target, &keyring, (&heads, source), &reference, span).await,
+                }
+            };
+            load.await.map(Arc::new).map_err(Arc::new)
+        });
+        let cell: PieceCell = async move {
             task.await.unwrap_or_else(|error| Err(Arc::new(Error::Internal(format!("pack load task: {error}")))))
         }
         .boxed()
         .shared();
-        map.insert(key.clone(), cell.clone());
-        order.push_back(key);
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
+        cache.push_back(((pack_key, range), cell.clone()));
+        while cache.len() > self.capacity {
+            cache.pop_front();
         }
         cell
     }
@@ -423,32 +481,19 @@ impl ChunkReader {
     /// each pack's hash and then its chunks).
     pub async fn hold_pack(&self, pack: &ObjectRef, ciphertext: bytes::Bytes) -> Result<()> {
         // Already there (read by someone else meanwhile): the same plaintext.
-        self.pack_cell(0, pack, Some(ciphertext)).await.map(drop).map_err(|error| error.duplicate())
+        self.piece_cell(0, pack, WHOLE, Some(ciphertext)).await.map(drop).map_err(|error| error.duplicate())
     }
 }
 
-/// Downloads (unless given) and decrypts a pack.
-async fn load_pack(
-    target: &Target,
-    keyring: &Keyring,
-    pack: &ObjectRef,
-    ciphertext: Option<bytes::Bytes>,
-) -> Result<Arc<Vec<u8>>> {
+/// Decrypts a whole pack the caller has downloaded.
+async fn load_pack(keyring: &Keyring, pack: &ObjectRef, ciphertext: bytes::Bytes) -> Result<Piece> {
     let key = repo::pack_key(&pack.id);
-    let ciphertext = match ciphertext {
-        Some(ciphertext) => ciphertext,
-        None => target.get(&key).await?,
-    };
     if ciphertext.len() as u64 != pack.size {
         return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), pack.size)));
     }
     let keyring = keyring.clone();
     tokio::task::spawn_blocking(move || match keyring.decrypt(&key, &ciphertext) {
-        // age authenticates the header and every 64 KiB of the payload, and the size is checked
-        // above: a pack that decrypts is intact, and each chunk is proven by its id anyway.
-        // Hashing all of it again (~290 MB at scale 1) would only tell a damaged pack from a
-        // wrong key when decryption fails.
-        Ok(plaintext) => Ok(Arc::new(plaintext)),
+        Ok(bytes) => Ok(Piece { start: 0, bytes }),
         Err(error) => {
             repo::check_object_name(&key, &ciphertext)?;
             Err(error)
@@ -458,6 +503,73 @@ async fn load_pack(
     .expect("pack decryption does not panic")
 }
 
+/// Fetches and decrypts the bytes `span` of a pack's plaintext: the whole pack the first time
+/// a small one is read (keeping its header), else its header (once) and the 64 KiB pieces of
+/// ciphertext around `span`. age authenticates each piece with its place in the payload, and
+/// each chunk is proven by its keyed id anyway: bytes that decrypt are the ones written.
+async fn load_piece(
+    target: &Target,
+    keyring: &Keyring,
+    (heads, source): (&Heads, usize),
+    pack: &ObjectRef,
+    span: Range<u64>,
+) -> Result<Piece> {
+    let key = repo::pack_key(&pack.id);
+    let known = heads.lock().expect("head lock is never poisoned").get(&(source, pack.id.clone())).cloned();
+    let (head, body_offset, body) = match known {
+        Some(head) => {
+            let range = crate::crypto::ciphertext_range(head.len() as u64, &span, pack.size);
+            let body = target.get_range(&key, range.clone()).await?;
+            (head, range.start, body)
+        }
+        None if pack.size <= SMALL_PACK => {
+            let all = target.get(&key).await?;
+            if all.len() as u64 != pack.size {
+                return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", all.len(), pack.size)));
+            }
+            let start = payload_start(&key, &all)?.ok_or_else(|| Error::corrupt(&key, "its header does not end"))?;
+            let head = Arc::new(all[..start].to_vec());
+            remember_head(heads, source, pack, head.clone());
+            (head, 0, all)
+        }
+        None => {
+            let mut probe = HEAD_PROBE;
+            let head = loop {
+                let prefix = target.get_range(&key, 0..probe.min(pack.size)).await?;
+                match payload_start(&key, &prefix)? {
+                    Some(start) => break Arc::new(prefix[..start].to_vec()),
+                    None if probe < pack.size && probe < HEAD_MAX => probe *= 16,
+                    None => return Err(Error::corrupt(&key, "its header does not end")),
+                }
+            };
+            remember_head(heads, source, pack, head.clone());
+            let range = crate::crypto::ciphertext_range(head.len() as u64, &span, pack.size);
+            let body = target.get_range(&key, range.clone()).await?;
+            (head, range.start, body)
+        }
+    };
+    let (keyring, len) = (keyring.clone(), pack.size);
+    tokio::task::spawn_blocking(move || {
+        let bytes = keyring.decrypt_range(&key, (&head, body_offset, &body), len, span.clone())?;
+        Ok(Piece { start: span.start, bytes })
+    })
+    .await
+    .expect("pack decryption does not panic")
+}
+
+/// Where a pack's payload starts, from its first bytes (`None`: they do not tell yet).
+fn payload_start(key: &str, prefix: &[u8]) -> Result<Option<usize>> {
+    crate::crypto::payload_start(prefix).map_err(|detail| Error::corrupt(key, detail))
+}
+
+/// Keeps a pack's header for its next reads (forgetting them all when there are many).
+fn remember_head(heads: &Heads, source: usize, pack: &ObjectRef, head: Arc<Vec<u8>>) {
+    let mut heads = heads.lock().expect("head lock is never poisoned");
+    if heads.len() >= HEADS_KEPT {
+        heads.clear();
+    }
+    heads.insert((source, pack.id.clone()), head);
+}
 /// List chunks read ahead while a stream's ids are expanded.
 const LISTS_AHEAD: usize = 16;
 

@@ -63,6 +63,8 @@ pub struct Keyring {
     carried: HashSet<String>,
     /// True when the identity is an admin's (can read data).
     admin: bool,
+    /// Packs' file keys, for reading parts of them (shared by the keyring's clones).
+    file_keys: std::sync::Arc<crypto::FileKeys>,
 }
 
 /// An admin's keyring: reads data and signs the next generation of keys. Only
@@ -108,6 +110,7 @@ impl Keyring {
             past: HashMap::new(),
             carried: HashSet::new(),
             admin: false,
+            file_keys: std::sync::Arc::default(),
         }
     }
 
@@ -182,11 +185,29 @@ impl Keyring {
 
     /// Decrypts an object with this keyring's identities.
     pub fn decrypt(&self, object: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
-        crypto::decrypt(&self.identities, ciphertext).map_err(|failure| match failure {
+        crypto::decrypt(&self.identities, ciphertext).map_err(|failure| self.decrypt_error(object, failure))
+    }
+
+    /// Plaintext bytes `range` of `object`, an age ciphertext of `len` bytes, from its first
+    /// bytes (`head`, through the payload nonce) and `body`, the bytes at `body_offset` that
+    /// [`crypto::ciphertext_range`] says hold them (a few frames of a pack, not all of it).
+    pub fn decrypt_range(
+        &self,
+        object: &str,
+        (head, body_offset, body): (&[u8], u64, &[u8]),
+        len: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>> {
+        crypto::decrypt_range((&self.identities, &self.file_keys), head, body_offset, body, len, range)
+            .map_err(|failure| self.decrypt_error(object, failure))
+    }
+
+    fn decrypt_error(&self, object: &str, failure: DecryptFailure) -> Error {
+        match failure {
             DecryptFailure::NoMatchingKey if self.admin => Error::WrongIdentity { path: self.identity_path.clone() },
             DecryptFailure::NoMatchingKey => Error::AdminOnly { what: format!("reading {object} (data)") },
             DecryptFailure::Damaged(detail) => Error::corrupt(object, detail),
-        })
+        }
     }
 }
 
@@ -407,6 +428,7 @@ impl Repository {
             past,
             carried: self.config.carried.iter().cloned().collect(),
             admin: is_admin,
+            file_keys: std::sync::Arc::default(),
         })
     }
 

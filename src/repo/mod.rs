@@ -305,26 +305,34 @@ mod tests {
         assert_eq!(locations[2].offset(), locations[1].offset(), "two chunks of one frame");
         assert_eq!(locations[2].start(), chunks[0].1);
         assert_eq!(
-            open_chunk(&key, &plaintext, &locations[0], "p", FrameCoding::default()).unwrap(),
+            open_chunk(&key, PackBytes::whole(&plaintext), &locations[0], "p", FrameCoding::default()).unwrap(),
             b"a chunk alone\n"
         );
         // Backwards, across frames, and the same frame again: each chunk is proven on its own.
         for at in [5, 2, 4, 1, 3, 2] {
-            let opened = open_chunk(&key, &plaintext, &locations[at], "p", FrameCoding::default()).unwrap();
+            let opened =
+                open_chunk(&key, PackBytes::whole(&plaintext), &locations[at], "p", FrameCoding::default()).unwrap();
             assert_eq!(opened, rows[at - 1], "chunk {at}");
         }
         let shifted =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1);
-        let error = open_chunk(&key, &plaintext, &shifted, "p", FrameCoding::default()).unwrap_err().to_string();
+        let error = open_chunk(&key, PackBytes::whole(&plaintext), &shifted, "p", FrameCoding::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("fails its keyed hash"), "{error}");
         let beyond =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1 << 20);
-        let error = open_chunk(&key, &plaintext, &beyond, "p", FrameCoding::default()).unwrap_err().to_string();
+        let error = open_chunk(&key, PackBytes::whole(&plaintext), &beyond, "p", FrameCoding::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("lies outside its frame"), "{error}");
         // A format-3 style entry (no start) for the first chunk of a frame of three: the
         // frame's header, not the entry, says how much to decompress.
         let first = ChunkLocation::new(chunks[0].0, locations[1].offset(), locations[1].length(), chunks[0].1);
-        assert_eq!(open_chunk(&key, &plaintext, &first, "p", FrameCoding::default()).unwrap(), rows[0]);
+        assert_eq!(
+            open_chunk(&key, PackBytes::whole(&plaintext), &first, "p", FrameCoding::default()).unwrap(),
+            rows[0]
+        );
     }
 
     #[test]
@@ -335,7 +343,8 @@ mod tests {
         let (locations, plaintext, _) = pack_of_frames(&key, &[&rows[..3], &rows[3..4], &rows[4..]]);
         let open = |locations: &[ChunkLocation]| {
             let mut out = b"kept".to_vec();
-            let result = open_chunks_onto(&key, &plaintext, locations, "p", FrameCoding::default(), &mut out);
+            let result =
+                open_chunks_onto(&key, PackBytes::whole(&plaintext), locations, "p", FrameCoding::default(), &mut out);
             (result, out)
         };
         // Whole frames, a chunk alone, and frames entered in the middle or left early.

@@ -87,10 +87,35 @@ impl PackWriter {
     }
 }
 
+/// Decrypted bytes of a pack: all of it, or the part a read needed (from `start` on).
+#[derive(Debug, Clone, Copy)]
+pub struct PackBytes<'a> {
+    start: u64,
+    bytes: &'a [u8],
+}
+
+impl<'a> PackBytes<'a> {
+    /// A whole pack's plaintext.
+    pub fn whole(bytes: &'a [u8]) -> Self {
+        PackBytes { start: 0, bytes }
+    }
+
+    /// The plaintext of a pack from `start` on, as far as `bytes` go.
+    pub fn part(start: u64, bytes: &'a [u8]) -> Self {
+        PackBytes { start, bytes }
+    }
+
+    /// The compressed frame of a chunk; `None` when it lies outside these bytes.
+    fn frame(&self, location: &ChunkLocation) -> Option<&'a [u8]> {
+        let start = usize::try_from(location.offset().checked_sub(self.start)?).ok()?;
+        self.bytes.get(start..start.checked_add(location.length() as usize)?)
+    }
+}
+
 /// Decompresses one chunk out of a decrypted pack and proves its id.
 pub fn open_chunk(
     key: &ChunkIdKey,
-    pack_plaintext: &[u8],
+    pack_plaintext: PackBytes<'_>,
     location: &ChunkLocation,
     pack_key: &str,
     coding: FrameCoding<'_>,
@@ -107,16 +132,14 @@ pub fn open_chunk(
 /// then copied from (a restore asks for them in order, on one thread per run).
 pub fn open_chunk_onto(
     key: &ChunkIdKey,
-    pack_plaintext: &[u8],
+    pack_plaintext: PackBytes<'_>,
     location: &ChunkLocation,
     pack_key: &str,
     coding: FrameCoding<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let start = usize::try_from(location.offset()).unwrap_or(usize::MAX);
-    let end = start.saturating_add(location.length() as usize);
     let compressed = pack_plaintext
-        .get(start..end)
+        .frame(location)
         .ok_or_else(|| Error::corrupt(pack_key, format!("chunk {} lies outside the pack", location.chunk())))?;
     if location.raw_length() > MAX_CHUNK_BYTES {
         return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
@@ -174,7 +197,7 @@ pub fn open_chunk_onto(
 /// out of a frame buffer. On an error `out` keeps what it held.
 pub fn open_chunks_onto(
     key: &ChunkIdKey,
-    pack_plaintext: &[u8],
+    pack_plaintext: PackBytes<'_>,
     locations: &[ChunkLocation],
     pack_key: &str,
     coding: FrameCoding<'_>,
@@ -201,7 +224,7 @@ pub fn open_chunks_onto(
 
 /// The compressed bytes and size of the frame that `frame` (several chunks of one frame) fills
 /// exactly, from its start to its end; `None` if they do not.
-fn whole_frame<'p>(frame: &[ChunkLocation], pack_plaintext: &'p [u8]) -> Option<(&'p [u8], usize)> {
+fn whole_frame<'p>(frame: &[ChunkLocation], pack_plaintext: PackBytes<'p>) -> Option<(&'p [u8], usize)> {
     let first = frame.first()?;
     let mut size: u64 = 0;
     for location in frame {
@@ -210,8 +233,7 @@ fn whole_frame<'p>(frame: &[ChunkLocation], pack_plaintext: &'p [u8]) -> Option<
         }
         size += u64::from(location.raw_length());
     }
-    let start = usize::try_from(first.offset()).ok()?;
-    let compressed = pack_plaintext.get(start..start.checked_add(first.length() as usize)?)?;
+    let compressed = pack_plaintext.frame(first)?;
     let whole = frame.len() > 1
         && size <= u64::from(MAX_CHUNK_BYTES)
         && crate::compress::frame_content_size(compressed) == Some(size);
