@@ -406,8 +406,20 @@ impl Repacking<'_> {
             crate::fetch::expand_lists(&mut expanded, &reader).await?;
             live.extend(expanded.all_chunks().copied());
         }
-        let candidates: Vec<&PackRecord> =
-            listed_packs.iter().filter(|p| !self.pinned.contains(&p.id)).map(|p| &self.records[&p.id]).collect();
+        // Packs an index older than format 6 describes hold their text unpacked; the indexes
+        // repacking writes (format 7) say their packs hold packed text. Such packs and indexes
+        // are left as they are (*Packed text*: text with a 0xFF byte would be misread).
+        let legacy: HashSet<ObjectId> = self
+            .indexes
+            .values()
+            .filter(|(_, file)| file.version < repo::PACKED_BYTEA_VERSION)
+            .flat_map(|(_, file)| file.packs.iter().map(|r| r.pack.id.clone()))
+            .collect();
+        let candidates: Vec<&PackRecord> = listed_packs
+            .iter()
+            .filter(|p| !self.pinned.contains(&p.id) && !legacy.contains(&p.id))
+            .map(|p| &self.records[&p.id])
+            .collect();
         self.out.unused_bytes = candidates.iter().map(|r| unused_bytes(r, &live)).sum();
         self.chosen = choose(&candidates, &live, max_unused, repository.config.pack_size);
         for id in &self.chosen {
@@ -419,7 +431,9 @@ impl Repacking<'_> {
         self.stale_indexes = self
             .indexes
             .iter()
-            .filter(|(_, (_, file))| file.packs.iter().any(|r| !self.stays(&r.pack.id)))
+            .filter(|(_, (_, file))| {
+                file.version >= repo::PACKED_BYTEA_VERSION && file.packs.iter().any(|r| !self.stays(&r.pack.id))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         // Which frames are copied: those with a used chunk, unless every used chunk of the frame

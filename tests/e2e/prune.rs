@@ -813,10 +813,8 @@ fn repacking_several_copies_gives_each_snapshot_one_new_id_on_all_of_them() {
 fn a_profile_gives_prune_its_identity_and_threshold_and_the_flag_overrides_it() {
     let Ready { source, work, repo, .. } = Scenario::new("prune_repack_profile").crm().init("repo");
     mostly_garbage_packs(&source, &work, &repo);
-    let config = format!(
-        "[profile.admin]\nrepo = [\"{repo}\"]\nidentity = \"{}\"\nmax_unused = \"100%\"\n",
-        work.admin_key()
-    );
+    let config =
+        format!("[profile.admin]\nrepo = [\"{repo}\"]\nidentity = \"{}\"\nmax_unused = \"100%\"\n", work.admin_key());
     std::fs::write(work.config_dir().join("crmvault.toml"), config).unwrap();
     // At 100% no pack is unused enough.
     let lenient = work.run(&["prune", "--json", "--profile", "admin"]).ok().json();
