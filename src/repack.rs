@@ -273,7 +273,7 @@ pub async fn run(
             let repository = target.repository;
             if repository.target.size_of(&repo::snapshot_key(&copy.id)).await?.is_none() {
                 let listing = target.listing(&sealed);
-                let parent = sealed.header.parent.as_ref().map(|p| new_ids.get(p).unwrap_or(p).clone());
+                let parent = sealed.header.parent.as_ref().map(|p| newest_copy(&new_ids, p));
                 store_copy(repository, keyring, &sealed, copy, listing, parent).await?;
             }
             target.out.snapshots_resealed += 1;
@@ -286,6 +286,19 @@ pub async fn run(
         target.delete_replaced().await;
     }
     Ok(targets.into_iter().map(|t| t.out).collect())
+}
+
+/// The id `id` has now: that of its copy, of the copy's copy (two interrupted runs), … or its own.
+fn newest_copy(new_ids: &HashMap<SnapshotId, SnapshotId>, id: &SnapshotId) -> SnapshotId {
+    let mut id = id;
+    // Each copy is sealed after what it replaces, so the chain ends; bounded all the same.
+    for _ in 0..new_ids.len() {
+        match new_ids.get(id) {
+            Some(next) if next != id => id = next,
+            _ => break,
+        }
+    }
+    id.clone()
 }
 
 /// Reads and opens every snapshot of `repository`: a snapshot that does not prove itself stops
@@ -339,20 +352,24 @@ async fn open_snapshots<'a>(
         }
     }
     // A copy present (an earlier prune or re-encryption was killed before deleting what it
-    // replaced): the old snapshot is replaced, and the copy's manifest is the one every target
-    // stores, so the new id is one.
+    // replaced): the old snapshot is replaced here, and the copy's manifest is the one every
+    // target stores (registered even where the old one is gone: another target may still
+    // hold it), so the new id is one.
     let copied: Vec<(SnapshotId, SnapshotId)> = repacking
         .snapshots
         .values()
         .filter_map(|(s, _)| s.header.replaces.clone().map(|old| (old, s.id.clone())))
-        .filter(|(old, _)| repacking.snapshots.contains_key(old))
         .collect();
-    for (old, copy) in copied {
-        if let Some((sealed, _)) = repacking.snapshots.get(&copy) {
-            copies.entry(old.clone()).or_insert(sealed.sealed_manifest(keyring)?);
+    for (old, copy) in &copied {
+        let (sealed, _) = &repacking.snapshots[copy];
+        if !copies.contains_key(old) {
+            copies.insert(old.clone(), sealed.sealed_manifest(keyring)?);
         }
-        repacking.snapshots.remove(&old);
-        repacking.replaced.push(old);
+    }
+    for (old, _) in copied {
+        if repacking.snapshots.remove(&old).is_some() {
+            repacking.replaced.push(old);
+        }
     }
     for sealed in &left {
         repacking.pinned.extend(sealed.header.packs.iter().map(|p| p.id.clone()));
@@ -716,6 +733,15 @@ mod tests {
         }
         let object = |n: &str| ObjectRef { id: ObjectId::of(n.as_bytes()), size };
         PackRecord { pack: object(name), dictionary: dictionary.map(object), chunks }
+    }
+
+    #[test]
+    fn a_predecessor_copied_twice_is_named_by_its_newest_copy() {
+        let id = |n: &str| SnapshotId::of(n.as_bytes());
+        let new_ids = HashMap::from([(id("s"), id("c")), (id("c"), id("c2")), (id("t"), id("t"))]);
+        assert_eq!(newest_copy(&new_ids, &id("s")), id("c2"));
+        assert_eq!(newest_copy(&new_ids, &id("t")), id("t"));
+        assert_eq!(newest_copy(&new_ids, &id("u")), id("u"));
     }
 
     #[test]

@@ -626,7 +626,7 @@ fn repack_text(repacked: &[crmvault::repack::Repacked]) {
     for report in repacked {
         if report.packs_repacked == 0 && report.snapshots_resealed == 0 {
             say!(
-                "{}: nothing to repack ({} of {} listed packs unused)",
+                "{}: nothing to repack ({} unused in {})",
                 report.location,
                 size(report.unused_bytes),
                 count(report.packs_listed, "pack")
