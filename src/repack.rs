@@ -175,7 +175,7 @@ struct Repacking<'a> {
     /// Snapshots that proved themselves and are not replaced by a copy present here.
     snapshots: HashMap<SnapshotId, (SealedSnapshot, Manifest)>,
     /// Snapshots whose copy is present here: deleted once the others are sealed again.
-    replaced: Vec<SnapshotId>,
+    replaced: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)>,
     /// Every pack a snapshot here lists, as its indexes describe it.
     records: HashMap<ObjectId, PackRecord>,
     /// Packs listed by a snapshot this identity cannot open: left alone.
@@ -277,7 +277,7 @@ pub async fn run(
                 store_copy(repository, keyring, &sealed, copy, listing, parent).await?;
             }
             target.out.snapshots_resealed += 1;
-            target.replaced.push(old.clone());
+            target.replaced.push((sealed.header.sequence, sealed.header.time, old.clone()));
         }
     }
     // Only now, with every copy stored, the replaced snapshots go.
@@ -367,8 +367,8 @@ async fn open_snapshots<'a>(
         }
     }
     for (old, _) in copied {
-        if repacking.snapshots.remove(&old).is_some() {
-            repacking.replaced.push(old);
+        if let Some((sealed, _)) = repacking.snapshots.remove(&old) {
+            repacking.replaced.push((sealed.header.sequence, sealed.header.time, old));
         }
     }
     for sealed in &left {
@@ -678,11 +678,14 @@ impl Repacking<'_> {
         listing
     }
 
-    /// Deletes the snapshot objects whose copies are stored.
+    /// Deletes the snapshot objects whose copies are stored, newest first: killed part-way, the
+    /// old snapshots left are the oldest, each naming a predecessor still present (an old
+    /// one's successor that is gone was replaced by a copy, which names copies), so the chain
+    /// `verify` checks has no gap.
     async fn delete_replaced(&mut self) {
         self.replaced.sort();
         self.replaced.dedup();
-        for id in std::mem::take(&mut self.replaced) {
+        for (_, _, id) in std::mem::take(&mut self.replaced).into_iter().rev() {
             let key = repo::snapshot_key(&id);
             match self.repository.target.delete(&key).await {
                 Ok(()) => self.out.snapshots_deleted += 1,

@@ -752,10 +752,15 @@ fn an_interrupted_repack_leaves_every_snapshot_restorable_and_the_next_prune_fin
     let packs_only = written.iter().position(|f| f.starts_with("index")).expect("an index written");
     assert!(packs_only > 0 && packs_only < first_copy, "packs, then indexes, then snapshots: {written:?}");
     // Killed after some packs; after every pack and index, before any snapshot is sealed
-    // again; after the first copy; after every write, before any delete.
-    for k in [packs_only, first_copy, first_copy + 1, written.len()] {
-        let label = format!("killed after {k} of {} writes", written.len());
-        cut(&before, &after, &written, k, &root);
+    // again; after the first copy; after every write, before any delete; after the first
+    // replaced snapshot was deleted (None: every write, and the newest night's original gone:
+    // they go newest first, so that the old ones left name predecessors still present).
+    for k in [Some(packs_only), Some(first_copy), Some(first_copy + 1), Some(written.len()), None] {
+        let label = format!("killed after {k:?} of {} writes", written.len());
+        cut(&before, &after, &written, k.unwrap_or(written.len()), &root);
+        if k.is_none() {
+            std::fs::remove_file(root.join("snapshots").join(&nights.last().unwrap().0)).unwrap();
+        }
         assert_every_night_restores(&work, &repo, &nights, &label);
         prune_as_admin(&work, &repo, &[]).ok();
         assert!(garbage(&repo).is_empty(), "{label}: garbage left: {:?}", garbage(&repo));
