@@ -63,8 +63,8 @@ struct Rewriting<'a> {
     out: Reencrypted,
     /// Snapshots still to copy, opened.
     todo: HashMap<SnapshotId, (SealedSnapshot, Manifest)>,
-    /// Snapshots replaced (copied) here, to delete.
-    replaced: Vec<SnapshotId>,
+    /// Snapshots replaced (copied) here, to delete (sequence and time first: newest go first).
+    replaced: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)>,
     /// Packs already written again, by what they hold.
     packs_done: HashMap<blake3::Hash, PackRecord>,
     /// The index that lists each new pack.
@@ -181,7 +181,7 @@ pub async fn reencrypt(
                     Err(error) => return Err(error),
                 }
             }
-            rewriting.replaced.push(old.clone());
+            rewriting.replaced.push((sealed.header.sequence, sealed.header.time, old.clone()));
         }
     }
     for rewriting in &mut targets {
@@ -277,7 +277,9 @@ impl Rewriting<'_> {
         let target = &self.repository.target;
         self.replaced.sort();
         self.replaced.dedup();
-        for id in std::mem::take(&mut self.replaced) {
+        // Newest first: killed part-way, the old snapshots left are the oldest, each naming a
+        // predecessor still present, so `verify` finds no gap in the chain.
+        for (_, _, id) in std::mem::take(&mut self.replaced).into_iter().rev() {
             delete(target, &repo::snapshot_key(&id), &mut self.out).await;
         }
         let mut keep: HashSet<ObjectId> = HashSet::new();
