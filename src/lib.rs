@@ -23,6 +23,7 @@ pub mod postgres;
 pub mod progress;
 pub mod prune;
 pub mod rekey;
+pub mod repack;
 pub mod repo;
 pub mod repo_set;
 pub mod restore;

@@ -349,7 +349,7 @@ async fn read_headers(
 
 /// Why a snapshot's header did not read, as prune's refusal. Storage that fails to answer is
 /// its own error (nothing about the snapshot is known).
-fn unreadable(repository: &Repository, id: &SnapshotId, error: Error) -> Error {
+pub(crate) fn unreadable(repository: &Repository, id: &SnapshotId, error: Error) -> Error {
     match error {
         Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::Missing { .. } => Error::UnreadableSnapshot {
             location: repository.target.location().to_string(),

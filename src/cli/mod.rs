@@ -324,11 +324,24 @@ enum Command {
     /// backups that died before their snapshot left, goes. Takes the repository's exclusive
     /// lock: no backup runs meanwhile. Deletes the storage refuses (Object Lock, no delete
     /// permission) are counted and left for a later prune. Each --repo is pruned on its own.
+    ///
+    /// With --identity (an admin's), it also repacks: packs whose share of bytes no snapshot
+    /// uses exceeds --max-unused, and small packs of one dictionary, are written again holding
+    /// only what is used, the indexes again without what goes, and every snapshot that lists
+    /// them sealed again as a copy with a new id (as `rekey --reencrypt` does). Every copy of
+    /// the repository (--repo) must then be given. Interrupted, run it again.
     Prune {
         #[command(flatten)]
         repo: RepoArgs,
-        /// Say what would be deleted (counts and bytes) and delete nothing; takes a shared
-        /// lock, so backups may run meanwhile.
+        /// Admin identity file: also repack (or `identity` in --profile).
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
+        identity: Option<PathBuf>,
+        /// With --identity: repack a pack when more than this share of its bytes is used by no
+        /// snapshot (`5%` or `5`; default 5%, as restic's; or `max_unused` in --profile).
+        #[arg(long, value_name = "PERCENT")]
+        max_unused: Option<String>,
+        /// Say what would be deleted (counts and bytes) and, with --identity, repacked, and
+        /// change nothing; takes a shared lock, so backups may run meanwhile.
         #[arg(long)]
         dry_run: bool,
     },
@@ -944,24 +957,47 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Prune { repo, dry_run } => {
+        Command::Prune { repo, identity, max_unused, dry_run } => {
             let locations = settings.repos(repo.repos)?;
-            let targets = storage.open_set(&locations, true).await?;
             let mode = if dry_run { prune::PruneMode::DryRun } else { prune::PruneMode::Delete };
-            let readers = lock::readers(targets.repositories(), None, &config_dir()?);
-            let lock_options = lock::options(lock_wait, "prune", readers);
-            let outcome = prune_each(
-                targets,
-                &prune::PruneOptions::new(mode),
-                &lock_options,
+            let Some(identity) = settings.identity(identity)? else {
+                // The profile's `max_unused` serves prunes with an identity; the flag alone is a mistake.
+                if max_unused.is_some() {
+                    return Err(profile::Usage("--max-unused needs --identity (repacking reads packs)".into()).into());
+                }
+                let targets = storage.open_set(&locations, true).await?;
+                let readers = lock::readers(targets.repositories(), None, &config_dir()?);
+                let lock_options = lock::options(lock_wait, "prune", readers);
+                let outcome = prune_each(
+                    targets,
+                    &prune::PruneOptions::new(mode),
+                    &lock_options,
+                    fingerprint.as_ref(),
+                    json || quiet,
+                )
+                .await?;
+                output::prune(json, &[], &outcome.reports, &outcome.failed);
+                if !outcome.failed.is_empty() {
+                    return Ok(ExitCode::from(3));
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let max_unused: crmvault::repack::MaxUnused = match max_unused.or(settings.profile()?.max_unused.clone()) {
+                Some(text) => text.parse()?,
+                None => crmvault::repack::MaxUnused::DEFAULT,
+            };
+            let (repacked, reports) = repack_and_prune(
+                &storage,
+                &locations,
+                &identity,
+                (mode, max_unused),
                 fingerprint.as_ref(),
-                json || quiet,
+                (lock_wait, json || quiet),
             )
             .await?;
-            output::prune(json, &outcome.reports, &outcome.failed);
-            if !outcome.failed.is_empty() {
-                return Ok(ExitCode::from(3));
-            }
+            // A replaced snapshot the storage would not delete is a warning, as any refused
+            // delete: its copy serves, and the next prune tries again.
+            output::prune(json, &repacked, &reports, &[]);
         }
         Command::Copy { from, to, snapshots } => {
             let mut from = storage.open_set(&[from], false).await?;
@@ -997,6 +1033,46 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `prune --identity`: every copy opened, checked as an admin's, locked (exclusive, or shared
+/// for a dry run), repacked together (a snapshot sealed again has one new id on every copy),
+/// then each pruned, all under the same locks.
+async fn repack_and_prune(
+    storage: &storage::Storage,
+    locations: &[String],
+    identity: &Path,
+    (mode, max_unused): (prune::PruneMode, crmvault::repack::MaxUnused),
+    fingerprint: Option<&crmvault::trust::Fingerprint>,
+    (lock_wait, silent): (std::time::Duration, bool),
+) -> Result<(Vec<crmvault::repack::Repacked>, Vec<prune::PruneReport>)> {
+    let mut targets = storage.open_set(locations, false).await?;
+    let config_dir = config_dir()?;
+    trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir).await?;
+    let keyring = targets.unlock_as_admin(identity).await?;
+    let readers = lock::readers(targets.repositories(), Some(identity), &config_dir);
+    let lock_mode = match mode {
+        prune::PruneMode::Delete => LockMode::Exclusive,
+        prune::PruneMode::DryRun => LockMode::Shared,
+    };
+    let locks = targets.lock_all(lock_mode, &lock::options(lock_wait, "prune", readers)).await?;
+    let progress = output::Bar::start(silent);
+    let result = async {
+        let options = crmvault::repack::RepackOptions { mode, max_unused };
+        let repacked =
+            crmvault::repack::run(targets.repositories(), &keyring, &options, &locks, progress.as_ref()).await?;
+        let plain: &Keyring = &keyring;
+        let mut reports = Vec::new();
+        for repository in targets.repositories() {
+            let options = prune::PruneOptions::new(mode);
+            reports.push(prune::run(repository, &options, (Some(plain), &locks), progress.as_ref()).await?);
+        }
+        anyhow::Ok((repacked, reports))
+    }
+    .await;
+    progress.finish();
+    lock::release(locks).await;
+    result
 }
 
 /// What `prune` did on the targets that were pruned, and the ones that failed (location, why).

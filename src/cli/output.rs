@@ -576,8 +576,27 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
 
 /// Per target: what was deleted (or would be, in a dry run) and what stays; one warning per
 /// target whose storage refused deletes, and one per target that failed.
-pub fn prune(json: bool, reports: &[prune::PruneReport], failed: &[(String, String)]) {
+pub fn prune(
+    json: bool,
+    repacked: &[crmvault::repack::Repacked],
+    reports: &[prune::PruneReport],
+    failed: &[(String, String)],
+) {
     prune_refusals(reports);
+    for report in repacked {
+        for (key, error) in &report.not_deleted {
+            eprintln!(
+                "crmvault: warning: {}: {key} (replaced) was not deleted, left for a later prune: {error}",
+                report.location
+            );
+        }
+        for (id, error) in &report.left {
+            eprintln!(
+                "crmvault: warning: {}: snapshot {id} left as it is (this identity cannot open it): {error}",
+                report.location
+            );
+        }
+    }
     for (location, error) in failed {
         // Most errors name their target already: say it once.
         if error.contains(location.as_str()) {
@@ -591,10 +610,45 @@ pub fn prune(json: bool, reports: &[prune::PruneReport], failed: &[(String, Stri
             .iter()
             .map(|(location, error)| serde_json::json!({ "location": location, "error": error }))
             .collect();
-        print_json_ok(&serde_json::json!({ "targets": reports, "failed": failed }), failed.is_empty());
+        let mut value = serde_json::json!({ "targets": reports, "failed": failed });
+        if !repacked.is_empty() {
+            value["repacked"] = serde_json::json!(repacked);
+        }
+        print_json_ok(&value, failed.is_empty());
         return;
     }
+    repack_text(repacked);
     prune_text(reports);
+}
+
+/// What repacking did (or would do) on each target, one line each.
+fn repack_text(repacked: &[crmvault::repack::Repacked]) {
+    for report in repacked {
+        if report.packs_repacked == 0 && report.snapshots_resealed == 0 {
+            say!(
+                "{}: nothing to repack ({} unused in {})",
+                report.location,
+                size(report.unused_bytes),
+                count(report.packs_listed, "pack")
+            );
+            continue;
+        }
+        let into = if report.dry_run {
+            String::new()
+        } else {
+            format!(" into {} ({})", count(report.packs_written, "new pack"), size(report.packs_written_bytes))
+        };
+        let (verb, sealed) =
+            if report.dry_run { ("would repack", "would seal again") } else { ("repacked", "sealed again") };
+        say!(
+            "{}: {verb} {} ({}, {} of it unused){into}; {sealed} {}",
+            report.location,
+            count(report.packs_repacked, "pack"),
+            size(report.packs_repacked_bytes),
+            size(report.freed_bytes),
+            count(report.snapshots_resealed, "snapshot"),
+        );
+    }
 }
 
 /// One warning per target whose storage refused some of prune's deletes.

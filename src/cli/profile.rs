@@ -66,7 +66,7 @@ pub struct Profile {
     pub allow_empty: Option<bool>,
     /// `--allow-http`.
     pub allow_http: Option<bool>,
-    /// `--identity` of `restore`, `verify`, `snapshots` (on an admin's machine).
+    /// `--identity` of `restore`, `verify`, `snapshots`, `prune` (on an admin's machine).
     pub identity: Option<PathBuf>,
     /// `restore --db`: the database restored into (never `db`).
     pub restore_db: Option<String>,
@@ -93,6 +93,8 @@ pub struct Profile {
     pub keep_within: Option<String>,
     /// `forget --keep-tag`.
     pub keep_tag: Option<Vec<String>>,
+    /// `prune --max-unused` (with an identity: repacking).
+    pub max_unused: Option<String>,
 }
 
 /// A whole `crmvault.toml`.
@@ -127,7 +129,7 @@ pub enum ConfigAction {
 /// A required setting nobody gave, one given in a form the command cannot use, or two that
 /// contradict each other: a usage error (exit 2).
 #[derive(Debug)]
-pub struct Usage(String);
+pub struct Usage(pub String);
 
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -63,8 +63,8 @@ struct Rewriting<'a> {
     out: Reencrypted,
     /// Snapshots still to copy, opened.
     todo: HashMap<SnapshotId, (SealedSnapshot, Manifest)>,
-    /// Snapshots replaced (copied) here, to delete.
-    replaced: Vec<SnapshotId>,
+    /// Snapshots replaced (copied) here, to delete (sequence and time first: newest go first).
+    replaced: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)>,
     /// Packs already written again, by what they hold.
     packs_done: HashMap<blake3::Hash, PackRecord>,
     /// The index that lists each new pack.
@@ -181,7 +181,7 @@ pub async fn reencrypt(
                     Err(error) => return Err(error),
                 }
             }
-            rewriting.replaced.push(old.clone());
+            rewriting.replaced.push((sealed.header.sequence, sealed.header.time, old.clone()));
         }
     }
     for rewriting in &mut targets {
@@ -256,26 +256,16 @@ impl Rewriting<'_> {
                 self.index_of.insert(pack, index.clone());
             }
         }
-        let packs: BTreeSet<ObjectRef> = new_records.iter().map(|r| r.pack.clone()).collect();
-        let indexes: BTreeSet<ObjectRef> = new_records.iter().map(|r| self.index_of[&r.pack.id].clone()).collect();
-        let dictionaries: BTreeSet<ObjectRef> = new_records.iter().filter_map(|r| r.dictionary.clone()).collect();
-        let header = SnapshotHeader {
-            version: repo::FORMAT_VERSION,
-            time: sealed.header.time,
-            config_hash: repository.config_hash.clone(),
-            total_bytes: packs.iter().chain(&indexes).chain(&dictionaries).map(|o| o.size).sum(),
-            added_bytes: sealed.header.added_bytes,
-            packs: packs.into_iter().collect(),
-            indexes: indexes.into_iter().collect(),
-            dictionaries: dictionaries.into_iter().collect(),
-            parent: sealed.header.parent.as_ref().map(|p| match new_ids.get(p) {
-                Some(copy) if !self.kept.contains(p) => copy.clone(),
-                _ => p.clone(),
-            }),
-            sequence: sealed.header.sequence,
-            replaces: Some(sealed.id.clone()),
+        let listing = Listing {
+            packs: new_records.iter().map(|r| r.pack.clone()).collect(),
+            indexes: new_records.iter().map(|r| self.index_of[&r.pack.id].clone()).collect(),
+            dictionaries: new_records.iter().filter_map(|r| r.dictionary.clone()).collect(),
         };
-        repository.target.put_new(&repo::snapshot_key(&copy.id), copy.snapshot_object(&header, keyring)).await?;
+        let parent = sealed.header.parent.as_ref().map(|p| match new_ids.get(p) {
+            Some(copy) if !self.kept.contains(p) => copy.clone(),
+            _ => p.clone(),
+        });
+        store_copy(repository, keyring, sealed, copy, listing, parent).await?;
         self.out.snapshots += 1;
         Ok(())
     }
@@ -287,7 +277,9 @@ impl Rewriting<'_> {
         let target = &self.repository.target;
         self.replaced.sort();
         self.replaced.dedup();
-        for id in std::mem::take(&mut self.replaced) {
+        // Newest first: killed part-way, the old snapshots left are the oldest, each naming a
+        // predecessor still present, so `verify` finds no gap in the chain.
+        for (_, _, id) in std::mem::take(&mut self.replaced).into_iter().rev() {
             delete(target, &repo::snapshot_key(&id), &mut self.out).await;
         }
         let mut keep: HashSet<ObjectId> = HashSet::new();
@@ -320,6 +312,47 @@ impl Rewriting<'_> {
         }
         Ok(())
     }
+}
+
+/// The objects a snapshot's copy lists on one target.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Packs.
+    pub(crate) packs: BTreeSet<ObjectRef>,
+    /// Indexes describing them.
+    pub(crate) indexes: BTreeSet<ObjectRef>,
+    /// Dictionaries their chunks need.
+    pub(crate) dictionaries: BTreeSet<ObjectRef>,
+}
+
+/// Stores on `repository` the copy of `sealed` sealed as `copy` (the manifest, sealed once for
+/// every target): same time, sequence and data, `parent` (the predecessor's copy, where it has
+/// one), `replaces` the old id, listing `listing`, MACed under the newest generation. Used by
+/// `rekey --reencrypt` and by `prune --identity` (repacking): one way to replace a snapshot.
+pub(crate) async fn store_copy(
+    repository: &Repository,
+    keyring: &Keyring,
+    sealed: &SealedSnapshot,
+    copy: &SealedManifest,
+    listing: Listing,
+    parent: Option<SnapshotId>,
+) -> Result<()> {
+    let Listing { packs, indexes, dictionaries } = listing;
+    let header = SnapshotHeader {
+        version: repo::FORMAT_VERSION,
+        time: sealed.header.time,
+        config_hash: repository.config_hash.clone(),
+        total_bytes: packs.iter().chain(&indexes).chain(&dictionaries).map(|o| o.size).sum(),
+        added_bytes: sealed.header.added_bytes,
+        packs: packs.into_iter().collect(),
+        indexes: indexes.into_iter().collect(),
+        dictionaries: dictionaries.into_iter().collect(),
+        parent,
+        sequence: sealed.header.sequence,
+        replaces: Some(sealed.id.clone()),
+    };
+    repository.target.put_new(&repo::snapshot_key(&copy.id), copy.snapshot_object(&header, keyring)).await?;
+    Ok(())
 }
 
 /// Decrypts the object `key` and stores it encrypted to `recipients`, named by `name`.

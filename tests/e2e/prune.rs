@@ -614,3 +614,217 @@ fn headers_rewritten_in_storage_to_list_nothing_do_not_make_the_backup_host_prun
     work.run(&["prune", "--repo", &repo]).fails_with(1, "MAC does not match");
     assert_eq!(stored(&repo), before, "prune deleted what a forged header left out");
 }
+
+/// Two nights of a scratch table whose first 70% of rows changed on the second night: the first
+/// night's scratch pack is then mostly garbage once the first snapshot is forgotten, and still
+/// listed by the second (its last rows did not change). Returns the remaining nights.
+fn mostly_garbage_packs(source: &TestDb, work: &Workspace, repo: &str) -> Vec<Night> {
+    let mut nights = Vec::new();
+    for change in [
+        SCRATCH,
+        "UPDATE public.scratch SET body = md5((id * 7)::text) || md5((id * 11)::text) WHERE id <= 14000",
+        "UPDATE crm.deals SET amount = amount + 1 WHERE id % 4 = 0",
+    ] {
+        source.sql(change);
+        let report = work.backup(source, repo);
+        nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+    }
+    forget_oldest(repo, &nights);
+    nights.remove(0);
+    nights
+}
+
+/// The id a night's snapshot has now: its own, or that of the copy that replaced it (a chain of
+/// `replaces`, read from the headers as FORMAT.md says).
+fn current_id(repo: &str, id: &str) -> Option<String> {
+    let mut replaced_by = std::collections::BTreeMap::new();
+    let mut present = BTreeSet::new();
+    for file in snapshot_files(repo) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read(&file).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(text.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
+        if let Some(old) = header["replaces"].as_str() {
+            replaced_by.insert(old.to_string(), name.clone());
+        }
+        present.insert(name);
+    }
+    let mut id = id.to_string();
+    while let Some(next) = replaced_by.get(&id) {
+        id.clone_from(next);
+    }
+    present.contains(&id).then_some(id)
+}
+
+/// Every night verifies (admin key, every chunk read) and restores, by its id or its copy's,
+/// to the data it was taken of.
+fn assert_every_night_restores(work: &Workspace, repo: &str, nights: &[Night], label: &str) {
+    work.run(&["verify", "--repo", repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    for (id, data) in nights {
+        let now = current_id(repo, id).unwrap_or_else(|| panic!("{label}: snapshot {id} is gone, and no copy of it"));
+        let restored = TestDb::create("prune_repacked");
+        work.restore_with(repo, &restored, &[&now]).ok();
+        assert!(restored.data() == *data, "{label}: snapshot {id} (now {now}) does not restore its night's data");
+    }
+}
+
+fn prune_as_admin(work: &Workspace, repo: &str, extra: &[&str]) -> Run {
+    let key = work.admin_key();
+    let mut args = vec!["prune", "--json", "--repo", repo, "--identity", &key];
+    args.extend_from_slice(extra);
+    work.run(&args)
+}
+
+fn repo_bytes(repo: &str) -> u64 {
+    let stored = stored(repo);
+    size_of(repo, &stored)
+}
+
+#[test]
+fn prune_with_an_identity_repacks_mostly_unused_packs_and_every_snapshot_still_restores() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_repack").crm().init("repo");
+    let nights = mostly_garbage_packs(&source, &work, &repo);
+    // Without a key, the mostly unused pack stays: the second night lists it.
+    work.run(&["prune", "--repo", &repo]).ok();
+    let keyless = repo_bytes(&repo);
+
+    let dry = prune_as_admin(&work, &repo, &["--dry-run"]).ok().json();
+    let would = &dry["repacked"][0];
+    assert!(would["packs_repacked"].as_u64().unwrap() >= 1, "{dry}");
+    assert!(would["freed_bytes"].as_u64().unwrap() > 100_000, "{dry}");
+    assert_eq!(repo_bytes(&repo), keyless, "a dry run changes nothing");
+
+    let run = prune_as_admin(&work, &repo, &[]).ok().json();
+    let done = &run["repacked"][0];
+    assert!(done["packs_repacked"].as_u64().unwrap() >= 1, "{run}");
+    assert_eq!(done["snapshots_resealed"], 2, "{run}");
+    let repacked = repo_bytes(&repo);
+    assert!(
+        repacked + would["freed_bytes"].as_u64().unwrap() / 2 < keyless,
+        "repacking freed too little: {keyless} -> {repacked} bytes ({run})"
+    );
+    assert!(garbage(&repo).is_empty(), "garbage left: {:?}", garbage(&repo));
+    assert_eq!(snapshot_files(&repo).len(), 2);
+    assert_every_night_restores(&work, &repo, &nights, "after repacking");
+
+    // Nothing left to repack: a second run changes nothing.
+    let again = prune_as_admin(&work, &repo, &[]).ok().json();
+    assert_eq!(again["repacked"][0]["packs_repacked"], 0, "{again}");
+    assert_eq!(again["repacked"][0]["snapshots_resealed"], 0, "{again}");
+    assert_eq!(repo_bytes(&repo), repacked);
+}
+
+#[test]
+fn prune_with_a_wrong_identity_is_refused_in_one_line_and_deletes_nothing() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_repack_wrong").crm().init("repo");
+    mostly_garbage_packs(&source, &work, &repo);
+    let before = stored(&repo);
+    let snapshots_before = snapshot_files(&repo);
+    let stranger = work.path("stranger.key");
+    work.keygen("stranger.key");
+    let run = work.run(&["prune", "--repo", &repo, "--identity", stranger.to_str().unwrap()]).fails_with(1, "");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("stranger.key"), "{}", run.stderr);
+    assert_eq!(stored(&repo), before, "nothing deleted");
+    assert_eq!(snapshot_files(&repo), snapshots_before, "no snapshot touched");
+    work.run(&["prune", "--repo", &repo, "--identity", &work.admin_key(), "--max-unused", "lots"])
+        .fails_with(1, "--max-unused \"lots\": give a percentage from 0 to 100");
+    work.run(&["prune", "--repo", &repo, "--max-unused", "5%"]).fails_with(2, "--max-unused needs --identity");
+    assert_eq!(stored(&repo), before, "nothing deleted");
+}
+
+#[test]
+fn an_interrupted_repack_leaves_every_snapshot_restorable_and_the_next_prune_finishes() {
+    use crate::rekey::{cut, written_since};
+    let Ready { source, work, repo, .. } = Scenario::new("prune_repack_cut").crm().init("repo");
+    let nights = mostly_garbage_packs(&source, &work, &repo);
+    work.run(&["prune", "--repo", &repo]).ok();
+    let keyless = repo_bytes(&repo);
+    let root = PathBuf::from(&repo);
+    let before = work.path("before");
+    copy_dir(&root, &before);
+    prune_as_admin(&work, &repo, &[]).ok();
+    let finished = repo_bytes(&repo);
+    // Everything the run wrote, in order (its deletes come after its last write).
+    let written = written_since(&before, &root);
+    let after = work.path("after");
+    copy_dir(&root, &after);
+    let first_copy = written.iter().position(|f| f.starts_with("snapshots")).expect("a snapshot sealed again");
+    let packs_only = written.iter().position(|f| f.starts_with("index")).expect("an index written");
+    assert!(packs_only > 0 && packs_only < first_copy, "packs, then indexes, then snapshots: {written:?}");
+    // Killed after some packs; after every pack and index, before any snapshot is sealed
+    // again; after the first copy; after every write, before any delete; after the first
+    // replaced snapshot was deleted (None: every write, and the newest night's original gone:
+    // they go newest first, so that the old ones left name predecessors still present).
+    for k in [Some(packs_only), Some(first_copy), Some(first_copy + 1), Some(written.len()), None] {
+        let label = format!("killed after {k:?} of {} writes", written.len());
+        cut(&before, &after, &written, k.unwrap_or(written.len()), &root);
+        if k.is_none() {
+            std::fs::remove_file(root.join("snapshots").join(&nights.last().unwrap().0)).unwrap();
+        }
+        assert_every_night_restores(&work, &repo, &nights, &label);
+        prune_as_admin(&work, &repo, &[]).ok();
+        assert!(garbage(&repo).is_empty(), "{label}: garbage left: {:?}", garbage(&repo));
+        assert_eq!(snapshot_files(&repo).len(), 2, "{label}");
+        assert!(repo_bytes(&repo) < keyless, "{label}: {} bytes, {keyless} before", repo_bytes(&repo));
+        assert!(
+            repo_bytes(&repo) <= finished + finished / 20,
+            "{label}: {} bytes, {finished} when not killed",
+            repo_bytes(&repo)
+        );
+        assert_every_night_restores(&work, &repo, &nights, &label);
+    }
+}
+
+#[test]
+fn repacking_several_copies_gives_each_snapshot_one_new_id_on_all_of_them() {
+    let source = TestDb::create("prune_repack_two");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let admin = work.keygen("admin.key");
+    let (a, b) = (work.path("repo0"), work.path("repo1"));
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    work.run(&["init", "--recipient", &admin, "--repo", a, "--repo", b]).ok();
+    let mut nights = Vec::new();
+    for change in
+        [SCRATCH, "UPDATE public.scratch SET body = md5((id * 7)::text) || md5((id * 11)::text) WHERE id <= 14000"]
+    {
+        source.sql(change);
+        let url = source.url();
+        let report = work.run(&["backup", "--json", "--db", &url, "--repo", a, "--repo", b]).ok().json();
+        nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+    }
+    for repo in [a, b] {
+        forget_oldest(repo, &nights);
+    }
+    nights.remove(0);
+    let before: Vec<u64> = [a, b].iter().map(|repo| repo_bytes(repo)).collect();
+    let key = work.admin_key();
+    // Every copy is needed: one alone would give its snapshots ids the other does not know.
+    let run = work.run(&["prune", "--json", "--identity", &key, "--repo", a, "--repo", b]).ok().json();
+    assert_eq!(run["repacked"].as_array().unwrap().len(), 2, "{run}");
+    let names = |repo: &str| -> BTreeSet<String> {
+        snapshot_files(repo).iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect()
+    };
+    assert_eq!(names(a), names(b), "one id on both copies");
+    assert!(!names(a).contains(&nights[0].0), "the snapshot was sealed again");
+    for (repo, before) in [a, b].iter().zip(before) {
+        assert!(repo_bytes(repo) < before, "{repo}: {} bytes, {before} before", repo_bytes(repo));
+        assert!(garbage(repo).is_empty(), "{repo}: {:?}", garbage(repo));
+        assert_every_night_restores(&work, repo, &nights, repo);
+    }
+}
+
+#[test]
+fn a_profile_gives_prune_its_identity_and_threshold_and_the_flag_overrides_it() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_repack_profile").crm().init("repo");
+    mostly_garbage_packs(&source, &work, &repo);
+    let config =
+        format!("[profile.admin]\nrepo = [\"{repo}\"]\nidentity = \"{}\"\nmax_unused = \"100%\"\n", work.admin_key());
+    std::fs::write(work.config_dir().join("crmvault.toml"), config).unwrap();
+    // At 100% no pack is unused enough.
+    let lenient = work.run(&["prune", "--json", "--profile", "admin"]).ok().json();
+    assert_eq!(lenient["repacked"][0]["packs_repacked"], 0, "{lenient}");
+    assert!(lenient["repacked"][0]["unused_bytes"].as_u64().unwrap() > 100_000, "{lenient}");
+    let strict = work.run(&["prune", "--json", "--profile", "admin", "--max-unused", "5"]).ok().json();
+    assert!(strict["repacked"][0]["packs_repacked"].as_u64().unwrap() >= 1, "{strict}");
+}

@@ -508,7 +508,7 @@ fn a_pinned_generation_is_never_given_up_and_a_fork_behind_the_pin_does_not_stop
 
 /// The objects in `after` that `before` lacks, in the order they were written (rekey only
 /// creates objects, and their modification times give the order).
-fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
+pub(crate) fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
     let old = relative_files(before);
     let mut new: Vec<(std::time::SystemTime, PathBuf)> = relative_files(after)
         .difference(&old)
@@ -520,7 +520,7 @@ fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
 
 /// The state a rekey killed after its first `written` new objects would leave: `before` plus
 /// those objects, taken from `after`.
-fn cut(before: &Path, after: &Path, new: &[PathBuf], written: usize, into: &Path) {
+pub(crate) fn cut(before: &Path, after: &Path, new: &[PathBuf], written: usize, into: &Path) {
     let _ = std::fs::remove_dir_all(into);
     copy_dir(before, into);
     for file in new.iter().take(written) {

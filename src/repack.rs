@@ -1,0 +1,790 @@
+//! Repacking (`prune --identity`): packs that are mostly garbage, and small packs that can be
+//! merged, are written again holding only the zstd frames some remaining snapshot uses; every
+//! index that describes a pack about to go is written again without it; every snapshot that
+//! lists one of them is sealed again as a copy (`replaces`) listing the new objects, the way
+//! `rekey --reencrypt` does ([`crate::rekey::store_copy`]); the replaced snapshots are then
+//! deleted, and [`crate::prune::run`] deletes what no remaining snapshot lists.
+//!
+//! Liveness comes from snapshots that prove themselves, read with an admin identity: their list
+//! chunks give every chunk id they use. A frame is the unit: it is copied verbatim (no
+//! recompression) when any of its chunks is live, and dropped when none is. A pack's chunks share
+//! one dictionary, so new packs are filled from packs of one dictionary each.
+//!
+//! Write order (docs/FORMAT.md, *Prune*): new packs, then indexes (for the new packs, and the
+//! old ones written again), then the copies of the snapshots oldest first, then the replaced
+//! snapshot objects are deleted, then garbage as any prune deletes it. Killed anywhere, every
+//! remaining snapshot is whole (an old one lists the old objects, which nothing deletes while
+//! it is there; a copy lists only objects stored before it); run again, a prune takes a
+//! snapshot whose copy is present as replaced, reuses that copy's manifest (one id on every
+//! target) and finishes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::crypto::{self, ChunkId};
+use crate::error::{Error, Result};
+use crate::fetch::ChunkReader;
+use crate::progress::{Progress, Unit};
+use crate::prune::PruneMode;
+use crate::rekey::{Listing, store_copy};
+use crate::repo::{
+    self, AdminKeyring, ChunkLocation, IndexFile, Keyring, Manifest, ObjectId, ObjectRef, PackRecord, Repository,
+    SealedManifest, SealedSnapshot, SnapshotId,
+};
+
+/// The share of a pack's bytes that no snapshot uses above which it is repacked, in percent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaxUnused(f64);
+
+impl MaxUnused {
+    /// restic's default: a pack with more than 5% unused is repacked.
+    pub const DEFAULT: MaxUnused = MaxUnused(5.0);
+
+    /// The percentage.
+    pub fn percent(self) -> f64 {
+        self.0
+    }
+}
+
+impl Default for MaxUnused {
+    fn default() -> Self {
+        MaxUnused::DEFAULT
+    }
+}
+
+impl std::fmt::Display for MaxUnused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl std::str::FromStr for MaxUnused {
+    type Err = Error;
+
+    /// `5%` or `5`: a percentage from 0 to 100.
+    fn from_str(text: &str) -> Result<MaxUnused> {
+        let number = text.trim().strip_suffix('%').unwrap_or(text.trim()).trim();
+        match number.parse::<f64>() {
+            Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(MaxUnused(percent)),
+            _ => Err(Error::Invalid(format!("--max-unused {text:?}: give a percentage from 0 to 100, like 5%"))),
+        }
+    }
+}
+
+/// What repacking is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct RepackOptions {
+    /// Repack, or only say what would be repacked.
+    pub mode: PruneMode,
+    /// The threshold.
+    pub max_unused: MaxUnused,
+}
+
+/// What repacking did (or, in a dry run, would do) on one target.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Repacked {
+    /// The target.
+    pub location: String,
+    /// Whether it only looked.
+    pub dry_run: bool,
+    /// Packs some remaining snapshot lists (before repacking).
+    pub packs_listed: u64,
+    /// Their bytes that no remaining snapshot uses (frames none of whose chunks is used).
+    pub unused_bytes: u64,
+    /// Packs repacked (or to repack): over the threshold, or small ones merged.
+    pub packs_repacked: u64,
+    /// Their stored bytes.
+    pub packs_repacked_bytes: u64,
+    /// The bytes of theirs that no snapshot uses: what repacking them frees.
+    pub freed_bytes: u64,
+    /// New packs written.
+    pub packs_written: u64,
+    /// Their stored bytes.
+    pub packs_written_bytes: u64,
+    /// Indexes written (for the new packs, and old ones written again without the packs that go).
+    pub indexes_written: u64,
+    /// Snapshots sealed again (or to seal again) as copies.
+    pub snapshots_resealed: u64,
+    /// Replaced snapshot objects deleted.
+    pub snapshots_deleted: u64,
+    /// Snapshots this identity cannot open (written before it was added): their packs are left
+    /// as they are.
+    pub left: Vec<(SnapshotId, String)>,
+    /// Replaced snapshot objects the storage refused to delete (the next prune tries again).
+    pub not_deleted: Vec<(String, String)>,
+}
+
+/// A pack's frames as its index describes them: (offset, compressed length) → chunks.
+fn frames(record: &PackRecord) -> BTreeMap<(u64, u32), Vec<ChunkLocation>> {
+    let mut frames: BTreeMap<(u64, u32), Vec<ChunkLocation>> = BTreeMap::new();
+    for chunk in &record.chunks {
+        frames.entry((chunk.offset(), chunk.length())).or_default().push(*chunk);
+    }
+    frames
+}
+
+/// Bytes of a pack's frames that hold no live chunk.
+fn unused_bytes(record: &PackRecord, live: &HashSet<ChunkId>) -> u64 {
+    frames(record)
+        .iter()
+        .filter(|(_, chunks)| !chunks.iter().any(|c| live.contains(&c.chunk())))
+        .map(|((_, length), _)| u64::from(*length))
+        .sum()
+}
+
+/// A pack smaller than this share of `pack_size` is small: merged with the other small packs
+/// of its dictionary when there are at least [`SMALL_PACKS_TO_MERGE`] of them.
+const SMALL_SHARE: usize = 4;
+/// How many small packs of one dictionary make a merge worth sealing the snapshots again.
+const SMALL_PACKS_TO_MERGE: usize = 4;
+/// Chunks an index written by repacking describes at most (as a backup's).
+const INDEX_CHUNKS: usize = 65_536;
+
+/// Which packs to repack: those whose unused share exceeds `max_unused`, and the small ones of
+/// a dictionary that has at least [`SMALL_PACKS_TO_MERGE`] small packs besides those. Pure.
+fn choose(
+    records: &[&PackRecord],
+    live: &HashSet<ChunkId>,
+    max_unused: MaxUnused,
+    pack_size: usize,
+) -> BTreeSet<ObjectId> {
+    let mut chosen = BTreeSet::new();
+    let mut small: HashMap<Option<&ObjectId>, Vec<&ObjectId>> = HashMap::new();
+    for record in records {
+        let unused = unused_bytes(record, live);
+        #[expect(clippy::cast_precision_loss, reason = "a share, not an amount")]
+        let over = unused > 0 && (unused as f64) * 100.0 > max_unused.percent() * record.pack.size as f64;
+        if over {
+            chosen.insert(record.pack.id.clone());
+        } else if record.pack.size < (pack_size / SMALL_SHARE) as u64 {
+            small.entry(record.dictionary.as_ref().map(|d| &d.id)).or_default().push(&record.pack.id);
+        }
+    }
+    for packs in small.into_values().filter(|packs| packs.len() >= SMALL_PACKS_TO_MERGE) {
+        chosen.extend(packs.into_iter().cloned());
+    }
+    chosen
+}
+
+/// One target's side of a repack.
+struct Repacking<'a> {
+    repository: &'a Repository,
+    out: Repacked,
+    /// Snapshots that proved themselves and are not replaced by a copy present here.
+    snapshots: HashMap<SnapshotId, (SealedSnapshot, Manifest)>,
+    /// Snapshots whose copy is present here: deleted once the others are sealed again.
+    replaced: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)>,
+    /// Every pack a snapshot here lists, as its indexes describe it.
+    records: HashMap<ObjectId, PackRecord>,
+    /// Packs listed by a snapshot this identity cannot open: left alone.
+    pinned: HashSet<ObjectId>,
+    /// Indexes the snapshots list, read.
+    indexes: BTreeMap<ObjectId, (ObjectRef, IndexFile)>,
+    /// Packs that stay listed unless repacked: those a snapshot lists (pinned ones included).
+    listed: HashSet<ObjectId>,
+    /// Packs to repack.
+    chosen: BTreeSet<ObjectId>,
+    /// Listed indexes that describe a pack that goes: written again without it.
+    stale_indexes: HashSet<ObjectId>,
+    /// Old pack → the new packs its live frames went to.
+    new_packs_of: HashMap<ObjectId, BTreeSet<ObjectRef>>,
+    /// Repacked pack → packs that stay and hold some of its used chunks already.
+    reused: HashMap<ObjectId, BTreeSet<ObjectId>>,
+    /// Listed pack → a listed index that describes it.
+    index_of_pack: HashMap<ObjectId, ObjectId>,
+    /// New pack → its record.
+    new_records: HashMap<ObjectId, PackRecord>,
+    /// New pack → the index describing it.
+    index_of: HashMap<ObjectId, ObjectRef>,
+    /// Old index → what replaces it (none: it described only packs that go).
+    rewritten: HashMap<ObjectId, Option<ObjectRef>>,
+}
+
+/// Repacks `repositories` (every copy of one repository; the caller holds their exclusive
+/// locks): see the module's description. In a dry run, says what it would do and writes nothing.
+/// Garbage (what no remaining snapshot lists afterwards) is left to [`crate::prune::run`].
+pub async fn run(
+    repositories: &[Repository],
+    keyring: &AdminKeyring,
+    options: &RepackOptions,
+    locks: &crate::lock::Locks,
+    progress: &dyn Progress,
+) -> Result<Vec<Repacked>> {
+    let mut targets = Vec::new();
+    // Old id → the copy's sealed manifest, from whichever target holds a copy already.
+    let mut copies: HashMap<SnapshotId, SealedManifest> = HashMap::new();
+    for repository in repositories {
+        let mut repacking = open_snapshots(repository, keyring, &mut copies, progress).await?;
+        repacking.out.dry_run = options.mode == PruneMode::DryRun;
+        repacking.plan(keyring, options.max_unused, progress).await?;
+        targets.push(repacking);
+    }
+    // A snapshot is sealed again on every target that holds it (one id everywhere) when on any
+    // of them it lists a pack or index that goes, when a copy of it exists already, or when its
+    // predecessor is sealed again (its copy names the predecessor's copy): oldest first.
+    let mut order: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)> = targets
+        .iter()
+        .flat_map(|t| t.snapshots.values().map(|(s, _)| (s.header.sequence, s.header.time, s.id.clone())))
+        .collect();
+    order.sort();
+    order.dedup();
+    let mut new_ids: HashMap<SnapshotId, SnapshotId> =
+        copies.iter().map(|(old, copy)| (old.clone(), copy.id.clone())).collect();
+    let mut resealed: Vec<SnapshotId> = Vec::new();
+    for (_, _, id) in &order {
+        let parent_moves = |t: &Repacking| {
+            t.snapshots.get(id).and_then(|(s, _)| s.header.parent.as_ref()).is_some_and(|p| new_ids.contains_key(p))
+        };
+        let needed = copies.contains_key(id) || targets.iter().any(|t| t.lists_what_goes(id) || parent_moves(t));
+        if needed {
+            resealed.push(id.clone());
+            // Only to say so in a dry run; a run makes the copy below.
+            new_ids.entry(id.clone()).or_insert_with(|| id.clone());
+        }
+    }
+    if options.mode == PruneMode::DryRun {
+        for target in &mut targets {
+            target.out.snapshots_resealed =
+                resealed.iter().filter(|id| target.snapshots.contains_key(*id)).count() as u64;
+        }
+        return Ok(targets.into_iter().map(|t| t.out).collect());
+    }
+    for target in &mut targets {
+        locks.confirm(target.repository.target.location()).await?;
+        target.write_packs(keyring, progress).await?;
+        target.write_indexes(keyring).await?;
+    }
+    // The copies, oldest first, each naming its predecessor's copy.
+    let mut new_ids: HashMap<SnapshotId, SnapshotId> =
+        copies.iter().map(|(old, copy)| (old.clone(), copy.id.clone())).collect();
+    progress.phase("sealing snapshots again", Unit::Snapshots, Some(resealed.len() as u64));
+    for old in resealed {
+        progress.advance(1);
+        for target in &mut targets {
+            let Some((sealed, mut manifest)) = target.snapshots.get(&old).cloned() else { continue };
+            if !copies.contains_key(&old) {
+                let copy = SealedManifest::seal(&mut manifest, target.repository);
+                copies.insert(old.clone(), copy);
+            }
+            let copy = &copies[&old];
+            new_ids.insert(old.clone(), copy.id.clone());
+            let repository = target.repository;
+            if repository.target.size_of(&repo::snapshot_key(&copy.id)).await?.is_none() {
+                let listing = target.listing(&sealed);
+                let parent = sealed.header.parent.as_ref().map(|p| newest_copy(&new_ids, p));
+                store_copy(repository, keyring, &sealed, copy, listing, parent).await?;
+            }
+            target.out.snapshots_resealed += 1;
+            target.replaced.push((sealed.header.sequence, sealed.header.time, old.clone()));
+        }
+    }
+    // Only now, with every copy stored, the replaced snapshots go.
+    for target in &mut targets {
+        locks.confirm(target.repository.target.location()).await?;
+        target.delete_replaced().await;
+    }
+    Ok(targets.into_iter().map(|t| t.out).collect())
+}
+
+/// The id `id` has now: that of its copy, of the copy's copy (two interrupted runs), … or its own.
+fn newest_copy(new_ids: &HashMap<SnapshotId, SnapshotId>, id: &SnapshotId) -> SnapshotId {
+    let mut id = id;
+    // Each copy is sealed after what it replaces, so the chain ends; bounded all the same.
+    for _ in 0..new_ids.len() {
+        match new_ids.get(id) {
+            Some(next) if next != id => id = next,
+            _ => break,
+        }
+    }
+    id.clone()
+}
+
+/// Reads and opens every snapshot of `repository`: a snapshot that does not prove itself stops
+/// the repack (it may need anything), one this identity cannot open pins its packs, and one
+/// whose copy is present is replaced (its copy's manifest goes to `copies`).
+async fn open_snapshots<'a>(
+    repository: &'a Repository,
+    keyring: &AdminKeyring,
+    copies: &mut HashMap<SnapshotId, SealedManifest>,
+    progress: &dyn Progress,
+) -> Result<Repacking<'a>> {
+    let mut repacking = Repacking {
+        repository,
+        out: Repacked { location: repository.target.location().to_string(), ..Repacked::default() },
+        snapshots: HashMap::new(),
+        replaced: Vec::new(),
+        records: HashMap::new(),
+        pinned: HashSet::new(),
+        indexes: BTreeMap::new(),
+        listed: HashSet::new(),
+        chosen: BTreeSet::new(),
+        stale_indexes: HashSet::new(),
+        new_packs_of: HashMap::new(),
+        reused: HashMap::new(),
+        index_of_pack: HashMap::new(),
+        new_records: HashMap::new(),
+        index_of: HashMap::new(),
+        rewritten: HashMap::new(),
+    };
+    let ids = repository.snapshot_ids().await?;
+    progress.phase(
+        &format!("opening snapshots of {}", repository.target.location()),
+        Unit::Snapshots,
+        Some(ids.len() as u64),
+    );
+    let mut left: Vec<SealedSnapshot> = Vec::new();
+    for id in ids {
+        progress.advance(1);
+        let sealed =
+            repository.read_snapshot(&id).await.map_err(|error| crate::prune::unreadable(repository, &id, error))?;
+        match sealed.open(keyring) {
+            Ok(manifest) => {
+                repacking.snapshots.insert(id, (sealed, manifest));
+            }
+            // Written before this identity was added: left as it is, with what it lists.
+            Err(error @ (Error::BadKey(_) | Error::WrongIdentity { .. })) => {
+                repacking.out.left.push((id, error.to_string()));
+                left.push(sealed);
+            }
+            Err(error) => return Err(crate::prune::unreadable(repository, &id, error)),
+        }
+    }
+    // A copy present (an earlier prune or re-encryption was killed before deleting what it
+    // replaced): the old snapshot is replaced here, and the copy's manifest is the one every
+    // target stores (registered even where the old one is gone: another target may still
+    // hold it), so the new id is one.
+    let copied: Vec<(SnapshotId, SnapshotId)> = repacking
+        .snapshots
+        .values()
+        .filter_map(|(s, _)| s.header.replaces.clone().map(|old| (old, s.id.clone())))
+        .collect();
+    for (old, copy) in &copied {
+        let (sealed, _) = &repacking.snapshots[copy];
+        if !copies.contains_key(old) {
+            copies.insert(old.clone(), sealed.sealed_manifest(keyring)?);
+        }
+    }
+    for (old, _) in copied {
+        if let Some((sealed, _)) = repacking.snapshots.remove(&old) {
+            repacking.replaced.push((sealed.header.sequence, sealed.header.time, old));
+        }
+    }
+    for sealed in &left {
+        repacking.pinned.extend(sealed.header.packs.iter().map(|p| p.id.clone()));
+    }
+    repacking.listed = repacking
+        .snapshots
+        .values()
+        .flat_map(|(s, _)| s.header.packs.iter().map(|p| p.id.clone()))
+        .chain(repacking.pinned.iter().cloned())
+        .collect();
+    Ok(repacking)
+}
+
+impl Repacking<'_> {
+    /// Reads the indexes the snapshots list, finds the live chunks, and chooses the packs.
+    async fn plan(&mut self, keyring: &AdminKeyring, max_unused: MaxUnused, progress: &dyn Progress) -> Result<()> {
+        let repository = self.repository;
+        let listed_indexes: BTreeSet<ObjectRef> =
+            self.snapshots.values().flat_map(|(s, _)| s.header.indexes.iter().cloned()).collect();
+        for index in &listed_indexes {
+            let file = repository.read_listed_index(keyring, &repo::index_key(&index.id)).await?;
+            for record in &file.packs {
+                self.records.entry(record.pack.id.clone()).or_insert_with(|| record.clone());
+            }
+            self.indexes.insert(index.id.clone(), (index.clone(), file));
+        }
+        let listed_packs: BTreeSet<ObjectRef> =
+            self.snapshots.values().flat_map(|(s, _)| s.header.packs.iter().cloned()).collect();
+        self.out.packs_listed = listed_packs.len() as u64;
+        for pack in &listed_packs {
+            if !self.records.contains_key(&pack.id) {
+                return Err(Error::corrupt(
+                    repo::pack_key(&pack.id),
+                    "no index a snapshot lists describes it; run verify",
+                ));
+            }
+        }
+        // Every chunk a remaining snapshot uses: its list chunks, and what they list.
+        let keyring: &Keyring = keyring;
+        let index = repository.load_index(keyring, Some(&listed_indexes.iter().cloned().collect::<Vec<_>>())).await?;
+        let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), Arc::new(index), 4);
+        let mut live: HashSet<ChunkId> = HashSet::new();
+        progress.phase(
+            &format!("finding used chunks on {}", repository.target.location()),
+            Unit::Snapshots,
+            Some(self.snapshots.len() as u64),
+        );
+        for (_, manifest) in self.snapshots.values() {
+            progress.advance(1);
+            let mut expanded = manifest.clone();
+            crate::fetch::expand_lists(&mut expanded, &reader).await?;
+            live.extend(expanded.all_chunks().copied());
+        }
+        // Packs an index older than format 6 describes hold their text unpacked; the indexes
+        // repacking writes (format 7) say their packs hold packed text. Such packs and indexes
+        // are left as they are (*Packed text*: text with a 0xFF byte would be misread).
+        let legacy: HashSet<ObjectId> = self
+            .indexes
+            .values()
+            .filter(|(_, file)| file.version < repo::PACKED_BYTEA_VERSION)
+            .flat_map(|(_, file)| file.packs.iter().map(|r| r.pack.id.clone()))
+            .collect();
+        let candidates: Vec<&PackRecord> = listed_packs
+            .iter()
+            .filter(|p| !self.pinned.contains(&p.id) && !legacy.contains(&p.id))
+            .map(|p| &self.records[&p.id])
+            .collect();
+        self.out.unused_bytes = candidates.iter().map(|r| unused_bytes(r, &live)).sum();
+        self.chosen = choose(&candidates, &live, max_unused, repository.config.pack_size);
+        for id in &self.chosen {
+            let record = &self.records[id];
+            self.out.packs_repacked += 1;
+            self.out.packs_repacked_bytes += record.pack.size;
+            self.out.freed_bytes += unused_bytes(record, &live);
+        }
+        self.stale_indexes = self
+            .indexes
+            .iter()
+            .filter(|(_, (_, file))| {
+                file.version >= repo::PACKED_BYTEA_VERSION && file.packs.iter().any(|r| !self.stays(&r.pack.id))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        // Which frames are copied: those with a used chunk, unless every used chunk of the frame
+        // is in a pack that stays already (a copy an interrupted prune made lists it): then
+        // the snapshots that listed the repacked pack list that one instead.
+        let mut held: HashMap<ChunkId, ObjectId> = HashMap::new();
+        for (id, record) in &self.records {
+            if self.listed.contains(id) && !self.chosen.contains(id) {
+                for chunk in &record.chunks {
+                    held.entry(chunk.chunk()).or_insert_with(|| id.clone());
+                }
+            }
+        }
+        for (index, (_, file)) in &self.indexes {
+            for record in &file.packs {
+                self.index_of_pack.entry(record.pack.id.clone()).or_insert_with(|| index.clone());
+            }
+        }
+        for id in &self.chosen {
+            let record = self.records.get_mut(id).expect("chosen from the records");
+            let mut reused = BTreeSet::new();
+            record.chunks = frames(record)
+                .into_values()
+                .filter(|chunks| {
+                    let used: Vec<ChunkId> =
+                        chunks.iter().map(ChunkLocation::chunk).filter(|c| live.contains(c)).collect();
+                    if !used.is_empty() && used.iter().all(|c| held.contains_key(c)) {
+                        reused.extend(used.iter().map(|c| held[c].clone()));
+                        return false;
+                    }
+                    !used.is_empty()
+                })
+                .flatten()
+                .collect();
+            self.reused.insert(id.clone(), reused);
+        }
+        Ok(())
+    }
+
+    /// Whether a pack stays as it is: listed by a snapshot, and not repacked.
+    fn stays(&self, pack: &ObjectId) -> bool {
+        self.listed.contains(pack) && !self.chosen.contains(pack)
+    }
+
+    /// Whether snapshot `id` lists, here, a pack that is repacked or an index written again.
+    fn lists_what_goes(&self, id: &SnapshotId) -> bool {
+        self.snapshots.get(id).is_some_and(|(s, _)| {
+            s.header.packs.iter().any(|p| self.chosen.contains(&p.id))
+                || s.header.indexes.iter().any(|i| self.stale_indexes.contains(&i.id))
+        })
+    }
+
+    /// Writes the live frames of the chosen packs into new packs, a dictionary at a time.
+    async fn write_packs(&mut self, keyring: &Keyring, progress: &dyn Progress) -> Result<()> {
+        let repository = self.repository;
+        let recipients = repository.data_recipients();
+        let pack_size = repository.config.pack_size;
+        let mut by_dictionary: BTreeMap<Option<ObjectRef>, Vec<ObjectId>> = BTreeMap::new();
+        for id in &self.chosen {
+            by_dictionary.entry(self.records[id].dictionary.clone()).or_default().push(id.clone());
+        }
+        progress.phase(
+            &format!("repacking {}", repository.target.location()),
+            Unit::Objects,
+            Some(self.chosen.len() as u64),
+        );
+        for (dictionary, packs) in by_dictionary {
+            let mut pack = NewPack::default();
+            for id in packs {
+                progress.advance(1);
+                let record = &self.records[&id];
+                if record.chunks.is_empty() {
+                    continue;
+                }
+                let key = repo::pack_key(&id);
+                let ciphertext = repository.target.get(&key).await?;
+                if ciphertext.len() as u64 != record.pack.size {
+                    return Err(Error::corrupt(
+                        &key,
+                        format!("size is {} bytes, expected {}", ciphertext.len(), record.pack.size),
+                    ));
+                }
+                repo::check_object_name(&key, &ciphertext)?;
+                let plaintext = keyring.decrypt(&key, &ciphertext)?;
+                for ((offset, length), chunks) in frames(record) {
+                    let end = offset.checked_add(u64::from(length)).filter(|end| *end <= plaintext.len() as u64);
+                    let Some(end) = end else {
+                        return Err(Error::corrupt(&key, "a frame reaches past the pack's end; run verify"));
+                    };
+                    #[expect(clippy::cast_possible_truncation, reason = "within the plaintext, checked above")]
+                    pack.add(&plaintext[offset as usize..end as usize], &chunks);
+                    pack.from.insert(id.clone());
+                    if pack.plaintext.len() >= pack_size {
+                        self.store(std::mem::take(&mut pack), &recipients, dictionary.clone()).await?;
+                    }
+                }
+            }
+            if !pack.chunks.is_empty() {
+                self.store(pack, &recipients, dictionary.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts and stores one new pack.
+    async fn store(
+        &mut self,
+        pack: NewPack,
+        recipients: &[age::x25519::Recipient],
+        dictionary: Option<ObjectRef>,
+    ) -> Result<()> {
+        let ciphertext = bytes::Bytes::from(crypto::encrypt(recipients, &pack.plaintext));
+        let reference = ObjectRef { id: ObjectId::of(&ciphertext), size: ciphertext.len() as u64 };
+        self.repository.target.put_new(&repo::pack_key(&reference.id), ciphertext).await?;
+        self.out.packs_written += 1;
+        self.out.packs_written_bytes += reference.size;
+        for old in pack.from {
+            self.new_packs_of.entry(old).or_default().insert(reference.clone());
+        }
+        self.new_records.insert(reference.id.clone(), PackRecord { pack: reference, dictionary, chunks: pack.chunks });
+        Ok(())
+    }
+
+    /// Writes the indexes of the new packs, then every listed index that describes a pack that
+    /// goes again without it.
+    async fn write_indexes(&mut self, keyring: &Keyring) -> Result<()> {
+        let recipients = self.repository.metadata_recipients();
+        let mac_key = keyring.index_mac_key();
+        let mut records: Vec<PackRecord> = self.new_records.values().cloned().collect();
+        records.sort_by(|a, b| a.pack.id.cmp(&b.pack.id));
+        let mut batch: Vec<PackRecord> = Vec::new();
+        let mut chunks = 0;
+        for record in records {
+            chunks += record.chunks.len();
+            batch.push(record);
+            if chunks >= INDEX_CHUNKS {
+                self.store_index(std::mem::take(&mut batch), &recipients, &mac_key).await?;
+                chunks = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.store_index(batch, &recipients, &mac_key).await?;
+        }
+        let mut rewritten = HashMap::new();
+        for (id, (_, file)) in &self.indexes {
+            if !self.stale_indexes.contains(id) {
+                continue;
+            }
+            let packs: Vec<PackRecord> = file.packs.iter().filter(|r| self.stays(&r.pack.id)).cloned().collect();
+            let replacement = if packs.is_empty() {
+                None
+            } else {
+                let file = IndexFile { version: repo::FORMAT_VERSION, packs };
+                let (key, index, bytes) = repo::seal_index(file, &recipients, &mac_key);
+                self.repository.target.put_new(&key, bytes).await?;
+                self.out.indexes_written += 1;
+                Some(index)
+            };
+            rewritten.insert(id.clone(), replacement);
+        }
+        self.rewritten = rewritten;
+        Ok(())
+    }
+
+    async fn store_index(
+        &mut self,
+        packs: Vec<PackRecord>,
+        recipients: &[age::x25519::Recipient],
+        mac_key: &crypto::MacKey,
+    ) -> Result<()> {
+        let ids: Vec<ObjectId> = packs.iter().map(|r| r.pack.id.clone()).collect();
+        let file = IndexFile { version: repo::FORMAT_VERSION, packs };
+        let (key, index, bytes) = repo::seal_index(file, recipients, mac_key);
+        self.repository.target.put_new(&key, bytes).await?;
+        self.out.indexes_written += 1;
+        for id in ids {
+            self.index_of.insert(id, index.clone());
+        }
+        Ok(())
+    }
+
+    /// What the copy of `sealed` lists here: its packs that stay, the new packs its repacked
+    /// ones went to, the indexes describing them, and their dictionaries.
+    fn listing(&self, sealed: &SealedSnapshot) -> Listing {
+        let mut listing = Listing::default();
+        for pack in &sealed.header.packs {
+            if self.chosen.contains(&pack.id) {
+                for new in self.new_packs_of.get(&pack.id).into_iter().flatten() {
+                    listing.packs.insert(new.clone());
+                    listing.indexes.insert(self.index_of[&new.id].clone());
+                    listing.dictionaries.extend(self.new_records[&new.id].dictionary.clone());
+                }
+                for other in self.reused.get(&pack.id).into_iter().flatten() {
+                    let record = &self.records[other];
+                    listing.packs.insert(record.pack.clone());
+                    listing.dictionaries.extend(record.dictionary.clone());
+                    let index = &self.index_of_pack[other];
+                    match self.rewritten.get(index) {
+                        Some(Some(new)) => listing.indexes.insert(new.clone()),
+                        _ => listing.indexes.insert(self.indexes[index].0.clone()),
+                    };
+                }
+            } else {
+                listing.packs.insert(pack.clone());
+                if let Some(record) = self.records.get(&pack.id) {
+                    listing.dictionaries.extend(record.dictionary.clone());
+                }
+            }
+        }
+        for index in &sealed.header.indexes {
+            match self.rewritten.get(&index.id) {
+                Some(Some(new)) => {
+                    listing.indexes.insert(new.clone());
+                }
+                Some(None) => {}
+                None => {
+                    listing.indexes.insert(index.clone());
+                }
+            }
+        }
+        // A pack no index here describes (never: the plan checked) keeps its dictionaries listed.
+        if sealed.header.packs.iter().any(|p| !self.records.contains_key(&p.id)) {
+            listing.dictionaries.extend(sealed.header.dictionaries.iter().cloned());
+        }
+        listing
+    }
+
+    /// Deletes the snapshot objects whose copies are stored, newest first: killed part-way, the
+    /// old snapshots left are the oldest, each naming a predecessor still present (an old
+    /// one's successor that is gone was replaced by a copy, which names copies), so the chain
+    /// `verify` checks has no gap.
+    async fn delete_replaced(&mut self) {
+        self.replaced.sort();
+        self.replaced.dedup();
+        for (_, _, id) in std::mem::take(&mut self.replaced).into_iter().rev() {
+            let key = repo::snapshot_key(&id);
+            match self.repository.target.delete(&key).await {
+                Ok(()) => self.out.snapshots_deleted += 1,
+                Err(error) => self.out.not_deleted.push((key, error.to_string())),
+            }
+        }
+    }
+}
+
+/// A new pack being filled: its plaintext, its chunks, and the old packs its frames came from.
+#[derive(Default)]
+struct NewPack {
+    plaintext: Vec<u8>,
+    chunks: Vec<ChunkLocation>,
+    from: BTreeSet<ObjectId>,
+}
+
+impl NewPack {
+    /// Appends one frame, verbatim, with its chunks (their places in the frame unchanged).
+    fn add(&mut self, frame: &[u8], chunks: &[ChunkLocation]) {
+        let offset = self.plaintext.len() as u64;
+        self.plaintext.extend_from_slice(frame);
+        self.chunks.extend(
+            chunks.iter().map(|c| ChunkLocation::in_frame(c.chunk(), offset, c.length(), c.raw_length(), c.start())),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(n: u8) -> ChunkId {
+        ChunkId([n; crypto::CHUNK_ID_BYTES])
+    }
+
+    /// A pack of `size` bytes whose frames are `frames` (compressed length, chunk numbers).
+    fn record(name: &str, size: u64, dictionary: Option<&str>, frames: &[(u32, &[u8])]) -> PackRecord {
+        let mut chunks = Vec::new();
+        let mut offset = 0;
+        for (length, ids) in frames {
+            let mut start = 0;
+            for id in *ids {
+                chunks.push(ChunkLocation::in_frame(chunk(*id), offset, *length, 10, start));
+                start += 10;
+            }
+            offset += u64::from(*length);
+        }
+        let object = |n: &str| ObjectRef { id: ObjectId::of(n.as_bytes()), size };
+        PackRecord { pack: object(name), dictionary: dictionary.map(object), chunks }
+    }
+
+    #[test]
+    fn a_predecessor_copied_twice_is_named_by_its_newest_copy() {
+        let id = |n: &str| SnapshotId::of(n.as_bytes());
+        let new_ids = HashMap::from([(id("s"), id("c")), (id("c"), id("c2")), (id("t"), id("t"))]);
+        assert_eq!(newest_copy(&new_ids, &id("s")), id("c2"));
+        assert_eq!(newest_copy(&new_ids, &id("t")), id("t"));
+        assert_eq!(newest_copy(&new_ids, &id("u")), id("u"));
+    }
+
+    #[test]
+    fn max_unused_reads_a_percentage_with_or_without_its_sign_and_refuses_the_rest() {
+        assert_eq!("5%".parse::<MaxUnused>().unwrap(), MaxUnused(5.0));
+        assert_eq!("12.5".parse::<MaxUnused>().unwrap(), MaxUnused(12.5));
+        assert_eq!(" 0 % ".parse::<MaxUnused>().unwrap(), MaxUnused(0.0));
+        for bad in ["", "%", "101", "-1", "five", "5%%", "NaN"] {
+            let error = bad.parse::<MaxUnused>().unwrap_err().to_string();
+            assert!(error.contains("percentage from 0 to 100"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_frame_with_one_used_chunk_is_used_whole_and_one_with_none_is_unused() {
+        let pack = record("p", 300, None, &[(100, &[1, 2]), (200, &[3])]);
+        assert_eq!(unused_bytes(&pack, &HashSet::from([chunk(2)])), 200);
+        assert_eq!(unused_bytes(&pack, &HashSet::from([chunk(3)])), 100);
+        assert_eq!(unused_bytes(&pack, &HashSet::new()), 300);
+    }
+
+    #[test]
+    fn packs_over_the_threshold_are_chosen_and_small_ones_only_in_numbers() {
+        let pack_size: usize = 8 << 20;
+        let mostly_used = record("a", 1030, None, &[(1000, &[1]), (30, &[2])]);
+        let much_unused = record("b", 1100, None, &[(1000, &[3]), (100, &[4])]);
+        let live = HashSet::from([chunk(1), chunk(3)]);
+        let chosen = choose(&[&mostly_used, &much_unused], &live, MaxUnused(5.0), pack_size);
+        assert_eq!(chosen, BTreeSet::from([much_unused.pack.id.clone()]));
+        // Three small packs of one dictionary stay; a fourth makes them worth merging.
+        let small: Vec<PackRecord> =
+            (0..4).map(|n| record(&format!("s{n}"), 1000, Some("d"), &[(1000, &[10 + n])])).collect();
+        let live: HashSet<ChunkId> = (10..14).map(chunk).collect();
+        let three: Vec<&PackRecord> = small.iter().take(3).collect();
+        assert!(choose(&three, &live, MaxUnused(5.0), pack_size).is_empty());
+        let four: Vec<&PackRecord> = small.iter().collect();
+        assert_eq!(choose(&four, &live, MaxUnused(5.0), pack_size).len(), 4);
+        // Small packs of other dictionaries are not merged together.
+        let mixed: Vec<PackRecord> =
+            (0..4).map(|n| record(&format!("m{n}"), 1000, Some(&format!("d{n}")), &[(1000, &[10 + n])])).collect();
+        assert!(choose(&mixed.iter().collect::<Vec<_>>(), &live, MaxUnused(5.0), pack_size).is_empty());
+    }
+}
