@@ -114,6 +114,12 @@ pub struct Pin {
     /// another repository was replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locations: Vec<String>,
+    /// Snapshots the last backup on this machine looked at and found no newer than `newest`
+    /// (or older, by their headers' times, than one that proved itself): the next backup reads
+    /// only the others to find its predecessor. Meaningless without `newest`, and written with
+    /// it in one replacement of the file, so that it never names a snapshot newer than `newest`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub settled: std::collections::BTreeSet<crate::repo::SnapshotId>,
 }
 
 impl Pin {
@@ -222,8 +228,14 @@ mod tests {
     fn a_pin_is_saved_private_and_its_mark_only_moves_forward() {
         let dir = tempfile::tempdir().unwrap();
         let fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap();
-        let mut pin =
-            Pin { repository_id: "r1".into(), fingerprint, config_hash: "h".into(), newest: None, locations: vec![] };
+        let mut pin = Pin {
+            repository_id: "r1".into(),
+            fingerprint,
+            config_hash: "h".into(),
+            newest: None,
+            locations: vec![],
+            settled: std::collections::BTreeSet::new(),
+        };
         let mark = |sequence| SnapshotMark {
             id: format!("{sequence:064x}").parse().unwrap(),
             sequence,

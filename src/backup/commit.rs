@@ -14,16 +14,24 @@ use super::{Stored, StoredDictionary, TargetReport, TargetState};
 pub(super) struct Chain {
     pub(super) parent: Option<repo::SnapshotId>,
     pub(super) sequence: u64,
+    /// The snapshots now known to be no newer than `parent`, for the pin
+    /// ([`super::BackupOptions::settled`]).
+    pub(super) settled: BTreeSet<repo::SnapshotId>,
 }
 
 impl Chain {
     /// After the newest snapshot that proves itself on any target, or the newest this host
     /// knows of when storage lost that one. Noting, in `warnings`, newer snapshots that failed
     /// to prove themselves and a known snapshot no target holds (rollback).
+    ///
+    /// With a high-water mark, the snapshots in `settled` (the pin's: looked at by earlier
+    /// backups and no newer than the mark) are not read again, but for the mark's own, which is
+    /// opened every time: a nightly backup reads the snapshots written since the last one, not
+    /// every snapshot of the repository's history.
     pub(super) async fn find(
         states: &[TargetState<'_>],
         keyring: &Keyring,
-        newest_known: Option<&SnapshotMark>,
+        (newest_known, settled): (Option<&SnapshotMark>, &BTreeSet<repo::SnapshotId>),
         warnings: &mut Vec<String>,
     ) -> Chain {
         let mut newest = newest_known.cloned();
@@ -32,6 +40,12 @@ impl Chain {
             tracing::warn!("{warning}");
             warnings.push(warning);
         };
+        // Without a mark nothing is settled: what was settled was so against the mark.
+        let skipped: BTreeSet<repo::SnapshotId> = match newest_known {
+            Some(known) => settled.iter().filter(|id| **id != known.id).cloned().collect(),
+            None => BTreeSet::new(),
+        };
+        let mut settled_now = BTreeSet::new();
         for state in states.iter().filter(|s| s.error.is_none()) {
             let repository = state.repository;
             let location = repository.target.location();
@@ -42,17 +56,19 @@ impl Chain {
             {
                 known_held = matches!(repository.target.size_of(&repo::snapshot_key(&known.id)).await, Ok(Some(_)));
             }
-            let (found, rejected) = match repository.newest_authentic(keyring).await {
+            let found = match repository.newest_authentic(keyring, &skipped).await {
                 Ok(found) => found,
                 Err(error) => {
                     note(format!("{location}: cannot list its snapshots: {error}"));
                     continue;
                 }
             };
-            for (id, error) in rejected {
+            for (id, error) in found.rejected {
                 note(format!("{location}: snapshot {id} passed over: {error}"));
             }
-            if let Some(mark) = found.map(|sealed| sealed.mark())
+            settled_now.extend(found.listed.into_iter().filter(|id| skipped.contains(id)));
+            settled_now.extend(found.settled);
+            if let Some(mark) = found.found.map(|sealed| sealed.mark())
                 && newest.as_ref().is_none_or(|n| mark.sequence > n.sequence)
             {
                 newest = Some(mark);
@@ -75,7 +91,11 @@ impl Chain {
                 known.id, known.sequence, known.time
             ));
         }
-        Chain { parent: newest.as_ref().map(|m| m.id.clone()), sequence: newest.map_or(1, |m| m.sequence + 1) }
+        Chain {
+            parent: newest.as_ref().map(|m| m.id.clone()),
+            sequence: newest.map_or(1, |m| m.sequence + 1),
+            settled: settled_now,
+        }
     }
 }
 

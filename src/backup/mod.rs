@@ -18,7 +18,7 @@ mod encode;
 mod read;
 mod upload;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +71,10 @@ pub struct BackupOptions {
     /// The newest snapshot this host wrote or authenticated (its pin's high-water mark): the
     /// new snapshot follows it even if storage lost it, and its absence is reported.
     pub newest_known: Option<SnapshotMark>,
+    /// Snapshots earlier backups on this host looked at and found no newer than
+    /// `newest_known` (its pin's record, [`crate::trust::Pin::settled`]): their headers are not
+    /// read again to find the predecessor. Ignored without `newest_known`.
+    pub settled: BTreeSet<crate::repo::SnapshotId>,
     /// The time to record instead of the database's clock at the snapshot (old dumps
     /// imported, a history simulated); snapshots sort by it and retention buckets by it.
     pub time: Option<chrono::DateTime<chrono::Utc>>,
@@ -107,6 +111,10 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     /// One entry per target, in the order given.
     pub targets: Vec<TargetReport>,
+    /// The snapshots the next backup need not look at again, the new one included: for the
+    /// pin, beside the new high-water mark ([`BackupOptions::settled`]).
+    #[serde(skip)]
+    pub settled: BTreeSet<crate::repo::SnapshotId>,
 }
 
 impl BackupReport {
@@ -176,7 +184,7 @@ pub async fn run(
         return Err(all_failed(&states, targets.left_out()));
     }
     let mut warnings = Vec::new();
-    let chain = Chain::find(&states, keyring, options.newest_known.as_ref(), &mut warnings).await;
+    let chain = Chain::find(&states, keyring, (options.newest_known.as_ref(), &options.settled), &mut warnings).await;
 
     let session = SnapshotSession::begin(&options.database).await?;
     let time = options.time.unwrap_or(session.time);
@@ -349,6 +357,8 @@ pub async fn run(
         bytes_added: 0,
         bytes_total: 0,
     }));
+    let mut settled = chain.settled;
+    settled.insert(sealed.id.clone());
     Ok(BackupReport {
         snapshot_id: sealed.id.clone(),
         time,
@@ -363,6 +373,7 @@ pub async fn run(
         sequence: chain.sequence,
         warnings,
         targets: reports,
+        settled,
     })
 }
 

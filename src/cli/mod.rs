@@ -737,6 +737,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 index_chunks,
                 index_in_memory,
                 newest_known: trusted.newest(),
+                settled: trusted.settled(),
                 time,
             };
             if let Some(time) = time.filter(|time| *time > chrono::Utc::now() + chrono::Duration::minutes(5)) {
@@ -750,7 +751,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             progress.finish();
             lock::release(locks).await;
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
-            trusted.advance(Some(&report.mark()))?;
+            trusted.backed_up(&report.mark(), report.settled.clone())?;
             output::backup(json, &report, started.elapsed());
             if report.failed_targets() > 0 {
                 return Ok(ExitCode::from(3));

@@ -53,6 +53,29 @@ impl Trusted {
         self.pin.as_ref().and_then(|pin| pin.newest.clone())
     }
 
+    /// The snapshots earlier backups here found no newer than [`Self::newest`].
+    pub fn settled(&self) -> std::collections::BTreeSet<crmvault::repo::SnapshotId> {
+        self.pin.as_ref().map(|pin| pin.settled.clone()).unwrap_or_default()
+    }
+
+    /// After a backup: its snapshot is the newest, and the next backup need not look again at
+    /// `settled` (saved with the mark, in one replacement of the pin).
+    pub fn backed_up(
+        &mut self,
+        mark: &SnapshotMark,
+        settled: std::collections::BTreeSet<crmvault::repo::SnapshotId>,
+    ) -> Result<()> {
+        // The new snapshot follows the mark, so the mark moves (a record made against another
+        // mark is not kept).
+        if let Some(pin) = self.pin.as_mut()
+            && pin.advance(mark)
+        {
+            pin.settled = settled;
+            trust::save_pin(&self.config_dir, pin)?;
+        }
+        Ok(())
+    }
+
     /// Moves the pin to the generation `config_hash` (after `rekey` on this machine).
     pub fn follow(&mut self, config_hash: &str) -> Result<()> {
         if let Some(pin) = self.pin.as_mut()
@@ -235,6 +258,7 @@ async fn check_with(
                     config_hash: repository.config_hash.clone(),
                     newest: None,
                     locations: vec![location.to_string()],
+                    settled: std::collections::BTreeSet::new(),
                 };
                 trust::save_pin(config_dir, &pin)?;
                 if role == Role::Admin {
@@ -296,6 +320,7 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
         config_hash: report.config_hash.clone(),
         newest: None,
         locations: report.locations.clone(),
+        settled: std::collections::BTreeSet::new(),
     };
     trust::save_pin(config_dir, &pin)?;
     Ok(())

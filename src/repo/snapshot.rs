@@ -1,6 +1,8 @@
 //! Snapshot objects: the plaintext header, the MAC and the encrypted manifest; reading,
 //! authenticating and sealing them (docs/FORMAT.md, *Snapshot*).
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -277,6 +279,20 @@ impl std::fmt::Display for SnapshotFilter {
         }
         f.write_str(&parts.join(", "))
     }
+}
+
+/// What [`Repository::newest_authentic`] found on one target.
+#[derive(Debug)]
+pub struct NewestAuthentic {
+    /// The newest snapshot that proved itself, opened.
+    pub found: Option<SealedSnapshot>,
+    /// Newer ones that did not, with why.
+    pub rejected: Vec<(SnapshotId, Error)>,
+    /// Snapshots looked at and found no newer than `found` (it included): the found one, and
+    /// the older ones by their headers' times.
+    pub settled: Vec<SnapshotId>,
+    /// Every snapshot id the target lists.
+    pub listed: Vec<SnapshotId>,
 }
 
 /// A snapshot object's first four lines, parsed.
@@ -576,8 +592,13 @@ impl Repository {
     /// which `latest` tries them. Those whose header cannot be read come last, without a time:
     /// junk in `snapshots/` must not stop a restore or a backup, and is named when tried.
     pub async fn snapshots_newest_first(&self) -> Result<Vec<(Option<DateTime<Utc>>, SnapshotId)>> {
+        self.newest_first(self.snapshot_ids().await?).await
+    }
+
+    /// `ids` with their headers' times, newest first (see [`Self::snapshots_newest_first`]).
+    async fn newest_first(&self, ids: Vec<SnapshotId>) -> Result<Vec<(Option<DateTime<Utc>>, SnapshotId)>> {
         let mut found = Vec::new();
-        for id in self.snapshot_ids().await? {
+        for id in ids {
             let time = self.read_snapshot_header(&id).await.ok().map(|header| header.time);
             found.push((time, id));
         }
@@ -588,21 +609,33 @@ impl Repository {
     /// The newest snapshot that proves it was written with this repository's keys, opened;
     /// the newer ones that did not, with why. A forged or damaged snapshot dated in the future
     /// is passed over, never taken for the newest.
-    pub async fn newest_authentic(
-        &self,
-        keyring: &Keyring,
-    ) -> Result<(Option<SealedSnapshot>, Vec<(SnapshotId, Error)>)> {
-        let mut rejected = Vec::new();
-        for (_, id) in self.snapshots_newest_first().await? {
+    ///
+    /// Snapshots in `settled` are left out without a read: the caller looked at them before
+    /// and found none newer than what it already knows (a backup host's pin records them, so
+    /// that a nightly backup reads only the headers of snapshots new since the last one).
+    pub async fn newest_authentic(&self, keyring: &Keyring, settled: &BTreeSet<SnapshotId>) -> Result<NewestAuthentic> {
+        let listed = self.snapshot_ids().await?;
+        let unsettled = listed.iter().filter(|id| !settled.contains(*id)).cloned().collect();
+        let mut newest = NewestAuthentic { found: None, rejected: Vec::new(), settled: Vec::new(), listed };
+        let mut candidates = self.newest_first(unsettled).await?.into_iter();
+        for (_, id) in candidates.by_ref() {
             match self.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring).map(|_| sealed)) {
-                Ok(sealed) => return Ok((Some(sealed), rejected)),
+                Ok(sealed) => {
+                    newest.settled.push(id);
+                    newest.found = Some(sealed);
+                    break;
+                }
                 Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. } | Error::Missing { .. })) => {
-                    rejected.push((id, error));
+                    newest.rejected.push((id, error));
                 }
                 Err(error) => return Err(error),
             }
         }
-        Ok((None, rejected))
+        // Older than the one found by their headers' times: the order says they are not the
+        // newest, as it did before anything was settled. Those whose header did not read stay
+        // unsettled, to be tried (and named) again.
+        newest.settled.extend(candidates.filter(|(time, _)| time.is_some()).map(|(_, id)| id));
+        Ok(newest)
     }
 
     /// Resolves `latest` or an id prefix to one snapshot id.

@@ -247,6 +247,51 @@ fn junk_and_a_foreign_future_snapshot_neither_stop_backups_nor_win_latest() {
     assert!(verify.stdout.contains("no snapshot lists it"), "{}", verify.stdout);
 }
 
+/// The pin of the repository in `work`'s config folder, as JSON.
+fn pin_of(work: &Workspace) -> serde_json::Value {
+    let path = files_under(&work.config_dir()).into_iter().find(|p| p.ends_with("trust.json")).unwrap();
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_backup_reads_only_snapshots_its_pin_has_not_settled_yet_still_follows_and_names_the_new_ones() {
+    let victim = Victim::new("settled");
+    // A second backup host with the writer key, as the first one was after the first backup.
+    let other = Workspace::new();
+    copy_dir(&victim.work.config_dir(), &other.config_dir());
+    let second = victim.work.backup(&victim.source, &victim.repo);
+    let id = |report: &serde_json::Value| report["snapshot_id"].as_str().unwrap().to_string();
+    let settled = pin_of(&victim.work)["settled"].as_array().unwrap().len();
+    assert_eq!(settled, 2, "both snapshots are settled: {}", pin_of(&victim.work));
+
+    // The other host has not seen the second snapshot, and finds it.
+    victim
+        .source
+        .sql("UPDATE crm.contacts SET email = 'third@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+    let third = other.backup(&victim.source, &victim.repo);
+    assert_eq!((third["parent"].as_str(), third["sequence"].as_u64()), (Some(id(&second).as_str()), Some(3)));
+    // The first host has settled the second, not the third, which it reads and follows.
+    let fourth = victim.work.backup(&victim.source, &victim.repo);
+    assert_eq!((fourth["parent"].as_str(), fourth["sequence"].as_u64()), (Some(id(&third).as_str()), Some(4)));
+
+    // A foreign snapshot dated later appears, and the newest one (the pin's mark) is damaged:
+    // both are named, and the chain goes on after the mark.
+    let (_attacker, forged) = forged_repository(&victim);
+    for file in files_under(&Path::new(&forged).join("snapshots")) {
+        std::fs::copy(&file, victim.file(&format!("snapshots/{}", file.file_name().unwrap().to_str().unwrap())))
+            .unwrap();
+    }
+    let newest = victim.file(&format!("snapshots/{}", id(&fourth)));
+    let mut bytes = std::fs::read(&newest).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&newest, bytes).unwrap();
+    let run = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
+    assert!(run.stderr.contains("written under another config"), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("snapshot {} passed over", id(&fourth))), "{}", run.stderr);
+    assert_eq!(run.json()["parent"].as_str(), Some(id(&fourth).as_str()), "the mark, damaged or not");
+    assert_eq!(run.json()["sequence"].as_u64(), Some(5));
+}
+
 #[test]
 fn one_damaged_keys_object_leaves_the_repository_readable() {
     let victim = Victim::new("keys_copy");
