@@ -68,10 +68,25 @@ impl Chain {
             }
             settled_now.extend(found.listed.into_iter().filter(|id| skipped.contains(id)));
             settled_now.extend(found.settled);
-            if let Some(mark) = found.found.map(|sealed| sealed.mark())
-                && newest.as_ref().is_none_or(|n| mark.sequence > n.sequence)
-            {
-                newest = Some(mark);
+            if let Some(sealed) = found.found {
+                let mark = sealed.mark();
+                // A copy of the snapshot this host knows (`prune --identity`, `rekey --reencrypt`:
+                // same place in the chain, a new id, the old one deleted) stands for it: the
+                // new snapshot names the copy, and the old id's absence is no alarm.
+                let copy_of_known = newest_known.is_some_and(|known| {
+                    mark.id != known.id
+                        && mark.sequence == known.sequence
+                        && (sealed.header.replaces.as_ref() == Some(&known.id) || mark.time == known.time)
+                });
+                if copy_of_known {
+                    known_held = true;
+                }
+                if newest
+                    .as_ref()
+                    .is_none_or(|n| mark.sequence > n.sequence || (copy_of_known && n.sequence == mark.sequence))
+                {
+                    newest = Some(mark);
+                }
             }
         }
         // Gone on purpose: a forget record on some target names it.

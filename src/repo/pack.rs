@@ -185,6 +185,9 @@ pub fn open_chunk_onto(
     }
     let plaintext = &out[before..];
     if plaintext.len() != location.raw_length() as usize || key.id_of(plaintext) != location.chunk() {
+        // The frame this thread kept may be the damaged one: the next target's copy of the
+        // same pack (same name, same offset) must be decompressed, not taken from here.
+        FRAME.with_borrow_mut(|frame| frame.at = None);
         out.truncate(before);
         return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
     }

@@ -828,3 +828,28 @@ fn a_profile_gives_prune_its_identity_and_threshold_and_the_flag_overrides_it() 
     let strict = work.run(&["prune", "--json", "--profile", "admin", "--max-unused", "5"]).ok().json();
     assert!(strict["repacked"][0]["packs_repacked"].as_u64().unwrap() >= 1, "{strict}");
 }
+
+/// REVIEW: the backup host's pin names the newest snapshot it wrote; `prune --identity` seals
+/// that snapshot again as a copy (`replaces`) and deletes it. The next backup must follow the
+/// copy: no "deleted without being forgotten" warning, a predecessor that exists, and a clean
+/// `verify` afterwards.
+#[test]
+fn a_backup_after_a_repack_follows_the_copy_of_its_pinned_snapshot() {
+    let Ready { source, work, repo, .. } = Scenario::new("repack_then_backup").crm().init("repo");
+    let nights = mostly_garbage_packs(&source, &work, &repo);
+    let newest = nights.last().unwrap().0.clone();
+    let run = prune_as_admin(&work, &repo, &[]).ok().json();
+    assert!(run["repacked"][0]["snapshots_resealed"].as_u64().unwrap() >= 1, "{run}");
+    let copy = current_id(&repo, &newest).expect("the newest night has a copy");
+    assert_ne!(copy, newest, "the newest night was sealed again");
+    source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 5 = 0");
+    let backup = work.run(&["backup", "--json", "--db", &source.url(), "--repo", &repo]).ok();
+    let report = backup.json();
+    let snapshot = report["snapshot_id"].as_str().unwrap().to_string();
+    let text = std::fs::read(Path::new(&repo).join("snapshots").join(&snapshot)).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(text.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
+    let verify = work.run(&["verify", "--json", "--repo", &repo, "--identity", &work.admin_key()]);
+    assert!(!backup.stderr.contains("deleted without being forgotten"), "false rollback alarm: {}", backup.stderr);
+    assert_eq!(header["parent"].as_str(), Some(copy.as_str()), "the new snapshot names a deleted predecessor");
+    assert_eq!(verify.code, 0, "verify fails after repack + backup: {} {}", verify.stdout, verify.stderr);
+}
