@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
 use crate::progress::{Progress, Unit};
 use crate::prune::PruneMode;
-use crate::rekey::{Listing, store_copy};
+use crate::rekey::{Listing, oldest_first, store_copy};
 use crate::repo::{
     self, AdminKeyring, ChunkLocation, IndexFile, Keyring, Manifest, ObjectId, ObjectRef, PackRecord, Repository,
     SealedManifest, SealedSnapshot, SnapshotId,
@@ -224,16 +224,11 @@ pub async fn run(
     // A snapshot is sealed again on every target that holds it (one id everywhere) when on any
     // of them it lists a pack or index that goes, when a copy of it exists already, or when its
     // predecessor is sealed again (its copy names the predecessor's copy): oldest first.
-    let mut order: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)> = targets
-        .iter()
-        .flat_map(|t| t.snapshots.values().map(|(s, _)| (s.header.sequence, s.header.time, s.id.clone())))
-        .collect();
-    order.sort();
-    order.dedup();
+    let order = oldest_first(targets.iter().flat_map(|t| t.snapshots.values().map(|(s, _)| s)));
     let mut new_ids: HashMap<SnapshotId, SnapshotId> =
         copies.iter().map(|(old, copy)| (old.clone(), copy.id.clone())).collect();
     let mut resealed: Vec<SnapshotId> = Vec::new();
-    for (_, _, id) in &order {
+    for id in &order {
         let parent_moves = |t: &Repacking| {
             t.snapshots.get(id).and_then(|(s, _)| s.header.parent.as_ref()).is_some_and(|p| new_ids.contains_key(p))
         };

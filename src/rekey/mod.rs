@@ -30,7 +30,7 @@ use crate::trust::Fingerprint;
 
 mod reencrypt;
 
-pub(crate) use reencrypt::{Listing, store_copy};
+pub(crate) use reencrypt::{Listing, oldest_first, store_copy};
 pub use reencrypt::{Reencrypted, reencrypt};
 
 /// What to change.

@@ -152,15 +152,10 @@ pub async fn reencrypt(
     }
 
     // Oldest first, so that each copy can name its predecessor's copy.
-    let mut order: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)> = targets
-        .iter()
-        .flat_map(|t| t.todo.values().map(|(s, _)| (s.header.sequence, s.header.time, s.id.clone())))
-        .collect();
-    order.sort();
-    order.dedup();
+    let order = oldest_first(targets.iter().flat_map(|t| t.todo.values().map(|(s, _)| s)));
     let mut new_ids: HashMap<SnapshotId, SnapshotId> =
         copies.iter().map(|(old, copy)| (old.clone(), copy.id.clone())).collect();
-    for (_, _, old) in order {
+    for old in order {
         for rewriting in &mut targets {
             let Some((sealed, mut manifest)) = rewriting.todo.remove(&old) else { continue };
             if !copies.contains_key(&old) {
@@ -323,6 +318,16 @@ pub(crate) struct Listing {
     pub(crate) indexes: BTreeSet<ObjectRef>,
     /// Dictionaries their chunks need.
     pub(crate) dictionaries: BTreeSet<ObjectRef>,
+}
+
+/// The ids of `snapshots` (of any targets, each once) in chain order, oldest first, so that each
+/// copy sealed in that order can name its predecessor's copy.
+pub(crate) fn oldest_first<'a>(snapshots: impl Iterator<Item = &'a SealedSnapshot>) -> Vec<SnapshotId> {
+    let mut order: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)> =
+        snapshots.map(|s| (s.header.sequence, s.header.time, s.id.clone())).collect();
+    order.sort();
+    order.dedup();
+    order.into_iter().map(|(_, _, id)| id).collect()
 }
 
 /// Stores on `repository` the copy of `sealed` sealed as `copy` (the manifest, sealed once for
