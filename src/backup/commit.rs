@@ -102,7 +102,7 @@ impl Chain {
             note(format!(
                 "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, is on no \
                  target: deleted without being forgotten? The new snapshot names it as its predecessor, so \
-                 `verify` keeps reporting the gap",
+                 `verify` reports the gap",
                 known.id, known.sequence, known.time
             ));
         }

@@ -401,6 +401,22 @@ pub async fn run(
     for (key, error) in &forgotten.rejected {
         report.problems.push(problem(key, vec![], format!("a forget record that explains nothing: {error}")));
     }
+    for sealed in &sealed_snapshots {
+        if let Some((_, when)) = forgotten.snapshots.get(&sealed.id) {
+            report.problems.push(problem(
+                &repo::snapshot_key(&sealed.id),
+                vec![sealed.id.to_string()],
+                format!(
+                    "forgotten at {when} and still here: a `forget` that was interrupted (run it again), or put \
+                     back in storage since"
+                ),
+            ));
+        }
+    }
+    // ...unless `forget` removed snapshots of this target before it: then its history started
+    // earlier, and the oldest snapshot's predecessor must be here or forgotten too (deleting
+    // the only snapshot `forget --keep-last 1` left is otherwise never reported).
+    let oldest = oldest.filter(|&oldest| forgotten.snapshots.values().all(|(s, _)| s.sequence >= oldest));
     for sealed in sealed_snapshots.iter().filter(|s| Some(s.header.sequence) != oldest) {
         // A forgotten predecessor explains the gap only down to a snapshot that is here.
         if let Some(gap) =

@@ -127,6 +127,56 @@ fn forgetting_the_newest_snapshot_raises_no_rollback_alarm_anywhere() {
 }
 
 #[test]
+fn a_forgotten_snapshot_put_back_in_storage_is_reported_by_verify() {
+    // The storage writer keeps a copy of a snapshot and puts it back after `forget`: its data is
+    // authentic, but retention was undone (rows erased on purpose come back, and prune keeps
+    // them). Its record names it, so verify says so, with a key and without.
+    let ready = Scenario::new("forget_back").sql(TABLE).init("repo");
+    let repo = ready.repo.clone();
+    let old = backup(&ready, &[&repo], &[]);
+    change(&ready, 2);
+    backup(&ready, &[&repo], &[]);
+    let object = std::path::Path::new(&repo).join("snapshots").join(&old);
+    let kept = std::fs::read(&object).unwrap();
+    ready.work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    ready.work.run(&["verify", "--repo", &repo]).ok();
+    std::fs::write(&object, kept).unwrap();
+    for key in [vec![], vec!["--identity".to_string(), ready.work.admin_key()]] {
+        let mut args = vec!["verify", "--repo", &repo];
+        args.extend(key.iter().map(String::as_str));
+        let verify = ready.work.run(&args);
+        assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+        assert!(verify.stdout.contains(&old) && verify.stdout.contains("and still here"), "{}", verify.stdout);
+    }
+}
+
+#[test]
+fn deleting_the_only_snapshot_forget_left_is_reported_by_verify_after_the_next_backup() {
+    // `forget --keep-last 1` leaves one snapshot; storage deletes it. The next backup's snapshot
+    // is then the target's oldest, which verify used to exempt from the predecessor check (a
+    // target's history may start later), so the deletion went unreported after one warning.
+    let ready = Scenario::new("forget_only").sql(TABLE).init("repo");
+    let repo = ready.repo.clone();
+    backup(&ready, &[&repo], &[]);
+    change(&ready, 2);
+    let only = backup(&ready, &[&repo], &[]);
+    ready.work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    std::fs::remove_file(std::path::Path::new(&repo).join("snapshots").join(&only)).unwrap();
+    change(&ready, 3);
+    let next = ready.work.run(&["backup", "--db", &ready.source.url(), "--repo", &repo]).ok();
+    assert!(next.stderr.contains("deleted without being forgotten"), "{}", next.stderr);
+    for workspace in [&ready.work, &Workspace::new()] {
+        let verify = workspace.run(&["verify", "--repo", &repo]);
+        assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+        assert!(
+            verify.stdout.contains(&only) && verify.stdout.contains("deleted without being forgotten"),
+            "{}",
+            verify.stdout
+        );
+    }
+}
+
+#[test]
 fn a_policy_that_keeps_nothing_is_refused_and_changes_nothing() {
     let ready = Scenario::new("forget_refused").sql(TABLE).init("repo").backup();
     let repo = ready.repo.clone();
