@@ -370,6 +370,7 @@ pub enum DecryptFailure {
 
 /// Decrypts an age ciphertext with any of `identities`.
 pub fn decrypt(identities: &[age::x25519::Identity], ciphertext: &[u8]) -> Result<Vec<u8>, DecryptFailure> {
+    header_end(ciphertext).map_err(DecryptFailure::Damaged)?;
     let decryptor = age::Decryptor::new_buffered(ciphertext).map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
     let mut reader = decryptor.decrypt(identities.iter().map(|i| i as &dyn age::Identity)).map_err(|e| match e {
         age::DecryptError::NoMatchingKeys => DecryptFailure::NoMatchingKey,
@@ -380,15 +381,67 @@ pub fn decrypt(identities: &[age::x25519::Identity], ciphertext: &[u8]) -> Resul
     Ok(plaintext)
 }
 
+/// Admin recipients a repository may have at most: each is a stanza in the header of every
+/// object, and a header is read before anything proves it (`header_end`).
+pub const MAX_RECIPIENTS: usize = 64;
+/// Refuses more admin recipients than [`MAX_RECIPIENTS`].
+pub fn check_recipient_count(count: usize) -> crate::error::Result<()> {
+    if count > MAX_RECIPIENTS {
+        return Err(crate::error::Error::Invalid(format!(
+            "{count} admin recipients: a repository has at most {MAX_RECIPIENTS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Stanzas an age header crmvault reads may have: the admins, the writer key, and room to spare.
+const MAX_STANZAS: usize = MAX_RECIPIENTS + 4;
+/// The longest header with [`MAX_STANZAS`] X25519 stanzas (about 100 bytes each), with room.
+const MAX_HEADER_BYTES: usize = 256 * MAX_STANZAS;
+/// Bytes of the payload's nonce, after the header.
+const NONCE_BYTES: usize = 16;
+
+/// Where an age header's text ends (after its MAC line), told from the first bytes of an
+/// object; `None` when `prefix` ends first. Refuses a header of more stanzas, or more bytes,
+/// than a repository's objects have: age parses a header in time that grows with its square,
+/// and storage could otherwise stall a restore for hours with one object whose header is
+/// padded (no key is needed for that).
+pub fn header_end(prefix: &[u8]) -> Result<Option<usize>, String> {
+    let mut stanzas = 0;
+    let mut at = 0;
+    for line in prefix.split_inclusive(|&byte| byte == b'\n') {
+        if !line.ends_with(b"\n") {
+            break;
+        }
+        at += line.len();
+        if line.starts_with(b"-> ") {
+            stanzas += 1;
+            if stanzas > MAX_STANZAS {
+                return Err(format!("its age header has more than {MAX_STANZAS} stanzas, more than crmvault writes"));
+            }
+        } else if line.starts_with(b"--- ") {
+            return Ok(Some(at));
+        }
+        if at > MAX_HEADER_BYTES {
+            break;
+        }
+    }
+    if at > MAX_HEADER_BYTES || prefix.len() > MAX_HEADER_BYTES + NONCE_BYTES {
+        return Err(format!("its age header is longer than {MAX_HEADER_BYTES} bytes, longer than crmvault writes"));
+    }
+    Ok(None)
+}
+
 /// Plaintext bytes in each authenticated piece of an age payload (its STREAM chunks).
-const PAYLOAD_CHUNK: u64 = 64 * 1024;
+pub const PAYLOAD_CHUNK: u64 = 64 * 1024;
 /// Ciphertext bytes of a whole piece: the plaintext and its 16-byte tag.
 const PAYLOAD_PIECE: u64 = PAYLOAD_CHUNK + 16;
 
 /// Where the payload of an age ciphertext starts (after its header and nonce), told from its
 /// first bytes; `None` when `prefix` is too short to tell.
 pub fn payload_start(prefix: &[u8]) -> Result<Option<usize>, String> {
-    let mut cursor = std::io::Cursor::new(prefix);
+    let Some(header) = header_end(prefix)? else { return Ok(None) };
+    let mut cursor = std::io::Cursor::new(&prefix[..prefix.len().min(header + NONCE_BYTES)]);
     // `Decryptor::new` reads exactly the header and the nonce, no further.
     match age::Decryptor::new(&mut cursor) {
         Ok(_) => Ok(usize::try_from(cursor.position()).ok()),
@@ -503,8 +556,8 @@ impl age::Identity for Remembering<'_> {
     }
 }
 
-/// Decrypts plaintext bytes `range` of an age ciphertext of `len` bytes, from its first bytes
-/// (`head`, through the payload's nonce) and `body`, the ciphertext at
+/// Decrypts plaintext bytes `range` (those of them there are) of an age ciphertext of `len`
+/// bytes, from its first bytes (`head`, through the payload's nonce) and `body`, the ciphertext at
 /// [`ciphertext_range`]`(payload start, range, len)`. Each 64 KiB piece read is authenticated
 /// on its own (its place in the payload, and whether it is the last, included), so bytes that
 /// decrypt are the ones the writer put there.
@@ -533,10 +586,10 @@ pub fn decrypt_range(
     } else {
         reader.seek(std::io::SeekFrom::Start(range.start)).map_err(damaged)?;
     }
-    let length = usize::try_from(range.end.saturating_sub(range.start))
-        .map_err(|_| DecryptFailure::Damaged("a range larger than memory".into()))?;
-    let mut plaintext = vec![0; length];
-    reader.read_exact(&mut plaintext).map_err(damaged)?;
+    // As far as the payload goes, at most: a range rounded out to whole pieces ends past it.
+    let length = range.end.saturating_sub(range.start);
+    let mut plaintext = Vec::with_capacity(usize::try_from(length.min(len)).unwrap_or(0));
+    reader.take(length).read_to_end(&mut plaintext).map_err(damaged)?;
     Ok(plaintext)
 }
 
@@ -558,6 +611,43 @@ mod tests {
         let old_json = format!("\"{}\"", full.to_hex());
         assert_eq!(serde_json::from_str::<ChunkId>(&old_json).unwrap(), a.id_of(b"row"));
         assert!(serde_json::from_str::<ChunkId>("\"abcd\"").is_err());
+    }
+
+    #[test]
+    fn a_header_of_more_stanzas_or_bytes_than_crmvault_writes_is_refused_before_age_parses_it() {
+        let owners: Vec<_> = (0..MAX_RECIPIENTS).map(|_| generate_identity()).collect();
+        let recipients: Vec<_> = owners.iter().map(age::x25519::Identity::to_public).collect();
+        let most = encrypt(&recipients, b"for every admin");
+        assert_eq!(decrypt(&owners[MAX_RECIPIENTS - 1..], &most).unwrap(), b"for every admin");
+        let start = payload_start(&most).unwrap().unwrap();
+        assert_eq!(payload_start(&most[..start - 1]).unwrap(), None, "a prefix too short to tell");
+        assert!(check_recipient_count(MAX_RECIPIENTS).is_ok());
+        assert!(check_recipient_count(MAX_RECIPIENTS + 1).is_err());
+
+        let one = encrypt(&recipients[..1], b"secret");
+        let first_line = one.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let padded = |stanzas: usize| {
+            let mut padded = one[..first_line].to_vec();
+            for n in 0..stanzas {
+                padded.extend_from_slice(format!("-> junk{n}\nQUJD\n").as_bytes());
+            }
+            padded.extend_from_slice(&one[first_line..]);
+            padded
+        };
+        // Within the bound, age itself refuses the padding (the header's MAC covers it).
+        assert!(matches!(decrypt(&owners[..1], &padded(3)), Err(DecryptFailure::Damaged(_))));
+        let beyond = padded(MAX_STANZAS);
+        let error = payload_start(&beyond).unwrap_err();
+        assert!(error.contains("stanzas"), "{error}");
+        match decrypt(&owners[..1], &beyond) {
+            Err(DecryptFailure::Damaged(error)) => assert!(error.contains("stanzas"), "{error}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // One endless line: no header ends within the bound.
+        let mut endless = one[..first_line].to_vec();
+        endless.extend(std::iter::repeat_n(b'A', MAX_HEADER_BYTES + 100));
+        let error = payload_start(&endless).unwrap_err();
+        assert!(error.contains("longer than"), "{error}");
     }
 
     #[test]
@@ -594,10 +684,18 @@ mod tests {
             let short = &body[..body.len() - 1];
             assert!(decrypt_range(identities, head, fetched.start, short, len, range.clone()).is_err());
         }
-        // Past the end of the plaintext: refused.
+        // Past the end of the plaintext: as far as it goes (a range rounded out to whole pieces).
         let fetched = ciphertext_range(start, &(299_990..300_010), len);
         let body = &ciphertext[fetched.start as usize..];
-        assert!(decrypt_range(identities, head, fetched.start, body, len, 299_990..300_010).is_err());
+        let got = decrypt_range(identities, head, fetched.start, body, len, 299_990..300_010).unwrap();
+        assert_eq!(got, plaintext[299_990..]);
+        let fetched = ciphertext_range(start, &(262_144..u64::MAX), len);
+        let body = &ciphertext[fetched.start as usize..];
+        let got = decrypt_range(identities, head, fetched.start, body, len, 262_144..u64::MAX).unwrap();
+        assert_eq!(got, plaintext[262_144..]);
+        // ...but only when the end is there: the last piece short by a byte is refused.
+        let short = &body[..body.len() - 1];
+        assert!(decrypt_range(identities, head, fetched.start, short, len, 262_144..u64::MAX).is_err());
         // A flipped byte in the piece read, and a stranger's key.
         let range = 131_072..140_000;
         let fetched = ciphertext_range(start, &range, len);

@@ -61,14 +61,17 @@ const WHOLE: Range<u64> = 0..u64::MAX;
 /// Packs' first bytes, through the payload nonce: what decrypting a part needs besides the part.
 type Heads = Arc<Mutex<HashMap<PackKey, Arc<Vec<u8>>>>>;
 
-/// A pack at most this large is fetched whole the first time a reader needs any of it (one
-/// request where fetching its header apart would take two); later reads of it fetch the frames.
+/// A pack at most this large is fetched and decrypted whole when a reader needs any of it (one
+/// request where fetching its header apart would take two, and its other frames at hand).
 const SMALL_PACK: u64 = 512 * 1024;
 /// Bytes fetched to find where a larger pack's payload starts (its age header takes about 200
 /// bytes a recipient); more if that is not enough.
 const HEAD_PROBE: u64 = 4096;
 /// The longest header believed (age caps nothing; a pack's header names the admins).
 const HEAD_MAX: u64 = 1 << 20;
+/// Bytes of decrypted pieces a reader keeps for each piece it was asked to keep
+/// ([`ChunkReader::with_sources`]).
+pub const PIECE_BYTES: u64 = 4 << 20;
 /// Pack headers kept at most (a few hundred bytes each).
 const HEADS_KEPT: usize = 1 << 14;
 
@@ -79,6 +82,16 @@ struct Frame {
     pack: u32,
     offset: u64,
 }
+
+/// A chunk of a run as it is decoded: out of a frame decompressed before, or out of the piece
+/// of its group (with its pack's key).
+enum Part {
+    Cached(Arc<Vec<u8>>, String, Found),
+    Fetched(usize, String, Found),
+}
+
+/// Bytes of decompressed frames a reader keeps for their other chunks ([`repo::FrameCache`]).
+const FRAMES_KEPT_BYTES: usize = 16 << 20;
 
 /// Where a source keeps a chunk.
 #[derive(Debug, Clone, Copy)]
@@ -131,12 +144,14 @@ pub struct ReadStats {
 pub struct ChunkReader {
     sources: Vec<Source>,
     keyring: Keyring,
-    /// Pieces, oldest first.
-    cache: Mutex<VecDeque<(PieceKey, PieceCell)>>,
-    capacity: usize,
+    /// Pieces with the bytes they hold (at most), least recently used first.
+    cache: Mutex<VecDeque<(PieceKey, u64, PieceCell)>>,
+    /// Bytes the pieces in `cache` may hold.
+    budget: u64,
     heads: Heads,
     fallbacks: Mutex<Vec<String>>,
     dictionaries: Mutex<HashMap<PackKey, DictionaryCell>>,
+    frames: Arc<repo::FrameCache>,
 }
 
 type DictionaryCell = futures::future::Shared<
@@ -149,17 +164,19 @@ impl ChunkReader {
         ChunkReader::with_sources(vec![Source::new(target, index)], keyring, cached_pieces)
     }
 
-    /// A reader trying `sources` in order, keeping up to `cached_pieces` decrypted pieces of
-    /// packs in memory (each a few frames, or a whole pack that [`ChunkReader::hold_pack`] got).
+    /// A reader trying `sources` in order, keeping decrypted pieces of packs in memory (the
+    /// frames around a run's chunks, a small pack, or a whole pack that
+    /// [`ChunkReader::hold_pack`] got) up to `cached_pieces` × [`PIECE_BYTES`].
     pub fn with_sources(sources: Vec<Source>, keyring: Keyring, cached_pieces: usize) -> Self {
         ChunkReader {
             sources,
             keyring,
             cache: Mutex::default(),
-            capacity: cached_pieces.max(2),
+            budget: PIECE_BYTES * cached_pieces.max(2) as u64,
             heads: Heads::default(),
             fallbacks: Mutex::default(),
             dictionaries: Mutex::default(),
+            frames: Arc::new(repo::FrameCache::new(FRAMES_KEPT_BYTES)),
         }
     }
 
@@ -261,48 +278,84 @@ impl ChunkReader {
 
     async fn try_read_run(&self, found: &[Option<Found>]) -> Option<Vec<u8>> {
         let found: Vec<Found> = found.iter().copied().collect::<Option<_>>()?;
-        let mut work = Vec::with_capacity(found.len());
-        let mut rest = &found[..];
-        while let Some(first) = rest.first() {
-            // The run's chunks in this pack of this source, read as one piece.
-            let together = rest.iter().take_while(|f| (f.source, f.pack) == (first.source, first.pack)).count();
-            let (same, after) = rest.split_at(together);
-            rest = after;
-            let span = same.iter().map(|f| f.location.offset()).min().unwrap_or(0)
-                ..same.iter().map(|f| f.location.offset() + u64::from(f.location.length())).max().unwrap_or(0);
-            let number = first.source;
-            let entry = self.sources[number].index.pack(first.pack);
+        let pack_key = |f: &Found| repo::pack_key(&self.sources[f.source].index.pack(f.pack).pack.id);
+        // Chunks whose frame another run decompressed already need no piece: the frame is
+        // taken now, so that the cache may let it go meanwhile.
+        let mut parts = Vec::with_capacity(found.len());
+        // (source, pack, the span of its frames the run needs), consecutive chunks of one pack
+        // read as one piece.
+        let mut groups: Vec<(usize, u32, Range<u64>)> = Vec::new();
+        let mut previous_group = false;
+        for f in &found {
+            let key = pack_key(f);
+            if let Some(frame) = self.frames.of(f.source).get(&key, f.location.offset()) {
+                parts.push(Part::Cached(frame, key, *f));
+                previous_group = false;
+                continue;
+            }
+            let frame = f.location.offset()..f.location.offset() + u64::from(f.location.length());
+            match groups.last_mut() {
+                Some((source, pack, span)) if previous_group && (*source, *pack) == (f.source, f.pack) => {
+                    *span = span.start.min(frame.start)..span.end.max(frame.end);
+                }
+                _ => groups.push((f.source, f.pack, frame)),
+            }
+            previous_group = true;
+            parts.push(Part::Fetched(groups.len() - 1, key, *f));
+        }
+        // Each group's dictionary and piece, fetched side by side.
+        let fetched = futures::future::try_join_all(groups.iter().map(|(number, pack, span)| async move {
+            let entry = self.sources[*number].index.pack(*pack);
             let dictionary = match entry.dictionary.as_ref() {
-                Some(reference) => Some(self.dictionary(number, reference).await.ok()?),
+                Some(reference) => Some(self.dictionary(*number, reference).await?),
                 None => None,
             };
-            let piece = self.piece(number, &entry.pack, span).await.ok()?;
-            for f in same {
-                let coding = (dictionary.clone(), entry.packed);
-                work.push((number, piece.clone(), f.location, repo::pack_key(&entry.pack.id), coding));
-            }
-        }
+            let piece = self.piece(*number, &entry.pack, span.clone()).await?;
+            Ok::<_, Error>((piece, dictionary, entry.packed))
+        }))
+        .await
+        .ok()?;
         let key = self.keyring.chunk_id_key();
-        let total: usize = work.iter().map(|(_, _, location, ..)| location.raw_length() as usize).sum();
+        let total: usize = found.iter().map(|f| f.location.raw_length() as usize).sum();
+        let frames = self.frames.clone();
         let decoded = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(total);
-            // Consecutive chunks of one pack of one source go together, so that whole frames
-            // decompress straight into `out` (repo::open_chunks_onto).
-            let mut rest = &work[..];
-            while let Some((number, piece, _, pack_key, (dictionary, packed))) = rest.first() {
-                let together = rest.iter().take_while(|(n, _, _, k, _)| n == number && k == pack_key).count();
-                let locations: Vec<_> = rest[..together].iter().map(|(_, _, location, ..)| *location).collect();
-                let coding = FrameCoding { dictionary: dictionary.as_deref(), packed: *packed };
-                repo::open_chunks_onto(&key, piece.bytes(), &locations, pack_key, coding, &mut out).ok()?;
-                rest = &rest[together..];
+            // Consecutive chunks of one group go together, so that whole frames decompress
+            // straight into `out` (repo::open_chunks_onto).
+            let mut rest = &parts[..];
+            while let Some(part) = rest.first() {
+                match part {
+                    Part::Cached(frame, pack_key, f) => {
+                        let frames = frames.of(f.source);
+                        repo::chunk_of_frame(&key, frame, &f.location, pack_key, frames, &mut out).ok()?;
+                        rest = &rest[1..];
+                    }
+                    Part::Fetched(group, pack_key, f) => {
+                        let together =
+                            rest.iter().take_while(|p| matches!(p, Part::Fetched(g, ..) if g == group)).count();
+                        let locations: Vec<_> = rest[..together]
+                            .iter()
+                            .filter_map(|p| match p {
+                                Part::Fetched(.., f) => Some(f.location),
+                                Part::Cached(..) => None,
+                            })
+                            .collect();
+                        let (piece, dictionary, packed) = &fetched[*group];
+                        let coding = FrameCoding { dictionary: dictionary.as_deref(), packed: *packed };
+                        let frames = frames.of(f.source);
+                        repo::open_chunks_onto(&key, piece.bytes(), &locations, pack_key, coding, frames, &mut out)
+                            .ok()?;
+                        rest = &rest[together..];
+                    }
+                }
             }
-            Some((out, work.into_iter().map(|(number, ..)| number).collect::<Vec<_>>()))
+            Some(out)
         })
         .await
         .expect("chunk decoding does not panic");
-        let (plaintext, served) = decoded?;
-        for number in served {
-            self.sources[number].served.fetch_add(1, Ordering::Relaxed);
+        let plaintext = decoded?;
+        for f in &found {
+            self.sources[f.source].served.fetch_add(1, Ordering::Relaxed);
         }
         Some(plaintext)
     }
@@ -363,11 +416,12 @@ impl ChunkReader {
             // blocking threads (each keeping its own zstd context), a large part of a
             // restore's peak memory.
             let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
-            return repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding);
+            return repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding, self.frames.of(source));
         }
+        let frames = self.frames.clone();
         tokio::task::spawn_blocking(move || {
             let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
-            repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding)
+            repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding, frames.of(source))
         })
         .await
         .expect("chunk decoding does not panic")
@@ -421,23 +475,30 @@ impl ChunkReader {
     }
 
     /// The decrypted bytes `span` of a pack on one source, in a piece that may hold more
-    /// (cached).
+    /// (cached): all of a small pack, else `span` rounded out to age's 64 KiB pieces, which are
+    /// fetched and decrypted whole anyway.
     async fn piece(&self, source: usize, pack: &ObjectRef, span: Range<u64>) -> Result<Arc<Piece>> {
+        let span = if pack.size <= SMALL_PACK {
+            WHOLE
+        } else {
+            let piece = crate::crypto::PAYLOAD_CHUNK;
+            span.start / piece * piece..span.end.div_ceil(piece).saturating_mul(piece)
+        };
         let cell = self.piece_cell(source, pack, span, None);
         match cell.clone().await {
             Ok(piece) => Ok(piece),
             Err(error) => {
                 // Not kept: the next reader tries again.
                 let mut cache = self.cache.lock().expect("cache lock is never poisoned");
-                cache.retain(|(_, cached)| !cached.ptr_eq(&cell));
+                cache.retain(|(_, _, cached)| !cached.ptr_eq(&cell));
                 Err(error.duplicate())
             }
         }
     }
 
     /// The cache's place for the piece of a pack of a source that holds `span`: one that does
-    /// already, or a new one, started here, of those bytes (of all of `ciphertext` when the
-    /// caller has it already).
+    /// already (now the most recently used), or a new one, started here, of those bytes (of all
+    /// of `ciphertext` when the caller has it already).
     fn piece_cell(
         &self,
         source: usize,
@@ -447,11 +508,14 @@ impl ChunkReader {
     ) -> PieceCell {
         let mut cache = self.cache.lock().expect("cache lock is never poisoned");
         let pack_key = (source, pack.id.clone());
-        let holds = |((key, range), _): &&(PieceKey, PieceCell)| {
+        let holds = |((key, range), ..): &(PieceKey, u64, PieceCell)| {
             *key == pack_key && range.start <= span.start && span.end <= range.end
         };
-        if let Some((_, cell)) = cache.iter().rev().find(holds) {
-            return cell.clone();
+        if let Some(at) = cache.iter().rposition(holds) {
+            let used = cache.remove(at).expect("found at `at`");
+            let cell = used.2.clone();
+            cache.push_back(used);
+            return cell;
         }
         let (target, keyring, reference) = (self.sources[source].target.clone(), self.keyring.clone(), pack.clone());
         let (heads, range) = (self.heads.clone(), if ciphertext.is_some() { WHOLE } else { span.clone() });
@@ -469,9 +533,12 @@ impl ChunkReader {
         }
         .boxed()
         .shared();
-        cache.push_back(((pack_key, range), cell.clone()));
-        while cache.len() > self.capacity {
-            cache.pop_front();
+        let bytes = (range.end - range.start).min(pack.size);
+        cache.push_back(((pack_key, range), bytes, cell.clone()));
+        let mut held: u64 = cache.iter().map(|(_, bytes, _)| bytes).sum();
+        // The newest piece stays, whatever its size.
+        while held > self.budget && cache.len() > 1 {
+            held -= cache.pop_front().map_or(0, |(_, bytes, _)| bytes);
         }
         cell
     }
@@ -551,8 +618,16 @@ async fn load_piece(
     };
     let (keyring, len) = (keyring.clone(), pack.size);
     tokio::task::spawn_blocking(move || {
-        let bytes = keyring.decrypt_range(&key, (&head, body_offset, &body), len, span.clone())?;
-        Ok(Piece { start: span.start, bytes })
+        match keyring.decrypt_range(&key, (&head, body_offset, &body), len, span.clone()) {
+            Ok(bytes) => Ok(Piece { start: span.start, bytes }),
+            Err(error) => {
+                if body_offset == 0 && body.len() as u64 == len {
+                    // The whole pack is at hand: its name tells damage from a pack put in its place.
+                    repo::check_object_name(&key, &body)?;
+                }
+                Err(error)
+            }
+        }
     })
     .await
     .expect("pack decryption does not panic")

@@ -150,6 +150,7 @@ pub async fn run(
     if recipients.is_empty() {
         return Err(Error::Invalid("that would leave no admin recipient; add one first".into()));
     }
+    crypto::check_recipient_count(recipients.len())?;
 
     // `--reencrypt` always makes a new generation: a backup still running under the old one
     // stops before its snapshot rather than naming objects the rewrite deletes.

@@ -198,8 +198,18 @@ impl Keyring {
         len: u64,
         range: std::ops::Range<u64>,
     ) -> Result<Vec<u8>> {
-        crypto::decrypt_range((&self.identities, &self.file_keys), head, body_offset, body, len, range)
-            .map_err(|failure| self.decrypt_error(object, failure))
+        crypto::decrypt_range((&self.identities, &self.file_keys), head, body_offset, body, len, range).map_err(
+            |failure| match failure {
+                // Only packs are read in ranges, and only after their snapshot opened: the key
+                // is not what is wrong (unless the pack predates the key's generation).
+                DecryptFailure::NoMatchingKey if self.admin => Error::corrupt(
+                    object,
+                    "is not encrypted to the identity that opened its snapshot: it was replaced in storage, \
+                     or it is older than a key rotation that added this admin without `rekey --reencrypt`",
+                ),
+                failure => self.decrypt_error(object, failure),
+            },
+        )
     }
 
     fn decrypt_error(&self, object: &str, failure: DecryptFailure) -> Error {

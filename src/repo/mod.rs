@@ -108,6 +108,7 @@ impl Repository {
         if recipients.is_empty() {
             return Err(Error::NoRecipient);
         }
+        crypto::check_recipient_count(recipients.len())?;
         let mut id_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id_bytes);
         let repository_id = hex::encode(id_bytes);
@@ -293,6 +294,7 @@ mod tests {
 
     #[test]
     fn chunks_sharing_a_frame_open_in_any_order_and_a_bad_start_is_refused() {
+        let frames = FrameCache::new(1 << 24);
         let key = RepoSecret::generate().chunk_id_key();
         let rows: Vec<Vec<u8>> = (0..5).map(|n| format!("{n}\trow number {n}\n").repeat(50 + n).into_bytes()).collect();
         let chunks: Vec<(ChunkId, u32)> =
@@ -305,24 +307,32 @@ mod tests {
         assert_eq!(locations[2].offset(), locations[1].offset(), "two chunks of one frame");
         assert_eq!(locations[2].start(), chunks[0].1);
         assert_eq!(
-            open_chunk(&key, PackBytes::whole(&plaintext), &locations[0], "p", FrameCoding::default()).unwrap(),
+            open_chunk(&key, PackBytes::whole(&plaintext), &locations[0], "p", FrameCoding::default(), frames.of(0))
+                .unwrap(),
             b"a chunk alone\n"
         );
         // Backwards, across frames, and the same frame again: each chunk is proven on its own.
         for at in [5, 2, 4, 1, 3, 2] {
-            let opened =
-                open_chunk(&key, PackBytes::whole(&plaintext), &locations[at], "p", FrameCoding::default()).unwrap();
+            let opened = open_chunk(
+                &key,
+                PackBytes::whole(&plaintext),
+                &locations[at],
+                "p",
+                FrameCoding::default(),
+                frames.of(0),
+            )
+            .unwrap();
             assert_eq!(opened, rows[at - 1], "chunk {at}");
         }
         let shifted =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1);
-        let error = open_chunk(&key, PackBytes::whole(&plaintext), &shifted, "p", FrameCoding::default())
+        let error = open_chunk(&key, PackBytes::whole(&plaintext), &shifted, "p", FrameCoding::default(), frames.of(0))
             .unwrap_err()
             .to_string();
         assert!(error.contains("fails its keyed hash"), "{error}");
         let beyond =
             ChunkLocation::in_frame(chunks[1].0, locations[2].offset(), locations[2].length(), chunks[1].1, 1 << 20);
-        let error = open_chunk(&key, PackBytes::whole(&plaintext), &beyond, "p", FrameCoding::default())
+        let error = open_chunk(&key, PackBytes::whole(&plaintext), &beyond, "p", FrameCoding::default(), frames.of(0))
             .unwrap_err()
             .to_string();
         assert!(error.contains("lies outside its frame"), "{error}");
@@ -330,21 +340,66 @@ mod tests {
         // frame's header, not the entry, says how much to decompress.
         let first = ChunkLocation::new(chunks[0].0, locations[1].offset(), locations[1].length(), chunks[0].1);
         assert_eq!(
-            open_chunk(&key, PackBytes::whole(&plaintext), &first, "p", FrameCoding::default()).unwrap(),
+            open_chunk(&key, PackBytes::whole(&plaintext), &first, "p", FrameCoding::default(), frames.of(0)).unwrap(),
             rows[0]
         );
     }
 
     #[test]
+    fn a_frame_of_several_chunks_is_kept_once_per_source_and_forgotten_when_a_chunk_fails() {
+        let key = RepoSecret::generate().chunk_id_key();
+        let rows: Vec<Vec<u8>> = (0..6).map(|n| format!("{n}\tkept row {n}\n").repeat(300).into_bytes()).collect();
+        let (locations, plaintext, _) = pack_of_frames(&key, &[&rows[..3], &rows[3..]]);
+        let frame_bytes: usize = rows[..3].iter().map(Vec::len).sum();
+        // Room for two frames of this size, not three.
+        let cache = FrameCache::new(frame_bytes * 5 / 2);
+        let (frames, other) = (cache.of(0), cache.of(1));
+        let open = |at: usize, frames: Frames<'_>, pack: &[u8]| {
+            open_chunk(&key, PackBytes::whole(pack), &locations[at], "p", FrameCoding::default(), frames)
+        };
+        assert_eq!(open(1, frames, &plaintext).unwrap(), rows[1]);
+        assert!(frames.get("p", locations[1].offset()).is_some(), "the frame is kept for its other chunks");
+        assert!(other.get("p", locations[1].offset()).is_none(), "packs of two targets may share a name");
+        // Its other chunks come out of the cache: the pack's bytes are not looked at again.
+        let zeroed = vec![0; plaintext.len()];
+        assert_eq!(open(0, frames, &zeroed).unwrap(), rows[0]);
+        assert_eq!(open(2, frames, &zeroed).unwrap(), rows[2]);
+        // A chunk its frame does not hold: refused, and the frame forgotten (it may be a
+        // damaged copy; the next target's copy must be decompressed).
+        let wrong = ChunkLocation::in_frame(key.id_of(b"other"), locations[1].offset(), locations[1].length(), 10, 0);
+        let error = open_chunk(&key, PackBytes::whole(&zeroed), &wrong, "p", FrameCoding::default(), frames)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("fails its keyed hash"), "{error}");
+        assert!(frames.get("p", locations[1].offset()).is_none());
+        // Beyond the budget, the least recently used frame leaves first.
+        assert_eq!(open(4, frames, &plaintext).unwrap(), rows[4]);
+        assert_eq!(open(1, other, &plaintext).unwrap(), rows[1]);
+        assert!(frames.get("p", locations[4].offset()).is_some(), "used last: stays");
+        assert_eq!(open(1, frames, &plaintext).unwrap(), rows[1]);
+        assert!(other.get("p", locations[1].offset()).is_none(), "used least recently: left");
+        assert!(frames.get("p", locations[4].offset()).is_some());
+        assert!(frames.get("p", locations[1].offset()).is_some());
+    }
+
+    #[test]
     fn chunks_opened_together_decompress_whole_frames_and_still_prove_each_chunk() {
+        let frames = FrameCache::new(1 << 24);
         let key = RepoSecret::generate().chunk_id_key();
         let rows: Vec<Vec<u8>> = (0..6).map(|n| format!("{n}\trow {n}\n").repeat(40 + n).into_bytes()).collect();
         let chunks: Vec<ChunkId> = rows.iter().map(|row| key.id_of(row)).collect();
         let (locations, plaintext, _) = pack_of_frames(&key, &[&rows[..3], &rows[3..4], &rows[4..]]);
         let open = |locations: &[ChunkLocation]| {
             let mut out = b"kept".to_vec();
-            let result =
-                open_chunks_onto(&key, PackBytes::whole(&plaintext), locations, "p", FrameCoding::default(), &mut out);
+            let result = open_chunks_onto(
+                &key,
+                PackBytes::whole(&plaintext),
+                locations,
+                "p",
+                FrameCoding::default(),
+                frames.of(0),
+                &mut out,
+            );
             (result, out)
         };
         // Whole frames, a chunk alone, and frames entered in the middle or left early.

@@ -119,78 +119,87 @@ pub fn open_chunk(
     location: &ChunkLocation,
     pack_key: &str,
     coding: FrameCoding<'_>,
+    frames: Frames<'_>,
 ) -> Result<Vec<u8>> {
     let mut plaintext = Vec::new();
-    open_chunk_onto(key, pack_plaintext, location, pack_key, coding, &mut plaintext)?;
+    open_chunk_onto(key, pack_plaintext, location, pack_key, coding, frames, &mut plaintext)?;
     Ok(plaintext)
 }
 
 /// [`open_chunk`] onto the end of `out`, which keeps what it held if the chunk fails.
 ///
 /// A chunk alone in its frame decompresses straight onto `out`. A frame of several chunks is
-/// decompressed once into a buffer of the calling thread, which the frame's next chunks are
-/// then copied from (a restore asks for them in order, on one thread per run).
+/// decompressed once into `frames`, which its other chunks are then copied from (a snapshot
+/// taken after many nights reads a frame's chunks in many runs, on any thread).
 pub fn open_chunk_onto(
     key: &ChunkIdKey,
     pack_plaintext: PackBytes<'_>,
     location: &ChunkLocation,
     pack_key: &str,
     coding: FrameCoding<'_>,
+    frames: Frames<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let compressed = pack_plaintext
-        .frame(location)
-        .ok_or_else(|| Error::corrupt(pack_key, format!("chunk {} lies outside the pack", location.chunk())))?;
     if location.raw_length() > MAX_CHUNK_BYTES {
         return Err(Error::corrupt(pack_key, format!("chunk {} claims an impossible size", location.chunk())));
     }
+    if let Some(frame) = frames.get(pack_key, location.offset()) {
+        return chunk_of_frame(key, &frame, location, pack_key, frames, out);
+    }
+    let compressed = pack_plaintext
+        .frame(location)
+        .ok_or_else(|| Error::corrupt(pack_key, format!("chunk {} lies outside the pack", location.chunk())))?;
     let content = crate::compress::frame_content_size(compressed);
-    let before = out.len();
     if !coding.packed && location.start() == 0 && content.is_none_or(|size| size == u64::from(location.raw_length())) {
+        let before = out.len();
         coding
             .decode_onto(compressed, location.raw_length() as usize, out)
             .map_err(|e| Error::corrupt(pack_key, format!("chunk {} does not decompress: {e}", location.chunk())))?;
-    } else {
-        // A packed frame's text is as long as its chunks (unknown here) and never > 16 MiB.
-        let frame_size = if coding.packed {
-            Some(MAX_CHUNK_BYTES as usize)
-        } else {
-            content.filter(|&size| size <= u64::from(MAX_CHUNK_BYTES)).and_then(|size| usize::try_from(size).ok())
+        let plaintext = &out[before..];
+        if plaintext.len() != location.raw_length() as usize || key.id_of(plaintext) != location.chunk() {
+            out.truncate(before);
+            return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
         }
-        .ok_or_else(|| {
-            Error::corrupt(pack_key, format!("the frame of chunk {} has no valid size", location.chunk()))
-        })?;
-        FRAME.with_borrow_mut(|frame| {
-            let place = (pack_key, location.offset());
-            if frame.at.as_ref().is_none_or(|(key, offset)| (key.as_str(), *offset) != place) {
-                frame.at = None;
-                frame.plaintext.clear();
-                coding.decode_onto(compressed, frame_size, &mut frame.plaintext).map_err(|e| {
-                    Error::corrupt(
-                        pack_key,
-                        format!("the frame of chunk {} does not decompress: {e}", location.chunk()),
-                    )
-                })?;
-                frame.at = Some((pack_key.to_string(), location.offset()));
-            }
-            let piece = (location.start() as usize)
-                .checked_add(location.raw_length() as usize)
-                .and_then(|piece_end| frame.plaintext.get(location.start() as usize..piece_end))
-                .ok_or_else(|| {
-                    Error::corrupt(pack_key, format!("chunk {} lies outside its frame", location.chunk()))
-                })?;
-            out.extend_from_slice(piece);
-            Ok::<_, Error>(())
-        })?;
+        return Ok(());
     }
-    let plaintext = &out[before..];
-    if plaintext.len() != location.raw_length() as usize || key.id_of(plaintext) != location.chunk() {
-        // The frame this thread kept may be the damaged one: the next target's copy of the
-        // same pack (same name, same offset) must be decompressed, not taken from here.
-        FRAME.with_borrow_mut(|frame| frame.at = None);
-        out.truncate(before);
+    // A packed frame's text is as long as its chunks (unknown here) and never > 16 MiB.
+    let frame_size = if coding.packed {
+        Some(MAX_CHUNK_BYTES as usize)
+    } else {
+        content.filter(|&size| size <= u64::from(MAX_CHUNK_BYTES)).and_then(|size| usize::try_from(size).ok())
+    }
+    .ok_or_else(|| Error::corrupt(pack_key, format!("the frame of chunk {} has no valid size", location.chunk())))?;
+    let mut plaintext = Vec::new();
+    coding.decode_onto(compressed, frame_size, &mut plaintext).map_err(|e| {
+        Error::corrupt(pack_key, format!("the frame of chunk {} does not decompress: {e}", location.chunk()))
+    })?;
+    let frame = frames.keep(pack_key, location.offset(), plaintext);
+    chunk_of_frame(key, &frame, location, pack_key, frames, out)
+}
+
+/// Copies a chunk out of its decompressed frame onto `out` and proves it. A frame that does
+/// not hold it is forgotten: it may be a damaged copy, and the next target's copy of the same
+/// pack (same name, same offset) must be decompressed, not taken from the cache.
+pub fn chunk_of_frame(
+    key: &ChunkIdKey,
+    frame: &[u8],
+    location: &ChunkLocation,
+    pack_key: &str,
+    frames: Frames<'_>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let piece = (location.start() as usize)
+        .checked_add(location.raw_length() as usize)
+        .and_then(|piece_end| frame.get(location.start() as usize..piece_end));
+    let Some(piece) = piece else {
+        frames.forget(pack_key, location.offset());
+        return Err(Error::corrupt(pack_key, format!("chunk {} lies outside its frame", location.chunk())));
+    };
+    if key.id_of(piece) != location.chunk() {
+        frames.forget(pack_key, location.offset());
         return Err(Error::corrupt(pack_key, format!("chunk {} fails its keyed hash", location.chunk())));
     }
+    out.extend_from_slice(piece);
     Ok(())
 }
 
@@ -204,6 +213,7 @@ pub fn open_chunks_onto(
     locations: &[ChunkLocation],
     pack_key: &str,
     coding: FrameCoding<'_>,
+    frames: Frames<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let before = out.len();
@@ -215,7 +225,9 @@ pub fn open_chunks_onto(
         rest = after;
         let opened = match whole_frame(frame, pack_plaintext) {
             Some((compressed, size)) => open_whole_frame(key, compressed, size, frame, pack_key, coding, out),
-            None => frame.iter().try_for_each(|l| open_chunk_onto(key, pack_plaintext, l, pack_key, coding, out)),
+            None => {
+                frame.iter().try_for_each(|l| open_chunk_onto(key, pack_plaintext, l, pack_key, coding, frames, out))
+            }
         };
         if let Err(error) = opened {
             out.truncate(before);
@@ -270,13 +282,101 @@ fn open_whole_frame(
     Ok(())
 }
 
-/// The last frame of several chunks a thread decompressed: (pack key, offset) and plaintext.
-#[derive(Default)]
-struct FrameCache {
-    at: Option<(String, u64)>,
-    plaintext: Vec<u8>,
+/// Decompressed frames of several chunks, shared by the threads of a read and kept up to a
+/// byte budget, the least recently used leaving first. A frame whose chunks a snapshot holds
+/// only some of (the newest snapshot of a long history reads such frames from many nights,
+/// interleaved) is then decompressed once, not once for each run that needs one of its chunks.
+pub struct FrameCache {
+    budget: usize,
+    state: std::sync::Mutex<FrameState>,
 }
 
-thread_local! {
-    static FRAME: std::cell::RefCell<FrameCache> = std::cell::RefCell::default();
+/// (source, pack key, offset of the frame).
+type FrameKey = (usize, String, u64);
+
+#[derive(Default)]
+struct FrameState {
+    frames: std::collections::HashMap<FrameKey, (std::sync::Arc<Vec<u8>>, u64)>,
+    /// Frames by their last use.
+    used: std::collections::BTreeMap<u64, FrameKey>,
+    clock: u64,
+    bytes: usize,
+}
+
+impl FrameCache {
+    /// A cache holding at most `budget` bytes of frames.
+    pub fn new(budget: usize) -> Self {
+        FrameCache { budget, state: std::sync::Mutex::default() }
+    }
+
+    /// The frames of one source (a target: packs of two targets may share a name).
+    pub fn of(&self, source: usize) -> Frames<'_> {
+        Frames { cache: self, source }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FrameState> {
+        self.state.lock().expect("frame cache lock is never poisoned")
+    }
+}
+
+/// The frames of one source in a [`FrameCache`].
+#[derive(Clone, Copy)]
+pub struct Frames<'a> {
+    cache: &'a FrameCache,
+    source: usize,
+}
+
+impl Frames<'_> {
+    /// A frame kept, marked as used now.
+    pub fn get(&self, pack_key: &str, offset: u64) -> Option<std::sync::Arc<Vec<u8>>> {
+        let mut state = self.cache.state();
+        let state = &mut *state;
+        let key = (self.source, pack_key.to_string(), offset);
+        let (frame, stamp) = state.frames.get_mut(&key)?;
+        let old = std::mem::replace(stamp, state.clock);
+        state.clock += 1;
+        let key = state.used.remove(&old).expect("every frame has its stamp");
+        state.used.insert(*stamp, key);
+        Some(frame.clone())
+    }
+
+    /// Keeps a decompressed frame (when it fits the budget), forgetting the least recently
+    /// used ones to make room.
+    fn keep(&self, pack_key: &str, offset: u64, mut plaintext: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
+        if plaintext.capacity() > plaintext.len() + plaintext.len() / 4 {
+            // Room reserved for the largest frame a packed one can be: not kept.
+            plaintext.shrink_to_fit();
+        }
+        let frame = std::sync::Arc::new(plaintext);
+        if frame.len() > self.cache.budget / 2 {
+            return frame;
+        }
+        let mut state = self.cache.state();
+        let state = &mut *state;
+        let key = (self.source, pack_key.to_string(), offset);
+        let stamp = state.clock;
+        state.clock += 1;
+        state.bytes += frame.len();
+        if let Some((old, old_stamp)) = state.frames.insert(key.clone(), (frame.clone(), stamp)) {
+            state.bytes -= old.len();
+            state.used.remove(&old_stamp);
+        }
+        state.used.insert(stamp, key);
+        while state.bytes > self.cache.budget {
+            let Some((_, oldest)) = state.used.pop_first() else { break };
+            if let Some((old, _)) = state.frames.remove(&oldest) {
+                state.bytes -= old.len();
+            }
+        }
+        frame
+    }
+
+    /// Forgets a frame (one of its chunks failed).
+    pub fn forget(&self, pack_key: &str, offset: u64) {
+        let mut state = self.cache.state();
+        if let Some((old, stamp)) = state.frames.remove(&(self.source, pack_key.to_string(), offset)) {
+            state.bytes -= old.len();
+            state.used.remove(&stamp);
+        }
+    }
 }

@@ -312,6 +312,67 @@ fn one_damaged_keys_object_leaves_the_repository_readable() {
     assert!(verify.stdout.contains(keys[0].file_name().unwrap().to_str().unwrap()), "{}", verify.stdout);
 }
 
+/// Every pack of the victim's repository, largest first.
+fn packs_by_size(victim: &Victim) -> Vec<std::path::PathBuf> {
+    let mut packs = victim.only("data");
+    packs.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    packs
+}
+
+#[test]
+fn a_pack_whose_header_storage_padded_with_stanzas_fails_the_restore_at_once_not_after_hours() {
+    // age parses a header in time that grows with its square: 200 000 junk stanzas (no key
+    // needed) stalled a restore for over 15 minutes, deaf to SIGTERM. The restore now refuses a
+    // header with more stanzas than crmvault writes before age reads it.
+    let victim = Victim::new("padded");
+    let pack = packs_by_size(&victim).remove(0);
+    let bytes = std::fs::read(&pack).unwrap();
+    let first_line = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let mut padded = bytes[..first_line].to_vec();
+    for n in 0..200 {
+        padded.extend_from_slice(format!("-> junk{n} a\nQUJD\n").as_bytes());
+    }
+    padded.extend_from_slice(&bytes[first_line..]);
+    // The size the index names (a larger object is refused for that before its header is read).
+    padded.truncate(bytes.len());
+    std::fs::write(&pack, padded).unwrap();
+    let target = TestDb::create("padded_target");
+    let run = victim.work.restore(&victim.repo, &target);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("stanzas, more than crmvault writes"), "{}", run.stderr);
+    assert!(target.is_empty(), "a refused restore leaves the database as it was");
+}
+
+#[test]
+fn a_pack_replaced_by_a_strangers_age_file_is_reported_as_replaced_not_as_a_wrong_key() {
+    // The storage writer puts an age file of the same size, to a key of their own, in the place
+    // of each of the two largest packs (one read whole, one in ranges when it is larger than
+    // 512 KiB). The admin's identity opened the snapshot: the key is not what is wrong.
+    let victim = Victim::new("replaced");
+    let stranger = crmvault::crypto::generate_identity();
+    for pack in packs_by_size(&victim).into_iter().take(2) {
+        let original = std::fs::read(&pack).unwrap();
+        let size = original.len();
+        let forged = (size.saturating_sub(400)..size)
+            .rev()
+            .map(|n| crmvault::crypto::encrypt(&[stranger.to_public()], &vec![0; n]))
+            .find(|forged| forged.len() == size)
+            .expect("a plaintext length that makes an age file of the pack's size");
+        std::fs::write(&pack, forged).unwrap();
+        let target = TestDb::create("replaced_target");
+        let run = victim.work.restore(&victim.repo, &target);
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(!run.stderr.contains("not a recipient"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("do not match its name") || run.stderr.contains("it was replaced in storage"),
+            "{}",
+            run.stderr
+        );
+        assert!(target.is_empty());
+        std::fs::write(&pack, original).unwrap();
+    }
+}
+
 #[test]
 fn a_pack_that_failed_verify_is_not_reused_by_the_next_backup() {
     let victim = Victim::new("packflip");
