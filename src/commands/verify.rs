@@ -401,27 +401,22 @@ pub async fn run(
     for (key, error) in &forgotten.rejected {
         report.problems.push(problem(key, vec![], format!("a forget record that explains nothing: {error}")));
     }
-    for sealed in &sealed_snapshots {
-        if let Some((_, when)) = forgotten.snapshots.get(&sealed.id) {
-            report.problems.push(problem(
-                &repo::snapshot_key(&sealed.id),
-                vec![sealed.id.to_string()],
-                format!(
-                    "forgotten at {when} and still here: a `forget` that was interrupted (run it again), or put \
-                     back in storage since"
-                ),
-            ));
-        }
-    }
     // ...unless `forget` removed snapshots of this target before it: then its history started
     // earlier, and the oldest snapshot's predecessor must be here or forgotten too (deleting
     // the only snapshot `forget --keep-last 1` left is otherwise never reported).
+    // Where its history starts then is the predecessor of the first snapshot forgotten there.
     let oldest = oldest.filter(|&oldest| forgotten.snapshots.values().all(|(s, _)| s.sequence >= oldest));
+    let start = forgotten.snapshots.values().min_by_key(|(s, _)| s.sequence).and_then(|(s, _)| s.parent.clone());
+    // A snapshot `prune --identity` or `rekey --reencrypt` replaced lives on as its copy.
+    let replaced: BTreeSet<&repo::SnapshotId> =
+        sealed_snapshots.iter().filter_map(|s| s.header.replaces.as_ref()).collect();
+    let here = |id: &repo::SnapshotId| ids.contains(id) || replaced.contains(id);
     for sealed in sealed_snapshots.iter().filter(|s| Some(s.header.sequence) != oldest) {
         // A forgotten predecessor explains the gap only down to a snapshot that is here.
-        if let Some(gap) =
-            sealed.header.parent.as_ref().and_then(|parent| forgotten.gap_below(parent, |id| ids.contains(id)))
-        {
+        let gap = sealed.header.parent.as_ref().and_then(|parent| forgotten.gap_below(parent, here));
+        let history_starts =
+            |gap: &repo::SnapshotId| sealed.header.parent.as_ref() != Some(gap) && start.as_ref() == Some(gap);
+        if let Some(gap) = gap.filter(|gap| !history_starts(gap)) {
             let relation = if sealed.header.parent.as_ref() == Some(&gap) {
                 "names it as its predecessor"
             } else {
@@ -434,11 +429,9 @@ pub async fn run(
             ));
         }
     }
-    // A snapshot `rekey --reencrypt` replaced lives on as its copy.
-    let replaced = |id: &repo::SnapshotId| sealed_snapshots.iter().any(|s| s.header.replaces.as_ref() == Some(id));
     let known_gap = newest_known
-        .filter(|known| !present.contains(&known.id) && !ids.contains(&known.id) && !replaced(&known.id))
-        .and_then(|known| forgotten.gap_below(&known.id, |id| ids.contains(id)).map(|gap| (known, gap)));
+        .filter(|known| !present.contains(&known.id) && !here(&known.id))
+        .and_then(|known| forgotten.gap_below(&known.id, here).map(|gap| (known, gap)));
     if let Some((known, gap)) = known_gap {
         let what = if gap == known.id {
             format!(

@@ -127,26 +127,49 @@ fn forgetting_the_newest_snapshot_raises_no_rollback_alarm_anywhere() {
 }
 
 #[test]
-fn a_forgotten_snapshot_put_back_in_storage_is_reported_by_verify() {
-    // The storage writer keeps a copy of a snapshot and puts it back after `forget`: its data is
-    // authentic, but retention was undone (rows erased on purpose come back, and prune keeps
-    // them). Its record names it, so verify says so, with a key and without.
-    let ready = Scenario::new("forget_back").sql(TABLE).init("repo");
+fn a_kept_snapshot_below_forgotten_ones_that_prune_identity_resealed_still_verifies() {
+    // forget keeps S2 (tagged) and S4; prune --identity repacks S1's packs, which S2 lists, so
+    // S2 is sealed again as a copy and the original deleted. S4's way back through the
+    // forgotten S3 reaches S2's old id: its copy stands for it, not a deletion.
+    let ready = Scenario::new("forget_repack").sql(TABLE).init("repo");
     let repo = ready.repo.clone();
-    let old = backup(&ready, &[&repo], &[]);
-    change(&ready, 2);
     backup(&ready, &[&repo], &[]);
-    let object = std::path::Path::new(&repo).join("snapshots").join(&old);
-    let kept = std::fs::read(&object).unwrap();
-    ready.work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    change(&ready, 2);
+    let tagged = backup(&ready, &[&repo], &["--tag", "keep"]);
+    change(&ready, 3);
+    backup(&ready, &[&repo], &[]);
+    change(&ready, 4);
+    backup(&ready, &[&repo], &[]);
+    ready.work.run(&["forget", "--repo", &repo, "--keep-tag", "keep", "--keep-last", "1"]).ok();
+    let key = ready.work.admin_key();
+    ready.work.run(&["prune", "--repo", &repo, "--identity", &key, "--max-unused", "0"]).ok();
+    assert!(!snapshot_ids(&repo).contains(&tagged), "the tagged snapshot was sealed again as a copy");
     ready.work.run(&["verify", "--repo", &repo]).ok();
-    std::fs::write(&object, kept).unwrap();
-    for key in [vec![], vec!["--identity".to_string(), ready.work.admin_key()]] {
-        let mut args = vec!["verify", "--repo", &repo];
-        args.extend(key.iter().map(String::as_str));
-        let verify = ready.work.run(&args);
-        assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
-        assert!(verify.stdout.contains(&old) && verify.stdout.contains("and still here"), "{}", verify.stdout);
+    ready.work.run(&["verify", "--repo", &repo, "--identity", &key, "--read-data"]).ok();
+    let restored = TestDb::create("forget_repack_restored");
+    ready.work.restore(&repo, &restored).ok();
+    assert_same_database(&ready.source, &restored);
+}
+
+#[test]
+fn a_target_added_later_verifies_after_forget_removed_its_first_snapshots() {
+    // B joins with `init --copy-from` after S1: its first snapshot S2 names S1, which B never
+    // held. forget then removes S2 (and S3) from B: the way back from B's oldest snapshot ends
+    // at S1, where B's history starts, and that is no deletion.
+    let ready = Scenario::new("forget_later").sql(TABLE).init("repo");
+    let repo = ready.repo.clone();
+    backup(&ready, &[&repo], &[]);
+    let later = ready.work.path("later").to_str().unwrap().to_string();
+    ready.work.run(&["init", "--copy-from", &repo, "--repo", &later]).ok();
+    for n in 2..=5 {
+        change(&ready, n);
+        backup(&ready, &[&repo, &later], &[]);
+    }
+    ready.work.run(&["forget", "--repo", &repo, "--repo", &later, "--keep-last", "2"]).ok();
+    assert_eq!(snapshot_ids(&later).len(), 2);
+    for target in [&repo, &later] {
+        ready.work.run(&["verify", "--repo", target]).ok();
+        ready.work.run(&["verify", "--repo", target, "--identity", &ready.work.admin_key()]).ok();
     }
 }
 
