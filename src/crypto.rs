@@ -442,8 +442,9 @@ const PAYLOAD_PIECE: u64 = PAYLOAD_CHUNK + 16;
 pub fn payload_start(prefix: &[u8]) -> Result<Option<usize>, String> {
     let Some(header) = header_end(prefix)? else { return Ok(None) };
     let mut cursor = std::io::Cursor::new(&prefix[..prefix.len().min(header + NONCE_BYTES)]);
-    // `Decryptor::new` reads exactly the header and the nonce, no further.
-    match age::Decryptor::new(&mut cursor) {
+    // `Decryptor::new_buffered` reads exactly the header and the nonce, no further (and a line
+    // at a time: `Decryptor::new` parses the header again after each byte it reads).
+    match age::Decryptor::new_buffered(&mut cursor) {
         Ok(_) => Ok(usize::try_from(cursor.position()).ok()),
         Err(age::DecryptError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
         Err(error) => Err(error.to_string()),
@@ -572,7 +573,8 @@ pub fn decrypt_range(
     use std::io::Seek;
     let damaged = |e: std::io::Error| DecryptFailure::Damaged(e.to_string());
     let window = Window { head, body_offset, body, len, position: 0 };
-    let decryptor = age::Decryptor::new(window).map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
+    let decryptor = age::Decryptor::new_buffered(std::io::BufReader::new(window))
+        .map_err(|e| DecryptFailure::Damaged(e.to_string()))?;
     let remembering: Vec<Remembering> = identities.iter().map(|identity| Remembering { identity, keys }).collect();
     let mut reader = decryptor.decrypt(remembering.iter().map(|i| i as &dyn age::Identity)).map_err(|e| match e {
         age::DecryptError::NoMatchingKeys => DecryptFailure::NoMatchingKey,

@@ -353,11 +353,17 @@ fn a_pack_replaced_by_a_strangers_age_file_is_reported_as_replaced_not_as_a_wron
     for pack in packs_by_size(&victim).into_iter().take(2) {
         let original = std::fs::read(&pack).unwrap();
         let size = original.len();
-        let forged = (size.saturating_sub(400)..size)
-            .rev()
-            .map(|n| crmvault::crypto::encrypt(&[stranger.to_public()], &vec![0; n]))
-            .find(|forged| forged.len() == size)
-            .expect("a plaintext length that makes an age file of the pack's size");
+        // age adds a random "grease" stanza to some headers: try until one has the length of
+        // the header the plaintext length was chosen for.
+        let forged = (0..1000)
+            .find_map(|_| {
+                let header_and_nonce = crmvault::crypto::encrypt(&[stranger.to_public()], &[]).len() - 16;
+                let body = size.checked_sub(header_and_nonce)?;
+                let n = body.checked_sub(16 * body.div_ceil(65_536 + 16))?;
+                let forged = crmvault::crypto::encrypt(&[stranger.to_public()], &vec![0; n]);
+                (forged.len() == size).then_some(forged)
+            })
+            .expect("an age file of the pack's size");
         std::fs::write(&pack, forged).unwrap();
         let target = TestDb::create("replaced_target");
         let run = victim.work.restore(&victim.repo, &target);
