@@ -384,6 +384,8 @@ fn a_flaky_bucket_gets_whole_snapshots_through_retries_or_none_and_never_one_nam
 
     count.enabled.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut complete = 0;
+    // Snapshots stored on the folder but not on the bucket (a night the bucket failed).
+    let mut missed = Vec::new();
     for night in 1..=3 {
         source.sql(&format!("UPDATE public.filler SET body = body || '{night}' WHERE id % 97 = {night}"));
         let run =
@@ -391,6 +393,9 @@ fn a_flaky_bucket_gets_whole_snapshots_through_retries_or_none_and_never_one_nam
         assert!(matches!(run.code, 0 | 3), "night {night}: exit {}:\n{}\n{}", run.code, run.stdout, run.stderr);
         assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
         complete += usize::from(run.code == 0);
+        if run.code == 3 {
+            missed.push(run.json()["snapshot_id"].as_str().expect("the folder got it").to_string());
+        }
     }
     let injected = count.injected.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
@@ -406,7 +411,20 @@ fn a_flaky_bucket_gets_whole_snapshots_through_retries_or_none_and_never_one_nam
     server.stop();
     server.restart();
     let plain = server.repo("crm");
-    run_s3(&work, &server, &["verify", "--repo", &plain, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let verify =
+        run_s3(&work, &server, &["verify", "--json", "--repo", &plain, "--identity", &work.admin_key(), "--read-data"]);
+    // Known gap (issue 21's notes): a snapshot the bucket missed is reported as deleted without
+    // being forgotten (the pin's high-water mark, or the next snapshot naming it); nothing else
+    // may be wrong, and no snapshot may name an object the bucket lacks.
+    for problem in verify.json()["problems"].as_array().expect("a list of problems") {
+        let detail = problem["problem"].as_str().unwrap_or_default();
+        let object = problem["object"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("deleted without being forgotten") && missed.iter().any(|id| object.ends_with(id.as_str())),
+            "{problem}\n{}",
+            verify.stdout
+        );
+    }
     let restored = TestDb::create("s3_flaky_restored");
     run_s3(&work, &server, &["restore", "--repo", &plain, "--identity", &work.admin_key(), "--db", &restored.url()])
         .ok();
