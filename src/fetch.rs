@@ -83,11 +83,27 @@ struct Frame {
     offset: u64,
 }
 
-/// A chunk of a run as it is decoded: out of a frame decompressed before, or out of the piece
-/// of its group (with its pack's key).
+/// A chunk of a run as it is decoded, out of a frame decompressed before (with its pack's key),
+/// or a group of chunks out of their piece ([`Group`]).
 enum Part {
     Cached(Arc<Vec<u8>>, String, Found),
-    Fetched(usize, String, Found),
+    Group(usize),
+}
+
+/// Consecutive chunks of a run in one pack of one source, whose frames no run decompressed yet:
+/// read as one piece, of `span`.
+struct Group {
+    source: usize,
+    pack: u32,
+    key: String,
+    span: Range<u64>,
+    locations: Vec<ChunkLocation>,
+}
+
+impl Group {
+    fn holds(&self, f: &Found) -> bool {
+        (self.source, self.pack) == (f.source, f.pack)
+    }
 }
 
 /// Bytes of decompressed frames a reader keeps for their other chunks ([`repo::FrameCache`]).
@@ -280,37 +296,37 @@ impl ChunkReader {
         let found: Vec<Found> = found.iter().copied().collect::<Option<_>>()?;
         let pack_key = |f: &Found| repo::pack_key(&self.sources[f.source].index.pack(f.pack).pack.id);
         // Chunks whose frame another run decompressed already need no piece: the frame is
-        // taken now, so that the cache may let it go meanwhile.
+        // taken now, so that the cache may let it go meanwhile. Consecutive other chunks of one
+        // pack are a group, read as one piece.
         let mut parts = Vec::with_capacity(found.len());
-        // (source, pack, the span of its frames the run needs), consecutive chunks of one pack
-        // read as one piece.
-        let mut groups: Vec<(usize, u32, Range<u64>)> = Vec::new();
-        let mut previous_group = false;
+        let mut groups: Vec<Group> = Vec::new();
         for f in &found {
             let key = pack_key(f);
             if let Some(frame) = self.frames.of(f.source).get(&key, f.location.offset()) {
                 parts.push(Part::Cached(frame, key, *f));
-                previous_group = false;
                 continue;
             }
             let frame = f.location.offset()..f.location.offset() + u64::from(f.location.length());
             match groups.last_mut() {
-                Some((source, pack, span)) if previous_group && (*source, *pack) == (f.source, f.pack) => {
-                    *span = span.start.min(frame.start)..span.end.max(frame.end);
+                Some(group) if matches!(parts.last(), Some(Part::Group(_))) && group.holds(f) => {
+                    group.span = group.span.start.min(frame.start)..group.span.end.max(frame.end);
+                    group.locations.push(f.location);
                 }
-                _ => groups.push((f.source, f.pack, frame)),
+                _ => {
+                    parts.push(Part::Group(groups.len()));
+                    let (source, pack, locations) = (f.source, f.pack, vec![f.location]);
+                    groups.push(Group { source, pack, key, span: frame, locations });
+                }
             }
-            previous_group = true;
-            parts.push(Part::Fetched(groups.len() - 1, key, *f));
         }
         // Each group's dictionary and piece, fetched side by side.
-        let fetched = futures::future::try_join_all(groups.iter().map(|(number, pack, span)| async move {
-            let entry = self.sources[*number].index.pack(*pack);
+        let fetched = futures::future::try_join_all(groups.iter().map(|group| async move {
+            let entry = self.sources[group.source].index.pack(group.pack);
             let dictionary = match entry.dictionary.as_ref() {
-                Some(reference) => Some(self.dictionary(*number, reference).await?),
+                Some(reference) => Some(self.dictionary(group.source, reference).await?),
                 None => None,
             };
-            let piece = self.piece(*number, &entry.pack, span.clone()).await?;
+            let piece = self.piece(group.source, &entry.pack, group.span.clone()).await?;
             Ok::<_, Error>((piece, dictionary, entry.packed))
         }))
         .await
@@ -320,32 +336,28 @@ impl ChunkReader {
         let frames = self.frames.clone();
         let decoded = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(total);
-            // Consecutive chunks of one group go together, so that whole frames decompress
-            // straight into `out` (repo::open_chunks_onto).
-            let mut rest = &parts[..];
-            while let Some(part) = rest.first() {
+            for part in &parts {
                 match part {
                     Part::Cached(frame, pack_key, f) => {
                         let frames = frames.of(f.source);
                         repo::chunk_of_frame(&key, frame, &f.location, pack_key, frames, &mut out).ok()?;
-                        rest = &rest[1..];
                     }
-                    Part::Fetched(group, pack_key, f) => {
-                        let together =
-                            rest.iter().take_while(|p| matches!(p, Part::Fetched(g, ..) if g == group)).count();
-                        let locations: Vec<_> = rest[..together]
-                            .iter()
-                            .filter_map(|p| match p {
-                                Part::Fetched(.., f) => Some(f.location),
-                                Part::Cached(..) => None,
-                            })
-                            .collect();
-                        let (piece, dictionary, packed) = &fetched[*group];
+                    // Together, so that whole frames decompress straight into `out`
+                    // (repo::open_chunks_onto).
+                    Part::Group(at) => {
+                        let (group, (piece, dictionary, packed)) = (&groups[*at], &fetched[*at]);
                         let coding = FrameCoding { dictionary: dictionary.as_deref(), packed: *packed };
-                        let frames = frames.of(f.source);
-                        repo::open_chunks_onto(&key, piece.bytes(), &locations, pack_key, coding, frames, &mut out)
-                            .ok()?;
-                        rest = &rest[together..];
+                        let frames = frames.of(group.source);
+                        repo::open_chunks_onto(
+                            &key,
+                            piece.bytes(),
+                            &group.locations,
+                            &group.key,
+                            coding,
+                            frames,
+                            &mut out,
+                        )
+                        .ok()?;
                     }
                 }
             }
