@@ -239,6 +239,7 @@ pub async fn apply(
     }
     let record = ForgetRecord {
         time: now,
+        kind: crate::repo::RecordKind::Forgotten,
         config_hash: repository.config_hash.clone(),
         policy: policy.without_tag_names(),
         snapshots: removed.clone(),

@@ -120,6 +120,13 @@ pub struct Pin {
     /// it in one replacement of the file, so that it never names a snapshot newer than `newest`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub settled: std::collections::BTreeSet<crate::repo::SnapshotId>,
+    /// Snapshots a backup here stored on other targets but not on these (location → the
+    /// snapshots it missed): the next backup that reaches such a target records them there
+    /// ([`crate::repo::RecordKind::Missed`]), so that its `verify` tells them from deleted ones.
+    /// Only this host knows it: the target's listing cannot tell a snapshot it never got from
+    /// one deleted from it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub missed: std::collections::BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
 }
 
 impl Pin {
@@ -235,6 +242,7 @@ mod tests {
             newest: None,
             locations: vec![],
             settled: std::collections::BTreeSet::new(),
+            missed: std::collections::BTreeMap::new(),
         };
         let mark = |sequence| SnapshotMark {
             id: format!("{sequence:064x}").parse().unwrap(),

@@ -122,7 +122,8 @@ pub(super) fn all_failed(states: &[TargetState<'_>], left_out: &[LeftOut]) -> Er
     Error::EveryTargetFailed(opened.chain(left_out).collect())
 }
 
-/// Writes one target's index and snapshot object: the commit on that target.
+/// Writes one target's index and snapshot object: the commit on that target. `missed`: the
+/// snapshots earlier backups did not store here, recorded first ([`super::BackupOptions::missed`]).
 pub(super) async fn commit(
     state: &TargetState<'_>,
     mut stored: Stored,
@@ -130,7 +131,7 @@ pub(super) async fn commit(
     sealed: &SealedManifest,
     dictionaries: &[StoredDictionary],
     (keyring, locks): (&Keyring, &crate::lock::Locks),
-    (time, chain): (chrono::DateTime<chrono::Utc>, &Chain),
+    (time, chain, missed): (chrono::DateTime<chrono::Utc>, &Chain, &[repo::ForgottenSnapshot]),
 ) -> Result<TargetReport> {
     let repository = state.repository;
     // The index of the last new packs (and the dictionaries it names) goes in before the
@@ -177,6 +178,24 @@ pub(super) async fn commit(
     // Still ours: a prune that took over the lock of a backup stalled past its lease may have
     // deleted the packs this snapshot names.
     locks.confirm(repository.target.location()).await?;
+    // What earlier backups did not get here is recorded before the snapshot that names (or
+    // follows) it: `verify` of this target never sees the gap unexplained.
+    if !missed.is_empty() {
+        let record = repo::ForgetRecord {
+            time: chrono::Utc::now(),
+            kind: repo::RecordKind::Missed,
+            config_hash: repository.config_hash.clone(),
+            policy: "missed: the backups that wrote them did not reach this target".into(),
+            snapshots: missed.to_vec(),
+        };
+        let key = repository.put_forget_record(&record, keyring).await?;
+        bytes_added += record.seal(keyring).len() as u64;
+        tracing::info!(
+            "{}: recorded {key}: {} snapshot(s) earlier backups did not store here",
+            repository.target.location(),
+            missed.len()
+        );
+    }
     repository.target.put_new(&repo::snapshot_key(&sealed.id), object).await?;
     Ok(TargetReport {
         location: repository.target.location().to_string(),
@@ -185,5 +204,6 @@ pub(super) async fn commit(
         new_chunks,
         bytes_added,
         bytes_total: header.total_bytes,
+        recorded_missed: missed.iter().map(|m| m.id.clone()).collect(),
     })
 }

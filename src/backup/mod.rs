@@ -18,7 +18,7 @@ mod encode;
 mod read;
 mod upload;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +75,9 @@ pub struct BackupOptions {
     /// `newest_known` (its pin's record, [`crate::trust::Pin::settled`]): their headers are not
     /// read again to find the predecessor. Ignored without `newest_known`.
     pub settled: BTreeSet<crate::repo::SnapshotId>,
+    /// Snapshots earlier backups on this host stored elsewhere but not on a target (its pin's
+    /// record, [`crate::trust::Pin::missed`]): recorded on the target when this one reaches it.
+    pub missed: BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
     /// The time to record instead of the database's clock at the snapshot (old dumps
     /// imported, a history simulated); snapshots sort by it and retention buckets by it.
     pub time: Option<chrono::DateTime<chrono::Utc>>,
@@ -115,6 +118,10 @@ pub struct BackupReport {
     /// pin, beside the new high-water mark ([`BackupOptions::settled`]).
     #[serde(skip)]
     pub settled: BTreeSet<crate::repo::SnapshotId>,
+    /// The snapshots each target still lacks after this backup, for the pin
+    /// ([`BackupOptions::missed`]): the earlier ones of a target it did not reach, and this one.
+    #[serde(skip)]
+    pub missed: BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
 }
 
 impl BackupReport {
@@ -146,6 +153,8 @@ pub struct TargetReport {
     pub bytes_added: u64,
     /// Bytes of all objects the snapshot references there.
     pub bytes_total: u64,
+    /// Snapshots earlier backups did not get here, recorded now ([`BackupOptions::missed`]).
+    pub recorded_missed: Vec<crate::repo::SnapshotId>,
 }
 
 /// Runs a backup of `options.database` into every copy of the repository in `targets`.
@@ -324,7 +333,8 @@ pub async fn run(
     for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
-                commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (time, &chain)).await
+                let missed = missed_on(&options.missed, state.repository.target.location());
+                commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (time, &chain, missed)).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -342,6 +352,7 @@ pub async fn run(
                     new_chunks: 0,
                     bytes_added: 0,
                     bytes_total: 0,
+                    recorded_missed: Vec::new(),
                 }
             }
         });
@@ -356,9 +367,17 @@ pub async fn run(
         new_chunks: 0,
         bytes_added: 0,
         bytes_total: 0,
+        recorded_missed: Vec::new(),
     }));
     let mut settled = chain.settled;
     settled.insert(sealed.id.clone());
+    let this = crate::repo::ForgottenSnapshot {
+        id: sealed.id.clone(),
+        sequence: chain.sequence,
+        time,
+        parent: chain.parent.clone(),
+    };
+    let missed = still_missed(&options.missed, &reports, &this);
     Ok(BackupReport {
         snapshot_id: sealed.id.clone(),
         time,
@@ -374,7 +393,38 @@ pub async fn run(
         warnings,
         targets: reports,
         settled,
+        missed,
     })
+}
+
+/// The snapshots earlier backups did not store at `location` ([`BackupOptions::missed`]).
+fn missed_on<'a>(
+    missed: &'a BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
+    location: &str,
+) -> &'a [crate::repo::ForgottenSnapshot] {
+    missed
+        .iter()
+        .find(|(known, _)| crate::target::same_place(known, location))
+        .map_or(&[], |(_, snapshots)| snapshots.as_slice())
+}
+
+/// What each target lacks once this backup is done: a target that received `this` also
+/// received the record of what it missed before; one that did not lacks `this` too. Targets
+/// this run did not name keep what they lacked.
+fn still_missed(
+    before: &BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
+    reports: &[TargetReport],
+    this: &crate::repo::ForgottenSnapshot,
+) -> BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>> {
+    let named = |location: &str| reports.iter().any(|r| crate::target::same_place(&r.location, location));
+    let mut after: BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>> =
+        before.iter().filter(|(location, _)| !named(location)).map(|(l, s)| (l.clone(), s.clone())).collect();
+    for report in reports.iter().filter(|r| !r.ok) {
+        let mut snapshots = missed_on(before, &report.location).to_vec();
+        snapshots.push(this.clone());
+        after.insert(report.location.clone(), snapshots);
+    }
+    after
 }
 
 /// Snapshots tried, newest first, for the last backup of the same database: sizing a progress

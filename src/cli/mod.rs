@@ -738,6 +738,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 index_in_memory,
                 newest_known: trusted.newest(),
                 settled: trusted.settled(),
+                missed: trusted.missed(),
                 time,
             };
             if let Some(time) = time.filter(|time| *time > chrono::Utc::now() + chrono::Duration::minutes(5)) {
@@ -751,7 +752,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             progress.finish();
             lock::release(locks).await;
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
-            trusted.backed_up(&report.mark(), report.settled.clone())?;
+            trusted.backed_up(&report.mark(), report.settled.clone(), report.missed.clone())?;
             output::backup(json, &report, started.elapsed());
             if report.failed_targets() > 0 {
                 return Ok(ExitCode::from(3));
@@ -864,9 +865,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let mut trusted =
                     trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let progress = output::Bar::start(json || quiet);
+                let known = (trusted.newest(), trusted.missed_at(repository.target.location()));
                 let result =
-                    verify_one(repository, identity.as_deref(), depth, &filter, trusted.newest(), progress.as_ref())
-                        .await;
+                    verify_one(repository, identity.as_deref(), depth, &filter, known, progress.as_ref()).await;
                 progress.finish();
                 let report = result?;
                 trusted.advance(report.newest.as_ref())?;
@@ -1125,13 +1126,12 @@ async fn verify_one(
     identity: Option<&Path>,
     depth: verify::Depth,
     filter: &crmvault::repo::SnapshotFilter,
-    newest_known: Option<crmvault::trust::SnapshotMark>,
+    (newest_known, missed): (Option<crmvault::trust::SnapshotMark>, Vec<crmvault::repo::ForgottenSnapshot>),
     progress: &dyn crmvault::progress::Progress,
 ) -> Result<verify::VerifyReport> {
+    let known = (newest_known.as_ref(), missed.as_slice());
     match keyring(repository, identity).await {
-        Ok(keyring) => {
-            Ok(verify::run(repository, keyring.as_ref(), depth, filter, newest_known.as_ref(), progress).await?)
-        }
+        Ok(keyring) => Ok(verify::run(repository, keyring.as_ref(), depth, filter, known, progress).await?),
         // A damaged keys object is a finding, not a reason to stop looking.
         Err(error)
             if matches!(
@@ -1142,8 +1142,7 @@ async fn verify_one(
             // Every snapshot, structurally: a filter needs the manifests this key cannot open.
             let everything = crmvault::repo::SnapshotFilter::default();
             let mut report =
-                verify::run(repository, None, verify::Depth::Structure, &everything, newest_known.as_ref(), progress)
-                    .await?;
+                verify::run(repository, None, verify::Depth::Structure, &everything, known, progress).await?;
             report.problems.push(verify::Problem {
                 target: repository.target.location().to_string(),
                 object: repository.config.keys.join(", "),

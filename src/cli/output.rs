@@ -143,7 +143,15 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     );
     for target in &report.targets {
         match &target.error {
-            None => eprintln!("  ok      {}: added {}", target.location, size(target.bytes_added)),
+            None if target.recorded_missed.is_empty() => {
+                eprintln!("  ok      {}: added {}", target.location, size(target.bytes_added));
+            }
+            None => eprintln!(
+                "  ok      {}: added {}; recorded the {} earlier backups did not store there",
+                target.location,
+                size(target.bytes_added),
+                count(target.recorded_missed.len() as u64, "snapshot")
+            ),
             // Most errors name their target already ("no crmvault repository at …"): say it once.
             Some(error) if error.contains(&target.location) => {
                 eprintln!("  FAILED  {error} (no snapshot written there)");

@@ -60,20 +60,35 @@ impl Trusted {
 
     /// After a backup: its snapshot is the newest, and the next backup need not look again at
     /// `settled` (saved with the mark, in one replacement of the pin).
+    /// `missed`: the snapshots each target still lacks ([`crmvault::trust::Pin::missed`]).
     pub fn backed_up(
         &mut self,
         mark: &SnapshotMark,
         settled: std::collections::BTreeSet<crmvault::repo::SnapshotId>,
+        missed: std::collections::BTreeMap<String, Vec<crmvault::repo::ForgottenSnapshot>>,
     ) -> Result<()> {
         // The new snapshot follows the mark, so the mark moves (a record made against another
         // mark is not kept).
-        if let Some(pin) = self.pin.as_mut()
-            && pin.advance(mark)
-        {
-            pin.settled = settled;
+        if let Some(pin) = self.pin.as_mut() {
+            if pin.advance(mark) {
+                pin.settled = settled;
+            }
+            pin.missed = missed;
             trust::save_pin(&self.config_dir, pin)?;
         }
         Ok(())
+    }
+
+    /// What earlier backups here stored on other targets but not at `location`.
+    pub fn missed_at(&self, location: &str) -> Vec<crmvault::repo::ForgottenSnapshot> {
+        let missed = self.pin.as_ref().map(|pin| &pin.missed);
+        let found = missed.into_iter().flatten().find(|(at, _)| crmvault::target::same_place(at, location));
+        found.map(|(_, snapshots)| snapshots.clone()).unwrap_or_default()
+    }
+
+    /// What earlier backups here stored on other targets but not on these.
+    pub fn missed(&self) -> std::collections::BTreeMap<String, Vec<crmvault::repo::ForgottenSnapshot>> {
+        self.pin.as_ref().map(|pin| pin.missed.clone()).unwrap_or_default()
     }
 
     /// Moves the pin to the generation `config_hash` (after `rekey` on this machine).
@@ -259,6 +274,7 @@ async fn check_with(
                     newest: None,
                     locations: vec![location.to_string()],
                     settled: std::collections::BTreeSet::new(),
+                    missed: std::collections::BTreeMap::new(),
                 };
                 trust::save_pin(config_dir, &pin)?;
                 if role == Role::Admin {
@@ -321,6 +337,7 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
         newest: None,
         locations: report.locations.clone(),
         settled: std::collections::BTreeSet::new(),
+        missed: std::collections::BTreeMap::new(),
     };
     trust::save_pin(config_dir, &pin)?;
     Ok(())

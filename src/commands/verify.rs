@@ -257,13 +257,15 @@ impl VerifyReport {
 
 /// Verifies one repository: the snapshots `filter` lets through (a snapshot whose manifest
 /// does not open is checked whatever the filter) and what they need. `newest_known` is the
-/// newest snapshot the caller wrote or authenticated before (its pin's high-water mark).
+/// newest snapshot the caller wrote or authenticated before (its pin's high-water mark);
+/// `missed`, the snapshots the caller's backups stored elsewhere but not here (its pin's
+/// record, not yet written here by a later backup).
 pub async fn run(
     repository: &Repository,
     keyring: Option<&Keyring>,
     depth: Depth,
     filter: &SnapshotFilter,
-    newest_known: Option<&SnapshotMark>,
+    (newest_known, missed): (Option<&SnapshotMark>, &[repo::ForgottenSnapshot]),
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let reads_data = matches!(depth, Depth::ReadData | Depth::ReadSubset(_));
@@ -432,7 +434,18 @@ pub async fn run(
     let known_gap = newest_known
         .filter(|known| !present.contains(&known.id) && !here(&known.id))
         .and_then(|known| forgotten.gap_below(&known.id, here).map(|gap| (known, gap)));
-    if let Some((known, gap)) = known_gap {
+    if let Some((known, gap)) = known_gap.as_ref().filter(|(_, gap)| missed.iter().any(|m| m.id == *gap)) {
+        report.problems.push(problem(
+            &repo::snapshot_key(gap),
+            vec![gap.to_string()],
+            format!(
+                "missing: the backup that wrote it (snapshot number {}, {}, or one before it) did not reach this \
+                 target; the next backup that reaches it records that, and until then `restore latest` from this \
+                 target alone restores an older snapshot",
+                known.sequence, known.time
+            ),
+        ));
+    } else if let Some((known, gap)) = known_gap {
         let what = if gap == known.id {
             format!(
                 "it is the newest snapshot this machine wrote or checked (number {}, {})",

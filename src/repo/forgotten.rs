@@ -20,11 +20,15 @@ const RECORD_MAGIC: &str = "crmvault-forgotten";
 /// Records larger than this are not read (a record of 10 000 snapshots is about 1.3 MB).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
 
-/// What one `forget` removed, and why.
+/// What one `forget` removed, and why; or which snapshots a target never received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgetRecord {
-    /// When the snapshots were forgotten.
+    /// When the snapshots were forgotten (or found missed).
     pub time: DateTime<Utc>,
+    /// What the record says of its snapshots. Absent in a forget record (as before format 7
+    /// had this field: such a record reads the same in every build).
+    #[serde(default, skip_serializing_if = "RecordKind::is_forgotten")]
+    pub kind: RecordKind,
     /// The config (generation) whose keys wrote it.
     pub config_hash: String,
     /// The policy that removed them, as its flags read ("keep-daily 7, keep-weekly 5").
@@ -33,7 +37,26 @@ pub struct ForgetRecord {
     pub snapshots: Vec<ForgottenSnapshot>,
 }
 
-/// One snapshot a record says was removed.
+/// Why a record's snapshots are not on its target. Either way their absence is explained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// `forget` removed them.
+    #[default]
+    Forgotten,
+    /// The backups that wrote them elsewhere did not reach this target (it failed that night):
+    /// written by the next backup that reached it, from what the failed one's host remembers.
+    Missed,
+}
+
+impl RecordKind {
+    #[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+    fn is_forgotten(&self) -> bool {
+        *self == RecordKind::Forgotten
+    }
+}
+
+/// One snapshot a record says was removed (or missed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgottenSnapshot {
     /// Its id.
@@ -241,6 +264,7 @@ mod tests {
         let keyring = Keyring::for_tests();
         let record = ForgetRecord {
             time: "2026-12-03T01:00:00Z".parse().expect("time"),
+            kind: RecordKind::Forgotten,
             config_hash: keyring.head.clone(),
             policy: "keep-daily 7".into(),
             snapshots: vec![ForgottenSnapshot {

@@ -83,6 +83,26 @@ impl Location {
     }
 }
 
+/// Whether two locations name the same place, whatever options they carry (`retries`,
+/// timeouts) or how a folder is spelled (`/srv/crm/`, `file:///srv/crm`): the folder, or the
+/// bucket, prefix and endpoint. Text that does not parse is compared as written.
+pub fn same_place(a: &str, b: &str) -> bool {
+    fn place(text: &str) -> String {
+        match Location::parse(text) {
+            Ok(Location::Local(path)) => {
+                let text = path.to_string_lossy();
+                if text.len() > 1 { text.trim_end_matches('/').to_string() } else { text.into_owned() }
+            }
+            Ok(Location::S3 { bucket, prefix, options }) => {
+                let endpoint = options.get("endpoint").map(|e| e.trim_end_matches('/')).unwrap_or_default();
+                format!("s3://{bucket}/{prefix} {endpoint}")
+            }
+            Err(_) => text.to_string(),
+        }
+    }
+    place(a) == place(b)
+}
+
 /// Words that make a URL option look like a credential.
 const CREDENTIAL_WORDS: [&str; 8] = ["key", "secret", "token", "password", "passwd", "credential", "signature", "auth"];
 
@@ -188,5 +208,17 @@ mod tests {
         let error = Target::open_with("s3://bucket/x", OpenMode::Existing, &settings).expect_err("refused").to_string();
         assert!(error.starts_with("refusing the S3 endpoint https://minio:9000 for s3://bucket/x"), "{error}");
         assert!(!error.contains("wJalrXUtnFEMI") && !error.contains("AKIAEXAMPLE"), "{error}");
+    }
+
+    #[test]
+    fn the_same_place_is_told_apart_from_another_whatever_its_options() {
+        assert!(same_place("/srv/crm/", "file:///srv/crm"));
+        assert!(same_place(
+            "s3://b/crm?endpoint=http://127.0.0.1:9000&retries=10",
+            "s3://b/crm/?retries=2&endpoint=http://127.0.0.1:9000/"
+        ));
+        assert!(!same_place("s3://b/crm?endpoint=http://127.0.0.1:9000", "s3://b/crm?endpoint=http://127.0.0.1:9001"));
+        assert!(!same_place("s3://b/crm", "s3://b/crm2"));
+        assert!(!same_place("/srv/crm", "/srv/crm2"));
     }
 }

@@ -424,3 +424,83 @@ fn a_record_naming_snapshots_still_there_is_not_carried_by_a_rekey() {
     work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()])
         .fails_with(3, "deleted without being forgotten");
 }
+
+/// Runs a backup to `repos` that one of them misses (it cannot be opened: renamed away for the
+/// night); returns the snapshot id the others got.
+fn backup_missing(ready: &Ready, repos: &[&str], away: &str) -> String {
+    let hidden = format!("{away}.away");
+    std::fs::rename(away, &hidden).unwrap();
+    let url = ready.source.url();
+    let mut all = vec!["backup", "--json", "--db", &url];
+    for repo in repos {
+        all.extend(["--repo", repo]);
+    }
+    let run = ready.work.run(&all);
+    std::fs::rename(&hidden, away).unwrap();
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    run.json()["snapshot_id"].as_str().expect("a snapshot id").to_string()
+}
+
+#[test]
+fn a_target_that_missed_nights_verifies_once_the_next_backup_reaches_it() {
+    // A folder and a second copy; the copy misses two nights in a row (its storage was away),
+    // then comes back. Every target gets the same chain (one parent for all), so the copy's
+    // next snapshot names one it never held: the backup host, which saw the nights fail,
+    // records that there before that snapshot, and the copy verifies and restores alone.
+    let ready = Scenario::new("forget_missed").sql(TABLE).init("repo");
+    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
+    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    backup(&ready, &[&repo, &copy], &[]);
+    let mut missed = Vec::new();
+    for n in 2..=3 {
+        change(&ready, n);
+        missed.push(backup_missing(&ready, &[&repo, &copy], &copy));
+    }
+    // Until a backup reaches it, the copy lacks the newest snapshot: said, and not as a deletion
+    // this host cannot explain.
+    let behind = ready.work.run(&["verify", "--repo", &copy]);
+    assert_eq!(behind.code, 3, "{}{}", behind.stdout, behind.stderr);
+    assert!(behind.stdout.contains(&missed[1]) && behind.stdout.contains("did not reach"), "{}", behind.stdout);
+
+    change(&ready, 4);
+    let run = ready.work.run(&["backup", "--json", "--db", &ready.source.url(), "--repo", &repo, "--repo", &copy]).ok();
+    assert!(!run.stderr.contains("without being forgotten"), "{}", run.stderr);
+    let on_copy = &run.json()["targets"][1];
+    assert_eq!(on_copy["recorded_missed"], serde_json::json!(missed), "{}", run.stdout);
+    assert_eq!(forget_records(&copy).len(), 1);
+    // Here, and on a machine that never saw those nights (keyless).
+    ready.work.run(&["verify", "--repo", &copy, "--identity", &ready.work.admin_key()]).ok();
+    Workspace::new().run(&["verify", "--repo", &copy]).ok();
+    let restored = TestDb::create("forget_missed_restored");
+    ready.work.run(&["restore", "--repo", &copy, "--identity", &ready.work.admin_key(), "--db", &restored.url()]).ok();
+    assert_same_database(&ready.source, &restored);
+    // Recorded once: the next night writes no record.
+    change(&ready, 5);
+    backup(&ready, &[&repo, &copy], &[]);
+    assert_eq!(forget_records(&copy).len(), 1);
+}
+
+#[test]
+fn a_snapshot_deleted_from_one_target_is_not_taken_for_a_missed_night() {
+    // Storage deletes the newest snapshot from one target only (the other still has it). No
+    // backup failed there, so the next backup records nothing and the deletion stays reported.
+    let ready = Scenario::new("forget_not_missed").sql(TABLE).init("repo");
+    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
+    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 2);
+    let deleted = backup(&ready, &[&repo, &copy], &[]);
+    std::fs::remove_file(Path::new(&copy).join("snapshots").join(&deleted)).unwrap();
+    change(&ready, 3);
+    ready.work.run(&["backup", "--db", &ready.source.url(), "--repo", &repo, "--repo", &copy]).ok();
+    assert!(forget_records(&copy).is_empty());
+    for workspace in [&ready.work, &Workspace::new()] {
+        let verify = workspace.run(&["verify", "--repo", &copy]);
+        assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+        assert!(
+            verify.stdout.contains(&deleted) && verify.stdout.contains("deleted without being forgotten"),
+            "{}",
+            verify.stdout
+        );
+    }
+}

@@ -100,6 +100,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         index_in_memory: crmvault::repo::INDEX_IN_MEMORY,
         newest_known: None,
         settled: std::collections::BTreeSet::new(),
+        missed: std::collections::BTreeMap::new(),
         time: None,
     };
     let mut expected_tables: Vec<String> = ready
