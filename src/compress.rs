@@ -145,18 +145,19 @@ pub fn store_dictionary(bytes: &[u8]) -> Vec<u8> {
 /// The dictionary in a stored (decrypted) dictionary object: format 3 stores a zstd frame,
 /// format 2 the dictionary itself. `None` when it is neither.
 pub fn load_dictionary(stored: &[u8]) -> Option<DecompressionDictionary> {
-    let unpacked;
+    DecompressionDictionary::new(&dictionary_bytes(stored)?)
+}
+
+/// The trained dictionary's bytes in a stored (decrypted) dictionary object (what
+/// [`load_dictionary`] digests; also what compresses with it again, [`FrameDictionary::new`]).
+pub fn dictionary_bytes(stored: &[u8]) -> Option<Vec<u8>> {
     let bytes = if stored.starts_with(&FRAME_MAGIC) {
-        unpacked = decompress(stored, MAX_DICTIONARY_BYTES, None).ok()?;
-        &unpacked[..]
+        decompress(stored, MAX_DICTIONARY_BYTES, None).ok()?
     } else {
-        stored
+        stored.to_vec()
     };
     // zstd would take any other bytes as a "raw content" dictionary; ours are all trained.
-    if !bytes.starts_with(&DICTIONARY_MAGIC) {
-        return None;
-    }
-    DecompressionDictionary::new(bytes)
+    bytes.starts_with(&DICTIONARY_MAGIC).then_some(bytes)
 }
 
 /// Upper bound on a stored dictionary's size when reading (guards decompression).

@@ -6,9 +6,10 @@
 //! deleted, and [`crate::prune::run`] deletes what no remaining snapshot lists.
 //!
 //! Liveness comes from snapshots that prove themselves, read with an admin identity: their list
-//! chunks give every chunk id they use. A frame is the unit: it is copied verbatim (no
-//! recompression) when any of its chunks is live, and dropped when none is. A pack's chunks share
-//! one dictionary, so new packs are filled from packs of one dictionary each.
+//! chunks give every chunk id they use. A frame is the unit: it is dropped when none of its
+//! chunks is live, copied verbatim when most of its text is, and otherwise compressed again
+//! with its live chunks alone (each proven against its id first), with the same dictionary. A
+//! pack's chunks share one dictionary, so new packs are filled from packs of one dictionary each.
 //!
 //! Write order (docs/FORMAT.md, *Prune*): new packs, then indexes (for the new packs, and the
 //! old ones written again), then the copies of the snapshots oldest first, then the replaced
@@ -91,7 +92,8 @@ pub struct Repacked {
     pub dry_run: bool,
     /// Packs some remaining snapshot lists (before repacking).
     pub packs_listed: u64,
-    /// Their bytes that no remaining snapshot uses (frames none of whose chunks is used).
+    /// Their bytes that no remaining snapshot uses (frames none of whose chunks is used, and
+    /// the unused share of those mostly unused).
     pub unused_bytes: u64,
     /// Packs repacked (or to repack): over the threshold, or small ones merged.
     pub packs_repacked: u64,
@@ -99,6 +101,8 @@ pub struct Repacked {
     pub packs_repacked_bytes: u64,
     /// The bytes of theirs that no snapshot uses: what repacking them frees.
     pub freed_bytes: u64,
+    /// Frames compressed again with their live chunks alone (the others were copied).
+    pub frames_recompressed: u64,
     /// New packs written.
     pub packs_written: u64,
     /// Their stored bytes.
@@ -125,12 +129,39 @@ fn frames(record: &PackRecord) -> BTreeMap<(u64, u32), Vec<ChunkLocation>> {
     frames
 }
 
-/// Bytes of a pack's frames that hold no live chunk.
+/// A frame more than 1 / this of whose text is unused is compressed again with its live chunks
+/// alone (a frame holds up to 512 KiB of text: one live 8 KiB chunk kept it whole).
+const FRAME_UNUSED_SHARE: u64 = 4;
+
+/// A frame's text bytes (its chunks' lengths), and those of its live chunks.
+fn frame_text(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> (u64, u64) {
+    let all = chunks.iter().map(|c| u64::from(c.raw_length())).sum();
+    let used = chunks.iter().filter(|c| live.contains(&c.chunk())).map(|c| u64::from(c.raw_length())).sum();
+    (all, used)
+}
+
+/// Whether a frame with some live chunk is compressed again rather than copied
+/// ([`FRAME_UNUSED_SHARE`]).
+fn rewrites(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> bool {
+    let (all, used) = frame_text(chunks, live);
+    used > 0 && (all - used) * FRAME_UNUSED_SHARE > all
+}
+
+/// Bytes of a pack's frames that repacking it would free: frames that hold no live chunk, and
+/// the unused share of those compressed again (estimated from their text).
 fn unused_bytes(record: &PackRecord, live: &HashSet<ChunkId>) -> u64 {
     frames(record)
         .iter()
-        .filter(|(_, chunks)| !chunks.iter().any(|c| live.contains(&c.chunk())))
-        .map(|((_, length), _)| u64::from(*length))
+        .map(|((_, length), chunks)| {
+            let (all, used) = frame_text(chunks, live);
+            if used == 0 {
+                u64::from(*length)
+            } else if rewrites(chunks, live) {
+                u64::from(*length) * (all - used) / all.max(1)
+            } else {
+                0
+            }
+        })
         .sum()
 }
 
@@ -178,6 +209,8 @@ struct Repacking<'a> {
     replaced: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)>,
     /// Every pack a snapshot here lists, as its indexes describe it.
     records: HashMap<ObjectId, PackRecord>,
+    /// The chunks the remaining snapshots use.
+    live: HashSet<ChunkId>,
     /// Packs listed by a snapshot this identity cannot open: left alone.
     pinned: HashSet<ObjectId>,
     /// Indexes the snapshots list, read.
@@ -311,6 +344,7 @@ async fn open_snapshots<'a>(
         snapshots: HashMap::new(),
         replaced: Vec::new(),
         records: HashMap::new(),
+        live: HashSet::new(),
         pinned: HashSet::new(),
         indexes: BTreeMap::new(),
         listed: HashSet::new(),
@@ -482,6 +516,7 @@ impl Repacking<'_> {
                 .collect();
             self.reused.insert(id.clone(), reused);
         }
+        self.live = live;
         Ok(())
     }
 
@@ -514,6 +549,7 @@ impl Repacking<'_> {
         );
         for (dictionary, packs) in by_dictionary {
             let mut pack = NewPack::default();
+            let mut rewriter: Option<FrameRewriter> = None;
             for id in packs {
                 progress.advance(1);
                 let record = &self.records[&id];
@@ -536,7 +572,20 @@ impl Repacking<'_> {
                         return Err(Error::corrupt(&key, "a frame reaches past the pack's end; run verify"));
                     };
                     #[expect(clippy::cast_possible_truncation, reason = "within the plaintext, checked above")]
-                    pack.add(&plaintext[offset as usize..end as usize], &chunks);
+                    let frame = &plaintext[offset as usize..end as usize];
+                    if rewrites(&chunks, &self.live) {
+                        let rewriter = match &mut rewriter {
+                            Some(rewriter) => rewriter,
+                            None => {
+                                rewriter.insert(FrameRewriter::new(repository, keyring, dictionary.as_ref()).await?)
+                            }
+                        };
+                        let (frame, chunks) = rewriter.rewrite(&key, frame, &chunks, &self.live)?;
+                        pack.add(&frame, &chunks);
+                        self.out.frames_recompressed += 1;
+                    } else {
+                        pack.add(frame, &chunks);
+                    }
                     pack.from.insert(id.clone());
                     if pack.plaintext.len() >= pack_size {
                         self.store(std::mem::take(&mut pack), &recipients, dictionary.clone()).await?;
@@ -690,6 +739,100 @@ impl Repacking<'_> {
     }
 }
 
+/// zstd level of frames compressed again: an admin's occasional job over little text, as a
+/// backup's increments (`backup::compress::STRONG_LEVEL`).
+const REWRITE_LEVEL: i32 = 12;
+/// The text a backup puts in one frame (`backup::encode::FRAME_BYTES`): what a dictionary's
+/// tables are laid out for (larger text compresses from where it is).
+const FRAME_CAPACITY: usize = 512 * 1024;
+
+/// Compresses frames again with their live chunks alone, with one dictionary (or none).
+struct FrameRewriter {
+    decoding: Option<crate::compress::DecompressionDictionary>,
+    encoding: Option<crate::compress::FrameDictionary>,
+    compressor: crate::compress::ChunkCompressor,
+    ids: crypto::ChunkIdKey,
+    text: Vec<u8>,
+    kept: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+impl FrameRewriter {
+    /// Reads `dictionary` (an admin reads every dictionary) and lays it out for both ways.
+    async fn new(repository: &Repository, keyring: &Keyring, dictionary: Option<&ObjectRef>) -> Result<FrameRewriter> {
+        let (decoding, encoding) = match dictionary {
+            None => (None, None),
+            Some(reference) => {
+                let key = repo::dictionary_key(&reference.id);
+                let ciphertext = repository.target.get(&key).await?;
+                repo::check_object_name(&key, &ciphertext)?;
+                let bytes = crate::compress::dictionary_bytes(&keyring.decrypt(&key, &ciphertext)?)
+                    .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))?;
+                let decoding = crate::compress::DecompressionDictionary::new(&bytes)
+                    .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))?;
+                let encoding = crate::compress::FrameDictionary::new(&bytes, REWRITE_LEVEL, FRAME_CAPACITY)
+                    .ok_or_else(|| Error::corrupt(&key, "zstd cannot compress with this dictionary"))?;
+                (Some(decoding), Some(encoding))
+            }
+        };
+        Ok(FrameRewriter {
+            decoding,
+            encoding,
+            compressor: crate::compress::ChunkCompressor::default(),
+            ids: keyring.chunk_id_key(),
+            text: Vec::new(),
+            kept: Vec::new(),
+            packed: Vec::new(),
+        })
+    }
+
+    /// The frame `frame` of pack `key` (packed text, format 6 on) with only its `live` chunks,
+    /// each proven against its id, compressed again; and where its chunks now lie in it
+    /// (offsets 0: [`NewPack::add`] places the frame).
+    fn rewrite(
+        &mut self,
+        key: &str,
+        frame: &[u8],
+        chunks: &[ChunkLocation],
+        live: &HashSet<ChunkId>,
+    ) -> Result<(Vec<u8>, Vec<ChunkLocation>)> {
+        let limit = chunks.iter().map(|c| c.start() as usize + c.raw_length() as usize).max().unwrap_or(0);
+        self.text.clear();
+        let coding = crate::compress::FrameCoding { dictionary: self.decoding.as_ref(), packed: true };
+        coding
+            .decode_onto(frame, limit, &mut self.text)
+            .map_err(|e| Error::corrupt(key, format!("a frame does not decompress ({e}); run verify --read-data")))?;
+        self.kept.clear();
+        let mut kept = Vec::new();
+        for chunk in chunks.iter().filter(|c| live.contains(&c.chunk())) {
+            let start = chunk.start() as usize;
+            let data = self
+                .text
+                .get(start..start + chunk.raw_length() as usize)
+                .filter(|data| self.ids.id_of(data) == chunk.chunk());
+            let Some(data) = data else {
+                return Err(Error::corrupt(key, "a chunk does not match its id; run verify --read-data"));
+            };
+            #[expect(clippy::cast_possible_truncation, reason = "within one frame's text, at most its limit")]
+            let at = self.kept.len() as u32;
+            self.kept.extend_from_slice(data);
+            kept.push(ChunkLocation::in_frame(chunk.chunk(), 0, 0, chunk.raw_length(), at));
+        }
+        self.packed.clear();
+        crate::compress::bytea::pack(&self.kept, &mut self.packed);
+        let compressed = match &mut self.encoding {
+            Some(dictionary) => dictionary.compress(&mut self.compressor, &self.packed),
+            None => self.compressor.compress(&self.packed, REWRITE_LEVEL, None),
+        };
+        let length = u32::try_from(compressed.len()).map_err(|_| Error::corrupt(key, "a frame too large"))?;
+        let kept = kept
+            .into_iter()
+            .map(|c| ChunkLocation::in_frame(c.chunk(), 0, length, c.raw_length(), c.start()))
+            .collect();
+        Ok((compressed, kept))
+    }
+}
+
 /// A new pack being filled: its plaintext, its chunks, and the old packs its frames came from.
 #[derive(Default)]
 struct NewPack {
@@ -699,7 +842,7 @@ struct NewPack {
 }
 
 impl NewPack {
-    /// Appends one frame, verbatim, with its chunks (their places in the frame unchanged).
+    /// Appends one frame with its chunks (their places in the frame unchanged).
     fn add(&mut self, frame: &[u8], chunks: &[ChunkLocation]) {
         let offset = self.plaintext.len() as u64;
         self.plaintext.extend_from_slice(frame);
@@ -754,11 +897,68 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_with_one_used_chunk_is_used_whole_and_one_with_none_is_unused() {
+    fn a_frame_mostly_used_is_copied_one_mostly_unused_compressed_again_and_one_unused_dropped() {
+        // Chunks of 10 bytes of text each.
         let pack = record("p", 300, None, &[(100, &[1, 2]), (200, &[3])]);
-        assert_eq!(unused_bytes(&pack, &HashSet::from([chunk(2)])), 200);
+        // Half of the first frame's text is unused: compressed again, freeing about half.
+        assert_eq!(unused_bytes(&pack, &HashSet::from([chunk(2)])), 200 + 50);
         assert_eq!(unused_bytes(&pack, &HashSet::from([chunk(3)])), 100);
         assert_eq!(unused_bytes(&pack, &HashSet::new()), 300);
+        // A fifth unused: copied as it is.
+        let mostly = record("q", 100, None, &[(100, &[1, 2, 3, 4, 5])]);
+        let four: HashSet<ChunkId> = (1..=4).map(chunk).collect();
+        assert_eq!(unused_bytes(&mostly, &four), 0);
+        assert!(!rewrites(&mostly.chunks, &four));
+        assert!(rewrites(&mostly.chunks, &HashSet::from([chunk(5)])));
+        assert!(!rewrites(&mostly.chunks, &HashSet::new()));
+    }
+
+    #[test]
+    fn a_frame_compressed_again_holds_its_live_chunks_proven_and_nothing_else() {
+        let keyring = Keyring::for_tests();
+        let ids = keyring.chunk_id_key();
+        let texts: [&[u8]; 3] =
+            [b"first chunk \\\\x00ff00ff00ff00ff00ff00ff00ff00ff00ff", b"second \xff", b"third one"];
+        let mut text = Vec::new();
+        let mut chunks = Vec::new();
+        for data in texts {
+            let (length, start) = (u32::try_from(data.len()).unwrap(), u32::try_from(text.len()).unwrap());
+            chunks.push(ChunkLocation::in_frame(ids.id_of(data), 0, 0, length, start));
+            text.extend_from_slice(data);
+        }
+        let mut packed = Vec::new();
+        crate::compress::bytea::pack(&text, &mut packed);
+        let frame = crate::compress::ChunkCompressor::default().compress(&packed, 3, None);
+        let mut rewriter = FrameRewriter {
+            decoding: None,
+            encoding: None,
+            compressor: crate::compress::ChunkCompressor::default(),
+            ids: ids.clone(),
+            text: Vec::new(),
+            kept: Vec::new(),
+            packed: Vec::new(),
+        };
+        let live = HashSet::from([chunks[0].chunk(), chunks[2].chunk()]);
+        let (again, kept) = rewriter.rewrite("data/p", &frame, &chunks, &live).expect("rewritten");
+        assert_eq!(
+            kept.iter().map(ChunkLocation::chunk).collect::<Vec<_>>(),
+            vec![chunks[0].chunk(), chunks[2].chunk()]
+        );
+        let mut decoded = Vec::new();
+        let coding = crate::compress::FrameCoding { dictionary: None, packed: true };
+        coding.decode_onto(&again, 1 << 20, &mut decoded).expect("decodes");
+        assert_eq!(decoded, [texts[0], texts[2]].concat());
+        for (location, data) in kept.iter().zip([texts[0], texts[2]]) {
+            assert_eq!(location.length() as usize, again.len());
+            let at = location.start() as usize;
+            assert_eq!(&decoded[at..at + location.raw_length() as usize], data);
+        }
+        // A chunk whose text is not what its id says is refused, not carried on.
+        let mut wrong = chunks.clone();
+        wrong[2] = ChunkLocation::in_frame(ids.id_of(b"other"), 0, 0, chunks[2].raw_length(), chunks[2].start());
+        let error =
+            rewriter.rewrite("data/p", &frame, &wrong, &HashSet::from([wrong[2].chunk()])).expect_err("refused");
+        assert!(error.to_string().contains("does not match its id"), "{error}");
     }
 
     #[test]

@@ -644,7 +644,11 @@ fn repack_text(repacked: &[crmvault::repack::Repacked]) {
         let into = if report.dry_run {
             String::new()
         } else {
-            format!(" into {} ({})", count(report.packs_written, "new pack"), size(report.packs_written_bytes))
+            let again = match report.frames_recompressed {
+                0 => String::new(),
+                frames => format!(", {} of mostly unused text compressed again", count(frames, "frame")),
+            };
+            format!(" into {} ({}{again})", count(report.packs_written, "new pack"), size(report.packs_written_bytes))
         };
         let (verb, sealed) =
             if report.dry_run { ("would repack", "would seal again") } else { ("repacked", "sealed again") };

@@ -853,3 +853,45 @@ fn a_backup_after_a_repack_follows_the_copy_of_its_pinned_snapshot() {
     assert_eq!(header["parent"].as_str(), Some(copy.as_str()), "the new snapshot names a deleted predecessor");
     assert_eq!(verify.code, 0, "verify fails after repack + backup: {} {}", verify.stdout, verify.stderr);
 }
+
+#[test]
+fn repacking_compresses_mostly_unused_frames_again_with_their_used_chunks_alone() {
+    // Four fifths of a table change in every stretch of rows, so each frame of the first night
+    // (up to 512 KiB of text, dozens of chunks) keeps a few used chunks once that night is
+    // forgotten. Copying such frames whole kept nearly all of the old night; compressed again
+    // they keep only what is used, and the repository ends near one that only ever held the
+    // second night.
+    let table = "create table notes (id int primary key, body text);
+        insert into notes select n, repeat(md5(n::text), 6) from generate_series(1, 40000) n;";
+    let Ready { source, work, repo, .. } = Scenario::new("prune_frames").sql(table).init("repo");
+    work.backup(&source, &repo);
+    source.sql("UPDATE notes SET body = repeat(md5((id * 3)::text), 6) WHERE (id / 200) % 5 <> 0");
+    work.backup(&source, &repo);
+    work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    work.run(&["prune", "--repo", &repo]).ok();
+    let before = repo_bytes(&repo);
+
+    let run = prune_as_admin(&work, &repo, &[]).ok().json();
+    let done = &run["repacked"][0];
+    assert!(done["frames_recompressed"].as_u64().unwrap() > 0, "{run}");
+    let after = repo_bytes(&repo);
+
+    // The same data backed up once into a repository of its own.
+    let alone = Workspace::new();
+    let only = alone.init_repo("only");
+    alone.backup(&source, &only);
+    let kept_only = repo_bytes(&only);
+    eprintln!("{before} bytes before repacking, {after} after, {kept_only} for the kept night alone");
+    assert!(
+        after * 100 < kept_only * 115,
+        "{before} bytes before repacking, {after} after, against {kept_only} for the kept night alone ({run})"
+    );
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("prune_frames_restored");
+    work.restore(&repo, &restored).ok();
+    assert_same_database(&source, &restored);
+    // Nothing is left to compress again: a second repack changes nothing.
+    let again = prune_as_admin(&work, &repo, &[]).ok().json();
+    assert_eq!(again["repacked"][0]["packs_repacked"], 0, "{again}");
+    assert_eq!(repo_bytes(&repo), after);
+}
