@@ -240,6 +240,7 @@ pub async fn apply(
     let record = ForgetRecord {
         time: now,
         kind: crate::repo::RecordKind::Forgotten,
+        target: None,
         config_hash: repository.config_hash.clone(),
         policy: policy.without_tag_names(),
         snapshots: removed.clone(),

@@ -140,11 +140,15 @@ fn frame_text(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> (u64, u64) {
     (all, used)
 }
 
-/// Whether a frame with some live chunk is compressed again rather than copied
-/// ([`FRAME_UNUSED_SHARE`]).
+/// Whether a frame is used: one of its chunks is live.
+fn used(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> bool {
+    chunks.iter().any(|c| live.contains(&c.chunk()))
+}
+
+/// Whether a used frame is compressed again rather than copied ([`FRAME_UNUSED_SHARE`]).
 fn rewrites(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> bool {
-    let (all, used) = frame_text(chunks, live);
-    used > 0 && (all - used) * FRAME_UNUSED_SHARE > all
+    let (all, used_text) = frame_text(chunks, live);
+    used(chunks, live) && u128::from(all - used_text) * u128::from(FRAME_UNUSED_SHARE) > u128::from(all)
 }
 
 /// Bytes of a pack's frames that repacking it would free: frames that hold no live chunk, and
@@ -153,11 +157,12 @@ fn unused_bytes(record: &PackRecord, live: &HashSet<ChunkId>) -> u64 {
     frames(record)
         .iter()
         .map(|((_, length), chunks)| {
-            let (all, used) = frame_text(chunks, live);
-            if used == 0 {
+            if !used(chunks, live) {
                 u64::from(*length)
             } else if rewrites(chunks, live) {
-                u64::from(*length) * (all - used) / all.max(1)
+                let (all, used_text) = frame_text(chunks, live);
+                let share = u128::from(*length) * u128::from(all - used_text) / u128::from(all.max(1));
+                u64::try_from(share).unwrap_or(u64::MAX)
             } else {
                 0
             }
@@ -557,7 +562,7 @@ impl Repacking<'_> {
                     continue;
                 }
                 let key = repo::pack_key(&id);
-                let ciphertext = repository.target.get(&key).await?;
+                let ciphertext = repository.target.get_at_most(&key, record.pack.size).await?;
                 if ciphertext.len() as u64 != record.pack.size {
                     return Err(Error::corrupt(
                         &key,
@@ -746,6 +751,10 @@ const REWRITE_LEVEL: i32 = 12;
 /// tables are laid out for (larger text compresses from where it is).
 const FRAME_CAPACITY: usize = 512 * 1024;
 
+/// More text than any frame holds (a backup's are at most [`FRAME_CAPACITY`], a chunk at most
+/// a few MiB): an index that says otherwise is not followed.
+const MAX_FRAME_TEXT: usize = 64 << 20;
+
 /// Compresses frames again with their live chunks alone, with one dictionary (or none).
 struct FrameRewriter {
     decoding: Option<crate::compress::DecompressionDictionary>,
@@ -764,7 +773,7 @@ impl FrameRewriter {
             None => (None, None),
             Some(reference) => {
                 let key = repo::dictionary_key(&reference.id);
-                let ciphertext = repository.target.get(&key).await?;
+                let ciphertext = repository.target.get_at_most(&key, reference.size).await?;
                 repo::check_object_name(&key, &ciphertext)?;
                 let bytes = crate::compress::dictionary_bytes(&keyring.decrypt(&key, &ciphertext)?)
                     .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))?;
@@ -797,6 +806,9 @@ impl FrameRewriter {
         live: &HashSet<ChunkId>,
     ) -> Result<(Vec<u8>, Vec<ChunkLocation>)> {
         let limit = chunks.iter().map(|c| c.start() as usize + c.raw_length() as usize).max().unwrap_or(0);
+        if limit > MAX_FRAME_TEXT {
+            return Err(Error::corrupt(key, "its index gives a frame more text than any backup writes; run verify"));
+        }
         self.text.clear();
         let coding = crate::compress::FrameCoding { dictionary: self.decoding.as_ref(), packed: true };
         coding

@@ -180,20 +180,29 @@ pub(super) async fn commit(
     locks.confirm(repository.target.location()).await?;
     // What earlier backups did not get here is recorded before the snapshot that names (or
     // follows) it: `verify` of this target never sees the gap unexplained.
-    if !missed.is_empty() {
+    // One that is here after all (stored though its backup saw the put fail, or copied here
+    // since) is left out: the record would explain its deletion.
+    let mut absent = Vec::new();
+    for snapshot in missed {
+        if repository.target.size_of(&repo::snapshot_key(&snapshot.id)).await?.is_none() {
+            absent.push(snapshot.clone());
+        }
+    }
+    if !absent.is_empty() {
         let record = repo::ForgetRecord {
             time: chrono::Utc::now(),
             kind: repo::RecordKind::Missed,
+            target: Some(crate::target::place(repository.target.location())),
             config_hash: repository.config_hash.clone(),
             policy: "missed: the backups that wrote them did not reach this target".into(),
-            snapshots: missed.to_vec(),
+            snapshots: absent.clone(),
         };
         let key = repository.put_forget_record(&record, keyring).await?;
         bytes_added += record.seal(keyring).len() as u64;
         tracing::info!(
             "{}: recorded {key}: {} snapshot(s) earlier backups did not store here",
             repository.target.location(),
-            missed.len()
+            absent.len()
         );
     }
     repository.target.put_new(&repo::snapshot_key(&sealed.id), object).await?;
@@ -204,6 +213,6 @@ pub(super) async fn commit(
         new_chunks,
         bytes_added,
         bytes_total: header.total_bytes,
-        recorded_missed: missed.iter().map(|m| m.id.clone()).collect(),
+        recorded_missed: absent.iter().map(|m| m.id.clone()).collect(),
     })
 }

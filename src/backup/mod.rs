@@ -334,7 +334,7 @@ pub async fn run(
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
                 let missed = missed_on(&options.missed, state.repository.target.location());
-                commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (time, &chain, missed)).await
+                commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (time, &chain, &missed)).await
             }
             (Some(Err(error)), _) => Err(error),
             (_, Some(message)) => Err(Error::Invalid(message.clone())),
@@ -398,14 +398,18 @@ pub async fn run(
 }
 
 /// The snapshots earlier backups did not store at `location` ([`BackupOptions::missed`]).
-fn missed_on<'a>(
-    missed: &'a BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
+fn missed_on(
+    missed: &BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
     location: &str,
-) -> &'a [crate::repo::ForgottenSnapshot] {
-    missed
+) -> Vec<crate::repo::ForgottenSnapshot> {
+    let mut snapshots: Vec<crate::repo::ForgottenSnapshot> = missed
         .iter()
-        .find(|(known, _)| crate::target::same_place(known, location))
-        .map_or(&[], |(_, snapshots)| snapshots.as_slice())
+        .filter(|(known, _)| crate::target::same_place(known, location))
+        .flat_map(|(_, snapshots)| snapshots.iter().cloned())
+        .collect();
+    snapshots.sort_by_key(|s| s.sequence);
+    snapshots.dedup_by(|a, b| a.id == b.id);
+    snapshots
 }
 
 /// What each target lacks once this backup is done: a target that received `this` also
@@ -420,9 +424,9 @@ fn still_missed(
     let mut after: BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>> =
         before.iter().filter(|(location, _)| !named(location)).map(|(l, s)| (l.clone(), s.clone())).collect();
     for report in reports.iter().filter(|r| !r.ok) {
-        let mut snapshots = missed_on(before, &report.location).to_vec();
+        let mut snapshots = missed_on(before, &report.location);
         snapshots.push(this.clone());
-        after.insert(report.location.clone(), snapshots);
+        after.insert(crate::target::place(&report.location), snapshots);
     }
     after
 }

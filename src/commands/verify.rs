@@ -407,8 +407,9 @@ pub async fn run(
     // earlier, and the oldest snapshot's predecessor must be here or forgotten too (deleting
     // the only snapshot `forget --keep-last 1` left is otherwise never reported).
     // Where its history starts then is the predecessor of the first snapshot forgotten there.
-    let oldest = oldest.filter(|&oldest| forgotten.snapshots.values().all(|(s, _)| s.sequence >= oldest));
-    let start = forgotten.snapshots.values().min_by_key(|(s, _)| s.sequence).and_then(|(s, _)| s.parent.clone());
+    // Only what `forget` removed here tells: a snapshot this target missed was never here.
+    let oldest = oldest.filter(|&oldest| forgotten.removed().all(|s| s.sequence >= oldest));
+    let start = forgotten.removed().min_by_key(|s| s.sequence).and_then(|s| s.parent.clone());
     // A snapshot `prune --identity` or `rekey --reencrypt` replaced lives on as its copy.
     let replaced: BTreeSet<&repo::SnapshotId> =
         sealed_snapshots.iter().filter_map(|s| s.header.replaces.as_ref()).collect();

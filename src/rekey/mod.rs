@@ -283,11 +283,18 @@ async fn carried_snapshots(
     // naming a snapshot still present (a forget that did not finish, or a record planted ahead
     // of a deletion by a key this rekey may be retiring): under the next generation it would
     // explain a deletion made after the rekey.
+    // A missed record speaks of its own target only: the others hold its snapshots.
     for repository in repositories {
+        let here: BTreeSet<SnapshotId> = repository.snapshot_ids().await?.into_iter().collect();
         for (key, _) in repository.target.list("forgotten").await? {
             let Ok(bytes) = repository.target.get(&key).await else { continue };
             match ForgetRecord::open(&key, &bytes, Some(keyring)) {
-                Ok(record) if record.snapshots.iter().all(|s| !present.contains(&s.id)) => {
+                Ok(record)
+                    if record.snapshots.iter().all(|s| match record.kind {
+                        crate::repo::RecordKind::Missed => !here.contains(&s.id),
+                        crate::repo::RecordKind::Forgotten => !present.contains(&s.id),
+                    }) =>
+                {
                     carried.insert(crate::crypto::object_hash(&bytes));
                 }
                 Ok(_) => tracing::warn!(

@@ -29,6 +29,11 @@ pub struct ForgetRecord {
     /// had this field: such a record reads the same in every build).
     #[serde(default, skip_serializing_if = "RecordKind::is_forgotten")]
     pub kind: RecordKind,
+    /// A missed record's target: the place ([`crate::target::place`]) whose backups missed
+    /// its snapshots. Only there does it explain anything: every copy of a repository shares
+    /// its keys, so a record copied to another target must not explain a deletion there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// The config (generation) whose keys wrote it.
     pub config_hash: String,
     /// The policy that removed them, as its flags read ("keep-daily 7, keep-weekly 5").
@@ -142,8 +147,11 @@ impl ForgetRecord {
 /// or prove themselves.
 #[derive(Debug, Default)]
 pub struct Forgotten {
-    /// Each forgotten snapshot, with the time it was forgotten.
+    /// Each forgotten (or missed) snapshot, with the time it was forgotten.
     pub snapshots: BTreeMap<SnapshotId, (ForgottenSnapshot, DateTime<Utc>)>,
+    /// Those of `snapshots` only missed records name: never on this target, so they say
+    /// nothing of where its history starts.
+    pub missed: std::collections::BTreeSet<SnapshotId>,
     /// Records passed over: key and why.
     pub rejected: Vec<(String, Error)>,
     /// The records' keys and sizes (for `verify`'s object count, and `copy`).
@@ -154,6 +162,11 @@ impl Forgotten {
     /// Whether a record explains `id`'s absence.
     pub fn contains(&self, id: &SnapshotId) -> bool {
         self.snapshots.contains_key(id)
+    }
+
+    /// The snapshots `forget` removed here (not those this target missed).
+    pub fn removed(&self) -> impl Iterator<Item = &ForgottenSnapshot> {
+        self.snapshots.iter().filter(|(id, _)| !self.missed.contains(*id)).map(|(_, (snapshot, _))| snapshot)
     }
 
     /// Whether `id`'s absence is explained all the way back: it is forgotten, and so is each
@@ -218,9 +231,30 @@ impl Repository {
                 Ok(bytes) => ForgetRecord::open(&key, &bytes, keyring),
                 Err(error) => Err(error),
             };
+            let here = crate::target::place(self.target.location());
+            let opened = opened.and_then(|record| match (&record.kind, &record.target) {
+                (RecordKind::Missed, Some(place)) if *place == here => Ok(record),
+                (RecordKind::Missed, place) => Err(Error::corrupt(
+                    &key,
+                    format!(
+                        "a missed record of another target ({}), copied here? It explains nothing here",
+                        place.as_deref().unwrap_or("none named")
+                    ),
+                )),
+                (RecordKind::Forgotten, _) => Ok(record),
+            });
             match opened {
                 Ok(record) => {
                     for snapshot in record.snapshots {
+                        match record.kind {
+                            RecordKind::Missed if !forgotten.snapshots.contains_key(&snapshot.id) => {
+                                forgotten.missed.insert(snapshot.id.clone());
+                            }
+                            RecordKind::Missed => continue,
+                            RecordKind::Forgotten => {
+                                forgotten.missed.remove(&snapshot.id);
+                            }
+                        }
                         forgotten.snapshots.insert(snapshot.id.clone(), (snapshot, record.time));
                     }
                 }
@@ -265,6 +299,7 @@ mod tests {
         let record = ForgetRecord {
             time: "2026-12-03T01:00:00Z".parse().expect("time"),
             kind: RecordKind::Forgotten,
+            target: None,
             config_hash: keyring.head.clone(),
             policy: "keep-daily 7".into(),
             snapshots: vec![ForgottenSnapshot {

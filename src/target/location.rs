@@ -83,24 +83,27 @@ impl Location {
     }
 }
 
-/// Whether two locations name the same place, whatever options they carry (`retries`,
-/// timeouts) or how a folder is spelled (`/srv/crm/`, `file:///srv/crm`): the folder, or the
-/// bucket, prefix and endpoint. Text that does not parse is compared as written.
+/// Whether two locations name the same place ([`place`]).
 pub fn same_place(a: &str, b: &str) -> bool {
-    fn place(text: &str) -> String {
-        match Location::parse(text) {
-            Ok(Location::Local(path)) => {
-                let text = path.to_string_lossy();
-                if text.len() > 1 { text.trim_end_matches('/').to_string() } else { text.into_owned() }
-            }
-            Ok(Location::S3 { bucket, prefix, options }) => {
-                let endpoint = options.get("endpoint").map(|e| e.trim_end_matches('/')).unwrap_or_default();
-                format!("s3://{bucket}/{prefix} {endpoint}")
-            }
-            Err(_) => text.to_string(),
-        }
-    }
     place(a) == place(b)
+}
+
+/// The place a location names, whatever options it carries (`retries`, timeouts) or how a
+/// folder is spelled (`/srv/crm/`, `file:///srv/crm`, `crm` from `/srv`): the absolute folder,
+/// or the bucket, prefix and endpoint. Text that does not parse is its own place.
+pub fn place(text: &str) -> String {
+    match Location::parse(text) {
+        Ok(Location::Local(path)) => {
+            let path = std::path::absolute(&path).unwrap_or(path);
+            let text = path.to_string_lossy();
+            if text.len() > 1 { text.trim_end_matches('/').to_string() } else { text.into_owned() }
+        }
+        Ok(Location::S3 { bucket, prefix, options }) => {
+            let endpoint = options.get("endpoint").map(|e| e.trim_end_matches('/')).unwrap_or_default();
+            format!("s3://{bucket}/{prefix} {endpoint}").trim_end().to_string()
+        }
+        Err(_) => text.to_string(),
+    }
 }
 
 /// Words that make a URL option look like a credential.
@@ -220,5 +223,9 @@ mod tests {
         assert!(!same_place("s3://b/crm?endpoint=http://127.0.0.1:9000", "s3://b/crm?endpoint=http://127.0.0.1:9001"));
         assert!(!same_place("s3://b/crm", "s3://b/crm2"));
         assert!(!same_place("/srv/crm", "/srv/crm2"));
+        // A relative folder is where it is from here.
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(place("crm/"), here.join("crm").to_string_lossy());
+        assert_eq!(place("s3://b/crm?retries=2"), "s3://b/crm");
     }
 }

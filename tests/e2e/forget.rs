@@ -478,6 +478,13 @@ fn a_target_that_missed_nights_verifies_once_the_next_backup_reaches_it() {
     change(&ready, 5);
     backup(&ready, &[&repo, &copy], &[]);
     assert_eq!(forget_records(&copy).len(), 1);
+    // A rekey carries the record (the other target holds its snapshots; this one does not).
+    let second = ready.work.keygen("second.key");
+    let fingerprint = ready.work.fingerprint(&repo);
+    let admin = ready.work.admin_key();
+    let rekey = ["rekey", "--repo", &repo, "--repo", &copy, "--identity", &admin, "--fingerprint", &fingerprint];
+    ready.work.run(&[&rekey[..], &["--add-recipient", &second]].concat()).ok();
+    ready.work.run(&["verify", "--repo", &copy, "--identity", &admin]).ok();
 }
 
 #[test]
@@ -503,4 +510,61 @@ fn a_snapshot_deleted_from_one_target_is_not_taken_for_a_missed_night() {
             verify.stdout
         );
     }
+}
+
+#[test]
+fn after_a_missed_night_older_snapshots_deleted_from_that_target_are_still_reported() {
+    // The copy missed night 3 and has its record; storage then deletes night 2 (below the
+    // missed one) from it. The record says the copy never had night 3, nothing about night 2.
+    let ready = Scenario::new("forget_missed_below").sql(TABLE).init("repo");
+    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
+    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 2);
+    let second = backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 3);
+    backup_missing(&ready, &[&repo, &copy], &copy);
+    change(&ready, 4);
+    backup(&ready, &[&repo, &copy], &[]);
+    assert_eq!(forget_records(&copy).len(), 1);
+    std::fs::remove_file(Path::new(&copy).join("snapshots").join(&second)).unwrap();
+    for workspace in [&ready.work, &Workspace::new()] {
+        let verify = workspace.run(&["verify", "--repo", &copy]);
+        assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+        assert!(
+            verify.stdout.contains(&second) && verify.stdout.contains("deleted without being forgotten"),
+            "{}",
+            verify.stdout
+        );
+    }
+}
+
+#[test]
+fn a_missed_record_copied_to_another_target_explains_nothing_there() {
+    // The copy missed night 2 and got its record. Someone with write access to the first
+    // target copies that record there and deletes night 2 from it: the record names the copy,
+    // so the first target's verify reports both.
+    let ready = Scenario::new("forget_missed_moved").sql(TABLE).init("repo");
+    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
+    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 2);
+    let missed = backup_missing(&ready, &[&repo, &copy], &copy);
+    change(&ready, 3);
+    backup(&ready, &[&repo, &copy], &[]);
+    let record = forget_records(&copy).pop().expect("the copy's missed record");
+    let forgotten = Path::new(&repo).join("forgotten");
+    std::fs::create_dir_all(&forgotten).unwrap();
+    std::fs::copy(&record, forgotten.join(record.file_name().unwrap())).unwrap();
+    std::fs::remove_file(Path::new(&repo).join("snapshots").join(&missed)).unwrap();
+    let verify = ready.work.run(&["verify", "--repo", &repo, "--identity", &ready.work.admin_key()]);
+    assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains("a missed record of another target"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains(&missed) && verify.stdout.contains("deleted without being forgotten"),
+        "{}",
+        verify.stdout
+    );
+    // The copy itself still verifies: the record is its own.
+    ready.work.run(&["verify", "--repo", &copy, "--identity", &ready.work.admin_key()]).ok();
 }
