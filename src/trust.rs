@@ -130,6 +130,36 @@ pub struct Pin {
 }
 
 impl Pin {
+    /// After a backup: at each target it reached, the snapshots it recorded there are missed no
+    /// more; at each it did not reach (`location`, not stored), `this` is missed too. Made on
+    /// the pin as it is on disk now, so that what another backup noted since is kept.
+    pub fn note_backup<'a>(
+        &mut self,
+        targets: impl IntoIterator<Item = (&'a str, bool, &'a [crate::repo::SnapshotId])>,
+        this: &crate::repo::ForgottenSnapshot,
+    ) {
+        for (location, stored, recorded) in targets {
+            let place = crate::target::place(location);
+            let mut snapshots: Vec<crate::repo::ForgottenSnapshot> = Vec::new();
+            for (known, missed) in std::mem::take(&mut self.missed) {
+                if crate::target::place(&known) == place {
+                    snapshots.extend(missed);
+                } else {
+                    self.missed.insert(known, missed);
+                }
+            }
+            snapshots.retain(|s| !recorded.contains(&s.id));
+            if !stored && !snapshots.iter().any(|s| s.id == this.id) {
+                snapshots.push(this.clone());
+            }
+            snapshots.sort_by_key(|s| s.sequence);
+            snapshots.dedup_by(|a, b| a.id == b.id);
+            if !snapshots.is_empty() {
+                self.missed.insert(place, snapshots);
+            }
+        }
+    }
+
     /// Raises the high-water mark to `mark` if it is newer; true when it changed.
     pub fn advance(&mut self, mark: &SnapshotMark) -> bool {
         if self.newest.as_ref().is_some_and(|newest| newest.sequence >= mark.sequence) {
@@ -261,5 +291,37 @@ mod tests {
         assert!(load_pin(dir.path(), "r2").unwrap().is_none());
         std::fs::write(&path, b"{").unwrap();
         assert!(load_pin(dir.path(), "r1").unwrap_err().to_string().contains("damaged"));
+    }
+
+    #[test]
+    fn a_backup_notes_the_targets_it_missed_and_forgets_what_it_recorded_keeping_the_rest() {
+        let fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap();
+        let snapshot = |sequence: u64| crate::repo::ForgottenSnapshot {
+            id: format!("{sequence:064x}").parse().unwrap(),
+            sequence,
+            time: "2026-12-01T01:00:00Z".parse().unwrap(),
+            parent: None,
+        };
+        let mut pin = Pin {
+            repository_id: "r1".into(),
+            fingerprint,
+            config_hash: "h".into(),
+            newest: None,
+            locations: vec![],
+            settled: std::collections::BTreeSet::new(),
+            // Noted by another backup, under another spelling of the place.
+            missed: std::collections::BTreeMap::from([("/srv/b/".to_string(), vec![snapshot(4)])]),
+        };
+        // This backup (number 5) reached /srv/a, missed s3://bucket/c and did not name /srv/b.
+        let none: &[crate::repo::SnapshotId] = &[];
+        pin.note_backup([("/srv/a", true, none), ("s3://bucket/c?retries=3", false, none)], &snapshot(5));
+        assert_eq!(pin.missed.len(), 2, "{:?}", pin.missed);
+        assert_eq!(pin.missed["/srv/b/"], vec![snapshot(4)]);
+        assert_eq!(pin.missed["s3://bucket/c"], vec![snapshot(5)]);
+        // Number 6 reaches /srv/b, recording 4 there, and misses the bucket again.
+        let recorded = [snapshot(4).id];
+        pin.note_backup([("/srv/b", true, &recorded[..]), ("s3://bucket/c", false, none)], &snapshot(6));
+        assert_eq!(pin.missed.len(), 1, "{:?}", pin.missed);
+        assert_eq!(pin.missed["s3://bucket/c"], vec![snapshot(5), snapshot(6)]);
     }
 }

@@ -118,10 +118,6 @@ pub struct BackupReport {
     /// pin, beside the new high-water mark ([`BackupOptions::settled`]).
     #[serde(skip)]
     pub settled: BTreeSet<crate::repo::SnapshotId>,
-    /// The snapshots each target still lacks after this backup, for the pin
-    /// ([`BackupOptions::missed`]): the earlier ones of a target it did not reach, and this one.
-    #[serde(skip)]
-    pub missed: BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
 }
 
 impl BackupReport {
@@ -133,6 +129,17 @@ impl BackupReport {
     /// Targets that did not receive the snapshot.
     pub fn failed_targets(&self) -> usize {
         self.targets.iter().filter(|t| t.error.is_some()).count()
+    }
+
+    /// The new snapshot as a missed record names it, for the pin of a target it did not reach
+    /// ([`BackupOptions::missed`]).
+    pub fn as_missed(&self) -> crate::repo::ForgottenSnapshot {
+        crate::repo::ForgottenSnapshot {
+            id: self.snapshot_id.clone(),
+            sequence: self.sequence,
+            time: self.time,
+            parent: self.parent.clone(),
+        }
     }
 }
 
@@ -371,13 +378,7 @@ pub async fn run(
     }));
     let mut settled = chain.settled;
     settled.insert(sealed.id.clone());
-    let this = crate::repo::ForgottenSnapshot {
-        id: sealed.id.clone(),
-        sequence: chain.sequence,
-        time,
-        parent: chain.parent.clone(),
-    };
-    let missed = still_missed(&options.missed, &reports, &this);
+
     Ok(BackupReport {
         snapshot_id: sealed.id.clone(),
         time,
@@ -393,7 +394,6 @@ pub async fn run(
         warnings,
         targets: reports,
         settled,
-        missed,
     })
 }
 
@@ -410,25 +410,6 @@ fn missed_on(
     snapshots.sort_by_key(|s| s.sequence);
     snapshots.dedup_by(|a, b| a.id == b.id);
     snapshots
-}
-
-/// What each target lacks once this backup is done: a target that received `this` also
-/// received the record of what it missed before; one that did not lacks `this` too. Targets
-/// this run did not name keep what they lacked.
-fn still_missed(
-    before: &BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
-    reports: &[TargetReport],
-    this: &crate::repo::ForgottenSnapshot,
-) -> BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>> {
-    let named = |location: &str| reports.iter().any(|r| crate::target::same_place(&r.location, location));
-    let mut after: BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>> =
-        before.iter().filter(|(location, _)| !named(location)).map(|(l, s)| (l.clone(), s.clone())).collect();
-    for report in reports.iter().filter(|r| !r.ok) {
-        let mut snapshots = missed_on(before, &report.location);
-        snapshots.push(this.clone());
-        after.insert(crate::target::place(&report.location), snapshots);
-    }
-    after
 }
 
 /// Snapshots tried, newest first, for the last backup of the same database: sizing a progress

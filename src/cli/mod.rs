@@ -752,7 +752,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             progress.finish();
             lock::release(locks).await;
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
-            trusted.backed_up(&report.mark(), report.settled.clone(), report.missed.clone())?;
+            trusted.backed_up(&report)?;
             output::backup(json, &report, started.elapsed());
             if report.failed_targets() > 0 {
                 return Ok(ExitCode::from(3));

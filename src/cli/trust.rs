@@ -60,30 +60,31 @@ impl Trusted {
 
     /// After a backup: its snapshot is the newest, and the next backup need not look again at
     /// `settled` (saved with the mark, in one replacement of the pin).
-    /// `missed`: the snapshots each target still lacks ([`crmvault::trust::Pin::missed`]).
-    pub fn backed_up(
-        &mut self,
-        mark: &SnapshotMark,
-        settled: std::collections::BTreeSet<crmvault::repo::SnapshotId>,
-        missed: std::collections::BTreeMap<String, Vec<crmvault::repo::ForgottenSnapshot>>,
-    ) -> Result<()> {
+    /// After a backup (`report`): its snapshot is the newest, the next backup need not look
+    /// again at `settled`, and the pin notes which targets it missed and which it recorded
+    /// missed snapshots on (saved in one replacement of the pin, made on the pin as it is on
+    /// disk now: a backup that waited for the lock started from an older one).
+    pub fn backed_up(&mut self, report: &crmvault::backup::BackupReport) -> Result<()> {
+        let Some(pin) = self.pin.as_mut() else { return Ok(()) };
+        if let Some(now) = trust::load_pin(&self.config_dir, &pin.repository_id)? {
+            *pin = now;
+        }
         // The new snapshot follows the mark, so the mark moves (a record made against another
         // mark is not kept).
-        if let Some(pin) = self.pin.as_mut() {
-            if pin.advance(mark) {
-                pin.settled = settled;
-            }
-            pin.missed = missed;
-            trust::save_pin(&self.config_dir, pin)?;
+        if pin.advance(&report.mark()) {
+            pin.settled.clone_from(&report.settled);
         }
+        let targets = report.targets.iter().map(|t| (t.location.as_str(), t.ok, t.recorded_missed.as_slice()));
+        pin.note_backup(targets, &report.as_missed());
+        trust::save_pin(&self.config_dir, pin)?;
         Ok(())
     }
 
     /// What earlier backups here stored on other targets but not at `location`.
     pub fn missed_at(&self, location: &str) -> Vec<crmvault::repo::ForgottenSnapshot> {
         let missed = self.pin.as_ref().map(|pin| &pin.missed);
-        let found = missed.into_iter().flatten().find(|(at, _)| crmvault::target::same_place(at, location));
-        found.map(|(_, snapshots)| snapshots.clone()).unwrap_or_default()
+        let here = missed.into_iter().flatten().filter(|(at, _)| crmvault::target::same_place(at, location));
+        here.flat_map(|(_, snapshots)| snapshots.iter().cloned()).collect()
     }
 
     /// What earlier backups here stored on other targets but not on these.
