@@ -255,6 +255,11 @@ impl VerifyReport {
     }
 }
 
+/// The snapshot ids a problem names.
+fn names(ids: &[Arc<str>]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}
+
 /// Verifies one repository: the snapshots `filter` lets through (a snapshot whose manifest
 /// does not open is checked whatever the filter) and what they need. `newest_known` is the
 /// newest snapshot the caller wrote or authenticated before (its pin's high-water mark);
@@ -343,7 +348,9 @@ pub async fn run(
     }
 
     // Which objects each snapshot needs.
-    let mut referenced: BTreeMap<(String, ObjectRef), Vec<String>> = BTreeMap::new();
+    // Each snapshot's id once, shared by every object it lists (365 snapshots of thousands of
+    // packs each made a copy per object the most memory verify used).
+    let mut referenced: BTreeMap<(String, ObjectRef), Vec<Arc<str>>> = BTreeMap::new();
     let mut sealed_snapshots = Vec::new();
     let mut tally = FilterTally::default();
     for entry in repository.snapshots().await? {
@@ -372,17 +379,15 @@ pub async fn run(
                     .into(),
             ));
         }
+        let id: Arc<str> = sealed.id.to_string().into();
         for pack in &sealed.header.packs {
-            referenced.entry((repo::pack_key(&pack.id), pack.clone())).or_default().push(sealed.id.to_string());
+            referenced.entry((repo::pack_key(&pack.id), pack.clone())).or_default().push(id.clone());
         }
         for index in &sealed.header.indexes {
-            referenced.entry((repo::index_key(&index.id), index.clone())).or_default().push(sealed.id.to_string());
+            referenced.entry((repo::index_key(&index.id), index.clone())).or_default().push(id.clone());
         }
         for dictionary in &sealed.header.dictionaries {
-            referenced
-                .entry((repo::dictionary_key(&dictionary.id), dictionary.clone()))
-                .or_default()
-                .push(sealed.id.to_string());
+            referenced.entry((repo::dictionary_key(&dictionary.id), dictionary.clone())).or_default().push(id.clone());
         }
         sealed_snapshots.push(sealed);
     }
@@ -499,7 +504,7 @@ pub async fn run(
                 None => "missing".into(),
             };
             damaged.insert(reference.id.clone());
-            report.problems.push(problem(key, snapshots.clone(), what));
+            report.problems.push(problem(key, names(snapshots), what));
             if listed.contains_key(key) {
                 mark_damaged(repository, &reference.id).await;
             }
@@ -510,7 +515,7 @@ pub async fn run(
         }
         if let Err(what) = fetch_checked(repository, key, reference, &mut report).await? {
             damaged.insert(reference.id.clone());
-            report.problems.push(problem(key, snapshots.clone(), what));
+            report.problems.push(problem(key, names(snapshots), what));
         }
     }
 
@@ -647,13 +652,13 @@ pub async fn run(
             let ciphertext = match fetch_checked(repository, key, reference, &mut report).await? {
                 Ok(ciphertext) => ciphertext,
                 Err(what) => {
-                    report.problems.push(problem(key, users.clone(), what));
+                    report.problems.push(problem(key, names(users), what));
                     continue;
                 }
             };
             let Some(chunks) = needed_chunks.get(&reference.id) else { continue };
             if let Err(e) = reader.hold_pack(reference, ciphertext).await {
-                report.problems.push(problem(key, users.clone(), e.to_string()));
+                report.problems.push(problem(key, names(users), e.to_string()));
                 continue;
             }
             // In the order they lie in the pack and in runs, as a restore reads them, so a frame
@@ -664,7 +669,7 @@ pub async fn run(
                 match reader.read_run(run).await {
                     Ok(_) => report.chunks += run.len(),
                     Err(e) => {
-                        report.problems.push(problem(key, users.clone(), e.to_string()));
+                        report.problems.push(problem(key, names(users), e.to_string()));
                         break;
                     }
                 }
