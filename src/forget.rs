@@ -245,7 +245,7 @@ pub async fn apply(
         policy: policy.without_tag_names(),
         snapshots: removed.clone(),
     };
-    plan.record = Some(repository.put_forget_record(&record, keyring).await?);
+    plan.record = Some(repository.put_forget_record(&record, keyring).await?.0);
     for mark in removed {
         match repository.target.delete(&crate::repo::snapshot_key(&mark.id)).await {
             Ok(()) => {}

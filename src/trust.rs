@@ -139,23 +139,14 @@ impl Pin {
         this: &crate::repo::ForgottenSnapshot,
     ) {
         for (location, stored, recorded) in targets {
-            let place = crate::target::place(location);
-            let mut snapshots: Vec<crate::repo::ForgottenSnapshot> = Vec::new();
-            for (known, missed) in std::mem::take(&mut self.missed) {
-                if crate::target::place(&known) == place {
-                    snapshots.extend(missed);
-                } else {
-                    self.missed.insert(known, missed);
-                }
-            }
+            let mut snapshots = missed_at(&self.missed, location);
+            self.missed.retain(|known, _| !crate::target::same_place(known, location));
             snapshots.retain(|s| !recorded.contains(&s.id));
             if !stored && !snapshots.iter().any(|s| s.id == this.id) {
                 snapshots.push(this.clone());
             }
-            snapshots.sort_by_key(|s| s.sequence);
-            snapshots.dedup_by(|a, b| a.id == b.id);
             if !snapshots.is_empty() {
-                self.missed.insert(place, snapshots);
+                self.missed.insert(crate::target::place(location), snapshots);
             }
         }
     }
@@ -168,6 +159,22 @@ impl Pin {
         self.newest = Some(mark.clone());
         true
     }
+}
+
+/// The snapshots `missed` ([`Pin::missed`]) says backups did not store at `location`, under
+/// any spelling of its place, oldest first, each once.
+pub fn missed_at(
+    missed: &std::collections::BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
+    location: &str,
+) -> Vec<crate::repo::ForgottenSnapshot> {
+    let mut snapshots: Vec<crate::repo::ForgottenSnapshot> = missed
+        .iter()
+        .filter(|(known, _)| crate::target::same_place(known, location))
+        .flat_map(|(_, snapshots)| snapshots.iter().cloned())
+        .collect();
+    snapshots.sort_by_key(|s| s.sequence);
+    snapshots.dedup_by(|a, b| a.id == b.id);
+    snapshots
 }
 
 /// The pin of the repository this machine opened at `location` before, if any.
@@ -261,19 +268,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_pin_is_saved_private_and_its_mark_only_moves_forward() {
-        let dir = tempfile::tempdir().unwrap();
-        let fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap();
-        let mut pin = Pin {
+    /// A pin of repository "r1" with nothing remembered yet.
+    fn new_pin() -> Pin {
+        Pin {
             repository_id: "r1".into(),
-            fingerprint,
+            fingerprint: Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap(),
             config_hash: "h".into(),
             newest: None,
             locations: vec![],
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_pin_is_saved_private_and_its_mark_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pin = new_pin();
         let mark = |sequence| SnapshotMark {
             id: format!("{sequence:064x}").parse().unwrap(),
             sequence,
@@ -295,23 +306,15 @@ mod tests {
 
     #[test]
     fn a_backup_notes_the_targets_it_missed_and_forgets_what_it_recorded_keeping_the_rest() {
-        let fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap();
         let snapshot = |sequence: u64| crate::repo::ForgottenSnapshot {
             id: format!("{sequence:064x}").parse().unwrap(),
             sequence,
             time: "2026-12-01T01:00:00Z".parse().unwrap(),
             parent: None,
         };
-        let mut pin = Pin {
-            repository_id: "r1".into(),
-            fingerprint,
-            config_hash: "h".into(),
-            newest: None,
-            locations: vec![],
-            settled: std::collections::BTreeSet::new(),
-            // Noted by another backup, under another spelling of the place.
-            missed: std::collections::BTreeMap::from([("/srv/b/".to_string(), vec![snapshot(4)])]),
-        };
+        let mut pin = new_pin();
+        // Noted by another backup, under another spelling of the place.
+        pin.missed.insert("/srv/b/".to_string(), vec![snapshot(4)]);
         // This backup (number 5) reached /srv/a, missed s3://bucket/c and did not name /srv/b.
         let none: &[crate::repo::SnapshotId] = &[];
         pin.note_backup([("/srv/a", true, none), ("s3://bucket/c?retries=3", false, none)], &snapshot(5));

@@ -197,8 +197,8 @@ pub(super) async fn commit(
             policy: "missed: the backups that wrote them did not reach this target".into(),
             snapshots: absent.clone(),
         };
-        let key = repository.put_forget_record(&record, keyring).await?;
-        bytes_added += record.seal(keyring).len() as u64;
+        let (key, size) = repository.put_forget_record(&record, keyring).await?;
+        bytes_added += size;
         tracing::info!(
             "{}: recorded {key}: {} snapshot(s) earlier backups did not store here",
             repository.target.location(),

@@ -340,7 +340,7 @@ pub async fn run(
     for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
-                let missed = missed_on(&options.missed, state.repository.target.location());
+                let missed = crate::trust::missed_at(&options.missed, state.repository.target.location());
                 commit(state, stored, reused, &sealed, &dictionaries, (keyring, locks), (time, &chain, &missed)).await
             }
             (Some(Err(error)), _) => Err(error),
@@ -395,21 +395,6 @@ pub async fn run(
         targets: reports,
         settled,
     })
-}
-
-/// The snapshots earlier backups did not store at `location` ([`BackupOptions::missed`]).
-fn missed_on(
-    missed: &BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
-    location: &str,
-) -> Vec<crate::repo::ForgottenSnapshot> {
-    let mut snapshots: Vec<crate::repo::ForgottenSnapshot> = missed
-        .iter()
-        .filter(|(known, _)| crate::target::same_place(known, location))
-        .flat_map(|(_, snapshots)| snapshots.iter().cloned())
-        .collect();
-    snapshots.sort_by_key(|s| s.sequence);
-    snapshots.dedup_by(|a, b| a.id == b.id);
-    snapshots
 }
 
 /// Snapshots tried, newest first, for the last backup of the same database: sizing a progress

@@ -82,9 +82,7 @@ impl Trusted {
 
     /// What earlier backups here stored on other targets but not at `location`.
     pub fn missed_at(&self, location: &str) -> Vec<crmvault::repo::ForgottenSnapshot> {
-        let missed = self.pin.as_ref().map(|pin| &pin.missed);
-        let here = missed.into_iter().flatten().filter(|(at, _)| crmvault::target::same_place(at, location));
-        here.flat_map(|(_, snapshots)| snapshots.iter().cloned()).collect()
+        self.pin.as_ref().map(|pin| trust::missed_at(&pin.missed, location)).unwrap_or_default()
     }
 
     /// What earlier backups here stored on other targets but not on these.

@@ -192,12 +192,12 @@ impl Forgotten {
 }
 
 impl Repository {
-    /// Stores a forget record; returns its key.
-    pub async fn put_forget_record(&self, record: &ForgetRecord, keyring: &Keyring) -> Result<String> {
+    /// Stores a forget record; returns its key and size.
+    pub async fn put_forget_record(&self, record: &ForgetRecord, keyring: &Keyring) -> Result<(String, u64)> {
         let object = record.seal(keyring);
-        let key = forgotten_key(&ObjectId::of(&object));
+        let (key, size) = (forgotten_key(&ObjectId::of(&object)), object.len() as u64);
         self.target.put_new(&key, object).await?;
-        Ok(key)
+        Ok((key, size))
     }
 
     /// Whether this target's forget records, proven with `keyring`, explain that `id` is not

@@ -425,6 +425,14 @@ fn a_record_naming_snapshots_still_there_is_not_carried_by_a_rekey() {
         .fails_with(3, "deleted without being forgotten");
 }
 
+/// A repository and a second target of it (`init --copy-from`): the scenario, and both paths.
+fn with_copy(label: &str) -> (Ready, String, String) {
+    let ready = Scenario::new(label).sql(TABLE).init("repo");
+    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
+    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    (ready, repo, copy)
+}
+
 /// Runs a backup to `repos` that one of them misses (it cannot be opened: renamed away for the
 /// night); returns the snapshot id the others got.
 fn backup_missing(ready: &Ready, repos: &[&str], away: &str) -> String {
@@ -447,9 +455,7 @@ fn a_target_that_missed_nights_verifies_once_the_next_backup_reaches_it() {
     // then comes back. Every target gets the same chain (one parent for all), so the copy's
     // next snapshot names one it never held: the backup host, which saw the nights fail,
     // records that there before that snapshot, and the copy verifies and restores alone.
-    let ready = Scenario::new("forget_missed").sql(TABLE).init("repo");
-    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
-    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    let (ready, repo, copy) = with_copy("forget_missed");
     backup(&ready, &[&repo, &copy], &[]);
     let mut missed = Vec::new();
     for n in 2..=3 {
@@ -491,9 +497,7 @@ fn a_target_that_missed_nights_verifies_once_the_next_backup_reaches_it() {
 fn a_snapshot_deleted_from_one_target_is_not_taken_for_a_missed_night() {
     // Storage deletes the newest snapshot from one target only (the other still has it). No
     // backup failed there, so the next backup records nothing and the deletion stays reported.
-    let ready = Scenario::new("forget_not_missed").sql(TABLE).init("repo");
-    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
-    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    let (ready, repo, copy) = with_copy("forget_not_missed");
     backup(&ready, &[&repo, &copy], &[]);
     change(&ready, 2);
     let deleted = backup(&ready, &[&repo, &copy], &[]);
@@ -516,9 +520,7 @@ fn a_snapshot_deleted_from_one_target_is_not_taken_for_a_missed_night() {
 fn after_a_missed_night_older_snapshots_deleted_from_that_target_are_still_reported() {
     // The copy missed night 3 and has its record; storage then deletes night 2 (below the
     // missed one) from it. The record says the copy never had night 3, nothing about night 2.
-    let ready = Scenario::new("forget_missed_below").sql(TABLE).init("repo");
-    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
-    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    let (ready, repo, copy) = with_copy("forget_missed_below");
     backup(&ready, &[&repo, &copy], &[]);
     change(&ready, 2);
     let second = backup(&ready, &[&repo, &copy], &[]);
@@ -544,9 +546,7 @@ fn a_missed_record_copied_to_another_target_explains_nothing_there() {
     // The copy missed night 2 and got its record. Someone with write access to the first
     // target copies that record there and deletes night 2 from it: the record names the copy,
     // so the first target's verify reports both.
-    let ready = Scenario::new("forget_missed_moved").sql(TABLE).init("repo");
-    let (repo, copy) = (ready.repo.clone(), ready.work.path("copy").to_str().unwrap().to_string());
-    ready.work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    let (ready, repo, copy) = with_copy("forget_missed_moved");
     backup(&ready, &[&repo, &copy], &[]);
     change(&ready, 2);
     let missed = backup_missing(&ready, &[&repo, &copy], &copy);
