@@ -171,6 +171,11 @@ impl DecompressionDictionary {
     pub fn new(bytes: &[u8]) -> Option<Self> {
         DDict::try_create(bytes).map(DecompressionDictionary)
     }
+
+    /// Bytes it takes in memory: its content and the entropy tables zstd built from it.
+    pub fn memory(&self) -> usize {
+        self.0.sizeof()
+    }
 }
 
 /// Compresses chunks, reusing one zstd context (creating one costs more than a small chunk).

@@ -26,7 +26,7 @@ use crate::repo::{
 use crate::target::Target;
 
 /// Chunks decoded together (about 256 KiB at the default chunk size), at least: one hop to a
-/// blocking thread per run. A run goes on to the end of its last chunk's frame (frames hold
+/// decoding thread per run. A run goes on to the end of its last chunk's frame (frames hold
 /// up to 512 KiB), so a run of a full backup is usually one whole frame.
 pub const RUN: usize = 32;
 
@@ -74,6 +74,89 @@ const HEAD_MAX: u64 = 1 << 20;
 pub const PIECE_BYTES: u64 = 4 << 20;
 /// Pack headers kept at most (a few hundred bytes each).
 const HEADS_KEPT: usize = 1 << 14;
+/// Pieces fetched at once from local folders, at most. A year-old repository's newest snapshot
+/// has its chunks in small frames of every night: a restore then has hundreds of pieces in
+/// flight, and each read from a local folder took a blocking thread of its own (82 threads at 70
+/// nights where one snapshot needs 18), each with its allocator cache and, once it decoded a
+/// frame, its zstd context: most of the memory a year added.
+const LOCAL_FETCHES_AT_ONCE: usize = 16;
+/// The same from buckets, where a request waits on the network, not on a thread.
+const REMOTE_FETCHES_AT_ONCE: usize = 64;
+
+/// Bounds on the work a reader does at once: pieces in flight from each source, and the threads
+/// that decrypt and decode.
+#[derive(Clone)]
+struct Limits {
+    fetches: Arc<[tokio::sync::Semaphore]>,
+    cores: Arc<Cores>,
+}
+
+impl Limits {
+    fn new(sources: &[Source]) -> Limits {
+        let fetches = sources
+            .iter()
+            .map(|source| {
+                let at_once = if source.target.is_local() { LOCAL_FETCHES_AT_ONCE } else { REMOTE_FETCHES_AT_ONCE };
+                tokio::sync::Semaphore::new(at_once)
+            })
+            .collect();
+        Limits { fetches, cores: Arc::new(Cores::start()) }
+    }
+
+    /// Waits until one more piece may be fetched from `source`.
+    async fn fetch(&self, source: usize) -> tokio::sync::SemaphorePermit<'_> {
+        self.fetches[source].acquire().await.expect("the reader's semaphores are never closed")
+    }
+
+    /// Runs `work` (decrypting, decompressing, proving) on one of the reader's threads.
+    async fn on_core<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        self.cores.run(work).await
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A reader's threads for decrypting and decoding, one per core (eight at most), ending with the
+/// reader. tokio's
+/// blocking pool starts a thread whenever none is idle the moment a task comes, and a restore of
+/// a year-old repository sends it thousands of short ones: it grew past 100 threads, each
+/// keeping a zstd context and an unpacking buffer (`compress::decompress`), most of the memory
+/// a year of nights added to a restore.
+struct Cores {
+    /// `None` when no thread could be started: the work goes to tokio's blocking pool.
+    work: Option<crossbeam_channel::Sender<Job>>,
+}
+
+impl Cores {
+    fn start() -> Cores {
+        let count = std::thread::available_parallelism().map_or(2, std::num::NonZero::get).min(8);
+        let (sender, jobs) = crossbeam_channel::unbounded::<Job>();
+        let started = (0..count)
+            .filter(|_| {
+                let jobs = jobs.clone();
+                let thread = std::thread::Builder::new().name("crmvault-decode".into());
+                thread.spawn(move || jobs.into_iter().for_each(|job| job())).is_ok()
+            })
+            .count();
+        Cores { work: (started > 0).then_some(sender) }
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let Some(sender) = &self.work else {
+            return tokio::task::spawn_blocking(work).await.expect("decrypting and decoding do not panic");
+        };
+        let (done, result) = tokio::sync::oneshot::channel();
+        // A panic is the caller's, as it was on a blocking thread; the thread lives on.
+        let job: Job = Box::new(move || {
+            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+        });
+        sender.send(job).expect("the decoding threads catch every panic and live as long as their reader");
+        match result.await.expect("a decoding thread answers every job it takes") {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
 
 /// A zstd frame of a pack of a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +249,84 @@ pub struct ChunkReader {
     budget: u64,
     heads: Heads,
     fallbacks: Mutex<Vec<String>>,
-    dictionaries: Mutex<HashMap<PackKey, DictionaryCell>>,
+    dictionaries: Mutex<Dictionaries>,
     frames: Arc<repo::FrameCache>,
+    limits: Limits,
+}
+
+/// Bytes of loaded dictionaries a reader keeps, least recently used first out. Each night's
+/// backup trains a dictionary for each table it changed, and a year-old repository's newest
+/// snapshot has chunks in frames of every night: kept all, they took about 45 MiB at 120 nights
+/// (0.6 thousand dictionaries) and grew with every night. A table's chunks need its own nights'
+/// dictionaries only, so this holds those of the tables loaded at once.
+const DICTIONARIES_KEPT_BYTES: usize = 48 << 20;
+
+/// The dictionaries a reader loaded or is loading, with when each was last asked for and what
+/// it takes once loaded.
+#[derive(Default)]
+struct Dictionaries {
+    cells: HashMap<PackKey, (DictionaryCell, u64, usize)>,
+    /// Bytes the loaded ones take.
+    held: usize,
+    /// Requests so far: the clock of the least-recently-used order.
+    clock: u64,
+}
+
+impl Dictionaries {
+    fn get(&mut self, key: &PackKey) -> Option<DictionaryCell> {
+        self.clock += 1;
+        let (cell, used, _) = self.cells.get_mut(key)?;
+        *used = self.clock;
+        Some(cell.clone())
+    }
+
+    fn insert(&mut self, key: PackKey, cell: DictionaryCell) {
+        self.cells.insert(key, (cell, self.clock, 0));
+    }
+
+    /// Notes what a loaded dictionary takes (once), then lets the least recently used go while
+    /// the loaded ones take more than [`DICTIONARIES_KEPT_BYTES`] (readers holding one keep it).
+    fn loaded(&mut self, key: &PackKey, cell: &DictionaryCell, bytes: usize) {
+        match self.cells.get_mut(key) {
+            Some((cached, used, size)) if cached.ptr_eq(cell) && *size == 0 => {
+                // Used now (a slow load is not the least recently used for having been slow).
+                *used = self.clock;
+                *size = bytes.max(1);
+                self.held += *size;
+            }
+            _ => return,
+        }
+        // Loads whose readers all went away before counting them (a run that failed elsewhere).
+        for (cached, _, size) in self.cells.values_mut() {
+            if *size == 0
+                && let Some(Ok(dictionary)) = cached.peek()
+            {
+                *size = dictionary.memory().max(1);
+                self.held += *size;
+            }
+        }
+        while self.held > DICTIONARIES_KEPT_BYTES {
+            let oldest = self
+                .cells
+                .iter()
+                .filter(|(_, (_, _, size))| *size > 0)
+                .min_by_key(|(_, (_, used, _))| *used)
+                .map(|(key, _)| key.clone());
+            let Some(oldest) = oldest else { break };
+            if let Some((_, _, size)) = self.cells.remove(&oldest) {
+                self.held -= size;
+            }
+        }
+    }
+
+    /// Forgets a dictionary that failed to load, so that the next reader tries again.
+    fn remove(&mut self, key: &PackKey, cell: &DictionaryCell) {
+        if self.cells.get(key).is_some_and(|(cached, ..)| cached.ptr_eq(cell))
+            && let Some((_, _, size)) = self.cells.remove(key)
+        {
+            self.held -= size;
+        }
+    }
 }
 
 type DictionaryCell = futures::future::Shared<
@@ -184,6 +343,7 @@ impl ChunkReader {
     /// frames around a run's chunks, a small pack, or a whole pack that
     /// [`ChunkReader::hold_pack`] got) up to `cached_pieces` × [`PIECE_BYTES`].
     pub fn with_sources(sources: Vec<Source>, keyring: Keyring, cached_pieces: usize) -> Self {
+        let limits = Limits::new(&sources);
         ChunkReader {
             sources,
             keyring,
@@ -193,6 +353,7 @@ impl ChunkReader {
             fallbacks: Mutex::default(),
             dictionaries: Mutex::default(),
             frames: Arc::new(repo::FrameCache::new(FRAMES_KEPT_BYTES)),
+            limits,
         }
     }
 
@@ -269,7 +430,7 @@ impl ChunkReader {
     }
 
     /// The proven plaintexts of a run of chunks, concatenated. Decodes them together (one hop
-    /// to a blocking thread, not one per chunk); when anything is wrong, reads chunk by chunk,
+    /// to a decoding thread, not one per chunk); when anything is wrong, reads chunk by chunk,
     /// so every chunk still falls back to the next source on its own.
     pub async fn read_run(&self, ids: &[ChunkId]) -> Result<Vec<u8>> {
         let found: Vec<Option<Found>> = ids.iter().map(|id| self.find(id)).collect();
@@ -334,7 +495,7 @@ impl ChunkReader {
         let key = self.keyring.chunk_id_key();
         let total: usize = found.iter().map(|f| f.location.raw_length() as usize).sum();
         let frames = self.frames.clone();
-        let decoded = tokio::task::spawn_blocking(move || {
+        let decoded = self.limits.on_core(move || {
             let mut out = Vec::with_capacity(total);
             for part in &parts {
                 match part {
@@ -362,10 +523,8 @@ impl ChunkReader {
                 }
             }
             Some(out)
-        })
-        .await
-        .expect("chunk decoding does not panic");
-        let plaintext = decoded?;
+        });
+        let plaintext = decoded.await?;
         for f in &found {
             self.sources[f.source].served.fetch_add(1, Ordering::Relaxed);
         }
@@ -423,42 +582,48 @@ impl ChunkReader {
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
         if location.length() <= INLINE_DECODE_BYTES && location.start() == 0 {
-            // A list chunk (~300 bytes compressed) decodes in microseconds: a hop to a blocking
-            // thread would cost more, and thousands of them in a burst made tokio start ~100
-            // blocking threads (each keeping its own zstd context), a large part of a
-            // restore's peak memory.
+            // A list chunk (~300 bytes compressed) decodes in microseconds: a hop to a decoding
+            // thread would cost more than the work.
             let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
             return repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding, self.frames.of(source));
         }
         let frames = self.frames.clone();
-        tokio::task::spawn_blocking(move || {
-            let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
-            repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding, frames.of(source))
-        })
-        .await
-        .expect("chunk decoding does not panic")
+        self.limits
+            .on_core(move || {
+                let coding = FrameCoding { dictionary: dictionary.as_deref(), packed };
+                repo::open_chunk(&key, piece.bytes(), &location, &pack_key, coding, frames.of(source))
+            })
+            .await
     }
 
-    /// A compression dictionary of one source (cached; there is one per backup at most).
+    /// A compression dictionary of one source (cached, up to [`DICTIONARIES_KEPT_BYTES`]).
     async fn dictionary(&self, source: usize, reference: &ObjectRef) -> Result<Arc<DecompressionDictionary>> {
+        let key = (source, reference.id.clone());
         // A task of its own, shared by every reader, for the reason `PackCell` says.
         let cell = {
             let mut guard = self.dictionaries.lock().expect("dictionary lock is never poisoned");
-            let key = (source, reference.id.clone());
             if let Some(cell) = guard.get(&key) {
-                cell.clone()
+                cell
             } else {
                 let (target, keyring, id) =
                     (self.sources[source].target.clone(), self.keyring.clone(), reference.id.clone());
+                let limits = self.limits.clone();
                 let task = tokio::spawn(async move {
                     let key = repo::dictionary_key(&id);
                     let load = async {
-                        let ciphertext = target.get(&key).await?;
-                        repo::check_object_name(&key, &ciphertext)?;
-                        let bytes = keyring.decrypt(&key, &ciphertext)?;
-                        crate::compress::load_dictionary(&bytes)
-                            .map(Arc::new)
-                            .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))
+                        let ciphertext = {
+                            let _fetch = limits.fetch(source).await;
+                            target.get(&key).await?
+                        };
+                        limits
+                            .on_core(move || {
+                                repo::check_object_name(&key, &ciphertext)?;
+                                let bytes = keyring.decrypt(&key, &ciphertext)?;
+                                crate::compress::load_dictionary(&bytes)
+                                    .map(Arc::new)
+                                    .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))
+                            })
+                            .await
                     };
                     load.await.map_err(Arc::new)
                 });
@@ -469,18 +634,19 @@ impl ChunkReader {
                 }
                 .boxed()
                 .shared();
-                guard.insert(key, cell.clone());
+                guard.insert(key.clone(), cell.clone());
                 cell
             }
         };
-        match cell.clone().await {
-            Ok(dictionary) => Ok(dictionary),
+        let loaded = cell.clone().await;
+        let mut guard = self.dictionaries.lock().expect("dictionary lock is never poisoned");
+        match loaded {
+            Ok(dictionary) => {
+                guard.loaded(&key, &cell, dictionary.memory());
+                Ok(dictionary)
+            }
             Err(error) => {
-                let mut guard = self.dictionaries.lock().expect("dictionary lock is never poisoned");
-                let key = (source, reference.id.clone());
-                if guard.get(&key).is_some_and(|cached| cached.ptr_eq(&cell)) {
-                    guard.remove(&key);
-                }
+                guard.remove(&key, &cell);
                 Err(error.duplicate())
             }
         }
@@ -531,11 +697,14 @@ impl ChunkReader {
         }
         let (target, keyring, reference) = (self.sources[source].target.clone(), self.keyring.clone(), pack.clone());
         let (heads, range) = (self.heads.clone(), if ciphertext.is_some() { WHOLE } else { span.clone() });
+        let limits = self.limits.clone();
         let task = tokio::spawn(async move {
             let load = async {
-                match ciphertext {
-                    Some(ciphertext) => load_pack(&keyring, &reference, ciphertext).await,
-                    None => load_piece(&target, &keyring, (&heads, source), &reference, span).await,
+                if let Some(ciphertext) = ciphertext {
+                    load_pack(&limits, &keyring, &reference, ciphertext).await
+                } else {
+                    let _fetch = limits.fetch(source).await;
+                    load_piece(&limits, &target, &keyring, (&heads, source), &reference, span).await
                 }
             };
             load.await.map(Arc::new).map_err(Arc::new)
@@ -565,21 +734,21 @@ impl ChunkReader {
 }
 
 /// Decrypts a whole pack the caller has downloaded.
-async fn load_pack(keyring: &Keyring, pack: &ObjectRef, ciphertext: bytes::Bytes) -> Result<Piece> {
+async fn load_pack(limits: &Limits, keyring: &Keyring, pack: &ObjectRef, ciphertext: bytes::Bytes) -> Result<Piece> {
     let key = repo::pack_key(&pack.id);
     if ciphertext.len() as u64 != pack.size {
         return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), pack.size)));
     }
     let keyring = keyring.clone();
-    tokio::task::spawn_blocking(move || match keyring.decrypt(&key, &ciphertext) {
-        Ok(bytes) => Ok(Piece { start: 0, bytes }),
-        Err(error) => {
-            repo::check_object_name(&key, &ciphertext)?;
-            Err(error)
-        }
-    })
-    .await
-    .expect("pack decryption does not panic")
+    limits
+        .on_core(move || match keyring.decrypt(&key, &ciphertext) {
+            Ok(bytes) => Ok(Piece { start: 0, bytes }),
+            Err(error) => {
+                repo::check_object_name(&key, &ciphertext)?;
+                Err(error)
+            }
+        })
+        .await
 }
 
 /// Fetches and decrypts the bytes `span` of a pack's plaintext: the whole pack the first time
@@ -587,6 +756,7 @@ async fn load_pack(keyring: &Keyring, pack: &ObjectRef, ciphertext: bytes::Bytes
 /// ciphertext around `span`. age authenticates each piece with its place in the payload, and
 /// each chunk is proven by its keyed id anyway: bytes that decrypt are the ones written.
 async fn load_piece(
+    limits: &Limits,
     target: &Target,
     keyring: &Keyring,
     (heads, source): (&Heads, usize),
@@ -629,8 +799,8 @@ async fn load_piece(
         }
     };
     let (keyring, len) = (keyring.clone(), pack.size);
-    tokio::task::spawn_blocking(move || {
-        match keyring.decrypt_range(&key, (&head, body_offset, &body), len, span.clone()) {
+    limits
+        .on_core(move || match keyring.decrypt_range(&key, (&head, body_offset, &body), len, span.clone()) {
             Ok(bytes) => Ok(Piece { start: span.start, bytes }),
             Err(error) => {
                 if body_offset == 0 && body.len() as u64 == len {
@@ -639,10 +809,8 @@ async fn load_piece(
                 }
                 Err(error)
             }
-        }
-    })
-    .await
-    .expect("pack decryption does not panic")
+        })
+        .await
 }
 
 /// Where a pack's payload starts, from its first bytes (`None`: they do not tell yet).
@@ -795,5 +963,53 @@ impl ChunkSpool {
             Ok::<_, Error>(bytes.chunks_exact(SPOOLED_BYTES).map(|chunk| Ok(decode_spooled(chunk))).collect::<Vec<_>>())
         });
         ChunkReader::stream_runs(futures::stream::iter(blocks).map_ok(futures::stream::iter).try_flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell() -> DictionaryCell {
+        let failed: std::result::Result<Arc<DecompressionDictionary>, Arc<Error>> =
+            Err(Arc::new(Error::Internal("not loaded in this test".into())));
+        futures::future::ready(failed).boxed().shared()
+    }
+
+    fn key(number: u8) -> PackKey {
+        (0, repo::ObjectId::of(&[number]))
+    }
+
+    #[test]
+    fn the_dictionaries_kept_stay_within_their_budget_and_the_recently_used_stay() {
+        const MIB: usize = 1 << 20;
+        let mut kept = Dictionaries::default();
+        let (first, first_cell) = (key(0), cell());
+        kept.insert(first.clone(), first_cell.clone());
+        kept.loaded(&first, &first_cell, MIB);
+        // A year of nights: far more dictionaries than the budget holds, the first one asked
+        // for again and again, as a table's chunks in frames of one night are.
+        for number in 1..=100 {
+            let (next, next_cell) = (key(number), cell());
+            kept.insert(next.clone(), next_cell.clone());
+            kept.loaded(&next, &next_cell, MIB);
+            assert!(kept.get(&first).is_some_and(|cached| cached.ptr_eq(&first_cell)), "dictionary {number}");
+            assert!(kept.held <= DICTIONARIES_KEPT_BYTES, "{} bytes held", kept.held);
+        }
+        assert_eq!(kept.held, DICTIONARIES_KEPT_BYTES);
+        assert!(kept.get(&key(1)).is_none(), "the least recently used went first");
+        assert!(kept.get(&key(100)).is_some());
+        // Loaded again by a reader that raced another: counted once.
+        let again = kept.get(&key(100)).expect("kept");
+        kept.loaded(&key(100), &again, MIB);
+        assert_eq!(kept.held, DICTIONARIES_KEPT_BYTES);
+        // One that failed goes, so that the next reader tries again; its bytes with it.
+        let failed = kept.get(&key(100)).expect("kept");
+        kept.remove(&key(100), &failed);
+        assert!(kept.get(&key(100)).is_none());
+        assert_eq!(kept.held, DICTIONARIES_KEPT_BYTES - MIB);
+        // A cell that is not the cached one (loaded before a retry replaced it) changes nothing.
+        kept.remove(&key(99), &cell());
+        assert!(kept.get(&key(99)).is_some());
     }
 }

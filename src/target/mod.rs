@@ -116,6 +116,11 @@ impl Target {
         Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root) })
     }
 
+    /// Whether this is a local folder (read on blocking threads) rather than a bucket.
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// The location as the user gave it (never holds credentials).
     pub fn location(&self) -> &str {
         &self.location
