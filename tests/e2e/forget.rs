@@ -568,3 +568,54 @@ fn a_missed_record_copied_to_another_target_explains_nothing_there() {
     // The copy itself still verifies: the record is its own.
     ready.work.run(&["verify", "--repo", &copy, "--identity", &ready.work.admin_key()]).ok();
 }
+
+#[test]
+fn a_missed_record_names_the_folder_whatever_link_the_backup_reached_it_through() {
+    // The backup host reaches the copy through a symbolic link (`/backups` to a mounted disk);
+    // the admin verifies the folder itself, on another machine. The record written through the
+    // link names the folder, so it is the copy's own there.
+    let (ready, repo, copy) = with_copy("forget_missed_link");
+    let link = ready.work.path("copy-link").to_str().unwrap().to_string();
+    std::os::unix::fs::symlink(&copy, &link).unwrap();
+    backup(&ready, &[&repo, &link], &[]);
+    change(&ready, 2);
+    let missed = backup_missing(&ready, &[&repo, &link], &link);
+    change(&ready, 3);
+    let run = ready.work.run(&["backup", "--json", "--db", &ready.source.url(), "--repo", &repo, "--repo", &link]).ok();
+    assert_eq!(run.json()["targets"][1]["recorded_missed"], serde_json::json!([missed]), "{}", run.stdout);
+    for place in [&copy, &link] {
+        Workspace::new().run(&["verify", "--repo", place]).ok();
+        ready.work.run(&["verify", "--repo", place, "--identity", &ready.work.admin_key()]).ok();
+    }
+}
+
+#[test]
+fn a_link_made_in_storage_does_not_make_another_targets_missed_record_this_ones() {
+    // As in the test above it, the copy's missed record is copied to the first target, whose
+    // missed night is deleted; and the copy's folder is replaced by a link to the first target,
+    // so that the record's folder now leads there. A record's place is taken as written, never
+    // followed: the deletion is still reported.
+    let (ready, repo, copy) = with_copy("forget_missed_linked_away");
+    backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 2);
+    let missed = backup_missing(&ready, &[&repo, &copy], &copy);
+    change(&ready, 3);
+    backup(&ready, &[&repo, &copy], &[]);
+    let record = forget_records(&copy).pop().expect("the copy's missed record");
+    let forgotten = Path::new(&repo).join("forgotten");
+    std::fs::create_dir_all(&forgotten).unwrap();
+    std::fs::copy(&record, forgotten.join(record.file_name().unwrap())).unwrap();
+    std::fs::remove_file(Path::new(&repo).join("snapshots").join(&missed)).unwrap();
+    std::fs::rename(&copy, format!("{copy}.moved")).unwrap();
+    std::os::unix::fs::symlink(&repo, &copy).unwrap();
+    for workspace in [&ready.work, &Workspace::new()] {
+        let verify = workspace.run(&["verify", "--repo", &repo]);
+        assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+        assert!(verify.stdout.contains("a missed record of another target"), "{}", verify.stdout);
+        assert!(
+            verify.stdout.contains(&missed) && verify.stdout.contains("deleted without being forgotten"),
+            "{}",
+            verify.stdout
+        );
+    }
+}
