@@ -231,13 +231,9 @@ impl Repository {
                 Ok(bytes) => ForgetRecord::open(&key, &bytes, keyring),
                 Err(error) => Err(error),
             };
-            // This target's folder with its links resolved, or as given (records of earlier
-            // builds). The record's own place is taken as written, never resolved here: a link
-            // someone made in storage must not make another target's record this one's.
-            let location = self.target.location();
-            let here = [crate::target::place(location), crate::target::place_as_written(location)];
+            let here = crate::target::place(self.target.location());
             let opened = opened.and_then(|record| match (&record.kind, &record.target) {
-                (RecordKind::Missed, Some(place)) if here.contains(place) => Ok(record),
+                (RecordKind::Missed, Some(place)) if *place == here => Ok(record),
                 (RecordKind::Missed, place) => Err(Error::corrupt(
                     &key,
                     format!(

@@ -23,7 +23,7 @@ mod location;
 mod s3;
 
 use local::{direct, is_staging_file, refuse_linked_folders, refuse_special_file, staging_files, sync_local};
-pub use location::{Location, displayable, place, place_as_written, same_place};
+pub use location::{Location, displayable, place, same_place};
 pub use s3::S3Settings;
 
 /// The largest mutable object (a lock) a reader takes.
