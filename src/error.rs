@@ -125,6 +125,17 @@ pub enum Error {
     /// A command was given no repository location.
     #[error("no repository location given")]
     NoTarget,
+    /// Two locations given lead to one storage (a folder and a link to it, two spellings of
+    /// one bucket): its copies would lock each other out.
+    #[error("--repo {first} and --repo {second} are the same storage ({storage}): each target is given once")]
+    SameTargetTwice {
+        /// The first location, as given.
+        first: String,
+        /// The second location, as given.
+        second: String,
+        /// Where both lead.
+        storage: String,
+    },
     /// Every target failed (could not be opened, or failed during the command); with one
     /// target, its failure alone.
     #[error("{}", every_target_failed(.0))]

@@ -30,6 +30,22 @@ use crate::repo::{AdminKeyring, FilterTally, Keyring, Manifest, Repository, Snap
 use crate::target::Target;
 use crate::trust::SnapshotMark;
 
+/// Refuses two locations that lead to one storage: a backup took both locks of one folder and
+/// waited for itself until `--lock-wait` ran out, naming its own process as the holder.
+fn refuse_one_storage_twice(repositories: &[Repository]) -> Result<()> {
+    for (at, repository) in repositories.iter().enumerate() {
+        let storage = repository.target.storage();
+        if let Some(earlier) = repositories[..at].iter().find(|earlier| earlier.target.storage() == storage) {
+            return Err(Error::SameTargetTwice {
+                first: earlier.target.location().to_string(),
+                second: repository.target.location().to_string(),
+                storage,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A target that could not be opened, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LeftOut {
@@ -60,6 +76,7 @@ impl RepoSet {
         for location in locations {
             repositories.push(Repository::open(open(location)?).await?);
         }
+        refuse_one_storage_twice(&repositories)?;
         Ok(RepoSet { repositories, left_out: Vec::new() })
     }
 
@@ -90,6 +107,7 @@ impl RepoSet {
         if repositories.is_empty() {
             return Err(Error::EveryTargetFailed(left_out.into_iter().map(|l| (l.location, l.reason)).collect()));
         }
+        refuse_one_storage_twice(&repositories)?;
         Ok(RepoSet { repositories, left_out })
     }
 

@@ -116,6 +116,15 @@ impl Target {
         Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root) })
     }
 
+    /// Where this target's objects are: the folder it opened (links resolved), or the bucket,
+    /// prefix and endpoint. Two targets with the same storage are one target.
+    pub fn storage(&self) -> String {
+        match &self.local_root {
+            Some(root) => root.to_string_lossy().into_owned(),
+            None => place(&self.location),
+        }
+    }
+
     /// Whether this is a local folder (read on blocking threads) rather than a bucket.
     pub fn is_local(&self) -> bool {
         self.local_root.is_some()

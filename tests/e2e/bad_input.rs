@@ -167,3 +167,26 @@ fn usage_errors_exit_2() {
     assert_eq!(work.run(&["frobnicate"]).code, 2);
     assert_eq!(work.run(&["verify", "--repo", "x", "--read-data"]).code, 2);
 }
+
+#[test]
+fn one_storage_given_twice_is_refused_at_once() {
+    // A folder and a link to it, or one folder spelled twice: the backup took both locks of one
+    // folder and waited for itself until --lock-wait ran out. Said before anything is locked.
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let link = work.path("repo-link").to_str().unwrap().to_string();
+    std::os::unix::fs::symlink(&repo, &link).unwrap();
+    let db = TestDb::create("same_storage_twice");
+    let url = db.url();
+    for second in [link.clone(), format!("{repo}/")] {
+        for command in [
+            vec!["backup", "--db", &url, "--repo", &repo, "--repo", &second, "--lock-wait", "30s"],
+            vec!["snapshots", "--repo", &repo, "--repo", &second],
+        ] {
+            let started = std::time::Instant::now();
+            one_clear_line(work.run(&command), 1, "are the same storage");
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{command:?} waited for its own lock");
+        }
+    }
+    assert!(!std::path::Path::new(&repo).join("snapshots").read_dir().is_ok_and(|mut d| d.next().is_some()));
+}
