@@ -617,10 +617,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = repository(dir.path(), "first").await;
         let other = repository(dir.path(), "other").await;
-        let set = RepoSet::open_all(&[first.clone(), first.clone()], open).await.unwrap();
+        // A copy: the same objects in another folder.
+        let copy = dir.path().join("copy").to_str().unwrap().to_string();
+        let copied = std::process::Command::new("cp").args(["-a", &first, &copy]).status().unwrap();
+        assert!(copied.success());
+        let set = RepoSet::open_all(&[first.clone(), copy], open).await.unwrap();
         set.require_one_generation().unwrap();
         set.require_one_fingerprint().unwrap();
         assert!(set.several());
+
+        // One folder twice is one target, not two copies.
+        let twice = RepoSet::open_all(&[first.clone(), format!("{first}/")], open).await.unwrap_err();
+        assert!(matches!(twice, Error::SameTargetTwice { .. }), "{twice}");
 
         let set = RepoSet::open_all(&[first, other], open).await.unwrap();
         for error in [set.require_one_generation().unwrap_err(), set.require_one_fingerprint().unwrap_err()] {
