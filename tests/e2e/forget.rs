@@ -541,12 +541,10 @@ fn after_a_missed_night_older_snapshots_deleted_from_that_target_are_still_repor
     }
 }
 
-#[test]
-fn a_missed_record_copied_to_another_target_explains_nothing_there() {
-    // The copy missed night 2 and got its record. Someone with write access to the first
-    // target copies that record there and deletes night 2 from it: the record names the copy,
-    // so the first target's verify reports both.
-    let (ready, repo, copy) = with_copy("forget_missed_moved");
+/// The copy misses night 2 and gets its missed record; someone with write access to the first
+/// target copies that record there and deletes night 2 from it. Returns the missed night too.
+fn missed_record_moved_to_the_first_target(label: &str) -> (Ready, String, String, String) {
+    let (ready, repo, copy) = with_copy(label);
     backup(&ready, &[&repo, &copy], &[]);
     change(&ready, 2);
     let missed = backup_missing(&ready, &[&repo, &copy], &copy);
@@ -557,6 +555,15 @@ fn a_missed_record_copied_to_another_target_explains_nothing_there() {
     std::fs::create_dir_all(&forgotten).unwrap();
     std::fs::copy(&record, forgotten.join(record.file_name().unwrap())).unwrap();
     std::fs::remove_file(Path::new(&repo).join("snapshots").join(&missed)).unwrap();
+    (ready, repo, copy, missed)
+}
+
+#[test]
+fn a_missed_record_copied_to_another_target_explains_nothing_there() {
+    // The copy missed night 2 and got its record. Someone with write access to the first
+    // target copies that record there and deletes night 2 from it: the record names the copy,
+    // so the first target's verify reports both.
+    let (ready, repo, copy, missed) = missed_record_moved_to_the_first_target("forget_missed_moved");
     let verify = ready.work.run(&["verify", "--repo", &repo, "--identity", &ready.work.admin_key()]);
     assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
     assert!(verify.stdout.contains("a missed record of another target"), "{}", verify.stdout);
@@ -576,17 +583,7 @@ fn a_link_made_in_storage_does_not_make_another_targets_missed_record_this_ones(
     // whose missed night is deleted; then each folder in turn is made a link to the other. A
     // record that names the copy explains nothing on the first target, whichever folder a link
     // leads to.
-    let (ready, repo, copy) = with_copy("forget_missed_linked_away");
-    backup(&ready, &[&repo, &copy], &[]);
-    change(&ready, 2);
-    let missed = backup_missing(&ready, &[&repo, &copy], &copy);
-    change(&ready, 3);
-    backup(&ready, &[&repo, &copy], &[]);
-    let record = forget_records(&copy).pop().expect("the copy's missed record");
-    let forgotten = Path::new(&repo).join("forgotten");
-    std::fs::create_dir_all(&forgotten).unwrap();
-    std::fs::copy(&record, forgotten.join(record.file_name().unwrap())).unwrap();
-    std::fs::remove_file(Path::new(&repo).join("snapshots").join(&missed)).unwrap();
+    let (ready, repo, copy, missed) = missed_record_moved_to_the_first_target("forget_missed_linked_away");
     let reports_the_deletion = |folder: &str| {
         for workspace in [&ready.work, &Workspace::new()] {
             let verify = workspace.run(&["verify", "--repo", folder]);
