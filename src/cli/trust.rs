@@ -58,8 +58,6 @@ impl Trusted {
         self.pin.as_ref().map(|pin| pin.settled.clone()).unwrap_or_default()
     }
 
-    /// After a backup: its snapshot is the newest, and the next backup need not look again at
-    /// `settled` (saved with the mark, in one replacement of the pin).
     /// After a backup (`report`): its snapshot is the newest, the next backup need not look
     /// again at `settled`, and the pin notes which targets it missed and which it recorded
     /// missed snapshots on (saved in one replacement of the pin, made on the pin as it is on

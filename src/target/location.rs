@@ -90,8 +90,17 @@ pub fn same_place(a: &str, b: &str) -> bool {
 
 /// The place a location names, whatever options it carries (`retries`, timeouts) or how a
 /// folder is spelled (`/srv/crm/`, `file:///srv/crm`, `crm` from `/srv`): the absolute folder,
-/// or the bucket, prefix and endpoint. Text that does not parse is its own place.
+/// or the bucket, prefix and endpoint. Text that does not parse is its own place, and so is a
+/// place: pins and missed records keep places, and compare them with locations.
 pub fn place(text: &str) -> String {
+    // `s3://bucket/prefix http://endpoint`, as written below: a URL does not hold a space.
+    if let Some((head, endpoint)) = text.rsplit_once(' ')
+        && head.starts_with("s3://")
+        && !head.contains(['?', ' '])
+        && (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return place(&format!("{head}?endpoint={endpoint}"));
+    }
     match Location::parse(text) {
         Ok(Location::Local(path)) => {
             let path = std::path::absolute(&path).unwrap_or(path);
@@ -227,5 +236,23 @@ mod tests {
         let here = std::env::current_dir().unwrap();
         assert_eq!(place("crm/"), here.join("crm").to_string_lossy());
         assert_eq!(place("s3://b/crm?retries=2"), "s3://b/crm");
+    }
+
+    #[test]
+    fn a_place_is_its_own_place() {
+        // Pins key what backups missed by place and look it up with the location given.
+        for location in [
+            "s3://b/crm?endpoint=http://127.0.0.1:9000&retries=10",
+            "s3://b/crm/nightly?endpoint=https://minio.example:9000/",
+            "s3://b/crm",
+            "s3://b",
+            "/srv/crm/",
+        ] {
+            let kept = place(location);
+            assert_eq!(place(&kept), kept, "{location}");
+            assert!(same_place(&kept, location), "{location}");
+        }
+        assert_eq!(place("s3://b/crm?endpoint=http://127.0.0.1:9000"), "s3://b/crm http://127.0.0.1:9000");
+        assert!(!same_place("s3://b/crm http://127.0.0.1:9000", "s3://b/crm?endpoint=http://127.0.0.1:9001"));
     }
 }
