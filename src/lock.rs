@@ -359,15 +359,39 @@ impl Locks {
 /// given the same targets in another order cannot each hold one and wait for the other); a
 /// location given twice is locked once. On any failure the locks already taken are released.
 pub async fn lock_all(repositories: &[Repository], mode: LockMode, options: &LockOptions) -> Result<Locks> {
+    lock_in_order(repositories, mode, options, false).await.map(|(locks, _)| locks)
+}
+
+/// [`lock_all`] for a command that goes on with the copies it can lock: a storage that fails
+/// at it (full, unreachable) is passed over and returned with its error; a lock another
+/// process holds is still waited for, and is the error when the wait ends.
+pub async fn lock_each(
+    repositories: &[Repository],
+    mode: LockMode,
+    options: &LockOptions,
+) -> Result<(Locks, Vec<(String, Error)>)> {
+    lock_in_order(repositories, mode, options, true).await
+}
+
+async fn lock_in_order(
+    repositories: &[Repository],
+    mode: LockMode,
+    options: &LockOptions,
+    pass_failed_storage: bool,
+) -> Result<(Locks, Vec<(String, Error)>)> {
     let mut ordered: Vec<&Repository> = repositories.iter().collect();
     ordered.sort_by(|a, b| a.target.location().cmp(b.target.location()));
     ordered.dedup_by(|a, b| a.target.location() == b.target.location());
     let deadline = tokio::time::Instant::now() + options.wait;
     let mut locks = Locks::default();
+    let mut failed = Vec::new();
     for repository in ordered {
         let recipients = repository.metadata_recipients();
         match acquire_until(&repository.target, &recipients, mode, options, deadline).await {
             Ok(lock) => locks.0.push(lock),
+            Err(error) if pass_failed_storage && !matches!(error, Error::Locked { .. }) => {
+                failed.push((repository.target.location().to_string(), error));
+            }
             Err(error) => {
                 if let Err(release_error) = locks.release().await {
                     tracing::warn!("{release_error}");
@@ -376,7 +400,7 @@ pub async fn lock_all(repositories: &[Repository], mode: LockMode, options: &Loc
             }
         }
     }
-    Ok(locks)
+    Ok((locks, failed))
 }
 
 /// Takes a lock on one target, waiting up to `options.wait`. The holder is sealed to

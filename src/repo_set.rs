@@ -171,6 +171,31 @@ impl RepoSet {
         crate::lock::lock_all(&self.repositories, mode, options).await
     }
 
+    /// Locks every copy in `mode` for a command that goes on with the copies it can write (a
+    /// backup: each target is complete on its own). Of several, a copy whose storage fails at
+    /// taking its lock (a full disk, a bucket that does not answer) is left out, as one that
+    /// did not open is ([`RepoSet::left_out`]); when none is left, every failure is the error.
+    /// A lock another process holds is waited for, and is the error when the wait ends.
+    pub async fn lock_available(
+        &mut self,
+        mode: crate::lock::LockMode,
+        options: &crate::lock::LockOptions,
+    ) -> Result<crate::lock::Locks> {
+        if !self.several() {
+            return self.lock_all(mode, options).await;
+        }
+        let (locks, failed) = crate::lock::lock_each(&self.repositories, mode, options).await?;
+        for (location, error) in failed {
+            self.repositories.retain(|r| r.target.location() != location);
+            self.left_out.push(LeftOut { location, reason: error.to_string() });
+        }
+        if self.repositories.is_empty() {
+            let failed = self.left_out.iter().map(|l| (l.location.clone(), l.reason.clone()));
+            return Err(Error::EveryTargetFailed(failed.collect()));
+        }
+        Ok(locks)
+    }
+
     /// Refuses copies that are not one repository at one generation of its keys: a backup
     /// writes the same objects to every copy, under the same keys.
     pub fn require_one_generation(&self) -> Result<()> {

@@ -723,7 +723,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     .await?;
             let keyring = targets.unlock_as_writer(&config_dir).await?;
             let locks = targets
-                .lock_all(LockMode::Append, &lock::options(lock_wait, "backup", keyring.identities().to_vec()))
+                .lock_available(LockMode::Append, &lock::options(lock_wait, "backup", keyring.identities().to_vec()))
                 .await?;
             let options = backup::BackupOptions {
                 database: settings.database(&db)?,

@@ -33,6 +33,9 @@ pub const MAX_MUTABLE_OBJECT: u64 = 64 * 1024;
 const MULTIPART_THRESHOLD: usize = 8 << 20;
 /// Size of one part (S3's minimum is 5 MiB).
 const MULTIPART_PART: usize = 5 << 20;
+/// How often a failed upload in parts is started again (each part is retried on its own
+/// first; what fails whole is its start or completion, or a part out of retries).
+const MULTIPART_RETRIES: usize = 3;
 
 /// One storage location of a repository.
 #[derive(Clone)]
@@ -40,6 +43,9 @@ pub struct Target {
     store: Arc<dyn ObjectStore>,
     location: String,
     local_root: Option<PathBuf>,
+    /// How often a create whose answer was lost is sent again (object_store does not resend a
+    /// request that is not idempotent, and a create is not).
+    create_retries: usize,
 }
 
 impl std::fmt::Debug for Target {
@@ -113,7 +119,7 @@ impl Target {
         let root = path.canonicalize().map_err(|e| Error::io(path, e))?;
         let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|source| Error::Storage { location: location.to_string(), source })?;
-        Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root) })
+        Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root), create_retries: 0 })
     }
 
     /// Where this target's objects are: the folder it opened (links resolved), or the bucket,
@@ -203,13 +209,13 @@ impl Target {
                 direct::Outcome::Unsupported => {}
             }
         }
-        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes.clone()), options).await {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => return self.heal(key, bytes).await,
+        match self.create(key, &bytes).await {
+            Ok(()) => {}
+            Err(Created::Exists) => return self.claim(key, bytes).await,
+            Err(Created::Failed(e)) => return Err(self.map_error(key, e)),
             // Services without conditional PUT: look first. Content-addressed objects make a
             // lost race harmless (same name, same bytes); `init` is the only other writer.
-            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+            Err(Created::Unsupported) => {
                 if self.size_of(key).await?.is_some() {
                     return Ok(PutOutcome::AlreadyThere);
                 }
@@ -218,7 +224,6 @@ impl Target {
                     .await
                     .map_err(|e| self.map_error(key, e))?;
             }
-            Err(e) => return Err(self.map_error(key, e)),
         }
         if let Some(root) = &self.local_root {
             let root = root.clone();
@@ -228,6 +233,47 @@ impl Target {
                 .expect("the fsync task does not panic")?;
         }
         Ok(PutOutcome::Written)
+    }
+
+    /// A conditional create (`If-None-Match: *`), sent again, up to `create_retries` times,
+    /// when the connection broke before the answer came: the create may have been done.
+    async fn create(&self, key: &str, bytes: &Bytes) -> std::result::Result<(), Created> {
+        let mut lost = 0;
+        loop {
+            let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+            match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes.clone()), options).await {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => return Err(Created::Exists),
+                Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                    return Err(Created::Unsupported);
+                }
+                Err(error) if lost < self.create_retries && answer_was_lost(&error) => {
+                    lost += 1;
+                    tracing::info!(
+                        "{}: {key}: the connection broke before the answer; sending it again",
+                        self.location
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << lost.min(6))).await;
+                }
+                Err(error) => return Err(Created::Failed(error)),
+            }
+        }
+    }
+
+    /// A create found the object. An earlier try of it may have made it, its answer lost (ours
+    /// above, or object_store's own, which resends a request whose connection closed before
+    /// the answer): an object that is not named by its content and holds the same bytes is this
+    /// writer's (a lock holds a random id), so it was written. Anything else is another
+    /// writer's, or a leftover, as [`Target::heal`] decides.
+    async fn claim(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        if is_content_addressed(key) {
+            return self.heal(key, bytes).await;
+        }
+        match self.get_at_most(key, bytes.len() as u64).await {
+            Ok(found) if found == bytes => Ok(PutOutcome::Written),
+            Ok(_) | Err(Error::Corrupt { .. }) => self.heal(key, bytes).await,
+            Err(error) => Err(error),
+        }
     }
 
     /// A large content-addressed object, in parts. S3 makes it visible only when the upload
@@ -240,12 +286,25 @@ impl Target {
             return Ok(PutOutcome::AlreadyThere);
         }
         let path = ObjectPath::from(key);
-        let upload = self.store.put_multipart(&path).await.map_err(|e| self.map_error(key, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
-        writer.put(bytes);
-        match writer.finish().await {
-            Ok(_) => Ok(PutOutcome::Written),
-            Err(error) => Err(self.map_error(key, error)),
+        let mut tries = 0;
+        loop {
+            let upload = self.store.put_multipart(&path).await.map_err(|e| self.map_error(key, e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+            writer.put(bytes.clone());
+            let Err(error) = writer.finish().await else {
+                return Ok(PutOutcome::Written);
+            };
+            // The completion may have been done and its answer lost (it is not resent: it is
+            // not idempotent); and what failed may be the abort after it, not the cause.
+            if self.size_of(key).await? == Some(bytes.len() as u64) {
+                return Ok(PutOutcome::Written);
+            }
+            tries += 1;
+            if tries > self.create_retries.min(MULTIPART_RETRIES) {
+                return Err(self.map_error(key, error));
+            }
+            tracing::info!("{}: {key}: the upload in parts failed ({error}); sending it again", self.location);
+            tokio::time::sleep(std::time::Duration::from_millis(500 << tries)).await;
         }
     }
 
@@ -422,6 +481,30 @@ pub fn is_refusal(error: &object_store::Error) -> bool {
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return matches!(io.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem);
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Why a conditional create did not make the object.
+enum Created {
+    /// An object has the name.
+    Exists,
+    /// The storage has no conditional create.
+    Unsupported,
+    /// Anything else.
+    Failed(object_store::Error),
+}
+
+/// Whether a request failed after it was sent and before its answer came: a connection reset,
+/// cut short or timed out. object_store resends such a request only if it is idempotent.
+fn answer_was_lost(error: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(http) = cause.downcast_ref::<HttpError>() {
+            return matches!(http.kind(), HttpErrorKind::Interrupted | HttpErrorKind::Timeout);
         }
         source = cause.source();
     }

@@ -128,3 +128,42 @@ fn a_backup_taken_while_the_crm_is_busy_restores_a_state_where_every_total_and_r
     assert_eq!(children, 2 * parents - 1);
     assert!((before..=after).contains(&parents), "{before} <= {parents} <= {after}");
 }
+
+#[test]
+fn a_full_target_among_several_does_not_cost_the_others_their_night_even_before_its_lock() {
+    let source = TestDb::create("full_one_of_two");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let Some(_disk) = SmallDisk::mount(&work.path("small"), "4m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let recipient = work.keygen("admin.key");
+    let roomy = work.path("roomy").to_str().unwrap().to_string();
+    let small = work.path("small/repo").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &roomy, "--repo", &small, "--recipient", &recipient]).ok();
+    work.run(&["backup", "--db", &source.url(), "--repo", &roomy, "--repo", &small]).ok();
+    // Full to the last byte: not even the lock can be written there.
+    let filler = work.path("small/filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+    drop(file);
+
+    source.sql("UPDATE crm.contacts SET email = email || '.full' WHERE id % 5 = 0");
+    let night = work.run(&["backup", "--json", "--db", &source.url(), "--repo", &roomy, "--repo", &small]);
+    assert_eq!(night.code, 3, "{}\n{}", night.stdout, night.stderr);
+    let report = night.json();
+    assert_eq!(report["targets"][0]["ok"], true, "{report}");
+    assert_eq!(report["targets"][1]["ok"], false, "{report}");
+    assert!(report["targets"][1]["error"].as_str().unwrap().contains("No space left on device"), "{report}");
+    let missed = report["snapshot_id"].as_str().unwrap().to_string();
+    let restored = TestDb::create("full_one_of_two_restored");
+    work.restore(&roomy, &restored).ok();
+    assert_same_database(&source, &restored);
+
+    // Room again: the next night reaches it and records the one it missed; it verifies.
+    std::fs::remove_file(&filler).unwrap();
+    let report = work.run(&["backup", "--json", "--db", &source.url(), "--repo", &roomy, "--repo", &small]).ok().json();
+    assert_eq!(report["targets"][1]["recorded_missed"], serde_json::json!([missed]), "{report}");
+    work.run(&["verify", "--repo", &small, "--identity", &work.admin_key()]).ok();
+}

@@ -383,8 +383,8 @@ fn a_flaky_bucket_gets_whole_snapshots_through_retries_or_none_and_never_one_nam
     use crate::common::s3::{FaultCount, Faults};
     let count = std::sync::Arc::new(FaultCount::default());
     // Of every 100 requests: 8 answered 503 SlowDown, 4 cut off without an answer, 4 answered
-    // after 1.5 s.
-    let faults = Faults { errors: 8, drops: 4, slow: 4, delay: Duration::from_millis(1500) };
+    // after 1.5 s, 4 done but cut off before the answer (a lock, a pack: sent again, found).
+    let faults = Faults { errors: 8, drops: 4, slow: 4, lost: 4, delay: Duration::from_millis(1500) };
     let Some(mut server) = S3Server::start_faulty(faults, count.clone()) else {
         eprintln!("skipped: faults are injected by the in-process S3 server only");
         return;

@@ -25,12 +25,14 @@ pub struct S3Server {
 
 /// Faults the in-process server injects: of every 100 requests (by a seeded draw), `errors`
 /// get a 503 SlowDown, `drops` have their connection closed without an answer, `slow` are
-/// answered after `delay`.
+/// answered after `delay`, and `lost` are done (an upload stored) but their connection closed
+/// before the answer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     pub errors: u32,
     pub drops: u32,
     pub slow: u32,
+    pub lost: u32,
     pub delay: std::time::Duration,
 }
 
@@ -199,7 +201,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
         let number = self.count.requests.fetch_add(1, Ordering::SeqCst);
         let draw =
             if self.count.enabled.load(Ordering::SeqCst) { rand::thread_rng().gen_range(0..100u32) } else { 100 };
-        let Faults { errors, drops, slow, delay } = self.faults;
+        let Faults { errors, drops, slow, lost, delay } = self.faults;
         let (inner, count) = (self.inner.clone(), self.count.clone());
         Box::pin(async move {
             let _ = number;
@@ -223,7 +225,13 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
                 count.injected.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(delay).await;
             }
-            hyper::service::Service::call(&inner, request).await
+            let answer = hyper::service::Service::call(&inner, request).await;
+            let drawn_lost = (errors + drops + slow..errors + drops + slow + lost).contains(&draw);
+            if drawn_lost && answer.as_ref().is_ok_and(|a| a.status().is_success()) {
+                count.injected.fetch_add(1, Ordering::SeqCst);
+                return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected lost answer"))));
+            }
+            answer
         })
     }
 }
