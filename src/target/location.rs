@@ -52,6 +52,14 @@ impl Location {
     }
 
     fn parse_s3(text: &str) -> Result<Location> {
+        // A space is where a place puts the endpoint ([`place`]): `s3://b/crm http://e` typed as
+        // a location would open one storage and name another.
+        if text.contains(char::is_whitespace) {
+            return Err(Error::BadLocation(format!(
+                "{:?} holds a space; write one in a prefix as %20",
+                displayable(text)
+            )));
+        }
         let url = url::Url::parse(text)
             .map_err(|e| Error::BadLocation(format!("{:?} is not a valid S3 URL: {e}", displayable(text))))?;
         let bucket = url
@@ -254,5 +262,7 @@ mod tests {
         }
         assert_eq!(place("s3://b/crm?endpoint=http://127.0.0.1:9000"), "s3://b/crm http://127.0.0.1:9000");
         assert!(!same_place("s3://b/crm http://127.0.0.1:9000", "s3://b/crm?endpoint=http://127.0.0.1:9001"));
+        // Typed as a location, a place is refused: it would open another storage than it names.
+        assert!(Location::parse("s3://b/crm http://127.0.0.1:9000").is_err());
     }
 }

@@ -272,6 +272,9 @@ impl Target {
         match self.get_at_most(key, bytes.len() as u64).await {
             Ok(found) if found == bytes => Ok(PutOutcome::Written),
             Ok(_) | Err(Error::Corrupt { .. }) => self.heal(key, bytes).await,
+            // Gone since (a lock released between the two requests): it was not ours, and a
+            // caller that wants the name asks again.
+            Err(Error::Missing { .. }) => Ok(PutOutcome::AlreadyThere),
             Err(error) => Err(error),
         }
     }
@@ -294,8 +297,8 @@ impl Target {
             let Err(error) = writer.finish().await else {
                 return Ok(PutOutcome::Written);
             };
-            // The completion may have been done and its answer lost (it is not resent: it is
-            // not idempotent); and what failed may be the abort after it, not the cause.
+            // The completion may have been done before its answer was lost for good, and what
+            // failed may be the abort after a part, not the part: look before sending again.
             if self.size_of(key).await? == Some(bytes.len() as u64) {
                 return Ok(PutOutcome::Written);
             }
