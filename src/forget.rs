@@ -36,6 +36,9 @@ pub struct ForgetOptions<Tz: TimeZone> {
     pub now: DateTime<Utc>,
     /// Then prune each target, under the same lock (in a dry run: say what that would free).
     pub prune: bool,
+    /// Let the policy remove snapshots the data-loss alarm flagged, and the last unflagged
+    /// one before each (kept otherwise: [`retention::keep_flagged`]).
+    pub forget_flagged: bool,
 }
 
 /// What `forget` did on every target.
@@ -111,6 +114,8 @@ pub struct Decision {
     pub tags: Vec<String>,
     /// The rules that keep it; empty when it is removed.
     pub reasons: Vec<String>,
+    /// Whether its backup raised the data-loss alarm.
+    pub flagged: bool,
     #[serde(skip)]
     sequence: u64,
     #[serde(skip)]
@@ -188,6 +193,7 @@ pub async fn plan<Tz: TimeZone>(
             database: manifest.database,
             tags: manifest.tags,
             reasons: Vec::new(),
+            flagged: !manifest.alarms.is_empty(),
             sequence: sealed.header.sequence,
             parent: sealed.header.parent.clone(),
         });
@@ -196,8 +202,11 @@ pub async fn plan<Tz: TimeZone>(
     let mut snapshots = Vec::new();
     for (database, mut group) in groups {
         let candidates: Vec<Candidate> =
-            group.iter().map(|d| Candidate { time: d.time, tags: d.tags.clone() }).collect();
-        let verdicts = retention::plan(&candidates, &options.policy, &options.zone);
+            group.iter().map(|d| Candidate { time: d.time, tags: d.tags.clone(), flagged: d.flagged }).collect();
+        let mut verdicts = retention::plan(&candidates, &options.policy, &options.zone);
+        if !options.forget_flagged {
+            retention::keep_flagged(&candidates, &mut verdicts);
+        }
         for (decision, verdict) in group.iter_mut().zip(verdicts) {
             decision.reasons = verdict.reasons;
         }

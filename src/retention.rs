@@ -170,6 +170,8 @@ pub struct Candidate {
     pub time: DateTime<Utc>,
     /// Its tags.
     pub tags: Vec<String>,
+    /// Whether its backup raised the data-loss alarm.
+    pub flagged: bool,
 }
 
 /// Why a snapshot is kept: every rule that keeps it (empty: it is removed).
@@ -246,6 +248,27 @@ pub fn plan<Tz: TimeZone>(candidates: &[Candidate], policy: &Policy, zone: &Tz) 
     verdicts
 }
 
+/// What `forget` keeps whatever the policy says (unless told `--forget-flagged`): every
+/// snapshot whose backup raised the data-loss alarm (it may be the evidence of a mass
+/// deletion), and the newest unflagged one before each (the data as it was before).
+pub fn keep_flagged(candidates: &[Candidate], verdicts: &mut [Verdict]) {
+    for (index, flagged) in candidates.iter().enumerate().filter(|(_, c)| c.flagged) {
+        verdicts[index].reasons.push("flagged by the data-loss alarm".into());
+        let before = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.flagged && c.time < flagged.time)
+            .max_by_key(|(_, c)| c.time)
+            .map(|(i, _)| i);
+        if let Some(before) = before {
+            let reason = "the last unflagged before a flagged one".to_string();
+            if !verdicts[before].reasons.contains(&reason) {
+                verdicts[before].reasons.push(reason);
+            }
+        }
+    }
+}
+
 fn day_number(time: &DateTime<chrono::FixedOffset>) -> i64 {
     i64::from(time.year()) * 10_000 + i64::from(time.month()) * 100 + i64::from(time.day())
 }
@@ -264,7 +287,7 @@ mod tests {
     use chrono::FixedOffset;
 
     fn at(text: &str) -> Candidate {
-        Candidate { time: text.parse().expect("test time"), tags: vec![] }
+        Candidate { time: text.parse().expect("test time"), tags: vec![], flagged: false }
     }
 
     fn kept(candidates: &[Candidate], policy: &Policy) -> Vec<bool> {
@@ -274,7 +297,25 @@ mod tests {
     /// One snapshot a night at 01:00 UTC from `first` for `nights` nights.
     fn nightly(first: &str, nights: i64) -> Vec<Candidate> {
         let start: DateTime<Utc> = first.parse().expect("test time");
-        (0..nights).map(|n| Candidate { time: start + chrono::Duration::days(n), tags: vec![] }).collect()
+        (0..nights)
+            .map(|n| Candidate { time: start + chrono::Duration::days(n), tags: vec![], flagged: false })
+            .collect()
+    }
+
+    #[test]
+    fn flagged_snapshots_and_the_last_unflagged_before_each_are_kept_whatever_the_policy() {
+        let mut nights = nightly("2026-01-01T02:00:00Z", 10);
+        nights[4].flagged = true;
+        nights[5].flagged = true;
+        nights[8].flagged = true;
+        let policy = Policy { last: 1, ..Policy::default() };
+        let mut verdicts = plan(&nights, &policy, &Utc);
+        keep_flagged(&nights, &mut verdicts);
+        let kept: Vec<usize> = (0..10).filter(|&i| verdicts[i].keep()).collect();
+        assert_eq!(kept, [3, 4, 5, 7, 8, 9]);
+        assert_eq!(verdicts[4].reasons, ["flagged by the data-loss alarm"]);
+        assert_eq!(verdicts[3].reasons, ["the last unflagged before a flagged one"]);
+        assert_eq!(verdicts[9].reasons, ["last"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! credentials refused, disk full) is dropped from the run without stopping the others, and
 //! is left without a snapshot; the report says which targets hold the new snapshot.
 
+pub mod alarm;
 mod commit;
 mod compress;
 mod dedup;
@@ -81,6 +82,8 @@ pub struct BackupOptions {
     /// The time to record instead of the database's clock at the snapshot (old dumps
     /// imported, a history simulated); snapshots sort by it and retention buckets by it.
     pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The data-loss alarm's rules (None: `--no-alarm`).
+    pub alarm: Option<alarm::AlarmRules>,
 }
 
 /// What a backup did.
@@ -112,6 +115,8 @@ pub struct BackupReport {
     /// What the backup noticed about the repository and stored anyway (each also logged).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the data-loss alarm found (the snapshot is flagged when there is any).
+    pub alarms: Vec<crate::repo::TableAlarm>,
     /// One entry per target, in the order given.
     pub targets: Vec<TargetReport>,
     /// The snapshots the next backup need not look at again, the new one included: for the
@@ -219,6 +224,11 @@ pub async fn run(
         tracing::warn!("{warning}");
         warnings.push(warning);
     }
+    for pattern in options.alarm.iter().flat_map(|rules| rules.unmatched(&names)) {
+        let warning = format!("--alarm-table pattern {pattern:?} matches no table of {}", options.database);
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
     let tables: Vec<SourceTable> = all_tables.into_iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
     if tables.is_empty() && !options.allow_empty {
         return Err(Error::NoTables { database: options.database.to_string(), of: names.len() });
@@ -267,14 +277,20 @@ pub async fn run(
     };
     let tally = context.tally.clone();
 
-    // What the tables held at the last backup, or their size on disk for a table new since;
-    // the catalog's sizes alone when nobody watches (cron): no manifest is read for a bar.
-    let previous = if progress.is_shown() {
-        previous_sizes(&states, keyring, &options.database.name()).await
+    // The last backup of this database: what the alarm compares with, and what the tables
+    // held then (or their size on disk, for a table new since) for the bar. Not read when
+    // neither is wanted (cron with --no-alarm).
+    let previous = if progress.is_shown() || options.alarm.is_some() {
+        previous_snapshot(&states, keyring, &options.database.name(), chain.parent.as_ref()).await
     } else {
-        HashMap::new()
+        None
     };
-    let previous_size = |schema: &str, name: &str| previous.get(&(schema.to_string(), name.to_string())).copied();
+    let previous_sizes: HashMap<(String, String), u64> = previous
+        .iter()
+        .flat_map(|(_, manifest)| manifest.tables.iter().chain(manifest.large_objects.iter()))
+        .map(|table| ((table.schema.clone(), table.name.clone()), table.data.bytes))
+        .collect();
+    let previous_size = |schema: &str, name: &str| previous_sizes.get(&(schema.to_string(), name.to_string())).copied();
     let expected_bytes: u64 = tables
         .iter()
         .map(|t| previous_size(&t.schema, &t.name).unwrap_or_else(|| u64::try_from(t.size).unwrap_or(0)))
@@ -297,6 +313,7 @@ pub async fn run(
                 materialized_views,
                 large_objects: read.large_objects,
                 admin_only: None,
+                alarms: Vec::new(),
             };
             Ok((manifest, read.bytes_read))
         }
@@ -332,6 +349,17 @@ pub async fn run(
         }
         read => read?,
     };
+    if options.alarm.is_some() && previous.is_none() && chain.parent.is_some() {
+        let warning = format!(
+            "data-loss alarm: no earlier snapshot of database {} among the newest {SIZING_SNAPSHOTS} to compare with",
+            options.database.name()
+        );
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
+    if let (Some(rules), Some((since, before))) = (&options.alarm, &previous) {
+        manifest.alarms = alarm::compare(before, since, &manifest.tables, |s, n| filter.matches(s, n), rules);
+    }
     let sealed = SealedManifest::seal(&mut manifest, first);
 
     // The sets of chunks sent go before the commits, which build each target's index.
@@ -392,40 +420,47 @@ pub async fn run(
         parent: chain.parent,
         sequence: chain.sequence,
         warnings,
+        alarms: manifest.alarms.clone(),
         targets: reports,
         settled,
     })
 }
 
-/// Snapshots tried, newest first, for the last backup of the same database: sizing a progress
-/// bar is not worth reading every manifest of a repository shared by many databases.
+/// Snapshots tried, newest first, for the last backup of the same database: not worth reading
+/// every manifest of a repository shared by many databases (beyond them, the alarm has nothing
+/// to compare with, and says so).
 const SIZING_SNAPSHOTS: usize = 32;
 
-/// What each table held in the newest snapshot of `database` on the first healthy target, by
-/// `(schema, name)` (large objects as `pg_catalog.pg_largeobject`): about what this backup
-/// will read. Empty when there is none (a first backup: the catalog's sizes stand in).
-async fn previous_sizes(
+/// The newest snapshot of `database`, opened (its MAC proven): what the data-loss alarm
+/// compares with, and about what this backup will read. None for a first backup. The chain's
+/// `parent` (found already, from the headers new since the last backup) is read first; only
+/// when it is of another database (a shared repository) are the newest headers looked at.
+async fn previous_snapshot(
     states: &[TargetState<'_>],
     keyring: &Keyring,
     database: &str,
-) -> HashMap<(String, String), u64> {
-    let Some(state) = states.iter().find(|s| s.error.is_none()) else { return HashMap::new() };
-    let repository = state.repository;
-    let Ok(newest_first) = repository.snapshots_newest_first().await else { return HashMap::new() };
+    parent: Option<&crate::repo::SnapshotId>,
+) -> Option<(crate::repo::SnapshotId, Manifest)> {
+    let healthy = || states.iter().filter(|s| s.error.is_none()).map(|s| s.repository);
+    for repository in healthy() {
+        let Some(parent) = parent else { break };
+        match repository.read_snapshot(parent).await.and_then(|sealed| sealed.open(keyring)) {
+            Ok(manifest) if manifest.database == database => return Some((parent.clone(), manifest)),
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    let repository = healthy().next()?;
+    let newest_first = repository.snapshots_newest_first().await.ok()?;
     for (_, id) in newest_first.into_iter().take(SIZING_SNAPSHOTS) {
         let Ok(manifest) = repository.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring)) else {
             continue;
         };
         if manifest.database == database {
-            return manifest
-                .tables
-                .iter()
-                .chain(manifest.large_objects.iter())
-                .map(|table| ((table.schema.clone(), table.name.clone()), table.data.bytes))
-                .collect();
+            return Some((id, manifest));
         }
     }
-    HashMap::new()
+    None
 }
 
 /// An index file is written once the packs stored since the last one hold this many chunks,

@@ -165,6 +165,18 @@ enum Command {
         /// pg_dump binary to use for the schema (default: the newest suitable one found).
         #[arg(long, env = "CRMVAULT_PG_DUMP", hide_env_values = true)]
         pg_dump: Option<PathBuf>,
+        /// The data-loss alarm: a table that lost more than this share of its rows since the
+        /// previous snapshot of the database (or vanished, or was emptied) flags the snapshot,
+        /// which is stored all the same, and the backup exits 4 [default: 10].
+        #[arg(long, value_name = "PERCENT")]
+        alarm_threshold: Option<f64>,
+        /// Another threshold for tables matching a `schema.table` glob, like `crm.sessions=100`
+        /// (100: never); the first pattern that matches decides (repeatable).
+        #[arg(long = "alarm-table", value_name = "PATTERN=PERCENT")]
+        alarm_tables: Vec<String>,
+        /// No data-loss alarm: tables are not compared with the previous snapshot.
+        #[arg(long, conflicts_with_all = ["alarm_threshold", "alarm_tables"])]
+        no_alarm: bool,
         /// New chunks per index file and per generation of the sent set (for tuning and tests).
         #[arg(long, hide = true, default_value_t = backup::INDEX_CHUNKS)]
         index_chunks: usize,
@@ -274,6 +286,10 @@ enum Command {
         /// what that would free).
         #[arg(long)]
         prune: bool,
+        /// Let the policy remove snapshots the data-loss alarm flagged, and the last unflagged
+        /// one before each, which are kept otherwise. An admin's decision: needs --identity.
+        #[arg(long)]
+        forget_flagged: bool,
         #[command(flatten)]
         filter: FilterArgs,
         #[command(flatten)]
@@ -711,6 +727,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             host,
             time,
             pg_dump,
+            alarm_threshold,
+            alarm_tables,
+            no_alarm,
             index_chunks,
             index_in_memory,
         } => {
@@ -740,6 +759,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 settled: trusted.settled(),
                 missed: trusted.missed(),
                 time,
+                alarm: settings.alarm(no_alarm, alarm_threshold, alarm_tables)?,
             };
             if let Some(time) = time.filter(|time| *time > chrono::Utc::now() + chrono::Duration::minutes(5)) {
                 eprintln!(
@@ -756,6 +776,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             output::backup(json, &report, started.elapsed());
             if report.failed_targets() > 0 {
                 return Ok(ExitCode::from(3));
+            }
+            if !report.alarms.is_empty() {
+                return Ok(ExitCode::from(4));
             }
         }
         Command::Snapshots { repo, identity, filter } => {
@@ -879,9 +902,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
-        Command::Forget { repo, identity, keep, dry_run, prune: and_prune, filter } => {
+        Command::Forget { repo, identity, keep, dry_run, prune: and_prune, forget_flagged, filter } => {
             let policy = settings.policy(keep.policy())?;
             let identity = settings.identity(identity)?;
+            if forget_flagged && identity.is_none() {
+                anyhow::bail!(
+                    "--forget-flagged needs --identity: removing what the data-loss alarm kept as evidence is an \
+                     admin's decision, not the backup host's"
+                );
+            }
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let config_dir = config_dir()?;
             let role = if identity.is_some() { trust::Role::Admin } else { trust::Role::Writer };
@@ -900,6 +929,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 zone: chrono::Local,
                 now: chrono::Utc::now(),
                 prune: and_prune,
+                forget_flagged,
             };
             let progress = output::Bar::start(json || quiet);
             let result = crmvault::forget::run(&targets, &keyring, &options, &locks, progress.as_ref()).await;

@@ -159,6 +159,16 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
             Some(error) => eprintln!("  FAILED  {}: {error} (no snapshot written there)", target.location),
         }
     }
+    for alarm in &report.alarms {
+        eprintln!("  ALARM   {alarm}");
+    }
+    if !report.alarms.is_empty() {
+        eprintln!(
+            "data-loss alarm: snapshot {} is stored and flagged (forget keeps it); check the tables above \
+             before the next backup",
+            report.snapshot_id.short()
+        );
+    }
 }
 
 pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[String]) {
@@ -208,6 +218,9 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
         );
         if let Some(error) = &snapshot.error {
             say!("  unreadable: {error}");
+        }
+        for alarm in snapshot.contents.iter().flat_map(|c| &c.alarms) {
+            say!("  FLAGGED by the data-loss alarm: {alarm}");
         }
         let missing: Vec<&str> =
             locations.iter().filter(|l| !snapshot.targets.contains(l)).map(String::as_str).collect();

@@ -64,6 +64,12 @@ pub struct Profile {
     pub pg_dump: Option<PathBuf>,
     /// `backup --allow-empty`.
     pub allow_empty: Option<bool>,
+    /// `backup --alarm-threshold`.
+    pub alarm_threshold: Option<f64>,
+    /// `backup --alarm-table` (every one).
+    pub alarm_table: Option<Vec<String>>,
+    /// `backup --no-alarm`.
+    pub no_alarm: Option<bool>,
     /// `--allow-http`.
     pub allow_http: Option<bool>,
     /// `--identity` of `restore`, `verify`, `snapshots`, `prune` (on an admin's machine).
@@ -310,6 +316,24 @@ impl Settings {
     pub fn exclude_tables(&self, given: Vec<String>) -> Result<Vec<String>> {
         let profile = self.profile()?;
         Ok(if given.is_empty() { profile.exclude_table.clone().unwrap_or_default() } else { given })
+    }
+
+    /// The data-loss alarm's rules from `--no-alarm`, `--alarm-threshold` and `--alarm-table`
+    /// (all of them), else the profile's `no_alarm`, `alarm_threshold` and `alarm_table`
+    /// keys; None when it is off.
+    pub fn alarm(
+        &self,
+        off: bool,
+        threshold: Option<f64>,
+        tables: Vec<String>,
+    ) -> Result<Option<crmvault::backup::alarm::AlarmRules>> {
+        let profile = self.profile()?;
+        if off || (threshold.is_none() && tables.is_empty() && profile.no_alarm == Some(true)) {
+            return Ok(None);
+        }
+        let threshold = threshold.or(profile.alarm_threshold).unwrap_or(crmvault::backup::alarm::DEFAULT_PERCENT);
+        let tables = if tables.is_empty() { profile.alarm_table.clone().unwrap_or_default() } else { tables };
+        Ok(Some(crmvault::backup::alarm::AlarmRules::new(threshold, &tables)?))
     }
 
     /// `--pg-dump` (or `CRMVAULT_PG_DUMP`), else the profile's `pg_dump`.

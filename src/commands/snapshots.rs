@@ -47,6 +47,11 @@ pub struct SnapshotContents {
     pub tables: Vec<(String, u64)>,
     /// Total rows.
     pub rows: u64,
+    /// Whether its backup raised the data-loss alarm (`alarms` says about which tables).
+    pub flagged: bool,
+    /// What the data-loss alarm found when it was taken.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<crate::repo::TableAlarm>,
 }
 
 impl SnapshotContents {
@@ -57,6 +62,8 @@ impl SnapshotContents {
             tags: manifest.tags.clone(),
             rows: manifest.tables.iter().map(|t| t.rows).sum(),
             tables: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
+            flagged: !manifest.alarms.is_empty(),
+            alarms: manifest.alarms.clone(),
         }
     }
 }

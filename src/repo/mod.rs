@@ -532,6 +532,7 @@ mod tests {
             materialized_views: vec![],
             large_objects: None,
             admin_only: None,
+            alarms: vec![],
         }
     }
 

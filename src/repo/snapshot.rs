@@ -167,6 +167,54 @@ pub struct Manifest {
     /// an age ciphertext, to the admins only, of [`AdminOnly`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_only: Option<String>,
+    /// What the data-loss alarm found against the previous snapshot of the database (tables
+    /// that vanished, were emptied or lost more rows than allowed): a snapshot with any is
+    /// *flagged*, and `forget` keeps it. Absent in older snapshots and quiet nights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<TableAlarm>,
+}
+
+/// One table the data-loss alarm found losing rows since the previous snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableAlarm {
+    /// `schema.table`.
+    pub table: String,
+    /// What happened to it.
+    pub kind: AlarmKind,
+    /// Rows in the previous snapshot.
+    pub rows_before: u64,
+    /// Rows now (0 for a table that vanished).
+    pub rows_after: u64,
+    /// The previous snapshot.
+    pub since: SnapshotId,
+}
+
+/// What the data-loss alarm saw happen to a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// It is gone from the database.
+    Vanished,
+    /// It holds no row, where it held some.
+    Emptied,
+    /// It lost more of its rows than the threshold allows.
+    Shrank,
+}
+
+impl std::fmt::Display for TableAlarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (table, before, after) = (&self.table, self.rows_before, self.rows_after);
+        match self.kind {
+            AlarmKind::Vanished => write!(f, "{table} vanished (it held {before} rows)"),
+            AlarmKind::Emptied => write!(f, "{table} was emptied (it held {before} rows)"),
+            AlarmKind::Shrank => {
+                #[allow(clippy::cast_precision_loss, reason = "a percentage to one decimal")]
+                let lost = (before - after) as f64 * 100.0 / before as f64;
+                write!(f, "{table} lost {lost:.1}% of its rows ({before} -> {after})")
+            }
+        }?;
+        write!(f, " since snapshot {}", self.since.short())
+    }
 }
 
 /// The part of a manifest encrypted to the admins only: every stream's digest, in the order of

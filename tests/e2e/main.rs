@@ -7,6 +7,7 @@
 mod common;
 
 mod admin;
+mod alarm;
 mod backup_restore;
 mod bad_input;
 mod config;

@@ -102,6 +102,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         settled: std::collections::BTreeSet::new(),
         missed: std::collections::BTreeMap::new(),
         time: None,
+        alarm: Some(crmvault::backup::alarm::AlarmRules::default()),
     };
     let mut expected_tables: Vec<String> = ready
         .source

@@ -1,0 +1,169 @@
+//! The data-loss alarm (issue 22): a backup that finds a table vanished, emptied or shrunk by
+//! more than its threshold since the previous snapshot stores the snapshot flagged and exits
+//! 4; `snapshots` shows the flag; `forget` keeps flagged snapshots and the last one before.
+
+use crate::common::*;
+
+const TABLES: &str = "CREATE TABLE public.accounts (id int PRIMARY KEY, name text); \
+    INSERT INTO public.accounts SELECT i, 'account ' || i FROM generate_series(1, 100) i; \
+    CREATE TABLE public.imports (id int PRIMARY KEY); \
+    INSERT INTO public.imports SELECT generate_series(1, 50); \
+    CREATE TABLE public.sessions (id int PRIMARY KEY); \
+    INSERT INTO public.sessions SELECT generate_series(1, 40); \
+    CREATE TABLE public.deals (id int PRIMARY KEY); \
+    INSERT INTO public.deals SELECT generate_series(1, 30);";
+
+fn backup(work: &Workspace, source: &TestDb, repo: &str, extra: &[&str]) -> Run {
+    let url = source.url();
+    let mut args = vec!["backup", "--json", "--db", &url, "--repo", repo];
+    args.extend_from_slice(extra);
+    work.run(&args)
+}
+
+/// (table, kind, rows before, rows after) of each alarm in a JSON list.
+fn alarms(list: &serde_json::Value) -> Vec<(String, String, u64, u64)> {
+    list.as_array()
+        .map(|alarms| {
+            alarms
+                .iter()
+                .map(|a| {
+                    let text = |key: &str| a[key].as_str().unwrap().to_string();
+                    (text("table"), text("kind"), a["rows_before"].as_u64().unwrap(), a["rows_after"].as_u64().unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_mass_deletion_flags_the_snapshot_exits_4_and_forget_keeps_the_evidence() {
+    let source = TestDb::create("alarm");
+    source.sql(TABLES);
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let first = backup(&work, &source, &repo, &[]).ok().json();
+    assert_eq!(first["alarms"], serde_json::json!([]), "{first}");
+    let first = first["snapshot_id"].as_str().unwrap().to_string();
+    source.sql("INSERT INTO public.deals VALUES (0)");
+    let before = backup(&work, &source, &repo, &[]).ok().json()["snapshot_id"].as_str().unwrap().to_string();
+
+    // A fifth of one table deleted, one dropped, one truncated; another grows.
+    source.sql(
+        "DELETE FROM public.accounts WHERE id % 5 = 0; DROP TABLE public.imports; TRUNCATE public.sessions; \
+         INSERT INTO public.deals SELECT generate_series(31, 60);",
+    );
+    let night = backup(&work, &source, &repo, &[]);
+    assert_eq!(night.code, 4, "{}\n{}", night.stdout, night.stderr);
+    let report = night.json();
+    let flagged = report["snapshot_id"].as_str().unwrap().to_string();
+    let found = alarms(&report["alarms"]);
+    let expected = [
+        ("public.accounts", "shrank", 100, 80),
+        ("public.imports", "vanished", 50, 0),
+        ("public.sessions", "emptied", 40, 0),
+    ];
+    let expected: Vec<(String, String, u64, u64)> =
+        expected.iter().map(|(t, k, b, a)| ((*t).to_string(), (*k).to_string(), *b, *a)).collect();
+    assert_eq!(found, expected, "{report}");
+    assert!(report["alarms"].as_array().unwrap().iter().all(|a| a["since"] == before.as_str()), "{report}");
+    // Stored all the same, every target: the snapshot is the evidence.
+    assert_eq!(report["targets"][0]["ok"], true, "{report}");
+    // In words, too (a cron mail).
+    let unchecked = backup(&work, &source, &repo, &["--no-alarm"]).ok().json();
+    let unchecked = unchecked["snapshot_id"].as_str().unwrap().to_string();
+    source.sql("DELETE FROM public.accounts WHERE id % 2 = 0");
+    let worded = work.run(&["backup", "--db", &source.url(), "--repo", &repo]);
+    assert_eq!(worded.code, 4, "{}", worded.stderr);
+    assert!(
+        worded.stderr.contains("ALARM   public.accounts lost 50.0% of its rows (80 -> 40) since snapshot"),
+        "{}",
+        worded.stderr
+    );
+    assert!(worded.stderr.contains("data-loss alarm:"), "{}", worded.stderr);
+    let worded = worded.stdout.trim().to_string();
+
+    // `snapshots` (the writer key here) lists the flags.
+    let listing = work.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
+    let flags: Vec<(String, bool)> = listing["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s["contents"]["flagged"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(flags.len(), 5, "{listing}");
+    let flagged_ids: Vec<&str> = flags.iter().filter(|(_, f)| *f).map(|(id, _)| id.as_str()).collect();
+    assert_eq!(flagged_ids, [flagged.as_str(), worded.as_str()], "{listing}");
+    let text = work.run(&["snapshots", "--repo", &repo]).ok();
+    assert!(
+        text.stdout.contains("FLAGGED by the data-loss alarm: public.imports vanished (it held 50 rows)"),
+        "{}",
+        text.stdout
+    );
+
+    // A quiet night after: nothing lost since the last snapshot.
+    let quiet = backup(&work, &source, &repo, &[]).ok().json();
+    assert_eq!(quiet["alarms"], serde_json::json!([]), "{quiet}");
+    let newest = quiet["snapshot_id"].as_str().unwrap().to_string();
+
+    // forget --keep-last 1 keeps the flagged ones and the last unflagged before each.
+    let dry = work.run(&["forget", "--json", "--dry-run", "--repo", &repo, "--keep-last", "1"]).ok().json();
+    let decisions = dry["targets"][0]["snapshots"].as_array().unwrap().clone();
+    let kept: std::collections::BTreeSet<String> = decisions
+        .iter()
+        .filter(|d| !d["reasons"].as_array().unwrap().is_empty())
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        [&before, &flagged, &unchecked, &worded, &newest].iter().map(|s| (*s).clone()).collect();
+    assert_eq!(kept, expected, "{dry}");
+    let reasons = |id: &str| -> Vec<String> {
+        let decision = decisions.iter().find(|d| d["id"] == id).expect("listed");
+        decision["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(reasons(&flagged), ["flagged by the data-loss alarm"]);
+    assert_eq!(reasons(&before), ["the last unflagged before a flagged one"]);
+    work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    let left = work.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
+    let ids: Vec<&str> = left["snapshots"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(ids.len() == 5 && !ids.contains(&first.as_str()), "{left}");
+
+    // Letting them go is an admin's decision, said explicitly.
+    work.run(&["forget", "--repo", &repo, "--keep-last", "1", "--forget-flagged"])
+        .fails_with(1, "--forget-flagged needs --identity");
+    work.run(&["forget", "--repo", &repo, "--keep-last", "1", "--forget-flagged", "--identity", &work.admin_key()])
+        .ok();
+    let left = work.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
+    let ids: Vec<&str> = left["snapshots"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [newest.as_str()], "{left}");
+}
+
+#[test]
+fn thresholds_are_set_per_table_and_the_alarm_can_be_turned_off() {
+    let source = TestDb::create("alarm_thresholds");
+    source.sql(TABLES);
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    backup(&work, &source, &repo, &[]).ok();
+
+    // A fifth of accounts and all sessions: allowed for these two, by pattern.
+    source.sql("DELETE FROM public.accounts WHERE id % 5 = 0; DELETE FROM public.sessions");
+    let allowed = backup(&work, &source, &repo, &["--alarm-table", "accounts=25", "--alarm-table", "public.sess*=100"]);
+    assert_eq!(allowed.code, 0, "{}\n{}", allowed.stdout, allowed.stderr);
+    // A tenth of deals against a threshold of 5%.
+    source.sql("DELETE FROM public.deals WHERE id % 10 = 0");
+    let strict = backup(&work, &source, &repo, &["--alarm-threshold", "5"]);
+    assert_eq!(strict.code, 4, "{}", strict.stderr);
+    assert_eq!(alarms(&strict.json()["alarms"]), [("public.deals".to_string(), "shrank".to_string(), 30, 27)]);
+    // Off: nothing compared, nothing flagged.
+    source.sql("DROP TABLE public.deals");
+    let off = backup(&work, &source, &repo, &["--no-alarm"]).ok().json();
+    assert_eq!(off["alarms"], serde_json::json!([]), "{off}");
+    // Tables the patterns leave out are not read, so they do not vanish.
+    let narrowed = backup(&work, &source, &repo, &["--table", "public.accounts"]).ok().json();
+    assert_eq!(narrowed["alarms"], serde_json::json!([]), "{narrowed}");
+    // A pattern that names no table is said; a bad one is refused in one line.
+    let typo = backup(&work, &source, &repo, &["--alarm-table", "acounts=50"]).ok();
+    assert!(typo.stderr.contains("--alarm-table pattern \"acounts\" matches no table"), "{}", typo.stderr);
+    backup(&work, &source, &repo, &["--alarm-table", "accounts"]).fails_with(1, "expected PATTERN=PERCENT");
+    backup(&work, &source, &repo, &["--alarm-threshold", "150"]).fails_with(1, "not a percentage from 0 to 100");
+}
