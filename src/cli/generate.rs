@@ -34,7 +34,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
 
 /// The environment variables crmvault reads, for the ENVIRONMENT section of `crmvault.1`
 /// (docs/OPERATIONS.md, *Environment variables*, is the fuller table).
-const ENVIRONMENT: [(&str, &str); 20] = [
+const ENVIRONMENT: [(&str, &str); 21] = [
     ("CRMVAULT_CONFIG_DIR", "The config folder: writer keys, pins, crmvault.toml (default ~/.config/crmvault)."),
     ("CRMVAULT_CONFIG", "The config file, as --config."),
     ("CRMVAULT_PROFILE", "The profile, as --profile."),
@@ -47,6 +47,7 @@ const ENVIRONMENT: [(&str, &str); 20] = [
         "--identity of restore, rekey, verify, snapshots (an admin's machine; never set it on the backup host).",
     ),
     ("CRMVAULT_PG_DUMP", "backup --pg-dump."),
+    ("CRMVAULT_METRICS_FILE", "--metrics-file (one file per unit: each run replaces it)."),
     (
         "CRMVAULT_DB_REMOTE_HOSTS",
         "Comma-separated hosts on this machine that lead elsewhere (tunnels), so that they get sslmode=require.",

@@ -13,6 +13,7 @@ macro_rules! say {
 mod connection;
 mod generate;
 mod lock;
+mod metrics;
 mod output;
 mod profile;
 mod secrets;
@@ -56,6 +57,11 @@ struct Cli {
     /// repository that does not match it, and remember it on this machine.
     #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_FINGERPRINT", hide_env_values = true, value_name = "FP", value_parser = parse_fingerprint)]
     fingerprint: Option<crmvault::trust::Fingerprint>,
+    /// Write what the run did to FILE as a Prometheus textfile (node_exporter's textfile
+    /// collector), replaced atomically: last run and last success time, duration, exit code;
+    /// backup, verify, forget and prune add bytes, rows, targets and alarms.
+    #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_METRICS_FILE", value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
     /// Config file [default: $CRMVAULT_CONFIG_DIR/crmvault.toml if it exists, else
     /// /etc/crmvault/crmvault.toml].
     #[arg(
@@ -528,8 +534,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(until_interrupted(run(cli))) {
-        Ok(code) => code,
+    let metrics_file = cli.metrics_file.clone();
+    let metrics = metrics::Metrics::default();
+    let (exit, code) = match runtime.block_on(until_interrupted(run(cli, &metrics))) {
+        Ok(code) => (ExitCode::from(code), code),
         Err(error) => {
             let (message, hint, code) = (one_line(&error), hint(&error), profile::exit_code(&error));
             match hint {
@@ -539,14 +547,23 @@ pub fn main() -> ExitCode {
             if json {
                 output::failure(command.as_deref(), &message, hint, code, started.elapsed());
             }
-            ExitCode::from(code)
+            (ExitCode::from(code), code)
+        }
+    };
+    if let Some(path) = metrics_file {
+        let seconds = started.elapsed().as_secs_f64();
+        let name = command.as_deref().unwrap_or("crmvault");
+        if let Err(error) = metrics.write(&path, name, code, seconds, chrono::Utc::now()) {
+            eprintln!("crmvault: error: {}", one_line(&error));
+            return ExitCode::from(1);
         }
     }
+    exit
 }
 
 /// Runs the command until it ends or the process is told to stop (Ctrl-C, SIGTERM): then the
 /// command is dropped, which removes the locks it holds (crmvault::lock::RepositoryLock).
-async fn until_interrupted(command: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+async fn until_interrupted<T>(command: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -670,7 +687,7 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".into(), |h| h.trim().to_string())
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
     let json = cli.json;
     let quiet = cli.quiet;
     let lock_wait = cli.lock_wait;
@@ -773,12 +790,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             lock::release(locks).await;
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
             trusted.backed_up(&report)?;
+            metrics.backup(&report);
             output::backup(json, &report, started.elapsed());
             if report.failed_targets() > 0 {
-                return Ok(ExitCode::from(3));
+                return Ok(3);
             }
             if !report.alarms.is_empty() {
-                return Ok(ExitCode::from(4));
+                return Ok(4);
             }
         }
         Command::Snapshots { repo, identity, filter } => {
@@ -897,9 +915,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 total.merge(report);
             }
             lock::release(locks).await;
+            metrics.verify(&total);
             output::verify(json, &total);
             if !total.problems.is_empty() {
-                return Ok(ExitCode::from(3));
+                return Ok(3);
             }
         }
         Command::Forget { repo, identity, keep, dry_run, prune: and_prune, forget_flagged, filter } => {
@@ -936,11 +955,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             progress.finish();
             lock::release(locks).await;
             let report = result?;
+            metrics.forget(&report.plans);
+            metrics.prune(&report.pruned);
             output::forget(json, &report, &options.policy.to_string(), dry_run);
             // A delete refused by the storage (Object Lock) is said, not fatal: the snapshot goes
             // on a later night.
             if !report.failed.is_empty() {
-                return Ok(ExitCode::from(3));
+                return Ok(3);
             }
         }
         Command::Fingerprint { repo } => {
@@ -986,7 +1007,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     "crmvault: re-encryption incomplete: some objects are still readable by keys that are no longer \
                      recipients (listed above)"
                 );
-                return Ok(ExitCode::from(3));
+                return Ok(3);
             }
         }
         Command::Prune { repo, identity, max_unused, dry_run } => {
@@ -1008,11 +1029,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     json || quiet,
                 )
                 .await?;
+                metrics.prune(&outcome.reports);
                 output::prune(json, &[], &outcome.reports, &outcome.failed);
                 if !outcome.failed.is_empty() {
-                    return Ok(ExitCode::from(3));
+                    return Ok(3);
                 }
-                return Ok(ExitCode::SUCCESS);
+                return Ok(0);
             };
             let max_unused: crmvault::repack::MaxUnused = match max_unused.or(settings.profile()?.max_unused.clone()) {
                 Some(text) => text.parse()?,
@@ -1029,6 +1051,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await?;
             // A replaced snapshot the storage would not delete is a warning, as any refused
             // delete: its copy serves, and the next prune tries again.
+            metrics.prune(&reports);
             output::prune(json, &repacked, &reports, &[]);
         }
         Command::Copy { from, to, snapshots } => {
@@ -1064,7 +1087,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// `prune --identity`: every copy opened, checked as an admin's, locked (exclusive, or shared

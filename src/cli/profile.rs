@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
 use crmvault::commands::verify;
@@ -706,14 +705,14 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
 }
 
 /// `crmvault config check` and `config show`.
-pub fn run(action: &ConfigAction, settings: &Settings, json: bool) -> Result<ExitCode> {
+pub fn run(action: &ConfigAction, settings: &Settings, json: bool) -> Result<u8> {
     match action {
         ConfigAction::Check => Ok(check(settings, json)),
         ConfigAction::Show => show(settings, json),
     }
 }
 
-fn check(settings: &Settings, json: bool) -> ExitCode {
+fn check(settings: &Settings, json: bool) -> u8 {
     let mistakes: &[String] = settings.state.as_ref().err().map_or(&[], Vec::as_slice);
     let files: Vec<String> = match &settings.state {
         Ok(loaded) => loaded.files.iter().map(|f| f.display().to_string()).collect(),
@@ -740,7 +739,7 @@ fn check(settings: &Settings, json: bool) -> ExitCode {
         let plural = if mistakes.len() == 1 { "" } else { "s" };
         println!("{} mistake{plural}", mistakes.len());
     }
-    if mistakes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    u8::from(!mistakes.is_empty())
 }
 
 /// The environment variables that stand for a profile key, as clap reads them.
@@ -787,7 +786,7 @@ fn password_source(profile: &Profile) -> String {
     "the URL, else libpq's password file (PGPASSFILE or ~/.pgpass), if any".into()
 }
 
-fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
+fn show(settings: &Settings, json: bool) -> Result<u8> {
     let loaded = settings.loaded()?;
     let sections: BTreeMap<&String, RepositorySection> =
         loaded.sections.iter().map(|(name, section)| (name, section.masked())).collect();
@@ -810,7 +809,7 @@ fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
             "database_password_from": password,
             "repository": sections,
         }));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let mut text = String::new();
     let _ = writeln!(text, "# files: {}", if files.is_empty() { "none".into() } else { files.join(", ") });
@@ -822,7 +821,7 @@ fn show(settings: &Settings, json: bool) -> Result<ExitCode> {
     text.push_str(&toml::to_string(&profile)?);
     text.push_str(&repository_sections(&sections)?);
     print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// `config show` without `--profile`: which profiles there are to name, and the repository
@@ -832,7 +831,7 @@ fn show_without_profile(
     files: &[String],
     sections: &BTreeMap<&String, RepositorySection>,
     json: bool,
-) -> Result<ExitCode> {
+) -> Result<u8> {
     if json {
         super::output::print_json(&serde_json::json!({
             "files": files,
@@ -840,7 +839,7 @@ fn show_without_profile(
             "profiles": loaded.profile_names,
             "repository": sections,
         }));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let profiles = if loaded.profile_names.is_empty() { "none".into() } else { loaded.profile_names.join(", ") };
     let mut text = String::new();
@@ -851,7 +850,7 @@ fn show_without_profile(
     }
     text.push_str(&repository_sections(sections)?);
     print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// A table name as TOML writes it: bare when it can be, else quoted.

@@ -201,6 +201,17 @@ pub enum AlarmKind {
     Shrank,
 }
 
+impl AlarmKind {
+    /// The word for it, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmKind::Vanished => "vanished",
+            AlarmKind::Emptied => "emptied",
+            AlarmKind::Shrank => "shrank",
+        }
+    }
+}
+
 impl std::fmt::Display for TableAlarm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (table, before, after) = (&self.table, self.rows_before, self.rows_after);

@@ -16,6 +16,7 @@ mod faults;
 mod forget;
 mod listings;
 mod locks;
+mod metrics;
 mod packaging;
 mod progress;
 mod prune;
