@@ -469,7 +469,7 @@ fn a_restore_with_its_index_on_disk_reads_a_missing_pack_from_the_other_target()
     backup();
     // A second night: the snapshot's chunks lie in both nights' packs and index files.
     source.sql(
-        "UPDATE public.filler SET body = upper(body) WHERE id % 500 = 0; DELETE FROM crm.activities WHERE id % 7 = 0",
+        "UPDATE public.filler SET body = upper(body) WHERE id % 500 = 0; DELETE FROM crm.activities WHERE id % 20 = 0",
     );
     backup();
     let largest = |dir: &str| {

@@ -47,7 +47,7 @@ impl Setup {
     }
 
     fn backup(&self) -> serde_json::Value {
-        let mut args = vec!["backup", "--json", "--db", self.source.url_str()];
+        let mut args = vec!["backup", "--json", "--no-alarm", "--db", self.source.url_str()];
         args.extend(self.repo_args());
         self.work.run(&args).ok().json()
     }
