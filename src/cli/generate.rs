@@ -34,7 +34,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
 
 /// The environment variables crmvault reads, for the ENVIRONMENT section of `crmvault.1`
 /// (docs/OPERATIONS.md, *Environment variables*, is the fuller table).
-const ENVIRONMENT: [(&str, &str); 21] = [
+const ENVIRONMENT: [(&str, &str); 22] = [
     ("CRMVAULT_CONFIG_DIR", "The config folder: writer keys, pins, crmvault.toml (default ~/.config/crmvault)."),
     ("CRMVAULT_CONFIG", "The config file, as --config."),
     ("CRMVAULT_PROFILE", "The profile, as --profile."),
@@ -53,6 +53,7 @@ const ENVIRONMENT: [(&str, &str); 21] = [
         "Comma-separated hosts on this machine that lead elsewhere (tunnels), so that they get sslmode=require.",
     ),
     ("CRMVAULT_LOG", "Log filter, as RUST_LOG (crmvault=debug); overrides -v."),
+    ("CRMVAULT_LOG_FORMAT", "--log-format: text, or json (one JSON object per log line)."),
     ("PGPASSWORD", "The database password when the URL has none; comes before password_file and credentials."),
     ("PGPASSFILE", "libpq's password file (default ~/.pgpass); ignored when others can read it."),
     ("PGSSLMODE", "sslmode when the URL has none, as libpq."),

@@ -57,6 +57,10 @@ struct Cli {
     /// repository that does not match it, and remember it on this machine.
     #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_FINGERPRINT", hide_env_values = true, value_name = "FP", value_parser = parse_fingerprint)]
     fingerprint: Option<crmvault::trust::Fingerprint>,
+    /// Log lines on stderr as text, or as one JSON object each (time, level, message, fields)
+    /// for a log collector; errors too.
+    #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Write what the run did to FILE as a Prometheus textfile (node_exporter's textfile
     /// collector), replaced atomically: last run and last success time, duration, exit code;
     /// backup, verify, forget and prune add bytes, rows, targets and alarms.
@@ -526,7 +530,11 @@ pub fn main() -> ExitCode {
             error.exit();
         }
     };
-    init_logging(cli.verbose);
+    let json_logs = cli.log_format == LogFormat::Json;
+    if json_logs {
+        output::log_as_json();
+    }
+    init_logging(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -541,6 +549,7 @@ pub fn main() -> ExitCode {
         Err(error) => {
             let (message, hint, code) = (one_line(&error), hint(&error), profile::exit_code(&error));
             match hint {
+                _ if json_logs => tracing::error!(exit_code = code, hint, "{message}"),
                 Some(hint) => eprintln!("crmvault: error: {message}; {hint}"),
                 None => eprintln!("crmvault: error: {message}"),
             }
@@ -644,7 +653,16 @@ fn one_line(error: &anyhow::Error) -> String {
 
 /// Log lines on stderr: coloured on a terminal, plain text where stderr goes to a file,
 /// journald or cron's mail, and under `NO_COLOR` (<https://no-color.org>).
-fn init_logging(verbose: u8) {
+/// How log lines look on stderr (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text each.
+    Text,
+    /// One JSON object each.
+    Json,
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -654,12 +672,11 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("crmvault={default},warn")));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(output::LogWriter)
-        .with_target(false)
-        .with_ansi(colour)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(output::LogWriter).with_target(false);
+    match format {
+        LogFormat::Text => logs.with_ansi(colour).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 /// `CRMVAULT_CONFIG_DIR`, default `~/.config/crmvault`.
@@ -779,10 +796,10 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 alarm: settings.alarm(no_alarm, alarm_threshold, alarm_tables)?,
             };
             if let Some(time) = time.filter(|time| *time > chrono::Utc::now() + chrono::Duration::minutes(5)) {
-                eprintln!(
-                    "crmvault: warning: --time {time} is in the future: snapshots sort by time, so this one is \
+                output::warning(format_args!(
+                    "--time {time} is in the future: snapshots sort by time, so this one is \
                      `latest` until then"
-                );
+                ));
             }
             let progress = output::Bar::start(json || quiet);
             let result = backup::run(&targets, &keyring, &options, &locks, progress.clone()).await;
@@ -834,7 +851,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
             let parallel = settings.parallel(parallel)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             for left_out in targets.left_out() {
-                eprintln!("crmvault: warning: {} left out: {}", left_out.location, left_out.reason);
+                output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
             }
             let mut trusted =
                 trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)

@@ -12,6 +12,23 @@ use crmvault::prune;
 use crmvault::rekey;
 use crmvault::restore;
 
+/// Set by `--log-format json`: warnings are log lines then, as JSON.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes warnings JSON log lines (`--log-format json`).
+pub fn log_as_json() {
+    JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A warning the command goes on after: `crmvault: warning: …` on stderr, or a JSON log line.
+pub fn warning(text: std::fmt::Arguments<'_>) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("{text}");
+    } else {
+        eprintln!("crmvault: warning: {text}");
+    }
+}
+
 /// Set once stdout is closed by its reader: nothing more is written there.
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -30,7 +47,7 @@ pub fn say(line: std::fmt::Arguments<'_>) {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => STDOUT_CLOSED.store(true, Ordering::Relaxed),
         Err(error) => {
             STDOUT_CLOSED.store(true, Ordering::Relaxed);
-            eprintln!("crmvault: warning: cannot write to stdout: {error}");
+            warning(format_args!("cannot write to stdout: {error}"));
         }
     }
 }
@@ -541,10 +558,10 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
     let (plans, pruned, failed) = (&report.plans, &report.pruned, &report.failed);
     for plan in plans {
         for (id, error) in &plan.refused {
-            eprintln!(
-                "crmvault: warning: {}: snapshot {id} not removed: the storage refused the delete ({error})",
+            warning(format_args!(
+                "{}: snapshot {id} not removed: the storage refused the delete ({error})",
                 plan.location
-            );
+            ));
         }
     }
     prune_refusals(pruned);
@@ -606,24 +623,24 @@ pub fn prune(
     prune_refusals(reports);
     for report in repacked {
         for (key, error) in &report.not_deleted {
-            eprintln!(
-                "crmvault: warning: {}: {key} (replaced) was not deleted, left for a later prune: {error}",
+            warning(format_args!(
+                "{}: {key} (replaced) was not deleted, left for a later prune: {error}",
                 report.location
-            );
+            ));
         }
         for (id, error) in &report.left {
-            eprintln!(
-                "crmvault: warning: {}: snapshot {id} left as it is (this identity cannot open it): {error}",
+            warning(format_args!(
+                "{}: snapshot {id} left as it is (this identity cannot open it): {error}",
                 report.location
-            );
+            ));
         }
     }
     for (location, error) in failed {
         // Most errors name their target already: say it once.
         if error.contains(location.as_str()) {
-            eprintln!("crmvault: warning: not pruned: {error}");
+            warning(format_args!("not pruned: {error}"));
         } else {
-            eprintln!("crmvault: warning: not pruned: {location}: {error}");
+            warning(format_args!("not pruned: {location}: {error}"));
         }
     }
     if json {
@@ -679,13 +696,13 @@ fn repack_text(repacked: &[crmvault::repack::Repacked]) {
 /// One warning per target whose storage refused some of prune's deletes.
 fn prune_refusals(reports: &[prune::PruneReport]) {
     for report in reports.iter().filter(|report| report.refused.objects > 0) {
-        eprintln!(
-            "crmvault: warning: {}: the storage refused to delete {} ({}), left for a later prune: {}",
+        warning(format_args!(
+            "{}: the storage refused to delete {} ({}), left for a later prune: {}",
             report.location,
             count(report.refused.objects, "object"),
             size(report.refused.bytes),
             report.refused.reason.as_deref().unwrap_or("no reason given")
-        );
+        ));
     }
 }
 

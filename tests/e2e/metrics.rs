@@ -64,3 +64,58 @@ fn every_run_writes_its_outcome_and_a_failed_one_keeps_the_last_success() {
     let nowhere = work.path("no/such/folder/x.prom");
     work.run(&["verify", "--metrics-file", nowhere.to_str().unwrap(), "--repo", &repo]).fails_with(1, "--metrics-file");
 }
+
+#[test]
+fn log_format_json_makes_every_stderr_line_a_json_object_errors_and_warnings_included() {
+    let source = TestDb::create("json_logs");
+    source.sql("CREATE TABLE public.queue (id int PRIMARY KEY); INSERT INTO public.queue VALUES (1);");
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let lines = |stderr: &str| -> Vec<serde_json::Value> {
+        stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{stderr}")))
+            .collect()
+    };
+    // Results on stdout (--json), logs on stderr: info lines and a warning (an exclude
+    // pattern that matches nothing), each an object with a level and a message.
+    let run = work.run(&[
+        "backup",
+        "--json",
+        "--log-format",
+        "json",
+        "-v",
+        "--db",
+        &source.url(),
+        "--repo",
+        &repo,
+        "--exclude-table",
+        "nosuch",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let logged = lines(&run.stderr);
+    assert!(logged.iter().any(|l| l["level"] == "INFO"), "{}", run.stderr);
+    assert!(
+        logged.iter().any(|l| l["level"] == "WARN"
+            && l["fields"]["message"].as_str().is_some_and(|m| m.contains("\"nosuch\" matches no table"))),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "colour codes in a log: {}", run.stderr);
+    // The error that ends a run is a log line too.
+    let failed = work.run(&[
+        "backup",
+        "--log-format",
+        "json",
+        "--db",
+        "postgresql://postgres@127.0.0.1:1/none",
+        "--repo",
+        &repo,
+    ]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    let logged = lines(&failed.stderr);
+    let error = logged.iter().find(|l| l["level"] == "ERROR").expect("an error line");
+    assert_eq!(error["fields"]["exit_code"], 1, "{error}");
+    assert!(error["fields"]["message"].as_str().unwrap().contains("127.0.0.1"), "{error}");
+}
