@@ -363,8 +363,9 @@ pub async fn lock_all(repositories: &[Repository], mode: LockMode, options: &Loc
 }
 
 /// [`lock_all`] for a command that goes on with the copies it can lock: a storage that fails
-/// at it (full, unreachable) is passed over and returned with its error; a lock another
-/// process holds is still waited for, and is the error when the wait ends.
+/// at it (full, unreachable), or whose lock another process still holds when the wait ends,
+/// is passed over and returned with its error (one target's storage must not stop the
+/// others' night: a lock is an object whoever holds that storage can plant).
 pub async fn lock_each(
     repositories: &[Repository],
     mode: LockMode,
@@ -377,7 +378,7 @@ async fn lock_in_order(
     repositories: &[Repository],
     mode: LockMode,
     options: &LockOptions,
-    pass_failed_storage: bool,
+    pass_failed: bool,
 ) -> Result<(Locks, Vec<(String, Error)>)> {
     let mut ordered: Vec<&Repository> = repositories.iter().collect();
     ordered.sort_by(|a, b| a.target.location().cmp(b.target.location()));
@@ -389,7 +390,7 @@ async fn lock_in_order(
         let recipients = repository.metadata_recipients();
         match acquire_until(&repository.target, &recipients, mode, options, deadline).await {
             Ok(lock) => locks.0.push(lock),
-            Err(error) if pass_failed_storage && !matches!(error, Error::Locked { .. }) => {
+            Err(error) if pass_failed => {
                 failed.push((repository.target.location().to_string(), error));
             }
             Err(error) => {

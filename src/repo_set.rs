@@ -173,9 +173,9 @@ impl RepoSet {
 
     /// Locks every copy in `mode` for a command that goes on with the copies it can write (a
     /// backup: each target is complete on its own). Of several, a copy whose storage fails at
-    /// taking its lock (a full disk, a bucket that does not answer) is left out, as one that
-    /// did not open is ([`RepoSet::left_out`]); when none is left, every failure is the error.
-    /// A lock another process holds is waited for, and is the error when the wait ends.
+    /// taking its lock (a full disk, a bucket that does not answer), or whose lock another
+    /// process still holds when `--lock-wait` ends, is left out, as one that did not open is
+    /// ([`RepoSet::left_out`]); when none is left, every failure is the error.
     pub async fn lock_available(
         &mut self,
         mode: crate::lock::LockMode,

@@ -59,12 +59,19 @@ struct Cli {
     fingerprint: Option<crmvault::trust::Fingerprint>,
     /// Log lines on stderr as text, or as one JSON object each (time, level, message, fields)
     /// for a log collector; errors too.
-    #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_LOG_FORMAT", hide_env_values = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Write what the run did to FILE as a Prometheus textfile (node_exporter's textfile
     /// collector), replaced atomically: last run and last success time, duration, exit code;
     /// backup, verify, forget and prune add bytes, rows, targets and alarms.
-    #[arg(long, global = true, help_heading = "Global options", env = "CRMVAULT_METRICS_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CRMVAULT_METRICS_FILE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     metrics_file: Option<PathBuf>,
     /// Config file [default: $CRMVAULT_CONFIG_DIR/crmvault.toml if it exists, else
     /// /etc/crmvault/crmvault.toml].

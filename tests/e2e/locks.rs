@@ -98,6 +98,38 @@ fn a_second_backup_is_told_who_holds_the_lock_or_waits_for_it_and_no_lock_outliv
 }
 
 #[test]
+fn a_lock_held_on_one_target_costs_that_target_the_night_not_the_others() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_one_of_two").crm().init("repo");
+    let other = work.path("other").to_str().unwrap().to_string();
+    work.run(&["init", "--copy-from", &repo, "--repo", &other]).ok();
+    // A live lock on the second target only: planted by whoever holds its storage, or a
+    // prune running there.
+    std::fs::create_dir_all(Path::new(&other).join("locks")).unwrap();
+    std::fs::write(Path::new(&other).join("locks/writer"), planted_lock("exclusive", &now())).unwrap();
+
+    let run = work.run(&["backup", "--json", "--db", &source.url(), "--repo", &repo, "--repo", &other]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(report["targets"][0]["ok"], true, "{report}");
+    assert_eq!(report["targets"][1]["ok"], false, "{report}");
+    assert!(report["targets"][1]["error"].as_str().unwrap().contains("is locked by"), "{report}");
+    let missed = report["snapshot_id"].as_str().unwrap().to_string();
+    assert!(locks_in(Path::new(&repo)).is_empty(), "{:?}", locks_in(Path::new(&repo)));
+
+    // Once the lock is gone, the next night reaches it and records the one it missed.
+    std::fs::remove_file(Path::new(&other).join("locks/writer")).unwrap();
+    let report = work.run(&["backup", "--json", "--db", &source.url(), "--repo", &repo, "--repo", &other]).ok().json();
+    assert_eq!(report["targets"][1]["recorded_missed"], serde_json::json!([missed]), "{report}");
+    // Locked everywhere: nothing to go on with, and every holder is named.
+    for folder in [&repo, &other] {
+        std::fs::write(Path::new(folder).join("locks/writer"), planted_lock("append", &now())).unwrap();
+    }
+    let refused = work.run(&["backup", "--db", &source.url(), "--repo", &repo, "--repo", &other]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert_eq!(refused.stderr.matches("is locked by").count(), 2, "{}", refused.stderr);
+}
+
+#[test]
 fn a_lock_left_by_a_dead_process_on_this_host_is_taken_over_with_a_warning() {
     let Ready { source, work, repo, .. } = Scenario::new("lock_dead").crm().init("repo");
     let lock = Path::new(&repo).join("locks/writer");
