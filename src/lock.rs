@@ -425,9 +425,16 @@ async fn acquire_until(
     let mine = new_lock(recipients, mode, options);
     let mut backoff = Duration::from_millis(250);
     loop {
-        let blocked = match mode {
-            LockMode::Shared => try_shared(target, &mine, options).await?.map(|key| (key, false)),
-            LockMode::Append | LockMode::Exclusive => try_writer(target, &mine, options).await?,
+        let attempt = match mode {
+            LockMode::Shared => try_shared(target, &mine, options).await.map(|tried| tried.map(|key| (key, false))),
+            LockMode::Append | LockMode::Exclusive => try_writer(target, &mine, options).await,
+        };
+        let blocked = match attempt {
+            Ok(blocked) => blocked,
+            Err(error) => {
+                remove_if_mine(target, &mine, mode).await;
+                return Err(error);
+            }
         };
         let holder = match blocked {
             Ok((key, took_over_exclusive)) if mode == LockMode::Exclusive => {
@@ -572,6 +579,22 @@ async fn wait_for_readers(target: &Target, options: &LockOptions, deadline: toki
 /// Reads a lock object. One that storage holds but that is no lock object a reader should
 /// open (a FIFO planted on a local folder, an object past [`crate::target::MAX_MUTABLE_OBJECT`])
 /// reads as empty, which is no lock: stale, so taken over or removed like any other.
+/// After taking a lock failed midway (its write was done but its answer lost, and a later
+/// request failed): removes our lock object if it is there, so that a target the command goes
+/// on without is not left locked until the lease runs out. Best effort.
+async fn remove_if_mine(target: &Target, mine: &StoredLock, mode: LockMode) {
+    let key = match mode {
+        LockMode::Shared => format!("{LOCKS_FOLDER}/shared-{}", mine.id),
+        LockMode::Append | LockMode::Exclusive => WRITER_KEY.to_string(),
+    };
+    if let Ok(Some((bytes, _))) = read_lock_object(target, &key).await
+        && bytes == mine.to_bytes()
+        && let Err(error) = target.delete(&key).await
+    {
+        tracing::warn!("{}: could not remove {key}, this command's own lock: {error}", target.location());
+    }
+}
+
 async fn read_lock_object(target: &Target, key: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
     match target.get_versioned(key).await {
         Err(Error::Corrupt { detail, .. }) => {
