@@ -361,11 +361,16 @@ impl Target {
             return Ok(Replaced::Unsupported);
         }
         let options = PutOptions { mode: PutMode::Update(expected.0.clone()), ..PutOptions::default() };
-        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes), options).await {
+        match self.store.put_opts(&ObjectPath::from(key), PutPayload::from_bytes(bytes.clone()), options).await {
             Ok(_) => Ok(Replaced::Replaced),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-                Ok(Replaced::Changed)
-            }
+            // A replace whose answer was lost and that object_store resent finds the object
+            // changed by itself: holding exactly our bytes (a lock's random id), it is ours.
+            Err(object_store::Error::Precondition { .. }) => match self.get_at_most(key, bytes.len() as u64).await {
+                Ok(found) if found == bytes => Ok(Replaced::Replaced),
+                Ok(_) | Err(Error::Missing { .. } | Error::Corrupt { .. }) => Ok(Replaced::Changed),
+                Err(error) => Err(error),
+            },
+            Err(object_store::Error::NotFound { .. }) => Ok(Replaced::Changed),
             Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
                 Ok(Replaced::Unsupported)
             }
