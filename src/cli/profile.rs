@@ -663,6 +663,16 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
         if profile.jobs == Some(0) {
             mistakes.add(at("jobs"), &format!("[profile.{name}] jobs: must be at least 1"));
         }
+        let rules = |threshold: Option<f64>, tables: &[String]| {
+            let threshold = threshold.unwrap_or(crmvault::backup::alarm::DEFAULT_PERCENT);
+            crmvault::backup::alarm::AlarmRules::new(threshold, tables)
+        };
+        if let Err(error) = rules(profile.alarm_threshold, &[]) {
+            mistakes.add(at("alarm_threshold"), &format!("[profile.{name}] alarm_threshold: {error}"));
+        }
+        if let Err(error) = rules(None, profile.alarm_table.as_deref().unwrap_or_default()) {
+            mistakes.add(at("alarm_table"), &format!("[profile.{name}] alarm_table: {error}"));
+        }
         // `auto` reads the date only to pick its slice: any date tells a good spec from a bad one.
         let subset = |spec| verify::PackSubset::parse(spec, chrono::DateTime::UNIX_EPOCH);
         if let Some(Err(error)) = profile.read_data_subset.as_deref().map(subset) {

@@ -298,3 +298,34 @@ fn a_profile_names_the_share_of_packs_its_verify_reads() {
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
     ready.work.run(&["config", "check"]).fails_with(1, "read_data_subset: \"7/5\" is not a subset of the packs");
 }
+
+#[test]
+fn a_profile_sets_the_data_loss_alarm_and_config_check_names_a_bad_rule() {
+    let ready = Scenario::new("profile_alarm")
+        .sql(
+            "CREATE TABLE public.queue (id int PRIMARY KEY); INSERT INTO public.queue SELECT generate_series(1, 20); \
+             CREATE TABLE public.accounts (id int PRIMARY KEY); INSERT INTO public.accounts VALUES (1)",
+        )
+        .init("repo");
+    let profile =
+        |keys: &str| format!("[profile.nightly]\ndb = \"{}\"\nrepo = [\"{}\"]\n{keys}", ready.source.url(), ready.repo);
+    write(&user_config(&ready.work), &profile("alarm_table = [\"public.queue=100\"]\n"), 0o644);
+    ready.work.run(&["backup", "--profile", "nightly"]).ok();
+    // The profile allows the queue to empty; --alarm-table given on the command line replaces
+    // the profile's rules.
+    ready.source.sql("DELETE FROM public.queue");
+    ready.work.run(&["backup", "--profile", "nightly"]).ok();
+    ready.source.sql("INSERT INTO public.queue SELECT generate_series(1, 20)");
+    ready.work.run(&["backup", "--profile", "nightly"]).ok();
+    ready.source.sql("DELETE FROM public.queue");
+    let strict = ready.work.run(&["backup", "--profile", "nightly", "--alarm-table", "public.queue=50"]);
+    assert_eq!(strict.code, 4, "{}", strict.stderr);
+    write(&user_config(&ready.work), &profile("no_alarm = true\n"), 0o644);
+    ready.source.sql("DROP TABLE public.queue");
+    ready.work.run(&["backup", "--profile", "nightly"]).ok();
+
+    write(&user_config(&ready.work), &profile("alarm_table = [\"queue\"]\n"), 0o644);
+    ready.work.run(&["config", "check"]).fails_with(1, "[profile.nightly] alarm_table: --alarm-table \"queue\"");
+    write(&user_config(&ready.work), &profile("alarm_threshold = 120.0\n"), 0o644);
+    ready.work.run(&["config", "check"]).fails_with(1, "alarm_threshold: the alarm threshold: 120 is not a percentage");
+}
