@@ -167,3 +167,49 @@ fn thresholds_are_set_per_table_and_the_alarm_can_be_turned_off() {
     backup(&work, &source, &repo, &["--alarm-table", "accounts"]).fails_with(1, "expected PATTERN=PERCENT");
     backup(&work, &source, &repo, &["--alarm-threshold", "150"]).fails_with(1, "not a percentage from 0 to 100");
 }
+
+#[test]
+fn a_flagged_snapshot_damaged_or_deleted_in_storage_does_not_let_forget_remove_the_one_before_it() {
+    for attack in ["damage", "delete"] {
+        let source = TestDb::create("alarm_blind");
+        source.sql(TABLES);
+        let work = Workspace::new();
+        let repo = work.init_repo("repo");
+        let id = |run: Run| run.json()["snapshot_id"].as_str().unwrap().to_string();
+        let first = id(backup(&work, &source, &repo, &[]).ok());
+        source.sql("INSERT INTO public.deals VALUES (0)");
+        let before = id(backup(&work, &source, &repo, &[]).ok());
+        source.sql("DELETE FROM public.accounts WHERE id % 2 = 0");
+        let flagged = backup(&work, &source, &repo, &[]);
+        assert_eq!(flagged.code, 4, "{}", flagged.stderr);
+        let flagged = id(flagged);
+        let newest = id(backup(&work, &source, &repo, &[]).ok());
+
+        // Whoever holds the storage hides the flag: the snapshot object damaged, or deleted.
+        let object = std::path::Path::new(&repo).join("snapshots").join(&flagged);
+        if attack == "damage" {
+            let mut bytes = std::fs::read(&object).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x01;
+            std::fs::write(&object, bytes).unwrap();
+        } else {
+            std::fs::remove_file(&object).unwrap();
+        }
+        // The backup host's nightly forget keeps the snapshot before what it cannot see, and
+        // says so; the oldest goes.
+        let run = work.run(&["forget", "--json", "--repo", &repo, "--keep-last", "1"]).ok();
+        assert!(run.stderr.contains("forget cannot see snapshot"), "{attack}: {}", run.stderr);
+        let left = work.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
+        let ids: Vec<&str> = left["snapshots"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+        assert!(ids.contains(&before.as_str()) && ids.contains(&newest.as_str()), "{attack}: {left}");
+        assert!(!ids.contains(&first.as_str()), "{attack}: {left}");
+        // verify names what was done.
+        let verify = work.run(&["verify", "--repo", &repo]);
+        assert_eq!(verify.code, 3, "{attack}: {}", verify.stdout);
+        assert!(
+            verify.stdout.contains(&flagged[..12]) || verify.stdout.contains(&flagged),
+            "{attack}: {}",
+            verify.stdout
+        );
+    }
+}
