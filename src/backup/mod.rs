@@ -117,9 +117,9 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     /// What the data-loss alarm found (the snapshot is flagged when there is any).
     pub alarms: Vec<crate::repo::TableAlarm>,
-    /// Rows of each table backed up (`schema.table`), for metrics.
+    /// Rows of each table backed up (schema, table, rows), for metrics.
     #[serde(skip)]
-    pub table_rows: Vec<(String, u64)>,
+    pub table_rows: Vec<(String, String, u64)>,
     /// One entry per target, in the order given.
     pub targets: Vec<TargetReport>,
     /// The snapshots the next backup need not look at again, the new one included: for the
@@ -424,7 +424,7 @@ pub async fn run(
         sequence: chain.sequence,
         warnings,
         alarms: manifest.alarms.clone(),
-        table_rows: manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows)).collect(),
+        table_rows: manifest.tables.iter().map(|t| (t.schema.clone(), t.name.clone(), t.rows)).collect(),
         targets: reports,
         settled,
     })

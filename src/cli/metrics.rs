@@ -63,8 +63,9 @@ impl Metrics {
                 target.bytes_total as f64,
             );
         }
-        for (table, rows) in &report.table_rows {
-            self.set("crmvault_backup_table_rows", "Rows of each table backed up", &[("table", table)], *rows as f64);
+        for (schema, table, rows) in &report.table_rows {
+            let labels = [("schema", schema.as_str()), ("table", table.as_str())];
+            self.set("crmvault_backup_table_rows", "Rows of each table backed up", &labels, *rows as f64);
         }
         for alarm in &report.alarms {
             let labels = [("table", alarm.table.as_str()), ("kind", alarm.kind.as_str())];

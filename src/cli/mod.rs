@@ -538,6 +538,7 @@ pub fn main() -> ExitCode {
         }
     };
     let json_logs = cli.log_format == LogFormat::Json;
+    let json = json || json_logs;
     if json_logs {
         output::log_as_json();
     }
@@ -570,7 +571,11 @@ pub fn main() -> ExitCode {
         let seconds = started.elapsed().as_secs_f64();
         let name = command.as_deref().unwrap_or("crmvault");
         if let Err(error) = metrics.write(&path, name, code, seconds, chrono::Utc::now()) {
-            eprintln!("crmvault: error: {}", one_line(&error));
+            if json_logs {
+                tracing::error!(exit_code = 1, "{}", one_line(&error));
+            } else {
+                eprintln!("crmvault: error: {}", one_line(&error));
+            }
             return ExitCode::from(1);
         }
     }
@@ -712,7 +717,8 @@ fn hostname() -> String {
 }
 
 async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
-    let json = cli.json;
+    // Under --log-format json stderr holds log lines only: results go to stdout as JSON.
+    let json = cli.json || cli.log_format == LogFormat::Json;
     let quiet = cli.quiet;
     let lock_wait = cli.lock_wait;
     let settings = profile::Settings::load(cli.config.as_deref(), cli.profile.as_deref(), &config_dir()?);

@@ -29,6 +29,13 @@ pub fn warning(text: std::fmt::Arguments<'_>) {
     }
 }
 
+/// `text` with control characters (a newline, a carriage return, an escape sequence in a
+/// table's name, which the database chose) written as escapes, so that one line stays one
+/// line and a terminal or a cron mail shows what is there.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 /// Set once stdout is closed by its reader: nothing more is written there.
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -177,7 +184,7 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
         }
     }
     for alarm in &report.alarms {
-        eprintln!("  ALARM   {alarm}");
+        eprintln!("  ALARM   {}", printable(&alarm.to_string()));
     }
     if !report.alarms.is_empty() {
         eprintln!(
@@ -237,7 +244,7 @@ pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[S
             say!("  unreadable: {error}");
         }
         for alarm in snapshot.contents.iter().flat_map(|c| &c.alarms) {
-            say!("  FLAGGED by the data-loss alarm: {alarm}");
+            say!("  FLAGGED by the data-loss alarm: {}", printable(&alarm.to_string()));
         }
         let missing: Vec<&str> =
             locations.iter().filter(|l| !snapshot.targets.contains(l)).map(String::as_str).collect();

@@ -213,3 +213,25 @@ fn a_flagged_snapshot_damaged_or_deleted_in_storage_does_not_let_forget_remove_t
         );
     }
 }
+
+#[test]
+fn a_table_name_with_control_characters_stays_on_its_alarm_line() {
+    let source = TestDb::create("alarm_names");
+    let name = "ev\u{1b}[31mil\r\nALARM   fake";
+    source.sql(&format!(
+        "CREATE TABLE public.\"{name}\" (id int); INSERT INTO public.\"{name}\" SELECT generate_series(1, 10); \
+         CREATE TABLE public.keep (id int); INSERT INTO public.keep VALUES (1);"
+    ));
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+    source.sql(&format!("TRUNCATE public.\"{name}\""));
+    let run = work.run(&["backup", "--db", &source.url(), "--repo", &repo]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(!run.stderr.contains('\u{1b}') && !run.stderr.contains('\r'), "{:?}", run.stderr);
+    let alarms: Vec<&str> = run.stderr.lines().filter(|l| l.contains("ALARM")).collect();
+    assert_eq!(alarms.len(), 1, "{:?}", run.stderr);
+    assert!(alarms[0].contains(r"public.ev\u{1b}[31mil\r\nALARM   fake was emptied"), "{}", alarms[0]);
+    let listing = work.run(&["snapshots", "--repo", &repo]).ok();
+    assert!(!listing.stdout.contains('\u{1b}'), "{:?}", listing.stdout);
+}

@@ -26,7 +26,7 @@ fn every_run_writes_its_outcome_and_a_failed_one_keeps_the_last_success() {
     let now = chrono::Utc::now().timestamp();
     assert!((success - f64::from(i32::try_from(now).unwrap())).abs() < 120.0, "{text}");
     assert_eq!(sample(&text, &format!(r#"crmvault_backup_target_ok{{target="{repo}"}}"#)), Some(1.0), "{text}");
-    assert_eq!(sample(&text, r#"crmvault_backup_table_rows{table="public.queue"}"#), Some(25.0), "{text}");
+    assert_eq!(sample(&text, r#"crmvault_backup_table_rows{schema="public",table="queue"}"#), Some(25.0), "{text}");
     assert_eq!(sample(&text, "crmvault_backup_alarm_tables"), Some(0.0), "{text}");
     assert!(text.contains("# TYPE crmvault_backup_rows gauge"), "{text}");
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o644);
@@ -103,6 +103,12 @@ fn log_format_json_makes_every_stderr_line_a_json_object_errors_and_warnings_inc
         run.stderr
     );
     assert!(!run.stderr.contains('\u{1b}'), "colour codes in a log: {}", run.stderr);
+    // Without --json too: results go to stdout as JSON, the alarm included; stderr is logs.
+    source.sql("TRUNCATE public.queue");
+    let alarmed = work.run(&["backup", "--log-format", "json", "--db", &source.url(), "--repo", &repo]);
+    assert_eq!(alarmed.code, 4, "{}", alarmed.stderr);
+    lines(&alarmed.stderr);
+    assert_eq!(alarmed.json()["alarms"][0]["table"], "public.queue", "{}", alarmed.stdout);
     // The error that ends a run is a log line too.
     let failed = work.run(&[
         "backup",
@@ -118,4 +124,10 @@ fn log_format_json_makes_every_stderr_line_a_json_object_errors_and_warnings_inc
     let error = logged.iter().find(|l| l["level"] == "ERROR").expect("an error line");
     assert_eq!(error["fields"]["exit_code"], 1, "{error}");
     assert!(error["fields"]["message"].as_str().unwrap().contains("127.0.0.1"), "{error}");
+    // So is a metrics file that cannot be written.
+    let nowhere = work.path("no/such/folder/x.prom");
+    let unwritten =
+        work.run(&["verify", "--log-format", "json", "--metrics-file", nowhere.to_str().unwrap(), "--repo", &repo]);
+    assert_eq!(unwritten.code, 1, "{}", unwritten.stderr);
+    assert!(lines(&unwritten.stderr).iter().any(|l| l["level"] == "ERROR"), "{}", unwritten.stderr);
 }
