@@ -138,6 +138,11 @@ pub struct TargetPlan {
     pub snapshots: Vec<Decision>,
     /// Snapshots that did not open, left alone: id and why.
     pub unreadable: Vec<(String, String)>,
+    /// Where in the chain forget could not see a snapshot (one that does not open, or one
+    /// deleted without a record), when it kept the snapshot before it for that: said, and the
+    /// exit code is 3, since `verify` has a problem to name there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blind: Option<String>,
     /// The record written (absent in a dry run or when nothing is removed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
@@ -234,6 +239,7 @@ pub async fn plan<Tz: TimeZone>(
         location: repository.target.location().to_string(),
         snapshots,
         unreadable,
+        blind: blind.map(|(_, why)| why),
         record: None,
         refused: vec![],
     })

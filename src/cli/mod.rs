@@ -989,8 +989,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
             metrics.prune(&report.pruned);
             output::forget(json, &report, &options.policy.to_string(), dry_run);
             // A delete refused by the storage (Object Lock) is said, not fatal: the snapshot goes
-            // on a later night.
-            if !report.failed.is_empty() {
+            // on a later night. A snapshot forget could not see (damaged, or deleted behind the
+            // repository's back) is a problem for `verify`: exit 3 too.
+            if !report.failed.is_empty() || report.plans.iter().any(|plan| plan.blind.is_some()) {
                 return Ok(3);
             }
         }

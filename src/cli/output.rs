@@ -586,7 +586,7 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
             .collect();
         let failed: Vec<serde_json::Value> =
             failed.iter().map(|(location, error)| serde_json::json!({"location": location, "error": error})).collect();
-        let ok = failed.is_empty();
+        let ok = failed.is_empty() && plans.iter().all(|plan| plan.blind.is_none());
         let mut document =
             serde_json::json!({"policy": policy, "dry_run": dry_run, "targets": targets, "failed": failed});
         if !pruned.is_empty() {

@@ -197,8 +197,11 @@ fn a_flagged_snapshot_damaged_or_deleted_in_storage_does_not_let_forget_remove_t
         }
         // The backup host's nightly forget keeps the snapshot before what it cannot see, and
         // says so; the oldest goes.
-        let run = work.run(&["forget", "--json", "--repo", &repo, "--keep-last", "1"]).ok();
+        let run = work.run(&["forget", "--json", "--repo", &repo, "--keep-last", "1"]);
+        assert_eq!(run.code, 3, "{attack}: {}\n{}", run.stdout, run.stderr);
         assert!(run.stderr.contains("forget cannot see snapshot"), "{attack}: {}", run.stderr);
+        let blind = run.json()["targets"][0]["blind"].as_str().unwrap_or_default().to_string();
+        assert!(blind.contains(&flagged), "{attack}: {}", run.stdout);
         let left = work.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
         let ids: Vec<&str> = left["snapshots"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
         assert!(ids.contains(&before.as_str()) && ids.contains(&newest.as_str()), "{attack}: {left}");
