@@ -528,7 +528,7 @@ async fn try_shared(
     mine: &StoredLock,
     options: &LockOptions,
 ) -> Result<std::result::Result<String, String>> {
-    let key = format!("{LOCKS_FOLDER}/shared-{}", mine.id);
+    let key = shared_key(&mine.id);
     target.put_new(&key, mine.to_bytes()).await?;
     let Some((bytes, _)) = read_lock_object(target, WRITER_KEY).await? else {
         return Ok(Ok(key));
@@ -576,25 +576,29 @@ async fn wait_for_readers(target: &Target, options: &LockOptions, deadline: toki
     }
 }
 
-/// Reads a lock object. One that storage holds but that is no lock object a reader should
-/// open (a FIFO planted on a local folder, an object past [`crate::target::MAX_MUTABLE_OBJECT`])
-/// reads as empty, which is no lock: stale, so taken over or removed like any other.
 /// After taking a lock failed midway (its write was done but its answer lost, and a later
 /// request failed): removes our lock object if it is there, so that a target the command goes
 /// on without is not left locked until the lease runs out. Best effort.
 async fn remove_if_mine(target: &Target, mine: &StoredLock, mode: LockMode) {
     let key = match mode {
-        LockMode::Shared => format!("{LOCKS_FOLDER}/shared-{}", mine.id),
+        LockMode::Shared => shared_key(&mine.id),
         LockMode::Append | LockMode::Exclusive => WRITER_KEY.to_string(),
     };
-    if let Ok(Some((bytes, _))) = read_lock_object(target, &key).await
-        && bytes == mine.to_bytes()
+    if target.holds(&key, &mine.to_bytes()).await.is_ok_and(|holds| holds == Some(true))
         && let Err(error) = target.delete(&key).await
     {
         tracing::warn!("{}: could not remove {key}, this command's own lock: {error}", target.location());
     }
 }
 
+/// The object of the shared lock `id`.
+fn shared_key(id: &str) -> String {
+    format!("{LOCKS_FOLDER}/shared-{id}")
+}
+
+/// Reads a lock object. One that storage holds but that is no lock object a reader should
+/// open (a FIFO planted on a local folder, an object past [`crate::target::MAX_MUTABLE_OBJECT`])
+/// reads as empty, which is no lock: stale, so taken over or removed like any other.
 async fn read_lock_object(target: &Target, key: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
     match target.get_versioned(key).await {
         Err(Error::Corrupt { detail, .. }) => {

@@ -37,8 +37,7 @@ impl AlarmRules {
             let (pattern, value) = given.rsplit_once('=').ok_or_else(|| bad("no ="))?;
             let value: f64 = value.trim().trim_end_matches('%').parse().map_err(|_| bad("not a percentage"))?;
             let value = check_percent(value, &format!("--alarm-table {given:?}"))?;
-            let qualified = if pattern.contains('.') { pattern.to_string() } else { format!("*.{pattern}") };
-            let glob = Glob::new(&qualified).map_err(|e| bad(&e.to_string()))?;
+            let glob = Glob::new(&super::read::qualified(pattern)).map_err(|e| bad(&e.to_string()))?;
             tables.push((pattern.to_string(), glob.compile_matcher(), value));
         }
         Ok(AlarmRules { percent, tables })

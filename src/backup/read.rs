@@ -160,6 +160,12 @@ pub(super) async fn read_copy(
     encoded
 }
 
+/// A table pattern as matched against `schema.table`: one without a schema part matches that
+/// table in every schema (`--table`, `--exclude-table`, `--alarm-table`).
+pub(super) fn qualified(pattern: &str) -> String {
+    if pattern.contains('.') { pattern.to_string() } else { format!("*.{pattern}") }
+}
+
 /// `--table` / `--exclude-table` patterns, matched against `schema.table`.
 #[derive(Debug)]
 pub(super) struct TableFilter {
@@ -172,14 +178,10 @@ pub(super) struct TableFilter {
 
 impl TableFilter {
     pub(super) fn new(include: &[String], exclude: &[String]) -> Result<Self> {
-        // A pattern without a schema part matches that table in every schema.
-        let qualify = |pattern: &String| {
-            if pattern.contains('.') { pattern.clone() } else { format!("*.{pattern}") }
-        };
         let build = |patterns: &[String]| -> Result<GlobSet> {
             let mut builder = GlobSetBuilder::new();
             for pattern in patterns {
-                let glob = Glob::new(&qualify(pattern))
+                let glob = Glob::new(&qualified(pattern))
                     .map_err(|e| Error::Invalid(format!("bad table pattern {pattern:?}: {e}")))?;
                 builder.add(glob);
             }

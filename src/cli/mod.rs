@@ -538,7 +538,7 @@ pub fn main() -> ExitCode {
         }
     };
     let json_logs = cli.log_format == LogFormat::Json;
-    let json = json || json_logs;
+    let json = cli.json_results();
     if json_logs {
         output::log_as_json();
     }
@@ -552,34 +552,26 @@ pub fn main() -> ExitCode {
     };
     let metrics_file = cli.metrics_file.clone();
     let metrics = metrics::Metrics::default();
-    let (exit, code) = match runtime.block_on(until_interrupted(run(cli, &metrics))) {
-        Ok(code) => (ExitCode::from(code), code),
+    let code = match runtime.block_on(until_interrupted(run(cli, &metrics))) {
+        Ok(code) => code,
         Err(error) => {
             let (message, hint, code) = (one_line(&error), hint(&error), profile::exit_code(&error));
-            match hint {
-                _ if json_logs => tracing::error!(exit_code = code, hint, "{message}"),
-                Some(hint) => eprintln!("crmvault: error: {message}; {hint}"),
-                None => eprintln!("crmvault: error: {message}"),
-            }
+            output::error(&message, hint, code);
             if json {
                 output::failure(command.as_deref(), &message, hint, code, started.elapsed());
             }
-            (ExitCode::from(code), code)
+            code
         }
     };
     if let Some(path) = metrics_file {
         let seconds = started.elapsed().as_secs_f64();
         let name = command.as_deref().unwrap_or("crmvault");
         if let Err(error) = metrics.write(&path, name, code, seconds, chrono::Utc::now()) {
-            if json_logs {
-                tracing::error!(exit_code = 1, "{}", one_line(&error));
-            } else {
-                eprintln!("crmvault: error: {}", one_line(&error));
-            }
+            output::error(&one_line(&error), None, 1);
             return ExitCode::from(1);
         }
     }
-    exit
+    ExitCode::from(code)
 }
 
 /// Runs the command until it ends or the process is told to stop (Ctrl-C, SIGTERM): then the
@@ -663,8 +655,14 @@ fn one_line(error: &anyhow::Error) -> String {
     message.replace('\n', " ")
 }
 
-/// Log lines on stderr: coloured on a terminal, plain text where stderr goes to a file,
-/// journald or cron's mail, and under `NO_COLOR` (<https://no-color.org>).
+impl Cli {
+    /// Whether results are one JSON document on stdout: `--json`, or `--log-format json`
+    /// (stderr then holds log lines only).
+    fn json_results(&self) -> bool {
+        self.json || self.log_format == LogFormat::Json
+    }
+}
+
 /// How log lines look on stderr (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -674,6 +672,8 @@ enum LogFormat {
     Json,
 }
 
+/// Log lines on stderr: coloured on a terminal, plain text where stderr goes to a file,
+/// journald or cron's mail, and under `NO_COLOR` (<https://no-color.org>); or JSON objects.
 fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
@@ -717,8 +717,7 @@ fn hostname() -> String {
 }
 
 async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
-    // Under --log-format json stderr holds log lines only: results go to stdout as JSON.
-    let json = cli.json || cli.log_format == LogFormat::Json;
+    let json = cli.json_results();
     let quiet = cli.quiet;
     let lock_wait = cli.lock_wait;
     let settings = profile::Settings::load(cli.config.as_deref(), cli.profile.as_deref(), &config_dir()?);

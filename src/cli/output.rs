@@ -29,6 +29,18 @@ pub fn warning(text: std::fmt::Arguments<'_>) {
     }
 }
 
+/// The error that ends a run (`code`), with what to do (`hint`): `crmvault: error: …` on
+/// stderr, or a JSON log line.
+pub fn error(message: &str, hint: Option<&str>, code: u8) {
+    match hint {
+        _ if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) => {
+            tracing::error!(exit_code = code, hint, "{message}");
+        }
+        Some(hint) => eprintln!("crmvault: error: {message}; {hint}"),
+        None => eprintln!("crmvault: error: {message}"),
+    }
+}
+
 /// `text` with control characters (a newline, a carriage return, an escape sequence in a
 /// table's name, which the database chose) written as escapes, so that one line stays one
 /// line and a terminal or a cron mail shows what is there.

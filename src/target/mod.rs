@@ -269,12 +269,22 @@ impl Target {
         if is_content_addressed(key) {
             return self.heal(key, bytes).await;
         }
-        match self.get_at_most(key, bytes.len() as u64).await {
-            Ok(found) if found == bytes => Ok(PutOutcome::Written),
-            Ok(_) | Err(Error::Corrupt { .. }) => self.heal(key, bytes).await,
+        match self.holds(key, &bytes).await? {
+            Some(true) => Ok(PutOutcome::Written),
+            Some(false) => self.heal(key, bytes).await,
             // Gone since (a lock released between the two requests): it was not ours, and a
             // caller that wants the name asks again.
-            Err(Error::Missing { .. }) => Ok(PutOutcome::AlreadyThere),
+            None => Ok(PutOutcome::AlreadyThere),
+        }
+    }
+
+    /// Whether the object `key` holds exactly `bytes` (None: there is no such object). One
+    /// larger than `bytes`, or that is no regular file, does not.
+    pub async fn holds(&self, key: &str, bytes: &[u8]) -> Result<Option<bool>> {
+        match self.get_at_most(key, bytes.len() as u64).await {
+            Ok(found) => Ok(Some(found == bytes)),
+            Err(Error::Corrupt { .. }) => Ok(Some(false)),
+            Err(Error::Missing { .. }) => Ok(None),
             Err(error) => Err(error),
         }
     }
@@ -365,10 +375,9 @@ impl Target {
             Ok(_) => Ok(Replaced::Replaced),
             // A replace whose answer was lost and that object_store resent finds the object
             // changed by itself: holding exactly our bytes (a lock's random id), it is ours.
-            Err(object_store::Error::Precondition { .. }) => match self.get_at_most(key, bytes.len() as u64).await {
-                Ok(found) if found == bytes => Ok(Replaced::Replaced),
-                Ok(_) | Err(Error::Missing { .. } | Error::Corrupt { .. }) => Ok(Replaced::Changed),
-                Err(error) => Err(error),
+            Err(object_store::Error::Precondition { .. }) => match self.holds(key, &bytes).await? {
+                Some(true) => Ok(Replaced::Replaced),
+                Some(false) | None => Ok(Replaced::Changed),
             },
             Err(object_store::Error::NotFound { .. }) => Ok(Replaced::Changed),
             Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
