@@ -204,8 +204,11 @@ pub async fn plan<Tz: TimeZone>(
         });
     }
     tally.check(&options.filter)?;
-    let blind =
-        if options.forget_flagged { None } else { blind_spot(repository, keyring, &groups, &unreadable).await? };
+    let blind = if options.forget_flagged {
+        Vec::new()
+    } else {
+        blind_spots(repository, keyring, &groups, &unreadable).await?
+    };
     let mut snapshots = Vec::new();
     for (database, mut group) in groups {
         let candidates: Vec<Candidate> =
@@ -214,12 +217,14 @@ pub async fn plan<Tz: TimeZone>(
         if !options.forget_flagged {
             retention::keep_flagged(&candidates, &mut verdicts);
         }
-        // What forget cannot see may be a flagged snapshot: the newest before it stays.
-        if let Some((sequence, why)) = &blind
-            && let Some(index) =
-                (0..group.len()).filter(|&i| group[i].sequence < *sequence).max_by_key(|&i| group[i].sequence)
-        {
-            verdicts[index].reasons.push(format!("the last before {why}, which may be flagged by the data-loss alarm"));
+        // What forget cannot see may be a flagged snapshot: the newest before each such place
+        // stays (each: one place must not hide another).
+        for (sequence, why) in &blind {
+            let before = (0..group.len()).filter(|&i| group[i].sequence < *sequence).max_by_key(|&i| group[i].sequence);
+            if let Some(index) = before {
+                let reason = format!("the last before {why}, which may be flagged by the data-loss alarm");
+                verdicts[index].reasons.push(reason);
+            }
         }
         for (decision, verdict) in group.iter_mut().zip(verdicts) {
             decision.reasons = verdict.reasons;
@@ -239,38 +244,33 @@ pub async fn plan<Tz: TimeZone>(
         location: repository.target.location().to_string(),
         snapshots,
         unreadable,
-        blind: blind.map(|(_, why)| why),
+        blind: (!blind.is_empty()).then(|| blind.into_iter().map(|(_, why)| why).collect::<Vec<_>>().join("; ")),
         record: None,
         refused: vec![],
     })
 }
 
-/// The newest place in the chain where forget cannot see a snapshot (sequence, and what is
-/// there): one that does not open (damaged, or forged), or one deleted without a record (its
-/// successor names it, no forget or missed record explains it). Either may have been flagged by
-/// the data-loss alarm, so the snapshot before it may be the last good data before a loss; the
-/// caller keeps it. Said in a warning: `verify` names the snapshot.
-async fn blind_spot(
+/// Every place in the chain where forget cannot see a snapshot (the sequence it stands below,
+/// and what is there): one that does not open (damaged, or forged), or one deleted without a
+/// record (its successor names it, no forget or missed record explains it). Each may have been
+/// flagged by the data-loss alarm, so the snapshot before it may be the last good data before a
+/// loss; the caller keeps it. Each is said in a warning: `verify` names the snapshot.
+async fn blind_spots(
     repository: &Repository,
     keyring: &Keyring,
     groups: &BTreeMap<String, Vec<Decision>>,
     unreadable: &[(String, String)],
-) -> Result<Option<(u64, String)>> {
+) -> Result<Vec<(u64, String)>> {
     let decisions: Vec<&Decision> = groups.values().flatten().collect();
     let listed = |id: &SnapshotId| {
         decisions.iter().any(|d| d.id == *id) || unreadable.iter().any(|(name, _)| name == id.as_str())
     };
-    let mut blind: Option<(u64, String)> = None;
-    let mut see = |sequence: u64, why: String| {
-        if blind.as_ref().is_none_or(|(known, _)| sequence > *known) {
-            blind = Some((sequence, why));
-        }
-    };
+    let mut blind = Vec::new();
     for (name, _) in unreadable {
         // Where it stands is what its successor says (its own header is not believed); with
         // none, it may be the newest of all.
         let successor = decisions.iter().find(|d| d.parent.as_ref().is_some_and(|p| p.as_str() == name));
-        see(successor.map_or(u64::MAX, |d| d.sequence), format!("snapshot {name}, which does not open"));
+        blind.push((successor.map_or(u64::MAX, |d| d.sequence), format!("snapshot {name}, which does not open")));
     }
     let forgotten = repository.forgotten(Some(keyring)).await?;
     // The oldest snapshot here may name a predecessor this target never held (a target added
@@ -280,10 +280,10 @@ async fn blind_spot(
         if let Some(parent) = &decision.parent
             && let Some(gap) = forgotten.gap_below(parent, listed)
         {
-            see(decision.sequence, format!("snapshot {gap}, deleted without being forgotten"));
+            blind.push((decision.sequence, format!("snapshot {gap}, deleted without being forgotten")));
         }
     }
-    if let Some((_, why)) = &blind {
+    for (_, why) in &blind {
         tracing::warn!(
             "{}: forget cannot see {why}; the snapshot before it is kept (run verify)",
             repository.target.location()

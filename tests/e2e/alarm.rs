@@ -238,3 +238,40 @@ fn a_table_name_with_control_characters_stays_on_its_alarm_line() {
     let listing = work.run(&["snapshots", "--repo", &repo]).ok();
     assert!(!listing.stdout.contains('\u{1b}'), "{:?}", listing.stdout);
 }
+
+#[test]
+fn a_junk_snapshot_or_a_second_deletion_does_not_hide_the_deleted_flagged_one_from_forget() {
+    let source = TestDb::create("alarm_two_blind");
+    source.sql(TABLES);
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let id = |run: Run| run.json()["snapshot_id"].as_str().unwrap().to_string();
+    let mut ids = vec![id(backup(&work, &source, &repo, &[]).ok())];
+    source.sql("INSERT INTO public.deals VALUES (0)");
+    ids.push(id(backup(&work, &source, &repo, &[]).ok()));
+    source.sql("DELETE FROM public.accounts WHERE id % 2 = 0");
+    let flagged = backup(&work, &source, &repo, &[]);
+    assert_eq!(flagged.code, 4, "{}", flagged.stderr);
+    ids.push(id(flagged));
+    for n in 1..=3 {
+        source.sql(&format!("INSERT INTO public.deals VALUES ({})", 100 + n));
+        ids.push(id(backup(&work, &source, &repo, &[]).ok()));
+    }
+    // The flagged snapshot (ids[2]) and a later one (ids[4]) deleted, and junk named like a
+    // snapshot, which may be the newest of all.
+    let snapshots = std::path::Path::new(&repo).join("snapshots");
+    std::fs::remove_file(snapshots.join(&ids[2])).unwrap();
+    std::fs::remove_file(snapshots.join(&ids[4])).unwrap();
+    std::fs::write(snapshots.join("ab".repeat(32)), b"not a snapshot").unwrap();
+
+    let run = work.run(&["forget", "--repo", &repo, "--keep-last", "1"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.stderr.matches("forget cannot see snapshot").count(), 3, "{}", run.stderr);
+    let left = work.run(&["snapshots", "--json", "--repo", &repo]).ok().json();
+    let left: Vec<&str> = left["snapshots"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
+    // Before each place it cannot see: ids[1] (before the flagged one), ids[3], ids[5].
+    for kept in [&ids[1], &ids[3], &ids[5]] {
+        assert!(left.contains(&kept.as_str()), "{kept} gone: {left:?}\n{}", run.stderr);
+    }
+    assert!(!left.contains(&ids[0].as_str()), "{left:?}");
+}
