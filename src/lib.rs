@@ -13,6 +13,7 @@ pub mod chunk;
 pub mod commands;
 pub mod compress;
 pub mod crypto;
+pub mod drill;
 pub mod error;
 pub mod fetch;
 pub mod forget;

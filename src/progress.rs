@@ -41,6 +41,8 @@ pub enum Unit {
     Objects,
     /// Snapshots.
     Snapshots,
+    /// Checks (a drill's constraints and indexes).
+    Checks,
 }
 
 /// Reports nowhere.

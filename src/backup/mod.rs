@@ -239,6 +239,7 @@ pub async fn run(
     filter.check_foreign_keys(&session.foreign_keys().await?)?;
     let sequences = session.sequences().await?;
     let materialized_views = session.populated_materialized_views().await?;
+    let session_settings = session.settings().await?;
     tracing::info!(tables = tables.len(), snapshot = %session.snapshot, "reading database {}", options.database);
 
     let dictionaries: Arc<Mutex<Vec<StoredDictionary>>> = Arc::default();
@@ -317,6 +318,7 @@ pub async fn run(
                 large_objects: read.large_objects,
                 admin_only: None,
                 alarms: Vec::new(),
+                session: Some(session_settings),
             };
             Ok((manifest, read.bytes_read))
         }

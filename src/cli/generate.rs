@@ -34,12 +34,13 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
 
 /// The environment variables crmvault reads, for the ENVIRONMENT section of `crmvault.1`
 /// (docs/OPERATIONS.md, *Environment variables*, is the fuller table).
-const ENVIRONMENT: [(&str, &str); 22] = [
+const ENVIRONMENT: [(&str, &str); 23] = [
     ("CRMVAULT_CONFIG_DIR", "The config folder: writer keys, pins, crmvault.toml (default ~/.config/crmvault)."),
     ("CRMVAULT_CONFIG", "The config file, as --config."),
     ("CRMVAULT_PROFILE", "The profile, as --profile."),
     ("CRMVAULT_DB", "backup --db (keeps the URL out of ps)."),
     ("CRMVAULT_RESTORE_DB", "restore --db."),
+    ("CRMVAULT_SCRATCH_DB", "drill --scratch-db."),
     ("CRMVAULT_REPO", "One --repo."),
     ("CRMVAULT_FINGERPRINT", "--fingerprint."),
     (

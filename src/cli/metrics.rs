@@ -73,6 +73,41 @@ impl Metrics {
         }
     }
 
+    /// What each drill found, by the targets it read from.
+    #[allow(clippy::cast_precision_loss, reason = "gauges are floats")]
+    pub fn drill(&self, reports: &[crmvault::drill::DrillReport]) {
+        for report in reports {
+            let targets = report.targets.join(",");
+            let labels = [("targets", targets.as_str())];
+            let passed = if report.passed { 1.0 } else { 0.0 };
+            self.set("crmvault_drill_passed", "1 when the restore drill passed, 0 when it failed", &labels, passed);
+            if let Some(seconds) = report.restore_seconds() {
+                self.set(
+                    "crmvault_drill_restore_seconds",
+                    "How long the drill's restore took (RTO evidence)",
+                    &labels,
+                    seconds,
+                );
+            }
+            self.set(
+                "crmvault_drill_tables",
+                "Tables the drill read back and compared",
+                &labels,
+                report.tables.len() as f64,
+            );
+            self.set("crmvault_drill_failures", "Checks the drill failed", &labels, report.failures.len() as f64);
+            if let Some(snapshot) = &report.snapshot {
+                let time = snapshot.time.timestamp() as f64;
+                self.set(
+                    "crmvault_drill_snapshot_timestamp_seconds",
+                    "Time of the snapshot the drill restored",
+                    &labels,
+                    time,
+                );
+            }
+        }
+    }
+
     /// What a verify found.
     #[allow(clippy::cast_precision_loss, reason = "gauges are floats")]
     pub fn verify(&self, report: &crmvault::commands::verify::VerifyReport) {

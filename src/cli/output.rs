@@ -436,6 +436,8 @@ impl crmvault::progress::Progress for Bar {
             (None, Unit::Bytes) => "{spinner} {msg} {binary_bytes} ({binary_bytes_per_sec}) {elapsed}",
             (None, Unit::Objects) => "{spinner} {msg} {human_pos} objects {elapsed}",
             (None, Unit::Snapshots) => "{spinner} {msg} {human_pos} snapshots {elapsed}",
+            (Some(_), Unit::Checks) => "{spinner} {msg} [{wide_bar}] {human_pos}/{human_len} ({eta} left)",
+            (None, Unit::Checks) => "{spinner} {msg} {elapsed}",
         };
         bar.set_style(
             indicatif::ProgressStyle::with_template(template).expect("the templates are valid").progress_chars("=> "),

@@ -75,7 +75,10 @@ pub struct Profile {
     pub identity: Option<PathBuf>,
     /// `restore --db`: the database restored into (never `db`).
     pub restore_db: Option<String>,
-    /// `restore --parallel`.
+    /// `drill --scratch-db`: the database a drill restores into (created and dropped by it, or
+    /// an empty one it empties again).
+    pub scratch_db: Option<String>,
+    /// `restore --parallel` (and `drill --parallel`).
     pub parallel: Option<bool>,
     /// `verify --read-data`.
     pub read_data: Option<bool>,
@@ -287,6 +290,14 @@ impl Settings {
         given
             .or_else(|| profile.restore_db.clone())
             .ok_or_else(|| self.missing("database to restore into", "--db", Some("CRMVAULT_RESTORE_DB"), "restore_db"))
+    }
+
+    /// `drill --scratch-db` (flag or `CRMVAULT_SCRATCH_DB`), else the profile's `scratch_db`.
+    pub fn scratch_db(&self, given: Option<String>) -> Result<String> {
+        let profile = self.profile()?;
+        given.or_else(|| profile.scratch_db.clone()).ok_or_else(|| {
+            self.missing("scratch database for the drill", "--scratch-db", Some("CRMVAULT_SCRATCH_DB"), "scratch_db")
+        })
     }
 
     /// `--identity`, else the profile's `identity`, if either.
@@ -632,7 +643,9 @@ fn check_meaning(mistakes: &mut Mistakes<'_>, root: &DeTable<'_>, file: &ConfigF
     let mut secrets_in_clear: Vec<(Range<usize>, String)> = Vec::new();
     for (name, profile) in &file.profile {
         let at = |key: &str| span_of(root, "profile", name, key);
-        for (key, url) in [("db", &profile.db), ("restore_db", &profile.restore_db)] {
+        for (key, url) in
+            [("db", &profile.db), ("restore_db", &profile.restore_db), ("scratch_db", &profile.scratch_db)]
+        {
             let Some(url) = url else { continue };
             match Database::parse(url) {
                 Ok(database) if database.has_password() => {
@@ -753,9 +766,10 @@ fn check(settings: &Settings, json: bool) -> u8 {
 }
 
 /// The environment variables that stand for a profile key, as clap reads them.
-const VARIABLES: [(&str, &str); 5] = [
+const VARIABLES: [(&str, &str); 6] = [
     ("CRMVAULT_DB", "db"),
     ("CRMVAULT_RESTORE_DB", "restore_db"),
+    ("CRMVAULT_SCRATCH_DB", "scratch_db"),
     ("CRMVAULT_REPO", "repo"),
     ("CRMVAULT_FINGERPRINT", "fingerprint"),
     ("CRMVAULT_PG_DUMP", "pg_dump"),
@@ -769,6 +783,7 @@ fn with_environment(mut profile: Profile) -> (Profile, Vec<String>) {
         match key {
             "db" => profile.db = Some(value),
             "restore_db" => profile.restore_db = Some(value),
+            "scratch_db" => profile.scratch_db = Some(value),
             "repo" => profile.repo = Some(vec![value]),
             "fingerprint" => profile.fingerprint = Some(value),
             _ => profile.pg_dump = Some(value.into()),
@@ -806,7 +821,7 @@ fn show(settings: &Settings, json: bool) -> Result<u8> {
     };
     let (mut profile, overridden) = with_environment(loaded.profile.clone());
     let password = password_source(&profile);
-    for url in [&mut profile.db, &mut profile.restore_db].into_iter().flatten() {
+    for url in [&mut profile.db, &mut profile.restore_db, &mut profile.scratch_db].into_iter().flatten() {
         *url = crmvault::postgres::redact(url);
     }
     if json {

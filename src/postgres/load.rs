@@ -10,7 +10,7 @@ use tokio_postgres::{Client, CopyInSink};
 
 use super::{Database, USER_SCHEMAS, qualified, quote_ident, quote_literal};
 use crate::error::{Error, Result};
-use crate::repo::{SequenceState, TableManifest};
+use crate::repo::{SequenceState, SessionSettings, TableManifest};
 
 /// How the values a restore loads are compressed where PostgreSQL TOASTs them (values over
 /// ~2 KiB), in columns whose schema names no method.
@@ -32,16 +32,22 @@ pub struct LoadSession {
 }
 
 impl LoadSession {
-    /// Connects, then sets `default_toast_compression` for `toast_compression` and raises
-    /// `maintenance_work_mem` to `maintenance_work_mem` (PostgreSQL's units) when it is lower.
+    /// Connects, then sets `default_toast_compression` for `toast_compression`, raises
+    /// `maintenance_work_mem` to `maintenance_work_mem` (PostgreSQL's units) when it is lower,
+    /// and takes the backup's `settings` (a `DateStyle` of `SQL, DMY` writes dates that the
+    /// default `ISO, MDY` reads with day and month swapped).
     pub async fn open(
         database: &Database,
         toast_compression: ToastCompression,
         maintenance_work_mem: &str,
+        settings: Option<&SessionSettings>,
     ) -> Result<LoadSession> {
         let client = database.connect().await?;
         set_toast_compression(&client, toast_compression).await?;
         raise_maintenance_work_mem(&client, maintenance_work_mem).await?;
+        if let Some(settings) = settings {
+            super::session::apply_settings(&client, settings).await?;
+        }
         Ok(LoadSession { client })
     }
 
@@ -223,8 +229,31 @@ fn copy_in_sql(schema: &str, name: &str, columns: &[String], freeze: bool) -> St
     format!("COPY {table} ({}) FROM STDIN{freeze}", columns.join(", "))
 }
 
+/// Creates `database` on its server (connecting to the server's `postgres` database), from
+/// `template0`, with the source's encoding and collation when `locale` gives them, and
+/// `comment` on it.
+pub async fn create_database(database: &Database, locale: Option<&SessionSettings>, comment: &str) -> Result<()> {
+    let server = database.on_database("postgres").connect().await?;
+    let name = quote_ident(&database.name());
+    let locale = locale.map_or_else(String::new, |locale| {
+        format!(
+            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_literal(&locale.encoding),
+            quote_literal(&locale.collate),
+            quote_literal(&locale.ctype)
+        )
+    });
+    let sql = format!("CREATE DATABASE {name} TEMPLATE template0{locale}");
+    server
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| Error::Invalid(format!("creating {database}: {}", crate::error::postgres_message(&e))))?;
+    server.batch_execute(&format!("COMMENT ON DATABASE {name} IS {}", quote_literal(comment))).await?;
+    Ok(())
+}
+
 /// Describes what a database already holds, or `None` when it is empty.
-async fn describe_contents(client: &Client) -> Result<Option<String>> {
+pub(super) async fn describe_contents(client: &Client) -> Result<Option<String>> {
     let sql = format!(
         "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMAS}), \
                 (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMAS}), \
@@ -274,7 +303,7 @@ async fn holds_incomplete_restore(client: &Client) -> Result<bool> {
 /// Drops every user schema, large object, publication and event trigger (what pg_dump dumps of a
 /// database besides its schemas; subscriptions and foreign-data wrappers of one's own are left)
 /// and recreates an empty `public` (restore --clean), inside the caller's transaction.
-async fn clean_database(client: &Client) -> Result<()> {
+pub(super) async fn clean_database(client: &Client) -> Result<()> {
     client.batch_execute("SELECT count(pg_catalog.lo_unlink(oid)) FROM pg_catalog.pg_largeobject_metadata").await?;
     reset_global_default_privileges(client).await?;
     for (catalog, column, kind) in

@@ -17,13 +17,16 @@ pub mod conninfo;
 pub mod dump;
 pub mod load;
 pub mod pgpass;
+pub mod proof;
 pub mod script;
 pub mod session;
 pub mod tls;
 
 pub use conninfo::redact;
 pub use dump::{Section, dump_schema, executable_sql, find_pg_dump};
-pub use load::{INCOMPLETE_RESTORE_SCHEMA, LoadSession, RESTORE_MAINTENANCE_WORK_MEM, ToastCompression};
+pub use load::{
+    INCOMPLETE_RESTORE_SCHEMA, LoadSession, RESTORE_MAINTENANCE_WORK_MEM, ToastCompression, create_database,
+};
 pub use session::{LARGE_OBJECTS_COPY_OUT, SnapshotSession, SourceTable, attach_to_snapshot};
 use tls::{Reach, RemoteHosts, TlsMode, TlsUse};
 
@@ -152,6 +155,15 @@ impl Database {
     /// The database name (or the user name, PostgreSQL's default).
     pub fn name(&self) -> String {
         self.config.get_dbname().or(self.config.get_user()).unwrap_or("postgres").to_string()
+    }
+
+    /// The same server, user and settings, another database: `name` on the server of this one.
+    #[must_use]
+    pub fn on_database(&self, name: &str) -> Database {
+        let mut other = self.clone();
+        other.config.dbname(name);
+        other.redacted = format!("database {} on the server of {}", quote_ident(name), self.redacted);
+        other
     }
 
     /// The `sslmode` in effect, and who chose it.

@@ -6,6 +6,7 @@ use tokio_postgres::Client;
 
 use super::{Database, NOT_FROM_EXTENSION, USER_SCHEMAS, quote_ident, quote_literal};
 use crate::error::Result;
+use crate::repo::SessionSettings;
 
 /// A table whose data is backed up.
 #[derive(Debug, Clone)]
@@ -73,51 +74,36 @@ impl SnapshotSession {
 
     /// Every user table with data (leaf tables, not from extensions), biggest first.
     pub async fn tables(&self) -> Result<Vec<SourceTable>> {
-        let sql = format!(
-            "SELECT n.nspname, c.relname, \
-               coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
-                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'), \
-               coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
-                  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}'), \
-               pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} \
-             ORDER BY 5 DESC, 1, 2"
-        );
-        let rows = self.client.query(&sql, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| SourceTable {
-                schema: row.get(0),
-                name: row.get(1),
-                columns: row.get(2),
-                primary_key: row.get(3),
-                size: row.get(4),
-            })
-            .collect())
+        user_tables(&self.client).await
     }
 
     /// Current values of every user sequence.
     pub async fn sequences(&self) -> Result<Vec<crate::repo::SequenceState>> {
-        let sql = format!(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'S' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY 1, 2"
-        );
-        let mut states = Vec::new();
-        for row in self.client.query(&sql, &[]).await? {
-            let (schema, name): (String, String) = (row.get(0), row.get(1));
-            let value = self
-                .client
-                .query_one(
-                    &format!("SELECT last_value, is_called FROM {}.{}", quote_ident(&schema), quote_ident(&name)),
-                    &[],
-                )
-                .await?;
-            states.push(crate::repo::SequenceState { schema, name, last_value: value.get(0), is_called: value.get(1) });
-        }
-        Ok(states)
+        user_sequences(&self.client).await
+    }
+
+    /// The settings that shape COPY text in this session, and the database's locale.
+    pub async fn settings(&self) -> Result<SessionSettings> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_setting('DateStyle'), current_setting('IntervalStyle'), current_setting('TimeZone'), \
+                   current_setting('extra_float_digits'), current_setting('bytea_output'), \
+                   pg_catalog.pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text \
+                 FROM pg_catalog.pg_database d WHERE d.datname = current_database()",
+                &[],
+            )
+            .await?;
+        Ok(SessionSettings {
+            date_style: row.get(0),
+            interval_style: row.get(1),
+            time_zone: row.get(2),
+            extra_float_digits: row.get(3),
+            bytea_output: row.get(4),
+            encoding: row.get(5),
+            collate: row.get(6),
+            ctype: row.get(7),
+        })
     }
 
     /// Whether the database holds any large object.
@@ -150,6 +136,71 @@ impl SnapshotSession {
         );
         Ok(self.client.query(&sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+/// Every user table with data (leaf tables, not from extensions), biggest first.
+pub(super) async fn user_tables(client: &Client) -> Result<Vec<SourceTable>> {
+    let sql = format!(
+        "SELECT n.nspname, c.relname, \
+           coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'), \
+           coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+              WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}'), \
+           pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} \
+         ORDER BY 5 DESC, 1, 2"
+    );
+    let rows = client.query(&sql, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| SourceTable {
+            schema: row.get(0),
+            name: row.get(1),
+            columns: row.get(2),
+            primary_key: row.get(3),
+            size: row.get(4),
+        })
+        .collect())
+}
+
+/// Current values of every user sequence.
+pub(super) async fn user_sequences(client: &Client) -> Result<Vec<crate::repo::SequenceState>> {
+    let sql = format!(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'S' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} ORDER BY 1, 2"
+    );
+    let mut states = Vec::new();
+    for row in client.query(&sql, &[]).await? {
+        let (schema, name): (String, String) = (row.get(0), row.get(1));
+        let value = client
+            .query_one(&format!("SELECT last_value, is_called FROM {}", super::qualified(&schema, &name)), &[])
+            .await?;
+        states.push(crate::repo::SequenceState { schema, name, last_value: value.get(0), is_called: value.get(1) });
+    }
+    Ok(states)
+}
+
+/// Sets the settings that shape how values are read and written as text (restore reads the
+/// rows with those of the backup's sessions, a drill writes them out again with them).
+pub(super) async fn apply_settings(client: &Client, settings: &SessionSettings) -> Result<()> {
+    client
+        .query(
+            "SELECT pg_catalog.set_config('DateStyle', $1, false), pg_catalog.set_config('IntervalStyle', $2, false), \
+               pg_catalog.set_config('TimeZone', $3, false), pg_catalog.set_config('extra_float_digits', $4, false), \
+               pg_catalog.set_config('bytea_output', $5, false)",
+            &[
+                &settings.date_style,
+                &settings.interval_style,
+                &settings.time_zone,
+                &settings.extra_float_digits,
+                &settings.bytea_output,
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Opens a reader connection on the exported snapshot.

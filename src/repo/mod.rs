@@ -533,6 +533,7 @@ mod tests {
             large_objects: None,
             admin_only: None,
             alarms: vec![],
+            session: None,
         }
     }
 

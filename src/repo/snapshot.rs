@@ -172,6 +172,34 @@ pub struct Manifest {
     /// *flagged*, and `forget` keeps it. Absent in older snapshots and quiet nights.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<TableAlarm>,
+    /// How the backup's sessions wrote values as text, and the database's locale: restore
+    /// reads the rows with the same settings, and a drill writes them out again with them to
+    /// compare digests. Absent in older snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSettings>,
+}
+
+/// The settings that shape a table's COPY text (dates, intervals, time stamps with time zone,
+/// floats, bytea) as the backup's sessions had them, and the source database's encoding and
+/// collation (which order a primary key sorts text in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSettings {
+    /// `DateStyle`, like `ISO, MDY`.
+    pub date_style: String,
+    /// `IntervalStyle`.
+    pub interval_style: String,
+    /// `TimeZone`.
+    pub time_zone: String,
+    /// `extra_float_digits`.
+    pub extra_float_digits: String,
+    /// `bytea_output`.
+    pub bytea_output: String,
+    /// The database's encoding, like `UTF8`.
+    pub encoding: String,
+    /// The database's `LC_COLLATE`.
+    pub collate: String,
+    /// The database's `LC_CTYPE`.
+    pub ctype: String,
 }
 
 /// One table the data-loss alarm found losing rows since the previous snapshot.

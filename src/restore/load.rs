@@ -11,9 +11,11 @@ use crate::repo::{Manifest, StreamManifest, TableManifest};
 use super::{RestoreOptions, Streams};
 
 /// A connection to `options.database` set up for loading: TOAST compression and
-/// `maintenance_work_mem` as the options ask (every session of a restore is one of these).
-pub(super) async fn session(options: &RestoreOptions) -> Result<LoadSession> {
-    LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem).await
+/// `maintenance_work_mem` as the options ask, dates and intervals read as the backup wrote
+/// them (every session of a restore is one of these).
+pub(super) async fn session(options: &RestoreOptions, manifest: &Manifest) -> Result<LoadSession> {
+    let settings = manifest.session.as_ref();
+    LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem, settings).await
 }
 
 /// What loading a snapshot into the target needs.
@@ -119,7 +121,7 @@ impl Load<'_> {
         let built = std::sync::Mutex::new(Vec::new());
         let changed = tokio::sync::Notify::new();
         let worker = || async {
-            let client = session(self.options).await?;
+            let client = session(self.options, self.manifest).await?;
             // An entry built here waits for no other connection's lock (its tables are loaded
             // and committed, see LockBoard); a lock held by another session is: give up
             // instead of hanging.

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats};
 use crate::postgres::{self, Database};
 use crate::progress::{Shared, Unit};
-use crate::repo::{AdminKeyring, Keyring};
+use crate::repo::{AdminKeyring, Keyring, Manifest};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
@@ -67,6 +67,9 @@ pub struct RestoreOptions {
     /// The newest snapshot the caller knows of (its pin's high-water mark): `latest` says so
     /// when it finds only older ones.
     pub newest_known: Option<SnapshotMark>,
+    /// Create the target database first, once the snapshot is chosen (with its source's
+    /// encoding and collation), with this comment on it; `None`: it exists.
+    pub create: Option<String>,
 }
 
 /// What a restore did.
@@ -103,6 +106,17 @@ pub async fn run(
     options: &RestoreOptions,
     progress: Shared,
 ) -> Result<RestoreReport> {
+    Ok(restore(targets, keyring, options, progress).await?.0)
+}
+
+/// [`run`], and the manifest of the snapshot restored (with its digests: a drill compares the
+/// restored database with it).
+pub(crate) async fn restore(
+    targets: &RepoSet,
+    keyring: &AdminKeyring,
+    options: &RestoreOptions,
+    progress: Shared,
+) -> Result<(RestoreReport, Manifest)> {
     let mut warnings = Vec::new();
     let (mut manifest, sources, mark) = choose_snapshot(targets, keyring, options, &mut warnings).await?;
     let snapshot_id = mark.id.clone();
@@ -114,7 +128,10 @@ pub async fn run(
     let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
     let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
 
-    let client = session(options).await?;
+    if let Some(comment) = &options.create {
+        postgres::create_database(&options.database, manifest.session.as_ref(), comment).await?;
+    }
+    let client = session(options, &manifest).await?;
     let mut clean = false;
     if let Some(contents) = client.describe_contents().await? {
         if options.existing == ExistingContents::Refuse {
@@ -136,7 +153,7 @@ pub async fn run(
         load.in_one_transaction(clean, &pre_data, &post_data).await?
     };
     let sources = reader.stats();
-    Ok(RestoreReport {
+    let report = RestoreReport {
         snapshot_id,
         tables: manifest.tables.len(),
         sequence: mark.sequence,
@@ -147,5 +164,6 @@ pub async fn run(
         chunks: sources.served.iter().map(|(_, served)| served).sum(),
         sources,
         parallel: options.parallel,
-    })
+    };
+    Ok((report, manifest))
 }

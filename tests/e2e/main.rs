@@ -12,6 +12,7 @@ mod backup_restore;
 mod bad_input;
 mod config;
 mod crash;
+mod drill;
 mod faults;
 mod forget;
 mod listings;

@@ -148,6 +148,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         toast_compression: crmvault::postgres::ToastCompression::Lz4,
         maintenance_work_mem: crmvault::postgres::RESTORE_MAINTENANCE_WORK_MEM.into(),
         newest_known: None,
+        create: None,
     };
     let recorder = Arc::new(Recorder::default());
     let report = crmvault::restore::run(&targets, &admin, &options, recorder.clone()).await.unwrap();

@@ -1,0 +1,245 @@
+//! Restore drills (issue 22): `crmvault drill` restores a snapshot into a scratch database,
+//! proves it from the database (every table's rows and keyed digest read back with COPY,
+//! sequences, constraints, indexes), reports in text, JSON and Markdown, and never touches a
+//! database that holds anything.
+
+use crate::common::*;
+
+/// A database name on the test server that does not exist (dropped again if a drill leaves it).
+fn absent_database(label: &str) -> TestDb {
+    let db = TestDb::create(label);
+    psql("postgres", &format!("DROP DATABASE {}", db.name));
+    db
+}
+
+fn exists(db: &TestDb) -> bool {
+    psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", db.name)).trim() == "1"
+}
+
+fn drill(work: &Workspace, repo: &str, scratch: &TestDb, extra: &[&str]) -> Run {
+    let (key, url) = (work.admin_key(), scratch.url());
+    let mut args = vec!["drill", "--repo", repo, "--identity", &key, "--scratch-db", &url];
+    args.extend_from_slice(extra);
+    work.run(&args)
+}
+
+#[test]
+fn a_drill_restores_into_a_database_it_creates_proves_every_table_and_drops_it() {
+    let Ready { source, work, repo, report } =
+        Scenario::new("drill").fixture("tests/fixtures/everything.sql").init("repo").backup();
+    let scratch = absent_database("drill_scratch");
+    let (report_file, metrics) = (work.path("drill.md"), work.path("drill.prom"));
+    let run = drill(
+        &work,
+        &repo,
+        &scratch,
+        &["--json", "--report", report_file.to_str().unwrap(), "--metrics-file", metrics.to_str().unwrap()],
+    )
+    .ok();
+    let json = run.json();
+    assert_eq!(json["passed"], true, "{json}");
+    let one = &json["drills"][0];
+    assert_eq!(one["snapshot"]["id"], report["snapshot_id"], "{one}");
+    assert_eq!(one["scratch_created"], true);
+    assert!(!exists(&scratch), "the scratch database the drill created is dropped");
+
+    // Every table of the source was read back from the restored database, with the source's
+    // row count (and the large objects, as pg_catalog.pg_largeobject).
+    let tables = one["tables"].as_array().unwrap();
+    let expected: Vec<String> = source
+        .sql(
+            "SELECT format('%s.%s', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+        )
+        .lines()
+        .map(String::from)
+        .chain(["pg_catalog.pg_largeobject".to_string()])
+        .collect();
+    let mut found: Vec<String> =
+        tables.iter().map(|t| format!("{}.{}", t["schema"].as_str().unwrap(), t["name"].as_str().unwrap())).collect();
+    found.sort();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(found, expected_sorted);
+    for table in tables {
+        assert_eq!(table["result"], "ok", "{table}");
+        assert_eq!(table["rows_found"], table["rows_expected"], "{table}");
+    }
+    let contacts = tables.iter().find(|t| t["schema"] == "crm" && t["name"] == "contacts").unwrap();
+    assert_eq!(
+        contacts["rows_found"].as_u64().unwrap().to_string(),
+        source.sql("SELECT count(*) FROM crm.contacts").trim()
+    );
+    for check in ["sequences", "constraints", "indexes"] {
+        assert!(one[check]["checked"].as_u64().unwrap() > 0, "{check}: {one}");
+        assert_eq!(one[check]["problems"], serde_json::json!([]), "{check}");
+    }
+    // A constraint added NOT VALID in the source with rows breaking it is said, not failed.
+    assert!(one["warnings"].to_string().contains("contacts_phone_format"), "{one}");
+    let phases: Vec<&str> = one["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["prepare", "restore", "tables", "sequences", "constraints", "indexes", "cleanup"]);
+
+    // The auditor's report, and the metrics.
+    let markdown = std::fs::read_to_string(&report_file).unwrap();
+    assert!(markdown.starts_with("# crmvault restore drill: PASSED"), "{markdown}");
+    assert!(markdown.contains(&work.fingerprint(&repo)), "{markdown}");
+    assert!(markdown.contains(report["snapshot_id"].as_str().unwrap()));
+    assert!(markdown.contains("Restore time (RTO evidence)"));
+    assert!(markdown.contains(&format!("| crm.contacts | {0} | {0} | ok |", contacts["rows_found"])), "{markdown}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(prom.contains(&format!("crmvault_drill_passed{{targets=\"{repo}\"}} 1")), "{prom}");
+    assert!(prom.contains("crmvault_drill_restore_seconds"), "{prom}");
+
+    // Text, and --parallel.
+    let text = drill(&work, &repo, &scratch, &["--parallel"]).ok();
+    assert!(text.stdout.starts_with("drill PASSED: snapshot "), "{}", text.stdout);
+    assert!(!exists(&scratch));
+}
+
+#[test]
+fn a_drill_never_touches_a_database_that_holds_anything_and_empties_a_given_empty_one() {
+    let Ready { work, repo, .. } = Scenario::new("drill_guard").crm().init("repo").backup();
+
+    // A database with anything in it (here one table) is refused and left as it was.
+    let busy = TestDb::create("drill_busy");
+    busy.sql("CREATE TABLE public.keep (id int); INSERT INTO public.keep VALUES (1)");
+    drill(&work, &repo, &busy, &[])
+        .fails_with(1, "a drill restores only into a database it creates, or one that is empty");
+    assert_eq!(busy.sql("SELECT count(*) FROM public.keep").trim(), "1");
+
+    // An empty database given is used, then emptied again (not dropped: it was not the drill's).
+    let given = TestDb::create("drill_given");
+    let run = drill(&work, &repo, &given, &["--json"]).ok();
+    assert_eq!(run.json()["drills"][0]["scratch_created"], false);
+    assert!(exists(&given) && given.is_empty());
+
+    // One an earlier drill created and left behind (killed) bears its mark: it is replaced.
+    let left = TestDb::create("drill_left");
+    left.sql(&format!(
+        "CREATE TABLE public.half_restored (id int); COMMENT ON DATABASE {} IS '{}'",
+        left.name,
+        crmvault::postgres::proof::SCRATCH_MARK
+    ));
+    let run = drill(&work, &repo, &left, &["--json"]).ok();
+    assert_eq!(run.json()["drills"][0]["passed"], true);
+    assert!(!exists(&left));
+}
+
+#[test]
+fn a_damaged_pack_fails_the_drill_and_from_every_target_finds_the_copy_that_holds_it() {
+    let Ready { source, work, repo, .. } = Scenario::new("drill_damage").crm().init("repo");
+    let second = work.path("second").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &second, "--copy-from", &repo]).ok();
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--repo", &second]).ok();
+    // Every pack of the second copy damaged.
+    for pack in files_under(&work.path("second/data")) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&pack, bytes).unwrap();
+    }
+    let scratch = absent_database("drill_damage_scratch");
+
+    // Reading from the first copy that holds each chunk intact, the drill passes…
+    drill(&work, &repo, &scratch, &["--repo", &second]).ok();
+    // …one drill per copy finds the damaged one: exit 3, and it says which.
+    let run = drill(&work, &repo, &scratch, &["--repo", &second, "--from-every-target", "--json"]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let json = run.json();
+    assert_eq!(json["passed"], false);
+    assert_eq!(json["drills"][0]["passed"], true, "{json}");
+    assert_eq!(json["drills"][0]["targets"], serde_json::json!([repo]));
+    let failed = &json["drills"][1];
+    assert_eq!(failed["passed"], false);
+    assert_eq!(failed["targets"], serde_json::json!([second]));
+    assert_eq!(failed["snapshot"], serde_json::Value::Null, "{failed}");
+    assert!(failed["failures"][0].as_str().unwrap().starts_with("the restore failed"), "{failed}");
+    assert!(!exists(&scratch), "a failed drill drops its scratch database too");
+
+    // The damaged copy alone: the text says FAILED, and why.
+    let run = drill(&work, &second, &scratch, &[]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.starts_with("drill FAILED"), "{}", run.stdout);
+    assert!(run.stdout.contains("FAILED: the restore failed"), "{}", run.stdout);
+}
+
+#[test]
+fn dates_written_day_first_restore_as_they_were_and_the_drill_proves_it() {
+    // A database whose sessions write dates day first, time stamps in New York time and
+    // intervals in SQL style: COPY writes 04/03/2026 for 4 March, which a server's default
+    // DateStyle (MDY) reads as 3 April, and 17/03/2026, which it refuses.
+    let Ready { source, work, repo, .. } = Scenario::new("datestyle")
+        .sql(
+            "CREATE TABLE public.meetings (id int PRIMARY KEY, day date, at timestamptz, length interval); \
+             INSERT INTO public.meetings VALUES (1, '2026-03-04', '2026-03-04 09:30+01', '1 day 2 hours'), \
+               (2, '2026-03-17', '2026-03-17 23:15+00', '-3 years 1 month'), (3, '1999-12-31', NULL, '00:00:01.5');",
+        )
+        .init("repo");
+    source.sql(&format!(
+        "ALTER DATABASE {} SET DateStyle = 'SQL, DMY'; ALTER DATABASE {0} SET TimeZone = 'America/New_York'; \
+         ALTER DATABASE {0} SET IntervalStyle = 'sql_standard'",
+        source.name
+    ));
+    work.backup(&source, &repo);
+    let restored = TestDb::create("datestyle_restored");
+    work.restore(&repo, &restored).ok();
+    let values = "SELECT id, to_char(day, 'YYYY-MM-DD'), extract(epoch FROM at), extract(epoch FROM length) \
+                  FROM public.meetings ORDER BY id";
+    assert_eq!(source.sql(values), restored.sql(values));
+    assert!(restored.sql(values).contains("2026-03-04"), "{}", restored.sql(values));
+    let json = drill(&work, &repo, &absent_database("datestyle_scratch"), &["--json"]).ok().json();
+    assert_eq!(json["drills"][0]["tables"][0]["result"], "ok", "{json}");
+}
+
+/// The drill's checks read the database, not the backup: a restored database changed after
+/// its restore (a row altered, a sequence moved, an orphan row) fails them, each named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proof_reads_the_database_a_changed_row_sequence_or_orphan_fails_it() {
+    use crmvault::postgres::Database;
+    use crmvault::repo::{Repository, SnapshotFilter};
+    use crmvault::repo_set::RepoSet;
+    use crmvault::target::{OpenMode, Target};
+
+    let Ready { work, repo, report, .. } = Scenario::new("proof").crm().init("repo").backup();
+    let restored = TestDb::create("proof_restored");
+    work.restore(&repo, &restored).ok();
+    let targets =
+        RepoSet::of(vec![Repository::open(Target::open(&repo, OpenMode::Existing).unwrap()).await.unwrap()]).unwrap();
+    let admin = targets.unlock_as_admin(std::path::Path::new(&work.admin_key())).await.unwrap();
+    let id =
+        targets.resolve_snapshot(report["snapshot_id"].as_str().unwrap(), &SnapshotFilter::default(), &admin).await;
+    let (manifest, _, _) =
+        targets.open_snapshot(&admin, &id.unwrap()[0], crmvault::repo::INDEX_IN_MEMORY).await.unwrap();
+    let database = Database::parse(&restored.url()).unwrap();
+    let prove = || async {
+        let mut proof = crmvault::drill::DrillReport::new(vec![repo.clone()], String::new(), &database);
+        let silent: crmvault::progress::Shared = std::sync::Arc::new(crmvault::progress::Silent);
+        crmvault::drill::prove(&mut proof, &manifest, &admin, (&database, 2), &silent).await.unwrap();
+        proof.failures
+    };
+    assert_eq!(prove().await, Vec::<String>::new(), "as restored, it proves");
+
+    // One character of one row.
+    restored.sql("UPDATE crm.contacts SET email = email || 'x' WHERE id = (SELECT min(id) FROM crm.contacts)");
+    // A sequence moved on.
+    let sequence = restored.sql(
+        "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences WHERE schemaname = 'crm' ORDER BY 1 LIMIT 1",
+    );
+    restored.sql(&format!("SELECT nextval('{}')", sequence.trim()));
+    // A deal whose company is gone, behind the foreign key's back.
+    restored.sql(
+        "SET session_replication_role = replica; \
+         DELETE FROM crm.companies WHERE id = (SELECT company_id FROM crm.deals WHERE company_id IS NOT NULL LIMIT 1)",
+    );
+    let failures = prove().await;
+    assert!(failures.iter().any(|f| f.starts_with("table crm.contacts: its rows read back differ")), "{failures:?}");
+    assert!(failures.iter().any(|f| f.starts_with(&format!("sequence {}", sequence.trim()))), "{failures:?}");
+    assert!(
+        failures.iter().any(|f| f.starts_with("foreign key constraint") && f.contains("crm.deals")),
+        "{failures:?}"
+    );
+    assert!(
+        failures.iter().any(|f| f.starts_with("table crm.companies: ") && f.contains("rows read back")),
+        "{failures:?}"
+    );
+}
