@@ -77,6 +77,11 @@ impl RepoSecret {
     pub fn forget_mac_key(&self) -> MacKey {
         MacKey(self.derive("crmvault 2026 forget mac v7"))
     }
+
+    /// The key of audit records' MACs (derived from the authentication secret).
+    pub fn audit_mac_key(&self) -> MacKey {
+        MacKey(self.derive("crmvault 2026 audit mac v7"))
+    }
 }
 
 /// The secret half of a config generation's signing key (Ed25519): only the admins of that

@@ -10,6 +10,7 @@ macro_rules! say {
     };
 }
 
+mod audit;
 mod connection;
 mod drill;
 mod generate;
@@ -350,6 +351,23 @@ enum Command {
         #[command(flatten)]
         keep: KeepArgs,
     },
+    /// List the audit trail: who ran what on the repository, when, and how it ended.
+    ///
+    /// Every backup, restore, drill, verify, forget, prune, rekey and copy run with a key (the
+    /// writer key or an admin's) appends an encrypted, MACed record to each repository it
+    /// opened, numbered and naming the one before. Needs the writer key (on the backup host) or
+    /// --identity. Exit 3 when a record was removed, forged or does not read (`verify` checks
+    /// that too).
+    Audit {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Admin identity file (the writer key on this machine serves otherwise).
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
+        identity: Option<PathBuf>,
+        /// Only records of runs that ended at or after this time (RFC 3339, like 2026-12-01T00:00:00Z).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Print the repository's fingerprint, as the storage claims it (no key needed).
     ///
     /// Compare it with the one the admins keep.
@@ -590,17 +608,20 @@ pub fn main() -> ExitCode {
     };
     let metrics_file = cli.metrics_file.clone();
     let metrics = metrics::Metrics::default();
-    let code = match runtime.block_on(until_interrupted(run(cli, &metrics))) {
-        Ok(code) => code,
+    let audit = audit::AuditLog::default();
+    let (code, failure) = match runtime.block_on(until_interrupted(run(cli, &metrics, &audit))) {
+        Ok(code) => (code, None),
         Err(error) => {
             let (message, hint, code) = (one_line(&error), hint(&error), profile::exit_code(&error));
             output::error(&message, hint, code);
             if json {
                 output::failure(command.as_deref(), &message, hint, code, started.elapsed());
             }
-            code
+            (code, Some(message))
         }
     };
+    // After the command, its locks released: the record says how it ended, killed included.
+    runtime.block_on(audit.write(command.as_deref(), code, failure.as_deref()));
     if let Some(path) = metrics_file {
         let seconds = started.elapsed().as_secs_f64();
         let name = command.as_deref().unwrap_or("crmvault");
@@ -754,7 +775,7 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".into(), |h| h.trim().to_string())
 }
 
-async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
+async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> Result<u8> {
     let json = cli.json_results();
     let quiet = cli.quiet;
     let lock_wait = cli.lock_wait;
@@ -825,6 +846,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 trust::check(targets.repositories_mut(), trust::Role::Writer, fingerprint.as_ref(), &config_dir)
                     .await?;
             let keyring = targets.unlock_as_writer(&config_dir).await?;
+            audit.opened(targets.repositories(), &keyring);
             let locks = targets
                 .lock_available(LockMode::Append, &lock::options(lock_wait, "backup", keyring.identities().to_vec()))
                 .await?;
@@ -855,7 +877,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
             let result = backup::run(&targets, &keyring, &options, &locks, progress.clone()).await;
             progress.finish();
             lock::release(locks).await;
+            audit.database(&options.database);
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
+            audit.snapshot(&report.snapshot_id);
             trusted.backed_up(&report)?;
             metrics.backup(&report);
             output::backup(json, &report, started.elapsed());
@@ -907,6 +931,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
                     .await?;
             let keyring = targets.unlock_as_admin(&identity).await?;
+            audit.opened(targets.repositories(), &keyring);
             let locks = targets
                 .lock_all(LockMode::Shared, &lock::options(lock_wait, "restore", keyring.identities().to_vec()))
                 .await?;
@@ -926,6 +951,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 newest_known: trusted.newest(),
                 create: None,
             };
+            audit.database(&options.database);
             let progress = output::Bar::start(json || quiet);
             let result = restore::run(&targets, &keyring, &options, progress.clone()).await;
             progress.finish();
@@ -942,6 +968,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 };
                 in_context(error, &options.database, "restoring into", outcome)
             })?;
+            audit.snapshot(&report.snapshot_id);
             trusted.advance(Some(&crmvault::trust::SnapshotMark {
                 id: report.snapshot_id.clone(),
                 sequence: report.sequence,
@@ -960,6 +987,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
                     .await?;
             let keyring = targets.unlock_as_admin(&identity).await?;
+            audit.opened(targets.repositories(), &keyring);
             let locks = targets
                 .lock_all(LockMode::Shared, &lock::options(lock_wait, "drill", keyring.identities().to_vec()))
                 .await?;
@@ -976,6 +1004,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 newest_known: trusted.newest(),
                 create: None,
             };
+            audit.database(&options.database);
             let progress = output::Bar::start(json || quiet);
             let result = async {
                 if !from_every_target {
@@ -991,18 +1020,31 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                     reports.push(crmvault::drill::run(&one, &keyring, &options, progress.clone()).await?);
                 }
                 for left_out in targets.left_out() {
-                    reports.push(crmvault::drill::DrillReport::not_run(
-                        &left_out.location,
-                        &options.database,
-                        &left_out.reason,
-                    ));
+                    let reason = format!("{} did not open: {}", left_out.location, left_out.reason);
+                    let location = vec![left_out.location.clone()];
+                    reports.push(crmvault::drill::DrillReport::not_run(location, &options.database, reason));
                 }
                 crmvault::Result::Ok(reports)
             }
             .await;
             progress.finish();
             lock::release(locks).await;
-            let reports = result.map_err(|error| in_context(error, &options.database, "drilling into", ""))?;
+            // A drill that could not run is a failed drill for the report and the metrics too:
+            // last week's PASSED must not stand.
+            let reports = match result {
+                Ok(reports) => reports,
+                Err(error) => {
+                    let error = in_context(error, &options.database, "drilling into", "");
+                    let locations = targets.repositories().iter().map(|r| r.target.location().to_string()).collect();
+                    let failed =
+                        [crmvault::drill::DrillReport::not_run(locations, &options.database, one_line(&error))];
+                    metrics.drill(&failed);
+                    if let Some(path) = &report {
+                        drill::write_report(path, &failed)?;
+                    }
+                    return Err(error);
+                }
+            };
             for report in reports.iter().filter(|report| report.passed) {
                 if let (Some(snapshot), Some(restored)) = (&report.snapshot, &report.restore) {
                     trusted.advance(Some(&crmvault::trust::SnapshotMark {
@@ -1011,6 +1053,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                         time: snapshot.time,
                     }))?;
                 }
+            }
+            for snapshot in reports.iter().filter_map(|report| report.snapshot.as_ref()) {
+                audit.snapshot(&snapshot.id);
             }
             metrics.drill(&reports);
             if let Some(path) = &report {
@@ -1047,6 +1092,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                     trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let progress = output::Bar::start(json || quiet);
                 let known = (trusted.newest(), trusted.missed_at(repository.target.location()));
+                if let Ok(Some(keyring)) = keyring(repository, identity.as_deref()).await {
+                    audit.opened(std::slice::from_ref(repository), &keyring);
+                }
                 let result =
                     verify_one(repository, identity.as_deref(), depth, &filter, known, progress.as_ref()).await;
                 progress.finish();
@@ -1078,6 +1126,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 Some(path) => targets.unlock_as_admin(path).await?.into(),
                 None => targets.unlock_as_writer(&config_dir).await?,
             };
+            audit.opened(targets.repositories(), &keyring);
             let mode = if dry_run { LockMode::Shared } else { LockMode::Exclusive };
             let locks =
                 targets.lock_all(mode, &lock::options(lock_wait, "forget", keyring.identities().to_vec())).await?;
@@ -1095,6 +1144,11 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
             progress.finish();
             lock::release(locks).await;
             let report = result?;
+            if !dry_run {
+                for plan in &report.plans {
+                    plan.removed().for_each(|decision| audit.snapshot(&decision.id));
+                }
+            }
             metrics.forget(&report.plans);
             metrics.prune(&report.pruned);
             output::forget(json, &report, &options.policy.to_string(), dry_run);
@@ -1102,6 +1156,25 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
             // on a later night. A snapshot forget could not see (damaged, or deleted behind the
             // repository's back) is a problem for `verify`: exit 3 too.
             if !report.failed.is_empty() || report.plans.iter().any(|plan| plan.blind.is_some()) {
+                return Ok(3);
+            }
+        }
+        Command::Audit { repo, identity, since } => {
+            let identity = settings.identity(identity)?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;
+            let mut trails = Vec::new();
+            for repository in targets.repositories_mut() {
+                let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
+                trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
+                let Some(keyring) = keyring(repository, identity.as_deref()).await? else {
+                    anyhow::bail!(
+                        "the audit trail is encrypted: run it on the backup host (writer key) or give an admin's --identity"
+                    );
+                };
+                trails.push((repository.target.location().to_string(), repository.audit_trail(Some(&keyring)).await?));
+            }
+            audit::print(json, &trails, since);
+            if trails.iter().any(|(_, trail)| !trail.problems.is_empty()) {
                 return Ok(3);
             }
         }
@@ -1134,12 +1207,19 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
             let mut trusted =
                 trust::check_for_rekey(targets.repositories_mut(), fingerprint.as_ref(), &config_dir).await?;
             let identity = settings.require_identity(identity)?;
+            if let Ok(keyring) = targets.unlock_as_admin(&identity).await {
+                audit.opened(targets.repositories(), &keyring);
+            }
             let readers = lock::readers(targets.repositories(), Some(&identity), &config_dir);
             let locks = targets.lock_all(LockMode::Exclusive, &lock::options(lock_wait, "rekey", readers)).await?;
             let progress = output::Bar::start(json || quiet);
             let result = rekey::run(&mut targets, &identity, &options, progress.as_ref()).await;
             progress.finish();
             lock::release(locks).await;
+            // The record goes under the new generation's keys (the old ones are retired).
+            if let Ok(keyring) = targets.unlock_as_admin(&identity).await {
+                audit.opened(targets.repositories(), &keyring);
+            }
             let report = result?;
             trusted.follow(&report.config_hash)?;
             output::rekey(json, &report);
@@ -1167,7 +1247,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                     &prune::PruneOptions::new(mode),
                     &lock_options,
                     fingerprint.as_ref(),
-                    json || quiet,
+                    (json || quiet, audit),
                 )
                 .await?;
                 metrics.prune(&outcome.reports);
@@ -1187,7 +1267,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
                 &identity,
                 (mode, max_unused),
                 fingerprint.as_ref(),
-                (lock_wait, json || quiet),
+                (lock_wait, json || quiet, audit),
             )
             .await?;
             // A replaced snapshot the storage would not delete is a warning, as any refused
@@ -1207,7 +1287,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics) -> Result<u8> {
             let mut locks = from.lock_all(LockMode::Shared, &options).await?;
             locks.join(to.lock_all(LockMode::Append, &options).await?);
             let (from, to) = (from.first(), to.first());
+            // Keyless, but the writer key, where this machine has it, records the copy.
+            for repository in [from, to] {
+                if let Ok(Some(keyring)) = keyring(repository, None).await {
+                    audit.opened(std::slice::from_ref(repository), &keyring);
+                }
+            }
             let report = copy::run(from, to, &snapshots, &locks).await?;
+            report.snapshots_copied.iter().for_each(|id| audit.snapshot(id));
             lock::release(locks).await;
             output::copy(json, &report, from.target.location(), to.target.location());
         }
@@ -1240,12 +1327,13 @@ async fn repack_and_prune(
     identity: &Path,
     (mode, max_unused): (prune::PruneMode, crmvault::repack::MaxUnused),
     fingerprint: Option<&crmvault::trust::Fingerprint>,
-    (lock_wait, silent): (std::time::Duration, bool),
+    (lock_wait, silent, audit): (std::time::Duration, bool, &audit::AuditLog),
 ) -> Result<(Vec<crmvault::repack::Repacked>, Vec<prune::PruneReport>)> {
     let mut targets = storage.open_set(locations, false).await?;
     let config_dir = config_dir()?;
     trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir).await?;
     let keyring = targets.unlock_as_admin(identity).await?;
+    audit.opened(targets.repositories(), &keyring);
     let readers = lock::readers(targets.repositories(), Some(identity), &config_dir);
     let lock_mode = match mode {
         prune::PruneMode::Delete => LockMode::Exclusive,
@@ -1286,7 +1374,7 @@ async fn prune_each(
     options: &prune::PruneOptions,
     lock_options: &crmvault::lock::LockOptions,
     fingerprint: Option<&crmvault::trust::Fingerprint>,
-    silent: bool,
+    (silent, audit): (bool, &audit::AuditLog),
 ) -> Result<PruneOutcome> {
     let mut each = targets.each_copy();
     let lock_mode = match options.mode {
@@ -1303,6 +1391,9 @@ async fn prune_each(
             // The writer key, where this machine has it, proves each snapshot before its header
             // is believed.
             let keyring = keyring(repository, None).await?;
+            if let Some(keyring) = &keyring {
+                audit.opened(std::slice::from_ref(repository), keyring);
+            }
             let result = prune::run(repository, options, (keyring.as_ref(), &locks), progress.as_ref()).await;
             progress.finish();
             lock::release(locks).await;

@@ -408,6 +408,14 @@ pub async fn run(
     for (key, error) in &forgotten.rejected {
         report.problems.push(problem(key, vec![], format!("a forget record that explains nothing: {error}")));
     }
+    // The audit trail: a removed record leaves a gap in its numbers or a predecessor missing;
+    // with a key, each record must prove itself.
+    let trail = repository.audit_trail(keyring).await?;
+    report.objects += trail.records.len();
+    report.bytes += trail.bytes;
+    for trouble in &trail.problems {
+        report.problems.push(problem("audit", vec![], format!("audit trail: {trouble}")));
+    }
     // ...unless `forget` removed snapshots of this target before it: then its history started
     // earlier, and the oldest snapshot's predecessor must be here or forgotten too (deleting
     // the only snapshot `forget --keep-last 1` left is otherwise never reported).

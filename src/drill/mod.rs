@@ -18,7 +18,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::postgres::proof::{Constraint, ProofSession, SCRATCH_MARK, Scratch};
 use crate::postgres::{Database, LARGE_OBJECTS_COPY_OUT, SourceTable};
 use crate::progress::{Shared, Unit};
@@ -39,6 +39,8 @@ pub struct DrillReport {
     pub scratch_database: String,
     /// Whether the drill created the scratch database (and dropped it), or was given it.
     pub scratch_created: bool,
+    /// Whether a scratch database the drill created is left behind (a warning says why).
+    pub scratch_left: bool,
     /// When the drill began and ended.
     pub started: chrono::DateTime<chrono::Utc>,
     /// When it ended.
@@ -140,6 +142,8 @@ pub async fn run(
     let clock = Instant::now();
     let restored = restore::restore(targets, keyring, &restore_options, progress.clone()).await;
     report.phase("restore", clock);
+    // A database the restore refused as not empty (filled since the claim) is not the drill's.
+    let touched = !matches!(restored, Err(Error::TargetNotEmpty { .. } | Error::NotEmptyForParallel { .. }));
     match restored {
         Ok((restore_report, manifest)) => {
             report.snapshot = Some(DrilledSnapshot {
@@ -161,8 +165,16 @@ pub async fn run(
     }
 
     let clock = Instant::now();
-    if let Err(error) = scratch.finish().await {
-        report.warnings.push(format!("{} was not removed after the drill: {error}", options.database));
+    match scratch.finish(touched).await {
+        Ok(None) => {}
+        Ok(Some(left)) => {
+            report.scratch_left = report.scratch_created;
+            report.warnings.push(left);
+        }
+        Err(error) => {
+            report.scratch_left = report.scratch_created;
+            report.warnings.push(format!("{} was not removed after the drill: {error}", options.database));
+        }
     }
     report.phase("cleanup", clock);
     report.passed = report.failures.is_empty();
@@ -171,10 +183,11 @@ pub async fn run(
 }
 
 impl DrillReport {
-    /// A drill that could not run on `target` (it did not open): failed, with `reason`.
-    pub fn not_run(target: &str, scratch: &Database, reason: &str) -> DrillReport {
-        let mut report = DrillReport::new(vec![target.to_string()], String::new(), scratch);
-        report.failures.push(format!("{target} did not open: {reason}"));
+    /// A drill that could not run on `targets` (a target did not open, the scratch database
+    /// was refused): failed, with `reason`.
+    pub fn not_run(targets: Vec<String>, scratch: &Database, reason: String) -> DrillReport {
+        let mut report = DrillReport::new(targets, String::new(), scratch);
+        report.failures.push(reason);
         report
     }
 
@@ -187,6 +200,7 @@ impl DrillReport {
             crmvault_version: env!("CARGO_PKG_VERSION"),
             scratch_database: scratch.to_string(),
             scratch_created: false,
+            scratch_left: false,
             started: now,
             ended: now,
             passed: false,
@@ -233,6 +247,13 @@ pub async fn prove(
     let session = ProofSession::open(database, settings).await?;
     if let Some(snapshot) = &mut report.snapshot {
         snapshot.scratch_server_version = Some(session.server_version().await?);
+    }
+    if session.is_superuser().await? {
+        report.warnings.push(
+            "the drill ran as a superuser: the snapshot's schema SQL, which the backup host writes, ran with every \
+             right on this server; a role with CREATEDB is enough (indexes are then checked where amcheck is installed)"
+                .into(),
+        );
     }
 
     let clock = Instant::now();
@@ -347,6 +368,22 @@ async fn prove_tables(
     let readers = std::iter::once(session).chain(others.iter());
     futures::future::try_join_all(readers.map(|reader| queue.drain(reader, keyring, progress))).await?;
     let mut proofs = queue.results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A table the snapshot holds no data of (left out by the backup's table patterns) restores
+    // empty: rows in it came from somewhere else (the schema's SQL).
+    let in_snapshot: std::collections::HashSet<(&str, &str)> =
+        manifest.tables.iter().map(|t| (t.schema.as_str(), t.name.as_str())).collect();
+    for table in restored.values().filter(|t| !in_snapshot.contains(&(t.schema.as_str(), t.name.as_str()))) {
+        let rows = session.row_count(table).await?;
+        if rows > 0 {
+            proofs.push(TableProof {
+                schema: table.schema.clone(),
+                name: table.name.clone(),
+                rows_expected: 0,
+                rows_found: Some(rows),
+                result: format!("{rows} rows where the snapshot holds no data for it"),
+            });
+        }
+    }
     proofs.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
     Ok(proofs)
 }

@@ -166,6 +166,11 @@ impl Database {
         other
     }
 
+    /// Whether the connection string names its database (else it is the user's name).
+    pub fn names_database(&self) -> bool {
+        self.config.get_dbname().is_some()
+    }
+
     /// The `sslmode` in effect, and who chose it.
     pub fn tls_mode(&self) -> (TlsMode, TlsOrigin) {
         (self.tls, self.tls_origin)

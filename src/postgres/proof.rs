@@ -21,22 +21,58 @@ pub struct Scratch {
     /// Whether the restore is to create it (the drill drops it afterwards), or it was given
     /// empty (the drill empties it again).
     pub create: bool,
+    /// The server's `postgres` database, holding the drill's advisory lock on the name for the
+    /// whole drill (a second drill on the same name is refused instead of dropping this one's).
+    server: Option<Client>,
 }
+
+/// The server's own databases: never a scratch database, even empty.
+const SERVER_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
 
 impl Scratch {
     /// Claims `database` for a drill: one that does not exist is to be created, one an earlier
     /// drill left behind is dropped and to be created again, an empty one is taken as it is,
-    /// and any other is refused.
+    /// and any other is refused, as are the server's own databases and a URL naming none.
     pub async fn claim(database: &Database) -> Result<Scratch> {
-        match scratch_mark(database).await {
-            Some(Ok(None)) => return Ok(Scratch { database: database.clone(), create: true }),
-            Some(Ok(Some(true))) => {
-                tracing::warn!("{database} was left behind by an earlier drill: replacing it");
-                drop_database(database).await?;
-                return Ok(Scratch { database: database.clone(), create: true });
+        let name = database.name();
+        if !database.names_database() {
+            return Err(Error::Invalid(format!(
+                "{database} names no database: give the scratch database's name (postgres://…/crm_drill)"
+            )));
+        }
+        if SERVER_DATABASES.contains(&name.as_str()) {
+            return Err(Error::Invalid(format!(
+                "{database} is one of the server's own databases: a drill restores into a database of its own"
+            )));
+        }
+        let server = match database.on_database("postgres").connect().await {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::debug!("no maintenance connection ({error}): the scratch database must exist");
+                None
             }
-            Some(Err(error)) => return Err(error),
-            Some(Ok(Some(false))) | None => {}
+        };
+        let create = match &server {
+            Some(maintenance) => {
+                let key = format!("crmvault drill {name}");
+                let sql = "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($1))";
+                if !maintenance.query_one(sql, &[&key]).await?.get::<_, bool>(0) {
+                    return Err(Error::Invalid(format!("another drill is using {database}: one at a time")));
+                }
+                match mark(maintenance, &name).await? {
+                    None => true,
+                    Some(true) => {
+                        tracing::warn!("{database} was left behind by an earlier drill: replacing it");
+                        drop_database(maintenance, &name).await?;
+                        true
+                    }
+                    Some(false) => false,
+                }
+            }
+            None => false,
+        };
+        if create {
+            return Ok(Scratch { database: database.clone(), create, server });
         }
         let client = database.connect().await?;
         if let Some(contents) = super::load::describe_contents(&client).await? {
@@ -44,52 +80,50 @@ impl Scratch {
                 "{database} holds {contents}: a drill restores only into a database it creates, or one that is empty"
             )));
         }
-        Ok(Scratch { database: database.clone(), create: false })
+        Ok(Scratch { database: database.clone(), create: false, server })
     }
 
-    /// Drops the database if the drill created it (and it still bears the drill's mark), or
-    /// empties it again.
-    pub async fn finish(self) -> Result<()> {
+    /// Gives the database back: drops it if the drill created it (and it still bears the
+    /// drill's mark), or empties it again if the restore may have written to it (`touched`).
+    /// `Ok(Some(why))` when a database the drill created is left behind.
+    pub async fn finish(self, touched: bool) -> Result<Option<String>> {
+        let name = self.database.name();
         if self.create {
-            return match scratch_mark(&self.database).await {
-                Some(Ok(Some(true))) => drop_database(&self.database).await,
-                Some(Err(error)) => Err(error),
-                _ => Ok(()),
+            let Some(server) = &self.server else { return Ok(Some(format!("{} was not dropped", self.database))) };
+            return match mark(server, &name).await? {
+                Some(true) => drop_database(server, &name).await.map(|()| None),
+                // The restore failed before creating it.
+                None => Ok(None),
+                Some(false) => Ok(Some(format!(
+                    "{} was not dropped: it no longer bears the drill's mark (its comment was changed during the \
+                     drill, by the snapshot's SQL or by someone); drop it yourself",
+                    self.database
+                ))),
             };
         }
-        let client = self.database.connect().await?;
-        client.batch_execute("BEGIN").await?;
-        super::load::clean_database(&client).await?;
-        client.batch_execute("COMMIT").await?;
-        Ok(())
+        if touched {
+            let client = self.database.connect().await?;
+            client.batch_execute("BEGIN").await?;
+            super::load::clean_database(&client).await?;
+            client.batch_execute("COMMIT").await?;
+        }
+        Ok(None)
     }
 }
 
-/// Whether `database` exists (`None` when it does not) and bears the drill's mark, as its
-/// server's `postgres` database sees it; `None` when that cannot be reached.
-async fn scratch_mark(database: &Database) -> Option<Result<Option<bool>>> {
-    let server = match database.on_database("postgres").connect().await {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::debug!("no maintenance connection ({error}): the scratch database must exist");
-            return None;
-        }
-    };
+/// Whether the database `name` exists (`None` when it does not) and bears the drill's mark.
+async fn mark(server: &Client, name: &str) -> Result<Option<bool>> {
     let row = server
         .query_opt(
             "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = $1",
-            &[&database.name()],
+            &[&name],
         )
-        .await;
-    Some(match row {
-        Ok(row) => Ok(row.map(|row| row.get::<_, Option<String>>(0).as_deref() == Some(SCRATCH_MARK))),
-        Err(error) => Err(error.into()),
-    })
+        .await?;
+    Ok(row.map(|row| row.get::<_, Option<String>>(0).as_deref() == Some(SCRATCH_MARK)))
 }
 
-async fn drop_database(database: &Database) -> Result<()> {
-    let server = database.on_database("postgres").connect().await?;
-    server.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&database.name()))).await?;
+async fn drop_database(server: &Client, name: &str) -> Result<()> {
+    server.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await?;
     Ok(())
 }
 
@@ -130,6 +164,22 @@ impl ProofSession {
     /// The server's version string.
     pub async fn server_version(&self) -> Result<String> {
         Ok(self.client.query_one("SELECT current_setting('server_version')", &[]).await?.get(0))
+    }
+
+    /// Whether the session's role is a superuser.
+    pub async fn is_superuser(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_one("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
+            .await?
+            .get(0))
+    }
+
+    /// The rows of `table` (itself only, not its inheritance children).
+    pub async fn row_count(&self, table: &SourceTable) -> Result<u64> {
+        let count: i64 =
+            self.client.query_one(&format!("SELECT count(*) FROM ONLY {}", table.qualified()), &[]).await?.get(0);
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Every user table, as backup lists them (columns, primary key).

@@ -305,6 +305,11 @@ async fn carried_snapshots(
             }
         }
     }
+    // Audit records: the trail outlives the keys that wrote it (only what proves itself).
+    for repository in repositories {
+        let trail = repository.audit_trail(Some(keyring)).await?;
+        carried.extend(trail.records.iter().filter(|r| r.authenticated == Some(true)).map(|r| r.hash().to_string()));
+    }
     let dropped = failed.into_iter().filter(|(id, _)| !snapshots.contains(id)).collect();
     Ok((carried.into_iter().collect(), snapshots.len(), dropped))
 }

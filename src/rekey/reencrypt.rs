@@ -24,6 +24,8 @@ pub struct Reencrypted {
     pub dictionaries: usize,
     /// Indexes written for the new packs.
     pub indexes: usize,
+    /// Audit records written again (the trail, for the admins there are now).
+    pub audit_records: usize,
     /// Objects deleted: the replaced snapshots, and every pack, dictionary and index no
     /// remaining snapshot needs.
     pub deleted: usize,
@@ -181,6 +183,10 @@ pub async fn reencrypt(
     }
     for rewriting in &mut targets {
         rewriting.delete_replaced(keyring).await?;
+        let (written, deleted, refused) = rewriting.repository.reencrypt_audit(keyring).await?;
+        rewriting.out.audit_records = written;
+        rewriting.out.deleted += deleted;
+        rewriting.out.not_deleted.extend(refused);
     }
     Ok(targets.into_iter().map(|t| t.out).collect())
 }

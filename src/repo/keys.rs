@@ -138,6 +138,21 @@ impl Keyring {
     pub fn forget_mac_key(&self) -> MacKey {
         self.auth.as_ref().unwrap_or(&self.secret).forget_mac_key()
     }
+    /// The key of audit records' MACs.
+    pub fn audit_mac_key(&self) -> MacKey {
+        self.auth.as_ref().unwrap_or(&self.secret).audit_mac_key()
+    }
+    /// The audit-record MAC key of the generation whose config hashes to `config_hash`, for
+    /// the record hashing to `object_hash`: as [`Keyring::snapshot_mac_key_for`].
+    pub(super) fn audit_mac_key_for(&self, config_hash: &str, object_hash: &str) -> Option<MacKey> {
+        if config_hash == self.head {
+            Some(self.audit_mac_key())
+        } else if self.carried.contains(object_hash) {
+            self.past.get(config_hash).map(RepoSecret::audit_mac_key)
+        } else {
+            None
+        }
+    }
     /// The forget-record MAC key of the generation whose config hashes to `config_hash`, for
     /// the record hashing to `object_hash`: as [`Keyring::snapshot_mac_key_for`].
     pub(super) fn forget_mac_key_for(&self, config_hash: &str, object_hash: &str) -> Option<MacKey> {

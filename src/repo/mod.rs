@@ -23,6 +23,7 @@ use crate::crypto::{self, CHUNK_ID_BYTES, RepoSecret};
 use crate::error::{Error, Result};
 use crate::target::{PutOutcome, Target};
 
+mod audit;
 pub mod chunk_index;
 mod chunk_set;
 mod config;
@@ -35,6 +36,7 @@ mod lists;
 mod pack;
 mod snapshot;
 
+pub use audit::{AuditEntry, AuditHeader, AuditRecord, AuditTrail};
 pub use chunk_index::{ChunkIndex, PackEntry};
 pub use chunk_set::*;
 pub use config::*;

@@ -231,7 +231,10 @@ async fn the_proof_reads_the_database_a_changed_row_sequence_or_orphan_fails_it(
         "SET session_replication_role = replica; \
          DELETE FROM crm.companies WHERE id = (SELECT company_id FROM crm.deals WHERE company_id IS NOT NULL LIMIT 1)",
     );
+    // Rows in a table the snapshot holds no data for.
+    restored.sql("CREATE TABLE public.planted (id int); INSERT INTO public.planted VALUES (1), (2)");
     let failures = prove().await;
+    assert!(failures.iter().any(|f| f.starts_with("table public.planted: 2 rows where the snapshot")), "{failures:?}");
     assert!(failures.iter().any(|f| f.starts_with("table crm.contacts: its rows read back differ")), "{failures:?}");
     assert!(failures.iter().any(|f| f.starts_with(&format!("sequence {}", sequence.trim()))), "{failures:?}");
     assert!(

@@ -8,6 +8,7 @@ mod common;
 
 mod admin;
 mod alarm;
+mod audit;
 mod backup_restore;
 mod bad_input;
 mod config;

@@ -144,6 +144,8 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
         // repository readable, so a restore may go ahead, from the whole copy. (A flip that
         // leaves `config` parseable changes its fingerprint instead, and is refused.)
         let has_a_copy = name == "config" || name.starts_with("configs/") || name.starts_with("keys/");
+        // The audit trail is not what a restore reads: a damaged record is verify's finding.
+        let has_a_copy = has_a_copy || name.starts_with("audit/");
         for mode in ["--jobs=2", "--parallel"] {
             let restore = work.restore_with(&copy, &target, &[mode]);
             assert!(!restore.stderr.contains("panicked"));

@@ -1,0 +1,358 @@
+//! The audit trail (`audit/<number>-<hash>`): one immutable, encrypted record per operation on
+//! the repository (backup, restore, drill, verify, forget, prune, rekey, copy), numbered and
+//! hash-chained so that a removed record leaves a gap (docs/FORMAT.md, *Audit trail*).
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto;
+use crate::error::{Error, Result};
+
+use super::{FORMAT_VERSION, Keyring, Repository, is_object_hash};
+
+/// The first word of an audit record.
+const AUDIT_MAGIC: &str = "crmvault-audit";
+/// Records larger than this are not read.
+const MAX_AUDIT_BYTES: u64 = 1 << 20;
+/// Where a MAC goes, what no record of crmvault's holds (only a keyring writes records): a
+/// record with it is a forgery.
+const NO_MAC: &str = "-";
+
+/// What one operation did: encrypted to the admins and the writer key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// `backup`, `restore`, `drill`, `verify`, `forget`, `prune`, `rekey`, `copy`.
+    pub operation: String,
+    /// When it began.
+    pub started: DateTime<Utc>,
+    /// When it ended (the record's time).
+    pub ended: DateTime<Utc>,
+    /// The snapshots it wrote, restored, removed or copied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
+    /// The operating-system user that ran it.
+    pub user: String,
+    /// The host it ran on.
+    pub host: String,
+    /// crmvault's version.
+    pub version: String,
+    /// `ok`, `partial` (exit 3), `alarm` (exit 4) or `failed`.
+    pub result: String,
+    /// The exit code.
+    pub exit_code: u8,
+    /// The error, for a failed operation (one line, as printed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The database backed up, restored into or drilled into, without its password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// The plaintext header: what a keyless reader checks the chain with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHeader {
+    /// The record's number: one more than the highest the writer saw.
+    pub number: u64,
+    /// That record's hash (absent for number 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// The config (generation) whose keys MACed it.
+    pub config_hash: String,
+    /// The record this one is a copy of, encrypted again by `rekey --reencrypt` (its hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+}
+
+/// One record as read: its header, its entry where a key opened it, and whether its MAC proved it.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// Its object key.
+    pub key: String,
+    /// The plaintext header.
+    pub header: AuditHeader,
+    /// The entry, when the keyring could decrypt it.
+    pub entry: Option<AuditEntry>,
+    /// Whether a MAC under this repository's keys proved it (`None`: no keyring to check with).
+    pub authenticated: Option<bool>,
+}
+
+impl AuditRecord {
+    /// The BLAKE3 of the object, from its name (checked when it was read).
+    pub fn hash(&self) -> &str {
+        parse_key(&self.key).map_or("", |(_, hash)| hash)
+    }
+}
+
+/// What a repository's trail holds: the records in order, and what is wrong with it.
+#[derive(Debug, Default)]
+pub struct AuditTrail {
+    /// Records by number (several may share one: operations that ran at once).
+    pub records: Vec<AuditRecord>,
+    /// Removed, forged or unreadable records, one line each.
+    pub problems: Vec<String>,
+    /// The bytes of the records listed.
+    pub bytes: u64,
+}
+
+/// The key of record `number` with hash `hash`.
+fn audit_key(number: u64, hash: &str) -> String {
+    format!("audit/{number:010}-{hash}")
+}
+
+/// Splits `audit/<number>-<hash>`.
+fn parse_key(key: &str) -> Option<(u64, &str)> {
+    let name = key.strip_prefix("audit/")?;
+    let (number, hash) = name.split_once('-')?;
+    (number.len() == 10 && is_object_hash(hash)).then_some(())?;
+    Some((number.parse().ok()?, hash))
+}
+
+impl AuditEntry {
+    /// The stored object: a version line, the header line, a MAC over both and the ciphertext
+    /// under the repository's audit key, then the entry encrypted to `recipients`.
+    fn seal(&self, header: &AuditHeader, recipients: &[age::x25519::Recipient], keyring: &Keyring) -> Bytes {
+        let version_line = format!("{AUDIT_MAGIC} {FORMAT_VERSION}");
+        let header_line = serde_json::to_vec(header).expect("serialisable");
+        let ciphertext = crypto::encrypt(recipients, &serde_json::to_vec(self).expect("serialisable"));
+        let parts: [&[u8]; 3] = [version_line.as_bytes(), &header_line, &ciphertext];
+        let mac = keyring.audit_mac_key().mac(&parts);
+        let mut object = format!("{version_line}\n").into_bytes();
+        object.extend_from_slice(&header_line);
+        object.push(b'\n');
+        object.extend_from_slice(mac.as_bytes());
+        object.push(b'\n');
+        object.extend_from_slice(&ciphertext);
+        Bytes::from(object)
+    }
+}
+
+/// Parses a stored record: with a keyring, proves its MAC (a record a keyless writer left is
+/// taken as unauthenticated) and decrypts it.
+fn open(key: &str, bytes: &[u8], keyring: Option<&Keyring>) -> Result<AuditRecord> {
+    let Some((number, hash)) = parse_key(key) else {
+        return Err(Error::corrupt(key, "not an audit record's name"));
+    };
+    if crypto::object_hash(bytes) != hash {
+        return Err(Error::corrupt(key, "its contents do not hash to its name"));
+    }
+    let mut parts = bytes.splitn(4, |&b| b == b'\n');
+    let (Some(version_line), Some(header_line), Some(mac), Some(ciphertext)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::corrupt(key, "not an audit record (three lines and a ciphertext expected)"));
+    };
+    if version_line != format!("{AUDIT_MAGIC} {FORMAT_VERSION}").as_bytes() {
+        return Err(Error::corrupt(key, "not an audit record of a format this build reads"));
+    }
+    let header: AuditHeader =
+        serde_json::from_slice(header_line).map_err(|e| Error::corrupt(key, format!("bad audit header: {e}")))?;
+    if header.number != number {
+        return Err(Error::corrupt(key, format!("its header says number {}", header.number)));
+    }
+    let Some(keyring) = keyring else {
+        return Ok(AuditRecord { key: key.to_string(), header, entry: None, authenticated: None });
+    };
+    let authenticated = if mac == NO_MAC.as_bytes() {
+        false
+    } else {
+        let object_hash = crypto::object_hash(bytes);
+        let mac_key = keyring.audit_mac_key_for(&header.config_hash, &object_hash).ok_or_else(|| {
+            Error::corrupt(key, "was written under another config (a key retired by `rekey`, or another repository's)")
+        })?;
+        let expected = mac_key.mac_bytes(&[version_line, header_line, ciphertext]);
+        if blake3::Hash::from_hex(mac).ok() != Some(expected) {
+            return Err(Error::corrupt(key, "its MAC does not match (not written with this repository's key)"));
+        }
+        true
+    };
+    let entry = serde_json::from_slice(&keyring.decrypt(key, ciphertext)?)
+        .map_err(|e| Error::corrupt(key, format!("bad audit entry: {e}")))?;
+    Ok(AuditRecord { key: key.to_string(), header, entry: Some(entry), authenticated: Some(authenticated) })
+}
+
+impl Repository {
+    /// Appends `entry` to this target's trail: numbered one past the highest record there,
+    /// naming that record's hash, MACed with `keyring`. Returns the record's key.
+    pub async fn append_audit(&self, entry: &AuditEntry, keyring: &Keyring) -> Result<String> {
+        let newest = self
+            .target
+            .list("audit")
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| parse_key(&key).map(|(number, hash)| (number, hash.to_string())));
+        let newest = newest.max();
+        let header = AuditHeader {
+            number: newest.as_ref().map_or(1, |(number, _)| number + 1),
+            previous: newest.map(|(_, hash)| hash),
+            config_hash: keyring.head.clone(),
+            replaces: None,
+        };
+        let object = entry.seal(&header, &self.metadata_recipients(), keyring);
+        let key = audit_key(header.number, &crypto::object_hash(&object));
+        self.target.put_new(&key, object).await?;
+        Ok(key)
+    }
+
+    /// Writes the trail again for the recipients there are now (`rekey --reencrypt`): every
+    /// record of an earlier generation, and every record after one written again (its
+    /// predecessor's hash changes), as a copy under the same number naming its copied
+    /// predecessor and the record it `replaces`; then deletes what was copied. Killed in
+    /// between, both chains are whole, and a later run finds the copies and goes on. Returns
+    /// the records written, deleted, and those the storage would not delete (key, why).
+    pub async fn reencrypt_audit(&self, keyring: &Keyring) -> Result<(usize, usize, Vec<(String, String)>)> {
+        let mut trail = self.audit_trail(Some(keyring)).await?;
+        trail.records.sort_by(|a, b| (a.header.number, &a.key).cmp(&(b.header.number, &b.key)));
+        // Copies an earlier run made: old hash -> copy's hash.
+        let mut copied: std::collections::HashMap<String, String> = trail
+            .records
+            .iter()
+            .filter(|r| r.header.config_hash == keyring.head && r.authenticated == Some(true))
+            .filter_map(|r| r.header.replaces.clone().map(|old| (old, r.hash().to_string())))
+            .collect();
+        let mut replaced: Vec<String> = Vec::new();
+        let mut written = 0;
+        for record in &trail.records {
+            let hash = record.hash().to_string();
+            if copied.contains_key(&hash) {
+                replaced.push(record.key.clone());
+                continue;
+            }
+            let moved = record.header.previous.as_ref().and_then(|previous| copied.get(previous)).cloned();
+            let current = record.header.config_hash == keyring.head && record.header.replaces.is_none();
+            let (Some(entry), Some(true)) = (&record.entry, record.authenticated) else { continue };
+            if current && moved.is_none() {
+                continue;
+            }
+            let header = AuditHeader {
+                number: record.header.number,
+                previous: moved.or_else(|| record.header.previous.clone()),
+                config_hash: keyring.head.clone(),
+                replaces: Some(hash.clone()),
+            };
+            let object = entry.seal(&header, &self.metadata_recipients(), keyring);
+            let copy = crypto::object_hash(&object);
+            self.target.put_new(&audit_key(header.number, &copy), object).await?;
+            copied.insert(hash, copy);
+            replaced.push(record.key.clone());
+            written += 1;
+        }
+        let (mut deleted, mut refused) = (0, Vec::new());
+        for key in replaced {
+            match self.target.delete(&key).await {
+                Ok(()) => deleted += 1,
+                Err(error) => refused.push((key, error.to_string())),
+            }
+        }
+        Ok((written, deleted, refused))
+    }
+
+    /// Reads the trail: every record (decrypted and proven with `keyring`, headers only
+    /// without), and what is wrong with it: a number missing between 1 and the highest (a
+    /// removed record), a record naming a predecessor that is not there, a record that does
+    /// not open or prove itself, one written without a key.
+    pub async fn audit_trail(&self, keyring: Option<&Keyring>) -> Result<AuditTrail> {
+        let mut trail = AuditTrail::default();
+        let mut keys = Vec::new();
+        for (key, size) in self.target.list("audit").await? {
+            trail.bytes += size;
+            if size > MAX_AUDIT_BYTES || parse_key(&key).is_none() {
+                trail.problems.push(format!("{key}: not an audit record (name or size)"));
+            } else {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        let reads = keys.iter().map(|key| async move {
+            let opened = match self.target.get_at_most(key, MAX_AUDIT_BYTES).await {
+                Ok(bytes) => open(key, &bytes, keyring),
+                Err(error) => Err(error),
+            };
+            (key, opened)
+        });
+        let opened: Vec<_> =
+            futures::StreamExt::collect(futures::StreamExt::buffered(futures::stream::iter(reads), 16)).await;
+        let hashes: std::collections::BTreeSet<&str> =
+            keys.iter().filter_map(|key| parse_key(key)).map(|(_, hash)| hash).collect();
+        let numbers: std::collections::BTreeSet<u64> =
+            keys.iter().filter_map(|key| parse_key(key)).map(|(n, _)| n).collect();
+        if let Some(&highest) = numbers.last() {
+            let missing: Vec<String> = (1..highest).filter(|n| !numbers.contains(n)).map(|n| n.to_string()).collect();
+            if !missing.is_empty() {
+                trail.problems.push(format!(
+                    "audit record{} {} removed (the trail runs to {highest})",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", ")
+                ));
+            }
+        }
+        for (key, opened) in opened {
+            match opened {
+                Ok(record) => {
+                    match &record.header.previous {
+                        Some(previous) if !hashes.contains(previous.as_str()) => trail.problems.push(format!(
+                            "{key}: the record before it ({}) is not there: removed",
+                            &previous[..12.min(previous.len())]
+                        )),
+                        None if record.header.number != 1 => {
+                            trail.problems.push(format!("{key}: names no record before it"));
+                        }
+                        _ => {}
+                    }
+                    if record.authenticated == Some(false) {
+                        trail.problems.push(format!("{key}: written without a key: forged"));
+                    }
+                    trail.records.push(record);
+                }
+                Err(error) => trail.problems.push(error.to_string()),
+            }
+        }
+        Ok(trail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> AuditEntry {
+        AuditEntry {
+            operation: "restore".into(),
+            started: "2026-12-04T03:00:00Z".parse().expect("time"),
+            ended: "2026-12-04T03:01:00Z".parse().expect("time"),
+            snapshots: vec!["ab".repeat(32)],
+            user: "alice".into(),
+            host: "admin1".into(),
+            version: "0.1.0".into(),
+            result: "ok".into(),
+            exit_code: 0,
+            error: None,
+            database: Some("postgres://alice@db/crm_restored".into()),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_any_changed_byte_is_refused() {
+        let keyring = Keyring::for_tests();
+        let recipients = vec![keyring.identities()[0].to_public()];
+        let header = AuditHeader {
+            number: 3,
+            previous: Some("cd".repeat(32)),
+            config_hash: keyring.head.clone(),
+            replaces: None,
+        };
+        let object = entry().seal(&header, &recipients, &keyring);
+        let key = audit_key(3, &crypto::object_hash(&object));
+        let record = open(&key, &object, Some(&keyring)).expect("opens");
+        assert_eq!((record.entry, record.header, record.authenticated), (Some(entry()), header, Some(true)));
+        for at in [0, 30, object.len() / 2, object.len() - 10] {
+            let mut bad = object.to_vec();
+            bad[at] ^= 1;
+            let key = audit_key(3, &crypto::object_hash(&bad));
+            assert!(open(&key, &bad, Some(&keyring)).is_err(), "byte {at}");
+        }
+        // Another repository's keys do not prove it; a wrong number in the name is seen.
+        assert!(open(&key, &object, Some(&Keyring::for_tests())).is_err());
+        assert!(open(&audit_key(4, &crypto::object_hash(&object)), &object, Some(&keyring)).is_err());
+    }
+}
