@@ -84,6 +84,15 @@ pub enum Error {
          admin identity"
     )]
     FilterNeedsKey,
+    /// The snapshot's objects name roles the target server lacks: the restore would fail on
+    /// the first, after loading for a while.
+    #[error("the snapshot's objects name roles that the server of {database} lacks: {}", roles.join(", "))]
+    MissingRoles {
+        /// Redacted database URL.
+        database: String,
+        /// Every missing role, with what needs it.
+        roles: Vec<String>,
+    },
     /// The target database already holds objects.
     #[error("database {database} is not empty ({detail}); restore into an empty database, or replace its contents")]
     TargetNotEmpty {

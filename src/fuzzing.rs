@@ -177,6 +177,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         admin_only: Some(hex::encode(b"age ciphertext")),
         alarms: vec![],
         session: None,
+        roles: None,
     };
     let manifest_json = serde_json::to_vec(&manifest).expect("serialisable");
     let manifest_compressed = zstd::bulk::compress(&manifest_json, 3).expect("compressing to memory cannot fail");

@@ -240,6 +240,7 @@ pub async fn run(
     let sequences = session.sequences().await?;
     let materialized_views = session.populated_materialized_views().await?;
     let session_settings = session.settings().await?;
+    let roles = session.roles().await?;
     tracing::info!(tables = tables.len(), snapshot = %session.snapshot, "reading database {}", options.database);
 
     let dictionaries: Arc<Mutex<Vec<StoredDictionary>>> = Arc::default();
@@ -319,6 +320,7 @@ pub async fn run(
                 admin_only: None,
                 alarms: Vec::new(),
                 session: Some(session_settings),
+                roles: Some(roles),
             };
             Ok((manifest, read.bytes_read))
         }

@@ -232,6 +232,11 @@ enum Command {
         /// Replace whatever the target database holds (dropped inside the restore transaction).
         #[arg(long)]
         clean: bool,
+        /// Create the target database (--db names it; it must not exist), with the source's
+        /// encoding and collation. It is loaded in parallel under a name of its own and takes
+        /// its name only when complete; a failed restore drops it.
+        #[arg(long, conflicts_with = "clean")]
+        create: bool,
         /// Load tables and build indexes on --jobs connections at once instead of in one
         /// transaction: a quarter to a third less time at scale 1 with 2 jobs on 2 cores
         /// (BENCHMARKS.md), more with more cores. Needs an empty database. Any error removes
@@ -253,6 +258,8 @@ enum Command {
         /// (for tests).
         #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
         index_in_memory: usize,
+        #[command(flatten)]
+        roles: RoleArgs,
         #[command(flatten)]
         filter: FilterArgs,
         /// `latest` (the newest snapshot of the database given with --database, or of the only
@@ -291,6 +298,8 @@ enum Command {
         /// Also write the result as a Markdown report for an auditor to FILE (created 0600).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        #[command(flatten)]
+        roles: RoleArgs,
         #[command(flatten)]
         filter: FilterArgs,
         /// `latest` or a snapshot id (as for restore).
@@ -486,6 +495,29 @@ struct RepoArgs {
     repos: Vec<String>,
 }
 
+/// What a restore does about the roles the snapshot's objects name (`restore`, `drill`).
+#[derive(Debug, Args)]
+struct RoleArgs {
+    /// Leave out who owns what (`ALTER … OWNER TO`): everything belongs to the role restoring,
+    /// as pg_restore --no-owner.
+    #[arg(long)]
+    no_owner: bool,
+    /// Leave out privileges (`GRANT`, `REVOKE`, default privileges), as pg_restore --no-acl.
+    #[arg(long)]
+    no_acl: bool,
+    /// Create the roles the snapshot's objects name that the server lacks, without login or
+    /// password (and memberships between them). Without it, a restore that would fail on a
+    /// missing role says so before it starts, naming every one.
+    #[arg(long)]
+    create_roles: bool,
+}
+
+impl RoleArgs {
+    fn leave_out(&self) -> crmvault::postgres::script::LeaveOut {
+        crmvault::postgres::script::LeaveOut { owners: self.no_owner, privileges: self.no_acl }
+    }
+}
+
 /// Which snapshots a command looks at, by what their encrypted manifests record (so a key is
 /// needed: the writer key on the backup host, or --identity).
 #[derive(Debug, Args)]
@@ -657,6 +689,9 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
     use crmvault::Error;
     Some(match error.chain().find_map(|cause| cause.downcast_ref::<Error>())? {
         Error::TargetNotEmpty { .. } => "--clean replaces its contents in one transaction",
+        Error::MissingRoles { .. } => {
+            "--create-roles creates them (without login), or --no-owner and --no-acl leave out ownership and grants"
+        }
         Error::Storage { source, .. } if source.to_string().contains("error sending request") => {
             "check the S3 endpoint (the repository's `endpoint`, AWS_ENDPOINT_URL) and that it answers from here"
         }
@@ -913,16 +948,19 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             db,
             jobs,
             clean,
+            create,
             parallel,
             toast_compression,
             maintenance_work_mem,
             index_in_memory,
+            roles,
             filter,
             snapshot,
         } => {
             let started = Instant::now();
             let (identity, db) = (settings.require_identity(identity)?, settings.restore_db(db)?);
-            let parallel = settings.parallel(parallel)?;
+            // A database --create makes takes its name only when complete: parallel is as safe.
+            let parallel = create || settings.parallel(parallel)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             for left_out in targets.left_out() {
                 output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
@@ -950,10 +988,16 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 maintenance_work_mem,
                 newest_known: trusted.newest(),
                 create: None,
+                leave_out: roles.leave_out(),
+                create_roles: roles.create_roles,
             };
             audit.database(&options.database);
             let progress = output::Bar::start(json || quiet);
-            let result = restore::run(&targets, &keyring, &options, progress.clone()).await;
+            let result = if create {
+                restore::run_creating(&targets, &keyring, &options, progress.clone()).await
+            } else {
+                restore::run(&targets, &keyring, &options, progress.clone()).await
+            };
             progress.finish();
             lock::release(locks).await;
             let report = result.map_err(|error| {
@@ -963,6 +1007,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                     crmvault::Error::AmbiguousLatest { .. } | crmvault::Error::SnapshotNotFound(_) => {
                         " (left unchanged)"
                     }
+                    _ if create => " (not created: what the restore loaded was dropped)",
                     _ if parallel => " (left as it was: what the restore created was removed)",
                     _ => " (left unchanged)",
                 };
@@ -976,7 +1021,18 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             }))?;
             output::restore(json, &report, &options.database, started.elapsed());
         }
-        Command::Drill { repo, identity, scratch_db, jobs, parallel, from_every_target, report, filter, snapshot } => {
+        Command::Drill {
+            repo,
+            identity,
+            scratch_db,
+            jobs,
+            parallel,
+            from_every_target,
+            report,
+            roles,
+            filter,
+            snapshot,
+        } => {
             let identity = settings.require_identity(identity)?;
             let scratch = settings.database(&settings.scratch_db(scratch_db)?)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
@@ -1003,6 +1059,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 maintenance_work_mem: crmvault::postgres::RESTORE_MAINTENANCE_WORK_MEM.into(),
                 newest_known: trusted.newest(),
                 create: None,
+                leave_out: roles.leave_out(),
+                create_roles: roles.create_roles,
             };
             audit.database(&options.database);
             let progress = output::Bar::start(json || quiet);

@@ -10,7 +10,7 @@ use tokio_postgres::{Client, CopyInSink};
 
 use super::{Database, USER_SCHEMAS, qualified, quote_ident, quote_literal};
 use crate::error::{Error, Result};
-use crate::repo::{SequenceState, SessionSettings, TableManifest};
+use crate::repo::{RoleRecord, SequenceState, SessionSettings, TableManifest};
 
 /// How the values a restore loads are compressed where PostgreSQL TOASTs them (values over
 /// ~2 KiB), in columns whose schema names no method.
@@ -158,6 +158,55 @@ impl LoadSession {
         Ok(())
     }
 
+    /// Which of `roles` the server lacks.
+    pub async fn missing_roles<'r>(&self, roles: &[&'r RoleRecord]) -> Result<Vec<&'r RoleRecord>> {
+        let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+        let present: std::collections::HashSet<String> = self
+            .client
+            .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY ($1)", &[&names])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Ok(roles.iter().filter(|r| !present.contains(&r.name)).copied().collect())
+    }
+
+    /// Creates `roles` without login or password (and without their other attributes: a
+    /// restore grants no power the admin did not), in the caller's transaction, then makes
+    /// each a member of the roles it was a member of that exist. Returns the memberships left
+    /// out (`role in group`) because the group does not exist.
+    pub async fn create_roles(&self, roles: &[&RoleRecord]) -> Result<Vec<String>> {
+        for role in roles {
+            self.client.batch_execute(&format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name))).await?;
+        }
+        let mut left_out = Vec::new();
+        for role in roles {
+            for group in &role.member_of {
+                let exists = !self
+                    .client
+                    .query("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[group])
+                    .await?
+                    .is_empty();
+                if exists {
+                    self.client
+                        .batch_execute(&format!("GRANT {} TO {}", quote_ident(group), quote_ident(&role.name)))
+                        .await?;
+                } else {
+                    left_out.push(format!("{} in {group}", role.name));
+                }
+            }
+        }
+        Ok(left_out)
+    }
+
+    /// Drops roles a failed restore created (after what it created is dropped).
+    pub async fn drop_roles(&self, names: &[String]) -> Result<()> {
+        for name in names {
+            self.client.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(name))).await?;
+        }
+        Ok(())
+    }
+
     /// Describes what the database already holds, or `None` when it is empty.
     pub async fn describe_contents(&self) -> Result<Option<String>> {
         describe_contents(&self.client).await
@@ -229,27 +278,88 @@ fn copy_in_sql(schema: &str, name: &str, columns: &[String], freeze: bool) -> St
     format!("COPY {table} ({}) FROM STDIN{freeze}", columns.join(", "))
 }
 
-/// Creates `database` on its server (connecting to the server's `postgres` database), from
-/// `template0`, with the source's encoding and collation when `locale` gives them, and
-/// `comment` on it.
+/// A database server, through its `postgres` database: creating, naming, renaming and
+/// dropping databases (`restore --create`, drills).
+pub struct Server {
+    client: Client,
+}
+
+/// The server's own databases: never restored into as a new or scratch database.
+pub const SERVER_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+impl Server {
+    /// Connects to the `postgres` database of `database`'s server, as its user.
+    pub async fn of(database: &Database) -> Result<Server> {
+        Ok(Server { client: database.on_database("postgres").connect().await? })
+    }
+
+    /// Whether database `name` exists (`None` when it does not), and its comment.
+    pub async fn comment(&self, name: &str) -> Result<Option<Option<String>>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Takes the session's advisory lock on `key` (held until this connection ends), if free.
+    pub async fn try_lock(&self, key: &str) -> Result<bool> {
+        let sql = "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($1))";
+        Ok(self.client.query_one(sql, &[&key]).await?.get(0))
+    }
+
+    /// Creates database `name` from `template0`, with the source's encoding and collation when
+    /// `locale` gives them, and `comment` on it.
+    pub async fn create(&self, name: &str, locale: Option<&SessionSettings>, comment: &str) -> Result<()> {
+        let quoted = quote_ident(name);
+        let locale = locale.map_or_else(String::new, |locale| {
+            format!(
+                " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                quote_literal(&locale.encoding),
+                quote_literal(&locale.collate),
+                quote_literal(&locale.ctype)
+            )
+        });
+        self.client
+            .batch_execute(&format!("CREATE DATABASE {quoted} TEMPLATE template0{locale}"))
+            .await
+            .map_err(|e| Error::Invalid(format!("creating database {name}: {}", crate::error::postgres_message(&e))))?;
+        self.client.batch_execute(&format!("COMMENT ON DATABASE {quoted} IS {}", quote_literal(comment))).await?;
+        Ok(())
+    }
+
+    /// Drops database `name` (its sessions ended).
+    pub async fn drop(&self, name: &str) -> Result<()> {
+        self.client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await?;
+        Ok(())
+    }
+
+    /// Renames database `from` to `to` and takes its comment off, waiting up to ten seconds for
+    /// the sessions that just closed to be gone.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to));
+        let mut tries = 0;
+        loop {
+            match self.client.batch_execute(&sql).await {
+                Ok(()) => break,
+                Err(error) if tries < 100 && error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.client.batch_execute(&format!("COMMENT ON DATABASE {} IS NULL", quote_ident(to))).await?;
+        Ok(())
+    }
+}
+
+/// Creates `database` on its server, as [`Server::create`].
 pub async fn create_database(database: &Database, locale: Option<&SessionSettings>, comment: &str) -> Result<()> {
-    let server = database.on_database("postgres").connect().await?;
-    let name = quote_ident(&database.name());
-    let locale = locale.map_or_else(String::new, |locale| {
-        format!(
-            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-            quote_literal(&locale.encoding),
-            quote_literal(&locale.collate),
-            quote_literal(&locale.ctype)
-        )
-    });
-    let sql = format!("CREATE DATABASE {name} TEMPLATE template0{locale}");
-    server
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| Error::Invalid(format!("creating {database}: {}", crate::error::postgres_message(&e))))?;
-    server.batch_execute(&format!("COMMENT ON DATABASE {name} IS {}", quote_literal(comment))).await?;
-    Ok(())
+    Server::of(database).await?.create(&database.name(), locale, comment).await
 }
 
 /// Describes what a database already holds, or `None` when it is empty.

@@ -5,6 +5,7 @@
 
 use tokio_postgres::Client;
 
+use super::load::{SERVER_DATABASES, Server};
 use super::session::{apply_settings, user_sequences, user_tables};
 use super::{Database, SourceTable, qualified, quote_ident};
 use crate::error::{Error, Result};
@@ -23,11 +24,8 @@ pub struct Scratch {
     pub create: bool,
     /// The server's `postgres` database, holding the drill's advisory lock on the name for the
     /// whole drill (a second drill on the same name is refused instead of dropping this one's).
-    server: Option<Client>,
+    server: Option<Server>,
 }
-
-/// The server's own databases: never a scratch database, even empty.
-const SERVER_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
 
 impl Scratch {
     /// Claims `database` for a drill: one that does not exist is to be created, one an earlier
@@ -45,8 +43,8 @@ impl Scratch {
                 "{database} is one of the server's own databases: a drill restores into a database of its own"
             )));
         }
-        let server = match database.on_database("postgres").connect().await {
-            Ok(client) => Some(client),
+        let server = match Server::of(database).await {
+            Ok(server) => Some(server),
             Err(error) => {
                 tracing::debug!("no maintenance connection ({error}): the scratch database must exist");
                 None
@@ -54,16 +52,14 @@ impl Scratch {
         };
         let create = match &server {
             Some(maintenance) => {
-                let key = format!("crmvault drill {name}");
-                let sql = "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($1))";
-                if !maintenance.query_one(sql, &[&key]).await?.get::<_, bool>(0) {
+                if !maintenance.try_lock(&format!("crmvault drill {name}")).await? {
                     return Err(Error::Invalid(format!("another drill is using {database}: one at a time")));
                 }
-                match mark(maintenance, &name).await? {
+                match marked(maintenance, &name).await? {
                     None => true,
                     Some(true) => {
                         tracing::warn!("{database} was left behind by an earlier drill: replacing it");
-                        drop_database(maintenance, &name).await?;
+                        maintenance.drop(&name).await?;
                         true
                     }
                     Some(false) => false,
@@ -90,8 +86,8 @@ impl Scratch {
         let name = self.database.name();
         if self.create {
             let Some(server) = &self.server else { return Ok(Some(format!("{} was not dropped", self.database))) };
-            return match mark(server, &name).await? {
-                Some(true) => drop_database(server, &name).await.map(|()| None),
+            return match marked(server, &name).await? {
+                Some(true) => server.drop(&name).await.map(|()| None),
                 // The restore failed before creating it.
                 None => Ok(None),
                 Some(false) => Ok(Some(format!(
@@ -112,19 +108,8 @@ impl Scratch {
 }
 
 /// Whether the database `name` exists (`None` when it does not) and bears the drill's mark.
-async fn mark(server: &Client, name: &str) -> Result<Option<bool>> {
-    let row = server
-        .query_opt(
-            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await?;
-    Ok(row.map(|row| row.get::<_, Option<String>>(0).as_deref() == Some(SCRATCH_MARK)))
-}
-
-async fn drop_database(server: &Client, name: &str) -> Result<()> {
-    server.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await?;
-    Ok(())
+async fn marked(server: &Server, name: &str) -> Result<Option<bool>> {
+    Ok(server.comment(name).await?.map(|comment| comment.as_deref() == Some(SCRATCH_MARK)))
 }
 
 /// A constraint of the restored database, and the query that counts the rows breaking it.

@@ -119,6 +119,70 @@ pub fn parse(text: &str) -> Script<'_> {
     Script { preamble, entries }
 }
 
+/// What a restore leaves out of a schema script (`restore --no-owner`, `--no-acl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaveOut {
+    /// `ALTER … OWNER TO …` statements: objects belong to the restoring role.
+    pub owners: bool,
+    /// `ACL` and `DEFAULT ACL` entries (`GRANT`, `REVOKE`, `ALTER DEFAULT PRIVILEGES`).
+    pub privileges: bool,
+}
+
+/// `text` (through [`super::executable_sql`]) without what `leave_out` says, as pg_restore's
+/// `--no-owner` and `--no-acl` leave it out: whole entries of privileges, and each top-level
+/// `ALTER … OWNER TO …` statement (one inside a function body is a literal, and stays).
+pub fn without(text: &str, leave_out: LeaveOut) -> String {
+    if leave_out == LeaveOut::default() {
+        return text.to_string();
+    }
+    let script = parse(text);
+    let mut kept = String::with_capacity(text.len());
+    kept.push_str(script.preamble);
+    for entry in &script.entries {
+        if leave_out.privileges && matches!(entry.kind, "ACL" | "DEFAULT ACL") {
+            continue;
+        }
+        if leave_out.owners {
+            kept.push_str(&without_owner_statements(entry.sql));
+        } else {
+            kept.push_str(entry.sql);
+        }
+    }
+    kept
+}
+
+/// `sql` without its top-level `ALTER … OWNER TO …;` statements.
+fn without_owner_statements(sql: &str) -> String {
+    let mut kept = String::with_capacity(sql.len());
+    let (mut statement_start, mut copied) = (0, 0);
+    let mut words: Vec<&str> = Vec::new();
+    for token in Lexer::new(sql) {
+        match token.kind {
+            Kind::Space | Kind::LineComment | Kind::BlockComment if words.is_empty() => {
+                statement_start = token.start + token.text.len();
+            }
+            Kind::Word => words.push(token.text),
+            _ if token.is_punct(';') => {
+                let owner = words.first().is_some_and(|w| w.eq_ignore_ascii_case("alter"))
+                    && words.windows(2).any(|w| w[0].eq_ignore_ascii_case("owner") && w[1].eq_ignore_ascii_case("to"));
+                if owner {
+                    kept.push_str(&sql[copied..statement_start]);
+                    copied = token.start + 1;
+                    // The line break after it goes too.
+                    if sql[copied..].starts_with('\n') {
+                        copied += 1;
+                    }
+                }
+                words.clear();
+                statement_start = token.start + 1;
+            }
+            _ => {}
+        }
+    }
+    kept.push_str(&sql[copied..]);
+    kept
+}
+
 /// Whether an entry has a statement that changes the session (`SET …`, `set_config(…)`).
 fn changes_settings(sql: &str) -> bool {
     let mut statement_start = true;
@@ -371,6 +435,29 @@ impl<'a> Iterator for Lexer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_owner_and_no_acl_leave_out_owners_and_grants_and_nothing_else() {
+        let dump = "SET x = 1;\n\n--\n-- Name: t; Type: TABLE; Schema: crm; Owner: alice\n--\n\n\
+            CREATE TABLE crm.t (a text DEFAULT 'ALTER TABLE x OWNER TO y;');\n\nALTER TABLE crm.t OWNER TO alice;\n\n\
+            --\n-- Name: f; Type: FUNCTION; Schema: crm; Owner: bob\n--\n\n\
+            CREATE FUNCTION crm.f() RETURNS void AS $$ ALTER TABLE crm.t OWNER TO bob; $$ LANGUAGE sql;\n\n\
+            ALTER FUNCTION crm.f() OWNER TO \"Bob Smith\";\n\n\
+            --\n-- Name: TABLE t; Type: ACL; Schema: crm; Owner: alice\n--\n\nGRANT SELECT ON TABLE crm.t TO carol;\n\n";
+        let owners = without(dump, LeaveOut { owners: true, privileges: false });
+        assert!(
+            !owners.contains("ALTER TABLE crm.t OWNER TO alice;") && !owners.contains("OWNER TO \"Bob"),
+            "{owners}"
+        );
+        assert!(
+            owners.contains("DEFAULT 'ALTER TABLE x OWNER TO y;'")
+                && owners.contains("$$ ALTER TABLE crm.t OWNER TO bob; $$")
+        );
+        assert!(owners.contains("GRANT SELECT") && owners.starts_with("SET x = 1;"));
+        let privileges = without(dump, LeaveOut { owners: false, privileges: true });
+        assert!(!privileges.contains("GRANT") && privileges.contains("OWNER TO alice;"), "{privileges}");
+        assert_eq!(without(dump, LeaveOut::default()), dump);
+    }
 
     fn table(schema: &str, name: &str) -> TableName {
         TableName { schema: schema.into(), name: name.into() }

@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use super::{Database, NOT_FROM_EXTENSION, USER_SCHEMAS, quote_ident, quote_literal};
 use crate::error::Result;
-use crate::repo::SessionSettings;
+use crate::repo::{RoleRecord, SessionSettings};
 
 /// A table whose data is backed up.
 #[derive(Debug, Clone)]
@@ -80,6 +80,51 @@ impl SnapshotSession {
     /// Current values of every user sequence.
     pub async fn sequences(&self) -> Result<Vec<crate::repo::SequenceState>> {
         user_sequences(&self.client).await
+    }
+
+    /// The roles the database's objects depend on (pg_shdepend: owners, grantees, roles in
+    /// policies), with the roles they are members of and their attributes. The bootstrap
+    /// superuser, on which nothing is recorded, every server has.
+    pub async fn roles(&self) -> Result<Vec<RoleRecord>> {
+        let sql = "SELECT r.rolname::text, bool_or(d.deptype = 'o'), bool_or(d.deptype = 'a'), \
+                     bool_or(d.deptype NOT IN ('o', 'a')), \
+                     ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m \
+                           JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1), \
+                     r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin, r.rolreplication, \
+                     r.rolbypassrls \
+                   FROM pg_catalog.pg_shdepend d JOIN pg_catalog.pg_roles r ON r.oid = d.refobjid \
+                   WHERE d.refclassid = 'pg_catalog.pg_authid'::regclass \
+                     AND d.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+                     AND d.deptype IN ('o', 'a', 'r', 'i') AND r.rolname NOT LIKE 'pg\\_%' \
+                   GROUP BY r.oid, r.rolname, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, \
+                     r.rolcanlogin, r.rolreplication, r.rolbypassrls ORDER BY 1";
+        let rows = self.client.query(sql, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let flags = [
+                    (5, "SUPERUSER"),
+                    (7, "CREATEROLE"),
+                    (8, "CREATEDB"),
+                    (9, "LOGIN"),
+                    (10, "REPLICATION"),
+                    (11, "BYPASSRLS"),
+                ];
+                let mut attributes: Vec<String> =
+                    flags.iter().filter(|(i, _)| row.get::<_, bool>(*i)).map(|(_, name)| (*name).to_string()).collect();
+                if !row.get::<_, bool>(6) {
+                    attributes.push("NOINHERIT".into());
+                }
+                RoleRecord {
+                    name: row.get(0),
+                    owns: row.get(1),
+                    granted: row.get(2),
+                    named: row.get(3),
+                    member_of: row.get(4),
+                    attributes,
+                }
+            })
+            .collect())
     }
 
     /// The settings that shape COPY text in this session, and the database's locale.

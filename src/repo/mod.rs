@@ -536,6 +536,7 @@ mod tests {
             admin_only: None,
             alarms: vec![],
             session: None,
+            roles: None,
         }
     }
 

@@ -177,6 +177,35 @@ pub struct Manifest {
     /// compare digests. Absent in older snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionSettings>,
+    /// The roles the database's objects name (as owners, in grants, in policies), with their
+    /// memberships and attributes, never their passwords: a restore onto another server says
+    /// which are missing before it starts, and `--create-roles` makes them. Absent in older
+    /// snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<RoleRecord>>,
+}
+
+/// A role a database's objects name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRecord {
+    /// Its name.
+    pub name: String,
+    /// It owns objects of the database (`ALTER … OWNER TO` in the schema).
+    #[serde(default)]
+    pub owns: bool,
+    /// It is granted privileges (`GRANT … TO` in the schema).
+    #[serde(default)]
+    pub granted: bool,
+    /// Something else names it (a row security policy, a user mapping): needed whatever the
+    /// restore leaves out.
+    #[serde(default)]
+    pub named: bool,
+    /// The roles it is a member of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_of: Vec<String>,
+    /// Its attributes as `CREATE ROLE` writes them (`LOGIN`, `CREATEDB`, …; never a password).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<String>,
 }
 
 /// The settings that shape a table's COPY text (dates, intervals, time stamps with time zone,

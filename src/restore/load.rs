@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::postgres::script::{Entry, Script, Step, TableName};
 use crate::postgres::{self, LoadSession};
-use crate::repo::{Manifest, StreamManifest, TableManifest};
+use crate::repo::{Manifest, RoleRecord, StreamManifest, TableManifest};
 
 use super::{RestoreOptions, Streams};
 
@@ -25,6 +25,8 @@ pub(super) struct Load<'a> {
     pub(super) manifest: &'a Manifest,
     pub(super) jobs: usize,
     pub(super) options: &'a RestoreOptions,
+    /// Roles to create first (`--create-roles`; the schema names them, the server lacks them).
+    pub(super) roles: &'a [&'a RoleRecord],
 }
 
 impl Load<'_> {
@@ -36,6 +38,7 @@ impl Load<'_> {
         if clean {
             client.clean().await?;
         }
+        self.create_roles().await?;
         client.run_script(&postgres::executable_sql(pre_data)?).await?;
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
@@ -69,6 +72,7 @@ impl Load<'_> {
             client.clean().await?;
         }
         client.mark_incomplete(snapshot_id.as_str()).await?;
+        self.create_roles().await?;
         client.run_script(&postgres::executable_sql(pre_data)?).await?;
         client.commit().await?;
         tracing::debug!("pre-data committed");
@@ -306,14 +310,27 @@ impl Load<'_> {
         Ok(())
     }
 
-    /// Removes what a failed parallel restore committed (schemas and large objects), leaving
-    /// the database empty as it was.
+    /// Removes what a failed parallel restore committed (schemas and large objects, roles it
+    /// created), leaving the database, and the server's roles, as they were.
     pub(super) async fn undo(&self) -> Result<()> {
         let client = self.client;
         client.rollback().await;
         client.begin().await?;
         client.clean().await?;
-        client.commit().await
+        client.commit().await?;
+        let created: Vec<String> = self.roles.iter().map(|role| role.name.clone()).collect();
+        client.drop_roles(&created).await
+    }
+
+    /// Creates the roles the schema names that the server lacks, in the caller's transaction.
+    async fn create_roles(&self) -> Result<()> {
+        if self.roles.is_empty() {
+            return Ok(());
+        }
+        for membership in self.client.create_roles(self.roles).await? {
+            tracing::warn!("role membership {membership} left out: that role does not exist here");
+        }
+        Ok(())
     }
 
     /// Large objects, sequence values, post-data DDL and materialized views, in the caller's transaction.

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats};
 use crate::postgres::{self, Database};
 use crate::progress::{Shared, Unit};
-use crate::repo::{AdminKeyring, Keyring, Manifest};
+use crate::repo::{AdminKeyring, Keyring, Manifest, RoleRecord};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
@@ -70,6 +70,10 @@ pub struct RestoreOptions {
     /// Create the target database first, once the snapshot is chosen (with its source's
     /// encoding and collation), with this comment on it; `None`: it exists.
     pub create: Option<String>,
+    /// What to leave out of the schema: owners (`--no-owner`), privileges (`--no-acl`).
+    pub leave_out: postgres::script::LeaveOut,
+    /// Create the roles the snapshot's objects name that the server lacks (`--create-roles`).
+    pub create_roles: bool,
 }
 
 /// What a restore did.
@@ -97,6 +101,80 @@ pub struct RestoreReport {
     pub sources: ReadStats,
     /// Whether tables were loaded on several connections (`--parallel`).
     pub parallel: bool,
+    /// Roles created (`--create-roles`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles_created: Vec<String>,
+}
+
+/// The comment on the database `restore --create` loads into before it takes its name.
+pub const RESTORING_MARK: &str = "crmvault restore --create: loading; renamed when complete, dropped if it fails";
+
+/// `restore --create`: restores into a new database that takes `options.database`'s name only
+/// when complete. It is loaded under a name of its own (made from the target's) and renamed
+/// into place at the end; if anything fails it is dropped, so the target name never holds a
+/// partial database, whichever way the tables are loaded (`--parallel` is then as safe as one
+/// transaction). One an earlier, killed run left is dropped first. The target must not exist.
+pub async fn run_creating(
+    targets: &RepoSet,
+    keyring: &AdminKeyring,
+    options: &RestoreOptions,
+    progress: Shared,
+) -> Result<RestoreReport> {
+    let (database, name) = (&options.database, options.database.name());
+    if !database.names_database() || postgres::load::SERVER_DATABASES.contains(&name.as_str()) {
+        return Err(Error::Invalid(format!(
+            "{database}: --create needs the new database's name (postgres://…/crm_restored)"
+        )));
+    }
+    let server = postgres::Server::of(database).await?;
+    if server.comment(&name).await?.is_some() {
+        return Err(Error::Invalid(format!(
+            "{database} exists: --create makes a new database (restore into this one without --create)"
+        )));
+    }
+    let loading = format!("crmvault_restoring_{}", &blake3::hash(name.as_bytes()).to_hex()[..16]);
+    if !server.try_lock(&format!("crmvault restore --create {name}")).await? {
+        return Err(Error::Invalid(format!("another restore --create is making {database}")));
+    }
+    match server.comment(&loading).await? {
+        Some(Some(comment)) if comment == RESTORING_MARK => {
+            tracing::warn!("dropping {loading}, left by a restore --create that did not finish");
+            server.drop(&loading).await?;
+        }
+        Some(_) => {
+            return Err(Error::Invalid(format!(
+                "database {loading} exists and was not made by crmvault: it is where --create loads {database}"
+            )));
+        }
+        None => {}
+    }
+    let mut loading_options = options.clone();
+    loading_options.database = database.on_database(&loading);
+    loading_options.create = Some(RESTORING_MARK.to_string());
+    let restored = restore(targets, keyring, &loading_options, progress).await;
+    let finished = match restored {
+        Ok((report, _)) => server.rename(&loading, &name).await.map(|()| report),
+        Err(error) => Err(error),
+    };
+    if finished.is_err() && server.comment(&loading).await?.flatten().as_deref() == Some(RESTORING_MARK) {
+        server.drop(&loading).await?;
+    }
+    finished
+}
+
+/// `alice (owns objects, granted privileges)`: a missing role and why the restore needs it.
+fn describe_role(role: &RoleRecord) -> String {
+    let mut needs = Vec::new();
+    if role.owns {
+        needs.push("owns objects");
+    }
+    if role.granted {
+        needs.push("granted privileges");
+    }
+    if role.named {
+        needs.push("named in policies");
+    }
+    format!("{} ({})", role.name, needs.join(", "))
 }
 
 /// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
@@ -125,13 +203,31 @@ pub(crate) async fn restore(
     let mac_key = keyring.mac_key();
     let jobs = options.jobs.max(1);
     let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs, progress: progress.as_ref() };
+    let leave_out = options.leave_out;
     let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
+    let pre_data = postgres::script::without(&postgres::executable_sql(&pre_data)?, leave_out).into_bytes();
     let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
+    let post_data = postgres::script::without(&postgres::executable_sql(&post_data)?, leave_out).into_bytes();
 
     if let Some(comment) = &options.create {
         postgres::create_database(&options.database, manifest.session.as_ref(), comment).await?;
     }
     let client = session(options, &manifest).await?;
+    // Before anything is changed: every role the schema will name must exist, or be made.
+    let needed: Vec<&RoleRecord> = manifest
+        .roles
+        .iter()
+        .flatten()
+        .filter(|role| role.named || (role.owns && !leave_out.owners) || (role.granted && !leave_out.privileges))
+        .collect();
+    let missing = client.missing_roles(&needed).await?;
+    if !missing.is_empty() && !options.create_roles {
+        return Err(Error::MissingRoles {
+            database: options.database.to_string(),
+            roles: missing.iter().map(|role| describe_role(role)).collect(),
+        });
+    }
+    let roles_created: Vec<String> = missing.iter().map(|role| role.name.clone()).collect();
     let mut clean = false;
     if let Some(contents) = client.describe_contents().await? {
         if options.existing == ExistingContents::Refuse {
@@ -146,7 +242,7 @@ pub(crate) async fn restore(
     let loaded = manifest.tables.iter().chain(manifest.large_objects.iter());
     progress.phase("loading", Unit::Bytes, Some(loaded.clone().map(|t| t.data.bytes).sum()));
     progress.items(loaded.count() as u64);
-    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options };
+    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options, roles: &missing };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
     } else {
@@ -164,6 +260,7 @@ pub(crate) async fn restore(
         chunks: sources.served.iter().map(|(_, served)| served).sum(),
         sources,
         parallel: options.parallel,
+        roles_created,
     };
     Ok((report, manifest))
 }

@@ -493,3 +493,49 @@ fn a_restore_with_its_index_on_disk_reads_a_missing_pack_from_the_other_target()
     assert!(report["sources"]["served"][1][1].as_u64().unwrap() > 0, "{report}");
     assert_same_database(&source, &restored);
 }
+
+#[test]
+fn restore_create_makes_the_database_and_it_takes_its_name_only_when_complete() {
+    let Ready { source, work, repo, .. } = Scenario::new("create").crm().init("repo").backup();
+    // A name that does not exist yet (TestDb drops it again at the end).
+    let target = TestDb::create("created");
+    psql("postgres", &format!("DROP DATABASE {}", target.name));
+    let loading = |name: &str| format!("crmvault_restoring_{}", &blake3::hash(name.as_bytes()).to_hex()[..16]);
+    let exists = |name: &str| {
+        psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")).trim() == "1"
+    };
+
+    // One a killed --create left behind, bearing the mark, is replaced.
+    psql("postgres", &format!("CREATE DATABASE {}", loading(&target.name)));
+    psql(
+        "postgres",
+        &format!("COMMENT ON DATABASE {} IS '{}'", loading(&target.name), crmvault::restore::RESTORING_MARK),
+    );
+    let run = work.restore_with(&repo, &target, &["--create", "--json"]).ok();
+    assert_eq!(run.json()["parallel"], true, "--create loads in parallel");
+    assert_same_database(&source, &target);
+    assert!(!exists(&loading(&target.name)), "the loading database took the target's name");
+    let comment = format!(
+        "SELECT shobj_description(oid, 'pg_database') IS NULL FROM pg_database WHERE datname = '{}'",
+        target.name
+    );
+    assert_eq!(psql("postgres", &comment).trim(), "t");
+
+    // It exists now: --create refuses it, and leaves it as it is.
+    work.restore_with(&repo, &target, &["--create"]).fails_with(1, "--create makes a new database");
+    assert_same_database(&source, &target);
+
+    // A restore that fails (a damaged pack) leaves neither the name nor the loading database.
+    for pack in files_under(&work.path("repo/data")) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&pack, bytes).unwrap();
+    }
+    let other = TestDb::create("created_failed");
+    psql("postgres", &format!("DROP DATABASE {}", other.name));
+    let run = work.restore_with(&repo, &other, &["--create"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("not created"), "{}", run.stderr);
+    assert!(!exists(&other.name) && !exists(&loading(&other.name)));
+}

@@ -23,6 +23,7 @@ mod packaging;
 mod progress;
 mod prune;
 mod rekey;
+mod roles;
 mod s3;
 mod secrets;
 mod security;

@@ -149,6 +149,8 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         maintenance_work_mem: crmvault::postgres::RESTORE_MAINTENANCE_WORK_MEM.into(),
         newest_known: None,
         create: None,
+        leave_out: crmvault::postgres::script::LeaveOut::default(),
+        create_roles: false,
     };
     let recorder = Arc::new(Recorder::default());
     let report = crmvault::restore::run(&targets, &admin, &options, recorder.clone()).await.unwrap();

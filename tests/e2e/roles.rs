@@ -1,0 +1,95 @@
+//! Restoring onto a server that lacks the database's roles (issue 23, the 3 a.m. case): the
+//! snapshot records which roles its objects name; a restore that would fail on a missing one
+//! says so before it touches the database, naming every one; `--no-owner`, `--no-acl` and
+//! `--create-roles` get the restore through.
+
+use crate::common::*;
+
+/// Drops `roles` (after the databases that name them are gone).
+fn drop_roles(roles: &[String]) {
+    for role in roles {
+        psql("postgres", &format!("DROP ROLE IF EXISTS \"{role}\""));
+    }
+}
+
+#[test]
+fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
+    let pid = std::process::id();
+    let (owner, reader, group) = (format!("cv owner {pid}"), format!("cv_reader_{pid}"), format!("cv_group_{pid}"));
+    let roles = [owner.clone(), reader.clone(), group.clone()];
+    drop_roles(&roles);
+    psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE \"{owner}\" NOLOGIN; CREATE ROLE \"{group}\" NOLOGIN; CREATE ROLE \"{reader}\" LOGIN CREATEDB; \
+             GRANT \"{group}\" TO \"{reader}\""
+        ),
+    );
+    let source = TestDb::create("roles");
+    source.sql(&format!(
+        "CREATE SCHEMA app AUTHORIZATION \"{owner}\"; \
+         CREATE TABLE app.accounts (id int PRIMARY KEY, name text); INSERT INTO app.accounts VALUES (1, 'a'), (2, 'b'); \
+         ALTER TABLE app.accounts OWNER TO \"{owner}\"; \
+         CREATE FUNCTION app.total() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM app.accounts'; \
+         ALTER FUNCTION app.total() OWNER TO \"{group}\"; \
+         GRANT USAGE ON SCHEMA app TO \"{group}\"; GRANT SELECT ON app.accounts TO \"{reader}\";"
+    ));
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+    // The roles are gone on the server restored onto (here: dropped with the source).
+    drop(source);
+    drop_roles(&roles);
+
+    // Refused before anything is changed, every missing role named with why it is needed.
+    let target = TestDb::create("roles_target");
+    let run = work.restore(&repo, &target);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("lacks") && run.stderr.contains("--create-roles"), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("{owner} (owns objects)")), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("{group} (owns objects, granted privileges)")), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("{reader} (granted privileges)")), "{}", run.stderr);
+    assert!(target.is_empty());
+    // --no-owner alone still needs the roles granted privileges; --parallel says the same.
+    let run = work.restore_with(&repo, &target, &["--no-owner", "--parallel"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains(&format!("{owner} (")) && run.stderr.contains(&reader), "{}", run.stderr);
+    assert!(target.is_empty());
+
+    // --no-owner --no-acl: everything belongs to the restoring role, nothing is granted.
+    work.restore_with(&repo, &target, &["--no-owner", "--no-acl"]).ok();
+    assert_eq!(target.sql("SELECT count(*), app.total() FROM app.accounts").trim(), "2|2");
+    assert_eq!(target.sql("SELECT tableowner FROM pg_tables WHERE schemaname = 'app'").trim(), "postgres");
+    assert_eq!(target.sql("SELECT relacl IS NULL FROM pg_class WHERE relname = 'accounts'").trim(), "t");
+
+    // --create-roles: the roles come back without login, with their membership, and the
+    // objects with their owners and grants.
+    for parallel in [false, true] {
+        let created = TestDb::create("roles_created");
+        let mut options = vec!["--create-roles", "--json"];
+        if parallel {
+            options.push("--parallel");
+        }
+        let run = work.restore_with(&repo, &created, &options).ok();
+        let mut reported: Vec<String> =
+            run.json()["roles_created"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+        reported.sort();
+        let mut expected = roles.to_vec();
+        expected.sort();
+        assert_eq!(reported, expected);
+        assert_eq!(
+            created.sql("SELECT tableowner FROM pg_tables WHERE schemaname = 'app'").trim(),
+            owner,
+            "the table's owner"
+        );
+        let check = format!(
+            "SELECT has_table_privilege('{reader}', 'app.accounts', 'SELECT'), pg_has_role('{reader}', '{group}', 'MEMBER'), \
+             (SELECT bool_or(rolcanlogin) FROM pg_roles WHERE rolname IN ('{owner}', '{reader}', '{group}'))"
+        );
+        assert_eq!(created.sql(&check).trim(), "t|t|f");
+        drop(created);
+        drop_roles(&roles);
+    }
+    drop(target);
+    drop_roles(&roles);
+}
