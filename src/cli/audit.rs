@@ -93,8 +93,9 @@ impl AuditLog {
         for (repository, keyring) in targets {
             if let Err(error) = repository.append_audit(&entry, &keyring).await {
                 super::output::warning(format_args!(
-                    "{}: the audit record of this {operation} was not written: {error}",
-                    repository.target.location()
+                    "{}: the audit record of this {operation} was not written: {}",
+                    repository.target.location(),
+                    printable(&error.to_string())
                 ));
             }
         }
@@ -155,14 +156,19 @@ pub fn print(
             say!("{location}:");
         }
         for record in trail.records.iter().filter(shown) {
-            let Some(entry) = &record.entry else { continue };
-            let snapshots: Vec<&str> = entry.snapshots.iter().map(|s| &s[..12.min(s.len())]).collect();
+            let Some(entry) = &record.entry else {
+                say!("{:>5}  (written before this key could read the trail)", record.header.number);
+                continue;
+            };
+            let snapshots: Vec<String> =
+                entry.snapshots.iter().map(|s| printable(&s.chars().take(12).collect::<String>())).collect();
+            let forged = if record.authenticated == Some(true) { "" } else { "NOT AUTHENTICATED  " };
             let mut line = format!(
-                "{:>5}  {}  {:<8} {:<7} {}@{}",
+                "{:>5}  {forged}{}  {:<8} {:<7} {}@{}",
                 record.header.number,
                 entry.ended.format("%Y-%m-%d %H:%M:%S"),
-                entry.operation,
-                entry.result,
+                printable(&entry.operation),
+                printable(&entry.result),
                 printable(&entry.user),
                 printable(&entry.host)
             );

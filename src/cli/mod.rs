@@ -214,6 +214,19 @@ enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// List what a snapshot holds: schemas, tables, rows and sizes (writer key or --identity).
+    Ls {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Admin identity file (the writer key on this machine serves otherwise).
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
+        identity: Option<PathBuf>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// `latest` or a snapshot id (a unique prefix of at least 4 digits).
+        #[arg(default_value = "latest")]
+        snapshot: String,
+    },
     /// Restore a snapshot into an empty database, all or nothing.
     ///
     /// Each chunk is read from the first --repo that has it intact.
@@ -1216,6 +1229,20 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             if !report.failed.is_empty() || report.plans.iter().any(|plan| plan.blind.is_some()) {
                 return Ok(3);
             }
+        }
+        Command::Ls { repo, identity, filter, snapshot } => {
+            let identity = settings.identity(identity)?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
+            let role = trust::reading_role(targets.first(), identity.as_deref(), &config_dir()?);
+            trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
+            let Some(keyring) = keyring(targets.first(), identity.as_deref()).await? else {
+                anyhow::bail!(
+                    "what a snapshot holds is in its encrypted manifest: run it on the backup host (writer key) or give \
+                     an admin's --identity"
+                );
+            };
+            let listing = crmvault::commands::ls::run(&targets, &keyring, &snapshot, &filter.filter()).await?;
+            output::ls(json, &listing);
         }
         Command::Audit { repo, identity, since } => {
             let identity = settings.identity(identity)?;

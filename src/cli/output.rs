@@ -299,6 +299,41 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
     );
 }
 
+pub fn ls(json: bool, listing: &crmvault::commands::ls::Listing) {
+    if json {
+        print_json(listing);
+        return;
+    }
+    say!(
+        "snapshot {} of {} ({}, host {})",
+        listing.snapshot_id.short(),
+        printable(&listing.database),
+        listing.time.format("%Y-%m-%d %H:%M:%S UTC"),
+        printable(&listing.hostname)
+    );
+    let name = |schema: &str, table: &str| printable(&format!("{schema}.{table}"));
+    let width = listing.tables.iter().map(|t| name(&t.schema, &t.name).chars().count()).max().unwrap_or(5).max(5);
+    say!("{:<width$}  {:>12}  {:>10}", "TABLE", "ROWS", "SIZE");
+    for table in &listing.tables {
+        say!("{:<width$}  {:>12}  {:>10}", name(&table.schema, &table.name), table.rows, size(table.bytes));
+    }
+    for schema in &listing.schemas {
+        let label = format!("{} ({})", printable(&schema.name), count(schema.tables as u64, "table"));
+        say!("{label:<width$}  {:>12}  {:>10}", schema.rows, size(schema.bytes));
+    }
+    if let Some((objects, bytes)) = listing.large_objects {
+        say!("{:<width$}  {objects:>12}  {:>10}", "large objects", size(bytes));
+    }
+    say!("{}", count(listing.sequences as u64, "sequence"));
+    if let Some(roles) = &listing.roles {
+        let roles: Vec<String> = roles.iter().map(|r| printable(r)).collect();
+        say!("roles its objects name: {}", if roles.is_empty() { "none".to_string() } else { roles.join(", ") });
+    }
+    for alarm in &listing.alarms {
+        say!("FLAGGED by the data-loss alarm: {}", printable(alarm));
+    }
+}
+
 pub fn verify(json: bool, report: &verify::VerifyReport) {
     if json {
         print_json_ok(report, report.problems.is_empty());
@@ -317,9 +352,14 @@ pub fn verify(json: bool, report: &verify::VerifyReport) {
         let affected = if affected.is_empty() { String::new() } else { format!(" ({})", affected.join("; ")) };
         // Most errors name their object already ("snapshots/… is corrupt …"): say it once.
         if problem.problem.starts_with(&problem.object) {
-            say!("problem: {}: {}{affected}", problem.target, problem.problem);
+            say!("problem: {}: {}{affected}", problem.target, printable(&problem.problem));
         } else {
-            say!("problem: {}: {}: {}{affected}", problem.target, problem.object, problem.problem);
+            say!(
+                "problem: {}: {}: {}{affected}",
+                problem.target,
+                printable(&problem.object),
+                printable(&problem.problem)
+            );
         }
     }
     let chunks = if report.chunks > 0 {
@@ -556,6 +596,9 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
         }
         for (id, why) in &done.left {
             say!("  left as it was (still readable by whoever could read it): snapshot {id}: {why}");
+        }
+        for key in &done.audit_left {
+            say!("  left as it was (still readable by whoever could read it; this identity cannot): {key}");
         }
         for (id, why) in &done.ignored {
             say!("  ignored, proves nothing (junk or forged; remove it): snapshot {id}: {why}");

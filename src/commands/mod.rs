@@ -3,5 +3,6 @@
 
 pub mod copy;
 pub mod init;
+pub mod ls;
 pub mod snapshots;
 pub mod verify;

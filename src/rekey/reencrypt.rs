@@ -26,6 +26,10 @@ pub struct Reencrypted {
     pub indexes: usize,
     /// Audit records written again (the trail, for the admins there are now).
     pub audit_records: usize,
+    /// Audit records left as they were: this identity cannot read them (written before it
+    /// was added), so whoever could still can.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_left: Vec<String>,
     /// Objects deleted: the replaced snapshots, and every pack, dictionary and index no
     /// remaining snapshot needs.
     pub deleted: usize,
@@ -42,7 +46,7 @@ pub struct Reencrypted {
 impl Reencrypted {
     /// Whether something stored may still be readable by a key that is no longer a recipient.
     pub fn incomplete(&self) -> bool {
-        !self.not_deleted.is_empty() || !self.left.is_empty()
+        !self.not_deleted.is_empty() || !self.left.is_empty() || !self.audit_left.is_empty()
     }
 }
 
@@ -183,10 +187,11 @@ pub async fn reencrypt(
     }
     for rewriting in &mut targets {
         rewriting.delete_replaced(keyring).await?;
-        let (written, deleted, refused) = rewriting.repository.reencrypt_audit(keyring).await?;
-        rewriting.out.audit_records = written;
-        rewriting.out.deleted += deleted;
-        rewriting.out.not_deleted.extend(refused);
+        let trail = rewriting.repository.reencrypt_audit(keyring).await?;
+        rewriting.out.audit_records = trail.written;
+        rewriting.out.deleted += trail.deleted;
+        rewriting.out.not_deleted.extend(trail.refused);
+        rewriting.out.audit_left = trail.left;
     }
     Ok(targets.into_iter().map(|t| t.out).collect())
 }

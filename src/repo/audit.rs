@@ -54,9 +54,13 @@ pub struct AuditEntry {
 pub struct AuditHeader {
     /// The record's number: one more than the highest the writer saw.
     pub number: u64,
-    /// That record's hash (absent for number 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<String>,
+    /// The hashes of the records of the number before that prove themselves (several when
+    /// runs ended at the same moment; none for number 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<String>,
+    /// The target it was written on (its place, as missed records name one), for the record:
+    /// a repository folder moved or copied elsewhere keeps its trail, so it is no check.
+    pub target: String,
     /// The config (generation) whose keys MACed it.
     pub config_hash: String,
     /// The record this one is a copy of, encrypted again by `rekey --reencrypt` (its hash).
@@ -84,6 +88,19 @@ impl AuditRecord {
     }
 }
 
+/// What `rekey --reencrypt` did to a trail.
+#[derive(Debug, Default)]
+pub struct ReencryptedTrail {
+    /// Records written again.
+    pub written: usize,
+    /// Records deleted (the ones written again).
+    pub deleted: usize,
+    /// Records the storage would not delete (key, why).
+    pub refused: Vec<(String, String)>,
+    /// Records this identity cannot read, left as they were.
+    pub left: Vec<String>,
+}
+
 /// What a repository's trail holds: the records in order, and what is wrong with it.
 #[derive(Debug, Default)]
 pub struct AuditTrail {
@@ -93,6 +110,25 @@ pub struct AuditTrail {
     pub problems: Vec<String>,
     /// The bytes of the records listed.
     pub bytes: u64,
+}
+
+/// The highest number a record's name holds (ten digits).
+const MAX_NUMBER: u64 = 9_999_999_999;
+
+impl AuditHeader {
+    /// What a header must be: hashes are hashes, the number has its ten digits.
+    fn check(&self) -> std::result::Result<(), &'static str> {
+        let hashes = self.previous.iter().chain(std::iter::once(&self.config_hash)).chain(self.replaces.iter());
+        if !(1..=MAX_NUMBER).contains(&self.number) {
+            Err("its number is out of range")
+        } else if !hashes.into_iter().all(|hash| is_object_hash(hash)) {
+            Err("its header names something that is not a BLAKE3 hash")
+        } else if (self.number == 1) != self.previous.is_empty() {
+            Err("the first record names none before it, every other one does")
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// The key of record `number` with hash `hash`.
@@ -147,6 +183,7 @@ fn open(key: &str, bytes: &[u8], keyring: Option<&Keyring>) -> Result<AuditRecor
     }
     let header: AuditHeader =
         serde_json::from_slice(header_line).map_err(|e| Error::corrupt(key, format!("bad audit header: {e}")))?;
+    header.check().map_err(|why| Error::corrupt(key, why))?;
     if header.number != number {
         return Err(Error::corrupt(key, format!("its header says number {}", header.number)));
     }
@@ -166,25 +203,57 @@ fn open(key: &str, bytes: &[u8], keyring: Option<&Keyring>) -> Result<AuditRecor
         }
         true
     };
-    let entry = serde_json::from_slice(&keyring.decrypt(key, ciphertext)?)
-        .map_err(|e| Error::corrupt(key, format!("bad audit entry: {e}")))?;
-    Ok(AuditRecord { key: key.to_string(), header, entry: Some(entry), authenticated: Some(authenticated) })
+    // A record written before this key could read them (an admin added later, a writer key
+    // rotated since) is authentic all the same: unreadable here, not a problem.
+    let entry = match keyring.decrypt(key, ciphertext) {
+        Ok(plaintext) => {
+            Some(serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(key, format!("bad audit entry: {e}")))?)
+        }
+        Err(Error::BadKey(_) | Error::WrongIdentity { .. }) if authenticated => None,
+        Err(error) => return Err(error),
+    };
+    Ok(AuditRecord { key: key.to_string(), header, entry, authenticated: Some(authenticated) })
 }
 
 impl Repository {
-    /// Appends `entry` to this target's trail: numbered one past the highest record there,
-    /// naming that record's hash, MACed with `keyring`. Returns the record's key.
+    /// Appends `entry` to this target's trail: numbered one past the highest records there
+    /// that prove themselves with `keyring` (junk or forgeries with higher numbers are passed
+    /// over, and `verify` names them), naming all of those, MACed with `keyring`. Returns the
+    /// record's key.
     pub async fn append_audit(&self, entry: &AuditEntry, keyring: &Keyring) -> Result<String> {
-        let newest = self
+        let mut listed: Vec<(u64, String)> = self
             .target
             .list("audit")
             .await?
             .into_iter()
-            .filter_map(|(key, _)| parse_key(&key).map(|(number, hash)| (number, hash.to_string())));
-        let newest = newest.max();
+            .filter(|(key, size)| *size <= MAX_AUDIT_BYTES && parse_key(key).is_some())
+            .map(|(key, _)| (parse_key(&key).map_or(0, |(number, _)| number), key))
+            .collect();
+        listed.sort_by(|a, b| b.cmp(a));
+        let (mut number, mut previous) = (0, Vec::new());
+        for group in listed.chunk_by(|a, b| a.0 == b.0) {
+            for (_, key) in group {
+                let proven = match self.target.get_at_most(key, MAX_AUDIT_BYTES).await {
+                    Ok(bytes) => open(key, &bytes, Some(keyring)).ok().filter(|r| r.authenticated == Some(true)),
+                    Err(_) => None,
+                };
+                if let Some(record) = proven {
+                    previous.push(record.hash().to_string());
+                }
+            }
+            if !previous.is_empty() {
+                number = group[0].0;
+                break;
+            }
+        }
+        if number >= MAX_NUMBER {
+            return Err(Error::corrupt("audit", "the trail has no number left"));
+        }
+        previous.sort();
         let header = AuditHeader {
-            number: newest.as_ref().map_or(1, |(number, _)| number + 1),
-            previous: newest.map(|(_, hash)| hash),
+            number: number + 1,
+            previous,
+            target: crate::target::place(self.target.location()),
             config_hash: keyring.head.clone(),
             replaces: None,
         };
@@ -199,8 +268,9 @@ impl Repository {
     /// predecessor's hash changes), as a copy under the same number naming its copied
     /// predecessor and the record it `replaces`; then deletes what was copied. Killed in
     /// between, both chains are whole, and a later run finds the copies and goes on. Returns
-    /// the records written, deleted, and those the storage would not delete (key, why).
-    pub async fn reencrypt_audit(&self, keyring: &Keyring) -> Result<(usize, usize, Vec<(String, String)>)> {
+    /// the records written, deleted, those the storage would not delete (key, why), and those
+    /// left as they were (this identity cannot read them: they stay readable by whoever could).
+    pub async fn reencrypt_audit(&self, keyring: &Keyring) -> Result<ReencryptedTrail> {
         let mut trail = self.audit_trail(Some(keyring)).await?;
         trail.records.sort_by(|a, b| (a.header.number, &a.key).cmp(&(b.header.number, &b.key)));
         // Copies an earlier run made: old hash -> copy's hash.
@@ -211,22 +281,33 @@ impl Repository {
             .filter_map(|r| r.header.replaces.clone().map(|old| (old, r.hash().to_string())))
             .collect();
         let mut replaced: Vec<String> = Vec::new();
-        let mut written = 0;
+        let (mut written, mut left) = (0, Vec::new());
         for record in &trail.records {
             let hash = record.hash().to_string();
             if copied.contains_key(&hash) {
                 replaced.push(record.key.clone());
                 continue;
             }
-            let moved = record.header.previous.as_ref().and_then(|previous| copied.get(previous)).cloned();
+            let moved = record.header.previous.iter().any(|previous| copied.contains_key(previous));
             let current = record.header.config_hash == keyring.head && record.header.replaces.is_none();
-            let (Some(entry), Some(true)) = (&record.entry, record.authenticated) else { continue };
-            if current && moved.is_none() {
+            if current && !moved {
                 continue;
             }
+            let (Some(entry), Some(true)) = (&record.entry, record.authenticated) else {
+                left.push(record.key.clone());
+                continue;
+            };
+            let mut previous: Vec<String> = record
+                .header
+                .previous
+                .iter()
+                .map(|previous| copied.get(previous).cloned().unwrap_or_else(|| previous.clone()))
+                .collect();
+            previous.sort();
             let header = AuditHeader {
                 number: record.header.number,
-                previous: moved.or_else(|| record.header.previous.clone()),
+                previous,
+                target: record.header.target.clone(),
                 config_hash: keyring.head.clone(),
                 replaces: Some(hash.clone()),
             };
@@ -244,23 +325,36 @@ impl Repository {
                 Err(error) => refused.push((key, error.to_string())),
             }
         }
-        Ok((written, deleted, refused))
+        Ok(ReencryptedTrail { written, deleted, refused, left })
     }
 
-    /// Reads the trail: every record (decrypted and proven with `keyring`, headers only
+    /// Reads the trail: every record (proven and decrypted with `keyring`, headers only
     /// without), and what is wrong with it: a number missing between 1 and the highest (a
-    /// removed record), a record naming a predecessor that is not there, a record that does
-    /// not open or prove itself, one written without a key.
+    /// removed record), a record naming a predecessor that is not there, a record no later one
+    /// names (the records after it replaced, from another copy?), one that does not open or
+    /// prove itself; objects under `audit/` that are no records, counted on one line.
     pub async fn audit_trail(&self, keyring: Option<&Keyring>) -> Result<AuditTrail> {
         let mut trail = AuditTrail::default();
         let mut keys = Vec::new();
+        let mut junk = Vec::new();
         for (key, size) in self.target.list("audit").await? {
             trail.bytes += size;
             if size > MAX_AUDIT_BYTES || parse_key(&key).is_none() {
-                trail.problems.push(format!("{key}: not an audit record (name or size)"));
+                junk.push(key);
             } else {
                 keys.push(key);
             }
+        }
+        if !junk.is_empty() {
+            let shown: Vec<String> = junk.iter().take(3).map(|key| key.escape_debug().to_string()).collect();
+            trail.problems.push(format!(
+                "{} object{} under audit/ {} no audit record (name or size): {}{}",
+                junk.len(),
+                if junk.len() == 1 { "" } else { "s" },
+                if junk.len() == 1 { "is" } else { "are" },
+                shown.join(", "),
+                if junk.len() > 3 { ", …" } else { "" }
+            ));
         }
         keys.sort();
         let reads = keys.iter().map(|key| async move {
@@ -276,37 +370,61 @@ impl Repository {
             keys.iter().filter_map(|key| parse_key(key)).map(|(_, hash)| hash).collect();
         let numbers: std::collections::BTreeSet<u64> =
             keys.iter().filter_map(|key| parse_key(key)).map(|(n, _)| n).collect();
-        if let Some(&highest) = numbers.last() {
-            let missing: Vec<String> = (1..highest).filter(|n| !numbers.contains(n)).map(|n| n.to_string()).collect();
-            if !missing.is_empty() {
-                trail.problems.push(format!(
-                    "audit record{} {} removed (the trail runs to {highest})",
-                    if missing.len() == 1 { "" } else { "s" },
-                    missing.join(", ")
-                ));
+        let highest = numbers.last().copied().unwrap_or(0);
+        // The gaps between the numbers there are (counted, not walked: a planted record may be
+        // numbered in the billions).
+        let mut gaps = Vec::new();
+        let mut missing = 0u64;
+        let mut below = 0u64;
+        for &number in &numbers {
+            if number > below + 1 {
+                missing += number - below - 1;
+                gaps.push(if number == below + 2 {
+                    (below + 1).to_string()
+                } else {
+                    format!("{}-{}", below + 1, number - 1)
+                });
             }
+            below = number;
         }
-        for (key, opened) in opened {
+        if missing > 0 {
+            let shown: Vec<&str> = gaps.iter().take(5).map(String::as_str).collect();
+            trail.problems.push(format!(
+                "audit record{} {}{} removed (the trail runs to {highest})",
+                if missing == 1 { "" } else { "s" },
+                shown.join(", "),
+                if gaps.len() > 5 { ", …" } else { "" }
+            ));
+        }
+        let mut records = Vec::new();
+        for (_, opened) in opened {
             match opened {
-                Ok(record) => {
-                    match &record.header.previous {
-                        Some(previous) if !hashes.contains(previous.as_str()) => trail.problems.push(format!(
-                            "{key}: the record before it ({}) is not there: removed",
-                            &previous[..12.min(previous.len())]
-                        )),
-                        None if record.header.number != 1 => {
-                            trail.problems.push(format!("{key}: names no record before it"));
-                        }
-                        _ => {}
-                    }
-                    if record.authenticated == Some(false) {
-                        trail.problems.push(format!("{key}: written without a key: forged"));
-                    }
-                    trail.records.push(record);
-                }
+                Ok(record) => records.push(record),
                 Err(error) => trail.problems.push(error.to_string()),
             }
         }
+        let named: std::collections::BTreeSet<&str> =
+            records.iter().flat_map(|r| r.header.previous.iter()).map(String::as_str).collect();
+        let replaced: std::collections::BTreeSet<&str> =
+            records.iter().filter_map(|r| r.header.replaces.as_deref()).collect();
+        for record in &records {
+            let key = &record.key;
+            for previous in record.header.previous.iter().filter(|previous| !hashes.contains(previous.as_str())) {
+                trail.problems.push(format!("{key}: the record before it ({}) is not there: removed", &previous[..12]));
+            }
+            // A record `rekey --reencrypt` copied, and a copy, may both stand unnamed until
+            // the run that made the copy finishes.
+            let rewritten = record.header.replaces.is_some() || replaced.contains(record.hash());
+            if record.header.number < highest && !named.contains(record.hash()) && !rewritten {
+                trail.problems.push(format!(
+                    "{key}: no record after it names it: the records that followed it were removed or replaced"
+                ));
+            }
+            if record.authenticated == Some(false) {
+                trail.problems.push(format!("{key}: written without a key: forged"));
+            }
+        }
+        trail.records = records;
         Ok(trail)
     }
 }
@@ -337,7 +455,8 @@ mod tests {
         let recipients = vec![keyring.identities()[0].to_public()];
         let header = AuditHeader {
             number: 3,
-            previous: Some("cd".repeat(32)),
+            previous: vec!["cd".repeat(32)],
+            target: "/srv/backups/crm".into(),
             config_hash: keyring.head.clone(),
             replaces: None,
         };

@@ -132,3 +132,58 @@ fn a_removed_or_forged_record_is_reported_by_audit_and_verify() {
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("is not there: removed"), "{}", run.stdout);
 }
+
+#[test]
+fn records_grafted_from_another_copy_or_junk_numbers_do_not_hide_or_stop_the_trail() {
+    let Ready { source, work, repo, .. } = Scenario::new("audit_graft").crm().init("repo");
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    for _ in 0..4 {
+        work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--repo", &copy]).ok();
+    }
+    work.run(&["verify", "--repo", &repo]).ok();
+    // Whoever holds the storage removes records 3 and 4 here and puts the copy's records in
+    // (authentic: the copies share their keys): the records' numbers run on unbroken, but this
+    // target's record 2 is named by nothing after it.
+    for file in audit_files(&work) {
+        let name = file.file_name().unwrap().to_str().unwrap().to_string();
+        if name.starts_with("0000000003-") || name.starts_with("0000000004-") {
+            std::fs::remove_file(&file).unwrap();
+        }
+    }
+    for file in files_under(&work.path("copy/audit")) {
+        std::fs::copy(&file, work.path("repo/audit").join(file.file_name().unwrap())).unwrap();
+    }
+    for identity in [None, Some(work.admin_key())] {
+        let mut args = vec!["verify".to_string(), "--repo".into(), repo.clone()];
+        args.extend(identity.iter().flat_map(|key| ["--identity".to_string(), key.clone()]));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = work.run(&args);
+        assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("no record after it names it"), "{}", run.stdout);
+    }
+    assert_eq!(work.run(&["audit", "--repo", &repo, "--identity", &work.admin_key()]).code, 3);
+
+    // Junk named like the last record there can be, and a header naming what is no hash: the
+    // next backup numbers its record after the last one that proves itself, and every reader
+    // names the junk instead of stopping (or panicking on a character cut in half).
+    let junk = b"crmvault-audit 7\n{\"number\":9999999999}\n-\n".to_vec();
+    let junk_name = format!("9999999999-{}", blake3::hash(&junk).to_hex());
+    std::fs::write(work.path("copy/audit").join(&junk_name), &junk).unwrap();
+    let odd = "crmvault-audit 7\n{\"number\":2,\"previous\":[\"a€€€€€€€€€€€€€€\"],\"target\":\"x\",\"config_hash\":\"a€€€€\"}\n-\n";
+    let odd_name = format!("0000000002-{}", blake3::hash(odd.as_bytes()).to_hex());
+    std::fs::write(work.path("copy/audit").join(&odd_name), odd).unwrap();
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &copy]).ok();
+    let newest = files_under(&work.path("copy/audit"))
+        .into_iter()
+        .map(|f| f.file_name().unwrap().to_str().unwrap().to_string())
+        .max_by_key(|name| (!name.starts_with("9999"), name.clone()))
+        .unwrap();
+    assert!(newest.starts_with("0000000005-"), "{newest}");
+    for args in [vec!["verify", "--repo", &copy], vec!["audit", "--repo", &copy]] {
+        let run = work.run(&args);
+        assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert!(run.stdout.contains(&junk_name[..12]) && run.stdout.contains("not a BLAKE3 hash"), "{}", run.stdout);
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::common::{Scenario, TestDb, Workspace, assert_same_database, files_under};
+use crate::common::{Ready, Scenario, TestDb, Workspace, assert_same_database, files_under};
 
 fn backup_tagged(work: &Workspace, db: &TestDb, repo: &str, tags: &[&str]) -> serde_json::Value {
     let url = db.url();
@@ -229,4 +229,45 @@ fn backup_time_is_the_snapshots_time_and_forget_buckets_by_it() {
         work.run(&["backup", "--db", &url, "--repo", &repo, "--time", "2026-03-04 01:00"]).fails_with(2, "RFC 3339");
     assert_eq!(bad.stderr.lines().filter(|l| l.contains("RFC 3339")).count(), 1, "{}", bad.stderr);
     assert_eq!(listed(work, &repo, &[]).len(), 2);
+}
+
+#[test]
+fn ls_lists_a_snapshots_tables_rows_and_sizes_with_the_writer_key_or_an_identity() {
+    let Ready { source, work, repo, report } = Scenario::new("ls").crm().init("repo").backup();
+    let expected: Vec<(String, u64)> = source
+        .sql("SELECT format('%s.%s', schemaname, relname), n_live_tup FROM pg_stat_user_tables ORDER BY 1")
+        .lines()
+        .map(|line| {
+            let (name, _) = line.split_once('|').unwrap();
+            let rows = source.sql(&format!("SELECT count(*) FROM {name}")).trim().parse().unwrap();
+            (name.to_string(), rows)
+        })
+        .collect();
+    for identity in [None, Some(work.admin_key())] {
+        let mut args = vec!["ls".to_string(), "--json".into(), "--repo".into(), repo.clone()];
+        args.extend(identity.iter().flat_map(|key| ["--identity".to_string(), key.clone()]));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let listing = work.run(&args).ok().json();
+        assert_eq!(listing["snapshot_id"], report["snapshot_id"]);
+        let tables: Vec<(String, u64)> = listing["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    format!("{}.{}", t["schema"].as_str().unwrap(), t["name"].as_str().unwrap()),
+                    t["rows"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(tables, expected);
+        let crm = listing["schemas"].as_array().unwrap().iter().find(|s| s["name"] == "crm").unwrap().clone();
+        assert_eq!(crm["rows"].as_u64().unwrap(), expected.iter().map(|(_, rows)| rows).sum::<u64>());
+    }
+    let text = work.run(&["ls", "--repo", &repo]).ok().stdout;
+    assert!(text.lines().any(|l| l.starts_with("crm.contacts ") && l.contains("120")), "{text}");
+    work.run(&["ls", "--repo", &repo, "ffffffff"]).fails_with(1, "ffffffff");
+    // Without a key there is nothing to list.
+    let stranger = Workspace::new();
+    stranger.run(&["ls", "--repo", &repo]).fails_with(1, "encrypted manifest");
 }
