@@ -5,7 +5,8 @@
 //! [`postgres`] (PostgreSQL) → [`chunk`] → [`compress`] → [`crypto`] → [`repo`] (the format)
 //! → [`target`] (storage), and back through [`fetch`] into [`postgres`] again. [`backup`] and
 //! [`restore`] drive those two ways over a [`repo_set::RepoSet`] (the copies of one
-//! repository); [`rekey`] rotates keys; [`prune`] deletes what no snapshot needs; [`commands`] holds the other operations, one per CLI
+//! repository); [`drill`] restores into a scratch database and proves the result from it;
+//! [`rekey`] rotates keys; [`prune`] deletes what no snapshot needs; [`commands`] holds the other operations, one per CLI
 //! command. Long operations report through [`progress::Progress`].
 
 pub mod backup;

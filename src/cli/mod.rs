@@ -227,6 +227,33 @@ enum Command {
         #[arg(default_value = "latest")]
         snapshot: String,
     },
+    /// Write one table of a snapshot to stdout, proven (needs --identity).
+    ///
+    /// Only that table's chunks are read. The digest and row count are checked when the table
+    /// ends: if they fail (or a chunk does), the command exits 1 and says that what it wrote
+    /// must not be trusted.
+    Dump {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Admin identity file (or `identity` in --profile).
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
+        identity: Option<PathBuf>,
+        /// The table: `schema.table` (a name alone when only one schema has it).
+        #[arg(long, value_name = "SCHEMA.TABLE")]
+        table: String,
+        /// copy: PostgreSQL's COPY text (`COPY … FROM STDIN` reads it); csv: with a header,
+        /// NULL as an empty unquoted field; json: one object per line, NULL as null.
+        #[arg(long, value_enum, default_value_t = DumpFormat::Csv)]
+        format: DumpFormat,
+        /// Chunks fetched and decoded in parallel [default: 2].
+        #[arg(long, short, value_parser = profile::parse_jobs)]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// `latest` or a snapshot id (as for restore).
+        #[arg(default_value = "latest")]
+        snapshot: String,
+    },
     /// Restore a snapshot into an empty database, all or nothing.
     ///
     /// Each chunk is read from the first --repo that has it intact.
@@ -375,7 +402,7 @@ enum Command {
     },
     /// List the audit trail: who ran what on the repository, when, and how it ended.
     ///
-    /// Every backup, restore, drill, verify, forget, prune, rekey and copy run with a key (the
+    /// Every backup, restore, drill, dump, verify, forget, prune, rekey and copy run with a key (the
     /// writer key or an admin's) appends an encrypted, MACed record to each repository it
     /// opened, numbered and naming the one before. Needs the writer key (on the backup host) or
     /// --identity. Exit 3 when a record was removed, forged or does not read (`verify` checks
@@ -506,6 +533,17 @@ struct RepoArgs {
     /// Or `repo` in --profile.
     #[arg(short = 'r', long = "repo", env = "CRMVAULT_REPO", hide_env_values = true)]
     repos: Vec<String>,
+}
+
+/// `dump --format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DumpFormat {
+    /// PostgreSQL's COPY text.
+    Copy,
+    /// CSV with a header line.
+    Csv,
+    /// JSON lines.
+    Json,
 }
 
 /// What a restore does about the roles the snapshot's objects name (`restore`, `drill`).
@@ -1228,6 +1266,54 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             // repository's back) is a problem for `verify`: exit 3 too.
             if !report.failed.is_empty() || report.plans.iter().any(|plan| plan.blind.is_some()) {
                 return Ok(3);
+            }
+        }
+        Command::Dump { repo, identity, table, format, jobs, filter, snapshot } => {
+            let identity = settings.require_identity(identity)?;
+            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
+            let trusted =
+                trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
+                    .await?;
+            let keyring = targets.unlock_as_admin(&identity).await?;
+            audit.opened(targets.repositories(), &keyring);
+            let locks = targets
+                .lock_all(LockMode::Shared, &lock::options(lock_wait, "dump", keyring.identities().to_vec()))
+                .await?;
+            let options = restore::dump::DumpOptions {
+                snapshot,
+                filter: filter.filter(),
+                table,
+                format: match format {
+                    DumpFormat::Copy => restore::dump::DumpFormat::Copy,
+                    DumpFormat::Csv => restore::dump::DumpFormat::Csv,
+                    DumpFormat::Json => restore::dump::DumpFormat::Json,
+                },
+                jobs: settings.jobs(jobs)?.max(1),
+                newest_known: trusted.newest(),
+            };
+            let progress = output::Bar::start(json || quiet);
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            let result = restore::dump::run(&targets, &keyring, &options, &mut stdout, progress.as_ref()).await;
+            drop(stdout);
+            progress.finish();
+            lock::release(locks).await;
+            let report = result.map_err(|error| match error {
+                // Said before anything was written.
+                crmvault::Error::Invalid(_)
+                | crmvault::Error::SnapshotNotFound(_)
+                | crmvault::Error::AmbiguousLatest { .. } => anyhow::Error::new(error),
+                error => {
+                    anyhow::Error::new(error).context("dumping: what was written before this error must not be trusted")
+                }
+            })?;
+            audit.snapshot(&report.snapshot_id);
+            if !quiet {
+                eprintln!(
+                    "dumped {} rows of {} from snapshot {}: every chunk, the digest and the row count checked",
+                    report.rows,
+                    output::printable(&report.table),
+                    report.snapshot_id.short()
+                );
             }
         }
         Command::Ls { repo, identity, filter, snapshot } => {

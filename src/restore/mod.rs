@@ -14,6 +14,7 @@
 //! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
 //! proven in parallel ahead of each loading connection.
 
+pub mod dump;
 mod load;
 mod select;
 mod streams;
@@ -196,7 +197,7 @@ pub(crate) async fn restore(
     progress: Shared,
 ) -> Result<(RestoreReport, Manifest)> {
     let mut warnings = Vec::new();
-    let (mut manifest, sources, mark) = choose_snapshot(targets, keyring, options, &mut warnings).await?;
+    let (mut manifest, sources, mark) = choose_snapshot(targets, keyring, options.into(), &mut warnings).await?;
     let snapshot_id = mark.id.clone();
     let reader = Arc::new(ChunkReader::with_sources(sources, Keyring::clone(keyring), options.jobs * 2 + 2));
     let spool = spool_chunks(&reader, &mut manifest).await?;

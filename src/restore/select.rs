@@ -7,7 +7,28 @@ use crate::repo::{Keyring, Manifest, SnapshotFilter};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
-use super::RestoreOptions;
+/// Which snapshot to open, and what is known of the newest.
+pub(super) struct Choice<'a> {
+    /// `latest` or an id prefix.
+    pub(super) snapshot: &'a str,
+    /// Which snapshots `latest` chooses among.
+    pub(super) filter: &'a SnapshotFilter,
+    /// The newest snapshot the caller knows of (a rollback is said).
+    pub(super) newest_known: Option<&'a SnapshotMark>,
+    /// Index entries kept in memory per target.
+    pub(super) index_in_memory: usize,
+}
+
+impl<'a> From<&'a super::RestoreOptions> for Choice<'a> {
+    fn from(options: &'a super::RestoreOptions) -> Choice<'a> {
+        Choice {
+            snapshot: &options.snapshot,
+            filter: &options.filter,
+            newest_known: options.newest_known.as_ref(),
+            index_in_memory: options.index_in_memory,
+        }
+    }
+}
 
 /// Opens the snapshot `options.snapshot` names. For `latest`, the newest that proves itself:
 /// each newer one that does not is passed over and named in `warnings`, and so is a newer
@@ -15,14 +36,14 @@ use super::RestoreOptions;
 pub(super) async fn choose_snapshot(
     targets: &RepoSet,
     keyring: &Keyring,
-    options: &RestoreOptions,
+    options: Choice<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
     let latest = options.snapshot == "latest";
     // Said only if a snapshot is restored after all; otherwise the first error says it.
     let mut passed_over = Vec::new();
     let mut first_error = None;
-    for snapshot_id in targets.resolve_snapshot(&options.snapshot, &options.filter, keyring).await? {
+    for snapshot_id in targets.resolve_snapshot(options.snapshot, options.filter, keyring).await? {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
                 let mut note = |warning: String| {
@@ -32,7 +53,7 @@ pub(super) async fn choose_snapshot(
                 passed_over.drain(..).for_each(&mut note);
                 // With a filter, an older snapshot is what was asked for: only a newest known
                 // snapshot that no target holds any more is a rollback.
-                let known = options.newest_known.as_ref().filter(|known| latest && known.sequence > mark.sequence);
+                let known = options.newest_known.filter(|known| latest && known.sequence > mark.sequence);
                 let known = match known {
                     Some(known) if !options.filter.is_empty() => {
                         let any = SnapshotFilter::default();

@@ -271,3 +271,65 @@ fn ls_lists_a_snapshots_tables_rows_and_sizes_with_the_writer_key_or_an_identity
     let stranger = Workspace::new();
     stranger.run(&["ls", "--repo", &repo]).fails_with(1, "encrypted manifest");
 }
+
+#[test]
+fn dump_writes_one_table_proven_that_copy_from_reads_back_and_a_damaged_chunk_fails_it() {
+    let Ready { source, work, repo, .. } = Scenario::new("dump").crm().init("repo").backup();
+    let key = work.admin_key();
+    let dump = |format: &str, table: &str| {
+        work.run(&["dump", "--repo", &repo, "--identity", &key, "--table", table, "--format", format])
+    };
+    let columns: Vec<String> = work.run(&["ls", "--json", "--repo", &repo]).ok().json()["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["schema"] == "crm" && t["name"] == "contacts")
+        .unwrap()["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let rows: usize = source.sql("SELECT count(*) FROM crm.contacts").trim().parse().unwrap();
+
+    // COPY text: loaded with COPY FROM into the emptied table of a restored copy, it gives
+    // the source's rows back.
+    let copy = dump("copy", "crm.contacts").ok();
+    assert!(copy.stderr.contains(&format!("dumped {rows} rows of crm.contacts")), "{}", copy.stderr);
+    let target = TestDb::create("dump_target");
+    work.restore(&repo, &target).ok();
+    target.sql("ALTER TABLE crm.contacts DISABLE TRIGGER ALL; DELETE FROM crm.contacts");
+    let file = work.path("contacts.copy");
+    std::fs::write(&file, &copy.stdout).unwrap();
+    let load = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target.url(), "-c"])
+        .arg(format!("\\copy crm.contacts ({}) FROM '{}'", columns.join(", "), file.display()))
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let rows_of = |db: &TestDb| db.sql("SELECT md5(string_agg(c::text, '|' ORDER BY id)) FROM crm.contacts c");
+    assert_eq!(rows_of(&target), rows_of(&source));
+
+    // CSV with the column names first; JSON lines with them as keys.
+    let csv = dump("csv", "contacts").ok().stdout;
+    assert!(csv.starts_with(&format!("{}\n", columns.join(","))), "{}", &csv[..200.min(csv.len())]);
+    let json = dump("json", "crm.contacts").ok().stdout;
+    let objects: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(objects.len(), rows);
+    let first = source.sql("SELECT email FROM crm.contacts ORDER BY id LIMIT 1");
+    assert_eq!(objects[0]["email"].as_str().unwrap(), first.trim());
+
+    // A table the snapshot has no data of is named; the dump is in the audit trail.
+    dump("csv", "crm.nothing").fails_with(1, "holds no data of a table crm.nothing");
+    let audit = work.run(&["audit", "--repo", &repo, "--identity", &key, "--json"]).ok().json();
+    assert!(audit.to_string().contains("\"operation\":\"dump\""), "{audit}");
+
+    // Damaged storage: exit 1, and the output is said to be untrustworthy.
+    for pack in files_under(&work.path("repo/data")) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&pack, bytes).unwrap();
+    }
+    dump("csv", "crm.contacts").fails_with(1, "must not be trusted");
+}
