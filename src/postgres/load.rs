@@ -182,17 +182,28 @@ impl LoadSession {
         let mut left_out = Vec::new();
         for role in roles {
             for group in &role.member_of {
-                let exists = !self
+                // A membership is power: one in a role that is a superuser, creates roles,
+                // bypasses row security, replicates, or is one of the server's predefined
+                // roles (pg_read_server_files …) is not given by a restore.
+                let powers: Option<bool> = self
                     .client
-                    .query("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1", &[group])
+                    .query_opt(
+                        "SELECT rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication OR rolname LIKE 'pg\\_%' \
+                         FROM pg_catalog.pg_roles WHERE rolname = $1",
+                        &[group],
+                    )
                     .await?
-                    .is_empty();
-                if exists {
-                    self.client
-                        .batch_execute(&format!("GRANT {} TO {}", quote_ident(group), quote_ident(&role.name)))
-                        .await?;
-                } else {
-                    left_out.push(format!("{} in {group}", role.name));
+                    .map(|row| row.get(0));
+                match powers {
+                    Some(false) => {
+                        self.client
+                            .batch_execute(&format!("GRANT {} TO {}", quote_ident(group), quote_ident(&role.name)))
+                            .await?;
+                    }
+                    Some(true) => {
+                        left_out.push(format!("{} in {group} (a role with powers: grant it yourself)", role.name));
+                    }
+                    None => left_out.push(format!("{} in {group} (no such role here)", role.name)),
                 }
             }
         }
@@ -328,6 +339,14 @@ impl Server {
             .await
             .map_err(|e| Error::Invalid(format!("creating database {name}: {}", crate::error::postgres_message(&e))))?;
         self.client.batch_execute(&format!("COMMENT ON DATABASE {quoted} IS {}", quote_literal(comment))).await?;
+        Ok(())
+    }
+
+    /// Drops roles (a failed `restore --create --create-roles` made them).
+    pub async fn drop_roles(&self, names: &[String]) -> Result<()> {
+        for name in names {
+            self.client.batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(name))).await?;
+        }
         Ok(())
     }
 

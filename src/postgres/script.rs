@@ -139,7 +139,7 @@ pub fn without(text: &str, leave_out: LeaveOut) -> String {
     let mut kept = String::with_capacity(text.len());
     kept.push_str(script.preamble);
     for entry in &script.entries {
-        if leave_out.privileges && matches!(entry.kind, "ACL" | "DEFAULT ACL") {
+        if leave_out.privileges && matches!(entry.kind, "ACL" | "DEFAULT ACL") && only_privileges(entry.sql) {
             continue;
         }
         if leave_out.owners {
@@ -149,6 +149,33 @@ pub fn without(text: &str, leave_out: LeaveOut) -> String {
         }
     }
     kept
+}
+
+/// Whether every statement of an entry grants or revokes privileges (`GRANT`, `REVOKE`,
+/// `ALTER DEFAULT PRIVILEGES`, and the `SET`/`RESET` pg_dump puts around them): the header's
+/// `Type:` alone is not trusted, since a name with `; Type: ACL` in it can make it say so.
+fn only_privileges(sql: &str) -> bool {
+    let mut words: Vec<&str> = Vec::new();
+    let mut any = false;
+    for token in Lexer::new(sql) {
+        match token.kind {
+            Kind::Space | Kind::LineComment | Kind::BlockComment => {}
+            Kind::Word if words.len() < 3 => words.push(token.text),
+            _ if token.is_punct(';') => {
+                let first = |word: &str| words.first().is_some_and(|w| w.eq_ignore_ascii_case(word));
+                let default_privileges = first("alter")
+                    && words.get(1).is_some_and(|w| w.eq_ignore_ascii_case("default"))
+                    && words.get(2).is_some_and(|w| w.eq_ignore_ascii_case("privileges"));
+                if !(first("grant") || first("revoke") || first("set") || first("reset") || default_privileges) {
+                    return false;
+                }
+                any = true;
+                words.clear();
+            }
+            _ => {}
+        }
+    }
+    any
 }
 
 /// `sql` without its top-level `ALTER … OWNER TO …;` statements.
@@ -456,6 +483,9 @@ mod tests {
         assert!(owners.contains("GRANT SELECT") && owners.starts_with("SET x = 1;"));
         let privileges = without(dump, LeaveOut { owners: false, privileges: true });
         assert!(!privileges.contains("GRANT") && privileges.contains("OWNER TO alice;"), "{privileges}");
+        // A name that makes a header say `Type: ACL` does not take its object with it.
+        let spoofed = "--\n-- Name: v; Type: VIEW; Schema: api; Type: ACL; Owner: o\n--\n\nCREATE VIEW \"api; Type: ACL\".v AS SELECT 1;\n\n";
+        assert_eq!(without(spoofed, LeaveOut { owners: false, privileges: true }), spoofed);
         assert_eq!(without(dump, LeaveOut::default()), dump);
     }
 

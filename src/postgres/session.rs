@@ -86,8 +86,10 @@ impl SnapshotSession {
     /// policies), with the roles they are members of and their attributes. The bootstrap
     /// superuser, on which nothing is recorded, every server has.
     pub async fn roles(&self) -> Result<Vec<RoleRecord>> {
+        // Default privileges and user mappings name their role in statements --no-owner keeps.
         let sql = "SELECT r.rolname::text, bool_or(d.deptype = 'o'), bool_or(d.deptype = 'a'), \
-                     bool_or(d.deptype NOT IN ('o', 'a')), \
+                     bool_or(d.deptype NOT IN ('o', 'a') \
+                       OR d.classid IN ('pg_catalog.pg_default_acl'::regclass, 'pg_catalog.pg_user_mapping'::regclass)), \
                      ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m \
                            JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1), \
                      r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin, r.rolreplication, \
@@ -99,7 +101,7 @@ impl SnapshotSession {
                    GROUP BY r.oid, r.rolname, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, \
                      r.rolcanlogin, r.rolreplication, r.rolbypassrls ORDER BY 1";
         let rows = self.client.query(sql, &[]).await?;
-        Ok(rows
+        let mut roles: Vec<RoleRecord> = rows
             .iter()
             .map(|row| {
                 let flags = [
@@ -124,7 +126,31 @@ impl SnapshotSession {
                     attributes,
                 }
             })
-            .collect())
+            .collect();
+        // The bootstrap superuser's objects have no pg_shdepend rows; on a server set up
+        // under another name (POSTGRES_USER in a container) it is missing all the same.
+        let bootstrap = format!(
+            "SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.oid = 10 AND ( \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspowner = 10 AND {USER_SCHEMAS} AND n.nspname <> 'public') \
+               OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                          WHERE c.relowner = 10 AND {USER_SCHEMAS}) \
+               OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                          WHERE p.proowner = 10 AND {USER_SCHEMAS}))"
+        );
+        if let Some(row) = self.client.query_opt(&bootstrap, &[]).await? {
+            let name: String = row.get(0);
+            if !roles.iter().any(|role| role.name == name) {
+                roles.push(RoleRecord {
+                    name,
+                    owns: true,
+                    granted: false,
+                    named: false,
+                    member_of: Vec::new(),
+                    attributes: vec!["SUPERUSER".into(), "LOGIN".into()],
+                });
+            }
+        }
+        Ok(roles)
     }
 
     /// The settings that shape COPY text in this session, and the database's locale.

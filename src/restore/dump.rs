@@ -196,13 +196,18 @@ impl<'c> RowWriter<'c> {
             let fields: Vec<String> = values.iter().map(|v| csv_field(v.as_deref())).collect();
             return writeln!(out, "{}", fields.join(",")).map_err(write_error);
         }
-        let object: serde_json::Map<String, serde_json::Value> = self
-            .columns
-            .iter()
-            .cloned()
-            .zip(values.into_iter().map(|v| v.map_or(serde_json::Value::Null, serde_json::Value::String)))
-            .collect();
-        writeln!(out, "{}", serde_json::Value::Object(object)).map_err(write_error)
+        // In the table's column order (a JSON map would sort the keys).
+        let mut object = String::from("{");
+        for (i, (column, value)) in self.columns.iter().zip(values).enumerate() {
+            if i > 0 {
+                object.push(',');
+            }
+            object.push_str(&serde_json::Value::String(column.clone()).to_string());
+            object.push(':');
+            object.push_str(&value.map_or(serde_json::Value::Null, serde_json::Value::String).to_string());
+        }
+        object.push('}');
+        writeln!(out, "{object}").map_err(write_error)
     }
 }
 
@@ -304,6 +309,7 @@ mod tests {
                     "id,\"note, \"\"quoted\"\"\",empty\n1,\"line one\nline two\",\n2,\"tab\there, \"\"q\"\"\",\"\"\n3,été,\" \"\n"
                 );
             } else {
+                assert!(text.starts_with("{\"id\":\"1\",\"note, "), "column order: {text}");
                 let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
                 assert_eq!(rows[0]["note, \"quoted\""], "line one\nline two");
                 assert_eq!(rows[0]["empty"], serde_json::Value::Null);

@@ -153,12 +153,20 @@ pub async fn run_creating(
     loading_options.database = database.on_database(&loading);
     loading_options.create = Some(RESTORING_MARK.to_string());
     let restored = restore(targets, keyring, &loading_options, progress).await;
-    let finished = match restored {
-        Ok((report, _)) => server.rename(&loading, &name).await.map(|()| report),
-        Err(error) => Err(error),
+    let (finished, created) = match restored {
+        Ok((report, _)) => {
+            let created = report.roles_created.clone();
+            (server.rename(&loading, &name).await.map(|()| report), created)
+        }
+        // Said of the database the admin named, not of the one it was loading into.
+        Err(Error::MissingRoles { roles, .. }) => {
+            (Err(Error::MissingRoles { database: database.to_string(), roles }), vec![])
+        }
+        Err(error) => (Err(error), vec![]),
     };
     if finished.is_err() && server.comment(&loading).await?.flatten().as_deref() == Some(RESTORING_MARK) {
         server.drop(&loading).await?;
+        server.drop_roles(&created).await?;
     }
     finished
 }

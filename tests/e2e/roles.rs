@@ -17,12 +17,15 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
     let pid = std::process::id();
     let (owner, reader, group) = (format!("cv owner {pid}"), format!("cv_reader_{pid}"), format!("cv_group_{pid}"));
     let roles = [owner.clone(), reader.clone(), group.clone()];
+    // A superuser role that stays on the server: a restore must not make anyone its member.
+    let power = format!("cv_power_{pid}");
     drop_roles(&roles);
+    drop_roles(std::slice::from_ref(&power));
     psql(
         "postgres",
         &format!(
             "CREATE ROLE \"{owner}\" NOLOGIN; CREATE ROLE \"{group}\" NOLOGIN; CREATE ROLE \"{reader}\" LOGIN CREATEDB; \
-             GRANT \"{group}\" TO \"{reader}\""
+             GRANT \"{group}\" TO \"{reader}\"; CREATE ROLE \"{power}\" SUPERUSER NOLOGIN; GRANT \"{power}\" TO \"{owner}\""
         ),
     );
     let source = TestDb::create("roles");
@@ -84,12 +87,14 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
         );
         let check = format!(
             "SELECT has_table_privilege('{reader}', 'app.accounts', 'SELECT'), pg_has_role('{reader}', '{group}', 'MEMBER'), \
-             (SELECT bool_or(rolcanlogin) FROM pg_roles WHERE rolname IN ('{owner}', '{reader}', '{group}'))"
+             (SELECT bool_or(rolcanlogin) FROM pg_roles WHERE rolname IN ('{owner}', '{reader}', '{group}')), \
+             pg_has_role('{owner}', '{power}', 'MEMBER')"
         );
-        assert_eq!(created.sql(&check).trim(), "t|t|f");
+        assert_eq!(created.sql(&check).trim(), "t|t|f|f", "no membership in a superuser role is given");
         drop(created);
         drop_roles(&roles);
     }
     drop(target);
     drop_roles(&roles);
+    drop_roles(std::slice::from_ref(&power));
 }
