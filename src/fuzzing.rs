@@ -102,6 +102,17 @@ pub fn list_chunk(bytes: &[u8]) {
     }
 }
 
+/// An audit record as stored, read as a keyless `verify` reads it (under the name its header's
+/// number and its hash give it): a header that reads must hold what every reader relies on.
+pub fn audit(bytes: &[u8]) {
+    if let Some(header) = crate::repo::parse_audit_record(bytes) {
+        assert!(header.number >= 1);
+        for hash in header.previous.iter().chain([&header.config_hash]) {
+            assert!(crate::repo::is_object_hash(hash), "a header that reads names a non-hash");
+        }
+    }
+}
+
 /// A few valid objects for each target (fuzz/corpus/<target>/seed-*): the fuzzer starts from
 /// real structure instead of finding magic words and hashes by chance.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -221,7 +232,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("packed_text", packed),
         ("packed_text", text),
         ("list_chunk", list),
+        ("audit", audit_seed(1, &[])),
+        ("audit", audit_seed(12, &[&"ab".repeat(32), &"cd".repeat(32)])),
     ]
+}
+
+/// An audit record whose header reads (its MAC is no MAC: no keyring here).
+fn audit_seed(number: u64, previous: &[&str]) -> Vec<u8> {
+    let header = crate::repo::AuditHeader {
+        number,
+        previous: previous.iter().map(ToString::to_string).collect(),
+        target: "/srv/backups/crm".into(),
+        config_hash: "ef".repeat(32),
+        replaces: None,
+    };
+    let mut object = format!("crmvault-audit {}\n", crate::repo::FORMAT_VERSION).into_bytes();
+    object.extend_from_slice(&serde_json::to_vec(&header).expect("serialisable"));
+    object.push(b'\n');
+    object.extend_from_slice("0".repeat(64).as_bytes());
+    object.extend_from_slice(b"\nage-encryption.org/v1\n");
+    object
 }
 
 #[cfg(test)]
@@ -257,6 +287,10 @@ mod tests {
                 "list_chunk" => {
                     assert_eq!(crate::repo::parse_list("seed", &seed, crate::repo::FORMAT_VERSION).unwrap().len(), 5);
                     list_chunk(&seed);
+                }
+                "audit" => {
+                    assert!(crate::repo::parse_audit_record(&seed).is_some());
+                    audit(&seed);
                 }
                 other => panic!("a seed for no target: {other}"),
             }

@@ -36,7 +36,9 @@ mod lists;
 mod pack;
 mod snapshot;
 
-pub use audit::{AuditEntry, AuditHeader, AuditRecord, AuditTrail};
+pub use audit::{
+    AuditEntry, AuditHeader, AuditRecord, AuditTrail, ReencryptedTrail, parse_stored as parse_audit_record,
+};
 pub use chunk_index::{ChunkIndex, PackEntry};
 pub use chunk_set::*;
 pub use config::*;
