@@ -1012,18 +1012,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let (identity, db) = (settings.require_identity(identity)?, settings.restore_db(db)?);
             // A database --create makes takes its name only when complete: parallel is as safe.
             let parallel = create || settings.parallel(parallel)?;
-            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
-            for left_out in targets.left_out() {
-                output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
-            }
-            let mut trusted =
-                trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
-                    .await?;
-            let keyring = targets.unlock_as_admin(&identity).await?;
-            audit.opened(targets.repositories(), &keyring);
-            let locks = targets
-                .lock_all(LockMode::Shared, &lock::options(lock_wait, "restore", keyring.identities().to_vec()))
-                .await?;
+            let (targets, mut trusted, keyring, locks) = open_as_admin(
+                &storage,
+                &settings.repos(repo.repos)?,
+                &identity,
+                fingerprint.as_ref(),
+                ("restore", lock_wait, audit),
+            )
+            .await?;
             let options = restore::RestoreOptions {
                 database: settings.database(&db)?,
                 snapshot,
@@ -1086,18 +1082,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         } => {
             let identity = settings.require_identity(identity)?;
             let scratch = settings.database(&settings.scratch_db(scratch_db)?)?;
-            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
-            for left_out in targets.left_out() {
-                output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
-            }
-            let mut trusted =
-                trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
-                    .await?;
-            let keyring = targets.unlock_as_admin(&identity).await?;
-            audit.opened(targets.repositories(), &keyring);
-            let locks = targets
-                .lock_all(LockMode::Shared, &lock::options(lock_wait, "drill", keyring.identities().to_vec()))
-                .await?;
+            let (targets, mut trusted, keyring, locks) = open_as_admin(
+                &storage,
+                &settings.repos(repo.repos)?,
+                &identity,
+                fingerprint.as_ref(),
+                ("drill", lock_wait, audit),
+            )
+            .await?;
             let mut options = restore::RestoreOptions {
                 database: scratch,
                 snapshot,
@@ -1270,15 +1262,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         }
         Command::Dump { repo, identity, table, format, jobs, filter, snapshot } => {
             let identity = settings.require_identity(identity)?;
-            let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
-            let trusted =
-                trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint.as_ref(), &config_dir()?)
-                    .await?;
-            let keyring = targets.unlock_as_admin(&identity).await?;
-            audit.opened(targets.repositories(), &keyring);
-            let locks = targets
-                .lock_all(LockMode::Shared, &lock::options(lock_wait, "dump", keyring.identities().to_vec()))
-                .await?;
+            let (targets, trusted, keyring, locks) = open_as_admin(
+                &storage,
+                &settings.repos(repo.repos)?,
+                &identity,
+                fingerprint.as_ref(),
+                ("dump", lock_wait, audit),
+            )
+            .await?;
             let options = restore::dump::DumpOptions {
                 snapshot,
                 filter: filter.filter(),
@@ -1487,6 +1478,28 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         }
     }
     Ok(0)
+}
+
+/// What a command that reads data (restore, drill, dump) starts with: the copies that open (one
+/// that does not is left out, with a warning), checked as an admin's against the pins, unlocked
+/// with `identity`, noted for the audit trail, and locked shared for `command`.
+async fn open_as_admin(
+    storage: &storage::Storage,
+    locations: &[String],
+    identity: &Path,
+    fingerprint: Option<&crmvault::trust::Fingerprint>,
+    (command, lock_wait, audit): (&str, std::time::Duration, &audit::AuditLog),
+) -> Result<(crmvault::repo_set::RepoSet, trust::Trusted, crmvault::repo::AdminKeyring, crmvault::lock::Locks)> {
+    let mut targets = storage.open_set(locations, true).await?;
+    for left_out in targets.left_out() {
+        output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
+    }
+    let trusted = trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir()?).await?;
+    let keyring = targets.unlock_as_admin(identity).await?;
+    audit.opened(targets.repositories(), &keyring);
+    let locks =
+        targets.lock_all(LockMode::Shared, &lock::options(lock_wait, command, keyring.identities().to_vec())).await?;
+    Ok((targets, trusted, keyring, locks))
 }
 
 /// `prune --identity`: every copy opened, checked as an admin's, locked (exclusive, or shared

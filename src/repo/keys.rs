@@ -145,21 +145,21 @@ impl Keyring {
     /// The audit-record MAC key of the generation whose config hashes to `config_hash`, for
     /// the record hashing to `object_hash`: as [`Keyring::snapshot_mac_key_for`].
     pub(super) fn audit_mac_key_for(&self, config_hash: &str, object_hash: &str) -> Option<MacKey> {
-        if config_hash == self.head {
-            Some(self.audit_mac_key())
-        } else if self.carried.contains(object_hash) {
-            self.past.get(config_hash).map(RepoSecret::audit_mac_key)
-        } else {
-            None
-        }
+        self.mac_key_for(config_hash, object_hash, RepoSecret::audit_mac_key)
     }
     /// The forget-record MAC key of the generation whose config hashes to `config_hash`, for
     /// the record hashing to `object_hash`: as [`Keyring::snapshot_mac_key_for`].
     pub(super) fn forget_mac_key_for(&self, config_hash: &str, object_hash: &str) -> Option<MacKey> {
+        self.mac_key_for(config_hash, object_hash, RepoSecret::forget_mac_key)
+    }
+    /// The MAC key `key` derives for the generation whose config hashes to `config_hash`: the
+    /// head's, or an earlier generation's for an object (hashing to `object_hash`) the head
+    /// carries byte for byte.
+    fn mac_key_for(&self, config_hash: &str, object_hash: &str, key: fn(&RepoSecret) -> MacKey) -> Option<MacKey> {
         if config_hash == self.head {
-            Some(self.forget_mac_key())
+            Some(key(self.auth.as_ref().unwrap_or(&self.secret)))
         } else if self.carried.contains(object_hash) {
-            self.past.get(config_hash).map(RepoSecret::forget_mac_key)
+            self.past.get(config_hash).map(key)
         } else {
             None
         }
@@ -168,13 +168,7 @@ impl Keyring {
     /// snapshot object hashing to `object_hash`: the head's, or an earlier generation's for an
     /// object the head carries, byte for byte (a retired key could MAC any other header).
     pub(super) fn snapshot_mac_key_for(&self, config_hash: &str, object_hash: &str) -> Option<MacKey> {
-        if config_hash == self.head {
-            Some(self.snapshot_mac_key())
-        } else if self.carried.contains(object_hash) {
-            self.past.get(config_hash).map(RepoSecret::snapshot_mac_key)
-        } else {
-            None
-        }
+        self.mac_key_for(config_hash, object_hash, RepoSecret::snapshot_mac_key)
     }
     /// The earlier generation (its config hash) whose index MAC key gives `mac` over `parts`
     /// (an index written before a `rekey`).

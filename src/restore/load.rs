@@ -32,14 +32,14 @@ pub(super) struct Load<'a> {
 impl Load<'_> {
     /// Everything in one transaction on one connection: any failure, or the process being
     /// killed, ends the connection without COMMIT and leaves the database as it was.
-    pub(super) async fn in_one_transaction(&self, clean: bool, pre_data: &[u8], post_data: &[u8]) -> Result<u64> {
+    pub(super) async fn in_one_transaction(&self, clean: bool, pre_data: &str, post_data: &str) -> Result<u64> {
         let client = self.client;
         client.begin().await?;
         if clean {
             client.clean().await?;
         }
         self.create_roles().await?;
-        client.run_script(&postgres::executable_sql(pre_data)?).await?;
+        client.run_script(pre_data).await?;
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
         for table in &self.manifest.tables {
@@ -62,8 +62,8 @@ impl Load<'_> {
     pub(super) async fn in_parallel(
         &self,
         clean: bool,
-        pre_data: &[u8],
-        post_data: &[u8],
+        pre_data: &str,
+        post_data: &str,
         snapshot_id: &crate::repo::SnapshotId,
     ) -> Result<u64> {
         let client = self.client;
@@ -73,12 +73,11 @@ impl Load<'_> {
         }
         client.mark_incomplete(snapshot_id.as_str()).await?;
         self.create_roles().await?;
-        client.run_script(&postgres::executable_sql(pre_data)?).await?;
+        client.run_script(pre_data).await?;
         client.commit().await?;
         tracing::debug!("pre-data committed");
 
-        let post_sql = postgres::executable_sql(post_data)?;
-        let script = postgres::script::parse(&post_sql);
+        let script = postgres::script::parse(post_data);
         let loaded = async {
             let (loaders, rows, built) = self.tables_in_parallel(&script).await?;
             tracing::debug!(early = built.len(), "every table loaded and committed");
@@ -334,9 +333,9 @@ impl Load<'_> {
     }
 
     /// Large objects, sequence values, post-data DDL and materialized views, in the caller's transaction.
-    pub(super) async fn finish(&self, post_data: &[u8]) -> Result<()> {
+    pub(super) async fn finish(&self, post_data: &str) -> Result<()> {
         self.write_large_objects_and_sequences().await?;
-        self.client.run_script(&postgres::executable_sql(post_data)?).await?;
+        self.client.run_script(post_data).await?;
         tracing::debug!("post-data done");
         // Once their indexes exist.
         self.client.refresh_materialized_views(&self.manifest.materialized_views).await

@@ -214,9 +214,9 @@ pub(crate) async fn restore(
     let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs, progress: progress.as_ref() };
     let leave_out = options.leave_out;
     let pre_data = streams.read("schema (pre-data)", &manifest.pre_data).await?;
-    let pre_data = postgres::script::without(&postgres::executable_sql(&pre_data)?, leave_out).into_bytes();
+    let pre_data = postgres::script::without(&postgres::executable_sql(&pre_data)?, leave_out);
     let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
-    let post_data = postgres::script::without(&postgres::executable_sql(&post_data)?, leave_out).into_bytes();
+    let post_data = postgres::script::without(&postgres::executable_sql(&post_data)?, leave_out);
 
     if let Some(comment) = &options.create {
         postgres::create_database(&options.database, manifest.session.as_ref(), comment).await?;
