@@ -185,15 +185,21 @@ impl LoadSession {
                 // A membership is power: one in a role that is a superuser, creates roles,
                 // bypasses row security, replicates, or is one of the server's predefined
                 // roles (pg_read_server_files …) is not given by a restore.
+                // The group's powers, and those of every role it is a member of (a membership
+                // hands on what the group inherits).
                 let powers: Option<bool> = self
                     .client
-                    .query_opt(
-                        "SELECT rolsuper OR rolcreaterole OR rolbypassrls OR rolreplication OR rolname LIKE 'pg\\_%' \
-                         FROM pg_catalog.pg_roles WHERE rolname = $1",
+                    .query_one(
+                        "WITH RECURSIVE up(oid) AS ( \
+                           SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
+                           UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN up ON m.member = up.oid) \
+                         SELECT bool_or(r.rolsuper OR r.rolcreaterole OR r.rolbypassrls OR r.rolreplication \
+                                        OR r.rolname LIKE 'pg\\_%') \
+                         FROM up JOIN pg_catalog.pg_roles r ON r.oid = up.oid",
                         &[group],
                     )
                     .await?
-                    .map(|row| row.get(0));
+                    .get(0);
                 match powers {
                     Some(false) => {
                         self.client
@@ -201,7 +207,10 @@ impl LoadSession {
                             .await?;
                     }
                     Some(true) => {
-                        left_out.push(format!("{} in {group} (a role with powers: grant it yourself)", role.name));
+                        left_out.push(format!(
+                            "{} in {group} (a role with powers, or a member of one: grant it yourself)",
+                            role.name
+                        ));
                     }
                     None => left_out.push(format!("{} in {group} (no such role here)", role.name)),
                 }

@@ -327,7 +327,7 @@ impl Load<'_> {
             return Ok(());
         }
         for membership in self.client.create_roles(self.roles).await? {
-            tracing::warn!("role membership {membership} left out: that role does not exist here");
+            tracing::warn!("role membership left out: {membership}");
         }
         Ok(())
     }

@@ -19,13 +19,17 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
     let roles = [owner.clone(), reader.clone(), group.clone()];
     // A superuser role that stays on the server: a restore must not make anyone its member.
     let power = format!("cv_power_{pid}");
+    // A plain role that stays too, itself a member of one with powers.
+    let middle = format!("cv_middle_{pid}");
     drop_roles(&roles);
-    drop_roles(std::slice::from_ref(&power));
+    drop_roles(&[middle.clone(), power.clone()]);
     psql(
         "postgres",
         &format!(
             "CREATE ROLE \"{owner}\" NOLOGIN; CREATE ROLE \"{group}\" NOLOGIN; CREATE ROLE \"{reader}\" LOGIN CREATEDB; \
-             GRANT \"{group}\" TO \"{reader}\"; CREATE ROLE \"{power}\" SUPERUSER NOLOGIN; GRANT \"{power}\" TO \"{owner}\""
+             GRANT \"{group}\" TO \"{reader}\"; CREATE ROLE \"{power}\" SUPERUSER NOLOGIN; GRANT \"{power}\" TO \"{owner}\"; \
+             CREATE ROLE \"{middle}\" NOLOGIN; GRANT pg_execute_server_program TO \"{middle}\"; \
+             GRANT \"{middle}\" TO \"{group}\""
         ),
     );
     let source = TestDb::create("roles");
@@ -88,13 +92,13 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
         let check = format!(
             "SELECT has_table_privilege('{reader}', 'app.accounts', 'SELECT'), pg_has_role('{reader}', '{group}', 'MEMBER'), \
              (SELECT bool_or(rolcanlogin) FROM pg_roles WHERE rolname IN ('{owner}', '{reader}', '{group}')), \
-             pg_has_role('{owner}', '{power}', 'MEMBER')"
+             pg_has_role('{owner}', '{power}', 'MEMBER'), pg_has_role('{group}', 'pg_execute_server_program', 'MEMBER')"
         );
-        assert_eq!(created.sql(&check).trim(), "t|t|f|f", "no membership in a superuser role is given");
+        assert_eq!(created.sql(&check).trim(), "t|t|f|f|f", "no membership in a role with powers is given");
         drop(created);
         drop_roles(&roles);
     }
     drop(target);
     drop_roles(&roles);
-    drop_roles(std::slice::from_ref(&power));
+    drop_roles(&[middle, power]);
 }
