@@ -165,6 +165,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         schema: "public".into(),
         name: "contacts".into(),
         columns: vec!["id".into(), "email".into()],
+        primary_key: vec!["id".into()],
         rows: 12,
         data: StreamManifest { list_levels: 2, ..stream(5) },
     };

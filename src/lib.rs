@@ -30,6 +30,7 @@ pub mod repo;
 pub mod repo_set;
 pub mod restore;
 pub mod retention;
+pub mod table_filter;
 pub mod target;
 pub mod trust;
 pub mod varint;

@@ -37,7 +37,7 @@ impl AlarmRules {
             let (pattern, value) = given.rsplit_once('=').ok_or_else(|| bad("no ="))?;
             let value: f64 = value.trim().trim_end_matches('%').parse().map_err(|_| bad("not a percentage"))?;
             let value = check_percent(value, &format!("--alarm-table {given:?}"))?;
-            let glob = Glob::new(&super::read::qualified(pattern)).map_err(|e| bad(&e.to_string()))?;
+            let glob = Glob::new(&crate::table_filter::qualified(pattern)).map_err(|e| bad(&e.to_string()))?;
             tables.push((pattern.to_string(), glob.compile_matcher(), value));
         }
         Ok(AlarmRules { percent, tables })
@@ -115,6 +115,7 @@ mod tests {
             schema: schema.into(),
             name: name.into(),
             columns: vec![],
+            primary_key: vec![],
             rows,
             data: StreamManifest::default(),
         }

@@ -33,6 +33,7 @@ use crate::repo::{self, Keyring, Manifest, SealedManifest};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
+use crate::table_filter::TableFilter;
 use commit::{Chain, all_failed, commit};
 use compress::{
     Compressors, STRONG_BUDGET, STRONG_WHEN_NEW_IS_AT_MOST_ONE_IN, StoredDictionary, TRAINING_BYTES, TrainedDictionary,
@@ -40,7 +41,7 @@ use compress::{
 };
 use dedup::{KnownChunks, TargetState};
 use encode::{EncoderContext, FRAME_BYTES, HeldChunks, RawChunk, RawFrame, StreamEncoder, encode_bytes};
-use read::{TableFilter, read_everything};
+use read::read_everything;
 use upload::{NewFrame, PackUploads, Stored, TargetSink};
 
 /// What to back up and how.

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -96,6 +95,7 @@ pub(super) async fn read_table(
         schema: table.schema.clone(),
         name: table.name.clone(),
         columns: table.columns.clone(),
+        primary_key: table.primary_key.clone(),
         rows,
         data,
     })
@@ -112,7 +112,14 @@ pub(super) async fn read_large_objects(
     }
     let (data, rows) = read_copy(&session.client, postgres::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
     let columns = vec!["loid".to_string(), "data".to_string()];
-    Ok(Some(TableManifest { schema: "pg_catalog".into(), name: "pg_largeobject".into(), columns, rows, data }))
+    Ok(Some(TableManifest {
+        schema: "pg_catalog".into(),
+        name: "pg_largeobject".into(),
+        columns,
+        primary_key: vec!["loid".into()],
+        rows,
+        data,
+    }))
 }
 
 /// Runs one `COPY … TO STDOUT` through an encoder: the stream's manifest and its row count.
@@ -158,108 +165,4 @@ pub(super) async fn read_copy(
     let encoded = encoder.await.expect("the encoder does not panic");
     copied?;
     encoded
-}
-
-/// A table pattern as matched against `schema.table`: one without a schema part matches that
-/// table in every schema (`--table`, `--exclude-table`, `--alarm-table`).
-pub(super) fn qualified(pattern: &str) -> String {
-    if pattern.contains('.') { pattern.to_string() } else { format!("*.{pattern}") }
-}
-
-/// `--table` / `--exclude-table` patterns, matched against `schema.table`.
-#[derive(Debug)]
-pub(super) struct TableFilter {
-    pub(super) include: Option<GlobSet>,
-    pub(super) exclude: GlobSet,
-    /// The patterns as given, in the order of the sets' globs.
-    include_patterns: Vec<String>,
-    exclude_patterns: Vec<String>,
-}
-
-impl TableFilter {
-    pub(super) fn new(include: &[String], exclude: &[String]) -> Result<Self> {
-        let build = |patterns: &[String]| -> Result<GlobSet> {
-            let mut builder = GlobSetBuilder::new();
-            for pattern in patterns {
-                let glob = Glob::new(&qualified(pattern))
-                    .map_err(|e| Error::Invalid(format!("bad table pattern {pattern:?}: {e}")))?;
-                builder.add(glob);
-            }
-            builder.build().map_err(|e| Error::Invalid(format!("bad table patterns: {e}")))
-        };
-        Ok(TableFilter {
-            include: if include.is_empty() { None } else { Some(build(include)?) },
-            exclude: build(exclude)?,
-            include_patterns: include.to_vec(),
-            exclude_patterns: exclude.to_vec(),
-        })
-    }
-
-    /// The include patterns that match none of `names` (`schema.table`): each is a mistake
-    /// that would otherwise leave its tables out of every backup without a word.
-    pub(super) fn unmatched_includes<'a>(&'a self, names: &[String]) -> Vec<&'a str> {
-        let Some(set) = &self.include else { return Vec::new() };
-        Self::unmatched(set, &self.include_patterns, names)
-    }
-
-    /// The exclude patterns that match none of `names`.
-    pub(super) fn unmatched_excludes<'a>(&'a self, names: &[String]) -> Vec<&'a str> {
-        Self::unmatched(&self.exclude, &self.exclude_patterns, names)
-    }
-
-    fn unmatched<'a>(set: &GlobSet, patterns: &'a [String], names: &[String]) -> Vec<&'a str> {
-        let mut matched = vec![false; patterns.len()];
-        for name in names {
-            for index in set.matches(name) {
-                matched[index] = true;
-            }
-        }
-        patterns.iter().zip(matched).filter(|(_, m)| !m).map(|(p, _)| p.as_str()).collect()
-    }
-
-    pub(super) fn matches(&self, schema: &str, table: &str) -> bool {
-        self.matches_name(&format!("{schema}.{table}"))
-    }
-
-    pub(super) fn matches_name(&self, name: &str) -> bool {
-        self.include.as_ref().is_none_or(|set| set.is_match(name)) && !self.exclude.is_match(name)
-    }
-
-    /// Refuses a selection whose restore would fail: a kept table referencing a left-out one.
-    pub(super) fn check_foreign_keys(&self, foreign_keys: &[(String, String)]) -> Result<()> {
-        for (referencing, referenced) in foreign_keys {
-            if self.matches_name(referencing) && !self.matches_name(referenced) {
-                return Err(Error::Invalid(format!(
-                    "{referencing} has a foreign key to {referenced}, whose data the table patterns leave out; \
-                     a restore could not rebuild that key: keep {referenced} or leave out {referencing} too"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_patterns_match_schema_qualified_names() {
-        let filter = TableFilter::new(&["crm.*".into(), "audit_log".into()], &["crm.tmp_*".into()]).unwrap();
-        assert!(filter.matches("crm", "contacts"));
-        assert!(filter.matches("billing", "audit_log"));
-        assert!(!filter.matches("crm", "tmp_import"));
-        assert!(!filter.matches("billing", "invoices"));
-    }
-
-    #[test]
-    fn patterns_that_match_no_table_are_named() {
-        let filter =
-            TableFilter::new(&["crm.*".into(), "nosuch.*".into()], &["crm.tmp_*".into(), "gone".into()]).unwrap();
-        let names = vec!["crm.contacts".to_string(), "crm.tmp_import".to_string()];
-        assert_eq!(filter.unmatched_includes(&names), vec!["nosuch.*"]);
-        assert_eq!(filter.unmatched_excludes(&names), vec!["gone"]);
-        let everything = TableFilter::new(&[], &[]).unwrap();
-        assert!(everything.unmatched_includes(&names).is_empty());
-    }
 }

@@ -11,7 +11,8 @@ use crmvault::repo::{AuditEntry, Keyring, Repository};
 use super::output::{print_json_ok, printable};
 
 /// The commands whose runs are recorded.
-const AUDITED: [&str; 9] = ["backup", "restore", "drill", "dump", "verify", "forget", "prune", "rekey", "copy"];
+const AUDITED: [&str; 10] =
+    ["backup", "restore", "drill", "dump", "diff", "verify", "forget", "prune", "rekey", "copy"];
 
 /// What one run did, gathered by the command as it goes.
 pub struct AuditLog {

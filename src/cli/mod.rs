@@ -245,6 +245,13 @@ enum Command {
         /// NULL as an empty unquoted field; json: one object per line, NULL as null.
         #[arg(long, value_enum, default_value_t = DumpFormat::Csv)]
         format: DumpFormat,
+        /// Only rows whose column has this value (its text, as COPY writes it; NULL never
+        /// matches). Repeat: every condition must hold.
+        #[arg(long = "where", value_name = "COLUMN=VALUE")]
+        conditions: Vec<restore::dump::Condition>,
+        /// Only the row whose primary key (one column) is this value.
+        #[arg(long, value_name = "VALUE")]
+        key: Option<String>,
         /// Chunks fetched and decoded in parallel [default: 2].
         #[arg(long, short, value_parser = profile::parse_jobs)]
         jobs: Option<usize>,
@@ -253,6 +260,38 @@ enum Command {
         /// `latest` or a snapshot id (as for restore).
         #[arg(default_value = "latest")]
         snapshot: String,
+    },
+    /// Show what changed between two snapshots: rows added, removed and changed per table.
+    ///
+    /// Rows are matched by primary key (tables without one: by whole row, so a change is a row
+    /// removed and one added). Chunks both snapshots hold are not read: the cost follows what
+    /// changed. Needs --identity.
+    Diff {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Admin identity file (or `identity` in --profile).
+        #[arg(long, short, env = "CRMVAULT_IDENTITY", hide_env_values = true)]
+        identity: Option<PathBuf>,
+        /// Compare only tables matching this pattern (`schema.table`, `*` wildcards; a name
+        /// alone matches it in every schema). Repeatable.
+        #[arg(long = "table", value_name = "PATTERN")]
+        tables: Vec<String>,
+        /// Leave out tables matching this pattern. Repeatable.
+        #[arg(long = "exclude-table", value_name = "PATTERN")]
+        exclude_tables: Vec<String>,
+        /// List the keys of the rows added, removed and changed.
+        #[arg(long)]
+        keys: bool,
+        /// Chunks fetched and decoded in parallel [default: 2].
+        #[arg(long, short, value_parser = profile::parse_jobs)]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// The older snapshot: an id (a unique prefix of at least 4 digits) or `latest`.
+        from: String,
+        /// The newer snapshot.
+        #[arg(default_value = "latest")]
+        to: String,
     },
     /// Restore a snapshot into an empty database, all or nothing.
     ///
@@ -1260,7 +1299,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 return Ok(3);
             }
         }
-        Command::Dump { repo, identity, table, format, jobs, filter, snapshot } => {
+        Command::Dump { repo, identity, table, format, conditions, key, jobs, filter, snapshot } => {
             let identity = settings.require_identity(identity)?;
             let (targets, trusted, keyring, locks) = open_as_admin(
                 &storage,
@@ -1279,6 +1318,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                     DumpFormat::Csv => restore::dump::DumpFormat::Csv,
                     DumpFormat::Json => restore::dump::DumpFormat::Json,
                 },
+                conditions: conditions.into_iter().chain(key.map(restore::dump::Condition::Key)).collect(),
                 jobs: settings.jobs(jobs)?.max(1),
                 newest_known: trusted.newest(),
             };
@@ -1299,13 +1339,46 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             })?;
             audit.snapshot(&report.snapshot_id);
             if !quiet {
+                let rows = if report.written == report.rows {
+                    format!("{} rows", report.rows)
+                } else {
+                    format!("{} of {} rows", report.written, report.rows)
+                };
                 eprintln!(
-                    "dumped {} rows of {} from snapshot {}: every chunk, the digest and the row count checked",
-                    report.rows,
+                    "dumped {rows} of {} from snapshot {}: every chunk, the digest and the row count checked",
                     output::printable(&report.table),
                     report.snapshot_id.short()
                 );
             }
+        }
+        Command::Diff { repo, identity, tables, exclude_tables, keys, jobs, filter, from, to } => {
+            let identity = settings.require_identity(identity)?;
+            let (targets, trusted, keyring, locks) = open_as_admin(
+                &storage,
+                &settings.repos(repo.repos)?,
+                &identity,
+                fingerprint.as_ref(),
+                ("diff", lock_wait, audit),
+            )
+            .await?;
+            let options = restore::diff::DiffOptions {
+                from,
+                to,
+                filter: filter.filter(),
+                include: tables,
+                exclude: exclude_tables,
+                keys,
+                jobs: settings.jobs(jobs)?.max(1),
+                newest_known: trusted.newest(),
+            };
+            let progress = output::Bar::start(json || quiet);
+            let result = restore::diff::run(&targets, &keyring, &options, progress.as_ref()).await;
+            progress.finish();
+            lock::release(locks).await;
+            let report = result?;
+            audit.snapshot(&report.from.snapshot_id);
+            audit.snapshot(&report.to.snapshot_id);
+            output::diff(json, &report);
         }
         Command::Ls { repo, identity, filter, snapshot } => {
             let identity = settings.identity(identity)?;

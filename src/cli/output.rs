@@ -825,3 +825,67 @@ fn count_of(count: u64, singular: &str, plural: &str) -> String {
 fn noun(count: u64, singular: &str) -> String {
     if count == 1 { singular.to_string() } else { format!("{singular}s") }
 }
+
+pub fn diff(json: bool, report: &crmvault::restore::diff::DiffReport) {
+    use crmvault::restore::diff::Status;
+    // Warnings were logged as they came.
+    if json {
+        print_json(report);
+        return;
+    }
+    let side = |side: &crmvault::restore::diff::Side| {
+        format!("{} ({})", side.snapshot_id.short(), side.time.format("%Y-%m-%d %H:%M:%S UTC"))
+    };
+    say!("{} → {}, database {}", side(&report.from), side(&report.to), printable(&report.to.database));
+    say!("schema: {}", if report.schema_changed { "changed" } else { "unchanged" });
+    let name = |t: &crmvault::restore::diff::TableDiff| printable(&format!("{}.{}", t.schema, t.name));
+    let shown: Vec<_> = report.tables.iter().filter(|t| t.status != Status::Unchanged).collect();
+    let width = shown.iter().map(|t| name(t).chars().count()).max().unwrap_or(5).max(5);
+    if !shown.is_empty() {
+        say!("{:<width$}  {:>10}  {:>10}  {:>10}", "TABLE", "ADDED", "REMOVED", "CHANGED");
+    }
+    for table in &shown {
+        let note = match table.status {
+            Status::Added => "  (table added)".to_string(),
+            Status::Removed => "  (table removed)".to_string(),
+            _ if table.columns_changed => "  (columns changed: rows compared on the columns both have)".to_string(),
+            _ => String::new(),
+        };
+        let changed = if table.by_key { table.changed.to_string() } else { "-".to_string() };
+        say!("{:<width$}  {:>10}  {:>10}  {changed:>10}{note}", name(table), table.added, table.removed);
+        if let Some(because) = &table.whole_rows_because {
+            say!("  rows matched whole ({because}): a changed row counts as removed and added");
+        }
+        if let Some(keys) = &table.keys {
+            let columns: Vec<String> = table.key_columns.iter().map(|c| printable(c)).collect();
+            let key = |values: &[Option<String>]| {
+                let values: Vec<String> =
+                    values.iter().map(|v| v.as_deref().map_or_else(|| "NULL".to_string(), printable)).collect();
+                if table.by_key && columns.len() == 1 {
+                    format!("{}={}", columns[0], values[0])
+                } else {
+                    format!("({})=({})", columns.join(", "), values.join(", "))
+                }
+            };
+            for (mark, list) in [("+", &keys.added), ("-", &keys.removed), ("~", &keys.changed)] {
+                for values in list {
+                    say!("  {mark} {}", key(values));
+                }
+            }
+        }
+    }
+    let unchanged = report.tables.len() - shown.len();
+    let (added, removed, changed) =
+        shown.iter().fold((0, 0, 0), |(a, r, c), t| (a + t.added, r + t.removed, c + t.changed));
+    say!(
+        "{} changed ({added} rows added, {removed} removed, {changed} changed), {} unchanged",
+        count(shown.len() as u64, "table"),
+        unchanged
+    );
+    say!(
+        "read {} of the {} chunks of the tables that changed ({}); every chunk read was proven",
+        report.chunks_read,
+        report.chunks,
+        size(report.bytes_read)
+    );
+}

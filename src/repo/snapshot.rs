@@ -118,6 +118,10 @@ pub struct TableManifest {
     pub name: String,
     /// Columns in the COPY stream (generated columns are left out).
     pub columns: Vec<String>,
+    /// The primary key's columns, in key order (absent when the table has none, and in
+    /// snapshots from builds before it: `diff` then compares whole rows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_key: Vec<String>,
     /// Rows.
     pub rows: u64,
     /// Its COPY text stream.

@@ -12,10 +12,11 @@ use futures::StreamExt;
 use crate::error::{Error, Result};
 use crate::fetch::ChunkReader;
 use crate::progress::Progress;
-use crate::repo::{AdminKeyring, Keyring, SnapshotFilter, SnapshotId, StreamManifest};
+use crate::repo::{AdminKeyring, Keyring, SnapshotFilter, SnapshotId, StreamManifest, TableManifest};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
+use super::rows::{self, Lines};
 use super::select::{Choice, choose_snapshot};
 use super::streams::{Streams, spool_chunks};
 
@@ -41,6 +42,8 @@ pub struct DumpOptions {
     pub table: String,
     /// How rows are written.
     pub format: DumpFormat,
+    /// Which rows are written (all when empty): each condition must hold.
+    pub conditions: Vec<Condition>,
     /// Chunks decoded in parallel.
     pub jobs: usize,
     /// The newest snapshot the caller knows of.
@@ -54,8 +57,10 @@ pub struct DumpReport {
     pub snapshot_id: SnapshotId,
     /// `schema.table`.
     pub table: String,
-    /// Rows written (the snapshot's count, checked).
+    /// Rows the table has (the snapshot's count, checked).
     pub rows: u64,
+    /// Rows written (fewer than `rows` with conditions).
+    pub written: u64,
     /// Bytes of COPY text read.
     pub bytes: u64,
 }
@@ -116,7 +121,8 @@ pub async fn run(
     let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs: options.jobs.max(1), progress };
     let table = &manifest.tables[0];
     let label = format!("{}.{}", table.schema, table.name);
-    let mut writer = RowWriter::new(options.format, &table.columns);
+    let matching = RowFilter::new(&options.conditions, table)?;
+    let mut writer = RowWriter::new(options.format, &table.columns, &matching);
     writer.header(out)?;
     let mut digest = mac_key.hasher();
     let (mut rows, mut bytes) = (0u64, 0u64);
@@ -139,19 +145,108 @@ pub async fn run(
             detail: format!("read {rows} rows, the snapshot has {}", table.rows),
         });
     }
-    Ok(DumpReport { snapshot_id: mark.id, table: label, rows, bytes })
+    let written = if matching.is_empty() { rows } else { writer.written };
+    Ok(DumpReport { snapshot_id: mark.id, table: label, rows, written, bytes })
+}
+
+/// A condition on the rows `dump` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `--where column=value`: the column's value, as text, is `value` (NULL never is).
+    Equals {
+        /// The column.
+        column: String,
+        /// Its value as text.
+        value: String,
+    },
+    /// `--key value`: the table's one-column primary key is `value`.
+    Key(String),
+}
+
+impl std::str::FromStr for Condition {
+    type Err = String;
+
+    /// `column=value` (cut at the first `=`).
+    fn from_str(text: &str) -> std::result::Result<Condition, String> {
+        match text.split_once('=') {
+            Some((column, value)) if !column.trim().is_empty() => {
+                Ok(Condition::Equals { column: column.trim().to_string(), value: value.to_string() })
+            }
+            _ => Err(format!(
+                "{text:?}: --where takes column=value, which keeps the rows whose column has that value as text"
+            )),
+        }
+    }
+}
+
+/// Conditions resolved against one table's columns: (column number, value).
+#[derive(Debug, Default)]
+struct RowFilter(Vec<(usize, String)>);
+
+impl RowFilter {
+    fn new(conditions: &[Condition], table: &TableManifest) -> Result<RowFilter> {
+        let label = format!("{}.{}", table.schema, table.name);
+        let position = |column: &str| {
+            table.columns.iter().position(|c| c == column).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{label} has no column {column:?} in this snapshot; its columns: {}",
+                    table.columns.join(", ")
+                ))
+            })
+        };
+        let mut resolved = Vec::new();
+        for condition in conditions {
+            match condition {
+                Condition::Equals { column, value } => resolved.push((position(column)?, value.clone())),
+                Condition::Key(value) => match table.primary_key.as_slice() {
+                    [column] => resolved.push((position(column)?, value.clone())),
+                    [] => {
+                        return Err(Error::Invalid(format!(
+                            "{label} has no primary key recorded in this snapshot (none, or the snapshot is from a \
+                             build before keys were recorded): use --where column=value"
+                        )));
+                    }
+                    columns => {
+                        return Err(Error::Invalid(format!(
+                            "{label}'s primary key has several columns ({}): use --where for each",
+                            columns.join(", ")
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(RowFilter(resolved))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn matches(&self, line: &[u8]) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let fields: Vec<&[u8]> = rows::fields(line).collect();
+        self.0.iter().all(|(at, value)| {
+            fields.get(*at).and_then(|field| rows::copy_value(field)).is_some_and(|text| text == *value)
+        })
+    }
 }
 
 /// Turns COPY text into the chosen format, a line at a time (a chunk may end inside a line).
 struct RowWriter<'c> {
     format: DumpFormat,
     columns: &'c [String],
-    partial: Vec<u8>,
+    lines: Lines,
+    /// Rows written must match this (`--where`, `--key`).
+    matching: &'c RowFilter,
+    /// Rows written.
+    written: u64,
 }
 
 impl<'c> RowWriter<'c> {
-    fn new(format: DumpFormat, columns: &'c [String]) -> RowWriter<'c> {
-        RowWriter { format, columns, partial: Vec::new() }
+    fn new(format: DumpFormat, columns: &'c [String], matching: &'c RowFilter) -> RowWriter<'c> {
+        RowWriter { format, columns, lines: Lines::default(), matching, written: 0 }
     }
 
     fn header(&self, out: &mut dyn Write) -> Result<()> {
@@ -163,35 +258,31 @@ impl<'c> RowWriter<'c> {
     }
 
     fn write(&mut self, chunk: &[u8], out: &mut dyn Write) -> Result<()> {
-        if self.format == DumpFormat::Copy {
+        if self.format == DumpFormat::Copy && self.matching.is_empty() {
             return out.write_all(chunk).map_err(write_error);
         }
-        let mut rest = chunk;
-        while let Some(end) = memchr::memchr(b'\n', rest) {
-            if self.partial.is_empty() {
-                self.row(&rest[..end], out)?;
-            } else {
-                self.partial.extend_from_slice(&rest[..end]);
-                let line = std::mem::take(&mut self.partial);
-                self.row(&line, out)?;
-            }
-            rest = &rest[end + 1..];
-        }
-        self.partial.extend_from_slice(rest);
-        Ok(())
+        let mut lines = std::mem::take(&mut self.lines);
+        let result = lines.feed(chunk, |line| self.row(line, out));
+        self.lines = lines;
+        result
     }
 
     fn finish(&mut self, out: &mut dyn Write) -> Result<()> {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.row(&line, out)?;
-        }
-        Ok(())
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.finish(|line| self.row(line, out))
     }
 
     /// One row of COPY text (without its line break).
-    fn row(&self, line: &[u8], out: &mut dyn Write) -> Result<()> {
-        let values: Vec<Option<String>> = line.split(|&b| b == b'\t').map(copy_value).collect();
+    fn row(&mut self, line: &[u8], out: &mut dyn Write) -> Result<()> {
+        if !self.matching.matches(line) {
+            return Ok(());
+        }
+        self.written += 1;
+        if self.format == DumpFormat::Copy {
+            out.write_all(line).and_then(|()| out.write_all(b"\n")).map_err(write_error)?;
+            return Ok(());
+        }
+        let values: Vec<Option<String>> = rows::fields(line).map(rows::copy_value).collect();
         if self.format == DumpFormat::Csv {
             let fields: Vec<String> = values.iter().map(|v| csv_field(v.as_deref())).collect();
             return writeln!(out, "{}", fields.join(",")).map_err(write_error);
@@ -214,62 +305,6 @@ impl<'c> RowWriter<'c> {
 #[allow(clippy::needless_pass_by_value, reason = "map_err hands it over")]
 fn write_error(error: std::io::Error) -> Error {
     Error::Invalid(format!("writing the rows: {error}"))
-}
-
-/// A COPY text field: `\N` is NULL; backslash escapes (`\t`, `\n`, `\\`, octal, `\x` hex)
-/// decoded. Bytes that are not UTF-8 (the server writes UTF-8) are replaced.
-fn copy_value(field: &[u8]) -> Option<String> {
-    if field == b"\\N" {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(field.len());
-    let mut at = 0;
-    while at < field.len() {
-        let b = field[at];
-        if b != b'\\' || at + 1 == field.len() {
-            bytes.push(b);
-            at += 1;
-            continue;
-        }
-        let next = field[at + 1];
-        at += 2;
-        match next {
-            b'b' => bytes.push(8),
-            b'f' => bytes.push(12),
-            b'n' => bytes.push(b'\n'),
-            b'r' => bytes.push(b'\r'),
-            b't' => bytes.push(b'\t'),
-            b'v' => bytes.push(11),
-            b'0'..=b'7' => {
-                let mut value = u32::from(next - b'0');
-                for _ in 0..2 {
-                    match field.get(at) {
-                        Some(digit @ b'0'..=b'7') => {
-                            value = value * 8 + u32::from(digit - b'0');
-                            at += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                bytes.push((value & 0xff) as u8);
-            }
-            b'x' if field.get(at).is_some_and(u8::is_ascii_hexdigit) => {
-                let mut value = 0u32;
-                for _ in 0..2 {
-                    match field.get(at).and_then(|d| char::from(*d).to_digit(16)) {
-                        Some(digit) => {
-                            value = value * 16 + digit;
-                            at += 1;
-                        }
-                        None => break,
-                    }
-                }
-                bytes.push((value & 0xff) as u8);
-            }
-            other => bytes.push(other),
-        }
-    }
-    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A CSV field: NULL is empty and unquoted; an empty string is `""`; a value with a comma,
@@ -295,7 +330,8 @@ mod tests {
         let copy = b"1\tline one\\nline two\t\\N\n2\ttab\\there, \"q\"\t\n3\t\\303\\251t\\xc3\\xa9\t \n";
         for format in [DumpFormat::Csv, DumpFormat::Json] {
             let mut out = Vec::new();
-            let mut writer = RowWriter::new(format, &columns);
+            let everything = RowFilter::default();
+            let mut writer = RowWriter::new(format, &columns, &everything);
             writer.header(&mut out).unwrap();
             // Cut anywhere: the same output.
             for piece in copy.chunks(5) {

@@ -14,8 +14,10 @@
 //! In both modes `--jobs` also sets how many chunks are fetched, decrypted, decompressed and
 //! proven in parallel ahead of each loading connection.
 
+pub mod diff;
 pub mod dump;
 mod load;
+mod rows;
 mod select;
 mod streams;
 

@@ -13,6 +13,7 @@ mod backup_restore;
 mod bad_input;
 mod config;
 mod crash;
+mod diff;
 mod drill;
 mod faults;
 mod forget;
