@@ -337,6 +337,26 @@ enum Command {
         /// (for tests).
         #[arg(long, hide = true, default_value_t = crmvault::repo::INDEX_IN_MEMORY)]
         index_in_memory: usize,
+        /// Restore only the tables matching this pattern (`schema.table`, `*` wildcards; a
+        /// name alone matches it in every schema), with what they need: their sequences,
+        /// indexes, constraints, triggers, comments and grants; a partitioned table's
+        /// partitions and a partition's parent. Foreign keys to tables left out are left out
+        /// (and said). Repeatable.
+        #[arg(long = "table", value_name = "PATTERN")]
+        tables: Vec<String>,
+        /// Leave out tables matching this pattern. Repeatable.
+        #[arg(long = "exclude-table", value_name = "PATTERN")]
+        exclude_tables: Vec<String>,
+        /// Restore schema FROM as a new schema TO (names as the catalog has them), every
+        /// object in it and every reference to it renamed. Into a database with live data,
+        /// only objects of renamed schemas are made, beside the live ones. Repeatable.
+        #[arg(long = "schema-map", value_name = "FROM=TO", value_parser = parse_schema_map)]
+        schema_map: Vec<(String, String)>,
+        /// Load rows only, into the target's existing tables (with --table, some of them; with
+        /// --schema-map, under other schemas), in one transaction: a row that breaks a
+        /// constraint fails the whole restore and nothing is loaded. Sequences are not set.
+        #[arg(long, conflicts_with_all = ["create", "parallel", "clean"])]
+        data_only: bool,
         #[command(flatten)]
         roles: RoleArgs,
         #[command(flatten)]
@@ -1043,6 +1063,10 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             toast_compression,
             maintenance_work_mem,
             index_in_memory,
+            tables,
+            exclude_tables,
+            schema_map,
+            data_only,
             roles,
             filter,
             snapshot,
@@ -1076,6 +1100,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 create: None,
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
+                part: restore::PartOptions { include: tables, exclude: exclude_tables, schema_map, data_only },
             };
             audit.database(&options.database);
             let progress = output::Bar::start(json || quiet);
@@ -1143,6 +1168,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 create: None,
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
+                part: restore::PartOptions::default(),
             };
             audit.database(&options.database);
             let progress = output::Bar::start(json || quiet);
@@ -1573,6 +1599,14 @@ async fn open_as_admin(
     let locks =
         targets.lock_all(LockMode::Shared, &lock::options(lock_wait, command, keyring.identities().to_vec())).await?;
     Ok((targets, trusted, keyring, locks))
+}
+
+/// `--schema-map FROM=TO`.
+fn parse_schema_map(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((from, to)) if !from.is_empty() && !to.is_empty() && from != to => Ok((from.into(), to.into())),
+        _ => Err(format!("{text:?}: give FROM=TO, two different schema names (crm=crm_restored)")),
+    }
 }
 
 /// `prune --identity`: every copy opened, checked as an admin's, locked (exclusive, or shared

@@ -90,10 +90,10 @@ impl LoadSession {
         Ok(())
     }
 
-    /// Starts `COPY … FROM STDIN WITH (FREEZE)` into a table of the snapshot (the table must
-    /// have been created or truncated in this transaction); the sink takes the stream.
-    pub async fn copy_in(&self, table: &TableManifest) -> Result<CopyInSink<Bytes>> {
-        let sql = copy_in_sql(&table.schema, &table.name, &table.columns, true);
+    /// Starts `COPY … FROM STDIN` into a table of the snapshot; the sink takes the stream.
+    /// `freeze` (`WITH (FREEZE)`): the table was created or truncated in this transaction.
+    pub async fn copy_in(&self, table: &TableManifest, freeze: bool) -> Result<CopyInSink<Bytes>> {
+        let sql = copy_in_sql(&table.schema, &table.name, &table.columns, freeze);
         Ok(self.client.copy_in(&sql).await?)
     }
 
@@ -156,6 +156,43 @@ impl LoadSession {
         let marker = quote_ident(INCOMPLETE_RESTORE_SCHEMA);
         self.client.batch_execute(&format!("DROP SCHEMA {marker}; COMMIT")).await?;
         Ok(())
+    }
+
+    /// Which of `schemas` the database has.
+    pub async fn existing_schemas(&self, schemas: &[&str]) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query("SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname = ANY ($1) ORDER BY 1", &[&schemas])
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Which of `tables` (schema, name) the database lacks, or has without one of the columns
+    /// given with it: each as a line saying which.
+    pub async fn missing_tables(&self, tables: &[(&str, &str, &[String])]) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for (schema, name, columns) in tables {
+            let row = self
+                .client
+                .query_one(
+                    "SELECT c.oid IS NOT NULL, coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a \
+                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}') \
+                     FROM (SELECT 1) one LEFT JOIN pg_catalog.pg_class c ON c.relkind IN ('r', 'p') \
+                       AND c.relname = $2 AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                    &[schema, name],
+                )
+                .await?;
+            let (exists, present): (bool, Vec<String>) = (row.get(0), row.get(1));
+            if !exists {
+                missing.push(format!("{schema}.{name} does not exist"));
+                continue;
+            }
+            let lacking: Vec<&str> = columns.iter().filter(|c| !present.contains(c)).map(String::as_str).collect();
+            if !lacking.is_empty() {
+                missing.push(format!("{schema}.{name} has no column {}", lacking.join(", ")));
+            }
+        }
+        Ok(missing)
     }
 
     /// Which of `roles` the server lacks.

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 pub mod conninfo;
 pub mod dump;
 pub mod load;
+pub mod part;
 pub mod pgpass;
 pub mod proof;
 pub mod script;

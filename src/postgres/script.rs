@@ -226,7 +226,7 @@ fn changes_settings(sql: &str) -> bool {
 }
 
 /// The `Type:` of an entry's header line (`-- Name: x; Type: INDEX; Schema: s; Owner: o`).
-fn header_type(sql: &str) -> &str {
+pub(super) fn header_type(sql: &str) -> &str {
     let line = sql.lines().nth(1).unwrap_or("");
     let Some(at) = line.rfind("; Type: ") else { return "" };
     let rest = &line[at + "; Type: ".len()..];
@@ -335,7 +335,7 @@ impl<'a> Words<'_, 'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Space,
     LineComment,
     BlockComment,
@@ -348,27 +348,27 @@ enum Kind {
 }
 
 #[derive(Debug, Clone)]
-struct Token<'a> {
-    kind: Kind,
-    start: usize,
-    text: &'a str,
+pub(super) struct Token<'a> {
+    pub(super) kind: Kind,
+    pub(super) start: usize,
+    pub(super) text: &'a str,
 }
 
 impl Token<'_> {
-    fn is_punct(&self, c: char) -> bool {
+    pub(super) fn is_punct(&self, c: char) -> bool {
         self.kind == Kind::Punct && self.text.starts_with(c)
     }
 }
 
 /// The server's lexical rules, as far as finding where literals, identifiers and comments end
 /// needs them (`standard_conforming_strings = on`, as pg_dump sets it).
-struct Lexer<'a> {
+pub(super) struct Lexer<'a> {
     text: &'a str,
     at: usize,
 }
 
 impl<'a> Lexer<'a> {
-    fn new(text: &'a str) -> Self {
+    pub(super) fn new(text: &'a str) -> Self {
         Lexer { text, at: 0 }
     }
 

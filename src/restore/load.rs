@@ -27,6 +27,9 @@ pub(super) struct Load<'a> {
     pub(super) options: &'a RestoreOptions,
     /// Roles to create first (`--create-roles`; the schema names them, the server lacks them).
     pub(super) roles: &'a [&'a RoleRecord],
+    /// Tables are created (or truncated) in the loading transaction: `COPY … FREEZE`. Not
+    /// into existing tables (`--data-only`).
+    pub(super) freeze: bool,
 }
 
 impl Load<'_> {
@@ -43,7 +46,7 @@ impl Load<'_> {
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
         for table in &self.manifest.tables {
-            rows += self.streams.load(client.copy_in(table).await?, table).await?;
+            rows += self.streams.load(client.copy_in(table, self.freeze).await?, table).await?;
         }
         self.finish(post_data).await?;
         client.commit().await?;
@@ -187,7 +190,7 @@ impl Load<'_> {
         // ONLY: inheritance children are other connections' to load.
         let loaded = async {
             client.begin_truncated(&table.schema, &table.name).await?;
-            let rows = self.streams.load(client.copy_in(table).await?, table).await?;
+            let rows = self.streams.load(client.copy_in(table, true).await?, table).await?;
             client.commit().await?;
             Ok(rows)
         };

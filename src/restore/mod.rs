@@ -17,6 +17,7 @@
 pub mod diff;
 pub mod dump;
 mod load;
+mod part;
 mod rows;
 mod select;
 mod streams;
@@ -77,6 +78,29 @@ pub struct RestoreOptions {
     pub leave_out: postgres::script::LeaveOut,
     /// Create the roles the snapshot's objects name that the server lacks (`--create-roles`).
     pub create_roles: bool,
+    /// Part of the snapshot (`--table`, `--exclude-table`, `--schema-map`, `--data-only`);
+    /// the default is all of it.
+    pub part: PartOptions,
+}
+
+/// Which part of a snapshot a restore makes.
+#[derive(Debug, Clone, Default)]
+pub struct PartOptions {
+    /// Table patterns (`schema.table`, as backup's `--table`); all tables when empty.
+    pub include: Vec<String>,
+    /// Table patterns left out.
+    pub exclude: Vec<String>,
+    /// Schemas restored under other names: (from, to).
+    pub schema_map: Vec<(String, String)>,
+    /// Rows only, into the target's existing tables: no schema is made, no sequence is set.
+    pub data_only: bool,
+}
+
+impl PartOptions {
+    /// Whether the whole snapshot is restored.
+    pub fn is_whole(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty() && self.schema_map.is_empty() && !self.data_only
+    }
 }
 
 /// What a restore did.
@@ -239,21 +263,38 @@ pub(crate) async fn restore(
         });
     }
     let roles_created: Vec<String> = missing.iter().map(|role| role.name.clone()).collect();
+    let missing: Vec<RoleRecord> = missing.into_iter().cloned().collect();
+    drop(needed);
     let mut clean = false;
-    if let Some(contents) = client.describe_contents().await? {
-        if options.existing == ExistingContents::Refuse {
-            return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
+    let contents = client.describe_contents().await?;
+    let (pre_data, post_data) = if options.part.is_whole() {
+        if let Some(contents) = contents {
+            if options.existing == ExistingContents::Refuse {
+                return Err(Error::TargetNotEmpty { database: options.database.to_string(), detail: contents });
+            }
+            if options.parallel && !client.holds_incomplete_restore().await? {
+                return Err(Error::NotEmptyForParallel { database: options.database.to_string(), detail: contents });
+            }
+            clean = true;
         }
-        if options.parallel && !client.holds_incomplete_restore().await? {
-            return Err(Error::NotEmptyForParallel { database: options.database.to_string(), detail: contents });
-        }
-        clean = true;
-    }
+        (pre_data, post_data)
+    } else {
+        let scripts = (pre_data.as_str(), post_data.as_str());
+        part::choose(&client, options, &mut manifest, scripts, contents, &mut warnings).await?
+    };
     // Large objects load as a table of their own, through the same streams.
     let loaded = manifest.tables.iter().chain(manifest.large_objects.iter());
     progress.phase("loading", Unit::Bytes, Some(loaded.clone().map(|t| t.data.bytes).sum()));
     progress.items(loaded.count() as u64);
-    let load = Load { client: &client, streams: &streams, manifest: &manifest, jobs, options, roles: &missing };
+    let load = Load {
+        client: &client,
+        streams: &streams,
+        manifest: &manifest,
+        jobs,
+        options,
+        roles: &missing.iter().collect::<Vec<_>>(),
+        freeze: !options.part.data_only,
+    };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
     } else {

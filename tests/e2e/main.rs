@@ -21,6 +21,7 @@ mod listings;
 mod locks;
 mod metrics;
 mod packaging;
+mod partial;
 mod progress;
 mod prune;
 mod rekey;

@@ -151,6 +151,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         create: None,
         leave_out: crmvault::postgres::script::LeaveOut::default(),
         create_roles: false,
+        part: crmvault::restore::PartOptions::default(),
     };
     let recorder = Arc::new(Recorder::default());
     let report = crmvault::restore::run(&targets, &admin, &options, recorder.clone()).await.unwrap();

@@ -1,0 +1,674 @@
+//! Part of a snapshot's schema, for a restore of some tables (`restore --table`,
+//! `--exclude-table`) or into other schemas (`--schema-map crm=crm_restored`): which entries of
+//! pg_dump's script to run, and the script with the schemas renamed.
+//!
+//! What each entry creates and names is read from its statements with the script's lexer (the
+//! header comment's names are ambiguous once a name holds `; `). An entry that creates a
+//! relation (table, view, materialized view, sequence, foreign table) runs when that relation
+//! is kept; an index or constraint runs when its table is; any other entry that names a
+//! relation or index of the script (a default, a trigger, a comment, a grant, a foreign key, a
+//! sequence's `OWNED BY`) runs when every one it names is kept. Entries that name none (schemas,
+//! types, functions, extensions) run into an empty database; beside live data only those of a
+//! renamed schema do, the rest being the live database's own.
+//!
+//! Tables kept: those the patterns match, the partitions of a partitioned table they match,
+//! and what a kept table cannot be created without (its partitioned parent, the tables it
+//! inherits from). A view or materialized view the patterns match is kept when every relation
+//! it names is; a sequence when the table that owns it is (an unowned one as other objects
+//! are). A foreign key to a table left out is left out, and said.
+//!
+//! Renaming rewrites every name qualified by a renamed schema (`crm.contacts`, `crm.stage`,
+//! `OWNED BY crm.t.id`), the schema's own name where a statement names a schema (`CREATE
+//! SCHEMA`, `ON SCHEMA`, `IN SCHEMA`), and the `'crm.seq'::regclass` literals of column
+//! defaults. Function bodies are literals and are left as written.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::quote_ident;
+use super::script::{self, Kind, Lexer, TableName, Token};
+
+/// Which part of the schema to make.
+pub struct Spec<'a> {
+    /// Whether a table, view or materialized view is asked for (by `schema.name`).
+    pub wanted: &'a dyn Fn(&TableName) -> bool,
+    /// Schemas renamed: (from, to).
+    pub schema_map: &'a [(String, String)],
+    /// Whether objects that are not relations (schemas, types, functions, extensions) are made
+    /// too (into an empty database), or only those of a renamed schema (beside live data).
+    pub beside_live_data: bool,
+}
+
+/// The part: scripts to run, and what they make.
+#[derive(Debug, Default)]
+pub struct Part {
+    /// Pre-data entries kept, renamed (with the script's preamble).
+    pub pre_data: String,
+    /// Post-data entries kept, renamed (with the script's preamble).
+    pub post_data: String,
+    /// Relations made (tables, views, materialized views, sequences), by their names in the
+    /// snapshot.
+    pub relations: BTreeSet<TableName>,
+    /// What was asked for or belongs to it and is not made, each said in a line.
+    pub left_out: Vec<String>,
+    /// Every table, view and materialized view of the script (what patterns may name).
+    pub candidates: BTreeSet<TableName>,
+}
+
+impl Part {
+    /// Whether the part makes the relation the snapshot calls `schema.name`.
+    pub fn makes(&self, schema: &str, name: &str) -> bool {
+        self.relations.contains(&TableName { schema: schema.to_string(), name: name.to_string() })
+    }
+}
+
+/// A schema's new name under `map`, or `None` if it keeps its name.
+pub fn renamed<'m>(map: &'m [(String, String)], schema: &str) -> Option<&'m str> {
+    map.iter().find(|(from, _)| from == schema).map(|(_, to)| to.as_str())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    Table,
+    View,
+    Sequence,
+}
+
+/// What one entry's statements create and name.
+#[derive(Debug, Default)]
+struct Facts {
+    /// The relation it creates.
+    creates: Option<(TableName, Relation)>,
+    /// The index it creates (`CREATE INDEX`, or a primary key, unique or exclusion constraint),
+    /// with its table.
+    index: Option<(TableName, TableName)>,
+    /// Every `schema.name` it names.
+    names: BTreeSet<TableName>,
+    /// `ALTER TABLE parent ATTACH PARTITION child`: (parent, child).
+    attach: Option<(TableName, TableName)>,
+    /// A sequence and the table that owns it (`OWNED BY`, or an identity column).
+    owned: Option<(TableName, TableName)>,
+    /// The schema a statement names as such (`CREATE SCHEMA s`, `ON SCHEMA s`, `IN SCHEMA s`).
+    schema: Option<String>,
+    /// A foreign key (`FOREIGN KEY … REFERENCES`).
+    foreign_key: bool,
+    /// `CREATE EXTENSION`.
+    extension: bool,
+    /// A statement on an object of the whole database or server, in no schema (an extension,
+    /// a publication and the tables it publishes, a subscription, an event trigger, a role, a
+    /// server, a foreign data wrapper, a user mapping, a language).
+    global: bool,
+    /// The first `schema.name` it names: the object a statement acts on (`GRANT … ON FUNCTION
+    /// crm.f()`, `COMMENT ON TYPE crm.t`, `CREATE FUNCTION crm.f()`).
+    first: Option<TableName>,
+}
+
+/// What follows `CREATE`/`ALTER` (`[OR REPLACE]`) in a statement on an object of the whole
+/// database or server.
+const GLOBAL: [&str; 12] = [
+    "extension",
+    "publication",
+    "subscription",
+    "event",
+    "role",
+    "user",
+    "group",
+    "database",
+    "tablespace",
+    "server",
+    "foreign",
+    "language",
+];
+
+/// A name token's value: bare (folded to lower case) or quoted.
+fn name_of(token: &Token<'_>) -> Option<String> {
+    match token.kind {
+        Kind::Word if token.text.starts_with(|c: char| c.is_alphabetic() || c == '_') => {
+            Some(token.text.to_lowercase())
+        }
+        Kind::QuotedIdent => Some(token.text[1..token.text.len() - 1].replace("\"\"", "\"")),
+        _ => None,
+    }
+}
+
+fn is_word(token: Option<&Token<'_>>, word: &str) -> bool {
+    token.is_some_and(|t| t.kind == Kind::Word && t.text.eq_ignore_ascii_case(word))
+}
+
+/// The `schema.name` at `at` (its first two parts), if there is one.
+fn qualified_at(tokens: &[Token<'_>], at: usize) -> Option<TableName> {
+    let schema = name_of(tokens.get(at)?)?;
+    if !tokens.get(at + 1)?.is_punct('.') {
+        return None;
+    }
+    let name = name_of(tokens.get(at + 2)?)?;
+    Some(TableName { schema, name })
+}
+
+/// The first `schema.name` at or after `at`, skipping the given optional words.
+fn qualified_after(tokens: &[Token<'_>], mut at: usize, optional: &[&str]) -> Option<TableName> {
+    while optional.iter().any(|word| is_word(tokens.get(at), word)) {
+        at += 1;
+    }
+    qualified_at(tokens, at)
+}
+
+fn facts(sql: &str) -> Facts {
+    let tokens: Vec<Token<'_>> =
+        Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect();
+    let mut facts = Facts::default();
+    let word = |at: usize, w: &str| is_word(tokens.get(at), w);
+    for at in 0..tokens.len() {
+        if let Some(name) = qualified_at(&tokens, at)
+            && !(at > 0 && tokens[at - 1].is_punct('.'))
+        {
+            facts.first.get_or_insert_with(|| name.clone());
+            facts.names.insert(name);
+        }
+        if word(at, "schema") && (at == 0 || !tokens[at - 1].is_punct('.')) {
+            let keyword_before = at > 0 && ["create", "on", "in", "alter", "with"].iter().any(|w| word(at - 1, w));
+            let exists = word(at + 1, "if") && word(at + 2, "not") && word(at + 3, "exists");
+            let name_at = if exists { at + 4 } else { at + 1 };
+            if keyword_before
+                && facts.schema.is_none()
+                && let Some(name) = tokens.get(name_at).and_then(name_of)
+                && !tokens.get(name_at + 1).is_some_and(|t| t.is_punct('.'))
+            {
+                facts.schema = Some(name);
+            }
+        }
+        if !word(at, "create") && !word(at, "alter") {
+            continue;
+        }
+        let statement_start = at == 0 || tokens[at - 1].is_punct(';');
+        if !statement_start {
+            continue;
+        }
+        let object = if word(at + 1, "or") && word(at + 2, "replace") { at + 3 } else { at + 1 };
+        // `ALTER FOREIGN TABLE` is a table's; `CREATE FOREIGN TABLE` too.
+        let foreign_table = word(object, "foreign") && word(object + 1, "table");
+        facts.global |= GLOBAL.iter().any(|w| word(object, w)) && !foreign_table;
+        if word(at, "create") {
+            let mut next = at + 1;
+            if word(next, "or") && word(next + 1, "replace") {
+                next += 2;
+            }
+            while ["unlogged", "temporary", "temp", "recursive", "materialized", "foreign", "unique"]
+                .iter()
+                .any(|w| word(next, w))
+            {
+                next += 1;
+            }
+            let relation = if word(next, "table") {
+                Some(Relation::Table)
+            } else if word(next, "view") {
+                Some(Relation::View)
+            } else if word(next, "sequence") {
+                Some(Relation::Sequence)
+            } else {
+                None
+            };
+            if let Some(relation) = relation
+                && facts.creates.is_none()
+                && let Some(name) = qualified_after(&tokens, next + 1, &["if", "not", "exists"])
+            {
+                facts.creates = Some((name, relation));
+            }
+            if word(next, "index") && facts.index.is_none() {
+                // CREATE [UNIQUE] INDEX [CONCURRENTLY] name ON [ONLY] schema.table
+                let mut name_at = next + 1;
+                if word(name_at, "concurrently") {
+                    name_at += 1;
+                }
+                if let Some(index) = tokens.get(name_at).and_then(name_of)
+                    && word(name_at + 1, "on")
+                    && let Some(table) = qualified_after(&tokens, name_at + 2, &["only"])
+                {
+                    facts.index = Some((TableName { schema: table.schema.clone(), name: index }, table));
+                }
+            }
+            if word(next, "extension") {
+                facts.extension = true;
+            }
+            continue;
+        }
+        // ALTER …
+        if word(at + 1, "table") {
+            let Some(table) = qualified_after(&tokens, at + 2, &["if", "exists", "only"]) else { continue };
+            let rest = &tokens[at + 2..];
+            let end = rest.iter().position(|t| t.is_punct(';')).unwrap_or(rest.len());
+            let statement = &rest[..end];
+            let has = |w: &str| statement.iter().any(|t| t.kind == Kind::Word && t.text.eq_ignore_ascii_case(w));
+            for (i, token) in statement.iter().enumerate() {
+                let here = |w: &str| token.kind == Kind::Word && token.text.eq_ignore_ascii_case(w);
+                if here("partition")
+                    && i > 0
+                    && is_word(statement.get(i - 1), "attach")
+                    && let Some(child) = qualified_at(statement, i + 1)
+                {
+                    facts.attach = Some((table.clone(), child));
+                }
+                if here("sequence")
+                    && is_word(statement.get(i + 1), "name")
+                    && let Some(sequence) = qualified_at(statement, i + 2)
+                {
+                    // An identity column's sequence: made by this statement.
+                    facts.creates.get_or_insert((sequence.clone(), Relation::Sequence));
+                    facts.owned = Some((sequence, table.clone()));
+                }
+                if here("constraint")
+                    && i > 0
+                    && is_word(statement.get(i - 1), "add")
+                    && let Some(name) = statement.get(i + 1).and_then(name_of)
+                {
+                    let indexed = is_word(statement.get(i + 2), "primary")
+                        || is_word(statement.get(i + 2), "unique")
+                        || is_word(statement.get(i + 2), "exclude");
+                    if indexed {
+                        facts.index = Some((TableName { schema: table.schema.clone(), name }, table.clone()));
+                    }
+                }
+            }
+            facts.foreign_key |= has("foreign") && has("references");
+        } else if word(at + 1, "sequence")
+            && let Some(sequence) = qualified_after(&tokens, at + 2, &["if", "exists"])
+        {
+            let owned_by =
+                tokens[at..].iter().position(|t| t.kind == Kind::Word && t.text.eq_ignore_ascii_case("owned"));
+            if let Some(owned) = owned_by.map(|p| at + p)
+                && word(owned + 1, "by")
+                && let Some(table) = qualified_at(&tokens, owned + 2)
+            {
+                facts.owned = Some((sequence, table));
+            }
+        }
+    }
+    facts
+}
+
+/// Chooses the entries of `pre_data` and `post_data` (each through
+/// [`super::executable_sql`]) that make the part `spec` asks for, and renames its schemas.
+pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
+    let pre = script::parse(pre_data);
+    let post = script::parse(post_data);
+    let entries: Vec<Facts> = pre.entries.iter().chain(&post.entries).map(|entry| facts(entry.sql)).collect();
+
+    let mut kinds: HashMap<&TableName, Relation> = HashMap::new();
+    let mut creating: HashMap<&TableName, &Facts> = HashMap::new();
+    let mut indexes: HashMap<&TableName, &TableName> = HashMap::new();
+    let mut children: HashMap<&TableName, Vec<&TableName>> = HashMap::new();
+    let mut parents: HashMap<&TableName, Vec<&TableName>> = HashMap::new();
+    let mut owner: HashMap<&TableName, &TableName> = HashMap::new();
+    for facts in &entries {
+        if let Some((name, relation)) = &facts.creates {
+            kinds.insert(name, *relation);
+            creating.insert(name, facts);
+        }
+        if let Some((index, table)) = &facts.index {
+            indexes.insert(index, table);
+        }
+        if let Some((parent, child)) = &facts.attach {
+            children.entry(parent).or_default().push(child);
+            parents.entry(child).or_default().push(parent);
+        }
+        if let Some((sequence, table)) = &facts.owned {
+            owner.insert(sequence, table);
+        }
+    }
+    let is = |name: &TableName, relation| kinds.get(name) == Some(&relation);
+
+    // Tables asked for, with the partitions of a partitioned one.
+    let mut tables: BTreeSet<&TableName> =
+        kinds.keys().copied().filter(|n| is(n, Relation::Table) && (spec.wanted)(n)).collect();
+    let mut todo: Vec<&TableName> = tables.iter().copied().collect();
+    while let Some(table) = todo.pop() {
+        for child in children.get(table).into_iter().flatten() {
+            if tables.insert(child) {
+                todo.push(child);
+            }
+        }
+    }
+    // What a kept table cannot be created without: its parents.
+    let mut todo: Vec<&TableName> = tables.iter().copied().collect();
+    while let Some(table) = todo.pop() {
+        let inherited = creating.get(table).map(|facts| facts.names.iter().filter(|n| is(n, Relation::Table)));
+        for parent in parents.get(table).into_iter().flatten().copied().chain(inherited.into_iter().flatten()) {
+            if parent != table && tables.insert(parent) {
+                todo.push(parent);
+            }
+        }
+    }
+    let mut kept: HashSet<&TableName> = tables.iter().copied().collect();
+    let in_scope = |schema: Option<&str>| {
+        !spec.beside_live_data || schema.is_some_and(|schema| renamed(spec.schema_map, schema).is_some())
+    };
+    for (name, relation) in &kinds {
+        if *relation == Relation::Sequence {
+            let keep = match owner.get(name) {
+                Some(table) => tables.contains(table),
+                None => in_scope(Some(&name.schema)),
+            };
+            if keep {
+                kept.insert(name);
+            }
+        }
+    }
+    // Views asked for whose relations are all kept (a view on a view: until nothing changes).
+    let mut left_out = Vec::new();
+    let views: Vec<&TableName> = kinds.keys().copied().filter(|n| is(n, Relation::View) && (spec.wanted)(n)).collect();
+    loop {
+        let before = kept.len();
+        for view in &views {
+            let names = &creating[view].names;
+            if !kept.contains(view) && names.iter().all(|n| n == *view || !kinds.contains_key(n) || kept.contains(n)) {
+                kept.insert(view);
+            }
+        }
+        if kept.len() == before {
+            break;
+        }
+    }
+    for view in views.iter().filter(|view| !kept.contains(*view)) {
+        left_out.push(format!("view {}.{}: it names a relation left out", view.schema, view.name));
+    }
+
+    let known = |name: &TableName| kinds.contains_key(name) || indexes.contains_key(name);
+    let kept_name = |name: &TableName| match indexes.get(name) {
+        Some(table) => kept.contains(*table),
+        None => kept.contains(name),
+    };
+    let keep = |kind: &str, facts: &Facts| -> bool {
+        // A database's or server's object is not made beside live data: it would change the
+        // live database's (a publication that gains the side tables, say).
+        if spec.beside_live_data && facts.global {
+            return false;
+        }
+        if let Some((name, _)) = &facts.creates {
+            return kept.contains(name) && facts.names.iter().filter(|n| known(n)).all(&kept_name);
+        }
+        let named: Vec<&TableName> = facts.names.iter().filter(|n| known(n)).collect();
+        if !named.is_empty() {
+            return named.iter().all(|n| kept_name(n));
+        }
+        if facts.extension || kind == "EXTENSION" {
+            return !spec.beside_live_data;
+        }
+        if !spec.beside_live_data {
+            return true;
+        }
+        // Beside live data, what the statement itself acts on decides, never the header (a
+        // name or an owner can make a header say any schema).
+        let schema = facts.schema.clone().or_else(|| facts.first.as_ref().map(|name| name.schema.clone()));
+        in_scope(schema.as_deref())
+    };
+    let mut part = Part::default();
+    let mut created_schemas = HashSet::new();
+    let mut all_facts = entries.iter();
+    for (script, out) in [(&pre, &mut part.pre_data), (&post, &mut part.post_data)] {
+        out.push_str(script.preamble);
+        for entry in &script.entries {
+            let facts = all_facts.next().expect("facts of every entry");
+            if !keep(entry.kind, facts) {
+                if facts.foreign_key
+                    && let Some(table) = facts.names.iter().find(|n| kept.contains(n))
+                {
+                    let others: Vec<String> = facts
+                        .names
+                        .iter()
+                        .filter(|n| known(n) && !kept_name(n))
+                        .map(|n| format!("{}.{}", n.schema, n.name))
+                        .collect();
+                    left_out.push(format!(
+                        "a foreign key of {}.{} to {}, which is left out",
+                        table.schema,
+                        table.name,
+                        others.join(", ")
+                    ));
+                }
+                continue;
+            }
+            if facts.creates.is_none()
+                && entry.kind == "SCHEMA"
+                && let Some(schema) = &facts.schema
+            {
+                created_schemas.insert(schema.clone());
+            }
+            out.push_str(&rename(entry.sql, spec.schema_map));
+        }
+    }
+    // A renamed schema the script does not create (`public`) is made first.
+    let mut first = String::new();
+    for (from, to) in spec.schema_map {
+        if !created_schemas.contains(from) {
+            first.push_str("CREATE SCHEMA ");
+            first.push_str(&quote_ident(to));
+            first.push_str(";\n");
+        }
+    }
+    if !first.is_empty() {
+        let preamble = pre.preamble.len();
+        part.pre_data.insert_str(preamble, &first);
+    }
+    part.relations = kept.into_iter().cloned().collect();
+    part.candidates = kinds.iter().filter(|(_, r)| **r != Relation::Sequence).map(|(n, _)| (*n).clone()).collect();
+    part.left_out = left_out;
+    part
+}
+
+/// `sql` with every schema of `map` renamed where it is named.
+pub fn rename(sql: &str, map: &[(String, String)]) -> String {
+    if map.is_empty() {
+        return sql.to_string();
+    }
+    let all: Vec<Token<'_>> = Lexer::new(sql).collect();
+    let significant: Vec<usize> = (0..all.len())
+        .filter(|&i| !matches!(all[i].kind, Kind::Space | Kind::LineComment | Kind::BlockComment))
+        .collect();
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut copied = 0;
+    for (k, &i) in significant.iter().enumerate() {
+        let token = &all[i];
+        let next = significant.get(k + 1).map(|&j| &all[j]);
+        let previous = k.checked_sub(1).map(|p| &all[significant[p]]);
+        let replacement = match token.kind {
+            Kind::Word | Kind::QuotedIdent => {
+                let qualifies = next.is_some_and(|t| t.is_punct('.')) && !previous.is_some_and(|t| t.is_punct('.'));
+                let names_schema = previous.is_some_and(|t| is_word(Some(t), "schema"))
+                    || (previous.is_some_and(|t| is_word(Some(t), "exists"))
+                        && k >= 4
+                        && is_word(Some(&all[significant[k - 4]]), "schema"));
+                match name_of(token) {
+                    Some(name) if qualifies || names_schema => renamed(map, &name).map(quote_ident),
+                    _ => None,
+                }
+            }
+            Kind::Literal if token.text.starts_with('\'') => {
+                let cast = significant.get(k + 1..k + 4).is_some_and(|rest| {
+                    all[rest[0]].is_punct(':') && all[rest[1]].is_punct(':') && is_word(Some(&all[rest[2]]), "regclass")
+                });
+                if cast { renamed_regclass(token.text, map) } else { None }
+            }
+            _ => None,
+        };
+        if let Some(replacement) = replacement {
+            out.push_str(&sql[copied..token.start]);
+            out.push_str(&replacement);
+            copied = token.start + token.text.len();
+        }
+    }
+    out.push_str(&sql[copied..]);
+    out
+}
+
+/// `'schema.name'` (a regclass literal) with its schema renamed, if `map` renames it.
+fn renamed_regclass(literal: &str, map: &[(String, String)]) -> Option<String> {
+    let text = literal[1..literal.len() - 1].replace("''", "'");
+    let tokens: Vec<Token<'_>> = Lexer::new(&text).collect();
+    if tokens.len() < 3 || !tokens[1].is_punct('.') {
+        return None;
+    }
+    let to = renamed(map, &name_of(&tokens[0])?)?;
+    let rest = &text[tokens[1].start..];
+    let renamed = format!("{}{rest}", quote_ident(to));
+    Some(format!("'{}'", renamed.replace('\'', "''")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, kind: &str, schema: &str, sql: &str) -> String {
+        format!("--\n-- Name: {name}; Type: {kind}; Schema: {schema}; Owner: o\n--\n\n{sql}\n\n")
+    }
+
+    fn pre() -> String {
+        [
+            entry("crm", "SCHEMA", "-", "CREATE SCHEMA crm;"),
+            entry("citext", "EXTENSION", "-", "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public;"),
+            entry("stage", "TYPE", "crm", "CREATE TYPE crm.stage AS ENUM ('a', 'b');"),
+            entry("f()", "FUNCTION", "crm", "CREATE FUNCTION crm.f() RETURNS trigger AS $$ SELECT 1 FROM crm.deals $$ LANGUAGE sql;"),
+            entry("companies", "TABLE", "crm", "CREATE TABLE crm.companies (\n    id integer NOT NULL\n);"),
+            entry("deals", "TABLE", "crm", "CREATE TABLE crm.deals (\n    id integer NOT NULL,\n    company_id integer,\n    stage crm.stage DEFAULT 'a'::crm.stage\n);"),
+            entry("deals_id_seq", "SEQUENCE", "crm", "CREATE SEQUENCE crm.deals_id_seq START WITH 1;"),
+            entry("deals_id_seq", "SEQUENCE OWNED BY", "crm", "ALTER SEQUENCE crm.deals_id_seq OWNED BY crm.deals.id;"),
+            entry("deals id", "DEFAULT", "crm", "ALTER TABLE ONLY crm.deals ALTER COLUMN id SET DEFAULT nextval('crm.deals_id_seq'::regclass);"),
+            entry("companies_id_seq", "SEQUENCE", "crm", "ALTER TABLE crm.companies ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (\n    SEQUENCE NAME crm.companies_id_seq\n    START WITH 1\n);"),
+            entry("p", "TABLE", "crm", "CREATE TABLE crm.p (\n    id integer\n)\nPARTITION BY RANGE (id);"),
+            entry("p1", "TABLE", "crm", "CREATE TABLE crm.p1 (\n    id integer\n);"),
+            entry("p1", "TABLE ATTACH", "crm", "ALTER TABLE ONLY crm.p ATTACH PARTITION crm.p1 FOR VALUES FROM (0) TO (10);"),
+            entry("big_deals", "VIEW", "crm", "CREATE VIEW crm.big_deals AS\n SELECT d.id FROM (crm.deals d JOIN crm.companies c ON ((c.id = d.company_id)));"),
+            entry("TABLE deals", "COMMENT", "crm", "COMMENT ON TABLE crm.deals IS 'crm.companies is not a name here';"),
+            entry("SCHEMA crm", "ACL", "-", "GRANT USAGE ON SCHEMA crm TO reader;"),
+        ]
+        .concat()
+    }
+
+    fn post() -> String {
+        [
+            entry("deals deals_pkey", "CONSTRAINT", "crm", "ALTER TABLE ONLY crm.deals\n    ADD CONSTRAINT deals_pkey PRIMARY KEY (id);"),
+            entry("p_idx", "INDEX", "crm", "CREATE INDEX p_idx ON ONLY crm.p USING btree (id);"),
+            entry("p1_idx", "INDEX", "crm", "CREATE INDEX p1_idx ON crm.p1 USING btree (id);"),
+            entry("p1_idx", "INDEX ATTACH", "crm", "ALTER INDEX crm.p_idx ATTACH PARTITION crm.p1_idx;"),
+            entry("deals t", "TRIGGER", "crm", "CREATE TRIGGER t BEFORE UPDATE ON crm.deals FOR EACH ROW EXECUTE FUNCTION crm.f();"),
+            entry("deals deals_company_fkey", "FK CONSTRAINT", "crm", "ALTER TABLE ONLY crm.deals\n    ADD CONSTRAINT deals_company_fkey FOREIGN KEY (company_id) REFERENCES crm.companies(id);"),
+        ]
+        .concat()
+    }
+
+    fn wanted(patterns: &'static [&'static str]) -> impl Fn(&TableName) -> bool {
+        move |t: &TableName| patterns.contains(&format!("{}.{}", t.schema, t.name).as_str())
+    }
+
+    #[test]
+    fn one_table_takes_what_it_needs_and_nothing_that_names_what_is_left_out() {
+        let wanted = wanted(&["crm.deals"]);
+        let part = select(&pre(), &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });
+        let made: Vec<String> = part.relations.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+        assert_eq!(made, ["crm.deals", "crm.deals_id_seq"]);
+        for kept in [
+            "CREATE SCHEMA crm",
+            "CREATE TYPE crm.stage",
+            "CREATE FUNCTION crm.f",
+            "CREATE TABLE crm.deals",
+            "OWNED BY crm.deals.id",
+            "nextval('crm.deals_id_seq'",
+            "COMMENT ON TABLE crm.deals",
+            "GRANT USAGE",
+            "CREATE EXTENSION",
+        ] {
+            assert!(part.pre_data.contains(kept), "{kept}: {}", part.pre_data);
+        }
+        for gone in ["crm.companies (", "crm.p ", "crm.p1", "VIEW"] {
+            assert!(!part.pre_data.contains(gone), "{gone}: {}", part.pre_data);
+        }
+        assert!(part.post_data.contains("deals_pkey") && part.post_data.contains("CREATE TRIGGER t"));
+        assert!(!part.post_data.contains("FOREIGN KEY") && !part.post_data.contains("p_idx"), "{}", part.post_data);
+        assert_eq!(part.left_out, ["a foreign key of crm.deals to crm.companies, which is left out"]);
+    }
+
+    #[test]
+    fn a_partition_brings_its_parent_and_a_parent_its_partitions_and_a_view_its_tables() {
+        let wanted = wanted(&["crm.p1"]);
+        let part = select(&pre(), &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });
+        assert!(part.makes("crm", "p") && part.makes("crm", "p1"));
+        assert!(part.post_data.contains("ATTACH PARTITION crm.p1_idx"));
+        let wanted_parent = self::wanted(&["crm.p"]);
+        let part = select(&pre(), &post(), &Spec { wanted: &wanted_parent, schema_map: &[], beside_live_data: false });
+        assert!(part.makes("crm", "p1"));
+        let view_only = self::wanted(&["crm.big_deals", "crm.deals"]);
+        let part = select(&pre(), &post(), &Spec { wanted: &view_only, schema_map: &[], beside_live_data: false });
+        assert!(!part.makes("crm", "big_deals"));
+        assert!(part.left_out.iter().any(|l| l.starts_with("view crm.big_deals")), "{:?}", part.left_out);
+        let both = self::wanted(&["crm.big_deals", "crm.deals", "crm.companies"]);
+        let part = select(&pre(), &post(), &Spec { wanted: &both, schema_map: &[], beside_live_data: false });
+        assert!(part.makes("crm", "big_deals") && part.post_data.contains("FOREIGN KEY"));
+        // An identity column's sequence comes with its table.
+        assert!(part.makes("crm", "companies_id_seq") && part.pre_data.contains("SEQUENCE NAME crm.companies_id_seq"));
+    }
+
+    #[test]
+    fn a_side_schema_renames_every_name_and_makes_only_its_own_objects() {
+        let wanted = wanted(&["crm.deals", "crm.companies"]);
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let part = select(&pre(), &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+        for renamed in [
+            "CREATE SCHEMA \"crm_old\";",
+            "CREATE TYPE \"crm_old\".stage",
+            "stage \"crm_old\".stage DEFAULT 'a'::\"crm_old\".stage",
+            "nextval('\"crm_old\".deals_id_seq'::regclass)",
+            "OWNED BY \"crm_old\".deals.id",
+            "GRANT USAGE ON SCHEMA \"crm_old\" TO reader",
+            "'crm.companies is not a name here'",
+            "$$ SELECT 1 FROM crm.deals $$",
+        ] {
+            assert!(part.pre_data.contains(renamed), "{renamed}: {}", part.pre_data);
+        }
+        assert!(!part.pre_data.contains("EXTENSION"), "the live database has its extensions");
+        assert!(part.post_data.contains("REFERENCES \"crm_old\".companies(id)"), "{}", part.post_data);
+        assert!(part.post_data.contains("EXECUTE FUNCTION \"crm_old\".f()"));
+        // `public` has no CREATE SCHEMA in a dump: made first.
+        let map = [("public".to_string(), "public_old".to_string())];
+        let none = self::wanted(&[]);
+        let part = select(&pre(), &post(), &Spec { wanted: &none, schema_map: &map, beside_live_data: true });
+        assert!(part.pre_data.contains("CREATE SCHEMA \"public_old\";"), "{}", part.pre_data);
+        assert!(!part.pre_data.contains("crm"), "{}", part.pre_data);
+    }
+
+    #[test]
+    fn beside_live_data_a_header_cannot_bring_in_a_statement_on_a_live_object() {
+        // An owner named so that the header seems to say schema crm; the statement grants on
+        // a live function of public.
+        let spoofed = entry(
+            "FUNCTION f()",
+            "ACL",
+            "public; Owner: x; Type: ACL; Schema: crm",
+            "GRANT ALL ON FUNCTION public.f() TO evil;",
+        );
+        let publication = [
+            entry("p", "PUBLICATION", "-", "CREATE PUBLICATION p WITH (publish = 'insert');"),
+            entry("p deals", "PUBLICATION TABLE", "crm", "ALTER PUBLICATION p ADD TABLE ONLY crm.deals;"),
+        ]
+        .concat();
+        let pre = format!("{}{spoofed}{publication}", pre());
+        let wanted = wanted(&["crm.deals"]);
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+        assert!(!part.pre_data.contains("evil") && !part.pre_data.contains("PUBLICATION"), "{}", part.pre_data);
+        assert!(part.pre_data.contains("CREATE FUNCTION \"crm_old\".f()"));
+        // Into an empty database both are the snapshot's own.
+        let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });
+        assert!(part.pre_data.contains("evil") && part.pre_data.contains("ADD TABLE ONLY crm.deals"));
+    }
+
+    #[test]
+    fn quoted_and_odd_names_are_renamed_as_the_server_reads_them() {
+        let map = [("We\"ird; --".to_string(), "side".to_string())];
+        let sql = "CREATE TABLE \"We\"\"ird; --\".\"x\"\"; DROP TABLE y; --\" (a int DEFAULT nextval('\"We\"\"ird; --\".s'::regclass));";
+        assert_eq!(
+            rename(sql, &map),
+            "CREATE TABLE \"side\".\"x\"\"; DROP TABLE y; --\" (a int DEFAULT nextval('\"side\".s'::regclass));"
+        );
+        // A bare name folds to lower case; a quoted one does not.
+        let map = [("crm".to_string(), "c2".to_string())];
+        assert_eq!(rename("SELECT CRM.t, \"CRM\".t, x.crm.y", &map), "SELECT \"c2\".t, \"CRM\".t, x.crm.y");
+    }
+}

@@ -1,0 +1,150 @@
+//! Restoring part of a snapshot: some tables (`--table`, `--exclude-table`), into other
+//! schemas (`--schema-map`, beside the live data), or rows only into existing tables
+//! (`--data-only`). Decides what the target may hold, which schema entries run
+//! ([`postgres::part`]), and narrows the manifest to what is loaded, under the names it is
+//! loaded as. Everything then loads as a whole restore does: one transaction by default, all
+//! or nothing.
+
+use crate::error::{Error, Result};
+use crate::postgres::LoadSession;
+use crate::postgres::part::{self as schema_part, Spec, renamed};
+use crate::postgres::script::TableName;
+use crate::repo::Manifest;
+use crate::table_filter::TableFilter;
+
+use super::{ExistingContents, RestoreOptions};
+
+/// Narrows `manifest` to the part `options.part` asks for, renamed, and returns the pre- and
+/// post-data scripts to run. `contents` is what the target holds (`None`: empty).
+pub(super) async fn choose(
+    client: &LoadSession,
+    options: &RestoreOptions,
+    manifest: &mut Manifest,
+    (pre_data, post_data): (&str, &str),
+    contents: Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(String, String)> {
+    let part = &options.part;
+    let database = options.database.to_string();
+    if options.existing == ExistingContents::Replace {
+        return Err(Error::Invalid(
+            "--clean drops everything the target holds: with --table, --schema-map or --data-only it would drop \
+             the live data; leave --clean out"
+                .into(),
+        ));
+    }
+    if options.parallel && contents.is_some() {
+        return Err(Error::Invalid(format!(
+            "{database} is not empty: beside live data a restore is one transaction; leave --parallel out"
+        )));
+    }
+    let filter = TableFilter::new(&part.include, &part.exclude)?;
+    let map = &part.schema_map;
+    let mut note = |warning: String| {
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    };
+    if manifest.large_objects.take().is_some() {
+        note("large objects are restored only with the whole snapshot: left out".into());
+    }
+
+    if part.data_only {
+        let Some(_) = contents else {
+            return Err(Error::Invalid(format!(
+                "{database} is empty: --data-only loads rows into existing tables (restore the schema too by \
+                 leaving --data-only out)"
+            )));
+        };
+        manifest.tables.retain(|t| filter.matches(&t.schema, &t.name));
+        let names: Vec<String> = manifest.tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+        check_patterns(&filter, &names)?;
+        rename_tables(manifest, map);
+        let wanted: Vec<(&str, &str, &[String])> =
+            manifest.tables.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
+        let missing = client.missing_tables(&wanted).await?;
+        if !missing.is_empty() {
+            return Err(Error::Invalid(format!(
+                "--data-only loads into existing tables, and in {database}: {}",
+                missing.join("; ")
+            )));
+        }
+        manifest.sequences.clear();
+        manifest.materialized_views.clear();
+        return Ok((String::new(), String::new()));
+    }
+
+    let beside_live_data = contents.is_some();
+    if let Some(contents) = &contents
+        && map.is_empty()
+    {
+        return Err(Error::Invalid(format!(
+            "{database} is not empty ({contents}): restore some tables into it with --schema-map crm=crm_restored \
+             (a schema of their own beside the live one) or --data-only (rows into its existing tables)"
+        )));
+    }
+    let targets: Vec<&str> = map.iter().map(|(_, to)| to.as_str()).collect();
+    let taken = client.existing_schemas(&targets).await?;
+    if !taken.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{database} has a schema {} already: --schema-map restores into a new schema; name another",
+            taken.join(", ")
+        )));
+    }
+    let wanted = |t: &TableName| filter.matches(&t.schema, &t.name);
+    let spec = Spec { wanted: &wanted, schema_map: map, beside_live_data };
+    let selected = schema_part::select(pre_data, post_data, &spec);
+    let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+    check_patterns(&filter, &names)?;
+    if beside_live_data {
+        let unmapped: Vec<String> = selected
+            .relations
+            .iter()
+            .filter(|t| renamed(map, &t.schema).is_none())
+            .map(|t| format!("{}.{}", t.schema, t.name))
+            .collect();
+        if !unmapped.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{} would be restored over the live one{}: their schema is not renamed; add --schema-map for it, \
+                 or choose tables with --table",
+                unmapped.join(", "),
+                if unmapped.len() > 1 { "s" } else { "" }
+            )));
+        }
+    }
+    for left_out in &selected.left_out {
+        note(format!("not restored: {left_out}"));
+    }
+    manifest.tables.retain(|t| selected.makes(&t.schema, &t.name));
+    manifest.sequences.retain(|s| selected.makes(&s.schema, &s.name));
+    manifest.materialized_views.retain(|(schema, name)| selected.makes(schema, name));
+    if manifest.tables.is_empty() && selected.relations.is_empty() && map.is_empty() {
+        return Err(Error::Invalid("the table patterns leave nothing to restore".into()));
+    }
+    rename_tables(manifest, map);
+    tracing::debug!(tables = manifest.tables.len(), "part of the snapshot chosen");
+    Ok((selected.pre_data, selected.post_data))
+}
+
+/// Refuses include patterns that match none of `names`: a typo would restore nothing.
+fn check_patterns(filter: &TableFilter, names: &[String]) -> Result<()> {
+    let unmatched = filter.unmatched_includes(names);
+    if unmatched.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "no table of the snapshot matches {} (`crmvault ls` lists its tables)",
+        unmatched.join(", ")
+    )))
+}
+
+/// The manifest's tables, sequences and materialized views under their schemas' new names.
+fn rename_tables(manifest: &mut Manifest, map: &[(String, String)]) {
+    let rename = |schema: &mut String| {
+        if let Some(to) = renamed(map, schema) {
+            *schema = to.to_string();
+        }
+    };
+    manifest.tables.iter_mut().for_each(|t| rename(&mut t.schema));
+    manifest.sequences.iter_mut().for_each(|s| rename(&mut s.schema));
+    manifest.materialized_views.iter_mut().for_each(|(schema, _)| rename(schema));
+}
