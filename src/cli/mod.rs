@@ -357,6 +357,24 @@ enum Command {
         /// constraint fails the whole restore and nothing is loaded. Sequences are not set.
         #[arg(long, conflicts_with_all = ["create", "parallel", "clean"])]
         data_only: bool,
+        /// Restore only the rows of a table whose column has this value (as text):
+        /// `crm.companies:id=42`. Into a database with live data, without --schema-map, they
+        /// are inserted into the live tables (see --on-conflict); otherwise their tables are
+        /// made (as with --table) holding only them. Repeatable.
+        #[arg(long = "rows", value_name = "TABLE:COLUMN=VALUE", conflicts_with_all = ["tables", "exclude_tables", "data_only"])]
+        rows: Vec<restore::related::RowsRoot>,
+        /// With --rows: also the rows that reference them by foreign keys, recursively (a
+        /// company's contacts, deals and their activities), and every row those reference (a
+        /// deal's owner).
+        #[arg(long, requires = "rows")]
+        with_related: bool,
+        /// With --rows into live tables: a row whose key is taken fails the restore (fail,
+        /// nothing written), is left as it is (skip) or takes the snapshot's values (update).
+        #[arg(long, value_enum, default_value_t = OnConflictArg::Fail, requires = "rows")]
+        on_conflict: OnConflictArg,
+        /// With --rows: say how many rows of which tables would be written, and write nothing.
+        #[arg(long, requires = "rows", conflicts_with = "create")]
+        dry_run: bool,
         #[command(flatten)]
         roles: RoleArgs,
         #[command(flatten)]
@@ -592,6 +610,14 @@ struct RepoArgs {
     /// Or `repo` in --profile.
     #[arg(short = 'r', long = "repo", env = "CRMVAULT_REPO", hide_env_values = true)]
     repos: Vec<String>,
+}
+
+/// `restore --on-conflict`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnConflictArg {
+    Fail,
+    Skip,
+    Update,
 }
 
 /// `dump --format`.
@@ -1067,6 +1093,10 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             exclude_tables,
             schema_map,
             data_only,
+            rows,
+            with_related,
+            on_conflict,
+            dry_run,
             roles,
             filter,
             snapshot,
@@ -1100,7 +1130,20 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 create: None,
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
-                part: restore::PartOptions { include: tables, exclude: exclude_tables, schema_map, data_only },
+                part: restore::PartOptions {
+                    include: tables,
+                    exclude: exclude_tables,
+                    schema_map,
+                    data_only,
+                    rows,
+                    with_related,
+                    on_conflict: match on_conflict {
+                        OnConflictArg::Fail => crmvault::postgres::OnConflict::Fail,
+                        OnConflictArg::Skip => crmvault::postgres::OnConflict::Skip,
+                        OnConflictArg::Update => crmvault::postgres::OnConflict::Update,
+                    },
+                    dry_run,
+                },
             };
             audit.database(&options.database);
             let progress = output::Bar::start(json || quiet);

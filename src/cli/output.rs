@@ -289,6 +289,27 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
             eprintln!("  fell back: {fallback}");
         }
     }
+    if !report.rows_chosen.is_empty() {
+        let width = report.rows_chosen.iter().map(|t| printable(&t.table).chars().count()).max().unwrap_or(5).max(5);
+        for table in &report.rows_chosen {
+            let outcome = match (table.inserted, table.updated, table.skipped) {
+                (Some(inserted), Some(updated), Some(skipped)) => {
+                    format!("  ({inserted} inserted, {updated} updated, {skipped} left as they were)")
+                }
+                _ => String::new(),
+            };
+            say!("{:<width$}  {:>8} rows{outcome}", printable(&table.table), table.rows);
+        }
+    }
+    if report.dry_run {
+        say!(
+            "snapshot {}: --rows chooses {} in {} (every table read was proven); nothing was written",
+            report.snapshot_id.short(),
+            count(report.rows, "row"),
+            count(report.tables as u64, "table")
+        );
+        return;
+    }
     say!(
         "restored snapshot {} into {database}: {}, {}, {} of data, every chunk and table digest checked, {:.1}s",
         report.snapshot_id.short(),

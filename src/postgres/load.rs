@@ -158,6 +158,55 @@ impl LoadSession {
         Ok(())
     }
 
+    /// Inserts `rows` (COPY text of `table`'s columns) into the existing table of that name,
+    /// through a temporary table, in the caller's transaction; what a row whose key is taken
+    /// does is `on_conflict`'s. Returns the rows inserted and updated.
+    pub async fn insert_rows(&self, table: &TableManifest, rows: &[u8], on_conflict: OnConflict) -> Result<(u64, u64)> {
+        let target = qualified(&table.schema, &table.name);
+        let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(c)).collect();
+        let columns = columns.join(", ");
+        self.client
+            .batch_execute(&format!(
+                "CREATE TEMPORARY TABLE crmvault_rows ON COMMIT DROP AS SELECT {columns} FROM {target} WITH NO DATA"
+            ))
+            .await?;
+        let sink = self.client.copy_in(&format!("COPY crmvault_rows ({columns}) FROM STDIN")).await?;
+        futures::pin_mut!(sink);
+        futures::SinkExt::send(&mut sink, Bytes::copy_from_slice(rows)).await?;
+        sink.as_mut().finish().await?;
+        let conflict = match on_conflict {
+            OnConflict::Fail => String::new(),
+            OnConflict::Skip => " ON CONFLICT DO NOTHING".to_string(),
+            OnConflict::Update => {
+                let key: Vec<String> = table.primary_key.iter().map(|c| quote_ident(c)).collect();
+                let set: Vec<String> = table
+                    .columns
+                    .iter()
+                    .filter(|c| !table.primary_key.contains(c))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                    .collect();
+                if set.is_empty() {
+                    " ON CONFLICT DO NOTHING".to_string()
+                } else {
+                    format!(" ON CONFLICT ({}) DO UPDATE SET {}", key.join(", "), set.join(", "))
+                }
+            }
+        };
+        let written = self
+            .client
+            .query(
+                &format!(
+                    "INSERT INTO {target} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM crmvault_rows{conflict} \
+                     RETURNING (xmax = 0)"
+                ),
+                &[],
+            )
+            .await?;
+        self.client.batch_execute("DROP TABLE crmvault_rows").await?;
+        let inserted = written.iter().filter(|row| row.get::<_, bool>(0)).count() as u64;
+        Ok((inserted, written.len() as u64 - inserted))
+    }
+
     /// Which of `schemas` the database has.
     pub async fn existing_schemas(&self, schemas: &[&str]) -> Result<Vec<String>> {
         let rows = self
@@ -333,6 +382,18 @@ fn copy_in_sql(schema: &str, name: &str, columns: &[String], freeze: bool) -> St
     }
     let columns: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     format!("COPY {table} ({}) FROM STDIN{freeze}", columns.join(", "))
+}
+
+/// What `restore --rows` does with a row whose key the live table has already.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnConflict {
+    /// The restore fails, and writes nothing.
+    #[default]
+    Fail,
+    /// The live row stays.
+    Skip,
+    /// The live row takes the snapshot's values.
+    Update,
 }
 
 /// A database server, through its `postgres` database: creating, naming, renaming and

@@ -26,7 +26,8 @@ pub mod tls;
 pub use conninfo::redact;
 pub use dump::{Section, dump_schema, executable_sql, find_pg_dump};
 pub use load::{
-    INCOMPLETE_RESTORE_SCHEMA, LoadSession, RESTORE_MAINTENANCE_WORK_MEM, Server, ToastCompression, create_database,
+    INCOMPLETE_RESTORE_SCHEMA, LoadSession, OnConflict, RESTORE_MAINTENANCE_WORK_MEM, Server, ToastCompression,
+    create_database,
 };
 pub use session::{LARGE_OBJECTS_COPY_OUT, SnapshotSession, SourceTable, attach_to_snapshot};
 use tls::{Reach, RemoteHosts, TlsMode, TlsUse};

@@ -454,6 +454,102 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
     part
 }
 
+/// A foreign key of a snapshot's schema, between tables that hold rows (a partitioned
+/// table's key is its partitions').
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// The referencing table.
+    pub table: TableName,
+    /// Its columns, in the key's order.
+    pub columns: Vec<String>,
+    /// The tables a referenced row may be in (the referenced table, or its partitions).
+    pub references: Vec<TableName>,
+    /// Their columns, in the key's order.
+    pub referenced: Vec<String>,
+}
+
+/// The names in a parenthesized list at `at` (`(a, "B")`), and where it ends.
+fn name_list(tokens: &[Token<'_>], at: usize) -> Option<(Vec<String>, usize)> {
+    if !tokens.get(at)?.is_punct('(') {
+        return None;
+    }
+    let mut names = Vec::new();
+    let mut at = at + 1;
+    loop {
+        names.push(name_of(tokens.get(at)?)?);
+        let next = tokens.get(at + 1)?;
+        if next.is_punct(')') {
+            return Some((names, at + 2));
+        }
+        if !next.is_punct(',') {
+            return None;
+        }
+        at += 2;
+    }
+}
+
+/// Every foreign key of the scripts (`ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY (…)
+/// REFERENCES t (…)`), with partitioned tables replaced by the partitions that hold their rows.
+pub fn foreign_keys(pre_data: &str, post_data: &str) -> Vec<ForeignKey> {
+    let mut children: HashMap<TableName, Vec<TableName>> = HashMap::new();
+    let mut keys = Vec::new();
+    for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
+        let facts = facts(entry.sql);
+        if let Some((parent, child)) = facts.attach {
+            children.entry(parent).or_default().push(child);
+        }
+        if !facts.foreign_key {
+            continue;
+        }
+        let tokens: Vec<Token<'_>> = Lexer::new(entry.sql)
+            .filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment))
+            .collect();
+        for at in 0..tokens.len() {
+            if !(is_word(tokens.get(at), "alter") && is_word(tokens.get(at + 1), "table")) {
+                continue;
+            }
+            let Some(table) = qualified_after(&tokens, at + 2, &["if", "exists", "only"]) else { continue };
+            let Some(foreign) =
+                (at..tokens.len()).find(|&i| is_word(tokens.get(i), "foreign") && is_word(tokens.get(i + 1), "key"))
+            else {
+                continue;
+            };
+            let Some((columns, after)) = name_list(&tokens, foreign + 2) else { continue };
+            if !is_word(tokens.get(after), "references") {
+                continue;
+            }
+            let Some(references) = qualified_at(&tokens, after + 1) else { continue };
+            let Some((referenced, _)) = name_list(&tokens, after + 4) else { continue };
+            keys.push((table, columns, references, referenced));
+        }
+    }
+    let leaves = |table: &TableName| -> Vec<TableName> {
+        let mut leaves = Vec::new();
+        let mut todo = vec![table.clone()];
+        while let Some(table) = todo.pop() {
+            match children.get(&table) {
+                Some(parts) => todo.extend(parts.iter().cloned()),
+                None => leaves.push(table),
+            }
+        }
+        leaves.sort();
+        leaves
+    };
+    let mut expanded = Vec::new();
+    for (table, columns, references, referenced) in keys {
+        let references = leaves(&references);
+        for leaf in leaves(&table) {
+            expanded.push(ForeignKey {
+                table: leaf,
+                columns: columns.clone(),
+                references: references.clone(),
+                referenced: referenced.clone(),
+            });
+        }
+    }
+    expanded
+}
+
 /// `sql` with every schema of `map` renamed where it is named.
 pub fn rename(sql: &str, map: &[(String, String)]) -> String {
     if map.is_empty() {
@@ -657,6 +753,34 @@ mod tests {
         // Into an empty database both are the snapshot's own.
         let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });
         assert!(part.pre_data.contains("evil") && part.pre_data.contains("ADD TABLE ONLY crm.deals"));
+    }
+
+    #[test]
+    fn foreign_keys_are_read_from_their_statements_and_partitions_stand_for_their_parent() {
+        let post = [
+            post(),
+            entry("p p_fk", "FK CONSTRAINT", "crm", "ALTER TABLE crm.p\n    ADD CONSTRAINT p_fk FOREIGN KEY (id, \"Odd\") REFERENCES crm.deals(id, x) ON DELETE CASCADE;"),
+        ]
+        .concat();
+        let keys = foreign_keys(&pre(), &post);
+        let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
+        assert_eq!(
+            keys,
+            [
+                ForeignKey {
+                    table: t("deals"),
+                    columns: vec!["company_id".into()],
+                    references: vec![t("companies")],
+                    referenced: vec!["id".into()]
+                },
+                ForeignKey {
+                    table: t("p1"),
+                    columns: vec!["id".into(), "Odd".into()],
+                    references: vec![t("deals")],
+                    referenced: vec!["id".into(), "x".into()]
+                },
+            ]
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(super) struct Load<'a> {
     /// Tables are created (or truncated) in the loading transaction: `COPY … FREEZE`. Not
     /// into existing tables (`--data-only`).
     pub(super) freeze: bool,
+    /// `--rows`: the COPY text each table takes instead of its data (none: no row).
+    pub(super) rows: Option<&'a std::collections::BTreeMap<TableName, Vec<u8>>>,
 }
 
 impl Load<'_> {
@@ -46,7 +48,7 @@ impl Load<'_> {
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
         for table in &self.manifest.tables {
-            rows += self.streams.load(client.copy_in(table, self.freeze).await?, table).await?;
+            rows += self.copy_table(client, table, self.freeze).await?;
         }
         self.finish(post_data).await?;
         client.commit().await?;
@@ -190,7 +192,7 @@ impl Load<'_> {
         // ONLY: inheritance children are other connections' to load.
         let loaded = async {
             client.begin_truncated(&table.schema, &table.name).await?;
-            let rows = self.streams.load(client.copy_in(table, true).await?, table).await?;
+            let rows = self.copy_table(client, table, true).await?;
             client.commit().await?;
             Ok(rows)
         };
@@ -310,6 +312,26 @@ impl Load<'_> {
         });
         futures::future::try_join_all(workers).await?;
         Ok(())
+    }
+
+    /// Loads one table: its data from the snapshot, or with `--rows` the rows chosen of it.
+    async fn copy_table(&self, client: &LoadSession, table: &TableManifest, freeze: bool) -> Result<u64> {
+        let sink = client.copy_in(table, freeze).await?;
+        let Some(chosen) = self.rows else { return self.streams.load(sink, table).await };
+        let name = TableName { schema: table.schema.clone(), name: table.name.clone() };
+        let text = chosen.get(&name).map_or(&[][..], Vec::as_slice);
+        let expected = memchr::memchr_iter(b'\n', text).count() as u64;
+        futures::pin_mut!(sink);
+        futures::SinkExt::send(&mut sink, bytes::Bytes::copy_from_slice(text)).await?;
+        let loaded = sink.as_mut().finish().await?;
+        if loaded != expected {
+            return Err(Error::RestoreMismatch {
+                table: format!("{}.{}", table.schema, table.name),
+                detail: format!("loaded {loaded} rows of the {expected} chosen"),
+            });
+        }
+        self.streams.progress.item_done(&format!("{}.{}", table.schema, table.name));
+        Ok(loaded)
     }
 
     /// Removes what a failed parallel restore committed (schemas and large objects, roles it

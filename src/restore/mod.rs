@@ -18,6 +18,7 @@ pub mod diff;
 pub mod dump;
 mod load;
 mod part;
+pub mod related;
 mod rows;
 mod select;
 mod streams;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats};
+use crate::postgres::script::TableName;
 use crate::postgres::{self, Database};
 use crate::progress::{Shared, Unit};
 use crate::repo::{AdminKeyring, Keyring, Manifest, RoleRecord};
@@ -94,12 +96,25 @@ pub struct PartOptions {
     pub schema_map: Vec<(String, String)>,
     /// Rows only, into the target's existing tables: no schema is made, no sequence is set.
     pub data_only: bool,
+    /// Only these rows (`--rows`): the tables they are in, with nothing but them.
+    pub rows: Vec<related::RowsRoot>,
+    /// With the rows linked to them by foreign keys (`--with-related`).
+    pub with_related: bool,
+    /// Into a database with live data, without `--schema-map`: rows are written into the live
+    /// tables, and a row whose key is taken is this.
+    pub on_conflict: postgres::OnConflict,
+    /// Say which rows of which tables would be written, and write nothing.
+    pub dry_run: bool,
 }
 
 impl PartOptions {
     /// Whether the whole snapshot is restored.
     pub fn is_whole(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty() && self.schema_map.is_empty() && !self.data_only
+        self.include.is_empty()
+            && self.exclude.is_empty()
+            && self.schema_map.is_empty()
+            && !self.data_only
+            && self.rows.is_empty()
     }
 }
 
@@ -131,6 +146,30 @@ pub struct RestoreReport {
     /// Roles created (`--create-roles`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles_created: Vec<String>,
+    /// `--rows`: the rows chosen, per table, and what became of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rows_chosen: Vec<RowsWritten>,
+    /// `--dry-run`: nothing was written.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// `--rows`: one table's rows chosen, and what became of them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RowsWritten {
+    /// `schema.table`, as the snapshot names it.
+    pub table: String,
+    /// Rows chosen.
+    pub rows: u64,
+    /// Into live tables: rows inserted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inserted: Option<u64>,
+    /// Into live tables: rows updated (`--on-conflict update`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u64>,
+    /// Into live tables: rows left as they were (`--on-conflict skip`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u64>,
 }
 
 /// The comment on the database `restore --create` loads into before it takes its name.
@@ -244,6 +283,54 @@ pub(crate) async fn restore(
     let post_data = streams.read("schema (post-data)", &manifest.post_data).await?;
     let post_data = postgres::script::without(&postgres::executable_sql(&post_data)?, leave_out);
 
+    // `--rows`: the rows, found in the snapshot before the database is touched.
+    let related = if options.part.rows.is_empty() {
+        None
+    } else {
+        let keys = postgres::part::foreign_keys(&pre_data, &post_data);
+        let rows = &options.part.rows;
+        Some(related::closure(&streams, &manifest, &keys, rows, options.part.with_related).await?)
+    };
+    let chosen = |related: &related::Related| -> Vec<RowsWritten> {
+        related
+            .rows
+            .iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(table, rows)| RowsWritten {
+                table: format!("{}.{}", table.schema, table.name),
+                rows: rows.len() as u64,
+                inserted: None,
+                updated: None,
+                skipped: None,
+            })
+            .collect()
+    };
+    let report = |rows_chosen: Vec<RowsWritten>, tables: usize, rows: u64, bytes: u64, dry_run: bool| RestoreReport {
+        snapshot_id: mark.id.clone(),
+        sequence: mark.sequence,
+        time: mark.time,
+        warnings: Vec::new(),
+        tables,
+        rows,
+        bytes,
+        chunks: 0,
+        sources: ReadStats::default(),
+        parallel: false,
+        roles_created: Vec::new(),
+        rows_chosen,
+        dry_run,
+    };
+    if options.part.dry_run {
+        let Some(related) = &related else {
+            return Err(Error::Invalid("--dry-run says which rows --rows would write: give --rows".into()));
+        };
+        let rows_chosen = chosen(related);
+        let rows = rows_chosen.iter().map(|t| t.rows).sum();
+        let mut dry = report(rows_chosen.clone(), rows_chosen.len(), rows, 0, true);
+        dry.warnings = warnings;
+        dry.sources = reader.stats();
+        return Ok((dry, manifest));
+    }
     if let Some(comment) = &options.create {
         postgres::create_database(&options.database, manifest.session.as_ref(), comment).await?;
     }
@@ -267,6 +354,28 @@ pub(crate) async fn restore(
     drop(needed);
     let mut clean = false;
     let contents = client.describe_contents().await?;
+    // `--rows` into live tables: written through the live tables' own keys.
+    if let Some(related) = &related
+        && contents.is_some()
+        && options.part.schema_map.is_empty()
+    {
+        let keys = postgres::part::foreign_keys(&pre_data, &post_data);
+        let written = related::into_live(&client, options, &manifest, related, &keys).await?;
+        let rows = written.iter().map(|t| t.rows).sum();
+        let mut live = report(written.clone(), written.len(), rows, 0, false);
+        live.warnings = warnings;
+        live.sources = reader.stats();
+        live.chunks = live.sources.served.iter().map(|(_, served)| served).sum();
+        return Ok((live, manifest));
+    }
+    if options.part.on_conflict != postgres::OnConflict::Fail {
+        return Err(Error::Invalid(
+            "--on-conflict is for rows written into live tables (--rows into a database with data, without \
+             --schema-map)"
+                .into(),
+        ));
+    }
+    let only = related.as_ref().map(|related| related.rows.keys().cloned().collect());
     let (pre_data, post_data) = if options.part.is_whole() {
         if let Some(contents) = contents {
             if options.existing == ExistingContents::Refuse {
@@ -280,8 +389,19 @@ pub(crate) async fn restore(
         (pre_data, post_data)
     } else {
         let scripts = (pre_data.as_str(), post_data.as_str());
-        part::choose(&client, options, &mut manifest, scripts, contents, &mut warnings).await?
+        part::choose(&client, options, &mut manifest, scripts, (contents, only.as_ref()), &mut warnings).await?
     };
+    // `--rows`: each table restored takes the rows chosen of it, and only those.
+    let chosen_rows = related.as_ref().map(|related| {
+        related
+            .rows
+            .keys()
+            .map(|table| {
+                let schema = postgres::part::renamed(&options.part.schema_map, &table.schema).unwrap_or(&table.schema);
+                (TableName { schema: schema.to_string(), name: table.name.clone() }, related.copy_text(table))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    });
     // Large objects load as a table of their own, through the same streams.
     let loaded = manifest.tables.iter().chain(manifest.large_objects.iter());
     progress.phase("loading", Unit::Bytes, Some(loaded.clone().map(|t| t.data.bytes).sum()));
@@ -294,6 +414,7 @@ pub(crate) async fn restore(
         options,
         roles: &missing.iter().collect::<Vec<_>>(),
         freeze: !options.part.data_only,
+        rows: chosen_rows.as_ref(),
     };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
@@ -313,6 +434,8 @@ pub(crate) async fn restore(
         sources,
         parallel: options.parallel,
         roles_created,
+        rows_chosen: related.as_ref().map(chosen).unwrap_or_default(),
+        dry_run: false,
     };
     Ok((report, manifest))
 }

@@ -21,7 +21,7 @@ pub(super) async fn choose(
     options: &RestoreOptions,
     manifest: &mut Manifest,
     (pre_data, post_data): (&str, &str),
-    contents: Option<String>,
+    (contents, only): (Option<String>, Option<&std::collections::BTreeSet<TableName>>),
     warnings: &mut Vec<String>,
 ) -> Result<(String, String)> {
     let part = &options.part;
@@ -90,7 +90,8 @@ pub(super) async fn choose(
             taken.join(", ")
         )));
     }
-    let wanted = |t: &TableName| filter.matches(&t.schema, &t.name);
+    // `--rows`: the tables the rows are in.
+    let wanted = |t: &TableName| only.map_or_else(|| filter.matches(&t.schema, &t.name), |only| only.contains(t));
     let spec = Spec { wanted: &wanted, schema_map: map, beside_live_data };
     let selected = schema_part::select(pre_data, post_data, &spec);
     let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();

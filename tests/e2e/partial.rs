@@ -168,3 +168,149 @@ fn data_only_loads_rows_into_existing_tables_all_or_nothing() {
     work.restore_with(&repo, &empty, &["--data-only", "latest"])
         .fails_with(1, "is empty: --data-only loads rows into existing tables");
 }
+
+/// The rows linked to `crm.companies` id `company` by foreign keys, computed by the server
+/// from the catalog: rows referencing chosen rows, recursively, then rows they reference,
+/// recursively. Each table's ids, sorted.
+fn closure_by_sql(db: &TestDb, company: i64) -> std::collections::BTreeMap<String, Vec<i64>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let keys: Vec<(String, String, String, String)> = db
+        .sql(
+            "SELECT conrelid::regclass::text, confrelid::regclass::text, \
+               (SELECT string_agg(quote_ident(attname), ',' ORDER BY k.i) FROM unnest(conkey) WITH ORDINALITY k(n, i) \
+                  JOIN pg_attribute ON attrelid = conrelid AND attnum = k.n), \
+               (SELECT string_agg(quote_ident(attname), ',' ORDER BY k.i) FROM unnest(confkey) WITH ORDINALITY k(n, i) \
+                  JOIN pg_attribute ON attrelid = confrelid AND attnum = k.n) \
+             FROM pg_constraint WHERE contype = 'f' AND connamespace = 'crm'::regnamespace ORDER BY 1, 2",
+        )
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            (f[0].into(), f[1].into(), f[2].into(), f[3].into())
+        })
+        .collect();
+    let ids = |sql: String| -> BTreeSet<i64> {
+        db.sql(&sql).lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect()
+    };
+    let list = |set: &BTreeSet<i64>| set.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let mut chosen: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    chosen.insert("crm.companies".into(), BTreeSet::from([company]));
+    let mut frontier = chosen.clone();
+    while !frontier.is_empty() {
+        let mut next: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+        for (child, parent, columns, referenced) in &keys {
+            let Some(parents) = frontier.get(parent) else { continue };
+            let found = ids(format!(
+                "SELECT id FROM {child} WHERE ({columns}) IN (SELECT {referenced} FROM {parent} WHERE id IN ({}))",
+                list(parents)
+            ));
+            let known = chosen.entry(child.clone()).or_default();
+            let new: BTreeSet<i64> = found.into_iter().filter(|id| known.insert(*id)).collect();
+            if !new.is_empty() {
+                next.entry(child.clone()).or_default().extend(new);
+            }
+        }
+        frontier = next;
+    }
+    let mut frontier = chosen.clone();
+    while !frontier.is_empty() {
+        let mut next: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+        for (child, parent, columns, referenced) in &keys {
+            let Some(children) = frontier.get(child) else { continue };
+            let found = ids(format!(
+                "SELECT id FROM {parent} WHERE ({referenced}) IN (SELECT {columns} FROM {child} WHERE id IN ({}))",
+                list(children)
+            ));
+            let known = chosen.entry(parent.clone()).or_default();
+            let new: BTreeSet<i64> = found.into_iter().filter(|id| known.insert(*id)).collect();
+            if !new.is_empty() {
+                next.entry(parent.clone()).or_default().extend(new);
+            }
+        }
+        frontier = next;
+    }
+    chosen.into_iter().filter(|(_, ids)| !ids.is_empty()).map(|(t, ids)| (t, ids.into_iter().collect())).collect()
+}
+
+#[test]
+fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_or_the_live_tables() {
+    let Ready { source, work, repo, .. } = Scenario::new("part_rows").crm().init("repo").backup();
+    let expected = closure_by_sql(&source, 7);
+    assert!(expected.len() >= 4 && expected["crm.deals"].len() > 1, "a closure worth testing: {expected:?}");
+
+    // --dry-run: how many rows of which tables, nothing written.
+    let dry = work
+        .restore_with(
+            &repo,
+            &source,
+            &["--json", "--rows", "crm.companies:id=7", "--with-related", "--dry-run", "latest"],
+        )
+        .ok()
+        .json();
+    assert_eq!(dry["dry_run"], true);
+    let counts: std::collections::BTreeMap<String, usize> = dry["rows_chosen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap() as usize))
+        .collect();
+    let expected_counts: std::collections::BTreeMap<String, usize> =
+        expected.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
+    assert_eq!(counts, expected_counts);
+    assert!(!exists(&source, "side.companies"));
+
+    // Into a side schema: exactly those rows, with their keys holding.
+    work.restore_with(
+        &repo,
+        &source,
+        &["--rows", "crm.companies:id=7", "--with-related", "--schema-map", "crm=side", "latest"],
+    )
+    .ok();
+    for (table, ids) in &expected {
+        let side = table.replacen("crm.", "side.", 1);
+        let restored: Vec<i64> =
+            source.sql(&format!("SELECT id FROM {side} ORDER BY id")).lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(&restored, ids, "{table}");
+        assert_eq!(
+            rows(&source, &format!("(SELECT * FROM {side}) "), "id"),
+            rows(&source, &format!("(SELECT * FROM {table} WHERE id IN (SELECT id FROM {side}))"), "id")
+        );
+    }
+    let side_keys =
+        source.sql("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'side'::regnamespace");
+    assert!(side_keys.trim().parse::<u32>().unwrap() >= 4, "the side tables' foreign keys hold: {side_keys}");
+
+    // The incident: the company was deleted with its deals and their activities.
+    let deals_before = rows(&source, "(SELECT * FROM crm.deals WHERE company_id = 7)", "id");
+    let contacts_before = source
+        .sql("SELECT md5(string_agg(id || ':' || coalesce(company_id::text, '-'), ',' ORDER BY id)) FROM crm.contacts");
+    source.sql(
+        "DELETE FROM crm.activities WHERE deal_id IN (SELECT id FROM crm.deals WHERE company_id = 7); \
+         DELETE FROM crm.deals WHERE company_id = 7; DELETE FROM crm.companies WHERE id = 7",
+    );
+    assert_ne!(source.sql("SELECT count(*) FROM crm.contacts WHERE company_id IS NULL").trim(), "0");
+    // By default a row already there fails the restore, and nothing is written.
+    work.restore_with(&repo, &source, &["--rows", "crm.companies:id=7", "--with-related", "latest"])
+        .fails_with(1, "duplicate key");
+    assert_eq!(source.sql("SELECT count(*) FROM crm.companies WHERE id = 7").trim(), "0");
+    // update: the missing rows come back, the contacts get their company again.
+    let run = work
+        .restore_with(
+            &repo,
+            &source,
+            &["--json", "--rows", "crm.companies:id=7", "--with-related", "--on-conflict", "update", "latest"],
+        )
+        .ok()
+        .json();
+    let companies =
+        run["rows_chosen"].as_array().unwrap().iter().find(|t| t["table"] == "crm.companies").unwrap().clone();
+    assert_eq!(companies["inserted"], 1, "{run}");
+    assert_eq!(rows(&source, "(SELECT * FROM crm.deals WHERE company_id = 7)", "id"), deals_before);
+    let contacts_after = source
+        .sql("SELECT md5(string_agg(id || ':' || coalesce(company_id::text, '-'), ',' ORDER BY id)) FROM crm.contacts");
+    assert_eq!(contacts_after, contacts_before);
+
+    // A row the snapshot does not have is said.
+    work.restore_with(&repo, &source, &["--rows", "crm.companies:id=999", "--dry-run", "latest"])
+        .fails_with(1, "the snapshot has no row crm.companies:id=999");
+}

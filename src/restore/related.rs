@@ -1,0 +1,373 @@
+//! `restore --rows 'crm.companies:id=42' --with-related`: some rows of a snapshot, and with
+//! `--with-related` the rows linked to them by foreign keys: the rows that reference them,
+//! recursively (a company's contacts and deals, their activities), then every row those need
+//! (a deal's owner, a contact's company), recursively. Computed from the snapshot alone (the
+//! live rows may be the ones lost): each table concerned is read whole, proven (digest and
+//! row count), once per step of the walk.
+//!
+//! Foreign keys come from the snapshot's schema ([`postgres::part::foreign_keys`]); values are
+//! compared as COPY writes them, which is how a key and the key it references are written
+//! when their types are the same. A key with a NULL column references nothing (`MATCH
+//! SIMPLE`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::postgres::part::ForeignKey;
+use crate::postgres::script::TableName;
+use crate::postgres::{LoadSession, OnConflict};
+use crate::repo::{Manifest, TableManifest};
+
+use super::rows::{self, Lines};
+use super::streams::Streams;
+use super::{ExistingContents, RestoreOptions, RowsWritten};
+
+/// `--rows TABLE:COLUMN=VALUE`: the rows of a table whose column has a value (as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowsRoot {
+    /// `schema.table`, or a table name alone when one schema has it.
+    pub table: String,
+    /// The column.
+    pub column: String,
+    /// Its value, as text.
+    pub value: String,
+}
+
+impl std::str::FromStr for RowsRoot {
+    type Err = String;
+
+    /// `schema.table:column=value` (cut at the first `:`, then at the first `=`).
+    fn from_str(text: &str) -> std::result::Result<RowsRoot, String> {
+        let parsed = text.split_once(':').and_then(|(table, condition)| {
+            let (column, value) = condition.split_once('=')?;
+            (!table.is_empty() && !column.is_empty()).then(|| RowsRoot {
+                table: table.to_string(),
+                column: column.to_string(),
+                value: value.to_string(),
+            })
+        });
+        parsed.ok_or_else(|| format!("{text:?}: give TABLE:COLUMN=VALUE (crm.companies:id=42)"))
+    }
+}
+
+/// The rows chosen, per table (by the snapshot's names), as COPY text.
+#[derive(Debug, Default)]
+pub(super) struct Related {
+    /// Each table's rows, one COPY line each.
+    pub(super) rows: BTreeMap<TableName, Vec<Vec<u8>>>,
+    /// Tables read whole to find them (a table read at several steps counts each time).
+    pub(super) tables_read: usize,
+}
+
+impl Related {
+    /// A table's rows as one COPY stream.
+    pub(super) fn copy_text(&self, table: &TableName) -> Vec<u8> {
+        let mut text = Vec::new();
+        for line in self.rows.get(table).into_iter().flatten() {
+            text.extend_from_slice(line);
+            text.push(b'\n');
+        }
+        text
+    }
+}
+
+/// The table a `schema.table` (or a name alone) means in `manifest`.
+fn find<'m>(manifest: &'m Manifest, name: &str) -> Result<&'m TableManifest> {
+    let matching: Vec<&TableManifest> = manifest
+        .tables
+        .iter()
+        .filter(|t| format!("{}.{}", t.schema, t.name) == name || (!name.contains('.') && t.name == name))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one),
+        [] => Err(Error::Invalid(format!(
+            "the snapshot holds no data of a table {name} (`crmvault ls` lists its tables)"
+        ))),
+        _ => Err(Error::Invalid(format!("{name} names a table in several schemas: give schema.table"))),
+    }
+}
+
+fn name_of(table: &TableManifest) -> TableName {
+    TableName { schema: table.schema.clone(), name: table.name.clone() }
+}
+
+/// Rows of a table to find: those whose `columns` hold one of `values` (COPY text fields,
+/// joined by tabs).
+struct Wanted {
+    columns: Vec<usize>,
+    values: HashSet<Vec<u8>>,
+}
+
+/// The fields `at` of a row joined by tabs; `None` when one is NULL (it references nothing).
+fn key_of(line: &[u8], at: &[usize]) -> Option<Vec<u8>> {
+    let fields: Vec<&[u8]> = rows::fields(line).collect();
+    let mut key = Vec::new();
+    for (i, &column) in at.iter().enumerate() {
+        let field = *fields.get(column)?;
+        if field == b"\\N" {
+            return None;
+        }
+        if i > 0 {
+            key.push(b'\t');
+        }
+        key.extend_from_slice(field);
+    }
+    Some(key)
+}
+
+/// Where `names` are among a table's columns, if all are.
+fn positions(table: &TableManifest, names: &[String]) -> Option<Vec<usize>> {
+    names.iter().map(|name| table.columns.iter().position(|c| c == name)).collect()
+}
+
+/// Chooses the rows `roots` name, and with `with_related` the rows linked to them.
+pub(super) async fn closure(
+    streams: &Streams<'_>,
+    manifest: &Manifest,
+    keys: &[ForeignKey],
+    roots: &[RowsRoot],
+    with_related: bool,
+) -> Result<Related> {
+    let tables: HashMap<TableName, &TableManifest> = manifest.tables.iter().map(|t| (name_of(t), t)).collect();
+    let mut related = Related::default();
+    let mut chosen: HashMap<TableName, HashSet<Vec<u8>>> = HashMap::new();
+
+    // The roots.
+    let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
+    for root in roots {
+        let table = find(manifest, &root.table)?;
+        let column = table.columns.iter().position(|c| *c == root.column).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}.{} has no column {:?}; its columns: {}",
+                table.schema,
+                table.name,
+                root.column,
+                table.columns.join(", ")
+            ))
+        })?;
+        // The value as COPY would write it.
+        let value = copy_field(&root.value);
+        wanted
+            .entry(name_of(table))
+            .or_default()
+            .push(Wanted { columns: vec![column], values: HashSet::from([value]) });
+    }
+    let mut frontier = scan_all(streams, &tables, &wanted, &mut chosen, &mut related).await?;
+    if related.rows.values().all(Vec::is_empty) {
+        let asked: Vec<String> = roots.iter().map(|r| format!("{}:{}={}", r.table, r.column, r.value)).collect();
+        return Err(Error::Invalid(format!("the snapshot has no row {}", asked.join(", "))));
+    }
+    if !with_related {
+        return Ok(related);
+    }
+    // Rows that reference chosen rows, recursively.
+    while !frontier.is_empty() {
+        let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
+        for key in keys {
+            let Some(child) = tables.get(&key.table) else { continue };
+            let Some(columns) = positions(child, &key.columns) else { continue };
+            let mut values = HashSet::new();
+            for parent in &key.references {
+                let (Some(lines), Some(parent_table)) = (frontier.get(parent), tables.get(parent)) else { continue };
+                let Some(referenced) = positions(parent_table, &key.referenced) else { continue };
+                values.extend(lines.iter().filter_map(|line| key_of(line, &referenced)));
+            }
+            if !values.is_empty() {
+                wanted.entry(key.table.clone()).or_default().push(Wanted { columns, values });
+            }
+        }
+        frontier = scan_all(streams, &tables, &wanted, &mut chosen, &mut related).await?;
+    }
+    // Rows the chosen rows reference, recursively.
+    let mut frontier: HashMap<TableName, Vec<Vec<u8>>> = related.rows.clone().into_iter().collect();
+    while !frontier.is_empty() {
+        let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
+        for key in keys {
+            let (Some(lines), Some(child)) = (frontier.get(&key.table), tables.get(&key.table)) else { continue };
+            let Some(columns) = positions(child, &key.columns) else { continue };
+            let values: HashSet<Vec<u8>> = lines.iter().filter_map(|line| key_of(line, &columns)).collect();
+            if values.is_empty() {
+                continue;
+            }
+            for parent in &key.references {
+                let Some(parent_table) = tables.get(parent) else { continue };
+                let Some(referenced) = positions(parent_table, &key.referenced) else { continue };
+                wanted.entry(parent.clone()).or_default().push(Wanted { columns: referenced, values: values.clone() });
+            }
+        }
+        frontier = scan_all(streams, &tables, &wanted, &mut chosen, &mut related).await?;
+    }
+    Ok(related)
+}
+
+/// `--rows` into a database with live data, without `--schema-map`: the rows chosen are
+/// inserted into the live tables of the same names, parents before the rows that reference
+/// them, in one transaction (a row that fails fails them all). A row whose key is taken is
+/// `options.part.on_conflict`'s: the restore fails, or the live row stays, or takes the
+/// snapshot's values.
+pub(super) async fn into_live(
+    client: &LoadSession,
+    options: &RestoreOptions,
+    manifest: &Manifest,
+    related: &Related,
+    keys: &[ForeignKey],
+) -> Result<Vec<RowsWritten>> {
+    let database = options.database.to_string();
+    if options.existing == ExistingContents::Replace || options.parallel || options.part.data_only {
+        return Err(Error::Invalid(
+            "--rows into live tables is one transaction that adds rows: leave out --clean, --parallel and --data-only"
+                .into(),
+        ));
+    }
+    let involved: Vec<&TableManifest> =
+        manifest.tables.iter().filter(|t| related.rows.get(&name_of(t)).is_some_and(|rows| !rows.is_empty())).collect();
+    let wanted: Vec<(&str, &str, &[String])> =
+        involved.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
+    let missing = client.missing_tables(&wanted).await?;
+    if !missing.is_empty() {
+        return Err(Error::Invalid(format!(
+            "--rows writes into the live tables, and in {database}: {} (restore beside them with --schema-map)",
+            missing.join("; ")
+        )));
+    }
+    let on_conflict = options.part.on_conflict;
+    if on_conflict == OnConflict::Update
+        && let Some(table) = involved.iter().find(|t| t.primary_key.is_empty())
+    {
+        return Err(Error::Invalid(format!(
+            "--on-conflict update needs a primary key, and {}.{} has none in the snapshot",
+            table.schema, table.name
+        )));
+    }
+    // Parents first (a cycle of keys: in name order, and the server says if that fails).
+    let mut order: Vec<&TableManifest> = Vec::new();
+    let mut left: Vec<&TableManifest> = involved;
+    while !left.is_empty() {
+        let ready = left.iter().position(|table| {
+            let name = name_of(table);
+            keys.iter()
+                .filter(|key| key.table == name)
+                .flat_map(|key| &key.references)
+                .all(|parent| *parent == name || !left.iter().any(|other| name_of(other) == *parent))
+        });
+        order.push(left.remove(ready.unwrap_or(0)));
+    }
+    client.begin().await?;
+    let mut written = Vec::new();
+    for table in order {
+        let name = name_of(table);
+        let rows = related.rows[&name].len() as u64;
+        let (inserted, updated) = client.insert_rows(table, &related.copy_text(&name), on_conflict).await?;
+        written.push(RowsWritten {
+            table: format!("{}.{}", table.schema, table.name),
+            rows,
+            inserted: Some(inserted),
+            updated: Some(updated),
+            skipped: Some(rows - inserted - updated),
+        });
+    }
+    client.commit().await?;
+    Ok(written)
+}
+
+/// Reads each table of `wanted` whole (proven) and chooses the rows it wants that are not
+/// chosen yet; returns those, per table.
+async fn scan_all(
+    streams: &Streams<'_>,
+    tables: &HashMap<TableName, &TableManifest>,
+    wanted: &HashMap<TableName, Vec<Wanted>>,
+    chosen: &mut HashMap<TableName, HashSet<Vec<u8>>>,
+    related: &mut Related,
+) -> Result<HashMap<TableName, Vec<Vec<u8>>>> {
+    let mut found = HashMap::new();
+    let mut names: Vec<&TableName> = wanted.keys().collect();
+    names.sort();
+    for name in names {
+        let table = tables[name];
+        let conditions = &wanted[name];
+        let seen = chosen.entry(name.clone()).or_default();
+        let mut new = Vec::new();
+        scan(streams, table, |line| {
+            let matches =
+                conditions.iter().any(|w| key_of(line, &w.columns).is_some_and(|key| w.values.contains(&key)));
+            if matches && seen.insert(line.to_vec()) {
+                new.push(line.to_vec());
+            }
+        })
+        .await?;
+        related.tables_read += 1;
+        related.rows.entry(name.clone()).or_default().extend(new.iter().cloned());
+        if !new.is_empty() {
+            found.insert(name.clone(), new);
+        }
+    }
+    Ok(found)
+}
+
+/// Calls `row` for every row of a table, then checks its digest and row count.
+async fn scan(streams: &Streams<'_>, table: &TableManifest, mut row: impl FnMut(&[u8])) -> Result<()> {
+    let label = format!("{}.{}", table.schema, table.name);
+    let mut digest = streams.mac_key.hasher();
+    let mut lines = Lines::default();
+    let mut count = 0u64;
+    let chunks = streams.chunks(&table.data);
+    futures::pin_mut!(chunks);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        digest.update(&chunk);
+        lines
+            .feed(&chunk, |line| {
+                count += 1;
+                row(line);
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .expect("infallible");
+    }
+    lines
+        .finish(|line| {
+            count += 1;
+            row(line);
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .expect("infallible");
+    super::check_digest(&label, &table.data, &digest)?;
+    if count != table.rows {
+        return Err(Error::RestoreMismatch {
+            table: label,
+            detail: format!("read {count} rows, the snapshot has {}", table.rows),
+        });
+    }
+    Ok(())
+}
+
+/// A value as a COPY text field (backslash, tab, line breaks escaped).
+fn copy_field(value: &str) -> Vec<u8> {
+    let mut field = Vec::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'\\' => field.extend_from_slice(b"\\\\"),
+            b'\t' => field.extend_from_slice(b"\\t"),
+            b'\n' => field.extend_from_slice(b"\\n"),
+            b'\r' => field.extend_from_slice(b"\\r"),
+            other => field.push(other),
+        }
+    }
+    field
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_parse_and_values_are_written_as_copy_writes_them() {
+        let root: RowsRoot = "crm.companies:id=42".parse().unwrap();
+        assert_eq!(root, RowsRoot { table: "crm.companies".into(), column: "id".into(), value: "42".into() });
+        assert!("crm.companies".parse::<RowsRoot>().is_err() && ":id=1".parse::<RowsRoot>().is_err());
+        assert_eq!(copy_field("a\tb\\c\nd"), b"a\\tb\\\\c\\nd");
+        assert_eq!(key_of(b"1\t\\N\tx", &[0, 2]), Some(b"1\tx".to_vec()));
+        assert_eq!(key_of(b"1\t\\N\tx", &[1]), None, "a NULL references nothing");
+    }
+}
