@@ -192,7 +192,7 @@ fn closure_by_sql(db: &TestDb, company: i64) -> std::collections::BTreeMap<Strin
     let ids = |sql: String| -> BTreeSet<i64> {
         db.sql(&sql).lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect()
     };
-    let list = |set: &BTreeSet<i64>| set.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let list = |set: &BTreeSet<i64>| set.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let mut chosen: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
     chosen.insert("crm.companies".into(), BTreeSet::from([company]));
     let mut frontier = chosen.clone();
