@@ -252,7 +252,7 @@ fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap() as usize))
+        .map(|t| (t["table"].as_str().unwrap().to_string(), usize::try_from(t["rows"].as_u64().unwrap()).unwrap()))
         .collect();
     let expected_counts: std::collections::BTreeMap<String, usize> =
         expected.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
