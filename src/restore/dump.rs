@@ -81,34 +81,7 @@ pub async fn run(
         index_in_memory: crate::repo::INDEX_IN_MEMORY,
     };
     let (mut manifest, sources, mark) = choose_snapshot(targets, keyring, choice, &mut warnings).await?;
-    let (schema, name) = match options.table.split_once('.') {
-        Some((schema, name)) => (Some(schema), name),
-        None => (None, options.table.as_str()),
-    };
-    let matching: Vec<usize> = manifest
-        .tables
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.name == name && schema.is_none_or(|schema| t.schema == schema))
-        .map(|(i, _)| i)
-        .collect();
-    let index = match matching.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(Error::Invalid(format!(
-                "snapshot {} holds no data of a table {} (`crmvault ls` lists its tables)",
-                mark.id.short(),
-                options.table
-            )));
-        }
-        _ => {
-            return Err(Error::Invalid(format!(
-                "{} names a table in several schemas of snapshot {}: give schema.table",
-                options.table,
-                mark.id.short()
-            )));
-        }
-    };
+    let index = super::select::table_named(&manifest, &options.table)?;
     // Only this table's chunks are read.
     let table = manifest.tables.swap_remove(index);
     manifest.tables = vec![table];
@@ -278,6 +251,11 @@ impl<'c> RowWriter<'c> {
             return Ok(());
         }
         self.written += 1;
+        // A table without columns: each row is nothing (an empty line, an empty object).
+        if self.columns.is_empty() {
+            let empty = if self.format == DumpFormat::Json { "{}" } else { "" };
+            return writeln!(out, "{empty}").map_err(write_error);
+        }
         if self.format == DumpFormat::Copy {
             out.write_all(line).and_then(|()| out.write_all(b"\n")).map_err(write_error)?;
             return Ok(());

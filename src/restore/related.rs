@@ -73,22 +73,6 @@ impl Related {
     }
 }
 
-/// The table a `schema.table` (or a name alone) means in `manifest`.
-fn find<'m>(manifest: &'m Manifest, name: &str) -> Result<&'m TableManifest> {
-    let matching: Vec<&TableManifest> = manifest
-        .tables
-        .iter()
-        .filter(|t| format!("{}.{}", t.schema, t.name) == name || (!name.contains('.') && t.name == name))
-        .collect();
-    match matching.as_slice() {
-        [one] => Ok(one),
-        [] => Err(Error::Invalid(format!(
-            "the snapshot holds no data of a table {name} (`crmvault ls` lists its tables)"
-        ))),
-        _ => Err(Error::Invalid(format!("{name} names a table in several schemas: give schema.table"))),
-    }
-}
-
 fn name_of(table: &TableManifest) -> TableName {
     TableName { schema: table.schema.clone(), name: table.name.clone() }
 }
@@ -137,7 +121,7 @@ pub(super) async fn closure(
     // The roots.
     let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
     for root in roots {
-        let table = find(manifest, &root.table)?;
+        let table = &manifest.tables[super::select::table_named(manifest, &root.table)?];
         let column = table.columns.iter().position(|c| *c == root.column).ok_or_else(|| {
             Error::Invalid(format!(
                 "{}.{} has no column {:?}; its columns: {}",

@@ -84,3 +84,25 @@ pub(super) async fn choose_snapshot(
     }
     Err(first_error.unwrap_or_else(|| Error::SnapshotNotFound("no snapshot to restore".into())))
 }
+
+/// The table of `manifest` that `name` means: `schema.table` as written (dots and all, no
+/// quoting), or a table name alone when one schema has it. Its index in `manifest.tables`.
+pub(super) fn table_named(manifest: &Manifest, name: &str) -> Result<usize> {
+    let qualified: Vec<usize> = (0..manifest.tables.len())
+        .filter(|&i| format!("{}.{}", manifest.tables[i].schema, manifest.tables[i].name) == name)
+        .collect();
+    let matching = if qualified.is_empty() {
+        (0..manifest.tables.len()).filter(|&i| manifest.tables[i].name == name).collect()
+    } else {
+        qualified
+    };
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Error::Invalid(format!(
+            "the snapshot holds no data of a table {name} (`crmvault ls` lists its tables)"
+        ))),
+        _ => Err(Error::Invalid(format!(
+            "{name} names a table in several schemas (or a schema and a table with dots in them): give schema.table"
+        ))),
+    }
+}

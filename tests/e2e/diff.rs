@@ -18,6 +18,12 @@ CREATE TABLE public.longrows (id int PRIMARY KEY, doc text);
 INSERT INTO public.longrows SELECT g, (SELECT string_agg(md5(g || '-' || i), '') FROM generate_series(1, 3000) i) FROM generate_series(1, 5) g;
 CREATE TABLE public.gone (id int PRIMARY KEY);
 INSERT INTO public.gone VALUES (1), (2), (3);
+CREATE SCHEMA "dotted.s";
+CREATE TABLE "dotted.s"."t.x" (id int PRIMARY KEY);
+INSERT INTO "dotted.s"."t.x" VALUES (1), (2);
+CREATE TABLE public.no_columns ();
+INSERT INTO public.no_columns DEFAULT VALUES;
+INSERT INTO public.no_columns DEFAULT VALUES;
 "#;
 
 const CHANGES: &str = r#"
@@ -175,6 +181,11 @@ fn dump_where_and_key_write_exactly_the_rows_asked_for() {
     let tab = rows(dump(weird, &["--where", "tenant=2", "--where", "body=tab\there"]));
     assert_eq!(tab, vec![json!({"tenant": "2", "select": "a", "body": "tab\there"})]);
     assert!(rows(dump(weird, &["--where", "tenant=9"])).is_empty());
+
+    // Names with dots are taken as written; a table without columns has empty rows.
+    assert_eq!(rows(dump("dotted.s.t.x", &[])), vec![json!({"id": "1"}), json!({"id": "2"})]);
+    let empty = work.run(&["dump", "--repo", &repo, "--identity", &key, "--table", "public.no_columns"]).ok().stdout;
+    assert_eq!(empty, "\n\n\n", "a header naming no column, then two rows of nothing");
 
     // Mistakes are one line each, before anything is written.
     dump(weird, &["--key", "1"]).fails_with(1, "primary key has several columns (tenant, select)");
