@@ -60,7 +60,7 @@ echo "== two nights" >&2
 export CRMVAULT_CONFIG_DIR=$work/crmvault-config
 recipient=$("$crmvault" keygen -o "$work/admin.key" 2>/dev/null)
 "$crmvault" init --repo "$work/repo" --recipient "$recipient" >/dev/null
-id_of() { sed -n 's/.*"snapshot_id": "\([0-9a-f]*\)".*/\1/p' "$1"; }
+id_of() { sed -n 's/.*"snapshot_id": *"\([0-9a-f]*\)".*/\1/p' "$1"; }
 "$crmvault" backup --json --db "$server/$db" --repo "$work/repo" >"$work/night1.json"
 pg_dump -Fc -d "$server/$db" -f "$work/night1.dump"
 psql -X -q -1 -v ON_ERROR_STOP=1 -d "$server/$db" -v day=1 -f bench/crm_day.sql >/dev/null

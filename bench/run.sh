@@ -127,7 +127,7 @@ measure crmvault_unchanged "$crmvault" backup --json --db "$server/$db" --repo "
 crmvault_unchanged=$(( $(repo_size) - before ))
 
 echo "== restore" >&2
-full_id=$(sed -n 's/.*"snapshot_id": "\([0-9a-f]*\)".*/\1/p' "$work/full.json")
+full_id=$(sed -n 's/.*"snapshot_id": *"\([0-9a-f]*\)".*/\1/p' "$work/full.json")
 # restore_once NAME COMMAND...: COMMAND into a new empty database, measured. Each restore
 # writes about as much WAL as it loads: start each from a fresh checkpoint so that none pays
 # for the one before it.

@@ -207,6 +207,12 @@ impl LoadSession {
         Ok((inserted, written.len() as u64 - inserted))
     }
 
+    /// Whether the session's role is a superuser.
+    pub async fn is_superuser(&self) -> Result<bool> {
+        let sql = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
+        Ok(self.client.query_one(sql, &[]).await?.get(0))
+    }
+
     /// Which of `schemas` the database has.
     pub async fn existing_schemas(&self, schemas: &[&str]) -> Result<Vec<String>> {
         let rows = self

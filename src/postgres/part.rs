@@ -97,14 +97,66 @@ struct Facts {
     /// a publication and the tables it publishes, a subscription, an event trigger, a role, a
     /// server, a foreign data wrapper, a user mapping, a language).
     global: bool,
-    /// The first `schema.name` it names: the object a statement acts on (`GRANT … ON FUNCTION
-    /// crm.f()`, `COMMENT ON TYPE crm.t`, `CREATE FUNCTION crm.f()`).
-    first: Option<TableName>,
+    /// Per statement (but `SET`, `RESET` and `SELECT pg_catalog.set_config(…)`): the schema of
+    /// the object it acts on, the first it names (`CREATE FUNCTION app.f(c crm.t)`: `app`;
+    /// `GRANT … ON SCHEMA crm`: `crm`; `CREATE OPERATOR app.### (…)`: `app`), if it names one.
+    statements: Vec<Option<String>>,
+}
+
+/// Characters of an operator's name.
+const OPERATOR_CHARS: &str = "+-*/<>=~!@#%^&|`?";
+
+/// The schema of the first object a statement names: a qualified name or operator, or the
+/// name after `SCHEMA` in `CREATE SCHEMA`, `ON SCHEMA`, `IN SCHEMA`, `ALTER SCHEMA`.
+fn statement_schema(tokens: &[Token<'_>]) -> Option<String> {
+    for at in 0..tokens.len() {
+        if at > 0 && tokens[at - 1].is_punct('.') {
+            continue;
+        }
+        if is_word(tokens.get(at), "schema")
+            && at > 0
+            && ["create", "on", "in", "alter", "with"].iter().any(|w| is_word(tokens.get(at - 1), w))
+        {
+            let exists = is_word(tokens.get(at + 1), "if") && is_word(tokens.get(at + 2), "not");
+            let name_at = if exists { at + 4 } else { at + 1 };
+            if let Some(name) = tokens.get(name_at).and_then(name_of) {
+                return Some(name);
+            }
+        }
+        let Some(schema) = tokens.get(at).and_then(name_of) else { continue };
+        if !tokens.get(at + 1).is_some_and(|t| t.is_punct('.')) {
+            continue;
+        }
+        let named = tokens.get(at + 2).is_some_and(|t| {
+            name_of(t).is_some() || (t.kind == Kind::Punct && t.text.chars().all(|c| OPERATOR_CHARS.contains(c)))
+        });
+        if named {
+            return Some(schema);
+        }
+    }
+    None
+}
+
+/// Whether a statement only sets the session up (`SET`, `RESET`, `SELECT
+/// pg_catalog.set_config(…)`).
+fn neutral(tokens: &[Token<'_>]) -> bool {
+    let word = |at: usize, w: &str| is_word(tokens.get(at), w);
+    word(0, "set")
+        || word(0, "reset")
+        || (word(0, "select")
+            && word(1, "pg_catalog")
+            && word(3, "set_config")
+            && tokens.get(2).is_some_and(|t| t.is_punct('.')))
 }
 
 /// What follows `CREATE`/`ALTER` (`[OR REPLACE]`) in a statement on an object of the whole
 /// database or server.
-const GLOBAL: [&str; 12] = [
+const GLOBAL: [&str; 17] = [
+    "cast",
+    "transform",
+    "access",
+    "trusted",
+    "procedural",
     "extension",
     "publication",
     "subscription",
@@ -156,12 +208,16 @@ fn facts(sql: &str) -> Facts {
     let tokens: Vec<Token<'_>> =
         Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect();
     let mut facts = Facts::default();
+    for statement in tokens.split(|t| t.is_punct(';')).filter(|statement| !statement.is_empty()) {
+        if !neutral(statement) {
+            facts.statements.push(statement_schema(statement));
+        }
+    }
     let word = |at: usize, w: &str| is_word(tokens.get(at), w);
     for at in 0..tokens.len() {
         if let Some(name) = qualified_at(&tokens, at)
             && !(at > 0 && tokens[at - 1].is_punct('.'))
         {
-            facts.first.get_or_insert_with(|| name.clone());
             facts.names.insert(name);
         }
         if word(at, "schema") && (at == 0 || !tokens[at - 1].is_punct('.')) {
@@ -377,9 +433,16 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         None => kept.contains(name),
     };
     let keep = |kind: &str, facts: &Facts| -> bool {
-        // A database's or server's object is not made beside live data: it would change the
-        // live database's (a publication that gains the side tables, say).
-        if spec.beside_live_data && facts.global {
+        // Beside live data, an entry runs only if every statement acts on an object of a
+        // renamed schema, decided from the statement, never the header (a name or an owner can
+        // make a header say any schema): `CREATE FUNCTION app.f(c crm.t)` or `ALTER DOMAIN
+        // app.d …` would make or change a live object. A database's or server's object (a
+        // publication that would gain the side tables, say) is never made.
+        if spec.beside_live_data
+            && (facts.global
+                || facts.statements.is_empty()
+                || !facts.statements.iter().all(|schema| in_scope(schema.as_deref())))
+        {
             return false;
         }
         if let Some((name, _)) = &facts.creates {
@@ -392,13 +455,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         if facts.extension || kind == "EXTENSION" {
             return !spec.beside_live_data;
         }
-        if !spec.beside_live_data {
-            return true;
-        }
-        // Beside live data, what the statement itself acts on decides, never the header (a
-        // name or an owner can make a header say any schema).
-        let schema = facts.schema.clone().or_else(|| facts.first.as_ref().map(|name| name.schema.clone()));
-        in_scope(schema.as_deref())
+        true
     };
     let mut part = Part::default();
     let mut created_schemas = HashSet::new();
@@ -579,7 +636,9 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
             }
             Kind::Literal if token.text.starts_with('\'') => {
                 let cast = significant.get(k + 1..k + 4).is_some_and(|rest| {
-                    all[rest[0]].is_punct(':') && all[rest[1]].is_punct(':') && is_word(Some(&all[rest[2]]), "regclass")
+                    all[rest[0]].is_punct(':')
+                        && all[rest[1]].is_punct(':')
+                        && OBJECT_NAME_TYPES.iter().any(|t| is_word(Some(&all[rest[2]]), t))
                 });
                 if cast { renamed_regclass(token.text, map) } else { None }
             }
@@ -595,10 +654,29 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
     out
 }
 
-/// `'schema.name'` (a regclass literal) with its schema renamed, if `map` renames it.
+/// The types whose literals name an object by its qualified name (`'crm.seq'::regclass`).
+const OBJECT_NAME_TYPES: [&str; 10] = [
+    "regclass",
+    "regproc",
+    "regprocedure",
+    "regtype",
+    "regoper",
+    "regoperator",
+    "regconfig",
+    "regdictionary",
+    "regcollation",
+    "regnamespace",
+];
+
+/// `'schema.name'` (an object name literal) with its schema renamed, if `map` renames it;
+/// `'schema'` (a regnamespace) too.
 fn renamed_regclass(literal: &str, map: &[(String, String)]) -> Option<String> {
     let text = literal[1..literal.len() - 1].replace("''", "'");
     let tokens: Vec<Token<'_>> = Lexer::new(&text).collect();
+    if tokens.len() == 1 {
+        let to = renamed(map, &name_of(&tokens[0])?)?;
+        return Some(format!("'{}'", quote_ident(to).replace('\'', "''")));
+    }
     if tokens.len() < 3 || !tokens[1].is_punct('.') {
         return None;
     }
@@ -749,6 +827,26 @@ mod tests {
         let map = [("crm".to_string(), "crm_old".to_string())];
         let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
         assert!(!part.pre_data.contains("evil") && !part.pre_data.contains("PUBLICATION"), "{}", part.pre_data);
+        // Objects of a schema not renamed that name a side object are not made, nor changed.
+        let reaching = [
+            entry("fmt(crm.deals)", "FUNCTION", "app", "CREATE FUNCTION app.fmt(d crm.deals) RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$;"),
+            entry("###", "OPERATOR", "app", "CREATE OPERATOR app.### (FUNCTION = crm.f, LEFTARG = integer, RIGHTARG = integer);"),
+            entry("d d_chk", "CHECK CONSTRAINT", "app", "ALTER DOMAIN app.d\n    ADD CONSTRAINT d_chk CHECK (((VALUE)::crm.deals IS NOT NULL)) NOT VALID;"),
+            entry("notes", "TABLE", "crm", "CREATE TABLE crm.notes (\n    id integer,\n    f regproc DEFAULT 'crm.f'::regproc,\n    s regnamespace DEFAULT 'crm'::regnamespace\n);"),
+        ]
+        .concat();
+        let pre_reaching = format!("{}{reaching}", self::pre());
+        let wanted_notes = self::wanted(&["crm.deals", "crm.notes"]);
+        let part =
+            select(&pre_reaching, &post(), &Spec { wanted: &wanted_notes, schema_map: &map, beside_live_data: true });
+        for live in ["app.fmt", "app.###", "ALTER DOMAIN"] {
+            assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
+        }
+        assert!(
+            part.pre_data.contains("'\"crm_old\".f'::regproc") && part.pre_data.contains("'\"crm_old\"'::regnamespace"),
+            "{}",
+            part.pre_data
+        );
         assert!(part.pre_data.contains("CREATE FUNCTION \"crm_old\".f()"));
         // Into an empty database both are the snapshot's own.
         let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });

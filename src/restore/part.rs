@@ -6,9 +6,9 @@
 //! or nothing.
 
 use crate::error::{Error, Result};
-use crate::postgres::LoadSession;
 use crate::postgres::part::{self as schema_part, Spec, renamed};
 use crate::postgres::script::TableName;
+use crate::postgres::{self, LoadSession};
 use crate::repo::Manifest;
 use crate::table_filter::TableFilter;
 
@@ -48,6 +48,15 @@ pub(super) async fn choose(
         note("large objects are restored only with the whole snapshot: left out".into());
     }
 
+    if contents.is_some() && client.is_superuser().await? {
+        note(
+            "restoring beside live data as a superuser: the snapshot's functions that run while rows load (check \
+             constraints, domain checks, defaults, and with --data-only the live tables' triggers) run with every \
+             right on this server; a source user who can create functions can act as you. Restore as the \
+             tables' owner or a role without superuser where you can"
+                .into(),
+        );
+    }
     if part.data_only {
         let Some(_) = contents else {
             return Err(Error::Invalid(format!(
@@ -58,6 +67,24 @@ pub(super) async fn choose(
         manifest.tables.retain(|t| filter.matches(&t.schema, &t.name));
         let names: Vec<String> = manifest.tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
         check_patterns(&filter, &names)?;
+        check_map(map, manifest.tables.iter().map(|t| t.schema.as_str()))?;
+        // With --schema-map, every table goes under a new name: one that did not would load
+        // into the live table of its name.
+        if !map.is_empty() {
+            let unmapped: Vec<&str> = names
+                .iter()
+                .zip(&manifest.tables)
+                .filter(|(_, t)| renamed(map, &t.schema).is_none())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if !unmapped.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{} would load into the live table of that name: its schema is not renamed; add --schema-map \
+                     for it, or choose tables with --table",
+                    unmapped.join(", ")
+                )));
+            }
+        }
         rename_tables(manifest, map);
         let wanted: Vec<(&str, &str, &[String])> =
             manifest.tables.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
@@ -112,9 +139,23 @@ pub(super) async fn choose(
             )));
         }
     }
+    check_map(map, selected.relations.iter().map(|t| t.schema.as_str()))?;
     for left_out in &selected.left_out {
         note(format!("not restored: {left_out}"));
     }
+    // Beside live data the side objects are the admin's: owned by the restoring role, with
+    // none of the snapshot's grants (a role whose access was revoked since, or a source user
+    // who owned them, must not reach the copy the admin compares and copies back from).
+    let (pre_data, post_data) = if beside_live_data {
+        note("beside live data, the restored objects belong to you and carry none of the snapshot's grants".into());
+        let leave_out = postgres::script::LeaveOut { owners: true, privileges: true };
+        (
+            postgres::script::without(&selected.pre_data, leave_out),
+            postgres::script::without(&selected.post_data, leave_out),
+        )
+    } else {
+        (selected.pre_data.clone(), selected.post_data.clone())
+    };
     manifest.tables.retain(|t| selected.makes(&t.schema, &t.name));
     manifest.sequences.retain(|s| selected.makes(&s.schema, &s.name));
     manifest.materialized_views.retain(|(schema, name)| selected.makes(schema, name));
@@ -123,7 +164,21 @@ pub(super) async fn choose(
     }
     rename_tables(manifest, map);
     tracing::debug!(tables = manifest.tables.len(), "part of the snapshot chosen");
-    Ok((selected.pre_data, selected.post_data))
+    Ok((pre_data, post_data))
+}
+
+/// Refuses a `--schema-map FROM` that names no schema of a table restored: a typo (`CRM` for
+/// `crm`) would otherwise leave the tables under their live names.
+fn check_map<'s>(map: &[(String, String)], schemas: impl Iterator<Item = &'s str>) -> Result<()> {
+    let schemas: std::collections::HashSet<&str> = schemas.collect();
+    let unknown: Vec<&str> = map.iter().map(|(from, _)| from.as_str()).filter(|from| !schemas.contains(from)).collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--schema-map names schema {}, which no table restored is in (names as the catalog has them: `crmvault ls`)",
+        unknown.join(", ")
+    )))
 }
 
 /// Refuses include patterns that match none of `names`: a typo would restore nothing.

@@ -27,6 +27,13 @@ fn exists(db: &TestDb, relation: &str) -> bool {
 }
 
 const WEIRD_SETUP: &str = r#"
+DO $$ BEGIN CREATE ROLE part_side_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+GRANT USAGE ON SCHEMA crm TO part_side_reader;
+GRANT SELECT ON crm.contacts TO part_side_reader;
+CREATE SCHEMA app;
+CREATE FUNCTION app.shown(c crm.contacts) RETURNS text LANGUAGE sql AS $$ SELECT c.email $$;
+CREATE DOMAIN app.d AS text;
+ALTER DOMAIN app.d ADD CONSTRAINT d_chk CHECK ((VALUE)::crm.companies IS NOT NULL) NOT VALID;
 CREATE SCHEMA "we""ird sch";
 CREATE TABLE "we""ird sch"."x""; DROP TABLE y; --" (id serial PRIMARY KEY, "select" text UNIQUE, body text);
 INSERT INTO "we""ird sch"."x""; DROP TABLE y; --" ("select", body) VALUES ('a', 'one'), ('b', E'two\nlines');
@@ -92,6 +99,10 @@ fn a_side_schema_holds_the_snapshots_rows_beside_the_untouched_live_ones() {
 
     let side = "crm_restored_20261128";
     let map = format!("crm={side}");
+    // The live objects of another schema that name the tables are left alone (were they made
+    // again, the restore would fail on them; were the domain's check added again, a live
+    // object would change).
+    source.sql("DROP FUNCTION app.shown(crm.contacts); ALTER DOMAIN app.d DROP CONSTRAINT d_chk");
     let run = work
         .restore_with(
             &repo,
@@ -99,6 +110,12 @@ fn a_side_schema_holds_the_snapshots_rows_beside_the_untouched_live_ones() {
             &["--table", "crm.contacts", "--table", "crm.companies", "--schema-map", &map, "latest"],
         )
         .ok();
+    assert_eq!(source.sql("SELECT count(*) FROM pg_proc WHERE proname = 'shown'").trim(), "0", "{}", run.stderr);
+    assert_eq!(source.sql("SELECT count(*) FROM pg_constraint WHERE conname = 'd_chk'").trim(), "0");
+    assert!(run.stderr.contains("as a superuser"), "the superuser is warned: {}", run.stderr);
+    // The side copy carries none of the snapshot's grants.
+    let granted = format!("SELECT has_table_privilege('part_side_reader', '{side}.contacts', 'SELECT')");
+    assert_eq!(source.sql(&granted).trim(), "f");
     assert_eq!(rows(&source, &format!("{side}.contacts"), "id"), before, "{}", run.stderr);
     assert_eq!(rows(&source, "crm.contacts", "id"), live, "the live table is untouched");
     // Its own constraints, pointing into the side schema; its own sequence.
@@ -164,6 +181,17 @@ fn data_only_loads_rows_into_existing_tables_all_or_nothing() {
     target.sql("DROP TABLE crm.audit_log");
     work.restore_with(&repo, &target, &["--data-only", "--table", "crm.audit_log", "latest"])
         .fails_with(1, "crm.audit_log does not exist");
+    // A --schema-map that names no schema of the tables (a typo) would load into the live
+    // tables: refused.
+    target.sql("CREATE SCHEMA side; CREATE TABLE side.activities (LIKE crm.activities)");
+    let live = rows(&target, "crm.activities", "id");
+    let data_only = |map: &str| {
+        work.restore_with(&repo, &target, &["--data-only", "--table", "crm.activities", "--schema-map", map, "latest"])
+    };
+    data_only("CRM=side").fails_with(1, "names schema CRM, which no table restored is in");
+    data_only("crm=side").ok();
+    assert_eq!(rows(&target, "crm.activities", "id"), live, "the live table is untouched");
+    assert_eq!(rows(&target, "side.activities", "id"), rows(&source, "crm.activities", "id"));
     let empty = TestDb::create("part_data_empty");
     work.restore_with(&repo, &empty, &["--data-only", "latest"])
         .fails_with(1, "is empty: --data-only loads rows into existing tables");
