@@ -607,6 +607,27 @@ pub fn foreign_keys(pre_data: &str, post_data: &str) -> Vec<ForeignKey> {
     expanded
 }
 
+/// The materialized views a script refreshes itself (`REFRESH MATERIALIZED VIEW schema.name`:
+/// pg_dump's post-data section fills the views that held data).
+pub fn refreshed_views(script_text: &str) -> HashSet<TableName> {
+    let tokens: Vec<Token<'_>> = Lexer::new(script_text)
+        .filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment))
+        .collect();
+    let mut views = HashSet::new();
+    for at in 0..tokens.len() {
+        let statement_start = at == 0 || tokens[at - 1].is_punct(';');
+        if statement_start
+            && is_word(tokens.get(at), "refresh")
+            && is_word(tokens.get(at + 1), "materialized")
+            && is_word(tokens.get(at + 2), "view")
+            && let Some(view) = qualified_after(&tokens, at + 3, &["concurrently"])
+        {
+            views.insert(view);
+        }
+    }
+    views
+}
+
 /// `sql` with every schema of `map` renamed where it is named.
 pub fn rename(sql: &str, map: &[(String, String)]) -> String {
     if map.is_empty() {
@@ -879,6 +900,19 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_views_a_script_refreshes_are_found_in_its_statements() {
+        let post = entry("v", "MATERIALIZED VIEW DATA", "crm", "REFRESH MATERIALIZED VIEW \"we\"\"ird\".v;")
+            + &entry(
+                "w",
+                "COMMENT",
+                "crm",
+                "COMMENT ON MATERIALIZED VIEW crm.w IS 'REFRESH MATERIALIZED VIEW crm.x;';",
+            );
+        let views = refreshed_views(&post);
+        assert_eq!(views, HashSet::from([TableName { schema: "we\"ird".into(), name: "v".into() }]));
     }
 
     #[test]

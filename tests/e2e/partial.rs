@@ -342,3 +342,18 @@ fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_
     work.restore_with(&repo, &source, &["--rows", "crm.companies:id=999", "--dry-run", "latest"])
         .fails_with(1, "the snapshot has no row crm.companies:id=999");
 }
+
+#[test]
+fn a_restore_refreshes_each_materialized_view_once() {
+    let setup = "CREATE TABLE public.refreshes (at serial PRIMARY KEY); \
+         CREATE FUNCTION public.counted() RETURNS int LANGUAGE plpgsql AS $$ BEGIN INSERT INTO public.refreshes DEFAULT VALUES; RETURN 1; END $$; \
+         CREATE MATERIALIZED VIEW public.counted_view AS SELECT public.counted() AS one; \
+         TRUNCATE public.refreshes";
+    let Ready { work, repo, .. } = Scenario::new("part_refresh").sql(setup).init("repo").backup();
+    for options in [&["latest"][..], &["--parallel", "latest"]] {
+        let target = TestDb::create("part_refresh_target");
+        work.restore_with(&repo, &target, options).ok();
+        assert_eq!(target.sql("SELECT count(*) FROM public.refreshes").trim(), "1", "{options:?}");
+        assert_eq!(target.sql("SELECT one FROM public.counted_view").trim(), "1");
+    }
+}
