@@ -75,7 +75,9 @@ echo "== measuring" >&2
 fresh crmvault_incident_full
 measure full_restore "$crmvault" restore "${admin[@]}" --parallel --jobs 2 --db "$server/crmvault_incident_full" "$night1"
 fresh crmvault_incident_pg_restore
-measure pg_restore_table pg_restore -d "$server/crmvault_incident_pg_restore" -t users "$work/night1.dump"
+# pg_restore -t makes the table, not its schema.
+sql crmvault_incident_pg_restore "CREATE SCHEMA crm"
+measure pg_restore_table pg_restore -d "$server/crmvault_incident_pg_restore" -n crm -t users "$work/night1.dump"
 measure dump_table bash -c "'$crmvault' dump ${admin[*]} --table $small --format csv $night1 >/dev/null"
 fresh crmvault_incident_table
 measure restore_table "$crmvault" restore "${admin[@]}" --db "$server/crmvault_incident_table" --table "$small" "$night1"

@@ -176,7 +176,15 @@ impl LoadSession {
         sink.as_mut().finish().await?;
         let conflict = match on_conflict {
             OnConflict::Fail => String::new(),
+            // On the key only: a row that breaks another unique constraint is an error, not
+            // a row "left as it was".
+            OnConflict::Skip if !table.primary_key.is_empty() => {
+                let key: Vec<String> = table.primary_key.iter().map(|c| quote_ident(c)).collect();
+                format!(" ON CONFLICT ({}) DO NOTHING", key.join(", "))
+            }
             OnConflict::Skip => " ON CONFLICT DO NOTHING".to_string(),
+            // A table without a key cannot tell a row already there: its rows are inserted.
+            OnConflict::Update if table.primary_key.is_empty() => String::new(),
             OnConflict::Update => {
                 let key: Vec<String> = table.primary_key.iter().map(|c| quote_ident(c)).collect();
                 let set: Vec<String> = table
@@ -205,6 +213,12 @@ impl LoadSession {
         self.client.batch_execute("DROP TABLE crmvault_rows").await?;
         let inserted = written.iter().filter(|row| row.get::<_, bool>(0)).count() as u64;
         Ok((inserted, written.len() as u64 - inserted))
+    }
+
+    /// Defers the deferrable constraints of the caller's transaction to its commit.
+    pub async fn defer_constraints(&self) -> Result<()> {
+        self.client.batch_execute("SET CONSTRAINTS ALL DEFERRED").await?;
+        Ok(())
     }
 
     /// Whether the session's role is a superuser.

@@ -101,7 +101,15 @@ struct Facts {
     /// the object it acts on, the first it names (`CREATE FUNCTION app.f(c crm.t)`: `app`;
     /// `GRANT … ON SCHEMA crm`: `crm`; `CREATE OPERATOR app.### (…)`: `app`), if it names one.
     statements: Vec<Option<String>>,
+    /// The schemas of objects a statement reaches beyond its own, which making it would change
+    /// (a foreign key's table gains triggers, a parent gains a child, an operator its
+    /// commutator or negator, a family its members): `REFERENCES`, `INHERITS`, `PARTITION OF`,
+    /// `ATTACH PARTITION`, `COMMUTATOR`, `NEGATOR`, `FAMILY`.
+    reaches: Vec<String>,
 }
+
+/// The words after which a statement names an object it changes by being made.
+const REACHING: [&str; 6] = ["references", "inherits", "of", "commutator", "negator", "family"];
 
 /// Characters of an operator's name.
 const OPERATOR_CHARS: &str = "+-*/<>=~!@#%^&|`?";
@@ -137,16 +145,47 @@ fn statement_schema(tokens: &[Token<'_>]) -> Option<String> {
     None
 }
 
-/// Whether a statement only sets the session up (`SET`, `RESET`, `SELECT
-/// pg_catalog.set_config(…)`).
+/// Whether a statement only sets the session up: `SET`, `RESET`, or `SELECT
+/// pg_catalog.set_config(…)` with constant arguments (not one that calls a function).
 fn neutral(tokens: &[Token<'_>]) -> bool {
     let word = |at: usize, w: &str| is_word(tokens.get(at), w);
+    let constant = |t: &Token<'_>| {
+        t.kind == Kind::Literal
+            || t.is_punct(',')
+            || t.is_punct('(')
+            || t.is_punct(')')
+            || is_word(Some(t), "false")
+            || is_word(Some(t), "true")
+    };
     word(0, "set")
         || word(0, "reset")
         || (word(0, "select")
             && word(1, "pg_catalog")
             && word(3, "set_config")
-            && tokens.get(2).is_some_and(|t| t.is_punct('.')))
+            && tokens.get(2).is_some_and(|t| t.is_punct('.'))
+            && tokens.get(4..).is_some_and(|rest| rest.iter().all(constant)))
+}
+
+/// A script's statements: cut at `;`, but not inside a function's `BEGIN ATOMIC … END` body.
+fn statements<'t, 'a>(tokens: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
+    let mut statements = Vec::new();
+    let (mut start, mut atomic) = (0, false);
+    for at in 0..tokens.len() {
+        if is_word(tokens.get(at), "begin") && is_word(tokens.get(at + 1), "atomic") {
+            atomic = true;
+        } else if atomic && is_word(tokens.get(at), "end") && tokens.get(at + 1).is_none_or(|t| t.is_punct(';')) {
+            atomic = false;
+        } else if !atomic && tokens[at].is_punct(';') {
+            if at > start {
+                statements.push(&tokens[start..at]);
+            }
+            start = at + 1;
+        }
+    }
+    if start < tokens.len() {
+        statements.push(&tokens[start..]);
+    }
+    statements
 }
 
 /// What follows `CREATE`/`ALTER` (`[OR REPLACE]`) in a statement on an object of the whole
@@ -208,9 +247,41 @@ fn facts(sql: &str) -> Facts {
     let tokens: Vec<Token<'_>> =
         Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect();
     let mut facts = Facts::default();
-    for statement in tokens.split(|t| t.is_punct(';')).filter(|statement| !statement.is_empty()) {
+    for statement in statements(&tokens) {
         if !neutral(statement) {
             facts.statements.push(statement_schema(statement));
+        }
+    }
+    for at in 0..tokens.len() {
+        let reaching = (REACHING.iter().any(|w| is_word(tokens.get(at), w))
+            && (!is_word(tokens.get(at), "of") || is_word(tokens.get(at.wrapping_sub(1)), "partition")))
+            || (is_word(tokens.get(at), "partition") && is_word(tokens.get(at.wrapping_sub(1)), "attach"));
+        if !reaching {
+            continue;
+        }
+        // The names that follow, up to the end of a list: `INHERITS (a.x, b.y)`,
+        // `COMMUTATOR = OPERATOR(app.###)`, `REFERENCES app.t(id)`.
+        let mut depth = 0i32;
+        for next in at + 1..(at + 64).min(tokens.len()) {
+            let token = &tokens[next];
+            if token.is_punct('(') {
+                depth += 1;
+            } else if token.is_punct(')') {
+                depth -= 1;
+                if depth <= 0 {
+                    break;
+                }
+            } else if (token.is_punct(',') && depth == 0) || token.is_punct(';') {
+                break;
+            }
+            let qualified =
+                tokens.get(next + 1).is_some_and(|t| t.is_punct('.')) && !(next > 0 && tokens[next - 1].is_punct('.'));
+            if qualified && let Some(schema) = name_of(token) {
+                facts.reaches.push(schema);
+                if depth == 0 {
+                    break;
+                }
+            }
         }
     }
     let word = |at: usize, w: &str| is_word(tokens.get(at), w);
@@ -441,7 +512,8 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         if spec.beside_live_data
             && (facts.global
                 || facts.statements.is_empty()
-                || !facts.statements.iter().all(|schema| in_scope(schema.as_deref())))
+                || !facts.statements.iter().all(|schema| in_scope(schema.as_deref()))
+                || !facts.reaches.iter().all(|schema| in_scope(Some(schema))))
         {
             return false;
         }
@@ -866,6 +938,26 @@ mod tests {
         assert!(
             part.pre_data.contains("'\"crm_old\".f'::regproc") && part.pre_data.contains("'\"crm_old\"'::regnamespace"),
             "{}",
+            part.pre_data
+        );
+        // A side object made with a reference to a live one would change it: left out.
+        let changing = [
+            entry("===", "OPERATOR", "crm", "CREATE OPERATOR crm.=== (FUNCTION = crm.f, LEFTARG = integer, RIGHTARG = integer, COMMUTATOR = OPERATOR(app.###));"),
+            entry("child", "TABLE", "crm", "CREATE TABLE crm.child (\n    id integer\n)\nINHERITS (public.live);"),
+            entry("deals live_fkey", "FK CONSTRAINT", "crm", "ALTER TABLE ONLY crm.deals\n    ADD CONSTRAINT live_fkey FOREIGN KEY (id) REFERENCES public.live(id);"),
+            entry("g()", "FUNCTION", "crm", "CREATE FUNCTION crm.g() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT 1;\n SELECT 2;\nEND;"),
+            entry("x", "TABLE", "crm", "SELECT pg_catalog.set_config('a', app.evil()::text, false);\nCREATE TABLE crm.x (id integer);"),
+        ]
+        .concat();
+        let pre_changing = format!("{}{changing}", self::pre());
+        let all_crm = |t: &TableName| t.schema == "crm";
+        let part = select(&pre_changing, &post(), &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true });
+        for live in ["app.###", "public.live", "app.evil"] {
+            assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
+        }
+        assert!(
+            part.pre_data.contains("CREATE FUNCTION \"crm_old\".g()"),
+            "a BEGIN ATOMIC body is one statement: {}",
             part.pre_data
         );
         assert!(part.pre_data.contains("CREATE FUNCTION \"crm_old\".f()"));

@@ -57,6 +57,10 @@ impl std::str::FromStr for RowsRoot {
 pub(super) struct Related {
     /// Each table's rows, one COPY line each.
     pub(super) rows: BTreeMap<TableName, Vec<Vec<u8>>>,
+    /// How many of each table's rows (the first ones) are the record: the rows asked for and
+    /// those referencing them; the rest are rows the record references (shared: a deal's
+    /// owner), which `--on-conflict update` leaves as the live database has them.
+    pub(super) record: BTreeMap<TableName, usize>,
     /// Tables read whole to find them (a table read at several steps counts each time).
     pub(super) tables_read: usize,
 }
@@ -64,8 +68,19 @@ pub(super) struct Related {
 impl Related {
     /// A table's rows as one COPY stream.
     pub(super) fn copy_text(&self, table: &TableName) -> Vec<u8> {
+        Self::text(self.rows.get(table).map_or(&[][..], Vec::as_slice))
+    }
+
+    /// A table's rows of the record, and the rows only referenced by it, as two COPY streams.
+    fn record_and_referenced(&self, table: &TableName) -> (Vec<u8>, Vec<u8>) {
+        let rows = self.rows.get(table).map_or(&[][..], Vec::as_slice);
+        let record = self.record.get(table).copied().unwrap_or(0).min(rows.len());
+        (Self::text(&rows[..record]), Self::text(&rows[record..]))
+    }
+
+    fn text(lines: &[Vec<u8>]) -> Vec<u8> {
         let mut text = Vec::new();
-        for line in self.rows.get(table).into_iter().flatten() {
+        for line in lines {
             text.extend_from_slice(line);
             text.push(b'\n');
         }
@@ -116,7 +131,9 @@ pub(super) async fn closure(
 ) -> Result<Related> {
     let tables: HashMap<TableName, &TableManifest> = manifest.tables.iter().map(|t| (name_of(t), t)).collect();
     let mut related = Related::default();
-    let mut chosen: HashMap<TableName, HashSet<Vec<u8>>> = HashMap::new();
+    // Per table, the rows chosen by their place in its stream (equal rows of a table without a
+    // key are rows all the same).
+    let mut chosen: HashMap<TableName, HashSet<u64>> = HashMap::new();
 
     // The roots.
     let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
@@ -144,6 +161,7 @@ pub(super) async fn closure(
         return Err(Error::Invalid(format!("the snapshot has no row {}", asked.join(", "))));
     }
     if !with_related {
+        related.record = related.rows.iter().map(|(table, rows)| (table.clone(), rows.len())).collect();
         return Ok(related);
     }
     // Rows that reference chosen rows, recursively.
@@ -164,6 +182,7 @@ pub(super) async fn closure(
         }
         frontier = scan_all(streams, &tables, &wanted, &mut chosen, &mut related).await?;
     }
+    related.record = related.rows.iter().map(|(table, rows)| (table.clone(), rows.len())).collect();
     // Rows the chosen rows reference, recursively.
     let mut frontier: HashMap<TableName, Vec<Vec<u8>>> = related.rows.clone().into_iter().collect();
     while !frontier.is_empty() {
@@ -178,7 +197,19 @@ pub(super) async fn closure(
             for parent in &key.references {
                 let Some(parent_table) = tables.get(parent) else { continue };
                 let Some(referenced) = positions(parent_table, &key.referenced) else { continue };
-                wanted.entry(parent.clone()).or_default().push(Wanted { columns: referenced, values: values.clone() });
+                // A row already chosen answers for its key: no need to read the table for it
+                // (a deal's company is most often the company asked for).
+                let known: HashSet<Vec<u8>> = related
+                    .rows
+                    .get(parent)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|line| key_of(line, &referenced))
+                    .collect();
+                let values: HashSet<Vec<u8>> = values.iter().filter(|v| !known.contains(*v)).cloned().collect();
+                if !values.is_empty() {
+                    wanted.entry(parent.clone()).or_default().push(Wanted { columns: referenced, values });
+                }
             }
         }
         frontier = scan_all(streams, &tables, &wanted, &mut chosen, &mut related).await?;
@@ -217,14 +248,6 @@ pub(super) async fn into_live(
         )));
     }
     let on_conflict = options.part.on_conflict;
-    if on_conflict == OnConflict::Update
-        && let Some(table) = involved.iter().find(|t| t.primary_key.is_empty())
-    {
-        return Err(Error::Invalid(format!(
-            "--on-conflict update needs a primary key, and {}.{} has none in the snapshot",
-            table.schema, table.name
-        )));
-    }
     // Parents first (a cycle of keys: in name order, and the server says if that fails).
     let mut order: Vec<&TableManifest> = Vec::new();
     let mut left: Vec<&TableManifest> = involved;
@@ -239,48 +262,82 @@ pub(super) async fn into_live(
         order.push(left.remove(ready.unwrap_or(0)));
     }
     client.begin().await?;
+    // A cycle of deferrable keys holds at commit.
+    client.defer_constraints().await?;
     let mut written = Vec::new();
     for table in order {
         let name = name_of(table);
+        let label = format!("{}.{}", table.schema, table.name);
         let rows = related.rows[&name].len() as u64;
-        let (inserted, updated) = client.insert_rows(table, &related.copy_text(&name), on_conflict).await?;
+        // The record's rows as asked; the rows it only references (shared) are never updated:
+        // a user whose password was changed since stays as the live database has it.
+        let (record, referenced) = related.record_and_referenced(&name);
+        let referenced_conflict = if on_conflict == OnConflict::Fail { OnConflict::Fail } else { OnConflict::Skip };
+        let (mut inserted, mut updated) = (0, 0);
+        for (text, conflict) in [(record, on_conflict), (referenced, referenced_conflict)] {
+            if text.is_empty() {
+                continue;
+            }
+            let (i, u) = client.insert_rows(table, &text, conflict).await.map_err(|error| {
+                Error::Invalid(format!(
+                    "writing the rows of {label} into the live table: {error}{}",
+                    if conflict == OnConflict::Fail {
+                        " (rows still there fail the restore: --on-conflict skip keeps them as they are)"
+                    } else {
+                        ""
+                    }
+                ))
+            })?;
+            inserted += i;
+            updated += u;
+        }
         written.push(RowsWritten {
-            table: format!("{}.{}", table.schema, table.name),
+            table: label,
             rows,
             inserted: Some(inserted),
             updated: Some(updated),
-            skipped: Some(rows - inserted - updated),
+            skipped: Some(rows.saturating_sub(inserted + updated)),
         });
     }
     client.commit().await?;
     Ok(written)
 }
 
-/// Reads each table of `wanted` whole (proven) and chooses the rows it wants that are not
-/// chosen yet; returns those, per table.
+/// Reads each table of `wanted` whole (proven), two at a time, and chooses the rows it wants
+/// that are not chosen yet; returns those, per table.
 async fn scan_all(
     streams: &Streams<'_>,
     tables: &HashMap<TableName, &TableManifest>,
     wanted: &HashMap<TableName, Vec<Wanted>>,
-    chosen: &mut HashMap<TableName, HashSet<Vec<u8>>>,
+    chosen: &mut HashMap<TableName, HashSet<u64>>,
     related: &mut Related,
 ) -> Result<HashMap<TableName, Vec<Vec<u8>>>> {
-    let mut found = HashMap::new();
     let mut names: Vec<&TableName> = wanted.keys().collect();
     names.sort();
-    for name in names {
+    let scans = names.into_iter().map(|name| {
         let table = tables[name];
         let conditions = &wanted[name];
-        let seen = chosen.entry(name.clone()).or_default();
-        let mut new = Vec::new();
-        scan(streams, table, |line| {
-            let matches =
-                conditions.iter().any(|w| key_of(line, &w.columns).is_some_and(|key| w.values.contains(&key)));
-            if matches && seen.insert(line.to_vec()) {
-                new.push(line.to_vec());
-            }
-        })
-        .await?;
+        let mut seen = chosen.remove(name).unwrap_or_default();
+        async move {
+            let mut new = Vec::new();
+            let mut at = 0u64;
+            scan(streams, table, |line| {
+                let matches =
+                    conditions.iter().any(|w| key_of(line, &w.columns).is_some_and(|key| w.values.contains(&key)));
+                if matches && seen.insert(at) {
+                    new.push(line.to_vec());
+                }
+                at += 1;
+            })
+            .await?;
+            Ok::<_, Error>((name, seen, new))
+        }
+    });
+    let scanned: Vec<_> = futures::stream::iter(scans).buffered(2).collect().await;
+    let mut found = HashMap::new();
+    for result in scanned {
+        let (name, seen, new) = result?;
+        chosen.insert(name.clone(), seen);
         related.tables_read += 1;
         related.rows.entry(name.clone()).or_default().extend(new.iter().cloned());
         if !new.is_empty() {
