@@ -419,6 +419,11 @@ impl ChunkReader {
             .find_map(|(source, s)| s.index.find(id).map(|(pack, location)| Found { source, pack, location }))
     }
 
+    /// A chunk's length as the first source's index has it (before reading it).
+    pub fn raw_length(&self, id: &ChunkId) -> Option<u32> {
+        self.find(id).map(|found| found.location.raw_length())
+    }
+
     /// The pack and offset of a chunk's frame, in the first source that has it.
     fn frame_of(&self, id: &ChunkId) -> Option<Frame> {
         self.find(id).map(Found::frame)

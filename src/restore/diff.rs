@@ -15,6 +15,7 @@
 //! its digest and row count checked too.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -177,33 +178,40 @@ pub async fn run(
             missing.join(", ")
         )));
     }
-    let mut diff = Differ {
+    // The repository's chunk sizes, or today's default if smaller (the safe side).
+    let largest = targets.first().config.chunking.max.min(crate::chunk::ChunkParams::default().max);
+    let diff = Differ {
         reader: &reader,
+        ends_a_row_below: u32::try_from(largest * 2).unwrap_or(u32::MAX),
         mac_key: keyring.mac_key(),
         versions: (from.version, to.version),
         keys: options.keys,
         jobs: options.jobs.max(1),
         progress,
-        chunks: 0,
-        chunks_read: 0,
-        bytes_read: 0,
+        chunks: AtomicU64::new(0),
+        chunks_read: AtomicU64::new(0),
+        bytes_read: AtomicU64::new(0),
     };
-    let mut tables = Vec::new();
-    for (old, new) in pair_tables(&from, &to) {
-        let table = old.or(new).expect("a pair has a table");
-        if !filter.matches(&table.schema, &table.name) {
-            continue;
-        }
-        tables.push(diff.table(old, new).await?);
-    }
+    // Two tables at once: a table's reads are a chunk here and there, each decoded alone.
+    let pairs: Vec<_> = pair_tables(&from, &to)
+        .into_iter()
+        .filter(|(old, new)| {
+            let table = old.or(*new).expect("a pair has a table");
+            filter.matches(&table.schema, &table.name)
+        })
+        .collect();
+    let tables: Vec<TableDiff> = futures::stream::iter(pairs.into_iter().map(|(old, new)| diff.table(old, new)))
+        .buffered(2)
+        .try_collect()
+        .await?;
     Ok(DiffReport {
         from: Side { snapshot_id: from_mark.id, time: from_mark.time, database: from.database.clone() },
         to: Side { snapshot_id: to_mark.id, time: to_mark.time, database: to.database.clone() },
         schema_changed: !same_stream(&from.pre_data, &to.pre_data) || !same_stream(&from.post_data, &to.post_data),
         tables,
-        chunks: diff.chunks,
-        chunks_read: diff.chunks_read,
-        bytes_read: diff.bytes_read,
+        chunks: diff.chunks.load(Relaxed),
+        chunks_read: diff.chunks_read.load(Relaxed),
+        bytes_read: diff.bytes_read.load(Relaxed),
         warnings,
     })
 }
@@ -325,6 +333,9 @@ fn plan(old: Vec<ChunkId>, new: Vec<ChunkId>) -> [Plan; 2] {
 /// Compares tables, counting what it reads.
 struct Differ<'a> {
     reader: &'a ChunkReader,
+    /// A chunk shorter than this ends a row: the chunker cuts inside a row only past twice its
+    /// largest size (`chunk.rs`), so such a probe need not be read.
+    ends_a_row_below: u32,
     /// The key of stream digests.
     mac_key: MacKey,
     /// Manifest versions of the older and the newer snapshot (how their lists read).
@@ -332,9 +343,9 @@ struct Differ<'a> {
     keys: bool,
     jobs: usize,
     progress: &'a dyn Progress,
-    chunks: u64,
-    chunks_read: u64,
-    bytes_read: u64,
+    chunks: AtomicU64,
+    chunks_read: AtomicU64,
+    bytes_read: AtomicU64,
 }
 
 /// Rows of the older snapshot by key: where in its order, and a hash of the compared values.
@@ -343,7 +354,7 @@ type Older = HashMap<Vec<u8>, (u64, [u8; 16])>;
 type OlderRows = HashMap<Vec<u8>, (u64, u64)>;
 
 impl Differ<'_> {
-    async fn table(&mut self, old: Option<&TableManifest>, new: Option<&TableManifest>) -> Result<TableDiff> {
+    async fn table(&self, old: Option<&TableManifest>, new: Option<&TableManifest>) -> Result<TableDiff> {
         let table = new.or(old).expect("a pair has a table");
         let mut diff = TableDiff {
             schema: table.schema.clone(),
@@ -370,7 +381,7 @@ impl Differ<'_> {
         }
         let old_ids: Vec<ChunkId> = stream_chunk_ids(self.reader, &old.data, self.versions.0).try_collect().await?;
         let new_ids: Vec<ChunkId> = stream_chunk_ids(self.reader, &new.data, self.versions.1).try_collect().await?;
-        self.chunks += (old_ids.len() + new_ids.len()) as u64;
+        self.chunks.fetch_add((old_ids.len() + new_ids.len()) as u64, Relaxed);
         let mut plans = plan(old_ids, new_ids);
         // Where chunks do not meet at row ends, or the columns differ, the table is read whole.
         let mut whole =
@@ -400,7 +411,7 @@ impl Differ<'_> {
     /// Compares the rows of the chunks `plans` need; `None` when a run of them ends inside a
     /// row. `whole` (every chunk needed): the tables, whose digests and row counts are checked.
     async fn compare(
-        &mut self,
+        &self,
         mut diff: TableDiff,
         matching: &Matching,
         plans: &[Plan; 2],
@@ -507,7 +518,7 @@ impl Differ<'_> {
 
     /// A table only one snapshot has: its rows are all added or all removed; read (whole, and
     /// proven) only for their keys.
-    async fn whole_side(&mut self, mut diff: TableDiff, table: &TableManifest, side: usize) -> Result<TableDiff> {
+    async fn whole_side(&self, mut diff: TableDiff, table: &TableManifest, side: usize) -> Result<TableDiff> {
         let count = table.rows;
         if side == 1 {
             (diff.status, diff.added) = (Status::Added, count);
@@ -521,7 +532,7 @@ impl Differ<'_> {
         }
         let version = if side == 1 { self.versions.1 } else { self.versions.0 };
         let ids: Vec<ChunkId> = stream_chunk_ids(self.reader, &table.data, version).try_collect().await?;
-        self.chunks += ids.len() as u64;
+        self.chunks.fetch_add(ids.len() as u64, Relaxed);
         let plan = Plan { needed: vec![true; ids.len()], ids, probes: Vec::new() };
         let key: Vec<usize> = if diff.by_key {
             table.primary_key.iter().map(|k| table.columns.iter().position(|c| c == k).expect("checked")).collect()
@@ -539,14 +550,17 @@ impl Differ<'_> {
     }
 
     /// Whether every probe of `plan` ends a row.
-    async fn probes_end_rows(&mut self, plan: &Plan) -> Result<bool> {
+    async fn probes_end_rows(&self, plan: &Plan) -> Result<bool> {
         let reader = self.reader;
-        let mut probes =
-            futures::stream::iter(plan.probes.iter().map(|&p| reader.read(&plan.ids[p]))).buffered(self.jobs * 2);
+        let unknown = plan
+            .probes
+            .iter()
+            .filter(|&&p| reader.raw_length(&plan.ids[p]).is_none_or(|length| length >= self.ends_a_row_below));
+        let mut probes = futures::stream::iter(unknown.map(|&p| reader.read(&plan.ids[p]))).buffered(self.jobs * 2);
         while let Some(chunk) = probes.next().await {
             let chunk = chunk?;
-            self.chunks_read += 1;
-            self.bytes_read += chunk.len() as u64;
+            self.chunks_read.fetch_add(1, Relaxed);
+            self.bytes_read.fetch_add(chunk.len() as u64, Relaxed);
             if chunk.last() != Some(&b'\n') {
                 return Ok(false);
             }
@@ -557,12 +571,7 @@ impl Differ<'_> {
     /// Calls `row` for every row of the chunks `plan` needs, in order. `false` when a run of
     /// needed chunks ends inside a row (the plan's premise does not hold). With `whole` (every
     /// chunk needed), the stream's digest and row count are checked too.
-    async fn read_rows(
-        &mut self,
-        plan: &Plan,
-        whole: Option<&TableManifest>,
-        mut row: impl FnMut(&[u8]),
-    ) -> Result<bool> {
+    async fn read_rows(&self, plan: &Plan, whole: Option<&TableManifest>, mut row: impl FnMut(&[u8])) -> Result<bool> {
         // Runs of needed chunks, each cut into pieces read together.
         let mut pieces: Vec<(usize, &[ChunkId])> = Vec::new();
         let mut start = None;
@@ -602,8 +611,8 @@ impl Differ<'_> {
                 return Ok(false);
             }
             current = Some(run);
-            self.chunks_read += chunks as u64;
-            self.bytes_read += text.len() as u64;
+            self.chunks_read.fetch_add(chunks as u64, Relaxed);
+            self.bytes_read.fetch_add(text.len() as u64, Relaxed);
             self.progress.advance(text.len() as u64);
             if let Some(hasher) = digest.as_mut() {
                 hasher.update(&text);

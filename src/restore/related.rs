@@ -164,7 +164,47 @@ pub(super) async fn closure(
         related.record = related.rows.iter().map(|(table, rows)| (table.clone(), rows.len())).collect();
         return Ok(related);
     }
-    // Rows that reference chosen rows, recursively.
+    // Rows that reference chosen rows, recursively. Where the keys between the tables reached
+    // form no cycle, table by table in layers, parents before children, so that each table is
+    // read once (and again only for a key to itself); otherwise step by step.
+    if let Some(layers) = layers(keys, &tables, frontier.keys()) {
+        let mut looked_up: HashMap<usize, HashSet<Vec<u8>>> = HashMap::new();
+        for layer in layers {
+            loop {
+                let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
+                for (number, key) in keys.iter().enumerate() {
+                    if !layer.contains(&key.table) {
+                        continue;
+                    }
+                    let Some(child) = tables.get(&key.table) else { continue };
+                    let Some(columns) = positions(child, &key.columns) else { continue };
+                    let done = looked_up.entry(number).or_default();
+                    let mut values = HashSet::new();
+                    for parent in &key.references {
+                        let (Some(lines), Some(parent_table)) = (related.rows.get(parent), tables.get(parent)) else {
+                            continue;
+                        };
+                        let Some(referenced) = positions(parent_table, &key.referenced) else { continue };
+                        values.extend(
+                            lines
+                                .iter()
+                                .filter_map(|line| key_of(line, &referenced))
+                                .filter(|v| done.insert(v.clone())),
+                        );
+                    }
+                    if !values.is_empty() {
+                        wanted.entry(key.table.clone()).or_default().push(Wanted { columns, values });
+                    }
+                }
+                if wanted.is_empty() {
+                    break;
+                }
+                // Until a table's key to itself finds no more.
+                scan_all(streams, &tables, &wanted, &mut chosen, &mut related).await?;
+            }
+        }
+        frontier.clear();
+    }
     while !frontier.is_empty() {
         let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
         for key in keys {
@@ -301,6 +341,50 @@ pub(super) async fn into_live(
     }
     client.commit().await?;
     Ok(written)
+}
+
+/// The tables the keys reach from `roots` (children of children …), in layers such that every
+/// key between two of them goes from an earlier layer to a later one (a key of a table to
+/// itself aside); `None` when they form a cycle.
+fn layers<'k>(
+    keys: &'k [ForeignKey],
+    tables: &HashMap<TableName, &TableManifest>,
+    roots: impl Iterator<Item = &'k TableName>,
+) -> Option<Vec<Vec<TableName>>> {
+    let mut reached: HashSet<TableName> = roots.cloned().collect();
+    let mut todo: Vec<TableName> = reached.iter().cloned().collect();
+    while let Some(parent) = todo.pop() {
+        for key in keys.iter().filter(|key| key.references.contains(&parent) && tables.contains_key(&key.table)) {
+            if reached.insert(key.table.clone()) {
+                todo.push(key.table.clone());
+            }
+        }
+    }
+    // Longest path from a table without parents among those reached.
+    let parents = |table: &TableName| -> Vec<&TableName> {
+        keys.iter()
+            .filter(|key| key.table == *table)
+            .flat_map(|key| &key.references)
+            .filter(|parent| *parent != table && reached.contains(*parent))
+            .collect()
+    };
+    let mut depth: HashMap<TableName, usize> = HashMap::new();
+    let mut left: Vec<TableName> = reached.iter().cloned().collect();
+    left.sort();
+    while !left.is_empty() {
+        let ready = left.iter().position(|table| parents(table).iter().all(|p| depth.contains_key(*p)))?;
+        let table = left.remove(ready);
+        let level = parents(&table).iter().map(|p| depth[*p] + 1).max().unwrap_or(0);
+        depth.insert(table, level);
+    }
+    let mut layers: Vec<Vec<TableName>> = vec![Vec::new(); depth.values().max().map_or(0, |d| d + 1)];
+    for (table, level) in depth {
+        layers[level].push(table);
+    }
+    for layer in &mut layers {
+        layer.sort();
+    }
+    Some(layers)
 }
 
 /// Reads each table of `wanted` whole (proven), two at a time, and chooses the rows it wants
