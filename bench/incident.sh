@@ -74,6 +74,12 @@ company=$(sql "$db" "SELECT company_id FROM crm.deals GROUP BY 1 ORDER BY count(
 echo "== measuring" >&2
 fresh crmvault_incident_full
 measure full_restore "$crmvault" restore "${admin[@]}" --parallel --jobs 2 --db "$server/crmvault_incident_full" "$night1"
+# The 3 a.m. default: a database restore --create makes, against pg_restore -j2 of the same
+# night into a new database.
+sql postgres "DROP DATABASE IF EXISTS crmvault_incident_create WITH (FORCE)"
+measure restore_create "$crmvault" restore "${admin[@]}" --create --jobs 2 --db "$server/crmvault_incident_create" "$night1"
+fresh crmvault_incident_pg_restore_j2
+measure pg_restore_j2 pg_restore -j2 -d "$server/crmvault_incident_pg_restore_j2" "$work/night1.dump"
 fresh crmvault_incident_pg_restore
 # pg_restore -t makes the table, not its schema.
 sql crmvault_incident_pg_restore "CREATE SCHEMA crm"
@@ -90,11 +96,11 @@ full=$(seconds_of full_restore)
 share() { awk -v a="$(seconds_of "$1")" -v b="$full" 'BEGIN { printf "%.3f", a / b }'; }
 {
     echo
-    echo "scale $scale, $(date -u +%Y-%m-%d), company $company"
+    echo "scale $scale, $(date -u +%Y-%m-%d), company $company; restore --create / pg_restore -j2: $(awk -v a="$(seconds_of restore_create)" -v b="$(seconds_of pg_restore_j2)" 'BEGIN { printf "%.2f", a / b }')"
     echo
     echo "| command | seconds | peak RSS (MiB) | of a full restore |"
     echo "|---|---:|---:|---:|"
-    for name in full_restore pg_restore_table dump_table restore_table diff_day rows_related; do
+    for name in full_restore restore_create pg_restore_j2 pg_restore_table dump_table restore_table diff_day rows_related; do
         printf '| %s | %s | %d | %s |\n' "$name" "$(seconds_of $name)" "$(($(rss_of $name) / 1024))" "$(share $name)"
     done
 } | tee "$work/table.md"

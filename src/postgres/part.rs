@@ -91,6 +91,8 @@ struct Facts {
     schema: Option<String>,
     /// A foreign key (`FOREIGN KEY … REFERENCES`).
     foreign_key: bool,
+    /// The table of its first `ALTER TABLE` (a foreign key's referencing table).
+    altered: Option<TableName>,
     /// `CREATE EXTENSION`.
     extension: bool,
     /// A statement on an object of the whole database or server, in no schema (an extension,
@@ -361,6 +363,7 @@ fn facts(sql: &str) -> Facts {
         // ALTER …
         if word(at + 1, "table") {
             let Some(table) = qualified_after(&tokens, at + 2, &["if", "exists", "only"]) else { continue };
+            facts.altered.get_or_insert_with(|| table.clone());
             let rest = &tokens[at + 2..];
             let end = rest.iter().position(|t| t.is_punct(';')).unwrap_or(rest.len());
             let statement = &rest[..end];
@@ -537,13 +540,14 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         for entry in &script.entries {
             let facts = all_facts.next().expect("facts of every entry");
             if !keep(entry.kind, facts) {
+                // Said only of a table restored: its key to one left out.
                 if facts.foreign_key
-                    && let Some(table) = facts.names.iter().find(|n| kept.contains(n))
+                    && let Some(table) = facts.altered.as_ref().filter(|table| kept.contains(table))
                 {
                     let others: Vec<String> = facts
                         .names
                         .iter()
-                        .filter(|n| known(n) && !kept_name(n))
+                        .filter(|n| *n != table && known(n) && !kept_name(n))
                         .map(|n| format!("{}.{}", n.schema, n.name))
                         .collect();
                     left_out.push(format!(
@@ -850,6 +854,10 @@ mod tests {
         assert!(part.post_data.contains("deals_pkey") && part.post_data.contains("CREATE TRIGGER t"));
         assert!(!part.post_data.contains("FOREIGN KEY") && !part.post_data.contains("p_idx"), "{}", part.post_data);
         assert_eq!(part.left_out, ["a foreign key of crm.deals to crm.companies, which is left out"]);
+        // A key of a table left out to one restored is nothing to say.
+        let companies = self::wanted(&["crm.companies"]);
+        let part = select(&pre(), &post(), &Spec { wanted: &companies, schema_map: &[], beside_live_data: false });
+        assert!(part.left_out.is_empty(), "{:?}", part.left_out);
     }
 
     #[test]
