@@ -429,7 +429,11 @@ pub(crate) async fn restore(
         time: mark.time,
         warnings,
         rows,
-        bytes: manifest.tables.iter().map(|t| t.data.bytes).sum(),
+        // With --rows, the rows chosen, not the tables they came from.
+        bytes: match &chosen_rows {
+            Some(rows) => rows.values().map(|text| text.len() as u64).sum(),
+            None => manifest.tables.iter().map(|t| t.data.bytes).sum(),
+        },
         chunks: sources.served.iter().map(|(_, served)| served).sum(),
         sources,
         parallel: options.parallel,
