@@ -646,6 +646,13 @@ struct RoleArgs {
     /// missing role says so before it starts, naming every one.
     #[arg(long)]
     create_roles: bool,
+    /// Load as this role (SET ROLE once connected, as pg_restore --role). The snapshot's
+    /// functions that run while rows load (check constraints, defaults, and with --data-only
+    /// the live tables' triggers) run with its rights rather than the connecting user's: give
+    /// one without superuser that may create the objects (with --no-owner, unless it may own
+    /// them as the snapshot says).
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
 }
 
 impl RoleArgs {
@@ -1130,6 +1137,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 create: None,
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
+                role: roles.role.clone(),
                 part: restore::PartOptions {
                     include: tables,
                     exclude: exclude_tables,
@@ -1211,6 +1219,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 create: None,
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
+                role: roles.role.clone(),
                 part: restore::PartOptions::default(),
             };
             audit.database(&options.database);

@@ -41,8 +41,14 @@ impl LoadSession {
         toast_compression: ToastCompression,
         maintenance_work_mem: &str,
         settings: Option<&SessionSettings>,
+        role: Option<&str>,
     ) -> Result<LoadSession> {
         let client = database.connect().await?;
+        // Everything the restore runs, the snapshot's functions included, runs with this
+        // role's rights (`restore --role`, as pg_restore's).
+        if let Some(role) = role {
+            client.batch_execute(&format!("SET ROLE {}", quote_ident(role))).await?;
+        }
         set_toast_compression(&client, toast_compression).await?;
         raise_maintenance_work_mem(&client, maintenance_work_mem).await?;
         if let Some(settings) = settings {

@@ -245,9 +245,13 @@ fn qualified_after(tokens: &[Token<'_>], mut at: usize, optional: &[&str]) -> Op
     qualified_at(tokens, at)
 }
 
+/// The tokens of `sql` that mean something (no spaces, no comments).
+fn significant(sql: &str) -> Vec<Token<'_>> {
+    Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect()
+}
+
 fn facts(sql: &str) -> Facts {
-    let tokens: Vec<Token<'_>> =
-        Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect();
+    let tokens = significant(sql);
     let mut facts = Facts::default();
     for statement in statements(&tokens) {
         if !neutral(statement) {
@@ -634,9 +638,7 @@ pub fn foreign_keys(pre_data: &str, post_data: &str) -> Vec<ForeignKey> {
         if !facts.foreign_key {
             continue;
         }
-        let tokens: Vec<Token<'_>> = Lexer::new(entry.sql)
-            .filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment))
-            .collect();
+        let tokens = significant(entry.sql);
         for at in 0..tokens.len() {
             if !(is_word(tokens.get(at), "alter") && is_word(tokens.get(at + 1), "table")) {
                 continue;
@@ -686,9 +688,7 @@ pub fn foreign_keys(pre_data: &str, post_data: &str) -> Vec<ForeignKey> {
 /// The materialized views a script refreshes itself (`REFRESH MATERIALIZED VIEW schema.name`:
 /// pg_dump's post-data section fills the views that held data).
 pub fn refreshed_views(script_text: &str) -> HashSet<TableName> {
-    let tokens: Vec<Token<'_>> = Lexer::new(script_text)
-        .filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment))
-        .collect();
+    let tokens = significant(script_text);
     let mut views = HashSet::new();
     for at in 0..tokens.len() {
         let statement_start = at == 0 || tokens[at - 1].is_punct(';');

@@ -15,7 +15,8 @@ use super::{RestoreOptions, Streams};
 /// them (every session of a restore is one of these).
 pub(super) async fn session(options: &RestoreOptions, manifest: &Manifest) -> Result<LoadSession> {
     let settings = manifest.session.as_ref();
-    LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem, settings).await
+    let role = options.role.as_deref();
+    LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem, settings, role).await
 }
 
 /// What loading a snapshot into the target needs.

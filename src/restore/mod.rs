@@ -80,6 +80,8 @@ pub struct RestoreOptions {
     pub leave_out: postgres::script::LeaveOut,
     /// Create the roles the snapshot's objects name that the server lacks (`--create-roles`).
     pub create_roles: bool,
+    /// Load as this role (`--role`: `SET ROLE` on every loading session).
+    pub role: Option<String>,
     /// Part of the snapshot (`--table`, `--exclude-table`, `--schema-map`, `--data-only`);
     /// the default is all of it.
     pub part: PartOptions,

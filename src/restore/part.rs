@@ -52,8 +52,8 @@ pub(super) async fn choose(
         note(
             "restoring beside live data as a superuser: the snapshot's functions that run while rows load (check \
              constraints, domain checks, defaults, and with --data-only the live tables' triggers) run with every \
-             right on this server; a source user who can create functions can act as you. Restore as the \
-             tables' owner or a role without superuser where you can"
+             right on this server; a source user who can create functions can act as you. Restore with \
+             --role and a role without superuser where you can"
                 .into(),
         );
     }

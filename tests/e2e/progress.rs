@@ -151,6 +151,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         create: None,
         leave_out: crmvault::postgres::script::LeaveOut::default(),
         create_roles: false,
+        role: None,
         part: crmvault::restore::PartOptions::default(),
     };
     let recorder = Arc::new(Recorder::default());

@@ -102,3 +102,33 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
     drop_roles(&roles);
     drop_roles(&[middle, power]);
 }
+
+#[test]
+fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
+    let loader = format!("cv_loader_{}", std::process::id());
+    drop_roles(std::slice::from_ref(&loader));
+    psql("postgres", &format!("CREATE ROLE \"{loader}\" NOLOGIN"));
+    // A check constraint whose function records who runs it (and would act as a superuser).
+    let setup = "CREATE TABLE public.seen (who text); \
+         CREATE FUNCTION public.noted(v int) RETURNS boolean LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO public.seen VALUES (current_user); RETURN true; END $$; \
+         CREATE TABLE public.checked (id int PRIMARY KEY CHECK (public.noted(id))); \
+         INSERT INTO public.checked VALUES (1), (2); TRUNCATE public.seen";
+    let Ready { work, repo, .. } = Scenario::new("roles_role").sql(setup).init("repo").backup();
+    let seen = |db: &TestDb| db.sql("SELECT string_agg(DISTINCT who, ',') FROM public.seen").trim().to_string();
+
+    let as_connected = TestDb::create("roles_role_default");
+    work.restore(&repo, &as_connected).ok();
+    assert_eq!(seen(&as_connected), "postgres", "without --role the functions run as the connecting superuser");
+
+    let as_loader = TestDb::create("roles_role_loader");
+    as_loader.sql(&format!("ALTER DATABASE \"{}\" OWNER TO \"{loader}\"", as_loader.name));
+    let run = work.restore_with(&repo, &as_loader, &["--role", &loader, "--no-owner", "--no-acl", "latest"]).ok();
+    assert_eq!(seen(&as_loader), loader, "{}", run.stderr);
+    assert_eq!(as_loader.sql("SELECT count(*) FROM public.checked").trim(), "2");
+    let owner = as_loader.sql("SELECT tableowner FROM pg_tables WHERE tablename = 'checked'");
+    assert_eq!(owner.trim(), loader);
+    drop(as_loader);
+    drop(as_connected);
+    drop_roles(&[loader]);
+}
