@@ -206,19 +206,31 @@ impl LoadSession {
                 }
             }
         };
+        // The rows whose key the live table has: updated by `update`, left by `skip`. (Counted
+        // before: a partitioned table cannot return `xmax`.)
+        let existing = if table.primary_key.is_empty() {
+            0
+        } else {
+            let key: Vec<String> = table.primary_key.iter().map(|c| quote_ident(c)).collect();
+            let matches: Vec<String> = key.iter().map(|c| format!("t.{c} = r.{c}")).collect();
+            let sql = format!(
+                "SELECT count(*) FROM crmvault_rows r WHERE EXISTS (SELECT 1 FROM {target} t WHERE {})",
+                matches.join(" AND ")
+            );
+            u64::try_from(self.client.query_one(&sql, &[]).await?.get::<_, i64>(0)).unwrap_or(0)
+        };
         let written = self
             .client
-            .query(
+            .execute(
                 &format!(
-                    "INSERT INTO {target} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM crmvault_rows{conflict} \
-                     RETURNING (xmax = 0)"
+                    "INSERT INTO {target} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM crmvault_rows{conflict}"
                 ),
                 &[],
             )
             .await?;
         self.client.batch_execute("DROP TABLE crmvault_rows").await?;
-        let inserted = written.iter().filter(|row| row.get::<_, bool>(0)).count() as u64;
-        Ok((inserted, written.len() as u64 - inserted))
+        let updated = if on_conflict == OnConflict::Update && !conflict.contains("DO NOTHING") { existing } else { 0 };
+        Ok((written.saturating_sub(updated), updated))
     }
 
     /// Defers the deferrable constraints of the caller's transaction to its commit.

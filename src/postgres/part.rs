@@ -605,6 +605,56 @@ pub struct ForeignKey {
     pub referenced: Vec<String>,
 }
 
+/// The partitioned tables of a snapshot's schema (`ALTER TABLE parent ATTACH PARTITION child`).
+#[derive(Debug, Default)]
+pub struct Partitions {
+    children: HashMap<TableName, Vec<TableName>>,
+    parent: HashMap<TableName, TableName>,
+}
+
+impl Partitions {
+    /// Read from the scripts' statements.
+    pub fn of(pre_data: &str, post_data: &str) -> Partitions {
+        let mut partitions = Partitions::default();
+        for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
+            if let Some((parent, child)) = facts(entry.sql).attach {
+                partitions.parent.insert(child.clone(), parent.clone());
+                partitions.children.entry(parent).or_default().push(child);
+            }
+        }
+        partitions
+    }
+
+    /// The tables that hold a table's rows: itself, or its partitions' (in name order).
+    pub fn leaves(&self, table: &TableName) -> Vec<TableName> {
+        let mut leaves = Vec::new();
+        let mut todo = vec![table.clone()];
+        while let Some(table) = todo.pop() {
+            match self.children.get(&table) {
+                Some(parts) => todo.extend(parts.iter().cloned()),
+                None => leaves.push(table),
+            }
+        }
+        leaves.sort();
+        leaves
+    }
+
+    /// The partitioned table at the top of a partition's tree (the table itself if none).
+    pub fn root(&self, table: &TableName) -> TableName {
+        let mut root = table.clone();
+        let mut steps = 0;
+        while let Some(parent) = self.parent.get(&root) {
+            root = parent.clone();
+            steps += 1;
+            // A cycle cannot come from pg_dump; stop all the same.
+            if steps > self.parent.len() {
+                break;
+            }
+        }
+        root
+    }
+}
+
 /// The names in a parenthesized list at `at` (`(a, "B")`), and where it ends.
 fn name_list(tokens: &[Token<'_>], at: usize) -> Option<(Vec<String>, usize)> {
     if !tokens.get(at)?.is_punct('(') {
@@ -628,13 +678,10 @@ fn name_list(tokens: &[Token<'_>], at: usize) -> Option<(Vec<String>, usize)> {
 /// Every foreign key of the scripts (`ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY (…)
 /// REFERENCES t (…)`), with partitioned tables replaced by the partitions that hold their rows.
 pub fn foreign_keys(pre_data: &str, post_data: &str) -> Vec<ForeignKey> {
-    let mut children: HashMap<TableName, Vec<TableName>> = HashMap::new();
+    let partitions = Partitions::of(pre_data, post_data);
     let mut keys = Vec::new();
     for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
         let facts = facts(entry.sql);
-        if let Some((parent, child)) = facts.attach {
-            children.entry(parent).or_default().push(child);
-        }
         if !facts.foreign_key {
             continue;
         }
@@ -658,18 +705,7 @@ pub fn foreign_keys(pre_data: &str, post_data: &str) -> Vec<ForeignKey> {
             keys.push((table, columns, references, referenced));
         }
     }
-    let leaves = |table: &TableName| -> Vec<TableName> {
-        let mut leaves = Vec::new();
-        let mut todo = vec![table.clone()];
-        while let Some(table) = todo.pop() {
-            match children.get(&table) {
-                Some(parts) => todo.extend(parts.iter().cloned()),
-                None => leaves.push(table),
-            }
-        }
-        leaves.sort();
-        leaves
-    };
+    let leaves = |table: &TableName| partitions.leaves(table);
     let mut expanded = Vec::new();
     for (table, columns, references, referenced) in keys {
         let references = leaves(&references);

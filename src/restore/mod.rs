@@ -290,8 +290,9 @@ pub(crate) async fn restore(
         None
     } else {
         let keys = postgres::part::foreign_keys(&pre_data, &post_data);
+        let partitions = postgres::part::Partitions::of(&pre_data, &post_data);
         let rows = &options.part.rows;
-        Some(related::closure(&streams, &manifest, &keys, rows, options.part.with_related).await?)
+        Some(related::closure(&streams, &manifest, (&keys, &partitions), rows, options.part.with_related).await?)
     };
     let chosen = |related: &related::Related| -> Vec<RowsWritten> {
         related
@@ -362,7 +363,8 @@ pub(crate) async fn restore(
         && options.part.schema_map.is_empty()
     {
         let keys = postgres::part::foreign_keys(&pre_data, &post_data);
-        let written = related::into_live(&client, options, &manifest, related, &keys).await?;
+        let partitions = postgres::part::Partitions::of(&pre_data, &post_data);
+        let written = related::into_live(&client, options, &manifest, related, (&keys, &partitions)).await?;
         let rows = written.iter().map(|t| t.rows).sum();
         let mut live = report(written.clone(), written.len(), rows, 0, false);
         live.warnings = warnings;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures::StreamExt;
 
 use crate::error::{Error, Result};
-use crate::postgres::part::ForeignKey;
+use crate::postgres::part::{ForeignKey, Partitions};
 use crate::postgres::script::TableName;
 use crate::postgres::{LoadSession, OnConflict};
 use crate::repo::{Manifest, TableManifest};
@@ -125,7 +125,7 @@ fn positions(table: &TableManifest, names: &[String]) -> Option<Vec<usize>> {
 pub(super) async fn closure(
     streams: &Streams<'_>,
     manifest: &Manifest,
-    keys: &[ForeignKey],
+    (keys, partitions): (&[ForeignKey], &Partitions),
     roots: &[RowsRoot],
     with_related: bool,
 ) -> Result<Related> {
@@ -138,22 +138,43 @@ pub(super) async fn closure(
     // The roots.
     let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
     for root in roots {
-        let table = &manifest.tables[super::select::table_named(manifest, &root.table)?];
-        let column = table.columns.iter().position(|c| *c == root.column).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}.{} has no column {:?}; its columns: {}",
-                table.schema,
-                table.name,
-                root.column,
-                table.columns.join(", ")
-            ))
-        })?;
-        // The value as COPY would write it.
-        let value = copy_field(&root.value);
-        wanted
-            .entry(name_of(table))
-            .or_default()
-            .push(Wanted { columns: vec![column], values: HashSet::from([value]) });
+        // A partitioned table stands for its partitions.
+        let named = match super::select::table_named(manifest, &root.table) {
+            Ok(index) => vec![&manifest.tables[index]],
+            Err(error) => {
+                let parent = root
+                    .table
+                    .split_once('.')
+                    .map(|(schema, name)| TableName { schema: schema.to_string(), name: name.to_string() });
+                let leaves: Vec<&TableManifest> = parent
+                    .map(|parent| partitions.leaves(&parent))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|leaf| tables.get(leaf).copied())
+                    .collect();
+                if leaves.is_empty() {
+                    return Err(error);
+                }
+                leaves
+            }
+        };
+        for table in named {
+            let column = table.columns.iter().position(|c| *c == root.column).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}.{} has no column {:?}; its columns: {}",
+                    table.schema,
+                    table.name,
+                    root.column,
+                    table.columns.join(", ")
+                ))
+            })?;
+            // The value as COPY would write it.
+            let value = copy_field(&root.value);
+            wanted
+                .entry(name_of(table))
+                .or_default()
+                .push(Wanted { columns: vec![column], values: HashSet::from([value]) });
+        }
     }
     let mut frontier = scan_all(streams, &tables, &wanted, &mut chosen, &mut related).await?;
     if related.rows.values().all(Vec::is_empty) {
@@ -267,7 +288,7 @@ pub(super) async fn into_live(
     options: &RestoreOptions,
     manifest: &Manifest,
     related: &Related,
-    keys: &[ForeignKey],
+    (keys, partitions): (&[ForeignKey], &Partitions),
 ) -> Result<Vec<RowsWritten>> {
     let database = options.database.to_string();
     if options.existing == ExistingContents::Replace || options.parallel || options.part.data_only {
@@ -278,8 +299,15 @@ pub(super) async fn into_live(
     }
     let involved: Vec<&TableManifest> =
         manifest.tables.iter().filter(|t| related.rows.get(&name_of(t)).is_some_and(|rows| !rows.is_empty())).collect();
+    // A partition's rows go in through the top of its tree, where the live database's own
+    // partitions take them (one detached since would keep them out of sight).
+    let through = |table: &TableManifest| -> TableManifest {
+        let root = partitions.root(&name_of(table));
+        TableManifest { schema: root.schema, name: root.name, ..table.clone() }
+    };
+    let targets: Vec<TableManifest> = involved.iter().map(|t| through(t)).collect();
     let wanted: Vec<(&str, &str, &[String])> =
-        involved.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
+        targets.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
     let missing = client.missing_tables(&wanted).await?;
     if !missing.is_empty() {
         return Err(Error::Invalid(format!(
@@ -301,6 +329,8 @@ pub(super) async fn into_live(
         });
         order.push(left.remove(ready.unwrap_or(0)));
     }
+    // At 3 a.m. a lock held by the application says so rather than waits for ever.
+    client.set_lock_timeout(super::load::LOCK_TIMEOUT).await?;
     client.begin().await?;
     // A cycle of deferrable keys holds at commit.
     client.defer_constraints().await?;
@@ -318,7 +348,7 @@ pub(super) async fn into_live(
             if text.is_empty() {
                 continue;
             }
-            let (i, u) = client.insert_rows(table, &text, conflict).await.map_err(|error| {
+            let (i, u) = client.insert_rows(&through(table), &text, conflict).await.map_err(|error| {
                 Error::Invalid(format!(
                     "writing the rows of {label} into the live table: {error}{}",
                     if conflict == OnConflict::Fail {

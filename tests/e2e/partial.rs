@@ -368,3 +368,44 @@ fn a_restore_refreshes_each_materialized_view_once() {
         assert_eq!(target.sql("SELECT one FROM public.counted_view").trim(), "1");
     }
 }
+
+#[test]
+fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
+    let setup = "CREATE TABLE public.owners (id int PRIMARY KEY); \
+         CREATE TABLE public.events (id int, d date, owner_id int REFERENCES public.owners, PRIMARY KEY (id, d)) \
+           PARTITION BY RANGE (d); \
+         CREATE TABLE public.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01'); \
+         INSERT INTO public.owners VALUES (1), (2); \
+         INSERT INTO public.events VALUES (1, '2025-03-01', 1), (2, '2025-04-01', 2)";
+    let Ready { source, work, repo, .. } = Scenario::new("part_events").sql(setup).init("repo").backup();
+    // The partitioned table names its partitions' rows.
+    let dry = work
+        .restore_with(
+            &repo,
+            &source,
+            &["--json", "--rows", "public.events:id=1", "--with-related", "--dry-run", "latest"],
+        )
+        .ok()
+        .json();
+    let chosen: Vec<(String, u64)> = dry["rows_chosen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(chosen, [("public.events_2025".to_string(), 1), ("public.owners".to_string(), 1)]);
+    // Live, the partition was replaced since: the row goes in through the parent, where the
+    // live partitions take it.
+    source.sql(
+        "DELETE FROM public.events WHERE owner_id = 1; ALTER TABLE public.events DETACH PARTITION public.events_2025; \
+         CREATE TABLE public.events_new PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+    );
+    work.restore_with(
+        &repo,
+        &source,
+        &["--rows", "public.owners:id=1", "--with-related", "--on-conflict", "skip", "latest"],
+    )
+    .ok();
+    assert_eq!(source.sql("SELECT count(*) FROM public.events WHERE id = 1").trim(), "1");
+    assert_eq!(source.sql("SELECT count(*) FROM public.events_new").trim(), "1");
+}
