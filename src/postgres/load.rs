@@ -299,10 +299,30 @@ impl LoadSession {
     /// restore grants no power the admin did not), in the caller's transaction, then makes
     /// each a member of the roles it was a member of that exist. Returns the memberships left
     /// out (`role in group`) because the group does not exist.
-    pub async fn create_roles(&self, roles: &[&RoleRecord]) -> Result<Vec<String>> {
-        for role in roles {
-            self.client.batch_execute(&format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name))).await?;
+    pub async fn create_roles(&self, roles: &[&RoleRecord]) -> Result<(Vec<String>, Vec<String>)> {
+        // Another restore (into another database: advisory locks do not reach) may make the same
+        // role at the same time: its CREATE ROLE waits for the other's transaction, then finds
+        // the name taken. Such a role is the other's, not made (nor undone) here.
+        let roles = self.missing_roles(roles).await?;
+        let mut created = Vec::new();
+        for role in &roles {
+            self.client.batch_execute("SAVEPOINT crmvault_role").await?;
+            match self.client.batch_execute(&format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name))).await {
+                Ok(()) => {
+                    self.client.batch_execute("RELEASE SAVEPOINT crmvault_role").await?;
+                    created.push(role.name.clone());
+                }
+                Err(error)
+                    if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                        || error.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) =>
+                {
+                    tracing::debug!(role = %role.name, "made meanwhile by another restore");
+                    self.client.batch_execute("ROLLBACK TO SAVEPOINT crmvault_role").await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
+        let roles: Vec<&RoleRecord> = roles.into_iter().filter(|role| created.contains(&role.name)).collect();
         let mut left_out = Vec::new();
         for role in roles {
             for group in &role.member_of {
@@ -340,7 +360,7 @@ impl LoadSession {
                 }
             }
         }
-        Ok(left_out)
+        Ok((created, left_out))
     }
 
     /// Drops roles a failed restore created (after what it created is dropped).

@@ -33,6 +33,8 @@ pub(super) struct Load<'a> {
     pub(super) freeze: bool,
     /// `--rows`: the COPY text each table takes instead of its data (none: no row).
     pub(super) rows: Option<&'a std::collections::BTreeMap<TableName, Vec<u8>>>,
+    /// The roles this restore made (not those another made meanwhile): undone on failure.
+    pub(super) created_roles: std::sync::Mutex<Vec<String>>,
 }
 
 impl Load<'_> {
@@ -343,7 +345,7 @@ impl Load<'_> {
         client.begin().await?;
         client.clean().await?;
         client.commit().await?;
-        let created: Vec<String> = self.roles.iter().map(|role| role.name.clone()).collect();
+        let created = self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         client.drop_roles(&created).await
     }
 
@@ -352,7 +354,9 @@ impl Load<'_> {
         if self.roles.is_empty() {
             return Ok(());
         }
-        for membership in self.client.create_roles(self.roles).await? {
+        let (created, left_out) = self.client.create_roles(self.roles).await?;
+        *self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = created;
+        for membership in left_out {
             tracing::warn!("role membership left out: {membership}");
         }
         Ok(())

@@ -352,7 +352,6 @@ pub(crate) async fn restore(
             roles: missing.iter().map(|role| describe_role(role)).collect(),
         });
     }
-    let roles_created: Vec<String> = missing.iter().map(|role| role.name.clone()).collect();
     let missing: Vec<RoleRecord> = missing.into_iter().cloned().collect();
     drop(needed);
     let mut clean = false;
@@ -419,6 +418,7 @@ pub(crate) async fn restore(
         roles: &missing.iter().collect::<Vec<_>>(),
         freeze: !options.part.data_only,
         rows: chosen_rows.as_ref(),
+        created_roles: std::sync::Mutex::new(Vec::new()),
     };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
@@ -441,7 +441,7 @@ pub(crate) async fn restore(
         chunks: sources.served.iter().map(|(_, served)| served).sum(),
         sources,
         parallel: options.parallel,
-        roles_created,
+        roles_created: load.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         rows_chosen: related.as_ref().map(chosen).unwrap_or_default(),
         dry_run: false,
     };

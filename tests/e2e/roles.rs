@@ -132,3 +132,38 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     drop(as_connected);
     drop_roles(&[loader]);
 }
+
+#[test]
+fn two_restores_creating_the_same_roles_at_once_both_succeed() {
+    let pid = std::process::id();
+    let (owner, reader) = (format!("cv_both_owner_{pid}"), format!("cv_both_reader_{pid}"));
+    let roles = [owner.clone(), reader.clone()];
+    drop_roles(&roles);
+    psql("postgres", &format!("CREATE ROLE \"{owner}\" NOLOGIN; CREATE ROLE \"{reader}\" NOLOGIN"));
+    let setup =
+        format!("ALTER TABLE public.filler OWNER TO \"{owner}\"; GRANT SELECT ON public.filler TO \"{reader}\"");
+    let Ready { work, repo, .. } = Scenario::new("roles_both").filler().sql(&setup).init("repo").backup();
+    drop_roles(&roles);
+    let (first, second) = (TestDb::create("roles_both_a"), TestDb::create("roles_both_b"));
+    // Both find the roles missing before either has made them (the load takes a while).
+    let runs: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let a = scope.spawn(|| work.restore_with(&repo, &first, &["--json", "--create-roles", "latest"]).ok().json());
+        let b = scope.spawn(|| work.restore_with(&repo, &second, &["--json", "--create-roles", "latest"]).ok().json());
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let mut created: Vec<String> = runs
+        .iter()
+        .flat_map(|run| run["roles_created"].as_array().cloned().unwrap_or_default())
+        .map(|role| role.as_str().unwrap().to_string())
+        .collect();
+    created.sort();
+    let mut expected = roles.to_vec();
+    expected.sort();
+    assert_eq!(created, expected, "each role made once, by one of them: {runs:?}");
+    for db in [&first, &second] {
+        assert_eq!(db.sql("SELECT count(*) FROM public.filler").trim(), "300000");
+    }
+    drop(first);
+    drop(second);
+    drop_roles(&roles);
+}
