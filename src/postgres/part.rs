@@ -677,8 +677,7 @@ fn name_list(tokens: &[Token<'_>], at: usize) -> Option<(Vec<String>, usize)> {
 
 /// Every foreign key of the scripts (`ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY (…)
 /// REFERENCES t (…)`), with partitioned tables replaced by the partitions that hold their rows.
-pub fn foreign_keys(pre_data: &str, post_data: &str) -> Vec<ForeignKey> {
-    let partitions = Partitions::of(pre_data, post_data);
+pub fn foreign_keys(pre_data: &str, post_data: &str, partitions: &Partitions) -> Vec<ForeignKey> {
     let mut keys = Vec::new();
     for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
         let facts = facts(entry.sql);
@@ -773,7 +772,7 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
                         && all[rest[1]].is_punct(':')
                         && OBJECT_NAME_TYPES.iter().any(|t| is_word(Some(&all[rest[2]]), t))
                 });
-                if cast { renamed_regclass(token.text, map) } else { None }
+                if cast { renamed_object_literal(token.text, map) } else { None }
             }
             _ => None,
         };
@@ -803,7 +802,7 @@ const OBJECT_NAME_TYPES: [&str; 10] = [
 
 /// `'schema.name'` (an object name literal) with its schema renamed, if `map` renames it;
 /// `'schema'` (a regnamespace) too.
-fn renamed_regclass(literal: &str, map: &[(String, String)]) -> Option<String> {
+fn renamed_object_literal(literal: &str, map: &[(String, String)]) -> Option<String> {
     let text = literal[1..literal.len() - 1].replace("''", "'");
     let tokens: Vec<Token<'_>> = Lexer::new(&text).collect();
     if tokens.len() == 1 {
@@ -1017,7 +1016,7 @@ mod tests {
             entry("p p_fk", "FK CONSTRAINT", "crm", "ALTER TABLE crm.p\n    ADD CONSTRAINT p_fk FOREIGN KEY (id, \"Odd\") REFERENCES crm.deals(id, x) ON DELETE CASCADE;"),
         ]
         .concat();
-        let keys = foreign_keys(&pre(), &post);
+        let keys = foreign_keys(&pre(), &post, &Partitions::of(&pre(), &post));
         let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
         assert_eq!(
             keys,

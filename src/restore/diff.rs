@@ -307,7 +307,7 @@ fn plan(old: Vec<ChunkId>, new: Vec<ChunkId>) -> [Plan; 2] {
         }
         at
     }
-    let mut in_new = occurrences(&new);
+    let in_new = occurrences(&new);
     let mut matched_old = vec![None; old.len()];
     let mut matched_new = vec![None; new.len()];
     let mut seen: HashMap<ChunkId, usize> = HashMap::new();
@@ -319,7 +319,6 @@ fn plan(old: Vec<ChunkId>, new: Vec<ChunkId>) -> [Plan; 2] {
         }
         *nth += 1;
     }
-    in_new.clear();
     let side = |ids: Vec<ChunkId>, matched: Vec<Option<usize>>| {
         let needed = matched.iter().map(Option::is_none).collect();
         let probes = (0..ids.len().saturating_sub(1))
@@ -617,33 +616,14 @@ impl Differ<'_> {
             if let Some(hasher) = digest.as_mut() {
                 hasher.update(&text);
             }
-            lines
-                .feed(&text, |line| {
-                    count(line);
-                    Ok::<_, std::convert::Infallible>(())
-                })
-                .expect("infallible");
+            lines.each(&text, &mut count);
         }
         if lines.is_partial() && whole.is_none() {
             return Ok(false);
         }
-        lines
-            .finish(|line| {
-                count(line);
-                Ok::<_, std::convert::Infallible>(())
-            })
-            .expect("infallible");
+        lines.end(count);
         if let (Some(table), Some(digest)) = (whole, digest) {
-            let label = format!("{}.{}", table.schema, table.name);
-            if !table.data.digest.is_empty() {
-                super::check_digest(&label, &table.data, &digest)?;
-            }
-            if rows_read != table.rows {
-                return Err(Error::RestoreMismatch {
-                    table: label,
-                    detail: format!("read {rows_read} rows, the snapshot has {}", table.rows),
-                });
-            }
+            super::check_table(&format!("{}.{}", table.schema, table.name), table, &digest, rows_read)?;
         }
         Ok(true)
     }

@@ -111,13 +111,7 @@ pub async fn run(
     }
     writer.finish(out)?;
     out.flush().map_err(|e| Error::Invalid(format!("writing the rows: {e}")))?;
-    super::check_digest(&label, &table.data, &digest)?;
-    if rows != table.rows {
-        return Err(Error::RestoreMismatch {
-            table: label,
-            detail: format!("read {rows} rows, the snapshot has {}", table.rows),
-        });
-    }
+    super::check_table(&label, table, &digest, rows)?;
     let written = if matching.is_empty() { rows } else { writer.written };
     Ok(DumpReport { snapshot_id: mark.id, table: label, rows, written, bytes })
 }

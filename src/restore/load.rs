@@ -483,6 +483,18 @@ pub(super) async fn run_entry(client: &LoadSession, entry: &Entry<'_>) -> Result
 /// How long a `--parallel` loading connection waits for a lock before giving up.
 pub(super) const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A table read whole: its digest and its rows, against the snapshot's.
+pub(super) fn check_table(label: &str, table: &TableManifest, digest: &blake3::Hasher, rows: u64) -> Result<()> {
+    check_digest(label, &table.data, digest)?;
+    if rows != table.rows {
+        return Err(Error::RestoreMismatch {
+            table: label.to_string(),
+            detail: format!("read {rows} rows, the snapshot has {}", table.rows),
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn check_digest(label: &str, stream: &StreamManifest, digest: &blake3::Hasher) -> Result<()> {
     if digest.finalize().to_hex().as_str() != stream.digest {
         return Err(Error::RestoreMismatch {

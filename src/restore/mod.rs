@@ -34,7 +34,7 @@ use crate::repo::{AdminKeyring, Keyring, Manifest, RoleRecord};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
-use load::{Load, check_digest, session};
+use load::{Load, check_digest, check_table, session};
 use select::choose_snapshot;
 use streams::{Streams, spool_chunks};
 
@@ -286,13 +286,15 @@ pub(crate) async fn restore(
     let post_data = postgres::script::without(&postgres::executable_sql(&post_data)?, leave_out);
 
     // `--rows`: the rows, found in the snapshot before the database is touched.
-    let related = if options.part.rows.is_empty() {
-        None
+    let (related, keys, partitions) = if options.part.rows.is_empty() {
+        (None, Vec::new(), postgres::part::Partitions::default())
     } else {
-        let keys = postgres::part::foreign_keys(&pre_data, &post_data);
         let partitions = postgres::part::Partitions::of(&pre_data, &post_data);
+        let keys = postgres::part::foreign_keys(&pre_data, &post_data, &partitions);
         let rows = &options.part.rows;
-        Some(related::closure(&streams, &manifest, (&keys, &partitions), rows, options.part.with_related).await?)
+        let chosen =
+            related::closure(&streams, &manifest, (&keys, &partitions), rows, options.part.with_related).await?;
+        (Some(chosen), keys, partitions)
     };
     let chosen = |related: &related::Related| -> Vec<RowsWritten> {
         related
@@ -361,8 +363,6 @@ pub(crate) async fn restore(
         && contents.is_some()
         && options.part.schema_map.is_empty()
     {
-        let keys = postgres::part::foreign_keys(&pre_data, &post_data);
-        let partitions = postgres::part::Partitions::of(&pre_data, &post_data);
         let written = related::into_live(&client, options, &manifest, related, (&keys, &partitions)).await?;
         let rows = written.iter().map(|t| t.rows).sum();
         let mut live = report(written.clone(), written.len(), rows, 0, false);

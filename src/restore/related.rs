@@ -61,8 +61,6 @@ pub(super) struct Related {
     /// those referencing them; the rest are rows the record references (shared: a deal's
     /// owner), which `--on-conflict update` leaves as the live database has them.
     pub(super) record: BTreeMap<TableName, usize>,
-    /// Tables read whole to find them (a table read at several steps counts each time).
-    pub(super) tables_read: usize,
 }
 
 impl Related {
@@ -452,7 +450,6 @@ async fn scan_all(
     for result in scanned {
         let (name, seen, new) = result?;
         chosen.insert(name.clone(), seen);
-        related.tables_read += 1;
         related.rows.entry(name.clone()).or_default().extend(new.iter().cloned());
         if !new.is_empty() {
             found.insert(name.clone(), new);
@@ -472,29 +469,16 @@ async fn scan(streams: &Streams<'_>, table: &TableManifest, mut row: impl FnMut(
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         digest.update(&chunk);
-        lines
-            .feed(&chunk, |line| {
-                count += 1;
-                row(line);
-                Ok::<_, std::convert::Infallible>(())
-            })
-            .expect("infallible");
-    }
-    lines
-        .finish(|line| {
+        lines.each(&chunk, |line| {
             count += 1;
             row(line);
-            Ok::<_, std::convert::Infallible>(())
-        })
-        .expect("infallible");
-    super::check_digest(&label, &table.data, &digest)?;
-    if count != table.rows {
-        return Err(Error::RestoreMismatch {
-            table: label,
-            detail: format!("read {count} rows, the snapshot has {}", table.rows),
         });
     }
-    Ok(())
+    lines.end(|line| {
+        count += 1;
+        row(line);
+    });
+    super::check_table(&label, table, &digest, count)
 }
 
 /// A value as a COPY text field (backslash, tab, line breaks escaped).

@@ -26,6 +26,24 @@ impl Lines {
         Ok(())
     }
 
+    /// [`Lines::feed`] for a `row` that cannot fail.
+    pub(super) fn each(&mut self, piece: &[u8], mut row: impl FnMut(&[u8])) {
+        let fed = self.feed(piece, |line| {
+            row(line);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        fed.unwrap_or_else(|never| match never {});
+    }
+
+    /// [`Lines::finish`] for a `row` that cannot fail.
+    pub(super) fn end(&mut self, row: impl FnOnce(&[u8])) {
+        let ended = self.finish(|line| {
+            row(line);
+            Ok::<_, std::convert::Infallible>(())
+        });
+        ended.unwrap_or_else(|never| match never {});
+    }
+
     /// Whether a row was begun and not ended.
     pub(super) fn is_partial(&self) -> bool {
         !self.partial.is_empty()
