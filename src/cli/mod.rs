@@ -1379,7 +1379,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         }
         Command::Dump { repo, identity, table, format, conditions, key, jobs, filter, snapshot } => {
             let identity = settings.require_identity(identity)?;
-            let (targets, trusted, keyring, locks) = open_as_admin(
+            let (targets, mut trusted, keyring, locks) = open_as_admin(
                 &storage,
                 &settings.repos(repo.repos)?,
                 &identity,
@@ -1416,6 +1416,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 }
             })?;
             audit.snapshot(&report.snapshot_id);
+            // Proven: a later deletion of it is then a rollback this machine sees.
+            trusted.advance(Some(&report.mark))?;
             if !quiet {
                 let rows = if report.written == report.rows {
                     format!("{} rows", report.rows)
@@ -1431,7 +1433,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         }
         Command::Diff { repo, identity, tables, exclude_tables, keys, jobs, filter, from, to } => {
             let identity = settings.require_identity(identity)?;
-            let (targets, trusted, keyring, locks) = open_as_admin(
+            let (targets, mut trusted, keyring, locks) = open_as_admin(
                 &storage,
                 &settings.repos(repo.repos)?,
                 &identity,
@@ -1456,6 +1458,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let report = result?;
             audit.snapshot(&report.from.snapshot_id);
             audit.snapshot(&report.to.snapshot_id);
+            trusted.advance(Some(&report.newest))?;
             output::diff(json, &report);
         }
         Command::Ls { repo, identity, filter, snapshot } => {

@@ -141,6 +141,10 @@ pub struct DiffReport {
     pub bytes_read: u64,
     /// What the reader should know (a snapshot passed over, two databases compared).
     pub warnings: Vec<String>,
+    /// The newer of the two snapshots' places in the chain, proven: the caller's high-water
+    /// mark may advance.
+    #[serde(skip)]
+    pub newest: SnapshotMark,
 }
 
 /// Compares two snapshots.
@@ -204,7 +208,9 @@ pub async fn run(
         .buffered(2)
         .try_collect()
         .await?;
+    let newest = if from_mark.sequence > to_mark.sequence { from_mark.clone() } else { to_mark.clone() };
     Ok(DiffReport {
+        newest,
         from: Side { snapshot_id: from_mark.id, time: from_mark.time, database: from.database.clone() },
         to: Side { snapshot_id: to_mark.id, time: to_mark.time, database: to.database.clone() },
         schema_changed: !same_stream(&from.pre_data, &to.pre_data) || !same_stream(&from.post_data, &to.post_data),

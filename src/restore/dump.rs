@@ -63,6 +63,9 @@ pub struct DumpReport {
     pub written: u64,
     /// Bytes of COPY text read.
     pub bytes: u64,
+    /// The snapshot's place in the chain, proven: the caller's high-water mark may advance.
+    #[serde(skip)]
+    pub mark: SnapshotMark,
 }
 
 /// Writes one table of a snapshot to `out`.
@@ -113,7 +116,7 @@ pub async fn run(
     out.flush().map_err(|e| Error::Invalid(format!("writing the rows: {e}")))?;
     super::check_table(&label, table, &digest, rows)?;
     let written = if matching.is_empty() { rows } else { writer.written };
-    Ok(DumpReport { snapshot_id: mark.id, table: label, rows, written, bytes })
+    Ok(DumpReport { snapshot_id: mark.id.clone(), table: label, rows, written, bytes, mark })
 }
 
 /// A condition on the rows `dump` writes.

@@ -140,6 +140,28 @@ fn diff_reports_exactly_the_rows_changed_by_key_or_whole_row_reading_only_change
     let audit = work.run(&["audit", "--repo", &repo, "--identity", &key, "--json"]).ok().json();
     assert!(audit.to_string().contains("\"operation\":\"diff\""), "{audit}");
 
+    // A machine that only ever ran diff knows the newest snapshot it proved: deleting it from
+    // storage is then a rollback its next restore says.
+    let admin = crate::common::Workspace::new();
+    std::fs::copy(work.path("admin.key"), admin.path("admin.key")).unwrap();
+    let fingerprint = work.fingerprint(&repo);
+    let admin_key = admin.admin_key();
+    let on_admin = |extra: &[&str]| {
+        let mut args = vec!["diff", "--repo", &repo, "--identity", &admin_key, "--fingerprint", &fingerprint];
+        args.extend_from_slice(extra);
+        admin.run(&args)
+    };
+    on_admin(&[&from[..12], &to[..12]]).ok();
+    let newest = crate::common::files_under(&work.path("repo/snapshots"))
+        .into_iter()
+        .find(|path| path.file_name().unwrap().to_str().unwrap().starts_with(&to))
+        .unwrap();
+    let kept = std::fs::read(&newest).unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    let after = on_admin(&["--table", "public.big", &from[..12], "latest"]);
+    assert!(after.stderr.contains("deleted from storage"), "{}", after.stderr);
+    std::fs::write(&newest, kept).unwrap();
+
     // Without a key: refused. Damaged storage: the diff fails rather than miscount.
     work.run(&["diff", "--repo", &repo, &from[..12]]).fails_with(2, "no admin identity");
     for pack in files_under(&work.path("repo/data")) {
