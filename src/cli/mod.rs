@@ -1418,6 +1418,16 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             audit.snapshot(&report.snapshot_id);
             // Proven: a later deletion of it is then a rollback this machine sees.
             trusted.advance(Some(&report.mark))?;
+            if report.written == 0 && report.rows > 0 && !options.conditions.is_empty() {
+                // An easy slip: `--where 'id = 42'` compares the text " 42".
+                output::warning(format_args!(
+                    "no row of {} matched {}: values are compared as COPY writes them, exactly (spaces count)",
+                    output::printable(&report.table),
+                    output::printable(
+                        &options.conditions.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
+                    )
+                ));
+            }
             if !quiet {
                 let rows = if report.written == report.rows {
                     format!("{} rows", report.rows)

@@ -53,6 +53,9 @@ pub struct TableEntry {
     pub bytes: u64,
     /// Its columns, as stored.
     pub columns: Vec<String>,
+    /// Its primary key's columns (empty: none, or a snapshot older than the field), which
+    /// `diff` matches rows by and `dump --key` takes.
+    pub primary_key: Vec<String>,
 }
 
 /// One schema's sum.
@@ -87,6 +90,7 @@ pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &
                             rows: t.rows,
                             bytes: t.data.bytes,
                             columns: t.columns.clone(),
+                            primary_key: t.primary_key.clone(),
                         })
                         .collect();
                     tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));

@@ -149,6 +149,16 @@ impl std::str::FromStr for Condition {
     }
 }
 
+/// As the admin wrote it, the value quoted so that spaces show: `--where email=" a@b"`.
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Condition::Equals { column, value } => write!(f, "--where {column}={value:?}"),
+            Condition::Key(value) => write!(f, "--key {value:?}"),
+        }
+    }
+}
+
 /// Conditions resolved against one table's columns: (column number, value).
 #[derive(Debug, Default)]
 struct RowFilter(Vec<(usize, String)>);

@@ -309,7 +309,7 @@ pub(super) async fn into_live(
     let missing = client.missing_tables(&wanted).await?;
     if !missing.is_empty() {
         return Err(Error::Invalid(format!(
-            "--rows writes into the live tables, and in {database}: {} (restore beside them with --schema-map)",
+            "--rows writes into the live tables, and in {database}: {} (left unchanged; restore beside them with --schema-map)",
             missing.join("; ")
         )));
     }

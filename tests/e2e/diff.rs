@@ -203,6 +203,11 @@ fn dump_where_and_key_write_exactly_the_rows_asked_for() {
     let tab = rows(dump(weird, &["--where", "tenant=2", "--where", "body=tab\there"]));
     assert_eq!(tab, vec![json!({"tenant": "2", "select": "a", "body": "tab\there"})]);
     assert!(rows(dump(weird, &["--where", "tenant=9"])).is_empty());
+    // A filter that matches nothing says so, and shows the value as it was compared.
+    let spaced = dump("crm.contacts", &["--where", "id = 7"]).ok();
+    assert!(spaced.stdout.is_empty(), "{}", spaced.stdout);
+    assert!(spaced.stderr.contains(r#"warning: no row of crm.contacts matched --where id=" 7""#), "{}", spaced.stderr);
+    assert!(!dump("crm.contacts", &["--where", "id=7"]).ok().stderr.contains("warning"));
 
     // Names with dots are taken as written; a table without columns has empty rows.
     assert_eq!(rows(dump("dotted.s.t.x", &[])), vec![json!({"id": "1"}), json!({"id": "2"})]);

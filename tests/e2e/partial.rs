@@ -349,6 +349,18 @@ fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_
         .sql("SELECT md5(string_agg(id || ':' || coalesce(company_id::text, '-'), ',' ORDER BY id)) FROM crm.contacts");
     assert_eq!(contacts_after, contacts_before);
 
+    // A live table that lost a column the snapshot has is named, and nothing is written.
+    source
+        .sql("ALTER TABLE crm.company_log DROP COLUMN what; DELETE FROM crm.activities WHERE deal_id IN (SELECT id FROM crm.deals WHERE company_id = 7)");
+    let activities = "(SELECT a.* FROM crm.activities a JOIN crm.deals d ON d.id = a.deal_id WHERE d.company_id = 7)";
+    work.restore_with(
+        &repo,
+        &source,
+        &["--rows", "crm.companies:id=7", "--with-related", "--on-conflict", "skip", "latest"],
+    )
+    .fails_with(1, "(left unchanged; restore beside them with --schema-map)");
+    assert_eq!(rows(&source, activities, "id"), "0:", "the deleted activities stay deleted");
+
     // A row the snapshot does not have is said.
     work.restore_with(&repo, &source, &["--rows", "crm.companies:id=999", "--dry-run", "latest"])
         .fails_with(1, "the snapshot has no row crm.companies:id=999");
