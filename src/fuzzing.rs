@@ -190,6 +190,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         alarms: vec![],
         session: None,
         roles: None,
+        database_object: None,
     };
     let manifest_json = serde_json::to_vec(&manifest).expect("serialisable");
     let manifest_compressed = zstd::bulk::compress(&manifest_json, 3).expect("compressing to memory cannot fail");

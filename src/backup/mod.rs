@@ -242,6 +242,7 @@ pub async fn run(
     let materialized_views = session.populated_materialized_views().await?;
     let session_settings = session.settings().await?;
     let roles = session.roles().await?;
+    let database_object = session.database_object().await?;
     tracing::info!(tables = tables.len(), snapshot = %session.snapshot, "reading database {}", options.database);
 
     let dictionaries: Arc<Mutex<Vec<StoredDictionary>>> = Arc::default();
@@ -322,6 +323,7 @@ pub async fn run(
                 alarms: Vec::new(),
                 session: Some(session_settings),
                 roles: Some(roles),
+                database_object: Some(database_object),
             };
             Ok((manifest, read.bytes_read))
         }

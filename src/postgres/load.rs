@@ -469,6 +469,11 @@ impl Server {
         Ok(Server { client: database.on_database("postgres").connect().await? })
     }
 
+    /// The connection, for the server-wide steps of other modules.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Whether database `name` exists (`None` when it does not), and its comment.
     pub async fn comment(&self, name: &str) -> Result<Option<Option<String>>> {
         let row = self
@@ -488,12 +493,16 @@ impl Server {
     }
 
     /// Creates database `name` from `template0`, with the source's encoding and collation when
-    /// `locale` gives them, and `comment` on it.
+    /// `locale` gives them (ICU's when the source's are), and `comment` on it.
     pub async fn create(&self, name: &str, locale: Option<&SessionSettings>, comment: &str) -> Result<()> {
         let quoted = quote_ident(name);
         let locale = locale.map_or_else(String::new, |locale| {
+            let icu = locale
+                .icu_locale
+                .as_deref()
+                .map_or_else(String::new, |icu| format!(" LOCALE_PROVIDER icu ICU_LOCALE {}", quote_literal(icu)));
             format!(
-                " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                " ENCODING {} LC_COLLATE {} LC_CTYPE {}{icu}",
                 quote_literal(&locale.encoding),
                 quote_literal(&locale.collate),
                 quote_literal(&locale.ctype)
@@ -521,9 +530,9 @@ impl Server {
         Ok(())
     }
 
-    /// Renames database `from` to `to` and takes its comment off, waiting up to ten seconds for
-    /// the sessions that just closed to be gone.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+    /// Renames database `from` to `to` and gives it `comment` instead of the loading mark,
+    /// waiting up to ten seconds for the sessions that just closed to be gone.
+    pub async fn rename(&self, from: &str, to: &str, comment: Option<&str>) -> Result<()> {
         let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to));
         let mut tries = 0;
         loop {
@@ -536,7 +545,8 @@ impl Server {
                 Err(error) => return Err(error.into()),
             }
         }
-        self.client.batch_execute(&format!("COMMENT ON DATABASE {} IS NULL", quote_ident(to))).await?;
+        let comment = comment.map_or_else(|| "NULL".to_string(), quote_literal);
+        self.client.batch_execute(&format!("COMMENT ON DATABASE {} IS {comment}", quote_ident(to))).await?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::error::{Error, Result};
 
 pub mod conninfo;
+pub mod database;
 pub mod dump;
 pub mod load;
 pub mod part;

@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use super::{Database, NOT_FROM_EXTENSION, USER_SCHEMAS, quote_ident, quote_literal};
 use crate::error::Result;
-use crate::repo::{RoleRecord, SessionSettings};
+use crate::repo::{DatabaseObject, DatabasePrivilege, DatabaseSetting, RoleRecord, SessionSettings};
 
 /// A table whose data is backed up.
 #[derive(Debug, Clone)]
@@ -87,17 +87,28 @@ impl SnapshotSession {
     /// superuser, on which nothing is recorded, every server has.
     pub async fn roles(&self) -> Result<Vec<RoleRecord>> {
         // Default privileges and user mappings name their role in statements --no-owner keeps.
-        let sql = "SELECT r.rolname::text, bool_or(d.deptype = 'o'), bool_or(d.deptype = 'a'), \
-                     bool_or(d.deptype NOT IN ('o', 'a') \
-                       OR d.classid IN ('pg_catalog.pg_default_acl'::regclass, 'pg_catalog.pg_user_mapping'::regclass)), \
+        // The database's own owner and grantees (pg_shdepend rows of no database) and the roles
+        // with settings of their own in it are needed by `--create` alone.
+        let sql = "WITH db AS (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()), \
+                   needs AS ( \
+                     SELECT d.refobjid AS role, d.dbid <> 0 AND d.deptype = 'o' AS owns, \
+                       d.dbid <> 0 AND d.deptype = 'a' AS granted, \
+                       d.dbid <> 0 AND (d.deptype NOT IN ('o', 'a') \
+                         OR d.classid IN ('pg_catalog.pg_default_acl'::regclass, 'pg_catalog.pg_user_mapping'::regclass)) AS named, \
+                       d.dbid = 0 AS database \
+                     FROM pg_catalog.pg_shdepend d, db \
+                     WHERE d.refclassid = 'pg_catalog.pg_authid'::regclass AND d.deptype IN ('o', 'a', 'r', 'i') \
+                       AND (d.dbid = db.oid OR (d.dbid = 0 AND d.classid = 'pg_catalog.pg_database'::regclass AND d.objid = db.oid)) \
+                     UNION ALL \
+                     SELECT s.setrole, false, false, false, true FROM pg_catalog.pg_db_role_setting s, db \
+                     WHERE s.setdatabase = db.oid AND s.setrole <> 0) \
+                   SELECT r.rolname::text, bool_or(n.owns), bool_or(n.granted), bool_or(n.named), \
                      ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m \
                            JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1), \
                      r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin, r.rolreplication, \
-                     r.rolbypassrls \
-                   FROM pg_catalog.pg_shdepend d JOIN pg_catalog.pg_roles r ON r.oid = d.refobjid \
-                   WHERE d.refclassid = 'pg_catalog.pg_authid'::regclass \
-                     AND d.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
-                     AND d.deptype IN ('o', 'a', 'r', 'i') AND r.rolname NOT LIKE 'pg\\_%' \
+                     r.rolbypassrls, bool_or(n.database) \
+                   FROM needs n JOIN pg_catalog.pg_roles r ON r.oid = n.role \
+                   WHERE r.rolname NOT LIKE 'pg\\_%' \
                    GROUP BY r.oid, r.rolname, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, \
                      r.rolcanlogin, r.rolreplication, r.rolbypassrls ORDER BY 1";
         let rows = self.client.query(sql, &[]).await?;
@@ -122,6 +133,7 @@ impl SnapshotSession {
                     owns: row.get(1),
                     granted: row.get(2),
                     named: row.get(3),
+                    database: row.get(12),
                     member_of: row.get(4),
                     attributes,
                 }
@@ -130,21 +142,24 @@ impl SnapshotSession {
         // The bootstrap superuser's objects have no pg_shdepend rows; on a server set up
         // under another name (POSTGRES_USER in a container) it is missing all the same.
         let bootstrap = format!(
-            "SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.oid = 10 AND ( \
+            "SELECT r.rolname::text, ( \
                EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspowner = 10 AND {USER_SCHEMAS} AND n.nspname <> 'public') \
                OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                           WHERE c.relowner = 10 AND {USER_SCHEMAS}) \
                OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-                          WHERE p.proowner = 10 AND {USER_SCHEMAS}))"
+                          WHERE p.proowner = 10 AND {USER_SCHEMAS})), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datname = current_database() AND d.datdba = 10) \
+             FROM pg_catalog.pg_roles r WHERE r.oid = 10"
         );
         if let Some(row) = self.client.query_opt(&bootstrap, &[]).await? {
-            let name: String = row.get(0);
-            if !roles.iter().any(|role| role.name == name) {
+            let (name, owns, database): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            if (owns || database) && !roles.iter().any(|role| role.name == name) {
                 roles.push(RoleRecord {
                     name,
-                    owns: true,
+                    owns,
                     granted: false,
                     named: false,
+                    database,
                     member_of: Vec::new(),
                     attributes: vec!["SUPERUSER".into(), "LOGIN".into()],
                 });
@@ -160,7 +175,8 @@ impl SnapshotSession {
             .query_one(
                 "SELECT current_setting('DateStyle'), current_setting('IntervalStyle'), current_setting('TimeZone'), \
                    current_setting('extra_float_digits'), current_setting('bytea_output'), \
-                   pg_catalog.pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text \
+                   pg_catalog.pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, \
+                   CASE WHEN d.datlocprovider = 'i' THEN d.daticulocale::text END \
                  FROM pg_catalog.pg_database d WHERE d.datname = current_database()",
                 &[],
             )
@@ -174,6 +190,65 @@ impl SnapshotSession {
             encoding: row.get(5),
             collate: row.get(6),
             ctype: row.get(7),
+            icu_locale: row.get(8),
+        })
+    }
+
+    /// The database itself: owner, privileges (the defaults written out when it has none of
+    /// its own), settings for its sessions, connection limit, comment.
+    pub async fn database_object(&self) -> Result<DatabaseObject> {
+        let this =
+            "SELECT oid, datdba, datacl, datconnlimit FROM pg_catalog.pg_database WHERE datname = current_database()";
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT pg_catalog.pg_get_userbyid(d.datdba)::text, d.datconnlimit, \
+                       pg_catalog.shobj_description(d.oid, 'pg_database') FROM ({this}) d"
+                ),
+                &[],
+            )
+            .await?;
+        let privileges = self
+            .client
+            .query(
+                &format!(
+                    "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END, \
+                       a.privilege_type::text, a.is_grantable \
+                     FROM ({this}) d, pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba))) a \
+                     ORDER BY 1 NULLS FIRST, 2"
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| DatabasePrivilege { grantee: row.get(0), privilege: row.get(1), grantable: row.get(2) })
+            .collect();
+        let settings = self
+            .client
+            .query(
+                &format!(
+                    "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(s.setrole)::text END, u.setting \
+                     FROM ({this}) d JOIN pg_catalog.pg_db_role_setting s ON s.setdatabase = d.oid, \
+                       unnest(s.setconfig) WITH ORDINALITY u(setting, n) \
+                     ORDER BY s.setrole <> 0, 1, u.n"
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .filter_map(|row| {
+                let setting: String = row.get(1);
+                let (name, value) = setting.split_once('=')?;
+                Some(DatabaseSetting { role: row.get(0), name: name.to_string(), value: value.to_string() })
+            })
+            .collect();
+        Ok(DatabaseObject {
+            owner: row.get(0),
+            privileges,
+            settings,
+            connection_limit: row.get(1),
+            comment: row.get(2),
         })
     }
 

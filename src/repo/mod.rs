@@ -539,6 +539,7 @@ mod tests {
             alarms: vec![],
             session: None,
             roles: None,
+            database_object: None,
         }
     }
 

@@ -187,10 +187,67 @@ pub struct Manifest {
     /// snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<RoleRecord>>,
+    /// The database itself: owner, privileges, settings, comment (`restore --create` gives
+    /// them to the database it makes). In [`AdminOnly`], never in the manifest's plaintext:
+    /// a setting may hold a secret (`ALTER DATABASE … SET app.jwt_secret`). Present once an
+    /// admin opened the snapshot, and in snapshots from builds that record it.
+    #[serde(skip)]
+    pub database_object: Option<DatabaseObject>,
+}
+
+/// A database as `CREATE DATABASE`, `ALTER DATABASE`, `GRANT … ON DATABASE` and `COMMENT ON
+/// DATABASE` make it, beyond its encoding and collation ([`SessionSettings`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseObject {
+    /// The role that owns it.
+    pub owner: String,
+    /// Its privileges, the defaults written out when it has none of its own.
+    #[serde(default)]
+    pub privileges: Vec<DatabasePrivilege>,
+    /// `ALTER DATABASE … SET` and `ALTER ROLE … IN DATABASE … SET`, in their order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<DatabaseSetting>,
+    /// `CONNECTION LIMIT` (-1: none).
+    #[serde(default = "no_limit")]
+    pub connection_limit: i32,
+    /// Its comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+fn no_limit() -> i32 {
+    -1
+}
+
+/// One privilege on the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabasePrivilege {
+    /// The role granted it; absent: `PUBLIC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grantee: Option<String>,
+    /// `CONNECT`, `CREATE` or `TEMPORARY`.
+    pub privilege: String,
+    /// `WITH GRANT OPTION`.
+    #[serde(default)]
+    pub grantable: bool,
+}
+
+/// One setting the database gives its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseSetting {
+    /// Only for this role's sessions (`ALTER ROLE … IN DATABASE`); absent: everyone's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The setting's name.
+    pub name: String,
+    /// Its value as the catalog keeps it (a list setting such as `search_path`: its elements
+    /// joined by `, `, quoted where needed).
+    pub value: String,
 }
 
 /// A role a database's objects name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools, reason = "independent reasons a role is needed, each a field of the format")]
 pub struct RoleRecord {
     /// Its name.
     pub name: String,
@@ -204,6 +261,10 @@ pub struct RoleRecord {
     /// restore leaves out.
     #[serde(default)]
     pub named: bool,
+    /// The database itself names it (owner, privileges or a setting of its own there): only
+    /// `restore --create`, which gives the new database those, needs it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub database: bool,
     /// The roles it is a member of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub member_of: Vec<String>,
@@ -233,6 +294,10 @@ pub struct SessionSettings {
     pub collate: String,
     /// The database's `LC_CTYPE`.
     pub ctype: String,
+    /// The database's ICU locale, when ICU is its collation provider (it then orders text,
+    /// not `collate`). Absent: libc, or a snapshot from a build before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icu_locale: Option<String>,
 }
 
 /// One table the data-loss alarm found losing rows since the previous snapshot.
@@ -296,6 +361,9 @@ impl std::fmt::Display for TableAlarm {
 pub struct AdminOnly {
     /// Stream digests (hex).
     pub digests: Vec<String>,
+    /// The database itself (absent in snapshots from builds before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseObject>,
 }
 
 impl Manifest {
@@ -495,8 +563,10 @@ impl SealedManifest {
     /// Compresses and encrypts a manifest for the repository's metadata recipients, its stream
     /// digests apart, for the admins only ([`AdminOnly`]).
     pub fn seal(manifest: &mut Manifest, repository: &Repository) -> SealedManifest {
-        let admin_only =
-            AdminOnly { digests: manifest.streams_mut().map(|stream| std::mem::take(&mut stream.digest)).collect() };
+        let admin_only = AdminOnly {
+            digests: manifest.streams_mut().map(|stream| std::mem::take(&mut stream.digest)).collect(),
+            database: manifest.database_object.clone(),
+        };
         let plaintext = serde_json::to_vec(&admin_only).expect("serialisable");
         manifest.admin_only = Some(hex::encode(crypto::encrypt(&repository.data_recipients(), &plaintext)));
         let compressed = encode_json(manifest);
@@ -611,8 +681,9 @@ impl SealedSnapshot {
             Some(sealed) if keyring.is_admin() => {
                 let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;
                 let plaintext = keyring.decrypt(&key, &ciphertext)?;
-                let AdminOnly { digests } = serde_json::from_slice(&plaintext)
+                let AdminOnly { digests, database } = serde_json::from_slice(&plaintext)
                     .map_err(|e| Error::corrupt(&key, format!("bad admin-only part: {e}")))?;
+                manifest.database_object = database;
                 if digests.len() != manifest.streams().count() {
                     return Err(Error::corrupt(&key, "its admin-only part does not match its streams"));
                 }

@@ -221,9 +221,17 @@ pub async fn run_creating(
     loading_options.create = Some(RESTORING_MARK.to_string());
     let restored = restore(targets, keyring, &loading_options, progress).await;
     let (finished, created) = match restored {
-        Ok((report, _)) => {
+        Ok((report, manifest)) => {
             let created = report.roles_created.clone();
-            (server.rename(&loading, &name).await.map(|()| report), created)
+            // Complete, then shaped like the source's database, and only then under its name.
+            let object = manifest.database_object.as_ref();
+            let finished = async {
+                if let Some(object) = object {
+                    server.give(&loading, object, options.leave_out).await?;
+                }
+                server.rename(&loading, &name, object.and_then(|o| o.comment.as_deref())).await
+            };
+            (finished.await.map(|()| report), created)
         }
         // Said of the database the admin named, not of the one it was loading into.
         Err(Error::MissingRoles { roles, .. }) => {
@@ -249,6 +257,9 @@ fn describe_role(role: &RoleRecord) -> String {
     }
     if role.named {
         needs.push("named in policies");
+    }
+    if needs.is_empty() && role.database {
+        needs.push("the database's owner, grantee, or has settings in it");
     }
     format!("{} ({})", role.name, needs.join(", "))
 }
@@ -340,12 +351,24 @@ pub(crate) async fn restore(
         postgres::create_database(&options.database, manifest.session.as_ref(), comment).await?;
     }
     let client = session(options, &manifest).await?;
+    // `restore --create` gives the new database its source's owner, grants and settings.
+    let database_roles = match &manifest.database_object {
+        Some(object) if options.create.as_deref() == Some(RESTORING_MARK) => {
+            postgres::database::roles_needed(object, leave_out)
+        }
+        _ => Vec::new(),
+    };
     // Before anything is changed: every role the schema will name must exist, or be made.
     let needed: Vec<&RoleRecord> = manifest
         .roles
         .iter()
         .flatten()
-        .filter(|role| role.named || (role.owns && !leave_out.owners) || (role.granted && !leave_out.privileges))
+        .filter(|role| {
+            role.named
+                || (role.owns && !leave_out.owners)
+                || (role.granted && !leave_out.privileges)
+                || database_roles.contains(&role.name.as_str())
+        })
         .collect();
     let missing = client.missing_roles(&needed).await?;
     if !missing.is_empty() && !options.create_roles {

@@ -167,3 +167,123 @@ fn two_restores_creating_the_same_roles_at_once_both_succeed() {
     drop(second);
     drop_roles(&roles);
 }
+
+/// What a database itself has, beyond its objects: owner, privileges, settings (the role's
+/// own too), connection limit, comment. Names, not oids, so two servers' compare.
+fn database_itself(name: &str) -> String {
+    psql(
+        "postgres",
+        &format!(
+            "SELECT d.datdba::regrole, d.datconnlimit, shobj_description(d.oid, 'pg_database'), \
+               (SELECT string_agg(p, ' ' ORDER BY p COLLATE \"C\") FROM ( \
+                  SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END || '=' \
+                    || a.privilege_type || CASE WHEN a.is_grantable THEN '*' ELSE '' END AS p \
+                  FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a) q), \
+               (SELECT string_agg(p, ' ' ORDER BY p COLLATE \"C\") FROM ( \
+                  SELECT coalesce(nullif(s.setrole, 0)::regrole::text, 'all') || ':' || array_to_string(s.setconfig, ';') AS p \
+                  FROM pg_db_role_setting s WHERE s.setdatabase = d.oid) q) \
+             FROM pg_database d WHERE d.datname = '{name}'"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_create_gives_the_database_its_owner_privileges_settings_and_comment() {
+    let pid = std::process::id();
+    let (owner, app) = (format!("cv_db_owner_{pid}"), format!("cv db app {pid}"));
+    let roles = [owner.clone(), app.clone()];
+    drop_roles(&roles);
+    psql("postgres", &format!("CREATE ROLE \"{owner}\" NOLOGIN; CREATE ROLE \"{app}\" LOGIN"));
+    let source = TestDb::create("dbitself");
+    // ICU orders its text: the new database must order it alike.
+    psql("postgres", &format!("DROP DATABASE {}", source.name));
+    psql(
+        "postgres",
+        &format!("CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'de-DE'", source.name),
+    );
+    // The objects belong to the restoring role: only the database itself names the roles.
+    source.sql("CREATE SCHEMA app; CREATE SCHEMA \"My Schema\"; CREATE TABLE app.t (id int PRIMARY KEY); INSERT INTO app.t VALUES (1)");
+    let db = &source.name;
+    psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} OWNER TO \"{owner}\"; REVOKE ALL ON DATABASE {db} FROM PUBLIC; \
+             GRANT CONNECT ON DATABASE {db} TO \"{app}\" WITH GRANT OPTION; \
+             ALTER DATABASE {db} SET search_path = app, \"My Schema\", public; \
+             ALTER DATABASE {db} SET \"app.jwt_secret\" TO 'top''secret'; \
+             ALTER ROLE \"{app}\" IN DATABASE {db} SET statement_timeout = '5s'; \
+             ALTER DATABASE {db} CONNECTION LIMIT 50; COMMENT ON DATABASE {db} IS 'the CRM, for real'"
+        ),
+    );
+    let expected = database_itself(db);
+    assert!(expected.contains("top'secret") && !expected.contains("PUBLIC"), "{expected}");
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    work.backup(&source, &repo);
+
+    // The backup host's writer key opens the manifest but not the database's settings: one
+    // may be a secret (PostgREST keeps its JWT secret there).
+    {
+        use crmvault::repo::Repository;
+        use crmvault::target::{OpenMode, Target};
+        let repository = Repository::open(Target::open(&repo, OpenMode::Existing).unwrap()).await.unwrap();
+        let writer = repository.unlock_as_writer(&work.config_dir()).await.unwrap();
+        let admin = repository.unlock_as_admin(std::path::Path::new(&work.admin_key())).await.unwrap();
+        let sealed = repository.read_snapshot(&repository.resolve_snapshot("latest").await.unwrap()).await.unwrap();
+        assert_eq!(sealed.open(&writer).unwrap().database_object, None, "the writer reads the database's settings");
+        let object = sealed.open(&admin).unwrap().database_object.expect("an admin reads them");
+        assert!(object.settings.iter().any(|s| s.value == "top'secret"), "{object:?}");
+    }
+
+    let restored = TestDb::create("dbitself_restored");
+    psql("postgres", &format!("DROP DATABASE {}", restored.name));
+    let create = |extra: &[&str]| {
+        let mut options = vec!["--create", "latest"];
+        options.splice(0..0, extra.iter().copied());
+        work.restore_with(&repo, &restored, &options)
+    };
+    create(&[]).ok();
+    assert_eq!(database_itself(&restored.name), expected.replace(db.as_str(), &restored.name));
+    let locale = |name: &str| {
+        psql("postgres", &format!("SELECT datlocprovider, daticulocale FROM pg_database WHERE datname = '{name}'"))
+    };
+    assert_eq!(locale(&restored.name).trim(), "i|de-DE");
+    // A list setting came back as a list: the sessions find the table through it.
+    let url = restored.url();
+    let found = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-d", &url, "-c", "SHOW search_path", "-c", "SELECT count(*) FROM t"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&found.stdout), "app, \"My Schema\", public\n1\n");
+    psql("postgres", &format!("DROP DATABASE {}", restored.name));
+
+    // --no-owner --no-acl: the restoring role's database, a new database's privileges; the
+    // settings and the comment still come.
+    create(&["--no-owner", "--no-acl"]).ok();
+    let bare = database_itself(&restored.name);
+    assert!(bare.starts_with("postgres|50|the CRM, for real|PUBLIC=CONNECT PUBLIC=TEMPORARY"), "{bare}");
+    assert!(bare.contains("search_path=app, \"My Schema\", public"), "{bare}");
+    psql("postgres", &format!("DROP DATABASE {}", restored.name));
+
+    // On a server without the roles: refused first, naming them; a restore into an existing
+    // database does not need them (it leaves the database itself alone).
+    drop(source);
+    drop_roles(&roles);
+    let run = create(&[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("{owner} (the database's owner")), "{}", run.stderr);
+    assert!(run.stderr.contains(&app), "{}", run.stderr);
+    let existing = TestDb::create("dbitself_existing");
+    work.restore(&repo, &existing).ok();
+    create(&["--create-roles"]).ok();
+    assert_eq!(
+        psql("postgres", &format!("SELECT datdba::regrole FROM pg_database WHERE datname = '{}'", restored.name))
+            .trim(),
+        owner
+    );
+    drop(existing);
+    drop(restored);
+    drop_roles(&roles);
+}
