@@ -556,6 +556,12 @@ pub async fn create_database(database: &Database, locale: Option<&SessionSetting
     Server::of(database).await?.create(&database.name(), locale, comment).await
 }
 
+/// Whether `database` holds nothing of its own (no schema, relation, function, type or large
+/// object).
+pub async fn holds_nothing(database: &Database) -> Result<bool> {
+    Ok(describe_contents(&database.connect().await?).await?.is_none())
+}
+
 /// Describes what a database already holds, or `None` when it is empty.
 pub(super) async fn describe_contents(client: &Client) -> Result<Option<String>> {
     let sql = format!(

@@ -209,9 +209,15 @@ pub async fn run_creating(
             tracing::warn!("dropping {loading}, left by a restore --create that did not finish");
             server.drop(&loading).await?;
         }
+        // Killed between CREATE DATABASE and its COMMENT: nothing was loaded into it yet.
+        Some(None) if postgres::load::holds_nothing(&database.on_database(&loading)).await? => {
+            tracing::warn!("dropping {loading}, empty, left by a restore --create killed as it made it");
+            server.drop(&loading).await?;
+        }
         Some(_) => {
             return Err(Error::Invalid(format!(
-                "database {loading} exists and was not made by crmvault: it is where --create loads {database}"
+                "database {loading} exists, holds objects and was not made by crmvault: it is where --create loads \
+                 {database} (drop it, or restore under another name)"
             )));
         }
         None => {}

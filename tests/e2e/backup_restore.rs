@@ -525,6 +525,19 @@ fn restore_create_makes_the_database_and_it_takes_its_name_only_when_complete() 
     work.restore_with(&repo, &target, &["--create"]).fails_with(1, "--create makes a new database");
     assert_same_database(&source, &target);
 
+    // Killed between CREATE DATABASE and its COMMENT: an empty loading database without the
+    // mark is dropped too; one that holds anything is someone's, and refused.
+    let second = TestDb::create("created_second");
+    psql("postgres", &format!("DROP DATABASE {}", second.name));
+    psql("postgres", &format!("CREATE DATABASE {}", loading(&second.name)));
+    psql(&loading(&second.name), "CREATE TABLE mine (id int)");
+    work.restore_with(&repo, &second, &["--create"]).fails_with(1, "holds objects and was not made by crmvault");
+    assert!(!exists(&second.name));
+    psql(&loading(&second.name), "DROP TABLE mine");
+    work.restore_with(&repo, &second, &["--create"]).ok();
+    assert_same_database(&source, &second);
+    assert!(!exists(&loading(&second.name)));
+
     // A restore that fails (a damaged pack) leaves neither the name nor the loading database.
     for pack in files_under(&work.path("repo/data")) {
         let mut bytes = std::fs::read(&pack).unwrap();
