@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -404,13 +404,24 @@ impl Target {
     /// Lists objects under a prefix: (key, size), sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let prefix = ObjectPath::from(prefix);
-        let mut objects: Vec<(String, u64)> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| (meta.location.to_string(), meta.size))
-            .try_collect()
-            .await
-            .map_err(|e| self.map_error(prefix.as_ref(), e))?;
+        let mut objects: Vec<(String, u64)> = Vec::new();
+        let mut listing = self.store.list(Some(&prefix));
+        while let Some(listed) = listing.next().await {
+            match listed {
+                Ok(meta) => objects.push((meta.location.to_string(), meta.size)),
+                // A name crmvault never writes (a newline in it, bytes that are not UTF-8): a
+                // stray file, or planted. The store's listing ends at it, so what follows would
+                // be missed: refused, in one line that names it.
+                Err(object_store::Error::InvalidPath { source }) => {
+                    return Err(Error::Invalid(format!(
+                        "{}: holds an object whose name crmvault cannot read ({}): move it out of the repository",
+                        self.location,
+                        source.to_string().escape_debug()
+                    )));
+                }
+                Err(e) => return Err(self.map_error(prefix.as_ref(), e)),
+            }
+        }
         objects.sort();
         Ok(objects)
     }

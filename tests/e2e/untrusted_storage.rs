@@ -245,6 +245,20 @@ fn junk_and_a_foreign_future_snapshot_neither_stop_backups_nor_win_latest() {
     assert_eq!(verify.code, 3);
     assert!(verify.stdout.contains("written under another config"), "{}", verify.stdout);
     assert!(verify.stdout.contains("no snapshot lists it"), "{}", verify.stdout);
+
+    // A name crmvault never writes (a newline, bytes that are not UTF-8) ends the store's
+    // listing there: said in one line that names it, never read as fewer objects. A backup
+    // that cannot list snapshots goes on from its pin; one that cannot list packs stops.
+    for (name, code) in [(&b"snapshots/ab\ncd"[..], 0), (b"data/x\xff", 1)] {
+        let path = Path::new(&victim.repo).join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+        std::fs::write(&path, b"junk").unwrap();
+        let run = victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo]);
+        assert_eq!(run.code, code, "{}", run.stderr);
+        assert!(run.stderr.contains("holds an object whose name crmvault cannot read"), "{}", run.stderr);
+        assert!(!run.stderr.contains("ab\ncd"), "a name's newline is escaped: {}", run.stderr);
+        std::fs::remove_file(&path).unwrap();
+    }
+    victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
 }
 
 /// The pin of the repository in `work`'s config folder, as JSON.
