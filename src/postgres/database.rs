@@ -6,7 +6,7 @@ use super::load::Server;
 use super::script::LeaveOut;
 use super::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
-use crate::repo::{DatabaseObject, DatabaseSetting};
+use crate::repo::{DatabaseObject, DatabasePrivilege, DatabaseSetting};
 
 /// Settings whose value is a list of names, each quoted on its own (PostgreSQL's
 /// `GUC_LIST_QUOTE`, as pg_dump lists them): `search_path` set to the one literal
@@ -28,12 +28,18 @@ pub fn roles_needed(object: &DatabaseObject, leave_out: LeaveOut) -> Vec<&str> {
         names.push(&object.owner);
     }
     if !leave_out.privileges {
-        names.extend(object.privileges.iter().filter_map(|p| p.grantee.as_deref()));
+        names.extend(granted(object, leave_out).filter_map(|p| p.grantee.as_deref()));
     }
     names.extend(object.settings.iter().filter_map(|s| s.role.as_deref()));
     names.sort_unstable();
     names.dedup();
     names
+}
+
+/// The privileges given: all but, under `--no-owner`, the source owner's own (the database is
+/// the restoring role's then, and the source owner just another role).
+fn granted(object: &DatabaseObject, leave_out: LeaveOut) -> impl Iterator<Item = &DatabasePrivilege> {
+    object.privileges.iter().filter(move |p| !(leave_out.owners && p.grantee.as_deref() == Some(&object.owner)))
 }
 
 /// The statements that give database `name` what `object` records, in order: owner,
@@ -51,7 +57,7 @@ pub fn statements(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> V
         if !leave_out.owners {
             sql.push(format!("REVOKE ALL ON DATABASE {database} FROM {}", quote_ident(&object.owner)));
         }
-        for privilege in &object.privileges {
+        for privilege in granted(object, leave_out) {
             let grantee = privilege.grantee.as_deref().map_or_else(|| "PUBLIC".to_string(), quote_ident);
             let option = if privilege.grantable { " WITH GRANT OPTION" } else { "" };
             // The catalog has no other; anything else is not pasted into SQL.
@@ -122,36 +128,127 @@ fn list_elements(text: &str) -> Vec<String> {
     }
 }
 
+/// How `restore --create` finishes: what the new database gets before it takes its name.
+pub struct Finish<'a> {
+    /// The database loaded, under its loading name.
+    pub loading: &'a str,
+    /// The name it takes.
+    pub name: &'a str,
+    /// What the source database itself had (none: a snapshot from before it was recorded).
+    pub object: Option<&'a DatabaseObject>,
+    /// `--no-owner`, `--no-acl`.
+    pub leave_out: LeaveOut,
+    /// `--role`: the owner, privileges and settings are given as this role.
+    pub role: Option<&'a str>,
+}
+
 impl Server {
-    /// Gives database `name` what `object` records ([`statements`]), in one transaction.
-    pub async fn give(&self, name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> Result<()> {
+    /// Gives the loaded database what the source's had ([`statements`]), opens it as a new
+    /// database is when there is nothing to give (or `--no-acl`), renames it into place and
+    /// puts the source's comment on it instead of the loading mark: one transaction, so the
+    /// name holds a finished database or none. Sessions that just closed may still hold the
+    /// database for a moment: the transaction is tried again for up to ten seconds.
+    pub async fn finish_creating(&self, finish: &Finish<'_>) -> Result<()> {
         let client = self.client();
-        client.batch_execute("BEGIN").await?;
-        for statement in statements(name, object, leave_out) {
-            if let Err(error) = client.batch_execute(&statement).await {
-                let _ = client.batch_execute("ROLLBACK").await;
-                let hint = if statement.contains(" OWNER TO ") {
-                    " (--no-owner leaves the database to the restoring role)"
-                } else if statement.contains("GRANT ") || statement.contains("REVOKE ") {
-                    " (--no-acl leaves its privileges as a new database's)"
-                } else {
-                    ""
-                };
-                return Err(Error::Invalid(format!(
-                    "giving the new database what the source's had: {}{hint}",
-                    crate::error::postgres_message(&error)
-                )));
+        let object = match finish.object {
+            Some(object) => Some(self.without_superusers_settings(object).await?),
+            None => None,
+        };
+        let (loading, name) = (quote_ident(finish.loading), quote_ident(finish.name));
+        let mut given = match &object {
+            Some(object) => statements(finish.loading, object, finish.leave_out),
+            None => Vec::new(),
+        };
+        if object.is_none() || finish.leave_out.privileges {
+            given.push(format!("GRANT CONNECT, TEMPORARY ON DATABASE {loading} TO PUBLIC"));
+        }
+        let comment = object.as_ref().and_then(|o| o.comment.as_deref()).map_or_else(|| "NULL".into(), quote_literal);
+        let mut tries = 0;
+        loop {
+            client.batch_execute("BEGIN").await?;
+            if let Some(role) = finish.role {
+                client.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).await?;
+            }
+            for statement in &given {
+                if let Err(error) = client.batch_execute(statement).await {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(refused(statement, &error));
+                }
+            }
+            let renamed = client
+                .batch_execute(&format!(
+                    "RESET ROLE; ALTER DATABASE {loading} RENAME TO {name}; COMMENT ON DATABASE {name} IS {comment}"
+                ))
+                .await;
+            match renamed {
+                Ok(()) => {
+                    client.batch_execute("COMMIT").await?;
+                    return Ok(());
+                }
+                Err(error) if tries < 100 && error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                    client.batch_execute("ROLLBACK").await?;
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(error.into());
+                }
             }
         }
-        client.batch_execute("COMMIT").await?;
-        Ok(())
     }
+
+    /// `object` without the settings of roles that are superusers on this server: a source
+    /// role named like this server's superuser (made by a source role with `CREATEROLE`) must
+    /// not choose that superuser's `search_path` in the new database. Each one left out is said.
+    async fn without_superusers_settings(&self, object: &DatabaseObject) -> Result<DatabaseObject> {
+        let roles: Vec<&str> = object.settings.iter().filter_map(|s| s.role.as_deref()).collect();
+        if roles.is_empty() {
+            return Ok(object.clone());
+        }
+        let sql = "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolsuper AND rolname = ANY ($1)";
+        let superusers: Vec<String> = self.client().query(sql, &[&roles]).await?.iter().map(|row| row.get(0)).collect();
+        let mut kept = object.clone();
+        kept.settings.retain(|setting| match &setting.role {
+            Some(role) if superusers.contains(role) => {
+                tracing::warn!(
+                    "left out: the setting {} of role {role} in the new database (a superuser on this server; set it \
+                     by hand if it is wanted)",
+                    setting.name
+                );
+                false
+            }
+            _ => true,
+        });
+        Ok(kept)
+    }
+}
+
+/// The server's refusal of one of [`statements`], with what to do. A setting's value is never
+/// repeated: the server's message may quote it, and a value may be a secret.
+fn refused(statement: &str, error: &tokio_postgres::Error) -> Error {
+    let what = if let Some((_, setting)) = statement.split_once(" SET ") {
+        let name = setting.split(" TO ").next().unwrap_or_default();
+        let code = error.code().map_or("", tokio_postgres::error::SqlState::code);
+        return Error::Invalid(format!(
+            "giving the new database its setting {name}: the server refused it (SQLSTATE {code}); nothing was created"
+        ));
+    } else if statement.contains(" OWNER TO ") {
+        " (--no-owner leaves the database to the restoring role)"
+    } else if statement.starts_with("GRANT ") || statement.starts_with("REVOKE ") {
+        " (--no-acl gives it a new database's privileges)"
+    } else {
+        ""
+    };
+    Error::Invalid(format!(
+        "giving the new database what the source's had: {}{what}; nothing was created",
+        crate::error::postgres_message(error)
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::DatabasePrivilege;
 
     #[test]
     fn list_settings_are_split_into_their_elements() {
@@ -191,6 +288,15 @@ mod tests {
                 r#"ALTER DATABASE "crm" CONNECTION LIMIT 20"#,
             ]
         );
+        let mut with_owner = object.clone();
+        with_owner.privileges.push(DatabasePrivilege {
+            grantee: Some(object.owner.clone()),
+            privilege: "CONNECT".into(),
+            grantable: false,
+        });
+        let no_owner = statements("crm", &with_owner, LeaveOut { owners: true, privileges: false });
+        assert!(!no_owner.iter().any(|s| s.contains("owner")), "{no_owner:?}");
+        assert_eq!(roles_needed(&with_owner, LeaveOut { owners: true, privileges: false }), ["app", "x"]);
         let bare = statements("crm", &object, LeaveOut { owners: true, privileges: true });
         assert_eq!(bare.len(), 3, "{bare:?}");
         assert_eq!(roles_needed(&object, all), ["app", "app\"owner", "x"]);

@@ -512,7 +512,30 @@ impl Server {
             .batch_execute(&format!("CREATE DATABASE {quoted} TEMPLATE template0{locale}"))
             .await
             .map_err(|e| Error::Invalid(format!("creating database {name}: {}", crate::error::postgres_message(&e))))?;
-        self.client.batch_execute(&format!("COMMENT ON DATABASE {quoted} IS {}", quote_literal(comment))).await?;
+        // Closed while it loads (it gets its privileges when it takes its name): nobody else
+        // connects to it, or leaves objects in it, meanwhile.
+        self.client
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {quoted} IS {}; REVOKE CONNECT, TEMPORARY ON DATABASE {quoted} FROM PUBLIC",
+                quote_literal(comment)
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether database `name` belongs to the role connected and nobody is connected to it:
+    /// what a leftover of this role's own `restore --create` is, before its contents are looked
+    /// at (connecting into a database someone else made runs what its owner set up).
+    pub async fn is_ours_and_idle(&self, name: &str) -> Result<bool> {
+        let sql = "SELECT d.datdba = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) \
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.datname = d.datname) \
+                   FROM pg_catalog.pg_database d WHERE d.datname = $1";
+        Ok(self.client.query_opt(sql, &[&name]).await?.is_some_and(|row| row.get(0)))
+    }
+
+    /// Drops database `name` unless someone is connected to it (no `FORCE`).
+    pub async fn drop_if_idle(&self, name: &str) -> Result<()> {
+        self.client.batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(name))).await?;
         Ok(())
     }
 
@@ -527,26 +550,6 @@ impl Server {
     /// Drops database `name` (its sessions ended).
     pub async fn drop(&self, name: &str) -> Result<()> {
         self.client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await?;
-        Ok(())
-    }
-
-    /// Renames database `from` to `to` and gives it `comment` instead of the loading mark,
-    /// waiting up to ten seconds for the sessions that just closed to be gone.
-    pub async fn rename(&self, from: &str, to: &str, comment: Option<&str>) -> Result<()> {
-        let sql = format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to));
-        let mut tries = 0;
-        loop {
-            match self.client.batch_execute(&sql).await {
-                Ok(()) => break,
-                Err(error) if tries < 100 && error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        let comment = comment.map_or_else(|| "NULL".to_string(), quote_literal);
-        self.client.batch_execute(&format!("COMMENT ON DATABASE {} IS {comment}", quote_ident(to))).await?;
         Ok(())
     }
 }

@@ -191,8 +191,20 @@ impl Database {
             database: self.redacted.clone(),
             detail: self.connect_failure(&e),
         };
+        // Names resolve in the catalog first whatever the database or role set (`ALTER
+        // DATABASE … SET search_path = evil, pg_catalog` would otherwise put a table owner's
+        // `evil.pg_class` under the catalog queries of an admin who restores or drills as a
+        // superuser), and literals are quoted as [`quote_literal`] expects. Sent with the
+        // startup packet: they take effect before any statement, after the connection string's.
+        let mut config = self.config.clone();
+        let ours = "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on";
+        let options = match self.config.get_options() {
+            Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+            _ => ours.to_string(),
+        };
+        config.options(&options);
         let client = if self.tls == TlsMode::Disable {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(fail)?;
+            let (client, connection) = config.connect(NoTls).await.map_err(fail)?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!("database connection ended: {error}");
@@ -201,7 +213,7 @@ impl Database {
             client
         } else {
             let connector = tls::connector(self.tls, self.root_cert.as_deref(), self.reach)?;
-            let (client, connection) = self.config.connect(connector).await.map_err(fail)?;
+            let (client, connection) = config.connect(connector).await.map_err(fail)?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!("database connection ended: {error}");

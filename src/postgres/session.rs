@@ -168,7 +168,8 @@ impl SnapshotSession {
         Ok(roles)
     }
 
-    /// The settings that shape COPY text in this session, and the database's locale.
+    /// The settings that shape COPY text in this session, and the database's locale (its ICU
+    /// locale read by name from the row: the columns are new in PostgreSQL 15, and renamed in 17).
     pub async fn settings(&self) -> Result<SessionSettings> {
         let row = self
             .client
@@ -176,7 +177,8 @@ impl SnapshotSession {
                 "SELECT current_setting('DateStyle'), current_setting('IntervalStyle'), current_setting('TimeZone'), \
                    current_setting('extra_float_digits'), current_setting('bytea_output'), \
                    pg_catalog.pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, \
-                   CASE WHEN d.datlocprovider = 'i' THEN d.daticulocale::text END \
+                   CASE WHEN pg_catalog.to_jsonb(d) ->> 'datlocprovider' = 'i' \
+                     THEN coalesce(pg_catalog.to_jsonb(d) ->> 'daticulocale', pg_catalog.to_jsonb(d) ->> 'datlocale') END \
                  FROM pg_catalog.pg_database d WHERE d.datname = current_database()",
                 &[],
             )

@@ -209,15 +209,20 @@ pub async fn run_creating(
             tracing::warn!("dropping {loading}, left by a restore --create that did not finish");
             server.drop(&loading).await?;
         }
-        // Killed between CREATE DATABASE and its COMMENT: nothing was loaded into it yet.
-        Some(None) if postgres::load::holds_nothing(&database.on_database(&loading)).await? => {
+        // Killed between CREATE DATABASE and its COMMENT: nothing was loaded into it yet. Looked
+        // into only if this role made it and nobody uses it.
+        Some(None)
+            if server.is_ours_and_idle(&loading).await?
+                && postgres::load::holds_nothing(&database.on_database(&loading)).await? =>
+        {
             tracing::warn!("dropping {loading}, empty, left by a restore --create killed as it made it");
-            server.drop(&loading).await?;
+            server.drop_if_idle(&loading).await?;
         }
         Some(_) => {
             return Err(Error::Invalid(format!(
-                "database {loading} exists, holds objects and was not made by crmvault: it is where --create loads \
-                 {database} (drop it, or restore under another name)"
+                "database {loading} exists and was not left by a restore --create of this role (it holds objects, \
+                 belongs to another role or is in use): it is where --create loads {database} (drop it, or restore \
+                 under another name)"
             )));
         }
         None => {}
@@ -229,15 +234,15 @@ pub async fn run_creating(
     let (finished, created) = match restored {
         Ok((report, manifest)) => {
             let created = report.roles_created.clone();
-            // Complete, then shaped like the source's database, and only then under its name.
-            let object = manifest.database_object.as_ref();
-            let finished = async {
-                if let Some(object) = object {
-                    server.give(&loading, object, options.leave_out).await?;
-                }
-                server.rename(&loading, &name, object.and_then(|o| o.comment.as_deref())).await
+            // Complete, then shaped like the source's database as it takes its name.
+            let finish = postgres::database::Finish {
+                loading: &loading,
+                name: &name,
+                object: manifest.database_object.as_ref(),
+                leave_out: options.leave_out,
+                role: options.role.as_deref(),
             };
-            (finished.await.map(|()| report), created)
+            (server.finish_creating(&finish).await.map(|()| report), created)
         }
         // Said of the database the admin named, not of the one it was loading into.
         Err(Error::MissingRoles { roles, .. }) => {

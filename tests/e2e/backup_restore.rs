@@ -531,9 +531,19 @@ fn restore_create_makes_the_database_and_it_takes_its_name_only_when_complete() 
     psql("postgres", &format!("DROP DATABASE {}", second.name));
     psql("postgres", &format!("CREATE DATABASE {}", loading(&second.name)));
     psql(&loading(&second.name), "CREATE TABLE mine (id int)");
-    work.restore_with(&repo, &second, &["--create"]).fails_with(1, "holds objects and was not made by crmvault");
+    work.restore_with(&repo, &second, &["--create"]).fails_with(1, "was not left by a restore --create of this role");
     assert!(!exists(&second.name));
     psql(&loading(&second.name), "DROP TABLE mine");
+    // One another role made (a CREATEDB role can guess the name) is not even connected to:
+    // its owner could have set it up to run code in an admin's session.
+    let planter = format!("cv_planter_{}", std::process::id());
+    psql("postgres", &format!("DROP ROLE IF EXISTS {planter}; CREATE ROLE {planter} CREATEDB"));
+    psql("postgres", &format!("ALTER DATABASE {} OWNER TO {planter}", loading(&second.name)));
+    psql("postgres", &format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", loading(&second.name)));
+    work.restore_with(&repo, &second, &["--create"]).fails_with(1, "was not left by a restore --create of this role");
+    assert!(exists(&loading(&second.name)));
+    psql("postgres", &format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", loading(&second.name)));
+    psql("postgres", &format!("ALTER DATABASE {} OWNER TO postgres; DROP ROLE {planter}", loading(&second.name)));
     work.restore_with(&repo, &second, &["--create"]).ok();
     assert_same_database(&source, &second);
     assert!(!exists(&loading(&second.name)));

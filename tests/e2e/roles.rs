@@ -219,6 +219,9 @@ async fn restore_create_gives_the_database_its_owner_privileges_settings_and_com
     );
     let expected = database_itself(db);
     assert!(expected.contains("top'secret") && !expected.contains("PUBLIC"), "{expected}");
+    // A setting for a role that is a superuser where the snapshot is restored is left out: a
+    // source role with CREATEROLE could have named one after it.
+    psql("postgres", &format!("ALTER ROLE postgres IN DATABASE {db} SET search_path = app, pg_catalog"));
     let work = Workspace::new();
     let repo = work.init_repo("repo");
     work.backup(&source, &repo);
@@ -244,7 +247,8 @@ async fn restore_create_gives_the_database_its_owner_privileges_settings_and_com
         options.splice(0..0, extra.iter().copied());
         work.restore_with(&repo, &restored, &options)
     };
-    create(&[]).ok();
+    let run = create(&[]).ok();
+    assert!(run.stderr.contains("left out: the setting search_path of role postgres"), "{}", run.stderr);
     assert_eq!(database_itself(&restored.name), expected.replace(db.as_str(), &restored.name));
     let locale = |name: &str| {
         psql("postgres", &format!("SELECT datlocprovider, daticulocale FROM pg_database WHERE datname = '{name}'"))
@@ -257,6 +261,17 @@ async fn restore_create_gives_the_database_its_owner_privileges_settings_and_com
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&found.stdout), "app, \"My Schema\", public\n1\n");
+    psql("postgres", &format!("DROP DATABASE {}", restored.name));
+
+    // --no-owner: the restoring role's database; the source owner, now just another role, is
+    // granted nothing, the others what they had.
+    create(&["--no-owner"]).ok();
+    let no_owner = database_itself(&restored.name);
+    assert!(
+        no_owner.starts_with(&format!("postgres|50|the CRM, for real|\"{app}\"=CONNECT* postgres=CONNECT")),
+        "{no_owner}"
+    );
+    assert!(!no_owner.contains(&format!("{owner}=")) && !no_owner.contains("PUBLIC"), "{no_owner}");
     psql("postgres", &format!("DROP DATABASE {}", restored.name));
 
     // --no-owner --no-acl: the restoring role's database, a new database's privileges; the
@@ -286,4 +301,26 @@ async fn restore_create_gives_the_database_its_owner_privileges_settings_and_com
     drop(existing);
     drop(restored);
     drop_roles(&roles);
+}
+
+#[test]
+fn a_database_owners_search_path_does_not_reach_crmvaults_own_queries() {
+    let Ready { work, repo, .. } = Scenario::new("search_path")
+        .sql("CREATE TABLE public.t (id int); INSERT INTO public.t VALUES (1)")
+        .init("repo")
+        .backup();
+    // The target's owner shadows a catalog with a view that runs its function, and puts its
+    // schema first for every session of the database (a superuser admin's included).
+    let target = TestDb::create("search_path_target");
+    target.sql(
+        "CREATE SCHEMA evil; CREATE TABLE evil.seen (who text); \
+         CREATE FUNCTION evil.note() RETURNS boolean LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO evil.seen VALUES (current_user); RETURN true; END $$; \
+         CREATE VIEW evil.pg_namespace AS SELECT n.* FROM pg_catalog.pg_namespace n WHERE evil.note(); \
+         CREATE VIEW evil.pg_roles AS SELECT r.* FROM pg_catalog.pg_roles r WHERE evil.note()",
+    );
+    psql("postgres", &format!("ALTER DATABASE {} SET search_path = evil, pg_catalog", target.name));
+    work.restore(&repo, &target).fails_with(1, "not empty");
+    work.run(&["drill", "--repo", &repo, "--identity", &work.admin_key(), "--scratch-db", &target.url()]);
+    assert_eq!(target.sql("SELECT count(*) FROM evil.seen").trim(), "0", "crmvault ran the owner's function");
 }
