@@ -493,9 +493,18 @@ impl Server {
     }
 
     /// Creates database `name` from `template0`, with the source's encoding and collation when
-    /// `locale` gives them (ICU's when the source's are), and `comment` on it.
-    pub async fn create(&self, name: &str, locale: Option<&SessionSettings>, comment: &str) -> Result<()> {
+    /// `locale` gives them (ICU's when the source's are), owned by `owner` (`--role`: the role
+    /// that loads it, as `pg_restore --create --role` makes it) or the role connected, and
+    /// `comment` on it.
+    pub async fn create(
+        &self,
+        name: &str,
+        locale: Option<&SessionSettings>,
+        owner: Option<&str>,
+        comment: &str,
+    ) -> Result<()> {
         let quoted = quote_ident(name);
+        let owner = owner.map_or_else(String::new, |owner| format!(" OWNER {}", quote_ident(owner)));
         let locale = locale.map_or_else(String::new, |locale| {
             let icu = locale
                 .icu_locale
@@ -509,7 +518,7 @@ impl Server {
             )
         });
         self.client
-            .batch_execute(&format!("CREATE DATABASE {quoted} TEMPLATE template0{locale}"))
+            .batch_execute(&format!("CREATE DATABASE {quoted}{owner} TEMPLATE template0{locale}"))
             .await
             .map_err(|e| Error::Invalid(format!("creating database {name}: {}", crate::error::postgres_message(&e))))?;
         // Closed while it loads (it gets its privileges when it takes its name): nobody else
@@ -523,14 +532,15 @@ impl Server {
         Ok(())
     }
 
-    /// Whether database `name` belongs to the role connected and nobody is connected to it:
-    /// what a leftover of this role's own `restore --create` is, before its contents are looked
-    /// at (connecting into a database someone else made runs what its owner set up).
-    pub async fn is_ours_and_idle(&self, name: &str) -> Result<bool> {
-        let sql = "SELECT d.datdba = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) \
+    /// Whether database `name` belongs to the role connected (or to `role`, which `--role`
+    /// makes the owner) and nobody is connected to it: what a leftover of this admin's own
+    /// `restore --create` is, before its contents are looked at (connecting into a database
+    /// someone else made runs what its owner set up).
+    pub async fn is_ours_and_idle(&self, name: &str, role: Option<&str>) -> Result<bool> {
+        let sql = "SELECT d.datdba IN (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname IN (current_user, $2)) \
                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.datname = d.datname) \
                    FROM pg_catalog.pg_database d WHERE d.datname = $1";
-        Ok(self.client.query_opt(sql, &[&name]).await?.is_some_and(|row| row.get(0)))
+        Ok(self.client.query_opt(sql, &[&name, &role]).await?.is_some_and(|row| row.get(0)))
     }
 
     /// Drops database `name` unless someone is connected to it (no `FORCE`).
@@ -555,8 +565,13 @@ impl Server {
 }
 
 /// Creates `database` on its server, as [`Server::create`].
-pub async fn create_database(database: &Database, locale: Option<&SessionSettings>, comment: &str) -> Result<()> {
-    Server::of(database).await?.create(&database.name(), locale, comment).await
+pub async fn create_database(
+    database: &Database,
+    locale: Option<&SessionSettings>,
+    owner: Option<&str>,
+    comment: &str,
+) -> Result<()> {
+    Server::of(database).await?.create(&database.name(), locale, owner, comment).await
 }
 
 /// Whether `database` holds nothing of its own (no schema, relation, function, type or large

@@ -212,7 +212,7 @@ pub async fn run_creating(
         // Killed between CREATE DATABASE and its COMMENT: nothing was loaded into it yet. Looked
         // into only if this role made it and nobody uses it.
         Some(None)
-            if server.is_ours_and_idle(&loading).await?
+            if server.is_ours_and_idle(&loading, options.role.as_deref()).await?
                 && postgres::load::holds_nothing(&database.on_database(&loading)).await? =>
         {
             tracing::warn!("dropping {loading}, empty, left by a restore --create killed as it made it");
@@ -359,7 +359,8 @@ pub(crate) async fn restore(
         return Ok((dry, manifest));
     }
     if let Some(comment) = &options.create {
-        postgres::create_database(&options.database, manifest.session.as_ref(), comment).await?;
+        postgres::create_database(&options.database, manifest.session.as_ref(), options.role.as_deref(), comment)
+            .await?;
     }
     let client = session(options, &manifest).await?;
     // `restore --create` gives the new database its source's owner, grants and settings.

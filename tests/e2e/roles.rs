@@ -128,6 +128,18 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     assert_eq!(as_loader.sql("SELECT count(*) FROM public.checked").trim(), "2");
     let owner = as_loader.sql("SELECT tableowner FROM pg_tables WHERE tablename = 'checked'");
     assert_eq!(owner.trim(), loader);
+
+    // --create with --role: the new database is the role's, as pg_restore --create --role
+    // makes it (the role could not load into a database of the connected superuser's).
+    let created = TestDb::create("roles_role_created");
+    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    let run = work.restore_with(&repo, &created, &["--create", "--role", &loader, "--no-owner", "--no-acl", "latest"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(seen(&created), loader);
+    let database_owner =
+        psql("postgres", &format!("SELECT datdba::regrole FROM pg_database WHERE datname = '{}'", created.name));
+    assert_eq!(database_owner.trim(), loader);
+    drop(created);
     drop(as_loader);
     drop(as_connected);
     drop_roles(&[loader]);
