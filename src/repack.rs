@@ -9,7 +9,10 @@
 //! chunks give every chunk id they use. A frame is the unit: it is dropped when none of its
 //! chunks is live, copied verbatim when most of its text is, and otherwise compressed again
 //! with its live chunks alone (each proven against its id first), with the same dictionary. A
-//! pack's chunks share one dictionary, so new packs are filled from packs of one dictionary each.
+//! pack's chunks share one dictionary, so new packs are filled from packs of one dictionary each;
+//! but small packs (a night's increments, each of its own dictionary) are merged whatever their
+//! dictionaries: their live chunks are laid out anew in the newest snapshot's order, in full
+//! frames without a dictionary, and the nights' dictionaries go.
 //!
 //! Write order (docs/FORMAT.md, *Prune*): new packs, then indexes (for the new packs, and the
 //! old ones written again), then the copies of the snapshots oldest first, then the replaced
@@ -178,30 +181,36 @@ const SMALL_PACKS_TO_MERGE: usize = 4;
 /// Chunks an index written by repacking describes at most (as a backup's).
 const INDEX_CHUNKS: usize = 65_536;
 
-/// Which packs to repack: those whose unused share exceeds `max_unused`, and the small ones of
-/// a dictionary that has at least [`SMALL_PACKS_TO_MERGE`] small packs besides those. Pure.
+/// Which packs to repack, and which of those to merge: packs whose unused share exceeds
+/// `max_unused` are repacked; small packs, once there are at least [`SMALL_PACKS_TO_MERGE`]
+/// of them, are all merged, whatever their dictionaries (a night's packs each hold one
+/// dictionary's frames: a year of nights kept hundreds of small packs, each keeping its
+/// night's dictionary and a line in every snapshot's header). Pure.
 fn choose(
     records: &[&PackRecord],
     live: &HashSet<ChunkId>,
     max_unused: MaxUnused,
     pack_size: usize,
-) -> BTreeSet<ObjectId> {
+) -> (BTreeSet<ObjectId>, BTreeSet<ObjectId>) {
     let mut chosen = BTreeSet::new();
-    let mut small: HashMap<Option<&ObjectId>, Vec<&ObjectId>> = HashMap::new();
+    let mut small = BTreeSet::new();
     for record in records {
         let unused = unused_bytes(record, live);
         #[expect(clippy::cast_precision_loss, reason = "a share, not an amount")]
         let over = unused > 0 && (unused as f64) * 100.0 > max_unused.percent() * record.pack.size as f64;
         if over {
             chosen.insert(record.pack.id.clone());
-        } else if record.pack.size < (pack_size / SMALL_SHARE) as u64 {
-            small.entry(record.dictionary.as_ref().map(|d| &d.id)).or_default().push(&record.pack.id);
+        }
+        if record.pack.size < (pack_size / SMALL_SHARE) as u64 && (over || used(&record.chunks, live)) {
+            small.insert(record.pack.id.clone());
         }
     }
-    for packs in small.into_values().filter(|packs| packs.len() >= SMALL_PACKS_TO_MERGE) {
-        chosen.extend(packs.into_iter().cloned());
+    // 100% leaves every pack as it is.
+    if small.len() < SMALL_PACKS_TO_MERGE || max_unused.percent() >= 100.0 {
+        return (chosen, BTreeSet::new());
     }
-    chosen
+    chosen.extend(small.iter().cloned());
+    (chosen, small)
 }
 
 /// One target's side of a repack.
@@ -224,6 +233,10 @@ struct Repacking<'a> {
     listed: HashSet<ObjectId>,
     /// Packs to repack.
     chosen: BTreeSet<ObjectId>,
+    /// Of those, the small ones merged into full frames without a dictionary.
+    merged: BTreeSet<ObjectId>,
+    /// Every used chunk's place in the order merged chunks are laid out in.
+    order: HashMap<ChunkId, u64>,
     /// Listed indexes that describe a pack that goes: written again without it.
     stale_indexes: HashSet<ObjectId>,
     /// Old pack → the new packs its live frames went to.
@@ -354,6 +367,8 @@ async fn open_snapshots<'a>(
         indexes: BTreeMap::new(),
         listed: HashSet::new(),
         chosen: BTreeSet::new(),
+        merged: BTreeSet::new(),
+        order: HashMap::new(),
         stale_indexes: HashSet::new(),
         new_packs_of: HashMap::new(),
         reused: HashMap::new(),
@@ -451,12 +466,22 @@ impl Repacking<'_> {
             Unit::Snapshots,
             Some(self.snapshots.len() as u64),
         );
-        for (_, manifest) in self.snapshots.values() {
+        // Newest first: the order merged chunks are laid out in is the newest snapshot's, then
+        // what older ones add (a restore of the newest reads its tables front to back).
+        let mut newest_first = oldest_first(self.snapshots.values().map(|(s, _)| s));
+        newest_first.reverse();
+        let mut order: HashMap<ChunkId, u64> = HashMap::new();
+        for id in &newest_first {
             progress.advance(1);
-            let mut expanded = manifest.clone();
+            let mut expanded = self.snapshots[id].1.clone();
             crate::fetch::expand_lists(&mut expanded, &reader).await?;
-            live.extend(expanded.all_chunks().copied());
+            for chunk in expanded.all_chunks() {
+                live.insert(*chunk);
+                let next = order.len() as u64;
+                order.entry(*chunk).or_insert(next);
+            }
         }
+        self.order = order;
         // Packs an index older than format 6 describes hold their text unpacked; the indexes
         // repacking writes (format 7) say their packs hold packed text. Such packs and indexes
         // are left as they are (*Packed text*: text with a 0xFF byte would be misread).
@@ -472,7 +497,7 @@ impl Repacking<'_> {
             .map(|p| &self.records[&p.id])
             .collect();
         self.out.unused_bytes = candidates.iter().map(|r| unused_bytes(r, &live)).sum();
-        self.chosen = choose(&candidates, &live, max_unused, repository.config.pack_size);
+        (self.chosen, self.merged) = choose(&candidates, &live, max_unused, repository.config.pack_size);
         for id in &self.chosen {
             let record = &self.records[id];
             self.out.packs_repacked += 1;
@@ -544,7 +569,7 @@ impl Repacking<'_> {
         let recipients = repository.data_recipients();
         let pack_size = repository.config.pack_size;
         let mut by_dictionary: BTreeMap<Option<ObjectRef>, Vec<ObjectId>> = BTreeMap::new();
-        for id in &self.chosen {
+        for id in self.chosen.iter().filter(|id| !self.merged.contains(*id)) {
             by_dictionary.entry(self.records[id].dictionary.clone()).or_default().push(id.clone());
         }
         progress.phase(
@@ -562,22 +587,9 @@ impl Repacking<'_> {
                     continue;
                 }
                 let key = repo::pack_key(&id);
-                let ciphertext = repository.target.get_at_most(&key, record.pack.size).await?;
-                if ciphertext.len() as u64 != record.pack.size {
-                    return Err(Error::corrupt(
-                        &key,
-                        format!("size is {} bytes, expected {}", ciphertext.len(), record.pack.size),
-                    ));
-                }
-                repo::check_object_name(&key, &ciphertext)?;
-                let plaintext = keyring.decrypt(&key, &ciphertext)?;
+                let plaintext = read_pack(repository, keyring, record).await?;
                 for ((offset, length), chunks) in frames(record) {
-                    let end = offset.checked_add(u64::from(length)).filter(|end| *end <= plaintext.len() as u64);
-                    let Some(end) = end else {
-                        return Err(Error::corrupt(&key, "a frame reaches past the pack's end; run verify"));
-                    };
-                    #[expect(clippy::cast_possible_truncation, reason = "within the plaintext, checked above")]
-                    let frame = &plaintext[offset as usize..end as usize];
+                    let frame = frame_of(&key, &plaintext, offset, length)?;
                     if rewrites(&chunks, &self.live) {
                         let rewriter = match &mut rewriter {
                             Some(rewriter) => rewriter,
@@ -600,6 +612,111 @@ impl Repacking<'_> {
             if !pack.chunks.is_empty() {
                 self.store(pack, &recipients, dictionary.clone()).await?;
             }
+        }
+        self.merge_small_packs(keyring, progress).await
+    }
+
+    /// Writes the live chunks of the small packs chosen to merge into full frames compressed
+    /// without a dictionary, in new packs of the repository's pack size: their dictionaries and
+    /// most of the small packs go. Two passes: every used chunk of those packs, proven, into a
+    /// temporary file (packs read a dictionary at a time, so one decoder is held), then into
+    /// frames in the newest snapshot's order, so that its tables lie front to back.
+    async fn merge_small_packs(&mut self, keyring: &Keyring, progress: &dyn Progress) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let repository = self.repository;
+        let recipients = repository.data_recipients();
+        let pack_size = repository.config.pack_size;
+        let mut packs: Vec<ObjectId> = self.merged.iter().cloned().collect();
+        packs.sort_by(|a, b| (&self.records[a].dictionary, a).cmp(&(&self.records[b].dictionary, b)));
+        let spill = |e: std::io::Error| Error::Internal(format!("repacking's temporary file: {e}"));
+        let mut file = std::io::BufWriter::new(tempfile::tempfile().map_err(spill)?);
+        let mut written = 0u64;
+        // (place in the order, id, offset in the file, length, the old pack it came from).
+        let mut gathered: Vec<(u64, ChunkId, u64, u32, usize)> = Vec::new();
+        let mut seen: HashSet<ChunkId> = HashSet::new();
+        // A chunk stored in several of the packs: every one of them names the new pack its one
+        // copy goes to (a snapshot listing either must list that pack).
+        let mut also_from: HashMap<ChunkId, Vec<usize>> = HashMap::new();
+        let ids = keyring.chunk_id_key();
+        let (mut scratch, mut text) = (Vec::new(), Vec::new());
+        let mut decoder: Option<(ObjectId, crate::compress::DecompressionDictionary)> = None;
+        for (from, id) in packs.iter().enumerate() {
+            progress.advance(1);
+            let record = &self.records[id];
+            if record.chunks.is_empty() {
+                continue;
+            }
+            let key = repo::pack_key(id);
+            let plaintext = read_pack(repository, keyring, record).await?;
+            let dictionary = match &record.dictionary {
+                None => None,
+                Some(reference) => {
+                    if decoder.as_ref().is_none_or(|(held, _)| *held != reference.id) {
+                        decoder =
+                            Some((reference.id.clone(), read_dictionary(repository, keyring, reference).await?.0));
+                    }
+                    decoder.as_ref().map(|(_, d)| d)
+                }
+            };
+            for ((offset, length), chunks) in frames(record) {
+                let frame = frame_of(&key, &plaintext, offset, length)?;
+                text.clear();
+                let live = &self.live;
+                for (chunk, raw, at) in
+                    live_chunks(&key, frame, dictionary, &chunks, live, (&ids, &mut scratch, &mut text))?
+                {
+                    if seen.insert(chunk) {
+                        file.write_all(&text[at as usize..at as usize + raw as usize]).map_err(spill)?;
+                        let place = self.order.get(&chunk).copied().unwrap_or(u64::MAX);
+                        gathered.push((place, chunk, written, raw, from));
+                        written += u64::from(raw);
+                    } else {
+                        also_from.entry(chunk).or_default().push(from);
+                    }
+                }
+            }
+        }
+        let file = file.into_inner().map_err(|e| spill(e.into_error()))?;
+        gathered.sort_unstable_by_key(|&(place, chunk, ..)| (place, chunk));
+        // Frames of a pack's worth of text are compressed at once, one thread a core.
+        let mut batch: Vec<MergedFrame> = vec![MergedFrame::default()];
+        let mut batch_text = 0;
+        let mut pack = NewPack::default();
+        let mut buffer = Vec::new();
+        let count = gathered.len();
+        for (n, (_, chunk, at, raw, from)) in gathered.into_iter().enumerate() {
+            buffer.resize(raw as usize, 0);
+            file.read_exact_at(&mut buffer, at).map_err(spill)?;
+            let frame = batch.last_mut().expect("a frame being filled");
+            let start =
+                u32::try_from(frame.text.len()).map_err(|_| Error::Internal("a merged frame too large".into()))?;
+            frame.text.extend_from_slice(&buffer);
+            frame.chunks.push((chunk, raw, start));
+            frame.from.insert(packs[from].clone());
+            for other in also_from.remove(&chunk).into_iter().flatten() {
+                frame.from.insert(packs[other].clone());
+            }
+            batch_text += buffer.len();
+            let last = n + 1 == count;
+            if frame.text.len() >= FRAME_CAPACITY && !last {
+                batch.push(MergedFrame::default());
+            }
+            if batch_text >= pack_size || last {
+                for (frame, chunks, from) in compress_frames(std::mem::take(&mut batch))? {
+                    pack.add(&frame, &chunks);
+                    pack.from.extend(from);
+                    self.out.frames_recompressed += 1;
+                    if pack.plaintext.len() >= pack_size {
+                        self.store(std::mem::take(&mut pack), &recipients, None).await?;
+                    }
+                }
+                batch.push(MergedFrame::default());
+                batch_text = 0;
+            }
+        }
+        if !pack.chunks.is_empty() {
+            self.store(pack, &recipients, None).await?;
         }
         Ok(())
     }
@@ -747,6 +864,12 @@ impl Repacking<'_> {
 /// zstd level of frames compressed again: an admin's occasional job over little text, as a
 /// backup's increments (`backup::compress::STRONG_LEVEL`).
 const REWRITE_LEVEL: i32 = 12;
+/// zstd level of merged frames (full frames, no dictionary). On the 120-night benchmark
+/// (BENCHMARKS.md, session 25) the repository after housekeeping was 1.094× the kept-only one
+/// at level 3, 1.047× at 5, 1.020× at 6 and 0.975× at 12, and the repacking prune took 3.7,
+/// 4.4, 5.3 and 10.4 s: 5 keeps the goal (1.1×) with room and the prune under restic's.
+const MERGE_LEVEL: i32 = 5;
+
 /// The text a backup puts in one frame (`backup::encode::FRAME_BYTES`): what a dictionary's
 /// tables are laid out for (larger text compresses from where it is).
 const FRAME_CAPACITY: usize = 512 * 1024;
@@ -766,19 +889,157 @@ struct FrameRewriter {
     packed: Vec<u8>,
 }
 
+/// A pack's plaintext, its size and name checked (an admin decrypts every pack).
+async fn read_pack(repository: &Repository, keyring: &Keyring, record: &PackRecord) -> Result<Vec<u8>> {
+    let key = repo::pack_key(&record.pack.id);
+    let ciphertext = repository.target.get_at_most(&key, record.pack.size).await?;
+    if ciphertext.len() as u64 != record.pack.size {
+        return Err(Error::corrupt(&key, format!("size is {} bytes, expected {}", ciphertext.len(), record.pack.size)));
+    }
+    repo::check_object_name(&key, &ciphertext)?;
+    keyring.decrypt(&key, &ciphertext)
+}
+
+/// The frame at `offset` (`length` bytes) of pack `key`'s plaintext.
+fn frame_of<'p>(key: &str, plaintext: &'p [u8], offset: u64, length: u32) -> Result<&'p [u8]> {
+    let end = offset.checked_add(u64::from(length)).filter(|end| *end <= plaintext.len() as u64);
+    let Some(end) = end else {
+        return Err(Error::corrupt(key, "a frame reaches past the pack's end; run verify"));
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "within the plaintext, checked above")]
+    Ok(&plaintext[offset as usize..end as usize])
+}
+
+/// Reads `reference` (an admin reads every dictionary): laid out for decoding, and its bytes.
+async fn read_dictionary(
+    repository: &Repository,
+    keyring: &Keyring,
+    reference: &ObjectRef,
+) -> Result<(crate::compress::DecompressionDictionary, Vec<u8>)> {
+    let key = repo::dictionary_key(&reference.id);
+    let ciphertext = repository.target.get_at_most(&key, reference.size).await?;
+    repo::check_object_name(&key, &ciphertext)?;
+    let bytes = crate::compress::dictionary_bytes(&keyring.decrypt(&key, &ciphertext)?)
+        .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))?;
+    let decoding = crate::compress::DecompressionDictionary::new(&bytes)
+        .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))?;
+    Ok((decoding, bytes))
+}
+
+/// The live chunks of `frame` (packed text, decoded with `dictionary`), each proven against
+/// its id, appended to `text`: (id, length, start in `text`).
+fn live_chunks(
+    key: &str,
+    frame: &[u8],
+    dictionary: Option<&crate::compress::DecompressionDictionary>,
+    chunks: &[ChunkLocation],
+    live: &HashSet<ChunkId>,
+    (ids, scratch, text): (&crypto::ChunkIdKey, &mut Vec<u8>, &mut Vec<u8>),
+) -> Result<Vec<(ChunkId, u32, u32)>> {
+    let limit = chunks.iter().map(|c| c.start() as usize + c.raw_length() as usize).max().unwrap_or(0);
+    if limit > MAX_FRAME_TEXT {
+        return Err(Error::corrupt(key, "its index gives a frame more text than any backup writes; run verify"));
+    }
+    scratch.clear();
+    let coding = crate::compress::FrameCoding { dictionary, packed: true };
+    coding
+        .decode_onto(frame, limit, scratch)
+        .map_err(|e| Error::corrupt(key, format!("a frame does not decompress ({e}); run verify --read-data")))?;
+    let mut kept = Vec::new();
+    for chunk in chunks.iter().filter(|c| live.contains(&c.chunk())) {
+        let start = chunk.start() as usize;
+        let data =
+            scratch.get(start..start + chunk.raw_length() as usize).filter(|data| ids.id_of(data) == chunk.chunk());
+        let Some(data) = data else {
+            return Err(Error::corrupt(key, "a chunk does not match its id; run verify --read-data"));
+        };
+        let at = u32::try_from(text.len()).map_err(|_| Error::corrupt(key, "a frame too large"))?;
+        text.extend_from_slice(data);
+        kept.push((chunk.chunk(), chunk.raw_length(), at));
+    }
+    Ok(kept)
+}
+
+/// A frame of merged chunks being filled: their text, (id, length, start), the old packs.
+#[derive(Default)]
+struct MergedFrame {
+    text: Vec<u8>,
+    chunks: Vec<(ChunkId, u32, u32)>,
+    from: BTreeSet<ObjectId>,
+}
+
+/// `frames` compressed at [`MERGE_LEVEL`], on one thread a core, in their order.
+#[allow(clippy::type_complexity)]
+fn compress_frames(frames: Vec<MergedFrame>) -> Result<Vec<(Vec<u8>, Vec<ChunkLocation>, BTreeSet<ObjectId>)>> {
+    let frames: Vec<MergedFrame> = frames.into_iter().filter(|f| !f.chunks.is_empty()).collect();
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get).min(frames.len()).max(1);
+    let share = frames.len().div_ceil(threads).max(1);
+    let compressed: Vec<Result<Vec<(Vec<u8>, Vec<ChunkLocation>)>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = frames
+            .chunks(share)
+            .map(|part| {
+                scope.spawn(move || {
+                    let (mut compressor, mut packed) = (crate::compress::ChunkCompressor::default(), Vec::new());
+                    part.iter()
+                        .map(|f| {
+                            let encoding = Encoding::Level(MERGE_LEVEL);
+                            compress_frame(
+                                "a merged frame",
+                                &f.text,
+                                &f.chunks,
+                                encoding,
+                                (&mut compressor, &mut packed),
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("compressing does not panic")).collect()
+    });
+    let mut out = Vec::with_capacity(frames.len());
+    for (part, done) in frames.chunks(share).zip(compressed) {
+        for (frame, (bytes, chunks)) in part.iter().zip(done?) {
+            out.push((bytes, chunks, frame.from.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// How a frame is compressed: with a dictionary, or without one at a level.
+enum Encoding<'e> {
+    Dictionary(&'e mut crate::compress::FrameDictionary),
+    Level(i32),
+}
+
+/// Text packed and compressed as one frame, without a dictionary or with `encoding`; where each
+/// chunk lies in it (offsets 0: [`NewPack::add`] places the frame).
+fn compress_frame(
+    key: &str,
+    text: &[u8],
+    chunks: &[(ChunkId, u32, u32)],
+    encoding: Encoding<'_>,
+    (compressor, packed): (&mut crate::compress::ChunkCompressor, &mut Vec<u8>),
+) -> Result<(Vec<u8>, Vec<ChunkLocation>)> {
+    packed.clear();
+    crate::compress::bytea::pack(text, packed);
+    let compressed = match encoding {
+        Encoding::Dictionary(dictionary) => dictionary.compress(compressor, packed),
+        Encoding::Level(level) => compressor.compress(packed, level, None),
+    };
+    let length = u32::try_from(compressed.len()).map_err(|_| Error::corrupt(key, "a frame too large"))?;
+    let chunks = chunks.iter().map(|(id, raw, start)| ChunkLocation::in_frame(*id, 0, length, *raw, *start)).collect();
+    Ok((compressed, chunks))
+}
+
 impl FrameRewriter {
     /// Reads `dictionary` (an admin reads every dictionary) and lays it out for both ways.
     async fn new(repository: &Repository, keyring: &Keyring, dictionary: Option<&ObjectRef>) -> Result<FrameRewriter> {
         let (decoding, encoding) = match dictionary {
             None => (None, None),
             Some(reference) => {
+                let (decoding, bytes) = read_dictionary(repository, keyring, reference).await?;
                 let key = repo::dictionary_key(&reference.id);
-                let ciphertext = repository.target.get_at_most(&key, reference.size).await?;
-                repo::check_object_name(&key, &ciphertext)?;
-                let bytes = crate::compress::dictionary_bytes(&keyring.decrypt(&key, &ciphertext)?)
-                    .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))?;
-                let decoding = crate::compress::DecompressionDictionary::new(&bytes)
-                    .ok_or_else(|| Error::corrupt(&key, "is not a zstd dictionary"))?;
                 let encoding = crate::compress::FrameDictionary::new(&bytes, REWRITE_LEVEL, FRAME_CAPACITY)
                     .ok_or_else(|| Error::corrupt(&key, "zstd cannot compress with this dictionary"))?;
                 (Some(decoding), Some(encoding))
@@ -805,43 +1066,11 @@ impl FrameRewriter {
         chunks: &[ChunkLocation],
         live: &HashSet<ChunkId>,
     ) -> Result<(Vec<u8>, Vec<ChunkLocation>)> {
-        let limit = chunks.iter().map(|c| c.start() as usize + c.raw_length() as usize).max().unwrap_or(0);
-        if limit > MAX_FRAME_TEXT {
-            return Err(Error::corrupt(key, "its index gives a frame more text than any backup writes; run verify"));
-        }
-        self.text.clear();
-        let coding = crate::compress::FrameCoding { dictionary: self.decoding.as_ref(), packed: true };
-        coding
-            .decode_onto(frame, limit, &mut self.text)
-            .map_err(|e| Error::corrupt(key, format!("a frame does not decompress ({e}); run verify --read-data")))?;
         self.kept.clear();
-        let mut kept = Vec::new();
-        for chunk in chunks.iter().filter(|c| live.contains(&c.chunk())) {
-            let start = chunk.start() as usize;
-            let data = self
-                .text
-                .get(start..start + chunk.raw_length() as usize)
-                .filter(|data| self.ids.id_of(data) == chunk.chunk());
-            let Some(data) = data else {
-                return Err(Error::corrupt(key, "a chunk does not match its id; run verify --read-data"));
-            };
-            #[expect(clippy::cast_possible_truncation, reason = "within one frame's text, at most its limit")]
-            let at = self.kept.len() as u32;
-            self.kept.extend_from_slice(data);
-            kept.push(ChunkLocation::in_frame(chunk.chunk(), 0, 0, chunk.raw_length(), at));
-        }
-        self.packed.clear();
-        crate::compress::bytea::pack(&self.kept, &mut self.packed);
-        let compressed = match &mut self.encoding {
-            Some(dictionary) => dictionary.compress(&mut self.compressor, &self.packed),
-            None => self.compressor.compress(&self.packed, REWRITE_LEVEL, None),
-        };
-        let length = u32::try_from(compressed.len()).map_err(|_| Error::corrupt(key, "a frame too large"))?;
-        let kept = kept
-            .into_iter()
-            .map(|c| ChunkLocation::in_frame(c.chunk(), 0, length, c.raw_length(), c.start()))
-            .collect();
-        Ok((compressed, kept))
+        let kept =
+            live_chunks(key, frame, self.decoding.as_ref(), chunks, live, (&self.ids, &mut self.text, &mut self.kept))?;
+        let encoding = self.encoding.as_mut().map_or(Encoding::Level(REWRITE_LEVEL), Encoding::Dictionary);
+        compress_frame(key, &self.kept, &kept, encoding, (&mut self.compressor, &mut self.packed))
     }
 }
 
@@ -979,19 +1208,21 @@ mod tests {
         let mostly_used = record("a", 1030, None, &[(1000, &[1]), (30, &[2])]);
         let much_unused = record("b", 1100, None, &[(1000, &[3]), (100, &[4])]);
         let live = HashSet::from([chunk(1), chunk(3)]);
-        let chosen = choose(&[&mostly_used, &much_unused], &live, MaxUnused(5.0), pack_size);
+        let (chosen, merged) = choose(&[&mostly_used, &much_unused], &live, MaxUnused(5.0), pack_size);
         assert_eq!(chosen, BTreeSet::from([much_unused.pack.id.clone()]));
-        // Three small packs of one dictionary stay; a fourth makes them worth merging.
-        let small: Vec<PackRecord> =
-            (0..4).map(|n| record(&format!("s{n}"), 1000, Some("d"), &[(1000, &[10 + n])])).collect();
+        assert!(merged.is_empty(), "two small packs are not worth merging");
+        // Three small packs stay; a fourth makes them worth merging, whatever their
+        // dictionaries; at 100% nothing is repacked.
+        let small: Vec<PackRecord> = (0..5)
+            .map(|n| record(&format!("s{n}"), 1000, Some(&format!("d{}", n % 2)), &[(1000, &[10 + n])]))
+            .collect();
         let live: HashSet<ChunkId> = (10..14).map(chunk).collect();
         let three: Vec<&PackRecord> = small.iter().take(3).collect();
-        assert!(choose(&three, &live, MaxUnused(5.0), pack_size).is_empty());
-        let four: Vec<&PackRecord> = small.iter().collect();
-        assert_eq!(choose(&four, &live, MaxUnused(5.0), pack_size).len(), 4);
-        // Small packs of other dictionaries are not merged together.
-        let mixed: Vec<PackRecord> =
-            (0..4).map(|n| record(&format!("m{n}"), 1000, Some(&format!("d{n}")), &[(1000, &[10 + n])])).collect();
-        assert!(choose(&mixed.iter().collect::<Vec<_>>(), &live, MaxUnused(5.0), pack_size).is_empty());
+        assert_eq!(choose(&three, &live, MaxUnused(50.0), pack_size), (BTreeSet::new(), BTreeSet::new()));
+        let five: Vec<&PackRecord> = small.iter().collect();
+        assert_eq!(choose(&five, &live, MaxUnused(100.0), pack_size), (BTreeSet::new(), BTreeSet::new()));
+        let (chosen, merged) = choose(&five, &live, MaxUnused(50.0), pack_size);
+        assert_eq!(merged.len(), 5, "the unused one too: it is over the threshold");
+        assert_eq!(chosen, merged);
     }
 }

@@ -637,10 +637,18 @@ fn mostly_garbage_packs(source: &TestDb, work: &Workspace, repo: &str) -> Vec<Ni
 }
 
 /// The id a night's snapshot has now: its own, or that of the copy that replaced it (a chain of
-/// `replaces`, read from the headers as FORMAT.md says).
+/// `replaces`, read from the headers as FORMAT.md says). A copy of a copy whose middle link is
+/// gone (a prune killed after sealing copies, then one that merged again what they list) is
+/// found as the product finds it: the copy with the original's sequence and time, which every
+/// header this function has read is remembered by.
 fn current_id(repo: &str, id: &str) -> Option<String> {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, String)>>> =
+        std::sync::Mutex::new(None);
     let mut replaced_by = std::collections::BTreeMap::new();
     let mut present = BTreeSet::new();
+    let mut places = Vec::new();
+    let mut seen = SEEN.lock().unwrap();
+    let seen = seen.get_or_insert_with(Default::default);
     for file in snapshot_files(repo) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read(&file).unwrap();
@@ -648,13 +656,20 @@ fn current_id(repo: &str, id: &str) -> Option<String> {
         if let Some(old) = header["replaces"].as_str() {
             replaced_by.insert(old.to_string(), name.clone());
         }
+        let place = (header["sequence"].as_u64().unwrap_or(0), header["time"].to_string());
+        seen.insert(name.clone(), place.clone());
+        places.push((place, header["replaces"].is_string(), name.clone()));
         present.insert(name);
     }
-    let mut id = id.to_string();
-    while let Some(next) = replaced_by.get(&id) {
-        id.clone_from(next);
+    let mut now = id.to_string();
+    while let Some(next) = replaced_by.get(&now) {
+        now.clone_from(next);
     }
-    present.contains(&id).then_some(id)
+    if present.contains(&now) {
+        return Some(now);
+    }
+    let place = seen.get(id)?;
+    places.into_iter().find(|(p, copy, _)| p == place && *copy).map(|(_, _, name)| name)
 }
 
 /// Every night verifies (admin key, every chunk read) and restores, by its id or its copy's,
@@ -763,7 +778,7 @@ fn an_interrupted_repack_leaves_every_snapshot_restorable_and_the_next_prune_fin
         if k.is_none() {
             std::fs::remove_file(root.join("snapshots").join(&nights.last().unwrap().0)).unwrap();
         }
-        assert_every_night_restores(&work, &repo, &nights, &label);
+        assert_every_night_restores(&work, &repo, &nights, &format!("{label}, before the next prune"));
         prune_as_admin(&work, &repo, &[]).ok();
         assert!(garbage(&repo).is_empty(), "{label}: garbage left: {:?}", garbage(&repo));
         assert_eq!(snapshot_files(&repo).len(), 2, "{label}");
@@ -896,4 +911,38 @@ fn repacking_compresses_mostly_unused_frames_again_with_their_used_chunks_alone(
     let again = prune_as_admin(&work, &repo, &[]).ok().json();
     assert_eq!(again["repacked"][0]["packs_repacked"], 0, "{again}");
     assert_eq!(repo_bytes(&repo), after);
+}
+
+#[test]
+fn repacking_merges_the_small_packs_of_many_nights_and_their_dictionaries_go() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_merge").crm().init("repo");
+    // Six nights, each rewriting a third of a table: each night's new chunks (enough to train
+    // a dictionary) go to a small pack of that night's dictionary.
+    source.sql(SCRATCH);
+    let mut nights = Vec::new();
+    for night in 0..6 {
+        source.sql(&format!(
+            "UPDATE public.scratch SET body = md5((id * {}) ::text) || md5(id::text || '{night}') WHERE id % 3 = {}",
+            night + 5,
+            night % 3
+        ));
+        let report = work.backup(&source, &repo);
+        nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+    }
+    let before = stored(&repo);
+    let small_packs = count_in(&before, "data");
+    assert!(small_packs >= 6, "{before:?}");
+    assert!(count_in(&before, "dicts") >= 2, "the nights trained dictionaries: {before:?}");
+    let run = prune_as_admin(&work, &repo, &[]).ok().json();
+    let done = &run["repacked"][0];
+    assert!(done["packs_repacked"].as_u64().unwrap() >= small_packs - 1, "{run}");
+    let after = stored(&repo);
+    assert!(count_in(&after, "data") <= 2, "the nights' packs are merged into one or two: {after:?}");
+    assert!(
+        count_in(&after, "dicts") < count_in(&before, "dicts").max(1),
+        "dictionaries only the merged frames used are gone: {} before, {after:?}",
+        count_in(&before, "dicts")
+    );
+    assert!(garbage(&repo).is_empty(), "{:?}", garbage(&repo));
+    assert_every_night_restores(&work, &repo, &nights, "merged");
 }
