@@ -185,12 +185,14 @@ const INDEX_CHUNKS: usize = 65_536;
 /// `max_unused` are repacked; small packs, once there are at least [`SMALL_PACKS_TO_MERGE`]
 /// of them, are all merged, whatever their dictionaries (a night's packs each hold one
 /// dictionary's frames: a year of nights kept hundreds of small packs, each keeping its
-/// night's dictionary and a line in every snapshot's header). Pure.
+/// night's dictionary and a line in every snapshot's header); not `fresh` ones, which an
+/// interrupted repack wrote. Pure.
 fn choose(
     records: &[&PackRecord],
     live: &HashSet<ChunkId>,
     max_unused: MaxUnused,
     pack_size: usize,
+    fresh: &HashSet<ObjectId>,
 ) -> (BTreeSet<ObjectId>, BTreeSet<ObjectId>) {
     let mut chosen = BTreeSet::new();
     let mut small = BTreeSet::new();
@@ -201,7 +203,8 @@ fn choose(
         if over {
             chosen.insert(record.pack.id.clone());
         }
-        if record.pack.size < (pack_size / SMALL_SHARE) as u64 && (over || used(&record.chunks, live)) {
+        let small_pack = record.pack.size < (pack_size / SMALL_SHARE) as u64;
+        if small_pack && used(&record.chunks, live) && !fresh.contains(&record.pack.id) {
             small.insert(record.pack.id.clone());
         }
     }
@@ -235,8 +238,12 @@ struct Repacking<'a> {
     chosen: BTreeSet<ObjectId>,
     /// Of those, the small ones merged into full frames without a dictionary.
     merged: BTreeSet<ObjectId>,
-    /// Every used chunk's place in the order merged chunks are laid out in.
+    /// Every used chunk's place in the order merged chunks are laid out in (when a merge may
+    /// happen).
     order: HashMap<ChunkId, u64>,
+    /// Packs listed by a copy whose original is still here: an interrupted repack wrote them.
+    /// Never merged again: the copies listing them stay as they are, one id on every target.
+    fresh: HashSet<ObjectId>,
     /// Listed indexes that describe a pack that goes: written again without it.
     stale_indexes: HashSet<ObjectId>,
     /// Old pack → the new packs its live frames went to.
@@ -369,6 +376,7 @@ async fn open_snapshots<'a>(
         chosen: BTreeSet::new(),
         merged: BTreeSet::new(),
         order: HashMap::new(),
+        fresh: HashSet::new(),
         stale_indexes: HashSet::new(),
         new_packs_of: HashMap::new(),
         reused: HashMap::new(),
@@ -415,8 +423,10 @@ async fn open_snapshots<'a>(
             copies.insert(old.clone(), sealed.sealed_manifest(keyring)?);
         }
     }
-    for (old, _) in copied {
+    for (old, copy) in copied {
         if let Some((sealed, _)) = repacking.snapshots.remove(&old) {
+            let listed = repacking.snapshots[&copy].0.header.packs.iter().map(|p| p.id.clone());
+            repacking.fresh.extend(listed);
             repacking.replaced.push((sealed.header.sequence, sealed.header.time, old));
         }
     }
@@ -470,6 +480,8 @@ impl Repacking<'_> {
         // what older ones add (a restore of the newest reads its tables front to back).
         let mut newest_first = oldest_first(self.snapshots.values().map(|(s, _)| s));
         newest_first.reverse();
+        let small = listed_packs.iter().filter(|p| p.size < (repository.config.pack_size / SMALL_SHARE) as u64);
+        let may_merge = max_unused.percent() < 100.0 && small.count() >= SMALL_PACKS_TO_MERGE;
         let mut order: HashMap<ChunkId, u64> = HashMap::new();
         for id in &newest_first {
             progress.advance(1);
@@ -477,8 +489,10 @@ impl Repacking<'_> {
             crate::fetch::expand_lists(&mut expanded, &reader).await?;
             for chunk in expanded.all_chunks() {
                 live.insert(*chunk);
-                let next = order.len() as u64;
-                order.entry(*chunk).or_insert(next);
+                if may_merge {
+                    let next = order.len() as u64;
+                    order.entry(*chunk).or_insert(next);
+                }
             }
         }
         self.order = order;
@@ -497,7 +511,7 @@ impl Repacking<'_> {
             .map(|p| &self.records[&p.id])
             .collect();
         self.out.unused_bytes = candidates.iter().map(|r| unused_bytes(r, &live)).sum();
-        (self.chosen, self.merged) = choose(&candidates, &live, max_unused, repository.config.pack_size);
+        (self.chosen, self.merged) = choose(&candidates, &live, max_unused, repository.config.pack_size, &self.fresh);
         for id in &self.chosen {
             let record = &self.records[id];
             self.out.packs_repacked += 1;
@@ -631,6 +645,7 @@ impl Repacking<'_> {
         packs.sort_by(|a, b| (&self.records[a].dictionary, a).cmp(&(&self.records[b].dictionary, b)));
         let spill = |e: std::io::Error| Error::Internal(format!("repacking's temporary file: {e}"));
         let mut file = std::io::BufWriter::new(tempfile::tempfile().map_err(spill)?);
+        let sealing = Keystream::new();
         let mut written = 0u64;
         // (place in the order, id, offset in the file, length, the old pack it came from).
         let mut gathered: Vec<(u64, ChunkId, u64, u32, usize)> = Vec::new();
@@ -667,7 +682,9 @@ impl Repacking<'_> {
                     live_chunks(&key, frame, dictionary, &chunks, live, (&ids, &mut scratch, &mut text))?
                 {
                     if seen.insert(chunk) {
-                        file.write_all(&text[at as usize..at as usize + raw as usize]).map_err(spill)?;
+                        let mut sealed = text[at as usize..at as usize + raw as usize].to_vec();
+                        sealing.apply(written, &mut sealed);
+                        file.write_all(&sealed).map_err(spill)?;
                         let place = self.order.get(&chunk).copied().unwrap_or(u64::MAX);
                         gathered.push((place, chunk, written, raw, from));
                         written += u64::from(raw);
@@ -688,6 +705,17 @@ impl Repacking<'_> {
         for (n, (_, chunk, at, raw, from)) in gathered.into_iter().enumerate() {
             buffer.resize(raw as usize, 0);
             file.read_exact_at(&mut buffer, at).map_err(spill)?;
+            sealing.apply(at, &mut buffer);
+            // Proven again: the file was out of this process's hands.
+            if ids.id_of(&buffer) != chunk {
+                return Err(Error::Internal(
+                    "repacking's temporary file was changed while it ran; nothing was deleted".into(),
+                ));
+            }
+            // A frame holds at most FRAME_CAPACITY of text (a chunk larger alone).
+            if batch.last().is_some_and(|f| !f.text.is_empty() && f.text.len() + buffer.len() > FRAME_CAPACITY) {
+                batch.push(MergedFrame::default());
+            }
             let frame = batch.last_mut().expect("a frame being filled");
             let start =
                 u32::try_from(frame.text.len()).map_err(|_| Error::Internal("a merged frame too large".into()))?;
@@ -699,9 +727,6 @@ impl Repacking<'_> {
             }
             batch_text += buffer.len();
             let last = n + 1 == count;
-            if frame.text.len() >= FRAME_CAPACITY && !last {
-                batch.push(MergedFrame::default());
-            }
             if batch_text >= pack_size || last {
                 for (frame, chunks, from) in compress_frames(std::mem::take(&mut batch))? {
                     pack.add(&frame, &chunks);
@@ -960,6 +985,31 @@ fn live_chunks(
     Ok(kept)
 }
 
+/// What repacking writes to its temporary file, XORed with BLAKE3's output under a key drawn
+/// for this run and held in memory only (from the byte's place in the file on): the used text
+/// of the merged packs, which is row data, never reaches the disk in the clear.
+struct Keystream {
+    key: [u8; 32],
+}
+
+impl Keystream {
+    fn new() -> Keystream {
+        Keystream { key: rand::random() }
+    }
+
+    /// Seals or opens `data`, which lies at `offset` in the file.
+    fn apply(&self, offset: u64, data: &mut [u8]) {
+        let mut stream = blake3::Hasher::new_keyed(&self.key).finalize_xof();
+        stream.set_position(offset);
+        let mut pad = [0u8; 4096];
+        for part in data.chunks_mut(pad.len()) {
+            let pad = &mut pad[..part.len()];
+            stream.fill(pad);
+            part.iter_mut().zip(pad.iter()).for_each(|(byte, key)| *byte ^= key);
+        }
+    }
+}
+
 /// A frame of merged chunks being filled: their text, (id, length, start), the old packs.
 #[derive(Default)]
 struct MergedFrame {
@@ -1208,7 +1258,7 @@ mod tests {
         let mostly_used = record("a", 1030, None, &[(1000, &[1]), (30, &[2])]);
         let much_unused = record("b", 1100, None, &[(1000, &[3]), (100, &[4])]);
         let live = HashSet::from([chunk(1), chunk(3)]);
-        let (chosen, merged) = choose(&[&mostly_used, &much_unused], &live, MaxUnused(5.0), pack_size);
+        let (chosen, merged) = choose(&[&mostly_used, &much_unused], &live, MaxUnused(5.0), pack_size, &HashSet::new());
         assert_eq!(chosen, BTreeSet::from([much_unused.pack.id.clone()]));
         assert!(merged.is_empty(), "two small packs are not worth merging");
         // Three small packs stay; a fourth makes them worth merging, whatever their
@@ -1218,11 +1268,20 @@ mod tests {
             .collect();
         let live: HashSet<ChunkId> = (10..14).map(chunk).collect();
         let three: Vec<&PackRecord> = small.iter().take(3).collect();
-        assert_eq!(choose(&three, &live, MaxUnused(50.0), pack_size), (BTreeSet::new(), BTreeSet::new()));
+        assert_eq!(
+            choose(&three, &live, MaxUnused(50.0), pack_size, &HashSet::new()),
+            (BTreeSet::new(), BTreeSet::new())
+        );
         let five: Vec<&PackRecord> = small.iter().collect();
-        assert_eq!(choose(&five, &live, MaxUnused(100.0), pack_size), (BTreeSet::new(), BTreeSet::new()));
-        let (chosen, merged) = choose(&five, &live, MaxUnused(50.0), pack_size);
-        assert_eq!(merged.len(), 5, "the unused one too: it is over the threshold");
-        assert_eq!(chosen, merged);
+        assert_eq!(
+            choose(&five, &live, MaxUnused(100.0), pack_size, &HashSet::new()),
+            (BTreeSet::new(), BTreeSet::new())
+        );
+        let (chosen, merged) = choose(&five, &live, MaxUnused(50.0), pack_size, &HashSet::new());
+        assert_eq!(merged.len(), 4, "the unused one is not merged (it is repacked: over the threshold)");
+        assert!(!merged.contains(&small[4].pack.id) && chosen.contains(&small[4].pack.id));
+        // Packs an interrupted repack wrote are not merged again.
+        let fresh = HashSet::from([small[0].pack.id.clone()]);
+        assert_eq!(choose(&five, &live, MaxUnused(50.0), pack_size, &fresh).1.len(), 0, "three left");
     }
 }

@@ -637,18 +637,10 @@ fn mostly_garbage_packs(source: &TestDb, work: &Workspace, repo: &str) -> Vec<Ni
 }
 
 /// The id a night's snapshot has now: its own, or that of the copy that replaced it (a chain of
-/// `replaces`, read from the headers as FORMAT.md says). A copy of a copy whose middle link is
-/// gone (a prune killed after sealing copies, then one that merged again what they list) is
-/// found as the product finds it: the copy with the original's sequence and time, which every
-/// header this function has read is remembered by.
+/// `replaces`, read from the headers as FORMAT.md says).
 fn current_id(repo: &str, id: &str) -> Option<String> {
-    static SEEN: std::sync::Mutex<Option<std::collections::HashMap<String, (u64, String)>>> =
-        std::sync::Mutex::new(None);
     let mut replaced_by = std::collections::BTreeMap::new();
     let mut present = BTreeSet::new();
-    let mut places = Vec::new();
-    let mut seen = SEEN.lock().unwrap();
-    let seen = seen.get_or_insert_with(Default::default);
     for file in snapshot_files(repo) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read(&file).unwrap();
@@ -656,20 +648,13 @@ fn current_id(repo: &str, id: &str) -> Option<String> {
         if let Some(old) = header["replaces"].as_str() {
             replaced_by.insert(old.to_string(), name.clone());
         }
-        let place = (header["sequence"].as_u64().unwrap_or(0), header["time"].to_string());
-        seen.insert(name.clone(), place.clone());
-        places.push((place, header["replaces"].is_string(), name.clone()));
         present.insert(name);
     }
-    let mut now = id.to_string();
-    while let Some(next) = replaced_by.get(&now) {
-        now.clone_from(next);
+    let mut id = id.to_string();
+    while let Some(next) = replaced_by.get(&id) {
+        id.clone_from(next);
     }
-    if present.contains(&now) {
-        return Some(now);
-    }
-    let place = seen.get(id)?;
-    places.into_iter().find(|(p, copy, _)| p == place && *copy).map(|(_, _, name)| name)
+    present.contains(&id).then_some(id)
 }
 
 /// Every night verifies (admin key, every chunk read) and restores, by its id or its copy's,
