@@ -176,6 +176,11 @@ fn unused_bytes(record: &PackRecord, live: &HashSet<ChunkId>) -> u64 {
 /// A pack smaller than this share of `pack_size` is small: merged with the other small packs
 /// of its dictionary when there are at least [`SMALL_PACKS_TO_MERGE`] of them.
 const SMALL_SHARE: usize = 4;
+
+/// Whether a pack of `size` stored bytes is small ([`SMALL_SHARE`]).
+fn is_small(size: u64, pack_size: usize) -> bool {
+    size < (pack_size / SMALL_SHARE) as u64
+}
 /// How many small packs of one dictionary make a merge worth sealing the snapshots again.
 const SMALL_PACKS_TO_MERGE: usize = 4;
 /// Chunks an index written by repacking describes at most (as a backup's).
@@ -203,8 +208,7 @@ fn choose(
         if over {
             chosen.insert(record.pack.id.clone());
         }
-        let small_pack = record.pack.size < (pack_size / SMALL_SHARE) as u64;
-        if small_pack && used(&record.chunks, live) && !fresh.contains(&record.pack.id) {
+        if is_small(record.pack.size, pack_size) && used(&record.chunks, live) && !fresh.contains(&record.pack.id) {
             small.insert(record.pack.id.clone());
         }
     }
@@ -480,7 +484,7 @@ impl Repacking<'_> {
         // what older ones add (a restore of the newest reads its tables front to back).
         let mut newest_first = oldest_first(self.snapshots.values().map(|(s, _)| s));
         newest_first.reverse();
-        let small = listed_packs.iter().filter(|p| p.size < (repository.config.pack_size / SMALL_SHARE) as u64);
+        let small = listed_packs.iter().filter(|p| is_small(p.size, repository.config.pack_size));
         let may_merge = max_unused.percent() < 100.0 && small.count() >= SMALL_PACKS_TO_MERGE;
         let mut order: HashMap<ChunkId, u64> = HashMap::new();
         for id in &newest_first {
@@ -682,9 +686,9 @@ impl Repacking<'_> {
                     live_chunks(&key, frame, dictionary, &chunks, live, (&ids, &mut scratch, &mut text))?
                 {
                     if seen.insert(chunk) {
-                        let mut sealed = text[at as usize..at as usize + raw as usize].to_vec();
-                        sealing.apply(written, &mut sealed);
-                        file.write_all(&sealed).map_err(spill)?;
+                        let sealed = &mut text[at as usize..at as usize + raw as usize];
+                        sealing.apply(written, sealed);
+                        file.write_all(sealed).map_err(spill)?;
                         let place = self.order.get(&chunk).copied().unwrap_or(u64::MAX);
                         gathered.push((place, chunk, written, raw, from));
                         written += u64::from(raw);
