@@ -1172,6 +1172,25 @@ mod tests {
     }
 
     #[test]
+    fn the_merge_file_holds_no_text_in_the_clear_and_each_piece_opens_at_its_place() {
+        let sealing = Keystream::new();
+        let text: Vec<u8> = b"alice@example.com\t+1 555 0100\n".repeat(300);
+        let mut sealed = text.clone();
+        sealing.apply(7, &mut sealed);
+        assert!(!sealed.windows(17).any(|w| w == b"alice@example.com"), "row text in the clear");
+        // Sealed whole, opened in pieces at their places (as chunks are read back).
+        let (head, tail) = sealed.split_at_mut(5000);
+        sealing.apply(7, head);
+        sealing.apply(7 + 5000, tail);
+        assert_eq!(sealed, text);
+        // Another run's key opens nothing.
+        let mut other = text.clone();
+        Keystream::new().apply(7, &mut other);
+        sealing.apply(7, &mut other);
+        assert_ne!(other, text);
+    }
+
+    #[test]
     fn a_predecessor_copied_twice_is_named_by_its_newest_copy() {
         let id = |n: &str| SnapshotId::of(n.as_bytes());
         let new_ids = HashMap::from([(id("s"), id("c")), (id("c"), id("c2")), (id("t"), id("t"))]);
