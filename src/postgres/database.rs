@@ -206,14 +206,17 @@ impl Server {
         if roles.is_empty() {
             return Ok(object.clone());
         }
-        let sql = "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolsuper AND rolname = ANY ($1)";
+        // A member of a superuser role can become it (`SET ROLE`): as good as one.
+        let sql = "SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($1) AND (r.rolsuper \
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
+                                AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')))";
         let superusers: Vec<String> = self.client().query(sql, &[&roles]).await?.iter().map(|row| row.get(0)).collect();
         let mut kept = object.clone();
         kept.settings.retain(|setting| match &setting.role {
             Some(role) if superusers.contains(role) => {
                 tracing::warn!(
-                    "left out: the setting {} of role {role} in the new database (a superuser on this server; set it \
-                     by hand if it is wanted)",
+                    "left out: the setting {} of role {role} in the new database (a superuser on this server, or a \
+                     member of one; set it by hand if it is wanted)",
                     setting.name
                 );
                 false
