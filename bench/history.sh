@@ -3,7 +3,8 @@
 # days (bench/crm_day.sql with -v base_scale: linear growth, audit_log trimmed to 90 days' worth),
 # each followed by a nightly backup timed 2026-01-01T01:00:00Z + N − 1 days (backup --time).
 # Then, side by side in one run: snapshots, an unchanged backup and restore latest at 365
-# snapshots against the same at 1 snapshot, verify, forget + prune against a repository that only
+# snapshots (as the nights left them, and after the admin's prune --identity with nothing
+# forgotten) against the same at 1 snapshot, verify, forget + prune against a repository that only
 # ever held the kept snapshots, and restic (fed by pg_dump -Fp every night) doing the same
 # housekeeping. Prints wall time, peak memory and ratios as a Markdown table.
 #
@@ -199,7 +200,15 @@ done
 median unchanged_many
 median unchanged_one
 
-echo "== restore latest from $snapshot_count snapshots and from 1" >&2
+# The admin's housekeeping with nothing forgotten: `prune --identity` merges the nights' small
+# packs in the newest snapshot's order (docs/OPERATIONS.md, *A year of nights*), on a copy.
+echo "== prune --identity at $snapshot_count snapshots, nothing forgotten" >&2
+cp -a "$cache/repo" "$run/repacked"
+repacked_before=$(du -sb "$run/repacked" | cut -f1)
+measure prune_identity_all "$crmvault" prune --repo "$run/repacked" --identity "$cache/admin.key" >"$run/prune_identity_all.out"
+repacked_after=$(du -sb "$run/repacked" | cut -f1)
+
+echo "== restore latest from $snapshot_count snapshots (as they are, and after that prune) and from 1" >&2
 restore_once() {
     local name=$1
     shift
@@ -209,14 +218,16 @@ restore_once() {
 }
 for round in $(seq 1 "$rounds"); do
     for parallel in "" --parallel; do
-        for repo in repo one; do
+        for repo in repo one repacked; do
             restore_once "restore${parallel:+_parallel}_$repo.$round" "$crmvault" restore --quiet $parallel --repo "$run/$repo" \
                 --identity "$admin" --db "$server/$restored" latest
         done
     done
 done
 sql postgres "DROP DATABASE $restored WITH (FORCE)"
-for name in restore_repo restore_one restore_parallel_repo restore_parallel_one; do median "$name"; done
+for name in restore_repo restore_one restore_repacked restore_parallel_repo restore_parallel_one restore_parallel_repacked; do
+    median "$name"
+done
 
 echo "== verify (no key)" >&2
 CRMVAULT_CONFIG_DIR=$run/config-nokey measure verify_nokey "$crmvault" verify --quiet --repo "$run/repo"
@@ -272,9 +283,14 @@ build_seconds=$(cat "$cache/build_seconds")
     row "**restore latest at $snapshot_count snapshots**" "$(ms restore_repo)" "$(peak restore_repo)" \
         "**$(ratio "$(seconds_of restore_repo)" "$(seconds_of restore_one)")×** of 1 snapshot (rounds: $(each_round restore_repo restore_one))" "≤ 1.05×"
     row "restore latest at 1 snapshot" "$(ms restore_one)" "$(peak restore_one)" "" ""
+    row "**restore latest at $snapshot_count snapshots after prune --identity** (nothing forgotten)" "$(ms restore_repacked)" "$(peak restore_repacked)" \
+        "**$(ratio "$(seconds_of restore_repacked)" "$(seconds_of restore_one)")×** of 1 snapshot (rounds: $(each_round restore_repacked restore_one))" "≤ 1.05×"
     row "**restore --parallel latest at $snapshot_count snapshots**" "$(ms restore_parallel_repo)" "$(peak restore_parallel_repo)" \
         "**$(ratio "$(seconds_of restore_parallel_repo)" "$(seconds_of restore_parallel_one)")×** of 1 snapshot (rounds: $(each_round restore_parallel_repo restore_parallel_one))" "≤ 1.05×"
     row "restore --parallel latest at 1 snapshot" "$(ms restore_parallel_one)" "$(peak restore_parallel_one)" "" ""
+    row "**restore --parallel latest at $snapshot_count snapshots after prune --identity**" "$(ms restore_parallel_repacked)" "$(peak restore_parallel_repacked)" \
+        "**$(ratio "$(seconds_of restore_parallel_repacked)" "$(seconds_of restore_parallel_one)")×** of 1 snapshot (rounds: $(each_round restore_parallel_repacked restore_parallel_one))" "≤ 1.05×"
+    row "prune --identity at $snapshot_count snapshots, nothing forgotten" "$(ms prune_identity_all)" "$(peak prune_identity_all)" "$(mib "$repacked_before") → $(mib "$repacked_after")" "peak < 256 MiB"
     row "verify, no key, $snapshot_count snapshots" "$(ms verify_nokey)" "$(peak verify_nokey)" "" "(measured)"
     row "**forget ${policy[*]}**" "$(ms forget)" "$(peak forget)" "$nights → $kept_count snapshots; $(mib $((forget_before - forgotten_size))) freed" "peak < 256 MiB"
     if [ "$have_prune" = yes ]; then

@@ -173,14 +173,6 @@ fn unused_bytes(record: &PackRecord, live: &HashSet<ChunkId>) -> u64 {
         .sum()
 }
 
-/// A pack smaller than this share of `pack_size` is small: merged with the other small packs
-/// of its dictionary when there are at least [`SMALL_PACKS_TO_MERGE`] of them.
-const SMALL_SHARE: usize = 4;
-
-/// Whether a pack of `size` stored bytes is small ([`SMALL_SHARE`]).
-fn is_small(size: u64, pack_size: usize) -> bool {
-    size < (pack_size / SMALL_SHARE) as u64
-}
 /// How many small packs of one dictionary make a merge worth sealing the snapshots again.
 const SMALL_PACKS_TO_MERGE: usize = 4;
 /// Chunks an index written by repacking describes at most (as a backup's).
@@ -208,7 +200,10 @@ fn choose(
         if over {
             chosen.insert(record.pack.id.clone());
         }
-        if is_small(record.pack.size, pack_size) && used(&record.chunks, live) && !fresh.contains(&record.pack.id) {
+        if repo::is_small_pack(record.pack.size, pack_size)
+            && used(&record.chunks, live)
+            && !fresh.contains(&record.pack.id)
+        {
             small.insert(record.pack.id.clone());
         }
     }
@@ -484,7 +479,7 @@ impl Repacking<'_> {
         // what older ones add (a restore of the newest reads its tables front to back).
         let mut newest_first = oldest_first(self.snapshots.values().map(|(s, _)| s));
         newest_first.reverse();
-        let small = listed_packs.iter().filter(|p| is_small(p.size, repository.config.pack_size));
+        let small = listed_packs.iter().filter(|p| repo::is_small_pack(p.size, repository.config.pack_size));
         let may_merge = max_unused.percent() < 100.0 && small.count() >= SMALL_PACKS_TO_MERGE;
         let mut order: HashMap<ChunkId, u64> = HashMap::new();
         for id in &newest_first {

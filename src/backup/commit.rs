@@ -214,5 +214,6 @@ pub(super) async fn commit(
         bytes_added,
         bytes_total: header.total_bytes,
         recorded_missed: absent.iter().map(|m| m.id.clone()).collect(),
+        small_packs: header.packs.iter().filter(|p| repo::is_small_pack(p.size, repository.config.pack_size)).count(),
     })
 }

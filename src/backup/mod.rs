@@ -171,7 +171,17 @@ pub struct TargetReport {
     pub bytes_total: u64,
     /// Snapshots earlier backups did not get here, recorded now ([`BackupOptions::missed`]).
     pub recorded_missed: Vec<crate::repo::SnapshotId>,
+    /// Small packs ([`crate::repo::is_small_pack`]) the snapshot lists there: each night adds
+    /// a few (its increments, one pack per table), and a restore reads every one, so past
+    /// [`SMALL_PACKS_ADVISED`] restores slow down until `prune --identity` merges them.
+    pub small_packs: usize,
 }
+
+/// Small packs past which a backup advises `prune --identity` (docs/OPERATIONS.md, *Prune*):
+/// at 120 nights of the history benchmark (about 700 small packs) `restore latest` took
+/// 1.17-1.4× the time it takes from a repository holding only that snapshot, and 1.05× after
+/// the merge (BENCHMARKS.md).
+pub const SMALL_PACKS_ADVISED: usize = 256;
 
 /// Runs a backup of `options.database` into every copy of the repository in `targets`.
 pub async fn run(
@@ -398,6 +408,7 @@ pub async fn run(
                     bytes_added: 0,
                     bytes_total: 0,
                     recorded_missed: Vec::new(),
+                    small_packs: 0,
                 }
             }
         });
@@ -413,6 +424,7 @@ pub async fn run(
         bytes_added: 0,
         bytes_total: 0,
         recorded_missed: Vec::new(),
+        small_packs: 0,
     }));
     let mut settled = chain.settled;
     settled.insert(sealed.id.clone());

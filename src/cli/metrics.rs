@@ -62,6 +62,12 @@ impl Metrics {
                 &labels,
                 target.bytes_total as f64,
             );
+            self.set(
+                "crmvault_backup_target_small_packs",
+                "Small packs the snapshot lists on the target (restores slow down past a few hundred: prune --identity merges them)",
+                &labels,
+                target.small_packs as f64,
+            );
         }
         for (schema, table, rows) in &report.table_rows {
             let labels = [("schema", schema.as_str()), ("table", table.as_str())];

@@ -202,6 +202,13 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
             }
             Some(error) => eprintln!("  FAILED  {}: {error} (no snapshot written there)", target.location),
         }
+        if target.small_packs >= backup::SMALL_PACKS_ADVISED {
+            eprintln!(
+                "  note    {}: the snapshot is spread over {} small packs (a night's changes each), which slows \
+                 restores; an admin's `crmvault prune --identity` merges them (docs/OPERATIONS.md, Prune)",
+                target.location, target.small_packs
+            );
+        }
     }
     for alarm in &report.alarms {
         eprintln!("  ALARM   {}", printable(&alarm.to_string()));

@@ -112,6 +112,16 @@ impl<'a> PackBytes<'a> {
     }
 }
 
+/// A pack smaller than this share of the repository's `pack_size` is small: a night's
+/// increments of one table. `prune --identity` merges small packs (`repack`), and a backup
+/// counts those its snapshot lists (`backup::TargetReport::small_packs`): a restore reads each.
+const SMALL_SHARE: usize = 4;
+
+/// Whether a pack of `size` stored bytes is small ([`SMALL_SHARE`]).
+pub fn is_small_pack(size: u64, pack_size: usize) -> bool {
+    size < (pack_size / SMALL_SHARE) as u64
+}
+
 /// Decompresses one chunk out of a decrypted pack and proves its id.
 pub fn open_chunk(
     key: &ChunkIdKey,

@@ -26,6 +26,9 @@ fn every_run_writes_its_outcome_and_a_failed_one_keeps_the_last_success() {
     let now = chrono::Utc::now().timestamp();
     assert!((success - f64::from(i32::try_from(now).unwrap())).abs() < 120.0, "{text}");
     assert_eq!(sample(&text, &format!(r#"crmvault_backup_target_ok{{target="{repo}"}}"#)), Some(1.0), "{text}");
+    // A tiny table: its one pack is small.
+    let small = sample(&text, &format!(r#"crmvault_backup_target_small_packs{{target="{repo}"}}"#));
+    assert!(small.is_some_and(|packs| packs >= 1.0), "{text}");
     assert_eq!(sample(&text, r#"crmvault_backup_table_rows{schema="public",table="queue"}"#), Some(25.0), "{text}");
     assert_eq!(sample(&text, "crmvault_backup_alarm_tables"), Some(0.0), "{text}");
     assert!(text.contains("# TYPE crmvault_backup_rows gauge"), "{text}");

@@ -905,18 +905,22 @@ fn repacking_merges_the_small_packs_of_many_nights_and_their_dictionaries_go() {
     // a dictionary) go to a small pack of that night's dictionary.
     source.sql(SCRATCH);
     let mut nights = Vec::new();
+    let mut report = serde_json::Value::Null;
     for night in 0..6 {
         source.sql(&format!(
             "UPDATE public.scratch SET body = md5((id * {}) ::text) || md5(id::text || '{night}') WHERE id % 3 = {}",
             night + 5,
             night % 3
         ));
-        let report = work.backup(&source, &repo);
+        report = work.backup(&source, &repo);
         nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
     }
     let before = stored(&repo);
     let small_packs = count_in(&before, "data");
     assert!(small_packs >= 6, "{before:?}");
+    // The backup counts the small packs its snapshot lists (a restore reads each).
+    let listed_small = report["targets"][0]["small_packs"].as_u64().unwrap();
+    assert!(listed_small >= 6, "{report}");
     assert!(count_in(&before, "dicts") >= 2, "the nights trained dictionaries: {before:?}");
     let run = prune_as_admin(&work, &repo, &[]).ok().json();
     let done = &run["repacked"][0];
@@ -930,4 +934,6 @@ fn repacking_merges_the_small_packs_of_many_nights_and_their_dictionaries_go() {
     );
     assert!(garbage(&repo).is_empty(), "{:?}", garbage(&repo));
     assert_every_night_restores(&work, &repo, &nights, "merged");
+    let after_merge = work.backup(&source, &repo);
+    assert!(after_merge["targets"][0]["small_packs"].as_u64().unwrap() <= 2, "{after_merge}");
 }
