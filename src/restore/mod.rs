@@ -258,7 +258,39 @@ pub async fn run_creating(
 }
 
 /// `alice (owns objects, granted privileges)`: a missing role and why the restore needs it.
+/// The roles the database itself names (`database_roles`: owner, grantees, roles with settings
+/// in it) that the snapshot records nothing of: the bootstrap superuser as a grantee (pinned,
+/// so the catalog records no dependency on it) and predefined `pg_…` roles. A target may lack
+/// them all the same (a bootstrap superuser of another name, an older server), and `--create`
+/// would fail on them at its last step, after the whole load: they are checked with the rest.
+fn unrecorded_roles(database_roles: &[&str], recorded: &[RoleRecord]) -> Vec<RoleRecord> {
+    database_roles
+        .iter()
+        .filter(|name| !recorded.iter().any(|role| role.name == **name))
+        .map(|name| RoleRecord {
+            name: (*name).to_string(),
+            owns: false,
+            granted: false,
+            named: false,
+            database: true,
+            member_of: Vec::new(),
+            attributes: Vec::new(),
+        })
+        .collect()
+}
+
+/// Whether a role name is one PostgreSQL reserves for its predefined roles.
+fn is_predefined(name: &str) -> bool {
+    name.starts_with("pg_")
+}
+
 fn describe_role(role: &RoleRecord) -> String {
+    if is_predefined(&role.name) {
+        return format!(
+            "{} (a role newer PostgreSQL versions predefine, granted privileges on the database; --no-acl leaves them out)",
+            role.name
+        );
+    }
     let mut needs = Vec::new();
     if role.owns {
         needs.push("owns objects");
@@ -371,19 +403,21 @@ pub(crate) async fn restore(
         _ => Vec::new(),
     };
     // Before anything is changed: every role the schema will name must exist, or be made.
-    let needed: Vec<&RoleRecord> = manifest
-        .roles
+    let recorded = manifest.roles.as_deref().unwrap_or_default();
+    let unrecorded = unrecorded_roles(&database_roles, recorded);
+    let needed: Vec<&RoleRecord> = recorded
         .iter()
-        .flatten()
         .filter(|role| {
             role.named
                 || (role.owns && !leave_out.owners)
                 || (role.granted && !leave_out.privileges)
                 || database_roles.contains(&role.name.as_str())
         })
+        .chain(&unrecorded)
         .collect();
     let missing = client.missing_roles(&needed).await?;
-    if !missing.is_empty() && !options.create_roles {
+    // A predefined role (`pg_…`) cannot be made: no --create-roles helps.
+    if !missing.is_empty() && (!options.create_roles || missing.iter().any(|role| is_predefined(&role.name))) {
         return Err(Error::MissingRoles {
             database: options.database.to_string(),
             roles: missing.iter().map(|role| describe_role(role)).collect(),
@@ -481,4 +515,34 @@ pub(crate) async fn restore(
         dry_run: false,
     };
     Ok((report, manifest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(name: &str) -> RoleRecord {
+        RoleRecord {
+            name: name.into(),
+            owns: true,
+            granted: false,
+            named: false,
+            database: true,
+            member_of: Vec::new(),
+            attributes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn roles_the_database_names_that_the_snapshot_does_not_record_are_checked_too() {
+        let recorded = [role("app"), role("owner")];
+        let unrecorded = unrecorded_roles(&["app", "owner", "postgres", "pg_read_all_data"], &recorded);
+        let names: Vec<&str> = unrecorded.iter().map(|role| role.name.as_str()).collect();
+        assert_eq!(names, ["postgres", "pg_read_all_data"]);
+        assert!(unrecorded.iter().all(|role| role.database && !role.owns && role.attributes.is_empty()));
+        assert!(describe_role(&unrecorded[0]).contains("the database's owner, grantee"));
+        // --create-roles cannot make a predefined role: the message says what can.
+        assert!(is_predefined("pg_read_all_data") && !is_predefined("app_pg_x"));
+        assert!(describe_role(&unrecorded[1]).contains("--no-acl"));
+    }
 }
