@@ -239,6 +239,24 @@ impl LoadSession {
         Ok(())
     }
 
+    /// The snapshot's own functions (not the catalog's, not an extension's) that its check
+    /// constraints (of tables and of domains) call, as `schema.name(types)`, when the session's
+    /// role is a superuser: loading rows runs them with its rights. Called after the pre-data
+    /// DDL, which creates them; empty for any other role.
+    pub async fn functions_run_as_superuser(&self) -> Result<Vec<String>> {
+        let sql = "SELECT DISTINCT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_depend d \
+                   JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+                   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+                   WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                     AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+                       WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e') \
+                     AND (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) \
+                   ORDER BY 1";
+        Ok(self.client.query(sql, &[]).await?.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Whether the session's role is a superuser.
     pub async fn is_superuser(&self) -> Result<bool> {
         let sql = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";

@@ -35,9 +35,32 @@ pub(super) struct Load<'a> {
     pub(super) rows: Option<&'a std::collections::BTreeMap<TableName, Vec<u8>>>,
     /// The roles this restore made (not those another made meanwhile): undone on failure.
     pub(super) created_roles: std::sync::Mutex<Vec<String>>,
+    /// What the load noticed, for the report (each also logged).
+    pub(super) warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Load<'_> {
+    /// Says, before any row is loaded, which of the snapshot's functions its check constraints
+    /// will run with a superuser's rights (the connecting role's, or `--role`'s): whoever could
+    /// create functions in the source database wrote them. `--role` with a role of the
+    /// database's own rights runs them with those (docs/OPERATIONS.md, *Restoring onto another
+    /// server*).
+    async fn warn_of_functions_run_as_superuser(&self) -> Result<()> {
+        let functions = self.client.functions_run_as_superuser().await?;
+        if functions.is_empty() {
+            return Ok(());
+        }
+        let warning = format!(
+            "the snapshot's check constraints call {} of its own functions, which run as a superuser while the \
+             rows load: {}; to run them with a role's rights instead, restore with --role ROLE",
+            functions.len(),
+            functions.join(", ")
+        );
+        tracing::warn!("{warning}");
+        self.warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(warning);
+        Ok(())
+    }
+
     /// Everything in one transaction on one connection: any failure, or the process being
     /// killed, ends the connection without COMMIT and leaves the database as it was.
     pub(super) async fn in_one_transaction(&self, clean: bool, pre_data: &str, post_data: &str) -> Result<u64> {
@@ -48,6 +71,7 @@ impl Load<'_> {
         }
         self.create_roles().await?;
         client.run_script(pre_data).await?;
+        self.warn_of_functions_run_as_superuser().await?;
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
         for table in &self.manifest.tables {
@@ -82,6 +106,7 @@ impl Load<'_> {
         client.mark_incomplete(snapshot_id.as_str()).await?;
         self.create_roles().await?;
         client.run_script(pre_data).await?;
+        self.warn_of_functions_run_as_superuser().await?;
         client.commit().await?;
         tracing::debug!("pre-data committed");
 

@@ -488,12 +488,14 @@ pub(crate) async fn restore(
         freeze: !options.part.data_only,
         rows: chosen_rows.as_ref(),
         created_roles: std::sync::Mutex::new(Vec::new()),
+        warnings: std::sync::Mutex::new(Vec::new()),
     };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
     } else {
         load.in_one_transaction(clean, &pre_data, &post_data).await?
     };
+    warnings.extend(load.warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..));
     let sources = reader.stats();
     let report = RestoreReport {
         snapshot_id,

@@ -118,13 +118,21 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     let seen = |db: &TestDb| db.sql("SELECT string_agg(DISTINCT who, ',') FROM public.seen").trim().to_string();
 
     let as_connected = TestDb::create("roles_role_default");
-    work.restore(&repo, &as_connected).ok();
+    let run = work.restore_with(&repo, &as_connected, &["--json", "latest"]).ok();
     assert_eq!(seen(&as_connected), "postgres", "without --role the functions run as the connecting superuser");
+    // Said before the rows load, naming the function and the way out.
+    let said = format!("{} {}", run.stderr, run.json()["warnings"]);
+    assert!(said.contains("public.noted(integer)") && said.contains("--role ROLE"), "{said}");
+    let parallel = TestDb::create("roles_role_parallel");
+    let run = work.restore_with(&repo, &parallel, &["--parallel", "latest"]).ok();
+    assert!(run.stderr.contains("public.noted(integer)"), "{}", run.stderr);
+    drop(parallel);
 
     let as_loader = TestDb::create("roles_role_loader");
     as_loader.sql(&format!("ALTER DATABASE \"{}\" OWNER TO \"{loader}\"", as_loader.name));
     let run = work.restore_with(&repo, &as_loader, &["--role", &loader, "--no-owner", "--no-acl", "latest"]).ok();
     assert_eq!(seen(&as_loader), loader, "{}", run.stderr);
+    assert!(!run.stderr.contains("noted"), "a role without superuser rights runs them: {}", run.stderr);
     assert_eq!(as_loader.sql("SELECT count(*) FROM public.checked").trim(), "2");
     let owner = as_loader.sql("SELECT tableowner FROM pg_tables WHERE tablename = 'checked'");
     assert_eq!(owner.trim(), loader);
