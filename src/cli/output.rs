@@ -41,20 +41,7 @@ pub fn error(message: &str, hint: Option<&str>, code: u8) {
     }
 }
 
-/// `text` with control characters (a newline, a carriage return, an escape sequence in a
-/// table's name, which the database chose) written as escapes, so that one line stays one
-/// line and a terminal or a cron mail shows what is there.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() || invisible(c) { c.escape_default().to_string() } else { c.to_string() })
-        .collect()
-}
-
-/// Format characters that change how a line reads without being seen: bidirectional overrides
-/// and isolates (U+202E turns the rest of a line around), zero-width ones, the BOM.
-fn invisible(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
-}
+pub use crmvault::error::printable;
 
 /// Set once stdout is closed by its reader: nothing more is written there.
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

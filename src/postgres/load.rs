@@ -239,20 +239,34 @@ impl LoadSession {
         Ok(())
     }
 
-    /// The snapshot's own functions (not the catalog's, not an extension's) that its check
-    /// constraints (of tables and of domains) call, as `schema.name(types)`, when the session's
-    /// role is a superuser: loading rows runs them with its rights. Called after the pre-data
-    /// DDL, which creates them; empty for any other role.
+    /// The functions (not the catalog's, not an extension's) that loading rows runs, as
+    /// `schema.name(types)`, when the session's role is a superuser or a member of one (which
+    /// can become it with `SET ROLE`): those check constraints of tables and domains call,
+    /// directly or through an operator, and those stored generated columns compute with. They
+    /// run with its rights. Called after the pre-data DDL, which creates them; empty for any
+    /// other role.
     pub async fn functions_run_as_superuser(&self) -> Result<Vec<String>> {
-        let sql = "SELECT DISTINCT p.oid::pg_catalog.regprocedure::text FROM pg_catalog.pg_depend d \
-                   JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+        let sql = "WITH used AS ( \
+                     SELECT d.refobjid AS fn FROM pg_catalog.pg_depend d \
+                     WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                       AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                     UNION SELECT o.oprcode FROM pg_catalog.pg_depend d \
+                     JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid \
+                     WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                       AND d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+                     UNION SELECT d.refobjid FROM pg_catalog.pg_depend d \
+                     JOIN pg_catalog.pg_attrdef a ON a.oid = d.objid \
+                     JOIN pg_catalog.pg_attribute t ON t.attrelid = a.adrelid AND t.attnum = a.adnum \
+                     WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+                       AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND t.attgenerated <> '') \
+                   SELECT DISTINCT p.oid::pg_catalog.regprocedure::pg_catalog.text FROM used \
+                   JOIN pg_catalog.pg_proc p ON p.oid = used.fn \
                    JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-                   WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-                     AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
                        WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e') \
-                     AND (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) \
+                     AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
+                       AND pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER')) \
                    ORDER BY 1";
         Ok(self.client.query(sql, &[]).await?.iter().map(|row| row.get(0)).collect())
     }

@@ -37,6 +37,8 @@ pub(super) struct Load<'a> {
     pub(super) created_roles: std::sync::Mutex<Vec<String>>,
     /// What the load noticed, for the report (each also logged).
     pub(super) warnings: std::sync::Mutex<Vec<String>>,
+    /// The target held data before (a restore beside live data).
+    pub(super) beside_live: bool,
 }
 
 impl Load<'_> {
@@ -46,15 +48,26 @@ impl Load<'_> {
     /// database's own rights runs them with those (docs/OPERATIONS.md, *Restoring onto another
     /// server*).
     async fn warn_of_functions_run_as_superuser(&self) -> Result<()> {
+        /// Functions a warning names at most (a snapshot may check every column with one).
+        const NAMED: usize = 10;
+        // Beside live data the catalog holds the live database's functions too, and the
+        // restore said already that whatever runs while rows load runs as a superuser.
+        if self.beside_live {
+            return Ok(());
+        }
         let functions = self.client.functions_run_as_superuser().await?;
         if functions.is_empty() {
             return Ok(());
         }
+        let mut named: Vec<String> = functions.iter().take(NAMED).map(|name| crate::error::printable(name)).collect();
+        if functions.len() > NAMED {
+            named.push(format!("and {} more", functions.len() - NAMED));
+        }
         let warning = format!(
-            "the snapshot's check constraints call {} of its own functions, which run as a superuser while the \
-             rows load: {}; to run them with a role's rights instead, restore with --role ROLE",
+            "the snapshot's check constraints and generated columns call {} of its own functions, which run as a \
+             superuser while the rows load: {}; to run them with a role's rights instead, restore with --role ROLE",
             functions.len(),
-            functions.join(", ")
+            named.join(", ")
         );
         tracing::warn!("{warning}");
         self.warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(warning);
@@ -382,7 +395,7 @@ impl Load<'_> {
         let (created, left_out) = self.client.create_roles(self.roles).await?;
         *self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = created;
         for membership in left_out {
-            tracing::warn!("role membership left out: {membership}");
+            tracing::warn!("role membership left out: {}", crate::error::printable(&membership));
         }
         Ok(())
     }

@@ -257,7 +257,6 @@ pub async fn run_creating(
     finished
 }
 
-/// `alice (owns objects, granted privileges)`: a missing role and why the restore needs it.
 /// The roles the database itself names (`database_roles`: owner, grantees, roles with settings
 /// in it) that the snapshot records nothing of: the bootstrap superuser as a grantee (pinned,
 /// so the catalog records no dependency on it) and predefined `pg_…` roles. A target may lack
@@ -284,10 +283,12 @@ fn is_predefined(name: &str) -> bool {
     name.starts_with("pg_")
 }
 
+/// `alice (owns objects, granted privileges)`: a missing role and why the restore needs it.
 fn describe_role(role: &RoleRecord) -> String {
     if is_predefined(&role.name) {
         return format!(
-            "{} (a role newer PostgreSQL versions predefine, granted privileges on the database; --no-acl leaves them out)",
+            "{} (a role newer PostgreSQL versions predefine, which the database grants privileges to or has settings \
+             for; it cannot be made: --no-acl leaves its grants out)",
             role.name
         );
     }
@@ -427,6 +428,7 @@ pub(crate) async fn restore(
     drop(needed);
     let mut clean = false;
     let contents = client.describe_contents().await?;
+    let beside_live = contents.is_some();
     // `--rows` into live tables: written through the live tables' own keys.
     if let Some(related) = &related
         && contents.is_some()
@@ -489,6 +491,7 @@ pub(crate) async fn restore(
         rows: chosen_rows.as_ref(),
         created_roles: std::sync::Mutex::new(Vec::new()),
         warnings: std::sync::Mutex::new(Vec::new()),
+        beside_live,
     };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?

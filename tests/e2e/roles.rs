@@ -112,7 +112,11 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     let setup = "CREATE TABLE public.seen (who text); \
          CREATE FUNCTION public.noted(v int) RETURNS boolean LANGUAGE plpgsql AS \
            $$ BEGIN INSERT INTO public.seen VALUES (current_user); RETURN true; END $$; \
-         CREATE TABLE public.checked (id int PRIMARY KEY CHECK (public.noted(id))); \
+         CREATE FUNCTION public.\"same\nline\"(a int, b int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT a = b'; \
+         CREATE OPERATOR public.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = public.\"same\nline\"); \
+         CREATE FUNCTION public.doubled(v int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT v * 2'; \
+         CREATE TABLE public.checked (id int PRIMARY KEY CHECK (public.noted(id)) CHECK (id === id), \
+           twice int GENERATED ALWAYS AS (public.doubled(id)) STORED); \
          INSERT INTO public.checked VALUES (1), (2); TRUNCATE public.seen";
     let Ready { source, work, repo, .. } = Scenario::new("roles_role").sql(setup).init("repo").backup();
     let seen = |db: &TestDb| db.sql("SELECT string_agg(DISTINCT who, ',') FROM public.seen").trim().to_string();
@@ -120,9 +124,13 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     let as_connected = TestDb::create("roles_role_default");
     let run = work.restore_with(&repo, &as_connected, &["--json", "latest"]).ok();
     assert_eq!(seen(&as_connected), "postgres", "without --role the functions run as the connecting superuser");
-    // Said before the rows load, naming the function and the way out.
+    // Said before the rows load, naming the functions (called directly, through an operator,
+    // by a generated column; a newline in a name escaped) and the way out.
     let said = format!("{} {}", run.stderr, run.json()["warnings"]);
-    assert!(said.contains("public.noted(integer)") && said.contains("--role ROLE"), "{said}");
+    for name in ["public.noted(integer)", r#"public."same\nline"(integer,integer)"#, "public.doubled(integer)"] {
+        assert!(said.contains(name), "{name}: {said}");
+    }
+    assert!(said.contains("--role ROLE") && !run.stderr.contains("same\nline"), "{said}");
     let parallel = TestDb::create("roles_role_parallel");
     let run = work.restore_with(&repo, &parallel, &["--parallel", "latest"]).ok();
     assert!(run.stderr.contains("public.noted(integer)"), "{}", run.stderr);
