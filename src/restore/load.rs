@@ -42,9 +42,11 @@ pub(super) struct Load<'a> {
 }
 
 impl Load<'_> {
-    /// Says, before any row is loaded, which of the snapshot's functions its check constraints
-    /// will run with a superuser's rights (the connecting role's, or `--role`'s): whoever could
-    /// create functions in the source database wrote them. `--role` with a role of the
+    /// Says, before any row is loaded, which of the snapshot's functions loading will run with
+    /// a superuser's rights (the connecting role's, or `--role`'s; those of check constraints,
+    /// directly or through operators, and of generated columns:
+    /// [`crate::postgres::LoadSession::functions_run_as_superuser`]): whoever could create
+    /// functions in the source database wrote them. `--role` with a role of the
     /// database's own rights runs them with those (docs/OPERATIONS.md, *Restoring onto another
     /// server*).
     async fn warn_of_functions_run_as_superuser(&self) -> Result<()> {
