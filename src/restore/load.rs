@@ -67,7 +67,8 @@ impl Load<'_> {
         }
         let warning = format!(
             "the snapshot's check constraints and generated columns call {} of its own functions, which run as a \
-             superuser while the rows load: {}; to run them with a role's rights instead, restore with --role ROLE",
+             superuser while the rows load: {}; to run them with a role's rights instead, restore with --role ROLE \
+             (and --no-owner --no-acl where the snapshot's objects belong to roles ROLE cannot act as)",
             functions.len(),
             named.join(", ")
         );
