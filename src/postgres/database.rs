@@ -47,33 +47,52 @@ fn granted(object: &DatabaseObject, leave_out: LeaveOut) -> impl Iterator<Item =
 /// from `PUBLIC` must not come back open), settings, connection limit. Owner and privileges
 /// as `leave_out` says. The comment is given when the database takes its name.
 pub fn statements(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> Vec<String> {
+    given(name, object, leave_out).into_iter().map(|given| given.sql).collect()
+}
+
+/// One of [`statements`], with what it gives.
+struct Given<'a> {
+    sql: String,
+    /// The role it names: owner, grantee, or the role a setting is for.
+    role: Option<&'a str>,
+    /// The setting it gives: its place in `object.settings`.
+    setting: Option<usize>,
+}
+
+fn given<'a>(name: &str, object: &'a DatabaseObject, leave_out: LeaveOut) -> Vec<Given<'a>> {
     let database = quote_ident(name);
     let mut sql = Vec::new();
+    let mut give = |text: String, role: Option<&'a str>, setting: Option<usize>| {
+        sql.push(Given { sql: text, role, setting });
+    };
     if !leave_out.owners {
-        sql.push(format!("ALTER DATABASE {database} OWNER TO {}", quote_ident(&object.owner)));
+        give(format!("ALTER DATABASE {database} OWNER TO {}", quote_ident(&object.owner)), Some(&object.owner), None);
     }
     if !leave_out.privileges {
-        sql.push(format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"));
+        give(format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"), None, None);
         if !leave_out.owners {
-            sql.push(format!("REVOKE ALL ON DATABASE {database} FROM {}", quote_ident(&object.owner)));
+            let owner = &object.owner;
+            give(format!("REVOKE ALL ON DATABASE {database} FROM {}", quote_ident(owner)), Some(owner), None);
         }
         for privilege in granted(object, leave_out) {
             let grantee = privilege.grantee.as_deref().map_or_else(|| "PUBLIC".to_string(), quote_ident);
             let option = if privilege.grantable { " WITH GRANT OPTION" } else { "" };
             // The catalog has no other; anything else is not pasted into SQL.
             let what @ ("CONNECT" | "CREATE" | "TEMPORARY") = privilege.privilege.as_str() else { continue };
-            sql.push(format!("GRANT {what} ON DATABASE {database} TO {grantee}{option}"));
+            let text = format!("GRANT {what} ON DATABASE {database} TO {grantee}{option}");
+            give(text, privilege.grantee.as_deref(), None);
         }
     }
-    for setting in &object.settings {
+    for (place, setting) in object.settings.iter().enumerate() {
         let scope = match &setting.role {
             Some(role) => format!("ALTER ROLE {} IN DATABASE {database}", quote_ident(role)),
             None => format!("ALTER DATABASE {database}"),
         };
-        sql.push(format!("{scope} SET {} TO {}", quote_ident(&setting.name), value(setting)));
+        let text = format!("{scope} SET {} TO {}", quote_ident(&setting.name), value(setting));
+        give(text, setting.role.as_deref(), Some(place));
     }
     if object.connection_limit != -1 {
-        sql.push(format!("ALTER DATABASE {database} CONNECTION LIMIT {}", object.connection_limit));
+        give(format!("ALTER DATABASE {database} CONNECTION LIMIT {}", object.connection_limit), None, None);
     }
     sql
 }
@@ -198,6 +217,69 @@ impl Server {
         }
     }
 
+    /// Tries on the new database, still empty under its loading name, what
+    /// [`Server::finish_creating`] will give it, as `role`, and undoes it: so that the server's
+    /// refusal comes before the load, not after it. An owner or a privilege refused is an error
+    /// now (`--no-owner`, `--no-acl` are the ways out). A setting refused (one only a superuser
+    /// may set, one this server does not know, a value it does not take) is left out of `object`,
+    /// each said in the warnings returned: a database without it beats no database at 3 a.m.
+    /// Statements naming a role in `not_yet` (made by `--create-roles` as the load starts) are not
+    /// tried. The settings of superusers here are left out first, as the finish leaves them.
+    pub async fn try_giving(
+        &self,
+        loading: &str,
+        object: &mut DatabaseObject,
+        (leave_out, role): (LeaveOut, Option<&str>),
+        not_yet: &[&str],
+    ) -> Result<Vec<String>> {
+        *object = self.without_superusers_settings(object).await?;
+        let client = self.client();
+        client.batch_execute("BEGIN").await?;
+        if let Some(role) = role {
+            client.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).await?;
+        }
+        let mut left_out = Vec::new();
+        for given in given(loading, object, leave_out) {
+            if given.role.is_some_and(|role| not_yet.contains(&role)) {
+                continue;
+            }
+            client.batch_execute("SAVEPOINT giving").await?;
+            let Err(error) = client.batch_execute(&given.sql).await else {
+                client.batch_execute("RELEASE SAVEPOINT giving").await?;
+                continue;
+            };
+            if error.as_db_error().is_none() {
+                return Err(error.into());
+            }
+            client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
+            let Some(place) = given.setting else {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(refused(&given.sql, &error));
+            };
+            let setting = &object.settings[place];
+            let of_role = setting.role.as_deref().map(|r| format!(" of role {}", crate::error::printable(r)));
+            let who = role.map_or_else(String::new, |r| format!(" to {}", crate::error::printable(r)));
+            left_out.push((
+                place,
+                format!(
+                    "left out: the setting {}{} in the new database: the server refused it{who} ({}); set it by \
+                     hand if it is wanted",
+                    crate::error::printable(&setting.name),
+                    of_role.unwrap_or_default(),
+                    why_refused(&error),
+                ),
+            ));
+        }
+        client.batch_execute("ROLLBACK").await?;
+        let places: Vec<usize> = left_out.iter().map(|(place, _)| *place).collect();
+        let mut place = 0;
+        object.settings.retain(|_| {
+            place += 1;
+            !places.contains(&(place - 1))
+        });
+        Ok(left_out.into_iter().map(|(_, warning)| warning).collect())
+    }
+
     /// `object` without the settings of roles that are superusers on this server: a source
     /// role named like this server's superuser (made by a source role with `CREATEROLE`) must
     /// not choose that superuser's `search_path` in the new database. Each one left out is said.
@@ -225,6 +307,21 @@ impl Server {
         });
         Ok(kept)
     }
+}
+
+/// Why the server refused a setting, in words and SQLSTATE, never its message: that may quote
+/// the value, and a value may be a secret.
+fn why_refused(error: &tokio_postgres::Error) -> String {
+    use tokio_postgres::error::SqlState;
+    let code = error.code();
+    let words = match code {
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => "permission denied, ",
+        Some(c) if *c == SqlState::UNDEFINED_OBJECT => "a setting this server does not know, ",
+        Some(c) if *c == SqlState::INVALID_PARAMETER_VALUE => "a value it does not take, ",
+        Some(c) if *c == SqlState::CANT_CHANGE_RUNTIME_PARAM => "one set only at server start, ",
+        _ => "",
+    };
+    format!("{words}SQLSTATE {}", code.map_or("", SqlState::code))
 }
 
 /// The server's refusal of one of [`statements`], with what to do. A setting's value is never

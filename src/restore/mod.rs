@@ -426,6 +426,19 @@ pub(crate) async fn restore(
     }
     let missing: Vec<RoleRecord> = missing.into_iter().cloned().collect();
     drop(needed);
+    // `--create`: what the new database itself is given at the end is tried now, on it empty,
+    // so a refusal comes before the load; the settings refused are left out.
+    if let Some(object) = manifest.database_object.as_mut()
+        && options.create.as_deref() == Some(RESTORING_MARK)
+    {
+        let not_yet: Vec<&str> = missing.iter().map(|role| role.name.as_str()).collect();
+        let server = postgres::Server::of(&options.database).await?;
+        let giving = (leave_out, options.role.as_deref());
+        for warning in server.try_giving(&options.database.name(), object, giving, &not_yet).await? {
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+        }
+    }
     let mut clean = false;
     let contents = client.describe_contents().await?;
     let beside_live = contents.is_some();

@@ -168,6 +168,48 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
 }
 
 #[test]
+fn restore_create_as_a_role_leaves_out_the_settings_the_server_refuses_it_before_the_load() {
+    let loader = format!("cv_setter_{}", std::process::id());
+    drop_roles(std::slice::from_ref(&loader));
+    psql("postgres", &format!("CREATE ROLE \"{loader}\" NOLOGIN"));
+    let Ready { source, work, repo, .. } = Scenario::new("roles_settings")
+        .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1), (2)")
+        .init("repo")
+        .backup();
+    // log_statement only a superuser may set; work_mem anyone.
+    let db = &source.name;
+    psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} SET log_statement = 'all'; ALTER DATABASE {db} SET work_mem = '8MB'"),
+    );
+    work.backup(&source, &repo);
+    let created = TestDb::create("roles_settings_created");
+    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    let args = ["--json", "--create", "--role", &loader, "--no-owner", "--no-acl", "latest"];
+    let run = work.restore_with(&repo, &created, &args);
+    assert_eq!(run.code, 0, "a refused setting cost the whole restore: {}", run.stderr);
+    let said = format!(
+        "left out: the setting log_statement in the new database: the server refused it to {loader} (permission denied, \
+         SQLSTATE 42501)"
+    );
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+    assert!(run.json()["warnings"].to_string().contains("log_statement"), "{}", run.stdout);
+    let settings = psql(
+        "postgres",
+        &format!(
+            "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = '{}'",
+            created.name
+        ),
+    );
+    assert_eq!(settings.trim(), "work_mem=8MB");
+    assert_eq!(created.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.t").trim(), "1,2");
+    drop(created);
+    drop(source);
+    drop_roles(&[loader]);
+}
+
+#[test]
 fn two_restores_creating_the_same_roles_at_once_both_succeed() {
     let pid = std::process::id();
     let (owner, reader) = (format!("cv_both_owner_{pid}"), format!("cv_both_reader_{pid}"));
