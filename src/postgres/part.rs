@@ -85,6 +85,8 @@ struct Facts {
     names: BTreeSet<TableName>,
     /// `ALTER TABLE parent ATTACH PARTITION child`: (parent, child).
     attach: Option<(TableName, TableName)>,
+    /// `CREATE TABLE child (…) INHERITS (parent, …)`: the parents.
+    inherits: Vec<TableName>,
     /// A sequence and the table that owns it (`OWNED BY`, or an identity column).
     owned: Option<(TableName, TableName)>,
     /// The schema a statement names as such (`CREATE SCHEMA s`, `ON SCHEMA s`, `IN SCHEMA s`).
@@ -245,6 +247,36 @@ fn qualified_after(tokens: &[Token<'_>], mut at: usize, optional: &[&str]) -> Op
     qualified_at(tokens, at)
 }
 
+/// The parents a `CREATE TABLE` statement names in its `INHERITS (…)` clause, outside the
+/// column list.
+fn inherited(statement: &[Token<'_>]) -> Vec<TableName> {
+    let mut depth = 0i32;
+    for (at, token) in statement.iter().enumerate() {
+        if token.is_punct(';') {
+            break;
+        } else if token.is_punct('(') {
+            depth += 1;
+        } else if token.is_punct(')') {
+            depth -= 1;
+        } else if depth == 0
+            && is_word(Some(token), "inherits")
+            && statement.get(at + 1).is_some_and(|t| t.is_punct('('))
+        {
+            let mut parents = Vec::new();
+            let mut next = at + 2;
+            while let Some(parent) = qualified_at(statement, next) {
+                parents.push(parent);
+                if !statement.get(next + 3).is_some_and(|t| t.is_punct(',')) {
+                    break;
+                }
+                next += 4;
+            }
+            return parents;
+        }
+    }
+    Vec::new()
+}
+
 /// The tokens of `sql` that mean something (no spaces, no comments).
 fn significant(sql: &str) -> Vec<Token<'_>> {
     Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect()
@@ -344,6 +376,9 @@ fn facts(sql: &str) -> Facts {
                 && facts.creates.is_none()
                 && let Some(name) = qualified_after(&tokens, next + 1, &["if", "not", "exists"])
             {
+                if relation == Relation::Table {
+                    facts.inherits = inherited(&tokens[next..]);
+                }
                 facts.creates = Some((name, relation));
             }
             if word(next, "index") && facts.index.is_none() {
@@ -610,6 +645,8 @@ pub struct ForeignKey {
 pub struct Partitions {
     children: HashMap<TableName, Vec<TableName>>,
     parent: HashMap<TableName, TableName>,
+    /// Tables that inherit from a table (`INHERITS`), whose rows its queries see too.
+    heirs: HashMap<TableName, Vec<TableName>>,
 }
 
 impl Partitions {
@@ -617,9 +654,15 @@ impl Partitions {
     pub fn of(pre_data: &str, post_data: &str) -> Partitions {
         let mut partitions = Partitions::default();
         for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
-            if let Some((parent, child)) = facts(entry.sql).attach {
+            let facts = facts(entry.sql);
+            if let Some((parent, child)) = facts.attach {
                 partitions.parent.insert(child.clone(), parent.clone());
                 partitions.children.entry(parent).or_default().push(child);
+            }
+            if let Some((child, Relation::Table)) = &facts.creates {
+                for parent in &facts.inherits {
+                    partitions.heirs.entry(parent.clone()).or_default().push(child.clone());
+                }
             }
         }
         partitions
@@ -637,6 +680,21 @@ impl Partitions {
         }
         leaves.sort();
         leaves
+    }
+
+    /// The tables whose rows `SELECT … FROM table` sees: itself (or its partitions) and the
+    /// tables that inherit from it, theirs too (in name order, each once).
+    pub fn with_heirs(&self, table: &TableName) -> Vec<TableName> {
+        let mut found = BTreeSet::new();
+        let mut todo = vec![table.clone()];
+        while let Some(table) = todo.pop() {
+            for leaf in self.leaves(&table) {
+                if found.insert(leaf.clone()) {
+                    todo.extend(self.heirs.get(&leaf).into_iter().flatten().cloned());
+                }
+            }
+        }
+        found.into_iter().collect()
     }
 
     /// The partitioned table at the top of a partition's tree (the table itself if none).
@@ -1035,6 +1093,25 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_table_holds_the_rows_of_the_tables_that_inherit_from_it() {
+        let pre = [
+            pre(),
+            entry("base", "TABLE", "crm", "CREATE TABLE crm.base (\n    id integer,\n    inherits text\n);"),
+            entry("other", "TABLE", "crm", "CREATE TABLE crm.other (\n    x integer\n);"),
+            entry("child", "TABLE", "crm", "CREATE TABLE crm.child (\n    y integer\n)\nINHERITS (crm.base);"),
+            entry("Grand", "TABLE", "crm", "CREATE TABLE crm.\"Grand\" (\n)\nINHERITS (crm.child, crm.other);"),
+        ]
+        .concat();
+        let partitions = Partitions::of(&pre, &post());
+        let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
+        assert_eq!(partitions.with_heirs(&t("base")), [t("Grand"), t("base"), t("child")]);
+        assert_eq!(partitions.with_heirs(&t("other")), [t("Grand"), t("other")]);
+        assert_eq!(partitions.with_heirs(&t("Grand")), [t("Grand")]);
+        // A partitioned table: its partitions.
+        assert_eq!(partitions.with_heirs(&t("p")), partitions.leaves(&t("p")));
     }
 
     #[test]

@@ -421,3 +421,37 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
     assert_eq!(source.sql("SELECT count(*) FROM public.events WHERE id = 1").trim(), "1");
     assert_eq!(source.sql("SELECT count(*) FROM public.events_new").trim(), "1");
 }
+
+#[test]
+fn rows_of_a_table_include_those_of_the_tables_that_inherit_from_it() {
+    let setup = "CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
+         CREATE TABLE public.call_notes (minutes int) INHERITS (public.notes); \
+         ALTER TABLE public.call_notes ADD PRIMARY KEY (id); \
+         CREATE TABLE public.attachments (id int PRIMARY KEY, call_id int REFERENCES public.call_notes); \
+         INSERT INTO public.notes VALUES (1, 'a'), (2, 'b'); \
+         INSERT INTO public.call_notes VALUES (3, 'c', 5), (4, 'd', 6); \
+         INSERT INTO public.attachments VALUES (10, 3), (11, 4)";
+    let Ready { source, work, repo, .. } = Scenario::new("part_heirs").sql(setup).init("repo").backup();
+    // `SELECT … FROM public.notes WHERE id = 3` finds the call note: so does --rows.
+    let dry = work
+        .restore_with(
+            &repo,
+            &source,
+            &["--json", "--rows", "public.notes:id=3", "--with-related", "--dry-run", "latest"],
+        )
+        .ok()
+        .json();
+    let chosen: Vec<(String, u64)> = dry["rows_chosen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(chosen, [("public.attachments".to_string(), 1), ("public.call_notes".to_string(), 1)]);
+    // Deleted live, it comes back with what references it, into the table it was in.
+    source.sql("DELETE FROM public.attachments WHERE id = 10; DELETE FROM public.notes WHERE id IN (1, 3)");
+    work.restore_with(&repo, &source, &["--rows", "public.notes:id=3", "--with-related", "latest"]).ok();
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ONLY public.call_notes").trim(), "3,4");
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ONLY public.notes").trim(), "2");
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "10,11");
+}
