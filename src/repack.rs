@@ -33,6 +33,7 @@ use crate::fetch::ChunkReader;
 use crate::progress::{Progress, Unit};
 use crate::prune::PruneMode;
 use crate::rekey::{Listing, oldest_first, store_copy};
+use crate::repo::ChunkSet;
 use crate::repo::{
     self, AdminKeyring, ChunkLocation, IndexFile, Keyring, Manifest, ObjectId, ObjectRef, PackRecord, Repository,
     SealedManifest, SealedSnapshot, SnapshotId,
@@ -137,26 +138,26 @@ fn frames(record: &PackRecord) -> BTreeMap<(u64, u32), Vec<ChunkLocation>> {
 const FRAME_UNUSED_SHARE: u64 = 4;
 
 /// A frame's text bytes (its chunks' lengths), and those of its live chunks.
-fn frame_text(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> (u64, u64) {
+fn frame_text(chunks: &[ChunkLocation], live: &ChunkSet) -> (u64, u64) {
     let all = chunks.iter().map(|c| u64::from(c.raw_length())).sum();
     let used = chunks.iter().filter(|c| live.contains(&c.chunk())).map(|c| u64::from(c.raw_length())).sum();
     (all, used)
 }
 
 /// Whether a frame is used: one of its chunks is live.
-fn used(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> bool {
+fn used(chunks: &[ChunkLocation], live: &ChunkSet) -> bool {
     chunks.iter().any(|c| live.contains(&c.chunk()))
 }
 
 /// Whether a used frame is compressed again rather than copied ([`FRAME_UNUSED_SHARE`]).
-fn rewrites(chunks: &[ChunkLocation], live: &HashSet<ChunkId>) -> bool {
+fn rewrites(chunks: &[ChunkLocation], live: &ChunkSet) -> bool {
     let (all, used_text) = frame_text(chunks, live);
     used(chunks, live) && u128::from(all - used_text) * u128::from(FRAME_UNUSED_SHARE) > u128::from(all)
 }
 
 /// Bytes of a pack's frames that repacking it would free: frames that hold no live chunk, and
 /// the unused share of those compressed again (estimated from their text).
-fn unused_bytes(record: &PackRecord, live: &HashSet<ChunkId>) -> u64 {
+fn unused_bytes(record: &PackRecord, live: &ChunkSet) -> u64 {
     frames(record)
         .iter()
         .map(|((_, length), chunks)| {
@@ -186,7 +187,7 @@ const INDEX_CHUNKS: usize = 65_536;
 /// interrupted repack wrote. Pure.
 fn choose(
     records: &[&PackRecord],
-    live: &HashSet<ChunkId>,
+    live: &ChunkSet,
     max_unused: MaxUnused,
     pack_size: usize,
     fresh: &HashSet<ObjectId>,
@@ -225,21 +226,20 @@ struct Repacking<'a> {
     replaced: Vec<(u64, chrono::DateTime<chrono::Utc>, SnapshotId)>,
     /// Every pack a snapshot here lists, as its indexes describe it.
     records: HashMap<ObjectId, PackRecord>,
-    /// The chunks the remaining snapshots use.
-    live: HashSet<ChunkId>,
+    /// The chunks the remaining snapshots use, in the order merged chunks are laid out in:
+    /// the newest snapshot's, then what older ones add.
+    live: ChunkSet,
     /// Packs listed by a snapshot this identity cannot open: left alone.
     pinned: HashSet<ObjectId>,
-    /// Indexes the snapshots list, read.
-    indexes: BTreeMap<ObjectId, (ObjectRef, IndexFile)>,
+    /// Indexes the snapshots list: their format version and the packs they describe (whose
+    /// records are in `records`).
+    indexes: BTreeMap<ObjectId, (ObjectRef, u32, Vec<ObjectId>)>,
     /// Packs that stay listed unless repacked: those a snapshot lists (pinned ones included).
     listed: HashSet<ObjectId>,
     /// Packs to repack.
     chosen: BTreeSet<ObjectId>,
     /// Of those, the small ones merged into full frames without a dictionary.
     merged: BTreeSet<ObjectId>,
-    /// Every used chunk's place in the order merged chunks are laid out in (when a merge may
-    /// happen).
-    order: HashMap<ChunkId, u64>,
     /// Packs listed by a copy whose original is still here: an interrupted repack wrote them.
     /// Never merged again: the copies listing them stay as they are, one id on every target.
     fresh: HashSet<ObjectId>,
@@ -368,13 +368,12 @@ async fn open_snapshots<'a>(
         snapshots: HashMap::new(),
         replaced: Vec::new(),
         records: HashMap::new(),
-        live: HashSet::new(),
+        live: ChunkSet::default(),
         pinned: HashSet::new(),
         indexes: BTreeMap::new(),
         listed: HashSet::new(),
         chosen: BTreeSet::new(),
         merged: BTreeSet::new(),
-        order: HashMap::new(),
         fresh: HashSet::new(),
         stale_indexes: HashSet::new(),
         new_packs_of: HashMap::new(),
@@ -449,10 +448,11 @@ impl Repacking<'_> {
             self.snapshots.values().flat_map(|(s, _)| s.header.indexes.iter().cloned()).collect();
         for index in &listed_indexes {
             let file = repository.read_listed_index(keyring, &repo::index_key(&index.id)).await?;
-            for record in &file.packs {
-                self.records.entry(record.pack.id.clone()).or_insert_with(|| record.clone());
+            let packs = file.packs.iter().map(|record| record.pack.id.clone()).collect();
+            for record in file.packs {
+                self.records.entry(record.pack.id.clone()).or_insert(record);
             }
-            self.indexes.insert(index.id.clone(), (index.clone(), file));
+            self.indexes.insert(index.id.clone(), (index.clone(), file.version, packs));
         }
         let listed_packs: BTreeSet<ObjectRef> =
             self.snapshots.values().flat_map(|(s, _)| s.header.packs.iter().cloned()).collect();
@@ -469,7 +469,7 @@ impl Repacking<'_> {
         let keyring: &Keyring = keyring;
         let index = repository.load_index(keyring, Some(&listed_indexes.iter().cloned().collect::<Vec<_>>())).await?;
         let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), Arc::new(index), 4);
-        let mut live: HashSet<ChunkId> = HashSet::new();
+        let mut live = ChunkSet::default();
         progress.phase(
             &format!("finding used chunks on {}", repository.target.location()),
             Unit::Snapshots,
@@ -479,30 +479,23 @@ impl Repacking<'_> {
         // what older ones add (a restore of the newest reads its tables front to back).
         let mut newest_first = oldest_first(self.snapshots.values().map(|(s, _)| s));
         newest_first.reverse();
-        let small = listed_packs.iter().filter(|p| repo::is_small_pack(p.size, repository.config.pack_size));
-        let may_merge = max_unused.percent() < 100.0 && small.count() >= SMALL_PACKS_TO_MERGE;
-        let mut order: HashMap<ChunkId, u64> = HashMap::new();
         for id in &newest_first {
             progress.advance(1);
             let mut expanded = self.snapshots[id].1.clone();
             crate::fetch::expand_lists(&mut expanded, &reader).await?;
             for chunk in expanded.all_chunks() {
                 live.insert(*chunk);
-                if may_merge {
-                    let next = order.len() as u64;
-                    order.entry(*chunk).or_insert(next);
-                }
             }
         }
-        self.order = order;
+        drop(reader);
         // Packs an index older than format 6 describes hold their text unpacked; the indexes
         // repacking writes (format 7) say their packs hold packed text. Such packs and indexes
         // are left as they are (*Packed text*: text with a 0xFF byte would be misread).
         let legacy: HashSet<ObjectId> = self
             .indexes
             .values()
-            .filter(|(_, file)| file.version < repo::PACKED_BYTEA_VERSION)
-            .flat_map(|(_, file)| file.packs.iter().map(|r| r.pack.id.clone()))
+            .filter(|(_, version, _)| *version < repo::PACKED_BYTEA_VERSION)
+            .flat_map(|(_, _, packs)| packs.iter().cloned())
             .collect();
         let candidates: Vec<&PackRecord> = listed_packs
             .iter()
@@ -520,25 +513,35 @@ impl Repacking<'_> {
         self.stale_indexes = self
             .indexes
             .iter()
-            .filter(|(_, (_, file))| {
-                file.version >= repo::PACKED_BYTEA_VERSION && file.packs.iter().any(|r| !self.stays(&r.pack.id))
+            .filter(|(_, (_, version, packs))| {
+                *version >= repo::PACKED_BYTEA_VERSION && packs.iter().any(|pack| !self.stays(pack))
             })
             .map(|(id, _)| id.clone())
             .collect();
         // Which frames are copied: those with a used chunk, unless every used chunk of the frame
         // is in a pack that stays already (a copy an interrupted prune made lists it): then
         // the snapshots that listed the repacked pack list that one instead.
-        let mut held: HashMap<ChunkId, ObjectId> = HashMap::new();
+        // Only the used chunks of the chosen packs are looked for (a year of nights has millions
+        // of chunks in the packs that stay).
+        let mut wanted = ChunkSet::default();
+        for id in &self.chosen {
+            for chunk in self.records[id].chunks.iter().filter(|c| live.contains(&c.chunk())) {
+                wanted.insert(chunk.chunk());
+            }
+        }
+        let mut held: HashMap<ChunkId, &ObjectId> = HashMap::new();
         for (id, record) in &self.records {
             if self.listed.contains(id) && !self.chosen.contains(id) {
-                for chunk in &record.chunks {
-                    held.entry(chunk.chunk()).or_insert_with(|| id.clone());
+                for chunk in record.chunks.iter().filter(|c| wanted.contains(&c.chunk())) {
+                    held.entry(chunk.chunk()).or_insert(id);
                 }
             }
         }
-        for (index, (_, file)) in &self.indexes {
-            for record in &file.packs {
-                self.index_of_pack.entry(record.pack.id.clone()).or_insert_with(|| index.clone());
+        drop(wanted);
+        let held: HashMap<ChunkId, ObjectId> = held.into_iter().map(|(chunk, id)| (chunk, id.clone())).collect();
+        for (index, (_, _, packs)) in &self.indexes {
+            for pack in packs {
+                self.index_of_pack.entry(pack.clone()).or_insert_with(|| index.clone());
             }
         }
         for id in &self.chosen {
@@ -646,9 +649,14 @@ impl Repacking<'_> {
         let mut file = std::io::BufWriter::new(tempfile::tempfile().map_err(spill)?);
         let sealing = Keystream::new();
         let mut written = 0u64;
-        // (place in the order, id, offset in the file, length, the old pack it came from).
-        let mut gathered: Vec<(u64, ChunkId, u64, u32, usize)> = Vec::new();
-        let mut seen: HashSet<ChunkId> = HashSet::new();
+        // (place in the order, offset in the file, length, the old pack it came from); the
+        // place names the chunk ([`ChunkSet::get`]). A year of nights merges millions of chunks.
+        let mut gathered: Vec<(u32, u64, u32, u32)> = Vec::new();
+        let mut seen = vec![0u64; self.live.len().div_ceil(64)];
+        let place_of = |chunk: &ChunkId| {
+            let place = self.live.position(chunk).expect("live chunks only");
+            u32::try_from(place).map_err(|_| Error::Internal("over 4 billion chunks".into()))
+        };
         // A chunk stored in several of the packs: every one of them names the new pack its one
         // copy goes to (a snapshot listing either must list that pack).
         let mut also_from: HashMap<ChunkId, Vec<usize>> = HashMap::new();
@@ -680,12 +688,15 @@ impl Repacking<'_> {
                 for (chunk, raw, at) in
                     live_chunks(&key, frame, dictionary, &chunks, live, (&ids, &mut scratch, &mut text))?
                 {
-                    if seen.insert(chunk) {
+                    let place = place_of(&chunk)?;
+                    let (word, bit) = (place as usize / 64, 1u64 << (place % 64));
+                    if seen[word] & bit == 0 {
+                        seen[word] |= bit;
                         let sealed = &mut text[at as usize..at as usize + raw as usize];
                         sealing.apply(written, sealed);
                         file.write_all(sealed).map_err(spill)?;
-                        let place = self.order.get(&chunk).copied().unwrap_or(u64::MAX);
-                        gathered.push((place, chunk, written, raw, from));
+                        let from = u32::try_from(from).map_err(|_| Error::Internal("over 4 billion packs".into()))?;
+                        gathered.push((place, written, raw, from));
                         written += u64::from(raw);
                     } else {
                         also_from.entry(chunk).or_default().push(from);
@@ -694,14 +705,17 @@ impl Repacking<'_> {
             }
         }
         let file = file.into_inner().map_err(|e| spill(e.into_error()))?;
-        gathered.sort_unstable_by_key(|&(place, chunk, ..)| (place, chunk));
+        drop(seen);
+        gathered.sort_unstable_by_key(|&(place, ..)| place);
         // Frames of a pack's worth of text are compressed at once, one thread a core.
         let mut batch: Vec<MergedFrame> = vec![MergedFrame::default()];
         let mut batch_text = 0;
         let mut pack = NewPack::default();
         let mut buffer = Vec::new();
         let count = gathered.len();
-        for (n, (_, chunk, at, raw, from)) in gathered.into_iter().enumerate() {
+        for (n, (place, at, raw, from)) in gathered.into_iter().enumerate() {
+            let chunk = *self.live.get(place as usize).expect("a place in the order");
+            let from = from as usize;
             buffer.resize(raw as usize, 0);
             file.read_exact_at(&mut buffer, at).map_err(spill)?;
             sealing.apply(at, &mut buffer);
@@ -785,11 +799,12 @@ impl Repacking<'_> {
             self.store_index(batch, &recipients, &mac_key).await?;
         }
         let mut rewritten = HashMap::new();
-        for (id, (_, file)) in &self.indexes {
+        for (id, (_, _, packs)) in &self.indexes {
             if !self.stale_indexes.contains(id) {
                 continue;
             }
-            let packs: Vec<PackRecord> = file.packs.iter().filter(|r| self.stays(&r.pack.id)).cloned().collect();
+            let packs: Vec<PackRecord> =
+                packs.iter().filter(|pack| self.stays(pack)).map(|pack| self.records[pack].clone()).collect();
             let replacement = if packs.is_empty() {
                 None
             } else {
@@ -957,7 +972,7 @@ fn live_chunks(
     frame: &[u8],
     dictionary: Option<&crate::compress::DecompressionDictionary>,
     chunks: &[ChunkLocation],
-    live: &HashSet<ChunkId>,
+    live: &ChunkSet,
     (ids, scratch, text): (&crypto::ChunkIdKey, &mut Vec<u8>, &mut Vec<u8>),
 ) -> Result<Vec<(ChunkId, u32, u32)>> {
     let limit = chunks.iter().map(|c| c.start() as usize + c.raw_length() as usize).max().unwrap_or(0);
@@ -1113,7 +1128,7 @@ impl FrameRewriter {
         key: &str,
         frame: &[u8],
         chunks: &[ChunkLocation],
-        live: &HashSet<ChunkId>,
+        live: &ChunkSet,
     ) -> Result<(Vec<u8>, Vec<ChunkLocation>)> {
         self.kept.clear();
         let kept =
@@ -1210,16 +1225,16 @@ mod tests {
         // Chunks of 10 bytes of text each.
         let pack = record("p", 300, None, &[(100, &[1, 2]), (200, &[3])]);
         // Half of the first frame's text is unused: compressed again, freeing about half.
-        assert_eq!(unused_bytes(&pack, &HashSet::from([chunk(2)])), 200 + 50);
-        assert_eq!(unused_bytes(&pack, &HashSet::from([chunk(3)])), 100);
-        assert_eq!(unused_bytes(&pack, &HashSet::new()), 300);
+        assert_eq!(unused_bytes(&pack, &ChunkSet::from_iter([chunk(2)])), 200 + 50);
+        assert_eq!(unused_bytes(&pack, &ChunkSet::from_iter([chunk(3)])), 100);
+        assert_eq!(unused_bytes(&pack, &ChunkSet::default()), 300);
         // A fifth unused: copied as it is.
         let mostly = record("q", 100, None, &[(100, &[1, 2, 3, 4, 5])]);
-        let four: HashSet<ChunkId> = (1..=4).map(chunk).collect();
+        let four: ChunkSet = (1..=4).map(chunk).collect();
         assert_eq!(unused_bytes(&mostly, &four), 0);
         assert!(!rewrites(&mostly.chunks, &four));
-        assert!(rewrites(&mostly.chunks, &HashSet::from([chunk(5)])));
-        assert!(!rewrites(&mostly.chunks, &HashSet::new()));
+        assert!(rewrites(&mostly.chunks, &ChunkSet::from_iter([chunk(5)])));
+        assert!(!rewrites(&mostly.chunks, &ChunkSet::default()));
     }
 
     #[test]
@@ -1247,7 +1262,7 @@ mod tests {
             kept: Vec::new(),
             packed: Vec::new(),
         };
-        let live = HashSet::from([chunks[0].chunk(), chunks[2].chunk()]);
+        let live = ChunkSet::from_iter([chunks[0].chunk(), chunks[2].chunk()]);
         let (again, kept) = rewriter.rewrite("data/p", &frame, &chunks, &live).expect("rewritten");
         assert_eq!(
             kept.iter().map(ChunkLocation::chunk).collect::<Vec<_>>(),
@@ -1266,7 +1281,7 @@ mod tests {
         let mut wrong = chunks.clone();
         wrong[2] = ChunkLocation::in_frame(ids.id_of(b"other"), 0, 0, chunks[2].raw_length(), chunks[2].start());
         let error =
-            rewriter.rewrite("data/p", &frame, &wrong, &HashSet::from([wrong[2].chunk()])).expect_err("refused");
+            rewriter.rewrite("data/p", &frame, &wrong, &ChunkSet::from_iter([wrong[2].chunk()])).expect_err("refused");
         assert!(error.to_string().contains("does not match its id"), "{error}");
     }
 
@@ -1275,7 +1290,7 @@ mod tests {
         let pack_size: usize = 8 << 20;
         let mostly_used = record("a", 1030, None, &[(1000, &[1]), (30, &[2])]);
         let much_unused = record("b", 1100, None, &[(1000, &[3]), (100, &[4])]);
-        let live = HashSet::from([chunk(1), chunk(3)]);
+        let live = ChunkSet::from_iter([chunk(1), chunk(3)]);
         let (chosen, merged) = choose(&[&mostly_used, &much_unused], &live, MaxUnused(5.0), pack_size, &HashSet::new());
         assert_eq!(chosen, BTreeSet::from([much_unused.pack.id.clone()]));
         assert!(merged.is_empty(), "two small packs are not worth merging");
@@ -1284,7 +1299,7 @@ mod tests {
         let small: Vec<PackRecord> = (0..5)
             .map(|n| record(&format!("s{n}"), 1000, Some(&format!("d{}", n % 2)), &[(1000, &[10 + n])]))
             .collect();
-        let live: HashSet<ChunkId> = (10..14).map(chunk).collect();
+        let live: ChunkSet = (10..14).map(chunk).collect();
         let three: Vec<&PackRecord> = small.iter().take(3).collect();
         assert_eq!(
             choose(&three, &live, MaxUnused(50.0), pack_size, &HashSet::new()),

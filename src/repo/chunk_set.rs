@@ -34,6 +34,19 @@ impl ChunkSet {
         matches!(self.probe(id), Some(Ok(_)))
     }
 
+    /// Where `id` came in: 0 for the first id added, 1 for the next, and so on.
+    pub fn position(&self, id: &ChunkId) -> Option<usize> {
+        match self.probe(id) {
+            Some(Ok(slot)) => Some(self.slots[slot] as usize - 1),
+            _ => None,
+        }
+    }
+
+    /// The id that came in at `position`.
+    pub fn get(&self, position: usize) -> Option<&ChunkId> {
+        (position < self.len).then(|| self.id_at(position))
+    }
+
     /// Adds `id`; false when it was there already.
     pub fn insert(&mut self, id: ChunkId) -> bool {
         if (self.len + 1) * 2 > self.slots.len() {
@@ -90,5 +103,15 @@ impl ChunkSet {
             }
             self.slots[slot] = u32::try_from(position + 1).expect("fewer than 4 billion chunks");
         }
+    }
+}
+
+impl FromIterator<ChunkId> for ChunkSet {
+    fn from_iter<I: IntoIterator<Item = ChunkId>>(ids: I) -> ChunkSet {
+        let mut set = ChunkSet::default();
+        for id in ids {
+            set.insert(id);
+        }
+        set
     }
 }
