@@ -263,13 +263,13 @@ async fn blind_spots(
 ) -> Result<Vec<(u64, String)>> {
     let decisions: Vec<&Decision> = groups.values().flatten().collect();
     let listed = |id: &SnapshotId| {
-        decisions.iter().any(|d| d.id == *id) || unreadable.iter().any(|(name, _)| name == id.as_str())
+        decisions.iter().any(|d| d.id == *id) || unreadable.iter().any(|(name, _)| **name == *id.as_str())
     };
     let mut blind = Vec::new();
     for (name, _) in unreadable {
         // Where it stands is what its successor says (its own header is not believed); with
         // none, it may be the newest of all.
-        let successor = decisions.iter().find(|d| d.parent.as_ref().is_some_and(|p| p.as_str() == name));
+        let successor = decisions.iter().find(|d| d.parent.as_ref().is_some_and(|p| *p.as_str() == **name));
         blind.push((successor.map_or(u64::MAX, |d| d.sequence), format!("snapshot {name}, which does not open")));
     }
     let forgotten = repository.forgotten(Some(keyring)).await?;

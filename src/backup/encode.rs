@@ -344,7 +344,7 @@ impl HeldChunks {
     pub(super) fn reusable(&self, id: &ChunkId) -> Option<u32> {
         self.index.pack_number(id).filter(|&number| {
             let entry = self.index.pack(number);
-            self.present_packs.get(entry.pack.id.as_str()) == Some(&entry.pack.size)
+            self.present_packs.get(&*entry.pack.id.as_str()) == Some(&entry.pack.size)
         })
     }
 }

@@ -58,7 +58,7 @@ pub async fn run(
                 report.snapshots_skipped.push((sealed.id.to_string(), why.into()));
                 continue;
             }
-            Err((name, error)) if wanted.iter().any(|id| id.as_str() == name) => return Err(error),
+            Err((name, error)) if wanted.iter().any(|id| *id.as_str() == *name) => return Err(error),
             Err((name, error)) => {
                 tracing::warn!("{}: snapshot {name} left out: {error}", from.target.location());
                 report.snapshots_skipped.push((name, error.to_string()));

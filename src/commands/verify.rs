@@ -635,7 +635,7 @@ pub async fn run(
         });
     }
     for sealed in &sealed_snapshots {
-        let Some(&chunks) = unindexed.get(sealed.id.as_str()) else { continue };
+        let Some(&chunks) = unindexed.get(&*sealed.id.as_str()) else { continue };
         // Chunks that were in an index found missing or damaged are counted on its problem.
         let lost = sealed.header.indexes.iter().find(|i| damaged.contains(&i.id)).map(|i| repo::index_key(&i.id));
         match lost.and_then(|key| report.problems.iter_mut().find(|p| p.object == key)) {

@@ -337,11 +337,11 @@ impl ChunkIndex {
 
     /// Appends an index file's chunks (of the packs in `only`, when given); [`ChunkIndex::seal`]
     /// must follow.
-    pub(super) fn add(&mut self, index_id: &str, file: IndexFile, only: Option<&HashSet<&str>>) -> io::Result<()> {
+    pub(super) fn add(&mut self, index_id: &str, file: IndexFile, only: Option<&HashSet<&ObjectId>>) -> io::Result<()> {
         let index_id: Arc<str> = Arc::from(index_id);
         let packed = file.version >= super::PACKED_BYTEA_VERSION;
         for record in file.packs {
-            if only.is_some_and(|packs| !packs.contains(record.pack.id.as_str())) {
+            if only.is_some_and(|packs| !packs.contains(&record.pack.id)) {
                 continue;
             }
             let number = *self.numbers.entry(record.pack.id.clone()).or_insert_with(|| {
@@ -554,7 +554,7 @@ mod tests {
             // Only the chunks of the packs asked for (a restore asks for its snapshot's packs).
             let mut only_b = ChunkIndex::with_budget(budget);
             let b = object("b");
-            let wanted: HashSet<&str> = [b.as_str()].into();
+            let wanted: HashSet<&ObjectId> = [&b].into();
             only_b.add("first", numbered("a", 0..1000), Some(&wanted)).unwrap();
             only_b.add("second", numbered("b", 500..1500), Some(&wanted)).unwrap();
             only_b.seal().unwrap();

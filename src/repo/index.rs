@@ -175,7 +175,7 @@ impl Repository {
         packs: Option<&[ObjectRef]>,
         memory_entries: usize,
     ) -> Result<(ChunkIndex, Vec<(String, Error)>)> {
-        let packs: Option<HashSet<&str>> = packs.map(|list| list.iter().map(|p| p.id.as_str()).collect());
+        let packs: Option<HashSet<&ObjectId>> = packs.map(|list| list.iter().map(|p| &p.id).collect());
         let keys: Vec<String> = match only {
             Some(list) => list.iter().map(|o| index_key(&o.id)).collect(),
             None => self.target.list("index").await?.into_iter().map(|(key, _)| key).collect(),

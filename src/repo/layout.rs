@@ -14,29 +14,31 @@ use crate::error::{Error, Result};
 /// The config object's key (the first generation).
 pub const CONFIG_KEY: &str = "config";
 
-/// Defines a name of a content-addressed object: the BLAKE3 hex of its stored bytes, checked
-/// on the way in (parsed, deserialised) so that it is always 64 lowercase hex digits and safe
-/// to put in an object key. It serialises as that plain string.
+/// Defines a name of a content-addressed object: the BLAKE3 hash of its stored bytes, checked
+/// on the way in (parsed, deserialised) to be 64 lowercase hex digits, so that it is safe to put
+/// in an object key. It serialises as that plain string, and is held as the hash's 32 bytes: a
+/// year of snapshot headers lists millions of them (a `String` took 88 bytes and an allocation
+/// each).
 macro_rules! object_name {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name([u8; 32]);
 
         impl $name {
             /// The name of an object with these stored bytes.
             pub fn of(bytes: &[u8]) -> $name {
-                $name(crypto::object_hash(bytes))
+                $name(*blake3::hash(bytes).as_bytes())
             }
 
-            /// The 64 hex digits.
-            pub fn as_str(&self) -> &str {
-                &self.0
+            /// The 64 hex digits (ordered as the names are).
+            pub fn as_str(&self) -> impl std::ops::Deref<Target = str> + fmt::Display + use<> {
+                blake3::Hash::from_bytes(self.0).to_hex()
             }
 
             /// The first 12 hex digits: what a person reads and types.
-            pub fn short(&self) -> &str {
-                &self.0[..12]
+            pub fn short(&self) -> String {
+                self.as_str()[..12].to_string()
             }
         }
 
@@ -44,48 +46,40 @@ macro_rules! object_name {
             type Err = Error;
 
             fn from_str(text: &str) -> Result<$name> {
-                if !is_object_hash(text) {
-                    return Err(Error::Invalid(format!(
-                        "{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"
-                    )));
+                match blake3::Hash::from_hex(text) {
+                    Ok(hash) if is_object_hash(text) => Ok($name(*hash.as_bytes())),
+                    _ => Err(Error::Invalid(format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"))),
                 }
-                Ok($name(text.to_string()))
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(&self.as_str())
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({})", stringify!($name), self.0)
-            }
-        }
-
-        impl AsRef<str> for $name {
-            fn as_ref(&self) -> &str {
-                &self.0
+                write!(f, "{}({})", stringify!($name), self.as_str())
             }
         }
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                *self.as_str() == *other
             }
         }
 
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.0)
+                serializer.serialize_str(&self.as_str())
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<$name, D::Error> {
-                let text = String::deserialize(deserializer)?;
+                let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
                 text.parse().map_err(serde::de::Error::custom)
             }
         }

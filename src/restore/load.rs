@@ -119,7 +119,7 @@ impl Load<'_> {
         if clean {
             client.clean().await?;
         }
-        client.mark_incomplete(snapshot_id.as_str()).await?;
+        client.mark_incomplete(&snapshot_id.as_str()).await?;
         self.create_roles().await?;
         client.run_script(pre_data).await?;
         self.warn_of_functions_run_as_superuser().await?;

@@ -57,7 +57,7 @@ pub(super) async fn choose_snapshot(
                 let known = match known {
                     Some(known) if !options.filter.is_empty() => {
                         let any = SnapshotFilter::default();
-                        targets.resolve_snapshot(known.id.as_ref(), &any, keyring).await.is_err().then_some(known)
+                        targets.resolve_snapshot(&known.id.to_string(), &any, keyring).await.is_err().then_some(known)
                     }
                     known => known,
                 };
