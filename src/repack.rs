@@ -431,6 +431,10 @@ async fn open_snapshots<'a>(
     for sealed in &left {
         repacking.pinned.extend(sealed.header.packs.iter().map(|p| p.id.clone()));
     }
+    // Opened, and the copies' manifests taken: their headers are all that is used from here.
+    for (sealed, _) in repacking.snapshots.values_mut() {
+        sealed.keep_header_only();
+    }
     repacking.listed = repacking
         .snapshots
         .values()

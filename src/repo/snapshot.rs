@@ -620,6 +620,15 @@ impl SealedSnapshot {
         })
     }
 
+    /// Lets go of the stored object's bytes, for one opened already whose header is all that is
+    /// still needed: a year of headers' text is tens of MiB beside their parsed lists. It cannot
+    /// be opened again (its MAC no longer verifies: an error, never a false success).
+    pub fn keep_header_only(&mut self) {
+        self.version_line = Bytes::new();
+        self.header_line = Bytes::new();
+        self.manifest_ciphertext = Bytes::new();
+    }
+
     /// Its manifest as sealed, to store the same snapshot (same id, same manifest) again with
     /// another header (`rekey --reencrypt` on a second target). Call after [`Self::open`].
     pub fn sealed_manifest(&self, keyring: &Keyring) -> Result<SealedManifest> {
