@@ -87,6 +87,9 @@ struct Facts {
     attach: Option<(TableName, TableName)>,
     /// `CREATE TABLE child (…) INHERITS (parent, …)`: the parents.
     inherits: Vec<TableName>,
+    /// The first `schema.name` of a `CREATE` statement: what it makes (a function, a type, …),
+    /// or for some kinds the table it is on.
+    defines: Option<TableName>,
     /// A sequence and the table that owns it (`OWNED BY`, or an identity column).
     owned: Option<(TableName, TableName)>,
     /// The schema a statement names as such (`CREATE SCHEMA s`, `ON SCHEMA s`, `IN SCHEMA s`).
@@ -353,6 +356,9 @@ fn facts(sql: &str) -> Facts {
         let foreign_table = word(object, "foreign") && word(object + 1, "table");
         facts.global |= GLOBAL.iter().any(|w| word(object, w)) && !foreign_table;
         if word(at, "create") {
+            facts.defines = (at + 1..at + 8)
+                .take_while(|&i| tokens.get(i).is_some_and(|t| !t.is_punct('(') && !t.is_punct(';')))
+                .find_map(|i| qualified_at(&tokens, i));
             let mut next = at + 1;
             if word(next, "or") && word(next + 1, "replace") {
                 next += 2;
@@ -571,6 +577,26 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         }
         true
     };
+    // A renamed schema named like a relation (`crm.crm`): pg_dump qualifies a view's columns
+    // with the relation's name (`SELECT crm.id FROM crm.crm`), which is no schema. There,
+    // `schema.name` is renamed only when the snapshot makes an object of that name in it.
+    let shadowed: HashMap<&str, HashSet<&str>> = spec
+        .schema_map
+        .iter()
+        .map(|(from, _)| from.as_str())
+        .filter(|schema| kinds.keys().any(|relation| relation.name == *schema))
+        .map(|schema| {
+            let defined = entries
+                .iter()
+                .flat_map(|f| {
+                    f.defines.iter().chain(f.creates.iter().map(|(n, _)| n)).chain(f.index.iter().map(|(i, _)| i))
+                })
+                .filter(|n| n.schema == schema)
+                .map(|n| n.name.as_str())
+                .collect();
+            (schema, defined)
+        })
+        .collect();
     let mut part = Part::default();
     let mut created_schemas = HashSet::new();
     let mut all_facts = entries.iter();
@@ -604,7 +630,9 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             {
                 created_schemas.insert(schema.clone());
             }
-            out.push_str(&rename(entry.sql, spec.schema_map));
+            out.push_str(&rename_beside(entry.sql, spec.schema_map, &|schema, name| {
+                shadowed.get(schema).is_some_and(|known| !known.contains(name))
+            }));
         }
     }
     // A renamed schema the script does not create (`public`) is made first.
@@ -799,6 +827,12 @@ pub fn refreshed_views(script_text: &str) -> HashSet<TableName> {
 
 /// `sql` with every schema of `map` renamed where it is named.
 pub fn rename(sql: &str, map: &[(String, String)]) -> String {
+    rename_beside(sql, map, &|_, _| false)
+}
+
+/// [`rename`], but `schema.name` is left as it is where `not_a_schema(schema, name)` says the
+/// first part names something else (a relation named like the schema).
+fn rename_beside(sql: &str, map: &[(String, String)], not_a_schema: &dyn Fn(&str, &str) -> bool) -> String {
     if map.is_empty() {
         return sql.to_string();
     }
@@ -819,7 +853,9 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
                     || (previous.is_some_and(|t| is_word(Some(t), "exists"))
                         && k >= 4
                         && is_word(Some(&all[significant[k - 4]]), "schema"));
+                let after = significant.get(k + 2).and_then(|&j| name_of(&all[j]));
                 match name_of(token) {
+                    Some(name) if qualifies && after.as_deref().is_some_and(|after| not_a_schema(&name, after)) => None,
                     Some(name) if qualifies || names_schema => renamed(map, &name).map(quote_ident),
                     _ => None,
                 }
@@ -1093,6 +1129,42 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_view_on_a_table_named_like_its_schema_keeps_its_column_qualifiers_when_renamed() {
+        let pre = [
+            entry("crm", "SCHEMA", "-", "CREATE SCHEMA crm;"),
+            entry("crm", "TABLE", "crm", "CREATE TABLE crm.crm (\n    id integer,\n    name text\n);"),
+            entry(
+                "f(integer)",
+                "FUNCTION",
+                "crm",
+                "CREATE FUNCTION crm.f(integer) RETURNS integer LANGUAGE sql AS 'SELECT 1';",
+            ),
+            entry(
+                "v",
+                "VIEW",
+                "crm",
+                "CREATE VIEW crm.v AS\n SELECT crm.id,\n    crm.f(crm.id) AS one\n   FROM crm.crm;",
+            ),
+        ]
+        .concat();
+        let map = [("crm".to_string(), "crm_r".to_string())];
+        let wanted = |_: &TableName| true;
+        let part = select(&pre, "", &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+        assert!(
+            part.pre_data.contains("SELECT crm.id,\n    \"crm_r\".f(crm.id) AS one\n   FROM \"crm_r\".crm;"),
+            "{}",
+            part.pre_data
+        );
+        assert!(
+            part.pre_data.contains("CREATE TABLE \"crm_r\".crm") && part.pre_data.contains("CREATE VIEW \"crm_r\".v")
+        );
+        // Without a relation named like the schema, every qualifier is the schema.
+        let plain = pre.replace("crm.crm", "crm.accounts").replace("FROM crm_r.crm", "");
+        let part = select(&plain, "", &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+        assert!(part.pre_data.contains("SELECT \"crm_r\".id,"), "{}", part.pre_data);
     }
 
     #[test]

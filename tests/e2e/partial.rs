@@ -455,3 +455,21 @@ fn rows_of_a_table_include_those_of_the_tables_that_inherit_from_it() {
     assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ONLY public.notes").trim(), "2");
     assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "10,11");
 }
+
+#[test]
+fn a_view_on_a_table_named_like_its_schema_restores_into_a_side_schema() {
+    // pg_dump writes the view as `SELECT crm.id, crm.name FROM crm.crm`: the first `crm.`s
+    // are the table's name, not the schema.
+    let setup = "CREATE SCHEMA crm; CREATE TABLE crm.crm (id int PRIMARY KEY, name text); \
+         CREATE VIEW crm.named AS SELECT id, name FROM crm.crm WHERE name IS NOT NULL; \
+         INSERT INTO crm.crm VALUES (1, 'a'), (2, NULL), (3, 'c')";
+    let Ready { source, work, repo, .. } = Scenario::new("part_shadow").sql(setup).init("repo").backup();
+    source.sql("DELETE FROM crm.crm");
+    work.restore_with(&repo, &source, &["--schema-map", "crm=crm_side", "latest"]).ok();
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM crm_side.named").trim(), "1,3");
+    // On the side table, not on the live one.
+    let on = "SELECT DISTINCT c.relnamespace::regnamespace::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid \
+              JOIN pg_class c ON c.oid = d.refobjid WHERE r.ev_class = 'crm_side.named'::regclass AND c.relkind = 'r'";
+    assert_eq!(source.sql(on).trim(), "crm_side");
+    assert_eq!(source.sql("SELECT count(*) FROM crm.crm").trim(), "0", "the live table is untouched");
+}
