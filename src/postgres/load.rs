@@ -271,10 +271,9 @@ impl LoadSession {
         Ok(self.client.query(sql, &[]).await?.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Whether the session's role is a superuser.
+    /// Whether the session's role is a superuser or a member of one.
     pub async fn is_superuser(&self) -> Result<bool> {
-        let sql = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
-        Ok(self.client.query_one(sql, &[]).await?.get(0))
+        Ok(self.client.query_one(super::ACTS_AS_SUPERUSER, &[]).await?.get(0))
     }
 
     /// Which of `schemas` the database has.

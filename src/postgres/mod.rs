@@ -320,6 +320,11 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// Whether the session's role is a superuser, or a member of one (it can `SET ROLE` to it, and
+/// holds what the superuser owns): true of the superuser itself too.
+const ACTS_AS_SUPERUSER: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
+                                 AND pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER'))";
+
 /// The condition on `n.nspname` that keeps only user schemas.
 const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
 

@@ -151,13 +151,9 @@ impl ProofSession {
         Ok(self.client.query_one("SELECT current_setting('server_version')", &[]).await?.get(0))
     }
 
-    /// Whether the session's role is a superuser.
+    /// Whether the session's role is a superuser or a member of one.
     pub async fn is_superuser(&self) -> Result<bool> {
-        Ok(self
-            .client
-            .query_one("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
-            .await?
-            .get(0))
+        Ok(self.client.query_one(super::ACTS_AS_SUPERUSER, &[]).await?.get(0))
     }
 
     /// The rows of `table` (itself only, not its inheritance children).

@@ -407,3 +407,22 @@ fn a_database_owners_search_path_does_not_reach_crmvaults_own_queries() {
     work.run(&["drill", "--repo", &repo, "--identity", &work.admin_key(), "--scratch-db", &target.url()]);
     assert_eq!(target.sql("SELECT count(*) FROM evil.seen").trim(), "0", "crmvault ran the owner's function");
 }
+
+#[test]
+fn a_member_of_a_superuser_role_is_warned_as_a_superuser_is() {
+    let member = format!("cv_member_{}", std::process::id());
+    drop_roles(std::slice::from_ref(&member));
+    psql("postgres", &format!("CREATE ROLE \"{member}\" NOLOGIN; GRANT postgres TO \"{member}\""));
+    let Ready { source, work, repo, .. } = Scenario::new("roles_member")
+        .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1)")
+        .init("repo")
+        .backup();
+    // Beside live data, as a role that can become the superuser: its rights are the superuser's.
+    let args =
+        ["--role", &member, "--table", "public.t", "--schema-map", "public=side", "--no-owner", "--no-acl", "latest"];
+    let run = work.restore_with(&repo, &source, &args).ok();
+    assert!(run.stderr.contains("restoring beside live data as a superuser"), "{}", run.stderr);
+    assert_eq!(source.sql("SELECT count(*) FROM side.t").trim(), "1");
+    drop(source);
+    drop_roles(&[member]);
+}
