@@ -4,10 +4,15 @@ use std::path::PathBuf;
 
 /// `text` with control characters (a newline, a carriage return, an escape sequence in a
 /// table's name, which the database chose) written as escapes, so that one line stays one
-/// line and a terminal or a cron mail shows what is there.
+/// line and a terminal or a cron mail shows what is there. A backslash is doubled: a name
+/// holding `\n` itself does not pass for one holding a newline.
 pub fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() || invisible(c) { c.escape_default().to_string() } else { c.to_string() })
+        .map(
+            |c| {
+                if c.is_control() || invisible(c) || c == '\\' { c.escape_default().to_string() } else { c.to_string() }
+            },
+        )
         .collect()
 }
 
@@ -463,5 +468,15 @@ pub(crate) fn format_advice(found: u32, supported: u32) -> &'static str {
     } else {
         "format 1 was a development format before the first release, which no crmvault release reads: \
          back the database up into a new repository"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn printable_text_tells_an_escape_from_the_characters_that_spell_it() {
+        assert_eq!(super::printable("same\nline"), "same\\nline");
+        assert_eq!(super::printable("same\\nline"), "same\\\\nline");
+        assert_eq!(super::printable("caf\u{e9} \u{202e}x"), "caf\u{e9} \\u{202e}x");
     }
 }
