@@ -46,9 +46,9 @@ macro_rules! object_name {
             type Err = Error;
 
             fn from_str(text: &str) -> Result<$name> {
-                match blake3::Hash::from_hex(text) {
-                    Ok(hash) if is_object_hash(text) => Ok($name(*hash.as_bytes())),
-                    _ => Err(Error::Invalid(format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"))),
+                match hash_digits(text) {
+                    Some(bytes) => Ok($name(bytes)),
+                    None => Err(Error::Invalid(format!("{text:?} is not a BLAKE3 hash (64 lowercase hex digits)"))),
                 }
             }
         }
@@ -79,8 +79,19 @@ macro_rules! object_name {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<$name, D::Error> {
-                let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+                // Read where the text lies: no String made and dropped for each of a year of
+                // headers' ids.
+                struct Digits;
+                impl serde::de::Visitor<'_> for Digits {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a BLAKE3 hash (64 lowercase hex digits)")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> std::result::Result<$name, E> {
+                        text.parse().map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_str(Digits)
             }
         }
     };
@@ -128,6 +139,24 @@ pub fn damaged_key(pack_id: &ObjectId) -> String {
     format!("damaged/{pack_id}")
 }
 
+/// The 32 bytes that 64 lowercase hex digits spell, or `None` for any other text. One pass:
+/// a year of headers holds millions of them.
+fn hash_digits(text: &str) -> Option<[u8; 32]> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text: &[u8; 64] = text.as_bytes().try_into().ok()?;
+    let mut bytes = [0u8; 32];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(bytes)
+}
+
 /// Whether `id` has the form of an object name: 64 lowercase hex digits.
 pub fn is_object_hash(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -165,6 +194,11 @@ mod tests {
         assert_eq!(id.as_str().parse::<ObjectId>().unwrap(), id);
         let snapshot = SnapshotId::of(b"manifest");
         assert_eq!(serde_json::to_string(&snapshot).unwrap(), format!("\"{snapshot}\""));
+        // Held as bytes, ordered as their digits.
+        let mut ids: Vec<ObjectId> = (0..64u8).map(|n| ObjectId::of(&[n])).collect();
+        ids.sort();
+        assert!(ids.windows(2).all(|pair| *pair[0].as_str() < *pair[1].as_str()));
+        assert_eq!(ids.iter().map(|id| id.as_str().parse().unwrap()).collect::<Vec<ObjectId>>(), ids);
     }
 
     #[test]
