@@ -85,11 +85,6 @@ struct Facts {
     names: BTreeSet<TableName>,
     /// `ALTER TABLE parent ATTACH PARTITION child`: (parent, child).
     attach: Option<(TableName, TableName)>,
-    /// `CREATE TABLE child (…) INHERITS (parent, …)`: the parents.
-    inherits: Vec<TableName>,
-    /// The first `schema.name` of a `CREATE` statement: what it makes (a function, a type, …),
-    /// or for some kinds the table it is on.
-    defines: Option<TableName>,
     /// A sequence and the table that owns it (`OWNED BY`, or an identity column).
     owned: Option<(TableName, TableName)>,
     /// The schema a statement names as such (`CREATE SCHEMA s`, `ON SCHEMA s`, `IN SCHEMA s`).
@@ -250,36 +245,6 @@ fn qualified_after(tokens: &[Token<'_>], mut at: usize, optional: &[&str]) -> Op
     qualified_at(tokens, at)
 }
 
-/// The parents a `CREATE TABLE` statement names in its `INHERITS (…)` clause, outside the
-/// column list.
-fn inherited(statement: &[Token<'_>]) -> Vec<TableName> {
-    let mut depth = 0i32;
-    for (at, token) in statement.iter().enumerate() {
-        if token.is_punct(';') {
-            break;
-        } else if token.is_punct('(') {
-            depth += 1;
-        } else if token.is_punct(')') {
-            depth -= 1;
-        } else if depth == 0
-            && is_word(Some(token), "inherits")
-            && statement.get(at + 1).is_some_and(|t| t.is_punct('('))
-        {
-            let mut parents = Vec::new();
-            let mut next = at + 2;
-            while let Some(parent) = qualified_at(statement, next) {
-                parents.push(parent);
-                if !statement.get(next + 3).is_some_and(|t| t.is_punct(',')) {
-                    break;
-                }
-                next += 4;
-            }
-            return parents;
-        }
-    }
-    Vec::new()
-}
-
 /// The tokens of `sql` that mean something (no spaces, no comments).
 fn significant(sql: &str) -> Vec<Token<'_>> {
     Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect()
@@ -356,9 +321,6 @@ fn facts(sql: &str) -> Facts {
         let foreign_table = word(object, "foreign") && word(object + 1, "table");
         facts.global |= GLOBAL.iter().any(|w| word(object, w)) && !foreign_table;
         if word(at, "create") {
-            facts.defines = (at + 1..at + 8)
-                .take_while(|&i| tokens.get(i).is_some_and(|t| !t.is_punct('(') && !t.is_punct(';')))
-                .find_map(|i| qualified_at(&tokens, i));
             let mut next = at + 1;
             if word(next, "or") && word(next + 1, "replace") {
                 next += 2;
@@ -382,9 +344,6 @@ fn facts(sql: &str) -> Facts {
                 && facts.creates.is_none()
                 && let Some(name) = qualified_after(&tokens, next + 1, &["if", "not", "exists"])
             {
-                if relation == Relation::Table {
-                    facts.inherits = inherited(&tokens[next..]);
-                }
                 facts.creates = Some((name, relation));
             }
             if word(next, "index") && facts.index.is_none() {
@@ -577,26 +536,6 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         }
         true
     };
-    // A renamed schema named like a relation (`crm.crm`): pg_dump qualifies a view's columns
-    // with the relation's name (`SELECT crm.id FROM crm.crm`), which is no schema. There,
-    // `schema.name` is renamed only when the snapshot makes an object of that name in it.
-    let shadowed: HashMap<&str, HashSet<&str>> = spec
-        .schema_map
-        .iter()
-        .map(|(from, _)| from.as_str())
-        .filter(|schema| kinds.keys().any(|relation| relation.name == *schema))
-        .map(|schema| {
-            let defined = entries
-                .iter()
-                .flat_map(|f| {
-                    f.defines.iter().chain(f.creates.iter().map(|(n, _)| n)).chain(f.index.iter().map(|(i, _)| i))
-                })
-                .filter(|n| n.schema == schema)
-                .map(|n| n.name.as_str())
-                .collect();
-            (schema, defined)
-        })
-        .collect();
     let mut part = Part::default();
     let mut created_schemas = HashSet::new();
     let mut all_facts = entries.iter();
@@ -630,9 +569,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             {
                 created_schemas.insert(schema.clone());
             }
-            out.push_str(&rename_beside(entry.sql, spec.schema_map, &|schema, name| {
-                shadowed.get(schema).is_some_and(|known| !known.contains(name))
-            }));
+            out.push_str(&rename(entry.sql, spec.schema_map));
         }
     }
     // A renamed schema the script does not create (`public`) is made first.
@@ -673,8 +610,6 @@ pub struct ForeignKey {
 pub struct Partitions {
     children: HashMap<TableName, Vec<TableName>>,
     parent: HashMap<TableName, TableName>,
-    /// Tables that inherit from a table (`INHERITS`), whose rows its queries see too.
-    heirs: HashMap<TableName, Vec<TableName>>,
 }
 
 impl Partitions {
@@ -682,15 +617,9 @@ impl Partitions {
     pub fn of(pre_data: &str, post_data: &str) -> Partitions {
         let mut partitions = Partitions::default();
         for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
-            let facts = facts(entry.sql);
-            if let Some((parent, child)) = facts.attach {
+            if let Some((parent, child)) = facts(entry.sql).attach {
                 partitions.parent.insert(child.clone(), parent.clone());
                 partitions.children.entry(parent).or_default().push(child);
-            }
-            if let Some((child, Relation::Table)) = &facts.creates {
-                for parent in &facts.inherits {
-                    partitions.heirs.entry(parent.clone()).or_default().push(child.clone());
-                }
             }
         }
         partitions
@@ -708,21 +637,6 @@ impl Partitions {
         }
         leaves.sort();
         leaves
-    }
-
-    /// The tables whose rows `SELECT … FROM table` sees: itself (or its partitions) and the
-    /// tables that inherit from it, theirs too (in name order, each once).
-    pub fn with_heirs(&self, table: &TableName) -> Vec<TableName> {
-        let mut found = BTreeSet::new();
-        let mut todo = vec![table.clone()];
-        while let Some(table) = todo.pop() {
-            for leaf in self.leaves(&table) {
-                if found.insert(leaf.clone()) {
-                    todo.extend(self.heirs.get(&leaf).into_iter().flatten().cloned());
-                }
-            }
-        }
-        found.into_iter().collect()
     }
 
     /// The partitioned table at the top of a partition's tree (the table itself if none).
@@ -827,12 +741,6 @@ pub fn refreshed_views(script_text: &str) -> HashSet<TableName> {
 
 /// `sql` with every schema of `map` renamed where it is named.
 pub fn rename(sql: &str, map: &[(String, String)]) -> String {
-    rename_beside(sql, map, &|_, _| false)
-}
-
-/// [`rename`], but `schema.name` is left as it is where `not_a_schema(schema, name)` says the
-/// first part names something else (a relation named like the schema).
-fn rename_beside(sql: &str, map: &[(String, String)], not_a_schema: &dyn Fn(&str, &str) -> bool) -> String {
     if map.is_empty() {
         return sql.to_string();
     }
@@ -853,9 +761,7 @@ fn rename_beside(sql: &str, map: &[(String, String)], not_a_schema: &dyn Fn(&str
                     || (previous.is_some_and(|t| is_word(Some(t), "exists"))
                         && k >= 4
                         && is_word(Some(&all[significant[k - 4]]), "schema"));
-                let after = significant.get(k + 2).and_then(|&j| name_of(&all[j]));
                 match name_of(token) {
-                    Some(name) if qualifies && after.as_deref().is_some_and(|after| not_a_schema(&name, after)) => None,
                     Some(name) if qualifies || names_schema => renamed(map, &name).map(quote_ident),
                     _ => None,
                 }
@@ -1129,61 +1035,6 @@ mod tests {
                 },
             ]
         );
-    }
-
-    #[test]
-    fn a_view_on_a_table_named_like_its_schema_keeps_its_column_qualifiers_when_renamed() {
-        let pre = [
-            entry("crm", "SCHEMA", "-", "CREATE SCHEMA crm;"),
-            entry("crm", "TABLE", "crm", "CREATE TABLE crm.crm (\n    id integer,\n    name text\n);"),
-            entry(
-                "f(integer)",
-                "FUNCTION",
-                "crm",
-                "CREATE FUNCTION crm.f(integer) RETURNS integer LANGUAGE sql AS 'SELECT 1';",
-            ),
-            entry(
-                "v",
-                "VIEW",
-                "crm",
-                "CREATE VIEW crm.v AS\n SELECT crm.id,\n    crm.f(crm.id) AS one\n   FROM crm.crm;",
-            ),
-        ]
-        .concat();
-        let map = [("crm".to_string(), "crm_r".to_string())];
-        let wanted = |_: &TableName| true;
-        let part = select(&pre, "", &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
-        assert!(
-            part.pre_data.contains("SELECT crm.id,\n    \"crm_r\".f(crm.id) AS one\n   FROM \"crm_r\".crm;"),
-            "{}",
-            part.pre_data
-        );
-        assert!(
-            part.pre_data.contains("CREATE TABLE \"crm_r\".crm") && part.pre_data.contains("CREATE VIEW \"crm_r\".v")
-        );
-        // Without a relation named like the schema, every qualifier is the schema.
-        let plain = pre.replace("crm.crm", "crm.accounts").replace("FROM crm_r.crm", "");
-        let part = select(&plain, "", &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
-        assert!(part.pre_data.contains("SELECT \"crm_r\".id,"), "{}", part.pre_data);
-    }
-
-    #[test]
-    fn a_table_holds_the_rows_of_the_tables_that_inherit_from_it() {
-        let pre = [
-            pre(),
-            entry("base", "TABLE", "crm", "CREATE TABLE crm.base (\n    id integer,\n    inherits text\n);"),
-            entry("other", "TABLE", "crm", "CREATE TABLE crm.other (\n    x integer\n);"),
-            entry("child", "TABLE", "crm", "CREATE TABLE crm.child (\n    y integer\n)\nINHERITS (crm.base);"),
-            entry("Grand", "TABLE", "crm", "CREATE TABLE crm.\"Grand\" (\n)\nINHERITS (crm.child, crm.other);"),
-        ]
-        .concat();
-        let partitions = Partitions::of(&pre, &post());
-        let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
-        assert_eq!(partitions.with_heirs(&t("base")), [t("Grand"), t("base"), t("child")]);
-        assert_eq!(partitions.with_heirs(&t("other")), [t("Grand"), t("other")]);
-        assert_eq!(partitions.with_heirs(&t("Grand")), [t("Grand")]);
-        // A partitioned table: its partitions.
-        assert_eq!(partitions.with_heirs(&t("p")), partitions.leaves(&t("p")));
     }
 
     #[test]
