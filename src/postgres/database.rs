@@ -252,7 +252,8 @@ impl Server {
                 return Err(error.into());
             }
             client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
-            let Some(place) = given.setting else {
+            // Only a refusal leaves a setting out; a timeout, a deadlock, … is an error.
+            let Some(place) = given.setting.filter(|_| is_refusal(&error)) else {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(refused(&given.sql, &error));
             };
@@ -307,6 +308,20 @@ impl Server {
         });
         Ok(kept)
     }
+}
+
+/// Whether the server refused a setting as such: the role may not set it, this server does not
+/// know it, or not that value.
+fn is_refusal(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    [
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        SqlState::UNDEFINED_OBJECT,
+        SqlState::INVALID_PARAMETER_VALUE,
+        SqlState::CANT_CHANGE_RUNTIME_PARAM,
+    ]
+    .iter()
+    .any(|code| error.code() == Some(code))
 }
 
 /// Why the server refused a setting, in words and SQLSTATE, never its message: that may quote

@@ -266,7 +266,8 @@ impl LoadSession {
                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
                        WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e') \
                      AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
-                       AND pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER')) \
+                       AND (pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER') \
+                            OR pg_catalog.pg_has_role(session_user, s.oid, 'MEMBER'))) \
                    ORDER BY 1";
         Ok(self.client.query(sql, &[]).await?.iter().map(|row| row.get(0)).collect())
     }

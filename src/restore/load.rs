@@ -66,9 +66,11 @@ impl Load<'_> {
             named.push(format!("and {} more", functions.len() - NAMED));
         }
         let warning = format!(
-            "the snapshot's check constraints and generated columns call {} of its own functions, which run as a \
-             superuser while the rows load: {}; to run them with a role's rights instead, restore with --role ROLE \
-             (and --no-owner --no-acl where the snapshot's objects belong to roles ROLE cannot act as)",
+            "the snapshot's check constraints and generated columns call {} of its own functions, which run with a \
+             superuser's rights while the rows load (the session's role, or its login, which they can RESET ROLE \
+             to): {}; to run them with a role's rights instead, restore with --role ROLE connected as a login that \
+             is not a superuser either (--db postgres://ROLE@…; and --no-owner --no-acl where the snapshot's \
+             objects belong to roles ROLE cannot act as)",
             functions.len(),
             named.join(", ")
         );

@@ -107,7 +107,7 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
 fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     let loader = format!("cv_loader_{}", std::process::id());
     drop_roles(std::slice::from_ref(&loader));
-    psql("postgres", &format!("CREATE ROLE \"{loader}\" NOLOGIN"));
+    psql("postgres", &format!("CREATE ROLE \"{loader}\" LOGIN"));
     // A check constraint whose function records who runs it (and would act as a superuser).
     let setup = "CREATE TABLE public.seen (who text); \
          CREATE FUNCTION public.noted(v int) RETURNS boolean LANGUAGE plpgsql AS \
@@ -138,7 +138,16 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
 
     let as_loader = TestDb::create("roles_role_loader");
     as_loader.sql(&format!("ALTER DATABASE \"{}\" OWNER TO \"{loader}\"", as_loader.name));
+    // --role with a superuser's login: the functions could RESET ROLE to it, and are named.
     let run = work.restore_with(&repo, &as_loader, &["--role", &loader, "--no-owner", "--no-acl", "latest"]).ok();
+    assert_eq!(seen(&as_loader), loader, "{}", run.stderr);
+    assert!(run.stderr.contains("noted") && run.stderr.contains("RESET ROLE"), "{}", run.stderr);
+    // Connected as the role itself: nothing to warn of.
+    as_loader.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public");
+    as_loader.sql(&format!("ALTER SCHEMA public OWNER TO \"{loader}\""));
+    let (key, url) = (work.admin_key(), as_loader.url().replacen("postgres@", &format!("{loader}@"), 1));
+    let args = ["restore", "--repo", repo.as_str(), "--identity", &key, "--db", &url, "--role", &loader];
+    let run = work.run(&[&args[..], &["--no-owner", "--no-acl", "latest"]].concat()).ok();
     assert_eq!(seen(&as_loader), loader, "{}", run.stderr);
     assert!(!run.stderr.contains("noted"), "a role without superuser rights runs them: {}", run.stderr);
     assert_eq!(as_loader.sql("SELECT count(*) FROM public.checked").trim(), "2");
