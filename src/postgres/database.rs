@@ -174,12 +174,16 @@ impl Server {
             None => None,
         };
         let (loading, name) = (quote_ident(finish.loading), quote_ident(finish.name));
-        let mut given = match &object {
-            Some(object) => statements(finish.loading, object, finish.leave_out),
+        // Each statement with the setting it gives, if it gives one.
+        let mut given: Vec<(String, Option<&str>)> = match &object {
+            Some(object) => given(finish.loading, object, finish.leave_out)
+                .into_iter()
+                .map(|given| (given.sql, given.setting.map(|place| object.settings[place].name.as_str())))
+                .collect(),
             None => Vec::new(),
         };
         if object.is_none() || finish.leave_out.privileges {
-            given.push(format!("GRANT CONNECT, TEMPORARY ON DATABASE {loading} TO PUBLIC"));
+            given.push((format!("GRANT CONNECT, TEMPORARY ON DATABASE {loading} TO PUBLIC"), None));
         }
         let comment = object.as_ref().and_then(|o| o.comment.as_deref()).map_or_else(|| "NULL".into(), quote_literal);
         let mut tries = 0;
@@ -188,10 +192,10 @@ impl Server {
             if let Some(role) = finish.role {
                 client.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).await?;
             }
-            for statement in &given {
+            for (statement, setting) in &given {
                 if let Err(error) = client.batch_execute(statement).await {
                     let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(refused(statement, &error));
+                    return Err(refused(statement, *setting, &error));
                 }
             }
             let renamed = client
@@ -255,7 +259,11 @@ impl Server {
             // Only a refusal leaves a setting out; a timeout, a deadlock, … is an error.
             let Some(place) = given.setting.filter(|_| is_refusal(&error)) else {
                 let _ = client.batch_execute("ROLLBACK").await;
-                return Err(refused(&given.sql, &error));
+                return Err(refused(
+                    &given.sql,
+                    given.setting.map(|place| object.settings[place].name.as_str()),
+                    &error,
+                ));
             };
             let setting = &object.settings[place];
             let of_role = setting.role.as_deref().map(|r| format!(" of role {}", crate::error::printable(r)));
@@ -298,9 +306,10 @@ impl Server {
         kept.settings.retain(|setting| match &setting.role {
             Some(role) if superusers.contains(role) => {
                 tracing::warn!(
-                    "left out: the setting {} of role {role} in the new database (a superuser on this server, or a \
+                    "left out: the setting {} of role {} in the new database (a superuser on this server, or a \
                      member of one; set it by hand if it is wanted)",
-                    setting.name
+                    crate::error::printable(&setting.name),
+                    crate::error::printable(role)
                 );
                 false
             }
@@ -339,14 +348,15 @@ fn why_refused(error: &tokio_postgres::Error) -> String {
     format!("{words}SQLSTATE {}", code.map_or("", SqlState::code))
 }
 
-/// The server's refusal of one of [`statements`], with what to do. A setting's value is never
-/// repeated: the server's message may quote it, and a value may be a secret.
-fn refused(statement: &str, error: &tokio_postgres::Error) -> Error {
-    let what = if let Some((_, setting)) = statement.split_once(" SET ") {
-        let name = setting.split(" TO ").next().unwrap_or_default();
+/// The server's refusal of one of [`statements`] (giving `setting`, if one), with what to do. A
+/// setting's value is never repeated: the server's message may quote it, and a value may be a
+/// secret.
+fn refused(statement: &str, setting: Option<&str>, error: &tokio_postgres::Error) -> Error {
+    let what = if let Some(name) = setting {
         let code = error.code().map_or("", tokio_postgres::error::SqlState::code);
         return Error::Invalid(format!(
-            "giving the new database its setting {name}: the server refused it (SQLSTATE {code}); nothing was created"
+            "giving the new database its setting {}: the server refused it (SQLSTATE {code}); nothing was created",
+            crate::error::printable(name)
         ));
     } else if statement.contains(" OWNER TO ") {
         " (--no-owner leaves the database to the restoring role)"

@@ -626,10 +626,16 @@ impl Partitions {
     }
 
     /// The tables that hold a table's rows: itself, or its partitions' (in name order).
+    /// Each table is looked at once: a snapshot's scripts are the backup host's, and a cycle of
+    /// `ATTACH PARTITION`s in them must not loop.
     pub fn leaves(&self, table: &TableName) -> Vec<TableName> {
         let mut leaves = Vec::new();
+        let mut seen = HashSet::new();
         let mut todo = vec![table.clone()];
         while let Some(table) = todo.pop() {
+            if !seen.insert(table.clone()) {
+                continue;
+            }
             match self.children.get(&table) {
                 Some(parts) => todo.extend(parts.iter().cloned()),
                 None => leaves.push(table),
@@ -1035,6 +1041,20 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_cycle_of_partitions_in_a_hostile_script_ends() {
+        let pre = [
+            entry("a", "TABLE ATTACH", "crm", "ALTER TABLE ONLY crm.a ATTACH PARTITION crm.b FOR VALUES IN (1);"),
+            entry("b", "TABLE ATTACH", "crm", "ALTER TABLE ONLY crm.b ATTACH PARTITION crm.a FOR VALUES IN (2);"),
+            entry("b", "TABLE ATTACH", "crm", "ALTER TABLE ONLY crm.b ATTACH PARTITION crm.c FOR VALUES IN (3);"),
+        ]
+        .concat();
+        let partitions = Partitions::of(&pre, "");
+        let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
+        assert_eq!(partitions.leaves(&t("a")), [t("c")]);
+        let _ = partitions.root(&t("a"));
     }
 
     #[test]
