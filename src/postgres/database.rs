@@ -257,7 +257,7 @@ impl Server {
             }
             client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
             // Only a refusal leaves a setting out; a timeout, a deadlock, … is an error.
-            let Some(place) = given.setting.filter(|_| is_refusal(&error)) else {
+            let Some((place, why)) = given.setting.zip(refusal(&error)) else {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(refused(
                     &given.sql,
@@ -275,17 +275,17 @@ impl Server {
                      hand if it is wanted",
                     crate::error::printable(&setting.name),
                     of_role.unwrap_or_default(),
-                    why_refused(&error),
+                    why,
                 ),
             ));
         }
         client.batch_execute("ROLLBACK").await?;
         let places: Vec<usize> = left_out.iter().map(|(place, _)| *place).collect();
-        let mut place = 0;
-        object.settings.retain(|_| {
-            place += 1;
-            !places.contains(&(place - 1))
-        });
+        object.settings = std::mem::take(&mut object.settings)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(place, setting)| (!places.contains(&place)).then_some(setting))
+            .collect();
         Ok(left_out.into_iter().map(|(_, warning)| warning).collect())
     }
 
@@ -319,33 +319,20 @@ impl Server {
     }
 }
 
-/// Whether the server refused a setting as such: the role may not set it, this server does not
-/// know it, or not that value.
-fn is_refusal(error: &tokio_postgres::Error) -> bool {
+/// Why the server refused a setting as such, in words and SQLSTATE (never its message: that may
+/// quote the value, and a value may be a secret): the role may not set it, this server does not
+/// know it, or not that value. `None` for any other error.
+fn refusal(error: &tokio_postgres::Error) -> Option<String> {
     use tokio_postgres::error::SqlState;
-    [
-        SqlState::INSUFFICIENT_PRIVILEGE,
-        SqlState::UNDEFINED_OBJECT,
-        SqlState::INVALID_PARAMETER_VALUE,
-        SqlState::CANT_CHANGE_RUNTIME_PARAM,
-    ]
-    .iter()
-    .any(|code| error.code() == Some(code))
-}
-
-/// Why the server refused a setting, in words and SQLSTATE, never its message: that may quote
-/// the value, and a value may be a secret.
-fn why_refused(error: &tokio_postgres::Error) -> String {
-    use tokio_postgres::error::SqlState;
-    let code = error.code();
+    let code = error.code()?;
     let words = match code {
-        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => "permission denied, ",
-        Some(c) if *c == SqlState::UNDEFINED_OBJECT => "a setting this server does not know, ",
-        Some(c) if *c == SqlState::INVALID_PARAMETER_VALUE => "a value it does not take, ",
-        Some(c) if *c == SqlState::CANT_CHANGE_RUNTIME_PARAM => "one set only at server start, ",
-        _ => "",
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => "permission denied",
+        c if *c == SqlState::UNDEFINED_OBJECT => "a setting this server does not know",
+        c if *c == SqlState::INVALID_PARAMETER_VALUE => "a value it does not take",
+        c if *c == SqlState::CANT_CHANGE_RUNTIME_PARAM => "one set only at server start",
+        _ => return None,
     };
-    format!("{words}SQLSTATE {}", code.map_or("", SqlState::code))
+    Some(format!("{words}, SQLSTATE {}", code.code()))
 }
 
 /// The server's refusal of one of [`statements`] (giving `setting`, if one), with what to do. A

@@ -246,7 +246,8 @@ impl LoadSession {
     /// run with its rights. Called after the pre-data DDL, which creates them; empty for any
     /// other role.
     pub async fn functions_run_as_superuser(&self) -> Result<Vec<String>> {
-        let sql = "WITH used AS ( \
+        let sql = concat!(
+            "WITH used AS ( \
                      SELECT d.refobjid AS fn FROM pg_catalog.pg_depend d \
                      WHERE d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
                        AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
@@ -265,10 +266,10 @@ impl LoadSession {
                    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
                        WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e') \
-                     AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
-                       AND (pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER') \
-                            OR pg_catalog.pg_has_role(session_user, s.oid, 'MEMBER'))) \
-                   ORDER BY 1";
+                     AND ",
+            super::acts_as_superuser!(),
+            " ORDER BY 1"
+        );
         Ok(self.client.query(sql, &[]).await?.iter().map(|row| row.get(0)).collect())
     }
 

@@ -320,12 +320,20 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Whether the session can act as a superuser: its role is one or a member of one (it can `SET
-/// ROLE` to it, and holds what it owns), or its login is (after `SET ROLE`, code the session
-/// runs can `RESET ROLE` back to the login).
-const ACTS_AS_SUPERUSER: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
-                                 AND (pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER') \
-                                      OR pg_catalog.pg_has_role(session_user, s.oid, 'MEMBER')))";
+/// The condition that the session can act as a superuser: its role is one or a member of one (it
+/// can `SET ROLE` to it, and holds what it owns), or its login is (after `SET ROLE`, code the
+/// session runs can `RESET ROLE` back to the login).
+macro_rules! acts_as_superuser {
+    () => {
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
+           AND (pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER') \
+                OR pg_catalog.pg_has_role(session_user, s.oid, 'MEMBER')))"
+    };
+}
+use acts_as_superuser;
+
+/// Whether the session can act as a superuser ([`acts_as_superuser`]).
+const ACTS_AS_SUPERUSER: &str = concat!("SELECT ", acts_as_superuser!());
 
 /// The condition on `n.nspname` that keeps only user schemas.
 const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
