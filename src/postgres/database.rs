@@ -6,7 +6,7 @@ use super::load::Server;
 use super::script::LeaveOut;
 use super::{quote_ident, quote_literal};
 use crate::error::{Error, Result};
-use crate::repo::{DatabaseObject, DatabasePrivilege, DatabaseSetting};
+use crate::repo::{DatabaseObject, DatabasePrivilege, DatabaseSetting, RoleRecord};
 
 /// Settings whose value is a list of names, each quoted on its own (PostgreSQL's
 /// `GUC_LIST_QUOTE`, as pg_dump lists them): `search_path` set to the one literal
@@ -51,28 +51,26 @@ pub fn statements(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> V
 }
 
 /// One of [`statements`], with what it gives.
-struct Given<'a> {
+struct Given {
     sql: String,
-    /// The role it names: owner, grantee, or the role a setting is for.
-    role: Option<&'a str>,
     /// The setting it gives: its place in `object.settings`.
     setting: Option<usize>,
 }
 
-fn given<'a>(name: &str, object: &'a DatabaseObject, leave_out: LeaveOut) -> Vec<Given<'a>> {
+fn given(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> Vec<Given> {
     let database = quote_ident(name);
     let mut sql = Vec::new();
-    let mut give = |text: String, role: Option<&'a str>, setting: Option<usize>| {
-        sql.push(Given { sql: text, role, setting });
+    let mut give = |text: String, setting: Option<usize>| {
+        sql.push(Given { sql: text, setting });
     };
     if !leave_out.owners {
-        give(format!("ALTER DATABASE {database} OWNER TO {}", quote_ident(&object.owner)), Some(&object.owner), None);
+        give(format!("ALTER DATABASE {database} OWNER TO {}", quote_ident(&object.owner)), None);
     }
     if !leave_out.privileges {
-        give(format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"), None, None);
+        give(format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"), None);
         if !leave_out.owners {
             let owner = &object.owner;
-            give(format!("REVOKE ALL ON DATABASE {database} FROM {}", quote_ident(owner)), Some(owner), None);
+            give(format!("REVOKE ALL ON DATABASE {database} FROM {}", quote_ident(owner)), None);
         }
         for privilege in granted(object, leave_out) {
             let grantee = privilege.grantee.as_deref().map_or_else(|| "PUBLIC".to_string(), quote_ident);
@@ -80,7 +78,7 @@ fn given<'a>(name: &str, object: &'a DatabaseObject, leave_out: LeaveOut) -> Vec
             // The catalog has no other; anything else is not pasted into SQL.
             let what @ ("CONNECT" | "CREATE" | "TEMPORARY") = privilege.privilege.as_str() else { continue };
             let text = format!("GRANT {what} ON DATABASE {database} TO {grantee}{option}");
-            give(text, privilege.grantee.as_deref(), None);
+            give(text, None);
         }
     }
     for (place, setting) in object.settings.iter().enumerate() {
@@ -89,10 +87,10 @@ fn given<'a>(name: &str, object: &'a DatabaseObject, leave_out: LeaveOut) -> Vec
             None => format!("ALTER DATABASE {database}"),
         };
         let text = format!("{scope} SET {} TO {}", quote_ident(&setting.name), value(setting));
-        give(text, setting.role.as_deref(), Some(place));
+        give(text, Some(place));
     }
     if object.connection_limit != -1 {
-        give(format!("ALTER DATABASE {database} CONNECTION LIMIT {}", object.connection_limit), None, None);
+        give(format!("ALTER DATABASE {database} CONNECTION LIMIT {}", object.connection_limit), None);
     }
     sql
 }
@@ -227,14 +225,15 @@ impl Server {
     /// now (`--no-owner`, `--no-acl` are the ways out). A setting refused (one only a superuser
     /// may set, one this server does not know, a value it does not take) is left out of `object`,
     /// each said in the warnings returned: a database without it beats no database at 3 a.m.
-    /// Statements naming a role in `not_yet` (made by `--create-roles` as the load starts) are not
-    /// tried. The settings of superusers here are left out first, as the finish leaves them.
+    /// The roles `--create-roles` will make as the load starts (`to_make`) are made first, as the
+    /// load makes them, and undone with the rest: what the finish gives them is tried too. The
+    /// settings of superusers here are left out first, as the finish leaves them.
     pub async fn try_giving(
         &self,
         loading: &str,
         object: &mut DatabaseObject,
         (leave_out, role): (LeaveOut, Option<&str>),
-        not_yet: &[&str],
+        to_make: &[&RoleRecord],
     ) -> Result<Vec<String>> {
         *object = self.without_superusers_settings(object).await?;
         let client = self.client();
@@ -242,11 +241,12 @@ impl Server {
         if let Some(role) = role {
             client.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).await?;
         }
+        if let Err(error) = super::load::create_roles(client, to_make).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(Error::Invalid(format!("making the roles --create-roles makes: {error}; nothing was created")));
+        }
         let mut left_out = Vec::new();
         for given in given(loading, object, leave_out) {
-            if given.role.is_some_and(|role| not_yet.contains(&role)) {
-                continue;
-            }
             client.batch_execute("SAVEPOINT giving").await?;
             let Err(error) = client.batch_execute(&given.sql).await else {
                 client.batch_execute("RELEASE SAVEPOINT giving").await?;

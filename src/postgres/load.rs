@@ -317,83 +317,12 @@ impl LoadSession {
 
     /// Which of `roles` the server lacks.
     pub async fn missing_roles<'r>(&self, roles: &[&'r RoleRecord]) -> Result<Vec<&'r RoleRecord>> {
-        let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
-        let present: std::collections::HashSet<String> = self
-            .client
-            .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY ($1)", &[&names])
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        Ok(roles.iter().filter(|r| !present.contains(&r.name)).copied().collect())
+        missing_roles(&self.client, roles).await
     }
 
-    /// Creates `roles` without login or password (and without their other attributes: a
-    /// restore grants no power the admin did not), in the caller's transaction, then makes
-    /// each a member of the roles it was a member of that exist. Returns the memberships left
-    /// out (`role in group`) because the group does not exist.
+    /// [`create_roles`], on this session.
     pub async fn create_roles(&self, roles: &[&RoleRecord]) -> Result<(Vec<String>, Vec<String>)> {
-        // Another restore (into another database: advisory locks do not reach) may make the same
-        // role at the same time: its CREATE ROLE waits for the other's transaction, then finds
-        // the name taken. Such a role is the other's, not made (nor undone) here.
-        let roles = self.missing_roles(roles).await?;
-        let mut created = Vec::new();
-        for role in &roles {
-            self.client.batch_execute("SAVEPOINT crmvault_role").await?;
-            match self.client.batch_execute(&format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name))).await {
-                Ok(()) => {
-                    self.client.batch_execute("RELEASE SAVEPOINT crmvault_role").await?;
-                    created.push(role.name.clone());
-                }
-                Err(error)
-                    if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-                        || error.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) =>
-                {
-                    tracing::debug!(role = %role.name, "made meanwhile by another restore");
-                    self.client.batch_execute("ROLLBACK TO SAVEPOINT crmvault_role").await?;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        let roles: Vec<&RoleRecord> = roles.into_iter().filter(|role| created.contains(&role.name)).collect();
-        let mut left_out = Vec::new();
-        for role in roles {
-            for group in &role.member_of {
-                // A membership is power: one in a role that is a superuser, creates roles,
-                // bypasses row security, replicates, or is one of the server's predefined
-                // roles (pg_read_server_files …) is not given by a restore.
-                // The group's powers, and those of every role it is a member of (a membership
-                // hands on what the group inherits).
-                let powers: Option<bool> = self
-                    .client
-                    .query_one(
-                        "WITH RECURSIVE up(oid) AS ( \
-                           SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
-                           UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN up ON m.member = up.oid) \
-                         SELECT bool_or(r.rolsuper OR r.rolcreaterole OR r.rolbypassrls OR r.rolreplication \
-                                        OR r.rolname LIKE 'pg\\_%') \
-                         FROM up JOIN pg_catalog.pg_roles r ON r.oid = up.oid",
-                        &[group],
-                    )
-                    .await?
-                    .get(0);
-                match powers {
-                    Some(false) => {
-                        self.client
-                            .batch_execute(&format!("GRANT {} TO {}", quote_ident(group), quote_ident(&role.name)))
-                            .await?;
-                    }
-                    Some(true) => {
-                        left_out.push(format!(
-                            "{} in {group} (a role with powers, or a member of one: grant it yourself)",
-                            role.name
-                        ));
-                    }
-                    None => left_out.push(format!("{} in {group} (no such role here)", role.name)),
-                }
-            }
-        }
-        Ok((created, left_out))
+        create_roles(&self.client, roles).await
     }
 
     /// Drops roles a failed restore created (after what it created is dropped).
@@ -485,6 +414,85 @@ pub enum OnConflict {
     Skip,
     /// The live row takes the snapshot's values.
     Update,
+}
+
+/// Which of `roles` the server lacks.
+async fn missing_roles<'r>(client: &Client, roles: &[&'r RoleRecord]) -> Result<Vec<&'r RoleRecord>> {
+    let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    let present: std::collections::HashSet<String> = client
+        .query("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY ($1)", &[&names])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(roles.iter().filter(|r| !present.contains(&r.name)).copied().collect())
+}
+
+/// Creates `roles` without login or password (and without their other attributes: a
+/// restore grants no power the admin did not), in the caller's transaction, then makes
+/// each a member of the roles it was a member of that exist. Returns the memberships left
+/// out (`role in group`) because the group does not exist.
+pub(super) async fn create_roles(client: &Client, roles: &[&RoleRecord]) -> Result<(Vec<String>, Vec<String>)> {
+    // Another restore (into another database: advisory locks do not reach) may make the same
+    // role at the same time: its CREATE ROLE waits for the other's transaction, then finds
+    // the name taken. Such a role is the other's, not made (nor undone) here.
+    let roles = missing_roles(client, roles).await?;
+    let mut created = Vec::new();
+    for role in &roles {
+        client.batch_execute("SAVEPOINT crmvault_role").await?;
+        match client.batch_execute(&format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name))).await {
+            Ok(()) => {
+                client.batch_execute("RELEASE SAVEPOINT crmvault_role").await?;
+                created.push(role.name.clone());
+            }
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                    || error.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) =>
+            {
+                tracing::debug!(role = %role.name, "made meanwhile by another restore");
+                client.batch_execute("ROLLBACK TO SAVEPOINT crmvault_role").await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let roles: Vec<&RoleRecord> = roles.into_iter().filter(|role| created.contains(&role.name)).collect();
+    let mut left_out = Vec::new();
+    for role in roles {
+        for group in &role.member_of {
+            // A membership is power: one in a role that is a superuser, creates roles,
+            // bypasses row security, replicates, or is one of the server's predefined
+            // roles (pg_read_server_files …) is not given by a restore.
+            // The group's powers, and those of every role it is a member of (a membership
+            // hands on what the group inherits).
+            let powers: Option<bool> = client
+                .query_one(
+                    "WITH RECURSIVE up(oid) AS ( \
+                       SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
+                       UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN up ON m.member = up.oid) \
+                     SELECT bool_or(r.rolsuper OR r.rolcreaterole OR r.rolbypassrls OR r.rolreplication \
+                                    OR r.rolname LIKE 'pg\\_%') \
+                     FROM up JOIN pg_catalog.pg_roles r ON r.oid = up.oid",
+                    &[group],
+                )
+                .await?
+                .get(0);
+            match powers {
+                Some(false) => {
+                    client
+                        .batch_execute(&format!("GRANT {} TO {}", quote_ident(group), quote_ident(&role.name)))
+                        .await?;
+                }
+                Some(true) => {
+                    left_out.push(format!(
+                        "{} in {group} (a role with powers, or a member of one: grant it yourself)",
+                        role.name
+                    ));
+                }
+                None => left_out.push(format!("{} in {group} (no such role here)", role.name)),
+            }
+        }
+    }
+    Ok((created, left_out))
 }
 
 /// A database server, through its `postgres` database: creating, naming, renaming and

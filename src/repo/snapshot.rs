@@ -545,6 +545,8 @@ pub struct SealedSnapshot {
     header_line: Bytes,
     mac: String,
     manifest_ciphertext: Bytes,
+    /// [`Self::keep_header_only`] let go of the bytes: opening it again is a bug, said as one.
+    header_only: bool,
     /// BLAKE3 of the whole stored object (what a generation's `carried` list names).
     pub object_hash: String,
     /// Bytes of the whole stored object.
@@ -615,6 +617,7 @@ impl SealedSnapshot {
             header_line: lines.header_line,
             mac: lines.mac,
             manifest_ciphertext,
+            header_only: false,
             object_hash: crypto::object_hash(bytes),
             object_size: bytes.len() as u64,
         })
@@ -622,16 +625,29 @@ impl SealedSnapshot {
 
     /// Lets go of the stored object's bytes, for one opened already whose header is all that is
     /// still needed: a year of headers' text is tens of MiB beside their parsed lists. It cannot
-    /// be opened again (its MAC no longer verifies: an error, never a false success).
+    /// be opened again: an internal error, never a false success nor a blamed storage.
     pub fn keep_header_only(&mut self) {
+        self.header_only = true;
         self.version_line = Bytes::new();
         self.header_line = Bytes::new();
         self.manifest_ciphertext = Bytes::new();
     }
 
+    /// Refuses a snapshot whose bytes [`Self::keep_header_only`] let go of.
+    fn whole(&self) -> Result<()> {
+        if self.header_only {
+            return Err(Error::Internal(format!(
+                "snapshot {} was opened again after its bytes were let go of",
+                self.id.short()
+            )));
+        }
+        Ok(())
+    }
+
     /// Its manifest as sealed, to store the same snapshot (same id, same manifest) again with
     /// another header (`rekey --reencrypt` on a second target). Call after [`Self::open`].
     pub fn sealed_manifest(&self, keyring: &Keyring) -> Result<SealedManifest> {
+        self.whole()?;
         let compressed = keyring.decrypt(&snapshot_key(&self.id), &self.manifest_ciphertext)?;
         Ok(SealedManifest { id: self.id.clone(), compressed, ciphertext: self.manifest_ciphertext.to_vec() })
     }
@@ -645,6 +661,7 @@ impl SealedSnapshot {
     /// repository's keys (the MAC is checked before the manifest is parsed). An admin's
     /// keyring also opens the admin-only part and fills in the stream digests.
     pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
+        self.whole()?;
         let key = snapshot_key(&self.id);
         // Written under the config this keyring was unlocked with, or carried from an earlier
         // generation by a `rekey`: anything else was written with a key since retired, or is

@@ -431,10 +431,10 @@ pub(crate) async fn restore(
     if let Some(object) = manifest.database_object.as_mut()
         && options.create.as_deref() == Some(RESTORING_MARK)
     {
-        let not_yet: Vec<&str> = missing.iter().map(|role| role.name.as_str()).collect();
+        let to_make: Vec<&RoleRecord> = missing.iter().collect();
         let server = postgres::Server::of(&options.database).await?;
         let giving = (leave_out, options.role.as_deref());
-        for warning in server.try_giving(&options.database.name(), object, giving, &not_yet).await? {
+        for warning in server.try_giving(&options.database.name(), object, giving, &to_make).await? {
             tracing::warn!("{warning}");
             warnings.push(warning);
         }

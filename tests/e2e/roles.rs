@@ -218,6 +218,56 @@ fn restore_create_as_a_role_leaves_out_the_settings_the_server_refuses_it_before
     drop_roles(&[loader]);
 }
 
+/// A role `--create-roles` makes is given its settings in the new database at the finish, after
+/// the load: what the server refuses it is found before the load all the same, the role made
+/// for the try and undone with it.
+#[test]
+fn restore_create_tries_the_settings_of_the_roles_it_will_make_before_the_load() {
+    let pid = std::process::id();
+    let (loader, later) = (format!("cv_maker_{pid}"), format!("cv_later_{pid}"));
+    let roles = [loader.clone(), later.clone()];
+    drop_roles(&roles);
+    psql("postgres", &format!("CREATE ROLE \"{loader}\" NOLOGIN CREATEROLE; CREATE ROLE \"{later}\" NOLOGIN"));
+    let Ready { source, work, repo, .. } = Scenario::new("roles_later")
+        .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1), (2)")
+        .init("repo")
+        .backup();
+    let db = &source.name;
+    psql(
+        "postgres",
+        &format!(
+            "ALTER ROLE \"{later}\" IN DATABASE {db} SET log_statement = 'all'; \
+             ALTER ROLE \"{later}\" IN DATABASE {db} SET work_mem = '8MB'"
+        ),
+    );
+    work.backup(&source, &repo);
+    drop_roles(std::slice::from_ref(&later));
+    let created = TestDb::create("roles_later_created");
+    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    let args = ["--json", "--create", "--create-roles", "--role", &loader, "--no-owner", "--no-acl", "latest"];
+    let run = work.restore_with(&repo, &created, &args);
+    assert_eq!(run.code, 0, "a setting refused to a role made by the restore cost the whole restore: {}", run.stderr);
+    let said = format!(
+        "left out: the setting log_statement of role {later} in the new database: the server refused it to {loader} \
+         (permission denied, SQLSTATE 42501)"
+    );
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+    assert_eq!(run.json()["roles_created"], serde_json::json!([later]), "{}", run.stdout);
+    let settings = psql(
+        "postgres",
+        &format!(
+            "SELECT r.rolname || ':' || array_to_string(setconfig, ';') FROM pg_db_role_setting s \
+             JOIN pg_database d ON d.oid = s.setdatabase JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = '{}'",
+            created.name
+        ),
+    );
+    assert_eq!(settings.trim(), format!("{later}:work_mem=8MB"));
+    assert_eq!(created.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.t").trim(), "1,2");
+    drop(created);
+    drop(source);
+    drop_roles(&[later, loader]);
+}
+
 #[test]
 fn two_restores_creating_the_same_roles_at_once_both_succeed() {
     let pid = std::process::id();
