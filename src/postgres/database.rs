@@ -53,6 +53,12 @@ pub fn statements(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> V
 /// One of [`statements`], with what it gives.
 struct Given {
     sql: String,
+    /// For a setting, the same without its value: a harmless setting made in the same place,
+    /// then this one reset, which the server checks as it checks a value given (the name, the
+    /// role's right to set it, whether it may be set there) but for the value. A statement the
+    /// server refuses goes to its log, text and all (`log_min_error_statement`), and a value may
+    /// be a secret (PostgREST's `app.jwt_secret`, which only a superuser may set).
+    probe: Option<String>,
     /// The setting it gives: its place in `object.settings`.
     setting: Option<usize>,
 }
@@ -60,17 +66,17 @@ struct Given {
 fn given(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> Vec<Given> {
     let database = quote_ident(name);
     let mut sql = Vec::new();
-    let mut give = |text: String, setting: Option<usize>| {
-        sql.push(Given { sql: text, setting });
+    let mut give = |text: String, setting: Option<usize>, probe: Option<String>| {
+        sql.push(Given { sql: text, probe, setting });
     };
     if !leave_out.owners {
-        give(format!("ALTER DATABASE {database} OWNER TO {}", quote_ident(&object.owner)), None);
+        give(format!("ALTER DATABASE {database} OWNER TO {}", quote_ident(&object.owner)), None, None);
     }
     if !leave_out.privileges {
-        give(format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"), None);
+        give(format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"), None, None);
         if !leave_out.owners {
             let owner = &object.owner;
-            give(format!("REVOKE ALL ON DATABASE {database} FROM {}", quote_ident(owner)), None);
+            give(format!("REVOKE ALL ON DATABASE {database} FROM {}", quote_ident(owner)), None, None);
         }
         for privilege in granted(object, leave_out) {
             let grantee = privilege.grantee.as_deref().map_or_else(|| "PUBLIC".to_string(), quote_ident);
@@ -78,7 +84,7 @@ fn given(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> Vec<Given>
             // The catalog has no other; anything else is not pasted into SQL.
             let what @ ("CONNECT" | "CREATE" | "TEMPORARY") = privilege.privilege.as_str() else { continue };
             let text = format!("GRANT {what} ON DATABASE {database} TO {grantee}{option}");
-            give(text, None);
+            give(text, None, None);
         }
     }
     for (place, setting) in object.settings.iter().enumerate() {
@@ -87,10 +93,11 @@ fn given(name: &str, object: &DatabaseObject, leave_out: LeaveOut) -> Vec<Given>
             None => format!("ALTER DATABASE {database}"),
         };
         let text = format!("{scope} SET {} TO {}", quote_ident(&setting.name), value(setting));
-        give(text, Some(place));
+        let probe = format!("{scope} SET application_name TO 'crmvault'; {scope} RESET {}", quote_ident(&setting.name));
+        give(text, Some(place), Some(probe));
     }
     if object.connection_limit != -1 {
-        give(format!("ALTER DATABASE {database} CONNECTION LIMIT {}", object.connection_limit), None);
+        give(format!("ALTER DATABASE {database} CONNECTION LIMIT {}", object.connection_limit), None, None);
     }
     sql
 }
@@ -247,15 +254,24 @@ impl Server {
         }
         let mut left_out = Vec::new();
         for given in given(loading, object, leave_out) {
-            client.batch_execute("SAVEPOINT giving").await?;
-            let Err(error) = client.batch_execute(&given.sql).await else {
-                client.batch_execute("RELEASE SAVEPOINT giving").await?;
-                continue;
-            };
-            if error.as_db_error().is_none() {
-                return Err(error.into());
+            // A setting is tried without its value first (`Given::probe`), then with it; the
+            // probe is undone, the statement kept for the ones after it.
+            let tries = given.probe.iter().map(|probe| (probe, false)).chain([(&given.sql, true)]);
+            let mut failed = None;
+            for (statement, keep) in tries {
+                client.batch_execute("SAVEPOINT giving").await?;
+                match client.batch_execute(statement).await {
+                    Ok(()) if keep => client.batch_execute("RELEASE SAVEPOINT giving").await?,
+                    Ok(()) => client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?,
+                    Err(error) if error.as_db_error().is_none() => return Err(error.into()),
+                    Err(error) => {
+                        client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
+                        failed = Some(error);
+                        break;
+                    }
+                }
             }
-            client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
+            let Some(error) = failed else { continue };
             // Only a refusal leaves a setting out; a timeout, a deadlock, … is an error.
             let Some((place, why)) = given.setting.zip(refusal(&error)) else {
                 let _ = client.batch_execute("ROLLBACK").await;

@@ -185,18 +185,30 @@ fn restore_create_as_a_role_leaves_out_the_settings_the_server_refuses_it_before
         .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1), (2)")
         .init("repo")
         .backup();
-    // log_statement only a superuser may set; work_mem anyone.
+    // log_statement and custom settings (on PostgreSQL 15) only a superuser may set; work_mem
+    // anyone. A custom setting may be a secret, as PostgREST's JWT secret is.
     let db = &source.name;
+    let secret = format!("cv-jwt-secret-{}", std::process::id());
     psql(
         "postgres",
-        &format!("ALTER DATABASE {db} SET log_statement = 'all'; ALTER DATABASE {db} SET work_mem = '8MB'"),
+        &format!(
+            "ALTER DATABASE {db} SET log_statement = 'all'; ALTER DATABASE {db} SET work_mem = '8MB'; \
+             ALTER DATABASE {db} SET app.jwt_secret = '{secret}'"
+        ),
     );
     work.backup(&source, &repo);
     let created = TestDb::create("roles_settings_created");
     psql("postgres", &format!("DROP DATABASE {}", created.name));
     let args = ["--json", "--create", "--role", &loader, "--no-owner", "--no-acl", "latest"];
+    let logged_before = server_log_length();
     let run = work.restore_with(&repo, &created, &args);
     assert_eq!(run.code, 0, "a refused setting cost the whole restore: {}", run.stderr);
+    // The refusals reached the server's log (it logs failing statements), the secret did not.
+    let logged = server_log_since(logged_before);
+    assert!(!logged.contains(&secret), "a setting's value reached the server's log: {logged}");
+    assert!(logged.contains("RESET \"app.jwt_secret\""), "the refusal was not tried, or not logged: {logged}");
+    assert!(!run.stderr.contains(&secret) && !run.stdout.contains(&secret), "{}", run.stderr);
+    assert!(run.stderr.contains("left out: the setting app.jwt_secret in the new database"), "{}", run.stderr);
     let said = format!(
         "left out: the setting log_statement in the new database: the server refused it to {loader} (permission denied, \
          SQLSTATE 42501)"

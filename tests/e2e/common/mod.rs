@@ -347,3 +347,32 @@ pub fn skip(reason: &str) {
     assert!(std::env::var_os("CI").is_none(), "this test cannot run here, and CI is set: {reason}");
     eprintln!("skipped: {reason}");
 }
+
+/// The test server's log (`CRMVAULT_TEST_SERVER_LOG`, or where Debian's packages write it for
+/// the server's major version), to check what reached it.
+pub fn server_log_path() -> PathBuf {
+    if let Ok(path) = std::env::var("CRMVAULT_TEST_SERVER_LOG") {
+        return PathBuf::from(path);
+    }
+    let version = psql("postgres", "SHOW server_version_num");
+    let major = version.trim().parse::<u32>().expect("a server version") / 10000;
+    PathBuf::from(format!("/var/log/postgresql/postgresql-{major}-main.log"))
+}
+
+/// How long the server's log is now: [`server_log_since`] reads what comes after.
+pub fn server_log_length() -> u64 {
+    let path = server_log_path();
+    std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (set CRMVAULT_TEST_SERVER_LOG to the server's log)", path.display()))
+        .len()
+}
+
+/// What the server logged after `start` ([`server_log_length`]).
+pub fn server_log_since(start: u64) -> String {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(server_log_path()).expect("the server's log");
+    file.seek(std::io::SeekFrom::Start(start)).expect("seek in the server's log");
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).expect("read the server's log");
+    String::from_utf8_lossy(&text).into_owned()
+}
