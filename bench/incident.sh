@@ -24,7 +24,7 @@ for tool in psql pg_dump pg_restore /usr/bin/time; do
 done
 
 cargo build --release --quiet
-crmvault=$PWD/target/release/crmvault
+crmvault=${CARGO_TARGET_DIR:-$PWD/target}/release/crmvault
 
 rm -rf "$work"
 mkdir -p "$work"

@@ -34,7 +34,7 @@ done
 have_restic=$(command -v restic >/dev/null && echo yes || echo no)
 
 cargo build --release --quiet
-crmvault=$PWD/target/release/crmvault
+crmvault=${CARGO_TARGET_DIR:-$PWD/target}/release/crmvault
 
 rm -rf "$work"
 mkdir -p "$work"
