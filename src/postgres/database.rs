@@ -179,16 +179,20 @@ impl Server {
             None => None,
         };
         let (loading, name) = (quote_ident(finish.loading), quote_ident(finish.name));
-        // Each statement with the setting it gives, if it gives one.
-        let mut given: Vec<(String, Option<&str>)> = match &object {
+        // Each statement with the name of the setting it gives, if it gives one.
+        let mut given: Vec<(Given, Option<&str>)> = match &object {
             Some(object) => given(finish.loading, object, finish.leave_out)
                 .into_iter()
-                .map(|given| (given.sql, given.setting.map(|place| object.settings[place].name.as_str())))
+                .map(|given| {
+                    let setting = given.setting.map(|place| object.settings[place].name.as_str());
+                    (given, setting)
+                })
                 .collect(),
             None => Vec::new(),
         };
         if object.is_none() || finish.leave_out.privileges {
-            given.push((format!("GRANT CONNECT, TEMPORARY ON DATABASE {loading} TO PUBLIC"), None));
+            let sql = format!("GRANT CONNECT, TEMPORARY ON DATABASE {loading} TO PUBLIC");
+            given.push((Given { sql, probe: None, setting: None }, None));
         }
         let comment = object.as_ref().and_then(|o| o.comment.as_deref()).map_or_else(|| "NULL".into(), quote_literal);
         let mut tries = 0;
@@ -198,10 +202,15 @@ impl Server {
                 client.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).await?;
             }
             for (statement, setting) in &given {
-                if let Err(error) = client.batch_execute(statement).await {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(refused(statement, *setting, &error));
-                }
+                // Probed as in the try: what changed since (a right revoked during the load) is
+                // refused without the value.
+                let failed = match give(client, statement).await {
+                    Ok(None) => continue,
+                    Ok(Some(error)) => refused(&statement.sql, *setting, &error),
+                    Err(error) => error,
+                };
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(failed);
             }
             let renamed = client
                 .batch_execute(&format!(
@@ -245,36 +254,44 @@ impl Server {
         *object = self.without_superusers_settings(object).await?;
         let client = self.client();
         client.batch_execute("BEGIN").await?;
+        // Whatever happens, nothing tried stays: the roles made, the statements given.
+        let tried = self.try_in_transaction(loading, object, (leave_out, role), to_make).await;
+        let rolled_back = client.batch_execute("ROLLBACK").await;
+        let left_out = tried?;
+        rolled_back?;
+        let places: Vec<usize> = left_out.iter().map(|(place, _)| *place).collect();
+        object.settings = std::mem::take(&mut object.settings)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(place, setting)| (!places.contains(&place)).then_some(setting))
+            .collect();
+        Ok(left_out.into_iter().map(|(_, warning)| warning).collect())
+    }
+
+    /// [`Server::try_giving`]'s work, in the transaction it opened: the settings refused, each
+    /// by its place in `object.settings` with its warning.
+    async fn try_in_transaction(
+        &self,
+        loading: &str,
+        object: &DatabaseObject,
+        (leave_out, role): (LeaveOut, Option<&str>),
+        to_make: &[&RoleRecord],
+    ) -> Result<Vec<(usize, String)>> {
+        let client = self.client();
         if let Some(role) = role {
             client.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).await?;
         }
         if let Err(error) = super::load::create_roles(client, to_make).await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(Error::Invalid(format!("making the roles --create-roles makes: {error}; nothing was created")));
+            return Err(Error::Invalid(format!(
+                "making the roles --create-roles makes: {}; nothing was created",
+                crate::error::printable(&error.to_string())
+            )));
         }
         let mut left_out = Vec::new();
         for given in given(loading, object, leave_out) {
-            // A setting is tried without its value first (`Given::probe`), then with it; the
-            // probe is undone, the statement kept for the ones after it.
-            let tries = given.probe.iter().map(|probe| (probe, false)).chain([(&given.sql, true)]);
-            let mut failed = None;
-            for (statement, keep) in tries {
-                client.batch_execute("SAVEPOINT giving").await?;
-                match client.batch_execute(statement).await {
-                    Ok(()) if keep => client.batch_execute("RELEASE SAVEPOINT giving").await?,
-                    Ok(()) => client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?,
-                    Err(error) if error.as_db_error().is_none() => return Err(error.into()),
-                    Err(error) => {
-                        client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
-                        failed = Some(error);
-                        break;
-                    }
-                }
-            }
-            let Some(error) = failed else { continue };
+            let Some(error) = give(client, &given).await? else { continue };
             // Only a refusal leaves a setting out; a timeout, a deadlock, … is an error.
             let Some((place, why)) = given.setting.zip(refusal(&error)) else {
-                let _ = client.batch_execute("ROLLBACK").await;
                 return Err(refused(
                     &given.sql,
                     given.setting.map(|place| object.settings[place].name.as_str()),
@@ -295,14 +312,7 @@ impl Server {
                 ),
             ));
         }
-        client.batch_execute("ROLLBACK").await?;
-        let places: Vec<usize> = left_out.iter().map(|(place, _)| *place).collect();
-        object.settings = std::mem::take(&mut object.settings)
-            .into_iter()
-            .enumerate()
-            .filter_map(|(place, setting)| (!places.contains(&place)).then_some(setting))
-            .collect();
-        Ok(left_out.into_iter().map(|(_, warning)| warning).collect())
+        Ok(left_out)
     }
 
     /// `object` without the settings of roles that are superusers on this server: a source
@@ -332,6 +342,35 @@ impl Server {
             _ => true,
         });
         Ok(kept)
+    }
+}
+
+/// Runs one of [`given`]'s statements in the caller's transaction, under a savepoint: `None`
+/// when it is given, else the server's error (the statement undone, the transaction usable).
+/// A setting's probe goes first: refused as such ([`refusal`]), the statement is not sent, so
+/// its value does not reach the server's log. A probe failing otherwise (a setting that cannot
+/// be reset, such as PostgreSQL 16's `transaction_read_only`) leaves the statement to decide.
+async fn give(client: &tokio_postgres::Client, given: &Given) -> Result<Option<tokio_postgres::Error>> {
+    client.batch_execute("SAVEPOINT giving").await?;
+    if let Some(probe) = &given.probe {
+        let probed = client.batch_execute(probe).await;
+        client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
+        match probed {
+            Err(error) if error.as_db_error().is_none() => return Err(error.into()),
+            Err(error) if refusal(&error).is_some() => return Ok(Some(error)),
+            _ => {}
+        }
+    }
+    match client.batch_execute(&given.sql).await {
+        Ok(()) => {
+            client.batch_execute("RELEASE SAVEPOINT giving").await?;
+            Ok(None)
+        }
+        Err(error) if error.as_db_error().is_none() => Err(error.into()),
+        Err(error) => {
+            client.batch_execute("ROLLBACK TO SAVEPOINT giving").await?;
+            Ok(Some(error))
+        }
     }
 }
 

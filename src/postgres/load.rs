@@ -436,7 +436,10 @@ pub(super) async fn create_roles(client: &Client, roles: &[&RoleRecord]) -> Resu
     // Another restore (into another database: advisory locks do not reach) may make the same
     // role at the same time: its CREATE ROLE waits for the other's transaction, then finds
     // the name taken. Such a role is the other's, not made (nor undone) here.
-    let roles = missing_roles(client, roles).await?;
+    // In one order, byte by byte: two restores making the same roles (or a restore's try and
+    // another's load) each wait for the other's CREATE ROLE, never for each other.
+    let mut roles = missing_roles(client, roles).await?;
+    roles.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let mut created = Vec::new();
     for role in &roles {
         client.batch_execute("SAVEPOINT crmvault_role").await?;

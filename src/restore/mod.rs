@@ -424,6 +424,10 @@ pub(crate) async fn restore(
             roles: missing.iter().map(|role| describe_role(role)).collect(),
         });
     }
+    // Made for the try below (and undone): the missing roles the database itself names, no
+    // others to wait on.
+    let to_make: Vec<RoleRecord> =
+        missing.iter().filter(|role| database_roles.contains(&role.name.as_str())).map(|&role| role.clone()).collect();
     let missing: Vec<RoleRecord> = missing.into_iter().cloned().collect();
     drop(needed);
     // `--create`: what the new database itself is given at the end is tried now, on it empty,
@@ -431,7 +435,7 @@ pub(crate) async fn restore(
     if let Some(object) = manifest.database_object.as_mut()
         && options.create.as_deref() == Some(RESTORING_MARK)
     {
-        let to_make: Vec<&RoleRecord> = missing.iter().collect();
+        let to_make: Vec<&RoleRecord> = to_make.iter().collect();
         let server = postgres::Server::of(&options.database).await?;
         let giving = (leave_out, options.role.as_deref());
         for warning in server.try_giving(&options.database.name(), object, giving, &to_make).await? {
