@@ -20,7 +20,7 @@ use crate::postgres::script::TableName;
 use crate::postgres::{LoadSession, OnConflict};
 use crate::repo::{Manifest, TableManifest};
 
-use super::rows::{self, Lines};
+use super::rows::Lines;
 use super::streams::Streams;
 use super::{ExistingContents, RestoreOptions, RowsWritten};
 
@@ -99,19 +99,40 @@ struct Wanted {
 
 /// The fields `at` of a row joined by tabs; `None` when one is NULL (it references nothing).
 fn key_of(line: &[u8], at: &[usize]) -> Option<Vec<u8>> {
-    let fields: Vec<&[u8]> = rows::fields(line).collect();
     let mut key = Vec::new();
+    key_into(line, at, &mut Vec::new(), &mut key).then_some(key)
+}
+
+/// [`key_of`] into `key`, with `bounds` for the fields' places (both kept by the caller from
+/// row to row: a scan asks it of every row of every table it reads); false for `None`. The
+/// row is split only as far as the last field asked for.
+fn key_into(line: &[u8], at: &[usize], bounds: &mut Vec<(usize, usize)>, key: &mut Vec<u8>) -> bool {
+    let last = at.iter().copied().max().unwrap_or(0);
+    bounds.clear();
+    let mut start = 0;
+    for tab in memchr::memchr_iter(b'\t', line) {
+        if bounds.len() > last {
+            break;
+        }
+        bounds.push((start, tab));
+        start = tab + 1;
+    }
+    if bounds.len() <= last {
+        bounds.push((start, line.len()));
+    }
+    key.clear();
     for (i, &column) in at.iter().enumerate() {
-        let field = *fields.get(column)?;
+        let Some(&(from, to)) = bounds.get(column) else { return false };
+        let field = &line[from..to];
         if field == b"\\N" {
-            return None;
+            return false;
         }
         if i > 0 {
             key.push(b'\t');
         }
         key.extend_from_slice(field);
     }
-    Some(key)
+    true
 }
 
 /// Where `names` are among a table's columns, if all are.
@@ -433,9 +454,11 @@ async fn scan_all(
         async move {
             let mut new = Vec::new();
             let mut at = 0u64;
+            let (mut bounds, mut key) = (Vec::new(), Vec::new());
             scan(streams, table, |line| {
-                let matches =
-                    conditions.iter().any(|w| key_of(line, &w.columns).is_some_and(|key| w.values.contains(&key)));
+                let matches = conditions
+                    .iter()
+                    .any(|w| key_into(line, &w.columns, &mut bounds, &mut key) && w.values.contains(&key));
                 if matches && seen.insert(at) {
                     new.push(line.to_vec());
                 }
@@ -508,5 +531,9 @@ mod tests {
         assert_eq!(copy_field("a\tb\\c\nd"), b"a\\tb\\\\c\\nd");
         assert_eq!(key_of(b"1\t\\N\tx", &[0, 2]), Some(b"1\tx".to_vec()));
         assert_eq!(key_of(b"1\t\\N\tx", &[1]), None, "a NULL references nothing");
+        assert_eq!(key_of(b"1\t2\tx", &[2, 0]), Some(b"x\t1".to_vec()), "in the order asked");
+        assert_eq!(key_of(b"1\t2", &[2]), None, "a row without the field");
+        assert_eq!(key_of(b"1\t\t3", &[1]), Some(Vec::new()), "an empty field is a value");
+        assert_eq!(key_of(b"abc", &[0]), Some(b"abc".to_vec()));
     }
 }
