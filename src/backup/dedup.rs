@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::repo::{ChunkSet, Keyring, Repository};
+use crate::repo::{ChunkSet, Keyring, ObjectId, Repository};
 
 use super::HeldChunks;
 
@@ -134,7 +134,8 @@ impl<'a> TargetState<'a> {
             Reuse::PresentPacks => None,
             Reuse::ListedPacks => Some(listed_packs(repository).await?),
         };
-        let present_packs: HashMap<String, u64> = repository
+        // Named as packs are (anything else under data/ is no pack to reuse).
+        let present_packs: HashMap<ObjectId, u64> = repository
             .target
             .list("data")
             .await?
@@ -142,6 +143,7 @@ impl<'a> TargetState<'a> {
             .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
             .filter(|(id, _)| !damaged.contains(id))
             .filter(|(id, _)| listed.as_ref().is_none_or(|listed| listed.contains(id)))
+            .filter_map(|(id, size)| Some((id.parse().ok()?, size)))
             .collect();
         let index_sizes: HashMap<String, u64> = repository
             .target

@@ -335,7 +335,7 @@ pub(super) struct HeldChunks {
     /// Every chunk the target's indexes know of.
     pub(super) index: ChunkIndex,
     /// Packs present in storage, with their sizes.
-    pub(super) present_packs: HashMap<String, u64>,
+    pub(super) present_packs: HashMap<repo::ObjectId, u64>,
 }
 
 impl HeldChunks {
@@ -344,7 +344,7 @@ impl HeldChunks {
     pub(super) fn reusable(&self, id: &ChunkId) -> Option<u32> {
         self.index.pack_number(id).filter(|&number| {
             let entry = self.index.pack(number);
-            self.present_packs.get(&*entry.pack.id.as_str()) == Some(&entry.pack.size)
+            self.present_packs.get(&entry.pack.id) == Some(&entry.pack.size)
         })
     }
 }
