@@ -278,6 +278,49 @@ impl LoadSession {
         Ok(self.client.query_one(super::ACTS_AS_SUPERUSER, &[]).await?.get(0))
     }
 
+    /// A fingerprint of the catalog outside `side` (the schemas a side-schema restore makes):
+    /// every schema, relation, column, default, trigger, rule, policy, function, constraint and
+    /// type there, with the transaction that last wrote each (`xmin`), and every role and
+    /// membership. Anything created, altered or dropped outside `side` changes it, whatever
+    /// code did it; statistics that VACUUM and ANALYZE update in place do not. Toast and
+    /// temporary schemas are left out (the side tables' toast tables are made in one).
+    pub async fn catalog_outside(&self, side: &[&str]) -> Result<String> {
+        const SQL: &str = "\
+            WITH outside AS ( \
+              SELECT oid FROM pg_catalog.pg_namespace WHERE nspname <> ALL ($1) AND nspname <> 'pg_toast' \
+                AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'), \
+            rels AS (SELECT oid FROM pg_catalog.pg_class WHERE relnamespace IN (SELECT oid FROM outside)) \
+            SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(line, ',' ORDER BY line), '')) FROM ( \
+              SELECT 'n' || oid || ':' || xmin AS line FROM pg_catalog.pg_namespace WHERE oid IN (SELECT oid FROM outside) \
+              UNION ALL SELECT 'c' || oid || ':' || xmin FROM pg_catalog.pg_class WHERE oid IN (SELECT oid FROM rels) \
+              UNION ALL SELECT 'a' || attrelid || '.' || attnum || ':' || xmin FROM pg_catalog.pg_attribute \
+                WHERE attrelid IN (SELECT oid FROM rels) \
+              UNION ALL SELECT 'd' || oid || ':' || xmin FROM pg_catalog.pg_attrdef WHERE adrelid IN (SELECT oid FROM rels) \
+              UNION ALL SELECT 't' || oid || ':' || xmin FROM pg_catalog.pg_trigger WHERE tgrelid IN (SELECT oid FROM rels) \
+              UNION ALL SELECT 'r' || oid || ':' || xmin FROM pg_catalog.pg_rewrite WHERE ev_class IN (SELECT oid FROM rels) \
+              UNION ALL SELECT 'p' || oid || ':' || xmin FROM pg_catalog.pg_policy WHERE polrelid IN (SELECT oid FROM rels) \
+              UNION ALL SELECT 'f' || oid || ':' || xmin FROM pg_catalog.pg_proc \
+                WHERE pronamespace IN (SELECT oid FROM outside) \
+              UNION ALL SELECT 'k' || oid || ':' || xmin FROM pg_catalog.pg_constraint \
+                WHERE connamespace IN (SELECT oid FROM outside) \
+              UNION ALL SELECT 'y' || oid || ':' || xmin FROM pg_catalog.pg_type WHERE typnamespace IN (SELECT oid FROM outside) \
+              UNION ALL SELECT 'u' || oid || ':' || rolname || ':' || rolsuper || rolinherit || rolcreaterole \
+                || rolcreatedb || rolcanlogin || rolreplication || rolbypassrls FROM pg_catalog.pg_roles \
+              UNION ALL SELECT 'm' || roleid || '>' || member || ':' || xmin FROM pg_catalog.pg_auth_members \
+            ) lines";
+        Ok(self.client.query_one(SQL, &[&side]).await?.get(0))
+    }
+
+    /// The tables outside `side` whose rows this transaction inserted, updated or deleted
+    /// (PostgreSQL's own count of them, `pg_stat_xact_user_tables`; subtransactions included).
+    pub async fn rows_changed_outside(&self, side: &[&str]) -> Result<Vec<String>> {
+        let sql = "SELECT schemaname::text, relname::text FROM pg_catalog.pg_stat_xact_user_tables \
+                   WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 AND schemaname <> ALL ($1) \
+                     AND schemaname NOT LIKE 'pg\\_temp\\_%' ORDER BY 1, 2";
+        let rows = self.client.query(sql, &[&side]).await?;
+        Ok(rows.iter().map(|row| qualified(row.get(0), row.get(1))).collect())
+    }
+
     /// Which of `schemas` the database has.
     pub async fn existing_schemas(&self, schemas: &[&str]) -> Result<Vec<String>> {
         let rows = self

@@ -88,6 +88,11 @@ impl Load<'_> {
             client.clean().await?;
         }
         self.create_roles().await?;
+        let side = self.side_schemas();
+        let before = match &side {
+            Some(side) => Some(client.catalog_outside(side).await?),
+            None => None,
+        };
         client.run_script(pre_data).await?;
         self.warn_of_functions_run_as_superuser().await?;
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
@@ -96,8 +101,48 @@ impl Load<'_> {
             rows += self.copy_table(client, table, self.freeze).await?;
         }
         self.finish(post_data).await?;
+        if let (Some(side), Some(before)) = (&side, before) {
+            self.check_nothing_outside_changed(side, &before).await?;
+        }
         client.commit().await?;
         Ok(rows)
+    }
+
+    /// Beside live data, the schemas a `--schema-map` restore makes (`None` otherwise, and for
+    /// `--data-only`, whose rows go through the live tables' own triggers).
+    fn side_schemas(&self) -> Option<Vec<&str>> {
+        let part = &self.options.part;
+        (self.beside_live && !part.schema_map.is_empty() && !part.data_only)
+            .then(|| part.schema_map.iter().map(|(_, to)| to.as_str()).collect())
+    }
+
+    /// Refuses a side-schema restore that changed anything outside the schemas it made, before
+    /// it commits: a row of a live table, or the live catalog ([`LoadSession::catalog_outside`]
+    /// against `before`). The snapshot's own code does that (a function its check constraints,
+    /// defaults or triggers call, written by whoever could create functions in the source,
+    /// whose body `--schema-map` does not rename), or another session changing the catalog
+    /// meanwhile. The error rolls everything back.
+    async fn check_nothing_outside_changed(&self, side: &[&str], before: &str) -> Result<()> {
+        let client = self.client;
+        let mut changed: Vec<String> = client
+            .rows_changed_outside(side)
+            .await?
+            .iter()
+            .map(|table| format!("rows of {}", crate::error::printable(table)))
+            .collect();
+        if client.catalog_outside(side).await? != before {
+            changed.push("the catalog outside them (objects created, altered or dropped, or roles)".into());
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "the restore changed what lies outside the schemas it makes: {}; the snapshot's functions that ran \
+             while it loaded did, or another session changed the catalog meanwhile. Everything was rolled back: the \
+             database is as it was. Restore with --role ROLE, a role without rights on the live objects, to keep \
+             the snapshot's code from reaching them",
+            changed.join("; ")
+        )))
     }
 
     /// Tables loaded on `jobs` connections at once, largest first. Four steps: the pre-data

@@ -421,3 +421,48 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
     assert_eq!(source.sql("SELECT count(*) FROM public.events WHERE id = 1").trim(), "1");
     assert_eq!(source.sql("SELECT count(*) FROM public.events_new").trim(), "1");
 }
+
+/// A side-schema restore changes nothing outside the schemas it makes. The snapshot's own code
+/// runs while it loads: here check constraints call functions (whoever could create functions
+/// in the source wrote them, and `--schema-map` does not rename their bodies) that write a live
+/// table, and alter one. Either way the whole restore is rolled back, and says why.
+#[test]
+fn a_side_schema_restore_that_reaches_outside_its_schemas_is_rolled_back() {
+    let setup = r"
+CREATE SCHEMA crm;
+CREATE TABLE crm.log (id serial PRIMARY KEY, note text);
+CREATE FUNCTION crm.noted(id int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO crm.log (note) VALUES ('a restore ran me'); RETURN true; END $$;
+CREATE FUNCTION crm.altered(id int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN EXECUTE 'ALTER TABLE crm.log ADD COLUMN IF NOT EXISTS altered int'; RETURN true; END $$;
+CREATE TABLE crm.contacts (id int PRIMARY KEY CHECK (crm.noted(id)), name text);
+CREATE TABLE crm.deals (id int PRIMARY KEY CHECK (crm.altered(id)), name text);
+CREATE TABLE crm.plain (id int PRIMARY KEY, name text);
+INSERT INTO crm.contacts VALUES (1, 'a'), (2, 'b');
+INSERT INTO crm.deals VALUES (1, 'x');
+INSERT INTO crm.plain VALUES (1, 'p');
+ALTER TABLE crm.log DROP COLUMN altered;
+";
+    let Ready { source, work, repo, .. } = Scenario::new("part_reach").sql(setup).init("repo").backup();
+    let log = || rows(&source, "crm.log", "id");
+    let before = log();
+    let columns =
+        || source.sql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'crm.log'::regclass AND attnum > 0");
+    let columns_before = columns();
+
+    let run = work.restore_with(&repo, &source, &["--table", "crm.contacts", "--schema-map", "crm=crm_side", "latest"]);
+    let said = run.fails_with(1, "the restore changed what lies outside the schemas it makes: rows of \"crm\".\"log\"");
+    assert!(said.stderr.contains("rolled back"), "{}", said.stderr);
+    assert_eq!(log(), before, "the live table's rows are as they were");
+    assert!(!exists(&source, "crm_side.contacts"), "nothing of the restore stays");
+
+    let run = work.restore_with(&repo, &source, &["--table", "crm.deals", "--schema-map", "crm=crm_side", "latest"]);
+    run.fails_with(1, "the catalog outside them");
+    assert_eq!(columns(), columns_before, "the live table is not altered");
+    assert!(!exists(&source, "crm_side.deals"));
+
+    // A restore that keeps to its schema goes through.
+    work.restore_with(&repo, &source, &["--table", "crm.plain", "--schema-map", "crm=crm_side", "latest"]).ok();
+    assert_eq!(rows(&source, "crm_side.plain", "id"), rows(&source, "crm.plain", "id"));
+    assert_eq!(log(), before);
+}
