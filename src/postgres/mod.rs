@@ -24,6 +24,37 @@ pub mod script;
 pub mod session;
 pub mod tls;
 
+/// Text of the shared catalogs (role names, database settings and comments), read even where it
+/// is not UTF-8: any database of the server writes them in its own encoding, and a SQL_ASCII
+/// one writes whatever bytes it is given, which a `String` refuses (a panic where `get` read
+/// it). Bytes that are not UTF-8 are replaced: such a name or value cannot be written into a
+/// snapshot's JSON as it is anyway.
+pub(crate) struct CatalogText(pub String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for CatalogText {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(CatalogText(String::from_utf8_lossy(raw).into_owned()))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        use tokio_postgres::types::Type;
+        [Type::TEXT, Type::NAME, Type::VARCHAR].contains(ty)
+    }
+}
+
+/// Column `at` of `row`, as [`CatalogText`].
+pub(crate) fn catalog_text(row: &tokio_postgres::Row, at: usize) -> String {
+    row.get::<_, CatalogText>(at).0
+}
+
+/// Column `at` of `row`, NULL or as [`CatalogText`].
+pub(crate) fn catalog_text_opt(row: &tokio_postgres::Row, at: usize) -> Option<String> {
+    row.get::<_, Option<CatalogText>>(at).map(|text| text.0)
+}
+
 pub use conninfo::redact;
 pub use dump::{Section, dump_schema, executable_sql, find_pg_dump};
 pub use load::{

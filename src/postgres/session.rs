@@ -129,12 +129,12 @@ impl SnapshotSession {
                     attributes.push("NOINHERIT".into());
                 }
                 RoleRecord {
-                    name: row.get(0),
+                    name: super::catalog_text(row, 0),
                     owns: row.get(1),
                     granted: row.get(2),
                     named: row.get(3),
                     database: row.get(12),
-                    member_of: row.get(4),
+                    member_of: row.get::<_, Vec<super::CatalogText>>(4).into_iter().map(|text| text.0).collect(),
                     attributes,
                 }
             })
@@ -152,7 +152,7 @@ impl SnapshotSession {
              FROM pg_catalog.pg_roles r WHERE r.oid = 10"
         );
         if let Some(row) = self.client.query_opt(&bootstrap, &[]).await? {
-            let (name, owns, database): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            let (name, owns, database): (String, bool, bool) = (super::catalog_text(&row, 0), row.get(1), row.get(2));
             if (owns || database) && !roles.iter().any(|role| role.name == name) {
                 roles.push(RoleRecord {
                     name,
@@ -224,7 +224,11 @@ impl SnapshotSession {
             )
             .await?
             .iter()
-            .map(|row| DatabasePrivilege { grantee: row.get(0), privilege: row.get(1), grantable: row.get(2) })
+            .map(|row| DatabasePrivilege {
+                grantee: super::catalog_text_opt(row, 0),
+                privilege: row.get(1),
+                grantable: row.get(2),
+            })
             .collect();
         let settings = self
             .client
@@ -240,17 +244,21 @@ impl SnapshotSession {
             .await?
             .iter()
             .filter_map(|row| {
-                let setting: String = row.get(1);
+                let setting = super::catalog_text(row, 1);
                 let (name, value) = setting.split_once('=')?;
-                Some(DatabaseSetting { role: row.get(0), name: name.to_string(), value: value.to_string() })
+                Some(DatabaseSetting {
+                    role: super::catalog_text_opt(row, 0),
+                    name: name.to_string(),
+                    value: value.to_string(),
+                })
             })
             .collect();
         Ok(DatabaseObject {
-            owner: row.get(0),
+            owner: super::catalog_text(&row, 0),
             privileges,
             settings,
             connection_limit: row.get(1),
-            comment: row.get(2),
+            comment: super::catalog_text_opt(&row, 2),
         })
     }
 

@@ -190,3 +190,32 @@ fn one_storage_given_twice_is_refused_at_once() {
     }
     assert!(!std::path::Path::new(&repo).join("snapshots").read_dir().is_ok_and(|mut d| d.next().is_some()));
 }
+
+/// The shared catalogs hold text in the encoding of whichever database wrote it: from a
+/// SQL_ASCII database on the same server, a user can give the database backed up a comment,
+/// and a setting, that are not UTF-8. The backup reads them (the bytes replaced) and the
+/// restore gives them back so; neither panics.
+#[test]
+fn text_in_the_shared_catalogs_that_is_not_utf8_stops_neither_backup_nor_restore() {
+    let Ready { source, work, repo, .. } = Scenario::new("bad_catalog")
+        .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1), (2)")
+        .init("repo")
+        .backup();
+    let ascii = TestDb::create_with("bad_catalog_ascii", "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'");
+    let db = &source.name;
+    ascii.sql(&format!(
+        "COMMENT ON DATABASE {db} IS E'bad \\xff\\xfe byte'; ALTER DATABASE {db} SET app.note = E'x\\xffy'"
+    ));
+    let report = work.backup(&source, &repo);
+    assert!(report["snapshot_id"].is_string(), "{report}");
+    let created = TestDb::create("bad_catalog_created");
+    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    work.restore_with(&repo, &created, &["--create", "latest"]).ok();
+    let comment = psql(
+        "postgres",
+        &format!("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{}'", created.name),
+    );
+    assert_eq!(comment.trim(), "bad \u{fffd}\u{fffd} byte");
+    assert_eq!(created.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.t").trim(), "1,2");
+    drop(ascii);
+}

@@ -26,9 +26,14 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl TestDb {
     pub fn create(label: &str) -> TestDb {
+        TestDb::create_with(label, "")
+    }
+
+    /// A database made with `options` of `CREATE DATABASE` (`ENCODING 'SQL_ASCII'`, …).
+    pub fn create_with(label: &str, options: &str) -> TestDb {
         let name = format!("cvt_{label}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
-        psql("postgres", &format!("CREATE DATABASE {name} TEMPLATE template0"));
+        psql("postgres", &format!("CREATE DATABASE {name} TEMPLATE template0 {options}"));
         TestDb { name }
     }
 
