@@ -225,10 +225,13 @@ impl Database {
         // Names resolve in the catalog first whatever the database or role set (`ALTER
         // DATABASE … SET search_path = evil, pg_catalog` would otherwise put a table owner's
         // `evil.pg_class` under the catalog queries of an admin who restores or drills as a
-        // superuser), and literals are quoted as [`quote_literal`] expects. Sent with the
-        // startup packet: they take effect before any statement, after the connection string's.
+        // superuser), and literals are quoted as [`quote_literal`] expects. The session acts as
+        // the role it connects as (`--role` sets another): a `role` setting of the database,
+        // which its owner may give it, made a superuser's backup read as a role that row
+        // security hides rows from. Sent with the startup packet: they take effect before any
+        // statement, and over the database's and role's settings, after the connection string's.
         let mut config = self.config.clone();
-        let ours = "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on";
+        let ours = "-c search_path=pg_catalog,pg_temp -c standard_conforming_strings=on -c role=none";
         let options = match self.config.get_options() {
             Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
             _ => ours.to_string(),

@@ -206,3 +206,39 @@ fn a_parallel_restore_that_fails_midway_removes_what_it_created() {
     work.restore_with(&repo, &target, &["--parallel"]).ok();
     assert_same_database(&source, &target);
 }
+
+/// A database's owner may give it a `role` setting, and every session then starts as that
+/// role, a superuser's backup included: row security hid rows from it and the backup held
+/// part of a table without a word. The backup acts as the role it connects as, with row
+/// security off: a role the policies would hide rows from fails the backup instead.
+#[test]
+fn a_role_set_on_the_database_hides_no_rows_from_the_backup() {
+    let pid = std::process::id();
+    let (hider, reader) = (format!("cv_hider_{pid}"), format!("cv_rls_reader_{pid}"));
+    for role in [&hider, &reader] {
+        psql("postgres", &format!("DROP ROLE IF EXISTS {role}"));
+    }
+    psql("postgres", &format!("CREATE ROLE {hider} NOLOGIN; CREATE ROLE {reader} LOGIN"));
+    let setup = format!(
+        "CREATE TABLE public.hidden (id int PRIMARY KEY); INSERT INTO public.hidden SELECT generate_series(1, 10); \
+         ALTER TABLE public.hidden ENABLE ROW LEVEL SECURITY; ALTER TABLE public.hidden FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY few ON public.hidden USING (id <= 3); \
+         GRANT USAGE ON SCHEMA public TO {hider}, {reader}; GRANT SELECT ON public.hidden TO {hider}, {reader}"
+    );
+    let Ready { source, work, repo, .. } = Scenario::new("rls_role").sql(&setup).init("repo").backup();
+    psql("postgres", &format!("ALTER DATABASE {} SET role = '{hider}'", source.name));
+    assert_eq!(source.sql("SELECT count(*) FROM public.hidden").trim(), "3", "the setting hides rows from a superuser");
+    work.backup(&source, &repo);
+    let restored = TestDb::create("rls_role_restored");
+    work.restore(&repo, &restored).ok();
+    assert_eq!(restored.sql("SELECT count(*) FROM public.hidden").trim(), "10", "the backup held every row");
+
+    // A login that the policies hide rows from: the backup fails, it does not save 3 of 10.
+    let url = format!("postgres://{reader}@127.0.0.1:5432/{}", source.name);
+    let run = work.run(&["backup", "--db", &url, "--repo", &repo]);
+    assert_ne!(run.code, 0, "a backup missing rows succeeded: {}", run.stdout);
+    assert!(run.stderr.contains("row-level security"), "{}", run.stderr);
+    drop(restored);
+    drop(source);
+    psql("postgres", &format!("DROP ROLE {hider}; DROP ROLE {reader}"));
+}
