@@ -278,37 +278,115 @@ impl LoadSession {
         Ok(self.client.query_one(super::ACTS_AS_SUPERUSER, &[]).await?.get(0))
     }
 
-    /// A fingerprint of the catalog outside `side` (the schemas a side-schema restore makes):
-    /// every schema, relation, column, default, trigger, rule, policy, function, constraint and
-    /// type there, with the transaction that last wrote each (`xmin`), and every role and
-    /// membership. Anything created, altered or dropped outside `side` changes it, whatever
-    /// code did it; statistics that VACUUM and ANALYZE update in place do not. Toast and
-    /// temporary schemas are left out (the side tables' toast tables are made in one).
-    pub async fn catalog_outside(&self, side: &[&str]) -> Result<String> {
-        const SQL: &str = "\
-            WITH outside AS ( \
-              SELECT oid FROM pg_catalog.pg_namespace WHERE nspname <> ALL ($1) AND nspname <> 'pg_toast' \
-                AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'), \
-            rels AS (SELECT oid FROM pg_catalog.pg_class WHERE relnamespace IN (SELECT oid FROM outside)) \
-            SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(line, ',' ORDER BY line), '')) FROM ( \
-              SELECT 'n' || oid || ':' || xmin AS line FROM pg_catalog.pg_namespace WHERE oid IN (SELECT oid FROM outside) \
-              UNION ALL SELECT 'c' || oid || ':' || xmin FROM pg_catalog.pg_class WHERE oid IN (SELECT oid FROM rels) \
-              UNION ALL SELECT 'a' || attrelid || '.' || attnum || ':' || xmin FROM pg_catalog.pg_attribute \
-                WHERE attrelid IN (SELECT oid FROM rels) \
-              UNION ALL SELECT 'd' || oid || ':' || xmin FROM pg_catalog.pg_attrdef WHERE adrelid IN (SELECT oid FROM rels) \
-              UNION ALL SELECT 't' || oid || ':' || xmin FROM pg_catalog.pg_trigger WHERE tgrelid IN (SELECT oid FROM rels) \
-              UNION ALL SELECT 'r' || oid || ':' || xmin FROM pg_catalog.pg_rewrite WHERE ev_class IN (SELECT oid FROM rels) \
-              UNION ALL SELECT 'p' || oid || ':' || xmin FROM pg_catalog.pg_policy WHERE polrelid IN (SELECT oid FROM rels) \
-              UNION ALL SELECT 'f' || oid || ':' || xmin FROM pg_catalog.pg_proc \
-                WHERE pronamespace IN (SELECT oid FROM outside) \
-              UNION ALL SELECT 'k' || oid || ':' || xmin FROM pg_catalog.pg_constraint \
-                WHERE connamespace IN (SELECT oid FROM outside) \
-              UNION ALL SELECT 'y' || oid || ':' || xmin FROM pg_catalog.pg_type WHERE typnamespace IN (SELECT oid FROM outside) \
-              UNION ALL SELECT 'u' || oid || ':' || rolname || ':' || rolsuper || rolinherit || rolcreaterole \
-                || rolcreatedb || rolcanlogin || rolreplication || rolbypassrls FROM pg_catalog.pg_roles \
-              UNION ALL SELECT 'm' || roleid || '>' || member || ':' || xmin FROM pg_catalog.pg_auth_members \
-            ) lines";
-        Ok(self.client.query_one(SQL, &[&side]).await?.get(0))
+    /// The objects outside `side` (the schemas a side-schema restore makes) whose catalog rows
+    /// this transaction, or one of its subtransactions, wrote: made or altered (`xmin` still in
+    /// progress, which other sessions' committed work never is, so concurrent maintenance such
+    /// as `REINDEX` or `REFRESH MATERIALIZED VIEW` does not count). Schemas, relations,
+    /// columns, defaults, constraints, indexes, triggers, rules, policies, inheritance, extended
+    /// statistics, functions, types, operators, casts, collations, conversions, languages,
+    /// extensions, event triggers, publications, default privileges, foreign data wrappers,
+    /// servers and tables, comments, databases, their settings, tablespaces, large objects,
+    /// memberships; roles and user mappings where the session may read them. Toast and temporary
+    /// schemas are left out, and the roles in `made` (made by this restore). At most ten, each
+    /// as PostgreSQL identifies it. What was dropped leaves no row and is not seen.
+    pub async fn written_outside(&self, side: &[&str], made: &[String]) -> Result<Vec<String>> {
+        let mut objects = vec![
+            "'pg_class'::regclass, oid, 0, xmin FROM pg_catalog.pg_class",
+            "'pg_class'::regclass, attrelid, attnum::int, xmin FROM pg_catalog.pg_attribute",
+            "'pg_attrdef'::regclass, oid, 0, xmin FROM pg_catalog.pg_attrdef",
+            "'pg_constraint'::regclass, oid, 0, xmin FROM pg_catalog.pg_constraint",
+            "'pg_class'::regclass, indrelid, 0, xmin FROM pg_catalog.pg_index",
+            "'pg_trigger'::regclass, oid, 0, xmin FROM pg_catalog.pg_trigger",
+            "'pg_rewrite'::regclass, oid, 0, xmin FROM pg_catalog.pg_rewrite",
+            "'pg_policy'::regclass, oid, 0, xmin FROM pg_catalog.pg_policy",
+            "'pg_class'::regclass, inhparent, 0, xmin FROM pg_catalog.pg_inherits",
+            "'pg_class'::regclass, inhrelid, 0, xmin FROM pg_catalog.pg_inherits",
+            "'pg_statistic_ext'::regclass, oid, 0, xmin FROM pg_catalog.pg_statistic_ext",
+            "'pg_proc'::regclass, oid, 0, xmin FROM pg_catalog.pg_proc",
+            "'pg_type'::regclass, oid, 0, xmin FROM pg_catalog.pg_type",
+            "'pg_operator'::regclass, oid, 0, xmin FROM pg_catalog.pg_operator",
+            "'pg_cast'::regclass, oid, 0, xmin FROM pg_catalog.pg_cast",
+            "'pg_collation'::regclass, oid, 0, xmin FROM pg_catalog.pg_collation",
+            "'pg_conversion'::regclass, oid, 0, xmin FROM pg_catalog.pg_conversion",
+            "'pg_namespace'::regclass, oid, 0, xmin FROM pg_catalog.pg_namespace",
+            "'pg_language'::regclass, oid, 0, xmin FROM pg_catalog.pg_language",
+            "'pg_extension'::regclass, oid, 0, xmin FROM pg_catalog.pg_extension",
+            "'pg_event_trigger'::regclass, oid, 0, xmin FROM pg_catalog.pg_event_trigger",
+            "'pg_publication'::regclass, oid, 0, xmin FROM pg_catalog.pg_publication",
+            "'pg_publication_rel'::regclass, oid, 0, xmin FROM pg_catalog.pg_publication_rel",
+            "'pg_default_acl'::regclass, oid, 0, xmin FROM pg_catalog.pg_default_acl",
+            "'pg_foreign_data_wrapper'::regclass, oid, 0, xmin FROM pg_catalog.pg_foreign_data_wrapper",
+            "'pg_foreign_server'::regclass, oid, 0, xmin FROM pg_catalog.pg_foreign_server",
+            "'pg_class'::regclass, ftrelid, 0, xmin FROM pg_catalog.pg_foreign_table",
+            "classoid, objoid, objsubid, xmin FROM pg_catalog.pg_description",
+            "classoid, objoid, 0, xmin FROM pg_catalog.pg_shdescription",
+            "'pg_database'::regclass, oid, 0, xmin FROM pg_catalog.pg_database",
+            "CASE WHEN setrole = 0 THEN 'pg_database'::regclass ELSE 'pg_authid'::regclass END, \
+               CASE WHEN setrole = 0 THEN setdatabase ELSE setrole END, 0, xmin FROM pg_catalog.pg_db_role_setting",
+            "'pg_tablespace'::regclass, oid, 0, xmin FROM pg_catalog.pg_tablespace",
+            "'pg_largeobject'::regclass, oid, 0, xmin FROM pg_catalog.pg_largeobject_metadata",
+            "'pg_authid'::regclass, member, 0, xmin FROM pg_catalog.pg_auth_members",
+        ];
+        let readable = "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT') \
+                          AND pg_catalog.has_table_privilege('pg_catalog.pg_user_mapping', 'SELECT')";
+        if self.client.query_one(readable, &[]).await?.get::<_, bool>(0) {
+            objects.push("'pg_authid'::regclass, oid, 0, xmin FROM pg_catalog.pg_authid");
+            objects.push("'pg_user_mapping'::regclass, oid, 0, xmin FROM pg_catalog.pg_user_mapping");
+        }
+        let rows: Vec<String> = objects.iter().map(|from| format!("SELECT {from}")).collect();
+        // The composed xid8 is this epoch's: only for rows no older than this transaction. Each
+        // object's schema is its own, or its relation's; objects of no schema are outside.
+        let sql = format!(
+            "WITH rows (classid, objid, subid, xmin) AS ({}), \
+               mine AS MATERIALIZED ( \
+                 SELECT classid, objid, subid FROM rows \
+                 WHERE CASE WHEN pg_catalog.age(xmin) <= 0 THEN pg_catalog.pg_xact_status(( \
+                   ((pg_catalog.pg_current_xact_id()::text::bigint >> 32) << 32) | xmin::text::bigint)::text::xid8) \
+                   = 'in progress' ELSE false END), \
+               placed AS ( \
+                 SELECT m.*, CASE m.classid \
+                   WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = m.objid) \
+                   WHEN 'pg_namespace'::regclass THEN m.objid \
+                   WHEN 'pg_proc'::regclass THEN (SELECT pronamespace FROM pg_catalog.pg_proc WHERE oid = m.objid) \
+                   WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_catalog.pg_type WHERE oid = m.objid) \
+                   WHEN 'pg_constraint'::regclass THEN \
+                     (SELECT connamespace FROM pg_catalog.pg_constraint WHERE oid = m.objid) \
+                   WHEN 'pg_operator'::regclass THEN \
+                     (SELECT oprnamespace FROM pg_catalog.pg_operator WHERE oid = m.objid) \
+                   WHEN 'pg_collation'::regclass THEN \
+                     (SELECT collnamespace FROM pg_catalog.pg_collation WHERE oid = m.objid) \
+                   WHEN 'pg_conversion'::regclass THEN \
+                     (SELECT connamespace FROM pg_catalog.pg_conversion WHERE oid = m.objid) \
+                   WHEN 'pg_statistic_ext'::regclass THEN \
+                     (SELECT stxnamespace FROM pg_catalog.pg_statistic_ext WHERE oid = m.objid) \
+                   WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_attrdef d \
+                     JOIN pg_catalog.pg_class c ON c.oid = d.adrelid WHERE d.oid = m.objid) \
+                   WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_trigger t \
+                     JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE t.oid = m.objid) \
+                   WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_rewrite r \
+                     JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE r.oid = m.objid) \
+                   WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_policy p \
+                     JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE p.oid = m.objid) \
+                   END AS nsp FROM mine m) \
+             SELECT DISTINCT pg_catalog.concat_ws(' ', o.type, o.identity) \
+             FROM placed, LATERAL pg_catalog.pg_identify_object(placed.classid, placed.objid, placed.subid) o \
+             WHERE NOT coalesce(placed.nsp IN (SELECT oid FROM pg_catalog.pg_namespace \
+                     WHERE nspname = ANY ($1::text[]) OR nspname = 'pg_toast' \
+                       OR nspname LIKE 'pg\\_temp\\_%' OR nspname LIKE 'pg\\_toast\\_temp\\_%'), false) \
+               AND NOT (placed.classid = 'pg_authid'::regclass \
+                        AND placed.objid IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($2::text[]))) \
+             ORDER BY 1 LIMIT 10",
+            rows.join(" UNION ALL ")
+        );
+        let rows = self.client.query(&sql, &[&side, &made]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Fires the transaction's deferred triggers and checks now (`SET CONSTRAINTS ALL
+    /// IMMEDIATE`) instead of at commit.
+    pub async fn fire_deferred(&self) -> Result<()> {
+        self.client.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
+        Ok(())
     }
 
     /// The tables outside `side` whose rows this transaction inserted, updated or deleted

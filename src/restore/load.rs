@@ -89,10 +89,6 @@ impl Load<'_> {
         }
         self.create_roles().await?;
         let side = self.side_schemas();
-        let before = match &side {
-            Some(side) => Some(client.catalog_outside(side).await?),
-            None => None,
-        };
         client.run_script(pre_data).await?;
         self.warn_of_functions_run_as_superuser().await?;
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
@@ -101,8 +97,8 @@ impl Load<'_> {
             rows += self.copy_table(client, table, self.freeze).await?;
         }
         self.finish(post_data).await?;
-        if let (Some(side), Some(before)) = (&side, before) {
-            self.check_nothing_outside_changed(side, &before).await?;
+        if let Some(side) = &side {
+            self.check_nothing_outside_changed(side).await?;
         }
         client.commit().await?;
         Ok(rows)
@@ -117,30 +113,37 @@ impl Load<'_> {
     }
 
     /// Refuses a side-schema restore that changed anything outside the schemas it made, before
-    /// it commits: a row of a live table, or the live catalog ([`LoadSession::catalog_outside`]
-    /// against `before`). The snapshot's own code does that (a function its check constraints,
-    /// defaults or triggers call, written by whoever could create functions in the source,
-    /// whose body `--schema-map` does not rename), or another session changing the catalog
-    /// meanwhile. The error rolls everything back.
-    async fn check_nothing_outside_changed(&self, side: &[&str], before: &str) -> Result<()> {
+    /// it commits: rows of a table there ([`LoadSession::rows_changed_outside`]) or objects
+    /// made or altered there ([`LoadSession::written_outside`]). The snapshot's own code does
+    /// that: a function its check constraints, defaults or domains call while rows load (written
+    /// by whoever could create functions in the source; `--schema-map` does not rename function
+    /// bodies). Deferred triggers fire first, so that what they would do at commit is seen. The
+    /// error rolls everything back but what PostgreSQL never rolls back (sequences, anything
+    /// outside the database). A tripwire, not a boundary: code running as a superuser can hide
+    /// from it (docs/OPERATIONS.md); a login without rights on the live objects is the boundary.
+    async fn check_nothing_outside_changed(&self, side: &[&str]) -> Result<()> {
         let client = self.client;
+        client.fire_deferred().await?;
         let mut changed: Vec<String> = client
             .rows_changed_outside(side)
             .await?
             .iter()
             .map(|table| format!("rows of {}", crate::error::printable(table)))
             .collect();
-        if client.catalog_outside(side).await? != before {
-            changed.push("the catalog outside them (objects created, altered or dropped, or roles)".into());
+        let made = self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let objects = client.written_outside(side, &made).await?;
+        if !objects.is_empty() {
+            let named: Vec<String> = objects.iter().map(|object| crate::error::printable(object)).collect();
+            changed.push(format!("objects outside them: {}", named.join(", ")));
         }
         if changed.is_empty() {
             return Ok(());
         }
         Err(Error::Invalid(format!(
             "the restore changed what lies outside the schemas it makes: {}; the snapshot's functions that ran \
-             while it loaded did, or another session changed the catalog meanwhile. Everything was rolled back: the \
-             database is as it was. Restore with --role ROLE, a role without rights on the live objects, to keep \
-             the snapshot's code from reaching them",
+             while it loaded did. It was rolled back (but for what PostgreSQL never rolls back: sequence values, \
+             anything done outside the database). Restore connected as a login that is not a superuser and has no \
+             rights on the live objects (--db postgres://ROLE@…) to keep the snapshot's code from reaching them",
             changed.join("; ")
         )))
     }
