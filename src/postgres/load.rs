@@ -583,9 +583,10 @@ pub(super) async fn create_roles(client: &Client, roles: &[&RoleRecord]) -> Resu
     let mut left_out = Vec::new();
     for role in roles {
         for group in &role.member_of {
-            // A membership is power: one in a role that is a superuser, creates roles,
-            // bypasses row security, replicates, or is one of the server's predefined
-            // roles (pg_read_server_files …) is not given by a restore.
+            // A membership is power: one in a role that is a superuser, creates roles or
+            // databases, bypasses row security, replicates, owns a database (the snapshot's
+            // SECURITY DEFINER functions would act on it), or is one of the server's
+            // predefined roles (pg_read_server_files …) is not given by a restore.
             // The group's powers, and those of every role it is a member of (a membership
             // hands on what the group inherits).
             let powers: Option<bool> = client
@@ -594,7 +595,8 @@ pub(super) async fn create_roles(client: &Client, roles: &[&RoleRecord]) -> Resu
                        SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
                        UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN up ON m.member = up.oid) \
                      SELECT bool_or(r.rolsuper OR r.rolcreaterole OR r.rolbypassrls OR r.rolreplication \
-                                    OR r.rolname LIKE 'pg\\_%') \
+                                    OR r.rolcreatedb OR r.rolname LIKE 'pg\\_%' \
+                                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_database d WHERE d.datdba = r.oid)) \
                      FROM up JOIN pg_catalog.pg_roles r ON r.oid = up.oid",
                     &[group],
                 )

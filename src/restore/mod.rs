@@ -289,7 +289,7 @@ fn describe_role(role: &RoleRecord) -> String {
         return format!(
             "{} (a role newer PostgreSQL versions predefine, which the database grants privileges to or has settings \
              for; it cannot be made: --no-acl leaves its grants out)",
-            role.name
+            crate::error::printable(&role.name)
         );
     }
     let mut needs = Vec::new();
@@ -305,7 +305,8 @@ fn describe_role(role: &RoleRecord) -> String {
     if needs.is_empty() && role.database {
         needs.push("the database's owner, grantee, or has settings in it");
     }
-    format!("{} ({})", role.name, needs.join(", "))
+    // A name is the source's: no control character of it reaches the terminal.
+    format!("{} ({})", crate::error::printable(&role.name), needs.join(", "))
 }
 
 /// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
@@ -566,5 +567,12 @@ mod tests {
         // --create-roles cannot make a predefined role: the message says what can.
         assert!(is_predefined("pg_read_all_data") && !is_predefined("app_pg_x"));
         assert!(describe_role(&unrecorded[1]).contains("--no-acl"));
+    }
+
+    #[test]
+    fn a_missing_roles_name_reaches_the_terminal_escaped() {
+        let described = describe_role(&role("app\u{1b}]0;pwn\u{7}\nx"));
+        assert!(!described.chars().any(char::is_control), "{described:?}");
+        assert!(described.starts_with("app\\u{1b}]0;pwn\\u{7}\\nx ("), "{described:?}");
     }
 }

@@ -21,15 +21,20 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
     let power = format!("cv_power_{pid}");
     // A plain role that stays too, itself a member of one with powers.
     let middle = format!("cv_middle_{pid}");
+    // And one that owns a database here: a member could act on it.
+    let dbowner = format!("cv_dbowner_{pid}");
     drop_roles(&roles);
-    drop_roles(&[middle.clone(), power.clone()]);
+    drop_roles(&[middle.clone(), power.clone(), dbowner.clone()]);
+    psql("postgres", &format!("CREATE ROLE \"{dbowner}\" NOLOGIN"));
+    let owned = TestDb::create("roles_owned");
+    psql("postgres", &format!("ALTER DATABASE {} OWNER TO \"{dbowner}\"", owned.name));
     psql(
         "postgres",
         &format!(
             "CREATE ROLE \"{owner}\" NOLOGIN; CREATE ROLE \"{group}\" NOLOGIN; CREATE ROLE \"{reader}\" LOGIN CREATEDB; \
              GRANT \"{group}\" TO \"{reader}\"; CREATE ROLE \"{power}\" SUPERUSER NOLOGIN; GRANT \"{power}\" TO \"{owner}\"; \
              CREATE ROLE \"{middle}\" NOLOGIN; GRANT pg_execute_server_program TO \"{middle}\"; \
-             GRANT \"{middle}\" TO \"{group}\""
+             GRANT \"{middle}\" TO \"{group}\"; GRANT \"{dbowner}\" TO \"{reader}\""
         ),
     );
     let source = TestDb::create("roles");
@@ -92,15 +97,17 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
         let check = format!(
             "SELECT has_table_privilege('{reader}', 'app.accounts', 'SELECT'), pg_has_role('{reader}', '{group}', 'MEMBER'), \
              (SELECT bool_or(rolcanlogin) FROM pg_roles WHERE rolname IN ('{owner}', '{reader}', '{group}')), \
-             pg_has_role('{owner}', '{power}', 'MEMBER'), pg_has_role('{group}', 'pg_execute_server_program', 'MEMBER')"
+             pg_has_role('{owner}', '{power}', 'MEMBER'), pg_has_role('{group}', 'pg_execute_server_program', 'MEMBER'), \
+             pg_has_role('{reader}', '{dbowner}', 'MEMBER')"
         );
-        assert_eq!(created.sql(&check).trim(), "t|t|f|f|f", "no membership in a role with powers is given");
+        assert_eq!(created.sql(&check).trim(), "t|t|f|f|f|f", "no membership in a role with powers is given");
         drop(created);
         drop_roles(&roles);
     }
     drop(target);
+    drop(owned);
     drop_roles(&roles);
-    drop_roles(&[middle, power]);
+    drop_roles(&[middle, power, dbowner]);
 }
 
 #[test]
