@@ -399,6 +399,12 @@ impl LoadSession {
         Ok(rows.iter().map(|row| qualified(row.get(0), row.get(1))).collect())
     }
 
+    /// Which of `roles` are superusers on this server.
+    pub async fn superusers_among(&self, roles: &[&str]) -> Result<Vec<String>> {
+        let sql = "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolsuper AND rolname = ANY ($1) ORDER BY 1";
+        Ok(self.client.query(sql, &[&roles]).await?.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Which of `schemas` the database has.
     pub async fn existing_schemas(&self, schemas: &[&str]) -> Result<Vec<String>> {
         let rows = self

@@ -429,6 +429,29 @@ pub(crate) async fn restore(
     // others to wait on.
     let to_make: Vec<RoleRecord> =
         missing.iter().filter(|role| database_roles.contains(&role.name.as_str())).map(|&role| role.clone()).collect();
+    // An owner that was no superuser in the source and is one here (a source role named like
+    // this server's superuser): its SECURITY DEFINER functions and views would act as one.
+    if !leave_out.owners {
+        let owners: Vec<&str> = recorded
+            .iter()
+            .filter(|role| role.owns && !role.attributes.iter().any(|a| a == "SUPERUSER"))
+            .map(|role| role.name.as_str())
+            .collect();
+        let risen = client.superusers_among(&owners).await?;
+        if !risen.is_empty() {
+            let named: Vec<String> = risen.iter().map(|name| crate::error::printable(name)).collect();
+            return Err(Error::Invalid(format!(
+                "{} own{} objects of the snapshot and {} a superuser on this server, though not in the source \
+                 database: {} SECURITY DEFINER functions and views would act with a superuser's rights here. \
+                 Restore with --no-owner (the objects are then the restoring role's), or give the role back \
+                 what it had",
+                named.join(", "),
+                if named.len() == 1 { "s" } else { "" },
+                if named.len() == 1 { "is" } else { "are" },
+                if named.len() == 1 { "its" } else { "their" },
+            )));
+        }
+    }
     let missing: Vec<RoleRecord> = missing.into_iter().cloned().collect();
     drop(needed);
     // `--create`: what the new database itself is given at the end is tried now, on it empty,

@@ -504,3 +504,32 @@ fn a_member_of_a_superuser_role_is_warned_as_a_superuser_is() {
     drop(source);
     drop_roles(&[member]);
 }
+
+/// A role that owned objects without being a superuser in the source, and is one where the
+/// snapshot is restored (a source role named like that server's superuser): its SECURITY
+/// DEFINER functions would act as a superuser for whoever calls them. The restore refuses
+/// before it changes anything, and `--no-owner` gets it through.
+#[test]
+fn an_owner_that_is_a_superuser_only_here_is_refused_before_the_restore() {
+    let rising = format!("cv_rising_{}", std::process::id());
+    drop_roles(std::slice::from_ref(&rising));
+    psql("postgres", &format!("CREATE ROLE {rising} NOLOGIN"));
+    let setup = format!(
+        "CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1); \
+         CREATE FUNCTION public.helper() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user'; \
+         ALTER FUNCTION public.helper() OWNER TO {rising}"
+    );
+    let Ready { source, work, repo, .. } = Scenario::new("roles_rising").sql(&setup).init("repo").backup();
+    psql("postgres", &format!("ALTER ROLE {rising} SUPERUSER"));
+    let target = TestDb::create("roles_rising_target");
+    work.restore(&repo, &target).fails_with(
+        1,
+        &format!("{rising} owns objects of the snapshot and is a superuser on this server, though not in the source"),
+    );
+    assert_eq!(target.sql("SELECT count(*) FROM pg_class WHERE relname = 't'").trim(), "0", "nothing was restored");
+    work.restore_with(&repo, &target, &["--no-owner", "latest"]).ok();
+    assert_eq!(target.sql("SELECT public.helper()").trim(), "postgres");
+    drop(target);
+    drop(source);
+    drop_roles(&[rising]);
+}
