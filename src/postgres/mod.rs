@@ -356,10 +356,13 @@ pub fn quote_literal(text: &str) -> String {
 
 /// The condition that the session can act as a superuser: its role is one or a member of one (it
 /// can `SET ROLE` to it, and holds what it owns), or its login is (after `SET ROLE`, code the
-/// session runs can `RESET ROLE` back to the login).
+/// session runs can `RESET ROLE` back to the login). Before PostgreSQL 16 a role with
+/// `CREATEROLE` counts as one: it may grant any role but a superuser, itself included, so code
+/// it runs can take `pg_execute_server_program` and run programs as the server.
 macro_rules! acts_as_superuser {
     () => {
-        "EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE (s.rolsuper \
+             OR (s.rolcreaterole AND pg_catalog.current_setting('server_version_num')::int < 160000)) \
            AND (pg_catalog.pg_has_role(current_user, s.oid, 'MEMBER') \
                 OR pg_catalog.pg_has_role(session_user, s.oid, 'MEMBER')))"
     };

@@ -68,9 +68,10 @@ impl Load<'_> {
         let warning = format!(
             "the snapshot's check constraints and generated columns call {} of its own functions, which run with a \
              superuser's rights while the rows load (the session's role, or its login, which they can RESET ROLE \
-             to): {}; to run them with a role's rights instead, restore with --role ROLE connected as a login that \
-             is not a superuser either (--db postgres://ROLE@…; and --no-owner --no-acl where the snapshot's \
-             objects belong to roles ROLE cannot act as)",
+             to; before PostgreSQL 16, CREATEROLE is as good): {}; to run them with a role's rights instead, \
+             restore with --role ROLE connected as a login that is not a superuser either, without CREATEROLE \
+             before PostgreSQL 16 (--db postgres://ROLE@…; and --no-owner --no-acl where the snapshot's objects \
+             belong to roles ROLE cannot act as)",
             functions.len(),
             named.join(", ")
         );

@@ -533,3 +533,30 @@ fn an_owner_that_is_a_superuser_only_here_is_refused_before_the_restore() {
     drop(source);
     drop_roles(&[rising]);
 }
+
+/// Before PostgreSQL 16 a role with CREATEROLE may grant itself any role but a superuser
+/// (pg_execute_server_program runs programs as the server): a loader with it is warned of the
+/// snapshot's functions as a superuser is.
+#[test]
+fn a_loader_with_createrole_is_warned_as_a_superuser_is_before_postgresql_16() {
+    let creator = format!("cv_creator_{}", std::process::id());
+    drop_roles(std::slice::from_ref(&creator));
+    psql("postgres", &format!("CREATE ROLE {creator} LOGIN CREATEROLE"));
+    let setup = "CREATE FUNCTION public.positive(v int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT v > 0'; \
+                 CREATE TABLE public.checked (id int PRIMARY KEY CHECK (public.positive(id))); \
+                 INSERT INTO public.checked VALUES (1), (2)";
+    let Ready { source, work, repo, .. } = Scenario::new("roles_creator").sql(setup).init("repo").backup();
+    let target = TestDb::create("roles_creator_target");
+    target.sql(&format!("ALTER DATABASE \"{}\" OWNER TO {creator}", target.name));
+    target.sql(&format!("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION {creator}"));
+    let (key, url) = (work.admin_key(), target.url().replacen("postgres@", &format!("{creator}@"), 1));
+    let args = ["restore", "--repo", repo.as_str(), "--identity", &key, "--db", &url, "--role", &creator];
+    let run = work.run(&[&args[..], &["--no-owner", "--no-acl", "latest"]].concat()).ok();
+    assert_eq!(target.sql("SELECT count(*) FROM public.checked").trim(), "2");
+    let version: u32 = psql("postgres", "SHOW server_version_num").trim().parse().expect("a version");
+    let warned = run.stderr.contains("public.positive(integer)") && run.stderr.contains("CREATEROLE");
+    assert_eq!(warned, version < 160000, "{}", run.stderr);
+    drop(target);
+    drop(source);
+    drop_roles(&[creator]);
+}
