@@ -423,26 +423,32 @@ async fn acquire_until(
     deadline: tokio::time::Instant,
 ) -> Result<RepositoryLock> {
     let mine = new_lock(recipients, mode, options);
+    // Dropped before it is disarmed (Ctrl-C while storage writes or confirms our object), it
+    // removes the object if it is ours: a lock written but not yet held by a `RepositoryLock`.
+    let mut attempt = Attempt { target, mine: &mine, mode, armed: true };
     let mut backoff = Duration::from_millis(250);
     loop {
-        let attempt = match mode {
+        let tried = match mode {
             LockMode::Shared => try_shared(target, &mine, options).await.map(|tried| tried.map(|key| (key, false))),
             LockMode::Append | LockMode::Exclusive => try_writer(target, &mine, options).await,
         };
-        let blocked = match attempt {
+        let blocked = match tried {
             Ok(blocked) => blocked,
             Err(error) => {
                 remove_if_mine(target, &mine, mode).await;
+                attempt.armed = false;
                 return Err(error);
             }
         };
         let holder = match blocked {
-            Ok((key, took_over_exclusive)) if mode == LockMode::Exclusive => {
+            Ok((key, took_over_exclusive)) => {
                 let lock = held(target, key, mine.clone(), options, took_over_exclusive);
-                wait_for_readers(target, options, deadline).await?;
+                attempt.armed = false;
+                if mode == LockMode::Exclusive {
+                    wait_for_readers(target, options, deadline).await?;
+                }
                 return Ok(lock);
             }
-            Ok((key, took_over_exclusive)) => return Ok(held(target, key, mine, options, took_over_exclusive)),
             Err(holder) => holder,
         };
         let now = tokio::time::Instant::now();
@@ -452,6 +458,34 @@ async fn acquire_until(
         tracing::info!("{}: locked by {holder}; waiting", target.location());
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A lock being taken: see [`acquire_until`].
+struct Attempt<'a> {
+    target: &'a Target,
+    mine: &'a StoredLock,
+    mode: LockMode,
+    armed: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // As `RepositoryLock`'s drop: done before the process goes on (and perhaps exits).
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            let removed =
+                tokio::time::timeout(Duration::from_secs(10), remove_if_mine(self.target, self.mine, self.mode));
+            let _ = tokio::task::block_in_place(|| runtime.block_on(removed));
+        } else {
+            let (target, mine, mode) = (self.target.clone(), self.mine.clone(), self.mode);
+            runtime.spawn(async move { remove_if_mine(&target, &mine, mode).await });
+        }
     }
 }
 

@@ -555,7 +555,7 @@ fn a_loader_with_createrole_is_warned_as_a_superuser_is_before_postgresql_16() {
     assert_eq!(target.sql("SELECT count(*) FROM public.checked").trim(), "2");
     let version: u32 = psql("postgres", "SHOW server_version_num").trim().parse().expect("a version");
     let warned = run.stderr.contains("public.positive(integer)") && run.stderr.contains("CREATEROLE");
-    assert_eq!(warned, version < 160000, "{}", run.stderr);
+    assert_eq!(warned, version < 160_000, "{}", run.stderr);
     drop(target);
     drop(source);
     drop_roles(&[creator]);
