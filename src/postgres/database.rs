@@ -376,7 +376,7 @@ async fn give(client: &tokio_postgres::Client, given: &Given) -> Result<Option<t
 
 /// Why the server refused a setting as such, in words and SQLSTATE (never its message: that may
 /// quote the value, and a value may be a secret): the role may not set it, this server does not
-/// know it, or not that value. `None` for any other error.
+/// know it or reserves its name, or not that value. `None` for any other error.
 fn refusal(error: &tokio_postgres::Error) -> Option<String> {
     use tokio_postgres::error::SqlState;
     let code = error.code()?;
@@ -385,6 +385,8 @@ fn refusal(error: &tokio_postgres::Error) -> Option<String> {
         c if *c == SqlState::UNDEFINED_OBJECT => "a setting this server does not know",
         c if *c == SqlState::INVALID_PARAMETER_VALUE => "a value it does not take",
         c if *c == SqlState::CANT_CHANGE_RUNTIME_PARAM => "one set only at server start",
+        // A custom setting under a prefix an extension loaded here reserves (`plpgsql.x`).
+        c if *c == SqlState::INVALID_NAME => "a name this server reserves",
         _ => return None,
     };
     Some(format!("{words}, SQLSTATE {}", code.code()))

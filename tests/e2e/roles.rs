@@ -560,3 +560,25 @@ fn a_loader_with_createrole_is_warned_as_a_superuser_is_before_postgresql_16() {
     drop(source);
     drop_roles(&[creator]);
 }
+
+/// A custom setting under a prefix an extension reserves where the snapshot is restored
+/// (`plpgsql.x`, once plpgsql is loaded) is refused by name: left out with a warning, not the
+/// end of the restore.
+#[test]
+fn restore_create_leaves_out_a_setting_whose_name_the_server_reserves() {
+    let Ready { source, work, repo, .. } = Scenario::new("roles_reserved")
+        .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1)")
+        .init("repo")
+        .backup();
+    psql("postgres", &format!("ALTER DATABASE {} SET plpgsql.cv_note = 'kept out'", source.name));
+    work.backup(&source, &repo);
+    let created = TestDb::create("roles_reserved_created");
+    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    // Every session of the restore loads plpgsql first, which reserves its prefix.
+    let url = format!("{}?options=-csession_preload_libraries%3Dplpgsql", created.url());
+    let key = work.admin_key();
+    let run = work.run(&["restore", "--repo", &repo, "--identity", &key, "--db", &url, "--create", "latest"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("left out: the setting plpgsql.cv_note"), "{}", run.stderr);
+    assert_eq!(created.sql("SELECT count(*) FROM public.t").trim(), "1");
+}
