@@ -382,6 +382,21 @@ impl LoadSession {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    /// The user schemas and relations there are now, each by oid with its name: what
+    /// [`Self::written_outside`] cannot see (a drop leaves no row) is what is missing later.
+    pub async fn relations_now(&self) -> Result<Vec<(u32, String)>> {
+        let sql = format!(
+            "SELECT n.oid, 'schema ' || pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_namespace n \
+             WHERE {USER_SCHEMAS} \
+             UNION ALL SELECT c.oid, 'relation ' || pg_catalog.quote_ident(n.nspname) || '.' \
+               || pg_catalog.quote_ident(c.relname) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {USER_SCHEMAS} AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+        );
+        let rows = self.client.query(&sql, &[]).await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
     /// Fires the transaction's deferred triggers and checks now (`SET CONSTRAINTS ALL
     /// IMMEDIATE`) instead of at commit.
     pub async fn fire_deferred(&self) -> Result<()> {

@@ -90,6 +90,10 @@ impl Load<'_> {
         }
         self.create_roles().await?;
         let side = self.side_schemas();
+        let before = match side {
+            Some(_) => client.relations_now().await?,
+            None => Vec::new(),
+        };
         client.run_script(pre_data).await?;
         self.warn_of_functions_run_as_superuser().await?;
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
@@ -99,7 +103,7 @@ impl Load<'_> {
         }
         self.finish(post_data).await?;
         if let Some(side) = &side {
-            self.check_nothing_outside_changed(side).await?;
+            self.check_nothing_outside_changed(side, &before).await?;
         }
         client.commit().await?;
         Ok(rows)
@@ -114,15 +118,17 @@ impl Load<'_> {
     }
 
     /// Refuses a side-schema restore that changed anything outside the schemas it made, before
-    /// it commits: rows of a table there ([`LoadSession::rows_changed_outside`]) or objects
-    /// made or altered there ([`LoadSession::written_outside`]). The snapshot's own code does
+    /// it commits: rows of a table there ([`LoadSession::rows_changed_outside`]), objects made
+    /// or altered there ([`LoadSession::written_outside`]), or schemas and relations of
+    /// `before` dropped ([`LoadSession::relations_now`]; another session's drop meanwhile
+    /// counts too). The snapshot's own code does
     /// that: a function its check constraints, defaults or domains call while rows load (written
     /// by whoever could create functions in the source; `--schema-map` does not rename function
     /// bodies). Deferred triggers fire first, so that what they would do at commit is seen. The
     /// error rolls everything back but what PostgreSQL never rolls back (sequences, anything
     /// outside the database). A tripwire, not a boundary: code running as a superuser can hide
     /// from it (docs/OPERATIONS.md); a login without rights on the live objects is the boundary.
-    async fn check_nothing_outside_changed(&self, side: &[&str]) -> Result<()> {
+    async fn check_nothing_outside_changed(&self, side: &[&str], before: &[(u32, String)]) -> Result<()> {
         let client = self.client;
         client.fire_deferred().await?;
         let mut changed: Vec<String> = client
@@ -136,6 +142,18 @@ impl Load<'_> {
         if !objects.is_empty() {
             let named: Vec<String> = objects.iter().map(|object| crate::error::printable(object)).collect();
             changed.push(format!("objects outside them: {}", named.join(", ")));
+        }
+        // Schemas and relations that were there before the snapshot's first statement.
+        let now: std::collections::HashSet<u32> =
+            client.relations_now().await?.into_iter().map(|(oid, _)| oid).collect();
+        let dropped: Vec<String> = before
+            .iter()
+            .filter(|(oid, _)| !now.contains(oid))
+            .take(10)
+            .map(|(_, name)| crate::error::printable(name))
+            .collect();
+        if !dropped.is_empty() {
+            changed.push(format!("dropped: {}", dropped.join(", ")));
         }
         if changed.is_empty() {
             return Ok(());

@@ -449,6 +449,12 @@ BEGIN
   RETURN true;
 END $$;
 CREATE TABLE crm.tasks (id int PRIMARY KEY CHECK (crm.later(id)), name text);
+CREATE FUNCTION crm.dropping(id int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN EXECUTE 'DROP TABLE IF EXISTS crm.victim'; RETURN true; END $$;
+CREATE TABLE crm.gone (id int PRIMARY KEY CHECK (crm.dropping(id)));
+INSERT INTO crm.gone VALUES (1);
+CREATE TABLE crm.victim (id int PRIMARY KEY);
+INSERT INTO crm.victim VALUES (1), (2);
 CREATE TABLE crm.plain (id int PRIMARY KEY, name text);
 INSERT INTO crm.contacts VALUES (1, 'a'), (2, 'b');
 INSERT INTO crm.deals VALUES (1, 'x');
@@ -480,6 +486,12 @@ ALTER TABLE crm.log DROP COLUMN altered;
     run.fails_with(1, "rows of \"crm\".\"log\"");
     assert_eq!(log(), before);
     assert!(!exists(&source, "crm_side.tasks"));
+
+    // What is dropped leaves no row to see: the relations there before are counted again.
+    let run = work.restore_with(&repo, &source, &["--table", "crm.gone", "--schema-map", "crm=crm_side", "latest"]);
+    run.fails_with(1, "dropped: relation crm.victim");
+    assert!(exists(&source, "crm.victim"), "the live table is still there");
+    assert_eq!(source.sql("SELECT count(*) FROM crm.victim").trim(), "2");
 
     // A restore that keeps to its schema goes through.
     work.restore_with(&repo, &source, &["--table", "crm.plain", "--schema-map", "crm=crm_side", "latest"]).ok();
