@@ -179,20 +179,13 @@ impl Server {
             None => None,
         };
         let (loading, name) = (quote_ident(finish.loading), quote_ident(finish.name));
-        // Each statement with the name of the setting it gives, if it gives one.
-        let mut given: Vec<(Given, Option<&str>)> = match &object {
-            Some(object) => given(finish.loading, object, finish.leave_out)
-                .into_iter()
-                .map(|given| {
-                    let setting = given.setting.map(|place| object.settings[place].name.as_str());
-                    (given, setting)
-                })
-                .collect(),
+        let mut given = match &object {
+            Some(object) => given(finish.loading, object, finish.leave_out),
             None => Vec::new(),
         };
         if object.is_none() || finish.leave_out.privileges {
             let sql = format!("GRANT CONNECT, TEMPORARY ON DATABASE {loading} TO PUBLIC");
-            given.push((Given { sql, probe: None, setting: None }, None));
+            given.push(Given { sql, probe: None, setting: None });
         }
         let comment = object.as_ref().and_then(|o| o.comment.as_deref()).map_or_else(|| "NULL".into(), quote_literal);
         let mut tries = 0;
@@ -201,12 +194,16 @@ impl Server {
             if let Some(role) = finish.role {
                 client.batch_execute(&format!("SET LOCAL ROLE {}", quote_ident(role))).await?;
             }
-            for (statement, setting) in &given {
+            for statement in &given {
                 // Probed as in the try: what changed since (a right revoked during the load) is
                 // refused without the value.
                 let failed = match give(client, statement).await {
                     Ok(None) => continue,
-                    Ok(Some(error)) => refused(&statement.sql, *setting, &error),
+                    Ok(Some(error)) => {
+                        let setting =
+                            statement.setting.zip(object.as_ref()).map(|(at, o)| o.settings[at].name.as_str());
+                        refused(&statement.sql, setting, &error)
+                    }
                     Err(error) => error,
                 };
                 let _ = client.batch_execute("ROLLBACK").await;

@@ -575,11 +575,10 @@ async fn missing_roles<'r>(client: &Client, roles: &[&'r RoleRecord]) -> Result<
 /// each a member of the roles it was a member of that exist. Returns the memberships left
 /// out (`role in group`) because the group does not exist.
 pub(super) async fn create_roles(client: &Client, roles: &[&RoleRecord]) -> Result<(Vec<String>, Vec<String>)> {
-    // Another restore (into another database: advisory locks do not reach) may make the same
-    // role at the same time: its CREATE ROLE waits for the other's transaction, then finds
-    // the name taken. Such a role is the other's, not made (nor undone) here.
-    // In one order, byte by byte: two restores making the same roles (or a restore's try and
-    // another's load) each wait for the other's CREATE ROLE, never for each other.
+    // Another restore (into another database: advisory locks do not reach), or another's try,
+    // may make the same role at the same time: its CREATE ROLE waits for the other's
+    // transaction, then finds the name taken. Such a role is the other's, not made (nor
+    // undone) here. Made in one order, byte by byte, two never wait for each other.
     let mut roles = missing_roles(client, roles).await?;
     roles.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     let mut created = Vec::new();

@@ -262,12 +262,12 @@ pub async fn run_creating(
 /// so the catalog records no dependency on it) and predefined `pg_…` roles. A target may lack
 /// them all the same (a bootstrap superuser of another name, an older server), and `--create`
 /// would fail on them at its last step, after the whole load: they are checked with the rest.
-fn unrecorded_roles(database_roles: &[&str], recorded: &[RoleRecord]) -> Vec<RoleRecord> {
+fn unrecorded_roles(database_roles: &[String], recorded: &[RoleRecord]) -> Vec<RoleRecord> {
     database_roles
         .iter()
         .filter(|name| !recorded.iter().any(|role| role.name == **name))
         .map(|name| RoleRecord {
-            name: (*name).to_string(),
+            name: name.clone(),
             owns: false,
             granted: false,
             named: false,
@@ -398,9 +398,9 @@ pub(crate) async fn restore(
     }
     let client = session(options, &manifest).await?;
     // `restore --create` gives the new database its source's owner, grants and settings.
-    let database_roles = match &manifest.database_object {
+    let database_roles: Vec<String> = match &manifest.database_object {
         Some(object) if options.create.as_deref() == Some(RESTORING_MARK) => {
-            postgres::database::roles_needed(object, leave_out)
+            postgres::database::roles_needed(object, leave_out).into_iter().map(str::to_string).collect()
         }
         _ => Vec::new(),
     };
@@ -413,7 +413,7 @@ pub(crate) async fn restore(
             role.named
                 || (role.owns && !leave_out.owners)
                 || (role.granted && !leave_out.privileges)
-                || database_roles.contains(&role.name.as_str())
+                || database_roles.contains(&role.name)
         })
         .chain(&unrecorded)
         .collect();
@@ -425,10 +425,6 @@ pub(crate) async fn restore(
             roles: missing.iter().map(|role| describe_role(role)).collect(),
         });
     }
-    // Made for the try below (and undone): the missing roles the database itself names, no
-    // others to wait on.
-    let to_make: Vec<RoleRecord> =
-        missing.iter().filter(|role| database_roles.contains(&role.name.as_str())).map(|&role| role.clone()).collect();
     // An owner that was no superuser in the source and is one here (a source role named like
     // this server's superuser): its SECURITY DEFINER functions and views would act as one.
     if !leave_out.owners {
@@ -459,7 +455,9 @@ pub(crate) async fn restore(
     if let Some(object) = manifest.database_object.as_mut()
         && options.create.as_deref() == Some(RESTORING_MARK)
     {
-        let to_make: Vec<&RoleRecord> = to_make.iter().collect();
+        // Made for the try (and undone): the missing roles the database itself names, no others
+        // to wait on.
+        let to_make: Vec<&RoleRecord> = missing.iter().filter(|role| database_roles.contains(&role.name)).collect();
         let server = postgres::Server::of(&options.database).await?;
         let giving = (leave_out, options.role.as_deref());
         for warning in server.try_giving(&options.database.name(), object, giving, &to_make).await? {
@@ -582,7 +580,8 @@ mod tests {
     #[test]
     fn roles_the_database_names_that_the_snapshot_does_not_record_are_checked_too() {
         let recorded = [role("app"), role("owner")];
-        let unrecorded = unrecorded_roles(&["app", "owner", "postgres", "pg_read_all_data"], &recorded);
+        let unrecorded =
+            unrecorded_roles(&["app", "owner", "postgres", "pg_read_all_data"].map(String::from), &recorded);
         let names: Vec<&str> = unrecorded.iter().map(|role| role.name.as_str()).collect();
         assert_eq!(names, ["postgres", "pg_read_all_data"]);
         assert!(unrecorded.iter().all(|role| role.database && !role.owns && role.attributes.is_empty()));

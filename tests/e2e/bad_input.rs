@@ -208,8 +208,7 @@ fn text_in_the_shared_catalogs_that_is_not_utf8_stops_neither_backup_nor_restore
     ));
     let report = work.backup(&source, &repo);
     assert!(report["snapshot_id"].is_string(), "{report}");
-    let created = TestDb::create("bad_catalog_created");
-    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    let created = TestDb::unmade("bad_catalog_created");
     work.restore_with(&repo, &created, &["--create", "latest"]).ok();
     let comment = psql(
         "postgres",

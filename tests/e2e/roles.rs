@@ -5,6 +5,12 @@
 
 use crate::common::*;
 
+/// Makes role `name` with `attributes` afresh (one a killed test left is dropped first).
+fn new_role(name: &str, attributes: &str) {
+    drop_roles(&[name.to_string()]);
+    psql("postgres", &format!("CREATE ROLE \"{name}\" {attributes}"));
+}
+
 /// Drops `roles` (after the databases that name them are gone).
 fn drop_roles(roles: &[String]) {
     for role in roles {
@@ -244,9 +250,8 @@ fn restore_create_as_a_role_leaves_out_the_settings_the_server_refuses_it_before
 fn restore_create_tries_the_settings_of_the_roles_it_will_make_before_the_load() {
     let pid = std::process::id();
     let (loader, later) = (format!("cv_maker_{pid}"), format!("cv_later_{pid}"));
-    let roles = [loader.clone(), later.clone()];
-    drop_roles(&roles);
-    psql("postgres", &format!("CREATE ROLE \"{loader}\" NOLOGIN CREATEROLE; CREATE ROLE \"{later}\" NOLOGIN"));
+    new_role(&loader, "NOLOGIN CREATEROLE");
+    new_role(&later, "NOLOGIN");
     let Ready { source, work, repo, .. } = Scenario::new("roles_later")
         .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1), (2)")
         .init("repo")
@@ -261,8 +266,7 @@ fn restore_create_tries_the_settings_of_the_roles_it_will_make_before_the_load()
     );
     work.backup(&source, &repo);
     drop_roles(std::slice::from_ref(&later));
-    let created = TestDb::create("roles_later_created");
-    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    let created = TestDb::unmade("roles_later_created");
     let args = ["--json", "--create", "--create-roles", "--role", &loader, "--no-owner", "--no-acl", "latest"];
     let run = work.restore_with(&repo, &created, &args);
     assert_eq!(run.code, 0, "a setting refused to a role made by the restore cost the whole restore: {}", run.stderr);
@@ -512,8 +516,7 @@ fn a_member_of_a_superuser_role_is_warned_as_a_superuser_is() {
 #[test]
 fn an_owner_that_is_a_superuser_only_here_is_refused_before_the_restore() {
     let rising = format!("cv_rising_{}", std::process::id());
-    drop_roles(std::slice::from_ref(&rising));
-    psql("postgres", &format!("CREATE ROLE {rising} NOLOGIN"));
+    new_role(&rising, "NOLOGIN");
     let setup = format!(
         "CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1); \
          CREATE FUNCTION public.helper() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user'; \
@@ -540,8 +543,7 @@ fn an_owner_that_is_a_superuser_only_here_is_refused_before_the_restore() {
 #[test]
 fn a_loader_with_createrole_is_warned_as_a_superuser_is_before_postgresql_16() {
     let creator = format!("cv_creator_{}", std::process::id());
-    drop_roles(std::slice::from_ref(&creator));
-    psql("postgres", &format!("CREATE ROLE {creator} LOGIN CREATEROLE"));
+    new_role(&creator, "LOGIN CREATEROLE");
     let setup = "CREATE FUNCTION public.positive(v int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT v > 0'; \
                  CREATE TABLE public.checked (id int PRIMARY KEY CHECK (public.positive(id))); \
                  INSERT INTO public.checked VALUES (1), (2)";
@@ -572,8 +574,7 @@ fn restore_create_leaves_out_a_setting_whose_name_the_server_reserves() {
         .backup();
     psql("postgres", &format!("ALTER DATABASE {} SET plpgsql.cv_note = 'kept out'", source.name));
     work.backup(&source, &repo);
-    let created = TestDb::create("roles_reserved_created");
-    psql("postgres", &format!("DROP DATABASE {}", created.name));
+    let created = TestDb::unmade("roles_reserved_created");
     // Every session of the restore loads plpgsql first, which reserves its prefix.
     let url = format!("{}?options=-csession_preload_libraries%3Dplpgsql", created.url());
     let key = work.admin_key();

@@ -29,6 +29,13 @@ impl TestDb {
         TestDb::create_with(label, "")
     }
 
+    /// A name of its own for a database `restore --create` makes (dropped at the end if made).
+    pub fn unmade(label: &str) -> TestDb {
+        let db = TestDb::create(label);
+        psql("postgres", &format!("DROP DATABASE {}", db.name));
+        db
+    }
+
     /// A database made with `options` of `CREATE DATABASE` (`ENCODING 'SQL_ASCII'`, …).
     pub fn create_with(label: &str, options: &str) -> TestDb {
         let name = format!("cvt_{label}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
