@@ -177,14 +177,18 @@ pub fn missed_at(
     snapshots
 }
 
-/// The pin of the repository this machine opened at `location` before, if any.
-pub fn pin_of_location(config_dir: &Path, location: &str) -> Result<Option<Pin>> {
+/// The pin of a repository other than `repository_id` that this machine opened at `location`
+/// before, if any.
+pub fn pin_of_location(config_dir: &Path, location: &str, repository_id: &str) -> Result<Option<Pin>> {
     let folder = config_dir.join("repos");
     let Ok(entries) = std::fs::read_dir(&folder) else {
         return Ok(None);
     };
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
+        if id == repository_id {
+            continue;
+        }
         if let Ok(Some(pin)) = load_pin(config_dir, &id)
             && pin.locations.iter().any(|known| same_location(known, location))
         {

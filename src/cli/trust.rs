@@ -176,9 +176,9 @@ async fn check_with(
                  you trust (forged, replaced or another one); nothing was read from it"
             );
         }
-        if pinned.is_none()
-            && let Some(other) = trust::pin_of_location(config_dir, location)?
-        {
+        // Whether or not this machine pinned the repository presented too: a backup host of two
+        // repositories must not write one's backups where the other's were.
+        if let Some(other) = trust::pin_of_location(config_dir, location, &repository.config.id)? {
             bail!(
                 "{location} held repository {} (fingerprint {}) when this machine last opened it, and now claims to \
                  be repository {} (fingerprint {actual}): it was forged or replaced in storage; nothing was read from it",

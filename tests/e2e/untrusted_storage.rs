@@ -81,6 +81,28 @@ fn a_forged_repository_made_with_the_public_recipients_is_refused_everywhere() {
         .fails_with(1, "forged or replaced in storage");
 }
 
+/// A backup host of two repositories (another team's, whose admin is the attacker): the other
+/// copied over this one's folder by whoever can write the storage is refused there, though the
+/// host pinned it too. Accepted, the host's backups of this database went to the other
+/// repository's admins.
+#[test]
+fn a_repository_the_host_also_trusts_is_refused_in_the_place_of_another() {
+    let victim = Victim::new("swapped");
+    let other = victim.work.path("other").to_str().unwrap().to_string();
+    let evil = victim.work.keygen("evil.key");
+    victim.work.run(&["init", "--repo", &other, "--recipient", &evil]).ok();
+    std::fs::remove_dir_all(&victim.repo).unwrap();
+    copy_dir(Path::new(&other), Path::new(&victim.repo));
+    victim
+        .work
+        .run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo])
+        .fails_with(1, "forged or replaced in storage");
+    let snapshots = victim.file("snapshots");
+    assert!(!snapshots.exists() || files_under(&snapshots).is_empty(), "no backup was written there");
+    // The other repository still works where it is.
+    victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &other]).ok();
+}
+
 #[test]
 fn a_replaced_keys_object_or_an_added_recipient_is_refused_by_backup_and_restore() {
     let victim = Victim::new("rekeyed");
