@@ -49,6 +49,17 @@ fn refuse_one_storage_twice(repositories: &[Repository]) -> Result<()> {
     Ok(())
 }
 
+/// The snapshots a selector names, to try in order ([`RepoSet::resolve_snapshot`]).
+#[derive(Debug)]
+pub struct Resolved {
+    /// Newest first: those whose manifests opened (an id prefix: its one snapshot).
+    pub ids: Vec<SnapshotId>,
+    /// For `latest`, the listed snapshots whose manifests did not open anywhere (damaged,
+    /// forged, of a newer format): their time and database are unknown, so they are neither
+    /// chosen nor silently left out. A restore tries them first and names each with why.
+    pub unreadable: Vec<SnapshotId>,
+}
+
 /// A target that could not be opened, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LeftOut {
@@ -280,7 +291,7 @@ impl RepoSet {
     /// through: the snapshots to try, in order. An id gives one (refused if it does not pass
     /// the filter); `latest` gives every snapshot that passes, newest first, so that a restore
     /// can pass over one that fails to prove itself (a forgery dated in the future, a damaged
-    /// object), and those whose manifests do not open, to be passed over with why.
+    /// object); those whose manifests do not open are apart ([`Resolved::unreadable`]).
     ///
     /// `latest` is of one database: the one `filter` names, or the only one whose snapshots
     /// pass; of several, it is refused as ambiguous ([`Error::AmbiguousLatest`]). Each
@@ -290,7 +301,7 @@ impl RepoSet {
         selector: &str,
         filter: &SnapshotFilter,
         keyring: &Keyring,
-    ) -> Result<Vec<SnapshotId>> {
+    ) -> Result<Resolved> {
         let candidates = self.resolve_selector(selector).await?;
         if selector != "latest" {
             if !filter.is_empty()
@@ -304,9 +315,10 @@ impl RepoSet {
                     manifest.hostname
                 )));
             }
-            return Ok(candidates);
+            return Ok(Resolved { ids: candidates, unreadable: Vec::new() });
         }
         let mut chosen = Vec::new();
+        let mut unreadable = Vec::new();
         let mut tally = FilterTally::default();
         // The databases whose snapshots pass every other part of the filter.
         let mut databases = BTreeSet::new();
@@ -323,8 +335,7 @@ impl RepoSet {
         let mut opened = futures::StreamExt::buffered(futures::stream::iter(opened), MANIFESTS_AHEAD);
         while let Some((id, manifest)) = futures::StreamExt::next(&mut opened).await {
             let Some(manifest) = manifest else {
-                // Passed over, with why, when it is tried.
-                chosen.push(id);
+                unreadable.push(id);
                 continue;
             };
             if others.matches(&manifest) {
@@ -351,7 +362,7 @@ impl RepoSet {
                 hosts[1..].join(", ")
             );
         }
-        Ok(chosen)
+        Ok(Resolved { ids: chosen, unreadable })
     }
 
     /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.

@@ -1230,7 +1230,11 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 }
                 // One snapshot for every copy: `latest` as the copies together see it.
                 let chosen = targets.resolve_snapshot(&options.snapshot, &options.filter, &keyring).await?;
-                options.snapshot = chosen[0].to_string();
+                let chosen =
+                    chosen.ids.first().or(chosen.unreadable.first()).ok_or_else(|| {
+                        crmvault::Error::SnapshotNotFound(format!("no snapshot {}", options.snapshot))
+                    })?;
+                options.snapshot = chosen.to_string();
                 options.filter = crmvault::repo::SnapshotFilter::default();
                 let mut reports = Vec::new();
                 for repository in targets.repositories() {

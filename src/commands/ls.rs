@@ -75,7 +75,8 @@ pub struct SchemaTotal {
 /// through: the newest that opens with `keyring`, for `latest`.
 pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &SnapshotFilter) -> Result<Listing> {
     let mut first_error = None;
-    for id in targets.resolve_snapshot(selector, filter, keyring).await? {
+    let resolved = targets.resolve_snapshot(selector, filter, keyring).await?;
+    for id in resolved.ids.into_iter().chain(resolved.unreadable) {
         for repository in targets.repositories() {
             let opened =
                 repository.read_snapshot(&id).await.and_then(|sealed| Ok((sealed.open(keyring)?, sealed.mark())));

@@ -43,7 +43,12 @@ pub(super) async fn choose_snapshot(
     // Said only if a snapshot is restored after all; otherwise the first error says it.
     let mut passed_over = Vec::new();
     let mut first_error = None;
-    for snapshot_id in targets.resolve_snapshot(options.snapshot, options.filter, keyring).await? {
+    let mut unreadable_ids = Vec::new();
+    let resolved = targets.resolve_snapshot(options.snapshot, options.filter, keyring).await?;
+    // A snapshot that does not open is of unknown time and database: it may be the newest
+    // (damaged, or written by a newer crmvault). Tried first, so that a restore names it.
+    let unreadable = resolved.unreadable.len();
+    for (tried, snapshot_id) in resolved.unreadable.into_iter().chain(resolved.ids).enumerate() {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
                 let mut note = |warning: String| {
@@ -66,7 +71,15 @@ pub(super) async fn choose_snapshot(
                     Some(known) if targets.absence_explained(&known.id, keyring).await => None,
                     known => known,
                 };
-                if let Some(known) = known {
+                if let Some(known) = known
+                    && unreadable_ids.contains(&known.id)
+                {
+                    note(format!(
+                        "the newest snapshot this machine knows of, {} (number {}, {}), does not open (above); \
+                         restoring the newest that does, {} (number {}, {})",
+                        known.id, known.sequence, known.time, mark.id, mark.sequence, mark.time
+                    ));
+                } else if let Some(known) = known {
                     note(format!(
                         "the newest snapshot found, {} (number {}, {}), is older than the newest this machine knows of, {} \
                          (number {}, {}): it was deleted from storage; restoring the one found",
@@ -78,7 +91,12 @@ pub(super) async fn choose_snapshot(
             Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
                 passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
                 first_error.get_or_insert(error);
+                if tried < unreadable {
+                    unreadable_ids.push(snapshot_id);
+                }
             }
+            // Listed, then gone before it was read (a forget meanwhile): nothing to name.
+            Err(Error::Missing { .. }) if tried < unreadable => {}
             Err(error) => return Err(error),
         }
     }

@@ -209,7 +209,7 @@ async fn the_proof_reads_the_database_a_changed_row_sequence_or_orphan_fails_it(
     let id =
         targets.resolve_snapshot(report["snapshot_id"].as_str().unwrap(), &SnapshotFilter::default(), &admin).await;
     let (manifest, _, _) =
-        targets.open_snapshot(&admin, &id.unwrap()[0], crmvault::repo::INDEX_IN_MEMORY).await.unwrap();
+        targets.open_snapshot(&admin, &id.unwrap().ids[0], crmvault::repo::INDEX_IN_MEMORY).await.unwrap();
     let database = Database::parse(&restored.url()).unwrap();
     let prove = || async {
         let mut proof = crmvault::drill::DrillReport::new(vec![repo.clone()], String::new(), &database);

@@ -540,3 +540,44 @@ fn a_linked_folder_or_a_forged_format_version_in_storage_changes_nothing() {
     assert_same_database(&victim.source, &target);
     victim.work.run(&["verify", "--repo", &victim.repo]).fails_with(3, "missing, damaged or replaced");
 }
+
+#[test]
+fn restore_latest_names_a_newest_snapshot_that_does_not_open_and_never_calls_it_deleted() {
+    let Ready { source, work, repo, report } = Scenario::new("unreadable_newest").crm().init("repo").backup();
+    let victim = Victim { source, work, repo };
+    let id = |report: &serde_json::Value| report["snapshot_id"].as_str().unwrap().to_string();
+    let first = id(&report);
+    victim
+        .source
+        .sql("UPDATE crm.contacts SET email = 'second@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+    let second = id(&victim.work.backup(&victim.source, &victim.repo));
+    // A machine that has never seen the repository: no pin, only the admin's key.
+    let unpinned = Workspace::new();
+    let fingerprint = victim.work.fingerprint(&victim.repo);
+    std::fs::copy(victim.work.admin_key(), unpinned.admin_key()).unwrap();
+    let newest = victim.file(&format!("snapshots/{second}"));
+    let original = std::fs::read(&newest).unwrap();
+
+    // The newest as a later crmvault would write it (its header unreadable here), then damaged.
+    let newer_format = String::from_utf8_lossy(&original).replacen("crmvault-snapshot 7", "crmvault-snapshot 99", 1);
+    assert_ne!(newer_format.as_bytes(), &original[..], "the version line is rewritten");
+    let mut damaged = original.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    for (case, bytes, says) in
+        [("newer format", newer_format.into_bytes(), "uses repository format 99"), ("damaged", damaged, "corrupt")]
+    {
+        std::fs::write(&newest, &bytes).unwrap();
+        for (machine, work) in [("pinned", &victim.work), ("unpinned", &unpinned)] {
+            let target = TestDb::create(&format!("unreadable_{}_{machine}", case.replace(' ', "_")));
+            let run = work.restore_with(&victim.repo, &target, &["--json", "--fingerprint", &fingerprint]).ok();
+            assert_eq!(id(&run.json()), first, "{case}, {machine}: the older snapshot is restored");
+            let named = format!("snapshot {second} passed over");
+            assert!(run.stderr.contains(&named) && run.stderr.contains(says), "{case}, {machine}: {}", run.stderr);
+            assert!(!run.stderr.contains("deleted from storage"), "{case}, {machine}: {}", run.stderr);
+            if machine == "pinned" {
+                assert!(run.stderr.contains("does not open"), "{case}: {}", run.stderr);
+            }
+        }
+    }
+    std::fs::write(&newest, original).unwrap();
+}
