@@ -383,8 +383,14 @@ impl Repository {
             futures::StreamExt::collect(futures::StreamExt::buffered(futures::stream::iter(reads), 16)).await;
         let hashes: std::collections::BTreeSet<&str> =
             keys.iter().filter_map(|key| parse_key(key)).map(|(_, hash)| hash).collect();
-        let numbers: std::collections::BTreeSet<u64> =
-            keys.iter().filter_map(|key| parse_key(key)).map(|(n, _)| n).collect();
+        // The numbers of the records that open (and, with a key, prove themselves): junk named
+        // like a record far ahead is reported as junk, not as every record before it removed.
+        let numbers: std::collections::BTreeSet<u64> = opened
+            .iter()
+            .filter_map(|(_, opened)| opened.as_ref().ok())
+            .filter(|record| record.authenticated != Some(false))
+            .map(|record| record.header.number)
+            .collect();
         let highest = numbers.last().copied().unwrap_or(0);
         // The gaps between the numbers there are (counted, not walked: a planted record may be
         // numbered in the billions).

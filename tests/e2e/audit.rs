@@ -99,6 +99,20 @@ fn a_removed_or_forged_record_is_reported_by_audit_and_verify() {
     assert_eq!(files.len(), 3);
     work.run(&["verify", "--repo", &repo]).ok();
 
+    // Junk named like a record far ahead: named as junk, not as every record before it removed.
+    let junk = b"junk".to_vec();
+    let junk_path = files[0].with_file_name(format!("0000000099-{}", blake3::hash(&junk).to_hex()));
+    std::fs::write(&junk_path, &junk).unwrap();
+    for identity in [None, Some(key.as_str())] {
+        let mut args = vec!["verify", "--repo", &repo];
+        args.extend(identity.iter().flat_map(|key| ["--identity", key]));
+        let run = work.run(&args);
+        assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("0000000099-"), "{}", run.stdout);
+        assert!(!run.stdout.contains("removed") && !run.stdout.contains("names it"), "{}", run.stdout);
+    }
+    std::fs::remove_file(&junk_path).unwrap();
+
     // The middle record removed: keyless verify sees the gap, audit too (and `verify` itself
     // appended a record, so the removed one is not the newest).
     let removed = std::fs::read(&files[1]).unwrap();
