@@ -870,6 +870,19 @@ impl Repository {
         }
         let matches: Vec<SnapshotId> =
             ids.into_iter().filter(|id| id.as_str().starts_with(&selector.to_ascii_lowercase())).collect();
+        let matches = if matches.len() > 1 {
+            // Junk named with a real snapshot's first digits must not hide it: of several, the
+            // ones whose headers read (the one chosen still proves itself when opened).
+            let mut readable = Vec::new();
+            for id in &matches {
+                if self.read_snapshot_header(id).await.is_ok() {
+                    readable.push(id.clone());
+                }
+            }
+            if readable.is_empty() { matches } else { readable }
+        } else {
+            matches
+        };
         match matches.as_slice() {
             [one] => Ok(one.clone()),
             [] => Err(Error::SnapshotNotFound(format!("no snapshot {selector} in {}", self.target.location()))),

@@ -581,3 +581,19 @@ fn restore_latest_names_a_newest_snapshot_that_does_not_open_and_never_calls_it_
     }
     std::fs::write(&newest, original).unwrap();
 }
+
+#[test]
+fn junk_named_with_a_snapshots_first_digits_does_not_make_its_prefix_ambiguous() {
+    let Ready { source, work, repo, report } = Scenario::new("prefix_junk").crm().init("repo").backup();
+    let id = report["snapshot_id"].as_str().unwrap().to_string();
+    let junk = Path::new(&repo).join(format!("snapshots/{}{}", &id[..12], "0".repeat(52)));
+    std::fs::write(&junk, b"junk").unwrap();
+    let target = TestDb::create("prefix_junk_target");
+    let run = work.restore_with(&repo, &target, &["--json", &id[..12]]).ok();
+    assert_eq!(run.json()["snapshot_id"].as_str(), Some(id.as_str()));
+    assert_same_database(&source, &target);
+    // Two snapshots that both read are still ambiguous.
+    std::fs::copy(Path::new(&repo).join(format!("snapshots/{id}")), &junk).unwrap();
+    let other = TestDb::create("prefix_junk_other");
+    work.restore_with(&repo, &other, &[&id[..12]]).fails_with(1, "matches 2 snapshots");
+}
