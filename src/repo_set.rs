@@ -55,10 +55,22 @@ pub struct Resolved {
     /// Newest first: those whose manifests opened (an id prefix: its one snapshot).
     pub ids: Vec<SnapshotId>,
     /// For `latest`, the listed snapshots whose manifests did not open anywhere (damaged,
-    /// forged, of a newer format): their time and database are unknown, so they are neither
-    /// chosen nor silently left out. A restore tries them first and names each with why.
+    /// forged, of a newer format, not to this key) and that may be newer than the first of
+    /// `ids`: their header's time is later, or unknown. Their database is unknown, so they are
+    /// neither chosen nor silently left out: a restore tries them first and names each with why.
     pub unreadable: Vec<SnapshotId>,
 }
+
+/// When a snapshot was taken and whose it is: what `latest` chooses by.
+struct Labels {
+    time: DateTime<Utc>,
+    database: String,
+    hostname: String,
+    tags: Vec<String>,
+}
+
+/// A snapshot `latest` opened, or the time its header gives (if it read) when it did not open.
+type Opened = std::result::Result<Labels, Option<DateTime<Utc>>>;
 
 /// A target that could not be opened, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -326,25 +338,43 @@ impl RepoSet {
         // The hosts that made snapshots passing every other part of it, newest first.
         let mut hosts: Vec<String> = Vec::new();
         let any_host = SnapshotFilter { hostname: None, ..filter.clone() };
-        // Read a few at a time (in order): a year of nights is 365 manifests, on S3 as many
-        // round trips.
-        let opened = candidates.into_iter().map(|id| async move {
-            let manifest = self.open_manifest(&id, keyring).await;
-            (id, manifest)
+        // Each read and opened once, a few at a time (a year of nights is 365 manifests, on S3
+        // as many round trips), then taken newest first by the time of the header that opened.
+        // Opened on as many blocking threads as there are cores: more would each keep their
+        // allocator's caches for no gain.
+        let cores = tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from));
+        let opened = candidates.into_iter().map(|id| {
+            let cores = &cores;
+            async move {
+                let opened = self.open_labels(&id, keyring, cores).await;
+                (id, opened)
+            }
         });
-        let mut opened = futures::StreamExt::buffered(futures::stream::iter(opened), MANIFESTS_AHEAD);
-        while let Some((id, manifest)) = futures::StreamExt::next(&mut opened).await {
-            let Some(manifest) = manifest else {
-                unreadable.push(id);
+        let mut opened: Vec<(SnapshotId, Opened)> =
+            futures::StreamExt::collect(futures::StreamExt::buffered(futures::stream::iter(opened), MANIFESTS_AHEAD))
+                .await;
+        let time = |opened: &Opened| match opened {
+            Ok(labels) => Some(labels.time),
+            Err(time) => *time,
+        };
+        opened.sort_by(|(a_id, a), (b_id, b)| (time(b), b_id).cmp(&(time(a), a_id)));
+        let mut newest_chosen = None;
+        for (id, opened) in opened {
+            let Ok(Labels { time, database, hostname, tags }) = opened else {
+                // Older than the newest chosen by its header: not what `latest` means anyway.
+                if newest_chosen.is_none() || time(&opened).is_none() {
+                    unreadable.push(id);
+                }
                 continue;
             };
-            if others.matches(&manifest) {
-                databases.insert(manifest.database.clone());
+            if others.admits(&database, &hostname, &tags) {
+                databases.insert(database.clone());
             }
-            if any_host.matches(&manifest) && !hosts.contains(&manifest.hostname) {
-                hosts.push(manifest.hostname.clone());
+            if any_host.admits(&database, &hostname, &tags) && !hosts.contains(&hostname) {
+                hosts.push(hostname.clone());
             }
-            if tally.see(filter, &manifest) {
+            if tally.see_parts(filter, &database, &hostname, &tags) {
+                newest_chosen.get_or_insert(time);
                 chosen.push(id);
             }
         }
@@ -365,6 +395,31 @@ impl RepoSet {
         Ok(Resolved { ids: chosen, unreadable })
     }
 
+    /// What `latest` looks at in a snapshot, from the first copy where it reads and opens with
+    /// `keyring`: one read of the object, opened on a blocking thread (a year of nights is 365
+    /// manifests to decrypt and headers of thousands of packs to parse), kept small.
+    async fn open_labels(&self, snapshot_id: &SnapshotId, keyring: &Keyring, cores: &tokio::sync::Semaphore) -> Opened {
+        let mut header_time = None;
+        for repository in &self.repositories {
+            let Ok(sealed) = repository.read_snapshot(snapshot_id).await else { continue };
+            header_time.get_or_insert(sealed.header.time);
+            let keyring = keyring.clone();
+            let Ok(_core) = cores.acquire().await else { break };
+            let opened = tokio::task::spawn_blocking(move || {
+                sealed.open(&keyring).map(|manifest| Labels {
+                    time: sealed.header.time,
+                    database: manifest.database,
+                    hostname: manifest.hostname,
+                    tags: manifest.tags,
+                })
+            });
+            if let Ok(Ok(opened)) = opened.await {
+                return Ok(opened);
+            }
+        }
+        Err(header_time)
+    }
+
     /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.
     async fn open_manifest(&self, snapshot_id: &SnapshotId, keyring: &Keyring) -> Option<Manifest> {
         for repository in &self.repositories {
@@ -379,21 +434,21 @@ impl RepoSet {
     async fn resolve_selector(&self, selector: &str) -> Result<Vec<SnapshotId>> {
         if selector == "latest" {
             let mut found = Vec::new();
+            // Every copy's, once each, in no order: resolve_snapshot orders them as it opens them.
             for repository in &self.repositories {
-                match repository.snapshots_newest_first().await {
+                match repository.snapshot_ids().await {
                     Ok(list) => found.extend(list),
                     Err(error) if self.several() => self.warn(repository.target.location(), &error),
                     Err(error) => return Err(error),
                 }
             }
-            found.sort_by(|a, b| b.cmp(a));
             let mut seen = HashSet::new();
-            found.retain(|(_, id)| seen.insert(id.clone()));
+            found.retain(|id| seen.insert(id.clone()));
             if found.is_empty() {
                 let locations: Vec<&str> = self.repositories.iter().map(|r| r.target.location()).collect();
                 return Err(Error::SnapshotNotFound(format!("{} holds no snapshot yet", locations.join(", "))));
             }
-            return Ok(found.into_iter().map(|(_, id)| id).collect());
+            return Ok(found);
         }
         let mut found: Vec<(DateTime<Utc>, SnapshotId)> = Vec::new();
         let mut failures = Failures::default();

@@ -411,9 +411,14 @@ impl SnapshotFilter {
 
     /// Whether a snapshot with this manifest passes.
     pub fn matches(&self, manifest: &Manifest) -> bool {
-        self.database.as_ref().is_none_or(|database| *database == manifest.database)
-            && self.hostname.as_ref().is_none_or(|hostname| *hostname == manifest.hostname)
-            && self.tags.iter().all(|tag| manifest.tags.contains(tag))
+        self.admits(&manifest.database, &manifest.hostname, &manifest.tags)
+    }
+
+    /// Whether a snapshot of this database, host and tags passes.
+    pub fn admits(&self, database: &str, hostname: &str, tags: &[String]) -> bool {
+        self.database.as_ref().is_none_or(|wanted| wanted == database)
+            && self.hostname.as_ref().is_none_or(|wanted| wanted == hostname)
+            && self.tags.iter().all(|tag| tags.contains(tag))
     }
 }
 
@@ -429,8 +434,15 @@ pub struct FilterTally {
 impl FilterTally {
     /// Counts one snapshot whose manifest opened; returns whether `filter` lets it through.
     pub fn see(&mut self, filter: &SnapshotFilter, manifest: &Manifest) -> bool {
-        self.databases.insert(manifest.database.clone());
-        let passes = filter.matches(manifest);
+        self.see_parts(filter, &manifest.database, &manifest.hostname, &manifest.tags)
+    }
+
+    /// [`Self::see`] of a snapshot of this database, host and tags.
+    pub fn see_parts(&mut self, filter: &SnapshotFilter, database: &str, hostname: &str, tags: &[String]) -> bool {
+        if !self.databases.contains(database) {
+            self.databases.insert(database.to_string());
+        }
+        let passes = filter.admits(database, hostname, tags);
         self.matched |= passes;
         passes
     }

@@ -95,6 +95,13 @@ pub(super) async fn choose_snapshot(
                     unreadable_ids.push(snapshot_id);
                 }
             }
+            // Written before a `rekey` added this admin, or under a config this key does not
+            // open: the newest there is, not restored, and said.
+            Err(error @ (Error::BadKey(_) | Error::WrongIdentity { .. })) if tried < unreadable => {
+                passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
+                first_error.get_or_insert(error);
+                unreadable_ids.push(snapshot_id);
+            }
             // Listed, then gone before it was read (a forget meanwhile): nothing to name.
             Err(Error::Missing { .. }) if tried < unreadable => {}
             Err(error) => return Err(error),
