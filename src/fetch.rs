@@ -61,9 +61,14 @@ const WHOLE: Range<u64> = 0..u64::MAX;
 /// Packs' first bytes, through the payload nonce: what decrypting a part needs besides the part.
 type Heads = Arc<Mutex<HashMap<PackKey, Arc<Vec<u8>>>>>;
 
-/// A pack at most this large is fetched and decrypted whole when a reader needs any of it (one
-/// request where fetching its header apart would take two, and its other frames at hand).
-const SMALL_PACK: u64 = 512 * 1024;
+/// A pack at most this large is fetched and decrypted whole when a reader needs any of it: one
+/// of age's pieces, which is all a range of it would cost, with its header in the same request.
+/// Larger ones are read in pieces. A year of nights leaves the newest snapshot's chunks in about
+/// 1,700 packs of ~270 KiB, each one table's night, needed all along that table; read whole
+/// (the rule was 512 KiB), they left the cache and came back 3.6 times each, and `restore
+/// latest` decrypted 1.16 GB for a 69 MB snapshot; in pieces, 298 MB (BENCHMARKS.md, session 29).
+const SMALL_PACK: u64 = crate::crypto::PAYLOAD_CHUNK;
+
 /// Bytes fetched to find where a larger pack's payload starts (its age header takes about 200
 /// bytes a recipient); more if that is not enough.
 const HEAD_PROBE: u64 = 4096;
