@@ -401,20 +401,24 @@ impl RepoSet {
     async fn open_labels(&self, snapshot_id: &SnapshotId, keyring: &Keyring, cores: &tokio::sync::Semaphore) -> Opened {
         let mut header_time = None;
         for repository in &self.repositories {
-            let Ok(sealed) = repository.read_snapshot(snapshot_id).await else { continue };
-            header_time.get_or_insert(sealed.header.time);
-            let keyring = keyring.clone();
+            let Ok(bytes) = repository.read_snapshot_object(snapshot_id).await else { continue };
+            let (keyring, id) = (keyring.clone(), snapshot_id.clone());
             let Ok(_core) = cores.acquire().await else { break };
-            let opened = tokio::task::spawn_blocking(move || {
-                sealed.open(&keyring).map(|manifest| Labels {
-                    time: sealed.header.time,
-                    database: manifest.database,
-                    hostname: manifest.hostname,
-                    tags: manifest.tags,
-                })
-            });
-            if let Ok(Ok(opened)) = opened.await {
-                return Ok(opened);
+            let opened =
+                tokio::task::spawn_blocking(move || crate::repo::open_time_and_manifest(&id, &bytes, &keyring)).await;
+            match opened {
+                Ok(Ok((time, Ok(manifest)))) => {
+                    return Ok(Labels {
+                        time,
+                        database: manifest.database,
+                        hostname: manifest.hostname,
+                        tags: manifest.tags,
+                    });
+                }
+                Ok(Ok((time, Err(_)))) => {
+                    header_time.get_or_insert(time);
+                }
+                _ => {}
             }
         }
         Err(header_time)

@@ -509,13 +509,55 @@ struct HeaderLines {
 /// Parses a snapshot object's first four lines. `bytes` may stop after the MAC line; the
 /// header is checked against its own BLAKE3 (a keyless check; the MAC is checked on opening).
 fn parse_header(id: &SnapshotId, bytes: &Bytes) -> Result<HeaderLines> {
+    parse_header_as(id, bytes, |key, line| {
+        serde_json::from_slice(line).map_err(|e| Error::corrupt(key, format!("bad header: {e}")))
+    })
+}
+
+/// [`parse_header`] with the header's lists of packs, indexes and dictionaries left unparsed
+/// (and empty): thousands of ids each in a year-old repository, which `latest` does not look at.
+fn parse_header_without_lists(id: &SnapshotId, bytes: &Bytes) -> Result<HeaderLines> {
+    /// What of a header is read: serde skips the rest.
+    #[derive(Deserialize)]
+    struct Core {
+        version: u32,
+        time: DateTime<Utc>,
+        config_hash: String,
+        #[serde(default)]
+        parent: Option<SnapshotId>,
+        #[serde(default)]
+        sequence: u64,
+        #[serde(default)]
+        replaces: Option<SnapshotId>,
+    }
+    parse_header_as(id, bytes, |key, line| {
+        let core: Core = serde_json::from_slice(line).map_err(|e| Error::corrupt(key, format!("bad header: {e}")))?;
+        Ok(SnapshotHeader {
+            version: core.version,
+            time: core.time,
+            config_hash: core.config_hash,
+            total_bytes: 0,
+            added_bytes: 0,
+            packs: Vec::new(),
+            indexes: Vec::new(),
+            dictionaries: Vec::new(),
+            parent: core.parent,
+            sequence: core.sequence,
+            replaces: core.replaces,
+        })
+    })
+}
+
+fn parse_header_as(
+    id: &SnapshotId,
+    bytes: &Bytes,
+    header_of: impl FnOnce(&str, &[u8]) -> Result<SnapshotHeader>,
+) -> Result<HeaderLines> {
     let key = snapshot_key(id);
     let mut lines = Vec::with_capacity(4);
     let mut start = 0;
     while lines.len() < 4 {
-        let end = bytes[start..]
-            .iter()
-            .position(|&b| b == b'\n')
+        let end = memchr::memchr(b'\n', &bytes[start..])
             .map(|p| start + p)
             .ok_or_else(|| Error::corrupt(&key, "truncated snapshot object"))?;
         lines.push(bytes.slice(start..end));
@@ -538,11 +580,25 @@ fn parse_header(id: &SnapshotId, bytes: &Bytes) -> Result<HeaderLines> {
     if crypto::object_hash(&lines[1]).as_bytes() != &lines[2][..] {
         return Err(Error::corrupt(&key, "its header does not match the header's BLAKE3"));
     }
-    let header: SnapshotHeader =
-        serde_json::from_slice(&lines[1]).map_err(|e| Error::corrupt(&key, format!("bad header: {e}")))?;
+    let header = header_of(&key, &lines[1])?;
     // Ids become object keys: their types refused anything but a BLAKE3 hex hash above.
     let mac = String::from_utf8(lines[3].to_vec()).map_err(|_| Error::corrupt(&key, "bad MAC line"))?;
     Ok(HeaderLines { header, version, version_line: lines[0].clone(), header_line: lines[1].clone(), mac, end: start })
+}
+
+/// A snapshot object's header time (an error: the header does not parse), and its manifest
+/// opened with `keyring` (an error: it does not open). The header's lists of packs, indexes
+/// and dictionaries (thousands of ids in a year-old repository, proven all the same by the
+/// header's hash and the MAC) are not parsed, so no header without them is handed out: what
+/// `latest` reads of every snapshot.
+pub fn open_time_and_manifest(
+    id: &SnapshotId,
+    bytes: &Bytes,
+    keyring: &Keyring,
+) -> Result<(DateTime<Utc>, Result<Manifest>)> {
+    let lines = parse_header_without_lists(id, bytes)?;
+    let time = lines.header.time;
+    Ok((time, SealedSnapshot::parse_with(id, bytes, lines).and_then(|sealed| sealed.open(keyring))))
 }
 
 /// A snapshot object as read: header visible, manifest still encrypted.
@@ -615,8 +671,11 @@ impl SealedSnapshot {
     /// Parses a snapshot object as read from storage, checking that `id` is the BLAKE3 of its
     /// manifest ciphertext (the header against its own hash; the MAC waits for [`Self::open`]).
     pub(crate) fn parse(id: &SnapshotId, bytes: &Bytes) -> Result<SealedSnapshot> {
+        Self::parse_with(id, bytes, parse_header(id, bytes)?)
+    }
+
+    fn parse_with(id: &SnapshotId, bytes: &Bytes, lines: HeaderLines) -> Result<SealedSnapshot> {
         let key = snapshot_key(id);
-        let lines = parse_header(id, bytes)?;
         let manifest_ciphertext = bytes.slice(lines.end..);
         if SnapshotId::of(&manifest_ciphertext) != *id {
             return Err(Error::corrupt(&key, "its manifest does not match its name (BLAKE3 mismatch)"));
@@ -778,6 +837,11 @@ impl Repository {
         let key = snapshot_key(id);
         let bytes = self.target.get_at_most(&key, MAX_SNAPSHOT_BYTES).await?;
         SealedSnapshot::parse(id, &bytes)
+    }
+
+    /// A snapshot object's bytes as stored (for [`open_time_and_manifest`]).
+    pub async fn read_snapshot_object(&self, id: &SnapshotId) -> Result<Bytes> {
+        self.target.get_at_most(&snapshot_key(id), MAX_SNAPSHOT_BYTES).await
     }
 
     /// Reads only a snapshot's header (a range read of its start): what listing and `latest`
