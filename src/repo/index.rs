@@ -2,6 +2,7 @@
 //! a [`ChunkIndex`] (docs/FORMAT.md, *Index*).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -19,6 +20,9 @@ use super::{
 /// not grow with the repository or the snapshot (docs/OPERATIONS.md, "Memory and temporary
 /// files").
 pub const INDEX_IN_MEMORY: usize = 1 << 16;
+
+/// Indexes read at once while loading (each then decoded on a core).
+const INDEXES_AHEAD: usize = 8;
 
 fn temporary_index(error: std::io::Error) -> Error {
     temporary_file_error("chunk index", error)
@@ -185,8 +189,9 @@ impl Repository {
         // Indexes a snapshot lists are proven by the hashes in its authenticated header; any
         // other index must prove itself with its MAC in a repository whose indexes all carry one.
         let must_authenticate = only.is_none() && self.config.version >= AUTHENTICATED_VERSION;
-        for key in keys {
-            match self.read_index(keyring, &key).await {
+        let mut read = std::pin::pin!(self.read_indexes(keyring, keys));
+        while let Some((key, opened)) = futures::StreamExt::next(&mut read).await {
+            match opened {
                 Ok((_, IndexProof::None)) if must_authenticate => failures.push((
                     key.clone(),
                     Error::corrupt(&key, "carries no MAC (not written with this repository's key)"),
@@ -232,25 +237,37 @@ impl Repository {
     /// Reads an index object: the file, and whether its MAC proved it was written with this
     /// repository's keys (format 7 and later; older indexes carry none).
     async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<(IndexFile, IndexProof)> {
-        let (plaintext, proof) = self.open_index(keyring, key).await?;
-        let file: IndexFile = if plaintext.starts_with(index_codec::MAGIC) {
-            index_codec::decode(&plaintext).map_err(|reason| Error::corrupt(key, format!("bad index: {reason}")))?
-        } else {
-            // Formats 2 and 3: zstd-compressed JSON.
-            decode_json(key, &plaintext)?
-        };
-        // Written with the format version of the build; a later format may mean entries this
-        // build would misread.
-        if file.version > FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                what: key.to_string(),
-                found: file.version,
-                oldest: super::OLDEST_FORMAT_VERSION,
-                supported: FORMAT_VERSION,
-                advice: crate::error::format_advice(file.version, FORMAT_VERSION),
-            });
-        }
-        Ok((file, proof))
+        decode_index(keyring, key, &self.target.get(key).await?)
+    }
+
+    /// [`Self::read_index`] of each of `keys`, in order, several read at once and decoded on as
+    /// many blocking threads as cores (a year of nights is 365 indexes to decrypt and parse).
+    fn read_indexes(
+        &self,
+        keyring: &Keyring,
+        keys: Vec<String>,
+    ) -> impl futures::Stream<Item = (String, Result<(IndexFile, IndexProof)>)> + '_ {
+        let cores = Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from)));
+        let keyring = keyring.clone();
+        let reads = keys.into_iter().map(move |key| {
+            let (keyring, cores) = (keyring.clone(), cores.clone());
+            async move {
+                let ciphertext = match self.target.get(&key).await {
+                    Ok(ciphertext) => ciphertext,
+                    Err(error) => return (key, Err(error)),
+                };
+                let Ok(_core) = cores.acquire_owned().await else {
+                    return (key.clone(), Err(Error::Internal(format!("{key}: no thread to decode it on"))));
+                };
+                let decoded = {
+                    let key = key.clone();
+                    tokio::task::spawn_blocking(move || decode_index(&keyring, &key, &ciphertext)).await
+                };
+                let decoded = decoded.unwrap_or_else(|error| Err(Error::Internal(format!("index decoding: {error}"))));
+                (key, decoded)
+            }
+        });
+        futures::StreamExt::buffered(futures::stream::iter(reads), INDEXES_AHEAD)
     }
 
     /// After a `rekey`: writes the indexes of earlier generations again under this generation's
@@ -315,33 +332,58 @@ impl Repository {
     /// An index object's plaintext, its MAC checked and cut off (format 7) before anything but
     /// its magic and version is looked at, and what the MAC proved.
     async fn open_index(&self, keyring: &Keyring, key: &str) -> Result<(Vec<u8>, IndexProof)> {
-        let mut plaintext = {
-            let ciphertext = self.target.get(key).await?;
-            check_object_name(key, &ciphertext)?;
-            keyring.decrypt(key, &ciphertext)?
-        };
-        let mut proof = IndexProof::None;
-        if plaintext.starts_with(index_codec::MAGIC) {
-            let version = crate::varint::get(&plaintext[index_codec::MAGIC.len()..]).map_or(0, |(version, _)| version);
-            if version >= u64::from(AUTHENTICATED_VERSION) {
-                // Authenticate before parsing: only the magic and version were looked at.
-                let body = plaintext
-                    .len()
-                    .checked_sub(blake3::OUT_LEN)
-                    .ok_or_else(|| Error::corrupt(key, "truncated index"))?;
-                let mac = blake3::Hash::from_bytes(plaintext[body..].try_into().expect("the last 32 bytes"));
-                if keyring.index_mac_key().mac_bytes(&[&plaintext[..body]]) == mac {
-                    proof = IndexProof::Head;
-                } else if let Some(config) = keyring.past_index_config(&[&plaintext[..body]], mac) {
-                    proof = IndexProof::Earlier(config);
-                } else {
-                    return Err(Error::corrupt(key, "its MAC does not match (not written with this repository's key)"));
-                }
-                // Written under an earlier generation: good for the snapshots that list it
-                // (their headers prove it), passed over where an index must prove itself.
-                plaintext.truncate(body);
-            }
-        }
-        Ok((plaintext, proof))
+        open_index_object(keyring, key, &self.target.get(key).await?)
     }
+}
+
+/// Decodes an index object read already (see [`Repository::read_index`]).
+fn decode_index(keyring: &Keyring, key: &str, ciphertext: &[u8]) -> Result<(IndexFile, IndexProof)> {
+    let (plaintext, proof) = open_index_object(keyring, key, ciphertext)?;
+    let file: IndexFile = if plaintext.starts_with(index_codec::MAGIC) {
+        index_codec::decode(&plaintext).map_err(|reason| Error::corrupt(key, format!("bad index: {reason}")))?
+    } else {
+        // Formats 2 and 3: zstd-compressed JSON.
+        decode_json(key, &plaintext)?
+    };
+    // Written with the format version of the build; a later format may mean entries this
+    // build would misread.
+    if file.version > FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            what: key.to_string(),
+            found: file.version,
+            oldest: super::OLDEST_FORMAT_VERSION,
+            supported: FORMAT_VERSION,
+            advice: crate::error::format_advice(file.version, FORMAT_VERSION),
+        });
+    }
+    Ok((file, proof))
+}
+
+/// Checks an index object's name, decrypts it and, from format 7 on, authenticates it.
+fn open_index_object(keyring: &Keyring, key: &str, ciphertext: &[u8]) -> Result<(Vec<u8>, IndexProof)> {
+    let mut plaintext = {
+        check_object_name(key, ciphertext)?;
+        keyring.decrypt(key, ciphertext)?
+    };
+    let mut proof = IndexProof::None;
+    if plaintext.starts_with(index_codec::MAGIC) {
+        let version = crate::varint::get(&plaintext[index_codec::MAGIC.len()..]).map_or(0, |(version, _)| version);
+        if version >= u64::from(AUTHENTICATED_VERSION) {
+            // Authenticate before parsing: only the magic and version were looked at.
+            let body =
+                plaintext.len().checked_sub(blake3::OUT_LEN).ok_or_else(|| Error::corrupt(key, "truncated index"))?;
+            let mac = blake3::Hash::from_bytes(plaintext[body..].try_into().expect("the last 32 bytes"));
+            if keyring.index_mac_key().mac_bytes(&[&plaintext[..body]]) == mac {
+                proof = IndexProof::Head;
+            } else if let Some(config) = keyring.past_index_config(&[&plaintext[..body]], mac) {
+                proof = IndexProof::Earlier(config);
+            } else {
+                return Err(Error::corrupt(key, "its MAC does not match (not written with this repository's key)"));
+            }
+            // Written under an earlier generation: good for the snapshots that list it
+            // (their headers prove it), passed over where an index must prove itself.
+            plaintext.truncate(body);
+        }
+    }
+    Ok((plaintext, proof))
 }
