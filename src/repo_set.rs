@@ -55,10 +55,21 @@ pub struct Resolved {
     /// Newest first: those whose manifests opened (an id prefix: its one snapshot).
     pub ids: Vec<SnapshotId>,
     /// For `latest`, the listed snapshots whose manifests did not open anywhere (damaged,
-    /// forged, of a newer format, not to this key) and that may be newer than the first of
-    /// `ids`: their header's time is later, or unknown. Their database is unknown, so they are
-    /// neither chosen nor silently left out: a restore tries them first and names each with why.
-    pub unreadable: Vec<SnapshotId>,
+    /// forged, of a newer format, not to this key, unreadable) and that may be newer than the
+    /// first of `ids`: their header's time is later, or unknown. Their database is unknown, so
+    /// they are never chosen, nor left out unsaid: a restore names each with why.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A snapshot `latest` could not open anywhere ([`Resolved::unreadable`]).
+#[derive(Debug)]
+pub struct Unreadable {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its header's time, when the header read.
+    pub time: Option<DateTime<Utc>>,
+    /// Why it did not open (on the first copy that has it).
+    pub why: Error,
 }
 
 /// When a snapshot was taken and whose it is: what `latest` chooses by.
@@ -69,8 +80,8 @@ struct Labels {
     tags: Vec<String>,
 }
 
-/// A snapshot `latest` opened, or the time its header gives (if it read) when it did not open.
-type Opened = std::result::Result<Labels, Option<DateTime<Utc>>>;
+/// A snapshot `latest` opened, or the time its header gives (if it read) and why it did not.
+type Opened = std::result::Result<Labels, (Option<DateTime<Utc>>, Error)>;
 
 /// A target that could not be opened, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -355,17 +366,20 @@ impl RepoSet {
                 .await;
         let time = |opened: &Opened| match opened {
             Ok(labels) => Some(labels.time),
-            Err(time) => *time,
+            Err((time, _)) => *time,
         };
         opened.sort_by(|(a_id, a), (b_id, b)| (time(b), b_id).cmp(&(time(a), a_id)));
         let mut newest_chosen = None;
         for (id, opened) in opened {
-            let Ok(Labels { time, database, hostname, tags }) = opened else {
-                // Older than the newest chosen by its header: not what `latest` means anyway.
-                if newest_chosen.is_none() || time(&opened).is_none() {
-                    unreadable.push(id);
+            let Labels { time, database, hostname, tags } = match opened {
+                Ok(labels) => labels,
+                Err((time, why)) => {
+                    // Older than the newest chosen by its header: not what `latest` means anyway.
+                    if newest_chosen.is_none() || time.is_none() {
+                        unreadable.push(Unreadable { id, time, why });
+                    }
+                    continue;
                 }
-                continue;
             };
             if others.admits(&database, &hostname, &tags) {
                 databases.insert(database.clone());
@@ -399,9 +413,15 @@ impl RepoSet {
     /// `keyring`: one read of the object, opened on a blocking thread (a year of nights is 365
     /// manifests to decrypt and headers of thousands of packs to parse), kept small.
     async fn open_labels(&self, snapshot_id: &SnapshotId, keyring: &Keyring, cores: &tokio::sync::Semaphore) -> Opened {
-        let mut header_time = None;
+        let (mut header_time, mut why) = (None, None);
         for repository in &self.repositories {
-            let Ok(bytes) = repository.read_snapshot_object(snapshot_id).await else { continue };
+            let bytes = match repository.read_snapshot_object(snapshot_id).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    why.get_or_insert(error);
+                    continue;
+                }
+            };
             let (keyring, id) = (keyring.clone(), snapshot_id.clone());
             let Ok(_core) = cores.acquire().await else { break };
             let opened =
@@ -415,13 +435,19 @@ impl RepoSet {
                         tags: manifest.tags,
                     });
                 }
-                Ok(Ok((time, Err(_)))) => {
+                Ok(Ok((time, Err(error)))) => {
                     header_time.get_or_insert(time);
+                    why.get_or_insert(error);
                 }
-                _ => {}
+                Ok(Err(error)) => {
+                    why.get_or_insert(error);
+                }
+                Err(error) => {
+                    why.get_or_insert(Error::Internal(format!("opening snapshot {}: {error}", snapshot_id.short())));
+                }
             }
         }
-        Err(header_time)
+        Err((header_time, why.unwrap_or_else(|| Error::SnapshotNotFound(format!("snapshot {snapshot_id}")))))
     }
 
     /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.

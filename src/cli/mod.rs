@@ -1230,10 +1230,15 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 }
                 // One snapshot for every copy: `latest` as the copies together see it.
                 let chosen = targets.resolve_snapshot(&options.snapshot, &options.filter, &keyring).await?;
-                let chosen =
-                    chosen.ids.first().or(chosen.unreadable.first()).ok_or_else(|| {
-                        crmvault::Error::SnapshotNotFound(format!("no snapshot {}", options.snapshot))
-                    })?;
+                // A newer snapshot that does not open is drilled, and fails: the newest backup
+                // is not restorable. One of unknown time (junk) is drilled only when nothing
+                // opens.
+                let newer_unreadable = chosen.unreadable.iter().find(|skipped| skipped.time.is_some());
+                let chosen = newer_unreadable
+                    .map(|skipped| &skipped.id)
+                    .or(chosen.ids.first())
+                    .or(chosen.unreadable.first().map(|skipped| &skipped.id))
+                    .ok_or_else(|| crmvault::Error::SnapshotNotFound(format!("no snapshot {}", options.snapshot)))?;
                 options.snapshot = chosen.to_string();
                 options.filter = crmvault::repo::SnapshotFilter::default();
                 let mut reports = Vec::new();

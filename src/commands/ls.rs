@@ -76,7 +76,7 @@ pub struct SchemaTotal {
 pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &SnapshotFilter) -> Result<Listing> {
     let mut first_error = None;
     let resolved = targets.resolve_snapshot(selector, filter, keyring).await?;
-    for id in resolved.ids.into_iter().chain(resolved.unreadable) {
+    for id in resolved.ids.into_iter().chain(resolved.unreadable.into_iter().map(|skipped| skipped.id)) {
         for repository in targets.repositories() {
             let opened =
                 repository.read_snapshot(&id).await.and_then(|sealed| Ok((sealed.open(keyring)?, sealed.mark())));

@@ -383,15 +383,23 @@ impl Repository {
             futures::StreamExt::collect(futures::StreamExt::buffered(futures::stream::iter(reads), 16)).await;
         let hashes: std::collections::BTreeSet<&str> =
             keys.iter().filter_map(|key| parse_key(key)).map(|(_, hash)| hash).collect();
-        // The numbers of the records that open (and, with a key, prove themselves): junk named
-        // like a record far ahead is reported as junk, not as every record before it removed.
-        let numbers: std::collections::BTreeSet<u64> = opened
+        // The trail runs to the highest record that opens (and, with a key, proves itself):
+        // junk named like a record far ahead is reported as junk, not as every record before
+        // it removed. Below that, a record there that does not open is reported as such, not
+        // also as removed.
+        let highest = opened
             .iter()
             .filter_map(|(_, opened)| opened.as_ref().ok())
             .filter(|record| record.authenticated != Some(false))
             .map(|record| record.header.number)
+            .max()
+            .unwrap_or(0);
+        let numbers: std::collections::BTreeSet<u64> = keys
+            .iter()
+            .filter_map(|key| parse_key(key))
+            .map(|(number, _)| number)
+            .filter(|&number| number <= highest)
             .collect();
-        let highest = numbers.last().copied().unwrap_or(0);
         // The gaps between the numbers there are (counted, not walked: a planted record may be
         // numbered in the billions).
         let mut gaps = Vec::new();

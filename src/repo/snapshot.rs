@@ -947,11 +947,12 @@ impl Repository {
         let matches: Vec<SnapshotId> =
             ids.into_iter().filter(|id| id.as_str().starts_with(&selector.to_ascii_lowercase())).collect();
         let matches = if matches.len() > 1 {
-            // Junk named with a real snapshot's first digits must not hide it: of several, the
-            // ones whose headers read (the one chosen still proves itself when opened).
+            // Junk named with a real snapshot's first digits must not hide it, nor a copy of it
+            // under another name: of several, the ones that read and are named by the hash of
+            // their manifest (the one chosen still proves itself with the key when opened).
             let mut readable = Vec::new();
             for id in &matches {
-                if self.read_snapshot_header(id).await.is_ok() {
+                if self.read_snapshot(id).await.is_ok() {
                     readable.push(id.clone());
                 }
             }

@@ -7,6 +7,9 @@ use crate::repo::{Keyring, Manifest, SnapshotFilter};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
+/// Snapshots that do not open named one by one in a restore's warnings; more are counted.
+const UNREADABLE_NAMED: usize = 5;
+
 /// Which snapshot to open, and what is known of the newest.
 pub(super) struct Choice<'a> {
     /// `latest` or an id prefix.
@@ -43,18 +46,27 @@ pub(super) async fn choose_snapshot(
     // Said only if a snapshot is restored after all; otherwise the first error says it.
     let mut passed_over = Vec::new();
     let mut first_error = None;
-    let mut unreadable_ids = Vec::new();
     let resolved = targets.resolve_snapshot(options.snapshot, options.filter, keyring).await?;
-    // A snapshot that does not open is of unknown time and database: it may be the newest
-    // (damaged, or written by a newer crmvault). Tried first, so that a restore names it.
-    let unreadable = resolved.unreadable.len();
-    for (tried, snapshot_id) in resolved.unreadable.into_iter().chain(resolved.ids).enumerate() {
+    // Snapshots that opened nowhere and may be newer than any that did (damaged, of a newer
+    // format, not to this key, unreadable): never restored (their database is unknown), and
+    // named, a few of them, with why.
+    let unreadable = resolved.unreadable;
+    for snapshot_id in resolved.ids {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
                 let mut note = |warning: String| {
                     tracing::warn!("{warning}");
                     warnings.push(warning);
                 };
+                for skipped in unreadable.iter().take(UNREADABLE_NAMED) {
+                    note(format!("snapshot {} passed over: {}", skipped.id, skipped.why));
+                }
+                if unreadable.len() > UNREADABLE_NAMED {
+                    note(format!(
+                        "{} more snapshots under snapshots/ do not open (`crmvault verify` lists them)",
+                        unreadable.len() - UNREADABLE_NAMED
+                    ));
+                }
                 passed_over.drain(..).for_each(&mut note);
                 // With a filter, an older snapshot is what was asked for: only a newest known
                 // snapshot that no target holds any more is a rollback.
@@ -72,7 +84,7 @@ pub(super) async fn choose_snapshot(
                     known => known,
                 };
                 if let Some(known) = known
-                    && unreadable_ids.contains(&known.id)
+                    && unreadable.iter().any(|skipped| skipped.id == known.id)
                 {
                     note(format!(
                         "the newest snapshot this machine knows of, {} (number {}, {}), does not open (above); \
@@ -91,21 +103,14 @@ pub(super) async fn choose_snapshot(
             Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
                 passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
                 first_error.get_or_insert(error);
-                if tried < unreadable {
-                    unreadable_ids.push(snapshot_id);
-                }
             }
-            // Written before a `rekey` added this admin, or under a config this key does not
-            // open: the newest there is, not restored, and said.
-            Err(error @ (Error::BadKey(_) | Error::WrongIdentity { .. })) if tried < unreadable => {
-                passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
-                first_error.get_or_insert(error);
-                unreadable_ids.push(snapshot_id);
-            }
-            // Listed, then gone before it was read (a forget meanwhile): nothing to name.
-            Err(Error::Missing { .. }) if tried < unreadable => {}
             Err(error) => return Err(error),
         }
+    }
+    if first_error.is_none()
+        && let Some(skipped) = unreadable.into_iter().next()
+    {
+        return Err(skipped.why);
     }
     Err(first_error.unwrap_or_else(|| Error::SnapshotNotFound("no snapshot to restore".into())))
 }

@@ -592,8 +592,53 @@ fn junk_named_with_a_snapshots_first_digits_does_not_make_its_prefix_ambiguous()
     let run = work.restore_with(&repo, &target, &["--json", &id[..12]]).ok();
     assert_eq!(run.json()["snapshot_id"].as_str(), Some(id.as_str()));
     assert_same_database(&source, &target);
-    // Two snapshots that both read are still ambiguous.
+    // A copy of the snapshot under that name is not named by its manifest's hash: passed over too.
     std::fs::copy(Path::new(&repo).join(format!("snapshots/{id}")), &junk).unwrap();
     let other = TestDb::create("prefix_junk_other");
-    work.restore_with(&repo, &other, &[&id[..12]]).fails_with(1, "matches 2 snapshots");
+    let run = work.restore_with(&repo, &other, &["--json", &id[..12]]).ok();
+    assert_eq!(run.json()["snapshot_id"].as_str(), Some(id.as_str()));
+}
+
+#[test]
+fn snapshots_that_open_nowhere_are_named_never_tried_and_a_drill_of_every_copy_fails_on_a_newer_one() {
+    let Ready { source, work, repo, .. } = Scenario::new("unreadable_copies").crm().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    source.sql("UPDATE crm.contacts SET email = 'copies@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+    let newest =
+        work.run(&["backup", "--json", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--repo", &copy]).ok();
+    let newest = newest.json()["snapshot_id"].as_str().unwrap().to_string();
+    // Junk named by its hash under snapshots/ of both copies, and many of them: each copy
+    // fails to open it, which must not stop the restore nor load every index once per junk.
+    for folder in [&repo, &copy] {
+        for n in 0..8 {
+            let junk = format!("junk {n} in both").into_bytes();
+            std::fs::write(Path::new(folder).join(format!("snapshots/{}", blake3::hash(&junk).to_hex())), &junk)
+                .unwrap();
+        }
+    }
+    let target = TestDb::create("unreadable_copies_target");
+    let run = work.restore_with(&repo, &target, &["--json", "--repo", &copy]).ok();
+    assert_eq!(run.json()["snapshot_id"].as_str(), Some(newest.as_str()));
+    assert_same_database(&source, &target);
+    assert!(run.stderr.contains("passed over") && run.stderr.contains("3 more snapshots"), "{}", run.stderr);
+
+    // The newest damaged on both copies: a drill of every copy drills it, and fails.
+    for folder in [&repo, &copy] {
+        let path = Path::new(folder).join(format!("snapshots/{newest}"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let scratch = TestDb::unmade("unreadable_copies_scratch");
+    let (key, url) = (work.admin_key(), scratch.url());
+    let args =
+        ["drill", "--repo", &repo, "--repo", &copy, "--identity", &key, "--scratch-db", &url, "--from-every-target"];
+    let run = work.run(&args);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(&newest[..12]) || run.stdout.contains(&newest), "{}", run.stdout);
+    // A restore of latest names it and restores the older one.
+    let older = TestDb::create("unreadable_copies_older");
+    let run = work.restore_with(&repo, &older, &["--repo", &copy]).ok();
+    assert!(run.stderr.contains(&format!("snapshot {newest} passed over")), "{}", run.stderr);
 }
