@@ -107,10 +107,15 @@ pub(super) async fn choose_snapshot(
             Err(error) => return Err(error),
         }
     }
+    // Nothing opened: the first that did not, tried again, says why on every copy (and one that
+    // opens only now is not taken: its database and order were never checked).
     if first_error.is_none()
         && let Some(skipped) = unreadable.into_iter().next()
     {
-        return Err(skipped.why);
+        return match targets.open_snapshot(keyring, &skipped.id, options.index_in_memory).await {
+            Err(error) => Err(error),
+            Ok(_) => Err(skipped.why),
+        };
     }
     Err(first_error.unwrap_or_else(|| Error::SnapshotNotFound("no snapshot to restore".into())))
 }
