@@ -901,16 +901,23 @@ fn repacking_compresses_mostly_unused_frames_again_with_their_used_chunks_alone(
 #[test]
 fn repacking_merges_the_small_packs_of_many_nights_and_their_dictionaries_go() {
     let Ready { source, work, repo, .. } = Scenario::new("prune_merge").crm().init("repo");
-    // Six nights, each rewriting a third of a table: each night's new chunks (enough to train
-    // a dictionary) go to a small pack of that night's dictionary.
+    // Six nights, each rewriting its own stretch of a table: each night's new chunks (enough to
+    // train a dictionary) go to a small pack of that night's dictionary, and the newest
+    // snapshot needs every night's. The table has a key, so its stream is in key order: without
+    // one, where PostgreSQL put each night's new row versions (room freed by pruning or not, as
+    // other sessions' snapshots allowed) decided which chunks were new, and how many nights'
+    // packs the newest snapshot listed varied under load.
     source.sql(SCRATCH);
+    source.sql("ALTER TABLE public.scratch ADD PRIMARY KEY (id)");
     let mut nights = Vec::new();
     let mut report = serde_json::Value::Null;
     for night in 0..6 {
         source.sql(&format!(
-            "UPDATE public.scratch SET body = md5((id * {}) ::text) || md5(id::text || '{night}') WHERE id % 3 = {}",
+            "UPDATE public.scratch SET body = md5((id * {}) ::text) || md5(id::text || '{night}') || md5(id::text) \
+             || md5((id + {night})::text) WHERE id > {} AND id <= {}",
             night + 5,
-            night % 3
+            night * 3000,
+            (night + 1) * 3000
         ));
         report = work.backup(&source, &repo);
         nights.push((report["snapshot_id"].as_str().unwrap().to_string(), source.data()));
