@@ -351,9 +351,7 @@ impl RepoSet {
         let any_host = SnapshotFilter { hostname: None, ..filter.clone() };
         // Each read and opened once, a few at a time (a year of nights is 365 manifests, on S3
         // as many round trips), then taken newest first by the time of the header that opened.
-        // Opened on as many blocking threads as there are cores: more would each keep their
-        // allocator's caches for no gain.
-        let cores = tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from));
+        let cores = crate::repo::Cores::new();
         let opened = candidates.into_iter().map(|id| {
             let cores = &cores;
             async move {
@@ -412,7 +410,7 @@ impl RepoSet {
     /// What `latest` looks at in a snapshot, from the first copy where it reads and opens with
     /// `keyring`: one read of the object, opened on a blocking thread (a year of nights is 365
     /// manifests to decrypt and headers of thousands of packs to parse), kept small.
-    async fn open_labels(&self, snapshot_id: &SnapshotId, keyring: &Keyring, cores: &tokio::sync::Semaphore) -> Opened {
+    async fn open_labels(&self, snapshot_id: &SnapshotId, keyring: &Keyring, cores: &crate::repo::Cores) -> Opened {
         let (mut header_time, mut why) = (None, None);
         for repository in &self.repositories {
             let bytes = match repository.read_snapshot_object(snapshot_id).await {
@@ -423,11 +421,8 @@ impl RepoSet {
                 }
             };
             let (keyring, id) = (keyring.clone(), snapshot_id.clone());
-            let Ok(_core) = cores.acquire().await else { break };
-            let opened =
-                tokio::task::spawn_blocking(move || crate::repo::open_time_and_manifest(&id, &bytes, &keyring)).await;
-            match opened {
-                Ok(Ok((time, Ok(manifest)))) => {
+            match cores.run(move || crate::repo::open_time_and_manifest(&id, &bytes, &keyring)).await {
+                Ok((time, Ok(manifest))) => {
                     return Ok(Labels {
                         time,
                         database: manifest.database,
@@ -435,15 +430,12 @@ impl RepoSet {
                         tags: manifest.tags,
                     });
                 }
-                Ok(Ok((time, Err(error)))) => {
+                Ok((time, Err(error))) => {
                     header_time.get_or_insert(time);
                     why.get_or_insert(error);
                 }
-                Ok(Err(error)) => {
-                    why.get_or_insert(error);
-                }
                 Err(error) => {
-                    why.get_or_insert(Error::Internal(format!("opening snapshot {}: {error}", snapshot_id.short())));
+                    why.get_or_insert(error);
                 }
             }
         }

@@ -2,7 +2,6 @@
 //! a [`ChunkIndex`] (docs/FORMAT.md, *Index*).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -247,23 +246,18 @@ impl Repository {
         keyring: &Keyring,
         keys: Vec<String>,
     ) -> impl futures::Stream<Item = (String, Result<(IndexFile, IndexProof)>)> + '_ {
-        let cores = Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from)));
+        let cores = super::Cores::new();
         let keyring = keyring.clone();
         let reads = keys.into_iter().map(move |key| {
             let (keyring, cores) = (keyring.clone(), cores.clone());
             async move {
-                let ciphertext = match self.target.get(&key).await {
-                    Ok(ciphertext) => ciphertext,
-                    Err(error) => return (key, Err(error)),
+                let decoded = match self.target.get(&key).await {
+                    Ok(ciphertext) => {
+                        let key = key.clone();
+                        cores.run(move || decode_index(&keyring, &key, &ciphertext)).await
+                    }
+                    Err(error) => Err(error),
                 };
-                let Ok(_core) = cores.acquire_owned().await else {
-                    return (key.clone(), Err(Error::Internal(format!("{key}: no thread to decode it on"))));
-                };
-                let decoded = {
-                    let key = key.clone();
-                    tokio::task::spawn_blocking(move || decode_index(&keyring, &key, &ciphertext)).await
-                };
-                let decoded = decoded.unwrap_or_else(|error| Err(Error::Internal(format!("index decoding: {error}"))));
                 (key, decoded)
             }
         });

@@ -231,6 +231,27 @@ fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
     encoder.finish().expect("writing to memory cannot fail")
 }
 
+/// CPU work taken off the runtime's threads (decrypting and parsing a year of manifests or
+/// indexes), on as many blocking threads at once as there are cores: more would each keep
+/// their allocator's caches for no gain.
+#[derive(Clone)]
+pub(crate) struct Cores(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Cores {
+    pub(crate) fn new() -> Cores {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Cores(std::sync::Arc::new(tokio::sync::Semaphore::new(cores)))
+    }
+
+    /// Runs `work` on a blocking thread once a core is free.
+    pub(crate) async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        let _core = self.0.acquire().await.map_err(|_| Error::Internal("no core left to work on".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|error| Err(Error::Internal(format!("work on a blocking thread: {error}"))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
