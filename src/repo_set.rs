@@ -352,10 +352,11 @@ impl RepoSet {
         // Each read and opened once, a few at a time (a year of nights is 365 manifests, on S3
         // as many round trips), then taken newest first by the time of the header that opened.
         let cores = crate::repo::Cores::new();
+        let budget = crate::target::ReadBudget::new(crate::repo::READ_BUDGET);
         let opened = candidates.into_iter().map(|id| {
-            let cores = &cores;
+            let (cores, budget) = (&cores, &budget);
             async move {
-                let opened = self.open_labels(&id, keyring, cores).await;
+                let opened = self.open_labels(&id, keyring, cores, budget).await;
                 (id, opened)
             }
         });
@@ -410,10 +411,16 @@ impl RepoSet {
     /// What `latest` looks at in a snapshot, from the first copy where it reads and opens with
     /// `keyring`: one read of the object, opened on a blocking thread (a year of nights is 365
     /// manifests to decrypt and headers of thousands of packs to parse), kept small.
-    async fn open_labels(&self, snapshot_id: &SnapshotId, keyring: &Keyring, cores: &crate::repo::Cores) -> Opened {
+    async fn open_labels(
+        &self,
+        snapshot_id: &SnapshotId,
+        keyring: &Keyring,
+        cores: &crate::repo::Cores,
+        budget: &crate::target::ReadBudget,
+    ) -> Opened {
         let (mut header_time, mut why) = (None, None);
         for repository in &self.repositories {
-            let bytes = match repository.read_snapshot_object(snapshot_id).await {
+            let bytes = match repository.read_snapshot_object(snapshot_id, budget).await {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     why.get_or_insert(error);

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::crypto::{self, ChunkId, MacKey};
 use crate::error::{Error, Result};
+use crate::target::ReadBudget;
 
 use super::{
     AUTHENTICATED_VERSION, ChunkIndex, FORMAT_VERSION, Keyring, ObjectId, ObjectRef, Repository, check_object_name,
@@ -22,6 +23,10 @@ pub const INDEX_IN_MEMORY: usize = 1 << 16;
 
 /// Indexes read at once while loading (each then decoded on a core).
 const INDEXES_AHEAD: usize = 8;
+
+/// The largest index object read: a backup writes one every [`crate::backup::INDEX_CHUNKS`]
+/// new chunks (a few MiB), so anything near this is junk, refused before it fills memory.
+pub const MAX_INDEX_BYTES: u64 = 256 << 20;
 
 fn temporary_index(error: std::io::Error) -> Error {
     temporary_file_error("chunk index", error)
@@ -179,9 +184,10 @@ impl Repository {
         memory_entries: usize,
     ) -> Result<(ChunkIndex, Vec<(String, Error)>)> {
         let packs: Option<HashSet<&ObjectId>> = packs.map(|list| list.iter().map(|p| &p.id).collect());
-        let keys: Vec<String> = match only {
-            Some(list) => list.iter().map(|o| index_key(&o.id)).collect(),
-            None => self.target.list("index").await?.into_iter().map(|(key, _)| key).collect(),
+        // A listed index is read up to the size its snapshot's header gives.
+        let keys: Vec<(String, u64)> = match only {
+            Some(list) => list.iter().map(|o| (index_key(&o.id), o.size)).collect(),
+            None => self.target.list("index").await?.into_iter().map(|(key, _)| (key, MAX_INDEX_BYTES)).collect(),
         };
         let mut index = ChunkIndex::with_budget(memory_entries);
         let mut failures = Vec::new();
@@ -236,22 +242,24 @@ impl Repository {
     /// Reads an index object: the file, and whether its MAC proved it was written with this
     /// repository's keys (format 7 and later; older indexes carry none).
     async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<(IndexFile, IndexProof)> {
-        decode_index(keyring, key, &self.target.get(key).await?)
+        decode_index(keyring, key, &self.target.get_at_most(key, MAX_INDEX_BYTES).await?)
     }
 
-    /// [`Self::read_index`] of each of `keys`, in order, several read at once and decoded on as
-    /// many blocking threads as cores (a year of nights is 365 indexes to decrypt and parse).
+    /// [`Self::read_index`] of each of `keys` (each with the most bytes it may have), in order,
+    /// several read at once within [`super::READ_BUDGET`] and decoded on as many blocking
+    /// threads as cores (a year of nights is 365 indexes to decrypt and parse).
     fn read_indexes(
         &self,
         keyring: &Keyring,
-        keys: Vec<String>,
+        keys: Vec<(String, u64)>,
     ) -> impl futures::Stream<Item = (String, Result<(IndexFile, IndexProof)>)> + '_ {
         let cores = super::Cores::new();
+        let budget = ReadBudget::new(super::READ_BUDGET);
         let keyring = keyring.clone();
-        let reads = keys.into_iter().map(move |key| {
-            let (keyring, cores) = (keyring.clone(), cores.clone());
+        let reads = keys.into_iter().map(move |(key, limit)| {
+            let (keyring, cores, budget) = (keyring.clone(), cores.clone(), budget.clone());
             async move {
-                let decoded = match self.target.get(&key).await {
+                let decoded = match self.target.get_within(&key, limit, &budget).await {
                     Ok(ciphertext) => {
                         let key = key.clone();
                         cores.run(move || decode_index(&keyring, &key, &ciphertext)).await
@@ -326,7 +334,7 @@ impl Repository {
     /// An index object's plaintext, its MAC checked and cut off (format 7) before anything but
     /// its magic and version is looked at, and what the MAC proved.
     async fn open_index(&self, keyring: &Keyring, key: &str) -> Result<(Vec<u8>, IndexProof)> {
-        open_index_object(keyring, key, &self.target.get(key).await?)
+        open_index_object(keyring, key, &self.target.get_at_most(key, MAX_INDEX_BYTES).await?)
     }
 }
 

@@ -231,6 +231,11 @@ fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
     encoder.finish().expect("writing to memory cannot fail")
 }
 
+/// Bytes of snapshot and index objects held at once while several are read together
+/// ([`crate::target::ReadBudget`]): far more than a year of nights needs, far less than a few
+/// objects of junk as large as their limits.
+pub(crate) const READ_BUDGET: u64 = 64 << 20;
+
 /// CPU work taken off the runtime's threads (decrypting and parsing a year of manifests or
 /// indexes), on as many blocking threads at once as there are cores: more would each keep
 /// their allocator's caches for no gain.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, ChunkId};
 use crate::error::{Error, Result};
+use crate::target::{Held, ReadBudget};
 use crate::trust::SnapshotMark;
 
 use super::{
@@ -839,9 +840,10 @@ impl Repository {
         SealedSnapshot::parse(id, &bytes)
     }
 
-    /// A snapshot object's bytes as stored (for [`open_time_and_manifest`]).
-    pub async fn read_snapshot_object(&self, id: &SnapshotId) -> Result<Bytes> {
-        self.target.get_at_most(&snapshot_key(id), MAX_SNAPSHOT_BYTES).await
+    /// A snapshot object's bytes as stored (for [`open_time_and_manifest`]), read under
+    /// `budget` with others.
+    pub async fn read_snapshot_object(&self, id: &SnapshotId, budget: &ReadBudget) -> Result<Held> {
+        self.target.get_within(&snapshot_key(id), MAX_SNAPSHOT_BYTES, budget).await
     }
 
     /// Reads only a snapshot's header (a range read of its start): what listing and `latest`

@@ -54,6 +54,40 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// Bytes that concurrent whole-object reads may hold in memory at once ([`Target::get_within`]).
+/// A year of nights is hundreds of small snapshots or indexes read several at a time; junk in
+/// storage may be as large as a read's limit, and several such at once must not exhaust memory.
+#[derive(Clone, Debug)]
+pub struct ReadBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    units: u32,
+}
+
+impl ReadBudget {
+    /// The budget's granularity.
+    const UNIT: u64 = 64 * 1024;
+
+    /// A budget of `bytes` (at least one unit).
+    pub fn new(bytes: u64) -> ReadBudget {
+        let units = u32::try_from((bytes / Self::UNIT).max(1)).unwrap_or(u32::MAX >> 3).min(u32::MAX >> 3);
+        ReadBudget { permits: Arc::new(tokio::sync::Semaphore::new(units as usize)), units }
+    }
+}
+
+/// An object's bytes read under a [`ReadBudget`], counted in it until dropped.
+#[derive(Debug)]
+pub struct Held {
+    bytes: Bytes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
 /// Whether opening a target may create its folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -170,6 +204,27 @@ impl Target {
             return Err(Error::corrupt(key, format!("{} bytes: too large for what it is", result.meta.size)));
         }
         result.bytes().await.map_err(|e| self.map_error(key, e))
+    }
+
+    /// [`Self::get_at_most`] under a shared `budget` of bytes in memory: the read waits until
+    /// the object's size fits beside the others being read (one larger than the whole budget
+    /// waits for all of them, then is read alone). What is read stays counted until the
+    /// returned [`Held`] is dropped.
+    pub async fn get_within(&self, key: &str, limit: u64, budget: &ReadBudget) -> Result<Held> {
+        self.refuse_special(key)?;
+        let result = self.store.get_opts(&ObjectPath::from(key), GetOptions::default()).await;
+        let result = result.map_err(|e| self.map_error(key, e))?;
+        if result.meta.size > limit {
+            return Err(Error::corrupt(key, format!("{} bytes: too large for what it is", result.meta.size)));
+        }
+        let units =
+            u32::try_from(result.meta.size.div_ceil(ReadBudget::UNIT)).unwrap_or(u32::MAX).clamp(1, budget.units);
+        let permit = Arc::clone(&budget.permits)
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| Error::Internal("the read budget was closed".into()))?;
+        let bytes = result.bytes().await.map_err(|e| self.map_error(key, e))?;
+        Ok(Held { bytes, _permit: permit })
     }
 
     /// Reads a byte range of an object.
@@ -571,6 +626,37 @@ mod tests {
         target.delete(&format!("{pack}#0")).await.unwrap();
         assert!(target.staging_files("data").await.unwrap().is_empty());
         assert!(root.path().join(&pack).exists() && root.path().join("data/ab/notes#draft").exists());
+    }
+
+    #[tokio::test]
+    async fn reads_within_a_budget_wait_for_room_and_one_larger_than_it_is_read_alone() {
+        use std::time::Duration;
+        let root = tempfile::tempdir().unwrap();
+        let target = Target::open(root.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let unit = usize::try_from(ReadBudget::UNIT).unwrap();
+        for (name, units) in [("a", 6), ("b", 6), ("huge", 40), ("tiny", 0)] {
+            target.put_new(name, Bytes::from(vec![7u8; units * unit + 1])).await.unwrap();
+        }
+        let budget = ReadBudget::new(ReadBudget::UNIT * 10);
+        let waits = |read| async move { tokio::time::timeout(Duration::from_millis(200), read).await.is_err() };
+        let a = target.get_within("a", u64::MAX, &budget).await.unwrap();
+        assert_eq!(a.len(), 6 * unit + 1);
+        // 7 units held, 3 left: b (7) waits, a one-unit object does not.
+        assert!(waits(target.get_within("b", u64::MAX, &budget)).await);
+        let tiny = target.get_within("tiny", u64::MAX, &budget).await.unwrap();
+        // Larger than the whole budget: read once nothing else is held.
+        assert!(waits(target.get_within("huge", u64::MAX, &budget)).await);
+        drop(a);
+        assert!(waits(target.get_within("huge", u64::MAX, &budget)).await);
+        drop(tiny);
+        let huge = target.get_within("huge", u64::MAX, &budget).await.unwrap();
+        assert_eq!(huge.len(), 40 * unit + 1);
+        assert!(waits(target.get_within("tiny", u64::MAX, &budget)).await);
+        drop(huge);
+        target.get_within("b", u64::MAX, &budget).await.unwrap();
+        // The limit still refuses before anything is read.
+        let refused = target.get_within("huge", 1024, &budget).await;
+        assert!(matches!(refused, Err(Error::Corrupt { .. })), "{refused:?}");
     }
 
     #[test]
