@@ -155,6 +155,15 @@ pub async fn run(
                 scratch_server_version: None,
             });
             report.warnings.extend(restore_report.warnings.iter().cloned());
+            // The newest backup is what an incident would need: an older one restoring is not
+            // a drill passed (the warnings say which snapshot was passed over, and why).
+            if restore_report.skipped_newer {
+                report.failures.push(format!(
+                    "the newest backup does not restore: {} was restored because a newer snapshot was passed over \
+                     (see the warnings)",
+                    restore_report.snapshot_id
+                ));
+            }
             report.restore = Some(restore_report);
             let proven = prove(&mut report, &manifest, keyring, (&options.database, options.jobs), &progress).await;
             if let Err(error) = proven {

@@ -162,9 +162,10 @@ pub async fn run(
         newest_known: options.newest_known.as_ref(),
         index_in_memory: crate::repo::INDEX_IN_MEMORY,
     };
-    let (from, from_sources, from_mark) =
-        choose_snapshot(targets, keyring, choice(&options.from), &mut warnings).await?;
-    let (to, to_sources, to_mark) = choose_snapshot(targets, keyring, choice(&options.to), &mut warnings).await?;
+    let from = choose_snapshot(targets, keyring, choice(&options.from), &mut warnings).await?;
+    let (from, from_sources, from_mark) = (from.manifest, from.sources, from.mark);
+    let to = choose_snapshot(targets, keyring, choice(&options.to), &mut warnings).await?;
+    let (to, to_sources, to_mark) = (to.manifest, to.sources, to.mark);
     if from.database != to.database {
         let warning =
             format!("the snapshots are of two databases, {} and {}: compared all the same", from.database, to.database);

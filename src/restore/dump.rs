@@ -83,7 +83,8 @@ pub async fn run(
         newest_known: options.newest_known.as_ref(),
         index_in_memory: crate::repo::INDEX_IN_MEMORY,
     };
-    let (mut manifest, sources, mark) = choose_snapshot(targets, keyring, choice, &mut warnings).await?;
+    let chosen = choose_snapshot(targets, keyring, choice, &mut warnings).await?;
+    let (mut manifest, sources, mark) = (chosen.manifest, chosen.sources, chosen.mark);
     let index = super::select::table_named(&manifest, &options.table)?;
     // Only this table's chunks are read.
     let table = manifest.tables.swap_remove(index);

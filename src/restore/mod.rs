@@ -154,6 +154,11 @@ pub struct RestoreReport {
     /// `--dry-run`: nothing was written.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// `latest` passed over a newer snapshot (it does not open, or the newest this machine
+    /// knows of is gone from storage; the warnings say which): what was restored is not the
+    /// newest backup.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped_newer: bool,
 }
 
 /// `--rows`: one table's rows chosen, and what became of them.
@@ -328,7 +333,9 @@ pub(crate) async fn restore(
     progress: Shared,
 ) -> Result<(RestoreReport, Manifest)> {
     let mut warnings = Vec::new();
-    let (mut manifest, sources, mark) = choose_snapshot(targets, keyring, options.into(), &mut warnings).await?;
+    let chosen = choose_snapshot(targets, keyring, options.into(), &mut warnings).await?;
+    let (mut manifest, sources, mark, skipped_newer) =
+        (chosen.manifest, chosen.sources, chosen.mark, chosen.skipped_newer);
     let snapshot_id = mark.id.clone();
     let reader = Arc::new(ChunkReader::with_sources(sources, Keyring::clone(keyring), options.jobs * 2 + 2));
     let spool = spool_chunks(&reader, &mut manifest).await?;
@@ -380,6 +387,7 @@ pub(crate) async fn restore(
         roles_created: Vec::new(),
         rows_chosen,
         dry_run,
+        skipped_newer,
     };
     if options.part.dry_run {
         let Some(related) = &related else {
@@ -557,6 +565,7 @@ pub(crate) async fn restore(
         roles_created: load.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         rows_chosen: related.as_ref().map(chosen).unwrap_or_default(),
         dry_run: false,
+        skipped_newer,
     };
     Ok((report, manifest))
 }

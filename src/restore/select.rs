@@ -33,6 +33,16 @@ impl<'a> From<&'a super::RestoreOptions> for Choice<'a> {
     }
 }
 
+/// The snapshot chosen, opened.
+pub(super) struct Chosen {
+    pub(super) manifest: Manifest,
+    pub(super) sources: Vec<Source>,
+    pub(super) mark: SnapshotMark,
+    /// For `latest`: a newer snapshot was passed over (it does not open, or the newest this
+    /// machine knows of is gone from storage), so what is restored is not the newest backup.
+    pub(super) skipped_newer: bool,
+}
+
 /// Opens the snapshot `options.snapshot` names. For `latest`, the newest that proves itself:
 /// each newer one that does not is passed over and named in `warnings`, and so is a newer
 /// snapshot the caller knows of that no target holds (a rollback by deletion).
@@ -41,7 +51,7 @@ pub(super) async fn choose_snapshot(
     keyring: &Keyring,
     options: Choice<'_>,
     warnings: &mut Vec<String>,
-) -> Result<(Manifest, Vec<Source>, SnapshotMark)> {
+) -> Result<Chosen> {
     let latest = options.snapshot == "latest";
     // Said only if a snapshot is restored after all; otherwise the first error says it.
     let mut passed_over = Vec::new();
@@ -54,6 +64,8 @@ pub(super) async fn choose_snapshot(
     for snapshot_id in resolved.ids {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
+                // A newer snapshot whose header gives its time (one without is junk as often).
+                let mut skipped_newer = !passed_over.is_empty() || unreadable.iter().any(|s| s.time.is_some());
                 let mut note = |warning: String| {
                     tracing::warn!("{warning}");
                     warnings.push(warning);
@@ -83,6 +95,7 @@ pub(super) async fn choose_snapshot(
                     Some(known) if targets.absence_explained(&known.id, keyring).await => None,
                     known => known,
                 };
+                skipped_newer |= known.is_some();
                 if let Some(known) = known
                     && unreadable.iter().any(|skipped| skipped.id == known.id)
                 {
@@ -98,7 +111,7 @@ pub(super) async fn choose_snapshot(
                         mark.id, mark.sequence, mark.time, known.id, known.sequence, known.time
                     ));
                 }
-                return Ok((manifest, sources, mark));
+                return Ok(Chosen { manifest, sources, mark, skipped_newer });
             }
             Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
                 passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));

@@ -117,8 +117,9 @@ fn forgetting_the_newest_snapshot_raises_no_rollback_alarm_anywhere() {
 
     ready.work.run(&["verify", "--repo", &repo]).ok();
     let restored = TestDb::create("forget_newest_restored");
-    let restore = ready.work.restore(&repo, &restored).ok();
+    let restore = ready.work.restore_with(&repo, &restored, &["--json"]).ok();
     assert!(!restore.stderr.contains("deleted from storage"), "{}", restore.stderr);
+    assert!(restore.json().get("skipped_newer").is_none(), "{}", restore.stdout);
     // The next backup names the forgotten snapshot as its predecessor without a warning
     // (`backup` asserts it), and the chain verifies.
     change(&ready, 3);
@@ -372,8 +373,9 @@ fn after_the_newest_snapshot_is_forgotten_deleting_the_newest_remaining_one_is_s
     let found = ready.work.run(&["verify", "--repo", &repo]).fails_with(3, "deleted without being forgotten");
     assert!(found.stdout.contains(&tagged[2]), "{}", found.stdout);
     let restored = TestDb::create("forget_head_restored");
-    let restore = ready.work.restore(&repo, &restored).ok();
+    let restore = ready.work.restore_with(&repo, &restored, &["--json"]).ok();
     assert!(restore.stderr.contains("deleted from storage"), "{}", restore.stderr);
+    assert_eq!(restore.json()["skipped_newer"], true, "{}", restore.stdout);
 }
 
 #[test]

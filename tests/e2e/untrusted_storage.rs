@@ -622,6 +622,13 @@ fn snapshots_that_open_nowhere_are_named_never_tried_and_a_drill_of_every_copy_f
     assert_eq!(run.json()["snapshot_id"].as_str(), Some(newest.as_str()));
     assert_same_database(&source, &target);
     assert!(run.stderr.contains("passed over") && run.stderr.contains("3 more snapshots"), "{}", run.stderr);
+    assert!(run.json().get("skipped_newer").is_none(), "{}", run.stdout);
+    // Junk (no time of its own) is named, but does not fail a drill of the newest snapshot.
+    let scratch = TestDb::unmade("unreadable_copies_scratch");
+    let (key, url) = (work.admin_key(), scratch.url());
+    let plain = ["drill", "--repo", &repo, "--repo", &copy, "--identity", &key, "--scratch-db", &url];
+    let run = work.run(&plain);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 
     // The newest damaged on both copies: a drill of every copy drills it, and fails.
     for folder in [&repo, &copy] {
@@ -630,15 +637,22 @@ fn snapshots_that_open_nowhere_are_named_never_tried_and_a_drill_of_every_copy_f
         *bytes.last_mut().unwrap() ^= 1;
         std::fs::write(&path, bytes).unwrap();
     }
-    let scratch = TestDb::unmade("unreadable_copies_scratch");
-    let (key, url) = (work.admin_key(), scratch.url());
     let args =
         ["drill", "--repo", &repo, "--repo", &copy, "--identity", &key, "--scratch-db", &url, "--from-every-target"];
     let run = work.run(&args);
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains(&newest[..12]) || run.stdout.contains(&newest), "{}", run.stdout);
+    // A plain drill restores and proves the older one, and fails all the same: the newest
+    // backup is what an incident needs.
+    let run = work.run(&[&plain[..], &["--json"]].concat());
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let drill = &run.json()["drills"][0];
+    assert_eq!(drill["restore"]["skipped_newer"], true, "{}", run.stdout);
+    assert!(drill["failures"][0].as_str().unwrap().contains("the newest backup does not restore"), "{}", run.stdout);
+    assert!(drill["warnings"].to_string().contains(&format!("snapshot {newest} passed over")), "{}", run.stdout);
     // A restore of latest names it and restores the older one.
     let older = TestDb::create("unreadable_copies_older");
-    let run = work.restore_with(&repo, &older, &["--repo", &copy]).ok();
+    let run = work.restore_with(&repo, &older, &["--json", "--repo", &copy]).ok();
     assert!(run.stderr.contains(&format!("snapshot {newest} passed over")), "{}", run.stderr);
+    assert_eq!(run.json()["skipped_newer"], true, "{}", run.stdout);
 }
