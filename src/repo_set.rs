@@ -61,6 +61,26 @@ pub struct Resolved {
     pub unreadable: Vec<Unreadable>,
 }
 
+/// Snapshots that do not open named one by one ([`Resolved::passed_over`]); more are counted.
+const UNREADABLE_NAMED: usize = 5;
+
+impl Resolved {
+    /// What a command that takes the first of `ids` says of `unreadable`: a few named with
+    /// why, the rest counted.
+    pub fn passed_over(&self) -> Vec<String> {
+        let mut said: Vec<String> = (self.unreadable.iter().take(UNREADABLE_NAMED))
+            .map(|skipped| format!("snapshot {} passed over: {}", skipped.id, skipped.why))
+            .collect();
+        if self.unreadable.len() > UNREADABLE_NAMED {
+            said.push(format!(
+                "{} more snapshots under snapshots/ do not open (`crmvault verify` lists them)",
+                self.unreadable.len() - UNREADABLE_NAMED
+            ));
+        }
+        said
+    }
+}
+
 /// A snapshot `latest` could not open anywhere ([`Resolved::unreadable`]).
 #[derive(Debug)]
 pub struct Unreadable {

@@ -38,6 +38,9 @@ pub struct Listing {
     /// What the data-loss alarm flagged in it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<String>,
+    /// For `latest`: newer snapshots that do not open, named with why (also on stderr).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One table.
@@ -76,7 +79,11 @@ pub struct SchemaTotal {
 pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &SnapshotFilter) -> Result<Listing> {
     let mut first_error = None;
     let resolved = targets.resolve_snapshot(selector, filter, keyring).await?;
-    for id in resolved.ids.into_iter().chain(resolved.unreadable.into_iter().map(|skipped| skipped.id)) {
+    // Said when one of `ids` is listed: these may be newer.
+    let passed_over = resolved.passed_over();
+    let openable = resolved.ids.len();
+    let ids = resolved.ids.into_iter().chain(resolved.unreadable.into_iter().map(|skipped| skipped.id));
+    for (n, id) in ids.enumerate() {
         for repository in targets.repositories() {
             let opened =
                 repository.read_snapshot(&id).await.and_then(|sealed| Ok((sealed.open(keyring)?, sealed.mark())));
@@ -108,6 +115,10 @@ pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &
                         total.bytes += table.bytes;
                     }
                     let schemas = schemas.into_values().collect();
+                    let warnings = if n < openable { passed_over } else { Vec::new() };
+                    for warning in &warnings {
+                        tracing::warn!("{warning}");
+                    }
                     return Ok(Listing {
                         snapshot_id: mark.id,
                         time: mark.time,
@@ -120,6 +131,7 @@ pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &
                         large_objects: manifest.large_objects.as_ref().map(|lo| (lo.rows, lo.data.bytes)),
                         roles: manifest.roles.as_ref().map(|roles| roles.iter().map(|r| r.name.clone()).collect()),
                         alarms: manifest.alarms.iter().map(ToString::to_string).collect(),
+                        warnings,
                     });
                 }
                 Err(error) => {

@@ -7,9 +7,6 @@ use crate::repo::{Keyring, Manifest, SnapshotFilter};
 use crate::repo_set::RepoSet;
 use crate::trust::SnapshotMark;
 
-/// Snapshots that do not open named one by one in a restore's warnings; more are counted.
-const UNREADABLE_NAMED: usize = 5;
-
 /// Which snapshot to open, and what is known of the newest.
 pub(super) struct Choice<'a> {
     /// `latest` or an id prefix.
@@ -60,6 +57,7 @@ pub(super) async fn choose_snapshot(
     // Snapshots that opened nowhere and may be newer than any that did (damaged, of a newer
     // format, not to this key, unreadable): never restored (their database is unknown), and
     // named, a few of them, with why.
+    let named = resolved.passed_over();
     let unreadable = resolved.unreadable;
     for snapshot_id in resolved.ids {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
@@ -70,15 +68,7 @@ pub(super) async fn choose_snapshot(
                     tracing::warn!("{warning}");
                     warnings.push(warning);
                 };
-                for skipped in unreadable.iter().take(UNREADABLE_NAMED) {
-                    note(format!("snapshot {} passed over: {}", skipped.id, skipped.why));
-                }
-                if unreadable.len() > UNREADABLE_NAMED {
-                    note(format!(
-                        "{} more snapshots under snapshots/ do not open (`crmvault verify` lists them)",
-                        unreadable.len() - UNREADABLE_NAMED
-                    ));
-                }
+                named.iter().cloned().for_each(&mut note);
                 passed_over.drain(..).for_each(&mut note);
                 // With a filter, an older snapshot is what was asked for: only a newest known
                 // snapshot that no target holds any more is a rollback.

@@ -650,6 +650,11 @@ fn snapshots_that_open_nowhere_are_named_never_tried_and_a_drill_of_every_copy_f
     assert_eq!(drill["restore"]["skipped_newer"], true, "{}", run.stdout);
     assert!(drill["failures"][0].as_str().unwrap().contains("the newest backup does not restore"), "{}", run.stdout);
     assert!(drill["warnings"].to_string().contains(&format!("snapshot {newest} passed over")), "{}", run.stdout);
+    // `ls latest` lists the older one and names the newest with why.
+    let run = work.run(&["ls", "--json", "--repo", &repo, "--repo", &copy, "--identity", &key, "latest"]).ok();
+    assert_ne!(run.json()["snapshot_id"].as_str(), Some(newest.as_str()), "{}", run.stdout);
+    assert!(run.json()["warnings"].to_string().contains(&format!("snapshot {newest} passed over")), "{}", run.stdout);
+    assert!(run.stderr.contains(&format!("snapshot {newest} passed over")), "{}", run.stderr);
     // A restore of latest names it and restores the older one.
     let older = TestDb::create("unreadable_copies_older");
     let run = work.restore_with(&repo, &older, &["--json", "--repo", &copy]).ok();
