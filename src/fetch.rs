@@ -240,8 +240,48 @@ impl Source {
 pub struct ReadStats {
     /// (target, chunks served), in source order.
     pub served: Vec<(String, usize)>,
-    /// One line per fallback: which target failed for which chunk, and why.
+    /// One line per reason a target failed (a missing or damaged pack fails all its chunks
+    /// alike): the target, why, and for how many chunks the next target was tried.
     pub fallbacks: Vec<String>,
+}
+
+/// Chunks a target failed for one reason.
+struct Fallback {
+    /// `target: why`.
+    reason: String,
+    /// The first chunk, and how many.
+    first: ChunkId,
+    chunks: usize,
+}
+
+/// Reasons for falling back said as warnings as they happen; the rest are in [`ReadStats`].
+const FALLBACKS_WARNED: usize = 5;
+
+/// Every fallback, grouped by reason, in the order the reasons came.
+#[derive(Default)]
+struct Fallbacks {
+    reasons: Vec<Fallback>,
+    by_reason: std::collections::HashMap<String, usize>,
+}
+
+impl Fallbacks {
+    /// Counts a chunk that `reason` made the reader take from the next target, warning of the
+    /// first few reasons.
+    fn add(&mut self, reason: String, chunk: &ChunkId) {
+        if let Some(&at) = self.by_reason.get(&reason) {
+            self.reasons[at].chunks += 1;
+            return;
+        }
+        match self.reasons.len() {
+            n if n < FALLBACKS_WARNED => {
+                tracing::warn!("{reason}; reading chunk {chunk}, and any others it fails, from the next target");
+            }
+            FALLBACKS_WARNED => tracing::warn!("more chunks fail for other reasons: the restore's report lists them"),
+            _ => {}
+        }
+        self.by_reason.insert(reason.clone(), self.reasons.len());
+        self.reasons.push(Fallback { reason, first: *chunk, chunks: 1 });
+    }
 }
 
 /// Hands out verified chunk plaintexts.
@@ -253,7 +293,7 @@ pub struct ChunkReader {
     /// Bytes the pieces in `cache` may hold.
     budget: u64,
     heads: Heads,
-    fallbacks: Mutex<Vec<String>>,
+    fallbacks: Mutex<Fallbacks>,
     dictionaries: Mutex<Dictionaries>,
     frames: Arc<repo::FrameCache>,
     limits: Limits,
@@ -553,11 +593,10 @@ impl ChunkReader {
                 }
                 Err(error) => {
                     if self.sources.len() > 1 {
-                        tracing::warn!("{}: chunk {id}: {error}; trying the next target", source.target.location());
-                        self.fallbacks
-                            .lock()
-                            .expect("fallback lock is never poisoned")
-                            .push(format!("{}: chunk {id}: {error}", source.target.location()));
+                        // Said once per reason: a pack missing from one copy is thousands of
+                        // chunks, each read from the next.
+                        let reason = format!("{}: {error}", source.target.location());
+                        self.fallbacks.lock().expect("fallback lock is never poisoned").add(reason, id);
                     }
                     first_error.get_or_insert(error);
                 }
@@ -577,7 +616,12 @@ impl ChunkReader {
                 .iter()
                 .map(|s| (s.target.location().to_string(), s.served.load(Ordering::Relaxed)))
                 .collect(),
-            fallbacks: self.fallbacks.lock().expect("fallback lock is never poisoned").clone(),
+            fallbacks: (self.fallbacks.lock().expect("fallback lock is never poisoned").reasons.iter())
+                .map(|fallback| match fallback.chunks {
+                    1 => format!("{}: chunk {}", fallback.reason, fallback.first),
+                    n => format!("{}: {n} chunks, the first {}", fallback.reason, fallback.first),
+                })
+                .collect(),
         }
     }
 

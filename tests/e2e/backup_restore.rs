@@ -488,9 +488,15 @@ fn a_restore_with_its_index_on_disk_reads_a_missing_pack_from_the_other_target()
     // Both targets: the missing pack's chunks come from the second one, and the data is equal.
     let restored = TestDb::create("disk_index_restored");
     let options = ["--json", "--parallel", "--index-in-memory", "50", "--repo", &second];
-    let report = work.restore_with(&first, &restored, &options).ok().json();
-    assert!(!report["sources"]["fallbacks"].as_array().unwrap().is_empty(), "{report}");
-    assert!(report["sources"]["served"][1][1].as_u64().unwrap() > 0, "{report}");
+    let run = work.restore_with(&first, &restored, &options).ok();
+    let report = run.json();
+    // Said once for the pack, with how many of its chunks came from the next target.
+    let fallbacks = report["sources"]["fallbacks"].as_array().unwrap();
+    assert_eq!(fallbacks.len(), 1, "{report}");
+    let from_second = report["sources"]["served"][1][1].as_u64().unwrap();
+    assert!(from_second > 1, "{report}");
+    assert!(fallbacks[0].as_str().unwrap().contains(&format!(": {from_second} chunks, the first ")), "{report}");
+    assert_eq!(run.stderr.matches("from the next target").count(), 1, "{}", run.stderr);
     assert_same_database(&source, &restored);
 }
 
