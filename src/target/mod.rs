@@ -227,10 +227,23 @@ impl Target {
         Ok(Held { bytes, _permit: permit })
     }
 
-    /// Reads a byte range of an object.
+    /// Reads a byte range of an object, which must hold all of it: an object cut shorter in
+    /// storage is refused as damaged, by name.
     pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
         self.refuse_special(key)?;
-        self.store.get_range(&ObjectPath::from(key), range).await.map_err(|e| self.map_error(key, e))
+        let shorter =
+            |size: u64| Error::corrupt(key, format!("is {size} bytes, shorter than the {} read from it", range.end));
+        match self.store.get_range(&ObjectPath::from(key), range.clone()).await {
+            Ok(bytes) if bytes.len() as u64 == range.end - range.start => Ok(bytes),
+            Ok(bytes) => Err(shorter(range.start + bytes.len() as u64)),
+            Err(error @ object_store::Error::NotFound { .. }) => Err(self.map_error(key, error)),
+            // The stores say a range past the end in their own words ("Requested range was
+            // invalid", a 416): the object's size says it plainly.
+            Err(error) => match self.size_of(key).await {
+                Ok(Some(size)) if size < range.end => Err(shorter(size)),
+                _ => Err(self.map_error(key, error)),
+            },
+        }
     }
 
     /// The size of an object, or `None` when it does not exist.
@@ -657,6 +670,29 @@ mod tests {
         // The limit still refuses before anything is read.
         let refused = target.get_within("huge", 1024, &budget).await;
         assert!(matches!(refused, Err(Error::Corrupt { .. })), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_range_past_an_object_cut_short_in_storage_is_damage_named_by_its_key() {
+        let root = tempfile::tempdir().unwrap();
+        let target = Target::open(root.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let pack = format!("data/ab/{}", "ab".repeat(32));
+        target.put_new(&pack, Bytes::from(vec![1u8; 100])).await.unwrap();
+        assert_eq!(target.get_range(&pack, 10..100).await.unwrap().len(), 90);
+        for range in [0..4096, 50..101, 100..200, 4000..4096] {
+            match target.get_range(&pack, range.clone()).await {
+                Err(Error::Corrupt { object, detail }) => {
+                    assert_eq!(object, pack);
+                    assert!(detail.contains("is 100 bytes, shorter than"), "{range:?}: {detail}");
+                }
+                other => panic!("{range:?}: {other:?}"),
+            }
+        }
+        std::fs::write(root.path().join(&pack), b"").unwrap();
+        let emptied = target.get_range(&pack, 0..64).await;
+        assert!(matches!(&emptied, Err(Error::Corrupt { object, .. }) if *object == pack), "{emptied:?}");
+        let missing = target.get_range("data/cd/gone", 0..64).await;
+        assert!(matches!(missing, Err(Error::Missing { .. })), "{missing:?}");
     }
 
     #[test]
