@@ -472,13 +472,11 @@ pub async fn run(
                 known.id, known.sequence
             )
         };
+        let instead = if present.is_empty() { "finds no snapshot at all" } else { "would restore an older one" };
         report.problems.push(problem(
             &repo::snapshot_key(&gap),
             vec![gap.to_string()],
-            format!(
-                "missing: {what}; it was deleted without being forgotten, and `restore latest` would restore an \
-                 older one"
-            ),
+            format!("missing: {what}; it was deleted without being forgotten, and `restore latest` {instead}"),
         ));
     }
 

@@ -53,7 +53,22 @@ pub(super) async fn choose_snapshot(
     // Said only if a snapshot is restored after all; otherwise the first error says it.
     let mut passed_over = Vec::new();
     let mut first_error = None;
-    let resolved = targets.resolve_snapshot(options.snapshot, options.filter, keyring).await?;
+    let resolved = match targets.resolve_snapshot(options.snapshot, options.filter, keyring).await {
+        Err(Error::SnapshotNotFound(what)) if latest => {
+            return Err(Error::SnapshotNotFound(match gone(targets, keyring, options.newest_known).await {
+                Some(known) => format!(
+                    "{}, but this machine knows of snapshot {} (number {}, {}): deleted from storage without being \
+                     forgotten; restore from another copy (`--repo`) and find out who deleted it",
+                    what.strip_suffix(" yet").unwrap_or(&what),
+                    known.id,
+                    known.sequence,
+                    known.time
+                ),
+                None => what,
+            }));
+        }
+        resolved => resolved?,
+    };
     // Snapshots that opened nowhere and may be newer than any that did (damaged, of a newer
     // format, not to this key, unreadable): never restored (their database is unknown), and
     // named, a few of them, with why.
@@ -121,6 +136,15 @@ pub(super) async fn choose_snapshot(
         };
     }
     Err(first_error.unwrap_or_else(|| Error::SnapshotNotFound("no snapshot to restore".into())))
+}
+
+/// The newest snapshot this machine knows of, when no target holds it and no `forget` record
+/// explains its absence.
+async fn gone<'a>(targets: &RepoSet, keyring: &Keyring, known: Option<&'a SnapshotMark>) -> Option<&'a SnapshotMark> {
+    let known = known?;
+    let any = SnapshotFilter::default();
+    let held = targets.resolve_snapshot(&known.id.to_string(), &any, keyring).await.is_ok();
+    (!held && !targets.absence_explained(&known.id, keyring).await).then_some(known)
 }
 
 /// The table of `manifest` that `name` means: `schema.table` as written (dots and all, no

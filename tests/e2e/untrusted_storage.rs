@@ -661,3 +661,19 @@ fn snapshots_that_open_nowhere_are_named_never_tried_and_a_drill_of_every_copy_f
     assert!(run.stderr.contains(&format!("snapshot {newest} passed over")), "{}", run.stderr);
     assert_eq!(run.json()["skipped_newer"], true, "{}", run.stdout);
 }
+
+#[test]
+fn every_snapshot_deleted_is_named_as_a_deletion_on_a_machine_that_knew_them() {
+    let victim = Victim::new("all_deleted");
+    let newest = std::fs::read_dir(victim.file("snapshots")).unwrap().next().unwrap().unwrap();
+    let newest = newest.file_name().into_string().unwrap();
+    for snapshot in victim.only("snapshots") {
+        std::fs::remove_file(snapshot).unwrap();
+    }
+    let target = TestDb::create("all_deleted_target");
+    let run = victim.work.restore(&victim.repo, &target).fails_with(1, "deleted from storage without being forgotten");
+    assert!(run.stderr.contains(&format!("this machine knows of snapshot {newest}")), "{}", run.stderr);
+    assert!(!run.stderr.contains("no snapshot yet"), "{}", run.stderr);
+    assert!(target.is_empty());
+    victim.work.run(&["verify", "--repo", &victim.repo]).fails_with(3, "`restore latest` finds no snapshot at all");
+}
