@@ -230,7 +230,15 @@ impl Repository {
                 }
                 match whole.len() {
                     1 => {
-                        tracing::warn!("{}: {error}; using its copy", target.location());
+                        let what = match error {
+                            Error::NotARepository { .. } => "its `config` is missing".to_string(),
+                            error => error.to_string(),
+                        };
+                        tracing::warn!(
+                            "{}: {what}; using its whole copy configs/{} (`crmvault verify` reports it)",
+                            target.location(),
+                            whole[0].config_hash
+                        );
                         whole.remove(0)
                     }
                     _ => return Err(error),

@@ -534,8 +534,17 @@ fn a_linked_folder_or_a_forged_format_version_in_storage_changes_nothing() {
     let current = format!("\"version\": {}", crmvault::repo::FORMAT_VERSION);
     std::fs::write(victim.file("config"), config.replace(&current, "\"version\": 99")).unwrap();
     let run = victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &format!("{}/", victim.repo)]).ok();
-    assert!(run.stderr.contains("using its copy"), "{}", run.stderr);
+    assert!(run.stderr.contains("using its whole copy configs/"), "{}", run.stderr);
     let target = TestDb::create("links_target");
+    victim.work.restore(&victim.repo, &target).ok();
+    assert_same_database(&victim.source, &target);
+    // `config` deleted: said as such, not as a repository to `init`.
+    std::fs::remove_file(victim.file("config")).unwrap();
+    victim.source.sql("UPDATE crm.contacts SET email = email || '.again'");
+    let run = victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
+    assert!(run.stderr.contains("its `config` is missing; using its whole copy configs/"), "{}", run.stderr);
+    assert!(!run.stderr.contains("crmvault init"), "{}", run.stderr);
+    let target = TestDb::create("links_target_again");
     victim.work.restore(&victim.repo, &target).ok();
     assert_same_database(&victim.source, &target);
     victim.work.run(&["verify", "--repo", &victim.repo]).fails_with(3, "missing, damaged or replaced");
