@@ -156,8 +156,8 @@ fn list_elements(text: &str) -> Vec<String> {
 pub struct Finish<'a> {
     /// The database loaded, under its loading name.
     pub loading: &'a str,
-    /// The name it takes.
-    pub name: &'a str,
+    /// The name it takes (`None`: it keeps its loading name, given the rest).
+    pub name: Option<&'a str>,
     /// What the source database itself had (none: a snapshot from before it was recorded).
     pub object: Option<&'a DatabaseObject>,
     /// `--no-owner`, `--no-acl`.
@@ -178,7 +178,11 @@ impl Server {
             Some(object) => Some(self.without_superusers_settings(object).await?),
             None => None,
         };
-        let (loading, name) = (quote_ident(finish.loading), quote_ident(finish.name));
+        let (loading, name) = (quote_ident(finish.loading), quote_ident(finish.name.unwrap_or(finish.loading)));
+        let rename = match finish.name {
+            Some(_) => format!("ALTER DATABASE {loading} RENAME TO {name}; "),
+            None => String::new(),
+        };
         let mut given = match &object {
             Some(object) => given(finish.loading, object, finish.leave_out),
             None => Vec::new(),
@@ -209,11 +213,8 @@ impl Server {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(failed);
             }
-            let renamed = client
-                .batch_execute(&format!(
-                    "RESET ROLE; ALTER DATABASE {loading} RENAME TO {name}; COMMENT ON DATABASE {name} IS {comment}"
-                ))
-                .await;
+            let renamed =
+                client.batch_execute(&format!("RESET ROLE; {rename}COMMENT ON DATABASE {name} IS {comment}")).await;
             match renamed {
                 Ok(()) => {
                     client.batch_execute("COMMIT").await?;

@@ -240,14 +240,29 @@ pub async fn run_creating(
         Ok((report, manifest)) => {
             let created = report.roles_created.clone();
             // Complete, then shaped like the source's database as it takes its name.
-            let finish = postgres::database::Finish {
+            let mut finish = postgres::database::Finish {
                 loading: &loading,
-                name: &name,
+                name: Some(&name),
                 object: manifest.database_object.as_ref(),
                 leave_out: options.leave_out,
                 role: options.role.as_deref(),
             };
-            (server.finish_creating(&finish).await.map(|()| report), created)
+            let finished = server.finish_creating(&finish).await;
+            // The name taken meanwhile (an application that makes its database when it finds
+            // none): the restored database, complete and proven, is not thrown away.
+            if let Err(error) = &finished
+                && server.comment(&name).await?.is_some()
+            {
+                finish.name = None;
+                if server.finish_creating(&finish).await.is_ok() {
+                    return Err(Error::Invalid(format!(
+                        "{database} was created by someone else while the restore loaded it ({error}); the restored \
+                         database, complete and proven, is kept as {loading}: look at the new {name}, then rename \
+                         {loading} into place (ALTER DATABASE … RENAME TO …)",
+                    )));
+                }
+            }
+            (finished.map(|()| report), created)
         }
         // Said of the database the admin named, not of the one it was loading into.
         Err(Error::MissingRoles { roles, .. }) => {

@@ -568,3 +568,42 @@ fn restore_create_makes_the_database_and_it_takes_its_name_only_when_complete() 
     assert!(run.stderr.contains("not created"), "{}", run.stderr);
     assert!(!exists(&other.name) && !exists(&loading(&other.name)));
 }
+
+#[test]
+fn restore_create_keeps_what_it_loaded_when_someone_takes_the_name_meanwhile() {
+    let Ready { source, work, repo, .. } = Scenario::new("create_taken").crm().init("repo").backup();
+    let target = TestDb::unmade("create_taken");
+    let loading = format!("crmvault_restoring_{}", &blake3::hash(target.name.as_bytes()).to_hex()[..16]);
+    let kept = TestDb { name: loading.clone() };
+    let wait_for = |sql: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while psql("postgres", sql).trim() != "1" {
+            assert!(std::time::Instant::now() < deadline, "waited for {sql}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let (key, url) = (work.admin_key(), target.url());
+    let restore = work
+        .command()
+        .args(["restore", "--repo", &repo, "--identity", &key, "--db", &url, "--create"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A session in the loading database keeps it from taking its name until the name is taken
+    // (an application making its database when it finds none).
+    wait_for(&format!("SELECT count(*) FROM pg_database WHERE datname = '{loading}'"));
+    let mut holder = std::process::Command::new("psql")
+        .args(["-X", "-q", "-d", &format!("{}/{loading}", server_url()), "-c", "SELECT pg_sleep(2)"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{loading}' AND query LIKE '%pg_sleep%'"));
+    psql("postgres", &format!("CREATE DATABASE {}", target.name));
+    holder.wait().unwrap();
+    let run = Run::from(&restore.wait_with_output().unwrap());
+    let run = run.fails_with(1, "was created by someone else while the restore loaded it");
+    assert!(run.stderr.contains(&format!("is kept as {loading}")), "{}", run.stderr);
+    assert!(target.is_empty(), "the name taken meanwhile is left as it was");
+    assert_same_database(&source, &kept);
+}
