@@ -85,6 +85,8 @@ struct Facts {
     names: BTreeSet<TableName>,
     /// `ALTER TABLE parent ATTACH PARTITION child`: (parent, child).
     attach: Option<(TableName, TableName)>,
+    /// `CREATE TABLE child (…) INHERITS (parent, …)`: the parents.
+    inherits: Vec<TableName>,
     /// A sequence and the table that owns it (`OWNED BY`, or an identity column).
     owned: Option<(TableName, TableName)>,
     /// The schema a statement names as such (`CREATE SCHEMA s`, `ON SCHEMA s`, `IN SCHEMA s`).
@@ -245,6 +247,36 @@ fn qualified_after(tokens: &[Token<'_>], mut at: usize, optional: &[&str]) -> Op
     qualified_at(tokens, at)
 }
 
+/// The parents a `CREATE TABLE` statement names in its `INHERITS (…)` clause, outside the
+/// column list.
+fn inherited(statement: &[Token<'_>]) -> Vec<TableName> {
+    let mut depth = 0i32;
+    for (at, token) in statement.iter().enumerate() {
+        if token.is_punct(';') {
+            break;
+        } else if token.is_punct('(') {
+            depth += 1;
+        } else if token.is_punct(')') {
+            depth -= 1;
+        } else if depth == 0
+            && is_word(Some(token), "inherits")
+            && statement.get(at + 1).is_some_and(|t| t.is_punct('('))
+        {
+            let mut parents = Vec::new();
+            let mut next = at + 2;
+            while let Some(parent) = qualified_at(statement, next) {
+                parents.push(parent);
+                if !statement.get(next + 3).is_some_and(|t| t.is_punct(',')) {
+                    break;
+                }
+                next += 4;
+            }
+            return parents;
+        }
+    }
+    Vec::new()
+}
+
 /// The tokens of `sql` that mean something (no spaces, no comments).
 fn significant(sql: &str) -> Vec<Token<'_>> {
     Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect()
@@ -344,6 +376,9 @@ fn facts(sql: &str) -> Facts {
                 && facts.creates.is_none()
                 && let Some(name) = qualified_after(&tokens, next + 1, &["if", "not", "exists"])
             {
+                if relation == Relation::Table {
+                    facts.inherits = inherited(&tokens[next..]);
+                }
                 facts.creates = Some((name, relation));
             }
             if word(next, "index") && facts.index.is_none() {
@@ -610,6 +645,8 @@ pub struct ForeignKey {
 pub struct Partitions {
     children: HashMap<TableName, Vec<TableName>>,
     parent: HashMap<TableName, TableName>,
+    /// Tables that inherit from a table (`INHERITS`), whose rows its queries see too.
+    heirs: HashMap<TableName, Vec<TableName>>,
 }
 
 impl Partitions {
@@ -617,9 +654,15 @@ impl Partitions {
     pub fn of(pre_data: &str, post_data: &str) -> Partitions {
         let mut partitions = Partitions::default();
         for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
-            if let Some((parent, child)) = facts(entry.sql).attach {
+            let facts = facts(entry.sql);
+            if let Some((parent, child)) = facts.attach {
                 partitions.parent.insert(child.clone(), parent.clone());
                 partitions.children.entry(parent).or_default().push(child);
+            }
+            if let Some((child, Relation::Table)) = &facts.creates {
+                for parent in &facts.inherits {
+                    partitions.heirs.entry(parent.clone()).or_default().push(child.clone());
+                }
             }
         }
         partitions
@@ -643,6 +686,57 @@ impl Partitions {
         }
         leaves.sort();
         leaves
+    }
+
+    /// The tables whose rows `SELECT … FROM table` sees: itself (or its partitions) and the
+    /// tables that inherit from it, theirs too (in name order, each once).
+    pub fn with_heirs(&self, table: &TableName) -> Vec<TableName> {
+        let mut found = BTreeSet::new();
+        let mut todo = vec![table.clone()];
+        while let Some(table) = todo.pop() {
+            for leaf in self.leaves(&table) {
+                if found.insert(leaf.clone()) {
+                    todo.extend(self.heirs.get(&leaf).into_iter().flatten().cloned());
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
+    /// Leaves out each `INHERITS` link of the script whose heir is a table of `database` that
+    /// does not inherit from that parent there: a snapshot (the backup host's word) must not
+    /// make `--rows` write a live table's rows because it declared that table an heir of the
+    /// one named. Heirs `database` does not hold are kept (a database the restore makes them
+    /// in). Returns a warning for each link left out.
+    pub async fn confirm_heirs(&mut self, database: &super::Database) -> crate::error::Result<Vec<String>> {
+        let links: Vec<(TableName, TableName)> = (self.heirs.iter())
+            .flat_map(|(parent, heirs)| heirs.iter().map(move |heir| (parent.clone(), heir.clone())))
+            .collect();
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = |pick: fn(&(TableName, TableName)) -> &str| links.iter().map(pick).collect::<Vec<&str>>();
+        let (parent_schemas, parent_names) = (column(|l| &l.0.schema), column(|l| &l.0.name));
+        let (heir_schemas, heir_names) = (column(|l| &l.1.schema), column(|l| &l.1.name));
+        let sql = "SELECT l.n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])                        WITH ORDINALITY AS l(ps, pn, hs, hn, n)                      JOIN pg_catalog.pg_namespace hns ON hns.nspname = l.hs                      JOIN pg_catalog.pg_class h ON h.relnamespace = hns.oid AND h.relname = l.hn                     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i                                         JOIN pg_catalog.pg_class p ON p.oid = i.inhparent                                         JOIN pg_catalog.pg_namespace pns ON pns.oid = p.relnamespace                                        WHERE i.inhrelid = h.oid AND p.relname = l.pn AND pns.nspname = l.ps)";
+        let client = database.connect().await?;
+        let rows = client.query(sql, &[&parent_schemas, &parent_names, &heir_schemas, &heir_names]).await?;
+        let mut warnings = Vec::new();
+        for row in rows {
+            let at = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+            let Some((parent, heir)) = links.get(at) else { continue };
+            if let Some(heirs) = self.heirs.get_mut(parent) {
+                heirs.retain(|known| known != heir);
+            }
+            warnings.push(format!(
+                "--rows: the snapshot says {} inherits from {}, but in {database} it does not: its rows are not \
+                 looked for through {} (name it to restore them)",
+                crate::error::printable(&format!("{}.{}", heir.schema, heir.name)),
+                crate::error::printable(&format!("{}.{}", parent.schema, parent.name)),
+                crate::error::printable(&format!("{}.{}", parent.schema, parent.name)),
+            ));
+        }
+        Ok(warnings)
     }
 
     /// The partitioned table at the top of a partition's tree (the table itself if none).
@@ -1055,6 +1149,25 @@ mod tests {
         let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
         assert_eq!(partitions.leaves(&t("a")), [t("c")]);
         let _ = partitions.root(&t("a"));
+    }
+
+    #[test]
+    fn a_table_holds_the_rows_of_the_tables_that_inherit_from_it() {
+        let pre = [
+            pre(),
+            entry("base", "TABLE", "crm", "CREATE TABLE crm.base (\n    id integer,\n    inherits text\n);"),
+            entry("other", "TABLE", "crm", "CREATE TABLE crm.other (\n    x integer\n);"),
+            entry("child", "TABLE", "crm", "CREATE TABLE crm.child (\n    y integer\n)\nINHERITS (crm.base);"),
+            entry("Grand", "TABLE", "crm", "CREATE TABLE crm.\"Grand\" (\n)\nINHERITS (crm.child, crm.other);"),
+        ]
+        .concat();
+        let partitions = Partitions::of(&pre, &post());
+        let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
+        assert_eq!(partitions.with_heirs(&t("base")), [t("Grand"), t("base"), t("child")]);
+        assert_eq!(partitions.with_heirs(&t("other")), [t("Grand"), t("other")]);
+        assert_eq!(partitions.with_heirs(&t("Grand")), [t("Grand")]);
+        // A partitioned table: its partitions.
+        assert_eq!(partitions.with_heirs(&t("p")), partitions.leaves(&t("p")));
     }
 
     #[test]

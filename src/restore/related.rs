@@ -157,20 +157,19 @@ pub(super) async fn closure(
     // The roots.
     let mut wanted: HashMap<TableName, Vec<Wanted>> = HashMap::new();
     for root in roots {
-        // A partitioned table stands for its partitions.
+        // A partitioned table stands for its partitions, a table for itself and the tables that
+        // inherit from it: the rows `SELECT … FROM table WHERE …` finds.
+        let holding = |table: &TableName| -> Vec<&TableManifest> {
+            partitions.with_heirs(table).iter().filter_map(|held| tables.get(held).copied()).collect()
+        };
         let named = match super::select::table_named(manifest, &root.table) {
-            Ok(index) => vec![&manifest.tables[index]],
+            Ok(index) => holding(&name_of(&manifest.tables[index])),
             Err(error) => {
                 let parent = root
                     .table
                     .split_once('.')
                     .map(|(schema, name)| TableName { schema: schema.to_string(), name: name.to_string() });
-                let leaves: Vec<&TableManifest> = parent
-                    .map(|parent| partitions.leaves(&parent))
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|leaf| tables.get(leaf).copied())
-                    .collect();
+                let leaves = parent.map(|parent| holding(&parent)).unwrap_or_default();
                 if leaves.is_empty() {
                     return Err(error);
                 }

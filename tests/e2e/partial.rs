@@ -498,3 +498,61 @@ ALTER TABLE crm.log DROP COLUMN altered;
     assert_eq!(rows(&source, "crm_side.plain", "id"), rows(&source, "crm.plain", "id"));
     assert_eq!(log(), before);
 }
+
+#[test]
+fn rows_of_a_table_include_those_of_the_tables_that_inherit_from_it() {
+    let setup = "CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
+         CREATE TABLE public.call_notes (minutes int) INHERITS (public.notes); \
+         ALTER TABLE public.call_notes ADD PRIMARY KEY (id); \
+         CREATE TABLE public.attachments (id int PRIMARY KEY, call_id int REFERENCES public.call_notes); \
+         INSERT INTO public.notes VALUES (1, 'a'), (2, 'b'); \
+         INSERT INTO public.call_notes VALUES (3, 'c', 5), (4, 'd', 6); \
+         INSERT INTO public.attachments VALUES (10, 3), (11, 4)";
+    let Ready { source, work, repo, .. } = Scenario::new("part_heirs").sql(setup).init("repo").backup();
+    // `SELECT … FROM public.notes WHERE id = 3` finds the call note: so does --rows.
+    let dry = work
+        .restore_with(
+            &repo,
+            &source,
+            &["--json", "--rows", "public.notes:id=3", "--with-related", "--dry-run", "latest"],
+        )
+        .ok()
+        .json();
+    let chosen: Vec<(String, u64)> = dry["rows_chosen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(chosen, [("public.attachments".to_string(), 1), ("public.call_notes".to_string(), 1)]);
+    // Deleted live, it comes back with what references it, into the table it was in.
+    source.sql("DELETE FROM public.attachments WHERE id = 10; DELETE FROM public.notes WHERE id IN (1, 3)");
+    work.restore_with(&repo, &source, &["--rows", "public.notes:id=3", "--with-related", "latest"]).ok();
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ONLY public.call_notes").trim(), "3,4");
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ONLY public.notes").trim(), "2");
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "10,11");
+
+    // The snapshot's word alone does not make a live table an heir: one that does not inherit
+    // from the table named in the live database is not looked through, and said.
+    source.sql(
+        "ALTER TABLE public.call_notes NO INHERIT public.notes; \
+         DELETE FROM public.attachments WHERE id = 10; DELETE FROM public.call_notes WHERE id = 3",
+    );
+    for dry_run in [true, false] {
+        let mut args = vec!["--rows", "public.notes:id=3", "--with-related", "--on-conflict", "update", "latest"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let run = work.restore_with(&repo, &source, &args).fails_with(1, "the snapshot has no row public.notes:id=3");
+        assert!(
+            run.stderr.contains("the snapshot says public.call_notes inherits from public.notes, but in"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ONLY public.call_notes").trim(), "4");
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "11");
+    // Named, it is restored.
+    work.restore_with(&repo, &source, &["--rows", "public.call_notes:id=3", "--with-related", "latest"]).ok();
+    assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "10,11");
+}
