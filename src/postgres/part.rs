@@ -706,11 +706,16 @@ impl Partitions {
     /// Leaves out each `INHERITS` link of the script whose heir is a table of `database` that
     /// does not inherit from that parent there: a snapshot (the backup host's word) must not
     /// make `--rows` write a live table's rows because it declared that table an heir of the
-    /// one named. Heirs `database` does not hold are kept (a database the restore makes them
-    /// in). Returns a warning for each link left out.
-    pub async fn confirm_heirs(&mut self, database: &super::Database) -> crate::error::Result<Vec<String>> {
+    /// one named. Heirs in a schema `schema_map` renames go where the restore makes them, and
+    /// so do those `database` does not hold. Returns a warning for each link left out.
+    pub async fn confirm_heirs(
+        &mut self,
+        database: &super::Database,
+        schema_map: &[(String, String)],
+    ) -> crate::error::Result<Vec<String>> {
         let links: Vec<(TableName, TableName)> = (self.heirs.iter())
             .flat_map(|(parent, heirs)| heirs.iter().map(move |heir| (parent.clone(), heir.clone())))
+            .filter(|(_, heir)| renamed(schema_map, &heir.schema).is_none())
             .collect();
         if links.is_empty() {
             return Ok(Vec::new());

@@ -369,11 +369,9 @@ pub(crate) async fn restore(
     } else {
         let mut partitions = postgres::part::Partitions::of(&pre_data, &post_data);
         // Into the database's own tables, an heir is one there too.
-        if options.part.schema_map.is_empty() {
-            for warning in partitions.confirm_heirs(&options.database).await? {
-                tracing::warn!("{warning}");
-                warnings.push(warning);
-            }
+        for warning in partitions.confirm_heirs(&options.database, &options.part.schema_map).await? {
+            tracing::warn!("{warning}");
+            warnings.push(warning);
         }
         let keys = postgres::part::foreign_keys(&pre_data, &post_data, &partitions);
         let rows = &options.part.rows;

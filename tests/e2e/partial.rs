@@ -552,6 +552,11 @@ fn rows_of_a_table_include_those_of_the_tables_that_inherit_from_it() {
     }
     assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM ONLY public.call_notes").trim(), "4");
     assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "11");
+    // Beside the live tables, in a schema of its own, the snapshot's heirs are what it makes.
+    let side = ["--json", "--rows", "public.notes:id=3", "--schema-map", "public=public_side", "--dry-run", "latest"];
+    let dry = work.restore_with(&repo, &source, &side).ok();
+    assert!(dry.json()["rows_chosen"].to_string().contains("public.call_notes"), "{}", dry.stdout);
+    assert!(!dry.stderr.contains("inherits from"), "{}", dry.stderr);
     // Named, it is restored.
     work.restore_with(&repo, &source, &["--rows", "public.call_notes:id=3", "--with-related", "latest"]).ok();
     assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "10,11");
