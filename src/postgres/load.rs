@@ -679,6 +679,30 @@ impl Server {
         Ok(self.client.query_one(sql, &[&key]).await?.get(0))
     }
 
+    /// Who holds the advisory lock [`Self::try_lock`] takes on `key` (in the `postgres`
+    /// database), in one phrase, if the server shows it to this role: anyone who can connect
+    /// can take it, so the admin kept out is told whom to ask or end.
+    pub async fn lock_holder(&self, key: &str) -> Result<Option<String>> {
+        let sql = "SELECT a.pid, a.usename::text, a.application_name, a.client_addr::text, \
+                          to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
+                     FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid, \
+                          (SELECT pg_catalog.hashtext($1)::bigint AS k) h \
+                    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
+                      AND l.classid::bigint = (h.k >> 32) & 4294967295 AND l.objid::bigint = h.k & 4294967295 \
+                      AND l.pid <> pg_catalog.pg_backend_pid() \
+                    LIMIT 1";
+        let Some(row) = self.client.query_opt(sql, &[&key]).await? else { return Ok(None) };
+        let text = |at: usize| row.get::<_, Option<String>>(at).map(|value| crate::error::printable(&value));
+        let pid: i32 = row.get(0);
+        let mut said = vec![format!("the session of pid {pid}")];
+        let parts = [("user", text(1)), ("application", text(2).filter(|a| !a.is_empty())), ("from", text(3))];
+        said.extend(parts.into_iter().filter_map(|(what, value)| Some(format!("{what} {}", value?))));
+        said.extend(text(4).map(|since| format!("connected since {since} UTC")));
+        let said = said.join(", ");
+        Ok(Some(said))
+    }
+
     /// Creates database `name` from `template0`, with the source's encoding and collation when
     /// `locale` gives them (ICU's when the source's are), owned by `owner` (`--role`: the role
     /// that loads it, as `pg_restore --create --role` makes it) or the role connected, and

@@ -52,8 +52,12 @@ impl Scratch {
         };
         let create = match &server {
             Some(maintenance) => {
-                if !maintenance.try_lock(&format!("crmvault drill {name}")).await? {
-                    return Err(Error::Invalid(format!("another drill is using {database}: one at a time")));
+                let lock = format!("crmvault drill {name}");
+                if !maintenance.try_lock(&lock).await? {
+                    let holder = maintenance.lock_holder(&lock).await?.unwrap_or_else(|| "another session".into());
+                    return Err(Error::Invalid(format!(
+                        "another drill is using {database}: one at a time ({holder} holds its lock)"
+                    )));
                 }
                 match marked(maintenance, &name).await? {
                     None => true,

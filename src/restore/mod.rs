@@ -206,8 +206,13 @@ pub async fn run_creating(
         )));
     }
     let loading = format!("crmvault_restoring_{}", &blake3::hash(name.as_bytes()).to_hex()[..16]);
-    if !server.try_lock(&format!("crmvault restore --create {name}")).await? {
-        return Err(Error::Invalid(format!("another restore --create is making {database}")));
+    let lock = format!("crmvault restore --create {name}");
+    if !server.try_lock(&lock).await? {
+        let holder = server.lock_holder(&lock).await?.unwrap_or_else(|| "another session".into());
+        return Err(Error::Invalid(format!(
+            "another restore --create is making {database}: {holder} holds its lock (if that is no restore, \
+             `SELECT pg_terminate_backend(pid)` as a superuser ends it)"
+        )));
     }
     match server.comment(&loading).await? {
         Some(Some(comment)) if comment == RESTORING_MARK => {

@@ -607,3 +607,39 @@ fn restore_create_keeps_what_it_loaded_when_someone_takes_the_name_meanwhile() {
     assert!(target.is_empty(), "the name taken meanwhile is left as it was");
     assert_same_database(&source, &kept);
 }
+
+#[test]
+fn restore_create_kept_out_by_its_lock_names_the_session_that_holds_it() {
+    let Ready { work, repo, .. } = Scenario::new("create_locked").crm().init("repo").backup();
+    let target = TestDb::unmade("create_locked");
+    // Anyone who can connect can take the lock: the admin is told whose session it is.
+    let key = format!("crmvault restore --create {}", target.name);
+    let squatter = format!("squatter_{}", std::process::id());
+    let mut holder = std::process::Command::new("psql")
+        .args(["-X", "-q", "-d", &format!("{}/postgres", server_url())])
+        .args(["-c", &format!("SELECT pg_advisory_lock(hashtext('{key}'))"), "-c", "SELECT pg_sleep(60)"])
+        .env("PGAPPNAME", &squatter)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{squatter}' AND query LIKE '%pg_sleep%'"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while psql("postgres", &held).trim() != "1" {
+        assert!(std::time::Instant::now() < deadline, "the lock was never taken");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = psql("postgres", &held.replace("count(*)", "pid")).trim().to_string();
+    let run = work.restore_with(&repo, &target, &["--create"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let run = run.fails_with(1, "another restore --create is making");
+    assert!(
+        run.stderr.contains(&format!("the session of pid {pid}, user postgres, application {squatter}")),
+        "{pid}: {}",
+        run.stderr
+    );
+    let made = format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", target.name);
+    assert_eq!(psql("postgres", &made).trim(), "0", "nothing was made");
+}
