@@ -152,6 +152,11 @@ fn list_elements(text: &str) -> Vec<String> {
     }
 }
 
+/// The comment on a database `restore --create` finished under its loading name because the
+/// name it was for was taken meanwhile.
+pub const KEPT_MARK: &str =
+    "crmvault restore --create: complete, kept under this name because the name it was for was taken meanwhile";
+
 /// How `restore --create` finishes: what the new database gets before it takes its name.
 pub struct Finish<'a> {
     /// The database loaded, under its loading name.
@@ -191,7 +196,12 @@ impl Server {
             let sql = format!("GRANT CONNECT, TEMPORARY ON DATABASE {loading} TO PUBLIC");
             given.push(Given { sql, probe: None, setting: None });
         }
-        let comment = object.as_ref().and_then(|o| o.comment.as_deref()).map_or_else(|| "NULL".into(), quote_literal);
+        // Kept under its loading name, it says so (the source's comment could be the mark a
+        // later `restore --create` drops a leftover by).
+        let comment = match finish.name {
+            Some(_) => object.as_ref().and_then(|o| o.comment.as_deref()).map_or_else(|| "NULL".into(), quote_literal),
+            None => quote_literal(KEPT_MARK),
+        };
         let mut tries = 0;
         loop {
             client.batch_execute("BEGIN").await?;

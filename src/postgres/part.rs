@@ -647,6 +647,9 @@ pub struct Partitions {
     parent: HashMap<TableName, TableName>,
     /// Tables that inherit from a table (`INHERITS`), whose rows its queries see too.
     heirs: HashMap<TableName, Vec<TableName>>,
+    /// Links (parent, child) the target database does not confirm ([`Self::confirm_links`]):
+    /// not followed from a table `--rows` names, nor written through.
+    unconfirmed: HashSet<(TableName, TableName)>,
 }
 
 impl Partitions {
@@ -690,65 +693,113 @@ impl Partitions {
 
     /// The tables whose rows `SELECT … FROM table` sees: itself (or its partitions) and the
     /// tables that inherit from it, theirs too (in name order, each once).
+    /// Only links the target database confirmed are followed (when it was asked).
     pub fn with_heirs(&self, table: &TableName) -> Vec<TableName> {
         let mut found = BTreeSet::new();
+        let mut seen = HashSet::new();
         let mut todo = vec![table.clone()];
         while let Some(table) = todo.pop() {
-            for leaf in self.leaves(&table) {
-                if found.insert(leaf.clone()) {
-                    todo.extend(self.heirs.get(&leaf).into_iter().flatten().cloned());
-                }
+            if !seen.insert(table.clone()) {
+                continue;
             }
+            let confirmed = |links: Option<&Vec<TableName>>| -> Vec<TableName> {
+                let links = links.into_iter().flatten();
+                links.filter(|child| !self.unconfirmed.contains(&(table.clone(), (*child).clone()))).cloned().collect()
+            };
+            // A partitioned table holds no rows of its own: listed all the same (the caller
+            // takes the tables the snapshot holds data of), as is one whose partitions the
+            // database did not confirm.
+            todo.extend(confirmed(self.children.get(&table)));
+            todo.extend(confirmed(self.heirs.get(&table)));
+            found.insert(table);
         }
         found.into_iter().collect()
     }
 
-    /// Leaves out each `INHERITS` link of the script whose heir is a table of `database` that
-    /// does not inherit from that parent there: a snapshot (the backup host's word) must not
-    /// make `--rows` write a live table's rows because it declared that table an heir of the
-    /// one named. Heirs in a schema `schema_map` renames go where the restore makes them, and
-    /// so do those `database` does not hold. Returns a warning for each link left out.
-    pub async fn confirm_heirs(
+    /// Marks the links the script declares (`ATTACH PARTITION`, `INHERITS`) that the target
+    /// database does not confirm, so that `--rows` neither looks for rows through them from a
+    /// table it names ([`Self::with_heirs`]) nor writes a partition's rows through them
+    /// ([`Self::root`]): the scripts are the backup host's word. (Foreign keys and the
+    /// partitions they reach stay the snapshot's: `--with-related` follows them as they were.) A link whose
+    /// child is in a schema `schema_map` renames goes where the restore makes it. Without
+    /// `schema_map`, any other link between tables of which `database` holds either must be one
+    /// there too (`pg_inherits`; a partition's parent partitioned): one declared by the snapshot
+    /// alone would make `--rows` write into a live table not asked for. With `schema_map`, such
+    /// a link would write outside the renamed schemas, and is not followed either. Returns each
+    /// link marked, with a warning.
+    pub async fn confirm_links(
         &mut self,
         database: &super::Database,
         schema_map: &[(String, String)],
-    ) -> crate::error::Result<Vec<String>> {
-        let links: Vec<(TableName, TableName)> = (self.heirs.iter())
-            .flat_map(|(parent, heirs)| heirs.iter().map(move |heir| (parent.clone(), heir.clone())))
-            .filter(|(_, heir)| renamed(schema_map, &heir.schema).is_none())
+    ) -> crate::error::Result<Vec<(TableName, TableName, String)>> {
+        // (parent, child, a partition)
+        let mut links: Vec<(TableName, TableName, bool)> = (self.heirs.iter())
+            .flat_map(|(parent, heirs)| heirs.iter().map(move |heir| (parent.clone(), heir.clone(), false)))
+            .chain(self.parent.iter().map(|(child, parent)| (parent.clone(), child.clone(), true)))
+            .filter(|(_, child, _)| renamed(schema_map, &child.schema).is_none())
             .collect();
-        if links.is_empty() {
-            return Ok(Vec::new());
-        }
-        let column = |pick: fn(&(TableName, TableName)) -> &str| links.iter().map(pick).collect::<Vec<&str>>();
-        let (parent_schemas, parent_names) = (column(|l| &l.0.schema), column(|l| &l.0.name));
-        let (heir_schemas, heir_names) = (column(|l| &l.1.schema), column(|l| &l.1.name));
-        let sql = "SELECT l.n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])                        WITH ORDINALITY AS l(ps, pn, hs, hn, n)                      JOIN pg_catalog.pg_namespace hns ON hns.nspname = l.hs                      JOIN pg_catalog.pg_class h ON h.relnamespace = hns.oid AND h.relname = l.hn                     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i                                         JOIN pg_catalog.pg_class p ON p.oid = i.inhparent                                         JOIN pg_catalog.pg_namespace pns ON pns.oid = p.relnamespace                                        WHERE i.inhrelid = h.oid AND p.relname = l.pn AND pns.nspname = l.ps)";
-        let client = database.connect().await?;
-        let rows = client.query(sql, &[&parent_schemas, &parent_names, &heir_schemas, &heir_names]).await?;
-        let mut warnings = Vec::new();
-        for row in rows {
-            let at = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
-            let Some((parent, heir)) = links.get(at) else { continue };
-            if let Some(heirs) = self.heirs.get_mut(parent) {
-                heirs.retain(|known| known != heir);
+        links.sort();
+        let mut unconfirmed = Vec::new();
+        if !schema_map.is_empty() {
+            unconfirmed = links.iter().collect();
+        } else if !links.is_empty() {
+            let column =
+                |pick: fn(&(TableName, TableName, bool)) -> &str| links.iter().map(pick).collect::<Vec<&str>>();
+            let (parent_schemas, parent_names) = (column(|l| &l.0.schema), column(|l| &l.0.name));
+            let (child_schemas, child_names) = (column(|l| &l.1.schema), column(|l| &l.1.name));
+            let partitions: Vec<bool> = links.iter().map(|l| l.2).collect();
+            let sql = "SELECT l.n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[]) \
+                           WITH ORDINALITY AS l(ps, pn, cs, cn, part, n) \
+                         LEFT JOIN (pg_catalog.pg_class c JOIN pg_catalog.pg_namespace cns ON cns.oid = c.relnamespace) \
+                           ON cns.nspname = l.cs AND c.relname = l.cn \
+                         LEFT JOIN (pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pns ON pns.oid = p.relnamespace) \
+                           ON pns.nspname = l.ps AND p.relname = l.pn \
+                        WHERE (c.oid IS NOT NULL OR p.oid IS NOT NULL) \
+                          AND NOT (EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i \
+                                            WHERE i.inhrelid = c.oid AND i.inhparent = p.oid) \
+                                   AND (NOT l.part OR p.relkind = 'p'))";
+            let client = database.connect().await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&parent_schemas, &parent_names, &child_schemas, &child_names, &partitions];
+            for row in client.query(sql, &params).await? {
+                let at = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+                unconfirmed.extend(links.get(at));
             }
-            warnings.push(format!(
-                "--rows: the snapshot says {} inherits from {}, but in {database} it does not: its rows are not \
-                 looked for through {} (name it to restore them)",
-                crate::error::printable(&format!("{}.{}", heir.schema, heir.name)),
-                crate::error::printable(&format!("{}.{}", parent.schema, parent.name)),
-                crate::error::printable(&format!("{}.{}", parent.schema, parent.name)),
-            ));
+        }
+        let mut warnings = Vec::new();
+        for (parent, child, partition) in unconfirmed {
+            self.unconfirmed.insert((parent.clone(), child.clone()));
+            let said = |table: &TableName| crate::error::printable(&format!("{}.{}", table.schema, table.name));
+            let (child_name, parent_name) = (said(child), said(parent));
+            let link = if *partition { "is a partition of" } else { "inherits from" };
+            let warning = if schema_map.is_empty() {
+                format!(
+                    "--rows: the snapshot says {child_name} {link} {parent_name}, but in {database} it does not: its \
+                     rows are not looked for through {parent_name}, and go into {child_name} itself (name \
+                     {child_name} to restore them)"
+                )
+            } else {
+                format!(
+                    "--rows: the snapshot says {child_name} {link} {parent_name}, but {child_name} is in a schema \
+                     --schema-map does not rename: its rows are not looked for through {parent_name} (map its schema \
+                     too)"
+                )
+            };
+            warnings.push((parent.clone(), child.clone(), warning));
         }
         Ok(warnings)
     }
 
     /// The partitioned table at the top of a partition's tree (the table itself if none).
+    /// Links the target database did not confirm end the climb: rows are not written through
+    /// a parent the snapshot alone names.
     pub fn root(&self, table: &TableName) -> TableName {
         let mut root = table.clone();
         let mut steps = 0;
         while let Some(parent) = self.parent.get(&root) {
+            if self.unconfirmed.contains(&(parent.clone(), root.clone())) {
+                break;
+            }
             root = parent.clone();
             steps += 1;
             // A cycle cannot come from pg_dump; stop all the same.
@@ -1166,13 +1217,22 @@ mod tests {
             entry("Grand", "TABLE", "crm", "CREATE TABLE crm.\"Grand\" (\n)\nINHERITS (crm.child, crm.other);"),
         ]
         .concat();
-        let partitions = Partitions::of(&pre, &post());
+        let mut partitions = Partitions::of(&pre, &post());
         let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
         assert_eq!(partitions.with_heirs(&t("base")), [t("Grand"), t("base"), t("child")]);
         assert_eq!(partitions.with_heirs(&t("other")), [t("Grand"), t("other")]);
         assert_eq!(partitions.with_heirs(&t("Grand")), [t("Grand")]);
-        // A partitioned table: its partitions.
-        assert_eq!(partitions.with_heirs(&t("p")), partitions.leaves(&t("p")));
+        // A partitioned table: itself (it holds no rows) and its partitions.
+        assert_eq!(partitions.with_heirs(&t("p")), [t("p"), t("p1")]);
+        assert_eq!(partitions.root(&t("p1")), t("p"));
+        // Links the target database did not confirm are not followed, nor written through.
+        partitions.unconfirmed.insert((t("child"), t("Grand")));
+        partitions.unconfirmed.insert((t("p"), t("p1")));
+        assert_eq!(partitions.with_heirs(&t("base")), [t("base"), t("child")]);
+        assert_eq!(partitions.with_heirs(&t("other")), [t("Grand"), t("other")]);
+        assert_eq!(partitions.with_heirs(&t("p")), [t("p")]);
+        assert_eq!(partitions.root(&t("p1")), t("p1"));
+        assert_eq!(partitions.leaves(&t("p")), [t("p1")], "what foreign keys reach stays the snapshot's");
     }
 
     #[test]

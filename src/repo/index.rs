@@ -186,7 +186,7 @@ impl Repository {
         let packs: Option<HashSet<&ObjectId>> = packs.map(|list| list.iter().map(|p| &p.id).collect());
         // A listed index is read up to the size its snapshot's header gives.
         let keys: Vec<(String, u64)> = match only {
-            Some(list) => list.iter().map(|o| (index_key(&o.id), o.size)).collect(),
+            Some(list) => list.iter().map(|o| (index_key(&o.id), o.size.min(MAX_INDEX_BYTES))).collect(),
             None => self.target.list("index").await?.into_iter().map(|(key, _)| (key, MAX_INDEX_BYTES)).collect(),
         };
         let mut index = ChunkIndex::with_budget(memory_entries);

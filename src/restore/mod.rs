@@ -373,15 +373,25 @@ pub(crate) async fn restore(
         (None, Vec::new(), postgres::part::Partitions::default())
     } else {
         let mut partitions = postgres::part::Partitions::of(&pre_data, &post_data);
-        // Into the database's own tables, an heir is one there too.
-        for warning in partitions.confirm_heirs(&options.database, &options.part.schema_map).await? {
-            tracing::warn!("{warning}");
-            warnings.push(warning);
-        }
-        let keys = postgres::part::foreign_keys(&pre_data, &post_data, &partitions);
+        // Into the database's own tables, a link is one there too. Said where it matters: a
+        // table named, or one whose rows are chosen.
+        let mut unconfirmed = partitions.confirm_links(&options.database, &options.part.schema_map).await?;
+        let mut say = |matters: &dyn Fn(&postgres::script::TableName) -> bool| {
+            unconfirmed.retain(|(parent, child, warning)| {
+                let said = matters(parent) || matters(child);
+                if said {
+                    tracing::warn!("{warning}");
+                    warnings.push(warning.clone());
+                }
+                !said
+            });
+        };
         let rows = &options.part.rows;
+        say(&|table| rows.iter().any(|root| related::names(&root.table, table)));
+        let keys = postgres::part::foreign_keys(&pre_data, &post_data, &partitions);
         let chosen =
             related::closure(&streams, &manifest, (&keys, &partitions), rows, options.part.with_related).await?;
+        say(&|table| chosen.rows.get(table).is_some_and(|rows| !rows.is_empty()));
         (Some(chosen), keys, partitions)
     };
     let chosen = |related: &related::Related| -> Vec<RowsWritten> {

@@ -140,6 +140,11 @@ fn positions(table: &TableManifest, names: &[String]) -> Option<Vec<usize>> {
     names.iter().map(|name| table.columns.iter().position(|c| c == name)).collect()
 }
 
+/// Whether `--rows` text `named` (`schema.table`, or a table alone) may mean `table`.
+pub(super) fn names(named: &str, table: &TableName) -> bool {
+    named == format!("{}.{}", table.schema, table.name) || named == table.name
+}
+
 /// Chooses the rows `roots` name, and with `with_related` the rows linked to them.
 pub(super) async fn closure(
     streams: &Streams<'_>,

@@ -210,20 +210,24 @@ impl Target {
     /// the object's size fits beside the others being read (one larger than the whole budget
     /// waits for all of them, then is read alone). What is read stays counted until the
     /// returned [`Held`] is dropped.
+    /// The size is asked first and the read waits with no request open (a response left
+    /// unread while others are read could time out); the object is then read up to that size.
     pub async fn get_within(&self, key: &str, limit: u64, budget: &ReadBudget) -> Result<Held> {
         self.refuse_special(key)?;
-        let result = self.store.get_opts(&ObjectPath::from(key), GetOptions::default()).await;
-        let result = result.map_err(|e| self.map_error(key, e))?;
-        if result.meta.size > limit {
-            return Err(Error::corrupt(key, format!("{} bytes: too large for what it is", result.meta.size)));
+        let size = self
+            .size_of(key)
+            .await?
+            .ok_or_else(|| Error::Missing { object: key.to_string(), location: self.location.clone() })?;
+        if size > limit {
+            return Err(Error::corrupt(key, format!("{size} bytes: too large for what it is")));
         }
-        let units =
-            u32::try_from(result.meta.size.div_ceil(ReadBudget::UNIT)).unwrap_or(u32::MAX).clamp(1, budget.units);
+        let units = u32::try_from(size.div_ceil(ReadBudget::UNIT)).unwrap_or(u32::MAX).clamp(1, budget.units);
         let permit = Arc::clone(&budget.permits)
             .acquire_many_owned(units)
             .await
             .map_err(|_| Error::Internal("the read budget was closed".into()))?;
-        let bytes = result.bytes().await.map_err(|e| self.map_error(key, e))?;
+        // Replaced by a larger object meanwhile (objects are immutable): refused.
+        let bytes = self.get_at_most(key, size).await?;
         Ok(Held { bytes, _permit: permit })
     }
 
@@ -234,7 +238,7 @@ impl Target {
         let shorter =
             |size: u64| Error::corrupt(key, format!("is {size} bytes, shorter than the {} read from it", range.end));
         match self.store.get_range(&ObjectPath::from(key), range.clone()).await {
-            Ok(bytes) if bytes.len() as u64 == range.end - range.start => Ok(bytes),
+            Ok(bytes) if bytes.len() as u64 == range.end.saturating_sub(range.start) => Ok(bytes),
             Ok(bytes) => Err(shorter(range.start + bytes.len() as u64)),
             Err(error @ object_store::Error::NotFound { .. }) => Err(self.map_error(key, error)),
             // The stores say a range past the end in their own words ("Requested range was

@@ -571,7 +571,8 @@ fn restore_create_makes_the_database_and_it_takes_its_name_only_when_complete() 
 
 #[test]
 fn restore_create_keeps_what_it_loaded_when_someone_takes_the_name_meanwhile() {
-    let Ready { source, work, repo, .. } = Scenario::new("create_taken").crm().init("repo").backup();
+    // Filler: a load long enough for the session below to connect before it ends.
+    let Ready { source, work, repo, .. } = Scenario::new("create_taken").crm().filler().init("repo").backup();
     let target = TestDb::unmade("create_taken");
     let loading = format!("crmvault_restoring_{}", &blake3::hash(target.name.as_bytes()).to_hex()[..16]);
     let kept = TestDb { name: loading.clone() };
@@ -606,6 +607,9 @@ fn restore_create_keeps_what_it_loaded_when_someone_takes_the_name_meanwhile() {
     assert!(run.stderr.contains(&format!("is kept as {loading}")), "{}", run.stderr);
     assert!(target.is_empty(), "the name taken meanwhile is left as it was");
     assert_same_database(&source, &kept);
+    // Marked as kept, not as a leftover a later `restore --create` drops.
+    let comment = format!("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{loading}'");
+    assert!(psql("postgres", &comment).contains("kept under this name"));
 }
 
 #[test]
@@ -641,5 +645,28 @@ fn restore_create_kept_out_by_its_lock_names_the_session_that_holds_it() {
         run.stderr
     );
     let made = format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", target.name);
+    assert_eq!(psql("postgres", &made).trim(), "0", "nothing was made");
+
+    // A drill's lock, the same way.
+    let key = format!("crmvault drill {}", target.name);
+    let mut holder = std::process::Command::new("psql")
+        .args(["-X", "-q", "-d", &format!("{}/postgres", server_url())])
+        .args(["-c", &format!("SELECT pg_advisory_lock(hashtext('{key}'))"), "-c", "SELECT pg_sleep(60)"])
+        .env("PGAPPNAME", &squatter)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while psql("postgres", &held).trim() != "1" {
+        assert!(std::time::Instant::now() < deadline, "the lock was never taken");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let admin = work.admin_key();
+    let run = work.run(&["drill", "--repo", &repo, "--identity", &admin, "--scratch-db", &target.url()]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("another drill is using") && said.contains(&format!("application {squatter}")), "{said}");
     assert_eq!(psql("postgres", &made).trim(), "0", "nothing was made");
 }

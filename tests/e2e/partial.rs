@@ -406,20 +406,27 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
         .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap()))
         .collect();
     assert_eq!(chosen, [("public.events_2025".to_string(), 1), ("public.owners".to_string(), 1)]);
-    // Live, the partition was replaced since: the row goes in through the parent, where the
-    // live partitions take it.
+    // Deleted live: it goes back in through the parent, where the live partitions take it.
+    source.sql("DELETE FROM public.events WHERE owner_id = 1");
+    let args = ["--rows", "public.owners:id=1", "--with-related", "--on-conflict", "skip", "latest"];
+    let run = work.restore_with(&repo, &source, &args).ok();
+    assert!(!run.stderr.contains("--rows: the snapshot says"), "{}", run.stderr);
+    assert_eq!(source.sql("SELECT count(*) FROM public.events_2025 WHERE id = 1").trim(), "1");
+    // Live, the partition was detached since (and another took its place): the link is the
+    // snapshot's word alone, which could as well name a live table not asked for. The row goes
+    // into the table it was in, and the warning says why.
     source.sql(
         "DELETE FROM public.events WHERE owner_id = 1; ALTER TABLE public.events DETACH PARTITION public.events_2025; \
          CREATE TABLE public.events_new PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
     );
-    work.restore_with(
-        &repo,
-        &source,
-        &["--rows", "public.owners:id=1", "--with-related", "--on-conflict", "skip", "latest"],
-    )
-    .ok();
-    assert_eq!(source.sql("SELECT count(*) FROM public.events WHERE id = 1").trim(), "1");
-    assert_eq!(source.sql("SELECT count(*) FROM public.events_new").trim(), "1");
+    let run = work.restore_with(&repo, &source, &args).ok();
+    assert!(
+        run.stderr.contains("the snapshot says public.events_2025 is a partition of public.events, but in"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(source.sql("SELECT count(*) FROM public.events_2025 WHERE id = 1").trim(), "1");
+    assert_eq!(source.sql("SELECT count(*) FROM public.events_new").trim(), "0");
 }
 
 /// A side-schema restore changes nothing outside the schemas it makes. The snapshot's own code
@@ -503,6 +510,7 @@ ALTER TABLE crm.log DROP COLUMN altered;
 fn rows_of_a_table_include_those_of_the_tables_that_inherit_from_it() {
     let setup = "CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
          CREATE TABLE public.call_notes (minutes int) INHERITS (public.notes); \
+         CREATE SCHEMA other; CREATE TABLE other.mail_notes () INHERITS (public.notes); \
          ALTER TABLE public.call_notes ADD PRIMARY KEY (id); \
          CREATE TABLE public.attachments (id int PRIMARY KEY, call_id int REFERENCES public.call_notes); \
          INSERT INTO public.notes VALUES (1, 'a'), (2, 'b'); \
@@ -556,8 +564,49 @@ fn rows_of_a_table_include_those_of_the_tables_that_inherit_from_it() {
     let side = ["--json", "--rows", "public.notes:id=3", "--schema-map", "public=public_side", "--dry-run", "latest"];
     let dry = work.restore_with(&repo, &source, &side).ok();
     assert!(dry.json()["rows_chosen"].to_string().contains("public.call_notes"), "{}", dry.stdout);
-    assert!(!dry.stderr.contains("inherits from"), "{}", dry.stderr);
+    // One in a schema left live would be written beside the live data: not followed, and said.
+    assert!(
+        dry.stderr.contains("other.mail_notes inherits from public.notes, but other.mail_notes is in a schema"),
+        "{}",
+        dry.stderr
+    );
+    assert!(!dry.stderr.contains("call_notes inherits from"), "{}", dry.stderr);
     // Named, it is restored.
     work.restore_with(&repo, &source, &["--rows", "public.call_notes:id=3", "--with-related", "latest"]).ok();
     assert_eq!(source.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.attachments").trim(), "10,11");
+}
+
+#[test]
+fn a_partition_link_the_snapshot_alone_declares_does_not_send_rows_into_another_live_table() {
+    let setup = "CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
+         CREATE TABLE public.victim (id int PRIMARY KEY, body text); \
+         INSERT INTO public.notes VALUES (3, 'the note'); INSERT INTO public.victim VALUES (3, 'live victim row')";
+    let Ready { source, work, repo, .. } = Scenario::new("part_forged").sql(setup).init("repo");
+    // A compromised backup host's pg_dump: its script makes notes a partition of victim.
+    let fake = work.path("pg_dump");
+    std::fs::write(
+        &fake,
+        "#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\npg_dump \"$@\" || exit $?\n\
+         case \" $* \" in *--section=pre-data*)\n\
+         printf '\\nALTER TABLE ONLY public.victim ATTACH PARTITION public.notes FOR VALUES IN (3);\\n';; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake = fake.to_str().unwrap();
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", fake]).ok();
+    source.sql("UPDATE public.notes SET body = 'changed since'");
+    let args = ["--json", "--rows", "public.notes:id=3", "--on-conflict", "update", "latest"];
+    let run = work.restore_with(&repo, &source, &args).ok();
+    assert!(
+        run.stderr.contains("the snapshot says public.notes is a partition of public.victim, but in"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 3").trim(), "live victim row");
+    assert_eq!(source.sql("SELECT body FROM public.notes WHERE id = 3").trim(), "the note");
+    // Naming the parent does not reach the table the snapshot alone makes its partition.
+    let run = work.restore_with(&repo, &source, &["--json", "--rows", "public.victim:id=3", "--dry-run", "latest"]);
+    let chosen = run.ok().json()["rows_chosen"].clone();
+    assert_eq!(chosen.as_array().unwrap().len(), 1, "{chosen}");
+    assert_eq!(chosen[0]["table"], "public.victim", "{chosen}");
 }
