@@ -191,6 +191,12 @@ impl Seen {
                 holder.pid,
                 lock.mode.name()
             ),
+            // Written without a holder: by a command that holds no key.
+            None if lock.holder.is_none() => format!(
+                "a holder it does not name (a command run without a key writes none: copy, or verify or prune \
+                 without one; {} lock since {since})",
+                lock.mode.name()
+            ),
             None => format!("someone (key needed to see who; {} lock since {since})", lock.mode.name()),
         }
     }
@@ -839,6 +845,14 @@ mod tests {
         );
         let seen = Seen::read(&mine.to_bytes(), &[stranger]);
         assert!(seen.describe().starts_with("backup (host here, pid 1, shared lock since "), "{}", seen.describe());
+        // Written without a key: no holder to read, which the key does not change.
+        let keyless = new_lock(&[], LockMode::Shared, &reading);
+        let seen = Seen::read(&keyless.to_bytes(), &[crypto::generate_identity()]);
+        assert!(
+            seen.describe().starts_with("a holder it does not name (a command run without a key"),
+            "{}",
+            seen.describe()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,16 +156,20 @@ fn a_lock_not_refreshed_within_its_lease_is_taken_over_and_unlock_removes_what_i
     std::fs::create_dir_all(&locks).unwrap();
     let writer = locks.join("writer");
 
-    // A live lock of someone this host cannot read: refused, saying so.
+    // A live lock naming no holder (what a command run without a key writes): refused, saying so.
     std::fs::write(&writer, planted_lock("exclusive", &now())).unwrap();
     work.run(&["backup", "--db", &source.url(), "--repo", &repo])
-        .fails_with(1, "is locked by someone (key needed to see who; exclusive lock since ");
-    work.run(&["verify", "--repo", &repo]).fails_with(1, "is locked by someone");
+        .fails_with(1, "is locked by a holder it does not name (a command run without a key writes none");
+    work.run(&["verify", "--repo", &repo]).fails_with(1, "is locked by a holder it does not name");
 
     // Not refreshed for years: taken over.
     std::fs::write(&writer, planted_lock("append", "2020-01-01T00:00:00Z")).unwrap();
     let run = work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
-    assert!(run.stderr.contains("taking over stale lock locks/writer held by someone"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("taking over stale lock locks/writer held by a holder it does not name"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("not refreshed for"), "{}", run.stderr);
     assert!(locks_in(Path::new(&repo)).is_empty());
 
@@ -173,7 +177,11 @@ fn a_lock_not_refreshed_within_its_lease_is_taken_over_and_unlock_removes_what_i
     std::fs::write(&writer, planted_lock("append", "2020-01-01T00:00:00Z")).unwrap();
     std::fs::write(locks.join("shared-00112233445566bb"), planted_lock("shared", &now())).unwrap();
     let run = work.run(&["unlock", "--repo", &repo]).ok();
-    assert!(run.stdout.contains("removed") && run.stdout.contains("locks/writer held by someone"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("removed") && run.stdout.contains("locks/writer held by a holder it does not name"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("kept") && run.stdout.contains("locks/shared-00112233445566bb"), "{}", run.stdout);
     assert_eq!(locks_in(Path::new(&repo)).len(), 1);
     let run = work.run(&["unlock", "--json", "--repo", &repo, "--remove-all"]).ok();
