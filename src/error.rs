@@ -2,6 +2,17 @@
 
 use std::path::PathBuf;
 
+/// The first `named` of `lines`, then a line `more` makes of how many are left out: a list of
+/// warnings kept readable when storage or a snapshot holds many of a kind.
+pub fn a_few(lines: Vec<String>, named: usize, more: impl FnOnce(usize) -> String) -> Vec<String> {
+    let left = lines.len().saturating_sub(named);
+    let mut said: Vec<String> = lines.into_iter().take(named).collect();
+    if left > 0 {
+        said.push(more(left));
+    }
+    said
+}
+
 /// `text` with control characters (a newline, a carriage return, an escape sequence in a
 /// table's name, which the database chose) written as escapes, so that one line stays one
 /// line and a terminal or a cron mail shows what is there. A backslash is doubled: a name

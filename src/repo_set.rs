@@ -68,16 +68,11 @@ impl Resolved {
     /// What a command that takes the first of `ids` says of `unreadable`: a few named with
     /// why, the rest counted.
     pub fn passed_over(&self) -> Vec<String> {
-        let mut said: Vec<String> = (self.unreadable.iter().take(UNREADABLE_NAMED))
-            .map(|skipped| format!("snapshot {} passed over: {}", skipped.id, skipped.why))
-            .collect();
-        if self.unreadable.len() > UNREADABLE_NAMED {
-            said.push(format!(
-                "{} more snapshots under snapshots/ do not open (`crmvault verify` lists them)",
-                self.unreadable.len() - UNREADABLE_NAMED
-            ));
-        }
-        said
+        let all =
+            (self.unreadable.iter()).map(|skipped| format!("snapshot {} passed over: {}", skipped.id, skipped.why));
+        crate::error::a_few(all.collect(), UNREADABLE_NAMED, |more| {
+            format!("{more} more snapshots under snapshots/ do not open (`crmvault verify` lists them)")
+        })
     }
 }
 

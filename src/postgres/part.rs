@@ -648,7 +648,7 @@ pub struct Partitions {
     /// Tables that inherit from a table (`INHERITS`), whose rows its queries see too.
     heirs: HashMap<TableName, Vec<TableName>>,
     /// Links (parent, child) the target database does not confirm ([`Self::confirm_links`]):
-    /// not followed from a table `--rows` names, nor written through.
+    /// not followed from a table `--rows` names.
     unconfirmed: HashSet<(TableName, TableName)>,
 }
 
@@ -717,10 +717,10 @@ impl Partitions {
     }
 
     /// Marks the links the script declares (`ATTACH PARTITION`, `INHERITS`) that the target
-    /// database does not confirm, so that `--rows` neither looks for rows through them from a
-    /// table it names ([`Self::with_heirs`]) nor writes a partition's rows through them
-    /// ([`Self::root`]): the scripts are the backup host's word. (Foreign keys and the
-    /// partitions they reach stay the snapshot's: `--with-related` follows them as they were.) A link whose
+    /// database does not confirm, so that `--rows` does not look for rows through them from a
+    /// table it names ([`Self::with_heirs`]): the scripts are the backup host's word. (Foreign
+    /// keys and the partitions they reach stay the snapshot's: `--with-related` follows them
+    /// as they were; every row goes into its own table, a partition's held to its bounds.) A link whose
     /// child is in a schema `schema_map` renames goes where the restore makes it. Without
     /// `schema_map`, any other link between tables of which `database` holds either must be one
     /// there too (`pg_inherits`; a partition's parent partitioned): one declared by the snapshot
@@ -731,15 +731,25 @@ impl Partitions {
         &mut self,
         database: &super::Database,
         schema_map: &[(String, String)],
-    ) -> crate::error::Result<Vec<(TableName, TableName, String)>> {
-        // (parent, child, a partition)
-        let mut links: Vec<(TableName, TableName, bool)> = (self.heirs.iter())
-            .flat_map(|(parent, heirs)| heirs.iter().map(move |heir| (parent.clone(), heir.clone(), false)))
-            .chain(self.parent.iter().map(|(child, parent)| (parent.clone(), child.clone(), true)))
-            .filter(|(_, child, _)| renamed(schema_map, &child.schema).is_none())
-            .collect();
+    ) -> crate::error::Result<Vec<String>> {
+        // (parent, child, a partition): every one declared (a table attached twice has two).
+        let mut links: Vec<(TableName, TableName, bool)> =
+            (self.heirs.iter())
+                .flat_map(|(parent, heirs)| heirs.iter().map(move |heir| (parent.clone(), heir.clone(), false)))
+                .chain((self.children.iter()).flat_map(|(parent, children)| {
+                    children.iter().map(move |child| (parent.clone(), child.clone(), true))
+                }))
+                .filter(|(_, child, _)| renamed(schema_map, &child.schema).is_none())
+                .collect();
         links.sort();
-        let mut unconfirmed = Vec::new();
+        links.dedup();
+        // A table attached to two parents is no script pg_dump writes: none of its links holds.
+        let mut parents: HashMap<&TableName, usize> = HashMap::new();
+        for (_, child, _) in links.iter().filter(|link| link.2) {
+            *parents.entry(child).or_default() += 1;
+        }
+        let mut unconfirmed: Vec<&(TableName, TableName, bool)> =
+            links.iter().filter(|link| link.2 && parents[&link.1] > 1).collect();
         if !schema_map.is_empty() {
             unconfirmed = links.iter().collect();
         } else if !links.is_empty() {
@@ -766,6 +776,8 @@ impl Partitions {
                 unconfirmed.extend(links.get(at));
             }
         }
+        unconfirmed.sort();
+        unconfirmed.dedup();
         let mut warnings = Vec::new();
         for (parent, child, partition) in unconfirmed {
             self.unconfirmed.insert((parent.clone(), child.clone()));
@@ -774,9 +786,8 @@ impl Partitions {
             let link = if *partition { "is a partition of" } else { "inherits from" };
             let warning = if schema_map.is_empty() {
                 format!(
-                    "--rows: the snapshot says {child_name} {link} {parent_name}, but in {database} it does not: its \
-                     rows are not looked for through {parent_name}, and go into {child_name} itself (name \
-                     {child_name} to restore them)"
+                    "--rows: the snapshot says {child_name} {link} {parent_name}, but in {database} it does not: \
+                     {child_name}'s rows are not looked for through {parent_name} (name {child_name} to restore them)"
                 )
             } else {
                 format!(
@@ -785,29 +796,9 @@ impl Partitions {
                      too)"
                 )
             };
-            warnings.push((parent.clone(), child.clone(), warning));
+            warnings.push(warning);
         }
         Ok(warnings)
-    }
-
-    /// The partitioned table at the top of a partition's tree (the table itself if none).
-    /// Links the target database did not confirm end the climb: rows are not written through
-    /// a parent the snapshot alone names.
-    pub fn root(&self, table: &TableName) -> TableName {
-        let mut root = table.clone();
-        let mut steps = 0;
-        while let Some(parent) = self.parent.get(&root) {
-            if self.unconfirmed.contains(&(parent.clone(), root.clone())) {
-                break;
-            }
-            root = parent.clone();
-            steps += 1;
-            // A cycle cannot come from pg_dump; stop all the same.
-            if steps > self.parent.len() {
-                break;
-            }
-        }
-        root
     }
 }
 
@@ -1204,7 +1195,6 @@ mod tests {
         let partitions = Partitions::of(&pre, "");
         let t = |name: &str| TableName { schema: "crm".into(), name: name.into() };
         assert_eq!(partitions.leaves(&t("a")), [t("c")]);
-        let _ = partitions.root(&t("a"));
     }
 
     #[test]
@@ -1224,14 +1214,12 @@ mod tests {
         assert_eq!(partitions.with_heirs(&t("Grand")), [t("Grand")]);
         // A partitioned table: itself (it holds no rows) and its partitions.
         assert_eq!(partitions.with_heirs(&t("p")), [t("p"), t("p1")]);
-        assert_eq!(partitions.root(&t("p1")), t("p"));
-        // Links the target database did not confirm are not followed, nor written through.
+        // Links the target database did not confirm are not followed.
         partitions.unconfirmed.insert((t("child"), t("Grand")));
         partitions.unconfirmed.insert((t("p"), t("p1")));
         assert_eq!(partitions.with_heirs(&t("base")), [t("base"), t("child")]);
         assert_eq!(partitions.with_heirs(&t("other")), [t("Grand"), t("other")]);
         assert_eq!(partitions.with_heirs(&t("p")), [t("p")]);
-        assert_eq!(partitions.root(&t("p1")), t("p1"));
         assert_eq!(partitions.leaves(&t("p")), [t("p1")], "what foreign keys reach stays the snapshot's");
     }
 

@@ -179,6 +179,10 @@ pub struct RowsWritten {
     pub skipped: Option<u64>,
 }
 
+/// Links of the snapshot's schema the target does not confirm, named one by one in a
+/// restore's warnings; more are counted.
+const LINKS_NAMED: usize = 5;
+
 /// The comment on the database `restore --create` loads into before it takes its name.
 pub const RESTORING_MARK: &str = "crmvault restore --create: loading; renamed when complete, dropped if it fails";
 
@@ -369,30 +373,22 @@ pub(crate) async fn restore(
     let post_data = postgres::script::without(&postgres::executable_sql(&post_data)?, leave_out);
 
     // `--rows`: the rows, found in the snapshot before the database is touched.
-    let (related, keys, partitions) = if options.part.rows.is_empty() {
-        (None, Vec::new(), postgres::part::Partitions::default())
+    let (related, keys) = if options.part.rows.is_empty() {
+        (None, Vec::new())
     } else {
         let mut partitions = postgres::part::Partitions::of(&pre_data, &post_data);
-        // Into the database's own tables, a link is one there too. Said where it matters: a
-        // table named, or one whose rows are chosen.
-        let mut unconfirmed = partitions.confirm_links(&options.database, &options.part.schema_map).await?;
-        let mut say = |matters: &dyn Fn(&postgres::script::TableName) -> bool| {
-            unconfirmed.retain(|(parent, child, warning)| {
-                let said = matters(parent) || matters(child);
-                if said {
-                    tracing::warn!("{warning}");
-                    warnings.push(warning.clone());
-                }
-                !said
-            });
-        };
-        let rows = &options.part.rows;
-        say(&|table| rows.iter().any(|root| related::names(&root.table, table)));
+        // Into the database's own tables, a link is one there too.
+        let unconfirmed = partitions.confirm_links(&options.database, &options.part.schema_map).await?;
+        let more = |more| format!("{more} more links of the snapshot's schema that {} does not have", options.database);
+        for warning in crate::error::a_few(unconfirmed, LINKS_NAMED, more) {
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+        }
         let keys = postgres::part::foreign_keys(&pre_data, &post_data, &partitions);
+        let rows = &options.part.rows;
         let chosen =
             related::closure(&streams, &manifest, (&keys, &partitions), rows, options.part.with_related).await?;
-        say(&|table| chosen.rows.get(table).is_some_and(|rows| !rows.is_empty()));
-        (Some(chosen), keys, partitions)
+        (Some(chosen), keys)
     };
     let chosen = |related: &related::Related| -> Vec<RowsWritten> {
         related
@@ -516,7 +512,7 @@ pub(crate) async fn restore(
         && contents.is_some()
         && options.part.schema_map.is_empty()
     {
-        let written = related::into_live(&client, options, &manifest, related, (&keys, &partitions)).await?;
+        let written = related::into_live(&client, options, &manifest, related, &keys).await?;
         let rows = written.iter().map(|t| t.rows).sum();
         let mut live = report(written.clone(), written.len(), rows, 0, false);
         live.warnings = warnings;

@@ -140,11 +140,6 @@ fn positions(table: &TableManifest, names: &[String]) -> Option<Vec<usize>> {
     names.iter().map(|name| table.columns.iter().position(|c| c == name)).collect()
 }
 
-/// Whether `--rows` text `named` (`schema.table`, or a table alone) may mean `table`.
-pub(super) fn names(named: &str, table: &TableName) -> bool {
-    named == format!("{}.{}", table.schema, table.name) || named == table.name
-}
-
 /// Chooses the rows `roots` name, and with `with_related` the rows linked to them.
 pub(super) async fn closure(
     streams: &Streams<'_>,
@@ -311,7 +306,7 @@ pub(super) async fn into_live(
     options: &RestoreOptions,
     manifest: &Manifest,
     related: &Related,
-    (keys, partitions): (&[ForeignKey], &Partitions),
+    keys: &[ForeignKey],
 ) -> Result<Vec<RowsWritten>> {
     let database = options.database.to_string();
     if options.existing == ExistingContents::Replace || options.parallel || options.part.data_only {
@@ -322,15 +317,11 @@ pub(super) async fn into_live(
     }
     let involved: Vec<&TableManifest> =
         manifest.tables.iter().filter(|t| related.rows.get(&name_of(t)).is_some_and(|rows| !rows.is_empty())).collect();
-    // A partition's rows go in through the top of its tree, where the live database's own
-    // partitions take them (one detached since would keep them out of sight).
-    let through = |table: &TableManifest| -> TableManifest {
-        let root = partitions.root(&name_of(table));
-        TableManifest { schema: root.schema, name: root.name, ..table.clone() }
-    };
-    let targets: Vec<TableManifest> = involved.iter().map(|t| through(t)).collect();
+    // Each table's rows go into that table, a partition's too: PostgreSQL then holds them to
+    // its bounds (the snapshot's partition keys are the backup host's word, and rows written
+    // through the top of a tree would land in whichever partition their keys choose).
     let wanted: Vec<(&str, &str, &[String])> =
-        targets.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
+        involved.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
     let missing = client.missing_tables(&wanted).await?;
     if !missing.is_empty() {
         return Err(Error::Invalid(format!(
@@ -371,7 +362,7 @@ pub(super) async fn into_live(
             if text.is_empty() {
                 continue;
             }
-            let (i, u) = client.insert_rows(&through(table), &text, conflict).await.map_err(|error| {
+            let (i, u) = client.insert_rows(table, &text, conflict).await.map_err(|error| {
                 Error::Invalid(format!(
                     "writing the rows of {label} into the live table: {error}{}",
                     if conflict == OnConflict::Fail {

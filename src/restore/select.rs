@@ -77,10 +77,9 @@ pub(super) async fn choose_snapshot(
     for snapshot_id in resolved.ids {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
-                // A newer snapshot whose header gives its time (one without is junk as often), or
-                // one storage did not serve (it may be the newest).
-                let mut skipped_newer = !passed_over.is_empty()
-                    || unreadable.iter().any(|s| s.time.is_some() || matches!(s.why, Error::Storage { .. }));
+                // A newer snapshot whose header gives its time (one without is junk as often; one
+                // storage will not serve, say an old one moved to an archive class, is named only).
+                let mut skipped_newer = !passed_over.is_empty() || unreadable.iter().any(|s| s.time.is_some());
                 let mut note = |warning: String| {
                     tracing::warn!("{warning}");
                     warnings.push(warning);

@@ -583,16 +583,9 @@ fn a_partition_link_the_snapshot_alone_declares_does_not_send_rows_into_another_
          INSERT INTO public.notes VALUES (3, 'the note'); INSERT INTO public.victim VALUES (3, 'live victim row')";
     let Ready { source, work, repo, .. } = Scenario::new("part_forged").sql(setup).init("repo");
     // A compromised backup host's pg_dump: its script makes notes a partition of victim.
-    let fake = work.path("pg_dump");
-    std::fs::write(
-        &fake,
-        "#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\npg_dump \"$@\" || exit $?\n\
-         case \" $* \" in *--section=pre-data*)\n\
-         printf '\\nALTER TABLE ONLY public.victim ATTACH PARTITION public.notes FOR VALUES IN (3);\\n';; esac\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let fake = fake.to_str().unwrap();
+    let fake =
+        forging_pg_dump(&work, "ALTER TABLE ONLY public.victim ATTACH PARTITION public.notes FOR VALUES IN (3);");
+    let fake = fake.as_str();
     work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", fake]).ok();
     source.sql("UPDATE public.notes SET body = 'changed since'");
     let args = ["--json", "--rows", "public.notes:id=3", "--on-conflict", "update", "latest"];
@@ -609,4 +602,67 @@ fn a_partition_link_the_snapshot_alone_declares_does_not_send_rows_into_another_
     let chosen = run.ok().json()["rows_chosen"].clone();
     assert_eq!(chosen.as_array().unwrap().len(), 1, "{chosen}");
     assert_eq!(chosen[0]["table"], "public.victim", "{chosen}");
+}
+
+/// A compromised backup host's pg_dump, in `work`: it adds `statements` (one a line) to the
+/// schema's pre-data section, each an entry of its own as pg_dump writes them.
+fn forging_pg_dump(work: &crate::common::Workspace, statements: &str) -> String {
+    let fake = work.path("pg_dump");
+    let header = "--\n-- Name: forged; Type: TABLE ATTACH; Schema: public; Owner: -\n--\n\n";
+    let statements: Vec<String> = statements.lines().map(|statement| format!("{header}{statement}\n\n")).collect();
+    let statements = statements.concat();
+    let script = format!(
+        "#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\npg_dump \"$@\" || exit $?\n\
+         case \" $* \" in *--section=pre-data*) cat <<'SQL'\n\n{statements}\nSQL\n;; esac\n"
+    );
+    std::fs::write(&fake, script).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fake.to_str().unwrap().to_string()
+}
+
+#[test]
+fn forged_partition_links_and_keys_do_not_reach_or_overwrite_other_live_tables() {
+    // Live: victim a partition of p (k = 1); notesp a table of its own at the backup, holding a
+    // row whose partition key says p's other partition.
+    let setup = "CREATE TABLE public.p (id int, k int, body text, PRIMARY KEY (id, k)) PARTITION BY LIST (k); \
+         CREATE TABLE public.victim PARTITION OF public.p FOR VALUES IN (1); \
+         CREATE TABLE public.notesp (id int, k int, body text, PRIMARY KEY (id, k)); \
+         CREATE TABLE public.notes (id int PRIMARY KEY, body text); CREATE TABLE public.nowhere (id int); \
+         INSERT INTO public.p VALUES (3, 1, 'live victim row'); INSERT INTO public.notesp VALUES (3, 1, 'FORGED'); \
+         INSERT INTO public.notes VALUES (3, 'the note')";
+    let Ready { source, work, repo, .. } = Scenario::new("part_forged_keys").sql(setup).init("repo");
+    // The script says notesp is p's partition for k = 2, and attaches victim to notes too,
+    // then to p again (the link a check of each table's last parent would see).
+    let fake = forging_pg_dump(
+        &work,
+        "ALTER TABLE ONLY public.p ATTACH PARTITION public.notesp FOR VALUES IN (2);\n\
+         ALTER TABLE ONLY public.notes ATTACH PARTITION public.victim FOR VALUES IN (3);\n\
+         ALTER TABLE ONLY public.p ATTACH PARTITION public.victim FOR VALUES IN (1);",
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    // Live, notesp is p's partition for k = 2 by now: the link is confirmed, but the row's key
+    // is the snapshot's word.
+    source.sql(
+        "DELETE FROM public.notesp; ALTER TABLE public.p ATTACH PARTITION public.notesp FOR VALUES IN (2); \
+         UPDATE public.notes SET body = 'changed since'; UPDATE public.victim SET body = 'live, changed since'",
+    );
+    let run = work.restore_with(&repo, &source, &["--rows", "public.notesp:id=3", "--on-conflict", "update", "latest"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("partition"), "{}", run.stderr);
+    assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 3").trim(), "live, changed since");
+    assert_eq!(source.sql("SELECT count(*) FROM public.notesp").trim(), "0");
+    // victim attached twice in the script: neither link is followed from notes.
+    let args = ["--json", "--rows", "public.notes:id=3", "--on-conflict", "update", "latest"];
+    let run = work.restore_with(&repo, &source, &args).ok();
+    let chosen = run.json()["rows_chosen"].clone();
+    assert_eq!(chosen.as_array().unwrap().len(), 1, "{chosen}");
+    assert_eq!(chosen[0]["table"], "public.notes", "{chosen}");
+    assert!(
+        run.stderr.contains("the snapshot says public.victim is a partition of public.notes"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 3").trim(), "live, changed since");
+    assert_eq!(source.sql("SELECT body FROM public.notes WHERE id = 3").trim(), "the note");
 }
