@@ -121,18 +121,6 @@ fn create_backup_role(variables: &[&str]) {
     assert!(output.status.success(), "backup-role.sql: {}", String::from_utf8_lossy(&output.stderr));
 }
 
-/// Drops the role at the end of the test, whatever happened.
-struct DropRole(String);
-
-impl Drop for DropRole {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args(["-X", "-q", "-d", &format!("{}/postgres", server_url()), "-c"])
-            .arg(format!("DROP ROLE IF EXISTS {}", self.0))
-            .output();
-    }
-}
-
 #[test]
 fn backup_role_sql_makes_a_role_that_reads_everything_and_has_no_password_unless_given_one() {
     for (label, with_password) in [("nopw", false), ("pw", true)] {

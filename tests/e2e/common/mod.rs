@@ -132,6 +132,19 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops a role at the end of a test, whatever happened: declared before the databases that
+/// name it, it is dropped after them.
+pub struct DropRole(pub String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-X", "-q", "-d", &format!("{}/postgres", server_url()), "-c"])
+            .arg(format!("DROP ROLE IF EXISTS {}", self.0))
+            .output();
+    }
+}
+
 /// Runs SQL through psql, returning unaligned tuples.
 pub fn psql(database: &str, sql: &str) -> String {
     let output = Command::new("psql")
