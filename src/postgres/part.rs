@@ -825,6 +825,14 @@ fn name_list(tokens: &[Token<'_>], at: usize) -> Option<(Vec<String>, usize)> {
 /// Every foreign key of the scripts (`ALTER TABLE … ADD CONSTRAINT … FOREIGN KEY (…)
 /// REFERENCES t (…)`), with partitioned tables replaced by the partitions that hold their rows.
 pub fn foreign_keys(pre_data: &str, post_data: &str, partitions: &Partitions) -> Vec<ForeignKey> {
+    expand_foreign_keys(declared_foreign_keys(pre_data, post_data), partitions)
+}
+
+/// A foreign key as the script declares it: (table, columns, referenced table, their columns).
+pub type DeclaredKey = (TableName, Vec<String>, TableName, Vec<String>);
+
+/// The foreign keys the scripts declare, on the tables they name.
+pub fn declared_foreign_keys(pre_data: &str, post_data: &str) -> Vec<DeclaredKey> {
     let mut keys = Vec::new();
     for entry in script::parse(pre_data).entries.iter().chain(&script::parse(post_data).entries) {
         let facts = facts(entry.sql);
@@ -851,6 +859,77 @@ pub fn foreign_keys(pre_data: &str, post_data: &str, partitions: &Partitions) ->
             keys.push((table, columns, references, referenced));
         }
     }
+    keys
+}
+
+/// Leaves out of `keys` those the target database does not have (`pg_constraint`: the same
+/// table, columns in order, referenced table and columns) where it holds either table, and
+/// without `schema_map`: `--with-related` writes the rows a key reaches into live tables, and
+/// a key the snapshot alone declares (the backup host's word) would reach any table. Returns
+/// the keys kept and a warning for each left out.
+pub async fn confirm_foreign_keys(
+    keys: Vec<DeclaredKey>,
+    database: &super::Database,
+    schema_map: &[(String, String)],
+) -> crate::error::Result<(Vec<DeclaredKey>, Vec<String>)> {
+    if keys.is_empty() || !schema_map.is_empty() {
+        return Ok((keys, Vec::new()));
+    }
+    let text = |pick: fn(&DeclaredKey) -> String| keys.iter().map(pick).collect::<Vec<String>>();
+    let params = [
+        text(|k| k.0.schema.clone()),
+        text(|k| k.0.name.clone()),
+        text(|k| serde_json::to_string(&k.1).expect("names serialise")),
+        text(|k| k.2.schema.clone()),
+        text(|k| k.2.name.clone()),
+        text(|k| serde_json::to_string(&k.3).expect("names serialise")),
+    ];
+    let sql = "SELECT l.n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                   WITH ORDINALITY AS l(ts, tn, tc, rs, rn, rc, n) \
+                 LEFT JOIN (pg_catalog.pg_class t JOIN pg_catalog.pg_namespace tns ON tns.oid = t.relnamespace) \
+                   ON tns.nspname = l.ts AND t.relname = l.tn \
+                 LEFT JOIN (pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rns ON rns.oid = r.relnamespace) \
+                   ON rns.nspname = l.rs AND r.relname = l.rn \
+                WHERE (t.oid IS NOT NULL OR r.oid IS NOT NULL) \
+                  AND NOT EXISTS ( \
+                      SELECT 1 FROM pg_catalog.pg_constraint c \
+                       WHERE c.contype = 'f' AND c.conrelid = t.oid AND c.confrelid = r.oid \
+                         AND (SELECT pg_catalog.jsonb_agg(a.attname::text ORDER BY k.i) \
+                                FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, i) \
+                                JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) \
+                             = l.tc::jsonb \
+                         AND (SELECT pg_catalog.jsonb_agg(a.attname::text ORDER BY k.i) \
+                                FROM unnest(c.confkey) WITH ORDINALITY AS k(attnum, i) \
+                                JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) \
+                             = l.rc::jsonb)";
+    let client = database.connect().await?;
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let mut left_out = HashSet::new();
+    for row in client.query(sql, &params).await? {
+        left_out.insert(usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX));
+    }
+    let mut kept = Vec::new();
+    let mut warnings = Vec::new();
+    for (at, key) in keys.into_iter().enumerate() {
+        if !left_out.contains(&at) {
+            kept.push(key);
+            continue;
+        }
+        let said = |table: &TableName| crate::error::printable(&format!("{}.{}", table.schema, table.name));
+        warnings.push(format!(
+            "--with-related: the snapshot's foreign key from {} ({}) to {} ({}) is not one {database} has: not followed",
+            said(&key.0),
+            crate::error::printable(&key.1.join(", ")),
+            said(&key.2),
+            crate::error::printable(&key.3.join(", ")),
+        ));
+    }
+    Ok((kept, warnings))
+}
+
+/// `keys` with partitioned tables replaced by the partitions that hold their rows.
+pub fn expand_foreign_keys(keys: Vec<DeclaredKey>, partitions: &Partitions) -> Vec<ForeignKey> {
     let leaves = |table: &TableName| partitions.leaves(table);
     let mut expanded = Vec::new();
     for (table, columns, references, referenced) in keys {

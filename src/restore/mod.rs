@@ -384,7 +384,16 @@ pub(crate) async fn restore(
             tracing::warn!("{warning}");
             warnings.push(warning);
         }
-        let keys = postgres::part::foreign_keys(&pre_data, &post_data, &partitions);
+        let declared = postgres::part::declared_foreign_keys(&pre_data, &post_data);
+        let (declared, left_out) =
+            postgres::part::confirm_foreign_keys(declared, &options.database, &options.part.schema_map).await?;
+        let more =
+            |more| format!("{more} more foreign keys of the snapshot's schema that {} does not have", options.database);
+        for warning in crate::error::a_few(left_out, LINKS_NAMED, more) {
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+        }
+        let keys = postgres::part::expand_foreign_keys(declared, &partitions);
         let rows = &options.part.rows;
         let chosen =
             related::closure(&streams, &manifest, (&keys, &partitions), rows, options.part.with_related).await?;

@@ -5,7 +5,9 @@
 //! live rows may be the ones lost): each table concerned is read whole, proven (digest and
 //! row count), once per step of the walk.
 //!
-//! Foreign keys come from the snapshot's schema ([`postgres::part::foreign_keys`]); values are
+//! Foreign keys come from the snapshot's schema ([`crate::postgres::part::declared_foreign_keys`]),
+//! and into a database's own tables only those it has too are followed
+//! ([`crate::postgres::part::confirm_foreign_keys`]); values are
 //! compared as COPY writes them, which is how a key and the key it references are written
 //! when their types are the same. A key with a NULL column references nothing (`MATCH
 //! SIMPLE`).

@@ -585,8 +585,11 @@ fn a_partition_link_the_snapshot_alone_declares_does_not_send_rows_into_another_
          INSERT INTO public.notes VALUES (3, 'the note'); INSERT INTO public.victim VALUES (3, 'live victim row')";
     let Ready { source, work, repo, .. } = Scenario::new("part_forged").sql(setup).init("repo");
     // A compromised backup host's pg_dump: its script makes notes a partition of victim.
-    let fake =
-        forging_pg_dump(&work, "ALTER TABLE ONLY public.victim ATTACH PARTITION public.notes FOR VALUES IN (3);");
+    let fake = forging_pg_dump(
+        &work,
+        "TABLE ATTACH",
+        "ALTER TABLE ONLY public.victim ATTACH PARTITION public.notes FOR VALUES IN (3);",
+    );
     let fake = fake.as_str();
     work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", fake]).ok();
     source.sql("UPDATE public.notes SET body = 'changed since'");
@@ -608,9 +611,9 @@ fn a_partition_link_the_snapshot_alone_declares_does_not_send_rows_into_another_
 
 /// A compromised backup host's pg_dump, in `work`: it adds `statements` (one a line) to the
 /// schema's pre-data section, each an entry of its own as pg_dump writes them.
-fn forging_pg_dump(work: &crate::common::Workspace, statements: &str) -> String {
+fn forging_pg_dump(work: &crate::common::Workspace, kind: &str, statements: &str) -> String {
     let fake = work.path("pg_dump");
-    let header = "--\n-- Name: forged; Type: TABLE ATTACH; Schema: public; Owner: -\n--\n\n";
+    let header = format!("--\n-- Name: forged; Type: {kind}; Schema: public; Owner: -\n--\n\n");
     let statements: Vec<String> = statements.lines().map(|statement| format!("{header}{statement}\n\n")).collect();
     let statements = statements.concat();
     let script = format!(
@@ -637,6 +640,7 @@ fn forged_partition_links_and_keys_do_not_reach_or_overwrite_other_live_tables()
     // then to p again (the link a check of each table's last parent would see).
     let fake = forging_pg_dump(
         &work,
+        "TABLE ATTACH",
         "ALTER TABLE ONLY public.p ATTACH PARTITION public.notesp FOR VALUES IN (2);\n\
          ALTER TABLE ONLY public.notes ATTACH PARTITION public.victim FOR VALUES IN (3);\n\
          ALTER TABLE ONLY public.p ATTACH PARTITION public.victim FOR VALUES IN (1);",
@@ -667,4 +671,39 @@ fn forged_partition_links_and_keys_do_not_reach_or_overwrite_other_live_tables()
     );
     assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 3").trim(), "live, changed since");
     assert_eq!(source.sql("SELECT body FROM public.notes WHERE id = 3").trim(), "the note");
+}
+
+#[test]
+fn a_foreign_key_the_snapshot_alone_declares_is_not_followed_into_a_live_table() {
+    let setup = "CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
+         CREATE TABLE public.victim (id int PRIMARY KEY, note_id int, body text); \
+         CREATE TABLE public.replies (id int PRIMARY KEY, note_id int REFERENCES public.notes, body text); \
+         INSERT INTO public.notes VALUES (3, 'the note'); INSERT INTO public.victim VALUES (5, 3, 'snapshot row'); \
+         INSERT INTO public.replies VALUES (7, 3, 'a reply')";
+    let Ready { source, work, repo, .. } = Scenario::new("part_forged_fk").sql(setup).init("repo");
+    // The script says victim.note_id references notes: --with-related from a note would then
+    // take victim's rows for the note's own.
+    let fake = forging_pg_dump(
+        &work,
+        "FK CONSTRAINT",
+        "ALTER TABLE ONLY public.victim ADD CONSTRAINT forged FOREIGN KEY (note_id) REFERENCES public.notes(id);",
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    source.sql(
+        "UPDATE public.victim SET body = 'live, changed since'; UPDATE public.notes SET body = 'changed since'; \
+         UPDATE public.replies SET body = 'changed since'",
+    );
+    let args = ["--json", "--rows", "public.notes:id=3", "--with-related", "--on-conflict", "update", "latest"];
+    let run = work.restore_with(&repo, &source, &args).ok();
+    assert!(
+        run.stderr.contains("the snapshot's foreign key from public.victim (note_id) to public.notes (id) is not one"),
+        "{}",
+        run.stderr
+    );
+    let chosen = run.json()["rows_chosen"].to_string();
+    assert!(!chosen.contains("public.victim"), "{chosen}");
+    assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 5").trim(), "live, changed since");
+    // The key the database has is followed as ever.
+    assert_eq!(source.sql("SELECT body FROM public.notes WHERE id = 3").trim(), "the note");
+    assert_eq!(source.sql("SELECT body FROM public.replies WHERE id = 7").trim(), "a reply");
 }
