@@ -671,7 +671,8 @@ impl Partitions {
         partitions
     }
 
-    /// The tables that hold a table's rows: itself, or its partitions' (in name order).
+    /// The tables that hold a table's rows: itself, or its partitions' (in name order), through
+    /// the links the target database confirmed (when it was asked: [`Self::confirm_links`]).
     /// Each table is looked at once: a snapshot's scripts are the backup host's, and a cycle of
     /// `ATTACH PARTITION`s in them must not loop.
     pub fn leaves(&self, table: &TableName) -> Vec<TableName> {
@@ -682,9 +683,14 @@ impl Partitions {
             if !seen.insert(table.clone()) {
                 continue;
             }
-            match self.children.get(&table) {
-                Some(parts) => todo.extend(parts.iter().cloned()),
-                None => leaves.push(table),
+            let parts: Vec<TableName> = (self.children.get(&table).into_iter().flatten())
+                .filter(|part| !self.unconfirmed.contains(&(table.clone(), (*part).clone())))
+                .cloned()
+                .collect();
+            if parts.is_empty() {
+                leaves.push(table);
+            } else {
+                todo.extend(parts);
             }
         }
         leaves.sort();
@@ -748,16 +754,22 @@ impl Partitions {
         for (_, child, _) in links.iter().filter(|link| link.2) {
             *parents.entry(child).or_default() += 1;
         }
-        let mut unconfirmed: Vec<&(TableName, TableName, bool)> =
-            links.iter().filter(|link| link.2 && parents[&link.1] > 1).collect();
+        // A name PostgreSQL cannot hold (a NUL) names no table of the database: not asked.
+        let impossible = |table: &TableName| table.schema.contains('\0') || table.name.contains('\0');
+        let mut unconfirmed: Vec<&(TableName, TableName, bool)> = (links.iter())
+            .filter(|link| (link.2 && parents[&link.1] > 1) || impossible(&link.0) || impossible(&link.1))
+            .collect();
+        let asked: Vec<&(TableName, TableName, bool)> =
+            links.iter().filter(|link| !impossible(&link.0) && !impossible(&link.1)).collect();
         if !schema_map.is_empty() {
             unconfirmed = links.iter().collect();
-        } else if !links.is_empty() {
-            let column =
-                |pick: fn(&(TableName, TableName, bool)) -> &str| links.iter().map(pick).collect::<Vec<&str>>();
+        } else if !asked.is_empty() {
+            let column = |pick: fn(&(TableName, TableName, bool)) -> &str| {
+                asked.iter().map(|link| pick(link)).collect::<Vec<&str>>()
+            };
             let (parent_schemas, parent_names) = (column(|l| &l.0.schema), column(|l| &l.0.name));
             let (child_schemas, child_names) = (column(|l| &l.1.schema), column(|l| &l.1.name));
-            let partitions: Vec<bool> = links.iter().map(|l| l.2).collect();
+            let partitions: Vec<bool> = asked.iter().map(|l| l.2).collect();
             let sql = "SELECT l.n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[]) \
                            WITH ORDINALITY AS l(ps, pn, cs, cn, part, n) \
                          LEFT JOIN (pg_catalog.pg_class c JOIN pg_catalog.pg_namespace cns ON cns.oid = c.relnamespace) \
@@ -773,7 +785,7 @@ impl Partitions {
                 [&parent_schemas, &parent_names, &child_schemas, &child_names, &partitions];
             for row in client.query(sql, &params).await? {
                 let at = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
-                unconfirmed.extend(links.get(at));
+                unconfirmed.extend(asked.get(at).copied());
             }
         }
         unconfirmed.sort();
@@ -875,7 +887,13 @@ pub async fn confirm_foreign_keys(
     if keys.is_empty() || !schema_map.is_empty() {
         return Ok((keys, Vec::new()));
     }
-    let text = |pick: fn(&DeclaredKey) -> String| keys.iter().map(pick).collect::<Vec<String>>();
+    // A name PostgreSQL cannot hold (a NUL) names nothing of the database: left out, not asked.
+    let impossible = |key: &DeclaredKey| {
+        [&key.0.schema, &key.0.name, &key.2.schema, &key.2.name].iter().any(|name| name.contains('\0'))
+            || key.1.iter().chain(&key.3).any(|name| name.contains('\0'))
+    };
+    let asked: Vec<usize> = (0..keys.len()).filter(|&at| !impossible(&keys[at])).collect();
+    let text = |pick: fn(&DeclaredKey) -> String| asked.iter().map(|&at| pick(&keys[at])).collect::<Vec<String>>();
     let params = [
         text(|k| k.0.schema.clone()),
         text(|k| k.0.name.clone()),
@@ -905,9 +923,10 @@ pub async fn confirm_foreign_keys(
     let client = database.connect().await?;
     let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-    let mut left_out = HashSet::new();
+    let mut left_out: HashSet<usize> = (0..keys.len()).filter(|at| !asked.contains(at)).collect();
     for row in client.query(sql, &params).await? {
-        left_out.insert(usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX));
+        let place = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+        left_out.extend(asked.get(place).copied());
     }
     let mut kept = Vec::new();
     let mut warnings = Vec::new();
@@ -1299,7 +1318,7 @@ mod tests {
         assert_eq!(partitions.with_heirs(&t("base")), [t("base"), t("child")]);
         assert_eq!(partitions.with_heirs(&t("other")), [t("Grand"), t("other")]);
         assert_eq!(partitions.with_heirs(&t("p")), [t("p")]);
-        assert_eq!(partitions.leaves(&t("p")), [t("p1")], "what foreign keys reach stays the snapshot's");
+        assert_eq!(partitions.leaves(&t("p")), [t("p")], "nor do foreign keys reach through them");
     }
 
     #[test]

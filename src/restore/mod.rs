@@ -384,9 +384,13 @@ pub(crate) async fn restore(
             tracing::warn!("{warning}");
             warnings.push(warning);
         }
-        let declared = postgres::part::declared_foreign_keys(&pre_data, &post_data);
-        let (declared, left_out) =
-            postgres::part::confirm_foreign_keys(declared, &options.database, &options.part.schema_map).await?;
+        // The keys `--with-related` follows (plain `--rows` follows none).
+        let mut declared = postgres::part::declared_foreign_keys(&pre_data, &post_data);
+        let mut left_out = Vec::new();
+        if options.part.with_related {
+            (declared, left_out) =
+                postgres::part::confirm_foreign_keys(declared, &options.database, &options.part.schema_map).await?;
+        }
         let more =
             |more| format!("{more} more foreign keys of the snapshot's schema that {} does not have", options.database);
         for warning in crate::error::a_few(left_out, LINKS_NAMED, more) {

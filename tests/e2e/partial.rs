@@ -415,8 +415,8 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
     assert!(!run.stderr.contains("--rows: the snapshot says"), "{}", run.stderr);
     assert_eq!(source.sql("SELECT count(*) FROM public.events_2025 WHERE id = 1").trim(), "1");
     // Live, the partition was detached since (and another took its place): the link is the
-    // snapshot's word alone, which could as well name a live table not asked for. The row goes
-    // into the table it was in, and the warning says why.
+    // snapshot's word alone, which could as well name a live table not asked for. The key on
+    // events no longer reaches it, and the warning says why; named, its row goes back into it.
     source.sql(
         "DELETE FROM public.events WHERE owner_id = 1; ALTER TABLE public.events DETACH PARTITION public.events_2025; \
          CREATE TABLE public.events_new PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
@@ -427,6 +427,8 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
         "{}",
         run.stderr
     );
+    assert_eq!(source.sql("SELECT count(*) FROM public.events_2025 WHERE id = 1").trim(), "0");
+    work.restore_with(&repo, &source, &["--rows", "public.events_2025:id=1", "latest"]).ok();
     assert_eq!(source.sql("SELECT count(*) FROM public.events_2025 WHERE id = 1").trim(), "1");
     assert_eq!(source.sql("SELECT count(*) FROM public.events_new").trim(), "0");
 }
@@ -705,5 +707,37 @@ fn a_foreign_key_the_snapshot_alone_declares_is_not_followed_into_a_live_table()
     assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 5").trim(), "live, changed since");
     // The key the database has is followed as ever.
     assert_eq!(source.sql("SELECT body FROM public.notes WHERE id = 3").trim(), "the note");
+    assert_eq!(source.sql("SELECT body FROM public.replies WHERE id = 7").trim(), "a reply");
+}
+
+#[test]
+fn foreign_keys_do_not_reach_live_tables_through_partition_links_the_snapshot_alone_declares() {
+    let setup = "CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
+         CREATE TABLE public.victim (id int PRIMARY KEY, note_id int, body text); \
+         CREATE TABLE public.replies (id int PRIMARY KEY, note_id int REFERENCES public.notes, body text); \
+         CREATE TABLE public.ghost (id int, note_id int); CREATE TABLE public.ghost2 (id int PRIMARY KEY); \
+         INSERT INTO public.notes VALUES (3, 'the note'); INSERT INTO public.victim VALUES (5, 3, 'snapshot row'); \
+         INSERT INTO public.replies VALUES (7, 3, 'a reply')";
+    let Ready { source, work, repo, .. } = Scenario::new("part_forged_fk_leaf").sql(setup).init("repo");
+    // victim made a partition of replies, whose key to notes is real; and a key between two
+    // tables the target will not have, with victim and notes made their partitions.
+    let fake = forging_pg_dump(
+        &work,
+        "TABLE ATTACH",
+        "ALTER TABLE ONLY public.replies ATTACH PARTITION public.victim FOR VALUES IN (1);\n\
+         ALTER TABLE ONLY public.ghost ADD CONSTRAINT forged FOREIGN KEY (note_id) REFERENCES public.ghost2(id);\n\
+         ALTER TABLE ONLY public.ghost ATTACH PARTITION public.victim FOR VALUES IN (2);\n\
+         ALTER TABLE ONLY public.ghost2 ATTACH PARTITION public.notes FOR VALUES IN (3);",
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    source.sql(
+        "DROP TABLE public.ghost, public.ghost2; UPDATE public.victim SET body = 'live, changed since'; \
+         UPDATE public.replies SET body = 'changed since'",
+    );
+    let args = ["--json", "--rows", "public.notes:id=3", "--with-related", "--on-conflict", "update", "latest"];
+    let run = work.restore_with(&repo, &source, &args).ok();
+    let chosen = run.json()["rows_chosen"].to_string();
+    assert!(!chosen.contains("public.victim"), "{chosen}");
+    assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 5").trim(), "live, changed since");
     assert_eq!(source.sql("SELECT body FROM public.replies WHERE id = 7").trim(), "a reply");
 }
