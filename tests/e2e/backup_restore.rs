@@ -616,57 +616,67 @@ fn restore_create_keeps_what_it_loaded_when_someone_takes_the_name_meanwhile() {
 fn restore_create_kept_out_by_its_lock_names_the_session_that_holds_it() {
     let Ready { work, repo, .. } = Scenario::new("create_locked").crm().init("repo").backup();
     let target = TestDb::unmade("create_locked");
-    // Anyone who can connect can take the lock: the admin is told whose session it is.
-    let key = format!("crmvault restore --create {}", target.name);
-    let squatter = format!("squatter_{}", std::process::id());
-    let mut holder = std::process::Command::new("psql")
-        .args(["-X", "-q", "-d", &format!("{}/postgres", server_url())])
-        .args(["-c", &format!("SELECT pg_advisory_lock(hashtext('{key}'))"), "-c", "SELECT pg_sleep(60)"])
-        .env("PGAPPNAME", &squatter)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let held = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{squatter}' AND query LIKE '%pg_sleep%'"
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while psql("postgres", &held).trim() != "1" {
-        assert!(std::time::Instant::now() < deadline, "the lock was never taken");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let pid = psql("postgres", &held.replace("count(*)", "pid")).trim().to_string();
-    let run = work.restore_with(&repo, &target, &["--create"]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    let run = run.fails_with(1, "another restore --create is making");
-    assert!(
-        run.stderr.contains(&format!("the session of pid {pid}, user postgres, application {squatter}")),
-        "{pid}: {}",
-        run.stderr
-    );
     let made = format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", target.name);
+    // Anyone who can connect can take the lock: the admin is told whose session it is.
+    let squatter = format!("squatter_{}", std::process::id());
+    let lock = AdvisoryLock::hold(&format!("crmvault restore --create {}", target.name), &squatter);
+    let run = work.restore_with(&repo, &target, &["--create"]);
+    drop(lock);
+    let run = run.fails_with(1, "another restore --create is making");
+    assert!(run.stderr.contains(&format!("application {squatter}")), "{}", run.stderr);
     assert_eq!(psql("postgres", &made).trim(), "0", "nothing was made");
 
     // A drill's lock, the same way.
-    let key = format!("crmvault drill {}", target.name);
-    let mut holder = std::process::Command::new("psql")
-        .args(["-X", "-q", "-d", &format!("{}/postgres", server_url())])
-        .args(["-c", &format!("SELECT pg_advisory_lock(hashtext('{key}'))"), "-c", "SELECT pg_sleep(60)"])
-        .env("PGAPPNAME", &squatter)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while psql("postgres", &held).trim() != "1" {
-        assert!(std::time::Instant::now() < deadline, "the lock was never taken");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let drills = format!("{squatter}_drill");
+    let lock = AdvisoryLock::hold(&format!("crmvault drill {}", target.name), &drills);
     let admin = work.admin_key();
     let run = work.run(&["drill", "--repo", &repo, "--identity", &admin, "--scratch-db", &target.url()]);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let said = format!("{}{}", run.stdout, run.stderr);
-    assert!(said.contains("another drill is using") && said.contains(&format!("application {squatter}")), "{said}");
+    assert_eq!(run.code, 1, "{said}");
+    let holder = format!("the session of pid {}, user postgres, application {drills}", lock.pid);
+    assert!(said.contains("another drill is using") && said.contains(&holder), "{said}");
     assert_eq!(psql("postgres", &made).trim(), "0", "nothing was made");
+}
+
+/// A session of its own (application `name`) holding the advisory lock on `key` until dropped,
+/// then ended on the server too (a backend asleep does not notice its client gone).
+struct AdvisoryLock {
+    client: std::process::Child,
+    pid: u32,
+}
+
+impl AdvisoryLock {
+    fn hold(key: &str, name: &str) -> AdvisoryLock {
+        let client = std::process::Command::new("psql")
+            .args(["-X", "-q", "-d", &format!("{}/postgres", server_url())])
+            .args(["-c", &format!("SELECT pg_advisory_lock(hashtext('{key}'))"), "-c", "SELECT pg_sleep(60)"])
+            .env("PGAPPNAME", name)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Dropped (the client ended) whatever happens next.
+        let mut lock = AdvisoryLock { client, pid: 0 };
+        let held =
+            format!("SELECT pid FROM pg_stat_activity WHERE application_name = '{name}' AND query LIKE '%pg_sleep%'");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(pid) = psql("postgres", &held).trim().parse() {
+                lock.pid = pid;
+                return lock;
+            }
+            assert!(std::time::Instant::now() < deadline, "the lock on {key} was never taken");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        let _ = self.client.kill();
+        let _ = self.client.wait();
+        let _ = std::process::Command::new("psql")
+            .args(["-X", "-q", "-d", &format!("{}/postgres", server_url()), "-c"])
+            .arg(format!("SELECT pg_terminate_backend({})", self.pid))
+            .output();
+    }
 }
