@@ -671,6 +671,15 @@ impl Partitions {
         partitions
     }
 
+    /// Of `children` (partitions or heirs of `parent`), those linked to it by a link the target
+    /// database did not refuse.
+    fn confirmed(&self, parent: &TableName, children: Option<&Vec<TableName>>) -> Vec<TableName> {
+        (children.into_iter().flatten())
+            .filter(|child| !self.unconfirmed.contains(&(parent.clone(), (*child).clone())))
+            .cloned()
+            .collect()
+    }
+
     /// The tables that hold a table's rows: itself, or its partitions' (in name order), through
     /// the links the target database confirmed (when it was asked: [`Self::confirm_links`]).
     /// Each table is looked at once: a snapshot's scripts are the backup host's, and a cycle of
@@ -683,10 +692,7 @@ impl Partitions {
             if !seen.insert(table.clone()) {
                 continue;
             }
-            let parts: Vec<TableName> = (self.children.get(&table).into_iter().flatten())
-                .filter(|part| !self.unconfirmed.contains(&(table.clone(), (*part).clone())))
-                .cloned()
-                .collect();
+            let parts = self.confirmed(&table, self.children.get(&table));
             if parts.is_empty() {
                 leaves.push(table);
             } else {
@@ -708,15 +714,11 @@ impl Partitions {
             if !seen.insert(table.clone()) {
                 continue;
             }
-            let confirmed = |links: Option<&Vec<TableName>>| -> Vec<TableName> {
-                let links = links.into_iter().flatten();
-                links.filter(|child| !self.unconfirmed.contains(&(table.clone(), (*child).clone()))).cloned().collect()
-            };
             // A partitioned table holds no rows of its own: listed all the same (the caller
             // takes the tables the snapshot holds data of), as is one whose partitions the
             // database did not confirm.
-            todo.extend(confirmed(self.children.get(&table)));
-            todo.extend(confirmed(self.heirs.get(&table)));
+            todo.extend(self.confirmed(&table, self.children.get(&table)));
+            todo.extend(self.confirmed(&table, self.heirs.get(&table)));
             found.insert(table);
         }
         found.into_iter().collect()

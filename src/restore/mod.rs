@@ -379,11 +379,16 @@ pub(crate) async fn restore(
         let mut partitions = postgres::part::Partitions::of(&pre_data, &post_data);
         // Into the database's own tables, a link is one there too.
         let unconfirmed = partitions.confirm_links(&options.database, &options.part.schema_map).await?;
-        let more = |more| format!("{more} more links of the snapshot's schema that {} does not have", options.database);
-        for warning in crate::error::a_few(unconfirmed, LINKS_NAMED, more) {
-            tracing::warn!("{warning}");
-            warnings.push(warning);
-        }
+        // What the database does not have, a few of each kind said.
+        let mut say = |lines: Vec<String>, what: &str| {
+            let database = &options.database;
+            let more = |more| format!("{more} more {what} of the snapshot's schema that {database} does not have");
+            for warning in crate::error::a_few(lines, LINKS_NAMED, more) {
+                tracing::warn!("{warning}");
+                warnings.push(warning);
+            }
+        };
+        say(unconfirmed, "links");
         // The keys `--with-related` follows (plain `--rows` follows none).
         let mut declared = postgres::part::declared_foreign_keys(&pre_data, &post_data);
         let mut left_out = Vec::new();
@@ -391,12 +396,7 @@ pub(crate) async fn restore(
             (declared, left_out) =
                 postgres::part::confirm_foreign_keys(declared, &options.database, &options.part.schema_map).await?;
         }
-        let more =
-            |more| format!("{more} more foreign keys of the snapshot's schema that {} does not have", options.database);
-        for warning in crate::error::a_few(left_out, LINKS_NAMED, more) {
-            tracing::warn!("{warning}");
-            warnings.push(warning);
-        }
+        say(left_out, "foreign keys");
         let keys = postgres::part::expand_foreign_keys(declared, &partitions);
         let rows = &options.part.rows;
         let chosen =

@@ -22,6 +22,12 @@ fn refused(db: &TestDb, sql: &str) -> bool {
     !output.status.success()
 }
 
+/// `rows_chosen` of a restore's JSON report: (table, rows) each.
+fn rows_chosen(report: &serde_json::Value) -> Vec<(String, u64)> {
+    let tables = report["rows_chosen"].as_array().unwrap().iter();
+    tables.map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap())).collect()
+}
+
 fn exists(db: &TestDb, relation: &str) -> bool {
     db.sql(&format!("SELECT to_regclass('{}') IS NOT NULL", relation.replace('\'', "''"))).trim() == "t"
 }
@@ -401,14 +407,9 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
         )
         .ok()
         .json();
-    let chosen: Vec<(String, u64)> = dry["rows_chosen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap()))
-        .collect();
+    let chosen = rows_chosen(&dry);
     assert_eq!(chosen, [("public.events_2025".to_string(), 1), ("public.owners".to_string(), 1)]);
-    // Deleted live: it goes back in through the parent, where the live partitions take it.
+    // Deleted live: it goes back into its partition.
     source.sql("DELETE FROM public.events WHERE owner_id = 1");
     let args = ["--rows", "public.owners:id=1", "--with-related", "--on-conflict", "skip", "latest"];
     let run = work.restore_with(&repo, &source, &args).ok();
@@ -530,12 +531,7 @@ fn rows_of_a_table_include_those_of_the_tables_that_inherit_from_it() {
         )
         .ok()
         .json();
-    let chosen: Vec<(String, u64)> = dry["rows_chosen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["table"].as_str().unwrap().to_string(), t["rows"].as_u64().unwrap()))
-        .collect();
+    let chosen = rows_chosen(&dry);
     assert_eq!(chosen, [("public.attachments".to_string(), 1), ("public.call_notes".to_string(), 1)]);
     // Deleted live, it comes back with what references it, into the table it was in.
     source.sql("DELETE FROM public.attachments WHERE id = 10; DELETE FROM public.notes WHERE id IN (1, 3)");
