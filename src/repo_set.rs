@@ -85,6 +85,19 @@ pub struct Unreadable {
     pub time: Option<DateTime<Utc>>,
     /// Why it did not open (on the first copy that has it).
     pub why: Error,
+    /// A copy served it and it did not prove itself (damaged, forged, of a newer format), as
+    /// opposed to no copy serving it at all (a refusal, an archive storage class).
+    pub damaged: bool,
+}
+
+impl Unreadable {
+    /// Whether it may be the newest backup: its header gives a later time, or a copy served
+    /// something that does not prove itself and whose time is unknown (a damaged header reads
+    /// like junk). One no copy would serve (say an old snapshot moved to an archive class) is
+    /// not counted: it cannot be dated, and counting it would fail every drill for it.
+    pub fn may_be_newer(&self) -> bool {
+        self.time.is_some() || self.damaged
+    }
 }
 
 /// When a snapshot was taken and whose it is: what `latest` chooses by.
@@ -96,7 +109,14 @@ struct Labels {
 }
 
 /// A snapshot `latest` opened, or the time its header gives (if it read) and why it did not.
-type Opened = std::result::Result<Labels, (Option<DateTime<Utc>>, Error)>;
+type Opened = std::result::Result<Labels, NotOpened>;
+
+/// Why a snapshot `latest` looked at did not open ([`Unreadable`] without its id).
+struct NotOpened {
+    time: Option<DateTime<Utc>>,
+    why: Error,
+    damaged: bool,
+}
 
 /// A target that could not be opened, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -380,17 +400,17 @@ impl RepoSet {
                 .await;
         let time = |opened: &Opened| match opened {
             Ok(labels) => Some(labels.time),
-            Err((time, _)) => *time,
+            Err(not_opened) => not_opened.time,
         };
         opened.sort_by(|(a_id, a), (b_id, b)| (time(b), b_id).cmp(&(time(a), a_id)));
         let mut newest_chosen = None;
         for (id, opened) in opened {
             let Labels { time, database, hostname, tags } = match opened {
                 Ok(labels) => labels,
-                Err((time, why)) => {
+                Err(NotOpened { time, why, damaged }) => {
                     // Older than the newest chosen by its header: not what `latest` means anyway.
                     if newest_chosen.is_none() || time.is_none() {
-                        unreadable.push(Unreadable { id, time, why });
+                        unreadable.push(Unreadable { id, time, why, damaged });
                     }
                     continue;
                 }
@@ -433,15 +453,18 @@ impl RepoSet {
         cores: &crate::repo::Cores,
         budget: &crate::target::ReadBudget,
     ) -> Opened {
-        let (mut header_time, mut why) = (None, None);
+        let (mut header_time, mut why, mut damaged) = (None, None, false);
         for repository in &self.repositories {
             let bytes = match repository.read_snapshot_object(snapshot_id, budget).await {
                 Ok(bytes) => bytes,
                 Err(error) => {
+                    // Served, but not what a snapshot object is (larger than any can be).
+                    damaged |= matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. });
                     why.get_or_insert(error);
                     continue;
                 }
             };
+            damaged = true;
             let (keyring, id) = (keyring.clone(), snapshot_id.clone());
             match cores.run(move || crate::repo::open_time_and_manifest(&id, &bytes, &keyring)).await {
                 Ok((time, Ok(manifest))) => {
@@ -461,7 +484,8 @@ impl RepoSet {
                 }
             }
         }
-        Err((header_time, why.unwrap_or_else(|| Error::SnapshotNotFound(format!("snapshot {snapshot_id}")))))
+        let why = why.unwrap_or_else(|| Error::SnapshotNotFound(format!("snapshot {snapshot_id}")));
+        Err(NotOpened { time: header_time, why, damaged })
     }
 
     /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.

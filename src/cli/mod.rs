@@ -1230,10 +1230,10 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 }
                 // One snapshot for every copy: `latest` as the copies together see it.
                 let chosen = targets.resolve_snapshot(&options.snapshot, &options.filter, &keyring).await?;
-                // A newer snapshot that does not open is drilled, and fails: the newest backup
-                // is not restorable. One of unknown time (junk) is drilled only when nothing
-                // opens.
-                let newer_unreadable = chosen.unreadable.iter().find(|skipped| skipped.time.is_some());
+                // A snapshot that does not open and may be newer is drilled, and fails: the
+                // newest backup may not be restorable. One no copy serves is drilled only when
+                // nothing opens.
+                let newer_unreadable = chosen.unreadable.iter().find(|skipped| skipped.may_be_newer());
                 let chosen = newer_unreadable
                     .map(|skipped| &skipped.id)
                     .or(chosen.ids.first())

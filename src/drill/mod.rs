@@ -159,8 +159,8 @@ pub async fn run(
             // a drill passed (the warnings say which snapshot was passed over, and why).
             if restore_report.skipped_newer {
                 report.failures.push(format!(
-                    "the newest backup does not restore: {} was restored because a newer snapshot was passed over \
-                     (see the warnings)",
+                    "the newest backup does not restore: {} was restored because a snapshot that is or may be newer \
+                     was passed over (see the warnings)",
                     restore_report.snapshot_id
                 ));
             }

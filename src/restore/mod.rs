@@ -154,9 +154,9 @@ pub struct RestoreReport {
     /// `--dry-run`: nothing was written.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
-    /// `latest` passed over a newer snapshot (it does not open, or the newest this machine
-    /// knows of is gone from storage; the warnings say which): what was restored is not the
-    /// newest backup.
+    /// `latest` passed over a snapshot that is or may be newer (it does not open, its header
+    /// giving a later time or not reading at all, or the newest this machine knows of is gone
+    /// from storage; the warnings say which): what was restored may not be the newest backup.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub skipped_newer: bool,
 }

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::fetch::Source;
 use crate::repo::{Keyring, Manifest, SnapshotFilter};
-use crate::repo_set::RepoSet;
+use crate::repo_set::{RepoSet, Unreadable};
 use crate::trust::SnapshotMark;
 
 /// Which snapshot to open, and what is known of the newest.
@@ -77,9 +77,9 @@ pub(super) async fn choose_snapshot(
     for snapshot_id in resolved.ids {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
-                // A newer snapshot whose header gives its time (one without is junk as often; one
-                // storage will not serve, say an old one moved to an archive class, is named only).
-                let mut skipped_newer = !passed_over.is_empty() || unreadable.iter().any(|s| s.time.is_some());
+                // A snapshot that may be newer (one storage will not serve, say an old one moved
+                // to an archive class, is named only).
+                let mut skipped_newer = !passed_over.is_empty() || unreadable.iter().any(Unreadable::may_be_newer);
                 let mut note = |warning: String| {
                     tracing::warn!("{warning}");
                     warnings.push(warning);
