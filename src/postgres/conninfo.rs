@@ -16,9 +16,58 @@ const SECRET_KEYWORDS: [&str; 2] = ["password", "sslpassword"];
 /// What a hidden value is shown as.
 pub const HIDDEN: &str = "***";
 
-/// Whether a keyword names a secret.
+/// libpq's keywords whose values are shown (PostgreSQL 17's list, but the secrets). Any other
+/// keyword's value is hidden too: an unknown keyword is as often a password's misspelling
+/// (`pasword=…`, `passwd=…`) as anything, and the error it causes quotes the whole string.
+const SHOWN_KEYWORDS: [&str; 42] = [
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "passfile",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "sslnegotiation",
+    "requiressl",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "require_auth",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "min_protocol_version",
+    "max_protocol_version",
+];
+
+/// Whether a keyword's value is hidden when the string is shown: a secret's, or one libpq does
+/// not know.
 fn is_secret(keyword: &str) -> bool {
-    SECRET_KEYWORDS.iter().any(|secret| keyword.eq_ignore_ascii_case(secret))
+    SECRET_KEYWORDS.iter().any(|secret| keyword.eq_ignore_ascii_case(secret)) || !SHOWN_KEYWORDS.contains(&keyword)
 }
 
 /// Why a connection string could not be read. Says where, never what: the text may hold a
@@ -420,6 +469,20 @@ mod tests {
         assert_eq!(redact("host=db =s3cr3t"), "host=db (rest not shown: the `=` at byte 8 has no keyword before it)");
         assert_eq!(redact("host=db password="), "host=db (rest not shown: the keyword at byte 8 has no value)");
         assert_eq!(redact("host=db password=a\\"), "host=db password=***");
+    }
+
+    #[test]
+    fn the_value_of_a_keyword_libpq_does_not_know_is_hidden_a_misspelt_password_most_of_all() {
+        assert_eq!(redact("host=db pasword=s3cr3t user=x"), "host=db pasword=*** user=x");
+        assert_eq!(redact("host=db Host=s3cr3t passwd='my s3cr3t'"), "host=db Host=*** passwd=***");
+        assert_eq!(
+            redact("postgres://db/crm?passwd=s3cr3t&sslmode=require&application_name=nightly"),
+            "postgres://db/crm?passwd=***&sslmode=require&application_name=nightly"
+        );
+        assert_eq!(
+            redact("host=db port=5432 dbname=crm sslmode=verify-full connect_timeout=10"),
+            "host=db port=5432 dbname=crm sslmode=verify-full connect_timeout=10"
+        );
     }
 
     #[test]

@@ -136,6 +136,8 @@ const SSL_PASSWORD: &str = "SslPwYq VxLmno";
 const PGPASSWORD: &str = "PgEnvPwKqZ";
 const CRMVAULT_DB_PASSWORD: &str = "DbEnvPwJxQ";
 const RESTORE_DB_PASSWORD: &str = "RestEnvPwWvQ";
+/// Given under a misspelt keyword (`pasword=`), which libpq refuses quoting the string.
+const MISSPELT_PASSWORD: &str = "MisPwZqXv";
 
 #[test]
 fn database_passwords_never_show_in_output_logs_or_the_repository() {
@@ -156,6 +158,7 @@ fn database_passwords_never_show_in_output_logs_or_the_repository() {
         PGPASSWORD,
         CRMVAULT_DB_PASSWORD,
         RESTORE_DB_PASSWORD,
+        MISSPELT_PASSWORD,
     ]);
     let (address, user) = (server_address(), role.name.clone());
     let (host, port) = address.split_once(':').unwrap_or((&address, "5432"));
@@ -245,6 +248,16 @@ fn database_passwords_never_show_in_output_logs_or_the_repository() {
             "backup, sslpassword",
             format!("host={host} user={user} sslpassword='{SSL_PASSWORD}'"),
             "unknown option `sslpassword`",
+        ),
+        (
+            "backup, misspelt password keyword",
+            format!("host={host} user={user} pasword={MISSPELT_PASSWORD}"),
+            "unknown option `pasword`",
+        ),
+        (
+            "backup, misspelt password in the URL's query",
+            format!("postgres://{user}@{address}/x?passwd={MISSPELT_PASSWORD}"),
+            "unknown option `passwd`",
         ),
         ("backup, unencoded @ in the password", format!("postgres://{user}:Enc@PwQzJ/k@{address}/x"), "malformed URL"),
         ("backup, bad sslmode", format!("{}?sslmode=sometimes", url(URL_PASSWORD, &source.name)), "sslmode=sometimes"),
