@@ -17,6 +17,9 @@ pub(super) struct Chain {
     /// The snapshots now known to be no newer than `parent`, for the pin
     /// ([`super::BackupOptions::settled`]).
     pub(super) settled: BTreeSet<repo::SnapshotId>,
+    /// The newest snapshot this host knows of, when no target holds it and no record explains
+    /// its absence: deleted from storage (a rollback), which the backup reports by its exit code.
+    pub(super) deleted: Option<repo::SnapshotId>,
 }
 
 impl Chain {
@@ -46,6 +49,8 @@ impl Chain {
             None => BTreeSet::new(),
         };
         let mut settled_now = BTreeSet::new();
+        // Whether any target holds a snapshot that proves itself.
+        let mut any_found = false;
         for state in states.iter().filter(|s| s.error.is_none()) {
             let repository = state.repository;
             let location = repository.target.location();
@@ -66,9 +71,12 @@ impl Chain {
             for (id, error) in found.rejected {
                 note(format!("{location}: snapshot {id} passed over: {error}"));
             }
+            // A snapshot an earlier backup proved, still there, is one found (not read again).
+            any_found |= found.listed.iter().any(|id| skipped.contains(id));
             settled_now.extend(found.listed.into_iter().filter(|id| skipped.contains(id)));
             settled_now.extend(found.settled);
             if let Some(sealed) = found.found {
+                any_found = true;
                 let mark = sealed.mark();
                 // A copy of the snapshot this host knows (`prune --identity`, `rekey --reencrypt`:
                 // same place in the chain, a new id, the old one deleted) stands for it: the
@@ -98,11 +106,20 @@ impl Chain {
                 }
             }
         }
-        if let Some(known) = newest_known.filter(|_| !known_held) {
+        let deleted = newest_known.filter(|_| !known_held);
+        if let Some(known) = deleted {
+            // With an older snapshot left, the new one (naming the lost one) is not the oldest,
+            // and `verify` checks its predecessor; with none left it is, and a target's oldest
+            // snapshot may name one the target never held (a target added later).
+            let after = if any_found {
+                "The new snapshot names it as its predecessor, so `verify` reports the gap"
+            } else {
+                "No other snapshot is left either, so nothing but this backup's exit code reports it: `verify` \
+                 cannot tell the new snapshot from a target's first"
+            };
             note(format!(
                 "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, is on no \
-                 target: deleted without being forgotten? The new snapshot names it as its predecessor, so \
-                 `verify` reports the gap",
+                 target: deleted without being forgotten? {after}",
                 known.id, known.sequence, known.time
             ));
         }
@@ -110,6 +127,7 @@ impl Chain {
             parent: newest.as_ref().map(|m| m.id.clone()),
             sequence: newest.map_or(1, |m| m.sequence + 1),
             settled: settled_now,
+            deleted: deleted.map(|known| known.id.clone()),
         }
     }
 }

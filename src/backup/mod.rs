@@ -116,6 +116,11 @@ pub struct BackupReport {
     /// What the backup noticed about the repository and stored anyway (each also logged).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The newest snapshot this host knew of, found deleted from storage without a record
+    /// explaining it (a rollback; the warnings say more). The backup is stored all the same,
+    /// and exits 3.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_snapshot: Option<crate::repo::SnapshotId>,
     /// What the data-loss alarm found (the snapshot is flagged when there is any).
     pub alarms: Vec<crate::repo::TableAlarm>,
     /// Rows of each table backed up (schema, table, rows), for metrics.
@@ -442,6 +447,7 @@ pub async fn run(
         parent: chain.parent,
         sequence: chain.sequence,
         warnings,
+        deleted_snapshot: chain.deleted,
         alarms: manifest.alarms.clone(),
         table_rows: manifest.tables.iter().map(|t| (t.schema.clone(), t.name.clone(), t.rows)).collect(),
         targets: reports,

@@ -1061,7 +1061,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             trusted.backed_up(&report)?;
             metrics.backup(&report);
             output::backup(json, &report, started.elapsed());
-            if report.failed_targets() > 0 {
+            // A snapshot deleted from storage behind the host's back is a problem to look at,
+            // as `verify` would say: once only, since the new snapshot is the next one known.
+            if report.failed_targets() > 0 || report.deleted_snapshot.is_some() {
                 return Ok(3);
             }
             if !report.alarms.is_empty() {

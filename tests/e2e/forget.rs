@@ -187,8 +187,8 @@ fn deleting_the_only_snapshot_forget_left_is_reported_by_verify_after_the_next_b
     ready.work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
     std::fs::remove_file(std::path::Path::new(&repo).join("snapshots").join(&only)).unwrap();
     change(&ready, 3);
-    let next = ready.work.run(&["backup", "--db", &ready.source.url(), "--repo", &repo]).ok();
-    assert!(next.stderr.contains("deleted without being forgotten"), "{}", next.stderr);
+    let next = ready.work.run(&["backup", "--db", &ready.source.url(), "--repo", &repo]);
+    next.fails_with(3, "deleted without being forgotten");
     for workspace in [&ready.work, &Workspace::new()] {
         let verify = workspace.run(&["verify", "--repo", &repo]);
         assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);

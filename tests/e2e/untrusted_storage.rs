@@ -211,9 +211,14 @@ fn a_deleted_newest_snapshot_is_reported_by_verify_and_restore() {
 
     // The next backup names the lost snapshot as its predecessor, so even a machine that never
     // saw it (no pin, no key) finds the gap.
-    let next = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
+    // It is stored, and exits 3: a deletion behind the host's back is a problem to look at.
+    let next = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    let next = next.fails_with(3, "deleted without being forgotten");
     assert_eq!(next.json()["parent"].as_str(), Some(newest.as_str()), "{}", next.stdout);
-    assert!(next.stderr.contains("deleted without being forgotten"), "{}", next.stderr);
+    assert_eq!(next.json()["deleted_snapshot"].as_str(), Some(newest.as_str()), "{}", next.stdout);
+    assert!(next.stderr.contains("so `verify` reports the gap"), "{}", next.stderr);
+    // Said once: the backup after it knows the new snapshot as the newest, which is held.
+    victim.work.backup(&victim.source, &victim.repo);
     let stranger = Workspace::new();
     let verify = stranger.run(&["verify", "--repo", &victim.repo]);
     assert_eq!(verify.code, 3, "{}", verify.stdout);
@@ -707,4 +712,11 @@ fn every_snapshot_deleted_is_named_as_a_deletion_on_a_machine_that_knew_them() {
     assert!(!run.stderr.contains("no snapshot yet"), "{}", run.stderr);
     assert!(target.is_empty());
     victim.work.run(&["verify", "--repo", &victim.repo]).fails_with(3, "`restore latest` finds no snapshot at all");
+    // The next backup is the only one left: `verify` cannot tell it from a target's first
+    // snapshot afterwards, so the backup's own exit code is the alarm, with the wording to match.
+    let next = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    let next = next.fails_with(3, "deleted without being forgotten");
+    assert_eq!(next.json()["deleted_snapshot"].as_str(), Some(newest.as_str()), "{}", next.stdout);
+    assert!(next.stderr.contains("nothing but this backup's exit code reports it"), "{}", next.stderr);
+    assert!(!next.stderr.contains("`verify` reports the gap"), "{}", next.stderr);
 }
