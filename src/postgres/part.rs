@@ -20,7 +20,9 @@
 //! Renaming rewrites every name qualified by a renamed schema (`crm.contacts`, `crm.stage`,
 //! `OWNED BY crm.t.id`), the schema's own name where a statement names a schema (`CREATE
 //! SCHEMA`, `ON SCHEMA`, `IN SCHEMA`), and the `'crm.seq'::regclass` literals of column
-//! defaults. Function bodies are literals and are left as written.
+//! defaults. The bodies of SQL and PL/pgSQL functions and procedures are renamed likewise (they
+//! are SQL's tokens), and so are the schemas of their `SET search_path`; other languages'
+//! bodies, and names built at run time (`EXECUTE 'INSERT INTO crm.' || …`), are left as written.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -995,6 +997,7 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
     let significant: Vec<usize> = (0..all.len())
         .filter(|&i| !matches!(all[i].kind, Kind::Space | Kind::LineComment | Kind::BlockComment))
         .collect();
+    let code = Code::find(&all, &significant);
     let mut out = String::with_capacity(sql.len() + 64);
     let mut copied = 0;
     for (k, &i) in significant.iter().enumerate() {
@@ -1002,6 +1005,11 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
         let next = significant.get(k + 1).map(|&j| &all[j]);
         let previous = k.checked_sub(1).map(|p| &all[significant[p]]);
         let replacement = match token.kind {
+            _ if code.bodies.contains(&k) => renamed_body(token.text, map),
+            _ if code.search_path.contains(&k) => match token.kind {
+                Kind::Literal => renamed_object_literal(token.text, map),
+                _ => name_of(token).and_then(|name| renamed(map, &name)).map(quote_ident),
+            },
             Kind::Word | Kind::QuotedIdent => {
                 let qualifies = next.is_some_and(|t| t.is_punct('.')) && !previous.is_some_and(|t| t.is_punct('.'));
                 let names_schema = previous.is_some_and(|t| is_word(Some(t), "schema"))
@@ -1031,6 +1039,89 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
     }
     out.push_str(&sql[copied..]);
     out
+}
+
+/// Where a statement's code names schemas in text: the bodies (dollar-quoted) of SQL and
+/// PL/pgSQL functions and procedures, and the elements of their `SET search_path`. By index
+/// into the significant tokens.
+#[derive(Default)]
+struct Code {
+    bodies: HashSet<usize>,
+    search_path: HashSet<usize>,
+}
+
+/// Languages whose function bodies are SQL's tokens: their qualified names are renamed as a
+/// statement's are. Any other language's body is left as written.
+const SQL_LANGUAGES: [&str; 2] = ["sql", "plpgsql"];
+
+impl Code {
+    fn find(all: &[Token<'_>], significant: &[usize]) -> Code {
+        let mut code = Code::default();
+        let token = |k: usize| significant.get(k).map(|&i| &all[i]);
+        let mut start = 0;
+        while start < significant.len() {
+            let end =
+                (start..significant.len()).find(|&k| all[significant[k]].is_punct(';')).unwrap_or(significant.len());
+            let mut at = start + 1;
+            if is_word(token(at), "or") && is_word(token(at + 1), "replace") {
+                at += 2;
+            }
+            let routine =
+                is_word(token(start), "create") && (is_word(token(at), "function") || is_word(token(at), "procedure"));
+            if routine {
+                let language = (start..end)
+                    .find(|&k| is_word(token(k), "language"))
+                    .and_then(|k| token(k + 1))
+                    .and_then(|name| match name.kind {
+                        Kind::Literal => Some(name.text.trim_matches('\'').to_lowercase()),
+                        _ => name_of(name),
+                    });
+                if language.is_some_and(|language| SQL_LANGUAGES.contains(&language.as_str())) {
+                    code.bodies.extend((start + 1..end).filter(|&k| {
+                        is_word(token(k - 1), "as")
+                            && token(k).is_some_and(|t| t.kind == Kind::Literal && t.text.starts_with('$'))
+                    }));
+                }
+                for k in start..end {
+                    if is_word(token(k), "set")
+                        && is_word(token(k + 1), "search_path")
+                        && (is_word(token(k + 2), "to") || token(k + 2).is_some_and(|t| t.is_punct('=')))
+                    {
+                        let mut element = k + 3;
+                        while element < end
+                            && token(element)
+                                .is_some_and(|t| matches!(t.kind, Kind::Literal | Kind::Word | Kind::QuotedIdent))
+                        {
+                            code.search_path.insert(element);
+                            if !token(element + 1).is_some_and(|t| t.is_punct(',')) {
+                                break;
+                            }
+                            element += 2;
+                        }
+                    }
+                }
+            }
+            start = end + 1;
+        }
+        code
+    }
+}
+
+/// A function's dollar-quoted body with the schemas of `map` renamed in it as in a statement
+/// (it is SQL's tokens), quoted again with a tag the new body does not hold; `None` if nothing
+/// in it is renamed.
+fn renamed_body(literal: &str, map: &[(String, String)]) -> Option<String> {
+    let tag_end = literal[1..].find('$')? + 2;
+    let tag = &literal[..tag_end];
+    let body = literal.strip_prefix(tag)?.strip_suffix(tag)?;
+    let renamed = rename(body, map);
+    if renamed == body {
+        return None;
+    }
+    let tag = std::iter::once(tag.to_string())
+        .chain((0..=renamed.len()).map(|n| format!("$crmvault_{n}$")))
+        .find(|tag| !renamed.contains(tag.as_str()))?;
+    Some(format!("{tag}{renamed}{tag}"))
 }
 
 /// The types whose literals name an object by its qualified name (`'crm.seq'::regclass`).
@@ -1163,6 +1254,40 @@ mod tests {
     }
 
     #[test]
+    fn the_bodies_and_search_paths_of_sql_and_plpgsql_functions_are_renamed_and_other_languages_left() {
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let plpgsql = "CREATE FUNCTION crm.log() RETURNS trigger\n    LANGUAGE plpgsql\n    SET search_path TO 'crm', 'public'\n    \
+                       AS $$ BEGIN INSERT INTO crm.audit_log VALUES ('crm.x'); PERFORM 'crm.seq'::regclass; RETURN NEW; END $$;";
+        assert_eq!(
+            rename(plpgsql, &map),
+            "CREATE FUNCTION \"crm_old\".log() RETURNS trigger\n    LANGUAGE plpgsql\n    SET search_path TO '\"crm_old\"', 'public'\n    \
+             AS $$ BEGIN INSERT INTO \"crm_old\".audit_log VALUES ('crm.x'); PERFORM '\"crm_old\".seq'::regclass; RETURN NEW; END $$;"
+        );
+        // The language named after the body, a procedure, a tag of pg_dump's own.
+        let sql = "CREATE OR REPLACE PROCEDURE crm.p() AS $_$ DELETE FROM crm.t $_$ LANGUAGE sql; SELECT crm.f();";
+        assert_eq!(
+            rename(sql, &map),
+            "CREATE OR REPLACE PROCEDURE \"crm_old\".p() AS $_$ DELETE FROM \"crm_old\".t $_$ LANGUAGE sql; SELECT \"crm_old\".f();"
+        );
+        // Another language's body is not SQL: left as written. So is a body that names nothing renamed.
+        for body in [
+            "CREATE FUNCTION crm.py() RETURNS int LANGUAGE plpython3u AS $$ return crm.x $$;",
+            "CREATE FUNCTION crm.c() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM other.t $$;",
+        ] {
+            let renamed = rename(body, &map);
+            assert!(renamed.starts_with("CREATE FUNCTION \"crm_old\"."), "{renamed}");
+            assert!(renamed.ends_with(&body[body.find(" AS ").unwrap()..]), "{renamed}");
+        }
+        // A new name holding the body's tag gets another tag, so the body still ends where it did.
+        let map = [("crm".to_string(), "a$$b".to_string())];
+        let renamed = rename("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT crm.n() $$;", &map);
+        assert_eq!(
+            renamed,
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $crmvault_0$ SELECT \"a$$b\".n() $crmvault_0$;"
+        );
+    }
+
+    #[test]
     fn a_side_schema_renames_every_name_and_makes_only_its_own_objects() {
         let wanted = wanted(&["crm.deals", "crm.companies"]);
         let map = [("crm".to_string(), "crm_old".to_string())];
@@ -1175,7 +1300,7 @@ mod tests {
             "OWNED BY \"crm_old\".deals.id",
             "GRANT USAGE ON SCHEMA \"crm_old\" TO reader",
             "'crm.companies is not a name here'",
-            "$$ SELECT 1 FROM crm.deals $$",
+            "$$ SELECT 1 FROM \"crm_old\".deals $$",
         ] {
             assert!(part.pre_data.contains(renamed), "{renamed}: {}", part.pre_data);
         }

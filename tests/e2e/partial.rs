@@ -149,6 +149,21 @@ fn a_side_schema_holds_the_snapshots_rows_beside_the_untouched_live_ones() {
     source.sql(&format!("UPDATE crm.contacts c SET phone = r.phone FROM {side}.contacts r WHERE r.id = c.id"));
     assert_eq!(phones("crm.contacts"), phones(&format!("{side}.contacts")));
 
+    // A trigger of the side copy writes where its own schema is: its function's body is
+    // renamed too, so changing a side row logs into the side audit log, not the live one.
+    let deals_side = "crm_deals_side";
+    let tables = ["--table", "crm.deals", "--table", "crm.audit_log", "--schema-map", "crm=crm_deals_side", "latest"];
+    work.restore_with(&repo, &source, &tables).ok();
+    let logged = |table: &str| source.sql(&format!("SELECT count(*) FROM {table}")).trim().to_string();
+    let (live_log, side_log) = (logged("crm.audit_log"), logged(&format!("{deals_side}.audit_log")));
+    source.sql(&format!(
+        "UPDATE {deals_side}.deals SET stage = CASE WHEN stage = 'lead' THEN 'qualified'::{deals_side}.deal_stage \
+         ELSE 'lead'::{deals_side}.deal_stage END WHERE id = (SELECT min(id) FROM {deals_side}.deals WHERE closed_at IS NULL)"
+    ));
+    assert_eq!(logged("crm.audit_log"), live_log, "the live audit log is untouched");
+    let side_after: u64 = logged(&format!("{deals_side}.audit_log")).parse().unwrap();
+    assert_eq!(side_after, side_log.parse::<u64>().unwrap() + 1, "the side audit log has the change");
+
     // The same side schema again: refused, nothing changed.
     work.restore_with(&repo, &source, &["--table", "crm.contacts", "--schema-map", &map, "latest"])
         .fails_with(1, "has a schema crm_restored_20261128 already");
@@ -436,15 +451,15 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
 
 /// A side-schema restore changes nothing outside the schemas it makes. The snapshot's own code
 /// runs while it loads: here check constraints call functions (whoever could create functions
-/// in the source wrote them, and `--schema-map` does not rename their bodies) that write a live
-/// table, and alter one. Either way the whole restore is rolled back, and says why.
+/// in the source wrote them, and `--schema-map` does not rename names built at run time) that
+/// write a live table, and alter one. Either way the whole restore is rolled back, and says why.
 #[test]
 fn a_side_schema_restore_that_reaches_outside_its_schemas_is_rolled_back() {
     let setup = r"
 CREATE SCHEMA crm;
 CREATE TABLE crm.log (id serial PRIMARY KEY, note text);
 CREATE FUNCTION crm.noted(id int) RETURNS boolean LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO crm.log (note) VALUES ('a restore ran me'); RETURN true; END $$;
+BEGIN EXECUTE 'INSERT INTO crm.log (note) VALUES (''a restore ran me'')'; RETURN true; END $$;
 CREATE FUNCTION crm.altered(id int) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN EXECUTE 'ALTER TABLE crm.log ADD COLUMN IF NOT EXISTS altered int'; RETURN true; END $$;
 CREATE TABLE crm.contacts (id int PRIMARY KEY CHECK (crm.noted(id)), name text);
@@ -453,7 +468,7 @@ CREATE FUNCTION crm.later(id int) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
   CREATE TEMP TABLE IF NOT EXISTS queue (x int);
   CREATE OR REPLACE FUNCTION pg_temp.fire() RETURNS trigger LANGUAGE plpgsql AS $f$
-    BEGIN INSERT INTO crm.log (note) VALUES ('at commit'); RETURN NULL; END $f$;
+    BEGIN EXECUTE 'INSERT INTO crm.log (note) VALUES (''at commit'')'; RETURN NULL; END $f$;
   DROP TRIGGER IF EXISTS fire ON pg_temp.queue;
   CREATE CONSTRAINT TRIGGER fire AFTER INSERT ON pg_temp.queue DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION pg_temp.fire();
