@@ -299,6 +299,34 @@ mod tests {
         }
     }
 
+    /// What the fuzz targets start from, as committed (the seeds, and any input a crash was
+    /// fixed for): each runs through its target in every `cargo test`, without cargo-fuzz.
+    #[test]
+    fn every_committed_fuzz_input_runs_through_its_target() {
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 7] = [
+            ("index", index),
+            ("snapshot", snapshot),
+            ("manifest", manifest),
+            ("config", config),
+            ("packed_text", packed_text),
+            ("list_chunk", list_chunk),
+            ("audit", audit),
+        ];
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        let mut inputs = 0;
+        for (target, run) in targets {
+            for entry in std::fs::read_dir(corpus.join(target)).unwrap() {
+                let path = entry.unwrap().path();
+                run(&std::fs::read(&path).unwrap());
+                inputs += 1;
+            }
+        }
+        let folders = std::fs::read_dir(&corpus).unwrap().count();
+        assert_eq!(folders, targets.len(), "a corpus folder for every target, and a target for every folder");
+        assert!(inputs >= targets.len(), "{inputs} inputs");
+    }
+
     /// Writes the seeds into `$CRMVAULT_FUZZ_SEEDS/<target>/seed-<n>` (fuzz/README.md):
     /// `CRMVAULT_FUZZ_SEEDS=$PWD/fuzz/corpus cargo test --lib fuzzing -- --ignored`.
     #[test]
