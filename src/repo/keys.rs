@@ -65,6 +65,8 @@ pub struct Keyring {
     admin: bool,
     /// Packs' file keys, for reading parts of them (shared by the keyring's clones).
     file_keys: std::sync::Arc<crypto::FileKeys>,
+    /// `identities`, each ready to unwrap many stanzas.
+    unwrappers: std::sync::Arc<[crypto::Unwrapper]>,
 }
 
 /// An admin's keyring: reads data and signs the next generation of keys. Only
@@ -101,8 +103,10 @@ impl Keyring {
     /// A keyring of fresh random secrets, for unit tests of what it MACs.
     #[cfg(test)]
     pub(crate) fn for_tests() -> Keyring {
+        let identities = vec![crypto::generate_identity()];
         Keyring {
-            identities: vec![crypto::generate_identity()],
+            unwrappers: identities.iter().map(crypto::Unwrapper::new).collect(),
+            identities,
             identity_path: PathBuf::from("test.key"),
             secret: RepoSecret::generate(),
             auth: Some(RepoSecret::generate()),
@@ -194,7 +198,7 @@ impl Keyring {
 
     /// Decrypts an object with this keyring's identities.
     pub fn decrypt(&self, object: &str, ciphertext: &[u8]) -> Result<Vec<u8>> {
-        crypto::decrypt(&self.identities, ciphertext).map_err(|failure| self.decrypt_error(object, failure))
+        crypto::decrypt(&self.unwrappers, ciphertext).map_err(|failure| self.decrypt_error(object, failure))
     }
 
     /// Plaintext bytes `range` of `object`, an age ciphertext of `len` bytes, from its first
@@ -207,7 +211,7 @@ impl Keyring {
         len: u64,
         range: std::ops::Range<u64>,
     ) -> Result<Vec<u8>> {
-        crypto::decrypt_range((&self.identities, &self.file_keys), head, body_offset, body, len, range).map_err(
+        crypto::decrypt_range((&self.unwrappers, &self.file_keys), head, body_offset, body, len, range).map_err(
             |failure| match failure {
                 // Only packs are read in ranges, and only after their snapshot opened: the key
                 // is not what is wrong (unless the pack predates the key's generation).
@@ -439,6 +443,7 @@ impl Repository {
             past.insert(entry.config.clone(), RepoSecret::from_hex(&entry.auth_secret)?);
         }
         Ok(Keyring {
+            unwrappers: identities.iter().map(crypto::Unwrapper::new).collect(),
             identities,
             identity_path,
             secret: RepoSecret::from_hex(&keys.repo_secret)?,
