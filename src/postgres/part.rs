@@ -1007,7 +1007,7 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
         let replacement = match token.kind {
             _ if code.bodies.contains(&k) => renamed_body(token.text, map),
             _ if code.search_path.contains(&k) => match token.kind {
-                Kind::Literal => renamed_object_literal(token.text, map),
+                Kind::Literal => renamed_path_literal(token.text, map),
                 _ => name_of(token).and_then(|name| renamed(map, &name)).map(quote_ident),
             },
             Kind::Word | Kind::QuotedIdent => {
@@ -1138,10 +1138,24 @@ const OBJECT_NAME_TYPES: [&str; 10] = [
     "regnamespace",
 ];
 
+/// The text of a whole `'…'` literal (`None` for an unterminated one, or an `E''` string).
+fn literal_text(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(inner.replace("''", "'"))
+}
+
+/// An element of a routine's `SET search_path TO 'crm', 'public'`, renamed if `map` renames
+/// it: pg_dump writes each schema's name as it is, not as an identifier, and the server quotes
+/// it itself.
+fn renamed_path_literal(literal: &str, map: &[(String, String)]) -> Option<String> {
+    let to = renamed(map, &literal_text(literal)?)?;
+    Some(format!("'{}'", to.replace('\'', "''")))
+}
+
 /// `'schema.name'` (an object name literal) with its schema renamed, if `map` renames it;
 /// `'schema'` (a regnamespace) too.
 fn renamed_object_literal(literal: &str, map: &[(String, String)]) -> Option<String> {
-    let text = literal[1..literal.len() - 1].replace("''", "'");
+    let text = literal_text(literal)?;
     let tokens: Vec<Token<'_>> = Lexer::new(&text).collect();
     if tokens.len() == 1 {
         let to = renamed(map, &name_of(&tokens[0])?)?;
@@ -1260,7 +1274,7 @@ mod tests {
                        AS $$ BEGIN INSERT INTO crm.audit_log VALUES ('crm.x'); PERFORM 'crm.seq'::regclass; RETURN NEW; END $$;";
         assert_eq!(
             rename(plpgsql, &map),
-            "CREATE FUNCTION \"crm_old\".log() RETURNS trigger\n    LANGUAGE plpgsql\n    SET search_path TO '\"crm_old\"', 'public'\n    \
+            "CREATE FUNCTION \"crm_old\".log() RETURNS trigger\n    LANGUAGE plpgsql\n    SET search_path TO 'crm_old', 'public'\n    \
              AS $$ BEGIN INSERT INTO \"crm_old\".audit_log VALUES ('crm.x'); PERFORM '\"crm_old\".seq'::regclass; RETURN NEW; END $$;"
         );
         // The language named after the body, a procedure, a tag of pg_dump's own.
@@ -1277,6 +1291,21 @@ mod tests {
             let renamed = rename(body, &map);
             assert!(renamed.starts_with("CREATE FUNCTION \"crm_old\"."), "{renamed}");
             assert!(renamed.ends_with(&body[body.find(" AS ").unwrap()..]), "{renamed}");
+        }
+        // A search path's names are names, not identifiers; unquoted, they are identifiers.
+        let map_odd = [("My Crm".to_string(), "it's new".to_string()), ("crm".to_string(), "Crm Old".to_string())];
+        let path =
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = 'My Crm', crm, 'public' AS $$ SELECT 1 $$;";
+        assert_eq!(
+            rename(path, &map_odd),
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = 'it''s new', \"Crm Old\", 'public' AS $$ SELECT 1 $$;"
+        );
+        // Unterminated literals where a name may be: left as they are, never a panic.
+        for odd in ["SET search_path TO 'é", "SET search_path TO '", "SELECT 'crm.x", "SELECT 'é"] {
+            let body = format!("CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ {odd}");
+            assert_eq!(rename(&body, &map), body);
+            assert_eq!(rename(&format!("{body} $$;"), &map), format!("{body} $$;"));
+            assert_eq!(rename(&format!("{odd}::regclass"), &map), format!("{odd}::regclass"));
         }
         // A new name holding the body's tag gets another tag, so the body still ends where it did.
         let map = [("crm".to_string(), "a$$b".to_string())];

@@ -123,8 +123,8 @@ impl Load<'_> {
     /// `before` dropped ([`LoadSession::relations_now`]; another session's drop meanwhile
     /// counts too). The snapshot's own code does
     /// that: a function its check constraints, defaults or domains call while rows load (written
-    /// by whoever could create functions in the source; `--schema-map` does not rename function
-    /// bodies). Deferred triggers fire first, so that what they would do at commit is seen. The
+    /// by whoever could create functions in the source; `--schema-map` renames what SQL and
+    /// PL/pgSQL bodies name, not names built at run time nor other languages' bodies). Deferred triggers fire first, so that what they would do at commit is seen. The
     /// error rolls everything back but what PostgreSQL never rolls back (sequences, anything
     /// outside the database). A tripwire, not a boundary: code running as a superuser can hide
     /// from it (docs/OPERATIONS.md); a login without rights on the live objects is the boundary.
