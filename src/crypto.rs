@@ -444,7 +444,9 @@ impl age::Identity for Unwrapper {
             (),
             |shared| <[u8; 32]>::try_from(shared).map(zeroize::Zeroizing::new).map_err(|_| ()),
         );
-        let Some(shared) = shared.ok().filter(|shared| shared.iter().any(|&byte| byte != 0)) else { return invalid };
+        let Some(shared) = shared.ok().filter(|shared| shared.iter().fold(0, |all, &byte| all | byte) != 0) else {
+            return invalid;
+        };
         let mut salt = [0u8; 64];
         salt[..32].copy_from_slice(&share);
         salt[32..].copy_from_slice(&self.public);
@@ -806,9 +808,55 @@ mod tests {
         for point in &low_order {
             stanzas.push(with("X25519", vec![b64(point)], genuine.body.clone()));
         }
-        let mut non_canonical = share.clone();
-        let last = non_canonical.pop().unwrap();
-        non_canonical.push(if last == 'A' { 'B' } else { 'A' });
+        // A last character whose low bits are not zero: a non-canonical encoding.
+        let non_canonical = format!("{}B", &share[..42]);
+        // Shares given as u + p (not reduced), with the high bit set, the other point of order 8:
+        // each under a body made for what the owner's exchange with it gives, so that an answer
+        // other than age's shows.
+        let p = {
+            let mut p = [0xffu8; 32];
+            p[0] = 0xed;
+            p[31] = 0x7f;
+            p
+        };
+        let add = |a: [u8; 32], k: u8| {
+            let mut sum = a;
+            let mut carry = u16::from(k);
+            for byte in &mut sum {
+                let total = u16::from(*byte) + carry;
+                *byte = total.to_le_bytes()[0];
+                carry = total >> 8;
+            }
+            sum
+        };
+        let nine = {
+            let mut nine = [0u8; 32];
+            nine[0] = 9;
+            nine
+        };
+        let mut other_order_8 = [0u8; 32];
+        other_order_8
+            .copy_from_slice(&hex::decode("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157").unwrap());
+        let high = |mut point: [u8; 32]| {
+            point[31] |= 0x80;
+            point
+        };
+        // The owner's exchange with the base point 9 is its public key: a body wrapped with it.
+        let body_for = |point: &[u8; 32]| {
+            let key = age_core::primitives::hkdf(&[&point[..], &fast.public[..]].concat(), X25519_LABEL, &fast.public);
+            age_core::primitives::aead_encrypt(&key, &[5u8; 16])
+        };
+        for point in
+            [nine, add(p, 9), high(nine), high(add(p, 9)), add(p, 0), add(p, 1), other_order_8, high(other_order_8)]
+        {
+            stanzas.push(with("X25519", vec![b64(&point)], body_for(&point)));
+        }
+        let real_share: [u8; 32] = {
+            use base64::Engine;
+            base64::prelude::BASE64_STANDARD_NO_PAD.decode(&share).unwrap().try_into().unwrap()
+        };
+        stanzas.push(with("X25519", vec![b64(&high(real_share))], genuine.body.clone()));
+        stanzas.push(with("X25519", vec![b64(&[7u8; 34])], genuine.body.clone()));
         let mut random = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut random);
         stanzas.extend([
