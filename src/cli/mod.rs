@@ -755,7 +755,7 @@ pub fn main() -> ExitCode {
             if json && error.use_stderr() {
                 // clap's first line ("error: unexpected argument '--bogus' found"), and the
                 // command it was meant for, as far as the arguments name one.
-                let rendered = error.render().to_string();
+                let rendered = crmvault::postgres::scrub(&error.render().to_string());
                 let message = rendered.lines().next().unwrap_or("usage error").trim_start_matches("error: ");
                 let command = Cli::command();
                 let names: Vec<&str> = command
@@ -764,6 +764,12 @@ pub fn main() -> ExitCode {
                     .collect();
                 let named = std::env::args().skip(1).find(|arg| names.contains(&arg.as_str()));
                 output::failure(named.as_deref(), message, Some("see --help"), 2, started.elapsed());
+            }
+            if error.use_stderr() {
+                // An argument it quotes may be a password given unquoted (`--db host=db
+                // password=…` is two arguments).
+                eprint!("{}", crmvault::postgres::scrub(&error.render().to_string()));
+                return ExitCode::from(2);
             }
             error.exit();
         }
@@ -787,7 +793,9 @@ pub fn main() -> ExitCode {
     let (code, failure) = match runtime.block_on(until_interrupted(run(cli, &metrics, &audit))) {
         Ok(code) => (code, None),
         Err(error) => {
-            let (message, hint, code) = (one_line(&error), hint(&error), profile::exit_code(&error));
+            // Whatever an error quotes (an argument, a server's message), no password.
+            let message = crmvault::postgres::scrub(&one_line(&error));
+            let (hint, code) = (hint(&error), profile::exit_code(&error));
             output::error(&message, hint, code);
             if json {
                 output::failure(command.as_deref(), &message, hint, code, started.elapsed());

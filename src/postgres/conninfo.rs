@@ -125,9 +125,86 @@ fn url_prefix(text: &str) -> Option<&'static str> {
     ["postgres://", "postgresql://"].into_iter().find(|prefix| text.starts_with(prefix))
 }
 
+/// Any text (an error message, a usage error quoting an argument) with what looks like a
+/// password hidden: the password of every `scheme://user:password@host` in it, and the value of
+/// every `keyword=value` whose keyword speaks of one (`password`, `passwd`, `pwd`, `secret`,
+/// misspelt ones too). For text that is not only a connection string, where [`redact`] cannot
+/// tell what is what: a URL with a space before it, another scheme's URL, a usage error.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        // The next place to look at: a URL's authority, or a `=`.
+        let url = rest.find("://").map(|at| at + 3);
+        let equals = rest.find('=');
+        match (url, equals) {
+            (Some(at), equals) if equals.is_none_or(|equals| at <= equals) => {
+                out.push_str(&rest[..at]);
+                rest = &rest[at..];
+                let end = rest.find(|c: char| c.is_whitespace() || "/?#'\"`".contains(c)).unwrap_or(rest.len());
+                let authority = &rest[..end];
+                match (authority.rfind('@'), authority.find(':')) {
+                    (Some(at_sign), Some(colon)) if colon < at_sign => {
+                        out.push_str(&authority[..=colon]);
+                        out.push_str(HIDDEN);
+                        out.push_str(&authority[at_sign..]);
+                    }
+                    _ => out.push_str(authority),
+                }
+                rest = &rest[end..];
+            }
+            (_, Some(at)) => {
+                let keyword_start = rest[..at]
+                    .trim_end()
+                    .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '%'))
+                    .map_or(0, |i| i + rest[i..].chars().next().map_or(1, char::len_utf8));
+                let keyword = rest[keyword_start..at].trim().to_lowercase();
+                out.push_str(&rest[..=at]);
+                rest = &rest[at + 1..];
+                if ["pas", "pwd", "pw", "secret"].iter().any(|word| keyword.contains(word)) {
+                    let value = rest.len() - rest.trim_start().len();
+                    out.push_str(&rest[..value]);
+                    rest = &rest[value..];
+                    let end = match rest.chars().next() {
+                        Some(quote @ ('\'' | '"')) => {
+                            // To the closing quote not escaped by a backslash (or the end).
+                            let mut escaped = false;
+                            rest.char_indices()
+                                .skip(1)
+                                .find(|&(_, c)| {
+                                    let closes = c == quote && !escaped;
+                                    escaped = c == '\\' && !escaped;
+                                    closes
+                                })
+                                .map_or(rest.len(), |(i, _)| i + 1)
+                        }
+                        _ => rest.find(|c: char| c.is_whitespace() || "&'\"`,;)".contains(c)).unwrap_or(rest.len()),
+                    };
+                    if end > 0 {
+                        out.push_str(HIDDEN);
+                    }
+                    rest = &rest[end..];
+                }
+            }
+            (None, None) => {
+                out.push_str(rest);
+                rest = "";
+            }
+            (Some(_), None) => unreachable!("matched by the first arm"),
+        }
+    }
+    out
+}
+
 /// A connection string with every password (the URL's, `password`, `sslpassword`) replaced by
 /// `***`. What cannot be read is left out and said so.
 pub fn redact(text: &str) -> String {
+    scrub(&redact_string(text))
+}
+
+/// [`redact`], before what looks like a password elsewhere in what it shows is hidden too (a
+/// keyword it took for one, in a string libpq reads otherwise).
+fn redact_string(text: &str) -> String {
     if let Some(prefix) = url_prefix(text) {
         return match UrlParts::split(text, prefix) {
             Ok(url) => url.redacted(),
@@ -483,6 +560,30 @@ mod tests {
             redact("host=db port=5432 dbname=crm sslmode=verify-full connect_timeout=10"),
             "host=db port=5432 dbname=crm sslmode=verify-full connect_timeout=10"
         );
+    }
+
+    #[test]
+    fn scrub_hides_passwords_in_any_text() {
+        let cases = [
+            (
+                " postgres://app:S3cr3tPw@127.0.0.1:1/crm?sslmode=disable",
+                " postgres://app:***@127.0.0.1:1/crm?sslmode=disable",
+            ),
+            ("postgresql+asyncpg://app:S3cr3tPw@db/crm?x=1", "postgresql+asyncpg://app:***@db/crm?x=1"),
+            (
+                "unknown option `Postgres://app:S3cr3tPw@db/crm?sslmode`",
+                "unknown option `Postgres://app:***@db/crm?sslmode`",
+            ),
+            ("unexpected argument 'password=S3cr3tPw' found", "unexpected argument 'password=***' found"),
+            ("host=db PassWord = 'S3c r3t\\'Pw' user=x", "host=db PassWord = *** user=x"),
+            ("dbname='postgres://u:S3cr3tPw@h/d' sslmode=require", "dbname='postgres://u:***@h/d' sslmode=require"),
+            ("pasword=S3cr3tPw&sslmode=require", "pasword=***&sslmode=require"),
+            ("a=b c=d https://host/path?q=1 user@host:22", "a=b c=d https://host/path?q=1 user@host:22"),
+        ];
+        for (text, shown) in cases {
+            assert_eq!(scrub(text), shown, "{text}");
+            assert!(!redact(text).contains("S3c"), "{text} → {}", redact(text));
+        }
     }
 
     #[test]

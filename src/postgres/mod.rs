@@ -55,7 +55,7 @@ pub(crate) fn catalog_text_opt(row: &tokio_postgres::Row, at: usize) -> Option<S
     row.get::<_, Option<CatalogText>>(at).map(|text| text.0)
 }
 
-pub use conninfo::redact;
+pub use conninfo::{redact, scrub};
 pub use dump::{Section, dump_schema, executable_sql, find_pg_dump};
 pub use load::{
     INCOMPLETE_RESTORE_SCHEMA, LoadSession, OnConflict, RESTORE_MAINTENANCE_WORK_MEM, Server, ToastCompression,
@@ -126,6 +126,8 @@ impl Database {
         // Nothing of it shown (it failed at its first word): the detail says where.
         let named = if redacted.starts_with("(rest not shown") { "the database".to_string() } else { redacted.clone() };
         let invalid = |detail: &dyn std::fmt::Display| {
+            // The detail may quote a keyword, which may be a URL libpq did not take for one.
+            let detail = scrub(&detail.to_string());
             Error::Invalid(format!(
                 "{named} is not a valid PostgreSQL connection string: {detail} (give postgres://user@host:port/database, \
                  or key=value pairs such as host=db dbname=crm)"

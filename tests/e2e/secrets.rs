@@ -259,9 +259,29 @@ fn database_passwords_never_show_in_output_logs_or_the_repository() {
             format!("postgres://{user}@{address}/x?passwd={MISSPELT_PASSWORD}"),
             "unknown option `passwd`",
         ),
+        (
+            "backup, a URL with a space before it",
+            format!(" postgres://{user}:{MISSPELT_PASSWORD}@127.0.0.1:1/x?sslmode=disable"),
+            "error",
+        ),
+        (
+            "backup, another scheme's URL",
+            format!("postgresql+asyncpg://{user}:{MISSPELT_PASSWORD}@{address}/x?a=1"),
+            "error",
+        ),
         ("backup, unencoded @ in the password", format!("postgres://{user}:Enc@PwQzJ/k@{address}/x"), "malformed URL"),
         ("backup, bad sslmode", format!("{}?sslmode=sometimes", url(URL_PASSWORD, &source.name)), "sslmode=sometimes"),
     ];
+    // A key=value string not quoted in the shell: two arguments, the second quoted by clap.
+    for json in [false, true] {
+        let mut command = work.command();
+        let (host_arg, password_arg) = (format!("host={host}"), format!("password={MISSPELT_PASSWORD}"));
+        command.args(["backup", "--repo", &repo, "--db", &host_arg, &password_arg]);
+        if json {
+            command.arg("--json");
+        }
+        watch.run("backup, unquoted key=value --db", &mut command).fails_with(2, "unexpected argument");
+    }
     for (index, (what, db, message)) in failures.iter().enumerate() {
         let mut command = work.command();
         command.args(["backup", "--repo", &repo, "--db", db]).env("CRMVAULT_DB_REMOTE_HOSTS", "127.0.0.1");
