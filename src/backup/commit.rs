@@ -73,6 +73,8 @@ impl Chain {
             }
             // A snapshot an earlier backup proved, still there, is one found (not read again).
             any_found |= found.listed.iter().any(|id| skipped.contains(id));
+            // Listed is held, whatever a `HEAD` of it said a moment before.
+            known_held |= newest_known.is_some_and(|known| found.listed.contains(&known.id));
             settled_now.extend(found.listed.into_iter().filter(|id| skipped.contains(id)));
             settled_now.extend(found.settled);
             if let Some(sealed) = found.found {
