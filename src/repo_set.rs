@@ -85,14 +85,15 @@ pub struct Unreadable {
     pub time: Option<DateTime<Utc>>,
     /// Why it did not open (on the first copy that has it).
     pub why: Error,
-    /// A copy served it and it did not prove itself (damaged, forged, of a newer format), as
-    /// opposed to no copy serving it at all (a refusal, an archive storage class).
+    /// A copy served it and it did not prove itself (damaged, forged, of a newer format), or
+    /// reading it failed otherwise than by a refusal (a timeout, a server error), as opposed to
+    /// no copy serving it at all (access denied, an archive storage class, gone since listed).
     pub damaged: bool,
 }
 
 impl Unreadable {
-    /// Whether it may be the newest backup: its header gives a later time, or a copy served
-    /// something that does not prove itself and whose time is unknown (a damaged header reads
+    /// Whether it may be the newest backup: its header gives a later time, or it is `damaged`
+    /// (a header's time is storage's word until the snapshot opens, and a damaged header reads
     /// like junk). One no copy would serve (say an old snapshot moved to an archive class) is
     /// not counted: it cannot be dated, and counting it would fail every drill for it.
     pub fn may_be_newer(&self) -> bool {
@@ -408,8 +409,10 @@ impl RepoSet {
             let Labels { time, database, hostname, tags } = match opened {
                 Ok(labels) => labels,
                 Err(NotOpened { time, why, damaged }) => {
-                    // Older than the newest chosen by its header: not what `latest` means anyway.
-                    if newest_chosen.is_none() || time.is_none() {
+                    // Older than the newest chosen by its header: not what `latest` means anyway,
+                    // unless it was served and does not open, when its header's time is only
+                    // storage's word (rewritten, it would hide the newest snapshot unsaid).
+                    if newest_chosen.is_none() || time.is_none() || damaged {
                         unreadable.push(Unreadable { id, time, why, damaged });
                     }
                     continue;
@@ -458,8 +461,14 @@ impl RepoSet {
             let bytes = match repository.read_snapshot_object(snapshot_id, budget).await {
                 Ok(bytes) => bytes,
                 Err(error) => {
-                    // Served, but not what a snapshot object is (larger than any can be).
-                    damaged |= matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. });
+                    // Not served: only a refusal (access denied, an archive storage class) or its
+                    // absence since the listing counts as such. A timeout or a server's error
+                    // may hide the newest snapshot as well as damage does.
+                    damaged |= match &error {
+                        Error::Storage { source, .. } => !crate::target::is_refusal(source),
+                        Error::Missing { .. } | Error::SnapshotNotFound(_) => false,
+                        _ => true,
+                    };
                     why.get_or_insert(error);
                     continue;
                 }
