@@ -18,7 +18,8 @@ pub(super) struct Chain {
     /// ([`super::BackupOptions::settled`]).
     pub(super) settled: BTreeSet<repo::SnapshotId>,
     /// The newest snapshot this host knows of, when no target holds it and no record explains
-    /// its absence: deleted from storage (a rollback), which the backup reports by its exit code.
+    /// its absence (deleted from storage: a rollback), or what targets hold under its name does
+    /// not read (replaced there); the backup reports either by its exit code.
     pub(super) deleted: Option<repo::SnapshotId>,
 }
 
@@ -49,8 +50,9 @@ impl Chain {
             None => BTreeSet::new(),
         };
         let mut settled_now = BTreeSet::new();
-        // Whether any target holds a snapshot that proves itself.
-        let mut any_found = false;
+        // Whether any target holds a snapshot that proves itself; whether one is the known one
+        // (or a copy of it).
+        let (mut any_found, mut known_opened) = (false, false);
         for state in states.iter().filter(|s| s.error.is_none()) {
             let repository = state.repository;
             let location = repository.target.location();
@@ -91,6 +93,7 @@ impl Chain {
                 if copy_of_known {
                     known_held = true;
                 }
+                known_opened |= copy_of_known || newest_known.is_some_and(|known| known.id == mark.id);
                 if newest
                     .as_ref()
                     .is_none_or(|n| mark.sequence > n.sequence || (copy_of_known && n.sequence == mark.sequence))
@@ -106,6 +109,25 @@ impl Chain {
                     known_held = true;
                     break;
                 }
+            }
+        }
+        // Held under its name, but not what was written there: a snapshot's id is the hash of
+        // its manifest's ciphertext, so anything else under that name fails to read even without
+        // a key (whatever the key, after a writer key's rotation, can open).
+        let mut replaced = None;
+        if let Some(known) = newest_known.filter(|_| known_held && !known_opened) {
+            let mut reads = Vec::new();
+            for state in states.iter().filter(|s| s.error.is_none()) {
+                reads.push(state.repository.read_snapshot(&known.id).await.map(|_| ()));
+            }
+            let corrupt = |read: &Result<()>| matches!(read, Err(Error::Corrupt { .. }));
+            if reads.iter().any(corrupt) && !reads.iter().any(Result::is_ok) {
+                note(format!(
+                    "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, does not \
+                     read on any target: replaced or damaged in storage (see `crmvault verify`)",
+                    known.id, known.sequence, known.time
+                ));
+                replaced = Some(known.id.clone());
             }
         }
         let deleted = newest_known.filter(|_| !known_held);
@@ -129,7 +151,7 @@ impl Chain {
             parent: newest.as_ref().map(|m| m.id.clone()),
             sequence: newest.map_or(1, |m| m.sequence + 1),
             settled: settled_now,
-            deleted: deleted.map(|known| known.id.clone()),
+            deleted: deleted.map(|known| known.id.clone()).or(replaced),
         }
     }
 }

@@ -117,8 +117,8 @@ pub struct BackupReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// The newest snapshot this host knew of, found deleted from storage without a record
-    /// explaining it (a rollback; the warnings say more). The backup is stored all the same,
-    /// and exits 3.
+    /// explaining it (a rollback), or replaced there by something that does not read (the
+    /// warnings say which). The backup is stored all the same, and exits 3.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_snapshot: Option<crate::repo::SnapshotId>,
     /// What the data-loss alarm found (the snapshot is flagged when there is any).

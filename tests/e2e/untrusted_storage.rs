@@ -326,7 +326,10 @@ fn a_backup_reads_only_snapshots_its_pin_has_not_settled_yet_still_follows_and_n
     let mut bytes = std::fs::read(&newest).unwrap();
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&newest, bytes).unwrap();
-    let run = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]).ok();
+    // The mark damaged is this host's newest snapshot damaged in storage: stored, and exit 3.
+    let run = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    let run = run.fails_with(3, "replaced or damaged in storage");
+    assert_eq!(run.json()["deleted_snapshot"].as_str(), Some(id(&fourth).as_str()), "{}", run.stdout);
     assert!(run.stderr.contains("written under another config"), "{}", run.stderr);
     assert!(run.stderr.contains(&format!("snapshot {} passed over", id(&fourth))), "{}", run.stderr);
     assert_eq!(run.json()["parent"].as_str(), Some(id(&fourth).as_str()), "the mark, damaged or not");
@@ -580,10 +583,18 @@ fn restore_latest_names_a_newest_snapshot_that_does_not_open_and_never_calls_it_
     // Its header damaged: its time unknown, so it may be newer than what is restored.
     let damaged_header = String::from_utf8_lossy(&original).replacen("\"total_bytes\":", "\"total_bytez\":", 1);
     assert_ne!(damaged_header.as_bytes(), &original[..], "the header is rewritten");
+    // Its header dated a year before the other, its hash line made to match (no key needed for
+    // that; the MAC cannot be): it would sort below the older snapshot and go unsaid.
+    let lines: Vec<&[u8]> = original.splitn(5, |&b| b == b'\n').collect();
+    let mut header: serde_json::Value = serde_json::from_slice(lines[1]).unwrap();
+    header["time"] = "2000-01-01T00:00:00Z".into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let backdated = [lines[0], &header, blake3::hash(&header).to_hex().as_bytes(), lines[3], lines[4]].join(&b'\n');
     for (case, bytes, says) in [
         ("newer format", newer_format.into_bytes(), "uses repository format 99"),
         ("damaged", damaged, "corrupt"),
         ("damaged header", damaged_header.into_bytes(), "corrupt"),
+        ("backdated header", backdated, "corrupt"),
     ] {
         std::fs::write(&newest, &bytes).unwrap();
         for (machine, work) in [("pinned", &victim.work), ("unpinned", &unpinned)] {
@@ -696,6 +707,23 @@ fn snapshots_that_open_nowhere_are_named_never_tried_and_a_drill_of_every_copy_f
     let run = work.restore_with(&repo, &older, &["--json", "--repo", &copy]).ok();
     assert!(run.stderr.contains(&format!("snapshot {newest} passed over")), "{}", run.stderr);
     assert_eq!(run.json()["skipped_newer"], true, "{}", run.stdout);
+}
+
+#[test]
+fn a_newest_snapshot_replaced_in_storage_by_one_that_does_not_read_is_reported_by_the_next_backup() {
+    let victim = Victim::new("replaced_newest");
+    victim
+        .source
+        .sql("UPDATE crm.contacts SET email = 'replaced@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+    let newest = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
+    // Junk under its name: the name is still there, so it is not "deleted", but it is not the
+    // snapshot (an id is the hash of its manifest's ciphertext).
+    std::fs::write(victim.file(&format!("snapshots/{newest}")), b"crmvault-snapshot 7\njunk\n").unwrap();
+    let next = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    let next = next.fails_with(3, "replaced or damaged in storage");
+    assert_eq!(next.json()["deleted_snapshot"].as_str(), Some(newest.as_str()), "{}", next.stdout);
+    // Once: the one after it knows the new snapshot as the newest.
+    victim.work.backup(&victim.source, &victim.repo);
 }
 
 #[test]
