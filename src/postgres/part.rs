@@ -219,9 +219,7 @@ const GLOBAL: [&str; 17] = [
 /// A name token's value: bare (folded to lower case) or quoted.
 fn name_of(token: &Token<'_>) -> Option<String> {
     match token.kind {
-        Kind::Word if token.text.starts_with(|c: char| c.is_alphabetic() || c == '_') => {
-            Some(token.text.to_lowercase())
-        }
+        Kind::Word if token.text.starts_with(script::is_identifier_start) => Some(token.text.to_ascii_lowercase()),
         Kind::QuotedIdent => Some(token.text[1..token.text.len() - 1].replace("\"\"", "\"")),
         _ => None,
     }
@@ -577,7 +575,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
     let mut created_schemas = HashSet::new();
     let mut all_facts = entries.iter();
     for (script, out) in [(&pre, &mut part.pre_data), (&post, &mut part.post_data)] {
-        out.push_str(script.preamble);
+        out.push_str(&settings_only(script.preamble));
         for entry in &script.entries {
             let facts = all_facts.next().expect("facts of every entry");
             if !keep(entry.kind, facts) {
@@ -619,7 +617,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         }
     }
     if !first.is_empty() {
-        let preamble = pre.preamble.len();
+        let preamble = settings_only(pre.preamble).len();
         part.pre_data.insert_str(preamble, &first);
     }
     part.relations = kept.into_iter().cloned().collect();
@@ -1138,6 +1136,54 @@ const OBJECT_NAME_TYPES: [&str; 10] = [
     "regnamespace",
 ];
 
+/// Session settings pg_dump's preamble may make (`SET name = value;`), as far as a part of a
+/// schema runs them.
+const PREAMBLE_SETTINGS: [&str; 12] = [
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "transaction_timeout",
+    "client_encoding",
+    "standard_conforming_strings",
+    "check_function_bodies",
+    "xmloption",
+    "client_min_messages",
+    "row_security",
+    "default_tablespace",
+    "default_table_access_method",
+];
+
+/// A script's preamble as a part of it runs it: its `SET`s of the settings pg_dump makes and
+/// its `SELECT pg_catalog.set_config('search_path', '', false)`, nothing else (the preamble is
+/// the snapshot's word, and names no object a part could be checked against), then
+/// `standard_conforming_strings` on, which the lexer that cut and renamed the part assumes.
+fn settings_only(preamble: &str) -> String {
+    let tokens = significant(preamble);
+    let mut kept = String::new();
+    for statement in statements(&tokens) {
+        let words: Vec<String> = statement
+            .iter()
+            .map(|t| if t.kind == Kind::Word { t.text.to_ascii_lowercase() } else { t.text.to_string() })
+            .collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let setting = match words.as_slice() {
+            ["set", name, "=" | "to", value] if PREAMBLE_SETTINGS.contains(name) => {
+                // Off would make the server read `\'` otherwise than the lexer did.
+                *name != "standard_conforming_strings" || matches!(*value, "on" | "'on'")
+            }
+            ["select", "pg_catalog", ".", "set_config", "(", "'search_path'", ",", "''", ",", "false", ")"] => true,
+            _ => false,
+        };
+        if setting {
+            let (first, last) = (&statement[0], &statement[statement.len() - 1]);
+            kept.push_str(&preamble[first.start..last.start + last.text.len()]);
+            kept.push_str(";\n");
+        }
+    }
+    kept.push_str("SET standard_conforming_strings = on;\n");
+    kept
+}
+
 /// The text of a whole `'…'` literal (`None` for an unterminated one, or an `E''` string).
 fn literal_text(literal: &str) -> Option<String> {
     let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?;
@@ -1342,6 +1388,38 @@ mod tests {
         let part = select(&pre(), &post(), &Spec { wanted: &none, schema_map: &map, beside_live_data: true });
         assert!(part.pre_data.contains("CREATE SCHEMA \"public_old\";"), "{}", part.pre_data);
         assert!(!part.pre_data.contains("crm"), "{}", part.pre_data);
+    }
+
+    #[test]
+    fn a_statement_hidden_from_this_lexer_by_its_own_rules_is_not_run_nor_a_preambles() {
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let wanted = wanted(&["crm.deals"]);
+        // The server reads `$€$` as a dollar quote and a no-break space as part of a word:
+        // the DROP is a statement of its own, on a live table, and not made.
+        for hidden in [
+            "CREATE FUNCTION crm.g() RETURNS text LANGUAGE sql AS $€$ SELECT ' $€$; DROP TABLE public.live; -- ';",
+            "CREATE FUNCTION crm.h() RETURNS text LANGUAGE sql AS $a\u{a0}$ SELECT ' $a\u{a0}$; DROP TABLE public.live; -- ';",
+        ] {
+            let pre = format!("{}{}", pre(), entry("g()", "FUNCTION", "crm", hidden));
+            let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+            assert!(!part.pre_data.contains("DROP TABLE"), "{}", part.pre_data);
+        }
+        // A preamble runs only the settings pg_dump makes, and never turns off the quoting
+        // rules this lexer read the script by.
+        let preamble = "SET statement_timeout = 0;\nSET standard_conforming_strings = off;\n\
+                        SELECT pg_catalog.set_config('search_path', '', false);\nDROP TABLE public.live;\n\
+                        SET role = postgres;\n";
+        let part = select(
+            &format!("{preamble}{}", pre()),
+            &post(),
+            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true },
+        );
+        let first = &part.pre_data[..part.pre_data.find("--").unwrap_or(part.pre_data.len())];
+        assert_eq!(
+            first,
+            "SET statement_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\n\
+             SET standard_conforming_strings = on;\n"
+        );
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl<'a> Words<'_, 'a> {
     fn name(&mut self) -> Option<String> {
         let token = self.tokens.get(self.at)?;
         let name = match token.kind {
-            Kind::Word if token.text.starts_with(|c: char| c.is_alphabetic() || c == '_') => token.text.to_lowercase(),
+            Kind::Word if token.text.starts_with(is_identifier_start) => token.text.to_ascii_lowercase(),
             Kind::QuotedIdent => token.text[1..token.text.len() - 1].replace("\"\"", "\""),
             _ => return None,
         };
@@ -396,15 +396,32 @@ impl<'a> Lexer<'a> {
     /// `$tag$` at `from`, if there is one.
     fn dollar_tag(&self, from: usize) -> Option<&'a str> {
         let rest = &self.text[from + 1..];
-        let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_'))?;
+        let end = rest.find(|c: char| !(is_identifier_start(c) || c.is_ascii_digit()))?;
         let tag = &rest[..end];
         (rest[end..].starts_with('$') && !tag.starts_with(|c: char| c.is_ascii_digit()))
             .then(|| &self.text[from..from + end + 2])
     }
 }
 
+// The server's character classes (its scanner works on bytes): every byte of a character
+// outside ASCII is a letter to it, and only ASCII spaces are space. Unicode's classes would
+// read `$€$` or a no-break space otherwise than the server does, and a statement could hide
+// in what this lexer takes for a literal.
+
+/// What may start an identifier or a dollar quote's tag: `[A-Za-z\200-\377_]`. A bare
+/// identifier folds ASCII letters only to lower case, as the server does in UTF-8.
+pub(super) fn is_identifier_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || !c.is_ascii()
+}
+
+/// What a word (identifier, keyword, number, `$1`) goes on with: `[A-Za-z\200-\377_0-9$]`.
 fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_' || c == '$'
+    is_identifier_start(c) || c.is_ascii_digit() || c == '$'
+}
+
+/// The server's white space: `[ \t\n\r\f\v]`.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b')
 }
 
 impl<'a> Iterator for Lexer<'a> {
@@ -415,8 +432,8 @@ impl<'a> Iterator for Lexer<'a> {
         let start = self.at;
         let rest = &text[start..];
         let first = rest.chars().next()?;
-        let (kind, end) = if first.is_whitespace() {
-            (Kind::Space, start + rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len()))
+        let (kind, end) = if is_space(first) {
+            (Kind::Space, start + rest.find(|c: char| !is_space(c)).unwrap_or(rest.len()))
         } else if rest.starts_with("--") {
             (Kind::LineComment, start + rest.find('\n').unwrap_or(rest.len()))
         } else if rest.starts_with("/*") {
