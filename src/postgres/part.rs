@@ -1067,8 +1067,18 @@ impl Code {
             let routine =
                 is_word(token(start), "create") && (is_word(token(at), "function") || is_word(token(at), "procedure"));
             if routine {
+                // `LANGUAGE` as a clause, not a parameter named so (inside the parentheses).
+                let mut depth = 0i32;
                 let language = (start..end)
-                    .find(|&k| is_word(token(k), "language"))
+                    .find(|&k| {
+                        let t = token(k);
+                        if t.is_some_and(|t| t.is_punct('(')) {
+                            depth += 1;
+                        } else if t.is_some_and(|t| t.is_punct(')')) {
+                            depth -= 1;
+                        }
+                        depth == 0 && is_word(t, "language")
+                    })
                     .and_then(|k| token(k + 1))
                     .and_then(|name| match name.kind {
                         Kind::Literal => Some(name.text.trim_matches('\'').to_lowercase()),
@@ -1118,7 +1128,9 @@ fn renamed_body(literal: &str, map: &[(String, String)]) -> Option<String> {
     }
     let tag = std::iter::once(tag.to_string())
         .chain((0..=renamed.len()).map(|n| format!("$crmvault_{n}$")))
-        .find(|tag| !renamed.contains(tag.as_str()))?;
+        // The body's first occurrence of the tag must be the closing one (the body's end and
+        // the tag's start may spell it too).
+        .find(|tag| format!("{renamed}{tag}").find(tag.as_str()) == Some(renamed.len()))?;
     Some(format!("{tag}{renamed}{tag}"))
 }
 
@@ -1353,6 +1365,9 @@ mod tests {
             assert_eq!(rename(&format!("{body} $$;"), &map), format!("{body} $$;"));
             assert_eq!(rename(&format!("{odd}::regclass"), &map), format!("{odd}::regclass"));
         }
+        // A parameter named `language` is not the language clause.
+        let parameter = "CREATE FUNCTION crm.f(language text) RETURNS int LANGUAGE sql AS $$ SELECT crm.n() $$;";
+        assert!(rename(parameter, &map).contains("$$ SELECT \"crm_old\".n() $$"), "{}", rename(parameter, &map));
         // A new name holding the body's tag gets another tag, so the body still ends where it did.
         let map = [("crm".to_string(), "a$$b".to_string())];
         let renamed = rename("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT crm.n() $$;", &map);
@@ -1360,6 +1375,9 @@ mod tests {
             renamed,
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $crmvault_0$ SELECT \"a$$b\".n() $crmvault_0$;"
         );
+        // ...and one whose end and the tag's start would spell the tag, another still.
+        let renamed = rename("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT crm.n() $crmvault_0$$;", &map);
+        assert!(renamed.ends_with("AS $crmvault_1$ SELECT \"a$$b\".n() $crmvault_0$crmvault_1$;"), "{renamed}");
     }
 
     #[test]
