@@ -110,14 +110,7 @@ struct Labels {
 }
 
 /// A snapshot `latest` opened, or the time its header gives (if it read) and why it did not.
-type Opened = std::result::Result<Labels, NotOpened>;
-
-/// Why a snapshot `latest` looked at did not open ([`Unreadable`] without its id).
-struct NotOpened {
-    time: Option<DateTime<Utc>>,
-    why: Error,
-    damaged: bool,
-}
+type Opened = std::result::Result<Labels, Unreadable>;
 
 /// A target that could not be opened, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -401,19 +394,19 @@ impl RepoSet {
                 .await;
         let time = |opened: &Opened| match opened {
             Ok(labels) => Some(labels.time),
-            Err(not_opened) => not_opened.time,
+            Err(unreadable) => unreadable.time,
         };
         opened.sort_by(|(a_id, a), (b_id, b)| (time(b), b_id).cmp(&(time(a), a_id)));
         let mut newest_chosen = None;
         for (id, opened) in opened {
             let Labels { time, database, hostname, tags } = match opened {
                 Ok(labels) => labels,
-                Err(NotOpened { time, why, damaged }) => {
+                Err(skipped) => {
                     // Older than the newest chosen by its header: not what `latest` means anyway,
                     // unless it was served and does not open, when its header's time is only
                     // storage's word (rewritten, it would hide the newest snapshot unsaid).
-                    if newest_chosen.is_none() || time.is_none() || damaged {
-                        unreadable.push(Unreadable { id, time, why, damaged });
+                    if newest_chosen.is_none() || skipped.time.is_none() || skipped.damaged {
+                        unreadable.push(skipped);
                     }
                     continue;
                 }
@@ -494,7 +487,7 @@ impl RepoSet {
             }
         }
         let why = why.unwrap_or_else(|| Error::SnapshotNotFound(format!("snapshot {snapshot_id}")));
-        Err(NotOpened { time: header_time, why, damaged })
+        Err(Unreadable { id: snapshot_id.clone(), time: header_time, why, damaged })
     }
 
     /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.

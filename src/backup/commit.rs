@@ -114,6 +114,12 @@ impl Chain {
         // Held under its name, but not what was written there: a snapshot's id is the hash of
         // its manifest's ciphertext, so anything else under that name fails to read even without
         // a key (whatever the key, after a writer key's rotation, can open).
+        let named = |known: &SnapshotMark| {
+            format!(
+                "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked,",
+                known.id, known.sequence, known.time
+            )
+        };
         let mut replaced = None;
         if let Some(known) = newest_known.filter(|_| known_held && !known_opened) {
             let mut reads = Vec::new();
@@ -123,9 +129,8 @@ impl Chain {
             let corrupt = |read: &Result<()>| matches!(read, Err(Error::Corrupt { .. }));
             if reads.iter().any(corrupt) && !reads.iter().any(Result::is_ok) {
                 note(format!(
-                    "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, does not \
-                     read on any target: replaced or damaged in storage (see `crmvault verify`)",
-                    known.id, known.sequence, known.time
+                    "{} does not read on any target: replaced or damaged in storage (see `crmvault verify`)",
+                    named(known)
                 ));
                 replaced = Some(known.id.clone());
             }
@@ -141,11 +146,7 @@ impl Chain {
                 "No other snapshot is left either, so nothing but this backup's exit code reports it: `verify` \
                  cannot tell the new snapshot from a target's first"
             };
-            note(format!(
-                "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked, is on no \
-                 target: deleted without being forgotten? {after}",
-                known.id, known.sequence, known.time
-            ));
+            note(format!("{} is on no target: deleted without being forgotten? {after}", named(known)));
         }
         Chain {
             parent: newest.as_ref().map(|m| m.id.clone()),

@@ -752,10 +752,15 @@ pub fn main() -> ExitCode {
     let (cli, command) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => {
-            if json && error.use_stderr() {
+            if !error.use_stderr() {
+                error.exit(); // --help, --version
+            }
+            // An argument it quotes may be a password given unquoted (`--db host=db
+            // password=…` is two arguments).
+            let rendered = crmvault::postgres::scrub(&error.render().to_string());
+            if json {
                 // clap's first line ("error: unexpected argument '--bogus' found"), and the
                 // command it was meant for, as far as the arguments name one.
-                let rendered = crmvault::postgres::scrub(&error.render().to_string());
                 let message = rendered.lines().next().unwrap_or("usage error").trim_start_matches("error: ");
                 let command = Cli::command();
                 let names: Vec<&str> = command
@@ -765,13 +770,8 @@ pub fn main() -> ExitCode {
                 let named = std::env::args().skip(1).find(|arg| names.contains(&arg.as_str()));
                 output::failure(named.as_deref(), message, Some("see --help"), 2, started.elapsed());
             }
-            if error.use_stderr() {
-                // An argument it quotes may be a password given unquoted (`--db host=db
-                // password=…` is two arguments).
-                eprint!("{}", crmvault::postgres::scrub(&error.render().to_string()));
-                return ExitCode::from(2);
-            }
-            error.exit();
+            eprint!("{rendered}");
+            return ExitCode::from(2);
         }
     };
     let json_logs = cli.log_format == LogFormat::Json;

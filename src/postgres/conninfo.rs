@@ -186,11 +186,10 @@ pub fn scrub(text: &str) -> String {
                     rest = &rest[end..];
                 }
             }
-            (None, None) => {
+            _ => {
                 out.push_str(rest);
                 rest = "";
             }
-            (Some(_), None) => unreachable!("matched by the first arm"),
         }
     }
     out

@@ -995,7 +995,7 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
     let significant: Vec<usize> = (0..all.len())
         .filter(|&i| !matches!(all[i].kind, Kind::Space | Kind::LineComment | Kind::BlockComment))
         .collect();
-    let code = Code::find(&all, &significant);
+    let code = Code::find(&significant.iter().map(|&i| all[i].clone()).collect::<Vec<_>>());
     let mut out = String::with_capacity(sql.len() + 64);
     let mut copied = 0;
     for (k, &i) in significant.iter().enumerate() {
@@ -1003,8 +1003,8 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
         let next = significant.get(k + 1).map(|&j| &all[j]);
         let previous = k.checked_sub(1).map(|p| &all[significant[p]]);
         let replacement = match token.kind {
-            _ if code.bodies.contains(&k) => renamed_body(token.text, map),
-            _ if code.search_path.contains(&k) => match token.kind {
+            _ if code.bodies.contains(&token.start) => renamed_body(token.text, map),
+            _ if code.search_path.contains(&token.start) => match token.kind {
                 Kind::Literal => renamed_path_literal(token.text, map),
                 _ => name_of(token).and_then(|name| renamed(map, &name)).map(quote_ident),
             },
@@ -1039,9 +1039,9 @@ pub fn rename(sql: &str, map: &[(String, String)]) -> String {
     out
 }
 
-/// Where a statement's code names schemas in text: the bodies (dollar-quoted) of SQL and
-/// PL/pgSQL functions and procedures, and the elements of their `SET search_path`. By index
-/// into the significant tokens.
+/// Where a script's code names schemas in text: the bodies (dollar-quoted) of SQL and PL/pgSQL
+/// functions and procedures, and the elements of their `SET search_path`. By the byte offset of
+/// their tokens.
 #[derive(Default)]
 struct Code {
     bodies: HashSet<usize>,
@@ -1053,63 +1053,62 @@ struct Code {
 const SQL_LANGUAGES: [&str; 2] = ["sql", "plpgsql"];
 
 impl Code {
-    fn find(all: &[Token<'_>], significant: &[usize]) -> Code {
+    /// From a script's significant tokens.
+    fn find(tokens: &[Token<'_>]) -> Code {
         let mut code = Code::default();
-        let token = |k: usize| significant.get(k).map(|&i| &all[i]);
-        let mut start = 0;
-        while start < significant.len() {
-            let end =
-                (start..significant.len()).find(|&k| all[significant[k]].is_punct(';')).unwrap_or(significant.len());
-            let mut at = start + 1;
-            if is_word(token(at), "or") && is_word(token(at + 1), "replace") {
-                at += 2;
-            }
+        for statement in statements(tokens) {
+            let token = |k: usize| statement.get(k);
+            let at = if is_word(token(1), "or") && is_word(token(2), "replace") { 3 } else { 1 };
             let routine =
-                is_word(token(start), "create") && (is_word(token(at), "function") || is_word(token(at), "procedure"));
-            if routine {
-                // `LANGUAGE` as a clause, not a parameter named so (inside the parentheses).
-                let mut depth = 0i32;
-                let language = (start..end)
-                    .find(|&k| {
-                        let t = token(k);
-                        if t.is_some_and(|t| t.is_punct('(')) {
-                            depth += 1;
-                        } else if t.is_some_and(|t| t.is_punct(')')) {
-                            depth -= 1;
-                        }
-                        depth == 0 && is_word(t, "language")
-                    })
-                    .and_then(|k| token(k + 1))
-                    .and_then(|name| match name.kind {
-                        Kind::Literal => Some(name.text.trim_matches('\'').to_lowercase()),
-                        _ => name_of(name),
-                    });
-                if language.is_some_and(|language| SQL_LANGUAGES.contains(&language.as_str())) {
-                    code.bodies.extend((start + 1..end).filter(|&k| {
-                        is_word(token(k - 1), "as")
-                            && token(k).is_some_and(|t| t.kind == Kind::Literal && t.text.starts_with('$'))
-                    }));
-                }
-                for k in start..end {
-                    if is_word(token(k), "set")
-                        && is_word(token(k + 1), "search_path")
-                        && (is_word(token(k + 2), "to") || token(k + 2).is_some_and(|t| t.is_punct('=')))
+                is_word(token(0), "create") && (is_word(token(at), "function") || is_word(token(at), "procedure"));
+            if !routine {
+                continue;
+            }
+            // `LANGUAGE` as a clause, not a parameter named so (inside the parentheses).
+            let mut depth = 0i32;
+            let language = (0..statement.len())
+                .find(|&k| {
+                    if statement[k].is_punct('(') {
+                        depth += 1;
+                    } else if statement[k].is_punct(')') {
+                        depth -= 1;
+                    }
+                    depth == 0 && is_word(token(k), "language")
+                })
+                .and_then(|k| token(k + 1))
+                .and_then(|name| match name.kind {
+                    Kind::Literal => Some(name.text.trim_matches('\'').to_lowercase()),
+                    _ => name_of(name),
+                });
+            if language.is_some_and(|language| SQL_LANGUAGES.contains(&language.as_str())) {
+                code.bodies.extend(
+                    statement
+                        .windows(2)
+                        .filter(|pair| {
+                            is_word(Some(&pair[0]), "as")
+                                && pair[1].kind == Kind::Literal
+                                && pair[1].text.starts_with('$')
+                        })
+                        .map(|pair| pair[1].start),
+                );
+            }
+            for k in 0..statement.len() {
+                if is_word(token(k), "set")
+                    && is_word(token(k + 1), "search_path")
+                    && (is_word(token(k + 2), "to") || token(k + 2).is_some_and(|t| t.is_punct('=')))
+                {
+                    let mut element = k + 3;
+                    while let Some(name) =
+                        token(element).filter(|t| matches!(t.kind, Kind::Literal | Kind::Word | Kind::QuotedIdent))
                     {
-                        let mut element = k + 3;
-                        while element < end
-                            && token(element)
-                                .is_some_and(|t| matches!(t.kind, Kind::Literal | Kind::Word | Kind::QuotedIdent))
-                        {
-                            code.search_path.insert(element);
-                            if !token(element + 1).is_some_and(|t| t.is_punct(',')) {
-                                break;
-                            }
-                            element += 2;
+                        code.search_path.insert(name.start);
+                        if !token(element + 1).is_some_and(|t| t.is_punct(',')) {
+                            break;
                         }
+                        element += 2;
                     }
                 }
             }
-            start = end + 1;
         }
         code
     }
