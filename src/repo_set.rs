@@ -109,6 +109,17 @@ struct Labels {
     tags: Vec<String>,
 }
 
+/// Whether a failed read of a snapshot object means storage would not serve it (a refusal: access
+/// denied, an archive storage class; or gone since it was listed), not that what it served, or
+/// failed to serve (a timeout, a server error), may hide the newest snapshot.
+fn not_served(error: &Error) -> bool {
+    match error {
+        Error::Storage { source, .. } => crate::target::is_refusal(source),
+        Error::Missing { .. } | Error::SnapshotNotFound(_) => true,
+        _ => false,
+    }
+}
+
 /// A snapshot `latest` opened, or the time its header gives (if it read) and why it did not.
 type Opened = std::result::Result<Labels, Unreadable>;
 
@@ -457,11 +468,7 @@ impl RepoSet {
                     // Not served: only a refusal (access denied, an archive storage class) or its
                     // absence since the listing counts as such. A timeout or a server's error
                     // may hide the newest snapshot as well as damage does.
-                    damaged |= match &error {
-                        Error::Storage { source, .. } => !crate::target::is_refusal(source),
-                        Error::Missing { .. } | Error::SnapshotNotFound(_) => false,
-                        _ => true,
-                    };
+                    damaged |= !not_served(&error);
                     why.get_or_insert(error);
                     continue;
                 }
@@ -696,6 +703,19 @@ impl Failures {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_refusal_or_an_absence_counts_as_a_snapshot_storage_would_not_serve() {
+        use super::{Error, not_served};
+        let storage = |source| Error::Storage { location: "s3://b".into(), source };
+        let denied = object_store::Error::PermissionDenied { path: "snapshots/x".into(), source: "403".into() };
+        assert!(not_served(&storage(denied)));
+        assert!(not_served(&Error::Missing { object: "snapshots/x".into(), location: "s3://b".into() }));
+        // A server's error or a timeout may hide the newest snapshot as damage does.
+        let failed = object_store::Error::Generic { store: "S3", source: "500 Internal Server Error".into() };
+        assert!(!not_served(&storage(failed)));
+        assert!(!not_served(&Error::corrupt("snapshots/x", "truncated snapshot object")));
+    }
+
     use super::*;
     use crate::crypto::{self, RepoSecret};
     use crate::repo::Tuning;
