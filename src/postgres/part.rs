@@ -1414,6 +1414,7 @@ mod tests {
         // The server reads `$€$` as a dollar quote and a no-break space as part of a word:
         // the DROP is a statement of its own, on a live table, and not made.
         for hidden in [
+            "COMMENT ON TABLE crm.deals IS 'x' --c\r; DROP TABLE public.live --\n;",
             "CREATE FUNCTION crm.g() RETURNS text LANGUAGE sql AS $€$ SELECT ' $€$; DROP TABLE public.live; -- ';",
             "CREATE FUNCTION crm.h() RETURNS text LANGUAGE sql AS $a\u{a0}$ SELECT ' $a\u{a0}$; DROP TABLE public.live; -- ';",
         ] {

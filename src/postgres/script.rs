@@ -435,7 +435,9 @@ impl<'a> Iterator for Lexer<'a> {
         let (kind, end) = if is_space(first) {
             (Kind::Space, start + rest.find(|c: char| !is_space(c)).unwrap_or(rest.len()))
         } else if rest.starts_with("--") {
-            (Kind::LineComment, start + rest.find('\n').unwrap_or(rest.len()))
+            // The server's comment ends at a carriage return too: read otherwise, a statement
+            // after one would hide in what this lexer took for a comment.
+            (Kind::LineComment, start + rest.find(['\n', '\r']).unwrap_or(rest.len()))
         } else if rest.starts_with("/*") {
             // Block comments nest.
             let bytes = text.as_bytes();
