@@ -29,6 +29,8 @@ pub enum ToastCompression {
 /// A connection to the database a restore loads into, its session set up for loading.
 pub struct LoadSession {
     client: Client,
+    /// Scripts run a statement at a time ([`LoadSession::send_statements_alone`]).
+    statements_alone: bool,
 }
 
 impl LoadSession {
@@ -54,7 +56,16 @@ impl LoadSession {
         if let Some(settings) = settings {
             super::session::apply_settings(&client, settings).await?;
         }
-        Ok(LoadSession { client })
+        Ok(LoadSession { client, statements_alone: false })
+    }
+
+    /// Makes [`LoadSession::run_script`] send each statement on its own, as the lexer cut it
+    /// ([`super::part::statements_of`]), through the extended protocol, which takes one
+    /// statement: for the part of a schema a restore checked statement by statement, where
+    /// text the server reads as more than one statement (a cut this lexer got wrong) must be
+    /// refused, not run.
+    pub fn send_statements_alone(&mut self) {
+        self.statements_alone = true;
     }
 
     /// Makes the session give up waiting for a lock after `timeout` (whole seconds).
@@ -92,7 +103,15 @@ impl LoadSession {
     /// Runs SQL of the snapshot's schema script: a whole section (through
     /// [`super::executable_sql`]), one of its entries, or its preamble.
     pub async fn run_script(&self, sql: &str) -> Result<()> {
-        self.client.batch_execute(sql).await?;
+        if !self.statements_alone {
+            self.client.batch_execute(sql).await?;
+            return Ok(());
+        }
+        for statement in super::part::statements_of(sql) {
+            // The server refuses more than one command here ("cannot insert multiple commands
+            // into a prepared statement").
+            self.client.execute(statement, &[]).await?;
+        }
         Ok(())
     }
 

@@ -26,8 +26,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::quote_ident;
 use super::script::{self, Kind, Lexer, TableName, Token};
+use super::{quote_ident, quote_literal};
 
 /// Which part of the schema to make.
 pub struct Spec<'a> {
@@ -151,47 +151,51 @@ fn statement_schema(tokens: &[Token<'_>]) -> Option<String> {
     None
 }
 
-/// Whether a statement only sets the session up: `SET`, `RESET`, or `SELECT
-/// pg_catalog.set_config(…)` with constant arguments (not one that calls a function).
-fn neutral(tokens: &[Token<'_>]) -> bool {
-    let word = |at: usize, w: &str| is_word(tokens.get(at), w);
-    let constant = |t: &Token<'_>| {
-        t.kind == Kind::Literal
-            || t.is_punct(',')
-            || t.is_punct('(')
-            || t.is_punct(')')
-            || is_word(Some(t), "false")
-            || is_word(Some(t), "true")
-    };
-    word(0, "set")
-        || word(0, "reset")
-        || (word(0, "select")
-            && word(1, "pg_catalog")
-            && word(3, "set_config")
-            && tokens.get(2).is_some_and(|t| t.is_punct('.'))
-            && tokens.get(4..).is_some_and(|rest| rest.iter().all(constant)))
-}
-
-/// A script's statements: cut at `;`, but not inside a function's `BEGIN ATOMIC … END` body.
+/// A script's statements, cut at `;` as psql cuts them: not inside the `BEGIN ATOMIC … END`
+/// body of a `CREATE [OR REPLACE] FUNCTION|PROCEDURE` (where `BEGIN` and `CASE` open what `END`
+/// closes), and anywhere else at every `;`. A restore beside live data checks each statement
+/// and sends each alone ([`statements_of`]), so that a cut the server would read otherwise
+/// makes it refuse the statement, never run more than was checked.
 fn statements<'t, 'a>(tokens: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
     let mut statements = Vec::new();
-    let (mut start, mut atomic) = (0, false);
+    let (mut start, mut depth) = (0, 0usize);
     for at in 0..tokens.len() {
-        if is_word(tokens.get(at), "begin") && is_word(tokens.get(at + 1), "atomic") {
-            atomic = true;
-        } else if atomic && is_word(tokens.get(at), "end") && tokens.get(at + 1).is_none_or(|t| t.is_punct(';')) {
-            atomic = false;
-        } else if !atomic && tokens[at].is_punct(';') {
+        if tokens[at].is_punct(';') && depth == 0 {
             if at > start {
                 statements.push(&tokens[start..at]);
             }
             start = at + 1;
+        } else if (is_word(tokens.get(at), "begin") && creates_routine(&tokens[start..at]))
+            || (is_word(tokens.get(at), "case") && depth > 0)
+        {
+            depth += 1;
+        } else if is_word(tokens.get(at), "end") && depth > 0 {
+            depth -= 1;
         }
     }
     if start < tokens.len() {
         statements.push(&tokens[start..]);
     }
     statements
+}
+
+/// Whether a statement begins `CREATE [OR REPLACE] FUNCTION` or `… PROCEDURE`.
+fn creates_routine(statement: &[Token<'_>]) -> bool {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    let kind = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+    word(0, "create") && (word(kind, "function") || word(kind, "procedure"))
+}
+
+/// The statements of `sql` as [`statements`] cuts them, each as written, without its `;`.
+pub fn statements_of(sql: &str) -> Vec<&str> {
+    let tokens = significant(sql);
+    statements(&tokens)
+        .into_iter()
+        .map(|statement| {
+            let (first, last) = (&statement[0], &statement[statement.len() - 1]);
+            &sql[first.start..last.start + last.text.len()]
+        })
+        .collect()
 }
 
 /// What follows `CREATE`/`ALTER` (`[OR REPLACE]`) in a statement on an object of the whole
@@ -286,7 +290,7 @@ fn facts(sql: &str) -> Facts {
     let tokens = significant(sql);
     let mut facts = Facts::default();
     for statement in statements(&tokens) {
-        if !neutral(statement) {
+        if setting(statement).is_none() {
             facts.statements.push(statement_schema(statement));
         }
     }
@@ -1164,31 +1168,51 @@ const PREAMBLE_SETTINGS: [&str; 12] = [
     "default_table_access_method",
 ];
 
-/// A script's preamble as a part of it runs it: its `SET`s of the settings pg_dump makes and
-/// its `SELECT pg_catalog.set_config('search_path', '', false)`, nothing else (the preamble is
-/// the snapshot's word, and names no object a part could be checked against), then
+/// A statement that only sets the session up as pg_dump does, written again from its tokens:
+/// `SET name = value` of a setting pg_dump makes, to a plain value, or `SELECT
+/// pg_catalog.set_config('search_path', '', false)`. Not one that would make the server read
+/// what follows otherwise than the lexer that cut and checked it (`standard_conforming_strings`
+/// off, a `client_encoding` but UTF-8), nor one that changes who runs it (`SET ROLE`).
+fn setting(statement: &[Token<'_>]) -> Option<String> {
+    let words: Vec<String> = statement
+        .iter()
+        .map(|t| if t.kind == Kind::Word { t.text.to_ascii_lowercase() } else { t.text.to_string() })
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["set", name, "=" | "to", _] if PREAMBLE_SETTINGS.contains(name) => {
+            let token = &statement[3];
+            let value = match token.kind {
+                Kind::Literal => literal_text(token.text)?,
+                Kind::Word if token.text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                    token.text.to_ascii_lowercase()
+                }
+                _ => return None,
+            };
+            let allowed = match *name {
+                "standard_conforming_strings" => value.eq_ignore_ascii_case("on"),
+                "client_encoding" => value.eq_ignore_ascii_case("utf8") || value.eq_ignore_ascii_case("utf-8"),
+                _ => true,
+            };
+            allowed.then(|| format!("SET {name} = {};", quote_literal(&value)))
+        }
+        ["select", "pg_catalog", ".", "set_config", "(", "'search_path'", ",", "''", ",", "false", ")"] => {
+            Some("SELECT pg_catalog.set_config('search_path', '', false);".to_string())
+        }
+        _ => None,
+    }
+}
+
+/// A script's preamble as a part of it runs it: its [`setting`]s, nothing else (the preamble
+/// is the snapshot's word, and names no object a part could be checked against), then
 /// `standard_conforming_strings` on, which the lexer that cut and renamed the part assumes.
 fn settings_only(preamble: &str) -> String {
     let tokens = significant(preamble);
     let mut kept = String::new();
     for statement in statements(&tokens) {
-        let words: Vec<String> = statement
-            .iter()
-            .map(|t| if t.kind == Kind::Word { t.text.to_ascii_lowercase() } else { t.text.to_string() })
-            .collect();
-        let words: Vec<&str> = words.iter().map(String::as_str).collect();
-        let setting = match words.as_slice() {
-            ["set", name, "=" | "to", value] if PREAMBLE_SETTINGS.contains(name) => {
-                // Off would make the server read `\'` otherwise than the lexer did.
-                *name != "standard_conforming_strings" || matches!(*value, "on" | "'on'")
-            }
-            ["select", "pg_catalog", ".", "set_config", "(", "'search_path'", ",", "''", ",", "false", ")"] => true,
-            _ => false,
-        };
-        if setting {
-            let (first, last) = (&statement[0], &statement[statement.len() - 1]);
-            kept.push_str(&preamble[first.start..last.start + last.text.len()]);
-            kept.push_str(";\n");
+        if let Some(setting) = setting(statement) {
+            kept.push_str(&setting);
+            kept.push('\n');
         }
     }
     kept.push_str("SET standard_conforming_strings = on;\n");
@@ -1424,9 +1448,13 @@ mod tests {
         }
         // A preamble runs only the settings pg_dump makes, and never turns off the quoting
         // rules this lexer read the script by.
+        // Each is written again from its tokens: what the server might read between them (a
+        // comment this lexer ends elsewhere) is not sent.
         let preamble = "SET statement_timeout = 0;\nSET standard_conforming_strings = off;\n\
                         SELECT pg_catalog.set_config('search_path', '', false);\nDROP TABLE public.live;\n\
-                        SET role = postgres;\n";
+                        SET role = postgres;\nSET client_encoding = 'SJIS';\n\
+                        SET client_encoding --x\r= 'UTF8'; DROP TABLE public.live; SET client_encoding --\n= 'UTF8';\n\
+                        SET check_function_bodies = E'false';\n";
         let part = select(
             &format!("{preamble}{}", pre()),
             &post(),
@@ -1435,8 +1463,66 @@ mod tests {
         let first = &part.pre_data[..part.pre_data.find("--").unwrap_or(part.pre_data.len())];
         assert_eq!(
             first,
-            "SET statement_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\n\
-             SET standard_conforming_strings = on;\n"
+            "SET statement_timeout = '0';\nSELECT pg_catalog.set_config('search_path', '', false);\n\
+             SET client_encoding = 'UTF8';\nSET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n"
+        );
+    }
+
+    #[test]
+    fn statements_are_cut_as_psql_cuts_them() {
+        let cut = |sql: &str| statements_of(sql).into_iter().map(str::to_string).collect::<Vec<_>>();
+        // `BEGIN ATOMIC` opens a body only in a routine's definition; `CASE … END` inside one
+        // does not close it.
+        assert_eq!(
+            cut(
+                "CREATE VIEW crm.v AS SELECT x.begin atomic FROM (SELECT 1 AS begin) x; DROP FUNCTION public.livefn(); \
+                 CREATE VIEW crm.v2 AS SELECT CASE WHEN true THEN 1 END;"
+            ),
+            [
+                "CREATE VIEW crm.v AS SELECT x.begin atomic FROM (SELECT 1 AS begin) x",
+                "DROP FUNCTION public.livefn()",
+                "CREATE VIEW crm.v2 AS SELECT CASE WHEN true THEN 1 END",
+            ]
+        );
+        let routine = "CREATE OR REPLACE PROCEDURE crm.p()\n LANGUAGE sql\n BEGIN ATOMIC\n \
+                       SELECT CASE WHEN true THEN 1 END;\n SELECT 2;\nEND";
+        assert_eq!(cut(&format!("{routine};\nSELECT 3;")), [routine, "SELECT 3"]);
+        let function = "CREATE FUNCTION crm.f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END";
+        assert_eq!(cut(&format!("-- c\n{function}; /* d */ SELECT 4")), [function, "SELECT 4"]);
+    }
+
+    #[test]
+    fn beside_live_data_an_entry_that_changes_how_the_session_reads_or_who_it_is_is_not_run() {
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let wanted = wanted(&["crm.deals"]);
+        for setting in [
+            "SET standard_conforming_strings = off;",
+            "SET client_encoding = 'SJIS';",
+            "SET role = postgres;",
+            "RESET ROLE;",
+            "SET SESSION AUTHORIZATION postgres;",
+            "SELECT pg_catalog.set_config('role', 'postgres', false);",
+        ] {
+            let pre = format!(
+                "{}{}",
+                pre(),
+                entry("deals", "COMMENT", "crm", &format!("{setting}\nCOMMENT ON TABLE crm.deals IS 'x';"))
+            );
+            let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+            assert!(!part.pre_data.contains(setting), "{setting}: {}", part.pre_data);
+        }
+        // pg_dump's own, in an entry, are run.
+        let pre = format!(
+            "{}{}",
+            pre(),
+            entry("t", "TABLE", "crm", "SET default_tablespace = '';\nCREATE TABLE crm.t (id integer);")
+        );
+        let all_crm = |t: &TableName| t.schema == "crm";
+        let part = select(&pre, &post(), &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true });
+        assert!(
+            part.pre_data.contains("SET default_tablespace = '';\nCREATE TABLE \"crm_old\".t"),
+            "{}",
+            part.pre_data
         );
     }
 

@@ -625,17 +625,80 @@ fn a_partition_link_the_snapshot_alone_declares_does_not_send_rows_into_another_
 /// A compromised backup host's pg_dump, in `work`: it adds `statements` (one a line) to the
 /// schema's pre-data section, each an entry of its own as pg_dump writes them.
 fn forging_pg_dump(work: &crate::common::Workspace, kind: &str, statements: &str) -> String {
+    forging_pg_dump_sections(work, kind, &statements.lines().collect::<Vec<_>>(), &[])
+}
+
+/// A `pg_dump` that writes what the real one does, with entries of type `kind` added at the
+/// end of the pre-data section (`pre`) and of the post-data one (`post`), each one entry.
+fn forging_pg_dump_sections(work: &crate::common::Workspace, kind: &str, pre: &[&str], post: &[&str]) -> String {
     let fake = work.path("pg_dump");
     let header = format!("--\n-- Name: forged; Type: {kind}; Schema: public; Owner: -\n--\n\n");
-    let statements: Vec<String> = statements.lines().map(|statement| format!("{header}{statement}\n\n")).collect();
-    let statements = statements.concat();
+    let entries = |statements: &[&str]| -> String {
+        statements.iter().map(|statement| format!("{header}{statement}\n\n")).collect::<Vec<_>>().concat()
+    };
     let script = format!(
         "#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\npg_dump \"$@\" || exit $?\n\
-         case \" $* \" in *--section=pre-data*) cat <<'SQL'\n\n{statements}\nSQL\n;; esac\n"
+         case \" $* \" in\n*--section=pre-data*) cat <<'SQL'\n\n{}\nSQL\n;;\n*--section=post-data*) cat <<'SQL'\n\n{}\nSQL\n;;\nesac\n",
+        entries(pre),
+        entries(post)
     );
     std::fs::write(&fake, script).unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     fake.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_forged_schema_script_runs_no_statement_on_live_objects_by_misleading_the_lexer() {
+    let setup = "CREATE SCHEMA crm; CREATE TABLE crm.contacts (id int PRIMARY KEY, name text); \
+         INSERT INTO crm.contacts VALUES (1, 'a'), (2, 'b'); \
+         CREATE FUNCTION public.livefn() RETURNS int LANGUAGE sql AS 'SELECT 1'";
+    let Ready { source, work, repo, .. } = Scenario::new("part_lexer").sql(setup).init("repo");
+    let fake = forging_pg_dump_sections(
+        &work,
+        "COMMENT",
+        &[
+            // `BEGIN ATOMIC` outside a routine's definition opens no body: the DROP is a
+            // statement of its own.
+            "WITH w AS (SELECT id AS begin FROM crm.contacts) SELECT w.begin atomic FROM w; \
+             DROP FUNCTION public.livefn(); SELECT CASE WHEN true THEN 1 END;",
+            // Quoting rules turned off for what follows: the server reads the post-data
+            // (sent after, and read whole before its own settings run) with `\'` a quote.
+            "COMMENT ON TABLE crm.contacts IS 'c';\nSET standard_conforming_strings = off;",
+        ],
+        &["COMMENT ON TABLE crm.contacts IS 'a\\' ' ; DROP FUNCTION public.livefn(); -- ';"],
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    let run = work.restore_with(&repo, &source, &["--table", "crm.contacts", "--schema-map", "crm=crm_side", "latest"]);
+    let live = source.sql("SELECT count(*) FROM pg_proc WHERE proname = 'livefn'");
+    assert_eq!(live.trim(), "1", "the live function is there: {}", run.stderr);
+    // What is left of the forged script fails as SQL, and nothing of the restore stays.
+    run.fails_with(1, "syntax error");
+    assert!(!exists(&source, "crm_side.contacts"));
+}
+
+/// The second line of defence, should the lexer and the server ever read a script apart
+/// again: a script sent a statement at a time runs no statement the lexer did not cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_sent_a_statement_at_a_time_runs_no_statement_its_lexer_did_not_see() {
+    use crmvault::postgres::{Database, LoadSession, ToastCompression};
+
+    let db = TestDb::create("part_alone");
+    db.sql("CREATE FUNCTION public.livefn() RETURNS int LANGUAGE sql AS 'SELECT 1'");
+    let database = Database::parse(&db.url()).unwrap();
+    let mut session = LoadSession::open(&database, ToastCompression::ServerDefault, "64MB", None, None).await.unwrap();
+    session.send_statements_alone();
+    // Here the lexer and the server disagree: the lexer assumes standard strings.
+    session.run_script("SET standard_conforming_strings = off").await.unwrap();
+    let hidden = "COMMENT ON FUNCTION public.livefn() IS 'a\\' ' ; DROP FUNCTION public.livefn(); -- '";
+    let error = session.run_script(hidden).await.unwrap_err();
+    assert!(error.to_string().contains("cannot insert multiple commands"), "{error}");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_proc WHERE proname = 'livefn'").trim(), "1");
+    // What the lexer cuts runs, each statement in turn.
+    session
+        .run_script("SET standard_conforming_strings = on; COMMENT ON FUNCTION public.livefn() IS 'x';")
+        .await
+        .unwrap();
+    assert_eq!(db.sql("SELECT obj_description('public.livefn'::regproc)").trim(), "x");
 }
 
 #[test]
