@@ -61,7 +61,10 @@ impl Chain {
             if let Some(known) = newest_known
                 && !known_held
             {
-                known_held = matches!(repository.target.size_of(&repo::snapshot_key(&known.id)).await, Ok(Some(_)));
+                // Something under its name that is no object (a FIFO in a folder) is held, and
+                // does not read.
+                let size = repository.target.size_of(&repo::snapshot_key(&known.id)).await;
+                known_held = matches!(size, Ok(Some(_)) | Err(Error::Corrupt { .. }));
             }
             let found = match repository.newest_authentic(keyring, &skipped).await {
                 Ok(found) => found,
@@ -111,9 +114,10 @@ impl Chain {
                 }
             }
         }
-        // Held under its name, but not what was written there: a snapshot's id is the hash of
-        // its manifest's ciphertext, so anything else under that name fails to read even without
-        // a key (whatever the key, after a writer key's rotation, can open).
+        // Held under its name, but not what was written there: anything else under that name
+        // fails to read (a snapshot's id is the hash of its manifest's ciphertext) or to prove
+        // itself (a header rewritten, its hash line made again, fails the MAC). A key that
+        // cannot decrypt it (a writer key rotated since) is no such proof, and no alarm.
         let named = |known: &SnapshotMark| {
             format!(
                 "snapshot {} (number {} of this repository, {}), the newest this host wrote or checked,",
@@ -124,7 +128,8 @@ impl Chain {
         if let Some(known) = newest_known.filter(|_| known_held && !known_opened) {
             let mut reads = Vec::new();
             for state in states.iter().filter(|s| s.error.is_none()) {
-                reads.push(state.repository.read_snapshot(&known.id).await.map(|_| ()));
+                let read = state.repository.read_snapshot(&known.id).await;
+                reads.push(read.and_then(|sealed| sealed.open(keyring).map(|_| ())));
             }
             let corrupt = |read: &Result<()>| matches!(read, Err(Error::Corrupt { .. }));
             if reads.iter().any(corrupt) && !reads.iter().any(Result::is_ok) {

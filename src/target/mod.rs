@@ -252,6 +252,8 @@ impl Target {
 
     /// The size of an object, or `None` when it does not exist.
     pub async fn size_of(&self, key: &str) -> Result<Option<u64>> {
+        // A local folder's `HEAD` opens the file: a FIFO planted there would hang it.
+        self.refuse_special(key)?;
         match self.store.head(&ObjectPath::from(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -712,18 +712,73 @@ fn snapshots_that_open_nowhere_are_named_never_tried_and_a_drill_of_every_copy_f
 #[test]
 fn a_newest_snapshot_replaced_in_storage_by_one_that_does_not_read_is_reported_by_the_next_backup() {
     let victim = Victim::new("replaced_newest");
-    victim
-        .source
-        .sql("UPDATE crm.contacts SET email = 'replaced@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)");
-    let newest = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
     // Junk under its name: the name is still there, so it is not "deleted", but it is not the
-    // snapshot (an id is the hash of its manifest's ciphertext).
-    std::fs::write(victim.file(&format!("snapshots/{newest}")), b"crmvault-snapshot 7\njunk\n").unwrap();
+    // snapshot (an id is the hash of its manifest's ciphertext). Its header rewritten, the hash
+    // line made again (the time backdated, so that it sorts below an older snapshot, or one
+    // more backup recorded): no key makes its MAC again. Its MAC damaged.
+    let junk = |_: &[u8]| b"crmvault-snapshot 7\njunk\n".to_vec();
+    let backdated = |bytes: &[u8]| with_header(bytes, |header| header["time"] = "2000-01-01T00:00:00Z".into());
+    let renumbered = |bytes: &[u8]| {
+        with_header(bytes, |header| header["sequence"] = (header["sequence"].as_u64().unwrap() + 1).into())
+    };
+    let mac_flipped = |bytes: &[u8]| {
+        let mut bytes = bytes.to_vec();
+        let mac = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(2).unwrap().0 + 1;
+        bytes[mac] = if bytes[mac] == b'0' { b'1' } else { b'0' };
+        bytes
+    };
+    let cases: [(&str, Replace<'_>); 4] =
+        [("junk", &junk), ("backdated", &backdated), ("renumbered", &renumbered), ("MAC flipped", &mac_flipped)];
+    for (case, replace) in cases {
+        victim.source.sql(&format!(
+            "UPDATE crm.contacts SET email = '{}@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)",
+            case.replace(' ', "_")
+        ));
+        let newest = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
+        let path = victim.file(&format!("snapshots/{newest}"));
+        std::fs::write(&path, replace(&std::fs::read(&path).unwrap())).unwrap();
+        let next = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]);
+        let next = next.fails_with(3, "replaced or damaged in storage");
+        assert_eq!(next.json()["deleted_snapshot"].as_str(), Some(newest.as_str()), "{case}: {}", next.stdout);
+        // Once: the one after it knows the new snapshot as the newest.
+        victim.work.backup(&victim.source, &victim.repo);
+    }
+}
+
+#[test]
+fn a_fifo_planted_as_the_newest_snapshot_hangs_no_backup_and_is_reported_by_it() {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let victim = Victim::new("fifo_newest");
+    let newest = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
+    let path = victim.file(&format!("snapshots/{newest}"));
+    std::fs::remove_file(&path).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&path).status().expect("mkfifo runs").success());
+    // Should the backup open it (which waits for a writer), its other end is opened later on, so
+    // that the test ends, and fails.
+    let fifo = path.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo);
+    });
+    let started = std::time::Instant::now();
     let next = victim.work.run(&["backup", "--json", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(45), "the backup hung on the FIFO");
     let next = next.fails_with(3, "replaced or damaged in storage");
     assert_eq!(next.json()["deleted_snapshot"].as_str(), Some(newest.as_str()), "{}", next.stdout);
-    // Once: the one after it knows the new snapshot as the newest.
-    victim.work.backup(&victim.source, &victim.repo);
+}
+
+/// How a test replaces a stored object's bytes.
+type Replace<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+
+/// A snapshot object's bytes with its header changed as a storage writer can: the hash line
+/// after it (no key needed) made to match.
+fn with_header(bytes: &[u8], change: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let lines: Vec<&[u8]> = bytes.splitn(5, |&b| b == b'\n').collect();
+    let mut header: serde_json::Value = serde_json::from_slice(lines[1]).unwrap();
+    change(&mut header);
+    let header = serde_json::to_vec(&header).unwrap();
+    [lines[0], &header, blake3::hash(&header).to_hex().as_bytes(), lines[3], lines[4]].join(&b'\n')
 }
 
 #[test]
