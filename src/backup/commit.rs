@@ -114,6 +114,16 @@ impl Chain {
                 }
             }
         }
+        // Copied under another name (by an admin's `rekey --reencrypt` or `prune --identity`)
+        // while another host's snapshot is the newest.
+        if let Some(known) = newest_known.filter(|_| !known_held) {
+            for state in states.iter().filter(|s| s.error.is_none()) {
+                if state.repository.copy_of(known, keyring).await.is_some() {
+                    known_held = true;
+                    break;
+                }
+            }
+        }
         // Held under its name, but not what was written there: anything else under that name
         // fails to read (a snapshot's id is the hash of its manifest's ciphertext) or to prove
         // itself (a header rewritten, its hash line made again, fails the MAC). A key that

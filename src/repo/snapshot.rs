@@ -933,6 +933,25 @@ impl Repository {
         Ok(newest)
     }
 
+    /// A snapshot here that is a copy of `known` (`rekey --reencrypt`, `prune --identity`: same
+    /// place in the chain and time, a new id, the old one deleted), proven with `keyring`. Looked
+    /// for when the snapshot a backup host knows is gone but another host's newer snapshot is the
+    /// newest: the copy is then not the newest, and only its header says what it copies.
+    pub async fn copy_of(&self, known: &crate::trust::SnapshotMark, keyring: &Keyring) -> Option<SnapshotId> {
+        for id in self.snapshot_ids().await.ok()? {
+            if id == known.id {
+                continue;
+            }
+            let Ok(header) = self.read_snapshot_header(&id).await else { continue };
+            let copies = header.sequence == known.sequence
+                && (header.replaces.as_ref() == Some(&known.id) || header.time == known.time);
+            if copies && self.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring).map(|_| ())).is_ok() {
+                return Some(id);
+            }
+        }
+        None
+    }
+
     /// Resolves `latest` or an id prefix to one snapshot id.
     pub async fn resolve_snapshot(&self, selector: &str) -> Result<SnapshotId> {
         if selector == "latest" {

@@ -631,6 +631,36 @@ fn readable_with(repo: &Path, key: &[age::x25519::Identity]) -> Vec<PathBuf> {
 }
 
 #[test]
+fn a_host_whose_snapshot_was_reencrypted_while_another_wrote_the_newest_raises_no_alarm() {
+    let setup = Setup::new("rekey_two_hosts", 1);
+    // A second backup host of the same repository, writing the second snapshot; the first
+    // writes the third, the newest.
+    let second = Workspace::new();
+    copy_dir(&setup.work.config_dir(), &second.config_dir());
+    let backup = |host: &Workspace| host.run(&["backup", "--db", setup.source.url_str(), "--repo", &setup.repos[0]]);
+    setup.source.sql("UPDATE crm.contacts SET phone = '+1 555 0142' WHERE id % 5 = 0");
+    backup(&second).ok();
+    setup.backup();
+    // Every snapshot copied under a new id, the old ids deleted: the second host's snapshot is
+    // there, as a copy that is not the newest.
+    setup.rekey("admin.key", &["--reencrypt"]).ok();
+    let target = TestDb::create("rekey_two_hosts_t");
+    let admin = setup.work.admin_key();
+    let restore = ["restore", "--repo", &setup.repos[0], "--identity", &admin, "--db", &target.url(), "latest"];
+    second.run(&restore).ok();
+    second.run(&["verify", "--repo", &setup.repos[0]]).ok();
+    let run = backup(&second).ok();
+    assert!(!run.stderr.contains("deleted without being forgotten"), "{}", run.stderr);
+    // Deleted for real (and the copy with it), it is reported.
+    setup.source.sql("UPDATE crm.contacts SET phone = '+1 555 0143' WHERE id % 5 = 0");
+    let newest = backup(&second).ok();
+    let id = newest.stdout.lines().find(|l| l.len() == 64).unwrap().to_string();
+    setup.backup();
+    std::fs::remove_file(Path::new(&setup.repos[0]).join("snapshots").join(&id)).unwrap();
+    backup(&second).fails_with(3, "deleted without being forgotten");
+}
+
+#[test]
 fn reencrypt_leaves_a_removed_admin_nothing_and_gives_an_added_one_everything() {
     let setup = Setup::new("rekey_reencrypt", 2);
     let first_data = setup.source.data();
