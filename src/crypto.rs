@@ -596,9 +596,10 @@ impl std::io::Seek for Window<'_> {
 /// File keys unwrapped before, by the BLAKE3 of the stanza that held them: decrypting many parts
 /// of one pack exchanges keys (an X25519 for every stanza tried) once, not for every part. A
 /// stanza is the same bytes only in the same header, so a key found here is the key that stanza
-/// holds; age still checks the header's MAC with it.
+/// holds; age still checks the header's MAC with it. Each key is wiped when it is dropped (the
+/// keyring's end, or the map cleared when full).
 #[derive(Default)]
-pub struct FileKeys(std::sync::Mutex<std::collections::HashMap<[u8; 32], [u8; 16]>>);
+pub struct FileKeys(std::sync::Mutex<std::collections::HashMap<[u8; 32], zeroize::Zeroizing<[u8; 16]>>>);
 
 /// File keys remembered at most (16 bytes each, and the stanza's hash).
 const FILE_KEYS_KEPT: usize = 1 << 16;
@@ -631,7 +632,7 @@ impl age::Identity for Remembering<'_> {
         let name = *hasher.finalize().as_bytes();
         let keys = self.keys.0.lock().expect("file key lock is never poisoned");
         if let Some(key) = keys.get(&name) {
-            return Some(Ok(age_core::format::FileKey::new(Box::new(*key))));
+            return Some(Ok(age_core::format::FileKey::new(Box::new(**key))));
         }
         drop(keys);
         let unwrapped = age::Identity::unwrap_stanza(self.identity, stanza)?;
@@ -640,7 +641,7 @@ impl age::Identity for Remembering<'_> {
             if keys.len() >= FILE_KEYS_KEPT {
                 keys.clear();
             }
-            keys.insert(name, *key.expose_secret());
+            keys.insert(name, zeroize::Zeroizing::new(*key.expose_secret()));
         }
         Some(unwrapped)
     }
