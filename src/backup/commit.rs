@@ -10,6 +10,9 @@ use crate::trust::SnapshotMark;
 
 use super::{Stored, StoredDictionary, TargetReport, TargetState};
 
+/// The snapshots earlier backups did not store, by target ([`crate::trust::Pin::missed`]).
+type Missed = std::collections::BTreeMap<String, Vec<repo::ForgottenSnapshot>>;
+
 /// Where the new snapshot goes in the repository's chain.
 pub(super) struct Chain {
     pub(super) parent: Option<repo::SnapshotId>,
@@ -35,7 +38,7 @@ impl Chain {
     pub(super) async fn find(
         states: &[TargetState<'_>],
         keyring: &Keyring,
-        (newest_known, settled): (Option<&SnapshotMark>, &BTreeSet<repo::SnapshotId>),
+        (newest_known, settled, missed): (Option<&SnapshotMark>, &BTreeSet<repo::SnapshotId>, &Missed),
         warnings: &mut Vec<String>,
     ) -> Chain {
         let mut newest = newest_known.cloned();
@@ -150,7 +153,23 @@ impl Chain {
                 replaced = Some(known.id.clone());
             }
         }
-        let deleted = newest_known.filter(|_| !known_held);
+        // Never stored on any target reached tonight (earlier backups missed them all, as this
+        // host's pin says): it is on those not reached, not deleted.
+        let reached = || states.iter().filter(|s| s.error.is_none());
+        let elsewhere = newest_known.filter(|known| {
+            !known_held
+                && reached().all(|state| {
+                    crate::trust::missed_at(missed, state.repository.target.location()).iter().any(|s| s.id == known.id)
+                })
+        });
+        if let Some(known) = elsewhere {
+            note(format!(
+                "{} is on none of the targets reached tonight: earlier backups did not reach them, and the targets \
+                 that hold it were not reached either",
+                named(known)
+            ));
+        }
+        let deleted = newest_known.filter(|_| !known_held && elsewhere.is_none());
         if let Some(known) = deleted {
             // With an older snapshot left, the new one (naming the lost one) is not the oldest,
             // and `verify` checks its predecessor; with none left it is, and a target's oldest

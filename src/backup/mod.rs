@@ -224,7 +224,13 @@ pub async fn run(
         return Err(all_failed(&states, targets.left_out()));
     }
     let mut warnings = Vec::new();
-    let chain = Chain::find(&states, keyring, (options.newest_known.as_ref(), &options.settled), &mut warnings).await;
+    let chain = Chain::find(
+        &states,
+        keyring,
+        (options.newest_known.as_ref(), &options.settled, &options.missed),
+        &mut warnings,
+    )
+    .await;
 
     let session = SnapshotSession::begin(&options.database).await?;
     let time = options.time.unwrap_or(session.time);

@@ -452,6 +452,29 @@ fn backup_missing(ready: &Ready, repos: &[&str], away: &str) -> String {
 }
 
 #[test]
+fn a_snapshot_only_the_targets_away_tonight_hold_is_not_called_deleted() {
+    // The copy misses a night; the next night the folder that got it is away instead.
+    let (ready, repo, copy) = with_copy("forget_away");
+    backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 2);
+    let second = backup_missing(&ready, &[&repo, &copy], &copy);
+    change(&ready, 3);
+    let hidden = format!("{repo}.away");
+    std::fs::rename(&repo, &hidden).unwrap();
+    let run = ready.work.run(&["backup", "--json", "--db", &ready.source.url(), "--repo", &repo, "--repo", &copy]);
+    std::fs::rename(&hidden, &repo).unwrap();
+    let run = run.fails_with(3, "none of the targets reached tonight");
+    assert!(run.stderr.contains(&second) && !run.stderr.contains("without being forgotten"), "{}", run.stderr);
+    assert!(run.json()["deleted_snapshot"].is_null(), "{}", run.stdout);
+    // Both back: everything verifies.
+    change(&ready, 4);
+    backup(&ready, &[&repo, &copy], &[]);
+    for target in [&repo, &copy] {
+        ready.work.run(&["verify", "--repo", target, "--identity", &ready.work.admin_key()]).ok();
+    }
+}
+
+#[test]
 fn a_target_that_missed_nights_verifies_once_the_next_backup_reaches_it() {
     // A folder and a second copy; the copy misses two nights in a row (its storage was away),
     // then comes back. Every target gets the same chain (one parent for all), so the copy's
