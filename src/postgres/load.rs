@@ -448,6 +448,40 @@ impl LoadSession {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    /// Who the session runs as and whether it counts the rows it changes: what the check after a
+    /// side-schema restore relies on, and the snapshot's code could change.
+    pub async fn session_state(&self) -> Result<String> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_catalog.format('role %s, track_counts %s', current_user, \
+                 pg_catalog.current_setting('track_counts'))",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Takes from PUBLIC what it holds on `schemas` and their routines (EXECUTE, given to it on
+    /// every new function): what a side-schema restore makes is its restoring role's alone.
+    pub async fn keep_to_owner(&self, schemas: &[&str]) -> Result<()> {
+        for schema in schemas {
+            let schema = quote_ident(schema);
+            self.client
+                .batch_execute(&format!(
+                    "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; REVOKE ALL ON ALL ROUTINES IN SCHEMA {schema} FROM PUBLIC"
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every schema of the database, by name.
+    pub async fn schemas(&self) -> Result<Vec<String>> {
+        let rows = self.client.query("SELECT nspname::text FROM pg_catalog.pg_namespace ORDER BY 1", &[]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Which of `tables` (schema, name) the database lacks, or has without one of the columns
     /// given with it: each as a line saying which.
     pub async fn missing_tables(&self, tables: &[(&str, &str, &[String])]) -> Result<Vec<String>> {

@@ -38,6 +38,9 @@ pub struct Spec<'a> {
     /// Whether objects that are not relations (schemas, types, functions, extensions) are made
     /// too (into an empty database), or only those of a renamed schema (beside live data).
     pub beside_live_data: bool,
+    /// The schemas of the database beside whose data the part is made: no statement may name an
+    /// object of one of them but through a renamed schema (`pg_catalog` aside).
+    pub live_schemas: &'a [String],
 }
 
 /// The part: scripts to run, and what they make.
@@ -107,6 +110,13 @@ struct Facts {
     /// the object it acts on, the first it names (`CREATE FUNCTION app.f(c crm.t)`: `app`;
     /// `GRANT … ON SCHEMA crm`: `crm`; `CREATE OPERATOR app.### (…)`: `app`), if it names one.
     statements: Vec<Option<String>>,
+    /// Statements that may not run beside live data whatever they name ([`refused_beside_live`]),
+    /// each said.
+    refused: Vec<String>,
+    /// Every schema a name of its statements is qualified with (`app` in `app.f(x)`, `public`
+    /// in `db.public.t`), and that of every literal that is a qualified name (`'app.seq'`):
+    /// aliases too (`d` in `d.id`), which are harmless unless they spell a live schema.
+    qualifiers: BTreeSet<String>,
     /// The schemas of objects a statement reaches beyond its own, which making it would change
     /// (a foreign key's table gains triggers, a parent gains a child, an operator its
     /// commutator or negator, a family its members): `REFERENCES`, `INHERITS`, `PARTITION OF`,
@@ -158,19 +168,32 @@ fn statement_schema(tokens: &[Token<'_>]) -> Option<String> {
 /// makes it refuse the statement, never run more than was checked.
 fn statements<'t, 'a>(tokens: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
     let mut statements = Vec::new();
-    let (mut start, mut depth) = (0, 0usize);
+    // Brackets open, and `BEGIN ATOMIC`/`CASE` opened and not yet closed by `END` in a body
+    // (outside brackets: a parameter or column named `begin` opens nothing).
+    let (mut start, mut brackets, mut depth) = (0, 0i32, 0usize);
     for at in 0..tokens.len() {
-        if tokens[at].is_punct(';') && depth == 0 {
+        let token = &tokens[at];
+        if token.is_punct('(') {
+            brackets += 1;
+        } else if token.is_punct(')') {
+            brackets -= 1;
+        } else if token.is_punct(';') && depth == 0 {
             if at > start {
                 statements.push(&tokens[start..at]);
             }
-            start = at + 1;
-        } else if (is_word(tokens.get(at), "begin") && creates_routine(&tokens[start..at]))
-            || (is_word(tokens.get(at), "case") && depth > 0)
-        {
-            depth += 1;
-        } else if is_word(tokens.get(at), "end") && depth > 0 {
-            depth -= 1;
+            (start, brackets) = (at + 1, 0);
+        } else if brackets == 0 && !(at > 0 && tokens[at - 1].is_punct('.')) {
+            if depth == 0
+                && is_word(Some(token), "begin")
+                && is_word(tokens.get(at + 1), "atomic")
+                && creates_routine(&tokens[start..at])
+            {
+                depth = 1;
+            } else if depth > 0 && is_word(Some(token), "case") {
+                depth += 1;
+            } else if depth > 0 && is_word(Some(token), "end") {
+                depth -= 1;
+            }
         }
     }
     if start < tokens.len() {
@@ -196,6 +219,125 @@ pub fn statements_of(sql: &str) -> Vec<&str> {
             &sql[first.start..last.start + last.text.len()]
         })
         .collect()
+}
+
+/// What pg_dump writes for an object of a schema, after `CREATE [OR REPLACE]`: beside live data
+/// no other `CREATE` runs.
+const CREATED_BESIDE_LIVE: [&str; 22] = [
+    "table",
+    "unlogged",
+    "view",
+    "recursive",
+    "materialized",
+    "sequence",
+    "index",
+    "unique",
+    "function",
+    "procedure",
+    "type",
+    "domain",
+    "trigger",
+    "constraint",
+    "rule",
+    "policy",
+    "aggregate",
+    "operator",
+    "collation",
+    "text",
+    "statistics",
+    "schema",
+];
+
+/// Functions of `pg_catalog` that change something besides their result (settings, sequences,
+/// large objects, other sessions, the server): an expression of the snapshot's schema that the
+/// restore evaluates (a check constraint, a materialized view's query) must not call them.
+const CHANGING_FUNCTIONS: [&str; 14] = [
+    "set_config",
+    "setval",
+    "nextval",
+    "lo_",
+    "be_lo_",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_advisory",
+    "pg_try_advisory",
+    "pg_notify",
+    "pg_reload_conf",
+    "pg_stat_reset",
+    "pg_file",
+    "pg_switch_wal",
+];
+
+/// Why a statement may not run beside live data, whatever it names: one that is not the
+/// definition of an object (pg_dump's `CREATE`, `ALTER`, `COMMENT`, `SECURITY LABEL`, `REFRESH
+/// MATERIALIZED VIEW`), such as a `DROP`, a query, a change of rows or of the session, or a grant
+/// (the side objects carry none of the snapshot's); a `CREATE … AS` query that runs as the
+/// object is made; an `ALTER … SET SCHEMA` into a live schema; or one that calls a
+/// function of [`CHANGING_FUNCTIONS`] (unqualified names are `pg_catalog`'s: the script runs
+/// with an empty `search_path`), except `nextval` in a column's default, which loading does not
+/// evaluate.
+fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    let first = statement.first().map_or_else(String::new, |t| t.text.to_ascii_lowercase());
+    let kind_allowed = match first.as_str() {
+        "create" => {
+            let kind = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+            let what = statement.get(kind).map_or_else(String::new, |t| t.text.to_ascii_lowercase());
+            let created = CREATED_BESIDE_LIVE.contains(&what.as_str());
+            // `CREATE TABLE … AS` and a materialized view made with its data run a query.
+            let mut depth = 0i32;
+            let mut query = false;
+            for token in statement {
+                if token.is_punct('(') {
+                    depth += 1;
+                } else if token.is_punct(')') {
+                    depth -= 1;
+                } else if depth == 0 && is_word(Some(token), "as") && matches!(what.as_str(), "table" | "unlogged") {
+                    query = true;
+                }
+            }
+            let n = statement.len();
+            let without_data = n >= 3 && word(n - 3, "with") && word(n - 2, "no") && word(n - 1, "data");
+            created && !query && (what != "materialized" || without_data)
+        }
+        // Not `ALTER … SET SCHEMA`, which would move a side object among the live ones, nor
+        // `ALTER DEFAULT PRIVILEGES` (the side objects carry none of the snapshot's grants).
+        "alter" => !word(1, "default") && !(1..statement.len()).any(|at| word(at - 1, "set") && word(at, "schema")),
+        "comment" => true,
+        "security" => word(1, "label"),
+        "refresh" => word(1, "materialized"),
+        _ => false,
+    };
+    if !kind_allowed {
+        return Some(format!("{} statement", first.to_ascii_uppercase()));
+    }
+    for (at, token) in statement.iter().enumerate() {
+        if !statement.get(at + 1).is_some_and(|t| t.is_punct('(')) {
+            continue;
+        }
+        let Some(name) = name_of(token) else { continue };
+        let qualified_elsewhere = at >= 2
+            && statement[at - 1].is_punct('.')
+            && statement.get(at - 2).and_then(name_of).is_some_and(|schema| schema != "pg_catalog");
+        let changing =
+            CHANGING_FUNCTIONS.iter().any(|f| if f.ends_with('_') { name.starts_with(f) } else { name == *f });
+        // `DEFAULT nextval('crm.seq'::regclass)`, its literal a name like any other.
+        let a_default = name == "nextval"
+            && (1..=2).any(|back| at >= back && word(at - back, "default"))
+            && statement.get(at + 2).is_some_and(|t| t.kind == Kind::Literal && literal_text(t.text).is_some());
+        if changing && !qualified_elsewhere && !a_default {
+            return Some(format!("a call of {name}"));
+        }
+    }
+    None
+}
+
+/// The schema of a literal that is a qualified name (`'app.seq'`, `'"App".seq'`: what
+/// `::regclass` and `nextval` read), if it is one.
+fn literal_qualifier(literal: &str) -> Option<String> {
+    let text = literal_text(literal.strip_prefix(['E', 'e']).unwrap_or(literal))?;
+    let tokens: Vec<Token<'_>> = Lexer::new(&text).collect();
+    if tokens.len() >= 3 && tokens[1].is_punct('.') { name_of(&tokens[0]) } else { None }
 }
 
 /// What follows `CREATE`/`ALTER` (`[OR REPLACE]`) in a statement on an object of the whole
@@ -292,6 +434,19 @@ fn facts(sql: &str) -> Facts {
     for statement in statements(&tokens) {
         if setting(statement).is_none() {
             facts.statements.push(statement_schema(statement));
+            facts.refused.extend(refused_beside_live(statement));
+        }
+    }
+    for (at, token) in tokens.iter().enumerate() {
+        if tokens.get(at + 1).is_some_and(|t| t.is_punct('.'))
+            && let Some(name) = name_of(token)
+        {
+            facts.qualifiers.insert(name);
+        }
+        if token.kind == Kind::Literal
+            && let Some(schema) = literal_qualifier(token.text)
+        {
+            facts.qualifiers.insert(schema);
         }
     }
     for at in 0..tokens.len() {
@@ -555,8 +710,15 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         // make a header say any schema): `CREATE FUNCTION app.f(c crm.t)` or `ALTER DOMAIN
         // app.d …` would make or change a live object. A database's or server's object (a
         // publication that would gain the side tables, say) is never made.
+        let live = |schema: &String| {
+            schema != "pg_catalog"
+                && renamed(spec.schema_map, schema).is_none()
+                && spec.live_schemas.iter().any(|live| live == schema)
+        };
         if spec.beside_live_data
             && (facts.global
+                || !facts.refused.is_empty()
+                || facts.qualifiers.iter().any(live)
                 || facts.statements.is_empty()
                 || !facts.statements.iter().all(|schema| in_scope(schema.as_deref()))
                 || !facts.reaches.iter().all(|schema| in_scope(Some(schema))))
@@ -1215,7 +1377,8 @@ fn settings_only(preamble: &str) -> String {
             kept.push('\n');
         }
     }
-    kept.push_str("SET standard_conforming_strings = on;\n");
+    // pg_dump qualifies every name: nothing may resolve in a schema the connection's path holds.
+    kept.push_str("SET standard_conforming_strings = on;\nSELECT pg_catalog.set_config('search_path', '', false);\n");
     kept
 }
 
@@ -1254,6 +1417,11 @@ fn renamed_object_literal(literal: &str, map: &[(String, String)]) -> Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The live database's schemas, in tests beside live data.
+    fn live() -> Vec<String> {
+        ["crm", "public", "app", "pg_catalog"].map(String::from).to_vec()
+    }
 
     fn entry(name: &str, kind: &str, schema: &str, sql: &str) -> String {
         format!("--\n-- Name: {name}; Type: {kind}; Schema: {schema}; Owner: o\n--\n\n{sql}\n\n")
@@ -1300,7 +1468,11 @@ mod tests {
     #[test]
     fn one_table_takes_what_it_needs_and_nothing_that_names_what_is_left_out() {
         let wanted = wanted(&["crm.deals"]);
-        let part = select(&pre(), &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+        );
         let made: Vec<String> = part.relations.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
         assert_eq!(made, ["crm.deals", "crm.deals_id_seq"]);
         for kept in [
@@ -1324,25 +1496,45 @@ mod tests {
         assert_eq!(part.left_out, ["a foreign key of crm.deals to crm.companies, which is left out"]);
         // A key of a table left out to one restored is nothing to say.
         let companies = self::wanted(&["crm.companies"]);
-        let part = select(&pre(), &post(), &Spec { wanted: &companies, schema_map: &[], beside_live_data: false });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &companies, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+        );
         assert!(part.left_out.is_empty(), "{:?}", part.left_out);
     }
 
     #[test]
     fn a_partition_brings_its_parent_and_a_parent_its_partitions_and_a_view_its_tables() {
         let wanted = wanted(&["crm.p1"]);
-        let part = select(&pre(), &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+        );
         assert!(part.makes("crm", "p") && part.makes("crm", "p1"));
         assert!(part.post_data.contains("ATTACH PARTITION crm.p1_idx"));
         let wanted_parent = self::wanted(&["crm.p"]);
-        let part = select(&pre(), &post(), &Spec { wanted: &wanted_parent, schema_map: &[], beside_live_data: false });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &wanted_parent, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+        );
         assert!(part.makes("crm", "p1"));
         let view_only = self::wanted(&["crm.big_deals", "crm.deals"]);
-        let part = select(&pre(), &post(), &Spec { wanted: &view_only, schema_map: &[], beside_live_data: false });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &view_only, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+        );
         assert!(!part.makes("crm", "big_deals"));
         assert!(part.left_out.iter().any(|l| l.starts_with("view crm.big_deals")), "{:?}", part.left_out);
         let both = self::wanted(&["crm.big_deals", "crm.deals", "crm.companies"]);
-        let part = select(&pre(), &post(), &Spec { wanted: &both, schema_map: &[], beside_live_data: false });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &both, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+        );
         assert!(part.makes("crm", "big_deals") && part.post_data.contains("FOREIGN KEY"));
         // An identity column's sequence comes with its table.
         assert!(part.makes("crm", "companies_id_seq") && part.pre_data.contains("SEQUENCE NAME crm.companies_id_seq"));
@@ -1407,26 +1599,34 @@ mod tests {
     fn a_side_schema_renames_every_name_and_makes_only_its_own_objects() {
         let wanted = wanted(&["crm.deals", "crm.companies"]);
         let map = [("crm".to_string(), "crm_old".to_string())];
-        let part = select(&pre(), &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
         for renamed in [
             "CREATE SCHEMA \"crm_old\";",
             "CREATE TYPE \"crm_old\".stage",
             "stage \"crm_old\".stage DEFAULT 'a'::\"crm_old\".stage",
             "nextval('\"crm_old\".deals_id_seq'::regclass)",
             "OWNED BY \"crm_old\".deals.id",
-            "GRANT USAGE ON SCHEMA \"crm_old\" TO reader",
             "'crm.companies is not a name here'",
             "$$ SELECT 1 FROM \"crm_old\".deals $$",
         ] {
             assert!(part.pre_data.contains(renamed), "{renamed}: {}", part.pre_data);
         }
         assert!(!part.pre_data.contains("EXTENSION"), "the live database has its extensions");
+        assert!(!part.pre_data.contains("GRANT"), "the side objects carry no grant: {}", part.pre_data);
         assert!(part.post_data.contains("REFERENCES \"crm_old\".companies(id)"), "{}", part.post_data);
         assert!(part.post_data.contains("EXECUTE FUNCTION \"crm_old\".f()"));
         // `public` has no CREATE SCHEMA in a dump: made first.
         let map = [("public".to_string(), "public_old".to_string())];
         let none = self::wanted(&[]);
-        let part = select(&pre(), &post(), &Spec { wanted: &none, schema_map: &map, beside_live_data: true });
+        let part = select(
+            &pre(),
+            &post(),
+            &Spec { wanted: &none, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
         assert!(part.pre_data.contains("CREATE SCHEMA \"public_old\";"), "{}", part.pre_data);
         assert!(!part.pre_data.contains("crm"), "{}", part.pre_data);
     }
@@ -1443,7 +1643,11 @@ mod tests {
             "CREATE FUNCTION crm.h() RETURNS text LANGUAGE sql AS $a\u{a0}$ SELECT ' $a\u{a0}$; DROP TABLE public.live; -- ';",
         ] {
             let pre = format!("{}{}", pre(), entry("g()", "FUNCTION", "crm", hidden));
-            let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+            let part = select(
+                &pre,
+                &post(),
+                &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            );
             assert!(!part.pre_data.contains("DROP TABLE"), "{}", part.pre_data);
         }
         // A preamble runs only the settings pg_dump makes, and never turns off the quoting
@@ -1458,14 +1662,66 @@ mod tests {
         let part = select(
             &format!("{preamble}{}", pre()),
             &post(),
-            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true },
+            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
         );
         let first = &part.pre_data[..part.pre_data.find("--").unwrap_or(part.pre_data.len())];
         assert_eq!(
             first,
             "SET statement_timeout = '0';\nSELECT pg_catalog.set_config('search_path', '', false);\n\
-             SET client_encoding = 'UTF8';\nSET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n"
+             SET client_encoding = 'UTF8';\nSET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\
+             SELECT pg_catalog.set_config('search_path', '', false);\n"
         );
+    }
+
+    #[test]
+    fn beside_live_data_only_definitions_run_and_none_names_or_changes_a_live_object() {
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let all_crm = |t: &TableName| t.schema == "crm";
+        // Each passed when the first qualified name decided; each ends with a mark.
+        let attacks = [
+            "DROP FUNCTION IF EXISTS crm.nothing(), public.livefn() /*m1*/;",
+            "WITH a AS (SELECT FROM crm.deals) SELECT pg_catalog.set_config('track_counts', 'off', false) /*m2*/;",
+            "WITH a AS (SELECT FROM crm.deals) UPDATE public.livetab SET x = 99 /*m3*/;",
+            "SELECT crm.f() /*m4*/;",
+            "CALL crm.p() /*m5*/;",
+            "COPY (SELECT 1 FROM crm.deals) TO PROGRAM 'id' /*m6*/;",
+            "GRANT ALL ON TABLE crm.deals, public.live TO PUBLIC /*m7*/;",
+            "GRANT USAGE ON SCHEMA crm TO PUBLIC /*m8*/;",
+            "ALTER FUNCTION crm.f() SET SCHEMA public /*m9*/;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.setval('crm.s', 1) > 0)) /*m10*/;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((lo_unlink(16400) > 0)) /*m11*/;",
+            "CREATE TABLE crm.x AS SELECT 1 /*m12*/;",
+            "CREATE MATERIALIZED VIEW crm.mv AS SELECT 1 AS one /*m13*/;",
+            "CREATE INDEX i ON crm.deals USING btree (db.public.livefn(id)) /*m14*/;",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA crm GRANT ALL ON TABLES TO PUBLIC /*m15*/;",
+            "CREATE TABLE crm.y (id integer DEFAULT nextval('public.live_seq'::regclass)) /*m16*/;",
+            "CREATE TABLE crm.z (id integer DEFAULT pg_catalog.nextval(('pub' || 'lic.s')::regclass)) /*m17*/;",
+            "CREATE TRIGGER t AFTER INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION \"public\".f() /*m18*/;",
+        ];
+        let entries: String = attacks.iter().map(|sql| entry("x", "COMMENT", "crm", sql)).collect();
+        let part = select(
+            &format!("{}{entries}", pre()),
+            &post(),
+            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
+        for n in 1..=attacks.len() {
+            assert!(!part.pre_data.contains(&format!("/*m{n}*/")), "m{n}: {}", part.pre_data);
+        }
+        // What pg_dump writes for a side object runs.
+        let own = [
+            "CREATE TABLE crm.w (id integer DEFAULT nextval('crm.w_seq'::regclass)) /*k1*/;",
+            "CREATE MATERIALIZED VIEW crm.mw AS\n SELECT 1 AS one\n  WITH NO DATA /*k2*/;",
+            "ALTER TABLE ONLY crm.deals ADD CONSTRAINT deals_pos CHECK ((id > 0)) /*k3*/;",
+        ];
+        let entries: String = own.iter().map(|sql| entry("w", "TABLE", "crm", sql)).collect();
+        let part = select(
+            &format!("{}{entries}", pre()),
+            &post(),
+            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
+        for n in 1..=own.len() {
+            assert!(part.pre_data.contains(&format!("/*k{n}*/")), "k{n}: {}", part.pre_data);
+        }
     }
 
     #[test]
@@ -1487,6 +1743,12 @@ mod tests {
         let routine = "CREATE OR REPLACE PROCEDURE crm.p()\n LANGUAGE sql\n BEGIN ATOMIC\n \
                        SELECT CASE WHEN true THEN 1 END;\n SELECT 2;\nEND";
         assert_eq!(cut(&format!("{routine};\nSELECT 3;")), [routine, "SELECT 3"]);
+        // `begin` is a name pg_dump writes unquoted: a parameter's, a column's.
+        let named = "CREATE FUNCTION crm.f_begin(begin integer) RETURNS integer\n    LANGUAGE sql\n    \
+                     BEGIN ATOMIC\n SELECT (f_begin.begin + 1);\nEND";
+        let column = "CREATE FUNCTION crm.f_col() RETURNS integer\n    LANGUAGE sql\n    BEGIN ATOMIC\n \
+                      SELECT c.begin FROM crm.contacts c LIMIT 1;\nEND";
+        assert_eq!(cut(&format!("{named};\n{column};\nSELECT 5")), [named, column, "SELECT 5"]);
         let function = "CREATE FUNCTION crm.f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END";
         assert_eq!(cut(&format!("-- c\n{function}; /* d */ SELECT 4")), [function, "SELECT 4"]);
     }
@@ -1508,7 +1770,11 @@ mod tests {
                 pre(),
                 entry("deals", "COMMENT", "crm", &format!("{setting}\nCOMMENT ON TABLE crm.deals IS 'x';"))
             );
-            let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+            let part = select(
+                &pre,
+                &post(),
+                &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            );
             assert!(!part.pre_data.contains(setting), "{setting}: {}", part.pre_data);
         }
         // pg_dump's own, in an entry, are run.
@@ -1518,7 +1784,11 @@ mod tests {
             entry("t", "TABLE", "crm", "SET default_tablespace = '';\nCREATE TABLE crm.t (id integer);")
         );
         let all_crm = |t: &TableName| t.schema == "crm";
-        let part = select(&pre, &post(), &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true });
+        let part = select(
+            &pre,
+            &post(),
+            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
         assert!(
             part.pre_data.contains("SET default_tablespace = '';\nCREATE TABLE \"crm_old\".t"),
             "{}",
@@ -1544,7 +1814,11 @@ mod tests {
         let pre = format!("{}{spoofed}{publication}", pre());
         let wanted = wanted(&["crm.deals"]);
         let map = [("crm".to_string(), "crm_old".to_string())];
-        let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true });
+        let part = select(
+            &pre,
+            &post(),
+            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
         assert!(!part.pre_data.contains("evil") && !part.pre_data.contains("PUBLICATION"), "{}", part.pre_data);
         // Objects of a schema not renamed that name a side object are not made, nor changed.
         let reaching = [
@@ -1556,8 +1830,11 @@ mod tests {
         .concat();
         let pre_reaching = format!("{}{reaching}", self::pre());
         let wanted_notes = self::wanted(&["crm.deals", "crm.notes"]);
-        let part =
-            select(&pre_reaching, &post(), &Spec { wanted: &wanted_notes, schema_map: &map, beside_live_data: true });
+        let part = select(
+            &pre_reaching,
+            &post(),
+            &Spec { wanted: &wanted_notes, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
         for live in ["app.fmt", "app.###", "ALTER DOMAIN"] {
             assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
         }
@@ -1577,7 +1854,11 @@ mod tests {
         .concat();
         let pre_changing = format!("{}{changing}", self::pre());
         let all_crm = |t: &TableName| t.schema == "crm";
-        let part = select(&pre_changing, &post(), &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true });
+        let part = select(
+            &pre_changing,
+            &post(),
+            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+        );
         for live in ["app.###", "public.live", "app.evil"] {
             assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
         }
@@ -1588,7 +1869,11 @@ mod tests {
         );
         assert!(part.pre_data.contains("CREATE FUNCTION \"crm_old\".f()"));
         // Into an empty database both are the snapshot's own.
-        let part = select(&pre, &post(), &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false });
+        let part = select(
+            &pre,
+            &post(),
+            &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+        );
         assert!(part.pre_data.contains("evil") && part.pre_data.contains("ADD TABLE ONLY crm.deals"));
     }
 

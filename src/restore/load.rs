@@ -98,8 +98,8 @@ impl Load<'_> {
         self.create_roles().await?;
         let side = self.side_schemas();
         let before = match side {
-            Some(_) => client.relations_now().await?,
-            None => Vec::new(),
+            Some(_) => (client.relations_now().await?, client.session_state().await?),
+            None => (Vec::new(), String::new()),
         };
         client.run_script(pre_data).await?;
         self.warn_of_functions_run_as_superuser().await?;
@@ -111,6 +111,7 @@ impl Load<'_> {
         self.finish(post_data).await?;
         if let Some(side) = &side {
             self.check_nothing_outside_changed(side, &before).await?;
+            client.keep_to_owner(side).await?;
         }
         client.commit().await?;
         Ok(rows)
@@ -135,9 +136,20 @@ impl Load<'_> {
     /// error rolls everything back but what PostgreSQL never rolls back (sequences, anything
     /// outside the database). A tripwire, not a boundary: code running as a superuser can hide
     /// from it (docs/OPERATIONS.md); a login without rights on the live objects is the boundary.
-    async fn check_nothing_outside_changed(&self, side: &[&str], before: &[(u32, String)]) -> Result<()> {
+    async fn check_nothing_outside_changed(&self, side: &[&str], before: &(Vec<(u32, String)>, String)) -> Result<()> {
+        let (before, session) = before;
         let client = self.client;
         client.fire_deferred().await?;
+        // The checks below need the session as it was: its role's sight, its row counts.
+        let now = client.session_state().await?;
+        if now != *session {
+            return Err(Error::Invalid(format!(
+                "the restore changed its own session ({session} became {now}): the snapshot's functions that ran \
+                 while it loaded did. It was rolled back (but for what PostgreSQL never rolls back: sequence values, \
+                 anything done outside the database). Restore connected as a login that is not a superuser and has \
+                 no rights on the live objects (--db postgres://ROLE@…) to keep the snapshot's code from reaching them"
+            )));
+        }
         let mut changed: Vec<String> = client
             .rows_changed_outside(side)
             .await?

@@ -119,7 +119,8 @@ pub(super) async fn choose(
     }
     // `--rows`: the tables the rows are in.
     let wanted = |t: &TableName| only.map_or_else(|| filter.matches(&t.schema, &t.name), |only| only.contains(t));
-    let spec = Spec { wanted: &wanted, schema_map: map, beside_live_data };
+    let live_schemas = if beside_live_data { client.schemas().await? } else { Vec::new() };
+    let spec = Spec { wanted: &wanted, schema_map: map, beside_live_data, live_schemas: &live_schemas };
     let selected = schema_part::select(pre_data, post_data, &spec);
     let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
     check_patterns(&filter, &names)?;

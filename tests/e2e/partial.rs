@@ -483,6 +483,12 @@ INSERT INTO crm.gone VALUES (1);
 CREATE TABLE crm.victim (id int PRIMARY KEY);
 INSERT INTO crm.victim VALUES (1), (2);
 CREATE TABLE crm.plain (id int PRIMARY KEY, name text);
+CREATE FUNCTION crm.unseen(id int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_catalog.set_config('track_counts', 'off', false);
+  EXECUTE 'INSERT INTO crm.log (note) VALUES (''unseen'')'; RETURN true; END $$;
+CREATE TABLE crm.blind (id int PRIMARY KEY CHECK (crm.unseen(id)));
+INSERT INTO crm.blind VALUES (1);
+DELETE FROM crm.log;
 INSERT INTO crm.contacts VALUES (1, 'a'), (2, 'b');
 INSERT INTO crm.deals VALUES (1, 'x');
 INSERT INTO crm.plain VALUES (1, 'p');
@@ -519,6 +525,16 @@ ALTER TABLE crm.log DROP COLUMN altered;
     run.fails_with(1, "dropped: relation crm.victim");
     assert!(exists(&source, "crm.victim"), "the live table is still there");
     assert_eq!(source.sql("SELECT count(*) FROM crm.victim").trim(), "2");
+
+    // Row counting turned off first, so that the rows it writes are not counted: the session
+    // is not what the checks rely on.
+    let run = work.restore_with(&repo, &source, &["--table", "crm.blind", "--schema-map", "crm=crm_side", "latest"]);
+    run.fails_with(
+        1,
+        "changed its own session (role postgres, track_counts on became role postgres, track_counts off)",
+    );
+    assert_eq!(log(), before);
+    assert!(!exists(&source, "crm_side.blind"));
 
     // A restore that keeps to its schema goes through.
     work.restore_with(&repo, &source, &["--table", "crm.plain", "--schema-map", "crm=crm_side", "latest"]).ok();
@@ -674,6 +690,57 @@ fn a_forged_schema_script_runs_no_statement_on_live_objects_by_misleading_the_le
     // What is left of the forged script fails as SQL, and nothing of the restore stays.
     run.fails_with(1, "syntax error");
     assert!(!exists(&source, "crm_side.contacts"));
+}
+
+#[test]
+fn a_forged_schema_script_drops_changes_grants_nothing_live_beside_live_data() {
+    let _role = DropRole("part_forged_victim".into());
+    let setup = "CREATE SCHEMA crm; CREATE TABLE crm.contacts (id int PRIMARY KEY, name text); \
+         INSERT INTO crm.contacts VALUES (1, 'a'), (2, 'b'); \
+         CREATE FUNCTION public.livefn() RETURNS int LANGUAGE sql AS 'SELECT 1'; \
+         CREATE TABLE public.livetab (x int); INSERT INTO public.livetab VALUES (1); \
+         CREATE SEQUENCE public.invoice_no START 500; SELECT nextval('public.invoice_no'); \
+         DROP ROLE IF EXISTS part_forged_victim; CREATE ROLE part_forged_victim NOLOGIN";
+    let Ready { source, work, repo, .. } = Scenario::new("part_forged_live").sql(setup).init("repo");
+    // What an attack run found passing when a statement's first qualified name decided.
+    let fake = forging_pg_dump_sections(
+        &work,
+        "COMMENT",
+        &[
+            "CREATE FUNCTION crm.f() RETURNS int LANGUAGE plpgsql AS $$BEGIN ALTER ROLE part_forged_victim \
+             SUPERUSER; RETURN 1; END$$;",
+            "CREATE FUNCTION crm.backdoor(q text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS \
+             $$BEGIN EXECUTE q; END$$;",
+            "GRANT USAGE ON SCHEMA crm TO PUBLIC;",
+        ],
+        &[
+            "DROP FUNCTION IF EXISTS crm.nothing(), public.livefn();",
+            "WITH a AS (SELECT FROM crm.contacts) SELECT pg_catalog.set_config('track_counts', 'off', false);",
+            "WITH a AS (SELECT FROM crm.contacts) UPDATE public.livetab SET x = 99;",
+            "WITH a AS (SELECT FROM crm.contacts) SELECT pg_catalog.setval('public.invoice_no', 1, false);",
+            "SELECT crm.f();",
+            "COPY (SELECT 1 FROM crm.contacts) TO PROGRAM 'true';",
+        ],
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    work.restore_with(&repo, &source, &["--table", "crm.contacts", "--schema-map", "crm=crm_side", "latest"]).ok();
+    assert_eq!(rows(&source, "crm_side.contacts", "id"), rows(&source, "crm.contacts", "id"));
+    let live = source.sql(
+        "SELECT (SELECT count(*) FROM pg_proc WHERE proname = 'livefn'), (SELECT x FROM public.livetab), \
+         (SELECT last_value FROM public.invoice_no), \
+         (SELECT rolsuper FROM pg_roles WHERE rolname = 'part_forged_victim')",
+    );
+    assert_eq!(live.trim(), "1|1|500|f");
+    // The side schema's routines are the restoring role's alone, a SECURITY DEFINER one too.
+    let public = source.sql(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = 'crm_side' AND (p.proacl IS NULL OR EXISTS \
+           (SELECT FROM aclexplode(p.proacl) a WHERE a.grantee = 0)) \
+         UNION ALL SELECT count(*) FROM pg_namespace n, aclexplode(n.nspacl) a \
+         WHERE n.nspname = 'crm_side' AND a.grantee = 0",
+    );
+    assert_eq!(public.split_whitespace().collect::<Vec<_>>(), ["0", "0"], "PUBLIC's rights on crm_side");
+    assert_eq!(source.sql("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'crm_side'").trim(), "2");
 }
 
 /// The second line of defence, should the lexer and the server ever read a script apart
