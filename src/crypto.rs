@@ -256,9 +256,18 @@ pub fn object_hash(ciphertext: &[u8]) -> String {
 
 /// Parses one `age1…` recipient.
 pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient> {
-    text.trim()
-        .parse::<age::x25519::Recipient>()
-        .map_err(|_| Error::BadKey(format!("{:?} is not an age X25519 recipient (age1…)", text.trim())))
+    text.trim().parse::<age::x25519::Recipient>().map_err(|_| {
+        // An identity given by mistake is not said back (it would reach logs and cron mail).
+        if text.to_ascii_uppercase().contains("AGE-SECRET-KEY-") {
+            Error::BadKey(
+                "an age identity (a secret key) was given where a recipient is asked for: give its public key, \
+                 age1… (what `crmvault keygen` printed, or `age-keygen -y FILE`), and keep the identity offline"
+                    .into(),
+            )
+        } else {
+            Error::BadKey(format!("{:?} is not an age X25519 recipient (age1…)", text.trim()))
+        }
+    })
 }
 
 /// A freshly generated identity: the secret (to store 0600) and its public recipient.

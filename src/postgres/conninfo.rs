@@ -129,10 +129,12 @@ fn url_prefix(text: &str) -> Option<&'static str> {
 /// password hidden: the password of every `scheme://user:password@host` in it, and the value of
 /// every `keyword=value` whose keyword speaks of one (`password`, `passwd`, `pwd`, `secret`,
 /// misspelt ones too). For text that is not only a connection string, where [`redact`] cannot
-/// tell what is what: a URL with a space before it, another scheme's URL, a usage error.
+/// tell what is what: a URL with a space before it, another scheme's URL, a usage error. And
+/// every age identity (`AGE-SECRET-KEY-1…`, given where a recipient was asked for, say).
 pub fn scrub(text: &str) -> String {
+    let text = hide_age_identities(text);
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut rest = text.as_str();
     while !rest.is_empty() {
         // The next place to look at: a URL's authority, or a `=`.
         let url = rest.find("://").map(|at| at + 3);
@@ -192,6 +194,25 @@ pub fn scrub(text: &str) -> String {
             }
         }
     }
+    out
+}
+
+/// `text` with the key of every age identity in it (`AGE-SECRET-KEY-1…`, any case) hidden.
+fn hide_age_identities(text: &str) -> String {
+    const PREFIX: &str = "age-secret-key-";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find(PREFIX) {
+        let key = at + PREFIX.len();
+        out.push_str(&rest[..key]);
+        rest = &rest[key..];
+        let end = rest.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len());
+        if end > 0 {
+            out.push_str(HIDDEN);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -578,6 +599,11 @@ mod tests {
             ("dbname='postgres://u:S3cr3tPw@h/d' sslmode=require", "dbname='postgres://u:***@h/d' sslmode=require"),
             ("pasword=S3cr3tPw&sslmode=require", "pasword=***&sslmode=require"),
             ("a=b c=d https://host/path?q=1 user@host:22", "a=b c=d https://host/path?q=1 user@host:22"),
+            (
+                "\"# public key: age1x\\nAGE-SECRET-KEY-1S3CR3TPWQ\" is not an age X25519 recipient",
+                "\"# public key: age1x\\nAGE-SECRET-KEY-***\" is not an age X25519 recipient",
+            ),
+            ("age-secret-key-1s3cr3tpwq", "age-secret-key-***"),
         ];
         for (text, shown) in cases {
             assert_eq!(scrub(text), shown, "{text}");

@@ -178,6 +178,22 @@ fn database_passwords_never_show_in_output_logs_or_the_repository() {
     let mut init = work.command();
     init.args(["init", "-vv", "--repo", &repo, "--repo", &copy, "--recipient", &recipient]);
     watch.run("init", &mut init).ok();
+    // The identity given by mistake where a recipient is asked for: refused, not said back.
+    let mistaken = work.path("mistaken").to_str().unwrap().to_string();
+    for (what, given) in
+        [("a line", identity.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap()), ("the file", &identity)]
+    {
+        for json in [false, true] {
+            let mut init = work.command();
+            init.args(["init", "--repo", &mistaken, "--recipient", given]);
+            if json {
+                init.arg("--json");
+            }
+            watch
+                .run(&format!("init, an identity ({what}) for a recipient"), &mut init)
+                .fails_with(1, "an age identity");
+        }
+    }
 
     // Backups that succeed, the password given every way there is.
     let given = |what, db: Option<String>, env: Option<(&'static str, String)>| DatabaseGiven { what, db, env };
