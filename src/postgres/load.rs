@@ -345,7 +345,36 @@ impl LoadSession {
             "'pg_tablespace'::regclass, oid, 0, xmin FROM pg_catalog.pg_tablespace",
             "'pg_largeobject'::regclass, oid, 0, xmin FROM pg_catalog.pg_largeobject_metadata",
             "'pg_authid'::regclass, member, 0, xmin FROM pg_catalog.pg_auth_members",
+            "'pg_opfamily'::regclass, oid, 0, xmin FROM pg_catalog.pg_opfamily",
+            "'pg_opclass'::regclass, oid, 0, xmin FROM pg_catalog.pg_opclass",
+            "'pg_opfamily'::regclass, amopfamily, 0, xmin FROM pg_catalog.pg_amop",
+            "'pg_opfamily'::regclass, amprocfamily, 0, xmin FROM pg_catalog.pg_amproc",
+            "'pg_am'::regclass, oid, 0, xmin FROM pg_catalog.pg_am",
+            "'pg_ts_config'::regclass, oid, 0, xmin FROM pg_catalog.pg_ts_config",
+            "'pg_ts_config'::regclass, mapcfg, 0, xmin FROM pg_catalog.pg_ts_config_map",
+            "'pg_ts_dict'::regclass, oid, 0, xmin FROM pg_catalog.pg_ts_dict",
+            "'pg_ts_parser'::regclass, oid, 0, xmin FROM pg_catalog.pg_ts_parser",
+            "'pg_ts_template'::regclass, oid, 0, xmin FROM pg_catalog.pg_ts_template",
+            "'pg_transform'::regclass, oid, 0, xmin FROM pg_catalog.pg_transform",
+            "'pg_type'::regclass, enumtypid, 0, xmin FROM pg_catalog.pg_enum",
+            "classoid, objoid, objsubid, xmin FROM pg_catalog.pg_seclabel",
+            "classoid, objoid, 0, xmin FROM pg_catalog.pg_shseclabel",
         ];
+        // Privileges on settings (`GRANT ALTER SYSTEM ON PARAMETER`), PostgreSQL 15 and later.
+        let readable = |catalog: &str| {
+            format!(
+                "SELECT pg_catalog.to_regclass('pg_catalog.{catalog}') IS NOT NULL \
+                   AND pg_catalog.has_table_privilege('pg_catalog.{catalog}', 'SELECT')"
+            )
+        };
+        for (catalog, from) in [
+            ("pg_parameter_acl", "'pg_parameter_acl'::regclass, oid, 0, xmin FROM pg_catalog.pg_parameter_acl"),
+            ("pg_subscription", "'pg_subscription'::regclass, oid, 0, xmin FROM pg_catalog.pg_subscription"),
+        ] {
+            if self.client.query_one(&readable(catalog), &[]).await?.get::<_, bool>(0) {
+                objects.push(from);
+            }
+        }
         let readable = "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT') \
                           AND pg_catalog.has_table_privilege('pg_catalog.pg_user_mapping', 'SELECT')";
         if self.client.query_one(readable, &[]).await?.get::<_, bool>(0) {
@@ -376,6 +405,18 @@ impl LoadSession {
                      (SELECT collnamespace FROM pg_catalog.pg_collation WHERE oid = m.objid) \
                    WHEN 'pg_conversion'::regclass THEN \
                      (SELECT connamespace FROM pg_catalog.pg_conversion WHERE oid = m.objid) \
+                   WHEN 'pg_opfamily'::regclass THEN \
+                     (SELECT opfnamespace FROM pg_catalog.pg_opfamily WHERE oid = m.objid) \
+                   WHEN 'pg_opclass'::regclass THEN \
+                     (SELECT opcnamespace FROM pg_catalog.pg_opclass WHERE oid = m.objid) \
+                   WHEN 'pg_ts_config'::regclass THEN \
+                     (SELECT cfgnamespace FROM pg_catalog.pg_ts_config WHERE oid = m.objid) \
+                   WHEN 'pg_ts_dict'::regclass THEN \
+                     (SELECT dictnamespace FROM pg_catalog.pg_ts_dict WHERE oid = m.objid) \
+                   WHEN 'pg_ts_parser'::regclass THEN \
+                     (SELECT prsnamespace FROM pg_catalog.pg_ts_parser WHERE oid = m.objid) \
+                   WHEN 'pg_ts_template'::regclass THEN \
+                     (SELECT tmplnamespace FROM pg_catalog.pg_ts_template WHERE oid = m.objid) \
                    WHEN 'pg_statistic_ext'::regclass THEN \
                      (SELECT stxnamespace FROM pg_catalog.pg_statistic_ext WHERE oid = m.objid) \
                    WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_attrdef d \
@@ -460,6 +501,33 @@ impl LoadSession {
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// The objects of `schemas` (and the schemas) that another role than the session's owns,
+    /// named: what a restore makes there is its own, and an owner given in between could change
+    /// the side objects under the admin who compares with them.
+    pub async fn owned_by_others(&self, schemas: &[&str]) -> Result<Vec<String>> {
+        let sql = "WITH owned (classid, objid, nsp, owner) AS ( \
+               SELECT 'pg_namespace'::regclass, oid, oid, nspowner FROM pg_catalog.pg_namespace \
+               UNION ALL SELECT 'pg_class'::regclass, oid, relnamespace, relowner FROM pg_catalog.pg_class \
+               UNION ALL SELECT 'pg_proc'::regclass, oid, pronamespace, proowner FROM pg_catalog.pg_proc \
+               UNION ALL SELECT 'pg_type'::regclass, oid, typnamespace, typowner FROM pg_catalog.pg_type \
+               UNION ALL SELECT 'pg_operator'::regclass, oid, oprnamespace, oprowner FROM pg_catalog.pg_operator \
+               UNION ALL SELECT 'pg_collation'::regclass, oid, collnamespace, collowner FROM pg_catalog.pg_collation \
+               UNION ALL SELECT 'pg_conversion'::regclass, oid, connamespace, conowner FROM pg_catalog.pg_conversion \
+               UNION ALL SELECT 'pg_opfamily'::regclass, oid, opfnamespace, opfowner FROM pg_catalog.pg_opfamily \
+               UNION ALL SELECT 'pg_opclass'::regclass, oid, opcnamespace, opcowner FROM pg_catalog.pg_opclass \
+               UNION ALL SELECT 'pg_ts_config'::regclass, oid, cfgnamespace, cfgowner FROM pg_catalog.pg_ts_config \
+               UNION ALL SELECT 'pg_ts_dict'::regclass, oid, dictnamespace, dictowner FROM pg_catalog.pg_ts_dict \
+               UNION ALL SELECT 'pg_statistic_ext'::regclass, oid, stxnamespace, stxowner \
+                 FROM pg_catalog.pg_statistic_ext) \
+             SELECT pg_catalog.concat_ws(' ', o.type, o.identity) FROM owned, \
+               LATERAL pg_catalog.pg_identify_object(owned.classid, owned.objid, 0) o \
+             WHERE owned.nsp IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = ANY ($1::text[])) \
+               AND owned.owner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user) \
+             ORDER BY 1 LIMIT 10";
+        let rows = self.client.query(sql, &[&schemas]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     /// Takes from PUBLIC what it holds on `schemas` and their routines (EXECUTE, given to it on

@@ -249,9 +249,25 @@ const CREATED_BESIDE_LIVE: [&str; 22] = [
 ];
 
 /// Functions of `pg_catalog` that change something besides their result (settings, sequences,
-/// large objects, other sessions, the server): an expression of the snapshot's schema that the
+/// large objects, other sessions, the server), read the server's files or run SQL given as a
+/// string (`query_to_xml`): an expression of the snapshot's schema that the
 /// restore evaluates (a check constraint, a materialized view's query) must not call them.
-const CHANGING_FUNCTIONS: [&str; 14] = [
+const CHANGING_FUNCTIONS: [&str; 26] = [
+    "pg_import_system_collations",
+    // SQL in a string, run with the session's rights.
+    "query_to_",
+    "cursor_to_",
+    // The server's files and processes.
+    "pg_read_",
+    "pg_ls_",
+    "pg_stat_file",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_log_backend_memory_contexts",
+    // Replication: slots, messages in the WAL.
+    "pg_logical_emit_message",
+    "pg_create_",
+    "pg_drop_replication_slot",
     "set_config",
     "setval",
     "nextval",
@@ -310,6 +326,13 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     };
     if !kind_allowed {
         return Some(format!("{} statement", first.to_ascii_uppercase()));
+    }
+    // The side objects are the restoring role's: no `OWNER TO`, no `CREATE SCHEMA …
+    // AUTHORIZATION` (pg_dump's owners are left out by statement beside live data, but not one
+    // the script leaves unterminated).
+    let owner = (1..statement.len()).any(|at| word(at - 1, "owner") && word(at, "to"));
+    if owner || statement.iter().any(|t| is_word(Some(t), "authorization")) {
+        return Some("a change of owner".into());
     }
     for (at, token) in statement.iter().enumerate() {
         if !statement.get(at + 1).is_some_and(|t| t.is_punct('(')) {
@@ -1697,6 +1720,9 @@ mod tests {
             "CREATE TABLE crm.y (id integer DEFAULT nextval('public.live_seq'::regclass)) /*m16*/;",
             "CREATE TABLE crm.z (id integer DEFAULT pg_catalog.nextval(('pub' || 'lic.s')::regclass)) /*m17*/;",
             "CREATE TRIGGER t AFTER INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION \"public\".f() /*m18*/;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT q CHECK ((query_to_xml('DELETE FROM x', false, false, '') IS NOT NULL)) /*m19*/;",
+            "ALTER SCHEMA crm OWNER TO evil /*m20*/",
+            "CREATE SCHEMA crm2 AUTHORIZATION evil /*m21*/;",
         ];
         let entries: String = attacks.iter().map(|sql| entry("x", "COMMENT", "crm", sql)).collect();
         let part = select(

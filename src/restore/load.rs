@@ -157,6 +157,11 @@ impl Load<'_> {
             .map(|table| format!("rows of {}", crate::error::printable(table)))
             .collect();
         let made = self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let foreign = client.owned_by_others(side).await?;
+        if !foreign.is_empty() {
+            let named: Vec<String> = foreign.iter().map(|object| crate::error::printable(object)).collect();
+            changed.push(format!("owners other than you in them: {}", named.join(", ")));
+        }
         let objects = client.written_outside(side, &made).await?;
         if !objects.is_empty() {
             let named: Vec<String> = objects.iter().map(|object| crate::error::printable(object)).collect();

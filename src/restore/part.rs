@@ -50,10 +50,12 @@ pub(super) async fn choose(
 
     if contents.is_some() && client.is_superuser().await? {
         note(
-            "restoring beside live data as a superuser: the snapshot's functions that run while rows load (check \
-             constraints, domain checks, defaults, and with --data-only the live tables' triggers) run with every \
-             right on this server; a source user who can create functions can act as you. Restore with \
-             --role and a role without superuser where you can"
+            "restoring beside live data as a superuser: the snapshot's functions that run while rows load and \
+             indexes are built (check constraints, domain checks, defaults, index expressions, and with --data-only \
+             the live tables' triggers) run with every right on this server; a source user who can create \
+             functions, or whoever controls the backup host, can act as you, and the check before commit is a \
+             tripwire, not a boundary. Restore connected as a login without superuser (--db postgres://ROLE@…) \
+             where you can"
                 .into(),
         );
     }
@@ -119,9 +121,20 @@ pub(super) async fn choose(
     }
     // `--rows`: the tables the rows are in.
     let wanted = |t: &TableName| only.map_or_else(|| filter.matches(&t.schema, &t.name), |only| only.contains(t));
+    // Beside live data the side objects are the admin's: owned by the restoring role, with
+    // none of the snapshot's grants (a role whose access was revoked since, or a source user
+    // who owned them, must not reach the copy the admin compares and copies back from). What
+    // is left of owners and grants after that (one the script does not end) is refused.
+    let leave_out = postgres::script::LeaveOut { owners: true, privileges: true };
+    let (pre_data, post_data) = if beside_live_data {
+        note("beside live data, the restored objects belong to you and carry none of the snapshot's grants".into());
+        (postgres::script::without(pre_data, leave_out), postgres::script::without(post_data, leave_out))
+    } else {
+        (pre_data.to_string(), post_data.to_string())
+    };
     let live_schemas = if beside_live_data { client.schemas().await? } else { Vec::new() };
     let spec = Spec { wanted: &wanted, schema_map: map, beside_live_data, live_schemas: &live_schemas };
-    let selected = schema_part::select(pre_data, post_data, &spec);
+    let selected = schema_part::select(&pre_data, &post_data, &spec);
     let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
     check_patterns(&filter, &names)?;
     if beside_live_data {
@@ -144,19 +157,7 @@ pub(super) async fn choose(
     for left_out in &selected.left_out {
         note(format!("not restored: {left_out}"));
     }
-    // Beside live data the side objects are the admin's: owned by the restoring role, with
-    // none of the snapshot's grants (a role whose access was revoked since, or a source user
-    // who owned them, must not reach the copy the admin compares and copies back from).
-    let (pre_data, post_data) = if beside_live_data {
-        note("beside live data, the restored objects belong to you and carry none of the snapshot's grants".into());
-        let leave_out = postgres::script::LeaveOut { owners: true, privileges: true };
-        (
-            postgres::script::without(&selected.pre_data, leave_out),
-            postgres::script::without(&selected.post_data, leave_out),
-        )
-    } else {
-        (selected.pre_data.clone(), selected.post_data.clone())
-    };
+    let (pre_data, post_data) = (selected.pre_data.clone(), selected.post_data.clone());
     manifest.tables.retain(|t| selected.makes(&t.schema, &t.name));
     manifest.sequences.retain(|s| selected.makes(&s.schema, &s.name));
     manifest.materialized_views.retain(|(schema, name)| selected.makes(schema, name));

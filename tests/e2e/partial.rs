@@ -2,7 +2,7 @@
 //! schema next to the live data (which stays untouched), rows only into existing tables; and
 //! names that would break pasted SQL.
 
-use crate::common::{DropRole, Ready, Scenario, TestDb};
+use crate::common::{DropRole, Ready, Scenario, TestDb, psql};
 
 /// A digest of a table's rows, in key order.
 fn rows(db: &TestDb, table: &str, key: &str) -> String {
@@ -488,6 +488,16 @@ BEGIN PERFORM pg_catalog.set_config('track_counts', 'off', false);
   EXECUTE 'INSERT INTO crm.log (note) VALUES (''unseen'')'; RETURN true; END $$;
 CREATE TABLE crm.blind (id int PRIMARY KEY CHECK (crm.unseen(id)));
 INSERT INTO crm.blind VALUES (1);
+CREATE FUNCTION crm.giveaway(id int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN ALTER SCHEMA crm OWNER TO part_reach_owner; RETURN true; END $$;
+CREATE TABLE crm.given (id int PRIMARY KEY CHECK (crm.giveaway(id)));
+INSERT INTO crm.given VALUES (1);
+ALTER SCHEMA crm OWNER TO postgres;
+CREATE FUNCTION crm.dict(id int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN EXECUTE pg_catalog.format('CREATE TEXT SEARCH DICTIONARY public.d%s (TEMPLATE = pg_catalog.simple)',
+  pg_catalog.txid_current()); RETURN true; END $$;
+CREATE TABLE crm.dicts (id int PRIMARY KEY CHECK (crm.dict(id)));
+INSERT INTO crm.dicts VALUES (1);
 DELETE FROM crm.log;
 INSERT INTO crm.contacts VALUES (1, 'a'), (2, 'b');
 INSERT INTO crm.deals VALUES (1, 'x');
@@ -495,6 +505,8 @@ INSERT INTO crm.plain VALUES (1, 'p');
 INSERT INTO crm.tasks VALUES (1, 't');
 ALTER TABLE crm.log DROP COLUMN altered;
 ";
+    let _role = DropRole("part_reach_owner".into());
+    psql("postgres", "DROP ROLE IF EXISTS part_reach_owner; CREATE ROLE part_reach_owner NOLOGIN");
     let Ready { source, work, repo, .. } = Scenario::new("part_reach").sql(setup).init("repo").backup();
     let log = || rows(&source, "crm.log", "id");
     let before = log();
@@ -535,6 +547,16 @@ ALTER TABLE crm.log DROP COLUMN altered;
     );
     assert_eq!(log(), before);
     assert!(!exists(&source, "crm_side.blind"));
+
+    // Its side schema given to another role while rows load: that role could change what the
+    // admin compares with.
+    let run = work.restore_with(&repo, &source, &["--table", "crm.given", "--schema-map", "crm=crm_side", "latest"]);
+    run.fails_with(1, "owners other than you in them: schema crm_side");
+    assert!(!exists(&source, "crm_side.given"));
+
+    // Objects of the catalogs less often thought of: a text search dictionary.
+    let run = work.restore_with(&repo, &source, &["--table", "crm.dicts", "--schema-map", "crm=crm_side", "latest"]);
+    run.fails_with(1, "objects outside them: text search dictionary public.d");
 
     // A restore that keeps to its schema goes through.
     work.restore_with(&repo, &source, &["--table", "crm.plain", "--schema-map", "crm=crm_side", "latest"]).ok();
@@ -720,6 +742,9 @@ fn a_forged_schema_script_drops_changes_grants_nothing_live_beside_live_data() {
             "WITH a AS (SELECT FROM crm.contacts) SELECT pg_catalog.setval('public.invoice_no', 1, false);",
             "SELECT crm.f();",
             "COPY (SELECT 1 FROM crm.contacts) TO PROGRAM 'true';",
+            // The script's last statement, left without its `;` (which an owner's removal
+            // looked for).
+            "ALTER SCHEMA crm OWNER TO part_forged_victim",
         ],
     );
     work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
@@ -731,6 +756,8 @@ fn a_forged_schema_script_drops_changes_grants_nothing_live_beside_live_data() {
          (SELECT rolsuper FROM pg_roles WHERE rolname = 'part_forged_victim')",
     );
     assert_eq!(live.trim(), "1|1|500|f");
+    let owner = source.sql("SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'crm_side'");
+    assert_eq!(owner.trim(), "postgres", "the side schema is the restoring role's");
     // The side schema's routines are the restoring role's alone, a SECURITY DEFINER one too.
     let public = source.sql(
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
