@@ -352,6 +352,13 @@ enum Command {
         /// only objects of renamed schemas are made, beside the live ones. Repeatable.
         #[arg(long = "schema-map", value_name = "FROM=TO", value_parser = parse_schema_map)]
         schema_map: Vec<(String, String)>,
+        /// Beside live data, restore even when the snapshot's own functions would run while
+        /// it loads (called by check constraints, domains, generated columns, index
+        /// expressions or materialized views of the side schema) and the restore can act as a
+        /// superuser: they run with every right on the server. Without it such a restore is
+        /// refused before it starts; connect as a login without superuser instead.
+        #[arg(long)]
+        trust_snapshot_code: bool,
         /// Load rows only, into the target's existing tables (with --table, some of them; with
         /// --schema-map, under other schemas), in one transaction: a row that breaks a
         /// constraint fails the whole restore and nothing is loaded. Sequences are not set.
@@ -1109,6 +1116,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             tables,
             exclude_tables,
             schema_map,
+            trust_snapshot_code,
             data_only,
             rows,
             with_related,
@@ -1148,6 +1156,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
                 role: roles.role.clone(),
+                trust_snapshot_code,
                 part: restore::PartOptions {
                     include: tables,
                     exclude: exclude_tables,
@@ -1230,6 +1239,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
                 role: roles.role.clone(),
+                trust_snapshot_code: false,
                 part: restore::PartOptions::default(),
             };
             audit.database(&options.database);

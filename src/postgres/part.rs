@@ -57,6 +57,10 @@ pub struct Part {
     pub left_out: Vec<String>,
     /// Every table, view and materialized view of the script (what patterns may name).
     pub candidates: BTreeSet<TableName>,
+    /// The routines, operators and aggregates the part makes that the restore itself will run
+    /// (`schema.name` as the snapshot names them): called by a check constraint, a domain, a
+    /// generated column, an index or a view of the part. Triggers and rules do not fire.
+    pub runs_own_code: BTreeSet<String>,
 }
 
 impl Part {
@@ -113,6 +117,12 @@ struct Facts {
     /// Statements that may not run beside live data whatever they name ([`refused_beside_live`]),
     /// each said.
     refused: Vec<String>,
+    /// The routines, operators and aggregates its statements create (`CREATE FUNCTION`,
+    /// `PROCEDURE`, `AGGREGATE`, `OPERATOR`).
+    routines: Vec<TableName>,
+    /// The qualified names its statements use where the restore evaluates them (not a routine's
+    /// own definition, a trigger, a rule, a comment or a column's default).
+    evaluated: BTreeSet<TableName>,
     /// Every schema a name of its statements is qualified with (`app` in `app.f(x)`, `public`
     /// in `db.public.t`), and that of every literal that is a qualified name (`'app.seq'`):
     /// aliases too (`d` in `d.id`), which are harmless unless they spell a live schema.
@@ -327,6 +337,14 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     if !kind_allowed {
         return Some(format!("{} statement", first.to_ascii_uppercase()));
     }
+    // A routine in C (or the server's internal language) runs whatever a library holds.
+    let native = (1..statement.len()).any(|at| {
+        let language = statement[at].text.trim_matches(['\'', '"']).to_ascii_lowercase();
+        word(at - 1, "language") && (language == "c" || language == "internal")
+    });
+    if native {
+        return Some("a routine in C".into());
+    }
     // The side objects are the restoring role's: no `OWNER TO`, no `CREATE SCHEMA …
     // AUTHORIZATION` (pg_dump's owners are left out by statement beside live data, but not one
     // the script leaves unterminated).
@@ -353,6 +371,38 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
         }
     }
     None
+}
+
+fn is_operator(token: &Token<'_>) -> bool {
+    token.kind == Kind::Punct && token.text.chars().all(|c| OPERATOR_CHARS.contains(c))
+}
+
+/// The `schema.name` or `schema.operator` (`crm.###`) at `at`, if there is one.
+fn qualified_or_operator(tokens: &[Token<'_>], at: usize) -> Option<TableName> {
+    if at > 0 && tokens[at - 1].is_punct('.') {
+        return None;
+    }
+    let schema = name_of(tokens.get(at)?)?;
+    if !tokens.get(at + 1)?.is_punct('.') {
+        return None;
+    }
+    let next = tokens.get(at + 2)?;
+    let name = match name_of(next) {
+        Some(name) => name,
+        None if is_operator(next) => {
+            // The lexer gives an operator's characters one by one: those that touch.
+            let mut name = next.text.to_string();
+            for token in &tokens[at + 3..] {
+                if !is_operator(token) || token.start != next.start + name.len() {
+                    break;
+                }
+                name.push_str(token.text);
+            }
+            name
+        }
+        None => return None,
+    };
+    Some(TableName { schema, name })
 }
 
 /// The schema of a literal that is a qualified name (`'app.seq'`, `'"App".seq'`: what
@@ -458,6 +508,23 @@ fn facts(sql: &str) -> Facts {
         if setting(statement).is_none() {
             facts.statements.push(statement_schema(statement));
             facts.refused.extend(refused_beside_live(statement));
+            let word = |at: usize, w: &str| is_word(statement.get(at), w);
+            let kind = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+            let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
+            if word(0, "create") && defines {
+                if let Some(name) =
+                    (kind + 1..statement.len().min(kind + 3)).find_map(|at| qualified_or_operator(statement, at))
+                {
+                    facts.routines.push(name);
+                }
+                continue;
+            }
+            let inert = (word(0, "create") && ["trigger", "constraint", "rule"].iter().any(|w| word(kind, w)))
+                || !(word(0, "create") || word(0, "alter"))
+                || (word(0, "alter") && (1..statement.len()).any(|at| word(at - 1, "set") && word(at, "default")));
+            if !inert {
+                facts.evaluated.extend((0..statement.len()).filter_map(|at| qualified_or_operator(statement, at)));
+            }
         }
     }
     for (at, token) in tokens.iter().enumerate() {
@@ -761,6 +828,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         true
     };
     let mut part = Part::default();
+    let mut kept_facts: Vec<&Facts> = Vec::new();
     let mut created_schemas = HashSet::new();
     let mut all_facts = entries.iter();
     for (script, out) in [(&pre, &mut part.pre_data), (&post, &mut part.post_data)] {
@@ -793,6 +861,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             {
                 created_schemas.insert(schema.clone());
             }
+            kept_facts.push(facts);
             out.push_str(&rename(entry.sql, spec.schema_map));
         }
     }
@@ -809,6 +878,13 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         let preamble = settings_only(pre.preamble).len();
         part.pre_data.insert_str(preamble, &first);
     }
+    let routines: HashSet<&TableName> = kept_facts.iter().flat_map(|f| &f.routines).collect();
+    part.runs_own_code = kept_facts
+        .iter()
+        .flat_map(|f| &f.evaluated)
+        .filter(|name| routines.contains(name))
+        .map(|name| format!("{}.{}", name.schema, name.name))
+        .collect();
     part.relations = kept.into_iter().cloned().collect();
     part.candidates = kinds.iter().filter(|(_, r)| **r != Relation::Sequence).map(|(n, _)| (*n).clone()).collect();
     part.left_out = left_out;
@@ -1747,6 +1823,76 @@ mod tests {
         );
         for n in 1..=own.len() {
             assert!(part.pre_data.contains(&format!("/*k{n}*/")), "k{n}: {}", part.pre_data);
+        }
+    }
+
+    #[test]
+    fn the_routines_a_part_makes_and_the_restore_runs_are_named_and_c_is_never_made() {
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let all_crm = |t: &TableName| t.schema == "crm";
+        let spec = Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() };
+        let routines = [
+            entry(
+                "imm(integer)",
+                "FUNCTION",
+                "crm",
+                "CREATE FUNCTION crm.imm(integer) RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;",
+            ),
+            entry(
+                "chk(integer)",
+                "FUNCTION",
+                "crm",
+                "CREATE FUNCTION crm.chk(integer) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;",
+            ),
+            entry(
+                "eq(integer, integer)",
+                "FUNCTION",
+                "crm",
+                "CREATE FUNCTION crm.eq(integer, integer) RETURNS boolean LANGUAGE sql AS $$ SELECT $1 = $2 $$;",
+            ),
+            entry(
+                "next()",
+                "FUNCTION",
+                "crm",
+                "CREATE FUNCTION crm.next() RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;",
+            ),
+            entry(
+                "===",
+                "OPERATOR",
+                "crm",
+                "CREATE OPERATOR crm.=== (FUNCTION = crm.eq, LEFTARG = integer, RIGHTARG = integer);",
+            ),
+        ]
+        .concat();
+        let post_uses = [
+            entry("deals_imm", "INDEX", "crm", "CREATE INDEX deals_imm ON crm.deals USING btree (crm.imm(id));"),
+            entry(
+                "deals chk",
+                "CHECK CONSTRAINT",
+                "crm",
+                "ALTER TABLE crm.deals ADD CONSTRAINT chk CHECK ((id OPERATOR(crm.===) id));",
+            ),
+            entry(
+                "deals t",
+                "TRIGGER",
+                "crm",
+                "CREATE TRIGGER t AFTER INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION crm.chk();",
+            ),
+            entry("deals id", "DEFAULT", "crm", "ALTER TABLE ONLY crm.deals ALTER COLUMN id SET DEFAULT crm.next();"),
+        ]
+        .concat();
+        let part = select(&format!("{}{routines}", pre()), &format!("{}{post_uses}", post()), &spec);
+        assert_eq!(part.runs_own_code, BTreeSet::from(["crm.imm".to_string(), "crm.===".to_string()]));
+        // Triggers and defaults alone run nothing while the restore loads.
+        let part = select(&format!("{}{routines}", pre()), &post(), &spec);
+        assert!(part.runs_own_code.is_empty(), "{:?}", part.runs_own_code);
+        // A routine in C runs whatever a library holds: not made beside live data.
+        for native in [
+            "CREATE FUNCTION crm.sys(cstring) RETURNS integer\n    LANGUAGE c\n    AS 'libc.so.6', 'system';",
+            "CREATE FUNCTION crm.int(cstring) RETURNS integer LANGUAGE internal AS 'int4in';",
+        ] {
+            let part = select(&format!("{}{}", pre(), entry("sys", "FUNCTION", "crm", native)), &post(), &spec);
+            assert!(!part.pre_data.contains("(cstring)"), "{native}: {}", part.pre_data);
         }
     }
 

@@ -82,6 +82,9 @@ pub struct RestoreOptions {
     pub create_roles: bool,
     /// Load as this role (`--role`: `SET ROLE` on every loading session).
     pub role: Option<String>,
+    /// Beside live data, restore even when the snapshot's own functions would run while it
+    /// loads as a superuser (`--trust-snapshot-code`).
+    pub trust_snapshot_code: bool,
     /// Part of the snapshot (`--table`, `--exclude-table`, `--schema-map`, `--data-only`);
     /// the default is all of it.
     pub part: PartOptions,

@@ -48,7 +48,8 @@ pub(super) async fn choose(
         note("large objects are restored only with the whole snapshot: left out".into());
     }
 
-    if contents.is_some() && client.is_superuser().await? {
+    let superuser = client.is_superuser().await?;
+    if contents.is_some() && superuser {
         note(
             "restoring beside live data as a superuser: the snapshot's functions that run while rows load and \
              indexes are built (check constraints, domain checks, defaults, index expressions, and with --data-only \
@@ -154,6 +155,17 @@ pub(super) async fn choose(
         }
     }
     check_map(map, selected.relations.iter().map(|t| t.schema.as_str()))?;
+    if beside_live_data && superuser && !options.trust_snapshot_code && !selected.runs_own_code.is_empty() {
+        let named: Vec<String> = selected.runs_own_code.iter().map(|name| crate::error::printable(name)).collect();
+        return Err(Error::Invalid(format!(
+            "the snapshot's own functions would run while this restore loads beside live data, with a superuser's \
+             rights: {} (called by its check constraints, domains, generated columns, indexes or views); whoever \
+             could create functions in the source database, or controls the backup host, could act as you. Connect \
+             as a login without superuser that may create the side schema (--db postgres://ROLE@…), or give \
+             --trust-snapshot-code",
+            named.join(", ")
+        )));
+    }
     for left_out in &selected.left_out {
         note(format!("not restored: {left_out}"));
     }

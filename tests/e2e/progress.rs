@@ -152,6 +152,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         leave_out: crmvault::postgres::script::LeaveOut::default(),
         create_roles: false,
         role: None,
+        trust_snapshot_code: false,
         part: crmvault::restore::PartOptions::default(),
     };
     let recorder = Arc::new(Recorder::default());
