@@ -120,9 +120,14 @@ struct Facts {
     /// The routines, operators and aggregates its statements create (`CREATE FUNCTION`,
     /// `PROCEDURE`, `AGGREGATE`, `OPERATOR`).
     routines: Vec<TableName>,
-    /// The qualified names its statements use where the restore evaluates them (not a routine's
-    /// own definition, a trigger, a rule, a comment or a column's default).
+    /// The routines and operators its statements call where the restore may evaluate them:
+    /// every `CREATE`, `ALTER` and `REFRESH` but a routine's own definition and a trigger (a
+    /// column's default too: a row whose column COPY is not given takes it).
     evaluated: BTreeSet<TableName>,
+    /// The routines its triggers call (fired by COPY when made in pre-data).
+    triggered: BTreeSet<TableName>,
+    /// The operator classes and families it makes.
+    opclasses: Vec<String>,
     /// Every schema a name of its statements is qualified with (`app` in `app.f(x)`, `public`
     /// in `db.public.t`), and that of every literal that is a qualified name (`'app.seq'`):
     /// aliases too (`d` in `d.id`), which are harmless unless they spell a live schema.
@@ -262,11 +267,16 @@ const CREATED_BESIDE_LIVE: [&str; 22] = [
 /// large objects, other sessions, the server), read the server's files or run SQL given as a
 /// string (`query_to_xml`): an expression of the snapshot's schema that the
 /// restore evaluates (a check constraint, a materialized view's query) must not call them.
-const CHANGING_FUNCTIONS: [&str; 26] = [
+const CHANGING_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
     // SQL in a string, run with the session's rights.
     "query_to_",
     "cursor_to_",
+    "table_to_",
+    "schema_to_",
+    "database_to_",
+    "ts_rewrite",
+    "ts_stat",
     // The server's files and processes.
     "pg_read_",
     "pg_ls_",
@@ -274,9 +284,12 @@ const CHANGING_FUNCTIONS: [&str; 26] = [
     "pg_rotate_logfile",
     "pg_promote",
     "pg_log_backend_memory_contexts",
-    // Replication: slots, messages in the WAL.
-    "pg_logical_emit_message",
+    "pg_backup_",
+    // Replication: slots, origins, messages in the WAL.
+    "pg_logical_",
+    "pg_replication_",
     "pg_create_",
+    "pg_copy_",
     "pg_drop_replication_slot",
     "set_config",
     "setval",
@@ -337,6 +350,12 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     if !kind_allowed {
         return Some(format!("{} statement", first.to_ascii_uppercase()));
     }
+    // A rule `ON SELECT` turns a table into a view running what it says.
+    if word(0, "create")
+        && (2..statement.len()).any(|at| word(at - 2, "as") && word(at - 1, "on") && word(at, "select"))
+    {
+        return Some("a rule on SELECT".into());
+    }
     // A routine in C (or the server's internal language) runs whatever a library holds.
     let native = (1..statement.len()).any(|at| {
         let language = statement[at].text.trim_matches(['\'', '"']).to_ascii_lowercase();
@@ -360,12 +379,13 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
         let qualified_elsewhere = at >= 2
             && statement[at - 1].is_punct('.')
             && statement.get(at - 2).and_then(name_of).is_some_and(|schema| schema != "pg_catalog");
-        let changing =
-            CHANGING_FUNCTIONS.iter().any(|f| if f.ends_with('_') { name.starts_with(f) } else { name == *f });
+        let changing = CHANGING_FUNCTIONS.iter().any(|f| name.starts_with(f));
         // `DEFAULT nextval('crm.seq'::regclass)`, its literal a name like any other.
         let a_default = name == "nextval"
             && (1..=2).any(|back| at >= back && word(at - back, "default"))
-            && statement.get(at + 2).is_some_and(|t| t.kind == Kind::Literal && literal_text(t.text).is_some());
+            && statement.get(at + 2).is_some_and(|t| {
+                t.kind == Kind::Literal && literal_text(t.text).is_some() && literal_qualifier(t.text).is_some()
+            });
         if changing && !qualified_elsewhere && !a_default {
             return Some(format!("a call of {name}"));
         }
@@ -510,6 +530,14 @@ fn facts(sql: &str) -> Facts {
             facts.refused.extend(refused_beside_live(statement));
             let word = |at: usize, w: &str| is_word(statement.get(at), w);
             let kind = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+            // An operator class or family: an index, a key, a range type or partitioning on its
+            // type calls its support functions, without naming them.
+            if word(0, "create") && word(kind, "operator") && (word(kind + 1, "class") || word(kind + 1, "family")) {
+                let name =
+                    (kind + 2..statement.len().min(kind + 4)).find_map(|at| qualified_or_operator(statement, at));
+                facts.opclasses.extend(name.map(|n| format!("{}.{}", n.schema, n.name)));
+                continue;
+            }
             let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
             if word(0, "create") && defines {
                 if let Some(name) =
@@ -519,11 +547,40 @@ fn facts(sql: &str) -> Facts {
                 }
                 continue;
             }
-            let inert = (word(0, "create") && ["trigger", "constraint", "rule"].iter().any(|w| word(kind, w)))
-                || !(word(0, "create") || word(0, "alter"))
-                || (word(0, "alter") && (1..statement.len()).any(|at| word(at - 1, "set") && word(at, "default")));
-            if !inert {
-                facts.evaluated.extend((0..statement.len()).filter_map(|at| qualified_or_operator(statement, at)));
+            // Where a routine is called: `crm.f(`, an operator, `SUBTYPE_DIFF = crm.f`.
+            let called = (0..statement.len()).filter_map(|at| {
+                let name = qualified_or_operator(statement, at)?;
+                // An object the statement makes, alters or refers to by name: `TABLE crm.t (`,
+                // `REFERENCES crm.t(id)`.
+                let named = [
+                    "table",
+                    "references",
+                    "only",
+                    "on",
+                    "exists",
+                    "view",
+                    "index",
+                    "of",
+                    "sequence",
+                    "into",
+                    "type",
+                    "domain",
+                ];
+                if at > 0 && named.iter().any(|w| word(at - 1, w)) {
+                    return None;
+                }
+                let call = statement.get(at + 3).is_some_and(|t| t.is_punct('('))
+                    || (at > 0 && statement[at - 1].is_punct('='))
+                    || !name.name.starts_with(script::is_identifier_start);
+                call.then_some(name)
+            });
+            if word(0, "create") && (word(kind, "trigger") || (word(kind, "constraint") && word(kind + 1, "trigger"))) {
+                // Fired by the rows COPY loads when made before them (pre-data).
+                facts.triggered.extend(called);
+            } else if (word(0, "create") || word(0, "alter") || word(0, "refresh"))
+                && !(word(0, "alter") && ["function", "procedure", "aggregate", "routine"].iter().any(|w| word(1, w)))
+            {
+                facts.evaluated.extend(called);
             }
         }
     }
@@ -828,10 +885,10 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         true
     };
     let mut part = Part::default();
-    let mut kept_facts: Vec<&Facts> = Vec::new();
+    let mut kept_facts: Vec<(&Facts, bool)> = Vec::new();
     let mut created_schemas = HashSet::new();
     let mut all_facts = entries.iter();
-    for (script, out) in [(&pre, &mut part.pre_data), (&post, &mut part.post_data)] {
+    for (pre_data, script, out) in [(true, &pre, &mut part.pre_data), (false, &post, &mut part.post_data)] {
         out.push_str(&settings_only(script.preamble));
         for entry in &script.entries {
             let facts = all_facts.next().expect("facts of every entry");
@@ -861,7 +918,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             {
                 created_schemas.insert(schema.clone());
             }
-            kept_facts.push(facts);
+            kept_facts.push((facts, pre_data));
             out.push_str(&rename(entry.sql, spec.schema_map));
         }
     }
@@ -878,12 +935,13 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         let preamble = settings_only(pre.preamble).len();
         part.pre_data.insert_str(preamble, &first);
     }
-    let routines: HashSet<&TableName> = kept_facts.iter().flat_map(|f| &f.routines).collect();
+    let routines: HashSet<&TableName> = kept_facts.iter().flat_map(|(f, _)| &f.routines).collect();
     part.runs_own_code = kept_facts
         .iter()
-        .flat_map(|f| &f.evaluated)
+        .flat_map(|(f, pre_data)| f.evaluated.iter().chain(f.triggered.iter().filter(|_| *pre_data)))
         .filter(|name| routines.contains(name))
         .map(|name| format!("{}.{}", name.schema, name.name))
+        .chain(kept_facts.iter().flat_map(|(f, _)| f.opclasses.iter().cloned()))
         .collect();
     part.relations = kept.into_iter().cloned().collect();
     part.candidates = kinds.iter().filter(|(_, r)| **r != Relation::Sequence).map(|(n, _)| (*n).clone()).collect();
@@ -1796,6 +1854,10 @@ mod tests {
             "CREATE TABLE crm.y (id integer DEFAULT nextval('public.live_seq'::regclass)) /*m16*/;",
             "CREATE TABLE crm.z (id integer DEFAULT pg_catalog.nextval(('pub' || 'lic.s')::regclass)) /*m17*/;",
             "CREATE TRIGGER t AFTER INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION \"public\".f() /*m18*/;",
+            "CREATE RULE \"_RETURN\" AS ON SELECT TO crm.deals DO INSTEAD SELECT 1 /*m22*/;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT t CHECK ((ts_rewrite('a'::tsquery, 'SELECT 1') IS NOT NULL)) /*m23*/;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT a CHECK ((pg_advisory_lock(1) IS NOT NULL)) /*m24*/;",
+            "CREATE TABLE crm.o (id integer DEFAULT nextval('16385'::regclass)) /*m25*/;",
             "ALTER TABLE crm.deals ADD CONSTRAINT q CHECK ((query_to_xml('DELETE FROM x', false, false, '') IS NOT NULL)) /*m19*/;",
             "ALTER SCHEMA crm OWNER TO evil /*m20*/",
             "CREATE SCHEMA crm2 AUTHORIZATION evil /*m21*/;",
@@ -1882,10 +1944,38 @@ mod tests {
         ]
         .concat();
         let part = select(&format!("{}{routines}", pre()), &format!("{}{post_uses}", post()), &spec);
-        assert_eq!(part.runs_own_code, BTreeSet::from(["crm.imm".to_string(), "crm.===".to_string()]));
-        // Triggers and defaults alone run nothing while the restore loads.
-        let part = select(&format!("{}{routines}", pre()), &post(), &spec);
+        // A default counts: COPY gives it to a row whose column the manifest leaves out.
+        let named = |names: &[&str]| names.iter().map(ToString::to_string).collect::<BTreeSet<_>>();
+        assert_eq!(part.runs_own_code, named(&["crm.imm", "crm.===", "crm.next"]));
+        // A trigger made after the rows load (post-data) fires for none of them; one made
+        // before, in pre-data, fires for each. A table named as its trigger function is no call.
+        let trigger = entry(
+            "t",
+            "TRIGGER",
+            "crm",
+            "CREATE TRIGGER t BEFORE INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION crm.chk();",
+        );
+        let part = select(&format!("{}{routines}", pre()), &format!("{}{trigger}", post()), &spec);
         assert!(part.runs_own_code.is_empty(), "{:?}", part.runs_own_code);
+        let part = select(&format!("{}{routines}{trigger}", pre()), &post(), &spec);
+        assert_eq!(part.runs_own_code, named(&["crm.chk"]));
+        let same_name = entry(
+            "deals()",
+            "FUNCTION",
+            "crm",
+            "CREATE FUNCTION crm.deals() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;",
+        );
+        let part = select(&format!("{}{same_name}", pre()), &post(), &spec);
+        assert!(part.runs_own_code.is_empty(), "{:?}", part.runs_own_code);
+        // An operator class is called by whatever orders its type, naming it or not; a
+        // statement that sets a default as well as adding a check is looked at whole.
+        let more = [
+            entry("stage_ops", "OPERATOR CLASS", "crm", "CREATE OPERATOR CLASS crm.stage_ops DEFAULT FOR TYPE crm.stage USING btree AS FUNCTION 1 crm.chk(integer);"),
+            entry("deals c", "CONSTRAINT", "crm", "ALTER TABLE crm.deals ALTER COLUMN id SET DEFAULT 0, ADD CONSTRAINT c CHECK (crm.chk(id));"),
+        ]
+        .concat();
+        let part = select(&format!("{}{routines}{more}", pre()), &post(), &spec);
+        assert_eq!(part.runs_own_code, named(&["crm.chk", "crm.stage_ops"]));
         // A routine in C runs whatever a library holds: not made beside live data.
         for native in [
             "CREATE FUNCTION crm.sys(cstring) RETURNS integer\n    LANGUAGE c\n    AS 'libc.so.6', 'system';",
