@@ -550,6 +550,22 @@ impl LoadSession {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    /// The columns of `table` (as the database has it) that its COPY would not give: COPY fills
+    /// those with their defaults, which can call functions (generated columns aside, which are
+    /// never given).
+    pub async fn columns_not_loaded(&self, table: &TableManifest) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT attname::text FROM pg_catalog.pg_attribute \
+                 WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+                   AND attname <> ALL ($2::text[]) ORDER BY attnum",
+                &[&qualified(&table.schema, &table.name), &table.columns],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Which of `tables` (schema, name) the database lacks, or has without one of the columns
     /// given with it: each as a line saying which.
     pub async fn missing_tables(&self, tables: &[(&str, &str, &[String])]) -> Result<Vec<String>> {

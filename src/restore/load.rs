@@ -103,6 +103,9 @@ impl Load<'_> {
         };
         client.run_script(pre_data).await?;
         self.warn_of_functions_run_as_superuser().await?;
+        if side.is_some() {
+            self.check_every_column_is_loaded().await?;
+        }
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
         for table in &self.manifest.tables {
@@ -115,6 +118,25 @@ impl Load<'_> {
         }
         client.commit().await?;
         Ok(rows)
+    }
+
+    /// Beside live data, refuses a table whose COPY would leave a column out: the column would
+    /// take its default, code the snapshot's schema names, run for every row (a snapshot whose
+    /// manifest and schema disagree was not written by pg_dump and crmvault alone).
+    async fn check_every_column_is_loaded(&self) -> Result<()> {
+        for table in &self.manifest.tables {
+            let left = self.client.columns_not_loaded(table).await?;
+            if !left.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "the snapshot's rows of {}.{} do not give column {} that its schema makes: refused, so that \
+                     no default runs for them (a snapshot whose data and schema disagree); nothing was restored",
+                    crate::error::printable(&table.schema),
+                    crate::error::printable(&table.name),
+                    left.iter().map(|c| crate::error::printable(c)).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Beside live data, the schemas a `--schema-map` restore makes (`None` otherwise, and for

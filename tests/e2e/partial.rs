@@ -788,6 +788,24 @@ fn a_forged_schema_script_drops_changes_grants_nothing_live_beside_live_data() {
     assert_eq!(source.sql("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'crm_side'").trim(), "2");
 }
 
+#[test]
+fn a_column_the_schema_adds_and_the_rows_do_not_give_is_refused_beside_live_data() {
+    let setup = "CREATE SCHEMA crm; CREATE TABLE crm.contacts (id int PRIMARY KEY, name text); \
+         INSERT INTO crm.contacts VALUES (1, 'a'), (2, 'b')";
+    let Ready { source, work, repo, .. } = Scenario::new("part_column").sql(setup).init("repo");
+    // COPY would leave the column to its default, for every row: code of the script's choosing.
+    let fake = forging_pg_dump_sections(
+        &work,
+        "TABLE",
+        &["ALTER TABLE crm.contacts ADD COLUMN extra integer DEFAULT 7;"],
+        &[],
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    let run = work.restore_with(&repo, &source, &["--table", "crm.contacts", "--schema-map", "crm=crm_side", "latest"]);
+    run.fails_with(1, "the snapshot's rows of crm_side.contacts do not give column extra that its schema makes");
+    assert!(!exists(&source, "crm_side.contacts"));
+}
+
 /// The second line of defence, should the lexer and the server ever read a script apart
 /// again: a script sent a statement at a time runs no statement the lexer did not cut.
 #[tokio::test(flavor = "multi_thread")]
