@@ -352,10 +352,10 @@ enum Command {
         /// only objects of renamed schemas are made, beside the live ones. Repeatable.
         #[arg(long = "schema-map", value_name = "FROM=TO", value_parser = parse_schema_map)]
         schema_map: Vec<(String, String)>,
-        /// Beside live data, restore even when the snapshot's own functions would run while
-        /// it loads (called by check constraints, domains, generated columns, index
-        /// expressions or materialized views of the side schema) and the restore can act as a
-        /// superuser: they run with every right on the server. Without it such a restore is
+        /// Beside live data, restore even when the part makes code of the snapshot's own that
+        /// could run while it loads (functions other than trigger functions, operators,
+        /// operator classes, triggers made before the rows) and the restore can act as a
+        /// superuser: it would run with every right on the server. Without it such a restore is
         /// refused before it starts; connect as a login without superuser instead.
         #[arg(long)]
         trust_snapshot_code: bool,

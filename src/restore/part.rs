@@ -158,11 +158,11 @@ pub(super) async fn choose(
     if beside_live_data && superuser && !options.trust_snapshot_code && !selected.runs_own_code.is_empty() {
         let named: Vec<String> = selected.runs_own_code.iter().map(|name| crate::error::printable(name)).collect();
         return Err(Error::Invalid(format!(
-            "the snapshot's own functions would run while this restore loads beside live data, with a superuser's \
-             rights: {} (called by its check constraints, domains, generated columns, indexes or views); whoever \
-             could create functions in the source database, or controls the backup host, could act as you. Connect \
-             as a login without superuser that may create the side schema (--db postgres://ROLE@…), or give \
-             --trust-snapshot-code",
+            "the snapshot's own code could run while this restore loads beside live data, with a superuser's \
+             rights: {} (the routines, operators and operator classes it makes, but trigger functions, and \
+             triggers it would make before the rows load); whoever could create functions in the source database, \
+             or controls the backup host, could act as you. Connect as a login without superuser that may create \
+             the side schema (--db postgres://ROLE@…), or give --trust-snapshot-code",
             named.join(", ")
         )));
     }
