@@ -542,7 +542,22 @@ fn facts(sql: &str) -> Facts {
             // but a trigger function, which nothing but a trigger may call; and a trigger made
             // before the rows load, which fires for each.
             let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
-            let trigger_function = (1..statement.len()).any(|at| word(at - 1, "returns") && word(at, "trigger"));
+            // `RETURNS trigger` as the clause, outside the parameters (one may be `returns trigger`).
+            let mut depth = 0i32;
+            let mut returns = None;
+            for (at, token) in statement.iter().enumerate() {
+                if token.is_punct('(') {
+                    depth += 1;
+                } else if token.is_punct(')') {
+                    depth -= 1;
+                } else if depth == 0 && is_word(Some(token), "returns") {
+                    returns = Some(at);
+                    break;
+                }
+            }
+            let trigger_function = returns.is_some_and(|at| {
+                word(at + 1, "trigger") && !statement.get(at + 2).is_some_and(|t| t.is_punct('.') || t.is_punct('['))
+            });
             let trigger = word(kind, "trigger") || (word(kind, "constraint") && word(kind + 1, "trigger"));
             if word(0, "create") && ((defines && !trigger_function) || trigger) {
                 if trigger {
@@ -1895,6 +1910,15 @@ mod tests {
         assert!(part.runs_own_code.is_empty(), "{:?}", part.runs_own_code);
         let part = select(&format!("{}{touch}{trigger}", pre()), &post(), &spec);
         assert_eq!(part.runs_own_code, named(&["trigger t"]));
+        // Neither a parameter spelled `returns trigger` nor those words in a `BEGIN ATOMIC` body
+        // make a trigger function: only the RETURNS clause does.
+        let posing = [
+            entry("p(trigger)", "FUNCTION", "crm", "CREATE FUNCTION crm.p(returns trigger) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;"),
+            entry("s(integer)", "FUNCTION", "crm", "CREATE FUNCTION crm.s(x integer) RETURNS boolean\n    LANGUAGE sql\n    BEGIN ATOMIC\n SELECT returns trigger FROM (SELECT true AS returns) q;\nEND;"),
+        ]
+        .concat();
+        let part = select(&format!("{}{posing}", pre()), &post(), &spec);
+        assert_eq!(part.runs_own_code, named(&["crm.p", "crm.s"]));
         // A routine in C runs whatever a library holds: not made beside live data.
         for native in [
             "CREATE FUNCTION crm.sys(cstring) RETURNS integer\n    LANGUAGE c\n    AS 'libc.so.6', 'system';",
