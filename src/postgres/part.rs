@@ -160,9 +160,7 @@ fn statement_schema(tokens: &[Token<'_>]) -> Option<String> {
         if !tokens.get(at + 1).is_some_and(|t| t.is_punct('.')) {
             continue;
         }
-        let named = tokens.get(at + 2).is_some_and(|t| {
-            name_of(t).is_some() || (t.kind == Kind::Punct && t.text.chars().all(|c| OPERATOR_CHARS.contains(c)))
-        });
+        let named = tokens.get(at + 2).is_some_and(|t| name_of(t).is_some() || is_operator(t));
         if named {
             return Some(schema);
         }
@@ -211,10 +209,30 @@ fn statements<'t, 'a>(tokens: &'t [Token<'a>]) -> Vec<&'t [Token<'a>]> {
     statements
 }
 
+/// Where the kind of object a `CREATE [OR REPLACE] …` statement makes is named.
+fn created_at(statement: &[Token<'_>]) -> usize {
+    if is_word(statement.get(1), "or") && is_word(statement.get(2), "replace") { 3 } else { 1 }
+}
+
+/// A statement's tokens outside brackets, with their places.
+fn outside_brackets<'t, 'a>(statement: &'t [Token<'a>]) -> impl Iterator<Item = (usize, &'t Token<'a>)> {
+    let mut depth = 0i32;
+    statement.iter().enumerate().filter(move |(_, token)| {
+        if token.is_punct('(') {
+            depth += 1;
+        } else if token.is_punct(')') {
+            depth -= 1;
+        } else {
+            return depth == 0;
+        }
+        false
+    })
+}
+
 /// Whether a statement begins `CREATE [OR REPLACE] FUNCTION` or `… PROCEDURE`.
 fn creates_routine(statement: &[Token<'_>]) -> bool {
     let word = |at: usize, w: &str| is_word(statement.get(at), w);
-    let kind = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+    let kind = created_at(statement);
     word(0, "create") && (word(kind, "function") || word(kind, "procedure"))
 }
 
@@ -314,21 +332,12 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     let first = statement.first().map_or_else(String::new, |t| t.text.to_ascii_lowercase());
     let kind_allowed = match first.as_str() {
         "create" => {
-            let kind = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+            let kind = created_at(statement);
             let what = statement.get(kind).map_or_else(String::new, |t| t.text.to_ascii_lowercase());
             let created = CREATED_BESIDE_LIVE.contains(&what.as_str());
             // `CREATE TABLE … AS` and a materialized view made with its data run a query.
-            let mut depth = 0i32;
-            let mut query = false;
-            for token in statement {
-                if token.is_punct('(') {
-                    depth += 1;
-                } else if token.is_punct(')') {
-                    depth -= 1;
-                } else if depth == 0 && is_word(Some(token), "as") && matches!(what.as_str(), "table" | "unlogged") {
-                    query = true;
-                }
-            }
+            let query = matches!(what.as_str(), "table" | "unlogged")
+                && outside_brackets(statement).any(|(_, token)| is_word(Some(token), "as"));
             let n = statement.len();
             let without_data = n >= 3 && word(n - 3, "with") && word(n - 2, "no") && word(n - 1, "data");
             created && !query && (what != "materialized" || without_data)
@@ -535,7 +544,7 @@ fn facts(sql: &str) -> Facts {
             facts.statements.push(statement_schema(statement));
             facts.refused.extend(refused_beside_live(statement));
             let word = |at: usize, w: &str| is_word(statement.get(at), w);
-            let kind = if word(1, "or") && word(2, "replace") { 3 } else { 1 };
+            let kind = created_at(statement);
             // Code of the snapshot's own that the restore may run: every routine, operator,
             // aggregate, operator class and family it makes (how each is reached is not worth
             // guessing: calls are spelled many ways, and an operator class is called unnamed),
@@ -543,18 +552,8 @@ fn facts(sql: &str) -> Facts {
             // before the rows load, which fires for each.
             let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
             // `RETURNS trigger` as the clause, outside the parameters (one may be `returns trigger`).
-            let mut depth = 0i32;
-            let mut returns = None;
-            for (at, token) in statement.iter().enumerate() {
-                if token.is_punct('(') {
-                    depth += 1;
-                } else if token.is_punct(')') {
-                    depth -= 1;
-                } else if depth == 0 && is_word(Some(token), "returns") {
-                    returns = Some(at);
-                    break;
-                }
-            }
+            let returns =
+                outside_brackets(statement).find(|(_, token)| is_word(Some(token), "returns")).map(|(at, _)| at);
             let trigger_function = returns.is_some_and(|at| {
                 word(at + 1, "trigger") && !statement.get(at + 2).is_some_and(|t| t.is_punct('.') || t.is_punct('['))
             });
