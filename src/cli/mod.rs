@@ -352,11 +352,13 @@ enum Command {
         /// only objects of renamed schemas are made, beside the live ones. Repeatable.
         #[arg(long = "schema-map", value_name = "FROM=TO", value_parser = parse_schema_map)]
         schema_map: Vec<(String, String)>,
-        /// Beside live data, restore even when the part makes code of the snapshot's own that
-        /// could run while it loads (functions other than trigger functions, operators,
-        /// operator classes, triggers made before the rows) and the restore can act as a
-        /// superuser: it would run with every right on the server. Without it such a restore is
-        /// refused before it starts; connect as a login without superuser instead.
+        /// Restore even when the snapshot makes code of its own that could run while it loads
+        /// (functions other than trigger functions, operators, operator classes, triggers made
+        /// before the rows, languages, extensions not known to keep to the database) and the
+        /// restore can act as a superuser: it would run with every right on the server; and run
+        /// statements pg_dump does not write (`COPY`, `CREATE ROLE`, …) as the script has them.
+        /// Without it such a restore is refused before it starts; connect as a login without
+        /// superuser instead. Or `trust_snapshot_code = true` in --profile.
         #[arg(long)]
         trust_snapshot_code: bool,
         /// Load rows only, into the target's existing tables (with --table, some of them; with
@@ -415,6 +417,10 @@ enum Command {
         /// Restore with --parallel (as `restore --parallel` would, for its time).
         #[arg(long)]
         parallel: bool,
+        /// As `restore --trust-snapshot-code`: restore even when the snapshot's own code could
+        /// run with a superuser's rights, or its script holds statements pg_dump does not write.
+        #[arg(long)]
+        trust_snapshot_code: bool,
         /// One drill per --repo, each reading only from that target, so that every copy is
         /// proven (the same snapshot on each; `latest` is chosen once across them).
         #[arg(long)]
@@ -1156,7 +1162,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
                 role: roles.role.clone(),
-                trust_snapshot_code,
+                trust_snapshot_code: settings.trust_snapshot_code(trust_snapshot_code)?,
                 part: restore::PartOptions {
                     include: tables,
                     exclude: exclude_tables,
@@ -1208,6 +1214,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             scratch_db,
             jobs,
             parallel,
+            trust_snapshot_code,
             from_every_target,
             report,
             roles,
@@ -1239,7 +1246,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 leave_out: roles.leave_out(),
                 create_roles: roles.create_roles,
                 role: roles.role.clone(),
-                trust_snapshot_code: false,
+                trust_snapshot_code: settings.trust_snapshot_code(trust_snapshot_code)?,
                 part: restore::PartOptions::default(),
             };
             audit.database(&options.database);

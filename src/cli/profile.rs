@@ -80,6 +80,8 @@ pub struct Profile {
     pub scratch_db: Option<String>,
     /// `restore --parallel` (and `drill --parallel`).
     pub parallel: Option<bool>,
+    /// `restore --trust-snapshot-code` (and `drill --trust-snapshot-code`).
+    pub trust_snapshot_code: Option<bool>,
     /// `verify --read-data`.
     pub read_data: Option<bool>,
     /// `verify --read-data-subset` (`N/M`, `P%` or `auto`).
@@ -360,6 +362,11 @@ impl Settings {
     /// `--parallel`, else the profile's `parallel`.
     pub fn parallel(&self, given: bool) -> Result<bool> {
         self.switch(given, |p| p.parallel)
+    }
+
+    /// `--trust-snapshot-code`, else the profile's `trust_snapshot_code`.
+    pub fn trust_snapshot_code(&self, given: bool) -> Result<bool> {
+        self.switch(given, |p| p.trust_snapshot_code)
     }
 
     /// The retention policy of `forget`: the --keep-* flags when any is given, else the

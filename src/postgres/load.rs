@@ -29,8 +29,6 @@ pub enum ToastCompression {
 /// A connection to the database a restore loads into, its session set up for loading.
 pub struct LoadSession {
     client: Client,
-    /// Scripts run a statement at a time ([`LoadSession::send_statements_alone`]).
-    statements_alone: bool,
 }
 
 impl LoadSession {
@@ -56,16 +54,7 @@ impl LoadSession {
         if let Some(settings) = settings {
             super::session::apply_settings(&client, settings).await?;
         }
-        Ok(LoadSession { client, statements_alone: false })
-    }
-
-    /// Makes [`LoadSession::run_script`] send each statement on its own, as the lexer cut it
-    /// ([`super::part::statements_of`]), through the extended protocol, which takes one
-    /// statement: for the part of a schema a restore checked statement by statement, where
-    /// text the server reads as more than one statement (a cut this lexer got wrong) must be
-    /// refused, not run.
-    pub fn send_statements_alone(&mut self) {
-        self.statements_alone = true;
+        Ok(LoadSession { client })
     }
 
     /// Makes the session give up waiting for a lock after `timeout` (whole seconds).
@@ -101,12 +90,12 @@ impl LoadSession {
     }
 
     /// Runs SQL of the snapshot's schema script: a whole section (through
-    /// [`super::executable_sql`]), one of its entries, or its preamble.
+    /// [`super::executable_sql`]), one of its entries, or its preamble. Each statement is sent
+    /// on its own, as the lexer cut it ([`super::part::statements_of`]), through the extended
+    /// protocol, which takes one statement: the restore checked the script statement by
+    /// statement ([`super::part::vet`], [`super::part::select`]), and text the server reads as
+    /// more than one statement (a cut this lexer got wrong) must be refused, not run.
     pub async fn run_script(&self, sql: &str) -> Result<()> {
-        if !self.statements_alone {
-            self.client.batch_execute(sql).await?;
-            return Ok(());
-        }
         for statement in super::part::statements_of(sql) {
             // The server refuses more than one command here ("cannot insert multiple commands
             // into a prepared statement").

@@ -236,6 +236,53 @@ fn creates_routine(statement: &[Token<'_>]) -> bool {
     word(0, "create") && (word(kind, "function") || word(kind, "procedure"))
 }
 
+/// Code of the snapshot's own that a statement makes and a restore may run.
+enum OwnCode {
+    /// A routine, operator, aggregate, operator class or family (`schema.name`).
+    Routine(String),
+    /// A trigger (its name), which fires for the rows COPY loads when made before them.
+    Trigger(String),
+}
+
+/// The code of the snapshot's own a statement makes: every routine, operator, aggregate,
+/// operator class and family (how each is reached is not worth guessing: calls are spelled many
+/// ways, and an operator class is called unnamed), but a trigger function, which nothing but a
+/// trigger may call (unless it is in C or `internal`: making one loads a library of the server);
+/// and every trigger.
+fn own_code(statement: &[Token<'_>]) -> Option<OwnCode> {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    let kind = created_at(statement);
+    if !word(0, "create") {
+        return None;
+    }
+    if word(kind, "trigger") || (word(kind, "constraint") && word(kind + 1, "trigger")) {
+        let at = if word(kind, "constraint") { kind + 2 } else { kind + 1 };
+        return Some(OwnCode::Trigger(statement.get(at).and_then(name_of).unwrap_or_default()));
+    }
+    let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
+    // `RETURNS trigger` as the clause, outside the parameters (one may be `returns trigger`).
+    let returns = outside_brackets(statement).find(|(_, token)| is_word(Some(token), "returns")).map(|(at, _)| at);
+    let trigger_function = returns.is_some_and(|at| {
+        word(at + 1, "trigger") && !statement.get(at + 2).is_some_and(|t| t.is_punct('.') || t.is_punct('['))
+    });
+    if !defines || (trigger_function && !is_native(statement)) {
+        return None;
+    }
+    let name = (kind + 1..statement.len().min(kind + 4))
+        .find_map(|at| qualified_or_operator(statement, at))
+        .map_or_else(|| "a routine".to_string(), |n| format!("{}.{}", n.schema, n.name));
+    Some(OwnCode::Routine(name))
+}
+
+/// Whether a statement says `LANGUAGE c` or `LANGUAGE internal` (a routine that runs what a
+/// library of the server holds).
+fn is_native(statement: &[Token<'_>]) -> bool {
+    (1..statement.len()).any(|at| {
+        let language = statement[at].text.trim_matches(['\'', '"']).to_ascii_lowercase();
+        is_word(statement.get(at - 1), "language") && (language == "c" || language == "internal")
+    })
+}
+
 /// The statements of `sql` as [`statements`] cuts them, each as written, without its `;`.
 pub fn statements_of(sql: &str) -> Vec<&str> {
     let tokens = significant(sql);
@@ -372,11 +419,7 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
         return Some("a rule on SELECT".into());
     }
     // A routine in C (or the server's internal language) runs whatever a library holds.
-    let native = (1..statement.len()).any(|at| {
-        let language = statement[at].text.trim_matches(['\'', '"']).to_ascii_lowercase();
-        word(at - 1, "language") && (language == "c" || language == "internal")
-    });
-    if native {
+    if is_native(statement) {
         return Some("a routine in C".into());
     }
     // The side objects are the restoring role's: no `OWNER TO`, no `CREATE SCHEMA …
@@ -386,6 +429,146 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     if owner || statement.iter().any(|t| is_word(Some(t), "authorization")) {
         return Some("a change of owner".into());
     }
+    changing_call(statement).map(|name| format!("a call of {name}"))
+}
+
+/// What follows `CREATE` or `ALTER` in a statement on the server's objects, outside the
+/// database restored into: pg_dump writes none (`pg_dumpall` does).
+const SERVER_OBJECTS: [&str; 6] = ["role", "user", "group", "database", "tablespace", "system"];
+
+/// What `GRANT … ON` and `REVOKE … ON` may not name in a restore: the server's objects.
+const SERVER_PRIVILEGES: [&str; 3] = ["database", "tablespace", "parameter"];
+
+/// Extensions known to keep to the database they are made in: what they add reads and writes
+/// nothing outside it (no other database or server, no file, no program, no network, no
+/// background work). Any other, made by the snapshot's script, counts as code that may reach
+/// outside ([`vet`]): `dblink`, `postgres_fdw`, `file_fdw`, `adminpack`, `pg_cron`, `http`, an
+/// untrusted language.
+const CONTAINED_EXTENSIONS: &[&str] = &[
+    "plpgsql",
+    "pgcrypto",
+    "uuid-ossp",
+    "citext",
+    "pg_trgm",
+    "hstore",
+    "btree_gist",
+    "btree_gin",
+    "unaccent",
+    "fuzzystrmatch",
+    "intarray",
+    "ltree",
+    "cube",
+    "earthdistance",
+    "isn",
+    "seg",
+    "tablefunc",
+    "intagg",
+    "bloom",
+    "tsm_system_rows",
+    "tsm_system_time",
+    "dict_int",
+    "dict_xsyn",
+    "pg_stat_statements",
+    "moddatetime",
+    "vector",
+    "postgis",
+];
+
+/// Why a statement may not run in a restore into an empty database (a whole snapshot, or
+/// tables of it): one pg_dump does not write for a database's objects. Only definitions
+/// (`CREATE`, `ALTER`, `COMMENT`, `SECURITY LABEL`, grants on the database's objects, `ALTER
+/// DEFAULT PRIVILEGES`, `REFRESH MATERIALIZED VIEW`) and pg_dump's `SELECT
+/// pg_catalog.lo_create('…')` run: no query, no change of rows, no `COPY`, `DO`, `CALL`, no
+/// transaction control (a `COMMIT` would end the restore's all-or-nothing), no `SET` but the
+/// [`setting`]s, nothing on roles, databases, tablespaces or the server's settings, no
+/// subscription that connects, no `CREATE … AS` query; and no call of a function of
+/// [`CHANGING_FUNCTIONS`] outside a routine's definition (whose body counts as the snapshot's
+/// own code: [`own_code`]), but `nextval` in a column's default.
+fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    let first = statement.first().map_or_else(String::new, |t| t.text.to_ascii_lowercase());
+    let n = statement.len();
+    let kind_allowed = match first.as_str() {
+        "create" => {
+            let kind = created_at(statement);
+            let what = statement.get(kind).map_or_else(String::new, |t| t.text.to_ascii_lowercase());
+            let query = matches!(what.as_str(), "table" | "unlogged" | "temporary" | "temp")
+                && outside_brackets(statement).any(|(_, token)| is_word(Some(token), "as"));
+            let without_data = n >= 3 && word(n - 3, "with") && word(n - 2, "no") && word(n - 1, "data");
+            // pg_dump makes a subscription that does not connect (`WITH (connect = false, …)`).
+            let connects = what == "subscription"
+                && !statement
+                    .windows(3)
+                    .any(|w| is_word(Some(&w[0]), "connect") && w[1].is_punct('=') && is_word(Some(&w[2]), "false"));
+            let user_mapping = what == "user" && word(kind + 1, "mapping");
+            (!SERVER_OBJECTS.contains(&what.as_str()) || user_mapping)
+                && !matches!(what.as_str(), "temporary" | "temp")
+                && !query
+                && (what != "materialized" || without_data)
+                && !connects
+        }
+        // A subscription only changes owner (`ENABLE` would connect).
+        "alter" => {
+            let what = statement.get(1).map_or_else(String::new, |t| t.text.to_ascii_lowercase());
+            (!SERVER_OBJECTS.contains(&what.as_str()) || (what == "user" && word(2, "mapping")))
+                && (what != "subscription" || (n == 6 && word(3, "owner") && word(4, "to")))
+        }
+        "comment" => true,
+        "security" => word(1, "label"),
+        // On an object of the database: `GRANT role TO role` (no `ON`) is a membership.
+        "grant" | "revoke" => outside_brackets(statement)
+            .find(|(_, token)| is_word(Some(token), "on"))
+            .is_some_and(|(at, _)| !SERVER_PRIVILEGES.iter().any(|w| word(at + 1, w))),
+        "refresh" => word(1, "materialized"),
+        "select" => is_large_object_made(statement),
+        _ => false,
+    };
+    if !kind_allowed {
+        return Some(format!("{} statement", first.to_ascii_uppercase()));
+    }
+    let escaped = statement.windows(3).any(|w| {
+        is_word(Some(&w[0]), "u")
+            && w[1].is_punct('&')
+            && matches!(w[2].kind, Kind::QuotedIdent | Kind::Literal)
+            && w[0].start + 1 == w[1].start
+            && w[1].start + 1 == w[2].start
+    });
+    if escaped {
+        return Some("a Unicode-escaped name or string".into());
+    }
+    if creates_routine(statement) || first == "select" {
+        return None;
+    }
+    // The new database's own sequences and large objects are the snapshot's to change (a
+    // default of `'INV-' || nextval(…)`, the `lo` extension's `lo_manage` trigger), but for the
+    // server's files.
+    changing_call(statement)
+        .filter(|name| {
+            let own = ["nextval", "setval", "currval", "lo_", "pg_advisory", "pg_try_advisory", "pg_notify"];
+            !own.iter().any(|f| name.starts_with(f)) || name.starts_with("lo_import") || name.starts_with("lo_export")
+        })
+        .map(|name| format!("a call of {name}"))
+}
+
+/// `SELECT pg_catalog.lo_create('16400')`: pg_dump's statement that makes a large object.
+fn is_large_object_made(statement: &[Token<'_>]) -> bool {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    statement.len() == 7
+        && word(0, "select")
+        && word(1, "pg_catalog")
+        && statement[2].is_punct('.')
+        && word(3, "lo_create")
+        && statement[4].is_punct('(')
+        && statement[5].kind == Kind::Literal
+        && literal_text(statement[5].text).is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
+        && statement[6].is_punct(')')
+}
+
+/// The first function of [`CHANGING_FUNCTIONS`] a statement calls (unqualified names are
+/// `pg_catalog`'s: the script runs with an empty `search_path`), but `nextval` in a column's
+/// default, which loading does not evaluate.
+fn changing_call(statement: &[Token<'_>]) -> Option<String> {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
     for (at, token) in statement.iter().enumerate() {
         if !statement.get(at + 1).is_some_and(|t| t.is_punct('(')) {
             continue;
@@ -402,10 +585,76 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
                 t.kind == Kind::Literal && literal_text(t.text).is_some() && literal_qualifier(t.text).is_some()
             });
         if changing && !qualified_elsewhere && !a_default {
-            return Some(format!("a call of {name}"));
+            return Some(name);
         }
     }
     None
+}
+
+/// What a restore into an empty database finds in the snapshot's schema script ([`vet`]).
+#[derive(Debug, Default)]
+pub struct Vetting {
+    /// Statements pg_dump does not write ([`refused_into_empty`]), each said with its start.
+    pub refused: Vec<String>,
+    /// Code of the snapshot's own the restore may run ([`own_code`]: routines, operators,
+    /// aggregates, operator classes and families, but trigger functions; triggers made before
+    /// the rows load), languages it makes, and extensions not known to keep to the database
+    /// ([`CONTAINED_EXTENSIONS`]).
+    pub runs_code: BTreeSet<String>,
+}
+
+/// Checks the schema scripts of a restore into an empty database, statement by statement as
+/// [`statements`] cuts them (and as the restore sends them, each alone).
+pub fn vet(pre_data: &str, post_data: &str) -> Vetting {
+    /// Statements said at most, and how much of each.
+    const SAID: usize = 10;
+    const START: usize = 60;
+    let mut vetting = Vetting::default();
+    let mut refused = Vec::new();
+    for (text, pre) in [(pre_data, true), (post_data, false)] {
+        let tokens = significant(text);
+        for statement in statements(&tokens) {
+            if setting(statement).is_some() {
+                continue;
+            }
+            if let Some(why) = refused_into_empty(statement) {
+                let (first, last) = (&statement[0], &statement[statement.len() - 1]);
+                let whole = &text[first.start..last.start + last.text.len()];
+                let start: String = whole.chars().take(START).collect();
+                let more = if start.len() < whole.len() { "…" } else { "" };
+                refused.push(format!("{why} ({}{more})", crate::error::printable(&start)));
+            }
+            match own_code(statement) {
+                Some(OwnCode::Routine(name)) => {
+                    vetting.runs_code.insert(name);
+                }
+                Some(OwnCode::Trigger(name)) if pre => {
+                    vetting.runs_code.insert(format!("trigger {name}"));
+                }
+                _ => {}
+            }
+            let word = |at: usize, w: &str| is_word(statement.get(at), w);
+            let kind = created_at(statement);
+            if word(0, "create") && word(kind, "extension") {
+                let at = if word(kind + 1, "if") { kind + 4 } else { kind + 1 };
+                let name = statement.get(at).and_then(name_of).unwrap_or_default();
+                if !CONTAINED_EXTENSIONS.contains(&name.as_str()) {
+                    vetting.runs_code.insert(format!("extension {name}"));
+                }
+            }
+            // `CREATE [OR REPLACE] [TRUSTED] [PROCEDURAL] LANGUAGE name`.
+            let mut at = kind;
+            while word(at, "trusted") || word(at, "procedural") {
+                at += 1;
+            }
+            if word(0, "create") && word(at, "language") {
+                let name = statement.get(at + 1).and_then(name_of).unwrap_or_default();
+                vetting.runs_code.insert(format!("language {name}"));
+            }
+        }
+    }
+    vetting.refused = crate::error::a_few(refused, SAID, |more| format!("and {more} more"));
+    vetting
 }
 
 fn is_operator(token: &Token<'_>) -> bool {
@@ -543,31 +792,10 @@ fn facts(sql: &str) -> Facts {
         if setting(statement).is_none() {
             facts.statements.push(statement_schema(statement));
             facts.refused.extend(refused_beside_live(statement));
-            let word = |at: usize, w: &str| is_word(statement.get(at), w);
-            let kind = created_at(statement);
-            // Code of the snapshot's own that the restore may run: every routine, operator,
-            // aggregate, operator class and family it makes (how each is reached is not worth
-            // guessing: calls are spelled many ways, and an operator class is called unnamed),
-            // but a trigger function, which nothing but a trigger may call; and a trigger made
-            // before the rows load, which fires for each.
-            let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
-            // `RETURNS trigger` as the clause, outside the parameters (one may be `returns trigger`).
-            let returns =
-                outside_brackets(statement).find(|(_, token)| is_word(Some(token), "returns")).map(|(at, _)| at);
-            let trigger_function = returns.is_some_and(|at| {
-                word(at + 1, "trigger") && !statement.get(at + 2).is_some_and(|t| t.is_punct('.') || t.is_punct('['))
-            });
-            let trigger = word(kind, "trigger") || (word(kind, "constraint") && word(kind + 1, "trigger"));
-            if word(0, "create") && ((defines && !trigger_function) || trigger) {
-                if trigger {
-                    let at = if word(kind, "constraint") { kind + 2 } else { kind + 1 };
-                    facts.triggers.push(statement.get(at).and_then(name_of).unwrap_or_default());
-                } else {
-                    let name = (kind + 1..statement.len().min(kind + 4))
-                        .find_map(|at| qualified_or_operator(statement, at))
-                        .map_or_else(|| "a routine".to_string(), |n| format!("{}.{}", n.schema, n.name));
-                    facts.own_code.push(name);
-                }
+            match own_code(statement) {
+                Some(OwnCode::Trigger(name)) => facts.triggers.push(name),
+                Some(OwnCode::Routine(name)) => facts.own_code.push(name),
+                None => {}
             }
         }
     }
@@ -2172,5 +2400,153 @@ mod tests {
         // A bare name folds to lower case; a quoted one does not.
         let map = [("crm".to_string(), "c2".to_string())];
         assert_eq!(rename("SELECT CRM.t, \"CRM\".t, x.crm.y", &map), "SELECT \"c2\".t, \"CRM\".t, x.crm.y");
+    }
+
+    /// What pg_dump writes for a database's objects of every kind (copied from its output for
+    /// one that has them), as a restore into an empty database runs it.
+    fn pg_dump_kinds() -> (String, String) {
+        let pre = [
+            "SET statement_timeout = 0;\nSET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\
+             SELECT pg_catalog.set_config('search_path', '', false);\nSET check_function_bodies = false;\n\
+             SET xmloption = content;\nSET client_min_messages = warning;\nSET row_security = off;\n",
+            &entry("crm", "SCHEMA", "-", "CREATE SCHEMA crm;"),
+            &entry("crm", "SCHEMA", "-", "ALTER SCHEMA crm OWNER TO app;"),
+            &entry("pg_trgm", "EXTENSION", "-", "CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;"),
+            &entry("EXTENSION pg_trgm", "COMMENT", "-", "COMMENT ON EXTENSION pg_trgm IS 'text similarity';"),
+            &entry("coll", "COLLATION", "public", "CREATE COLLATION public.coll (provider = libc, locale = 'C');"),
+            &entry("CAST", "CAST", "-", "CREATE CAST (integer AS text) WITH INOUT AS ASSIGNMENT;"),
+            &entry("conv", "CONVERSION", "public", "CREATE CONVERSION public.conv FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8;"),
+            &entry("tsc", "TEXT SEARCH CONFIGURATION", "public", "CREATE TEXT SEARCH CONFIGURATION public.tsc (\n    PARSER = pg_catalog.\"default\" );\n\nALTER TEXT SEARCH CONFIGURATION public.tsc\n    ADD MAPPING FOR asciiword WITH english_stem;"),
+            &entry("touch()", "FUNCTION", "crm", "CREATE FUNCTION crm.touch() RETURNS trigger\n    LANGUAGE plpgsql\n    AS $$ BEGIN NEW.at = now(); RETURN NEW; END $$;"),
+            "SET default_tablespace = '';\n\nSET default_table_access_method = heap;\n\n",
+            &entry("deals", "TABLE", "crm", "CREATE TABLE crm.deals (\n    id integer NOT NULL,\n    at timestamptz\n);"),
+            &entry("deals_id_seq", "SEQUENCE", "crm", "CREATE SEQUENCE crm.deals_id_seq START WITH 1;"),
+            &entry("deals id", "DEFAULT", "crm", "ALTER TABLE ONLY crm.deals ALTER COLUMN id SET DEFAULT nextval('crm.deals_id_seq'::regclass);"),
+            &entry("invoices", "TABLE", "crm", "CREATE TABLE crm.invoices (\n    no text DEFAULT ('INV-'::text || nextval('crm.deals_id_seq'::regclass))\n);"),
+            &entry("mv", "MATERIALIZED VIEW", "crm", "CREATE MATERIALIZED VIEW crm.mv AS\n SELECT count(*) AS n FROM crm.deals\n  WITH NO DATA;"),
+            &entry("v", "VIEW", "crm", "CREATE TABLE crm.v (\n    n bigint\n);"),
+            &entry("v _RETURN", "RULE", "crm", "CREATE RULE \"_RETURN\" AS\n    ON SELECT TO crm.v DO INSTEAD  SELECT count(*) AS n\n   FROM crm.deals;"),
+            &entry("srv", "SERVER", "-", "CREATE SERVER srv FOREIGN DATA WRAPPER w OPTIONS (\n    host 'x'\n);"),
+            &entry("USER MAPPING postgres SERVER srv", "USER MAPPING", "-", "CREATE USER MAPPING FOR postgres SERVER srv OPTIONS (\n    \"user\" 'x'\n);"),
+            &entry("4242", "BLOB", "-", "SELECT pg_catalog.lo_create('4242');"),
+            &entry("LARGE OBJECT 4242", "BLOB", "-", "ALTER LARGE OBJECT 4242 OWNER TO app;"),
+            &entry("TABLE deals", "ACL", "crm", "GRANT SELECT ON TABLE crm.deals TO PUBLIC;\nREVOKE ALL ON SCHEMA public FROM PUBLIC;"),
+            &entry("DEFAULT PRIVILEGES", "DEFAULT ACL", "crm", "ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA crm GRANT SELECT ON TABLES TO reader;"),
+            &entry("pub", "PUBLICATION", "-", "CREATE PUBLICATION pub WITH (publish = 'insert, update, delete, truncate');"),
+        ]
+        .concat();
+        let post = [
+            "SET statement_timeout = 0;\nSET standard_conforming_strings = on;\n",
+            &entry("deals deals_pkey", "CONSTRAINT", "crm", "ALTER TABLE ONLY crm.deals\n    ADD CONSTRAINT deals_pkey PRIMARY KEY (id);"),
+            &entry("deals t", "TRIGGER", "crm", "CREATE TRIGGER t BEFORE UPDATE ON crm.deals FOR EACH ROW EXECUTE FUNCTION crm.touch();"),
+            &entry("images t", "TRIGGER", "crm", "CREATE TRIGGER t BEFORE UPDATE OR DELETE ON crm.images FOR EACH ROW EXECUTE FUNCTION public.lo_manage('raster');"),
+            &entry("sub", "SUBSCRIPTION", "-", "CREATE SUBSCRIPTION sub CONNECTION 'host=x dbname=y' PUBLICATION pub WITH (connect = false, slot_name = 'sub');"),
+            &entry("sub", "SUBSCRIPTION", "-", "ALTER SUBSCRIPTION sub OWNER TO postgres;"),
+            &entry("st", "STATISTICS", "crm", "CREATE STATISTICS crm.st ON id, at FROM crm.deals;"),
+            &entry("mv", "MATERIALIZED VIEW DATA", "crm", "REFRESH MATERIALIZED VIEW crm.mv;"),
+        ]
+        .concat();
+        (pre, post)
+    }
+
+    #[test]
+    fn into_an_empty_database_what_pg_dump_writes_runs_and_trigger_functions_are_no_code_of_concern() {
+        let (pre, post) = pg_dump_kinds();
+        let vetting = vet(&pre, &post);
+        assert!(vetting.refused.is_empty(), "{:?}", vetting.refused);
+        assert!(vetting.runs_code.is_empty(), "{:?}", vetting.runs_code);
+    }
+
+    #[test]
+    fn into_an_empty_database_a_statement_pg_dump_does_not_write_is_refused() {
+        let (pre, post) = pg_dump_kinds();
+        let attacks = [
+            "COPY (SELECT 1) TO PROGRAM 'id > /tmp/x';",
+            "CREATE ROLE evil SUPERUSER LOGIN;",
+            "CREATE USER evil;",
+            "ALTER ROLE app SUPERUSER;",
+            "ALTER USER app WITH PASSWORD 'x';",
+            "ALTER SYSTEM SET shared_preload_libraries = 'x';",
+            "ALTER DATABASE postgres OWNER TO evil;",
+            "CREATE DATABASE other;",
+            "CREATE TABLESPACE t LOCATION '/tmp';",
+            "DO $$ BEGIN PERFORM 1; END $$;",
+            "SELECT pg_catalog.set_config('role', 'app', false);",
+            "SELECT pg_catalog.lo_create('4242'), pg_catalog.lo_unlink(1);",
+            "SELECT pg_catalog.lo_import('/etc/passwd');",
+            "SET ROLE app;",
+            "SET SESSION AUTHORIZATION app;",
+            "SET standard_conforming_strings = off;",
+            "RESET ALL;",
+            "COMMIT;",
+            "END;",
+            "BEGIN;",
+            "ROLLBACK;",
+            "SAVEPOINT s;",
+            "GRANT pg_execute_server_program TO app;",
+            "GRANT CONNECT ON DATABASE postgres TO evil;",
+            "GRANT SET ON PARAMETER log_statement TO evil;",
+            "CREATE SUBSCRIPTION s CONNECTION 'host=evil' PUBLICATION p;",
+            "ALTER SUBSCRIPTION sub ENABLE;",
+            "CREATE TABLE crm.x AS SELECT pg_catalog.pg_read_file('/etc/passwd');",
+            "CREATE TEMP TABLE x (a int);",
+            "CREATE MATERIALIZED VIEW crm.w AS SELECT 1 AS one;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.pg_read_file('/etc/passwd') IS NOT NULL));",
+            "CREATE VIEW crm.files AS SELECT pg_ls_dir('/') AS f;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.lo_export(1, '/tmp/x') > 0));",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.lo_import('/etc/passwd') > 0));",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_terminate_backend(1)));",
+            "ALTER TABLE crm.deals ADD CONSTRAINT q CHECK ((query_to_xml('DELETE FROM x', false, false, '') IS NOT NULL));",
+            "DROP TABLE crm.deals;",
+            "TRUNCATE crm.deals;",
+            "INSERT INTO crm.deals VALUES (1);",
+            "LOAD 'plpython3u';",
+            "ANALYZE;",
+            "IMPORT FOREIGN SCHEMA public FROM SERVER srv INTO crm;",
+            "CREATE TABLE crm.u (U&\"\\0061\" int);",
+            "WITH x AS (DELETE FROM crm.deals) SELECT 1;",
+        ];
+        for attack in attacks {
+            let forged = format!("{pre}{}", entry("x", "COMMENT", "crm", attack));
+            let vetting = vet(&forged, &post);
+            assert_eq!(vetting.refused.len(), 1, "{attack}: {:?}", vetting.refused);
+            // In the post-data too.
+            let forged = format!("{post}{}", entry("x", "COMMENT", "crm", attack));
+            assert_eq!(vet(&pre, &forged).refused.len(), 1, "{attack} (post-data)");
+        }
+        // Said with how it starts, on one line, control characters escaped.
+        let forged = format!("{pre}{}", entry("x", "COMMENT", "crm", "COPY (SELECT 1) TO PROGRAM\n'id';"));
+        assert_eq!(vet(&forged, &post).refused, ["COPY statement (COPY (SELECT 1) TO PROGRAM\\n'id')"]);
+    }
+
+    #[test]
+    fn into_an_empty_database_routines_operators_languages_and_extensions_that_reach_out_are_code() {
+        let (pre, post) = pg_dump_kinds();
+        let code = [
+            ("CREATE FUNCTION crm.f(integer) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT $1';", "crm.f"),
+            ("CREATE FUNCTION crm.g(a integer) RETURNS integer LANGUAGE sql BEGIN ATOMIC SELECT a; END;", "crm.g"),
+            ("CREATE PROCEDURE crm.p() LANGUAGE plpgsql AS $$ BEGIN END $$;", "crm.p"),
+            ("CREATE AGGREGATE crm.agg(integer) (SFUNC = int4pl, STYPE = integer);", "crm.agg"),
+            ("CREATE OPERATOR crm.=~= (FUNCTION = crm.f, LEFTARG = text, RIGHTARG = text);", "crm.=~="),
+            ("CREATE FUNCTION crm.et() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;", "crm.et"),
+            // A trigger function in C loads a library as it is made.
+            ("CREATE FUNCTION crm.sys(cstring) RETURNS trigger LANGUAGE c AS '/lib/libc.so.6', 'system';", "crm.sys"),
+            ("CREATE EXTENSION IF NOT EXISTS dblink WITH SCHEMA public;", "extension dblink"),
+            ("CREATE EXTENSION postgres_fdw;", "extension postgres_fdw"),
+            ("CREATE OR REPLACE PROCEDURAL LANGUAGE plpython3u;", "language plpython3u"),
+            (
+                "CREATE TRIGGER early BEFORE INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION crm.touch();",
+                "trigger early",
+            ),
+        ];
+        for (statement, named) in code {
+            let forged = format!("{pre}{}", entry("x", "FUNCTION", "crm", statement));
+            let vetting = vet(&forged, &post);
+            assert!(vetting.refused.is_empty(), "{statement}: {:?}", vetting.refused);
+            assert_eq!(vetting.runs_code.iter().collect::<Vec<_>>(), [named], "{statement}");
+        }
+        // A trigger in the post-data fires for no row the restore loads.
+        let late = format!("{post}{}", entry("x", "TRIGGER", "crm", code[10].0));
+        assert!(vet(&pre, &late).runs_code.is_empty());
     }
 }

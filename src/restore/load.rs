@@ -16,14 +16,7 @@ use super::{RestoreOptions, Streams};
 pub(super) async fn session(options: &RestoreOptions, manifest: &Manifest) -> Result<LoadSession> {
     let settings = manifest.session.as_ref();
     let role = options.role.as_deref();
-    let mut session =
-        LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem, settings, role)
-            .await?;
-    // A part of the schema was chosen statement by statement (`postgres::part`): each runs alone.
-    if !options.part.is_whole() {
-        session.send_statements_alone();
-    }
-    Ok(session)
+    LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem, settings, role).await
 }
 
 /// What loading a snapshot into the target needs.

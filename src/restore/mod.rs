@@ -28,7 +28,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::fetch::{ChunkReader, ReadStats};
 use crate::postgres::script::TableName;
-use crate::postgres::{self, Database};
+use crate::postgres::{self, Database, LoadSession};
 use crate::progress::{Shared, Unit};
 use crate::repo::{AdminKeyring, Keyring, Manifest, RoleRecord};
 use crate::repo_set::RepoSet;
@@ -341,6 +341,57 @@ fn describe_role(role: &RoleRecord) -> String {
     format!("{} ({})", crate::error::printable(&role.name), needs.join(", "))
 }
 
+/// Checks, before anything is loaded, the schema scripts of a restore into an empty database
+/// (or one `--clean` empties): a statement pg_dump does not write is refused, and so, when
+/// the restore can act as a superuser, is code of the snapshot's own that loading could run
+/// ([`postgres::part::vet`]), unless `--trust-snapshot-code`. Whoever controls the backup host
+/// writes the script (it chooses `pg_dump`); whoever could create functions in the source
+/// database wrote what they do.
+async fn vet_scripts(
+    client: &LoadSession,
+    options: &RestoreOptions,
+    (pre_data, post_data): (&str, &str),
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    /// What a refusal names at most.
+    const NAMED: usize = 10;
+    let vetting = postgres::part::vet(pre_data, post_data);
+    if options.trust_snapshot_code {
+        if !vetting.refused.is_empty() {
+            let warning = format!(
+                "the snapshot's schema script holds statements pg_dump does not write for a database, run as \
+                 written (--trust-snapshot-code): {}",
+                vetting.refused.join("; ")
+            );
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+        }
+        return Ok(());
+    }
+    if !vetting.refused.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the snapshot's schema script holds statements pg_dump does not write for a database: {}; refused, \
+             nothing was restored (a backup host not to be trusted could have put them there, to run with your \
+             rights). If you trust the snapshot's source, give --trust-snapshot-code",
+            vetting.refused.join("; ")
+        )));
+    }
+    if vetting.runs_code.is_empty() || !client.is_superuser().await? {
+        return Ok(());
+    }
+    let named: Vec<String> = vetting.runs_code.iter().map(|name| crate::error::printable(name)).collect();
+    let named = crate::error::a_few(named, NAMED, |more| format!("and {more} more"));
+    Err(Error::Invalid(format!(
+        "the snapshot's own code could run while this restore loads, with a superuser's rights: {} (the \
+         routines, operators and operator classes it makes, but trigger functions; triggers it makes before the \
+         rows load; languages, and extensions not known to keep to the database); whoever could create functions \
+         in the source database, or controls the backup host, could act as you on this server. Connect as a \
+         login without superuser that owns the target database (--db postgres://ROLE@…), or give \
+         --trust-snapshot-code if you trust them; nothing was restored",
+        named.join(", ")
+    )))
+}
+
 /// Restores a snapshot into `options.database`, reading from the first target that has each chunk.
 pub async fn run(
     targets: &RepoSet,
@@ -559,6 +610,10 @@ pub(crate) async fn restore(
         let scripts = (pre_data.as_str(), post_data.as_str());
         part::choose(&client, options, &mut manifest, scripts, (contents, only.as_ref()), &mut warnings).await?
     };
+    // Beside live data `part::choose` kept only definitions of the side schemas.
+    if options.part.is_whole() || !beside_live {
+        vet_scripts(&client, options, (&pre_data, &post_data), &mut warnings).await?;
+    }
     // `--rows`: each table restored takes the rows chosen of it, and only those.
     let chosen_rows = related.as_ref().map(|related| {
         related

@@ -10,12 +10,13 @@ fn everything_round_trips_schema_and_data() {
     assert!(report["tables"].as_u64().unwrap() >= 10, "{report}");
 
     let restored = TestDb::create("everything_restored");
-    let run = work.restore_with(&repo, &restored, &["--json", "--jobs", "3", "latest"]).ok();
+    let run = work.restore_with(&repo, &restored, &["--json", "--trust-snapshot-code", "--jobs", "3", "latest"]).ok();
     assert_eq!(run.json()["rows"], report["rows"]);
     assert_same_database(&source, &restored);
     // Loading tables on several connections gives the same database.
     let parallel = TestDb::create("everything_parallel");
-    let run = work.restore_with(&repo, &parallel, &["--json", "--parallel", "--jobs", "3"]).ok();
+    let run =
+        work.restore_with(&repo, &parallel, &["--json", "--trust-snapshot-code", "--parallel", "--jobs", "3"]).ok();
     assert_eq!(run.json()["rows"], report["rows"]);
     assert_eq!(run.json()["parallel"], true);
     assert_same_database(&source, &parallel);
@@ -33,7 +34,7 @@ fn everything_round_trips_schema_and_data() {
     assert_eq!(source.sql(sql), parallel.sql(sql));
     // Restoring over a full restore with --clean (the 3 a.m. case) replaces everything, large
     // objects included.
-    work.restore_with(&repo, &restored, &["--clean"]).ok();
+    work.restore_with(&repo, &restored, &["--clean", "--trust-snapshot-code"]).ok();
     assert_same_database(&source, &restored);
     assert_eq!(source.sql(sql), restored.sql(sql));
     assert!(source.sql(sql).contains("424242"));
@@ -59,7 +60,8 @@ fn a_parallel_restore_builds_small_tables_indexes_while_a_large_table_loads() {
         .init("repo")
         .backup();
     let restored = TestDb::create("early_indexes_restored");
-    let run = work.restore_with(&repo, &restored, &["--json", "--parallel", "--jobs", "2"]).ok();
+    let run =
+        work.restore_with(&repo, &restored, &["--json", "--trust-snapshot-code", "--parallel", "--jobs", "2"]).ok();
     assert_eq!(run.json()["rows"], report["rows"]);
     assert_same_database(&source, &restored);
     let sql = "SELECT indexrelid::regclass, obj_description(indexrelid, 'pg_class') FROM pg_index \
@@ -209,10 +211,13 @@ fn restore_sessions_build_indexes_with_maintenance_work_mem_raised() {
         .backup();
     let target = TestDb::create("work_mem_target");
     for (options, expected) in [
-        (&["--parallel"][..], "built with maintenance_work_mem 256MB"),
-        (&[], "built with maintenance_work_mem 256MB"),
-        (&["--maintenance-work-mem", "300MB"], "built with maintenance_work_mem 300MB"),
-        (&["--parallel", "--maintenance-work-mem", "1kB"], "built with maintenance_work_mem 64MB"),
+        (&["--parallel", "--trust-snapshot-code"][..], "built with maintenance_work_mem 256MB"),
+        (&["--trust-snapshot-code"], "built with maintenance_work_mem 256MB"),
+        (&["--trust-snapshot-code", "--maintenance-work-mem", "300MB"], "built with maintenance_work_mem 300MB"),
+        (
+            &["--trust-snapshot-code", "--parallel", "--maintenance-work-mem", "1kB"],
+            "built with maintenance_work_mem 64MB",
+        ),
     ] {
         let run = work.restore_with(&repo, &target, options);
         assert_eq!(run.code, 1, "{options:?}: {}", run.stdout);
@@ -374,7 +379,7 @@ fn a_restore_whose_index_build_fails_leaves_the_database_as_it_was() {
         .init("repo")
         .backup();
     let target = TestDb::create("failing_index_target");
-    for options in [&["--parallel"][..], &[]] {
+    for options in [&["--parallel", "--trust-snapshot-code"][..], &["--trust-snapshot-code"]] {
         let run = work.restore_with(&repo, &target, options);
         assert_eq!(run.code, 1, "{options:?}: {}", run.stdout);
         assert!(run.stderr.contains("picky refuses"), "{options:?}: {}", run.stderr);
@@ -385,7 +390,7 @@ fn a_restore_whose_index_build_fails_leaves_the_database_as_it_was() {
         );
     }
     // Once the function tells the truth, both restore exactly.
-    for options in [&["--parallel"][..], &[]] {
+    for options in [&["--parallel", "--trust-snapshot-code"][..], &["--trust-snapshot-code"]] {
         let fixed = TestDb::create("failing_index_fixed");
         source.sql(
             "CREATE OR REPLACE FUNCTION public.picky(x integer) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT x'",

@@ -33,7 +33,14 @@ fn a_drill_restores_into_a_database_it_creates_proves_every_table_and_drops_it()
         &work,
         &repo,
         &scratch,
-        &["--json", "--report", report_file.to_str().unwrap(), "--metrics-file", metrics.to_str().unwrap()],
+        &[
+            "--json",
+            "--trust-snapshot-code",
+            "--report",
+            report_file.to_str().unwrap(),
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
     )
     .ok();
     let json = run.json();
@@ -90,8 +97,14 @@ fn a_drill_restores_into_a_database_it_creates_proves_every_table_and_drops_it()
     assert!(prom.contains(&format!("crmvault_drill_passed{{targets=\"{repo}\"}} 1")), "{prom}");
     assert!(prom.contains("crmvault_drill_restore_seconds"), "{prom}");
 
+    // Without --trust-snapshot-code, a drill as a superuser refuses the snapshot's functions as
+    // a restore does, and says how to go on.
+    let refused = drill(&work, &repo, &scratch, &[]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(refused.stdout.contains("crm.normalize_email") && refused.stdout.contains("--trust-snapshot-code"));
+    assert!(!exists(&scratch));
     // Text, and --parallel.
-    let text = drill(&work, &repo, &scratch, &["--parallel"]).ok();
+    let text = drill(&work, &repo, &scratch, &["--parallel", "--trust-snapshot-code"]).ok();
     assert!(text.stdout.starts_with("drill PASSED: snapshot "), "{}", text.stdout);
     assert!(!exists(&scratch));
 }

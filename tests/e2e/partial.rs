@@ -2,7 +2,7 @@
 //! schema next to the live data (which stays untouched), rows only into existing tables; and
 //! names that would break pasted SQL.
 
-use crate::common::{DropRole, Ready, Scenario, TestDb, psql};
+use crate::common::{DropRole, Ready, Scenario, TestDb, forging_pg_dump_sections, psql};
 
 /// A digest of a table's rows, in key order.
 fn rows(db: &TestDb, table: &str, key: &str) -> String {
@@ -396,7 +396,7 @@ fn a_restore_refreshes_each_materialized_view_once() {
          CREATE MATERIALIZED VIEW public.counted_view AS SELECT public.counted() AS one; \
          TRUNCATE public.refreshes";
     let Ready { work, repo, .. } = Scenario::new("part_refresh").sql(setup).init("repo").backup();
-    for options in [&["latest"][..], &["--parallel", "latest"]] {
+    for options in [&["--trust-snapshot-code", "latest"][..], &["--trust-snapshot-code", "--parallel", "latest"]] {
         let target = TestDb::create("part_refresh_target");
         work.restore_with(&repo, &target, options).ok();
         assert_eq!(target.sql("SELECT count(*) FROM public.refreshes").trim(), "1", "{options:?}");
@@ -684,25 +684,6 @@ fn forging_pg_dump(work: &crate::common::Workspace, kind: &str, statements: &str
     forging_pg_dump_sections(work, kind, &statements.lines().collect::<Vec<_>>(), &[])
 }
 
-/// A `pg_dump` that writes what the real one does, with entries of type `kind` added at the
-/// end of the pre-data section (`pre`) and of the post-data one (`post`), each one entry.
-fn forging_pg_dump_sections(work: &crate::common::Workspace, kind: &str, pre: &[&str], post: &[&str]) -> String {
-    let fake = work.path("pg_dump");
-    let header = format!("--\n-- Name: forged; Type: {kind}; Schema: public; Owner: -\n--\n\n");
-    let entries = |statements: &[&str]| -> String {
-        statements.iter().map(|statement| format!("{header}{statement}\n\n")).collect::<Vec<_>>().concat()
-    };
-    let script = format!(
-        "#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\npg_dump \"$@\" || exit $?\n\
-         case \" $* \" in\n*--section=pre-data*) cat <<'SQL'\n\n{}\nSQL\n;;\n*--section=post-data*) cat <<'SQL'\n\n{}\nSQL\n;;\nesac\n",
-        entries(pre),
-        entries(post)
-    );
-    std::fs::write(&fake, script).unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    fake.to_str().unwrap().to_string()
-}
-
 #[test]
 fn a_forged_schema_script_runs_no_statement_on_live_objects_by_misleading_the_lexer() {
     let setup = "CREATE SCHEMA crm; CREATE TABLE crm.contacts (id int PRIMARY KEY, name text); \
@@ -819,8 +800,7 @@ async fn a_script_sent_a_statement_at_a_time_runs_no_statement_its_lexer_did_not
     let db = TestDb::create("part_alone");
     db.sql("CREATE FUNCTION public.livefn() RETURNS int LANGUAGE sql AS 'SELECT 1'");
     let database = Database::parse(&db.url()).unwrap();
-    let mut session = LoadSession::open(&database, ToastCompression::ServerDefault, "64MB", None, None).await.unwrap();
-    session.send_statements_alone();
+    let session = LoadSession::open(&database, ToastCompression::ServerDefault, "64MB", None, None).await.unwrap();
     // Here the lexer and the server disagree: the lexer assumes standard strings.
     session.run_script("SET standard_conforming_strings = off").await.unwrap();
     let hidden = "COMMENT ON FUNCTION public.livefn() IS 'a\\' ' ; DROP FUNCTION public.livefn(); -- '";

@@ -75,7 +75,7 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
     assert!(target.is_empty());
 
     // --no-owner --no-acl: everything belongs to the restoring role, nothing is granted.
-    work.restore_with(&repo, &target, &["--no-owner", "--no-acl"]).ok();
+    work.restore_with(&repo, &target, &["--no-owner", "--no-acl", "--trust-snapshot-code"]).ok();
     assert_eq!(target.sql("SELECT count(*), app.total() FROM app.accounts").trim(), "2|2");
     assert_eq!(target.sql("SELECT tableowner FROM pg_tables WHERE schemaname = 'app'").trim(), "postgres");
     assert_eq!(target.sql("SELECT relacl IS NULL FROM pg_class WHERE relname = 'accounts'").trim(), "t");
@@ -84,7 +84,7 @@ fn a_restore_names_every_missing_role_first_and_each_option_gets_it_through() {
     // objects with their owners and grants.
     for parallel in [false, true] {
         let created = TestDb::create("roles_created");
-        let mut options = vec!["--create-roles", "--json"];
+        let mut options = vec!["--create-roles", "--json", "--trust-snapshot-code"];
         if parallel {
             options.push("--parallel");
         }
@@ -135,7 +135,13 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     let seen = |db: &TestDb| db.sql("SELECT string_agg(DISTINCT who, ',') FROM public.seen").trim().to_string();
 
     let as_connected = TestDb::create("roles_role_default");
-    let run = work.restore_with(&repo, &as_connected, &["--json", "latest"]).ok();
+    // As a superuser, refused before anything runs, naming them: give --trust-snapshot-code.
+    let run = work.restore_with(&repo, &as_connected, &["latest"]);
+    let run =
+        run.fails_with(1, "the snapshot's own code could run while this restore loads, with a superuser's rights");
+    assert!(run.stderr.contains("public.noted") && run.stderr.contains("public.==="), "{}", run.stderr);
+    assert!(as_connected.is_empty());
+    let run = work.restore_with(&repo, &as_connected, &["--json", "--trust-snapshot-code", "latest"]).ok();
     assert_eq!(seen(&as_connected), "postgres", "without --role the functions run as the connecting superuser");
     // Said before the rows load, naming the functions (called directly, through an operator,
     // by a generated column; a newline in a name escaped) and the way out.
@@ -145,14 +151,17 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     }
     assert!(said.contains("--role ROLE") && !run.stderr.contains("same\nline"), "{said}");
     let parallel = TestDb::create("roles_role_parallel");
-    let run = work.restore_with(&repo, &parallel, &["--parallel", "latest"]).ok();
+    let run = work.restore_with(&repo, &parallel, &["--parallel", "--trust-snapshot-code", "latest"]).ok();
     assert!(run.stderr.contains("public.noted(integer)"), "{}", run.stderr);
     drop(parallel);
 
     let as_loader = TestDb::create("roles_role_loader");
     as_loader.sql(&format!("ALTER DATABASE \"{}\" OWNER TO \"{loader}\"", as_loader.name));
     // --role with a superuser's login: the functions could RESET ROLE to it, and are named.
-    let run = work.restore_with(&repo, &as_loader, &["--role", &loader, "--no-owner", "--no-acl", "latest"]).ok();
+    let run = work.restore_with(&repo, &as_loader, &["--role", &loader, "--no-owner", "--no-acl", "latest"]);
+    run.fails_with(1, "the snapshot's own code could run");
+    let options = ["--role", &loader, "--no-owner", "--no-acl", "--trust-snapshot-code", "latest"];
+    let run = work.restore_with(&repo, &as_loader, &options).ok();
     assert_eq!(seen(&as_loader), loader, "{}", run.stderr);
     assert!(run.stderr.contains("noted") && run.stderr.contains("RESET ROLE"), "{}", run.stderr);
     // Connected as the role itself: nothing to warn of.
@@ -177,7 +186,8 @@ fn restore_role_runs_the_snapshots_functions_with_that_roles_rights() {
     work.run(&args).ok();
     let created = TestDb::create("roles_role_created");
     psql("postgres", &format!("DROP DATABASE {}", created.name));
-    let run = work.restore_with(&repo, &created, &["--create", "--role", &loader, "--no-owner", "--no-acl", "latest"]);
+    let options = ["--create", "--role", &loader, "--no-owner", "--no-acl", "--trust-snapshot-code", "latest"];
+    let run = work.restore_with(&repo, &created, &options);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(seen(&created), loader);
     let database_owner =
@@ -530,7 +540,7 @@ fn an_owner_that_is_a_superuser_only_here_is_refused_before_the_restore() {
         &format!("{rising} owns objects of the snapshot and is a superuser on this server, though not in the source"),
     );
     assert_eq!(target.sql("SELECT count(*) FROM pg_class WHERE relname = 't'").trim(), "0", "nothing was restored");
-    work.restore_with(&repo, &target, &["--no-owner", "latest"]).ok();
+    work.restore_with(&repo, &target, &["--no-owner", "--trust-snapshot-code", "latest"]).ok();
     assert_eq!(target.sql("SELECT public.helper()").trim(), "postgres");
     drop(target);
     drop(source);
@@ -553,9 +563,14 @@ fn a_loader_with_createrole_is_warned_as_a_superuser_is_before_postgresql_16() {
     target.sql(&format!("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION {creator}"));
     let (key, url) = (work.admin_key(), target.url().replacen("postgres@", &format!("{creator}@"), 1));
     let args = ["restore", "--repo", repo.as_str(), "--identity", &key, "--db", &url, "--role", &creator];
-    let run = work.run(&[&args[..], &["--no-owner", "--no-acl", "latest"]].concat()).ok();
-    assert_eq!(target.sql("SELECT count(*) FROM public.checked").trim(), "2");
     let version: u32 = psql("postgres", "SHOW server_version_num").trim().parse().expect("a version");
+    // Before PostgreSQL 16, refused as a superuser's restore is, unless the code is trusted.
+    let run = work.run(&[&args[..], &["--no-owner", "--no-acl", "latest"]].concat());
+    assert_eq!(run.code == 1 && run.stderr.contains("public.positive"), version < 160_000, "{}", run.stderr);
+    assert!(version >= 160_000 || target.is_empty());
+    let run = work.run(&[&args[..], &["--no-owner", "--no-acl", "--trust-snapshot-code", "latest"]].concat());
+    let run = if version < 160_000 { run.ok() } else { run };
+    assert_eq!(target.sql("SELECT count(*) FROM public.checked").trim(), "2");
     let warned = run.stderr.contains("public.positive(integer)") && run.stderr.contains("CREATEROLE");
     assert_eq!(warned, version < 160_000, "{}", run.stderr);
     drop(target);

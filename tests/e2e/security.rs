@@ -83,7 +83,7 @@ fn storage_holds_nothing_readable_and_the_backup_host_needs_no_admin_key() {
     // The admin restores, with the fingerprint `init` printed on the host.
     let fingerprint = host.fingerprint(&repo);
     let restore = ["restore", "--repo", &repo, "--identity", &admin.admin_key(), "--db", &target.url()];
-    admin.run(&[&restore[..], &["--fingerprint", &fingerprint]].concat()).ok();
+    admin.run(&[&restore[..], &["--trust-snapshot-code", "--fingerprint", &fingerprint]].concat()).ok();
     assert_same_database(&source, &target);
 }
 
@@ -190,7 +190,7 @@ fn a_parallel_restore_that_fails_midway_removes_what_it_created() {
     let largest = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     let copy = damaged_copy(&work, &repo, largest.strip_prefix(&repo).unwrap(), "damaged");
     let target = TestDb::create("parallel_undo_target");
-    let run = work.restore_with(&copy, &target, &["--parallel"]);
+    let run = work.restore_with(&copy, &target, &["--parallel", "--trust-snapshot-code"]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stderr.contains("corrupt") && run.stderr.contains("what the restore created was removed"),
@@ -203,7 +203,7 @@ fn a_parallel_restore_that_fails_midway_removes_what_it_created() {
         "{}",
         target.sql("SELECT relname FROM pg_class WHERE relnamespace <> 'pg_catalog'::regnamespace")
     );
-    work.restore_with(&repo, &target, &["--parallel"]).ok();
+    work.restore_with(&repo, &target, &["--parallel", "--trust-snapshot-code"]).ok();
     assert_same_database(&source, &target);
 }
 
@@ -241,4 +241,57 @@ fn a_role_set_on_the_database_hides_no_rows_from_the_backup() {
     drop(restored);
     drop(source);
     psql("postgres", &format!("DROP ROLE {hider}; DROP ROLE {reader}"));
+}
+
+/// Whoever controls the backup host chooses `pg_dump` (`--pg-dump`), and so the schema script a
+/// whole restore into an empty database runs: a statement pg_dump does not write is refused
+/// before anything runs, and code of the snapshot's own that a superuser's restore would run
+/// (here a function a check constraint calls for every row) needs `--trust-snapshot-code`.
+#[test]
+fn a_whole_restore_runs_no_statement_pg_dump_does_not_write_nor_the_snapshots_code_as_a_superuser() {
+    let Ready { source, work, repo, .. } = Scenario::new("whole_forged").crm().init("repo");
+    // Where the server's user (not this test's) may write.
+    let marker = std::path::PathBuf::from(format!("/tmp/cv_whole_forged_{}", std::process::id()));
+    std::fs::remove_file(&marker).ok();
+    let evil = DropRole(format!("cv_evil_{}", std::process::id()));
+    let copy = format!("COPY (SELECT 1) TO PROGRAM 'touch {}';", marker.display());
+    let role = format!("CREATE ROLE {} SUPERUSER LOGIN;", evil.0);
+    let fake = forging_pg_dump_sections(&work, "COMMENT", &[&copy, &role], &["COMMIT;"]);
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    let target = TestDb::create("whole_forged_target");
+    let no_role = || psql("postgres", &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{}'", evil.0));
+    for options in [&["latest"][..], &["--parallel", "latest"]] {
+        let run = work.restore_with(&repo, &target, options);
+        let run = run.fails_with(1, "the snapshot's schema script holds statements pg_dump does not write");
+        for said in ["COPY statement (COPY (SELECT 1) TO PROGRAM", "CREATE statement (CREATE ROLE", "COMMIT statement"]
+        {
+            assert!(run.stderr.contains(said), "{options:?} {said}: {}", run.stderr);
+        }
+        assert!(!marker.exists(), "{options:?}: the program ran");
+        assert_eq!(no_role().trim(), "0", "{options:?}: the role was made");
+        assert!(target.is_empty(), "{options:?}");
+    }
+
+    // A function a check constraint calls, that runs a program for each row loaded.
+    let function = format!(
+        "CREATE FUNCTION public.f(x integer) RETURNS integer LANGUAGE plpgsql AS $$ BEGIN \
+         EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; RETURN x; END $$;",
+        marker.display()
+    );
+    let check = "ALTER TABLE crm.companies ADD CONSTRAINT forged CHECK ((public.f(id) IS NOT NULL));";
+    let fake = forging_pg_dump_sections(&work, "FUNCTION", &[&function, check], &[]);
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    for options in [&["latest"][..], &["--parallel", "latest"]] {
+        let run = work.restore_with(&repo, &target, options);
+        let needle = "the snapshot's own code could run while this restore loads, with a superuser's rights: public.f";
+        let run = run.fails_with(1, needle);
+        assert!(run.stderr.contains("--trust-snapshot-code"), "{}", run.stderr);
+        assert!(!marker.exists(), "{options:?}: the program ran");
+        assert!(target.is_empty(), "{options:?}");
+    }
+    // Trusted, it runs as written: loading the rows runs the program.
+    work.restore_with(&repo, &target, &["--trust-snapshot-code", "latest"]).ok();
+    assert!(marker.exists(), "the function ran");
+    std::fs::remove_file(&marker).ok();
+    assert_eq!(target.sql("SELECT count(*) FROM crm.companies"), source.sql("SELECT count(*) FROM crm.companies"));
 }
