@@ -259,12 +259,23 @@ fn own_code(statement: &[Token<'_>]) -> Option<OwnCode> {
         let at = if word(kind, "constraint") { kind + 2 } else { kind + 1 };
         return Some(OwnCode::Trigger(statement.get(at).and_then(name_of).unwrap_or_default()));
     }
+    // A cast made with a function calls it wherever a value is cast (`x::oid`), unnamed.
+    if word(kind, "cast") {
+        let with_function = (1..statement.len()).any(|at| word(at - 1, "with") && word(at, "function"));
+        return with_function.then(|| OwnCode::Routine(format!("a cast {}", cast_of(statement))));
+    }
     let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
-    // `RETURNS trigger` as the clause, outside the parameters (one may be `returns trigger`).
-    let returns = outside_brackets(statement).find(|(_, token)| is_word(Some(token), "returns")).map(|(at, _)| at);
-    let trigger_function = returns.is_some_and(|at| {
-        word(at + 1, "trigger") && !statement.get(at + 2).is_some_and(|t| t.is_punct('.') || t.is_punct('['))
-    });
+    // `RETURNS trigger` right after the parameters, as pg_dump writes it: a function with OUT
+    // parameters needs no RETURNS clause, and its body may say `returns trigger` anywhere.
+    let trigger_function = word(kind, "function")
+        && (kind + 1..statement.len())
+            .find(|at| statement[*at].is_punct('('))
+            .and_then(|open| closing_bracket(statement, open))
+            .is_some_and(|close| {
+                word(close + 1, "returns")
+                    && word(close + 2, "trigger")
+                    && !statement.get(close + 3).is_some_and(|t| t.is_punct('.') || t.is_punct('['))
+            });
     if !defines || (trigger_function && !is_native(statement)) {
         return None;
     }
@@ -272,6 +283,29 @@ fn own_code(statement: &[Token<'_>]) -> Option<OwnCode> {
         .find_map(|at| qualified_or_operator(statement, at))
         .map_or_else(|| "a routine".to_string(), |n| format!("{}.{}", n.schema, n.name));
     Some(OwnCode::Routine(name))
+}
+
+/// The place of the `)` that closes the bracket opened at `open`.
+fn closing_bracket(statement: &[Token<'_>], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (at, token) in statement.iter().enumerate().skip(open) {
+        if token.is_punct('(') {
+            depth += 1;
+        } else if token.is_punct(')') {
+            depth -= 1;
+            if depth == 0 {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
+
+/// `(source AS target)` of a `CREATE CAST` statement, as written.
+fn cast_of(statement: &[Token<'_>]) -> String {
+    let Some(open) = statement.iter().position(|t| t.is_punct('(')) else { return String::new() };
+    let close = closing_bracket(statement, open).unwrap_or(open);
+    statement[open..=close].iter().map(|t| t.text).collect::<Vec<_>>().join(" ").replace("( ", "(").replace(" )", ")")
 }
 
 /// Whether a statement says `LANGUAGE c` or `LANGUAGE internal` (a routine that runs what a
@@ -361,6 +395,11 @@ const CHANGING_FUNCTIONS: &[&str] = &[
     "pg_try_advisory",
     "pg_notify",
     "pg_reload_conf",
+    // Holding the restore (and its locks) as long as it says.
+    "pg_sleep",
+    // Other sessions' queries, as a superuser sees them.
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
     "pg_stat_reset",
     "pg_file",
     "pg_switch_wal",
@@ -412,6 +451,9 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     if escaped {
         return Some("a Unicode-escaped name or string".into());
     }
+    if names_temporary_schema(statement) {
+        return Some("a name in the session's temporary schema".into());
+    }
     // A rule `ON SELECT` turns a table into a view running what it says.
     if word(0, "create")
         && (2..statement.len()).any(|at| word(at - 2, "as") && word(at - 1, "on") && word(at, "select"))
@@ -443,7 +485,8 @@ const SERVER_PRIVILEGES: [&str; 3] = ["database", "tablespace", "parameter"];
 /// nothing outside it (no other database or server, no file, no program, no network, no
 /// background work). Any other, made by the snapshot's script, counts as code that may reach
 /// outside ([`vet`]): `dblink`, `postgres_fdw`, `file_fdw`, `adminpack`, `pg_cron`, `http`, an
-/// untrusted language.
+/// untrusted language; `tablefunc` (`crosstab` runs SQL given as a string), `pg_stat_statements`
+/// (other sessions' queries), `postgis` (functions that run SQL they build).
 const CONTAINED_EXTENSIONS: &[&str] = &[
     "plpgsql",
     "pgcrypto",
@@ -461,17 +504,14 @@ const CONTAINED_EXTENSIONS: &[&str] = &[
     "earthdistance",
     "isn",
     "seg",
-    "tablefunc",
     "intagg",
     "bloom",
     "tsm_system_rows",
     "tsm_system_time",
     "dict_int",
     "dict_xsyn",
-    "pg_stat_statements",
     "moddatetime",
     "vector",
-    "postgis",
 ];
 
 /// Why a statement may not run in a restore into an empty database (a whole snapshot, or
@@ -492,9 +532,18 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
         "create" => {
             let kind = created_at(statement);
             let what = statement.get(kind).map_or_else(String::new, |t| t.text.to_ascii_lowercase());
-            let query = matches!(what.as_str(), "table" | "unlogged" | "temporary" | "temp")
-                && outside_brackets(statement).any(|(_, token)| is_word(Some(token), "as"));
+            // `CREATE [GLOBAL | LOCAL] {TEMP | TEMPORARY} [UNLOGGED] TABLE`.
+            let temporary = ["temp", "temporary", "global", "local"].iter().any(|w| word(kind, w));
+            let mut at = kind;
+            while ["temp", "temporary", "global", "local", "unlogged"].iter().any(|w| word(at, w)) {
+                at += 1;
+            }
+            let table = word(at, "table");
+            let query = table && outside_brackets(statement).any(|(_, token)| is_word(Some(token), "as"));
             let without_data = n >= 3 && word(n - 3, "with") && word(n - 2, "no") && word(n - 1, "data");
+            // pg_dump makes a schema alone: its elements (`CREATE SCHEMA s CREATE TRIGGER …`)
+            // would be made unseen.
+            let schema_alone = what != "schema" || n <= kind + 2 || (n == kind + 5 && word(kind + 1, "if"));
             // pg_dump makes a subscription that does not connect (`WITH (connect = false, …)`).
             let connects = what == "subscription"
                 && !statement
@@ -502,19 +551,28 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
                     .any(|w| is_word(Some(&w[0]), "connect") && w[1].is_punct('=') && is_word(Some(&w[2]), "false"));
             let user_mapping = what == "user" && word(kind + 1, "mapping");
             (!SERVER_OBJECTS.contains(&what.as_str()) || user_mapping)
-                && !matches!(what.as_str(), "temporary" | "temp")
+                && !temporary
+                && schema_alone
                 && !query
                 && (what != "materialized" || without_data)
                 && !connects
         }
-        // A subscription only changes owner (`ENABLE` would connect).
+        // A subscription only changes owner (`ENABLE` would connect). No object changes name or
+        // schema (pg_dump writes neither): what was checked under one name stays what runs.
         "alter" => {
             let what = statement.get(1).map_or_else(String::new, |t| t.text.to_ascii_lowercase());
+            let renames = (1..n).any(|at| word(at, "rename") || (word(at - 1, "set") && word(at, "schema")));
             (!SERVER_OBJECTS.contains(&what.as_str()) || (what == "user" && word(2, "mapping")))
                 && (what != "subscription" || (n == 6 && word(3, "owner") && word(4, "to")))
+                && !renames
         }
-        "comment" => true,
-        "security" => word(1, "label"),
+        // Not on a role, a database or a tablespace: the server's, shared by every database.
+        "comment" | "security" => {
+            (first == "comment" || word(1, "label"))
+                && outside_brackets(statement)
+                    .find(|(_, token)| is_word(Some(token), "on"))
+                    .is_some_and(|(at, _)| !SERVER_OBJECTS.iter().any(|w| word(at + 1, w)))
+        }
         // On an object of the database: `GRANT role TO role` (no `ON`) is a membership.
         "grant" | "revoke" => outside_brackets(statement)
             .find(|(_, token)| is_word(Some(token), "on"))
@@ -525,6 +583,27 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     };
     if !kind_allowed {
         return Some(format!("{} statement", first.to_ascii_uppercase()));
+    }
+    // The server's own objects (`pg_catalog`'s functions and tables) are not the snapshot's to
+    // grant, alter, comment on or add to: `GRANT ALL ON ALL FUNCTIONS IN SCHEMA pg_catalog TO
+    // PUBLIC` would give every user of the database the server's files.
+    let system =
+        |schema: &str| schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast");
+    let target = match first.as_str() {
+        "create" => {
+            let kind = created_at(statement);
+            (kind + 1..statement.len().min(kind + 4))
+                .find_map(|at| qualified_or_operator(statement, at))
+                .map(|n| n.schema)
+        }
+        "select" | "refresh" => None,
+        _ => statement_schema(statement),
+    };
+    if target.as_deref().is_some_and(system) {
+        return Some(format!("{} of an object of the server's own", first.to_ascii_uppercase()));
+    }
+    if names_temporary_schema(statement) {
+        return Some("a name in the session's temporary schema".into());
     }
     let escaped = statement.windows(3).any(|w| {
         is_word(Some(&w[0]), "u")
@@ -548,6 +627,17 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
             !own.iter().any(|f| name.starts_with(f)) || name.starts_with("lo_import") || name.starts_with("lo_export")
         })
         .map(|name| format!("a call of {name}"))
+}
+
+/// Whether a statement names `pg_temp` (or `pg_temp_3`) as a schema: the session's temporary
+/// schema, where the server looks for relations and types before `pg_catalog` even with an
+/// empty `search_path` (a domain `pg_temp.trigger` would make `RETURNS trigger` mean it), and
+/// whose objects vanish with the session. pg_dump names none.
+fn names_temporary_schema(statement: &[Token<'_>]) -> bool {
+    statement.iter().enumerate().any(|(at, token)| {
+        statement.get(at + 1).is_some_and(|t| t.is_punct('.'))
+            && name_of(token).is_some_and(|schema| schema == "pg_temp" || schema.starts_with("pg_temp_"))
+    })
 }
 
 /// `SELECT pg_catalog.lo_create('16400')`: pg_dump's statement that makes a large object.
@@ -599,8 +689,55 @@ pub struct Vetting {
     /// Code of the snapshot's own the restore may run ([`own_code`]: routines, operators,
     /// aggregates, operator classes and families, but trigger functions; triggers made before
     /// the rows load), languages it makes, and extensions not known to keep to the database
-    /// ([`CONTAINED_EXTENSIONS`]).
+    /// ([`CONTAINED_EXTENSIONS`]), event triggers.
     pub runs_code: BTreeSet<String>,
+    /// The materialized views the script refreshes (`schema.name`), with the owner the script
+    /// gave each by then (`ALTER MATERIALIZED VIEW … OWNER TO`; `None`: the restoring role), as
+    /// whom its query runs.
+    pub refreshed: Vec<(String, Option<String>)>,
+    /// The owner the script gives each object at its end, by `schema.name` (what a refresh
+    /// after the script runs as).
+    pub owners: HashMap<String, String>,
+    /// The views the script makes (`schema.name`): a view's query runs with its owner's rights,
+    /// also for a materialized view that reads it.
+    pub views: BTreeSet<String>,
+}
+
+/// Encodings a client may use but a database may not: bytes of a character may look like
+/// ASCII's quotes and semicolons there, read otherwise than the lexer reads them.
+const CLIENT_ONLY_ENCODINGS: [&str; 12] = [
+    "sjis",
+    "shift_jis",
+    "shift_jis_2004",
+    "mskanji",
+    "win932",
+    "big5",
+    "win950",
+    "gbk",
+    "win936",
+    "uhc",
+    "win949",
+    "gb18030",
+];
+
+/// `SET client_encoding = '…'` to a database's encoding (pg_dump writes the source's), which
+/// reads the script's bytes as the lexer does: every byte outside ASCII a letter.
+fn is_database_encoding(statement: &[Token<'_>]) -> bool {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    statement.len() == 4
+        && word(0, "set")
+        && word(1, "client_encoding")
+        && (word(2, "to") || statement[2].is_punct('='))
+        && match statement[3].kind {
+            Kind::Literal => literal_text(statement[3].text),
+            Kind::Word => Some(statement[3].text.to_string()),
+            _ => None,
+        }
+        .is_some_and(|value| {
+            let value = value.to_ascii_lowercase().replace('-', "_");
+            value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !CLIENT_ONLY_ENCODINGS.contains(&value.as_str())
+        })
 }
 
 /// Checks the schema scripts of a restore into an empty database, statement by statement as
@@ -614,7 +751,7 @@ pub fn vet(pre_data: &str, post_data: &str) -> Vetting {
     for (text, pre) in [(pre_data, true), (post_data, false)] {
         let tokens = significant(text);
         for statement in statements(&tokens) {
-            if setting(statement).is_some() {
+            if setting(statement).is_some() || is_database_encoding(statement) {
                 continue;
             }
             if let Some(why) = refused_into_empty(statement) {
@@ -638,9 +775,58 @@ pub fn vet(pre_data: &str, post_data: &str) -> Vetting {
             if word(0, "create") && word(kind, "extension") {
                 let at = if word(kind + 1, "if") { kind + 4 } else { kind + 1 };
                 let name = statement.get(at).and_then(name_of).unwrap_or_default();
-                if !CONTAINED_EXTENSIONS.contains(&name.as_str()) {
+                // `CASCADE` makes the extensions it requires, unnamed.
+                let cascade = statement.iter().any(|t| is_word(Some(t), "cascade"));
+                if !CONTAINED_EXTENSIONS.contains(&name.as_str()) || cascade {
                     vetting.runs_code.insert(format!("extension {name}"));
                 }
+            }
+            // An event trigger fires for the restore's own statements that follow it.
+            if word(0, "create") && word(kind, "event") && word(kind + 1, "trigger") {
+                let name = statement.get(kind + 2).and_then(name_of).unwrap_or_default();
+                vetting.runs_code.insert(format!("event trigger {name}"));
+            }
+            let view = |at: usize| qualified_at(statement, at).map(|n| format!("{}.{}", n.schema, n.name));
+            if word(0, "refresh") && word(1, "materialized") && word(2, "view") {
+                let at = if word(3, "concurrently") { 4 } else { 3 };
+                if let Some(name) = view(at) {
+                    let owner = vetting.owners.get(&name).cloned();
+                    vetting.refreshed.push((name, owner));
+                }
+            }
+            // A view made (again) is the restoring role's until an `OWNER TO`.
+            let mut made_at = kind;
+            while ["temp", "temporary", "recursive", "materialized"].iter().any(|w| word(made_at, w)) {
+                made_at += 1;
+            }
+            if word(0, "create")
+                && word(made_at, "view")
+                && let Some(name) = view(made_at + 1)
+            {
+                vetting.owners.remove(&name);
+                if !word(kind, "materialized") {
+                    vetting.views.insert(name);
+                }
+            }
+            // `ALTER MATERIALIZED VIEW [IF EXISTS] s.v OWNER TO role` (`ALTER TABLE` works too);
+            // `CURRENT_USER`, `SESSION_USER`, `CURRENT_ROLE` are the restoring role.
+            let owner_at = (1..statement.len()).find(|at| word(*at - 1, "owner") && word(*at, "to"));
+            if word(0, "alter")
+                && let Some(at) = owner_at
+                && at + 2 == statement.len()
+                && let Some(name) = (1..at).find(|at| qualified_at(statement, *at).is_some()).and_then(view)
+            {
+                let owner = statement.get(at + 1).filter(|t| t.kind == Kind::QuotedIdent || t.kind == Kind::Word);
+                let restoring = ["current_user", "session_user", "current_role"].iter().any(|w| word(at + 1, w));
+                match owner.and_then(name_of) {
+                    Some(owner) if !restoring => vetting.owners.insert(name, owner),
+                    _ => vetting.owners.remove(&name),
+                };
+            }
+            // A subscription holds a connection the snapshot chose, in the server's shared catalog.
+            if word(0, "create") && word(kind, "subscription") {
+                let name = statement.get(kind + 1).and_then(name_of).unwrap_or_default();
+                vetting.runs_code.insert(format!("subscription {name}"));
             }
             // `CREATE [OR REPLACE] [TRUSTED] [PROCEDURAL] LANGUAGE name`.
             let mut at = kind;
@@ -2075,6 +2261,7 @@ mod tests {
             "ALTER TABLE crm.deals ADD CONSTRAINT q CHECK ((query_to_xml('DELETE FROM x', false, false, '') IS NOT NULL)) /*m19*/;",
             "ALTER SCHEMA crm OWNER TO evil /*m20*/",
             "CREATE SCHEMA crm2 AUTHORIZATION evil /*m21*/;",
+            "CREATE DOMAIN pg_temp.trigger AS integer /*m27*/;",
         ];
         let entries: String = attacks.iter().map(|sql| entry("x", "COMMENT", "crm", sql)).collect();
         let part = select(
@@ -2424,6 +2611,7 @@ mod tests {
             &entry("deals id", "DEFAULT", "crm", "ALTER TABLE ONLY crm.deals ALTER COLUMN id SET DEFAULT nextval('crm.deals_id_seq'::regclass);"),
             &entry("invoices", "TABLE", "crm", "CREATE TABLE crm.invoices (\n    no text DEFAULT ('INV-'::text || nextval('crm.deals_id_seq'::regclass))\n);"),
             &entry("mv", "MATERIALIZED VIEW", "crm", "CREATE MATERIALIZED VIEW crm.mv AS\n SELECT count(*) AS n FROM crm.deals\n  WITH NO DATA;"),
+            &entry("mv", "MATERIALIZED VIEW", "crm", "ALTER MATERIALIZED VIEW crm.mv OWNER TO app;"),
             &entry("v", "VIEW", "crm", "CREATE TABLE crm.v (\n    n bigint\n);"),
             &entry("v _RETURN", "RULE", "crm", "CREATE RULE \"_RETURN\" AS\n    ON SELECT TO crm.v DO INSTEAD  SELECT count(*) AS n\n   FROM crm.deals;"),
             &entry("srv", "SERVER", "-", "CREATE SERVER srv FOREIGN DATA WRAPPER w OPTIONS (\n    host 'x'\n);"),
@@ -2454,7 +2642,14 @@ mod tests {
         let (pre, post) = pg_dump_kinds();
         let vetting = vet(&pre, &post);
         assert!(vetting.refused.is_empty(), "{:?}", vetting.refused);
-        assert!(vetting.runs_code.is_empty(), "{:?}", vetting.runs_code);
+        // A subscription (it holds a connection the snapshot chose) is all that counts.
+        assert_eq!(vetting.runs_code.iter().collect::<Vec<_>>(), ["subscription sub"]);
+        // The view refreshed, as its owner.
+        assert_eq!(vetting.refreshed, [("crm.mv".to_string(), Some("app".to_string()))]);
+        assert_eq!(vetting.owners.get("crm.mv").map(String::as_str), Some("app"));
+        // A database in another encoding: pg_dump says so, and its bytes read as the lexer reads them.
+        let latin1 = pre.replace("SET client_encoding = 'UTF8';", "SET client_encoding = 'LATIN1';");
+        assert!(vet(&latin1, &post).refused.is_empty());
     }
 
     #[test]
@@ -2505,6 +2700,23 @@ mod tests {
             "IMPORT FOREIGN SCHEMA public FROM SERVER srv INTO crm;",
             "CREATE TABLE crm.u (U&\"\\0061\" int);",
             "WITH x AS (DELETE FROM crm.deals) SELECT 1;",
+            "CREATE LOCAL TEMPORARY TABLE tt AS SELECT 1;",
+            "CREATE GLOBAL TEMPORARY TABLE tt2 (x integer);",
+            "COMMENT ON ROLE postgres IS 'x';",
+            "COMMENT ON DATABASE postgres IS 'x';",
+            "SECURITY LABEL FOR p ON ROLE postgres IS 'x';",
+            "GRANT ALL ON ALL FUNCTIONS IN SCHEMA pg_catalog TO PUBLIC;",
+            "GRANT SELECT ON TABLE pg_catalog.pg_authid TO PUBLIC;",
+            "ALTER FUNCTION pg_catalog.pg_cancel_backend(integer) SECURITY DEFINER;",
+            "CREATE FUNCTION pg_catalog.f() RETURNS integer LANGUAGE sql AS 'SELECT 1';",
+            "CREATE SCHEMA x CREATE TRIGGER early BEFORE INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION crm.touch();",
+            "SET client_encoding = 'SJIS';",
+            "ALTER TABLE crm.deals ADD COLUMN a text GENERATED ALWAYS AS (pg_stat_get_backend_activity(1)) STORED;",
+            "CREATE DOMAIN pg_temp.trigger AS integer;",
+            "CREATE FUNCTION crm.f() RETURNS pg_temp_3.t LANGUAGE sql AS 'SELECT 1';",
+            "ALTER MATERIALIZED VIEW crm.mv RENAME TO mv2;",
+            "ALTER TABLE crm.deals SET SCHEMA public;",
+            "ALTER TABLE crm.deals ADD COLUMN z integer DEFAULT pg_catalog.pg_sleep(1000);",
         ];
         for attack in attacks {
             let forged = format!("{pre}{}", entry("x", "COMMENT", "crm", attack));
@@ -2538,15 +2750,60 @@ mod tests {
                 "CREATE TRIGGER early BEFORE INSERT ON crm.deals FOR EACH ROW EXECUTE FUNCTION crm.touch();",
                 "trigger early",
             ),
+            // No RETURNS clause (an OUT parameter) and `returns trigger` in the body: no trigger function.
+            (
+                "CREATE FUNCTION crm.poke(OUT r integer) LANGUAGE sql BEGIN ATOMIC SELECT returns trigger FROM (SELECT 1 AS returns) s; END;",
+                "crm.poke",
+            ),
+            (
+                "CREATE CAST (character varying AS oid) WITH FUNCTION pg_catalog.pg_replication_origin_create AS ASSIGNMENT;",
+                "a cast (character varying AS oid)",
+            ),
+            ("CREATE EXTENSION IF NOT EXISTS tablefunc WITH SCHEMA public;", "extension tablefunc"),
+            ("CREATE EXTENSION IF NOT EXISTS earthdistance CASCADE;", "extension earthdistance"),
+            ("CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION crm.touch();", "event trigger et"),
         ];
         for (statement, named) in code {
             let forged = format!("{pre}{}", entry("x", "FUNCTION", "crm", statement));
             let vetting = vet(&forged, &post);
             assert!(vetting.refused.is_empty(), "{statement}: {:?}", vetting.refused);
-            assert_eq!(vetting.runs_code.iter().collect::<Vec<_>>(), [named], "{statement}");
+            let code: Vec<&String> = vetting.runs_code.iter().filter(|c| *c != "subscription sub").collect();
+            assert_eq!(code, [named], "{statement}");
         }
         // A trigger in the post-data fires for no row the restore loads.
         let late = format!("{post}{}", entry("x", "TRIGGER", "crm", code[10].0));
-        assert!(vet(&pre, &late).runs_code.is_empty());
+        assert_eq!(vet(&pre, &late).runs_code.len(), 1);
+    }
+
+    #[test]
+    fn into_an_empty_database_a_refresh_runs_as_the_owner_the_script_gave_by_then() {
+        let (pre, post) = pg_dump_kinds();
+        let refreshed = |pre: &str, post: &str| vet(pre, post).refreshed;
+        let app = || Some("app".to_string());
+        assert_eq!(refreshed(&pre, &post), [("crm.mv".to_string(), app())]);
+        // The restoring role's: CURRENT_USER and its like, or the view made again after.
+        for owner in ["CURRENT_USER", "session_user", "CURRENT_ROLE"] {
+            let forged = format!(
+                "{pre}{}",
+                entry("x", "ACL", "crm", &format!("ALTER MATERIALIZED VIEW crm.mv OWNER TO {owner};"))
+            );
+            assert_eq!(refreshed(&forged, &post), [("crm.mv".to_string(), None)], "{owner}");
+        }
+        let again = "CREATE MATERIALIZED VIEW crm.mv AS SELECT 1 AS one WITH NO DATA;";
+        assert_eq!(
+            refreshed(&format!("{pre}{}", entry("x", "MATERIALIZED VIEW", "crm", again)), &post),
+            [("crm.mv".to_string(), None)]
+        );
+        // An owner given after the refresh does not count for it.
+        let after = format!("{post}{}", entry("x", "ACL", "crm", "ALTER MATERIALIZED VIEW crm.mv OWNER TO postgres;"));
+        assert_eq!(refreshed(&pre, &after), [("crm.mv".to_string(), app())]);
+        assert_eq!(vet(&pre, &after).owners.get("crm.mv").map(String::as_str), Some("postgres"));
+        // Views, whose queries a refresh runs as their owners.
+        let view = "CREATE VIEW crm.v AS SELECT 1 AS one;";
+        assert!(vet(&format!("{pre}{}", entry("v", "VIEW", "crm", view)), &post).views.contains("crm.v"));
+        // A schema called temp is no temporary one.
+        let temp =
+            format!("{pre}{}", entry("temp", "SCHEMA", "-", "CREATE SCHEMA temp;\nCREATE TABLE temp.x (a integer);"));
+        assert!(vet(&temp, &post).refused.is_empty());
     }
 }

@@ -351,6 +351,7 @@ async fn vet_scripts(
     client: &LoadSession,
     options: &RestoreOptions,
     (pre_data, post_data): (&str, &str),
+    refreshed: &[(String, String)],
     warnings: &mut Vec<String>,
 ) -> Result<()> {
     /// What a refusal names at most.
@@ -376,15 +377,41 @@ async fn vet_scripts(
             vetting.refused.join("; ")
         )));
     }
-    if vetting.runs_code.is_empty() || !client.is_superuser().await? {
+    // A materialized view's query runs as its owner when it is refreshed (by the script, or after
+    // it: [`Load`]), any query, and so does that of every view it reads, as the view's owner.
+    let mut refreshes: Vec<(String, Option<&String>)> =
+        vetting.refreshed.iter().map(|(view, owner)| (format!("materialized view {view}"), owner.as_ref())).collect();
+    refreshes.extend(refreshed.iter().map(|(schema, name)| {
+        let view = format!("{schema}.{name}");
+        let owner = vetting.owners.get(&view);
+        (format!("materialized view {view}"), owner)
+    }));
+    if !refreshes.is_empty() {
+        refreshes.extend(vetting.views.iter().map(|view| (format!("view {view}"), vetting.owners.get(view))));
+    }
+    if (vetting.runs_code.is_empty() && refreshes.is_empty()) || !client.is_superuser().await? {
         return Ok(());
     }
-    let named: Vec<String> = vetting.runs_code.iter().map(|name| crate::error::printable(name)).collect();
+    let owners: Vec<&str> = refreshes.iter().filter_map(|(_, owner)| owner.map(String::as_str)).collect();
+    let reaching = client.roles_with_server_rights(&owners).await?;
+    let mut code = vetting.runs_code.clone();
+    for (view, owner) in refreshes {
+        match owner {
+            None => code.insert(format!("{view} (read by a refresh as you)")),
+            Some(owner) if reaching.contains(owner) => code.insert(format!("{view} (read by a refresh as {owner})")),
+            Some(_) => false,
+        };
+    }
+    if code.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = code.iter().map(|name| crate::error::printable(name)).collect();
     let named = crate::error::a_few(named, NAMED, |more| format!("and {more} more"));
     Err(Error::Invalid(format!(
         "the snapshot's own code could run while this restore loads, with a superuser's rights: {} (the \
-         routines, operators and operator classes it makes, but trigger functions; triggers it makes before the \
-         rows load; languages, and extensions not known to keep to the database); whoever could create functions \
+         routines, operators, casts and operator classes it makes, but trigger functions; triggers it makes \
+         before the rows load; languages, event triggers, extensions not known to keep to the database; \
+         materialized views a superuser refreshes, whose queries read anything); whoever could create functions \
          in the source database, or controls the backup host, could act as you on this server. Connect as a \
          login without superuser that owns the target database (--db postgres://ROLE@…), or give \
          --trust-snapshot-code if you trust them; nothing was restored",
@@ -612,7 +639,8 @@ pub(crate) async fn restore(
     };
     // Beside live data `part::choose` kept only definitions of the side schemas.
     if options.part.is_whole() || !beside_live {
-        vet_scripts(&client, options, (&pre_data, &post_data), &mut warnings).await?;
+        let refreshed = &manifest.materialized_views;
+        vet_scripts(&client, options, (&pre_data, &post_data), refreshed, &mut warnings).await?;
     }
     // `--rows`: each table restored takes the rows chosen of it, and only those.
     let chosen_rows = related.as_ref().map(|related| {

@@ -173,6 +173,25 @@ pub(super) async fn choose(
     manifest.tables.retain(|t| selected.makes(&t.schema, &t.name));
     manifest.sequences.retain(|s| selected.makes(&s.schema, &s.name));
     manifest.materialized_views.retain(|(schema, name)| selected.makes(schema, name));
+    // Beside live data a side materialized view is the restoring role's: refreshed, its query
+    // (any query) runs with a superuser's rights.
+    let views: Vec<String> = manifest
+        .materialized_views
+        .iter()
+        .map(|(schema, name)| format!("{schema}.{name}"))
+        .chain(schema_part::refreshed_views(&post_data).into_iter().map(|t| format!("{}.{}", t.schema, t.name)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if beside_live_data && superuser && !options.trust_snapshot_code && !views.is_empty() {
+        let named: Vec<String> = views.iter().map(|name| crate::error::printable(name)).collect();
+        return Err(Error::Invalid(format!(
+            "the snapshot's materialized views {} would be refreshed beside live data with a superuser's \
+             rights, and a view's query may read anything on this server. Connect as a login without superuser \
+             that may create the side schema (--db postgres://ROLE@…), or give --trust-snapshot-code",
+            named.join(", ")
+        )));
+    }
     if manifest.tables.is_empty() && selected.relations.is_empty() && map.is_empty() {
         return Err(Error::Invalid("the table patterns leave nothing to restore".into()));
     }

@@ -246,7 +246,8 @@ fn a_role_set_on_the_database_hides_no_rows_from_the_backup() {
 /// Whoever controls the backup host chooses `pg_dump` (`--pg-dump`), and so the schema script a
 /// whole restore into an empty database runs: a statement pg_dump does not write is refused
 /// before anything runs, and code of the snapshot's own that a superuser's restore would run
-/// (here a function a check constraint calls for every row) needs `--trust-snapshot-code`.
+/// (here a function a check constraint calls for every row, or a materialized view's query
+/// refreshed as the restoring superuser) needs `--trust-snapshot-code`.
 #[test]
 fn a_whole_restore_runs_no_statement_pg_dump_does_not_write_nor_the_snapshots_code_as_a_superuser() {
     let Ready { source, work, repo, .. } = Scenario::new("whole_forged").crm().init("repo");
@@ -294,4 +295,44 @@ fn a_whole_restore_runs_no_statement_pg_dump_does_not_write_nor_the_snapshots_co
     assert!(marker.exists(), "the function ran");
     std::fs::remove_file(&marker).ok();
     assert_eq!(target.sql("SELECT count(*) FROM crm.companies"), source.sql("SELECT count(*) FROM crm.companies"));
+    // A materialized view refreshed as the restoring superuser reads what only a superuser may
+    // (every role's password hash); one its owner refreshes, a role without such rights, is
+    // restored without a word.
+    let view = "CREATE MATERIALIZED VIEW public.leak AS SELECT a.rolname AS k, a.rolpassword AS v \
+                FROM pg_catalog.pg_authid a WITH NO DATA;";
+    let fake =
+        forging_pg_dump_sections(&work, "MATERIALIZED VIEW", &[view], &["REFRESH MATERIALIZED VIEW public.leak;"]);
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    let clean = TestDb::create("whole_forged_view");
+    let run = work.restore_with(&repo, &clean, &["latest"]);
+    run.fails_with(1, "materialized view public.leak (read by a refresh as you)");
+    assert!(clean.is_empty());
+    // (The fixture's views too: a refresh could read them, as their owner.)
+    let owned = format!(
+        "{view}\nALTER MATERIALIZED VIEW public.leak OWNER TO {0};\nALTER VIEW crm.contact_directory OWNER TO {0};\n\
+         ALTER VIEW crm.pipeline OWNER TO {0};",
+        evil.0
+    );
+    psql("postgres", &format!("CREATE ROLE {} NOLOGIN", evil.0));
+    let fake =
+        forging_pg_dump_sections(&work, "MATERIALIZED VIEW", &[&owned], &["REFRESH MATERIALIZED VIEW public.leak;"]);
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    let run = work.restore_with(&repo, &clean, &["latest"]);
+    run.fails_with(1, "permission denied for table pg_authid");
+    assert!(clean.is_empty());
+    // A type named `trigger` in the session's temporary schema, where the server looks before
+    // `pg_catalog`: `RETURNS trigger` then makes a function any default may call.
+    let domain = "CREATE DOMAIN pg_temp.trigger AS integer;";
+    let function = format!(
+        "CREATE FUNCTION public.pwn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; RETURN 1; END $$;",
+        marker.display()
+    );
+    let default = "ALTER TABLE crm.contacts ADD COLUMN z integer DEFAULT public.pwn();";
+    let fake = forging_pg_dump_sections(&work, "FUNCTION", &[domain, &function, default], &[]);
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+    let run = work.restore_with(&repo, &clean, &["latest"]);
+    run.fails_with(1, "a name in the session's temporary schema");
+    assert!(!marker.exists(), "the program ran");
+    assert!(clean.is_empty());
 }
