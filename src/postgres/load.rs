@@ -469,13 +469,15 @@ impl LoadSession {
         Ok(self.client.query(sql, &[&roles]).await?.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Which of `roles` may reach beyond what they own: superusers, and members of any
-    /// predefined role (`pg_read_server_files`, `pg_read_all_data`, `pg_read_all_settings`, …)
+    /// Which of `roles` may reach beyond what they own: superusers, members of one (they have
+    /// what it owns, the catalog included), and members of any predefined role (`pg_read_server_files`, `pg_read_all_data`, `pg_read_all_settings`, …)
     /// but `pg_database_owner`, which every database's owner is. Roles this server lacks are not
     /// named.
     pub async fn roles_with_server_rights(&self, roles: &[&str]) -> Result<Vec<String>> {
         let sql = "SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($1) AND (r.rolsuper \
                    OR (r.rolname LIKE 'pg\\_%' AND r.rolname <> 'pg_database_owner') \
+                   OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
+                              AND pg_catalog.pg_has_role(r.oid, s.oid, 'USAGE')) \
                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles p WHERE p.rolname LIKE 'pg\\_%' \
                               AND p.rolname <> 'pg_database_owner' AND p.oid <> r.oid \
                               AND pg_catalog.pg_has_role(r.oid, p.oid, 'USAGE'))) ORDER BY 1";

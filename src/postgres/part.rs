@@ -131,6 +131,9 @@ struct Facts {
     /// commutator or negator, a family its members): `REFERENCES`, `INHERITS`, `PARTITION OF`,
     /// `ATTACH PARTITION`, `COMMUTATOR`, `NEGATOR`, `FAMILY`.
     reaches: Vec<String>,
+    /// Names inside a chain of three or more (`db.crm.contacts`: `crm`), where a schema would
+    /// stand after a database's name ([`within_a_name`]), which renaming leaves as they are.
+    inside: Vec<String>,
 }
 
 /// The words after which a statement names an object it changes by being made.
@@ -441,14 +444,7 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     }
     // Unicode escapes (`U&"\\0066"`) spell a name this lexer would not read as the server does:
     // pg_dump writes names as they are.
-    let escaped = statement.windows(3).any(|w| {
-        is_word(Some(&w[0]), "u")
-            && w[1].is_punct('&')
-            && matches!(w[2].kind, Kind::QuotedIdent | Kind::Literal)
-            && w[0].start + 1 == w[1].start
-            && w[1].start + 1 == w[2].start
-    });
-    if escaped {
+    if unicode_escaped(statement) {
         return Some("a Unicode-escaped name or string".into());
     }
     if names_temporary_schema(statement) {
@@ -561,7 +557,17 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
         // schema (pg_dump writes neither): what was checked under one name stays what runs.
         "alter" => {
             let what = statement.get(1).map_or_else(String::new, |t| t.text.to_ascii_lowercase());
-            let renames = (1..n).any(|at| word(at, "rename") || (word(at - 1, "set") && word(at, "schema")));
+            // `RENAME [COLUMN | CONSTRAINT] … TO`, not a column or table called `rename`.
+            let renames = (1..n).any(|at| {
+                let subcommand = word(at, "rename")
+                    && !statement[at - 1].is_punct('.')
+                    && !word(at - 1, "column")
+                    && (word(at + 1, "to")
+                        || word(at + 1, "column")
+                        || word(at + 1, "constraint")
+                        || word(at + 2, "to"));
+                subcommand || (word(at - 1, "set") && word(at, "schema"))
+            });
             (!SERVER_OBJECTS.contains(&what.as_str()) || (what == "user" && word(2, "mapping")))
                 && (what != "subscription" || (n == 6 && word(3, "owner") && word(4, "to")))
                 && !renames
@@ -605,14 +611,22 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     if names_temporary_schema(statement) {
         return Some("a name in the session's temporary schema".into());
     }
-    let escaped = statement.windows(3).any(|w| {
-        is_word(Some(&w[0]), "u")
-            && w[1].is_punct('&')
-            && matches!(w[2].kind, Kind::QuotedIdent | Kind::Literal)
-            && w[0].start + 1 == w[1].start
-            && w[1].start + 1 == w[2].start
-    });
-    if escaped {
+    // An object of a schema is named with its schema (pg_dump qualifies every name, the script
+    // runs with an empty `search_path`): a bare `pg_authid` or `lo_export` is `pg_catalog`'s, and
+    // so is `db.pg_catalog.pg_authid`.
+    if !schema_less(statement) && unqualified_object(statement) {
+        return Some(format!("{} of an object named without its schema", first.to_ascii_uppercase()));
+    }
+    if within_a_name(statement).any(|schema| system(&schema)) {
+        return Some(format!("{} of an object of the server's own", first.to_ascii_uppercase()));
+    }
+    // An owner is changed alone, at the end (`ALTER … OWNER TO role`), as pg_dump writes it: what
+    // a refresh runs as is read from there ([`vet`]).
+    let owners = (1..n).filter(|at| word(*at - 1, "owner") && word(*at, "to")).count();
+    if first == "alter" && owners > 0 && (owners > 1 || !(word(n - 3, "owner") && word(n - 2, "to"))) {
+        return Some("an owner changed among other changes".into());
+    }
+    if unicode_escaped(statement) {
         return Some("a Unicode-escaped name or string".into());
     }
     if creates_routine(statement) || first == "select" {
@@ -627,6 +641,116 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
             !own.iter().any(|f| name.starts_with(f)) || name.starts_with("lo_import") || name.starts_with("lo_export")
         })
         .map(|name| format!("a call of {name}"))
+}
+
+/// Whether a statement holds a Unicode-escaped name or string (`U&"\\0066"`), which this lexer
+/// would not read as the server does: pg_dump writes names as they are.
+fn unicode_escaped(statement: &[Token<'_>]) -> bool {
+    statement.windows(3).any(|w| {
+        is_word(Some(&w[0]), "u")
+            && w[1].is_punct('&')
+            && matches!(w[2].kind, Kind::QuotedIdent | Kind::Literal)
+            && w[0].start + 1 == w[1].start
+            && w[1].start + 1 == w[2].start
+    })
+}
+
+/// The kinds of object with no schema that `GRANT`/`REVOKE … ON`, `COMMENT`/`SECURITY LABEL
+/// … ON` and `ALTER` name (the server's own are refused before).
+const SCHEMA_LESS: [&str; 14] = [
+    "schema",
+    "extension",
+    "language",
+    "procedural",
+    "large",
+    "publication",
+    "subscription",
+    "event",
+    "server",
+    "foreign",
+    "access",
+    "cast",
+    "transform",
+    "default",
+];
+
+/// Whether a `GRANT`, `REVOKE`, `COMMENT`, `SECURITY LABEL` or `ALTER` statement is on an
+/// object of a kind that has no schema (`ON SCHEMA crm`, `ALTER EXTENSION x`, `COMMENT ON
+/// CAST (…)`, `ALTER DEFAULT PRIVILEGES`, `ALTER USER MAPPING`); any other statement counts as
+/// one whose names are checked by other rules.
+fn schema_less(statement: &[Token<'_>]) -> bool {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    let kind_at = match statement.first().map(|t| t.text.to_ascii_lowercase()).as_deref() {
+        Some("alter") => 1,
+        Some("grant" | "revoke" | "comment" | "security") => {
+            match outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")) {
+                Some((at, _)) => at + 1,
+                None => return true,
+            }
+        }
+        _ => return true,
+    };
+    // `FOREIGN TABLE` has a schema; `FOREIGN DATA WRAPPER` and `FOREIGN SERVER` have none.
+    if word(kind_at, "foreign") && word(kind_at + 1, "table") {
+        return false;
+    }
+    // `ALL TABLES IN SCHEMA crm`.
+    if word(kind_at, "all") {
+        return true;
+    }
+    SCHEMA_LESS.iter().any(|w| word(kind_at, w)) || (word(kind_at, "user") && word(kind_at + 1, "mapping"))
+}
+
+/// Whether a `GRANT`, `REVOKE`, `COMMENT`, `SECURITY LABEL` or `ALTER` statement on an object
+/// of a schema names one without its schema: no name of it is qualified, or (a grant's list)
+/// one of the objects granted on is not.
+fn unqualified_object(statement: &[Token<'_>]) -> bool {
+    let first = statement.first().map(|t| t.text.to_ascii_lowercase()).unwrap_or_default();
+    if !matches!(first.as_str(), "grant" | "revoke" | "comment" | "security" | "alter") {
+        return false;
+    }
+    if statement_schema(statement).is_none() {
+        return true;
+    }
+    if first != "grant" && first != "revoke" {
+        return false;
+    }
+    // `GRANT … ON [TABLE | SEQUENCE | FUNCTION | …] a.x, b.y TO …`: each one qualified.
+    let Some((on, _)) = outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")) else {
+        return false;
+    };
+    let kinds = ["table", "sequence", "function", "procedure", "routine", "type", "domain"];
+    let mut at = on + 1;
+    if kinds.iter().any(|w| is_word(statement.get(at), w)) {
+        at += 1;
+    }
+    let end = outside_brackets(statement)
+        .find(|(place, token)| *place > on && (is_word(Some(token), "to") || is_word(Some(token), "from")))
+        .map_or(statement.len(), |(place, _)| place);
+    let mut starts = vec![at];
+    let mut depth = 0i32;
+    for (place, token) in statement.iter().enumerate().take(end).skip(at) {
+        if token.is_punct('(') {
+            depth += 1;
+        } else if token.is_punct(')') {
+            depth -= 1;
+        } else if token.is_punct(',') && depth == 0 {
+            starts.push(place + 1);
+        }
+    }
+    starts.iter().any(|start| !statement.get(start + 1).is_some_and(|t| t.is_punct('.')))
+}
+
+/// The names inside a chain of three or more (`db.pg_catalog.pg_authid`: `pg_catalog`), where
+/// a schema would stand after a database's name.
+fn within_a_name<'s>(statement: &'s [Token<'_>]) -> impl Iterator<Item = String> + 's {
+    statement.iter().enumerate().filter_map(move |(at, token)| {
+        let inside = at >= 2
+            && statement[at - 1].is_punct('.')
+            && statement.get(at + 1).is_some_and(|t| t.is_punct('.'))
+            && statement.get(at + 2).is_some_and(|t| name_of(t).is_some());
+        inside.then(|| name_of(token)).flatten()
+    })
 }
 
 /// Whether a statement names `pg_temp` (or `pg_temp_3`) as a schema: the session's temporary
@@ -793,6 +917,15 @@ pub fn vet(pre_data: &str, post_data: &str) -> Vetting {
                     let owner = vetting.owners.get(&name).cloned();
                     vetting.refreshed.push((name, owner));
                 }
+            }
+            // A rule `ON SELECT` makes its table a view.
+            let on_select =
+                (2..statement.len()).find(|at| word(at - 2, "on") && word(at - 1, "select") && word(*at, "to"));
+            if word(0, "create")
+                && word(kind, "rule")
+                && let Some(name) = on_select.and_then(|at| view(at + 1))
+            {
+                vetting.views.insert(name);
             }
             // A view made (again) is the restoring role's until an `OWNER TO`.
             let mut made_at = kind;
@@ -978,6 +1111,7 @@ fn facts(sql: &str) -> Facts {
         if setting(statement).is_none() {
             facts.statements.push(statement_schema(statement));
             facts.refused.extend(refused_beside_live(statement));
+            facts.inside.extend(within_a_name(statement));
             match own_code(statement) {
                 Some(OwnCode::Trigger(name)) => facts.triggers.push(name),
                 Some(OwnCode::Routine(name)) => facts.own_code.push(name),
@@ -1263,9 +1397,13 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
                 && renamed(spec.schema_map, schema).is_none()
                 && spec.live_schemas.iter().any(|live| live == schema)
         };
+        // `db.crm.contacts` is the live `crm.contacts` whatever `crm` is renamed to.
+        let schema_inside =
+            |name: &String| name == "pg_catalog" || renamed(spec.schema_map, name).is_some() || live(name);
         if spec.beside_live_data
             && (facts.global
                 || !facts.refused.is_empty()
+                || facts.inside.iter().any(schema_inside)
                 || facts.qualifiers.iter().any(live)
                 || facts.statements.is_empty()
                 || !facts.statements.iter().all(|schema| in_scope(schema.as_deref()))
@@ -2262,6 +2400,7 @@ mod tests {
             "ALTER SCHEMA crm OWNER TO evil /*m20*/",
             "CREATE SCHEMA crm2 AUTHORIZATION evil /*m21*/;",
             "CREATE DOMAIN pg_temp.trigger AS integer /*m27*/;",
+            "CREATE STATISTICS crm.st (dependencies) ON id, company_id FROM livedb.crm.deals /*m28*/;",
         ];
         let entries: String = attacks.iter().map(|sql| entry("x", "COMMENT", "crm", sql)).collect();
         let part = select(
@@ -2717,6 +2856,15 @@ mod tests {
             "ALTER MATERIALIZED VIEW crm.mv RENAME TO mv2;",
             "ALTER TABLE crm.deals SET SCHEMA public;",
             "ALTER TABLE crm.deals ADD COLUMN z integer DEFAULT pg_catalog.pg_sleep(1000);",
+            "GRANT EXECUTE ON FUNCTION lo_export TO PUBLIC;",
+            "GRANT SELECT ON TABLE pg_authid TO PUBLIC;",
+            "GRANT SELECT ON pg_authid TO PUBLIC;",
+            "GRANT SELECT ON TABLE crm.deals, pg_authid TO PUBLIC;",
+            "GRANT SELECT ON TABLE db.pg_catalog.pg_authid TO PUBLIC;",
+            "ALTER FUNCTION lo_export SECURITY DEFINER;",
+            "COMMENT ON TABLE pg_authid IS 'x';",
+            "ALTER MATERIALIZED VIEW crm.mv OWNER TO CURRENT_USER, OWNER TO CURRENT_USER;",
+            "ALTER TABLE crm.deals OWNER TO postgres, ALTER COLUMN id SET STATISTICS 10;",
         ];
         for attack in attacks {
             let forged = format!("{pre}{}", entry("x", "COMMENT", "crm", attack));
@@ -2801,6 +2949,13 @@ mod tests {
         // Views, whose queries a refresh runs as their owners.
         let view = "CREATE VIEW crm.v AS SELECT 1 AS one;";
         assert!(vet(&format!("{pre}{}", entry("v", "VIEW", "crm", view)), &post).views.contains("crm.v"));
+        // A rule `ON SELECT` makes its table a view.
+        let rule = "CREATE RULE \"_RETURN\" AS ON SELECT TO crm.t DO INSTEAD SELECT 1 AS one;";
+        assert!(vet(&format!("{pre}{}", entry("t", "RULE", "crm", rule)), &post).views.contains("crm.t"));
+        // A column, or a table, called rename is no renaming.
+        let named = "CREATE TABLE crm.rename (rename integer);\nALTER TABLE ONLY crm.rename ALTER COLUMN rename SET DEFAULT 1;\n\
+                     ALTER SEQUENCE crm.deals_id_seq OWNED BY crm.rename.rename;\nALTER TABLE crm.rename OWNER TO app;";
+        assert!(vet(&format!("{pre}{}", entry("rename", "TABLE", "crm", named)), &post).refused.is_empty());
         // A schema called temp is no temporary one.
         let temp =
             format!("{pre}{}", entry("temp", "SCHEMA", "-", "CREATE SCHEMA temp;\nCREATE TABLE temp.x (a integer);"));
