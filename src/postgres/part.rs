@@ -400,6 +400,11 @@ const CHANGING_FUNCTIONS: &[&str] = &[
     "pg_reload_conf",
     // Holding the restore (and its locks) as long as it says.
     "pg_sleep",
+    // The server's configuration files and log, as a superuser reads them.
+    "pg_show_all",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_current_logfile",
     // Other sessions' queries, as a superuser sees them.
     "pg_stat_get_activity",
     "pg_stat_get_backend_activity",
@@ -617,6 +622,17 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     if !schema_less(statement) && unqualified_object(statement) {
         return Some(format!("{} of an object named without its schema", first.to_ascii_uppercase()));
     }
+    // `GRANT … ON SCHEMA crm, pg_catalog`, `IN SCHEMA crm, pg_catalog`: a system schema's own
+    // name, every one of a list.
+    let naming = matches!(first.as_str(), "grant" | "revoke" | "alter" | "comment" | "security");
+    let schema_named = statement.iter().enumerate().any(|(at, token)| {
+        let in_a_name =
+            statement.get(at + 1).is_some_and(|t| t.is_punct('.')) || (at > 0 && statement[at - 1].is_punct('.'));
+        !in_a_name && name_of(token).is_some_and(|name| system(&name))
+    });
+    if naming && schema_named {
+        return Some(format!("{} of an object of the server's own", first.to_ascii_uppercase()));
+    }
     if within_a_name(statement).any(|schema| system(&schema)) {
         return Some(format!("{} of an object of the server's own", first.to_ascii_uppercase()));
     }
@@ -701,6 +717,38 @@ fn schema_less(statement: &[Token<'_>]) -> bool {
     SCHEMA_LESS.iter().any(|w| word(kind_at, w)) || (word(kind_at, "user") && word(kind_at + 1, "mapping"))
 }
 
+/// The words between `ALTER` (or `COMMENT ON`) and the name of an object of a schema.
+const OBJECT_KIND_WORDS: [&str; 28] = [
+    "only",
+    "table",
+    "function",
+    "procedure",
+    "routine",
+    "aggregate",
+    "sequence",
+    "view",
+    "materialized",
+    "index",
+    "type",
+    "domain",
+    "collation",
+    "conversion",
+    "operator",
+    "class",
+    "family",
+    "text",
+    "search",
+    "configuration",
+    "dictionary",
+    "parser",
+    "template",
+    "statistics",
+    "foreign",
+    "column",
+    "if",
+    "exists",
+];
+
 /// Whether a `GRANT`, `REVOKE`, `COMMENT`, `SECURITY LABEL` or `ALTER` statement on an object
 /// of a schema names one without its schema: no name of it is qualified, or (a grant's list)
 /// one of the objects granted on is not.
@@ -713,7 +761,28 @@ fn unqualified_object(statement: &[Token<'_>]) -> bool {
         return true;
     }
     if first != "grant" && first != "revoke" {
-        return false;
+        // The object's own name, not a qualified type among its arguments
+        // (`ALTER FUNCTION lo_export(crm.t)`).
+        let word = |at: usize, w: &str| is_word(statement.get(at), w);
+        let mut at = if first == "alter" {
+            1
+        } else {
+            match outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")) {
+                Some((on, _)) => on + 1,
+                None => return true,
+            }
+        };
+        // `CONSTRAINT c ON crm.t`, `TRIGGER t ON crm.t`, `POLICY p ON …`, `RULE r ON …`: the table's.
+        if ["constraint", "trigger", "policy", "rule"].iter().any(|w| word(at, w)) {
+            match (at + 1..statement.len()).find(|place| word(*place, "on")) {
+                Some(on) => at = on + 1,
+                None => return true,
+            }
+        }
+        while OBJECT_KIND_WORDS.iter().any(|w| word(at, w)) {
+            at += 1;
+        }
+        return !statement.get(at + 1).is_some_and(|t| t.is_punct('.'));
     }
     // `GRANT … ON [TABLE | SEQUENCE | FUNCTION | …] a.x, b.y TO …`: each one qualified.
     let Some((on, _)) = outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")) else {
@@ -791,7 +860,14 @@ fn changing_call(statement: &[Token<'_>]) -> Option<String> {
         let qualified_elsewhere = at >= 2
             && statement[at - 1].is_punct('.')
             && statement.get(at - 2).and_then(name_of).is_some_and(|schema| schema != "pg_catalog");
-        let changing = CHANGING_FUNCTIONS.iter().any(|f| name.starts_with(f));
+        // A server's setting, which only a superuser may read (`config_file`,
+        // `primary_conninfo` and its password), but an application's own (`app.tenant`, with a
+        // dot) that a default may read.
+        let server_setting = name == "current_setting"
+            && !statement.get(at + 2).is_some_and(|t| {
+                t.kind == Kind::Literal && literal_text(t.text).is_some_and(|setting| setting.contains('.'))
+            });
+        let changing = CHANGING_FUNCTIONS.iter().any(|f| name.starts_with(f)) || server_setting;
         // `DEFAULT nextval('crm.seq'::regclass)`, its literal a name like any other.
         let a_default = name == "nextval"
             && (1..=2).any(|back| at >= back && word(at - back, "default"))
@@ -2865,6 +2941,17 @@ mod tests {
             "COMMENT ON TABLE pg_authid IS 'x';",
             "ALTER MATERIALIZED VIEW crm.mv OWNER TO CURRENT_USER, OWNER TO CURRENT_USER;",
             "ALTER TABLE crm.deals OWNER TO postgres, ALTER COLUMN id SET STATISTICS 10;",
+            "ALTER FUNCTION lo_export(crm.stage) SECURITY DEFINER;",
+            "COMMENT ON FUNCTION lo_export(crm.stage) IS 'x';",
+            "ALTER OPERATOR = (crm.stage, crm.stage) OWNER TO app;",
+            "COMMENT ON TRIGGER t ON pg_authid IS 'x';",
+            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA crm, pg_catalog TO PUBLIC;",
+            "GRANT USAGE, CREATE ON SCHEMA crm, pg_catalog TO PUBLIC;",
+            "GRANT USAGE, CREATE ON SCHEMA crm, information_schema TO PUBLIC;",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA crm, pg_catalog GRANT EXECUTE ON FUNCTIONS TO PUBLIC;",
+            "ALTER FUNCTION current_setting(crm.deals.id%TYPE) OWNER TO app;",
+            "ALTER TABLE crm.deals ADD COLUMN leak text DEFAULT pg_catalog.current_setting('config_file');",
+            "ALTER TABLE crm.deals ALTER COLUMN id TYPE text USING pg_catalog.current_setting('hba_file');",
         ];
         for attack in attacks {
             let forged = format!("{pre}{}", entry("x", "COMMENT", "crm", attack));
@@ -2956,6 +3043,9 @@ mod tests {
         let named = "CREATE TABLE crm.rename (rename integer);\nALTER TABLE ONLY crm.rename ALTER COLUMN rename SET DEFAULT 1;\n\
                      ALTER SEQUENCE crm.deals_id_seq OWNED BY crm.rename.rename;\nALTER TABLE crm.rename OWNER TO app;";
         assert!(vet(&format!("{pre}{}", entry("rename", "TABLE", "crm", named)), &post).refused.is_empty());
+        // An application's own setting in a default (a tenant, in a multi-tenant schema).
+        let tenant = "ALTER TABLE ONLY crm.deals ALTER COLUMN id SET DEFAULT (pg_catalog.current_setting('app.tenant'::text))::integer;";
+        assert!(vet(&format!("{pre}{}", entry("deals id", "DEFAULT", "crm", tenant)), &post).refused.is_empty());
         // A schema called temp is no temporary one.
         let temp =
             format!("{pre}{}", entry("temp", "SCHEMA", "-", "CREATE SCHEMA temp;\nCREATE TABLE temp.x (a integer);"));
