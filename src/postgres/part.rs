@@ -580,14 +580,10 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
         // Not on a role, a database or a tablespace: the server's, shared by every database.
         "comment" | "security" => {
             (first == "comment" || word(1, "label"))
-                && outside_brackets(statement)
-                    .find(|(_, token)| is_word(Some(token), "on"))
-                    .is_some_and(|(at, _)| !SERVER_OBJECTS.iter().any(|w| word(at + 1, w)))
+                && kind_at(statement).is_some_and(|at| !SERVER_OBJECTS.iter().any(|w| word(at, w)))
         }
         // On an object of the database: `GRANT role TO role` (no `ON`) is a membership.
-        "grant" | "revoke" => outside_brackets(statement)
-            .find(|(_, token)| is_word(Some(token), "on"))
-            .is_some_and(|(at, _)| !SERVER_PRIVILEGES.iter().any(|w| word(at + 1, w))),
+        "grant" | "revoke" => kind_at(statement).is_some_and(|at| !SERVER_PRIVILEGES.iter().any(|w| word(at, w))),
         "refresh" => word(1, "materialized"),
         "select" => is_large_object_made(statement),
         _ => false,
@@ -671,6 +667,15 @@ fn unicode_escaped(statement: &[Token<'_>]) -> bool {
     })
 }
 
+/// Where a statement names the kind of object it acts on: after `ALTER`, or after the first
+/// `ON` outside brackets (`GRANT … ON TABLE`, `COMMENT ON FUNCTION`); `None` when it has none.
+fn kind_at(statement: &[Token<'_>]) -> Option<usize> {
+    if is_word(statement.first(), "alter") {
+        return Some(1);
+    }
+    outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")).map(|(at, _)| at + 1)
+}
+
 /// The kinds of object with no schema that `GRANT`/`REVOKE … ON`, `COMMENT`/`SECURITY LABEL
 /// … ON` and `ALTER` name (the server's own are refused before).
 const SCHEMA_LESS: [&str; 14] = [
@@ -696,16 +701,11 @@ const SCHEMA_LESS: [&str; 14] = [
 /// one whose names are checked by other rules.
 fn schema_less(statement: &[Token<'_>]) -> bool {
     let word = |at: usize, w: &str| is_word(statement.get(at), w);
-    let kind_at = match statement.first().map(|t| t.text.to_ascii_lowercase()).as_deref() {
-        Some("alter") => 1,
-        Some("grant" | "revoke" | "comment" | "security") => {
-            match outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")) {
-                Some((at, _)) => at + 1,
-                None => return true,
-            }
-        }
-        _ => return true,
-    };
+    let first = statement.first().map(|t| t.text.to_ascii_lowercase()).unwrap_or_default();
+    if !matches!(first.as_str(), "alter" | "grant" | "revoke" | "comment" | "security") {
+        return true;
+    }
+    let Some(kind_at) = kind_at(statement) else { return true };
     // `FOREIGN TABLE` has a schema; `FOREIGN DATA WRAPPER` and `FOREIGN SERVER` have none.
     if word(kind_at, "foreign") && word(kind_at + 1, "table") {
         return false;
@@ -764,14 +764,7 @@ fn unqualified_object(statement: &[Token<'_>]) -> bool {
         // The object's own name, not a qualified type among its arguments
         // (`ALTER FUNCTION lo_export(crm.t)`).
         let word = |at: usize, w: &str| is_word(statement.get(at), w);
-        let mut at = if first == "alter" {
-            1
-        } else {
-            match outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")) {
-                Some((on, _)) => on + 1,
-                None => return true,
-            }
-        };
+        let Some(mut at) = kind_at(statement) else { return true };
         // `CONSTRAINT c ON crm.t`, `TRIGGER t ON crm.t`, `POLICY p ON …`, `RULE r ON …`: the table's.
         if ["constraint", "trigger", "policy", "rule"].iter().any(|w| word(at, w)) {
             match (at + 1..statement.len()).find(|place| word(*place, "on")) {
@@ -785,11 +778,9 @@ fn unqualified_object(statement: &[Token<'_>]) -> bool {
         return !statement.get(at + 1).is_some_and(|t| t.is_punct('.'));
     }
     // `GRANT … ON [TABLE | SEQUENCE | FUNCTION | …] a.x, b.y TO …`: each one qualified.
-    let Some((on, _)) = outside_brackets(statement).find(|(_, token)| is_word(Some(token), "on")) else {
-        return false;
-    };
+    let Some(mut at) = kind_at(statement) else { return false };
+    let on = at - 1;
     let kinds = ["table", "sequence", "function", "procedure", "routine", "type", "domain"];
-    let mut at = on + 1;
     if kinds.iter().any(|w| is_word(statement.get(at), w)) {
         at += 1;
     }
