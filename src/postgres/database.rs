@@ -323,6 +323,38 @@ impl Server {
         Ok(left_out)
     }
 
+    /// Leaves out of `object` the settings only a superuser may set (`session_replication_role`,
+    /// `lo_compat_privileges`, `log_statement`, `session_preload_libraries`, …: the server's
+    /// `superuser` and `superuser-backend` contexts): settings of a database are the
+    /// snapshot's word, whoever controls the backup host writes them, and these would skip
+    /// every trigger and foreign key of the new database, open its large objects, hide its
+    /// statements from the log or load libraries into every session. Returns a warning for each
+    /// one left out (`--trust-snapshot-code` gives them all).
+    pub async fn leave_out_superuser_settings(&self, object: &mut DatabaseObject) -> Result<Vec<String>> {
+        let names: Vec<String> = object.settings.iter().map(|s| s.name.to_ascii_lowercase()).collect();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = "SELECT name::text FROM pg_catalog.pg_settings \
+                   WHERE name = ANY ($1) AND context IN ('superuser', 'superuser-backend')";
+        let only: Vec<String> = self.client().query(sql, &[&names]).await?.iter().map(|row| row.get(0)).collect();
+        let mut warnings = Vec::new();
+        object.settings.retain(|setting| {
+            if !only.contains(&setting.name.to_ascii_lowercase()) {
+                return true;
+            }
+            let of_role = setting.role.as_deref().map(|r| format!(" of role {}", crate::error::printable(r)));
+            warnings.push(format!(
+                "left out: the setting {}{} in the new database: only a superuser may set it, and the snapshot \
+                 chose it (give --trust-snapshot-code if you trust its source, or set it by hand)",
+                crate::error::printable(&setting.name),
+                of_role.unwrap_or_default()
+            ));
+            false
+        });
+        Ok(warnings)
+    }
+
     /// `object` without the settings of roles that are superusers on this server: a source
     /// role named like this server's superuser (made by a source role with `CREATEROLE`) must
     /// not choose that superuser's `search_path` in the new database. Each one left out is said.

@@ -251,12 +251,22 @@ enum OwnCode {
 /// operator class and family (how each is reached is not worth guessing: calls are spelled many
 /// ways, and an operator class is called unnamed), but a trigger function, which nothing but a
 /// trigger may call (unless it is in C or `internal`: making one loads a library of the server);
-/// and every trigger.
+/// members added to an operator family; text search templates and parsers (the server's C
+/// functions pointed at what they were not written for); casts between the server's own types
+/// (`WITHOUT FUNCTION`: one type's bytes read as another's); and every trigger.
 fn own_code(statement: &[Token<'_>]) -> Option<OwnCode> {
     let word = |at: usize, w: &str| is_word(statement.get(at), w);
     let kind = created_at(statement);
+    if word(0, "alter") && word(1, "operator") && (word(2, "family") || word(2, "class")) {
+        let name = qualified_at(statement, 3).map_or_else(String::new, |n| format!("{}.{}", n.schema, n.name));
+        return Some(OwnCode::Routine(format!("operator family {name}")));
+    }
     if !word(0, "create") {
         return None;
+    }
+    if word(kind, "text") && word(kind + 1, "search") && (word(kind + 2, "template") || word(kind + 2, "parser")) {
+        let name = qualified_at(statement, kind + 3).map_or_else(String::new, |n| format!("{}.{}", n.schema, n.name));
+        return Some(OwnCode::Routine(format!("text search {} {name}", statement[kind + 2].text.to_ascii_lowercase())));
     }
     if word(kind, "trigger") || (word(kind, "constraint") && word(kind + 1, "trigger")) {
         let at = if word(kind, "constraint") { kind + 2 } else { kind + 1 };
@@ -265,7 +275,8 @@ fn own_code(statement: &[Token<'_>]) -> Option<OwnCode> {
     // A cast made with a function calls it wherever a value is cast (`x::oid`), unnamed.
     if word(kind, "cast") {
         let with_function = (1..statement.len()).any(|at| word(at - 1, "with") && word(at, "function"));
-        return with_function.then(|| OwnCode::Routine(format!("a cast {}", cast_of(statement))));
+        let of_the_server = !qualified_names(statement).any(|schema| !is_system_schema(&schema));
+        return (with_function || of_the_server).then(|| OwnCode::Routine(format!("a cast {}", cast_of(statement))));
     }
     let defines = ["function", "procedure", "aggregate", "operator"].iter().any(|w| word(kind, w));
     // `RETURNS trigger` right after the parameters, as pg_dump writes it: a function with OUT
@@ -286,6 +297,22 @@ fn own_code(statement: &[Token<'_>]) -> Option<OwnCode> {
         .find_map(|at| qualified_or_operator(statement, at))
         .map_or_else(|| "a routine".to_string(), |n| format!("{}.{}", n.schema, n.name));
     Some(OwnCode::Routine(name))
+}
+
+/// The schemas a statement qualifies names with (`crm` of `crm.t`, not `db` of `db.crm.t`),
+/// in order.
+fn qualified_names<'s>(statement: &'s [Token<'s>]) -> impl Iterator<Item = String> + 's {
+    (0..statement.len()).filter_map(move |at| {
+        let after_dot = at > 0 && statement[at - 1].is_punct('.');
+        let qualifies = statement.get(at + 1).is_some_and(|t| t.is_punct('.'))
+            && statement.get(at + 2).is_some_and(|t| name_of(t).is_some() || is_operator(t));
+        (!after_dot && qualifies).then(|| name_of(&statement[at])).flatten()
+    })
+}
+
+/// Whether a schema is one of the server's own: `pg_catalog`, `information_schema`, toast.
+fn is_system_schema(schema: &str) -> bool {
+    schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast")
 }
 
 /// The place of the `)` that closes the bracket opened at `open`.
@@ -411,6 +438,13 @@ const CHANGING_FUNCTIONS: &[&str] = &[
     "pg_stat_reset",
     "pg_file",
     "pg_switch_wal",
+    "pg_wal_replay_",
+    // The server's build, memory and replication state.
+    "pg_config",
+    "pg_get_shmem_allocations",
+    "pg_get_backend_memory_contexts",
+    "pg_show_replication_origin_status",
+    "pg_stat_get_backend_",
 ];
 
 /// Why a statement may not run beside live data, whatever it names: one that is not the
@@ -455,6 +489,9 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     if names_temporary_schema(statement) {
         return Some("a name in the session's temporary schema".into());
     }
+    if escape_string(statement) {
+        return Some("an escape string (E'…'), which pg_dump does not write".into());
+    }
     // A rule `ON SELECT` turns a table into a view running what it says.
     if word(0, "create")
         && (2..statement.len()).any(|at| word(at - 2, "as") && word(at - 1, "on") && word(at, "select"))
@@ -488,8 +525,10 @@ const SERVER_PRIVILEGES: [&str; 3] = ["database", "tablespace", "parameter"];
 /// outside ([`vet`]): `dblink`, `postgres_fdw`, `file_fdw`, `adminpack`, `pg_cron`, `http`, an
 /// untrusted language; `tablefunc` (`crosstab` runs SQL given as a string), `pg_stat_statements`
 /// (other sessions' queries), `postgis` (functions that run SQL they build).
-const CONTAINED_EXTENSIONS: &[&str] = &[
+pub const CONTAINED_EXTENSIONS: &[&str] = &[
     "plpgsql",
+    "lo",
+    "amcheck",
     "pgcrypto",
     "uuid-ossp",
     "citext",
@@ -594,9 +633,12 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     // The server's own objects (`pg_catalog`'s functions and tables) are not the snapshot's to
     // grant, alter, comment on or add to: `GRANT ALL ON ALL FUNCTIONS IN SCHEMA pg_catalog TO
     // PUBLIC` would give every user of the database the server's files.
-    let system =
-        |schema: &str| schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast");
+    let system = is_system_schema;
     let target = match first.as_str() {
+        // `CREATE EXTENSION x [WITH] SCHEMA pg_catalog` puts its objects there.
+        "create" if word(created_at(statement), "extension") => {
+            (1..n).find(|at| word(*at - 1, "schema")).and_then(|at| name_of(&statement[at]))
+        }
         "create" => {
             let kind = created_at(statement);
             (kind + 1..statement.len().min(kind + 4))
@@ -609,8 +651,37 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     if target.as_deref().is_some_and(system) {
         return Some(format!("{} of an object of the server's own", first.to_ascii_uppercase()));
     }
+    // Every object of a grant's list (`ON TABLE crm.t, pg_catalog.pg_authid`).
+    if matches!(first.as_str(), "grant" | "revoke") && qualified_names(statement).any(|schema| system(&schema)) {
+        return Some(format!("{} of an object of the server's own", first.to_ascii_uppercase()));
+    }
+    // The server's own languages and access methods, which have no schema.
+    if matches!(first.as_str(), "grant" | "revoke" | "alter" | "comment" | "security")
+        && kind_at(statement).is_some_and(|at| {
+            let named = |kind: &[&str], names: &[&str]| {
+                kind.iter().enumerate().all(|(i, w)| word(at + i, w))
+                    && statement
+                        .get(at + kind.len())
+                        .and_then(name_of)
+                        .is_some_and(|name| names.contains(&name.as_str()))
+            };
+            named(&["language"], SERVER_LANGUAGES)
+                || named(&["procedural", "language"], SERVER_LANGUAGES)
+                || named(&["access", "method"], SERVER_ACCESS_METHODS)
+        })
+    {
+        return Some(format!("{} of an object of the server's own", first.to_ascii_uppercase()));
+    }
+    // An extension's members are its script's (pg_dump writes `ALTER EXTENSION … ADD` only to
+    // upgrade a server).
+    if first == "alter" && word(1, "extension") {
+        return Some("ALTER EXTENSION statement".into());
+    }
     if names_temporary_schema(statement) {
         return Some("a name in the session's temporary schema".into());
+    }
+    if escape_string(statement) {
+        return Some("an escape string (E'…'), which pg_dump does not write".into());
     }
     // An object of a schema is named with its schema (pg_dump qualifies every name, the script
     // runs with an empty `search_path`): a bare `pg_authid` or `lo_export` is `pg_catalog`'s, and
@@ -653,6 +724,17 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
             !own.iter().any(|f| name.starts_with(f)) || name.starts_with("lo_import") || name.starts_with("lo_export")
         })
         .map(|name| format!("a call of {name}"))
+}
+
+/// The server's own procedural languages and access methods (no schema holds them).
+const SERVER_LANGUAGES: &[&str] = &["internal", "c", "sql"];
+const SERVER_ACCESS_METHODS: &[&str] = &["heap", "btree", "hash", "gist", "gin", "spgist", "brin"];
+
+/// Whether a statement holds an escape string (`E'…'`): pg_dump writes standard strings
+/// (`standard_conforming_strings = on`, which a script must keep), and an escape string goes
+/// on over lines with its backslashes, where a lexer that missed it would read code as text.
+fn escape_string(statement: &[Token<'_>]) -> bool {
+    statement.iter().any(|t| t.kind == Kind::Literal && (t.text.starts_with("E'") || t.text.starts_with("e'")))
 }
 
 /// Whether a statement holds a Unicode-escaped name or string (`U&"\\0066"`), which this lexer
@@ -2468,6 +2550,7 @@ mod tests {
             "CREATE SCHEMA crm2 AUTHORIZATION evil /*m21*/;",
             "CREATE DOMAIN pg_temp.trigger AS integer /*m27*/;",
             "CREATE STATISTICS crm.st (dependencies) ON id, company_id FROM livedb.crm.deals /*m28*/;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT e CHECK ((pg_catalog.length(E'x'\n'\\' ' || pg_catalog.lo_export(1, $p$/tmp/x$p$)::text || ' -- '\n) > 0)) /*m29*/;",
         ];
         let entries: String = attacks.iter().map(|sql| entry("x", "COMMENT", "crm", sql)).collect();
         let part = select(
@@ -2576,6 +2659,17 @@ mod tests {
         assert_eq!(cut(&format!("{named};\n{column};\nSELECT 5")), [named, column, "SELECT 5"]);
         let function = "CREATE FUNCTION crm.f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END";
         assert_eq!(cut(&format!("-- c\n{function}; /* d */ SELECT 4")), [function, "SELECT 4"]);
+        // A string goes on past white space holding a newline (and `--` comments), an escape
+        // string's next segment with its backslashes: `'\\' ; DROP …'` is text to the server.
+        let continued = "COMMENT ON TABLE crm.t IS E'x'\n'\\' ; DROP TABLE crm.y; -- '";
+        assert_eq!(cut(&format!("{continued};SELECT 6")), [continued, "SELECT 6"]);
+        let commented = "COMMENT ON TABLE crm.t IS E'x' -- c\n  \n-- d\n'\\' ; DROP TABLE crm.y; -- '";
+        assert_eq!(cut(&format!("{commented};SELECT 7")), [commented, "SELECT 7"]);
+        // Without a newline, or with a block comment between, no continuation: two literals.
+        assert_eq!(cut("SELECT E'x' '\\' ; SELECT 8"), ["SELECT E'x' '\\'", "SELECT 8"]);
+        assert_eq!(cut("SELECT E'x' /* c */\n'\\' ; SELECT 9"), ["SELECT E'x' /* c */\n'\\'", "SELECT 9"]);
+        // A standard string's next segment is standard too.
+        assert_eq!(cut("SELECT 'x'\n'\\' ; SELECT 10"), ["SELECT 'x'\n'\\'", "SELECT 10"]);
     }
 
     #[test]
@@ -2806,8 +2900,10 @@ mod tests {
             &entry("crm", "SCHEMA", "-", "ALTER SCHEMA crm OWNER TO app;"),
             &entry("pg_trgm", "EXTENSION", "-", "CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;"),
             &entry("EXTENSION pg_trgm", "COMMENT", "-", "COMMENT ON EXTENSION pg_trgm IS 'text similarity';"),
+            &entry("lo", "EXTENSION", "-", "CREATE EXTENSION IF NOT EXISTS lo WITH SCHEMA public;"),
+            &entry("amcheck", "EXTENSION", "-", "CREATE EXTENSION IF NOT EXISTS amcheck WITH SCHEMA public;"),
             &entry("coll", "COLLATION", "public", "CREATE COLLATION public.coll (provider = libc, locale = 'C');"),
-            &entry("CAST", "CAST", "-", "CREATE CAST (integer AS text) WITH INOUT AS ASSIGNMENT;"),
+            &entry("CAST", "CAST", "-", "CREATE CAST (crm.status AS text) WITH INOUT AS ASSIGNMENT;"),
             &entry("conv", "CONVERSION", "public", "CREATE CONVERSION public.conv FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8;"),
             &entry("tsc", "TEXT SEARCH CONFIGURATION", "public", "CREATE TEXT SEARCH CONFIGURATION public.tsc (\n    PARSER = pg_catalog.\"default\" );\n\nALTER TEXT SEARCH CONFIGURATION public.tsc\n    ADD MAPPING FOR asciiword WITH english_stem;"),
             &entry("touch()", "FUNCTION", "crm", "CREATE FUNCTION crm.touch() RETURNS trigger\n    LANGUAGE plpgsql\n    AS $$ BEGIN NEW.at = now(); RETURN NEW; END $$;"),
@@ -2943,6 +3039,25 @@ mod tests {
             "ALTER FUNCTION current_setting(crm.deals.id%TYPE) OWNER TO app;",
             "ALTER TABLE crm.deals ADD COLUMN leak text DEFAULT pg_catalog.current_setting('config_file');",
             "ALTER TABLE crm.deals ALTER COLUMN id TYPE text USING pg_catalog.current_setting('hba_file');",
+            // An escape string goes on over lines with its backslashes: `'\' '` is one
+            // literal to the server, and the call between the quotes runs.
+            "ALTER TABLE crm.deals ADD CONSTRAINT f CHECK ((pg_catalog.length(E'x'\n'\\' ' || pg_catalog.lo_export(1, $p$/tmp/x$p$)::text || ' -- '\n) > 0));",
+            "COMMENT ON TABLE crm.deals IS E'a\\nb';",
+            // Every object of a grant's list, and objects named without their arguments.
+            "GRANT SELECT ON TABLE crm.deals, pg_catalog.pg_authid TO PUBLIC;",
+            "GRANT EXECUTE ON FUNCTION crm.touch(), pg_catalog.lo_export, pg_catalog.pg_reload_conf TO PUBLIC;",
+            "REVOKE ALL ON FUNCTION crm.touch(), pg_catalog.now() FROM PUBLIC;",
+            // The server's languages and access methods; an extension's schema and members.
+            "ALTER LANGUAGE internal OWNER TO app;",
+            "REVOKE USAGE ON LANGUAGE sql FROM PUBLIC;",
+            "COMMENT ON LANGUAGE c IS 'x';",
+            "COMMENT ON ACCESS METHOD btree IS 'x';",
+            "CREATE EXTENSION hstore SCHEMA pg_catalog;",
+            "CREATE CAST (pg_catalog.bytea AS pg_catalog.text) WITH INOUT;",
+            "CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA pg_catalog;",
+            "ALTER EXTENSION hstore ADD FUNCTION pg_catalog.lo_export(oid, text);",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.pg_wal_replay_pause() IS NULL));",
+            "ALTER TABLE crm.deals ADD COLUMN leak text DEFAULT pg_catalog.pg_config()::text;",
         ];
         for attack in attacks {
             let forged = format!("{pre}{}", entry("x", "COMMENT", "crm", attack));
@@ -2988,6 +3103,20 @@ mod tests {
             ("CREATE EXTENSION IF NOT EXISTS tablefunc WITH SCHEMA public;", "extension tablefunc"),
             ("CREATE EXTENSION IF NOT EXISTS earthdistance CASCADE;", "extension earthdistance"),
             ("CREATE EVENT TRIGGER et ON ddl_command_start EXECUTE FUNCTION crm.touch();", "event trigger et"),
+            // The server's C functions pointed at what they were not written for.
+            ("CREATE CAST (bytea AS text) WITHOUT FUNCTION AS IMPLICIT;", "a cast (bytea AS text)"),
+            (
+                "CREATE TEXT SEARCH TEMPLATE crm.t (INIT = pg_catalog.dsimple_init, LEXIZE = pg_catalog.dsimple_lexize);",
+                "text search template crm.t",
+            ),
+            (
+                "CREATE TEXT SEARCH PARSER crm.p (START = prsd_start, GETTOKEN = prsd_nexttoken, END = prsd_end, LEXTYPES = prsd_lextype);",
+                "text search parser crm.p",
+            ),
+            (
+                "ALTER OPERATOR FAMILY crm.f USING btree ADD FUNCTION 1 (integer, integer) pg_catalog.btint4cmp(integer, integer);",
+                "operator family crm.f",
+            ),
         ];
         for (statement, named) in code {
             let forged = format!("{pre}{}", entry("x", "FUNCTION", "crm", statement));

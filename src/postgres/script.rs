@@ -373,7 +373,10 @@ impl<'a> Lexer<'a> {
     }
 
     /// The end of a quoted run opened at `from` by `quote`; `backslash` for `E''` strings.
-    /// An unterminated one runs to the end of the text.
+    /// An unterminated one runs to the end of the text. A string literal goes on past its
+    /// closing quote where the server's does: white space holding a newline, then a quote
+    /// (`'a'\n'b'` is `'ab'`); an `E''` string's next segment keeps its backslash escapes,
+    /// so `E'x'\n'\' '` is one literal to the server, and to this lexer.
     fn quoted(&self, from: usize, quote: u8, backslash: bool) -> usize {
         let bytes = self.text.as_bytes();
         let mut i = from + 1;
@@ -383,6 +386,10 @@ impl<'a> Lexer<'a> {
                 b if b == quote => {
                     if bytes.get(i + 1) == Some(&quote) {
                         i += 2;
+                    } else if quote == b'\''
+                        && let Some(next) = continuation(bytes, i + 1)
+                    {
+                        i = next + 1;
                     } else {
                         return i + 1;
                     }
@@ -401,6 +408,35 @@ impl<'a> Lexer<'a> {
         (rest[end..].starts_with('$') && !tag.starts_with(|c: char| c.is_ascii_digit()))
             .then(|| &self.text[from..from + end + 2])
     }
+}
+
+/// Where a string literal's next segment opens, if the text at `from` (just past a closing
+/// quote) continues it: the server's `{whitespace_with_newline}{quote}`, horizontal space and
+/// `--` comments, a newline, then any space, newlines and `--` comments ended by a newline,
+/// then the quote (at the returned index).
+fn continuation(bytes: &[u8], from: usize) -> Option<usize> {
+    let comment_end = |at: usize| {
+        bytes[at..]
+            .starts_with(b"--")
+            .then(|| bytes[at..].iter().position(|b| matches!(b, b'\n' | b'\r')).map_or(bytes.len(), |end| at + end))
+    };
+    let mut i = from;
+    let mut newline = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' | b'\r' => {
+                newline = true;
+                i += 1;
+            }
+            b' ' | b'\t' | b'\x0c' => i += 1,
+            // A vertical tab is space, but not horizontal space, to the server.
+            b'\x0b' if newline => i += 1,
+            b'-' => i = comment_end(i)?,
+            b'\'' if newline => return Some(i),
+            _ => return None,
+        }
+    }
+    None
 }
 
 // The server's character classes (its scanner works on bytes): every byte of a character

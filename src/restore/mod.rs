@@ -592,8 +592,13 @@ pub(crate) async fn restore(
         // to wait on.
         let to_make: Vec<&RoleRecord> = missing.iter().filter(|role| database_roles.contains(&role.name)).collect();
         let server = postgres::Server::of(&options.database).await?;
+        let mut left_out = Vec::new();
+        if !options.trust_snapshot_code {
+            left_out = server.leave_out_superuser_settings(object).await?;
+        }
         let giving = (leave_out, options.role.as_deref());
-        for warning in server.try_giving(&options.database.name(), object, giving, &to_make).await? {
+        left_out.extend(server.try_giving(&options.database.name(), object, giving, &to_make).await?);
+        for warning in left_out {
             tracing::warn!("{warning}");
             warnings.push(warning);
         }

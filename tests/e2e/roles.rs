@@ -232,11 +232,10 @@ fn restore_create_as_a_role_leaves_out_the_settings_the_server_refuses_it_before
     assert!(logged.contains("RESET \"app.jwt_secret\""), "the refusal was not tried, or not logged: {logged}");
     assert!(!run.stderr.contains(&secret) && !run.stdout.contains(&secret), "{}", run.stderr);
     assert!(run.stderr.contains("left out: the setting app.jwt_secret in the new database"), "{}", run.stderr);
-    let said = format!(
-        "left out: the setting log_statement in the new database: the server refused it to {loader} (permission denied, \
-         SQLSTATE 42501)"
-    );
-    assert!(run.stderr.contains(&said), "{}", run.stderr);
+    // A setting only a superuser may set is the snapshot's word: left out before it is tried.
+    let said = "left out: the setting log_statement in the new database: only a superuser may set it, and the \
+                snapshot chose it (give --trust-snapshot-code";
+    assert!(run.stderr.contains(said), "{}", run.stderr);
     assert!(run.json()["warnings"].to_string().contains("log_statement"), "{}", run.stdout);
     let settings = psql(
         "postgres",
@@ -251,6 +250,52 @@ fn restore_create_as_a_role_leaves_out_the_settings_the_server_refuses_it_before
     drop(created);
     drop(source);
     drop_roles(&[loader]);
+}
+
+/// The settings of the new database are the snapshot's word: as a superuser, `restore --create`
+/// gives none that only a superuser may set (`session_replication_role = replica` would skip
+/// every trigger and foreign key there) unless `--trust-snapshot-code`.
+#[test]
+fn restore_create_as_a_superuser_leaves_out_the_settings_only_a_superuser_may_set() {
+    let Ready { source, work, repo, .. } = Scenario::new("roles_su_settings")
+        .sql("CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1)")
+        .init("repo")
+        .backup();
+    let db = &source.name;
+    psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} SET session_replication_role = replica; ALTER DATABASE {db} SET lo_compat_privileges = on; \
+             ALTER DATABASE {db} SET work_mem = '8MB'"
+        ),
+    );
+    work.backup(&source, &repo);
+    let settings = |name: &str| {
+        psql(
+            "postgres",
+            &format!(
+                "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+                 WHERE d.datname = '{name}'"
+            ),
+        )
+        .trim()
+        .to_string()
+    };
+    let created = TestDb::unmade("roles_su_settings_created");
+    let run = work.restore_with(&repo, &created, &["--json", "--create", "latest"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for name in ["session_replication_role", "lo_compat_privileges"] {
+        let said = format!("left out: the setting {name} in the new database: only a superuser may set it");
+        assert!(run.stderr.contains(&said), "{}", run.stderr);
+    }
+    assert_eq!(settings(&created.name), "work_mem=8MB");
+    drop(created);
+    let trusted = TestDb::unmade("roles_su_settings_trusted");
+    let run = work.restore_with(&repo, &trusted, &["--create", "--trust-snapshot-code", "latest"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(settings(&trusted.name), "session_replication_role=replica;lo_compat_privileges=on;work_mem=8MB");
+    drop(trusted);
+    drop(source);
 }
 
 /// A role `--create-roles` makes is given its settings in the new database at the finish, after
@@ -270,7 +315,7 @@ fn restore_create_tries_the_settings_of_the_roles_it_will_make_before_the_load()
     psql(
         "postgres",
         &format!(
-            "ALTER ROLE \"{later}\" IN DATABASE {db} SET log_statement = 'all'; \
+            "ALTER ROLE \"{later}\" IN DATABASE {db} SET app.level = 'gold'; \
              ALTER ROLE \"{later}\" IN DATABASE {db} SET work_mem = '8MB'"
         ),
     );
@@ -281,7 +326,7 @@ fn restore_create_tries_the_settings_of_the_roles_it_will_make_before_the_load()
     let run = work.restore_with(&repo, &created, &args);
     assert_eq!(run.code, 0, "a setting refused to a role made by the restore cost the whole restore: {}", run.stderr);
     let said = format!(
-        "left out: the setting log_statement of role {later} in the new database: the server refused it to {loader} \
+        "left out: the setting app.level of role {later} in the new database: the server refused it to {loader} \
          (permission denied, SQLSTATE 42501)"
     );
     assert!(run.stderr.contains(&said), "{}", run.stderr);
