@@ -328,8 +328,10 @@ impl Server {
     /// `superuser` and `superuser-backend` contexts): settings of a database are the
     /// snapshot's word, whoever controls the backup host writes them, and these would skip
     /// every trigger and foreign key of the new database, open its large objects, hide its
-    /// statements from the log or load libraries into every session. Returns a warning for each
-    /// one left out (`--trust-snapshot-code` gives them all).
+    /// statements from the log or load libraries into every session. So is a `search_path`
+    /// that names `pg_catalog` after another schema: the snapshot's functions and operators there
+    /// would answer before the server's in every later session, a superuser's included.
+    /// Returns a warning for each one left out (`--trust-snapshot-code` gives them all).
     pub async fn leave_out_superuser_settings(&self, object: &mut DatabaseObject) -> Result<Vec<String>> {
         let names: Vec<String> = object.settings.iter().map(|s| s.name.to_ascii_lowercase()).collect();
         if names.is_empty() {
@@ -340,13 +342,20 @@ impl Server {
         let only: Vec<String> = self.client().query(sql, &[&names]).await?.iter().map(|row| row.get(0)).collect();
         let mut warnings = Vec::new();
         object.settings.retain(|setting| {
-            if !only.contains(&setting.name.to_ascii_lowercase()) {
+            let name = setting.name.to_ascii_lowercase();
+            let why = if only.contains(&name) {
+                "only a superuser may set it"
+            } else if name == "search_path"
+                && list_elements(&setting.value).iter().skip(1).any(|schema| schema.eq_ignore_ascii_case("pg_catalog"))
+            {
+                "it puts a schema before pg_catalog"
+            } else {
                 return true;
-            }
+            };
             let of_role = setting.role.as_deref().map(|r| format!(" of role {}", crate::error::printable(r)));
             warnings.push(format!(
-                "left out: the setting {}{} in the new database: only a superuser may set it, and the snapshot \
-                 chose it (give --trust-snapshot-code if you trust its source, or set it by hand)",
+                "left out: the setting {}{} in the new database: {why}, and the snapshot chose it (give \
+                 --trust-snapshot-code if you trust its source, or set it by hand)",
                 crate::error::printable(&setting.name),
                 of_role.unwrap_or_default()
             ));

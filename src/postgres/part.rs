@@ -519,6 +519,10 @@ const SERVER_OBJECTS: [&str; 6] = ["role", "user", "group", "database", "tablesp
 /// What `GRANT … ON` and `REVOKE … ON` may not name in a restore: the server's objects.
 const SERVER_PRIVILEGES: [&str; 3] = ["database", "tablespace", "parameter"];
 
+/// The extensions whose control files put them in `pg_catalog` (pg_dump writes `CREATE
+/// EXTENSION … WITH SCHEMA pg_catalog` for them): the procedural languages.
+pub const EXTENSIONS_IN_PG_CATALOG: &[&str] = &["plpgsql", "plperl", "plperlu", "pltcl", "pltclu", "plpython3u"];
+
 /// Extensions known to keep to the database they are made in: what they add reads and writes
 /// nothing outside it (no other database or server, no file, no program, no network, no
 /// background work). Any other, made by the snapshot's script, counts as code that may reach
@@ -637,7 +641,11 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     let target = match first.as_str() {
         // `CREATE EXTENSION x [WITH] SCHEMA pg_catalog` puts its objects there.
         "create" if word(created_at(statement), "extension") => {
-            (1..n).find(|at| word(*at - 1, "schema")).and_then(|at| name_of(&statement[at]))
+            let kind = created_at(statement);
+            let at = if word(kind + 1, "if") { kind + 4 } else { kind + 1 };
+            let name = statement.get(at).and_then(name_of).unwrap_or_default();
+            let schema = (1..n).find(|at| word(*at - 1, "schema")).and_then(|at| name_of(&statement[at]));
+            schema.filter(|schema| !(schema == "pg_catalog" && EXTENSIONS_IN_PG_CATALOG.contains(&name.as_str())))
         }
         "create" => {
             let kind = created_at(statement);
@@ -676,6 +684,11 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     // upgrade a server).
     if first == "alter" && word(1, "extension") {
         return Some("ALTER EXTENSION statement".into());
+    }
+    // A type's functions changed after it is made (`ALTER TYPE hstore SET (ANALYZE = …)`): the
+    // server's C functions pointed at data they were not written for. pg_dump makes a type whole.
+    if first == "alter" && word(1, "type") && (3..n).any(|at| word(at - 1, "set") && statement[at].is_punct('(')) {
+        return Some("ALTER TYPE … SET (…) statement".into());
     }
     if names_temporary_schema(statement) {
         return Some("a name in the session's temporary schema".into());
@@ -3056,6 +3069,7 @@ mod tests {
             "CREATE CAST (pg_catalog.bytea AS pg_catalog.text) WITH INOUT;",
             "CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA pg_catalog;",
             "ALTER EXTENSION hstore ADD FUNCTION pg_catalog.lo_export(oid, text);",
+            "ALTER TYPE public.hstore SET (ANALYZE = pg_catalog.array_typanalyze);",
             "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.pg_wal_replay_pause() IS NULL));",
             "ALTER TABLE crm.deals ADD COLUMN leak text DEFAULT pg_catalog.pg_config()::text;",
         ];

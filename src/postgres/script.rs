@@ -428,9 +428,9 @@ fn continuation(bytes: &[u8], from: usize) -> Option<usize> {
                 newline = true;
                 i += 1;
             }
-            b' ' | b'\t' | b'\x0c' => i += 1,
-            // A vertical tab is space, but not horizontal space, to the server.
-            b'\x0b' if newline => i += 1,
+            // A vertical tab is no space to PostgreSQL 15 (a statement holding one fails there),
+            // horizontal space to 17.
+            b' ' | b'\t' | b'\x0c' | b'\x0b' => i += 1,
             b'-' => i = comment_end(i)?,
             b'\'' if newline => return Some(i),
             _ => return None,

@@ -266,7 +266,7 @@ fn restore_create_as_a_superuser_leaves_out_the_settings_only_a_superuser_may_se
         "postgres",
         &format!(
             "ALTER DATABASE {db} SET session_replication_role = replica; ALTER DATABASE {db} SET lo_compat_privileges = on; \
-             ALTER DATABASE {db} SET work_mem = '8MB'"
+             ALTER DATABASE {db} SET work_mem = '8MB'; ALTER DATABASE {db} SET search_path = public, pg_catalog"
         ),
     );
     work.backup(&source, &repo);
@@ -288,12 +288,17 @@ fn restore_create_as_a_superuser_leaves_out_the_settings_only_a_superuser_may_se
         let said = format!("left out: the setting {name} in the new database: only a superuser may set it");
         assert!(run.stderr.contains(&said), "{}", run.stderr);
     }
+    let said = "left out: the setting search_path in the new database: it puts a schema before pg_catalog";
+    assert!(run.stderr.contains(said), "{}", run.stderr);
     assert_eq!(settings(&created.name), "work_mem=8MB");
     drop(created);
     let trusted = TestDb::unmade("roles_su_settings_trusted");
     let run = work.restore_with(&repo, &trusted, &["--create", "--trust-snapshot-code", "latest"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(settings(&trusted.name), "session_replication_role=replica;lo_compat_privileges=on;work_mem=8MB");
+    assert_eq!(
+        settings(&trusted.name),
+        "session_replication_role=replica;lo_compat_privileges=on;work_mem=8MB;search_path=public, pg_catalog"
+    );
     drop(trusted);
     drop(source);
 }
