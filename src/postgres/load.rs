@@ -98,8 +98,9 @@ impl LoadSession {
     pub async fn run_script(&self, sql: &str) -> Result<()> {
         for statement in super::part::statements_of(sql) {
             // The server refuses more than one command here ("cannot insert multiple commands
-            // into a prepared statement").
-            self.client.execute(statement, &[]).await?;
+            // into a prepared statement"). Unnamed and untyped: parse, bind and execute go in
+            // one round trip, where preparing a named statement first takes two (and a close).
+            self.client.execute_typed(statement, &[]).await?;
         }
         Ok(())
     }
@@ -281,6 +282,84 @@ impl LoadSession {
         Ok(self.client.query(sql, &[]).await?.iter().map(|row| row.get(0)).collect())
     }
 
+    /// The code of its own this transaction made that loading could run with a superuser's
+    /// rights, as the catalog has it (not as a script says): routines but trigger functions
+    /// (aggregates and procedures too; not the constructors the server makes for a range
+    /// type), operators, casts made with a function, operator classes and families, text
+    /// search templates and parsers, triggers, event triggers and languages, none of an
+    /// extension's, and extensions not in `contained`. Called after the pre-data DDL, before
+    /// any row loads; each as PostgreSQL names it, at most twenty.
+    pub async fn code_made_now(&self, contained: &[&str]) -> Result<Vec<String>> {
+        let made = |what: &str, name: &str, class: &str, from: &str| {
+            format!(
+                "SELECT '{what} ' || {name} AS what, o.oid, 'pg_catalog.{class}'::pg_catalog.regclass AS class, \
+                 o.xmin FROM pg_catalog.{class} o {from}"
+            )
+        };
+        let objects = [
+            made(
+                "function",
+                "o.oid::pg_catalog.regprocedure::pg_catalog.text",
+                "pg_proc",
+                "WHERE o.prorettype OPERATOR(pg_catalog.<>) 'pg_catalog.trigger'::pg_catalog.regtype",
+            ),
+            made("operator", "o.oid::pg_catalog.regoperator::pg_catalog.text", "pg_operator", ""),
+            made(
+                "cast",
+                "pg_catalog.format_type(o.castsource, NULL) || ' AS ' || pg_catalog.format_type(o.casttarget, NULL)",
+                "pg_cast",
+                "WHERE o.castfunc OPERATOR(pg_catalog.<>) 0",
+            ),
+            made("operator family", "pg_catalog.quote_ident(o.opfname)", "pg_opfamily", ""),
+            made("operator class", "pg_catalog.quote_ident(o.opcname)", "pg_opclass", ""),
+            made("text search template", "pg_catalog.quote_ident(o.tmplname)", "pg_ts_template", ""),
+            made("text search parser", "pg_catalog.quote_ident(o.prsname)", "pg_ts_parser", ""),
+            made(
+                "trigger",
+                "pg_catalog.quote_ident(o.tgname) || ' on ' || o.tgrelid::pg_catalog.regclass::pg_catalog.text",
+                "pg_trigger",
+                "WHERE NOT o.tgisinternal",
+            ),
+            made("event trigger", "pg_catalog.quote_ident(o.evtname)", "pg_event_trigger", ""),
+            made("language", "pg_catalog.quote_ident(o.lanname)", "pg_language", ""),
+            made(
+                "extension",
+                "pg_catalog.quote_ident(o.extname)",
+                "pg_extension",
+                "WHERE o.extname OPERATOR(pg_catalog.<>) ALL ($1::pg_catalog.text[])",
+            ),
+        ];
+        // A dependency of kind `i` only the server makes (a range type's constructors on it).
+        let sql = format!(
+            "SELECT what FROM ({}) o WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+               WHERE d.classid OPERATOR(pg_catalog.=) o.class AND d.objid OPERATOR(pg_catalog.=) o.oid \
+                 AND (d.deptype OPERATOR(pg_catalog.=) 'e' OR (d.deptype OPERATOR(pg_catalog.=) 'i' \
+                   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass))) \
+             ORDER BY 1 LIMIT 20",
+            objects.join(" UNION ALL "),
+            written_by_this_transaction("o.xmin")
+        );
+        let path = self.secure_search_path().await?;
+        let rows = self.client.query(&sql, &[&contained]).await;
+        self.restore_search_path(path).await?;
+        Ok(rows?.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Sets the session's `search_path` to `pg_catalog, pg_temp` for a query of crmvault's own
+    /// amid the snapshot's (whose code may have set it so that an operator of its own answers
+    /// the query), returning the path it had; [`Self::restore_search_path`] puts it back.
+    async fn secure_search_path(&self) -> Result<String> {
+        let sql = "SELECT pg_catalog.current_setting('search_path'), \
+                   pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)";
+        Ok(self.client.query_one(sql, &[]).await?.get(0))
+    }
+
+    /// Puts back the `search_path` [`Self::secure_search_path`] returned.
+    async fn restore_search_path(&self, path: String) -> Result<()> {
+        self.client.execute("SELECT pg_catalog.set_config('search_path', $1, false)", &[&path]).await?;
+        Ok(())
+    }
+
     /// Whether the session's role is a superuser or a member of one.
     pub async fn is_superuser(&self) -> Result<bool> {
         Ok(self.client.query_one(super::ACTS_AS_SUPERUSER, &[]).await?.get(0))
@@ -297,7 +376,8 @@ impl LoadSession {
     /// memberships; roles and user mappings where the session may read them. Toast and temporary
     /// schemas are left out, and the roles in `made` (made by this restore). At most ten, each
     /// as PostgreSQL identifies it. What was dropped leaves no row and is not seen.
-    pub async fn written_outside(&self, side: &[&str], made: &[String]) -> Result<Vec<String>> {
+    /// Objects of no schema in a catalog of `allowed` (`pg_extension`, …) are not counted.
+    pub async fn written_outside(&self, side: &[&str], made: &[String], allowed: &[&str]) -> Result<Vec<String>> {
         let mut objects = vec![
             "'pg_class'::regclass, oid, 0, xmin FROM pg_catalog.pg_class",
             "'pg_class'::regclass, attrelid, attnum::int, xmin FROM pg_catalog.pg_attribute",
@@ -333,7 +413,11 @@ impl LoadSession {
                CASE WHEN setrole = 0 THEN setdatabase ELSE setrole END, 0, xmin FROM pg_catalog.pg_db_role_setting",
             "'pg_tablespace'::regclass, oid, 0, xmin FROM pg_catalog.pg_tablespace",
             "'pg_largeobject'::regclass, oid, 0, xmin FROM pg_catalog.pg_largeobject_metadata",
-            "'pg_authid'::regclass, member, 0, xmin FROM pg_catalog.pg_auth_members",
+            // A membership is its member's, but for the one PostgreSQL 16 and later give the
+            // creator of a role `--create-roles` made (its own).
+            "'pg_authid'::regclass, CASE WHEN roleid IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($2::text[])) \
+               AND member IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname IN (session_user, current_user)) \
+               THEN roleid ELSE member END, 0, xmin FROM pg_catalog.pg_auth_members",
             "'pg_opfamily'::regclass, oid, 0, xmin FROM pg_catalog.pg_opfamily",
             "'pg_opclass'::regclass, oid, 0, xmin FROM pg_catalog.pg_opclass",
             "'pg_opfamily'::regclass, amopfamily, 0, xmin FROM pg_catalog.pg_amop",
@@ -371,15 +455,10 @@ impl LoadSession {
             objects.push("'pg_user_mapping'::regclass, oid, 0, xmin FROM pg_catalog.pg_user_mapping");
         }
         let rows: Vec<String> = objects.iter().map(|from| format!("SELECT {from}")).collect();
-        // The composed xid8 is this epoch's: only for rows no older than this transaction. Each
-        // object's schema is its own, or its relation's; objects of no schema are outside.
+        // Each object's schema is its own, or its relation's; objects of no schema are outside.
         let sql = format!(
             "WITH rows (classid, objid, subid, xmin) AS ({}), \
-               mine AS MATERIALIZED ( \
-                 SELECT classid, objid, subid FROM rows \
-                 WHERE CASE WHEN pg_catalog.age(xmin) <= 0 THEN pg_catalog.pg_xact_status(( \
-                   ((pg_catalog.pg_current_xact_id()::text::bigint >> 32) << 32) | xmin::text::bigint)::text::xid8) \
-                   = 'in progress' ELSE false END), \
+               mine AS MATERIALIZED (SELECT classid, objid, subid FROM rows WHERE {}), \
                placed AS ( \
                  SELECT m.*, CASE m.classid \
                    WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = m.objid) \
@@ -388,6 +467,13 @@ impl LoadSession {
                    WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_catalog.pg_type WHERE oid = m.objid) \
                    WHEN 'pg_constraint'::regclass THEN \
                      (SELECT connamespace FROM pg_catalog.pg_constraint WHERE oid = m.objid) \
+                   WHEN 'pg_cast'::regclass THEN (SELECT CASE WHEN s.typnamespace NOT IN \
+                       ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+                     THEN s.typnamespace ELSE t.typnamespace END FROM pg_catalog.pg_cast c \
+                     JOIN pg_catalog.pg_type s ON s.oid = c.castsource JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
+                     WHERE c.oid = m.objid) \
+                   WHEN 'pg_default_acl'::regclass THEN (SELECT NULLIF(defaclnamespace, 0) \
+                     FROM pg_catalog.pg_default_acl WHERE oid = m.objid) \
                    WHEN 'pg_operator'::regclass THEN \
                      (SELECT oprnamespace FROM pg_catalog.pg_operator WHERE oid = m.objid) \
                    WHEN 'pg_collation'::regclass THEN \
@@ -424,11 +510,33 @@ impl LoadSession {
                        OR nspname LIKE 'pg\\_temp\\_%' OR nspname LIKE 'pg\\_toast\\_temp\\_%'), false) \
                AND NOT (placed.classid = 'pg_authid'::regclass \
                         AND placed.objid IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($2::text[]))) \
+               AND NOT (placed.nsp IS NULL AND placed.classid IN (SELECT c.oid FROM pg_catalog.pg_class c \
+                 WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relname = ANY ($3::text[]))) \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+                 JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
+                 WHERE e.classid = placed.classid AND e.objid = placed.objid AND e.deptype = 'e' \
+                   AND e.refclassid = 'pg_extension'::regclass \
+                   AND (placed.nsp IS NULL OR x.extname = ANY ($4::text[]))) \
              ORDER BY 1 LIMIT 10",
-            rows.join(" UNION ALL ")
+            rows.join(" UNION ALL "),
+            written_by_this_transaction("xmin")
         );
-        let rows = self.client.query(&sql, &[&side, &made]).await?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        let in_pg_catalog = super::part::EXTENSIONS_IN_PG_CATALOG;
+        let path = self.secure_search_path().await?;
+        let rows = self.client.query(&sql, &[&side, &made, &allowed, &in_pg_catalog]).await;
+        self.restore_search_path(path).await?;
+        Ok(rows?.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// What [`Self::written_outside`] finds outside every user schema of the database, but for
+    /// objects of no schema that are the database's own ([`THE_DATABASES_OWN`]): what a restore
+    /// into an empty database changed of the server's (roles but `made`, memberships, settings,
+    /// other databases, tablespaces, subscriptions) or of `pg_catalog` and
+    /// `information_schema` (grants, owners, comments).
+    pub async fn written_outside_the_database(&self, made: &[String]) -> Result<Vec<String>> {
+        let schemas = self.user_schemas().await?;
+        let schemas: Vec<&str> = schemas.iter().map(String::as_str).collect();
+        self.written_outside(&schemas, made, THE_DATABASES_OWN).await
     }
 
     /// The user schemas and relations there are now, each by oid with its name: what
@@ -548,6 +656,13 @@ impl LoadSession {
         Ok(())
     }
 
+    /// The user schemas of the database (not `pg_catalog`, `information_schema`, toast or
+    /// temporary ones), by name.
+    pub async fn user_schemas(&self) -> Result<Vec<String>> {
+        let sql = format!("SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE {USER_SCHEMAS} ORDER BY 1");
+        Ok(self.client.query(&sql, &[]).await?.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Every schema of the database, by name.
     pub async fn schemas(&self) -> Result<Vec<String>> {
         let rows = self.client.query("SELECT nspname::text FROM pg_catalog.pg_namespace ORDER BY 1", &[]).await?;
@@ -606,6 +721,28 @@ impl LoadSession {
     /// [`create_roles`], on this session.
     pub async fn create_roles(&self, roles: &[&RoleRecord]) -> Result<(Vec<String>, Vec<String>)> {
         create_roles(&self.client, roles).await
+    }
+
+    /// What the roles `made` are: attributes, memberships either way, settings. Read when
+    /// `--create-roles` has made them and again before each commit of the restore, so that a
+    /// change to one (`ALTER ROLE made LOGIN PASSWORD …` from code the load ran), which the
+    /// catalog check leaves to this, is found whatever transaction made it.
+    pub async fn roles_state(&self, made: &[String]) -> Result<String> {
+        let sql = "SELECT pg_catalog.concat_ws(' | ', \
+               (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', r.rolname, r.rolsuper, r.rolinherit, \
+                  r.rolcreaterole, r.rolcreatedb, r.rolcanlogin, r.rolreplication, r.rolbypassrls, r.rolconnlimit, \
+                  r.rolvaliduntil), ', ' ORDER BY r.rolname) FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($1)), \
+               (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', m.roleid, m.member, m.admin_option), ', ' \
+                  ORDER BY m.roleid, m.member) FROM pg_catalog.pg_auth_members m \
+                WHERE m.roleid IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($1)) \
+                   OR m.member IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($1))), \
+               (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', s.setdatabase, s.setrole, s.setconfig::text), \
+                  ', ' ORDER BY s.setdatabase, s.setrole) FROM pg_catalog.pg_db_role_setting s \
+                WHERE s.setrole IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($1))))";
+        let path = self.secure_search_path().await?;
+        let state = self.client.query_one(sql, &[&made]).await;
+        self.restore_search_path(path).await?;
+        Ok(state?.get(0))
     }
 
     /// Drops roles a failed restore created (after what it created is dropped).
@@ -675,6 +812,37 @@ const LARGE_OBJECTS_STAGE: &str = "CREATE TEMPORARY TABLE crmvault_large_objects
 const LARGE_OBJECTS_COPY_IN: &str = "COPY pg_temp.crmvault_large_objects (loid, data) FROM STDIN";
 /// Writes the staged contents into the large objects.
 const LARGE_OBJECTS_WRITE: &str = "SELECT count(pg_catalog.lo_put(loid, 0, data)) FROM pg_temp.crmvault_large_objects; DROP TABLE pg_temp.crmvault_large_objects";
+
+/// The catalogs of objects of no schema that pg_dump writes for a database: extensions,
+/// default privileges, large objects, publications, foreign-data wrappers, servers and user
+/// mappings. (A cast is in the schema of its type that is not `pg_catalog`'s: one between the
+/// server's types is the server's.)
+const THE_DATABASES_OWN: &[&str] = &[
+    "pg_extension",
+    "pg_default_acl",
+    "pg_largeobject",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_foreign_data_wrapper",
+    "pg_foreign_server",
+    "pg_user_mapping",
+];
+
+/// The condition that a catalog row's `xmin` (the column `xmin` names) is this transaction's or
+/// one of its subtransactions': still in progress, which other sessions' committed work never
+/// is. Only rows no older than this transaction (`age` at most 0) are asked about, their xid8
+/// composed with this transaction's epoch, or the next one's for a subtransaction whose xid
+/// came after the 32-bit counter wrapped. Unqualified operators: under
+/// [`LoadSession::secure_search_path`].
+fn written_by_this_transaction(xmin: &str) -> String {
+    format!(
+        "CASE WHEN pg_catalog.age({xmin}) <= 0 THEN pg_catalog.pg_xact_status((( \
+           (pg_catalog.pg_current_xact_id()::text::bigint >> 32) \
+           + CASE WHEN {xmin}::text::bigint < (pg_catalog.pg_current_xact_id()::text::bigint & 4294967295) \
+             THEN 1 ELSE 0 END) << 32 | {xmin}::text::bigint)::text::xid8) \
+           = 'in progress' ELSE false END"
+    )
+}
 
 /// The `COPY … FROM STDIN` that loads a table's stream.
 fn copy_in_sql(schema: &str, name: &str, columns: &[String], freeze: bool) -> String {

@@ -37,6 +37,8 @@ pub(super) struct Load<'a> {
     pub(super) created_roles: std::sync::Mutex<Vec<String>>,
     /// What the load noticed, for the report (each also logged).
     pub(super) warnings: std::sync::Mutex<Vec<String>>,
+    /// What the roles `--create-roles` made were as it made them ([`LoadSession::roles_state`]).
+    pub(super) made_roles: std::sync::Mutex<Option<String>>,
     /// The target held data before (a restore beside live data).
     pub(super) beside_live: bool,
 }
@@ -95,6 +97,7 @@ impl Load<'_> {
             None => (Vec::new(), String::new()),
         };
         client.run_script(pre_data).await?;
+        self.refuse_code_the_script_hid().await?;
         self.warn_of_functions_run_as_superuser().await?;
         if side.is_some() {
             self.check_every_column_is_loaded().await?;
@@ -109,8 +112,72 @@ impl Load<'_> {
             self.check_nothing_outside_changed(side, &before).await?;
             client.keep_to_owner(side).await?;
         }
+        self.check_nothing_of_the_server_changed(client).await?;
         client.commit().await?;
         Ok(rows)
+    }
+
+    /// Into an empty database as a superuser, refuses the snapshot's own code that loading could
+    /// run when the catalog holds it after the pre-data DDL though the script's vetting found
+    /// none ([`super::vet_scripts`] reads SQL text; the catalog is what PostgreSQL made of it):
+    /// a statement written to look like pg_dump's hid it. Nothing has loaded yet; the error
+    /// rolls the DDL back. Not beside live data, whose restore has its own rules and tripwire,
+    /// nor with `--trust-snapshot-code`.
+    async fn refuse_code_the_script_hid(&self) -> Result<()> {
+        if self.beside_live || self.options.trust_snapshot_code || !self.client.is_superuser().await? {
+            return Ok(());
+        }
+        let code = self.client.code_made_now(postgres::part::CONTAINED_EXTENSIONS).await?;
+        if code.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = code.iter().map(|name| crate::error::printable(name)).collect();
+        Err(Error::Invalid(format!(
+            "the snapshot's schema made code of its own that loading could run with a superuser's rights, which \
+             its script did not show as such: {}; refused, nothing was restored (a backup host not to be trusted \
+             could have written the script so). Connect as a login without superuser that owns the target \
+             database (--db postgres://ROLE@…), or give --trust-snapshot-code if you trust the snapshot's source",
+            named.join(", ")
+        )))
+    }
+
+    /// Into an empty database, before a transaction of the restore commits, refuses what it
+    /// changed outside the database's own schemas ([`LoadSession::written_outside`]): roles,
+    /// memberships and their settings (but the roles `--create-roles` made), other databases,
+    /// tablespaces, objects of `pg_catalog` and `information_schema` (grants, owners,
+    /// comments), subscriptions. pg_dump writes none of them for a database; the script's
+    /// vetting refuses each statement that would, and this finds what got past it, or what
+    /// code that ran did. The error rolls the transaction back. Not beside live data (whose
+    /// check is stricter), nor with `--trust-snapshot-code`. A tripwire, not a boundary: what is not
+    /// transactional (a program run, a file written) it cannot undo.
+    async fn check_nothing_of_the_server_changed(&self, client: &LoadSession) -> Result<()> {
+        if !self.guards_the_server() {
+            return Ok(());
+        }
+        let made = self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut objects = client.written_outside_the_database(&made).await?;
+        let as_made = self.made_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(as_made) = as_made
+            && client.roles_state(&made).await? != as_made
+        {
+            objects.push(format!("roles --create-roles made ({}), changed since", made.join(", ")));
+        }
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = objects.iter().map(|object| crate::error::printable(object)).collect();
+        Err(Error::Invalid(format!(
+            "the restore changed what lies outside the database's own schemas: {}; pg_dump writes nothing that \
+             does, the snapshot's schema script did (a backup host not to be trusted could have written it so). \
+             Refused and rolled back (but for what PostgreSQL never rolls back: anything done outside the \
+             database); give --trust-snapshot-code if you trust the snapshot's source",
+            named.join(", ")
+        )))
+    }
+
+    /// Whether [`Self::check_nothing_of_the_server_changed`] checks this restore's transactions.
+    fn guards_the_server(&self) -> bool {
+        !self.beside_live && !self.options.trust_snapshot_code
     }
 
     /// Beside live data, refuses a table whose COPY would leave a column out: the column would
@@ -177,7 +244,7 @@ impl Load<'_> {
             let named: Vec<String> = foreign.iter().map(|object| crate::error::printable(object)).collect();
             changed.push(format!("owners other than you in them: {}", named.join(", ")));
         }
-        let objects = client.written_outside(side, &made).await?;
+        let objects = client.written_outside(side, &made, &[]).await?;
         if !objects.is_empty() {
             let named: Vec<String> = objects.iter().map(|object| crate::error::printable(object)).collect();
             changed.push(format!("objects outside them: {}", named.join(", ")));
@@ -230,7 +297,9 @@ impl Load<'_> {
         client.mark_incomplete(&snapshot_id.as_str()).await?;
         self.create_roles().await?;
         client.run_script(pre_data).await?;
+        self.refuse_code_the_script_hid().await?;
         self.warn_of_functions_run_as_superuser().await?;
+        self.check_nothing_of_the_server_changed(client).await?;
         client.commit().await?;
         tracing::debug!("pre-data committed");
 
@@ -243,6 +312,7 @@ impl Load<'_> {
             client.begin().await?;
             self.write_large_objects_and_sequences().await?;
             client.refresh_materialized_views(&self.left_to_refresh(post_data)).await?;
+            self.check_nothing_of_the_server_changed(client).await?;
             client.unmark_and_commit().await?;
             Ok(rows)
         }
@@ -367,8 +437,11 @@ impl Load<'_> {
 
     /// Runs the post-data DDL in its order, except that runs of index and unique-constraint
     /// builds, and runs of foreign keys, are spread over `loaders` (as `pg_restore -j` does),
-    /// never two at once that would wait for each other's lock. Every entry commits on its
-    /// own: on an error the caller removes everything, as for the tables.
+    /// never two at once that would wait for each other's lock. Every entry of a run commits on
+    /// its own; the entries between runs (grants, owners, comments, …) run on this session, in
+    /// one transaction per stretch that [`Self::check_nothing_of_the_server_changed`] checks
+    /// before it commits, and before the next run starts (they may hold its tables' locks). On
+    /// an error the caller removes everything, as for the tables.
     pub(super) async fn post_data_in_parallel(
         &self,
         loaders: &[LoadSession],
@@ -378,6 +451,7 @@ impl Load<'_> {
         for client in loaders.iter().chain([self.client]) {
             client.run_script(script.preamble).await?;
         }
+        let mut stretch = Stretch::default();
         let sizes = self.table_sizes();
         let mut group: Vec<&Entry<'_>> = Vec::new();
         let mut comments: Vec<&Entry<'_>> = Vec::new();
@@ -392,29 +466,53 @@ impl Load<'_> {
                 continue;
             }
             if joins.is_none() || group.first().is_some_and(|e| e.step.group() != joins) {
-                self.flush_group(loaders, &mut group, &mut comments, &sizes).await?;
+                self.flush_group(loaders, &mut group, &mut comments, &sizes, &mut stretch).await?;
             }
             match joins {
                 Some(_) => group.push(entry),
-                None => self.client.run_script(entry.sql).await?,
+                None => self.in_stretch(&mut stretch, entry.sql).await?,
             }
         }
-        self.flush_group(loaders, &mut group, &mut comments, &sizes).await
+        self.flush_group(loaders, &mut group, &mut comments, &sizes, &mut stretch).await?;
+        self.end_stretch(&mut stretch).await
     }
 
-    /// Runs a group (see [`Load::run_group`]), then the comments held back for it.
+    /// Runs a group (see [`Load::run_group`]) once the stretch before it has committed, then
+    /// the comments held back for it.
     pub(super) async fn flush_group(
         &self,
         loaders: &[LoadSession],
         group: &mut Vec<&Entry<'_>>,
         comments: &mut Vec<&Entry<'_>>,
         sizes: &HashMap<TableName, u64>,
+        stretch: &mut Stretch,
     ) -> Result<()> {
         if !group.is_empty() {
+            self.end_stretch(stretch).await?;
             self.run_group(loaders, std::mem::take(group), sizes).await?;
         }
         for comment in comments.drain(..) {
-            self.client.run_script(comment.sql).await?;
+            self.in_stretch(stretch, comment.sql).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` on this session, in the stretch's transaction when the server is guarded
+    /// ([`Self::check_nothing_of_the_server_changed`]; otherwise on its own).
+    async fn in_stretch(&self, stretch: &mut Stretch, sql: &str) -> Result<()> {
+        if !stretch.open && self.guards_the_server() {
+            self.client.begin().await?;
+            stretch.open = true;
+        }
+        self.client.run_script(sql).await
+    }
+
+    /// Checks and commits the stretch's transaction, if one is open.
+    async fn end_stretch(&self, stretch: &mut Stretch) -> Result<()> {
+        if stretch.open {
+            self.check_nothing_of_the_server_changed(self.client).await?;
+            self.client.commit().await?;
+            stretch.open = false;
         }
         Ok(())
     }
@@ -504,6 +602,8 @@ impl Load<'_> {
             return Ok(());
         }
         let (created, left_out) = self.client.create_roles(self.roles).await?;
+        let state = self.client.roles_state(&created).await?;
+        *self.made_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(state);
         *self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = created;
         for membership in left_out {
             tracing::warn!("role membership left out: {}", crate::error::printable(&membership));
@@ -652,6 +752,13 @@ pub(super) fn check_digest(label: &str, stream: &StreamManifest, digest: &blake3
         });
     }
     Ok(())
+}
+
+/// The post-data statements between two runs of [`Load::run_group`], on the restore's own
+/// session: whether their transaction is open.
+#[derive(Default)]
+pub(super) struct Stretch {
+    open: bool,
 }
 
 #[cfg(test)]

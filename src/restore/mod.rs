@@ -673,6 +673,7 @@ pub(crate) async fn restore(
         rows: chosen_rows.as_ref(),
         created_roles: std::sync::Mutex::new(Vec::new()),
         warnings: std::sync::Mutex::new(Vec::new()),
+        made_roles: std::sync::Mutex::new(None),
         beside_live,
     };
     let rows = if options.parallel {

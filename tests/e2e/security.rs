@@ -335,4 +335,147 @@ fn a_whole_restore_runs_no_statement_pg_dump_does_not_write_nor_the_snapshots_co
     run.fails_with(1, "a name in the session's temporary schema");
     assert!(!marker.exists(), "the program ran");
     assert!(clean.is_empty());
+
+    // An escape string goes on over lines with its backslashes: `'\' '` is one literal to the
+    // server, so the call between its quotes runs (a server file written); and a grant's list
+    // with a `pg_catalog` table after one of the database's (every user reads password hashes).
+    let hidden = format!(
+        "ALTER TABLE crm.deals ADD CONSTRAINT forged CHECK ((pg_catalog.length(E'x'\n'\\' ' || \
+         pg_catalog.lo_export(pg_catalog.lo_from_bytea(0, '\\x6f776e6564'::bytea), $p${}$p$)::text || ' -- '\n) > 0));",
+        marker.display()
+    );
+    let listed = "GRANT SELECT ON TABLE crm.deals, pg_catalog.pg_authid TO PUBLIC;";
+    // A grant on a shared catalog is the database's own row of pg_class.
+    let authid_acl =
+        |db: &TestDb| db.sql("SELECT coalesce(relacl::text, '') FROM pg_class WHERE oid = 'pg_authid'::regclass");
+    let acl_before = authid_acl(&TestDb::create("whole_forged_acl"));
+    for (pre, post, said) in [
+        (&[hidden.as_str()][..], &[][..], "an escape string (E'…')"),
+        (&[], &[listed], "GRANT of an object of the server's own"),
+    ] {
+        let fake = forging_pg_dump_sections(&work, "ACL", pre, post);
+        work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+        for options in [&["latest"][..], &["--parallel", "latest"], &["--create", "latest"]] {
+            let target = TestDb::create("whole_forged_hidden");
+            if options[0] == "--create" {
+                psql("postgres", &format!("DROP DATABASE {}", target.name));
+            }
+            work.restore_with(&repo, &target, options).fails_with(1, said);
+            assert!(!marker.exists(), "{options:?}: the server wrote the file");
+            if options[0] != "--create" {
+                assert_eq!(authid_acl(&target), acl_before, "{options:?}: pg_authid granted");
+                assert!(target.is_empty(), "{options:?}");
+            }
+        }
+    }
+}
+
+/// Behind the script's vetting, the catalog: after the pre-data DDL, a restore into an empty
+/// database as a superuser refuses code of the snapshot's own that the catalog holds, whatever
+/// the statement that made it looked like (`code_made_now`), and before each commit it refuses
+/// what the transaction changed outside the database's own schemas (`written_outside_the_database`).
+/// Here the SQL is run straight, as a script that got past the vetting would run it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_shows_the_code_and_the_server_changes_a_restore_made_whatever_its_script_looked_like() {
+    use crmvault::postgres::part::CONTAINED_EXTENSIONS;
+    use crmvault::postgres::{Database, LoadSession, ToastCompression};
+
+    let db = TestDb::create("backstop");
+    // Made before the restore's transaction: not its code.
+    db.sql("CREATE FUNCTION public.earlier() RETURNS int LANGUAGE sql AS 'SELECT 1'");
+    let role = format!("cv_backstop_{}", std::process::id());
+    let database = Database::parse(&db.url()).unwrap();
+    let session = LoadSession::open(&database, ToastCompression::ServerDefault, "64MB", None, None).await.unwrap();
+    session.begin().await.unwrap();
+    // What pg_dump writes for a database: trigger functions, an extension on the list, a
+    // cast, default privileges, a large object, a publication, grants and owners of its own.
+    session
+        .run_script(
+            "CREATE SCHEMA crm; \
+             CREATE FUNCTION crm.touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$; \
+             CREATE EXTENSION pgcrypto WITH SCHEMA crm; \
+             CREATE TABLE crm.t (id int PRIMARY KEY, body text); \
+             CREATE DOMAIN crm.code AS text; \
+             CREATE CAST (crm.code AS int) WITH INOUT; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA crm GRANT SELECT ON TABLES TO PUBLIC; \
+             SELECT pg_catalog.lo_create(424242); \
+             CREATE PUBLICATION cv_backstop_pub FOR TABLE crm.t; \
+             GRANT SELECT ON crm.t TO PUBLIC; COMMENT ON EXTENSION pgcrypto IS 'x'; \
+             CREATE TYPE crm.floatrange AS RANGE (subtype = float8); \
+             CREATE EXTENSION bloom WITH SCHEMA crm; \
+             REVOKE ALL ON LANGUAGE plpgsql FROM PUBLIC; GRANT ALL ON LANGUAGE plpgsql TO PUBLIC;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(session.code_made_now(CONTAINED_EXTENSIONS).await.unwrap(), Vec::<String>::new());
+    assert_eq!(session.written_outside_the_database(&[]).await.unwrap(), Vec::<String>::new());
+
+    // Code disguised: a function whose `trigger` is a domain, an aggregate, a trigger made
+    // before the rows load, an extension off the list, an event trigger.
+    session
+        .run_script(
+            "CREATE DOMAIN crm.\"trigger\" AS int; \
+             CREATE FUNCTION crm.disguised() RETURNS crm.\"trigger\" LANGUAGE sql AS 'SELECT 1'; \
+             CREATE AGGREGATE crm.total(int) (SFUNC = int4pl, STYPE = int); \
+             CREATE TRIGGER early BEFORE INSERT ON crm.t FOR EACH ROW EXECUTE FUNCTION crm.touch(); \
+             CREATE EXTENSION tablefunc WITH SCHEMA crm; \
+             CREATE FUNCTION crm.on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN END$$; \
+             CREATE EVENT TRIGGER cv_backstop_evt ON ddl_command_start EXECUTE FUNCTION crm.on_ddl(); \
+             CREATE OPERATOR crm.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = pg_catalog.int4eq); \
+             CREATE DOMAIN crm.num AS numeric; CREATE CAST (crm.num AS integer) WITH FUNCTION pg_catalog.int4(numeric); \
+             CREATE TEXT SEARCH TEMPLATE crm.tmpl (INIT = pg_catalog.dsimple_init, LEXIZE = pg_catalog.dsimple_lexize);",
+        )
+        .await
+        .unwrap();
+    let code = session.code_made_now(CONTAINED_EXTENSIONS).await.unwrap();
+    for expected in [
+        "function crm.disguised()",
+        "function crm.total(integer)",
+        "function crm.on_ddl()",
+        "trigger early on crm.t",
+        "extension tablefunc",
+        "event trigger cv_backstop_evt",
+        "operator crm.===(integer,integer)",
+        "cast crm.num AS integer",
+        "text search template tmpl",
+    ] {
+        assert!(code.iter().any(|c| c == expected), "{expected} not in {code:?}");
+    }
+    let allowed = ["earlier", "touch", "crosstab", "floatrange", "bloom"];
+    assert!(!code.iter().any(|c| allowed.iter().any(|a| c.contains(a))), "{code:?}");
+
+    // The server's and pg_catalog's: a grant on a pg_catalog function, a comment on its
+    // schema, a role and its setting; a role `--create-roles` made is left out.
+    session
+        .run_script(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.lo_export(oid, text) TO PUBLIC; \
+             COMMENT ON SCHEMA pg_catalog IS 'x'; \
+             CREATE ROLE {role}; ALTER ROLE {role} SET work_mem = '1MB'; CREATE ROLE {role}_made;"
+        ))
+        .await
+        .unwrap();
+    let made = [format!("{role}_made")];
+    let as_made = session.roles_state(&made).await.unwrap();
+    // Code that ran may have put an operator of its own before the server's: every row
+    // `age(xmin) <= 0` asks about would answer no.
+    session
+        .run_script(
+            "CREATE FUNCTION crm.never(integer, integer) RETURNS boolean LANGUAGE sql AS 'SELECT false'; \
+             CREATE OPERATOR crm.<= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = crm.never); \
+             SELECT pg_catalog.set_config('search_path', 'crm, pg_catalog', false);",
+        )
+        .await
+        .unwrap();
+    let outside = session.written_outside_the_database(&made).await.unwrap();
+    let lo_export = "function pg_catalog.lo_export(pg_catalog.oid,pg_catalog.text)";
+    for expected in [lo_export, "schema pg_catalog", &format!("role {role}")] {
+        assert!(outside.iter().any(|o| o == expected), "{expected} not in {outside:?}");
+    }
+    assert!(!outside.iter().any(|o| o.contains("_made")), "{outside:?}");
+    // The roles `--create-roles` made are compared with what they were made as.
+    assert_eq!(session.roles_state(&made).await.unwrap(), as_made);
+    session.run_script(&format!("ALTER ROLE {role}_made LOGIN;")).await.unwrap();
+    assert_ne!(session.roles_state(&made).await.unwrap(), as_made);
+    session.rollback().await;
+    assert_eq!(db.sql(&format!("SELECT count(*) FROM pg_roles WHERE rolname LIKE '{role}%'")).trim(), "0");
 }
