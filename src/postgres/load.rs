@@ -285,7 +285,8 @@ impl LoadSession {
     /// The code of its own this transaction made that loading could run with a superuser's
     /// rights, as the catalog has it (not as a script says): routines but trigger functions
     /// (aggregates and procedures too; not the constructors the server makes for a range
-    /// type), operators, casts made with a function, operator classes and families, text
+    /// type; a trigger function in C or `internal` is code, since it may be called as any
+    /// function is), operators, casts made with a function, operator classes and families, text
     /// search templates and parsers, triggers, event triggers and languages, none of an
     /// extension's, and extensions not in `contained`. Called after the pre-data DDL, before
     /// any row loads; each as PostgreSQL names it, at most twenty.
@@ -301,7 +302,8 @@ impl LoadSession {
                 "function",
                 "o.oid::pg_catalog.regprocedure::pg_catalog.text",
                 "pg_proc",
-                "WHERE o.prorettype OPERATOR(pg_catalog.<>) 'pg_catalog.trigger'::pg_catalog.regtype",
+                "WHERE o.prorettype OPERATOR(pg_catalog.<>) 'pg_catalog.trigger'::pg_catalog.regtype \
+                 OR o.prolang IN (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname IN ('c', 'internal'))",
             ),
             made("operator", "o.oid::pg_catalog.regoperator::pg_catalog.text", "pg_operator", ""),
             made(
@@ -341,6 +343,51 @@ impl LoadSession {
         );
         let path = self.secure_search_path().await?;
         let rows = self.client.query(&sql, &[&contained]).await;
+        self.restore_search_path(path).await?;
+        Ok(rows?.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// What this transaction made (or gave an owner) that would let any role act with a server's
+    /// rights later, in the restored database: a view, rule or materialized view over a relation
+    /// of `pg_catalog` owned by a role with a server's rights (a superuser, a member of one, a
+    /// predefined role: the relation is read, or written through an updatable view or a rule, as
+    /// the owner), and a `SECURITY DEFINER` routine such a role owns (it runs as the owner for
+    /// whoever calls it, or fires its trigger). Not an extension's. At most twenty. The
+    /// relations a rule reads or writes are those its stored query tree names (`:relid`):
+    /// PostgreSQL records no dependency on a system catalog.
+    pub async fn doors_to_server_rights(&self) -> Result<Vec<String>> {
+        let sql = format!(
+            "WITH powers AS ( \
+               SELECT oid FROM pg_catalog.pg_roles \
+               WHERE rolsuper OR (rolname LIKE 'pg\\_%' AND rolname <> 'pg_database_owner')), \
+             strong AS ( \
+               SELECT r.oid FROM pg_catalog.pg_roles r WHERE EXISTS (SELECT 1 FROM powers p \
+                 WHERE p.oid = r.oid OR pg_catalog.pg_has_role(r.oid, p.oid, 'USAGE'))) \
+             SELECT what FROM ( \
+               SELECT DISTINCT 'rule ' || pg_catalog.quote_ident(w.rulename) || ' on ' \
+                 || w.ev_class::pg_catalog.regclass::pg_catalog.text || ' over pg_catalog.' \
+                 || pg_catalog.quote_ident(c.relname) || ', owned by ' \
+                 || v.relowner::pg_catalog.regrole::pg_catalog.text AS what \
+               FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_class v ON v.oid = w.ev_class, \
+               LATERAL pg_catalog.regexp_matches(w.ev_action::pg_catalog.text, ':relid ([0-9]+) ', 'g') AS m (relid) \
+               JOIN pg_catalog.pg_class c ON c.oid = m.relid[1]::pg_catalog.oid \
+               WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace \
+                 AND v.relowner IN (SELECT oid FROM strong) AND ({} OR {}) \
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+                   WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND e.objid = v.oid AND e.deptype = 'e') \
+               UNION ALL \
+               SELECT 'function ' || p.oid::pg_catalog.regprocedure::pg_catalog.text || ' (SECURITY DEFINER), owned by ' \
+                 || p.proowner::pg_catalog.regrole::pg_catalog.text \
+               FROM pg_catalog.pg_proc p WHERE p.prosecdef AND p.proowner IN (SELECT oid FROM strong) AND {} \
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+                   WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e') \
+             ) o ORDER BY 1 LIMIT 20",
+            written_by_this_transaction("w.xmin"),
+            written_by_this_transaction("v.xmin"),
+            written_by_this_transaction("p.xmin")
+        );
+        let path = self.secure_search_path().await?;
+        let rows = self.client.query(&sql, &[]).await;
         self.restore_search_path(path).await?;
         Ok(rows?.iter().map(|row| row.get(0)).collect())
     }

@@ -339,10 +339,21 @@ fn cast_of(statement: &[Token<'_>]) -> String {
 }
 
 /// Whether a statement says `LANGUAGE c` or `LANGUAGE internal` (a routine that runs what a
-/// library of the server holds).
+/// library of the server holds), the name spelled as a word, an identifier or a string of any
+/// quoting (`LANGUAGE $$internal$$`).
 fn is_native(statement: &[Token<'_>]) -> bool {
     (1..statement.len()).any(|at| {
-        let language = statement[at].text.trim_matches(['\'', '"']).to_ascii_lowercase();
+        let token = &statement[at];
+        let text = match token.kind {
+            // `$tag$name$tag$`: the body between the tags.
+            Kind::Literal if token.text.starts_with('$') => {
+                let tag_end = token.text[1..].find('$').map_or(0, |end| end + 2);
+                let body_end = token.text.len().saturating_sub(tag_end).max(tag_end);
+                &token.text[tag_end..body_end]
+            }
+            _ => token.text,
+        };
+        let language = text.trim_matches(['\'', '"']).to_ascii_lowercase();
         is_word(statement.get(at - 1), "language") && (language == "c" || language == "internal")
     })
 }
@@ -3096,8 +3107,17 @@ mod tests {
             ("CREATE AGGREGATE crm.agg(integer) (SFUNC = int4pl, STYPE = integer);", "crm.agg"),
             ("CREATE OPERATOR crm.=~= (FUNCTION = crm.f, LEFTARG = text, RIGHTARG = text);", "crm.=~="),
             ("CREATE FUNCTION crm.et() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;", "crm.et"),
-            // A trigger function in C loads a library as it is made.
+            // A trigger function in C loads a library as it is made, and may be called as any
+            // function; so may one in `internal`, under a name of the snapshot's.
             ("CREATE FUNCTION crm.sys(cstring) RETURNS trigger LANGUAGE c AS '/lib/libc.so.6', 'system';", "crm.sys"),
+            (
+                "CREATE FUNCTION crm.stamp(oid, text) RETURNS trigger LANGUAGE $$internal$$ AS $$be_lo_export$$;",
+                "crm.stamp",
+            ),
+            (
+                "CREATE FUNCTION crm.read(text) RETURNS trigger LANGUAGE $x$c$x$ AS '$libdir/dblink', 'dblink_exec';",
+                "crm.read",
+            ),
             ("CREATE EXTENSION IF NOT EXISTS dblink WITH SCHEMA public;", "extension dblink"),
             ("CREATE EXTENSION postgres_fdw;", "extension postgres_fdw"),
             ("CREATE OR REPLACE PROCEDURAL LANGUAGE plpython3u;", "language plpython3u"),
@@ -3140,7 +3160,8 @@ mod tests {
             assert_eq!(code, [named], "{statement}");
         }
         // A trigger in the post-data fires for no row the restore loads.
-        let late = format!("{post}{}", entry("x", "TRIGGER", "crm", code[10].0));
+        let early = code.iter().find(|(_, named)| *named == "trigger early").unwrap().0;
+        let late = format!("{post}{}", entry("x", "TRIGGER", "crm", early));
         assert_eq!(vet(&pre, &late).runs_code.len(), 1);
     }
 

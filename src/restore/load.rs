@@ -162,6 +162,19 @@ impl Load<'_> {
         {
             objects.push(format!("roles --create-roles made ({}), changed since", made.join(", ")));
         }
+        let doors = client.doors_to_server_rights().await?;
+        if objects.is_empty() && !doors.is_empty() {
+            let named: Vec<String> = doors.iter().map(|door| crate::error::printable(door)).collect();
+            return Err(Error::Invalid(format!(
+                "the snapshot's schema makes what would let any role act with a superuser's rights in the restored \
+                 database: {}; refused and rolled back (a backup host not to be trusted could have written it so: a \
+                 view or rule over pg_catalog reads and writes it as its owner, a SECURITY DEFINER function runs as \
+                 its owner for whoever calls it or fires its trigger). Connect as a login without superuser that \
+                 owns the target database (--db postgres://ROLE@…), or give --trust-snapshot-code if you trust the \
+                 snapshot's source",
+                named.join(", ")
+            )));
+        }
         if objects.is_empty() {
             return Ok(());
         }

@@ -674,7 +674,8 @@ pub(crate) async fn restore(
         created_roles: std::sync::Mutex::new(Vec::new()),
         warnings: std::sync::Mutex::new(Vec::new()),
         made_roles: std::sync::Mutex::new(None),
-        beside_live,
+        // What `--clean` empties, or an unfinished `--parallel` restore left, is no live data.
+        beside_live: beside_live && !clean,
     };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?

@@ -349,22 +349,42 @@ fn a_whole_restore_runs_no_statement_pg_dump_does_not_write_nor_the_snapshots_co
     let authid_acl =
         |db: &TestDb| db.sql("SELECT coalesce(relacl::text, '') FROM pg_class WHERE oid = 'pg_authid'::regclass");
     let acl_before = authid_acl(&TestDb::create("whole_forged_acl"));
+    // A trigger function in `internal` (its language a dollar-quoted string) is any built-in
+    // under a name of the snapshot's, callable as any function; a view over pg_authid and a
+    // SECURITY DEFINER trigger function, the restoring superuser's, are its rights for anyone.
+    let internal = "CREATE FUNCTION crm.stamp(oid, text) RETURNS trigger LANGUAGE $$internal$$ AS $$be_lo_export$$;";
+    let stamped = format!(
+        "ALTER TABLE crm.deals ADD CONSTRAINT stamped CHECK ((crm.stamp(pg_catalog.lo_from_bytea(0, \
+         '\\x6f776e6564'::bytea), ('{}'::text || id)) IS NOT NULL));",
+        marker.display()
+    );
+    let view = "CREATE VIEW crm.roles AS SELECT pg_authid.rolname, pg_authid.rolsuper FROM pg_catalog.pg_authid;";
+    let granted = "GRANT SELECT, UPDATE ON TABLE crm.roles TO PUBLIC;";
+    let definer =
+        "CREATE FUNCTION crm.audit() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$BEGIN RETURN NEW; END$$;";
+    let doors = "would let any role act with a superuser's rights in the restored database";
     for (pre, post, said) in [
         (&[hidden.as_str()][..], &[][..], "an escape string (E'…')"),
         (&[], &[listed], "GRANT of an object of the server's own"),
+        (&[internal, stamped.as_str()], &[], "with a superuser's rights: crm.stamp"),
+        (&[view], &[granted], "rule \"_RETURN\" on crm.roles over pg_catalog.pg_authid"),
+        (&[definer], &[], doors),
     ] {
         let fake = forging_pg_dump_sections(&work, "ACL", pre, post);
         work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
-        for options in [&["latest"][..], &["--parallel", "latest"], &["--create", "latest"]] {
+        for options in [&["latest"][..], &["--parallel", "latest"], &["--create", "latest"], &["--clean", "latest"]] {
             let target = TestDb::create("whole_forged_hidden");
-            if options[0] == "--create" {
-                psql("postgres", &format!("DROP DATABASE {}", target.name));
+            match options[0] {
+                "--create" => drop(psql("postgres", &format!("DROP DATABASE {}", target.name))),
+                // What --clean empties is no live data: every check is made.
+                "--clean" => drop(target.sql("CREATE TABLE public.junk (a integer)")),
+                _ => {}
             }
             work.restore_with(&repo, &target, options).fails_with(1, said);
             assert!(!marker.exists(), "{options:?}: the server wrote the file");
             if options[0] != "--create" {
                 assert_eq!(authid_acl(&target), acl_before, "{options:?}: pg_authid granted");
-                assert!(target.is_empty(), "{options:?}");
+                assert_eq!(target.is_empty(), options[0] != "--clean", "{options:?}");
             }
         }
     }
@@ -423,7 +443,8 @@ async fn the_catalog_shows_the_code_and_the_server_changes_a_restore_made_whatev
              CREATE EVENT TRIGGER cv_backstop_evt ON ddl_command_start EXECUTE FUNCTION crm.on_ddl(); \
              CREATE OPERATOR crm.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = pg_catalog.int4eq); \
              CREATE DOMAIN crm.num AS numeric; CREATE CAST (crm.num AS integer) WITH FUNCTION pg_catalog.int4(numeric); \
-             CREATE TEXT SEARCH TEMPLATE crm.tmpl (INIT = pg_catalog.dsimple_init, LEXIZE = pg_catalog.dsimple_lexize);",
+             CREATE TEXT SEARCH TEMPLATE crm.tmpl (INIT = pg_catalog.dsimple_init, LEXIZE = pg_catalog.dsimple_lexize); \
+             CREATE FUNCTION crm.stamp(oid, text) RETURNS trigger LANGUAGE internal AS 'be_lo_export';",
         )
         .await
         .unwrap();
@@ -438,6 +459,8 @@ async fn the_catalog_shows_the_code_and_the_server_changes_a_restore_made_whatev
         "operator crm.===(integer,integer)",
         "cast crm.num AS integer",
         "text search template tmpl",
+        // A trigger function in C or internal may be called as any function is.
+        "function crm.stamp(oid,text)",
     ] {
         assert!(code.iter().any(|c| c == expected), "{expected} not in {code:?}");
     }
@@ -476,6 +499,30 @@ async fn the_catalog_shows_the_code_and_the_server_changes_a_restore_made_whatev
     assert_eq!(session.roles_state(&made).await.unwrap(), as_made);
     session.run_script(&format!("ALTER ROLE {role}_made LOGIN;")).await.unwrap();
     assert_ne!(session.roles_state(&made).await.unwrap(), as_made);
+    // What would let any role act as a superuser later: a view over pg_catalog, a rule that
+    // writes it, a SECURITY DEFINER trigger function, each owned by the restoring superuser;
+    // a view over the database's own table is none.
+    assert_eq!(session.doors_to_server_rights().await.unwrap(), Vec::<String>::new());
+    session
+        .run_script(
+            "CREATE VIEW crm.own AS SELECT id FROM crm.t; \
+             CREATE VIEW crm.roles AS SELECT rolname, rolsuper FROM pg_catalog.pg_authid; \
+             CREATE RULE stamp AS ON INSERT TO crm.t DO ALSO UPDATE pg_catalog.pg_authid SET rolsuper = true \
+               WHERE rolname = CURRENT_USER; \
+             CREATE FUNCTION crm.audit() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$BEGIN RETURN NEW; END$$;",
+        )
+        .await
+        .unwrap();
+    let doors = session.doors_to_server_rights().await.unwrap();
+    let owner = db.sql("SELECT current_user").trim().to_string();
+    for expected in [
+        format!("rule \"_RETURN\" on crm.roles over pg_catalog.pg_authid, owned by {owner}"),
+        format!("rule stamp on crm.t over pg_catalog.pg_authid, owned by {owner}"),
+        format!("function crm.audit() (SECURITY DEFINER), owned by {owner}"),
+    ] {
+        assert!(doors.contains(&expected), "{expected} not in {doors:?}");
+    }
+    assert!(!doors.iter().any(|d| d.contains("crm.own")), "{doors:?}");
     session.rollback().await;
     assert_eq!(db.sql(&format!("SELECT count(*) FROM pg_roles WHERE rolname LIKE '{role}%'")).trim(), "0");
 }
