@@ -341,9 +341,9 @@ impl LoadSession {
             objects.join(" UNION ALL "),
             written_by_this_transaction("o.xmin")
         );
-        let path = self.secure_search_path().await?;
+        let path = self.settings_for_own_query().await?;
         let rows = self.client.query(&sql, &[&contained]).await;
-        self.restore_search_path(path).await?;
+        self.restore_settings(path).await?;
         Ok(rows?.iter().map(|row| row.get(0)).collect())
     }
 
@@ -386,24 +386,29 @@ impl LoadSession {
             written_by_this_transaction("v.xmin"),
             written_by_this_transaction("p.xmin")
         );
-        let path = self.secure_search_path().await?;
+        let path = self.settings_for_own_query().await?;
         let rows = self.client.query(&sql, &[]).await;
-        self.restore_search_path(path).await?;
+        self.restore_settings(path).await?;
         Ok(rows?.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Sets the session's `search_path` to `pg_catalog, pg_temp` for a query of crmvault's own
-    /// amid the snapshot's (whose code may have set it so that an operator of its own answers
-    /// the query), returning the path it had; [`Self::restore_search_path`] puts it back.
-    async fn secure_search_path(&self) -> Result<String> {
-        let sql = "SELECT pg_catalog.current_setting('search_path'), \
-                   pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)";
-        Ok(self.client.query_one(sql, &[]).await?.get(0))
+    /// Sets the session up for a catalog query of crmvault's own amid the snapshot's:
+    /// `search_path` to `pg_catalog, pg_temp` (the snapshot's code may have set it so that an
+    /// operator of its own answers the query), and `jit` off (these queries are large, cheap and
+    /// run once: compiling them took 3.5 s of a 0.004 s query). Returns what the two were;
+    /// [`Self::restore_settings`] puts them back.
+    async fn settings_for_own_query(&self) -> Result<(String, String)> {
+        let sql = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_setting('jit'), \
+                   pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false), \
+                   pg_catalog.set_config('jit', 'off', false)";
+        let row = self.client.query_one(sql, &[]).await?;
+        Ok((row.get(0), row.get(1)))
     }
 
-    /// Puts back the `search_path` [`Self::secure_search_path`] returned.
-    async fn restore_search_path(&self, path: String) -> Result<()> {
-        self.client.execute("SELECT pg_catalog.set_config('search_path', $1, false)", &[&path]).await?;
+    /// Puts back what [`Self::settings_for_own_query`] returned.
+    async fn restore_settings(&self, (path, jit): (String, String)) -> Result<()> {
+        let sql = "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('jit', $2, false)";
+        self.client.execute(sql, &[&path, &jit]).await?;
         Ok(())
     }
 
@@ -569,9 +574,9 @@ impl LoadSession {
             written_by_this_transaction("xmin")
         );
         let in_pg_catalog = super::part::EXTENSIONS_IN_PG_CATALOG;
-        let path = self.secure_search_path().await?;
+        let path = self.settings_for_own_query().await?;
         let rows = self.client.query(&sql, &[&side, &made, &allowed, &in_pg_catalog]).await;
-        self.restore_search_path(path).await?;
+        self.restore_settings(path).await?;
         Ok(rows?.iter().map(|row| row.get(0)).collect())
     }
 
@@ -786,9 +791,9 @@ impl LoadSession {
                (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', s.setdatabase, s.setrole, s.setconfig::text), \
                   ', ' ORDER BY s.setdatabase, s.setrole) FROM pg_catalog.pg_db_role_setting s \
                 WHERE s.setrole IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($1))))";
-        let path = self.secure_search_path().await?;
+        let path = self.settings_for_own_query().await?;
         let state = self.client.query_one(sql, &[&made]).await;
-        self.restore_search_path(path).await?;
+        self.restore_settings(path).await?;
         Ok(state?.get(0))
     }
 
@@ -880,7 +885,7 @@ const THE_DATABASES_OWN: &[&str] = &[
 /// is. Only rows no older than this transaction (`age` at most 0) are asked about, their xid8
 /// composed with this transaction's epoch, or the next one's for a subtransaction whose xid
 /// came after the 32-bit counter wrapped. Unqualified operators: under
-/// [`LoadSession::secure_search_path`].
+/// [`LoadSession::settings_for_own_query`].
 fn written_by_this_transaction(xmin: &str) -> String {
     format!(
         "CASE WHEN pg_catalog.age({xmin}) <= 0 THEN pg_catalog.pg_xact_status((( \
