@@ -696,6 +696,32 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     if first == "alter" && word(1, "extension") {
         return Some("ALTER EXTENSION statement".into());
     }
+    // What the server evaluates as the statement runs, before the catalog check that follows
+    // the pre-data DDL could see code hidden from these rules: a column added with a default
+    // (a non-volatile one is computed at once, for the rows there may be), and a call in a
+    // partition's bounds. pg_dump adds no column (but in a binary upgrade) and writes bounds
+    // as literals.
+    if first == "alter"
+        && (word(1, "table") || (word(1, "foreign") && word(2, "table")))
+        && (2..n).any(|at| {
+            // `ADD` the subcommand, not a column or table called `add`.
+            word(at, "add")
+                && !statement[at - 1].is_punct('.')
+                && !word(at - 1, "column")
+                && !["constraint", "generated"].iter().any(|w| word(at + 1, w))
+        })
+    {
+        return Some("ALTER TABLE … ADD COLUMN statement".into());
+    }
+    if let Some(bound) = (1..n).find(|at| word(*at - 1, "for") && word(*at, "values"))
+        && (bound + 1..n).any(|at| {
+            statement[at].is_punct('(')
+                && statement[at - 1].kind == Kind::Word
+                && !["from", "to", "in", "with"].iter().any(|w| word(at - 1, w))
+        })
+    {
+        return Some("a call in a partition's bounds".into());
+    }
     // A type's functions changed after it is made (`ALTER TYPE hstore SET (ANALYZE = …)`): the
     // server's C functions pointed at data they were not written for. pg_dump makes a type whole.
     if first == "alter" && word(1, "type") && (3..n).any(|at| word(at - 1, "set") && statement[at].is_punct('(')) {
@@ -2947,6 +2973,18 @@ mod tests {
             &entry("TABLE deals", "ACL", "crm", "GRANT SELECT ON TABLE crm.deals TO PUBLIC;\nREVOKE ALL ON SCHEMA public FROM PUBLIC;"),
             &entry("DEFAULT PRIVILEGES", "DEFAULT ACL", "crm", "ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA crm GRANT SELECT ON TABLES TO reader;"),
             &entry("pub", "PUBLICATION", "-", "CREATE PUBLICATION pub WITH (publish = 'insert, update, delete, truncate');"),
+            &entry("pub deals", "PUBLICATION TABLE", "crm", "ALTER PUBLICATION pub ADD TABLE ONLY crm.deals;"),
+            &entry("deals id", "SEQUENCE", "crm", "ALTER TABLE crm.deals ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (\n    SEQUENCE NAME crm.deals_id_seq2\n    START WITH 1\n);"),
+            &entry("p", "TABLE", "crm", "CREATE TABLE crm.p (\n    at date,\n    k integer\n)\nPARTITION BY RANGE (at);"),
+            &entry("p_2026", "TABLE", "crm", "CREATE TABLE crm.p_2026 (\n    at date,\n    k integer\n);"),
+            &entry("p_2026", "TABLE ATTACH", "crm", "ALTER TABLE ONLY crm.p ATTACH PARTITION crm.p_2026 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');"),
+            &entry("p_min", "TABLE", "crm", "CREATE TABLE crm.p_min PARTITION OF crm.p FOR VALUES FROM (MINVALUE) TO ('2026-01-01');"),
+            &entry("h", "TABLE", "crm", "CREATE TABLE crm.h (\n    k integer\n)\nPARTITION BY HASH (k);"),
+            &entry("h0", "TABLE", "crm", "CREATE TABLE crm.h0 PARTITION OF crm.h FOR VALUES WITH (modulus 2, remainder 0);"),
+            &entry("l", "TABLE", "crm", "CREATE TABLE crm.l (\n    k text\n)\nPARTITION BY LIST (k);"),
+            &entry("l_a", "TABLE", "crm", "CREATE TABLE crm.l_a PARTITION OF crm.l FOR VALUES IN ('a', 'b');"),
+            &entry("l_rest", "TABLE", "crm", "CREATE TABLE crm.l_rest PARTITION OF crm.l DEFAULT;"),
+            &entry("add", "TABLE", "crm", "CREATE TABLE crm.add (\n    add integer\n);\nALTER TABLE ONLY crm.add ALTER COLUMN add SET DEFAULT 0;\nALTER TABLE crm.add OWNER TO app;"),
         ]
         .concat();
         let post = [
@@ -3081,6 +3119,10 @@ mod tests {
             "CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA pg_catalog;",
             "ALTER EXTENSION hstore ADD FUNCTION pg_catalog.lo_export(oid, text);",
             "ALTER TYPE public.hstore SET (ANALYZE = pg_catalog.array_typanalyze);",
+            "ALTER TABLE ONLY crm.deals ADD COLUMN z integer DEFAULT 1;",
+            "ALTER TABLE crm.deals ADD z integer;",
+            "CREATE TABLE crm.p1 PARTITION OF crm.p FOR VALUES IN (pg_catalog.length('x'));",
+            "ALTER TABLE ONLY crm.p ATTACH PARTITION crm.p2 FOR VALUES FROM (crm.f()) TO (MAXVALUE);",
             "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.pg_wal_replay_pause() IS NULL));",
             "ALTER TABLE crm.deals ADD COLUMN leak text DEFAULT pg_catalog.pg_config()::text;",
         ];
