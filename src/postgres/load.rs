@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio_postgres::{Client, CopyInSink};
+use tokio_postgres::{Client, CopyInSink, Row};
 
 use super::{Database, USER_SCHEMAS, qualified, quote_ident, quote_literal};
 use crate::error::{Error, Result};
@@ -341,10 +341,7 @@ impl LoadSession {
             objects.join(" UNION ALL "),
             written_by_this_transaction("o.xmin")
         );
-        let path = self.settings_for_own_query().await?;
-        let rows = self.client.query(&sql, &[&contained]).await;
-        self.restore_settings(path).await?;
-        Ok(rows?.iter().map(|row| row.get(0)).collect())
+        Ok(self.own_query(&sql, &[&contained]).await?.iter().map(|row| row.get(0)).collect())
     }
 
     /// What this transaction made (or gave an owner) that would let any role act with a server's
@@ -357,12 +354,7 @@ impl LoadSession {
     /// PostgreSQL records no dependency on a system catalog.
     pub async fn doors_to_server_rights(&self) -> Result<Vec<String>> {
         let sql = format!(
-            "WITH powers AS ( \
-               SELECT oid FROM pg_catalog.pg_roles \
-               WHERE rolsuper OR (rolname LIKE 'pg\\_%' AND rolname <> 'pg_database_owner')), \
-             strong AS ( \
-               SELECT r.oid FROM pg_catalog.pg_roles r WHERE EXISTS (SELECT 1 FROM powers p \
-                 WHERE p.oid = r.oid OR pg_catalog.pg_has_role(r.oid, p.oid, 'USAGE'))) \
+            "WITH strong AS ({SERVER_RIGHTS}) \
              SELECT what FROM ( \
                SELECT DISTINCT 'rule ' || pg_catalog.quote_ident(w.rulename) || ' on ' \
                  || w.ev_class::pg_catalog.regclass::pg_catalog.text || ' over pg_catalog.' \
@@ -386,30 +378,24 @@ impl LoadSession {
             written_by_this_transaction("v.xmin"),
             written_by_this_transaction("p.xmin")
         );
-        let path = self.settings_for_own_query().await?;
-        let rows = self.client.query(&sql, &[]).await;
-        self.restore_settings(path).await?;
-        Ok(rows?.iter().map(|row| row.get(0)).collect())
+        Ok(self.own_query(&sql, &[]).await?.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Sets the session up for a catalog query of crmvault's own amid the snapshot's:
-    /// `search_path` to `pg_catalog, pg_temp` (the snapshot's code may have set it so that an
-    /// operator of its own answers the query), and `jit` off (these queries are large, cheap and
-    /// run once: compiling them took 3.5 s of a 0.004 s query). Returns what the two were;
-    /// [`Self::restore_settings`] puts them back.
-    async fn settings_for_own_query(&self) -> Result<(String, String)> {
-        let sql = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_setting('jit'), \
+    /// Runs a catalog query of crmvault's own amid the snapshot's, with the session set up for
+    /// it and put back after: `search_path` at `pg_catalog, pg_temp` (the snapshot's code may
+    /// have set it so that an operator of its own answers the query), and `jit` off (these
+    /// queries are large, cheap and run once: compiling one took 3.5 s of a 0.004 s query).
+    async fn own_query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<Row>> {
+        let set = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_setting('jit'), \
                    pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false), \
                    pg_catalog.set_config('jit', 'off', false)";
-        let row = self.client.query_one(sql, &[]).await?;
-        Ok((row.get(0), row.get(1)))
-    }
-
-    /// Puts back what [`Self::settings_for_own_query`] returned.
-    async fn restore_settings(&self, (path, jit): (String, String)) -> Result<()> {
-        let sql = "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('jit', $2, false)";
-        self.client.execute(sql, &[&path, &jit]).await?;
-        Ok(())
+        let before = self.client.query_one(set, &[]).await?;
+        let (path, jit): (String, String) = (before.get(0), before.get(1));
+        let rows = self.client.query(sql, params).await;
+        let put_back =
+            "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('jit', $2, false)";
+        self.client.execute(put_back, &[&path, &jit]).await?;
+        Ok(rows?)
     }
 
     /// Whether the session's role is a superuser or a member of one.
@@ -574,10 +560,8 @@ impl LoadSession {
             written_by_this_transaction("xmin")
         );
         let in_pg_catalog = super::part::EXTENSIONS_IN_PG_CATALOG;
-        let path = self.settings_for_own_query().await?;
-        let rows = self.client.query(&sql, &[&side, &made, &allowed, &in_pg_catalog]).await;
-        self.restore_settings(path).await?;
-        Ok(rows?.iter().map(|row| row.get(0)).collect())
+        let rows = self.own_query(&sql, &[&side, &made, &allowed, &in_pg_catalog]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     /// What [`Self::written_outside`] finds outside every user schema of the database, but for
@@ -634,14 +618,8 @@ impl LoadSession {
     /// but `pg_database_owner`, which every database's owner is. Roles this server lacks are not
     /// named.
     pub async fn roles_with_server_rights(&self, roles: &[&str]) -> Result<Vec<String>> {
-        let sql = "SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($1) AND (r.rolsuper \
-                   OR (r.rolname LIKE 'pg\\_%' AND r.rolname <> 'pg_database_owner') \
-                   OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper \
-                              AND pg_catalog.pg_has_role(r.oid, s.oid, 'USAGE')) \
-                   OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles p WHERE p.rolname LIKE 'pg\\_%' \
-                              AND p.rolname <> 'pg_database_owner' AND p.oid <> r.oid \
-                              AND pg_catalog.pg_has_role(r.oid, p.oid, 'USAGE'))) ORDER BY 1";
-        Ok(self.client.query(sql, &[&roles]).await?.iter().map(|row| row.get(0)).collect())
+        let sql = format!("SELECT s.rolname::text FROM ({SERVER_RIGHTS}) s WHERE s.rolname = ANY ($1) ORDER BY 1");
+        Ok(self.client.query(&sql, &[&roles]).await?.iter().map(|row| row.get(0)).collect())
     }
 
     /// Which of `schemas` the database has.
@@ -791,10 +769,8 @@ impl LoadSession {
                (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', s.setdatabase, s.setrole, s.setconfig::text), \
                   ', ' ORDER BY s.setdatabase, s.setrole) FROM pg_catalog.pg_db_role_setting s \
                 WHERE s.setrole IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($1))))";
-        let path = self.settings_for_own_query().await?;
-        let state = self.client.query_one(sql, &[&made]).await;
-        self.restore_settings(path).await?;
-        Ok(state?.get(0))
+        let rows = self.own_query(sql, &[&made]).await?;
+        Ok(rows.first().map(|row| row.get(0)).unwrap_or_default())
     }
 
     /// Drops roles a failed restore created (after what it created is dropped).
@@ -865,6 +841,14 @@ const LARGE_OBJECTS_COPY_IN: &str = "COPY pg_temp.crmvault_large_objects (loid, 
 /// Writes the staged contents into the large objects.
 const LARGE_OBJECTS_WRITE: &str = "SELECT count(pg_catalog.lo_put(loid, 0, data)) FROM pg_temp.crmvault_large_objects; DROP TABLE pg_temp.crmvault_large_objects";
 
+/// The roles with a server's rights (`oid`, `rolname`): superusers, predefined roles
+/// (`pg_read_server_files`, `pg_read_all_data`, …; not `pg_database_owner`), and the members
+/// of either, which have what they have.
+const SERVER_RIGHTS: &str = "SELECT r.oid, r.rolname FROM pg_catalog.pg_roles r WHERE EXISTS ( \
+      SELECT 1 FROM pg_catalog.pg_roles p \
+      WHERE (p.rolsuper OR (p.rolname LIKE 'pg\\_%' AND p.rolname <> 'pg_database_owner')) \
+        AND (p.oid = r.oid OR pg_catalog.pg_has_role(r.oid, p.oid, 'USAGE')))";
+
 /// The catalogs of objects of no schema that pg_dump writes for a database: extensions,
 /// default privileges, large objects, publications, foreign-data wrappers, servers and user
 /// mappings. (A cast is in the schema of its type that is not `pg_catalog`'s: one between the
@@ -885,7 +869,7 @@ const THE_DATABASES_OWN: &[&str] = &[
 /// is. Only rows no older than this transaction (`age` at most 0) are asked about, their xid8
 /// composed with this transaction's epoch, or the next one's for a subtransaction whose xid
 /// came after the 32-bit counter wrapped. Unqualified operators: under
-/// [`LoadSession::settings_for_own_query`].
+/// [`LoadSession::own_query`].
 fn written_by_this_transaction(xmin: &str) -> String {
     format!(
         "CASE WHEN pg_catalog.age({xmin}) <= 0 THEN pg_catalog.pg_xact_status((( \

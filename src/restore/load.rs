@@ -112,7 +112,7 @@ impl Load<'_> {
             self.check_nothing_outside_changed(side, &before).await?;
             client.keep_to_owner(side).await?;
         }
-        self.check_nothing_of_the_server_changed(client).await?;
+        self.check_nothing_of_the_server_changed().await?;
         client.commit().await?;
         Ok(rows)
     }
@@ -150,10 +150,11 @@ impl Load<'_> {
     /// code that ran did. The error rolls the transaction back. Not beside live data (whose
     /// check is stricter), nor with `--trust-snapshot-code`. A tripwire, not a boundary: what is not
     /// transactional (a program run, a file written) it cannot undo.
-    async fn check_nothing_of_the_server_changed(&self, client: &LoadSession) -> Result<()> {
+    async fn check_nothing_of_the_server_changed(&self) -> Result<()> {
         if !self.guards_the_server() {
             return Ok(());
         }
+        let client = self.client;
         let made = self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut objects = client.written_outside_the_database(&made).await?;
         let as_made = self.made_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
@@ -162,28 +163,28 @@ impl Load<'_> {
         {
             objects.push(format!("roles --create-roles made ({}), changed since", made.join(", ")));
         }
-        let doors = client.doors_to_server_rights().await?;
-        if objects.is_empty() && !doors.is_empty() {
-            let named: Vec<String> = doors.iter().map(|door| crate::error::printable(door)).collect();
+        if !objects.is_empty() {
+            let named: Vec<String> = objects.iter().map(|object| crate::error::printable(object)).collect();
             return Err(Error::Invalid(format!(
-                "the snapshot's schema makes what would let any role act with a superuser's rights in the restored \
-                 database: {}; refused and rolled back (a backup host not to be trusted could have written it so: a \
-                 view or rule over pg_catalog reads and writes it as its owner, a SECURITY DEFINER function runs as \
-                 its owner for whoever calls it or fires its trigger). Connect as a login without superuser that \
-                 owns the target database (--db postgres://ROLE@…), or give --trust-snapshot-code if you trust the \
-                 snapshot's source",
+                "the restore changed what lies outside the database's own schemas: {}; pg_dump writes nothing \
+                 that does, the snapshot's schema script did (a backup host not to be trusted could have written it \
+                 so). Refused and rolled back (but for what PostgreSQL never rolls back: anything done outside the \
+                 database); give --trust-snapshot-code if you trust the snapshot's source",
                 named.join(", ")
             )));
         }
-        if objects.is_empty() {
+        let doors = client.doors_to_server_rights().await?;
+        if doors.is_empty() {
             return Ok(());
         }
-        let named: Vec<String> = objects.iter().map(|object| crate::error::printable(object)).collect();
+        let named: Vec<String> = doors.iter().map(|door| crate::error::printable(door)).collect();
         Err(Error::Invalid(format!(
-            "the restore changed what lies outside the database's own schemas: {}; pg_dump writes nothing that \
-             does, the snapshot's schema script did (a backup host not to be trusted could have written it so). \
-             Refused and rolled back (but for what PostgreSQL never rolls back: anything done outside the \
-             database); give --trust-snapshot-code if you trust the snapshot's source",
+            "the snapshot's schema makes what would let any role act with a superuser's rights in the restored \
+             database: {}; refused and rolled back (a backup host not to be trusted could have written it so: a \
+             view or rule over pg_catalog reads and writes it as its owner, a SECURITY DEFINER function runs as \
+             its owner for whoever calls it or fires its trigger). Connect as a login without superuser that \
+             owns the target database (--db postgres://ROLE@…), or give --trust-snapshot-code if you trust the \
+             snapshot's source",
             named.join(", ")
         )))
     }
@@ -312,7 +313,7 @@ impl Load<'_> {
         client.run_script(pre_data).await?;
         self.refuse_code_the_script_hid().await?;
         self.warn_of_functions_run_as_superuser().await?;
-        self.check_nothing_of_the_server_changed(client).await?;
+        self.check_nothing_of_the_server_changed().await?;
         client.commit().await?;
         tracing::debug!("pre-data committed");
 
@@ -325,7 +326,7 @@ impl Load<'_> {
             client.begin().await?;
             self.write_large_objects_and_sequences().await?;
             client.refresh_materialized_views(&self.left_to_refresh(post_data)).await?;
-            self.check_nothing_of_the_server_changed(client).await?;
+            self.check_nothing_of_the_server_changed().await?;
             client.unmark_and_commit().await?;
             Ok(rows)
         }
@@ -523,7 +524,7 @@ impl Load<'_> {
     /// Checks and commits the stretch's transaction, if one is open.
     async fn end_stretch(&self, stretch: &mut Stretch) -> Result<()> {
         if stretch.open {
-            self.check_nothing_of_the_server_changed(self.client).await?;
+            self.check_nothing_of_the_server_changed().await?;
             self.client.commit().await?;
             stretch.open = false;
         }

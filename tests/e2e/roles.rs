@@ -12,6 +12,19 @@ fn new_role(name: &str, attributes: &str) {
 }
 
 /// Drops `roles` (after the databases that name them are gone).
+/// The settings of a database (`ALTER DATABASE … SET`, and a role's in it), `;`-separated.
+fn database_settings(name: &str) -> String {
+    psql(
+        "postgres",
+        &format!(
+            "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = '{name}'"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
 fn drop_roles(roles: &[String]) {
     for role in roles {
         psql("postgres", &format!("DROP ROLE IF EXISTS \"{role}\""));
@@ -237,15 +250,7 @@ fn restore_create_as_a_role_leaves_out_the_settings_the_server_refuses_it_before
                 snapshot chose it (give --trust-snapshot-code";
     assert!(run.stderr.contains(said), "{}", run.stderr);
     assert!(run.json()["warnings"].to_string().contains("log_statement"), "{}", run.stdout);
-    let settings = psql(
-        "postgres",
-        &format!(
-            "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
-             WHERE d.datname = '{}'",
-            created.name
-        ),
-    );
-    assert_eq!(settings.trim(), "work_mem=8MB");
+    assert_eq!(database_settings(&created.name), "work_mem=8MB");
     assert_eq!(created.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.t").trim(), "1,2");
     drop(created);
     drop(source);
@@ -270,17 +275,6 @@ fn restore_create_as_a_superuser_leaves_out_the_settings_only_a_superuser_may_se
         ),
     );
     work.backup(&source, &repo);
-    let settings = |name: &str| {
-        psql(
-            "postgres",
-            &format!(
-                "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
-                 WHERE d.datname = '{name}'"
-            ),
-        )
-        .trim()
-        .to_string()
-    };
     let created = TestDb::unmade("roles_su_settings_created");
     let run = work.restore_with(&repo, &created, &["--json", "--create", "latest"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -290,13 +284,13 @@ fn restore_create_as_a_superuser_leaves_out_the_settings_only_a_superuser_may_se
     }
     let said = "left out: the setting search_path in the new database: it puts a schema before pg_catalog";
     assert!(run.stderr.contains(said), "{}", run.stderr);
-    assert_eq!(settings(&created.name), "work_mem=8MB");
+    assert_eq!(database_settings(&created.name), "work_mem=8MB");
     drop(created);
     let trusted = TestDb::unmade("roles_su_settings_trusted");
     let run = work.restore_with(&repo, &trusted, &["--create", "--trust-snapshot-code", "latest"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
-        settings(&trusted.name),
+        database_settings(&trusted.name),
         "session_replication_role=replica;lo_compat_privileges=on;work_mem=8MB;search_path=public, pg_catalog"
     );
     drop(trusted);
