@@ -346,7 +346,8 @@ impl LoadSession {
 
     /// What this transaction made (or gave an owner) that would let any role act with a server's
     /// rights later, in the restored database: a view, rule or materialized view over a relation
-    /// of `pg_catalog` owned by a role with a server's rights (a superuser, a member of one, a
+    /// of `pg_catalog` or `pg_toast` (the shared catalogs' TOAST tables hold their large values,
+    /// other databases' settings among them, under fixed names) owned by a role with a server's rights (a superuser, a member of one, a
     /// predefined role: the relation is read, or written through an updatable view or a rule, as
     /// the owner), and a `SECURITY DEFINER` routine such a role owns (it runs as the owner for
     /// whoever calls it, or fires its trigger). Not an extension's. At most twenty. The
@@ -357,13 +358,14 @@ impl LoadSession {
             "WITH strong AS ({SERVER_RIGHTS}) \
              SELECT what FROM ( \
                SELECT DISTINCT 'rule ' || pg_catalog.quote_ident(w.rulename) || ' on ' \
-                 || w.ev_class::pg_catalog.regclass::pg_catalog.text || ' over pg_catalog.' \
+                 || w.ev_class::pg_catalog.regclass::pg_catalog.text || ' over ' \
+                 || c.relnamespace::pg_catalog.regnamespace::pg_catalog.text || '.' \
                  || pg_catalog.quote_ident(c.relname) || ', owned by ' \
                  || v.relowner::pg_catalog.regrole::pg_catalog.text AS what \
                FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_class v ON v.oid = w.ev_class, \
                LATERAL pg_catalog.regexp_matches(w.ev_action::pg_catalog.text, ':relid ([0-9]+) ', 'g') AS m (relid) \
                JOIN pg_catalog.pg_class c ON c.oid = m.relid[1]::pg_catalog.oid \
-               WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace \
+               WHERE c.relnamespace IN ('pg_catalog'::pg_catalog.regnamespace, 'pg_toast'::pg_catalog.regnamespace) \
                  AND v.relowner IN (SELECT oid FROM strong) AND ({} OR {}) \
                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
                    WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND e.objid = v.oid AND e.deptype = 'e') \

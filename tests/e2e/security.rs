@@ -507,6 +507,7 @@ async fn the_catalog_shows_the_code_and_the_server_changes_a_restore_made_whatev
         .run_script(
             "CREATE VIEW crm.own AS SELECT id FROM crm.t; \
              CREATE VIEW crm.roles AS SELECT rolname, rolsuper FROM pg_catalog.pg_authid; \
+             CREATE VIEW crm.settings AS SELECT chunk_data FROM pg_toast.pg_toast_2964; \
              CREATE RULE stamp AS ON INSERT TO crm.t DO ALSO UPDATE pg_catalog.pg_authid SET rolsuper = true \
                WHERE rolname = CURRENT_USER; \
              CREATE FUNCTION crm.audit() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$BEGIN RETURN NEW; END$$;",
@@ -518,6 +519,8 @@ async fn the_catalog_shows_the_code_and_the_server_changes_a_restore_made_whatev
     for expected in [
         format!("rule \"_RETURN\" on crm.roles over pg_catalog.pg_authid, owned by {owner}"),
         format!("rule stamp on crm.t over pg_catalog.pg_authid, owned by {owner}"),
+        // A shared catalog's TOAST table: pg_db_role_setting's, every database's settings.
+        format!("rule \"_RETURN\" on crm.settings over pg_toast.pg_toast_2964, owned by {owner}"),
         format!("function crm.audit() (SECURITY DEFINER), owned by {owner}"),
     ] {
         assert!(doors.contains(&expected), "{expected} not in {doors:?}");
