@@ -465,7 +465,14 @@ fn match_phrase(patterns: &[String]) -> String {
 }
 
 fn every_target_failed(failures: &[(String, String)]) -> String {
-    let reasons: Vec<String> = failures.iter().map(|(location, why)| format!("{location}: {why}")).collect();
+    // A storage error names its target already: said once, not "repo: repo: cannot list …".
+    let reasons: Vec<String> = failures
+        .iter()
+        .map(|(location, why)| match why.strip_prefix(location.as_str()).and_then(|rest| rest.strip_prefix(": ")) {
+            Some(_) => why.clone(),
+            None => format!("{location}: {why}"),
+        })
+        .collect();
     match reasons.as_slice() {
         [only] => only.clone(),
         _ => format!("every target failed: {}", reasons.join("; ")),
@@ -489,5 +496,22 @@ mod tests {
         assert_eq!(super::printable("same\nline"), "same\\nline");
         assert_eq!(super::printable("same\\nline"), "same\\\\nline");
         assert_eq!(super::printable("caf\u{e9} \u{202e}x"), "caf\u{e9} \\u{202e}x");
+    }
+
+    #[test]
+    fn a_target_that_failed_is_named_once() {
+        let storage = ("/srv/a".to_string(), "/srv/a: cannot list /srv/a/index/x: loop".to_string());
+        let other = ("/srv/b".to_string(), "no space left on device".to_string());
+        assert_eq!(
+            super::every_target_failed(std::slice::from_ref(&storage)),
+            "/srv/a: cannot list /srv/a/index/x: loop"
+        );
+        assert_eq!(
+            super::every_target_failed(&[storage, other]),
+            "every target failed: /srv/a: cannot list /srv/a/index/x: loop; /srv/b: no space left on device"
+        );
+        // A location that only starts the same way is still said.
+        let longer = ("/srv/a".to_string(), "/srv/ab: gone".to_string());
+        assert_eq!(super::every_target_failed(&[longer]), "/srv/a: /srv/ab: gone");
     }
 }
