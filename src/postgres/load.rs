@@ -344,6 +344,108 @@ impl LoadSession {
         Ok(self.own_query(&sql, &[&contained]).await?.iter().map(|row| row.get(0)).collect())
     }
 
+    /// The expressions this transaction made that call a function of `pg_catalog` named in
+    /// `changing` (names, or their starts: [`super::part::CHANGING_FUNCTIONS`]), as the catalog
+    /// stores them (not as a script spells them): check constraints (of tables and domains),
+    /// defaults and generated columns (but `nextval` in a default, which loading does not
+    /// evaluate), index expressions and predicates, partition keys, views, rules and
+    /// materialized views, row security policies, trigger conditions, extended statistics.
+    /// Loading evaluates some of them as the restoring role (checks, generated columns,
+    /// partition keys, index builds, materialized views refreshed), the application the rest.
+    /// Extensions' objects count too: none of those PostgreSQL ships makes such a call, and a
+    /// constraint the script adds to an extension's domain is the script's. Calls are read from
+    /// the stored trees (`:funcid` and the like): PostgreSQL records no dependency on a built-in
+    /// function. (A partition's bounds keep only their values: [`super::part`] allows only
+    /// constants there.) Each as (what, function), at most a hundred.
+    pub async fn calls_made_now(&self, changing: &[&str]) -> Result<Vec<(String, String)>> {
+        // (what, stored tree, xmin, whether it is a default that no COPY evaluates: a column's,
+        // not a generated column's, or a domain's)
+        let tree = |what: &str, tree: &str, plain_default: &str, from: &str| {
+            format!(
+                "SELECT {what} AS what, ({tree})::pg_catalog.text AS tree, o.xmin, {plain_default} AS plain_default \
+                 FROM {from}"
+            )
+        };
+        let relation = |oid: &str| format!("{oid}::pg_catalog.regclass::pg_catalog.text");
+        let trees = [
+            tree(
+                &format!(
+                    "'constraint ' || pg_catalog.quote_ident(o.conname) || ' on ' || CASE WHEN o.conrelid <> 0 THEN {} \
+                     ELSE pg_catalog.format_type(o.contypid, NULL) END",
+                    relation("o.conrelid")
+                ),
+                "o.conbin",
+                "false",
+                "pg_catalog.pg_constraint o WHERE o.conbin IS NOT NULL",
+            ),
+            tree(
+                &format!("'default of ' || {} || '.' || pg_catalog.quote_ident(a.attname)", relation("o.adrelid")),
+                "o.adbin",
+                "a.attgenerated = ''",
+                "pg_catalog.pg_attrdef o JOIN pg_catalog.pg_attribute a \
+                 ON a.attrelid = o.adrelid AND a.attnum = o.adnum",
+            ),
+            tree(
+                &format!("'index ' || {}", relation("o.indexrelid")),
+                "pg_catalog.concat(o.indexprs, ' ', o.indpred)",
+                "false",
+                "pg_catalog.pg_index o",
+            ),
+            tree(
+                &format!("'partition key of ' || {}", relation("o.partrelid")),
+                "o.partexprs",
+                "false",
+                "pg_catalog.pg_partitioned_table o",
+            ),
+            tree(
+                &format!("'rule ' || pg_catalog.quote_ident(o.rulename) || ' of ' || {}", relation("o.ev_class")),
+                "pg_catalog.concat(o.ev_action, ' ', o.ev_qual)",
+                "false",
+                "pg_catalog.pg_rewrite o",
+            ),
+            tree(
+                &format!("'policy ' || pg_catalog.quote_ident(o.polname) || ' on ' || {}", relation("o.polrelid")),
+                "pg_catalog.concat(o.polqual, ' ', o.polwithcheck)",
+                "false",
+                "pg_catalog.pg_policy o",
+            ),
+            tree(
+                &format!("'trigger ' || pg_catalog.quote_ident(o.tgname) || ' on ' || {}", relation("o.tgrelid")),
+                "o.tgqual",
+                "false",
+                "pg_catalog.pg_trigger o WHERE o.tgqual IS NOT NULL",
+            ),
+            tree(
+                &format!("'statistics ' || pg_catalog.quote_ident(o.stxname) || ' on ' || {}", relation("o.stxrelid")),
+                "o.stxexprs",
+                "false",
+                "pg_catalog.pg_statistic_ext o WHERE o.stxexprs IS NOT NULL",
+            ),
+            tree(
+                "'default of type ' || pg_catalog.format_type(o.oid, NULL)",
+                "o.typdefaultbin",
+                "true",
+                "pg_catalog.pg_type o WHERE o.typdefaultbin IS NOT NULL",
+            ),
+        ];
+        let sql = format!(
+            "WITH changing AS ( \
+               SELECT p.oid, p.proname FROM pg_catalog.pg_proc p \
+               WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace \
+                 AND EXISTS (SELECT 1 FROM pg_catalog.unnest($1::pg_catalog.text[]) AS f (start) \
+                   WHERE pg_catalog.starts_with(p.proname::pg_catalog.text, f.start))), \
+             trees AS ({}) \
+             SELECT DISTINCT t.what, c.proname::pg_catalog.text FROM trees t, \
+               LATERAL pg_catalog.regexp_matches(t.tree, ':(?:funcid|opfuncid|aggfnoid|winfnoid) ([0-9]+)', 'g') AS m (id) \
+               JOIN changing c ON c.oid = m.id[1]::pg_catalog.oid \
+             WHERE {} AND NOT (t.plain_default AND c.proname = 'nextval') \
+             ORDER BY 1, 2 LIMIT 100",
+            trees.join(" UNION ALL "),
+            written_by_this_transaction("t.xmin")
+        );
+        Ok(self.own_query(&sql, &[&changing]).await?.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
     /// What this transaction made (or gave an owner) that would let any role act with a server's
     /// rights later, in the restored database: a view, rule or materialized view over a relation
     /// of `pg_catalog` or `pg_toast` (the shared catalogs' TOAST tables hold their large values,
@@ -396,8 +498,12 @@ impl LoadSession {
         let rows = self.client.query(sql, params).await;
         let put_back =
             "SELECT pg_catalog.set_config('search_path', $1, false), pg_catalog.set_config('jit', $2, false)";
-        self.client.execute(put_back, &[&path, &jit]).await?;
-        Ok(rows?)
+        let put = self.client.execute(put_back, &[&path, &jit]).await;
+        // The query's error first: after it, in a transaction, putting back fails too ("current
+        // transaction is aborted"), which would hide it.
+        let rows = rows?;
+        put?;
+        Ok(rows)
     }
 
     /// Whether the session's role is a superuser or a member of one.
@@ -868,17 +974,22 @@ const THE_DATABASES_OWN: &[&str] = &[
 
 /// The condition that a catalog row's `xmin` (the column `xmin` names) is this transaction's or
 /// one of its subtransactions': still in progress, which other sessions' committed work never
-/// is. Only rows no older than this transaction (`age` at most 0) are asked about, their xid8
-/// composed with this transaction's epoch, or the next one's for a subtransaction whose xid
-/// came after the 32-bit counter wrapped. Unqualified operators: under
-/// [`LoadSession::own_query`].
+/// is. Only rows no older than this transaction's xid are asked about (and no row of a
+/// permanent xid, bootstrap's or frozen, which are below 3): the 32-bit `xmin` at
+/// most 2^31 after it, modulo 2^32, its xid8 this transaction's plus that distance (which
+/// crosses an epoch when the counter wrapped in between). Distances to
+/// `pg_current_xact_id()`, which gives the transaction its xid if it had none, not `age()`:
+/// `age` keeps the counter it first read in a transaction, and a transaction that had no xid
+/// then took a later one, so that another session's row written in between seemed ours and
+/// its xid8 was composed an epoch ahead ("transaction ID … is in the future"). Unqualified
+/// operators: under [`LoadSession::own_query`].
 fn written_by_this_transaction(xmin: &str) -> String {
+    let ahead =
+        format!("(({xmin}::text::bigint - (pg_catalog.pg_current_xact_id()::text::bigint & 4294967295)) & 4294967295)");
     format!(
-        "CASE WHEN pg_catalog.age({xmin}) <= 0 THEN pg_catalog.pg_xact_status((( \
-           (pg_catalog.pg_current_xact_id()::text::bigint >> 32) \
-           + CASE WHEN {xmin}::text::bigint < (pg_catalog.pg_current_xact_id()::text::bigint & 4294967295) \
-             THEN 1 ELSE 0 END) << 32 | {xmin}::text::bigint)::text::xid8) \
-           = 'in progress' ELSE false END"
+        "CASE WHEN {xmin}::text::bigint >= 3 AND {ahead} < 2147483648 THEN pg_catalog.pg_xact_status(\
+           (pg_catalog.pg_current_xact_id()::text::bigint + {ahead})::text::xid8) = 'in progress' \
+         ELSE false END"
     )
 }
 

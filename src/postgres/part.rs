@@ -401,7 +401,7 @@ const CREATED_BESIDE_LIVE: [&str; 22] = [
 /// large objects, other sessions, the server), read the server's files or run SQL given as a
 /// string (`query_to_xml`): an expression of the snapshot's schema that the
 /// restore evaluates (a check constraint, a materialized view's query) must not call them.
-const CHANGING_FUNCTIONS: &[&str] = &[
+pub const CHANGING_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
     // SQL in a string, run with the session's rights.
     "query_to_",
@@ -491,6 +491,10 @@ fn refused_beside_live(statement: &[Token<'_>]) -> Option<String> {
     };
     if !kind_allowed {
         return Some(format!("{} statement", first.to_ascii_uppercase()));
+    }
+    // What the server evaluates as the statement runs leaves nothing for the tripwire to find.
+    if let Some(why) = evaluated_as_it_runs(statement) {
+        return Some(why);
     }
     // Unicode escapes (`U&"\\0066"`) spell a name this lexer would not read as the server does:
     // pg_dump writes names as they are.
@@ -696,31 +700,8 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     if first == "alter" && word(1, "extension") {
         return Some("ALTER EXTENSION statement".into());
     }
-    // What the server evaluates as the statement runs, before the catalog check that follows
-    // the pre-data DDL could see code hidden from these rules: a column added with a default
-    // (a non-volatile one is computed at once, for the rows there may be), and a call in a
-    // partition's bounds. pg_dump adds no column (but in a binary upgrade) and writes bounds
-    // as literals.
-    if first == "alter"
-        && (word(1, "table") || (word(1, "foreign") && word(2, "table")))
-        && (2..n).any(|at| {
-            // `ADD` the subcommand, not a column or table called `add`.
-            word(at, "add")
-                && !statement[at - 1].is_punct('.')
-                && !word(at - 1, "column")
-                && !["constraint", "generated"].iter().any(|w| word(at + 1, w))
-        })
-    {
-        return Some("ALTER TABLE … ADD COLUMN statement".into());
-    }
-    if let Some(bound) = (1..n).find(|at| word(*at - 1, "for") && word(*at, "values"))
-        && (bound + 1..n).any(|at| {
-            statement[at].is_punct('(')
-                && statement[at - 1].kind == Kind::Word
-                && !["from", "to", "in", "with"].iter().any(|w| word(at - 1, w))
-        })
-    {
-        return Some("a call in a partition's bounds".into());
+    if let Some(why) = evaluated_as_it_runs(statement) {
+        return Some(why);
     }
     // A type's functions changed after it is made (`ALTER TYPE hstore SET (ANALYZE = …)`): the
     // server's C functions pointed at data they were not written for. pg_dump makes a type whole.
@@ -765,15 +746,103 @@ fn refused_into_empty(statement: &[Token<'_>]) -> Option<String> {
     if creates_routine(statement) || first == "select" {
         return None;
     }
-    // The new database's own sequences and large objects are the snapshot's to change (a
-    // default of `'INV-' || nextval(…)`, the `lo` extension's `lo_manage` trigger), but for the
-    // server's files.
-    changing_call(statement)
-        .filter(|name| {
-            let own = ["nextval", "setval", "currval", "lo_", "pg_advisory", "pg_try_advisory", "pg_notify"];
-            !own.iter().any(|f| name.starts_with(f)) || name.starts_with("lo_import") || name.starts_with("lo_export")
+    changing_call(statement).filter(|name| refused_into_empty_call(name)).map(|name| format!("a call of {name}"))
+}
+
+/// Whether a call of a function of [`CHANGING_FUNCTIONS`] is refused in a restore into an
+/// empty database: not the new database's own sequences and large objects, which are the
+/// snapshot's to change (a default of `'INV-' || nextval(…)`, the `lo` extension's
+/// `lo_manage` trigger), nor its advisory locks and notifications; but the server's files.
+pub fn refused_into_empty_call(name: &str) -> bool {
+    let own = ["nextval", "setval", "currval", "lo_", "pg_advisory", "pg_try_advisory", "pg_notify"];
+    !own.iter().any(|f| name.starts_with(f)) || name.starts_with("lo_import") || name.starts_with("lo_export")
+}
+
+/// What the server evaluates as a statement runs, before any catalog check could see code
+/// hidden from these rules, and keeps no expression of: a column added with a default (a
+/// non-volatile one is computed at once, for the rows there may be), a column's type changed
+/// (`USING` runs for every row), a partition's bounds other than constants. pg_dump adds no
+/// column (but in a binary upgrade), changes no column's type and writes bounds as literals.
+fn evaluated_as_it_runs(statement: &[Token<'_>]) -> Option<String> {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    let n = statement.len();
+    let alter_table = word(0, "alter") && (word(1, "table") || (word(1, "foreign") && word(2, "table")));
+    if alter_table
+        && (2..n).any(|at| {
+            // `ADD` the subcommand, not a column or table called `add`.
+            word(at, "add")
+                && !statement[at - 1].is_punct('.')
+                && !word(at - 1, "column")
+                && !["constraint", "generated"].iter().any(|w| word(at + 1, w))
         })
-        .map(|name| format!("a call of {name}"))
+    {
+        return Some("ALTER TABLE … ADD COLUMN statement".into());
+    }
+    // `ALTER [COLUMN] name [SET DATA] TYPE`, not a column called `type`.
+    if alter_table
+        && (3..n).any(|at| {
+            word(at, "type")
+                && ((word(at - 1, "data") && word(at - 2, "set"))
+                    || (statement.get(at - 1).and_then(name_of).is_some()
+                        && !word(at - 1, "column")
+                        && (word(at - 2, "column") || word(at - 2, "alter"))))
+        })
+    {
+        return Some("ALTER TABLE … ALTER COLUMN … TYPE statement".into());
+    }
+    if let Some(bound) = (1..n).find(|at| word(*at - 1, "for") && word(*at, "values"))
+        && !literal_bounds(&statement[bound + 1..])
+    {
+        return Some("a partition's bounds that are not literals".into());
+    }
+    None
+}
+
+/// Whether the tokens after `FOR VALUES` start with bounds as pg_dump writes them, constants
+/// only (`IN ('a', 'b')`, `FROM ('2026-01-01', MINVALUE) TO ('-1')`, `WITH (modulus 4,
+/// remainder 0)`): the server evaluates a bound as the statement runs, before any catalog
+/// check, and keeps only its value, so a call there (`(('/etc/hostname')::text).pg_read_file`,
+/// a function in field notation) would leave nothing to find.
+fn literal_bounds(tokens: &[Token<'_>]) -> bool {
+    let constant_word = |t: &Token<'_>| {
+        let word = t.text.to_ascii_lowercase();
+        ["minvalue", "maxvalue", "null", "true", "false", "modulus", "remainder"].contains(&word.as_str())
+            || (word.starts_with(|c: char| c.is_ascii_digit())
+                && word.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e')))
+    };
+    let mut groups = if is_word(tokens.first(), "from") { 2 } else { 1 };
+    if !["in", "from", "with"].iter().any(|w| is_word(tokens.first(), w)) {
+        return false;
+    }
+    let (mut depth, mut at) = (0usize, 1);
+    while groups > 0 {
+        let Some(token) = tokens.get(at) else { return false };
+        match token.kind {
+            Kind::Punct if token.text == "(" => depth += 1,
+            Kind::Punct if token.text == ")" && depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    groups -= 1;
+                    if groups == 1 && !is_word(tokens.get(at + 1), "to") {
+                        return false;
+                    }
+                    at += usize::from(groups == 1);
+                }
+            }
+            Kind::Punct if token.text == "," && depth == 1 => {}
+            // A number's sign, point and exponent: `-1`, `1.5`, `1.5e+30`.
+            Kind::Punct
+                if depth == 1
+                    && matches!(token.text, "-" | "+" | ".")
+                    && tokens.get(at + 1).is_some_and(constant_word)
+                    && (token.text != "." || tokens.get(at.wrapping_sub(1)).is_some_and(constant_word)) => {}
+            Kind::Literal if depth == 1 && (token.text.starts_with('\'') || token.text.get(1..2) == Some("'")) => {}
+            Kind::Word if depth == 1 && constant_word(token) => {}
+            _ => return false,
+        }
+        at += 1;
+    }
+    true
 }
 
 /// The server's own procedural languages and access methods (no schema holds them).
@@ -976,7 +1045,12 @@ fn is_large_object_made(statement: &[Token<'_>]) -> bool {
 fn changing_call(statement: &[Token<'_>]) -> Option<String> {
     let word = |at: usize, w: &str| is_word(statement.get(at), w);
     for (at, token) in statement.iter().enumerate() {
-        if !statement.get(at + 1).is_some_and(|t| t.is_punct('(')) {
+        // `(expr).name` and `(expr)[1].name` call `name(expr)` (a function in field
+        // notation): pg_dump writes it for a composite's fields only.
+        let field_notation = at >= 2
+            && statement[at - 1].is_punct('.')
+            && (statement[at - 2].is_punct(')') || statement[at - 2].is_punct(']'));
+        if !field_notation && !statement.get(at + 1).is_some_and(|t| t.is_punct('(')) {
             continue;
         }
         let Some(name) = name_of(token) else { continue };
@@ -987,9 +1061,13 @@ fn changing_call(statement: &[Token<'_>]) -> Option<String> {
         // `primary_conninfo` and its password), but an application's own (`app.tenant`, with a
         // dot) that a default may read.
         let server_setting = name == "current_setting"
-            && !statement.get(at + 2).is_some_and(|t| {
-                t.kind == Kind::Literal && literal_text(t.text).is_some_and(|setting| setting.contains('.'))
-            });
+            && (field_notation
+                || !statement.get(at + 2).is_some_and(|t| {
+                    t.kind == Kind::Literal && literal_text(t.text).is_some_and(|setting| setting.contains('.'))
+                })
+                // The setting is that literal alone, as text (`'{"x.": …}'::jsonb ->> 'x.'` is
+                // another).
+                || !setting_alone(&statement[(at + 3).min(statement.len())..]));
         let changing = CHANGING_FUNCTIONS.iter().any(|f| name.starts_with(f)) || server_setting;
         // `DEFAULT nextval('crm.seq'::regclass)`, its literal a name like any other.
         let a_default = name == "nextval"
@@ -1002,6 +1080,22 @@ fn changing_call(statement: &[Token<'_>]) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether what follows `current_setting('literal'` ends its argument: `)` or `,`, after at
+/// most a cast to text (`'app.tenant'::text)`, as pg_dump writes it).
+fn setting_alone(rest: &[Token<'_>]) -> bool {
+    let mut at = 0;
+    while rest.get(at).is_some_and(|t| t.kind == Kind::Punct && t.text.chars().all(|c| c == ':')) {
+        at += 1;
+    }
+    if at > 0 {
+        if !is_word(rest.get(at), "text") {
+            return false;
+        }
+        at += 1;
+    }
+    rest.get(at).is_some_and(|t| t.is_punct(')') || t.is_punct(','))
 }
 
 /// What a restore into an empty database finds in the snapshot's schema script ([`vet`]).
@@ -2601,6 +2695,11 @@ mod tests {
             "CREATE DOMAIN pg_temp.trigger AS integer /*m27*/;",
             "CREATE STATISTICS crm.st (dependencies) ON id, company_id FROM livedb.crm.deals /*m28*/;",
             "ALTER TABLE crm.deals ADD CONSTRAINT e CHECK ((pg_catalog.length(E'x'\n'\\' ' || pg_catalog.lo_export(1, $p$/tmp/x$p$)::text || ' -- '\n) > 0)) /*m29*/;",
+            // Evaluated as the statement runs, nothing kept for the tripwire to find.
+            "CREATE TABLE crm.p3 PARTITION OF crm.deals FOR VALUES IN ((ARRAY['/etc/hostname'])[1].pg_read_file) /*m30*/;",
+            "ALTER TABLE crm.deals ALTER COLUMN body TYPE text USING ((ARRAY[body])[1].pg_read_file) /*m31*/;",
+            "ALTER TABLE crm.deals ADD COLUMN leak text DEFAULT 'x' /*m32*/;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((((ARRAY['/x'])[1].pg_stat_file) IS NULL)) /*m33*/;",
         ];
         let entries: String = attacks.iter().map(|sql| entry("x", "COMMENT", "crm", sql)).collect();
         let part = select(
@@ -2984,7 +3083,10 @@ mod tests {
             &entry("l", "TABLE", "crm", "CREATE TABLE crm.l (\n    k text\n)\nPARTITION BY LIST (k);"),
             &entry("l_a", "TABLE", "crm", "CREATE TABLE crm.l_a PARTITION OF crm.l FOR VALUES IN ('a', 'b');"),
             &entry("l_rest", "TABLE", "crm", "CREATE TABLE crm.l_rest PARTITION OF crm.l DEFAULT;"),
+            &entry("n_neg", "TABLE", "crm", "CREATE TABLE crm.n_neg PARTITION OF crm.n FOR VALUES FROM ('-10', MINVALUE) TO (0, 1.5e3);"),
+            &entry("b_t", "TABLE", "crm", "CREATE TABLE crm.b_t PARTITION OF crm.b FOR VALUES IN (true, NULL)\nPARTITION BY LIST (k);"),
             &entry("add", "TABLE", "crm", "CREATE TABLE crm.add (\n    add integer\n);\nALTER TABLE ONLY crm.add ALTER COLUMN add SET DEFAULT 0;\nALTER TABLE crm.add OWNER TO app;"),
+            &entry("type", "TABLE", "crm", "CREATE TABLE crm.kinds (\n    type text\n);\nALTER TABLE ONLY crm.kinds ALTER COLUMN type SET DEFAULT 'a';\nALTER TABLE ONLY crm.kinds ALTER COLUMN type SET STATISTICS 100;"),
         ]
         .concat();
         let post = [
@@ -3123,6 +3225,16 @@ mod tests {
             "ALTER TABLE crm.deals ADD z integer;",
             "CREATE TABLE crm.p1 PARTITION OF crm.p FOR VALUES IN (pg_catalog.length('x'));",
             "ALTER TABLE ONLY crm.p ATTACH PARTITION crm.p2 FOR VALUES FROM (crm.f()) TO (MAXVALUE);",
+            // A function in field notation, `(expr).name`, and what else a bound could compute.
+            "CREATE TABLE crm.p3 PARTITION OF crm.p FOR VALUES IN (((('/etc/hostname'::text).pg_read_file)));",
+            "CREATE TABLE crm.p4 PARTITION OF crm.p FOR VALUES IN (('a' || 'b'));",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((((body)::text).pg_read_file) <> '');",
+            "ALTER DOMAIN public.lo ADD CONSTRAINT c CHECK ((((VALUE)::text).current_setting) <> '');",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((((ARRAY['/etc/hostname'])[1].pg_read_file) <> ''));",
+            "ALTER TABLE crm.deals ALTER COLUMN body TYPE character varying USING ((ARRAY['/etc/hostname'])[1].pg_read_file);",
+            "ALTER TABLE ONLY crm.deals ALTER body SET DATA TYPE text;",
+            "ALTER TABLE crm.deals ALTER body TYPE text;",
+            "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.current_setting('{\"x.\": \"data_directory\"}'::jsonb ->> 'x.') <> ''));",
             "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.pg_wal_replay_pause() IS NULL));",
             "ALTER TABLE crm.deals ADD COLUMN leak text DEFAULT pg_catalog.pg_config()::text;",
         ];

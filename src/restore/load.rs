@@ -110,6 +110,9 @@ impl Load<'_> {
         self.finish(post_data).await?;
         if let Some(side) = &side {
             self.check_nothing_outside_changed(side, &before).await?;
+            if !self.options.trust_snapshot_code {
+                self.refuse_changing_calls().await?;
+            }
             client.keep_to_owner(side).await?;
         }
         self.check_nothing_of_the_server_changed().await?;
@@ -121,10 +124,17 @@ impl Load<'_> {
     /// run when the catalog holds it after the pre-data DDL though the script's vetting found
     /// none ([`super::vet_scripts`] reads SQL text; the catalog is what PostgreSQL made of it):
     /// a statement written to look like pg_dump's hid it. Nothing has loaded yet; the error
-    /// rolls the DDL back. Not beside live data, whose restore has its own rules and tripwire,
-    /// nor with `--trust-snapshot-code`.
+    /// rolls the DDL back. Not beside live data, whose restore has its own rules and tripwire.
+    /// Nothing with `--trust-snapshot-code`.
+    ///
+    /// Before that, into an empty database or beside live data, whoever restores:
+    /// [`Self::refuse_changing_calls`].
     async fn refuse_code_the_script_hid(&self) -> Result<()> {
-        if self.beside_live || self.options.trust_snapshot_code || !self.client.is_superuser().await? {
+        if self.options.trust_snapshot_code {
+            return Ok(());
+        }
+        self.refuse_changing_calls().await?;
+        if self.beside_live || !self.client.is_superuser().await? {
             return Ok(());
         }
         let code = self.client.code_made_now(postgres::part::CONTAINED_EXTENSIONS).await?;
@@ -137,6 +147,34 @@ impl Load<'_> {
              its script did not show as such: {}; refused, nothing was restored (a backup host not to be trusted \
              could have written the script so). Connect as a login without superuser that owns the target \
              database (--db postgres://ROLE@…), or give --trust-snapshot-code if you trust the snapshot's source",
+            named.join(", ")
+        )))
+    }
+
+    /// Refuses the expressions this transaction's DDL made that call a function of `pg_catalog`
+    /// the script's vetting refuses by name ([`postgres::part::CHANGING_FUNCTIONS`]: the
+    /// server's files, settings, large objects, SQL in a string), as the catalog stores them
+    /// ([`LoadSession::calls_made_now`]; into an empty database, but the calls its rules allow
+    /// there, [`postgres::part::refused_into_empty_call`]): a statement written to look like
+    /// pg_dump's hid the call from the vetting. After the pre-data DDL nothing has loaded yet (check constraints,
+    /// generated columns and partition keys run as rows load); before a later commit it is a
+    /// tripwire (an index expression ran as the index was built). The error rolls the
+    /// transaction back.
+    async fn refuse_changing_calls(&self) -> Result<()> {
+        let calls = self.client.calls_made_now(postgres::part::CHANGING_FUNCTIONS).await?;
+        // Into an empty database the rules let its own sequences and large objects be changed.
+        let named: Vec<String> = (calls.iter())
+            .filter(|(_, function)| self.beside_live || postgres::part::refused_into_empty_call(function))
+            .take(20)
+            .map(|(what, function)| crate::error::printable(&format!("{what} calls {function}")))
+            .collect();
+        if named.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "the snapshot's schema made expressions that call what changes the server or reads its files, which \
+             its script did not show: {}; refused and rolled back (a backup host not to be trusted could have \
+             written the script so). Give --trust-snapshot-code if you trust the snapshot's source",
             named.join(", ")
         )))
     }
@@ -154,6 +192,7 @@ impl Load<'_> {
         if !self.guards_the_server() {
             return Ok(());
         }
+        self.refuse_changing_calls().await?;
         let client = self.client;
         let made = self.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut objects = client.written_outside_the_database(&made).await?;

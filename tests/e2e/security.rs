@@ -390,6 +390,135 @@ fn a_whole_restore_runs_no_statement_pg_dump_does_not_write_nor_the_snapshots_co
     }
 }
 
+/// A function called in field notation, `(expr).pg_read_file`, is called all the same: refused
+/// in a partition's bounds (which the server evaluates as it makes the partition, keeping only
+/// the value) and in a constraint added to an extension's domain (run for every row of a column
+/// of that domain). The database's own sequences and notifications stay the snapshot's to use,
+/// whatever object calls them, in a restore into an empty database.
+#[test]
+fn a_call_in_field_notation_is_refused_and_the_databases_own_calls_are_not() {
+    let Ready { source, work, repo, .. } = Scenario::new("field_call").crm().init("repo");
+    source.sql(
+        "CREATE SEQUENCE crm.ticket_seq; \
+         CREATE VIEW crm.next_ticket AS SELECT pg_catalog.nextval('crm.ticket_seq'::pg_catalog.regclass) AS next; \
+         CREATE RULE announce AS ON INSERT TO crm.companies DO ALSO SELECT pg_catalog.pg_notify('companies', NEW.id::text)",
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo]).ok();
+    for (at, options) in [&["latest"][..], &["--parallel", "latest"]].into_iter().enumerate() {
+        let target = TestDb::create(&format!("field_call_own{at}"));
+        work.restore_with(&repo, &target, options).ok();
+        assert_eq!(target.sql("SELECT count(*) FROM pg_catalog.pg_rules WHERE rulename = 'announce'").trim(), "1");
+        assert_eq!(target.sql("SELECT next FROM crm.next_ticket").trim(), "1", "{options:?}");
+    }
+
+    let bound: &[&str] = &[
+        "CREATE TABLE crm.notes (body text) PARTITION BY LIST (body);",
+        "CREATE TABLE crm.notes_a PARTITION OF crm.notes FOR VALUES IN (((('/etc/hostname'::text).pg_read_file)));",
+    ];
+    let domain: &[&str] = &[
+        "CREATE EXTENSION IF NOT EXISTS lo WITH SCHEMA public;",
+        "ALTER DOMAIN public.lo ADD CONSTRAINT forged CHECK ((((VALUE)::text).pg_stat_file IS NULL));",
+    ];
+    // `USING` runs for every row as a column's type changes, and is kept nowhere.
+    let retype: &[&str] =
+        &["ALTER TABLE crm.companies ALTER COLUMN name TYPE text USING ((ARRAY['/etc/hostname'])[1].pg_read_file);"];
+    let target = TestDb::create("field_call_target");
+    for (pre, post, said) in [
+        (bound, &[][..], "a partition's bounds that are not literals"),
+        (domain, &[], "a call of pg_stat_file"),
+        (&[], retype, "ALTER TABLE … ALTER COLUMN … TYPE statement"),
+    ] {
+        let fake = forging_pg_dump_sections(&work, "TABLE", pre, post);
+        work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
+        for options in [&["latest"][..], &["--parallel", "latest"]] {
+            let run = work.restore_with(&repo, &target, options);
+            run.fails_with(1, said);
+            assert!(target.is_empty(), "{options:?}");
+        }
+    }
+}
+
+/// Behind the script's vetting, the catalog: the expressions a restore's DDL made that call a
+/// function of `pg_catalog` the vetting refuses by name (`calls_made_now`), as PostgreSQL stores
+/// them, whatever the statement looked like. Here the SQL is run straight, as a script that got
+/// past the vetting would run it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_shows_the_calls_of_server_changing_functions_a_restores_expressions_hold() {
+    use crmvault::postgres::part::CHANGING_FUNCTIONS;
+    use crmvault::postgres::{Database, LoadSession, ToastCompression};
+
+    let db = TestDb::create("calls");
+    // Made before the restore's transaction: not its expressions.
+    db.sql("CREATE VIEW public.earlier AS SELECT pg_catalog.pg_read_file('/etc/hostname', 0, 0, true) AS f");
+    let database = Database::parse(&db.url()).unwrap();
+    let session = LoadSession::open(&database, ToastCompression::ServerDefault, "64MB", None, None).await.unwrap();
+    session.begin().await.unwrap();
+    let calls = || async {
+        let calls = session.calls_made_now(CHANGING_FUNCTIONS).await.unwrap();
+        calls.into_iter().map(|(what, function)| format!("{what} calls {function}")).collect::<Vec<_>>()
+    };
+    // A transaction with no xid yet reads the counter (`age` keeps what it read), another
+    // session writes the catalog, then this one takes its xid: that row is not this one's, and
+    // asking about it is no error ("transaction ID … is in the future", as `age` had it).
+    session.run_script("SELECT pg_catalog.age('3'::pg_catalog.xid);").await.unwrap();
+    db.sql("CREATE TABLE public.between_them (x int CHECK (pg_catalog.pg_stat_file('/x', true) IS NULL))");
+    assert_eq!(calls().await, Vec::<String>::new());
+    assert_eq!(session.written_outside_the_database(&[]).await.unwrap(), Vec::<String>::new());
+    // What pg_dump writes: sequences behind defaults (of columns and of a domain), an
+    // application's setting read in a policy, expressions of built-ins that change nothing.
+    session
+        .run_script(
+            "CREATE SCHEMA crm; CREATE SEQUENCE crm.s; \
+             CREATE DOMAIN crm.ticket AS bigint DEFAULT pg_catalog.nextval('crm.s'::pg_catalog.regclass); \
+             CREATE TABLE crm.t (id serial PRIMARY KEY, n crm.ticket, body text CHECK (pg_catalog.length(body) < 100), \
+               lower_body text GENERATED ALWAYS AS (pg_catalog.lower(body)) STORED); \
+             CREATE INDEX t_lower ON crm.t (pg_catalog.upper(body)) WHERE id > 0; \
+             ALTER TABLE crm.t ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY tenant ON crm.t USING (body = pg_catalog.current_setting('app.tenant', true)); \
+             CREATE VIEW crm.v AS SELECT pg_catalog.count(*) OVER () AS c, pg_catalog.now() AS at FROM crm.t;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(calls().await, Vec::<String>::new());
+
+    // Calls a script written to look like pg_dump's could hide from the vetting: in a check
+    // constraint and a domain's (run as rows load), a column's default, a view and a
+    // materialized view (run when refreshed), a policy, a rule's condition.
+    session
+        .run_script(
+            "CREATE TABLE crm.u (id int, path text CONSTRAINT reads CHECK (pg_catalog.pg_read_file(path, 0, 1, true) <> ''), \
+               note text DEFAULT pg_catalog.set_config('app.x', 'y', false)); \
+             CREATE DOMAIN crm.file AS text CONSTRAINT stats CHECK (pg_catalog.pg_stat_file(VALUE, true) IS NULL); \
+             CREATE VIEW crm.export AS SELECT pg_catalog.lo_export(1, '/tmp/x') AS done; \
+             CREATE MATERIALIZED VIEW crm.query AS SELECT pg_catalog.query_to_xml('SELECT 1', true, true, '') AS x WITH NO DATA; \
+             CREATE POLICY waits ON crm.u USING (pg_catalog.pg_try_advisory_lock(id::bigint)); \
+             CREATE RULE seq AS ON INSERT TO crm.u WHERE pg_catalog.setval('crm.s'::pg_catalog.regclass, 1) > 0 DO ALSO DELETE FROM crm.t; \
+             CREATE TABLE crm.w (path text CONSTRAINT field CHECK (((path).pg_read_file) <> '')); \
+             CREATE EXTENSION lo WITH SCHEMA crm; \
+             ALTER DOMAIN crm.lo ADD CONSTRAINT added CHECK ((((VALUE)::text).pg_stat_file) IS NULL);",
+        )
+        .await
+        .unwrap();
+    let calls = calls().await;
+    for expected in [
+        // In field notation, `(path).pg_read_file`, a call all the same.
+        "constraint field on crm.w calls pg_read_file",
+        // The script's constraint on an extension's domain is the script's.
+        "constraint added on crm.lo calls pg_stat_file",
+        "constraint reads on crm.u calls pg_read_file",
+        "default of crm.u.note calls set_config",
+        "constraint stats on crm.file calls pg_stat_file",
+        "rule \"_RETURN\" of crm.export calls lo_export",
+        "rule \"_RETURN\" of crm.query calls query_to_xml",
+        "policy waits on crm.u calls pg_try_advisory_lock",
+        "rule seq of crm.u calls setval",
+    ] {
+        assert!(calls.iter().any(|c| c == expected), "{expected} not in {calls:?}");
+    }
+    assert!(!calls.iter().any(|c| c.contains("crm.t") || c.contains("earlier") || c.contains("ticket")), "{calls:?}");
+    session.rollback().await;
+}
+
 /// Behind the script's vetting, the catalog: after the pre-data DDL, a restore into an empty
 /// database as a superuser refuses code of the snapshot's own that the catalog holds, whatever
 /// the statement that made it looked like (`code_made_now`), and before each commit it refuses
