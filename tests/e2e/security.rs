@@ -273,10 +273,11 @@ fn a_whole_restore_runs_no_statement_pg_dump_does_not_write_nor_the_snapshots_co
         assert!(target.is_empty(), "{options:?}");
     }
 
-    // A function a check constraint calls, that runs a program for each row loaded.
+    // A function a check constraint calls, that runs a program for each row loaded (one that
+    // reads what COPY writes to it: a program gone first fails the COPY with a broken pipe).
     let function = format!(
         "CREATE FUNCTION public.f(x integer) RETURNS integer LANGUAGE plpgsql AS $$ BEGIN \
-         EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {}'''; RETURN x; END $$;",
+         EXECUTE 'COPY (SELECT 1) TO PROGRAM ''cat >/dev/null; touch {}'''; RETURN x; END $$;",
         marker.display()
     );
     let check = "ALTER TABLE crm.companies ADD CONSTRAINT forged CHECK ((public.f(id) IS NOT NULL));";
