@@ -29,6 +29,10 @@ pub enum ToastCompression {
 /// A connection to the database a restore loads into, its session set up for loading.
 pub struct LoadSession {
     client: Client,
+    database: Database,
+    /// A second connection, opened at the first catalog check, that reads how far the
+    /// server's transaction counter has come ([`LoadSession::next_xid`]).
+    counter: tokio::sync::OnceCell<Client>,
 }
 
 impl LoadSession {
@@ -54,7 +58,17 @@ impl LoadSession {
         if let Some(settings) = settings {
             super::session::apply_settings(&client, settings).await?;
         }
-        Ok(LoadSession { client })
+        Ok(LoadSession { client, database: database.clone(), counter: tokio::sync::OnceCell::new() })
+    }
+
+    /// A transaction id no xid assigned so far reaches: one taken now, on another connection
+    /// (its own transaction, committed at once). Every xid this session's transaction and its
+    /// subtransactions hold is below it ([`written_by_this_transaction`]).
+    async fn next_xid(&self) -> Result<u64> {
+        let counter = self.counter.get_or_try_init(|| self.database.connect()).await?;
+        let row = counter.query_one("SELECT pg_catalog.pg_current_xact_id()::text", &[]).await?;
+        let xid: String = row.get(0);
+        xid.parse().map_err(|_| Error::Internal(format!("pg_current_xact_id() gave {xid}")))
     }
 
     /// Makes the session give up waiting for a lock after `timeout` (whole seconds).
@@ -291,6 +305,7 @@ impl LoadSession {
     /// extension's, and extensions not in `contained`. Called after the pre-data DDL, before
     /// any row loads; each as PostgreSQL names it, at most twenty.
     pub async fn code_made_now(&self, contained: &[&str]) -> Result<Vec<String>> {
+        let next = self.next_xid().await?;
         let made = |what: &str, name: &str, class: &str, from: &str| {
             format!(
                 "SELECT '{what} ' || {name} AS what, o.oid, 'pg_catalog.{class}'::pg_catalog.regclass AS class, \
@@ -339,7 +354,7 @@ impl LoadSession {
                    AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass))) \
              ORDER BY 1 LIMIT 20",
             objects.join(" UNION ALL "),
-            written_by_this_transaction("o.xmin")
+            written_by_this_transaction("o.xmin", next)
         );
         Ok(self.own_query(&sql, &[&contained]).await?.iter().map(|row| row.get(0)).collect())
     }
@@ -358,6 +373,7 @@ impl LoadSession {
     /// function. (A partition's bounds keep only their values: [`super::part`] allows only
     /// constants there.) Each as (what, function), at most a hundred.
     pub async fn calls_made_now(&self, changing: &[&str]) -> Result<Vec<(String, String)>> {
+        let next = self.next_xid().await?;
         // (what, stored tree, xmin, whether it is a default that no COPY evaluates: a column's,
         // not a generated column's, or a domain's)
         let tree = |what: &str, tree: &str, plain_default: &str, from: &str| {
@@ -441,7 +457,7 @@ impl LoadSession {
              WHERE {} AND NOT (t.plain_default AND c.proname = 'nextval') \
              ORDER BY 1, 2 LIMIT 100",
             trees.join(" UNION ALL "),
-            written_by_this_transaction("t.xmin")
+            written_by_this_transaction("t.xmin", next)
         );
         Ok(self.own_query(&sql, &[&changing]).await?.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
@@ -456,6 +472,7 @@ impl LoadSession {
     /// relations a rule reads or writes are those its stored query tree names (`:relid`):
     /// PostgreSQL records no dependency on a system catalog.
     pub async fn doors_to_server_rights(&self) -> Result<Vec<String>> {
+        let next = self.next_xid().await?;
         let sql = format!(
             "WITH strong AS ({SERVER_RIGHTS}) \
              SELECT what FROM ( \
@@ -478,9 +495,9 @@ impl LoadSession {
                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
                    WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e') \
              ) o ORDER BY 1 LIMIT 20",
-            written_by_this_transaction("w.xmin"),
-            written_by_this_transaction("v.xmin"),
-            written_by_this_transaction("p.xmin")
+            written_by_this_transaction("w.xmin", next),
+            written_by_this_transaction("v.xmin", next),
+            written_by_this_transaction("p.xmin", next)
         );
         Ok(self.own_query(&sql, &[]).await?.iter().map(|row| row.get(0)).collect())
     }
@@ -524,6 +541,7 @@ impl LoadSession {
     /// as PostgreSQL identifies it. What was dropped leaves no row and is not seen.
     /// Objects of no schema in a catalog of `allowed` (`pg_extension`, …) are not counted.
     pub async fn written_outside(&self, side: &[&str], made: &[String], allowed: &[&str]) -> Result<Vec<String>> {
+        let next = self.next_xid().await?;
         let mut objects = vec![
             "'pg_class'::regclass, oid, 0, xmin FROM pg_catalog.pg_class",
             "'pg_class'::regclass, attrelid, attnum::int, xmin FROM pg_catalog.pg_attribute",
@@ -665,7 +683,7 @@ impl LoadSession {
                    AND (placed.nsp IS NULL OR x.extname = ANY ($4::text[]))) \
              ORDER BY 1 LIMIT 10",
             rows.join(" UNION ALL "),
-            written_by_this_transaction("xmin")
+            written_by_this_transaction("xmin", next)
         );
         let in_pg_catalog = super::part::EXTENSIONS_IN_PG_CATALOG;
         let rows = self.own_query(&sql, &[&side, &made, &allowed, &in_pg_catalog]).await?;
@@ -974,21 +992,22 @@ const THE_DATABASES_OWN: &[&str] = &[
 
 /// The condition that a catalog row's `xmin` (the column `xmin` names) is this transaction's or
 /// one of its subtransactions': still in progress, which other sessions' committed work never
-/// is. Only rows no older than this transaction's xid are asked about (and no row of a
-/// permanent xid, bootstrap's or frozen, which are below 3): the 32-bit `xmin` at
-/// most 2^31 after it, modulo 2^32, its xid8 this transaction's plus that distance (which
-/// crosses an epoch when the counter wrapped in between). Distances to
-/// `pg_current_xact_id()`, which gives the transaction its xid if it had none, not `age()`:
-/// `age` keeps the counter it first read in a transaction, and a transaction that had no xid
-/// then took a later one, so that another session's row written in between seemed ours and
-/// its xid8 was composed an epoch ahead ("transaction ID … is in the future"). Unqualified
-/// operators: under [`LoadSession::own_query`].
-fn written_by_this_transaction(xmin: &str) -> String {
-    let ahead =
-        format!("(({xmin}::text::bigint - (pg_catalog.pg_current_xact_id()::text::bigint & 4294967295)) & 4294967295)");
+/// is. Only rows whose 32-bit `xmin` lies, modulo 2^32, between this transaction's xid and
+/// `next` ([`LoadSession::next_xid`], read after the transaction's last write) are asked
+/// about, their xid8 this transaction's plus that distance (which crosses an epoch when the
+/// counter wrapped in between). Not `age()`, which keeps the counter it first read in a
+/// transaction: one that had no xid then took a later one, so that another session's row
+/// written in between seemed ours ("transaction ID … is in the future"). Not a bound of 2^31
+/// either: a frozen row keeps its old `xmin`, which after 2^31 transactions is as far ahead,
+/// modulo 2^32, as a new one (initdb's rows, once the counter's low half passed 2^31).
+/// Permanent xids (below 3) are left out. Unqualified operators: under
+/// [`LoadSession::own_query`].
+fn written_by_this_transaction(xmin: &str, next: u64) -> String {
+    let current = "pg_catalog.pg_current_xact_id()::text::bigint";
+    let ahead = format!("(({xmin}::text::bigint - ({current} & 4294967295)) & 4294967295)");
     format!(
-        "CASE WHEN {xmin}::text::bigint >= 3 AND {ahead} < 2147483648 THEN pg_catalog.pg_xact_status(\
-           (pg_catalog.pg_current_xact_id()::text::bigint + {ahead})::text::xid8) = 'in progress' \
+        "CASE WHEN {xmin}::text::bigint >= 3 AND {ahead} < {next} - {current} \
+           THEN pg_catalog.pg_xact_status(({current} + {ahead})::text::xid8) = 'in progress' \
          ELSE false END"
     )
 }
