@@ -767,12 +767,28 @@ fn evaluated_as_it_runs(statement: &[Token<'_>]) -> Option<String> {
     let word = |at: usize, w: &str| is_word(statement.get(at), w);
     let n = statement.len();
     let alter_table = word(0, "alter") && (word(1, "table") || (word(1, "foreign") && word(2, "table")));
+    // Bracket depth before each token.
+    let depth: Vec<usize> = statement
+        .iter()
+        .scan(0usize, |depth, t| {
+            let before = *depth;
+            if t.is_punct('(') {
+                *depth += 1;
+            } else if t.is_punct(')') {
+                *depth = depth.saturating_sub(1);
+            }
+            Some(before)
+        })
+        .collect();
     if alter_table
         && (2..n).any(|at| {
-            // `ADD` the subcommand, not a column or table called `add`.
+            // `ADD` the subcommand, not a column, schema, constraint or index called `add`
+            // (`PRIMARY KEY (add)`, `add.t`, `ADD CONSTRAINT add`, `CLUSTER ON add`).
             word(at, "add")
+                && depth[at] == 0
                 && !statement[at - 1].is_punct('.')
-                && !word(at - 1, "column")
+                && !statement.get(at + 1).is_some_and(|t| t.is_punct('.'))
+                && !["column", "constraint", "on", "index"].iter().any(|w| word(at - 1, w))
                 && !["constraint", "generated"].iter().any(|w| word(at + 1, w))
         })
     {
@@ -3086,6 +3102,9 @@ mod tests {
             &entry("n_neg", "TABLE", "crm", "CREATE TABLE crm.n_neg PARTITION OF crm.n FOR VALUES FROM ('-10', MINVALUE) TO (0, 1.5e3);"),
             &entry("b_t", "TABLE", "crm", "CREATE TABLE crm.b_t PARTITION OF crm.b FOR VALUES IN (true, NULL)\nPARTITION BY LIST (k);"),
             &entry("add", "TABLE", "crm", "CREATE TABLE crm.add (\n    add integer\n);\nALTER TABLE ONLY crm.add ALTER COLUMN add SET DEFAULT 0;\nALTER TABLE crm.add OWNER TO app;"),
+            &entry("add", "CONSTRAINT", "crm", "ALTER TABLE ONLY crm.add\n    ADD CONSTRAINT add PRIMARY KEY (add);"),
+            &entry("add", "FK CONSTRAINT", "crm", "ALTER TABLE ONLY crm.add\n    ADD CONSTRAINT add_fk FOREIGN KEY (add) REFERENCES crm.add(add);"),
+            &entry("add", "TABLE", "crm", "ALTER TABLE ONLY crm.add CLUSTER ON add;\nALTER TABLE ONLY crm.add REPLICA IDENTITY USING INDEX add;"),
             &entry("type", "TABLE", "crm", "CREATE TABLE crm.kinds (\n    type text\n);\nALTER TABLE ONLY crm.kinds ALTER COLUMN type SET DEFAULT 'a';\nALTER TABLE ONLY crm.kinds ALTER COLUMN type SET STATISTICS 100;"),
         ]
         .concat();
@@ -3233,6 +3252,8 @@ mod tests {
             "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((((ARRAY['/etc/hostname'])[1].pg_read_file) <> ''));",
             "ALTER TABLE crm.deals ALTER COLUMN body TYPE character varying USING ((ARRAY['/etc/hostname'])[1].pg_read_file);",
             "ALTER TABLE ONLY crm.deals ALTER body SET DATA TYPE text;",
+            "ALTER TABLE ONLY crm.deals CLUSTER ON add, ADD z integer DEFAULT 1;",
+            "ALTER TABLE ONLY crm.deals ADD IF NOT EXISTS add integer;",
             "ALTER TABLE crm.deals ALTER body TYPE text;",
             "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.current_setting('{\"x.\": \"data_directory\"}'::jsonb ->> 'x.') <> ''));",
             "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((pg_catalog.pg_wal_replay_pause() IS NULL));",
