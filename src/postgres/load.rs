@@ -65,7 +65,14 @@ impl LoadSession {
     /// (its own transaction, committed at once). Every xid this session's transaction and its
     /// subtransactions hold is below it ([`written_by_this_transaction`]).
     async fn next_xid(&self) -> Result<u64> {
-        let counter = self.counter.get_or_try_init(|| self.database.connect()).await?;
+        let counter = (self.counter)
+            .get_or_try_init(|| async {
+                let counter = self.database.connect().await?;
+                // Each xid it takes commits at once: no wait for the WAL to reach the disk.
+                counter.batch_execute("SET synchronous_commit = off").await?;
+                Ok::<_, Error>(counter)
+            })
+            .await?;
         let row = counter.query_one("SELECT pg_catalog.pg_current_xact_id()::text", &[]).await?;
         let xid: String = row.get(0);
         xid.parse().map_err(|_| Error::Internal(format!("pg_current_xact_id() gave {xid}")))

@@ -97,6 +97,7 @@ impl Load<'_> {
             None => (Vec::new(), String::new()),
         };
         client.run_script(pre_data).await?;
+        self.refuse_changing_calls().await?;
         self.refuse_code_the_script_hid().await?;
         self.warn_of_functions_run_as_superuser().await?;
         if side.is_some() {
@@ -110,9 +111,7 @@ impl Load<'_> {
         self.finish(post_data).await?;
         if let Some(side) = &side {
             self.check_nothing_outside_changed(side, &before).await?;
-            if !self.options.trust_snapshot_code {
-                self.refuse_changing_calls().await?;
-            }
+            self.refuse_changing_calls().await?;
             client.keep_to_owner(side).await?;
         }
         self.check_nothing_of_the_server_changed().await?;
@@ -126,15 +125,8 @@ impl Load<'_> {
     /// a statement written to look like pg_dump's hid it. Nothing has loaded yet; the error
     /// rolls the DDL back. Not beside live data, whose restore has its own rules and tripwire.
     /// Nothing with `--trust-snapshot-code`.
-    ///
-    /// Before that, into an empty database or beside live data, whoever restores:
-    /// [`Self::refuse_changing_calls`].
     async fn refuse_code_the_script_hid(&self) -> Result<()> {
-        if self.options.trust_snapshot_code {
-            return Ok(());
-        }
-        self.refuse_changing_calls().await?;
-        if self.beside_live || !self.client.is_superuser().await? {
+        if self.beside_live || self.options.trust_snapshot_code || !self.client.is_superuser().await? {
             return Ok(());
         }
         let code = self.client.code_made_now(postgres::part::CONTAINED_EXTENSIONS).await?;
@@ -159,8 +151,11 @@ impl Load<'_> {
     /// pg_dump's hid the call from the vetting. After the pre-data DDL nothing has loaded yet (check constraints,
     /// generated columns and partition keys run as rows load); before a later commit it is a
     /// tripwire (an index expression ran as the index was built). The error rolls the
-    /// transaction back.
+    /// transaction back. Whoever restores; nothing with `--trust-snapshot-code`.
     async fn refuse_changing_calls(&self) -> Result<()> {
+        if self.options.trust_snapshot_code {
+            return Ok(());
+        }
         let calls = self.client.calls_made_now(postgres::part::CHANGING_FUNCTIONS).await?;
         // Into an empty database the rules let its own sequences and large objects be changed.
         let named: Vec<String> = (calls.iter())
@@ -350,6 +345,10 @@ impl Load<'_> {
         client.mark_incomplete(&snapshot_id.as_str()).await?;
         self.create_roles().await?;
         client.run_script(pre_data).await?;
+        // Into an empty database the check below reads the calls too.
+        if self.beside_live {
+            self.refuse_changing_calls().await?;
+        }
         self.refuse_code_the_script_hid().await?;
         self.warn_of_functions_run_as_superuser().await?;
         self.check_nothing_of_the_server_changed().await?;

@@ -2,7 +2,7 @@
 //! schema next to the live data (which stays untouched), rows only into existing tables; and
 //! names that would break pasted SQL.
 
-use crate::common::{DropRole, Ready, Scenario, TestDb, forging_pg_dump_sections, psql};
+use crate::common::{DropRole, Ready, Scenario, TestDb, fake_pg_dump, forging_pg_dump_sections, psql};
 
 /// A digest of a table's rows, in key order.
 fn rows(db: &TestDb, table: &str, key: &str) -> String {
@@ -780,16 +780,12 @@ fn a_column_the_schema_adds_and_the_rows_do_not_give_is_refused_beside_live_data
     let Ready { source, work, repo, .. } = Scenario::new("part_column").sql(setup).init("repo");
     // COPY would leave the column to its default, for every row: code of the script's choosing.
     // The table made with a column its rows do not give:
-    let fake = work.path("pg_dump_extra_column");
-    std::fs::write(
-        &fake,
-        "#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\n\
-         pg_dump \"$@\" | sed 's/^    name text$/    name text,\\n    extra integer DEFAULT 7/'\nexit ${PIPESTATUS[0]}\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let fake = fake.to_str().unwrap();
-    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", fake]).ok();
+    let fake = fake_pg_dump(
+        &work,
+        "pg_dump_extra_column",
+        "pg_dump \"$@\" | sed 's/^    name text$/    name text,\\n    extra integer DEFAULT 7/'\nexit ${PIPESTATUS[0]}\n",
+    );
+    work.run(&["backup", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--pg-dump", &fake]).ok();
     let side = ["--table", "crm.contacts", "--schema-map", "crm=crm_side", "latest"];
     let run = work.restore_with(&repo, &source, &side);
     run.fails_with(1, "the snapshot's rows of crm_side.contacts do not give column extra that its schema makes");

@@ -405,17 +405,24 @@ pub fn server_log_since(start: u64) -> String {
 /// A `pg_dump` that writes what the real one does, with entries of type `kind` added at the
 /// end of the pre-data section (`pre`) and of the post-data one (`post`), each one entry.
 pub fn forging_pg_dump_sections(work: &Workspace, kind: &str, pre: &[&str], post: &[&str]) -> String {
-    let fake = work.path("pg_dump");
     let header = format!("--\n-- Name: forged; Type: {kind}; Schema: public; Owner: -\n--\n\n");
     let entries = |statements: &[&str]| -> String {
         statements.iter().map(|statement| format!("{header}{statement}\n\n")).collect::<Vec<_>>().concat()
     };
-    let script = format!(
-        "#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\npg_dump \"$@\" || exit $?\n\
+    let then = format!(
+        "pg_dump \"$@\" || exit $?\n\
          case \" $* \" in\n*--section=pre-data*) cat <<'SQL'\n\n{}\nSQL\n;;\n*--section=post-data*) cat <<'SQL'\n\n{}\nSQL\n;;\nesac\n",
         entries(pre),
         entries(post)
     );
+    fake_pg_dump(work, "pg_dump", &then)
+}
+
+/// A `pg_dump` in the workspace (`--pg-dump` takes its path) that says the real one's version
+/// and otherwise runs `then`, a shell script given pg_dump's arguments.
+pub fn fake_pg_dump(work: &Workspace, name: &str, then: &str) -> String {
+    let fake = work.path(name);
+    let script = format!("#!/bin/bash\nif [ \"$1\" = --version ]; then exec pg_dump --version; fi\n{then}");
     std::fs::write(&fake, script).unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     fake.to_str().unwrap().to_string()
