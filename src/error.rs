@@ -391,7 +391,21 @@ impl From<tokio_postgres::Error> for Error {
 /// instead, or the whole chain of causes for client-side errors (TLS, network).
 pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
-        return db.message().to_string();
+        return match db.where_().and_then(sql_function_context) {
+            // A name an SQL function's body did not find (class 42): pg_dump's scripts run
+            // under an empty search_path, so a function written for the application's path
+            // fails while a restore builds an index or checks a constraint that calls it.
+            Some(function) if db.code().code().starts_with("42") => format!(
+                "{}, in SQL function {function}: it names objects without their schema, and \
+                 restores run pg_dump's script under an empty search_path (pg_restore's fail the \
+                 same way): restore with --search-path naming the schemas it needs, and give it \
+                 a search_path in the source database (ALTER FUNCTION … SET search_path = …; \
+                 docs/OPERATIONS.md)",
+                db.message()
+            ),
+            Some(function) => format!("{}, in SQL function {function}", db.message()),
+            None => db.message().to_string(),
+        };
     }
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error);
@@ -400,6 +414,14 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
         source = inner.source();
     }
     message
+}
+
+/// The innermost SQL function an error's context names (`SQL function "f" during inlining`,
+/// `SQL function "f" statement 1`): `"f"`. Only the name: a context can quote the data.
+fn sql_function_context(context: &str) -> Option<&str> {
+    let line = context.lines().find_map(|line| line.strip_prefix("SQL function "))?;
+    let end = line.strip_prefix('"')?.find('"')?;
+    Some(&line[..end + 2])
 }
 
 /// What object_store says, in fewer words: its local file system's errors start with
@@ -491,6 +513,17 @@ pub(crate) fn format_advice(found: u32, supported: u32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_sql_function_of_a_context_is_its_innermost_one_and_only_its_name() {
+        let inlining = "SQL function \"f_unaccent\" during inlining";
+        assert_eq!(super::sql_function_context(inlining), Some("\"f_unaccent\""));
+        let nested = "SQL function \"earth\" statement 1\nSQL function \"ll_to_earth\" during inlining";
+        assert_eq!(super::sql_function_context(nested), Some("\"earth\""));
+        assert_eq!(super::sql_function_context("COPY t, line 1, column c: \"secret\""), None);
+        assert_eq!(super::sql_function_context("SQL function "), None);
+        assert_eq!(super::sql_function_context("SQL function \"unclosed"), None);
+    }
+
     #[test]
     fn printable_text_tells_an_escape_from_the_characters_that_spell_it() {
         assert_eq!(super::printable("same\nline"), "same\\nline");

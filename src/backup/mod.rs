@@ -346,6 +346,7 @@ pub async fn run(
                 roles: Some(roles),
                 database_object: Some(database_object),
             };
+            warnings.extend(read.warnings);
             Ok((manifest, read.bytes_read))
         }
         Err(error) => Err(error),

@@ -26,6 +26,8 @@ pub(super) struct ReadResult {
     pub(super) tables: Vec<TableManifest>,
     pub(super) large_objects: Option<TableManifest>,
     pub(super) bytes_read: u64,
+    /// Tables read as their storage holds them, not in primary-key order, and why.
+    pub(super) warnings: Vec<String>,
 }
 
 /// Reads the schema and every table, feeding the encoders.
@@ -71,34 +73,58 @@ pub(super) async fn read_everything(
     let pre_data = encode_bytes(context, pre).await?;
     let post_data = encode_bytes(context, post).await?;
     let mut manifests = Vec::new();
+    let mut warnings = Vec::new();
     while let Some(result) = workers.join_next().await {
-        manifests.extend(result.expect("table readers do not panic")?);
+        for (manifest, unordered) in result.expect("table readers do not panic")? {
+            if let Some(why) = unordered {
+                warnings.push(unordered_warning(&manifest, &why));
+            }
+            manifests.push(manifest);
+        }
     }
     manifests.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    warnings.sort();
     let bytes_read = pre_data.bytes
         + post_data.bytes
         + manifests.iter().chain(large_objects.iter()).map(|t| t.data.bytes).sum::<u64>();
-    Ok(ReadResult { pre_data, post_data, tables: manifests, large_objects, bytes_read })
+    Ok(ReadResult { pre_data, post_data, tables: manifests, large_objects, bytes_read, warnings })
 }
 
-/// Streams one table through an encoder.
+/// What a table read in storage order means for its nights and for restoring it.
+fn unordered_warning(table: &TableManifest, why: &str) -> String {
+    let warning = format!(
+        "{}.{}: read as stored, not by primary key (later nights store more of it again): PostgreSQL \
+         cannot plan a query on it under a safe search_path: {why}. An index, statistics object or \
+         policy on it calls an SQL function that names objects without their schema; restoring \
+         that index fails the same way (pg_restore's too): give the function a search_path \
+         (ALTER FUNCTION … SET search_path = …) or qualify the names in its body",
+        table.schema, table.name
+    );
+    tracing::warn!("{warning}");
+    warning
+}
+
+/// Streams one table through an encoder (inside the snapshot's transaction); with why it was
+/// read as stored rather than in primary-key order, when it was.
 pub(super) async fn read_table(
     client: &tokio_postgres::Client,
     table: &SourceTable,
     context: &EncoderContext,
     progress: &Progress,
-) -> Result<TableManifest> {
-    let (data, rows) = read_copy(client, &table.copy_out_sql(), context, progress).await?;
+) -> Result<(TableManifest, Option<String>)> {
+    let (stream, unordered) = postgres::copy_out_table(client, table, true).await?;
+    let (data, rows) = read_copy(stream, context, progress).await?;
     tracing::debug!(table = %table.qualified(), rows, bytes = data.bytes, "table read");
     progress.item_done(&format!("{}.{}", table.schema, table.name));
-    Ok(TableManifest {
+    let manifest = TableManifest {
         schema: table.schema.clone(),
         name: table.name.clone(),
         columns: table.columns.clone(),
         primary_key: table.primary_key.clone(),
         rows,
         data,
-    })
+    };
+    Ok((manifest, unordered))
 }
 
 /// Large objects' contents, when there are any.
@@ -110,7 +136,8 @@ pub(super) async fn read_large_objects(
     if !session.has_large_objects().await? {
         return Ok(None);
     }
-    let (data, rows) = read_copy(&session.client, postgres::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
+    let stream = session.client.copy_out(postgres::LARGE_OBJECTS_COPY_OUT).await?;
+    let (data, rows) = read_copy(stream, context, progress).await?;
     let columns = vec!["loid".to_string(), "data".to_string()];
     Ok(Some(TableManifest {
         schema: "pg_catalog".into(),
@@ -124,8 +151,7 @@ pub(super) async fn read_large_objects(
 
 /// Runs one `COPY … TO STDOUT` through an encoder: the stream's manifest and its row count.
 pub(super) async fn read_copy(
-    client: &tokio_postgres::Client,
-    sql: &str,
+    stream: tokio_postgres::CopyOutStream,
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<(StreamManifest, u64)> {
@@ -139,7 +165,6 @@ pub(super) async fn read_copy(
         encoder.finish()
     });
     let copy = async {
-        let stream = client.copy_out(sql).await?;
         futures::pin_mut!(stream);
         // PostgreSQL sends one message per row: hand them over in batches, or the per-message
         // cost of the channel and thread wake-ups dominates.

@@ -361,6 +361,12 @@ enum Command {
         /// superuser instead. Or `trust_snapshot_code = true` in --profile.
         #[arg(long)]
         trust_snapshot_code: bool,
+        /// Run the snapshot's schema script under this search_path (schemas, comma-separated:
+        /// `public`) instead of pg_dump's empty one: for a snapshot whose functions name
+        /// objects without their schema and fail while the restore builds an index that calls
+        /// them (backup warns of each such table; docs/OPERATIONS.md). Whole restores only.
+        #[arg(long, value_name = "SCHEMAS", conflicts_with_all = ["tables", "exclude_tables", "schema_map", "data_only", "rows"])]
+        search_path: Option<crmvault::postgres::script::SearchPath>,
         /// Load rows only, into the target's existing tables (with --table, some of them; with
         /// --schema-map, under other schemas), in one transaction: a row that breaks a
         /// constraint fails the whole restore and nothing is loaded. Sequences are not set.
@@ -421,6 +427,9 @@ enum Command {
         /// run with a superuser's rights, or its script holds statements pg_dump does not write.
         #[arg(long)]
         trust_snapshot_code: bool,
+        /// As `restore --search-path`: the snapshot's schema script runs under this search_path.
+        #[arg(long, value_name = "SCHEMAS")]
+        search_path: Option<crmvault::postgres::script::SearchPath>,
         /// One drill per --repo, each reading only from that target, so that every copy is
         /// proven (the same snapshot on each; `latest` is chosen once across them).
         #[arg(long)]
@@ -1123,6 +1132,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             exclude_tables,
             schema_map,
             trust_snapshot_code,
+            search_path,
             data_only,
             rows,
             with_related,
@@ -1163,6 +1173,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 create_roles: roles.create_roles,
                 role: roles.role.clone(),
                 trust_snapshot_code: settings.trust_snapshot_code(trust_snapshot_code)?,
+                search_path,
                 part: restore::PartOptions {
                     include: tables,
                     exclude: exclude_tables,
@@ -1215,6 +1226,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             jobs,
             parallel,
             trust_snapshot_code,
+            search_path,
             from_every_target,
             report,
             roles,
@@ -1247,6 +1259,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 create_roles: roles.create_roles,
                 role: roles.role.clone(),
                 trust_snapshot_code: settings.trust_snapshot_code(trust_snapshot_code)?,
+                search_path,
                 part: restore::PartOptions::default(),
             };
             audit.database(&options.database);

@@ -19,7 +19,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::postgres::proof::{Constraint, ProofSession, SCRATCH_MARK, Scratch};
+use crate::postgres::proof::{Constraint, IndexCheck, ProofSession, SCRATCH_MARK, Scratch};
+use crate::postgres::script::SearchPath;
 use crate::postgres::{Database, LARGE_OBJECTS_COPY_OUT, SourceTable};
 use crate::progress::{Shared, Unit};
 use crate::repo::{AdminKeyring, Manifest, SnapshotId, TableManifest};
@@ -165,7 +166,8 @@ pub async fn run(
                 ));
             }
             report.restore = Some(restore_report);
-            let proven = prove(&mut report, &manifest, keyring, (&options.database, options.jobs), &progress).await;
+            let scratch = (&options.database, options.jobs, options.search_path.as_ref());
+            let proven = prove(&mut report, &manifest, keyring, scratch, &progress).await;
             if let Err(error) = proven {
                 report.failures.push(format!("proving the restored database: {error}"));
             }
@@ -242,7 +244,7 @@ pub async fn prove(
     report: &mut DrillReport,
     manifest: &Manifest,
     keyring: &AdminKeyring,
-    (database, jobs): (&Database, usize),
+    (database, jobs, search_path): (&Database, usize, Option<&SearchPath>),
     progress: &Shared,
 ) -> Result<()> {
     let settings = manifest.session.as_ref();
@@ -273,6 +275,10 @@ pub async fn prove(
         }
     }
     report.phase("tables", clock);
+    // Read back as the backup read (its search_path); checked as the restore built.
+    if let Some(path) = search_path {
+        session.use_search_path(path).await?;
+    }
 
     let clock = Instant::now();
     let restored: HashMap<(String, String), (i64, bool)> =
@@ -321,10 +327,11 @@ pub async fn prove(
     let clock = Instant::now();
     progress.phase("checking indexes", Unit::Checks, None);
     match session.check_indexes().await? {
-        Ok((checked, problems)) => {
+        Ok(IndexCheck { checked, problems, unchecked }) => {
             report.indexes.checked = checked;
             report.failures.extend(problems.iter().map(|p| format!("index {p}")));
             report.indexes.problems = problems;
+            report.warnings.extend(unchecked);
         }
         Err(reason) => {
             report.warnings.push(format!("indexes not checked: {reason}"));
@@ -352,17 +359,17 @@ async fn prove_tables(
 ) -> Result<Vec<TableProof>> {
     let restored: HashMap<(String, String), SourceTable> =
         session.tables().await?.into_iter().map(|t| ((t.schema.clone(), t.name.clone()), t)).collect();
-    let mut work: Vec<(&TableManifest, Option<String>)> = manifest
+    let mut work: Vec<(&TableManifest, Option<ReadBack>)> = manifest
         .tables
         .iter()
         .map(|table| {
-            let sql = restored.get(&(table.schema.clone(), table.name.clone())).map(|found| {
+            let read = restored.get(&(table.schema.clone(), table.name.clone())).map(|found| {
                 // The snapshot's columns, in its order; the restored table's primary key.
-                SourceTable { columns: table.columns.clone(), ..found.clone() }.copy_out_sql()
+                ReadBack::Table(SourceTable { columns: table.columns.clone(), ..found.clone() })
             });
-            (table, sql)
+            (table, read)
         })
-        .chain(manifest.large_objects.iter().map(|objects| (objects, Some(LARGE_OBJECTS_COPY_OUT.to_string()))))
+        .chain(manifest.large_objects.iter().map(|objects| (objects, Some(ReadBack::LargeObjects))))
         .collect();
     work.sort_by_key(|(table, _)| std::cmp::Reverse(table.data.bytes));
     progress.phase("reading back", Unit::Bytes, Some(work.iter().map(|(t, _)| t.data.bytes).sum()));
@@ -397,9 +404,17 @@ async fn prove_tables(
     Ok(proofs)
 }
 
+/// How a table of the snapshot is read back.
+enum ReadBack {
+    /// A restored table, as the backup read it.
+    Table(SourceTable),
+    /// The large objects' contents.
+    LargeObjects,
+}
+
 /// The tables to read back, taken one at a time by each connection.
 struct Queue<'a> {
-    work: &'a [(&'a TableManifest, Option<String>)],
+    work: &'a [(&'a TableManifest, Option<ReadBack>)],
     next: std::sync::atomic::AtomicUsize,
     results: std::sync::Mutex<Vec<TableProof>>,
 }
@@ -409,7 +424,7 @@ impl Queue<'_> {
     async fn drain(&self, reader: &ProofSession, keyring: &AdminKeyring, progress: &Shared) -> Result<()> {
         while let Some((table, sql)) = self.work.get(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
             let found = match sql {
-                Some(sql) => Some(read_back(reader, sql, keyring, progress).await?),
+                Some(read) => Some(read_back(reader, read, keyring, progress).await?),
                 None => None,
             };
             progress.item_done(&format!("{}.{}", table.schema, table.name));
@@ -422,11 +437,14 @@ impl Queue<'_> {
 /// One `COPY … TO STDOUT`: its keyed digest (hex) and its rows.
 async fn read_back(
     session: &ProofSession,
-    sql: &str,
+    read: &ReadBack,
     keyring: &AdminKeyring,
     progress: &Shared,
 ) -> Result<(String, u64)> {
-    let stream = session.copy_out(sql).await?;
+    let stream = match read {
+        ReadBack::Table(table) => session.copy_out_table(table).await?,
+        ReadBack::LargeObjects => session.copy_out(LARGE_OBJECTS_COPY_OUT).await?,
+    };
     futures::pin_mut!(stream);
     let mut digest = keyring.mac_key().hasher();
     let mut rows = 0u64;

@@ -119,6 +119,58 @@ pub fn parse(text: &str) -> Script<'_> {
     Script { preamble, entries }
 }
 
+/// pg_dump's preamble statement that empties the session's `search_path`.
+const EMPTY_SEARCH_PATH: &str = "SELECT pg_catalog.set_config('search_path', '', false);";
+
+/// `text` (through [`super::executable_sql`]) with its preamble's empty `search_path` replaced
+/// by `path` (`restore --search-path`): for a snapshot whose functions name objects without
+/// their schema and are called while the restore builds an index or checks a constraint.
+/// `pg_catalog` stays first (PostgreSQL searches it first unless the path names it).
+pub fn with_search_path(text: &str, path: &SearchPath) -> Result<String, String> {
+    let preamble = parse(text).preamble;
+    let Some(at) = preamble.find(EMPTY_SEARCH_PATH) else {
+        return Err("the snapshot's schema script does not set search_path as pg_dump does".into());
+    };
+    let setting = format!("SELECT pg_catalog.set_config('search_path', {}, false);", super::quote_literal(&path.0));
+    Ok(format!("{}{setting}{}", &text[..at], &text[at + EMPTY_SEARCH_PATH.len()..]))
+}
+
+/// A `search_path` a restore runs the snapshot's script under (`--search-path`): schema names,
+/// comma-separated, each plain (lower case, digits, `_`, `$`) or double-quoted; not `pg_temp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPath(String);
+
+impl std::fmt::Display for SearchPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for SearchPath {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SearchPath, String> {
+        let mut names = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            let quoted = name.len() > 2
+                && name.starts_with('"')
+                && name.ends_with('"')
+                && !name[1..name.len() - 1].contains(['"', '\0']);
+            let unquoted = name.trim_matches('"');
+            if !(plain || quoted) || unquoted.starts_with("pg_temp") || unquoted == "$user" {
+                return Err(format!(
+                    "{name:?} is not a schema name: give schemas separated by commas (public, crm), a name with \
+                     capitals or spaces in double quotes"
+                ));
+            }
+            names.push(name);
+        }
+        Ok(SearchPath(names.join(", ")))
+    }
+}
+
 /// What a restore leaves out of a schema script (`restore --no-owner`, `--no-acl`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LeaveOut {
@@ -517,6 +569,29 @@ impl<'a> Iterator for Lexer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_path_is_schema_names_and_replaces_only_the_preambles_empty_one() {
+        let path: SearchPath = " public ,crm_2, \"Sales Team\"".parse().unwrap();
+        assert_eq!(path.to_string(), "public, crm_2, \"Sales Team\"");
+        for bad in
+            ["", "public;drop", "Public", "pg_temp", "\"pg_temp_3\"", "$user", "\"$user\"", "a,,b", "\"a\"b\"", "'x'"]
+        {
+            assert!(bad.parse::<SearchPath>().is_err(), "{bad:?}");
+        }
+        let body = "--\n-- Name: f; Type: FUNCTION\n--\n\nCREATE FUNCTION public.f() RETURNS text LANGUAGE sql \
+                    AS $$SELECT pg_catalog.set_config('search_path', '', false);$$;\n";
+        let text = format!("SET statement_timeout = 0;\n{EMPTY_SEARCH_PATH}\n\n{body}");
+        let crm: SearchPath = "public, \"o'k\"".parse().unwrap();
+        assert_eq!(
+            with_search_path(&text, &crm).unwrap(),
+            format!(
+                "SET statement_timeout = 0;\nSELECT pg_catalog.set_config('search_path', 'public, \"o''k\"', false);\n\n{body}"
+            )
+        );
+        // Only the preamble's: a function body that says the same stays as it is.
+        assert!(with_search_path(&format!("SET statement_timeout = 0;\n\n{body}"), &crm).is_err());
+    }
 
     #[test]
     fn no_owner_and_no_acl_leave_out_owners_and_grants_and_nothing_else() {

@@ -43,6 +43,56 @@ impl SourceTable {
         };
         format!("COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT", columns.join(", "), self.qualified())
     }
+
+    /// The `COPY … TO STDOUT` that reads it as its storage holds it, planning no query: for a
+    /// table PostgreSQL cannot plan a query on (see [`copy_out_table`]).
+    pub fn copy_out_unplanned_sql(&self) -> String {
+        if self.columns.is_empty() {
+            return format!("COPY {} TO STDOUT", self.qualified());
+        }
+        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        format!("COPY {} ({}) TO STDOUT", self.qualified(), columns.join(", "))
+    }
+}
+
+/// Opens a table's COPY stream: [`SourceTable::copy_out_sql`], or, when PostgreSQL cannot plan
+/// that query under the session's search path (`pg_catalog, pg_temp`), the table as its
+/// storage holds it, with why. Planning a query on a table expands the SQL functions its
+/// indexes, extended statistics and policies call, and parses their bodies under the
+/// session's path: a function that names objects without their schema (`unaccent(…)`,
+/// contrib's `ll_to_earth`) fails there, while a `COPY` of the table itself plans nothing.
+/// Inside a transaction (`in_transaction`) the attempt runs under a savepoint.
+pub async fn copy_out_table(
+    client: &Client,
+    table: &SourceTable,
+    in_transaction: bool,
+) -> Result<(tokio_postgres::CopyOutStream, Option<String>)> {
+    // Savepoints of one name stack up, one a table, in a read-only transaction that takes no
+    // transaction id: nothing to release.
+    if in_transaction {
+        client.batch_execute("SAVEPOINT crmvault_copy").await?;
+    }
+    let error = match client.copy_out(&table.copy_out_sql()).await {
+        Ok(stream) => return Ok((stream, None)),
+        Err(error) => error,
+    };
+    let Some(db) = error.as_db_error().filter(|_| unplannable(&error) && !table.columns.is_empty()) else {
+        return Err(error.into());
+    };
+    let why = format!("{} ({})", db.message(), db.where_().unwrap_or_default().replace('\n', "; "));
+    if in_transaction {
+        client.batch_execute("ROLLBACK TO SAVEPOINT crmvault_copy").await?;
+    }
+    Ok((client.copy_out(&table.copy_out_unplanned_sql()).await?, Some(why)))
+}
+
+/// An error PostgreSQL raises in the body of an SQL function it expands or runs for a table
+/// (planning a query on it, checking an index): a name the search path does not find
+/// (SQLSTATE class 42), in an SQL function's context.
+pub(crate) fn unplannable(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code().code().starts_with("42") && db.where_().is_some_and(|context| context.contains("SQL function"))
+    })
 }
 
 /// Reads every large object's contents as a COPY stream of (oid, bytea).

@@ -85,6 +85,9 @@ pub struct RestoreOptions {
     /// Beside live data, restore even when the snapshot's own functions would run while it
     /// loads as a superuser (`--trust-snapshot-code`).
     pub trust_snapshot_code: bool,
+    /// The `search_path` the snapshot's script runs under instead of pg_dump's empty one
+    /// (`--search-path`; whole restores only).
+    pub search_path: Option<postgres::script::SearchPath>,
     /// Part of the snapshot (`--table`, `--exclude-table`, `--schema-map`, `--data-only`);
     /// the default is all of it.
     pub part: PartOptions,
@@ -437,6 +440,13 @@ pub(crate) async fn restore(
     options: &RestoreOptions,
     progress: Shared,
 ) -> Result<(RestoreReport, Manifest)> {
+    if options.search_path.is_some() && !options.part.is_whole() {
+        return Err(Error::Invalid(
+            "--search-path is for restores of a whole snapshot (not with --table, --exclude-table, --schema-map, \
+             --rows or --data-only)"
+                .into(),
+        ));
+    }
     let mut warnings = Vec::new();
     let chosen = choose_snapshot(targets, keyring, options.into(), &mut warnings).await?;
     let (mut manifest, sources, mark, skipped_newer) =
@@ -647,6 +657,15 @@ pub(crate) async fn restore(
         let refreshed = &manifest.materialized_views;
         vet_scripts(&client, options, (&pre_data, &post_data), refreshed, &mut warnings).await?;
     }
+    // After the vetting, which reads pg_dump's preamble as pg_dump writes it.
+    let (pre_data, post_data) = match &options.search_path {
+        Some(path) => {
+            let (pre, post) = (&pre_data, &post_data);
+            let with = |script| postgres::script::with_search_path(script, path).map_err(Error::Invalid);
+            (with(pre)?, with(post)?)
+        }
+        None => (pre_data, post_data),
+    };
     // `--rows`: each table restored takes the rows chosen of it, and only those.
     let chosen_rows = related.as_ref().map(|related| {
         related

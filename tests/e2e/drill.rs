@@ -227,7 +227,7 @@ async fn the_proof_reads_the_database_a_changed_row_sequence_or_orphan_fails_it(
     let prove = || async {
         let mut proof = crmvault::drill::DrillReport::new(vec![repo.clone()], String::new(), &database);
         let silent: crmvault::progress::Shared = std::sync::Arc::new(crmvault::progress::Silent);
-        crmvault::drill::prove(&mut proof, &manifest, &admin, (&database, 2), &silent).await.unwrap();
+        crmvault::drill::prove(&mut proof, &manifest, &admin, (&database, 2, None), &silent).await.unwrap();
         proof.failures
     };
     assert_eq!(prove().await, Vec::<String>::new(), "as restored, it proves");

@@ -153,6 +153,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         create_roles: false,
         role: None,
         trust_snapshot_code: false,
+        search_path: None,
         part: crmvault::restore::PartOptions::default(),
     };
     let recorder = Arc::new(Recorder::default());
