@@ -3,6 +3,7 @@
 //! sequences, materialized views, the marker of an unfinished parallel restore, `--clean`).
 //! Which steps run in what order, and what happens on an error, is the restore's to decide.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -830,6 +831,35 @@ impl LoadSession {
     pub async fn schemas(&self) -> Result<Vec<String>> {
         let rows = self.client.query("SELECT nspname::text FROM pg_catalog.pg_namespace ORDER BY 1", &[]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// The objects of the database's own schemas a side object may name beside live data
+    /// ([`super::part::Spec::live_inert`]): types whose values run no code a role without
+    /// superuser wrote as they load: base types (made only by a superuser, their input in C;
+    /// an array only of such), enums, and domains with neither check nor default over one of
+    /// those owned by a superuser (its owner could add a check while the restore runs), where
+    /// no relation has the same name. No function (a name followed by a
+    /// parenthesis is never one of these): a check constraint could call an extension's C
+    /// function (`dblink_exec`) with arguments of the snapshot's choosing.
+    pub async fn live_inert(&self) -> Result<BTreeSet<(String, String)>> {
+        let sql = "WITH named AS ( \
+               SELECT t.typnamespace AS ns, t.typname AS name, \
+                 (t.typtype = 'b' AND (t.typelem = 0 OR (SELECT e.typtype FROM pg_catalog.pg_type e \
+                    WHERE e.oid = t.typelem) IN ('b', 'e'))) \
+                 OR t.typtype = 'e' \
+                 OR (t.typtype = 'd' AND t.typdefaultbin IS NULL \
+                   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = t.typowner) \
+                   AND NOT EXISTS ( \
+                   SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid) \
+                   AND (SELECT b.typtype FROM pg_catalog.pg_type b WHERE b.oid = t.typbasetype) IN ('b', 'e')) AS inert \
+               FROM pg_catalog.pg_type t \
+             UNION ALL SELECT c.relnamespace, c.relname, false FROM pg_catalog.pg_class c) \
+             SELECT n.nspname::text, named.name::text FROM named \
+             JOIN pg_catalog.pg_namespace n ON n.oid = named.ns \
+             WHERE n.nspname <> 'pg_catalog' \
+             GROUP BY 1, 2 HAVING pg_catalog.bool_and(named.inert)";
+        let rows = self.client.query(sql, &[]).await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// The columns of `table` (as the database has it) that its COPY would not give: COPY fills

@@ -39,8 +39,13 @@ pub struct Spec<'a> {
     /// too (into an empty database), or only those of a renamed schema (beside live data).
     pub beside_live_data: bool,
     /// The schemas of the database beside whose data the part is made: no statement may name an
-    /// object of one of them but through a renamed schema (`pg_catalog` aside).
+    /// object of one of them but through a renamed schema (`pg_catalog` aside), or one of
+    /// `live_inert`.
     pub live_schemas: &'a [String],
+    /// Objects of the live schemas that a side object may name, since naming them runs no code
+    /// a live role wrote and changes nothing of theirs (`schema`, `name`): an extension's types
+    /// (`public.hstore`, `public.citext`), enums, plain domains.
+    pub live_inert: &'a BTreeSet<(String, String)>,
 }
 
 /// The part: scripts to run, and what they make.
@@ -55,6 +60,9 @@ pub struct Part {
     pub relations: BTreeSet<TableName>,
     /// What was asked for or belongs to it and is not made, each said in a line.
     pub left_out: Vec<String>,
+    /// Relations asked for that cannot be made beside live data, each with why: their
+    /// definition names a live object (a restore of them there is refused).
+    pub unmade: Vec<String>,
     /// Every table, view and materialized view of the script (what patterns may name).
     pub candidates: BTreeSet<TableName>,
     /// The snapshot's own code the restore may run (`schema.name` as the snapshot names them):
@@ -124,8 +132,10 @@ struct Facts {
     triggers: Vec<String>,
     /// Every schema a name of its statements is qualified with (`app` in `app.f(x)`, `public`
     /// in `db.public.t`), and that of every literal that is a qualified name (`'app.seq'`):
-    /// aliases too (`d` in `d.id`), which are harmless unless they spell a live schema.
-    qualifiers: BTreeSet<String>,
+    /// aliases too (`d` in `d.id`), which are harmless unless they spell a live schema. With
+    /// the name it qualifies, when that is an identifier (`t`; `f()` when a parenthesis follows,
+    /// a call or a type modifier; `""` for `OPERATOR(app.###)`).
+    qualifiers: BTreeSet<(String, String)>,
     /// The schemas of objects a statement reaches beyond its own, which making it would change
     /// (a foreign key's table gains triggers, a parent gains a child, an operator its
     /// commutator or negator, a family its members): `REFERENCES`, `INHERITS`, `PARTITION OF`,
@@ -1317,12 +1327,16 @@ fn qualified_or_operator(tokens: &[Token<'_>], at: usize) -> Option<TableName> {
     Some(TableName { schema, name })
 }
 
-/// The schema of a literal that is a qualified name (`'app.seq'`, `'"App".seq'`: what
+/// The schema and name of a literal that is a qualified name (`'app.seq'`, `'"App".seq'`: what
 /// `::regclass` and `nextval` read), if it is one.
-fn literal_qualifier(literal: &str) -> Option<String> {
+fn literal_qualifier(literal: &str) -> Option<(String, String)> {
     let text = literal_text(literal.strip_prefix(['E', 'e']).unwrap_or(literal))?;
     let tokens: Vec<Token<'_>> = Lexer::new(&text).collect();
-    if tokens.len() >= 3 && tokens[1].is_punct('.') { name_of(&tokens[0]) } else { None }
+    if tokens.len() >= 3 && tokens[1].is_punct('.') {
+        Some((name_of(&tokens[0])?, name_of(&tokens[2]).unwrap_or_default()))
+    } else {
+        None
+    }
 }
 
 /// What follows `CREATE`/`ALTER` (`[OR REPLACE]`) in a statement on an object of the whole
@@ -1430,14 +1444,18 @@ fn facts(sql: &str) -> Facts {
     }
     for (at, token) in tokens.iter().enumerate() {
         if tokens.get(at + 1).is_some_and(|t| t.is_punct('.'))
-            && let Some(name) = name_of(token)
+            && let Some(schema) = name_of(token)
         {
-            facts.qualifiers.insert(name);
+            let mut name = tokens.get(at + 2).and_then(name_of).unwrap_or_default();
+            if tokens.get(at + 3).is_some_and(|t| t.is_punct('(')) {
+                name.push_str("()");
+            }
+            facts.qualifiers.insert((schema, name));
         }
         if token.kind == Kind::Literal
-            && let Some(schema) = literal_qualifier(token.text)
+            && let Some(qualified) = literal_qualifier(token.text)
         {
-            facts.qualifiers.insert(schema);
+            facts.qualifiers.insert(qualified);
         }
     }
     for at in 0..tokens.len() {
@@ -1695,17 +1713,23 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         Some(table) => kept.contains(*table),
         None => kept.contains(name),
     };
+    let live = |schema: &String| {
+        schema != "pg_catalog"
+            && renamed(spec.schema_map, schema).is_none()
+            && spec.live_schemas.iter().any(|live| live == schema)
+    };
+    // The live objects an entry names beside live data, but those naming which is inert.
+    let live_named = |facts: &Facts| -> Vec<String> {
+        let named = facts.qualifiers.iter().filter(|(schema, _)| live(schema));
+        let named = named.filter(|qualified| !spec.live_inert.contains(*qualified));
+        named.map(|(schema, name)| format!("{schema}.{name}")).collect()
+    };
     let keep = |kind: &str, facts: &Facts| -> bool {
         // Beside live data, an entry runs only if every statement acts on an object of a
         // renamed schema, decided from the statement, never the header (a name or an owner can
         // make a header say any schema): `CREATE FUNCTION app.f(c crm.t)` or `ALTER DOMAIN
         // app.d …` would make or change a live object. A database's or server's object (a
         // publication that would gain the side tables, say) is never made.
-        let live = |schema: &String| {
-            schema != "pg_catalog"
-                && renamed(spec.schema_map, schema).is_none()
-                && spec.live_schemas.iter().any(|live| live == schema)
-        };
         // `db.crm.contacts` is the live `crm.contacts` whatever `crm` is renamed to.
         let schema_inside =
             |name: &String| name == "pg_catalog" || renamed(spec.schema_map, name).is_some() || live(name);
@@ -1713,7 +1737,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             && (facts.global
                 || !facts.refused.is_empty()
                 || facts.inside.iter().any(schema_inside)
-                || facts.qualifiers.iter().any(live)
+                || !live_named(facts).is_empty()
                 || facts.statements.is_empty()
                 || !facts.statements.iter().all(|schema| in_scope(schema.as_deref()))
                 || !facts.reaches.iter().all(|schema| in_scope(Some(schema))))
@@ -1741,6 +1765,21 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         for entry in &script.entries {
             let facts = all_facts.next().expect("facts of every entry");
             if !keep(entry.kind, facts) {
+                // A relation asked for whose definition may not run here: refused, not made
+                // without it (its rows would have nowhere to go).
+                if let Some((name, _)) = facts.creates.as_ref().filter(|(name, _)| kept.contains(name)) {
+                    let named = live_named(facts);
+                    part.unmade.push(if named.is_empty() {
+                        format!("{}.{}: its definition reaches outside the side schemas", name.schema, name.name)
+                    } else {
+                        format!(
+                            "{}.{}: its definition names {} of the live database",
+                            name.schema,
+                            name.name,
+                            named.join(", ")
+                        )
+                    });
+                }
                 // Said only of a table restored: its key to one left out.
                 if facts.foreign_key
                     && let Some(table) = facts.altered.as_ref().filter(|table| kept.contains(table))
@@ -2474,7 +2513,13 @@ mod tests {
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+            &Spec {
+                wanted: &wanted,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
         );
         let made: Vec<String> = part.relations.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
         assert_eq!(made, ["crm.deals", "crm.deals_id_seq"]);
@@ -2502,7 +2547,13 @@ mod tests {
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &companies, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+            &Spec {
+                wanted: &companies,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(part.left_out.is_empty(), "{:?}", part.left_out);
     }
@@ -2513,7 +2564,13 @@ mod tests {
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+            &Spec {
+                wanted: &wanted,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(part.makes("crm", "p") && part.makes("crm", "p1"));
         assert!(part.post_data.contains("ATTACH PARTITION crm.p1_idx"));
@@ -2521,14 +2578,26 @@ mod tests {
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &wanted_parent, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+            &Spec {
+                wanted: &wanted_parent,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(part.makes("crm", "p1"));
         let view_only = self::wanted(&["crm.big_deals", "crm.deals"]);
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &view_only, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+            &Spec {
+                wanted: &view_only,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(!part.makes("crm", "big_deals"));
         assert!(part.left_out.iter().any(|l| l.starts_with("view crm.big_deals")), "{:?}", part.left_out);
@@ -2536,7 +2605,13 @@ mod tests {
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &both, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+            &Spec {
+                wanted: &both,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(part.makes("crm", "big_deals") && part.post_data.contains("FOREIGN KEY"));
         // An identity column's sequence comes with its table.
@@ -2605,7 +2680,13 @@ mod tests {
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &wanted,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         for renamed in [
             "CREATE SCHEMA \"crm_old\";",
@@ -2628,7 +2709,13 @@ mod tests {
         let part = select(
             &pre(),
             &post(),
-            &Spec { wanted: &none, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &none,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(part.pre_data.contains("CREATE SCHEMA \"public_old\";"), "{}", part.pre_data);
         assert!(!part.pre_data.contains("crm"), "{}", part.pre_data);
@@ -2649,7 +2736,13 @@ mod tests {
             let part = select(
                 &pre,
                 &post(),
-                &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+                &Spec {
+                    wanted: &wanted,
+                    schema_map: &map,
+                    beside_live_data: true,
+                    live_schemas: &live(),
+                    live_inert: &BTreeSet::new(),
+                },
             );
             assert!(!part.pre_data.contains("DROP TABLE"), "{}", part.pre_data);
         }
@@ -2665,7 +2758,13 @@ mod tests {
         let part = select(
             &format!("{preamble}{}", pre()),
             &post(),
-            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &wanted,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         let first = &part.pre_data[..part.pre_data.find("--").unwrap_or(part.pre_data.len())];
         assert_eq!(
@@ -2674,6 +2773,64 @@ mod tests {
              SET client_encoding = 'UTF8';\nSET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\
              SELECT pg_catalog.set_config('search_path', '', false);\n"
         );
+    }
+
+    #[test]
+    fn beside_live_data_a_table_may_name_the_live_types_that_run_no_code_and_one_naming_more_is_unmade() {
+        let map = [("crm".to_string(), "crm_old".to_string())];
+        let all_crm = |t: &TableName| t.schema == "crm";
+        let tables = [
+            entry("notes", "TABLE", "crm", "CREATE TABLE crm.notes (\n    id integer,\n    tags public.hstore,\n    mails public.citext[]\n);"),
+            entry("calls", "TABLE", "crm", "CREATE TABLE crm.calls (\n    id integer,\n    u uuid DEFAULT public.uuid_generate_v4()\n);"),
+            entry("made", "TABLE", "crm", "CREATE TABLE crm.made (\n    id integer,\n    CONSTRAINT c CHECK ((public.hstore('a', 'b') IS NOT NULL))\n);"),
+            entry("mail", "TABLE", "crm", "CREATE TABLE crm.mail (\n    id integer,\n    m public.mail\n);"),
+            entry("heir", "TABLE", "crm", "CREATE TABLE crm.heir (\n    tags public.hstore\n)\nINHERITS (public.live);"),
+        ]
+        .concat();
+        let inert: BTreeSet<(String, String)> =
+            [("public", "hstore"), ("public", "citext")].map(|(s, n)| (s.to_string(), n.to_string())).into();
+        let part = select(
+            &format!("{}{tables}", self::pre()),
+            &post(),
+            &Spec {
+                wanted: &all_crm,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &inert,
+            },
+        );
+        assert!(
+            part.pre_data
+                .contains("\"crm_old\".notes (\n    id integer,\n    tags public.hstore,\n    mails public.citext[]"),
+            "{}",
+            part.pre_data
+        );
+        assert_eq!(
+            part.unmade,
+            [
+                "crm.calls: its definition names public.uuid_generate_v4() of the live database",
+                "crm.made: its definition names public.hstore() of the live database",
+                "crm.mail: its definition names public.mail of the live database",
+                "crm.heir: its definition names public.live of the live database",
+            ]
+        );
+        for name in ["calls", "made", "mail", "heir"] {
+            assert!(!part.pre_data.contains(&format!(".{name} (")), "{name}: {}", part.pre_data);
+        }
+        // Into an empty database nothing is live.
+        let empty = select(
+            &format!("{}{tables}", self::pre()),
+            &post(),
+            &Spec {
+                wanted: &all_crm,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
+        );
+        assert!(empty.unmade.is_empty(), "{:?}", empty.unmade);
     }
 
     #[test]
@@ -2721,7 +2878,13 @@ mod tests {
         let part = select(
             &format!("{}{entries}", pre()),
             &post(),
-            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &all_crm,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         for n in 1..=attacks.len() {
             assert!(!part.pre_data.contains(&format!("/*m{n}*/")), "m{n}: {}", part.pre_data);
@@ -2736,7 +2899,13 @@ mod tests {
         let part = select(
             &format!("{}{entries}", pre()),
             &post(),
-            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &all_crm,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         for n in 1..=own.len() {
             assert!(part.pre_data.contains(&format!("/*k{n}*/")), "k{n}: {}", part.pre_data);
@@ -2747,7 +2916,13 @@ mod tests {
     fn the_routines_a_part_makes_and_the_restore_runs_are_named_and_c_is_never_made() {
         let map = [("crm".to_string(), "crm_old".to_string())];
         let all_crm = |t: &TableName| t.schema == "crm";
-        let spec = Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() };
+        let spec = Spec {
+            wanted: &all_crm,
+            schema_map: &map,
+            beside_live_data: true,
+            live_schemas: &live(),
+            live_inert: &BTreeSet::new(),
+        };
         let named = |names: &[&str]| names.iter().map(ToString::to_string).collect::<BTreeSet<_>>();
         // Every routine, operator and operator class counts, called or not: calls are spelled
         // too many ways to find (`crm_old.f(`, `U&"\0066"`, after `ON`), and an operator
@@ -2857,7 +3032,13 @@ mod tests {
             let part = select(
                 &pre,
                 &post(),
-                &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+                &Spec {
+                    wanted: &wanted,
+                    schema_map: &map,
+                    beside_live_data: true,
+                    live_schemas: &live(),
+                    live_inert: &BTreeSet::new(),
+                },
             );
             assert!(!part.pre_data.contains(setting), "{setting}: {}", part.pre_data);
         }
@@ -2871,7 +3052,13 @@ mod tests {
         let part = select(
             &pre,
             &post(),
-            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &all_crm,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(
             part.pre_data.contains("SET default_tablespace = '';\nCREATE TABLE \"crm_old\".t"),
@@ -2901,7 +3088,13 @@ mod tests {
         let part = select(
             &pre,
             &post(),
-            &Spec { wanted: &wanted, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &wanted,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(!part.pre_data.contains("evil") && !part.pre_data.contains("PUBLICATION"), "{}", part.pre_data);
         // Objects of a schema not renamed that name a side object are not made, nor changed.
@@ -2917,7 +3110,13 @@ mod tests {
         let part = select(
             &pre_reaching,
             &post(),
-            &Spec { wanted: &wanted_notes, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &wanted_notes,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         for live in ["app.fmt", "app.###", "ALTER DOMAIN"] {
             assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
@@ -2941,7 +3140,13 @@ mod tests {
         let part = select(
             &pre_changing,
             &post(),
-            &Spec { wanted: &all_crm, schema_map: &map, beside_live_data: true, live_schemas: &live() },
+            &Spec {
+                wanted: &all_crm,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live(),
+                live_inert: &BTreeSet::new(),
+            },
         );
         for live in ["app.###", "public.live", "app.evil"] {
             assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
@@ -2956,7 +3161,13 @@ mod tests {
         let part = select(
             &pre,
             &post(),
-            &Spec { wanted: &wanted, schema_map: &[], beside_live_data: false, live_schemas: &[] },
+            &Spec {
+                wanted: &wanted,
+                schema_map: &[],
+                beside_live_data: false,
+                live_schemas: &[],
+                live_inert: &BTreeSet::new(),
+            },
         );
         assert!(part.pre_data.contains("evil") && part.pre_data.contains("ADD TABLE ONLY crm.deals"));
     }

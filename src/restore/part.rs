@@ -133,9 +133,24 @@ pub(super) async fn choose(
     } else {
         (pre_data.to_string(), post_data.to_string())
     };
-    let live_schemas = if beside_live_data { client.schemas().await? } else { Vec::new() };
-    let spec = Spec { wanted: &wanted, schema_map: map, beside_live_data, live_schemas: &live_schemas };
+    let (live_schemas, live_inert) =
+        if beside_live_data { (client.schemas().await?, client.live_inert().await?) } else { Default::default() };
+    let spec = Spec {
+        wanted: &wanted,
+        schema_map: map,
+        beside_live_data,
+        live_schemas: &live_schemas,
+        live_inert: &live_inert,
+    };
     let selected = schema_part::select(&pre_data, &post_data, &spec);
+    if !selected.unmade.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cannot be made beside live data: {}; a side-schema restore names no live object but types that run no \
+             code (an extension's, enums, plain domains): it would run or change what a live role wrote. Restore the table into an \
+             empty database instead (--table … --db postgres://…/scratch), and compare from there",
+            selected.unmade.join("; ")
+        )));
+    }
     let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
     check_patterns(&filter, &names)?;
     if beside_live_data {

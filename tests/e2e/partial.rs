@@ -944,3 +944,31 @@ fn foreign_keys_do_not_reach_live_tables_through_partition_links_the_snapshot_al
     assert_eq!(source.sql("SELECT body FROM public.victim WHERE id = 5").trim(), "live, changed since");
     assert_eq!(source.sql("SELECT body FROM public.replies WHERE id = 7").trim(), "a reply");
 }
+
+#[test]
+fn beside_live_data_a_table_of_extension_types_restores_and_one_calling_a_live_function_is_refused_in_a_line() {
+    // hstore, citext and an enum of the live public schema: their values run no live role's
+    // code as they load, so the side table may name them.
+    let Ready { source, work, repo, .. } = Scenario::new("part_ext")
+        .sql(
+            "CREATE EXTENSION hstore; CREATE EXTENSION citext; CREATE EXTENSION \"uuid-ossp\"; \
+             CREATE TYPE public.stage AS ENUM ('lead', 'won'); CREATE SCHEMA crm; \
+             CREATE TABLE crm.notes (id integer PRIMARY KEY, tags hstore, mails citext[], stage stage); \
+             INSERT INTO crm.notes SELECT g, hstore('k', g::text), ARRAY['A@x.org'::citext], 'won' FROM generate_series(1, 50) g; \
+             CREATE TABLE crm.calls (id integer PRIMARY KEY, u uuid DEFAULT uuid_generate_v4()); \
+             INSERT INTO crm.calls (id) SELECT generate_series(1, 5);",
+        )
+        .init("repo")
+        .backup();
+    let before = rows(&source, "crm.notes", "id");
+    source.sql("UPDATE crm.notes SET tags = NULL");
+    work.restore_with(&repo, &source, &["--table", "crm.notes", "--schema-map", "crm=crm_side", "latest"]).ok();
+    assert_eq!(rows(&source, "crm_side.notes", "id"), before);
+    assert_ne!(rows(&source, "crm.notes", "id"), before, "the live table is untouched");
+
+    // A default calling the live public.uuid_generate_v4(): said before anything is made.
+    let schemas = source.sql("SELECT count(*) FROM pg_namespace");
+    work.restore_with(&repo, &source, &["--table", "crm.calls", "--schema-map", "crm=crm_side2", "latest"])
+        .fails_with(1, "crm.calls: its definition names public.uuid_generate_v4() of the live database");
+    assert_eq!(source.sql("SELECT count(*) FROM pg_namespace"), schemas);
+}
