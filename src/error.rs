@@ -391,11 +391,11 @@ impl From<tokio_postgres::Error> for Error {
 /// instead, or the whole chain of causes for client-side errors (TLS, network).
 pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
-        return match db.where_().and_then(sql_function_context) {
-            // A name an SQL function's body did not find (class 42): pg_dump's scripts run
-            // under an empty search_path, so a function written for the application's path
-            // fails while a restore builds an index or checks a constraint that calls it.
-            Some(function) if db.code().code().starts_with("42") => format!(
+        return match (unresolved_in_sql_function(error), db.where_().and_then(sql_function_context)) {
+            // pg_dump's scripts run under an empty search_path, so a function written for the
+            // application's path fails while a restore builds an index or checks a constraint
+            // that calls it.
+            (Some(function), _) => format!(
                 "{}, in SQL function {function}: it names objects without their schema, and \
                  restores run pg_dump's script under an empty search_path (pg_restore's fail the \
                  same way): restore with --search-path naming the schemas it needs, and give it \
@@ -403,8 +403,8 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
                  docs/OPERATIONS.md)",
                 db.message()
             ),
-            Some(function) => format!("{}, in SQL function {function}", db.message()),
-            None => db.message().to_string(),
+            (None, Some(function)) => format!("{}, in SQL function {function}", db.message()),
+            (None, None) => db.message().to_string(),
         };
     }
     let mut message = error.to_string();
@@ -416,10 +416,21 @@ pub(crate) fn postgres_message(error: &tokio_postgres::Error) -> String {
     message
 }
 
-/// The innermost SQL function an error's context names (`SQL function "f" during inlining`,
-/// `SQL function "f" statement 1`): `"f"`. Only the name: a context can quote the data.
+/// A name an SQL function's own body did not find under the session's search_path (a
+/// function, relation, type or column that does not exist, or an ambiguous call, raised in
+/// that body itself, not in code it called): the function, quoted.
+pub(crate) fn unresolved_in_sql_function(error: &tokio_postgres::Error) -> Option<&str> {
+    const UNRESOLVED: [&str; 5] = ["42883", "42P01", "42704", "42703", "42725"];
+    let db = error.as_db_error()?;
+    UNRESOLVED.contains(&db.code().code()).then_some(())?;
+    db.where_().and_then(sql_function_context)
+}
+
+/// The SQL function an error's context names first, where it was raised (`SQL function "f"
+/// during inlining`, `SQL function "f" statement 1`): `"f"`. Only the name: a context can
+/// quote the data. An error raised in PL/pgSQL code names that first, and is not one.
 fn sql_function_context(context: &str) -> Option<&str> {
-    let line = context.lines().find_map(|line| line.strip_prefix("SQL function "))?;
+    let line = context.lines().next()?.strip_prefix("SQL function ")?;
     let end = line.strip_prefix('"')?.find('"')?;
     Some(&line[..end + 2])
 }
@@ -519,6 +530,8 @@ mod tests {
         assert_eq!(super::sql_function_context(inlining), Some("\"f_unaccent\""));
         let nested = "SQL function \"earth\" statement 1\nSQL function \"ll_to_earth\" during inlining";
         assert_eq!(super::sql_function_context(nested), Some("\"earth\""));
+        let raised = "PL/pgSQL function public.cond() line 4 at RAISE\nSQL function \"wrap\" during inlining";
+        assert_eq!(super::sql_function_context(raised), None);
         assert_eq!(super::sql_function_context("COPY t, line 1, column c: \"secret\""), None);
         assert_eq!(super::sql_function_context("SQL function "), None);
         assert_eq!(super::sql_function_context("SQL function \"unclosed"), None);

@@ -41,6 +41,7 @@ pub(super) async fn read_everything(
 ) -> Result<ReadResult> {
     let pre = postgres::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PreData);
     let post = postgres::dump_schema(pg_dump, &options.database, &session.snapshot, Section::PostData);
+    let warnings = tables.iter().filter_map(needs_a_path).collect();
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
     let mut workers = JoinSet::new();
     for _ in 0..options.jobs.max(1) {
@@ -73,58 +74,55 @@ pub(super) async fn read_everything(
     let pre_data = encode_bytes(context, pre).await?;
     let post_data = encode_bytes(context, post).await?;
     let mut manifests = Vec::new();
-    let mut warnings = Vec::new();
     while let Some(result) = workers.join_next().await {
-        for (manifest, unordered) in result.expect("table readers do not panic")? {
-            if let Some(why) = unordered {
-                warnings.push(unordered_warning(&manifest, &why));
-            }
-            manifests.push(manifest);
-        }
+        manifests.extend(result.expect("table readers do not panic")?);
     }
     manifests.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
-    warnings.sort();
     let bytes_read = pre_data.bytes
         + post_data.bytes
         + manifests.iter().chain(large_objects.iter()).map(|t| t.data.bytes).sum::<u64>();
     Ok(ReadResult { pre_data, post_data, tables: manifests, large_objects, bytes_read, warnings })
 }
 
-/// What a table read in storage order means for its nights and for restoring it.
-fn unordered_warning(table: &TableManifest, why: &str) -> String {
+/// A table whose index calls an SQL function with no search_path of its own: what restoring
+/// it needs, said every night until the function has one.
+fn needs_a_path(table: &SourceTable) -> Option<String> {
+    if table.calls_needing_a_path.is_empty() {
+        return None;
+    }
+    let functions = table.calls_needing_a_path.iter().map(|f| crate::error::printable(f)).collect::<Vec<_>>();
     let warning = format!(
-        "{}.{}: read as stored, not by primary key (later nights store more of it again): PostgreSQL \
-         cannot plan a query on it under a safe search_path: {why}. An index, statistics object or \
-         policy on it calls an SQL function that names objects without their schema; restoring \
-         that index fails the same way (pg_restore's too): give the function a search_path \
-         (ALTER FUNCTION … SET search_path = …) or qualify the names in its body",
-        table.schema, table.name
+        "{}.{}: an index or statistics object on it calls {}, an SQL function with no search_path of its own: \
+         restoring it fails under pg_dump's empty search_path where the function names objects without their \
+         schema (pg_restore's too); restore with --search-path naming the schemas it needs, or give it one \
+         (ALTER FUNCTION … SET search_path = …; docs/OPERATIONS.md)",
+        crate::error::printable(&table.schema),
+        crate::error::printable(&table.name),
+        functions.join(", ")
     );
     tracing::warn!("{warning}");
-    warning
+    Some(warning)
 }
 
-/// Streams one table through an encoder (inside the snapshot's transaction); with why it was
-/// read as stored rather than in primary-key order, when it was.
+/// Streams one table through an encoder (inside the snapshot's transaction).
 pub(super) async fn read_table(
     client: &tokio_postgres::Client,
     table: &SourceTable,
     context: &EncoderContext,
     progress: &Progress,
-) -> Result<(TableManifest, Option<String>)> {
-    let (stream, unordered) = postgres::copy_out_table(client, table, true).await?;
+) -> Result<TableManifest> {
+    let stream = client.copy_out(&table.copy_out_sql()).await?;
     let (data, rows) = read_copy(stream, context, progress).await?;
     tracing::debug!(table = %table.qualified(), rows, bytes = data.bytes, "table read");
     progress.item_done(&format!("{}.{}", table.schema, table.name));
-    let manifest = TableManifest {
+    Ok(TableManifest {
         schema: table.schema.clone(),
         name: table.name.clone(),
         columns: table.columns.clone(),
         primary_key: table.primary_key.clone(),
         rows,
         data,
-    };
-    Ok((manifest, unordered))
+    })
 }
 
 /// Large objects' contents, when there are any.

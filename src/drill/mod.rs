@@ -275,10 +275,6 @@ pub async fn prove(
         }
     }
     report.phase("tables", clock);
-    // Read back as the backup read (its search_path); checked as the restore built.
-    if let Some(path) = search_path {
-        session.use_search_path(path).await?;
-    }
 
     let clock = Instant::now();
     let restored: HashMap<(String, String), (i64, bool)> =
@@ -309,7 +305,7 @@ pub async fn prove(
     progress.phase("checking constraints", Unit::Checks, Some(constraints.len() as u64));
     report.constraints.checked = constraints.len();
     for constraint in &constraints {
-        let broken = session.violations(constraint).await?;
+        let broken = session.violations(constraint, search_path).await?;
         progress.advance(1);
         if broken == 0 {
             continue;
@@ -326,7 +322,7 @@ pub async fn prove(
 
     let clock = Instant::now();
     progress.phase("checking indexes", Unit::Checks, None);
-    match session.check_indexes().await? {
+    match session.check_indexes(search_path).await? {
         Ok(IndexCheck { checked, problems, unchecked }) => {
             report.indexes.checked = checked;
             report.failures.extend(problems.iter().map(|p| format!("index {p}")));
@@ -442,7 +438,7 @@ async fn read_back(
     progress: &Shared,
 ) -> Result<(String, u64)> {
     let stream = match read {
-        ReadBack::Table(table) => session.copy_out_table(table).await?,
+        ReadBack::Table(table) => session.copy_out(&table.copy_out_sql()).await?,
         ReadBack::LargeObjects => session.copy_out(LARGE_OBJECTS_COPY_OUT).await?,
     };
     futures::pin_mut!(stream);

@@ -62,6 +62,13 @@ impl LoadSession {
         Ok(LoadSession { client, database: database.clone(), counter: tokio::sync::OnceCell::new() })
     }
 
+    /// From now on, names resolve in `path` after `pg_catalog` (`restore --search-path`).
+    pub async fn use_search_path(&self, path: &super::script::SearchPath) -> Result<()> {
+        let sql = "SELECT pg_catalog.set_config('search_path', $1, false)";
+        self.client.execute(sql, &[&path.to_string()]).await?;
+        Ok(())
+    }
+
     /// A transaction id no xid assigned so far reaches: one taken now, on another connection
     /// (its own transaction, committed at once). Every xid this session's transaction and its
     /// subtransactions hold is below it ([`written_by_this_transaction`]).

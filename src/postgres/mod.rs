@@ -61,7 +61,7 @@ pub use load::{
     INCOMPLETE_RESTORE_SCHEMA, LoadSession, OnConflict, RESTORE_MAINTENANCE_WORK_MEM, Server, ToastCompression,
     create_database,
 };
-pub use session::{LARGE_OBJECTS_COPY_OUT, SnapshotSession, SourceTable, attach_to_snapshot, copy_out_table};
+pub use session::{LARGE_OBJECTS_COPY_OUT, SnapshotSession, SourceTable, attach_to_snapshot};
 use tls::{Reach, RemoteHosts, TlsMode, TlsUse};
 
 /// What a connection string leaves unsaid, as the caller resolved it (the CLI reads

@@ -6,6 +6,7 @@
 use tokio_postgres::Client;
 
 use super::load::{SERVER_DATABASES, Server};
+use super::script::SearchPath;
 use super::session::{apply_settings, user_sequences, user_tables};
 use super::{Database, SourceTable, qualified, quote_ident};
 use crate::error::{Error, Result};
@@ -182,20 +183,6 @@ impl ProofSession {
         Ok(self.client.copy_out(sql).await?)
     }
 
-    /// Reads a table as the backup read it ([`super::copy_out_table`], under the same
-    /// `search_path`): in primary-key order, or as stored where the backup could not plan that.
-    pub async fn copy_out_table(&self, table: &SourceTable) -> Result<tokio_postgres::CopyOutStream> {
-        Ok(super::copy_out_table(&self.client, table, false).await?.0)
-    }
-
-    /// From now on, names resolve in `path` after `pg_catalog` (`drill --search-path`: the
-    /// snapshot's functions the checks call were restored for it).
-    pub async fn use_search_path(&self, path: &super::script::SearchPath) -> Result<()> {
-        let sql = "SELECT pg_catalog.set_config('search_path', $1, false)";
-        self.client.execute(sql, &[&path.to_string()]).await?;
-        Ok(())
-    }
-
     /// Every foreign key and check constraint of a user table, and every table's not-null
     /// columns together.
     pub async fn constraints(&self) -> Result<Vec<Constraint>> {
@@ -262,16 +249,30 @@ impl ProofSession {
     }
 
     /// How many rows break `constraint`.
-    pub async fn violations(&self, constraint: &Constraint) -> Result<u64> {
-        let count: i64 = self.client.query_one(&constraint.count_sql, &[]).await?.get(0);
-        Ok(u64::try_from(count).unwrap_or(0))
+    /// With `path` (`drill --search-path`), the count runs with it after `pg_catalog`, where
+    /// the constraint's expression calls the functions it is for; the catalog queries never.
+    pub async fn violations(&self, constraint: &Constraint, path: Option<&SearchPath>) -> Result<u64> {
+        self.set_path(path, true).await?;
+        let count = self.client.query_one(&constraint.count_sql, &[]).await;
+        self.set_path(path, false).await?;
+        Ok(u64::try_from(count?.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// With `path`, sets the session's search_path to it (after `pg_catalog`); after the
+    /// statement it is for, `set_path(path, false)` puts the session's own back.
+    async fn set_path(&self, path: Option<&SearchPath>, on: bool) -> Result<()> {
+        if let Some(path) = path {
+            let value = if on { path.to_string() } else { "pg_catalog, pg_temp".to_string() };
+            self.client.execute("SELECT pg_catalog.set_config('search_path', $1, false)", &[&value]).await?;
+        }
+        Ok(())
     }
 
     /// Checks every B-tree index of a user table against its table with amcheck's
     /// `bt_index_check(…, heapallindexed => true)`: (indexes checked, problems as
     /// `index: message`), or why it could not (amcheck not installed on the server, or
     /// creating the extension needs a superuser).
-    pub async fn check_indexes(&self) -> Result<std::result::Result<IndexCheck, String>> {
+    pub async fn check_indexes(&self, path: Option<&SearchPath>) -> Result<std::result::Result<IndexCheck, String>> {
         let schema = match self.amcheck_schema().await? {
             Ok(schema) => schema,
             Err(reason) => return Ok(Err(reason)),
@@ -287,12 +288,15 @@ impl ProofSession {
         let (mut problems, mut unchecked) = (Vec::new(), Vec::new());
         for row in &indexes {
             let (index_schema, name, oid): (String, String, u32) = (row.get(0), row.get(1), row.get(2));
-            match self.client.query(&check, &[&oid]).await {
+            self.set_path(path, true).await?;
+            let checked = self.client.query(&check, &[&oid]).await;
+            self.set_path(path, false).await?;
+            match checked {
                 Ok(_) => {}
                 // amcheck computes an expression index's entries under a safe search_path: a
                 // function of the index that needs another cannot be run there, which says
                 // nothing of the index.
-                Err(error) if super::session::unplannable(&error) => unchecked.push(format!(
+                Err(error) if crate::error::unresolved_in_sql_function(&error).is_some() => unchecked.push(format!(
                     "index {index_schema}.{name} not checked: amcheck cannot compute its entries: {}",
                     crate::error::postgres_message(&error)
                 )),

@@ -159,6 +159,9 @@ impl std::str::FromStr for SearchPath {
                 && name.ends_with('"')
                 && !name[1..name.len() - 1].contains(['"', '\0']);
             let unquoted = name.trim_matches('"');
+            if unquoted == "pg_catalog" {
+                return Err("pg_catalog is searched first without being named: give the other schemas".into());
+            }
             if !(plain || quoted) || unquoted.starts_with("pg_temp") || unquoted == "$user" {
                 return Err(format!(
                     "{name:?} is not a schema name: give schemas separated by commas (public, crm), a name with \
@@ -574,9 +577,20 @@ mod tests {
     fn a_search_path_is_schema_names_and_replaces_only_the_preambles_empty_one() {
         let path: SearchPath = " public ,crm_2, \"Sales Team\"".parse().unwrap();
         assert_eq!(path.to_string(), "public, crm_2, \"Sales Team\"");
-        for bad in
-            ["", "public;drop", "Public", "pg_temp", "\"pg_temp_3\"", "$user", "\"$user\"", "a,,b", "\"a\"b\"", "'x'"]
-        {
+        for bad in [
+            "",
+            "public;drop",
+            "Public",
+            "pg_temp",
+            "public, pg_catalog",
+            "\"pg_catalog\"",
+            "\"pg_temp_3\"",
+            "$user",
+            "\"$user\"",
+            "a,,b",
+            "\"a\"b\"",
+            "'x'",
+        ] {
             assert!(bad.parse::<SearchPath>().is_err(), "{bad:?}");
         }
         let body = "--\n-- Name: f; Type: FUNCTION\n--\n\nCREATE FUNCTION public.f() RETURNS text LANGUAGE sql \

@@ -21,6 +21,15 @@ pub struct SourceTable {
     pub primary_key: Vec<String>,
     /// On-disk size, to schedule big tables first.
     pub size: i64,
+    /// The functions outside `pg_catalog` its indexes and extended statistics call
+    /// (`schema.name`): PostgreSQL expands or runs them while it plans any query on the table,
+    /// as the session's role (a table owner's immutable function would run as the backup's),
+    /// so the table is read with a `COPY` of itself, which plans nothing, as stored.
+    pub calls: Vec<String>,
+    /// Of those, the SQL functions with no `search_path` of their own, whose bodies resolve
+    /// names under the caller's: restoring an index that calls one fails under pg_dump's
+    /// empty path (`restore --search-path`).
+    pub calls_needing_a_path: Vec<String>,
 }
 
 impl SourceTable {
@@ -29,12 +38,16 @@ impl SourceTable {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 
-    /// The `COPY … TO STDOUT` that reads it in primary-key order.
+    /// The `COPY … TO STDOUT` that reads it in primary-key order; as stored when it has no
+    /// primary key, or calls functions a query on it would run ([`SourceTable::calls`]).
     pub fn copy_out_sql(&self) -> String {
         if self.columns.is_empty() {
             return format!("COPY {} TO STDOUT", self.qualified());
         }
         let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        if !self.calls.is_empty() {
+            return format!("COPY {} ({}) TO STDOUT", self.qualified(), columns.join(", "));
+        }
         let order = if self.primary_key.is_empty() {
             String::new()
         } else {
@@ -43,56 +56,6 @@ impl SourceTable {
         };
         format!("COPY (SELECT {} FROM ONLY {}{order}) TO STDOUT", columns.join(", "), self.qualified())
     }
-
-    /// The `COPY … TO STDOUT` that reads it as its storage holds it, planning no query: for a
-    /// table PostgreSQL cannot plan a query on (see [`copy_out_table`]).
-    pub fn copy_out_unplanned_sql(&self) -> String {
-        if self.columns.is_empty() {
-            return format!("COPY {} TO STDOUT", self.qualified());
-        }
-        let columns: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
-        format!("COPY {} ({}) TO STDOUT", self.qualified(), columns.join(", "))
-    }
-}
-
-/// Opens a table's COPY stream: [`SourceTable::copy_out_sql`], or, when PostgreSQL cannot plan
-/// that query under the session's search path (`pg_catalog, pg_temp`), the table as its
-/// storage holds it, with why. Planning a query on a table expands the SQL functions its
-/// indexes, extended statistics and policies call, and parses their bodies under the
-/// session's path: a function that names objects without their schema (`unaccent(…)`,
-/// contrib's `ll_to_earth`) fails there, while a `COPY` of the table itself plans nothing.
-/// Inside a transaction (`in_transaction`) the attempt runs under a savepoint.
-pub async fn copy_out_table(
-    client: &Client,
-    table: &SourceTable,
-    in_transaction: bool,
-) -> Result<(tokio_postgres::CopyOutStream, Option<String>)> {
-    // Savepoints of one name stack up, one a table, in a read-only transaction that takes no
-    // transaction id: nothing to release.
-    if in_transaction {
-        client.batch_execute("SAVEPOINT crmvault_copy").await?;
-    }
-    let error = match client.copy_out(&table.copy_out_sql()).await {
-        Ok(stream) => return Ok((stream, None)),
-        Err(error) => error,
-    };
-    let Some(db) = error.as_db_error().filter(|_| unplannable(&error) && !table.columns.is_empty()) else {
-        return Err(error.into());
-    };
-    let why = format!("{} ({})", db.message(), db.where_().unwrap_or_default().replace('\n', "; "));
-    if in_transaction {
-        client.batch_execute("ROLLBACK TO SAVEPOINT crmvault_copy").await?;
-    }
-    Ok((client.copy_out(&table.copy_out_unplanned_sql()).await?, Some(why)))
-}
-
-/// An error PostgreSQL raises in the body of an SQL function it expands or runs for a table
-/// (planning a query on it, checking an index): a name the search path does not find
-/// (SQLSTATE class 42), in an SQL function's context.
-pub(crate) fn unplannable(error: &tokio_postgres::Error) -> bool {
-    error.as_db_error().is_some_and(|db| {
-        db.code().code().starts_with("42") && db.where_().is_some_and(|context| context.contains("SQL function"))
-    })
 }
 
 /// Reads every large object's contents as a COPY stream of (oid, bytea).
@@ -355,8 +318,20 @@ pub(super) async fn user_tables(client: &Client) -> Result<Vec<SourceTable>> {
               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
               WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}'), \
-           pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0) \
+           pg_relation_size(c.oid) + coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0), \
+           coalesce(f.calls, '{{}}'), coalesce(f.needing, '{{}}') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN LATERAL ( \
+           SELECT array_agg(DISTINCT pn.nspname || '.' || p.proname) AS calls, \
+             array_agg(DISTINCT pn.nspname || '.' || p.proname) FILTER (WHERE l.lanname = 'sql' \
+               AND p.prosqlbody IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) g WHERE g LIKE 'search\\_path=%')) AS needing \
+           FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid \
+           JOIN pg_namespace pn ON pn.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang \
+           WHERE d.refclassid = 'pg_proc'::regclass AND pn.nspname <> 'pg_catalog' AND ( \
+             (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = c.oid)) \
+             OR (d.classid = 'pg_statistic_ext'::regclass \
+               AND d.objid IN (SELECT x.oid FROM pg_statistic_ext x WHERE x.stxrelid = c.oid)))) f ON true \
          WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} \
          ORDER BY 5 DESC, 1, 2"
     );
@@ -369,6 +344,8 @@ pub(super) async fn user_tables(client: &Client) -> Result<Vec<SourceTable>> {
             columns: row.get(2),
             primary_key: row.get(3),
             size: row.get(4),
+            calls: row.get(5),
+            calls_needing_a_path: row.get(6),
         })
         .collect())
 }
@@ -426,7 +403,8 @@ pub async fn attach_to_snapshot(database: &Database, snapshot: &str) -> Result<C
     read_every_row(&client).await?;
     client
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}; \
+             SET synchronize_seqscans = off",
             quote_literal(snapshot)
         ))
         .await?;
@@ -445,10 +423,15 @@ mod tests {
             columns: vec!["id".into(), "e mail".into()],
             primary_key: vec!["id".into()],
             size: 0,
+            calls: Vec::new(),
+            calls_needing_a_path: Vec::new(),
         };
         assert_eq!(
             table.copy_out_sql(),
             "COPY (SELECT \"id\", \"e mail\" FROM ONLY \"crm\".\"Odd\"\"Name\" ORDER BY \"id\") TO STDOUT"
         );
+        // A table whose indexes call a function outside pg_catalog: no query is planned on it.
+        let calling = SourceTable { calls: vec!["public.f_unaccent".into()], ..table };
+        assert_eq!(calling.copy_out_sql(), "COPY \"crm\".\"Odd\"\"Name\" (\"id\", \"e mail\") TO STDOUT");
     }
 }

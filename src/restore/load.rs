@@ -16,7 +16,16 @@ use super::{RestoreOptions, Streams};
 pub(super) async fn session(options: &RestoreOptions, manifest: &Manifest) -> Result<LoadSession> {
     let settings = manifest.session.as_ref();
     let role = options.role.as_deref();
-    LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem, settings, role).await
+    let session =
+        LoadSession::open(&options.database, options.toast_compression, &options.maintenance_work_mem, settings, role)
+            .await?;
+    // `--search-path`: the scripts set it where they run; a connection that only loads rows
+    // (`--parallel`) needs it too, for the checks, generated columns and index entries that
+    // call the functions it is for.
+    if let Some(path) = &options.search_path {
+        session.use_search_path(path).await?;
+    }
+    Ok(session)
 }
 
 /// What loading a snapshot into the target needs.

@@ -143,14 +143,6 @@ pub(super) async fn choose(
         live_inert: &live_inert,
     };
     let selected = schema_part::select(&pre_data, &post_data, &spec);
-    if !selected.unmade.is_empty() {
-        return Err(Error::Invalid(format!(
-            "cannot be made beside live data: {}; a side-schema restore names no live object but types that run no \
-             code (an extension's, enums, plain domains): it would run or change what a live role wrote. Restore the table into an \
-             empty database instead (--table … --db postgres://…/scratch), and compare from there",
-            selected.unmade.join("; ")
-        )));
-    }
     let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
     check_patterns(&filter, &names)?;
     if beside_live_data {
@@ -168,6 +160,14 @@ pub(super) async fn choose(
                 if unmapped.len() > 1 { "s" } else { "" }
             )));
         }
+    }
+    if !selected.unmade.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cannot be made beside live data: {}; a side-schema restore names no live object but types that run no \
+             code (an extension's, enums, plain domains): it would run or change what a live role wrote. Restore the table into an \
+             empty database instead (--table … --db postgres://…/scratch), and compare from there",
+            selected.unmade.join("; ")
+        )));
     }
     check_map(map, selected.relations.iter().map(|t| t.schema.as_str()))?;
     if beside_live_data && superuser && !options.trust_snapshot_code && !selected.runs_own_code.is_empty() {
