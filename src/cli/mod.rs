@@ -364,8 +364,9 @@ enum Command {
         /// Run the snapshot's schema script under this search_path (schemas, comma-separated:
         /// `public`) instead of pg_dump's empty one: for a snapshot whose functions name
         /// objects without their schema and fail while the restore builds an index that calls
-        /// them (backup warns of each such table; docs/OPERATIONS.md). Whole restores only.
-        #[arg(long, value_name = "SCHEMAS", conflicts_with_all = ["tables", "exclude_tables", "schema_map", "data_only", "rows"])]
+        /// them (backup warns of each such table; docs/OPERATIONS.md); with --data-only or
+        /// --rows into live tables, the loading sessions' path. Not with --schema-map.
+        #[arg(long, value_name = "SCHEMAS", conflicts_with = "schema_map")]
         search_path: Option<crmvault::postgres::script::SearchPath>,
         /// Load rows only, into the target's existing tables (with --table, some of them; with
         /// --schema-map, under other schemas), in one transaction: a row that breaks a

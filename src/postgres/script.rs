@@ -127,8 +127,12 @@ const EMPTY_SEARCH_PATH: &str = "SELECT pg_catalog.set_config('search_path', '',
 /// their schema and are called while the restore builds an index or checks a constraint.
 /// `pg_catalog` stays first (PostgreSQL searches it first unless the path names it).
 pub fn with_search_path(text: &str, path: &SearchPath) -> Result<String, String> {
-    let preamble = parse(text).preamble;
-    let Some(at) = preamble.find(EMPTY_SEARCH_PATH) else {
+    let script = parse(text);
+    // A script of no entries (`--data-only`) makes nothing for the path to matter to.
+    if script.entries.is_empty() {
+        return Ok(text.to_string());
+    }
+    let Some(at) = script.preamble.find(EMPTY_SEARCH_PATH) else {
         return Err("the snapshot's schema script does not set search_path as pg_dump does".into());
     };
     let setting = format!("SELECT pg_catalog.set_config('search_path', {}, false);", super::quote_literal(&path.0));
@@ -603,6 +607,7 @@ mod tests {
                 "SET statement_timeout = 0;\nSELECT pg_catalog.set_config('search_path', 'public, \"o''k\"', false);\n\n{body}"
             )
         );
+        assert_eq!(with_search_path("SET statement_timeout = 0;\n", &crm).unwrap(), "SET statement_timeout = 0;\n");
         // Only the preamble's: a function body that says the same stays as it is.
         assert!(with_search_path(&format!("SET statement_timeout = 0;\n\n{body}"), &crm).is_err());
     }

@@ -440,12 +440,10 @@ pub(crate) async fn restore(
     options: &RestoreOptions,
     progress: Shared,
 ) -> Result<(RestoreReport, Manifest)> {
-    if options.search_path.is_some() && !options.part.is_whole() {
-        return Err(Error::Invalid(
-            "--search-path is for restores of a whole snapshot (not with --table, --exclude-table, --schema-map, \
-             --rows or --data-only)"
-                .into(),
-        ));
+    // Beside live data a side schema's definitions would resolve names among the live
+    // objects (an operator a live role made), which the side-schema rules keep them from.
+    if options.search_path.is_some() && !options.part.schema_map.is_empty() {
+        return Err(Error::Invalid("--search-path is not for side-schema restores (--schema-map)".into()));
     }
     let mut warnings = Vec::new();
     let chosen = choose_snapshot(targets, keyring, options.into(), &mut warnings).await?;

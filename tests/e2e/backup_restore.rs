@@ -737,6 +737,15 @@ fn a_table_whose_index_calls_a_function_written_for_the_apps_search_path_backs_u
         work.restore_with(&repo, &restored, &options).ok();
         assert_same_database(&source, &restored);
     }
+    // Rows only, into the live tables (whose index and check call the function): the loading
+    // session takes the path too.
+    let live = TestDb::create("app_path_live");
+    work.restore_with(&repo, &live, &["--trust-snapshot-code", "--search-path", "public"]).ok();
+    live.sql("TRUNCATE crm.contacts");
+    let data_only = ["--data-only", "--table", "crm.contacts"];
+    work.restore_with(&repo, &live, &data_only).fails_with(1, "--search-path");
+    work.restore_with(&repo, &live, &[&data_only[..], &["--search-path", "public"]].concat()).ok();
+    assert_same_database(&source, &live);
     let scratch = TestDb::unmade("app_path_drill");
     let (key, url) = (work.admin_key(), scratch.url());
     let drill = ["drill", "--json", "--repo", &repo, "--identity", &key, "--scratch-db", &url];
@@ -747,6 +756,6 @@ fn a_table_whose_index_calls_a_function_written_for_the_apps_search_path_backs_u
 
     // A search path is a list of schema names, and only a whole restore takes one.
     work.restore_with(&repo, &plain, &["--search-path", "public; DROP TABLE x"]).fails_with(2, "not a schema name");
-    work.restore_with(&repo, &plain, &["--search-path", "public", "--table", "crm.contacts"])
+    work.restore_with(&repo, &plain, &["--search-path", "public", "--schema-map", "crm=crm_side"])
         .fails_with(2, "cannot be used with");
 }
