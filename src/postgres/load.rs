@@ -841,24 +841,33 @@ impl LoadSession {
     }
 
     /// The objects of the database's own schemas a side object may name beside live data
-    /// ([`super::part::Spec::live_inert`]): types whose values run no code a role without
-    /// superuser wrote as they load: base types (made only by a superuser, their input in C;
-    /// an array only of such), enums, and domains with neither check nor default over one of
-    /// those owned by a superuser (its owner could add a check while the restore runs), where
-    /// no relation has the same name. No function (a name followed by a
-    /// parenthesis is never one of these): a check constraint could call an extension's C
-    /// function (`dblink_exec`) with arguments of the snapshot's choosing.
+    /// ([`super::part::Spec::live_inert`]): types whose values run no code of a role without
+    /// superuser as they load, and which no such role can change, replace or cast: members of
+    /// an extension a superuser owns (its members cannot be dropped alone, and only their
+    /// superuser owner may rename them or cast from or to them), that are base types (made
+    /// only by a superuser, their input in C; an array only of such), enums, or domains with
+    /// neither check nor default over a base type or enum that is no array; where no relation
+    /// has the same name. An application's own enum or domain is not one: its owner could
+    /// give it a cast or a check that would run as the restoring role. No function either (a
+    /// name followed by a parenthesis, or after `=`, is never one of these): a check
+    /// constraint could call an extension's C function (`dblink_exec`) with arguments of the
+    /// snapshot's choosing.
     pub async fn live_inert(&self) -> Result<BTreeSet<(String, String)>> {
         let sql = "WITH named AS ( \
                SELECT t.typnamespace AS ns, t.typname AS name, \
-                 (t.typtype = 'b' AND (t.typelem = 0 OR (SELECT e.typtype FROM pg_catalog.pg_type e \
-                    WHERE e.oid = t.typelem) IN ('b', 'e'))) \
-                 OR t.typtype = 'e' \
-                 OR (t.typtype = 'd' AND t.typdefaultbin IS NULL \
-                   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = t.typowner) \
-                   AND NOT EXISTS ( \
-                   SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid) \
-                   AND (SELECT b.typtype FROM pg_catalog.pg_type b WHERE b.oid = t.typbasetype) IN ('b', 'e')) AS inert \
+                 EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                   JOIN pg_catalog.pg_extension x ON x.oid = d.refobjid \
+                   JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
+                   WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid \
+                     AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e' \
+                     AND r.rolsuper) \
+                 AND ((t.typtype = 'b' AND (t.typelem = 0 OR (SELECT e.typtype FROM pg_catalog.pg_type e \
+                       WHERE e.oid = t.typelem) IN ('b', 'e'))) \
+                   OR t.typtype = 'e' \
+                   OR (t.typtype = 'd' AND t.typdefaultbin IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid) \
+                     AND (SELECT b.typtype IN ('b', 'e') AND b.typelem = 0 FROM pg_catalog.pg_type b \
+                       WHERE b.oid = t.typbasetype))) AS inert \
                FROM pg_catalog.pg_type t \
              UNION ALL SELECT c.relnamespace, c.relname, false FROM pg_catalog.pg_class c) \
              SELECT n.nspname::text, named.name::text FROM named \

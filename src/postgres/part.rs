@@ -1422,6 +1422,9 @@ fn inherited(statement: &[Token<'_>]) -> Vec<TableName> {
     Vec::new()
 }
 
+/// The longest name PostgreSQL keeps (NAMEDATALEN − 1).
+const MAX_NAME_BYTES: usize = 63;
+
 /// The tokens of `sql` that mean something (no spaces, no comments).
 fn significant(sql: &str) -> Vec<Token<'_>> {
     Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect()
@@ -1442,12 +1445,22 @@ fn facts(sql: &str) -> Facts {
             }
         }
     }
+    // PostgreSQL cuts a longer name to 63 bytes: `<63 s>xyz.f` is the schema of 63 s's, which
+    // these rules would not read as the live schema it is.
+    if let Some(long) = tokens.iter().filter_map(name_of).find(|name| name.len() > MAX_NAME_BYTES) {
+        let start: String = long.chars().take(20).collect();
+        facts.refused.push(format!("a name longer than {MAX_NAME_BYTES} bytes ({}…)", crate::error::printable(&start)));
+    }
     for (at, token) in tokens.iter().enumerate() {
         if tokens.get(at + 1).is_some_and(|t| t.is_punct('.'))
             && let Some(schema) = name_of(token)
         {
             let mut name = tokens.get(at + 2).and_then(name_of).unwrap_or_default();
-            if tokens.get(at + 3).is_some_and(|t| t.is_punct('(')) {
+            // A call, a type modifier, or a function named as an option's value
+            // (`SUBTYPE_DIFF = public.f`, `FUNCTION = …`): never a type that runs no code.
+            if tokens.get(at + 3).is_some_and(|t| t.is_punct('('))
+                || at.checked_sub(1).and_then(|before| tokens.get(before)).is_some_and(|t| t.text == "=")
+            {
                 name.push_str("()");
             }
             facts.qualifiers.insert((schema, name));
@@ -1769,15 +1782,12 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
                 // without it (its rows would have nowhere to go).
                 if let Some((name, _)) = facts.creates.as_ref().filter(|(name, _)| kept.contains(name)) {
                     let named = live_named(facts);
+                    let table = crate::error::printable(&format!("{}.{}", name.schema, name.name));
                     part.unmade.push(if named.is_empty() {
-                        format!("{}.{}: its definition reaches outside the side schemas", name.schema, name.name)
+                        format!("{table}: its definition reaches outside the side schemas")
                     } else {
-                        format!(
-                            "{}.{}: its definition names {} of the live database",
-                            name.schema,
-                            name.name,
-                            named.join(", ")
-                        )
+                        let named: Vec<String> = named.iter().map(|n| crate::error::printable(n)).collect();
+                        format!("{table}: its definition names {} of the live database", named.join(", "))
                     });
                 }
                 // Said only of a table restored: its key to one left out.
@@ -2785,6 +2795,8 @@ mod tests {
             entry("made", "TABLE", "crm", "CREATE TABLE crm.made (\n    id integer,\n    CONSTRAINT c CHECK ((public.hstore('a', 'b') IS NOT NULL))\n);"),
             entry("mail", "TABLE", "crm", "CREATE TABLE crm.mail (\n    id integer,\n    m public.mail\n);"),
             entry("heir", "TABLE", "crm", "CREATE TABLE crm.heir (\n    tags public.hstore\n)\nINHERITS (public.live);"),
+            entry("r", "TYPE", "crm", "CREATE TYPE crm.r AS RANGE (\n    subtype = integer,\n    subtype_diff = public.hstore\n);"),
+            entry("long", "TABLE", "crm", &format!("CREATE TABLE crm.long (\n    id integer CHECK (({}xyz.evil(id) > 0))\n);", "s".repeat(63))),
         ]
         .concat();
         let inert: BTreeSet<(String, String)> =
@@ -2813,8 +2825,11 @@ mod tests {
                 "crm.made: its definition names public.hstore() of the live database",
                 "crm.mail: its definition names public.mail of the live database",
                 "crm.heir: its definition names public.live of the live database",
+                "crm.long: its definition reaches outside the side schemas",
             ]
         );
+        // A function named as an option's value is a function, whatever type shares its name.
+        assert!(!part.pre_data.contains("subtype_diff"), "{}", part.pre_data);
         for name in ["calls", "made", "mail", "heir"] {
             assert!(!part.pre_data.contains(&format!(".{name} (")), "{name}: {}", part.pre_data);
         }

@@ -21,8 +21,8 @@ pub struct SourceTable {
     pub primary_key: Vec<String>,
     /// On-disk size, to schedule big tables first.
     pub size: i64,
-    /// The functions outside `pg_catalog` its indexes and extended statistics call
-    /// (`schema.name`): PostgreSQL expands or runs them while it plans any query on the table,
+    /// The functions and operators outside `pg_catalog` its indexes and extended statistics
+    /// call (`schema.name`): PostgreSQL expands or runs them while it plans any query on the table,
     /// as the session's role (a table owner's immutable function would run as the backup's),
     /// so the table is read with a `COPY` of itself, which plans nothing, as stored.
     pub calls: Vec<String>,
@@ -322,16 +322,24 @@ pub(super) async fn user_tables(client: &Client) -> Result<Vec<SourceTable>> {
            coalesce(f.calls, '{{}}'), coalesce(f.needing, '{{}}') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          LEFT JOIN LATERAL ( \
-           SELECT array_agg(DISTINCT pn.nspname || '.' || p.proname) AS calls, \
-             array_agg(DISTINCT pn.nspname || '.' || p.proname) FILTER (WHERE l.lanname = 'sql' \
-               AND p.prosqlbody IS NULL \
+           WITH deps AS ( \
+             SELECT d.refclassid, d.refobjid FROM pg_depend d \
+             WHERE (d.classid = 'pg_class'::regclass \
+                 AND d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = c.oid)) \
+               OR (d.classid = 'pg_statistic_ext'::regclass \
+                 AND d.objid IN (SELECT x.oid FROM pg_statistic_ext x WHERE x.stxrelid = c.oid))), \
+           called AS ( \
+             SELECT pn.nspname || '.' || p.proname AS name, p.oid AS code FROM deps \
+             JOIN pg_proc p ON p.oid = deps.refobjid JOIN pg_namespace pn ON pn.oid = p.pronamespace \
+             WHERE deps.refclassid = 'pg_proc'::regclass AND pn.nspname <> 'pg_catalog' \
+             UNION ALL \
+             SELECT opn.nspname || '.' || o.oprname, o.oprcode FROM deps \
+             JOIN pg_operator o ON o.oid = deps.refobjid JOIN pg_namespace opn ON opn.oid = o.oprnamespace \
+             WHERE deps.refclassid = 'pg_operator'::regclass AND opn.nspname <> 'pg_catalog') \
+           SELECT array_agg(DISTINCT called.name) AS calls, \
+             array_agg(DISTINCT called.name) FILTER (WHERE l.lanname = 'sql' AND p.prosqlbody IS NULL \
                AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) g WHERE g LIKE 'search\\_path=%')) AS needing \
-           FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid \
-           JOIN pg_namespace pn ON pn.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang \
-           WHERE d.refclassid = 'pg_proc'::regclass AND pn.nspname <> 'pg_catalog' AND ( \
-             (d.classid = 'pg_class'::regclass AND d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = c.oid)) \
-             OR (d.classid = 'pg_statistic_ext'::regclass \
-               AND d.objid IN (SELECT x.oid FROM pg_statistic_ext x WHERE x.stxrelid = c.oid)))) f ON true \
+           FROM called JOIN pg_proc p ON p.oid = called.code JOIN pg_language l ON l.oid = p.prolang) f ON true \
          WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {USER_SCHEMAS} AND {NOT_FROM_EXTENSION} \
          ORDER BY 5 DESC, 1, 2"
     );

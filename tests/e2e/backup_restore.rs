@@ -705,6 +705,13 @@ fn a_table_whose_index_calls_a_function_written_for_the_apps_search_path_backs_u
                RETURN ''; END $$; \
              CREATE TABLE crm.tags (id integer PRIMARY KEY, name text); \
              CREATE INDEX tags_name ON crm.tags ((name || public.suffix())); \
+             CREATE FUNCTION public.glue(a text, b text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN \
+               IF current_setting('transaction_read_only') = 'on' THEN RAISE EXCEPTION 'ran in a read-only query'; END IF; \
+               RETURN a || b; END $$; \
+             CREATE OPERATOR public.||| (FUNCTION = public.glue, LEFTARG = text, RIGHTARG = text); \
+             CREATE TABLE crm.glued (id integer PRIMARY KEY, name text); \
+             CREATE INDEX glued_name ON crm.glued ((name OPERATOR(public.|||) 'x')) WHERE id > ('1'::text OPERATOR(public.|||) '2'::text)::integer; \
+             INSERT INTO crm.glued SELECT g, 'glued ' || g FROM generate_series(1, 20) g; \
              INSERT INTO crm.tags SELECT g, 'tag ' || g FROM generate_series(1, 30) g;",
         )
         .init("repo");
@@ -718,7 +725,7 @@ fn a_table_whose_index_calls_a_function_written_for_the_apps_search_path_backs_u
             && !warnings.contains("crm.tags"),
         "{warnings}"
     );
-    assert_eq!(report["rows"], 430, "{report}");
+    assert_eq!(report["rows"], 450, "{report}");
 
     // pg_dump's empty search_path fails the index build, as pg_restore's does: one line
     // that names the way out, and nothing restored.
