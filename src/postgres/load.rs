@@ -36,6 +36,25 @@ pub struct LoadSession {
     counter: tokio::sync::OnceCell<Client>,
 }
 
+/// Whether type `t` (a `pg_type` row) is one a side definition may name beside live data
+/// ([`LoadSession::live_inert`]).
+const INERT_TYPE: &str = "((EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+       JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
+       JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
+       WHERE e.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND e.objid = t.oid \
+         AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND e.deptype = 'e' AND r.rolsuper) \
+     AND ((t.typtype = 'b' AND t.typelem = 0) \
+       OR t.typtype = 'e' \
+       OR (t.typtype = 'd' AND t.typdefaultbin IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid) \
+         AND (SELECT b.typtype IN ('b', 'e') AND b.typelem = 0 FROM pg_catalog.pg_type b \
+           WHERE b.oid = t.typbasetype)))) \
+   OR (t.typtype = 'b' AND t.typcategory = 'A' AND EXISTS (SELECT 1 FROM pg_catalog.pg_type v \
+     JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND e.objid = v.oid \
+       AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND e.deptype = 'e' \
+     JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
+     WHERE v.oid = t.typelem AND r.rolsuper AND v.typtype IN ('b', 'e') AND v.typelem = 0)))";
+
 impl LoadSession {
     /// Connects, then sets `default_toast_compression` for `toast_compression`, raises
     /// `maintenance_work_mem` to `maintenance_work_mem` (PostgreSQL's units) when it is lower,
@@ -60,6 +79,59 @@ impl LoadSession {
             super::session::apply_settings(&client, settings).await?;
         }
         Ok(LoadSession { client, database: database.clone(), counter: tokio::sync::OnceCell::new() })
+    }
+
+    /// Refuses, beside live data after the side schemas' pre-data DDL and before any row
+    /// loads, a side object that depends on an object outside `side` and `pg_catalog` other than
+    /// a type [`LoadSession::live_inert`] allows, judged by the oid the DDL bound, now: the
+    /// names were checked before the DDL ran, and whoever owns a live schema could rename it
+    /// and put another object under the name meanwhile. Once bound, the type cannot be
+    /// dropped before this transaction ends (its drop would need the side table's lock).
+    pub async fn refuse_live_dependencies(&self, side: &[&str]) -> Result<()> {
+        let side: Vec<String> = side.iter().map(|s| (*s).to_string()).collect();
+        let sql = format!(
+            "WITH side AS (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY ($1)), \
+             made AS ( \
+               SELECT 'pg_catalog.pg_class'::pg_catalog.regclass AS classid, c.oid FROM pg_catalog.pg_class c \
+                 WHERE c.relnamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, t.oid FROM pg_catalog.pg_type t \
+                 WHERE t.typnamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid FROM pg_catalog.pg_proc p \
+                 WHERE p.pronamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, k.oid FROM pg_catalog.pg_constraint k \
+                 WHERE k.connamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass, a.oid FROM pg_catalog.pg_attrdef a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.adrelid WHERE c.relnamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_trigger'::pg_catalog.regclass, g.oid FROM pg_catalog.pg_trigger g \
+                 JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid WHERE c.relnamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_rewrite'::pg_catalog.regclass, r.oid FROM pg_catalog.pg_rewrite r \
+                 JOIN pg_catalog.pg_class c ON c.oid = r.ev_class WHERE c.relnamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_policy'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_policy o \
+                 JOIN pg_catalog.pg_class c ON c.oid = o.polrelid WHERE c.relnamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass, x.oid FROM pg_catalog.pg_statistic_ext x \
+                 WHERE x.stxnamespace IN (SELECT oid FROM side) \
+               UNION ALL SELECT 'pg_catalog.pg_operator'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_operator o \
+                 WHERE o.oprnamespace IN (SELECT oid FROM side)) \
+             SELECT DISTINCT r.type || ' ' || r.identity FROM pg_catalog.pg_depend d \
+             JOIN made m ON m.classid = d.classid AND m.oid = d.objid, \
+             LATERAL pg_catalog.pg_identify_object(d.refclassid, d.refobjid, 0) r \
+             WHERE d.deptype IN ('n', 'a') AND r.schema IS NOT NULL AND r.schema <> 'pg_catalog' \
+               AND r.schema <> ALL (SELECT pg_catalog.quote_ident(s) FROM pg_catalog.unnest($1::text[]) s) \
+               AND NOT (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND EXISTS ( \
+                 SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = d.refobjid AND {INERT_TYPE})) \
+             ORDER BY 1 LIMIT 10"
+        );
+        let found = self.own_query(&sql, &[&side]).await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = found.iter().map(|row| crate::error::printable(&row.get::<_, String>(0))).collect();
+        Err(Error::Invalid(format!(
+            "the side schemas' definitions depend on live objects that run or may change a live role's code: {}; \
+             refused, nothing was restored (the database's schemas changed while the restore ran, or the \
+             snapshot's script is not what pg_dump writes)",
+            named.join(", ")
+        )))
     }
 
     /// From now on, names resolve in `path` after `pg_catalog` (`restore --search-path`).
@@ -853,28 +925,20 @@ impl LoadSession {
     /// constraint could call an extension's C function (`dblink_exec`) with arguments of the
     /// snapshot's choosing.
     pub async fn live_inert(&self) -> Result<BTreeSet<(String, String)>> {
-        let sql = "WITH named AS ( \
-               SELECT t.typnamespace AS ns, t.typname AS name, \
-                 EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-                   JOIN pg_catalog.pg_extension x ON x.oid = d.refobjid \
-                   JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
-                   WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid \
-                     AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e' \
-                     AND r.rolsuper) \
-                 AND ((t.typtype = 'b' AND (t.typelem = 0 OR (SELECT e.typtype FROM pg_catalog.pg_type e \
-                       WHERE e.oid = t.typelem) IN ('b', 'e'))) \
-                   OR t.typtype = 'e' \
-                   OR (t.typtype = 'd' AND t.typdefaultbin IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid) \
-                     AND (SELECT b.typtype IN ('b', 'e') AND b.typelem = 0 FROM pg_catalog.pg_type b \
-                       WHERE b.oid = t.typbasetype))) AS inert \
-               FROM pg_catalog.pg_type t \
-             UNION ALL SELECT c.relnamespace, c.relname, false FROM pg_catalog.pg_class c) \
+        let sql = format!(
+            "WITH named AS ( \
+               SELECT t.typnamespace AS ns, t.typname AS name, {INERT_TYPE} AS inert FROM pg_catalog.pg_type t \
+             UNION ALL SELECT c.relnamespace, c.relname, false FROM pg_catalog.pg_class c \
+             UNION ALL SELECT d.dictnamespace, d.dictname, false FROM pg_catalog.pg_ts_dict d \
+             UNION ALL SELECT f.cfgnamespace, f.cfgname, false FROM pg_catalog.pg_ts_config f \
+             UNION ALL SELECT v.connamespace, v.conname, false FROM pg_catalog.pg_conversion v \
+             UNION ALL SELECT l.collnamespace, l.collname, false FROM pg_catalog.pg_collation l) \
              SELECT n.nspname::text, named.name::text FROM named \
              JOIN pg_catalog.pg_namespace n ON n.oid = named.ns \
              WHERE n.nspname <> 'pg_catalog' \
-             GROUP BY 1, 2 HAVING pg_catalog.bool_and(named.inert)";
-        let rows = self.client.query(sql, &[]).await?;
+             GROUP BY 1, 2 HAVING pg_catalog.bool_and(named.inert)"
+        );
+        let rows = self.client.query(&sql, &[]).await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 

@@ -109,7 +109,8 @@ impl Load<'_> {
         self.refuse_changing_calls().await?;
         self.refuse_code_the_script_hid().await?;
         self.warn_of_functions_run_as_superuser().await?;
-        if side.is_some() {
+        if let Some(side) = &side {
+            client.refuse_live_dependencies(side).await?;
             self.check_every_column_is_loaded().await?;
         }
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.

@@ -977,3 +977,67 @@ fn beside_live_data_a_table_of_extension_types_restores_and_one_calling_a_live_f
         .fails_with(1, "crm.deals: its definition names public.stage of the live database");
     assert_eq!(source.sql("SELECT count(*) FROM pg_namespace"), schemas);
 }
+
+#[test]
+fn a_live_type_swapped_while_a_side_schema_restore_waits_is_refused_by_what_the_ddl_bound() {
+    use std::io::Write;
+    // The database's owner (not a superuser) owns public on PostgreSQL 15; a superuser made
+    // the ltree extension there: its type may be named by a side table.
+    let role = format!("part_swap_app_{}", std::process::id());
+    let _role = DropRole(role.clone());
+    psql("postgres", &format!("CREATE ROLE {role}"));
+    let Ready { source, work, repo, .. } = Scenario::new("part_swap")
+        .sql(
+            "CREATE EXTENSION ltree; CREATE SCHEMA crm; \
+             CREATE TABLE crm.paths (id integer PRIMARY KEY, l public.ltree); \
+             INSERT INTO crm.paths SELECT g, ('a.b' || g)::public.ltree FROM generate_series(1, 20) g;",
+        )
+        .init("repo");
+    psql("postgres", &format!("ALTER DATABASE {} OWNER TO {role}", source.name));
+    work.backup(&source, &repo);
+    let waiting = |sql_start: &str, how: &str| {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '{sql_start}%' AND {how}",
+            source.name
+        );
+        for _ in 0..200 {
+            if psql("postgres", &sql).trim() == "1" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("nothing came to {sql}");
+    };
+    // The owner holds the side schema's name in an open transaction, so the restore waits
+    // between reading the live types and making the side table…
+    let mut holder = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &source.url()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql runs");
+    let mut hold = holder.stdin.take().unwrap();
+    writeln!(hold, "SET ROLE {role}; BEGIN; CREATE SCHEMA crm_side;").unwrap();
+    waiting("CREATE SCHEMA crm_side", "state = 'idle in transaction'");
+    let (key, url) = (work.admin_key(), source.url());
+    let restore = work
+        .command()
+        .args(["restore", "--repo", &repo, "--identity", &key, "--db", &url])
+        .args(["--table", "crm.paths", "--schema-map", "crm=crm_side", "latest"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("crmvault runs");
+    waiting("CREATE SCHEMA", "wait_event_type = 'Lock'");
+    // …and meanwhile puts a domain of its own, with a check, under the type's name.
+    source.sql(&format!(
+        "SET ROLE {role}; ALTER SCHEMA public RENAME TO public_real; CREATE SCHEMA public; \
+         CREATE DOMAIN public.ltree AS text CHECK (length(VALUE) > 0);"
+    ));
+    writeln!(hold, "ROLLBACK;").unwrap();
+    drop(hold);
+    holder.wait().unwrap();
+    let run = crate::common::Run::from(&restore.wait_with_output().unwrap());
+    run.fails_with(1, "depend on live objects that run or may change a live role's code: type public.ltree");
+    assert_eq!(source.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'crm_side'").trim(), "0");
+}
