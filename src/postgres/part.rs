@@ -1737,7 +1737,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         let named = named.filter(|qualified| !spec.live_inert.contains(*qualified));
         named.map(|(schema, name)| format!("{schema}.{name}")).collect()
     };
-    let keep = |kind: &str, facts: &Facts| -> bool {
+    let keep = |kind: &str, facts: &Facts, pre_data: bool| -> bool {
         // Beside live data, an entry runs only if every statement acts on an object of a
         // renamed schema, decided from the statement, never the header (a name or an owner can
         // make a header say any schema): `CREATE FUNCTION app.f(c crm.t)` or `ALTER DOMAIN
@@ -1751,6 +1751,9 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
                 || !facts.refused.is_empty()
                 || facts.inside.iter().any(schema_inside)
                 || !live_named(facts).is_empty()
+                // After the rows load (indexes, constraints), no live type either: what the
+                // definitions bind is checked before the rows load.
+                || (!pre_data && facts.qualifiers.iter().any(|(schema, _)| live(schema)))
                 || facts.statements.is_empty()
                 || !facts.statements.iter().all(|schema| in_scope(schema.as_deref()))
                 || !facts.reaches.iter().all(|schema| in_scope(Some(schema))))
@@ -1777,7 +1780,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         out.push_str(&settings_only(script.preamble));
         for entry in &script.entries {
             let facts = all_facts.next().expect("facts of every entry");
-            if !keep(entry.kind, facts) {
+            if !keep(entry.kind, facts, pre_data) {
                 // A relation asked for whose definition may not run here: refused, not made
                 // without it (its rows would have nowhere to go).
                 if let Some((name, _)) = facts.creates.as_ref().filter(|(name, _)| kept.contains(name)) {
@@ -2801,9 +2804,15 @@ mod tests {
         .concat();
         let inert: BTreeSet<(String, String)> =
             [("public", "hstore"), ("public", "citext")].map(|(s, n)| (s.to_string(), n.to_string())).into();
+        let index = entry(
+            "notes_tags",
+            "INDEX",
+            "crm",
+            "CREATE INDEX notes_tags ON crm.notes USING btree (((tags)::public.hstore));",
+        );
         let part = select(
             &format!("{}{tables}", self::pre()),
-            &post(),
+            &format!("{}{index}", post()),
             &Spec {
                 wanted: &all_crm,
                 schema_map: &map,
@@ -2812,6 +2821,9 @@ mod tests {
                 live_inert: &inert,
             },
         );
+        // After the rows load, not even such a type: what the definitions bind is checked by
+        // oid before the rows load.
+        assert!(!part.post_data.contains("notes_tags"), "{}", part.post_data);
         assert!(
             part.pre_data
                 .contains("\"crm_old\".notes (\n    id integer,\n    tags public.hstore,\n    mails public.citext[]"),

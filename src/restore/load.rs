@@ -120,6 +120,7 @@ impl Load<'_> {
         }
         self.finish(post_data).await?;
         if let Some(side) = &side {
+            client.refuse_live_dependencies(side).await?;
             self.check_nothing_outside_changed(side, &before).await?;
             self.refuse_changing_calls().await?;
             client.keep_to_owner(side).await?;
