@@ -83,7 +83,9 @@ impl LoadSession {
 
     /// Refuses, beside live data after the side schemas' pre-data DDL and before any row
     /// loads, a side object that depends on an object outside `side` and `pg_catalog` other than
-    /// a type [`LoadSession::live_inert`] allows, judged by the oid the DDL bound, now: the
+    /// a type [`LoadSession::live_inert`] allows (or, for an index's default, an operator
+    /// class or family of an extension a superuser owns: only a superuser makes one), judged
+    /// by the oid the DDL bound, now: the
     /// names were checked before the DDL ran, and whoever owns a live schema could rename it
     /// and put another object under the name meanwhile. Once bound, the type cannot be
     /// dropped before this transaction ends (its drop would need the side table's lock).
@@ -119,6 +121,13 @@ impl LoadSession {
                AND r.schema <> ALL (SELECT pg_catalog.quote_ident(s) FROM pg_catalog.unnest($1::text[]) s) \
                AND NOT (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND EXISTS ( \
                  SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = d.refobjid AND {INERT_TYPE})) \
+               AND NOT (d.refclassid IN ('pg_catalog.pg_opclass'::pg_catalog.regclass, \
+                   'pg_catalog.pg_opfamily'::pg_catalog.regclass) \
+                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+                   JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
+                   JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
+                   WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e' \
+                     AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND r.rolsuper)) \
              ORDER BY 1 LIMIT 10"
         );
         let found = self.own_query(&sql, &[&side]).await?;

@@ -133,8 +133,8 @@ struct Facts {
     /// Every schema a name of its statements is qualified with (`app` in `app.f(x)`, `public`
     /// in `db.public.t`), and that of every literal that is a qualified name (`'app.seq'`):
     /// aliases too (`d` in `d.id`), which are harmless unless they spell a live schema. With
-    /// the name it qualifies, when that is an identifier (`t`; `f()` when a parenthesis follows,
-    /// a call or a type modifier; `""` for `OPERATOR(app.###)`).
+    /// the name it qualifies (`t`; `f()` when a parenthesis follows, a call or a type modifier;
+    /// `###` for `OPERATOR(app.###)`).
     qualifiers: BTreeSet<(String, String)>,
     /// The schemas of objects a statement reaches beyond its own, which making it would change
     /// (a foreign key's table gains triggers, a parent gains a child, an operator its
@@ -1455,7 +1455,16 @@ fn facts(sql: &str) -> Facts {
         if tokens.get(at + 1).is_some_and(|t| t.is_punct('.'))
             && let Some(schema) = name_of(token)
         {
-            let mut name = tokens.get(at + 2).and_then(name_of).unwrap_or_default();
+            // An operator's name as written (`OPERATOR(public.->)`, one punctuation token a
+            // character): no type has it.
+            let mut name = match tokens.get(at + 2).and_then(name_of) {
+                Some(name) => name,
+                None => tokens[(at + 2).min(tokens.len())..]
+                    .iter()
+                    .take_while(|t| t.kind == Kind::Punct && !t.is_punct(')') && !t.is_punct('('))
+                    .map(|t| t.text)
+                    .collect(),
+            };
             // A call, a type modifier, or a function named as an option's value
             // (`SUBTYPE_DIFF = public.f`, `FUNCTION = …`): never a type that runs no code.
             if tokens.get(at + 3).is_some_and(|t| t.is_punct('('))
@@ -1792,6 +1801,31 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
                         let named: Vec<String> = named.iter().map(|n| crate::error::printable(n)).collect();
                         format!("{table}: its definition names {} of the live database", named.join(", "))
                     });
+                }
+                // Beside live data, what a restored table would have had (an index, a check, a
+                // trigger) but names live objects: said, since the side table lacks it.
+                let tables: Vec<&TableName> = facts.names.iter().filter(|n| known(n)).collect();
+                if spec.beside_live_data
+                    && facts.creates.is_none()
+                    && !facts.foreign_key
+                    && !tables.is_empty()
+                    && tables.iter().all(|n| kept_name(n))
+                {
+                    let on: Vec<String> =
+                        tables.iter().map(|n| crate::error::printable(&format!("{}.{}", n.schema, n.name))).collect();
+                    let named = if pre_data {
+                        live_named(facts)
+                    } else {
+                        let live_ones = facts.qualifiers.iter().filter(|(schema, _)| live(schema));
+                        live_ones.map(|(schema, name)| format!("{schema}.{name}")).collect()
+                    };
+                    let named: Vec<String> = named.iter().map(|n| crate::error::printable(n)).collect();
+                    let why = if named.is_empty() {
+                        "it reaches outside the side schemas".to_string()
+                    } else {
+                        format!("it names {} of the live database", named.join(", "))
+                    };
+                    left_out.push(format!("{} of {}: {why}", entry.kind.to_lowercase(), on.join(", ")));
                 }
                 // Said only of a table restored: its key to one left out.
                 if facts.foreign_key
@@ -2822,8 +2856,13 @@ mod tests {
             },
         );
         // After the rows load, not even such a type: what the definitions bind is checked by
-        // oid before the rows load.
+        // oid before the rows load. Said.
         assert!(!part.post_data.contains("notes_tags"), "{}", part.post_data);
+        assert!(
+            part.left_out.contains(&"index of crm.notes: it names public.hstore of the live database".to_string()),
+            "{:?}",
+            part.left_out
+        );
         assert!(
             part.pre_data
                 .contains("\"crm_old\".notes (\n    id integer,\n    tags public.hstore,\n    mails public.citext[]"),
