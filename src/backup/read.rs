@@ -111,8 +111,7 @@ pub(super) async fn read_table(
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<TableManifest> {
-    let stream = client.copy_out(&table.copy_out_sql()).await?;
-    let (data, rows) = read_copy(stream, context, progress).await?;
+    let (data, rows) = read_copy(client, &table.copy_out_sql(), context, progress).await?;
     tracing::debug!(table = %table.qualified(), rows, bytes = data.bytes, "table read");
     progress.item_done(&format!("{}.{}", table.schema, table.name));
     Ok(TableManifest {
@@ -134,8 +133,7 @@ pub(super) async fn read_large_objects(
     if !session.has_large_objects().await? {
         return Ok(None);
     }
-    let stream = session.client.copy_out(postgres::LARGE_OBJECTS_COPY_OUT).await?;
-    let (data, rows) = read_copy(stream, context, progress).await?;
+    let (data, rows) = read_copy(&session.client, postgres::LARGE_OBJECTS_COPY_OUT, context, progress).await?;
     let columns = vec!["loid".to_string(), "data".to_string()];
     Ok(Some(TableManifest {
         schema: "pg_catalog".into(),
@@ -149,7 +147,8 @@ pub(super) async fn read_large_objects(
 
 /// Runs one `COPY … TO STDOUT` through an encoder: the stream's manifest and its row count.
 pub(super) async fn read_copy(
-    stream: tokio_postgres::CopyOutStream,
+    client: &tokio_postgres::Client,
+    sql: &str,
     context: &EncoderContext,
     progress: &Progress,
 ) -> Result<(StreamManifest, u64)> {
@@ -163,6 +162,7 @@ pub(super) async fn read_copy(
         encoder.finish()
     });
     let copy = async {
+        let stream = client.copy_out(sql).await?;
         futures::pin_mut!(stream);
         // PostgreSQL sends one message per row: hand them over in batches, or the per-message
         // cost of the channel and thread wake-ups dominates.

@@ -355,17 +355,17 @@ async fn prove_tables(
 ) -> Result<Vec<TableProof>> {
     let restored: HashMap<(String, String), SourceTable> =
         session.tables().await?.into_iter().map(|t| ((t.schema.clone(), t.name.clone()), t)).collect();
-    let mut work: Vec<(&TableManifest, Option<ReadBack>)> = manifest
+    let mut work: Vec<(&TableManifest, Option<String>)> = manifest
         .tables
         .iter()
         .map(|table| {
-            let read = restored.get(&(table.schema.clone(), table.name.clone())).map(|found| {
+            let sql = restored.get(&(table.schema.clone(), table.name.clone())).map(|found| {
                 // The snapshot's columns, in its order; the restored table's primary key.
-                ReadBack::Table(SourceTable { columns: table.columns.clone(), ..found.clone() })
+                SourceTable { columns: table.columns.clone(), ..found.clone() }.copy_out_sql()
             });
-            (table, read)
+            (table, sql)
         })
-        .chain(manifest.large_objects.iter().map(|objects| (objects, Some(ReadBack::LargeObjects))))
+        .chain(manifest.large_objects.iter().map(|objects| (objects, Some(LARGE_OBJECTS_COPY_OUT.to_string()))))
         .collect();
     work.sort_by_key(|(table, _)| std::cmp::Reverse(table.data.bytes));
     progress.phase("reading back", Unit::Bytes, Some(work.iter().map(|(t, _)| t.data.bytes).sum()));
@@ -400,17 +400,9 @@ async fn prove_tables(
     Ok(proofs)
 }
 
-/// How a table of the snapshot is read back.
-enum ReadBack {
-    /// A restored table, as the backup read it.
-    Table(SourceTable),
-    /// The large objects' contents.
-    LargeObjects,
-}
-
 /// The tables to read back, taken one at a time by each connection.
 struct Queue<'a> {
-    work: &'a [(&'a TableManifest, Option<ReadBack>)],
+    work: &'a [(&'a TableManifest, Option<String>)],
     next: std::sync::atomic::AtomicUsize,
     results: std::sync::Mutex<Vec<TableProof>>,
 }
@@ -420,7 +412,7 @@ impl Queue<'_> {
     async fn drain(&self, reader: &ProofSession, keyring: &AdminKeyring, progress: &Shared) -> Result<()> {
         while let Some((table, sql)) = self.work.get(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
             let found = match sql {
-                Some(read) => Some(read_back(reader, read, keyring, progress).await?),
+                Some(sql) => Some(read_back(reader, sql, keyring, progress).await?),
                 None => None,
             };
             progress.item_done(&format!("{}.{}", table.schema, table.name));
@@ -433,14 +425,11 @@ impl Queue<'_> {
 /// One `COPY … TO STDOUT`: its keyed digest (hex) and its rows.
 async fn read_back(
     session: &ProofSession,
-    read: &ReadBack,
+    sql: &str,
     keyring: &AdminKeyring,
     progress: &Shared,
 ) -> Result<(String, u64)> {
-    let stream = match read {
-        ReadBack::Table(table) => session.copy_out(&table.copy_out_sql()).await?,
-        ReadBack::LargeObjects => session.copy_out(LARGE_OBJECTS_COPY_OUT).await?,
-    };
+    let stream = session.copy_out(sql).await?;
     futures::pin_mut!(stream);
     let mut digest = keyring.mac_key().hasher();
     let mut rows = 0u64;

@@ -36,24 +36,37 @@ pub struct LoadSession {
     counter: tokio::sync::OnceCell<Client>,
 }
 
-/// Whether type `t` (a `pg_type` row) is one a side definition may name beside live data
-/// ([`LoadSession::live_inert`]).
-const INERT_TYPE: &str = "((EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
-       JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
-       JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
-       WHERE e.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND e.objid = t.oid \
-         AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND e.deptype = 'e' AND r.rolsuper) \
-     AND ((t.typtype = 'b' AND t.typelem = 0) \
-       OR t.typtype = 'e' \
-       OR (t.typtype = 'd' AND t.typdefaultbin IS NULL \
-         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid) \
-         AND (SELECT b.typtype IN ('b', 'e') AND b.typelem = 0 FROM pg_catalog.pg_type b \
-           WHERE b.oid = t.typbasetype)))) \
-   OR (t.typtype = 'b' AND t.typcategory = 'A' AND EXISTS (SELECT 1 FROM pg_catalog.pg_type v \
-     JOIN pg_catalog.pg_depend e ON e.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND e.objid = v.oid \
-       AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND e.deptype = 'e' \
-     JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
-     WHERE v.oid = t.typelem AND r.rolsuper AND v.typtype IN ('b', 'e') AND v.typelem = 0)))";
+/// SQL: whether the object `object` (an oid) of catalog `class` is a member of an extension
+/// a superuser owns (only that superuser may alter it, and it cannot be dropped alone).
+fn of_a_superusers_extension(class: &str, object: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+           JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
+           JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
+           WHERE e.classid = {class} AND e.objid = {object} AND e.deptype = 'e' \
+             AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND r.rolsuper)"
+    )
+}
+
+/// SQL: whether type `t` (a `pg_type` row) is one a side definition may name beside live data
+/// ([`LoadSession::live_inert`]): of a superuser's extension, a base type, enum or plain domain
+/// over one, or an array of such a base type or enum.
+fn inert_type() -> String {
+    let types = "'pg_catalog.pg_type'::pg_catalog.regclass";
+    let member = of_a_superusers_extension(types, "t.oid");
+    let element_member = of_a_superusers_extension(types, "v.oid");
+    format!(
+        "(({member} \
+           AND ((t.typtype = 'b' AND t.typelem = 0) \
+             OR t.typtype = 'e' \
+             OR (t.typtype = 'd' AND t.typdefaultbin IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid) \
+               AND (SELECT b.typtype IN ('b', 'e') AND b.typelem = 0 FROM pg_catalog.pg_type b \
+                 WHERE b.oid = t.typbasetype)))) \
+         OR (t.typtype = 'b' AND t.typcategory = 'A' AND EXISTS (SELECT 1 FROM pg_catalog.pg_type v \
+           WHERE v.oid = t.typelem AND v.typtype IN ('b', 'e') AND v.typelem = 0 AND {element_member})))"
+    )
+}
 
 impl LoadSession {
     /// Connects, then sets `default_toast_compression` for `toast_compression`, raises
@@ -91,6 +104,7 @@ impl LoadSession {
     /// dropped before this transaction ends (its drop would need the side table's lock).
     pub async fn refuse_live_dependencies(&self, side: &[&str]) -> Result<()> {
         let side: Vec<String> = side.iter().map(|s| (*s).to_string()).collect();
+        let (inert, class_member) = (inert_type(), of_a_superusers_extension("d.refclassid", "d.refobjid"));
         let sql = format!(
             "WITH side AS (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY ($1)), \
              made AS ( \
@@ -120,14 +134,9 @@ impl LoadSession {
              WHERE d.deptype IN ('n', 'a') AND r.schema IS NOT NULL AND r.schema <> 'pg_catalog' \
                AND r.schema <> ALL (SELECT pg_catalog.quote_ident(s) FROM pg_catalog.unnest($1::text[]) s) \
                AND NOT (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND EXISTS ( \
-                 SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = d.refobjid AND {INERT_TYPE})) \
+                 SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = d.refobjid AND {inert})) \
                AND NOT (d.refclassid IN ('pg_catalog.pg_opclass'::pg_catalog.regclass, \
-                   'pg_catalog.pg_opfamily'::pg_catalog.regclass) \
-                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
-                   JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
-                   JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
-                   WHERE e.classid = d.refclassid AND e.objid = d.refobjid AND e.deptype = 'e' \
-                     AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND r.rolsuper)) \
+                   'pg_catalog.pg_opfamily'::pg_catalog.regclass) AND {class_member}) \
              ORDER BY 1 LIMIT 10"
         );
         let found = self.own_query(&sql, &[&side]).await?;
@@ -934,9 +943,10 @@ impl LoadSession {
     /// constraint could call an extension's C function (`dblink_exec`) with arguments of the
     /// snapshot's choosing.
     pub async fn live_inert(&self) -> Result<BTreeSet<(String, String)>> {
+        let inert = inert_type();
         let sql = format!(
             "WITH named AS ( \
-               SELECT t.typnamespace AS ns, t.typname AS name, {INERT_TYPE} AS inert FROM pg_catalog.pg_type t \
+               SELECT t.typnamespace AS ns, t.typname AS name, {inert} AS inert FROM pg_catalog.pg_type t \
              UNION ALL SELECT c.relnamespace, c.relname, false FROM pg_catalog.pg_class c \
              UNION ALL SELECT d.dictnamespace, d.dictname, false FROM pg_catalog.pg_ts_dict d \
              UNION ALL SELECT f.cfgnamespace, f.cfgname, false FROM pg_catalog.pg_ts_config f \

@@ -2507,6 +2507,19 @@ fn renamed_object_literal(literal: &str, map: &[(String, String)]) -> Option<Str
 mod tests {
     use super::*;
 
+    /// Into an empty database.
+    fn into_empty(wanted: &dyn Fn(&TableName) -> bool) -> Spec<'_> {
+        static NONE: BTreeSet<(String, String)> = BTreeSet::new();
+        Spec { wanted, schema_map: &[], beside_live_data: false, live_schemas: &[], live_inert: &NONE }
+    }
+
+    /// Beside the live schemas of [`live`], no live type inert.
+    fn beside_live<'a>(wanted: &'a dyn Fn(&TableName) -> bool, map: &'a [(String, String)]) -> Spec<'a> {
+        static NONE: BTreeSet<(String, String)> = BTreeSet::new();
+        static LIVE: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(live);
+        Spec { wanted, schema_map: map, beside_live_data: true, live_schemas: &LIVE, live_inert: &NONE }
+    }
+
     /// The live database's schemas, in tests beside live data.
     fn live() -> Vec<String> {
         ["crm", "public", "app", "pg_catalog"].map(String::from).to_vec()
@@ -2557,17 +2570,7 @@ mod tests {
     #[test]
     fn one_table_takes_what_it_needs_and_nothing_that_names_what_is_left_out() {
         let wanted = wanted(&["crm.deals"]);
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &wanted,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &into_empty(&wanted));
         let made: Vec<String> = part.relations.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
         assert_eq!(made, ["crm.deals", "crm.deals_id_seq"]);
         for kept in [
@@ -2591,75 +2594,25 @@ mod tests {
         assert_eq!(part.left_out, ["a foreign key of crm.deals to crm.companies, which is left out"]);
         // A key of a table left out to one restored is nothing to say.
         let companies = self::wanted(&["crm.companies"]);
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &companies,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &into_empty(&companies));
         assert!(part.left_out.is_empty(), "{:?}", part.left_out);
     }
 
     #[test]
     fn a_partition_brings_its_parent_and_a_parent_its_partitions_and_a_view_its_tables() {
         let wanted = wanted(&["crm.p1"]);
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &wanted,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &into_empty(&wanted));
         assert!(part.makes("crm", "p") && part.makes("crm", "p1"));
         assert!(part.post_data.contains("ATTACH PARTITION crm.p1_idx"));
         let wanted_parent = self::wanted(&["crm.p"]);
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &wanted_parent,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &into_empty(&wanted_parent));
         assert!(part.makes("crm", "p1"));
         let view_only = self::wanted(&["crm.big_deals", "crm.deals"]);
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &view_only,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &into_empty(&view_only));
         assert!(!part.makes("crm", "big_deals"));
         assert!(part.left_out.iter().any(|l| l.starts_with("view crm.big_deals")), "{:?}", part.left_out);
         let both = self::wanted(&["crm.big_deals", "crm.deals", "crm.companies"]);
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &both,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &into_empty(&both));
         assert!(part.makes("crm", "big_deals") && part.post_data.contains("FOREIGN KEY"));
         // An identity column's sequence comes with its table.
         assert!(part.makes("crm", "companies_id_seq") && part.pre_data.contains("SEQUENCE NAME crm.companies_id_seq"));
@@ -2724,17 +2677,7 @@ mod tests {
     fn a_side_schema_renames_every_name_and_makes_only_its_own_objects() {
         let wanted = wanted(&["crm.deals", "crm.companies"]);
         let map = [("crm".to_string(), "crm_old".to_string())];
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &wanted,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &beside_live(&wanted, &map));
         for renamed in [
             "CREATE SCHEMA \"crm_old\";",
             "CREATE TYPE \"crm_old\".stage",
@@ -2753,17 +2696,7 @@ mod tests {
         // `public` has no CREATE SCHEMA in a dump: made first.
         let map = [("public".to_string(), "public_old".to_string())];
         let none = self::wanted(&[]);
-        let part = select(
-            &pre(),
-            &post(),
-            &Spec {
-                wanted: &none,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre(), &post(), &beside_live(&none, &map));
         assert!(part.pre_data.contains("CREATE SCHEMA \"public_old\";"), "{}", part.pre_data);
         assert!(!part.pre_data.contains("crm"), "{}", part.pre_data);
     }
@@ -2780,17 +2713,7 @@ mod tests {
             "CREATE FUNCTION crm.h() RETURNS text LANGUAGE sql AS $a\u{a0}$ SELECT ' $a\u{a0}$; DROP TABLE public.live; -- ';",
         ] {
             let pre = format!("{}{}", pre(), entry("g()", "FUNCTION", "crm", hidden));
-            let part = select(
-                &pre,
-                &post(),
-                &Spec {
-                    wanted: &wanted,
-                    schema_map: &map,
-                    beside_live_data: true,
-                    live_schemas: &live(),
-                    live_inert: &BTreeSet::new(),
-                },
-            );
+            let part = select(&pre, &post(), &beside_live(&wanted, &map));
             assert!(!part.pre_data.contains("DROP TABLE"), "{}", part.pre_data);
         }
         // A preamble runs only the settings pg_dump makes, and never turns off the quoting
@@ -2802,17 +2725,7 @@ mod tests {
                         SET role = postgres;\nSET client_encoding = 'SJIS';\n\
                         SET client_encoding --x\r= 'UTF8'; DROP TABLE public.live; SET client_encoding --\n= 'UTF8';\n\
                         SET check_function_bodies = E'false';\n";
-        let part = select(
-            &format!("{preamble}{}", pre()),
-            &post(),
-            &Spec {
-                wanted: &wanted,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&format!("{preamble}{}", pre()), &post(), &beside_live(&wanted, &map));
         let first = &part.pre_data[..part.pre_data.find("--").unwrap_or(part.pre_data.len())];
         assert_eq!(
             first,
@@ -2885,17 +2798,7 @@ mod tests {
             assert!(!part.pre_data.contains(&format!(".{name} (")), "{name}: {}", part.pre_data);
         }
         // Into an empty database nothing is live.
-        let empty = select(
-            &format!("{}{tables}", self::pre()),
-            &post(),
-            &Spec {
-                wanted: &all_crm,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let empty = select(&format!("{}{tables}", self::pre()), &post(), &into_empty(&all_crm));
         assert!(empty.unmade.is_empty(), "{:?}", empty.unmade);
     }
 
@@ -2941,17 +2844,7 @@ mod tests {
             "ALTER TABLE crm.deals ADD CONSTRAINT c CHECK ((((ARRAY['/x'])[1].pg_stat_file) IS NULL)) /*m33*/;",
         ];
         let entries: String = attacks.iter().map(|sql| entry("x", "COMMENT", "crm", sql)).collect();
-        let part = select(
-            &format!("{}{entries}", pre()),
-            &post(),
-            &Spec {
-                wanted: &all_crm,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&format!("{}{entries}", pre()), &post(), &beside_live(&all_crm, &map));
         for n in 1..=attacks.len() {
             assert!(!part.pre_data.contains(&format!("/*m{n}*/")), "m{n}: {}", part.pre_data);
         }
@@ -2962,17 +2855,7 @@ mod tests {
             "ALTER TABLE ONLY crm.deals ADD CONSTRAINT deals_pos CHECK ((id > 0)) /*k3*/;",
         ];
         let entries: String = own.iter().map(|sql| entry("w", "TABLE", "crm", sql)).collect();
-        let part = select(
-            &format!("{}{entries}", pre()),
-            &post(),
-            &Spec {
-                wanted: &all_crm,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&format!("{}{entries}", pre()), &post(), &beside_live(&all_crm, &map));
         for n in 1..=own.len() {
             assert!(part.pre_data.contains(&format!("/*k{n}*/")), "k{n}: {}", part.pre_data);
         }
@@ -2982,13 +2865,7 @@ mod tests {
     fn the_routines_a_part_makes_and_the_restore_runs_are_named_and_c_is_never_made() {
         let map = [("crm".to_string(), "crm_old".to_string())];
         let all_crm = |t: &TableName| t.schema == "crm";
-        let spec = Spec {
-            wanted: &all_crm,
-            schema_map: &map,
-            beside_live_data: true,
-            live_schemas: &live(),
-            live_inert: &BTreeSet::new(),
-        };
+        let spec = beside_live(&all_crm, &map);
         let named = |names: &[&str]| names.iter().map(ToString::to_string).collect::<BTreeSet<_>>();
         // Every routine, operator and operator class counts, called or not: calls are spelled
         // too many ways to find (`crm_old.f(`, `U&"\0066"`, after `ON`), and an operator
@@ -3095,17 +2972,7 @@ mod tests {
                 pre(),
                 entry("deals", "COMMENT", "crm", &format!("{setting}\nCOMMENT ON TABLE crm.deals IS 'x';"))
             );
-            let part = select(
-                &pre,
-                &post(),
-                &Spec {
-                    wanted: &wanted,
-                    schema_map: &map,
-                    beside_live_data: true,
-                    live_schemas: &live(),
-                    live_inert: &BTreeSet::new(),
-                },
-            );
+            let part = select(&pre, &post(), &beside_live(&wanted, &map));
             assert!(!part.pre_data.contains(setting), "{setting}: {}", part.pre_data);
         }
         // pg_dump's own, in an entry, are run.
@@ -3115,17 +2982,7 @@ mod tests {
             entry("t", "TABLE", "crm", "SET default_tablespace = '';\nCREATE TABLE crm.t (id integer);")
         );
         let all_crm = |t: &TableName| t.schema == "crm";
-        let part = select(
-            &pre,
-            &post(),
-            &Spec {
-                wanted: &all_crm,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre, &post(), &beside_live(&all_crm, &map));
         assert!(
             part.pre_data.contains("SET default_tablespace = '';\nCREATE TABLE \"crm_old\".t"),
             "{}",
@@ -3151,17 +3008,7 @@ mod tests {
         let pre = format!("{}{spoofed}{publication}", pre());
         let wanted = wanted(&["crm.deals"]);
         let map = [("crm".to_string(), "crm_old".to_string())];
-        let part = select(
-            &pre,
-            &post(),
-            &Spec {
-                wanted: &wanted,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre, &post(), &beside_live(&wanted, &map));
         assert!(!part.pre_data.contains("evil") && !part.pre_data.contains("PUBLICATION"), "{}", part.pre_data);
         // Objects of a schema not renamed that name a side object are not made, nor changed.
         let reaching = [
@@ -3173,17 +3020,7 @@ mod tests {
         .concat();
         let pre_reaching = format!("{}{reaching}", self::pre());
         let wanted_notes = self::wanted(&["crm.deals", "crm.notes"]);
-        let part = select(
-            &pre_reaching,
-            &post(),
-            &Spec {
-                wanted: &wanted_notes,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre_reaching, &post(), &beside_live(&wanted_notes, &map));
         for live in ["app.fmt", "app.###", "ALTER DOMAIN"] {
             assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
         }
@@ -3203,17 +3040,7 @@ mod tests {
         .concat();
         let pre_changing = format!("{}{changing}", self::pre());
         let all_crm = |t: &TableName| t.schema == "crm";
-        let part = select(
-            &pre_changing,
-            &post(),
-            &Spec {
-                wanted: &all_crm,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre_changing, &post(), &beside_live(&all_crm, &map));
         for live in ["app.###", "public.live", "app.evil"] {
             assert!(!part.pre_data.contains(live), "{live}: {}", part.pre_data);
         }
@@ -3224,17 +3051,7 @@ mod tests {
         );
         assert!(part.pre_data.contains("CREATE FUNCTION \"crm_old\".f()"));
         // Into an empty database both are the snapshot's own.
-        let part = select(
-            &pre,
-            &post(),
-            &Spec {
-                wanted: &wanted,
-                schema_map: &[],
-                beside_live_data: false,
-                live_schemas: &[],
-                live_inert: &BTreeSet::new(),
-            },
-        );
+        let part = select(&pre, &post(), &into_empty(&wanted));
         assert!(part.pre_data.contains("evil") && part.pre_data.contains("ADD TABLE ONLY crm.deals"));
     }
 
