@@ -775,12 +775,18 @@ mod tests {
     fn stanzas_of(ciphertext: &[u8]) -> Vec<age_core::format::Stanza> {
         use base64::Engine;
         let header = std::str::from_utf8(&ciphertext[..header_end(ciphertext).unwrap().unwrap()]).unwrap();
+        // A stanza starts at a line beginning "-> " (age's grease stanzas may hold "-> " inside
+        // a line, among their random arguments); its body is the lines up to the next stanza.
         let mut stanzas = Vec::new();
-        for block in header.split("-> ").skip(1) {
-            let (line, rest) = block.split_once('\n').unwrap();
-            let mut words = line.split(' ');
+        let mut lines = header.lines().skip(1).peekable();
+        while let Some(line) = lines.next() {
+            let Some(words) = line.strip_prefix("-> ") else { break };
+            let mut words = words.split(' ');
             let tag = words.next().unwrap().to_string();
-            let body: String = rest.lines().take_while(|l| !l.starts_with("---")).collect();
+            let mut body = String::new();
+            while let Some(next) = lines.next_if(|l| !l.starts_with("-> ") && !l.starts_with("---")) {
+                body.push_str(next);
+            }
             let body = base64::prelude::BASE64_STANDARD_NO_PAD.decode(body).unwrap();
             stanzas.push(age_core::format::Stanza { tag, args: words.map(String::from).collect(), body });
         }
