@@ -132,11 +132,20 @@ pub fn with_search_path(text: &str, path: &SearchPath) -> Result<String, String>
     if script.entries.is_empty() {
         return Ok(text.to_string());
     }
-    let Some(at) = script.preamble.find(EMPTY_SEARCH_PATH) else {
-        return Err("the snapshot's schema script does not set search_path as pg_dump does".into());
+    // The statement as the server reads it (not a comment or a string that spells it), once.
+    let statement = EMPTY_SEARCH_PATH.trim_end_matches(';');
+    let found: Vec<usize> = super::part::statements_of(script.preamble)
+        .into_iter()
+        .filter(|sql| *sql == statement)
+        .map(|sql| sql.as_ptr() as usize - script.preamble.as_ptr() as usize)
+        .collect();
+    let at = match found[..] {
+        [at] => at,
+        [] => return Err("the snapshot's schema script does not set search_path as pg_dump does".into()),
+        _ => return Err("the snapshot's schema script sets search_path more than once, unlike pg_dump".into()),
     };
-    let setting = format!("SELECT pg_catalog.set_config('search_path', {}, false);", super::quote_literal(&path.0));
-    Ok(format!("{}{setting}{}", &text[..at], &text[at + EMPTY_SEARCH_PATH.len()..]))
+    let setting = format!("SELECT pg_catalog.set_config('search_path', {}, false)", super::quote_literal(&path.0));
+    Ok(format!("{}{setting}{}", &text[..at], &text[at + statement.len()..]))
 }
 
 /// A `search_path` a restore runs the snapshot's script under (`--search-path`): schema names,
@@ -610,6 +619,20 @@ mod tests {
         assert_eq!(with_search_path("SET statement_timeout = 0;\n", &crm).unwrap(), "SET statement_timeout = 0;\n");
         // Only the preamble's: a function body that says the same stays as it is.
         assert!(with_search_path(&format!("SET statement_timeout = 0;\n\n{body}"), &crm).is_err());
+        // Only the statement the server runs: not one a comment or a string spells, and once.
+        for hidden in [
+            format!("/* {EMPTY_SEARCH_PATH} */\n{EMPTY_SEARCH_PATH}\n"),
+            format!("-- {EMPTY_SEARCH_PATH}\n{EMPTY_SEARCH_PATH}\n"),
+            format!("SELECT '{}';\n{EMPTY_SEARCH_PATH}\n", EMPTY_SEARCH_PATH.replace('\'', "''")),
+        ] {
+            let replaced = with_search_path(&format!("{hidden}\n{body}"), &crm).unwrap();
+            assert!(replaced.ends_with(&format!("set_config('search_path', 'public, \"o''k\"', false);\n\n{body}")));
+            assert_eq!(replaced.matches("'public, ").count(), 1, "{replaced}");
+        }
+        let hidden_only = format!("/* {EMPTY_SEARCH_PATH} */\nSELECT 1;\n\n{body}");
+        assert!(with_search_path(&hidden_only, &crm).is_err());
+        let twice = format!("{EMPTY_SEARCH_PATH}\n{EMPTY_SEARCH_PATH}\n\n{body}");
+        assert!(with_search_path(&twice, &crm).unwrap_err().contains("more than once"));
     }
 
     #[test]
