@@ -451,7 +451,9 @@ pub(crate) async fn restore(
         (chosen.manifest, chosen.sources, chosen.mark, chosen.skipped_newer);
     let snapshot_id = mark.id.clone();
     let reader = Arc::new(ChunkReader::with_sources(sources, Keyring::clone(keyring), options.jobs * 2 + 2));
+    tracing::debug!("snapshot {} opened, its index loaded", snapshot_id.short());
     let spool = spool_chunks(&reader, &mut manifest).await?;
+    tracing::debug!("every chunk of the snapshot found");
     let mac_key = keyring.mac_key();
     let jobs = options.jobs.max(1);
     let streams = Streams { reader: &reader, spool: &spool, mac_key: &mac_key, jobs, progress: progress.as_ref() };

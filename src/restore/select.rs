@@ -72,6 +72,7 @@ pub(super) async fn choose_snapshot(
     // Snapshots that opened nowhere and may be newer than any that did (damaged, of a newer
     // format, not to this key, unreadable): never restored (their database is unknown), and
     // named, a few of them, with why.
+    tracing::debug!(candidates = resolved.ids.len(), "snapshots resolved");
     let named = resolved.passed_over();
     let unreadable = resolved.unreadable;
     for snapshot_id in resolved.ids {
