@@ -133,7 +133,7 @@ struct Facts {
     /// Every schema a name of its statements is qualified with (`app` in `app.f(x)`, `public`
     /// in `db.public.t`), and that of every literal that is a qualified name (`'app.seq'`):
     /// aliases too (`d` in `d.id`), which are harmless unless they spell a live schema. With
-    /// the name it qualifies (`t`; `f()` when a parenthesis follows, a call or a type modifier;
+    /// the name it qualifies (`t`; `f()` when a parenthesis follows but a type's modifier;
     /// `###` for `OPERATOR(app.###)`).
     qualifiers: BTreeSet<(String, String)>,
     /// The schemas of objects a statement reaches beyond its own, which making it would change
@@ -1430,6 +1430,179 @@ fn significant(sql: &str) -> Vec<Token<'_>> {
     Lexer::new(sql).filter(|t| !matches!(t.kind, Kind::Space | Kind::LineComment | Kind::BlockComment)).collect()
 }
 
+/// Where the column list of a `CREATE [UNLOGGED | FOREIGN …] TABLE name (…)` statement opens and
+/// closes (places in `statement`); `None` for any other statement, a partition (`PARTITION OF`)
+/// or a typed table (`OF type`).
+fn column_list(statement: &[Token<'_>]) -> Option<(usize, usize)> {
+    if !is_word(statement.first(), "create") {
+        return None;
+    }
+    let mut at = created_at(statement);
+    while ["unlogged", "temporary", "temp", "global", "local", "foreign"].iter().any(|w| is_word(statement.get(at), w))
+    {
+        at += 1;
+    }
+    if !is_word(statement.get(at), "table") {
+        return None;
+    }
+    at += 1;
+    if is_word(statement.get(at), "if") {
+        at += 3;
+    }
+    at += if statement.get(at + 1).is_some_and(|t| t.is_punct('.')) { 3 } else { 1 };
+    if !statement.get(at)?.is_punct('(') {
+        return None;
+    }
+    Some((at, closing_bracket(statement, at)?))
+}
+
+/// The elements of the list between the brackets at `open` and `close`: the places of each
+/// one's first token and of the `,` or `)` after it.
+fn list_elements(statement: &[Token<'_>], open: usize, close: usize) -> Vec<(usize, usize)> {
+    let mut elements = Vec::new();
+    let (mut start, mut depth) = (open + 1, 0i32);
+    for (at, token) in statement.iter().enumerate().take(close).skip(open + 1) {
+        if token.is_punct('(') {
+            depth += 1;
+        } else if token.is_punct(')') {
+            depth -= 1;
+        } else if depth == 0 && token.is_punct(',') {
+            elements.push((start, at));
+            start = at + 1;
+        }
+    }
+    if start < close {
+        elements.push((start, close));
+    }
+    elements
+}
+
+/// Words that begin a table constraint in a column list, not a column.
+const TABLE_CONSTRAINTS: [&str; 7] = ["constraint", "check", "unique", "primary", "foreign", "exclude", "like"];
+
+/// Whether `element` (a column list's element) defines a column: a name, then its type.
+fn is_column(element: &[Token<'_>]) -> bool {
+    element.len() > 1
+        && name_of(&element[0]).is_some()
+        && !TABLE_CONSTRAINTS.iter().any(|word| is_word(element.first(), word))
+}
+
+/// The byte places where a type is written in `tokens`: after a column's name in a
+/// `CREATE TABLE` list, or after `::`. A type there may carry a modifier (`public.vector(1536)`,
+/// `public.geometry(Point, 4326)`), which is no call.
+fn type_places(tokens: &[Token<'_>]) -> HashSet<usize> {
+    let mut places = HashSet::new();
+    for statement in statements(tokens) {
+        if let Some((open, close)) = column_list(statement) {
+            for (start, end) in list_elements(statement, open, close) {
+                if is_column(&statement[start..end]) {
+                    places.insert(statement[start + 1].start);
+                }
+            }
+        }
+    }
+    for at in 2..tokens.len() {
+        if tokens[at - 1].is_punct(':') && tokens[at - 2].is_punct(':') {
+            places.insert(tokens[at].start);
+        }
+    }
+    places
+}
+
+/// Whether the bracket at `open` holds a type modifier's list: words and numbers separated by
+/// commas, and nothing else.
+fn is_type_modifier(tokens: &[Token<'_>], open: usize) -> bool {
+    if !tokens.get(open).is_some_and(|t| t.is_punct('(')) {
+        return false;
+    }
+    let Some(close) = closing_bracket(tokens, open) else { return false };
+    close > open + 1
+        && tokens[open + 1..close]
+            .iter()
+            .enumerate()
+            .all(|(n, t)| if n % 2 == 0 { t.kind == Kind::Word } else { t.is_punct(',') })
+}
+
+/// Defaults left out of a side table: each column's name, with the live objects its default named.
+type DefaultsLeftOut = Vec<(String, Vec<String>)>;
+
+/// `sql` (one entry) with the `DEFAULT` clauses of its table's columns that name an object of
+/// a live schema (`is_live`) other than `inert` ones taken out, and what each named: beside
+/// live data a side table is made without a default that would call a live function
+/// (`DEFAULT public.uuid_generate_v4()`), since COPY gives every column and the side table is
+/// there to be read. `None` when it has none.
+fn without_live_defaults(
+    sql: &str,
+    is_live: impl Fn(&str) -> bool,
+    inert: &BTreeSet<(String, String)>,
+) -> Option<(String, DefaultsLeftOut)> {
+    let tokens = significant(sql);
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    let mut said = Vec::new();
+    for statement in statements(&tokens) {
+        let Some((open, close)) = column_list(statement) else { continue };
+        for (start, end) in list_elements(statement, open, close) {
+            let element = &statement[start..end];
+            if !is_column(element) {
+                continue;
+            }
+            let Some(default) = outside_brackets(element).find(|(_, t)| is_word(Some(t), "default")).map(|(at, _)| at)
+            else {
+                continue;
+            };
+            // The expression ends where the column's next clause starts.
+            let stops = ["constraint", "check", "references", "unique", "primary", "generated", "collate"];
+            let stop = outside_brackets(element)
+                .map(|(at, _)| at)
+                .filter(|&at| at > default + 1)
+                .find(|&at| {
+                    stops.iter().any(|word| is_word(element.get(at), word))
+                        || (is_word(element.get(at), "not") && is_word(element.get(at + 1), "null"))
+                        || is_word(element.get(at), "null")
+                })
+                .unwrap_or(element.len());
+            let expression = &element[default + 1..stop];
+            if expression.is_empty() {
+                continue;
+            }
+            let mut named = Vec::new();
+            for at in 0..expression.len() {
+                if at > 0 && expression[at - 1].is_punct('.') {
+                    continue;
+                }
+                let Some(qualified) = qualified_at(expression, at) else { continue };
+                let cast = at >= 2 && expression[at - 1].is_punct(':') && expression[at - 2].is_punct(':');
+                let call = expression.get(at + 3).is_some_and(|t| t.is_punct('('))
+                    && !(cast && is_type_modifier(expression, at + 3));
+                let name = if call { format!("{}()", qualified.name) } else { qualified.name.clone() };
+                if is_live(&qualified.schema) && !inert.contains(&(qualified.schema.clone(), name.clone())) {
+                    named.push(format!("{}.{name}", qualified.schema));
+                }
+            }
+            let operator = expression.iter().any(|t| is_word(Some(t), "operator"));
+            if named.is_empty() && !operator {
+                continue;
+            }
+            if named.is_empty() {
+                named.push("an operator".into());
+            }
+            // From the end of the word before `DEFAULT` to the end of the expression.
+            let (before, last) = (&element[default - 1], &expression[expression.len().max(1) - 1]);
+            cuts.push((before.start + before.text.len(), last.start + last.text.len()));
+            said.push((name_of(&element[0]).unwrap_or_default(), named));
+        }
+    }
+    if cuts.is_empty() {
+        return None;
+    }
+    let mut text = sql.to_string();
+    for (from, to) in cuts.into_iter().rev() {
+        // A space, so that what was on either side never joins into one token.
+        text.replace_range(from..to, " ");
+    }
+    Some((text, said))
+}
+
 fn facts(sql: &str) -> Facts {
     let tokens = significant(sql);
     let mut facts = Facts::default();
@@ -1451,6 +1624,7 @@ fn facts(sql: &str) -> Facts {
         let start: String = long.chars().take(20).collect();
         facts.refused.push(format!("a name longer than {MAX_NAME_BYTES} bytes ({}…)", crate::error::printable(&start)));
     }
+    let types = type_places(&tokens);
     for (at, token) in tokens.iter().enumerate() {
         if tokens.get(at + 1).is_some_and(|t| t.is_punct('.'))
             && let Some(schema) = name_of(token)
@@ -1465,9 +1639,11 @@ fn facts(sql: &str) -> Facts {
                     .map(|t| t.text)
                     .collect(),
             };
-            // A call, a type modifier, or a function named as an option's value
-            // (`SUBTYPE_DIFF = public.f`, `FUNCTION = …`): never a type that runs no code.
-            if tokens.get(at + 3).is_some_and(|t| t.is_punct('('))
+            // A call, or a function named as an option's value (`SUBTYPE_DIFF = public.f`,
+            // `FUNCTION = …`): never a type that runs no code.
+            // A type's modifier where a type is written (`emb public.vector(1536)`) is none of them.
+            let modifier = types.contains(&token.start) && is_type_modifier(&tokens, at + 3);
+            if (tokens.get(at + 3).is_some_and(|t| t.is_punct('(')) && !modifier)
                 || at.checked_sub(1).and_then(|before| tokens.get(before)).is_some_and(|t| t.text == "=")
             {
                 name.push_str("()");
@@ -1649,7 +1825,30 @@ fn facts(sql: &str) -> Facts {
 pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
     let pre = script::parse(pre_data);
     let post = script::parse(post_data);
-    let entries: Vec<Facts> = pre.entries.iter().chain(&post.entries).map(|entry| facts(entry.sql)).collect();
+    let live = |schema: &str| {
+        schema != "pg_catalog"
+            && renamed(spec.schema_map, schema).is_none()
+            && spec.live_schemas.iter().any(|live| live == schema)
+    };
+    // Beside live data, a side table is made without the defaults that name live objects.
+    let mut defaults_left_out: Vec<DefaultsLeftOut> = Vec::new();
+    let texts: Vec<std::borrow::Cow<'_, str>> = pre
+        .entries
+        .iter()
+        .map(|entry| (entry, true))
+        .chain(post.entries.iter().map(|entry| (entry, false)))
+        .map(|(entry, pre_data)| {
+            let changed = (spec.beside_live_data && pre_data && entry.kind == "TABLE")
+                .then(|| without_live_defaults(entry.sql, live, spec.live_inert))
+                .flatten();
+            let (text, said) = changed.map_or((std::borrow::Cow::Borrowed(entry.sql), Vec::new()), |(text, said)| {
+                (std::borrow::Cow::Owned(text), said)
+            });
+            defaults_left_out.push(said);
+            text
+        })
+        .collect();
+    let entries: Vec<Facts> = texts.iter().map(|text| facts(text)).collect();
 
     let mut kinds: HashMap<&TableName, Relation> = HashMap::new();
     let mut creating: HashMap<&TableName, &Facts> = HashMap::new();
@@ -1735,11 +1934,7 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         Some(table) => kept.contains(*table),
         None => kept.contains(name),
     };
-    let live = |schema: &String| {
-        schema != "pg_catalog"
-            && renamed(spec.schema_map, schema).is_none()
-            && spec.live_schemas.iter().any(|live| live == schema)
-    };
+    let live = |schema: &String| live(schema);
     // The live objects an entry names beside live data, but those naming which is inert.
     let live_named = |facts: &Facts| -> Vec<String> {
         let named = facts.qualifiers.iter().filter(|(schema, _)| live(schema));
@@ -1784,11 +1979,11 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
     let mut part = Part::default();
     let mut kept_facts: Vec<(&Facts, bool)> = Vec::new();
     let mut created_schemas = HashSet::new();
-    let mut all_facts = entries.iter();
+    let mut all_facts = entries.iter().zip(&texts).zip(&defaults_left_out);
     for (pre_data, script, out) in [(true, &pre, &mut part.pre_data), (false, &post, &mut part.post_data)] {
         out.push_str(&settings_only(script.preamble));
         for entry in &script.entries {
-            let facts = all_facts.next().expect("facts of every entry");
+            let ((facts, text), defaults) = all_facts.next().expect("facts of every entry");
             if !keep(entry.kind, facts, pre_data) {
                 // A relation asked for whose definition may not run here: refused, not made
                 // without it (its rows would have nowhere to go).
@@ -1852,8 +2047,19 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             {
                 created_schemas.insert(schema.clone());
             }
+            if let Some((table, _)) = &facts.creates {
+                for (column, named) in defaults {
+                    let named: Vec<String> = named.iter().map(|n| crate::error::printable(n)).collect();
+                    left_out.push(format!(
+                        "default of {} (column {}): it names {} of the live database",
+                        crate::error::printable(&format!("{}.{}", table.schema, table.name)),
+                        crate::error::printable(column),
+                        named.join(", ")
+                    ));
+                }
+            }
             kept_facts.push((facts, pre_data));
-            out.push_str(&rename(entry.sql, spec.schema_map));
+            out.push_str(&rename(text, spec.schema_map));
         }
     }
     // A renamed schema the script does not create (`public`) is made first.
@@ -2741,7 +2947,11 @@ mod tests {
         let all_crm = |t: &TableName| t.schema == "crm";
         let tables = [
             entry("notes", "TABLE", "crm", "CREATE TABLE crm.notes (\n    id integer,\n    tags public.hstore,\n    mails public.citext[]\n);"),
-            entry("calls", "TABLE", "crm", "CREATE TABLE crm.calls (\n    id integer,\n    u uuid DEFAULT public.uuid_generate_v4()\n);"),
+            entry("calls", "TABLE", "crm", "CREATE TABLE crm.calls (\n    id integer,\n    u uuid DEFAULT public.uuid_generate_v4() NOT NULL,\n    n public.citext DEFAULT ''::public.citext,\n    s text DEFAULT (OPERATOR(public.||) 'x')\n);"),
+            entry("emb", "TABLE", "crm", "CREATE TABLE crm.emb (\n    id integer,\n    v public.vector(1536),\n    g public.geometry(Point,4326) DEFAULT '0101'::public.geometry(Point,4326) NOT NULL\n);"),
+            entry("vcall", "TABLE", "crm", "CREATE TABLE crm.vcall (\n    id integer DEFAULT public.vector(3),\n    v public.vector(3) CHECK ((public.vector(3) IS NOT NULL))\n);"),
+            entry("gen", "TABLE", "crm", "CREATE TABLE crm.gen (\n    id integer,\n    g text GENERATED ALWAYS AS (public.uuid_generate_v4()) STORED\n);"),
+            entry("sel", "VIEW", "crm", "CREATE VIEW crm.sel AS\n SELECT ( SELECT public.vector(3) AS vector) AS v;"),
             entry("made", "TABLE", "crm", "CREATE TABLE crm.made (\n    id integer,\n    CONSTRAINT c CHECK ((public.hstore('a', 'b') IS NOT NULL))\n);"),
             entry("mail", "TABLE", "crm", "CREATE TABLE crm.mail (\n    id integer,\n    m public.mail\n);"),
             entry("heir", "TABLE", "crm", "CREATE TABLE crm.heir (\n    tags public.hstore\n)\nINHERITS (public.live);"),
@@ -2750,7 +2960,9 @@ mod tests {
         ]
         .concat();
         let inert: BTreeSet<(String, String)> =
-            [("public", "hstore"), ("public", "citext")].map(|(s, n)| (s.to_string(), n.to_string())).into();
+            [("public", "hstore"), ("public", "citext"), ("public", "vector"), ("public", "geometry")]
+                .map(|(s, n)| (s.to_string(), n.to_string()))
+                .into();
         let index = entry(
             "notes_tags",
             "INDEX",
@@ -2782,10 +2994,35 @@ mod tests {
             "{}",
             part.pre_data
         );
+        // A default that names a live object is left out of the side table, and said; one of
+        // an inert type stays.
+        assert!(
+            part.pre_data.contains(
+                "\"crm_old\".calls (\n    id integer,\n    u uuid  NOT NULL,\n    n public.citext DEFAULT ''::public.citext,\n    s text \n);"
+            ),
+            "{}",
+            part.pre_data
+        );
+        for said in [
+            "default of crm.calls (column u): it names public.uuid_generate_v4() of the live database",
+            "default of crm.calls (column s): it names an operator of the live database",
+        ] {
+            assert!(part.left_out.contains(&said.to_string()), "{said}: {:?}", part.left_out);
+        }
+        // A type's modifier where a type is written is no call; the same words elsewhere are.
+        assert!(
+            part.pre_data.contains(
+                "\"crm_old\".emb (\n    id integer,\n    v public.vector(1536),\n    g public.geometry(Point,4326) DEFAULT '0101'::public.geometry(Point,4326) NOT NULL\n);"
+            ),
+            "{}",
+            part.pre_data
+        );
         assert_eq!(
             part.unmade,
             [
-                "crm.calls: its definition names public.uuid_generate_v4() of the live database",
+                "crm.vcall: its definition names public.vector() of the live database",
+                "crm.gen: its definition names public.uuid_generate_v4() of the live database",
+                "crm.sel: its definition names public.vector() of the live database",
                 "crm.made: its definition names public.hstore() of the live database",
                 "crm.mail: its definition names public.mail of the live database",
                 "crm.heir: its definition names public.live of the live database",
@@ -2794,7 +3031,8 @@ mod tests {
         );
         // A function named as an option's value is a function, whatever type shares its name.
         assert!(!part.pre_data.contains("subtype_diff"), "{}", part.pre_data);
-        for name in ["calls", "made", "mail", "heir"] {
+        assert!(!part.pre_data.contains(".sel AS"), "{}", part.pre_data);
+        for name in ["vcall", "gen", "made", "mail", "heir"] {
             assert!(!part.pre_data.contains(&format!(".{name} (")), "{name}: {}", part.pre_data);
         }
         // Into an empty database nothing is live.

@@ -946,7 +946,8 @@ fn foreign_keys_do_not_reach_live_tables_through_partition_links_the_snapshot_al
 }
 
 #[test]
-fn beside_live_data_a_table_of_extension_types_restores_and_one_calling_a_live_function_is_refused_in_a_line() {
+fn beside_live_data_a_table_of_extension_types_restores_without_live_defaults_and_one_calling_a_live_function_is_refused()
+ {
     // hstore and citext of the live public schema: their values run no live role's code as
     // they load, and only the superuser who made their extension could change that.
     let Ready { source, work, repo, .. } = Scenario::new("part_ext")
@@ -958,7 +959,10 @@ fn beside_live_data_a_table_of_extension_types_restores_and_one_calling_a_live_f
              INSERT INTO crm.notes SELECT g, hstore('k', g::text), ARRAY['A@x.org'::citext] FROM generate_series(1, 50) g; \
              CREATE TABLE crm.deals (id integer PRIMARY KEY, stage stage); \
              CREATE TABLE crm.calls (id integer PRIMARY KEY, u uuid DEFAULT uuid_generate_v4()); \
-             INSERT INTO crm.calls (id) SELECT generate_series(1, 5);",
+             INSERT INTO crm.calls (id) SELECT generate_series(1, 5); \
+             CREATE FUNCTION public.md5x(integer) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT md5($1::text)'; \
+             CREATE TABLE crm.gen (id integer PRIMARY KEY, h text GENERATED ALWAYS AS (public.md5x(id)) STORED); \
+             INSERT INTO crm.gen SELECT generate_series(1, 5);",
         )
         .init("repo")
         .backup();
@@ -978,10 +982,26 @@ fn beside_live_data_a_table_of_extension_types_restores_and_one_calling_a_live_f
     );
     assert_ne!(rows(&source, "crm.notes", "id"), before, "the live table is untouched");
 
-    // A default calling the live public.uuid_generate_v4(): said before anything is made.
+    // A default calling the live public.uuid_generate_v4(): the side table is made without it
+    // (COPY gives every column), and that is said.
+    let run =
+        work.restore_with(&repo, &source, &["--table", "crm.calls", "--schema-map", "crm=crm_side2", "latest"]).ok();
+    assert_eq!(rows(&source, "crm_side2.calls", "id"), rows(&source, "crm.calls", "id"));
+    let default = "SELECT count(*) FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid \
+                   WHERE c.relnamespace = 'crm_side2'::regnamespace";
+    assert_eq!(source.sql(default).trim(), "0");
+    assert!(
+        run.stderr.contains(
+            "not restored: default of crm.calls (column u): it names public.uuid_generate_v4() of the live database"
+        ),
+        "{}",
+        run.stderr
+    );
+    // A generated column calling a live function is computed as the rows load: said before
+    // anything is made.
     let schemas = source.sql("SELECT count(*) FROM pg_namespace");
-    work.restore_with(&repo, &source, &["--table", "crm.calls", "--schema-map", "crm=crm_side2", "latest"])
-        .fails_with(1, "crm.calls: its definition names public.uuid_generate_v4() of the live database");
+    work.restore_with(&repo, &source, &["--table", "crm.gen", "--schema-map", "crm=crm_side4", "latest"])
+        .fails_with(1, "crm.gen: its definition names public.md5x() of the live database");
     assert_eq!(source.sql("SELECT count(*) FROM pg_namespace"), schemas);
     // The application's own enum: its owner could give it a cast that a check would run.
     work.restore_with(&repo, &source, &["--table", "crm.deals", "--schema-map", "crm=crm_side3", "latest"])
