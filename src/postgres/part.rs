@@ -1462,11 +1462,8 @@ fn list_elements(statement: &[Token<'_>], open: usize, close: usize) -> Vec<(usi
     let mut elements = Vec::new();
     let (mut start, mut depth) = (open + 1, 0i32);
     for (at, token) in statement.iter().enumerate().take(close).skip(open + 1) {
-        if token.is_punct('(') {
-            depth += 1;
-        } else if token.is_punct(')') {
-            depth -= 1;
-        } else if depth == 0 && token.is_punct(',') {
+        depth += nesting(token);
+        if depth == 0 && token.is_punct(',') {
             elements.push((start, at));
             start = at + 1;
         }
@@ -1477,8 +1474,34 @@ fn list_elements(statement: &[Token<'_>], open: usize, close: usize) -> Vec<(usi
     elements
 }
 
+/// How a token changes the depth of brackets, square ones too (`ARRAY[a, b]`).
+fn nesting(token: &Token<'_>) -> i32 {
+    if token.is_punct('(') || token.is_punct('[') {
+        1
+    } else if token.is_punct(')') || token.is_punct(']') {
+        -1
+    } else {
+        0
+    }
+}
+
+/// The places of the tokens of `tokens` outside any bracket, square ones too.
+fn outside_any_bracket(tokens: &[Token<'_>]) -> Vec<usize> {
+    let mut depth = 0i32;
+    let mut places = Vec::new();
+    for (at, token) in tokens.iter().enumerate() {
+        let change = nesting(token);
+        if change == 0 && depth == 0 {
+            places.push(at);
+        }
+        depth += change;
+    }
+    places
+}
+
 /// Words that begin a table constraint in a column list, not a column.
-const TABLE_CONSTRAINTS: [&str; 7] = ["constraint", "check", "unique", "primary", "foreign", "exclude", "like"];
+const TABLE_CONSTRAINTS: [&str; 8] =
+    ["constraint", "check", "unique", "primary", "foreign", "exclude", "like", "default"];
 
 /// Whether `element` (a column list's element) defines a column: a name, then its type.
 fn is_column(element: &[Token<'_>]) -> bool {
@@ -1502,11 +1525,19 @@ fn type_places(tokens: &[Token<'_>]) -> HashSet<usize> {
         }
     }
     for at in 2..tokens.len() {
-        if tokens[at - 1].is_punct(':') && tokens[at - 2].is_punct(':') {
+        if is_cast(&tokens[..at]) {
             places.insert(tokens[at].start);
         }
     }
     places
+}
+
+/// Whether `tokens` end with `::`, written as one (the server reads `: :` as two colons).
+fn is_cast(tokens: &[Token<'_>]) -> bool {
+    match tokens {
+        [.., first, second] => first.is_punct(':') && second.is_punct(':') && second.start == first.start + 1,
+        _ => false,
+    }
 }
 
 /// Whether the bracket at `open` holds a type modifier's list: words and numbers separated by
@@ -1546,14 +1577,17 @@ fn without_live_defaults(
             if !is_column(element) {
                 continue;
             }
-            let Some(default) = outside_brackets(element).find(|(_, t)| is_word(Some(t), "default")).map(|(at, _)| at)
+            let outside = outside_any_bracket(element);
+            // After the column's name and type.
+            let Some(default) = outside.iter().copied().find(|&at| at >= 2 && is_word(element.get(at), "default"))
             else {
                 continue;
             };
             // The expression ends where the column's next clause starts.
             let stops = ["constraint", "check", "references", "unique", "primary", "generated", "collate"];
-            let stop = outside_brackets(element)
-                .map(|(at, _)| at)
+            let stop = outside
+                .iter()
+                .copied()
                 .filter(|&at| at > default + 1)
                 .find(|&at| {
                     stops.iter().any(|word| is_word(element.get(at), word))
@@ -1571,7 +1605,7 @@ fn without_live_defaults(
                     continue;
                 }
                 let Some(qualified) = qualified_at(expression, at) else { continue };
-                let cast = at >= 2 && expression[at - 1].is_punct(':') && expression[at - 2].is_punct(':');
+                let cast = is_cast(&expression[..at]);
                 let call = expression.get(at + 3).is_some_and(|t| t.is_punct('('))
                     && !(cast && is_type_modifier(expression, at + 3));
                 let name = if call { format!("{}()", qualified.name) } else { qualified.name.clone() };
@@ -3038,6 +3072,42 @@ mod tests {
         // Into an empty database nothing is live.
         let empty = select(&format!("{}{tables}", self::pre()), &post(), &into_empty(&all_crm));
         assert!(empty.unmade.is_empty(), "{:?}", empty.unmade);
+    }
+
+    #[test]
+    fn a_default_is_cut_whole_and_a_call_after_a_comma_in_square_brackets_is_no_type() {
+        let map = [("crm".to_string(), "crm_side".to_string())];
+        let all_crm = |t: &TableName| t.schema == "crm";
+        let inert: BTreeSet<(String, String)> =
+            [("public", "hstore"), ("public", "citext")].map(|(s, n)| (s.to_string(), n.to_string())).into();
+        let live = live();
+        let part = |sql: &str| {
+            let pre =
+                format!("{}{}", entry("crm", "SCHEMA", "-", "CREATE SCHEMA crm;"), entry("t", "TABLE", "crm", sql));
+            let spec = Spec {
+                wanted: &all_crm,
+                schema_map: &map,
+                beside_live_data: true,
+                live_schemas: &live,
+                live_inert: &inert,
+            };
+            select(&pre, "", &spec)
+        };
+        // A comma inside ARRAY[…] ends no column: the call after it is a call, and the whole
+        // default goes (found by an attack run: the call was read as the inert type).
+        for sql in [
+            "CREATE TABLE crm.t (\n    id integer,\n    f boolean[] DEFAULT ARRAY[true, NOT public.hstore(true)]\n);",
+            "CREATE TABLE crm.t (\n    id integer,\n    f text[] DEFAULT ARRAY['x', CASE public.citext(current_user) WHEN 'a' THEN 'b' END]\n);",
+            "CREATE TABLE crm.t (\n    id integer,\n    f text[] DEFAULT ARRAY[(public.uuid_generate_v4())::text, 'x'::text]\n);",
+        ] {
+            let part = part(sql);
+            assert!(part.pre_data.contains("\"crm_side\".t (\n    id integer,\n    f "), "{}", part.pre_data);
+            assert!(!part.pre_data.contains("ARRAY") && !part.pre_data.contains("public."), "{}", part.pre_data);
+            assert_eq!(part.left_out.len(), 1, "{:?}", part.left_out);
+        }
+        // An element that starts with DEFAULT is no column (and panicked the cut).
+        let odd = part("CREATE TABLE crm.t (DEFAULT public.f());");
+        assert_eq!(odd.unmade, ["crm.t: its definition names public.f() of the live database"]);
     }
 
     #[test]
