@@ -198,6 +198,17 @@ pub fn pin_of_location(config_dir: &Path, location: &str, repository_id: &str) -
     Ok(None)
 }
 
+/// Whether this machine pins a repository other than `repository_id`.
+pub fn pins_another(config_dir: &Path, repository_id: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(config_dir.join("repos")) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        id != repository_id && pin_path(config_dir, &id).exists()
+    })
+}
+
 /// Whether two spellings of a location name the same place (`/srv/crm` and `/srv/crm/`).
 pub fn same_location(a: &str, b: &str) -> bool {
     let trim = |text: &str| if text.len() > 1 { text.trim_end_matches('/').to_string() } else { text.to_string() };

@@ -221,7 +221,23 @@ async fn check_with(
             ),
             (_, Some(mut pin)) => {
                 let mut changed = false;
-                if !pin.locations.iter().any(|known| trust::same_location(known, location)) {
+                let new_location = !pin.locations.iter().any(|known| trust::same_location(known, location));
+                // A place never opened that holds one of several repositories pinned here may
+                // hold another than the one meant: whoever writes the storage can copy there a
+                // repository this machine trusts for something else (another team's, whose
+                // admins would then read these backups). The first use names which, once.
+                if new_location
+                    && given.is_none()
+                    && !pin.locations.is_empty()
+                    && trust::pins_another(config_dir, &repository.config.id)
+                {
+                    bail!(
+                        "{location} is new to this machine and holds repository {} (fingerprint {actual}), which it                          knows at {}; as this machine pins more than one repository, say that this is the one you                          mean once with --fingerprint (or CRMVAULT_FINGERPRINT), from the admins' records",
+                        repository.config.id,
+                        pin.locations.join(", ")
+                    );
+                }
+                if new_location {
                     pin.locations.push(location.to_string());
                     changed = true;
                 }

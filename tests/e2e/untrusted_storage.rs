@@ -103,6 +103,38 @@ fn a_repository_the_host_also_trusts_is_refused_in_the_place_of_another() {
     victim.work.run(&["backup", "--db", &victim.source.url(), "--repo", &other]).ok();
 }
 
+/// The same host and a place it never opened: a copy of the other trusted repository put there
+/// is named, and nothing is written to it, until the admin says which repository is meant. A
+/// true mirror of this repository is used once named.
+#[test]
+fn a_new_place_holding_one_of_several_trusted_repositories_is_named_before_it_is_used() {
+    let victim = Victim::new("newplace");
+    let other = victim.work.path("other").to_str().unwrap().to_string();
+    let evil = victim.work.keygen("evil.key");
+    victim.work.run(&["init", "--repo", &other, "--recipient", &evil]).ok();
+    let planted = victim.work.path("planted").to_str().unwrap().to_string();
+    copy_dir(Path::new(&other), Path::new(&planted));
+    let url = victim.source.url();
+    let backup = |repo: &str, more: &[&str]| {
+        let mut args = vec!["backup", "--db", url.as_str(), "--repo", repo];
+        args.extend_from_slice(more);
+        victim.work.run(&args)
+    };
+    let run = backup(&planted, &[]).fails_with(1, "is new to this machine and holds repository");
+    assert!(run.stderr.contains(&other), "names where it is known: {}", run.stderr);
+    let snapshots = Path::new(&planted).join("snapshots");
+    assert!(!snapshots.exists() || files_under(&snapshots).is_empty(), "no backup was written there");
+    // The fingerprint of the repository meant refuses it too.
+    let fingerprint = victim.work.fingerprint(&victim.repo);
+    backup(&planted, &["--fingerprint", &fingerprint]).fails_with(1, "is not the repository you trust");
+    // A mirror of this repository: named once, then known.
+    let mirror = victim.work.path("mirror").to_str().unwrap().to_string();
+    copy_dir(Path::new(&victim.repo), Path::new(&mirror));
+    backup(&mirror, &[]).fails_with(1, "is new to this machine");
+    backup(&mirror, &["--fingerprint", &fingerprint]).ok();
+    backup(&mirror, &[]).ok();
+}
+
 #[test]
 fn a_replaced_keys_object_or_an_added_recipient_is_refused_by_backup_and_restore() {
     let victim = Victim::new("rekeyed");
