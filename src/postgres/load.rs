@@ -36,15 +36,19 @@ pub struct LoadSession {
     counter: tokio::sync::OnceCell<Client>,
 }
 
-/// SQL: whether the object `object` (an oid) of catalog `class` is a member of an extension
-/// a superuser owns (only that superuser may alter it, and it cannot be dropped alone).
-fn of_a_superusers_extension(class: &str, object: &str) -> String {
+/// SQL: whether the object `object` (an oid) of catalog `class`, owned by the role `owner`
+/// (an oid), is a member of an extension that a superuser owns, or whose script a superuser
+/// ran for it (a trusted extension an application role made, `CREATE EXTENSION citext` in its
+/// migrations: its objects are the bootstrap superuser's): only a superuser may alter the
+/// object or cast from or to it, and it cannot be dropped alone.
+fn of_a_superusers_extension(class: &str, object: &str, owner: &str) -> String {
     format!(
         "EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
            JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
            JOIN pg_catalog.pg_roles r ON r.oid = x.extowner \
            WHERE e.classid = {class} AND e.objid = {object} AND e.deptype = 'e' \
-             AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND r.rolsuper)"
+             AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+             AND (r.rolsuper OR (SELECT o.rolsuper FROM pg_catalog.pg_roles o WHERE o.oid = {owner})))"
     )
 }
 
@@ -53,8 +57,8 @@ fn of_a_superusers_extension(class: &str, object: &str) -> String {
 /// over one, or an array of such a base type or enum.
 fn inert_type() -> String {
     let types = "'pg_catalog.pg_type'::pg_catalog.regclass";
-    let member = of_a_superusers_extension(types, "t.oid");
-    let element_member = of_a_superusers_extension(types, "v.oid");
+    let member = of_a_superusers_extension(types, "t.oid", "t.typowner");
+    let element_member = of_a_superusers_extension(types, "v.oid", "v.typowner");
     format!(
         "(({member} \
            AND ((t.typtype = 'b' AND t.typelem = 0) \
@@ -104,7 +108,10 @@ impl LoadSession {
     /// dropped before this transaction ends (its drop would need the side table's lock).
     pub async fn refuse_live_dependencies(&self, side: &[&str]) -> Result<()> {
         let side: Vec<String> = side.iter().map(|s| (*s).to_string()).collect();
-        let (inert, class_member) = (inert_type(), of_a_superusers_extension("d.refclassid", "d.refobjid"));
+        let owner = "CASE WHEN d.refclassid = 'pg_catalog.pg_opclass'::pg_catalog.regclass \
+                       THEN (SELECT c.opcowner FROM pg_catalog.pg_opclass c WHERE c.oid = d.refobjid) \
+                       ELSE (SELECT f.opfowner FROM pg_catalog.pg_opfamily f WHERE f.oid = d.refobjid) END";
+        let (inert, class_member) = (inert_type(), of_a_superusers_extension("d.refclassid", "d.refobjid", owner));
         let sql = format!(
             "WITH side AS (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY ($1)), \
              made AS ( \
@@ -933,8 +940,9 @@ impl LoadSession {
     /// The objects of the database's own schemas a side object may name beside live data
     /// ([`super::part::Spec::live_inert`]): types whose values run no code of a role without
     /// superuser as they load, and which no such role can change, replace or cast: members of
-    /// an extension a superuser owns (its members cannot be dropped alone, and only their
-    /// superuser owner may rename them or cast from or to them), that are base types (made
+    /// an extension a superuser owns, or owned by a superuser themselves (a trusted extension
+    /// an application role made: its script ran as the bootstrap superuser), so that they
+    /// cannot be dropped alone, and only a superuser may rename them or cast from or to them; that are base types (made
     /// only by a superuser, their input in C; an array only of such), enums, or domains with
     /// neither check nor default over a base type or enum that is no array; where no relation
     /// has the same name. An application's own enum or domain is not one: its owner could

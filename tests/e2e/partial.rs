@@ -1009,6 +1009,36 @@ fn beside_live_data_a_table_of_extension_types_restores_without_live_defaults_an
     assert_eq!(source.sql("SELECT count(*) FROM pg_namespace"), schemas);
 }
 
+/// An application role that made citext in its migrations (a trusted extension: its script
+/// runs as the bootstrap superuser, who owns its types): the extension is the role's, its
+/// types are not, and a side table of them restores beside live data as the superuser does.
+/// A type the role owns is not named.
+#[test]
+fn beside_live_data_a_trusted_extension_an_application_role_made_is_as_a_superusers() {
+    let role = format!("part_trusted_app_{}", std::process::id());
+    let _role = DropRole(role.clone());
+    psql("postgres", &format!("CREATE ROLE {role}"));
+    let Ready { source, work, repo, .. } = Scenario::new("part_trusted")
+        .sql(&format!(
+            "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO {role}', current_database()); END $$; \
+             GRANT CREATE ON SCHEMA public TO {role}; SET ROLE {role}; CREATE EXTENSION citext; \
+             CREATE TYPE public.tier AS ENUM ('a', 'b'); CREATE SCHEMA crm; \
+             CREATE TABLE crm.people (id integer PRIMARY KEY, mail public.citext); \
+             INSERT INTO crm.people SELECT g, 'A' || g || '@x.org' FROM generate_series(1, 30) g; \
+             CREATE TABLE crm.tiers (id integer PRIMARY KEY, t public.tier); RESET ROLE;"
+        ))
+        .init("repo")
+        .backup();
+    let owner = source.sql("SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'citext'");
+    assert_eq!(owner.trim(), role, "the role made the extension");
+    work.restore_with(&repo, &source, &["--table", "crm.people", "--schema-map", "crm=crm_side", "latest"]).ok();
+    assert_eq!(rows(&source, "crm_side.people", "id"), rows(&source, "crm.people", "id"));
+    let lower = source.sql("SELECT count(*) FROM crm_side.people WHERE mail = 'a1@X.ORG'");
+    assert_eq!(lower.trim(), "1", "still citext, compared without case");
+    work.restore_with(&repo, &source, &["--table", "crm.tiers", "--schema-map", "crm=crm_side2", "latest"])
+        .fails_with(1, "crm.tiers: its definition names public.tier of the live database");
+}
+
 #[test]
 fn a_live_type_swapped_while_a_side_schema_restore_waits_is_refused_by_what_the_ddl_bound() {
     use std::io::Write;
