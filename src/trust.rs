@@ -209,10 +209,12 @@ pub fn pins_another(config_dir: &Path, repository_id: &str) -> bool {
     })
 }
 
-/// Whether two spellings of a location name the same place (`/srv/crm` and `/srv/crm/`).
+/// Whether two spellings of a location name the same place (`/srv/crm/`, `file:///srv/crm`, and
+/// `crm` from `/srv`): a pin keeps places ([`crate::target::place`]), absolute, so that
+/// a relative `--repo` given from another folder is another place. (Pins written before kept
+/// locations as given: a relative one is read from the current folder.)
 pub fn same_location(a: &str, b: &str) -> bool {
-    let trim = |text: &str| if text.len() > 1 { text.trim_end_matches('/').to_string() } else { text.to_string() };
-    trim(a) == trim(b)
+    crate::target::same_place(a, b)
 }
 
 /// Where a repository's pin lives under a config folder.

@@ -232,13 +232,15 @@ async fn check_with(
                     && trust::pins_another(config_dir, &repository.config.id)
                 {
                     bail!(
-                        "{location} is new to this machine and holds repository {} (fingerprint {actual}), which it                          knows at {}; as this machine pins more than one repository, say that this is the one you                          mean once with --fingerprint (or CRMVAULT_FINGERPRINT), from the admins' records",
+                        "{location} is new to this machine and holds repository {} (fingerprint {actual}), which it \
+                         knows at {}; as this machine pins more than one repository, say that this is the one you \
+                         mean once with --fingerprint (or CRMVAULT_FINGERPRINT), from the admins' records",
                         repository.config.id,
                         pin.locations.join(", ")
                     );
                 }
                 if new_location {
-                    pin.locations.push(location.to_string());
+                    pin.locations.push(crmvault::target::place(location));
                     changed = true;
                 }
                 if pin.config_hash != repository.config_hash && !behind {
@@ -348,7 +350,7 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
         fingerprint: report.fingerprint,
         config_hash: report.config_hash.clone(),
         newest: None,
-        locations: report.locations.clone(),
+        locations: report.locations.iter().map(|location| crmvault::target::place(location)).collect(),
         settled: std::collections::BTreeSet::new(),
         missed: std::collections::BTreeMap::new(),
     };

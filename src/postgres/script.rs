@@ -139,7 +139,11 @@ pub fn with_search_path(text: &str, path: &SearchPath) -> Result<String, String>
         .filter(|sql| *sql == statement)
         .map(|sql| sql.as_ptr() as usize - script.preamble.as_ptr() as usize)
         .collect();
+    let again = script.entries.iter().any(|entry| super::part::statements_of(entry.sql).contains(&statement));
     let at = match found[..] {
+        [_] if again => {
+            return Err("the snapshot's schema script sets search_path again after its preamble, unlike pg_dump".into());
+        }
         [at] => at,
         [] => return Err("the snapshot's schema script does not set search_path as pg_dump does".into()),
         _ => return Err("the snapshot's schema script sets search_path more than once, unlike pg_dump".into()),
@@ -633,6 +637,11 @@ mod tests {
         assert!(with_search_path(&hidden_only, &crm).is_err());
         let twice = format!("{EMPTY_SEARCH_PATH}\n{EMPTY_SEARCH_PATH}\n\n{body}");
         assert!(with_search_path(&twice, &crm).unwrap_err().contains("more than once"));
+        // Nor again in an entry, where it would empty the path for the entries after it.
+        let again = format!(
+            "{EMPTY_SEARCH_PATH}\n\n--\n-- Name: crm; Type: SCHEMA\n--\n\nCREATE SCHEMA crm;\n{EMPTY_SEARCH_PATH}\n\n{body}"
+        );
+        assert!(with_search_path(&again, &crm).unwrap_err().contains("again after its preamble"));
     }
 
     #[test]

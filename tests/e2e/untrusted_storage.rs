@@ -133,6 +133,27 @@ fn a_new_place_holding_one_of_several_trusted_repositories_is_named_before_it_is
     backup(&mirror, &[]).fails_with(1, "is new to this machine");
     backup(&mirror, &["--fingerprint", &fingerprint]).ok();
     backup(&mirror, &[]).ok();
+    // A place is where a location leads, not how it is written: `other` given from the folder
+    // above it is the known place, `other` from another folder is a new one (found by an
+    // attack run: pins compared locations as written).
+    let in_folder = |folder: &Path, repo: &str| {
+        let mut command = victim.work.command();
+        command.current_dir(folder).args(["backup", "--db", url.as_str(), "--repo", repo]);
+        crate::common::Run::from(&command.output().expect("crmvault runs"))
+    };
+    let home = Path::new(&other).parent().unwrap();
+    in_folder(home, "other").ok();
+    let other_fingerprint = victim.work.fingerprint(&other);
+    let (first, second) = (victim.work.path("first"), victim.work.path("second"));
+    for folder in [&first, &second] {
+        std::fs::create_dir_all(folder).unwrap();
+        copy_dir(Path::new(&other), &folder.join("copy"));
+    }
+    in_folder(&first, "copy").fails_with(1, "is new to this machine");
+    let mut named = victim.work.command();
+    named.current_dir(&first).args(["backup", "--db", url.as_str(), "--repo", "copy"]);
+    crate::common::Run::from(&named.args(["--fingerprint", &other_fingerprint]).output().unwrap()).ok();
+    in_folder(&second, "copy").fails_with(1, "is new to this machine and holds repository");
 }
 
 #[test]
