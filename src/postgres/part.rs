@@ -1554,6 +1554,14 @@ fn is_type_modifier(tokens: &[Token<'_>], open: usize) -> bool {
             .all(|(n, t)| if n % 2 == 0 { t.kind == Kind::Word } else { t.is_punct(',') })
 }
 
+/// Whether the qualified name at `at` (`schema . name`) is a call: a bracket follows that is no
+/// type's modifier where a type is written (`type_place`), or it is an option's value
+/// (`SUBTYPE_DIFF = public.f`, `FUNCTION = …`). Never a type that runs no code.
+fn is_call(tokens: &[Token<'_>], at: usize, type_place: bool) -> bool {
+    (tokens.get(at + 3).is_some_and(|t| t.is_punct('(')) && !(type_place && is_type_modifier(tokens, at + 3)))
+        || at.checked_sub(1).and_then(|before| tokens.get(before)).is_some_and(|t| t.text == "=")
+}
+
 /// Defaults left out of a side table: each column's name, with the live objects its default named.
 type DefaultsLeftOut = Vec<(String, Vec<String>)>;
 
@@ -1605,10 +1613,11 @@ fn without_live_defaults(
                     continue;
                 }
                 let Some(qualified) = qualified_at(expression, at) else { continue };
-                let cast = is_cast(&expression[..at]);
-                let call = expression.get(at + 3).is_some_and(|t| t.is_punct('('))
-                    && !(cast && is_type_modifier(expression, at + 3));
-                let name = if call { format!("{}()", qualified.name) } else { qualified.name.clone() };
+                let name = if is_call(expression, at, is_cast(&expression[..at])) {
+                    format!("{}()", qualified.name)
+                } else {
+                    qualified.name.clone()
+                };
                 if is_live(&qualified.schema) && !inert.contains(&(qualified.schema.clone(), name.clone())) {
                     named.push(format!("{}.{name}", qualified.schema));
                 }
@@ -1673,13 +1682,7 @@ fn facts(sql: &str) -> Facts {
                     .map(|t| t.text)
                     .collect(),
             };
-            // A call, or a function named as an option's value (`SUBTYPE_DIFF = public.f`,
-            // `FUNCTION = …`): never a type that runs no code.
-            // A type's modifier where a type is written (`emb public.vector(1536)`) is none of them.
-            let modifier = types.contains(&token.start) && is_type_modifier(&tokens, at + 3);
-            if (tokens.get(at + 3).is_some_and(|t| t.is_punct('(')) && !modifier)
-                || at.checked_sub(1).and_then(|before| tokens.get(before)).is_some_and(|t| t.text == "=")
-            {
+            if is_call(&tokens, at, types.contains(&token.start)) {
                 name.push_str("()");
             }
             facts.qualifiers.insert((schema, name));
@@ -1864,9 +1867,9 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             && renamed(spec.schema_map, schema).is_none()
             && spec.live_schemas.iter().any(|live| live == schema)
     };
-    // Beside live data, a side table is made without the defaults that name live objects.
-    let mut defaults_left_out: Vec<DefaultsLeftOut> = Vec::new();
-    let texts: Vec<std::borrow::Cow<'_, str>> = pre
+    // Each entry's text, and the defaults left out of it: beside live data, a side table is made
+    // without the defaults that name live objects.
+    let texts: Vec<(std::borrow::Cow<'_, str>, DefaultsLeftOut)> = pre
         .entries
         .iter()
         .map(|entry| (entry, true))
@@ -1875,14 +1878,10 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
             let changed = (spec.beside_live_data && pre_data && entry.kind == "TABLE")
                 .then(|| without_live_defaults(entry.sql, live, spec.live_inert))
                 .flatten();
-            let (text, said) = changed.map_or((std::borrow::Cow::Borrowed(entry.sql), Vec::new()), |(text, said)| {
-                (std::borrow::Cow::Owned(text), said)
-            });
-            defaults_left_out.push(said);
-            text
+            changed.map_or((entry.sql.into(), Vec::new()), |(text, said)| (text.into(), said))
         })
         .collect();
-    let entries: Vec<Facts> = texts.iter().map(|text| facts(text)).collect();
+    let entries: Vec<Facts> = texts.iter().map(|(text, _)| facts(text)).collect();
 
     let mut kinds: HashMap<&TableName, Relation> = HashMap::new();
     let mut creating: HashMap<&TableName, &Facts> = HashMap::new();
@@ -1969,11 +1968,12 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         None => kept.contains(name),
     };
     let live = |schema: &String| live(schema);
-    // The live objects an entry names beside live data, but those naming which is inert.
+    // The live objects an entry names beside live data, but those naming which is inert, as
+    // said (printable).
     let live_named = |facts: &Facts| -> Vec<String> {
         let named = facts.qualifiers.iter().filter(|(schema, _)| live(schema));
         let named = named.filter(|qualified| !spec.live_inert.contains(*qualified));
-        named.map(|(schema, name)| format!("{schema}.{name}")).collect()
+        named.map(|(schema, name)| crate::error::printable(&format!("{schema}.{name}"))).collect()
     };
     let keep = |kind: &str, facts: &Facts, pre_data: bool| -> bool {
         // Beside live data, an entry runs only if every statement acts on an object of a
@@ -2013,11 +2013,11 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
     let mut part = Part::default();
     let mut kept_facts: Vec<(&Facts, bool)> = Vec::new();
     let mut created_schemas = HashSet::new();
-    let mut all_facts = entries.iter().zip(&texts).zip(&defaults_left_out);
+    let mut all_facts = entries.iter().zip(&texts);
     for (pre_data, script, out) in [(true, &pre, &mut part.pre_data), (false, &post, &mut part.post_data)] {
         out.push_str(&settings_only(script.preamble));
         for entry in &script.entries {
-            let ((facts, text), defaults) = all_facts.next().expect("facts of every entry");
+            let (facts, (text, defaults)) = all_facts.next().expect("facts of every entry");
             if !keep(entry.kind, facts, pre_data) {
                 // A relation asked for whose definition may not run here: refused, not made
                 // without it (its rows would have nowhere to go).
@@ -2027,7 +2027,6 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
                     part.unmade.push(if named.is_empty() {
                         format!("{table}: its definition reaches outside the side schemas")
                     } else {
-                        let named: Vec<String> = named.iter().map(|n| crate::error::printable(n)).collect();
                         format!("{table}: its definition names {} of the live database", named.join(", "))
                     });
                 }
@@ -2042,13 +2041,12 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
                 {
                     let on: Vec<String> =
                         tables.iter().map(|n| crate::error::printable(&format!("{}.{}", n.schema, n.name))).collect();
-                    let named = if pre_data {
+                    let named: Vec<String> = if pre_data {
                         live_named(facts)
                     } else {
                         let live_ones = facts.qualifiers.iter().filter(|(schema, _)| live(schema));
-                        live_ones.map(|(schema, name)| format!("{schema}.{name}")).collect()
+                        live_ones.map(|(schema, name)| crate::error::printable(&format!("{schema}.{name}"))).collect()
                     };
-                    let named: Vec<String> = named.iter().map(|n| crate::error::printable(n)).collect();
                     let why = if named.is_empty() {
                         "it reaches outside the side schemas".to_string()
                     } else {
@@ -2756,8 +2754,22 @@ mod tests {
     /// Beside the live schemas of [`live`], no live type inert.
     fn beside_live<'a>(wanted: &'a dyn Fn(&TableName) -> bool, map: &'a [(String, String)]) -> Spec<'a> {
         static NONE: BTreeSet<(String, String)> = BTreeSet::new();
+        beside_live_with(wanted, map, &NONE)
+    }
+
+    /// Beside the live schemas of [`live`], with these live types inert.
+    fn beside_live_with<'a>(
+        wanted: &'a dyn Fn(&TableName) -> bool,
+        map: &'a [(String, String)],
+        inert: &'a BTreeSet<(String, String)>,
+    ) -> Spec<'a> {
         static LIVE: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(live);
-        Spec { wanted, schema_map: map, beside_live_data: true, live_schemas: &LIVE, live_inert: &NONE }
+        Spec { wanted, schema_map: map, beside_live_data: true, live_schemas: &LIVE, live_inert: inert }
+    }
+
+    /// Live types inert in tests: `public.` and each name.
+    fn inert(names: &[&str]) -> BTreeSet<(String, String)> {
+        names.iter().map(|name| ("public".to_string(), name.to_string())).collect()
     }
 
     /// The live database's schemas, in tests beside live data.
@@ -2993,10 +3005,7 @@ mod tests {
             entry("long", "TABLE", "crm", &format!("CREATE TABLE crm.long (\n    id integer CHECK (({}xyz.evil(id) > 0))\n);", "s".repeat(63))),
         ]
         .concat();
-        let inert: BTreeSet<(String, String)> =
-            [("public", "hstore"), ("public", "citext"), ("public", "vector"), ("public", "geometry")]
-                .map(|(s, n)| (s.to_string(), n.to_string()))
-                .into();
+        let inert = inert(&["hstore", "citext", "vector", "geometry"]);
         let index = entry(
             "notes_tags",
             "INDEX",
@@ -3006,13 +3015,7 @@ mod tests {
         let part = select(
             &format!("{}{tables}", self::pre()),
             &format!("{}{index}", post()),
-            &Spec {
-                wanted: &all_crm,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live(),
-                live_inert: &inert,
-            },
+            &beside_live_with(&all_crm, &map, &inert),
         );
         // After the rows load, not even such a type: what the definitions bind is checked by
         // oid before the rows load. Said.
@@ -3078,20 +3081,11 @@ mod tests {
     fn a_default_is_cut_whole_and_a_call_after_a_comma_in_square_brackets_is_no_type() {
         let map = [("crm".to_string(), "crm_side".to_string())];
         let all_crm = |t: &TableName| t.schema == "crm";
-        let inert: BTreeSet<(String, String)> =
-            [("public", "hstore"), ("public", "citext")].map(|(s, n)| (s.to_string(), n.to_string())).into();
-        let live = live();
+        let inert = inert(&["hstore", "citext"]);
         let part = |sql: &str| {
             let pre =
                 format!("{}{}", entry("crm", "SCHEMA", "-", "CREATE SCHEMA crm;"), entry("t", "TABLE", "crm", sql));
-            let spec = Spec {
-                wanted: &all_crm,
-                schema_map: &map,
-                beside_live_data: true,
-                live_schemas: &live,
-                live_inert: &inert,
-            };
-            select(&pre, "", &spec)
+            select(&pre, "", &beside_live_with(&all_crm, &map, &inert))
         };
         // A comma inside ARRAY[…] ends no column: the call after it is a call, and the whole
         // default goes (found by an attack run: the call was read as the inert type).

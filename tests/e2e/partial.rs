@@ -1015,9 +1015,8 @@ fn beside_live_data_a_table_of_extension_types_restores_without_live_defaults_an
 /// A type the role owns is not named.
 #[test]
 fn beside_live_data_a_trusted_extension_an_application_role_made_is_as_a_superusers() {
-    let role = format!("part_trusted_app_{}", std::process::id());
-    let _role = DropRole(role.clone());
-    psql("postgres", &format!("CREATE ROLE {role}"));
+    let guard = a_role("part_trusted_app");
+    let role = guard.0.clone();
     let Ready { source, work, repo, .. } = Scenario::new("part_trusted")
         .sql(&format!(
             "DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO {role}', current_database()); END $$; \
@@ -1039,14 +1038,20 @@ fn beside_live_data_a_trusted_extension_an_application_role_made_is_as_a_superus
         .fails_with(1, "crm.tiers: its definition names public.tier of the live database");
 }
 
+/// A role made for one test (its name with the process id), dropped when it ends.
+fn a_role(prefix: &str) -> DropRole {
+    let role = DropRole(format!("{prefix}_{}", std::process::id()));
+    psql("postgres", &format!("CREATE ROLE {}", role.0));
+    role
+}
+
 #[test]
 fn a_live_type_swapped_while_a_side_schema_restore_waits_is_refused_by_what_the_ddl_bound() {
     use std::io::Write;
     // The database's owner (not a superuser) owns public on PostgreSQL 15; a superuser made
     // the ltree extension there: its type may be named by a side table.
-    let role = format!("part_swap_app_{}", std::process::id());
-    let _role = DropRole(role.clone());
-    psql("postgres", &format!("CREATE ROLE {role}"));
+    let guard = a_role("part_swap_app");
+    let role = guard.0.clone();
     let Ready { source, work, repo, .. } = Scenario::new("part_swap")
         .sql(
             "CREATE EXTENSION ltree; CREATE SCHEMA crm; \

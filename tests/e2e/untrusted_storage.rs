@@ -34,6 +34,15 @@ impl Victim {
     fn only(&self, folder: &str) -> Vec<std::path::PathBuf> {
         files_under(&self.file(folder))
     }
+
+    /// Another repository this machine pins too (another team's, whose admin is the
+    /// attacker): its path.
+    fn others_repository(&self) -> String {
+        let other = self.work.path("other").to_str().unwrap().to_string();
+        let evil = self.work.keygen("evil.key");
+        self.work.run(&["init", "--repo", &other, "--recipient", &evil]).ok();
+        other
+    }
 }
 
 /// The attacker's own repository, made with the victim's public recipient, holding a backup of
@@ -88,9 +97,7 @@ fn a_forged_repository_made_with_the_public_recipients_is_refused_everywhere() {
 #[test]
 fn a_repository_the_host_also_trusts_is_refused_in_the_place_of_another() {
     let victim = Victim::new("swapped");
-    let other = victim.work.path("other").to_str().unwrap().to_string();
-    let evil = victim.work.keygen("evil.key");
-    victim.work.run(&["init", "--repo", &other, "--recipient", &evil]).ok();
+    let other = victim.others_repository();
     std::fs::remove_dir_all(&victim.repo).unwrap();
     copy_dir(Path::new(&other), Path::new(&victim.repo));
     victim
@@ -109,17 +116,20 @@ fn a_repository_the_host_also_trusts_is_refused_in_the_place_of_another() {
 #[test]
 fn a_new_place_holding_one_of_several_trusted_repositories_is_named_before_it_is_used() {
     let victim = Victim::new("newplace");
-    let other = victim.work.path("other").to_str().unwrap().to_string();
-    let evil = victim.work.keygen("evil.key");
-    victim.work.run(&["init", "--repo", &other, "--recipient", &evil]).ok();
+    let other = victim.others_repository();
     let planted = victim.work.path("planted").to_str().unwrap().to_string();
     copy_dir(Path::new(&other), Path::new(&planted));
     let url = victim.source.url();
-    let backup = |repo: &str, more: &[&str]| {
-        let mut args = vec!["backup", "--db", url.as_str(), "--repo", repo];
-        args.extend_from_slice(more);
-        victim.work.run(&args)
+    // A backup to `repo` run from `folder` (this process's own when `None`).
+    let backup_in = |folder: Option<&Path>, repo: &str, more: &[&str]| {
+        let mut command = victim.work.command();
+        if let Some(folder) = folder {
+            command.current_dir(folder);
+        }
+        command.args(["backup", "--db", url.as_str(), "--repo", repo]).args(more);
+        crate::common::Run::from(&command.output().expect("crmvault runs"))
     };
+    let backup = |repo: &str, more: &[&str]| backup_in(None, repo, more);
     let run = backup(&planted, &[]).fails_with(1, "is new to this machine and holds repository");
     assert!(run.stderr.contains(&other), "names where it is known: {}", run.stderr);
     let snapshots = Path::new(&planted).join("snapshots");
@@ -136,24 +146,17 @@ fn a_new_place_holding_one_of_several_trusted_repositories_is_named_before_it_is
     // A place is where a location leads, not how it is written: `other` given from the folder
     // above it is the known place, `other` from another folder is a new one (found by an
     // attack run: pins compared locations as written).
-    let in_folder = |folder: &Path, repo: &str| {
-        let mut command = victim.work.command();
-        command.current_dir(folder).args(["backup", "--db", url.as_str(), "--repo", repo]);
-        crate::common::Run::from(&command.output().expect("crmvault runs"))
-    };
     let home = Path::new(&other).parent().unwrap();
-    in_folder(home, "other").ok();
+    backup_in(Some(home), "other", &[]).ok();
     let other_fingerprint = victim.work.fingerprint(&other);
     let (first, second) = (victim.work.path("first"), victim.work.path("second"));
     for folder in [&first, &second] {
         std::fs::create_dir_all(folder).unwrap();
         copy_dir(Path::new(&other), &folder.join("copy"));
     }
-    in_folder(&first, "copy").fails_with(1, "is new to this machine");
-    let mut named = victim.work.command();
-    named.current_dir(&first).args(["backup", "--db", url.as_str(), "--repo", "copy"]);
-    crate::common::Run::from(&named.args(["--fingerprint", &other_fingerprint]).output().unwrap()).ok();
-    in_folder(&second, "copy").fails_with(1, "is new to this machine and holds repository");
+    backup_in(Some(&first), "copy", &[]).fails_with(1, "is new to this machine");
+    backup_in(Some(&first), "copy", &["--fingerprint", &other_fingerprint]).ok();
+    backup_in(Some(&second), "copy", &[]).fails_with(1, "is new to this machine and holds repository");
 }
 
 #[test]
