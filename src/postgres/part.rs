@@ -380,6 +380,17 @@ pub fn statements_of(sql: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Whether two statements are the same as the server reads them: the same tokens, words in
+/// any case, whatever spaces and comments lie between (`select  pg_catalog.set_config(…)`).
+pub fn same_statement(a: &str, b: &str) -> bool {
+    let (a, b) = (significant(a), significant(b));
+    a.len() == b.len()
+        && a.iter().zip(&b).all(|(x, y)| {
+            x.kind == y.kind
+                && if x.kind == Kind::Word { x.text.eq_ignore_ascii_case(y.text) } else { x.text == y.text }
+        })
+}
+
 /// What pg_dump writes for an object of a schema, after `CREATE [OR REPLACE]`: beside live data
 /// no other `CREATE` runs.
 const CREATED_BESIDE_LIVE: [&str; 22] = [

@@ -132,24 +132,26 @@ pub fn with_search_path(text: &str, path: &SearchPath) -> Result<String, String>
     if script.entries.is_empty() {
         return Ok(text.to_string());
     }
-    // The statement as the server reads it (not a comment or a string that spells it), once.
+    // The statement as the server reads it (not a comment or a string that spells it, however
+    // spaced or cased), once.
     let statement = EMPTY_SEARCH_PATH.trim_end_matches(';');
-    let found: Vec<usize> = super::part::statements_of(script.preamble)
+    let is_it = |sql: &&str| super::part::same_statement(sql, statement);
+    let found: Vec<(usize, usize)> = super::part::statements_of(script.preamble)
         .into_iter()
-        .filter(|sql| *sql == statement)
-        .map(|sql| sql.as_ptr() as usize - script.preamble.as_ptr() as usize)
+        .filter(is_it)
+        .map(|sql| (sql.as_ptr() as usize - script.preamble.as_ptr() as usize, sql.len()))
         .collect();
-    let again = script.entries.iter().any(|entry| super::part::statements_of(entry.sql).contains(&statement));
-    let at = match found[..] {
+    let again = script.entries.iter().any(|entry| super::part::statements_of(entry.sql).iter().any(is_it));
+    let (at, length) = match found[..] {
         [_] if again => {
             return Err("the snapshot's schema script sets search_path again after its preamble, unlike pg_dump".into());
         }
-        [at] => at,
+        [found] => found,
         [] => return Err("the snapshot's schema script does not set search_path as pg_dump does".into()),
         _ => return Err("the snapshot's schema script sets search_path more than once, unlike pg_dump".into()),
     };
     let setting = format!("SELECT pg_catalog.set_config('search_path', {}, false)", super::quote_literal(&path.0));
-    Ok(format!("{}{setting}{}", &text[..at], &text[at + statement.len()..]))
+    Ok(format!("{}{setting}{}", &text[..at], &text[at + length..]))
 }
 
 /// A `search_path` a restore runs the snapshot's script under (`--search-path`): schema names,
@@ -642,6 +644,22 @@ mod tests {
             "{EMPTY_SEARCH_PATH}\n\n--\n-- Name: crm; Type: SCHEMA\n--\n\nCREATE SCHEMA crm;\n{EMPTY_SEARCH_PATH}\n\n{body}"
         );
         assert!(with_search_path(&again, &crm).unwrap_err().contains("again after its preamble"));
+        // However it is spaced or cased (found by an attack run: an exact match missed these).
+        for spelt in [
+            "SELECT  pg_catalog.set_config('search_path', '', false);",
+            "select pg_catalog.SET_CONFIG('search_path','',false);",
+        ] {
+            let again = format!(
+                "{EMPTY_SEARCH_PATH}\n\n--\n-- Name: crm; Type: SCHEMA\n--\n\nCREATE SCHEMA crm;\n{spelt}\n\n{body}"
+            );
+            assert!(with_search_path(&again, &crm).unwrap_err().contains("again after its preamble"), "{spelt}");
+            let alone = format!("{spelt}\n\n{body}");
+            let replaced = with_search_path(&alone, &crm).unwrap();
+            assert!(
+                replaced.starts_with("SELECT pg_catalog.set_config('search_path', 'public, \"o''k\"', false);"),
+                "{replaced}"
+            );
+        }
     }
 
     #[test]
