@@ -132,6 +132,13 @@ fn a_new_place_holding_one_of_several_trusted_repositories_is_named_before_it_is
     let backup = |repo: &str, more: &[&str]| backup_in(None, repo, more);
     let run = backup(&planted, &[]).fails_with(1, "is new to this machine and holds repository");
     assert!(run.stderr.contains(&other), "names where it is known: {}", run.stderr);
+    // Nor through another spelling of it: a file:// URL by way of `..`, a symbolic link.
+    let url_spelling = format!("file://{}/../planted", victim.work.path("other").display());
+    let link = victim.work.path("link");
+    std::os::unix::fs::symlink(&planted, &link).unwrap();
+    for spelling in [url_spelling.as_str(), link.to_str().unwrap()] {
+        backup(spelling, &[]).fails_with(1, "is new to this machine and holds repository");
+    }
     let snapshots = Path::new(&planted).join("snapshots");
     assert!(!snapshots.exists() || files_under(&snapshots).is_empty(), "no backup was written there");
     // The fingerprint of the repository meant refuses it too.
