@@ -1109,12 +1109,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut lists = Vec::new();
             for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
-                trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
+                let mut trusted =
+                    trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let keyring = keyring(repository, identity.as_deref()).await?;
-                lists.push((
-                    repository.target.location().to_string(),
-                    snapshots::list(repository, keyring.as_ref(), &filter).await?,
-                ));
+                let list = snapshots::list(repository, keyring.as_ref(), &filter).await?;
+                // The newest it proved is remembered, as restore and verify do: a listing is
+                // the first step at 3 a.m., and a snapshot deleted after it is then said.
+                trusted.advance(list.iter().filter_map(|s| s.proven.as_ref()).max_by_key(|mark| mark.sequence))?;
+                lists.push((repository.target.location().to_string(), list));
             }
             output::snapshots(json, &snapshots::merge(lists), &repos);
         }

@@ -32,6 +32,9 @@ pub struct SnapshotSummary {
     pub error: Option<String>,
     /// The targets that hold it.
     pub targets: Vec<String>,
+    /// Its place in the chain, when its MAC proved it (opened with a key).
+    #[serde(skip)]
+    pub proven: Option<crate::trust::SnapshotMark>,
 }
 
 /// What a key reveals about a snapshot.
@@ -102,6 +105,11 @@ pub async fn list(
                 if manifest.as_ref().is_some_and(|manifest| !tally.see(filter, manifest)) {
                     continue;
                 }
+                let proven = manifest.as_ref().map(|_| crate::trust::SnapshotMark {
+                    id: id.clone(),
+                    sequence: header.sequence,
+                    time: header.time,
+                });
                 SnapshotSummary {
                     id,
                     time: Some(header.time),
@@ -111,6 +119,7 @@ pub async fn list(
                     contents: manifest.as_ref().map(SnapshotContents::of),
                     error,
                     targets: vec![location.clone()],
+                    proven,
                 }
             }
             Err(error) => SnapshotSummary {
@@ -122,6 +131,7 @@ pub async fn list(
                 contents: None,
                 error: Some(error.to_string()),
                 targets: vec![location.clone()],
+                proven: None,
             },
         };
         summaries.push(summary);

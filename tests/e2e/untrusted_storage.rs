@@ -844,6 +844,27 @@ fn with_header(bytes: &[u8], change: impl Fn(&mut serde_json::Value)) -> Vec<u8>
     [lines[0], &header, blake3::hash(&header).to_hex().as_bytes(), lines[3], lines[4]].join(&b'\n')
 }
 
+/// The 3 a.m. runbook's first step, `snapshots --identity`, proves every snapshot: the newest
+/// it proved is remembered, so that one deleted afterwards is named as deleted by the restore
+/// (found by an attack run: only restore, verify and the others remembered it).
+#[test]
+fn a_snapshot_listed_with_a_key_and_deleted_after_is_named_as_a_deletion() {
+    let victim = Victim::new("listed_deleted");
+    let fingerprint = victim.work.fingerprint(&victim.repo);
+    let admin = Workspace::new();
+    std::fs::copy(victim.work.path("admin.key"), admin.path("admin.key")).unwrap();
+    let listing =
+        ["snapshots", "--repo", &victim.repo, "--identity", &admin.admin_key(), "--fingerprint", &fingerprint];
+    admin.run(&listing).ok();
+    let newest = victim.only("snapshots").pop().unwrap();
+    let newest_id = newest.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(newest).unwrap();
+    let target = TestDb::create("listed_deleted_target");
+    let run = admin.restore(&victim.repo, &target).fails_with(1, "deleted from storage without being forgotten");
+    assert!(run.stderr.contains(&format!("this machine knows of snapshot {newest_id}")), "{}", run.stderr);
+    assert!(target.is_empty());
+}
+
 #[test]
 fn every_snapshot_deleted_is_named_as_a_deletion_on_a_machine_that_knew_them() {
     let victim = Victim::new("all_deleted");
