@@ -17,7 +17,7 @@
 //! - What fails on one copy of several is a warning naming the copy; the command's report
 //!   says per target what happened ([`EachCopy`] for work done on each copy on its own).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::fetch::Source;
+use crate::label_cache::{LabelCache, Labels};
 use crate::repo::{AdminKeyring, FilterTally, Keyring, Manifest, Repository, SnapshotFilter, SnapshotId};
 use crate::target::Target;
 use crate::trust::SnapshotMark;
@@ -59,6 +60,10 @@ pub struct Resolved {
     /// first of `ids`: their header's time is later, or unknown. Their database is unknown, so
     /// they are never chosen, nor left out unsaid: a restore names each with why.
     pub unreadable: Vec<Unreadable>,
+    /// Those of `ids` ordered by labels this machine remembered ([`RepoSet::remember_labels`]),
+    /// not read this time: one that does not open now is passed over as an unreadable one
+    /// would have been.
+    pub remembered: HashSet<SnapshotId>,
 }
 
 /// Snapshots that do not open named one by one ([`Resolved::passed_over`]); more are counted.
@@ -101,14 +106,6 @@ impl Unreadable {
     }
 }
 
-/// When a snapshot was taken and whose it is: what `latest` chooses by.
-struct Labels {
-    time: DateTime<Utc>,
-    database: String,
-    hostname: String,
-    tags: Vec<String>,
-}
-
 /// Whether a failed read of a snapshot object means storage would not serve it (a refusal: access
 /// denied, an archive storage class; or gone since it was listed), not that what it served, or
 /// failed to serve (a timeout, a server error), may hide the newest snapshot.
@@ -137,6 +134,8 @@ pub struct LeftOut {
 pub struct RepoSet {
     repositories: Vec<Repository>,
     left_out: Vec<LeftOut>,
+    /// Where `latest` finds the labels of snapshots opened before ([`RepoSet::remember_labels`]).
+    labels: Option<LabelCache>,
 }
 
 impl RepoSet {
@@ -154,7 +153,7 @@ impl RepoSet {
             repositories.push(Repository::open(open(location)?).await?);
         }
         refuse_one_storage_twice(&repositories)?;
-        Ok(RepoSet { repositories, left_out: Vec::new() })
+        Ok(RepoSet { repositories, left_out: Vec::new(), labels: None })
     }
 
     /// Opens what can be opened: of several locations, one that fails is left out (see
@@ -185,7 +184,7 @@ impl RepoSet {
             return Err(Error::EveryTargetFailed(left_out.into_iter().map(|l| (l.location, l.reason)).collect()));
         }
         refuse_one_storage_twice(&repositories)?;
-        Ok(RepoSet { repositories, left_out })
+        Ok(RepoSet { repositories, left_out, labels: None })
     }
 
     /// A set of repositories already open (a library caller's, or a test's).
@@ -193,7 +192,7 @@ impl RepoSet {
         if repositories.is_empty() {
             return Err(Error::NoTarget);
         }
-        Ok(RepoSet { repositories, left_out: Vec::new() })
+        Ok(RepoSet { repositories, left_out: Vec::new(), labels: None })
     }
 
     /// The copies that opened, in the order given.
@@ -378,7 +377,7 @@ impl RepoSet {
                     manifest.hostname
                 )));
             }
-            return Ok(Resolved { ids: candidates, unreadable: Vec::new() });
+            return Ok(Resolved { ids: candidates, unreadable: Vec::new(), remembered: HashSet::new() });
         }
         let mut chosen = Vec::new();
         let mut unreadable = Vec::new();
@@ -390,19 +389,38 @@ impl RepoSet {
         let mut hosts: Vec<String> = Vec::new();
         let any_host = SnapshotFilter { hostname: None, ..filter.clone() };
         // Each read and opened once, a few at a time (a year of nights is 365 manifests, on S3
-        // as many round trips), then taken newest first by the time of the header that opened.
+        // as many round trips), then taken newest first by the time of the header that opened;
+        // those this machine opened before, by the labels it remembers.
+        let first = self.first();
+        let remembered = match &self.labels {
+            Some(cache) => cache.load(|fingerprint| first.has_fingerprint(fingerprint)),
+            None => BTreeMap::new(),
+        };
         let cores = crate::repo::Cores::new();
         let budget = crate::target::ReadBudget::new(crate::repo::READ_BUDGET);
         let opened = candidates.into_iter().map(|id| {
-            let (cores, budget) = (&cores, &budget);
+            let (cores, budget, remembered) = (&cores, &budget, &remembered);
             async move {
-                let opened = self.open_labels(&id, keyring, cores, budget).await;
+                let opened = match remembered.get(&id) {
+                    Some(labels) => Ok(labels.clone()),
+                    None => self.open_labels(&id, keyring, cores, budget).await,
+                };
                 (id, opened)
             }
         });
         let mut opened: Vec<(SnapshotId, Opened)> =
             futures::StreamExt::collect(futures::StreamExt::buffered(futures::stream::iter(opened), MANIFESTS_AHEAD))
                 .await;
+        if let Some(cache) = &self.labels {
+            let now: BTreeMap<SnapshotId, Labels> =
+                (opened.iter()).filter_map(|(id, opened)| Some((id.clone(), opened.as_ref().ok()?.clone()))).collect();
+            // Written when a snapshot was opened for the first time or is gone (forgotten).
+            if !now.keys().eq(remembered.keys()) {
+                cache.save(now);
+            }
+        }
+        let remembered: HashSet<SnapshotId> =
+            opened.iter().map(|(id, _)| id).filter(|id| remembered.contains_key(*id)).cloned().collect();
         let time = |opened: &Opened| match opened {
             Ok(labels) => Some(labels.time),
             Err(unreadable) => unreadable.time,
@@ -447,7 +465,19 @@ impl RepoSet {
                 hosts[1..].join(", ")
             );
         }
-        Ok(Resolved { ids: chosen, unreadable })
+        let remembered = remembered.into_iter().filter(|id| chosen.contains(id)).collect();
+        Ok(Resolved { ids: chosen, unreadable, remembered })
+    }
+
+    /// Lets `latest` order the snapshots this machine opened before by the labels it remembers
+    /// under `config_dir` ([`crate::label_cache`]), reading only the others. For copies of one
+    /// repository checked against this machine's pins, and a command that opens manifests with
+    /// the repository's keys.
+    pub fn remember_labels(&mut self, config_dir: &Path) {
+        let first = self.first();
+        if self.repositories.iter().all(|r| r.config.id == first.config.id) {
+            self.labels = Some(LabelCache::new(config_dir, &first.config.id, first.fingerprint()));
+        }
     }
 
     /// What `latest` looks at in a snapshot, from the first copy where it reads and opens with

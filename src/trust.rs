@@ -243,25 +243,31 @@ pub fn load_pin(config_dir: &Path, repository_id: &str) -> Result<Option<Pin>> {
 /// Writes a pin (mode 0600, replacing the previous one atomically: a crash leaves the old or
 /// the new file, never half of one).
 pub fn save_pin(config_dir: &Path, pin: &Pin) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = pin_path(config_dir, &pin.repository_id);
-    let folder = path.parent().expect("a pin path has a folder");
-    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
-    let staging = folder.join(format!(".trust.json.{}", std::process::id()));
     let mut text = serde_json::to_vec_pretty(pin).expect("serialisable");
     text.push(b'\n');
+    replace_private_file(&pin_path(config_dir, &pin.repository_id), &text)
+}
+
+/// Replaces `path` with `contents`, mode 0600, atomically (written beside it, synced, renamed
+/// over it, the folder synced): a crash leaves the old file or the new one.
+pub fn replace_private_file(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let folder = path.parent().expect("a file in a folder");
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let staging = folder.join(format!(".{name}.{}", std::process::id()));
     let written = (|| {
         let mut file =
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&staging)?;
-        file.write_all(&text)?;
+        file.write_all(contents)?;
         file.sync_all()?;
-        std::fs::rename(&staging, &path)?;
+        std::fs::rename(&staging, path)?;
         std::fs::File::open(folder)?.sync_all()
     })();
     written.map_err(|e| {
         let _ = std::fs::remove_file(&staging);
-        Error::io(&path, e)
+        Error::io(path, e)
     })
 }
 

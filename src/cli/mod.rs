@@ -1528,6 +1528,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let role = trust::reading_role(targets.first(), identity.as_deref(), &config_dir()?);
             trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
+            targets.remember_labels(&config_dir()?);
             let Some(keyring) = keyring(targets.first(), identity.as_deref()).await? else {
                 anyhow::bail!(
                     "what a snapshot holds is in its encrypted manifest: run it on the backup host (writer key) or give \
@@ -1711,6 +1712,7 @@ async fn open_as_admin(
         output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
     }
     let trusted = trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir()?).await?;
+    targets.remember_labels(&config_dir()?);
     let keyring = targets.unlock_as_admin(identity).await?;
     audit.opened(targets.repositories(), &keyring);
     let locks =

@@ -80,10 +80,14 @@ pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &
     let mut first_error = None;
     let resolved = targets.resolve_snapshot(selector, filter, keyring).await?;
     // Said when one of `ids` is listed: these may be newer.
-    let passed_over = resolved.passed_over();
+    let mut passed_over = resolved.passed_over();
     let openable = resolved.ids.len();
+    let remembered = resolved.remembered;
     let ids = resolved.ids.into_iter().chain(resolved.unreadable.into_iter().map(|skipped| skipped.id));
     for (n, id) in ids.enumerate() {
+        // Chosen by labels this machine remembered and not read until now: one that opens on
+        // no copy is named, as one read for its labels would have been.
+        let mut why = None;
         for repository in targets.repositories() {
             let opened =
                 repository.read_snapshot(&id).await.and_then(|sealed| Ok((sealed.open(keyring)?, sealed.mark())));
@@ -115,7 +119,7 @@ pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &
                         total.bytes += table.bytes;
                     }
                     let schemas = schemas.into_values().collect();
-                    let warnings = if n < openable { passed_over } else { Vec::new() };
+                    let warnings = if n < openable { std::mem::take(&mut passed_over) } else { Vec::new() };
                     for warning in &warnings {
                         tracing::warn!("{warning}");
                     }
@@ -135,9 +139,13 @@ pub async fn run(targets: &RepoSet, keyring: &Keyring, selector: &str, filter: &
                     });
                 }
                 Err(error) => {
+                    why.get_or_insert_with(|| error.to_string());
                     first_error.get_or_insert(error);
                 }
             }
+        }
+        if let Some(why) = why.filter(|_| remembered.contains(&id)) {
+            passed_over.insert(0, format!("snapshot {id} passed over: {why}"));
         }
     }
     Err(first_error.unwrap_or_else(|| Error::SnapshotNotFound(format!("no snapshot {selector}"))))

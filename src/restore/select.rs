@@ -74,7 +74,9 @@ pub(super) async fn choose_snapshot(
     // named, a few of them, with why.
     tracing::debug!(candidates = resolved.ids.len(), "snapshots resolved");
     let named = resolved.passed_over();
-    let unreadable = resolved.unreadable;
+    let (unreadable, remembered) = (resolved.unreadable, resolved.remembered);
+    // Remembered snapshots that did not open now: as unreadable as `unreadable`'s.
+    let mut failed = Vec::new();
     for snapshot_id in resolved.ids {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
             Ok((manifest, sources, mark)) => {
@@ -104,7 +106,7 @@ pub(super) async fn choose_snapshot(
                 };
                 skipped_newer |= known.is_some();
                 if let Some(known) = known
-                    && unreadable.iter().any(|skipped| skipped.id == known.id)
+                    && (unreadable.iter().any(|skipped| skipped.id == known.id) || failed.contains(&known.id))
                 {
                     note(format!(
                         "the newest snapshot this machine knows of, {} (number {}, {}), does not open (above); \
@@ -119,6 +121,14 @@ pub(super) async fn choose_snapshot(
                     ));
                 }
                 return Ok(Chosen { manifest, sources, mark, skipped_newer });
+            }
+            // Chosen by labels this machine remembered, not read until now: whatever keeps it
+            // from opening (gone, refused, a timeout) passes it over, as it would have been
+            // passed over when read for its labels.
+            Err(error) if latest && remembered.contains(&snapshot_id) => {
+                passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
+                first_error.get_or_insert(error);
+                failed.push(snapshot_id);
             }
             Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
                 passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));

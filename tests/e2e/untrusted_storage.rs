@@ -622,6 +622,75 @@ fn a_linked_folder_or_a_forged_format_version_in_storage_changes_nothing() {
 }
 
 #[test]
+fn latest_is_chosen_by_the_labels_this_machine_proved_and_a_remembered_snapshot_that_no_longer_opens_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let Ready { source, work, repo, report } = Scenario::new("remembered").crm().init("repo").backup();
+    let id = |report: &serde_json::Value| report["snapshot_id"].as_str().unwrap().to_string();
+    let first = id(&report);
+    source.sql(
+        "UPDATE crm.contacts SET email = 'remembered@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)",
+    );
+    let second = id(&work.backup(&source, &repo));
+    // A restore remembers both snapshots' labels beside the pin, readable by this user only.
+    let target = TestDb::create("remembered_before");
+    assert_eq!(id(&work.restore_with(&repo, &target, &["--json"]).ok().json()), second);
+    let labels = files_under(&work.config_dir()).into_iter().find(|p| p.ends_with("labels.json")).unwrap();
+    assert_eq!(std::fs::metadata(&labels).unwrap().permissions().mode() & 0o777, 0o600);
+    let remembered: serde_json::Value = serde_json::from_slice(&std::fs::read(&labels).unwrap()).unwrap();
+    for snapshot in [&first, &second] {
+        assert!(remembered["snapshots"][snapshot]["time"].is_string(), "{remembered}");
+    }
+    let damage = |snapshot: &str| {
+        let path = Path::new(&repo).join(format!("snapshots/{snapshot}"));
+        let original = std::fs::read(&path).unwrap();
+        let mut bytes = original.clone();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        (path, original)
+    };
+
+    // The older one damaged in storage: `latest` knows it is older without reading it, so the
+    // newest is restored with nothing to say (finding damage is verify's, which reads it).
+    let (path, original) = damage(&first);
+    let target = TestDb::create("remembered_older_damaged");
+    let run = work.restore_with(&repo, &target, &["--json"]).ok();
+    assert_eq!(id(&run.json()), second);
+    assert_ne!(run.json()["skipped_newer"], true, "{}", run.stdout);
+    assert!(!run.stderr.contains("passed over"), "{}", run.stderr);
+    assert_same_database(&source, &target);
+    let verify = work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]);
+    assert_eq!(verify.code, 3, "{}", verify.stdout);
+    assert!(verify.stdout.contains(&first[..12]), "{}", verify.stdout);
+    std::fs::write(&path, original).unwrap();
+
+    // The newest damaged: what it remembers is only an order. The snapshot is opened as ever,
+    // refused, named as one that does not open (not as deleted), and the older one restored.
+    let (path, original) = damage(&second);
+    let target = TestDb::create("remembered_newest_damaged");
+    let run = work.restore_with(&repo, &target, &["--json"]).ok();
+    assert_eq!(id(&run.json()), first);
+    assert_eq!(run.json()["skipped_newer"], true, "{}", run.stdout);
+    assert!(run.stderr.contains(&format!("snapshot {second} passed over")), "{}", run.stderr);
+    assert!(run.stderr.contains("does not open"), "{}", run.stderr);
+    assert!(!run.stderr.contains("deleted from storage"), "{}", run.stderr);
+    // `ls latest` lists the older one and names it too; a drill of `latest` fails on it.
+    let ls = work.run(&["ls", "--json", "--repo", &repo, "--identity", &work.admin_key(), "latest"]).ok();
+    assert_eq!(id(&ls.json()), first);
+    assert!(ls.json()["warnings"].to_string().contains(&format!("snapshot {second} passed over")), "{}", ls.stdout);
+    let scratch = TestDb::unmade("remembered_scratch");
+    let drill = work.run(&["drill", "--repo", &repo, "--identity", &work.admin_key(), "--scratch-db", &scratch.url()]);
+    assert_eq!(drill.code, 3, "{}\n{}", drill.stdout, drill.stderr);
+    std::fs::write(&path, original).unwrap();
+
+    // A file that is not this repository's labels (damaged, or another's) is not believed.
+    std::fs::write(&labels, b"{\"fingerprint\": \"0000\"").unwrap();
+    let target = TestDb::create("remembered_damaged_file");
+    assert_eq!(id(&work.restore_with(&repo, &target, &["--json"]).ok().json()), second);
+    let rewritten: serde_json::Value = serde_json::from_slice(&std::fs::read(&labels).unwrap()).unwrap();
+    assert_eq!(rewritten["snapshots"].as_object().unwrap().len(), 2, "{rewritten}");
+}
+
+#[test]
 fn restore_latest_names_a_newest_snapshot_that_does_not_open_and_never_calls_it_deleted() {
     let Ready { source, work, repo, report } = Scenario::new("unreadable_newest").crm().init("repo").backup();
     let victim = Victim { source, work, repo };
