@@ -39,6 +39,11 @@ pub struct Labels {
     pub tags: Vec<String>,
 }
 
+/// Snapshots remembered at most (about 150 bytes each; a nightly backup of one database makes
+/// this many in 27 years). Labels of snapshots no longer listed (forgotten, or on another copy
+/// only) are kept until then: they are never looked up unless listed.
+pub const KEPT: usize = 10_000;
+
 /// The file's content.
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -83,9 +88,16 @@ impl LabelCache {
         }
     }
 
-    /// Replaces the file with `snapshots` (mode 0600; a crash leaves the old file or the new
-    /// one). A failure is said at debug level: the next command reads the objects again.
-    pub fn save(&self, snapshots: BTreeMap<SnapshotId, Labels>) {
+    /// Replaces the file with `snapshots`, the newest [`KEPT`] of them (mode 0600; a crash
+    /// leaves the old file or the new one). A failure is said at debug level: the next command
+    /// reads the objects again.
+    pub fn save(&self, mut snapshots: BTreeMap<SnapshotId, Labels>) {
+        if snapshots.len() > KEPT {
+            let mut times: Vec<DateTime<Utc>> = snapshots.values().map(|labels| labels.time).collect();
+            times.sort_unstable();
+            let oldest_kept = times[times.len() - KEPT];
+            snapshots.retain(|_, labels| labels.time >= oldest_kept);
+        }
         let stored = Stored { fingerprint: self.fingerprint, snapshots };
         let text = serde_json::to_vec(&stored).expect("labels serialise");
         if let Err(error) = crate::trust::replace_private_file(&self.path, &text) {
@@ -127,6 +139,18 @@ mod tests {
         // Another repository that took the same id is not given them.
         let other = fingerprint(b"other");
         assert!(LabelCache::new(dir.path(), "r1", other).load(|f| *f == other).is_empty());
+        // The newest are kept when there are too many.
+        let many: BTreeMap<SnapshotId, Labels> = (0..u32::try_from(KEPT).unwrap() + 5)
+            .map(|n| {
+                let time = DateTime::from_timestamp(1_800_000_000 + i64::from(n), 0).unwrap();
+                (SnapshotId::of(&n.to_le_bytes()), Labels { time, ..labels("crm") })
+            })
+            .collect();
+        cache.save(many);
+        let kept = cache.load(ours);
+        assert_eq!(kept.len(), KEPT);
+        assert!(!kept.contains_key(&SnapshotId::of(&4u32.to_le_bytes())));
+        assert!(kept.contains_key(&SnapshotId::of(&5u32.to_le_bytes())));
         // A damaged file is an empty one.
         std::fs::write(&path, b"{\"fingerprint\":").unwrap();
         assert!(cache.load(ours).is_empty());

@@ -412,11 +412,17 @@ impl RepoSet {
             futures::StreamExt::collect(futures::StreamExt::buffered(futures::stream::iter(opened), MANIFESTS_AHEAD))
                 .await;
         if let Some(cache) = &self.labels {
-            let now: BTreeMap<SnapshotId, Labels> =
-                (opened.iter()).filter_map(|(id, opened)| Some((id.clone(), opened.as_ref().ok()?.clone()))).collect();
-            // Written when a snapshot was opened for the first time or is gone (forgotten).
-            if !now.keys().eq(remembered.keys()) {
-                cache.save(now);
+            // Written when a snapshot was opened for the first time. Those this listing lacks
+            // stay: another copy of the repository may hold them (a target behind, the copy a
+            // repacking prune made), and a forgotten one is never listed again to be looked up.
+            let new: Vec<(SnapshotId, Labels)> = (opened.iter())
+                .filter(|(id, _)| !remembered.contains_key(id))
+                .filter_map(|(id, opened)| Some((id.clone(), opened.as_ref().ok()?.clone())))
+                .collect();
+            if !new.is_empty() {
+                let mut all = remembered.clone();
+                all.extend(new);
+                cache.save(all);
             }
         }
         let remembered: HashSet<SnapshotId> =
