@@ -75,7 +75,7 @@ pub(super) async fn choose_snapshot(
     tracing::debug!(candidates = resolved.ids.len(), "snapshots resolved");
     let named = resolved.passed_over();
     let (unreadable, remembered) = (resolved.unreadable, resolved.remembered);
-    // Remembered snapshots that did not open now: as unreadable as `unreadable`'s.
+    // Snapshots passed over here: as unreadable as `unreadable`'s.
     let mut failed = Vec::new();
     for snapshot_id in resolved.ids {
         match targets.open_snapshot(keyring, &snapshot_id, options.index_in_memory).await {
@@ -122,10 +122,16 @@ pub(super) async fn choose_snapshot(
                 }
                 return Ok(Chosen { manifest, sources, mark, skipped_newer });
             }
-            // Chosen by labels this machine remembered, not read until now: whatever keeps it
-            // from opening (gone, refused, a timeout) passes it over, as it would have been
-            // passed over when read for its labels.
-            Err(error) if latest && remembered.contains(&snapshot_id) => {
+            // Chosen by labels this machine remembered, not read until now: when its object
+            // no longer reads or opens (gone, refused, damaged), it is passed over, as it would
+            // have been when read for its labels; any other failure is the restore's, as for a
+            // snapshot read now.
+            Err(error)
+                if latest
+                    && remembered.contains(&snapshot_id)
+                    && !matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. })
+                    && !targets.snapshot_opens(&snapshot_id, keyring).await =>
+            {
                 passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
                 first_error.get_or_insert(error);
                 failed.push(snapshot_id);
@@ -133,6 +139,7 @@ pub(super) async fn choose_snapshot(
             Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
                 passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
                 first_error.get_or_insert(error);
+                failed.push(snapshot_id);
             }
             Err(error) => return Err(error),
         }

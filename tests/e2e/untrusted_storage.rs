@@ -691,6 +691,41 @@ fn latest_is_chosen_by_the_labels_this_machine_proved_and_a_remembered_snapshot_
 }
 
 #[test]
+fn a_remembered_newest_snapshot_is_passed_over_only_when_it_no_longer_opens_not_when_a_copy_fails_otherwise() {
+    let Ready { source, work, repo, .. } = Scenario::new("remembered_copies").crm().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    // An older snapshot and the newest on both copies.
+    let both = ["backup", "--json", "--no-alarm", "--db", &source.url(), "--repo", &repo, "--repo", &copy];
+    work.run(&both).ok();
+    source.sql("UPDATE crm.contacts SET email = 'copies@example.test' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+    let newest = work.run(&both).ok().json()["snapshot_id"].as_str().unwrap().to_string();
+    let warm = TestDb::create("remembered_copies_warm");
+    work.restore_with(&repo, &warm, &["--repo", &copy]).ok();
+    // The copy turned hostile: its newest snapshot damaged, and a name under index/ that stops
+    // the copy's listing. The newest is intact on the first copy, so what fails is the copy, as
+    // on a machine that remembers nothing: never an older snapshot restored in its place.
+    let path = Path::new(&copy).join(format!("snapshots/{newest}"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(Path::new(&copy).join("index/x\nplanted"), b"junk").unwrap();
+    let target = TestDb::create("remembered_copies_target");
+    let run = work.restore_with(&repo, &target, &["--json", "--repo", &copy]);
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stderr.contains(&format!("snapshot {newest} passed over")), "{}", run.stderr);
+    let cold = files_under(&work.config_dir()).into_iter().find(|p| p.ends_with("labels.json")).unwrap();
+    std::fs::remove_file(cold).unwrap();
+    let run_cold = work.restore_with(&repo, &target, &["--json", "--repo", &copy]);
+    assert_eq!(run.code, run_cold.code, "warm: {}\ncold: {}", run.stderr, run_cold.stderr);
+    // The copy's junk gone, the newest restores from the first copy.
+    std::fs::remove_file(Path::new(&copy).join("index/x\nplanted")).unwrap();
+    let run = work.restore_with(&repo, &target, &["--json", "--repo", &copy]).ok();
+    assert_eq!(run.json()["snapshot_id"].as_str(), Some(newest.as_str()));
+    assert_same_database(&source, &target);
+}
+
+#[test]
 fn restore_latest_names_a_newest_snapshot_that_does_not_open_and_never_calls_it_deleted() {
     let Ready { source, work, repo, report } = Scenario::new("unreadable_newest").crm().init("repo").backup();
     let victim = Victim { source, work, repo };
