@@ -837,18 +837,28 @@ async fn load_piece(
             (head, 0, all)
         }
         None => {
-            let mut probe = HEAD_PROBE;
-            let head = loop {
+            // A span in the first piece comes in the same read as the header, which takes less
+            // than HEAD_PROBE bytes: a year-old snapshot first reads nearly every pack there
+            // (1,614 of 1,730 at 365 nights), and each read was two.
+            let mut probe = if span.start == 0 {
+                crate::crypto::ciphertext_range(HEAD_PROBE, &span, pack.size).end
+            } else {
+                HEAD_PROBE
+            };
+            let (head, prefix) = loop {
                 let prefix = target.get_range(&key, 0..probe.min(pack.size)).await?;
                 match payload_start(&key, &prefix)? {
-                    Some(start) => break Arc::new(prefix[..start].to_vec()),
-                    None if probe < pack.size && probe < HEAD_MAX => probe *= 16,
+                    Some(start) => break (Arc::new(prefix[..start].to_vec()), prefix),
+                    None if probe < pack.size && probe < HEAD_MAX => probe = probe.saturating_mul(16),
                     None => return Err(Error::corrupt(&key, "its header does not end")),
                 }
             };
             remember_head(heads, source, pack, head.clone());
             let range = crate::crypto::ciphertext_range(head.len() as u64, &span, pack.size);
-            let body = target.get_range(&key, range.clone()).await?;
+            let body = match usize::try_from(range.start).ok().zip(usize::try_from(range.end).ok()) {
+                Some((start, end)) if end <= prefix.len() => prefix.slice(start..end),
+                _ => target.get_range(&key, range.clone()).await?,
+            };
             (head, range.start, body)
         }
     };
