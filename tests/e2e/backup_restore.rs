@@ -766,3 +766,49 @@ fn a_table_whose_index_calls_a_function_written_for_the_apps_search_path_backs_u
     work.restore_with(&repo, &plain, &["--search-path", "public", "--schema-map", "crm=crm_side"])
         .fails_with(2, "cannot be used with");
 }
+
+#[test]
+fn packs_read_in_pieces_restore_and_prove_themselves_whether_their_header_is_short_or_long() {
+    // A pack larger than one of age's 64 KiB pieces is read in pieces. Its first read brings
+    // the header and the first pieces at once when the header is short (one admin), and takes
+    // a second read when many admins make the header longer than that read allows for.
+    for admins in [1usize, 48] {
+        let source = TestDb::create(&format!("pieces_{admins}"));
+        source.sql(
+            "CREATE TABLE public.big (id int PRIMARY KEY, body text); \
+             INSERT INTO public.big SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 6) \
+             FROM generate_series(1, 20000) g;",
+        );
+        let work = Workspace::new();
+        let mut recipients = vec![work.keygen("admin.key")];
+        recipients.extend((1..admins).map(|_| crmvault::crypto::generate_identity().to_public().to_string()));
+        let repo = work.path("repo").to_str().unwrap().to_string();
+        let mut init = vec!["init", "--repo", repo.as_str()];
+        for recipient in &recipients {
+            init.extend(["--recipient", recipient.as_str()]);
+        }
+        work.run(&init).ok();
+        work.run(&["backup", "--db", &source.url(), "--repo", &repo]).ok();
+        let packs = files_under(&std::path::Path::new(&repo).join("data"));
+        let largest = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+        let original = std::fs::read(largest).unwrap();
+        assert!(original.len() > 3 * 65_536, "{admins} admins: a pack read in pieces: {} bytes", original.len());
+        let mac_line = original.windows(5).position(|w| w == b"\n--- ").unwrap() + 1;
+        let header = mac_line + original[mac_line..].iter().position(|&b| b == b'\n').unwrap() + 1;
+        assert_eq!(header > 4096, admins > 1, "{admins} admins: a header of {header} bytes");
+
+        let restored = TestDb::create(&format!("pieces_{admins}_restored"));
+        work.restore(&repo, &restored).ok();
+        assert_same_database(&source, &restored);
+        // A byte of the first piece, just past the header and its nonce, flipped: refused, and
+        // nothing loaded.
+        let mut damaged = original.clone();
+        damaged[header + 16 + 100] ^= 1;
+        std::fs::write(largest, damaged).unwrap();
+        let target = TestDb::create(&format!("pieces_{admins}_damaged"));
+        let run = work.restore(&repo, &target);
+        assert_ne!(run.code, 0, "{admins} admins: {}", run.stdout);
+        assert!(target.is_empty(), "{admins} admins: a refused restore leaves the database as it was");
+        std::fs::write(largest, original).unwrap();
+    }
+}
