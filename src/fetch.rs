@@ -855,8 +855,17 @@ async fn load_piece(
             };
             remember_head(heads, source, pack, head.clone());
             let range = crate::crypto::ciphertext_range(head.len() as u64, &span, pack.size);
+            let read = prefix.len() as u64;
             let body = match usize::try_from(range.start).ok().zip(usize::try_from(range.end).ok()) {
-                Some((start, end)) if end <= prefix.len() => prefix.slice(start..end),
+                Some((start, end)) if range.end <= read => prefix.slice(start..end),
+                // A longer header (many admins): what was read of the span, and the rest.
+                Some((start, _)) if range.start < read => {
+                    let rest = target.get_range(&key, read..range.end).await?;
+                    let mut body = Vec::with_capacity(prefix.len() - start + rest.len());
+                    body.extend_from_slice(&prefix[start..]);
+                    body.extend_from_slice(&rest);
+                    bytes::Bytes::from(body)
+                }
                 _ => target.get_range(&key, range.clone()).await?,
             };
             (head, range.start, body)

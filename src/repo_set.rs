@@ -533,13 +533,14 @@ impl RepoSet {
         Err(Unreadable { id: snapshot_id.clone(), time: header_time, why, damaged })
     }
 
-    /// Whether a snapshot's object reads and opens with `keyring` on some copy, as `latest`
-    /// reads snapshots it does not remember: what tells a remembered snapshot that no longer
-    /// opens from one whose opening failed for another reason (a copy's index unreadable).
-    pub async fn snapshot_opens(&self, snapshot_id: &SnapshotId, keyring: &Keyring) -> bool {
+    /// Why a snapshot's object does not read or open with `keyring` on any copy (`None`: it
+    /// does), as `latest` reads snapshots it does not remember: what tells a remembered snapshot
+    /// that no longer opens from one whose opening failed for another reason (a copy's index
+    /// unreadable).
+    pub async fn why_snapshot_does_not_open(&self, snapshot_id: &SnapshotId, keyring: &Keyring) -> Option<Error> {
         let cores = crate::repo::Cores::new();
         let budget = crate::target::ReadBudget::new(crate::repo::READ_BUDGET);
-        self.open_labels(snapshot_id, keyring, &cores, &budget).await.is_ok()
+        self.open_labels(snapshot_id, keyring, &cores, &budget).await.err().map(|unreadable| unreadable.why)
     }
 
     /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.

@@ -129,12 +129,17 @@ pub(super) async fn choose_snapshot(
             Err(error)
                 if latest
                     && remembered.contains(&snapshot_id)
-                    && !matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. })
-                    && !targets.snapshot_opens(&snapshot_id, keyring).await =>
+                    && !matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. }) =>
             {
-                passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
-                first_error.get_or_insert(error);
-                failed.push(snapshot_id);
+                // Said with why the object does not open, as for a snapshot read now.
+                match targets.why_snapshot_does_not_open(&snapshot_id, keyring).await {
+                    Some(why) => {
+                        passed_over.push(format!("snapshot {snapshot_id} passed over: {why}"));
+                        first_error.get_or_insert(why);
+                        failed.push(snapshot_id);
+                    }
+                    None => return Err(error),
+                }
             }
             Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
                 passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
