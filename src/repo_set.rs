@@ -653,7 +653,16 @@ impl RepoSet {
                 None => (None, None),
             };
             let (index, index_failures) =
-                repository.load_index_lenient(keyring, indexes, packs, index_in_memory).await?;
+                match repository.load_index_lenient(keyring, indexes, packs, index_in_memory).await {
+                    Ok(loaded) => loaded,
+                    // One copy of several whose indexes cannot be found (its `index/` does not
+                    // list): that copy's failure, said, while the others serve the chunks.
+                    Err(error) if self.several() => {
+                        failures.push(repository, error);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
             for (key, error) in index_failures {
                 // Chunks may still be found through another index or copy: the restore says
                 // what it could not find, if anything.
@@ -662,6 +671,7 @@ impl RepoSet {
             sources.push(Source::new(repository.target.clone(), Arc::new(index)));
         }
         match manifest {
+            Some(_) if sources.is_empty() => Err(failures.into_error()),
             Some(manifest) => {
                 self.warn_all(failures);
                 Ok((manifest, sources, mark.expect("set with the manifest")))

@@ -691,7 +691,7 @@ fn latest_is_chosen_by_the_labels_this_machine_proved_and_a_remembered_snapshot_
 }
 
 #[test]
-fn a_remembered_newest_snapshot_is_passed_over_only_when_it_no_longer_opens_not_when_a_copy_fails_otherwise() {
+fn one_hostile_copy_neither_stops_nor_rolls_back_a_restore_of_the_newest_snapshot_with_or_without_remembered_labels() {
     let Ready { source, work, repo, .. } = Scenario::new("remembered_copies").crm().init("repo").backup();
     let copy = work.path("copy").to_str().unwrap().to_string();
     work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
@@ -703,26 +703,27 @@ fn a_remembered_newest_snapshot_is_passed_over_only_when_it_no_longer_opens_not_
     let warm = TestDb::create("remembered_copies_warm");
     work.restore_with(&repo, &warm, &["--repo", &copy]).ok();
     // The copy turned hostile: its newest snapshot damaged, and a name under index/ that stops
-    // the copy's listing. The newest is intact on the first copy, so what fails is the copy, as
-    // on a machine that remembers nothing: never an older snapshot restored in its place.
+    // the copy's listing. The newest is intact on the first copy: it is restored from there,
+    // the copy named, on a machine that remembers the labels (a remembered snapshot passed
+    // over for the copy's failure restored an older one) as on one that does not (the copy's
+    // listing failed the whole restore).
     let path = Path::new(&copy).join(format!("snapshots/{newest}"));
     let mut bytes = std::fs::read(&path).unwrap();
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&path, bytes).unwrap();
     std::fs::write(Path::new(&copy).join("index/x\nplanted"), b"junk").unwrap();
-    let target = TestDb::create("remembered_copies_target");
-    let run = work.restore_with(&repo, &target, &["--json", "--repo", &copy]);
-    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(!run.stderr.contains(&format!("snapshot {newest} passed over")), "{}", run.stderr);
-    let cold = files_under(&work.config_dir()).into_iter().find(|p| p.ends_with("labels.json")).unwrap();
-    std::fs::remove_file(cold).unwrap();
-    let run_cold = work.restore_with(&repo, &target, &["--json", "--repo", &copy]);
-    assert_eq!(run.code, run_cold.code, "warm: {}\ncold: {}", run.stderr, run_cold.stderr);
-    // The copy's junk gone, the newest restores from the first copy.
-    std::fs::remove_file(Path::new(&copy).join("index/x\nplanted")).unwrap();
-    let run = work.restore_with(&repo, &target, &["--json", "--repo", &copy]).ok();
-    assert_eq!(run.json()["snapshot_id"].as_str(), Some(newest.as_str()));
-    assert_same_database(&source, &target);
+    let labels = files_under(&work.config_dir()).into_iter().find(|p| p.ends_with("labels.json")).unwrap();
+    for machine in ["remembering", "not remembering"] {
+        if machine == "not remembering" {
+            std::fs::remove_file(&labels).unwrap();
+        }
+        let target = TestDb::create(&format!("remembered_copies_{}", machine.replace(' ', "_")));
+        let run = work.restore_with(&repo, &target, &["--json", "--repo", &copy]).ok();
+        assert_eq!(run.json()["snapshot_id"].as_str(), Some(newest.as_str()), "{machine}: {}", run.stderr);
+        assert_ne!(run.json()["skipped_newer"], true, "{machine}: {}", run.stdout);
+        assert!(run.stderr.contains(&copy) && run.stderr.contains("cannot read"), "{machine}: {}", run.stderr);
+        assert_same_database(&source, &target);
+    }
 }
 
 #[test]
