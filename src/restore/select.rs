@@ -131,11 +131,12 @@ pub(super) async fn choose_snapshot(
                     && remembered.contains(&snapshot_id)
                     && !matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. }) =>
             {
-                // Said with why the object does not open, as for a snapshot read now.
+                // Named with why the object does not open, as for a snapshot read now; if none
+                // opens, the error is opening it, which says it of every copy.
                 match targets.why_snapshot_does_not_open(&snapshot_id, keyring).await {
                     Some(why) => {
                         passed_over.push(format!("snapshot {snapshot_id} passed over: {why}"));
-                        first_error.get_or_insert(why);
+                        first_error.get_or_insert(error);
                         failed.push(snapshot_id);
                     }
                     None => return Err(error),
