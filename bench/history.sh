@@ -212,7 +212,9 @@ median unchanged_one
 # The admin's housekeeping with nothing forgotten: `prune --identity` merges the nights' small
 # packs in the newest snapshot's order (docs/OPERATIONS.md, *A year of nights*), on a copy.
 echo "== prune --identity at $snapshot_count snapshots, nothing forgotten" >&2
-cp -a "$cache/repo" "$run/repacked"
+# The repository as the unchanged backups above left it: their snapshots raised the pin's mark,
+# and a copy without them would restore with a warning that they were deleted.
+cp -a "$run/repo" "$run/repacked"
 adopt config "$run/repacked"
 repacked_before=$(du -sb "$run/repacked" | cut -f1)
 measure prune_identity_all "$crmvault" prune --repo "$run/repacked" --identity "$cache/admin.key" >"$run/prune_identity_all.out"
