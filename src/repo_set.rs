@@ -392,14 +392,14 @@ impl RepoSet {
         // as many round trips), then taken newest first by the time of the header that opened;
         // those this machine opened before, by the labels it remembers.
         let first = self.first();
-        let remembered = match &self.labels {
+        let remembered_labels = match &self.labels {
             Some(cache) => cache.load(|fingerprint| first.has_fingerprint(fingerprint)),
             None => BTreeMap::new(),
         };
         let cores = crate::repo::Cores::new();
         let budget = crate::target::ReadBudget::new(crate::repo::READ_BUDGET);
         let opened = candidates.into_iter().map(|id| {
-            let (cores, budget, remembered) = (&cores, &budget, &remembered);
+            let (cores, budget, remembered) = (&cores, &budget, &remembered_labels);
             async move {
                 let opened = match remembered.get(&id) {
                     Some(labels) => Ok(labels.clone()),
@@ -416,17 +416,15 @@ impl RepoSet {
             // stay: another copy of the repository may hold them (a target behind, the copy a
             // repacking prune made), and a forgotten one is never listed again to be looked up.
             let new: Vec<(SnapshotId, Labels)> = (opened.iter())
-                .filter(|(id, _)| !remembered.contains_key(id))
+                .filter(|(id, _)| !remembered_labels.contains_key(id))
                 .filter_map(|(id, opened)| Some((id.clone(), opened.as_ref().ok()?.clone())))
                 .collect();
             if !new.is_empty() {
-                let mut all = remembered.clone();
+                let mut all = remembered_labels.clone();
                 all.extend(new);
                 cache.save(all);
             }
         }
-        let remembered: HashSet<SnapshotId> =
-            opened.iter().map(|(id, _)| id).filter(|id| remembered.contains_key(*id)).cloned().collect();
         let time = |opened: &Opened| match opened {
             Ok(labels) => Some(labels.time),
             Err(unreadable) => unreadable.time,
@@ -471,7 +469,7 @@ impl RepoSet {
                 hosts[1..].join(", ")
             );
         }
-        let remembered = remembered.into_iter().filter(|id| chosen.contains(id)).collect();
+        let remembered = chosen.iter().filter(|id| remembered_labels.contains_key(*id)).cloned().collect();
         Ok(Resolved { ids: chosen, unreadable, remembered })
     }
 

@@ -111,7 +111,9 @@ pub struct Pin {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest: Option<SnapshotMark>,
     /// Where this machine has opened the repository: a location that later claims to be
-    /// another repository was replaced.
+    /// another repository was replaced. Places ([`crate::target::place`]), absolute, so that a
+    /// relative `--repo` given from another folder is another place (pins written before kept
+    /// locations as given: a relative one is read from the current folder).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locations: Vec<String>,
     /// Snapshots the last backup on this machine looked at and found no newer than `newest`
@@ -190,7 +192,7 @@ pub fn pin_of_location(config_dir: &Path, location: &str, repository_id: &str) -
             continue;
         }
         if let Ok(Some(pin)) = load_pin(config_dir, &id)
-            && pin.locations.iter().any(|known| same_location(known, location))
+            && pin.locations.iter().any(|known| crate::target::same_place(known, location))
         {
             return Ok(Some(pin));
         }
@@ -207,14 +209,6 @@ pub fn pins_another(config_dir: &Path, repository_id: &str) -> bool {
         let id = entry.file_name().to_string_lossy().into_owned();
         id != repository_id && pin_path(config_dir, &id).exists()
     })
-}
-
-/// Whether two spellings of a location name the same place (`/srv/crm/`, `file:///srv/crm`, and
-/// `crm` from `/srv`): a pin keeps places ([`crate::target::place`]), absolute, so that
-/// a relative `--repo` given from another folder is another place. (Pins written before kept
-/// locations as given: a relative one is read from the current folder.)
-pub fn same_location(a: &str, b: &str) -> bool {
-    crate::target::same_place(a, b)
 }
 
 /// Where a repository's pin lives under a config folder.

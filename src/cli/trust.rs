@@ -221,7 +221,7 @@ async fn check_with(
             ),
             (_, Some(mut pin)) => {
                 let mut changed = false;
-                let new_location = !pin.locations.iter().any(|known| trust::same_location(known, location));
+                let new_location = !pin.locations.iter().any(|known| crmvault::target::same_place(known, location));
                 // A place never opened that holds one of several repositories pinned here may
                 // hold another than the one meant: whoever writes the storage can copy there a
                 // repository this machine trusts for something else (another team's, whose

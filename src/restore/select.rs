@@ -122,28 +122,24 @@ pub(super) async fn choose_snapshot(
                 }
                 return Ok(Chosen { manifest, sources, mark, skipped_newer });
             }
-            // Chosen by labels this machine remembered, not read until now: when its object
-            // no longer reads or opens (gone, refused, damaged), it is passed over, as it would
-            // have been when read for its labels; any other failure is the restore's, as for a
-            // snapshot read now.
-            Err(error)
-                if latest
-                    && remembered.contains(&snapshot_id)
-                    && !matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. }) =>
-            {
-                // Named with why the object does not open, as for a snapshot read now; if none
-                // opens, the error is opening it, which says it of every copy.
-                match targets.why_snapshot_does_not_open(&snapshot_id, keyring).await {
-                    Some(why) => {
-                        passed_over.push(format!("snapshot {snapshot_id} passed over: {why}"));
-                        first_error.get_or_insert(error);
-                        failed.push(snapshot_id);
-                    }
-                    None => return Err(error),
-                }
-            }
-            Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) if latest => {
-                passed_over.push(format!("snapshot {snapshot_id} passed over: {error}"));
+            // Passed over when its object does not prove itself. One `latest` chose by labels
+            // this machine remembered was not read until now: another failure is the object's
+            // only if it no longer reads or opens anywhere (gone, refused), as it would have
+            // been passed over when read for its labels; if it still does, the failure is the
+            // restore's, as for a snapshot read now. Named with why the object does not open;
+            // if none opens, the error is opening it, which says it of every copy.
+            Err(error) if latest => {
+                let why = if matches!(error, Error::Corrupt { .. } | Error::UnsupportedFormat { .. }) {
+                    Some(error.to_string())
+                } else if remembered.contains(&snapshot_id) {
+                    targets.why_snapshot_does_not_open(&snapshot_id, keyring).await.map(|why| why.to_string())
+                } else {
+                    None
+                };
+                let Some(why) = why else {
+                    return Err(error);
+                };
+                passed_over.push(format!("snapshot {snapshot_id} passed over: {why}"));
                 first_error.get_or_insert(error);
                 failed.push(snapshot_id);
             }
