@@ -31,6 +31,7 @@ pub mod repo;
 pub mod repo_set;
 pub mod restore;
 pub mod retention;
+pub mod sparse_packs;
 pub mod table_filter;
 pub mod target;
 pub mod trust;

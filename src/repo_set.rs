@@ -484,6 +484,20 @@ impl RepoSet {
         }
     }
 
+    /// The sparse packs backups of this repository remember under `config_dir`
+    /// ([`crate::sparse_packs`]), with what tells the file is this repository's; `None` when the
+    /// targets are copies of different repositories (no single file speaks for them).
+    pub fn sparse_cache(
+        &self,
+        config_dir: &Path,
+    ) -> Option<(crate::sparse_packs::SparseCache, impl Fn(&crate::trust::Fingerprint) -> bool + '_)> {
+        let first = self.first();
+        self.repositories.iter().all(|r| r.config.id == first.config.id).then(|| {
+            let cache = crate::sparse_packs::SparseCache::new(config_dir, &first.config.id, first.fingerprint());
+            (cache, move |fingerprint: &crate::trust::Fingerprint| first.has_fingerprint(fingerprint))
+        })
+    }
+
     /// What `latest` looks at in a snapshot, from the first copy where it reads and opens with
     /// `keyring`: one read of the object, opened on a blocking thread (a year of nights is 365
     /// manifests to decrypt and headers of thousands of packs to parse), kept small.

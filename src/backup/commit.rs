@@ -292,5 +292,7 @@ pub(super) async fn commit(
         bytes_total: header.total_bytes,
         recorded_missed: absent.iter().map(|m| m.id.clone()).collect(),
         small_packs: header.packs.iter().filter(|p| repo::is_small_pack(p.size, repository.config.pack_size)).count(),
+        // Set by the caller, which counted them.
+        rewritten_bytes: 0,
     })
 }

@@ -2,12 +2,13 @@
 //! is stored once per target.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::repo::{ChunkSet, Keyring, ObjectId, Repository};
+use crate::repo::{ChunkSet, Keyring, ObjectId, ObjectRef, Repository};
+use crate::sparse_packs::SparsePack;
 
 use super::HeldChunks;
 
@@ -52,22 +53,61 @@ pub(super) struct KnownChunks {
     /// For each pack of `held` (by number), whether this snapshot uses a chunk of it: the
     /// snapshot object names those packs, and the backup keeps no list of every chunk id.
     pub(super) reused: Vec<AtomicBool>,
+    /// For each pack of `held`, bytes of this snapshot's chunks in it (each time one is named).
+    pub(super) used: Vec<AtomicU64>,
+    /// For each pack of `held`, whether the chunks the snapshot takes from it are stored again
+    /// ([`crate::sparse_packs`]).
+    pub(super) rewrite: Vec<bool>,
+    /// Bytes of chunks stored again.
+    pub(super) rewritten: AtomicU64,
 }
 
 impl KnownChunks {
-    pub(super) fn new(held: Arc<HeldChunks>, generation: usize) -> Self {
-        let reused = (0..held.index.pack_count()).map(|_| AtomicBool::new(false)).collect();
-        KnownChunks { held, sent: Mutex::new(SentChunks::new(generation)), reused }
+    /// What `held` holds; the chunks of the packs `rewrite` names are stored again.
+    pub(super) fn new(held: Arc<HeldChunks>, generation: usize, rewrite: &HashSet<String>) -> Self {
+        let packs = held.index.pack_count();
+        let reused = (0..packs).map(|_| AtomicBool::new(false)).collect();
+        let used = (0..packs).map(|_| AtomicU64::new(0)).collect();
+        let rewrite = (0u32..)
+            .take(packs)
+            .map(|number| !rewrite.is_empty() && rewrite.contains(&*held.index.pack(number).pack.id.as_str()))
+            .collect();
+        let sent = Mutex::new(SentChunks::new(generation));
+        KnownChunks { held, sent, reused, used, rewrite, rewritten: AtomicU64::new(0) }
     }
 
-    /// Whether the chunk must be sent to the target; if so, it counts as sent from now on.
-    /// Otherwise the target holds it, and its pack counts as used by the snapshot.
-    pub(super) fn claim(&self, id: ChunkId) -> bool {
-        if let Some(pack) = self.held.reusable(&id) {
+    /// Whether the chunk (of `length` bytes) must be sent to the target; if so, it counts as
+    /// sent from now on. Otherwise the target holds it, and its pack counts as used by the
+    /// snapshot. A chunk of a pack to rewrite is sent (once).
+    pub(super) fn claim(&self, id: ChunkId, length: u64) -> bool {
+        let pack = self.held.reusable(&id);
+        if let Some(pack) = pack.filter(|&pack| !self.rewrite[pack as usize]) {
             self.reused[pack as usize].store(true, Ordering::Relaxed);
+            self.used[pack as usize].fetch_add(length, Ordering::Relaxed);
             return false;
         }
-        self.sent.lock().expect("known-chunk lock is never poisoned").insert(id)
+        let send = self.sent.lock().expect("known-chunk lock is never poisoned").insert(id);
+        if send && pack.is_some() {
+            self.rewritten.fetch_add(length, Ordering::Relaxed);
+        }
+        send
+    }
+
+    /// The packs the snapshot used for less than
+    /// [`crate::sparse_packs::SPARSE_BELOW_PERCENT`] of what they hold.
+    pub(super) fn sparse_packs(&self) -> std::io::Result<Vec<SparsePack>> {
+        let holds = self.held.index.raw_bytes_per_pack()?;
+        Ok(self
+            .reused_packs()
+            .filter_map(|number| {
+                let pack = SparsePack {
+                    pack: self.held.index.pack(number).pack.id.as_str().to_string(),
+                    used: self.used[number as usize].load(Ordering::Relaxed),
+                    holds: holds[number as usize],
+                };
+                pack.is_sparse().then_some(pack)
+            })
+            .collect())
     }
 
     /// The packs of `held` the snapshot uses, by number.
@@ -115,8 +155,25 @@ impl<'a> TargetState<'a> {
         keyring: &Keyring,
         in_memory: usize,
         reuse: Reuse,
+        avoid: &HashSet<String>,
     ) -> Result<TargetState<'a>> {
-        let (index, failures) = repository.load_index_lenient(keyring, None, None, in_memory).await?;
+        // Named as packs are (anything else under data/ is no pack to reuse).
+        let stored: Vec<(String, u64)> = repository
+            .target
+            .list("data")
+            .await?
+            .into_iter()
+            .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
+            .collect();
+        // Packs earlier backups stored the used chunks of again are left out of the index, so
+        // that their chunks are found in the new copies ([`crate::sparse_packs`]).
+        let others: Option<Vec<ObjectRef>> = (!avoid.is_empty()).then(|| {
+            (stored.iter())
+                .filter(|(id, _)| !avoid.contains(id))
+                .filter_map(|(id, size)| Some(ObjectRef { id: id.parse().ok()?, size: *size }))
+                .collect()
+        });
+        let (index, failures) = repository.load_index_lenient(keyring, None, others.as_deref(), in_memory).await?;
         // An index that cannot be read or authenticated (junk, damage, a storage writer's) is
         // passed over: the chunks it describes count as absent and are stored again.
         for (key, error) in failures {
@@ -134,13 +191,8 @@ impl<'a> TargetState<'a> {
             Reuse::PresentPacks => None,
             Reuse::ListedPacks => Some(listed_packs(repository).await?),
         };
-        // Named as packs are (anything else under data/ is no pack to reuse).
-        let present_packs: HashMap<ObjectId, u64> = repository
-            .target
-            .list("data")
-            .await?
+        let present_packs: HashMap<ObjectId, u64> = stored
             .into_iter()
-            .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
             .filter(|(id, _)| !damaged.contains(id))
             .filter(|(id, _)| listed.as_ref().is_none_or(|listed| listed.contains(id)))
             .filter_map(|(id, size)| Some((id.parse().ok()?, size)))

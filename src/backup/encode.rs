@@ -227,7 +227,7 @@ impl ChunkSink {
         let lacking: Vec<usize> = (0..self.context.targets.len())
             .filter(|&i| {
                 let target = &self.context.targets[i];
-                target.alive.load(Ordering::Relaxed) && target.known.claim(id)
+                target.alive.load(Ordering::Relaxed) && target.known.claim(id, chunk.len() as u64)
             })
             .collect();
         let length = chunk.len() as u64;

@@ -85,6 +85,9 @@ pub struct BackupOptions {
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// The data-loss alarm's rules (None: `--no-alarm`).
     pub alarm: Option<alarm::AlarmRules>,
+    /// Packs whose used chunks are stored again, and packs not reused
+    /// ([`crate::sparse_packs`]).
+    pub rewrite: crate::sparse_packs::RewritePlan,
 }
 
 /// What a backup did.
@@ -132,6 +135,11 @@ pub struct BackupReport {
     /// pin, beside the new high-water mark ([`BackupOptions::settled`]).
     #[serde(skip)]
     pub settled: BTreeSet<crate::repo::SnapshotId>,
+    /// What the next backup of the database rewrites and avoids, as the first target that
+    /// took the snapshot saw it ([`crate::sparse_packs`]); `None` when not counted
+    /// ([`crate::sparse_packs::RewritePlan::counting`]).
+    #[serde(skip)]
+    pub sparse: Option<crate::sparse_packs::Remembered>,
 }
 
 impl BackupReport {
@@ -180,6 +188,9 @@ pub struct TargetReport {
     /// a few (its increments, one pack per table), and a restore reads every one, so past
     /// [`SMALL_PACKS_ADVISED`] restores slow down until `prune --identity` merges them.
     pub small_packs: usize,
+    /// Bytes of chunks the target held and the backup stored again, from packs its snapshot
+    /// used little of ([`crate::sparse_packs`]).
+    pub rewritten_bytes: u64,
 }
 
 /// Small packs past which a backup advises `prune --identity` (docs/OPERATIONS.md, *Prune*):
@@ -212,7 +223,7 @@ pub async fn run(
         } else {
             dedup::Reuse::PresentPacks
         };
-        match TargetState::survey(repository, keyring, options.index_in_memory, reuse).await {
+        match TargetState::survey(repository, keyring, options.index_in_memory, reuse, &options.rewrite.avoid).await {
             Ok(state) => states.push(state),
             Err(error) => {
                 targets.warn(repository.target.location(), &error);
@@ -271,7 +282,7 @@ pub async fn run(
     let mut writers = Vec::new();
     let mut known_sets = Vec::new();
     for state in &states {
-        let known = Arc::new(KnownChunks::new(state.held.clone(), options.index_chunks));
+        let known = Arc::new(KnownChunks::new(state.held.clone(), options.index_chunks, &options.rewrite.rewrite));
         known_sets.push(known.clone());
         let (sender, receiver) = mpsc::channel::<Arc<NewFrame>>(16);
         let alive = state.error.is_none();
@@ -395,9 +406,10 @@ pub async fn run(
     let sealed = SealedManifest::seal(&mut manifest, first);
 
     // The sets of chunks sent go before the commits, which build each target's index.
-    let reused: Vec<Vec<u32>> = known_sets.into_iter().map(|known| known.reused_packs().collect()).collect();
+    let reused: Vec<Vec<u32>> = known_sets.iter().map(|known| known.reused_packs().collect()).collect();
     let mut reports = Vec::new();
-    for ((state, written), reused) in states.iter_mut().zip(written).zip(reused) {
+    let mut sparse = None;
+    for (((state, written), reused), known) in states.iter_mut().zip(written).zip(reused).zip(&known_sets) {
         let outcome = match (written, &state.error) {
             (Some(Ok(stored)), None) => {
                 let missed = crate::trust::missed_at(&options.missed, state.repository.target.location());
@@ -408,7 +420,13 @@ pub async fn run(
             (None, None) => unreachable!("a target without a writer has an error"),
         };
         reports.push(match outcome {
-            Ok(report) => report,
+            Ok(mut report) => {
+                report.rewritten_bytes = known.rewritten.load(Ordering::Relaxed);
+                if sparse.is_none() && options.rewrite.counting {
+                    sparse = Some(remembered(state, known, &options.rewrite, bytes_read));
+                }
+                report
+            }
             Err(error) => {
                 targets.warn(state.repository.target.location(), &error);
                 state.error = Some(error.to_string());
@@ -421,6 +439,7 @@ pub async fn run(
                     bytes_total: 0,
                     recorded_missed: Vec::new(),
                     small_packs: 0,
+                    rewritten_bytes: 0,
                 }
             }
         });
@@ -437,6 +456,7 @@ pub async fn run(
         bytes_total: 0,
         recorded_missed: Vec::new(),
         small_packs: 0,
+        rewritten_bytes: 0,
     }));
     let mut settled = chain.settled;
     settled.insert(sealed.id.clone());
@@ -459,7 +479,26 @@ pub async fn run(
         table_rows: manifest.tables.iter().map(|t| (t.schema.clone(), t.name.clone(), t.rows)).collect(),
         targets: reports,
         settled,
+        sparse,
     })
+}
+
+/// What the next backup of the database rewrites and avoids, as one target that took the
+/// snapshot saw it: the packs avoided and rewritten that are still there, and the sparse packs
+/// of the new snapshot.
+fn remembered(
+    state: &TargetState<'_>,
+    known: &KnownChunks,
+    plan: &crate::sparse_packs::RewritePlan,
+    bytes: u64,
+) -> crate::sparse_packs::Remembered {
+    let sparse = known.sparse_packs().unwrap_or_else(|error| {
+        tracing::debug!("sparse packs not counted: {error}");
+        Vec::new()
+    });
+    let present = |id: &&String| id.parse().is_ok_and(|id| state.held.present_packs.contains_key(&id));
+    let avoid = plan.avoid.iter().chain(&plan.rewrite).filter(present).cloned().collect();
+    crate::sparse_packs::Remembered { avoid, sparse, bytes }
 }
 
 /// Snapshots tried, newest first, for the last backup of the same database: not worth reading

@@ -71,7 +71,7 @@ const ENVIRONMENT: [(&str, &str); 23] = [
 ];
 
 /// The files crmvault reads and writes, for the FILES section of `crmvault.1`.
-const FILES: [(&str, &str); 7] = [
+const FILES: [(&str, &str); 8] = [
     (
         "~/.config/crmvault/crmvault.toml",
         "The config file: profiles and S3 settings per repository ($CRMVAULT_CONFIG_DIR/crmvault.toml).",
@@ -85,6 +85,10 @@ const FILES: [(&str, &str); 7] = [
     (
         "$CRMVAULT_CONFIG_DIR/repos/<id>/labels.json",
         "Time, database, host and tags of the snapshots opened here before, by id: what `latest` orders by.",
+    ),
+    (
+        "$CRMVAULT_CONFIG_DIR/repos/<id>/sparse.json",
+        "The packs the last backup of each database hardly used, and those stored again: what the next backup rewrites.",
     ),
     ("$CRMVAULT_CONFIG_DIR/config.toml", "The config file's old name: [repository.\"…\"] sections only, still read."),
     (

@@ -68,6 +68,12 @@ impl Metrics {
                 &labels,
                 target.small_packs as f64,
             );
+            self.set(
+                "crmvault_backup_target_rewritten_bytes",
+                "Plaintext bytes of chunks the target held that the backup stored again, from packs the last snapshot hardly used",
+                &labels,
+                target.rewritten_bytes as f64,
+            );
         }
         for (schema, table, rows) in &report.table_rows {
             let labels = [("schema", schema.as_str()), ("table", table.as_str())];

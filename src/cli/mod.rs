@@ -196,6 +196,13 @@ enum Command {
         /// No data-loss alarm: tables are not compared with the previous snapshot.
         #[arg(long, conflicts_with_all = ["alarm_threshold", "alarm_tables"])]
         no_alarm: bool,
+        /// Chunk bytes stored again per backup, in percent of the last snapshot's bytes: the
+        /// chunks the last snapshot of the database took from packs it used for less than half,
+        /// sparsest packs first, so that restores read fewer packs after months of nights
+        /// (docs/OPERATIONS.md, *Prune*; 1 is the value measured). 0: none.
+        #[arg(long, value_name = "PERCENT", default_value_t = crmvault::sparse_packs::DEFAULT_BUDGET_PERCENT,
+              value_parser = parse_percent)]
+        rewrite_budget: f64,
         /// New chunks per index file and per generation of the sent set (for tuning and tests).
         #[arg(long, hide = true, default_value_t = backup::INDEX_CHUNKS)]
         index_chunks: usize,
@@ -752,6 +759,13 @@ impl FilterArgs {
 }
 
 /// Parses `backup --time`: an RFC 3339 time with its offset, kept in UTC.
+fn parse_percent(text: &str) -> std::result::Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(percent),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
+}
+
 fn parse_time(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(text.trim())
         .map(|time| time.with_timezone(&chrono::Utc))
@@ -1044,6 +1058,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             alarm_threshold,
             alarm_tables,
             no_alarm,
+            rewrite_budget,
             index_chunks,
             index_in_memory,
         } => {
@@ -1059,7 +1074,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let locks = targets
                 .lock_available(LockMode::Append, &lock::options(lock_wait, "backup", keyring.identities().to_vec()))
                 .await?;
-            let options = backup::BackupOptions {
+            let mut options = backup::BackupOptions {
                 database: settings.database(&db)?,
                 jobs: settings.jobs(jobs)?.max(1),
                 include: settings.tables(tables)?,
@@ -1075,7 +1090,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 missed: trusted.missed(),
                 time,
                 alarm: settings.alarm(no_alarm, alarm_threshold, alarm_tables)?,
+                rewrite: crmvault::sparse_packs::RewritePlan::default(),
             };
+            // What the last backup of this database found sparse, by host and database.
+            let sparse_key = format!("{}/{}", options.hostname, options.database.name());
+            let sparse = targets.sparse_cache(&config_dir);
+            if let Some((cache, accepts)) = &sparse {
+                options.rewrite = cache.load(&sparse_key, accepts).plan(rewrite_budget);
+            }
             if let Some(time) = time.filter(|time| *time > chrono::Utc::now() + chrono::Duration::minutes(5)) {
                 output::warning(format_args!(
                     "--time {time} is in the future: snapshots sort by time, so this one is \
@@ -1088,6 +1110,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             lock::release(locks).await;
             audit.database(&options.database);
             let report = result.map_err(|error| in_context(error, &options.database, "backing up", ""))?;
+            if let (Some((cache, accepts)), Some(remembered)) = (&sparse, &report.sparse) {
+                cache.save(&sparse_key, remembered.clone(), accepts);
+            }
             audit.snapshot(&report.snapshot_id);
             trusted.backed_up(&report)?;
             metrics.backup(&report);

@@ -174,6 +174,12 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     );
     for target in &report.targets {
         match &target.error {
+            None if target.recorded_missed.is_empty() && target.rewritten_bytes > 0 => eprintln!(
+                "  ok      {}: added {}, with {} of chunks stored again from packs the last snapshot hardly used",
+                target.location,
+                size(target.bytes_added),
+                size(target.rewritten_bytes)
+            ),
             None if target.recorded_missed.is_empty() => {
                 eprintln!("  ok      {}: added {}", target.location, size(target.bytes_added));
             }

@@ -443,6 +443,16 @@ impl ChunkIndex {
         })
     }
 
+    /// Bytes of chunk plaintext each pack holds (the chunks this index keeps of it), by number.
+    pub fn raw_bytes_per_pack(&self) -> io::Result<Vec<u64>> {
+        let mut bytes = vec![0u64; self.packs.len()];
+        self.try_for_each_entry(|(_, slot)| {
+            bytes[slot.pack as usize] += u64::from(slot.raw_length);
+            Ok(())
+        })?;
+        Ok(bytes)
+    }
+
     /// Calls `each` with every entry in order, until it fails.
     fn try_for_each_entry(&self, mut each: impl FnMut(Entry) -> io::Result<()>) -> io::Result<()> {
         match &self.entries {

@@ -103,6 +103,7 @@ async fn backup_and_restore_report_their_totals_tables_and_bytes() {
         missed: std::collections::BTreeMap::new(),
         time: None,
         alarm: Some(crmvault::backup::alarm::AlarmRules::default()),
+        rewrite: crmvault::sparse_packs::RewritePlan::default(),
     };
     let mut expected_tables: Vec<String> = ready
         .source

@@ -944,3 +944,64 @@ fn repacking_merges_the_small_packs_of_many_nights_and_their_dictionaries_go() {
     let after_merge = work.backup(&source, &repo);
     assert!(after_merge["targets"][0]["small_packs"].as_u64().unwrap() <= 2, "{after_merge}");
 }
+
+#[test]
+fn a_backup_stores_again_the_few_chunks_its_snapshot_takes_from_old_packs_so_restores_read_fewer() {
+    // Nights 1-3 each change a stretch of their own (each night's chunks go to a small pack of
+    // that night); night 4 changes four fifths of all three stretches again, so the newest
+    // snapshot uses a fifth of each of those packs. The next backup stores those fifths again,
+    // together in its own pack, and from then on snapshots list the three old packs no more: a
+    // restore reads one small pack instead of three. Repository "plain" (no `--rewrite-budget`:
+    // off by default) gets the same nights and keeps listing them.
+    let Ready { source, work, repo, .. } = Scenario::new("rewrite_sparse").sql(SCRATCH).init("repo");
+    source.sql("ALTER TABLE public.scratch ADD PRIMARY KEY (id)");
+    let plain = work.init_repo("plain");
+    let backup = |repo: &str, budget: &[&str]| {
+        let url = source.url();
+        let mut args = vec!["backup", "--json", "--no-alarm", "--db", &url, "--repo", repo];
+        args.extend_from_slice(budget);
+        work.run(&args).ok().json()
+    };
+    let change = |night: u32, stretches: &[(u32, u32)]| {
+        for (from, to) in stretches {
+            source.sql(&format!(
+                "UPDATE public.scratch SET body = md5((id * {night})::text) || md5(id::text || '{night}') \
+                 || md5((id + {night})::text) WHERE id > {from} AND id <= {to}"
+            ));
+        }
+    };
+    let counts = |report: &serde_json::Value| {
+        let target = &report["targets"][0];
+        (target["small_packs"].as_u64().unwrap(), target["rewritten_bytes"].as_u64().unwrap())
+    };
+    let mut nights = Vec::new();
+    let (mut ours, mut theirs) = (serde_json::Value::Null, serde_json::Value::Null);
+    let plan: [&[(u32, u32)]; 6] =
+        [&[], &[(1000, 4000)], &[(6000, 9000)], &[(11000, 14000)], &[(1000, 3400), (6000, 8400), (11000, 13400)], &[]];
+    for (night, stretches) in (7..).zip(plan) {
+        change(night, stretches);
+        ours = backup(&repo, &["--rewrite-budget", "50"]);
+        theirs = backup(&plain, &[]);
+        nights.push((ours["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+    }
+    // Night 5 changed nothing, and stored the used fifths of the three nights' packs again.
+    let (small_ours, rewritten) = counts(&ours);
+    let (small_theirs, none) = counts(&theirs);
+    assert!(rewritten > 0, "{ours}");
+    assert_eq!(none, 0, "{theirs}");
+    assert!(
+        small_ours + 2 <= small_theirs,
+        "the newest snapshot lists {small_ours} small packs, against {small_theirs} without rewriting: {ours}"
+    );
+    // The next backup finds the new copies and stores nothing: the old packs stay unlisted.
+    let again = backup(&repo, &["--rewrite-budget", "50"]);
+    nights.push((again["snapshot_id"].as_str().unwrap().to_string(), source.data()));
+    assert_eq!(counts(&again), (small_ours, 0), "{again}");
+    assert_eq!(again["targets"][0]["new_chunks"], 0, "{again}");
+    assert_every_night_restores(&work, &repo, &nights, "rewritten");
+    // Once only the newest snapshots are kept, the three old packs go.
+    work.run(&["forget", "--repo", &repo, "--keep-last", "2"]).ok();
+    let pruned = target_report(&work.run(&["prune", "--json", "--repo", &repo]).ok());
+    assert!(pruned["deleted"]["packs"]["objects"].as_u64().unwrap() >= 3, "{pruned}");
+    assert_every_night_restores(&work, &repo, &nights[nights.len() - 2..], "pruned");
+}
