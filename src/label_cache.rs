@@ -72,20 +72,9 @@ impl LabelCache {
     /// that `accepts` does not (another repository's; the repository accepts those of the
     /// generations it was opened through).
     pub fn load(&self, accepts: impl Fn(&Fingerprint) -> bool) -> BTreeMap<SnapshotId, Labels> {
-        let Ok(text) = std::fs::read(&self.path) else {
-            return BTreeMap::new();
-        };
-        match serde_json::from_slice::<Stored>(&text) {
-            Ok(stored) if accepts(&stored.fingerprint) => stored.snapshots,
-            Ok(_) => {
-                tracing::debug!("{}: another repository's labels, not used", self.path.display());
-                BTreeMap::new()
-            }
-            Err(error) => {
-                tracing::debug!("{}: damaged ({error}), not used", self.path.display());
-                BTreeMap::new()
-            }
-        }
+        crate::trust::read_beside_pin(&self.path, |stored: &Stored| &stored.fingerprint, accepts)
+            .map(|stored| stored.snapshots)
+            .unwrap_or_default()
     }
 
     /// Replaces the file with `snapshots`, the newest [`KEPT`] of them (mode 0600; a crash
@@ -98,11 +87,7 @@ impl LabelCache {
             let oldest_kept = times[times.len() - KEPT];
             snapshots.retain(|_, labels| labels.time >= oldest_kept);
         }
-        let stored = Stored { fingerprint: self.fingerprint, snapshots };
-        let text = serde_json::to_vec(&stored).expect("labels serialise");
-        if let Err(error) = crate::trust::replace_private_file(&self.path, &text) {
-            tracing::debug!("{}: not saved: {error}", self.path.display());
-        }
+        crate::trust::write_beside_pin(&self.path, &Stored { fingerprint: self.fingerprint, snapshots });
     }
 }
 

@@ -478,10 +478,16 @@ impl RepoSet {
     /// repository checked against this machine's pins, and a command that opens manifests with
     /// the repository's keys.
     pub fn remember_labels(&mut self, config_dir: &Path) {
-        let first = self.first();
-        if self.repositories.iter().all(|r| r.config.id == first.config.id) {
+        if let Some(first) = self.one_repository() {
             self.labels = Some(LabelCache::new(config_dir, &first.config.id, first.fingerprint()));
         }
+    }
+
+    /// The first target, when every target is a copy of its repository: files kept beside
+    /// a pin speak for one repository only.
+    fn one_repository(&self) -> Option<&Repository> {
+        let first = self.first();
+        self.repositories.iter().all(|r| r.config.id == first.config.id).then_some(first)
     }
 
     /// The sparse packs backups of this repository remember under `config_dir`
@@ -491,8 +497,7 @@ impl RepoSet {
         &self,
         config_dir: &Path,
     ) -> Option<(crate::sparse_packs::SparseCache, impl Fn(&crate::trust::Fingerprint) -> bool + '_)> {
-        let first = self.first();
-        self.repositories.iter().all(|r| r.config.id == first.config.id).then(|| {
+        self.one_repository().map(|first| {
             let cache = crate::sparse_packs::SparseCache::new(config_dir, &first.config.id, first.fingerprint());
             (cache, move |fingerprint: &crate::trust::Fingerprint| first.has_fingerprint(fingerprint))
         })

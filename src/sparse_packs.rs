@@ -136,18 +136,9 @@ impl SparseCache {
     }
 
     fn load_all(&self, accepts: &impl Fn(&Fingerprint) -> bool) -> BTreeMap<String, Remembered> {
-        let Ok(text) = std::fs::read(&self.path) else { return BTreeMap::new() };
-        match serde_json::from_slice::<Stored>(&text) {
-            Ok(stored) if accepts(&stored.fingerprint) => stored.databases,
-            Ok(_) => {
-                tracing::debug!("{}: another repository's, not used", self.path.display());
-                BTreeMap::new()
-            }
-            Err(error) => {
-                tracing::debug!("{}: damaged ({error}), not used", self.path.display());
-                BTreeMap::new()
-            }
-        }
+        crate::trust::read_beside_pin(&self.path, |stored: &Stored| &stored.fingerprint, accepts)
+            .map(|stored| stored.databases)
+            .unwrap_or_default()
     }
 
     /// What the last backup of `database` left, or nothing when the file is missing, damaged
@@ -162,11 +153,7 @@ impl SparseCache {
     pub fn save(&self, database: &str, remembered: Remembered, accepts: impl Fn(&Fingerprint) -> bool) {
         let mut databases = self.load_all(&accepts);
         databases.insert(database.to_string(), remembered);
-        let stored = Stored { fingerprint: self.fingerprint, databases };
-        let text = serde_json::to_vec(&stored).expect("sparse packs serialise");
-        if let Err(error) = crate::trust::replace_private_file(&self.path, &text) {
-            tracing::debug!("{}: not saved: {error}", self.path.display());
-        }
+        crate::trust::write_beside_pin(&self.path, &Stored { fingerprint: self.fingerprint, databases });
     }
 }
 

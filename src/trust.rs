@@ -242,6 +242,40 @@ pub fn save_pin(config_dir: &Path, pin: &Pin) -> Result<()> {
     replace_private_file(&pin_path(config_dir, &pin.repository_id), &text)
 }
 
+/// Reads a file a command keeps beside a repository's pin (remembered labels, sparse packs):
+/// JSON naming the fingerprint it was written for (`fingerprint_of`). `None` when it is
+/// missing, damaged, or names a fingerprint `accepts` does not (another repository's; a
+/// repository accepts those of the generations it was opened through); said at debug level,
+/// since such files save work and prove nothing.
+pub fn read_beside_pin<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    fingerprint_of: impl Fn(&T) -> &Fingerprint,
+    accepts: impl Fn(&Fingerprint) -> bool,
+) -> Option<T> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<T>(&text) {
+        Ok(stored) if accepts(fingerprint_of(&stored)) => Some(stored),
+        Ok(_) => {
+            tracing::debug!("{}: another repository's, not used", path.display());
+            None
+        }
+        Err(error) => {
+            tracing::debug!("{}: damaged ({error}), not used", path.display());
+            None
+        }
+    }
+}
+
+/// Replaces a file kept beside a pin ([`read_beside_pin`]) with `contents` as JSON
+/// ([`replace_private_file`]); a failure is said at debug level: the next command does the
+/// work the file would have saved.
+pub fn write_beside_pin(path: &Path, contents: &impl Serialize) {
+    let text = serde_json::to_vec(contents).expect("a file beside a pin serialises");
+    if let Err(error) = replace_private_file(path, &text) {
+        tracing::debug!("{}: not saved: {error}", path.display());
+    }
+}
+
 /// Replaces `path` with `contents`, mode 0600, atomically (written beside it, synced, renamed
 /// over it, the folder synced): a crash leaves the old file or the new one.
 pub fn replace_private_file(path: &Path, contents: &[u8]) -> Result<()> {
