@@ -471,7 +471,12 @@ impl Repacking<'_> {
         }
         // Every chunk a remaining snapshot uses: its list chunks, and what they list.
         let keyring: &Keyring = keyring;
-        let index = repository.load_index(keyring, Some(&listed_indexes.iter().cloned().collect::<Vec<_>>())).await?;
+        // Of the packs they list only: a listed index also describes packs no snapshot lists any
+        // more, pruned since, and a chunk stored again elsewhere (`backup --rewrite-budget`)
+        // would be looked for in the first copy the index found.
+        let indexes: Vec<ObjectRef> = listed_indexes.iter().cloned().collect();
+        let packs: Vec<ObjectRef> = listed_packs.iter().cloned().collect();
+        let index = repository.load_index(keyring, Some(&indexes), Some(&packs)).await?;
         let reader = ChunkReader::new(repository.target.clone(), keyring.clone(), Arc::new(index), 4);
         let mut live = ChunkSet::default();
         progress.phase(

@@ -162,9 +162,15 @@ pub fn seal_index(
 }
 
 impl Repository {
-    /// Loads all index objects (or the listed ones), returning chunk locations.
-    pub async fn load_index(&self, keyring: &Keyring, only: Option<&[ObjectRef]>) -> Result<ChunkIndex> {
-        let (index, mut failures) = self.load_index_lenient(keyring, only, None, usize::MAX).await?;
+    /// Loads all index objects (or the listed ones), returning chunk locations, of all packs
+    /// (or of `packs`: see [`Self::load_index_lenient`]); the first that fails is the error.
+    pub async fn load_index(
+        &self,
+        keyring: &Keyring,
+        only: Option<&[ObjectRef]>,
+        packs: Option<&[ObjectRef]>,
+    ) -> Result<ChunkIndex> {
+        let (index, mut failures) = self.load_index_lenient(keyring, only, packs, usize::MAX).await?;
         match failures.pop() {
             Some((_, error)) => Err(error),
             None => Ok(index),

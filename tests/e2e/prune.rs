@@ -1005,3 +1005,47 @@ fn a_backup_stores_again_the_few_chunks_its_snapshot_takes_from_old_packs_so_res
     assert!(pruned["deleted"]["packs"]["objects"].as_u64().unwrap() >= 3, "{pruned}");
     assert_every_night_restores(&work, &repo, &nights[nights.len() - 2..], "pruned");
 }
+
+#[test]
+fn repacking_after_a_rewrite_and_a_prune_reads_each_chunk_from_a_pack_a_snapshot_lists() {
+    // Night 1 changes tables a and b (their chunks and list chunks go to that night's packs,
+    // described by one index); night 2 changes a again, so night 1's pack of a's lists is
+    // sparse, and night 3 stores those list chunks again. Once the nights before are forgotten
+    // and pruned, that pack is gone while its index stays listed (night 1's pack of b's rows is
+    // still used): repacking found a list chunk in the first copy the index gave, the deleted
+    // one, about one round in four (which index sorts first is the index ids'). It must read
+    // only the packs the snapshots list.
+    let tables = "CREATE TABLE public.a AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS body \
+                  FROM generate_series(1, 20000) i; ALTER TABLE public.a ADD PRIMARY KEY (id);
+                  CREATE TABLE public.b AS SELECT i AS id, md5(i::text) || md5((i * 7)::text) AS body \
+                  FROM generate_series(1, 5000) i; ALTER TABLE public.b ADD PRIMARY KEY (id);";
+    let change = |source: &TestDb, table: &str, night: u32| {
+        source.sql(&format!(
+            "UPDATE public.{table} SET body = md5((id * {night})::text) || md5(id::text || '{night}') \
+             || md5((id + {night})::text)"
+        ));
+    };
+    for round in 0..8 {
+        let Ready { source, work, repo, .. } = Scenario::new("repack_rewritten").sql(tables).init("repo");
+        let backup = || {
+            let url = source.url();
+            work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &repo, "--rewrite-budget", "50"]).ok();
+        };
+        backup();
+        change(&source, "a", 11);
+        change(&source, "b", 11);
+        backup();
+        change(&source, "a", 12);
+        backup();
+        backup();
+        backup();
+        work.run(&["forget", "--repo", &repo, "--keep-last", "2"]).ok();
+        work.run(&["prune", "--repo", &repo]).ok();
+        let repacked = prune_as_admin(&work, &repo, &["--max-unused", "0%"]);
+        assert_eq!(repacked.code, 0, "round {round}: {}", repacked.stderr);
+        work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]).ok();
+        let restored = TestDb::create("repack_rewritten_restored");
+        work.restore(&repo, &restored).ok();
+        assert_same_database(&source, &restored);
+    }
+}
