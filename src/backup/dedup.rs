@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::repo::{ChunkSet, Keyring, ObjectId, ObjectRef, Repository};
+use crate::repo::{self, ChunkSet, Keyring, ObjectId, ObjectRef, Repository};
 use crate::sparse_packs::SparsePack;
 
 use super::HeldChunks;
@@ -157,13 +157,17 @@ impl<'a> TargetState<'a> {
         reuse: Reuse,
         avoid: &HashSet<String>,
     ) -> Result<TargetState<'a>> {
-        // Named as packs are (anything else under data/ is no pack to reuse).
+        // Stored where packs are (anything else under data/ is no pack to reuse: a pack moved
+        // to another folder is not where a restore looks for it, so its chunks are stored again).
         let stored: Vec<(String, u64)> = repository
             .target
             .list("data")
             .await?
             .into_iter()
-            .filter_map(|(key, size)| key.rsplit('/').next().map(|id| (id.to_string(), size)))
+            .filter_map(|(key, size)| {
+                let id: ObjectId = key.rsplit('/').next()?.parse().ok()?;
+                (repo::pack_key(&id) == key).then(|| (id.as_str().to_string(), size))
+            })
             .collect();
         // Packs earlier backups stored the used chunks of again are left out of the index, so
         // that their chunks are found in the new copies ([`crate::sparse_packs`]).

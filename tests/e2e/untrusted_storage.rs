@@ -504,6 +504,24 @@ fn a_pack_that_failed_verify_is_not_reused_by_the_next_backup() {
 }
 
 #[test]
+fn a_pack_moved_to_another_folder_is_not_reused_by_the_next_backup() {
+    // A storage writer moves a pack out of the folder its name puts it in: a restore looks
+    // for it where its name says and does not find it. The next backup must store its chunks
+    // again, as for a deleted pack, not reuse it where a restore will never look.
+    let victim = Victim::new("packmoved");
+    let pack = packs_by_size(&victim).remove(0);
+    let name = pack.file_name().unwrap().to_owned();
+    let elsewhere = victim.file("data").join("zz");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::rename(&pack, elsewhere.join(&name)).unwrap();
+    let report = victim.work.backup(&victim.source, &victim.repo);
+    assert!(report["new_chunks"].as_u64().unwrap() > 0, "the moved pack's chunks are stored again: {report}");
+    let target = TestDb::create("packmoved_target");
+    victim.work.restore(&victim.repo, &target).ok();
+    assert_same_database(&victim.source, &target);
+}
+
+#[test]
 fn a_fresh_machine_needs_the_fingerprint_once_then_remembers_it() {
     let victim = Victim::new("fresh");
     let fingerprint = victim.work.fingerprint(&victim.repo);
