@@ -67,6 +67,9 @@ impl SparsePack {
 pub struct RewritePlan {
     /// Packs whose chunks this backup stores again, by id.
     pub rewrite: HashSet<String>,
+    /// Bytes of chunks stored again at most: the budget (the chunks of a pack to rewrite past
+    /// it are reused from the pack, which then stays listed and is not avoided).
+    pub budget: u64,
     /// Packs earlier backups stored the used chunks of again: their chunks are not reused.
     pub avoid: HashSet<String>,
     /// Whether the backup counts the sparse packs of its snapshot for the next one (rewriting
@@ -88,7 +91,9 @@ pub struct Remembered {
 impl Remembered {
     /// The plan of the next backup: the sparsest packs whose used bytes fit within `percent` of
     /// the last snapshot's bytes (a pack is rewritten whole or not at all, so that the new
-    /// snapshot stops listing it), and the packs avoided before.
+    /// snapshot stops listing it), and the packs avoided before. The budget is also a cap on
+    /// what the backup stores again: tonight's snapshot may take more from those packs than
+    /// the last one did (a full backup after a `--table` one).
     pub fn plan(&self, percent: f64) -> RewritePlan {
         #[allow(
             clippy::cast_precision_loss,
@@ -108,7 +113,7 @@ impl Remembered {
             }
         }
         let counting = percent > 0.0 || !self.avoid.is_empty();
-        RewritePlan { rewrite, avoid: self.avoid.iter().cloned().collect(), counting }
+        RewritePlan { rewrite, budget, avoid: self.avoid.iter().cloned().collect(), counting }
     }
 }
 
@@ -180,6 +185,7 @@ mod tests {
         // 1% of 5,000 bytes: 50.
         let plan = remembered.plan(1.0);
         assert_eq!(plan.rewrite, HashSet::from(["tenth".to_string(), "third".to_string()]));
+        assert_eq!(plan.budget, 50);
         assert_eq!(plan.avoid, HashSet::from(["old".to_string()]));
         // A budget of 0 rewrites nothing and still avoids what was rewritten before.
         let none = remembered.plan(0.0);

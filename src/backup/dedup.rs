@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::repo::{self, ChunkSet, Keyring, ObjectId, ObjectRef, Repository};
-use crate::sparse_packs::SparsePack;
+use crate::sparse_packs::{RewritePlan, SparsePack};
 
 use super::HeldChunks;
 
@@ -31,6 +31,11 @@ pub(super) struct SentChunks {
 impl SentChunks {
     pub(super) fn new(generation: usize) -> Self {
         SentChunks { current: ChunkSet::default(), previous: ChunkSet::default(), generation: generation.max(1) }
+    }
+
+    /// Whether `id` was sent within the last one or two generations.
+    pub(super) fn contains(&self, id: &ChunkId) -> bool {
+        self.previous.contains(id) || self.current.contains(id)
     }
 
     /// Adds `id`; false when it was sent within the last one or two generations.
@@ -58,39 +63,64 @@ pub(super) struct KnownChunks {
     /// For each pack of `held`, whether the chunks the snapshot takes from it are stored again
     /// ([`crate::sparse_packs`]).
     pub(super) rewrite: Vec<bool>,
-    /// Bytes of chunks stored again.
+    /// Bytes of chunks stored again (changed under the `sent` lock only).
     pub(super) rewritten: AtomicU64,
+    /// Bytes of chunks stored again at most.
+    pub(super) budget: u64,
 }
 
 impl KnownChunks {
-    /// What `held` holds; the chunks of the packs `rewrite` names are stored again.
-    pub(super) fn new(held: Arc<HeldChunks>, generation: usize, rewrite: &HashSet<String>) -> Self {
+    /// What `held` holds; the chunks of the packs `plan` rewrites are stored again, within its
+    /// budget.
+    pub(super) fn new(held: Arc<HeldChunks>, generation: usize, plan: &RewritePlan) -> Self {
         let packs = held.index.pack_count();
         let reused = (0..packs).map(|_| AtomicBool::new(false)).collect();
         let used = (0..packs).map(|_| AtomicU64::new(0)).collect();
         let rewrite = (0u32..)
             .take(packs)
-            .map(|number| !rewrite.is_empty() && rewrite.contains(&*held.index.pack(number).pack.id.as_str()))
+            .map(|number| !plan.rewrite.is_empty() && plan.rewrite.contains(&*held.index.pack(number).pack.id.as_str()))
             .collect();
         let sent = Mutex::new(SentChunks::new(generation));
-        KnownChunks { held, sent, reused, used, rewrite, rewritten: AtomicU64::new(0) }
+        KnownChunks { held, sent, reused, used, rewrite, rewritten: AtomicU64::new(0), budget: plan.budget }
     }
 
     /// Whether the chunk (of `length` bytes) must be sent to the target; if so, it counts as
     /// sent from now on. Otherwise the target holds it, and its pack counts as used by the
-    /// snapshot. A chunk of a pack to rewrite is sent (once).
+    /// snapshot. A chunk of a pack to rewrite is sent (once) while the budget lasts, and
+    /// reused after.
     pub(super) fn claim(&self, id: ChunkId, length: u64) -> bool {
-        let pack = self.held.reusable(&id);
-        if let Some(pack) = pack.filter(|&pack| !self.rewrite[pack as usize]) {
+        let reuse = |pack: u32| {
             self.reused[pack as usize].store(true, Ordering::Relaxed);
             self.used[pack as usize].fetch_add(length, Ordering::Relaxed);
-            return false;
-        }
-        let send = self.sent.lock().expect("known-chunk lock is never poisoned").insert(id);
-        if send && pack.is_some() {
-            self.rewritten.fetch_add(length, Ordering::Relaxed);
-        }
-        send
+            false
+        };
+        let mut sent = match self.held.reusable(&id) {
+            None => return self.sent.lock().expect("known-chunk lock is never poisoned").insert(id),
+            Some(pack) if !self.rewrite[pack as usize] => return reuse(pack),
+            Some(pack) => {
+                let sent = self.sent.lock().expect("known-chunk lock is never poisoned");
+                if sent.contains(&id) {
+                    return false;
+                }
+                let rewritten = self.rewritten.load(Ordering::Relaxed);
+                if rewritten.saturating_add(length) > self.budget {
+                    drop(sent);
+                    return reuse(pack);
+                }
+                self.rewritten.store(rewritten + length, Ordering::Relaxed);
+                sent
+            }
+        };
+        sent.insert(id)
+    }
+
+    /// The packs this backup was to rewrite and took no chunk from: from now on, backups
+    /// avoid them (a pack the budget ran out in stays listed, and is not avoided).
+    pub(super) fn rewritten_whole(&self) -> impl Iterator<Item = String> + '_ {
+        (0u32..)
+            .zip(&self.rewrite)
+            .filter(|&(number, &rewrite)| rewrite && !self.reused[number as usize].load(Ordering::Relaxed))
+            .map(|(number, _)| self.held.index.pack(number).pack.id.as_str().to_string())
     }
 
     /// The packs the snapshot used for less than

@@ -282,7 +282,7 @@ pub async fn run(
     let mut writers = Vec::new();
     let mut known_sets = Vec::new();
     for state in &states {
-        let known = Arc::new(KnownChunks::new(state.held.clone(), options.index_chunks, &options.rewrite.rewrite));
+        let known = Arc::new(KnownChunks::new(state.held.clone(), options.index_chunks, &options.rewrite));
         known_sets.push(known.clone());
         let (sender, receiver) = mpsc::channel::<Arc<NewFrame>>(16);
         let alive = state.error.is_none();
@@ -497,7 +497,7 @@ fn remembered(
         Vec::new()
     });
     let present = |id: &&String| id.parse().is_ok_and(|id| state.held.present_packs.contains_key(&id));
-    let avoid = plan.avoid.iter().chain(&plan.rewrite).filter(present).cloned().collect();
+    let avoid = plan.avoid.iter().cloned().chain(known.rewritten_whole()).filter(|id| present(&id)).collect();
     crate::sparse_packs::Remembered { avoid, sparse, bytes }
 }
 

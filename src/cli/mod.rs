@@ -196,10 +196,10 @@ enum Command {
         /// No data-loss alarm: tables are not compared with the previous snapshot.
         #[arg(long, conflicts_with_all = ["alarm_threshold", "alarm_tables"])]
         no_alarm: bool,
-        /// Chunk bytes stored again per backup, in percent of the last snapshot's bytes (as the
-        /// last snapshot used them): the chunks it takes from packs the last snapshot of the
-        /// database used for less than half, sparsest packs first, so that restores read fewer packs after months of nights
-        /// (docs/OPERATIONS.md, *Prune*; 1 is the value measured). 0: none.
+        /// Chunk bytes stored again per backup at most, in percent of the last snapshot's
+        /// bytes: the chunks it takes from packs the last snapshot of the database used for
+        /// less than half, sparsest packs first, so that restores read fewer packs after months
+        /// of nights (docs/OPERATIONS.md, *Prune*; 1 is the value measured). 0: none.
         #[arg(long, value_name = "PERCENT", default_value_t = crmvault::sparse_packs::DEFAULT_BUDGET_PERCENT,
               value_parser = parse_percent)]
         rewrite_budget: f64,

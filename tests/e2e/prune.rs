@@ -1007,6 +1007,44 @@ fn a_backup_stores_again_the_few_chunks_its_snapshot_takes_from_old_packs_so_res
 }
 
 #[test]
+fn the_rewrite_budget_caps_what_a_night_stores_again_even_when_it_takes_more_than_the_last_snapshot() {
+    // The first backup stores the small tables s1 and s2 in one pack. Half of s1 changes, and
+    // a `--table` backup of s1 uses a sliver of that pack: the plan for the next backup of the
+    // database is to store that pack's chunks again, as they fit in the budget by what the s1
+    // snapshot took. The full backup after it takes every chunk of s2 from that pack too: it
+    // must stop at the budget and reuse the rest, and its snapshot still restores.
+    let tables = "CREATE TABLE public.big AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS body \
+                  FROM generate_series(1, 30000) i;
+                  CREATE TABLE public.s1 AS SELECT i AS id, md5(i::text) AS body FROM generate_series(1, 100) i;
+                  CREATE TABLE public.s2 AS SELECT i AS id, md5(i::text) || md5((i * 5)::text) AS body \
+                  FROM generate_series(1, 2000) i;";
+    let Ready { source, work, repo, .. } = Scenario::new("rewrite_cap").sql(tables).init("repo");
+    let url = source.url();
+    let backup = |extra: &[&str]| {
+        let mut args = vec!["backup", "--json", "--no-alarm", "--db", &url, "--repo", &repo, "--rewrite-budget", "100"];
+        args.extend_from_slice(extra);
+        work.run(&args).ok().json()
+    };
+    backup(&[]);
+    source.sql("UPDATE public.s1 SET body = md5(body) WHERE id > 50");
+    let small = backup(&["--table", "public.s1"]);
+    let budget = small["bytes_read"].as_u64().unwrap();
+    let full = backup(&[]);
+    let rewritten = full["targets"][0]["rewritten_bytes"].as_u64().unwrap();
+    assert!(rewritten > 0, "the pack the small snapshot hardly used is rewritten: {full}");
+    assert!(rewritten <= budget, "{rewritten} bytes stored again, over the budget of {budget}: {full}");
+    let target = TestDb::create("rewrite_cap_target");
+    work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+    // The pack the budget ran out in stays reused: the next backup stores nothing new.
+    let again = backup(&[]);
+    assert_eq!(again["targets"][0]["new_chunks"], 0, "{again}");
+    let target = TestDb::create("rewrite_cap_again");
+    work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+}
+
+#[test]
 fn repacking_after_a_rewrite_and_a_prune_reads_each_chunk_from_a_pack_a_snapshot_lists() {
     // Night 1 changes tables a and b (their chunks and list chunks go to that night's packs,
     // described by one index); night 2 changes a again, so night 1's pack of a's lists is
