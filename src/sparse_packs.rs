@@ -153,9 +153,12 @@ impl SparseCache {
     }
 
     /// Replaces what `database` left with `remembered` (mode 0600; a crash leaves the old file
-    /// or the new one). A failure is said at debug level: it costs the next backup's rewriting,
-    /// nothing else.
+    /// or the new one; other databases' entries are kept as they are on disk now). A failure
+    /// is said at debug level: it costs the next backup's rewriting, nothing else.
     pub fn save(&self, database: &str, remembered: Remembered, accepts: impl Fn(&Fingerprint) -> bool) {
+        // Other databases' backups on this host save theirs beside it: read and written under
+        // the folder's lock, so that neither drops the other's entry.
+        let _lock = self.path.parent().and_then(|folder| crate::trust::lock_folder(folder).ok());
         let mut databases = self.load_all(&accepts);
         databases.insert(database.to_string(), remembered);
         crate::trust::write_beside_pin(&self.path, &Stored { fingerprint: self.fingerprint, databases });

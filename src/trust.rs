@@ -242,6 +242,34 @@ pub fn save_pin(config_dir: &Path, pin: &Pin) -> Result<()> {
     replace_private_file(&pin_path(config_dir, &pin.repository_id), &text)
 }
 
+/// Changes the pin on disk as `change` says and saves it when `change` returns true, holding an
+/// exclusive lock on the repository's folder here from reading it to replacing it: commands
+/// on one machine (two backups of different databases, a verify during a backup) each change
+/// the pin as the other left it, and neither undoes the other's change (a mark moved back, a
+/// missed snapshot forgotten). `pin` is what the command opened with, used when the file is
+/// gone (or names another repository), and becomes the pin as saved.
+pub fn update_pin(config_dir: &Path, pin: &mut Pin, change: impl FnOnce(&mut Pin) -> bool) -> Result<()> {
+    let path = pin_path(config_dir, &pin.repository_id);
+    let _lock = lock_folder(path.parent().expect("a pin is in a folder"))?;
+    if let Ok(Some(now)) = load_pin(config_dir, &pin.repository_id) {
+        *pin = now;
+    }
+    if change(pin) {
+        save_pin(config_dir, pin)?;
+    }
+    Ok(())
+}
+
+/// An exclusive advisory lock on `folder` (made if missing), held until the file is dropped:
+/// around a read, change and write of a file in it, so that another process's change made
+/// meanwhile is not written over. Only crmvault takes it, for moments.
+pub fn lock_folder(folder: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let handle = std::fs::File::open(folder).map_err(|e| Error::io(folder, e))?;
+    handle.lock().map_err(|e| Error::io(folder, e))?;
+    Ok(handle)
+}
+
 /// Reads a file a command keeps beside a repository's pin (remembered labels, sparse packs):
 /// JSON naming the fingerprint it was written for (`fingerprint_of`). `None` when it is
 /// missing, damaged, or names a fingerprint `accepts` does not (another repository's; a
@@ -330,6 +358,32 @@ mod tests {
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn commands_changing_the_pin_at_once_each_keep_the_others_change() {
+        // Sixteen commands of one machine (threads here: the lock is per open folder, so
+        // threads exclude each other as processes do) each add their location to one pin,
+        // starting from the pin as they opened it, empty: every location is kept.
+        let dir = tempfile::tempdir().unwrap();
+        save_pin(dir.path(), &new_pin()).unwrap();
+        std::thread::scope(|scope| {
+            for n in 0..16 {
+                let dir = dir.path();
+                scope.spawn(move || {
+                    for round in 0..8 {
+                        let mut opened = new_pin();
+                        update_pin(dir, &mut opened, |pin| {
+                            pin.locations.push(format!("/srv/{n}/{round}"));
+                            true
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let pin = load_pin(dir.path(), "r1").unwrap().unwrap();
+        assert_eq!(pin.locations.len(), 16 * 8, "{:?}", pin.locations);
     }
 
     #[test]

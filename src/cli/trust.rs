@@ -64,17 +64,16 @@ impl Trusted {
     /// disk now: a backup that waited for the lock started from an older one).
     pub fn backed_up(&mut self, report: &crmvault::backup::BackupReport) -> Result<()> {
         let Some(pin) = self.pin.as_mut() else { return Ok(()) };
-        if let Some(now) = trust::load_pin(&self.config_dir, &pin.repository_id)? {
-            *pin = now;
-        }
-        // The new snapshot follows the mark, so the mark moves (a record made against another
-        // mark is not kept).
-        if pin.advance(&report.mark()) {
-            pin.settled.clone_from(&report.settled);
-        }
-        let targets = report.targets.iter().map(|t| (t.location.as_str(), t.ok, t.recorded_missed.as_slice()));
-        pin.note_backup(targets, &report.as_missed());
-        trust::save_pin(&self.config_dir, pin)?;
+        trust::update_pin(&self.config_dir, pin, |pin| {
+            // The new snapshot follows the mark, so the mark moves (a record made against
+            // another mark is not kept).
+            if pin.advance(&report.mark()) {
+                pin.settled.clone_from(&report.settled);
+            }
+            let targets = report.targets.iter().map(|t| (t.location.as_str(), t.ok, t.recorded_missed.as_slice()));
+            pin.note_backup(targets, &report.as_missed());
+            true
+        })?;
         Ok(())
     }
 
@@ -93,18 +92,19 @@ impl Trusted {
         if let Some(pin) = self.pin.as_mut()
             && pin.config_hash != config_hash
         {
-            config_hash.clone_into(&mut pin.config_hash);
-            trust::save_pin(&self.config_dir, pin)?;
+            trust::update_pin(&self.config_dir, pin, |pin| {
+                let follows = pin.config_hash != config_hash;
+                config_hash.clone_into(&mut pin.config_hash);
+                follows
+            })?;
         }
         Ok(())
     }
 
     /// Remembers `mark` if it is newer than what the pin holds.
     pub fn advance(&mut self, mark: Option<&SnapshotMark>) -> Result<()> {
-        if let (Some(pin), Some(mark)) = (self.pin.as_mut(), mark)
-            && pin.advance(mark)
-        {
-            trust::save_pin(&self.config_dir, pin)?;
+        if let (Some(pin), Some(mark)) = (self.pin.as_mut(), mark) {
+            trust::update_pin(&self.config_dir, pin, |pin| pin.advance(mark))?;
         }
         Ok(())
     }
@@ -220,7 +220,6 @@ async fn check_with(
                 trust::pin_path(config_dir, &repository.config.id).display()
             ),
             (_, Some(mut pin)) => {
-                let mut changed = false;
                 let new_location = !pin.locations.iter().any(|known| crmvault::target::same_place(known, location));
                 // A place never opened that holds one of several repositories pinned here may
                 // hold another than the one meant: whoever writes the storage can copy there a
@@ -239,21 +238,32 @@ async fn check_with(
                         pin.locations.join(", ")
                     );
                 }
-                if new_location {
-                    pin.locations.push(crmvault::target::place(location));
-                    changed = true;
-                }
-                if pin.config_hash != repository.config_hash && !behind {
+                let follow = pin.config_hash != repository.config_hash && !behind;
+                if follow {
                     tracing::info!(
                         "repository {} was rekeyed since this machine last used it: following it to generation {}",
                         repository.config.id,
                         repository.config.generation
                     );
-                    pin.config_hash.clone_from(&repository.config_hash);
-                    changed = true;
                 }
-                if changed {
-                    trust::save_pin(config_dir, &pin)?;
+                if new_location || follow {
+                    // On the pin as it is now: another command here may have changed it since.
+                    trust::update_pin(config_dir, &mut pin, |pin| {
+                        let mut changed = false;
+                        if !pin.locations.iter().any(|known| crmvault::target::same_place(known, location)) {
+                            pin.locations.push(crmvault::target::place(location));
+                            changed = true;
+                        }
+                        // Forward only: never back from a generation another command followed.
+                        if follow
+                            && pin.config_hash != repository.config_hash
+                            && repository.has_generation(&pin.config_hash)
+                        {
+                            pin.config_hash.clone_from(&repository.config_hash);
+                            changed = true;
+                        }
+                        changed
+                    })?;
                 }
                 Some(pin)
             }
