@@ -1092,8 +1092,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 alarm: settings.alarm(no_alarm, alarm_threshold, alarm_tables)?,
                 rewrite: crmvault::sparse_packs::RewritePlan::default(),
             };
-            // What the last backup of this database found sparse, by host and database.
-            let sparse_key = format!("{}/{}", options.hostname, options.database.name());
+            // What the last backup of this database found sparse, by host and database, and by
+            // the tables backed up: a `--table` backup's snapshot takes other chunks from a pack
+            // than a full one's, and plans made from one would not hold for the other.
+            let mut sparse_key = format!("{}/{}", options.hostname, options.database.name());
+            if !options.include.is_empty() || !options.exclude.is_empty() {
+                let (tables, exclude) = (options.include.join(","), options.exclude.join(","));
+                sparse_key = format!("{sparse_key} tables={tables} exclude={exclude}");
+            }
             let sparse = targets.sparse_cache(&config_dir);
             if let Some((cache, accepts)) = &sparse {
                 options.rewrite = cache.load(&sparse_key, accepts).plan(rewrite_budget);

@@ -1008,17 +1008,57 @@ fn a_backup_stores_again_the_few_chunks_its_snapshot_takes_from_old_packs_so_res
 
 #[test]
 fn the_rewrite_budget_caps_what_a_night_stores_again_even_when_it_takes_more_than_the_last_snapshot() {
-    // The first backup stores the small tables s1 and s2 in one pack. Half of s1 changes, and
-    // a `--table` backup of s1 uses a sliver of that pack: the plan for the next backup of the
-    // database is to store that pack's chunks again, as they fit in the budget by what the s1
-    // snapshot took. The full backup after it takes every chunk of s2 from that pack too: it
-    // must stop at the budget and reuse the rest, and its snapshot still restores.
+    // Night 1 stores table s in a small pack of its own. Night 2 deletes four fifths of s: its
+    // snapshot uses a fifth of that pack, so the plan for night 3 is to store that fifth again,
+    // which fits in the budget. Night 3 puts the rows back as they were, and takes all of the
+    // pack again: it must stop storing chunks again at the budget and reuse the rest, and its
+    // snapshot restores.
+    let tables = "CREATE TABLE public.big AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS body \
+                  FROM generate_series(1, 30000) i;
+                  CREATE TABLE public.s AS SELECT i AS id, md5(i::text) || md5((i * 5)::text) AS body \
+                  FROM generate_series(1, 4000) i;";
+    let Ready { source, work, repo, .. } = Scenario::new("rewrite_cap").sql(tables).init("repo");
+    let url = source.url();
+    let backup = || {
+        work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &repo, "--rewrite-budget", "3"])
+            .ok()
+            .json()
+    };
+    backup();
+    source.sql("DELETE FROM public.s WHERE id > 800");
+    let fifth = backup();
+    source.sql("INSERT INTO public.s SELECT i, md5(i::text) || md5((i * 5)::text) FROM generate_series(801, 4000) i");
+    let whole = backup();
+    // 3% of night 2's bytes.
+    let budget = fifth["bytes_read"].as_u64().unwrap() * 3 / 100;
+    let rewritten = whole["targets"][0]["rewritten_bytes"].as_u64().unwrap();
+    assert!(rewritten > 0, "the pack night 2 hardly used is rewritten: {whole}");
+    assert!(rewritten <= budget, "{rewritten} bytes stored again, over the budget of {budget}: {whole}");
+    let target = TestDb::create("rewrite_cap_target");
+    work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+    // The pack the budget ran out in stays reused: the next backup stores nothing new.
+    let again = backup();
+    assert_eq!(again["targets"][0]["new_chunks"], 0, "{again}");
+    let target = TestDb::create("rewrite_cap_again");
+    work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+}
+
+#[test]
+fn a_table_filtered_backup_neither_plans_nor_avoids_for_the_full_ones() {
+    // A `--table` backup's snapshot takes other chunks from a pack than a full one's: what it
+    // found sparse is remembered apart. Full, full, `--table`, full with no change in between:
+    // the last full backup stores again, within its budget, what the full one before it hardly
+    // used (it was a way around the budget: the `--table` one planned the pack of s2's rows,
+    // took nothing from it, and left it avoided, so the full one stored all of it again,
+    // counted nowhere).
     let tables = "CREATE TABLE public.big AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS body \
                   FROM generate_series(1, 30000) i;
                   CREATE TABLE public.s1 AS SELECT i AS id, md5(i::text) AS body FROM generate_series(1, 100) i;
                   CREATE TABLE public.s2 AS SELECT i AS id, md5(i::text) || md5((i * 5)::text) AS body \
                   FROM generate_series(1, 2000) i;";
-    let Ready { source, work, repo, .. } = Scenario::new("rewrite_cap").sql(tables).init("repo");
+    let Ready { source, work, repo, .. } = Scenario::new("rewrite_filtered").sql(tables).init("repo");
     let url = source.url();
     let backup = |extra: &[&str]| {
         let mut args = vec!["backup", "--json", "--no-alarm", "--db", &url, "--repo", &repo, "--rewrite-budget", "100"];
@@ -1026,20 +1066,15 @@ fn the_rewrite_budget_caps_what_a_night_stores_again_even_when_it_takes_more_tha
         work.run(&args).ok().json()
     };
     backup(&[]);
-    source.sql("UPDATE public.s1 SET body = md5(body) WHERE id > 50");
-    let small = backup(&["--table", "public.s1"]);
-    let budget = small["bytes_read"].as_u64().unwrap();
+    source.sql("UPDATE public.s2 SET body = md5(body) WHERE id > 400");
+    backup(&[]);
+    backup(&["--table", "public.s1"]);
+    // The full backup stores again, within its budget, what the last full one hardly used.
     let full = backup(&[]);
-    let rewritten = full["targets"][0]["rewritten_bytes"].as_u64().unwrap();
-    assert!(rewritten > 0, "the pack the small snapshot hardly used is rewritten: {full}");
-    assert!(rewritten <= budget, "{rewritten} bytes stored again, over the budget of {budget}: {full}");
-    let target = TestDb::create("rewrite_cap_target");
-    work.restore(&repo, &target).ok();
-    assert_same_database(&source, &target);
-    // The pack the budget ran out in stays reused: the next backup stores nothing new.
-    let again = backup(&[]);
-    assert_eq!(again["targets"][0]["new_chunks"], 0, "{again}");
-    let target = TestDb::create("rewrite_cap_again");
+    assert!(full["targets"][0]["rewritten_bytes"].as_u64().unwrap() > 0, "{full}");
+    let after = backup(&[]);
+    assert_eq!(after["targets"][0]["new_chunks"], 0, "nothing changed since the last full backup: {after}");
+    let target = TestDb::create("rewrite_filtered_target");
     work.restore(&repo, &target).ok();
     assert_same_database(&source, &target);
 }
