@@ -155,11 +155,16 @@ impl Pin {
 
     /// Raises the high-water mark to `mark` if it is newer; true when it changed.
     pub fn advance(&mut self, mark: &SnapshotMark) -> bool {
-        if self.newest.as_ref().is_some_and(|newest| newest.sequence >= mark.sequence) {
+        if !self.would_advance(mark) {
             return false;
         }
         self.newest = Some(mark.clone());
         true
+    }
+
+    /// Whether `mark` is newer than the mark held ([`Pin::advance`] would move to it).
+    pub fn would_advance(&self, mark: &SnapshotMark) -> bool {
+        self.newest.as_ref().is_none_or(|newest| newest.sequence < mark.sequence)
     }
 }
 
@@ -309,10 +314,13 @@ pub fn write_beside_pin(path: &Path, contents: &impl Serialize) {
 pub fn replace_private_file(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    /// Staging files made by this process: each write its own (threads write at once too).
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let folder = path.parent().expect("a file in a folder");
     std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
     let name = path.file_name().expect("a file name").to_string_lossy();
-    let staging = folder.join(format!(".{name}.{}", std::process::id()));
+    let staged = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = folder.join(format!(".{name}.{}.{staged}", std::process::id()));
     let written = (|| {
         let mut file =
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&staging)?;

@@ -1120,7 +1120,12 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 cache.save(&sparse_key, remembered.clone(), accepts);
             }
             audit.snapshot(&report.snapshot_id);
-            trusted.backed_up(&report)?;
+            trusted.backed_up(&report).map_err(|error| {
+                anyhow::anyhow!(
+                    "snapshot {} was stored, but this machine's pin was not updated: {error:#}",
+                    report.snapshot_id
+                )
+            })?;
             metrics.backup(&report);
             output::backup(json, &report, started.elapsed());
             // A snapshot deleted from storage behind the host's back is a problem to look at,

@@ -92,9 +92,14 @@ impl Trusted {
         if let Some(pin) = self.pin.as_mut()
             && pin.config_hash != config_hash
         {
+            // From the generation this command opened only: another command here may have
+            // followed a later rekey meanwhile, and the pin never goes back.
+            let opened = pin.config_hash.clone();
             trust::update_pin(&self.config_dir, pin, |pin| {
-                let follows = pin.config_hash != config_hash;
-                config_hash.clone_into(&mut pin.config_hash);
+                let follows = pin.config_hash == opened;
+                if follows {
+                    config_hash.clone_into(&mut pin.config_hash);
+                }
                 follows
             })?;
         }
@@ -103,7 +108,11 @@ impl Trusted {
 
     /// Remembers `mark` if it is newer than what the pin holds.
     pub fn advance(&mut self, mark: Option<&SnapshotMark>) -> Result<()> {
-        if let (Some(pin), Some(mark)) = (self.pin.as_mut(), mark) {
+        // The mark on disk only moves forward (under the folder's lock): not newer than the one
+        // this command opened with, not newer than it.
+        if let (Some(pin), Some(mark)) = (self.pin.as_mut(), mark)
+            && pin.would_advance(mark)
+        {
             trust::update_pin(&self.config_dir, pin, |pin| pin.advance(mark))?;
         }
         Ok(())
@@ -366,4 +375,38 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
     };
     trust::save_pin(config_dir, &pin)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin_at(config_hash: &str) -> Pin {
+        Pin {
+            repository_id: "r1".into(),
+            fingerprint: Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap(),
+            config_hash: config_hash.into(),
+            newest: None,
+            locations: vec![],
+            settled: std::collections::BTreeSet::new(),
+            missed: std::collections::BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn following_a_rekey_never_takes_the_pin_back_from_a_later_one_another_command_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let on_disk = || trust::load_pin(dir.path(), "r1").unwrap().unwrap();
+        trust::save_pin(dir.path(), &pin_at("g1")).unwrap();
+        // This command opened generation 1 and rekeyed to 2: the pin follows.
+        let mut trusted = Trusted { pin: Some(pin_at("g1")), config_dir: dir.path().to_path_buf() };
+        trusted.follow("g2").unwrap();
+        assert_eq!(on_disk().config_hash, "g2");
+        // Meanwhile another command followed a later rekey (3): this one's follow to 2, from
+        // the 1 it opened, changes nothing.
+        let mut late = Trusted { pin: Some(pin_at("g1")), config_dir: dir.path().to_path_buf() };
+        trust::save_pin(dir.path(), &pin_at("g3")).unwrap();
+        late.follow("g2").unwrap();
+        assert_eq!(on_disk().config_hash, "g3");
+    }
 }
