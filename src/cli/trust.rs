@@ -363,7 +363,22 @@ async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&F
 }
 
 /// Pins what `init` made on this host (the backup host, or an admin's machine that ran it).
+/// New copies of a repository this machine pins already (`init --copy-from`) are added to its
+/// pin as places of it: the pin's mark, generation and notes stay.
 pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport) -> Result<()> {
+    if let Some(mut pin) = trust::load_pin(config_dir, &report.repository_id)? {
+        return trust::update_pin(config_dir, &mut pin, |pin| {
+            let mut changed = false;
+            for location in &report.locations {
+                if !pin.locations.iter().any(|known| crmvault::target::same_place(known, location)) {
+                    pin.locations.push(crmvault::target::place(location));
+                    changed = true;
+                }
+            }
+            changed
+        })
+        .map_err(Into::into);
+    }
     let pin = Pin {
         repository_id: report.repository_id.clone(),
         fingerprint: report.fingerprint,

@@ -358,6 +358,24 @@ fn pin_of(work: &Workspace) -> serde_json::Value {
 }
 
 #[test]
+fn a_new_copy_adds_its_place_to_the_pin_and_keeps_the_mark() {
+    // `init --copy-from` on the host that pins the repository wrote a new pin naming the copy
+    // alone: the mark of the newest snapshot (what tells a deleted snapshot from none) was
+    // reset and the first place forgotten.
+    let victim = Victim::new("copypin");
+    victim.work.backup(&victim.source, &victim.repo);
+    let before = pin_of(&victim.work);
+    assert!(before["newest"].is_object(), "{before}");
+    let copy = victim.work.path("copy").to_str().unwrap().to_string();
+    victim.work.run(&["init", "--copy-from", &victim.repo, "--repo", &copy]).ok();
+    let after = pin_of(&victim.work);
+    assert_eq!(after["newest"], before["newest"], "{after}");
+    let locations = after["locations"].as_array().unwrap();
+    assert_eq!(locations.len(), before["locations"].as_array().unwrap().len() + 1, "{after}");
+    assert!(locations.iter().any(|l| l.as_str().unwrap().ends_with("/copy")), "{after}");
+}
+
+#[test]
 fn a_backup_reads_only_snapshots_its_pin_has_not_settled_yet_still_follows_and_names_the_new_ones() {
     let victim = Victim::new("settled");
     // A second backup host with the writer key, as the first one was after the first backup.
