@@ -11,6 +11,7 @@
 //! ```
 //!
 //! Credentials: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` if set, else bench/benchbench.
+//! `S3_SERVER_LOG=1` says each request (method, path, range) on stderr.
 
 use std::time::Duration;
 
@@ -38,11 +39,13 @@ fn main() {
         });
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(key.as_str(), secret.as_str()));
-        let service = Delayed { inner: builder.build(), delay };
+        let service = Delayed { inner: builder.build(), delay, log: std::env::var_os("S3_SERVER_LOG").is_some() };
         eprintln!("s3_server: serving {root} at http://{addr}, {} ms a request", delay.as_millis());
         let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         loop {
             let Ok((socket, _)) = listener.accept().await else { continue };
+            // Else a response written in parts waits for the client's delayed ACK (40 ms).
+            let _ = socket.set_nodelay(true);
             let connection = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
             tokio::spawn(async move {
                 let _ = connection.await;
@@ -56,6 +59,8 @@ fn main() {
 struct Delayed {
     inner: s3s::service::S3Service,
     delay: Duration,
+    /// Each request said on stderr (`S3_SERVER_LOG=1`).
+    log: bool,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Delayed {
@@ -65,6 +70,10 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Delayed {
 
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         let (inner, delay) = (self.inner.clone(), self.delay);
+        if self.log {
+            let range = request.headers().get("range").and_then(|r| r.to_str().ok()).unwrap_or("");
+            eprintln!("{} {} {range}", request.method(), request.uri().path());
+        }
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             hyper::service::Service::call(&inner, request).await

@@ -30,6 +30,14 @@ use crate::target::Target;
 /// up to 512 KiB), so a run of a full backup is usually one whole frame.
 pub const RUN: usize = 32;
 
+/// Runs a stream reads ahead, at least, when a source is not a local folder: each piece or
+/// dictionary it needs is a request there, answered after a round trip, and the cores wait
+/// on them. With 20 ms a request, a year-old snapshot's restore took 15.3 s reading `jobs` × 2
+/// runs ahead and 8.2 s reading 16 (a single snapshot's: 6.2 s and 4.9 s), its peak memory
+/// about the same (BENCHMARKS.md, session 40). Local folders keep `jobs` × 2: there the cores
+/// are what a restore waits on.
+pub const REMOTE_RUNS_AHEAD: usize = 16;
+
 /// Chunks whose frame is at most this many bytes compressed are decoded on the async task.
 const INLINE_DECODE_BYTES: u32 = 4096;
 
@@ -400,6 +408,13 @@ impl ChunkReader {
             frames: Arc::new(repo::FrameCache::new(FRAMES_KEPT_BYTES)),
             limits,
         }
+    }
+
+    /// How many runs a stream reads ahead with `jobs`: `jobs` × 2, and at least
+    /// [`REMOTE_RUNS_AHEAD`] when a source is not a local folder.
+    pub fn runs_ahead(&self, jobs: usize) -> usize {
+        let ahead = jobs.max(1) * 2;
+        if self.sources.iter().all(|source| source.target.is_local()) { ahead } else { ahead.max(REMOTE_RUNS_AHEAD) }
     }
 
     /// The error for a chunk no source knows.

@@ -562,7 +562,8 @@ impl Differ<'_> {
             .probes
             .iter()
             .filter(|&&p| reader.raw_length(&plan.ids[p]).is_none_or(|length| length >= self.ends_a_row_below));
-        let mut probes = futures::stream::iter(unknown.map(|&p| reader.read(&plan.ids[p]))).buffered(self.jobs * 2);
+        let mut probes =
+            futures::stream::iter(unknown.map(|&p| reader.read(&plan.ids[p]))).buffered(reader.runs_ahead(self.jobs));
         while let Some(chunk) = probes.next().await {
             let chunk = chunk?;
             self.chunks_read.fetch_add(1, Relaxed);
@@ -602,7 +603,7 @@ impl Differ<'_> {
                 .iter()
                 .map(|&(run, piece)| async move { reader.read_run(piece).await.map(|text| (run, piece.len(), text)) }),
         )
-        .buffered(self.jobs * 2);
+        .buffered(reader.runs_ahead(self.jobs));
         let mut digest = whole.map(|_| self.mac_key.hasher());
         let mut lines = Lines::default();
         let mut current = None;

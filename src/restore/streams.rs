@@ -39,14 +39,14 @@ pub(super) struct Streams<'a> {
 }
 
 impl Streams<'_> {
-    /// Proven plaintext of a stream, in order, in runs ([`ChunkSpool::runs`]), `jobs` × 2 runs
-    /// decoded ahead.
+    /// Proven plaintext of a stream, in order, in runs ([`ChunkSpool::runs`]), decoded ahead
+    /// ([`ChunkReader::runs_ahead`]).
     pub(super) fn chunks<'s>(&'s self, stream: &StreamManifest) -> impl Stream<Item = Result<Vec<u8>>> + 's {
         let reader = self.reader;
         self.spool
             .runs(stream.spooled.clone())
             .map_ok(move |run| async move { reader.read_located(&run).await })
-            .try_buffered(self.jobs * 2)
+            .try_buffered(reader.runs_ahead(self.jobs))
     }
 
     /// Reads a whole (small) stream and checks its digest.
