@@ -228,6 +228,41 @@ fn copy_brings_only_missing_snapshots_and_the_copy_restores() {
 }
 
 #[test]
+fn copy_lists_what_the_bucket_holds_once_instead_of_asking_for_every_object_of_every_snapshot() {
+    // Each snapshot's header names every pack it uses, most of them the nights' before: asking
+    // the bucket whether it holds each one, snapshot after snapshot, grew as nights × packs
+    // (620,000 requests for a year of nights).
+    use crate::common::s3::{FaultCount, Faults};
+    let count = std::sync::Arc::new(FaultCount::default());
+    let Some(server) = S3Server::start_faulty(Faults::default(), count.clone()) else {
+        eprintln!("skipped: requests are counted by the in-process S3 server only");
+        return;
+    };
+    let table = "CREATE TABLE public.t AS SELECT i AS id, md5(i::text) AS body FROM generate_series(1, 20000) i";
+    let Ready { source, work, repo: local, .. } = Scenario::new("s3_copy_requests").sql(table).init("local");
+    let nights = 12;
+    for night in 1..=nights {
+        source.sql(&format!("UPDATE public.t SET body = md5(body) WHERE id % 13 = {night}"));
+        work.backup(&source, &local);
+    }
+    let bucket = server.repo("copy");
+    run_s3(&work, &server, &["init", "--copy-from", &local, "--repo", &bucket]).ok();
+    let before = count.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let report = run_s3(&work, &server, &["copy", "--json", "--from", &local, "--to", &bucket]).ok().json();
+    let requests = count.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let copied = report["objects_copied"].as_u64().unwrap();
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), nights, "{report}");
+    // One write per object, and a few dozen requests besides (listings, keys, lock, audit),
+    // however many snapshots name each object.
+    let copied = usize::try_from(copied).unwrap();
+    assert!(requests < copied + 40, "{requests} requests to copy {copied} objects: {report}");
+    let restored = TestDb::create("s3_copy_requests_restored");
+    run_s3(&work, &server, &["restore", "--repo", &bucket, "--identity", &work.admin_key(), "--db", &restored.url()])
+        .ok();
+    assert_same_database(&source, &restored);
+}
+
+#[test]
 fn settings_come_from_the_config_file_which_must_be_private() {
     let server = S3Server::start();
     let work = Workspace::new();
