@@ -13,7 +13,7 @@
 #                      never changed)
 #   BENCH_S3_DELAY_MS  milliseconds before each answer (default 20: a bucket in the same region)
 #   BENCH_REPOS        the cache's repositories to restore (default "repo one")
-#   BENCH_ROUNDS       turns (default 5); medians
+#   BENCH_ROUNDS       turns (default 5); medians (of an even number, the lower middle one)
 #   DATABASE_URL       server to restore into (default postgres://postgres@127.0.0.1:5432);
 #                      database crmvault_s3_restored is created and dropped there
 # needs: psql, GNU time
@@ -48,9 +48,11 @@ serve() { # serve DELAY_MS: (re)starts the server on $port
     [ -z "$server_pid" ] || { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
     "$bin/examples/s3_server" "$bucket_root" "127.0.0.1:$port" "$1" 2>>"$run/server.log" &
     server_pid=$!
-    sleep 1
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.1; done
+    echo "bench: the S3 server did not start (see $run/server.log)" >&2
+    exit 1
 }
-trap 'kill $server_pid 2>/dev/null || true; rm -rf "$bucket_root"; psql -X -q -d "$server/postgres" -c "DROP DATABASE IF EXISTS $target WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+trap 'kill $server_pid 2>/dev/null || true; wait $server_pid 2>/dev/null || true; rm -rf "$bucket_root"; psql -X -q -d "$server/postgres" -c "DROP DATABASE IF EXISTS $target WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 url() { echo "s3://bench/$1?endpoint=http://127.0.0.1:$port"; }
 
 # Copied without delay (the copy is not measured), restored with it.

@@ -43,7 +43,11 @@ fn main() {
         eprintln!("s3_server: serving {root} at http://{addr}, {} ms a request", delay.as_millis());
         let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
+            let Ok((socket, _)) = listener.accept().await else {
+                // Out of file descriptors, say: wait instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
             // Else a response written in parts waits for the client's delayed ACK (40 ms).
             let _ = socket.set_nodelay(true);
             let connection = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();

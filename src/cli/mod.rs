@@ -1019,9 +1019,15 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 .iter()
                 .map(|l| storage.open(l, OpenMode::Create))
                 .collect::<crmvault::Result<Vec<_>>>()?;
+            // A copy's place is pinned only when the source was checked against a pin or a
+            // given fingerprint: a machine with neither (no key needed to copy) must not take
+            // the fingerprint the storage claims for the admins' (trust on first use).
+            let mut vouched = true;
             let report = if let Some(source) = copy_from {
                 let mut source = storage.open_set(&[source], false).await?;
                 let role = trust::reading_role(source.first(), None, &config_dir()?);
+                vouched = fingerprint.is_some()
+                    || crmvault::trust::load_pin(&config_dir()?, &source.first().config.id)?.is_some();
                 trust::check(source.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
                 init::run_copy_from(source.first(), targets).await?
             } else {
@@ -1041,7 +1047,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                     texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
                 init::run(targets, &parsed, &config_dir()?, tuning).await?
             };
-            trust::pin_new(&config_dir()?, &report)?;
+            if vouched {
+                trust::pin_new(&config_dir()?, &report)?;
+            }
             output::init(json, &report);
         }
         Command::Backup {

@@ -23,10 +23,14 @@ pub const INDEX_IN_MEMORY: usize = 1 << 16;
 
 /// Indexes read at once while loading (each then decoded on a core) from a local folder.
 const INDEXES_AHEAD: usize = 8;
-/// Indexes read at once from a bucket, where each is a request answered after a round trip:
-/// a year of nights left 730 indexes, loaded in 2.1 s eight at a time with 20 ms a request
-/// (BENCHMARKS.md, session 40).
+/// Indexes read at once from a bucket, at most, where each is a request answered after a round
+/// trip: a year of nights left 730 indexes, loaded in 2.1 s eight at a time with 20 ms a
+/// request (BENCHMARKS.md, session 40). Only while that many of the largest index listed fit
+/// in [`REMOTE_INDEX_BYTES_AHEAD`]: decoded indexes waiting their turn count against no
+/// budget, and a full one (65 536 chunks) decodes to about 4 MiB.
 const REMOTE_INDEXES_AHEAD: usize = 32;
+/// Stored bytes of indexes read ahead from a bucket, at most, beyond [`INDEXES_AHEAD`] of them.
+const REMOTE_INDEX_BYTES_AHEAD: u64 = 16 << 20;
 
 /// The largest index object read: a backup writes one every [`crate::backup::INDEX_CHUNKS`]
 /// new chunks (a few MiB), so anything near this is junk, refused before it fills memory.
@@ -266,6 +270,12 @@ impl Repository {
         let cores = super::Cores::new();
         let budget = ReadBudget::new(super::READ_BUDGET);
         let keyring = keyring.clone();
+        let largest = keys.iter().map(|(_, limit)| *limit).max().unwrap_or(0).max(1);
+        let ahead = if self.target.is_local() {
+            INDEXES_AHEAD
+        } else {
+            usize::try_from(REMOTE_INDEX_BYTES_AHEAD / largest).unwrap_or(0).clamp(INDEXES_AHEAD, REMOTE_INDEXES_AHEAD)
+        };
         let reads = keys.into_iter().map(move |(key, limit)| {
             let (keyring, cores, budget) = (keyring.clone(), cores.clone(), budget.clone());
             async move {
@@ -279,7 +289,6 @@ impl Repository {
                 (key, decoded)
             }
         });
-        let ahead = if self.target.is_local() { INDEXES_AHEAD } else { REMOTE_INDEXES_AHEAD };
         futures::StreamExt::buffered(futures::stream::iter(reads), ahead)
     }
 

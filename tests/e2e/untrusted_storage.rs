@@ -376,6 +376,37 @@ fn a_new_copy_adds_its_place_to_the_pin_and_keeps_the_mark() {
 }
 
 #[test]
+fn a_copy_made_on_a_machine_that_pins_nothing_does_not_pin_what_the_storage_claims() {
+    // Copying needs no key, so a fresh machine may make a copy; it checked the source against
+    // nothing, and pinning the fingerprint the storage claims would let an admin command there
+    // trust a forged repository on first use.
+    let victim = Victim::new("copytofu");
+    let stranger = Workspace::new();
+    let copy = stranger.path("copy").to_str().unwrap().to_string();
+    stranger.run(&["init", "--copy-from", &victim.repo, "--repo", &copy]).ok();
+    stranger.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    let config = stranger.config_dir();
+    let pins: Vec<_> = if config.exists() {
+        files_under(&config).into_iter().filter(|p| p.ends_with("trust.json")).collect()
+    } else {
+        Vec::new()
+    };
+    assert!(pins.is_empty(), "{pins:?}");
+    let target = TestDb::create("copytofu_target");
+    let url = target.url();
+    let admin_key = victim.work.admin_key();
+    let run = stranger.run(&["restore", "--repo", &copy, "--identity", &admin_key, "--db", &url]);
+    run.fails_with(1, "--fingerprint");
+    assert!(target.is_empty());
+    // With the fingerprint the admins keep, it restores.
+    let fingerprint = victim.work.fingerprint(&victim.repo);
+    stranger
+        .run(&["restore", "--repo", &copy, "--identity", &admin_key, "--db", &url, "--fingerprint", &fingerprint])
+        .ok();
+    assert_same_database(&victim.source, &target);
+}
+
+#[test]
 fn a_backup_reads_only_snapshots_its_pin_has_not_settled_yet_still_follows_and_names_the_new_ones() {
     let victim = Victim::new("settled");
     // A second backup host with the writer key, as the first one was after the first backup.
