@@ -132,6 +132,20 @@ pub struct Pin {
 }
 
 impl Pin {
+    /// Whether this machine has opened the repository at `location`.
+    pub fn knows(&self, location: &str) -> bool {
+        self.locations.iter().any(|known| crate::target::same_place(known, location))
+    }
+
+    /// Remembers `location` as a place of the repository; false when it was known.
+    pub fn add_location(&mut self, location: &str) -> bool {
+        if self.knows(location) {
+            return false;
+        }
+        self.locations.push(crate::target::place(location));
+        true
+    }
+
     /// After a backup: at each target it reached, the snapshots it recorded there are missed no
     /// more; at each it did not reach (`location`, not stored), `this` is missed too. Made on
     /// the pin as it is on disk now, so that what another backup noted since is kept.
@@ -197,7 +211,7 @@ pub fn pin_of_location(config_dir: &Path, location: &str, repository_id: &str) -
             continue;
         }
         if let Ok(Some(pin)) = load_pin(config_dir, &id)
-            && pin.locations.iter().any(|known| crate::target::same_place(known, location))
+            && pin.knows(location)
         {
             return Ok(Some(pin));
         }

@@ -73,8 +73,8 @@ impl Trusted {
             let targets = report.targets.iter().map(|t| (t.location.as_str(), t.ok, t.recorded_missed.as_slice()));
             pin.note_backup(targets, &report.as_missed());
             true
-        })?;
-        Ok(())
+        })
+        .map_err(Into::into)
     }
 
     /// What earlier backups here stored on other targets but not at `location`.
@@ -229,7 +229,7 @@ async fn check_with(
                 trust::pin_path(config_dir, &repository.config.id).display()
             ),
             (_, Some(mut pin)) => {
-                let new_location = !pin.locations.iter().any(|known| crmvault::target::same_place(known, location));
+                let new_location = !pin.knows(location);
                 // A place never opened that holds one of several repositories pinned here may
                 // hold another than the one meant: whoever writes the storage can copy there a
                 // repository this machine trusts for something else (another team's, whose
@@ -258,11 +258,7 @@ async fn check_with(
                 if new_location || follow {
                     // On the pin as it is now: another command here may have changed it since.
                     trust::update_pin(config_dir, &mut pin, |pin| {
-                        let mut changed = false;
-                        if !pin.locations.iter().any(|known| crmvault::target::same_place(known, location)) {
-                            pin.locations.push(crmvault::target::place(location));
-                            changed = true;
-                        }
+                        let mut changed = pin.add_location(location);
                         // Forward only: never back from a generation another command followed.
                         if follow
                             && pin.config_hash != repository.config_hash
@@ -368,14 +364,7 @@ async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&F
 pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport) -> Result<()> {
     if let Some(mut pin) = trust::load_pin(config_dir, &report.repository_id)? {
         return trust::update_pin(config_dir, &mut pin, |pin| {
-            let mut changed = false;
-            for location in &report.locations {
-                if !pin.locations.iter().any(|known| crmvault::target::same_place(known, location)) {
-                    pin.locations.push(crmvault::target::place(location));
-                    changed = true;
-                }
-            }
-            changed
+            report.locations.iter().fold(false, |changed, location| pin.add_location(location) | changed)
         })
         .map_err(Into::into);
     }

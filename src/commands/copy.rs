@@ -97,12 +97,7 @@ pub async fn run(
         for (key, size) in objects {
             match held.get(&key) {
                 Some(&found) if found == size => {}
-                Some(&found) => {
-                    return Err(Error::corrupt(
-                        format!("{}/{key}", to.target.location()),
-                        format!("is {found} bytes, expected {size}; remove it and copy again"),
-                    ));
-                }
+                Some(&found) => return Err(wrong_size(to, &key, found, size)),
                 None => missing.push((key, size)),
             }
         }
@@ -145,12 +140,7 @@ async fn copy_object(
     let existing = to.target.size_of(key).await?;
     match (existing, size) {
         (Some(found), Some(expected)) if found == expected => return Ok(()),
-        (Some(found), Some(expected)) => {
-            return Err(Error::corrupt(
-                format!("{}/{key}", to.target.location()),
-                format!("is {found} bytes, expected {expected}; remove it and copy again"),
-            ));
-        }
+        (Some(found), Some(expected)) => return Err(wrong_size(to, key, found, expected)),
         (Some(_), None) => return Ok(()),
         (None, _) => {}
     }
@@ -169,4 +159,12 @@ async fn fetch_checked(from: &Repository, key: &str, size: Option<u64>) -> Resul
         return Err(Error::corrupt(format!("{}/{key}", from.target.location()), "has the wrong size"));
     }
     Ok(bytes)
+}
+
+/// A destination's object of `found` bytes where `expected` belong (an interrupted write).
+fn wrong_size(to: &Repository, key: &str, found: u64, expected: u64) -> Error {
+    Error::corrupt(
+        format!("{}/{key}", to.target.location()),
+        format!("is {found} bytes, expected {expected}; remove it and copy again"),
+    )
 }

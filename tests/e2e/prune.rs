@@ -956,12 +956,7 @@ fn a_backup_stores_again_the_few_chunks_its_snapshot_takes_from_old_packs_so_res
     let Ready { source, work, repo, .. } = Scenario::new("rewrite_sparse").sql(SCRATCH).init("repo");
     source.sql("ALTER TABLE public.scratch ADD PRIMARY KEY (id)");
     let plain = work.init_repo("plain");
-    let backup = |repo: &str, budget: &[&str]| {
-        let url = source.url();
-        let mut args = vec!["backup", "--json", "--no-alarm", "--db", &url, "--repo", repo];
-        args.extend_from_slice(budget);
-        work.run(&args).ok().json()
-    };
+    let backup = |repo: &str, budget: &[&str]| work.backup_with(&source, repo, budget);
     let change = |night: u32, stretches: &[(u32, u32)]| {
         for (from, to) in stretches {
             source.sql(&format!(
@@ -1018,12 +1013,7 @@ fn the_rewrite_budget_caps_what_a_night_stores_again_even_when_it_takes_more_tha
                   CREATE TABLE public.s AS SELECT i AS id, md5(i::text) || md5((i * 5)::text) AS body \
                   FROM generate_series(1, 4000) i;";
     let Ready { source, work, repo, .. } = Scenario::new("rewrite_cap").sql(tables).init("repo");
-    let url = source.url();
-    let backup = || {
-        work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &repo, "--rewrite-budget", "3"])
-            .ok()
-            .json()
-    };
+    let backup = || work.backup_with(&source, &repo, &["--rewrite-budget", "3"]);
     backup();
     source.sql("DELETE FROM public.s WHERE id > 800");
     let fifth = backup();
@@ -1059,12 +1049,7 @@ fn a_table_filtered_backup_neither_plans_nor_avoids_for_the_full_ones() {
                   CREATE TABLE public.s2 AS SELECT i AS id, md5(i::text) || md5((i * 5)::text) AS body \
                   FROM generate_series(1, 2000) i;";
     let Ready { source, work, repo, .. } = Scenario::new("rewrite_filtered").sql(tables).init("repo");
-    let url = source.url();
-    let backup = |extra: &[&str]| {
-        let mut args = vec!["backup", "--json", "--no-alarm", "--db", &url, "--repo", &repo, "--rewrite-budget", "100"];
-        args.extend_from_slice(extra);
-        work.run(&args).ok().json()
-    };
+    let backup = |extra: &[&str]| work.backup_with(&source, &repo, &[&["--rewrite-budget", "100"], extra].concat());
     backup(&[]);
     source.sql("UPDATE public.s2 SET body = md5(body) WHERE id > 400");
     backup(&[]);
@@ -1100,10 +1085,7 @@ fn repacking_after_a_rewrite_and_a_prune_reads_each_chunk_from_a_pack_a_snapshot
     };
     for round in 0..8 {
         let Ready { source, work, repo, .. } = Scenario::new("repack_rewritten").sql(tables).init("repo");
-        let backup = || {
-            let url = source.url();
-            work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &repo, "--rewrite-budget", "50"]).ok();
-        };
+        let backup = || work.backup_with(&source, &repo, &["--rewrite-budget", "50"]);
         backup();
         change(&source, "a", 11);
         change(&source, "b", 11);

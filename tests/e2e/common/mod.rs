@@ -288,7 +288,15 @@ impl Workspace {
     /// A backup that must succeed. Tests drop and empty tables between backups to make
     /// garbage for prune, so the data-loss alarm (exit 4; alarm.rs tests it) is off here.
     pub fn backup(&self, db: &TestDb, repo: &str) -> serde_json::Value {
-        self.run(&["backup", "--json", "--no-alarm", "--db", &db.url(), "--repo", repo]).ok().json()
+        self.backup_with(db, repo, &[])
+    }
+
+    /// `backup --json --no-alarm` of `db` into `repo`, with `options` added: its report.
+    pub fn backup_with(&self, db: &TestDb, repo: &str, options: &[&str]) -> serde_json::Value {
+        let url = db.url();
+        let mut args = vec!["backup", "--json", "--no-alarm", "--db", &url, "--repo", repo];
+        args.extend_from_slice(options);
+        self.run(&args).ok().json()
     }
 
     pub fn restore(&self, repo: &str, db: &TestDb) -> Run {
