@@ -1050,7 +1050,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             if vouched {
                 trust::pin_new(&config_dir()?, &report)?;
             }
-            output::init(json, &report);
+            output::init(json, &report, vouched);
         }
         Command::Backup {
             db,

@@ -137,7 +137,9 @@ pub fn keygen_failed(path: &Path, error: crmvault::Error) -> anyhow::Error {
     }
 }
 
-pub fn init(json: bool, report: &init::InitReport) {
+/// `checked`: the fingerprint is the repository's (made here, or a copy's source checked
+/// against a pin or `--fingerprint`), not only what a copy's source claims.
+pub fn init(json: bool, report: &init::InitReport, checked: bool) {
     if json {
         print_json(report);
         return;
@@ -145,10 +147,18 @@ pub fn init(json: bool, report: &init::InitReport) {
     for location in &report.locations {
         say!("initialised repository {} at {location}", report.repository_id);
     }
-    say!(
-        "fingerprint: {} (keep it beside each admin identity: restoring on another machine needs it)",
-        report.fingerprint
-    );
+    if checked {
+        say!(
+            "fingerprint: {} (keep it beside each admin identity: restoring on another machine needs it)",
+            report.fingerprint
+        );
+    } else {
+        say!(
+            "fingerprint claimed by the source: {} (NOT checked: this machine pins nothing and no --fingerprint \
+             was given; compare it with the one the admins keep, never keep it as theirs)",
+            report.fingerprint
+        );
+    }
     if let Some(writer_key) = &report.writer_key {
         say!("writer key: {} (stays on this backup host; it can write backups, never read them)", writer_key.display());
     }

@@ -42,10 +42,10 @@ pub async fn run(
     let mut report = CopyReport::default();
     for (hash, config) in &from.chain {
         for key in config.keys.iter().chain(&config.admin_keys) {
-            copy_object(from, to, key, None, &mut report).await?;
+            copy_object(from, to, key, &mut report).await?;
         }
         if config.version >= repo::AUTHENTICATED_VERSION {
-            copy_object(from, to, &repo::config_copy_key(hash), None, &mut report).await?;
+            copy_object(from, to, &repo::config_copy_key(hash), &mut report).await?;
         }
     }
     let present: std::collections::HashSet<repo::SnapshotId> = to.snapshot_ids().await?.into_iter().collect();
@@ -97,7 +97,7 @@ pub async fn run(
         for (key, size) in objects {
             match held.get(&key) {
                 Some(&found) if found == size => {}
-                Some(&found) => return Err(wrong_size(to, &key, found, size)),
+                Some(&found) => return Err(size_mismatch((from, &sealed.id), to, &key, found, size).await),
                 None => missing.push((key, size)),
             }
         }
@@ -129,22 +129,12 @@ pub async fn run(
     Ok(report)
 }
 
-/// Copies one content-addressed object unless the destination has it with the right size.
-async fn copy_object(
-    from: &Repository,
-    to: &Repository,
-    key: &str,
-    size: Option<u64>,
-    report: &mut CopyReport,
-) -> Result<()> {
-    let existing = to.target.size_of(key).await?;
-    match (existing, size) {
-        (Some(found), Some(expected)) if found == expected => return Ok(()),
-        (Some(found), Some(expected)) => return Err(wrong_size(to, key, found, expected)),
-        (Some(_), None) => return Ok(()),
-        (None, _) => {}
+/// Copies one content-addressed object unless the destination has it.
+async fn copy_object(from: &Repository, to: &Repository, key: &str, report: &mut CopyReport) -> Result<()> {
+    if to.target.size_of(key).await?.is_some() {
+        return Ok(());
     }
-    let bytes = fetch_checked(from, key, size).await?;
+    let bytes = fetch_checked(from, key, None).await?;
     report.bytes_copied += bytes.len() as u64;
     report.objects_copied += 1;
     to.target.put_new(key, bytes).await?;
@@ -161,10 +151,28 @@ async fn fetch_checked(from: &Repository, key: &str, size: Option<u64>) -> Resul
     Ok(bytes)
 }
 
-/// A destination's object of `found` bytes where `expected` belong (an interrupted write).
-fn wrong_size(to: &Repository, key: &str, found: u64, expected: u64) -> Error {
-    Error::corrupt(
-        format!("{}/{key}", to.target.location()),
-        format!("is {found} bytes, expected {expected}; remove it and copy again"),
-    )
+/// The error for a destination object of `found` bytes where the source's snapshot `snapshot`
+/// names `expected`: the destination's object is at fault (an interrupted write) unless its
+/// bytes match its name, and then the snapshot's header is (whoever writes the source's
+/// storage can rewrite a header; no key checks it here), and the object must not be removed.
+async fn size_mismatch(
+    (from, snapshot): (&Repository, &repo::SnapshotId),
+    to: &Repository,
+    key: &str,
+    found: u64,
+    expected: u64,
+) -> Error {
+    match to.target.get(key).await {
+        Ok(bytes) if repo::check_object_name(key, &bytes).is_ok() => Error::corrupt(
+            format!("{}/{}", from.target.location(), repo::snapshot_key(snapshot)),
+            format!(
+                "names {key} with {expected} bytes, but the destination's {found} bytes match its name: this \
+                 snapshot's header is wrong (keep the destination's object)"
+            ),
+        ),
+        _ => Error::corrupt(
+            format!("{}/{key}", to.target.location()),
+            format!("is {found} bytes, expected {expected}; remove it and copy again"),
+        ),
+    }
 }

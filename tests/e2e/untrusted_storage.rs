@@ -383,7 +383,9 @@ fn a_copy_made_on_a_machine_that_pins_nothing_does_not_pin_what_the_storage_clai
     let victim = Victim::new("copytofu");
     let stranger = Workspace::new();
     let copy = stranger.path("copy").to_str().unwrap().to_string();
-    stranger.run(&["init", "--copy-from", &victim.repo, "--repo", &copy]).ok();
+    let init = stranger.run(&["init", "--copy-from", &victim.repo, "--repo", &copy]).ok();
+    // Nor does it tell the admin to keep that fingerprint as theirs.
+    assert!(init.stdout.contains("NOT checked") && !init.stdout.contains("keep it beside"), "{}", init.stdout);
     stranger.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
     let config = stranger.config_dir();
     let pins: Vec<_> = if config.exists() {
@@ -403,6 +405,36 @@ fn a_copy_made_on_a_machine_that_pins_nothing_does_not_pin_what_the_storage_clai
     stranger
         .run(&["restore", "--repo", &copy, "--identity", &admin_key, "--db", &url, "--fingerprint", &fingerprint])
         .ok();
+    assert_same_database(&victim.source, &target);
+}
+
+#[test]
+fn a_source_header_that_misstates_a_packs_size_is_blamed_not_the_good_copy_at_the_destination() {
+    // Whoever writes the source's storage rewrites the newest snapshot's header (no key checks
+    // it in a copy) to give a pack the destination already holds one byte more: copy called
+    // the destination's good pack corrupt and said to remove it, which would break the
+    // snapshot already copied there.
+    let victim = Victim::new("copyblame");
+    let copy = victim.work.path("copy").to_str().unwrap().to_string();
+    victim.work.run(&["init", "--copy-from", &victim.repo, "--repo", &copy]).ok();
+    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    let newest = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
+    let object = victim.file(&format!("snapshots/{newest}"));
+    let bytes = std::fs::read(&object).unwrap();
+    std::fs::write(
+        &object,
+        with_header(&bytes, |header| {
+            let size = header["packs"][0]["size"].as_u64().unwrap();
+            header["packs"][0]["size"] = (size + 1).into();
+        }),
+    )
+    .unwrap();
+    let run = victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]);
+    let run = run.fails_with(1, "header is wrong");
+    assert!(run.stderr.contains(&newest[..12]) && !run.stderr.contains("remove it"), "{}", run.stderr);
+    // The destination is as it was: its snapshot restores.
+    let target = TestDb::create("copyblame_target");
+    victim.work.restore(&copy, &target).ok();
     assert_same_database(&victim.source, &target);
 }
 
