@@ -158,18 +158,6 @@ pub(super) enum Reuse {
     ListedPacks,
 }
 
-/// The packs the snapshots on `repository` list in their headers, by id. A header that does
-/// not read lists nothing (a junk or damaged snapshot is no reason to reuse less).
-async fn listed_packs(repository: &Repository) -> Result<HashSet<String>> {
-    let mut listed = HashSet::new();
-    for id in repository.snapshot_ids().await? {
-        if let Ok(header) = repository.read_snapshot_header(&id).await {
-            listed.extend(header.packs.into_iter().map(|pack| pack.id.as_str().to_string()));
-        }
-    }
-    Ok(listed)
-}
-
 /// What one target already holds, and what it is doing in this backup.
 pub(super) struct TargetState<'a> {
     pub(super) repository: &'a Repository,
@@ -223,13 +211,13 @@ impl<'a> TargetState<'a> {
             .collect();
         let listed = match reuse {
             Reuse::PresentPacks => None,
-            Reuse::ListedPacks => Some(listed_packs(repository).await?),
+            Reuse::ListedPacks => Some(repository.listed_objects().await?),
         };
         let present_packs: HashMap<ObjectId, u64> = stored
             .into_iter()
             .filter(|(id, _)| !damaged.contains(id))
-            .filter(|(id, _)| listed.as_ref().is_none_or(|listed| listed.contains(id)))
-            .filter_map(|(id, size)| Some((id.parse().ok()?, size)))
+            .filter_map(|(id, size)| Some((id.parse::<ObjectId>().ok()?, size)))
+            .filter(|(id, _)| listed.as_ref().is_none_or(|listed| listed.contains(&repo::pack_key(id))))
             .collect();
         let index_sizes: HashMap<String, u64> = repository
             .target

@@ -58,6 +58,19 @@ pub async fn run(
     for folder in ["data", "index", "dicts"] {
         held.extend(to.target.list(folder).await?);
     }
+    // After taking the destination's lock over from a stale exclusive holder (a prune that
+    // may only have stalled, and goes on deleting what no snapshot named when it planned),
+    // only objects a destination snapshot names are trusted to stay: the rest (an
+    // interrupted copy's or backup's) is copied again.
+    if locks.took_over_exclusive(to.target.location()) {
+        tracing::warn!(
+            "{}: the lock was taken over from a stale exclusive holder (a prune that may only have stalled): \
+             objects no snapshot names there are copied again",
+            to.target.location()
+        );
+        let listed = to.listed_objects().await?;
+        held.retain(|key, _| listed.contains(key));
+    }
     let mut wanted = Vec::new();
     for selector in only {
         wanted.push(from.resolve_snapshot(selector).await?);

@@ -1,7 +1,7 @@
 //! Snapshot objects: the plaintext header, the MAC and the encrypted manifest; reading,
 //! authenticating and sealing them (docs/FORMAT.md, *Snapshot*).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -14,7 +14,7 @@ use crate::trust::SnapshotMark;
 
 use super::{
     AUTHENTICATED_VERSION, FORMAT_VERSION, Keyring, OLDEST_FORMAT_VERSION, ObjectRef, Repository, SnapshotId,
-    decode_json, encode_json, snapshot_key,
+    decode_json, dictionary_key, encode_json, index_key, pack_key, snapshot_key,
 };
 
 /// The largest snapshot object a reader takes (at scale 1 one is about 0.2 MiB: its manifest
@@ -865,6 +865,21 @@ impl Repository {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The keys of the packs, indexes and dictionaries the headers of the snapshots present
+    /// name: what a prune that planned before these snapshots were listed keeps. A header that
+    /// does not read names nothing (junk or damage is no reason to trust more).
+    pub async fn listed_objects(&self) -> Result<HashSet<String>> {
+        let mut listed = HashSet::new();
+        for id in self.snapshot_ids().await? {
+            if let Ok(header) = self.read_snapshot_header(&id).await {
+                listed.extend(header.packs.iter().map(|o| pack_key(&o.id)));
+                listed.extend(header.indexes.iter().map(|o| index_key(&o.id)));
+                listed.extend(header.dictionaries.iter().map(|o| dictionary_key(&o.id)));
+            }
+        }
+        Ok(listed)
     }
 
     /// Reads every snapshot header, newest last. Damaged snapshots, and objects under

@@ -7,7 +7,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -337,4 +337,73 @@ fn huge_objects_planted_as_a_lock_or_a_snapshot_are_not_read() {
     assert!(taken.stderr.contains("too large"), "{}", taken.stderr);
     let listed = work.run(&["snapshots", "--repo", &repo]).ok();
     assert!(listed.stdout.contains("too large"), "{}", listed.stdout);
+}
+
+/// A copy that takes its destination's lock over from a stale exclusive holder (a prune that
+/// may only have stalled, and goes on deleting what no snapshot there named when it planned)
+/// trusts only the objects a destination snapshot names: the ones an interrupted copy left
+/// are copied again, so that the prune's deletes after the copy listed the destination
+/// (done here by the test while the copy is held at its first read of the source's snapshot)
+/// do not leave the new snapshot naming objects that are gone.
+#[test]
+fn a_copy_that_takes_over_a_stalled_prunes_lock_copies_again_what_no_snapshot_there_names() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: needs strace to hold the copy");
+        return;
+    }
+    let Ready { source, work, repo, .. } = Scenario::new("lock_copy_takeover").crm().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    // An interrupted copy: every object there, but no snapshot naming them.
+    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    let snapshot = std::fs::read_dir(Path::new(&copy).join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&snapshot).unwrap();
+    let left: Vec<PathBuf> =
+        ["data", "index", "dicts"].iter().flat_map(|folder| files_under(&Path::new(&copy).join(folder))).collect();
+    assert!(!left.is_empty());
+    // The stalled prune's lock: exclusive, not refreshed for longer than its lease.
+    let lock = Path::new(&copy).join("locks/writer");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let stale = (chrono::Utc::now() - chrono::Duration::minutes(11)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(&lock, planted_lock("exclusive", &stale)).unwrap();
+
+    let source_snapshot =
+        Path::new(&repo).canonicalize().unwrap().join("snapshots").join(snapshot.file_name().unwrap());
+    let child = work
+        .command_for("strace")
+        .args(["-f", "-qq", "-e", "trace=openat", "-e", "inject=openat:delay_enter=4s:when=1", "-P"])
+        .arg(&source_snapshot)
+        .args([env!("CARGO_BIN_EXE_crmvault"), "copy", "--from", &repo, "--to", &copy])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The copy took the lock over and listed the destination; the prune, awake, deletes.
+    let started = Instant::now();
+    while std::fs::read_to_string(&lock).is_ok_and(|text| text.contains("00112233445566aa")) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the copy never took the lock over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for path in &left {
+        std::fs::remove_file(path).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("objects no snapshot names there are copied again"), "{stderr}");
+    work.run(&["verify", "--repo", &copy, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("lock_copy_takeover_restored");
+    work.restore(&copy, &restored).ok();
+    assert_same_database(&source, &restored);
+}
+
+/// Every file under `folder`, at any depth.
+fn files_under(folder: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(files_under(&path)) } else { files.push(path) }
+    }
+    files
 }
