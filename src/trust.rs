@@ -279,6 +279,62 @@ pub fn update_pin(config_dir: &Path, pin: &mut Pin, change: impl FnOnce(&mut Pin
     Ok(())
 }
 
+/// Saves `pin` as this machine's first pin of its repository, under the same lock as
+/// [`update_pin`]: when another command pinned the repository meanwhile (two first uses at
+/// once), its pin stays, with `pin`'s places added, and is returned; one naming another
+/// fingerprint is refused (run again: the command then checks against it).
+pub fn create_pin(config_dir: &Path, pin: Pin) -> Result<Pin> {
+    let path = pin_path(config_dir, &pin.repository_id);
+    let _lock = lock_folder(path.parent().expect("a pin is in a folder"))?;
+    match load_pin(config_dir, &pin.repository_id)? {
+        None => {
+            save_pin(config_dir, &pin)?;
+            Ok(pin)
+        }
+        Some(mut now) if now.fingerprint == pin.fingerprint => {
+            if pin.locations.iter().fold(false, |changed, location| now.add_location(location) | changed) {
+                save_pin(config_dir, &now)?;
+            }
+            Ok(now)
+        }
+        Some(now) => Err(Error::BadPin {
+            path,
+            detail: format!(
+                "another command pinned the repository with fingerprint {} meanwhile, not {}: run again",
+                now.fingerprint, pin.fingerprint
+            ),
+        }),
+    }
+}
+
+/// Takes `location` out of every pin here but `repository_id`'s: `init` made a repository
+/// there, so the one this machine knew there is gone (a folder or bucket emptied and used
+/// again). Left in, that pin would have every command refuse the place as replaced.
+pub fn release_location(config_dir: &Path, location: &str, repository_id: &str) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(config_dir.join("repos")) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if id == repository_id {
+            continue;
+        }
+        if let Ok(Some(mut pin)) = load_pin(config_dir, &id)
+            && pin.knows(location)
+        {
+            update_pin(config_dir, &mut pin, |pin| {
+                let before = pin.locations.len();
+                pin.locations.retain(|known| !crate::target::same_place(known, location));
+                pin.locations.len() != before
+            })?;
+            tracing::info!(
+                "{location}: no longer a place of repository {id} on this machine (init made another there)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An exclusive advisory lock on `folder` (made if missing), held until the file is dropped:
 /// around a read, change and write of a file in it, so that another process's change made
 /// meanwhile is not written over. Only crmvault takes it, for moments.

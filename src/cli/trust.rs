@@ -306,7 +306,7 @@ async fn check_with(
                     settled: std::collections::BTreeSet::new(),
                     missed: std::collections::BTreeMap::new(),
                 };
-                trust::save_pin(config_dir, &pin)?;
+                let pin = trust::create_pin(config_dir, pin)?;
                 if role == Role::Admin {
                     eprintln!(
                         "crmvault: pinned repository {} (fingerprint {}) in {}",
@@ -362,11 +362,8 @@ async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&F
 /// New copies of a repository this machine pins already (`init --copy-from`) are added to its
 /// pin as places of it: the pin's mark, generation and notes stay.
 pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport) -> Result<()> {
-    if let Some(mut pin) = trust::load_pin(config_dir, &report.repository_id)? {
-        return trust::update_pin(config_dir, &mut pin, |pin| {
-            report.locations.iter().fold(false, |changed, location| pin.add_location(location) | changed)
-        })
-        .map_err(Into::into);
+    for location in &report.locations {
+        trust::release_location(config_dir, location, &report.repository_id)?;
     }
     let pin = Pin {
         repository_id: report.repository_id.clone(),
@@ -377,7 +374,7 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
         settled: std::collections::BTreeSet::new(),
         missed: std::collections::BTreeMap::new(),
     };
-    trust::save_pin(config_dir, &pin)?;
+    trust::create_pin(config_dir, pin)?;
     Ok(())
 }
 
@@ -395,6 +392,53 @@ mod tests {
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn init_on_a_place_another_pin_names_takes_it_from_that_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = pin_at("g1");
+        old.repository_id = "r0".into();
+        old.locations = vec!["/srv/backups/crm".into(), "/srv/other".into()];
+        trust::save_pin(dir.path(), &old).unwrap();
+        let report = crmvault::commands::init::InitReport {
+            repository_id: "r1".into(),
+            fingerprint: pin_at("g1").fingerprint,
+            config_hash: "h1".into(),
+            locations: vec!["/srv/backups/crm".into()],
+            writer_key: None,
+        };
+        pin_new(dir.path(), &report).unwrap();
+        let old = trust::load_pin(dir.path(), "r0").unwrap().unwrap();
+        assert_eq!(old.locations, ["/srv/other"], "the emptied place stays in the old pin");
+        let new = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
+        assert!(new.knows("/srv/backups/crm"));
+        assert!(trust::pin_of_location(dir.path(), "/srv/backups/crm", "r1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_first_pin_another_command_made_meanwhile_is_kept_and_one_of_another_fingerprint_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = pin_at("g1");
+        first.locations = vec!["/srv/a".into()];
+        first.newest = Some(SnapshotMark {
+            id: blake3::hash(b"s").to_hex().as_str().parse().unwrap(),
+            sequence: 7,
+            time: chrono::Utc::now(),
+        });
+        trust::save_pin(dir.path(), &first).unwrap();
+        // A second first use, which found no pin when it looked.
+        let mut second = pin_at("g1");
+        second.locations = vec!["/srv/b".into()];
+        let kept = trust::create_pin(dir.path(), second).unwrap();
+        let on_disk = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
+        assert_eq!(on_disk.newest.as_ref().map(|m| m.sequence), Some(7), "the mark was reset");
+        assert!(on_disk.knows("/srv/a") && on_disk.knows("/srv/b"));
+        assert_eq!(kept.locations, on_disk.locations);
+        let mut forged = pin_at("g1");
+        forged.fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"other").to_hex()).unwrap();
+        assert!(trust::create_pin(dir.path(), forged).is_err());
+        assert_eq!(trust::load_pin(dir.path(), "r1").unwrap().unwrap().fingerprint, first.fingerprint);
     }
 
     #[test]
