@@ -15,6 +15,7 @@
 //! repository's exclusive lock (docs/ARCHITECTURE.md, *Locks*): no backup runs meanwhile.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -254,21 +255,40 @@ pub async fn run(
         let batch: Vec<StoredObject> = garbage.iter().filter(|object| object.kind == kind).cloned().collect();
         for chunk in batch.chunks(CONFIRM_EVERY) {
             locks.confirm(repository.target.location()).await?;
-            delete_all(repository, chunk, &mut report, progress).await?;
+            delete_all(repository, chunk, (&mut report, locks), progress).await?;
         }
     }
     Ok(report)
 }
 
-/// Deletes `objects`, a few at a time; refused deletes are counted in the report.
+/// Deletes `objects`, a few at a time; refused deletes are counted in the report. A delete
+/// that starts [`CONFIRM_AFTER`] or more after the lock was last confirmed confirms it first.
 async fn delete_all(
     repository: &Repository,
     objects: &[StoredObject],
-    report: &mut PruneReport,
+    (report, locks): (&mut PruneReport, &crate::lock::Locks),
     progress: &dyn Progress,
 ) -> Result<()> {
+    let location = repository.target.location();
+    let confirmed = tokio::sync::Mutex::new((Instant::now(), SystemTime::now()));
+    let confirmed = &confirmed;
     let mut deletes = futures::stream::iter(objects)
-        .map(|object| async move { (object, repository.target.delete(&object.key).await) })
+        .map(|object| async move {
+            let mut last = confirmed.lock().await;
+            // Both clocks: the monotonic one may stand still while a machine sleeps, and the
+            // wall clock may be set back.
+            let paused = last.0.elapsed() >= CONFIRM_AFTER
+                || SystemTime::now().duration_since(last.1).is_ok_and(|gap| gap >= CONFIRM_AFTER)
+                || SystemTime::now() < last.1;
+            if paused {
+                if let Err(error) = locks.confirm(location).await {
+                    return (object, Err(error));
+                }
+                *last = (Instant::now(), SystemTime::now());
+            }
+            drop(last);
+            (object, repository.target.delete(&object.key).await)
+        })
         .buffer_unordered(IN_FLIGHT);
     while let Some((object, outcome)) = deletes.next().await {
         match outcome {
@@ -291,6 +311,14 @@ async fn delete_all(
 
 /// Deletes with each this many objects between two confirmations of the lock.
 const CONFIRM_EVERY: usize = 256;
+
+/// Time after which the next delete confirms the lock again. A prune that stalled (a suspended
+/// machine, a stopped process) past its lease may wake up to find its lock another's, taken
+/// over by a backup or copy that counts on what the prune's old plan deletes; without this it
+/// went on for up to [`CONFIRM_EVERY`] deletes before noticing. Now only the deletes already
+/// sent when it stalled land (at most [`IN_FLIGHT`]). On a bucket it costs a read of the lock
+/// every few seconds of deleting.
+const CONFIRM_AFTER: Duration = Duration::from_secs(5);
 
 /// Takes out of `garbage` whatever a snapshot that appeared since the plan lists (none should
 /// while the lock holds; this closes the window of a prune that stalled past its lease).

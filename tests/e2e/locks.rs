@@ -56,7 +56,7 @@ fn wait_for_shared(repo: &Path) {
 }
 
 /// A lock object as another crmvault would have left it, without a readable holder.
-fn planted_lock(mode: &str, refreshed: &str) -> String {
+pub(crate) fn planted_lock(mode: &str, refreshed: &str) -> String {
     format!(
         r#"{{"format":"crmvault-lock-1","id":"00112233445566aa","mode":"{mode}","since":"{refreshed}","refreshed":"{refreshed}","lease_seconds":600}}"#
     )
@@ -396,14 +396,4 @@ fn a_copy_that_takes_over_a_stalled_prunes_lock_copies_again_what_no_snapshot_th
     let restored = TestDb::create("lock_copy_takeover_restored");
     work.restore(&copy, &restored).ok();
     assert_same_database(&source, &restored);
-}
-
-/// Every file under `folder`, at any depth.
-fn files_under(folder: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() { files.extend(files_under(&path)) } else { files.push(path) }
-    }
-    files
 }

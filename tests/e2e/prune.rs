@@ -585,6 +585,61 @@ fn a_prune_that_stalls_past_its_lease_never_deletes_what_the_backup_after_it_nee
     assert_same_database(&source, &restored);
 }
 
+/// A prune stopped in the middle of deleting (SIGSTOP, as a suspended machine) while another
+/// command takes its lock over, then woken: the first delete after the pause confirms the lock,
+/// so it stops with at most the deletes already sent landing, instead of going on from its old
+/// plan for up to 256 more.
+#[test]
+fn a_prune_woken_after_a_pause_confirms_its_lock_before_it_deletes_on() {
+    const JUNK: usize = 3000;
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: needs strace to slow the deletes");
+        return;
+    }
+    let Ready { work, repo, .. } = Scenario::new("prune_pause").crm().init("repo").backup();
+    let junk: Vec<PathBuf> = (0..JUNK)
+        .map(|n: usize| {
+            let id = blake3::hash(&n.to_le_bytes()).to_hex().to_string();
+            let path = Path::new(&repo).join("data").join(&id[..2]).join(&id);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"junk").unwrap();
+            path
+        })
+        .collect();
+    let left = || junk.iter().filter(|path| path.exists()).count();
+    // Each delete held 10 ms, so that the prune is caught in the middle of them.
+    let prune = work
+        .command_for("strace")
+        .args(["-f", "-qq", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:delay_enter=10ms"])
+        .args([env!("CARGO_BIN_EXE_crmvault"), "prune", "--repo", &repo])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while left() > JUNK - 100 {
+        assert!(started.elapsed() < Duration::from_secs(60), "prune never got to deleting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let children = format!("/proc/{0}/task/{0}/children", prune.id());
+    let pid = std::fs::read_to_string(&children).unwrap().trim().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped_with = left();
+    assert!(stopped_with > 300, "prune deleted too fast to be caught: {stopped_with} left");
+    // Meanwhile another command takes the lock over; the prune sleeps past CONFIRM_AFTER.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(Path::new(&repo).join("locks/writer"), crate::locks::planted_lock("append", &now)).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let out = prune.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "the woken prune went on: {stderr}");
+    assert!(stderr.contains("was taken over while it ran"), "{stderr}");
+    let deleted_after = stopped_with - left();
+    assert!(deleted_after <= 16, "the woken prune deleted {deleted_after} objects before it stopped");
+}
+
 /// Rewrites a snapshot object's header as a storage writer can: `change` edits the header's
 /// JSON, and the line after it (the header's BLAKE3, which needs no key) is made to match.
 fn rewrite_header(path: &Path, change: impl Fn(&mut serde_json::Value)) {
