@@ -254,23 +254,26 @@ pub async fn run(
         spare_what_new_snapshots_list(repository, &planned_with, &mut garbage).await?;
         let batch: Vec<StoredObject> = garbage.iter().filter(|object| object.kind == kind).cloned().collect();
         for chunk in batch.chunks(CONFIRM_EVERY) {
+            // Timed before the read: a pause after it counts as one since the confirmation.
+            let confirmed = (Instant::now(), SystemTime::now());
             locks.confirm(repository.target.location()).await?;
-            delete_all(repository, chunk, (&mut report, locks), progress).await?;
+            delete_all(repository, chunk, (&mut report, locks, confirmed), progress).await?;
         }
     }
     Ok(report)
 }
 
 /// Deletes `objects`, a few at a time; refused deletes are counted in the report. A delete
-/// that starts [`CONFIRM_AFTER`] or more after the lock was last confirmed confirms it first.
+/// that starts [`CONFIRM_AFTER`] or more after the lock was last confirmed (`confirmed`: when
+/// the read that confirmed it started) confirms it first.
 async fn delete_all(
     repository: &Repository,
     objects: &[StoredObject],
-    (report, locks): (&mut PruneReport, &crate::lock::Locks),
+    (report, locks, confirmed): (&mut PruneReport, &crate::lock::Locks, (Instant, SystemTime)),
     progress: &dyn Progress,
 ) -> Result<()> {
     let location = repository.target.location();
-    let confirmed = tokio::sync::Mutex::new((Instant::now(), SystemTime::now()));
+    let confirmed = tokio::sync::Mutex::new(confirmed);
     let confirmed = &confirmed;
     let mut deletes = futures::stream::iter(objects)
         .map(|object| async move {
@@ -281,10 +284,11 @@ async fn delete_all(
                 || SystemTime::now().duration_since(last.1).is_ok_and(|gap| gap >= CONFIRM_AFTER)
                 || SystemTime::now() < last.1;
             if paused {
+                let reading = (Instant::now(), SystemTime::now());
                 if let Err(error) = locks.confirm(location).await {
                     return (object, Err(error));
                 }
-                *last = (Instant::now(), SystemTime::now());
+                *last = reading;
             }
             drop(last);
             (object, repository.target.delete(&object.key).await)

@@ -327,8 +327,17 @@ pub fn release_location(config_dir: &Path, location: &str, repository_id: &str) 
                 pin.locations.retain(|known| !crate::target::same_place(known, location));
                 pin.locations.len() != before
             })?;
-            tracing::info!(
-                "{location}: no longer a place of repository {id} on this machine (init made another there)"
+            let newest = pin.newest.as_ref().map_or_else(String::new, |mark| {
+                format!(
+                    " (newest snapshot seen there: {}, {})",
+                    mark.id.short(),
+                    mark.time.format("%Y-%m-%d %H:%M UTC")
+                )
+            });
+            tracing::warn!(
+                "{location} held repository {id}{newest} when this machine last used it; init made a new repository \
+                 there, so it is no longer a place of {id} here: if you did not empty it yourself, its history there \
+                 was deleted in storage"
             );
         }
     }

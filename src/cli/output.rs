@@ -154,7 +154,7 @@ pub fn init(json: bool, report: &init::InitReport, checked: bool) {
         );
     } else {
         say!(
-            "fingerprint claimed by the source: {} (NOT checked: this machine pins nothing and no --fingerprint \
+            "fingerprint claimed by the source: {} (NOT checked: this machine does not pin this repository and no --fingerprint \
              was given; compare it with the one the admins keep, never keep it as theirs)",
             report.fingerprint
         );

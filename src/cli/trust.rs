@@ -359,22 +359,30 @@ async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&F
 }
 
 /// Pins what `init` made on this host (the backup host, or an admin's machine that ran it).
-/// New copies of a repository this machine pins already (`init --copy-from`) are added to its
-/// pin as places of it: the pin's mark, generation and notes stay.
+/// New copies of a repository this machine pins already (`init --copy-from`, its source
+/// checked against that pin, whose fingerprint may be a later generation's) are added to its
+/// pin as places of it: the pin's mark, generation and notes stay. Then the places are taken
+/// out of any other pin here ([`trust::release_location`]).
 pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport) -> Result<()> {
+    if let Some(mut pin) = trust::load_pin(config_dir, &report.repository_id)? {
+        trust::update_pin(config_dir, &mut pin, |pin| {
+            report.locations.iter().fold(false, |changed, location| pin.add_location(location) | changed)
+        })?;
+    } else {
+        let pin = Pin {
+            repository_id: report.repository_id.clone(),
+            fingerprint: report.fingerprint,
+            config_hash: report.config_hash.clone(),
+            newest: None,
+            locations: report.locations.iter().map(|location| crmvault::target::place(location)).collect(),
+            settled: std::collections::BTreeSet::new(),
+            missed: std::collections::BTreeMap::new(),
+        };
+        trust::create_pin(config_dir, pin)?;
+    }
     for location in &report.locations {
         trust::release_location(config_dir, location, &report.repository_id)?;
     }
-    let pin = Pin {
-        repository_id: report.repository_id.clone(),
-        fingerprint: report.fingerprint,
-        config_hash: report.config_hash.clone(),
-        newest: None,
-        locations: report.locations.iter().map(|location| crmvault::target::place(location)).collect(),
-        settled: std::collections::BTreeSet::new(),
-        missed: std::collections::BTreeMap::new(),
-    };
-    trust::create_pin(config_dir, pin)?;
     Ok(())
 }
 
@@ -414,6 +422,28 @@ mod tests {
         let new = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
         assert!(new.knows("/srv/backups/crm"));
         assert!(trust::pin_of_location(dir.path(), "/srv/backups/crm", "r1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_copy_of_a_repository_pinned_at_a_later_generations_fingerprint_is_added_to_its_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        // Pinned with the fingerprint the admins gave after a rekey (generation 2's).
+        let mut pinned = pin_at("g2");
+        pinned.fingerprint = Fingerprint::of_config_hash(&blake3::hash(b"g2").to_hex()).unwrap();
+        pinned.locations = vec!["/srv/a".into()];
+        trust::save_pin(dir.path(), &pinned).unwrap();
+        // init --copy-from reports the repository's first fingerprint.
+        let report = crmvault::commands::init::InitReport {
+            repository_id: "r1".into(),
+            fingerprint: pin_at("g1").fingerprint,
+            config_hash: "g2".into(),
+            locations: vec!["/srv/b".into()],
+            writer_key: None,
+        };
+        pin_new(dir.path(), &report).unwrap();
+        let on_disk = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
+        assert!(on_disk.knows("/srv/a") && on_disk.knows("/srv/b"));
+        assert_eq!(on_disk.fingerprint, pinned.fingerprint);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::error::{Error, Result};
 use crate::repo::{self, Repository};
 use crate::repo_set::RepoSet;
+use crate::target::PutOutcome;
 
 /// Objects copied at once (each a read from the source and a write to the destination): the
 /// time of each is mostly round trips when either is a bucket.
@@ -120,13 +121,17 @@ pub async fn run(
             .map(|(key, size)| async move {
                 let bytes = fetch_checked(from, &key, Some(size)).await?;
                 let length = bytes.len() as u64;
-                to.target.put_new(&key, bytes).await?;
-                Ok::<_, Error>((key, length))
+                let outcome = to.target.put_new(&key, bytes).await?;
+                Ok::<_, Error>((key, length, outcome))
             })
             .buffer_unordered(IN_FLIGHT);
-        while let Some((key, length)) = copies.try_next().await? {
-            report.bytes_copied += length;
-            report.objects_copied += 1;
+        while let Some((key, length, outcome)) = copies.try_next().await? {
+            // One there already (left by an interrupted copy, or stored by a backup
+            // meanwhile) was not written.
+            if outcome == PutOutcome::Written {
+                report.bytes_copied += length;
+                report.objects_copied += 1;
+            }
             held.insert(key, length);
         }
         // Last, as in a backup: the snapshot is the commit.

@@ -871,9 +871,13 @@ impl Repository {
     /// name: what a prune that planned before these snapshots were listed keeps. A header that
     /// does not read names nothing (junk or damage is no reason to trust more).
     pub async fn listed_objects(&self) -> Result<HashSet<String>> {
+        use futures::StreamExt;
+        let ids = self.snapshot_ids().await?;
+        let mut headers =
+            futures::stream::iter(ids.iter().map(|id| self.read_snapshot_header(id))).buffer_unordered(16);
         let mut listed = HashSet::new();
-        for id in self.snapshot_ids().await? {
-            if let Ok(header) = self.read_snapshot_header(&id).await {
+        while let Some(read) = headers.next().await {
+            if let Ok(header) = read {
                 listed.extend(header.packs.iter().map(|o| pack_key(&o.id)));
                 listed.extend(header.indexes.iter().map(|o| index_key(&o.id)));
                 listed.extend(header.dictionaries.iter().map(|o| dictionary_key(&o.id)));
