@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Credentials: `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` if set, else bench/benchbench.
-//! `S3_SERVER_LOG=1` says each request (method, path, range) on stderr.
+//! `S3_SERVER_LOG=1` says each request (milliseconds since the start, method, path, range) on
+//! stderr.
 
 use std::time::Duration;
 
@@ -39,7 +40,8 @@ fn main() {
         });
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(key.as_str(), secret.as_str()));
-        let service = Delayed { inner: builder.build(), delay, log: std::env::var_os("S3_SERVER_LOG").is_some() };
+        let log = std::env::var_os("S3_SERVER_LOG").is_some();
+        let service = Delayed { inner: builder.build(), delay, log, started: std::time::Instant::now() };
         eprintln!("s3_server: serving {root} at http://{addr}, {} ms a request", delay.as_millis());
         let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
         loop {
@@ -65,6 +67,8 @@ struct Delayed {
     delay: Duration,
     /// Each request said on stderr (`S3_SERVER_LOG=1`).
     log: bool,
+    /// When the server started: each request said is stamped with the milliseconds since.
+    started: std::time::Instant,
 }
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Delayed {
@@ -76,7 +80,8 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Delayed {
         let (inner, delay) = (self.inner.clone(), self.delay);
         if self.log {
             let range = request.headers().get("range").and_then(|r| r.to_str().ok()).unwrap_or("");
-            eprintln!("{} {} {range}", request.method(), request.uri().path());
+            let at = self.started.elapsed().as_millis();
+            eprintln!("{at} {} {} {range}", request.method(), request.uri().path());
         }
         Box::pin(async move {
             tokio::time::sleep(delay).await;

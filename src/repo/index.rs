@@ -198,10 +198,10 @@ impl Repository {
         memory_entries: usize,
     ) -> Result<(ChunkIndex, Vec<(String, Error)>)> {
         let packs: Option<HashSet<&ObjectId>> = packs.map(|list| list.iter().map(|p| &p.id).collect());
-        // A listed index is read up to the size its snapshot's header gives.
+        // Each index read at the size its snapshot's header gives, or the listing did.
         let keys: Vec<(String, u64)> = match only {
-            Some(list) => list.iter().map(|o| (index_key(&o.id), o.size.min(MAX_INDEX_BYTES))).collect(),
-            None => self.target.list("index").await?.into_iter().map(|(key, _)| (key, MAX_INDEX_BYTES)).collect(),
+            Some(list) => list.iter().map(|o| (index_key(&o.id), o.size)).collect(),
+            None => self.target.list("index").await?,
         };
         let mut index = ChunkIndex::with_budget(memory_entries);
         let mut failures = Vec::new();
@@ -259,7 +259,8 @@ impl Repository {
         decode_index(keyring, key, &self.target.get_at_most(key, MAX_INDEX_BYTES).await?)
     }
 
-    /// [`Self::read_index`] of each of `keys` (each with the most bytes it may have), in order,
+    /// [`Self::read_index`] of each of `keys` (each with its size: one over
+    /// [`MAX_INDEX_BYTES`] is refused unread, a larger one than said too), in order,
     /// several read at once within [`super::READ_BUDGET`] and decoded on as many blocking
     /// threads as cores (a year of nights is 365 indexes to decrypt and parse).
     fn read_indexes(
@@ -270,16 +271,21 @@ impl Repository {
         let cores = super::Cores::new();
         let budget = ReadBudget::new(super::READ_BUDGET);
         let keyring = keyring.clone();
-        let largest = keys.iter().map(|(_, limit)| *limit).max().unwrap_or(0).max(1);
+        let largest = keys.iter().map(|(_, size)| (*size).min(MAX_INDEX_BYTES)).max().unwrap_or(0).max(1);
         let ahead = if self.target.is_local() {
             INDEXES_AHEAD
         } else {
             usize::try_from(REMOTE_INDEX_BYTES_AHEAD / largest).unwrap_or(0).clamp(INDEXES_AHEAD, REMOTE_INDEXES_AHEAD)
         };
-        let reads = keys.into_iter().map(move |(key, limit)| {
+        let reads = keys.into_iter().map(move |(key, size)| {
             let (keyring, cores, budget) = (keyring.clone(), cores.clone(), budget.clone());
             async move {
-                let decoded = match self.target.get_within(&key, limit, &budget).await {
+                let held = if size > MAX_INDEX_BYTES {
+                    Err(Error::corrupt(&key, format!("{size} bytes: too large for what it is")))
+                } else {
+                    self.target.get_within_sized(&key, size, &budget).await
+                };
+                let decoded = match held {
                     Ok(ciphertext) => {
                         let key = key.clone();
                         cores.run(move || decode_index(&keyring, &key, &ciphertext)).await

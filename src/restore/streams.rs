@@ -17,16 +17,44 @@ use super::check_digest;
 
 /// Expands every stream's lists, checks that every chunk is in some source's index (all before
 /// the database is touched), and spools the ids, setting each stream's `spooled`.
+/// Streams are expanded [`STREAMS_AHEAD`] at once, each holding at most [`IDS_AHEAD`] ids
+/// until the spool takes them in order: one after the other, a year-old snapshot's list chunks
+/// (spread over as many packs as nights changed them, each read a round trip from a bucket)
+/// were read a few at a time, 1.8 s of a restore from a bucket answering in 20 ms.
 pub(super) async fn spool_chunks(reader: &ChunkReader, manifest: &mut Manifest) -> Result<ChunkSpool> {
     let mut spool = ChunkSpool::new()?;
     let version = manifest.version;
-    for stream in manifest.streams_mut() {
-        let ids = crate::fetch::stream_chunk_ids(reader, stream, version);
-        let spooled = spool.write(reader, ids).await?;
-        stream.spooled = spooled;
+    let mut spooled = Vec::new();
+    {
+        let heads = futures::stream::iter(manifest.streams())
+            .map(|stream| async move {
+                let mut ids = crate::fetch::stream_chunk_ids(reader, stream, version);
+                let mut head = Vec::new();
+                while head.len() < IDS_AHEAD {
+                    match ids.next().await {
+                        Some(id) => head.push(id?),
+                        None => break,
+                    }
+                }
+                Ok::<_, Error>((head, ids))
+            })
+            .buffered(STREAMS_AHEAD);
+        futures::pin_mut!(heads);
+        while let Some(expanded) = heads.next().await {
+            let (head, rest) = expanded?;
+            spooled.push(spool.write(reader, futures::stream::iter(head.into_iter().map(Ok)).chain(rest)).await?);
+        }
+    }
+    for (stream, range) in manifest.streams_mut().zip(spooled) {
+        stream.spooled = range;
     }
     Ok(spool)
 }
+
+/// Streams whose chunk lists are read at once by [`spool_chunks`].
+const STREAMS_AHEAD: usize = 8;
+/// Chunk ids a stream read ahead holds before the spool takes them (16 bytes each).
+const IDS_AHEAD: usize = 1 << 16;
 
 /// What reading a snapshot's streams needs.
 pub(super) struct Streams<'a> {

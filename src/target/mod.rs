@@ -221,6 +221,15 @@ impl Target {
         if size > limit {
             return Err(Error::corrupt(key, format!("{size} bytes: too large for what it is")));
         }
+        self.get_within_sized(key, size, budget).await
+    }
+
+    /// [`Self::get_within`] of an object whose size the caller knows (an authenticated header
+    /// or a listing gave it): no request to ask for it, which from a bucket is a round trip
+    /// per object (365 of them to load a year's indexes). A larger object is refused as
+    /// damaged before its body is read; a shorter one is read as it is, for the caller's check
+    /// of its contents to find.
+    pub async fn get_within_sized(&self, key: &str, size: u64, budget: &ReadBudget) -> Result<Held> {
         let units = u32::try_from(size.div_ceil(ReadBudget::UNIT)).unwrap_or(u32::MAX).clamp(1, budget.units);
         let permit = Arc::clone(&budget.permits)
             .acquire_many_owned(units)
@@ -675,6 +684,13 @@ mod tests {
         target.get_within("b", u64::MAX, &budget).await.unwrap();
         // The limit still refuses before anything is read.
         let refused = target.get_within("huge", 1024, &budget).await;
+        assert!(matches!(refused, Err(Error::Corrupt { .. })), "{refused:?}");
+        // A size the caller knows: an object larger than it (replaced in storage) is refused,
+        // not read into what the budget counted.
+        let sized = target.get_within_sized("b", 6 * ReadBudget::UNIT + 1, &budget).await.unwrap();
+        assert_eq!(sized.len(), 6 * unit + 1);
+        drop(sized);
+        let refused = target.get_within_sized("huge", 6 * ReadBudget::UNIT + 1, &budget).await;
         assert!(matches!(refused, Err(Error::Corrupt { .. })), "{refused:?}");
     }
 
