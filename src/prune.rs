@@ -279,10 +279,9 @@ async fn delete_all(
         .map(|object| async move {
             let mut last = confirmed.lock().await;
             // Both clocks: the monotonic one may stand still while a machine sleeps, and the
-            // wall clock may be set back.
+            // wall clock may be set back (then it counts as a pause too).
             let paused = last.0.elapsed() >= CONFIRM_AFTER
-                || SystemTime::now().duration_since(last.1).is_ok_and(|gap| gap >= CONFIRM_AFTER)
-                || SystemTime::now() < last.1;
+                || SystemTime::now().duration_since(last.1).map_or(true, |gap| gap >= CONFIRM_AFTER);
             if paused {
                 let reading = (Instant::now(), SystemTime::now());
                 if let Err(error) = locks.confirm(location).await {

@@ -137,6 +137,11 @@ impl Pin {
         self.locations.iter().any(|known| crate::target::same_place(known, location))
     }
 
+    /// Remembers each of `locations` as a place of the repository; false when all were known.
+    pub fn add_locations<'a>(&mut self, locations: impl IntoIterator<Item = &'a String>) -> bool {
+        locations.into_iter().fold(false, |changed, location| self.add_location(location) | changed)
+    }
+
     /// Remembers `location` as a place of the repository; false when it was known.
     pub fn add_location(&mut self, location: &str) -> bool {
         if self.knows(location) {
@@ -198,36 +203,37 @@ pub fn missed_at(
     snapshots
 }
 
+/// The ids of the repositories other than `repository_id` this machine keeps a folder for.
+fn other_repositories(config_dir: &Path, repository_id: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(config_dir.join("repos")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|id| id != repository_id)
+        .collect()
+}
+
+/// The pins of repositories other than `repository_id` that this machine opened at `location`
+/// before.
+fn pins_of_location(config_dir: &Path, location: &str, repository_id: &str) -> Vec<Pin> {
+    other_repositories(config_dir, repository_id)
+        .iter()
+        .filter_map(|id| load_pin(config_dir, id).ok().flatten())
+        .filter(|pin| pin.knows(location))
+        .collect()
+}
+
 /// The pin of a repository other than `repository_id` that this machine opened at `location`
 /// before, if any.
 pub fn pin_of_location(config_dir: &Path, location: &str, repository_id: &str) -> Result<Option<Pin>> {
-    let folder = config_dir.join("repos");
-    let Ok(entries) = std::fs::read_dir(&folder) else {
-        return Ok(None);
-    };
-    for entry in entries.flatten() {
-        let id = entry.file_name().to_string_lossy().into_owned();
-        if id == repository_id {
-            continue;
-        }
-        if let Ok(Some(pin)) = load_pin(config_dir, &id)
-            && pin.knows(location)
-        {
-            return Ok(Some(pin));
-        }
-    }
-    Ok(None)
+    Ok(pins_of_location(config_dir, location, repository_id).into_iter().next())
 }
 
 /// Whether this machine pins a repository other than `repository_id`.
 pub fn pins_another(config_dir: &Path, repository_id: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(config_dir.join("repos")) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let id = entry.file_name().to_string_lossy().into_owned();
-        id != repository_id && pin_path(config_dir, &id).exists()
-    })
+    other_repositories(config_dir, repository_id).iter().any(|id| pin_path(config_dir, id).exists())
 }
 
 /// Where a repository's pin lives under a config folder.
@@ -292,7 +298,7 @@ pub fn create_pin(config_dir: &Path, pin: Pin) -> Result<Pin> {
             Ok(pin)
         }
         Some(mut now) if now.fingerprint == pin.fingerprint => {
-            if pin.locations.iter().fold(false, |changed, location| now.add_location(location) | changed) {
+            if now.add_locations(&pin.locations) {
                 save_pin(config_dir, &now)?;
             }
             Ok(now)
@@ -311,35 +317,21 @@ pub fn create_pin(config_dir: &Path, pin: Pin) -> Result<Pin> {
 /// there, so the one this machine knew there is gone (a folder or bucket emptied and used
 /// again). Left in, that pin would have every command refuse the place as replaced.
 pub fn release_location(config_dir: &Path, location: &str, repository_id: &str) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(config_dir.join("repos")) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let id = entry.file_name().to_string_lossy().into_owned();
-        if id == repository_id {
-            continue;
-        }
-        if let Ok(Some(mut pin)) = load_pin(config_dir, &id)
-            && pin.knows(location)
-        {
-            update_pin(config_dir, &mut pin, |pin| {
-                let before = pin.locations.len();
-                pin.locations.retain(|known| !crate::target::same_place(known, location));
-                pin.locations.len() != before
-            })?;
-            let newest = pin.newest.as_ref().map_or_else(String::new, |mark| {
-                format!(
-                    " (newest snapshot seen there: {}, {})",
-                    mark.id.short(),
-                    mark.time.format("%Y-%m-%d %H:%M UTC")
-                )
-            });
-            tracing::warn!(
-                "{location} held repository {id}{newest} when this machine last used it; init made a new repository \
-                 there, so it is no longer a place of {id} here: if you did not empty it yourself, its history there \
-                 was deleted in storage"
-            );
-        }
+    for mut pin in pins_of_location(config_dir, location, repository_id) {
+        update_pin(config_dir, &mut pin, |pin| {
+            let before = pin.locations.len();
+            pin.locations.retain(|known| !crate::target::same_place(known, location));
+            pin.locations.len() != before
+        })?;
+        let id = &pin.repository_id;
+        let newest = pin.newest.as_ref().map_or_else(String::new, |mark| {
+            format!(" (newest snapshot seen there: {}, {})", mark.id.short(), mark.time.format("%Y-%m-%d %H:%M UTC"))
+        });
+        tracing::warn!(
+            "{location} held repository {id}{newest} when this machine last used it; init made a new repository \
+             there, so it is no longer a place of {id} here: if you did not empty it yourself, its history there \
+             was deleted in storage"
+        );
     }
     Ok(())
 }

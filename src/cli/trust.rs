@@ -365,9 +365,7 @@ async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&F
 /// out of any other pin here ([`trust::release_location`]).
 pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport) -> Result<()> {
     if let Some(mut pin) = trust::load_pin(config_dir, &report.repository_id)? {
-        trust::update_pin(config_dir, &mut pin, |pin| {
-            report.locations.iter().fold(false, |changed, location| pin.add_location(location) | changed)
-        })?;
+        trust::update_pin(config_dir, &mut pin, |pin| pin.add_locations(&report.locations))?;
     } else {
         let pin = Pin {
             repository_id: report.repository_id.clone(),
@@ -402,6 +400,17 @@ mod tests {
         }
     }
 
+    /// What `init` of repository r1 (first fingerprint `pin_at`'s) reports at `location`.
+    fn init_report(config_hash: &str, location: &str) -> crmvault::commands::init::InitReport {
+        crmvault::commands::init::InitReport {
+            repository_id: "r1".into(),
+            fingerprint: pin_at("g1").fingerprint,
+            config_hash: config_hash.into(),
+            locations: vec![location.into()],
+            writer_key: None,
+        }
+    }
+
     #[test]
     fn init_on_a_place_another_pin_names_takes_it_from_that_pin() {
         let dir = tempfile::tempdir().unwrap();
@@ -409,14 +418,7 @@ mod tests {
         old.repository_id = "r0".into();
         old.locations = vec!["/srv/backups/crm".into(), "/srv/other".into()];
         trust::save_pin(dir.path(), &old).unwrap();
-        let report = crmvault::commands::init::InitReport {
-            repository_id: "r1".into(),
-            fingerprint: pin_at("g1").fingerprint,
-            config_hash: "h1".into(),
-            locations: vec!["/srv/backups/crm".into()],
-            writer_key: None,
-        };
-        pin_new(dir.path(), &report).unwrap();
+        pin_new(dir.path(), &init_report("h1", "/srv/backups/crm")).unwrap();
         let old = trust::load_pin(dir.path(), "r0").unwrap().unwrap();
         assert_eq!(old.locations, ["/srv/other"], "the emptied place stays in the old pin");
         let new = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
@@ -433,14 +435,7 @@ mod tests {
         pinned.locations = vec!["/srv/a".into()];
         trust::save_pin(dir.path(), &pinned).unwrap();
         // init --copy-from reports the repository's first fingerprint.
-        let report = crmvault::commands::init::InitReport {
-            repository_id: "r1".into(),
-            fingerprint: pin_at("g1").fingerprint,
-            config_hash: "g2".into(),
-            locations: vec!["/srv/b".into()],
-            writer_key: None,
-        };
-        pin_new(dir.path(), &report).unwrap();
+        pin_new(dir.path(), &init_report("g2", "/srv/b")).unwrap();
         let on_disk = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
         assert!(on_disk.knows("/srv/a") && on_disk.knows("/srv/b"));
         assert_eq!(on_disk.fingerprint, pinned.fingerprint);
