@@ -122,6 +122,11 @@ pub async fn run(
                 let bytes = fetch_checked(from, &key, Some(size)).await?;
                 let length = bytes.len() as u64;
                 let outcome = to.target.put_new(&key, bytes).await?;
+                // One no snapshot there names, found in the write's way (an interrupted copy's,
+                // or junk of the right size): the snapshot will name it, so it must be right.
+                if outcome == PutOutcome::AlreadyThere {
+                    check_present(to, &key).await?;
+                }
                 Ok::<_, Error>((key, length, outcome))
             })
             .buffer_unordered(IN_FLIGHT);
@@ -157,6 +162,18 @@ async fn copy_object(from: &Repository, to: &Repository, key: &str, report: &mut
     report.objects_copied += 1;
     to.target.put_new(key, bytes).await?;
     Ok(())
+}
+
+/// A content-addressed object present at `to`, checked against its name.
+async fn check_present(to: &Repository, key: &str) -> Result<()> {
+    let bytes = to.target.get(key).await?;
+    repo::check_object_name(key, &bytes).map_err(|_| {
+        Error::corrupt(
+            format!("{}/{key}", to.target.location()),
+            "was there already and its bytes do not match its name (damaged, or not crmvault's): remove it and \
+             copy again",
+        )
+    })
 }
 
 /// A content-addressed object of `from`, checked against its name (and `size`, when known).

@@ -401,3 +401,32 @@ fn a_copy_that_takes_over_a_stalled_prunes_lock_copies_again_what_no_snapshot_th
     work.restore(&copy, &restored).ok();
     assert_same_database(&source, &restored);
 }
+
+/// After such a takeover, an object no destination snapshot names that stands in a copy's way
+/// with the right size but other bytes (junk, or damage) stops the copy, named, instead of
+/// being named by the new snapshot; removed, the next copy writes it and the copy restores.
+#[test]
+fn a_copy_after_a_takeover_refuses_junk_of_the_right_size_in_its_way() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_copy_junk").crm().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    let pack = files_under(&Path::new(&repo).join("data")).into_iter().next().expect("a pack");
+    let key = pack.strip_prefix(&repo).unwrap().to_path_buf();
+    let junk = Path::new(&copy).join(&key);
+    std::fs::create_dir_all(junk.parent().unwrap()).unwrap();
+    std::fs::write(&junk, vec![0x5a; usize::try_from(std::fs::metadata(&pack).unwrap().len()).unwrap()]).unwrap();
+    let lock = Path::new(&copy).join("locks/writer");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let stale = (chrono::Utc::now() - chrono::Duration::minutes(11)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(&lock, planted_lock("exclusive", &stale)).unwrap();
+
+    work.run(&["copy", "--from", &repo, "--to", &copy]).fails_with(1, "do not match its name");
+    assert!(
+        !Path::new(&copy).join("snapshots").exists() || files_under(&Path::new(&copy).join("snapshots")).is_empty()
+    );
+    std::fs::remove_file(&junk).unwrap();
+    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    let restored = TestDb::create("lock_copy_junk_restored");
+    work.restore(&copy, &restored).ok();
+    assert_same_database(&source, &restored);
+}
