@@ -203,22 +203,46 @@ pub fn missed_at(
     snapshots
 }
 
-/// The ids of the repositories other than `repository_id` this machine keeps a folder for.
-fn other_repositories(config_dir: &Path, repository_id: &str) -> Vec<String> {
+/// The ids of the repositories (other than `except`) this machine keeps a folder for.
+fn other_repositories(config_dir: &Path, except: Option<&str>) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(config_dir.join("repos")) else {
         return Vec::new();
     };
     entries
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|id| id != repository_id)
+        .filter(|id| Some(id.as_str()) != except)
         .collect()
+}
+
+/// What this machine remembers of the repository it last opened at `location`, said when
+/// `location` holds none now: a place emptied or moved in storage is not a new place, and
+/// "run `crmvault init` first" would have the admin start over where the backups were.
+pub fn held_before(config_dir: &Path, location: &str) -> Option<String> {
+    let pin = other_repositories(config_dir, None)
+        .iter()
+        .filter_map(|id| load_pin(config_dir, id).ok().flatten())
+        .find(|pin| pin.knows(location))?;
+    Some(format!(
+        "it held repository {}{} when this machine last opened it: if it was not emptied or moved on purpose, \
+         its backups were deleted in storage (another copy may hold them; `crmvault init` there would start a new \
+         repository)",
+        pin.repository_id,
+        newest_seen(&pin)
+    ))
+}
+
+/// ", newest snapshot seen there: ID, TIME" of a pin that saw one.
+fn newest_seen(pin: &Pin) -> String {
+    pin.newest.as_ref().map_or_else(String::new, |mark| {
+        format!(" (newest snapshot seen there: {}, {})", mark.id.short(), mark.time.format("%Y-%m-%d %H:%M UTC"))
+    })
 }
 
 /// The pins of repositories other than `repository_id` that this machine opened at `location`
 /// before.
 fn pins_of_location(config_dir: &Path, location: &str, repository_id: &str) -> Vec<Pin> {
-    other_repositories(config_dir, repository_id)
+    other_repositories(config_dir, Some(repository_id))
         .iter()
         .filter_map(|id| load_pin(config_dir, id).ok().flatten())
         .filter(|pin| pin.knows(location))
@@ -233,7 +257,7 @@ pub fn pin_of_location(config_dir: &Path, location: &str, repository_id: &str) -
 
 /// Whether this machine pins a repository other than `repository_id`.
 pub fn pins_another(config_dir: &Path, repository_id: &str) -> bool {
-    other_repositories(config_dir, repository_id).iter().any(|id| pin_path(config_dir, id).exists())
+    other_repositories(config_dir, Some(repository_id)).iter().any(|id| pin_path(config_dir, id).exists())
 }
 
 /// Where a repository's pin lives under a config folder.
@@ -323,10 +347,7 @@ pub fn release_location(config_dir: &Path, location: &str, repository_id: &str) 
             pin.locations.retain(|known| !crate::target::same_place(known, location));
             pin.locations.len() != before
         })?;
-        let id = &pin.repository_id;
-        let newest = pin.newest.as_ref().map_or_else(String::new, |mark| {
-            format!(" (newest snapshot seen there: {}, {})", mark.id.short(), mark.time.format("%Y-%m-%d %H:%M UTC"))
-        });
+        let (id, newest) = (&pin.repository_id, newest_seen(&pin));
         tracing::warn!(
             "{location} held repository {id}{newest} when this machine last used it; init made a new repository \
              there, so it is no longer a place of {id} here: if you did not empty it yourself, its history there \

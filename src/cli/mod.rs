@@ -831,7 +831,7 @@ pub fn main() -> ExitCode {
         Ok(code) => (code, None),
         Err(error) => {
             // Whatever an error quotes (an argument, a server's message), no password.
-            let message = crmvault::postgres::scrub(&one_line(&error));
+            let message = crmvault::postgres::scrub(&held_before(&error).unwrap_or_else(|| one_line(&error)));
             let (hint, code) = (hint(&error), profile::exit_code(&error));
             output::error(&message, hint, code);
             if json {
@@ -869,6 +869,18 @@ async fn until_interrupted<T>(command: impl std::future::Future<Output = Result<
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         () = terminate => Err(anyhow::anyhow!("terminated")),
     }
+}
+
+/// The error's line for a place that holds no repository where this machine opened one before
+/// ([`crmvault::trust::held_before`]), instead of advice to run `init` there.
+fn held_before(error: &anyhow::Error) -> Option<String> {
+    let location = error.chain().find_map(|cause| match cause.downcast_ref::<crmvault::Error>()? {
+        crmvault::Error::NotARepository { location } => Some(location),
+        _ => None,
+    })?;
+    let held = crmvault::trust::held_before(&config_dir().ok()?, location)?;
+    let line = one_line(error).replace(" (run `crmvault init` first)", "");
+    Some(format!("{line}: {held}"))
 }
 
 /// What the library's error means in this CLI's words: the flag that does what the message

@@ -1091,3 +1091,35 @@ fn every_snapshot_deleted_is_named_as_a_deletion_on_a_machine_that_knew_them() {
     assert!(next.stderr.contains("nothing but this backup's exit code reports it"), "{}", next.stderr);
     assert!(!next.stderr.contains("`verify` reports the gap"), "{}", next.stderr);
 }
+
+#[test]
+fn an_emptied_repository_is_named_as_the_one_this_machine_knew_there_not_as_a_place_to_init() {
+    let victim = Victim::new("emptied");
+    let newest = victim.only("snapshots").pop().unwrap();
+    let newest = newest.file_name().unwrap().to_str().unwrap()[..8].to_string();
+    let repository_id = pin_of(&victim.work)["repository_id"].as_str().unwrap().to_string();
+    // Emptied in storage (the folder kept), then removed altogether: either way the place is
+    // the one this machine's pin names, and "run `crmvault init` first" would start over there.
+    for entry in std::fs::read_dir(&victim.repo).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.unwrap();
+    }
+    for gone in [false, true] {
+        if gone {
+            std::fs::remove_dir(&victim.repo).unwrap();
+        }
+        let target = TestDb::create("emptied_target");
+        let restore = victim.work.restore(&victim.repo, &target).fails_with(1, "no crmvault repository at");
+        let snapshots = victim.work.run(&["snapshots", "--repo", &victim.repo]).fails_with(1, "no crmvault repository");
+        for run in [&restore, &snapshots] {
+            assert!(run.stderr.contains(&format!("it held repository {repository_id}")), "{}", run.stderr);
+            assert!(run.stderr.contains(&format!("newest snapshot seen there: {newest}")), "{}", run.stderr);
+            assert!(!run.stderr.contains("run `crmvault init` first"), "{}", run.stderr);
+        }
+        assert!(target.is_empty());
+    }
+    // A place this machine never opened keeps the plain advice.
+    let elsewhere = victim.work.path("never").to_str().unwrap().to_string();
+    let run = victim.work.run(&["snapshots", "--repo", &elsewhere]).fails_with(1, "run `crmvault init` first");
+    assert!(!run.stderr.contains("it held repository"), "{}", run.stderr);
+}
