@@ -333,7 +333,8 @@ async fn spare_what_new_snapshots_list(
     let known: HashSet<&SnapshotId> = planned_with.iter().collect();
     let mut listed = HashSet::new();
     for id in repository.snapshot_ids().await?.iter().filter(|id| !known.contains(id)) {
-        let header = repository.read_snapshot_header(id).await.map_err(|error| unreadable(repository, id, error))?;
+        let header =
+            repository.read_snapshot_header(id, None).await.map_err(|error| unreadable(repository, id, error))?;
         listed.extend(header.packs.iter().map(|pack| repo::pack_key(&pack.id)));
         listed.extend(header.indexes.iter().map(|index| repo::index_key(&index.id)));
         listed.extend(header.dictionaries.iter().map(|dictionary| repo::dictionary_key(&dictionary.id)));
@@ -367,7 +368,7 @@ async fn read_headers(
                     .read_snapshot(id)
                     .await
                     .and_then(|sealed| repository.prove_snapshot(&sealed, keyring).map(|()| sealed.header)),
-                None => repository.read_snapshot_header(id).await,
+                None => repository.read_snapshot_header(id, None).await,
             };
             let header = header.map_err(|error| unreadable(repository, id, error));
             progress.advance(1);

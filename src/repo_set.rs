@@ -17,7 +17,7 @@
 //! - What fails on one copy of several is a warning naming the copy; the command's report
 //!   says per target what happened ([`EachCopy`] for work done on each copy on its own).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +37,9 @@ const MANIFESTS_AHEAD: usize = 16;
 /// its bytes, within [`crate::repo::READ_BUDGET`]): a year of snapshots on a machine that never
 /// opened them (the admin's after an incident) took 1.8 s to order at 20 ms a request.
 const REMOTE_MANIFESTS_AHEAD: usize = 32;
+
+/// Each copy's listing of its snapshots with their objects' sizes (in the copies' order).
+type Listed = Vec<HashMap<SnapshotId, u64>>;
 
 /// Refuses two locations that lead to one storage: a backup took both locks of one folder and
 /// waited for itself until `--lock-wait` ran out, naming its own process as the holder.
@@ -368,7 +371,7 @@ impl RepoSet {
         filter: &SnapshotFilter,
         keyring: &Keyring,
     ) -> Result<Resolved> {
-        let candidates = self.resolve_selector(selector).await?;
+        let (candidates, listed) = self.resolve_selector(selector).await?;
         if selector != "latest" {
             if !filter.is_empty()
                 && let Some(manifest) = self.open_manifest(&candidates[0], keyring).await
@@ -403,11 +406,11 @@ impl RepoSet {
         let cores = crate::repo::Cores::new();
         let budget = crate::target::ReadBudget::new(crate::repo::READ_BUDGET);
         let opened = candidates.into_iter().map(|id| {
-            let (cores, budget, remembered) = (&cores, &budget, &remembered_labels);
+            let (cores, budget, remembered, listed) = (&cores, &budget, &remembered_labels, &listed);
             async move {
                 let opened = match remembered.get(&id) {
                     Some(labels) => Ok(labels.clone()),
-                    None => self.open_labels(&id, keyring, cores, budget).await,
+                    None => self.open_labels(&id, keyring, (cores, budget), listed).await,
                 };
                 (id, opened)
             }
@@ -514,16 +517,19 @@ impl RepoSet {
     /// What `latest` looks at in a snapshot, from the first copy where it reads and opens with
     /// `keyring`: one read of the object, opened on a blocking thread (a year of nights is 365
     /// manifests to decrypt and headers of thousands of packs to parse), kept small.
+    /// `listed`: each copy's listing with the objects' sizes, as far as one was made (a read
+    /// of known size is one request, not two).
     async fn open_labels(
         &self,
         snapshot_id: &SnapshotId,
         keyring: &Keyring,
-        cores: &crate::repo::Cores,
-        budget: &crate::target::ReadBudget,
+        (cores, budget): (&crate::repo::Cores, &crate::target::ReadBudget),
+        listed: &Listed,
     ) -> Opened {
         let (mut header_time, mut why, mut damaged) = (None, None, false);
-        for repository in &self.repositories {
-            let bytes = match repository.read_snapshot_object(snapshot_id, budget).await {
+        for (number, repository) in self.repositories.iter().enumerate() {
+            let size = listed.get(number).and_then(|sizes| sizes.get(snapshot_id)).copied();
+            let bytes = match repository.read_snapshot_object(snapshot_id, size, budget).await {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     // Not served: only a refusal (access denied, an archive storage class) or its
@@ -565,7 +571,10 @@ impl RepoSet {
     pub async fn why_snapshot_does_not_open(&self, snapshot_id: &SnapshotId, keyring: &Keyring) -> Option<Error> {
         let cores = crate::repo::Cores::new();
         let budget = crate::target::ReadBudget::new(crate::repo::READ_BUDGET);
-        self.open_labels(snapshot_id, keyring, &cores, &budget).await.err().map(|unreadable| unreadable.why)
+        self.open_labels(snapshot_id, keyring, (&cores, &budget), &Listed::new())
+            .await
+            .err()
+            .map(|unreadable| unreadable.why)
     }
 
     /// A snapshot's manifest, from the first copy where it reads and opens with `keyring`.
@@ -579,14 +588,21 @@ impl RepoSet {
     }
 
     /// `latest` (every snapshot, newest first) or the one snapshot an id prefix names.
-    async fn resolve_selector(&self, selector: &str) -> Result<Vec<SnapshotId>> {
+    /// With each copy's listing (sizes included) for `latest`, none for an id.
+    async fn resolve_selector(&self, selector: &str) -> Result<(Vec<SnapshotId>, Listed)> {
         if selector == "latest" {
-            let mut found = Vec::new();
+            let (mut found, mut listed) = (Vec::new(), Listed::new());
             // Every copy's, once each, in no order: resolve_snapshot orders them as it opens them.
             for repository in &self.repositories {
-                match repository.snapshot_ids().await {
-                    Ok(list) => found.extend(list),
-                    Err(error) if self.several() => self.warn(repository.target.location(), &error),
+                match repository.listed_snapshots().await {
+                    Ok(list) => {
+                        found.extend(list.iter().map(|(id, _)| id.clone()));
+                        listed.push(list.into_iter().collect());
+                    }
+                    Err(error) if self.several() => {
+                        self.warn(repository.target.location(), &error);
+                        listed.push(HashMap::new());
+                    }
                     Err(error) => return Err(error),
                 }
             }
@@ -596,13 +612,13 @@ impl RepoSet {
                 let locations: Vec<&str> = self.repositories.iter().map(|r| r.target.location()).collect();
                 return Err(Error::SnapshotNotFound(format!("{} holds no snapshot yet", locations.join(", "))));
             }
-            return Ok(found);
+            return Ok((found, listed));
         }
         let mut found: Vec<(DateTime<Utc>, SnapshotId)> = Vec::new();
         let mut failures = Failures::default();
         for repository in &self.repositories {
             let resolved = match repository.resolve_snapshot(selector).await {
-                Ok(id) => repository.read_snapshot_header(&id).await.map(|header| (header.time, id)),
+                Ok(id) => repository.read_snapshot_header(&id, None).await.map(|header| (header.time, id)),
                 Err(error) => Err(error),
             };
             match resolved {
@@ -621,7 +637,7 @@ impl RepoSet {
         match found.pop() {
             Some((_, id)) => {
                 self.warn_all(failures);
-                Ok(vec![id])
+                Ok((vec![id], Listed::new()))
             }
             None => Err(failures.into_error()),
         }

@@ -2,7 +2,7 @@
 //! added to storage. With the writer key or an admin identity: database, host, tags, size,
 //! tables and row counts too, and the listing can be filtered by them.
 
-use std::collections::HashMap;
+use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::repo::{self, FilterTally, Keyring, Manifest, Repository, SnapshotFilter};
@@ -83,18 +83,22 @@ pub async fn list(
         return Err(Error::FilterNeedsKey);
     }
     let location = repository.target.location().to_string();
-    let object_sizes: HashMap<String, u64> = repository.target.list("snapshots").await?.into_iter().collect();
     let mut summaries = Vec::new();
     let mut tally = FilterTally::default();
-    for id in repository.snapshot_ids().await? {
-        let object_size = object_sizes.get(&repo::snapshot_key(&id)).copied().unwrap_or(0);
+    // Read a few at once, in the listing's order (from a bucket each is a round trip: 365 one
+    // after the other took 9 s at 20 ms a request), each at the size the listing gives.
+    let reads = repository.listed_snapshots().await?.into_iter().map(|(id, object_size)| async move {
         let read = match keyring {
-            None => repository.read_snapshot_header(&id).await.map(|header| (header, None)),
+            None => repository.read_snapshot_header(&id, Some(object_size)).await.map(|header| (header, None)),
             Some(keyring) => repository.read_snapshot(&id).await.map(|sealed| {
                 let opened = sealed.open(keyring);
                 (sealed.header, Some(opened))
             }),
         };
+        (id, object_size, read)
+    });
+    let mut reads = futures::stream::iter(reads).buffered(repo::HEADERS_AT_ONCE);
+    while let Some((id, object_size, read)) = reads.next().await {
         let summary = match read {
             Ok((header, opened)) => {
                 let (manifest, error) = match opened {

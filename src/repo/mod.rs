@@ -604,7 +604,7 @@ mod tests {
         assert!(object.len() > 128 * 1024);
         repository.target.put_new(&snapshot_key(&sealed.id), object).await.unwrap();
 
-        let read = repository.read_snapshot_header(&sealed.id).await.unwrap();
+        let read = repository.read_snapshot_header(&sealed.id, None).await.unwrap();
         assert_eq!(read.packs.len(), 2000);
         assert_eq!(repository.resolve_snapshot("latest").await.unwrap(), sealed.id);
         let full = repository.read_snapshot(&sealed.id).await.unwrap();

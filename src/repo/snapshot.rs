@@ -799,11 +799,22 @@ impl SealedSnapshot {
     }
 }
 
+/// Snapshot headers read at once: from a bucket each is a round trip (365 of them a year).
+pub const HEADERS_AT_ONCE: usize = 16;
+
 impl Repository {
     /// Lists snapshot ids. An object under `snapshots/` whose name is not a BLAKE3 hash
     /// cannot be a snapshot and is left out ([`Repository::snapshots`] names it).
     pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
-        Ok(self.snapshot_names().await?.into_iter().filter_map(|name| name.parse().ok()).collect())
+        Ok(self.listed_snapshots().await?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// [`Repository::snapshot_ids`] with each object's size as the listing gives it: a read
+    /// that knows it needs no request to ask (from a bucket, a round trip per snapshot).
+    pub async fn listed_snapshots(&self) -> Result<Vec<(SnapshotId, u64)>> {
+        Ok((self.target.list("snapshots").await?.into_iter())
+            .filter_map(|(key, size)| Some((key.strip_prefix("snapshots/")?.parse().ok()?, size)))
+            .collect())
     }
 
     /// The names of the objects under `snapshots/`, snapshot ids or not.
@@ -842,20 +853,37 @@ impl Repository {
 
     /// A snapshot object's bytes as stored (for [`open_time_and_manifest`]), read under
     /// `budget` with others.
-    pub async fn read_snapshot_object(&self, id: &SnapshotId, budget: &ReadBudget) -> Result<Held> {
-        self.target.get_within(&snapshot_key(id), MAX_SNAPSHOT_BYTES, budget).await
+    /// `listed`: its size as a listing gave it, if one did ([`Repository::listed_snapshots`]).
+    pub async fn read_snapshot_object(
+        &self,
+        id: &SnapshotId,
+        listed: Option<u64>,
+        budget: &ReadBudget,
+    ) -> Result<Held> {
+        let key = snapshot_key(id);
+        match listed {
+            Some(size) if size > MAX_SNAPSHOT_BYTES => {
+                Err(Error::corrupt(&key, format!("{size} bytes: too large for what it is")))
+            }
+            Some(size) => self.target.get_within_sized(&key, size, budget).await,
+            None => self.target.get_within(&key, MAX_SNAPSHOT_BYTES, budget).await,
+        }
     }
 
     /// Reads only a snapshot's header (a range read of its start): what listing and `latest`
-    /// need, without downloading the manifest.
-    pub async fn read_snapshot_header(&self, id: &SnapshotId) -> Result<SnapshotHeader> {
+    /// need, without downloading the manifest. `listed`: the object's size as a listing gave
+    /// it, if one did (else it is asked first).
+    pub async fn read_snapshot_header(&self, id: &SnapshotId, listed: Option<u64>) -> Result<SnapshotHeader> {
         const PROBE: u64 = 64 * 1024;
         let key = snapshot_key(id);
-        let size = self
-            .target
-            .size_of(&key)
-            .await?
-            .ok_or_else(|| Error::Missing { object: key.clone(), location: self.target.location().into() })?;
+        let size = match listed {
+            Some(size) => size,
+            None => self
+                .target
+                .size_of(&key)
+                .await?
+                .ok_or_else(|| Error::Missing { object: key.clone(), location: self.target.location().into() })?,
+        };
         let bytes = self.target.get_range(&key, 0..size.min(PROBE)).await?;
         match parse_header(id, &bytes) {
             Ok(lines) => Ok(lines.header),
@@ -872,9 +900,10 @@ impl Repository {
     /// does not read names nothing (junk or damage is no reason to trust more).
     pub async fn listed_objects(&self) -> Result<HashSet<String>> {
         use futures::StreamExt;
-        let ids = self.snapshot_ids().await?;
+        let listed = self.listed_snapshots().await?;
         let mut headers =
-            futures::stream::iter(ids.iter().map(|id| self.read_snapshot_header(id))).buffer_unordered(16);
+            futures::stream::iter(listed.iter().map(|(id, size)| self.read_snapshot_header(id, Some(*size))))
+                .buffer_unordered(HEADERS_AT_ONCE);
         let mut listed = HashSet::new();
         while let Some(read) = headers.next().await {
             if let Ok(header) = read {
@@ -906,16 +935,18 @@ impl Repository {
     /// which `latest` tries them. Those whose header cannot be read come last, without a time:
     /// junk in `snapshots/` must not stop a restore or a backup, and is named when tried.
     pub async fn snapshots_newest_first(&self) -> Result<Vec<(Option<DateTime<Utc>>, SnapshotId)>> {
-        self.newest_first(self.snapshot_ids().await?).await
+        self.newest_first(self.listed_snapshots().await?).await
     }
 
-    /// `ids` with their headers' times, newest first (see [`Self::snapshots_newest_first`]).
-    async fn newest_first(&self, ids: Vec<SnapshotId>) -> Result<Vec<(Option<DateTime<Utc>>, SnapshotId)>> {
-        let mut found = Vec::new();
-        for id in ids {
-            let time = self.read_snapshot_header(&id).await.ok().map(|header| header.time);
-            found.push((time, id));
-        }
+    /// Listed snapshots (with their sizes) with their headers' times, newest first (see
+    /// [`Self::snapshots_newest_first`]); the headers read [`HEADERS_AT_ONCE`] at a time.
+    async fn newest_first(&self, listed: Vec<(SnapshotId, u64)>) -> Result<Vec<(Option<DateTime<Utc>>, SnapshotId)>> {
+        use futures::StreamExt;
+        let headers = listed.into_iter().map(|(id, size)| async move {
+            let time = self.read_snapshot_header(&id, Some(size)).await.ok().map(|header| header.time);
+            (time, id)
+        });
+        let mut found: Vec<_> = futures::stream::iter(headers).buffer_unordered(HEADERS_AT_ONCE).collect().await;
         found.sort_by(|a, b| b.cmp(a));
         Ok(found)
     }
@@ -928,8 +959,9 @@ impl Repository {
     /// and found none newer than what it already knows (a backup host's pin records them, so
     /// that a nightly backup reads only the headers of snapshots new since the last one).
     pub async fn newest_authentic(&self, keyring: &Keyring, settled: &BTreeSet<SnapshotId>) -> Result<NewestAuthentic> {
-        let listed = self.snapshot_ids().await?;
-        let unsettled = listed.iter().filter(|id| !settled.contains(*id)).cloned().collect();
+        let sized = self.listed_snapshots().await?;
+        let listed = sized.iter().map(|(id, _)| id.clone()).collect();
+        let unsettled = sized.into_iter().filter(|(id, _)| !settled.contains(id)).collect();
         let mut newest = NewestAuthentic { found: None, rejected: Vec::new(), settled: Vec::new(), listed };
         let mut candidates = self.newest_first(unsettled).await?.into_iter();
         for (_, id) in candidates.by_ref() {
@@ -961,7 +993,7 @@ impl Repository {
             if id == known.id {
                 continue;
             }
-            let Ok(header) = self.read_snapshot_header(&id).await else { continue };
+            let Ok(header) = self.read_snapshot_header(&id, None).await else { continue };
             let copies = header.sequence == known.sequence
                 && (header.replaces.as_ref() == Some(&known.id) || header.time == known.time);
             if copies && self.read_snapshot(&id).await.and_then(|sealed| sealed.open(keyring).map(|_| ())).is_ok() {
