@@ -228,8 +228,9 @@ pub async fn run(
     if options.mode == PruneMode::Delete && !options.as_if_gone.is_empty() {
         return Err(Error::Internal("prune may count snapshots as gone only in a dry run".into()));
     }
-    let planned_with = repository.snapshot_ids().await?;
-    let headers = read_headers(repository, &planned_with, &options.as_if_gone, keyring, progress).await?;
+    let listed = repository.listed_snapshots().await?;
+    let headers = read_headers(repository, &listed, &options.as_if_gone, keyring, progress).await?;
+    let planned_with: Vec<SnapshotId> = listed.into_iter().map(|(id, _)| id).collect();
     let stored = list_stored(repository).await?;
     let plan = plan(&headers, &stored);
     let mut report = PruneReport {
@@ -332,9 +333,9 @@ async fn spare_what_new_snapshots_list(
 ) -> Result<()> {
     let known: HashSet<&SnapshotId> = planned_with.iter().collect();
     let mut listed = HashSet::new();
-    for id in repository.snapshot_ids().await?.iter().filter(|id| !known.contains(id)) {
-        let header =
-            repository.read_snapshot_header(id, None).await.map_err(|error| unreadable(repository, id, error))?;
+    for (id, size) in repository.listed_snapshots().await?.iter().filter(|(id, _)| !known.contains(id)) {
+        let header = (repository.read_snapshot_header(id, Some(*size)).await)
+            .map_err(|error| unreadable(repository, id, error))?;
         listed.extend(header.packs.iter().map(|pack| repo::pack_key(&pack.id)));
         listed.extend(header.indexes.iter().map(|index| repo::index_key(&index.id)));
         listed.extend(header.dictionaries.iter().map(|dictionary| repo::dictionary_key(&dictionary.id)));
@@ -352,15 +353,15 @@ async fn spare_what_new_snapshots_list(
 /// snapshots and are passed over.
 async fn read_headers(
     repository: &Repository,
-    ids: &[SnapshotId],
+    listed: &[(SnapshotId, u64)],
     as_if_gone: &std::collections::BTreeSet<SnapshotId>,
     keyring: Option<&crate::repo::Keyring>,
     progress: &dyn Progress,
 ) -> Result<Vec<SnapshotHeader>> {
-    let ids: Vec<&SnapshotId> = ids.iter().filter(|id| !as_if_gone.contains(*id)).collect();
-    progress.phase("reading snapshot headers", Unit::Snapshots, Some(ids.len() as u64));
-    futures::stream::iter(ids)
-        .map(|id| async move {
+    let listed: Vec<&(SnapshotId, u64)> = listed.iter().filter(|(id, _)| !as_if_gone.contains(id)).collect();
+    progress.phase("reading snapshot headers", Unit::Snapshots, Some(listed.len() as u64));
+    futures::stream::iter(listed)
+        .map(|(id, size)| async move {
             let header = match keyring {
                 // With a key, a header is believed only once its snapshot proves itself: one
                 // rewritten in storage to list nothing would have prune delete what it needs.
@@ -368,7 +369,7 @@ async fn read_headers(
                     .read_snapshot(id)
                     .await
                     .and_then(|sealed| repository.prove_snapshot(&sealed, keyring).map(|()| sealed.header)),
-                None => repository.read_snapshot_header(id, None).await,
+                None => repository.read_snapshot_header(id, Some(*size)).await,
             };
             let header = header.map_err(|error| unreadable(repository, id, error));
             progress.advance(1);
