@@ -549,11 +549,14 @@ impl ChunkReader {
         // round trip, and a year-old snapshot's runs need about 1,350 dictionaries.
         let fetched = futures::future::try_join_all(groups.iter().map(|group| async move {
             let entry = self.sources[group.source].index.pack(group.pack);
-            let (dictionary, piece) = futures::try_join!(
+            let (dictionary, piece) = futures::join!(
                 self.dictionary_of(group.source, entry),
                 self.piece(group.source, &entry.pack, group.span.clone())
-            )?;
-            Ok::<_, Error>((piece, dictionary, entry.packed))
+            );
+            // Both awaited to their end (a load that failed is then forgotten by its reader),
+            // the dictionary's failure said first.
+            let dictionary = dictionary?;
+            Ok::<_, Error>((piece?, dictionary, entry.packed))
         }))
         .await
         .ok()?;
@@ -643,8 +646,10 @@ impl ChunkReader {
     async fn read_from(&self, source: usize, entry: &PackEntry, location: ChunkLocation) -> Result<Vec<u8>> {
         let (pack, packed) = (&entry.pack, entry.packed);
         let frame = location.offset()..location.offset() + u64::from(location.length());
-        let (dictionary, piece) =
-            futures::try_join!(self.dictionary_of(source, entry), self.piece(source, pack, frame))?;
+        // Both awaited to their end (a load that failed is then forgotten by its reader, not
+        // left for the next one), the dictionary's failure said first, as before.
+        let (dictionary, piece) = futures::join!(self.dictionary_of(source, entry), self.piece(source, pack, frame));
+        let (dictionary, piece) = (dictionary?, piece?);
         let key = self.keyring.chunk_id_key();
         let pack_key = repo::pack_key(&pack.id);
         if location.length() <= INLINE_DECODE_BYTES && location.start() == 0 {

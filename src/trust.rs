@@ -219,14 +219,17 @@ fn other_repositories(config_dir: &Path, except: Option<&str>) -> Vec<String> {
 /// `location` holds none now: a place emptied or moved in storage is not a new place, and
 /// "run `crmvault init` first" would have the admin start over where the backups were.
 pub fn held_before(config_dir: &Path, location: &str) -> Option<String> {
+    // Of several pins naming it (older pins, kept before `init` took places out of them), the
+    // one that saw the newest snapshot there.
     let pin = other_repositories(config_dir, None)
         .iter()
         .filter_map(|id| load_pin(config_dir, id).ok().flatten())
-        .find(|pin| pin.knows(location))?;
+        .filter(|pin| pin.knows(location))
+        .max_by_key(|pin| pin.newest.as_ref().map(|mark| mark.time))?;
     Some(format!(
-        "it held repository {}{} when this machine last opened it: if it was not emptied or moved on purpose, \
-         its backups were deleted in storage (another copy may hold them; `crmvault init` there would start a new \
-         repository)",
+        "it held repository {}{} when this machine last opened it: unless it was emptied or moved on purpose (or \
+         is not mounted, or another endpoint answered), its backups were deleted in storage (another copy may \
+         hold them; `crmvault init` there would start a new repository)",
         pin.repository_id,
         newest_seen(&pin)
     ))
