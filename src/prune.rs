@@ -366,7 +366,7 @@ async fn read_headers(
                 // With a key, a header is believed only once its snapshot proves itself: one
                 // rewritten in storage to list nothing would have prune delete what it needs.
                 Some(keyring) => repository
-                    .read_snapshot(id)
+                    .read_listed_snapshot(id, *size)
                     .await
                     .and_then(|sealed| repository.prove_snapshot(&sealed, keyring).map(|()| sealed.header)),
                 None => repository.read_snapshot_header(id, Some(*size)).await,

@@ -142,6 +142,15 @@ pub async fn run(
         // Last, as in a backup: the snapshot is the commit.
         let key = repo::snapshot_key(&sealed.id);
         let bytes = from.target.get(&key).await?;
+        // Read again: it must be the object whose header was read above (the one that names
+        // what was copied), not one put in its place meanwhile.
+        if crate::crypto::object_hash(&bytes) != sealed.object_hash {
+            return Err(Error::corrupt(
+                format!("{}/{key}", from.target.location()),
+                "changed in storage while it was copied (not the object whose header was read): nothing of it was \
+                 written; copy again",
+            ));
+        }
         report.bytes_copied += bytes.len() as u64;
         // Still the destination's appender (as a backup checks before its commit).
         locks.confirm(to.target.location()).await?;

@@ -90,7 +90,7 @@ pub async fn list(
     let reads = repository.listed_snapshots().await?.into_iter().map(|(id, object_size)| async move {
         let read = match keyring {
             None => repository.read_snapshot_header(&id, Some(object_size)).await.map(|header| (header, None)),
-            Some(keyring) => repository.read_snapshot(&id).await.map(|sealed| {
+            Some(keyring) => repository.read_listed_snapshot(&id, object_size).await.map(|sealed| {
                 let opened = sealed.open(keyring);
                 (sealed.header, Some(opened))
             }),

@@ -802,6 +802,11 @@ impl SealedSnapshot {
 /// Snapshot headers read at once: from a bucket each is a round trip (365 of them a year).
 pub const HEADERS_AT_ONCE: usize = 16;
 
+/// Bytes of whole snapshot objects read at once by the reads made several at a time
+/// ([`Repository::read_listed_snapshot`], a header longer than its probe), in the whole
+/// process: an object larger waits for the others, then is read alone.
+static WHOLE_READS: std::sync::LazyLock<ReadBudget> = std::sync::LazyLock::new(|| ReadBudget::new(super::READ_BUDGET));
+
 impl Repository {
     /// Lists snapshot ids. An object under `snapshots/` whose name is not a BLAKE3 hash
     /// cannot be a snapshot and is left out ([`Repository::snapshots`] names it).
@@ -814,17 +819,6 @@ impl Repository {
     pub async fn listed_snapshots(&self) -> Result<Vec<(SnapshotId, u64)>> {
         Ok((self.target.list("snapshots").await?.into_iter())
             .filter_map(|(key, size)| Some((key.strip_prefix("snapshots/")?.parse().ok()?, size)))
-            .collect())
-    }
-
-    /// The names of the objects under `snapshots/`, snapshot ids or not.
-    async fn snapshot_names(&self) -> Result<Vec<String>> {
-        Ok(self
-            .target
-            .list("snapshots")
-            .await?
-            .into_iter()
-            .filter_map(|(key, _)| key.strip_prefix("snapshots/").map(str::to_string))
             .collect())
     }
 
@@ -849,6 +843,14 @@ impl Repository {
         let key = snapshot_key(id);
         let bytes = self.target.get_at_most(&key, MAX_SNAPSHOT_BYTES).await?;
         SealedSnapshot::parse(id, &bytes)
+    }
+
+    /// [`Repository::read_snapshot`] of a snapshot listed at `size`, for callers that read
+    /// several at once: read within the process's [`WHOLE_READS`] (16 objects planted at the
+    /// 256 MiB a snapshot may take must not be 4 GiB in memory at once).
+    pub async fn read_listed_snapshot(&self, id: &SnapshotId, size: u64) -> Result<SealedSnapshot> {
+        let held = self.read_snapshot_object(id, Some(size), &WHOLE_READS).await?;
+        SealedSnapshot::parse(id, &held)
     }
 
     /// A snapshot object's bytes as stored (for [`open_time_and_manifest`]), read under
@@ -888,8 +890,10 @@ impl Repository {
         match parse_header(id, &bytes) {
             Ok(lines) => Ok(lines.header),
             // A header longer than the probe (a repository with very many packs).
+            // Read whole within WHOLE_READS: headers are read several at once.
             Err(Error::Corrupt { .. }) if size > PROBE => {
-                Ok(parse_header(id, &self.target.get_at_most(&key, MAX_SNAPSHOT_BYTES).await?)?.header)
+                let held = self.read_snapshot_object(id, Some(size), &WHOLE_READS).await?;
+                Ok(parse_header(id, &held)?.header)
             }
             Err(error) => Err(error),
         }
@@ -917,16 +921,20 @@ impl Repository {
 
     /// Reads every snapshot header, newest last. Damaged snapshots, and objects under
     /// `snapshots/` not named by a hash, are returned as errors with their names.
+    /// Read [`HEADERS_AT_ONCE`] at a time (from a bucket each is a round trip).
     pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
-        let mut all = Vec::new();
-        for name in self.snapshot_names().await? {
+        use futures::StreamExt;
+        let listed = self.target.list("snapshots").await?;
+        let reads =
+            listed.into_iter().filter_map(|(key, size)| Some((key.strip_prefix("snapshots/")?.to_string(), size)));
+        let reads = reads.map(|(name, size)| async move {
             let Ok(id) = name.parse::<SnapshotId>() else {
                 let error = Error::corrupt(format!("snapshots/{name}"), "its name is not a BLAKE3 hash");
-                all.push(Err((name, error)));
-                continue;
+                return Err((name, error));
             };
-            all.push(self.read_snapshot(&id).await.map_err(|e| (name, e)));
-        }
+            self.read_listed_snapshot(&id, size).await.map_err(|e| (name, e))
+        });
+        let mut all: Vec<_> = futures::stream::iter(reads).buffered(HEADERS_AT_ONCE).collect().await;
         all.sort_by_key(|s| s.as_ref().map(|s| s.header.time).ok());
         Ok(all)
     }

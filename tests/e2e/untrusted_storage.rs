@@ -1123,3 +1123,108 @@ fn an_emptied_repository_is_named_as_the_one_this_machine_knew_there_not_as_a_pl
     let run = victim.work.run(&["snapshots", "--repo", &elsewhere]).fails_with(1, "run `crmvault init` first");
     assert!(!run.stderr.contains("it held repository"), "{}", run.stderr);
 }
+
+/// `copy` reads a source snapshot's header to know what to copy, and its whole object again
+/// last, to write it: an object put in its place between the two reads (whoever writes the
+/// source's storage) must not be written to the destination under the name of the one read.
+#[test]
+fn a_source_snapshot_replaced_while_a_copy_runs_is_not_written_to_the_destination() {
+    use std::process::{Command, Stdio};
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: needs strace to hold the copy");
+        return;
+    }
+    let victim = Victim::new("copy_swap");
+    let (work, repo) = (&victim.work, &victim.repo);
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", repo]).ok();
+    let snapshot = victim.only("snapshots").pop().unwrap().canonicalize().unwrap();
+    let original = std::fs::read(&snapshot).unwrap();
+    let objects = |root: &str| -> usize {
+        ["data", "index", "dicts"]
+            .iter()
+            .map(|f| Path::new(root).join(f))
+            .filter(|f| f.exists())
+            .map(|f| files_under(&f).len())
+            .sum()
+    };
+    // Every open of the snapshot waits 2 s: the second (the read that is written) too.
+    let child = work
+        .command_for("strace")
+        .args(["-f", "-qq", "-e", "trace=openat", "-e", "inject=openat:delay_enter=2s", "-P"])
+        .arg(&snapshot)
+        .args([env!("CARGO_BIN_EXE_crmvault"), "copy", "--from", repo, "--to", &copy])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once every pack, index and dictionary is there, the snapshot's header was read long ago
+    // and its second read is waiting: the object is replaced (its last byte flipped).
+    let started = std::time::Instant::now();
+    while objects(&copy) < objects(repo) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the copy never copied the objects");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut swapped = original.clone();
+    *swapped.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&snapshot, &swapped).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed in storage while it was copied"), "{stderr}");
+    let written = Path::new(&copy).join("snapshots");
+    assert!(!written.exists() || files_under(&written).is_empty(), "a snapshot was written");
+    // Put back, the next copy completes, and the copy restores.
+    std::fs::write(&snapshot, &original).unwrap();
+    work.run(&["copy", "--from", repo, "--to", &copy]).ok();
+    let restored = TestDb::create("copy_swap_restored");
+    work.restore(&copy, &restored).ok();
+    assert_same_database(&victim.source, &restored);
+}
+
+/// The command's exit code, stdout and peak memory (KiB: the largest high-water mark its
+/// /proc status showed while it ran, read every few milliseconds).
+fn run_measured(mut command: std::process::Command) -> (i32, String, u64) {
+    use std::io::Read;
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut stdout = String::new();
+        out.read_to_string(&mut stdout).unwrap();
+        stdout
+    });
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        let status = std::fs::read_to_string(&status_file).unwrap_or_default();
+        let hwm = status.lines().find_map(|line| line.strip_prefix("VmHWM:"));
+        peak = peak.max(hwm.and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (code, reader.join().unwrap(), peak)
+}
+
+/// Listings and `latest` read snapshot headers 16 at once: objects planted under `snapshots/`
+/// at the size a snapshot may take (here 32 MiB each, headers that never end, so that each is
+/// read whole) must be read within a bound, not 16 at once (512 MiB here; 4 GiB at the limit).
+#[test]
+fn snapshots_planted_large_are_read_within_a_memory_bound_by_listings() {
+    let victim = Victim::new("planted_large");
+    for n in 0..16u8 {
+        let name = format!("{:064x}", u128::from(n) + 0xfeed_0000);
+        std::fs::write(victim.file("snapshots").join(name), vec![b'x'; 32 << 20]).unwrap();
+    }
+    let admin = victim.work.admin_key();
+    for key in [None, Some(admin.as_str())] {
+        let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
+        command.args(["snapshots", "--repo", &victim.repo]);
+        if let Some(key) = key {
+            command.args(["--identity", key]);
+        }
+        let (code, stdout, peak_kib) = run_measured(command);
+        assert!(code == 0 || code == 3, "exit {code}: {stdout}");
+        assert!(stdout.contains("00000000feed000f"), "{stdout}");
+        assert!(peak_kib < 300 << 10, "{key:?}: peak {} MiB", peak_kib >> 10);
+    }
+}
