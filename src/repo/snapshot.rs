@@ -817,8 +817,16 @@ impl Repository {
     /// [`Repository::snapshot_ids`] with each object's size as the listing gives it: a read
     /// that knows it needs no request to ask (from a bucket, a round trip per snapshot).
     pub async fn listed_snapshots(&self) -> Result<Vec<(SnapshotId, u64)>> {
+        Ok((self.listed_names().await?.into_iter())
+            .filter_map(|(name, size)| Some((name.parse().ok()?, size)))
+            .collect())
+    }
+
+    /// The names of the objects under `snapshots/`, snapshot ids or not, with their sizes as
+    /// the listing gives them.
+    async fn listed_names(&self) -> Result<Vec<(String, u64)>> {
         Ok((self.target.list("snapshots").await?.into_iter())
-            .filter_map(|(key, size)| Some((key.strip_prefix("snapshots/")?.parse().ok()?, size)))
+            .filter_map(|(key, size)| Some((key.strip_prefix("snapshots/")?.to_string(), size)))
             .collect())
     }
 
@@ -926,10 +934,7 @@ impl Repository {
     /// Read [`HEADERS_AT_ONCE`] at a time (from a bucket each is a round trip).
     pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
         use futures::StreamExt;
-        let listed = self.target.list("snapshots").await?;
-        let reads =
-            listed.into_iter().filter_map(|(key, size)| Some((key.strip_prefix("snapshots/")?.to_string(), size)));
-        let reads = reads.map(|(name, size)| async move {
+        let reads = self.listed_names().await?.into_iter().map(|(name, size)| async move {
             let Ok(id) = name.parse::<SnapshotId>() else {
                 let error = Error::corrupt(format!("snapshots/{name}"), "its name is not a BLAKE3 hash");
                 return Err((name, error));
