@@ -684,15 +684,16 @@ impl ChunkReader {
             if let Some(cell) = guard.get(&key) {
                 cell
             } else {
-                let (target, keyring, id) =
-                    (self.sources[source].target.clone(), self.keyring.clone(), reference.id.clone());
+                let (target, keyring, id, size) =
+                    (self.sources[source].target.clone(), self.keyring.clone(), reference.id.clone(), reference.size);
                 let limits = self.limits.clone();
                 let task = tokio::spawn(async move {
                     let key = repo::dictionary_key(&id);
                     let load = async {
                         let ciphertext = {
                             let _fetch = limits.fetch(source).await;
-                            target.get(&key).await?
+                            // No more than the index says (a planted 4 GiB object is refused unread).
+                            target.get_at_most(&key, size).await?
                         };
                         limits
                             .on_core(move || {

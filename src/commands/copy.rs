@@ -141,7 +141,8 @@ pub async fn run(
         }
         // Last, as in a backup: the snapshot is the commit.
         let key = repo::snapshot_key(&sealed.id);
-        let bytes = from.target.get(&key).await?;
+        // No more than the object first read (one put in its place may be of any size).
+        let bytes = from.target.get_at_most(&key, sealed.object_size).await?;
         // Read again: it must be the object whose header was read above (the one that names
         // what was copied), not one put in its place meanwhile.
         if crate::crypto::object_hash(&bytes) != sealed.object_hash {

@@ -1228,3 +1228,21 @@ fn snapshots_planted_large_are_read_within_a_memory_bound_by_listings() {
         assert!(peak_kib < 300 << 10, "{key:?}: peak {} MiB", peak_kib >> 10);
     }
 }
+
+/// A dictionary a restore needs, replaced in storage by a huge object (sparse here), is
+/// refused unread at the size its snapshot's index gives, not read whole into memory first.
+#[test]
+fn a_huge_object_planted_as_a_dictionary_is_refused_unread_by_a_restore() {
+    let victim = Victim::new("huge_dict");
+    // A table large enough for its chunks to be compressed with a dictionary of their own.
+    victim.source.sql(
+        "CREATE TABLE public.notes AS SELECT i AS id, md5(i::text) || md5((i * 3)::text) AS body \
+         FROM generate_series(1, 20000) i",
+    );
+    victim.work.backup(&victim.source, &victim.repo);
+    let dictionary = victim.only("dicts").pop().expect("a dictionary");
+    std::fs::File::options().write(true).open(&dictionary).unwrap().set_len(1 << 30).unwrap();
+    let target = TestDb::create("huge_dict_target");
+    victim.work.restore(&victim.repo, &target).fails_with(1, "too large for what it is");
+    assert!(target.is_empty());
+}
