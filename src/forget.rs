@@ -174,18 +174,15 @@ pub async fn plan<Tz: TimeZone>(
     let mut groups: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
     let mut unreadable = Vec::new();
     let mut tally = crate::repo::FilterTally::default();
-    for snapshot in repository.snapshots().await? {
-        let sealed = match snapshot {
-            Ok(sealed) => sealed,
-            Err((name, error)) => {
-                unreadable.push((name, error.to_string()));
+    for snapshot in repository.snapshots(crate::repo::opened(keyring)).await? {
+        let (sealed, manifest) = match snapshot {
+            Ok((sealed, Ok(manifest))) => (sealed, manifest),
+            Ok((sealed, Err(error))) => {
+                unreadable.push((sealed.id.to_string(), error.to_string()));
                 continue;
             }
-        };
-        let manifest = match sealed.open(keyring) {
-            Ok(manifest) => manifest,
-            Err(error) => {
-                unreadable.push((sealed.id.to_string(), error.to_string()));
+            Err((name, error)) => {
+                unreadable.push((name, error.to_string()));
                 continue;
             }
         };

@@ -76,7 +76,8 @@ pub async fn run(
     for selector in only {
         wanted.push(from.resolve_snapshot(selector).await?);
     }
-    for entry in from.snapshots().await? {
+    // Headers only: the object copied is read again, checked against the one read here.
+    for entry in from.snapshots(repo::header_only).await? {
         // Junk does not stop the copy of the rest; a snapshot asked for by name does.
         let sealed = match entry {
             Ok(sealed) if from.claims_this_config(&sealed) => sealed,

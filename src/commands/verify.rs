@@ -352,19 +352,25 @@ pub async fn run(
     // packs each made a copy per object the most memory verify used).
     let mut referenced: BTreeMap<(String, ObjectRef), Vec<Arc<str>>> = BTreeMap::new();
     let mut sealed_snapshots = Vec::new();
+    // With a key, each snapshot's manifest as opened when it was read (its stored bytes let go
+    // of: see `Repository::snapshots`).
+    let mut manifests = Vec::new();
     let mut tally = FilterTally::default();
-    for entry in repository.snapshots().await? {
-        let sealed = match entry {
-            Ok(sealed) => sealed,
+    let read = |mut sealed: repo::SealedSnapshot| {
+        let manifest = keyring.map(|keyring| sealed.open(keyring));
+        sealed.keep_header_only();
+        (sealed, manifest)
+    };
+    for entry in repository.snapshots(read).await? {
+        let (sealed, manifest) = match entry {
+            Ok(read) => read,
             Err((id, error)) => {
                 report.snapshots += 1;
                 report.problems.push(problem(&format!("snapshots/{id}"), vec![id.clone()], error.to_string()));
                 continue;
             }
         };
-        if let Some(keyring) = keyring.filter(|_| !filter.is_empty())
-            && sealed.open(keyring).is_ok_and(|manifest| !tally.see(filter, &manifest))
-        {
+        if !filter.is_empty() && manifest.as_ref().is_some_and(|m| m.as_ref().is_ok_and(|m| !tally.see(filter, m))) {
             continue;
         }
         report.snapshots += 1;
@@ -390,6 +396,7 @@ pub async fn run(
             referenced.entry((repo::dictionary_key(&dictionary.id), dictionary.clone())).or_default().push(id.clone());
         }
         sealed_snapshots.push(sealed);
+        manifests.push(manifest);
     }
     tally.check(filter)?;
 
@@ -551,9 +558,9 @@ pub async fn run(
     let mut unindexed: BTreeMap<String, u64> = BTreeMap::new();
     let mut index = ChunkIndex::default();
     progress.phase("checking snapshots", Unit::Snapshots, Some(sealed_snapshots.len() as u64));
-    for sealed in &sealed_snapshots {
+    for (sealed, opened) in sealed_snapshots.iter().zip(&mut manifests) {
         progress.advance(1);
-        let mut manifest = match sealed.open(keyring) {
+        let mut manifest = match opened.take().unwrap_or_else(|| sealed.open(keyring)) {
             Ok(manifest) => {
                 if report.newest.as_ref().is_none_or(|n| sealed.header.sequence > n.sequence) {
                     report.newest = Some(sealed.mark());

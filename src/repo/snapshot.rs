@@ -799,6 +799,24 @@ impl SealedSnapshot {
     }
 }
 
+/// A snapshot opened with `keyring` as [`Repository::snapshots`] reads it: its header, the
+/// stored object's bytes let go of, and its manifest or why it does not open. What readers
+/// with a key keep of a year of snapshots: one that does not open holds no more than its
+/// header, whatever its size in storage.
+pub fn opened(keyring: &Keyring) -> impl Fn(SealedSnapshot) -> (SealedSnapshot, Result<Manifest>) + '_ {
+    move |mut sealed| {
+        let manifest = sealed.open(keyring);
+        sealed.keep_header_only();
+        (sealed, manifest)
+    }
+}
+
+/// What keyless readers keep of each snapshot [`Repository::snapshots`] reads: its header.
+pub fn header_only(mut sealed: SealedSnapshot) -> SealedSnapshot {
+    sealed.keep_header_only();
+    sealed
+}
+
 /// Snapshot headers read at once: from a bucket each is a round trip (365 of them a year).
 pub const HEADERS_AT_ONCE: usize = 16;
 
@@ -929,21 +947,35 @@ impl Repository {
         Ok(listed)
     }
 
-    /// Reads every snapshot header, newest last. Damaged snapshots, and objects under
-    /// `snapshots/` not named by a hash, are returned as errors with their names.
-    /// Read [`HEADERS_AT_ONCE`] at a time (from a bucket each is a round trip).
-    pub async fn snapshots(&self) -> Result<Vec<std::result::Result<SealedSnapshot, (String, Error)>>> {
+    /// Reads every snapshot, newest last (by its header's time), and keeps of each what `keep`
+    /// returns. Damaged snapshots, and objects under `snapshots/` not named by a hash, are
+    /// returned as errors with their names. Read [`HEADERS_AT_ONCE`] at a time (from a bucket
+    /// each is a round trip) within [`WHOLE_READS`].
+    ///
+    /// `keep` sees each object as it is read, so that what a reader holds of a year of
+    /// snapshots is what it keeps, not every object whole: objects planted to parse (a real
+    /// header, then hundreds of MiB named by their hash) would otherwise all stay in memory.
+    /// [`SealedSnapshot::keep_header_only`] or [`opened`] are what the callers keep.
+    pub async fn snapshots<T>(
+        &self,
+        keep: impl Fn(SealedSnapshot) -> T,
+    ) -> Result<Vec<std::result::Result<T, (String, Error)>>> {
         use futures::StreamExt;
+        let keep = &keep;
         let reads = self.listed_names().await?.into_iter().map(|(name, size)| async move {
             let Ok(id) = name.parse::<SnapshotId>() else {
                 let error = Error::corrupt(format!("snapshots/{name}"), "its name is not a BLAKE3 hash");
-                return Err((name, error));
+                return (None, Err((name, error)));
             };
-            self.read_listed_snapshot(&id, size).await.map_err(|e| (name, e))
+            match self.read_listed_snapshot(&id, size).await {
+                Ok(sealed) => (Some(sealed.header.time), Ok(keep(sealed))),
+                Err(error) => (None, Err((name, error))),
+            }
         });
         let mut all: Vec<_> = futures::stream::iter(reads).buffered(HEADERS_AT_ONCE).collect().await;
-        all.sort_by_key(|s| s.as_ref().map(|s| s.header.time).ok());
-        Ok(all)
+        all.sort_by_key(|(time, _)| *time);
+        let (_, kept): (Vec<_>, Vec<_>) = all.into_iter().unzip();
+        Ok(kept)
     }
 
     /// Snapshot ids with their (unauthenticated) headers' times, newest first: the order in

@@ -1229,6 +1229,49 @@ fn snapshots_planted_large_are_read_within_a_memory_bound_by_listings() {
     }
 }
 
+/// Snapshot objects planted so that they parse without a key (a real snapshot's header and
+/// its hash line, then a MAC of zeros and tens of MiB named by their BLAKE3): the commands that
+/// read every snapshot (`verify` with and without a key, `forget`, `copy`) keep no more than
+/// each one's header, not every object whole (12 × 48 MiB: 576 MiB held before).
+#[test]
+fn snapshots_planted_to_parse_are_not_all_held_by_the_commands_that_read_every_snapshot() {
+    let victim = Victim::new("planted_parse");
+    let real = victim.only("snapshots").pop().unwrap();
+    let bytes = std::fs::read(&real).unwrap();
+    let lines: Vec<&[u8]> = bytes.splitn(4, |&b| b == b'\n').collect();
+    for n in 0..12u8 {
+        let filler = vec![n; 48 << 20];
+        let mut planted = [lines[0], lines[1], lines[2]].join(&b'\n');
+        planted.extend_from_slice(format!("\n{}\n", "0".repeat(64)).as_bytes());
+        planted.extend_from_slice(&filler);
+        let name = blake3::hash(&filler).to_hex().to_string();
+        std::fs::write(victim.file("snapshots").join(name), planted).unwrap();
+    }
+    let copy = victim.work.path("copy").to_str().unwrap().to_string();
+    victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
+    let admin = victim.work.admin_key();
+    let runs: [&[&str]; 4] = [
+        &["verify", "--repo", &victim.repo],
+        &["verify", "--repo", &victim.repo, "--identity", &admin],
+        &["forget", "--dry-run", "--repo", &victim.repo, "--keep-last", "1"],
+        &["copy", "--from", &victim.repo, "--to", &copy],
+    ];
+    for args in runs {
+        let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
+        command.args(args);
+        let (code, stdout, peak_kib) = run_measured(command);
+        assert!(code != 101 && code != -1, "{args:?}: exit {code}: {stdout}");
+        assert!(peak_kib < 300 << 10, "{args:?}: peak {} MiB", peak_kib >> 10);
+    }
+    // With a key they are reported; the real snapshot still verifies and restores.
+    let verified = victim.work.run(&["verify", "--repo", &victim.repo, "--identity", &admin]);
+    verified.fails_with(3, "is corrupt or was tampered with");
+    let target = TestDb::create("planted_parse_target");
+    let id = real.file_name().unwrap().to_str().unwrap();
+    victim.work.restore_with(&victim.repo, &target, &[id]).ok();
+    assert_same_database(&victim.source, &target);
+}
+
 /// A dictionary a restore needs, replaced in storage by a huge object (sparse here), is
 /// refused unread at the size its snapshot's index gives, not read whole into memory first.
 #[test]
