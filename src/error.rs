@@ -457,6 +457,10 @@ impl Error {
     }
 }
 
+/// Said after an error a repository's folder gave because its permissions keep this user out.
+pub(crate) const NEEDS_ACCESS: &str =
+    "; the user running crmvault needs access to the repository's folder (read, and write to back up)";
+
 fn storage_message(error: &object_store::Error) -> String {
     let mut text = error.to_string();
     for (prefix, instead) in [
@@ -479,9 +483,7 @@ fn storage_message(error: &object_store::Error) -> String {
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::PermissionDenied
         {
-            text.push_str(
-                "; the user running crmvault needs access to the repository's folder (read, and write to back up)",
-            );
+            text.push_str(NEEDS_ACCESS);
             break;
         }
         source = cause.source();

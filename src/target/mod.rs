@@ -147,8 +147,15 @@ impl Target {
         if mode == OpenMode::Create {
             std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         }
-        if !path.is_dir() {
-            return Err(Error::NotARepository { location: location.to_string() });
+        // A folder this process may not look into is not a place without a repository: said
+        // as what it is, never as "deleted" nor as a place to `init`.
+        match std::fs::metadata(path) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                let said = format!("{error}{}", crate::error::NEEDS_ACCESS);
+                return Err(Error::io(path, std::io::Error::new(error.kind(), said)));
+            }
+            Ok(_) | Err(_) => return Err(Error::NotARepository { location: location.to_string() }),
         }
         let root = path.canonicalize().map_err(|e| Error::io(path, e))?;
         let store = LocalFileSystem::new_with_prefix(&root)

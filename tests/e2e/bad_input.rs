@@ -92,6 +92,45 @@ fn repository_mistakes_are_explained() {
     }
 }
 
+/// A repository folder the user running crmvault may not look into (its parent's permissions
+/// changed, another user's folder) is said to be out of reach, not a place without a repository
+/// ("run `crmvault init` first") nor, where this machine's pin names it, backups deleted.
+#[test]
+fn a_repository_folder_the_user_may_not_enter_is_said_so_not_called_empty() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let work = Workspace::new();
+    // Root enters every folder: the commands run as `nobody` then.
+    let as_root = std::fs::metadata(work.path("")).unwrap().uid() == 0;
+    let (parent, config) = (work.path("shelf"), work.path("nobody-config"));
+    for folder in [&parent, &config] {
+        std::fs::create_dir(folder).unwrap();
+        if as_root {
+            std::os::unix::fs::chown(folder, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    std::fs::set_permissions(work.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |args: &[&str]| {
+        let mut command = work.command_for(if as_root { "setpriv" } else { env!("CARGO_BIN_EXE_crmvault") });
+        if as_root {
+            command.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_crmvault")]);
+        }
+        Run::from(&command.env("CRMVAULT_CONFIG_DIR", &config).args(args).output().unwrap())
+    };
+    let key = config.join("admin.key");
+    let recipient = run(&["keygen", "-o", key.to_str().unwrap()]).ok().stdout.trim().to_string();
+    let repo = parent.join("repo").to_str().unwrap().to_string();
+    run(&["init", "--repo", &repo, "--recipient", &recipient]).ok();
+    // This user's pin now names the place.
+    run(&["snapshots", "--repo", &repo]).ok();
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if as_root {
+        std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
+    }
+    let run = run(&["snapshots", "--repo", &repo]);
+    assert!(!run.stderr.contains("init") && !run.stderr.contains("deleted"), "{}", run.stderr);
+    one_clear_line(run, 1, "Permission denied (os error 13); the user running crmvault needs access");
+}
+
 #[test]
 fn garbage_keys_and_damaged_snapshots_are_named() {
     let Ready { work, repo, report, .. } = Scenario::new("garbage").crm().init("repo").backup();
