@@ -164,10 +164,13 @@ impl RepoSet {
     }
 
     /// Opens what can be opened: of several locations, one that fails is left out (see
-    /// [`RepoSet::left_out`]); with one location, its error is the error.
-    pub async fn open_available<F>(locations: &[String], open: F) -> Result<RepoSet>
+    /// [`RepoSet::left_out`]); with one location, its error is the error. `held_before` says
+    /// what the caller knows of a place that holds no repository now ([`crate::trust::held_before`]):
+    /// said instead of advice to `init` there.
+    pub async fn open_available<F, H>(locations: &[String], open: F, held_before: H) -> Result<RepoSet>
     where
         F: Fn(&str) -> Result<Target>,
+        H: Fn(&str) -> Option<String>,
     {
         if locations.is_empty() {
             return Err(Error::NoTarget);
@@ -182,7 +185,12 @@ impl RepoSet {
             match opened {
                 Ok(repository) => repositories.push(repository),
                 Err(error) if locations.len() > 1 => {
-                    left_out.push(LeftOut { location: location.clone(), reason: error.to_string() });
+                    let held = matches!(error, Error::NotARepository { .. }).then(|| held_before(location)).flatten();
+                    let reason = match held {
+                        Some(held) => format!("no crmvault repository at {location}: {held}"),
+                        None => error.to_string(),
+                    };
+                    left_out.push(LeftOut { location: location.clone(), reason });
                 }
                 Err(error) => return Err(error),
             }
@@ -842,7 +850,7 @@ mod tests {
             |location: &str| if location == b { Err(Error::Invalid("b broke".into())) } else { Ok(location.len()) };
 
         // Several: a copy left out and a copy that fails are failures; the rest is done.
-        let set = RepoSet::open_available(&[a.clone(), b.clone(), gone.clone()], open).await.unwrap();
+        let set = RepoSet::open_available(&[a.clone(), b.clone(), gone.clone()], open, |_| None).await.unwrap();
         let mut each = set.each_copy();
         for repository in set.repositories() {
             let location = repository.target.location();
@@ -854,12 +862,12 @@ mod tests {
         assert_eq!(failed, [gone.as_str(), b.as_str()]);
 
         // One copy: its error is the error, as it is.
-        let set = RepoSet::open_available(std::slice::from_ref(&b), open).await.unwrap();
+        let set = RepoSet::open_available(std::slice::from_ref(&b), open, |_| None).await.unwrap();
         let mut each = set.each_copy::<usize>();
         assert!(matches!(each.take(&b, failing(&b)), Err(Error::Invalid(_))));
 
         // Several, none served: every reason.
-        let set = RepoSet::open_available(&[b.clone(), gone.clone()], open).await.unwrap();
+        let set = RepoSet::open_available(&[b.clone(), gone.clone()], open, |_| None).await.unwrap();
         let mut each = set.each_copy();
         each.take(&b, failing(&b)).unwrap();
         assert!(matches!(each.finish(), Err(Error::EveryTargetFailed(ref reasons)) if reasons.len() == 2));
@@ -873,16 +881,23 @@ mod tests {
         let gone_too = dir.path().join("gone-too").to_str().unwrap().to_string();
 
         // Of several, one that cannot be opened is left out, with why.
-        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open).await.unwrap();
+        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open, |_| None).await.unwrap();
         assert_eq!(set.repositories().len(), 1);
         assert_eq!(set.first().target.location(), good);
         assert_eq!(set.left_out().len(), 1);
         assert_eq!(set.left_out()[0].location, gone);
         assert!(set.left_out()[0].reason.contains("no crmvault repository"), "{:?}", set.left_out());
         assert!(!set.several());
+        // Where the caller knows what the place held, that is said instead of advice to init.
+        let held = |location: &str| (location == gone).then(|| "it held repository R0".to_string());
+        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open, held).await.unwrap();
+        let reason = &set.left_out()[0].reason;
+        assert_eq!(*reason, format!("no crmvault repository at {gone}: it held repository R0"));
+        let error = RepoSet::open_available(&[gone.clone(), gone_too.clone()], open, held).await.unwrap_err();
+        assert!(error.to_string().contains("it held repository R0"), "{error}");
 
         // None: every reason, each naming its target.
-        let error = RepoSet::open_available(&[gone.clone(), gone_too.clone()], open).await.unwrap_err();
+        let error = RepoSet::open_available(&[gone.clone(), gone_too.clone()], open, |_| None).await.unwrap_err();
         let text = error.to_string();
         assert!(matches!(error, Error::EveryTargetFailed(ref reasons) if reasons.len() == 2), "{text}");
         assert!(
@@ -891,7 +906,7 @@ mod tests {
         );
 
         // One: its own error, as it is.
-        let error = RepoSet::open_available(std::slice::from_ref(&gone), open).await.unwrap_err();
+        let error = RepoSet::open_available(std::slice::from_ref(&gone), open, |_| None).await.unwrap_err();
         assert!(matches!(error, Error::NotARepository { .. }), "{error}");
 
         // A command that needs every copy fails on the first it cannot open.

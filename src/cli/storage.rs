@@ -98,7 +98,9 @@ impl Storage {
     pub async fn open_set(&self, locations: &[String], available: bool) -> crmvault::Result<RepoSet> {
         let open = |location: &str| self.open(location, OpenMode::Existing);
         if available {
-            RepoSet::open_available(locations, open).await
+            let config_dir = super::config_dir().ok();
+            let held_before = |location: &str| crmvault::trust::held_before(config_dir.as_deref()?, location);
+            RepoSet::open_available(locations, open, held_before).await
         } else {
             RepoSet::open_all(locations, open).await
         }

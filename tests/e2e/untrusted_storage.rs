@@ -1098,6 +1098,9 @@ fn an_emptied_repository_is_named_as_the_one_this_machine_knew_there_not_as_a_pl
     let newest = victim.only("snapshots").pop().unwrap();
     let newest = newest.file_name().unwrap().to_str().unwrap()[..8].to_string();
     let repository_id = pin_of(&victim.work)["repository_id"].as_str().unwrap().to_string();
+    let copy = victim.work.path("copy").to_str().unwrap().to_string();
+    victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
+    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
     // Emptied in storage (the folder kept), then removed altogether: either way the place is
     // the one this machine's pin names, and "run `crmvault init` first" would start over there.
     for entry in std::fs::read_dir(&victim.repo).unwrap() {
@@ -1117,6 +1120,11 @@ fn an_emptied_repository_is_named_as_the_one_this_machine_knew_there_not_as_a_pl
             assert!(!run.stderr.contains("run `crmvault init` first"), "{}", run.stderr);
         }
         assert!(target.is_empty());
+        // One of several copies: what is said of it where the others go on.
+        let verify = victim.work.run(&["verify", "--repo", &victim.repo, "--repo", &copy]).fails_with(3, "");
+        let said = format!("{}{}", verify.stdout, verify.stderr);
+        assert!(said.contains(&format!("it held repository {repository_id}")), "{said}");
+        assert!(!said.contains("run `crmvault init` first"), "{said}");
     }
     // A place this machine never opened keeps the plain advice.
     let elsewhere = victim.work.path("never").to_str().unwrap().to_string();
