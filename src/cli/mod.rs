@@ -600,6 +600,11 @@ enum Command {
         to: String,
         /// Only these snapshots (ids or `latest`); all by default.
         snapshots: Vec<String>,
+        /// Then write again, from --from, what the snapshots --to holds need there and lack:
+        /// objects missing, of the wrong size, or marked damaged by `verify` (each checked
+        /// against its name first). Exits 3 when something could not be repaired from --from.
+        #[arg(long)]
+        repair: bool,
     },
     /// Remove locks left by crmvault processes that are gone (stale ones; all with --remove-all).
     ///
@@ -1710,7 +1715,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             metrics.prune(&reports);
             output::prune(json, &repacked, &reports, &[]);
         }
-        Command::Copy { from, to, snapshots } => {
+        Command::Copy { from, to, snapshots, repair } => {
             let mut from = storage.open_set(&[from], false).await?;
             let mut to = storage.open_set(&[to], false).await?;
             for targets in [&mut from, &mut to] {
@@ -1728,10 +1733,13 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                     audit.opened(std::slice::from_ref(repository), &keyring);
                 }
             }
-            let report = copy::run(from, to, &snapshots, &locks).await?;
+            let report = copy::run(from, to, (&snapshots, repair), &locks).await?;
             report.snapshots_copied.iter().for_each(|id| audit.snapshot(id));
             lock::release(locks).await;
             output::copy(json, &report, from.target.location(), to.target.location());
+            if !report.not_repaired.is_empty() {
+                return Ok(3);
+            }
         }
         Command::Unlock { repo, identity, remove_all } => {
             let targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;

@@ -559,6 +559,12 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
     for (id, why) in &report.snapshots_skipped {
         say!("left out snapshot {id}: {why}");
     }
+    if report.objects_repaired > 0 {
+        say!("repaired {} at {to} (in the counts above)", count(report.objects_repaired as u64, "object"));
+    }
+    for (key, why) in &report.not_repaired {
+        say!("not repaired: {to}/{key}: {why}");
+    }
 }
 
 pub fn fingerprint(json: bool, repository: &crmvault::repo::Repository, locations: &[String]) {

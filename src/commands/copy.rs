@@ -29,13 +29,22 @@ pub struct CopyReport {
     /// config that is not the repository's (junk, forged, or a key retired by `rekey`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub snapshots_skipped: Vec<(String, String)>,
+    /// With `repair`: objects the destination's snapshots name that were missing there, of the
+    /// wrong size, or marked damaged, written again from the source.
+    pub objects_repaired: usize,
+    /// With `repair`: objects still missing or damaged at the destination, with why (the
+    /// source does not hold them, or holds them damaged too; a refused delete).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_repaired: Vec<(String, String)>,
 }
 
-/// Copies every snapshot of `from` that `to` lacks (or only `only`, when given).
+/// Copies every snapshot of `from` that `to` lacks (or only `only`, when given); with
+/// `repair`, then writes again from `from` what the snapshots `to` holds need there and lack
+/// ([`repair`]).
 pub async fn run(
     from: &Repository,
     to: &Repository,
-    only: &[String],
+    (only, repair_too): (&[String], bool),
     locks: &crate::lock::Locks,
 ) -> Result<CopyReport> {
     // Two copies of one repository at one generation of its keys, as every target of a backup.
@@ -160,7 +169,108 @@ pub async fn run(
         report.objects_copied += 1;
         report.snapshots_copied.push(sealed.id.clone());
     }
+    if repair_too {
+        repair(from, to, &held, &mut report).await?;
+    }
     Ok(report)
+}
+
+/// Writes again, from `from`, each object a snapshot of `to` names (by `to`'s own header: a
+/// backup writes each target's packs apart) that is missing at `to`, of another size than the
+/// header gives, or marked damaged there by `verify`. Each is checked against its name and
+/// size before it is written; a damaged one is deleted first, and its marker after. What
+/// `from` does not hold (a backup to both wrote other packs there: a restore given both
+/// `--repo` takes each chunk from either), or holds damaged too, is named in
+/// [`CopyReport::not_repaired`]. `held`: `to`'s listing of `data/`, `index/` and `dicts/`.
+async fn repair(
+    from: &Repository,
+    to: &Repository,
+    held: &HashMap<String, u64>,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let marked: std::collections::HashSet<String> = (to.target.list("damaged").await?.into_iter())
+        .filter_map(|(key, _)| Some(repo::pack_key(&key.strip_prefix("damaged/")?.parse().ok()?)))
+        .collect();
+    let listed = to.listed_snapshots().await?;
+    let mut headers = futures::stream::iter(
+        listed.iter().map(|(id, size)| async move { (id, to.read_snapshot_header(id, Some(*size)).await) }),
+    )
+    .buffer_unordered(repo::HEADERS_AT_ONCE);
+    // key → (size, there already, marked damaged): each object once, whichever snapshots name it.
+    let mut wanted: std::collections::BTreeMap<String, (u64, bool, bool)> = std::collections::BTreeMap::new();
+    while let Some((id, header)) = headers.next().await {
+        let header = match header {
+            Ok(header) => header,
+            Err(error) => {
+                report.not_repaired.push((repo::snapshot_key(id), format!("its header does not read: {error}")));
+                continue;
+            }
+        };
+        let objects = (header.packs.iter().map(|o| (repo::pack_key(&o.id), o.size)))
+            .chain(header.indexes.iter().map(|o| (repo::index_key(&o.id), o.size)))
+            .chain(header.dictionaries.iter().map(|o| (repo::dictionary_key(&o.id), o.size)));
+        for (key, size) in objects {
+            let there = held.get(&key).copied();
+            if there == Some(size) && !marked.contains(&key) {
+                continue;
+            }
+            let marked = marked.contains(&key);
+            wanted.insert(key, (size, there.is_some(), marked));
+        }
+    }
+    let mut writes = futures::stream::iter(wanted)
+        .map(|(key, (size, in_place, marked))| async move {
+            let bytes = match fetch_checked(from, &key, Some(size)).await {
+                Ok(bytes) => bytes,
+                Err(Error::Missing { .. }) => {
+                    let why = format!(
+                        "{} does not hold it (a backup to both writes each target's own packs: a restore given both \
+                         --repo reads each chunk from either)",
+                        from.target.location()
+                    );
+                    return Ok((key, Err(why)));
+                }
+                Err(error @ Error::Corrupt { .. }) => {
+                    return Ok((key, Err(format!("damaged at the source too: {error}"))));
+                }
+                Err(error) => return Err(error),
+            };
+            let length = bytes.len() as u64;
+            // The object there is deleted only when it is not these bytes (a marker may have
+            // outlived a damage mended by hand).
+            let whole_there = in_place && to.target.get(&key).await.is_ok_and(|there| there == bytes);
+            if in_place
+                && !whole_there
+                && let Err(error) = to.target.delete(&key).await
+            {
+                return Ok((key, Err(format!("the damaged object could not be deleted: {error}"))));
+            }
+            if !whole_there && to.target.put_new(&key, bytes).await? == PutOutcome::AlreadyThere {
+                // Written meanwhile (a backup storing the same pack): it must be right.
+                check_present(to, &key).await?;
+            }
+            let pack = key.strip_prefix("data/").and_then(|rest| rest.rsplit('/').next()?.parse().ok());
+            if let Some(pack) = pack.filter(|_| marked) {
+                let marker = repo::damaged_key(&pack);
+                if let Err(error) = to.target.delete(&marker).await {
+                    tracing::warn!("{}: {marker}: left in place: {error}", to.target.location());
+                }
+            }
+            Ok::<_, Error>((key, Ok(length)))
+        })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some((key, outcome)) = writes.try_next().await? {
+        match outcome {
+            Ok(length) => {
+                report.objects_repaired += 1;
+                report.objects_copied += 1;
+                report.bytes_copied += length;
+            }
+            Err(why) => report.not_repaired.push((key, why)),
+        }
+    }
+    report.not_repaired.sort();
+    Ok(())
 }
 
 /// Copies one content-addressed object unless the destination has it.

@@ -159,6 +159,60 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
     }
 }
 
+/// A copy whose packs were deleted or damaged in storage is repaired from a healthy copy by
+/// `copy --repair` (OPERATIONS.md, *Repairing damaged packs*): verified and restored from alone
+/// afterwards. Packs a backup wrote to each target apart cannot come from the other: named,
+/// exit 3, and nothing there is touched.
+#[test]
+fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
+    let Ready { source, work, repo, .. } = Scenario::new("repair").crm().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    let pack = files_under(&work.path("copy/data")).pop().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&pack, bytes).unwrap();
+    let index = files_under(&work.path("copy/index")).pop().unwrap();
+    std::fs::remove_file(&index).unwrap();
+    // verify finds both and marks the damaged pack.
+    work.run(&["verify", "--repo", &copy]).fails_with(3, "missing");
+    assert_eq!(files_under(&work.path("copy/damaged")).len(), 1);
+    // A copy without --repair leaves them as they are (the snapshot is there).
+    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    assert!(!index.exists());
+
+    let repaired = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]).ok().json();
+    assert_eq!(repaired["objects_repaired"], 2, "{repaired}");
+    assert!(repaired.get("not_repaired").is_none(), "{repaired}");
+    let damaged = work.path("copy/damaged");
+    assert!(!damaged.exists() || files_under(&damaged).is_empty(), "the marker is left");
+    work.run(&["verify", "--repo", &copy, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let target = TestDb::create("repair_target");
+    work.restore(&copy, &target).ok();
+    assert_same_database(&source, &target);
+    // Nothing left to mend: nothing written.
+    let again = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]).ok().json();
+    assert_eq!((again["objects_repaired"].as_u64(), again["objects_copied"].as_u64()), (Some(0), Some(0)));
+
+    // A target a backup wrote beside the first (its own packs): what it lacks is not in the
+    // first under those names.
+    let beside = work.path("beside").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &beside, "--copy-from", &repo]).ok();
+    work.backup_with(&source, &repo, &["--repo", &beside]);
+    let lost = files_under(&work.path("beside/data")).pop().unwrap();
+    std::fs::remove_file(&lost).unwrap();
+    let stored = || ["data", "index", "snapshots"].map(|folder| files_under(&work.path("beside").join(folder)));
+    let before = stored();
+    // (`latest`, which it holds: the older snapshot it never had is not copied here.)
+    let run = work.run(&["copy", "--repair", "--from", &repo, "--to", &beside, "latest"]);
+    let run = run.fails_with(3, "not repaired");
+    assert!(run.stdout.contains(lost.file_name().unwrap().to_str().unwrap()), "{}", run.stdout);
+    assert!(run.stdout.contains("does not hold it"), "{}", run.stdout);
+    assert_eq!(stored(), before);
+}
+
 #[test]
 fn a_deleted_object_is_found_by_plain_verify() {
     let Ready { work, repo, .. } = Scenario::new("deleted").crm().init("repo").backup();
