@@ -174,13 +174,16 @@ pub async fn plan<Tz: TimeZone>(
     let mut groups: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
     let mut unreadable = Vec::new();
     let mut tally = crate::repo::FilterTally::default();
-    for snapshot in repository.snapshots(crate::repo::opened(keyring)).await? {
+    // Each opened in its turn: a year of parsed manifests at once is many times their size.
+    for snapshot in repository.snapshots(crate::repo::authentic(keyring)).await? {
         let (sealed, manifest) = match snapshot {
-            Ok((sealed, Ok(manifest))) => (sealed, manifest),
-            Ok((sealed, Err(error))) => {
-                unreadable.push((sealed.id.to_string(), error.to_string()));
-                continue;
-            }
+            Ok((sealed, proven)) => match proven.and_then(|()| sealed.open(keyring)) {
+                Ok(manifest) => (sealed, manifest),
+                Err(error) => {
+                    unreadable.push((sealed.id.to_string(), error.to_string()));
+                    continue;
+                }
+            },
             Err((name, error)) => {
                 unreadable.push((name, error.to_string()));
                 continue;

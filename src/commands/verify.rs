@@ -352,17 +352,20 @@ pub async fn run(
     // packs each made a copy per object the most memory verify used).
     let mut referenced: BTreeMap<(String, ObjectRef), Vec<Arc<str>>> = BTreeMap::new();
     let mut sealed_snapshots = Vec::new();
-    // With a key, each snapshot's manifest as opened when it was read (its stored bytes let go
-    // of: see `Repository::snapshots`).
-    let mut manifests = Vec::new();
+    // With a key, why each snapshot that did not prove itself as it was read did not (its
+    // stored bytes let go of: see `Repository::snapshots`); those that did are opened in turn.
+    let mut refusals = Vec::new();
     let mut tally = FilterTally::default();
-    let read = |mut sealed: repo::SealedSnapshot| {
-        let manifest = keyring.map(|keyring| sealed.open(keyring));
-        sealed.keep_header_only();
-        (sealed, manifest)
+    let read = |sealed: repo::SealedSnapshot| {
+        if let Some(keyring) = keyring {
+            let (sealed, proven) = repo::authentic(keyring)(sealed);
+            (sealed, proven.err())
+        } else {
+            (repo::header_only(sealed), None)
+        }
     };
     for entry in repository.snapshots(read).await? {
-        let (sealed, manifest) = match entry {
+        let (sealed, refused) = match entry {
             Ok(read) => read,
             Err((id, error)) => {
                 report.snapshots += 1;
@@ -370,7 +373,9 @@ pub async fn run(
                 continue;
             }
         };
-        if !filter.is_empty() && manifest.as_ref().is_some_and(|m| m.as_ref().is_ok_and(|m| !tally.see(filter, m))) {
+        if let Some(keyring) = keyring.filter(|_| !filter.is_empty() && refused.is_none())
+            && sealed.open(keyring).is_ok_and(|manifest| !tally.see(filter, &manifest))
+        {
             continue;
         }
         report.snapshots += 1;
@@ -396,7 +401,7 @@ pub async fn run(
             referenced.entry((repo::dictionary_key(&dictionary.id), dictionary.clone())).or_default().push(id.clone());
         }
         sealed_snapshots.push(sealed);
-        manifests.push(manifest);
+        refusals.push(refused);
     }
     tally.check(filter)?;
 
@@ -558,9 +563,13 @@ pub async fn run(
     let mut unindexed: BTreeMap<String, u64> = BTreeMap::new();
     let mut index = ChunkIndex::default();
     progress.phase("checking snapshots", Unit::Snapshots, Some(sealed_snapshots.len() as u64));
-    for (sealed, opened) in sealed_snapshots.iter().zip(&mut manifests) {
+    for (sealed, refused) in sealed_snapshots.iter().zip(&mut refusals) {
         progress.advance(1);
-        let mut manifest = match opened.take().unwrap_or_else(|| sealed.open(keyring)) {
+        let opened = match refused.take() {
+            Some(error) => Err(error),
+            None => sealed.open(keyring),
+        };
+        let mut manifest = match opened {
             Ok(manifest) => {
                 if report.newest.as_ref().is_none_or(|n| sealed.header.sequence > n.sequence) {
                     report.newest = Some(sealed.mark());

@@ -733,6 +733,41 @@ impl SealedSnapshot {
     /// repository's keys (the MAC is checked before the manifest is parsed). An admin's
     /// keyring also opens the admin-only part and fills in the stream digests.
     pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
+        let compressed = self.authenticated(keyring)?;
+        let key = snapshot_key(&self.id);
+        let mut manifest: Manifest = decode_json(&key, &compressed)?;
+        match manifest.admin_only.take() {
+            Some(sealed) if keyring.is_admin() => {
+                let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;
+                let plaintext = keyring.decrypt(&key, &ciphertext)?;
+                let AdminOnly { digests, database } = serde_json::from_slice(&plaintext)
+                    .map_err(|e| Error::corrupt(&key, format!("bad admin-only part: {e}")))?;
+                manifest.database_object = database;
+                if digests.len() != manifest.streams().count() {
+                    return Err(Error::corrupt(&key, "its admin-only part does not match its streams"));
+                }
+                for (stream, digest) in manifest.streams_mut().zip(digests) {
+                    stream.digest = digest;
+                }
+            }
+            None if self.version >= AUTHENTICATED_VERSION => {
+                return Err(Error::corrupt(&key, "has no admin-only part"));
+            }
+            // The writer's keyring, or a manifest from before format 7.
+            Some(_) | None => {}
+        }
+        Ok(manifest)
+    }
+
+    /// Proves, as [`Self::open`] does, that the snapshot was written with this repository's
+    /// keys, without parsing its manifest: what a reader that keeps a year of snapshots, to
+    /// open each later, checks as it reads them.
+    pub fn authenticate(&self, keyring: &Keyring) -> Result<()> {
+        self.authenticated(keyring).map(drop)
+    }
+
+    /// The manifest's compressed bytes, decrypted and proven by the MAC (see [`Self::open`]).
+    fn authenticated(&self, keyring: &Keyring) -> Result<Vec<u8>> {
         self.whole()?;
         let key = snapshot_key(&self.id);
         // Written under the config this keyring was unlocked with, or carried from an earlier
@@ -774,40 +809,20 @@ impl SealedSnapshot {
         if blake3::Hash::from_hex(&self.mac).ok() != Some(mac) {
             return Err(Error::corrupt(&key, "its MAC does not match (not written with this repository's key)"));
         }
-        let mut manifest: Manifest = decode_json(&key, &compressed)?;
-        match manifest.admin_only.take() {
-            Some(sealed) if keyring.is_admin() => {
-                let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;
-                let plaintext = keyring.decrypt(&key, &ciphertext)?;
-                let AdminOnly { digests, database } = serde_json::from_slice(&plaintext)
-                    .map_err(|e| Error::corrupt(&key, format!("bad admin-only part: {e}")))?;
-                manifest.database_object = database;
-                if digests.len() != manifest.streams().count() {
-                    return Err(Error::corrupt(&key, "its admin-only part does not match its streams"));
-                }
-                for (stream, digest) in manifest.streams_mut().zip(digests) {
-                    stream.digest = digest;
-                }
-            }
-            None if self.version >= AUTHENTICATED_VERSION => {
-                return Err(Error::corrupt(&key, "has no admin-only part"));
-            }
-            // The writer's keyring, or a manifest from before format 7.
-            Some(_) | None => {}
-        }
-        Ok(manifest)
+        Ok(compressed)
     }
 }
 
-/// A snapshot opened with `keyring` as [`Repository::snapshots`] reads it: its header, the
-/// stored object's bytes let go of, and its manifest or why it does not open. What readers
-/// with a key keep of a year of snapshots: one that does not open holds no more than its
-/// header, whatever its size in storage.
-pub fn opened(keyring: &Keyring) -> impl Fn(SealedSnapshot) -> (SealedSnapshot, Result<Manifest>) + '_ {
+/// What readers with a key keep of each snapshot [`Repository::snapshots`] reads: one that
+/// proves itself whole (its manifest, of its real size, to be opened when its turn comes); one
+/// that does not, its header only and why (whatever its size in storage).
+pub fn authentic(keyring: &Keyring) -> impl Fn(SealedSnapshot) -> (SealedSnapshot, Result<()>) + '_ {
     move |mut sealed| {
-        let manifest = sealed.open(keyring);
-        sealed.keep_header_only();
-        (sealed, manifest)
+        let proven = sealed.authenticate(keyring);
+        if proven.is_err() {
+            sealed.keep_header_only();
+        }
+        (sealed, proven)
     }
 }
 
