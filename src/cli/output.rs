@@ -546,7 +546,8 @@ impl crmvault::progress::Progress for Bar {
 
 pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
     if json {
-        print_json(report);
+        // Exit 3 when something could not be repaired.
+        print_json_ok(report, report.not_repaired.is_empty());
         return;
     }
     say!(
@@ -559,8 +560,12 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
     for (id, why) in &report.snapshots_skipped {
         say!("left out snapshot {id}: {why}");
     }
-    if report.objects_repaired > 0 {
-        say!("repaired {} at {to} (in the counts above)", count(report.objects_repaired as u64, "object"));
+    if report.objects_repaired > 0 || report.markers_cleared > 0 {
+        say!(
+            "repaired {} at {to} (in the counts above); {} of damage cleared",
+            count(report.objects_repaired as u64, "object"),
+            count(report.markers_cleared as u64, "marker")
+        );
     }
     for (key, why) in &report.not_repaired {
         say!("not repaired: {to}/{key}: {why}");

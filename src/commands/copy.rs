@@ -32,8 +32,10 @@ pub struct CopyReport {
     /// With `repair`: objects the destination's snapshots name that were missing there, of the
     /// wrong size, or marked damaged, written again from the source.
     pub objects_repaired: usize,
+    /// With `repair`: `verify`'s damage markers removed, of packs written again or found whole.
+    pub markers_cleared: usize,
     /// With `repair`: objects still missing or damaged at the destination, with why (the
-    /// source does not hold them, or holds them damaged too; a refused delete).
+    /// source does not hold them, or holds them damaged too; a marker that could not go).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_repaired: Vec<(String, String)>,
 }
@@ -81,6 +83,11 @@ pub async fn run(
         let listed = to.listed_objects().await?;
         held.retain(|key, _| listed.contains(key));
     }
+    // First, so that what a new snapshot shares with the old ones is whole before it is
+    // counted as held (a truncated pack would stop the copy of a snapshot that reuses it).
+    if repair_too {
+        repair(from, to, &mut held, locks, &mut report).await?;
+    }
     let mut wanted = Vec::new();
     for selector in only {
         wanted.push(from.resolve_snapshot(selector).await?);
@@ -113,12 +120,8 @@ pub async fn run(
             report.snapshots_present += 1;
             continue;
         }
-        let header = &sealed.header;
-        let objects = (header.packs.iter().map(|o| (repo::pack_key(&o.id), o.size)))
-            .chain(header.indexes.iter().map(|o| (repo::index_key(&o.id), o.size)))
-            .chain(header.dictionaries.iter().map(|o| (repo::dictionary_key(&o.id), o.size)));
         let mut missing = Vec::new();
-        for (key, size) in objects {
+        for (key, size) in objects_of(&sealed.header) {
             match held.get(&key) {
                 Some(&found) if found == size => {}
                 Some(&found) => return Err(size_mismatch((from, &sealed.id), to, &key, found, size).await),
@@ -169,108 +172,213 @@ pub async fn run(
         report.objects_copied += 1;
         report.snapshots_copied.push(sealed.id.clone());
     }
-    if repair_too {
-        repair(from, to, &held, &mut report).await?;
-    }
     Ok(report)
 }
 
-/// Writes again, from `from`, each object a snapshot of `to` names (by `to`'s own header: a
-/// backup writes each target's packs apart) that is missing at `to`, of another size than the
-/// header gives, or marked damaged there by `verify`. Each is checked against its name and
-/// size before it is written; a damaged one is deleted first, and its marker after. What
-/// `from` does not hold (a backup to both wrote other packs there: a restore given both
-/// `--repo` takes each chunk from either), or holds damaged too, is named in
-/// [`CopyReport::not_repaired`]. `held`: `to`'s listing of `data/`, `index/` and `dicts/`.
+/// Writes again, from `from`, what the snapshots of `to` need there and lack, by `to`'s own
+/// headers (a backup writes each target's packs apart: the source's header of the same
+/// snapshot may name other packs): each object they name that is missing, of another size
+/// than the header gives, an index or dictionary whose bytes do not match its name (all read:
+/// they are small), or a pack `verify` marked damaged (read: a marker may outlive damage mended
+/// by hand); then each snapshot object whose bytes do not match its name, from `from`'s object
+/// of that name when everything its header names is whole here. Nothing is written that is
+/// not checked against its name and size first, and a damaged object is written over, never
+/// deleted first. What cannot come from `from` is named in [`CopyReport::not_repaired`].
+/// `held`: `to`'s listing of `data/`, `index/` and `dicts/`, brought up to date.
 async fn repair(
     from: &Repository,
     to: &Repository,
-    held: &HashMap<String, u64>,
+    held: &mut HashMap<String, u64>,
+    locks: &crate::lock::Locks,
     report: &mut CopyReport,
 ) -> Result<()> {
     let marked: std::collections::HashSet<String> = (to.target.list("damaged").await?.into_iter())
         .filter_map(|(key, _)| Some(repo::pack_key(&key.strip_prefix("damaged/")?.parse().ok()?)))
         .collect();
+    // The destination's snapshots, read whole (within the process's read budget).
     let listed = to.listed_snapshots().await?;
-    let mut headers = futures::stream::iter(
-        listed.iter().map(|(id, size)| async move { (id, to.read_snapshot_header(id, Some(*size)).await) }),
+    let mut reads = futures::stream::iter(
+        listed
+            .iter()
+            .map(|(id, size)| async move { (id, to.read_listed_snapshot(id, *size).await.map(repo::header_only)) }),
     )
     .buffer_unordered(repo::HEADERS_AT_ONCE);
-    // key → (size, there already, marked damaged): each object once, whichever snapshots name it.
-    let mut wanted: std::collections::BTreeMap<String, (u64, bool, bool)> = std::collections::BTreeMap::new();
-    while let Some((id, header)) = headers.next().await {
-        let header = match header {
-            Ok(header) => header,
-            Err(error) => {
-                report.not_repaired.push((repo::snapshot_key(id), format!("its header does not read: {error}")));
-                continue;
-            }
-        };
-        let objects = (header.packs.iter().map(|o| (repo::pack_key(&o.id), o.size)))
-            .chain(header.indexes.iter().map(|o| (repo::index_key(&o.id), o.size)))
-            .chain(header.dictionaries.iter().map(|o| (repo::dictionary_key(&o.id), o.size)));
-        for (key, size) in objects {
-            let there = held.get(&key).copied();
-            if there == Some(size) && !marked.contains(&key) {
-                continue;
-            }
-            let marked = marked.contains(&key);
-            wanted.insert(key, (size, there.is_some(), marked));
+    // key → size: each object once, whichever snapshots name it.
+    let mut named: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut damaged_snapshots = Vec::new();
+    while let Some((id, read)) = reads.next().await {
+        match read {
+            Ok(sealed) => named.extend(objects_of(&sealed.header)),
+            Err(Error::Missing { .. }) => {}
+            Err(Error::Corrupt { .. } | Error::UnsupportedFormat { .. }) => damaged_snapshots.push(id.clone()),
+            Err(error) => return Err(error),
         }
     }
-    let mut writes = futures::stream::iter(wanted)
-        .map(|(key, (size, in_place, marked))| async move {
-            let bytes = match fetch_checked(from, &key, Some(size)).await {
-                Ok(bytes) => bytes,
-                Err(Error::Missing { .. }) => {
-                    let why = format!(
-                        "{} does not hold it (a backup to both writes each target's own packs: a restore given both \
-                         --repo reads each chunk from either)",
-                        from.target.location()
-                    );
-                    return Ok((key, Err(why)));
-                }
-                Err(error @ Error::Corrupt { .. }) => {
-                    return Ok((key, Err(format!("damaged at the source too: {error}"))));
-                }
-                Err(error) => return Err(error),
-            };
-            let length = bytes.len() as u64;
-            // The object there is deleted only when it is not these bytes (a marker may have
-            // outlived a damage mended by hand).
-            let whole_there = in_place && to.target.get(&key).await.is_ok_and(|there| there == bytes);
-            if in_place
-                && !whole_there
-                && let Err(error) = to.target.delete(&key).await
-            {
-                return Ok((key, Err(format!("the damaged object could not be deleted: {error}"))));
+    drop(reads);
+    // A damaged snapshot is written again from the source's object of that name, with what
+    // that one names (the same objects, when this target was made by `copy`).
+    let mut from_source = Vec::new();
+    for id in damaged_snapshots {
+        let key = repo::snapshot_key(&id);
+        let why = match from.read_snapshot(&id).await {
+            Ok(sealed) => {
+                named.extend(objects_of(&sealed.header));
+                from_source.push(repo::header_only(sealed));
+                continue;
             }
-            if !whole_there && to.target.put_new(&key, bytes).await? == PutOutcome::AlreadyThere {
+            Err(Error::Missing { .. }) => format!("damaged here, and {} does not hold it", from.target.location()),
+            Err(error @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
+                format!("damaged here and at the source too: {error}")
+            }
+            Err(error) => return Err(error),
+        };
+        report.not_repaired.push((key, why));
+    }
+    // What is wrong with each: missing, the wrong size, or (read) not its name's bytes.
+    let checks = futures::stream::iter(named.into_iter().map(|(key, size)| {
+        let there = held.get(&key).copied();
+        let marked = marked.contains(&key);
+        async move {
+            let whole = match there {
+                Some(found) if found != size => false,
+                None => false,
+                Some(_) if key.starts_with("data/") && !marked => true,
+                Some(_) => is_whole(to, &key, size).await?,
+            };
+            Ok::<_, Error>((key, size, there.is_some(), marked, whole))
+        }
+    }))
+    .buffer_unordered(IN_FLIGHT);
+    let checked: Vec<_> = checks.try_collect().await?;
+    let mut wrong = Vec::new();
+    for (key, size, there, marked, whole) in checked {
+        if whole {
+            if marked {
+                clear_marker(to, &key, report).await;
+            }
+        } else {
+            wrong.push((key, size, there, marked));
+        }
+    }
+    wrong.sort();
+    // Still the destination's appender before anything there is written over.
+    locks.confirm(to.target.location()).await?;
+    let mut writes = futures::stream::iter(wrong)
+        .map(|(key, size, there, marked)| async move {
+            let bytes = match fetch_repair(from, &key, size).await? {
+                Ok(bytes) => bytes,
+                Err(why) => return Ok((key, size, marked, Err(why))),
+            };
+            if there {
+                to.target.rewrite(&key, bytes).await?;
+            } else if to.target.put_new(&key, bytes).await? == PutOutcome::AlreadyThere {
                 // Written meanwhile (a backup storing the same pack): it must be right.
                 check_present(to, &key).await?;
             }
-            let pack = key.strip_prefix("data/").and_then(|rest| rest.rsplit('/').next()?.parse().ok());
-            if let Some(pack) = pack.filter(|_| marked) {
-                let marker = repo::damaged_key(&pack);
-                if let Err(error) = to.target.delete(&marker).await {
-                    tracing::warn!("{}: {marker}: left in place: {error}", to.target.location());
-                }
-            }
-            Ok::<_, Error>((key, Ok(length)))
+            Ok::<_, Error>((key, size, marked, Ok(())))
         })
         .buffer_unordered(IN_FLIGHT);
-    while let Some((key, outcome)) = writes.try_next().await? {
+    while let Some((key, size, marked, outcome)) = writes.try_next().await? {
         match outcome {
-            Ok(length) => {
+            Ok(()) => {
                 report.objects_repaired += 1;
                 report.objects_copied += 1;
-                report.bytes_copied += length;
+                report.bytes_copied += size;
+                held.insert(key.clone(), size);
+                if marked {
+                    clear_marker(to, &key, report).await;
+                }
             }
             Err(why) => report.not_repaired.push((key, why)),
         }
     }
+    drop(writes);
+    // Last, as in a copy: the snapshot object, once everything it names is whole here.
+    let unrepaired: std::collections::HashSet<String> = report.not_repaired.iter().map(|(k, _)| k.clone()).collect();
+    for sealed in from_source {
+        let key = repo::snapshot_key(&sealed.id);
+        let lacking = objects_of(&sealed.header)
+            .find(|(object, size)| held.get(object) != Some(size) || unrepaired.contains(object));
+        if let Some((object, _)) = lacking {
+            report.not_repaired.push((key, format!("damaged here; it names {object}, which could not be repaired")));
+            continue;
+        }
+        let bytes = from.target.get_at_most(&key, sealed.object_size).await?;
+        if crate::crypto::object_hash(&bytes) != sealed.object_hash {
+            report.not_repaired.push((key, "changed in the source while it was read: repair again".into()));
+            continue;
+        }
+        to.target.rewrite(&key, bytes).await?;
+        report.objects_repaired += 1;
+        report.objects_copied += 1;
+        report.bytes_copied += sealed.object_size;
+    }
     report.not_repaired.sort();
     Ok(())
+}
+
+/// The packs, indexes and dictionaries a snapshot header names, as (key, size).
+fn objects_of(header: &repo::SnapshotHeader) -> impl Iterator<Item = (String, u64)> + '_ {
+    (header.packs.iter().map(|o| (repo::pack_key(&o.id), o.size)))
+        .chain(header.indexes.iter().map(|o| (repo::index_key(&o.id), o.size)))
+        .chain(header.dictionaries.iter().map(|o| (repo::dictionary_key(&o.id), o.size)))
+}
+
+/// Whether `target` holds `key` whole: `size` bytes that match its name (read no further).
+async fn is_whole(target: &Repository, key: &str, size: u64) -> Result<bool> {
+    match target.target.get_at_most(key, size).await {
+        Ok(bytes) => Ok(bytes.len() as u64 == size && repo::check_object_name(key, &bytes).is_ok()),
+        Err(Error::Missing { .. } | Error::Corrupt { .. }) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// `from`'s object `key`, read no larger than `size` and checked against its name and size;
+/// or why it cannot mend the destination's.
+async fn fetch_repair(from: &Repository, key: &str, size: u64) -> Result<std::result::Result<bytes::Bytes, String>> {
+    let bytes = match from.target.get_at_most(key, size).await {
+        Ok(bytes) => bytes,
+        Err(Error::Missing { .. }) => {
+            return Ok(Err(format!(
+                "{} does not hold it (a backup to both writes each target's own packs: a restore given both --repo \
+                 reads each chunk from either)",
+                from.target.location()
+            )));
+        }
+        Err(Error::Corrupt { .. }) => {
+            return Ok(Err(format!(
+                "{}'s object of that name is larger than this target's snapshots say ({size} bytes): one of them \
+                 is damaged",
+                from.target.location()
+            )));
+        }
+        Err(error) => return Err(error),
+    };
+    if repo::check_object_name(key, &bytes).is_err() {
+        return Ok(Err(format!("damaged at {} too (its bytes do not match its name)", from.target.location())));
+    }
+    if bytes.len() as u64 != size {
+        return Ok(Err(format!(
+            "this target's snapshots name it with {size} bytes; the object of that name has {} (their header is \
+             wrong)",
+            bytes.len()
+        )));
+    }
+    Ok(Ok(bytes))
+}
+
+/// Removes `verify`'s damage marker of the pack `key`, whole now: backups may reuse it again.
+async fn clear_marker(to: &Repository, key: &str, report: &mut CopyReport) {
+    let Some(pack) = key.strip_prefix("data/").and_then(|rest| rest.rsplit('/').next()?.parse().ok()) else {
+        return;
+    };
+    let marker = repo::damaged_key(&pack);
+    match to.target.delete(&marker).await {
+        Ok(()) => report.markers_cleared += 1,
+        Err(error) => {
+            report.not_repaired.push((marker, format!("the pack is whole, but its marker stays: {error}")));
+        }
+    }
 }
 
 /// Copies one content-addressed object unless the destination has it.

@@ -419,6 +419,18 @@ impl Target {
             return Ok(PutOutcome::AlreadyThere);
         }
         tracing::warn!("{}: replacing {key}, which has the wrong size (an interrupted upload?)", self.location);
+        self.rewrite(key, bytes).await?;
+        Ok(PutOutcome::Written)
+    }
+
+    /// Writes `bytes` over the object named `key`, durably, in one step (a reader sees the old
+    /// bytes or the new): a content-addressed object found damaged, replaced by bytes checked
+    /// against its name (`copy --repair`, a leftover [`Self::put_new`] heals). Needs no right
+    /// to delete.
+    pub async fn rewrite(&self, key: &str, bytes: Bytes) -> Result<()> {
+        if let Some(root) = &self.local_root {
+            refuse_linked_folders(root, key)?;
+        }
         self.store
             .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
             .await
@@ -429,7 +441,7 @@ impl Target {
                 .await
                 .expect("the fsync task does not panic")?;
         }
-        Ok(PutOutcome::Written)
+        Ok(())
     }
 
     /// Reads a whole object with its version, or `None` when it does not exist. Only for the

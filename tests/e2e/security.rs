@@ -159,8 +159,8 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
     }
 }
 
-/// A copy whose packs were deleted or damaged in storage is repaired from a healthy copy by
-/// `copy --repair` (OPERATIONS.md, *Repairing damaged packs*): verified and restored from alone
+/// A copy whose objects were damaged in storage is repaired from a healthy copy by `copy
+/// --repair` (OPERATIONS.md, *Repairing damaged packs*): verified and restored from alone
 /// afterwards. Packs a backup wrote to each target apart cannot come from the other: named,
 /// exit 3, and nothing there is touched.
 #[test]
@@ -169,22 +169,30 @@ fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
     let copy = work.path("copy").to_str().unwrap().to_string();
     work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
     work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
-    let pack = files_under(&work.path("copy/data")).pop().unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x20;
-    std::fs::write(&pack, bytes).unwrap();
-    let index = files_under(&work.path("copy/index")).pop().unwrap();
-    std::fs::remove_file(&index).unwrap();
-    // verify finds both and marks the damaged pack.
-    work.run(&["verify", "--repo", &copy]).fails_with(3, "missing");
+    let only = |folder: &str| files_under(&work.path("copy").join(folder)).pop().unwrap();
+    let damage = |path: &std::path::Path, at: fn(usize) -> usize| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = at(bytes.len());
+        bytes[at] ^= 0x20;
+        std::fs::write(path, bytes).unwrap();
+    };
+    // The pack cut short; the index, and later the snapshot's manifest, each a byte flipped.
+    let pack = only("data");
+    let length = std::fs::metadata(&pack).unwrap().len();
+    std::fs::File::options().write(true).open(&pack).unwrap().set_len(length - 100).unwrap();
+    damage(&only("index"), |length| length / 2);
+    // verify finds them and marks the pack (then the snapshot is damaged too).
+    work.run(&["verify", "--repo", &copy]).fails_with(3, "");
     assert_eq!(files_under(&work.path("copy/damaged")).len(), 1);
-    // A copy without --repair leaves them as they are (the snapshot is there).
-    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
-    assert!(!index.exists());
+    damage(&only("snapshots"), |length| length - 1);
+    // A newer snapshot of the source uses the pack too: a plain copy stops at it.
+    work.backup(&source, &repo);
+    work.run(&["copy", "--from", &repo, "--to", &copy]).fails_with(1, "expected");
 
     let repaired = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]).ok().json();
-    assert_eq!(repaired["objects_repaired"], 2, "{repaired}");
+    assert_eq!(repaired["objects_repaired"], 3, "{repaired}");
+    assert_eq!(repaired["markers_cleared"], 1, "{repaired}");
+    assert_eq!(repaired["snapshots_copied"].as_array().unwrap().len(), 1, "{repaired}");
     assert!(repaired.get("not_repaired").is_none(), "{repaired}");
     let damaged = work.path("copy/damaged");
     assert!(!damaged.exists() || files_under(&damaged).is_empty(), "the marker is left");
@@ -192,9 +200,14 @@ fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
     let target = TestDb::create("repair_target");
     work.restore(&copy, &target).ok();
     assert_same_database(&source, &target);
-    // Nothing left to mend: nothing written.
+    // Nothing left to mend: nothing written. A marker left on a whole pack only goes.
+    let pack_id = pack.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::create_dir_all(&damaged).unwrap();
+    std::fs::write(damaged.join(&pack_id), b"").unwrap();
     let again = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]).ok().json();
     assert_eq!((again["objects_repaired"].as_u64(), again["objects_copied"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(again["markers_cleared"], 1, "{again}");
+    assert!(!damaged.join(&pack_id).exists());
 
     // A target a backup wrote beside the first (its own packs): what it lacks is not in the
     // first under those names.
@@ -205,11 +218,14 @@ fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
     std::fs::remove_file(&lost).unwrap();
     let stored = || ["data", "index", "snapshots"].map(|folder| files_under(&work.path("beside").join(folder)));
     let before = stored();
-    // (`latest`, which it holds: the older snapshot it never had is not copied here.)
-    let run = work.run(&["copy", "--repair", "--from", &repo, "--to", &beside, "latest"]);
-    let run = run.fails_with(3, "not repaired");
-    assert!(run.stdout.contains(lost.file_name().unwrap().to_str().unwrap()), "{}", run.stdout);
-    assert!(run.stdout.contains("does not hold it"), "{}", run.stdout);
+    // (`latest`, which it holds: the older snapshots it never had are not copied here.)
+    let run = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &beside, "latest"]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(report["ok"], false, "{report}");
+    let not_repaired = report["not_repaired"].to_string();
+    assert!(not_repaired.contains(lost.file_name().unwrap().to_str().unwrap()), "{report}");
+    assert!(not_repaired.contains("does not hold it"), "{report}");
     assert_eq!(stored(), before);
 }
 
