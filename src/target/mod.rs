@@ -144,17 +144,21 @@ impl Target {
     }
 
     fn open_local(location: &str, path: &Path, mode: OpenMode) -> Result<Target> {
-        if mode == OpenMode::Create {
-            std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
-        }
         // A folder this process may not look into is not a place without a repository: said
         // as what it is, never as "deleted" nor as a place to `init`.
+        let out_of_reach = |error: std::io::Error| {
+            let said = format!("{error}{}", crate::error::NEEDS_ACCESS);
+            Error::io(path, std::io::Error::new(error.kind(), said))
+        };
+        if mode == OpenMode::Create {
+            std::fs::create_dir_all(path).map_err(|error| match error.kind() {
+                std::io::ErrorKind::PermissionDenied => out_of_reach(error),
+                _ => Error::io(path, error),
+            })?;
+        }
         match std::fs::metadata(path) {
             Ok(metadata) if metadata.is_dir() => {}
-            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                let said = format!("{error}{}", crate::error::NEEDS_ACCESS);
-                return Err(Error::io(path, std::io::Error::new(error.kind(), said)));
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => return Err(out_of_reach(error)),
             Ok(_) | Err(_) => return Err(Error::NotARepository { location: location.to_string() }),
         }
         let root = path.canonicalize().map_err(|e| Error::io(path, e))?;

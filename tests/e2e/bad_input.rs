@@ -126,9 +126,13 @@ fn a_repository_folder_the_user_may_not_enter_is_said_so_not_called_empty() {
     if as_root {
         std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
     }
-    let run = run(&["snapshots", "--repo", &repo]);
-    assert!(!run.stderr.contains("init") && !run.stderr.contains("deleted"), "{}", run.stderr);
-    one_clear_line(run, 1, "Permission denied (os error 13); the user running crmvault needs access");
+    let snapshots = run(&["snapshots", "--repo", &repo]);
+    assert!(!snapshots.stderr.contains("init") && !snapshots.stderr.contains("deleted"), "{}", snapshots.stderr);
+    one_clear_line(snapshots, 1, "Permission denied (os error 13); the user running crmvault needs access");
+    // Nor is a new repository started there.
+    let elsewhere = parent.join("new").to_str().unwrap().to_string();
+    let init = run(&["init", "--repo", &elsewhere, "--recipient", &recipient]);
+    one_clear_line(init, 1, "Permission denied (os error 13); the user running crmvault needs access");
 }
 
 #[test]
