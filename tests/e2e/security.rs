@@ -229,6 +229,45 @@ fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
     assert_eq!(stored(), before);
 }
 
+/// On storage that refuses deletes (Object Lock, credentials without the right), `copy
+/// --repair` still mends a damaged pack, which it writes over, and says that verify's marker
+/// stays instead of failing the repair on it (made here with `chattr +i`, root only).
+#[test]
+fn copy_repair_mends_where_deletes_are_refused_and_says_the_marker_stays() {
+    let Ready { source, work, repo, .. } = Scenario::new("repair_nodelete").crm().init("repo").backup();
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    let pack = files_under(&work.path("copy/data")).pop().unwrap();
+    let length = std::fs::metadata(&pack).unwrap().len();
+    std::fs::File::options().write(true).open(&pack).unwrap().set_len(length - 100).unwrap();
+    work.run(&["verify", "--repo", &copy]).fails_with(3, "");
+    let damaged = work.path("copy/damaged");
+    /// Lets the folder go again, however the test ends.
+    struct Immutable(std::path::PathBuf);
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+    let locked = std::process::Command::new("chattr").arg("+i").arg(&damaged).status();
+    if !locked.is_ok_and(|status| status.success()) {
+        eprintln!("skipped: chattr +i needs root and a file system that has it");
+        return;
+    }
+    let _guard = Immutable(damaged.clone());
+    let run = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!((report["objects_repaired"].as_u64(), report["markers_cleared"].as_u64()), (Some(1), Some(0)));
+    assert!(run.stderr.contains("stays, though its pack is whole"), "{}", run.stderr);
+    assert_eq!(files_under(&damaged).len(), 1);
+    work.run(&["verify", "--repo", &copy, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let target = TestDb::create("repair_nodelete_target");
+    work.restore(&copy, &target).ok();
+    assert_same_database(&source, &target);
+}
+
 #[test]
 fn a_deleted_object_is_found_by_plain_verify() {
     let Ready { work, repo, .. } = Scenario::new("deleted").crm().init("repo").backup();
