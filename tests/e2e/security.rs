@@ -229,6 +229,15 @@ fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
     assert_eq!(stored(), before);
 }
 
+/// A folder made immutable with `chattr +i`, let go again however the test ends.
+struct Immutable(std::path::PathBuf);
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
 /// On storage that refuses deletes (Object Lock, credentials without the right), `copy
 /// --repair` still mends a damaged pack, which it writes over, and says that verify's marker
 /// stays instead of failing the repair on it (made here with `chattr +i`, root only).
@@ -243,13 +252,6 @@ fn copy_repair_mends_where_deletes_are_refused_and_says_the_marker_stays() {
     std::fs::File::options().write(true).open(&pack).unwrap().set_len(length - 100).unwrap();
     work.run(&["verify", "--repo", &copy]).fails_with(3, "");
     let damaged = work.path("copy/damaged");
-    /// Lets the folder go again, however the test ends.
-    struct Immutable(std::path::PathBuf);
-    impl Drop for Immutable {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
-        }
-    }
     let locked = std::process::Command::new("chattr").arg("+i").arg(&damaged).status();
     if !locked.is_ok_and(|status| status.success()) {
         eprintln!("skipped: chattr +i needs root and a file system that has it");
