@@ -219,6 +219,21 @@ fn copy_brings_only_missing_snapshots_and_the_copy_restores() {
         .ok();
     assert_same_database(&source, &restored);
 
+    // Damage in the bucket (a pack flipped, an index deleted) is mended from the folder.
+    if let Some(dir) = server.bucket_dir() {
+        let pack = files_under(&dir.join("copy/data")).into_iter().next().unwrap();
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        std::fs::write(&pack, bytes).unwrap();
+        std::fs::remove_file(files_under(&dir.join("copy/index")).into_iter().next().unwrap()).unwrap();
+        run_s3(&stranger, &server, &["verify", "--repo", &bucket]).fails_with(3, "missing");
+        let args = ["copy", "--json", "--repair", "--from", &local, "--to", &bucket];
+        let report = run_s3(&stranger, &server, &args).ok().json();
+        assert_eq!((report["objects_repaired"].as_u64(), report["markers_cleared"].as_u64()), (Some(2), Some(1)));
+        run_s3(&work, &server, &["verify", "--repo", &bucket, "--identity", &work.admin_key(), "--read-data"]).ok();
+    }
+
     // A repository made by another init is refused.
     let other = work.path("other");
     let recipient = work.keygen("other.key");
