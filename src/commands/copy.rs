@@ -158,17 +158,13 @@ pub async fn run(
         }
         // Last, as in a backup: the snapshot is the commit.
         let key = repo::snapshot_key(&sealed.id);
-        // No more than the object first read (one put in its place may be of any size).
-        let bytes = from.target.get_at_most(&key, sealed.object_size).await?;
-        // Read again: it must be the object whose header was read above (the one that names
-        // what was copied), not one put in its place meanwhile.
-        if crate::crypto::object_hash(&bytes) != sealed.object_hash {
+        let Some(bytes) = read_again(from, &sealed).await? else {
             return Err(Error::corrupt(
                 format!("{}/{key}", from.target.location()),
                 "changed in storage while it was copied (not the object whose header was read): nothing of it was \
                  written; copy again",
             ));
-        }
+        };
         report.bytes_copied += bytes.len() as u64;
         // Still the destination's appender (as a backup checks before its commit).
         locks.confirm(to.target.location()).await?;
@@ -200,8 +196,9 @@ async fn repair(
     // writer may have rewritten (a keyless hash line) could be planted at any size.
     let budget = ReadBudget::new(repo::READ_BUDGET);
     let budget = &budget;
-    let marked: std::collections::HashSet<String> = (to.target.list("damaged").await?.into_iter())
-        .filter_map(|(key, _)| Some(repo::pack_key(&key.strip_prefix("damaged/")?.parse().ok()?)))
+    // Pack key → its `verify` marker's key.
+    let marked: HashMap<String, String> = (to.target.list("damaged").await?.into_iter())
+        .filter_map(|(marker, _)| Some((repo::pack_key(&marker.strip_prefix("damaged/")?.parse().ok()?), marker)))
         .collect();
     // The destination's snapshots, read whole (within the process's read budget).
     let listed = to.listed_snapshots().await?;
@@ -248,15 +245,15 @@ async fn repair(
     // What is wrong with each: missing, the wrong size, or (read) not its name's bytes.
     let checks = futures::stream::iter(named.into_iter().map(|(key, size)| {
         let there = held.get(&key).copied();
-        let marked = marked.contains(&key);
+        let marker = marked.get(&key).cloned();
         async move {
             let whole = match there {
                 Some(found) if found != size => false,
                 None => false,
-                Some(_) if key.starts_with("data/") && !marked => true,
+                Some(_) if key.starts_with("data/") && marker.is_none() => true,
                 Some(_) => is_whole(to, &key, size, budget).await?,
             };
-            Ok::<_, Error>((key, size, there.is_some(), marked, whole))
+            Ok::<_, Error>((key, size, there.is_some(), marker, whole))
         }
     }))
     .buffer_unordered(IN_FLIGHT);
@@ -264,21 +261,19 @@ async fn repair(
     // Still the destination's appender before anything there changes.
     locks.confirm(to.target.location()).await?;
     let mut wrong = Vec::new();
-    for (key, size, there, marked, whole) in checked {
-        if whole {
-            if marked {
-                clear_marker(to, &key, report).await;
-            }
-        } else {
-            wrong.push((key, size, there, marked));
+    for (key, size, there, marker, whole) in checked {
+        if !whole {
+            wrong.push((key, size, there, marker));
+        } else if let Some(marker) = marker {
+            clear_marker(to, &marker, report).await;
         }
     }
     wrong.sort();
     let mut writes = futures::stream::iter(wrong)
-        .map(|(key, size, there, marked)| async move {
+        .map(|(key, size, there, marker)| async move {
             let held = match fetch_repair(from, &key, size, budget).await? {
                 Ok(held) => held,
-                Err(why) => return Ok((key, size, marked, Err(why))),
+                Err(why) => return Ok((key, size, marker, Err(why))),
             };
             // Counted in the budget until written.
             let bytes = bytes::Bytes::clone(&held);
@@ -289,18 +284,18 @@ async fn repair(
                 check_present(to, &key).await?;
             }
             drop(held);
-            Ok::<_, Error>((key, size, marked, Ok(())))
+            Ok::<_, Error>((key, size, marker, Ok(())))
         })
         .buffer_unordered(IN_FLIGHT);
-    while let Some((key, size, marked, outcome)) = writes.try_next().await? {
+    while let Some((key, size, marker, outcome)) = writes.try_next().await? {
         match outcome {
             Ok(()) => {
                 report.objects_repaired += 1;
                 report.objects_copied += 1;
                 report.bytes_copied += size;
                 held.insert(key.clone(), size);
-                if marked {
-                    clear_marker(to, &key, report).await;
+                if let Some(marker) = marker {
+                    clear_marker(to, &marker, report).await;
                 }
             }
             Err(why) => report.not_repaired.push((key, why)),
@@ -317,11 +312,10 @@ async fn repair(
             report.not_repaired.push((key, format!("damaged here; it names {object}, which could not be repaired")));
             continue;
         }
-        let bytes = from.target.get_at_most(&key, sealed.object_size).await?;
-        if crate::crypto::object_hash(&bytes) != sealed.object_hash {
+        let Some(bytes) = read_again(from, &sealed).await? else {
             report.not_repaired.push((key, "changed in the source while it was read: repair again".into()));
             continue;
-        }
+        };
         locks.confirm(to.target.location()).await?;
         to.target.rewrite(&key, bytes).await?;
         report.objects_repaired += 1;
@@ -330,6 +324,14 @@ async fn repair(
     }
     report.not_repaired.sort();
     Ok(())
+}
+
+/// The snapshot object `sealed` was read from, read again to be written: no larger than it was
+/// (one put in its place may be of any size), and `None` unless it is that object (the one
+/// whose header named what was copied), not one put in its place meanwhile.
+async fn read_again(from: &Repository, sealed: &repo::SealedSnapshot) -> Result<Option<bytes::Bytes>> {
+    let bytes = from.target.get_at_most(&repo::snapshot_key(&sealed.id), sealed.object_size).await?;
+    Ok((crate::crypto::object_hash(&bytes) == sealed.object_hash).then_some(bytes))
 }
 
 /// The packs, indexes and dictionaries a snapshot header names, as (key, size).
@@ -394,15 +396,11 @@ async fn fetch_repair(
     Ok(Ok(bytes))
 }
 
-/// Removes `verify`'s damage marker of the pack `key`, whole now: backups may reuse it again.
-async fn clear_marker(to: &Repository, key: &str, report: &mut CopyReport) {
-    let Some(pack) = key.strip_prefix("data/").and_then(|rest| rest.rsplit('/').next()?.parse().ok()) else {
-        return;
-    };
-    let marker = repo::damaged_key(&pack);
+/// Removes `verify`'s damage `marker` of a pack whole now: backups may reuse it again.
+async fn clear_marker(to: &Repository, marker: &str, report: &mut CopyReport) {
     // A marker that cannot go (storage without the right to delete) keeps backups passing a
     // whole pack over: wasteful, not wrong.
-    match to.target.delete(&marker).await {
+    match to.target.delete(marker).await {
         Ok(()) => report.markers_cleared += 1,
         Err(error) => tracing::warn!("{}: {marker} stays, though its pack is whole: {error}", to.target.location()),
     }

@@ -159,16 +159,23 @@ fn a_flipped_byte_in_any_object_is_found_by_verify_and_stops_a_restore() {
     }
 }
 
+/// A backup of the CRM fixture in "repo", copied by `copy` into "copy" (same packs): the path
+/// of the copy.
+fn backed_up_and_copied(label: &str) -> (Ready, String) {
+    let ready = Scenario::new(label).crm().init("repo").backup();
+    let copy = ready.work.path("copy").to_str().unwrap().to_string();
+    ready.work.run(&["init", "--repo", &copy, "--copy-from", &ready.repo]).ok();
+    ready.work.run(&["copy", "--from", &ready.repo, "--to", &copy]).ok();
+    (ready, copy)
+}
+
 /// A copy whose objects were damaged in storage is repaired from a healthy copy by `copy
 /// --repair` (OPERATIONS.md, *Repairing damaged packs*): verified and restored from alone
 /// afterwards. Packs a backup wrote to each target apart cannot come from the other: named,
 /// exit 3, and nothing there is touched.
 #[test]
 fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
-    let Ready { source, work, repo, .. } = Scenario::new("repair").crm().init("repo").backup();
-    let copy = work.path("copy").to_str().unwrap().to_string();
-    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
-    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    let (Ready { source, work, repo, .. }, copy) = backed_up_and_copied("repair");
     let only = |folder: &str| files_under(&work.path("copy").join(folder)).pop().unwrap();
     let damage = |path: &std::path::Path, at: fn(usize) -> usize| {
         let mut bytes = std::fs::read(path).unwrap();
@@ -243,10 +250,7 @@ impl Drop for Immutable {
 /// stays instead of failing the repair on it (made here with `chattr +i`, root only).
 #[test]
 fn copy_repair_mends_where_deletes_are_refused_and_says_the_marker_stays() {
-    let Ready { source, work, repo, .. } = Scenario::new("repair_nodelete").crm().init("repo").backup();
-    let copy = work.path("copy").to_str().unwrap().to_string();
-    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
-    work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    let (Ready { source, work, repo, .. }, copy) = backed_up_and_copied("repair_nodelete");
     let pack = files_under(&work.path("copy/data")).pop().unwrap();
     let length = std::fs::metadata(&pack).unwrap().len();
     std::fs::File::options().write(true).open(&pack).unwrap().set_len(length - 100).unwrap();
