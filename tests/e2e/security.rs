@@ -236,6 +236,27 @@ fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
     assert_eq!(stored(), before);
 }
 
+/// A source whose object of the right name holds other bytes (damaged there too, or planted by
+/// whoever writes it) mends nothing: the destination's object stays as it was, named, exit 3.
+#[test]
+fn copy_repair_writes_nothing_the_source_holds_under_the_right_name_with_other_bytes() {
+    let (Ready { work, repo, .. }, copy) = backed_up_and_copied("repair_bad_source");
+    let pack = files_under(&work.path("copy/data")).pop().unwrap();
+    let length = std::fs::metadata(&pack).unwrap().len();
+    std::fs::File::options().write(true).open(&pack).unwrap().set_len(length - 100).unwrap();
+    let before = std::fs::read(&pack).unwrap();
+    let source_pack = work.path("repo").join(pack.strip_prefix(work.path("copy")).unwrap());
+    let mut bytes = std::fs::read(&source_pack).unwrap();
+    bytes[length as usize / 2] ^= 0x20;
+    std::fs::write(&source_pack, bytes).unwrap();
+    let run = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(report["objects_repaired"], 0, "{report}");
+    assert!(report["not_repaired"].to_string().contains("too (its bytes do not match its name)"), "{report}");
+    assert_eq!(std::fs::read(&pack).unwrap(), before);
+}
+
 /// A folder made immutable with `chattr +i`, let go again however the test ends.
 struct Immutable(std::path::PathBuf);
 
