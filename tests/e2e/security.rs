@@ -247,7 +247,8 @@ fn copy_repair_writes_nothing_the_source_holds_under_the_right_name_with_other_b
     let before = std::fs::read(&pack).unwrap();
     let source_pack = work.path("repo").join(pack.strip_prefix(work.path("copy")).unwrap());
     let mut bytes = std::fs::read(&source_pack).unwrap();
-    bytes[length as usize / 2] ^= 0x20;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
     std::fs::write(&source_pack, bytes).unwrap();
     let run = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]);
     assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
