@@ -226,6 +226,13 @@ async fn repair(
     for id in damaged_snapshots {
         let key = repo::snapshot_key(&id);
         let why = match from.read_snapshot(&id).await {
+            // As the copy leaves it out: forged, or written with a retired key.
+            Ok(sealed) if !from.claims_this_config(&sealed) => {
+                format!(
+                    "damaged here, and {}'s object of that name is written under another config",
+                    from.target.location()
+                )
+            }
             Ok(sealed) => {
                 // The destination's own headers say first what they need.
                 for (object, size) in objects_of(&sealed.header) {
