@@ -14,10 +14,6 @@ use crate::target::{Held, PutOutcome, ReadBudget};
 /// time of each is mostly round trips when either is a bucket.
 const IN_FLIGHT: usize = 8;
 
-/// The largest object the repair reads (an index's limit, far above any pack or dictionary):
-/// the sizes it reads at are a header's, which without a key is the storage's word.
-const LARGEST_REPAIRED: u64 = repo::MAX_INDEX_BYTES;
-
 /// What `copy` did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CopyReport {
@@ -351,7 +347,8 @@ fn objects_of(header: &repo::SnapshotHeader) -> impl Iterator<Item = (String, u6
 /// Whether `target` holds `key` whole: `size` bytes that match its name (read no further,
 /// within `budget`).
 async fn is_whole(target: &Repository, key: &str, size: u64, budget: &ReadBudget) -> Result<bool> {
-    if size > LARGEST_REPAIRED {
+    // The size is a header's, which without a key is the storage's word.
+    if size > repo::largest_object(key) {
         return Ok(false);
     }
     match target.target.get_within_sized(key, size, budget).await {
@@ -369,7 +366,7 @@ async fn fetch_repair(
     size: u64,
     budget: &ReadBudget,
 ) -> Result<std::result::Result<Held, String>> {
-    if size > LARGEST_REPAIRED {
+    if size > repo::largest_object(key) {
         return Ok(Err(format!("named with {size} bytes, too large for what it is (a header rewritten in storage?)")));
     }
     let bytes = match from.target.get_within_sized(key, size, budget).await {
@@ -427,7 +424,7 @@ async fn copy_object(from: &Repository, to: &Repository, key: &str, report: &mut
 
 /// A content-addressed object present at `to`, checked against its name.
 async fn check_present(to: &Repository, key: &str) -> Result<()> {
-    let bytes = to.target.get(key).await?;
+    let bytes = to.target.get_at_most(key, repo::largest_object(key)).await?;
     repo::check_object_name(key, &bytes).map_err(|_| {
         Error::corrupt(
             format!("{}/{key}", to.target.location()),
@@ -437,12 +434,21 @@ async fn check_present(to: &Repository, key: &str) -> Result<()> {
     })
 }
 
-/// A content-addressed object of `from`, checked against its name (and `size`, when known).
+/// A content-addressed object of `from`, checked against its name (and `size`, when known),
+/// read no larger than that size or what its kind can hold.
 async fn fetch_checked(from: &Repository, key: &str, size: Option<u64>) -> Result<bytes::Bytes> {
-    let bytes = from.target.get(key).await?;
+    let wrong_size = || Error::corrupt(format!("{}/{key}", from.target.location()), "has the wrong size");
+    let largest = repo::largest_object(key);
+    if size.is_some_and(|expected| expected > largest) {
+        return Err(Error::corrupt(
+            format!("{}/{key}", from.target.location()),
+            "is named with more bytes than its kind holds (a header rewritten in storage?)",
+        ));
+    }
+    let bytes = from.target.get_if_at_most(key, size.unwrap_or(largest)).await?.map_err(|_| wrong_size())?;
     repo::check_object_name(key, &bytes)?;
     if size.is_some_and(|expected| expected != bytes.len() as u64) {
-        return Err(Error::corrupt(format!("{}/{key}", from.target.location()), "has the wrong size"));
+        return Err(wrong_size());
     }
     Ok(bytes)
 }
@@ -458,7 +464,7 @@ async fn size_mismatch(
     found: u64,
     expected: u64,
 ) -> Error {
-    match to.target.get(key).await {
+    match to.target.get_at_most(key, repo::largest_object(key)).await {
         Ok(bytes) if repo::check_object_name(key, &bytes).is_ok() => Error::corrupt(
             format!("{}/{}", from.target.location(), repo::snapshot_key(snapshot)),
             format!(

@@ -287,7 +287,9 @@ async fn carried_snapshots(
     for repository in repositories {
         let here: BTreeSet<SnapshotId> = repository.snapshot_ids().await?.into_iter().collect();
         for (key, _) in repository.target.list("forgotten").await? {
-            let Ok(bytes) = repository.target.get(&key).await else { continue };
+            let Ok(bytes) = repository.target.get_at_most(&key, crate::repo::largest_object(&key)).await else {
+                continue;
+            };
             match ForgetRecord::open(&key, &bytes, Some(keyring)) {
                 Ok(record)
                     if record.snapshots.iter().all(|s| match record.kind {
@@ -332,7 +334,7 @@ async fn catch_up(behind: &Repository, head: &Repository) -> Result<Repository> 
     };
     for (_, config) in &head.chain[at + 1..] {
         for key in config.keys.iter().chain(&config.admin_keys) {
-            let bytes = head.target.get(key).await?;
+            let bytes = head.target.get_at_most(key, crate::repo::MAX_KEYS_BYTES).await?;
             crate::repo::check_object_name(key, &bytes)?;
             behind.target.put_new(key, bytes).await?;
         }

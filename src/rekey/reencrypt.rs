@@ -237,15 +237,16 @@ impl Rewriting<'_> {
                 Some(old) if self.dictionaries.contains_key(&old.id) => Some(self.dictionaries[&old.id].clone()),
                 Some(old) => {
                     let key = repo::dictionary_key(&old.id);
-                    let new = rewrite(repository, keyring, &key, &data_recipients, repo::dictionary_key).await?;
+                    let new =
+                        rewrite(repository, keyring, (&key, old.size), &data_recipients, repo::dictionary_key).await?;
                     self.out.dictionaries += 1;
                     self.dictionaries.insert(old.id.clone(), new.clone());
                     Some(new)
                 }
                 None => None,
             };
-            let pack = rewrite(repository, keyring, &repo::pack_key(&record.pack.id), &data_recipients, repo::pack_key)
-                .await?;
+            let key = repo::pack_key(&record.pack.id);
+            let pack = rewrite(repository, keyring, (&key, record.pack.size), &data_recipients, repo::pack_key).await?;
             self.out.packs += 1;
             let new = PackRecord { pack, dictionary, chunks: record.chunks };
             self.packs_done.insert(signature, new.clone());
@@ -371,15 +372,16 @@ pub(crate) async fn store_copy(
     Ok(())
 }
 
-/// Decrypts the object `key` and stores it encrypted to `recipients`, named by `name`.
+/// Decrypts the object `key` (of the `size` its index records) and stores it encrypted to
+/// `recipients`, named by `name`.
 async fn rewrite(
     repository: &Repository,
     keyring: &Keyring,
-    key: &str,
+    (key, size): (&str, u64),
     recipients: &[age::x25519::Recipient],
     name: impl Fn(&ObjectId) -> String,
 ) -> Result<ObjectRef> {
-    let ciphertext = repository.target.get(key).await?;
+    let ciphertext = repository.target.get_at_most(key, size).await?;
     repo::check_object_name(key, &ciphertext)?;
     let plaintext = keyring.decrypt(key, &ciphertext)?;
     let ciphertext = bytes::Bytes::from(crypto::encrypt(recipients, &plaintext));

@@ -14,7 +14,7 @@ use super::{FORMAT_VERSION, Keyring, Repository, is_object_hash};
 /// The first word of an audit record.
 const AUDIT_MAGIC: &str = "crmvault-audit";
 /// Records larger than this are not read.
-const MAX_AUDIT_BYTES: u64 = 1 << 20;
+pub(super) const MAX_AUDIT_BYTES: u64 = 1 << 20;
 /// Where a MAC goes, what no record of crmvault's holds (only a keyring writes records): a
 /// record with it is a forgery.
 const NO_MAC: &str = "-";

@@ -12,8 +12,8 @@ use crate::target::Target;
 use crate::trust::Fingerprint;
 
 use super::{
-    AUTHENTICATED_VERSION, CONFIG_KEY, FORMAT_VERSION, OLDEST_FORMAT_VERSION, Repository, config_copy_key,
-    is_object_hash,
+    AUTHENTICATED_VERSION, CONFIG_KEY, FORMAT_VERSION, MAX_CONFIG_BYTES, OLDEST_FORMAT_VERSION, Repository,
+    config_copy_key, is_object_hash,
 };
 
 /// Choices fixed at `init` for the repository's life.
@@ -162,7 +162,7 @@ impl Repository {
     /// `config`.
     pub async fn config_bytes_of(&self, hash: &str) -> Result<Bytes> {
         for key in [config_copy_key(hash), CONFIG_KEY.to_string()] {
-            if let Ok(bytes) = self.target.get(&key).await
+            if let Ok(bytes) = self.target.get_at_most(&key, MAX_CONFIG_BYTES).await
                 && crypto::object_hash(&bytes) == hash
             {
                 return Ok(bytes);
@@ -219,17 +219,19 @@ impl Repository {
             // A `config` claiming a format this build does not know may be an edit in storage
             // too (advising an upgrade would be wrong then): its whole copy decides.
             Err(error @ (Error::NotARepository { .. } | Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
-                let mut whole = Vec::new();
+                // The first whole one and how many there are (planted ones are not held).
+                let (mut whole, mut count) = (None, 0);
                 for (key, _) in target.list("configs").await.unwrap_or_default() {
                     if let Ok(repository) = Self::open_config(target.clone(), &key).await
                         && key.ends_with(&repository.config_hash)
                         && repository.config.generation == 0
                     {
-                        whole.push(repository);
+                        count += 1;
+                        whole.get_or_insert(repository);
                     }
                 }
-                match whole.len() {
-                    1 => {
+                match (whole, count) {
+                    (Some(whole), 1) => {
                         let what = match error {
                             Error::NotARepository { .. } => "its `config` is missing".to_string(),
                             error => error.to_string(),
@@ -237,9 +239,9 @@ impl Repository {
                         tracing::warn!(
                             "{}: {what}; using its whole copy configs/{} (`crmvault verify` reports it)",
                             target.location(),
-                            whole[0].config_hash
+                            whole.config_hash
                         );
-                        whole.remove(0)
+                        whole
                     }
                     _ => return Err(error),
                 }
@@ -312,6 +314,9 @@ impl Repository {
         if self.config.version < AUTHENTICATED_VERSION {
             return Ok(self);
         }
+        // Of each later config, its name and what it claims to follow; only those that claim
+        // to follow the one reached are read again and checked (whoever writes the storage can
+        // plant any number, each as large as a config may be: none is held longer).
         let mut later = Vec::new();
         for (key, _) in self.target.list("configs").await? {
             let Some(hash) = key.strip_prefix("configs/").filter(|hash| is_object_hash(hash)) else { continue };
@@ -321,21 +326,31 @@ impl Repository {
             if let Ok(candidate) = Self::open_config(self.target.clone(), &key).await
                 && candidate.config_hash == hash
                 && candidate.config.generation > self.config.generation
+                && let Some(previous) = candidate.config.previous
             {
-                later.push(candidate);
+                later.push((key, previous, candidate.config.generation));
             }
         }
         loop {
-            let mut next: Vec<&Repository> = later
-                .iter()
-                .filter(|candidate| self.config.is_signed_successor(&self.config_hash, &candidate.config))
-                .collect();
-            let Some(successor) = next.pop() else { return Ok(self) };
-            if !next.is_empty() {
+            let mut successors = Vec::new();
+            for (key, _, _) in later.iter().filter(|(_, previous, generation)| {
+                *previous == self.config_hash && *generation == self.config.generation + 1
+            }) {
+                if let Ok(candidate) = Self::open_config(self.target.clone(), key).await
+                    && key.ends_with(&candidate.config_hash)
+                    && self.config.is_signed_successor(&self.config_hash, &candidate.config)
+                {
+                    successors.push(candidate);
+                    if successors.len() > 1 {
+                        break;
+                    }
+                }
+            }
+            let Some(successor) = successors.pop() else { return Ok(self) };
+            if !successors.is_empty() {
                 self.fork = Some(self.config.generation);
                 return Ok(self);
             }
-            let successor = successor.clone();
             self.chain.push((successor.config_hash.clone(), successor.config.clone()));
             self.config = successor.config;
             self.config_hash = successor.config_hash;
@@ -343,7 +358,7 @@ impl Repository {
     }
 
     async fn open_config(target: Target, key: &str) -> Result<Repository> {
-        let bytes = match target.get(key).await {
+        let bytes = match target.get_at_most(key, MAX_CONFIG_BYTES).await {
             Ok(bytes) => bytes,
             Err(Error::Missing { .. }) => {
                 return Err(Error::NotARepository { location: target.location().into() });

@@ -18,7 +18,7 @@ use super::{AUTHENTICATED_VERSION, FORMAT_VERSION, Keyring, ObjectId, Repository
 /// The first word of a forget record.
 const RECORD_MAGIC: &str = "crmvault-forgotten";
 /// Records larger than this are not read (a record of 10 000 snapshots is about 1.3 MB).
-const MAX_RECORD_BYTES: u64 = 16 << 20;
+pub(super) const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 /// What one `forget` removed, and why; or which snapshots a target never received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

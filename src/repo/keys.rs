@@ -383,6 +383,16 @@ impl NextGeneration {
         };
         config.signature = Some(signing.sign_config(&config.signed_bytes()));
         let bytes = Bytes::from(config.to_bytes());
+        // No reader would open it (the keys objects just stored are named by nothing).
+        if bytes.len() as u64 > super::MAX_CONFIG_BYTES {
+            return Err(Error::Invalid(format!(
+                "the new config would be {} bytes, more than readers take ({}): it carries {} objects of earlier \
+                 generations; forget and prune old snapshots first",
+                bytes.len(),
+                super::MAX_CONFIG_BYTES,
+                config.carried.len()
+            )));
+        }
         let hash = crypto::object_hash(&bytes);
         Ok(NextGeneration { config, bytes, hash })
     }
@@ -483,7 +493,7 @@ impl Repository {
         let mut first_error = None;
         for key in keys {
             let opened = async {
-                let ciphertext = self.target.get(key).await?;
+                let ciphertext = self.target.get_at_most(key, super::MAX_KEYS_BYTES).await?;
                 // The config names the object by its hash: a replaced keys object is refused here.
                 check_object_name(key, &ciphertext)?;
                 let plaintext = crypto::decrypt(identities, &ciphertext).map_err(|failure| match failure {

@@ -14,6 +14,34 @@ use crate::error::{Error, Result};
 /// The config object's key (the first generation).
 pub const CONFIG_KEY: &str = "config";
 
+/// The largest config (`config`, `configs/…`) read: a few KiB, growing with the 64 hex digits
+/// a `rekey` carries for each snapshot and record written under earlier keys (a quarter of a
+/// million of them fit).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The largest keys object read: secrets of a few hundred bytes a generation, encrypted to at
+/// most [`crate::crypto::MAX_RECIPIENTS`] recipients.
+pub const MAX_KEYS_BYTES: u64 = 1 << 20;
+/// The largest pack or dictionary read where no header gives its size: a pack is
+/// 8 MiB and its last chunk (at most [`super::MAX_CHUNK_BYTES`] before compression), a
+/// dictionary far less.
+pub const MAX_DATA_BYTES: u64 = 64 << 20;
+
+/// The most bytes a well-formed object stored under `key` can hold: every object is read whole
+/// under a limit (whoever writes the storage can put anything under any name, and what is
+/// read whole is held whole), this one where nothing tighter is known.
+pub fn largest_object(key: &str) -> u64 {
+    match key.split_once('/').map_or(key, |(folder, _)| folder) {
+        "config" | "configs" => MAX_CONFIG_BYTES,
+        "keys" => MAX_KEYS_BYTES,
+        "snapshots" => super::MAX_SNAPSHOT_BYTES,
+        "index" => super::MAX_INDEX_BYTES,
+        "forgotten" => super::forgotten::MAX_RECORD_BYTES,
+        "audit" => super::audit::MAX_AUDIT_BYTES,
+        // Packs, dictionaries; and markers, locks and the rest, which are smaller still.
+        _ => MAX_DATA_BYTES,
+    }
+}
+
 /// Defines a name of a content-addressed object: the BLAKE3 hash of its stored bytes, checked
 /// on the way in (parsed, deserialised) to be 64 lowercase hex digits, so that it is safe to put
 /// in an object key. It serialises as that plain string, and is held as the hash's 32 bytes: a

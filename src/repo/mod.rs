@@ -168,7 +168,12 @@ impl Repository {
         ensure_empty(&target).await?;
         for (hash, config) in &self.chain {
             for key in config.keys.iter().chain(&config.admin_keys) {
-                match self.target.get(key).await.and_then(|bytes| check_object_name(key, &bytes).map(|()| bytes)) {
+                match self
+                    .target
+                    .get_at_most(key, MAX_KEYS_BYTES)
+                    .await
+                    .and_then(|bytes| check_object_name(key, &bytes).map(|()| bytes))
+                {
                     Ok(keys) => {
                         target.put_new(key, keys).await?;
                     }

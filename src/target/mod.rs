@@ -195,26 +195,25 @@ impl Target {
         }
     }
 
-    /// Reads a whole object.
-    pub async fn get(&self, key: &str) -> Result<Bytes> {
-        self.refuse_special(key)?;
-        let result = self.store.get(&ObjectPath::from(key)).await;
-        match result {
-            Ok(object) => Ok(object.bytes().await.map_err(|e| self.map_error(key, e))?),
-            Err(e) => Err(self.map_error(key, e)),
-        }
+    /// Reads a whole object of at most `limit` bytes; a larger one is refused as corrupt before
+    /// its body is read (what storage holds is not believed about its own size). Every read
+    /// of a whole object states its limit: whoever writes the storage can put anything under
+    /// any name, and an object read whole is held whole.
+    pub async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes> {
+        self.get_if_at_most(key, limit)
+            .await?
+            .map_err(|size| Error::corrupt(key, format!("{size} bytes: too large for what it is")))
     }
 
-    /// Reads a whole object of at most `limit` bytes; a larger one is refused as corrupt before
-    /// its body is read (what storage holds is not believed about its own size).
-    pub async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes> {
+    /// [`Self::get_at_most`], with a larger object's size (`Err`) for the caller to report.
+    pub async fn get_if_at_most(&self, key: &str, limit: u64) -> Result<std::result::Result<Bytes, u64>> {
         self.refuse_special(key)?;
         let result = self.store.get_opts(&ObjectPath::from(key), GetOptions::default()).await;
         let result = result.map_err(|e| self.map_error(key, e))?;
         if result.meta.size > limit {
-            return Err(Error::corrupt(key, format!("{} bytes: too large for what it is", result.meta.size)));
+            return Ok(Err(result.meta.size));
         }
-        result.bytes().await.map_err(|e| self.map_error(key, e))
+        Ok(Ok(result.bytes().await.map_err(|e| self.map_error(key, e))?))
     }
 
     /// [`Self::get_at_most`] under a shared `budget` of bytes in memory: the read waits until

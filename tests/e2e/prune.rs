@@ -371,7 +371,7 @@ mod s3 {
         fn listed(&self) -> BTreeSet<String> {
             let mut live = BTreeSet::new();
             for key in self.keys("snapshots") {
-                let bytes = self.runtime.block_on(self.target.get(&key)).unwrap();
+                let bytes = self.runtime.block_on(self.target.get_at_most(&key, u64::MAX)).unwrap();
                 let header: serde_json::Value =
                     serde_json::from_slice(bytes.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
                 for (field, folder) in [("packs", "data"), ("indexes", "index"), ("dictionaries", "dicts")] {

@@ -98,12 +98,12 @@ conformance!(
 async fn a_new_object_reads_back_whole_with_its_size(target: Target, _: Kind) {
     let bytes = content(1000, 1);
     assert_eq!(target.put_new("config", bytes.clone()).await.unwrap(), PutOutcome::Written);
-    assert_eq!(target.get("config").await.unwrap(), bytes);
+    assert_eq!(target.get_at_most("config", u64::MAX).await.unwrap(), bytes);
     assert_eq!(target.size_of("config").await.unwrap(), Some(1000));
     assert_eq!(target.size_of("configs/absent").await.unwrap(), None);
     // An empty object is an object.
     assert_eq!(target.put_new("keys/empty", Bytes::new()).await.unwrap(), PutOutcome::Written);
-    assert_eq!(target.get("keys/empty").await.unwrap(), Bytes::new());
+    assert_eq!(target.get_at_most("keys/empty", u64::MAX).await.unwrap(), Bytes::new());
     assert_eq!(target.size_of("keys/empty").await.unwrap(), Some(0));
 }
 
@@ -112,13 +112,13 @@ async fn put_new_never_replaces_an_existing_object(target: Target, _: Kind) {
     assert_eq!(target.put_new("snapshots/one", first.clone()).await.unwrap(), PutOutcome::Written);
     for other in [content(500, 2), content(499, 3), content(5000, 4), Bytes::new()] {
         assert_eq!(target.put_new("snapshots/one", other).await.unwrap(), PutOutcome::AlreadyThere);
-        assert_eq!(target.get("snapshots/one").await.unwrap(), first);
+        assert_eq!(target.get_at_most("snapshots/one", u64::MAX).await.unwrap(), first);
     }
     // An object named by its hash, written again with other bytes of the same size: left as is.
     let name = hash_name("data/aa", 'a');
     assert_eq!(target.put_new(&name, first.clone()).await.unwrap(), PutOutcome::Written);
     assert_eq!(target.put_new(&name, content(500, 5)).await.unwrap(), PutOutcome::AlreadyThere);
-    assert_eq!(target.get(&name).await.unwrap(), first);
+    assert_eq!(target.get_at_most(&name, u64::MAX).await.unwrap(), first);
 }
 
 async fn a_content_addressed_leftover_of_another_size_is_replaced(target: Target, _: Kind) {
@@ -127,7 +127,7 @@ async fn a_content_addressed_leftover_of_another_size_is_replaced(target: Target
     let (name, whole) = (hash_name("data/bb", 'b'), content(3000, 1));
     assert_eq!(target.put_new(&name, whole.slice(..1000)).await.unwrap(), PutOutcome::Written);
     assert_eq!(target.put_new(&name, whole.clone()).await.unwrap(), PutOutcome::Written);
-    assert_eq!(target.get(&name).await.unwrap(), whole);
+    assert_eq!(target.get_at_most(&name, u64::MAX).await.unwrap(), whole);
     assert_eq!(target.put_new(&name, whole.clone()).await.unwrap(), PutOutcome::AlreadyThere);
 }
 
@@ -149,7 +149,7 @@ async fn a_large_object_reads_back_whole_and_by_range_and_is_never_replaced(targ
     let name = hash_name("data/cc", 'c');
     assert_eq!(target.put_new(&name, bytes.clone()).await.unwrap(), PutOutcome::Written);
     assert_eq!(target.size_of(&name).await.unwrap(), Some(9 << 20));
-    assert!(target.get(&name).await.unwrap() == bytes, "the large object reads back changed");
+    assert!(target.get_at_most(&name, u64::MAX).await.unwrap() == bytes, "the large object reads back changed");
     let across = (5 << 20) - 100..(5 << 20) + 100;
     assert_eq!(target.get_range(&name, across.clone()).await.unwrap(), slice(&bytes, &across));
     assert_eq!(target.put_new(&name, bytes.clone()).await.unwrap(), PutOutcome::AlreadyThere);
@@ -157,7 +157,7 @@ async fn a_large_object_reads_back_whole_and_by_range_and_is_never_replaced(targ
     assert_eq!(target.put_new("snapshots/large", bytes.clone()).await.unwrap(), PutOutcome::Written);
     let other = content((9 << 20) + 1, 2);
     assert_eq!(target.put_new("snapshots/large", other).await.unwrap(), PutOutcome::AlreadyThere);
-    assert!(target.get("snapshots/large").await.unwrap() == bytes, "a large object was replaced");
+    assert!(target.get_at_most("snapshots/large", u64::MAX).await.unwrap() == bytes, "a large object was replaced");
 }
 
 async fn listing_is_sorted_and_stays_under_its_prefix(target: Target, _: Kind) {
@@ -180,7 +180,7 @@ async fn a_missing_object_is_a_missing_error_naming_it_and_the_target(target: Ta
     target.put_new("snapshots/present", content(10, 1)).await.unwrap();
     let expected = format!("snapshots/absent is missing from {}", target.location());
     for error in [
-        target.get("snapshots/absent").await.unwrap_err(),
+        target.get_at_most("snapshots/absent", u64::MAX).await.unwrap_err(),
         target.get_range("snapshots/absent", 0..4).await.unwrap_err(),
     ] {
         assert!(
@@ -198,13 +198,13 @@ async fn delete_removes_an_object_and_a_missing_one_is_no_error(target: Target, 
     target.put_new("locks/two", bytes.clone()).await.unwrap();
     target.delete("locks/one").await.unwrap();
     assert_eq!(target.size_of("locks/one").await.unwrap(), None);
-    assert!(matches!(target.get("locks/one").await, Err(Error::Missing { .. })));
+    assert!(matches!(target.get_at_most("locks/one", u64::MAX).await, Err(Error::Missing { .. })));
     assert_eq!(target.list("locks").await.unwrap(), vec![("locks/two".to_string(), 100)]);
     target.delete("locks/one").await.unwrap();
     target.delete("never/was").await.unwrap();
     // The name is free again.
     assert_eq!(target.put_new("locks/one", content(7, 2)).await.unwrap(), PutOutcome::Written);
-    assert_eq!(target.get("locks/one").await.unwrap(), content(7, 2));
+    assert_eq!(target.get_at_most("locks/one", u64::MAX).await.unwrap(), content(7, 2));
 }
 
 async fn a_target_is_empty_until_its_first_object(target: Target, _: Kind) {
@@ -240,7 +240,10 @@ async fn concurrent_writers_of_one_name_have_exactly_one_winner(target: Target, 
             }
         }
         assert_eq!(winners.len(), 1, "{name}: {} writers were told they wrote it", winners.len());
-        assert!(target.get(name).await.unwrap() == winners[0], "{name} does not hold the winner's bytes");
+        assert!(
+            target.get_at_most(name, u64::MAX).await.unwrap() == winners[0],
+            "{name} does not hold the winner's bytes"
+        );
     }
 }
 

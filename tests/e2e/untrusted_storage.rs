@@ -1330,3 +1330,53 @@ fn a_huge_object_planted_as_a_dictionary_is_refused_unread_by_a_restore() {
     victim.work.restore(&victim.repo, &target).fails_with(1, "too large for what it is");
     assert!(target.is_empty());
 }
+
+/// Objects whoever writes the storage can replace or add where configs, keys objects and packs
+/// live are read no larger than what they hold: a backup to two targets, `verify` and `copy`
+/// each read them (1 GiB each here, sparse; a 64 GiB `config` ended a backup to every target,
+/// killed for its memory, before reads were bounded), refuse them as damaged, and the targets
+/// they spare still get their snapshot.
+#[test]
+fn large_objects_planted_as_configs_keys_and_packs_are_refused_unread() {
+    let victim = Victim::new("planted_configs");
+    let copy = victim.work.path("copy").to_str().unwrap().to_string();
+    victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
+    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    let huge = |path: &Path| std::fs::File::create(path).unwrap().set_len(1 << 30).unwrap();
+    let in_copy = |folder: &str| files_under(&victim.work.path(&format!("copy/{folder}")));
+    for n in 0..3u8 {
+        huge(&victim.work.path(&format!("copy/configs/{:064x}", u128::from(n) + 0xbad0)));
+    }
+    huge(&victim.work.path("copy/config"));
+    huge(&in_copy("keys")[0]);
+    huge(&in_copy("data")[0]);
+    let measured = |args: &[&str]| {
+        let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
+        command.args(args);
+        let (code, stdout, peak_kib) = run_measured(command);
+        assert!(peak_kib < 300 << 10, "{args:?}: peak {} MiB: {stdout}", peak_kib >> 10);
+        (code, stdout)
+    };
+
+    let url = victim.source.url();
+    let (code, stdout) =
+        measured(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &victim.repo, "--repo", &copy]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(victim.only("snapshots").len(), 2);
+    assert_eq!(in_copy("snapshots").len(), 2);
+
+    let (code, stdout) = measured(&["verify", "--json", "--repo", &copy]);
+    assert_eq!(code, 3, "{stdout}");
+    for named in ["\"config\"", "configs/000000000000000000000000000000000000000000000000000000000000bad0", "keys/"] {
+        assert!(stdout.contains(named), "{named} not reported: {stdout}");
+    }
+    assert!(stdout.contains("size is 1073741824 bytes"), "{stdout}");
+
+    // A source pack that large, refused by a copy to a new place before it is read.
+    let packs = victim.only("data");
+    huge(&packs[0]);
+    let fresh = victim.work.path("fresh").to_str().unwrap().to_string();
+    victim.work.run(&["init", "--repo", &fresh, "--copy-from", &victim.repo]).ok();
+    let (code, stdout) = measured(&["copy", "--json", "--from", &victim.repo, "--to", &fresh]);
+    assert_ne!(code, 0, "{stdout}");
+}
