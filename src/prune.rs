@@ -150,6 +150,8 @@ pub struct PrunePlan {
     pub garbage: Vec<StoredObject>,
     /// What stays, by kind.
     pub kept: Tally,
+    /// Objects a header names that the target does not hold, sorted.
+    pub missing: Vec<String>,
 }
 
 /// Deletes the storage refused (Object Lock, no delete permission, an immutable file):
@@ -195,6 +197,9 @@ pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
         live.extend(header.dictionaries.iter().map(|dictionary| repo::dictionary_key(&dictionary.id)));
         live_packs.extend(header.packs.iter().map(|pack| &pack.id));
     }
+    let held: HashSet<&str> = stored.iter().map(|object| object.key.as_str()).collect();
+    let mut missing: Vec<String> = live.iter().filter(|key| !held.contains(key.as_str())).cloned().collect();
+    missing.sort_unstable();
     let mut garbage = Vec::new();
     let mut kept = Tally::default();
     for object in stored {
@@ -215,7 +220,7 @@ pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
     }
     let order = |kind: ObjectKind| FOLDERS.iter().position(|(_, k)| *k == kind);
     garbage.sort_by(|a, b| order(a.kind).cmp(&order(b.kind)).then_with(|| a.key.cmp(&b.key)));
-    PrunePlan { garbage, kept }
+    PrunePlan { garbage, kept, missing }
 }
 
 /// Prunes one target (which the caller has locked: exclusive to delete, shared for a dry run).
@@ -233,6 +238,21 @@ pub async fn run(
     let planned_with: Vec<SnapshotId> = listed.into_iter().map(|(id, _)| id).collect();
     let stored = list_stored(repository).await?;
     let plan = plan(&headers, &stored);
+    // A snapshot naming what the target lacks is damaged, or is another target's object of
+    // that snapshot put here (its MAC holds wherever it lies; each target's own packs differ):
+    // what this target's own object of it needed would look like garbage.
+    if let Some(first) = plan.missing.first() {
+        return Err(Error::corrupt(
+            repository.target.location(),
+            format!(
+                "its snapshots name {} object{} it does not hold (first: {first}): a damaged snapshot, or another \
+                 target's copy of one put in its place; prune deletes nothing here until `crmvault verify` is \
+                 clean (`crmvault copy --repair` from a healthy target mends it)",
+                plan.missing.len(),
+                if plan.missing.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    }
     let mut report = PruneReport {
         location: repository.target.location().to_string(),
         dry_run: options.mode == PruneMode::DryRun,
@@ -471,6 +491,18 @@ mod tests {
         assert_eq!(plan.kept.indexes, Amount { objects: 2, bytes: 400 });
         assert_eq!(plan.kept.dictionaries, Amount { objects: 1, bytes: 200 });
         assert_eq!(Tally::of(&plan.garbage).total(), Amount { objects: 3, bytes: 600 + 600 + 600 });
+    }
+
+    #[test]
+    fn what_a_header_names_and_the_target_lacks_is_missing() {
+        use ObjectKind::*;
+        let headers = [header(&["p1", "p2"], &["i1"], &["d1"]), header(&["p2"], &["i2"], &[])];
+        let listing = vec![stored(Index, "i1"), stored(Pack, "p1"), stored(Pack, "p2"), stored(Pack, "p-dead")];
+        let plan = plan(&headers, &listing);
+        let mut expected = vec![repo::index_key(&object("i2").id), repo::dictionary_key(&object("d1").id)];
+        expected.sort();
+        assert_eq!(plan.missing, expected);
+        assert!(super::plan(&headers[1..], &listing[1..]).missing.len() == 1);
     }
 
     #[test]

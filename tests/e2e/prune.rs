@@ -672,6 +672,34 @@ fn headers_rewritten_in_storage_to_list_nothing_do_not_make_the_backup_host_prun
     assert_eq!(stored(&repo), before, "prune deleted what a forged header left out");
 }
 
+/// A backup to two targets writes each its own packs, and each target's object of a snapshot
+/// names that target's: its MAC holds wherever it lies. Put in the place of this target's
+/// object of the snapshot, it must not make the backup host's prune delete what the object it
+/// replaced needs (it deleted that snapshot's packs and index here before).
+#[test]
+fn another_targets_object_of_a_snapshot_put_in_its_place_does_not_make_prune_delete_what_it_needs() {
+    let Ready { source, work, repo, .. } = Scenario::new("prune_swapped").crm().init("repo");
+    let other = work.path("other").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &other, "--copy-from", &repo]).ok();
+    let report = work.backup_with(&source, &repo, &["--repo", &other]);
+    let id = report["snapshot_id"].as_str().unwrap().to_string();
+    let ours = Path::new(&repo).join("snapshots").join(&id);
+    let theirs = std::fs::read(Path::new(&other).join("snapshots").join(&id)).unwrap();
+    let kept = std::fs::read(&ours).unwrap();
+    assert_ne!(kept, theirs, "each target's object names its own packs");
+    std::fs::write(&ours, &theirs).unwrap();
+    let before = stored(&repo);
+
+    work.run(&["prune", "--repo", &repo]).fails_with(1, "does not hold");
+    assert_eq!(stored(&repo), before, "prune deleted what the replaced snapshot object needed");
+    // Its own object put back, the target is whole.
+    std::fs::write(&ours, &kept).unwrap();
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]).ok();
+    let target = TestDb::create("prune_swapped_target");
+    work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+}
+
 /// Two nights of a scratch table whose first 70% of rows changed on the second night: the first
 /// night's scratch pack is then mostly garbage once the first snapshot is forgotten, and still
 /// listed by the second (its last rows did not change). Returns the remaining nights.
