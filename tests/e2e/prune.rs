@@ -640,20 +640,6 @@ fn a_prune_woken_after_a_pause_confirms_its_lock_before_it_deletes_on() {
     assert!(deleted_after <= 16, "the woken prune deleted {deleted_after} objects before it stopped");
 }
 
-/// Rewrites a snapshot object's header as a storage writer can: `change` edits the header's
-/// JSON, and the line after it (the header's BLAKE3, which needs no key) is made to match.
-fn rewrite_header(path: &Path, change: impl Fn(&mut serde_json::Value)) {
-    let bytes = std::fs::read(path).unwrap();
-    let mut lines: Vec<&[u8]> = bytes.splitn(5, |&b| b == b'\n').collect();
-    let mut header: serde_json::Value = serde_json::from_slice(lines[1]).unwrap();
-    change(&mut header);
-    let header_line = serde_json::to_vec(&header).unwrap();
-    let hash_line = blake3::hash(&header_line).to_hex().to_string();
-    lines[1] = &header_line;
-    lines[2] = hash_line.as_bytes();
-    std::fs::write(path, lines.join(&b'\n')).unwrap();
-}
-
 #[test]
 fn headers_rewritten_in_storage_to_list_nothing_do_not_make_the_backup_host_prune_everything() {
     let Ready { work, repo, .. } = Scenario::new("prune_forged_headers").crm().init("repo").backup();

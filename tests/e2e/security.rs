@@ -258,6 +258,27 @@ fn copy_repair_writes_nothing_the_source_holds_under_the_right_name_with_other_b
     assert_eq!(std::fs::read(&pack).unwrap(), before);
 }
 
+/// A damaged destination snapshot is not written again from a source object that claims
+/// another config (forged there, or written with a retired key): `copy` leaves such a one out,
+/// and so does the repair, naming it.
+#[test]
+fn copy_repair_takes_no_source_snapshot_written_under_another_config() {
+    let (Ready { work, repo, .. }, copy) = backed_up_and_copied("repair_other_config");
+    let ours = files_under(&work.path("copy/snapshots")).pop().unwrap();
+    let mut bytes = std::fs::read(&ours).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    std::fs::write(&ours, &bytes).unwrap();
+    let theirs = work.path("repo/snapshots").join(ours.file_name().unwrap());
+    rewrite_header(&theirs, |header| header["config_hash"] = serde_json::json!("ab".repeat(32)));
+
+    let run = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert!(report["not_repaired"].to_string().contains("written under another config"), "{report}");
+    assert_eq!(std::fs::read(&ours).unwrap(), bytes, "the damaged snapshot was written over");
+}
+
 /// A folder made immutable with `chattr +i`, let go again however the test ends.
 struct Immutable(std::path::PathBuf);
 

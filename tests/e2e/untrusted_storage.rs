@@ -1038,16 +1038,6 @@ fn a_fifo_planted_as_the_newest_snapshot_hangs_no_backup_and_is_reported_by_it()
 /// How a test replaces a stored object's bytes.
 type Replace<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
 
-/// A snapshot object's bytes with its header changed as a storage writer can: the hash line
-/// after it (no key needed) made to match.
-fn with_header(bytes: &[u8], change: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
-    let lines: Vec<&[u8]> = bytes.splitn(5, |&b| b == b'\n').collect();
-    let mut header: serde_json::Value = serde_json::from_slice(lines[1]).unwrap();
-    change(&mut header);
-    let header = serde_json::to_vec(&header).unwrap();
-    [lines[0], &header, blake3::hash(&header).to_hex().as_bytes(), lines[3], lines[4]].join(&b'\n')
-}
-
 /// The 3 a.m. runbook's first step, `snapshots --identity`, proves every snapshot: the newest
 /// it proved is remembered, so that one deleted afterwards is named as deleted by the restore
 /// (found by an attack run: only restore, verify and the others remembered it).

@@ -435,3 +435,19 @@ pub fn fake_pg_dump(work: &Workspace, name: &str, then: &str) -> String {
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     fake.to_str().unwrap().to_string()
 }
+
+/// A snapshot object's bytes with its header changed as a storage writer can: the hash line
+/// after it (no key needed) made to match.
+pub fn with_header(bytes: &[u8], change: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let lines: Vec<&[u8]> = bytes.splitn(5, |&b| b == b'\n').collect();
+    let mut header: serde_json::Value = serde_json::from_slice(lines[1]).unwrap();
+    change(&mut header);
+    let header = serde_json::to_vec(&header).unwrap();
+    [lines[0], &header, blake3::hash(&header).to_hex().as_bytes(), lines[3], lines[4]].join(&b'\n')
+}
+
+/// Rewrites the header of the snapshot object at `path` as a storage writer can ([`with_header`]).
+pub fn rewrite_header(path: &std::path::Path, change: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, with_header(&bytes, change)).unwrap();
+}
