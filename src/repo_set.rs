@@ -287,22 +287,6 @@ impl RepoSet {
         Ok(locks)
     }
 
-    /// Leaves out the copies at these indexes (into [`Self::repositories`]), each with why: a
-    /// caller's check found them wanting (not the repository this machine trusts). When none
-    /// is left, every failure is the error.
-    pub fn leave_out(&mut self, mut failed: Vec<(usize, String)>) -> Result<()> {
-        failed.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
-        for (index, reason) in failed {
-            let repository = self.repositories.remove(index);
-            self.left_out.push(LeftOut { location: repository.target.location().to_string(), reason });
-        }
-        if self.repositories.is_empty() {
-            let failed = self.left_out.iter().map(|l| (l.location.clone(), l.reason.clone()));
-            return Err(Error::EveryTargetFailed(failed.collect()));
-        }
-        Ok(())
-    }
-
     /// Refuses copies that are not one repository at one generation of its keys: a backup
     /// writes the same objects to every copy, under the same keys.
     pub fn require_one_generation(&self) -> Result<()> {

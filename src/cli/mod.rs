@@ -1092,7 +1092,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let config_dir = config_dir()?;
             let mut trusted =
-                trust::check_available(&mut targets, trust::Role::Writer, fingerprint.as_ref(), &config_dir).await?;
+                trust::check(targets.repositories_mut(), trust::Role::Writer, fingerprint.as_ref(), &config_dir)
+                    .await?;
             let keyring = targets.unlock_as_writer(&config_dir).await?;
             audit.opened(targets.repositories(), &keyring);
             let locks = targets
@@ -1416,30 +1417,10 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let readers = lock::readers(targets.repositories(), identity.as_deref(), &config_dir()?);
             let locks = targets.lock_all(LockMode::Shared, &lock::options(lock_wait, "verify", readers)).await?;
             // Each copy on its own: a problem on one is a finding, not a reason to stop.
-            let several = targets.several() || !targets.left_out().is_empty();
             for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
-                let checked =
-                    trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await;
-                let mut trusted = match checked {
-                    Ok(trusted) => trusted,
-                    // Of several, one that is not the repository trusted is a finding; nothing is
-                    // read from it.
-                    Err(error) if several => {
-                        total.merge(verify::VerifyReport {
-                            problems: vec![verify::Problem {
-                                target: repository.target.location().to_string(),
-                                object: "config".into(),
-                                snapshots: vec![],
-                                problem: format!("{error:#}"),
-                                chunks: 0,
-                            }],
-                            ..verify::VerifyReport::default()
-                        });
-                        continue;
-                    }
-                    Err(error) => return Err(error),
-                };
+                let mut trusted =
+                    trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
                 let progress = output::Bar::start(json || quiet);
                 let known = (trusted.newest(), trusted.missed_at(repository.target.location()));
                 if let Ok(Some(keyring)) = keyring(repository, identity.as_deref()).await {
@@ -1471,7 +1452,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let config_dir = config_dir()?;
             let role = if identity.is_some() { trust::Role::Admin } else { trust::Role::Writer };
-            trust::check_available(&mut targets, role, fingerprint.as_ref(), &config_dir).await?;
+            trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir).await?;
             let keyring: Keyring = match &identity {
                 Some(path) => targets.unlock_as_admin(path).await?.into(),
                 None => targets.unlock_as_writer(&config_dir).await?,
@@ -1607,7 +1588,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let role = trust::reading_role(targets.first(), identity.as_deref(), &config_dir()?);
-            trust::check_available(&mut targets, role, fingerprint.as_ref(), &config_dir()?).await?;
+            trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
             targets.remember_labels(&config_dir()?);
             let Some(keyring) = keyring(targets.first(), identity.as_deref()).await? else {
                 anyhow::bail!(
@@ -1791,10 +1772,10 @@ async fn open_as_admin(
     (command, lock_wait, audit): (&str, std::time::Duration, &audit::AuditLog),
 ) -> Result<(crmvault::repo_set::RepoSet, trust::Trusted, crmvault::repo::AdminKeyring, crmvault::lock::Locks)> {
     let mut targets = storage.open_set(locations, true).await?;
-    let trusted = trust::check_available(&mut targets, trust::Role::Admin, fingerprint, &config_dir()?).await?;
     for left_out in targets.left_out() {
         output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
     }
+    let trusted = trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir()?).await?;
     targets.remember_labels(&config_dir()?);
     let keyring = targets.unlock_as_admin(identity).await?;
     audit.opened(targets.repositories(), &keyring);

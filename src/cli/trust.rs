@@ -152,233 +152,179 @@ async fn check_with(
     config_dir: &Path,
     allow_behind: bool,
 ) -> Result<Trusted> {
-    let (trusted, mut failed) = check_each(repositories, (role, given, config_dir), allow_behind, true).await;
-    if failed.is_empty() { Ok(trusted) } else { Err(failed.swap_remove(0).1) }
-}
-
-/// [`check`] for a command that goes on with the targets it can trust (a backup: each target is
-/// complete on its own): of several, one that fails its check (forged or replaced in storage, at
-/// a retired generation) is left out with why, as one that did not open is; it is not read.
-/// With one target, or when every one fails, its error is the error.
-pub async fn check_available(
-    targets: &mut crmvault::repo_set::RepoSet,
-    role: Role,
-    given: Option<&Fingerprint>,
-    config_dir: &Path,
-) -> Result<Trusted> {
-    if !targets.several() {
-        return check(targets.repositories_mut(), role, given, config_dir).await;
-    }
-    let (trusted, failed) = check_each(targets.repositories_mut(), (role, given, config_dir), false, false).await;
-    targets.leave_out(failed.into_iter().map(|(i, error)| (i, format!("{error:#}"))).collect())?;
-    Ok(trusted)
-}
-
-/// Checks each of `repositories`, newest generation first (up to the first that fails, with
-/// `first_failure`): the trust gathered from those that pass, and why each that fails does (by
-/// index).
-async fn check_each(
-    repositories: &mut [Repository],
-    (role, given, config_dir): (Role, Option<&Fingerprint>, &Path),
-    allow_behind: bool,
-    first_failure: bool,
-) -> (Trusted, Vec<(usize, anyhow::Error)>) {
     let mut trusted = Trusted { pin: None, config_dir: config_dir.to_path_buf() };
     // The generations accepted on the targets checked so far: a copy that an interrupted rekey
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
     let mut accepted: Vec<String> = Vec::new();
     let mut head: Option<String> = None;
-    let mut failed = Vec::new();
     let mut order: Vec<usize> = (0..repositories.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
     for i in order {
         let repository = &mut repositories[i];
-        let checked =
-            check_one(repository, (role, given, config_dir), (&accepted, head.as_deref()), allow_behind).await;
-        match checked {
-            Ok(pin) => {
-                if trusted.pin.is_none() {
-                    trusted.pin = pin;
-                }
-                accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
-                head.get_or_insert_with(|| repository.config_hash.clone());
-            }
-            Err(error) => {
-                failed.push((i, error));
-                if first_failure {
-                    break;
-                }
-            }
+        let pinned = trust::load_pin(config_dir, &repository.config.id)?;
+        anchor(repository, pinned.as_ref(), given).await;
+        if let Some(error) = repository.fork_error() {
+            return Err(error.into());
         }
-    }
-    (trusted, failed)
-}
-
-/// Checks one repository against its pin, the fingerprint given, and the generations accepted
-/// on the targets checked before it (`head` the newest): its pin, if it has one.
-async fn check_one(
-    repository: &mut Repository,
-    (role, given, config_dir): (Role, Option<&Fingerprint>, &Path),
-    (accepted, head): (&[String], Option<&str>),
-    allow_behind: bool,
-) -> Result<Option<Pin>> {
-    let pinned = trust::load_pin(config_dir, &repository.config.id)?;
-    anchor(repository, pinned.as_ref(), given).await;
-    if let Some(error) = repository.fork_error() {
-        return Err(error.into());
-    }
-    let location = repository.target.location().to_string();
-    let location = location.as_str();
-    let actual = repository.fingerprint();
-    // A fingerprint is met by a generation of the chain, or by the pin: the pinned generation
-    // (opened directly when `config` no longer leads to it) was reached from the fingerprint
-    // the pin holds, through signatures this machine checked then.
-    let pinned_here =
-        pinned.as_ref().filter(|pin| repository.has_generation(&pin.config_hash)).map(|pin| pin.fingerprint);
-    let vouched = |fingerprint: &Fingerprint| {
-        repository.has_fingerprint(fingerprint) || pinned_here.is_some_and(|pinned| pinned == *fingerprint)
-    };
-    if let Some(given) = given
-        && !vouched(given)
-    {
-        bail!(
-            "the repository at {location} has fingerprint {actual}, not {given}: it is not the repository \
-             you trust (forged, replaced or another one); nothing was read from it"
-        );
-    }
-    // Whether or not this machine pinned the repository presented too: a backup host of two
-    // repositories must not write one's backups where the other's were.
-    if let Some(other) = trust::pin_of_location(config_dir, location, &repository.config.id)? {
-        bail!(
-            "{location} held repository {} (fingerprint {}) when this machine last opened it, and now claims to \
-             be repository {} (fingerprint {actual}): it was forged or replaced in storage; nothing was read from it",
-            other.repository_id,
-            other.fingerprint,
-            repository.config.id
-        );
-    }
-    // Targets are checked newest generation first: the first one accepted sets the head.
-    let behind = accepted.contains(&repository.config_hash) && head != Some(repository.config_hash.as_str());
-    if behind && !allow_behind {
-        bail!(
-            "the repository at {location} is at an older generation of its keys than another --repo given \
-             (an interrupted rekey, or its newer config was deleted from storage): refusing to read it under \
-             retired keys; an admin brings it up with `crmvault rekey` and every --repo, or leave it out"
-        );
-    }
-    let in_chain = |hash: &str| behind || repository.has_generation(hash);
-    Ok(match (role, pinned) {
-        (Role::Writer, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
-            "the config of the repository at {location} is not the one this host pinned, nor a generation \
-             signed after it: its recipients, keys or settings were changed in storage; refusing to use it \
-             (recipients change with `crmvault rekey`, never by editing storage)"
-        ),
-        (_, Some(pin)) if given.is_none() && !vouched(&pin.fingerprint) => bail!(
-            "the repository at {location} has fingerprint {actual}, but this machine pinned {} for repository {}: \
-             it was forged or replaced in storage; nothing was read from it",
-            pin.fingerprint,
-            repository.config.id
-        ),
-        // Never back: an older generation may hold a removed admin's key.
-        (_, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
-            "the repository at {location} does not lead to the generation of its keys this machine pinned \
-             (config {}): the newer config was deleted or replaced in storage; refusing to go back to keys a \
-             rekey retired. Put configs/{} back (another target or copy holds it); to trust an older \
-             generation on purpose, remove {}",
-            &pin.config_hash[..12],
-            pin.config_hash,
-            trust::pin_path(config_dir, &repository.config.id).display()
-        ),
-        (_, Some(mut pin)) => {
-            let new_location = !pin.knows(location);
-            // A place never opened that holds one of several repositories pinned here may
-            // hold another than the one meant: whoever writes the storage can copy there a
-            // repository this machine trusts for something else (another team's, whose
-            // admins would then read these backups). The first use names which, once.
-            if new_location
-                && given.is_none()
-                && !pin.locations.is_empty()
-                && trust::pins_another(config_dir, &repository.config.id)
-            {
-                bail!(
-                    "{location} is new to this machine and holds repository {} (fingerprint {actual}), which it \
-                     knows at {}; as this machine pins more than one repository, say that this is the one you \
-                     mean once with --fingerprint (or CRMVAULT_FINGERPRINT), from the admins' records",
-                    repository.config.id,
-                    pin.locations.join(", ")
-                );
-            }
-            let follow = pin.config_hash != repository.config_hash && !behind;
-            if follow {
-                tracing::info!(
-                    "repository {} was rekeyed since this machine last used it: following it to generation {}",
-                    repository.config.id,
-                    repository.config.generation
-                );
-            }
-            if new_location || follow {
-                // On the pin as it is now: another command here may have changed it since.
-                trust::update_pin(config_dir, &mut pin, |pin| {
-                    let mut changed = pin.add_location(location);
-                    // Forward only: never back from a generation another command followed.
-                    if follow
-                        && pin.config_hash != repository.config_hash
-                        && repository.has_generation(&pin.config_hash)
-                    {
-                        pin.config_hash.clone_from(&repository.config_hash);
-                        changed = true;
-                    }
-                    changed
-                })?;
-            }
-            Some(pin)
-        }
-        (Role::Admin, None) if given.is_none() => bail!(
-            "repository {} at {location} is not pinned on this machine: give --fingerprint (or \
-             CRMVAULT_FINGERPRINT) with the fingerprint the admins keep (`crmvault init` printed it; \
-             `crmvault fingerprint --repo {location}` shows what the storage claims, to compare)",
-            repository.config.id
-        ),
-        // A host without the writer key: unlocking says so, which is the useful message.
-        (Role::Writer, None) if !repo::writer_key_path(config_dir, &repository.config.id).exists() => None,
-        (Role::Writer, None) if given.is_none() && repository.config.version >= repo::AUTHENTICATED_VERSION => {
+        let location = repository.target.location().to_string();
+        let location = location.as_str();
+        let actual = repository.fingerprint();
+        // A fingerprint is met by a generation of the chain, or by the pin: the pinned generation
+        // (opened directly when `config` no longer leads to it) was reached from the fingerprint
+        // the pin holds, through signatures this machine checked then.
+        let pinned_here =
+            pinned.as_ref().filter(|pin| repository.has_generation(&pin.config_hash)).map(|pin| pin.fingerprint);
+        let vouched = |fingerprint: &Fingerprint| {
+            repository.has_fingerprint(fingerprint) || pinned_here.is_some_and(|pinned| pinned == *fingerprint)
+        };
+        if let Some(given) = given
+            && !vouched(given)
+        {
             bail!(
-                "repository {} at {location} is not pinned on this host: copy {} from the host that ran \
-                 `init` (beside writer.key), or give --fingerprint",
-                repository.config.id,
+                "the repository at {location} has fingerprint {actual}, not {given}: it is not the repository \
+                 you trust (forged, replaced or another one); nothing was read from it"
+            );
+        }
+        // Whether or not this machine pinned the repository presented too: a backup host of two
+        // repositories must not write one's backups where the other's were.
+        if let Some(other) = trust::pin_of_location(config_dir, location, &repository.config.id)? {
+            bail!(
+                "{location} held repository {} (fingerprint {}) when this machine last opened it, and now claims to \
+                 be repository {} (fingerprint {actual}): it was forged or replaced in storage; nothing was read from it",
+                other.repository_id,
+                other.fingerprint,
+                repository.config.id
+            );
+        }
+        // Targets are checked newest generation first: the first one accepted sets the head.
+        let behind = accepted.contains(&repository.config_hash) && head.as_ref() != Some(&repository.config_hash);
+        if behind && !allow_behind {
+            bail!(
+                "the repository at {location} is at an older generation of its keys than another --repo given \
+                 (an interrupted rekey, or its newer config was deleted from storage): refusing to read it under \
+                 retired keys; an admin brings it up with `crmvault rekey` and every --repo, or leave it out"
+            );
+        }
+        let in_chain = |hash: &str| behind || repository.has_generation(hash);
+        let pin = match (role, pinned) {
+            (Role::Writer, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
+                "the config of the repository at {location} is not the one this host pinned, nor a generation \
+                 signed after it: its recipients, keys or settings were changed in storage; refusing to use it \
+                 (recipients change with `crmvault rekey`, never by editing storage)"
+            ),
+            (_, Some(pin)) if given.is_none() && !vouched(&pin.fingerprint) => bail!(
+                "the repository at {location} has fingerprint {actual}, but this machine pinned {} for repository {}: \
+                 it was forged or replaced in storage; nothing was read from it",
+                pin.fingerprint,
+                repository.config.id
+            ),
+            // Never back: an older generation may hold a removed admin's key.
+            (_, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
+                "the repository at {location} does not lead to the generation of its keys this machine pinned \
+                 (config {}): the newer config was deleted or replaced in storage; refusing to go back to keys a \
+                 rekey retired. Put configs/{} back (another target or copy holds it); to trust an older \
+                 generation on purpose, remove {}",
+                &pin.config_hash[..12],
+                pin.config_hash,
                 trust::pin_path(config_dir, &repository.config.id).display()
-            )
-        }
-        (Role::Keyless, None) => None,
-        (role, None) => {
-            if given.is_none() {
-                tracing::warn!(
-                    "repository {} at {location} was made before repositories were pinned; pinning it now with \
-                     fingerprint {actual}: compare it with the one the admins keep",
-                    repository.config.id
-                );
+            ),
+            (_, Some(mut pin)) => {
+                let new_location = !pin.knows(location);
+                // A place never opened that holds one of several repositories pinned here may
+                // hold another than the one meant: whoever writes the storage can copy there a
+                // repository this machine trusts for something else (another team's, whose
+                // admins would then read these backups). The first use names which, once.
+                if new_location
+                    && given.is_none()
+                    && !pin.locations.is_empty()
+                    && trust::pins_another(config_dir, &repository.config.id)
+                {
+                    bail!(
+                        "{location} is new to this machine and holds repository {} (fingerprint {actual}), which it \
+                         knows at {}; as this machine pins more than one repository, say that this is the one you \
+                         mean once with --fingerprint (or CRMVAULT_FINGERPRINT), from the admins' records",
+                        repository.config.id,
+                        pin.locations.join(", ")
+                    );
+                }
+                let follow = pin.config_hash != repository.config_hash && !behind;
+                if follow {
+                    tracing::info!(
+                        "repository {} was rekeyed since this machine last used it: following it to generation {}",
+                        repository.config.id,
+                        repository.config.generation
+                    );
+                }
+                if new_location || follow {
+                    // On the pin as it is now: another command here may have changed it since.
+                    trust::update_pin(config_dir, &mut pin, |pin| {
+                        let mut changed = pin.add_location(location);
+                        // Forward only: never back from a generation another command followed.
+                        if follow
+                            && pin.config_hash != repository.config_hash
+                            && repository.has_generation(&pin.config_hash)
+                        {
+                            pin.config_hash.clone_from(&repository.config_hash);
+                            changed = true;
+                        }
+                        changed
+                    })?;
+                }
+                Some(pin)
             }
-            let pin = Pin {
-                repository_id: repository.config.id.clone(),
-                fingerprint: given.copied().unwrap_or(actual),
-                config_hash: repository.config_hash.clone(),
-                newest: None,
-                locations: vec![location.to_string()],
-                settled: std::collections::BTreeSet::new(),
-                missed: std::collections::BTreeMap::new(),
-            };
-            let pin = trust::create_pin(config_dir, pin)?;
-            if role == Role::Admin {
-                eprintln!(
-                    "crmvault: pinned repository {} (fingerprint {}) in {}",
+            (Role::Admin, None) if given.is_none() => bail!(
+                "repository {} at {location} is not pinned on this machine: give --fingerprint (or \
+                 CRMVAULT_FINGERPRINT) with the fingerprint the admins keep (`crmvault init` printed it; \
+                 `crmvault fingerprint --repo {location}` shows what the storage claims, to compare)",
+                repository.config.id
+            ),
+            // A host without the writer key: unlocking says so, which is the useful message.
+            (Role::Writer, None) if !repo::writer_key_path(config_dir, &repository.config.id).exists() => None,
+            (Role::Writer, None) if given.is_none() && repository.config.version >= repo::AUTHENTICATED_VERSION => {
+                bail!(
+                    "repository {} at {location} is not pinned on this host: copy {} from the host that ran \
+                     `init` (beside writer.key), or give --fingerprint",
                     repository.config.id,
-                    pin.fingerprint,
                     trust::pin_path(config_dir, &repository.config.id).display()
-                );
+                )
             }
-            Some(pin)
+            (Role::Keyless, None) => None,
+            (role, None) => {
+                if given.is_none() {
+                    tracing::warn!(
+                        "repository {} at {location} was made before repositories were pinned; pinning it now with \
+                         fingerprint {actual}: compare it with the one the admins keep",
+                        repository.config.id
+                    );
+                }
+                let pin = Pin {
+                    repository_id: repository.config.id.clone(),
+                    fingerprint: given.copied().unwrap_or(actual),
+                    config_hash: repository.config_hash.clone(),
+                    newest: None,
+                    locations: vec![location.to_string()],
+                    settled: std::collections::BTreeSet::new(),
+                    missed: std::collections::BTreeMap::new(),
+                };
+                let pin = trust::create_pin(config_dir, pin)?;
+                if role == Role::Admin {
+                    eprintln!(
+                        "crmvault: pinned repository {} (fingerprint {}) in {}",
+                        repository.config.id,
+                        pin.fingerprint,
+                        trust::pin_path(config_dir, &repository.config.id).display()
+                    );
+                }
+                Some(pin)
+            }
+        };
+        if trusted.pin.is_none() {
+            trusted.pin = pin;
         }
-    })
+        accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
+        head.get_or_insert_with(|| repository.config_hash.clone());
+    }
+    Ok(trusted)
 }
 
 /// Opens `repository` again at the generation its pin (or else the fingerprint given) names,
