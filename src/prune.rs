@@ -14,7 +14,7 @@
 //! a prune killed anywhere leaves garbage that the next one removes. The caller holds the
 //! repository's exclusive lock (docs/ARCHITECTURE.md, *Locks*): no backup runs meanwhile.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
@@ -189,16 +189,16 @@ pub struct PruneReport {
 /// Computes what is garbage on a target: every stored pack, index and dictionary that no
 /// header lists, and every damaged marker whose pack no header lists. Pure over the listings.
 pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
-    let mut live: HashSet<String> = HashSet::new();
+    // Each object a header names, with the size it gives.
+    let mut live: HashMap<String, u64> = HashMap::new();
     let mut live_packs: HashSet<&ObjectId> = HashSet::new();
     for header in headers {
-        live.extend(header.packs.iter().map(|pack| repo::pack_key(&pack.id)));
-        live.extend(header.indexes.iter().map(|index| repo::index_key(&index.id)));
-        live.extend(header.dictionaries.iter().map(|dictionary| repo::dictionary_key(&dictionary.id)));
+        live.extend(header.objects());
         live_packs.extend(header.packs.iter().map(|pack| &pack.id));
     }
-    let held: HashSet<&str> = stored.iter().map(|object| object.key.as_str()).collect();
-    let mut missing: Vec<String> = live.iter().filter(|key| !held.contains(key.as_str())).cloned().collect();
+    let held: HashMap<&str, u64> = stored.iter().map(|object| (object.key.as_str(), object.size)).collect();
+    let mut missing: Vec<String> =
+        live.iter().filter(|(key, size)| held.get(key.as_str()) != Some(size)).map(|(key, _)| key.clone()).collect();
     missing.sort_unstable();
     let mut garbage = Vec::new();
     let mut kept = Tally::default();
@@ -210,7 +210,7 @@ pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
                 .strip_prefix("damaged/")
                 .and_then(|name| name.parse::<ObjectId>().ok())
                 .is_some_and(|pack| live_packs.contains(&pack)),
-            _ => live.contains(&object.key),
+            _ => live.contains_key(&object.key),
         };
         if needed {
             kept.add(object);
@@ -245,9 +245,10 @@ pub async fn run(
         return Err(Error::corrupt(
             repository.target.location(),
             format!(
-                "its snapshots name {} object{} it does not hold (first: {first}): a damaged snapshot, or another \
-                 target's copy of one put in its place; prune deletes nothing here until `crmvault verify` is \
-                 clean (`crmvault copy --repair` from a healthy target mends it)",
+                "its snapshots name {} object{} it does not hold at the size they give (first: {first}): a damaged \
+                 snapshot, or another target's object of one put in its place; prune deletes nothing here until \
+                 `crmvault verify` is clean (`crmvault copy --repair` from a target that holds them mends it; a \
+                 snapshot no target holds whole can only be removed by hand, from snapshots/)",
                 plan.missing.len(),
                 if plan.missing.len() == 1 { "" } else { "s" }
             ),

@@ -52,12 +52,16 @@ pub async fn run(
     // Two copies of one repository at one generation of its keys, as every target of a backup.
     RepoSet::of(vec![from.clone(), to.clone()])?.require_one_generation()?;
     let mut report = CopyReport::default();
+    // What the copy holds at once: objects named by headers a storage writer may have rewritten
+    // (a keyless hash line) could be planted at any size up to their kind's.
+    let budget = ReadBudget::new(repo::READ_BUDGET);
+    let budget = &budget;
     for (hash, config) in &from.chain {
         for key in config.keys.iter().chain(&config.admin_keys) {
-            copy_object(from, to, key, &mut report).await?;
+            copy_object((from, to), key, budget, &mut report).await?;
         }
         if config.version >= repo::AUTHENTICATED_VERSION {
-            copy_object(from, to, &repo::config_copy_key(hash), &mut report).await?;
+            copy_object((from, to), &repo::config_copy_key(hash), budget, &mut report).await?;
         }
     }
     let present: std::collections::HashSet<repo::SnapshotId> = to.snapshot_ids().await?.into_iter().collect();
@@ -86,7 +90,7 @@ pub async fn run(
     // First, so that what a new snapshot shares with the old ones is whole before it is
     // counted as held (a truncated pack would stop the copy of a snapshot that reuses it).
     if repair_too {
-        repair(from, to, &mut held, locks, &mut report).await?;
+        repair((from, to), &mut held, (locks, budget), &mut report).await?;
     }
     let mut wanted = Vec::new();
     for selector in only {
@@ -121,7 +125,7 @@ pub async fn run(
             continue;
         }
         let mut missing = Vec::new();
-        for (key, size) in objects_of(&sealed.header) {
+        for (key, size) in sealed.header.objects() {
             match held.get(&key) {
                 Some(&found) if found == size => {}
                 Some(&found) => return Err(size_mismatch((from, &sealed.id), to, &key, found, size).await),
@@ -132,9 +136,11 @@ pub async fn run(
         missing.dedup();
         let mut copies = futures::stream::iter(missing)
             .map(|(key, size)| async move {
-                let bytes = fetch_checked(from, &key, Some(size)).await?;
-                let length = bytes.len() as u64;
-                let outcome = to.target.put_new(&key, bytes).await?;
+                // Counted in the budget until written.
+                let held = fetch_checked(from, &key, Some(size), budget).await?;
+                let length = held.len() as u64;
+                let outcome = to.target.put_new(&key, bytes::Bytes::clone(&held)).await?;
+                drop(held);
                 // One no snapshot there names, found in the write's way (an interrupted copy's,
                 // or junk of the right size): the snapshot will name it, so it must be right.
                 if outcome == PutOutcome::AlreadyThere {
@@ -181,17 +187,13 @@ pub async fn run(
 /// not checked against its name and size first, and a damaged object is written over, never
 /// deleted first. What cannot come from `from` is named in [`CopyReport::not_repaired`].
 /// `held`: `to`'s listing of `data/`, `index/` and `dicts/`, brought up to date.
+/// `budget`: what the repair holds at once, read from either side.
 async fn repair(
-    from: &Repository,
-    to: &Repository,
+    (from, to): (&Repository, &Repository),
     held: &mut HashMap<String, u64>,
-    locks: &crate::lock::Locks,
+    (locks, budget): (&crate::lock::Locks, &ReadBudget),
     report: &mut CopyReport,
 ) -> Result<()> {
-    // What the repair holds at once, read from either side: objects named by headers a storage
-    // writer may have rewritten (a keyless hash line) could be planted at any size.
-    let budget = ReadBudget::new(repo::READ_BUDGET);
-    let budget = &budget;
     // Pack key → its `verify` marker's key.
     let marked: HashMap<String, String> = (to.target.list("damaged").await?.into_iter())
         .filter_map(|(marker, _)| Some((repo::pack_key(&marker.strip_prefix("damaged/")?.parse().ok()?), marker)))
@@ -209,7 +211,7 @@ async fn repair(
     let mut damaged_snapshots = Vec::new();
     while let Some((id, read)) = reads.next().await {
         match read {
-            Ok(sealed) => named.extend(objects_of(&sealed.header)),
+            Ok(sealed) => named.extend(sealed.header.objects()),
             Err(Error::Missing { .. }) => {}
             Err(Error::Corrupt { .. } | Error::UnsupportedFormat { .. }) => damaged_snapshots.push(id.clone()),
             Err(error) => return Err(error),
@@ -231,7 +233,7 @@ async fn repair(
             }
             Ok(sealed) => {
                 // The destination's own headers say first what they need.
-                for (object, size) in objects_of(&sealed.header) {
+                for (object, size) in sealed.header.objects() {
                     named.entry(object).or_insert(size);
                 }
                 from_source.push(repo::header_only(sealed));
@@ -309,7 +311,9 @@ async fn repair(
     let unrepaired: std::collections::HashSet<String> = report.not_repaired.iter().map(|(k, _)| k.clone()).collect();
     for sealed in from_source {
         let key = repo::snapshot_key(&sealed.id);
-        let lacking = objects_of(&sealed.header)
+        let lacking = sealed
+            .header
+            .objects()
             .find(|(object, size)| held.get(object) != Some(size) || unrepaired.contains(object));
         if let Some((object, _)) = lacking {
             report.not_repaired.push((key, format!("damaged here; it names {object}, which could not be repaired")));
@@ -335,13 +339,6 @@ async fn repair(
 async fn read_again(from: &Repository, sealed: &repo::SealedSnapshot) -> Result<Option<bytes::Bytes>> {
     let bytes = from.target.get_at_most(&repo::snapshot_key(&sealed.id), sealed.object_size).await?;
     Ok((crate::crypto::object_hash(&bytes) == sealed.object_hash).then_some(bytes))
-}
-
-/// The packs, indexes and dictionaries a snapshot header names, as (key, size).
-fn objects_of(header: &repo::SnapshotHeader) -> impl Iterator<Item = (String, u64)> + '_ {
-    (header.packs.iter().map(|o| (repo::pack_key(&o.id), o.size)))
-        .chain(header.indexes.iter().map(|o| (repo::index_key(&o.id), o.size)))
-        .chain(header.dictionaries.iter().map(|o| (repo::dictionary_key(&o.id), o.size)))
 }
 
 /// Whether `target` holds `key` whole: `size` bytes that match its name (read no further,
@@ -411,14 +408,19 @@ async fn clear_marker(to: &Repository, marker: &str, report: &mut CopyReport) {
 }
 
 /// Copies one content-addressed object unless the destination has it.
-async fn copy_object(from: &Repository, to: &Repository, key: &str, report: &mut CopyReport) -> Result<()> {
+async fn copy_object(
+    (from, to): (&Repository, &Repository),
+    key: &str,
+    budget: &ReadBudget,
+    report: &mut CopyReport,
+) -> Result<()> {
     if to.target.size_of(key).await?.is_some() {
         return Ok(());
     }
-    let bytes = fetch_checked(from, key, None).await?;
-    report.bytes_copied += bytes.len() as u64;
+    let held = fetch_checked(from, key, None, budget).await?;
+    report.bytes_copied += held.len() as u64;
     report.objects_copied += 1;
-    to.target.put_new(key, bytes).await?;
+    to.target.put_new(key, bytes::Bytes::clone(&held)).await?;
     Ok(())
 }
 
@@ -435,22 +437,29 @@ async fn check_present(to: &Repository, key: &str) -> Result<()> {
 }
 
 /// A content-addressed object of `from`, checked against its name (and `size`, when known),
-/// read no larger than that size or what its kind can hold.
-async fn fetch_checked(from: &Repository, key: &str, size: Option<u64>) -> Result<bytes::Bytes> {
+/// read no larger than that size or what its kind can hold, within `budget` (the sizes are a
+/// header's, which without a key is the storage's word).
+async fn fetch_checked(from: &Repository, key: &str, size: Option<u64>, budget: &ReadBudget) -> Result<Held> {
     let wrong_size = || Error::corrupt(format!("{}/{key}", from.target.location()), "has the wrong size");
     let largest = repo::largest_object(key);
-    if size.is_some_and(|expected| expected > largest) {
-        return Err(Error::corrupt(
-            format!("{}/{key}", from.target.location()),
-            "is named with more bytes than its kind holds (a header rewritten in storage?)",
-        ));
-    }
-    let bytes = from.target.get_if_at_most(key, size.unwrap_or(largest)).await?.map_err(|_| wrong_size())?;
-    repo::check_object_name(key, &bytes)?;
-    if size.is_some_and(|expected| expected != bytes.len() as u64) {
+    let held = match size {
+        Some(size) if size > largest => {
+            return Err(Error::corrupt(
+                format!("{}/{key}", from.target.location()),
+                "is named with more bytes than its kind holds (a header rewritten in storage?)",
+            ));
+        }
+        Some(size) => match from.target.get_within_sized(key, size, budget).await {
+            Err(Error::Corrupt { .. }) => return Err(wrong_size()),
+            held => held?,
+        },
+        None => from.target.get_within(key, largest, budget).await?,
+    };
+    repo::check_object_name(key, &held)?;
+    if size.is_some_and(|expected| expected != held.len() as u64) {
         return Err(wrong_size());
     }
-    Ok(bytes)
+    Ok(held)
 }
 
 /// The error for a destination object of `found` bytes where the source's snapshot `snapshot`

@@ -314,9 +314,8 @@ pub async fn run(
             let copy = repo::config_copy_key(hash);
             match repository.target.get_at_most(&copy, repo::MAX_CONFIG_BYTES).await {
                 Ok(bytes) if crate::crypto::object_hash(&bytes) == *hash => report.count_object(&bytes),
-                Ok(_) | Err(Error::Corrupt { .. }) => {
-                    report.problems.push(problem(&copy, vec![], "its BLAKE3 does not match its name".into()));
-                }
+                Ok(_) => report.problems.push(problem(&copy, vec![], "its BLAKE3 does not match its name".into())),
+                Err(e @ Error::Corrupt { .. }) => report.problems.push(problem(&copy, vec![], e.to_string())),
                 Err(Error::Missing { .. }) => report.problems.push(problem(&copy, vec![], "missing".into())),
                 Err(e) => return Err(e),
             }
@@ -712,10 +711,16 @@ async fn fetch_checked(
     reference: &ObjectRef,
     report: &mut VerifyReport,
 ) -> Result<std::result::Result<bytes::Bytes, String>> {
-    // Read no larger than the snapshot says (a header that says more than the kind holds, as
-    // a rewritten one can, is not followed).
-    let limit = reference.size.min(repo::largest_object(key));
-    let what = match repository.target.get_if_at_most(key, limit).await {
+    // Read no larger than the snapshot says; a header that says more than such an object holds
+    // (as one rewritten in storage can) is not followed, and says nothing of the object.
+    let largest = repo::largest_object(key);
+    if reference.size > largest {
+        return Ok(Err(format!(
+            "the snapshot records {} bytes for it, more than such an object holds ({largest})",
+            reference.size
+        )));
+    }
+    let what = match repository.target.get_if_at_most(key, reference.size).await {
         Ok(Ok(bytes)) => {
             report.count_object(&bytes);
             if bytes.len() as u64 == reference.size {

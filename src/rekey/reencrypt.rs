@@ -290,6 +290,8 @@ impl Rewriting<'_> {
             delete(target, &repo::snapshot_key(&id), &mut self.out).await;
         }
         let mut keep: HashSet<ObjectId> = HashSet::new();
+        // What they name, with the sizes they give.
+        let mut named: HashMap<String, u64> = HashMap::new();
         for id in self.repository.snapshot_ids().await? {
             let proven = match self.repository.read_snapshot(&id).await {
                 Ok(sealed) => self.repository.prove_snapshot(&sealed, keyring).map(|()| sealed),
@@ -298,6 +300,7 @@ impl Rewriting<'_> {
             match proven {
                 Ok(sealed) => {
                     let header = sealed.header;
+                    named.extend(header.objects());
                     keep.extend(
                         header.packs.into_iter().chain(header.indexes).chain(header.dictionaries).map(|o| o.id),
                     );
@@ -309,8 +312,25 @@ impl Rewriting<'_> {
                 }
             }
         }
+        let mut listed = Vec::new();
         for folder in ["index", "dicts", "data"] {
-            for (key, _) in target.list(folder).await? {
+            listed.extend(target.list(folder).await?);
+        }
+        // A snapshot naming what this target lacks (damaged, or another target's object of it
+        // put here: its MAC holds anywhere) would have its own objects here taken for old ones.
+        let held: HashMap<&str, u64> = listed.iter().map(|(key, size)| (key.as_str(), *size)).collect();
+        if let Some((key, _)) = named.iter().find(|(key, size)| held.get(key.as_str()) != Some(*size)) {
+            self.out.not_deleted.push((
+                target.location().to_string(),
+                format!(
+                    "nothing old deleted: a snapshot here names {key}, which this target does not hold at the size it \
+                     gives; run `crmvault verify`, mend it (`crmvault copy --repair`), then rekey --reencrypt again"
+                ),
+            ));
+            return Ok(());
+        }
+        {
+            for (key, _) in listed {
                 let name = key.rsplit('/').next().unwrap_or(&key);
                 if !name.parse::<ObjectId>().is_ok_and(|id| keep.contains(&id)) {
                     delete(target, &key, &mut self.out).await;

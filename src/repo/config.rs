@@ -402,9 +402,10 @@ pub(crate) fn parse_config(location: &str, bytes: &[u8]) -> Result<RepoConfig> {
     if config.id.len() != 32 || !config.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
         return Err(Error::corrupt(format!("{location}/config"), "holds an invalid repository id"));
     }
-    let objects_named_right =
-        config.keys.iter().chain(&config.admin_keys).all(|key| key.strip_prefix("keys/").is_some_and(is_object_hash))
-            && config.carried.iter().all(|id| is_object_hash(id));
+    let objects_named_right = config.keys.iter().chain(&config.admin_keys).all(|key| key.strip_prefix("keys/").is_some_and(is_object_hash))
+            && config.carried.iter().all(|id| is_object_hash(id))
+            // Held for each config that claims a later generation (`Repository::follow`).
+            && config.previous.as_deref().is_none_or(is_object_hash);
     if !objects_named_right {
         return Err(Error::corrupt(format!("{location}/config"), "names an object that is not a hash"));
     }

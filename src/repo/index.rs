@@ -35,6 +35,8 @@ const REMOTE_INDEX_BYTES_AHEAD: u64 = 16 << 20;
 /// The largest index object read: a backup writes one every [`crate::backup::INDEX_CHUNKS`]
 /// new chunks (a few MiB), so anything near this is junk, refused before it fills memory.
 pub const MAX_INDEX_BYTES: u64 = 256 << 20;
+/// The format from which indexes are binary ([`index_codec`]); formats 2 and 3 wrote JSON.
+const BINARY_INDEX_VERSION: u32 = 4;
 
 fn temporary_index(error: std::io::Error) -> Error {
     temporary_file_error("chunk index", error)
@@ -256,7 +258,7 @@ impl Repository {
     /// Reads an index object: the file, and whether its MAC proved it was written with this
     /// repository's keys (format 7 and later; older indexes carry none).
     async fn read_index(&self, keyring: &Keyring, key: &str) -> Result<(IndexFile, IndexProof)> {
-        decode_index(keyring, key, &self.target.get_at_most(key, MAX_INDEX_BYTES).await?)
+        decode_index(keyring, key, &self.target.get_at_most(key, MAX_INDEX_BYTES).await?, self.config.version)
     }
 
     /// [`Self::read_index`] of each of `keys` (each with its size: one over
@@ -271,6 +273,7 @@ impl Repository {
         let cores = super::Cores::new();
         let budget = ReadBudget::new(super::READ_BUDGET);
         let keyring = keyring.clone();
+        let version = self.config.version;
         let largest = keys.iter().map(|(_, size)| (*size).min(MAX_INDEX_BYTES)).max().unwrap_or(0).max(1);
         let ahead = if self.target.is_local() {
             INDEXES_AHEAD
@@ -288,7 +291,7 @@ impl Repository {
                 let decoded = match held {
                     Ok(ciphertext) => {
                         let key = key.clone();
-                        cores.run(move || decode_index(&keyring, &key, &ciphertext)).await
+                        cores.run(move || decode_index(&keyring, &key, &ciphertext, version)).await
                     }
                     Err(error) => Err(error),
                 };
@@ -365,13 +368,23 @@ impl Repository {
 }
 
 /// Decodes an index object read already (see [`Repository::read_index`]).
-fn decode_index(keyring: &Keyring, key: &str, ciphertext: &[u8]) -> Result<(IndexFile, IndexProof)> {
+/// `repository_version` is the format the repository was made in: only one made in format 2
+/// or 3 holds indexes of JSON.
+fn decode_index(
+    keyring: &Keyring,
+    key: &str,
+    ciphertext: &[u8],
+    repository_version: u32,
+) -> Result<(IndexFile, IndexProof)> {
     let (plaintext, proof) = open_index_object(keyring, key, ciphertext)?;
     let file: IndexFile = if plaintext.starts_with(index_codec::MAGIC) {
         index_codec::decode(&plaintext).map_err(|reason| Error::corrupt(key, format!("bad index: {reason}")))?
+    } else if repository_version < BINARY_INDEX_VERSION {
+        // Formats 2 and 3: zstd-compressed JSON, decoded no larger than any they wrote.
+        decode_json(key, &plaintext, super::MAX_JSON_BYTES)?
     } else {
-        // Formats 2 and 3: zstd-compressed JSON.
-        decode_json(key, &plaintext)?
+        // Anything else, decompressed, could be any size (the recipients are public).
+        return Err(Error::corrupt(key, "not an index of this repository's format"));
     };
     // Written with the format version of the build; a later format may mean entries this
     // build would misread.

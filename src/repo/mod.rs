@@ -215,11 +215,18 @@ pub async fn ensure_empty(target: &Target) -> Result<()> {
     Ok(())
 }
 
+/// The most JSON an object of formats 2 and 3 (an index, a manifest) is decompressed to: about
+/// ten million chunks' index entries.
+pub(crate) const MAX_JSON_BYTES: u64 = 1 << 30;
+
 /// zstd-compressed JSON, parsed as it is decompressed: the JSON of a large index (about 100
-/// bytes a chunk: 50 MiB at 3 GiB of data) is never held whole.
-pub(crate) fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8]) -> Result<T> {
+/// bytes a chunk: 50 MiB at 3 GiB of data) is never held whole. More than `limit` bytes of it
+/// are refused (a few bytes of zstd can say gigabytes).
+pub(crate) fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8], limit: u64) -> Result<T> {
+    use std::io::Read;
     let decoder = zstd::stream::Decoder::new(compressed).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
-    serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, decoder)).map_err(|e| {
+    // More than `limit` bytes of JSON end it where it is cut: not JSON.
+    serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, decoder.take(limit))).map_err(|e| {
         if e.is_io() {
             Error::corrupt(object, format!("zstd: {e}"))
         } else {
@@ -572,6 +579,27 @@ mod tests {
             roles: None,
             database_object: None,
         }
+    }
+
+    /// `Repository::follow` holds what each config claiming a later generation names as its
+    /// predecessor: a config whose `previous` is anything but a hash (15 MiB of it, planted many
+    /// times, took a backup's memory) is refused as it is parsed.
+    #[tokio::test]
+    async fn a_config_whose_previous_is_not_a_hash_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path().join("repo").to_str().unwrap(), OpenMode::Create).unwrap();
+        let admin = crypto::generate_identity();
+        let config_dir = dir.path().join("config");
+        let recipients = [admin.to_public()];
+        let init = Repository::init(target, &recipients, &config_dir, RepoSecret::generate(), Tuning::default());
+        let (repository, _) = init.await.unwrap();
+        let mut config = repository.config.clone();
+        config.generation = 1;
+        config.previous = Some(repository.config_hash.clone());
+        assert!(parse_config("here", &config.to_bytes()).is_ok());
+        config.previous = Some("ab".repeat(1 << 10));
+        let refused = parse_config("here", &config.to_bytes()).unwrap_err();
+        assert!(refused.to_string().contains("names an object that is not a hash"), "{refused}");
     }
 
     #[tokio::test]

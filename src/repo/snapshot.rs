@@ -57,6 +57,15 @@ pub struct SnapshotHeader {
     pub replaces: Option<SnapshotId>,
 }
 
+impl SnapshotHeader {
+    /// The packs, indexes and dictionaries it names, by key, with the sizes it gives.
+    pub fn objects(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        (self.packs.iter().map(|o| (super::pack_key(&o.id), o.size)))
+            .chain(self.indexes.iter().map(|o| (super::index_key(&o.id), o.size)))
+            .chain(self.dictionaries.iter().map(|o| (super::dictionary_key(&o.id), o.size)))
+    }
+}
+
 /// One stream of bytes (a table's COPY data, or a schema section), as chunks.
 ///
 /// The list of its chunk ids is itself stored as chunks ("list chunks", data like any other),
@@ -735,7 +744,7 @@ impl SealedSnapshot {
     pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
         let compressed = self.authenticated(keyring)?;
         let key = snapshot_key(&self.id);
-        let mut manifest: Manifest = decode_json(&key, &compressed)?;
+        let mut manifest: Manifest = decode_json(&key, &compressed, super::MAX_JSON_BYTES)?;
         match manifest.admin_only.take() {
             Some(sealed) if keyring.is_admin() => {
                 let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;

@@ -200,9 +200,9 @@ impl Target {
     /// of a whole object states its limit: whoever writes the storage can put anything under
     /// any name, and an object read whole is held whole.
     pub async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes> {
-        self.get_if_at_most(key, limit)
-            .await?
-            .map_err(|size| Error::corrupt(key, format!("{size} bytes: too large for what it is")))
+        self.get_if_at_most(key, limit).await?.map_err(|size| {
+            Error::corrupt(format!("{}/{key}", self.location), format!("{size} bytes: too large for what it is"))
+        })
     }
 
     /// [`Self::get_at_most`], with a larger object's size (`Err`) for the caller to report.

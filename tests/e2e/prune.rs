@@ -678,6 +678,28 @@ fn another_targets_object_of_a_snapshot_put_in_its_place_does_not_make_prune_del
 
     work.run(&["prune", "--repo", &repo]).fails_with(1, "does not hold");
     assert_eq!(stored(&repo), before, "prune deleted what the replaced snapshot object needed");
+    // Nor with empty objects planted under the names it lacks.
+    let header: serde_json::Value = serde_json::from_slice(theirs.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
+    let mut named = Vec::new();
+    for (folder, list) in [("data", "packs"), ("index", "indexes"), ("dicts", "dictionaries")] {
+        for id in header[list].as_array().into_iter().flatten().map(|o| o["id"].as_str().unwrap()) {
+            named.push(if folder == "data" { format!("data/{}/{id}", &id[..2]) } else { format!("{folder}/{id}") });
+        }
+    }
+    for key in named {
+        let path = Path::new(&repo).join(&key);
+        if !path.exists() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"").unwrap();
+        }
+    }
+    let planted = stored(&repo);
+    assert!(planted.len() > before.len());
+    work.run(&["prune", "--repo", &repo]).fails_with(1, "does not hold");
+    assert_eq!(stored(&repo), planted, "prune deleted what the replaced snapshot object needed");
+    for key in planted.iter().filter(|key| !before.contains(*key)) {
+        std::fs::remove_file(Path::new(&repo).join(key)).unwrap();
+    }
     // Its own object put back, the target is whole.
     std::fs::write(&ours, &kept).unwrap();
     work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]).ok();

@@ -837,3 +837,21 @@ fn a_copy_rolled_back_to_retired_keys_is_not_read_beside_one_that_is_not() {
     run.ok();
     assert_same_database(&setup.source, &target);
 }
+
+/// Another target's object of a snapshot, put in the place of this target's (its MAC holds
+/// wherever it lies), names packs this target does not hold: `rekey --reencrypt` deletes
+/// nothing old there, where it deleted that snapshot's own packs as old ones, and says so.
+#[test]
+fn reencrypt_deletes_nothing_where_a_snapshot_names_what_the_target_lacks() {
+    let setup = Setup::new("rekey_swapped", 2);
+    let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
+    let ours = files_under(&first.join("snapshots")).pop().unwrap();
+    std::fs::copy(second.join("snapshots").join(ours.file_name().unwrap()), &ours).unwrap();
+    let packs = files_under(&first.join("data"));
+    let run = setup.rekey("admin.key", &["--json", "--reencrypt"]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("nothing old deleted"), "{}", run.stdout);
+    for pack in packs {
+        assert!(pack.exists(), "{} was deleted", pack.display());
+    }
+}

@@ -1303,6 +1303,30 @@ fn a_rewritten_header_naming_large_planted_objects_does_not_exhaust_a_repair() {
     assert!(peak_kib < 450 << 10, "peak {} MiB", peak_kib >> 10);
 }
 
+/// A plain `copy` reads the objects a source snapshot's header names eight at a time, at the
+/// sizes the header gives: a header rewritten in storage to name large objects planted beside
+/// it (6 × 160 MiB here) must not have them all held at once (~1 GB without a read budget).
+#[test]
+fn a_rewritten_source_header_naming_large_planted_objects_does_not_exhaust_a_copy() {
+    let victim = Victim::new("copy_planted");
+    let snapshot = victim.only("snapshots").pop().unwrap();
+    let mut planted = Vec::new();
+    for n in 0..6u8 {
+        let bytes = vec![n; 160 << 20];
+        let id = blake3::hash(&bytes).to_hex().to_string();
+        std::fs::write(victim.file("index").join(&id), &bytes).unwrap();
+        planted.push(serde_json::json!({ "id": id, "size": bytes.len() }));
+    }
+    rewrite_header(&snapshot, |header| header["indexes"].as_array_mut().unwrap().extend(planted.iter().cloned()));
+    let copy = victim.work.path("copy").to_str().unwrap().to_string();
+    victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
+    let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
+    command.args(["copy", "--from", &victim.repo, "--to", &copy]);
+    let (code, stdout, peak_kib) = run_measured(command);
+    assert!(code != 101 && code != -1, "exit {code}: {stdout}");
+    assert!(peak_kib < 450 << 10, "peak {} MiB", peak_kib >> 10);
+}
+
 /// A dictionary a restore needs, replaced in storage by a huge object (sparse here), is
 /// refused unread at the size its snapshot's index gives, not read whole into memory first.
 #[test]
@@ -1369,4 +1393,45 @@ fn large_objects_planted_as_configs_keys_and_packs_are_refused_unread() {
     victim.work.run(&["init", "--repo", &fresh, "--copy-from", &victim.repo]).ok();
     let (code, stdout) = measured(&["copy", "--json", "--from", &victim.repo, "--to", &fresh]);
     assert_ne!(code, 0, "{stdout}");
+}
+
+/// An index object made for the public recipients of a repository of format 4 or later, whose
+/// plaintext is zstd-compressed JSON (as formats 2 and 3 wrote) naming millions of packs in a
+/// few KB: refused before it is decompressed, not parsed whole into memory (~2 GiB seen with
+/// 10 million entries) before its missing MAC was found.
+#[test]
+fn an_index_of_compressed_json_in_a_binary_index_repository_is_not_decompressed() {
+    use std::io::Write;
+    let victim = Victim::new("json_index");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(victim.file("config")).unwrap()).unwrap();
+    let recipients: Vec<age::x25519::Recipient> = config["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(&config["writer_recipient"]))
+        .map(|r| r.as_str().unwrap().parse().unwrap())
+        .collect();
+    let mut json = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    json.write_all(b"{\"version\":3,\"packs\":[").unwrap();
+    let entry = format!("{{\"pack\":{{\"id\":\"{}\",\"size\":1}},\"chunks\":[]}},", "ab".repeat(32));
+    let block = entry.repeat(10_000);
+    for _ in 0..600 {
+        json.write_all(block.as_bytes()).unwrap();
+    }
+    json.write_all(entry.trim_end_matches(',').as_bytes()).unwrap();
+    json.write_all(b"]}").unwrap();
+    let ciphertext = crmvault::crypto::encrypt(&recipients, &json.finish().unwrap());
+    std::fs::write(victim.file("index").join(blake3::hash(&ciphertext).to_hex().as_str()), &ciphertext).unwrap();
+
+    let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
+    command.args(["backup", "--json", "--no-alarm", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    let (code, stdout, peak_kib) = run_measured(command);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(peak_kib < 300 << 10, "backup: peak {} MiB", peak_kib >> 10);
+    let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
+    command.args(["verify", "--json", "--repo", &victim.repo, "--identity", &victim.work.admin_key()]);
+    let (code, stdout, peak_kib) = run_measured(command);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(stdout.contains("not an index of this repository's format"), "{stdout}");
+    assert!(peak_kib < 300 << 10, "verify: peak {} MiB", peak_kib >> 10);
 }
