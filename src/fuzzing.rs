@@ -63,9 +63,9 @@ fn manifest_id(object: &[u8]) -> crate::repo::SnapshotId {
 /// A manifest's plaintext as decrypted (zstd-compressed JSON); also `bytes` as the JSON itself,
 /// compressed here, so that the fuzzer reaches the JSON.
 pub fn manifest(bytes: &[u8]) {
-    let _ = crate::repo::decode_json::<Manifest>("fuzz", bytes, crate::repo::MAX_JSON_BYTES);
+    let _ = crate::repo::decode_json::<Manifest>("fuzz", bytes);
     let compressed = zstd::bulk::compress(bytes, 1).expect("compressing to memory cannot fail");
-    let _ = crate::repo::decode_json::<Manifest>("fuzz", &compressed, crate::repo::MAX_JSON_BYTES);
+    let _ = crate::repo::decode_json::<Manifest>("fuzz", &compressed);
 }
 
 /// A `config` object as stored.
@@ -277,7 +277,7 @@ mod tests {
                 }
                 "snapshot" => snapshot(&seed),
                 "manifest" if seed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) => {
-                    crate::repo::decode_json::<Manifest>("seed", &seed, crate::repo::MAX_JSON_BYTES).unwrap();
+                    crate::repo::decode_json::<Manifest>("seed", &seed).unwrap();
                     manifest(&seed);
                 }
                 "manifest" => manifest(&seed),

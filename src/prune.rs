@@ -196,10 +196,7 @@ pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
         live.extend(header.objects());
         live_packs.extend(header.packs.iter().map(|pack| &pack.id));
     }
-    let held: HashMap<&str, u64> = stored.iter().map(|object| (object.key.as_str(), object.size)).collect();
-    let mut missing: Vec<String> =
-        live.iter().filter(|(key, size)| held.get(key.as_str()) != Some(size)).map(|(key, _)| key.clone()).collect();
-    missing.sort_unstable();
+    let missing = missing(&live, stored.iter().map(|object| (object.key.as_str(), object.size)));
     let mut garbage = Vec::new();
     let mut kept = Tally::default();
     for object in stored {
@@ -223,6 +220,21 @@ pub fn plan(headers: &[SnapshotHeader], stored: &[StoredObject]) -> PrunePlan {
     PrunePlan { garbage, kept, missing }
 }
 
+/// Of the objects headers name (`named`: key → the size they give), those a target's listing
+/// (`stored`: key, size) does not hold at that size, sorted: a snapshot naming them is damaged,
+/// or is another target's object of that snapshot put here (its MAC holds wherever it lies),
+/// and what this target's own object of it needed would look like garbage.
+pub(crate) fn missing<'a>(
+    named: &HashMap<String, u64>,
+    stored: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Vec<String> {
+    let held: HashMap<&str, u64> = stored.into_iter().collect();
+    let mut missing: Vec<String> =
+        named.iter().filter(|(key, size)| held.get(key.as_str()) != Some(size)).map(|(key, _)| key.clone()).collect();
+    missing.sort_unstable();
+    missing
+}
+
 /// Prunes one target (which the caller has locked: exclusive to delete, shared for a dry run).
 pub async fn run(
     repository: &Repository,
@@ -238,9 +250,7 @@ pub async fn run(
     let planned_with: Vec<SnapshotId> = listed.into_iter().map(|(id, _)| id).collect();
     let stored = list_stored(repository).await?;
     let plan = plan(&headers, &stored);
-    // A snapshot naming what the target lacks is damaged, or is another target's object of
-    // that snapshot put here (its MAC holds wherever it lies; each target's own packs differ):
-    // what this target's own object of it needed would look like garbage.
+    // Nothing is deleted where a snapshot names what the target lacks ([`missing`]).
     if let Some(first) = plan.missing.first() {
         return Err(Error::corrupt(
             repository.target.location(),

@@ -341,16 +341,49 @@ async fn read_again(from: &Repository, sealed: &repo::SealedSnapshot) -> Result<
     Ok((crate::crypto::object_hash(&bytes) == sealed.object_hash).then_some(bytes))
 }
 
+/// Why an object read at the size a header names it with is not that object.
+enum Unfit {
+    /// The size is more than its kind holds (the header's, which without a key is the
+    /// storage's word): not read.
+    OverKind,
+    /// It is larger than that size: not read.
+    Larger,
+    /// Its bytes do not match its name.
+    NotItsName(Error),
+    /// It is shorter: its length.
+    Shorter(u64),
+}
+
+/// `target`'s object `key` as a header names it: read no larger than `size` (within `budget`)
+/// and checked against its name and size.
+async fn read_named(
+    target: &Repository,
+    key: &str,
+    size: u64,
+    budget: &ReadBudget,
+) -> Result<std::result::Result<Held, Unfit>> {
+    if size > repo::largest_object(key) {
+        return Ok(Err(Unfit::OverKind));
+    }
+    let held = match target.target.get_within_sized(key, size, budget).await {
+        Err(Error::Corrupt { .. }) => return Ok(Err(Unfit::Larger)),
+        held => held?,
+    };
+    if let Err(error) = repo::check_object_name(key, &held) {
+        return Ok(Err(Unfit::NotItsName(error)));
+    }
+    if held.len() as u64 != size {
+        return Ok(Err(Unfit::Shorter(held.len() as u64)));
+    }
+    Ok(Ok(held))
+}
+
 /// Whether `target` holds `key` whole: `size` bytes that match its name (read no further,
 /// within `budget`).
 async fn is_whole(target: &Repository, key: &str, size: u64, budget: &ReadBudget) -> Result<bool> {
-    // The size is a header's, which without a key is the storage's word.
-    if size > repo::largest_object(key) {
-        return Ok(false);
-    }
-    match target.target.get_within_sized(key, size, budget).await {
-        Ok(bytes) => Ok(bytes.len() as u64 == size && repo::check_object_name(key, &bytes).is_ok()),
-        Err(Error::Missing { .. } | Error::Corrupt { .. }) => Ok(false),
+    match read_named(target, key, size, budget).await {
+        Ok(found) => Ok(found.is_ok()),
+        Err(Error::Missing { .. }) => Ok(false),
         Err(error) => Err(error),
     }
 }
@@ -363,11 +396,9 @@ async fn fetch_repair(
     size: u64,
     budget: &ReadBudget,
 ) -> Result<std::result::Result<Held, String>> {
-    if size > repo::largest_object(key) {
-        return Ok(Err(format!("named with {size} bytes, too large for what it is (a header rewritten in storage?)")));
-    }
-    let bytes = match from.target.get_within_sized(key, size, budget).await {
-        Ok(bytes) => bytes,
+    let unfit = match read_named(from, key, size, budget).await {
+        Ok(Ok(held)) => return Ok(Ok(held)),
+        Ok(Err(unfit)) => unfit,
         Err(Error::Missing { .. }) => {
             return Ok(Err(format!(
                 "{} does not hold it (a backup to both writes each target's own packs: a restore given both --repo \
@@ -375,26 +406,23 @@ async fn fetch_repair(
                 from.target.location()
             )));
         }
-        Err(Error::Corrupt { .. }) => {
-            return Ok(Err(format!(
-                "{}'s object of that name is larger than this target's snapshots say ({size} bytes): one of them \
-                 is damaged",
-                from.target.location()
-            )));
-        }
         Err(error) => return Err(error),
     };
-    if repo::check_object_name(key, &bytes).is_err() {
-        return Ok(Err(format!("damaged at {} too (its bytes do not match its name)", from.target.location())));
-    }
-    if bytes.len() as u64 != size {
-        return Ok(Err(format!(
-            "this target's snapshots name it with {size} bytes; the object of that name has {} (their header is \
-             wrong)",
-            bytes.len()
-        )));
-    }
-    Ok(Ok(bytes))
+    Ok(Err(match unfit {
+        Unfit::OverKind => {
+            format!("named with {size} bytes, too large for what it is (a header rewritten in storage?)")
+        }
+        Unfit::Larger => format!(
+            "{}'s object of that name is larger than this target's snapshots say ({size} bytes): one of them is \
+             damaged",
+            from.target.location()
+        ),
+        Unfit::NotItsName(_) => format!("damaged at {} too (its bytes do not match its name)", from.target.location()),
+        Unfit::Shorter(length) => format!(
+            "this target's snapshots name it with {size} bytes; the object of that name has {length} (their header \
+             is wrong)"
+        ),
+    }))
 }
 
 /// Removes `verify`'s damage `marker` of a pack whole now: backups may reuse it again.
@@ -440,26 +468,20 @@ async fn check_present(to: &Repository, key: &str) -> Result<()> {
 /// read no larger than that size or what its kind can hold, within `budget` (the sizes are a
 /// header's, which without a key is the storage's word).
 async fn fetch_checked(from: &Repository, key: &str, size: Option<u64>, budget: &ReadBudget) -> Result<Held> {
-    let wrong_size = || Error::corrupt(format!("{}/{key}", from.target.location()), "has the wrong size");
-    let largest = repo::largest_object(key);
-    let held = match size {
-        Some(size) if size > largest => {
-            return Err(Error::corrupt(
-                format!("{}/{key}", from.target.location()),
-                "is named with more bytes than its kind holds (a header rewritten in storage?)",
-            ));
-        }
-        Some(size) => match from.target.get_within_sized(key, size, budget).await {
-            Err(Error::Corrupt { .. }) => return Err(wrong_size()),
-            held => held?,
-        },
-        None => from.target.get_within(key, largest, budget).await?,
+    let Some(size) = size else {
+        let held = from.target.get_within(key, repo::largest_object(key), budget).await?;
+        repo::check_object_name(key, &held)?;
+        return Ok(held);
     };
-    repo::check_object_name(key, &held)?;
-    if size.is_some_and(|expected| expected != held.len() as u64) {
-        return Err(wrong_size());
+    let at = format!("{}/{key}", from.target.location());
+    match read_named(from, key, size, budget).await? {
+        Ok(held) => Ok(held),
+        Err(Unfit::OverKind) => {
+            Err(Error::corrupt(at, "is named with more bytes than its kind holds (a header rewritten in storage?)"))
+        }
+        Err(Unfit::NotItsName(error)) => Err(error),
+        Err(Unfit::Larger | Unfit::Shorter(_)) => Err(Error::corrupt(at, "has the wrong size")),
     }
-    Ok(held)
 }
 
 /// The error for a destination object of `found` bytes where the source's snapshot `snapshot`

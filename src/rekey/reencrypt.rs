@@ -316,10 +316,9 @@ impl Rewriting<'_> {
         for folder in ["index", "dicts", "data"] {
             listed.extend(target.list(folder).await?);
         }
-        // A snapshot naming what this target lacks (damaged, or another target's object of it
-        // put here: its MAC holds anywhere) would have its own objects here taken for old ones.
-        let held: HashMap<&str, u64> = listed.iter().map(|(key, size)| (key.as_str(), *size)).collect();
-        if let Some((key, _)) = named.iter().find(|(key, size)| held.get(key.as_str()) != Some(*size)) {
+        // Nothing old is deleted where a snapshot names what this target lacks.
+        let missing = crate::prune::missing(&named, listed.iter().map(|(key, size)| (key.as_str(), *size)));
+        if let Some(key) = missing.first() {
             self.out.not_deleted.push((
                 target.location().to_string(),
                 format!(
@@ -329,12 +328,10 @@ impl Rewriting<'_> {
             ));
             return Ok(());
         }
-        {
-            for (key, _) in listed {
-                let name = key.rsplit('/').next().unwrap_or(&key);
-                if !name.parse::<ObjectId>().is_ok_and(|id| keep.contains(&id)) {
-                    delete(target, &key, &mut self.out).await;
-                }
+        for (key, _) in listed {
+            let name = key.rsplit('/').next().unwrap_or(&key);
+            if !name.parse::<ObjectId>().is_ok_and(|id| keep.contains(&id)) {
+                delete(target, &key, &mut self.out).await;
             }
         }
         Ok(())

@@ -380,8 +380,9 @@ fn decode_index(
     let file: IndexFile = if plaintext.starts_with(index_codec::MAGIC) {
         index_codec::decode(&plaintext).map_err(|reason| Error::corrupt(key, format!("bad index: {reason}")))?
     } else if repository_version < BINARY_INDEX_VERSION {
-        // Formats 2 and 3: zstd-compressed JSON, decoded no larger than any they wrote.
-        decode_json(key, &plaintext, super::MAX_JSON_BYTES)?
+        // Formats 2 and 3: zstd-compressed JSON, decoded no larger than any they wrote
+        // (`decode_json`).
+        decode_json(key, &plaintext)?
     } else {
         // Anything else, decompressed, could be any size (the recipients are public).
         return Err(Error::corrupt(key, "not an index of this repository's format"));

@@ -217,16 +217,16 @@ pub async fn ensure_empty(target: &Target) -> Result<()> {
 
 /// The most JSON an object of formats 2 and 3 (an index, a manifest) is decompressed to: about
 /// ten million chunks' index entries.
-pub(crate) const MAX_JSON_BYTES: u64 = 1 << 30;
+const MAX_JSON_BYTES: u64 = 1 << 30;
 
 /// zstd-compressed JSON, parsed as it is decompressed: the JSON of a large index (about 100
-/// bytes a chunk: 50 MiB at 3 GiB of data) is never held whole. More than `limit` bytes of it
-/// are refused (a few bytes of zstd can say gigabytes).
-pub(crate) fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8], limit: u64) -> Result<T> {
+/// bytes a chunk: 50 MiB at 3 GiB of data) is never held whole. More than [`MAX_JSON_BYTES`]
+/// of it are refused (a few bytes of zstd can say gigabytes).
+pub(crate) fn decode_json<T: for<'de> Deserialize<'de>>(object: &str, compressed: &[u8]) -> Result<T> {
     use std::io::Read;
     let decoder = zstd::stream::Decoder::new(compressed).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
-    // More than `limit` bytes of JSON end it where it is cut: not JSON.
-    serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, decoder.take(limit))).map_err(|e| {
+    // More JSON than that ends where it is cut: not JSON.
+    serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, decoder.take(MAX_JSON_BYTES))).map_err(|e| {
         if e.is_io() {
             Error::corrupt(object, format!("zstd: {e}"))
         } else {

@@ -744,7 +744,7 @@ impl SealedSnapshot {
     pub fn open(&self, keyring: &Keyring) -> Result<Manifest> {
         let compressed = self.authenticated(keyring)?;
         let key = snapshot_key(&self.id);
-        let mut manifest: Manifest = decode_json(&key, &compressed, super::MAX_JSON_BYTES)?;
+        let mut manifest: Manifest = decode_json(&key, &compressed)?;
         match manifest.admin_only.take() {
             Some(sealed) if keyring.is_admin() => {
                 let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;

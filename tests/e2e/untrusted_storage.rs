@@ -35,6 +35,14 @@ impl Victim {
         files_under(&self.file(folder))
     }
 
+    /// A copy of the repository beside it (`init --copy-from`, then `copy`): its path.
+    fn copied(&self) -> String {
+        let copy = self.work.path("copy").to_str().unwrap().to_string();
+        self.work.run(&["init", "--repo", &copy, "--copy-from", &self.repo]).ok();
+        self.work.run(&["copy", "--from", &self.repo, "--to", &copy]).ok();
+        copy
+    }
+
     /// Another repository this machine pins too (another team's, whose admin is the
     /// attacker): its path.
     fn others_repository(&self) -> String {
@@ -1088,9 +1096,7 @@ fn an_emptied_repository_is_named_as_the_one_this_machine_knew_there_not_as_a_pl
     let newest = victim.only("snapshots").pop().unwrap();
     let newest = newest.file_name().unwrap().to_str().unwrap()[..8].to_string();
     let repository_id = pin_of(&victim.work)["repository_id"].as_str().unwrap().to_string();
-    let copy = victim.work.path("copy").to_str().unwrap().to_string();
-    victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
-    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    let copy = victim.copied();
     // Emptied in storage (the folder kept), then removed altogether: either way the place is
     // the one this machine's pin names, and "run `crmvault init` first" would start over there.
     for entry in std::fs::read_dir(&victim.repo).unwrap() {
@@ -1277,30 +1283,29 @@ fn snapshots_planted_to_parse_are_not_all_held_by_the_commands_that_read_every_s
 #[test]
 fn a_rewritten_header_naming_large_planted_objects_does_not_exhaust_a_repair() {
     let victim = Victim::new("repair_planted");
-    let copy = victim.work.path("copy").to_str().unwrap().to_string();
-    victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
-    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    let copy = victim.copied();
     let snapshot = files_under(&victim.work.path("copy/snapshots")).pop().unwrap();
-    let bytes = std::fs::read(&snapshot).unwrap();
-    let lines: Vec<&[u8]> = bytes.splitn(4, |&b| b == b'\n').collect();
-    let mut header: serde_json::Value = serde_json::from_slice(lines[1]).unwrap();
-    for n in 0..6u8 {
-        let planted = vec![n; 160 << 20];
-        let id = blake3::hash(&planted).to_hex().to_string();
-        std::fs::write(victim.work.path("copy/index").join(&id), &planted).unwrap();
-        let size = planted.len();
-        header["indexes"].as_array_mut().unwrap().push(serde_json::json!({ "id": id, "size": size }));
-    }
-    let header_line = serde_json::to_vec(&header).unwrap();
-    let mut forged = [lines[0], &header_line, blake3::hash(&header_line).to_hex().as_bytes()].join(&b'\n');
-    forged.push(b'\n');
-    forged.extend_from_slice(lines[3]);
-    std::fs::write(&snapshot, forged).unwrap();
+    name_large_planted_indexes(&snapshot);
     let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
     command.args(["copy", "--repair", "--from", &victim.repo, "--to", &copy]);
     let (code, stdout, peak_kib) = run_measured(command);
     assert!(code == 0 || code == 3, "exit {code}: {stdout}");
     assert!(peak_kib < 450 << 10, "peak {} MiB", peak_kib >> 10);
+}
+
+/// Plants six objects of 160 MiB, each named by its hash, beside the snapshot object at
+/// `snapshot` (under its repository's `index/`), and rewrites its header to name them, as a
+/// storage writer can (the hash line after the header needs no key).
+fn name_large_planted_indexes(snapshot: &Path) {
+    let index = snapshot.parent().unwrap().parent().unwrap().join("index");
+    let mut planted = Vec::new();
+    for n in 0..6u8 {
+        let bytes = vec![n; 160 << 20];
+        let id = blake3::hash(&bytes).to_hex().to_string();
+        std::fs::write(index.join(&id), &bytes).unwrap();
+        planted.push(serde_json::json!({ "id": id, "size": bytes.len() }));
+    }
+    rewrite_header(snapshot, |header| header["indexes"].as_array_mut().unwrap().extend(planted.iter().cloned()));
 }
 
 /// A plain `copy` reads the objects a source snapshot's header names eight at a time, at the
@@ -1309,15 +1314,7 @@ fn a_rewritten_header_naming_large_planted_objects_does_not_exhaust_a_repair() {
 #[test]
 fn a_rewritten_source_header_naming_large_planted_objects_does_not_exhaust_a_copy() {
     let victim = Victim::new("copy_planted");
-    let snapshot = victim.only("snapshots").pop().unwrap();
-    let mut planted = Vec::new();
-    for n in 0..6u8 {
-        let bytes = vec![n; 160 << 20];
-        let id = blake3::hash(&bytes).to_hex().to_string();
-        std::fs::write(victim.file("index").join(&id), &bytes).unwrap();
-        planted.push(serde_json::json!({ "id": id, "size": bytes.len() }));
-    }
-    rewrite_header(&snapshot, |header| header["indexes"].as_array_mut().unwrap().extend(planted.iter().cloned()));
+    name_large_planted_indexes(&victim.only("snapshots").pop().unwrap());
     let copy = victim.work.path("copy").to_str().unwrap().to_string();
     victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
     let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
@@ -1353,9 +1350,7 @@ fn a_huge_object_planted_as_a_dictionary_is_refused_unread_by_a_restore() {
 #[test]
 fn large_objects_planted_as_configs_keys_and_packs_are_refused_unread() {
     let victim = Victim::new("planted_configs");
-    let copy = victim.work.path("copy").to_str().unwrap().to_string();
-    victim.work.run(&["init", "--repo", &copy, "--copy-from", &victim.repo]).ok();
-    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    let copy = victim.copied();
     let huge = |path: &Path| std::fs::File::create(path).unwrap().set_len(1 << 30).unwrap();
     let in_copy = |folder: &str| files_under(&victim.work.path(&format!("copy/{folder}")));
     for n in 0..3u8 {
