@@ -1430,3 +1430,26 @@ fn an_index_of_compressed_json_in_a_binary_index_repository_is_not_decompressed(
     assert!(stdout.contains("not an index of this repository's format"), "{stdout}");
     assert!(peak_kib < 300 << 10, "verify: peak {} MiB", peak_kib >> 10);
 }
+
+/// Configs planted to claim to follow the repository's (generation 1, naming its config as
+/// their predecessor, unsigned), each as large as a config may be with what a reader keeps of
+/// it (a carried list of 200,000 hashes): every command that opens the repository reads them,
+/// and must hold none of them beyond the check of its signature (all were held, parsed, before).
+#[test]
+fn configs_planted_to_follow_the_repositorys_are_not_all_held_by_whoever_opens_it() {
+    let victim = Victim::new("planted_successors");
+    let bytes = std::fs::read(victim.file("config")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    config["generation"] = 1.into();
+    config["previous"] = blake3::hash(&bytes).to_hex().to_string().into();
+    for n in 0..16u64 {
+        config["carried"] = (0..200_000u64).map(|i| format!("{:064x}", n << 32 | i)).collect();
+        let planted = serde_json::to_vec(&config).unwrap();
+        std::fs::write(victim.file("configs").join(blake3::hash(&planted).to_hex().as_str()), planted).unwrap();
+    }
+    let mut command = victim.work.command_for(env!("CARGO_BIN_EXE_crmvault"));
+    command.args(["backup", "--json", "--no-alarm", "--db", &victim.source.url(), "--repo", &victim.repo]);
+    let (code, stdout, peak_kib) = run_measured(command);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(peak_kib < 200 << 10, "peak {} MiB", peak_kib >> 10);
+}
