@@ -89,9 +89,15 @@ impl AuditLog {
             .to_string(),
             exit_code: code,
             error: error.map(String::from),
+            error_admin: None,
             database,
         };
         for (repository, keyring) in targets {
+            // A run that could read data may quote it in its error: for the admins alone.
+            let mut entry = entry.clone();
+            if keyring.is_admin() {
+                entry.seal_error(&repository.data_recipients());
+            }
             if let Err(error) = repository.append_audit(&entry, &keyring).await {
                 super::output::warning(format_args!(
                     "{}: the audit record of this {operation} was not written: {}",
@@ -181,6 +187,8 @@ pub fn print(
             }
             if let Some(error) = &entry.error {
                 let _ = write!(line, "  error: {}", printable(error));
+            } else if entry.error_admin.is_some() {
+                let _ = write!(line, "  error: kept for the admins (give --identity)");
             }
             say!("{line}");
         }

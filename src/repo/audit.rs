@@ -41,9 +41,15 @@ pub struct AuditEntry {
     pub result: String,
     /// The exit code.
     pub exit_code: u8,
-    /// The error, for a failed operation (one line, as printed).
+    /// The error, for a failed operation (one line, as printed). Of a run with an admin
+    /// identity, filled in from [`Self::error_admin`] when an admin reads the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The error of a run with an admin identity, which may quote data (a value PostgreSQL
+    /// refused to load, a row asked for): age-encrypted to the admins alone, hex. The writer
+    /// key reads that such a run failed, not why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_admin: Option<String>,
     /// The database backed up, restored into or drilled into, without its password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
@@ -145,6 +151,13 @@ fn parse_key(key: &str) -> Option<(u64, &str)> {
 }
 
 impl AuditEntry {
+    /// Keeps the error for the admins alone ([`Self::error_admin`], sealed to `admins`).
+    pub fn seal_error(&mut self, admins: &[age::x25519::Recipient]) {
+        if let Some(error) = self.error.take() {
+            self.error_admin = Some(hex::encode(crypto::encrypt(admins, error.as_bytes())));
+        }
+    }
+
     /// The stored object: a version line, the header line, a MAC over both and the ciphertext
     /// under the repository's audit key, then the entry encrypted to `recipients`.
     fn seal(&self, header: &AuditHeader, recipients: &[age::x25519::Recipient], keyring: &Keyring) -> Bytes {
@@ -222,7 +235,17 @@ fn open(key: &str, bytes: &[u8], keyring: Option<&Keyring>) -> Result<AuditRecor
     // rotated since) is authentic all the same: unreadable here, not a problem.
     let entry = match keyring.decrypt(key, ciphertext) {
         Ok(plaintext) => {
-            Some(serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(key, format!("bad audit entry: {e}")))?)
+            let mut entry: AuditEntry =
+                serde_json::from_slice(&plaintext).map_err(|e| Error::corrupt(key, format!("bad audit entry: {e}")))?;
+            // An admin reads the error kept for the admins (one added since cannot: left out).
+            if keyring.is_admin()
+                && let Some(sealed) = &entry.error_admin
+                && let Ok(error) =
+                    hex::decode(sealed).map_err(|_| ()).and_then(|c| keyring.decrypt(key, &c).map_err(drop))
+            {
+                entry.error = Some(String::from_utf8_lossy(&error).into_owned());
+            }
+            Some(entry)
         }
         Err(Error::BadKey(_) | Error::WrongIdentity { .. }) if authenticated => None,
         Err(error) => return Err(error),
@@ -326,6 +349,11 @@ impl Repository {
                 config_hash: keyring.head.clone(),
                 replaces: Some(hash.clone()),
             };
+            // An error kept for the admins, for the admins now (read into `error` as it opened).
+            let mut entry = entry.clone();
+            if entry.error_admin.is_some() {
+                entry.seal_error(&self.data_recipients());
+            }
             let object = entry.seal(&header, &self.metadata_recipients(), keyring);
             let copy = crypto::object_hash(&object);
             self.target.put_new(&audit_key(header.number, &copy), object).await?;
@@ -474,6 +502,7 @@ mod tests {
             result: "ok".into(),
             exit_code: 0,
             error: None,
+            error_admin: None,
             database: Some("postgres://alice@db/crm_restored".into()),
         }
     }
