@@ -22,7 +22,7 @@ mod local;
 mod location;
 mod s3;
 
-use local::{direct, is_staging_file, refuse_linked_folders, refuse_special_file, staging_files, sync_local};
+use local::refuse_special_file;
 pub use location::{Location, displayable, place, same_place};
 pub use s3::S3Settings;
 
@@ -43,6 +43,8 @@ pub struct Target {
     store: Arc<dyn ObjectStore>,
     location: String,
     local_root: Option<PathBuf>,
+    /// A local folder's root, held open: where its writes and deletes start ([`local`]).
+    local_fd: Option<Arc<local::Root>>,
     /// How often a create whose answer was lost is sent again (object_store does not resend a
     /// request that is not idempotent, and a create is not).
     create_retries: usize,
@@ -162,9 +164,19 @@ impl Target {
             Ok(_) | Err(_) => return Err(Error::NotARepository { location: location.to_string() }),
         }
         let root = path.canonicalize().map_err(|e| Error::io(path, e))?;
+        let held = local::Root::open(&root).map_err(|error| match error.kind() {
+            std::io::ErrorKind::PermissionDenied => out_of_reach(error),
+            _ => Error::io(&root, error),
+        })?;
         let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|source| Error::Storage { location: location.to_string(), source })?;
-        Ok(Target { store: Arc::new(store), location: location.to_string(), local_root: Some(root), create_retries: 0 })
+        Ok(Target {
+            store: Arc::new(store),
+            location: location.to_string(),
+            local_root: Some(root),
+            local_fd: Some(Arc::new(held)),
+            create_retries: 0,
+        })
     }
 
     /// Where this target's objects are: the folder it opened (links resolved), or the bucket,
@@ -282,25 +294,15 @@ impl Target {
 
     /// Writes a new object, durably. An existing object is left untouched.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
-        if let Some(root) = &self.local_root {
-            refuse_linked_folders(root, key)?;
+        if self.local_root.is_some() {
+            let payload = bytes.clone();
+            return match self.in_folder(key, false, move |root, key| local::put_new(root, key, &payload)).await? {
+                local::Outcome::Written => Ok(PutOutcome::Written),
+                local::Outcome::Exists => self.claim(key, bytes).await,
+            };
         }
-        if self.local_root.is_none() && bytes.len() > MULTIPART_THRESHOLD {
+        if bytes.len() > MULTIPART_THRESHOLD {
             return self.put_new_in_parts(key, bytes).await;
-        }
-        #[cfg(target_os = "linux")]
-        if let Some(root) = &self.local_root
-            && bytes.len() >= direct::THRESHOLD
-        {
-            let (root, key_owned, payload) = (root.clone(), key.to_string(), bytes.clone());
-            let written = tokio::task::spawn_blocking(move || direct::put_new(&root, &key_owned, &payload))
-                .await
-                .expect("the direct write task does not panic")?;
-            match written {
-                direct::Outcome::Written => return Ok(PutOutcome::Written),
-                direct::Outcome::Exists => return self.heal(key, bytes).await,
-                direct::Outcome::Unsupported => {}
-            }
         }
         match self.create(key, &bytes).await {
             Ok(()) => {}
@@ -318,14 +320,33 @@ impl Target {
                     .map_err(|e| self.map_error(key, e))?;
             }
         }
-        if let Some(root) = &self.local_root {
-            let root = root.clone();
-            let key = key.to_string();
-            tokio::task::spawn_blocking(move || sync_local(&root, &key))
-                .await
-                .expect("the fsync task does not panic")?;
-        }
         Ok(PutOutcome::Written)
+    }
+
+    /// A local folder's write or delete ([`local`]), on a blocking thread. Its failure is said
+    /// as object_store's would be; a refusal (permissions, a read-only mount) to a delete is
+    /// [`Error::DeleteRefused`].
+    async fn in_folder<T: Send + 'static>(
+        &self,
+        key: &str,
+        deleting: bool,
+        work: impl FnOnce(&local::Root, &str) -> std::result::Result<T, local::Failed> + Send + 'static,
+    ) -> Result<T> {
+        let root = Arc::clone(self.local_fd.as_ref().expect("only for local folders"));
+        let owned = key.to_string();
+        let done =
+            tokio::task::spawn_blocking(move || work(&root, &owned)).await.expect("a local write does not panic");
+        done.map_err(|failed| {
+            failed.into_error(|path, error| {
+                let said = std::io::Error::new(error.kind(), format!("{}: {error}", path.display()));
+                let source = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(said) };
+                if deleting && is_refusal(&source) {
+                    Error::DeleteRefused { location: self.location.clone(), object: key.to_string(), source }
+                } else {
+                    Error::Storage { location: self.location.clone(), source }
+                }
+            })
+        })
     }
 
     /// A conditional create (`If-None-Match: *`), sent again, up to `create_retries` times,
@@ -431,19 +452,13 @@ impl Target {
     /// against its name (`copy --repair`, a leftover [`Self::put_new`] heals). Needs no right
     /// to delete.
     pub async fn rewrite(&self, key: &str, bytes: Bytes) -> Result<()> {
-        if let Some(root) = &self.local_root {
-            refuse_linked_folders(root, key)?;
+        if self.local_root.is_some() {
+            return self.in_folder(key, false, move |root, key| local::replace(root, key, &bytes, true)).await;
         }
         self.store
             .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
             .await
             .map_err(|e| self.map_error(key, e))?;
-        if let Some(root) = &self.local_root {
-            let (root, key) = (root.clone(), key.to_string());
-            tokio::task::spawn_blocking(move || sync_local(&root, &key))
-                .await
-                .expect("the fsync task does not panic")?;
-        }
         Ok(())
     }
 
@@ -496,8 +511,8 @@ impl Target {
     /// new). Only for the few mutable objects (locks); not synced, since they need not outlive
     /// a crash.
     pub async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<()> {
-        if let Some(root) = &self.local_root {
-            refuse_linked_folders(root, key)?;
+        if self.local_root.is_some() {
+            return self.in_folder(key, false, move |root, key| local::replace(root, key, &bytes, false)).await;
         }
         self.store
             .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
@@ -541,14 +556,11 @@ impl Target {
     /// A delete the storage refuses, rather than fails at, is [`Error::DeleteRefused`]
     /// ([`is_refusal`]): prune leaves such objects and goes on.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        // A folder planted as a link would send the delete outside the repository.
-        if let Some(root) = &self.local_root {
-            refuse_linked_folders(root, key)?;
-        }
-        if let Some(root) = &self.local_root
-            && is_staging_file(key)
-        {
-            return self.delete_staging_file(root, key).await;
+        // By name in its folder, reached without following a link: a folder swapped for one
+        // would send the delete outside the repository. Staging files too (object_store
+        // refuses their names).
+        if self.local_root.is_some() {
+            return self.in_folder(key, true, local::remove).await;
         }
         match self.store.delete(&ObjectPath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -565,29 +577,10 @@ impl Target {
     /// becomes an object. Only prune deletes them ([`Target::delete`]), under the exclusive
     /// lock, when no write can be running.
     pub async fn staging_files(&self, folder: &str) -> Result<Vec<(String, u64)>> {
-        let Some(root) = self.local_root.clone() else { return Ok(Vec::new()) };
-        let folder = folder.to_string();
-        tokio::task::spawn_blocking(move || staging_files(&root, &folder))
-            .await
-            .expect("the listing task does not panic")
-    }
-
-    /// Removes a staging file directly: object_store refuses such names. Its errors go the
-    /// way object_store's do, so that a refusal is [`Error::DeleteRefused`] here too.
-    async fn delete_staging_file(&self, root: &Path, key: &str) -> Result<()> {
-        let path = root.join(key);
-        match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await.expect("unlink does not panic") {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => {
-                let source = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(error) };
-                if is_refusal(&source) {
-                    Err(Error::DeleteRefused { location: self.location.clone(), object: key.to_string(), source })
-                } else {
-                    Err(Error::Storage { location: self.location.clone(), source })
-                }
-            }
+        if self.local_fd.is_none() {
+            return Ok(Vec::new());
         }
+        self.in_folder(folder, false, local::staging_files).await
     }
 
     fn map_error(&self, key: &str, error: object_store::Error) -> Error {
@@ -671,11 +664,108 @@ mod tests {
         std::fs::write(root.path().join("data/ab/notes#draft"), b"not a staging name").unwrap();
         let listed: Vec<String> = target.list("data").await.unwrap().into_iter().map(|(key, _)| key).collect();
         assert!(listed.contains(&pack) && !listed.iter().any(|key| key.ends_with("#0")), "{listed:?}");
+        // Nothing is listed through a link planted in the repository.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("outside#1"), b"not the repository's").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("data/zz")).unwrap();
         assert_eq!(target.staging_files("data").await.unwrap(), [(format!("{pack}#0"), 11)]);
         assert!(target.staging_files("index").await.unwrap().is_empty(), "a missing folder holds none");
         target.delete(&format!("{pack}#0")).await.unwrap();
         assert!(target.staging_files("data").await.unwrap().is_empty());
         assert!(root.path().join(&pack).exists() && root.path().join("data/ab/notes#draft").exists());
+    }
+
+    /// A storage writer who swaps a folder of a local repository for a link to another folder,
+    /// over and over, never gets one of this host's writes or deletes to land there: a check of
+    /// the path followed by a delete by path did (prune deleted another target's pack).
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_folder_swapped_for_a_link_meanwhile_never_takes_a_write_or_delete_outside() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let repository = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = Target::open(repository.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let (folder, link) = (repository.path().join("data/ab"), repository.path().join("data/swap"));
+        let outside = elsewhere.path().join("ab");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        // Another target's objects, under the names of the ones deleted here.
+        let names: Vec<String> = (0..400u32).map(|n| format!("{n:064x}")).collect();
+        for name in &names {
+            std::fs::write(outside.join(name), b"another target's pack").unwrap();
+            std::fs::write(folder.join(name), b"a pack no snapshot needs").unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let flags = rustix::fs::RenameFlags::EXCHANGE;
+                    rustix::fs::renameat_with(rustix::fs::CWD, &folder, rustix::fs::CWD, &link, flags).unwrap();
+                    swaps += 1;
+                }
+                swaps
+            }
+        });
+        let (mut refused, mut other_errors) = (0, Vec::new());
+        for (n, name) in names.iter().enumerate() {
+            // Now and then a pack past the page cache's threshold (O_DIRECT where it is taken).
+            let new = if n % 40 == 0 { Bytes::from(vec![7u8; 1 << 20]) } else { Bytes::from_static(b"written") };
+            for done in [
+                target.delete(&format!("data/ab/{name}")).await,
+                target.put_new(&format!("data/ab/new-{name}"), new).await.map(drop),
+                target.rewrite(&format!("data/ab/mended-{name}"), Bytes::from_static(b"mended")).await,
+                target.overwrite(&format!("data/ab/lock-{name}"), Bytes::from_static(b"lock")).await,
+            ] {
+                match done {
+                    Ok(()) => {}
+                    Err(error) if error.to_string().contains("symbolic link inside the repository") => refused += 1,
+                    Err(error) => other_errors.push(error.to_string()),
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        let mut found: Vec<String> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        found.sort();
+        assert!(found == names, "{} of {} objects outside, {swaps} swaps", found.len(), names.len());
+        assert!(other_errors.is_empty(), "{other_errors:?}");
+        assert!(refused > 0, "the link was met at least once in {swaps} swaps");
+    }
+
+    /// The repository's own folder renamed away and a link to elsewhere left at its path while
+    /// a command runs (by whoever may write beside it): its writes and deletes stay in the
+    /// folder it opened.
+    #[tokio::test]
+    async fn the_root_made_a_link_after_it_was_opened_takes_no_write_or_delete_elsewhere() {
+        let base = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let path = base.path().join("repo");
+        std::fs::create_dir_all(path.join("data")).unwrap();
+        std::fs::write(path.join("data/old"), b"garbage").unwrap();
+        std::fs::create_dir_all(elsewhere.path().join("data")).unwrap();
+        std::fs::write(elsewhere.path().join("data/old"), b"precious").unwrap();
+        let target = Target::open(path.to_str().unwrap(), OpenMode::Existing).unwrap();
+        std::fs::rename(&path, base.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), &path).unwrap();
+        target.delete("data/old").await.unwrap();
+        target.put_new("data/new", Bytes::from_static(b"new")).await.unwrap();
+        target.overwrite("locks/writer", Bytes::from_static(b"lock")).await.unwrap();
+        assert_eq!(std::fs::read(elsewhere.path().join("data/old")).unwrap(), b"precious");
+        assert!(!elsewhere.path().join("data/new").exists() && !elsewhere.path().join("locks").exists());
+        let moved = base.path().join("moved");
+        assert!(!moved.join("data/old").exists());
+        assert_eq!(std::fs::read(moved.join("data/new")).unwrap(), b"new");
+        assert_eq!(std::fs::read(moved.join("locks/writer")).unwrap(), b"lock");
+        // A key that climbs out is no object's name.
+        assert!(target.put_new("data/../../escaped", Bytes::from_static(b"x")).await.is_err());
+        assert!(target.delete("data/../../repo").await.is_err());
+        assert!(!base.path().join("escaped").exists() && path.exists());
     }
 
     #[tokio::test]

@@ -547,7 +547,9 @@ fn a_prune_that_stalls_past_its_lease_never_deletes_what_the_backup_after_it_nee
     let prune = work
         .command_for("strace")
         .args(["-f", "-qq", "-e", "trace=unlink,unlinkat", "-e", "inject=unlink,unlinkat:delay_enter=20s", "-P"])
-        .arg(&victim_path)
+        // A delete is by name in the folder held open (`unlinkat` on its descriptor): held
+        // are the deletes in the victim's folder.
+        .arg(victim_path.parent().unwrap())
         .args([env!("CARGO_BIN_EXE_crmvault"), "prune", "--repo", &repo])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -512,13 +512,22 @@ fn a_pinned_generation_is_never_given_up_and_a_fork_behind_the_pin_does_not_stop
 /// The objects in `after` that `before` lacks, in the order they were written (rekey only
 /// creates objects, and their modification times give the order).
 pub(crate) fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
+    // Files written within one tick of the file system's clock (4 ms here) share a time: those
+    // go in the order the commit protocol writes their kinds (docs/FORMAT.md, *Write order*).
+    let kind = |file: &Path| {
+        let top = file.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or_default().to_string();
+        ["keys", "configs", "config", "dicts", "data", "index", "snapshots", "forgotten", "audit"]
+            .iter()
+            .position(|k| *k == top)
+            .unwrap_or(9)
+    };
     let old = relative_files(before);
-    let mut new: Vec<(std::time::SystemTime, PathBuf)> = relative_files(after)
+    let mut new: Vec<(std::time::SystemTime, usize, PathBuf)> = relative_files(after)
         .difference(&old)
-        .map(|f| (std::fs::metadata(after.join(f)).unwrap().modified().unwrap(), f.clone()))
+        .map(|f| (std::fs::metadata(after.join(f)).unwrap().modified().unwrap(), kind(f), f.clone()))
         .collect();
     new.sort();
-    new.into_iter().map(|(_, f)| f).collect()
+    new.into_iter().map(|(_, _, f)| f).collect()
 }
 
 /// The state a rekey killed after its first `written` new objects would leave: `before` plus
