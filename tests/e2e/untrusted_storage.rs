@@ -1276,6 +1276,49 @@ fn snapshots_planted_to_parse_are_not_all_held_by_the_commands_that_read_every_s
     assert_same_database(&victim.source, &target);
 }
 
+/// A keyless `verify` takes forget records as they read (it cannot prove them): records
+/// planted to name millions of made-up snapshots (24 × 15 MiB here) must not all be held. Each
+/// is read within its limit, and past what a repository holds they are named, not taken
+/// (~500 MiB held without that bound; 40 such records took 844 MiB).
+#[test]
+fn forget_records_planted_to_name_millions_of_snapshots_are_not_all_held_by_a_keyless_verify() {
+    let victim = Victim::new("planted_forgotten");
+    let folder = victim.file("forgotten");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut entry_number = 0u64;
+    for _ in 0..24 {
+        let mut entries = Vec::new();
+        let mut length = 0;
+        while length < 15 << 20 {
+            entry_number += 1;
+            let entry = format!(
+                r#"{{"id":"{:064x}","sequence":{entry_number},"time":"2026-01-01T00:00:00Z","parent":"{:064x}"}}"#,
+                entry_number,
+                entry_number + (1 << 40)
+            );
+            length += entry.len() + 1;
+            entries.push(entry);
+        }
+        let line = format!(
+            r#"{{"time":"2026-02-01T00:00:00Z","config_hash":"{}","policy":"keep-last 1","snapshots":[{}]}}"#,
+            "0".repeat(64),
+            entries.join(",")
+        );
+        let record = format!("crmvault-forgotten 7\n{line}\n{}\n", "0".repeat(64));
+        std::fs::write(folder.join(blake3::hash(record.as_bytes()).to_hex().as_str()), record).unwrap();
+    }
+    // Keyless: a machine without the writer key (the backup host's verify proves each record
+    // and refuses these).
+    let keyless = Workspace::new();
+    let mut command = keyless.command_for(env!("CARGO_BIN_EXE_crmvault"));
+    command.args(["verify", "--repo", &victim.repo]);
+    let (code, stdout, peak_kib) = run_measured(command);
+    assert!(peak_kib < 300 << 10, "peak {} MiB", peak_kib >> 10);
+    assert_eq!(code, 3, "{stdout}");
+    let verified = keyless.run(&["verify", "--repo", &victim.repo]);
+    verified.fails_with(3, "names more forgotten snapshots than a repository holds");
+}
+
 /// `copy --repair` reads the indexes a destination snapshot's header names at the sizes the
 /// header gives: a header rewritten in storage (its hash line is no MAC) to name large objects
 /// planted under `index/` must not have them all read at once (6 × 160 MiB here; 3.2 GB seen
