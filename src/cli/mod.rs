@@ -1737,7 +1737,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             report.snapshots_copied.iter().for_each(|id| audit.snapshot(id));
             lock::release(locks).await;
             output::copy(json, &report, from.target.location(), to.target.location());
-            if !report.not_repaired.is_empty() {
+            if !report.complete() {
                 return Ok(3);
             }
         }

@@ -546,8 +546,8 @@ impl crmvault::progress::Progress for Bar {
 
 pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
     if json {
-        // Exit 3 when something could not be repaired.
-        print_json_ok(report, report.not_repaired.is_empty());
+        // Exit 3 when a snapshot could not be copied or something could not be repaired.
+        print_json_ok(report, report.complete());
         return;
     }
     say!(
@@ -559,6 +559,9 @@ pub fn copy(json: bool, report: &copy::CopyReport, from: &str, to: &str) {
     );
     for (id, why) in &report.snapshots_skipped {
         say!("left out snapshot {id}: {why}");
+    }
+    for (id, why) in &report.snapshots_failed {
+        say!("not copied: snapshot {id}: {why}");
     }
     if report.objects_repaired > 0 || report.markers_cleared > 0 {
         say!(

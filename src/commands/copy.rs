@@ -29,6 +29,11 @@ pub struct CopyReport {
     /// config that is not the repository's (junk, forged, or a key retired by `rekey`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub snapshots_skipped: Vec<(String, String)>,
+    /// Snapshots that could not be copied, with why: an object they name missing or damaged
+    /// at the source, or of another size at the destination (the copy goes on to the others,
+    /// and exits 3).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots_failed: Vec<(String, String)>,
     /// With `repair`: objects the destination's snapshots name that were missing there, of the
     /// wrong size, or marked damaged, written again from the source.
     pub objects_repaired: usize,
@@ -38,6 +43,14 @@ pub struct CopyReport {
     /// source does not hold them, or holds them damaged too; a marker that could not go).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_repaired: Vec<(String, String)>,
+}
+
+impl CopyReport {
+    /// Whether every snapshot asked for was copied and everything found damaged repaired
+    /// (junk and forged snapshots left out aside): otherwise the copy exits 3.
+    pub fn complete(&self) -> bool {
+        self.snapshots_failed.is_empty() && self.not_repaired.is_empty()
+    }
 }
 
 /// Copies every snapshot of `from` that `to` lacks (or only `only`, when given); with
@@ -124,57 +137,78 @@ pub async fn run(
             report.snapshots_present += 1;
             continue;
         }
-        let mut missing = Vec::new();
-        for (key, size) in sealed.header.objects() {
-            match held.get(&key) {
-                Some(&found) if found == size => {}
-                Some(&found) => return Err(size_mismatch((from, &sealed.id), to, &key, found, size).await),
-                None => missing.push((key, size)),
+        // One snapshot's damage (an object it names missing or damaged at the source, or
+        // named with another size than the destination's) is that snapshot's failure, not the
+        // end of the copy; the storage failing, or the lock lost, is.
+        match copy_snapshot((from, to), &sealed, (&mut held, locks, budget), &mut report).await {
+            Ok(()) => report.snapshots_copied.push(sealed.id.clone()),
+            Err(error @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+                tracing::warn!("{}: snapshot {} not copied: {error}", to.target.location(), sealed.id);
+                report.snapshots_failed.push((sealed.id.to_string(), error.to_string()));
             }
+            Err(error) => return Err(error),
         }
-        missing.sort_unstable();
-        missing.dedup();
-        let mut copies = futures::stream::iter(missing)
-            .map(|(key, size)| async move {
-                // Counted in the budget until written.
-                let held = fetch_checked(from, &key, Some(size), budget).await?;
-                let length = held.len() as u64;
-                let outcome = to.target.put_new(&key, bytes::Bytes::clone(&held)).await?;
-                drop(held);
-                // One no snapshot there names, found in the write's way (an interrupted copy's,
-                // or junk of the right size): the snapshot will name it, so it must be right.
-                if outcome == PutOutcome::AlreadyThere {
-                    check_present(to, &key).await?;
-                }
-                Ok::<_, Error>((key, length, outcome))
-            })
-            .buffer_unordered(IN_FLIGHT);
-        while let Some((key, length, outcome)) = copies.try_next().await? {
-            // One there already (left by an interrupted copy, or stored by a backup
-            // meanwhile) was not written.
-            if outcome == PutOutcome::Written {
-                report.bytes_copied += length;
-                report.objects_copied += 1;
-            }
-            held.insert(key, length);
-        }
-        // Last, as in a backup: the snapshot is the commit.
-        let key = repo::snapshot_key(&sealed.id);
-        let Some(bytes) = read_again(from, &sealed).await? else {
-            return Err(Error::corrupt(
-                format!("{}/{key}", from.target.location()),
-                "changed in storage while it was copied (not the object whose header was read): nothing of it was \
-                 written; copy again",
-            ));
-        };
-        report.bytes_copied += bytes.len() as u64;
-        // Still the destination's appender (as a backup checks before its commit).
-        locks.confirm(to.target.location()).await?;
-        to.target.put_new(&key, bytes).await?;
-        report.objects_copied += 1;
-        report.snapshots_copied.push(sealed.id.clone());
     }
     Ok(report)
+}
+
+/// Copies one snapshot of `from` that `to` lacks: the objects it names that `held` (`to`'s
+/// listing, brought up to date) lacks, then the snapshot object, last.
+async fn copy_snapshot(
+    (from, to): (&Repository, &Repository),
+    sealed: &repo::SealedSnapshot,
+    (held, locks, budget): (&mut HashMap<String, u64>, &crate::lock::Locks, &ReadBudget),
+    report: &mut CopyReport,
+) -> Result<()> {
+    let mut missing = Vec::new();
+    for (key, size) in sealed.header.objects() {
+        match held.get(&key) {
+            Some(&found) if found == size => {}
+            Some(&found) => return Err(size_mismatch((from, &sealed.id), to, &key, found, size).await),
+            None => missing.push((key, size)),
+        }
+    }
+    missing.sort_unstable();
+    missing.dedup();
+    let mut copies = futures::stream::iter(missing)
+        .map(|(key, size)| async move {
+            // Counted in the budget until written.
+            let held = fetch_checked(from, &key, Some(size), budget).await?;
+            let length = held.len() as u64;
+            let outcome = to.target.put_new(&key, bytes::Bytes::clone(&held)).await?;
+            drop(held);
+            // One no snapshot there names, found in the write's way (an interrupted copy's,
+            // or junk of the right size): the snapshot will name it, so it must be right.
+            if outcome == PutOutcome::AlreadyThere {
+                check_present(to, &key).await?;
+            }
+            Ok::<_, Error>((key, length, outcome))
+        })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some((key, length, outcome)) = copies.try_next().await? {
+        // One there already (left by an interrupted copy, or stored by a backup
+        // meanwhile) was not written.
+        if outcome == PutOutcome::Written {
+            report.bytes_copied += length;
+            report.objects_copied += 1;
+        }
+        held.insert(key, length);
+    }
+    // Last, as in a backup: the snapshot is the commit.
+    let key = repo::snapshot_key(&sealed.id);
+    let Some(bytes) = read_again(from, sealed).await? else {
+        return Err(Error::corrupt(
+            format!("{}/{key}", from.target.location()),
+            "changed in storage while it was copied (not the object whose header was read): nothing of it was \
+             written; copy again",
+        ));
+    };
+    report.bytes_copied += bytes.len() as u64;
+    // Still the destination's appender (as a backup checks before its commit).
+    locks.confirm(to.target.location()).await?;
+    to.target.put_new(&key, bytes).await?;
+    report.objects_copied += 1;
+    Ok(())
 }
 
 /// Writes again, from `from`, what the snapshots of `to` need there and lack, by `to`'s own

@@ -420,7 +420,7 @@ fn a_copy_after_a_takeover_refuses_junk_of_the_right_size_in_its_way() {
     let stale = (chrono::Utc::now() - chrono::Duration::minutes(11)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     std::fs::write(&lock, planted_lock("exclusive", &stale)).unwrap();
 
-    work.run(&["copy", "--from", &repo, "--to", &copy]).fails_with(1, "do not match its name");
+    work.run(&["copy", "--from", &repo, "--to", &copy]).fails_with(3, "do not match its name");
     assert!(
         !Path::new(&copy).join("snapshots").exists() || files_under(&Path::new(&copy).join("snapshots")).is_empty()
     );

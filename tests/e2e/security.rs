@@ -192,9 +192,9 @@ fn copy_repair_mends_a_copy_from_a_healthy_one_and_names_what_it_cannot() {
     work.run(&["verify", "--repo", &copy]).fails_with(3, "");
     assert_eq!(files_under(&work.path("copy/damaged")).len(), 1);
     damage(&only("snapshots"), |length| length - 1);
-    // A newer snapshot of the source uses the pack too: a plain copy stops at it.
+    // A newer snapshot of the source uses the pack too: a plain copy does not copy it (exit 3).
     work.backup(&source, &repo);
-    work.run(&["copy", "--from", &repo, "--to", &copy]).fails_with(1, "expected");
+    work.run(&["copy", "--from", &repo, "--to", &copy]).fails_with(3, "expected");
 
     let repaired = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]).ok().json();
     assert_eq!(repaired["objects_repaired"], 3, "{repaired}");

@@ -418,16 +418,19 @@ fn a_copy_made_on_a_machine_that_pins_nothing_does_not_pin_what_the_storage_clai
 
 #[test]
 fn a_source_header_that_misstates_a_packs_size_is_blamed_not_the_good_copy_at_the_destination() {
-    // Whoever writes the source's storage rewrites the newest snapshot's header (no key checks
-    // it in a copy) to give a pack the destination already holds one byte more: copy called
-    // the destination's good pack corrupt and said to remove it, which would break the
-    // snapshot already copied there.
+    // Whoever writes the source's storage rewrites a snapshot's header (no key checks it in a
+    // copy) to give a pack the destination already holds one byte more: copy called the
+    // destination's good pack corrupt and said to remove it, which would break the snapshot
+    // already copied there. That snapshot is not copied; the copy goes on to the next one
+    // (it ended at the first such snapshot) and exits 3.
     let victim = Victim::new("copyblame");
     let copy = victim.work.path("copy").to_str().unwrap().to_string();
     victim.work.run(&["init", "--copy-from", &victim.repo, "--repo", &copy]).ok();
     victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    let rewritten = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
+    victim.source.sql("INSERT INTO crm.companies (name, country) VALUES ('after the rewritten one', 'NL')");
     let newest = victim.work.backup(&victim.source, &victim.repo)["snapshot_id"].as_str().unwrap().to_string();
-    let object = victim.file(&format!("snapshots/{newest}"));
+    let object = victim.file(&format!("snapshots/{rewritten}"));
     let bytes = std::fs::read(&object).unwrap();
     std::fs::write(
         &object,
@@ -438,11 +441,15 @@ fn a_source_header_that_misstates_a_packs_size_is_blamed_not_the_good_copy_at_th
     )
     .unwrap();
     let run = victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]);
-    let run = run.fails_with(1, "header is wrong");
-    assert!(run.stderr.contains(&newest[..12]) && !run.stderr.contains("remove it"), "{}", run.stderr);
-    // The destination is as it was: its snapshot restores.
+    let run = run.fails_with(3, "header is wrong");
+    assert!(run.stdout.contains(&format!("not copied: snapshot {rewritten}")), "{}", run.stdout);
+    assert!(!run.stderr.contains("remove it") && !run.stdout.contains("remove it"), "{}", run.stderr);
+    let listed = victim.work.run(&["snapshots", "--repo", &copy, "--json"]).ok().json();
+    let ids: Vec<&str> = listed["snapshots"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&newest.as_str()) && !ids.contains(&rewritten.as_str()), "{ids:?}");
+    // The destination's snapshots restore: the first, and the newest copied past the failure.
     let target = TestDb::create("copyblame_target");
-    victim.work.restore(&copy, &target).ok();
+    victim.work.restore_with(&copy, &target, &[&newest]).ok();
     assert_same_database(&victim.source, &target);
 }
 
@@ -1174,7 +1181,8 @@ fn a_source_snapshot_replaced_while_a_copy_runs_is_not_written_to_the_destinatio
     std::fs::write(&snapshot, &swapped).unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // That snapshot is not copied (exit 3); the copy is not ended at it.
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("changed in storage while it was copied"), "{stderr}");
     let written = Path::new(&copy).join("snapshots");
     assert!(!written.exists() || files_under(&written).is_empty(), "a snapshot was written");
@@ -1274,6 +1282,49 @@ fn snapshots_planted_to_parse_are_not_all_held_by_the_commands_that_read_every_s
     let id = real.file_name().unwrap().to_str().unwrap();
     victim.work.restore_with(&victim.repo, &target, &[id]).ok();
     assert_same_database(&victim.source, &target);
+}
+
+/// A keyless `verify` takes forget records as they read (it cannot prove them): records
+/// planted to name millions of made-up snapshots (24 × 15 MiB here) must not all be held. Each
+/// is read within its limit, and past what a repository holds they are named, not taken
+/// (~500 MiB held without that bound; 40 such records took 844 MiB).
+#[test]
+fn forget_records_planted_to_name_millions_of_snapshots_are_not_all_held_by_a_keyless_verify() {
+    let victim = Victim::new("planted_forgotten");
+    let folder = victim.file("forgotten");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut entry_number = 0u64;
+    for _ in 0..24 {
+        let mut entries = Vec::new();
+        let mut length = 0;
+        while length < 15 << 20 {
+            entry_number += 1;
+            let entry = format!(
+                r#"{{"id":"{:064x}","sequence":{entry_number},"time":"2026-01-01T00:00:00Z","parent":"{:064x}"}}"#,
+                entry_number,
+                entry_number + (1 << 40)
+            );
+            length += entry.len() + 1;
+            entries.push(entry);
+        }
+        let line = format!(
+            r#"{{"time":"2026-02-01T00:00:00Z","config_hash":"{}","policy":"keep-last 1","snapshots":[{}]}}"#,
+            "0".repeat(64),
+            entries.join(",")
+        );
+        let record = format!("crmvault-forgotten 7\n{line}\n{}\n", "0".repeat(64));
+        std::fs::write(folder.join(blake3::hash(record.as_bytes()).to_hex().as_str()), record).unwrap();
+    }
+    // Keyless: a machine without the writer key (the backup host's verify proves each record
+    // and refuses these).
+    let keyless = Workspace::new();
+    let mut command = keyless.command_for(env!("CARGO_BIN_EXE_crmvault"));
+    command.args(["verify", "--repo", &victim.repo]);
+    let (code, stdout, peak_kib) = run_measured(command);
+    assert!(peak_kib < 300 << 10, "peak {} MiB", peak_kib >> 10);
+    assert_eq!(code, 3, "{stdout}");
+    let verified = keyless.run(&["verify", "--repo", &victim.repo]);
+    verified.fails_with(3, "names more forgotten snapshots than a repository holds");
 }
 
 /// A keyless `verify` takes forget records as they read (it cannot prove them): records
