@@ -157,17 +157,45 @@ async fn check_with(
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
     let mut accepted: Vec<String> = Vec::new();
     let mut head: Option<String> = None;
+    // Every target is checked against the pin as this machine had it, and the pins are written
+    // only once every target passed: a target checked first must not move a pin (follow a
+    // generation, add a place) that a target checked after it then fails against. A removed
+    // admin who kept a signing key and can write one target's storage forks the chain there;
+    // had the first target moved the pin onto the fork, the good one would fail from then on.
+    let mut pins: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
+    let mut writes: Vec<PinWrite> = Vec::new();
+    // Per repository id: where it was first accepted, and that copy's chain of configs.
+    let mut heads: std::collections::HashMap<String, (String, u32, Vec<String>)> = std::collections::HashMap::new();
     let mut order: Vec<usize> = (0..repositories.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
     for i in order {
         let repository = &mut repositories[i];
-        let pinned = trust::load_pin(config_dir, &repository.config.id)?;
+        if !pins.contains_key(&repository.config.id) {
+            pins.insert(repository.config.id.clone(), trust::load_pin(config_dir, &repository.config.id)?);
+        }
+        let pinned = pins[&repository.config.id].clone();
         anchor(repository, pinned.as_ref(), given).await;
         if let Some(error) = repository.fork_error() {
             return Err(error.into());
         }
         let location = repository.target.location().to_string();
         let location = location.as_str();
+        // Copies of one repository lie on one chain of configs: a copy whose config the first
+        // one accepted (the newest generation) does not lead through was forked in storage.
+        if let Some((first, generation, chain)) = heads.get(&repository.config.id)
+            && !chain.contains(&repository.config_hash)
+        {
+            bail!(
+                "the copies of repository {} disagree: {location} is at generation {} (config {}), which the chain \
+                 of configs at {first} (generation {generation}) does not lead through: one of them was forked in \
+                 storage (a second successor signed with a retired admin's key?); nothing was read or written and no \
+                 pin changed. Compare each with the fingerprint the admins keep (`crmvault fingerprint --repo ...`) \
+                 and leave the forged one out",
+                repository.config.id,
+                repository.config.generation,
+                &repository.config_hash[..12]
+            );
+        }
         let actual = repository.fingerprint();
         // A fingerprint is met by a generation of the chain, or by the pin: the pinned generation
         // (opened directly when `config` no longer leads to it) was reached from the fingerprint
@@ -256,19 +284,13 @@ async fn check_with(
                     );
                 }
                 if new_location || follow {
-                    // On the pin as it is now: another command here may have changed it since.
-                    trust::update_pin(config_dir, &mut pin, |pin| {
-                        let mut changed = pin.add_location(location);
-                        // Forward only: never back from a generation another command followed.
-                        if follow
-                            && pin.config_hash != repository.config_hash
-                            && repository.has_generation(&pin.config_hash)
-                        {
-                            pin.config_hash.clone_from(&repository.config_hash);
-                            changed = true;
-                        }
-                        changed
-                    })?;
+                    let change = PinChange {
+                        location: location.to_string(),
+                        follow: follow.then(|| repository.config_hash.clone()),
+                        chain: repository.chain.iter().map(|(hash, _)| hash.clone()).collect(),
+                    };
+                    change.apply(&mut pin);
+                    writes.push(PinWrite::Update(pin.repository_id.clone(), change));
                 }
                 Some(pin)
             }
@@ -306,15 +328,9 @@ async fn check_with(
                     settled: std::collections::BTreeSet::new(),
                     missed: std::collections::BTreeMap::new(),
                 };
-                let pin = trust::create_pin(config_dir, pin)?;
-                if role == Role::Admin {
-                    eprintln!(
-                        "crmvault: pinned repository {} (fingerprint {}) in {}",
-                        repository.config.id,
-                        pin.fingerprint,
-                        trust::pin_path(config_dir, &repository.config.id).display()
-                    );
-                }
+                writes.push(PinWrite::Create(pin.clone(), role == Role::Admin));
+                // Later copies of it are checked against what this run pins.
+                pins.insert(repository.config.id.clone(), Some(pin.clone()));
                 Some(pin)
             }
         };
@@ -323,8 +339,84 @@ async fn check_with(
         }
         accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
         head.get_or_insert_with(|| repository.config_hash.clone());
+        heads.entry(repository.config.id.clone()).or_insert_with(|| {
+            let chain = repository.chain.iter().map(|(hash, _)| hash.clone()).collect();
+            (location.to_string(), repository.config.generation, chain)
+        });
+    }
+    // Every target passed: now the pins change, each on the pin as it is on disk now
+    // (another command here may have changed it since).
+    for write in writes {
+        let written = write.apply(config_dir)?;
+        if let Some(pin) = trusted.pin.as_mut()
+            && pin.repository_id == written.repository_id
+        {
+            *pin = written;
+        }
     }
     Ok(trusted)
+}
+
+/// A change to a pin that a command's check of its targets decided, made once every target
+/// passed.
+enum PinWrite {
+    /// Of the repository's pin: a place added, a generation followed.
+    Update(String, PinChange),
+    /// The first pin of a repository made before pins (format 2-6); whether to say so (an
+    /// admin's command).
+    Create(Pin, bool),
+}
+
+impl PinWrite {
+    /// Makes the change on the pin as it is on disk; returns the pin as saved.
+    fn apply(self, config_dir: &Path) -> Result<Pin> {
+        match self {
+            PinWrite::Update(id, change) => {
+                let Some(mut pin) = trust::load_pin(config_dir, &id)? else {
+                    bail!("the pin of repository {id} was removed while this command ran: run it again");
+                };
+                trust::update_pin(config_dir, &mut pin, |pin| change.apply(pin))?;
+                Ok(pin)
+            }
+            PinWrite::Create(pin, say) => {
+                let pin = trust::create_pin(config_dir, pin)?;
+                if say {
+                    eprintln!(
+                        "crmvault: pinned repository {} (fingerprint {}) in {}",
+                        pin.repository_id,
+                        pin.fingerprint,
+                        trust::pin_path(config_dir, &pin.repository_id).display()
+                    );
+                }
+                Ok(pin)
+            }
+        }
+    }
+}
+
+/// A place to add to a pin and, when the repository was rekeyed, the generation to follow.
+struct PinChange {
+    location: String,
+    /// The config hash of the generation reached.
+    follow: Option<String>,
+    /// The chain of configs of the copy that reached it.
+    chain: Vec<String>,
+}
+
+impl PinChange {
+    /// Makes the change on `pin`; false when it changed nothing.
+    fn apply(&self, pin: &mut Pin) -> bool {
+        let mut changed = pin.add_location(&self.location);
+        // Forward only: never back from a generation another command followed.
+        if let Some(hash) = &self.follow
+            && pin.config_hash != *hash
+            && self.chain.contains(&pin.config_hash)
+        {
+            pin.config_hash.clone_from(hash);
+            changed = true;
+        }
+        changed
+    }
 }
 
 /// Opens `repository` again at the generation its pin (or else the fingerprint given) names,

@@ -509,6 +509,58 @@ fn a_pinned_generation_is_never_given_up_and_a_fork_behind_the_pin_does_not_stop
     assert_same_database(&setup.source, &target);
 }
 
+/// A removed admin who kept generation 0's signing key and can write one target's storage
+/// forks the chain there. A backup host still pinned at generation 0, given that target first
+/// and a good one after it, refuses both and changes no pin: it used to move its pin onto the
+/// fork as it checked that target, fail on the good one, and from then on refuse the good one
+/// and take the forked one alone (whose backups the removed admin reads).
+#[test]
+fn copies_forked_in_storage_are_refused_together_and_move_no_pin() {
+    let setup = Setup::new("rekey_fork_targets", 2);
+    // The backup host, as it was before the rekey: pinned at generation 0.
+    let host = Workspace::new();
+    copy_dir(&setup.work.config_dir(), &host.config_dir());
+    let other = public_key(&setup.work, "other.key");
+    setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
+    let (good, forked) = (&setup.repos[0], PathBuf::from(&setup.repos[1]));
+    let (gen0_name, gen0) = generation_config(&forked, 0);
+    let (gen1_name, _) = generation_config(&forked, 1);
+    let removed = identity(&setup.work, "other.key");
+    let admin_keys = keys_object(&forked, gen0["admin_keys"][0].as_str().unwrap(), &removed);
+    let signing = crmvault::crypto::SigningSecret::from_hex(admin_keys["signing_secret"].as_str().unwrap()).unwrap();
+    let gen1 = std::fs::read(forked.join("configs").join(&gen1_name)).unwrap();
+    let mut fork: crmvault::repo::RepoConfig = serde_json::from_slice(&gen1).unwrap();
+    fork.recipients.push(other.clone());
+    fork.rekeyed = Some(chrono::Utc::now());
+    fork.signature = Some(signing.sign_config(&fork.signed_bytes()));
+    let bytes = fork.to_bytes();
+    std::fs::remove_file(forked.join("configs").join(&gen1_name)).unwrap();
+    std::fs::write(forked.join("configs").join(blake3::hash(&bytes).to_hex().as_str()), &bytes).unwrap();
+    std::fs::write(forked.join("config"), &bytes).unwrap();
+    assert!(forked.join("configs").join(&gen0_name).exists());
+
+    let pin_path = host.config_dir().join("repos").join(gen0["id"].as_str().unwrap()).join("trust.json");
+    let pin = std::fs::read(&pin_path).unwrap();
+    let forked = forked.to_str().unwrap();
+    let run = host.run(&["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", forked, "--repo", good]);
+    run.fails_with(1, "disagree");
+    assert_eq!(std::fs::read(&pin_path).unwrap(), pin, "a pin changed");
+    // Given the good target alone, the host follows the real generation 1; what it writes
+    // there, the removed admin cannot read.
+    let before = relative_files(Path::new(good));
+    host.run(&["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", good]).ok();
+    let written = relative_files(Path::new(good));
+    let new: Vec<_> = written.difference(&before).collect();
+    assert!(new.iter().any(|f| f.starts_with("snapshots")), "{new:?}");
+    for file in new {
+        let bytes = std::fs::read(Path::new(good).join(file)).unwrap();
+        assert!(crmvault::crypto::decrypt(&removed, ciphertext_of(&bytes)).is_err(), "{}", file.display());
+    }
+    // And the forked target, given with it again, is refused: its fork is not the pinned chain.
+    let run = host.run(&["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", forked, "--repo", good]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+}
+
 /// The objects in `after` that `before` lacks, in the order they were written (rekey only
 /// creates objects, and their modification times give the order).
 pub(crate) fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
