@@ -560,6 +560,42 @@ mod tests {
         assert_eq!(host.to_string(), "of database crm, from host elsewhere");
     }
 
+    /// The layout an admin reader checks is the bytes version 1 describes (docs/FORMAT.md,
+    /// `layout`): changing how it is made would refuse every snapshot written before. It
+    /// changes with a column's place, a table's name, a row count, a sequence or the session.
+    #[test]
+    fn a_manifests_layout_is_fixed_by_its_version_and_follows_what_restore_does_with_the_rows() {
+        let mut manifest = empty_manifest();
+        manifest.tables.push(TableManifest {
+            schema: "crm".into(),
+            name: "contacts".into(),
+            columns: vec!["id".into(), "first_name".into(), "last_name".into()],
+            primary_key: vec!["id".into()],
+            rows: 3,
+            data: StreamManifest::default(),
+        });
+        manifest.sequences.push(SequenceState {
+            schema: "crm".into(),
+            name: "s".into(),
+            last_value: 7,
+            is_called: true,
+        });
+        let text = r#"[1,[["crm","contacts",["id","first_name","last_name"],["id"],3]],null,[["crm","s",7,true]],[],null,null]"#;
+        assert_eq!(manifest.layout(), blake3::hash(text.as_bytes()).to_hex().to_string());
+        let changes: [fn(&mut Manifest); 5] = [
+            |m| m.tables[0].columns.swap(1, 2),
+            |m| m.tables[0].name = "companies".into(),
+            |m| m.tables[0].rows += 1,
+            |m| m.sequences[0].last_value = 1,
+            |m| m.roles = Some(vec![]),
+        ];
+        for change in changes {
+            let mut changed = manifest.clone();
+            change(&mut changed);
+            assert_ne!(changed.layout(), manifest.layout());
+        }
+    }
+
     fn empty_manifest() -> Manifest {
         Manifest {
             version: FORMAT_VERSION,

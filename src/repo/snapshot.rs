@@ -374,9 +374,58 @@ pub struct AdminOnly {
     /// The database itself (absent in snapshots from builds before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseObject>,
+    /// [`Manifest::layout`] as the backup that made the snapshot wrote it: a manifest sealed
+    /// again later by whoever holds the writer key, with this part carried unread (the
+    /// digests it cannot make), must keep every table's columns, name and row count, the
+    /// sequences, session settings and roles. Absent in snapshots from builds before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
 
 impl Manifest {
+    /// What a restore does with the streams, beside their bytes (which the digests cover), as
+    /// one hash: each table's schema, name, columns (the COPY column list its rows load into),
+    /// primary key and row count, in stream order; large objects'; the sequences' values; the
+    /// materialized views refreshed; the session settings rows are read under; the roles. A
+    /// backup host that seals an old snapshot's manifest again, carrying its admin-only part
+    /// as it is, cannot make two columns of one type exchange their values in a restore.
+    /// Made of arrays only, in a fixed order (version 1 of it): the same bytes in every build.
+    pub fn layout(&self) -> String {
+        use serde_json::json;
+        let table = |t: &TableManifest| json!([t.schema, t.name, t.columns, t.primary_key, t.rows]);
+        let sequences: Vec<_> =
+            self.sequences.iter().map(|s| json!([s.schema, s.name, s.last_value, s.is_called])).collect();
+        let session = self.session.as_ref().map(|s| {
+            json!([
+                s.date_style,
+                s.interval_style,
+                s.time_zone,
+                s.extra_float_digits,
+                s.bytea_output,
+                s.encoding,
+                s.collate,
+                s.ctype,
+                s.icu_locale
+            ])
+        });
+        let roles = self.roles.as_ref().map(|roles| {
+            roles
+                .iter()
+                .map(|r| json!([r.name, r.owns, r.granted, r.named, r.database, r.member_of, r.attributes]))
+                .collect::<Vec<_>>()
+        });
+        let layout = json!([
+            1,
+            self.tables.iter().map(table).collect::<Vec<_>>(),
+            self.large_objects.as_ref().map(table),
+            sequences,
+            self.materialized_views,
+            session,
+            roles
+        ]);
+        blake3::hash(&serde_json::to_vec(&layout).expect("serialisable")).to_hex().to_string()
+    }
+
     /// Every stream: schema sections, tables, large objects.
     pub fn streams(&self) -> impl Iterator<Item = &StreamManifest> {
         [&self.pre_data, &self.post_data]
@@ -646,6 +695,7 @@ impl SealedManifest {
         let admin_only = AdminOnly {
             digests: manifest.streams_mut().map(|stream| std::mem::take(&mut stream.digest)).collect(),
             database: manifest.database_object.clone(),
+            layout: Some(manifest.layout()),
         };
         let plaintext = serde_json::to_vec(&admin_only).expect("serialisable");
         manifest.admin_only = Some(hex::encode(crypto::encrypt(&repository.data_recipients(), &plaintext)));
@@ -749,11 +799,19 @@ impl SealedSnapshot {
             Some(sealed) if keyring.is_admin() => {
                 let ciphertext = hex::decode(sealed).map_err(|_| Error::corrupt(&key, "bad admin-only part"))?;
                 let plaintext = keyring.decrypt(&key, &ciphertext)?;
-                let AdminOnly { digests, database } = serde_json::from_slice(&plaintext)
+                let AdminOnly { digests, database, layout } = serde_json::from_slice(&plaintext)
                     .map_err(|e| Error::corrupt(&key, format!("bad admin-only part: {e}")))?;
                 manifest.database_object = database;
                 if digests.len() != manifest.streams().count() {
                     return Err(Error::corrupt(&key, "its admin-only part does not match its streams"));
+                }
+                if layout.is_some_and(|layout| layout != manifest.layout()) {
+                    return Err(Error::corrupt(
+                        &key,
+                        "its tables, columns, row counts, sequences, session settings or roles are not those the \
+                         backup that made it recorded for the admins: the manifest was sealed again since (with the \
+                         writer key) and changed",
+                    ));
                 }
                 for (stream, digest) in manifest.streams_mut().zip(digests) {
                     stream.digest = digest;
