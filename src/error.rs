@@ -198,6 +198,27 @@ pub enum Error {
         /// Its generation.
         other_generation: u32,
     },
+    /// Two copies of one repository whose chains of configs part: one was forked in storage.
+    #[error(
+        "the copies of repository {id} disagree: {other} is at generation {other_generation} (config {other_config}), \
+         which the chain of configs at {newest} (generation {newest_generation}) does not lead through: one of them \
+         was forked in storage (a second successor signed with a retired admin's key?); nothing was read or written \
+         and no pin changed"
+    )]
+    CopiesDisagree {
+        /// The repository id.
+        id: String,
+        /// The copy at the newest generation.
+        newest: String,
+        /// Its generation.
+        newest_generation: u32,
+        /// A copy off its chain.
+        other: String,
+        /// Its generation.
+        other_generation: u32,
+        /// Its config hash, shortened.
+        other_config: String,
+    },
     /// Two targets given as copies of one repository are not.
     #[error("{first} and {other} are not copies of one repository; {detail}")]
     NotCopies {

@@ -57,6 +57,30 @@ fn refuse_one_storage_twice(repositories: &[Repository]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses copies of one repository whose chains of configs part: each copy must be on the
+/// chain of the copy of its id at the newest generation (one behind it, left by an interrupted
+/// rekey, is). A removed admin who kept a signing key and can write one copy's storage forks
+/// the chain there; a command that checks its copies one at a time would follow the fork on
+/// the first and find the good one "changed" after it. Nothing is read from either.
+pub fn refuse_forked_copies(repositories: &[Repository]) -> Result<()> {
+    let mut newest_first: Vec<&Repository> = repositories.iter().collect();
+    newest_first.sort_by_key(|r| std::cmp::Reverse(r.config.generation));
+    for (at, repository) in newest_first.iter().enumerate() {
+        let Some(newest) = newest_first[..at].iter().find(|r| r.config.id == repository.config.id) else { continue };
+        if !newest.has_generation(&repository.config_hash) {
+            return Err(Error::CopiesDisagree {
+                id: repository.config.id.clone(),
+                newest: newest.target.location().to_string(),
+                newest_generation: newest.config.generation,
+                other: repository.target.location().to_string(),
+                other_generation: repository.config.generation,
+                other_config: repository.config_hash.chars().take(12).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The snapshots a selector names, to try in order ([`RepoSet::resolve_snapshot`]).
 #[derive(Debug)]
 pub struct Resolved {
@@ -160,6 +184,7 @@ impl RepoSet {
             repositories.push(Repository::open(open(location)?).await?);
         }
         refuse_one_storage_twice(&repositories)?;
+        refuse_forked_copies(&repositories)?;
         Ok(RepoSet { repositories, left_out: Vec::new(), labels: None })
     }
 
@@ -199,6 +224,7 @@ impl RepoSet {
             return Err(Error::EveryTargetFailed(left_out.into_iter().map(|l| (l.location, l.reason)).collect()));
         }
         refuse_one_storage_twice(&repositories)?;
+        refuse_forked_copies(&repositories)?;
         Ok(RepoSet { repositories, left_out, labels: None })
     }
 

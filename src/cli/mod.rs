@@ -907,6 +907,10 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         Error::NoTarget => "give --repo",
         Error::BadPin { .. } => "--fingerprint pins it again",
         Error::GenerationsDiffer { .. } => "crmvault rekey --identity KEY with every --repo brings them to one",
+        Error::CopiesDisagree { .. } => {
+            "compare each with the fingerprint the admins keep (`crmvault fingerprint --repo ...`) and leave the forged \
+             one out"
+        }
         Error::LockTimeout { .. } => "restore without --parallel",
         Error::Locked { .. } => "wait, give --lock-wait, or `crmvault unlock` if that process is gone",
         Error::NoPgDump { .. } => "or name one with --pg-dump PATH",
@@ -1718,6 +1722,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Copy { from, to, snapshots, repair } => {
             let mut from = storage.open_set(&[from], false).await?;
             let mut to = storage.open_set(&[to], false).await?;
+            // Checked one at a time below: that they lie on one chain is checked first.
+            crmvault::repo_set::refuse_forked_copies(&[from.first().clone(), to.first().clone()])?;
             for targets in [&mut from, &mut to] {
                 trust::check(targets.repositories_mut(), trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?)
                     .await?;

@@ -164,8 +164,12 @@ async fn check_with(
     // had the first target moved the pin onto the fork, the good one would fail from then on.
     let mut pins: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
     let mut writes: Vec<PinWrite> = Vec::new();
-    // Per repository id: where it was first accepted, and that copy's chain of configs.
-    let mut heads: std::collections::HashMap<String, (String, u32, Vec<String>)> = std::collections::HashMap::new();
+    // Repositories given a place in their pin by this run: a second new place of one of them
+    // is asked about as if the first had been saved.
+    let mut placed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Copies of one repository lie on one chain of configs (also checked when a set opens, for
+    // commands that check their copies one at a time).
+    crmvault::repo_set::refuse_forked_copies(repositories)?;
     let mut order: Vec<usize> = (0..repositories.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
     for i in order {
@@ -180,22 +184,6 @@ async fn check_with(
         }
         let location = repository.target.location().to_string();
         let location = location.as_str();
-        // Copies of one repository lie on one chain of configs: a copy whose config the first
-        // one accepted (the newest generation) does not lead through was forked in storage.
-        if let Some((first, generation, chain)) = heads.get(&repository.config.id)
-            && !chain.contains(&repository.config_hash)
-        {
-            bail!(
-                "the copies of repository {} disagree: {location} is at generation {} (config {}), which the chain \
-                 of configs at {first} (generation {generation}) does not lead through: one of them was forked in \
-                 storage (a second successor signed with a retired admin's key?); nothing was read or written and no \
-                 pin changed. Compare each with the fingerprint the admins keep (`crmvault fingerprint --repo ...`) \
-                 and leave the forged one out",
-                repository.config.id,
-                repository.config.generation,
-                &repository.config_hash[..12]
-            );
-        }
         let actual = repository.fingerprint();
         // A fingerprint is met by a generation of the chain, or by the pin: the pinned generation
         // (opened directly when `config` no longer leads to it) was reached from the fingerprint
@@ -264,7 +252,7 @@ async fn check_with(
                 // admins would then read these backups). The first use names which, once.
                 if new_location
                     && given.is_none()
-                    && !pin.locations.is_empty()
+                    && (!pin.locations.is_empty() || placed.contains(&pin.repository_id))
                     && trust::pins_another(config_dir, &repository.config.id)
                 {
                     bail!(
@@ -290,6 +278,9 @@ async fn check_with(
                         chain: repository.chain.iter().map(|(hash, _)| hash.clone()).collect(),
                     };
                     change.apply(&mut pin);
+                    if new_location {
+                        placed.insert(pin.repository_id.clone());
+                    }
                     writes.push(PinWrite::Update(pin.repository_id.clone(), change));
                 }
                 Some(pin)
@@ -339,10 +330,6 @@ async fn check_with(
         }
         accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
         head.get_or_insert_with(|| repository.config_hash.clone());
-        heads.entry(repository.config.id.clone()).or_insert_with(|| {
-            let chain = repository.chain.iter().map(|(hash, _)| hash.clone()).collect();
-            (location.to_string(), repository.config.generation, chain)
-        });
     }
     // Every target passed: now the pins change, each on the pin as it is on disk now
     // (another command here may have changed it since).

@@ -142,14 +142,34 @@ pub async fn run(
         // end of the copy; the storage failing, or the lock lost, is.
         match copy_snapshot((from, to), &sealed, (&mut held, locks, budget), &mut report).await {
             Ok(()) => report.snapshots_copied.push(sealed.id.clone()),
-            Err(error @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+            Err(Failed::Snapshot(error)) => {
                 tracing::warn!("{}: snapshot {} not copied: {error}", to.target.location(), sealed.id);
                 report.snapshots_failed.push((sealed.id.to_string(), error.to_string()));
             }
-            Err(error) => return Err(error),
+            Err(Failed::Copy(error)) => return Err(error),
         }
     }
     Ok(report)
+}
+
+/// Why one snapshot was not copied.
+enum Failed {
+    /// Its own damage: an object it names missing or damaged at the source, or of another
+    /// size at the destination, or the source object replaced meanwhile. The copy goes on.
+    Snapshot(Error),
+    /// The storage or the lock failing: the copy ends.
+    Copy(Error),
+}
+
+impl Failed {
+    /// An error reading the source: a missing or damaged object is the snapshot's; the rest
+    /// (the storage failing) ends the copy.
+    fn reading(error: Error) -> Failed {
+        match error {
+            Error::Corrupt { .. } | Error::Missing { .. } => Failed::Snapshot(error),
+            other => Failed::Copy(other),
+        }
+    }
 }
 
 /// Copies one snapshot of `from` that `to` lacks: the objects it names that `held` (`to`'s
@@ -159,12 +179,15 @@ async fn copy_snapshot(
     sealed: &repo::SealedSnapshot,
     (held, locks, budget): (&mut HashMap<String, u64>, &crate::lock::Locks, &ReadBudget),
     report: &mut CopyReport,
-) -> Result<()> {
+) -> std::result::Result<(), Failed> {
     let mut missing = Vec::new();
     for (key, size) in sealed.header.objects() {
         match held.get(&key) {
             Some(&found) if found == size => {}
-            Some(&found) => return Err(size_mismatch((from, &sealed.id), to, &key, found, size).await),
+            Some(&found) => {
+                let error = size_mismatch((from, &sealed.id), to, &key, found, size).await.map_err(Failed::Copy)?;
+                return Err(Failed::Snapshot(error));
+            }
             None => missing.push((key, size)),
         }
     }
@@ -173,16 +196,19 @@ async fn copy_snapshot(
     let mut copies = futures::stream::iter(missing)
         .map(|(key, size)| async move {
             // Counted in the budget until written.
-            let held = fetch_checked(from, &key, Some(size), budget).await?;
+            let held = fetch_checked(from, &key, Some(size), budget).await.map_err(Failed::reading)?;
             let length = held.len() as u64;
-            let outcome = to.target.put_new(&key, bytes::Bytes::clone(&held)).await?;
+            let outcome = to.target.put_new(&key, bytes::Bytes::clone(&held)).await.map_err(Failed::Copy)?;
             drop(held);
             // One no snapshot there names, found in the write's way (an interrupted copy's,
             // or junk of the right size): the snapshot will name it, so it must be right.
             if outcome == PutOutcome::AlreadyThere {
-                check_present(to, &key).await?;
+                check_present(to, &key).await.map_err(|error| match error {
+                    Error::Corrupt { .. } => Failed::Snapshot(error),
+                    other => Failed::Copy(other),
+                })?;
             }
-            Ok::<_, Error>((key, length, outcome))
+            Ok::<_, Failed>((key, length, outcome))
         })
         .buffer_unordered(IN_FLIGHT);
     while let Some((key, length, outcome)) = copies.try_next().await? {
@@ -196,17 +222,17 @@ async fn copy_snapshot(
     }
     // Last, as in a backup: the snapshot is the commit.
     let key = repo::snapshot_key(&sealed.id);
-    let Some(bytes) = read_again(from, sealed).await? else {
-        return Err(Error::corrupt(
+    let Some(bytes) = read_again(from, sealed).await.map_err(Failed::reading)? else {
+        return Err(Failed::Snapshot(Error::corrupt(
             format!("{}/{key}", from.target.location()),
             "changed in storage while it was copied (not the object whose header was read): nothing of it was \
              written; copy again",
-        ));
+        )));
     };
     report.bytes_copied += bytes.len() as u64;
     // Still the destination's appender (as a backup checks before its commit).
-    locks.confirm(to.target.location()).await?;
-    to.target.put_new(&key, bytes).await?;
+    locks.confirm(to.target.location()).await.map_err(Failed::Copy)?;
+    to.target.put_new(&key, bytes).await.map_err(Failed::Copy)?;
     report.objects_copied += 1;
     Ok(())
 }
@@ -522,24 +548,32 @@ async fn fetch_checked(from: &Repository, key: &str, size: Option<u64>, budget: 
 /// names `expected`: the destination's object is at fault (an interrupted write) unless its
 /// bytes match its name, and then the snapshot's header is (whoever writes the source's
 /// storage can rewrite a header; no key checks it here), and the object must not be removed.
+/// The destination failing to be read is the error (`Err`).
 async fn size_mismatch(
     (from, snapshot): (&Repository, &repo::SnapshotId),
     to: &Repository,
     key: &str,
     found: u64,
     expected: u64,
-) -> Error {
-    match to.target.get_at_most(key, repo::largest_object(key)).await {
-        Ok(bytes) if repo::check_object_name(key, &bytes).is_ok() => Error::corrupt(
+) -> Result<Error> {
+    let whole = match to.target.get_at_most(key, repo::largest_object(key)).await {
+        Ok(bytes) => repo::check_object_name(key, &bytes).is_ok(),
+        // Larger than its kind, or gone since the listing: not the object its name says.
+        Err(Error::Corrupt { .. } | Error::Missing { .. }) => false,
+        Err(error) => return Err(error),
+    };
+    Ok(if whole {
+        Error::corrupt(
             format!("{}/{}", from.target.location(), repo::snapshot_key(snapshot)),
             format!(
                 "names {key} with {expected} bytes, but the destination's {found} bytes match its name: this \
                  snapshot's header is wrong (keep the destination's object)"
             ),
-        ),
-        _ => Error::corrupt(
+        )
+    } else {
+        Error::corrupt(
             format!("{}/{key}", to.target.location()),
             format!("is {found} bytes, expected {expected}; remove it and copy again"),
-        ),
-    }
+        )
+    })
 }

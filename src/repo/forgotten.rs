@@ -19,9 +19,10 @@ use super::{AUTHENTICATED_VERSION, FORMAT_VERSION, Keyring, ObjectId, Repository
 const RECORD_MAGIC: &str = "crmvault-forgotten";
 /// Records larger than this are not read (a record of 10 000 snapshots is about 1.3 MB).
 pub(super) const MAX_RECORD_BYTES: u64 = 16 << 20;
-/// The most forgotten snapshots a reader keeps track of, over all records: a backup every hour
-/// for ten years, about 30 MB held. A keyless reader takes records as they read, so records
+/// The most forgotten snapshots a keyless reader keeps track of, over all records: a backup
+/// every hour for ten years, about 30 MB held. It takes records as they read, so records
 /// planted to name millions of made-up snapshots (16 MiB each) would otherwise all be held.
+/// A reader with a key keeps only records that prove themselves.
 const MAX_FORGOTTEN_SNAPSHOTS: usize = 100_000;
 
 /// What one `forget` removed, and why; or which snapshots a target never received.
@@ -247,9 +248,10 @@ impl Repository {
                 )),
                 (RecordKind::Forgotten, _) => Ok(record),
             });
+            // Keyless only: records proven with a key are the repository's own, however many.
             let opened = opened.and_then(|record| {
                 let new = record.snapshots.iter().filter(|s| !forgotten.snapshots.contains_key(&s.id)).count();
-                if forgotten.snapshots.len() + new > MAX_FORGOTTEN_SNAPSHOTS {
+                if keyring.is_none() && forgotten.snapshots.len() + new > MAX_FORGOTTEN_SNAPSHOTS {
                     return Err(Error::corrupt(
                         &key,
                         format!(

@@ -580,9 +580,14 @@ mod tests {
             last_value: 7,
             is_called: true,
         });
-        let text = r#"[1,[["crm","contacts",["id","first_name","last_name"],["id"],3]],null,[["crm","s",7,true]],[],null,null]"#;
+        let text = concat!(
+            r#"[1,"crm","test",[],[["crm","contacts",["id","first_name","last_name"],["id"],3]],null,"#,
+            r#"[["crm","s",7,true]],[],null,null]"#
+        );
         assert_eq!(manifest.layout(), blake3::hash(text.as_bytes()).to_hex().to_string());
-        let changes: [fn(&mut Manifest); 5] = [
+        let changes: [fn(&mut Manifest); 7] = [
+            |m| m.database = "other".into(),
+            |m| m.tags.push("before-upgrade".into()),
             |m| m.tables[0].columns.swap(1, 2),
             |m| m.tables[0].name = "companies".into(),
             |m| m.tables[0].rows += 1,

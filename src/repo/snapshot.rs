@@ -384,9 +384,10 @@ pub struct AdminOnly {
 
 impl Manifest {
     /// What a restore does with the streams, beside their bytes (which the digests cover), as
-    /// one hash: each table's schema, name, columns (the COPY column list its rows load into),
-    /// primary key and row count, in stream order; large objects'; the sequences' values; the
-    /// materialized views refreshed; the session settings rows are read under; the roles. A
+    /// one hash: the labels `latest` and filters choose by (database, host, tags); each table's
+    /// schema, name, columns (the COPY column list its rows load into), primary key and row
+    /// count, in stream order; large objects'; the sequences' values; the materialized views
+    /// refreshed; the session settings rows are read under; the roles. A
     /// backup host that seals an old snapshot's manifest again, carrying its admin-only part
     /// as it is, cannot make two columns of one type exchange their values in a restore.
     /// Made of arrays only, in a fixed order (version 1 of it): the same bytes in every build.
@@ -416,6 +417,9 @@ impl Manifest {
         });
         let layout = json!([
             1,
+            self.database,
+            self.hostname,
+            self.tags,
             self.tables.iter().map(table).collect::<Vec<_>>(),
             self.large_objects.as_ref().map(table),
             sequences,

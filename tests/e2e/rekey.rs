@@ -545,6 +545,19 @@ fn copies_forked_in_storage_are_refused_together_and_move_no_pin() {
     let run = host.run(&["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", forked, "--repo", good]);
     run.fails_with(1, "disagree");
     assert_eq!(std::fs::read(&pin_path).unwrap(), pin, "a pin changed");
+    // Commands that check their copies one at a time (a problem on one is a finding) refuse
+    // them together too: the first would have followed the fork.
+    let one_at_a_time: [&[&str]; 5] = [
+        &["verify", "--repo", forked, "--repo", good],
+        &["snapshots", "--repo", forked, "--repo", good],
+        &["audit", "--repo", forked, "--repo", good],
+        &["prune", "--dry-run", "--repo", forked, "--repo", good],
+        &["copy", "--from", forked, "--to", good],
+    ];
+    for args in one_at_a_time {
+        host.run(args).fails_with(1, "disagree");
+        assert_eq!(std::fs::read(&pin_path).unwrap(), pin, "{args:?} changed a pin");
+    }
     // Given the good target alone, the host follows the real generation 1; what it writes
     // there, the removed admin cannot read.
     let before = relative_files(Path::new(good));
