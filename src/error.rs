@@ -202,8 +202,8 @@ pub enum Error {
     #[error(
         "the copies of repository {id} disagree: {other} is at generation {other_generation} (config {other_config}), \
          which the chain of configs at {newest} (generation {newest_generation}) does not lead through: one of them \
-         was forked in storage (a second successor signed with a retired admin's key?); nothing was read or written \
-         and no pin changed"
+         was forked or replaced in storage (a second successor signed with a retired admin's key, a config edited \
+         there); nothing was read or written and no pin changed"
     )]
     CopiesDisagree {
         /// The repository id.

@@ -331,6 +331,10 @@ async fn check_with(
         accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
         head.get_or_insert_with(|| repository.config_hash.clone());
     }
+    // The copies lie on one chain as they were opened for the check too (a copy whose `config`
+    // does not lead to the pin is opened again at the pinned generation, and follows what its
+    // `configs/` hold from there).
+    crmvault::repo_set::refuse_forked_copies(repositories)?;
     // Every target passed: now the pins change, each on the pin as it is on disk now
     // (another command here may have changed it since).
     for write in writes {

@@ -510,68 +510,115 @@ fn a_pinned_generation_is_never_given_up_and_a_fork_behind_the_pin_does_not_stop
 }
 
 /// A removed admin who kept generation 0's signing key and can write one target's storage
-/// forks the chain there. A backup host still pinned at generation 0, given that target first
-/// and a good one after it, refuses both and changes no pin: it used to move its pin onto the
-/// fork as it checked that target, fail on the good one, and from then on refuse the good one
-/// and take the forked one alone (whose backups the removed admin reads).
+/// forks the chain there. A backup host still pinned at generation 0, given that target and a
+/// good one, refuses both and changes no pin: it used to move its pin onto the fork as it
+/// checked that target first, fail on the good one, and from then on refuse the good one and
+/// take the forked one alone (whose backups the removed admin reads). Also when the fork hides
+/// behind another root put in the forked target's `config` (a check against the pin opens it
+/// again at the pinned generation and follows its `configs/` from there), whatever the order.
 #[test]
 fn copies_forked_in_storage_are_refused_together_and_move_no_pin() {
-    let setup = Setup::new("rekey_fork_targets", 2);
-    // The backup host, as it was before the rekey: pinned at generation 0.
-    let host = Workspace::new();
-    copy_dir(&setup.work.config_dir(), &host.config_dir());
-    let other = public_key(&setup.work, "other.key");
-    setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
-    let (good, forked) = (&setup.repos[0], PathBuf::from(&setup.repos[1]));
-    let (gen0_name, gen0) = generation_config(&forked, 0);
-    let (gen1_name, _) = generation_config(&forked, 1);
-    let removed = identity(&setup.work, "other.key");
-    let admin_keys = keys_object(&forked, gen0["admin_keys"][0].as_str().unwrap(), &removed);
-    let signing = crmvault::crypto::SigningSecret::from_hex(admin_keys["signing_secret"].as_str().unwrap()).unwrap();
-    let gen1 = std::fs::read(forked.join("configs").join(&gen1_name)).unwrap();
-    let mut fork: crmvault::repo::RepoConfig = serde_json::from_slice(&gen1).unwrap();
-    fork.recipients.push(other.clone());
-    fork.rekeyed = Some(chrono::Utc::now());
-    fork.signature = Some(signing.sign_config(&fork.signed_bytes()));
-    let bytes = fork.to_bytes();
-    std::fs::remove_file(forked.join("configs").join(&gen1_name)).unwrap();
-    std::fs::write(forked.join("configs").join(blake3::hash(&bytes).to_hex().as_str()), &bytes).unwrap();
-    std::fs::write(forked.join("config"), &bytes).unwrap();
-    assert!(forked.join("configs").join(&gen0_name).exists());
+    for hidden in [false, true] {
+        let fork = Fork::new(if hidden { "rekey_fork_hidden" } else { "rekey_fork_targets" }, hidden);
+        let (host, good, forked) = (&fork.host, fork.good.as_str(), fork.forked.as_str());
+        let url = fork.setup.source.url_str();
+        let pin = std::fs::read(&fork.pin_path).unwrap();
+        for repos in [[forked, good], [good, forked]] {
+            let run = host.run(&["backup", "--no-alarm", "--db", url, "--repo", repos[0], "--repo", repos[1]]);
+            run.fails_with(1, "disagree");
+            assert_eq!(std::fs::read(&fork.pin_path).unwrap(), pin, "a pin changed ({repos:?})");
+        }
+        // Commands that check their copies one at a time (a problem on one is a finding)
+        // refuse them together too: the first would have followed the fork.
+        let one_at_a_time: [&[&str]; 5] = [
+            &["verify", "--repo", forked, "--repo", good],
+            &["snapshots", "--repo", forked, "--repo", good],
+            &["audit", "--repo", forked, "--repo", good],
+            &["prune", "--dry-run", "--repo", forked, "--repo", good],
+            &["copy", "--from", forked, "--to", good],
+        ];
+        for args in one_at_a_time {
+            host.run(args).fails_with(1, "disagree");
+            assert_eq!(std::fs::read(&fork.pin_path).unwrap(), pin, "{args:?} changed a pin");
+        }
+        // Given the good target alone, the host follows the real generation 1; what it writes
+        // there, the removed admin cannot read.
+        let before = relative_files(Path::new(good));
+        host.run(&["backup", "--no-alarm", "--db", url, "--repo", good]).ok();
+        let written = relative_files(Path::new(good));
+        let new: Vec<_> = written.difference(&before).collect();
+        assert!(new.iter().any(|f| f.starts_with("snapshots")), "{new:?}");
+        for file in new {
+            let bytes = std::fs::read(Path::new(good).join(file)).unwrap();
+            assert!(crmvault::crypto::decrypt(&fork.removed, ciphertext_of(&bytes)).is_err(), "{}", file.display());
+        }
+        // And the forked target, given with it again, is refused.
+        let run = host.run(&["backup", "--no-alarm", "--db", url, "--repo", forked, "--repo", good]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+    }
+}
 
-    let pin_path = host.config_dir().join("repos").join(gen0["id"].as_str().unwrap()).join("trust.json");
-    let pin = std::fs::read(&pin_path).unwrap();
-    let forked = forked.to_str().unwrap();
-    let run = host.run(&["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", forked, "--repo", good]);
-    run.fails_with(1, "disagree");
-    assert_eq!(std::fs::read(&pin_path).unwrap(), pin, "a pin changed");
-    // Commands that check their copies one at a time (a problem on one is a finding) refuse
-    // them together too: the first would have followed the fork.
-    let one_at_a_time: [&[&str]; 5] = [
-        &["verify", "--repo", forked, "--repo", good],
-        &["snapshots", "--repo", forked, "--repo", good],
-        &["audit", "--repo", forked, "--repo", good],
-        &["prune", "--dry-run", "--repo", forked, "--repo", good],
-        &["copy", "--from", forked, "--to", good],
-    ];
-    for args in one_at_a_time {
-        host.run(args).fails_with(1, "disagree");
-        assert_eq!(std::fs::read(&pin_path).unwrap(), pin, "{args:?} changed a pin");
+/// Two targets rekeyed from generation 0 to 1 (removing `other.key`), a backup host whose
+/// config folder is as it was before the rekey (pinned at generation 0), and the second target
+/// forked by the removed admin: its generation 1 replaced by another successor of generation 0,
+/// signed with the key the removed admin held then, that adds it back as a recipient.
+struct Fork {
+    setup: Setup,
+    host: Workspace,
+    good: String,
+    forked: String,
+    pin_path: PathBuf,
+    removed: Vec<age::x25519::Identity>,
+}
+
+impl Fork {
+    /// With `hidden`, the forked target's `config` shows another root of the same id (with a
+    /// chain of its own up to generation 2), its `configs/` the fork.
+    fn new(label: &str, hidden: bool) -> Fork {
+        let setup = Setup::new(label, 2);
+        let host = Workspace::new();
+        copy_dir(&setup.work.config_dir(), &host.config_dir());
+        let other = public_key(&setup.work, "other.key");
+        setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
+        let forked = PathBuf::from(&setup.repos[1]);
+        let (gen0_name, gen0) = generation_config(&forked, 0);
+        let (gen1_name, _) = generation_config(&forked, 1);
+        let removed = identity(&setup.work, "other.key");
+        let admin_keys = keys_object(&forked, gen0["admin_keys"][0].as_str().unwrap(), &removed);
+        let signing =
+            crmvault::crypto::SigningSecret::from_hex(admin_keys["signing_secret"].as_str().unwrap()).unwrap();
+        let gen1 = std::fs::read(forked.join("configs").join(&gen1_name)).unwrap();
+        let mut fork: crmvault::repo::RepoConfig = serde_json::from_slice(&gen1).unwrap();
+        fork.recipients.push(other.clone());
+        fork.rekeyed = Some(chrono::Utc::now());
+        fork.signature = Some(signing.sign_config(&fork.signed_bytes()));
+        let bytes = fork.to_bytes();
+        std::fs::remove_file(forked.join("configs").join(&gen1_name)).unwrap();
+        std::fs::write(forked.join("configs").join(blake3::hash(&bytes).to_hex().as_str()), &bytes).unwrap();
+        std::fs::write(forked.join("config"), &bytes).unwrap();
+        if hidden {
+            let own = crmvault::crypto::SigningSecret::generate();
+            let gen0_bytes = std::fs::read(forked.join("configs").join(&gen0_name)).unwrap();
+            let mut root: crmvault::repo::RepoConfig = serde_json::from_slice(&gen0_bytes).unwrap();
+            root.signing_key = Some(own.public_hex());
+            let mut previous = root.to_bytes();
+            std::fs::write(forked.join("config"), &previous).unwrap();
+            for generation in 1..=2 {
+                let mut next = root.clone();
+                next.generation = generation;
+                next.previous = Some(blake3::hash(&previous).to_hex().to_string());
+                next.rekeyed = Some(chrono::Utc::now());
+                next.signature = Some(own.sign_config(&next.signed_bytes()));
+                previous = next.to_bytes();
+                std::fs::write(forked.join("configs").join(blake3::hash(&previous).to_hex().as_str()), &previous)
+                    .unwrap();
+            }
+        }
+        assert!(forked.join("configs").join(&gen0_name).exists());
+        let pin_path = host.config_dir().join("repos").join(gen0["id"].as_str().unwrap()).join("trust.json");
+        let (good, forked) = (setup.repos[0].clone(), setup.repos[1].clone());
+        Fork { setup, host, good, forked, pin_path, removed }
     }
-    // Given the good target alone, the host follows the real generation 1; what it writes
-    // there, the removed admin cannot read.
-    let before = relative_files(Path::new(good));
-    host.run(&["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", good]).ok();
-    let written = relative_files(Path::new(good));
-    let new: Vec<_> = written.difference(&before).collect();
-    assert!(new.iter().any(|f| f.starts_with("snapshots")), "{new:?}");
-    for file in new {
-        let bytes = std::fs::read(Path::new(good).join(file)).unwrap();
-        assert!(crmvault::crypto::decrypt(&removed, ciphertext_of(&bytes)).is_err(), "{}", file.display());
-    }
-    // And the forked target, given with it again, is refused: its fork is not the pinned chain.
-    let run = host.run(&["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", forked, "--repo", good]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
 }
 
 /// The objects in `after` that `before` lacks, in the order they were written (rekey only

@@ -102,6 +102,38 @@ fn a_forged_repository_made_with_the_public_recipients_is_refused_everywhere() {
 /// copied over this one's folder by whoever can write the storage is refused there, though the
 /// host pinned it too. Accepted, the host's backups of this database went to the other
 /// repository's admins.
+/// A repository made before pins (format 2-6) is pinned on first use from what the storage
+/// shows. Given with a copy that shows another config under its id (forged), listed first, the
+/// backup host pins neither: which one it would pin is only the order given.
+#[test]
+fn a_repository_made_before_pins_is_not_pinned_from_copies_that_disagree() {
+    let fixture_dir = fixture("tests/fixtures/format5");
+    let source = TestDb::create("legacy_pin_src");
+    source.load_file(&fixture_dir.join("source.sql"));
+    let work = Workspace::new();
+    let (repo, forged) = (work.path("repo"), work.path("forged"));
+    copy_dir(&fixture_dir.join("repo"), &repo);
+    copy_dir(&fixture_dir.join("repo"), &forged);
+    copy_dir(&fixture_dir.join("config"), &work.config_dir());
+    let mut config = std::fs::read(forged.join("config")).unwrap();
+    config.extend_from_slice(b"\n");
+    std::fs::write(forged.join("config"), config).unwrap();
+    let id = serde_json::from_slice::<serde_json::Value>(&std::fs::read(repo.join("config")).unwrap()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pin = work.config_dir().join("repos").join(&id).join("trust.json");
+    let (repo, forged) = (repo.to_str().unwrap(), forged.to_str().unwrap());
+    let url = source.url();
+    let run = work.run(&["backup", "--no-alarm", "--db", &url, "--repo", forged, "--repo", repo]);
+    run.fails_with(1, "disagree");
+    assert!(!pin.exists(), "a copy was pinned");
+    // Alone, the real one is pinned (with a warning naming its fingerprint) and backed up.
+    let run = work.run(&["backup", "--no-alarm", "--db", &url, "--repo", repo]).ok();
+    assert!(run.stderr.contains(&work.fingerprint(repo)), "{}", run.stderr);
+    assert!(pin.exists());
+}
+
 #[test]
 fn a_repository_the_host_also_trusts_is_refused_in_the_place_of_another() {
     let victim = Victim::new("swapped");
