@@ -1171,6 +1171,13 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let repos = settings.repos(repo.repos)?;
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&repos, false).await?;
+            trust::check_copies_together(
+                targets.repositories(),
+                identity.as_deref(),
+                fingerprint.as_ref(),
+                &config_dir()?,
+            )
+            .await?;
             let mut lists = Vec::new();
             for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
@@ -1420,6 +1427,13 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             }
             let readers = lock::readers(targets.repositories(), identity.as_deref(), &config_dir()?);
             let locks = targets.lock_all(LockMode::Shared, &lock::options(lock_wait, "verify", readers)).await?;
+            trust::check_copies_together(
+                targets.repositories(),
+                identity.as_deref(),
+                fingerprint.as_ref(),
+                &config_dir()?,
+            )
+            .await?;
             // Each copy on its own: a problem on one is a finding, not a reason to stop.
             for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
@@ -1606,6 +1620,13 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Audit { repo, identity, since } => {
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;
+            trust::check_copies_together(
+                targets.repositories(),
+                identity.as_deref(),
+                fingerprint.as_ref(),
+                &config_dir()?,
+            )
+            .await?;
             let mut trails = Vec::new();
             for repository in targets.repositories_mut() {
                 let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
@@ -1724,6 +1745,13 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut to = storage.open_set(&[to], false).await?;
             // Checked one at a time below: that they lie on one chain is checked first.
             crmvault::repo_set::refuse_forked_copies(&[from.first().clone(), to.first().clone()])?;
+            trust::check_copies_together(
+                &[from.first().clone(), to.first().clone()],
+                None,
+                fingerprint.as_ref(),
+                &config_dir()?,
+            )
+            .await?;
             for targets in [&mut from, &mut to] {
                 trust::check(targets.repositories_mut(), trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?)
                     .await?;
@@ -1856,6 +1884,7 @@ async fn prune_each(
     fingerprint: Option<&crmvault::trust::Fingerprint>,
     (silent, audit): (bool, &audit::AuditLog),
 ) -> Result<PruneOutcome> {
+    trust::check_copies_together(targets.repositories(), None, fingerprint, &config_dir()?).await?;
     let mut each = targets.each_copy();
     let lock_mode = match options.mode {
         prune::PruneMode::Delete => LockMode::Exclusive,

@@ -133,6 +133,33 @@ pub async fn check(
     check_with(repositories, role, given, config_dir, false).await
 }
 
+/// For commands that check their copies one at a time (a problem on one is a finding): the
+/// copies of each repository id checked together first, as [`check`] checks them (each opened
+/// again at the pinned generation where its `config` does not lead there, then compared), and
+/// the pins moved only if they all pass. Each copy's own check after it could otherwise follow
+/// a fork its `configs/` showed at that moment (a storage writer renaming a config in and out
+/// while the command runs) and move the pin before the other copies were looked at. The
+/// copies are checked as clones: each copy's own check opens it again.
+pub async fn check_copies_together(
+    repositories: &[Repository],
+    identity: Option<&Path>,
+    given: Option<&Fingerprint>,
+    config_dir: &Path,
+) -> Result<()> {
+    let mut ids: Vec<&str> = repositories.iter().map(|r| r.config.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let mut copies: Vec<Repository> = repositories.iter().filter(|r| r.config.id == id).cloned().collect();
+        if copies.len() < 2 {
+            continue;
+        }
+        let role = reading_role(&copies[0], identity, config_dir);
+        check(&mut copies, role, given, config_dir).await?;
+    }
+    Ok(())
+}
+
 /// [`check`] for `rekey`, the one command that may meet a copy left at an older generation (by
 /// an interrupted rekey, or because its newer config was deleted) and brings it up with the
 /// newest generation's keys. Every other command refuses such a copy: it would be read, and
