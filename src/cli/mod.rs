@@ -1171,18 +1171,15 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let repos = settings.repos(repo.repos)?;
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&repos, false).await?;
-            trust::check_copies_together(
-                targets.repositories(),
+            let trusted = trust::check_each_copy(
+                targets.repositories_mut(),
                 identity.as_deref(),
                 fingerprint.as_ref(),
                 &config_dir()?,
             )
             .await?;
             let mut lists = Vec::new();
-            for repository in targets.repositories_mut() {
-                let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
-                let mut trusted =
-                    trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
+            for (repository, mut trusted) in targets.repositories().iter().zip(trusted) {
                 let keyring = keyring(repository, identity.as_deref()).await?;
                 let list = snapshots::list(repository, keyring.as_ref(), &filter).await?;
                 // The newest it proved is remembered, as restore and verify do: a listing is
@@ -1427,18 +1424,15 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             }
             let readers = lock::readers(targets.repositories(), identity.as_deref(), &config_dir()?);
             let locks = targets.lock_all(LockMode::Shared, &lock::options(lock_wait, "verify", readers)).await?;
-            trust::check_copies_together(
-                targets.repositories(),
+            let trusted = trust::check_each_copy(
+                targets.repositories_mut(),
                 identity.as_deref(),
                 fingerprint.as_ref(),
                 &config_dir()?,
             )
             .await?;
             // Each copy on its own: a problem on one is a finding, not a reason to stop.
-            for repository in targets.repositories_mut() {
-                let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
-                let mut trusted =
-                    trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
+            for (repository, mut trusted) in targets.repositories().iter().zip(trusted) {
                 let progress = output::Bar::start(json || quiet);
                 let known = (trusted.newest(), trusted.missed_at(repository.target.location()));
                 if let Ok(Some(keyring)) = keyring(repository, identity.as_deref()).await {
@@ -1620,17 +1614,15 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Audit { repo, identity, since } => {
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;
-            trust::check_copies_together(
-                targets.repositories(),
+            trust::check_each_copy(
+                targets.repositories_mut(),
                 identity.as_deref(),
                 fingerprint.as_ref(),
                 &config_dir()?,
             )
             .await?;
             let mut trails = Vec::new();
-            for repository in targets.repositories_mut() {
-                let role = trust::reading_role(repository, identity.as_deref(), &config_dir()?);
-                trust::check(std::slice::from_mut(repository), role, fingerprint.as_ref(), &config_dir()?).await?;
+            for repository in targets.repositories() {
                 let Some(keyring) = keyring(repository, identity.as_deref()).await? else {
                     anyhow::bail!(
                         "the audit trail is encrypted: run it on the backup host (writer key) or give an admin's --identity"
@@ -1743,8 +1735,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Copy { from, to, snapshots, repair } => {
             let mut from = storage.open_set(&[from], false).await?;
             let mut to = storage.open_set(&[to], false).await?;
-            // Checked one at a time below: that they lie on one chain is checked first.
-            crmvault::repo_set::refuse_forked_copies(&[from.first().clone(), to.first().clone()])?;
+            // Checked one at a time below: checked together first.
             trust::check_copies_together(
                 &[from.first().clone(), to.first().clone()],
                 None,

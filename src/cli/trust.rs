@@ -133,6 +133,24 @@ pub async fn check(
     check_with(repositories, role, given, config_dir, false).await
 }
 
+/// For commands that work on their copies one at a time (a problem on one is a finding): each
+/// copy checked as its role needs ([`reading_role`]), after its repository's copies were
+/// checked together ([`check_copies_together`]); the trust of each, in order.
+pub async fn check_each_copy(
+    repositories: &mut [Repository],
+    identity: Option<&Path>,
+    given: Option<&Fingerprint>,
+    config_dir: &Path,
+) -> Result<Vec<Trusted>> {
+    check_copies_together(repositories, identity, given, config_dir).await?;
+    let mut trusted = Vec::with_capacity(repositories.len());
+    for repository in repositories {
+        let role = reading_role(repository, identity, config_dir);
+        trusted.push(check(std::slice::from_mut(repository), role, given, config_dir).await?);
+    }
+    Ok(trusted)
+}
+
 /// For commands that check their copies one at a time (a problem on one is a finding): the
 /// copies of each repository id checked together first, as [`check`] checks them (each opened
 /// again at the pinned generation where its `config` does not lead there, then compared), and
@@ -308,7 +326,7 @@ async fn check_with(
                     if new_location {
                         placed.insert(pin.repository_id.clone());
                     }
-                    writes.push(PinWrite::Update(pin.repository_id.clone(), change));
+                    writes.push(PinWrite::Update(pin.clone(), change));
                 }
                 Some(pin)
             }
@@ -378,8 +396,8 @@ async fn check_with(
 /// A change to a pin that a command's check of its targets decided, made once every target
 /// passed.
 enum PinWrite {
-    /// Of the repository's pin: a place added, a generation followed.
-    Update(String, PinChange),
+    /// Of the repository's pin (as this command read it): a place added, a generation followed.
+    Update(Pin, PinChange),
     /// The first pin of a repository made before pins (format 2-6); whether to say so (an
     /// admin's command).
     Create(Pin, bool),
@@ -389,10 +407,8 @@ impl PinWrite {
     /// Makes the change on the pin as it is on disk; returns the pin as saved.
     fn apply(self, config_dir: &Path) -> Result<Pin> {
         match self {
-            PinWrite::Update(id, change) => {
-                let Some(mut pin) = trust::load_pin(config_dir, &id)? else {
-                    bail!("the pin of repository {id} was removed while this command ran: run it again");
-                };
+            PinWrite::Update(mut pin, change) => {
+                // `update_pin` reads the pin again under its lock.
                 trust::update_pin(config_dir, &mut pin, |pin| change.apply(pin))?;
                 Ok(pin)
             }

@@ -68,6 +68,11 @@ impl Root {
         let fd = rustix::fs::open(path, directory(), Mode::empty())?;
         Ok(Root { fd, path: path.to_path_buf() })
     }
+
+    /// The folder's path, links resolved (where object_store reads it).
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// How folders are opened: to read, list and sync, never through a link at their own name

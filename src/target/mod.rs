@@ -5,7 +5,7 @@
 //! snapshot written after its packs can never survive a crash that lost them. On S3 a PUT is
 //! durable when it returns; transient faults (5xx, timeouts, resets) are retried with backoff.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,9 +42,8 @@ const MULTIPART_RETRIES: usize = 3;
 pub struct Target {
     store: Arc<dyn ObjectStore>,
     location: String,
-    local_root: Option<PathBuf>,
     /// A local folder's root, held open: where its writes and deletes start ([`local`]).
-    local_fd: Option<Arc<local::Root>>,
+    local: Option<Arc<local::Root>>,
     /// How often a create whose answer was lost is sent again (object_store does not resend a
     /// request that is not idempotent, and a create is not).
     create_retries: usize,
@@ -173,8 +172,7 @@ impl Target {
         Ok(Target {
             store: Arc::new(store),
             location: location.to_string(),
-            local_root: Some(root),
-            local_fd: Some(Arc::new(held)),
+            local: Some(Arc::new(held)),
             create_retries: 0,
         })
     }
@@ -182,15 +180,15 @@ impl Target {
     /// Where this target's objects are: the folder it opened (links resolved), or the bucket,
     /// prefix and endpoint. Two targets with the same storage are one target.
     pub fn storage(&self) -> String {
-        match &self.local_root {
-            Some(root) => root.to_string_lossy().into_owned(),
+        match &self.local {
+            Some(root) => root.path().to_string_lossy().into_owned(),
             None => place(&self.location),
         }
     }
 
     /// Whether this is a local folder (read on blocking threads) rather than a bucket.
     pub fn is_local(&self) -> bool {
-        self.local_root.is_some()
+        self.local.is_some()
     }
 
     /// The location as the user gave it (never holds credentials).
@@ -201,8 +199,8 @@ impl Target {
     /// On a local folder, refuses an object that is not a regular file (see
     /// `local::refuse_special_file`).
     fn refuse_special(&self, key: &str) -> Result<()> {
-        match &self.local_root {
-            Some(root) => refuse_special_file(root, key),
+        match &self.local {
+            Some(root) => refuse_special_file(root.path(), key),
             None => Ok(()),
         }
     }
@@ -294,7 +292,7 @@ impl Target {
 
     /// Writes a new object, durably. An existing object is left untouched.
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
-        if self.local_root.is_some() {
+        if self.local.is_some() {
             let payload = bytes.clone();
             return match self.in_folder(key, false, move |root, key| local::put_new(root, key, &payload)).await? {
                 local::Outcome::Written => Ok(PutOutcome::Written),
@@ -332,7 +330,7 @@ impl Target {
         deleting: bool,
         work: impl FnOnce(&local::Root, &str) -> std::result::Result<T, local::Failed> + Send + 'static,
     ) -> Result<T> {
-        let root = Arc::clone(self.local_fd.as_ref().expect("only for local folders"));
+        let root = Arc::clone(self.local.as_ref().expect("only for local folders"));
         let owned = key.to_string();
         let done =
             tokio::task::spawn_blocking(move || work(&root, &owned)).await.expect("a local write does not panic");
@@ -452,7 +450,7 @@ impl Target {
     /// against its name (`copy --repair`, a leftover [`Self::put_new`] heals). Needs no right
     /// to delete.
     pub async fn rewrite(&self, key: &str, bytes: Bytes) -> Result<()> {
-        if self.local_root.is_some() {
+        if self.local.is_some() {
             return self.in_folder(key, false, move |root, key| local::replace(root, key, &bytes, true)).await;
         }
         self.store
@@ -487,7 +485,7 @@ impl Target {
     /// S3, MinIO and moto, a check-then-write on s3s-fs). A local folder has no such write:
     /// [`Replaced::Unsupported`], and the caller decides.
     pub async fn replace(&self, key: &str, bytes: Bytes, expected: &ObjectVersion) -> Result<Replaced> {
-        if self.local_root.is_some() {
+        if self.local.is_some() {
             return Ok(Replaced::Unsupported);
         }
         let options = PutOptions { mode: PutMode::Update(expected.0.clone()), ..PutOptions::default() };
@@ -511,7 +509,7 @@ impl Target {
     /// new). Only for the few mutable objects (locks); not synced, since they need not outlive
     /// a crash.
     pub async fn overwrite(&self, key: &str, bytes: Bytes) -> Result<()> {
-        if self.local_root.is_some() {
+        if self.local.is_some() {
             return self.in_folder(key, false, move |root, key| local::replace(root, key, &bytes, false)).await;
         }
         self.store
@@ -559,7 +557,7 @@ impl Target {
         // By name in its folder, reached without following a link: a folder swapped for one
         // would send the delete outside the repository. Staging files too (object_store
         // refuses their names).
-        if self.local_root.is_some() {
+        if self.local.is_some() {
             return self.in_folder(key, true, local::remove).await;
         }
         match self.store.delete(&ObjectPath::from(key)).await {
@@ -577,7 +575,7 @@ impl Target {
     /// becomes an object. Only prune deletes them ([`Target::delete`]), under the exclusive
     /// lock, when no write can be running.
     pub async fn staging_files(&self, folder: &str) -> Result<Vec<(String, u64)>> {
-        if self.local_fd.is_none() {
+        if self.local.is_none() {
             return Ok(Vec::new());
         }
         self.in_folder(folder, false, local::staging_files).await

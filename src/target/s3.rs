@@ -161,12 +161,6 @@ impl Target {
         let store = builder.build().map_err(|e| Error::BadLocation(format!("{location}: {e}")))?;
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { Arc::new(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
-        Ok(Target {
-            store,
-            location: location.to_string(),
-            local_root: None,
-            local_fd: None,
-            create_retries: settings.max_retries,
-        })
+        Ok(Target { store, location: location.to_string(), local: None, create_retries: settings.max_retries })
     }
 }
