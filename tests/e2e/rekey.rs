@@ -625,7 +625,9 @@ impl Fork {
 /// creates objects, and their modification times give the order).
 pub(crate) fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
     // Files written within one tick of the file system's clock (4 ms here) share a time: those
-    // go in the order the commit protocol writes their kinds (docs/FORMAT.md, *Write order*).
+    // go in the order the commit protocol writes their kinds (docs/FORMAT.md, *Write order*),
+    // and snapshots in the order they are sealed (a tie broken by name once made a copy of the
+    // newest night come before its predecessor's copy, a state no run leaves).
     let kind = |file: &Path| {
         let top = file.components().next().and_then(|c| c.as_os_str().to_str()).unwrap_or_default().to_string();
         ["keys", "configs", "config", "dicts", "data", "index", "snapshots", "forgotten", "audit"]
@@ -633,13 +635,22 @@ pub(crate) fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
             .position(|k| *k == top)
             .unwrap_or(9)
     };
+    // Snapshots (copies sealed again) go oldest first: by their header's sequence.
+    let sequence = |file: &Path| {
+        if kind(file) != 6 {
+            return 0;
+        }
+        let text = std::fs::read(after.join(file)).unwrap();
+        let header = text.split(|&b| b == b'\n').nth(1).unwrap_or_default();
+        serde_json::from_slice::<serde_json::Value>(header).ok().and_then(|h| h["sequence"].as_u64()).unwrap_or(0)
+    };
     let old = relative_files(before);
-    let mut new: Vec<(std::time::SystemTime, usize, PathBuf)> = relative_files(after)
+    let mut new: Vec<(std::time::SystemTime, usize, u64, PathBuf)> = relative_files(after)
         .difference(&old)
-        .map(|f| (std::fs::metadata(after.join(f)).unwrap().modified().unwrap(), kind(f), f.clone()))
+        .map(|f| (std::fs::metadata(after.join(f)).unwrap().modified().unwrap(), kind(f), sequence(f), f.clone()))
         .collect();
     new.sort();
-    new.into_iter().map(|(_, _, f)| f).collect()
+    new.into_iter().map(|(_, _, _, f)| f).collect()
 }
 
 /// The state a rekey killed after its first `written` new objects would leave: `before` plus
