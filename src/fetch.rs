@@ -227,6 +227,18 @@ pub struct Run {
     found: Vec<Option<Found>>,
 }
 
+impl Run {
+    /// How many chunks it holds.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// One place chunks can come from.
 pub struct Source {
     /// The target.
@@ -443,6 +455,30 @@ impl ChunkReader {
         runs
     }
 
+    /// Runs of chunks of one pack of the first source, read where `locations` say (in the order
+    /// given), not where its index has each chunk: `verify --read-data` proves every copy of a
+    /// chunk that two packs hold (one stored again after the other was found damaged, or by
+    /// `--rewrite-budget`), which the index knows in one of them only. `None` when the first
+    /// source's index does not know the pack.
+    pub fn runs_in_pack(&self, pack: &repo::ObjectId, locations: &[ChunkLocation]) -> Option<Vec<Run>> {
+        let number = self.sources.first()?.index.number_of_pack(pack)?;
+        let (mut runs, mut run, mut previous) = (Vec::new(), Run::default(), None);
+        for location in locations {
+            let found = Found { source: 0, pack: number, location: *location };
+            let frame = Some(found.frame());
+            if Self::ends_run(run.ids.len(), frame, previous) {
+                runs.push(std::mem::take(&mut run));
+            }
+            run.ids.push(location.chunk());
+            run.found.push(Some(found));
+            previous = frame;
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+        Some(runs)
+    }
+
     /// [`ChunkReader::runs`] of a stream of chunks found already, as they come (for
     /// [`ChunkReader::read_located`]).
     fn stream_runs<'a>(
@@ -512,8 +548,8 @@ impl ChunkReader {
             return Ok(plaintext);
         }
         let mut plaintext = Vec::new();
-        for id in ids {
-            plaintext.extend_from_slice(&self.read(id).await?);
+        for (id, found) in ids.iter().zip(found) {
+            plaintext.extend_from_slice(&self.read_at(id, *found).await?);
         }
         Ok(plaintext)
     }
@@ -601,9 +637,22 @@ impl ChunkReader {
 
     /// The proven plaintext of one chunk, from the first source that has it intact.
     pub async fn read(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_at(id, None).await
+    }
+
+    /// [`ChunkReader::read`], from where `found` says first when a run was located already (in
+    /// a pack its index may not name for it: [`ChunkReader::runs_in_pack`]).
+    async fn read_at(&self, id: &ChunkId, found: Option<Found>) -> Result<Vec<u8>> {
         let mut first_error = None;
-        for (number, source) in self.sources.iter().enumerate() {
-            let Some((entry, location)) = source.index.get(id) else { continue };
+        let first = found.map(|f| f.source);
+        let order = first.into_iter().chain((0..self.sources.len()).filter(|number| Some(*number) != first));
+        for number in order {
+            let source = &self.sources[number];
+            let place = match found.filter(|f| f.source == number) {
+                Some(f) => Some((source.index.pack(f.pack), f.location)),
+                None => source.index.get(id),
+            };
+            let Some((entry, location)) = place else { continue };
             match self.read_from(number, entry, location).await {
                 Ok(plaintext) => {
                     source.served.fetch_add(1, Ordering::Relaxed);

@@ -558,6 +558,10 @@ pub async fn run(
     }
     // With a key: manifests and indexes agree.
     let mut needed_chunks: BTreeMap<repo::ObjectId, BTreeSet<ChunkId>> = BTreeMap::new();
+    // Chunks a snapshot reads from a pack other than the one the merged index keeps for them
+    // (stored again after a pack was found damaged, or by `--rewrite-budget`): where they lie
+    // in the pack each is needed from, so that every copy is read there.
+    let mut elsewhere: BTreeMap<repo::ObjectId, BTreeMap<ChunkId, repo::ChunkLocation>> = BTreeMap::new();
     // Counted, not one problem per chunk: (pack, snapshot) → chunks it holds unlisted, and
     // snapshot → chunks in no index it lists.
     let mut unlisted: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -630,12 +634,18 @@ pub async fn run(
         let snapshot_index = Arc::try_unwrap(snapshot_index).expect("the list reader has been dropped");
         let packs: BTreeSet<&repo::ObjectId> = sealed.header.packs.iter().map(|p| &p.id).collect();
         for id in manifest.all_chunks() {
-            match snapshot_index.get(id).map(|(entry, _)| &entry.pack) {
-                Some(pack) if packs.contains(&pack.id) => {
-                    needed_chunks.entry(pack.id.clone()).or_default().insert(*id);
+            match snapshot_index.get(id) {
+                Some((entry, location)) if packs.contains(&entry.pack.id) => {
+                    let pack = &entry.pack.id;
+                    let first_need = needed_chunks.entry(pack.clone()).or_default().insert(*id);
+                    // The merged index keeps the first snapshot's place of a chunk (looked up
+                    // once for each chunk of each pack, not for each snapshot that needs it).
+                    if reads_data && first_need && index.get(id).is_some_and(|(kept, _)| kept.pack.id != *pack) {
+                        elsewhere.entry(pack.clone()).or_default().insert(*id, location);
+                    }
                 }
-                Some(pack) => {
-                    *unlisted.entry((repo::pack_key(&pack.id), sealed.id.to_string())).or_default() += 1;
+                Some((entry, _)) => {
+                    *unlisted.entry((repo::pack_key(&entry.pack.id), sealed.id.to_string())).or_default() += 1;
                 }
                 None => *unindexed.entry(sealed.id.to_string()).or_default() += 1,
             }
@@ -684,12 +694,20 @@ pub async fn run(
                 report.problems.push(problem(key, names(users), e.to_string()));
                 continue;
             }
-            // In the order they lie in the pack and in runs, as a restore reads them, so a frame
-            // of several chunks is decompressed once for all of them.
-            let mut chunks: Vec<ChunkId> = chunks.iter().copied().collect();
-            chunks.sort_by_key(|id| index.get(id).map(|(_, location)| (location.offset(), location.start())));
-            for run in reader.runs(&chunks) {
-                match reader.read_run(run).await {
+            // Where each lies in this pack, in that order and in runs, as a restore reads them,
+            // so a frame of several chunks is decompressed once for all of them.
+            let moved = elsewhere.get(&reference.id);
+            let mut locations: Vec<repo::ChunkLocation> = chunks
+                .iter()
+                .filter_map(|id| match moved.and_then(|moved| moved.get(id)) {
+                    Some(location) => Some(*location),
+                    None => index.get(id).map(|(_, location)| location),
+                })
+                .collect();
+            locations.sort_by_key(|location| (location.offset(), location.start()));
+            let Some(runs) = reader.runs_in_pack(&reference.id, &locations) else { continue };
+            for run in runs {
+                match reader.read_located(&run).await {
                     Ok(_) => report.chunks += run.len(),
                     Err(e) => {
                         report.problems.push(problem(key, names(users), e.to_string()));

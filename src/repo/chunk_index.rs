@@ -420,6 +420,11 @@ impl ChunkIndex {
         self.slot(id).map(|slot| slot.pack)
     }
 
+    /// The number of a pack, for [`ChunkIndex::pack`], when it knows the pack.
+    pub fn number_of_pack(&self, id: &ObjectId) -> Option<u32> {
+        self.numbers.get(id).copied()
+    }
+
     /// A pack by its number.
     pub fn pack(&self, number: u32) -> &PackEntry {
         &self.packs[number as usize]

@@ -817,3 +817,44 @@ async fn the_catalog_shows_the_code_and_the_server_changes_a_restore_made_whatev
     session.rollback().await;
     assert_eq!(db.sql(&format!("SELECT count(*) FROM pg_roles WHERE rolname LIKE '{role}%'")).trim(), "0");
 }
+
+/// A pack found damaged is stored again by the next backup, in a pack of its own: verify
+/// `--read-data` then names the damaged pack, not the new one, and proves the chunks the new
+/// snapshot reads from the new pack there (both packs hold them; the older snapshot's index
+/// came first, and the read loop once took every such chunk from the damaged pack).
+#[test]
+fn a_pack_stored_again_after_damage_is_read_and_not_blamed_for_the_old_ones_fault() {
+    let Ready { source, work, repo, .. } = Scenario::new("stored_again").crm().init("repo").backup();
+    let packs = files_under(&work.path("repo/data"));
+    let largest = packs.iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap().clone();
+    let mut bytes = std::fs::read(&largest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&largest, bytes).unwrap();
+    // verify marks it; the next backup stores its chunks again.
+    work.run(&["verify", "--repo", &repo]).fails_with(3, "");
+    let second = work.backup(&source, &repo);
+    let second = second["snapshot_id"].as_str().unwrap().to_string();
+    let new_packs: Vec<_> = files_under(&work.path("repo/data")).into_iter().filter(|p| !packs.contains(p)).collect();
+    assert!(!new_packs.is_empty(), "the next backup stored nothing again");
+
+    let run = work.run(&["verify", "--json", "--repo", &repo, "--identity", &work.admin_key(), "--read-data"]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    let report = run.json();
+    let damaged = largest.file_name().unwrap().to_str().unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(problems.iter().any(|p| p["object"].as_str().unwrap().ends_with(damaged)), "{report}");
+    for problem in problems {
+        let object = problem["object"].as_str().unwrap();
+        assert!(
+            !new_packs.iter().any(|p| object.ends_with(p.file_name().unwrap().to_str().unwrap())),
+            "a pack stored again blamed: {report}"
+        );
+        assert!(!problem["snapshots"].to_string().contains(&second), "the new snapshot blamed: {report}");
+    }
+    // Every chunk the new snapshot needs was read from its own packs: it restores, and verify
+    // of it alone (by id) finds nothing.
+    let target = TestDb::create("stored_again_target");
+    work.restore_with(&repo, &target, &[&second]).ok();
+    assert_same_database(&source, &target);
+}
