@@ -167,3 +167,43 @@ fn a_full_target_among_several_does_not_cost_the_others_their_night_even_before_
     assert_eq!(report["targets"][1]["recorded_missed"], serde_json::json!([missed]), "{report}");
     work.run(&["verify", "--repo", &small, "--identity", &work.admin_key()]).ok();
 }
+
+/// A copy into a folder that fills up ends there (exit 1, one line saying why), not snapshot
+/// after snapshot as if each were damaged (the storage failing ends a copy; one snapshot's own
+/// damage does not: untrusted_storage.rs). Nothing half-copied is a snapshot there, and the
+/// next copy, once there is room, brings every snapshot whole.
+#[test]
+fn a_copy_into_a_folder_that_fills_up_ends_there_and_the_next_one_completes_it() {
+    let source = TestDb::create("full_copy");
+    source.load_file(&fixture("examples/crm.sql"));
+    source.add_filler();
+    let work = Workspace::new();
+    let Some(disk) = SmallDisk::mount(&work.path("small"), "3m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let repo = work.init_repo("repo");
+    for night in 1..=3 {
+        source.sql(&format!("UPDATE public.filler SET body = body || '{night}' WHERE id % 7 = {night}"));
+        work.backup(&source, &repo);
+    }
+    let copy = work.path("small/copy").to_str().unwrap().to_string();
+    work.run(&["init", "--repo", &copy, "--copy-from", &repo]).ok();
+
+    let full = work.run(&["copy", "--json", "--from", &repo, "--to", &copy]);
+    assert_eq!(full.code, 1, "{}\n{}", full.stdout, full.stderr);
+    let errors: Vec<&str> = full.stderr.lines().filter(|l| l.starts_with("crmvault: error")).collect();
+    assert_eq!(errors.len(), 1, "{}", full.stderr);
+    assert!(errors[0].contains("No space left on device"), "{}", full.stderr);
+    assert!(!full.stderr.contains("not copied"), "each snapshot tried as if damaged: {}", full.stderr);
+    let snapshots = std::path::Path::new(&copy).join("snapshots");
+    assert!(!snapshots.exists() || files_under(&snapshots).is_empty());
+
+    disk.grow("200m");
+    let report = work.run(&["copy", "--json", "--from", &repo, "--to", &copy]).ok().json();
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), 3, "{report}");
+    work.run(&["verify", "--repo", &copy, "--identity", &work.admin_key(), "--read-data"]).ok();
+    let restored = TestDb::create("full_copy_restored");
+    work.restore(&copy, &restored).ok();
+    assert_same_database(&source, &restored);
+}
