@@ -39,6 +39,36 @@ pub struct ForgetOptions<Tz: TimeZone> {
     /// Let the policy remove snapshots the data-loss alarm flagged, and the last unflagged
     /// one before each (kept otherwise: [`retention::keep_flagged`]).
     pub forget_flagged: bool,
+    /// Instead of a policy, the snapshots to remove: ids, or at least 4 leading hex digits of
+    /// one (a snapshot whose packs are lost, which keeps prune from running: docs/OPERATIONS.md,
+    /// *Repairing damaged packs*). The rest are kept ("not named"); the data-loss alarm's
+    /// evidence and the snapshot before a place forget cannot see are refused as a policy
+    /// would keep them, unless `forget_flagged`.
+    pub named: Vec<String>,
+}
+
+impl<Tz: TimeZone> ForgetOptions<Tz> {
+    /// What the forget record and the output say was applied: the policy, or that snapshots
+    /// were named.
+    pub fn rule(&self) -> String {
+        if self.named.is_empty() { self.policy.without_tag_names() } else { NAMED.into() }
+    }
+}
+
+/// The rule of a forget that named its snapshots.
+const NAMED: &str = "snapshots named by id";
+
+/// The reason a snapshot a forget by name did not name is kept.
+const NOT_NAMED: &str = "not named";
+
+/// Refuses a selector that cannot name a snapshot: at least 4 hex digits of an id.
+fn check_selector(selector: &str) -> Result<()> {
+    if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::SnapshotNotFound(format!(
+            "{selector:?} is not a snapshot id (forget names snapshots by at least 4 hex digits of their id)"
+        )));
+    }
+    Ok(())
 }
 
 /// What `forget` did on every target.
@@ -72,13 +102,21 @@ pub async fn run<Tz: TimeZone>(
             Err(error) => each.take(repository.target.location(), Err(error))?,
         }
     }
+    // Each snapshot named is on some target (each holds the same ids; one may lack a few).
+    for selector in &options.named {
+        let selector = selector.to_ascii_lowercase();
+        if !planned.iter().any(|(_, plan)| plan.removed().any(|d| d.id.as_str().starts_with(&selector))) {
+            let places: Vec<&str> = planned.iter().map(|(_, plan)| plan.location.as_str()).collect();
+            return Err(Error::SnapshotNotFound(format!("no snapshot {selector} in {}", places.join(", "))));
+        }
+    }
     let mut pruned = Vec::new();
     for (repository, mut plan) in planned {
         let outcome = async {
             if !options.dry_run {
                 // Still ours: what the plan read may have changed under a lock taken over.
                 locks.confirm(repository.target.location()).await?;
-                apply(repository, keyring, &mut plan, options.now, &options.policy).await?;
+                apply(repository, keyring, &mut plan, options.now, &options.rule()).await?;
             }
             if options.prune {
                 let prune_options = if options.dry_run {
@@ -170,7 +208,10 @@ pub async fn plan<Tz: TimeZone>(
     keyring: &Keyring,
     options: &ForgetOptions<Tz>,
 ) -> Result<TargetPlan> {
-    retention::check(&options.policy)?;
+    if options.named.is_empty() {
+        retention::check(&options.policy)?;
+    }
+    options.named.iter().try_for_each(|selector| check_selector(selector))?;
     let mut groups: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
     let mut unreadable = Vec::new();
     let mut tally = crate::repo::FilterTally::default();
@@ -204,6 +245,7 @@ pub async fn plan<Tz: TimeZone>(
         });
     }
     tally.check(&options.filter)?;
+    let named = named_here(&options.named, &groups, &unreadable, repository)?;
     let blind = if options.forget_flagged {
         Vec::new()
     } else {
@@ -213,7 +255,14 @@ pub async fn plan<Tz: TimeZone>(
     for (database, mut group) in groups {
         let candidates: Vec<Candidate> =
             group.iter().map(|d| Candidate { time: d.time, tags: d.tags.clone(), flagged: d.flagged }).collect();
-        let mut verdicts = retention::plan(&candidates, &options.policy, &options.zone);
+        let mut verdicts = if options.named.is_empty() {
+            retention::plan(&candidates, &options.policy, &options.zone)
+        } else {
+            let verdict = |d: &Decision| retention::Verdict {
+                reasons: if named.contains(&d.id) { Vec::new() } else { vec![NOT_NAMED.into()] },
+            };
+            group.iter().map(verdict).collect()
+        };
         if !options.forget_flagged {
             retention::keep_flagged(&candidates, &mut verdicts);
         }
@@ -229,10 +278,20 @@ pub async fn plan<Tz: TimeZone>(
         for (decision, verdict) in group.iter_mut().zip(verdicts) {
             decision.reasons = verdict.reasons;
         }
+        // A snapshot named but kept by the rules above is refused, not quietly kept.
+        if let Some(kept) = group.iter().find(|d| named.contains(&d.id) && d.keep()) {
+            return Err(Error::Retention(format!(
+                "snapshot {} on {} is kept as {}: forgetting it is an admin's decision (--forget-flagged \
+                 --identity)",
+                kept.id,
+                repository.target.location(),
+                kept.reasons.join(", ")
+            )));
+        }
         if !group.iter().any(Decision::keep) {
             return Err(Error::Retention(format!(
                 "{} would remove all {} snapshots of database {database} on {}",
-                options.policy,
+                options.rule(),
                 group.len(),
                 repository.target.location()
             )));
@@ -248,6 +307,44 @@ pub async fn plan<Tz: TimeZone>(
         record: None,
         refused: vec![],
     })
+}
+
+/// The snapshots of this target that `selectors` name (none may name two; a target may lack
+/// one, which another holds), among those that open: one that does not open cannot be
+/// forgotten by name, since its header (time, sequence, predecessor) cannot be believed for
+/// the record.
+fn named_here(
+    selectors: &[String],
+    groups: &BTreeMap<String, Vec<Decision>>,
+    unreadable: &[(String, String)],
+    repository: &Repository,
+) -> Result<Vec<SnapshotId>> {
+    let mut named = Vec::new();
+    for selector in selectors {
+        let selector = selector.to_ascii_lowercase();
+        let matches: Vec<&SnapshotId> =
+            groups.values().flatten().map(|d| &d.id).filter(|id| id.as_str().starts_with(&selector)).collect();
+        match matches.as_slice() {
+            // Junk named with a snapshot's first digits does not hide it.
+            [] => {
+                if let Some((name, error)) = unreadable.iter().find(|(name, _)| name.starts_with(&selector)) {
+                    return Err(Error::SnapshotNotFound(format!(
+                        "snapshot {name} on {} does not open ({error}): forget removes only snapshots it can read",
+                        repository.target.location()
+                    )));
+                }
+            }
+            [one] => named.push((*one).clone()),
+            _ => {
+                return Err(Error::SnapshotNotFound(format!(
+                    "{selector} matches {} snapshots on {}; give more digits",
+                    matches.len(),
+                    repository.target.location()
+                )));
+            }
+        }
+    }
+    Ok(named)
 }
 
 /// Every place in the chain where forget cannot see a snapshot (the sequence it stands below,
@@ -299,7 +396,7 @@ pub async fn apply(
     keyring: &Keyring,
     plan: &mut TargetPlan,
     now: DateTime<Utc>,
-    policy: &Policy,
+    rule: &str,
 ) -> Result<()> {
     let removed: Vec<ForgottenSnapshot> = plan
         .removed()
@@ -313,7 +410,7 @@ pub async fn apply(
         kind: crate::repo::RecordKind::Forgotten,
         target: None,
         config_hash: repository.config_hash.clone(),
-        policy: policy.without_tag_names(),
+        policy: rule.to_string(),
         snapshots: removed.clone(),
     };
     plan.record = Some(repository.put_forget_record(&record, keyring).await?.0);

@@ -257,8 +257,9 @@ pub async fn run(
             format!(
                 "its snapshots name {} object{} it does not hold at the size they give (first: {first}): a damaged \
                  snapshot, or another target's object of one put in its place; prune deletes nothing here until \
-                 `crmvault verify` is clean (`crmvault copy --repair` from a target that holds them mends it; a \
-                 snapshot no target holds whole can only be removed by hand, from snapshots/)",
+                 `crmvault verify` is clean (`crmvault copy --repair` from a target that holds them mends it; \
+                 `crmvault forget ID…` removes, on the record, the snapshots verify names that no target holds \
+                 whole)",
                 plan.missing.len(),
                 if plan.missing.len() == 1 { "" } else { "s" }
             ),

@@ -506,6 +506,11 @@ enum Command {
         filter: FilterArgs,
         #[command(flatten)]
         keep: KeepArgs,
+        /// Instead of a policy: the snapshots to remove, by id (at least 4 hex digits), as
+        /// `restic forget ID`. For a snapshot whose packs are lost with no copy to mend them
+        /// from, which keeps prune from running (docs/OPERATIONS.md, *Repairing damaged packs*).
+        #[arg(value_name = "SNAPSHOT")]
+        snapshots: Vec<String>,
     },
     /// List the audit trail: who ran what on the repository, when, and how it ended.
     ///
@@ -1452,8 +1457,19 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 return Ok(3);
             }
         }
-        Command::Forget { repo, identity, keep, dry_run, prune: and_prune, forget_flagged, filter } => {
-            let policy = settings.policy(keep.policy())?;
+        Command::Forget { repo, identity, keep, dry_run, prune: and_prune, forget_flagged, filter, snapshots } => {
+            let (given, filter) = (keep.policy(), filter.filter());
+            let policy = if snapshots.is_empty() {
+                settings.policy(given)?
+            } else if !given.is_empty() || !filter.is_empty() {
+                return Err(profile::Usage(
+                    "forget takes snapshot ids or a retention policy (--keep-*, --database, --host, --tag), not both"
+                        .into(),
+                )
+                .into());
+            } else {
+                given
+            };
             let identity = settings.identity(identity)?;
             if forget_flagged && identity.is_none() {
                 anyhow::bail!(
@@ -1475,12 +1491,13 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 targets.lock_all(mode, &lock::options(lock_wait, "forget", keyring.identities().to_vec())).await?;
             let options = crmvault::forget::ForgetOptions {
                 policy,
-                filter: filter.filter(),
+                filter,
                 dry_run,
                 zone: chrono::Local,
                 now: chrono::Utc::now(),
                 prune: and_prune,
                 forget_flagged,
+                named: snapshots,
             };
             let progress = output::Bar::start(json || quiet);
             let result = crmvault::forget::run(&targets, &keyring, &options, &locks, progress.as_ref()).await;
@@ -1494,7 +1511,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             }
             metrics.forget(&report.plans);
             metrics.prune(&report.pruned);
-            output::forget(json, &report, &options.policy.to_string(), dry_run);
+            let rule = if options.named.is_empty() { options.policy.to_string() } else { options.rule() };
+            output::forget(json, &report, &rule, dry_run);
             // A delete refused by the storage (Object Lock) is said, not fatal: the snapshot goes
             // on a later night. A snapshot forget could not see (damaged, or deleted behind the
             // repository's back) is a problem for `verify`: exit 3 too.

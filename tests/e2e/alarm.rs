@@ -275,3 +275,35 @@ fn a_junk_snapshot_or_a_second_deletion_does_not_hide_the_deleted_flagged_one_fr
     }
     assert!(!left.contains(&ids[0].as_str()), "{left:?}");
 }
+
+/// `forget ID` keeps the alarm's evidence as a policy does: the backup host cannot name the
+/// flagged snapshot, nor the last good one before it, away; an admin can, with
+/// --forget-flagged.
+#[test]
+fn forgetting_the_alarms_evidence_by_id_is_an_admins_decision() {
+    let source = TestDb::create("alarm_named");
+    source.sql(TABLES);
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let id = |run: Run| run.json()["snapshot_id"].as_str().unwrap().to_string();
+    let first = id(backup(&work, &source, &repo, &[]).ok());
+    source.sql("INSERT INTO public.deals VALUES (0)");
+    let before = id(backup(&work, &source, &repo, &[]).ok());
+    source.sql("DELETE FROM public.accounts WHERE id % 2 = 0");
+    let flagged = backup(&work, &source, &repo, &[]);
+    assert_eq!(flagged.code, 4, "{}", flagged.stderr);
+    let flagged = id(flagged);
+    id(backup(&work, &source, &repo, &[]).ok());
+    let listed = || work.run(&["snapshots", "--json", "--repo", &repo]).ok().json()["snapshots"].to_string();
+
+    for evidence in [&flagged, &before] {
+        work.run(&["forget", "--repo", &repo, evidence]).fails_with(1, "an admin's decision");
+        assert!(listed().contains(evidence.as_str()));
+    }
+    // The snapshot before those is no evidence: the host may name it.
+    work.run(&["forget", "--repo", &repo, &first]).ok();
+    assert!(!listed().contains(first.as_str()));
+    work.run(&["forget", "--repo", &repo, "--forget-flagged", "--identity", &work.admin_key(), &flagged]).ok();
+    assert!(!listed().contains(flagged.as_str()) && listed().contains(before.as_str()));
+    work.run(&["verify", "--repo", &repo]).ok();
+}

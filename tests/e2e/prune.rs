@@ -1198,3 +1198,51 @@ fn repacking_after_a_rewrite_and_a_prune_reads_each_chunk_from_a_pack_a_snapshot
         assert_same_database(&source, &restored);
     }
 }
+
+/// The packs a local snapshot's header lists.
+fn header_packs(repo: &str, id: &str) -> BTreeSet<String> {
+    let text = std::fs::read(Path::new(repo).join("snapshots").join(id)).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(text.split(|&b| b == b'\n').nth(1).unwrap()).unwrap();
+    header["packs"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// A pack lost with no copy to mend it from (one target): prune refuses to delete anything
+/// while a snapshot names it, and removing that snapshot by hand would be a deletion verify
+/// reports forever. `forget ID` removes it on the record (writer key enough), after which
+/// verify is clean, prune finishes, and every other snapshot restores.
+#[test]
+fn a_snapshot_whose_pack_is_lost_is_forgotten_by_id_and_prune_runs_again() {
+    let Ready { source, work, repo, .. } = Scenario::new("forget_lost_pack").crm().init("repo");
+    let nights = three_nights(&source, &work, &repo);
+    let (first, later) = (&nights[0].0, &nights[1..]);
+    let others: BTreeSet<String> = later.iter().flat_map(|(id, _)| header_packs(&repo, id)).collect();
+    let lost = header_packs(&repo, first).into_iter().find(|p| !others.contains(p)).expect("a pack of night 1 alone");
+    std::fs::remove_file(Path::new(&repo).join("data").join(&lost[..2]).join(&lost)).unwrap();
+
+    work.run(&["prune", "--repo", &repo]).fails_with(1, "forget");
+    let verify = work.run(&["verify", "--json", "--repo", &repo]);
+    assert_eq!(verify.code, 3, "{}", verify.stdout);
+    let problems = verify.json()["problems"].to_string();
+    assert!(problems.contains(&lost) && problems.contains(first.as_str()), "{problems}");
+
+    // Refused: ids with a policy, an id no target holds, too few digits. Nothing changes.
+    let before = snapshot_files(&repo);
+    let short = &first[..12];
+    work.run(&["forget", "--repo", &repo, "--keep-last", "1", short]).fails_with(2, "not both");
+    work.run(&["forget", "--repo", &repo, "--database", "crm", short]).fails_with(2, "not both");
+    work.run(&["forget", "--repo", &repo, short, "deadbeef"]).fails_with(1, "no snapshot deadbeef");
+    work.run(&["forget", "--repo", &repo, "abc"]).fails_with(1, "at least 4 hex digits");
+    let dry = work.run(&["forget", "--json", "--dry-run", "--repo", &repo, short]).ok().json();
+    let plan = &dry["targets"][0];
+    assert_eq!((plan["removed"].as_u64(), plan["kept"].as_u64()), (Some(1), Some(2)), "{dry}");
+    assert_eq!(snapshot_files(&repo), before, "a refusal or a dry run changed nothing");
+
+    // The backup host's key is enough; the record explains the gap.
+    let run = work.run(&["forget", "--repo", &repo, short]).ok();
+    assert!(run.stdout.contains("snapshots named by id"), "{}", run.stdout);
+    assert_eq!(snapshot_files(&repo).len(), 2);
+    work.run(&["verify", "--repo", &repo]).ok();
+    work.run(&["prune", "--repo", &repo]).ok();
+    assert!(garbage(&repo).is_empty(), "garbage left: {:?}", garbage(&repo));
+    assert_every_snapshot_restores(&work, &repo, later);
+}
