@@ -323,7 +323,8 @@ impl Rewriting<'_> {
                 target.location().to_string(),
                 format!(
                     "nothing old deleted: a snapshot here names {key}, which this target does not hold at the size it \
-                     gives; run `crmvault verify`, mend it (`crmvault copy --repair`), then rekey --reencrypt again"
+                     gives; run `crmvault verify`, mend it (`crmvault copy --repair`, or `crmvault forget ID…` for a \
+                     snapshot no target holds whole), then rekey --reencrypt again"
                 ),
             ));
             return Ok(());
