@@ -40,7 +40,7 @@ pub struct ForgetOptions<Tz: TimeZone> {
     /// one before each (kept otherwise: [`retention::keep_flagged`]).
     pub forget_flagged: bool,
     /// Instead of a policy, the snapshots to remove: ids, or at least 4 leading hex digits of
-    /// one (a snapshot whose packs are lost, which keeps prune from running: docs/OPERATIONS.md,
+    /// one, each naming one snapshot across every target (a snapshot whose packs are lost, which keeps prune from running: docs/OPERATIONS.md,
     /// *Repairing damaged packs*). The rest are kept ("not named"); the data-loss alarm's
     /// evidence and the snapshot before a place forget cannot see are refused as a policy
     /// would keep them, unless `forget_flagged`.
@@ -62,7 +62,7 @@ const NAMED: &str = "snapshots named by id";
 const NOT_NAMED: &str = "not named";
 
 /// Refuses a selector that cannot name a snapshot: at least 4 hex digits of an id.
-fn check_selector(selector: &str) -> Result<()> {
+pub fn check_selector(selector: &str) -> Result<()> {
     if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::SnapshotNotFound(format!(
             "{selector:?} is not a snapshot id (forget names snapshots by at least 4 hex digits of their id)"
@@ -80,6 +80,9 @@ pub struct ForgetReport {
     pub pruned: Vec<crate::prune::PruneReport>,
     /// The targets that failed (location, why): left out, or failed along the way.
     pub failed: Vec<(String, String)>,
+    /// With `prune`: the targets whose forget was done but whose prune then failed (location,
+    /// why).
+    pub prune_failed: Vec<(String, String)>,
 }
 
 /// Forgets on every copy in `targets`, which the caller has locked (exclusive, or shared for a
@@ -93,6 +96,10 @@ pub async fn run<Tz: TimeZone>(
     locks: &crate::lock::Locks,
     progress: &dyn Progress,
 ) -> Result<ForgetReport> {
+    // Each id named is one snapshot on every target: a short one that matches two, here or
+    // across targets, is refused, so that the same snapshot is removed everywhere.
+    let resolved = ForgetOptions { named: resolve_named(targets, &options.named).await?, ..options.clone() };
+    let options = &resolved;
     let mut each = targets.each_copy();
     let mut planned = Vec::new();
     for repository in targets.repositories() {
@@ -102,15 +109,7 @@ pub async fn run<Tz: TimeZone>(
             Err(error) => each.take(repository.target.location(), Err(error))?,
         }
     }
-    // Each snapshot named is on some target (each holds the same ids; one may lack a few).
-    for selector in &options.named {
-        let selector = selector.to_ascii_lowercase();
-        if !planned.iter().any(|(_, plan)| plan.removed().any(|d| d.id.as_str().starts_with(&selector))) {
-            let places: Vec<&str> = planned.iter().map(|(_, plan)| plan.location.as_str()).collect();
-            return Err(Error::SnapshotNotFound(format!("no snapshot {selector} in {}", places.join(", "))));
-        }
-    }
-    let mut pruned = Vec::new();
+    let (mut pruned, mut prune_failed) = (Vec::new(), Vec::new());
     for (repository, mut plan) in planned {
         let outcome = async {
             if !options.dry_run {
@@ -118,7 +117,12 @@ pub async fn run<Tz: TimeZone>(
                 locks.confirm(repository.target.location()).await?;
                 apply(repository, keyring, &mut plan, options.now, &options.rule()).await?;
             }
-            if options.prune {
+            Ok::<(), Error>(())
+        }
+        .await;
+        if outcome.is_ok() && options.prune {
+            // What was forgotten stays reported (and audited) when the prune after it fails.
+            let prune = async {
                 let prune_options = if options.dry_run {
                     // What the plan removes counts as gone already.
                     crate::prune::PruneOptions {
@@ -128,15 +132,17 @@ pub async fn run<Tz: TimeZone>(
                 } else {
                     crate::prune::PruneOptions::new(crate::prune::PruneMode::Delete)
                 };
-                pruned.push(crate::prune::run(repository, &prune_options, (Some(keyring), locks), progress).await?);
+                crate::prune::run(repository, &prune_options, (Some(keyring), locks), progress).await
+            };
+            match prune.await {
+                Ok(report) => pruned.push(report),
+                Err(error) => prune_failed.push((repository.target.location().to_string(), error.to_string())),
             }
-            Ok::<(), Error>(())
         }
-        .await;
         each.take(repository.target.location(), outcome.map(|()| plan))?;
     }
     let (plans, failed) = each.finish()?;
-    Ok(ForgetReport { plans, pruned, failed })
+    Ok(ForgetReport { plans, pruned, failed, prune_failed })
 }
 
 /// One snapshot and what the policy decided.
@@ -201,9 +207,10 @@ impl TargetPlan {
     }
 }
 
-/// Decides, on one target, what `options.policy` keeps; refuses a policy that would remove
-/// every snapshot of a database.
-pub async fn plan<Tz: TimeZone>(
+/// Decides, on one target, what `options.policy` keeps (or, with `options.named`, the full ids
+/// [`resolve_named`] gave, which are removed); refuses a plan that would remove every snapshot
+/// of a database.
+async fn plan<Tz: TimeZone>(
     repository: &Repository,
     keyring: &Keyring,
     options: &ForgetOptions<Tz>,
@@ -211,7 +218,6 @@ pub async fn plan<Tz: TimeZone>(
     if options.named.is_empty() {
         retention::check(&options.policy)?;
     }
-    options.named.iter().try_for_each(|selector| check_selector(selector))?;
     let mut groups: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
     let mut unreadable = Vec::new();
     let mut tally = crate::repo::FilterTally::default();
@@ -309,42 +315,68 @@ pub async fn plan<Tz: TimeZone>(
     })
 }
 
-/// The snapshots of this target that `selectors` name (none may name two; a target may lack
-/// one, which another holds), among those that open: one that does not open cannot be
-/// forgotten by name, since its header (time, sequence, predecessor) cannot be believed for
-/// the record.
-fn named_here(
-    selectors: &[String],
-    groups: &BTreeMap<String, Vec<Decision>>,
-    unreadable: &[(String, String)],
-    repository: &Repository,
-) -> Result<Vec<SnapshotId>> {
+/// The full id of each snapshot `selectors` name, from every target's listing: one snapshot
+/// for each, wherever it is (a short id matching two, on one target or across two, is refused:
+/// each target resolving it alone could remove a different snapshot on each).
+async fn resolve_named(targets: &RepoSet, selectors: &[String]) -> Result<Vec<String>> {
+    if selectors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut ids, mut unlisted) = (std::collections::BTreeSet::new(), Vec::new());
+    for repository in targets.repositories() {
+        match repository.snapshot_ids().await {
+            Ok(listed) => ids.extend(listed.into_iter().map(|id| id.to_string())),
+            Err(error) => unlisted.push(format!("{}: {error}", repository.target.location())),
+        }
+    }
     let mut named = Vec::new();
     for selector in selectors {
+        check_selector(selector)?;
         let selector = selector.to_ascii_lowercase();
-        let matches: Vec<&SnapshotId> =
-            groups.values().flatten().map(|d| &d.id).filter(|id| id.as_str().starts_with(&selector)).collect();
+        let matches: Vec<&String> = ids.iter().filter(|id| id.starts_with(&selector)).collect();
         match matches.as_slice() {
-            // Junk named with a snapshot's first digits does not hide it.
-            [] => {
-                if let Some((name, error)) = unreadable.iter().find(|(name, _)| name.starts_with(&selector)) {
-                    return Err(Error::SnapshotNotFound(format!(
-                        "snapshot {name} on {} does not open ({error}): forget removes only snapshots it can read",
-                        repository.target.location()
-                    )));
-                }
-            }
             [one] => named.push((*one).clone()),
+            [] => {
+                let places: Vec<&str> = targets.repositories().iter().map(|r| r.target.location()).collect();
+                let unread =
+                    if unlisted.is_empty() { String::new() } else { format!(" (not listed: {})", unlisted.join("; ")) };
+                return Err(Error::SnapshotNotFound(format!(
+                    "no snapshot {selector} in {}{unread}",
+                    places.join(", ")
+                )));
+            }
             _ => {
                 return Err(Error::SnapshotNotFound(format!(
-                    "{selector} matches {} snapshots on {}; give more digits",
-                    matches.len(),
-                    repository.target.location()
+                    "{selector} matches {} snapshots; give more digits",
+                    matches.len()
                 )));
             }
         }
     }
     Ok(named)
+}
+
+/// The snapshots of this target that the full ids `named` name (a target may lack one that
+/// another holds), among those that open: one that does not open cannot be forgotten by name,
+/// since its header (time, sequence, predecessor) cannot be believed for the record.
+fn named_here(
+    named: &[String],
+    groups: &BTreeMap<String, Vec<Decision>>,
+    unreadable: &[(String, String)],
+    repository: &Repository,
+) -> Result<Vec<SnapshotId>> {
+    let mut here = Vec::new();
+    for id in named {
+        if let Some(decision) = groups.values().flatten().find(|d| *d.id.as_str() == **id) {
+            here.push(decision.id.clone());
+        } else if let Some((_, error)) = unreadable.iter().find(|(name, _)| name == id) {
+            return Err(Error::SnapshotNotFound(format!(
+                "snapshot {id} on {} does not open ({error}): forget removes only snapshots it can read",
+                repository.target.location()
+            )));
+        }
+    }
+    Ok(here)
 }
 
 /// Every place in the chain where forget cannot see a snapshot (the sequence it stands below,
@@ -391,7 +423,7 @@ async fn blind_spots(
 
 /// Carries out a plan on its target: the record first, then the deletes. A delete the storage
 /// refuses (Object Lock, a bucket without delete rights) is noted in the plan and skipped.
-pub async fn apply(
+async fn apply(
     repository: &Repository,
     keyring: &Keyring,
     plan: &mut TargetPlan,

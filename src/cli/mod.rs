@@ -1467,6 +1467,10 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                         .into(),
                 )
                 .into());
+            } else if let Some(Err(error)) =
+                snapshots.iter().map(|s| crmvault::forget::check_selector(s)).find(Result::is_err)
+            {
+                return Err(profile::Usage(error.to_string()).into());
             } else {
                 given
             };
@@ -1515,8 +1519,12 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             output::forget(json, &report, &rule, dry_run);
             // A delete refused by the storage (Object Lock) is said, not fatal: the snapshot goes
             // on a later night. A snapshot forget could not see (damaged, or deleted behind the
-            // repository's back) is a problem for `verify`: exit 3 too.
-            if !report.failed.is_empty() || report.plans.iter().any(|plan| plan.blind.is_some()) {
+            // repository's back) is a problem for `verify`: exit 3 too, as is a prune that failed
+            // after its forget was done.
+            if !report.failed.is_empty()
+                || !report.prune_failed.is_empty()
+                || report.plans.iter().any(|plan| plan.blind.is_some())
+            {
                 return Ok(3);
             }
         }

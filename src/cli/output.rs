@@ -672,7 +672,7 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
 /// `forget`: per target, what is kept (and by which rule) and what is removed; `failed` names
 /// targets left out or that failed.
 pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str, dry_run: bool) {
-    let (plans, pruned, failed) = (&report.plans, &report.pruned, &report.failed);
+    let (plans, pruned, failed, prune_failed) = (&report.plans, &report.pruned, &report.failed, &report.prune_failed);
     for plan in plans {
         for (id, error) in &plan.refused {
             warning(format_args!(
@@ -696,9 +696,15 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
             .collect();
         let failed: Vec<serde_json::Value> =
             failed.iter().map(|(location, error)| serde_json::json!({"location": location, "error": error})).collect();
-        let ok = failed.is_empty() && plans.iter().all(|plan| plan.blind.is_none());
+        let ok = failed.is_empty() && prune_failed.is_empty() && plans.iter().all(|plan| plan.blind.is_none());
         let mut document =
             serde_json::json!({"policy": policy, "dry_run": dry_run, "targets": targets, "failed": failed});
+        if !prune_failed.is_empty() {
+            document["prune_failed"] = prune_failed
+                .iter()
+                .map(|(location, error)| serde_json::json!({"location": location, "error": error}))
+                .collect();
+        }
         if !pruned.is_empty() {
             document["prune"] = serde_json::to_value(pruned).expect("reports serialise");
         }
@@ -726,6 +732,9 @@ pub fn forget(json: bool, report: &crmvault::forget::ForgetReport, policy: &str,
     prune_text(pruned);
     for (location, error) in failed {
         eprintln!("  FAILED  {location}: {error} (nothing forgotten there)");
+    }
+    for (location, error) in prune_failed {
+        eprintln!("  PRUNE FAILED  {location}: {error} (the snapshots above were forgotten there)");
     }
 }
 

@@ -705,7 +705,14 @@ pub async fn run(
                 })
                 .collect();
             locations.sort_by_key(|location| (location.offset(), location.start()));
-            let Some(runs) = reader.runs_in_pack(&reference.id, &locations) else { continue };
+            // Every chunk needed from a pack was located in it when it was found needed: one that
+            // is not would go unread, which must not pass for read.
+            let runs = reader.runs_in_pack(&reference.id, &locations).filter(|_| locations.len() == chunks.len());
+            let Some(runs) = runs else {
+                let what = "its chunks could not all be located in it: not read (a fault of this verify)";
+                report.problems.push(problem(key, names(users), what.into()));
+                continue;
+            };
             for run in runs {
                 match reader.read_located(&run).await {
                     Ok(_) => report.chunks += run.len(),

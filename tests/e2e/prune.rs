@@ -1209,13 +1209,15 @@ fn header_packs(repo: &str, id: &str) -> BTreeSet<String> {
 /// A pack lost with no copy to mend it from (one target): prune refuses to delete anything
 /// while a snapshot names it, and removing that snapshot by hand would be a deletion verify
 /// reports forever. `forget ID` removes it on the record (writer key enough), after which
-/// verify is clean, prune finishes, and every other snapshot restores.
+/// verify is clean, prune finishes, and every other snapshot restores; with `--prune` while
+/// another snapshot still names the pack, the forget is done and said, and the prune's refusal
+/// is exit 3.
 #[test]
 fn a_snapshot_whose_pack_is_lost_is_forgotten_by_id_and_prune_runs_again() {
     let Ready { source, work, repo, .. } = Scenario::new("forget_lost_pack").crm().init("repo");
     let nights = three_nights(&source, &work, &repo);
-    let (first, later) = (&nights[0].0, &nights[1..]);
-    let others: BTreeSet<String> = later.iter().flat_map(|(id, _)| header_packs(&repo, id)).collect();
+    let (first, second) = (&nights[0].0, &nights[1].0);
+    let others: BTreeSet<String> = nights[1..].iter().flat_map(|(id, _)| header_packs(&repo, id)).collect();
     let lost = header_packs(&repo, first).into_iter().find(|p| !others.contains(p)).expect("a pack of night 1 alone");
     std::fs::remove_file(Path::new(&repo).join("data").join(&lost[..2]).join(&lost)).unwrap();
 
@@ -1231,18 +1233,24 @@ fn a_snapshot_whose_pack_is_lost_is_forgotten_by_id_and_prune_runs_again() {
     work.run(&["forget", "--repo", &repo, "--keep-last", "1", short]).fails_with(2, "not both");
     work.run(&["forget", "--repo", &repo, "--database", "crm", short]).fails_with(2, "not both");
     work.run(&["forget", "--repo", &repo, short, "deadbeef"]).fails_with(1, "no snapshot deadbeef");
-    work.run(&["forget", "--repo", &repo, "abc"]).fails_with(1, "at least 4 hex digits");
+    work.run(&["forget", "--repo", &repo, "abc"]).fails_with(2, "at least 4 hex digits");
     let dry = work.run(&["forget", "--json", "--dry-run", "--repo", &repo, short]).ok().json();
     let plan = &dry["targets"][0];
     assert_eq!((plan["removed"].as_u64(), plan["kept"].as_u64()), (Some(1), Some(2)), "{dry}");
     assert_eq!(snapshot_files(&repo), before, "a refusal or a dry run changed nothing");
 
-    // The backup host's key is enough; the record explains the gap.
-    let run = work.run(&["forget", "--repo", &repo, short]).ok();
-    assert!(run.stdout.contains("snapshots named by id"), "{}", run.stdout);
+    // The backup host's key is enough; the record explains the gap. Forgetting night 2 first
+    // with --prune: night 1 still names the pack, the prune after it refuses, and the forget is
+    // said all the same (exit 3).
+    let run = work.run(&["forget", "--prune", "--repo", &repo, &second[..10]]);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("snapshots named by id") && run.stdout.contains("remove"), "{}", run.stdout);
+    assert!(run.stderr.contains("PRUNE FAILED"), "{}", run.stderr);
     assert_eq!(snapshot_files(&repo).len(), 2);
+    work.run(&["forget", "--repo", &repo, short]).ok();
+    assert_eq!(snapshot_files(&repo).len(), 1);
     work.run(&["verify", "--repo", &repo]).ok();
     work.run(&["prune", "--repo", &repo]).ok();
     assert!(garbage(&repo).is_empty(), "garbage left: {:?}", garbage(&repo));
-    assert_every_snapshot_restores(&work, &repo, later);
+    assert_every_snapshot_restores(&work, &repo, &nights[2..]);
 }
