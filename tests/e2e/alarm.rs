@@ -168,22 +168,29 @@ fn thresholds_are_set_per_table_and_the_alarm_can_be_turned_off() {
     backup(&work, &source, &repo, &["--alarm-threshold", "150"]).fails_with(1, "not a percentage from 0 to 100");
 }
 
+/// Four nightly snapshots of [`TABLES`] in a new repository: a first, the one before a mass
+/// deletion, the one the alarm flagged (half of `accounts` deleted), and a newest; their ids.
+fn four_nights_one_flagged(label: &str) -> (TestDb, Workspace, String, [String; 4]) {
+    let source = TestDb::create(label);
+    source.sql(TABLES);
+    let work = Workspace::new();
+    let repo = work.init_repo("repo");
+    let id = |run: Run| run.json()["snapshot_id"].as_str().unwrap().to_string();
+    let first = id(backup(&work, &source, &repo, &[]).ok());
+    source.sql("INSERT INTO public.deals VALUES (0)");
+    let before = id(backup(&work, &source, &repo, &[]).ok());
+    source.sql("DELETE FROM public.accounts WHERE id % 2 = 0");
+    let flagged = backup(&work, &source, &repo, &[]);
+    assert_eq!(flagged.code, 4, "{}", flagged.stderr);
+    let flagged = id(flagged);
+    let newest = id(backup(&work, &source, &repo, &[]).ok());
+    (source, work, repo, [first, before, flagged, newest])
+}
+
 #[test]
 fn a_flagged_snapshot_damaged_or_deleted_in_storage_does_not_let_forget_remove_the_one_before_it() {
     for attack in ["damage", "delete"] {
-        let source = TestDb::create("alarm_blind");
-        source.sql(TABLES);
-        let work = Workspace::new();
-        let repo = work.init_repo("repo");
-        let id = |run: Run| run.json()["snapshot_id"].as_str().unwrap().to_string();
-        let first = id(backup(&work, &source, &repo, &[]).ok());
-        source.sql("INSERT INTO public.deals VALUES (0)");
-        let before = id(backup(&work, &source, &repo, &[]).ok());
-        source.sql("DELETE FROM public.accounts WHERE id % 2 = 0");
-        let flagged = backup(&work, &source, &repo, &[]);
-        assert_eq!(flagged.code, 4, "{}", flagged.stderr);
-        let flagged = id(flagged);
-        let newest = id(backup(&work, &source, &repo, &[]).ok());
+        let (_source, work, repo, [first, before, flagged, newest]) = four_nights_one_flagged("alarm_blind");
 
         // Whoever holds the storage hides the flag: the snapshot object damaged, or deleted.
         let object = std::path::Path::new(&repo).join("snapshots").join(&flagged);
@@ -281,19 +288,7 @@ fn a_junk_snapshot_or_a_second_deletion_does_not_hide_the_deleted_flagged_one_fr
 /// --forget-flagged.
 #[test]
 fn forgetting_the_alarms_evidence_by_id_is_an_admins_decision() {
-    let source = TestDb::create("alarm_named");
-    source.sql(TABLES);
-    let work = Workspace::new();
-    let repo = work.init_repo("repo");
-    let id = |run: Run| run.json()["snapshot_id"].as_str().unwrap().to_string();
-    let first = id(backup(&work, &source, &repo, &[]).ok());
-    source.sql("INSERT INTO public.deals VALUES (0)");
-    let before = id(backup(&work, &source, &repo, &[]).ok());
-    source.sql("DELETE FROM public.accounts WHERE id % 2 = 0");
-    let flagged = backup(&work, &source, &repo, &[]);
-    assert_eq!(flagged.code, 4, "{}", flagged.stderr);
-    let flagged = id(flagged);
-    id(backup(&work, &source, &repo, &[]).ok());
+    let (_source, work, repo, [first, before, flagged, _]) = four_nights_one_flagged("alarm_named");
     let listed = || work.run(&["snapshots", "--json", "--repo", &repo]).ok().json()["snapshots"].to_string();
 
     for evidence in [&flagged, &before] {
