@@ -636,3 +636,25 @@ fn a_link_made_in_storage_does_not_make_another_targets_missed_record_this_ones(
     assert_ne!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
     assert!(verify.stdout.contains("a missed record of another target"), "{}", verify.stdout);
 }
+
+/// `forget ID` resolves a short id over every target at once: one naming a snapshot on one
+/// target and another object on the second (planted there under a name with the same first
+/// digits) is refused as naming two, and nothing changes on either.
+#[test]
+fn a_short_id_naming_a_snapshot_on_each_of_two_targets_is_refused() {
+    let (ready, repo, copy) = with_copy("forget_two_matches");
+    let id = backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 2);
+    backup(&ready, &[&repo, &copy], &[]);
+    let planted = format!("{}{}", &id[..8], "0".repeat(56));
+    assert_ne!(planted, id);
+    std::fs::write(Path::new(&copy).join("snapshots").join(&planted), b"junk").unwrap();
+    let before = (snapshot_ids(&repo), snapshot_ids(&copy));
+    ready.work.run(&["forget", "--repo", &repo, "--repo", &copy, &id[..8]]).fails_with(1, "matches 2 snapshots");
+    assert_eq!((snapshot_ids(&repo), snapshot_ids(&copy)), before, "nothing forgotten");
+    assert!(forget_records(&repo).is_empty() && forget_records(&copy).is_empty());
+    // The full id names one.
+    std::fs::remove_file(Path::new(&copy).join("snapshots").join(&planted)).unwrap();
+    ready.work.run(&["forget", "--repo", &repo, "--repo", &copy, &id]).ok();
+    assert!(!snapshot_ids(&repo).contains(&id) && !snapshot_ids(&copy).contains(&id));
+}
