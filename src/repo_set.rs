@@ -189,7 +189,10 @@ impl RepoSet {
     }
 
     /// Opens what can be opened: of several locations, one that fails is left out (see
-    /// [`RepoSet::left_out`]); with one location, its error is the error. `held_before` says
+    /// [`RepoSet::left_out`]); with one location, its error is the error. Copies whose chains
+    /// of configs part are refused by the caller's trust check, once each copy is opened at the
+    /// generation its pin names ([`refuse_forked_copies`]), not here: a `config` replaced in one
+    /// copy's storage must not stop the others. `held_before` says
     /// what the caller knows of a place that holds no repository now ([`crate::trust::held_before`]):
     /// said instead of advice to `init` there.
     pub async fn open_available<F, H>(locations: &[String], open: F, held_before: H) -> Result<RepoSet>
@@ -224,7 +227,6 @@ impl RepoSet {
             return Err(Error::EveryTargetFailed(left_out.into_iter().map(|l| (l.location, l.reason)).collect()));
         }
         refuse_one_storage_twice(&repositories)?;
-        refuse_forked_copies(&repositories)?;
         Ok(RepoSet { repositories, left_out, labels: None })
     }
 
@@ -255,6 +257,29 @@ impl RepoSet {
     /// The targets that could not be opened.
     pub fn left_out(&self) -> &[LeftOut] {
         &self.left_out
+    }
+
+    /// Leaves out the copies at the positions given ([`RepoSet::repositories`]), each for its
+    /// reason (a check of that copy alone failed: its trust), as one that did not open is. At
+    /// least one copy stays.
+    pub fn leave_out(&mut self, failed: Vec<(usize, String)>) {
+        let mut reasons: HashMap<usize, String> = failed.into_iter().collect();
+        if reasons.len() >= self.repositories.len() {
+            return;
+        }
+        let mut at = 0;
+        let left_out = &mut self.left_out;
+        self.repositories.retain(|repository| {
+            let reason = reasons.remove(&at);
+            at += 1;
+            match reason {
+                Some(reason) => {
+                    left_out.push(LeftOut { location: repository.target.location().to_string(), reason });
+                    false
+                }
+                None => true,
+            }
+        });
     }
 
     /// Whether more than one copy is open (then what fails on one is a warning, and the

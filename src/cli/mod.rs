@@ -1101,8 +1101,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let config_dir = config_dir()?;
             let mut trusted =
-                trust::check(targets.repositories_mut(), trust::Role::Writer, fingerprint.as_ref(), &config_dir)
-                    .await?;
+                trust::check_available(&mut targets, trust::Role::Writer, fingerprint.as_ref(), &config_dir).await?;
             let keyring = targets.unlock_as_writer(&config_dir).await?;
             audit.opened(targets.repositories(), &keyring);
             let locks = targets
@@ -1415,6 +1414,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let filter = filter.filter();
             let mut total = verify::VerifyReport::default();
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
+            let here = config_dir()?;
+            let role_of = |r: &crmvault::repo::Repository| trust::reading_role(r, identity.as_deref(), &here);
+            trust::leave_out_failing(&mut targets, role_of, fingerprint.as_ref(), &here).await;
             for left_out in targets.left_out() {
                 total.merge(verify::VerifyReport {
                     problems: vec![verify::Problem {
@@ -1435,7 +1437,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 fingerprint.as_ref(),
                 &config_dir()?,
             )
-            .await?;
+            .await
+            .map_err(|error| trust::with_left_out(error, &targets))?;
             // Each copy on its own: a problem on one is a finding, not a reason to stop.
             for (repository, mut trusted) in targets.repositories().iter().zip(trusted) {
                 let progress = output::Bar::start(json || quiet);
@@ -1484,7 +1487,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let config_dir = config_dir()?;
             let role = if identity.is_some() { trust::Role::Admin } else { trust::Role::Writer };
-            trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir).await?;
+            trust::check_available(&mut targets, role, fingerprint.as_ref(), &config_dir).await?;
             let keyring: Keyring = match &identity {
                 Some(path) => targets.unlock_as_admin(path).await?.into(),
                 None => targets.unlock_as_writer(&config_dir).await?,
@@ -1823,10 +1826,10 @@ async fn open_as_admin(
     (command, lock_wait, audit): (&str, std::time::Duration, &audit::AuditLog),
 ) -> Result<(crmvault::repo_set::RepoSet, trust::Trusted, crmvault::repo::AdminKeyring, crmvault::lock::Locks)> {
     let mut targets = storage.open_set(locations, true).await?;
+    let trusted = trust::check_available(&mut targets, trust::Role::Admin, fingerprint, &config_dir()?).await?;
     for left_out in targets.left_out() {
         output::warning(format_args!("{} left out: {}", left_out.location, left_out.reason));
     }
-    let trusted = trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir()?).await?;
     targets.remember_labels(&config_dir()?);
     let keyring = targets.unlock_as_admin(identity).await?;
     audit.opened(targets.repositories(), &keyring);

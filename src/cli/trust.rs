@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use crmvault::repo::{self, Repository};
+use crmvault::repo_set::RepoSet;
 use crmvault::trust::{self, Fingerprint, Pin, SnapshotMark};
 
 /// How a command relies on the repository.
@@ -130,7 +131,80 @@ pub async fn check(
     given: Option<&Fingerprint>,
     config_dir: &Path,
 ) -> Result<Trusted> {
-    check_with(repositories, role, given, config_dir, false).await
+    check_with(repositories, role, given, config_dir, Mode::default()).await
+}
+
+/// [`check`] for commands that go on with the copies they can use (backup, restore, drill,
+/// forget), after [`leave_out_failing`].
+pub async fn check_available(
+    set: &mut RepoSet,
+    role: Role,
+    given: Option<&Fingerprint>,
+    config_dir: &Path,
+) -> Result<Trusted> {
+    leave_out_failing(set, |_| role, given, config_dir).await;
+    check(set.repositories_mut(), role, given, config_dir).await.map_err(|error| with_left_out(error, set))
+}
+
+/// `error` of the copies that stayed, with why the others were left out before it.
+pub fn with_left_out(error: anyhow::Error, set: &RepoSet) -> anyhow::Error {
+    let mut left_out = set.left_out().iter().map(|l| format!("{} left out: {}", l.location, l.reason));
+    match left_out.next() {
+        None => error,
+        Some(first) => {
+            let all = std::iter::once(first).chain(left_out).collect::<Vec<_>>().join("; ");
+            error.context(format!("{all}; and then"))
+        }
+    }
+}
+
+/// Of several copies, all of whose ids this machine pins (or with a fingerprint given), leaves
+/// out ([`RepoSet::left_out`], for the caller to say) each one that fails its own check as
+/// `role_of` it needs, against that pin or fingerprint: its `config` changed in storage with no `configs/` copy of the pinned generation
+/// left, another repository copied there, a place new to a machine of several pins. Whoever
+/// can write one target's storage must not stop the commands that go on with the others. What
+/// only the copies together show (two that part in a fork, one behind another's generation)
+/// and what is this machine's (a pin that does not read, no pin where every copy needs one) is
+/// left for the check of the copies together to refuse; so is a failure of every copy.
+pub async fn leave_out_failing(
+    set: &mut RepoSet,
+    role_of: impl Fn(&Repository) -> Role,
+    given: Option<&Fingerprint>,
+    config_dir: &Path,
+) {
+    if !set.several() {
+        return;
+    }
+    // Only against an anchor: a copy that passes alone through a pin made on first use (no pin
+    // here for the id it claims, no fingerprint given) is storage's word, and must not have
+    // the others left out: a storage writer could present one as a repository made before pins
+    // and have it pinned in place of the real one, on a host that lost its pin.
+    let anchored = given.is_some()
+        || set.repositories().iter().all(|r| matches!(trust::load_pin(config_dir, &r.config.id), Ok(Some(_))));
+    if !anchored {
+        return;
+    }
+    let mut failed = Vec::new();
+    for (at, repository) in set.repositories_mut().iter_mut().enumerate() {
+        // Alone, against the pin as it is on disk: its failure is its own, not another copy's
+        // (a pin made or moved by this run for another copy plays no part).
+        let role = role_of(repository);
+        let mut alone = repository.clone();
+        let dry = Mode { dry: true, ..Mode::default() };
+        let checked = check_with(std::slice::from_mut(&mut alone), role, given, config_dir, dry).await;
+        // A fork in one copy's `configs/` is a signing key's work, not storage's: the check of
+        // the copies together refuses it.
+        let forked = alone.fork_error().is_some();
+        // As opened for the check (at the pinned generation, when its `config` does not lead
+        // there): the check after finds it so and says nothing twice.
+        *repository = alone;
+        if let Err(error) = checked
+            && !forked
+        {
+            failed.push((at, format!("{error:#}")));
+        }
+    }
+    set.leave_out(failed);
 }
 
 /// For commands that work on their copies one at a time (a problem on one is a finding): each
@@ -187,7 +261,17 @@ pub async fn check_for_rekey(
     given: Option<&Fingerprint>,
     config_dir: &Path,
 ) -> Result<Trusted> {
-    check_with(repositories, Role::Admin, given, config_dir, true).await
+    check_with(repositories, Role::Admin, given, config_dir, Mode { allow_behind: true, ..Mode::default() }).await
+}
+
+/// How [`check_with`] goes about its copies.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mode {
+    /// A copy at an older generation than another is one to bring up (rekey), not a refusal.
+    allow_behind: bool,
+    /// Only to see whether the copies pass: no pin is written and what a check would say on
+    /// the way (a pin made on first use, a rekey followed) is left for the real one.
+    dry: bool,
 }
 
 async fn check_with(
@@ -195,8 +279,9 @@ async fn check_with(
     role: Role,
     given: Option<&Fingerprint>,
     config_dir: &Path,
-    allow_behind: bool,
+    mode: Mode,
 ) -> Result<Trusted> {
+    let Mode { allow_behind, dry } = mode;
     let mut trusted = Trusted { pin: None, config_dir: config_dir.to_path_buf() };
     // The generations accepted on the targets checked so far: a copy that an interrupted rekey
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
@@ -212,8 +297,9 @@ async fn check_with(
     // Repositories given a place in their pin by this run: a second new place of one of them
     // is asked about as if the first had been saved.
     let mut placed: std::collections::HashSet<String> = std::collections::HashSet::new();
-    // Copies of one repository lie on one chain of configs (also checked when a set opens, for
-    // commands that check their copies one at a time).
+    // Copies of one repository lie on one chain of configs (compared again below, as the check
+    // opened them; commands that go on with the copies they can use compare them as
+    // [`leave_out_failing`] opened them).
     crmvault::repo_set::refuse_forked_copies(repositories)?;
     let mut order: Vec<usize> = (0..repositories.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
@@ -309,7 +395,7 @@ async fn check_with(
                     );
                 }
                 let follow = pin.config_hash != repository.config_hash && !behind;
-                if follow {
+                if follow && !dry {
                     tracing::info!(
                         "repository {} was rekeyed since this machine last used it: following it to generation {}",
                         repository.config.id,
@@ -348,7 +434,7 @@ async fn check_with(
             }
             (Role::Keyless, None) => None,
             (role, None) => {
-                if given.is_none() {
+                if given.is_none() && !dry {
                     tracing::warn!(
                         "repository {} at {location} was made before repositories were pinned; pinning it now with \
                          fingerprint {actual}: compare it with the one the admins keep",
@@ -380,6 +466,9 @@ async fn check_with(
     // does not lead to the pin is opened again at the pinned generation, and follows what its
     // `configs/` hold from there).
     crmvault::repo_set::refuse_forked_copies(repositories)?;
+    if dry {
+        return Ok(trusted);
+    }
     // Every target passed: now the pins change, each on the pin as it is on disk now
     // (another command here may have changed it since).
     for write in writes {

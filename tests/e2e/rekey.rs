@@ -552,9 +552,16 @@ fn copies_forked_in_storage_are_refused_together_and_move_no_pin() {
             let bytes = std::fs::read(Path::new(good).join(file)).unwrap();
             assert!(crmvault::crypto::decrypt(&fork.removed, ciphertext_of(&bytes)).is_err(), "{}", file.display());
         }
-        // And the forked target, given with it again, is refused.
+        // And the forked target, given with it again, is refused: a copy off the pinned chain is
+        // left out, named, nothing written to it; the good one gets the night (exit 3).
+        let (forked_before, pin) = (relative_files(Path::new(forked)), std::fs::read(&fork.pin_path).unwrap());
         let run = host.run(&["backup", "--no-alarm", "--db", url, "--repo", forked, "--repo", good]);
-        assert_eq!(run.code, 1, "{}", run.stderr);
+        let run = run.fails_with(3, "not the one this host pinned");
+        assert!(run.stderr.contains(&format!("FAILED  the config of the repository at {forked}")), "{}", run.stderr);
+        assert_eq!(relative_files(Path::new(forked)), forked_before, "something was written to the forked copy");
+        let pinned: serde_json::Value = serde_json::from_slice(&std::fs::read(&fork.pin_path).unwrap()).unwrap();
+        let before: serde_json::Value = serde_json::from_slice(&pin).unwrap();
+        assert_eq!(pinned["config_hash"], before["config_hash"], "the pin left the good generation");
     }
 }
 
@@ -960,9 +967,25 @@ fn a_copy_rolled_back_to_retired_keys_is_not_read_beside_one_that_is_not() {
         let url = target.url();
         let (a, b) = (&setup.repos[order[0]], &setup.repos[order[1]]);
         let run = setup.work.run(&["restore", "--repo", a, "--repo", b, "--identity", &admin, "--db", &url]);
-        run.fails_with(1, "older generation of its keys");
-        assert!(target.is_empty());
+        // The machine pinned the new generation: the copy that does not lead there is left out,
+        // named, and the restore reads the other.
+        let run = run.ok();
+        let left_out = format!("{} left out: the repository at {0} does not lead to the generation", setup.repos[1]);
+        assert!(run.stderr.contains(&left_out) && run.stderr.contains("rekey retired"), "{}", run.stderr);
+        assert_same_database(&setup.source, &target);
     }
+    // A machine that never followed the rekey (pinned at generation 0) cannot tell which copy is
+    // right: it reads neither.
+    let fresh = Workspace::new();
+    std::fs::copy(setup.work.admin_key(), fresh.path("admin.key")).unwrap();
+    let first = setup.work.fingerprint(&setup.repos[1]);
+    let target = TestDb::create("rekey_rollback2_fresh");
+    let (admin, url) = (fresh.path("admin.key"), target.url());
+    let admin = admin.to_str().unwrap();
+    let args = ["restore", "--repo", &setup.repos[0], "--repo", &setup.repos[1], "--identity", admin, "--db", &url];
+    let run = fresh.run(&[&args[..], &["--fingerprint", &first]].concat());
+    run.fails_with(1, "older generation of its keys");
+    assert!(target.is_empty());
     // rekey, given both, brings the copy back up; then both restore.
     setup.rekey("admin.key", &[]).ok();
     let (run, target) = setup.restore_as("admin.key", "latest", "rekey_rollback2_t2");

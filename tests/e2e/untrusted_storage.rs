@@ -884,6 +884,133 @@ fn latest_is_chosen_by_the_labels_this_machine_proved_and_a_remembered_snapshot_
     assert_eq!(rewritten["snapshots"].as_object().unwrap().len(), 2, "{rewritten}");
 }
 
+/// Whoever can write one copy's storage, with no key, rewrites its `config` (an attacker's
+/// recipient added). Before, every command given that copy with a good one refused both ("the
+/// copies disagree"): a keyless storage writer of one target stopped the nightly backups to
+/// every target. Now the copy is opened at the generation the host pinned while its
+/// `configs/` copy is whole, and left out, named, once that is gone too: the backup goes on to
+/// the other target (exit 3), as restore and verify do.
+#[test]
+fn a_config_replaced_in_one_copys_storage_stops_no_backup_restore_or_verify_of_the_others() {
+    let victim = Victim::new("config_one_copy");
+    let copy = victim.copied();
+    let url = victim.source.url();
+    let backup = |first: &str, second: &str| {
+        victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", first, "--repo", second])
+    };
+    let attacker = age::x25519::Identity::generate();
+    let config = Path::new(&copy).join("config");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let recipient = victim.recipient();
+    let widened =
+        original.replacen(&format!("\"{recipient}\""), &format!("\"{recipient}\", \"{}\"", attacker.to_public()), 1);
+    assert_ne!(widened, original);
+    std::fs::write(&config, &widened).unwrap();
+    let opens_for_attacker = |file: &Path| {
+        let bytes = std::fs::read(file).unwrap();
+        let magic = b"age-encryption.org/v1";
+        let at = bytes.windows(magic.len()).position(|w| w == magic).expect("an age ciphertext");
+        crmvault::crypto::decrypt(std::slice::from_ref(&attacker), &bytes[at..]).is_ok()
+    };
+
+    // 1. Its `configs/` whole: both copies are opened at the pinned generation and backed up.
+    victim.source.sql("UPDATE crm.contacts SET email = email || '.one' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+    let before: std::collections::BTreeSet<_> = files_under(Path::new(&copy)).into_iter().collect();
+    let run = backup(&victim.repo, &copy).ok();
+    assert!(run.json()["targets"].as_array().unwrap().iter().all(|t| t["ok"] == true), "{}", run.stdout);
+    let written: Vec<_> = files_under(Path::new(&copy)).into_iter().filter(|f| !before.contains(f)).collect();
+    assert!(written.iter().any(|f| f.starts_with(Path::new(&copy).join("snapshots"))), "{written:?}");
+    for file in &written {
+        assert!(!opens_for_attacker(file), "{} opens with the attacker's key", file.display());
+    }
+
+    // 2. Its `configs/` gone too: nothing the host pinned is left there. The copy is left out,
+    //    named, nothing is written to it; the other target gets the night, in either order.
+    std::fs::remove_dir_all(Path::new(&copy).join("configs")).unwrap();
+    let pin = files_under(&victim.work.config_dir()).into_iter().find(|p| p.ends_with("trust.json")).unwrap();
+    let pinned = |path: &Path| {
+        let pin: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        (pin["fingerprint"].clone(), pin["config_hash"].clone())
+    };
+    let trusted = pinned(&pin);
+    let mut newest = String::new();
+    for (first, second) in [(victim.repo.as_str(), copy.as_str()), (copy.as_str(), victim.repo.as_str())] {
+        victim
+            .source
+            .sql("UPDATE crm.contacts SET email = email || '.two' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+        let before = files_under(Path::new(&copy));
+        let run = backup(first, second).fails_with(3, "changed in storage");
+        assert_eq!(files_under(Path::new(&copy)), before, "something was written to the copy");
+        let report = run.json();
+        for target in report["targets"].as_array().unwrap() {
+            assert_eq!(target["ok"], target["location"] == victim.repo.as_str(), "{report}");
+        }
+        newest = report["snapshot_id"].as_str().unwrap().to_string();
+        assert_eq!(pinned(&pin), trusted, "the pin moved");
+    }
+    // forget, with the writer key: the copy is named among the failed targets, exit 3.
+    let run = victim.work.run(&["forget", "--json", "--keep-last", "9", "--repo", &copy, "--repo", &victim.repo]);
+    let run = run.fails_with(3, "");
+    assert!(run.json()["failed"][0]["location"] == copy.as_str(), "{}", run.stdout);
+
+    // The admin's restore with both copies: the forged one named and left out, the newest
+    // snapshot restored from the other.
+    let target = TestDb::create("config_one_copy_target");
+    let run = victim.work.restore_with(&victim.repo, &target, &["--json", "--repo", &copy]).ok();
+    assert_eq!(run.json()["snapshot_id"].as_str(), Some(newest.as_str()), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("{copy} left out")), "{}", run.stderr);
+    assert_same_database(&victim.source, &target);
+    // verify: the copy is a finding, the other verified.
+    let run = victim.work.run(&["verify", "--json", "--repo", &victim.repo, "--repo", &copy]).fails_with(3, "");
+    let problems = run.json()["problems"].clone();
+    assert!(problems.as_array().unwrap().iter().all(|p| p["target"] == copy.as_str()), "{problems}");
+    assert!(problems.to_string().contains("changed in storage"), "{problems}");
+    victim.work.run(&["verify", "--repo", &victim.repo]).ok();
+}
+
+/// A backup host that lost its pin (rebuilt, `writer.key` restored from a secrets store) is
+/// given a good copy and one whose `config` a storage writer rewrote as a repository made
+/// before pins (same id, the attacker's recipient). Checked alone, that one would be pinned on
+/// first use and the good one, unpinned, left out: the backups would go to the attacker from
+/// then on. Without a pin or a fingerprint nothing is left out and nothing is pinned; given
+/// the admins' fingerprint, the forged copy is the one left out.
+#[test]
+fn a_copy_passed_off_as_made_before_pins_is_not_pinned_in_place_of_the_real_one() {
+    let victim = Victim::new("downgraded_copy");
+    let copy = victim.copied();
+    let fingerprint = victim.work.fingerprint(&victim.repo);
+    let config_path = Path::new(&copy).join("config");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    let id = config["id"].as_str().unwrap().to_string();
+    let pin = victim.work.config_dir().join("repos").join(&id).join("trust.json");
+    std::fs::remove_file(&pin).unwrap();
+    let attacker = age::x25519::Identity::generate();
+    config["version"] = 5.into();
+    config["recipients"] = serde_json::json!([attacker.to_public().to_string()]);
+    for field in ["generation", "previous", "rekeyed", "admin_keys", "signing_key", "carried", "signature"] {
+        config.as_object_mut().unwrap().remove(field);
+    }
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    std::fs::remove_dir_all(Path::new(&copy).join("configs")).unwrap();
+    let url = victim.source.url();
+    let data = Path::new(&copy).join("data");
+    let packs = files_under(&data);
+    for (first, second) in [(victim.repo.as_str(), copy.as_str()), (copy.as_str(), victim.repo.as_str())] {
+        let run = victim.work.run(&["backup", "--no-alarm", "--db", &url, "--repo", first, "--repo", second]);
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(!pin.exists(), "a copy was pinned: {}", std::fs::read_to_string(&pin).unwrap());
+        assert_eq!(files_under(&data), packs);
+    }
+    // The admins' fingerprint anchors it again: the real copy is pinned and backed up, the
+    // forged one left out.
+    let args = ["backup", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo];
+    let run = victim.work.run(&[&args[..], &["--fingerprint", &fingerprint]].concat());
+    run.fails_with(3, "not the repository you trust");
+    let pinned: serde_json::Value = serde_json::from_slice(&std::fs::read(&pin).unwrap()).unwrap();
+    assert_eq!(pinned["fingerprint"].as_str(), Some(fingerprint.as_str()), "{pinned}");
+    assert_eq!(files_under(&data), packs);
+}
+
 #[test]
 fn one_hostile_copy_neither_stops_nor_rolls_back_a_restore_of_the_newest_snapshot_with_or_without_remembered_labels() {
     let Ready { source, work, repo, .. } = Scenario::new("remembered_copies").crm().init("repo").backup();
