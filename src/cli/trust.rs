@@ -309,7 +309,7 @@ async fn check_with(
             pins.insert(repository.config.id.clone(), trust::load_pin(config_dir, &repository.config.id)?);
         }
         let pinned = pins[&repository.config.id].clone();
-        anchor(repository, pinned.as_ref(), given).await;
+        anchor(repository, pinned.as_ref(), given).await?;
         if let Some(error) = repository.fork_error() {
             return Err(error.into());
         }
@@ -546,30 +546,36 @@ impl PinChange {
 /// when the chain followed from its `config` does not hold it: that `config` may have been
 /// replaced in storage, or the chain forked before the pinned generation, while the
 /// generation the pin knows is still whole under `configs/`. Whether the result is trusted is
-/// decided after, by the caller.
-async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) {
+/// decided after, by the caller. A storage that fails to answer is the error.
+async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) -> crmvault::Result<()> {
     let holds = |r: &Repository| {
         r.fork.is_none()
             && pin.is_none_or(|pin| r.has_generation(&pin.config_hash))
             && given.is_none_or(|given| r.has_fingerprint(given) || pin.is_some_and(|pin| pin.fingerprint == *given))
     };
     if holds(repository) {
-        return;
+        return Ok(());
     }
     let hash = match (given, pin) {
         (_, Some(pin)) => Some(pin.config_hash.clone()),
-        (Some(given), None) => Repository::find_generation(&repository.target, given).await.ok().flatten(),
+        (Some(given), None) => Repository::find_generation(&repository.target, given).await?,
         (None, None) => None,
     };
-    if let Some(hash) = hash
-        && let Ok(reopened) = Repository::open_at(repository.target.clone(), &hash).await
-        && holds(&reopened)
-    {
-        tracing::warn!(
-            "{}: its config does not lead to the generation this machine trusts; opened it at configs/{hash}",
-            repository.target.location()
-        );
-        *repository = reopened;
+    let Some(hash) = hash else { return Ok(()) };
+    match Repository::open_at(repository.target.clone(), &hash).await {
+        Ok(reopened) if holds(&reopened) => {
+            tracing::warn!(
+                "{}: its config does not lead to the generation this machine trusts; opened it at configs/{hash}",
+                repository.target.location()
+            );
+            *repository = reopened;
+            Ok(())
+        }
+        // The storage did not answer: said as such, not taken for a config changed in storage
+        // (of several copies, this one is left out for it, and not as a tampered one).
+        Err(error @ (crmvault::Error::Storage { .. } | crmvault::Error::Io { .. })) => Err(error),
+        // Missing or damaged, or not the pinned generation: the check refuses what is left.
+        _ => Ok(()),
     }
 }
 

@@ -569,6 +569,28 @@ fn copies_forked_in_storage_are_refused_together_and_move_no_pin() {
 /// config folder is as it was before the rekey (pinned at generation 0), and the second target
 /// forked by the removed admin: its generation 1 replaced by another successor of generation 0,
 /// signed with the key the removed admin held then, that adds it back as a recipient.
+/// Both successors of generation 0 in one copy's `configs/` (the admins' and one signed with
+/// a removed admin's key): a host pinned at generation 0 cannot tell which is the admins', so it
+/// refuses every copy given with that one, rather than leaving it out and following the other
+/// copy's successor, which a storage writer of that other copy could have made the forged one.
+#[test]
+fn a_fork_inside_one_copy_stops_every_copy_given_with_it() {
+    let fork = Fork::new("rekey_fork_inside", false);
+    let (host, good, forked) = (&fork.host, fork.good.as_str(), fork.forked.as_str());
+    let (gen1, _) = generation_config(Path::new(good), 1);
+    std::fs::copy(Path::new(good).join("configs").join(&gen1), Path::new(forked).join("configs").join(&gen1)).unwrap();
+    let url = fork.setup.source.url_str();
+    let pin = std::fs::read(&fork.pin_path).unwrap();
+    for repos in [[forked, good], [good, forked]] {
+        let (before_good, before_forked) = (relative_files(Path::new(good)), relative_files(Path::new(forked)));
+        let run = host.run(&["backup", "--no-alarm", "--db", url, "--repo", repos[0], "--repo", repos[1]]);
+        run.fails_with(1, "fork");
+        assert_eq!(std::fs::read(&fork.pin_path).unwrap(), pin, "a pin changed ({repos:?})");
+        assert_eq!(relative_files(Path::new(good)), before_good, "written to the good copy ({repos:?})");
+        assert_eq!(relative_files(Path::new(forked)), before_forked, "written to the forked copy ({repos:?})");
+    }
+}
+
 struct Fork {
     setup: Setup,
     host: Workspace,
