@@ -485,11 +485,19 @@ pub async fn run(
                 known.id, known.sequence
             )
         };
-        let instead = if present.is_empty() { "finds no snapshot at all" } else { "would restore an older one" };
+        // A target that holds no snapshot at all may be a copy `init --copy-from` made and no
+        // `copy` filled yet, which its listing cannot tell from one whose snapshots were all
+        // deleted: both are said.
+        let how = if present.is_empty() {
+            "this target holds no snapshot at all: they were deleted without being forgotten, unless this is a copy \
+             `init --copy-from` made that `crmvault copy` has not filled yet; `restore latest` finds no snapshot at all"
+        } else {
+            "it was deleted without being forgotten, and `restore latest` would restore an older one"
+        };
         report.problems.push(problem(
             &repo::snapshot_key(&gap),
             vec![gap.to_string()],
-            format!("missing: {what}; it was deleted without being forgotten, and `restore latest` {instead}"),
+            format!("missing: {what}; {how}"),
         ));
     }
 

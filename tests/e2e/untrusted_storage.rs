@@ -413,6 +413,12 @@ fn a_new_copy_adds_its_place_to_the_pin_and_keeps_the_mark() {
     let locations = after["locations"].as_array().unwrap();
     assert_eq!(locations.len(), before["locations"].as_array().unwrap().len() + 1, "{after}");
     assert!(locations.iter().any(|l| l.as_str().unwrap().ends_with("/copy")), "{after}");
+    // Before a `copy` fills it, verify says what the copy lacks without calling it a deletion
+    // only; after, it verifies.
+    let run = victim.work.run(&["verify", "--repo", &copy]).fails_with(3, "holds no snapshot at all");
+    assert!(run.stdout.contains("unless this is a copy `init --copy-from` made"), "{}", run.stdout);
+    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    victim.work.run(&["verify", "--repo", &copy]).ok();
 }
 
 #[test]
