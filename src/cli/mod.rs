@@ -1416,7 +1416,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
             let here = config_dir()?;
             let role_of = |r: &crmvault::repo::Repository| trust::reading_role(r, identity.as_deref(), &here);
-            trust::leave_out_failing(&mut targets, role_of, fingerprint.as_ref(), &here).await;
+            trust::leave_out_failing(&mut targets, role_of, fingerprint.as_ref(), &here, trust::Copies::Each).await;
             for left_out in targets.left_out() {
                 total.merge(verify::VerifyReport {
                     problems: vec![verify::Problem {

@@ -134,16 +134,26 @@ pub async fn check(
     check_with(repositories, role, given, config_dir, Mode::default()).await
 }
 
-/// [`check`] for commands that go on with the copies they can use (backup, restore, drill,
-/// forget), after [`leave_out_failing`].
+/// [`check`] for commands that go on with the copies of one repository they can use (backup,
+/// restore, drill, forget), after [`leave_out_failing`].
 pub async fn check_available(
     set: &mut RepoSet,
     role: Role,
     given: Option<&Fingerprint>,
     config_dir: &Path,
 ) -> Result<Trusted> {
-    leave_out_failing(set, |_| role, given, config_dir).await;
+    leave_out_failing(set, |_| role, given, config_dir, Copies::OfOne).await;
     check(set.repositories_mut(), role, given, config_dir).await.map_err(|error| with_left_out(error, set))
+}
+
+/// What the copies given to a command are meant to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copies {
+    /// Copies of one repository (backup, restore, forget): one that claims another id than the
+    /// anchor's is not one of them.
+    OfOne,
+    /// Repositories each checked on its own (verify), which may be several.
+    Each,
 }
 
 /// `error` of the copies that stayed, with why the others were left out before it.
@@ -158,52 +168,72 @@ pub fn with_left_out(error: anyhow::Error, set: &RepoSet) -> anyhow::Error {
     }
 }
 
-/// Of several copies, all of whose ids this machine pins (or with a fingerprint given), leaves
-/// out ([`RepoSet::left_out`], for the caller to say) each one that fails its own check as
-/// `role_of` it needs, against that pin or fingerprint: its `config` changed in storage with no `configs/` copy of the pinned generation
-/// left, another repository copied there, a place new to a machine of several pins. Whoever
-/// can write one target's storage must not stop the commands that go on with the others. What
-/// only the copies together show (two that part in a fork, one behind another's generation)
-/// and what is this machine's (a pin that does not read, no pin where every copy needs one) is
-/// left for the check of the copies together to refuse; so is a failure of every copy.
+/// Of several copies, leaves out ([`RepoSet::left_out`], for the caller to say) each one that
+/// fails its own check as `role_of` it needs, against this machine's pin or the fingerprint
+/// given: its `config` changed in storage with no `configs/` copy of the pinned generation
+/// left, another repository copied there, a place new to a machine of several pins; and, of
+/// `Copies::OfOne`, one that claims another repository than the anchor. Whoever can write one
+/// target's storage must not stop the commands that go on with the others.
+///
+/// Only against an anchor: a fingerprint given, or a copy that passes alone against a pin
+/// already on this machine that knows its place. A copy that passes through a pin made on first
+/// use, or one new to its pin, is storage's word: on a host that lost its pin, a storage writer
+/// could present one as a repository made before pins and have it pinned in place of the real
+/// one; without an anchor nothing is left out. What only the copies together show (two that
+/// part in a fork, one behind another's generation), a fork inside one copy (a signing key's
+/// work) and a failure of every copy are left for the check of the copies together to refuse.
 pub async fn leave_out_failing(
     set: &mut RepoSet,
     role_of: impl Fn(&Repository) -> Role,
     given: Option<&Fingerprint>,
     config_dir: &Path,
+    copies: Copies,
 ) {
     if !set.several() {
         return;
     }
-    // Only against an anchor: a copy that passes alone through a pin made on first use (no pin
-    // here for the id it claims, no fingerprint given) is storage's word, and must not have
-    // the others left out: a storage writer could present one as a repository made before pins
-    // and have it pinned in place of the real one, on a host that lost its pin.
-    let anchored = given.is_some()
-        || set.repositories().iter().all(|r| matches!(trust::load_pin(config_dir, &r.config.id), Ok(Some(_))));
-    if !anchored {
-        return;
-    }
-    let mut failed = Vec::new();
-    for (at, repository) in set.repositories_mut().iter_mut().enumerate() {
+    let mut checked = Vec::with_capacity(set.repositories().len());
+    let mut anchors: Vec<String> = Vec::new();
+    for repository in set.repositories_mut().iter_mut() {
         // Alone, against the pin as it is on disk: its failure is its own, not another copy's
         // (a pin made or moved by this run for another copy plays no part).
         let role = role_of(repository);
         let mut alone = repository.clone();
         let dry = Mode { dry: true, ..Mode::default() };
-        let checked = check_with(std::slice::from_mut(&mut alone), role, given, config_dir, dry).await;
+        let result = check_with(std::slice::from_mut(&mut alone), role, given, config_dir, dry).await;
+        let location = alone.target.location().to_string();
+        let pinned_here = matches!(
+            trust::load_pin(config_dir, &alone.config.id),
+            Ok(Some(pin)) if pin.knows(&location)
+        );
+        if result.is_ok() && (given.is_some() || pinned_here) && !anchors.contains(&alone.config.id) {
+            anchors.push(alone.config.id.clone());
+        }
         // A fork in one copy's `configs/` is a signing key's work, not storage's: the check of
         // the copies together refuses it.
         let forked = alone.fork_error().is_some();
+        checked.push((result.err().filter(|_| !forked), alone.config.id.clone()));
         // As opened for the check (at the pinned generation, when its `config` does not lead
         // there): the check after finds it so and says nothing twice.
         *repository = alone;
-        if let Err(error) = checked
-            && !forked
-        {
-            failed.push((at, format!("{error:#}")));
-        }
     }
+    if anchors.is_empty() {
+        return;
+    }
+    // Copies of one repository: of one anchored id, a copy claiming another is not a copy.
+    let one = (copies == Copies::OfOne && anchors.len() == 1).then(|| anchors[0].clone());
+    let failed = checked
+        .into_iter()
+        .enumerate()
+        .filter_map(|(at, (error, id))| match (error, &one) {
+            (Some(error), _) => Some((at, format!("{error:#}"))),
+            (None, Some(anchor)) if *anchor != id => Some((
+                at,
+                format!("it holds repository {id}, not repository {anchor}, of which the other --repo are copies"),
+            )),
+            _ => None,
+        })
+        .collect();
     set.leave_out(failed);
 }
 

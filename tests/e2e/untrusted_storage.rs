@@ -939,7 +939,6 @@ fn a_config_replaced_in_one_copys_storage_stops_no_backup_restore_or_verify_of_t
         (pin["fingerprint"].clone(), pin["config_hash"].clone())
     };
     let trusted = pinned(&pin);
-    let mut newest = String::new();
     for (first, second) in [(victim.repo.as_str(), copy.as_str()), (copy.as_str(), victim.repo.as_str())] {
         victim
             .source
@@ -951,9 +950,17 @@ fn a_config_replaced_in_one_copys_storage_stops_no_backup_restore_or_verify_of_t
         for target in report["targets"].as_array().unwrap() {
             assert_eq!(target["ok"], target["location"] == victim.repo.as_str(), "{report}");
         }
-        newest = report["snapshot_id"].as_str().unwrap().to_string();
+        assert!(report["snapshot_id"].is_string(), "{report}");
         assert_eq!(pinned(&pin), trusted, "the pin moved");
     }
+    // The copy made to claim a repository of its own (an id nothing here pins): the place is
+    // the pinned repository's, so it is refused as forged, and left out.
+    let mut claimed: serde_json::Value = serde_json::from_str(&widened).unwrap();
+    claimed["id"] = "0123456789abcdef0123456789abcdef".into();
+    std::fs::write(&config, serde_json::to_vec_pretty(&claimed).unwrap()).unwrap();
+    let run = backup(&victim.repo, &copy).fails_with(3, "it was forged or replaced in storage");
+    let newest = run.json()["snapshot_id"].as_str().unwrap().to_string();
+    std::fs::write(&config, &widened).unwrap();
     // forget, with the writer key: the copy is named among the failed targets, exit 3.
     let run = victim.work.run(&["forget", "--json", "--keep-last", "9", "--repo", &copy, "--repo", &victim.repo]);
     let run = run.fails_with(3, "");
@@ -1014,6 +1021,14 @@ fn a_copy_passed_off_as_made_before_pins_is_not_pinned_in_place_of_the_real_one(
     run.fails_with(3, "not the repository you trust");
     let pinned: serde_json::Value = serde_json::from_slice(&std::fs::read(&pin).unwrap()).unwrap();
     assert_eq!(pinned["fingerprint"].as_str(), Some(fingerprint.as_str()), "{pinned}");
+    assert_eq!(files_under(&data), packs);
+    // The copy made to claim another repository, at a place this pin does not know (it was
+    // left out above): not a copy of the one the host backs up; left out, the night goes on.
+    config["id"] = "0123456789abcdef0123456789abcdef".into();
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let args = ["backup", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo];
+    let run = victim.work.run(&args).fails_with(3, "it holds repository 0123456789abcdef0123456789abcdef, not");
+    assert!(run.stderr.contains(&format!("FAILED  {copy}")), "{}", run.stderr);
     assert_eq!(files_under(&data), packs);
 }
 
