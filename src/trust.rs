@@ -283,6 +283,13 @@ pub fn load_pin(config_dir: &Path, repository_id: &str) -> Result<Option<Pin>> {
     if pin.repository_id != repository_id {
         return Err(Error::BadPin { path, detail: "names another repository; remove it".into() });
     }
+    // Shown shortened in messages: a hand-edited hash must be refused here, not cut there.
+    if !crate::repo::is_object_hash(&pin.config_hash) {
+        return Err(Error::BadPin {
+            path,
+            detail: "damaged (its config_hash is not a hash); remove it and pin the repository again".into(),
+        });
+    }
     Ok(Some(pin))
 }
 
@@ -455,12 +462,24 @@ mod tests {
         Pin {
             repository_id: "r1".into(),
             fingerprint: Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap(),
-            config_hash: "h".into(),
+            config_hash: blake3::hash(b"c").to_hex().to_string(),
             newest: None,
             locations: vec![],
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_pin_whose_config_hash_was_edited_by_hand_is_refused_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        for hash in ["h", "é".repeat(32).as_str(), &"0".repeat(63)] {
+            save_pin(dir.path(), &Pin { config_hash: hash.to_string(), ..new_pin() }).unwrap();
+            let error = load_pin(dir.path(), "r1").unwrap_err();
+            assert!(error.to_string().contains("config_hash is not a hash"), "{hash}: {error}");
+        }
+        save_pin(dir.path(), &new_pin()).unwrap();
+        assert!(load_pin(dir.path(), "r1").unwrap().is_some());
     }
 
     #[test]

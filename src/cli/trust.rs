@@ -639,11 +639,16 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
 mod tests {
     use super::*;
 
-    fn pin_at(config_hash: &str) -> Pin {
+    /// The config hash a test calls `name`.
+    fn h(name: &str) -> String {
+        blake3::hash(name.as_bytes()).to_hex().to_string()
+    }
+
+    fn pin_at(config: &str) -> Pin {
         Pin {
             repository_id: "r1".into(),
             fingerprint: Fingerprint::of_config_hash(&blake3::hash(b"c").to_hex()).unwrap(),
-            config_hash: config_hash.into(),
+            config_hash: h(config),
             newest: None,
             locations: vec![],
             settled: std::collections::BTreeSet::new(),
@@ -652,11 +657,11 @@ mod tests {
     }
 
     /// What `init` of repository r1 (first fingerprint `pin_at`'s) reports at `location`.
-    fn init_report(config_hash: &str, location: &str) -> crmvault::commands::init::InitReport {
+    fn init_report(config: &str, location: &str) -> crmvault::commands::init::InitReport {
         crmvault::commands::init::InitReport {
             repository_id: "r1".into(),
             fingerprint: pin_at("g1").fingerprint,
-            config_hash: config_hash.into(),
+            config_hash: h(config),
             locations: vec![location.into()],
             writer_key: None,
         }
@@ -724,13 +729,13 @@ mod tests {
         trust::save_pin(dir.path(), &pin_at("g1")).unwrap();
         // This command opened generation 1 and rekeyed to 2: the pin follows.
         let mut trusted = Trusted { pin: Some(pin_at("g1")), config_dir: dir.path().to_path_buf() };
-        trusted.follow("g2").unwrap();
-        assert_eq!(on_disk().config_hash, "g2");
+        trusted.follow(&h("g2")).unwrap();
+        assert_eq!(on_disk().config_hash, h("g2"));
         // Meanwhile another command followed a later rekey (3): this one's follow to 2, from
         // the 1 it opened, changes nothing.
         let mut late = Trusted { pin: Some(pin_at("g1")), config_dir: dir.path().to_path_buf() };
         trust::save_pin(dir.path(), &pin_at("g3")).unwrap();
-        late.follow("g2").unwrap();
-        assert_eq!(on_disk().config_hash, "g3");
+        late.follow(&h("g2")).unwrap();
+        assert_eq!(on_disk().config_hash, h("g3"));
     }
 }
