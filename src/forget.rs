@@ -40,10 +40,11 @@ pub struct ForgetOptions<Tz: TimeZone> {
     /// one before each (kept otherwise: [`retention::keep_flagged`]).
     pub forget_flagged: bool,
     /// Instead of a policy, the snapshots to remove: ids, or at least 4 leading hex digits of
-    /// one, each naming one snapshot across every target (a snapshot whose packs are lost, which keeps prune from running: docs/OPERATIONS.md,
-    /// *Repairing damaged packs*). The rest are kept ("not named"); the data-loss alarm's
-    /// evidence and the snapshot before a place forget cannot see are refused as a policy
-    /// would keep them, unless `forget_flagged`.
+    /// one, each naming one snapshot across every target (a snapshot whose packs are lost,
+    /// which keeps prune from running: docs/OPERATIONS.md, *Repairing damaged packs*). The
+    /// rest are kept ("not named"); the data-loss alarm's evidence and the snapshot before a
+    /// place forget cannot see are refused as a policy would keep them, unless
+    /// `forget_flagged`.
     pub named: Vec<String>,
 }
 

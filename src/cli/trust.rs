@@ -158,14 +158,12 @@ pub enum Copies {
 
 /// `error` of the copies that stayed, with why the others were left out before it.
 pub fn with_left_out(error: anyhow::Error, set: &RepoSet) -> anyhow::Error {
-    let mut left_out = set.left_out().iter().map(|l| format!("{} left out: {}", l.location, l.reason));
-    match left_out.next() {
-        None => error,
-        Some(first) => {
-            let all = std::iter::once(first).chain(left_out).collect::<Vec<_>>().join("; ");
-            error.context(format!("{all}; and then"))
-        }
+    if set.left_out().is_empty() {
+        return error;
     }
+    let left_out: Vec<String> =
+        set.left_out().iter().map(|l| format!("{} left out: {}", l.location, l.reason)).collect();
+    error.context(format!("{}; and then", left_out.join("; ")))
 }
 
 /// Of several copies, leaves out ([`RepoSet::left_out`], for the caller to say) each one that
