@@ -374,8 +374,9 @@ impl RepoSet {
     }
 
     /// Unlocks with the first copy whose keys object reads. A wrong or missing key is the same
-    /// on every copy and is the error at once; a damaged or missing keys object sends it on to
-    /// the next copy.
+    /// on every copy and is the error at once; a damaged, missing or unreadable keys object
+    /// (the storage failing, `keys/` made a file or a link loop there) sends it on to the next
+    /// copy.
     pub async fn unlock_any<K, F, Fut>(&self, unlock: F) -> Result<K>
     where
         F: Fn(Repository) -> Fut,
@@ -388,7 +389,11 @@ impl RepoSet {
                     self.warn_all(failures);
                     return Ok(keyring);
                 }
-                Err(error @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+                // A keys object damaged, gone or unreadable on this copy's storage (its folder
+                // made a file or a link loop there) is this copy's; a wrong key is wrong on all.
+                Err(
+                    error @ (Error::Corrupt { .. } | Error::Missing { .. } | Error::Storage { .. } | Error::Io { .. }),
+                ) => {
                     failures.push(repository, error);
                 }
                 Err(error) => return Err(error),

@@ -1440,6 +1440,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             .await
             .map_err(|error| trust::with_left_out(error, &targets))?;
             // Each copy on its own: a problem on one is a finding, not a reason to stop.
+            let several = targets.repositories().len() + targets.left_out().len() > 1;
             for (repository, mut trusted) in targets.repositories().iter().zip(trusted) {
                 let progress = output::Bar::start(json || quiet);
                 let known = (trusted.newest(), trusted.missed_at(repository.target.location()));
@@ -1449,7 +1450,23 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 let result =
                     verify_one(repository, identity.as_deref(), depth, &filter, known, progress.as_ref()).await;
                 progress.finish();
-                let report = result?;
+                let report = match result {
+                    Ok(report) => report,
+                    // Of several, a copy verify could not go through (its storage failing, a
+                    // folder made a link loop there) is that copy's finding; the others are
+                    // verified all the same.
+                    Err(error) if several => verify::VerifyReport {
+                        problems: vec![verify::Problem {
+                            target: repository.target.location().to_string(),
+                            object: String::new(),
+                            snapshots: vec![],
+                            problem: format!("not verified: {error:#}"),
+                            chunks: 0,
+                        }],
+                        ..verify::VerifyReport::default()
+                    },
+                    Err(error) => return Err(error),
+                };
                 trusted.advance(report.newest.as_ref())?;
                 total.merge(report);
             }

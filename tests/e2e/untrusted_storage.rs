@@ -981,6 +981,41 @@ fn a_config_replaced_in_one_copys_storage_stops_no_backup_restore_or_verify_of_t
     victim.work.run(&["verify", "--repo", &victim.repo]).ok();
 }
 
+/// Whoever can write one copy's storage makes its `keys/` folder a file, or a link to itself:
+/// the keys objects there cannot even be opened. Keys unlock from the next copy (they are the
+/// same objects), so the backup goes to both in either order; verify names that copy and
+/// verifies the other. Both stopped every copy before (exit 1, nothing written).
+#[test]
+fn a_keys_folder_made_unreadable_on_one_copy_stops_no_backup_or_verify_of_the_others() {
+    let victim = Victim::new("keys_folder_one_copy");
+    let copy = victim.copied();
+    let url = victim.source.url();
+    let keys = Path::new(&copy).join("keys");
+    let saved = victim.work.path("saved-keys");
+    std::fs::rename(&keys, &saved).unwrap();
+    let plant_file = |keys: &Path| std::fs::write(keys, b"x").unwrap();
+    let plant_loop = |keys: &Path| std::os::unix::fs::symlink(keys, keys).unwrap();
+    for plant in [&plant_file as &dyn Fn(&Path), &plant_loop] {
+        plant(&keys);
+        for (first, second) in [(victim.repo.as_str(), copy.as_str()), (copy.as_str(), victim.repo.as_str())] {
+            victim
+                .source
+                .sql("UPDATE crm.contacts SET email = email || '.k' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+            let run =
+                victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", first, "--repo", second]);
+            let run = run.ok();
+            assert!(run.json()["targets"].as_array().unwrap().iter().all(|t| t["ok"] == true), "{}", run.stdout);
+            let run = victim.work.run(&["verify", "--json", "--repo", first, "--repo", second]).fails_with(3, "");
+            let problems = run.json()["problems"].clone();
+            assert!(problems.as_array().unwrap().iter().all(|p| p["target"] == copy.as_str()), "{problems}");
+            assert!(run.json()["snapshots"].as_u64().unwrap() >= 2, "{}", run.stdout);
+        }
+        std::fs::remove_file(&keys).unwrap();
+    }
+    std::fs::rename(&saved, &keys).unwrap();
+    victim.work.run(&["verify", "--repo", &victim.repo, "--repo", &copy]).ok();
+}
+
 /// A backup host that lost its pin (rebuilt, `writer.key` restored from a secrets store) is
 /// given a good copy and one whose `config` a storage writer rewrote as a repository made
 /// before pins (same id, the attacker's recipient). Checked alone, that one would be pinned on
