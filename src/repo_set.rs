@@ -338,6 +338,23 @@ impl RepoSet {
         Ok(locks)
     }
 
+    /// Refuses targets given as copies of one repository that hold several (each made by an
+    /// `init` of its own: another database's repository given by mistake, or a copy whose
+    /// storage claims another id). Before their pins are checked, so that nothing is written to
+    /// a pin for a command refused; a restore, drill or forget would otherwise read one with the
+    /// other's keys and report its snapshots as tampered with, or pass over the newer ones.
+    pub fn require_one_repository(&self) -> Result<()> {
+        let first = self.first();
+        match self.repositories.iter().find(|r| r.config.id != first.config.id) {
+            None => Ok(()),
+            Some(other) => Err(Error::NotCopies {
+                first: first.target.location().to_string(),
+                other: other.target.location().to_string(),
+                detail: format!("they hold repositories {} and {}", first.config.id, other.config.id),
+            }),
+        }
+    }
+
     /// Refuses copies that are not one repository at one generation of its keys: a backup
     /// writes the same objects to every copy, under the same keys.
     pub fn require_one_generation(&self) -> Result<()> {
@@ -981,6 +998,7 @@ mod tests {
         let copied = std::process::Command::new("cp").args(["-a", &first, &copy]).status().unwrap();
         assert!(copied.success());
         let set = RepoSet::open_all(&[first.clone(), copy], open).await.unwrap();
+        set.require_one_repository().unwrap();
         set.require_one_generation().unwrap();
         set.require_one_fingerprint().unwrap();
         assert!(set.several());
@@ -990,7 +1008,12 @@ mod tests {
         assert!(matches!(twice, Error::SameTargetTwice { .. }), "{twice}");
 
         let set = RepoSet::open_all(&[first, other], open).await.unwrap();
-        for error in [set.require_one_generation().unwrap_err(), set.require_one_fingerprint().unwrap_err()] {
+        let errors = [
+            set.require_one_repository().unwrap_err(),
+            set.require_one_generation().unwrap_err(),
+            set.require_one_fingerprint().unwrap_err(),
+        ];
+        for error in errors {
             assert!(matches!(error, Error::NotCopies { .. }), "{error}");
             assert!(error.to_string().contains("are not copies of one repository"), "{error}");
         }

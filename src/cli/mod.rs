@@ -1645,6 +1645,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Ls { repo, identity, filter, snapshot } => {
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
+            targets.require_one_repository()?;
             let role = trust::reading_role(targets.first(), identity.as_deref(), &config_dir()?);
             trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
             targets.remember_labels(&config_dir()?);

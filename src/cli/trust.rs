@@ -143,6 +143,8 @@ pub async fn check_available(
     config_dir: &Path,
 ) -> Result<Trusted> {
     leave_out_failing(set, |_| role, given, config_dir, Copies::OfOne).await;
+    // Copies of one repository, or nothing is checked (nor a pin written) for them.
+    set.require_one_repository().map_err(|error| with_left_out(error.into(), set))?;
     check(set.repositories_mut(), role, given, config_dir).await.map_err(|error| with_left_out(error, set))
 }
 

@@ -234,6 +234,57 @@ fn one_storage_given_twice_is_refused_at_once() {
     assert!(!std::path::Path::new(&repo).join("snapshots").read_dir().is_ok_and(|mut d| d.next().is_some()));
 }
 
+/// Two repositories given as copies of one (another database's repository named by mistake):
+/// each command that reads or writes them as one refuses at once, in one line, and moves no pin.
+/// Before, a restore read the second with the first's keys: it restored the first's older
+/// snapshot, passing over the second's newer one; a drill failed on that; forget called the
+/// second's snapshots tampered with.
+#[test]
+fn two_repositories_given_as_copies_of_one_are_refused_before_any_pin_moves() {
+    let work = Workspace::new();
+    let (first, second) = (work.init_repo("first"), work.init_repo("second"));
+    let db = TestDb::create("two_repositories");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50) g");
+    work.backup(&db, &first);
+    work.backup(&db, &second);
+    let pins = |work: &Workspace| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut pins: Vec<_> =
+            files_under(&work.config_dir()).into_iter().map(|f| (f.clone(), std::fs::read(f).unwrap())).collect();
+        pins.sort();
+        pins
+    };
+    let before = pins(&work);
+    let restored = TestDb::unmade("two_repositories_restored");
+    let (url, target, key) = (db.url(), restored.url(), work.admin_key());
+    let scratch = TestDb::unmade("two_repositories_drill");
+    let scratch_url = scratch.url();
+    let both = ["--repo", first.as_str(), "--repo", second.as_str()];
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["backup", "--no-alarm", "--db", &url],
+        vec!["restore", "--identity", &key, "--create", "--db", &target, "latest"],
+        vec!["drill", "--identity", &key, "--scratch-db", &scratch_url],
+        vec!["dump", "--identity", &key, "latest", "--table", "public.t"],
+        vec!["forget", "--keep-last", "1"],
+        vec!["ls", "latest"],
+    ];
+    for command in commands {
+        let mut args = command.clone();
+        args.extend_from_slice(&both);
+        let run = work.run(&args);
+        assert!(run.stdout.trim().is_empty(), "{command:?} wrote {}", run.stdout);
+        one_clear_line(run, 1, "are not copies of one repository; they hold repositories");
+        assert_eq!(pins(&work), before, "{command:?} moved a pin");
+    }
+    for made in [&restored, &scratch] {
+        let count = psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", made.name));
+        assert_eq!(count.trim(), "0", "{} was made", made.name);
+    }
+    // Each alone still works.
+    for repo in [&first, &second] {
+        work.run(&["forget", "--keep-last", "1", "--repo", repo]).ok();
+    }
+}
+
 /// The shared catalogs hold text in the encoding of whichever database wrote it: from a
 /// SQL_ASCII database on the same server, a user can give the database backed up a comment,
 /// and a setting, that are not UTF-8. The backup reads them (the bytes replaced) and the
