@@ -260,29 +260,12 @@ fn names(ids: &[Arc<str>]) -> Vec<String> {
     ids.iter().map(ToString::to_string).collect()
 }
 
-/// Verifies one repository: the snapshots `filter` lets through (a snapshot whose manifest
-/// does not open is checked whatever the filter) and what they need. `newest_known` is the
-/// newest snapshot the caller wrote or authenticated before (its pin's high-water mark);
-/// `missed`, the snapshots the caller's backups stored elsewhere but not here (its pin's
-/// record, not yet written here by a later backup).
-pub async fn run(
-    repository: &Repository,
-    keyring: Option<&Keyring>,
-    depth: Depth,
-    filter: &SnapshotFilter,
-    (newest_known, missed): (Option<&SnapshotMark>, &[repo::ForgottenSnapshot]),
-    progress: &dyn Progress,
-) -> Result<VerifyReport> {
-    let reads_data = matches!(depth, Depth::ReadData | Depth::ReadSubset(_));
-    if reads_data && !keyring.is_some_and(Keyring::is_admin) {
-        let what = if depth == Depth::ReadData { "reading every table's data" } else { "reading packs' data" };
-        return Err(Error::AdminOnly { what: what.into() });
-    }
-    if keyring.is_none() && !filter.is_empty() {
-        return Err(Error::FilterNeedsKey);
-    }
+/// The repository's own objects, which every snapshot needs: `config` (it leads to the
+/// generation this machine trusts, or the repository was opened from its copy), each
+/// generation's config copy and keys objects, and no config under `configs/` that no
+/// generation leads to (planted in storage).
+async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyReport) -> Result<()> {
     let location = repository.target.location().to_string();
-    let mut report = VerifyReport::default();
     let problem = |object: &str, snapshots: Vec<String>, what: String| Problem {
         target: location.clone(),
         object: object.to_string(),
@@ -290,7 +273,6 @@ pub async fn run(
         problem: what,
         chunks: 0,
     };
-
     // `config` itself (the first generation): a repository opened from its copy (format 7)
     // still needs it mended.
     let (first_hash, first) = &repository.chain[0];
@@ -347,6 +329,50 @@ pub async fn run(
             }
         }
     }
+    Ok(())
+}
+
+/// What [`run`] finds wrong with the repository's own objects (`config`, `configs/`, `keys/`)
+/// without reading a snapshot: for a command that reads the repository through its pinned
+/// generation and would otherwise not see that its storage was written (a drill).
+pub async fn configs_and_keys(repository: &Repository) -> Result<Vec<Problem>> {
+    let mut report = VerifyReport::default();
+    check_configs_and_keys(repository, &mut report).await?;
+    Ok(report.problems)
+}
+
+/// Verifies one repository: the snapshots `filter` lets through (a snapshot whose manifest
+/// does not open is checked whatever the filter) and what they need. `newest_known` is the
+/// newest snapshot the caller wrote or authenticated before (its pin's high-water mark);
+/// `missed`, the snapshots the caller's backups stored elsewhere but not here (its pin's
+/// record, not yet written here by a later backup).
+pub async fn run(
+    repository: &Repository,
+    keyring: Option<&Keyring>,
+    depth: Depth,
+    filter: &SnapshotFilter,
+    (newest_known, missed): (Option<&SnapshotMark>, &[repo::ForgottenSnapshot]),
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let reads_data = matches!(depth, Depth::ReadData | Depth::ReadSubset(_));
+    if reads_data && !keyring.is_some_and(Keyring::is_admin) {
+        let what = if depth == Depth::ReadData { "reading every table's data" } else { "reading packs' data" };
+        return Err(Error::AdminOnly { what: what.into() });
+    }
+    if keyring.is_none() && !filter.is_empty() {
+        return Err(Error::FilterNeedsKey);
+    }
+    let location = repository.target.location().to_string();
+    let mut report = VerifyReport::default();
+    let problem = |object: &str, snapshots: Vec<String>, what: String| Problem {
+        target: location.clone(),
+        object: object.to_string(),
+        snapshots,
+        problem: what,
+        chunks: 0,
+    };
+
+    check_configs_and_keys(repository, &mut report).await?;
 
     // Which objects each snapshot needs.
     // Each snapshot's id once, shared by every object it lists (365 snapshots of thousands of

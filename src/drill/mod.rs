@@ -136,6 +136,23 @@ pub async fn run(
     let clock = Instant::now();
     let scratch = Scratch::claim(&options.database).await?;
     report.scratch_created = scratch.create;
+    // What storage changed of the repository's own objects: read through the pinned
+    // generation, the restore would not show it, and the drill's report is the auditor's.
+    for repository in targets.repositories() {
+        match crate::commands::verify::configs_and_keys(repository).await {
+            Ok(found) => report.warnings.extend(found.iter().map(|found| {
+                format!(
+                    "{}: {} {} (the restore reads through the generation this machine pinned; `crmvault verify` \
+                     reports it too)",
+                    found.target, found.object, found.problem
+                )
+            })),
+            Err(error) => report.warnings.push(format!(
+                "{}: its config and keys objects could not be checked: {error}",
+                repository.target.location()
+            )),
+        }
+    }
     report.phase("prepare", clock);
 
     let mut restore_options = options.clone();

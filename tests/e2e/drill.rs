@@ -176,6 +176,32 @@ fn a_damaged_pack_fails_the_drill_and_from_every_target_finds_the_copy_that_hold
     assert!(run.stdout.contains("FAILED: the restore failed"), "{}", run.stdout);
 }
 
+/// A `config` rewritten in storage: the drill restores through the generation this machine
+/// pinned (as it should), and its report, the auditor's record, says what storage changed.
+/// Before, only a log line on stderr did; `--json` and `--report` showed a clean pass.
+#[test]
+fn a_config_rewritten_in_storage_is_in_the_drills_report() {
+    let Ready { work, repo, .. } = Scenario::new("drill_config").crm().init("repo").backup();
+    let config = std::path::Path::new(&repo).join("config");
+    let mut bytes = std::fs::read(&config).unwrap();
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&config, bytes).unwrap();
+    let scratch = absent_database("drill_config_scratch");
+    let report_file = work.path("drill.md");
+    let run = drill(&work, &repo, &scratch, &["--json", "--report", report_file.to_str().unwrap()]).ok();
+    let json = run.json();
+    assert_eq!(json["passed"], true, "the newest backup restores: {json}");
+    let warnings = json["drills"][0]["warnings"].to_string();
+    assert!(warnings.contains("config missing, damaged or replaced"), "{json}");
+    let report = std::fs::read_to_string(&report_file).unwrap();
+    assert!(report.contains("config missing, damaged or replaced"), "{report}");
+    // Mended, the report is clean of it again.
+    let copy = files_under(&std::path::Path::new(&repo).join("configs")).remove(0);
+    std::fs::copy(copy, &config).unwrap();
+    let json = drill(&work, &repo, &scratch, &["--json"]).ok().json();
+    assert!(!json["drills"][0]["warnings"].to_string().contains("config"), "{json}");
+}
+
 #[test]
 fn dates_written_day_first_restore_as_they_were_and_the_drill_proves_it() {
     // A database whose sessions write dates day first, time stamps in New York time and
