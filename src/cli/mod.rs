@@ -1311,14 +1311,22 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         } => {
             let identity = settings.require_identity(identity)?;
             let scratch = settings.database(&settings.scratch_db(scratch_db)?)?;
-            let (targets, mut trusted, keyring, locks) = open_as_admin(
-                &storage,
-                &settings.repos(repo.repos)?,
-                &identity,
-                fingerprint.as_ref(),
-                ("drill", lock_wait, audit),
-            )
-            .await?;
+            let locations = settings.repos(repo.repos)?;
+            let opened =
+                open_as_admin(&storage, &locations, &identity, fingerprint.as_ref(), ("drill", lock_wait, audit)).await;
+            let (targets, mut trusted, keyring, locks) = match opened {
+                Ok(opened) => opened,
+                // Refused before it ran (a target set that is not one repository, no pin, a
+                // wrong key): a failed drill for the report and the metrics, as below.
+                Err(error) => {
+                    let failed = [crmvault::drill::DrillReport::not_run(locations, &scratch, one_line(&error))];
+                    metrics.drill(&failed);
+                    if let Some(path) = &report {
+                        drill::write_report(path, &failed)?;
+                    }
+                    return Err(error);
+                }
+            };
             let mut options = restore::RestoreOptions {
                 database: scratch,
                 snapshot,
@@ -1876,6 +1884,7 @@ async fn repack_and_prune(
     (lock_wait, silent, audit): (std::time::Duration, bool, &audit::AuditLog),
 ) -> Result<(Vec<crmvault::repack::Repacked>, Vec<prune::PruneReport>)> {
     let mut targets = storage.open_set(locations, false).await?;
+    targets.require_one_repository()?;
     let config_dir = config_dir()?;
     trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir).await?;
     let keyring = targets.unlock_as_admin(identity).await?;

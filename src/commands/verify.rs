@@ -273,6 +273,29 @@ async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyRepo
         problem: what,
         chunks: 0,
     };
+    // Opened at a later generation (from a pin or fingerprint of one, or because `config` did
+    // not lead to the generation this machine pinned): `config`, as a reader without a pin
+    // opens it, must lead here too, and its chain names the generations before.
+    let reopened = if repository.chain[0].1.generation == 0 {
+        None
+    } else {
+        match Repository::open(repository.target.clone()).await {
+            Ok(opened) if opened.config_hash == repository.config_hash && opened.fork.is_none() => Some(opened),
+            Ok(_) | Err(Error::Missing { .. } | Error::Corrupt { .. }) => {
+                report.problems.push(problem(
+                    repo::CONFIG_KEY,
+                    vec![],
+                    "does not lead to the generation this machine trusts (missing, damaged or replaced, or the \
+                     chain from it forks): copy the first generation back to `config` (the config under configs/ \
+                     whose generation is 0)"
+                        .into(),
+                ));
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let repository = reopened.as_ref().unwrap_or(repository);
     // `config` itself (the first generation): a repository opened from its copy (format 7)
     // still needs it mended.
     let (first_hash, first) = &repository.chain[0];

@@ -265,6 +265,7 @@ fn two_repositories_given_as_copies_of_one_are_refused_before_any_pin_moves() {
         vec!["drill", "--identity", &key, "--scratch-db", &scratch_url],
         vec!["dump", "--identity", &key, "latest", "--table", "public.t"],
         vec!["forget", "--keep-last", "1"],
+        vec!["prune", "--identity", &key],
         vec!["ls", "latest"],
     ];
     for command in commands {
@@ -275,6 +276,14 @@ fn two_repositories_given_as_copies_of_one_are_refused_before_any_pin_moves() {
         one_clear_line(run, 1, "are not copies of one repository; they hold repositories");
         assert_eq!(pins(&work), before, "{command:?} moved a pin");
     }
+    // A drill refused so still writes its report as failed: last week's PASSED must not stand.
+    let report = work.path("drill.md");
+    std::fs::write(&report, "drill PASSED\n").unwrap();
+    let report_arg = report.to_str().unwrap();
+    let args = ["drill", "--identity", &key, "--scratch-db", &scratch_url, "--report", report_arg];
+    work.run(&[&args[..], &both[..]].concat()).fails_with(1, "are not copies of one repository");
+    let written = std::fs::read_to_string(&report).unwrap();
+    assert!(written.contains("FAILED") && !written.contains("PASSED"), "{written}");
     for made in [&restored, &scratch] {
         let count = psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{}'", made.name));
         assert_eq!(count.trim(), "0", "{} was made", made.name);

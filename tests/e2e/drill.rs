@@ -196,10 +196,25 @@ fn a_config_rewritten_in_storage_is_in_the_drills_report() {
     let report = std::fs::read_to_string(&report_file).unwrap();
     assert!(report.contains("config missing, damaged or replaced"), "{report}");
     // Mended, the report is clean of it again.
-    let copy = files_under(&std::path::Path::new(&repo).join("configs")).remove(0);
-    std::fs::copy(copy, &config).unwrap();
+    let original = files_under(&std::path::Path::new(&repo).join("configs")).remove(0);
+    std::fs::copy(&original, &config).unwrap();
     let json = drill(&work, &repo, &scratch, &["--json"]).ok().json();
     assert!(!json["drills"][0]["warnings"].to_string().contains("config"), "{json}");
+
+    // Rekeyed, the machine opens the repository at the newer generation: `config` (the first)
+    // rewritten there is reported all the same, by the drill and by verify.
+    let added = work.keygen("added.key");
+    work.run(&["rekey", "--repo", &repo, "--identity", &work.admin_key(), "--add-recipient", &added]).ok();
+    let mut bytes = std::fs::read(&config).unwrap();
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&config, bytes).unwrap();
+    let json = drill(&work, &repo, &scratch, &["--json"]).ok().json();
+    assert!(json["drills"][0]["warnings"].to_string().contains("config does not lead"), "{json}");
+    let verify = work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]);
+    assert_eq!(verify.code, 3, "{}\n{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains("does not lead"), "{}", verify.stdout);
+    std::fs::copy(&original, &config).unwrap();
+    work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]).ok();
 }
 
 #[test]
