@@ -172,7 +172,7 @@ pub fn with_left_out(error: anyhow::Error, set: &RepoSet) -> anyhow::Error {
 /// fails its own check as `role_of` it needs, against this machine's pin or the fingerprint
 /// given: its `config` changed in storage with no `configs/` copy of the pinned generation
 /// left, another repository copied there, a place new to a machine of several pins; and, of
-/// `Copies::OfOne`, one that claims another repository than the anchor; and one behind another
+/// `Copies::OfOne`, one that claims another repository than the anchor and one behind another
 /// copy's generation whose chain leads through its own ([`behind_copies`]). Whoever can write
 /// one target's storage must not stop the commands that go on with the others.
 ///
@@ -181,8 +181,9 @@ pub fn with_left_out(error: anyhow::Error, set: &RepoSet) -> anyhow::Error {
 /// use, or one new to its pin, is storage's word: on a host that lost its pin, a storage writer
 /// could present one as a repository made before pins and have it pinned in place of the real
 /// one; without an anchor nothing is left out. What only the copies together show (two that
-/// part in a fork), a fork inside one copy (a signing key's work) and a failure of every copy
-/// are left for the check of the copies together to refuse.
+/// part in a fork; for `Copies::Each`, one behind another's generation), a fork inside one copy
+/// (a signing key's work) and a failure of every copy are left for the check of the copies
+/// together to refuse.
 pub async fn leave_out_failing(
     set: &mut RepoSet,
     role_of: impl Fn(&Repository) -> Role,
@@ -236,9 +237,11 @@ pub async fn leave_out_failing(
             _ => None,
         })
         .collect();
-    for (at, reason) in behind_copies(set.repositories(), &passed) {
-        if !failed.iter().any(|(other, _)| *other == at) {
-            failed.push((at, reason));
+    if copies == Copies::OfOne {
+        for (at, reason) in behind_copies(set.repositories(), &passed) {
+            if !failed.iter().any(|(other, _)| *other == at) {
+                failed.push((at, reason));
+            }
         }
     }
     set.leave_out(failed);

@@ -1037,19 +1037,6 @@ fn a_copy_rolled_back_before_the_backup_host_saw_the_rekey_stops_only_itself() {
     copy_dir(&setup.work.config_dir(), &admin_pins);
     std::fs::remove_dir_all(setup.work.config_dir()).unwrap();
     copy_dir(&host_pins, &setup.work.config_dir());
-    // A verify on that host names the copy behind and verifies the other.
-    let mut args = vec!["verify", "--json"];
-    args.extend(setup.repo_args());
-    let run = setup.work.run(&args);
-    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
-    let problems = run.json()["problems"].as_array().unwrap().clone();
-    assert_eq!(problems.len(), 1, "{problems:?}");
-    assert_eq!(problems[0]["target"], setup.repos[1].as_str());
-    assert!(problems[0]["problem"].as_str().unwrap().contains("behind"), "{problems:?}");
-    // (verify followed the rekey on the copy ahead; the backup below starts from the stale pin
-    // again, as a host whose backup runs first would.)
-    std::fs::remove_dir_all(setup.work.config_dir()).unwrap();
-    copy_dir(&host_pins, &setup.work.config_dir());
     setup.source.sql("UPDATE crm.deals SET amount = amount + 7 WHERE id % 3 = 0");
     let before = relative_files(&second);
     let mut args = vec!["backup", "--json", "--no-alarm", "--db", setup.source.url_str()];
