@@ -172,18 +172,16 @@ pub fn with_left_out(error: anyhow::Error, set: &RepoSet) -> anyhow::Error {
 /// fails its own check as `role_of` it needs, against this machine's pin or the fingerprint
 /// given: its `config` changed in storage with no `configs/` copy of the pinned generation
 /// left, another repository copied there, a place new to a machine of several pins; and, of
-/// `Copies::OfOne`, one that claims another repository than the anchor and one behind another
-/// copy's generation whose chain leads through its own ([`behind_copies`]). Whoever can write
-/// one target's storage must not stop the commands that go on with the others.
+/// `Copies::OfOne`, one that claims another repository than the anchor. Whoever can write one
+/// target's storage must not stop the commands that go on with the others.
 ///
 /// Only against an anchor: a fingerprint given, or a copy that passes alone against a pin
 /// already on this machine that knows its place. A copy that passes through a pin made on first
 /// use, or one new to its pin, is storage's word: on a host that lost its pin, a storage writer
 /// could present one as a repository made before pins and have it pinned in place of the real
 /// one; without an anchor nothing is left out. What only the copies together show (two that
-/// part in a fork; for `Copies::Each`, one behind another's generation), a fork inside one copy
-/// (a signing key's work) and a failure of every copy are left for the check of the copies
-/// together to refuse.
+/// part in a fork, one behind another's generation), a fork inside one copy (a signing key's
+/// work) and a failure of every copy are left for the check of the copies together to refuse.
 pub async fn leave_out_failing(
     set: &mut RepoSet,
     role_of: impl Fn(&Repository) -> Role,
@@ -214,7 +212,7 @@ pub async fn leave_out_failing(
         // A fork in one copy's `configs/` is a signing key's work, not storage's: the check of
         // the copies together refuses it.
         let forked = alone.fork_error().is_some();
-        checked.push((result.err().filter(|_| !forked), alone.config.id.clone(), forked));
+        checked.push((result.err().filter(|_| !forked), alone.config.id.clone()));
         // As opened for the check (at the pinned generation, when its `config` does not lead
         // there): the check after finds it so and says nothing twice.
         *repository = alone;
@@ -224,11 +222,10 @@ pub async fn leave_out_failing(
     }
     // Copies of one repository: of one anchored id, a copy claiming another is not a copy.
     let one = (copies == Copies::OfOne && anchors.len() == 1).then(|| anchors[0].clone());
-    let passed: Vec<bool> = checked.iter().map(|(error, _, forked)| error.is_none() && !forked).collect();
-    let mut failed: Vec<(usize, String)> = checked
+    let failed = checked
         .into_iter()
         .enumerate()
-        .filter_map(|(at, (error, id, _))| match (error, &one) {
+        .filter_map(|(at, (error, id))| match (error, &one) {
             (Some(error), _) => Some((at, format!("{error:#}"))),
             (None, Some(anchor)) if *anchor != id => Some((
                 at,
@@ -237,51 +234,7 @@ pub async fn leave_out_failing(
             _ => None,
         })
         .collect();
-    if copies == Copies::OfOne {
-        for (at, reason) in behind_copies(set.repositories(), &passed) {
-            if !failed.iter().any(|(other, _)| *other == at) {
-                failed.push((at, reason));
-            }
-        }
-    }
     set.leave_out(failed);
-}
-
-/// Of copies that each passed alone (`passed`, by position), those at an older generation of
-/// the keys than another copy of their repository whose chain of configs leads through theirs
-/// (a rekey that did not reach them, or their newer configs deleted in storage), each with why.
-/// The copy ahead is signed from the one behind (no fork: the chains do not part), so going on
-/// with it and leaving the other out gives whoever writes one target's storage no say, where
-/// refusing every copy let them stop the nights of all (a machine whose pin had not followed
-/// the rekey yet). Nothing is written to or read from a copy behind; the rekey that brings it
-/// up is an admin's.
-fn behind_copies(repositories: &[Repository], passed: &[bool]) -> Vec<(usize, String)> {
-    let mut behind = Vec::new();
-    for (at, repository) in repositories.iter().enumerate() {
-        if !passed[at] {
-            continue;
-        }
-        let ahead = repositories.iter().enumerate().find(|&(other, ahead)| {
-            passed[other]
-                && ahead.config.id == repository.config.id
-                && ahead.config.generation > repository.config.generation
-                && ahead.has_generation(&repository.config_hash)
-        });
-        if let Some((_, ahead)) = ahead {
-            behind.push((
-                at,
-                format!(
-                    "it is at generation {} of the repository's keys, behind {} at generation {} (a rekey that did \
-                     not reach it, or its newer config deleted in storage): nothing is read from or written to it \
-                     until an admin brings it up with `crmvault rekey --identity KEY` given every --repo",
-                    repository.config.generation,
-                    ahead.target.location(),
-                    ahead.config.generation
-                ),
-            ));
-        }
-    }
-    behind
 }
 
 /// For commands that work on their copies one at a time (a problem on one is a finding): each
