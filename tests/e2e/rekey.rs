@@ -1015,6 +1015,84 @@ fn a_copy_rolled_back_to_retired_keys_is_not_read_beside_one_that_is_not() {
     assert_same_database(&setup.source, &target);
 }
 
+/// Why a copy behind another's generation still stops a machine whose pin has not followed the
+/// rekey: the copy "ahead" may be a removed admin's. An admin removes X, and the rekey reaches
+/// the first target only (interrupted; X, writing that storage, can make it fail there). X, who
+/// kept generation 0's admin key, deletes the new generation on the first target and signs a
+/// successor of its own there (a rekey of its own adding a key of its choosing). To the backup
+/// host, pinned at generation 0, that copy is ahead of the second, signed from its pin: had it
+/// left the second out as behind, it would have followed X's generation and written the night
+/// readable to X (session 48's review). It refuses both, moves no pin, writes nothing.
+#[test]
+fn a_removed_admins_generation_on_one_copy_is_not_followed_past_a_copy_the_rekey_did_not_reach() {
+    let setup = Setup::new("rekey_x_fork", 2);
+    let host_pins = setup.work.path("host-pins");
+    copy_dir(&setup.work.config_dir(), &host_pins);
+    let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
+    let x = public_key(&setup.work, "other.key");
+    let admin = setup.work.admin_key();
+    let zero = setup.work.fingerprint(&setup.repos[1]);
+    // The admin's rekey reaches the first target only.
+    let args = ["rekey", "--json", "--identity", &admin, "--remove-recipient", &x, "--repo", &setup.repos[0]];
+    let admin_rekey = setup.work.run(&args).ok();
+    std::fs::remove_file(first.join("configs").join(generation_config(&first, 1).0)).unwrap();
+    // X's own generation 1 on the first target, from X's machine.
+    let attacker = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
+    let evil = attacker.keygen("evil.key");
+    let x_key = attacker.path("x.key");
+    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[0], "--add-recipient", &evil];
+    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+    assert_eq!(generation_config(&first, 1).1["generation"], 1);
+
+    // The backup host, its pin at generation 0.
+    std::fs::remove_dir_all(setup.work.config_dir()).unwrap();
+    copy_dir(&host_pins, &setup.work.config_dir());
+    let pins = files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let (before_first, before_second) = (relative_files(&first), relative_files(&second));
+    let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str()];
+    args.extend(setup.repo_args());
+    setup.work.run(&args).fails_with(1, "older generation of its keys");
+    let before = (before_first, before_second);
+    assert_eq!((relative_files(&first), relative_files(&second)), before, "written");
+    let after =
+        files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    assert_eq!(after, pins, "a pin moved");
+    // Given the admins' new fingerprint, the host trusts neither X's generation nor the copy
+    // behind: still nothing written.
+    let real = run_fingerprint(&admin_rekey);
+    setup.work.run(&[&args[..], &["--fingerprint", &real]].concat()).fails_with(1, "");
+    assert_eq!((relative_files(&first), relative_files(&second)), before, "written");
+}
+
+/// The way out FORMAT gives a backup host whose pin had not followed a rekey that did not reach
+/// every target (or whose new config a storage writer deleted on one): the new generation's
+/// fingerprint, given once. The copy behind then fails against it and is left out, named; the
+/// others get the night.
+#[test]
+fn a_host_given_the_new_fingerprint_backs_up_past_a_copy_the_rekey_did_not_reach() {
+    let setup = Setup::new("rekey_behind_fp", 2);
+    let host_pins = setup.work.path("host-pins");
+    copy_dir(&setup.work.config_dir(), &host_pins);
+    let x = public_key(&setup.work, "other.key");
+    let admin = setup.work.admin_key();
+    let args = ["rekey", "--json", "--identity", &admin, "--remove-recipient", &x, "--repo", &setup.repos[0]];
+    let new = run_fingerprint(&setup.work.run(&args).ok());
+    std::fs::remove_dir_all(setup.work.config_dir()).unwrap();
+    copy_dir(&host_pins, &setup.work.config_dir());
+    let mut args = vec!["backup", "--json", "--no-alarm", "--db", setup.source.url_str()];
+    args.extend(setup.repo_args());
+    setup.work.run(&args).fails_with(1, "older generation of its keys");
+    let run = setup.work.run(&[&args[..], &["--fingerprint", &new]].concat());
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let targets = run.json()["targets"].as_array().unwrap().clone();
+    assert_eq!((targets[0]["ok"].as_bool(), targets[1]["ok"].as_bool()), (Some(true), Some(false)), "{targets:?}");
+    // Written under the new generation: the removed admin reads none of it.
+    let (run, target) = setup.restore_as("other.key", "latest", "rekey_behind_fp_x");
+    run.fails_with(1, "not a recipient");
+    assert!(target.is_empty());
+}
+
 /// Another target's object of a snapshot, put in the place of this target's (its MAC holds
 /// wherever it lies), names packs this target does not hold: `rekey --reencrypt` deletes
 /// nothing old there, where it deleted that snapshot's own packs as old ones, and says so.
