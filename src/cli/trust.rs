@@ -212,7 +212,7 @@ pub async fn leave_out_failing(
         // A fork in one copy's `configs/` is a signing key's work, not storage's: the check of
         // the copies together refuses it.
         let forked = alone.fork_error().is_some();
-        checked.push((result.err().filter(|_| !forked), alone.config.id.clone()));
+        checked.push((result.err().filter(|_| !forked), alone.config.id.clone(), forked));
         // As opened for the check (at the pinned generation, when its `config` does not lead
         // there): the check after finds it so and says nothing twice.
         *repository = alone;
@@ -222,11 +222,13 @@ pub async fn leave_out_failing(
     }
     // Copies of one repository: of one anchored id, a copy claiming another is not a copy.
     let one = (copies == Copies::OfOne && anchors.len() == 1).then(|| anchors[0].clone());
+    let passed: Vec<bool> = checked.iter().map(|(error, _, forked)| error.is_none() && !forked).collect();
+    let repositories = set.repositories();
     let failed = checked
         .into_iter()
         .enumerate()
-        .filter_map(|(at, (error, id))| match (error, &one) {
-            (Some(error), _) => Some((at, format!("{error:#}"))),
+        .filter_map(|(at, (error, id, _))| match (error, &one) {
+            (Some(error), _) => Some((at, format!("{error:#}{}", behind(repositories, &passed, at)))),
             (None, Some(anchor)) if *anchor != id => Some((
                 at,
                 format!("it holds repository {id}, not repository {anchor}, of which the other --repo are copies"),
@@ -235,6 +237,31 @@ pub async fn leave_out_failing(
         })
         .collect();
     set.leave_out(failed);
+}
+
+/// Why a copy that failed its own check is behind, when a copy that passed it leads through its
+/// generation (signed from the pin): the clearest thing to say of a copy the pin has gone past
+/// (a rekey that did not reach it, or its newer config deleted in storage), whose own failure
+/// reads as a config changed in storage. Only said: the copy is left out for its own failure.
+fn behind(repositories: &[Repository], passed: &[bool], at: usize) -> String {
+    let copy = &repositories[at];
+    let ahead = repositories.iter().zip(passed).find(|(ahead, passed)| {
+        **passed
+            && ahead.config.id == copy.config.id
+            && ahead.config.generation > copy.config.generation
+            && ahead.has_generation(&copy.config_hash)
+    });
+    match ahead {
+        Some((ahead, _)) => format!(
+            " (it is at generation {} of the repository's keys, behind {} at generation {}: a rekey that did not \
+             reach it, or its newer config deleted in storage; `crmvault rekey --identity KEY` given every --repo \
+             brings it up)",
+            copy.config.generation,
+            ahead.target.location(),
+            ahead.config.generation
+        ),
+        None => String::new(),
+    }
 }
 
 /// For commands that work on their copies one at a time (a problem on one is a finding): each

@@ -994,6 +994,9 @@ fn a_copy_rolled_back_to_retired_keys_is_not_read_beside_one_that_is_not() {
         let run = run.ok();
         let left_out = format!("{} left out: the repository at {0} does not lead to the generation", setup.repos[1]);
         assert!(run.stderr.contains(&left_out) && run.stderr.contains("rekey retired"), "{}", run.stderr);
+        // And why: the other copy's chain leads through its generation.
+        let behind = format!("(it is at generation 0 of the repository's keys, behind {}", setup.repos[0]);
+        assert!(run.stderr.contains(&behind), "{}", run.stderr);
         assert_same_database(&setup.source, &target);
     }
     // A machine that never followed the rekey (pinned at generation 0) cannot tell which copy is
