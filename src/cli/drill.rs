@@ -52,6 +52,23 @@ fn summary(report: &DrillReport) -> String {
 
 /// Writes the Markdown report to `path` (replaced atomically; created 0600, as it names the
 /// database's tables and row counts).
+/// A drill that could not run (refused while opening, or stopped before it had a report): a
+/// failed drill for the metrics and `--report` too, so that last week's PASSED does not stand.
+/// Returns `error`, to be the command's.
+pub fn not_run(
+    metrics: &super::metrics::Metrics,
+    report: Option<&Path>,
+    (locations, scratch): (Vec<String>, &crmvault::postgres::Database),
+    error: anyhow::Error,
+) -> anyhow::Error {
+    let failed = [DrillReport::not_run(locations, scratch, super::one_line(&error))];
+    metrics.drill(&failed);
+    match report.map(|path| write_report(path, &failed)) {
+        Some(Err(written)) => written,
+        _ => error,
+    }
+}
+
 pub fn write_report(path: &Path, reports: &[DrillReport]) -> Result<()> {
     let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(directory)

@@ -1317,15 +1317,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let (targets, mut trusted, keyring, locks) = match opened {
                 Ok(opened) => opened,
                 // Refused before it ran (a target set that is not one repository, no pin, a
-                // wrong key): a failed drill for the report and the metrics, as below.
-                Err(error) => {
-                    let failed = [crmvault::drill::DrillReport::not_run(locations, &scratch, one_line(&error))];
-                    metrics.drill(&failed);
-                    if let Some(path) = &report {
-                        drill::write_report(path, &failed)?;
-                    }
-                    return Err(error);
-                }
+                // wrong key).
+                Err(error) => return Err(drill::not_run(metrics, report.as_deref(), (locations, &scratch), error)),
             };
             let mut options = restore::RestoreOptions {
                 database: scratch,
@@ -1387,13 +1380,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 Err(error) => {
                     let error = in_context(error, &options.database, "drilling into", "");
                     let locations = targets.repositories().iter().map(|r| r.target.location().to_string()).collect();
-                    let failed =
-                        [crmvault::drill::DrillReport::not_run(locations, &options.database, one_line(&error))];
-                    metrics.drill(&failed);
-                    if let Some(path) = &report {
-                        drill::write_report(path, &failed)?;
-                    }
-                    return Err(error);
+                    return Err(drill::not_run(metrics, report.as_deref(), (locations, &options.database), error));
                 }
             };
             for report in reports.iter().filter(|report| report.passed) {

@@ -164,6 +164,13 @@ pub struct Problem {
     pub chunks: u64,
 }
 
+impl Problem {
+    /// A problem of `object` on the target at `location`, chunks not counted.
+    fn at(location: &str, object: &str, snapshots: Vec<String>, problem: String) -> Problem {
+        Problem { target: location.to_string(), object: object.to_string(), snapshots, problem, chunks: 0 }
+    }
+}
+
 #[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
 fn is_zero(count: &u64) -> bool {
     *count == 0
@@ -266,13 +273,7 @@ fn names(ids: &[Arc<str>]) -> Vec<String> {
 /// generation leads to (planted in storage).
 async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyReport) -> Result<()> {
     let location = repository.target.location().to_string();
-    let problem = |object: &str, snapshots: Vec<String>, what: String| Problem {
-        target: location.clone(),
-        object: object.to_string(),
-        snapshots,
-        problem: what,
-        chunks: 0,
-    };
+    let problem = |object: &str, snapshots, what| Problem::at(&location, object, snapshots, what);
     // Opened at a later generation (from a pin or fingerprint of one, or because `config` did
     // not lead to the generation this machine pinned): `config`, as a reader without a pin
     // opens it, must lead here too, and its chain names the generations before.
@@ -387,13 +388,7 @@ pub async fn run(
     }
     let location = repository.target.location().to_string();
     let mut report = VerifyReport::default();
-    let problem = |object: &str, snapshots: Vec<String>, what: String| Problem {
-        target: location.clone(),
-        object: object.to_string(),
-        snapshots,
-        problem: what,
-        chunks: 0,
-    };
+    let problem = |object: &str, snapshots, what| Problem::at(&location, object, snapshots, what);
 
     check_configs_and_keys(repository, &mut report).await?;
 
