@@ -129,6 +129,14 @@ pub struct Pin {
     /// one deleted from it.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub missed: std::collections::BTreeMap<String, Vec<crate::repo::ForgottenSnapshot>>,
+    /// The config hash of the generation a `rekey` on this machine was about to publish after
+    /// `config_hash`, written before it published anything and cleared when the pin follows:
+    /// the one successor of the pinned generation this machine accepts until then. A rekey
+    /// interrupted before it reached every target, run again, must finish its own generation,
+    /// not follow another successor that a removed admin (who kept the pinned generation's
+    /// signing key) planted on a target it never reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 impl Pin {
@@ -467,6 +475,7 @@ mod tests {
             locations: vec![],
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
+            pending: None,
         }
     }
 

@@ -1712,7 +1712,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let readers = lock::readers(targets.repositories(), Some(&identity), &config_dir);
             let locks = targets.lock_all(LockMode::Exclusive, &lock::options(lock_wait, "rekey", readers)).await?;
             let progress = output::Bar::start(json || quiet);
-            let result = rekey::run(&mut targets, &identity, &options, progress.as_ref()).await;
+            let result =
+                rekey::run(&mut targets, &identity, &options, progress.as_ref(), &mut |next| trusted.publishing(next))
+                    .await;
             progress.finish();
             lock::release(locks).await;
             // The record goes under the new generation's keys (the old ones are retired).

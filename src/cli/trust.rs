@@ -100,9 +100,35 @@ impl Trusted {
                 let follows = pin.config_hash == opened;
                 if follows {
                     config_hash.clone_into(&mut pin.config_hash);
+                    pin.pending = None;
                 }
                 follows
             })?;
+        }
+        Ok(())
+    }
+
+    /// Before `rekey` publishes `next` on any target: the pin names it as the one successor of
+    /// the pinned generation to follow ([`Pin::pending`]), so that the rekey, interrupted and
+    /// run again, finishes this generation and follows no other. Refused when the pin is not at
+    /// the generation `next` succeeds (another command here followed another meanwhile).
+    pub fn publishing(&mut self, next: &crmvault::repo::NextGeneration) -> crmvault::Result<()> {
+        let Some(pin) = self.pin.as_mut() else { return Ok(()) };
+        let mut at_previous = true;
+        trust::update_pin(&self.config_dir, pin, |pin| {
+            at_previous = next.config.previous.as_ref() == Some(&pin.config_hash);
+            let changed = at_previous && pin.pending.as_ref() != Some(&next.hash);
+            if changed {
+                pin.pending = Some(next.hash.clone());
+            }
+            changed
+        })?;
+        if !at_previous {
+            return Err(crmvault::Error::Invalid(format!(
+                "this machine's pin of repository {} moved to another generation while this rekey ran; nothing \
+                 was published: run it again",
+                pin.repository_id
+            )));
         }
         Ok(())
     }
@@ -400,6 +426,22 @@ async fn check_with(
                 repository.config.id
             );
         }
+        // A rekey this machine started and did not finish names the one successor to follow.
+        if let Some(pin) = pinned.as_ref()
+            && let Some(other) = foreign_successor(repository, pin, given)
+        {
+            let short = |hash: &str| hash.chars().take(12).collect::<String>();
+            bail!(
+                "the repository at {location} holds a generation {} of its keys (config {}) that is not the one \
+                 the rekey this machine started was publishing (config {}): another successor signed with the keys \
+                 that rekey retires (a removed admin's, or another admin's rekey meanwhile); refusing to follow it, \
+                 nothing was written. If an admin you trust made it, give its generation fingerprint (from that \
+                 admin) once with --fingerprint",
+                repository.config.generation,
+                short(other),
+                short(pin.pending.as_deref().unwrap_or_default())
+            );
+        }
         // Targets are checked newest generation first: the first one accepted sets the head.
         let behind = accepted.contains(&repository.config_hash) && head.as_ref() != Some(&repository.config_hash);
         if behind && !allow_behind {
@@ -506,6 +548,7 @@ async fn check_with(
                     locations: vec![location.to_string()],
                     settled: std::collections::BTreeSet::new(),
                     missed: std::collections::BTreeMap::new(),
+                    pending: None,
                 };
                 writes.push(PinWrite::Create(pin.clone(), role == Role::Admin));
                 // Later copies of it are checked against what this run pins.
@@ -537,6 +580,19 @@ async fn check_with(
         }
     }
     Ok(trusted)
+}
+
+/// The successor of the pinned generation in `repository`'s chain when the pin names another
+/// one as pending (a rekey here was publishing it, [`Pin::pending`]) and `given` names neither
+/// it nor a generation after it: that successor's config hash.
+fn foreign_successor<'a>(repository: &'a Repository, pin: &Pin, given: Option<&Fingerprint>) -> Option<&'a str> {
+    let pending = pin.pending.as_deref()?;
+    let at = repository.chain.iter().position(|(hash, _)| *hash == pin.config_hash)?;
+    let (next, _) = repository.chain.get(at + 1)?;
+    let vouched = |given: &Fingerprint| {
+        repository.chain[at + 1..].iter().any(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
+    };
+    (next != pending && !given.is_some_and(vouched)).then_some(next.as_str())
 }
 
 /// A change to a pin that a command's check of its targets decided, made once every target
@@ -593,6 +649,8 @@ impl PinChange {
             && self.chain.contains(&pin.config_hash)
         {
             pin.config_hash.clone_from(hash);
+            // Followed (through it, or past it on a fingerprint given): nothing pending now.
+            pin.pending = None;
             changed = true;
         }
         changed
@@ -653,6 +711,7 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
             locations: report.locations.iter().map(|location| crmvault::target::place(location)).collect(),
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
+            pending: None,
         };
         trust::create_pin(config_dir, pin)?;
     }
@@ -680,6 +739,7 @@ mod tests {
             locations: vec![],
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
+            pending: None,
         }
     }
 

@@ -88,11 +88,14 @@ pub struct RekeyReport {
 
 /// Rekeys `repositories` (copies of one; every one of them must be given and reachable, since
 /// copies stay byte-identical in their keys) with the admin identity at `identity`.
+/// `publishing` is told the next generation before any target holds its config (the CLI
+/// records it in this machine's pin: [`crate::trust::Pin::pending`]).
 pub async fn run(
     targets: &mut RepoSet,
     identity: &Path,
     options: &RekeyOptions,
     progress: &dyn Progress,
+    publishing: &mut dyn FnMut(&NextGeneration) -> Result<()>,
 ) -> Result<RekeyReport> {
     let repositories = targets.repositories_mut();
     let newest = (0..repositories.len()).max_by_key(|&i| repositories[i].config.generation).expect("one at least");
@@ -177,6 +180,7 @@ pub async fn run(
         carried = (count, dropped);
         let targets: Vec<&crate::target::Target> = repositories.iter().map(|r| &r.target).collect();
         let next = NextGeneration::make(head, &targets, &keyring, &signing, &recipients, &writer, ids).await?;
+        publishing(&next)?;
         for repository in repositories.iter_mut() {
             *repository = next.publish(repository).await?;
         }

@@ -1096,6 +1096,107 @@ fn a_host_given_the_new_fingerprint_backs_up_past_a_copy_the_rekey_did_not_reach
     assert!(target.is_empty());
 }
 
+/// An admin removes X with a rekey that X, who writes the second target's storage, makes fail
+/// there before it published anything; X then signs a generation 1 of its own on that target
+/// (X kept generation 0's signing key), adding a key of its choosing. The admin runs the rekey
+/// again, on the machine that started it: that copy is ahead, signed from the admin's pin,
+/// and the other is behind; followed, the rerun would have carried X's recipient into every
+/// generation after. The pin names the generation the first run was publishing
+/// (`Pin::pending`), so the rerun refuses X's, writes nothing and moves no pin; with X's config
+/// taken out of storage, it finishes, and X's key reads nothing written after.
+#[test]
+fn a_rekey_run_again_does_not_follow_a_successor_a_removed_admin_planted_where_it_failed() {
+    let setup = Setup::new("rekey_rerun_fork", 2);
+    let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
+    let x = public_key(&setup.work, "other.key");
+    let admin = setup.work.admin_key();
+    let zero = setup.work.fingerprint(&setup.repos[1]);
+    // X makes the second target refuse the new config; the rekey publishes there first.
+    let configs = second.join("configs");
+    std::fs::rename(&configs, second.join("configs.kept")).unwrap();
+    std::fs::write(&configs, b"").unwrap();
+    let rekey = |extra: &[&str]| {
+        let args = ["rekey", "--identity", &admin, "--remove-recipient", &x, "--repo", &setup.repos[1]];
+        setup.work.run(&[&args[..], &["--repo", &setup.repos[0]], extra].concat())
+    };
+    rekey(&[]).fails_with(1, "configs");
+    std::fs::remove_file(&configs).unwrap();
+    std::fs::rename(second.join("configs.kept"), &configs).unwrap();
+    assert_eq!(files_under(&first.join("configs")).len(), 1, "published on the first");
+    // X's own generation 1 on the second target, from X's machine.
+    let attacker = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
+    let evil = attacker.keygen("evil.key");
+    std::fs::copy(attacker.path("evil.key"), setup.work.path("evil.key")).unwrap();
+    let x_key = attacker.path("x.key");
+    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[1], "--add-recipient", &evil];
+    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+    let (forged, _) = generation_config(&second, 1);
+
+    // Run again, the admin's rekey refuses X's generation: nothing written, no pin moved.
+    let pins = files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let before = (relative_files(&first), relative_files(&second));
+    rekey(&[]).fails_with(1, "not the one the rekey this machine started was publishing");
+    assert_eq!((relative_files(&first), relative_files(&second)), before, "written");
+    let after =
+        files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    assert_eq!(after, pins, "a pin moved");
+
+    // X's config taken out of storage, the rerun finishes: X and X's key read nothing new.
+    std::fs::remove_file(configs.join(&forged)).unwrap();
+    let report = rekey(&["--json"]).ok().json();
+    assert!(!report["recipients"].to_string().contains(&evil), "{report}");
+    setup.source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 3 = 0");
+    setup.backup();
+    for key in ["evil.key", "other.key"] {
+        let (run, target) = setup.restore_as(key, "latest", "rekey_rerun_fork_t");
+        run.fails_with(1, "not a recipient");
+        assert!(target.is_empty(), "{key}");
+    }
+}
+
+/// The way out the refusal above names, when the other successor is an admin's: the admin's
+/// rekey fails on the second target, another admin rekeys both from another machine meanwhile;
+/// the first admin's machine refuses that generation until it is given its fingerprint once,
+/// then follows it and needs nothing more.
+#[test]
+fn another_admins_rekey_after_an_interrupted_one_is_followed_once_its_fingerprint_is_given() {
+    let setup = Setup::new("rekey_rerun_other", 2);
+    let second = PathBuf::from(&setup.repos[1]);
+    let admin = setup.work.admin_key();
+    let zero = setup.work.fingerprint(&setup.repos[1]);
+    let newcomer = setup.work.keygen("new.key");
+    let configs = second.join("configs");
+    std::fs::rename(&configs, second.join("configs.kept")).unwrap();
+    std::fs::write(&configs, b"").unwrap();
+    let args = ["rekey", "--identity", &admin, "--add-recipient", &newcomer, "--repo", &setup.repos[1]];
+    setup.work.run(&[&args[..], &["--repo", &setup.repos[0]]].concat()).fails_with(1, "configs");
+    std::fs::remove_file(&configs).unwrap();
+    std::fs::rename(second.join("configs.kept"), &configs).unwrap();
+    // The other admin, on another machine.
+    let colleague = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), colleague.path("other.key")).unwrap();
+    let other_key = colleague.path("other.key");
+    let mut args = vec!["rekey", "--json", "--identity", other_key.to_str().unwrap(), "--fingerprint", &zero];
+    args.extend(setup.repo_args());
+    args.extend(["--add-recipient", &newcomer]);
+    let theirs = run_fingerprint(&colleague.run(&args).ok());
+
+    let mut list = vec!["snapshots", "--identity", &admin];
+    list.extend(setup.repo_args());
+    setup.work.run(&list).fails_with(1, "not the one the rekey this machine started was publishing");
+    setup.work.run(&[&list[..], &["--fingerprint", &theirs]].concat()).ok();
+    setup.work.run(&list).ok();
+    // Nothing is pending any more: the colleague's next rekey is followed as any other.
+    let mut args = vec!["rekey", "--identity", other_key.to_str().unwrap(), "--remove-recipient", &newcomer];
+    args.extend(setup.repo_args());
+    colleague.run(&args).ok();
+    setup.work.run(&list).ok();
+    let (run, target) = setup.restore_as("admin.key", "latest", "rekey_rerun_other_t");
+    run.ok();
+    assert_same_database(&setup.source, &target);
+}
+
 /// Another target's object of a snapshot, put in the place of this target's (its MAC holds
 /// wherever it lies), names packs this target does not hold: `rekey --reencrypt` deletes
 /// nothing old there, where it deleted that snapshot's own packs as old ones, and says so.
