@@ -57,6 +57,47 @@ fn refuse_one_storage_twice(repositories: &[Repository]) -> Result<()> {
     Ok(())
 }
 
+/// What the caller's machine remembers of the places it opens (on the CLI, its pins:
+/// [`crate::trust::Pins`]). A closure is what the place held, nothing else.
+pub trait Places {
+    /// What the place held when this machine last opened it, said when it holds no repository
+    /// now, instead of advice to `init` there ([`crate::trust::held_before`]).
+    fn held_before(&self, location: &str) -> Option<String>;
+    /// The configs (by hash) this machine pinned of the repositories it opened there.
+    fn pinned_configs(&self, _location: &str) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Places for F {
+    fn held_before(&self, location: &str) -> Option<String> {
+        self(location)
+    }
+}
+
+/// Opens the repository at `target`; when its `config` does not open (missing, junk, of a
+/// format no build knows) and opening from what `configs/` holds is ambiguous, at a config the
+/// caller's machine pinned there, from its copy `configs/<hash>`, if whole. Whether the
+/// repository is then trusted is the caller's trust check, as for any copy: this only finds
+/// the copy a storage writer's junk `config` and a planted second first generation hid.
+async fn open_remembered(target: Target, places: &impl Places) -> Result<Repository> {
+    match Repository::open(target.clone()).await {
+        Err(error @ (Error::NotARepository { .. } | Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
+            for hash in places.pinned_configs(target.location()) {
+                if let Ok(repository) = Repository::open_at(target.clone(), &hash).await {
+                    tracing::warn!(
+                        "{}: {error}; opened at configs/{hash}, which this machine pinned (`crmvault verify` reports it)",
+                        target.location()
+                    );
+                    return Ok(repository);
+                }
+            }
+            Err(error)
+        }
+        other => other,
+    }
+}
+
 /// Refuses copies of one repository whose chains of configs part: each copy must be on the
 /// chain of the copy of its id at the newest generation (one behind it, left by an interrupted
 /// rekey, is). A removed admin who kept a signing key and can write one copy's storage forks
@@ -172,7 +213,7 @@ pub struct RepoSet {
 impl RepoSet {
     /// Opens every location with `open` (which turns a location into a target); any failure
     /// is the error.
-    pub async fn open_all<F>(locations: &[String], open: F) -> Result<RepoSet>
+    pub async fn open_all<F>(locations: &[String], open: F, places: &impl Places) -> Result<RepoSet>
     where
         F: Fn(&str) -> Result<Target>,
     {
@@ -181,7 +222,7 @@ impl RepoSet {
         }
         let mut repositories = Vec::with_capacity(locations.len());
         for location in locations {
-            repositories.push(Repository::open(open(location)?).await?);
+            repositories.push(open_remembered(open(location)?, places).await?);
         }
         refuse_one_storage_twice(&repositories)?;
         refuse_forked_copies(&repositories)?;
@@ -192,13 +233,11 @@ impl RepoSet {
     /// [`RepoSet::left_out`]); with one location, its error is the error. Copies whose chains
     /// of configs part are refused by the caller's trust check, once each copy is opened at the
     /// generation its pin names ([`refuse_forked_copies`]), not here: a `config` replaced in one
-    /// copy's storage must not stop the others. `held_before` says
-    /// what the caller knows of a place that holds no repository now ([`crate::trust::held_before`]):
-    /// said instead of advice to `init` there.
-    pub async fn open_available<F, H>(locations: &[String], open: F, held_before: H) -> Result<RepoSet>
+    /// copy's storage must not stop the others. `places` says what the caller knows of a place
+    /// ([`Places`]).
+    pub async fn open_available<F>(locations: &[String], open: F, places: &impl Places) -> Result<RepoSet>
     where
         F: Fn(&str) -> Result<Target>,
-        H: Fn(&str) -> Option<String>,
     {
         if locations.is_empty() {
             return Err(Error::NoTarget);
@@ -207,13 +246,14 @@ impl RepoSet {
         let mut left_out = Vec::new();
         for location in locations {
             let opened = match open(location) {
-                Ok(target) => Repository::open(target).await,
+                Ok(target) => open_remembered(target, places).await,
                 Err(error) => Err(error),
             };
             match opened {
                 Ok(repository) => repositories.push(repository),
                 Err(error) if locations.len() > 1 => {
-                    let held = matches!(error, Error::NotARepository { .. }).then(|| held_before(location)).flatten();
+                    let held =
+                        matches!(error, Error::NotARepository { .. }).then(|| places.held_before(location)).flatten();
                     let reason = match held {
                         Some(held) => format!("no crmvault repository at {location}: {held}"),
                         None => error.to_string(),
@@ -923,7 +963,7 @@ mod tests {
             |location: &str| if location == b { Err(Error::Invalid("b broke".into())) } else { Ok(location.len()) };
 
         // Several: a copy left out and a copy that fails are failures; the rest is done.
-        let set = RepoSet::open_available(&[a.clone(), b.clone(), gone.clone()], open, |_| None).await.unwrap();
+        let set = RepoSet::open_available(&[a.clone(), b.clone(), gone.clone()], open, &|_: &str| None).await.unwrap();
         let mut each = set.each_copy();
         for repository in set.repositories() {
             let location = repository.target.location();
@@ -935,12 +975,12 @@ mod tests {
         assert_eq!(failed, [gone.as_str(), b.as_str()]);
 
         // One copy: its error is the error, as it is.
-        let set = RepoSet::open_available(std::slice::from_ref(&b), open, |_| None).await.unwrap();
+        let set = RepoSet::open_available(std::slice::from_ref(&b), open, &|_: &str| None).await.unwrap();
         let mut each = set.each_copy::<usize>();
         assert!(matches!(each.take(&b, failing(&b)), Err(Error::Invalid(_))));
 
         // Several, none served: every reason.
-        let set = RepoSet::open_available(&[b.clone(), gone.clone()], open, |_| None).await.unwrap();
+        let set = RepoSet::open_available(&[b.clone(), gone.clone()], open, &|_: &str| None).await.unwrap();
         let mut each = set.each_copy();
         each.take(&b, failing(&b)).unwrap();
         assert!(matches!(each.finish(), Err(Error::EveryTargetFailed(ref reasons)) if reasons.len() == 2));
@@ -954,7 +994,7 @@ mod tests {
         let gone_too = dir.path().join("gone-too").to_str().unwrap().to_string();
 
         // Of several, one that cannot be opened is left out, with why.
-        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open, |_| None).await.unwrap();
+        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open, &|_: &str| None).await.unwrap();
         assert_eq!(set.repositories().len(), 1);
         assert_eq!(set.first().target.location(), good);
         assert_eq!(set.left_out().len(), 1);
@@ -963,14 +1003,15 @@ mod tests {
         assert!(!set.several());
         // Where the caller knows what the place held, that is said instead of advice to init.
         let held = |location: &str| (location == gone).then(|| "it held repository R0".to_string());
-        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open, held).await.unwrap();
+        let set = RepoSet::open_available(&[gone.clone(), good.clone()], open, &held).await.unwrap();
         let reason = &set.left_out()[0].reason;
         assert_eq!(*reason, format!("no crmvault repository at {gone}: it held repository R0"));
-        let error = RepoSet::open_available(&[gone.clone(), gone_too.clone()], open, held).await.unwrap_err();
+        let error = RepoSet::open_available(&[gone.clone(), gone_too.clone()], open, &held).await.unwrap_err();
         assert!(error.to_string().contains("it held repository R0"), "{error}");
 
         // None: every reason, each naming its target.
-        let error = RepoSet::open_available(&[gone.clone(), gone_too.clone()], open, |_| None).await.unwrap_err();
+        let error =
+            RepoSet::open_available(&[gone.clone(), gone_too.clone()], open, &|_: &str| None).await.unwrap_err();
         let text = error.to_string();
         assert!(matches!(error, Error::EveryTargetFailed(ref reasons) if reasons.len() == 2), "{text}");
         assert!(
@@ -979,13 +1020,13 @@ mod tests {
         );
 
         // One: its own error, as it is.
-        let error = RepoSet::open_available(std::slice::from_ref(&gone), open, |_| None).await.unwrap_err();
+        let error = RepoSet::open_available(std::slice::from_ref(&gone), open, &|_: &str| None).await.unwrap_err();
         assert!(matches!(error, Error::NotARepository { .. }), "{error}");
 
         // A command that needs every copy fails on the first it cannot open.
-        let error = RepoSet::open_all(&[good.clone(), gone.clone()], open).await.unwrap_err();
+        let error = RepoSet::open_all(&[good.clone(), gone.clone()], open, &|_: &str| None).await.unwrap_err();
         assert!(matches!(error, Error::NotARepository { ref location } if *location == gone), "{error}");
-        assert!(matches!(RepoSet::open_all(&[], open).await, Err(Error::NoTarget)));
+        assert!(matches!(RepoSet::open_all(&[], open, &|_: &str| None).await, Err(Error::NoTarget)));
     }
 
     #[tokio::test]
@@ -997,17 +1038,17 @@ mod tests {
         let copy = dir.path().join("copy").to_str().unwrap().to_string();
         let copied = std::process::Command::new("cp").args(["-a", &first, &copy]).status().unwrap();
         assert!(copied.success());
-        let set = RepoSet::open_all(&[first.clone(), copy], open).await.unwrap();
+        let set = RepoSet::open_all(&[first.clone(), copy], open, &|_: &str| None).await.unwrap();
         set.require_one_repository().unwrap();
         set.require_one_generation().unwrap();
         set.require_one_fingerprint().unwrap();
         assert!(set.several());
 
         // One folder twice is one target, not two copies.
-        let twice = RepoSet::open_all(&[first.clone(), format!("{first}/")], open).await.unwrap_err();
+        let twice = RepoSet::open_all(&[first.clone(), format!("{first}/")], open, &|_: &str| None).await.unwrap_err();
         assert!(matches!(twice, Error::SameTargetTwice { .. }), "{twice}");
 
-        let set = RepoSet::open_all(&[first, other], open).await.unwrap();
+        let set = RepoSet::open_all(&[first, other], open, &|_: &str| None).await.unwrap();
         let errors = [
             set.require_one_repository().unwrap_err(),
             set.require_one_generation().unwrap_err(),

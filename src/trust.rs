@@ -223,6 +223,26 @@ fn other_repositories(config_dir: &Path, except: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// This machine's pins, as what it remembers of the places it opens
+/// ([`crate::repo_set::Places`]).
+pub struct Pins<'a>(pub Option<&'a Path>);
+
+impl crate::repo_set::Places for Pins<'_> {
+    fn held_before(&self, location: &str) -> Option<String> {
+        held_before(self.0?, location)
+    }
+
+    fn pinned_configs(&self, location: &str) -> Vec<String> {
+        let Some(config_dir) = self.0 else { return Vec::new() };
+        other_repositories(config_dir, None)
+            .iter()
+            .filter_map(|id| load_pin(config_dir, id).ok().flatten())
+            .filter(|pin| pin.knows(location))
+            .map(|pin| pin.config_hash)
+            .collect()
+    }
+}
+
 /// What this machine remembers of the repository it last opened at `location`, said when
 /// `location` holds none now: a place emptied or moved in storage is not a new place, and
 /// "run `crmvault init` first" would have the admin start over where the backups were.

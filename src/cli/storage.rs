@@ -97,12 +97,12 @@ impl Storage {
     /// opened, leaving the others out ([`RepoSet::open_available`]).
     pub async fn open_set(&self, locations: &[String], available: bool) -> crmvault::Result<RepoSet> {
         let open = |location: &str| self.open(location, OpenMode::Existing);
+        let config_dir = super::config_dir().ok();
+        let pins = crmvault::trust::Pins(config_dir.as_deref());
         if available {
-            let config_dir = super::config_dir().ok();
-            let held_before = |location: &str| crmvault::trust::held_before(config_dir.as_deref()?, location);
-            RepoSet::open_available(locations, open, held_before).await
+            RepoSet::open_available(locations, open, &pins).await
         } else {
-            RepoSet::open_all(locations, open).await
+            RepoSet::open_all(locations, open, &pins).await
         }
     }
 

@@ -282,16 +282,31 @@ async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyRepo
     } else {
         match Repository::open(repository.target.clone()).await {
             Ok(opened) if opened.config_hash == repository.config_hash && opened.fork.is_none() => Some(opened),
-            Ok(_) | Err(Error::Missing { .. } | Error::Corrupt { .. }) => {
-                report.problems.push(problem(
-                    repo::CONFIG_KEY,
-                    vec![],
-                    "does not lead to the generation this machine trusts (missing, damaged or replaced, or the \
-                     chain from it forks): copy the first generation back to `config` (the config under configs/ \
-                     whose generation is 0)"
-                        .into(),
-                ));
-                None
+            Ok(_)
+            | Err(
+                Error::Missing { .. }
+                | Error::Corrupt { .. }
+                | Error::NotARepository { .. }
+                | Error::UnsupportedFormat { .. },
+            ) => {
+                // The generations before, read back from the trusted one: the first generation
+                // is named exactly (a second "generation 0" planted under configs/ is not it), and
+                // `config` is checked against it below, the other configs against the chain.
+                let (walked, gap) = repository.with_earlier_generations().await?;
+                if let Some(hash) = gap {
+                    let generation = walked.chain[0].1.generation - 1;
+                    report.problems.push(problem(
+                        &repo::config_copy_key(&hash),
+                        vec![],
+                        format!(
+                            "missing or damaged: generation {generation}'s config, which generation {} names; without \
+                             it `config` does not lead to the generation this machine trusts: copy it (and `config`) \
+                             from another target",
+                            generation + 1
+                        ),
+                    ));
+                }
+                Some(walked)
             }
             Err(e) => return Err(e),
         }

@@ -171,6 +171,26 @@ impl Repository {
         Err(Error::corrupt(format!("{}/{}", self.target.location(), config_copy_key(hash)), "missing or damaged"))
     }
 
+    /// This repository, opened at a later generation (a pin's), with the generations before it
+    /// read back from `configs/` through each one's `previous`: the hash a trusted config
+    /// names binds the config it names, so no signature is needed going back. Stops at a copy
+    /// missing or damaged, whose hash is returned with the repository as far as it got.
+    pub async fn with_earlier_generations(&self) -> Result<(Repository, Option<String>)> {
+        let mut chain = self.chain.clone();
+        while let Some(previous) = chain[0].1.previous.clone().filter(|_| chain[0].1.generation > 0) {
+            let config = match self.config_bytes_of(&previous).await {
+                Ok(bytes) => parse_config(self.target.location(), &bytes).ok(),
+                Err(Error::Corrupt { .. } | Error::Missing { .. }) => None,
+                Err(error) => return Err(error),
+            };
+            match config.filter(|config| config.generation + 1 == chain[0].1.generation) {
+                Some(config) => chain.insert(0, (previous, config)),
+                None => return Ok((Repository { chain, ..self.clone() }, Some(previous))),
+            }
+        }
+        Ok((Repository { chain, ..self.clone() }, None))
+    }
+
     /// The repository's fingerprint: what admins keep to recognise it ([`Fingerprint`]): that
     /// of the oldest generation this repository was opened at (its first config, normally).
     pub fn fingerprint(&self) -> Fingerprint {

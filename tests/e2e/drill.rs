@@ -209,10 +209,23 @@ fn a_config_rewritten_in_storage_is_in_the_drills_report() {
     bytes.extend_from_slice(b"\n");
     std::fs::write(&config, bytes).unwrap();
     let json = drill(&work, &repo, &scratch, &["--json"]).ok().json();
-    assert!(json["drills"][0]["warnings"].to_string().contains("config does not lead"), "{json}");
+    let first = original.file_name().unwrap().to_str().unwrap();
+    let mend = format!("replaced; its copy configs/{first} is whole");
+    assert!(json["drills"][0]["warnings"].to_string().contains(&mend), "{json}");
     let verify = work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]);
     assert_eq!(verify.code, 3, "{}\n{}", verify.stdout, verify.stderr);
-    assert!(verify.stdout.contains("does not lead"), "{}", verify.stdout);
+    assert!(verify.stdout.contains(&mend), "{}", verify.stdout);
+    // The first generation is named by the chain back from the pinned one, not by what claims
+    // to be generation 0: `config` of a format no build knows, and another generation 0 planted
+    // under configs/, leave the advice exact and the planted one named as junk.
+    let planted = crmvault::crypto::object_hash(&std::fs::read(&config).unwrap());
+    std::fs::copy(&config, std::path::Path::new(&repo).join("configs").join(&planted)).unwrap();
+    std::fs::write(&config, br#"{"format":"crmvault","version":99}"#).unwrap();
+    let verify = work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]);
+    assert_eq!(verify.code, 3, "{}\n{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains(&mend), "{}", verify.stdout);
+    assert!(verify.stdout.contains(&format!("configs/{planted}: is not a generation")), "{}", verify.stdout);
+    std::fs::remove_file(std::path::Path::new(&repo).join("configs").join(&planted)).unwrap();
     std::fs::copy(&original, &config).unwrap();
     work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]).ok();
 }
