@@ -137,9 +137,22 @@ pub struct Pin {
     /// signing key) planted on a target it never reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// The config hash of the newest generation this machine vouched for by more than a
+    /// signature: one its own `rekey` published, or one a `--fingerprint` given here named
+    /// (with the generation [`Pin::fingerprint`] names, which `init` or a fingerprint given on
+    /// first use set). `config_hash` may have moved past it by signatures alone, which a
+    /// removed admin who kept an older generation's keys can make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouched: Option<String>,
 }
 
 impl Pin {
+    /// Whether this machine vouched for the generation whose config hashes to `hash` beyond
+    /// its signature ([`Pin::vouched`], or the generation the pin's fingerprint names).
+    pub fn vouches(&self, hash: &str) -> bool {
+        self.vouched.as_deref() == Some(hash) || Fingerprint::of_config_hash(hash).is_ok_and(|f| f == self.fingerprint)
+    }
+
     /// Whether this machine has opened the repository at `location`.
     pub fn knows(&self, location: &str) -> bool {
         self.locations.iter().any(|known| crate::target::same_place(known, location))
@@ -496,6 +509,7 @@ mod tests {
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
             pending: None,
+            vouched: None,
         }
     }
 

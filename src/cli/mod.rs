@@ -1703,8 +1703,19 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             };
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;
             let config_dir = config_dir()?;
+            let pinned_before = crmvault::trust::load_pin(&config_dir, &targets.first().config.id)?;
             let mut trusted =
                 trust::check_for_rekey(targets.repositories_mut(), fingerprint.as_ref(), &config_dir).await?;
+            // Generations this machine did not vouch for, built on now: who they added reads
+            // from now on too, whatever this rekey removes.
+            let head = targets.repositories().iter().max_by_key(|r| r.config.generation).expect("one at least");
+            for change in trust::unvouched_changes(head, pinned_before.as_ref(), fingerprint.as_ref()) {
+                output::warning(format_args!(
+                    "{change}, a generation this machine did not make nor was given the fingerprint of: it stays \
+                     unless this rekey removes it; if nobody you trust rekeyed, a removed admin who kept older keys \
+                     may have"
+                ));
+            }
             let identity = settings.require_identity(identity)?;
             if let Ok(keyring) = targets.unlock_as_admin(&identity).await {
                 audit.opened(targets.repositories(), &keyring);

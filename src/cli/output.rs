@@ -599,7 +599,7 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
         return;
     }
     for location in &report.caught_up {
-        say!("brought {location} to the newest generation (an earlier rekey was interrupted)");
+        say!("brought {location} to the newest generation (it was behind: a rekey that did not reach it)");
     }
     if !report.changed {
         say!(
@@ -626,6 +626,8 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
         count(report.snapshots_carried as u64, "snapshot"),
         count_of(report.indexes_rewritten as u64, "index", "indexes")
     );
+    // Who reads from now on, in full: a generation this rekey built on may have changed it too.
+    say!("admins now: {}", report.recipients.join(", "));
     for done in &report.reencrypted {
         say!(
             "re-encrypted {}: {}, {}, {}, {} written again; {} deleted",

@@ -101,6 +101,8 @@ impl Trusted {
                 if follows {
                     config_hash.clone_into(&mut pin.config_hash);
                     pin.pending = None;
+                    // Published by this machine's rekey.
+                    pin.vouched = Some(config_hash.to_string());
                 }
                 follows
             })?;
@@ -370,12 +372,16 @@ async fn check_with(
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
     let mut accepted: Vec<String> = Vec::new();
     let mut head: Option<String> = None;
+    // The copy that set the head, for a rekey to bring the copies behind it up to.
+    let mut ahead: Option<Repository> = None;
     // Every target is checked against the pin as this machine had it, and the pins are written
     // only once every target passed: a target checked first must not move a pin (follow a
     // generation, add a place) that a target checked after it then fails against. A removed
     // admin who kept a signing key and can write one target's storage forks the chain there;
     // had the first target moved the pin onto the fork, the good one would fail from then on.
     let mut pins: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
+    // The pins as they were on disk before this run: one this run makes vouches for nothing.
+    let mut on_disk: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
     let mut writes: Vec<PinWrite> = Vec::new();
     // Repositories given a place in their pin by this run: a second new place of one of them
     // is asked about as if the first had been saved.
@@ -389,7 +395,9 @@ async fn check_with(
     for i in order {
         let repository = &mut repositories[i];
         if !pins.contains_key(&repository.config.id) {
-            pins.insert(repository.config.id.clone(), trust::load_pin(config_dir, &repository.config.id)?);
+            let pin = trust::load_pin(config_dir, &repository.config.id)?;
+            on_disk.insert(repository.config.id.clone(), pin.clone());
+            pins.insert(repository.config.id.clone(), pin);
         }
         let pinned = pins[&repository.config.id].clone();
         anchor(repository, pinned.as_ref(), given).await?;
@@ -451,6 +459,25 @@ async fn check_with(
                  retired keys; an admin brings it up with `crmvault rekey` and every --repo, or leave it out"
             );
         }
+        if behind
+            && let Some(ahead) = &ahead
+            && !catch_up_vouched(ahead, &repository.config_hash, on_disk[&repository.config.id].as_ref(), given)
+        {
+            let (hash, config) = ahead.successor_of(&repository.config_hash).unwrap_or(&ahead.chain[0]);
+            bail!(
+                "the repository at {location} is at generation {} of its keys, behind {} at generation {} \
+                 (config {}), which this machine did not make nor was given the fingerprint of: bringing it up would take that \
+                 generation on the word of the storage that holds it, and whoever kept the older generation's keys \
+                 (a removed admin) can sign one where they write. If an admin you trust made it (a rekey that did \
+                 not reach {location}), give its generation fingerprint, from that admin, with --fingerprint; if \
+                 nobody did, delete configs/{hash} from {} and run this again; nothing was written",
+                repository.config.generation,
+                ahead.target.location(),
+                config.generation,
+                hash.chars().take(12).collect::<String>(),
+                ahead.target.location()
+            );
+        }
         let in_chain = |hash: &str| behind || repository.has_generation(hash);
         let pin = match (role, pinned) {
             (Role::Writer, Some(pin)) if !in_chain(&pin.config_hash) => bail!(
@@ -500,12 +527,34 @@ async fn check_with(
                         repository.config.id,
                         repository.config.generation
                     );
+                    // Who reads or writes from now on that did not: once, as the pin moves
+                    // (rekey says it of every generation it builds on).
+                    let from = repository.chain.iter().position(|(hash, _)| *hash == pin.config_hash);
+                    for change in
+                        from.filter(|_| !allow_behind).map(|from| changes_after(repository, from)).unwrap_or_default()
+                    {
+                        super::output::warning(format_args!(
+                            "{}: {change}, followed by this machine by its signature; if nobody you trust rekeyed, \
+                             a removed admin who kept older keys may have: check with the admins",
+                            repository.target.location()
+                        ));
+                    }
                 }
-                if new_location || follow {
+                // A fingerprint given names a generation this machine now vouches for.
+                let vouch = given.and_then(|given| {
+                    let at = repository
+                        .chain
+                        .iter()
+                        .rposition(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))?;
+                    let known = repository.chain.iter().rposition(|(hash, _)| pin.vouches(hash));
+                    (known.is_none_or(|known| at > known)).then(|| repository.chain[at].0.clone())
+                });
+                if new_location || follow || vouch.is_some() {
                     let change = PinChange {
                         location: location.to_string(),
                         follow: follow.then(|| repository.config_hash.clone()),
                         chain: repository.chain.iter().map(|(hash, _)| hash.clone()).collect(),
+                        vouch,
                     };
                     change.apply(&mut pin);
                     if new_location {
@@ -549,6 +598,7 @@ async fn check_with(
                     settled: std::collections::BTreeSet::new(),
                     missed: std::collections::BTreeMap::new(),
                     pending: None,
+                    vouched: None,
                 };
                 writes.push(PinWrite::Create(pin.clone(), role == Role::Admin));
                 // Later copies of it are checked against what this run pins.
@@ -561,6 +611,9 @@ async fn check_with(
         }
         accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
         head.get_or_insert_with(|| repository.config_hash.clone());
+        if ahead.is_none() {
+            ahead = Some(repository.clone());
+        }
     }
     // The copies lie on one chain as they were opened for the check too (a copy whose `config`
     // does not lead to the pin is opened again at the pinned generation, and follows what its
@@ -593,6 +646,54 @@ fn foreign_successor<'a>(repository: &'a Repository, pin: &Pin, given: Option<&F
         repository.chain[at + 1..].iter().any(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
     };
     (next != pending && !given.is_some_and(vouched)).then_some(next.as_str())
+}
+
+/// Whether this machine may bring a copy at generation `behind` up to `ahead`'s (rekey): the
+/// generation after it on `ahead`'s chain is vouched for by more than the signature of a key
+/// that every admin of `behind`'s generation held, removed ones included: this machine's pin
+/// is at it or past it, a rekey here was publishing it ([`Pin::pending`]), or `given` names it
+/// or a later one. The copy behind is the other storage's word that `behind` is the newest.
+fn catch_up_vouched(ahead: &Repository, behind: &str, pin: Option<&Pin>, given: Option<&Fingerprint>) -> bool {
+    let Some(at) = ahead.chain.iter().position(|(hash, _)| hash == behind) else { return false };
+    let after = &ahead.chain[at + 1..];
+    let own = pin.is_some_and(|pin| after.first().is_some_and(|(next, _)| pin.pending.as_ref() == Some(next)));
+    own || after.iter().any(|(hash, _)| vouches(pin, given, hash))
+}
+
+/// Whether this machine vouches for the generation whose config hashes to `hash` by more than
+/// a signature: its pin does ([`Pin::vouches`]) or the fingerprint given names it.
+fn vouches(pin: Option<&Pin>, given: Option<&Fingerprint>, hash: &str) -> bool {
+    pin.is_some_and(|pin| pin.vouches(hash))
+        || given.is_some_and(|given| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
+}
+
+/// What the generations after position `from` of `repository`'s chain changed of who reads
+/// and who writes: the admins each added, a writer key each put in. Said when a machine takes
+/// generations it did not vouch for: a removed admin who kept an older generation's keys can
+/// sign one.
+pub fn changes_after(repository: &Repository, from: usize) -> Vec<String> {
+    let mut changes = Vec::new();
+    for pair in repository.chain.get(from..).unwrap_or_default().windows(2) {
+        let (before, after) = (&pair[0].1, &pair[1].1);
+        for recipient in after.recipients.iter().filter(|r| !before.recipients.contains(r)) {
+            changes.push(format!("generation {} of the repository's keys added admin {recipient}", after.generation));
+        }
+        if after.writer_recipient != before.writer_recipient {
+            changes.push(format!(
+                "generation {} of the repository's keys put in writer key {}",
+                after.generation, after.writer_recipient
+            ));
+        }
+    }
+    changes
+}
+
+/// What the generations of `repository`'s chain after the newest one this machine vouches for
+/// ([`vouches`], or the one its own rekey was publishing) changed ([`changes_after`]).
+pub fn unvouched_changes(repository: &Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) -> Vec<String> {
+    let own = |hash: &str| pin.is_some_and(|pin| pin.pending.as_deref() == Some(hash));
+    let from = repository.chain.iter().rposition(|(hash, _)| vouches(pin, given, hash) || own(hash)).unwrap_or(0);
+    changes_after(repository, from)
 }
 
 /// A change to a pin that a command's check of its targets decided, made once every target
@@ -637,12 +738,20 @@ struct PinChange {
     follow: Option<String>,
     /// The chain of configs of the copy that reached it.
     chain: Vec<String>,
+    /// A generation a fingerprint given named ([`Pin::vouched`]).
+    vouch: Option<String>,
 }
 
 impl PinChange {
     /// Makes the change on `pin`; false when it changed nothing.
     fn apply(&self, pin: &mut Pin) -> bool {
         let mut changed = pin.add_location(&self.location);
+        if let Some(hash) = &self.vouch
+            && pin.vouched.as_ref() != Some(hash)
+        {
+            pin.vouched = Some(hash.clone());
+            changed = true;
+        }
         // Forward only: never back from a generation another command followed.
         if let Some(hash) = &self.follow
             && pin.config_hash != *hash
@@ -712,6 +821,7 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
             pending: None,
+            vouched: None,
         };
         trust::create_pin(config_dir, pin)?;
     }
@@ -740,6 +850,7 @@ mod tests {
             settled: std::collections::BTreeSet::new(),
             missed: std::collections::BTreeMap::new(),
             pending: None,
+            vouched: None,
         }
     }
 

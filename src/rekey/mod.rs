@@ -1,7 +1,9 @@
 //! `rekey`: add and remove admin recipients, rotate the writer key. Each rekey publishes the
 //! repository's next generation of keys (docs/FORMAT.md, *Generations*) on every target:
 //!
-//! 1. a new writer key, when rotated, is written to its file (0600) first;
+//! 1. a new writer key, when rotated, is written to its file (0600) first; the machine's pin
+//!    names the new config as the one successor it will follow (`publishing`, before any
+//!    target holds a byte of it);
 //! 2. the new keys objects and admin keys objects are stored on every target (nothing refers
 //!    to them yet);
 //! 3. on each target, the new config `configs/<hash>`, signed by the current generation's
@@ -14,7 +16,8 @@
 //! and `verify` finds nothing wrong: until step 3 nothing any reader follows has changed; after
 //! it the new generation is whole, and an index not yet carried over only costs the next backup
 //! some chunks stored again. Run again (with the same arguments, or none to change), a rekey
-//! brings a target left behind to the newest generation, byte for byte, carries the indexes
+//! brings a target left behind to the newest generation (one the machine's pin vouches for:
+//! its own, or one it followed or was given the fingerprint of), byte for byte, carries the indexes
 //! over, and does not repeat a change already made (except `--rotate-writer-key`, which always
 //! makes a new key).
 
@@ -179,8 +182,10 @@ pub async fn run(
         let (ids, count, dropped) = carried_snapshots(repositories, &keyring).await?;
         carried = (count, dropped);
         let targets: Vec<&crate::target::Target> = repositories.iter().map(|r| &r.target).collect();
-        let next = NextGeneration::make(head, &targets, &keyring, &signing, &recipients, &writer, ids).await?;
+        let next = NextGeneration::make(head, &keyring, &signing, &recipients, &writer, ids)?;
+        // Named in this machine's pin before any target holds a byte of it.
         publishing(&next)?;
+        next.store_keys(&targets).await?;
         for repository in repositories.iter_mut() {
             *repository = next.publish(repository).await?;
         }
@@ -348,4 +353,47 @@ async fn catch_up(behind: &Repository, head: &Repository) -> Result<Repository> 
         behind.target.put_new(&crate::repo::config_copy_key(hash), bytes).await?;
     }
     Ok(Repository { target: behind.target.clone(), ..head.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::RepoSecret;
+    use crate::repo::Tuning;
+    use crate::target::{OpenMode, Target};
+
+    /// The machine's pin must name the next generation before any target holds a byte of it: a
+    /// rekey that fails while storing the new keys objects (on the one target a removed admin
+    /// writes) is otherwise run again with nothing pending, and follows whatever successor
+    /// that admin signs there meanwhile.
+    #[tokio::test]
+    async fn the_next_generation_is_named_before_anything_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("repo").to_str().unwrap().to_string();
+        let admin = crypto::generate_identity();
+        let identity = dir.path().join("admin.key");
+        crypto::write_identity_file(&identity, &admin, "admin").unwrap();
+        let target = Target::open(&location, OpenMode::Create).unwrap();
+        let secret = RepoSecret::generate();
+        let config_dir = dir.path().join("config");
+        Repository::init(target.clone(), &[admin.to_public()], &config_dir, secret, Tuning::default()).await.unwrap();
+        let mut targets = RepoSet::of(vec![Repository::open(target.clone()).await.unwrap()]).unwrap();
+        let root = std::path::PathBuf::from(&location);
+        let stored = || {
+            let count = |folder: &str| std::fs::read_dir(root.join(folder)).unwrap().count();
+            (count("keys"), count("configs"))
+        };
+        let before = stored();
+        let options = RekeyOptions { add: vec![crypto::generate_identity().to_public()], ..RekeyOptions::default() };
+        let mut told = None;
+        let report = run(&mut targets, &identity, &options, &crate::progress::Silent, &mut |next| {
+            told = Some((next.hash.clone(), stored()));
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(told, Some((report.config_hash.clone(), before)), "told after something was stored");
+        let after = stored();
+        assert!(after.0 > before.0 && after.1 > before.1, "{before:?} {after:?}");
+    }
 }

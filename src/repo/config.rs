@@ -191,6 +191,12 @@ impl Repository {
         Ok((Repository { chain, ..self.clone() }, None))
     }
 
+    /// The generation after the one that hashes to `hash` on this repository's chain.
+    pub fn successor_of(&self, hash: &str) -> Option<&(String, RepoConfig)> {
+        let at = self.chain.iter().position(|(known, _)| known == hash)?;
+        self.chain.get(at + 1)
+    }
+
     /// The repository's fingerprint: what admins keep to recognise it ([`Fingerprint`]): that
     /// of the oldest generation this repository was opened at (its first config, normally).
     pub fn fingerprint(&self) -> Fingerprint {

@@ -264,17 +264,29 @@ pub async fn put_keys_objects<T: Serialize>(
     recipients: &[age::x25519::Recipient],
     plaintext: &T,
 ) -> Result<Vec<String>> {
+    let objects = seal_keys_objects(recipients, plaintext);
+    store_objects(targets, &objects).await?;
+    Ok(objects.into_iter().map(|(key, _)| key).collect())
+}
+
+/// The two keys objects of `plaintext` for `recipients` (named, not stored).
+fn seal_keys_objects<T: Serialize>(recipients: &[age::x25519::Recipient], plaintext: &T) -> Vec<(String, Bytes)> {
     let plaintext = serde_json::to_vec(plaintext).expect("serialisable");
-    let mut keys = Vec::new();
-    for _ in 0..2 {
-        let ciphertext = Bytes::from(crypto::encrypt(recipients, &plaintext));
-        let key = keys_key(&crypto::object_hash(&ciphertext));
+    (0..2)
+        .map(|_| {
+            let ciphertext = Bytes::from(crypto::encrypt(recipients, &plaintext));
+            (keys_key(&crypto::object_hash(&ciphertext)), ciphertext)
+        })
+        .collect()
+}
+
+async fn store_objects(targets: &[&Target], objects: &[(String, Bytes)]) -> Result<()> {
+    for (key, bytes) in objects {
         for target in targets {
-            target.put_new(&key, ciphertext.clone()).await?;
+            target.put_new(key, bytes.clone()).await?;
         }
-        keys.push(key);
     }
-    Ok(keys)
+    Ok(())
 }
 
 /// The first generation's keys objects, stored by `init`: the repository secret with a new
@@ -322,6 +334,8 @@ pub struct NextGeneration {
     pub bytes: Bytes,
     /// Their BLAKE3.
     pub hash: String,
+    /// The keys and admin keys objects it names, sealed, to store before it is published.
+    objects: Vec<(String, Bytes)>,
 }
 
 impl NextGeneration {
@@ -330,11 +344,10 @@ impl NextGeneration {
     /// a new authentication secret (so keys that can no longer read the keys objects cannot
     /// forge snapshots or indexes either), the same repository secret (chunk ids stay, and so
     /// does dedup), a new signing key, the earlier authentication secrets for carried
-    /// snapshots, and a config signed with the current generation's signing key. The keys and
-    /// admin keys objects are stored on every target; nothing refers to them yet.
-    pub async fn make(
+    /// snapshots, and a config signed with the current generation's signing key. Nothing is
+    /// stored: [`NextGeneration::store_keys`], then [`NextGeneration::publish`] on each target.
+    pub fn make(
         repository: &Repository,
-        targets: &[&Target],
         keyring: &Keyring,
         signing: &crypto::SigningSecret,
         recipients: &[age::x25519::Recipient],
@@ -360,14 +373,16 @@ impl NextGeneration {
         };
         let mut metadata_recipients = recipients.to_vec();
         metadata_recipients.push(writer.clone());
-        let keys_objects = put_keys_objects(targets, &metadata_recipients, &keys).await?;
+        let mut objects = seal_keys_objects(&metadata_recipients, &keys);
         let next_signing = crypto::SigningSecret::generate();
         let admin_keys = AdminKeysFile {
             repository_id: head.id.clone(),
             generation: head.generation + 1,
             signing_secret: next_signing.to_hex(),
         };
-        let admin_keys_objects = put_keys_objects(targets, recipients, &admin_keys).await?;
+        objects.extend(seal_keys_objects(recipients, &admin_keys));
+        let admin_keys_objects: Vec<String> = objects[2..].iter().map(|(key, _)| key.clone()).collect();
+        let keys_objects: Vec<String> = objects[..2].iter().map(|(key, _)| key.clone()).collect();
         let mut config = RepoConfig {
             generation: head.generation + 1,
             previous: Some(repository.config_hash.clone()),
@@ -394,7 +409,13 @@ impl NextGeneration {
             )));
         }
         let hash = crypto::object_hash(&bytes);
-        Ok(NextGeneration { config, bytes, hash })
+        Ok(NextGeneration { config, bytes, hash, objects })
+    }
+
+    /// Stores the new keys and admin keys objects on every target; nothing refers to them
+    /// until the config is published.
+    pub async fn store_keys(&self, targets: &[&Target]) -> Result<()> {
+        store_objects(targets, &self.objects).await
     }
 
     /// Stores the new config on `repository`'s target: from now on the repository there is

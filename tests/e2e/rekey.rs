@@ -682,6 +682,16 @@ pub(crate) fn written_since(before: &Path, after: &Path) -> Vec<PathBuf> {
     new.into_iter().map(|(_, _, _, f)| f).collect()
 }
 
+/// The pins under `config_dir` as a rekey publishing the config `hash` leaves them until it
+/// follows it (`pending`, written before it stores anything).
+pub(crate) fn set_pending(config_dir: &Path, hash: &str) {
+    for file in files_under(config_dir).into_iter().filter(|f| f.ends_with("trust.json")) {
+        let mut pin: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        pin["pending"] = hash.into();
+        std::fs::write(&file, serde_json::to_vec_pretty(&pin).unwrap()).unwrap();
+    }
+}
+
 /// The state a rekey killed after its first `written` new objects would leave: `before` plus
 /// those objects, taken from `after`.
 pub(crate) fn cut(before: &Path, after: &Path, new: &[PathBuf], written: usize, into: &Path) {
@@ -712,6 +722,7 @@ fn a_rekey_interrupted_anywhere_leaves_every_snapshot_restorable_and_finishes_wh
     copy_dir(&a, &after_a);
     copy_dir(&b, &after_b);
     let (new_a, new_b) = (written_a.len(), written_b.len());
+    let pending = generation_config(&after_a, 1).0;
     // 4 keys objects on each target, then configs on each, then indexes on each.
     assert!(new_a >= 6 && new_b >= 6, "{new_a} {new_b}");
 
@@ -735,7 +746,9 @@ fn a_rekey_interrupted_anywhere_leaves_every_snapshot_restorable_and_finishes_wh
             let verify = setup.work.run(&["verify", "--repo", repo, "--identity", &setup.work.admin_key()]);
             assert_eq!(verify.code, 0, "{label}: {}\n{}", verify.stdout, verify.stderr);
         }
-        // Run again, the rekey finishes: both targets at one generation, the admin removed.
+        // Run again, the rekey finishes: both targets at one generation, the admin removed. The
+        // machine's pin is as the kill left it: naming the generation being published.
+        set_pending(&setup.work.config_dir(), &pending);
         setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
         let fingerprints: BTreeSet<String> = setup
             .repos
@@ -1153,6 +1166,107 @@ fn a_rekey_run_again_does_not_follow_a_successor_a_removed_admin_planted_where_i
         run.fails_with(1, "not a recipient");
         assert!(target.is_empty(), "{key}");
     }
+}
+
+/// Without any sabotage: X, still an admin (or removed, keeping generation 0's keys), signs a
+/// generation 1 of its own on the one target it writes, adding a key of its choosing, before
+/// the admin's rekey that removes X. The admin's machine never saw that generation and made
+/// none: bringing the other target up to it would take it on the word of X's storage. The
+/// rekey refuses, names the config; with it deleted, the rekey removes X and X's key reads
+/// nothing after. (Followed, the admin was told "removed admin X: it reads nothing written
+/// from now on" while X's key stayed a recipient: session 49's review.)
+#[test]
+fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_saw() {
+    let setup = Setup::new("rekey_unseen", 2);
+    let second = PathBuf::from(&setup.repos[1]);
+    let x = public_key(&setup.work, "other.key");
+    let zero = setup.work.fingerprint(&setup.repos[1]);
+    let attacker = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
+    let evil = attacker.keygen("evil.key");
+    std::fs::copy(attacker.path("evil.key"), setup.work.path("evil.key")).unwrap();
+    let x_key = attacker.path("x.key");
+    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[1], "--add-recipient", &evil];
+    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+    let (planted, _) = generation_config(&second, 1);
+
+    // A fresh machine given the first fingerprint vouches for nothing after it either.
+    let fresh = Workspace::new();
+    std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let admin_key = fresh.path("admin.key");
+    let mut args = vec!["rekey", "--identity", admin_key.to_str().unwrap(), "--fingerprint", &zero];
+    args.extend(setup.repo_args());
+    fresh
+        .run(&[&args[..], &["--remove-recipient", &x]].concat())
+        .fails_with(1, "did not make nor was given the fingerprint of");
+    // On a copy of the admin's machine, a command given that target alone follows X's
+    // generation by its signature, as it follows any admin's rekey, and says what it added; the
+    // pin vouches for it no more than before, and the rekey is refused there too.
+    let other_machine = Workspace::new();
+    let _ = std::fs::remove_dir_all(other_machine.config_dir());
+    copy_dir(&setup.work.config_dir(), &other_machine.config_dir());
+    std::fs::copy(setup.work.path("admin.key"), other_machine.path("admin.key")).unwrap();
+    let verify = other_machine.run(&["verify", "--repo", &setup.repos[1]]).ok();
+    let said =
+        format!("generation 1 of the repository's keys added admin {evil}, followed by this machine by its signature");
+    assert!(verify.stderr.contains(&said), "{}", verify.stderr);
+    let admin_key = other_machine.path("admin.key");
+    let mut args = vec!["rekey", "--identity", admin_key.to_str().unwrap(), "--remove-recipient", &x];
+    args.extend(setup.repo_args());
+    other_machine.run(&args).fails_with(1, "did not make nor was given the fingerprint of");
+    let pins = files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let before = (relative_files(&PathBuf::from(&setup.repos[0])), relative_files(&second));
+    let run = setup.rekey("admin.key", &["--remove-recipient", &x]);
+    assert!(run.stderr.contains(&format!("delete configs/{planted}")), "{}", run.stderr);
+    run.fails_with(1, "did not make nor was given the fingerprint of");
+    assert_eq!((relative_files(&PathBuf::from(&setup.repos[0])), relative_files(&second)), before, "written");
+    let after =
+        files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    assert_eq!(after, pins, "a pin moved");
+
+    std::fs::remove_file(second.join("configs").join(&planted)).unwrap();
+    let report = setup.rekey("admin.key", &["--json", "--remove-recipient", &x]).ok().json();
+    assert!(!report["recipients"].to_string().contains(&evil), "{report}");
+    setup.source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 3 = 0");
+    setup.backup();
+    for key in ["evil.key", "other.key"] {
+        let (run, target) = setup.restore_as(key, "latest", "rekey_unseen_t");
+        run.fails_with(1, "not a recipient");
+        assert!(target.is_empty(), "{key}");
+    }
+}
+
+/// One target, which X writes: a generation 1 X signed there before the rekey that removes X
+/// (adding a key of X's) is, to every machine, an admin's rekey like any other, and is
+/// followed. The admin's removal rekey builds on it: it says so, naming the key that
+/// generation added and that stays a reader, and lists the admins there are now; removed as
+/// the warning says, that key reads nothing written after.
+#[test]
+fn a_rekey_built_on_a_generation_this_machine_never_saw_names_the_admins_it_added() {
+    let setup = Setup::new("rekey_added_since", 1);
+    let x = public_key(&setup.work, "other.key");
+    let zero = setup.work.fingerprint(&setup.repos[0]);
+    let attacker = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
+    let evil = attacker.keygen("evil.key");
+    std::fs::copy(attacker.path("evil.key"), setup.work.path("evil.key")).unwrap();
+    let x_key = attacker.path("x.key");
+    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[0], "--add-recipient", &evil];
+    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+
+    let run = setup.rekey("admin.key", &["--remove-recipient", &x]).ok();
+    let said =
+        format!("generation 1 of the repository's keys added admin {evil}, a generation this machine did not make");
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+    let admins = run.stdout.lines().find(|l| l.starts_with("admins now: ")).unwrap_or_default().to_string();
+    assert!(admins.contains(&evil) && !admins.contains(&x), "{}", run.stdout);
+    // Nothing new to say on the next rekey: the machine follows generations it built on.
+    let run = setup.rekey("admin.key", &["--remove-recipient", &evil]).ok();
+    assert!(!run.stderr.contains("added admin"), "{}", run.stderr);
+    setup.backup();
+    let (run, target) = setup.restore_as("evil.key", "latest", "rekey_added_since_t");
+    run.fails_with(1, "not a recipient");
+    assert!(target.is_empty());
 }
 
 /// The way out the refusal above names, when the other successor is an admin's: the admin's
