@@ -1679,7 +1679,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         }
         Command::Fingerprint { repo } => {
             let repos = settings.repos(repo.repos)?;
-            let targets = storage.open_set(&repos, false).await?;
+            // As the storage claims it: not opened at what this machine pinned.
+            let targets = storage.open_set_as_stored(&repos).await?;
             targets.require_one_fingerprint()?;
             output::fingerprint(json, targets.first(), &repos);
         }
@@ -1709,7 +1710,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             // Generations this machine did not vouch for, built on now: who they added reads
             // from now on too, whatever this rekey removes.
             let head = targets.repositories().iter().max_by_key(|r| r.config.generation).expect("one at least");
-            for change in trust::unvouched_changes(head, pinned_before.as_ref(), fingerprint.as_ref()) {
+            // The whole chain (a copy opened at the pinned generation starts there).
+            let (head, _) = head.with_earlier_generations().await?;
+            for change in trust::unvouched_changes(&head, pinned_before.as_ref(), fingerprint.as_ref()) {
                 output::warning(format_args!(
                     "{change}, a generation this machine did not make nor was given the fingerprint of: it stays \
                      unless this rekey removes it; if nobody you trust rekeyed, a removed admin who kept older keys \

@@ -106,6 +106,13 @@ impl Storage {
         }
     }
 
+    /// Every location's repository as its storage presents it, whatever this machine pinned
+    /// there (`fingerprint`: what to compare with the admins' records).
+    pub async fn open_set_as_stored(&self, locations: &[String]) -> crmvault::Result<RepoSet> {
+        let open = |location: &str| self.open(location, OpenMode::Existing);
+        RepoSet::open_all(locations, open, &|_: &str| None).await
+    }
+
     fn s3_settings(
         &self,
         sections: &BTreeMap<String, RepositorySection>,

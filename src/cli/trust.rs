@@ -173,7 +173,8 @@ pub async fn check_available(
     leave_out_failing(set, |_| role, given, config_dir, Copies::OfOne).await;
     // Copies of one repository, or nothing is checked (nor a pin written) for them.
     set.require_one_repository().map_err(|error| with_left_out(error.into(), set))?;
-    check(set.repositories_mut(), role, given, config_dir).await.map_err(|error| with_left_out(error, set))
+    let mode = Mode { hold: role == Role::Writer && !set.left_out().is_empty(), ..Mode::default() };
+    check_with(set.repositories_mut(), role, given, config_dir, mode).await.map_err(|error| with_left_out(error, set))
 }
 
 /// What the copies given to a command are meant to be.
@@ -357,6 +358,12 @@ struct Mode {
     /// Only to see whether the copies pass: no pin is written and what a check would say on
     /// the way (a pin made on first use, a rekey followed) is left for the real one.
     dry: bool,
+    /// A new generation is not followed by its signature: the backup host, when a copy given
+    /// could not be checked beside the others (unreachable, or left out). A removed admin who
+    /// kept an older generation's keys can sign a sibling of the rekey that removed them where
+    /// they write, when that rekey did not reach there; the copy it did reach, absent tonight,
+    /// would have shown the fork. The host would write the night for the removed admin.
+    hold: bool,
 }
 
 async fn check_with(
@@ -366,7 +373,7 @@ async fn check_with(
     config_dir: &Path,
     mode: Mode,
 ) -> Result<Trusted> {
-    let Mode { allow_behind, dry } = mode;
+    let Mode { allow_behind, dry, hold } = mode;
     let mut trusted = Trusted { pin: None, config_dir: config_dir.to_path_buf() };
     // The generations accepted on the targets checked so far: a copy that an interrupted rekey
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
@@ -380,6 +387,8 @@ async fn check_with(
     // admin who kept a signing key and can write one target's storage forks the chain there;
     // had the first target moved the pin onto the fork, the good one would fail from then on.
     let mut pins: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
+    // What following a generation was said to change, said once over the copies.
+    let mut warned: std::collections::HashSet<String> = std::collections::HashSet::new();
     // The pins as they were on disk before this run: one this run makes vouches for nothing.
     let mut on_disk: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
     let mut writes: Vec<PinWrite> = Vec::new();
@@ -438,16 +447,15 @@ async fn check_with(
         if let Some(pin) = pinned.as_ref()
             && let Some(other) = foreign_successor(repository, pin, given)
         {
-            let short = |hash: &str| hash.chars().take(12).collect::<String>();
             bail!(
-                "the repository at {location} holds a generation {} of its keys (config {}) that is not the one \
-                 the rekey this machine started was publishing (config {}): another successor signed with the keys \
-                 that rekey retires (a removed admin's, or another admin's rekey meanwhile); refusing to follow it, \
-                 nothing was written. If an admin you trust made it, give its generation fingerprint (from that \
-                 admin) once with --fingerprint",
+                "the repository at {location} holds a generation {} of its keys (config {other}) that is not the \
+                 one the rekey this machine started was publishing (config {}): another successor signed with the \
+                 keys that rekey retires (a removed admin's, or another admin's rekey meanwhile); refusing to follow \
+                 it, nothing was written. If an admin you trust made it, give its generation fingerprint (from that \
+                 admin) once with --fingerprint; if nobody did, delete configs/{other} from {location} and run the \
+                 rekey again",
                 repository.config.generation,
-                short(other),
-                short(pin.pending.as_deref().unwrap_or_default())
+                pin.pending.as_deref().unwrap_or_default()
             );
         }
         // Targets are checked newest generation first: the first one accepted sets the head.
@@ -464,6 +472,27 @@ async fn check_with(
             && !catch_up_vouched(ahead, &repository.config_hash, on_disk[&repository.config.id].as_ref(), given)
         {
             let (hash, config) = ahead.successor_of(&repository.config_hash).unwrap_or(&ahead.chain[0]);
+            // A pin that followed it already (by its signature, a command given that target
+            // alone) never goes back: deleting it from storage then leaves nothing to open.
+            let followed = on_disk[&repository.config.id].as_ref().is_some_and(|pin| {
+                let at = |wanted: &str| ahead.chain.iter().position(|(known, _)| known == wanted);
+                at(&pin.config_hash).zip(at(hash)).is_some_and(|(pinned, named)| pinned >= named)
+            });
+            if followed {
+                bail!(
+                    "the repository at {location} is at generation {} of its keys, behind {} at generation {} \
+                     (config {hash}), which this machine followed by its signature alone but did not make nor was \
+                     given the fingerprint of: bringing {location} up would take it on the word of one storage. If \
+                     an admin you trust made it, give its generation fingerprint, from that admin, with \
+                     --fingerprint; if nobody did, remove {} (this machine's pin), delete configs/{hash} from {}, \
+                     and run this again with --fingerprint and the fingerprint the admins keep; nothing was written",
+                    repository.config.generation,
+                    ahead.target.location(),
+                    config.generation,
+                    trust::pin_path(config_dir, &repository.config.id).display(),
+                    ahead.target.location()
+                );
+            }
             bail!(
                 "the repository at {location} is at generation {} of its keys, behind {} at generation {} \
                  (config {}), which this machine did not make nor was given the fingerprint of: bringing it up would take that \
@@ -521,6 +550,18 @@ async fn check_with(
                     );
                 }
                 let follow = pin.config_hash != repository.config_hash && !behind;
+                let named = |from: usize| repository.chain[from..].iter().any(|(hash, _)| vouches(None, given, hash));
+                let from = repository.chain.iter().position(|(hash, _)| *hash == pin.config_hash);
+                if follow && hold && !from.is_some_and(|from| named(from + 1)) {
+                    bail!(
+                        "{location} is at generation {} of the repository's keys, which this host has not followed \
+                         yet, and not every target given could be checked beside it: a new generation taken on one \
+                         storage's word could have this backup written for keys a removed admin kept (one signed \
+                         where the rekey that removed them did not reach); refusing. Run again when every target is \
+                         reachable, or give the new generation's fingerprint (from the admins) with --fingerprint",
+                        repository.config.generation
+                    );
+                }
                 if follow && !dry {
                     tracing::info!(
                         "repository {} was rekeyed since this machine last used it: following it to generation {}",
@@ -528,15 +569,17 @@ async fn check_with(
                         repository.config.generation
                     );
                     // Who reads or writes from now on that did not: once, as the pin moves
-                    // (rekey says it of every generation it builds on).
-                    let from = repository.chain.iter().position(|(hash, _)| *hash == pin.config_hash);
-                    for change in
-                        from.filter(|_| !allow_behind).map(|from| changes_after(repository, from)).unwrap_or_default()
+                    // (rekey says it of every generation it builds on), after the newest
+                    // generation this machine knows of its own: the pin's, a fingerprint given,
+                    // the one its rekey was publishing.
+                    let own = |hash: &str| vouches(None, given, hash) || pin.pending.as_deref() == Some(hash);
+                    let from = repository.chain.iter().rposition(|(hash, _)| own(hash)).max(from);
+                    let changes = from.filter(|_| !allow_behind).map(|from| changes_after(repository, from));
+                    for change in changes.unwrap_or_default().into_iter().filter(|change| warned.insert(change.clone()))
                     {
                         super::output::warning(format_args!(
-                            "{}: {change}, followed by this machine by its signature; if nobody you trust rekeyed, \
-                             a removed admin who kept older keys may have: check with the admins",
-                            repository.target.location()
+                            "{change}, followed by this machine by its signature; if nobody you trust rekeyed, a \
+                             removed admin who kept older keys may have: check with the admins"
                         ));
                     }
                 }
@@ -650,9 +693,10 @@ fn foreign_successor<'a>(repository: &'a Repository, pin: &Pin, given: Option<&F
 
 /// Whether this machine may bring a copy at generation `behind` up to `ahead`'s (rekey): the
 /// generation after it on `ahead`'s chain is vouched for by more than the signature of a key
-/// that every admin of `behind`'s generation held, removed ones included: this machine's pin
-/// is at it or past it, a rekey here was publishing it ([`Pin::pending`]), or `given` names it
-/// or a later one. The copy behind is the other storage's word that `behind` is the newest.
+/// that every admin of `behind`'s generation held, removed ones included: a rekey here was
+/// publishing it ([`Pin::pending`]), or it or a later one is one the pin vouches for
+/// ([`Pin::vouches`]: not merely followed) or `given` names. The copy behind is the other
+/// storage's word that `behind` is the newest.
 fn catch_up_vouched(ahead: &Repository, behind: &str, pin: Option<&Pin>, given: Option<&Fingerprint>) -> bool {
     let Some(at) = ahead.chain.iter().position(|(hash, _)| hash == behind) else { return false };
     let after = &ahead.chain[at + 1..];
@@ -758,8 +802,14 @@ impl PinChange {
             && self.chain.contains(&pin.config_hash)
         {
             pin.config_hash.clone_from(hash);
-            // Followed (through it, or past it on a fingerprint given): nothing pending now.
-            pin.pending = None;
+            // Followed through the generation this machine's rekey was publishing: its own, so
+            // vouched for (unless a later one is already). Nothing is pending after a follow.
+            if let Some(pending) = pin.pending.take()
+                && let Some(at) = self.chain.iter().position(|known| *known == pending)
+                && pin.vouched.as_ref().is_none_or(|vouched| !self.chain[at..].contains(vouched))
+            {
+                pin.vouched = Some(pending);
+            }
             changed = true;
         }
         changed

@@ -166,7 +166,17 @@ impl Repository {
     /// difference of objects.
     pub async fn init_copy(&self, target: Target) -> Result<Repository> {
         ensure_empty(&target).await?;
-        for (hash, config) in &self.chain {
+        // Opened at a later generation (a pin's): the generations before it too, so that the
+        // copy's `config` is the first generation, as every repository's is.
+        let (whole, gap) = self.with_earlier_generations().await?;
+        if let Some(hash) = gap {
+            return Err(Error::corrupt(
+                format!("{}/{}", self.target.location(), config_copy_key(&hash)),
+                "missing or damaged: an earlier generation's config, which the copy needs; mend it from another copy first",
+            ));
+        }
+        let this = &whole;
+        for (hash, config) in &this.chain {
             for key in config.keys.iter().chain(&config.admin_keys) {
                 match self
                     .target
@@ -186,7 +196,7 @@ impl Repository {
                 target.put_new(&config_copy_key(hash), self.config_bytes_of(hash).await?).await?;
             }
         }
-        let (first, _) = &self.chain[0];
+        let (first, _) = &this.chain[0];
         target.put_new(CONFIG_KEY, self.config_bytes_of(first).await?).await?;
         Repository::open_at(target, &self.config_hash).await
     }

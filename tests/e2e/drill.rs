@@ -225,6 +225,11 @@ fn a_config_rewritten_in_storage_is_in_the_drills_report() {
     assert_eq!(verify.code, 3, "{}\n{}", verify.stdout, verify.stderr);
     assert!(verify.stdout.contains(&mend), "{}", verify.stdout);
     assert!(verify.stdout.contains(&format!("configs/{planted}: is not a generation")), "{}", verify.stdout);
+    // A copy made from it now is whole from its first generation: its `config` is the original.
+    let copy = work.path("copy").to_str().unwrap().to_string();
+    work.run(&["init", "--copy-from", &repo, "--repo", &copy]).ok();
+    let copied = std::fs::read(std::path::Path::new(&copy).join("config")).unwrap();
+    assert_eq!(copied, std::fs::read(&original).unwrap(), "the copy's config is not the first generation");
     std::fs::remove_file(std::path::Path::new(&repo).join("configs").join(&planted)).unwrap();
     std::fs::copy(&original, &config).unwrap();
     work.run(&["verify", "--repo", &repo, "--identity", &work.admin_key()]).ok();

@@ -1081,6 +1081,48 @@ fn a_removed_admins_generation_on_one_copy_is_not_followed_past_a_copy_the_rekey
     assert_eq!((relative_files(&first), relative_files(&second)), before, "written");
 }
 
+/// The admin's rekey removing X reaches the first target only; X signs a sibling generation of
+/// its own on the second with generation 0's keys. On a night the first target cannot be
+/// reached, the backup host, pinned at generation 0, sees only X's: it does not follow a new
+/// generation on that one storage's word (it would have written the night readable to X), says
+/// why, and writes nothing. (Session 49's second attack run.)
+#[test]
+fn a_backup_host_does_not_follow_a_new_generation_while_a_target_given_cannot_be_checked_beside_it() {
+    let setup = Setup::new("rekey_hold", 2);
+    let host_pins = setup.work.path("host-pins");
+    copy_dir(&setup.work.config_dir(), &host_pins);
+    let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
+    let x = public_key(&setup.work, "other.key");
+    let admin = setup.work.admin_key();
+    let zero = setup.work.fingerprint(&setup.repos[1]);
+    let args = ["rekey", "--json", "--identity", &admin, "--remove-recipient", &x, "--repo", &setup.repos[0]];
+    let real = run_fingerprint(&setup.work.run(&args).ok());
+    let attacker = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
+    let evil = attacker.keygen("evil.key");
+    let x_key = attacker.path("x.key");
+    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[1], "--add-recipient", &evil];
+    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+
+    std::fs::remove_dir_all(setup.work.config_dir()).unwrap();
+    copy_dir(&host_pins, &setup.work.config_dir());
+    let away = setup.work.path("first-away");
+    std::fs::rename(&first, &away).unwrap();
+    let pins = files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let before = relative_files(&second);
+    let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str()];
+    args.extend(setup.repo_args());
+    setup.work.run(&args).fails_with(1, "not every target given could be checked beside it");
+    assert_eq!(relative_files(&second), before, "written");
+    let after =
+        files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    assert_eq!(after, pins, "a pin moved");
+    // The admins' new fingerprint does not lead there either.
+    setup.work.run(&[&args[..], &["--fingerprint", &real]].concat()).fails_with(1, "");
+    assert_eq!(relative_files(&second), before, "written");
+    std::fs::rename(&away, &first).unwrap();
+}
+
 /// The way out FORMAT gives a backup host whose pin had not followed a rekey that did not reach
 /// every target (or whose new config a storage writer deleted on one): the new generation's
 /// fingerprint, given once. The copy behind then fails against it and is left out, named; the
@@ -1267,6 +1309,34 @@ fn a_rekey_built_on_a_generation_this_machine_never_saw_names_the_admins_it_adde
     let (run, target) = setup.restore_as("evil.key", "latest", "rekey_added_since_t");
     run.fails_with(1, "not a recipient");
     assert!(target.is_empty());
+}
+
+/// A rekey interrupted after it published on the first target, and the pin then moved to its
+/// generation by another command here (a nightly `verify` of that target): the generation is
+/// still this machine's own, so the rerun brings the other target up, nothing is said of the
+/// admin it added, and the next rekey says nothing of it either. (Before, the rerun was refused
+/// as "did not make", with advice to delete the admin's own generation.)
+#[test]
+fn a_rekey_finished_after_another_command_followed_its_generation_is_still_this_machines_own() {
+    let setup = Setup::new("rekey_own", 2);
+    let second = PathBuf::from(&setup.repos[1]);
+    let newcomer = setup.work.keygen("new.key");
+    let configs = second.join("configs");
+    std::fs::rename(&configs, second.join("configs.kept")).unwrap();
+    std::fs::write(&configs, b"").unwrap();
+    let admin = setup.work.admin_key();
+    let args = ["rekey", "--identity", &admin, "--add-recipient", &newcomer, "--repo", &setup.repos[0]];
+    setup.work.run(&[&args[..], &["--repo", &setup.repos[1]]].concat()).fails_with(1, "configs");
+    std::fs::remove_file(&configs).unwrap();
+    std::fs::rename(second.join("configs.kept"), &configs).unwrap();
+    let verify = setup.work.run(&["verify", "--repo", &setup.repos[0]]).ok();
+    assert!(!verify.stderr.contains("added admin"), "{}", verify.stderr);
+    let run = setup.rekey("admin.key", &[]).ok();
+    assert!(run.stdout.contains("brought"), "{}", run.stdout);
+    assert!(!run.stderr.contains("added admin"), "{}", run.stderr);
+    let later = setup.work.keygen("later.key");
+    let run = setup.rekey("admin.key", &["--add-recipient", &later]).ok();
+    assert!(!run.stderr.contains("added admin"), "{}", run.stderr);
 }
 
 /// The way out the refusal above names, when the other successor is an admin's: the admin's
