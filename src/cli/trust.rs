@@ -173,8 +173,7 @@ pub async fn check_available(
     leave_out_failing(set, |_| role, given, config_dir, Copies::OfOne).await;
     // Copies of one repository, or nothing is checked (nor a pin written) for them.
     set.require_one_repository().map_err(|error| with_left_out(error.into(), set))?;
-    let mode = Mode { hold: role == Role::Writer && !set.left_out().is_empty(), ..Mode::default() };
-    check_with(set.repositories_mut(), role, given, config_dir, mode).await.map_err(|error| with_left_out(error, set))
+    check(set.repositories_mut(), role, given, config_dir).await.map_err(|error| with_left_out(error, set))
 }
 
 /// What the copies given to a command are meant to be.
@@ -358,12 +357,6 @@ struct Mode {
     /// Only to see whether the copies pass: no pin is written and what a check would say on
     /// the way (a pin made on first use, a rekey followed) is left for the real one.
     dry: bool,
-    /// A new generation is not followed by its signature: the backup host, when a copy given
-    /// could not be checked beside the others (unreachable, or left out). A removed admin who
-    /// kept an older generation's keys can sign a sibling of the rekey that removed them where
-    /// they write, when that rekey did not reach there; the copy it did reach, absent tonight,
-    /// would have shown the fork. The host would write the night for the removed admin.
-    hold: bool,
 }
 
 async fn check_with(
@@ -373,7 +366,12 @@ async fn check_with(
     config_dir: &Path,
     mode: Mode,
 ) -> Result<Trusted> {
-    let Mode { allow_behind, dry, hold } = mode;
+    let Mode { allow_behind, dry } = mode;
+    // Where the copies checked in this run are: the backup host follows a new generation only
+    // when every place its pin knows is among them.
+    let checked: Vec<String> = repositories.iter().map(|r| r.target.location().to_string()).collect();
+    // What following a generation changes of who reads and writes, said once the pins move.
+    let mut said: Vec<String> = Vec::new();
     let mut trusted = Trusted { pin: None, config_dir: config_dir.to_path_buf() };
     // The generations accepted on the targets checked so far: a copy that an interrupted rekey
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
@@ -387,8 +385,6 @@ async fn check_with(
     // admin who kept a signing key and can write one target's storage forks the chain there;
     // had the first target moved the pin onto the fork, the good one would fail from then on.
     let mut pins: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
-    // What following a generation was said to change, said once over the copies.
-    let mut warned: std::collections::HashSet<String> = std::collections::HashSet::new();
     // The pins as they were on disk before this run: one this run makes vouches for nothing.
     let mut on_disk: std::collections::HashMap<String, Option<Pin>> = std::collections::HashMap::new();
     let mut writes: Vec<PinWrite> = Vec::new();
@@ -484,8 +480,9 @@ async fn check_with(
                      (config {hash}), which this machine followed by its signature alone but did not make nor was \
                      given the fingerprint of: bringing {location} up would take it on the word of one storage. If \
                      an admin you trust made it, give its generation fingerprint, from that admin, with \
-                     --fingerprint; if nobody did, remove {} (this machine's pin), delete configs/{hash} from {}, \
-                     and run this again with --fingerprint and the fingerprint the admins keep; nothing was written",
+                     --fingerprint; if nobody did, remove {} (this machine's pin: it then forgets the newest \
+                     snapshot it knew), delete configs/{hash} from {}, and run this again with --fingerprint and the \
+                     fingerprint the admins keep; nothing was written",
                     repository.config.generation,
                     ahead.target.location(),
                     config.generation,
@@ -550,16 +547,33 @@ async fn check_with(
                     );
                 }
                 let follow = pin.config_hash != repository.config_hash && !behind;
-                let named = |from: usize| repository.chain[from..].iter().any(|(hash, _)| vouches(None, given, hash));
                 let from = repository.chain.iter().position(|(hash, _)| *hash == pin.config_hash);
-                if follow && hold && !from.is_some_and(|from| named(from + 1)) {
+                // The backup host (any command with its writer key: backup, verify, snapshots…)
+                // takes a new generation by its signature only where every place its pin knows
+                // shows it: a removed admin who kept an older generation's keys can sign a
+                // sibling of the rekey that removed them where they write and the rekey did not
+                // reach; the place it did reach, absent from this run, would have shown the fork.
+                // The host would write its nights for the removed admin.
+                let absent: Vec<&str> = pin
+                    .locations
+                    .iter()
+                    .filter(|known| !checked.iter().any(|here| crmvault::target::same_place(known, here)))
+                    .map(String::as_str)
+                    .collect();
+                let head_vouched = vouches(None, given, &repository.config_hash)
+                    || pin.pending.as_deref() == Some(repository.config_hash.as_str());
+                // Not in a copy's check alone (leaving out those that fail on their own): the
+                // others' absence is not its failure; the check of the copies kept decides.
+                if follow && role == Role::Writer && !dry && !absent.is_empty() && !head_vouched {
                     bail!(
                         "{location} is at generation {} of the repository's keys, which this host has not followed \
-                         yet, and not every target given could be checked beside it: a new generation taken on one \
-                         storage's word could have this backup written for keys a removed admin kept (one signed \
-                         where the rekey that removed them did not reach); refusing. Run again when every target is \
-                         reachable, or give the new generation's fingerprint (from the admins) with --fingerprint",
-                        repository.config.generation
+                         yet, and {} of the repository's targets this host knows could not be checked beside it: a \
+                         new generation taken on one storage's word could have this host write for keys a removed \
+                         admin kept (one signed where the rekey that removed them did not reach); refusing, nothing \
+                         was written. Run again with every target reachable and given, or give the new generation's \
+                         fingerprint (from the admins) with --fingerprint",
+                        repository.config.generation,
+                        absent.join(", ")
                     );
                 }
                 if follow && !dry {
@@ -575,13 +589,7 @@ async fn check_with(
                     let own = |hash: &str| vouches(None, given, hash) || pin.pending.as_deref() == Some(hash);
                     let from = repository.chain.iter().rposition(|(hash, _)| own(hash)).max(from);
                     let changes = from.filter(|_| !allow_behind).map(|from| changes_after(repository, from));
-                    for change in changes.unwrap_or_default().into_iter().filter(|change| warned.insert(change.clone()))
-                    {
-                        super::output::warning(format_args!(
-                            "{change}, followed by this machine by its signature; if nobody you trust rekeyed, a \
-                             removed admin who kept older keys may have: check with the admins"
-                        ));
-                    }
+                    said.extend(changes.unwrap_or_default());
                 }
                 // A fingerprint given names a generation this machine now vouches for.
                 let vouch = given.and_then(|given| {
@@ -666,7 +674,15 @@ async fn check_with(
         return Ok(trusted);
     }
     // Every target passed: now the pins change, each on the pin as it is on disk now
-    // (another command here may have changed it since).
+    // (another command here may have changed it since), and what they follow is said, once.
+    said.sort();
+    said.dedup();
+    for change in said {
+        super::output::warning(format_args!(
+            "{change}, followed by this machine by its signature; if nobody you trust rekeyed, a removed admin who \
+             kept older keys may have: check with the admins"
+        ));
+    }
     for write in writes {
         let written = write.apply(config_dir)?;
         if let Some(pin) = trusted.pin.as_mut()

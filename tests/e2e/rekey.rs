@@ -541,10 +541,19 @@ fn copies_forked_in_storage_are_refused_together_and_move_no_pin() {
             host.run(args).fails_with(1, "disagree");
             assert_eq!(std::fs::read(&fork.pin_path).unwrap(), pin, "{args:?} changed a pin");
         }
-        // Given the good target alone, the host follows the real generation 1; what it writes
-        // there, the removed admin cannot read.
+        // Given the good target alone, the host does not follow the real generation 1 either:
+        // where the forked target is absent, it cannot tell which of two is the admins'. Given
+        // that generation's fingerprint (from the admins), it follows it; what it writes there,
+        // the removed admin cannot read.
         let before = relative_files(Path::new(good));
-        host.run(&["backup", "--no-alarm", "--db", url, "--repo", good]).ok();
+        let alone = ["backup", "--no-alarm", "--db", url, "--repo", good];
+        host.run(&alone).fails_with(1, "could not be checked beside it");
+        assert_eq!(std::fs::read(&fork.pin_path).unwrap(), pin, "a pin changed (alone)");
+        let real = host.run(&["fingerprint", "--json", "--repo", good]).ok().json()["generation_fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        host.run(&[&alone[..], &["--fingerprint", &real]].concat()).ok();
         let written = relative_files(Path::new(good));
         let new: Vec<_> = written.difference(&before).collect();
         assert!(new.iter().any(|f| f.starts_with("snapshots")), "{new:?}");
@@ -1112,7 +1121,15 @@ fn a_backup_host_does_not_follow_a_new_generation_while_a_target_given_cannot_be
     let before = relative_files(&second);
     let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str()];
     args.extend(setup.repo_args());
-    setup.work.run(&args).fails_with(1, "not every target given could be checked beside it");
+    setup.work.run(&args).fails_with(1, "could not be checked beside it");
+    // Nor does any other command of the host follow it (the units run verify after backup), nor
+    // one given the second target alone.
+    let mut verify = vec!["verify"];
+    verify.extend(setup.repo_args());
+    setup.work.run(&verify).fails_with(1, "could not be checked beside it");
+    let alone = ["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", &setup.repos[1]];
+    setup.work.run(&alone).fails_with(1, "could not be checked beside it");
+    setup.work.run(&["snapshots", "--repo", &setup.repos[1]]).fails_with(1, "could not be checked beside it");
     assert_eq!(relative_files(&second), before, "written");
     let after =
         files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
@@ -1247,6 +1264,10 @@ fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_s
     let other_machine = Workspace::new();
     let _ = std::fs::remove_dir_all(other_machine.config_dir());
     copy_dir(&setup.work.config_dir(), &other_machine.config_dir());
+    // An admin's machine, not the backup host (which follows no generation one target shows).
+    for key in files_under(&other_machine.config_dir()).into_iter().filter(|f| f.ends_with("writer.key")) {
+        std::fs::remove_file(key).unwrap();
+    }
     std::fs::copy(setup.work.path("admin.key"), other_machine.path("admin.key")).unwrap();
     let verify = other_machine.run(&["verify", "--repo", &setup.repos[1]]).ok();
     let said =
