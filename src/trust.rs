@@ -247,13 +247,16 @@ impl crate::repo_set::Places for Pins<'_> {
 
     fn pinned_configs(&self, location: &str) -> Vec<String> {
         let Some(config_dir) = self.0 else { return Vec::new() };
-        other_repositories(config_dir, None)
-            .iter()
-            .filter_map(|id| load_pin(config_dir, id).ok().flatten())
-            .filter(|pin| pin.knows(location))
-            .map(|pin| pin.config_hash)
-            .collect()
+        pins_at(config_dir, location).map(|pin| pin.config_hash).collect()
     }
+}
+
+/// The pins here that know `location` (those that do not read are passed over).
+fn pins_at<'a>(config_dir: &'a Path, location: &'a str) -> impl Iterator<Item = Pin> + 'a {
+    other_repositories(config_dir, None)
+        .into_iter()
+        .filter_map(move |id| load_pin(config_dir, &id).ok().flatten())
+        .filter(move |pin| pin.knows(location))
 }
 
 /// What this machine remembers of the repository it last opened at `location`, said when
@@ -262,11 +265,7 @@ impl crate::repo_set::Places for Pins<'_> {
 pub fn held_before(config_dir: &Path, location: &str) -> Option<String> {
     // Of several pins naming it (older pins, kept before `init` took places out of them), the
     // one that saw the newest snapshot there.
-    let pin = other_repositories(config_dir, None)
-        .iter()
-        .filter_map(|id| load_pin(config_dir, id).ok().flatten())
-        .filter(|pin| pin.knows(location))
-        .max_by_key(|pin| pin.newest.as_ref().map(|mark| mark.time))?;
+    let pin = pins_at(config_dir, location).max_by_key(|pin| pin.newest.as_ref().map(|mark| mark.time))?;
     Some(format!(
         "it held repository {}{} when this machine last opened it: unless it was emptied or moved on purpose (or \
          is not mounted, or another endpoint answered), its backups were deleted in storage (another copy may \

@@ -376,8 +376,8 @@ async fn check_with(
     // The generations accepted on the targets checked so far: a copy that an interrupted rekey
     // left at an earlier one is not a forgery (commands that need the copies equal say so).
     let mut accepted: Vec<String> = Vec::new();
-    let mut head: Option<String> = None;
-    // The copy that set the head, for a rekey to bring the copies behind it up to.
+    // The copy that set the head (the first accepted), for a rekey to bring the copies behind
+    // it up to.
     let mut ahead: Option<Repository> = None;
     // Every target is checked against the pin as this machine had it, and the pins are written
     // only once every target passed: a target checked first must not move a pin (follow a
@@ -455,7 +455,8 @@ async fn check_with(
             );
         }
         // Targets are checked newest generation first: the first one accepted sets the head.
-        let behind = accepted.contains(&repository.config_hash) && head.as_ref() != Some(&repository.config_hash);
+        let behind = accepted.contains(&repository.config_hash)
+            && ahead.as_ref().is_some_and(|ahead| ahead.config_hash != repository.config_hash);
         if behind && !allow_behind {
             bail!(
                 "the repository at {location} is at an older generation of its keys than another --repo given \
@@ -560,8 +561,9 @@ async fn check_with(
                     .filter(|known| !checked.iter().any(|here| crmvault::target::same_place(known, here)))
                     .map(String::as_str)
                     .collect();
-                let head_vouched = vouches(None, given, &repository.config_hash)
-                    || pin.pending.as_deref() == Some(repository.config_hash.as_str());
+                // A generation this machine knows of its own: a fingerprint given, its rekey's.
+                let own = |hash: &str| vouches(None, given, hash) || pin.pending.as_deref() == Some(hash);
+                let head_vouched = own(&repository.config_hash);
                 // Not in a copy's check alone (leaving out those that fail on their own): the
                 // others' absence is not its failure; the check of the copies kept decides.
                 if follow && role == Role::Writer && !dry && !absent.is_empty() && !head_vouched {
@@ -584,19 +586,14 @@ async fn check_with(
                     );
                     // Who reads or writes from now on that did not: once, as the pin moves
                     // (rekey says it of every generation it builds on), after the newest
-                    // generation this machine knows of its own: the pin's, a fingerprint given,
-                    // the one its rekey was publishing.
-                    let own = |hash: &str| vouches(None, given, hash) || pin.pending.as_deref() == Some(hash);
+                    // generation this machine knows of its own, or the pin's.
                     let from = repository.chain.iter().rposition(|(hash, _)| own(hash)).max(from);
                     let changes = from.filter(|_| !allow_behind).map(|from| changes_after(repository, from));
                     said.extend(changes.unwrap_or_default());
                 }
                 // A fingerprint given names a generation this machine now vouches for.
-                let vouch = given.and_then(|given| {
-                    let at = repository
-                        .chain
-                        .iter()
-                        .rposition(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))?;
+                let vouch = given.and_then(|_| {
+                    let at = repository.chain.iter().rposition(|(hash, _)| vouches(None, given, hash))?;
                     let known = repository.chain.iter().rposition(|(hash, _)| pin.vouches(hash));
                     (known.is_none_or(|known| at > known)).then(|| repository.chain[at].0.clone())
                 });
@@ -661,7 +658,6 @@ async fn check_with(
             trusted.pin = pin;
         }
         accepted.extend(repository.chain.iter().map(|(hash, _)| hash.clone()));
-        head.get_or_insert_with(|| repository.config_hash.clone());
         if ahead.is_none() {
             ahead = Some(repository.clone());
         }
@@ -701,10 +697,8 @@ fn foreign_successor<'a>(repository: &'a Repository, pin: &Pin, given: Option<&F
     let pending = pin.pending.as_deref()?;
     let at = repository.chain.iter().position(|(hash, _)| *hash == pin.config_hash)?;
     let (next, _) = repository.chain.get(at + 1)?;
-    let vouched = |given: &Fingerprint| {
-        repository.chain[at + 1..].iter().any(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
-    };
-    (next != pending && !given.is_some_and(vouched)).then_some(next.as_str())
+    let named = repository.chain[at + 1..].iter().any(|(hash, _)| vouches(None, given, hash));
+    (next != pending && !named).then_some(next.as_str())
 }
 
 /// Whether this machine may bring a copy at generation `behind` up to `ahead`'s (rekey): the

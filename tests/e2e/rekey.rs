@@ -60,6 +60,41 @@ impl Setup {
         self.work.run(&args)
     }
 
+    /// X (the `other.key` admin, removed or about to be, who kept generation 0's keys) signs a
+    /// generation of its own on target `target`, from its own machine, adding a key of its
+    /// choosing (copied here as `evil.key`, to try it): that key's public half.
+    fn x_signs_a_generation(&self, target: usize) -> String {
+        let zero = self.work.fingerprint(&self.repos[target]);
+        let attacker = Workspace::new();
+        std::fs::copy(self.work.path("other.key"), attacker.path("x.key")).unwrap();
+        let evil = attacker.keygen("evil.key");
+        std::fs::copy(attacker.path("evil.key"), self.work.path("evil.key")).unwrap();
+        let x_key = attacker.path("x.key");
+        let args =
+            ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &self.repos[target], "--add-recipient", &evil];
+        attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+        evil
+    }
+
+    /// Target `target`'s `configs/` made a file (a storage writer making a rekey fail there
+    /// before it publishes), or put back.
+    fn configs_writable(&self, target: usize, writable: bool) {
+        let repo = PathBuf::from(&self.repos[target]);
+        let (configs, kept) = (repo.join("configs"), repo.join("configs.kept"));
+        if writable {
+            std::fs::remove_file(&configs).unwrap();
+            std::fs::rename(kept, &configs).unwrap();
+        } else {
+            std::fs::rename(&configs, kept).unwrap();
+            std::fs::write(&configs, b"").unwrap();
+        }
+    }
+
+    /// Every file of this machine's config folder (pins, keys), as bytes.
+    fn pins(&self) -> Vec<Vec<u8>> {
+        files_under(&self.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect()
+    }
+
     /// Restores `snapshot` from the first target with `identity` into a new database.
     fn restore_as(&self, identity: &str, snapshot: &str, label: &str) -> (Run, TestDb) {
         let target = TestDb::create(label);
@@ -1103,15 +1138,9 @@ fn a_backup_host_does_not_follow_a_new_generation_while_a_target_given_cannot_be
     let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
     let x = public_key(&setup.work, "other.key");
     let admin = setup.work.admin_key();
-    let zero = setup.work.fingerprint(&setup.repos[1]);
     let args = ["rekey", "--json", "--identity", &admin, "--remove-recipient", &x, "--repo", &setup.repos[0]];
     let real = run_fingerprint(&setup.work.run(&args).ok());
-    let attacker = Workspace::new();
-    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
-    let evil = attacker.keygen("evil.key");
-    let x_key = attacker.path("x.key");
-    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[1], "--add-recipient", &evil];
-    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+    setup.x_signs_a_generation(1);
 
     std::fs::remove_dir_all(setup.work.config_dir()).unwrap();
     copy_dir(&host_pins, &setup.work.config_dir());
@@ -1182,40 +1211,29 @@ fn a_rekey_run_again_does_not_follow_a_successor_a_removed_admin_planted_where_i
     let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
     let x = public_key(&setup.work, "other.key");
     let admin = setup.work.admin_key();
-    let zero = setup.work.fingerprint(&setup.repos[1]);
     // X makes the second target refuse the new config; the rekey publishes there first.
-    let configs = second.join("configs");
-    std::fs::rename(&configs, second.join("configs.kept")).unwrap();
-    std::fs::write(&configs, b"").unwrap();
+    setup.configs_writable(1, false);
     let rekey = |extra: &[&str]| {
         let args = ["rekey", "--identity", &admin, "--remove-recipient", &x, "--repo", &setup.repos[1]];
         setup.work.run(&[&args[..], &["--repo", &setup.repos[0]], extra].concat())
     };
     rekey(&[]).fails_with(1, "configs");
-    std::fs::remove_file(&configs).unwrap();
-    std::fs::rename(second.join("configs.kept"), &configs).unwrap();
+    setup.configs_writable(1, true);
     assert_eq!(files_under(&first.join("configs")).len(), 1, "published on the first");
     // X's own generation 1 on the second target, from X's machine.
-    let attacker = Workspace::new();
-    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
-    let evil = attacker.keygen("evil.key");
-    std::fs::copy(attacker.path("evil.key"), setup.work.path("evil.key")).unwrap();
-    let x_key = attacker.path("x.key");
-    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[1], "--add-recipient", &evil];
-    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+    let evil = setup.x_signs_a_generation(1);
     let (forged, _) = generation_config(&second, 1);
 
     // Run again, the admin's rekey refuses X's generation: nothing written, no pin moved.
-    let pins = files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let pins = setup.pins();
     let before = (relative_files(&first), relative_files(&second));
     rekey(&[]).fails_with(1, "not the one the rekey this machine started was publishing");
     assert_eq!((relative_files(&first), relative_files(&second)), before, "written");
-    let after =
-        files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let after = setup.pins();
     assert_eq!(after, pins, "a pin moved");
 
     // X's config taken out of storage, the rerun finishes: X and X's key read nothing new.
-    std::fs::remove_file(configs.join(&forged)).unwrap();
+    std::fs::remove_file(second.join("configs").join(&forged)).unwrap();
     let report = rekey(&["--json"]).ok().json();
     assert!(!report["recipients"].to_string().contains(&evil), "{report}");
     setup.source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 3 = 0");
@@ -1240,13 +1258,7 @@ fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_s
     let second = PathBuf::from(&setup.repos[1]);
     let x = public_key(&setup.work, "other.key");
     let zero = setup.work.fingerprint(&setup.repos[1]);
-    let attacker = Workspace::new();
-    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
-    let evil = attacker.keygen("evil.key");
-    std::fs::copy(attacker.path("evil.key"), setup.work.path("evil.key")).unwrap();
-    let x_key = attacker.path("x.key");
-    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[1], "--add-recipient", &evil];
-    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+    let evil = setup.x_signs_a_generation(1);
     let (planted, _) = generation_config(&second, 1);
 
     // A fresh machine given the first fingerprint vouches for nothing after it either.
@@ -1277,14 +1289,13 @@ fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_s
     let mut args = vec!["rekey", "--identity", admin_key.to_str().unwrap(), "--remove-recipient", &x];
     args.extend(setup.repo_args());
     other_machine.run(&args).fails_with(1, "did not make nor was given the fingerprint of");
-    let pins = files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let pins = setup.pins();
     let before = (relative_files(&PathBuf::from(&setup.repos[0])), relative_files(&second));
     let run = setup.rekey("admin.key", &["--remove-recipient", &x]);
     assert!(run.stderr.contains(&format!("delete configs/{planted}")), "{}", run.stderr);
     run.fails_with(1, "did not make nor was given the fingerprint of");
     assert_eq!((relative_files(&PathBuf::from(&setup.repos[0])), relative_files(&second)), before, "written");
-    let after =
-        files_under(&setup.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let after = setup.pins();
     assert_eq!(after, pins, "a pin moved");
 
     std::fs::remove_file(second.join("configs").join(&planted)).unwrap();
@@ -1308,14 +1319,7 @@ fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_s
 fn a_rekey_built_on_a_generation_this_machine_never_saw_names_the_admins_it_added() {
     let setup = Setup::new("rekey_added_since", 1);
     let x = public_key(&setup.work, "other.key");
-    let zero = setup.work.fingerprint(&setup.repos[0]);
-    let attacker = Workspace::new();
-    std::fs::copy(setup.work.path("other.key"), attacker.path("x.key")).unwrap();
-    let evil = attacker.keygen("evil.key");
-    std::fs::copy(attacker.path("evil.key"), setup.work.path("evil.key")).unwrap();
-    let x_key = attacker.path("x.key");
-    let args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &setup.repos[0], "--add-recipient", &evil];
-    attacker.run(&[&args[..], &["--fingerprint", &zero]].concat()).ok();
+    let evil = setup.x_signs_a_generation(0);
 
     let run = setup.rekey("admin.key", &["--remove-recipient", &x]).ok();
     let said =
@@ -1340,16 +1344,12 @@ fn a_rekey_built_on_a_generation_this_machine_never_saw_names_the_admins_it_adde
 #[test]
 fn a_rekey_finished_after_another_command_followed_its_generation_is_still_this_machines_own() {
     let setup = Setup::new("rekey_own", 2);
-    let second = PathBuf::from(&setup.repos[1]);
     let newcomer = setup.work.keygen("new.key");
-    let configs = second.join("configs");
-    std::fs::rename(&configs, second.join("configs.kept")).unwrap();
-    std::fs::write(&configs, b"").unwrap();
+    setup.configs_writable(1, false);
     let admin = setup.work.admin_key();
     let args = ["rekey", "--identity", &admin, "--add-recipient", &newcomer, "--repo", &setup.repos[0]];
     setup.work.run(&[&args[..], &["--repo", &setup.repos[1]]].concat()).fails_with(1, "configs");
-    std::fs::remove_file(&configs).unwrap();
-    std::fs::rename(second.join("configs.kept"), &configs).unwrap();
+    setup.configs_writable(1, true);
     let verify = setup.work.run(&["verify", "--repo", &setup.repos[0]]).ok();
     assert!(!verify.stderr.contains("added admin"), "{}", verify.stderr);
     let run = setup.rekey("admin.key", &[]).ok();
@@ -1367,17 +1367,13 @@ fn a_rekey_finished_after_another_command_followed_its_generation_is_still_this_
 #[test]
 fn another_admins_rekey_after_an_interrupted_one_is_followed_once_its_fingerprint_is_given() {
     let setup = Setup::new("rekey_rerun_other", 2);
-    let second = PathBuf::from(&setup.repos[1]);
     let admin = setup.work.admin_key();
     let zero = setup.work.fingerprint(&setup.repos[1]);
     let newcomer = setup.work.keygen("new.key");
-    let configs = second.join("configs");
-    std::fs::rename(&configs, second.join("configs.kept")).unwrap();
-    std::fs::write(&configs, b"").unwrap();
+    setup.configs_writable(1, false);
     let args = ["rekey", "--identity", &admin, "--add-recipient", &newcomer, "--repo", &setup.repos[1]];
     setup.work.run(&[&args[..], &["--repo", &setup.repos[0]]].concat()).fails_with(1, "configs");
-    std::fs::remove_file(&configs).unwrap();
-    std::fs::rename(second.join("configs.kept"), &configs).unwrap();
+    setup.configs_writable(1, true);
     // The other admin, on another machine.
     let colleague = Workspace::new();
     std::fs::copy(setup.work.path("other.key"), colleague.path("other.key")).unwrap();
