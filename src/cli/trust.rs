@@ -589,7 +589,7 @@ async fn check_with(
                     // generation this machine knows of its own, or the pin's.
                     let from = repository.chain.iter().rposition(|(hash, _)| own(hash)).max(from);
                     let changes = from.filter(|_| !allow_behind).map(|from| changes_after(repository, from));
-                    said.extend(changes.unwrap_or_default());
+                    said.extend(changes.unwrap_or_default().iter().map(ToString::to_string));
                 }
                 // A fingerprint given names a generation this machine now vouches for.
                 let vouch = given.and_then(|_| {
@@ -721,22 +721,52 @@ fn vouches(pin: Option<&Pin>, given: Option<&Fingerprint>, hash: &str) -> bool {
         || given.is_some_and(|given| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
 }
 
-/// What the generations after position `from` of `repository`'s chain changed of who reads
-/// and who writes: the admins each added, a writer key each put in. Said when a machine takes
+/// What one generation changed of who reads or who writes (said when a machine takes
 /// generations it did not vouch for: a removed admin who kept an older generation's keys can
-/// sign one.
-pub fn changes_after(repository: &Repository, from: usize) -> Vec<String> {
+/// sign one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyChange {
+    /// The generation added this admin recipient.
+    Admin { generation: u32, recipient: String },
+    /// The generation put in this writer key.
+    Writer { generation: u32, recipient: String },
+}
+
+impl KeyChange {
+    /// Whether the change still holds in the generation a rekey from `head` makes when it
+    /// removes `removing` and, when `rotating`, puts in a writer key of its own.
+    pub fn kept_by(&self, head: &crmvault::repo::RepoConfig, removing: &[String], rotating: bool) -> bool {
+        match self {
+            KeyChange::Admin { recipient, .. } => head.recipients.contains(recipient) && !removing.contains(recipient),
+            KeyChange::Writer { recipient, .. } => head.writer_recipient == *recipient && !rotating,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyChange::Admin { generation, recipient } => {
+                write!(f, "generation {generation} of the repository's keys added admin {recipient}")
+            }
+            KeyChange::Writer { generation, recipient } => {
+                write!(f, "generation {generation} of the repository's keys put in writer key {recipient}")
+            }
+        }
+    }
+}
+
+/// What the generations after position `from` of `repository`'s chain changed of who reads
+/// and who writes: the admins each added, a writer key each put in.
+pub fn changes_after(repository: &Repository, from: usize) -> Vec<KeyChange> {
     let mut changes = Vec::new();
     for pair in repository.chain.get(from..).unwrap_or_default().windows(2) {
         let (before, after) = (&pair[0].1, &pair[1].1);
         for recipient in after.recipients.iter().filter(|r| !before.recipients.contains(r)) {
-            changes.push(format!("generation {} of the repository's keys added admin {recipient}", after.generation));
+            changes.push(KeyChange::Admin { generation: after.generation, recipient: recipient.clone() });
         }
         if after.writer_recipient != before.writer_recipient {
-            changes.push(format!(
-                "generation {} of the repository's keys put in writer key {}",
-                after.generation, after.writer_recipient
-            ));
+            changes.push(KeyChange::Writer { generation: after.generation, recipient: after.writer_recipient.clone() });
         }
     }
     changes
@@ -744,7 +774,7 @@ pub fn changes_after(repository: &Repository, from: usize) -> Vec<String> {
 
 /// What the generations of `repository`'s chain after the newest one this machine vouches for
 /// ([`vouches`], or the one its own rekey was publishing) changed ([`changes_after`]).
-pub fn unvouched_changes(repository: &Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) -> Vec<String> {
+pub fn unvouched_changes(repository: &Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) -> Vec<KeyChange> {
     let own = |hash: &str| pin.is_some_and(|pin| pin.pending.as_deref() == Some(hash));
     let from = repository.chain.iter().rposition(|(hash, _)| vouches(pin, given, hash) || own(hash)).unwrap_or(0);
     changes_after(repository, from)

@@ -1311,29 +1311,87 @@ fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_s
 }
 
 /// One target, which X writes: a generation 1 X signed there before the rekey that removes X
-/// (adding a key of X's) is, to every machine, an admin's rekey like any other, and is
-/// followed. The admin's removal rekey builds on it: it says so, naming the key that
-/// generation added and that stays a reader, and lists the admins there are now; removed as
-/// the warning says, that key reads nothing written after.
+/// (adding a key of X's) is, to every machine, an admin's rekey like any other, followed by its
+/// signature. A removal rekey built on it would keep that key a reader while saying X reads
+/// nothing from now on: refused, naming the key, nothing written (on the admin's machine, and
+/// on a fresh one given the first fingerprint). Removed too, as the refusal says, it reads
+/// nothing written after. (Before, the rekey only warned, and finished.)
 #[test]
-fn a_rekey_built_on_a_generation_this_machine_never_saw_names_the_admins_it_added() {
+fn a_rekey_that_would_keep_an_admin_a_generation_it_never_saw_added_is_refused() {
     let setup = Setup::new("rekey_added_since", 1);
     let x = public_key(&setup.work, "other.key");
+    let zero = setup.work.fingerprint(&setup.repos[0]);
     let evil = setup.x_signs_a_generation(0);
+    let repo = PathBuf::from(&setup.repos[0]);
+    let before = relative_files(&repo);
 
-    let run = setup.rekey("admin.key", &["--remove-recipient", &x]).ok();
     let said =
-        format!("generation 1 of the repository's keys added admin {evil}, a generation this machine did not make");
-    assert!(run.stderr.contains(&said), "{}", run.stderr);
+        format!("generation 1 of the repository's keys added admin {evil}: a generation this machine did not make");
+    setup.rekey("admin.key", &["--remove-recipient", &x]).fails_with(1, &said);
+    let fresh = Workspace::new();
+    std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let admin_key = fresh.path("admin.key");
+    let args = ["rekey", "--identity", admin_key.to_str().unwrap(), "--repo", &setup.repos[0], "--fingerprint", &zero];
+    fresh.run(&[&args[..], &["--remove-recipient", &x]].concat()).fails_with(1, &said);
+    assert_eq!(relative_files(&repo), before, "written");
+
+    let run = setup.rekey("admin.key", &["--remove-recipient", &x, "--remove-recipient", &evil]).ok();
+    assert!(run.stderr.contains("this rekey undoes it"), "{}", run.stderr);
     let admins = run.stdout.lines().find(|l| l.starts_with("admins now: ")).unwrap_or_default().to_string();
-    assert!(admins.contains(&evil) && !admins.contains(&x), "{}", run.stdout);
-    // Nothing new to say on the next rekey: the machine follows generations it built on.
-    let run = setup.rekey("admin.key", &["--remove-recipient", &evil]).ok();
+    assert!(!admins.contains(&evil) && !admins.contains(&x), "{}", run.stdout);
+    // Nothing new to say on the next rekey: the machine vouches for generations it made.
+    let later = setup.work.keygen("later.key");
+    let run = setup.rekey("admin.key", &["--add-recipient", &later]).ok();
     assert!(!run.stderr.contains("added admin"), "{}", run.stderr);
     setup.backup();
-    let (run, target) = setup.restore_as("evil.key", "latest", "rekey_added_since_t");
-    run.fails_with(1, "not a recipient");
-    assert!(target.is_empty());
+    for key in ["evil.key", "other.key"] {
+        let (run, target) = setup.restore_as(key, "latest", "rekey_added_since_t");
+        run.fails_with(1, "not a recipient");
+        assert!(target.is_empty(), "{key}");
+    }
+}
+
+/// The way past that refusal when the generation is a colleague's: another admin rotates the
+/// writer key from their machine; this admin's next rekey would keep a writer key this machine
+/// cannot vouch for, and is refused until given the fingerprint the colleague has; then it
+/// builds on it and the backup host with the colleague's writer key writes on.
+#[test]
+fn a_rekey_builds_on_a_colleagues_generation_once_given_its_fingerprint() {
+    let setup = Setup::new("rekey_colleague", 1);
+    let zero = setup.work.fingerprint(&setup.repos[0]);
+    let colleague = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), colleague.path("other.key")).unwrap();
+    let other_key = colleague.path("other.key");
+    let writer_key = colleague.path("writer.key");
+    let args = [
+        "rekey",
+        "--json",
+        "--identity",
+        other_key.to_str().unwrap(),
+        "--fingerprint",
+        &zero,
+        "--repo",
+        &setup.repos[0],
+        "--rotate-writer-key",
+        "--writer-key-out",
+        writer_key.to_str().unwrap(),
+    ];
+    let run = colleague.run(&args).ok();
+    let theirs = run_fingerprint(&run);
+    let id = run.json()["repository_id"].as_str().unwrap().to_string();
+
+    let later = setup.work.keygen("later.key");
+    setup
+        .rekey("admin.key", &["--add-recipient", &later])
+        .fails_with(1, "generation 1 of the repository's keys put in writer key");
+    let run = setup.rekey("admin.key", &["--add-recipient", &later, "--fingerprint", &theirs]).ok();
+    assert!(!run.stderr.contains("put in writer key"), "{}", run.stderr);
+    // The backup host, given the colleague's writer key, writes on; the added admin reads it.
+    std::fs::copy(&writer_key, setup.work.config_dir().join("repos").join(&id).join("writer.key")).unwrap();
+    setup.backup();
+    let (run, target) = setup.restore_as("later.key", "latest", "rekey_colleague_t");
+    run.ok();
+    assert_same_database(&setup.source, &target);
 }
 
 /// A rekey interrupted after it published on the first target, and the pin then moved to its
