@@ -1183,6 +1183,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             )
             .await?;
             let mut lists = Vec::new();
+            let mut keyrings = Vec::new();
+            let known = trusted.first().and_then(trust::Trusted::newest);
             for (repository, mut trusted) in targets.repositories().iter().zip(trusted) {
                 let keyring = keyring(repository, identity.as_deref()).await?;
                 let list = snapshots::list(repository, keyring.as_ref(), &filter).await?;
@@ -1190,8 +1192,33 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 // the first step at 3 a.m., and a snapshot deleted after it is then said.
                 trusted.advance(list.iter().filter_map(|s| s.proven.as_ref()).max_by_key(|mark| mark.sequence))?;
                 lists.push((repository.target.location().to_string(), list));
+                keyrings.extend(keyring.map(|keyring| (repository, keyring)));
             }
-            output::snapshots(json, &snapshots::merge(lists), &repos);
+            let listed = snapshots::merge(lists);
+            // The newest snapshot this machine knows of, on no copy and in no forget record:
+            // deleted from storage, and `restore latest` would take an older one (as verify
+            // and restore say). Only unfiltered, and with a key to prove forget records.
+            let newer = |known: &crmvault::trust::SnapshotMark| {
+                listed
+                    .iter()
+                    .any(|s| s.id == known.id || s.proven.as_ref().is_some_and(|m| m.sequence > known.sequence))
+            };
+            if let Some(known) = known.filter(|known| filter.is_empty() && !keyrings.is_empty() && !newer(known)) {
+                let mut explained = false;
+                for (repository, keyring) in &keyrings {
+                    explained = explained || repository.absence_explained(&known.id, keyring).await;
+                }
+                if !explained {
+                    output::warning(format_args!(
+                        "snapshots were deleted from storage without being forgotten: the newest this machine \
+                         knows of, {} (number {}, {}), is on no target given, and forget records do not account for \
+                         it and every snapshot after the newest listed; `restore latest` would restore an older one \
+                         (`crmvault verify` names what is missing)",
+                        known.id, known.sequence, known.time
+                    ));
+                }
+            }
+            output::snapshots(json, &listed, &repos);
         }
         Command::Restore {
             repo,

@@ -120,6 +120,8 @@ fn forgetting_the_newest_snapshot_raises_no_rollback_alarm_anywhere() {
     let restore = ready.work.restore_with(&repo, &restored, &["--json"]).ok();
     assert!(!restore.stderr.contains("deleted from storage"), "{}", restore.stderr);
     assert!(restore.json().get("skipped_newer").is_none(), "{}", restore.stdout);
+    let listing = ready.work.run(&["snapshots", "--repo", &repo]).ok();
+    assert!(!listing.stderr.contains("deleted from storage"), "{}", listing.stderr);
     // The next backup names the forgotten snapshot as its predecessor without a warning
     // (`backup` asserts it), and the chain verifies.
     change(&ready, 3);
@@ -376,6 +378,13 @@ fn after_the_newest_snapshot_is_forgotten_deleting_the_newest_remaining_one_is_s
     let restore = ready.work.restore_with(&repo, &restored, &["--json"]).ok();
     assert!(restore.stderr.contains("deleted from storage"), "{}", restore.stderr);
     assert_eq!(restore.json()["skipped_newer"], true, "{}", restore.stdout);
+    // The listing, the first thing looked at, says so too (it listed what is left, exit 0).
+    let listing = ready.work.run(&["snapshots", "--repo", &repo]).ok();
+    assert!(
+        listing.stderr.contains("snapshots were deleted from storage without being forgotten"),
+        "{}",
+        listing.stderr
+    );
 }
 
 #[test]
