@@ -1731,39 +1731,14 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             };
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, false).await?;
             let config_dir = config_dir()?;
-            let pinned_before = crmvault::trust::load_pin(&config_dir, &targets.first().config.id)?;
-            let mut trusted =
-                trust::check_for_rekey(targets.repositories_mut(), fingerprint.as_ref(), &config_dir).await?;
-            // Generations this machine did not vouch for, built on now: who they added would
-            // read from now on too, whatever this rekey removes. Refused unless this rekey
-            // undoes it or the admins' fingerprint of the head is given.
-            let head = targets.repositories().iter().max_by_key(|r| r.config.generation).expect("one at least");
-            // The whole chain (a copy opened at the pinned generation starts there).
-            let (head, _) = head.with_earlier_generations().await?;
             let removing: Vec<String> = options.remove.iter().map(ToString::to_string).collect();
-            let (kept, undone): (Vec<_>, Vec<_>) =
-                trust::unvouched_changes(&head, pinned_before.as_ref(), fingerprint.as_ref())
-                    .into_iter()
-                    .partition(|change| change.kept_by(&head.config, &removing, options.writer_key_out.is_some()));
-            if !kept.is_empty() {
-                let writer = kept.iter().any(|change| matches!(change, trust::KeyChange::Writer { .. }));
-                let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
-                anyhow::bail!(
-                    "{}: a generation this machine did not make nor was given the fingerprint of, and this rekey \
-                     would keep it (if nobody you trust rekeyed, a removed admin who kept older keys may have \
-                     signed it); refusing, nothing was written. If an admin you trust made it, give the \
-                     fingerprint they have (`crmvault fingerprint` on their machine) with --fingerprint; \
-                     otherwise undo it in this rekey: --remove-recipient for each admin named{}",
-                    kept.join("; "),
-                    if writer { ", --rotate-writer-key --writer-key-out FILE for the writer key" } else { "" }
-                );
-            }
-            for change in undone {
-                output::warning(format_args!(
-                    "{change}, a generation this machine did not make nor was given the fingerprint of: this \
-                     rekey undoes it"
-                ));
-            }
+            let mut trusted = trust::check_for_rekey(
+                targets.repositories_mut(),
+                fingerprint.as_ref(),
+                &config_dir,
+                (&removing, options.writer_key_out.is_some()),
+            )
+            .await?;
             let identity = settings.require_identity(identity)?;
             if let Ok(keyring) = targets.unlock_as_admin(&identity).await {
                 audit.opened(targets.repositories(), &keyring);

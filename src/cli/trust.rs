@@ -341,12 +341,57 @@ pub async fn check_copies_together(
 /// an interrupted rekey, or because its newer config was deleted) and brings it up with the
 /// newest generation's keys. Every other command refuses such a copy: it would be read, and
 /// its keys unlocked, under a generation that the newest one retired.
+///
+/// Before any pin moves, refuses to build on generations after the newest one this machine
+/// vouches for while an admin or writer key they put in would stay in the generation the
+/// rekey makes (`removing` the admins it removes, `rotating` whether it puts in a writer key
+/// of its own): with a single target, a removed admin's generation signed before the rekey
+/// that removes them looks like any colleague's. `given` naming the head vouches for it.
 pub async fn check_for_rekey(
     repositories: &mut [Repository],
     given: Option<&Fingerprint>,
     config_dir: &Path,
+    (removing, rotating): (&[String], bool),
 ) -> Result<Trusted> {
-    check_with(repositories, Role::Admin, given, config_dir, Mode { allow_behind: true, ..Mode::default() }).await
+    let mode = Mode { allow_behind: true, ..Mode::default() };
+    check_with(repositories, Role::Admin, given, config_dir, Mode { dry: true, ..mode }).await?;
+    let head = repositories.iter().max_by_key(|r| r.config.generation).expect("one at least");
+    // The whole chain (a copy opened at the pinned generation starts there).
+    let (head, missing) = head.with_earlier_generations().await?;
+    let pin = trust::load_pin(config_dir, &head.config.id)?;
+    let Some(changes) = unvouched_changes(&head, pin.as_ref(), given) else {
+        let missing = missing.map(|hash| format!(" (configs/{hash} is missing or damaged there)")).unwrap_or_default();
+        bail!(
+            "the generations of the repository's keys at {}{missing} do not lead back to one this machine made or \
+             was given the fingerprint of: who they added cannot be told; refusing, nothing was written. Copy the \
+             missing config back from another target, or give the fingerprint the admin who made generation {} has \
+             (--fingerprint)",
+            head.target.location(),
+            head.config.generation
+        );
+    };
+    let (kept, undone): (Vec<_>, Vec<_>) =
+        changes.into_iter().partition(|change| change.kept_by(&head.config, removing, rotating));
+    if !kept.is_empty() {
+        let writer = kept.iter().any(|change| matches!(change, KeyChange::Writer { .. }));
+        let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
+        bail!(
+            "{}: this rekey would keep {}, and this machine did not make nor was given the fingerprint of the \
+             generation that put {} in; refusing, nothing was written. If an admin you trust made it, give the \
+             fingerprint their rekey printed (--fingerprint); otherwise remove {} in this rekey (--remove-recipient{})",
+            kept.join("; "),
+            if kept.len() == 1 { "it" } else { "them" },
+            if kept.len() == 1 { "it" } else { "them" },
+            if kept.len() == 1 { "it" } else { "them" },
+            if writer { "; --rotate-writer-key --writer-key-out FILE for a writer key" } else { "" }
+        );
+    }
+    for change in undone {
+        super::output::warning(format_args!(
+            "{change}, a generation this machine did not make nor was given the fingerprint of: this rekey undoes it"
+        ));
+    }
+    check_with(repositories, Role::Admin, given, config_dir, mode).await
 }
 
 /// How [`check_with`] goes about its copies.
@@ -756,28 +801,45 @@ impl std::fmt::Display for KeyChange {
     }
 }
 
-/// What the generations after position `from` of `repository`'s chain changed of who reads
-/// and who writes: the admins each added, a writer key each put in.
+/// What the head of `repository`'s chain has of who reads and who writes that the generation
+/// at position `from` had not: each admin and writer key, with the generation that put it in
+/// (last, when one was taken out and put in again).
 pub fn changes_after(repository: &Repository, from: usize) -> Vec<KeyChange> {
-    let mut changes = Vec::new();
-    for pair in repository.chain.get(from..).unwrap_or_default().windows(2) {
-        let (before, after) = (&pair[0].1, &pair[1].1);
-        for recipient in after.recipients.iter().filter(|r| !before.recipients.contains(r)) {
-            changes.push(KeyChange::Admin { generation: after.generation, recipient: recipient.clone() });
-        }
-        if after.writer_recipient != before.writer_recipient {
-            changes.push(KeyChange::Writer { generation: after.generation, recipient: after.writer_recipient.clone() });
-        }
+    let chain = repository.chain.get(from..).unwrap_or_default();
+    let (Some((_, base)), Some((_, head))) = (chain.first(), chain.last()) else { return Vec::new() };
+    // The generation from which `holds` held without a break up to the head.
+    let since = |holds: &dyn Fn(&crmvault::repo::RepoConfig) -> bool| {
+        let run = chain.iter().rev().take_while(|(_, config)| holds(config)).count();
+        chain[chain.len() - run].1.generation
+    };
+    let mut changes: Vec<KeyChange> = head
+        .recipients
+        .iter()
+        .filter(|r| !base.recipients.contains(r))
+        .map(|r| KeyChange::Admin { generation: since(&|c| c.recipients.contains(r)), recipient: r.clone() })
+        .collect();
+    if head.writer_recipient != base.writer_recipient {
+        let writer = &head.writer_recipient;
+        changes.push(KeyChange::Writer {
+            generation: since(&|c| c.writer_recipient == *writer),
+            recipient: writer.clone(),
+        });
     }
     changes
 }
 
-/// What the generations of `repository`'s chain after the newest one this machine vouches for
-/// ([`vouches`], or the one its own rekey was publishing) changed ([`changes_after`]).
-pub fn unvouched_changes(repository: &Repository, pin: Option<&Pin>, given: Option<&Fingerprint>) -> Vec<KeyChange> {
+/// What the head of `repository`'s chain has of who reads and writes that the newest generation
+/// this machine vouches for ([`vouches`], or the one its own rekey was publishing) had not
+/// ([`changes_after`]). None when the chain does not reach back to such a generation (a config
+/// on the way is missing or damaged): what the generations after it put in cannot be told.
+pub fn unvouched_changes(
+    repository: &Repository,
+    pin: Option<&Pin>,
+    given: Option<&Fingerprint>,
+) -> Option<Vec<KeyChange>> {
     let own = |hash: &str| pin.is_some_and(|pin| pin.pending.as_deref() == Some(hash));
-    let from = repository.chain.iter().rposition(|(hash, _)| vouches(pin, given, hash) || own(hash)).unwrap_or(0);
-    changes_after(repository, from)
+    let from = repository.chain.iter().rposition(|(hash, _)| vouches(pin, given, hash) || own(hash))?;
+    Some(changes_after(repository, from))
 }
 
 /// A change to a pin that a command's check of its targets decided, made once every target

@@ -102,7 +102,8 @@ pub async fn run(
 ) -> Result<RekeyReport> {
     let repositories = targets.repositories_mut();
     let newest = (0..repositories.len()).max_by_key(|&i| repositories[i].config.generation).expect("one at least");
-    let fingerprint = repositories[newest].fingerprint();
+    // The first generation's (a copy opened at a pinned generation starts there).
+    let fingerprint = repositories[newest].with_earlier_generations().await?.0.fingerprint();
     let mut caught_up = Vec::new();
     for i in 0..repositories.len() {
         if repositories[i].config_hash != repositories[newest].config_hash {

@@ -1325,9 +1325,10 @@ fn a_rekey_that_would_keep_an_admin_a_generation_it_never_saw_added_is_refused()
     let repo = PathBuf::from(&setup.repos[0]);
     let before = relative_files(&repo);
 
-    let said =
-        format!("generation 1 of the repository's keys added admin {evil}: a generation this machine did not make");
+    let said = format!("generation 1 of the repository's keys added admin {evil}: this rekey would keep it");
+    let pins = setup.pins();
     setup.rekey("admin.key", &["--remove-recipient", &x]).fails_with(1, &said);
+    assert_eq!(setup.pins(), pins, "a pin moved");
     let fresh = Workspace::new();
     std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
     let admin_key = fresh.path("admin.key");
@@ -1349,6 +1350,33 @@ fn a_rekey_that_would_keep_an_admin_a_generation_it_never_saw_added_is_refused()
         run.fails_with(1, "not a recipient");
         assert!(target.is_empty(), "{key}");
     }
+}
+
+/// The same, with the chain cut where the machine could see what X's generation added: the
+/// admin's machine followed X's generation by its signature (the nightly verify), then X deletes
+/// the generation before it and makes `config` junk. The copy opens at the pinned generation,
+/// which this machine only followed: the removal rekey cannot tell what it added, and refuses.
+/// (Before, it saw no change at all, kept X's key a reader, and printed X's generation's
+/// fingerprint as the repository's.)
+#[test]
+fn a_rekey_refuses_when_the_generations_back_to_one_it_vouches_for_cannot_be_read() {
+    let setup = Setup::new("rekey_cut_chain", 1);
+    let x = public_key(&setup.work, "other.key");
+    let evil = setup.x_signs_a_generation(0);
+    let repo = PathBuf::from(&setup.repos[0]);
+    let verify = setup.work.run(&["verify", "--repo", &setup.repos[0]]).ok();
+    assert!(verify.stderr.contains(&format!("added admin {evil}, followed by this machine")), "{}", verify.stderr);
+    let (first, _) = generation_config(&repo, 0);
+    std::fs::remove_file(repo.join("configs").join(&first)).unwrap();
+    std::fs::write(repo.join("config"), "junk").unwrap();
+    let before = relative_files(&repo);
+    let pins = setup.pins();
+
+    setup
+        .rekey("admin.key", &["--remove-recipient", &x])
+        .fails_with(1, &format!("configs/{first} is missing or damaged there"))
+        .fails_with(1, "who they added cannot be told");
+    assert_eq!((relative_files(&repo), setup.pins()), (before, pins), "written");
 }
 
 /// The way past that refusal when the generation is a colleague's: another admin rotates the
