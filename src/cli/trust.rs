@@ -354,7 +354,9 @@ pub async fn check_for_rekey(
     (removing, rotating): (&[String], bool),
 ) -> Result<Trusted> {
     let mode = Mode { allow_behind: true, ..Mode::default() };
-    check_with(repositories, Role::Admin, given, config_dir, Mode { dry: true, ..mode }).await?;
+    // Decided on the copies as this check opened them, which the rekey then builds on (the
+    // storage is not read again in between), before any pin moves.
+    let checked = check_copies(repositories, Role::Admin, given, config_dir, mode).await?;
     let head = repositories.iter().max_by_key(|r| r.config.generation).expect("one at least");
     // The whole chain (a copy opened at the pinned generation starts there).
     let (head, missing) = head.with_earlier_generations().await?;
@@ -374,16 +376,22 @@ pub async fn check_for_rekey(
         changes.into_iter().partition(|change| change.kept_by(&head.config, removing, rotating));
     if !kept.is_empty() {
         let writer = kept.iter().any(|change| matches!(change, KeyChange::Writer { .. }));
+        let admins = kept.len() > usize::from(writer);
+        let undo = match (admins, writer) {
+            (true, true) => {
+                "--remove-recipient for an admin, --rotate-writer-key --writer-key-out FILE for the writer key"
+            }
+            (true, false) => "--remove-recipient",
+            _ => "--rotate-writer-key --writer-key-out FILE",
+        };
+        let them = if kept.len() == 1 { "it" } else { "them" };
         let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
         bail!(
-            "{}: this rekey would keep {}, and this machine did not make nor was given the fingerprint of the \
-             generation that put {} in; refusing, nothing was written. If an admin you trust made it, give the \
-             fingerprint their rekey printed (--fingerprint); otherwise remove {} in this rekey (--remove-recipient{})",
-            kept.join("; "),
-            if kept.len() == 1 { "it" } else { "them" },
-            if kept.len() == 1 { "it" } else { "them" },
-            if kept.len() == 1 { "it" } else { "them" },
-            if writer { "; --rotate-writer-key --writer-key-out FILE for a writer key" } else { "" }
+            "{}: this rekey would keep {them}, and this machine did not make nor was given the fingerprint of the \
+             generation that put {them} in; refusing, nothing was written. If an admin you trust made it, give the \
+             generation fingerprint their rekey printed (\"this generation's\") with --fingerprint; otherwise \
+             undo {them} in this rekey ({undo})",
+            kept.join("; ")
         );
     }
     for change in undone {
@@ -391,7 +399,7 @@ pub async fn check_for_rekey(
             "{change}, a generation this machine did not make nor was given the fingerprint of: this rekey undoes it"
         ));
     }
-    check_with(repositories, Role::Admin, given, config_dir, mode).await
+    checked.commit()
 }
 
 /// How [`check_with`] goes about its copies.
@@ -411,6 +419,55 @@ async fn check_with(
     config_dir: &Path,
     mode: Mode,
 ) -> Result<Trusted> {
+    let checked = check_copies(repositories, role, given, config_dir, mode).await?;
+    if mode.dry {
+        return Ok(checked.trusted);
+    }
+    checked.commit()
+}
+
+/// What [`check_copies`] decided, not yet done: the pins to write, what following a generation
+/// changes (said as the pins move).
+struct Checked {
+    trusted: Trusted,
+    writes: Vec<PinWrite>,
+    said: Vec<String>,
+}
+
+impl Checked {
+    /// Every target passed: now the pins change, each on the pin as it is on disk now (another
+    /// command here may have changed it since), and what they follow is said, once.
+    fn commit(self) -> Result<Trusted> {
+        let Checked { mut trusted, writes, mut said } = self;
+        said.sort();
+        said.dedup();
+        for change in said {
+            super::output::warning(format_args!(
+                "{change}, followed by this machine by its signature; if nobody you trust rekeyed, a removed admin \
+                 who kept older keys may have: check with the admins"
+            ));
+        }
+        for write in writes {
+            let written = write.apply(&trusted.config_dir)?;
+            if let Some(pin) = trusted.pin.as_mut()
+                && pin.repository_id == written.repository_id
+            {
+                *pin = written;
+            }
+        }
+        Ok(trusted)
+    }
+}
+
+/// Checks `repositories` against this machine's pins (see [`check`]); the pins are left as
+/// they are on disk, and what to write returned.
+async fn check_copies(
+    repositories: &mut [Repository],
+    role: Role,
+    given: Option<&Fingerprint>,
+    config_dir: &Path,
+    mode: Mode,
+) -> Result<Checked> {
     let Mode { allow_behind, dry } = mode;
     // Where the copies checked in this run are: the backup host follows a new generation only
     // when every place its pin knows is among them.
@@ -440,6 +497,13 @@ async fn check_with(
     // opened them; commands that go on with the copies they can use compare them as
     // [`leave_out_failing`] opened them).
     crmvault::repo_set::refuse_forked_copies(repositories)?;
+    // Each copy opened at its pinned generation first (where its `config` does not lead
+    // there), so that the order below is of the generations checked: a copy that reopening
+    // takes ahead of the others must set the head, not be taken as one behind it.
+    for repository in repositories.iter_mut() {
+        let pin = trust::load_pin(config_dir, &repository.config.id)?;
+        anchor(repository, pin.as_ref(), given).await?;
+    }
     let mut order: Vec<usize> = (0..repositories.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
     for i in order {
@@ -450,7 +514,11 @@ async fn check_with(
             pins.insert(repository.config.id.clone(), pin);
         }
         let pinned = pins[&repository.config.id].clone();
-        anchor(repository, pinned.as_ref(), given).await?;
+        // Anchored above at a pin on disk: not read again (a storage answering otherwise the
+        // second time would reorder the copies); a pin this run made anchors the later copies.
+        if on_disk[&repository.config.id].is_none() && pinned.is_some() {
+            anchor(repository, pinned.as_ref(), given).await?;
+        }
         if let Some(error) = repository.fork_error() {
             return Err(error.into());
         }
@@ -711,28 +779,7 @@ async fn check_with(
     // does not lead to the pin is opened again at the pinned generation, and follows what its
     // `configs/` hold from there).
     crmvault::repo_set::refuse_forked_copies(repositories)?;
-    if dry {
-        return Ok(trusted);
-    }
-    // Every target passed: now the pins change, each on the pin as it is on disk now
-    // (another command here may have changed it since), and what they follow is said, once.
-    said.sort();
-    said.dedup();
-    for change in said {
-        super::output::warning(format_args!(
-            "{change}, followed by this machine by its signature; if nobody you trust rekeyed, a removed admin who \
-             kept older keys may have: check with the admins"
-        ));
-    }
-    for write in writes {
-        let written = write.apply(config_dir)?;
-        if let Some(pin) = trusted.pin.as_mut()
-            && pin.repository_id == written.repository_id
-        {
-            *pin = written;
-        }
-    }
-    Ok(trusted)
+    Ok(Checked { trusted, writes, said })
 }
 
 /// The successor of the pinned generation in `repository`'s chain when the pin names another

@@ -103,7 +103,16 @@ pub async fn run(
     let repositories = targets.repositories_mut();
     let newest = (0..repositories.len()).max_by_key(|&i| repositories[i].config.generation).expect("one at least");
     // The first generation's (a copy opened at a pinned generation starts there).
-    let fingerprint = repositories[newest].with_earlier_generations().await?.0.fingerprint();
+    let (whole, missing) = repositories[newest].with_earlier_generations().await?;
+    let fingerprint = whole.fingerprint();
+    if let Some(missing) = missing {
+        tracing::warn!(
+            "{}: configs/{missing} is missing or damaged, so the repository's first fingerprint cannot be read \
+             there: the one shown is generation {}'s (keep the one you have)",
+            repositories[newest].target.location(),
+            whole.chain[0].1.generation
+        );
+    }
     let mut caught_up = Vec::new();
     for i in 0..repositories.len() {
         if repositories[i].config_hash != repositories[newest].config_hash {

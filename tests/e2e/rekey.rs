@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::common::s3::{FaultCount, Faults, S3Server};
 use crate::common::*;
 
 fn public_key(work: &Workspace, name: &str) -> String {
@@ -64,7 +65,9 @@ impl Setup {
     /// generation of its own on target `target`, from its own machine, adding a key of its
     /// choosing (copied here as `evil.key`, to try it): that key's public half.
     fn x_signs_a_generation(&self, target: usize) -> String {
-        let zero = self.work.fingerprint(&self.repos[target]);
+        // X builds on the head there, as one of its admins (its generation's fingerprint).
+        let head = self.work.run(&["fingerprint", "--json", "--repo", &self.repos[target]]).ok().json();
+        let zero = head["generation_fingerprint"].as_str().unwrap().to_string();
         let attacker = Workspace::new();
         std::fs::copy(self.work.path("other.key"), attacker.path("x.key")).unwrap();
         let evil = attacker.keygen("evil.key");
@@ -1377,6 +1380,57 @@ fn a_rekey_refuses_when_the_generations_back_to_one_it_vouches_for_cannot_be_rea
         .fails_with(1, &format!("configs/{first} is missing or damaged there"))
         .fails_with(1, "who they added cannot be told");
     assert_eq!((relative_files(&repo), setup.pins()), (before, pins), "written");
+}
+
+/// Two targets; the admin's own rekey (generation 1, adding a newcomer, X still an admin)
+/// reached both; X signs generation 2 on the bucket, adding a key of its choosing, and the
+/// bucket's listings leave generation 1 out while it serves it by name. The bucket's copy
+/// opens at generation 0 and reaches X's generation only once reopened at the generation the
+/// pin names. Ordered as first opened, it was taken as level with the head rather than ahead
+/// of the folder: the pin followed X's generation, the rekey brought the folder up to it, and
+/// X's key stayed a reader while the rekey said X reads nothing from now on (an attack review
+/// found it as a storage answering a second read otherwise). Now every copy is opened at its
+/// pinned generation before they are ordered, and read once: the folder is behind a
+/// generation this machine never vouched for, and the rekey refuses; nothing written, no pin
+/// moved.
+#[test]
+fn a_copy_reopened_at_its_pinned_generation_is_ordered_as_reopened() {
+    let count = std::sync::Arc::new(FaultCount::default());
+    let Some(server) = S3Server::start_faulty(Faults::default(), count.clone()) else {
+        return; // the listing is changed only by the server in this process
+    };
+    let source = TestDb::create("rekey_listing");
+    source.load_file(&fixture("examples/crm.sql"));
+    let work = Workspace::new();
+    let admin = work.keygen("admin.key");
+    let other = work.keygen("other.key");
+    let local = work.path("repo0").to_str().unwrap().to_string();
+    let bucket = server.repo("rekey-listing");
+    let repos = ["--repo", local.as_str(), "--repo", bucket.as_str()];
+    server.run(&work, &[&["init", "--recipient", &admin, "--recipient", &other][..], &repos].concat()).ok();
+    server.run(&work, &[&["backup", "--no-alarm", "--db", source.url_str()][..], &repos].concat()).ok();
+    let admin_key = work.admin_key();
+    let newcomer = work.keygen("new.key");
+    let add = ["rekey", "--identity", &admin_key, "--add-recipient", &newcomer];
+    let own = server.run(&work, &[&add[..], &["--json"], &repos].concat()).ok().json();
+    let head = own["generation_fingerprint"].as_str().unwrap().to_string();
+    let (config_hash, _) = generation_config(Path::new(&local), 1);
+    // X, an admin of generation 1, signs generation 2 on the bucket.
+    let attacker = Workspace::new();
+    std::fs::copy(work.path("other.key"), attacker.path("x.key")).unwrap();
+    let evil = attacker.keygen("evil.key");
+    let x_key = attacker.path("x.key");
+    let x_args = ["rekey", "--identity", x_key.to_str().unwrap(), "--repo", &bucket, "--fingerprint", &head];
+    server.run(&attacker, &[&x_args[..], &["--add-recipient", &evil]].concat()).ok();
+    count.hidden.lock().unwrap().push(format!("configs/{config_hash}"));
+    let stored = || (relative_files(Path::new(&local)), relative_files(&server.bucket_dir().unwrap()));
+    let pins = || files_under(&work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect::<Vec<_>>();
+    let before = (stored(), pins());
+
+    let x = public_key(&work, "other.key");
+    let run = server.run(&work, &[&["rekey", "--identity", &admin_key, "--remove-recipient", &x][..], &repos].concat());
+    run.fails_with(1, "which this machine did not make nor was given the fingerprint of");
+    assert!((stored(), pins()) == before, "written");
 }
 
 /// The way past that refusal when the generation is a colleague's: another admin rotates the

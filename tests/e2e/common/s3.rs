@@ -37,12 +37,15 @@ pub struct Faults {
 }
 
 /// What a faulty server did: requests seen and faults injected; and whether it injects them
-/// now (it starts without, so that the repository can be set up first).
+/// now (it starts without, so that the repository can be set up first). `hidden`: keys (or
+/// parts of keys) its object listings leave out while it still serves them by name, as a
+/// storage that lies does.
 #[derive(Debug, Default)]
 pub struct FaultCount {
     pub requests: AtomicUsize,
     pub injected: AtomicUsize,
     pub enabled: AtomicBool,
+    pub hidden: std::sync::Mutex<Vec<String>>,
 }
 
 /// A bucket name no other test of this process uses.
@@ -203,6 +206,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
             if self.count.enabled.load(Ordering::SeqCst) { rand::thread_rng().gen_range(0..100u32) } else { 100 };
         let Faults { errors, drops, slow, lost, delay } = self.faults;
         let (inner, count) = (self.inner.clone(), self.count.clone());
+        let listing = request.uri().query().is_some_and(|query| query.contains("list-type=2"));
         Box::pin(async move {
             let _ = number;
             if draw < errors {
@@ -231,9 +235,37 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Faulty {
                 count.injected.fetch_add(1, Ordering::SeqCst);
                 return Err(s3s::HttpError::new(Box::new(std::io::Error::other("injected lost answer"))));
             }
-            answer
+            let hidden = count.hidden.lock().unwrap().clone();
+            match answer {
+                Ok(mut answer) if listing && !hidden.is_empty() => {
+                    let xml = answer.body_mut().store_all_limited(64 << 20).await.map_err(s3s::HttpError::new)?;
+                    let xml = without_keys(&String::from_utf8_lossy(&xml), &hidden);
+                    answer.headers_mut().remove(http::header::CONTENT_LENGTH);
+                    *answer.body_mut() = s3s::Body::from(xml);
+                    Ok(answer)
+                }
+                answer => answer,
+            }
         })
     }
+}
+
+/// A ListObjectsV2 answer without the objects whose key contains one of `hidden`.
+fn without_keys(xml: &str, hidden: &[String]) -> String {
+    let (open, close) = ("<Contents>", "</Contents>");
+    let mut kept = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(start) = rest.find(open) {
+        let end = rest[start..].find(close).map_or(rest.len(), |end| start + end + close.len());
+        let object = &rest[start..end];
+        kept.push_str(&rest[..start]);
+        if !hidden.iter().any(|key| object.contains(key.as_str())) {
+            kept.push_str(object);
+        }
+        rest = &rest[end..];
+    }
+    kept.push_str(rest);
+    kept
 }
 
 fn serve_with(
