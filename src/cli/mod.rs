@@ -1667,7 +1667,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Ls { repo, identity, filter, snapshot } => {
             let identity = settings.identity(identity)?;
             let mut targets = storage.open_set(&settings.repos(repo.repos)?, true).await?;
-            targets.require_one_repository()?;
+            trust::require_one_repository(&targets, &config_dir()?)?;
             let role = trust::reading_role(targets.first(), identity.as_deref(), &config_dir()?);
             trust::check(targets.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
             targets.remember_labels(&config_dir()?);
@@ -1907,8 +1907,8 @@ async fn repack_and_prune(
     (lock_wait, silent, audit): (std::time::Duration, bool, &audit::AuditLog),
 ) -> Result<(Vec<crmvault::repack::Repacked>, Vec<prune::PruneReport>)> {
     let mut targets = storage.open_set(locations, false).await?;
-    targets.require_one_repository()?;
     let config_dir = config_dir()?;
+    trust::require_one_repository(&targets, &config_dir)?;
     trust::check(targets.repositories_mut(), trust::Role::Admin, fingerprint, &config_dir).await?;
     let keyring = targets.unlock_as_admin(identity).await?;
     audit.opened(targets.repositories(), &keyring);

@@ -176,6 +176,34 @@ pub async fn check_available(
     check(set.repositories_mut(), role, given, config_dir).await.map_err(|error| with_left_out(error, set))
 }
 
+/// Refuses `repository` where this machine opened another repository at its place before: it
+/// was forged or replaced in storage.
+fn refuse_replaced(repository: &Repository, config_dir: &Path) -> Result<()> {
+    let location = repository.target.location();
+    if let Some(other) = trust::pin_of_location(config_dir, location, &repository.config.id)? {
+        bail!(
+            "{location} held repository {} (fingerprint {}) when this machine last opened it, and now claims to be \
+             repository {} (fingerprint {}): it was forged or replaced in storage; nothing was read from it",
+            other.repository_id,
+            other.fingerprint,
+            repository.config.id,
+            repository.fingerprint()
+        );
+    }
+    Ok(())
+}
+
+/// [`RepoSet::require_one_repository`] for commands that need every copy given (ls, a repacking
+/// prune): a copy this machine knew as another repository's place is named as replaced in
+/// storage, not as a repository given by mistake.
+pub fn require_one_repository(set: &RepoSet, config_dir: &Path) -> Result<()> {
+    let Err(error) = set.require_one_repository() else { return Ok(()) };
+    for repository in set.repositories() {
+        refuse_replaced(repository, config_dir)?;
+    }
+    Err(error.into())
+}
+
 /// What the copies given to a command are meant to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Copies {
@@ -543,15 +571,7 @@ async fn check_copies(
         }
         // Whether or not this machine pinned the repository presented too: a backup host of two
         // repositories must not write one's backups where the other's were.
-        if let Some(other) = trust::pin_of_location(config_dir, location, &repository.config.id)? {
-            bail!(
-                "{location} held repository {} (fingerprint {}) when this machine last opened it, and now claims to \
-                 be repository {} (fingerprint {actual}): it was forged or replaced in storage; nothing was read from it",
-                other.repository_id,
-                other.fingerprint,
-                repository.config.id
-            );
-        }
+        refuse_replaced(repository, config_dir)?;
         // A rekey this machine started and did not finish names the one successor to follow.
         if let Some(pin) = pinned.as_ref()
             && let Some(other) = foreign_successor(repository, pin, given)

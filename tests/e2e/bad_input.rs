@@ -294,6 +294,31 @@ fn two_repositories_given_as_copies_of_one_are_refused_before_any_pin_moves() {
     }
 }
 
+/// A copy replaced in storage by another repository this machine knows (a folder swapped, a
+/// bucket prefix pointed elsewhere): `ls` and a repacking `prune`, which need every copy given,
+/// name it as replaced in storage, as every other command does, not as two repositories given
+/// by mistake.
+#[test]
+fn a_copy_replaced_by_another_repository_in_storage_is_named_so_by_ls_and_prune() {
+    let work = Workspace::new();
+    let recipient = work.keygen("admin.key");
+    let (a0, a1) = (work.path("a0"), work.path("a1"));
+    let (a0, a1) = (a0.to_str().unwrap(), a1.to_str().unwrap());
+    work.run(&["init", "--recipient", &recipient, "--repo", a0, "--repo", a1]).ok();
+    let other = work.init_repo("other");
+    let db = TestDb::create("replaced_copy");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)");
+    work.run(&["backup", "--no-alarm", "--db", &db.url(), "--repo", a0, "--repo", a1]).ok();
+    work.backup(&db, &other);
+    std::fs::remove_dir_all(a1).unwrap();
+    copy_dir(std::path::Path::new(&other), std::path::Path::new(a1));
+    let key = work.admin_key();
+    for command in [&["ls", "latest"][..], &["prune", "--identity", &key]] {
+        let run = work.run(&[command, &["--repo", a0, "--repo", a1]].concat());
+        one_clear_line(run, 1, &format!("{a1} held repository"));
+    }
+}
+
 /// The shared catalogs hold text in the encoding of whichever database wrote it: from a
 /// SQL_ASCII database on the same server, a user can give the database backed up a comment,
 /// and a setting, that are not UTF-8. The backup reads them (the bytes replaced) and the
