@@ -1813,14 +1813,15 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Copy { from, to, snapshots, repair } => {
             let mut from = storage.open_set(&[from], false).await?;
             let mut to = storage.open_set(&[to], false).await?;
-            // Checked one at a time below: checked together first.
-            trust::check_copies_together(
-                &[from.first().clone(), to.first().clone()],
-                None,
-                fingerprint.as_ref(),
-                &config_dir()?,
-            )
-            .await?;
+            // Two copies of one repository, or nothing is checked (nor a pin moved) for them.
+            let mut both = crmvault::repo_set::RepoSet::of(vec![from.first().clone(), to.first().clone()])?;
+            trust::require_one_repository(&both, &config_dir()?)?;
+            // Checked one at a time below: checked together first, and left as opened there.
+            trust::check_copies_together(both.repositories_mut(), None, fingerprint.as_ref(), &config_dir()?).await?;
+            let [checked_from, checked_to]: [crmvault::repo::Repository; 2] =
+                both.repositories().to_vec().try_into().expect("two copies");
+            from.repositories_mut()[0] = checked_from;
+            to.repositories_mut()[0] = checked_to;
             for targets in [&mut from, &mut to] {
                 trust::check(targets.repositories_mut(), trust::Role::Keyless, fingerprint.as_ref(), &config_dir()?)
                     .await?;
@@ -1954,7 +1955,7 @@ async fn prune_each(
     fingerprint: Option<&crmvault::trust::Fingerprint>,
     (silent, audit): (bool, &audit::AuditLog),
 ) -> Result<PruneOutcome> {
-    trust::check_copies_together(targets.repositories(), None, fingerprint, &config_dir()?).await?;
+    trust::check_copies_together(targets.repositories_mut(), None, fingerprint, &config_dir()?).await?;
     let mut each = targets.each_copy();
     let lock_mode = match options.mode {
         prune::PruneMode::Delete => LockMode::Exclusive,

@@ -344,23 +344,28 @@ pub async fn check_each_copy(
 /// the pins moved only if they all pass. Each copy's own check after it could otherwise follow
 /// a fork its `configs/` showed at that moment (a storage writer renaming a config in and out
 /// while the command runs) and move the pin before the other copies were looked at. The
-/// copies are checked as clones: each copy's own check opens it again.
+/// copies are left as this check opened them, so that each copy's own check after reads no
+/// config again (a storage answering otherwise the second time could not make it follow).
 pub async fn check_copies_together(
-    repositories: &[Repository],
+    repositories: &mut [Repository],
     identity: Option<&Path>,
     given: Option<&Fingerprint>,
     config_dir: &Path,
 ) -> Result<()> {
-    let mut ids: Vec<&str> = repositories.iter().map(|r| r.config.id.as_str()).collect();
+    let mut ids: Vec<String> = repositories.iter().map(|r| r.config.id.clone()).collect();
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
-        let mut copies: Vec<Repository> = repositories.iter().filter(|r| r.config.id == id).cloned().collect();
-        if copies.len() < 2 {
+        let at: Vec<usize> = (0..repositories.len()).filter(|&i| repositories[i].config.id == id).collect();
+        if at.len() < 2 {
             continue;
         }
+        let mut copies: Vec<Repository> = at.iter().map(|&i| repositories[i].clone()).collect();
         let role = reading_role(&copies[0], identity, config_dir);
         check(&mut copies, role, given, config_dir).await?;
+        for (i, copy) in at.into_iter().zip(copies) {
+            repositories[i] = copy;
+        }
     }
     Ok(())
 }
@@ -423,8 +428,19 @@ pub async fn check_for_rekey(
         );
     }
     for change in undone {
+        // What was written with that writer key stays: this rekey carries every snapshot that
+        // proves itself, and whoever held that key (an admin of the generation before) could
+        // write them.
+        let carried = match change {
+            KeyChange::Writer { .. } => {
+                "; snapshots written with that writer key are carried as they are: check the ones made since \
+                 (`crmvault snapshots` names the host of each)"
+            }
+            KeyChange::Admin { .. } => "",
+        };
         super::output::warning(format_args!(
-            "{change}, a generation this machine did not make nor was given the fingerprint of: this rekey undoes it"
+            "{change}, a generation this machine did not make nor was given the fingerprint of: this rekey undoes \
+             it{carried}"
         ));
     }
     checked.commit()
@@ -542,11 +558,9 @@ async fn check_copies(
             pins.insert(repository.config.id.clone(), pin);
         }
         let pinned = pins[&repository.config.id].clone();
-        // Anchored above at a pin on disk: not read again (a storage answering otherwise the
-        // second time would reorder the copies); a pin this run made anchors the later copies.
-        if on_disk[&repository.config.id].is_none() && pinned.is_some() {
-            anchor(repository, pinned.as_ref(), given).await?;
-        }
+        // Anchored above, not read again: a storage answering otherwise the second time would
+        // reorder the copies (a pin this run makes anchors nothing: a copy that does not lead
+        // to it is refused as it opened).
         if let Some(error) = repository.fork_error() {
             return Err(error.into());
         }
@@ -682,9 +696,10 @@ async fn check_copies(
                 }
                 let follow = pin.config_hash != repository.config_hash && !behind;
                 let from = repository.chain.iter().position(|(hash, _)| *hash == pin.config_hash);
-                // The backup host (any command with its writer key: backup, verify, snapshots…)
-                // takes a new generation by its signature only where every place its pin knows
-                // shows it: a removed admin who kept an older generation's keys can sign a
+                // The backup host (any command on a machine with its writer key, whatever role
+                // it runs in: backup, verify, copy, an admin's restore there; its pin is the one
+                // the backups follow) takes a new generation by its signature only where every
+                // place its pin knows shows it: a removed admin who kept an older generation's keys can sign a
                 // sibling of the rekey that removed them where they write and the rekey did not
                 // reach; the place it did reach, absent from this run, would have shown the fork.
                 // The host would write its nights for the removed admin.
@@ -699,7 +714,9 @@ async fn check_copies(
                 let head_vouched = own(&repository.config_hash);
                 // Not in a copy's check alone (leaving out those that fail on their own): the
                 // others' absence is not its failure; the check of the copies kept decides.
-                if follow && role == Role::Writer && !dry && !absent.is_empty() && !head_vouched {
+                let writes_here =
+                    role == Role::Writer || repo::writer_key_path(config_dir, &pin.repository_id).exists();
+                if follow && writes_here && !dry && !absent.is_empty() && !head_vouched {
                     bail!(
                         "{location} is at generation {} of the repository's keys, which this host has not followed \
                          yet, and {} of the repository's targets this host knows could not be checked beside it: a \

@@ -763,6 +763,8 @@ fn a_rekey_interrupted_anywhere_leaves_every_snapshot_restorable_and_finishes_wh
     let pins_before = setup.work.path("pins-before");
     copy_dir(&setup.work.config_dir(), &pins_before);
     let other = public_key(&setup.work, "other.key");
+    let admin_machine = Workspace::new();
+    std::fs::copy(setup.work.path("admin.key"), admin_machine.path("admin.key")).unwrap();
     setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
     let (written_a, written_b) = (written_since(&before_a, &a), written_since(&before_b, &b));
     let (after_a, after_b) = (setup.work.path("after0"), setup.work.path("after1"));
@@ -781,18 +783,24 @@ fn a_rekey_interrupted_anywhere_leaves_every_snapshot_restorable_and_finishes_wh
         cut(&before_a, &after_a, &written_a, k, &a);
         cut(&before_b, &after_b, &written_b, l, &b);
         let label = format!("cut {k}/{l}");
-        // Every snapshot restores with the admin who stays, from either target (on a machine
-        // that has not seen the new generation: one that has refuses a target still behind it,
-        // as it would a rollback of the keys).
+        // Every snapshot restores with the admin who stays, from either target, on the admin's
+        // machine (that has not seen the new generation: one that has refuses a target still
+        // behind it, as it would a rollback of the keys; the backup host follows a generation
+        // from one target alone no more than it writes there).
         for repo in [&setup.repos[0], &setup.repos[1]] {
-            let _ = std::fs::remove_dir_all(setup.work.config_dir());
-            copy_dir(&pins_before, &setup.work.config_dir());
+            let _ = std::fs::remove_dir_all(admin_machine.config_dir());
+            copy_dir(&pins_before, &admin_machine.config_dir());
+            for key in files_under(&admin_machine.config_dir()).into_iter().filter(|f| f.ends_with("writer.key")) {
+                std::fs::remove_file(key).unwrap();
+            }
             let target = TestDb::create("rekey_cut_t");
-            setup.work.restore_with(repo, &target, &["latest"]).ok();
+            admin_machine.restore_with(repo, &target, &["latest"]).ok();
             assert_same_database(&setup.source, &target);
-            let verify = setup.work.run(&["verify", "--repo", repo, "--identity", &setup.work.admin_key()]);
+            let verify = admin_machine.run(&["verify", "--repo", repo, "--identity", &admin_machine.admin_key()]);
             assert_eq!(verify.code, 0, "{label}: {}\n{}", verify.stdout, verify.stderr);
         }
+        let _ = std::fs::remove_dir_all(setup.work.config_dir());
+        copy_dir(&pins_before, &setup.work.config_dir());
         // Run again, the rekey finishes: both targets at one generation, the admin removed. The
         // machine's pin is as the kill left it: naming the generation being published.
         set_pending(&setup.work.config_dir(), &pending);
@@ -1431,6 +1439,44 @@ fn a_copy_reopened_at_its_pinned_generation_is_ordered_as_reopened() {
     let run = server.run(&work, &[&["rekey", "--identity", &admin_key, "--remove-recipient", &x][..], &repos].concat());
     run.fails_with(1, "which this machine did not make nor was given the fingerprint of");
     assert!((stored(), pins()) == before, "written");
+
+    // A new backup host, given the first fingerprint: no pin of its own to anchor the copies
+    // at, it makes one in the run. The bucket's copy, opened low, is behind the folder's; it is
+    // not reopened at the pin just made (which took it to X's generation, pinned the host
+    // there, and had its next nights written to X's keys).
+    let first = own["fingerprint"].as_str().unwrap().to_string();
+    let id = own["repository_id"].as_str().unwrap().to_string();
+    let host = Workspace::new();
+    let key_path = host.config_dir().join("repos").join(&id).join("writer.key");
+    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+    std::fs::copy(work.config_dir().join("repos").join(&id).join("writer.key"), &key_path).unwrap();
+    let backup = ["backup", "--no-alarm", "--db", source.url_str()];
+    server.run(&host, &[&backup[..], &["--fingerprint", &first], &repos].concat());
+    server.run(&host, &[&backup[..], &repos].concat());
+    let (x_generation, _) = generation_config(&server.bucket_dir().unwrap().join("rekey-listing"), 2);
+    let pin = std::fs::read_to_string(host.config_dir().join("repos").join(&id).join("trust.json")).unwrap_or_default();
+    assert!(!pin.contains(&x_generation), "the new host pinned X's generation: {pin}");
+}
+
+/// The backup host's pin is what its backups follow, whatever command moves it. On the machine
+/// with the writer key, X's generation on the one target X writes is followed by no command
+/// given that target alone (an admin's `snapshots` there), and a `copy` from it into another
+/// repository is refused before any check. (Before, `copy` checked each side keyless, moved the
+/// host's pin onto X's generation, then refused the two repositories; the next nights left the
+/// other target out and went to X's keys: an attack review.)
+#[test]
+fn no_command_on_the_backup_host_follows_a_generation_one_target_shows() {
+    let setup = Setup::new("host_pin", 2);
+    setup.x_signs_a_generation(1);
+    let unrelated = setup.work.init_repo("unrelated");
+    let pins = setup.pins();
+    let copy = ["copy", "--from", &setup.repos[1], "--to", &unrelated];
+    setup.work.run(&copy).fails_with(1, "are not copies of one repository");
+    assert_eq!(setup.pins(), pins, "copy moved a pin");
+    let admin = setup.work.admin_key();
+    let listing = ["snapshots", "--identity", &admin, "--repo", &setup.repos[1]];
+    setup.work.run(&listing).fails_with(1, "could not be checked beside it");
+    assert_eq!(setup.pins(), pins, "snapshots moved a pin");
 }
 
 /// The way past that refusal when the generation is a colleague's: another admin rotates the
