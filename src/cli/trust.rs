@@ -718,14 +718,18 @@ async fn check_copies(
                     role == Role::Writer || repo::writer_key_path(config_dir, &pin.repository_id).exists();
                 if follow && writes_here && !dry && !absent.is_empty() && !head_vouched {
                     bail!(
-                        "{location} is at generation {} of the repository's keys, which this host has not followed \
-                         yet, and {} of the repository's targets this host knows could not be checked beside it: a \
-                         new generation taken on one storage's word could have this host write for keys a removed \
-                         admin kept (one signed where the rekey that removed them did not reach); refusing, nothing \
-                         was written. Run again with every target reachable and given, or give the new generation's \
-                         fingerprint (from the admins) with --fingerprint",
+                        "{location} is at generation {} of the repository's keys, which this machine has not \
+                         followed yet, and {} of the repository's targets it knows could not be checked beside it; \
+                         this machine holds the repository's writer key, so its pin is the one its backups follow, \
+                         and a new generation taken on one storage's word could have it write for keys a removed \
+                         admin kept (one signed where the rekey that removed them did not reach): refusing, nothing \
+                         was written. Run again with every target reachable and given, or give generation {}'s \
+                         fingerprint from the admins' records (what their rekey printed, not what `crmvault \
+                         fingerprint` reads from this storage) with --fingerprint; an admin machine without the \
+                         writer key reads the target as it is, with a warning",
                         repository.config.generation,
-                        absent.join(", ")
+                        absent.join(", "),
+                        repository.config.generation
                     );
                 }
                 if follow && !dry {
@@ -779,6 +783,29 @@ async fn check_copies(
                 )
             }
             (Role::Keyless, None) => None,
+            // A first pin on a machine with the writer key, from a fingerprint of an earlier
+            // generation than the head: the generations after it are taken by their signatures
+            // on the word of the copies given, maybe one (the others unreachable or not given),
+            // where a removed admin can sign one. Its backups would follow that pin.
+            (role, None)
+                if given.is_some_and(|given| {
+                    !Fingerprint::of_config_hash(&repository.config_hash).is_ok_and(|head| head == *given)
+                }) && (role == Role::Writer
+                    || repo::writer_key_path(config_dir, &repository.config.id).exists()) =>
+            {
+                bail!(
+                    "repository {} at {location} is at generation {} of its keys, and the fingerprint given is of an \
+                     earlier generation: this machine holds the writer key, and its first pin would take the \
+                     generations since on the word of the storage, where a removed admin can sign one; give \
+                     generation {}'s fingerprint from the admins' records (what the last rekey printed, not what \
+                     `crmvault fingerprint` reads from the storage) with --fingerprint, or copy {} from a machine \
+                     that pins the repository; nothing was written",
+                    repository.config.id,
+                    repository.config.generation,
+                    repository.config.generation,
+                    trust::pin_path(config_dir, &repository.config.id).display()
+                )
+            }
             (role, None) => {
                 if given.is_none() && !dry {
                     tracing::warn!(

@@ -1479,6 +1479,39 @@ fn no_command_on_the_backup_host_follows_a_generation_one_target_shows() {
     assert_eq!(setup.pins(), pins, "snapshots moved a pin");
 }
 
+/// A new backup host given the first fingerprint: its first pin would take the generations
+/// since by their signatures, on the word of the copies it reaches. With the target X writes
+/// the only one up, it pinned X's generation (no warning), wrote its nights for X's keys, and
+/// left the good target out from then on (an attack review). On a machine with the writer key
+/// a first pin needs the head's fingerprint: nothing written, no pin made.
+#[test]
+fn a_new_backup_host_given_an_older_fingerprint_pins_nothing_past_it() {
+    let setup = Setup::new("new_host_old_fp", 2);
+    let zero = setup.work.fingerprint(&setup.repos[0]);
+    setup.x_signs_a_generation(1);
+    let id = setup.work.run(&["fingerprint", "--json", "--repo", &setup.repos[0]]).ok().json()["repository_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host = Workspace::new();
+    let key_path = host.config_dir().join("repos").join(&id).join("writer.key");
+    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+    std::fs::copy(setup.work.config_dir().join("repos").join(&id).join("writer.key"), &key_path).unwrap();
+    let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
+    let away = setup.work.path("repo0.away");
+    std::fs::rename(&first, &away).unwrap();
+    let before = relative_files(&second);
+
+    let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str(), "--fingerprint", &zero];
+    args.extend(setup.repo_args());
+    let run = host.run(&args);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("the fingerprint given is of an earlier generation"), "{}", run.stderr);
+    assert_eq!(relative_files(&second), before, "written");
+    assert!(!key_path.with_file_name("trust.json").exists(), "pinned");
+    std::fs::rename(&away, &first).unwrap();
+}
+
 /// The way past that refusal when the generation is a colleague's: another admin rotates the
 /// writer key from their machine; this admin's next rekey would keep a writer key this machine
 /// cannot vouch for, and is refused until given the fingerprint the colleague has; then it
