@@ -256,7 +256,10 @@ pub async fn leave_out_failing(
         let role = role_of(repository);
         let mut alone = repository.clone();
         let dry = Mode { dry: true, ..Mode::default() };
-        let result = check_with(std::slice::from_mut(&mut alone), role, given, config_dir, dry).await;
+        let result = check_with(std::slice::from_mut(&mut alone), role, given, config_dir, dry)
+            .await
+            .map(|_| ())
+            .or_else(|error| if error.is::<FirstPinPastGiven>() { Ok(()) } else { Err(error) });
         let location = alone.target.location().to_string();
         let pinned_here = matches!(
             trust::load_pin(config_dir, &alone.config.id),
@@ -445,6 +448,20 @@ pub async fn check_for_rekey(
     }
     checked.commit()
 }
+
+/// The refusal of a first pin, on a machine with the writer key, from the fingerprint of a
+/// generation before the head: the machine's, not a copy's (a copy checked alone is not left
+/// out for it; the copies checked together refuse it).
+#[derive(Debug)]
+struct FirstPinPastGiven(String);
+
+impl std::fmt::Display for FirstPinPastGiven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FirstPinPastGiven {}
 
 /// How [`check_with`] goes about its copies.
 #[derive(Debug, Clone, Copy, Default)]
@@ -793,20 +810,32 @@ async fn check_copies(
                 }) && (role == Role::Writer
                     || repo::writer_key_path(config_dir, &repository.config.id).exists()) =>
             {
-                bail!(
+                return Err(FirstPinPastGiven(format!(
                     "repository {} at {location} is at generation {} of its keys, and the fingerprint given is of an \
                      earlier generation: this machine holds the writer key, and its first pin would take the \
                      generations since on the word of the storage, where a removed admin can sign one; give \
                      generation {}'s fingerprint from the admins' records (what the last rekey printed, not what \
-                     `crmvault fingerprint` reads from the storage) with --fingerprint, or copy {} from a machine \
-                     that pins the repository; nothing was written",
+                     `crmvault fingerprint` reads from the storage) with --fingerprint, or copy {} from the machine \
+                     that ran `init` or the backup host before; nothing was written",
                     repository.config.id,
                     repository.config.generation,
                     repository.config.generation,
                     trust::pin_path(config_dir, &repository.config.id).display()
-                )
+                ))
+                .into());
             }
             (role, None) => {
+                // A first pin past the generation the fingerprint given names takes the ones
+                // after it by their signatures: what they added is said, as when a pin follows.
+                let named = given.and_then(|given| {
+                    repository
+                        .chain
+                        .iter()
+                        .position(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
+                });
+                if let Some(named) = named.filter(|_| !dry) {
+                    said.extend(changes_after(repository, named).iter().map(ToString::to_string));
+                }
                 if given.is_none() && !dry {
                     tracing::warn!(
                         "repository {} at {location} was made before repositories were pinned; pinning it now with \

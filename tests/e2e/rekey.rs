@@ -1488,7 +1488,7 @@ fn no_command_on_the_backup_host_follows_a_generation_one_target_shows() {
 fn a_new_backup_host_given_an_older_fingerprint_pins_nothing_past_it() {
     let setup = Setup::new("new_host_old_fp", 2);
     let zero = setup.work.fingerprint(&setup.repos[0]);
-    setup.x_signs_a_generation(1);
+    let evil = setup.x_signs_a_generation(1);
     let id = setup.work.run(&["fingerprint", "--json", "--repo", &setup.repos[0]]).ok().json()["repository_id"]
         .as_str()
         .unwrap()
@@ -1510,6 +1510,45 @@ fn a_new_backup_host_given_an_older_fingerprint_pins_nothing_past_it() {
     assert_eq!(relative_files(&second), before, "written");
     assert!(!key_path.with_file_name("trust.json").exists(), "pinned");
     std::fs::rename(&away, &first).unwrap();
+    // An admin's machine pins it, and says what the generations it took by their signatures
+    // added (its pin is not one to copy to a backup host).
+    let admin = Workspace::new();
+    std::fs::copy(setup.work.path("admin.key"), admin.path("admin.key")).unwrap();
+    let listing = ["snapshots", "--identity", &admin.admin_key(), "--fingerprint", &zero, "--repo", &setup.repos[1]];
+    let run = admin.run(&listing).ok();
+    let said =
+        format!("generation 1 of the repository's keys added admin {evil}, followed by this machine by its signature");
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+}
+
+/// The same refusal is the machine's, not a copy's: after a removal rekey reached both
+/// targets, X rolls the one it writes back to the first generation (deletes the newer config
+/// there). A new backup host given the first fingerprint refused the folder alone (its head is
+/// past that fingerprint), left it out, passed the rolled-back copy alone, and wrote its night
+/// there under the keys X holds (an attack review). Now the copies are refused together.
+#[test]
+fn a_new_backup_host_does_not_leave_out_the_copy_ahead_of_an_older_fingerprint() {
+    let setup = Setup::new("new_host_rolled_back", 2);
+    let zero = setup.work.fingerprint(&setup.repos[0]);
+    let x = public_key(&setup.work, "other.key");
+    let report = setup.rekey("admin.key", &["--json", "--remove-recipient", &x]).ok().json();
+    let id = report["repository_id"].as_str().unwrap().to_string();
+    let second = PathBuf::from(&setup.repos[1]);
+    let (newer, _) = generation_config(&second, 1);
+    std::fs::remove_file(second.join("configs").join(newer)).unwrap();
+    let host = Workspace::new();
+    let key_path = host.config_dir().join("repos").join(&id).join("writer.key");
+    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+    std::fs::copy(setup.work.config_dir().join("repos").join(&id).join("writer.key"), &key_path).unwrap();
+    let before = relative_files(&second);
+
+    let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str(), "--fingerprint", &zero];
+    args.extend(setup.repo_args());
+    let run = host.run(&args);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("the fingerprint given is of an earlier generation"), "{}", run.stderr);
+    assert_eq!(relative_files(&second), before, "written where X reads");
+    assert!(!key_path.with_file_name("trust.json").exists(), "pinned");
 }
 
 /// The way past that refusal when the generation is a colleague's: another admin rotates the
