@@ -799,7 +799,13 @@ async fn check_copies(
                     trust::pin_path(config_dir, &repository.config.id).display()
                 )
             }
-            (Role::Keyless, None) => None,
+            (Role::Keyless, None) => {
+                // No pin here, but `init --copy-from` pins what it copied from: said as below.
+                if !dry {
+                    said.extend(taken_past(repository, given));
+                }
+                None
+            }
             // A first pin on a machine with the writer key, from a fingerprint of an earlier
             // generation than the head: the generations after it are taken by their signatures
             // on the word of the copies given, maybe one (the others unreachable or not given),
@@ -825,16 +831,8 @@ async fn check_copies(
                 .into());
             }
             (role, None) => {
-                // A first pin past the generation the fingerprint given names takes the ones
-                // after it by their signatures: what they added is said, as when a pin follows.
-                let named = given.and_then(|given| {
-                    repository
-                        .chain
-                        .iter()
-                        .position(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
-                });
-                if let Some(named) = named.filter(|_| !dry) {
-                    said.extend(changes_after(repository, named).iter().map(ToString::to_string));
+                if !dry {
+                    said.extend(taken_past(repository, given));
                 }
                 if given.is_none() && !dry {
                     tracing::warn!(
@@ -966,6 +964,15 @@ pub fn changes_after(repository: &Repository, from: usize) -> Vec<KeyChange> {
         });
     }
     changes
+}
+
+/// What a first pin from the fingerprint `given` takes by signatures: what the generations after
+/// the one it names put in ([`changes_after`]), said as when a pin follows.
+fn taken_past(repository: &Repository, given: Option<&Fingerprint>) -> Vec<String> {
+    let named = given.and_then(|given| {
+        repository.chain.iter().position(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
+    });
+    named.map(|named| changes_after(repository, named).iter().map(ToString::to_string).collect()).unwrap_or_default()
 }
 
 /// What the head of `repository`'s chain has of who reads and writes that the newest generation

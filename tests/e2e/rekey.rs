@@ -1519,6 +1519,12 @@ fn a_new_backup_host_given_an_older_fingerprint_pins_nothing_past_it() {
     let said =
         format!("generation 1 of the repository's keys added admin {evil}, followed by this machine by its signature");
     assert!(run.stderr.contains(&said), "{}", run.stderr);
+    // So does `init --copy-from` on a machine with no key, which pins what it copied from.
+    let keyless = Workspace::new();
+    let place = keyless.path("copy");
+    let args = ["init", "--copy-from", &setup.repos[1], "--fingerprint", &zero, "--repo", place.to_str().unwrap()];
+    let run = keyless.run(&args).ok();
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
 }
 
 /// The same refusal is the machine's, not a copy's: after a removal rekey reached both
