@@ -561,19 +561,19 @@ async fn check_copies(
     // Each copy opened at its pinned generation first (where its `config` does not lead
     // there), so that the order below is of the generations checked: a copy that reopening
     // takes ahead of the others must set the head, not be taken as one behind it.
+    // Each pin is read once, here.
     for repository in repositories.iter_mut() {
-        let pin = trust::load_pin(config_dir, &repository.config.id)?;
-        anchor(repository, pin.as_ref(), given).await?;
+        if !on_disk.contains_key(&repository.config.id) {
+            let pin = trust::load_pin(config_dir, &repository.config.id)?;
+            on_disk.insert(repository.config.id.clone(), pin.clone());
+            pins.insert(repository.config.id.clone(), pin);
+        }
+        anchor(repository, on_disk[&repository.config.id].as_ref(), given).await?;
     }
     let mut order: Vec<usize> = (0..repositories.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(repositories[i].config.generation));
     for i in order {
         let repository = &mut repositories[i];
-        if !pins.contains_key(&repository.config.id) {
-            let pin = trust::load_pin(config_dir, &repository.config.id)?;
-            on_disk.insert(repository.config.id.clone(), pin.clone());
-            pins.insert(repository.config.id.clone(), pin);
-        }
         let pinned = pins[&repository.config.id].clone();
         // Anchored above, not read again: a storage answering otherwise the second time would
         // reorder the copies (a pin this run makes anchors nothing: a copy that does not lead
@@ -731,9 +731,12 @@ async fn check_copies(
                 let head_vouched = own(&repository.config_hash);
                 // Not in a copy's check alone (leaving out those that fail on their own): the
                 // others' absence is not its failure; the check of the copies kept decides.
-                let writes_here =
-                    role == Role::Writer || repo::writer_key_path(config_dir, &pin.repository_id).exists();
-                if follow && writes_here && !dry && !absent.is_empty() && !head_vouched {
+                if follow
+                    && writes_here(role, config_dir, &pin.repository_id)
+                    && !dry
+                    && !absent.is_empty()
+                    && !head_vouched
+                {
                     bail!(
                         "{location} is at generation {} of the repository's keys, which this machine has not \
                          followed yet, and {} of the repository's targets it knows could not be checked beside it; \
@@ -811,10 +814,9 @@ async fn check_copies(
             // on the word of the copies given, maybe one (the others unreachable or not given),
             // where a removed admin can sign one. Its backups would follow that pin.
             (role, None)
-                if given.is_some_and(|given| {
-                    !Fingerprint::of_config_hash(&repository.config_hash).is_ok_and(|head| head == *given)
-                }) && (role == Role::Writer
-                    || repo::writer_key_path(config_dir, &repository.config.id).exists()) =>
+                if given.is_some()
+                    && !vouches(None, given, &repository.config_hash)
+                    && writes_here(role, config_dir, &repository.config.id) =>
             {
                 return Err(FirstPinPastGiven(format!(
                     "repository {} at {location} is at generation {} of its keys, and the fingerprint given is of an \
@@ -904,6 +906,13 @@ fn vouches(pin: Option<&Pin>, given: Option<&Fingerprint>, hash: &str) -> bool {
         || given.is_some_and(|given| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
 }
 
+/// Whether the command runs where the repository's backups are written from: with the writer
+/// role, or on a machine holding its writer key in another role (its pin is the one the
+/// backups follow).
+fn writes_here(role: Role, config_dir: &Path, repository_id: &str) -> bool {
+    role == Role::Writer || repo::writer_key_path(config_dir, repository_id).exists()
+}
+
 /// What one generation changed of who reads or who writes (said when a machine takes
 /// generations it did not vouch for: a removed admin who kept an older generation's keys can
 /// sign one).
@@ -969,9 +978,7 @@ pub fn changes_after(repository: &Repository, from: usize) -> Vec<KeyChange> {
 /// What a first pin from the fingerprint `given` takes by signatures: what the generations after
 /// the one it names put in ([`changes_after`]), said as when a pin follows.
 fn taken_past(repository: &Repository, given: Option<&Fingerprint>) -> Vec<String> {
-    let named = given.and_then(|given| {
-        repository.chain.iter().position(|(hash, _)| Fingerprint::of_config_hash(hash).is_ok_and(|f| f == *given))
-    });
+    let named = repository.chain.iter().position(|(hash, _)| vouches(None, given, hash));
     named.map(|named| changes_after(repository, named).iter().map(ToString::to_string).collect()).unwrap_or_default()
 }
 

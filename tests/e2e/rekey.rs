@@ -94,6 +94,24 @@ impl Setup {
     }
 
     /// Every file of this machine's config folder (pins, keys), as bytes.
+    /// Another machine of the admin's: `admin.key`, no pin, no writer key.
+    fn admin_machine(&self) -> Workspace {
+        let machine = Workspace::new();
+        std::fs::copy(self.work.path("admin.key"), machine.path("admin.key")).unwrap();
+        machine
+    }
+
+    /// After a change backed up, none of `keys` restores the latest snapshot.
+    fn locked_out_after_a_backup(&self, keys: &[&str], label: &str) {
+        self.source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 3 = 0");
+        self.backup();
+        for key in keys {
+            let (run, target) = self.restore_as(key, "latest", label);
+            run.fails_with(1, "not a recipient");
+            assert!(target.is_empty(), "{key}");
+        }
+    }
+
     fn pins(&self) -> Vec<Vec<u8>> {
         files_under(&self.work.config_dir()).into_iter().map(|f| std::fs::read(f).unwrap()).collect()
     }
@@ -128,6 +146,16 @@ impl UrlStr for TestDb {
 }
 
 /// Every file under `dir`, relative.
+/// A new backup host: a machine with the writer key of repository `id` (copied from `from`)
+/// and no pin; the key's path there.
+fn new_host(from: &Workspace, id: &str) -> (Workspace, PathBuf) {
+    let host = Workspace::new();
+    let key_path = host.config_dir().join("repos").join(id).join("writer.key");
+    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
+    std::fs::copy(from.config_dir().join("repos").join(id).join("writer.key"), &key_path).unwrap();
+    (host, key_path)
+}
+
 fn relative_files(dir: &Path) -> BTreeSet<PathBuf> {
     files_under(dir).into_iter().map(|f| f.strip_prefix(dir).unwrap().to_path_buf()).collect()
 }
@@ -378,8 +406,7 @@ fn a_generation_forged_in_storage_is_not_followed_and_a_fork_is_refused() {
     assert_same_database(&setup.source, &target);
     setup.backup();
     // A fresh machine given the first fingerprint cannot tell which branch is real: refused.
-    let fresh = Workspace::new();
-    std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let fresh = setup.admin_machine();
     let target = TestDb::create("rekey_forge_t2");
     let first = fresh.run(&["fingerprint", "--repo", &setup.repos[0]]).ok().stdout.trim().to_string();
     fresh.restore_with(&setup.repos[0], &target, &["--fingerprint", &first, "latest"]).fails_with(1, "fork");
@@ -763,8 +790,7 @@ fn a_rekey_interrupted_anywhere_leaves_every_snapshot_restorable_and_finishes_wh
     let pins_before = setup.work.path("pins-before");
     copy_dir(&setup.work.config_dir(), &pins_before);
     let other = public_key(&setup.work, "other.key");
-    let admin_machine = Workspace::new();
-    std::fs::copy(setup.work.path("admin.key"), admin_machine.path("admin.key")).unwrap();
+    let admin_machine = setup.admin_machine();
     setup.rekey("admin.key", &["--remove-recipient", &other]).ok();
     let (written_a, written_b) = (written_since(&before_a, &a), written_since(&before_b, &b));
     let (after_a, after_b) = (setup.work.path("after0"), setup.work.path("after1"));
@@ -1247,13 +1273,7 @@ fn a_rekey_run_again_does_not_follow_a_successor_a_removed_admin_planted_where_i
     std::fs::remove_file(second.join("configs").join(&forged)).unwrap();
     let report = rekey(&["--json"]).ok().json();
     assert!(!report["recipients"].to_string().contains(&evil), "{report}");
-    setup.source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 3 = 0");
-    setup.backup();
-    for key in ["evil.key", "other.key"] {
-        let (run, target) = setup.restore_as(key, "latest", "rekey_rerun_fork_t");
-        run.fails_with(1, "not a recipient");
-        assert!(target.is_empty(), "{key}");
-    }
+    setup.locked_out_after_a_backup(&["evil.key", "other.key"], "rekey_rerun_fork_t");
 }
 
 /// Without any sabotage: X, still an admin (or removed, keeping generation 0's keys), signs a
@@ -1273,8 +1293,7 @@ fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_s
     let (planted, _) = generation_config(&second, 1);
 
     // A fresh machine given the first fingerprint vouches for nothing after it either.
-    let fresh = Workspace::new();
-    std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let fresh = setup.admin_machine();
     let admin_key = fresh.path("admin.key");
     let mut args = vec!["rekey", "--identity", admin_key.to_str().unwrap(), "--fingerprint", &zero];
     args.extend(setup.repo_args());
@@ -1312,13 +1331,7 @@ fn a_removal_rekey_does_not_bring_a_copy_up_to_a_generation_this_machine_never_s
     std::fs::remove_file(second.join("configs").join(&planted)).unwrap();
     let report = setup.rekey("admin.key", &["--json", "--remove-recipient", &x]).ok().json();
     assert!(!report["recipients"].to_string().contains(&evil), "{report}");
-    setup.source.sql("UPDATE crm.deals SET amount = amount + 1 WHERE id % 3 = 0");
-    setup.backup();
-    for key in ["evil.key", "other.key"] {
-        let (run, target) = setup.restore_as(key, "latest", "rekey_unseen_t");
-        run.fails_with(1, "not a recipient");
-        assert!(target.is_empty(), "{key}");
-    }
+    setup.locked_out_after_a_backup(&["evil.key", "other.key"], "rekey_unseen_t");
 }
 
 /// One target, which X writes: a generation 1 X signed there before the rekey that removes X
@@ -1340,8 +1353,7 @@ fn a_rekey_that_would_keep_an_admin_a_generation_it_never_saw_added_is_refused()
     let pins = setup.pins();
     setup.rekey("admin.key", &["--remove-recipient", &x]).fails_with(1, &said);
     assert_eq!(setup.pins(), pins, "a pin moved");
-    let fresh = Workspace::new();
-    std::fs::copy(setup.work.path("admin.key"), fresh.path("admin.key")).unwrap();
+    let fresh = setup.admin_machine();
     let admin_key = fresh.path("admin.key");
     let args = ["rekey", "--identity", admin_key.to_str().unwrap(), "--repo", &setup.repos[0], "--fingerprint", &zero];
     fresh.run(&[&args[..], &["--remove-recipient", &x]].concat()).fails_with(1, &said);
@@ -1355,12 +1367,7 @@ fn a_rekey_that_would_keep_an_admin_a_generation_it_never_saw_added_is_refused()
     let later = setup.work.keygen("later.key");
     let run = setup.rekey("admin.key", &["--add-recipient", &later]).ok();
     assert!(!run.stderr.contains("added admin"), "{}", run.stderr);
-    setup.backup();
-    for key in ["evil.key", "other.key"] {
-        let (run, target) = setup.restore_as(key, "latest", "rekey_added_since_t");
-        run.fails_with(1, "not a recipient");
-        assert!(target.is_empty(), "{key}");
-    }
+    setup.locked_out_after_a_backup(&["evil.key", "other.key"], "rekey_added_since_t");
 }
 
 /// The same, with the chain cut where the machine could see what X's generation added: the
@@ -1446,10 +1453,7 @@ fn a_copy_reopened_at_its_pinned_generation_is_ordered_as_reopened() {
     // there, and had its next nights written to X's keys).
     let first = own["fingerprint"].as_str().unwrap().to_string();
     let id = own["repository_id"].as_str().unwrap().to_string();
-    let host = Workspace::new();
-    let key_path = host.config_dir().join("repos").join(&id).join("writer.key");
-    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
-    std::fs::copy(work.config_dir().join("repos").join(&id).join("writer.key"), &key_path).unwrap();
+    let (host, _) = new_host(&work, &id);
     let backup = ["backup", "--no-alarm", "--db", source.url_str()];
     server.run(&host, &[&backup[..], &["--fingerprint", &first], &repos].concat());
     server.run(&host, &[&backup[..], &repos].concat());
@@ -1493,10 +1497,7 @@ fn a_new_backup_host_given_an_older_fingerprint_pins_nothing_past_it() {
         .as_str()
         .unwrap()
         .to_string();
-    let host = Workspace::new();
-    let key_path = host.config_dir().join("repos").join(&id).join("writer.key");
-    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
-    std::fs::copy(setup.work.config_dir().join("repos").join(&id).join("writer.key"), &key_path).unwrap();
+    let (host, key_path) = new_host(&setup.work, &id);
     let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
     let away = setup.work.path("repo0.away");
     std::fs::rename(&first, &away).unwrap();
@@ -1512,8 +1513,7 @@ fn a_new_backup_host_given_an_older_fingerprint_pins_nothing_past_it() {
     std::fs::rename(&away, &first).unwrap();
     // An admin's machine pins it, and says what the generations it took by their signatures
     // added (its pin is not one to copy to a backup host).
-    let admin = Workspace::new();
-    std::fs::copy(setup.work.path("admin.key"), admin.path("admin.key")).unwrap();
+    let admin = setup.admin_machine();
     let listing = ["snapshots", "--identity", &admin.admin_key(), "--fingerprint", &zero, "--repo", &setup.repos[1]];
     let run = admin.run(&listing).ok();
     let said =
@@ -1542,10 +1542,7 @@ fn a_new_backup_host_does_not_leave_out_the_copy_ahead_of_an_older_fingerprint()
     let second = PathBuf::from(&setup.repos[1]);
     let (newer, _) = generation_config(&second, 1);
     std::fs::remove_file(second.join("configs").join(newer)).unwrap();
-    let host = Workspace::new();
-    let key_path = host.config_dir().join("repos").join(&id).join("writer.key");
-    std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
-    std::fs::copy(setup.work.config_dir().join("repos").join(&id).join("writer.key"), &key_path).unwrap();
+    let (host, key_path) = new_host(&setup.work, &id);
     let before = relative_files(&second);
 
     let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str(), "--fingerprint", &zero];
