@@ -144,6 +144,16 @@ pub struct Pin {
     /// removed admin who kept an older generation's keys can make.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vouched: Option<String>,
+    /// The config hash of the newest generation this machine took by signatures alone while
+    /// it did not hold the repository's writer key (an admin's machine, whose rule lets one
+    /// target's word move its pin, or a first pin from an earlier generation's fingerprint),
+    /// until a generation at or after it is vouched for ([`Pin::vouched`]). A removed admin
+    /// who kept an older generation's keys can sign such a generation where they write; a
+    /// machine holding the writer key (this pin copied to a backup host, or the key installed
+    /// here since) writes under none until the head's fingerprint is given. Pins written
+    /// before it was kept hold none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked: Option<String>,
 }
 
 impl Pin {
@@ -151,6 +161,16 @@ impl Pin {
     /// its signature ([`Pin::vouched`], or the generation the pin's fingerprint names).
     pub fn vouches(&self, hash: &str) -> bool {
         self.vouched.as_deref() == Some(hash) || Fingerprint::of_config_hash(hash).is_ok_and(|f| f == self.fingerprint)
+    }
+
+    /// Whether the pin's generation was taken by signatures alone on a machine without the
+    /// writer key and nothing vouched for it since ([`Pin::unchecked`]), as seen on `chain`
+    /// (a copy's generations, oldest first): a generation at or after the unchecked one that
+    /// this pin vouches for, or `also` vouches for (a fingerprint given), checks it.
+    pub fn unchecked_on(&self, chain: &[String], also: impl Fn(&str) -> bool) -> bool {
+        let Some(unchecked) = &self.unchecked else { return false };
+        let Some(at) = chain.iter().position(|hash| hash == unchecked) else { return true };
+        !chain[at..].iter().any(|hash| self.vouches(hash) || also(hash))
     }
 
     /// Whether this machine has opened the repository at `location`.
@@ -509,6 +529,7 @@ mod tests {
             missed: std::collections::BTreeMap::new(),
             pending: None,
             vouched: None,
+            unchecked: None,
         }
     }
 

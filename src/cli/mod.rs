@@ -1074,7 +1074,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 init::run(targets, &parsed, &config_dir()?, tuning).await?
             };
             if vouched {
-                trust::pin_new(&config_dir()?, &report)?;
+                trust::pin_new(&config_dir()?, &report, fingerprint.as_ref())?;
             }
             output::init(json, &report, vouched);
         }

@@ -101,8 +101,10 @@ impl Trusted {
                 if follows {
                     config_hash.clone_into(&mut pin.config_hash);
                     pin.pending = None;
-                    // Published by this machine's rekey.
+                    // Published by this machine's rekey (which builds on no generation it
+                    // cannot vouch for that added a key it keeps).
                     pin.vouched = Some(config_hash.to_string());
+                    pin.unchecked = None;
                 }
                 follows
             })?;
@@ -449,9 +451,10 @@ pub async fn check_for_rekey(
     checked.commit()
 }
 
-/// The refusal of a first pin, on a machine with the writer key, from the fingerprint of a
-/// generation before the head: the machine's, not a copy's (a copy checked alone is not left
-/// out for it; the copies checked together refuse it).
+/// The refusal, on a machine with the writer key, of generations taken by signatures alone: a
+/// first pin from the fingerprint of a generation before the head, or a pin an admin's machine
+/// moved so ([`Pin::unchecked`]). The machine's, not a copy's (a copy checked alone is not
+/// left out for it; the copies checked together refuse it).
 #[derive(Debug)]
 struct FirstPinPastGiven(String);
 
@@ -729,14 +732,35 @@ async fn check_copies(
                 // A generation this machine knows of its own: a fingerprint given, its rekey's.
                 let own = |hash: &str| vouches(None, given, hash) || pin.pending.as_deref() == Some(hash);
                 let head_vouched = own(&repository.config_hash);
+                let writer_here = writes_here(role, config_dir, &pin.repository_id);
+                let chain: Vec<String> = repository.chain.iter().map(|(hash, _)| hash.clone()).collect();
+                // A pin an admin's machine moved by signatures alone (one target's word, where a
+                // removed admin can sign a generation), copied to the backup host or with the
+                // writer key installed here since: its backups would write for whoever signed
+                // it. The machine's refusal, not a copy's.
+                if writer_here && pin.unchecked_on(&chain, own) {
+                    let generation = repository.config.generation;
+                    return Err(FirstPinPastGiven(format!(
+                        "this machine holds the writer key of repository {}, and its pin took {} of the keys \
+                         (config {}) by signatures alone on a machine without that key (an admin's, whose pin \
+                         follows one target's word; a removed admin can sign a generation where they write): its \
+                         backups would write for keys nothing here checked. Give generation {generation}'s \
+                         fingerprint from the admins' records (what their rekey printed, not what `crmvault \
+                         fingerprint` reads from the storage) with --fingerprint, or copy {} from the machine that \
+                         ran `init` or the backup host before; nothing was written",
+                        pin.repository_id,
+                        chain.iter().position(|hash| Some(hash) == pin.unchecked.as_ref()).map_or_else(
+                            || "a generation".to_string(),
+                            |at| format!("generation {}", repository.chain[at].1.generation)
+                        ),
+                        pin.unchecked.as_deref().unwrap_or_default().chars().take(12).collect::<String>(),
+                        trust::pin_path(config_dir, &pin.repository_id).display()
+                    ))
+                    .into());
+                }
                 // Not in a copy's check alone (leaving out those that fail on their own): the
                 // others' absence is not its failure; the check of the copies kept decides.
-                if follow
-                    && writes_here(role, config_dir, &pin.repository_id)
-                    && !dry
-                    && !absent.is_empty()
-                    && !head_vouched
-                {
+                if follow && writer_here && !dry && !absent.is_empty() && !head_vouched {
                     bail!(
                         "{location} is at generation {} of the repository's keys, which this machine has not \
                          followed yet, and {} of the repository's targets it knows could not be checked beside it; \
@@ -771,12 +795,15 @@ async fn check_copies(
                     let known = repository.chain.iter().rposition(|(hash, _)| pin.vouches(hash));
                     (known.is_none_or(|known| at > known)).then(|| repository.chain[at].0.clone())
                 });
+                // Taken by its signature alone where the writer's rule did not apply.
+                let unchecked = follow && !writer_here && !head_vouched && !pin.vouches(&repository.config_hash);
                 if new_location || follow || vouch.is_some() {
                     let change = PinChange {
                         location: location.to_string(),
                         follow: follow.then(|| repository.config_hash.clone()),
-                        chain: repository.chain.iter().map(|(hash, _)| hash.clone()).collect(),
+                        chain,
                         vouch,
+                        unchecked,
                     };
                     change.apply(&mut pin);
                     if new_location {
@@ -853,6 +880,11 @@ async fn check_copies(
                     missed: std::collections::BTreeMap::new(),
                     pending: None,
                     vouched: None,
+                    // The generations after the one the fingerprint names, taken by their
+                    // signatures (a machine with the writer key was refused that above).
+                    unchecked: given
+                        .filter(|_| !vouches(None, given, &repository.config_hash))
+                        .map(|_| repository.config_hash.clone()),
                 };
                 writes.push(PinWrite::Create(pin.clone(), role == Role::Admin));
                 // Later copies of it are checked against what this run pins.
@@ -1040,6 +1072,9 @@ struct PinChange {
     chain: Vec<String>,
     /// A generation a fingerprint given named ([`Pin::vouched`]).
     vouch: Option<String>,
+    /// Whether the generation followed is taken by its signature alone on a machine without
+    /// the writer key ([`Pin::unchecked`]).
+    unchecked: bool,
 }
 
 impl PinChange {
@@ -1066,6 +1101,14 @@ impl PinChange {
             {
                 pin.vouched = Some(pending);
             }
+            if self.unchecked {
+                pin.unchecked = Some(hash.clone());
+            }
+            changed = true;
+        }
+        // Checked once a generation at or after the one taken by signatures is vouched for.
+        if pin.unchecked.is_some() && !pin.unchecked_on(&self.chain, |_| false) {
+            pin.unchecked = None;
             changed = true;
         }
         changed
@@ -1114,7 +1157,11 @@ async fn anchor(repository: &mut Repository, pin: Option<&Pin>, given: Option<&F
 /// checked against that pin, whose fingerprint may be a later generation's) are added to its
 /// pin as places of it: the pin's mark, generation and notes stay. Then the places are taken
 /// out of any other pin here ([`trust::release_location`]).
-pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport) -> Result<()> {
+pub fn pin_new(
+    config_dir: &Path,
+    report: &crmvault::commands::init::InitReport,
+    given: Option<&Fingerprint>,
+) -> Result<()> {
     if let Some(mut pin) = trust::load_pin(config_dir, &report.repository_id)? {
         trust::update_pin(config_dir, &mut pin, |pin| pin.add_locations(&report.locations))?;
     } else {
@@ -1128,6 +1175,12 @@ pub fn pin_new(config_dir: &Path, report: &crmvault::commands::init::InitReport)
             missed: std::collections::BTreeMap::new(),
             pending: None,
             vouched: None,
+            // `init --copy-from` given an earlier generation's fingerprint than the source's
+            // head took the generations since by their signatures (refused where the writer
+            // key is).
+            unchecked: (Fingerprint::of_config_hash(&report.config_hash).ok() != Some(report.fingerprint)
+                && !vouches(None, given, &report.config_hash))
+            .then(|| report.config_hash.clone()),
         };
         trust::create_pin(config_dir, pin)?;
     }
@@ -1157,6 +1210,7 @@ mod tests {
             missed: std::collections::BTreeMap::new(),
             pending: None,
             vouched: None,
+            unchecked: None,
         }
     }
 
@@ -1178,7 +1232,7 @@ mod tests {
         old.repository_id = "r0".into();
         old.locations = vec!["/srv/backups/crm".into(), "/srv/other".into()];
         trust::save_pin(dir.path(), &old).unwrap();
-        pin_new(dir.path(), &init_report("h1", "/srv/backups/crm")).unwrap();
+        pin_new(dir.path(), &init_report("h1", "/srv/backups/crm"), None).unwrap();
         let old = trust::load_pin(dir.path(), "r0").unwrap().unwrap();
         assert_eq!(old.locations, ["/srv/other"], "the emptied place stays in the old pin");
         let new = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
@@ -1195,7 +1249,7 @@ mod tests {
         pinned.locations = vec!["/srv/a".into()];
         trust::save_pin(dir.path(), &pinned).unwrap();
         // init --copy-from reports the repository's first fingerprint.
-        pin_new(dir.path(), &init_report("g2", "/srv/b")).unwrap();
+        pin_new(dir.path(), &init_report("g2", "/srv/b"), None).unwrap();
         let on_disk = trust::load_pin(dir.path(), "r1").unwrap().unwrap();
         assert!(on_disk.knows("/srv/a") && on_disk.knows("/srv/b"));
         assert_eq!(on_disk.fingerprint, pinned.fingerprint);
@@ -1241,5 +1295,33 @@ mod tests {
         trust::save_pin(dir.path(), &pin_at("g3")).unwrap();
         late.follow(&h("g2")).unwrap();
         assert_eq!(on_disk().config_hash, h("g3"));
+    }
+
+    #[test]
+    fn a_generation_taken_by_signature_stays_unchecked_until_one_at_or_after_it_is_vouched() {
+        let chain: Vec<String> = ["c", "g1", "g2", "g3"].iter().map(|name| h(name)).collect();
+        let change = |follow: Option<&str>, vouch: Option<&str>, unchecked: bool| PinChange {
+            location: "/srv/b".into(),
+            follow: follow.map(h),
+            chain: chain.clone(),
+            vouch: vouch.map(h),
+            unchecked,
+        };
+        let mut pin = pin_at("c");
+        change(Some("g2"), None, true).apply(&mut pin);
+        assert_eq!(pin.unchecked, Some(h("g2")));
+        assert!(pin.unchecked_on(&chain, |_| false));
+        // Followed on from there by the writer's rule: still built on it.
+        change(Some("g3"), None, false).apply(&mut pin);
+        assert_eq!(pin.unchecked, Some(h("g2")));
+        // A fingerprint of a generation before it checks nothing; of it or a later one, all.
+        change(None, Some("g1"), false).apply(&mut pin);
+        assert!(pin.unchecked_on(&chain, |_| false));
+        assert!(!pin.unchecked_on(&chain, |hash| hash == h("g3")));
+        change(None, Some("g3"), false).apply(&mut pin);
+        assert_eq!(pin.unchecked, None);
+        // A copy whose chain does not hold the generation taken cannot check it.
+        let pin = Pin { unchecked: Some(h("g9")), ..pin_at("g9") };
+        assert!(pin.unchecked_on(&chain, |_| true));
     }
 }

@@ -1554,6 +1554,77 @@ fn a_new_backup_host_does_not_leave_out_the_copy_ahead_of_an_older_fingerprint()
     assert!(!key_path.with_file_name("trust.json").exists(), "pinned");
 }
 
+/// An admin's machine (no writer key) pinned the repository; then X signs a generation adding
+/// its own key on the one target X writes, and the machine's next look at that target follows
+/// it by its signature (its rule lets one target's word move the pin, with a warning). That
+/// pin, with the writer key installed there since, or copied to a backup host, wrote the
+/// nights under X's generation. Now a machine holding the writer key refuses a generation its
+/// pin took by signatures alone until the head's fingerprint is given.
+#[test]
+fn a_pin_an_admins_machine_took_by_signatures_writes_nothing_where_the_writer_key_is() {
+    let setup = Setup::new("unchecked_pin", 2);
+    let zero = setup.work.fingerprint(&setup.repos[0]);
+    let id = setup.work.run(&["fingerprint", "--json", "--repo", &setup.repos[0]]).ok().json()["repository_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin = setup.admin_machine();
+    let key = admin.admin_key();
+    let listing = ["snapshots", "--identity", &key, "--repo", &setup.repos[1]];
+    admin.run(&[&listing[..], &["--fingerprint", &zero]].concat()).ok();
+    setup.x_signs_a_generation(1);
+    admin.run(&listing).fails_with(0, "followed by this machine by its signature");
+    let pin_file = admin.config_dir().join("repos").join(&id).join("trust.json");
+    let pinned = std::fs::read(&pin_file).unwrap();
+    let second = PathBuf::from(&setup.repos[1]);
+    let before = relative_files(&second);
+    let backup = ["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", &setup.repos[1]];
+    // The writer key installed on that machine.
+    let writer_key = setup.work.config_dir().join("repos").join(&id).join("writer.key");
+    std::fs::copy(&writer_key, pin_file.with_file_name("writer.key")).unwrap();
+    admin.run(&backup).fails_with(1, "by signatures alone on a machine without that key");
+    // The pin copied to a backup host.
+    let (host, key_path) = new_host(&setup.work, &id);
+    std::fs::copy(&pin_file, key_path.with_file_name("trust.json")).unwrap();
+    host.run(&backup).fails_with(1, "by signatures alone on a machine without that key");
+    assert_eq!(relative_files(&second), before, "written where X reads");
+    assert_eq!(std::fs::read(&pin_file).unwrap(), pinned, "the pin moved");
+}
+
+/// The way past it when the generation is the admins': a colleague rekeys from their machine,
+/// an admin's machine pins from the first fingerprint (taking the colleague's generation by its
+/// signature), and later becomes the backup host: refused once, then given the fingerprint the
+/// colleague's rekey printed, it backs up, and needs nothing more after.
+#[test]
+fn a_pin_taken_by_signatures_is_checked_once_given_the_heads_fingerprint() {
+    let setup = Setup::new("unchecked_pin_vouched", 2);
+    let zero = setup.work.fingerprint(&setup.repos[0]);
+    let colleague = Workspace::new();
+    std::fs::copy(setup.work.path("other.key"), colleague.path("other.key")).unwrap();
+    let other_key = colleague.path("other.key");
+    let newcomer = colleague.keygen("new.key");
+    let mut args = vec!["rekey", "--json", "--identity", other_key.to_str().unwrap(), "--fingerprint", &zero];
+    args.extend(setup.repo_args());
+    let run = colleague.run(&[&args[..], &["--add-recipient", &newcomer]].concat()).ok();
+    let theirs = run_fingerprint(&run);
+    let id = run.json()["repository_id"].as_str().unwrap().to_string();
+    let admin = setup.admin_machine();
+    let key = admin.admin_key();
+    let mut listing = vec!["snapshots", "--identity", &key, "--fingerprint", &zero];
+    listing.extend(setup.repo_args());
+    admin.run(&listing).ok();
+    let pin_file = admin.config_dir().join("repos").join(&id).join("trust.json");
+    let writer_key = setup.work.config_dir().join("repos").join(&id).join("writer.key");
+    std::fs::copy(&writer_key, pin_file.with_file_name("writer.key")).unwrap();
+    let mut backup = vec!["backup", "--no-alarm", "--db", setup.source.url_str()];
+    backup.extend(setup.repo_args());
+    admin.run(&backup).fails_with(1, "by signatures alone on a machine without that key");
+    admin.run(&[&backup[..], &["--fingerprint", &theirs]].concat()).ok();
+    admin.run(&backup).ok();
+    let pin: serde_json::Value = serde_json::from_slice(&std::fs::read(&pin_file).unwrap()).unwrap();
+    assert!(pin.get("unchecked").is_none(), "{pin}");
+}
+
 /// The way past that refusal when the generation is a colleague's: another admin rotates the
 /// writer key from their machine; this admin's next rekey would keep a writer key this machine
 /// cannot vouch for, and is refused until given the fingerprint the colleague has; then it
