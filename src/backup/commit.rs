@@ -294,5 +294,7 @@ pub(super) async fn commit(
         small_packs: header.packs.iter().filter(|p| repo::is_small_pack(p.size, repository.config.pack_size)).count(),
         // Set by the caller, which counted them.
         rewritten_bytes: 0,
+        // Set by the caller, which checks them once the snapshot is stored everywhere.
+        problems: Vec::new(),
     })
 }

@@ -153,6 +153,12 @@ impl BackupReport {
         self.targets.iter().filter(|t| t.error.is_some()).count()
     }
 
+    /// Targets that received it and hold no whole keys (or admin keys) object: each cannot be
+    /// unlocked (or rekeyed) on its own until mended.
+    pub fn damaged_targets(&self) -> usize {
+        self.targets.iter().filter(|t| !t.problems.is_empty()).count()
+    }
+
     /// The new snapshot as a missed record names it, for the pin of a target it did not reach
     /// ([`BackupOptions::missed`]).
     pub fn as_missed(&self) -> crate::repo::ForgottenSnapshot {
@@ -191,6 +197,28 @@ pub struct TargetReport {
     /// Bytes of chunks the target held and the backup stored again, from packs its snapshot
     /// used little of ([`crate::sparse_packs`]).
     pub rewritten_bytes: u64,
+    /// Why the target cannot be unlocked (or rekeyed) on its own: none of its keys (admin keys)
+    /// objects is whole. The snapshot is stored; `copy --repair` mends it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+impl TargetReport {
+    /// A target the snapshot did not reach, and why.
+    fn failed(location: &str, error: String) -> TargetReport {
+        TargetReport {
+            location: location.to_string(),
+            ok: false,
+            error: Some(error),
+            new_chunks: 0,
+            bytes_added: 0,
+            bytes_total: 0,
+            recorded_missed: Vec::new(),
+            small_packs: 0,
+            rewritten_bytes: 0,
+            problems: Vec::new(),
+        }
+    }
 }
 
 /// Small packs past which a backup advises `prune --identity` (docs/OPERATIONS.md, *Prune*):
@@ -430,34 +458,51 @@ pub async fn run(
             Err(error) => {
                 targets.warn(state.repository.target.location(), &error);
                 state.error = Some(error.to_string());
-                TargetReport {
-                    location: state.repository.target.location().to_string(),
-                    ok: false,
-                    error: Some(error.to_string()),
-                    new_chunks: 0,
-                    bytes_added: 0,
-                    bytes_total: 0,
-                    recorded_missed: Vec::new(),
-                    small_packs: 0,
-                    rewritten_bytes: 0,
-                }
+                TargetReport::failed(state.repository.target.location(), error.to_string())
             }
         });
     }
     if states.iter().all(|s| s.error.is_some()) {
         return Err(all_failed(&states, targets.left_out()));
     }
-    reports.extend(targets.left_out().iter().map(|left_out| TargetReport {
-        location: left_out.location.clone(),
-        ok: false,
-        error: Some(left_out.reason.clone()),
-        new_chunks: 0,
-        bytes_added: 0,
-        bytes_total: 0,
-        recorded_missed: Vec::new(),
-        small_packs: 0,
-        rewritten_bytes: 0,
-    }));
+    // Keys unlock from the first copy whose keys objects read, so a copy whose keys objects
+    // storage damaged or replaced still takes the snapshot: one damaged of two is a warning
+    // (`verify` reports it); none whole left, the copy could not be unlocked on its own, and
+    // the night says so (exit 3).
+    let checks = states.iter().map(|state| async move {
+        if state.error.is_some() {
+            return Vec::new();
+        }
+        let location = state.repository.target.location();
+        let check = state.repository.check_keys_objects().await;
+        for (key, why) in &check.damaged {
+            // Most errors name their object already: say it once.
+            let what = if why.contains(key.as_str()) { why.clone() } else { format!("{key}: {why}") };
+            tracing::warn!("{location}: {what} (`crmvault verify` reports it; `copy --repair` mends it)");
+        }
+        check
+            .none_whole
+            .iter()
+            .map(|kind| {
+                let named = match *kind {
+                    "keys" => &state.repository.config.keys,
+                    _ => &state.repository.config.admin_keys,
+                };
+                format!(
+                    "none of its {kind} objects ({}) is whole: it cannot be {} on its own; `crmvault copy --repair \
+                     --from <a whole target> --to {location}` writes them again",
+                    named.join(", "),
+                    if *kind == "keys" { "unlocked" } else { "rekeyed" }
+                )
+            })
+            .collect()
+    });
+    for (report, problems) in reports.iter_mut().zip(futures::future::join_all(checks).await) {
+        report.problems = problems;
+    }
+    reports.extend(
+        targets.left_out().iter().map(|left_out| TargetReport::failed(&left_out.location, left_out.reason.clone())),
+    );
     let mut settled = chain.settled;
     settled.insert(sealed.id.clone());
 

@@ -69,6 +69,12 @@ impl Metrics {
                 target.small_packs as f64,
             );
             self.set(
+                "crmvault_backup_target_problems",
+                "Damaged or replaced objects of the repository's own (config, config copies, keys objects) on the target",
+                &labels,
+                target.problems.len() as f64,
+            );
+            self.set(
                 "crmvault_backup_target_rewritten_bytes",
                 "Plaintext bytes of chunks the target held that the backup stored again, from packs the last snapshot hardly used",
                 &labels,

@@ -1161,9 +1161,10 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             })?;
             metrics.backup(&report);
             output::backup(json, &report, started.elapsed());
-            // A snapshot deleted from storage behind the host's back is a problem to look at,
-            // as `verify` would say: once only, since the new snapshot is the next one known.
-            if report.failed_targets() > 0 || report.deleted_snapshot.is_some() {
+            // A snapshot deleted from storage behind the host's back, or a target left with no
+            // whole keys object, is a problem to look at, as `verify` would say (the deleted
+            // snapshot once only, since the new snapshot is the next one known).
+            if report.failed_targets() > 0 || report.damaged_targets() > 0 || report.deleted_snapshot.is_some() {
                 return Ok(3);
             }
             if !report.alarms.is_empty() {

@@ -168,7 +168,7 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     if json {
         let mut value = serde_json::to_value(report).expect("reports serialise");
         value["seconds"] = serde_json::json!(elapsed.as_secs_f64());
-        print_json_ok(&value, report.failed_targets() == 0);
+        print_json_ok(&value, report.failed_targets() == 0 && report.damaged_targets() == 0);
         return;
     }
     say!("{}", report.snapshot_id);
@@ -204,6 +204,9 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
                 eprintln!("  FAILED  {error} (no snapshot written there)");
             }
             Some(error) => eprintln!("  FAILED  {}: {error} (no snapshot written there)", target.location),
+        }
+        for problem in &target.problems {
+            eprintln!("  DAMAGED {}: {}", target.location, printable(problem));
         }
         if target.small_packs >= backup::SMALL_PACKS_ADVISED {
             eprintln!(

@@ -71,10 +71,10 @@ pub async fn run(
     let budget = &budget;
     for (hash, config) in &from.chain {
         for key in config.keys.iter().chain(&config.admin_keys) {
-            copy_object((from, to), key, budget, &mut report).await?;
+            copy_object((from, to), key, (budget, repair_too), &mut report).await?;
         }
         if config.version >= repo::AUTHENTICATED_VERSION {
-            copy_object((from, to), &repo::config_copy_key(hash), budget, &mut report).await?;
+            copy_object((from, to), &repo::config_copy_key(hash), (budget, repair_too), &mut report).await?;
         }
     }
     let present: std::collections::HashSet<repo::SnapshotId> = to.snapshot_ids().await?.into_iter().collect();
@@ -496,20 +496,40 @@ async fn clear_marker(to: &Repository, marker: &str, report: &mut CopyReport) {
 }
 
 /// Copies one content-addressed object unless the destination has it.
+/// Copies a generation's config copy or keys object that `to` lacks; with `repair`, also
+/// writes again one `to` holds whose bytes do not match its name (storage damaged or replaced
+/// it: keys then unlock from another copy only, and a backup exits 3 until it is mended).
 async fn copy_object(
     (from, to): (&Repository, &Repository),
     key: &str,
-    budget: &ReadBudget,
+    (budget, repair): (&ReadBudget, bool),
     report: &mut CopyReport,
 ) -> Result<()> {
-    if to.target.size_of(key).await?.is_some() {
+    let there = to.target.size_of(key).await?.is_some();
+    // Present and, when repairing, whole: nothing to do.
+    if there && (!repair || holds_whole(to, key).await?) {
         return Ok(());
     }
     let held = fetch_checked(from, key, None, budget).await?;
     report.bytes_copied += held.len() as u64;
     report.objects_copied += 1;
-    to.target.put_new(key, bytes::Bytes::clone(&held)).await?;
+    if there {
+        to.target.rewrite(key, bytes::Bytes::clone(&held)).await?;
+        report.objects_repaired += 1;
+    } else {
+        to.target.put_new(key, bytes::Bytes::clone(&held)).await?;
+    }
     Ok(())
+}
+
+/// Whether `to`'s object `key` (named by its hash, of a size its kind holds) is whole.
+async fn holds_whole(to: &Repository, key: &str) -> Result<bool> {
+    match to.target.get_at_most(key, repo::largest_object(key)).await {
+        Ok(bytes) => Ok(repo::check_object_name(key, &bytes).is_ok()),
+        // Larger than its kind holds, or gone since it was listed.
+        Err(Error::Corrupt { .. } | Error::Missing { .. }) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// A content-addressed object present at `to`, checked against its name.

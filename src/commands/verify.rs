@@ -335,9 +335,9 @@ async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyRepo
             let copy = repo::config_copy_key(hash);
             match repository.target.get_at_most(&copy, repo::MAX_CONFIG_BYTES).await {
                 Ok(bytes) if crate::crypto::object_hash(&bytes) == *hash => report.count_object(&bytes),
-                Ok(_) => report.problems.push(problem(&copy, vec![], "its BLAKE3 does not match its name".into())),
-                Err(e @ Error::Corrupt { .. }) => report.problems.push(problem(&copy, vec![], e.to_string())),
-                Err(Error::Missing { .. }) => report.problems.push(problem(&copy, vec![], "missing".into())),
+                Ok(_) => report.problems.push(problem(&copy, vec![], mend("its BLAKE3 does not match its name"))),
+                Err(e @ Error::Corrupt { .. }) => report.problems.push(problem(&copy, vec![], mend(&e.to_string()))),
+                Err(Error::Missing { .. }) => report.problems.push(problem(&copy, vec![], mend("missing"))),
                 Err(e) => return Err(e),
             }
         }
@@ -346,10 +346,10 @@ async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyRepo
                 Ok(bytes) => {
                     report.count_object(&bytes);
                     if let Err(e) = repo::check_object_name(key, &bytes) {
-                        report.problems.push(problem(key, vec![], e.to_string()));
+                        report.problems.push(problem(key, vec![], mend(&e.to_string())));
                     }
                 }
-                Err(e) => report.problems.push(problem(key, vec![], e.to_string())),
+                Err(e) => report.problems.push(problem(key, vec![], mend(&e.to_string()))),
             }
         }
     }
@@ -369,6 +369,12 @@ async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyRepo
         }
     }
     Ok(())
+}
+
+/// A config copy's or keys object's problem, with how to mend it: the same object is on every
+/// target, and `copy --repair` writes it again once it matches its name there.
+fn mend(problem: &str) -> String {
+    format!("{problem}; `crmvault copy --repair --from <a target holding it whole> --to <this one>` writes it again")
 }
 
 /// What [`run`] finds wrong with the repository's own objects (`config`, `configs/`, `keys/`)

@@ -430,7 +430,43 @@ impl NextGeneration {
     }
 }
 
+/// This copy's keys objects of its generation, each checked against its name (no key needed):
+/// what [`Repository::check_keys_objects`] found.
+#[derive(Debug, Default)]
+pub struct KeysObjectsCheck {
+    /// Each keys or admin keys object missing, unreadable or not matching its name, and why.
+    pub damaged: Vec<(String, String)>,
+    /// The kinds ("keys", "admin keys") of which no whole object is left: the copy cannot be
+    /// unlocked (or, for admin keys, rekeyed) on its own until they are written again.
+    pub none_whole: Vec<&'static str>,
+}
+
 impl Repository {
+    /// Reads this copy's keys and admin keys objects of its generation and checks each against
+    /// the name its config gives it: storage that damaged or replaced them (re-encrypted to the
+    /// config's recipients) leaves a copy that keys from another copy still unlock, and that
+    /// could not be unlocked alone. A storage error is the object's finding, not the check's.
+    pub async fn check_keys_objects(&self) -> KeysObjectsCheck {
+        let mut check = KeysObjectsCheck::default();
+        for (kind, keys) in [("keys", &self.config.keys), ("admin keys", &self.config.admin_keys)] {
+            let mut whole = keys.is_empty();
+            for key in keys {
+                let found = match self.target.get_at_most(key, super::MAX_KEYS_BYTES).await {
+                    Ok(bytes) => check_object_name(key, &bytes),
+                    Err(error) => Err(error),
+                };
+                match found {
+                    Ok(()) => whole = true,
+                    Err(error) => check.damaged.push((key.clone(), error.to_string())),
+                }
+            }
+            if !whole {
+                check.none_whole.push(kind);
+            }
+        }
+        check
+    }
+
     /// Unlocks with the writer key kept under `config_dir` (the backup host).
     pub async fn unlock_as_writer(&self, config_dir: &Path) -> Result<Keyring> {
         let path = writer_key_path(config_dir, &self.config.id);

@@ -547,7 +547,11 @@ fn one_damaged_keys_object_leaves_the_repository_readable() {
     let target = TestDb::create("keys_copy_target");
     victim.work.restore(&victim.repo, &target).ok();
     assert_same_database(&victim.source, &target);
-    victim.work.backup(&victim.source, &victim.repo);
+    // The backup reads the other copy, and names the damaged one: the repository still
+    // unlocks on its own (the other copy is whole), so the night is not failed for it.
+    let url = victim.source.url();
+    let backup = victim.work.run(&["backup", "--no-alarm", "--db", &url, "--repo", &victim.repo]).ok();
+    assert!(backup.stderr.contains(keys[0].file_name().unwrap().to_str().unwrap()), "{}", backup.stderr);
     let verify = victim.work.run(&["verify", "--repo", &victim.repo]);
     assert_eq!(verify.code, 3);
     assert!(verify.stdout.contains(keys[0].file_name().unwrap().to_str().unwrap()), "{}", verify.stdout);
@@ -1003,8 +1007,18 @@ fn a_keys_folder_made_unreadable_on_one_copy_stops_no_backup_or_verify_of_the_ot
                 .sql("UPDATE crm.contacts SET email = email || '.k' WHERE id IN (SELECT min(id) FROM crm.contacts)");
             let run =
                 victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", first, "--repo", second]);
-            let run = run.ok();
+            // Stored on both, and exit 3: that copy could not be unlocked on its own.
+            let run = run.fails_with(3, "");
             assert!(run.json()["targets"].as_array().unwrap().iter().all(|t| t["ok"] == true), "{}", run.stdout);
+            let damaged: Vec<serde_json::Value> = run.json()["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["problems"].is_array())
+                .cloned()
+                .collect();
+            assert_eq!(damaged.len(), 1, "{}", run.stdout);
+            assert_eq!(damaged[0]["location"], copy.as_str(), "{}", run.stdout);
             let run = victim.work.run(&["verify", "--json", "--repo", first, "--repo", second]).fails_with(3, "");
             let problems = run.json()["problems"].clone();
             assert!(problems.as_array().unwrap().iter().all(|p| p["target"] == copy.as_str()), "{problems}");
@@ -1014,6 +1028,76 @@ fn a_keys_folder_made_unreadable_on_one_copy_stops_no_backup_or_verify_of_the_ot
     }
     std::fs::rename(&saved, &keys).unwrap();
     victim.work.run(&["verify", "--repo", &victim.repo, "--repo", &copy]).ok();
+}
+
+/// Storage replaces both keys objects of one of two targets with its own age files (to the
+/// admins and the writer, a secret of its choosing inside). Keys unlock from the other target,
+/// so the night goes to both; but that target could not be unlocked on its own any more: the
+/// backup says so and exits 3, whichever order the targets are given in, until `copy --repair`
+/// writes the keys objects again from the whole target.
+#[test]
+fn a_target_whose_keys_objects_storage_replaced_fails_the_night_until_copy_repair_mends_it() {
+    let victim = Victim::new("keys_replaced_one_copy");
+    let copy = victim.copied();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&copy).join("config")).unwrap()).unwrap();
+    let recipients: Vec<age::x25519::Recipient> =
+        [victim.recipient().as_str(), config["writer_recipient"].as_str().unwrap()]
+            .iter()
+            .map(|r| r.parse().unwrap())
+            .collect();
+    let plaintext =
+        serde_json::json!({ "repository_id": config["id"], "repo_secret": hex::encode([7; 32]) }).to_string();
+    let keys: Vec<String> = config["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().into()).collect();
+    let originals: Vec<Vec<u8>> = keys.iter().map(|k| std::fs::read(Path::new(&copy).join(k)).unwrap()).collect();
+    for key in &keys {
+        let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient)).unwrap();
+        let mut ciphertext = vec![];
+        let mut writer = encryptor.wrap_output(&mut ciphertext).unwrap();
+        std::io::Write::write_all(&mut writer, plaintext.as_bytes()).unwrap();
+        writer.finish().unwrap();
+        std::fs::write(Path::new(&copy).join(key), ciphertext).unwrap();
+    }
+    let url = victim.source.url();
+    let metrics = victim.work.path("backup.prom");
+    let metrics = metrics.to_str().unwrap();
+    for (first, second) in [(victim.repo.as_str(), copy.as_str()), (copy.as_str(), victim.repo.as_str())] {
+        victim
+            .source
+            .sql("UPDATE crm.contacts SET email = email || '.r' WHERE id IN (SELECT min(id) FROM crm.contacts)");
+        let args = ["backup", "--no-alarm", "--db", &url, "--repo", first, "--repo", second];
+        let run = victim.work.run(&[&args[..], &["--json", "--metrics-file", metrics]].concat()).fails_with(3, "");
+        let report = run.json();
+        assert_eq!(report["ok"], false, "{}", run.stdout);
+        for target in report["targets"].as_array().unwrap() {
+            assert_eq!(target["ok"], true, "the snapshot is stored on both: {}", run.stdout);
+            let problems = target["problems"].as_array().map_or(0, Vec::len);
+            if target["location"] == copy.as_str() {
+                assert_eq!(problems, 1, "{}", run.stdout);
+                for key in &keys {
+                    assert!(target["problems"].to_string().contains(key.as_str()), "{key} not named: {}", run.stdout);
+                }
+            } else {
+                assert_eq!(problems, 0, "{}", run.stdout);
+            }
+        }
+        let prom = std::fs::read_to_string(metrics).unwrap();
+        assert!(prom.contains(&format!("crmvault_backup_target_problems{{target=\"{copy}\"}} 1")), "{prom}");
+        victim.work.run(&args).fails_with(3, "cannot be unlocked on its own");
+    }
+    victim.work.run(&["copy", "--from", &victim.repo, "--to", &copy]).ok();
+    assert_ne!(std::fs::read(Path::new(&copy).join(&keys[0])).unwrap(), originals[0], "a plain copy leaves them");
+    victim.work.run(&["copy", "--repair", "--from", &victim.repo, "--to", &copy]).ok();
+    for (key, original) in keys.iter().zip(&originals) {
+        assert_eq!(&std::fs::read(Path::new(&copy).join(key)).unwrap(), original, "{key} written again");
+    }
+    victim.work.run(&["verify", "--repo", &copy]).ok();
+    let run =
+        victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo]);
+    assert!(run.ok().json()["targets"].as_array().unwrap().iter().all(|t| t["problems"].is_null()));
+    let target = TestDb::create("keys_replaced_one_copy_target");
+    victim.work.restore(&copy, &target).ok();
+    assert_same_database(&victim.source, &target);
 }
 
 /// A backup host that lost its pin (rebuilt, `writer.key` restored from a secrets store) is
