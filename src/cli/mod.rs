@@ -1040,11 +1040,11 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         }
         Command::Init { repo, recipients, recipients_file, copy_from, chunk_size, compression_level } => {
             let tuning = crmvault::repo::Tuning::with_average_chunk(chunk_size, compression_level)?;
-            let targets = settings
-                .repos(repo.repos)?
-                .iter()
-                .map(|l| storage.open(l, OpenMode::Create))
-                .collect::<crmvault::Result<Vec<_>>>()?;
+            let locations = settings.repos(repo.repos)?;
+            // Opening a folder to create makes it: after every check that may refuse, so that a
+            // refused init leaves nothing behind.
+            let open_targets =
+                || locations.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<crmvault::Result<Vec<_>>>();
             // A copy's place is pinned only when the source was checked against a pin or a
             // given fingerprint: a machine with neither (no key needed to copy) must not take
             // the fingerprint the storage claims for the admins' (trust on first use).
@@ -1055,7 +1055,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 vouched = fingerprint.is_some()
                     || crmvault::trust::load_pin(&config_dir()?, &source.first().config.id)?.is_some();
                 trust::check(source.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
-                init::run_copy_from(source.first(), targets).await?
+                init::run_copy_from(source.first(), open_targets()?).await?
             } else {
                 let mut texts = recipients;
                 if let Some(file) = recipients_file {
@@ -1071,7 +1071,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 }
                 let parsed =
                     texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
-                init::run(targets, &parsed, &config_dir()?, tuning).await?
+                crmvault::repo::check_recipients(&parsed)?;
+                init::run(open_targets()?, &parsed, &config_dir()?, tuning).await?
             };
             if vouched {
                 trust::pin_new(&config_dir()?, &report, fingerprint.as_ref())?;

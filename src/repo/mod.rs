@@ -99,6 +99,15 @@ pub struct Repository {
     pub fork: Option<u32>,
 }
 
+/// Refuses admins' recipients a repository cannot be made for: none, or more than a header
+/// takes. `init` asks before it creates a target's folder.
+pub fn check_recipients(recipients: &[age::x25519::Recipient]) -> Result<()> {
+    if recipients.is_empty() {
+        return Err(Error::NoRecipient);
+    }
+    crypto::check_recipient_count(recipients.len())
+}
+
 impl Repository {
     /// Creates a new repository: writer key (local, 0600) first, then keys, then config.
     pub async fn init(
@@ -109,10 +118,7 @@ impl Repository {
         tuning: Tuning,
     ) -> Result<(Repository, PathBuf)> {
         ensure_empty(&target).await?;
-        if recipients.is_empty() {
-            return Err(Error::NoRecipient);
-        }
-        crypto::check_recipient_count(recipients.len())?;
+        check_recipients(recipients)?;
         let mut id_bytes = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id_bytes);
         let repository_id = hex::encode(id_bytes);

@@ -46,6 +46,18 @@ fn repository_mistakes_are_explained() {
         1,
         "needs at least one --recipient",
     );
+    // A copy refused (no source there; not the repository the fingerprint names).
+    let copy = work.path("r4").to_str().unwrap().to_string();
+    one_clear_line(work.run(&["init", "--copy-from", &missing, "--repo", &copy]), 1, "no crmvault repository at");
+    let other = "0000-0000-0000-0000-0000-0000-0000-0000";
+    one_clear_line(
+        work.run(&["init", "--copy-from", &repo, "--repo", &copy, "--fingerprint", other]),
+        1,
+        "not the repository you trust",
+    );
+    for refused in ["r2", "r3", "r4"] {
+        assert!(!work.path(refused).exists(), "a refused init left {refused} behind");
+    }
     one_clear_line(work.run(&["backup", "--db", "x", "--repo", "gs://bucket/crm"]), 1, "unsupported scheme gs://");
     let run = work
         .command()
