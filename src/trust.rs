@@ -427,6 +427,29 @@ pub fn release_location(config_dir: &Path, location: &str, repository_id: &str) 
     Ok(())
 }
 
+/// Forgets `location` as a place of every repository this machine pins there (a target retired
+/// for good: `crmvault retire-target`), with the snapshots its backups noted as missed there.
+/// A machine with the writer key follows a new generation by its signature only where every
+/// place its pin knows is checked, so a place gone for good stopped that until a fingerprint
+/// was given. Returns the ids of the repositories whose pins knew it. Storage is not touched.
+pub fn retire_location(config_dir: &Path, location: &str) -> Result<Vec<String>> {
+    let mut retired = Vec::new();
+    for mut pin in other_repositories(config_dir, None).iter().filter_map(|id| load_pin(config_dir, id).ok().flatten())
+    {
+        if !pin.knows(location) {
+            continue;
+        }
+        update_pin(config_dir, &mut pin, |pin| {
+            let before = (pin.locations.len(), pin.missed.len());
+            pin.locations.retain(|known| !crate::target::same_place(known, location));
+            pin.missed.retain(|known, _| !crate::target::same_place(known, location));
+            (pin.locations.len(), pin.missed.len()) != before
+        })?;
+        retired.push(pin.repository_id.clone());
+    }
+    Ok(retired)
+}
+
 /// An exclusive advisory lock on `folder` (made if missing), held until the file is dropped:
 /// around a read, change and write of a file in it, so that another process's change made
 /// meanwhile is not written over. Only crmvault takes it, for moments.

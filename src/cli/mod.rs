@@ -625,6 +625,18 @@ enum Command {
         #[arg(long)]
         remove_all: bool,
     },
+    /// Forget a target retired for good on this machine: its pins no longer count it as a place
+    /// of the repository it held.
+    ///
+    /// Needs no access to it, and deletes nothing there. The backup host follows a new generation
+    /// of keys (a rekey) only where every place its pin knows is given and reachable: run this on
+    /// it once a target is no longer backed up to, or its first backup after the next rekey
+    /// needs that generation's fingerprint. Only the --repo given here, never a profile's.
+    RetireTarget {
+        /// The target to forget (as given to backup). Repeat for several.
+        #[arg(short = 'r', long = "repo", required = true)]
+        repos: Vec<String>,
+    },
     /// Check the config file (crmvault.toml) or show a profile's settings.
     Config {
         #[command(subcommand)]
@@ -1855,6 +1867,21 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             let found =
                 lock::unlock(targets.repositories(), removal, &lock::options(lock_wait, "unlock", readers)).await?;
             lock::print_unlock(json, &found);
+        }
+        Command::RetireTarget { repos } => {
+            let config_dir = config_dir()?;
+            let mut retired = Vec::new();
+            for location in &repos {
+                let ids = crmvault::trust::retire_location(&config_dir, location)?;
+                if ids.is_empty() {
+                    anyhow::bail!(
+                        "{location} is not a place of any repository this machine pins (nothing changed); \
+                         `crmvault snapshots --repo` with the targets you back up to shows what is pinned"
+                    );
+                }
+                retired.extend(ids.into_iter().map(|id| (location.clone(), id)));
+            }
+            output::retired(json, &retired);
         }
         Command::Config { action } => return profile::run(&action, &settings, json),
         Command::Completions { shell } => generate::completions(shell)?,

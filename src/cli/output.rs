@@ -228,6 +228,24 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
     }
 }
 
+/// What `retire-target` forgot: (location, repository id).
+pub fn retired(json: bool, retired: &[(String, String)]) {
+    if json {
+        let places: Vec<serde_json::Value> = retired
+            .iter()
+            .map(|(location, id)| serde_json::json!({ "location": location, "repository_id": id }))
+            .collect();
+        print_json(&serde_json::json!({ "command": "retire-target", "retired": places, "ok": true }));
+        return;
+    }
+    for (location, id) in retired {
+        say!(
+            "{location}: no longer a place of repository {id} on this machine (nothing there was deleted; give it \
+             to a command again and it is a place again)"
+        );
+    }
+}
+
 pub fn snapshots(json: bool, list: &[snapshots::SnapshotSummary], locations: &[String]) {
     if json {
         print_json(&serde_json::json!({ "snapshots": list }));

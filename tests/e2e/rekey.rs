@@ -1625,6 +1625,40 @@ fn a_pin_taken_by_signatures_is_checked_once_given_the_heads_fingerprint() {
     assert!(pin.get("unchecked").is_none(), "{pin}");
 }
 
+/// A target retired for good (the second bucket given up) stays a place in the backup host's
+/// pin, and the host follows a new generation by its signature only where every place it knows
+/// is checked: after the admins' next rekey its nights stopped until a fingerprint was given.
+/// `retire-target` forgets the place (without reaching it), and the host follows on its own.
+#[test]
+fn a_target_retired_on_the_backup_host_does_not_stop_it_following_the_next_rekey() {
+    let setup = Setup::new("retired_target", 2);
+    let zero = setup.work.fingerprint(&setup.repos[0]);
+    let (kept, retired) = (&setup.repos[0], &setup.repos[1]);
+    std::fs::rename(retired, setup.work.path("given-up")).unwrap();
+    let admin = setup.admin_machine();
+    let key = admin.admin_key();
+    let later = admin.keygen("later.key");
+    let args = ["rekey", "--identity", &key, "--fingerprint", &zero, "--repo", kept, "--add-recipient", &later];
+    admin.run(&args).ok();
+    let backup = ["backup", "--no-alarm", "--db", setup.source.url_str(), "--repo", kept];
+    setup.work.run(&backup).fails_with(1, "could not be checked beside it");
+
+    setup.work.run(&["retire-target", "--repo", "/nowhere/never-used"]).fails_with(1, "not a place of any repository");
+    let run = setup.work.run(&["retire-target", "--json", "--repo", retired]).ok();
+    assert_eq!(run.json()["retired"][0]["location"], retired.as_str(), "{}", run.stdout);
+    let id = run.json()["retired"][0]["repository_id"].as_str().unwrap().to_string();
+    let pin = std::fs::read_to_string(setup.work.config_dir().join("repos").join(&id).join("trust.json")).unwrap();
+    assert!(!pin.contains(retired.as_str()), "{pin}");
+    setup.work.run(&backup).ok();
+    // Written for the admin the rekey added.
+    let target = TestDb::create("retired_target_t");
+    let later_key = admin.path("later.key");
+    let later_key = later_key.to_str().unwrap();
+    let restore = ["restore", "--identity", later_key, "--repo", kept, "--db", &target.url(), "latest"];
+    admin.run(&restore).ok();
+    assert_same_database(&setup.source, &target);
+}
+
 /// The way past that refusal when the generation is a colleague's: another admin rotates the
 /// writer key from their machine; this admin's next rekey would keep a writer key this machine
 /// cannot vouch for, and is refused until given the fingerprint the colleague has; then it
