@@ -427,25 +427,67 @@ pub fn release_location(config_dir: &Path, location: &str, repository_id: &str) 
     Ok(())
 }
 
-/// Forgets `location` as a place of every repository this machine pins there (a target retired
-/// for good: `crmvault retire-target`), with the snapshots its backups noted as missed there.
-/// A machine with the writer key follows a new generation by its signature only where every
-/// place its pin knows is checked, so a place gone for good stopped that until a fingerprint
-/// was given. Returns the ids of the repositories whose pins knew it. Storage is not touched.
-pub fn retire_location(config_dir: &Path, location: &str) -> Result<Vec<String>> {
+/// Forgets each of `locations` as a place of every repository this machine pins there (targets
+/// retired for good: `crmvault retire-target`). A machine with the writer key follows a new
+/// generation by its signature only where every place its pin knows is checked, so a place gone
+/// for good stopped that until a fingerprint was given. Every location is checked before any
+/// pin changes: one that no pin knows (a typo) is refused, naming the places known, and so is
+/// one that would leave a pin knowing no place (such a pin no longer asks which repository a
+/// new place holds, which a storage writer could use to have another repository's backups
+/// written into this one). The nights noted as missed there stay noted (given again, the
+/// target records them). Returns (place, repository id) for each place forgotten. Storage is
+/// not touched.
+pub fn retire_locations(config_dir: &Path, locations: &[String]) -> Result<Vec<(String, String)>> {
+    let mut pins = Vec::new();
+    for id in other_repositories(config_dir, None) {
+        if let Some(pin) = load_pin(config_dir, &id)? {
+            pins.push(pin);
+        }
+    }
+    let mut places: Vec<String> = Vec::new();
+    for location in locations {
+        crate::target::Location::parse(location)?;
+        let place = crate::target::place(location);
+        if places.contains(&place) {
+            continue;
+        }
+        if !pins.iter().any(|pin| pin.knows(&place)) {
+            let known: Vec<&str> = pins.iter().flat_map(|pin| pin.locations.iter().map(String::as_str)).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Err(Error::Invalid(format!(
+                "{place} is not a place of any repository this machine pins (the places it knows: {known}); nothing \
+                 was changed"
+            )));
+        }
+        places.push(place);
+    }
+    for pin in &pins {
+        let left =
+            pin.locations.iter().filter(|known| !places.iter().any(|place| crate::target::same_place(known, place)));
+        if left.count() == 0
+            && pin.locations.iter().any(|known| places.iter().any(|p| crate::target::same_place(known, p)))
+        {
+            return Err(Error::Invalid(format!(
+                "that would leave this machine's pin of repository {} knowing no place of it: retire a target only \
+                 once another one is backed up to (and known here); to stop using the repository on this machine, \
+                 move {} away; nothing was changed",
+                pin.repository_id,
+                pin_path(config_dir, &pin.repository_id).display()
+            )));
+        }
+    }
     let mut retired = Vec::new();
-    for mut pin in other_repositories(config_dir, None).iter().filter_map(|id| load_pin(config_dir, id).ok().flatten())
-    {
-        if !pin.knows(location) {
+    for mut pin in pins {
+        let knew: Vec<&String> = places.iter().filter(|place| pin.knows(place)).collect();
+        if knew.is_empty() {
             continue;
         }
         update_pin(config_dir, &mut pin, |pin| {
-            let before = (pin.locations.len(), pin.missed.len());
-            pin.locations.retain(|known| !crate::target::same_place(known, location));
-            pin.missed.retain(|known, _| !crate::target::same_place(known, location));
-            (pin.locations.len(), pin.missed.len()) != before
+            let before = pin.locations.len();
+            pin.locations.retain(|known| !knew.iter().any(|place| crate::target::same_place(known, place)));
+            pin.locations.len() != before
         })?;
-        retired.push(pin.repository_id.clone());
+        retired.extend(knew.into_iter().map(|place| (place.clone(), pin.repository_id.clone())));
     }
     Ok(retired)
 }
@@ -554,6 +596,39 @@ mod tests {
             vouched: None,
             unchecked: None,
         }
+    }
+
+    #[test]
+    fn retiring_targets_checks_every_one_before_any_pin_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let missed = crate::repo::ForgottenSnapshot {
+            id: crate::repo::SnapshotId::of(b"s"),
+            sequence: 3,
+            time: chrono::Utc::now(),
+            parent: None,
+        };
+        let pin = Pin {
+            locations: vec!["/srv/a".into(), "/srv/b".into(), "s3://bucket/crm http://127.0.0.1:9000".into()],
+            missed: [("/srv/b".to_string(), vec![missed])].into(),
+            ..new_pin()
+        };
+        save_pin(dir.path(), &pin).unwrap();
+        let on_disk = || load_pin(dir.path(), "r1").unwrap().unwrap();
+        let retire = |locations: &[&str]| {
+            retire_locations(dir.path(), &locations.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        // A typo beside a real one: refused, naming what is known; nothing changed.
+        let error = retire(&["/srv/b", "/srv/typo"]).unwrap_err().to_string();
+        assert!(error.contains("/srv/typo is not a place") && error.contains("/srv/a, /srv/b"), "{error}");
+        assert_eq!(on_disk().locations, pin.locations);
+        // Every place: refused.
+        let every = ["/srv/a", "/srv/b/", "s3://bucket/crm?endpoint=http://127.0.0.1:9000/"];
+        assert!(retire(&every).unwrap_err().to_string().contains("knowing no place"));
+        assert_eq!(on_disk().locations, pin.locations);
+        // The same place twice, spelled two ways: once; the nights missed there stay noted.
+        assert_eq!(retire(&["/srv/b/", "file:///srv/b"]).unwrap(), vec![("/srv/b".to_string(), "r1".to_string())]);
+        assert_eq!(on_disk().locations, vec!["/srv/a".to_string(), pin.locations[2].clone()]);
+        assert_eq!(on_disk().missed, pin.missed);
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Metrics {
             );
             self.set(
                 "crmvault_backup_target_problems",
-                "Damaged or replaced objects of the repository's own (config, config copies, keys objects) on the target",
+                "Kinds of keys objects (keys, admin keys) of which none is whole on the target: it cannot be unlocked or rekeyed on its own",
                 &labels,
                 target.problems.len() as f64,
             );

@@ -37,7 +37,6 @@ use crmvault::prune;
 use crmvault::rekey;
 use crmvault::repo::{Keyring, Repository};
 use crmvault::restore;
-use crmvault::target::OpenMode;
 
 /// Encrypted, deduplicated, verifiable backups of PostgreSQL CRM databases.
 #[derive(Debug, Parser)]
@@ -1053,10 +1052,8 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
         Command::Init { repo, recipients, recipients_file, copy_from, chunk_size, compression_level } => {
             let tuning = crmvault::repo::Tuning::with_average_chunk(chunk_size, compression_level)?;
             let locations = settings.repos(repo.repos)?;
-            // Opening a folder to create makes it: after every check that may refuse, so that a
-            // refused init leaves nothing behind.
-            let open_targets =
-                || locations.iter().map(|l| storage.open(l, OpenMode::Create)).collect::<crmvault::Result<Vec<_>>>();
+            // Opening a folder to create makes it: after every check that may refuse
+            // (`Storage::open_new`), so that a refused init leaves nothing behind.
             // A copy's place is pinned only when the source was checked against a pin or a
             // given fingerprint: a machine with neither (no key needed to copy) must not take
             // the fingerprint the storage claims for the admins' (trust on first use).
@@ -1067,7 +1064,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 vouched = fingerprint.is_some()
                     || crmvault::trust::load_pin(&config_dir()?, &source.first().config.id)?.is_some();
                 trust::check(source.repositories_mut(), role, fingerprint.as_ref(), &config_dir()?).await?;
-                init::run_copy_from(source.first(), open_targets()?).await?
+                init::run_copy_from(source.first(), storage.open_new(&locations).await?).await?
             } else {
                 let mut texts = recipients;
                 if let Some(file) = recipients_file {
@@ -1084,7 +1081,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 let parsed =
                     texts.iter().map(|t| crmvault::crypto::parse_recipient(t)).collect::<Result<Vec<_>, _>>()?;
                 crmvault::repo::check_recipients(&parsed)?;
-                init::run(open_targets()?, &parsed, &config_dir()?, tuning).await?
+                init::run(storage.open_new(&locations).await?, &parsed, &config_dir()?, tuning).await?
             };
             if vouched {
                 trust::pin_new(&config_dir()?, &report, fingerprint.as_ref())?;
@@ -1869,18 +1866,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             lock::print_unlock(json, &found);
         }
         Command::RetireTarget { repos } => {
-            let config_dir = config_dir()?;
-            let mut retired = Vec::new();
-            for location in &repos {
-                let ids = crmvault::trust::retire_location(&config_dir, location)?;
-                if ids.is_empty() {
-                    anyhow::bail!(
-                        "{location} is not a place of any repository this machine pins (nothing changed); \
-                         `crmvault snapshots --repo` with the targets you back up to shows what is pinned"
-                    );
-                }
-                retired.extend(ids.into_iter().map(|id| (location.clone(), id)));
-            }
+            let retired = crmvault::trust::retire_locations(&config_dir()?, &repos)?;
             output::retired(json, &retired);
         }
         Command::Config { action } => return profile::run(&action, &settings, json),

@@ -240,8 +240,8 @@ pub fn retired(json: bool, retired: &[(String, String)]) {
     }
     for (location, id) in retired {
         say!(
-            "{location}: no longer a place of repository {id} on this machine (nothing there was deleted; give it \
-             to a command again and it is a place again)"
+            "{location}: no longer a place of repository {id} on this machine (nothing there was deleted; given to a \
+             command again, it is opened as a new place)"
         );
     }
 }

@@ -93,6 +93,20 @@ impl Storage {
         Target::open_with(location, mode, &settings)
     }
 
+    /// Opens the targets `init` makes a repository on, creating missing folders, once every one
+    /// that exists already was looked at and found empty: a refused init leaves no folder.
+    pub async fn open_new(&self, locations: &[String]) -> crmvault::Result<Vec<Target>> {
+        for location in locations {
+            match self.open(location, OpenMode::Existing) {
+                Ok(target) => crmvault::repo::ensure_empty(&target).await?,
+                // Not there yet (or not a folder: creating it says so).
+                Err(crmvault::Error::NotARepository { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        locations.iter().map(|location| self.open(location, OpenMode::Create)).collect()
+    }
+
     /// Opens the repositories at `locations`: all of them, or (`available`) those that can be
     /// opened, leaving the others out ([`RepoSet::open_available`]).
     pub async fn open_set(&self, locations: &[String], available: bool) -> crmvault::Result<RepoSet> {

@@ -505,7 +505,12 @@ async fn copy_object(
     (budget, repair): (&ReadBudget, bool),
     report: &mut CopyReport,
 ) -> Result<()> {
-    let there = to.target.size_of(key).await?.is_some();
+    let there = match to.target.size_of(key).await {
+        Ok(size) => size.is_some(),
+        // Something that is no object in its place (a FIFO): a repair writes over it.
+        Err(Error::Corrupt { .. }) if repair => true,
+        Err(error) => return Err(error),
+    };
     // Present and, when repairing, whole: nothing to do.
     if there && (!repair || holds_whole(to, key).await?) {
         return Ok(());

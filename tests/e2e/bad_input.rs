@@ -55,7 +55,17 @@ fn repository_mistakes_are_explained() {
         1,
         "not the repository you trust",
     );
-    for refused in ["r2", "r3", "r4"] {
+    // A target holding other files, given after a new one and before one under new folders.
+    std::fs::create_dir(work.path("full")).unwrap();
+    std::fs::write(work.path("full").join("file"), b"x").unwrap();
+    let full = work.path("full").to_str().unwrap().to_string();
+    let (r5, r6) = (work.path("r5").to_str().unwrap().to_string(), work.path("r6/a/b").to_str().unwrap().to_string());
+    one_clear_line(
+        work.run(&["init", "--repo", &r5, "--repo", &full, "--repo", &r6, "--recipient", &recipient]),
+        1,
+        "already holds other files",
+    );
+    for refused in ["r2", "r3", "r4", "r5", "r6"] {
         assert!(!work.path(refused).exists(), "a refused init left {refused} behind");
     }
     one_clear_line(work.run(&["backup", "--db", "x", "--repo", "gs://bucket/crm"]), 1, "unsupported scheme gs://");

@@ -1091,6 +1091,12 @@ fn a_target_whose_keys_objects_storage_replaced_fails_the_night_until_copy_repai
     for (key, original) in keys.iter().zip(&originals) {
         assert_eq!(&std::fs::read(Path::new(&copy).join(key)).unwrap(), original, "{key} written again");
     }
+    // Something that is no object in a keys object's place (a FIFO) is written over too.
+    let fifo = Path::new(&copy).join(&keys[1]);
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    victim.work.run(&["copy", "--repair", "--from", &victim.repo, "--to", &copy]).ok();
+    assert_eq!(std::fs::read(&fifo).unwrap(), originals[1]);
     victim.work.run(&["verify", "--repo", &copy]).ok();
     let run =
         victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo]);
