@@ -461,12 +461,15 @@ pub fn retire_locations(config_dir: &Path, locations: &[String]) -> Result<Vec<(
         }
         places.push(place);
     }
-    for pin in &pins {
-        let left =
-            pin.locations.iter().filter(|known| !places.iter().any(|place| crate::target::same_place(known, place)));
-        if left.count() == 0
-            && pin.locations.iter().any(|known| places.iter().any(|p| crate::target::same_place(known, p)))
-        {
+    let retiring = |known: &String| places.iter().any(|place| crate::target::same_place(known, place));
+    // Each pin that knows one of them, with the ones it knows.
+    let mut changes = Vec::new();
+    for pin in pins {
+        let knew: Vec<&String> = places.iter().filter(|place| pin.knows(place)).collect();
+        if knew.is_empty() {
+            continue;
+        }
+        if pin.locations.iter().all(retiring) {
             return Err(Error::Invalid(format!(
                 "that would leave this machine's pin of repository {} knowing no place of it: retire a target only \
                  once another one is backed up to (and known here); to stop using the repository on this machine, \
@@ -475,13 +478,10 @@ pub fn retire_locations(config_dir: &Path, locations: &[String]) -> Result<Vec<(
                 pin_path(config_dir, &pin.repository_id).display()
             )));
         }
+        changes.push((pin, knew));
     }
     let mut retired = Vec::new();
-    for mut pin in pins {
-        let knew: Vec<&String> = places.iter().filter(|place| pin.knows(place)).collect();
-        if knew.is_empty() {
-            continue;
-        }
+    for (mut pin, knew) in changes {
         update_pin(config_dir, &mut pin, |pin| {
             let before = pin.locations.len();
             pin.locations.retain(|known| !knew.iter().any(|place| crate::target::same_place(known, place)));

@@ -484,15 +484,12 @@ pub async fn run(
             .none_whole
             .iter()
             .map(|kind| {
-                let named = match *kind {
-                    "keys" => &state.repository.config.keys,
-                    _ => &state.repository.config.admin_keys,
-                };
                 format!(
-                    "none of its {kind} objects ({}) is whole: it cannot be {} on its own; `crmvault copy --repair \
+                    "none of its {} objects ({}) is whole: it cannot be {} on its own; `crmvault copy --repair \
                      --from <a whole target> --to {location}` writes them again",
-                    named.join(", "),
-                    if *kind == "keys" { "unlocked" } else { "rekeyed" }
+                    kind.name(),
+                    kind.objects(&state.repository.config).join(", "),
+                    kind.needed_to()
                 )
             })
             .collect()

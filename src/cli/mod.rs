@@ -1206,28 +1206,17 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 keyrings.extend(keyring.map(|keyring| (repository, keyring)));
             }
             let listed = snapshots::merge(lists);
-            // The newest snapshot this machine knows of, on no copy and in no forget record:
-            // deleted from storage, and `restore latest` would take an older one (as verify
-            // and restore say). Only unfiltered, and with a key to prove forget records.
-            let newer = |known: &crmvault::trust::SnapshotMark| {
-                listed
-                    .iter()
-                    .any(|s| s.id == known.id || s.proven.as_ref().is_some_and(|m| m.sequence > known.sequence))
-            };
-            if let Some(known) = known.filter(|known| filter.is_empty() && !keyrings.is_empty() && !newer(known)) {
-                let mut explained = false;
-                for (repository, keyring) in &keyrings {
-                    explained = explained || repository.absence_explained(&known.id, keyring).await;
-                }
-                if !explained {
-                    output::warning(format_args!(
-                        "snapshots were deleted from storage without being forgotten: the newest this machine \
-                         knows of, {} (number {}, {}), is on no target given, and forget records do not account for \
-                         it and every snapshot after the newest listed; `restore latest` would restore an older one \
-                         (`crmvault verify` names what is missing)",
-                        known.id, known.sequence, known.time
-                    ));
-                }
+            // Only unfiltered, and with a key to prove forget records.
+            if let Some(known) = known.filter(|_| filter.is_empty() && !keyrings.is_empty())
+                && snapshots::newest_deleted(&listed, &known, &keyrings).await
+            {
+                output::warning(format_args!(
+                    "snapshots were deleted from storage without being forgotten: the newest this machine knows \
+                     of, {} (number {}, {}), is on no target given, and forget records do not account for it and \
+                     every snapshot after the newest listed; `restore latest` would restore an older one (`crmvault \
+                     verify` names what is missing)",
+                    known.id, known.sequence, known.time
+                ));
             }
             output::snapshots(json, &listed, &repos);
         }

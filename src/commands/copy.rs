@@ -495,7 +495,6 @@ async fn clear_marker(to: &Repository, marker: &str, report: &mut CopyReport) {
     }
 }
 
-/// Copies one content-addressed object unless the destination has it.
 /// Copies a generation's config copy or keys object that `to` lacks; with `repair`, also
 /// writes again one `to` holds whose bytes do not match its name (storage damaged or replaced
 /// it: keys then unlock from another copy only, and a backup exits 3 until it is mended).

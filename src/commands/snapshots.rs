@@ -145,6 +145,28 @@ pub async fn list(
     Ok(summaries)
 }
 
+/// Whether `known`, the newest snapshot this machine knows of, was deleted from storage without
+/// being forgotten: `listed` (every copy's unfiltered list, merged) holds neither it nor one
+/// proven later, and no copy's forget records, proven with its keyring, account for it. Then
+/// `restore latest` would take an older snapshot (as verify and restore say).
+pub async fn newest_deleted(
+    listed: &[SnapshotSummary],
+    known: &crate::trust::SnapshotMark,
+    keyrings: &[(&Repository, Keyring)],
+) -> bool {
+    let listed_or_newer =
+        listed.iter().any(|s| s.id == known.id || s.proven.as_ref().is_some_and(|m| m.sequence > known.sequence));
+    if listed_or_newer {
+        return false;
+    }
+    for (repository, keyring) in keyrings {
+        if repository.absence_explained(&known.id, keyring).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Merges the listings of several targets: one line per snapshot, naming every target that holds
 /// it (readable copies win over damaged ones), oldest first.
 pub fn merge(lists: Vec<(String, Vec<SnapshotSummary>)>) -> Vec<SnapshotSummary> {

@@ -430,15 +430,50 @@ impl NextGeneration {
     }
 }
 
+/// The two kinds of keys objects a generation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeysKind {
+    /// Keys objects: the repository and authentication secrets (admins and writer).
+    Keys,
+    /// Admin keys objects: the generation's signing key (admins).
+    AdminKeys,
+}
+
+impl KeysKind {
+    /// Its name, as a person reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeysKind::Keys => "keys",
+            KeysKind::AdminKeys => "admin keys",
+        }
+    }
+
+    /// What a copy cannot be on its own without a whole object of this kind.
+    pub fn needed_to(self) -> &'static str {
+        match self {
+            KeysKind::Keys => "unlocked",
+            KeysKind::AdminKeys => "rekeyed",
+        }
+    }
+
+    /// The objects of this kind `config` names.
+    pub fn objects(self, config: &RepoConfig) -> &[String] {
+        match self {
+            KeysKind::Keys => &config.keys,
+            KeysKind::AdminKeys => &config.admin_keys,
+        }
+    }
+}
+
 /// This copy's keys objects of its generation, each checked against its name (no key needed):
 /// what [`Repository::check_keys_objects`] found.
 #[derive(Debug, Default)]
 pub struct KeysObjectsCheck {
     /// Each keys or admin keys object missing, unreadable or not matching its name, and why.
     pub damaged: Vec<(String, String)>,
-    /// The kinds ("keys", "admin keys") of which no whole object is left: the copy cannot be
-    /// unlocked (or, for admin keys, rekeyed) on its own until they are written again.
-    pub none_whole: Vec<&'static str>,
+    /// The kinds of which no whole object is left: the copy cannot be unlocked (or, for admin
+    /// keys, rekeyed) on its own until they are written again.
+    pub none_whole: Vec<KeysKind>,
 }
 
 impl Repository {
@@ -448,7 +483,8 @@ impl Repository {
     /// could not be unlocked alone. A storage error is the object's finding, not the check's.
     pub async fn check_keys_objects(&self) -> KeysObjectsCheck {
         let mut check = KeysObjectsCheck::default();
-        for (kind, keys) in [("keys", &self.config.keys), ("admin keys", &self.config.admin_keys)] {
+        for kind in [KeysKind::Keys, KeysKind::AdminKeys] {
+            let keys = kind.objects(&self.config);
             let mut whole = keys.is_empty();
             for key in keys {
                 let found = match self.target.get_at_most(key, super::MAX_KEYS_BYTES).await {

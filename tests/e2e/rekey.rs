@@ -43,6 +43,25 @@ impl Setup {
         setup
     }
 
+    /// The repository's id, as its first target gives it.
+    fn id(&self) -> String {
+        let run = self.work.run(&["fingerprint", "--json", "--repo", &self.repos[0]]).ok();
+        run.json()["repository_id"].as_str().unwrap().to_string()
+    }
+
+    /// A new backup host given the first fingerprint `zero` is refused, and writes nothing to
+    /// `watched` nor pins anything (its pin would be `key_path`'s `trust.json`).
+    fn new_host_refuses_an_older_fingerprint(&self, host: &Workspace, key_path: &Path, zero: &str, watched: &Path) {
+        let before = relative_files(watched);
+        let mut args = vec!["backup", "--no-alarm", "--db", self.source.url_str(), "--fingerprint", zero];
+        args.extend(self.repo_args());
+        let run = host.run(&args);
+        assert_ne!(run.code, 0, "{}", run.stderr);
+        assert!(run.stderr.contains("the fingerprint given is of an earlier generation"), "{}", run.stderr);
+        assert_eq!(relative_files(watched), before, "written");
+        assert!(!key_path.with_file_name("trust.json").exists(), "pinned");
+    }
+
     fn repo_args(&self) -> Vec<&str> {
         self.repos.iter().flat_map(|r| ["--repo", r.as_str()]).collect()
     }
@@ -1493,23 +1512,12 @@ fn a_new_backup_host_given_an_older_fingerprint_pins_nothing_past_it() {
     let setup = Setup::new("new_host_old_fp", 2);
     let zero = setup.work.fingerprint(&setup.repos[0]);
     let evil = setup.x_signs_a_generation(1);
-    let id = setup.work.run(&["fingerprint", "--json", "--repo", &setup.repos[0]]).ok().json()["repository_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = setup.id();
     let (host, key_path) = new_host(&setup.work, &id);
     let (first, second) = (PathBuf::from(&setup.repos[0]), PathBuf::from(&setup.repos[1]));
     let away = setup.work.path("repo0.away");
     std::fs::rename(&first, &away).unwrap();
-    let before = relative_files(&second);
-
-    let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str(), "--fingerprint", &zero];
-    args.extend(setup.repo_args());
-    let run = host.run(&args);
-    assert_ne!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("the fingerprint given is of an earlier generation"), "{}", run.stderr);
-    assert_eq!(relative_files(&second), before, "written");
-    assert!(!key_path.with_file_name("trust.json").exists(), "pinned");
+    setup.new_host_refuses_an_older_fingerprint(&host, &key_path, &zero, &second);
     std::fs::rename(&away, &first).unwrap();
     // An admin's machine pins it, and says what the generations it took by their signatures
     // added (its pin is not one to copy to a backup host).
@@ -1543,15 +1551,8 @@ fn a_new_backup_host_does_not_leave_out_the_copy_ahead_of_an_older_fingerprint()
     let (newer, _) = generation_config(&second, 1);
     std::fs::remove_file(second.join("configs").join(newer)).unwrap();
     let (host, key_path) = new_host(&setup.work, &id);
-    let before = relative_files(&second);
-
-    let mut args = vec!["backup", "--no-alarm", "--db", setup.source.url_str(), "--fingerprint", &zero];
-    args.extend(setup.repo_args());
-    let run = host.run(&args);
-    assert_ne!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("the fingerprint given is of an earlier generation"), "{}", run.stderr);
-    assert_eq!(relative_files(&second), before, "written where X reads");
-    assert!(!key_path.with_file_name("trust.json").exists(), "pinned");
+    // Nothing written where X reads.
+    setup.new_host_refuses_an_older_fingerprint(&host, &key_path, &zero, &second);
 }
 
 /// An admin's machine (no writer key) pinned the repository; then X signs a generation adding
@@ -1564,10 +1565,7 @@ fn a_new_backup_host_does_not_leave_out_the_copy_ahead_of_an_older_fingerprint()
 fn a_pin_an_admins_machine_took_by_signatures_writes_nothing_where_the_writer_key_is() {
     let setup = Setup::new("unchecked_pin", 2);
     let zero = setup.work.fingerprint(&setup.repos[0]);
-    let id = setup.work.run(&["fingerprint", "--json", "--repo", &setup.repos[0]]).ok().json()["repository_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = setup.id();
     let admin = setup.admin_machine();
     let key = admin.admin_key();
     let listing = ["snapshots", "--identity", &key, "--repo", &setup.repos[1]];
