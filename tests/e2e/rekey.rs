@@ -1585,6 +1585,8 @@ fn a_pin_an_admins_machine_took_by_signatures_writes_nothing_where_the_writer_ke
     let (host, key_path) = new_host(&setup.work, &id);
     std::fs::copy(&pin_file, key_path.with_file_name("trust.json")).unwrap();
     host.run(&backup).fails_with(1, "by signatures alone on a machine without that key");
+    // Any command there: the pin is the one its backups would follow from then on.
+    host.run(&["verify", "--repo", &setup.repos[1]]).fails_with(1, "by signatures alone on a machine without that key");
     assert_eq!(relative_files(&second), before, "written where X reads");
     assert_eq!(std::fs::read(&pin_file).unwrap(), pinned, "the pin moved");
 }

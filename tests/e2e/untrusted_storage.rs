@@ -1091,12 +1091,17 @@ fn a_target_whose_keys_objects_storage_replaced_fails_the_night_until_copy_repai
     for (key, original) in keys.iter().zip(&originals) {
         assert_eq!(&std::fs::read(Path::new(&copy).join(key)).unwrap(), original, "{key} written again");
     }
-    // Something that is no object in a keys object's place (a FIFO) is written over too.
+    // Something that is no object in a keys object's place (a FIFO) is written over too, and so
+    // is the first generation's config copy, damaged.
     let fifo = Path::new(&copy).join(&keys[1]);
     std::fs::remove_file(&fifo).unwrap();
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let config_copy = files_under(&Path::new(&copy).join("configs")).remove(0);
+    let config_bytes = std::fs::read(&config_copy).unwrap();
+    std::fs::write(&config_copy, b"{}").unwrap();
     victim.work.run(&["copy", "--repair", "--from", &victim.repo, "--to", &copy]).ok();
     assert_eq!(std::fs::read(&fifo).unwrap(), originals[1]);
+    assert_eq!(std::fs::read(&config_copy).unwrap(), config_bytes, "the config copy written again");
     victim.work.run(&["verify", "--repo", &copy]).ok();
     let run =
         victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo]);
