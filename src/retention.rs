@@ -118,8 +118,14 @@ impl Policy {
             && self.weekly == 0
             && self.monthly == 0
             && self.yearly == 0
-            && self.within.is_none()
+            && self.within_rule().is_none()
             && self.tags.is_empty()
+    }
+
+    /// `within` as a rule: a span of 0 (`--keep-within 0d`) is none, as a count of 0 is, and as
+    /// restic takes it; kept as one, it kept only the newest snapshot and forgot the rest.
+    fn within_rule(&self) -> Option<Span> {
+        self.within.filter(|span| *span != Span::default())
     }
 }
 
@@ -153,7 +159,7 @@ impl std::fmt::Display for Policy {
                 parts.push(format!("keep-{name} {n}"));
             }
         }
-        if let Some(span) = self.within {
+        if let Some(span) = self.within_rule() {
             parts.push(format!("keep-within {span}"));
         }
         for tag in &self.tags {
@@ -198,7 +204,7 @@ pub fn plan<Tz: TimeZone>(candidates: &[Candidate], policy: &Policy, zone: &Tz) 
     // Newest first; equal times in the given order.
     order.sort_by(|a, b| candidates[*b].time.cmp(&candidates[*a].time));
     let newest = order.first().map(|&i| candidates[i].time);
-    let within_from = newest.zip(policy.within).map(|(newest, span)| span.before(newest));
+    let within_from = newest.zip(policy.within_rule()).map(|(newest, span)| span.before(newest));
 
     let hour: Bucket = |t| day_number(t) * 100 + i64::from(t.hour());
     let day: Bucket = day_number;
@@ -236,7 +242,7 @@ pub fn plan<Tz: TimeZone>(candidates: &[Candidate], policy: &Policy, zone: &Tz) 
                 reasons.push((*name).into());
             }
         }
-        if let (Some(from), Some(span)) = (within_from, policy.within)
+        if let (Some(from), Some(span)) = (within_from, policy.within_rule())
             && candidate.time >= from
         {
             reasons.push(format!("within {span}"));
@@ -416,6 +422,17 @@ mod tests {
         let kept: Vec<bool> = verdicts.iter().map(Verdict::keep).collect();
         assert_eq!(kept, [false, false, false, false, false, false, true, true, true, true]);
         assert_eq!(verdicts[9].reasons, ["within 3d"]);
+    }
+
+    #[test]
+    fn a_within_span_of_zero_is_no_rule_as_a_count_of_zero_is() {
+        let zero = Policy { within: Some("0d".parse().expect("span")), ..Policy::default() };
+        assert!(zero.is_empty(), "refused as no policy, not kept as one keeping the newest only");
+        let candidates = nightly("2020-01-01T01:00:00Z", 4);
+        let with_daily = Policy { daily: 2, ..zero };
+        let reasons: Vec<Vec<String>> = plan(&candidates, &with_daily, &Utc).into_iter().map(|v| v.reasons).collect();
+        assert_eq!(reasons, [vec![], vec![], vec!["daily".to_string()], vec!["daily".to_string()]]);
+        assert_eq!(with_daily.to_string(), "keep-daily 2");
     }
 
     #[test]

@@ -849,7 +849,12 @@ pub fn main() -> ExitCode {
     let metrics = metrics::Metrics::default();
     let audit = audit::AuditLog::default();
     let (code, failure) = match runtime.block_on(until_interrupted(run(cli, &metrics, &audit))) {
-        Ok(code) => (code, None),
+        Ok(code) => {
+            if json {
+                output::partial(command.as_deref(), code);
+            }
+            (code, None)
+        }
         Err(error) => {
             // Whatever an error quotes (an argument, a server's message), no password.
             let message = crmvault::postgres::scrub(&held_before(&error).unwrap_or_else(|| one_line(&error)));

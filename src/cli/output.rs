@@ -93,6 +93,18 @@ pub(super) fn print_json_ok<T: serde::Serialize>(value: &T, ok: bool) {
     say!("{}", json_text(&value));
 }
 
+/// Under `--json`, a run that ended with exit 3 (finished, with problems) or 4 (the data-loss
+/// alarm) says so on stderr as well: the document goes to a log, and cron mails stderr.
+pub fn partial(command: Option<&str>, code: u8) {
+    let what = match code {
+        3 => "finished with problems (a target failed, or damage was found)",
+        4 => "raised the data-loss alarm",
+        _ => return,
+    };
+    let command = command.unwrap_or("crmvault");
+    warning(format_args!("{command} {what}: exit {code}; the JSON document on stdout says what"));
+}
+
 /// The one JSON document of a command that failed (exit code 1 or 2): a cron job that appends
 /// `--json` output to a log records the failed night too.
 pub fn failure(command: Option<&str>, error: &str, hint: Option<&str>, exit_code: u8, elapsed: Duration) {
@@ -169,6 +181,19 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
         let mut value = serde_json::to_value(report).expect("reports serialise");
         value["seconds"] = serde_json::json!(elapsed.as_secs_f64());
         print_json_ok(&value, report.failed_targets() == 0 && report.damaged_targets() == 0);
+        // The JSON goes to a log nobody reads each night; cron mails stderr: what went wrong
+        // is said there too (a night that went well says nothing).
+        for target in &report.targets {
+            if let Some(error) = &target.error {
+                warning(format_args!("{} (no snapshot written there)", target_failed(&target.location, error)));
+            }
+            for problem in &target.problems {
+                warning(format_args!("DAMAGED {}: {}", target.location, printable(problem)));
+            }
+        }
+        for alarm in &report.alarms {
+            warning(format_args!("ALARM {}", printable(&alarm.to_string())));
+        }
         return;
     }
     say!("{}", report.snapshot_id);
@@ -199,11 +224,9 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
                 size(target.bytes_added),
                 count(target.recorded_missed.len() as u64, "snapshot")
             ),
-            // Most errors name their target already ("no crmvault repository at …"): say it once.
-            Some(error) if error.contains(&target.location) => {
-                eprintln!("  FAILED  {error} (no snapshot written there)");
+            Some(error) => {
+                eprintln!("  FAILED  {} (no snapshot written there)", target_failed(&target.location, error));
             }
-            Some(error) => eprintln!("  FAILED  {}: {error} (no snapshot written there)", target.location),
         }
         for problem in &target.problems {
             eprintln!("  DAMAGED {}: {}", target.location, printable(problem));
@@ -226,6 +249,12 @@ pub fn backup(json: bool, report: &backup::BackupReport, elapsed: Duration) {
             report.snapshot_id.short()
         );
     }
+}
+
+/// A target's failure: its error, with its location first unless the error names it already
+/// (most do: "no crmvault repository at …").
+fn target_failed(location: &str, error: &str) -> String {
+    if error.contains(location) { error.to_string() } else { format!("{location}: {error}") }
 }
 
 /// What `retire-target` forgot: (location, repository id).
@@ -638,6 +667,9 @@ pub fn rekey(json: bool, report: &rekey::RekeyReport) {
     }
     for recipient in &report.removed {
         say!("removed admin {recipient}: it reads nothing written from now on");
+    }
+    for (location, key) in &report.settled_records_removed {
+        say!("{location}: removed {key}, a missed record whose snapshots were copied there since");
     }
     say!(
         "repository {} is at generation {} on {}: {} carried, {} rewritten",

@@ -78,6 +78,10 @@ pub struct RekeyReport {
     /// What `--reencrypt` did, per target.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reencrypted: Vec<Reencrypted>,
+    /// Missed records removed because their target holds every snapshot they name now
+    /// (`copy` brought them): `forgotten/…` keys, with the target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub settled_records_removed: Vec<(String, String)>,
     /// Targets brought to the newest generation (left behind by an interrupted rekey).
     pub caught_up: Vec<String>,
     /// Where.
@@ -172,6 +176,7 @@ pub async fn run(
     // stops before its snapshot rather than naming objects the rewrite deletes.
     let changed = !added.is_empty() || !removed.is_empty() || options.writer_key_out.is_some() || options.reencrypt;
     let mut carried = (0, Vec::new());
+    let mut settled_removed = Vec::new();
     if changed {
         // The new writer key goes to its file before anything names it.
         let writer = match &options.writer_key_out {
@@ -189,8 +194,12 @@ pub async fn run(
         };
         let recipients: Vec<age::x25519::Recipient> =
             recipients.iter().map(|r| crypto::parse_recipient(r)).collect::<Result<_>>()?;
-        let (ids, count, dropped) = carried_snapshots(repositories, &keyring).await?;
+        let Carried { objects: ids, snapshots: count, dropped, settled } =
+            carried_snapshots(repositories, &keyring).await?;
         carried = (count, dropped);
+        // Before the next generation: they explain nothing under this one either, and a rekey
+        // interrupted after publishing would leave them where no later rekey opens them.
+        settled_removed = remove_settled(repositories, &settled).await;
         let targets: Vec<&crate::target::Target> = repositories.iter().map(|r| &r.target).collect();
         let next = NextGeneration::make(head, &keyring, &signing, &recipients, &writer, ids)?;
         // Named in this machine's pin before any target holds a byte of it.
@@ -227,6 +236,7 @@ pub async fn run(
         changed,
     );
     report.reencrypted = reencrypted;
+    report.settled_records_removed = settled_removed;
     Ok(report)
 }
 
@@ -256,6 +266,7 @@ fn report(
         snapshots_dropped,
         indexes_rewritten,
         reencrypted: Vec::new(),
+        settled_records_removed: Vec::new(),
         changed: changed || !caught_up.is_empty(),
         caught_up,
         locations,
@@ -263,21 +274,34 @@ fn report(
     }
 }
 
+/// What the next generation carries, and what it leaves.
+struct Carried {
+    /// The objects carried, by their hash.
+    objects: Vec<String>,
+    /// How many snapshots that is.
+    snapshots: usize,
+    /// The snapshots that failed, with why.
+    dropped: Vec<(SnapshotId, String)>,
+    /// Missed records whose snapshots their target holds all of now (copied there since), by
+    /// target: they explain nothing, and not carried, `verify` would report them under the
+    /// next generation as written under another config, every night.
+    settled: Vec<(usize, String)>,
+}
+
 /// The snapshot objects the next generation carries, by their hash: those that prove
 /// themselves under the current keys on any target, and those the current generation carries
 /// already (written before an earlier rekey; this identity may not be able to read them if it
 /// was added since), as long as some target still holds them. Also how many snapshots that is,
-/// and the ones that failed, with why.
-async fn carried_snapshots(
-    repositories: &[Repository],
-    keyring: &Keyring,
-) -> Result<(Vec<String>, usize, Vec<(SnapshotId, String)>)> {
+/// and the ones that failed, with why; and the forget records carried, and those settled.
+async fn carried_snapshots(repositories: &[Repository], keyring: &Keyring) -> Result<Carried> {
     let mut carried = BTreeSet::new();
     let mut snapshots = BTreeSet::new();
     let mut failed = std::collections::BTreeMap::new();
-    // Every snapshot present on any target, proven or not (for the forget records below).
+    // Every snapshot present on any target, proven or not (for the forget records below), and
+    // those each target holds proven.
     let mut present = BTreeSet::new();
-    for repository in repositories {
+    let mut proven_on: Vec<BTreeSet<SnapshotId>> = vec![BTreeSet::new(); repositories.len()];
+    for (at, repository) in repositories.iter().enumerate() {
         for id in repository.snapshot_ids().await? {
             present.insert(id.clone());
             let sealed = match repository.read_snapshot(&id).await {
@@ -290,6 +314,7 @@ async fn carried_snapshots(
             match repository.prove_snapshot(&sealed, keyring) {
                 Ok(()) => {
                     carried.insert(sealed.object_hash);
+                    proven_on[at].insert(id.clone());
                     snapshots.insert(id);
                 }
                 Err(error) => {
@@ -303,7 +328,8 @@ async fn carried_snapshots(
     // of a deletion by a key this rekey may be retiring): under the next generation it would
     // explain a deletion made after the rekey.
     // A missed record speaks of its own target only: the others hold its snapshots.
-    for repository in repositories {
+    let mut settled = Vec::new();
+    for (at, repository) in repositories.iter().enumerate() {
         let here: BTreeSet<SnapshotId> = repository.snapshot_ids().await?.into_iter().collect();
         for (key, _) in repository.target.list("forgotten").await? {
             let Ok(bytes) = repository.target.get_at_most(&key, crate::repo::largest_object(&key)).await else {
@@ -318,6 +344,20 @@ async fn carried_snapshots(
                 {
                     carried.insert(crate::crypto::object_hash(&bytes));
                 }
+                // Settled by what the target holds proven, not by names a listing shows
+                // (junk under a missed snapshot's name must not cost the record).
+                Ok(record)
+                    if record.kind == crate::repo::RecordKind::Missed
+                        && record.snapshots.iter().all(|s| proven_on[at].contains(&s.id)) =>
+                {
+                    settled.push((at, key));
+                }
+                Ok(record) if record.kind == crate::repo::RecordKind::Missed => tracing::warn!(
+                    "{}: {key} says the target missed snapshots, some of which were copied there since: not carried \
+                     to the next generation, so `verify` reports it and the others as deleted; copy the others there \
+                     too (`crmvault copy`) and remove it",
+                    repository.target.location()
+                ),
                 Ok(_) => tracing::warn!(
                     "{}: {key} names a snapshot still present: not carried to the next generation (run forget again)",
                     repository.target.location()
@@ -332,7 +372,26 @@ async fn carried_snapshots(
         carried.extend(trail.records.iter().filter(|r| r.authenticated == Some(true)).map(|r| r.hash().to_string()));
     }
     let dropped = failed.into_iter().filter(|(id, _)| !snapshots.contains(id)).collect();
-    Ok((carried.into_iter().collect(), snapshots.len(), dropped))
+    Ok(Carried { objects: carried.into_iter().collect(), snapshots: snapshots.len(), dropped, settled })
+}
+
+/// Removes the settled missed records ([`Carried::settled`]): they explain nothing. Returns
+/// those removed (target, key); one the storage keeps (no right to delete, Object Lock) is
+/// named, for a person.
+async fn remove_settled(repositories: &[Repository], settled: &[(usize, String)]) -> Vec<(String, String)> {
+    let mut removed = Vec::new();
+    for (at, key) in settled {
+        let target = &repositories[*at].target;
+        match target.delete(key).await {
+            Ok(()) => removed.push((target.location().to_string(), key.clone())),
+            Err(error) => tracing::warn!(
+                "{}: {key} says the target missed snapshots it holds now (copied there since), and could not be \
+                 removed ({error}): `verify` reports it as written under another config; remove it",
+                target.location()
+            ),
+        }
+    }
+    removed
 }
 
 /// Brings `behind` (a copy an interrupted rekey left at an earlier generation) to `head`'s:

@@ -220,8 +220,22 @@ pub(super) fn put_new(root: &Root, key: &str, bytes: &[u8]) -> std::result::Resu
 pub(super) fn replace(root: &Root, key: &str, bytes: &[u8], durable: bool) -> std::result::Result<(), Failed> {
     let (folders, name) = Folders::of(root, key, true)?.expect("missing folders are made");
     let staging = stage(&folders, name, bytes, durable)?;
-    if let Err(errno) = rustix::fs::renameat(folders.last(), staging.as_str(), folders.last(), name) {
+    let mut renamed = rustix::fs::renameat(folders.last(), staging.as_str(), folders.last(), name);
+    // An empty folder in the object's place (planted in storage: crmvault makes none there) is
+    // removed and the object written again; one holding anything is left for a person.
+    if renamed == Err(Errno::ISDIR) && rustix::fs::unlinkat(folders.last(), name, AtFlags::REMOVEDIR).is_ok() {
+        renamed = rustix::fs::renameat(folders.last(), staging.as_str(), folders.last(), name);
+    }
+    if let Err(errno) = renamed {
         folders.drop_staging(&staging);
+        if errno == Errno::ISDIR {
+            return Err(Failed::Io(
+                folders.path.join(name),
+                std::io::Error::other(
+                    "a folder that is not empty is in this object's place: remove it, then run again",
+                ),
+            ));
+        }
         return Err(folders.io(name, errno));
     }
     if durable {
@@ -308,7 +322,9 @@ pub(super) fn staging_files(root: &Root, folder: &str) -> std::result::Result<Ve
 
 /// Refuses to read `key` when it is there but is not a regular file (a FIFO, a device, a
 /// socket planted in storage): opening a FIFO blocks until someone writes to it, so a planted
-/// `locks/writer` would hang a backup past any `--lock-wait`. A link to a file is read as the
+/// `locks/writer` would hang a backup past any `--lock-wait`. A folder reads as a missing
+/// object, which `verify` reports and `copy --repair` writes ([`replace`] removes it when
+/// empty). A link to a file is read as the
 /// file (the root may be one; objects are written as plain files).
 pub(super) fn refuse_special_file(root: &Path, key: &str) -> Result<()> {
     let path = root.join(key);

@@ -68,6 +68,9 @@ fn a_mass_deletion_flags_the_snapshot_exits_4_and_forget_keeps_the_evidence() {
     assert!(report["alarms"].as_array().unwrap().iter().all(|a| a["since"] == before.as_str()), "{report}");
     // Stored all the same, every target: the snapshot is the evidence.
     assert_eq!(report["targets"][0]["ok"], true, "{report}");
+    // The JSON goes to a log; cron mails stderr, which says it too.
+    assert!(night.stderr.contains("ALARM public.imports vanished"), "{}", night.stderr);
+    assert!(night.stderr.contains("backup raised the data-loss alarm: exit 4"), "{}", night.stderr);
     // In words, too (a cron mail).
     let unchecked = backup(&work, &source, &repo, &["--no-alarm"]).ok().json();
     let unchecked = unchecked["snapshot_id"].as_str().unwrap().to_string();

@@ -368,3 +368,23 @@ fn text_in_the_shared_catalogs_that_is_not_utf8_stops_neither_backup_nor_restore
     assert_eq!(created.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM public.t").trim(), "1,2");
     drop(ascii);
 }
+
+/// `crmvault … 2>&1 | head -1`: the reader of stderr gone, an error is no panic (exit 101) and
+/// the run still ends as it would have, its audit record written.
+#[test]
+fn an_error_with_stderr_closed_by_its_reader_exits_1_and_is_recorded() {
+    let Ready { source, work, repo, .. } = Scenario::new("stderr_closed").crm().init("repo");
+    let db = source.url();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = work
+        .command()
+        .args(["backup", "--db", &db, "--repo", &repo, "--table", "crm.no_such_table"])
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let trail = work.run(&["audit", "--json", "--repo", &repo]).ok();
+    assert!(trail.stdout.contains("crm.no_such_table") && trail.stdout.contains("\"failed\""), "{}", trail.stdout);
+}

@@ -156,6 +156,9 @@ fn a_full_target_among_several_does_not_cost_the_others_their_night_even_before_
     assert_eq!(report["targets"][0]["ok"], true, "{report}");
     assert_eq!(report["targets"][1]["ok"], false, "{report}");
     assert!(report["targets"][1]["error"].as_str().unwrap().contains("No space left on device"), "{report}");
+    // The JSON goes to a log; cron mails stderr, which names the target missed.
+    assert!(night.stderr.contains(small.as_str()) && night.stderr.contains("(no snapshot written there)"));
+    assert!(night.stderr.contains("backup finished with problems"), "{}", night.stderr);
     let missed = report["snapshot_id"].as_str().unwrap().to_string();
     let restored = TestDb::create("full_one_of_two_restored");
     work.restore(&roomy, &restored).ok();

@@ -528,6 +528,48 @@ fn a_target_that_missed_nights_verifies_once_the_next_backup_reaches_it() {
 }
 
 #[test]
+fn a_missed_record_whose_snapshots_were_copied_there_is_removed_by_a_rekey_not_left_to_alarm_verify() {
+    // The copy misses night 2, the next backup records it there, and the admin then `copy`s the
+    // snapshot it lacks (as docs/OPERATIONS.md advises). The record now explains nothing; a
+    // rekey that left it under the old generation made `verify` report it as written under
+    // another config, every night, with no way to clear it.
+    let (ready, repo, copy) = with_copy("forget_missed_copied");
+    backup(&ready, &[&repo, &copy], &[]);
+    change(&ready, 2);
+    backup_missing(&ready, &[&repo, &copy], &copy);
+    change(&ready, 3);
+    backup(&ready, &[&repo, &copy], &[]);
+    assert_eq!(forget_records(&copy).len(), 1);
+    ready.work.run(&["copy", "--from", &repo, "--to", &copy]).ok();
+    let admin = ready.work.admin_key();
+    ready.work.run(&["verify", "--repo", &copy, "--identity", &admin]).ok();
+    let second = ready.work.keygen("second.key");
+    let fingerprint = ready.work.fingerprint(&repo);
+    let rekey = ["rekey", "--repo", &repo, "--repo", &copy, "--identity", &admin, "--fingerprint", &fingerprint];
+    let run = ready.work.run(&[&rekey[..], &["--add-recipient", &second]].concat()).ok();
+    assert!(run.stdout.contains("a missed record whose snapshots were copied there since"), "{}", run.stdout);
+    assert!(forget_records(&copy).is_empty(), "the settled record removed");
+    ready.work.run(&["verify", "--repo", &copy, "--identity", &admin]).ok();
+    ready.work.run(&["verify", "--repo", &copy]).ok();
+    change(&ready, 4);
+    backup(&ready, &[&repo, &copy], &[]);
+    ready.work.run(&["verify", "--repo", &copy, "--identity", &admin]).ok();
+
+    // Settled by what the target holds proven, not by names: junk a storage writer puts under
+    // a missed snapshot's name does not cost the target its record.
+    change(&ready, 5);
+    let missed = backup_missing(&ready, &[&repo, &copy], &copy);
+    change(&ready, 6);
+    backup(&ready, &[&repo, &copy], &[]);
+    assert_eq!(forget_records(&copy).len(), 1);
+    std::fs::write(Path::new(&copy).join("snapshots").join(&missed), b"junk").unwrap();
+    let third = ready.work.keygen("third.key");
+    let run = ready.work.run(&[&rekey[..], &["--add-recipient", &third]].concat()).ok();
+    assert!(!run.stdout.contains("a missed record"), "{}", run.stdout);
+    assert_eq!(forget_records(&copy).len(), 1, "the record kept");
+}
+
+#[test]
 fn a_snapshot_deleted_from_one_target_is_not_taken_for_a_missed_night() {
     // Storage deletes the newest snapshot from one target only (the other still has it). No
     // backup failed there, so the next backup records nothing and the deletion stays reported.

@@ -1102,6 +1102,31 @@ fn a_target_whose_keys_objects_storage_replaced_fails_the_night_until_copy_repai
     victim.work.run(&["copy", "--repair", "--from", &victim.repo, "--to", &copy]).ok();
     assert_eq!(std::fs::read(&fifo).unwrap(), originals[1]);
     assert_eq!(std::fs::read(&config_copy).unwrap(), config_bytes, "the config copy written again");
+    // A folder in the place of a keys object and of a pack reads as a missing object (verify
+    // goes on and reports it); `copy --repair` writes over an empty one and leaves one holding
+    // anything to a person, saying so.
+    let folder = Path::new(&copy).join(&keys[0]);
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::create_dir_all(folder.join("inside")).unwrap();
+    let pack = files_under(&Path::new(&copy).join("data")).remove(0);
+    let pack_bytes = std::fs::read(&pack).unwrap();
+    std::fs::remove_file(&pack).unwrap();
+    std::fs::create_dir_all(pack.join("inside")).unwrap();
+    let args = ["backup", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo];
+    let run = victim.work.run(&args).ok();
+    assert!(run.stderr.contains(&format!("{} is missing", keys[0])), "{}", run.stderr);
+    let pack_key = pack.strip_prefix(&copy).unwrap().to_str().unwrap().trim_start_matches('/').to_string();
+    let verify = victim.work.run(&["verify", "--repo", &copy]);
+    assert_eq!(verify.code, 3, "{}{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains(&pack_key) && verify.stdout.contains(&keys[0]), "{}", verify.stdout);
+    // (A pack is each target's own: no other target holds it to mend it from.)
+    std::fs::remove_dir_all(&pack).unwrap();
+    std::fs::write(&pack, &pack_bytes).unwrap();
+    let repair = ["copy", "--repair", "--from", &victim.repo, "--to", &copy];
+    victim.work.run(&repair).fails_with(1, "a folder that is not empty is in this object's place");
+    std::fs::remove_dir(folder.join("inside")).unwrap();
+    victim.work.run(&repair).ok();
+    assert_eq!(std::fs::read(&folder).unwrap(), originals[0], "the empty folder written over");
     victim.work.run(&["verify", "--repo", &copy]).ok();
     let run =
         victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo]);
