@@ -148,7 +148,10 @@ impl Resolved {
         let all =
             (self.unreadable.iter()).map(|skipped| format!("snapshot {} passed over: {}", skipped.id, skipped.why));
         crate::error::a_few(all.collect(), UNREADABLE_NAMED, |more| {
-            format!("{more} more snapshots under snapshots/ do not open (`crmvault verify` lists them)")
+            format!(
+                "{more} more snapshots under snapshots/ do not open with this key (written before a rekey added \
+                 it, or damaged: `crmvault verify` with this key says which)"
+            )
         })
     }
 }

@@ -1013,6 +1013,33 @@ impl LoadSession {
         Ok(missing)
     }
 
+    /// The live database's foreign keys between two different tables, as (referencing,
+    /// referenced) pairs: partitions' own copies of a key included, so a leaf partition that
+    /// references another table, or is referenced through its parent, is named itself.
+    pub async fn foreign_key_pairs(&self) -> Result<Vec<(super::script::TableName, super::script::TableName)>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT cn.nspname::text, c.relname::text, pn.nspname::text, p.relname::text \
+                 FROM pg_catalog.pg_constraint k \
+                 JOIN pg_catalog.pg_class c ON c.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_class p ON p.oid = k.confrelid JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
+                 WHERE k.contype = 'f' AND k.conrelid <> k.confrelid",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let name = |schema: usize, name: usize| super::script::TableName {
+                    schema: row.get(schema),
+                    name: row.get(name),
+                };
+                (name(0, 1), name(2, 3))
+            })
+            .collect())
+    }
+
     /// Which of `roles` the server lacks.
     pub async fn missing_roles<'r>(&self, roles: &[&'r RoleRecord]) -> Result<Vec<&'r RoleRecord>> {
         missing_roles(&self.client, roles).await

@@ -96,6 +96,10 @@ impl Load<'_> {
     pub(super) async fn in_one_transaction(&self, clean: bool, pre_data: &str, post_data: &str) -> Result<u64> {
         let client = self.client;
         client.begin().await?;
+        // Rows into live tables: keys that may wait for the commit do (a cycle of tables).
+        if self.options.part.data_only {
+            client.defer_constraints().await?;
+        }
         if clean {
             client.clean().await?;
         }
@@ -115,6 +119,10 @@ impl Load<'_> {
         }
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
+        // What the deferral put off runs now, before the checks below rather than at commit.
+        if self.options.part.data_only {
+            client.fire_deferred().await?;
+        }
         for table in &self.manifest.tables {
             rows += self.copy_table(client, table, self.freeze).await?;
         }

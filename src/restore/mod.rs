@@ -335,7 +335,7 @@ fn describe_role(role: &RoleRecord) -> String {
         needs.push("granted privileges");
     }
     if role.named {
-        needs.push("named in policies");
+        needs.push("named in row-security policies, which --no-owner and --no-acl keep: --create-roles makes it");
     }
     if needs.is_empty() && role.database {
         needs.push("the database's owner, grantee, or has settings in it");

@@ -100,6 +100,8 @@ pub(super) async fn choose(
         }
         manifest.sequences.clear();
         manifest.materialized_views.clear();
+        let pairs = client.foreign_key_pairs().await?;
+        parents_first(&mut manifest.tables, |t| (t.schema.as_str(), t.name.as_str()), &pairs);
         return Ok((String::new(), String::new()));
     }
 
@@ -218,6 +220,27 @@ pub(super) async fn choose(
 /// Refuses a `--schema-map FROM` that names no schema of a table restored: a typo (`CRM` for
 /// `crm`) would otherwise leave the tables under their live names.
 fn check_map<'s>(map: &[(String, String)], schemas: impl Iterator<Item = &'s str>) -> Result<()> {
+    // One schema to two places, two into one, or a new name that is also renamed: the first
+    // failed on the server in words of its own, the others would mix schemas' objects.
+    for (at, (from, to)) in map.iter().enumerate() {
+        for (other_from, other_to) in &map[at + 1..] {
+            let clash = if from == other_from {
+                Some(format!("renames schema {from} twice"))
+            } else if to == other_to {
+                Some(format!("renames {from} and {other_from} both to {to}"))
+            } else {
+                None
+            };
+            if let Some(clash) = clash {
+                return Err(Error::Invalid(format!("--schema-map {clash}: give each schema one new name of its own")));
+            }
+        }
+        if map.iter().any(|(other_from, _)| other_from == to) {
+            return Err(Error::Invalid(format!(
+                "--schema-map renames {from} to {to}, a schema it renames too: give a name no schema restored has"
+            )));
+        }
+    }
     let schemas: std::collections::HashSet<&str> = schemas.collect();
     let unknown: Vec<&str> = map.iter().map(|(from, _)| from.as_str()).filter(|from| !schemas.contains(from)).collect();
     if unknown.is_empty() {
@@ -251,4 +274,120 @@ fn rename_tables(manifest: &mut Manifest, map: &[(String, String)]) {
     manifest.tables.iter_mut().for_each(|t| rename(&mut t.schema));
     manifest.sequences.iter_mut().for_each(|s| rename(&mut s.schema));
     manifest.materialized_views.iter_mut().for_each(|(schema, _)| rename(schema));
+}
+
+/// Orders `tables` (the live tables `--data-only` loads into, in one transaction; `name` gives
+/// each one's schema and name) so that a table comes after those its foreign keys reference
+/// (`pairs`: referencing, referenced): a key is checked as each table's rows load, and in name
+/// order a child loaded before its parent failed the whole restore. Otherwise in the order
+/// given. Tables in a cycle of keys keep their order; their deferrable keys wait for the
+/// commit, others fail as before.
+fn parents_first<T>(tables: &mut Vec<T>, name: impl Fn(&T) -> (&str, &str), pairs: &[(TableName, TableName)]) {
+    let at = |wanted: &TableName| tables.iter().position(|t| name(t) == (wanted.schema.as_str(), wanted.name.as_str()));
+    let mut parents: Vec<std::collections::BTreeSet<usize>> = vec![std::collections::BTreeSet::new(); tables.len()];
+    for (child, parent) in pairs {
+        if let (Some(child), Some(parent)) = (at(child), at(parent))
+            && child != parent
+        {
+            parents[child].insert(parent);
+        }
+    }
+    let mut placed = vec![false; tables.len()];
+    // The tables not placed yet that `from` reaches through parents (itself not counted
+    // unless a cycle leads back to it).
+    let ancestors = |from: usize, placed: &[bool]| {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo: Vec<usize> = parents[from].iter().copied().collect();
+        while let Some(at) = todo.pop() {
+            if !placed[at] && seen.insert(at) {
+                todo.extend(parents[at].iter().copied());
+            }
+        }
+        seen
+    };
+    let mut order = Vec::with_capacity(tables.len());
+    while order.len() < tables.len() {
+        // The first table whose parents are all placed; else the first of a cycle that needs
+        // no table outside it (each of its unplaced ancestors leads back to it), so that what
+        // a cycle references still comes before the cycle.
+        let next = (0..tables.len())
+            .find(|&i| !placed[i] && parents[i].iter().all(|&p| placed[p]))
+            .or_else(|| {
+                (0..tables.len())
+                    .find(|&i| !placed[i] && ancestors(i, &placed).iter().all(|&a| ancestors(a, &placed).contains(&i)))
+            })
+            .expect("a graph has a cycle that nothing outside it leads into");
+        placed[next] = true;
+        order.push(next);
+    }
+    let mut taken: Vec<Option<T>> = std::mem::take(tables).into_iter().map(Some).collect();
+    tables.extend(order.into_iter().filter_map(|i| taken[i].take()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> TableName {
+        let (schema, name) = text.split_once('.').expect("schema.table");
+        TableName { schema: schema.into(), name: name.into() }
+    }
+
+    fn ordered(tables: &[&str], pairs: &[(&str, &str)]) -> Vec<String> {
+        let mut tables: Vec<TableName> = tables.iter().map(|t| table(t)).collect();
+        let pairs: Vec<(TableName, TableName)> = pairs.iter().map(|(c, p)| (table(c), table(p))).collect();
+        parents_first(&mut tables, |t| (t.schema.as_str(), t.name.as_str()), &pairs);
+        tables.into_iter().map(|t| format!("{}.{}", t.schema, t.name)).collect()
+    }
+
+    #[test]
+    fn a_schema_map_gives_each_schema_one_new_name_of_its_own() {
+        let map = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(f, t)| ((*f).to_string(), (*t).to_string())).collect()
+        };
+        let schemas = ["crm", "sales"];
+        let check = |pairs: &[(&str, &str)]| check_map(&map(pairs), schemas.iter().copied()).map_err(|e| e.to_string());
+        assert!(check(&[("crm", "crm_x"), ("sales", "sales_x")]).is_ok());
+        assert!(check(&[("crm", "crm_x"), ("crm", "crm_y")]).unwrap_err().contains("renames schema crm twice"));
+        assert!(check(&[("crm", "x"), ("sales", "x")]).unwrap_err().contains("renames crm and sales both to x"));
+        assert!(check(&[("crm", "sales"), ("sales", "s2")]).unwrap_err().contains("a schema it renames too"));
+        assert!(check(&[("CRM", "x")]).unwrap_err().contains("names schema CRM, which no table restored is in"));
+    }
+
+    #[test]
+    fn data_only_loads_each_table_after_the_tables_it_references() {
+        // The CRM's tables in name order, with their keys: activities references contacts and
+        // deals, contacts companies, deals companies and contacts, companies users.
+        let tables = ["crm.activities", "crm.companies", "crm.contacts", "crm.deals", "crm.users"];
+        let pairs = [
+            ("crm.activities", "crm.contacts"),
+            ("crm.activities", "crm.deals"),
+            ("crm.contacts", "crm.companies"),
+            ("crm.deals", "crm.companies"),
+            ("crm.deals", "crm.contacts"),
+            ("crm.companies", "crm.users"),
+            // Keys to tables not loaded, and a table's key to itself, change nothing.
+            ("crm.activities", "crm.notes"),
+            ("crm.users", "crm.users"),
+        ];
+        assert_eq!(
+            ordered(&tables, &pairs),
+            ["crm.users", "crm.companies", "crm.contacts", "crm.deals", "crm.activities"]
+        );
+        // No keys: the order given. A cycle: its tables in the order given, after their parents.
+        assert_eq!(ordered(&["s.b", "s.a"], &[]), ["s.b", "s.a"]);
+        let cycle = [("s.a", "s.b"), ("s.b", "s.a"), ("s.a", "s.root"), ("s.b", "s.root")];
+        assert_eq!(
+            ordered(&["s.a", "s.b", "s.root", "s.leaf"], &[("s.leaf", "s.a")]),
+            ["s.a", "s.b", "s.root", "s.leaf"]
+        );
+        assert_eq!(ordered(&["s.a", "s.b", "s.root"], &cycle), ["s.root", "s.a", "s.b"]);
+        // A table that references a cycle comes after the table it references, whatever its
+        // name (the cycle's first table is placed first, not the first table left).
+        let referencing = [("s.leaf", "s.x"), ("s.x", "s.y"), ("s.y", "s.x")];
+        assert_eq!(ordered(&["s.leaf", "s.x", "s.y"], &referencing), ["s.x", "s.leaf", "s.y"]);
+        // A cycle that references a table outside it comes after that table.
+        let above = [("s.a", "s.b"), ("s.b", "s.a"), ("s.b", "s.z")];
+        assert_eq!(ordered(&["s.a", "s.b", "s.z"], &above), ["s.z", "s.a", "s.b"]);
+    }
 }

@@ -355,12 +355,13 @@ pub(super) async fn into_live(
         let name = name_of(table);
         let label = format!("{}.{}", table.schema, table.name);
         let rows = related.rows[&name].len() as u64;
-        // The record's rows as asked; the rows it only references (shared) are never updated:
-        // a user whose password was changed since stays as the live database has it.
+        // The record's rows as asked; the rows it only references (shared) are inserted when
+        // missing and otherwise never touched, whatever --on-conflict says: a user whose
+        // password was changed since stays as the live database has it, and a user still
+        // there is no conflict (under `fail` it failed every restore of a deleted company).
         let (record, referenced) = related.record_and_referenced(&name);
-        let referenced_conflict = if on_conflict == OnConflict::Fail { OnConflict::Fail } else { OnConflict::Skip };
         let (mut inserted, mut updated) = (0, 0);
-        for (text, conflict) in [(record, on_conflict), (referenced, referenced_conflict)] {
+        for (text, conflict) in [(record, on_conflict), (referenced, OnConflict::Skip)] {
             if text.is_empty() {
                 continue;
             }

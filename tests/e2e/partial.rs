@@ -191,6 +191,20 @@ fn data_only_loads_rows_into_existing_tables_all_or_nothing() {
     work.restore_with(&repo, &target, &["--data-only", "--table", "crm.activities", "latest"]).ok();
     assert_eq!(rows(&target, "crm.activities", "id"), rows(&source, "crm.activities", "id"));
 
+    // Linked tables at once load parents first: in name order, activities came before the
+    // contacts and deals its rows reference, and the whole restore failed.
+    target
+        .sql("DELETE FROM crm.activities; DELETE FROM crm.deals; DELETE FROM crm.contacts; DELETE FROM crm.companies");
+    let linked = ["crm.activities", "crm.companies", "crm.contacts", "crm.deals"];
+    let mut args = vec!["--data-only"];
+    for table in linked {
+        args.extend(["--table", table]);
+    }
+    work.restore_with(&repo, &target, &[&args[..], &["latest"]].concat()).ok();
+    for table in linked {
+        assert_eq!(rows(&target, table, "id"), rows(&source, table, "id"), "{table}");
+    }
+
     // Rows that are there already: the key refuses them, and nothing is loaded.
     let companies = rows(&target, "crm.companies", "id");
     target.sql("DELETE FROM crm.users WHERE id NOT IN (SELECT owner_id FROM crm.deals UNION SELECT owner_id FROM crm.companies WHERE owner_id IS NOT NULL UNION SELECT user_id FROM crm.activities UNION SELECT user_id FROM crm.audit_log WHERE user_id IS NOT NULL)");
@@ -371,6 +385,18 @@ fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_
     let contacts_after = source
         .sql("SELECT md5(string_agg(id || ':' || coalesce(company_id::text, '-'), ',' ORDER BY id)) FROM crm.contacts");
     assert_eq!(contacts_after, contacts_before);
+
+    // A deal deleted with its activities comes back under the default `fail`: the company,
+    // contact and owner it references are still there, which is no conflict (shared rows are
+    // inserted when missing, otherwise left as they are).
+    let deal = source.sql("SELECT min(id) FROM crm.deals WHERE company_id <> 7").trim().to_string();
+    let of_deal = format!("(SELECT * FROM crm.activities WHERE deal_id = {deal})");
+    let (deal_before, activities_before) = (rows(&source, "crm.deals", "id"), rows(&source, &of_deal, "id"));
+    source.sql(&format!("DELETE FROM crm.activities WHERE deal_id = {deal}; DELETE FROM crm.deals WHERE id = {deal}"));
+    work.restore_with(&repo, &source, &["--rows", &format!("crm.deals:id={deal}"), "--with-related", "latest"]).ok();
+    assert_eq!(rows(&source, "crm.deals", "id"), deal_before);
+    assert_eq!(rows(&source, &of_deal, "id"), activities_before);
+    assert_eq!(source.sql(&format!("SELECT full_name FROM crm.users WHERE id = {owner}")).trim(), "Renamed Since");
 
     // A live table that lost a column the snapshot has is named, and nothing is written.
     source
