@@ -152,6 +152,10 @@ pub enum Error {
         /// What differed.
         detail: String,
     },
+    /// Stopped by Ctrl-C or SIGTERM while it could undo its work ([`crate::interrupt`]); the
+    /// command's context says what was undone.
+    #[error("interrupted")]
+    Interrupted,
     /// A parallel restore failed and could not remove what it had committed.
     #[error(
         "{cause}; removing the partial restore failed too ({undo}): the database stays marked incomplete (schema crmvault_incomplete_restore) until a restore replaces its contents"

@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod forget;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod interrupt;
 pub mod label_cache;
 pub mod lock;
 pub mod postgres;

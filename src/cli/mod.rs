@@ -880,22 +880,42 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs the command until it ends or the process is told to stop (Ctrl-C, SIGTERM): then the
-/// command is dropped, which removes the locks it holds (crmvault::lock::RepositoryLock).
+/// command is dropped, which removes the locks it holds (crmvault::lock::RepositoryLock). A
+/// restore that has made something it can undo (a `--create` database under its temporary
+/// name, a `--parallel` restore's committed tables: [`crmvault::interrupt`]) is asked to stop
+/// instead, and given [`UNDO_GRACE`] to undo it; a second signal stops it at once.
 async fn until_interrupted<T>(command: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut signalled = async move || -> &'static str {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            () = async {
+                match terminate.as_mut() {
+                    Some(signal) => { signal.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => "terminated",
         }
     };
+    tokio::pin!(command);
+    let how = tokio::select! {
+        outcome = &mut command => return outcome,
+        how = signalled() => how,
+    };
+    if !crmvault::interrupt::undoing() {
+        return Err(anyhow::anyhow!(how));
+    }
+    crmvault::interrupt::request();
+    output::warning(format_args!("{how}: stopping, and undoing what the restore made (a second Ctrl-C stops at once)"));
     tokio::select! {
-        outcome = command => outcome,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        () = terminate => Err(anyhow::anyhow!("terminated")),
+        outcome = &mut command => outcome,
+        _ = signalled() => Err(anyhow::anyhow!("{how} again: what the restore had made may be left")),
+        () = tokio::time::sleep(UNDO_GRACE) => Err(anyhow::anyhow!("{how}: undoing took over {}s: what the restore had made may be left", UNDO_GRACE.as_secs())),
     }
 }
+
+/// How long a stopped restore may take to undo its work before it is dropped as it stands.
+const UNDO_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The error's line for a place that holds no repository where this machine opened one before
 /// ([`crmvault::trust::held_before`]), instead of advice to run `init` there.
@@ -1313,7 +1333,7 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                     crmvault::Error::AmbiguousLatest { .. } | crmvault::Error::SnapshotNotFound(_) => {
                         " (left unchanged)"
                     }
-                    _ if create => " (not created: what the restore loaded was dropped)",
+                    _ if create => " (not created)",
                     _ if parallel => " (left as it was: what the restore created was removed)",
                     _ => " (left unchanged)",
                 };

@@ -136,6 +136,9 @@ pub async fn run(
     let clock = Instant::now();
     let scratch = Scratch::claim(&options.database).await?;
     report.scratch_created = scratch.create;
+    // From here a Ctrl-C stops the restore or the proof, and the scratch database is cleaned
+    // up below as after a failure; the drill then ends as interrupted, not failed.
+    let _undoable = crate::interrupt::Undoable::begin();
     // What storage changed of the repository's own objects: read through the pinned
     // generation, the restore would not show it, and the drill's report is the auditor's.
     for repository in targets.repositories() {
@@ -162,6 +165,7 @@ pub async fn run(
     report.phase("restore", clock);
     // A database the restore refused as not empty (filled since the claim) is not the drill's.
     let touched = !matches!(restored, Err(Error::TargetNotEmpty { .. } | Error::NotEmptyForParallel { .. }));
+    let mut interrupted = matches!(restored, Err(Error::Interrupted));
     match restored {
         Ok((restore_report, manifest)) => {
             report.snapshot = Some(DrilledSnapshot {
@@ -184,9 +188,12 @@ pub async fn run(
             }
             report.restore = Some(restore_report);
             let scratch = (&options.database, options.jobs, options.search_path.as_ref());
-            let proven = prove(&mut report, &manifest, keyring, scratch, &progress).await;
-            if let Err(error) = proven {
-                report.failures.push(format!("proving the restored database: {error}"));
+            let proven =
+                crate::interrupt::or_interrupted(prove(&mut report, &manifest, keyring, scratch, &progress)).await;
+            match proven {
+                Err(Error::Interrupted) => interrupted = true,
+                Err(error) => report.failures.push(format!("proving the restored database: {error}")),
+                Ok(()) => {}
             }
         }
         Err(error) => report.failures.push(format!("the restore failed: {error}")),
@@ -205,6 +212,9 @@ pub async fn run(
         }
     }
     report.phase("cleanup", clock);
+    if interrupted {
+        return Err(Error::Interrupted);
+    }
     report.passed = report.failures.is_empty();
     report.ended = chrono::Utc::now();
     Ok(report)

@@ -92,6 +92,15 @@ impl LoadSession {
         }
         set_toast_compression(&client, toast_compression).await?;
         raise_maintenance_work_mem(&client, maintenance_work_mem).await?;
+        // A restore killed mid-statement closes its connections; the statement (an index
+        // build of minutes) then stops within a second instead of running on, holding locks
+        // the next restore's --clean waits for. PostgreSQL 14 and later.
+        client
+            .batch_execute(
+                "SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false) \
+                 FROM pg_catalog.pg_settings WHERE name = 'client_connection_check_interval'",
+            )
+            .await?;
         if let Some(settings) = settings {
             super::session::apply_settings(&client, settings).await?;
         }
@@ -187,6 +196,25 @@ impl LoadSession {
     pub async fn set_lock_timeout(&self, timeout: Duration) -> Result<()> {
         self.client.batch_execute(&format!("SET lock_timeout = '{}s'", timeout.as_secs())).await?;
         Ok(())
+    }
+
+    /// What cancels the statement this session runs ([`Self::cancel_running`]).
+    pub fn cancel_token(&self) -> tokio_postgres::CancelToken {
+        self.client.cancel_token()
+    }
+
+    /// Cancels the statement this session is running, if any, and those of `others` (sessions
+    /// on the same database, [`Self::cancel_token`]): what a load given up left running, which
+    /// the next statement would wait for. Best effort: failures said at debug level.
+    pub async fn cancel_running(&self, others: Vec<tokio_postgres::CancelToken>) {
+        for token in std::iter::once(self.client.cancel_token()).chain(others) {
+            if let Err(error) = self.database.cancel(token).await {
+                tracing::debug!("cancelling a running statement: {error}");
+            }
+        }
+        // The server signals the backend on its own time: let it land before the next
+        // statement, which it would otherwise cancel instead (an idle backend ignores it).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 
     /// Starts a transaction.

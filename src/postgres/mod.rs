@@ -260,6 +260,21 @@ impl Database {
         Ok(client)
     }
 
+    /// Asks the server to cancel the statement the connection of `token` (one
+    /// [`Self::connect`] made) is running, if any: a cancel request on a connection of its
+    /// own, as libpq's.
+    pub async fn cancel(&self, token: tokio_postgres::CancelToken) -> Result<()> {
+        let sent = if self.tls == TlsMode::Disable {
+            token.cancel_query(NoTls).await
+        } else {
+            token.cancel_query(tls::connector(self.tls, self.root_cert.as_deref(), self.reach)?).await
+        };
+        sent.map_err(|e| Error::Connection {
+            database: self.redacted.clone(),
+            detail: crate::error::postgres_message(&e),
+        })
+    }
+
     /// Why a connection failed, with what to do when the server would not speak TLS.
     fn connect_failure(&self, error: &tokio_postgres::Error) -> String {
         // tokio-postgres has no error kind for this; its message is the only sign.

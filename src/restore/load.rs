@@ -50,6 +50,9 @@ pub(super) struct Load<'a> {
     pub(super) made_roles: std::sync::Mutex<Option<String>>,
     /// The target held data before (a restore beside live data).
     pub(super) beside_live: bool,
+    /// The loading connections `--parallel` opened, to cancel what they run when the load is
+    /// given up ([`Load::undo`]): a statement outlives its dropped connection on the server.
+    pub(super) loaders: std::sync::Mutex<Vec<tokio_postgres::CancelToken>>,
 }
 
 impl Load<'_> {
@@ -119,14 +122,14 @@ impl Load<'_> {
         }
         // pg_dump's preamble empties search_path for this session; COPY names its tables qualified.
         let mut rows = 0;
-        // What the deferral put off runs now, before the checks below rather than at commit.
-        if self.options.part.data_only {
-            client.fire_deferred().await?;
-        }
         for table in &self.manifest.tables {
             rows += self.copy_table(client, table, self.freeze).await?;
         }
         self.finish(post_data).await?;
+        // What the deferral put off runs now, before the checks below rather than at commit.
+        if self.options.part.data_only {
+            client.fire_deferred().await?;
+        }
         if let Some(side) = &side {
             client.refuse_live_dependencies(side).await?;
             self.check_nothing_outside_changed(side, &before).await?;
@@ -357,6 +360,8 @@ impl Load<'_> {
         snapshot_id: &crate::repo::SnapshotId,
     ) -> Result<u64> {
         let client = self.client;
+        // From the marker on, a Ctrl-C stops the loads and the failure path below undoes them.
+        let _undoable = crate::interrupt::Undoable::begin();
         client.begin().await?;
         if clean {
             client.clean().await?;
@@ -375,7 +380,7 @@ impl Load<'_> {
         tracing::debug!("pre-data committed");
 
         let script = postgres::script::parse(post_data);
-        let loaded = async {
+        let loaded = crate::interrupt::or_interrupted(async {
             let (loaders, rows, built) = self.tables_in_parallel(&script).await?;
             tracing::debug!(early = built.len(), "every table loaded and committed");
             self.post_data_in_parallel(&loaders, &script, &built).await?;
@@ -386,7 +391,7 @@ impl Load<'_> {
             self.check_nothing_of_the_server_changed().await?;
             client.unmark_and_commit().await?;
             Ok(rows)
-        }
+        })
         .await;
         if let Err(error) = loaded {
             return Err(match self.undo().await {
@@ -423,6 +428,7 @@ impl Load<'_> {
         let changed = tokio::sync::Notify::new();
         let worker = || async {
             let client = session(self.options, self.manifest).await?;
+            self.loaders.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(client.cancel_token());
             // An entry built here waits for no other connection's lock (its tables are loaded
             // and committed, see LockBoard); a lock held by another session is: give up
             // instead of hanging.
@@ -659,6 +665,10 @@ impl Load<'_> {
     /// created), leaving the database, and the server's roles, as they were.
     pub(super) async fn undo(&self) -> Result<()> {
         let client = self.client;
+        // Statements given up (Ctrl-C stopped the load mid-statement) still run on the server,
+        // and hold locks the undo needs: cancelled, this session's and the loaders'.
+        let loaders = std::mem::take(&mut *self.loaders.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        client.cancel_running(loaders).await;
         client.rollback().await;
         client.begin().await?;
         client.clean().await?;

@@ -250,6 +250,8 @@ pub async fn run_creating(
     let mut loading_options = options.clone();
     loading_options.database = database.on_database(&loading);
     loading_options.create = Some(RESTORING_MARK.to_string());
+    // A Ctrl-C stops the load, and the database it went into is dropped below.
+    let undoable = crate::interrupt::Undoable::begin();
     let restored = restore(targets, keyring, &loading_options, progress).await;
     let (finished, created) = match restored {
         Ok((report, manifest)) => {
@@ -289,6 +291,7 @@ pub async fn run_creating(
         server.drop(&loading).await?;
         server.drop_roles(&created).await?;
     }
+    drop(undoable);
     finished
 }
 
@@ -693,13 +696,15 @@ pub(crate) async fn restore(
         created_roles: std::sync::Mutex::new(Vec::new()),
         warnings: std::sync::Mutex::new(Vec::new()),
         made_roles: std::sync::Mutex::new(None),
+        loaders: std::sync::Mutex::new(Vec::new()),
         // What `--clean` empties, or an unfinished `--parallel` restore left, is no live data.
         beside_live: beside_live && !clean,
     };
     let rows = if options.parallel {
         load.in_parallel(clean, &pre_data, &post_data, &snapshot_id).await?
     } else {
-        load.in_one_transaction(clean, &pre_data, &post_data).await?
+        // Stopped, the transaction is never committed: its connection goes with the restore.
+        crate::interrupt::or_interrupted(load.in_one_transaction(clean, &pre_data, &post_data)).await?
     };
     warnings.extend(load.warnings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..));
     let sources = reader.stats();

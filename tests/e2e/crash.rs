@@ -81,13 +81,17 @@ fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
     assert_same_database(&source, &restored);
 }
 
+/// `restore` from `repo` into the database at `url`, with `extra` arguments.
+fn restore_command(work: &Workspace, repo: &str, url: &str, extra: &[&str]) -> std::process::Command {
+    let mut command = work.command();
+    command.args(["restore", "--repo", repo, "--identity", &work.admin_key(), "--db", url]).args(extra);
+    command
+}
+
 /// Starts `restore` with `extra` arguments and kills it once it is loading data (a COPY shows
 /// in pg_stat_activity); true when it was killed before finishing.
 fn kill_restore_while_loading(work: &Workspace, repo: &str, target: &TestDb, extra: &[&str]) -> bool {
-    let mut child = work
-        .command()
-        .args(["restore", "--repo", repo, "--identity", &work.admin_key(), "--db", &target.url()])
-        .args(extra)
+    let mut child = restore_command(work, repo, &target.url(), extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -146,6 +150,68 @@ fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
     );
     work.restore(&repo, &target).fails_with(1, "interrupted parallel restore");
     work.restore_with(&repo, &target, &["--parallel", "--clean"]).ok();
+    assert_same_database(&source, &target);
+}
+
+/// Starts `restore` into `target` (a database name) with `extra` arguments and sends it SIGINT
+/// (Ctrl-C) once a connection to `loading` (a database name) is loading data; returns the run
+/// when it was interrupted before finishing.
+fn interrupt_restore_while_loading(work: &Workspace, repo: &str, target: &str, loading: &str, extra: &[&str]) -> Run {
+    let url = format!("postgres://postgres@127.0.0.1:5432/{target}");
+    let child = restore_command(work, repo, &url, extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let busy = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{loading}' AND query LIKE 'COPY%'");
+    while started.elapsed() < Duration::from_secs(60) && psql("postgres", &busy).trim() == "0" {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let signal = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(signal.success(), "the restore finished before it could be interrupted");
+    Run::from(&child.wait_with_output().unwrap())
+}
+
+#[test]
+fn an_interrupted_parallel_restore_drops_what_it_loaded() {
+    // Ctrl-C, not a kill: the restore hears it, and its failure path removes the tables it had
+    // committed (a killed one leaves them, marked: above).
+    let Ready { source, work, repo, .. } = Scenario::new("interrupt_parallel")
+        .filler()
+        .sql("CREATE TABLE public.second AS SELECT * FROM public.filler WHERE id % 2 = 0")
+        .init("repo")
+        .backup();
+    let target = TestDb::create("interrupt_parallel_target");
+    let run = interrupt_restore_while_loading(&work, &repo, &target.name, &target.name, &["--parallel"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("left as it was: what the restore created was removed): interrupted"),
+        "{}",
+        run.stderr
+    );
+    assert!(target.is_empty(), "the interrupted restore left tables behind");
+    work.restore_with(&repo, &target, &["--parallel"]).ok();
+    assert_same_database(&source, &target);
+}
+
+#[test]
+fn an_interrupted_create_restore_leaves_neither_the_database_nor_its_loading_one() {
+    let Ready { source, work, repo, .. } = Scenario::new("interrupt_create").filler().init("repo").backup();
+    let target = TestDb::create("interrupt_created");
+    psql("postgres", &format!("DROP DATABASE {}", target.name));
+    let loading = format!("crmvault_restoring_{}", &blake3::hash(target.name.as_bytes()).to_hex()[..16]);
+    let exists = |name: &str| {
+        psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'")).trim() == "1"
+    };
+    for extra in [&["--create"][..], &["--create", "--jobs", "1"][..]] {
+        let run = interrupt_restore_while_loading(&work, &repo, &target.name, &loading, extra);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("(not created): interrupted"), "{}", run.stderr);
+        assert!(!exists(&target.name) && !exists(&loading), "{extra:?} left a database: {}", run.stderr);
+    }
+    work.restore_with(&repo, &target, &["--create"]).ok();
     assert_same_database(&source, &target);
 }
 
