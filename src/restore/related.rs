@@ -40,9 +40,15 @@ pub struct RowsRoot {
 impl std::str::FromStr for RowsRoot {
     type Err = String;
 
-    /// `schema.table:column=value` (cut at the first `:`, then at the first `=`).
+    /// `schema.table:column=value` (cut at the first `:` outside double quotes, which may
+    /// hold a table's name as SQL quotes it, then at the first `=`).
     fn from_str(text: &str) -> std::result::Result<RowsRoot, String> {
-        let parsed = text.split_once(':').and_then(|(table, condition)| {
+        let mut quoted = false;
+        let cut = text.char_indices().find_map(|(at, c)| {
+            quoted ^= c == '"';
+            (c == ':' && !quoted).then_some(at)
+        });
+        let parsed = cut.map(|at| (&text[..at], &text[at + 1..])).and_then(|(table, condition)| {
             let (column, value) = condition.split_once('=')?;
             (!table.is_empty() && !column.is_empty()).then(|| RowsRoot {
                 table: table.to_string(),
@@ -526,6 +532,9 @@ mod tests {
         let root: RowsRoot = "crm.companies:id=42".parse().unwrap();
         assert_eq!(root, RowsRoot { table: "crm.companies".into(), column: "id".into(), value: "42".into() });
         assert!("crm.companies".parse::<RowsRoot>().is_err() && ":id=1".parse::<RowsRoot>().is_err());
+        // A `:` inside a quoted name is the name's.
+        let root: RowsRoot = "\"a:b\".t:code=x:y".parse().unwrap();
+        assert_eq!(root, RowsRoot { table: "\"a:b\".t".into(), column: "code".into(), value: "x:y".into() });
         assert_eq!(copy_field("a\tb\\c\nd"), b"a\\tb\\\\c\\nd");
         assert_eq!(key_of(b"1\t\\N\tx", &[0, 2]), Some(b"1\tx".to_vec()));
         assert_eq!(key_of(b"1\t\\N\tx", &[1]), None, "a NULL references nothing");

@@ -168,9 +168,17 @@ async fn gone<'a>(targets: &RepoSet, keyring: &Keyring, known: Option<&'a Snapsh
     (!held && !targets.absence_explained(&known.id, keyring).await).then_some(known)
 }
 
-/// The table of `manifest` that `name` means: `schema.table` as written (dots and all, no
-/// quoting), or a table name alone when one schema has it. Its index in `manifest.tables`.
+/// The table of `manifest` that `name` means: `schema.table` as written (dots and all), or
+/// quoted as SQL quotes identifiers where a dot belongs to a name (`"a.b".t`, `a."b.t"`), or a
+/// table name alone when one schema has it. Its index in `manifest.tables`.
 pub(super) fn table_named(manifest: &Manifest, name: &str) -> Result<usize> {
+    // Quoted as SQL quotes; else (a name with a quote of its own in it) as written, below.
+    if let Some((schema, table)) = quoted_name(name)
+        && let Some(found) = (0..manifest.tables.len())
+            .find(|&i| manifest.tables[i].schema == schema && manifest.tables[i].name == table)
+    {
+        return Ok(found);
+    }
     let qualified: Vec<usize> = (0..manifest.tables.len())
         .filter(|&i| format!("{}.{}", manifest.tables[i].schema, manifest.tables[i].name) == name)
         .collect();
@@ -185,7 +193,67 @@ pub(super) fn table_named(manifest: &Manifest, name: &str) -> Result<usize> {
             "the snapshot holds no data of a table {name} (`crmvault ls` lists its tables)"
         ))),
         _ => Err(Error::Invalid(format!(
-            "{name} names a table in several schemas (or a schema and a table with dots in them): give schema.table"
+            "{name} names a table in several schemas (or a schema and a table with dots in them): give \
+             schema.table, with the part holding a dot in double quotes ('\"a.b\".t')"
         ))),
+    }
+}
+
+/// `schema.table` written with at least one part in double quotes (a `""` inside one is a
+/// quote), as SQL writes identifiers: the two names, or `None` when `name` is not so written.
+fn quoted_name(name: &str) -> Option<(String, String)> {
+    if !name.contains('"') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut rest = name;
+    loop {
+        let (part, after) = if let Some(quoted) = rest.strip_prefix('"') {
+            let mut part = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (at, '"') if quoted[at + 1..].starts_with('"') => {
+                        part.push('"');
+                        chars.next();
+                    }
+                    (at, '"') => break at + 1,
+                    (_, c) => part.push(c),
+                }
+            };
+            (part, &quoted[end..])
+        } else {
+            let end = rest.find('.').unwrap_or(rest.len());
+            (rest[..end].to_string(), &rest[end..])
+        };
+        parts.push(part);
+        match after.strip_prefix('.') {
+            Some(next) => rest = next,
+            None if after.is_empty() => break,
+            None => return None,
+        }
+    }
+    match <[String; 2]>::try_from(parts) {
+        Ok([schema, table]) if !schema.is_empty() && !table.is_empty() => Some((schema, table)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted_name;
+
+    #[test]
+    fn a_quoted_name_tells_a_dot_in_a_name_from_the_one_between_schema_and_table() {
+        let pair = |s: &str, t: &str| Some((s.to_string(), t.to_string()));
+        assert_eq!(quoted_name("\"a.b\".t"), pair("a.b", "t"));
+        assert_eq!(quoted_name("a.\"b.t\""), pair("a", "b.t"));
+        assert_eq!(quoted_name("\"a.b\".\"c.d\""), pair("a.b", "c.d"));
+        assert_eq!(quoted_name("crm.\"x\"\"; DROP TABLE y; --\""), pair("crm", "x\"; DROP TABLE y; --"));
+        // Not so written: as before.
+        assert_eq!(quoted_name("a.b.t"), None);
+        for bad in ["\"a.b\"", "\"a.b\"t", "\"unclosed.t", "a.\"b\".c", "\"\".t"] {
+            assert_eq!(quoted_name(bad), None, "{bad}");
+        }
     }
 }

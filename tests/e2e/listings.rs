@@ -273,6 +273,27 @@ fn ls_lists_a_snapshots_tables_rows_and_sizes_with_the_writer_key_or_an_identity
 }
 
 #[test]
+fn a_dot_in_a_schema_or_table_name_is_told_apart_by_quoting_it() {
+    // `"a.b".t` and `a."b.t"` both read a.b.t: written so, either is refused as ambiguous, and
+    // the part holding the dot in double quotes names each.
+    let Ready { work, repo, .. } = Scenario::new("dump_dots")
+        .sql(
+            r#"CREATE SCHEMA "a.b"; CREATE TABLE "a.b".t (id int PRIMARY KEY, v text); INSERT INTO "a.b".t VALUES (1, 'schema with a dot');
+               CREATE SCHEMA a; CREATE TABLE a."b.t" (id int PRIMARY KEY, v text); INSERT INTO a."b.t" VALUES (2, 'table with a dot');"#,
+        )
+        .init("repo")
+        .backup();
+    let key = work.admin_key();
+    let dump = |table: &str| work.run(&["dump", "--repo", &repo, "--identity", &key, "--table", table]);
+    dump("a.b.t").fails_with(1, "with the part holding a dot in double quotes");
+    assert_eq!(dump(r#""a.b".t"#).ok().stdout, "id,v\n1,schema with a dot\n");
+    assert_eq!(dump(r#"a."b.t""#).ok().stdout, "id,v\n2,table with a dot\n");
+    let args = ["restore", "--repo", &repo, "--identity", &key, "--rows", r#"a."b.t":id=2"#, "--dry-run", "latest"];
+    let rows = work.run(&[&args[..], &["--db", "postgres://postgres@127.0.0.1/postgres"]].concat()).ok();
+    assert!(rows.stdout.contains("b.t"), "{}", rows.stdout);
+}
+
+#[test]
 fn dump_writes_one_table_proven_that_copy_from_reads_back_and_a_damaged_chunk_fails_it() {
     let Ready { source, work, repo, .. } = Scenario::new("dump").crm().init("repo").backup();
     let key = work.admin_key();
