@@ -1706,8 +1706,7 @@ fn forget_records_planted_to_name_millions_of_snapshots_are_not_all_held_by_a_ke
     let (code, stdout, peak_kib) = run_measured(command);
     assert!(peak_kib < 300 << 10, "peak {} MiB", peak_kib >> 10);
     assert_eq!(code, 3, "{stdout}");
-    let verified = keyless.run(&["verify", "--repo", &victim.repo]);
-    verified.fails_with(3, "names more forgotten snapshots than a repository holds");
+    assert!(stdout.contains("names more forgotten snapshots than a repository holds"), "{stdout}");
 }
 
 /// `copy --repair` reads the indexes a destination snapshot's header names at the sizes the
