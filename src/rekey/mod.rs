@@ -300,10 +300,12 @@ async fn carried_snapshots(repositories: &[Repository], keyring: &Keyring) -> Re
     // Every snapshot present on any target, proven or not (for the forget records below), and
     // those each target holds proven.
     let mut present = BTreeSet::new();
+    let mut listed_on: Vec<BTreeSet<SnapshotId>> = vec![BTreeSet::new(); repositories.len()];
     let mut proven_on: Vec<BTreeSet<SnapshotId>> = vec![BTreeSet::new(); repositories.len()];
     for (at, repository) in repositories.iter().enumerate() {
         for id in repository.snapshot_ids().await? {
             present.insert(id.clone());
+            listed_on[at].insert(id.clone());
             let sealed = match repository.read_snapshot(&id).await {
                 Ok(sealed) => sealed,
                 Err(error) => {
@@ -330,7 +332,7 @@ async fn carried_snapshots(repositories: &[Repository], keyring: &Keyring) -> Re
     // A missed record speaks of its own target only: the others hold its snapshots.
     let mut settled = Vec::new();
     for (at, repository) in repositories.iter().enumerate() {
-        let here: BTreeSet<SnapshotId> = repository.snapshot_ids().await?.into_iter().collect();
+        let here = &listed_on[at];
         for (key, _) in repository.target.list("forgotten").await? {
             let Ok(bytes) = repository.target.get_at_most(&key, crate::repo::largest_object(&key)).await else {
                 continue;

@@ -276,13 +276,17 @@ fn rename_tables(manifest: &mut Manifest, map: &[(String, String)]) {
     manifest.materialized_views.iter_mut().for_each(|(schema, _)| rename(schema));
 }
 
-/// Orders `tables` (the live tables `--data-only` loads into, in one transaction; `name` gives
-/// each one's schema and name) so that a table comes after those its foreign keys reference
+/// Orders `tables` (the live tables `--data-only` loads into, in one transaction, or those
+/// `--rows` writes; `name` gives each one's schema and name) so that a table comes after those its foreign keys reference
 /// (`pairs`: referencing, referenced): a key is checked as each table's rows load, and in name
 /// order a child loaded before its parent failed the whole restore. Otherwise in the order
 /// given. Tables in a cycle of keys keep their order; their deferrable keys wait for the
 /// commit, others fail as before.
-fn parents_first<T>(tables: &mut Vec<T>, name: impl Fn(&T) -> (&str, &str), pairs: &[(TableName, TableName)]) {
+pub(super) fn parents_first<T>(
+    tables: &mut Vec<T>,
+    name: impl Fn(&T) -> (&str, &str),
+    pairs: &[(TableName, TableName)],
+) {
     let at = |wanted: &TableName| tables.iter().position(|t| name(t) == (wanted.schema.as_str(), wanted.name.as_str()));
     let mut parents: Vec<std::collections::BTreeSet<usize>> = vec![std::collections::BTreeSet::new(); tables.len()];
     for (child, parent) in pairs {

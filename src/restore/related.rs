@@ -338,19 +338,12 @@ pub(super) async fn into_live(
         )));
     }
     let on_conflict = options.part.on_conflict;
-    // Parents first (a cycle of keys: in name order, and the server says if that fails).
-    let mut order: Vec<&TableManifest> = Vec::new();
-    let mut left: Vec<&TableManifest> = involved;
-    while !left.is_empty() {
-        let ready = left.iter().position(|table| {
-            let name = name_of(table);
-            keys.iter()
-                .filter(|key| key.table == name)
-                .flat_map(|key| &key.references)
-                .all(|parent| *parent == name || !left.iter().any(|other| name_of(other) == *parent))
-        });
-        order.push(left.remove(ready.unwrap_or(0)));
-    }
+    // Parents first, as `--data-only` orders them (a cycle of keys as a unit; the server says
+    // if its keys are not deferrable).
+    let pairs: Vec<(TableName, TableName)> =
+        keys.iter().flat_map(|key| key.references.iter().map(|parent| (key.table.clone(), parent.clone()))).collect();
+    let mut order = involved;
+    super::part::parents_first(&mut order, |t| (t.schema.as_str(), t.name.as_str()), &pairs);
     // At 3 a.m. a lock held by the application says so rather than waits for ever.
     client.set_lock_timeout(super::load::LOCK_TIMEOUT).await?;
     client.begin().await?;
