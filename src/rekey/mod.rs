@@ -333,38 +333,36 @@ async fn carried_snapshots(repositories: &[Repository], keyring: &Keyring) -> Re
     let mut settled = Vec::new();
     for (at, repository) in repositories.iter().enumerate() {
         let here = &listed_on[at];
+        // The target's packs, indexes and dictionaries, listed once when a record needs them.
+        let mut stored = None;
         for (key, _) in repository.target.list("forgotten").await? {
             let Ok(bytes) = repository.target.get_at_most(&key, crate::repo::largest_object(&key)).await else {
                 continue;
             };
-            match ForgetRecord::open(&key, &bytes, Some(keyring)) {
-                Ok(record)
-                    if record.snapshots.iter().all(|s| match record.kind {
-                        crate::repo::RecordKind::Missed => !here.contains(&s.id),
-                        crate::repo::RecordKind::Forgotten => !present.contains(&s.id),
-                    }) =>
-                {
-                    carried.insert(crate::crypto::object_hash(&bytes));
-                }
-                // Settled by what the target holds proven, not by names a listing shows
-                // (junk under a missed snapshot's name must not cost the record).
-                Ok(record)
-                    if record.kind == crate::repo::RecordKind::Missed
-                        && record.snapshots.iter().all(|s| proven_on[at].contains(&s.id)) =>
-                {
+            let Ok(record) = ForgetRecord::open(&key, &bytes, Some(keyring)) else { continue };
+            let explains = record.snapshots.iter().all(|s| match record.kind {
+                crate::repo::RecordKind::Missed => !here.contains(&s.id),
+                crate::repo::RecordKind::Forgotten => !present.contains(&s.id),
+            });
+            if explains {
+                carried.insert(crate::crypto::object_hash(&bytes));
+            } else if record.kind == crate::repo::RecordKind::Missed {
+                if holds_whole(repository, &record, &proven_on[at], &mut stored).await? {
                     settled.push((at, key));
+                } else {
+                    tracing::warn!(
+                        "{}: {key} says the target missed snapshots it now lists but does not hold whole (some \
+                         copied there since, or something else under their names): not carried to the next \
+                         generation, so `verify` reports it and those snapshots; `crmvault copy` (`--repair`) \
+                         brings them, then remove it",
+                        repository.target.location()
+                    );
                 }
-                Ok(record) if record.kind == crate::repo::RecordKind::Missed => tracing::warn!(
-                    "{}: {key} says the target missed snapshots, some of which were copied there since: not carried \
-                     to the next generation, so `verify` reports it and the others as deleted; copy the others there \
-                     too (`crmvault copy`) and remove it",
-                    repository.target.location()
-                ),
-                Ok(_) => tracing::warn!(
+            } else {
+                tracing::warn!(
                     "{}: {key} names a snapshot still present: not carried to the next generation (run forget again)",
                     repository.target.location()
-                ),
-                Err(_) => {}
+                );
             }
         }
     }
@@ -375,6 +373,40 @@ async fn carried_snapshots(repositories: &[Repository], keyring: &Keyring) -> Re
     }
     let dropped = failed.into_iter().filter(|(id, _)| !snapshots.contains(id)).collect();
     Ok(Carried { objects: carried.into_iter().collect(), snapshots: snapshots.len(), dropped, settled })
+}
+
+/// Whether `repository` holds every snapshot `record` names whole: proven there (`proven`), and
+/// every object its header names stored there at the size the header gives (`stored`, this
+/// target's listing, made on first use). Not a name a listing shows, which a storage writer
+/// can plant, nor another target's object of the snapshot copied in: its MAC holds wherever it
+/// lies, while the packs it needs are that target's own.
+async fn holds_whole(
+    repository: &Repository,
+    record: &ForgetRecord,
+    proven: &BTreeSet<SnapshotId>,
+    stored: &mut Option<std::collections::HashMap<String, u64>>,
+) -> Result<bool> {
+    for snapshot in &record.snapshots {
+        if !proven.contains(&snapshot.id) {
+            return Ok(false);
+        }
+        let Ok(header) = repository.read_snapshot_header(&snapshot.id, None).await else { return Ok(false) };
+        if stored.is_none() {
+            let mut listed = std::collections::HashMap::new();
+            for folder in ["data", "index", "dicts"] {
+                listed.extend(repository.target.list(folder).await?);
+            }
+            *stored = Some(listed);
+        }
+        let stored = stored.as_ref().expect("listed above");
+        let named = (header.packs.iter().map(|o| (crate::repo::pack_key(&o.id), o.size)))
+            .chain(header.indexes.iter().map(|o| (crate::repo::index_key(&o.id), o.size)))
+            .chain(header.dictionaries.iter().map(|o| (crate::repo::dictionary_key(&o.id), o.size)));
+        if named.into_iter().any(|(key, size)| stored.get(&key) != Some(&size)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Removes the settled missed records ([`Carried::settled`]): they explain nothing. Returns
