@@ -866,6 +866,29 @@ mod tests {
         assert!(victim.path().join("writer").exists() && victim.path().join("a.txt").exists());
     }
 
+    /// A folder planted at `locks/writer` (which `unlock` does not list) would block every
+    /// backup of the target for good: an empty one is taken away by the next taker; one
+    /// holding files is named, and `unlock` then removes those files as unreadable locks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_folder_planted_at_the_writer_lock_blocks_no_backup_for_good() {
+        let (dir, target) = folder();
+        let planted = dir.path().join(WRITER_KEY);
+        std::fs::create_dir_all(&planted).unwrap();
+        let quick = options("backup", 1);
+        let lock = acquire(&target, &[], LockMode::Append, &quick).await.unwrap();
+        assert!(planted.is_file(), "the lock object took the empty folder's place");
+        lock.release().await.unwrap();
+
+        std::fs::create_dir_all(&planted).unwrap();
+        std::fs::write(planted.join("junk"), "planted").unwrap();
+        let error = acquire(&target, &[], LockMode::Exclusive, &quick).await.unwrap_err();
+        assert!(error.to_string().contains("a folder that is not empty is in this object's place"), "{error}");
+        let found = remove_locks(&target, Removal::Stale, &quick).await.unwrap();
+        assert!(found.iter().any(|lock| lock.removed && lock.key == format!("{WRITER_KEY}/junk")), "{found:?}");
+        acquire(&target, &[], LockMode::Append, &quick).await.unwrap().release().await.unwrap();
+        assert!(target.list(LOCKS_FOLDER).await.unwrap().is_empty());
+    }
+
     #[test]
     fn a_lock_object_shows_storage_neither_the_host_nor_the_command() {
         let mut holder = options("backup-of-crm", 4242);

@@ -77,6 +77,9 @@ pub async fn run(
             copy_object((from, to), &repo::config_copy_key(hash), (budget, repair_too), &mut report).await?;
         }
     }
+    if repair_too {
+        mend_config((from, to), &mut report).await?;
+    }
     let present: std::collections::HashSet<repo::SnapshotId> = to.snapshot_ids().await?.into_iter().collect();
     // The packs, indexes and dictionaries the destination holds, listed once (and added to as
     // they are copied): a year-old snapshot names ~1,700 packs, and asking the destination
@@ -523,6 +526,49 @@ async fn copy_object(
     } else {
         to.target.put_new(key, bytes::Bytes::clone(&held)).await?;
     }
+    Ok(())
+}
+
+/// With `repair`: writes `to`'s `config` again when it is missing, damaged or replaced (it
+/// opened from its copy under `configs/`, with a warning every time, and `verify` reports
+/// it), from the first generation's bytes, whichever side holds them whole. Where neither
+/// reaches the first generation, it is named in [`CopyReport::not_repaired`].
+async fn mend_config((from, to): (&Repository, &Repository), report: &mut CopyReport) -> Result<()> {
+    let (walked, _) = from.with_earlier_generations().await?;
+    let walked = match walked.chain[0].1.generation {
+        0 => walked,
+        _ => to.with_earlier_generations().await?.0,
+    };
+    let (first_hash, first) = &walked.chain[0];
+    let there = match to.target.get_at_most(repo::CONFIG_KEY, repo::MAX_CONFIG_BYTES).await {
+        Ok(bytes) if first.generation == 0 && crate::crypto::object_hash(&bytes) == *first_hash => return Ok(()),
+        Ok(_) | Err(Error::Corrupt { .. }) => true,
+        Err(Error::Missing { .. }) => false,
+        Err(error) => return Err(error),
+    };
+    let bytes = match first.generation {
+        0 => match from.config_bytes_of(first_hash).await {
+            Ok(bytes) => Some(bytes),
+            Err(_) => to.config_bytes_of(first_hash).await.ok(),
+        },
+        _ => None,
+    };
+    let Some(bytes) = bytes else {
+        let why = "missing, damaged or replaced, and the first generation's config is whole on neither side";
+        report.not_repaired.push((repo::CONFIG_KEY.to_string(), why.into()));
+        return Ok(());
+    };
+    report.bytes_copied += bytes.len() as u64;
+    report.objects_copied += 1;
+    if there {
+        to.target.rewrite(repo::CONFIG_KEY, bytes).await?;
+    } else if to.target.put_new(repo::CONFIG_KEY, bytes).await? == PutOutcome::AlreadyThere {
+        return Err(Error::corrupt(
+            format!("{}/{}", to.target.location(), repo::CONFIG_KEY),
+            "appeared while it was mended: run the repair again",
+        ));
+    }
+    report.objects_repaired += 1;
     Ok(())
 }
 

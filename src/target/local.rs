@@ -180,6 +180,12 @@ impl<'r> Folders<'r> {
         unreachable!("some staging name is free")
     }
 
+    /// Whether `name` in the object's folder is a folder itself (not followed if a link).
+    fn is_folder(&self, name: &str) -> bool {
+        rustix::fs::statat(self.last(), name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory)
+    }
+
     /// Removes `name` from the object's folder; one already gone is no error.
     fn unlink(&self, name: &str) -> std::result::Result<(), Failed> {
         match rustix::fs::unlinkat(self.last(), name, AtFlags::empty()) {
@@ -200,10 +206,27 @@ impl<'r> Folders<'r> {
 /// Writes `bytes` as the object `key` under `root`, durably, unless the name is taken: staged
 /// as `<name>#<n>`, synced, then hard-linked to its name, which fails if the name exists. Large
 /// objects (packs) are written past the page cache ([`direct`]) where the file system allows.
+/// A folder in the object's place is no object that takes the name (crmvault makes none there:
+/// planted in storage, it would block a lock's name for good): an empty one is removed and the
+/// name taken; one holding anything is left for a person, and said so.
 pub(super) fn put_new(root: &Root, key: &str, bytes: &[u8]) -> std::result::Result<Outcome, Failed> {
     let (folders, name) = Folders::of(root, key, true)?.expect("missing folders are made");
     let staging = stage(&folders, name, bytes, true)?;
-    let linked = rustix::fs::linkat(folders.last(), staging.as_str(), folders.last(), name, AtFlags::empty());
+    let link = || rustix::fs::linkat(folders.last(), staging.as_str(), folders.last(), name, AtFlags::empty());
+    let mut linked = link();
+    if linked == Err(Errno::EXIST) && folders.is_folder(name) {
+        linked = match rustix::fs::unlinkat(folders.last(), name, AtFlags::REMOVEDIR) {
+            Ok(()) => {
+                tracing::warn!("{}: removed an empty folder in this object's place", folders.path.join(name).display());
+                link()
+            }
+            Err(_) if folders.is_folder(name) => {
+                folders.drop_staging(&staging);
+                return Err(not_empty(&folders, name));
+            }
+            Err(_) => link(),
+        };
+    }
     folders.drop_staging(&staging);
     match linked {
         Ok(()) => {}
@@ -229,12 +252,7 @@ pub(super) fn replace(root: &Root, key: &str, bytes: &[u8], durable: bool) -> st
     if let Err(errno) = renamed {
         folders.drop_staging(&staging);
         if errno == Errno::ISDIR {
-            return Err(Failed::Io(
-                folders.path.join(name),
-                std::io::Error::other(
-                    "a folder that is not empty is in this object's place: remove it, then run again",
-                ),
-            ));
+            return Err(not_empty(&folders, name));
         }
         return Err(folders.io(name, errno));
     }
@@ -242,6 +260,14 @@ pub(super) fn replace(root: &Root, key: &str, bytes: &[u8], durable: bool) -> st
         folders.sync()?;
     }
     Ok(())
+}
+
+/// A folder holding something, in the place of the object `name`: no write takes it away.
+fn not_empty(folders: &Folders, name: &str) -> Failed {
+    Failed::Io(
+        folders.path.join(name),
+        std::io::Error::other("a folder that is not empty is in this object's place: remove it, then run again"),
+    )
 }
 
 /// Removes the object `key` (a staging file too); one already gone is no error.

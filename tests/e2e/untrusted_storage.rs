@@ -1127,6 +1127,19 @@ fn a_target_whose_keys_objects_storage_replaced_fails_the_night_until_copy_repai
     std::fs::remove_dir(folder.join("inside")).unwrap();
     victim.work.run(&repair).ok();
     assert_eq!(std::fs::read(&folder).unwrap(), originals[0], "the empty folder written over");
+    // `config` itself, deleted or replaced (the target opens from its copy meanwhile): written
+    // again from the first generation's bytes.
+    let config_path = Path::new(&copy).join("config");
+    let config_original = std::fs::read(&config_path).unwrap();
+    for replaced in [None, Some(&b"{}"[..])] {
+        match replaced {
+            None => std::fs::remove_file(&config_path).unwrap(),
+            Some(bytes) => std::fs::write(&config_path, bytes).unwrap(),
+        }
+        victim.work.run(&["verify", "--repo", &copy]).fails_with(3, "missing, damaged or replaced");
+        victim.work.run(&repair).ok();
+        assert_eq!(std::fs::read(&config_path).unwrap(), config_original, "{replaced:?}: config written again");
+    }
     victim.work.run(&["verify", "--repo", &copy]).ok();
     let run =
         victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo]);
