@@ -1636,6 +1636,19 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             audit.snapshot(&report.snapshot_id);
             // Proven: a later deletion of it is then a rollback this machine sees.
             trusted.advance(Some(&report.mark))?;
+            if report.reader_left {
+                // `dump … | head`: what was wanted was written; nothing failed.
+                if !quiet {
+                    eprintln!(
+                        "dump of {} from snapshot {} stopped after {} rows read: the output was closed by its reader \
+                         (each row written came from a checked chunk; the rest of the table was not read)",
+                        output::printable(&report.table),
+                        report.snapshot_id.short(),
+                        report.rows
+                    );
+                }
+                return Ok(0);
+            }
             if report.written == 0 && report.rows > 0 && !options.conditions.is_empty() {
                 // An easy slip: `--where 'id = 42'` compares the text " 42".
                 output::warning(format_args!(

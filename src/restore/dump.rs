@@ -61,6 +61,10 @@ pub struct DumpReport {
     pub rows: u64,
     /// Rows written (fewer than `rows` with conditions).
     pub written: u64,
+    /// The output's reader went away (`| head`) before the table's end: the dump stopped
+    /// there, `rows` counting what was read so far, each row from a chunk checked against its
+    /// id; the table's digest and row count were not checked.
+    pub reader_left: bool,
     /// Bytes of COPY text read.
     pub bytes: u64,
     /// The snapshot's place in the chain, proven: the caller's high-water mark may advance.
@@ -100,24 +104,54 @@ pub async fn run(
     let label = format!("{}.{}", table.schema, table.name);
     let matching = RowFilter::new(&options.conditions, table)?;
     let mut writer = RowWriter::new(options.format, &table.columns, &matching);
-    writer.header(out)?;
+    let out = &mut Output { out, reader_left: false };
     let mut digest = mac_key.hasher();
     let (mut rows, mut bytes) = (0u64, 0u64);
-    let chunks = streams.chunks(&table.data);
-    futures::pin_mut!(chunks);
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        digest.update(&chunk);
-        bytes += chunk.len() as u64;
-        rows += memchr::memchr_iter(b'\n', &chunk).count() as u64;
-        writer.write(&chunk, out)?;
-        progress.advance(chunk.len() as u64);
+    let written = async {
+        writer.header(out)?;
+        let chunks = streams.chunks(&table.data);
+        futures::pin_mut!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            digest.update(&chunk);
+            bytes += chunk.len() as u64;
+            rows += memchr::memchr_iter(b'\n', &chunk).count() as u64;
+            writer.write(&chunk, out)?;
+            progress.advance(chunk.len() as u64);
+        }
+        writer.finish(out)?;
+        out.flush().map_err(write_error)
     }
-    writer.finish(out)?;
-    out.flush().map_err(|e| Error::Invalid(format!("writing the rows: {e}")))?;
-    super::check_table(&label, table, &digest, rows)?;
+    .await;
+    let reader_left = out.reader_left;
+    match written {
+        Err(_) if reader_left => {}
+        Err(error) => return Err(error),
+        Ok(()) => super::check_table(&label, table, &digest, rows)?,
+    }
     let written = if matching.is_empty() { rows } else { writer.written };
-    Ok(DumpReport { snapshot_id: mark.id.clone(), table: label, rows, written, bytes, mark })
+    Ok(DumpReport { snapshot_id: mark.id.clone(), table: label, rows, written, bytes, reader_left, mark })
+}
+
+/// Where the rows go, noting a reader that went away (a closed pipe): what follows is not
+/// wanted, which ends the dump, not as a failure.
+struct Output<'a> {
+    out: &'a mut dyn Write,
+    reader_left: bool,
+}
+
+impl Write for Output<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(buf);
+        self.reader_left |= written.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+        written
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let flushed = self.out.flush();
+        self.reader_left |= flushed.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+        flushed
+    }
 }
 
 /// A condition on the rows `dump` writes.

@@ -340,6 +340,20 @@ fn dump_writes_one_table_proven_that_copy_from_reads_back_and_a_damaged_chunk_fa
     let first = source.sql("SELECT email FROM crm.contacts ORDER BY id LIMIT 1");
     assert_eq!(objects[0]["email"].as_str().unwrap(), first.trim());
 
+    // Read by `| head`: the reader going away ends the dump quietly, not as a failure.
+    let mut closed = work
+        .command()
+        .args(["dump", "--repo", &repo, "--identity", &key, "--table", "crm.contacts"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(closed.stdout.take());
+    let closed = closed.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert_eq!(closed.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("the output was closed by its reader") && !stderr.contains("error"), "{stderr}");
+
     // A table the snapshot has no data of is named; the dump is in the audit trail.
     dump("csv", "crm.nothing").fails_with(1, "holds no data of a table crm.nothing");
     let audit = work.run(&["audit", "--repo", &repo, "--identity", &key, "--json"]).ok().json();
