@@ -394,8 +394,10 @@ enum Command {
         /// nothing written), is left as it is (skip) or takes the snapshot's values (update).
         #[arg(long, value_enum, default_value_t = OnConflictArg::Fail, requires = "rows")]
         on_conflict: OnConflictArg,
-        /// With --rows: say how many rows of which tables would be written, and write nothing.
-        #[arg(long, requires = "rows", conflicts_with = "create")]
+        /// Say what the restore would write, and write nothing: with --rows, how many rows of
+        /// which tables; else which tables (with --table, --exclude-table, and their new names
+        /// under --schema-map), their rows and bytes, as read from the snapshot.
+        #[arg(long, conflicts_with = "create")]
         dry_run: bool,
         #[command(flatten)]
         roles: RoleArgs,

@@ -358,15 +358,28 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
                 }
                 _ => String::new(),
             };
-            say!("{:<width$}  {:>8} rows{outcome}", printable(&table.table), table.rows);
+            let size = table.bytes.map(|bytes| format!("  {:>10}", size(bytes))).unwrap_or_default();
+            let renamed = table.restored_as.as_ref().map(|to| format!("  as {}", printable(to))).unwrap_or_default();
+            say!("{:<width$}  {:>8} rows{size}{outcome}{renamed}", printable(&table.table), table.rows);
         }
     }
-    if report.dry_run {
+    let tables_planned = report.rows_chosen.iter().any(|table| table.bytes.is_some());
+    if report.dry_run && !tables_planned {
         say!(
             "snapshot {}: --rows chooses {} in {} (every table read was proven); nothing was written",
             report.snapshot_id.short(),
             count(report.rows, "row"),
             count(report.tables as u64, "table")
+        );
+        return;
+    }
+    if report.dry_run {
+        say!(
+            "snapshot {}: the restore would load {} in {}, {} of data, into {database}; nothing was written",
+            report.snapshot_id.short(),
+            count(report.rows, "row"),
+            count(report.tables as u64, "table"),
+            size(report.bytes)
         );
         return;
     }

@@ -183,6 +183,12 @@ pub struct RowsWritten {
     /// Into live tables: rows left as they were (`--on-conflict skip`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<u64>,
+    /// `--dry-run` without `--rows`: the table's bytes of data (COPY text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// `--dry-run` with `--schema-map`: the name the table would be restored as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_as: Option<String>,
 }
 
 /// Links of the snapshot's schema the target does not confirm, named one by one in a
@@ -508,6 +514,8 @@ pub(crate) async fn restore(
                 inserted: None,
                 updated: None,
                 skipped: None,
+                bytes: None,
+                restored_as: None,
             })
             .collect()
     };
@@ -528,12 +536,12 @@ pub(crate) async fn restore(
         skipped_newer,
     };
     if options.part.dry_run {
-        let Some(related) = &related else {
-            return Err(Error::Invalid("--dry-run says which rows --rows would write: give --rows".into()));
+        let (rows_chosen, bytes) = match &related {
+            Some(related) => (chosen(related), 0),
+            None => part::planned(&options.part, &manifest, (&pre_data, &post_data))?,
         };
-        let rows_chosen = chosen(related);
         let rows = rows_chosen.iter().map(|t| t.rows).sum();
-        let mut dry = report(rows_chosen.clone(), rows_chosen.len(), rows, 0, true);
+        let mut dry = report(rows_chosen.clone(), rows_chosen.len(), rows, bytes, true);
         dry.warnings = warnings;
         dry.sources = reader.stats();
         return Ok((dry, manifest));

@@ -9,10 +9,10 @@ use crate::error::{Error, Result};
 use crate::postgres::part::{self as schema_part, Spec, renamed};
 use crate::postgres::script::TableName;
 use crate::postgres::{self, LoadSession};
-use crate::repo::Manifest;
+use crate::repo::{Manifest, TableManifest};
 use crate::table_filter::TableFilter;
 
-use super::{ExistingContents, RestoreOptions};
+use super::{ExistingContents, PartOptions, RestoreOptions, RowsWritten};
 
 /// Narrows `manifest` to the part `options.part` asks for, renamed, and returns the pre- and
 /// post-data scripts to run. `contents` is what the target holds (`None`: empty).
@@ -215,6 +215,54 @@ pub(super) async fn choose(
     rename_tables(manifest, map);
     tracing::debug!(tables = manifest.tables.len(), "part of the snapshot chosen");
     Ok((pre_data, post_data))
+}
+
+/// `--dry-run` without `--rows`: the tables the restore would load (each with its rows, and
+/// its new name under `--schema-map`) and their bytes of data, from the snapshot alone, as
+/// into an empty database (what the target holds is not looked at). Patterns and schema maps
+/// are checked as the restore checks them.
+pub(super) fn planned(
+    part: &PartOptions,
+    manifest: &Manifest,
+    (pre_data, post_data): (&str, &str),
+) -> Result<(Vec<RowsWritten>, u64)> {
+    let filter = TableFilter::new(&part.include, &part.exclude)?;
+    let map = &part.schema_map;
+    let tables: Vec<&TableManifest> = if part.data_only || part.is_whole() {
+        let tables: Vec<&TableManifest> =
+            manifest.tables.iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
+        let names: Vec<String> = tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+        check_patterns(&filter, &names)?;
+        check_map(map, tables.iter().map(|t| t.schema.as_str()))?;
+        tables
+    } else {
+        let wanted = |t: &TableName| filter.matches(&t.schema, &t.name);
+        let none = std::collections::BTreeSet::new();
+        let spec =
+            Spec { wanted: &wanted, schema_map: map, beside_live_data: false, live_schemas: &[], live_inert: &none };
+        let selected = schema_part::select(pre_data, post_data, &spec);
+        let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
+        check_patterns(&filter, &names)?;
+        check_map(map, selected.relations.iter().map(|t| t.schema.as_str()))?;
+        manifest.tables.iter().filter(|t| selected.makes(&t.schema, &t.name)).collect()
+    };
+    if tables.is_empty() {
+        return Err(Error::Invalid("the table patterns leave nothing to restore".into()));
+    }
+    let bytes = tables.iter().map(|t| t.data.bytes).sum();
+    let planned = tables
+        .into_iter()
+        .map(|t| RowsWritten {
+            table: format!("{}.{}", t.schema, t.name),
+            rows: t.rows,
+            inserted: None,
+            updated: None,
+            skipped: None,
+            bytes: Some(t.data.bytes),
+            restored_as: renamed(map, &t.schema).map(|schema| format!("{schema}.{}", t.name)),
+        })
+        .collect();
+    Ok((planned, bytes))
 }
 
 /// Refuses a `--schema-map FROM` that names no schema of a table restored: a typo (`CRM` for

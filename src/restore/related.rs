@@ -383,6 +383,8 @@ pub(super) async fn into_live(
             inserted: Some(inserted),
             updated: Some(updated),
             skipped: Some(rows.saturating_sub(inserted + updated)),
+            bytes: None,
+            restored_as: None,
         });
     }
     client.commit().await?;

@@ -88,6 +88,27 @@ fn restore_table_brings_one_table_with_what_it_needs_and_says_what_it_leaves_out
     work.restore_with(&repo, &nothing, &["--table", "crm.contact", "latest"])
         .fails_with(1, "no table of the snapshot matches crm.contact");
     assert!(nothing.is_empty());
+
+    // --dry-run: which tables it would load, their rows, and their names under --schema-map;
+    // nothing is written, and a pattern matching nothing is refused as the restore refuses it.
+    let chosen = ["--table", "crm.deals", "--table", "crm.companies", "--schema-map", "crm=crm_side"];
+    let dry = work.restore_with(&repo, &nothing, &[&["--json", "--dry-run"][..], &chosen, &["latest"]].concat()).ok();
+    let report = dry.json();
+    assert_eq!(report["dry_run"], true, "{}", dry.stdout);
+    let mut planned = rows_chosen(&report);
+    planned.sort();
+    let count = |table: &str| source.sql(&format!("SELECT count(*) FROM {table}")).trim().parse::<u64>().unwrap();
+    assert_eq!(
+        planned,
+        vec![("crm.companies".to_string(), count("crm.companies")), ("crm.deals".to_string(), count("crm.deals"))]
+    );
+    let tables = report["rows_chosen"].as_array().unwrap();
+    assert!(tables.iter().any(|t| t["restored_as"] == "crm_side.deals" && t["bytes"].as_u64() > Some(0)), "{report}");
+    let text = work.restore_with(&repo, &nothing, &[&["--dry-run"][..], &chosen, &["latest"]].concat()).ok();
+    assert!(text.stdout.contains("as crm_side.companies") && text.stdout.contains("would load"), "{}", text.stdout);
+    work.restore_with(&repo, &nothing, &["--dry-run", "--table", "crm.contact", "latest"])
+        .fails_with(1, "no table of the snapshot matches crm.contact");
+    assert!(nothing.is_empty());
 }
 
 #[test]
