@@ -749,6 +749,18 @@ pub async fn remove_locks(target: &Target, removal: Removal, options: &LockOptio
         }
         found.push(FoundLock { location: target.location().to_string(), key, holder: seen.describe(), stale, removed });
     }
+    // A folder at `locks/writer` that still holds anything (what is not listed: folders, names
+    // the listing skips) blocks every appender: said, for a person to remove.
+    if target.has_folder_at(WRITER_KEY) {
+        found.push(FoundLock {
+            location: target.location().to_string(),
+            key: WRITER_KEY.into(),
+            holder: "no one: a folder is in its place (crmvault makes none: planted in storage?); remove it by hand"
+                .into(),
+            stale: Some("not a lock".into()),
+            removed: false,
+        });
+    }
     Ok(found)
 }
 
@@ -887,6 +899,11 @@ mod tests {
         assert!(found.iter().any(|lock| lock.removed && lock.key == format!("{WRITER_KEY}/junk")), "{found:?}");
         acquire(&target, &[], LockMode::Append, &quick).await.unwrap().release().await.unwrap();
         assert!(target.list(LOCKS_FOLDER).await.unwrap().is_empty());
+        // One holding what unlock cannot list (a folder, a name like a staging file's) is named.
+        std::fs::create_dir_all(planted.join("inside")).unwrap();
+        std::fs::write(planted.join("junk#1"), "planted").unwrap();
+        let found = remove_locks(&target, Removal::All, &quick).await.unwrap();
+        assert!(found.iter().any(|lock| !lock.removed && lock.key == WRITER_KEY), "{found:?}");
     }
 
     #[test]

@@ -558,17 +558,25 @@ async fn mend_config((from, to): (&Repository, &Repository), report: &mut CopyRe
         report.not_repaired.push((repo::CONFIG_KEY.to_string(), why.into()));
         return Ok(());
     };
-    report.bytes_copied += bytes.len() as u64;
-    report.objects_copied += 1;
-    if there {
-        to.target.rewrite(repo::CONFIG_KEY, bytes).await?;
-    } else if to.target.put_new(repo::CONFIG_KEY, bytes).await? == PutOutcome::AlreadyThere {
-        return Err(Error::corrupt(
-            format!("{}/{}", to.target.location(), repo::CONFIG_KEY),
-            "appeared while it was mended: run the repair again",
-        ));
+    let size = bytes.len() as u64;
+    // What cannot be written (a folder holding files in its place) is named, and the copy of
+    // the snapshots goes on: the target opens from its config's copy meanwhile.
+    let written = if there {
+        to.target.rewrite(repo::CONFIG_KEY, bytes).await
+    } else {
+        match to.target.put_new(repo::CONFIG_KEY, bytes).await {
+            Ok(PutOutcome::AlreadyThere) => Err(Error::Invalid("appeared while it was mended: repair again".into())),
+            other => other.map(|_| ()),
+        }
+    };
+    match written {
+        Ok(()) => {
+            report.bytes_copied += size;
+            report.objects_copied += 1;
+            report.objects_repaired += 1;
+        }
+        Err(error) => report.not_repaired.push((repo::CONFIG_KEY.to_string(), error.to_string())),
     }
-    report.objects_repaired += 1;
     Ok(())
 }
 

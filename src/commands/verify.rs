@@ -322,8 +322,8 @@ async fn check_configs_and_keys(repository: &Repository, report: &mut VerifyRepo
                 repo::CONFIG_KEY,
                 vec![],
                 format!(
-                    "missing, damaged or replaced; its copy {} is whole: copy it back to `config`, or `crmvault copy \
-                     --repair --from <another target> --to <this one>` writes it again",
+                    "missing, damaged or replaced; its copy {} is whole: copy it back to `config` (`crmvault copy \
+                     --repair --from <another target> --to <this one>` writes one missing or unreadable again)",
                     repo::config_copy_key(first_hash)
                 ),
             )),

@@ -538,7 +538,7 @@ pub(crate) async fn restore(
     if options.part.dry_run {
         let (rows_chosen, bytes) = match &related {
             Some(related) => (chosen(related), 0),
-            None => part::planned(&options.part, &manifest, (&pre_data, &post_data))?,
+            None => part::planned(&options.part, &manifest, (&pre_data, &post_data), &mut warnings)?,
         };
         let rows = rows_chosen.iter().map(|t| t.rows).sum();
         let mut dry = report(rows_chosen.clone(), rows_chosen.len(), rows, bytes, true);

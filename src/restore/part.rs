@@ -71,23 +71,7 @@ pub(super) async fn choose(
         let names: Vec<String> = manifest.tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
         check_patterns(&filter, &names)?;
         check_map(map, manifest.tables.iter().map(|t| t.schema.as_str()))?;
-        // With --schema-map, every table goes under a new name: one that did not would load
-        // into the live table of its name.
-        if !map.is_empty() {
-            let unmapped: Vec<&str> = names
-                .iter()
-                .zip(&manifest.tables)
-                .filter(|(_, t)| renamed(map, &t.schema).is_none())
-                .map(|(n, _)| n.as_str())
-                .collect();
-            if !unmapped.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "{} would load into the live table of that name: its schema is not renamed; add --schema-map \
-                     for it, or choose tables with --table",
-                    unmapped.join(", ")
-                )));
-            }
-        }
+        refuse_unmapped_data_only(map, manifest.tables.iter())?;
         rename_tables(manifest, map);
         let wanted: Vec<(&str, &str, &[String])> =
             manifest.tables.iter().map(|t| (t.schema.as_str(), t.name.as_str(), t.columns.as_slice())).collect();
@@ -217,6 +201,27 @@ pub(super) async fn choose(
     Ok((pre_data, post_data))
 }
 
+/// `--data-only` with `--schema-map`: every table goes under a new name, since one that did
+/// not would load into the live table of its name.
+fn refuse_unmapped_data_only<'t>(
+    map: &[(String, String)],
+    tables: impl Iterator<Item = &'t TableManifest>,
+) -> Result<()> {
+    if map.is_empty() {
+        return Ok(());
+    }
+    let unmapped: Vec<String> =
+        tables.filter(|t| renamed(map, &t.schema).is_none()).map(|t| format!("{}.{}", t.schema, t.name)).collect();
+    if unmapped.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{} would load into the live table of that name: its schema is not renamed; add --schema-map for it, or \
+         choose tables with --table",
+        unmapped.join(", ")
+    )))
+}
+
 /// `--dry-run` without `--rows`: the tables the restore would load (each with its rows, and
 /// its new name under `--schema-map`) and their bytes of data, from the snapshot alone, as
 /// into an empty database (what the target holds is not looked at). Patterns and schema maps
@@ -225,15 +230,26 @@ pub(super) fn planned(
     part: &PartOptions,
     manifest: &Manifest,
     (pre_data, post_data): (&str, &str),
+    warnings: &mut Vec<String>,
 ) -> Result<(Vec<RowsWritten>, u64)> {
     let filter = TableFilter::new(&part.include, &part.exclude)?;
     let map = &part.schema_map;
+    let mut note = |warning: String| {
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    };
+    if !part.is_whole() && manifest.large_objects.is_some() {
+        note("large objects are restored only with the whole snapshot: left out".into());
+    }
     let tables: Vec<&TableManifest> = if part.data_only || part.is_whole() {
         let tables: Vec<&TableManifest> =
             manifest.tables.iter().filter(|t| filter.matches(&t.schema, &t.name)).collect();
         let names: Vec<String> = tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
         check_patterns(&filter, &names)?;
         check_map(map, tables.iter().map(|t| t.schema.as_str()))?;
+        if part.data_only {
+            refuse_unmapped_data_only(map, tables.iter().copied())?;
+        }
         tables
     } else {
         let wanted = |t: &TableName| filter.matches(&t.schema, &t.name);
@@ -244,11 +260,17 @@ pub(super) fn planned(
         let names: Vec<String> = selected.candidates.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
         check_patterns(&filter, &names)?;
         check_map(map, selected.relations.iter().map(|t| t.schema.as_str()))?;
-        manifest.tables.iter().filter(|t| selected.makes(&t.schema, &t.name)).collect()
+        for left_out in &selected.left_out {
+            note(format!("not restored: {left_out}"));
+        }
+        let tables: Vec<&TableManifest> =
+            manifest.tables.iter().filter(|t| selected.makes(&t.schema, &t.name)).collect();
+        // As the restore: a view asked for alone is no error (it says what it leaves out).
+        if tables.is_empty() && selected.relations.is_empty() && map.is_empty() {
+            return Err(Error::Invalid("the table patterns leave nothing to restore".into()));
+        }
+        tables
     };
-    if tables.is_empty() {
-        return Err(Error::Invalid("the table patterns leave nothing to restore".into()));
-    }
     let bytes = tables.iter().map(|t| t.data.bytes).sum();
     let planned = tables
         .into_iter()

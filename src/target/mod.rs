@@ -196,6 +196,15 @@ impl Target {
         &self.location
     }
 
+    /// Whether a folder sits at the object `key` on a local target (never in a bucket):
+    /// crmvault makes none there, so it was planted, and no write takes its name while it
+    /// holds anything.
+    pub fn has_folder_at(&self, key: &str) -> bool {
+        self.local.as_ref().is_some_and(|root| {
+            std::fs::symlink_metadata(root.path().join(key)).is_ok_and(|meta| meta.file_type().is_dir())
+        })
+    }
+
     /// On a local folder, refuses an object that is not a regular file (see
     /// `local::refuse_special_file`).
     fn refuse_special(&self, key: &str) -> Result<()> {

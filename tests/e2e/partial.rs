@@ -106,6 +106,7 @@ fn restore_table_brings_one_table_with_what_it_needs_and_says_what_it_leaves_out
     assert!(tables.iter().any(|t| t["restored_as"] == "crm_side.deals" && t["bytes"].as_u64() > Some(0)), "{report}");
     let text = work.restore_with(&repo, &nothing, &[&["--dry-run"][..], &chosen, &["latest"]].concat()).ok();
     assert!(text.stdout.contains("as crm_side.companies") && text.stdout.contains("would load"), "{}", text.stdout);
+    assert!(text.stderr.contains("not restored: a foreign key of crm.deals to crm.contacts"), "{}", text.stderr);
     work.restore_with(&repo, &nothing, &["--dry-run", "--table", "crm.contact", "latest"])
         .fails_with(1, "no table of the snapshot matches crm.contact");
     assert!(nothing.is_empty());
@@ -253,6 +254,17 @@ fn data_only_loads_rows_into_existing_tables_all_or_nothing() {
     let empty = TestDb::create("part_data_empty");
     work.restore_with(&repo, &empty, &["--data-only", "latest"])
         .fails_with(1, "is empty: --data-only loads rows into existing tables");
+    // Tables of two schemas, one not renamed, would load into its live table: refused, and a
+    // dry run says so as the restore does.
+    source.sql("CREATE SCHEMA other; CREATE TABLE other.t (id int PRIMARY KEY); INSERT INTO other.t VALUES (1)");
+    work.backup(&source, &repo);
+    target.sql("CREATE SCHEMA other; CREATE TABLE other.t (id int PRIMARY KEY)");
+    let two = ["--data-only", "--table", "crm.activities", "--table", "other.t", "--schema-map", "crm=side", "latest"];
+    for dry in [&["--dry-run"][..], &[]] {
+        work.restore_with(&repo, &target, &[dry, &two[..]].concat())
+            .fails_with(1, "other.t would load into the live table of that name");
+    }
+    assert_eq!(target.sql("SELECT count(*) FROM other.t").trim(), "0");
 }
 
 /// The rows linked to `crm.companies` id `company` by foreign keys, computed by the server

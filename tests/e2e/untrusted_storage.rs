@@ -1140,6 +1140,17 @@ fn a_target_whose_keys_objects_storage_replaced_fails_the_night_until_copy_repai
         victim.work.run(&repair).ok();
         assert_eq!(std::fs::read(&config_path).unwrap(), config_original, "{replaced:?}: config written again");
     }
+    // One that cannot be written (a folder holding something in its place) is named, and the
+    // rest of the repair goes on.
+    std::fs::remove_file(&config_path).unwrap();
+    std::fs::create_dir_all(config_path.join("inside")).unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    let run = victim.work.run(&[&repair[..], &["--json"]].concat()).fails_with(3, "");
+    assert!(run.json()["not_repaired"].to_string().contains("\"config\""), "{}", run.stdout);
+    assert_eq!(std::fs::read(&fifo).unwrap(), originals[1], "the keys object written again beside it");
+    std::fs::remove_dir_all(&config_path).unwrap();
+    victim.work.run(&repair).ok();
+    assert_eq!(std::fs::read(&config_path).unwrap(), config_original);
     victim.work.run(&["verify", "--repo", &copy]).ok();
     let run =
         victim.work.run(&["backup", "--json", "--no-alarm", "--db", &url, "--repo", &copy, "--repo", &victim.repo]);
