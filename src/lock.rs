@@ -219,6 +219,9 @@ pub struct RepositoryLock {
     /// that did not read): that holder, a prune perhaps, may only be stalled and go on
     /// deleting what it planned to.
     took_over_exclusive: bool,
+    /// Whether a lock object was written: a reader whose storage refuses writes (read-only
+    /// credentials or mount) or has no room for one reads without it ([`read_without_lock`]).
+    written: bool,
 }
 
 impl RepositoryLock {
@@ -244,6 +247,9 @@ impl RepositoryLock {
     /// of a backup stalled past its lease may have deleted the packs it wrote).
     pub async fn confirm(&self) -> Result<()> {
         let lost = || Error::LockLost { location: self.target.location().to_string(), key: self.key.clone() };
+        if !self.written {
+            return Ok(());
+        }
         if self.lost() {
             return Err(lost());
         }
@@ -265,7 +271,7 @@ impl RepositoryLock {
         if let Some(refresher) = self.refresher.take() {
             refresher.abort();
         }
-        if self.lost() {
+        if self.lost() || !self.written {
             return Ok(());
         }
         let result = delete_if_ours(&self.target, &self.key, &self.id).await;
@@ -282,7 +288,7 @@ impl Drop for RepositoryLock {
         if let Some(refresher) = self.refresher.take() {
             refresher.abort();
         }
-        if self.lost() {
+        if self.lost() || !self.written {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -443,6 +449,9 @@ async fn acquire_until(
             Err(error) => {
                 remove_if_mine(target, &mine, mode).await;
                 attempt.armed = false;
+                if mode == LockMode::Shared && cannot_write(&error) {
+                    return read_without_lock(target, options, deadline, &error).await;
+                }
                 return Err(error);
             }
         };
@@ -707,7 +716,77 @@ fn held(
         now: options.now,
         lease: options.lease,
         took_over_exclusive,
+        written: true,
     }
+}
+
+/// Whether a lock object could not be written because the storage refuses writes (read-only
+/// credentials, an immutable folder or a read-only mount) or has no room left: asking again
+/// gets the same answer.
+fn cannot_write(error: &Error) -> bool {
+    let Error::Storage { source, .. } = error else {
+        return false;
+    };
+    if crate::target::is_refusal(source) {
+        return true;
+    }
+    let mut cause = std::error::Error::source(source);
+    while let Some(inner) = cause {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded);
+        }
+        cause = inner.source();
+    }
+    false
+}
+
+/// A reader that cannot write its shared lock (`why`): an auditor's read-only credentials, a
+/// full disk that `verify` is run to look at. It still waits, up to `deadline`, while a live
+/// exclusive holder (a prune, a rekey) has `locks/writer`, then reads without a lock object;
+/// one that starts meanwhile does not see it, and may delete what it reads: what then goes
+/// missing fails the command (a restore changes nothing) or is reported (verify), with a
+/// warning that says why.
+async fn read_without_lock(
+    target: &Target,
+    options: &LockOptions,
+    deadline: tokio::time::Instant,
+    why: &Error,
+) -> Result<RepositoryLock> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let holder = match read_lock_object(target, WRITER_KEY).await? {
+            Some((bytes, _)) => {
+                let seen = Seen::read(&bytes, &options.readers);
+                let exclusive = seen.lock.as_ref().is_some_and(|lock| lock.mode == LockMode::Exclusive);
+                (exclusive && seen.stale(options).is_none()).then(|| seen.describe())
+            }
+            None => None,
+        };
+        let Some(holder) = holder else { break };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Error::Locked { location: target.location().to_string(), holder });
+        }
+        tracing::info!("{}: locked by {holder}; waiting", target.location());
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    tracing::warn!(
+        "{}: cannot write a shared lock ({why}): reading without one; a prune or rekey started meanwhile would \
+         not wait for this command, and what it removed would be reported missing",
+        target.location()
+    );
+    Ok(RepositoryLock {
+        target: target.clone(),
+        key: String::new(),
+        id: String::new(),
+        refresher: None,
+        lost: Arc::new(AtomicBool::new(false)),
+        now: options.now,
+        lease: options.lease,
+        took_over_exclusive: false,
+        written: false,
+    })
 }
 
 /// Which locks `unlock` removes.

@@ -430,3 +430,34 @@ fn a_copy_after_a_takeover_refuses_junk_of_the_right_size_in_its_way() {
     work.restore(&copy, &restored).ok();
     assert_same_database(&source, &restored);
 }
+
+/// A reader whose storage takes no write (an auditor's read-only credentials, a read-only
+/// mount, a full disk: here a `locks` folder made immutable) verifies and restores without a
+/// lock object, saying so; it still waits for a live exclusive holder (a prune) it can read.
+/// A backup is no reader: without its lock it stops.
+#[test]
+fn a_reader_that_cannot_write_its_lock_reads_without_one_but_not_beside_a_live_prune() {
+    let Ready { source, work, repo, .. } = Scenario::new("lock_unwritable").crm().init("repo").backup();
+    let key = work.admin_key();
+    let locks = Path::new(&repo).join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let Some(frozen) = Immutable::set(std::slice::from_ref(&locks)) else {
+        return skip("chattr +i needs root and a file system that has it");
+    };
+    let run = work.run(&["verify", "--repo", &repo, "--identity", &key]).ok();
+    assert!(
+        run.stderr.contains("cannot write a shared lock") && run.stderr.contains("reading without one"),
+        "{}",
+        run.stderr
+    );
+    let target = TestDb::create("lock_unwritable_target");
+    work.restore(&repo, &target).ok();
+    assert_same_database(&source, &target);
+    work.run(&["backup", "--db", &source.url(), "--repo", &repo]).fails_with(1, "");
+    drop(frozen);
+
+    std::fs::write(locks.join("writer"), planted_lock("exclusive", &now())).unwrap();
+    let _frozen = Immutable::set(std::slice::from_ref(&locks)).unwrap();
+    work.run(&["verify", "--repo", &repo]).fails_with(1, "is locked by");
+    assert!(locks_in(Path::new(&repo)).len() == 1, "{:?}", locks_in(Path::new(&repo)));
+}

@@ -211,25 +211,6 @@ fn count_noun(count: usize, noun: &str) -> String {
     if count == 1 { format!("1 {noun}") } else { format!("{count} {noun}s") }
 }
 
-/// Files made immutable (`chattr +i`) until dropped.
-struct Immutable(Vec<PathBuf>);
-
-impl Immutable {
-    fn set(paths: &[PathBuf]) -> Option<Immutable> {
-        let frozen = Immutable(paths.to_vec());
-        let done = Command::new("chattr").arg("+i").args(paths).status().is_ok_and(|status| status.success());
-        // Immutable for real: even root may not write to it.
-        let refused = paths.first().is_some_and(|path| std::fs::OpenOptions::new().append(true).open(path).is_err());
-        (done && refused).then_some(frozen)
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
-    }
-}
-
 #[test]
 fn what_a_killed_backup_left_is_deleted_without_any_key_and_a_missing_target_is_a_warning() {
     let Ready { source, work, repo, .. } = Scenario::new("prune_leftovers").crm().filler().init("repo");

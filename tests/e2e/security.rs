@@ -279,15 +279,6 @@ fn copy_repair_takes_no_source_snapshot_written_under_another_config() {
     assert_eq!(std::fs::read(&ours).unwrap(), bytes, "the damaged snapshot was written over");
 }
 
-/// A folder made immutable with `chattr +i`, let go again however the test ends.
-struct Immutable(std::path::PathBuf);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
-
 /// On storage that refuses deletes (Object Lock, credentials without the right), `copy
 /// --repair` still mends a damaged pack, which it writes over, and says that verify's marker
 /// stays instead of failing the repair on it (made here with `chattr +i`, root only).
@@ -299,12 +290,9 @@ fn copy_repair_mends_where_deletes_are_refused_and_says_the_marker_stays() {
     std::fs::File::options().write(true).open(&pack).unwrap().set_len(length - 100).unwrap();
     work.run(&["verify", "--repo", &copy]).fails_with(3, "");
     let damaged = work.path("copy/damaged");
-    let locked = std::process::Command::new("chattr").arg("+i").arg(&damaged).status();
-    if !locked.is_ok_and(|status| status.success()) {
-        eprintln!("skipped: chattr +i needs root and a file system that has it");
-        return;
-    }
-    let _guard = Immutable(damaged.clone());
+    let Some(_guard) = Immutable::set(std::slice::from_ref(&damaged)) else {
+        return skip("chattr +i needs root and a file system that has it");
+    };
     let run = work.run(&["copy", "--json", "--repair", "--from", &repo, "--to", &copy]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let report = run.json();

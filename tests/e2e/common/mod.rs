@@ -373,6 +373,33 @@ pub fn assert_same_database(source: &TestDb, restored: &TestDb) {
     }
 }
 
+/// Files or folders made immutable (`chattr +i`) until dropped: the tests run as root, whom
+/// file modes do not stop; an immutable file refuses even root a write, an immutable folder a
+/// new name in it.
+pub struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    /// `None` where the file system has no such flag (or root may still write).
+    pub fn set(paths: &[PathBuf]) -> Option<Immutable> {
+        let frozen = Immutable(paths.to_vec());
+        let done = Command::new("chattr").arg("+i").args(paths).status().is_ok_and(|status| status.success());
+        let refused = paths.first().is_some_and(|path| {
+            if path.is_dir() {
+                std::fs::File::create(path.join("probe")).is_err()
+            } else {
+                std::fs::OpenOptions::new().append(true).open(path).is_err()
+            }
+        });
+        (done && refused).then_some(frozen)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
+    }
+}
+
 /// Says why a test cannot run on this machine, for a test that then returns. Under CI (`CI`
 /// set, as .ci/run sets it) a test that cannot run fails instead: a missing server must not
 /// pass as a green test there.
