@@ -342,7 +342,7 @@ impl LoadSession {
         let sink = self.client.copy_in(&format!("COPY crmvault_rows ({columns}) FROM STDIN")).await?;
         futures::pin_mut!(sink);
         futures::SinkExt::send(&mut sink, Bytes::copy_from_slice(rows)).await?;
-        sink.as_mut().finish().await?;
+        let given = sink.as_mut().finish().await?;
         let conflict = match on_conflict {
             OnConflict::Fail => String::new(),
             // On the key only: a row that breaks another unique constraint is an error, not
@@ -356,16 +356,24 @@ impl LoadSession {
             OnConflict::Update if table.primary_key.is_empty() => String::new(),
             OnConflict::Update => {
                 let key: Vec<String> = table.primary_key.iter().map(|c| quote_ident(c)).collect();
-                let set: Vec<String> = table
-                    .columns
-                    .iter()
-                    .filter(|c| !table.primary_key.contains(c))
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-                    .collect();
+                let values: Vec<String> =
+                    table.columns.iter().filter(|c| !table.primary_key.contains(c)).map(|c| quote_ident(c)).collect();
+                let set: Vec<String> = values.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+                // A row that already holds the snapshot's values is left as it is: not
+                // rewritten, its update triggers not fired, and not counted as updated. Compared
+                // as text, which every type has (json has no equality).
+                let (live, snapshot): (Vec<String>, Vec<String>) =
+                    values.iter().map(|c| (format!("t.{c}"), format!("EXCLUDED.{c}"))).unzip();
                 if set.is_empty() {
                     " ON CONFLICT DO NOTHING".to_string()
                 } else {
-                    format!(" ON CONFLICT ({}) DO UPDATE SET {}", key.join(", "), set.join(", "))
+                    format!(
+                        " ON CONFLICT ({}) DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
+                        key.join(", "),
+                        set.join(", "),
+                        live.join(", "),
+                        snapshot.join(", ")
+                    )
                 }
             }
         };
@@ -386,14 +394,17 @@ impl LoadSession {
             .client
             .execute(
                 &format!(
-                    "INSERT INTO {target} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM crmvault_rows{conflict}"
+                    "INSERT INTO {target} AS t ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM \
+                     crmvault_rows{conflict}"
                 ),
                 &[],
             )
             .await?;
         self.client.batch_execute("DROP TABLE crmvault_rows").await?;
-        let updated = if on_conflict == OnConflict::Update && !conflict.contains("DO NOTHING") { existing } else { 0 };
-        Ok((written.saturating_sub(updated), updated))
+        // Each row given is inserted, or its key is live: updated, or left (skip, or the same
+        // values already there).
+        let inserted = if conflict.is_empty() { written } else { given.saturating_sub(existing).min(written) };
+        Ok((inserted, written - inserted))
     }
 
     /// Defers the deferrable constraints of the caller's transaction to its commit.
