@@ -772,8 +772,8 @@ async fn read_without_lock(
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     tracing::warn!(
-        "{}: cannot write a shared lock ({why}): reading without one; a prune or rekey started meanwhile would \
-         not wait for this command, and what it removed would be reported missing",
+        "{}: cannot write a shared lock ({why}): reading without one; a prune, forget or rekey started meanwhile \
+         would not wait for this command, and what it removed would be reported missing",
         target.location()
     );
     Ok(RepositoryLock {
@@ -830,7 +830,7 @@ pub async fn remove_locks(target: &Target, removal: Removal, options: &LockOptio
     }
     // A folder at `locks/writer` that still holds anything (what is not listed: folders, names
     // the listing skips) blocks every appender: said, for a person to remove.
-    if target.has_folder_at(WRITER_KEY) {
+    if target.has_full_folder_at(WRITER_KEY) {
         found.push(FoundLock {
             location: target.location().to_string(),
             key: WRITER_KEY.into(),
@@ -978,6 +978,10 @@ mod tests {
         assert!(found.iter().any(|lock| lock.removed && lock.key == format!("{WRITER_KEY}/junk")), "{found:?}");
         acquire(&target, &[], LockMode::Append, &quick).await.unwrap().release().await.unwrap();
         assert!(target.list(LOCKS_FOLDER).await.unwrap().is_empty());
+        // A link to nowhere in its place is taken away too.
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &planted).unwrap();
+        acquire(&target, &[], LockMode::Append, &quick).await.unwrap().release().await.unwrap();
+        assert!(dir.path().join(LOCKS_FOLDER).read_dir().unwrap().next().is_none());
         // One holding what unlock cannot list (a folder, a name like a staging file's) is named.
         std::fs::create_dir_all(planted.join("inside")).unwrap();
         std::fs::write(planted.join("junk#1"), "planted").unwrap();

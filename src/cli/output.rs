@@ -363,8 +363,7 @@ pub fn restore(json: bool, report: &restore::RestoreReport, database: &Database,
             say!("{:<width$}  {:>8} rows{size}{outcome}{renamed}", printable(&table.table), table.rows);
         }
     }
-    let tables_planned = report.rows_chosen.iter().any(|table| table.bytes.is_some());
-    if report.dry_run && !tables_planned {
+    if report.dry_run && !report.tables_planned {
         say!(
             "snapshot {}: --rows chooses {} in {} (every table read was proven); nothing was written",
             report.snapshot_id.short(),

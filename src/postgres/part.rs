@@ -92,6 +92,7 @@ enum Relation {
 
 /// What one entry's statements create and name.
 #[derive(Debug, Default)]
+#[allow(clippy::struct_excessive_bools, reason = "independent facts read off one entry")]
 struct Facts {
     /// The relation it creates.
     creates: Option<(TableName, Relation)>,
@@ -144,6 +145,9 @@ struct Facts {
     /// Names inside a chain of three or more (`db.crm.contacts`: `crm`), where a schema would
     /// stand after a database's name ([`within_a_name`]), which renaming leaves as they are.
     inside: Vec<String>,
+    /// It makes a large object, or sets its owner, privileges or comment: a part of a snapshot
+    /// leaves large objects out (their data comes only with the whole snapshot).
+    large_object: bool,
 }
 
 /// The words after which a statement names an object it changes by being made.
@@ -1076,6 +1080,14 @@ fn is_large_object_made(statement: &[Token<'_>]) -> bool {
         && statement[6].is_punct(')')
 }
 
+/// `ALTER LARGE OBJECT 16400 …`, `COMMENT ON LARGE OBJECT …`, `GRANT … ON LARGE OBJECT …`:
+/// pg_dump's statements on a large object it made.
+fn names_large_object(statement: &[Token<'_>]) -> bool {
+    let word = |at: usize, w: &str| is_word(statement.get(at), w);
+    (1..statement.len())
+        .any(|at| (word(at - 1, "alter") || word(at - 1, "on")) && word(at, "large") && word(at + 1, "object"))
+}
+
 /// The first function of [`CHANGING_FUNCTIONS`] a statement calls (unqualified names are
 /// `pg_catalog`'s: the script runs with an empty `search_path`), but `nextval` in a column's
 /// default, which loading does not evaluate.
@@ -1661,6 +1673,7 @@ fn facts(sql: &str) -> Facts {
     let tokens = significant(sql);
     let mut facts = Facts::default();
     for statement in statements(&tokens) {
+        facts.large_object |= is_large_object_made(statement) || names_large_object(statement);
         if setting(statement).is_none() {
             facts.statements.push(statement_schema(statement));
             facts.refused.extend(refused_beside_live(statement));
@@ -1987,6 +2000,10 @@ pub fn select(pre_data: &str, post_data: &str, spec: &Spec<'_>) -> Part {
         named.map(|(schema, name)| crate::error::printable(&format!("{schema}.{name}"))).collect()
     };
     let keep = |kind: &str, facts: &Facts, pre_data: bool| -> bool {
+        // Made, they would be empty: their data comes only with the whole snapshot.
+        if facts.large_object {
+            return false;
+        }
         // Beside live data, an entry runs only if every statement acts on an object of a
         // renamed schema, decided from the statement, never the header (a name or an owner can
         // make a header say any schema): `CREATE FUNCTION app.f(c crm.t)` or `ALTER DOMAIN
@@ -2859,6 +2876,25 @@ mod tests {
         let companies = self::wanted(&["crm.companies"]);
         let part = select(&pre(), &post(), &into_empty(&companies));
         assert!(part.left_out.is_empty(), "{:?}", part.left_out);
+    }
+
+    /// Large objects come only with the whole snapshot: a part made them empty, under their
+    /// old oids, with their owners, grants and comments.
+    #[test]
+    fn a_part_makes_no_large_object() {
+        let (pre, post) = pg_dump_kinds();
+        let pre = [
+            pre.as_str(),
+            &entry("LARGE OBJECT 4242", "COMMENT", "-", "COMMENT ON LARGE OBJECT 4242 IS 'x';"),
+            &entry("LARGE OBJECT 4242", "ACL", "-", "GRANT SELECT ON LARGE OBJECT 4242 TO app;"),
+        ]
+        .concat();
+        let wanted = wanted(&["crm.deals"]);
+        let part = select(&pre, &post, &into_empty(&wanted));
+        assert!(part.pre_data.contains("CREATE TABLE crm.deals"), "{}", part.pre_data);
+        for gone in ["lo_create", "LARGE OBJECT"] {
+            assert!(!part.pre_data.contains(gone), "{gone}: {}", part.pre_data);
+        }
     }
 
     #[test]

@@ -133,7 +133,9 @@ pub async fn run(
         Err(error) => return Err(error),
         Ok(()) => {}
     }
-    // Read to its end, the table is checked, whoever stopped reading what was written.
+    // Read to its end (the reader may have left at the last chunk's write), the table is
+    // checked, whoever stopped reading what was written.
+    read_whole |= bytes == table.data.bytes;
     if read_whole {
         super::check_table(&label, table, &digest, rows)?;
     }

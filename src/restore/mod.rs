@@ -128,6 +128,7 @@ impl PartOptions {
 
 /// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
+#[allow(clippy::struct_excessive_bools, reason = "independent facts of one restore, each said in its report")]
 pub struct RestoreReport {
     /// The snapshot restored.
     pub snapshot_id: crate::repo::SnapshotId,
@@ -160,6 +161,9 @@ pub struct RestoreReport {
     /// `--dry-run`: nothing was written.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// `--dry-run` without `--rows`: `rows_chosen` lists the tables the restore would load.
+    #[serde(skip)]
+    pub tables_planned: bool,
     /// `latest` passed over a snapshot that is or may be newer (it does not open, its header
     /// giving a later time or not reading at all, or the newest this machine knows of is gone
     /// from storage; the warnings say which): what was restored may not be the newest backup.
@@ -533,6 +537,7 @@ pub(crate) async fn restore(
         roles_created: Vec::new(),
         rows_chosen,
         dry_run,
+        tables_planned: false,
         skipped_newer,
     };
     if options.part.dry_run {
@@ -542,6 +547,7 @@ pub(crate) async fn restore(
         };
         let rows = rows_chosen.iter().map(|t| t.rows).sum();
         let mut dry = report(rows_chosen.clone(), rows_chosen.len(), rows, bytes, true);
+        dry.tables_planned = related.is_none();
         dry.warnings = warnings;
         dry.sources = reader.stats();
         return Ok((dry, manifest));
@@ -734,6 +740,7 @@ pub(crate) async fn restore(
         roles_created: load.created_roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         rows_chosen: related.as_ref().map(chosen).unwrap_or_default(),
         dry_run: false,
+        tables_planned: false,
         skipped_newer,
     };
     Ok((report, manifest))

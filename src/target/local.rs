@@ -186,6 +186,15 @@ impl<'r> Folders<'r> {
             .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory)
     }
 
+    /// Whether `name` in the object's folder is a symbolic link that leads to no regular file
+    /// (nowhere, or a folder).
+    fn is_link_to_no_file(&self, name: &str) -> bool {
+        let link = rustix::fs::statat(self.last(), name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink);
+        link && !rustix::fs::statat(self.last(), name, AtFlags::empty())
+            .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile)
+    }
+
     /// Removes `name` from the object's folder; one already gone is no error.
     fn unlink(&self, name: &str) -> std::result::Result<(), Failed> {
         match rustix::fs::unlinkat(self.last(), name, AtFlags::empty()) {
@@ -214,6 +223,16 @@ pub(super) fn put_new(root: &Root, key: &str, bytes: &[u8]) -> std::result::Resu
     let staging = stage(&folders, name, bytes, true)?;
     let link = || rustix::fs::linkat(folders.last(), staging.as_str(), folders.last(), name, AtFlags::empty());
     let mut linked = link();
+    // A link in the object's place (crmvault writes plain files) that leads to no file: it
+    // reads as missing, so would hold the name for good. The link itself is removed, never
+    // what it leads to.
+    if linked == Err(Errno::EXIST)
+        && folders.is_link_to_no_file(name)
+        && rustix::fs::unlinkat(folders.last(), name, AtFlags::empty()).is_ok()
+    {
+        tracing::warn!("{}: removed a link to no file in this object's place", folders.path.join(name).display());
+        linked = link();
+    }
     if linked == Err(Errno::EXIST) && folders.is_folder(name) {
         linked = match rustix::fs::unlinkat(folders.last(), name, AtFlags::REMOVEDIR) {
             Ok(()) => {

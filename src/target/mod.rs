@@ -196,12 +196,14 @@ impl Target {
         &self.location
     }
 
-    /// Whether a folder sits at the object `key` on a local target (never in a bucket):
-    /// crmvault makes none there, so it was planted, and no write takes its name while it
-    /// holds anything.
-    pub fn has_folder_at(&self, key: &str) -> bool {
+    /// Whether a folder holding anything sits at the object `key` on a local target (never in
+    /// a bucket): crmvault makes none there, so it was planted, and no write takes its name
+    /// while it holds anything (an empty one is removed by the next write).
+    pub fn has_full_folder_at(&self, key: &str) -> bool {
         self.local.as_ref().is_some_and(|root| {
-            std::fs::symlink_metadata(root.path().join(key)).is_ok_and(|meta| meta.file_type().is_dir())
+            let path = root.path().join(key);
+            std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_dir())
+                && std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_some())
         })
     }
 
