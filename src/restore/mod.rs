@@ -640,7 +640,9 @@ pub(crate) async fn restore(
     {
         let written = related::into_live(&client, options, &manifest, related, &keys).await?;
         let rows = written.iter().map(|t| t.rows).sum();
-        let mut live = report(written.clone(), written.len(), rows, 0, false);
+        // The rows chosen, as the report of a restore into new tables counts them.
+        let bytes = related.rows.keys().map(|table| related.copy_text(table).len() as u64).sum();
+        let mut live = report(written.clone(), written.len(), rows, bytes, false);
         live.warnings = warnings;
         live.sources = reader.stats();
         live.chunks = live.sources.served.iter().map(|(_, served)| served).sum();

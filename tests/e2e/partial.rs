@@ -413,6 +413,7 @@ fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_
     let companies =
         run["rows_chosen"].as_array().unwrap().iter().find(|t| t["table"] == "crm.companies").unwrap().clone();
     assert_eq!(companies["inserted"], 1, "{run}");
+    assert!(run["bytes"].as_u64() > Some(0), "the rows' bytes are counted: {run}");
     // Only the rows whose values differ count as updated (the contacts that lost their
     // company); the rest are left as they are, and a second run updates nothing.
     let of = |run: &serde_json::Value, table: &str, what: &str| {
