@@ -26,6 +26,8 @@ struct Gathered {
     targets: Vec<(Repository, Keyring)>,
     snapshots: Vec<String>,
     database: Option<String>,
+    /// A `--dry-run`: recorded as such, not as the operation it only planned.
+    dry_run: bool,
 }
 
 impl Default for AuditLog {
@@ -58,6 +60,12 @@ impl AuditLog {
         }
     }
 
+    /// The run is a `--dry-run`: its record says so (`restore --dry-run`), so that the trail
+    /// tells a planned restore from one that wrote into the database it names.
+    pub fn dry_run(&self) {
+        self.gathered().dry_run = true;
+    }
+
     /// The database the run backed up, restored into or drilled into (shown without password).
     pub fn database(&self, database: &Database) {
         self.gathered().database = Some(database.to_string());
@@ -68,12 +76,13 @@ impl AuditLog {
     /// outcome stands).
     pub async fn write(&self, command: Option<&str>, code: u8, error: Option<&str>) {
         let Some(operation) = command.filter(|command| AUDITED.contains(command)) else { return };
-        let (targets, snapshots, database) = {
+        let (targets, snapshots, database, dry_run) = {
             let mut gathered = self.gathered();
-            (std::mem::take(&mut gathered.targets), gathered.snapshots.clone(), gathered.database.clone())
+            let targets = std::mem::take(&mut gathered.targets);
+            (targets, gathered.snapshots.clone(), gathered.database.clone(), gathered.dry_run)
         };
         let entry = AuditEntry {
-            operation: operation.to_string(),
+            operation: if dry_run { format!("{operation} --dry-run") } else { operation.to_string() },
             started: self.started,
             ended: chrono::Utc::now(),
             snapshots,

@@ -1320,6 +1320,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
                 },
             };
             audit.database(&options.database);
+            if dry_run {
+                audit.dry_run();
+            }
             let progress = output::Bar::start(json || quiet);
             let result = if create {
                 restore::run_creating(&targets, &keyring, &options, progress.clone()).await
@@ -1527,6 +1530,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             }
         }
         Command::Forget { repo, identity, keep, dry_run, prune: and_prune, forget_flagged, filter, snapshots } => {
+            if dry_run {
+                audit.dry_run();
+            }
             let (given, filter) = (keep.policy(), filter.filter());
             let policy = if snapshots.is_empty() {
                 settings.policy(given)?
@@ -1812,6 +1818,9 @@ async fn run(cli: Cli, metrics: &metrics::Metrics, audit: &audit::AuditLog) -> R
             }
         }
         Command::Prune { repo, identity, max_unused, dry_run } => {
+            if dry_run {
+                audit.dry_run();
+            }
             let locations = settings.repos(repo.repos)?;
             let mode = if dry_run { prune::PruneMode::DryRun } else { prune::PruneMode::Delete };
             let Some(identity) = settings.identity(identity)? else {

@@ -43,6 +43,8 @@ fn each_operation_leaves_its_record_in_order_and_a_failed_one_says_why() {
     let scratch = TestDb::create("audit_scratch");
     work.run(&["drill", "--repo", &repo, "--identity", &key, "--scratch-db", &scratch.url()]).ok();
     work.run(&["forget", "--repo", &repo, "--keep-last", "1"]).ok();
+    // A dry run says so: it wrote nothing into the database it names.
+    work.run(&["restore", "--repo", &repo, "--identity", &key, "--db", &restored.url(), "--dry-run", "latest"]).ok();
     // Listing snapshots is not an operation the trail records; neither is the audit itself.
     work.run(&["snapshots", "--repo", &repo]).ok();
 
@@ -55,6 +57,7 @@ fn each_operation_leaves_its_record_in_order_and_a_failed_one_says_why() {
         (5, "verify", "ok"),
         (6, "drill", "ok"),
         (7, "forget", "ok"),
+        (8, "restore --dry-run", "ok"),
     ];
     let expected: Vec<(u64, String, String)> =
         expected.iter().map(|(n, op, result)| (*n, (*op).to_string(), (*result).to_string())).collect();
@@ -70,7 +73,7 @@ fn each_operation_leaves_its_record_in_order_and_a_failed_one_says_why() {
     assert_eq!(entry(3)["exit_code"], 1);
     assert_eq!(entry(5)["database"].as_str().unwrap(), scratch.url());
     assert_eq!(entry(6)["snapshots"], serde_json::json!([first]), "forget names what it removed");
-    for n in 0..7 {
+    for n in 0..8 {
         assert_eq!(records[n]["authenticated"], true);
         assert!(!entry(n)["user"].as_str().unwrap().is_empty() && !entry(n)["host"].as_str().unwrap().is_empty());
     }
@@ -82,7 +85,7 @@ fn each_operation_leaves_its_record_in_order_and_a_failed_one_says_why() {
 
     // The backup host reads it with its writer key; --since leaves earlier runs out; text.
     let text = work.run(&["audit", "--repo", &repo]).ok();
-    assert_eq!(text.stdout.lines().count(), 7, "{}", text.stdout);
+    assert_eq!(text.stdout.lines().count(), 8, "{}", text.stdout);
     assert!(text.stdout.lines().nth(3).unwrap().contains("restore  failed"), "{}", text.stdout);
     // Not why an admin's run failed: its error may quote data (a value PostgreSQL refused to
     // load, a row asked for), which the writer key must not read, then or after.
