@@ -2201,6 +2201,11 @@ impl Partitions {
             .collect()
     }
 
+    /// The tables that have partitions (or tables attached as such).
+    pub fn parents(&self) -> impl Iterator<Item = &TableName> {
+        self.children.keys()
+    }
+
     /// The tables that hold a table's rows: itself, or its partitions' (in name order), through
     /// the links the target database confirmed (when it was asked: [`Self::confirm_links`]).
     /// Each table is looked at once: a snapshot's scripts are the backup host's, and a cycle of

@@ -92,7 +92,13 @@ pub async fn run(
     };
     let chosen = choose_snapshot(targets, keyring, choice, &mut warnings).await?;
     let (mut manifest, sources, mark) = (chosen.manifest, chosen.sources, chosen.mark);
-    let index = super::select::table_named(&manifest, &options.table)?;
+    let index = match super::select::table_named(&manifest, &options.table) {
+        Ok(index) => index,
+        Err(error) => {
+            let reader = Arc::new(ChunkReader::with_sources(sources, Keyring::clone(keyring), 4));
+            return Err(partitioned(&reader, keyring, manifest, &options.table, progress).await?.unwrap_or(error));
+        }
+    };
     // Only this table's chunks are read.
     let table = manifest.tables.swap_remove(index);
     manifest.tables = vec![table];
@@ -142,6 +148,44 @@ pub async fn run(
     let written = if matching.is_empty() { rows } else { writer.written };
     let snapshot_id = mark.id.clone();
     Ok(DumpReport { snapshot_id, table: label, rows, written, bytes, reader_left, checked: read_whole, mark })
+}
+
+/// A table the snapshot holds no data of by `name` may be a partitioned table, whose rows are
+/// its partitions': said so, with their names, read from the snapshot's schema.
+async fn partitioned(
+    reader: &Arc<ChunkReader>,
+    keyring: &AdminKeyring,
+    mut manifest: crate::repo::Manifest,
+    name: &str,
+    progress: &dyn Progress,
+) -> Result<Option<Error>> {
+    manifest.tables.clear();
+    manifest.large_objects = None;
+    let spool = spool_chunks(reader, &mut manifest).await?;
+    let mac_key = keyring.mac_key();
+    let streams = Streams { reader, spool: &spool, mac_key: &mac_key, jobs: 1, progress };
+    let pre_data = crate::postgres::executable_sql(&streams.read("schema (pre-data)", &manifest.pre_data).await?)?;
+    let post_data = crate::postgres::executable_sql(&streams.read("schema (post-data)", &manifest.post_data).await?)?;
+    let partitions = crate::postgres::part::Partitions::of(&pre_data, &post_data);
+    let printable =
+        |t: &crate::postgres::script::TableName| crate::error::printable(&format!("{}.{}", t.schema, t.name));
+    for parent in partitions.parents() {
+        if format!("{}.{}", parent.schema, parent.name) != name && parent.name != name {
+            continue;
+        }
+        let leaves: Vec<String> = partitions.leaves(parent).iter().filter(|t| *t != parent).map(printable).collect();
+        if leaves.is_empty() {
+            continue;
+        }
+        return Ok(Some(Error::Invalid(format!(
+            "{} is a partitioned table: its rows are in its partitions {}; dump each with --table (`restore \
+             --table {}` restores the table with them all)",
+            printable(parent),
+            leaves.join(", "),
+            printable(parent)
+        ))));
+    }
+    Ok(None)
 }
 
 /// Where the rows go, noting a reader that went away (a closed pipe): what follows is not

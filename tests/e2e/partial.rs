@@ -506,6 +506,10 @@ fn rows_of_a_partitioned_table_are_found_through_it_and_go_back_through_it() {
         .json();
     let chosen = rows_chosen(&dry);
     assert_eq!(chosen, [("public.events_2025".to_string(), 1), ("public.owners".to_string(), 1)]);
+    // `dump` of the partitioned table names the partitions that hold its rows.
+    let key = work.admin_key();
+    work.run(&["dump", "--repo", &repo, "--identity", &key, "--table", "public.events", "latest"])
+        .fails_with(1, "public.events is a partitioned table: its rows are in its partitions public.events_2025;");
     // Deleted live: it goes back into its partition.
     source.sql("DELETE FROM public.events WHERE owner_id = 1");
     let args = ["--rows", "public.owners:id=1", "--with-related", "--on-conflict", "skip", "latest"];
