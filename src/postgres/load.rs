@@ -360,15 +360,18 @@ impl LoadSession {
                     table.columns.iter().filter(|c| !table.primary_key.contains(c)).map(|c| quote_ident(c)).collect();
                 let set: Vec<String> = values.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
                 // A row that already holds the snapshot's values is left as it is: not
-                // rewritten, its update triggers not fired, and not counted as updated. Compared
-                // as text, which every type has (json has no equality).
+                // rewritten, its row update triggers not fired, and not counted as updated.
+                // Compared in each type's binary form: exact whatever the session's settings
+                // (text would take 0.30000000000000004 for 0.3 under extra_float_digits = 0),
+                // and every type has one, where json has no equality.
                 let (live, snapshot): (Vec<String>, Vec<String>) =
                     values.iter().map(|c| (format!("t.{c}"), format!("EXCLUDED.{c}"))).unzip();
                 if set.is_empty() {
-                    " ON CONFLICT DO NOTHING".to_string()
+                    format!(" ON CONFLICT ({}) DO NOTHING", key.join(", "))
                 } else {
                     format!(
-                        " ON CONFLICT ({}) DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
+                        " ON CONFLICT ({}) DO UPDATE SET {} WHERE pg_catalog.record_send(ROW({})) IS DISTINCT FROM \
+                         pg_catalog.record_send(ROW({}))",
                         key.join(", "),
                         set.join(", "),
                         live.join(", "),
@@ -385,7 +388,7 @@ impl LoadSession {
             let key: Vec<String> = table.primary_key.iter().map(|c| quote_ident(c)).collect();
             let matches: Vec<String> = key.iter().map(|c| format!("t.{c} = r.{c}")).collect();
             let sql = format!(
-                "SELECT count(*) FROM crmvault_rows r WHERE EXISTS (SELECT 1 FROM {target} t WHERE {})",
+                "SELECT count(*) FROM crmvault_rows r WHERE EXISTS (SELECT 1 FROM ONLY {target} t WHERE {})",
                 matches.join(" AND ")
             );
             u64::try_from(self.client.query_one(&sql, &[]).await?.get::<_, i64>(0)).unwrap_or(0)

@@ -1193,3 +1193,19 @@ fn a_live_type_swapped_while_a_side_schema_restore_waits_is_refused_by_what_the_
     run.fails_with(1, "depend on live objects that run or may change a live role's code: type public.ltree");
     assert_eq!(source.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'crm_side'").trim(), "0");
 }
+
+/// `--on-conflict update` leaves a row that holds the snapshot's values, compared exactly: a
+/// float the session prints the same (extra_float_digits = 0 prints 0.1 + 0.2 as 0.3) is not
+/// taken for the snapshot's.
+#[test]
+fn on_conflict_update_compares_values_exactly_not_as_the_session_prints_them() {
+    let setup = "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET extra_float_digits = 0', current_database()); END $$; \
+         CREATE TABLE public.fl (id int PRIMARY KEY, f float8); INSERT INTO public.fl VALUES (1, 0.3), (2, 0.5)";
+    let Ready { source, work, repo, .. } = Scenario::new("part_exact").sql(setup).init("repo").backup();
+    source.sql("UPDATE public.fl SET f = 0.1::float8 + 0.2 WHERE id = 1");
+    let args = ["--json", "--rows", "public.fl:id=1", "--rows", "public.fl:id=2", "--on-conflict", "update", "latest"];
+    let run = work.restore_with(&repo, &source, &args).ok().json();
+    let fl = &run["rows_chosen"][0];
+    assert_eq!((fl["updated"].as_u64(), fl["skipped"].as_u64()), (Some(1), Some(1)), "{run}");
+    assert_eq!(source.sql("SELECT f = 0.3::float8 FROM public.fl WHERE id = 1").trim(), "t");
+}
