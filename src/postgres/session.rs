@@ -395,13 +395,19 @@ pub(super) async fn apply_settings(client: &Client, settings: &SessionSettings) 
     Ok(())
 }
 
-/// Makes a backup session read every row or none: with row security off, as pg_dump sets it,
-/// a table whose policies would hide rows from the role connected fails the backup (`query
-/// would be affected by row-level security policy`; the role needs `BYPASSRLS`) instead of
-/// saving part of it without a word. (The session acts as the role connected: see
-/// [`Database::connect`].)
+/// Makes a backup session read every row or none, and every value exactly. With row security
+/// off, as pg_dump sets it, a table whose policies would hide rows from the role connected
+/// fails the backup (`query would be affected by row-level security policy`; the role needs
+/// `BYPASSRLS`) instead of saving part of it without a word. (The session acts as the role
+/// connected: see [`Database::connect`].) COPY writes values as the session's settings print
+/// them, and the database or role may set them lossy: `extra_float_digits` below 1 rounds
+/// floats (0.1 + 0.2 written 0.3), and a `DateStyle` other than ISO writes time stamps with a
+/// zone's abbreviation (`MSK`), which reads back at the abbreviation's offset of today, not the
+/// one it had then. pg_dump sets both as here; the order of day and month, the time zone and
+/// the interval style stay the source's (they print exactly) and are recorded with the
+/// snapshot (FORMAT.md, `session`).
 async fn read_every_row(client: &Client) -> Result<()> {
-    client.batch_execute("SET row_security = off").await?;
+    client.batch_execute("SET row_security = off; SET extra_float_digits = 3; SET DateStyle = ISO").await?;
     Ok(())
 }
 

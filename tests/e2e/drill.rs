@@ -263,6 +263,32 @@ fn dates_written_day_first_restore_as_they_were_and_the_drill_proves_it() {
     assert_eq!(json["drills"][0]["tables"][0]["result"], "ok", "{json}");
 }
 
+/// Settings a database may give its sessions that print values lossy: floats rounded
+/// (`extra_float_digits = 0`), time stamps with a zone's abbreviation (`SQL` style), which
+/// reads back at the abbreviation's offset of today (Moscow's MSK was +04 until 26 October
+/// 2014, +03 since). The backup reads exactly as pg_dump does: every value comes back.
+#[test]
+fn lossy_print_settings_of_the_source_lose_no_value() {
+    let Ready { source, work, repo, .. } = Scenario::new("lossy")
+        .sql(
+            "CREATE TABLE public.readings (id int PRIMARY KEY, f float8, r real, at timestamptz); \
+             INSERT INTO public.readings VALUES (1, 0.1::float8 + 0.2, 1.1::real * 3, '2014-10-25 21:30+00'), \
+               (2, pi(), 1e-7, '2014-10-25 22:30+00'), (3, -0.0, 'NaN', '1850-06-01 12:00+00');",
+        )
+        .init("repo");
+    source.sql(&format!(
+        "ALTER DATABASE {} SET extra_float_digits = 0; ALTER DATABASE {0} SET DateStyle = 'SQL, DMY'; \
+         ALTER DATABASE {0} SET TimeZone = 'Europe/Moscow'",
+        source.name
+    ));
+    work.backup(&source, &repo);
+    let restored = TestDb::create("lossy_restored");
+    work.restore(&repo, &restored).ok();
+    let exact = "SELECT id, encode(float8send(f), 'hex'), encode(float4send(r), 'hex'), extract(epoch FROM at) \
+                 FROM public.readings ORDER BY id";
+    assert_eq!(source.sql(exact), restored.sql(exact));
+}
+
 /// The drill's checks read the database, not the backup: a restored database changed after
 /// its restore (a row altered, a sequence moved, an orphan row) fails them, each named.
 #[tokio::test(flavor = "multi_thread")]
