@@ -466,14 +466,26 @@ async fn acquire_until(
             }
             Err(holder) => holder,
         };
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(Error::Locked { location: target.location().to_string(), holder });
-        }
-        tracing::info!("{}: locked by {holder}; waiting", target.location());
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        wait_once(target, holder, deadline, &mut backoff).await?;
     }
+}
+
+/// One pause while `holder` has the lock: [`Error::Locked`] once `deadline` is reached, else
+/// a sleep of `backoff` (doubled for the next, up to [`MAX_BACKOFF`]).
+async fn wait_once(
+    target: &Target,
+    holder: String,
+    deadline: tokio::time::Instant,
+    backoff: &mut Duration,
+) -> Result<()> {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return Err(Error::Locked { location: target.location().to_string(), holder });
+    }
+    tracing::info!("{}: locked by {holder}; waiting", target.location());
+    tokio::time::sleep((*backoff).min(deadline - now)).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    Ok(())
 }
 
 /// A lock being taken: see [`acquire_until`].
@@ -616,12 +628,7 @@ async fn wait_for_readers(target: &Target, options: &LockOptions, deadline: toki
         let Some(holder) = live else {
             return Ok(());
         };
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(Error::Locked { location: target.location().to_string(), holder });
-        }
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        wait_once(target, holder, deadline, &mut backoff).await?;
     }
 }
 
@@ -727,17 +734,11 @@ fn cannot_write(error: &Error) -> bool {
     let Error::Storage { source, .. } = error else {
         return false;
     };
-    if crate::target::is_refusal(source) {
-        return true;
-    }
-    let mut cause = std::error::Error::source(source);
-    while let Some(inner) = cause {
-        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            return matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded);
-        }
-        cause = inner.source();
-    }
-    false
+    crate::target::is_refusal(source)
+        || matches!(
+            crate::target::io_kind(source),
+            Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        )
 }
 
 /// A reader that cannot write its shared lock (`why`): an auditor's read-only credentials, a
@@ -763,13 +764,7 @@ async fn read_without_lock(
             None => None,
         };
         let Some(holder) = holder else { break };
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(Error::Locked { location: target.location().to_string(), holder });
-        }
-        tracing::info!("{}: locked by {holder}; waiting", target.location());
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        wait_once(target, holder, deadline, &mut backoff).await?;
     }
     tracing::warn!(
         "{}: cannot write a shared lock ({why}): reading without one; a prune, forget or rekey started meanwhile \

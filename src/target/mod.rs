@@ -612,14 +612,20 @@ pub fn is_refusal(error: &object_store::Error) -> bool {
     if matches!(error, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) {
         return true;
     }
+    matches!(io_kind(error), Some(std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem))
+}
+
+/// The kind of the file system's error behind a storage error, if one is (a local folder's:
+/// `LocalFileSystem` wraps it in a generic error).
+pub fn io_kind(error: &object_store::Error) -> Option<std::io::ErrorKind> {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(io.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem);
+            return Some(io.kind());
         }
         source = cause.source();
     }
-    false
+    None
 }
 
 /// Why a conditional create did not make the object.

@@ -402,14 +402,8 @@ fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_
         .fails_with(1, "duplicate key");
     assert_eq!(source.sql("SELECT count(*) FROM crm.companies WHERE id = 7").trim(), "0");
     // update: the missing rows come back, the contacts get their company again.
-    let run = work
-        .restore_with(
-            &repo,
-            &source,
-            &["--json", "--rows", "crm.companies:id=7", "--with-related", "--on-conflict", "update", "latest"],
-        )
-        .ok()
-        .json();
+    let update = ["--json", "--rows", "crm.companies:id=7", "--with-related", "--on-conflict", "update", "latest"];
+    let run = work.restore_with(&repo, &source, &update).ok().json();
     let companies =
         run["rows_chosen"].as_array().unwrap().iter().find(|t| t["table"] == "crm.companies").unwrap().clone();
     assert_eq!(companies["inserted"], 1, "{run}");
@@ -422,14 +416,7 @@ fn rows_with_related_restore_exactly_the_foreign_key_closure_into_a_side_schema_
     let regained: u64 = source.sql("SELECT count(*) FROM crm.contacts WHERE company_id = 7").trim().parse().unwrap();
     assert!(regained > 0);
     assert_eq!(of(&run, "crm.contacts", "updated"), regained, "{run}");
-    let again = work
-        .restore_with(
-            &repo,
-            &source,
-            &["--json", "--rows", "crm.companies:id=7", "--with-related", "--on-conflict", "update", "latest"],
-        )
-        .ok()
-        .json();
+    let again = work.restore_with(&repo, &source, &update).ok().json();
     // (The contacts' update trigger stamps them, so they differ again; company_log has no key,
     // so its rows are inserted again: both as documented.)
     for table in ["crm.companies", "crm.deals", "crm.activities"] {
