@@ -27,7 +27,12 @@ pub fn find_pg_dump(explicit: Option<&Path>, server_major: i32) -> Result<PathBu
         }
         return Ok(path.to_path_buf());
     }
-    let mut candidates: Vec<PathBuf> = vec![PathBuf::from("pg_dump")];
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    // Debian's `pg_dump` on PATH is pg_wrapper, a Perl script that only runs one of the
+    // binaries below, after ~35 ms of CPU spent starting Perl, three times a backup.
+    if !std::env::var_os("PATH").is_some_and(|path| on_path_is_debians_wrapper(&path, "pg_dump")) {
+        candidates.push(PathBuf::from("pg_dump"));
+    }
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         for entry in entries.flatten() {
             candidates.push(entry.path().join("bin/pg_dump"));
@@ -43,6 +48,16 @@ pub fn find_pg_dump(explicit: Option<&Path>, server_major: i32) -> Result<PathBu
         }
     }
     best.map(|(_, path)| path).ok_or_else(|| Error::NoPgDump { version: server_major })
+}
+
+/// Whether `program` on `path` (a PATH value) is Debian's pg_wrapper (postgresql-common),
+/// found by what its link resolves to.
+fn on_path_is_debians_wrapper(path: &std::ffi::OsStr, program: &str) -> bool {
+    std::env::split_paths(path)
+        .map(|folder| folder.join(program))
+        .find(|candidate| candidate.is_file())
+        .and_then(|found| std::fs::canonicalize(found).ok())
+        .is_some_and(|real| real.file_name().is_some_and(|name| name == "pg_wrapper"))
 }
 
 fn pg_dump_major(path: &Path) -> Result<i32> {
@@ -105,6 +120,24 @@ pub fn executable_sql(dump: &[u8]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debians_pg_wrapper_on_path_is_told_from_a_pg_dump_of_ones_own() {
+        let folder = tempfile::tempdir().unwrap();
+        let (wrapped, own, share) =
+            (folder.path().join("wrapped"), folder.path().join("own"), folder.path().join("share"));
+        for dir in [&wrapped, &own, &share] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(share.join("pg_wrapper"), "#!/usr/bin/perl\n").unwrap();
+        std::os::unix::fs::symlink(share.join("pg_wrapper"), wrapped.join("pg_dump")).unwrap();
+        std::fs::write(own.join("pg_dump"), "#!/bin/sh\n").unwrap();
+        let path = |dirs: &[&PathBuf]| std::env::join_paths(dirs).unwrap();
+        assert!(on_path_is_debians_wrapper(&path(&[&wrapped, &own]), "pg_dump"));
+        // The first on PATH is the one that runs.
+        assert!(!on_path_is_debians_wrapper(&path(&[&own, &wrapped]), "pg_dump"));
+        assert!(!on_path_is_debians_wrapper(&path(&[&share]), "pg_dump"));
+    }
 
     #[test]
     fn restrict_lines_are_dropped_and_nothing_else() {
