@@ -604,7 +604,7 @@ fn restore_create_keeps_what_it_loaded_when_someone_takes_the_name_meanwhile() {
     // A session in the loading database keeps it from taking its name until the name is taken
     // (an application making its database when it finds none).
     wait_for(&format!("SELECT count(*) FROM pg_database WHERE datname = '{loading}'"));
-    let mut holder = std::process::Command::new("psql")
+    let mut holder = std::process::Command::new(pg_program("psql"))
         .args(["-X", "-q", "-d", &format!("{}/{loading}", server_url()), "-c", "SELECT pg_sleep(2)"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -657,7 +657,7 @@ struct AdvisoryLock {
 
 impl AdvisoryLock {
     fn hold(key: &str, name: &str) -> AdvisoryLock {
-        let client = std::process::Command::new("psql")
+        let client = std::process::Command::new(pg_program("psql"))
             .args(["-X", "-q", "-d", &format!("{}/postgres", server_url())])
             .args(["-c", &format!("SELECT pg_advisory_lock(hashtext('{key}'))"), "-c", "SELECT pg_sleep(60)"])
             .env("PGAPPNAME", name)
@@ -684,7 +684,7 @@ impl Drop for AdvisoryLock {
     fn drop(&mut self) {
         let _ = self.client.kill();
         let _ = self.client.wait();
-        let _ = std::process::Command::new("psql")
+        let _ = std::process::Command::new(pg_program("psql"))
             .args(["-X", "-q", "-d", &format!("{}/postgres", server_url()), "-c"])
             .arg(format!("SELECT pg_terminate_backend({})", self.pid))
             .output();

@@ -157,7 +157,7 @@ fn a_killed_parallel_restore_is_marked_incomplete_until_clean() {
 /// (Ctrl-C) once a connection to `loading` (a database name) is loading data; returns the run
 /// when it was interrupted before finishing.
 fn interrupt_restore_while_loading(work: &Workspace, repo: &str, target: &str, loading: &str, extra: &[&str]) -> Run {
-    let url = format!("postgres://postgres@127.0.0.1:5432/{target}");
+    let url = format!("{}/{target}", server_url());
     let child = restore_command(work, repo, &url, extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -91,7 +91,7 @@ fn a_backup_taken_while_the_crm_is_busy_restores_a_state_where_every_total_and_r
           COMMIT; \
           EXIT WHEN clock_timestamp() - now() > interval '60 seconds'; \
         END LOOP; END $$;";
-    let mut writer = Command::new("psql")
+    let mut writer = Command::new(pg_program("psql"))
         .args(["-X", "-q", "-d", &source.url(), "-c", workload])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -322,7 +322,7 @@ fn dump_writes_one_table_proven_that_copy_from_reads_back_and_a_damaged_chunk_fa
     target.sql("ALTER TABLE crm.contacts DISABLE TRIGGER ALL; DELETE FROM crm.contacts");
     let file = work.path("contacts.copy");
     std::fs::write(&file, &copy.stdout).unwrap();
-    let load = std::process::Command::new("psql")
+    let load = std::process::Command::new(crate::common::pg_program("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &target.url(), "-c"])
         .arg(format!("\\copy crm.contacts ({}) FROM '{}'", columns.join(", "), file.display()))
         .output()

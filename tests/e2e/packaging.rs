@@ -112,7 +112,7 @@ fn the_database_password_comes_from_the_systemd_credential_when_pgpassword_is_un
 
 /// Runs packaging/backup-role.sql as the test server's superuser with psql variables.
 fn create_backup_role(variables: &[&str]) {
-    let mut command = Command::new("psql");
+    let mut command = Command::new(pg_program("psql"));
     command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &format!("{}/postgres", server_url())]);
     for variable in variables {
         command.args(["-v", variable]);

@@ -15,7 +15,7 @@ fn rows(db: &TestDb, table: &str, key: &str) -> String {
 
 /// Whether `sql` fails.
 fn refused(db: &TestDb, sql: &str) -> bool {
-    let output = std::process::Command::new("psql")
+    let output = std::process::Command::new(crate::common::pg_program("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url(), "-c", sql])
         .output()
         .expect("psql runs");
@@ -1149,7 +1149,7 @@ fn a_live_type_swapped_while_a_side_schema_restore_waits_is_refused_by_what_the_
     };
     // The owner holds the side schema's name in an open transaction, so the restore waits
     // between reading the live types and making the side table…
-    let mut holder = std::process::Command::new("psql")
+    let mut holder = std::process::Command::new(crate::common::pg_program("psql"))
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &source.url()])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -92,7 +92,7 @@ fn snapshot_files(repo: &str) -> Vec<PathBuf> {
 }
 
 /// A night's snapshot id and the data it was taken of (`TestDb::data`).
-type Night = (String, Vec<(String, Vec<String>)>);
+type Night = (String, Vec<(String, TableData)>);
 
 /// Every remaining snapshot verifies (with the admin key, reading every chunk) and restores to
 /// the data it was taken of.

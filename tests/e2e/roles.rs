@@ -474,7 +474,7 @@ async fn restore_create_gives_the_database_its_owner_privileges_settings_and_com
     assert_eq!(locale(&restored.name).trim(), "i|de-DE");
     // A list setting came back as a list: the sessions find the table through it.
     let url = restored.url();
-    let found = std::process::Command::new("psql")
+    let found = std::process::Command::new(pg_program("psql"))
         .args(["-X", "-A", "-t", "-d", &url, "-c", "SHOW search_path", "-c", "SELECT count(*) FROM t"])
         .output()
         .unwrap();

@@ -28,7 +28,7 @@ impl Role {
 
 impl Drop for Role {
     fn drop(&mut self) {
-        let _ = Command::new("psql")
+        let _ = Command::new(pg_program("psql"))
             .args(["-X", "-q", "-d", &format!("{}/postgres", server_url()), "-c"])
             .arg(format!("DROP ROLE IF EXISTS {}", self.name))
             .output();

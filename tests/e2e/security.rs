@@ -380,7 +380,7 @@ fn a_role_set_on_the_database_hides_no_rows_from_the_backup() {
     assert_eq!(restored.sql("SELECT count(*) FROM public.hidden").trim(), "10", "the backup held every row");
 
     // A login that the policies hide rows from: the backup fails, it does not save 3 of 10.
-    let url = format!("postgres://{reader}@127.0.0.1:5432/{}", source.name);
+    let url = source.url().replacen("postgres@", &format!("{reader}@"), 1);
     let run = work.run(&["backup", "--db", &url, "--repo", &repo]);
     assert_ne!(run.code, 0, "a backup missing rows succeeded: {}", run.stdout);
     assert!(run.stderr.contains("row-level security"), "{}", run.stderr);
